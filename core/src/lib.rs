@@ -1,0 +1,22 @@
+//! keel-core: keel's pure state machines and the Kafka log format.
+//!
+//! Nothing in this crate performs I/O on its own, reads a clock, spawns a thread or draws OS
+//! randomness. Time comes in as a value (`now_ms`), storage is reached only through the
+//! [`storage::Storage`] trait that the caller supplies, and randomness (used only by the
+//! crash model of [`storage::MemStorage`]) comes from an RNG the caller seeds. `core/clippy.toml`
+//! enforces the boundary.
+//!
+//! - [`batch`]: the Kafka record batch v2 (parse, stamp, build, records, compression).
+//! - [`storage`]: the small file trait the log writes through, and an in-memory implementation
+//!   that models crashes (lost unsynced writes, torn writes).
+//! - [`log`]: one partition's segmented log with indexes, the leader-epoch cache, retention and
+//!   crash recovery.
+
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod batch;
+pub mod log;
+pub mod storage;
+pub mod types;
+
+pub use types::{LeaderEpoch, Offset, ProducerId};

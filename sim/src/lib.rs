@@ -1,0 +1,1 @@
+//! keel-sim: placeholder until the simulator issue lands.
