@@ -157,6 +157,70 @@ pub fn compute_crc(batch_bytes: &[u8]) -> u32 {
     crc32c::crc32c(&batch_bytes[field::ATTRIBUTES..])
 }
 
+/// The header fields of a batch, read from its first 61 bytes without checking the CRC. Used
+/// where the bytes were checked before (indexing segments below the recovery point) and by
+/// tools that must describe a corrupt batch. Never a substitute for [`Batch::parse`] before
+/// serving bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    pub size: usize,
+    pub partition_leader_epoch: LeaderEpoch,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: ProducerId,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header at the start of `buf`, checking the length field and the magic.
+    pub fn read(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                need: HEADER_BYTES,
+                have: buf.len(),
+            });
+        }
+        let size = match peek_size(buf) {
+            Some(result) => result?,
+            None => unreachable!("checked the length above"),
+        };
+        let magic = buf[field::MAGIC] as i8;
+        if magic != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic(magic));
+        }
+        Ok(BatchHeader {
+            base_offset: Offset(read_i64(buf, field::BASE_OFFSET)),
+            size,
+            partition_leader_epoch: LeaderEpoch(read_i32(buf, field::PARTITION_LEADER_EPOCH)),
+            magic,
+            crc: read_u32(buf, field::CRC),
+            attributes: read_i16(buf, field::ATTRIBUTES),
+            last_offset_delta: read_i32(buf, field::LAST_OFFSET_DELTA),
+            base_timestamp: read_i64(buf, field::BASE_TIMESTAMP),
+            max_timestamp: read_i64(buf, field::MAX_TIMESTAMP),
+            producer_id: ProducerId(read_i64(buf, field::PRODUCER_ID)),
+            producer_epoch: read_i16(buf, field::PRODUCER_EPOCH),
+            base_sequence: read_i32(buf, field::BASE_SEQUENCE),
+            records_count: read_i32(buf, field::RECORDS_COUNT),
+        })
+    }
+
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(self.last_offset_delta as i64)
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().plus(1)
+    }
+}
+
 /// One valid record batch v2, kept as the bytes the producer sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -214,6 +278,11 @@ impl Batch {
             Some(Ok(size)) if size > buf.len() => Ok(None),
             Some(Ok(size)) => Batch::parse(buf.slice(..size)).map(Some),
         }
+    }
+
+    /// The header fields.
+    pub fn header(&self) -> BatchHeader {
+        BatchHeader::read(&self.bytes).expect("a Batch holds a checked header")
     }
 
     /// The batch's bytes, exactly as stored.
@@ -323,7 +392,11 @@ impl Batch {
         bytes[field::PARTITION_LEADER_EPOCH..field::PARTITION_LEADER_EPOCH + 4]
             .copy_from_slice(&epoch.0.to_be_bytes());
         self.bytes = bytes.freeze();
-        debug_assert_eq!(self.crc(), compute_crc(&self.bytes), "stamping must not touch CRC-covered bytes");
+        debug_assert_eq!(
+            self.crc(),
+            compute_crc(&self.bytes),
+            "stamping must not touch CRC-covered bytes"
+        );
     }
 
     /// Marks the batch LogAppendTime with `now_ms` as its max timestamp, as Kafka's
@@ -333,7 +406,8 @@ impl Batch {
         let mut bytes = BytesMut::from(std::mem::take(&mut self.bytes));
         let attributes = read_i16(&bytes, field::ATTRIBUTES) | ATTR_TIMESTAMP_TYPE;
         bytes[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-        bytes[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+        bytes[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8]
+            .copy_from_slice(&now_ms.to_be_bytes());
         let crc = compute_crc(&bytes);
         bytes[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
         self.bytes = bytes.freeze();
@@ -350,9 +424,14 @@ impl Batch {
         let section = self.records_section()?;
         let count = self.records_count();
         if count < 0 {
-            return Err(BatchError::CorruptRecords(format!("negative record count {count}")));
+            return Err(BatchError::CorruptRecords(format!(
+                "negative record count {count}"
+            )));
         }
-        let mut cursor = Cursor { buf: &section, pos: 0 };
+        let mut cursor = Cursor {
+            buf: &section,
+            pos: 0,
+        };
         // Each record takes at least 7 bytes, so a count beyond that is corrupt: this bounds
         // the allocation below by the input size.
         if count as usize > section.len() / 7 + 1 {
@@ -413,7 +492,10 @@ impl Cursor<'_> {
     }
 
     fn byte(&mut self) -> Result<u8, BatchError> {
-        let b = *self.buf.get(self.pos).ok_or_else(|| self.corrupt("truncated"))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.corrupt("truncated"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -439,7 +521,11 @@ impl Cursor<'_> {
     fn nullable(&mut self, section: &Bytes) -> Result<Option<Bytes>, BatchError> {
         let len = self.varint()?;
         if len < 0 {
-            return if len == -1 { Ok(None) } else { Err(self.corrupt("negative length")) };
+            return if len == -1 {
+                Ok(None)
+            } else {
+                Err(self.corrupt("negative length"))
+            };
         }
         let end = self
             .pos
@@ -468,7 +554,9 @@ impl Cursor<'_> {
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let key = self.nullable(section)?.ok_or_else(|| self.corrupt("null header key"))?;
+            let key = self
+                .nullable(section)?
+                .ok_or_else(|| self.corrupt("null header key"))?;
             let value = self.nullable(section)?;
             headers.push(RecordHeader { key, value });
         }
@@ -546,7 +634,10 @@ impl Default for BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> Self {
-        BatchBuilder { compression, ..Default::default() }
+        BatchBuilder {
+            compression,
+            ..Default::default()
+        }
     }
 
     /// Adds a record with a key and value and no headers.
@@ -570,10 +661,17 @@ impl BatchBuilder {
     /// Encodes the batch. Fails only if a compressor fails, or with no records.
     pub fn build(&self) -> Result<Batch, BatchError> {
         if self.records.is_empty() {
-            return Err(BatchError::CorruptRecords("a batch needs at least one record".into()));
+            return Err(BatchError::CorruptRecords(
+                "a batch needs at least one record".into(),
+            ));
         }
         let base_timestamp = self.records[0].timestamp;
-        let max_timestamp = self.records.iter().map(|r| r.timestamp).max().unwrap_or(base_timestamp);
+        let max_timestamp = self
+            .records
+            .iter()
+            .map(|r| r.timestamp)
+            .max()
+            .unwrap_or(base_timestamp);
         let mut section = Vec::new();
         let mut record = Vec::new();
         for (delta, r) in self.records.iter().enumerate() {
@@ -626,13 +724,17 @@ const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 
 /// Decompresses a records section. Output is bounded by [`DECOMPRESSED_BYTES_MAX`].
 pub fn decompress(codec: Compression, raw: &Bytes) -> Result<Bytes, BatchError> {
-    let err = |e: &dyn std::fmt::Display| BatchError::Decompression(format!("{}: {e}", codec.name()));
+    let err =
+        |e: &dyn std::fmt::Display| BatchError::Decompression(format!("{}: {e}", codec.name()));
     let mut out = Vec::new();
     let limit = DECOMPRESSED_BYTES_MAX as u64 + 1;
     match codec {
         Compression::None => return Ok(raw.clone()),
         Compression::Gzip => {
-            flate2::read::GzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out).map_err(|e| err(&e))?;
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| err(&e))?;
         }
         Compression::Snappy => {
             if raw.starts_with(XERIAL_MAGIC) {
@@ -640,10 +742,14 @@ pub fn decompress(codec: Compression, raw: &Bytes) -> Result<Bytes, BatchError> 
                 // an i32 length and one raw snappy block.
                 let mut pos = XERIAL_MAGIC.len() + 8;
                 while pos < raw.len() {
-                    let len_bytes = raw.get(pos..pos + 4).ok_or_else(|| err(&"truncated xerial chunk"))?;
+                    let len_bytes = raw
+                        .get(pos..pos + 4)
+                        .ok_or_else(|| err(&"truncated xerial chunk"))?;
                     let len = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
                     pos += 4;
-                    let chunk = raw.get(pos..pos.saturating_add(len)).ok_or_else(|| err(&"truncated xerial chunk"))?;
+                    let chunk = raw
+                        .get(pos..pos.saturating_add(len))
+                        .ok_or_else(|| err(&"truncated xerial chunk"))?;
                     snappy_block(chunk, &mut out).map_err(|e| err(&e))?;
                     pos += len;
                 }
@@ -653,11 +759,17 @@ pub fn decompress(codec: Compression, raw: &Bytes) -> Result<Bytes, BatchError> 
         }
         Compression::Lz4 => {
             let decoder = lz4::Decoder::new(&raw[..]).map_err(|e| err(&e))?;
-            decoder.take(limit).read_to_end(&mut out).map_err(|e| err(&e))?;
+            decoder
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| err(&e))?;
         }
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&raw[..]).map_err(|e| err(&e))?;
-            decoder.take(limit).read_to_end(&mut out).map_err(|e| err(&e))?;
+            decoder
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| err(&e))?;
         }
     }
     if out.len() > DECOMPRESSED_BYTES_MAX {
@@ -673,13 +785,16 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     }
     let start = out.len();
     out.resize(start + len, 0);
-    snap::raw::Decoder::new().decompress(block, &mut out[start..]).map_err(|e| e.to_string())?;
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
 /// Compresses a records section the way producers do (snappy as a raw block; lz4 as a frame).
 pub fn compress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, BatchError> {
-    let err = |e: std::io::Error| BatchError::Decompression(format!("{} compress: {e}", codec.name()));
+    let err =
+        |e: std::io::Error| BatchError::Decompression(format!("{} compress: {e}", codec.name()));
     match codec {
         Compression::None => Ok(section.to_vec()),
         Compression::Gzip => {

@@ -1,0 +1,1092 @@
+//! One partition's log: segments of Kafka record batches on a [`Storage`], with sparse offset
+//! and time indexes, the leader-epoch cache, retention, and crash recovery.
+//!
+//! Files in the partition's storage:
+//! - `{base offset, 20 digits}.log`: a segment, batches back to back exactly as Kafka stores them.
+//! - `leader-epoch-checkpoint`: Kafka's text format (`0`, the entry count, then `epoch offset`
+//!   lines), written atomically.
+//! - `partition.checkpoint`: `keel-partition 1 {log start offset} {recovery point} {crc}`,
+//!   written atomically.
+//!
+//! Invariants (asserted where they are kept, stated in docs/log-format.md):
+//! 1. Offsets are dense and increasing: each appended batch starts at the log end offset
+//!    (leader appends) or after it (follower appends), and the log end offset is the next offset
+//!    of the last batch.
+//! 2. `log_start <= durable_end <= end`. `durable_end` moves forward only when a sync
+//!    covering every byte below it has returned; truncation is synced before it is reported.
+//! 3. A batch read from the log passed its CRC check on the way out: nothing corrupt is served.
+//! 4. Indexes are kept in memory and rebuilt on open: they are never trusted from disk.
+//! 5. Recovery keeps exactly the longest prefix of valid, offset-consistent batches, and never
+//!    drops a batch below the persisted recovery point unless it is corrupt.
+//! 6. Leader epochs in the cache increase with their start offsets; the cache never refers to
+//!    offsets at or past the log end offset.
+//! 7. Retention removes whole segments only, never the active one, and never a segment with data
+//!    at or above the bound the caller passes (the high watermark).
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, Batch, BatchError, BatchHeader, HEADER_BYTES};
+use crate::storage::{self, Storage, StorageError};
+use crate::types::{LeaderEpoch, Offset};
+
+/// Name of the leader-epoch cache file (Kafka's name).
+pub const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
+/// Name of the file holding the log start offset and the recovery point.
+pub const PARTITION_CHECKPOINT: &str = "partition.checkpoint";
+/// Bytes read at once when scanning a segment.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Per-log settings, with Kafka's names in the docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll to a new segment when the active one would exceed this.
+    pub segment_bytes_max: u64,
+    /// `segment.ms`: roll when the active segment is older than this.
+    pub segment_ms_max: i64,
+    /// `retention.bytes`: delete old segments while the log is larger; -1 for no limit.
+    pub retention_bytes_max: i64,
+    /// `retention.ms`: delete segments whose newest record is older; -1 for no limit.
+    pub retention_ms_max: i64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 1 << 30,
+            segment_ms_max: 7 * 24 * 3600 * 1000,
+            retention_bytes_max: -1,
+            retention_ms_max: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+/// What can go wrong in the log, by blame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("offset {offset} is out of range [{log_start}, {end}]")]
+    OffsetOutOfRange {
+        offset: Offset,
+        log_start: Offset,
+        end: Offset,
+    },
+    #[error("corrupt batch in {file} at byte {position}: {error}")]
+    Corrupt {
+        file: String,
+        position: u64,
+        error: BatchError,
+    },
+    #[error("follower batch at offset {base} does not follow the log end offset {end}")]
+    NonMonotonicAppend { base: Offset, end: Offset },
+    #[error("batch of {size} bytes exceeds the segment size limit {limit}")]
+    BatchTooLarge { size: usize, limit: u64 },
+}
+
+/// What recovery found, for logs and for the simulator's coverage counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Batches re-validated (CRC checked) because they were at or past the recovery point.
+    pub batches_validated: u64,
+    /// Bytes re-validated.
+    pub bytes_validated: u64,
+    /// The first invalid batch found, if any: the file, the position and why.
+    pub corruption: Option<(String, u64, String)>,
+    /// Bytes cut from the end of the log (the invalid batch and everything after it).
+    pub bytes_truncated: u64,
+    /// Whole segments removed because they followed the truncation point.
+    pub segments_removed: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    base: Offset,
+    file: String,
+    size: u64,
+    /// The offset after the last batch (== base when empty).
+    next_offset: Offset,
+    /// Largest batch maxTimestamp, and the base offset of the batch that has it.
+    max_timestamp: Option<(i64, Offset)>,
+    /// When this segment was rolled, in the caller's clock (for `segment.ms`).
+    created_ms: i64,
+    /// Sparse (offset, position) entries, offsets increasing: the entry's batch starts at
+    /// `position`, and the batch contains `offset` as its base offset.
+    offset_index: Vec<(Offset, u64)>,
+    /// Sparse (max timestamp so far, base offset of that batch) entries, timestamps increasing.
+    time_index: Vec<(i64, Offset)>,
+    bytes_since_index: u64,
+    /// Bytes up to here are synced.
+    synced_size: u64,
+}
+
+impl Segment {
+    fn file_name(base: Offset) -> String {
+        format!("{:020}.log", base.0)
+    }
+
+    fn parse_name(name: &str) -> Option<Offset> {
+        let digits = name.strip_suffix(".log")?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(Offset)
+    }
+
+    fn new(base: Offset, created_ms: i64) -> Segment {
+        Segment {
+            base,
+            file: Segment::file_name(base),
+            size: 0,
+            next_offset: base,
+            max_timestamp: None,
+            created_ms,
+            offset_index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+            synced_size: 0,
+        }
+    }
+
+    /// Records a batch written at `position` in the indexes.
+    fn index(&mut self, header: &BatchHeader, position: u64, interval_bytes: u64) {
+        debug_assert_eq!(position, self.size, "batches are indexed in file order");
+        if self.offset_index.is_empty() || self.bytes_since_index >= interval_bytes {
+            self.offset_index.push((header.base_offset, position));
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += header.size as u64;
+        let ts = header.max_timestamp;
+        if self.max_timestamp.is_none_or(|(max, _)| ts > max) {
+            self.max_timestamp = Some((ts, header.base_offset));
+            self.time_index.push((ts, header.base_offset));
+        }
+        self.size = position + header.size as u64;
+        self.next_offset = header.next_offset();
+    }
+
+    /// The position of the last indexed batch at or before `offset`.
+    fn lookup(&self, offset: Offset) -> u64 {
+        let i = self.offset_index.partition_point(|&(o, _)| o <= offset);
+        if i == 0 {
+            0
+        } else {
+            self.offset_index[i - 1].1
+        }
+    }
+}
+
+/// One entry of the leader-epoch cache: `epoch` started at `start_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochEntry {
+    pub epoch: LeaderEpoch,
+    pub start_offset: Offset,
+}
+
+/// Kafka's LeaderEpochFileCache: which leader epoch wrote which offsets (KIP-101, KIP-279).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochCache {
+    entries: Vec<EpochEntry>,
+}
+
+impl EpochCache {
+    pub fn entries(&self) -> &[EpochEntry] {
+        &self.entries
+    }
+
+    pub fn latest(&self) -> Option<EpochEntry> {
+        self.entries.last().copied()
+    }
+
+    /// Records that `epoch` starts at `start`. Entries that conflict (an epoch at or above
+    /// `epoch`, or a start at or after `start`) are removed first, as Kafka's `assign` does.
+    /// Returns whether the cache changed.
+    pub fn assign(&mut self, epoch: LeaderEpoch, start: Offset) -> bool {
+        if epoch.0 < 0 {
+            return false;
+        }
+        if let Some(last) = self.entries.last() {
+            if last.epoch == epoch && last.start_offset <= start {
+                return false;
+            }
+        }
+        self.entries
+            .retain(|e| e.epoch < epoch && e.start_offset < start);
+        self.entries.push(EpochEntry {
+            epoch,
+            start_offset: start,
+        });
+        true
+    }
+
+    /// Kafka's `endOffsetFor`: the largest epoch <= `requested` and the offset where the epoch
+    /// after it starts (or `log_end` for the latest). `None` when `requested` precedes the
+    /// first known epoch (Kafka's UNDEFINED_EPOCH / UNDEFINED_EPOCH_OFFSET).
+    pub fn end_offset_for(
+        &self,
+        requested: LeaderEpoch,
+        log_end: Offset,
+    ) -> Option<(LeaderEpoch, Offset)> {
+        let latest = self.entries.last()?;
+        if requested == latest.epoch {
+            return Some((latest.epoch, log_end));
+        }
+        let i = self.entries.partition_point(|e| e.epoch <= requested);
+        if i == 0 {
+            return None;
+        }
+        let found = self.entries[i - 1];
+        let end = self
+            .entries
+            .get(i)
+            .map_or(log_end, |next| next.start_offset);
+        Some((found.epoch, end))
+    }
+
+    /// Removes entries that start at or after `end` (after the log was truncated to `end`).
+    pub fn truncate_from_end(&mut self, end: Offset) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.start_offset < end);
+        before != self.entries.len()
+    }
+
+    /// Drops entries wholly before `start`; the entry covering `start` now starts there.
+    pub fn truncate_from_start(&mut self, start: Offset) -> bool {
+        let covering = self.entries.partition_point(|e| e.start_offset <= start);
+        if covering == 0 {
+            return false;
+        }
+        let changed = covering > 1 || self.entries[0].start_offset != start;
+        self.entries.drain(..covering - 1);
+        self.entries[0].start_offset = start;
+        changed
+    }
+
+    fn encode(&self) -> String {
+        let mut s = format!("0\n{}\n", self.entries.len());
+        for e in &self.entries {
+            s.push_str(&format!("{} {}\n", e.epoch, e.start_offset));
+        }
+        s
+    }
+
+    /// Parses Kafka's checkpoint format. `None` for anything malformed: the caller rebuilds.
+    fn decode(text: &[u8]) -> Option<EpochCache> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != "0" {
+            return None;
+        }
+        let count: usize = lines.next()?.parse().ok()?;
+        let mut cache = EpochCache::default();
+        for _ in 0..count {
+            let mut parts = lines.next()?.split(' ');
+            let epoch = LeaderEpoch(parts.next()?.parse().ok()?);
+            let start = Offset(parts.next()?.parse().ok()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            if let Some(last) = cache.entries.last() {
+                if epoch <= last.epoch || start < last.start_offset {
+                    return None;
+                }
+            }
+            cache.entries.push(EpochEntry {
+                epoch,
+                start_offset: start,
+            });
+        }
+        lines.next().is_none().then_some(cache)
+    }
+}
+
+/// One appended batch's place in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// One partition's log. See the module documentation for its files and invariants.
+///
+/// Use: [`Log::open`] (recovers), then [`Log::append`] / [`Log::append_replicated`] any number
+/// of times, then [`Log::sync`] once to make them all durable (group commit);
+/// [`Log::durable_end`] says how far durability reaches. [`Log::checkpoint`] persists the
+/// recovery point so that the next open re-validates less.
+pub struct Log<S: Storage> {
+    storage: S,
+    config: LogConfig,
+    segments: BTreeMap<Offset, Segment>,
+    log_start: Offset,
+    end: Offset,
+    durable_end: Offset,
+    epochs: EpochCache,
+    recovery: RecoveryReport,
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens the log in `storage`, creating it if empty and recovering it otherwise: every
+    /// batch at or past the persisted recovery point is re-validated, the log is truncated at
+    /// the first invalid batch, later segments are removed, and indexes are rebuilt.
+    pub fn open(mut storage: S, config: LogConfig, now_ms: i64) -> Result<Log<S>, LogError> {
+        let names = storage.list()?;
+        for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+            storage.remove(name)?;
+        }
+        let bases: Vec<Offset> = names
+            .iter()
+            .filter_map(|n| Segment::parse_name(n))
+            .collect();
+        let (checkpoint_start, recovery_point) = read_partition_checkpoint(&storage);
+        let mut log = Log {
+            storage,
+            config,
+            segments: BTreeMap::new(),
+            log_start: Offset::ZERO,
+            end: Offset::ZERO,
+            durable_end: Offset::ZERO,
+            epochs: EpochCache::default(),
+            recovery: RecoveryReport::default(),
+        };
+        let stored_epochs = storage::read_all(&log.storage, EPOCH_CHECKPOINT)
+            .ok()
+            .and_then(|b| EpochCache::decode(&b));
+        log.epochs = stored_epochs.clone().unwrap_or_default();
+        let mut truncated = false;
+        let mut epoch = LeaderEpoch::NONE;
+        for (i, &base) in bases.iter().enumerate() {
+            let name = Segment::file_name(base);
+            if !truncated && i > 0 && base != log.end {
+                let problem = format!(
+                    "segment starts at {base}, not at the previous segment's end {}",
+                    log.end
+                );
+                log.recovery.corruption = Some((name.clone(), 0, problem));
+                truncated = true;
+            }
+            if truncated {
+                // Past a truncation point: not part of the log any more.
+                log.storage.remove(&name)?;
+                log.recovery.segments_removed += 1;
+                continue;
+            }
+            let next_base = bases.get(i + 1).copied();
+            let epoch_before = epoch;
+            let mut segment = Segment::new(base, now_ms);
+            let mut cut = None;
+            let trusted = next_base.is_some_and(|next| next <= recovery_point);
+            if trusted {
+                cut = log.scan_segment(&mut segment, &mut epoch, true)?;
+            }
+            if !trusted || cut.is_some() || next_base != Some(segment.next_offset) {
+                // Untrusted, or a trusted segment that does not add up (a damaged header):
+                // validate every batch's CRC.
+                log.recovery.corruption = None;
+                (segment, epoch) = (Segment::new(base, now_ms), epoch_before);
+                cut = log.scan_segment(&mut segment, &mut epoch, false)?;
+            }
+            if let Some(position) = cut {
+                let len = log.storage.len(&name)?;
+                log.storage.truncate(&name, position)?;
+                log.storage.sync(&name)?;
+                log.recovery.bytes_truncated += len - position;
+                truncated = true;
+            }
+            segment.synced_size = segment.size;
+            log.end = segment.next_offset;
+            log.segments.insert(base, segment);
+        }
+        if log.segments.is_empty() {
+            let base = checkpoint_start.unwrap_or(Offset::ZERO);
+            log.storage.create(&Segment::file_name(base))?;
+            log.segments.insert(base, Segment::new(base, now_ms));
+            log.end = base;
+        }
+        let first = *log.segments.keys().next().expect("at least one segment");
+        log.log_start = checkpoint_start
+            .filter(|&s| s >= first && s <= log.end)
+            .unwrap_or(first);
+        log.durable_end = log.end;
+        log.epochs.truncate_from_end(log.end);
+        log.epochs.truncate_from_start(log.log_start);
+        if stored_epochs.as_ref() != Some(&log.epochs) {
+            log.write_epochs()?;
+        }
+        log.check_invariants();
+        Ok(log)
+    }
+
+    /// Scans a segment from its start, rebuilding its indexes. Trusted segments (wholly below
+    /// the recovery point) are walked header by header without reading the data; others are
+    /// read in full and every batch's CRC is checked. Offsets must be dense from the segment's
+    /// base (which catches a damaged baseOffset, outside the CRC), and leader epochs must not
+    /// decrease from `epoch`, the last epoch seen. Returns the position to truncate at, if an
+    /// invalid batch was found.
+    fn scan_segment(
+        &mut self,
+        segment: &mut Segment,
+        epoch: &mut LeaderEpoch,
+        trusted: bool,
+    ) -> Result<Option<u64>, LogError> {
+        let len = self.storage.len(&segment.file)?;
+        let mut expected = segment.base;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = 0u64;
+        while segment.size < len {
+            let position = segment.size;
+            let result = if trusted {
+                self.storage
+                    .read_at(&segment.file, position, HEADER_BYTES)
+                    .map_err(io_as_corrupt)
+                    .and_then(|h| BatchHeader::read(&h))
+            } else {
+                self.read_batch_scanning(&segment.file, position, len, &mut chunk, &mut chunk_start)
+                    .map(|b| b.header())
+            };
+            let problem = match result {
+                Err(ref error) => Some(error.to_string()),
+                Ok(h) if position + h.size as u64 > len => Some(format!(
+                    "batch of {} bytes runs past the end of the file",
+                    h.size
+                )),
+                Ok(h) if h.base_offset != expected || h.last_offset_delta < 0 => Some(format!(
+                    "batch offsets {}..={} do not follow {expected}",
+                    h.base_offset,
+                    h.last_offset()
+                )),
+                Ok(h) if h.partition_leader_epoch < *epoch => Some(format!(
+                    "leader epoch {} after epoch {}",
+                    h.partition_leader_epoch, *epoch
+                )),
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                self.recovery.corruption = Some((segment.file.clone(), position, problem));
+                return Ok(Some(position));
+            }
+            let header = result.expect("checked above");
+            if !trusted {
+                self.recovery.batches_validated += 1;
+                self.recovery.bytes_validated += header.size as u64;
+            }
+            *epoch = header.partition_leader_epoch;
+            self.epochs
+                .assign(header.partition_leader_epoch, header.base_offset);
+            segment.index(&header, position, self.config.index_interval_bytes);
+            expected = header.next_offset();
+        }
+        Ok(None)
+    }
+
+    /// Reads the batch at `position` for recovery, through a chunk buffer so that a scan reads
+    /// the file in large pieces.
+    fn read_batch_scanning(
+        &self,
+        file: &str,
+        position: u64,
+        len: u64,
+        chunk: &mut Bytes,
+        chunk_start: &mut u64,
+    ) -> Result<Batch, BatchError> {
+        let chunk_end = *chunk_start + chunk.len() as u64;
+        if position < *chunk_start || position + HEADER_BYTES as u64 > chunk_end {
+            let want = SCAN_CHUNK_BYTES.min((len - position) as usize);
+            *chunk = self
+                .storage
+                .read_at(file, position, want)
+                .map_err(io_as_corrupt)?;
+            *chunk_start = position;
+        }
+        let here = chunk.slice((position - *chunk_start) as usize..);
+        let size = BatchHeader::read(&here)?.size;
+        if position + size as u64 > len {
+            return Err(BatchError::Truncated {
+                need: size,
+                have: (len - position) as usize,
+            });
+        }
+        if size <= here.len() {
+            return Batch::parse(here.slice(..size));
+        }
+        Batch::parse(
+            self.storage
+                .read_at(file, position, size)
+                .map_err(io_as_corrupt)?,
+        )
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings (a topic config change). Takes effect at the next roll or retention.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// The first offset in the log.
+    pub fn log_start(&self) -> Offset {
+        self.log_start
+    }
+
+    /// The log end offset: the offset the next appended record gets.
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
+    /// Everything below this offset is synced to disk.
+    pub fn durable_end(&self) -> Offset {
+        self.durable_end
+    }
+
+    pub fn epochs(&self) -> &EpochCache {
+        &self.epochs
+    }
+
+    /// What the last open found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Total bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// Gives the storage back (to simulate a crash in tests, or on shutdown).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Appends a batch as the leader of `epoch`: assigns offsets from the log end offset and
+    /// stamps the epoch. The epoch is recorded (and persisted) in the epoch cache before the
+    /// batch is written. Not durable until [`Log::sync`].
+    pub fn append(
+        &mut self,
+        now_ms: i64,
+        mut batch: Batch,
+        epoch: LeaderEpoch,
+    ) -> Result<AppendInfo, LogError> {
+        batch.stamp(self.end, epoch);
+        self.append_stamped(now_ms, batch)
+    }
+
+    /// Appends a batch fetched from the leader, keeping its offsets and epoch. Its base offset
+    /// must be the log end offset: keel's offsets are dense (there is no compaction yet).
+    pub fn append_replicated(&mut self, now_ms: i64, batch: Batch) -> Result<AppendInfo, LogError> {
+        if batch.base_offset() != self.end || batch.last_offset_delta() < 0 {
+            return Err(LogError::NonMonotonicAppend {
+                base: batch.base_offset(),
+                end: self.end,
+            });
+        }
+        self.append_stamped(now_ms, batch)
+    }
+
+    fn append_stamped(&mut self, now_ms: i64, batch: Batch) -> Result<AppendInfo, LogError> {
+        if batch.size() as u64 > self.config.segment_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size: batch.size(),
+                limit: self.config.segment_bytes_max,
+            });
+        }
+        if self
+            .epochs
+            .latest()
+            .is_none_or(|e| batch.partition_leader_epoch() > e.epoch)
+            && self
+                .epochs
+                .assign(batch.partition_leader_epoch(), batch.base_offset())
+        {
+            self.write_epochs()?;
+        }
+        let active = self.active();
+        let too_big = active.size + batch.size() as u64 > self.config.segment_bytes_max;
+        let too_old = now_ms - active.created_ms >= self.config.segment_ms_max;
+        if active.size > 0 && (too_big || too_old) {
+            self.roll(now_ms, batch.base_offset())?;
+        }
+        let active = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("active segment");
+        self.storage.append(&active.file, batch.bytes())?;
+        let position = active.size;
+        active.index(&batch.header(), position, self.config.index_interval_bytes);
+        self.end = batch.next_offset();
+        debug_assert!(self.end > self.durable_end);
+        Ok(AppendInfo {
+            base_offset: batch.base_offset(),
+            last_offset: batch.last_offset(),
+        })
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    /// Starts a new segment at `base`, syncing the old active one first so that at most the
+    /// active segment ever holds unsynced data.
+    fn roll(&mut self, now_ms: i64, base: Offset) -> Result<(), LogError> {
+        let old = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("active segment");
+        if old.synced_size < old.size {
+            self.storage.sync(&old.file)?;
+            old.synced_size = old.size;
+        }
+        let segment = Segment::new(base, now_ms);
+        self.storage.create(&segment.file)?;
+        self.segments.insert(base, segment);
+        Ok(())
+    }
+
+    /// Starts a new segment if the active one is older than `segment.ms` (the caller's timer).
+    pub fn maybe_roll(&mut self, now_ms: i64) -> Result<bool, LogError> {
+        let active = self.active();
+        if active.size > 0 && now_ms - active.created_ms >= self.config.segment_ms_max {
+            self.roll(now_ms, self.end)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Makes every append so far durable with one sync (group commit) and returns the new
+    /// durable end.
+    pub fn sync(&mut self) -> Result<Offset, LogError> {
+        let end = self.end;
+        for segment in self.segments.values_mut().rev() {
+            if segment.synced_size == segment.size {
+                break;
+            }
+            self.storage.sync(&segment.file)?;
+            segment.synced_size = segment.size;
+        }
+        assert!(
+            end >= self.durable_end,
+            "durable end never goes backwards except by truncation"
+        );
+        self.durable_end = end;
+        Ok(end)
+    }
+
+    /// Persists the log start offset and the recovery point (the durable end) so that the next
+    /// open re-validates only what follows it. Call periodically and on clean shutdown.
+    pub fn checkpoint(&mut self) -> Result<(), LogError> {
+        let body = format!("keel-partition 1 {} {}", self.log_start, self.durable_end);
+        let crc = crc32c::crc32c(body.as_bytes());
+        storage::write_atomic(
+            &mut self.storage,
+            PARTITION_CHECKPOINT,
+            format!("{body} {crc}\n").as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    fn write_epochs(&mut self) -> Result<(), LogError> {
+        storage::write_atomic(
+            &mut self.storage,
+            EPOCH_CHECKPOINT,
+            self.epochs.encode().as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that contains `from`, up to `max_bytes` in
+    /// total but always at least one batch (KIP-74), and only batches that end at or below
+    /// `upper` (the high watermark for consumers, the log end offset for followers). Reads stay
+    /// within one segment. Every batch is CRC-checked before it is returned.
+    pub fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<Vec<Batch>, LogError> {
+        if from < self.log_start || from > self.end {
+            return Err(LogError::OffsetOutOfRange {
+                offset: from,
+                log_start: self.log_start,
+                end: self.end,
+            });
+        }
+        let mut out = Vec::new();
+        for segment in self
+            .segments
+            .range(..=from)
+            .next_back()
+            .into_iter()
+            .chain(self.segments.range(from.plus(1)..))
+            .map(|(_, s)| s)
+        {
+            if segment.next_offset <= from {
+                continue;
+            }
+            let mut position = segment.lookup(from);
+            let mut total = 0usize;
+            while position < segment.size {
+                let batch = self.read_batch_at(segment, position)?;
+                position += batch.size() as u64;
+                if batch.last_offset() < from {
+                    continue;
+                }
+                if batch.next_offset() > upper || (total > 0 && total + batch.size() > max_bytes) {
+                    break;
+                }
+                total += batch.size();
+                out.push(batch);
+            }
+            break;
+        }
+        Ok(out)
+    }
+
+    fn read_batch_at(&self, segment: &Segment, position: u64) -> Result<Batch, LogError> {
+        let corrupt = |error| LogError::Corrupt {
+            file: segment.file.clone(),
+            position,
+            error,
+        };
+        let header = self
+            .storage
+            .read_at(&segment.file, position, batch::LOG_OVERHEAD_BYTES)?;
+        let size = match batch::peek_size(&header) {
+            Some(result) => result.map_err(corrupt)?,
+            None => {
+                return Err(corrupt(BatchError::Truncated {
+                    need: batch::LOG_OVERHEAD_BYTES,
+                    have: header.len(),
+                }))
+            }
+        };
+        let bytes = self.storage.read_at(&segment.file, position, size)?;
+        Batch::parse(bytes).map_err(corrupt)
+    }
+
+    /// Kafka's ListOffsets by timestamp: the first record whose timestamp is at or after `ts`,
+    /// as (offset, timestamp), or `None` if there is none.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        for segment in self.segments.values() {
+            if segment.max_timestamp.is_none_or(|(max, _)| max < ts) {
+                continue;
+            }
+            // Every batch up to the last index entry with a smaller timestamp ends before `ts`.
+            let i = segment.time_index.partition_point(|&(t, _)| t < ts);
+            let from = if i == 0 {
+                segment.base
+            } else {
+                segment.time_index[i - 1].1
+            };
+            let mut position = segment.lookup(from.max(self.log_start));
+            while position < segment.size {
+                let batch = self.read_batch_at(segment, position)?;
+                position += batch.size() as u64;
+                if batch.max_timestamp() < ts || batch.last_offset() < self.log_start {
+                    continue;
+                }
+                let records = batch.records().map_err(|error| LogError::Corrupt {
+                    file: segment.file.clone(),
+                    position,
+                    error,
+                })?;
+                if let Some(r) = records
+                    .iter()
+                    .find(|r| r.timestamp >= ts && r.offset >= self.log_start)
+                {
+                    return Ok(Some((r.offset, r.timestamp)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Kafka's ListOffsets MAX_TIMESTAMP (KIP-734): the first record with the largest
+    /// timestamp, as (offset, timestamp).
+    pub fn max_timestamp(&self) -> Result<Option<(Offset, i64)>, LogError> {
+        let mut best: Option<(i64, Offset, &Segment)> = None;
+        for segment in self.segments.values() {
+            if let Some((ts, base)) = segment.max_timestamp {
+                if best.is_none_or(|(b, _, _)| ts > b) {
+                    best = Some((ts, base, segment));
+                }
+            }
+        }
+        let Some((ts, base, segment)) = best else {
+            return Ok(None);
+        };
+        let mut position = segment.lookup(base);
+        loop {
+            let batch = self.read_batch_at(segment, position)?;
+            if batch.base_offset() == base {
+                let records = batch.records().map_err(|error| LogError::Corrupt {
+                    file: segment.file.clone(),
+                    position,
+                    error,
+                })?;
+                let found = records
+                    .iter()
+                    .find(|r| r.timestamp == ts)
+                    .map_or(batch.last_offset(), |r| r.offset);
+                return Ok(Some((found, ts)));
+            }
+            position += batch.size() as u64;
+        }
+    }
+
+    /// Removes the batch containing `offset` and everything after it (a follower dropping a
+    /// diverged suffix), durably: the truncation is synced before this returns. Returns the new
+    /// log end offset: the base offset of the batch that contained `offset`.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<Offset, LogError> {
+        if offset >= self.end {
+            return Ok(self.end);
+        }
+        let offset = offset.max(self.log_start);
+        // Segments that start after `offset` go whole; the first segment always stays.
+        while self.segments.len() > 1 {
+            let (&base, last) = self.segments.iter().next_back().expect("nonempty");
+            if base <= offset {
+                break;
+            }
+            let file = last.file.clone();
+            self.segments.remove(&base);
+            self.storage.remove(&file)?;
+        }
+        // In the segment that holds `offset`, cut at the batch that contains it.
+        let (&base, segment) = self.segments.iter().next_back().expect("active segment");
+        let (file, created_ms) = (segment.file.clone(), segment.created_ms);
+        let mut position = segment.lookup(offset);
+        while position < segment.size {
+            let header = self
+                .storage
+                .read_at(&file, position, HEADER_BYTES)
+                .map_err(io_as_corrupt)
+                .and_then(|h| BatchHeader::read(&h));
+            let header = header.map_err(|error| LogError::Corrupt {
+                file: file.clone(),
+                position,
+                error,
+            })?;
+            if header.last_offset() >= offset {
+                break;
+            }
+            position += header.size as u64;
+        }
+        self.storage.truncate(&file, position)?;
+        self.storage.sync(&file)?;
+        // Rebuild the segment's indexes from what is left (all of it was valid before).
+        let mut rebuilt = Segment::new(base, created_ms);
+        let mut epoch = LeaderEpoch::NONE;
+        let cut = self.scan_segment(&mut rebuilt, &mut epoch, true)?;
+        assert!(
+            cut.is_none(),
+            "the data before a truncation point was valid"
+        );
+        rebuilt.synced_size = rebuilt.size;
+        let old_end = self.end;
+        self.end = rebuilt.next_offset;
+        self.segments.insert(base, rebuilt);
+        assert!(self.end <= old_end, "truncation never extends the log");
+        // Earlier segments were synced when rolled, and this one just now.
+        self.durable_end = self.end;
+        if self.epochs.truncate_from_end(self.end) {
+            self.write_epochs()?;
+        }
+        self.check_invariants();
+        Ok(self.end)
+    }
+
+    /// Empties the log and restarts it at `offset` (a follower whose leader's log starts past
+    /// this one's end).
+    pub fn truncate_fully_and_start_at(
+        &mut self,
+        now_ms: i64,
+        offset: Offset,
+    ) -> Result<(), LogError> {
+        let bases: Vec<Offset> = self.segments.keys().copied().collect();
+        for base in bases {
+            let segment = self.segments.remove(&base).expect("listed");
+            self.storage.remove(&segment.file)?;
+        }
+        let segment = Segment::new(offset, now_ms);
+        self.storage.create(&segment.file)?;
+        self.segments.insert(offset, segment);
+        self.log_start = offset;
+        self.end = offset;
+        self.durable_end = offset;
+        self.epochs = EpochCache::default();
+        self.write_epochs()?;
+        self.checkpoint()
+    }
+
+    /// Kafka's DeleteRecords: moves the log start offset forward to `offset` (never past
+    /// `upper`, the high watermark) and removes segments wholly below it. Durable on return.
+    pub fn advance_log_start(&mut self, offset: Offset, upper: Offset) -> Result<Offset, LogError> {
+        let target = offset.min(upper).min(self.end);
+        if target <= self.log_start {
+            return Ok(self.log_start);
+        }
+        self.log_start = target;
+        self.checkpoint()?;
+        self.remove_segments_below_start()?;
+        if self.epochs.truncate_from_start(self.log_start) {
+            self.write_epochs()?;
+        }
+        Ok(self.log_start)
+    }
+
+    fn remove_segments_below_start(&mut self) -> Result<(), LogError> {
+        while self.segments.len() > 1 {
+            let (&base, first) = self.segments.iter().next().expect("nonempty");
+            if first.next_offset > self.log_start || first.size == 0 {
+                break;
+            }
+            let segment = self.segments.remove(&base).expect("listed");
+            self.storage.remove(&segment.file)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `retention.ms` and `retention.bytes`: removes whole non-active segments from the
+    /// front while they are expired or the log is over its size limit, but never a segment with
+    /// data at or above `upper` (the high watermark). Returns the number removed.
+    pub fn apply_retention(&mut self, now_ms: i64, upper: Offset) -> Result<usize, LogError> {
+        let mut removed = 0;
+        let mut size = self.size_bytes() as i64;
+        while self.segments.len() > 1 {
+            let first = self.segments.values().next().expect("nonempty");
+            if first.next_offset > upper {
+                break;
+            }
+            let expired = self.config.retention_ms_max >= 0
+                && first
+                    .max_timestamp
+                    .is_none_or(|(ts, _)| now_ms - ts > self.config.retention_ms_max);
+            let oversized = self.config.retention_bytes_max >= 0
+                && size - first.size as i64 >= self.config.retention_bytes_max;
+            if !(expired || oversized) {
+                break;
+            }
+            let (base, next_start, first_size) = (first.base, first.next_offset, first.size);
+            size -= first_size as i64;
+            self.log_start = self.log_start.max(next_start);
+            removed += 1;
+            // Persist the new start before the data goes, so a crash never exposes a gap.
+            self.checkpoint()?;
+            let segment = self.segments.remove(&base).expect("listed");
+            self.storage.remove(&segment.file)?;
+        }
+        if removed > 0 && self.epochs.truncate_from_start(self.log_start) {
+            self.write_epochs()?;
+        }
+        Ok(removed)
+    }
+
+    /// Asserts the invariants that hold between operations (see the module docs).
+    pub fn check_invariants(&self) {
+        assert!(
+            self.log_start <= self.durable_end,
+            "log start {} above durable end {}",
+            self.log_start,
+            self.durable_end
+        );
+        assert!(
+            self.durable_end <= self.end,
+            "durable end {} above log end {}",
+            self.durable_end,
+            self.end
+        );
+        let mut previous: Option<&Segment> = None;
+        for segment in self.segments.values() {
+            if let Some(p) = previous {
+                assert!(
+                    segment.base >= p.next_offset,
+                    "segments overlap at {}",
+                    segment.base
+                );
+            }
+            previous = Some(segment);
+        }
+        for pair in self.epochs.entries().windows(2) {
+            assert!(
+                pair[0].epoch < pair[1].epoch,
+                "epochs increase in the cache"
+            );
+            assert!(
+                pair[0].start_offset <= pair[1].start_offset,
+                "epoch start offsets increase"
+            );
+        }
+        if let Some(latest) = self.epochs.latest() {
+            assert!(
+                latest.start_offset < self.end || self.end == self.log_start,
+                "epoch cache refers past the log end"
+            );
+        }
+    }
+}
+
+fn io_as_corrupt(e: StorageError) -> BatchError {
+    BatchError::CorruptRecords(format!("read failed: {e}"))
+}
+
+/// Reads (log start offset, recovery point) from the partition checkpoint. A missing or
+/// damaged checkpoint means: start from the first segment, re-validate everything.
+fn read_partition_checkpoint<S: Storage>(storage: &S) -> (Option<Offset>, Offset) {
+    let Ok(bytes) = storage::read_all(storage, PARTITION_CHECKPOINT) else {
+        return (None, Offset::ZERO);
+    };
+    let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| {
+        let text = text.strip_suffix('\n')?;
+        let (body, crc) = text.rsplit_once(' ')?;
+        if crc.parse::<u32>().ok()? != crc32c::crc32c(body.as_bytes()) {
+            return None;
+        }
+        let mut parts = body.split(' ');
+        if parts.next()? != "keel-partition" || parts.next()? != "1" {
+            return None;
+        }
+        let start = Offset(parts.next()?.parse().ok()?);
+        let recovery = Offset(parts.next()?.parse().ok()?);
+        Some((Some(start), recovery))
+    });
+    parsed.unwrap_or((None, Offset::ZERO))
+}
+
+/// Concatenates batches into one buffer (a fetch response's records field).
+pub fn concat(batches: &[Batch]) -> Bytes {
+    if let [one] = batches {
+        return one.bytes().clone();
+    }
+    let mut buf = BytesMut::with_capacity(batches.iter().map(Batch::size).sum());
+    for b in batches {
+        buf.extend_from_slice(b.bytes());
+    }
+    buf.freeze()
+}
+
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

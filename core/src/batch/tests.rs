@@ -19,8 +19,14 @@ fn built_batch_has_kafka_header_layout_and_crc32c() {
     let b = sample(Compression::None);
     let bytes = b.bytes();
     assert_eq!(bytes[16] as i8, 2, "magic at byte 16");
-    assert_eq!(i32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize, bytes.len() - 12);
-    assert_eq!(u32::from_be_bytes(bytes[17..21].try_into().unwrap()), crc32c::crc32c(&bytes[21..]));
+    assert_eq!(
+        i32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize,
+        bytes.len() - 12
+    );
+    assert_eq!(
+        u32::from_be_bytes(bytes[17..21].try_into().unwrap()),
+        crc32c::crc32c(&bytes[21..])
+    );
     assert_eq!(b.records_count(), 3);
     assert_eq!(b.last_offset_delta(), 2);
     assert_eq!(b.base_timestamp(), 1_700_000_000_000);
@@ -39,7 +45,10 @@ fn any_flipped_bit_after_the_crc_is_detected() {
             let mut bytes = BytesMut::from(&b.bytes()[..]);
             bytes[i] ^= bit;
             let err = Batch::parse(bytes.freeze()).expect_err("corruption must be detected");
-            assert!(matches!(err, BatchError::CrcMismatch { .. }), "byte {i}: {err:?}");
+            assert!(
+                matches!(err, BatchError::CrcMismatch { .. }),
+                "byte {i}: {err:?}"
+            );
         }
     }
 }
@@ -49,13 +58,25 @@ fn bad_magic_length_and_truncation_are_errors_by_blame() {
     let b = sample(Compression::None);
     let mut magic = BytesMut::from(&b.bytes()[..]);
     magic[16] = 1;
-    assert_eq!(Batch::parse(magic.freeze()), Err(BatchError::UnsupportedMagic(1)));
+    assert_eq!(
+        Batch::parse(magic.freeze()),
+        Err(BatchError::UnsupportedMagic(1))
+    );
     let truncated = b.bytes().slice(..b.size() - 1);
-    assert!(matches!(Batch::parse(truncated), Err(BatchError::LengthMismatch { .. })));
-    assert!(matches!(Batch::parse(b.bytes().slice(..30)), Err(BatchError::Truncated { .. })));
+    assert!(matches!(
+        Batch::parse(truncated),
+        Err(BatchError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        Batch::parse(b.bytes().slice(..30)),
+        Err(BatchError::Truncated { .. })
+    ));
     let mut short = BytesMut::from(&b.bytes()[..]);
     short[8..12].copy_from_slice(&10i32.to_be_bytes());
-    assert_eq!(Batch::parse(short.freeze()), Err(BatchError::LengthTooSmall(10)));
+    assert_eq!(
+        Batch::parse(short.freeze()),
+        Err(BatchError::LengthTooSmall(10))
+    );
 }
 
 /// The broker stamps baseOffset and partitionLeaderEpoch without recomputing the CRC.
@@ -122,14 +143,24 @@ fn batches_from_kafka_protocol_encoder_parse_and_decode() {
                 timestamp: 1000 + i,
                 key: Some(Bytes::from(format!("key{i}"))),
                 value: Some(Bytes::from(vec![b'x'; 100 * i as usize])),
-                headers: [(kafka_protocol::protocol::StrBytes::from_static_str("h"), Some(Bytes::from_static(b"hv")))]
-                    .into_iter()
-                    .collect(),
+                headers: [(
+                    kafka_protocol::protocol::StrBytes::from_static_str("h"),
+                    Some(Bytes::from_static(b"hv")),
+                )]
+                .into_iter()
+                .collect(),
             })
             .collect();
         let mut buf = BytesMut::new();
-        kp::RecordBatchEncoder::encode(&mut buf, &records, &kp::RecordEncodeOptions { version: 2, compression: theirs })
-            .expect("encode");
+        kp::RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &kp::RecordEncodeOptions {
+                version: 2,
+                compression: theirs,
+            },
+        )
+        .expect("encode");
         let batch = Batch::parse(buf.freeze()).expect("keel parses kafka-protocol's batch");
         assert_eq!(batch.compression().unwrap(), ours);
         assert_eq!(batch.producer_id(), ProducerId(77));
@@ -141,7 +172,13 @@ fn batches_from_kafka_protocol_encoder_parse_and_decode() {
             assert_eq!(r.offset, Offset(i as i64));
             assert_eq!(r.timestamp, 1000 + i as i64);
             assert_eq!(r.value.as_ref().unwrap().len(), 100 * i);
-            assert_eq!(r.headers, vec![RecordHeader { key: Bytes::from_static(b"h"), value: Some(Bytes::from_static(b"hv")) }]);
+            assert_eq!(
+                r.headers,
+                vec![RecordHeader {
+                    key: Bytes::from_static(b"h"),
+                    value: Some(Bytes::from_static(b"hv"))
+                }]
+            );
         }
     }
 }
@@ -164,7 +201,10 @@ fn kafka_protocol_decoder_reads_keel_batches() {
 fn decompression_bombs_are_bounded() {
     let zeros = vec![0u8; DECOMPRESSED_BYTES_MAX + 10];
     let compressed = Bytes::from(compress(Compression::Zstd, &zeros).unwrap());
-    assert!(matches!(decompress(Compression::Zstd, &compressed), Err(BatchError::Decompression(_))));
+    assert!(matches!(
+        decompress(Compression::Zstd, &compressed),
+        Err(BatchError::Decompression(_))
+    ));
 }
 
 #[test]
@@ -183,7 +223,13 @@ fn arb_record() -> impl Strategy<Value = NewRecord> {
         any::<i64>(),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
-        proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..10), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10))), 0..3),
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..10),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10)),
+            ),
+            0..3,
+        ),
     )
         .prop_map(|(timestamp, key, value, headers)| NewRecord {
             timestamp: timestamp >> 2,
@@ -191,7 +237,10 @@ fn arb_record() -> impl Strategy<Value = NewRecord> {
             value: value.map(Bytes::from),
             headers: headers
                 .into_iter()
-                .map(|(k, v)| RecordHeader { key: Bytes::from(k), value: v.map(Bytes::from) })
+                .map(|(k, v)| RecordHeader {
+                    key: Bytes::from(k),
+                    value: v.map(Bytes::from),
+                })
                 .collect(),
         })
 }
