@@ -1,0 +1,8 @@
+//! keel-node: the keel broker process and the `keel` command.
+//!
+//! node wires keel-core's pure state machines to real sockets and files: it decodes Kafka
+//! requests, hands them to core with the current time, and carries out the effects.
+
+pub mod dump_log;
+pub mod storage;
+pub mod wire;
