@@ -259,6 +259,7 @@ proptest! {
         let mut batch = builder.build().unwrap();
         batch.stamp(Offset(base), LeaderEpoch(epoch));
         let parsed = Batch::parse(batch.bytes().clone()).unwrap();
+        super::testing::round_trip(parsed.bytes());
         let decoded = parsed.records().unwrap();
         prop_assert_eq!(decoded.len(), records.len());
         for (i, (d, r)) in decoded.iter().zip(&records).enumerate() {
@@ -276,7 +277,8 @@ proptest! {
         if let Ok(b) = Batch::parse(Bytes::from(bytes.clone())) {
             let _ = b.records();
         }
-        let _ = Batch::parse_prefix(&Bytes::from(bytes));
+        let _ = Batch::parse_prefix(&Bytes::from(bytes.clone()));
+        super::testing::round_trip(&bytes);
     }
 
     /// A valid header with a fuzzed records section and a recomputed CRC: decoding records

@@ -602,6 +602,25 @@ fn arb_op_with_rot() -> impl Strategy<Value = LogOp> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+    /// Arbitrary bytes, and valid batches followed by arbitrary bytes, as a segment file.
+    #[test]
+    fn recovery_of_arbitrary_segments(garbage in proptest::collection::vec(any::<u8>(), 0..300), batches in 0usize..5, flip in any::<Option<(usize, u8)>>()) {
+        let mut data = Vec::new();
+        for i in 0..batches {
+            let mut b = small_batch(i + 1, 5);
+            b.stamp(Offset((0..i).map(|j| j as i64 + 1).sum()), LeaderEpoch(0));
+            data.extend_from_slice(b.bytes());
+        }
+        data.extend_from_slice(&garbage);
+        if let Some((at, bit)) = flip {
+            if !data.is_empty() {
+                let at = at % data.len();
+                data[at] ^= 1 << (bit % 8);
+            }
+        }
+        testing::recover_segment(&data);
+    }
+
     /// The log against a model under random appends, syncs, crashes, reopens, truncations,
     /// reads, rolls and retention: nothing durable is lost and nothing invalid is read.
     #[test]
