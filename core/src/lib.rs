@@ -11,11 +11,14 @@
 //!   that models crashes (lost unsynced writes, torn writes).
 //! - [`log`]: one partition's segmented log with indexes, the leader-epoch cache, retention and
 //!   crash recovery.
+//! - [`producer`]: idempotent producer state per partition (duplicate detection, sequence and
+//!   epoch checks), its snapshots and its rebuild from the log.
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod batch;
 pub mod log;
+pub mod producer;
 pub mod storage;
 pub mod types;
 
