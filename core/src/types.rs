@@ -10,9 +10,22 @@ pub struct Offset(pub i64);
 impl Offset {
     pub const ZERO: Offset = Offset(0);
 
-    /// The offset `n` records after this one.
+    /// The offset `n` records after this one. Saturates: offsets near `i64::MAX` never occur
+    /// in a real log, but a damaged or hostile batch header may claim one, and arithmetic on
+    /// bytes from outside must not panic.
     pub fn plus(self, n: i64) -> Offset {
-        Offset(self.0 + n)
+        Offset(self.0.saturating_add(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offset;
+
+    #[test]
+    fn offset_arithmetic_saturates_instead_of_panicking() {
+        assert_eq!(Offset(i64::MAX - 1).plus(5), Offset(i64::MAX));
+        assert_eq!(Offset(3).plus(4), Offset(7));
     }
 }
 

@@ -301,3 +301,14 @@ proptest! {
         let _ = batch.records();
     }
 }
+
+/// Found by the batch_parse fuzzer: a batch whose baseOffset is near i64::MAX made offset
+/// arithmetic overflow (a panic on bytes from outside). Offsets now saturate.
+#[test]
+fn base_offset_near_the_maximum_does_not_overflow() {
+    let mut b = sample(Compression::None);
+    b.stamp(Offset(i64::MAX - 1), LeaderEpoch(0));
+    assert_eq!(b.last_offset(), Offset(i64::MAX));
+    let _ = b.records();
+    super::testing::round_trip(b.bytes());
+}
