@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# keel's whole test suite: the README's test command, and what CI runs (.ci/run).
+# Installs what it needs (cargo-fuzz). Prints a closing "N passed, N failed" line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+fuzz_seconds=${KEEL_FUZZ_SECONDS:-15}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "unit, property and integration tests"
+cargo test --workspace 2>&1 | tee "$log"
+
+step "fuzz smoke run (${fuzz_seconds}s per target)"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+fuzz_passed=0
+fuzz_log=$(mktemp)
+for target in $(cd fuzz && cargo fuzz list); do
+    echo "--- fuzz $target"
+    # --sanitizer none: this is a stable toolchain. A crash or a build failure fails the run.
+    if ! (cd fuzz && cargo fuzz run --sanitizer none "$target" -- -max_total_time="$fuzz_seconds" -seed=1) >"$fuzz_log" 2>&1; then
+        tail -60 "$fuzz_log"
+        echo "fuzz target $target failed: inputs that crash it are in fuzz/artifacts/$target"
+        exit 1
+    fi
+    grep -E '^Done' "$fuzz_log"
+    fuzz_passed=$((fuzz_passed + 1))
+done
+
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+printf '\nfuzz: %d passed, 0 failed\n' "$fuzz_passed"
+printf 'keel: %d passed, %d failed\n' "$((passed + fuzz_passed))" "$failed"
