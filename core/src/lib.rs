@@ -13,10 +13,13 @@
 //!   crash recovery.
 //! - [`producer`]: idempotent producer state per partition (duplicate detection, sequence and
 //!   epoch checks), its snapshots and its rebuild from the log.
+//! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
+//!   producer-id blocks), its prost records and their single-node persistent store.
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod batch;
+pub mod controller;
 pub mod log;
 pub mod producer;
 pub mod storage;

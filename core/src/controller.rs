@@ -1,0 +1,1037 @@
+//! The metadata state machine: KRaft's controller state (topics, partitions, brokers, topic
+//! configs, producer-id blocks), for now on a single node.
+//!
+//! # Shape
+//! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
+//! `allocate_producer_ids`, `register_broker`) take `&self`: they validate a request against the
+//! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
+//! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
+//! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
+//! record, decoded from anywhere), and it leaves the state unchanged and returns an
+//! [`ApplyError`] for a record that does not fit the state. Replaying the same records from the
+//! same state always gives the same state and the same errors, which is what replication of the
+//! records through raft (a later issue) needs.
+//!
+//! Single-node use, through [`MetadataStore`]: open it (replays the stored records), then for
+//! each request: run the command; on `Ok(records)`, [`MetadataStore::commit`] them (appended and
+//! synced first, applied after, so nothing is visible before it is durable); answer the client.
+//!
+//! # Invariants (checked by [`MetadataState::check_invariants`], kept by `apply`)
+//! 1. Topic names and topic ids are each unique, and the name index matches the topics.
+//! 2. Every topic name is valid (1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`) and every topic id
+//!    is 16 bytes, not all zero.
+//! 3. Every partition has at least one replica, no replica twice, no negative broker id; its ISR
+//!    is a duplicate-free subset of its replicas; its leader is -1 or a member of the ISR; its
+//!    epochs are >= 0 and never decrease when the partition record is replaced.
+//! 4. Partitions of a topic are numbered densely from 0.
+//! 5. Every topic's configs passed [`TopicConfig::from_map`].
+//! 6. The next producer id never decreases; a broker's epoch only grows.
+//!
+//! # Kafka sources
+//! `ReplicationControlManager` (topic creation and deletion, partitions, name collisions),
+//! `ConfigurationControlManager` (incremental alter configs), `ProducerIdControlManager`
+//! (blocks of 1000), `ClusterControlManager` (broker registration), `Topic.validate` (names),
+//! `Errors.java` (codes), `QuorumController.MAX_RECORDS_PER_USER_OP` (the record bound).
+
+pub mod config;
+pub mod records;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub use config::{ConfigEntry, ConfigError, ConfigSource, ConfigType, TopicConfig};
+pub use records::{Endpoint, MetadataRecord, Record};
+pub use store::{MetadataStore, OpenReport, StoreError};
+
+use records::{
+    PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord,
+    TopicRecord,
+};
+
+use crate::types::{LeaderEpoch, ProducerId};
+
+/// The longest topic name Kafka allows (`Topic.MAX_NAME_LENGTH`).
+pub const TOPIC_NAME_LENGTH_MAX: usize = 249;
+/// The most records one command may produce (KRaft's `MAX_RECORDS_PER_USER_OP`); past it a
+/// command fails with POLICY_VIOLATION.
+pub const RECORDS_PER_COMMAND_MAX: usize = 10_000;
+/// The size of a producer id block (KRaft's `ProducerIdsBlock.PRODUCER_ID_BLOCK_SIZE`).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// A broker's id (Kafka's `node.id`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BrokerId(pub i32);
+
+impl BrokerId {
+    /// No broker: a partition without a leader (KRaft's `NO_LEADER`).
+    pub const NONE: BrokerId = BrokerId(-1);
+}
+
+impl fmt::Display for BrokerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A topic id: Kafka's 16-byte UUID.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicId(pub [u8; 16]);
+
+impl TopicId {
+    /// The all-zero id, which Kafka reserves to mean "no id" (`Uuid.ZERO_UUID`).
+    pub const ZERO: TopicId = TopicId([0; 16]);
+
+    /// The id in `bytes`, if they are exactly 16 and not all zero.
+    pub fn from_slice(bytes: &[u8]) -> Option<TopicId> {
+        let id = TopicId(bytes.try_into().ok()?);
+        (id != TopicId::ZERO).then_some(id)
+    }
+}
+
+impl fmt::Display for TopicId {
+    /// Kafka's text form of a UUID: URL-safe base64 without padding (`Uuid.toString`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::with_capacity(22);
+        for chunk in self.0.chunks(3) {
+            let mut n = 0u32;
+            for (i, &b) in chunk.iter().enumerate() {
+                n |= (b as u32) << (16 - 8 * i);
+            }
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        f.write_str(&out)
+    }
+}
+
+impl fmt::Debug for TopicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicId({self})")
+    }
+}
+
+/// One partition's assignment and leadership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// The assigned replicas, preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// The in-sync replicas.
+    pub isr: Vec<BrokerId>,
+    /// The leader, or [`BrokerId::NONE`].
+    pub leader: BrokerId,
+    /// Bumps on every leader change.
+    pub leader_epoch: LeaderEpoch,
+    /// Bumps on every change of this partition's state.
+    pub partition_epoch: i32,
+}
+
+/// A topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topic {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: TopicId,
+    /// Its partitions, indexed by partition number.
+    pub partitions: Vec<Partition>,
+    /// Its configs (defaults plus the topic's overrides).
+    pub config: TopicConfig,
+}
+
+/// A registered broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    /// Its id.
+    pub id: BrokerId,
+    /// The id of the process run that registered.
+    pub incarnation_id: [u8; 16],
+    /// Its broker epoch.
+    pub epoch: i64,
+    /// Its client listeners.
+    pub endpoints: Vec<Endpoint>,
+    /// Its rack.
+    pub rack: Option<String>,
+    /// Whether it is fenced (not live).
+    pub fenced: bool,
+}
+
+/// A block of producer ids handed to one broker: `first` to `first + size - 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    /// The first id of the block.
+    pub first: ProducerId,
+    /// How many ids ([`PRODUCER_ID_BLOCK_SIZE`]).
+    pub size: i64,
+}
+
+impl ProducerIdBlock {
+    /// The last id of the block.
+    pub fn last(&self) -> ProducerId {
+        ProducerId(self.first.0 + self.size - 1)
+    }
+}
+
+/// A CreateTopics request for one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTopic {
+    /// The name.
+    pub name: String,
+    /// The partition count, or -1 for the broker default.
+    pub partitions: i32,
+    /// The replication factor, or -1 for the broker default.
+    pub replication_factor: i16,
+    /// Topic config overrides.
+    pub configs: BTreeMap<String, String>,
+    /// A fresh random id from the caller (core draws no randomness).
+    pub topic_id: TopicId,
+}
+
+/// The broker's defaults for CreateTopics' -1 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicDefaults {
+    /// `num.partitions` (Kafka's default 1).
+    pub partitions: i32,
+    /// `default.replication.factor` (Kafka's default 1).
+    pub replication_factor: i16,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            partitions: 1,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// IncrementalAlterConfigs' operation types, with Kafka's ids (`AlterConfigOp.OpType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlterOp {
+    /// Set the value.
+    Set = 0,
+    /// Remove the topic's value (back to the default).
+    Delete = 1,
+    /// Add items to a LIST value.
+    Append = 2,
+    /// Remove items from a LIST value.
+    Subtract = 3,
+}
+
+impl AlterOp {
+    /// The operation with Kafka's id `code`, if there is one.
+    pub fn from_code(code: i8) -> Option<AlterOp> {
+        Some(match code {
+            0 => AlterOp::Set,
+            1 => AlterOp::Delete,
+            2 => AlterOp::Append,
+            3 => AlterOp::Subtract,
+            _ => return None,
+        })
+    }
+}
+
+/// One config change of an IncrementalAlterConfigs request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterConfigOp {
+    /// The Kafka key.
+    pub key: String,
+    /// What to do.
+    pub op: AlterOp,
+    /// The value (required by every op but DELETE).
+    pub value: Option<String>,
+}
+
+/// A BrokerRegistration request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    /// The broker id.
+    pub broker_id: BrokerId,
+    /// A fresh random id of this process run, from the caller.
+    pub incarnation_id: [u8; 16],
+    /// The client listeners.
+    pub endpoints: Vec<Endpoint>,
+    /// The rack.
+    pub rack: Option<String>,
+}
+
+/// Why a command was refused, with Kafka's error code ([`ControllerError::code`]) and a message
+/// for the response's error message field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    /// UNKNOWN_SERVER_ERROR (-1).
+    #[error("{0}")]
+    UnknownServerError(String),
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    #[error("{0}")]
+    UnknownTopicOrPartition(String),
+    /// INVALID_TOPIC_EXCEPTION (17).
+    #[error("{0}")]
+    InvalidTopic(String),
+    /// TOPIC_ALREADY_EXISTS (36).
+    #[error("{0}")]
+    TopicAlreadyExists(String),
+    /// INVALID_PARTITIONS (37).
+    #[error("{0}")]
+    InvalidPartitions(String),
+    /// INVALID_REPLICATION_FACTOR (38).
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// INVALID_CONFIG (40).
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// INVALID_REQUEST (42).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// POLICY_VIOLATION (44).
+    #[error("{0}")]
+    PolicyViolation(String),
+    /// STALE_BROKER_EPOCH (77).
+    #[error("{0}")]
+    StaleBrokerEpoch(String),
+    /// UNKNOWN_TOPIC_ID (100).
+    #[error("{0}")]
+    UnknownTopicId(String),
+}
+
+impl ControllerError {
+    /// Kafka's error code (Errors.java).
+    pub fn code(&self) -> i16 {
+        match self {
+            ControllerError::UnknownServerError(_) => -1,
+            ControllerError::UnknownTopicOrPartition(_) => 3,
+            ControllerError::InvalidTopic(_) => 17,
+            ControllerError::TopicAlreadyExists(_) => 36,
+            ControllerError::InvalidPartitions(_) => 37,
+            ControllerError::InvalidReplicationFactor(_) => 38,
+            ControllerError::InvalidConfig(_) => 40,
+            ControllerError::InvalidRequest(_) => 42,
+            ControllerError::PolicyViolation(_) => 44,
+            ControllerError::StaleBrokerEpoch(_) => 77,
+            ControllerError::UnknownTopicId(_) => 100,
+        }
+    }
+}
+
+/// Why [`MetadataState::apply`] did not apply a record. The state is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the record holds no record kind")]
+    Empty,
+    #[error("invalid topic id {0:?}: not 16 bytes, or all zero")]
+    InvalidTopicId(Vec<u8>),
+    #[error("no topic with id {0}")]
+    UnknownTopic(TopicId),
+    #[error("a topic named {0:?} already exists")]
+    TopicNameInUse(String),
+    #[error("a topic with id {0} already exists")]
+    TopicIdInUse(TopicId),
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(#[from] ConfigError),
+    #[error("invalid partition record: {0}")]
+    InvalidPartition(String),
+    #[error("invalid producer ids record: {0}")]
+    InvalidProducerIds(String),
+    #[error("invalid broker registration: {0}")]
+    InvalidBroker(String),
+}
+
+/// The controller's metadata state. See the module documentation for its invariants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataState {
+    topics: BTreeMap<TopicId, Topic>,
+    names: BTreeMap<String, TopicId>,
+    brokers: BTreeMap<BrokerId, Broker>,
+    /// The first producer id not yet handed out.
+    next_producer_id: i64,
+    /// The largest broker epoch ever registered.
+    last_broker_epoch: i64,
+}
+
+impl MetadataState {
+    /// An empty state: no topics, no brokers, producer ids from 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // --- Queries --------------------------------------------------------------------------
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.names.get(name).and_then(|id| self.topics.get(id))
+    }
+
+    /// The topic with id `id`.
+    pub fn topic_by_id(&self, id: TopicId) -> Option<&Topic> {
+        self.topics.get(&id)
+    }
+
+    /// Every topic, in name order.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.names.values().filter_map(|id| self.topics.get(id))
+    }
+
+    /// The number of topics.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Partition `partition` of the topic named `name`.
+    pub fn partition(&self, name: &str, partition: i32) -> Option<&Partition> {
+        let index = usize::try_from(partition).ok()?;
+        self.topic(name)?.partitions.get(index)
+    }
+
+    /// The configs of the topic named `name`.
+    pub fn topic_config(&self, name: &str) -> Option<&TopicConfig> {
+        self.topic(name).map(|t| &t.config)
+    }
+
+    /// The broker with id `id`, if registered.
+    pub fn broker(&self, id: BrokerId) -> Option<&Broker> {
+        self.brokers.get(&id)
+    }
+
+    /// Every registered broker, in id order.
+    pub fn brokers(&self) -> impl Iterator<Item = &Broker> {
+        self.brokers.values()
+    }
+
+    /// The registered, unfenced brokers, in id order.
+    pub fn live_brokers(&self) -> Vec<BrokerId> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
+    }
+
+    /// The first producer id the next block will hand out.
+    pub fn next_producer_id(&self) -> ProducerId {
+        ProducerId(self.next_producer_id)
+    }
+
+    // --- Commands -------------------------------------------------------------------------
+
+    /// CreateTopics for one topic (KRaft's `ReplicationControlManager.createTopic`), checks in
+    /// Kafka's order: name (INVALID_TOPIC_EXCEPTION), existence (TOPIC_ALREADY_EXISTS), a
+    /// `.`/`_` collision with another topic (INVALID_TOPIC_EXCEPTION), configs (INVALID_CONFIG),
+    /// partitions (INVALID_PARTITIONS), replication factor against `live_brokers`
+    /// (INVALID_REPLICATION_FACTOR). -1 partitions or replication factor means `defaults`.
+    ///
+    /// Replicas are spread round-robin over the sorted live brokers: partition `p`'s replicas
+    /// are brokers `(start + p + i) % n` for `i` in `0..rf`, the first being the leader, where
+    /// `start` comes from the topic id (core has no randomness; the id is random).
+    pub fn create_topic(
+        &self,
+        topic: &NewTopic,
+        live_brokers: &[BrokerId],
+        defaults: &TopicDefaults,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let name = topic.name.as_str();
+        validate_topic_name(name).map_err(ControllerError::InvalidTopic)?;
+        if self.names.contains_key(name) {
+            return Err(ControllerError::TopicAlreadyExists(format!(
+                "Topic '{name}' already exists."
+            )));
+        }
+        if let Some(existing) = self.colliding_topic(name) {
+            return Err(ControllerError::InvalidTopic(format!(
+                "Topic '{name}' collides with existing topic: {existing}"
+            )));
+        }
+        if topic.topic_id == TopicId::ZERO || self.topics.contains_key(&topic.topic_id) {
+            return Err(ControllerError::InvalidRequest(format!(
+                "topic id {} is reserved or in use",
+                topic.topic_id
+            )));
+        }
+        TopicConfig::from_map(&topic.configs)
+            .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
+        let partitions = match topic.partitions {
+            -1 => defaults.partitions,
+            n => n,
+        };
+        if partitions <= 0 {
+            return Err(ControllerError::InvalidPartitions(
+                "Number of partitions was set to an invalid non-positive value.".into(),
+            ));
+        }
+        if partitions as usize >= RECORDS_PER_COMMAND_MAX {
+            return Err(too_many_records());
+        }
+        let rf = match topic.replication_factor {
+            -1 => defaults.replication_factor,
+            n => n,
+        };
+        if rf <= 0 {
+            return Err(ControllerError::InvalidReplicationFactor(
+                "Replication factor must be larger than 0, or -1 to use the default value.".into(),
+            ));
+        }
+        let brokers = sorted_brokers(live_brokers);
+        check_replication_factor(rf as usize, brokers.len())?;
+        let mut records = Vec::with_capacity(1 + partitions as usize);
+        records.push(MetadataRecord::from(TopicRecord {
+            name: name.to_string(),
+            topic_id: topic.topic_id.0.to_vec(),
+            configs: topic.configs.clone(),
+        }));
+        records.extend(new_partition_records(
+            topic.topic_id,
+            0..partitions,
+            rf as usize,
+            &brokers,
+        ));
+        Ok(records)
+    }
+
+    /// DeleteTopics by name: UNKNOWN_TOPIC_OR_PARTITION if there is no such topic.
+    pub fn delete_topic(&self, name: &str) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = self.topic(name).ok_or_else(unknown_topic)?;
+        Ok(vec![RemoveTopicRecord {
+            topic_id: topic.id.0.to_vec(),
+        }
+        .into()])
+    }
+
+    /// DeleteTopics by id (v6+): UNKNOWN_TOPIC_ID if there is no such topic.
+    pub fn delete_topic_by_id(&self, id: TopicId) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if !self.topics.contains_key(&id) {
+            return Err(ControllerError::UnknownTopicId(format!(
+                "Topic id {id} does not exist."
+            )));
+        }
+        Ok(vec![RemoveTopicRecord {
+            topic_id: id.0.to_vec(),
+        }
+        .into()])
+    }
+
+    /// CreatePartitions: grows the topic to `new_total` partitions, placed like
+    /// [`create_topic`](Self::create_topic) with the replication factor of partition 0.
+    /// UNKNOWN_TOPIC_OR_PARTITION, INVALID_PARTITIONS if `new_total` is not larger,
+    /// INVALID_REPLICATION_FACTOR if too few brokers are live.
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        new_total: i32,
+        live_brokers: &[BrokerId],
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = self.topic(name).ok_or_else(unknown_topic)?;
+        let current = topic.partitions.len() as i32;
+        if new_total < current {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "The topic {name} currently has {current} partition(s); {new_total} would not be an increase."
+            )));
+        }
+        if new_total == current {
+            return Err(ControllerError::InvalidPartitions(format!(
+                "Topic already has {current} partition(s)."
+            )));
+        }
+        if (new_total - current) as usize > RECORDS_PER_COMMAND_MAX {
+            return Err(too_many_records());
+        }
+        let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
+        let brokers = sorted_brokers(live_brokers);
+        check_replication_factor(rf, brokers.len())?;
+        Ok(new_partition_records(topic.id, current..new_total, rf, &brokers).collect())
+    }
+
+    /// IncrementalAlterConfigs on a topic (KRaft's `ConfigurationControlManager`): applies
+    /// `ops` in order to the topic's overrides and returns a record per key whose value
+    /// changed (none when nothing changes). UNKNOWN_TOPIC_OR_PARTITION; INVALID_REQUEST for a
+    /// key given twice or a missing value; INVALID_CONFIG for an unknown key, APPEND or SUBTRACT
+    /// on a non-LIST key, or a resulting value that does not validate.
+    pub fn incremental_alter_configs(
+        &self,
+        name: &str,
+        ops: &[AlterConfigOp],
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = self.topic(name).ok_or_else(unknown_topic)?;
+        let mut seen = BTreeSet::new();
+        let mut overrides = topic.config.overrides().clone();
+        for op in ops {
+            let key = op.key.as_str();
+            if !seen.insert(key) {
+                return Err(ControllerError::InvalidRequest(format!(
+                    "Error due to duplicate config keys: {key}"
+                )));
+            }
+            let Some(default) = TopicConfig::default_value(key) else {
+                return Err(ControllerError::InvalidConfig(format!(
+                    "Unknown topic config name: {key}"
+                )));
+            };
+            let value = match (op.op, &op.value) {
+                (AlterOp::Delete, _) => {
+                    overrides.remove(key);
+                    continue;
+                }
+                (_, None) => {
+                    return Err(ControllerError::InvalidRequest(format!(
+                        "Null value not supported for: {key}"
+                    )))
+                }
+                (_, Some(value)) => value,
+            };
+            if matches!(op.op, AlterOp::Append | AlterOp::Subtract) && !TopicConfig::is_list(key) {
+                return Err(ControllerError::InvalidConfig(format!(
+                    "Can't {:?} to key {key} because its type is not LIST.",
+                    op.op
+                )));
+            }
+            let current = overrides.get(key).cloned().unwrap_or(default);
+            let mut items: Vec<&str> = config::split_list(&current).collect();
+            let new_value = match op.op {
+                AlterOp::Append => {
+                    for item in config::split_list(value) {
+                        if !items.contains(&item) {
+                            items.push(item);
+                        }
+                    }
+                    items.join(",")
+                }
+                AlterOp::Subtract => {
+                    let removed: Vec<&str> = config::split_list(value).collect();
+                    items.retain(|item| !removed.contains(item));
+                    items.join(",")
+                }
+                _ => value.clone(),
+            };
+            overrides.insert(key.to_string(), new_value);
+        }
+        TopicConfig::from_map(&overrides)
+            .map_err(|e| ControllerError::InvalidConfig(e.to_string()))?;
+        let old = topic.config.overrides();
+        let keys: BTreeSet<&String> = old.keys().chain(overrides.keys()).collect();
+        Ok(keys
+            .into_iter()
+            .filter(|k| old.get(*k) != overrides.get(*k))
+            .map(|k| {
+                TopicConfigRecord {
+                    topic_id: topic.id.0.to_vec(),
+                    key: k.clone(),
+                    value: overrides.get(k).cloned(),
+                }
+                .into()
+            })
+            .collect())
+    }
+
+    /// AllocateProducerIds (KRaft's `ProducerIdControlManager.generateNextProducerId`): the next
+    /// block of [`PRODUCER_ID_BLOCK_SIZE`] ids for a registered broker at its current epoch
+    /// (STALE_BROKER_EPOCH otherwise). UNKNOWN_SERVER_ERROR when the ids are exhausted.
+    pub fn allocate_producer_ids(
+        &self,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    ) -> Result<(ProducerIdBlock, Vec<MetadataRecord>), ControllerError> {
+        match self.brokers.get(&broker_id) {
+            Some(b) if b.epoch == broker_epoch => {}
+            _ => {
+                return Err(ControllerError::StaleBrokerEpoch(format!(
+                    "Expected broker epoch of broker {broker_id} to match {broker_epoch}"
+                )))
+            }
+        }
+        let first = self.next_producer_id;
+        let Some(next) = first.checked_add(PRODUCER_ID_BLOCK_SIZE) else {
+            return Err(ControllerError::UnknownServerError(
+                "Exhausted all producerIds as the next block's end producerId is greater than Long.MAX_VALUE".into(),
+            ));
+        };
+        let block = ProducerIdBlock {
+            first: ProducerId(first),
+            size: PRODUCER_ID_BLOCK_SIZE,
+        };
+        let record = ProducerIdsRecord {
+            broker_id: broker_id.0,
+            broker_epoch,
+            next_producer_id: next,
+        };
+        Ok((block, vec![record.into()]))
+    }
+
+    /// BrokerRegistration: registers the broker (again, after a restart) with a new broker
+    /// epoch, greater than every epoch before it, which it returns. INVALID_REQUEST for a
+    /// negative id or an endpoint port outside 0..=65535. Registered unfenced: fencing, and
+    /// refusing a second live incarnation (DUPLICATE_BROKER_REGISTRATION), need heartbeats,
+    /// which come with the raft quorum.
+    pub fn register_broker(
+        &self,
+        registration: &BrokerRegistration,
+    ) -> Result<(i64, Vec<MetadataRecord>), ControllerError> {
+        if registration.broker_id.0 < 0 {
+            return Err(ControllerError::InvalidRequest(format!(
+                "invalid broker id {}",
+                registration.broker_id
+            )));
+        }
+        if let Some(e) = registration
+            .endpoints
+            .iter()
+            .find(|e| !(0..=65535).contains(&e.port))
+        {
+            return Err(ControllerError::InvalidRequest(format!(
+                "invalid port {} for listener {}",
+                e.port, e.name
+            )));
+        }
+        let Some(epoch) = self.last_broker_epoch.checked_add(1) else {
+            return Err(ControllerError::UnknownServerError(
+                "broker epochs exhausted".into(),
+            ));
+        };
+        let record = RegisterBrokerRecord {
+            broker_id: registration.broker_id.0,
+            incarnation_id: registration.incarnation_id.to_vec(),
+            broker_epoch: epoch,
+            endpoints: registration.endpoints.clone(),
+            rack: registration.rack.clone(),
+            fenced: false,
+        };
+        Ok((epoch, vec![record.into()]))
+    }
+
+    // --- Apply ----------------------------------------------------------------------------
+
+    /// Applies one record: the only way the state changes. Deterministic and total: never
+    /// panics; a record that does not fit the state (see [`ApplyError`]) leaves it unchanged.
+    pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), ApplyError> {
+        match &record.record {
+            None => Err(ApplyError::Empty),
+            Some(Record::Topic(r)) => self.apply_topic(r),
+            Some(Record::Partition(r)) => self.apply_partition(r),
+            Some(Record::RemoveTopic(r)) => {
+                let id = topic_id(&r.topic_id)?;
+                let topic = self
+                    .topics
+                    .remove(&id)
+                    .ok_or(ApplyError::UnknownTopic(id))?;
+                self.names.remove(&topic.name);
+                Ok(())
+            }
+            Some(Record::TopicConfig(r)) => {
+                let id = topic_id(&r.topic_id)?;
+                let topic = self
+                    .topics
+                    .get_mut(&id)
+                    .ok_or(ApplyError::UnknownTopic(id))?;
+                let mut overrides = topic.config.overrides().clone();
+                match &r.value {
+                    Some(value) => overrides.insert(r.key.clone(), value.clone()),
+                    None => overrides.remove(&r.key),
+                };
+                topic.config = TopicConfig::from_map(&overrides)?;
+                Ok(())
+            }
+            Some(Record::ProducerIds(r)) => {
+                if r.next_producer_id < self.next_producer_id {
+                    return Err(ApplyError::InvalidProducerIds(format!(
+                        "next producer id {} is below the current {}",
+                        r.next_producer_id, self.next_producer_id
+                    )));
+                }
+                self.next_producer_id = r.next_producer_id;
+                Ok(())
+            }
+            Some(Record::RegisterBroker(r)) => self.apply_register_broker(r),
+        }
+    }
+
+    fn apply_topic(&mut self, r: &TopicRecord) -> Result<(), ApplyError> {
+        let id = topic_id(&r.topic_id)?;
+        validate_topic_name(&r.name).map_err(ApplyError::InvalidTopicName)?;
+        if self.names.contains_key(&r.name) {
+            return Err(ApplyError::TopicNameInUse(r.name.clone()));
+        }
+        if self.topics.contains_key(&id) {
+            return Err(ApplyError::TopicIdInUse(id));
+        }
+        let config = TopicConfig::from_map(&r.configs)?;
+        self.names.insert(r.name.clone(), id);
+        self.topics.insert(
+            id,
+            Topic {
+                name: r.name.clone(),
+                id,
+                partitions: Vec::new(),
+                config,
+            },
+        );
+        Ok(())
+    }
+
+    fn apply_partition(&mut self, r: &PartitionRecord) -> Result<(), ApplyError> {
+        let id = topic_id(&r.topic_id)?;
+        let partition = partition_from_record(r)?;
+        let topic = self
+            .topics
+            .get_mut(&id)
+            .ok_or(ApplyError::UnknownTopic(id))?;
+        let index = usize::try_from(r.partition).map_err(|_| {
+            ApplyError::InvalidPartition(format!("negative partition {}", r.partition))
+        })?;
+        match index.cmp(&topic.partitions.len()) {
+            std::cmp::Ordering::Greater => Err(ApplyError::InvalidPartition(format!(
+                "partition {index} would leave a gap after {}",
+                topic.partitions.len()
+            ))),
+            std::cmp::Ordering::Equal => {
+                topic.partitions.push(partition);
+                Ok(())
+            }
+            std::cmp::Ordering::Less => {
+                let old = &topic.partitions[index];
+                if partition.leader_epoch < old.leader_epoch
+                    || partition.partition_epoch < old.partition_epoch
+                {
+                    return Err(ApplyError::InvalidPartition(format!(
+                        "partition {index}: epochs would go back from leader {} / partition {}",
+                        old.leader_epoch, old.partition_epoch
+                    )));
+                }
+                topic.partitions[index] = partition;
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_register_broker(&mut self, r: &RegisterBrokerRecord) -> Result<(), ApplyError> {
+        let invalid = |why: String| Err(ApplyError::InvalidBroker(why));
+        if r.broker_id < 0 {
+            return invalid(format!("negative broker id {}", r.broker_id));
+        }
+        let Ok(incarnation_id) = <[u8; 16]>::try_from(r.incarnation_id.as_slice()) else {
+            return invalid("incarnation id is not 16 bytes".into());
+        };
+        if r.endpoints.iter().any(|e| !(0..=65535).contains(&e.port)) {
+            return invalid("endpoint port outside 0..=65535".into());
+        }
+        let id = BrokerId(r.broker_id);
+        if r.broker_epoch < 0
+            || self
+                .brokers
+                .get(&id)
+                .is_some_and(|b| b.epoch >= r.broker_epoch)
+        {
+            return invalid(format!(
+                "broker {id} epoch {} does not grow",
+                r.broker_epoch
+            ));
+        }
+        self.last_broker_epoch = self.last_broker_epoch.max(r.broker_epoch);
+        self.brokers.insert(
+            id,
+            Broker {
+                id,
+                incarnation_id,
+                epoch: r.broker_epoch,
+                endpoints: r.endpoints.clone(),
+                rack: r.rack.clone(),
+                fenced: r.fenced,
+            },
+        );
+        Ok(())
+    }
+
+    /// Asserts every invariant in the module documentation. For tests and the simulator.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.names.len(),
+            self.topics.len(),
+            "invariant 1: one name per topic"
+        );
+        for (name, id) in &self.names {
+            let topic = self.topics.get(id);
+            assert!(
+                topic.is_some_and(|t| &t.name == name && t.id == *id),
+                "invariant 1: the name index matches the topics ({name})"
+            );
+        }
+        for topic in self.topics.values() {
+            assert!(
+                validate_topic_name(&topic.name).is_ok(),
+                "invariant 2: valid topic name {:?}",
+                topic.name
+            );
+            assert!(
+                topic.id != TopicId::ZERO,
+                "invariant 2: topic ids are not zero"
+            );
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let record = partition_record(topic.id, i as i32, p);
+                assert!(
+                    partition_from_record(&record).as_ref() == Ok(p),
+                    "invariant 3: partition {i} of {} is well formed: {p:?}",
+                    topic.name
+                );
+            }
+            assert!(
+                TopicConfig::from_map(topic.config.overrides()).as_ref() == Ok(&topic.config),
+                "invariant 5: the configs of {} validate",
+                topic.name
+            );
+        }
+        assert!(
+            self.next_producer_id >= 0,
+            "invariant 6: producer ids are not negative"
+        );
+        for broker in self.brokers.values() {
+            assert!(
+                broker.epoch <= self.last_broker_epoch,
+                "invariant 6: broker epochs are below the last one"
+            );
+        }
+    }
+
+    /// The existing topic whose name equals `name` once `.` is read as `_` (Kafka refuses such
+    /// pairs because metric names would collide), least name first for a deterministic message.
+    fn colliding_topic(&self, name: &str) -> Option<&str> {
+        if !name.contains(['.', '_']) {
+            return None;
+        }
+        let unified = name.replace('.', "_");
+        self.names
+            .keys()
+            .find(|existing| *existing != name && existing.replace('.', "_") == unified)
+            .map(String::as_str)
+    }
+}
+
+/// Kafka's topic name rules (`Topic.validate`), with its messages.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > TOPIC_NAME_LENGTH_MAX {
+        return Err(format!(
+            "Topic name is illegal, it can't be longer than {TOPIC_NAME_LENGTH_MAX} characters, topic name: {name}"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn topic_id(bytes: &[u8]) -> Result<TopicId, ApplyError> {
+    TopicId::from_slice(bytes).ok_or_else(|| ApplyError::InvalidTopicId(bytes.to_vec()))
+}
+
+/// Checks a partition record's own consistency (invariant 3) and converts it.
+fn partition_from_record(r: &PartitionRecord) -> Result<Partition, ApplyError> {
+    let invalid = |why: &str| Err(ApplyError::InvalidPartition(format!("{why}: {r:?}")));
+    let replicas: BTreeSet<i32> = r.replicas.iter().copied().collect();
+    let isr: BTreeSet<i32> = r.isr.iter().copied().collect();
+    if replicas.is_empty() {
+        return invalid("no replicas");
+    }
+    if replicas.len() != r.replicas.len() || isr.len() != r.isr.len() {
+        return invalid("a replica listed twice");
+    }
+    if replicas.first().is_some_and(|&b| b < 0) {
+        return invalid("a negative broker id");
+    }
+    if !isr.is_subset(&replicas) {
+        return invalid("ISR outside the replicas");
+    }
+    if r.leader != BrokerId::NONE.0 && !isr.contains(&r.leader) {
+        return invalid("leader outside the ISR");
+    }
+    if r.leader_epoch < 0 || r.partition_epoch < 0 {
+        return invalid("negative epoch");
+    }
+    Ok(Partition {
+        replicas: r.replicas.iter().map(|&b| BrokerId(b)).collect(),
+        isr: r.isr.iter().map(|&b| BrokerId(b)).collect(),
+        leader: BrokerId(r.leader),
+        leader_epoch: LeaderEpoch(r.leader_epoch),
+        partition_epoch: r.partition_epoch,
+    })
+}
+
+/// The record that states `partition` of `topic` as it is.
+fn partition_record(topic: TopicId, index: i32, p: &Partition) -> PartitionRecord {
+    PartitionRecord {
+        topic_id: topic.0.to_vec(),
+        partition: index,
+        replicas: p.replicas.iter().map(|b| b.0).collect(),
+        isr: p.isr.iter().map(|b| b.0).collect(),
+        leader: p.leader.0,
+        leader_epoch: p.leader_epoch.0,
+        partition_epoch: p.partition_epoch,
+    }
+}
+
+/// New partitions `range` of `topic`, round-robin over `brokers` (sorted, nonempty, at least
+/// `rf` of them): every replica in the ISR, the first replica leading, epochs 0.
+fn new_partition_records(
+    topic: TopicId,
+    range: std::ops::Range<i32>,
+    rf: usize,
+    brokers: &[BrokerId],
+) -> impl Iterator<Item = MetadataRecord> + '_ {
+    assert!(
+        rf >= 1 && rf <= brokers.len(),
+        "placement needs 1 <= replication factor ({rf}) <= live brokers ({})",
+        brokers.len()
+    );
+    let n = brokers.len();
+    let start = u32::from_be_bytes([topic.0[0], topic.0[1], topic.0[2], topic.0[3]]) as usize % n;
+    range.map(move |p| {
+        let replicas: Vec<BrokerId> = (0..rf)
+            .map(|i| brokers[(start + p as usize + i) % n])
+            .collect();
+        let partition = Partition {
+            leader: replicas[0],
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: 0,
+        };
+        partition_record(topic, p, &partition).into()
+    })
+}
+
+fn sorted_brokers(live: &[BrokerId]) -> Vec<BrokerId> {
+    let set: BTreeSet<BrokerId> = live.iter().copied().filter(|b| b.0 >= 0).collect();
+    set.into_iter().collect()
+}
+
+fn check_replication_factor(rf: usize, live: usize) -> Result<(), ControllerError> {
+    if rf > live {
+        return Err(ControllerError::InvalidReplicationFactor(format!(
+            "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {live} broker(s) are registered."
+        )));
+    }
+    Ok(())
+}
+
+fn unknown_topic() -> ControllerError {
+    ControllerError::UnknownTopicOrPartition(
+        "This server does not host this topic-partition.".into(),
+    )
+}
+
+fn too_many_records() -> ControllerError {
+    ControllerError::PolicyViolation("Unable to perform excessively large batch operation.".into())
+}

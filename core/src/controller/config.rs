@@ -1,0 +1,374 @@
+//! Typed topic configs: the Kafka topic config keys keel honours, with Kafka's names, types,
+//! defaults and validators (Kafka 3.x `LogConfig`), parsed from the string map that the
+//! metadata records carry.
+//!
+//! Invariants: a [`TopicConfig`] exists only for a map whose every key is one of [`KEYS`] and
+//! whose every value passed that key's validator (parse, don't validate); the typed fields
+//! always agree with the overrides map.
+
+use std::collections::BTreeMap;
+
+use crate::batch::TimestampType;
+use crate::log::LogConfig;
+
+/// `retention.ms`: delete segments whose newest record is older (LONG, >= -1, -1 = forever).
+pub const RETENTION_MS: &str = "retention.ms";
+/// `retention.bytes`: delete old segments while the partition is larger (LONG, -1 = no limit).
+pub const RETENTION_BYTES: &str = "retention.bytes";
+/// `segment.bytes`: roll a segment at this size (INT, >= 14; Kafka 4.0 raised it to 1 MiB).
+pub const SEGMENT_BYTES: &str = "segment.bytes";
+/// `segment.ms`: roll a segment at this age (LONG, >= 1).
+pub const SEGMENT_MS: &str = "segment.ms";
+/// `max.message.bytes`: the largest batch a producer may send (INT, >= 0).
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+/// `min.insync.replicas`: acks=all needs this many in-sync replicas (INT, >= 1).
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// `cleanup.policy`: `delete`, `compact` or both (LIST).
+pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// `message.timestamp.type`: `CreateTime` or `LogAppendTime` (STRING).
+pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+
+/// Every topic config key keel accepts, in name order (DescribeConfigs lists them so).
+pub const KEYS: [&str; 8] = [
+    CLEANUP_POLICY,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TIMESTAMP_TYPE,
+    MIN_INSYNC_REPLICAS,
+    RETENTION_BYTES,
+    RETENTION_MS,
+    SEGMENT_BYTES,
+    SEGMENT_MS,
+];
+
+/// The smallest `segment.bytes` (Kafka 3.x: `LegacyRecord.RECORD_OVERHEAD_V0`).
+pub const SEGMENT_BYTES_MIN: i32 = 14;
+
+/// `cleanup.policy`: which cleanups run on the topic's segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// `delete`: retention by time and size.
+    pub delete: bool,
+    /// `compact`: keep the last record per key.
+    pub compact: bool,
+}
+
+/// A config's type, as DescribeConfigs v3+ reports it (`DescribeConfigsResponse.ConfigType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigType {
+    String = 2,
+    Int = 3,
+    Long = 5,
+    List = 7,
+}
+
+impl ConfigType {
+    /// Kafka's id of the type.
+    pub fn code(self) -> i8 {
+        self as i8
+    }
+}
+
+/// Where a described value comes from (`DescribeConfigsResponse.ConfigSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Set on the topic (TOPIC_CONFIG, 1).
+    Topic = 1,
+    /// Kafka's default (DEFAULT_CONFIG, 5).
+    Default = 5,
+}
+
+impl ConfigSource {
+    /// Kafka's id of the source.
+    pub fn code(self) -> i8 {
+        self as i8
+    }
+}
+
+/// One line of a DescribeConfigs answer for a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigEntry {
+    /// The Kafka key.
+    pub name: &'static str,
+    /// The value in force, as a string (the topic's own string when it was set).
+    pub value: String,
+    /// Whether the value was set on the topic or is the default.
+    pub source: ConfigSource,
+    /// The value's type.
+    pub config_type: ConfigType,
+}
+
+/// Why a config key or value is not accepted (INVALID_CONFIG).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown topic config name: {0}")]
+    UnknownKey(String),
+    #[error("invalid value {value:?} for configuration {key}: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The typed configs of one topic: Kafka's defaults, overridden by the topic's own settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    retention_ms: i64,
+    retention_bytes: i64,
+    segment_bytes: i32,
+    segment_ms: i64,
+    max_message_bytes: i32,
+    min_insync_replicas: i32,
+    cleanup_policy: CleanupPolicy,
+    message_timestamp_type: TimestampType,
+    /// The topic-level settings, as given.
+    overrides: BTreeMap<String, String>,
+}
+
+impl Default for TopicConfig {
+    /// Kafka's defaults (`LogConfig`, `ServerLogConfigs`).
+    fn default() -> Self {
+        TopicConfig {
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            max_message_bytes: 1024 * 1024 + 12,
+            min_insync_replicas: 1,
+            cleanup_policy: CleanupPolicy {
+                delete: true,
+                compact: false,
+            },
+            message_timestamp_type: TimestampType::CreateTime,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Parses a topic's overrides: every key must be one of [`KEYS`] and every value valid.
+    pub fn from_map(overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
+        let mut config = TopicConfig::default();
+        for (key, value) in overrides {
+            config.set(key, value)?;
+        }
+        config.overrides = overrides.clone();
+        Ok(config)
+    }
+
+    /// Checks one key and value without building a config.
+    pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
+        TopicConfig::default().set(key, value)
+    }
+
+    /// Whether `key` is a LIST config (the only kind APPEND and SUBTRACT apply to).
+    pub fn is_list(key: &str) -> bool {
+        key == CLEANUP_POLICY
+    }
+
+    /// Kafka's default value of `key` as a string, if keel knows the key.
+    pub fn default_value(key: &str) -> Option<String> {
+        TopicConfig::default().value_of(key)
+    }
+
+    /// The topic-level settings, as given.
+    pub fn overrides(&self) -> &BTreeMap<String, String> {
+        &self.overrides
+    }
+
+    /// `retention.ms` (-1: keep forever).
+    pub fn retention_ms(&self) -> i64 {
+        self.retention_ms
+    }
+
+    /// `retention.bytes` (-1: no limit).
+    pub fn retention_bytes(&self) -> i64 {
+        self.retention_bytes
+    }
+
+    /// `segment.bytes`.
+    pub fn segment_bytes(&self) -> i32 {
+        self.segment_bytes
+    }
+
+    /// `segment.ms`.
+    pub fn segment_ms(&self) -> i64 {
+        self.segment_ms
+    }
+
+    /// `max.message.bytes`.
+    pub fn max_message_bytes(&self) -> i32 {
+        self.max_message_bytes
+    }
+
+    /// `min.insync.replicas`.
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas
+    }
+
+    /// `cleanup.policy`.
+    pub fn cleanup_policy(&self) -> CleanupPolicy {
+        self.cleanup_policy
+    }
+
+    /// `message.timestamp.type`.
+    pub fn message_timestamp_type(&self) -> TimestampType {
+        self.message_timestamp_type
+    }
+
+    /// Every key with its value in force and where it comes from, in name order: the body of a
+    /// DescribeConfigs answer.
+    pub fn describe(&self) -> Vec<ConfigEntry> {
+        KEYS.iter()
+            .map(|&name| {
+                let (value, source) = match self.overrides.get(name) {
+                    Some(v) => (v.clone(), ConfigSource::Topic),
+                    None => (
+                        self.value_of(name).expect("every key in KEYS has a value"),
+                        ConfigSource::Default,
+                    ),
+                };
+                ConfigEntry {
+                    name,
+                    value,
+                    source,
+                    config_type: config_type(name),
+                }
+            })
+            .collect()
+    }
+
+    /// The log settings these configs imply (the ones [`LogConfig`] has; the rest keep its
+    /// defaults).
+    pub fn to_log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes_max: self.segment_bytes as u64,
+            segment_ms_max: self.segment_ms,
+            retention_bytes_max: self.retention_bytes,
+            retention_ms_max: self.retention_ms,
+            ..LogConfig::default()
+        }
+    }
+
+    /// The value in force of `key`, formatted as Kafka would.
+    fn value_of(&self, key: &str) -> Option<String> {
+        Some(match key {
+            RETENTION_MS => self.retention_ms.to_string(),
+            RETENTION_BYTES => self.retention_bytes.to_string(),
+            SEGMENT_BYTES => self.segment_bytes.to_string(),
+            SEGMENT_MS => self.segment_ms.to_string(),
+            MAX_MESSAGE_BYTES => self.max_message_bytes.to_string(),
+            MIN_INSYNC_REPLICAS => self.min_insync_replicas.to_string(),
+            CLEANUP_POLICY => {
+                let CleanupPolicy { delete, compact } = self.cleanup_policy;
+                match (compact, delete) {
+                    (true, true) => "compact,delete",
+                    (true, false) => "compact",
+                    _ => "delete",
+                }
+                .to_string()
+            }
+            MESSAGE_TIMESTAMP_TYPE => match self.message_timestamp_type {
+                TimestampType::CreateTime => "CreateTime",
+                TimestampType::LogAppendTime => "LogAppendTime",
+            }
+            .to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Parses and validates `value` for `key` into the typed field.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+        };
+        match key {
+            RETENTION_MS => self.retention_ms = parse_long(value, -1).map_err(invalid)?,
+            RETENTION_BYTES => {
+                self.retention_bytes = parse_long(value, i64::MIN).map_err(invalid)?
+            }
+            SEGMENT_BYTES => {
+                self.segment_bytes = parse_int(value, SEGMENT_BYTES_MIN).map_err(invalid)?
+            }
+            SEGMENT_MS => self.segment_ms = parse_long(value, 1).map_err(invalid)?,
+            MAX_MESSAGE_BYTES => self.max_message_bytes = parse_int(value, 0).map_err(invalid)?,
+            MIN_INSYNC_REPLICAS => {
+                self.min_insync_replicas = parse_int(value, 1).map_err(invalid)?
+            }
+            CLEANUP_POLICY => {
+                let mut policy = CleanupPolicy {
+                    delete: false,
+                    compact: false,
+                };
+                for item in split_list(value) {
+                    match item {
+                        "delete" => policy.delete = true,
+                        "compact" => policy.compact = true,
+                        other => {
+                            return Err(invalid(format!(
+                                "{other:?} is not one of [compact, delete]"
+                            )))
+                        }
+                    }
+                }
+                if !policy.delete && !policy.compact {
+                    return Err(invalid("expected compact, delete or both".into()));
+                }
+                self.cleanup_policy = policy;
+            }
+            MESSAGE_TIMESTAMP_TYPE => {
+                self.message_timestamp_type = match value.trim() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => {
+                        return Err(invalid(
+                            "string must be one of: CreateTime, LogAppendTime".into(),
+                        ))
+                    }
+                }
+            }
+            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// The type of a known key.
+fn config_type(key: &str) -> ConfigType {
+    match key {
+        RETENTION_MS | RETENTION_BYTES | SEGMENT_MS => ConfigType::Long,
+        SEGMENT_BYTES | MAX_MESSAGE_BYTES | MIN_INSYNC_REPLICAS => ConfigType::Int,
+        CLEANUP_POLICY => ConfigType::List,
+        _ => ConfigType::String,
+    }
+}
+
+/// The items of a LIST value: split at commas, trimmed, empty items dropped (Kafka's
+/// `ConfigDef.parseType` for LIST).
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_long(value: &str, min: i64) -> Result<i64, String> {
+    let n: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a 64-bit integer".to_string())?;
+    if n < min {
+        return Err(format!("value must be at least {min}"));
+    }
+    Ok(n)
+}
+
+fn parse_int(value: &str, min: i32) -> Result<i32, String> {
+    let n: i32 = value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a 32-bit integer".to_string())?;
+    if n < min {
+        return Err(format!("value must be at least {min}"));
+    }
+    Ok(n)
+}

@@ -1,0 +1,193 @@
+//! The metadata records: prost messages, written by hand with prost's derive (no .proto file,
+//! no protoc). They mirror KRaft's records (`metadata/src/main/resources/common/metadata/*.json`)
+//! so that replication through raft and the missing KRaft records slot in without a redesign.
+//!
+//! Wire compatibility rules (protobuf's): a field's tag never changes and is never reused; new
+//! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
+//! Tags reserved for what KRaft has and keel does not yet: `Record` 7 PartitionChange
+//! (leader/ISR/epoch changes, AlterPartition, elections), 8 FenceBroker, 9 UnfenceBroker,
+//! 10 UnregisterBroker; `PartitionRecord` 8 eligible leader replicas (KIP-966), 9 last known
+//! ELR, 10 leader recovery state.
+//!
+//! Topic ids are KRaft's 16-byte UUIDs carried as `bytes`; a record whose id is not 16 bytes
+//! is rejected by [`super::MetadataState::apply`].
+
+use std::collections::BTreeMap;
+
+/// One metadata record: exactly one of [`Record`] (a record with none is rejected by apply).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRecord {
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6")]
+    pub record: Option<Record>,
+}
+
+/// The kinds of metadata record.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Record {
+    /// A new topic (KRaft's TopicRecord, with its initial configs folded in so that a topic and
+    /// its configs appear together).
+    #[prost(message, tag = "1")]
+    Topic(TopicRecord),
+    /// A partition's whole state: a new partition, or a full replacement (KRaft's
+    /// PartitionRecord).
+    #[prost(message, tag = "2")]
+    Partition(PartitionRecord),
+    /// Removes a topic and its partitions (KRaft's RemoveTopicRecord).
+    #[prost(message, tag = "3")]
+    RemoveTopic(RemoveTopicRecord),
+    /// Sets or deletes one topic config (KRaft's ConfigRecord for a topic resource).
+    #[prost(message, tag = "4")]
+    TopicConfig(TopicConfigRecord),
+    /// Hands a block of producer ids to a broker (KRaft's ProducerIdsRecord).
+    #[prost(message, tag = "5")]
+    ProducerIds(ProducerIdsRecord),
+    /// Registers (or re-registers) a broker (KRaft's RegisterBrokerRecord).
+    #[prost(message, tag = "6")]
+    RegisterBroker(RegisterBrokerRecord),
+}
+
+/// A new topic.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicRecord {
+    /// The topic name (Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The topic id: 16 bytes, not all zero.
+    #[prost(bytes = "vec", tag = "2")]
+    pub topic_id: Vec<u8>,
+    /// Topic-level config overrides, by Kafka key.
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One partition's replicas, ISR, leader and epochs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionRecord {
+    /// The topic's id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    /// The partition index.
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// The assigned replicas, preferred leader first.
+    #[prost(int32, repeated, tag = "3")]
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas: a subset of `replicas`.
+    #[prost(int32, repeated, tag = "4")]
+    pub isr: Vec<i32>,
+    /// The leader, a member of `isr`, or -1 for none.
+    #[prost(int32, tag = "5")]
+    pub leader: i32,
+    /// Bumps on every leader change.
+    #[prost(int32, tag = "6")]
+    pub leader_epoch: i32,
+    /// Bumps on every change of the partition's state.
+    #[prost(int32, tag = "7")]
+    pub partition_epoch: i32,
+}
+
+/// Removes a topic.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveTopicRecord {
+    /// The topic's id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+}
+
+/// Sets (`value` present) or deletes (`value` absent) one topic config.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicConfigRecord {
+    /// The topic's id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    /// The Kafka config key.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The new value, or `None` to fall back to the default.
+    #[prost(string, optional, tag = "3")]
+    pub value: Option<String>,
+}
+
+/// The next producer id block starts at `next_producer_id`; the block before it went to
+/// `broker_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProducerIdsRecord {
+    /// The broker that was given the block.
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// That broker's epoch when it asked.
+    #[prost(int64, tag = "2")]
+    pub broker_epoch: i64,
+    /// The first producer id not yet handed out.
+    #[prost(int64, tag = "3")]
+    pub next_producer_id: i64,
+}
+
+/// A listener a broker serves clients on.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Endpoint {
+    /// The listener name, e.g. `PLAINTEXT`.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The advertised host.
+    #[prost(string, tag = "2")]
+    pub host: String,
+    /// The advertised port (0 to 65535).
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+    /// Kafka's security protocol id: 0 PLAINTEXT, 1 SSL, 2 SASL_PLAINTEXT, 3 SASL_SSL.
+    #[prost(int32, tag = "4")]
+    pub security_protocol: i32,
+}
+
+/// A broker's registration.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegisterBrokerRecord {
+    /// The broker id.
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// A random id of this run of the broker process (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub incarnation_id: Vec<u8>,
+    /// The broker epoch: greater than any broker epoch before it.
+    #[prost(int64, tag = "3")]
+    pub broker_epoch: i64,
+    /// The listeners clients reach the broker on.
+    #[prost(message, repeated, tag = "4")]
+    pub endpoints: Vec<Endpoint>,
+    /// The rack, if configured.
+    #[prost(string, optional, tag = "5")]
+    pub rack: Option<String>,
+    /// Whether the broker starts fenced (KRaft registers brokers fenced until their first
+    /// heartbeat; keel's single-node controller registers them unfenced for now).
+    #[prost(bool, tag = "6")]
+    pub fenced: bool,
+}
+
+/// The records of one command, stored as one frame so that they apply all or none (KRaft
+/// appends a command's records as one atomic batch).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataBatch {
+    /// The records, applied in order.
+    #[prost(message, repeated, tag = "1")]
+    pub records: Vec<MetadataRecord>,
+}
+
+macro_rules! into_record {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(impl From<$ty> for MetadataRecord {
+            fn from(r: $ty) -> MetadataRecord {
+                MetadataRecord { record: Some(Record::$variant(r)) }
+            }
+        })*
+    };
+}
+
+into_record!(
+    Topic(TopicRecord),
+    Partition(PartitionRecord),
+    RemoveTopic(RemoveTopicRecord),
+    TopicConfig(TopicConfigRecord),
+    ProducerIds(ProducerIdsRecord),
+    RegisterBroker(RegisterBrokerRecord),
+);
