@@ -33,6 +33,8 @@
 //! (blocks of 1000), `ClusterControlManager` (broker registration), `Topic.validate` (names),
 //! `Errors.java` (codes), `QuorumController.MAX_RECORDS_PER_USER_OP` (the record bound).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod records;
 pub mod store;

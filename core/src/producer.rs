@@ -65,6 +65,8 @@
 //! decodes (removing corrupt ones, as Kafka's `loadFromSnapshot` does), then replay the log
 //! from the snapshot's end (or the log start offset) to the log end offset.
 
+#![warn(missing_docs)]
+
 #[cfg(test)]
 mod tests;
 

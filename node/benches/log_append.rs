@@ -25,14 +25,21 @@ use keel_node::storage::FileStorage;
 const RECORD_BYTES: usize = 1024;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn make_batch(records: usize) -> Batch {
     let mut builder = BatchBuilder::new(Compression::None);
     for i in 0..records {
         let value: Vec<u8> = (0..RECORD_BYTES).map(|j| (i * 31 + j * 7) as u8).collect();
-        builder = builder.record(1_700_000_000_000, Some(format!("key-{i}").as_bytes()), Some(&value));
+        builder = builder.record(
+            1_700_000_000_000,
+            Some(format!("key-{i}").as_bytes()),
+            Some(&value),
+        );
     }
     builder.build().expect("build")
 }
@@ -41,7 +48,11 @@ fn make_batch(records: usize) -> Batch {
 fn raw(dir: &Path, total: usize, chunk: &[u8], group: usize) -> f64 {
     let path = dir.join("raw.bin");
     let _ = std::fs::remove_file(&path);
-    let mut f = OpenOptions::new().create(true).append(true).open(&path).expect("open");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open");
     let start = Instant::now();
     let (mut written, mut since_sync) = (0, 0);
     while written < total {
@@ -64,12 +75,16 @@ fn raw(dir: &Path, total: usize, chunk: &[u8], group: usize) -> f64 {
 fn keel(dir: &Path, total: usize, batch: &Batch, group: usize) -> f64 {
     let log_dir = dir.join("keel-log");
     let _ = std::fs::remove_dir_all(&log_dir);
-    let config = LogConfig { segment_bytes_max: 256 << 20, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes_max: 256 << 20,
+        ..LogConfig::default()
+    };
     let mut log = Log::open(FileStorage::open(&log_dir).expect("dir"), config, 0).expect("open");
     let start = Instant::now();
     let (mut written, mut since_sync) = (0, 0);
     while written < total {
-        log.append(0, batch.clone(), LeaderEpoch(0)).expect("append");
+        log.append(0, batch.clone(), LeaderEpoch(0))
+            .expect("append");
         written += batch.size();
         since_sync += batch.size();
         if since_sync >= group {
@@ -88,11 +103,16 @@ fn keel(dir: &Path, total: usize, batch: &Batch, group: usize) -> f64 {
 fn recovery(dir: &Path, total: usize, batch: &Batch) -> (f64, u64) {
     let log_dir = dir.join("keel-recovery");
     let _ = std::fs::remove_dir_all(&log_dir);
-    let config = LogConfig { segment_bytes_max: 64 << 20, ..LogConfig::default() };
-    let mut log = Log::open(FileStorage::open(&log_dir).expect("dir"), config.clone(), 0).expect("open");
+    let config = LogConfig {
+        segment_bytes_max: 64 << 20,
+        ..LogConfig::default()
+    };
+    let mut log =
+        Log::open(FileStorage::open(&log_dir).expect("dir"), config.clone(), 0).expect("open");
     let mut written = 0;
     while written < total {
-        log.append(0, batch.clone(), LeaderEpoch(0)).expect("append");
+        log.append(0, batch.clone(), LeaderEpoch(0))
+            .expect("append");
         written += batch.size();
     }
     log.sync().expect("sync");
@@ -103,7 +123,10 @@ fn recovery(dir: &Path, total: usize, batch: &Batch) -> (f64, u64) {
     let report = log.recovery_report().clone();
     drop(log);
     std::fs::remove_dir_all(&log_dir).expect("remove");
-    (report.bytes_validated as f64 / secs / 1e6, report.batches_validated)
+    (
+        report.bytes_validated as f64 / secs / 1e6,
+        report.batches_validated,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -116,13 +139,22 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let dir = std::env::var("KEEL_BENCH_DIR").map(Into::into).unwrap_or_else(|_| std::env::temp_dir());
+    let dir = std::env::var("KEEL_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let dir = dir.join(format!("keel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let total = env_usize("KEEL_BENCH_MB", 256) << 20;
     let rounds = env_usize("KEEL_BENCH_ROUNDS", 5);
-    println!("log_append: {} MiB per round, {rounds} rounds, in {}", total >> 20, dir.display());
-    println!("{:<44} {:>10} {:>10} {:>7}", "case", "raw MB/s", "keel MB/s", "ratio");
+    println!(
+        "log_append: {} MiB per round, {rounds} rounds, in {}",
+        total >> 20,
+        dir.display()
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>7}",
+        "case", "raw MB/s", "keel MB/s", "ratio"
+    );
     for (records, group) in [(16usize, 1usize << 20), (16, 256 << 10), (1, 1 << 20)] {
         let batch = make_batch(records);
         let chunk = batch.bytes().to_vec();
@@ -137,7 +169,10 @@ fn main() {
         }
         println!(
             "{:<44} {:>10.0} {:>10.0} {:>7.2}",
-            format!("{records} x 1 KiB records/batch, sync per {} KiB", group >> 10),
+            format!(
+                "{records} x 1 KiB records/batch, sync per {} KiB",
+                group >> 10
+            ),
             median(raws),
             median(keels),
             median(ratios)
@@ -145,6 +180,8 @@ fn main() {
     }
     let batch = make_batch(16);
     let (mbps, batches) = recovery(&dir, total, &batch);
-    println!("recovery (full CRC re-validation, page cache warm): {mbps:.0} MB/s over {batches} batches");
+    println!(
+        "recovery (full CRC re-validation, page cache warm): {mbps:.0} MB/s over {batches} batches"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

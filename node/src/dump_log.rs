@@ -28,7 +28,12 @@ impl DumpSummary {
 }
 
 /// Dumps the segment in `bytes` (named `name`) to `out`.
-pub fn dump(name: &str, bytes: Bytes, print_records: bool, out: &mut impl Write) -> io::Result<DumpSummary> {
+pub fn dump(
+    name: &str,
+    bytes: Bytes,
+    print_records: bool,
+    out: &mut impl Write,
+) -> io::Result<DumpSummary> {
     writeln!(out, "Dumping {name}")?;
     let mut summary = DumpSummary::default();
     let mut position = 0usize;
@@ -44,7 +49,11 @@ pub fn dump(name: &str, bytes: Bytes, print_records: bool, out: &mut impl Write)
                 break;
             }
             Err(e) => {
-                writeln!(out, "position: {position} INVALID: {e}; cannot continue ({} bytes left)", rest.len())?;
+                writeln!(
+                    out,
+                    "position: {position} INVALID: {e}; cannot continue ({} bytes left)",
+                    rest.len()
+                )?;
                 summary.invalid += 1;
                 summary.trailing_bytes = rest.len() as u64;
                 break;
@@ -52,20 +61,31 @@ pub fn dump(name: &str, bytes: Bytes, print_records: bool, out: &mut impl Write)
         };
         summary.batches += 1;
         let parsed = Batch::parse(rest.slice(..header.size));
-        let codec = Compression::from_attributes(header.attributes).map_or("unknown", Compression::name);
+        let codec =
+            Compression::from_attributes(header.attributes).map_or("unknown", Compression::name);
         let mut problems = Vec::new();
         if let Err(e) = &parsed {
             problems.push(e.to_string());
         }
         if let Some(expected) = expected {
             if header.base_offset != expected {
-                problems.push(format!("baseOffset {} does not follow the previous batch's end {expected}", header.base_offset));
+                problems.push(format!(
+                    "baseOffset {} does not follow the previous batch's end {expected}",
+                    header.base_offset
+                ));
             }
         }
         if header.last_offset_delta < 0 {
-            problems.push(format!("negative lastOffsetDelta {}", header.last_offset_delta));
+            problems.push(format!(
+                "negative lastOffsetDelta {}",
+                header.last_offset_delta
+            ));
         }
-        let last_sequence = if header.base_sequence < 0 { -1 } else { header.base_sequence.wrapping_add(header.last_offset_delta) };
+        let last_sequence = if header.base_sequence < 0 {
+            -1
+        } else {
+            header.base_sequence.wrapping_add(header.last_offset_delta)
+        };
         writeln!(
             out,
             "baseOffset: {} lastOffset: {} count: {} baseSequence: {} lastSequence: {} producerId: {} producerEpoch: {} \
@@ -120,12 +140,20 @@ pub fn dump(name: &str, bytes: Bytes, print_records: bool, out: &mut impl Write)
         expected = Some(header.next_offset());
         position += header.size.max(HEADER_BYTES);
     }
-    writeln!(out, "{} batches, {} invalid, {} trailing bytes", summary.batches, summary.invalid, summary.trailing_bytes)?;
+    writeln!(
+        out,
+        "{} batches, {} invalid, {} trailing bytes",
+        summary.batches, summary.invalid, summary.trailing_bytes
+    )?;
     Ok(summary)
 }
 
 /// Dumps a segment file, or every `.log` file of a directory in name order.
-pub fn dump_path(path: &Path, print_records: bool, out: &mut impl Write) -> io::Result<DumpSummary> {
+pub fn dump_path(
+    path: &Path,
+    print_records: bool,
+    out: &mut impl Write,
+) -> io::Result<DumpSummary> {
     let mut files = Vec::new();
     if path.is_dir() {
         for entry in std::fs::read_dir(path)? {
@@ -161,7 +189,11 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut sizes = Vec::new();
         for i in 0..3i64 {
-            let mut b = BatchBuilder::new(Compression::Snappy).record(i, Some(b"key"), Some(b"value")).record(i, None, Some(b"v2")).build().unwrap();
+            let mut b = BatchBuilder::new(Compression::Snappy)
+                .record(i, Some(b"key"), Some(b"value"))
+                .record(i, None, Some(b"v2"))
+                .build()
+                .unwrap();
             b.stamp(Offset(i * 2), LeaderEpoch(1));
             sizes.push(b.size());
             buf.extend_from_slice(b.bytes());
@@ -175,8 +207,18 @@ mod tests {
         let mut out = Vec::new();
         let s = dump("seg", buf.freeze(), true, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(s, DumpSummary { batches: 3, invalid: 0, trailing_bytes: 0 });
-        assert!(text.contains("baseOffset: 2 lastOffset: 3 count: 2"), "{text}");
+        assert_eq!(
+            s,
+            DumpSummary {
+                batches: 3,
+                invalid: 0,
+                trailing_bytes: 0
+            }
+        );
+        assert!(
+            text.contains("baseOffset: 2 lastOffset: 3 count: 2"),
+            "{text}"
+        );
         assert!(text.contains("compresscodec: snappy"));
         assert!(text.contains("| offset: 5 CreateTime: 2 keySize: -1 valueSize: 2"));
         assert_eq!(text.matches("isvalid: true").count(), 3);
@@ -193,7 +235,10 @@ mod tests {
             let s = dump("seg", buf.freeze(), false, &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(!s.is_clean(), "byte {i} undetected:\n{text}");
-            assert!(text.contains(&format!("position: {}", sizes[0])), "byte {i}: position named:\n{text}");
+            assert!(
+                text.contains(&format!("position: {}", sizes[0])),
+                "byte {i}: position named:\n{text}"
+            );
             assert!(text.lines().next().unwrap().contains("seg"));
         }
     }
@@ -206,6 +251,8 @@ mod tests {
         let s = dump("seg", buf.freeze(), false, &mut out).unwrap();
         assert_eq!(s.batches, 1);
         assert_eq!(s.trailing_bytes as usize, sizes[1] + sizes[2]);
-        assert!(String::from_utf8(out).unwrap().contains("runs past the end of the file"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("runs past the end of the file"));
     }
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "keel: a Kafka-compatible distributed log")]
+#[command(
+    name = "keel",
+    version,
+    about = "keel: a Kafka-compatible distributed log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Dev => {
-            eprintln!("keel dev: the broker is not built yet (it lands with the wire-protocol issue)");
+            eprintln!(
+                "keel dev: the broker is not built yet (it lands with the wire-protocol issue)"
+            );
             ExitCode::from(2)
         }
     }

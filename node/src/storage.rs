@@ -28,7 +28,10 @@ impl FileStorage {
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<FileStorage> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(FileStorage { dir, handles: Mutex::new(BTreeMap::new()) })
+        Ok(FileStorage {
+            dir,
+            handles: Mutex::new(BTreeMap::new()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -38,7 +41,10 @@ impl FileStorage {
     fn path(&self, name: &str) -> Result<PathBuf, StorageError> {
         // Names are flat: nothing may escape the directory.
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(StorageError::Io { file: name.to_string(), message: "invalid file name".into() });
+            return Err(StorageError::Io {
+                file: name.to_string(),
+                message: "invalid file name".into(),
+            });
         }
         Ok(self.dir.join(name))
     }
@@ -48,18 +54,27 @@ impl FileStorage {
         if let Some(f) = handles.get(name) {
             return Ok(f.clone());
         }
-        let file = OpenOptions::new().read(true).append(true).open(self.path(name)?).map_err(|e| error(name, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(self.path(name)?)
+            .map_err(|e| error(name, e))?;
         let file = Arc::new(file);
         handles.insert(name.to_string(), file.clone());
         Ok(file)
     }
 
     fn forget(&self, name: &str) {
-        self.handles.lock().expect("storage handle map poisoned").remove(name);
+        self.handles
+            .lock()
+            .expect("storage handle map poisoned")
+            .remove(name);
     }
 
     fn sync_dir(&self) -> Result<(), StorageError> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| error(&self.dir.display().to_string(), e))
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| error(&self.dir.display().to_string(), e))
     }
 }
 
@@ -68,14 +83,25 @@ fn error(file: &str, e: io::Error) -> StorageError {
         io::ErrorKind::NotFound => StorageError::NotFound(file.to_string()),
         io::ErrorKind::AlreadyExists => StorageError::AlreadyExists(file.to_string()),
         io::ErrorKind::StorageFull => StorageError::NoSpace,
-        _ => StorageError::Io { file: file.to_string(), message: e.to_string() },
+        _ => StorageError::Io {
+            file: file.to_string(),
+            message: e.to_string(),
+        },
     }
 }
 
 impl Storage for FileStorage {
     fn create(&mut self, name: &str) -> Result<(), StorageError> {
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(self.path(name)?).map_err(|e| error(name, e))?;
-        self.handles.lock().expect("storage handle map poisoned").insert(name.to_string(), Arc::new(file));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(self.path(name)?)
+            .map_err(|e| error(name, e))?;
+        self.handles
+            .lock()
+            .expect("storage handle map poisoned")
+            .insert(name.to_string(), Arc::new(file));
         self.sync_dir()
     }
 
@@ -103,7 +129,11 @@ impl Storage for FileStorage {
     }
 
     fn len(&self, name: &str) -> Result<u64, StorageError> {
-        Ok(self.handle(name)?.metadata().map_err(|e| error(name, e))?.len())
+        Ok(self
+            .handle(name)?
+            .metadata()
+            .map_err(|e| error(name, e))?
+            .len())
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
@@ -129,7 +159,9 @@ impl Storage for FileStorage {
 
     fn list(&self) -> Result<Vec<String>, StorageError> {
         let mut names = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(|e| error(&self.dir.display().to_string(), e))? {
+        for entry in
+            fs::read_dir(&self.dir).map_err(|e| error(&self.dir.display().to_string(), e))?
+        {
             let entry = entry.map_err(|e| error(&self.dir.display().to_string(), e))?;
             if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
                 if let Some(name) = entry.file_name().to_str() {
@@ -178,10 +210,16 @@ mod tests {
     #[test]
     fn log_on_files_reopens_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig { segment_bytes_max: 4096, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_bytes_max: 4096,
+            ..LogConfig::default()
+        };
         let mut log = Log::open(FileStorage::open(dir.path()).unwrap(), config.clone(), 0).unwrap();
         for i in 0..100 {
-            let b = BatchBuilder::new(Compression::Lz4).record(i, Some(b"k"), Some(&[7u8; 100])).build().unwrap();
+            let b = BatchBuilder::new(Compression::Lz4)
+                .record(i, Some(b"k"), Some(&[7u8; 100]))
+                .build()
+                .unwrap();
             log.append(i, b, LeaderEpoch(1)).unwrap();
         }
         log.sync().unwrap();
@@ -191,6 +229,9 @@ mod tests {
         let log = Log::open(FileStorage::open(dir.path()).unwrap(), config, 0).unwrap();
         assert_eq!(log.end(), Offset(100));
         assert_eq!(log.segment_count(), segments);
-        assert_eq!(log.read(Offset(57), 1, log.end()).unwrap()[0].base_offset(), Offset(57));
+        assert_eq!(
+            log.read(Offset(57), 1, log.end()).unwrap()[0].base_offset(),
+            Offset(57)
+        );
     }
 }

@@ -389,6 +389,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         wr.write_all(&frame).await?;
+        // A no-op on a real socket; madsim's simulated TCP sends buffered bytes only on flush.
+        wr.flush().await?;
     }
     wr.shutdown().await?;
     Ok(())

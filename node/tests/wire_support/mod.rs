@@ -171,6 +171,7 @@ impl Client {
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush"); // madsim sends on flush
     }
 
     pub async fn send(
