@@ -181,3 +181,24 @@ async fn response_header_version_follows_the_api_version() {
         client.recv_response(ApiKey::Metadata, version, corr).await;
     }
 }
+
+/// A client that half-closes after its last request still gets every response owed, in
+/// order, and then EOF.
+#[tokio::test]
+async fn half_closed_client_still_gets_the_responses_owed() {
+    use tokio::io::AsyncWriteExt;
+    let handler = TestHandler::new();
+    handler
+        .delays
+        .lock()
+        .unwrap()
+        .insert(1, Duration::from_millis(200));
+    let addr = start_default(handler).await;
+    let mut client = Client::connect(addr).await;
+    client.send(ApiKey::Metadata, 12, 1, "t", &metadata()).await;
+    client.send(ApiKey::Metadata, 12, 2, "t", &metadata()).await;
+    client.stream.shutdown().await.expect("half-close");
+    assert_eq!(client.recv_correlation_id().await, 1);
+    assert_eq!(client.recv_correlation_id().await, 2);
+    client.expect_closed().await;
+}
