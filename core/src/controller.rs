@@ -324,24 +324,34 @@ impl ControllerError {
 /// Why [`MetadataState::apply`] did not apply a record. The state is unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// The record holds none of the record kinds (or one this code does not know).
     #[error("the record holds no record kind")]
     Empty,
+    /// A topic id that is not 16 bytes, or is all zero.
     #[error("invalid topic id {0:?}: not 16 bytes, or all zero")]
     InvalidTopicId(Vec<u8>),
+    /// No topic has this id.
     #[error("no topic with id {0}")]
     UnknownTopic(TopicId),
+    /// A new topic's name is taken.
     #[error("a topic named {0:?} already exists")]
     TopicNameInUse(String),
+    /// A new topic's id is taken.
     #[error("a topic with id {0} already exists")]
     TopicIdInUse(TopicId),
+    /// A new topic's name breaks Kafka's rules.
     #[error("invalid topic name: {0}")]
     InvalidTopicName(String),
+    /// A config key or value that does not validate.
     #[error("invalid config: {0}")]
     InvalidConfig(#[from] ConfigError),
+    /// A partition record that is malformed, leaves a gap, or moves epochs back.
     #[error("invalid partition record: {0}")]
     InvalidPartition(String),
+    /// A producer ids record that moves the next producer id back.
     #[error("invalid producer ids record: {0}")]
     InvalidProducerIds(String),
+    /// A broker registration that is malformed or does not grow the broker's epoch.
     #[error("invalid broker registration: {0}")]
     InvalidBroker(String),
 }

@@ -186,23 +186,31 @@ pub enum ProducerError {
     /// producer. Kafka's INVALID_PRODUCER_EPOCH.
     #[error("producer {producer_id} epoch {got} is older than the current epoch {current}")]
     InvalidProducerEpoch {
+        /// The producer.
         producer_id: ProducerId,
+        /// Its current epoch.
         current: i16,
+        /// The batch's epoch.
         got: i16,
     },
     /// The batch does not continue the producer's sequence. Kafka's
     /// OUT_OF_ORDER_SEQUENCE_NUMBER.
     #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
     OutOfOrderSequence {
+        /// The producer.
         producer_id: ProducerId,
+        /// The first sequence the batch needed.
         expected: i32,
+        /// The batch's first sequence.
         got: i32,
     },
     /// An idempotent batch (producer id >= 0) with a negative base sequence. Kafka's
     /// INVALID_RECORD (`LogValidator.validateBatch`).
     #[error("producer {producer_id}: invalid base sequence {sequence}")]
     InvalidSequence {
+        /// The producer.
         producer_id: ProducerId,
+        /// The batch's base sequence.
         sequence: i32,
     },
 }
@@ -221,16 +229,32 @@ impl ProducerError {
 /// Why snapshot bytes are not a valid snapshot. Every variant blames the bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
+    /// The bytes end before the snapshot does.
     #[error("truncated snapshot: need {need} bytes, have {have}")]
-    Truncated { need: usize, have: usize },
+    Truncated {
+        /// Bytes needed to read on.
+        need: usize,
+        /// Bytes there are.
+        have: usize,
+    },
+    /// The first four bytes are not the snapshot magic.
     #[error("not a producer state snapshot (bad magic)")]
     BadMagic,
+    /// A version this code does not read.
     #[error("unsupported snapshot version {0}")]
     UnsupportedVersion(u16),
+    /// The CRC does not match the bytes.
     #[error("snapshot CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    CrcMismatch { stored: u32, computed: u32 },
+    CrcMismatch {
+        /// The CRC in the snapshot.
+        stored: u32,
+        /// The CRC of the bytes.
+        computed: u32,
+    },
+    /// The bytes decode but break an invariant of the table.
     #[error("invalid snapshot: {0}")]
     Invalid(String),
+    /// Bytes follow the last producer.
     #[error("{0} unexpected bytes after the last producer")]
     TrailingBytes(usize),
 }
@@ -238,8 +262,10 @@ pub enum SnapshotError {
 /// Why loading producer state failed: reading snapshots, or replaying the log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecoverError {
+    /// Listing, reading or removing snapshot files failed.
     #[error("snapshot storage: {0}")]
     Storage(#[from] StorageError),
+    /// Reading the log for the replay failed.
     #[error("log: {0}")]
     Log(#[from] LogError),
 }
@@ -261,7 +287,11 @@ pub struct LoadReport {
 /// Use, on the leader for a client batch: [`check`](Self::check); on `Append`, append the batch
 /// to the log, then [`record`](Self::record) its stamped header; on `Duplicate`, answer with the
 /// offsets and append nothing. Followers record every replicated batch. On open and after
-/// every log truncation, rebuild with [`recover`].
+/// every log truncation ([`Log::truncate_to`]), rebuild with [`recover`]. When the log is
+/// emptied and restarted at an offset ([`Log::truncate_fully_and_start_at`]), call
+/// [`remove_all_snapshots`] and start over with [`ProducerStateTable::new`] at that offset.
+/// Take snapshots ([`write_snapshot`]) after [`Log::sync`], for example on segment roll and on
+/// clean shutdown, and bound them with [`prune_snapshots`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerStateTable {
     producers: BTreeMap<ProducerId, ProducerEntry>,

@@ -55,9 +55,13 @@ pub struct CleanupPolicy {
 /// A config's type, as DescribeConfigs v3+ reports it (`DescribeConfigsResponse.ConfigType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigType {
+    /// STRING (2).
     String = 2,
+    /// INT (3).
     Int = 3,
+    /// LONG (5).
     Long = 5,
+    /// LIST (7).
     List = 7,
 }
 
@@ -100,12 +104,17 @@ pub struct ConfigEntry {
 /// Why a config key or value is not accepted (INVALID_CONFIG).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A key keel does not know (Kafka: "Unknown topic config name").
     #[error("unknown topic config name: {0}")]
     UnknownKey(String),
+    /// A value the key's validator refuses.
     #[error("invalid value {value:?} for configuration {key}: {reason}")]
     InvalidValue {
+        /// The key.
         key: String,
+        /// The refused value.
         value: String,
+        /// Why.
         reason: String,
     },
 }

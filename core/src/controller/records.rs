@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 /// One metadata record: exactly one of [`Record`] (a record with none is rejected by apply).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
+    /// The record; `None` only for bytes from a newer writer or garbage.
     #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6")]
     pub record: Option<Record>,
 }

@@ -41,10 +41,13 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// Why the store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The storage failed.
     #[error("metadata storage: {0}")]
     Storage(#[from] StorageError),
+    /// A command's records encode to more than [`FRAME_PAYLOAD_BYTES_MAX`] bytes.
     #[error("a command of {0} bytes exceeds the frame limit")]
     FrameTooLarge(usize),
+    /// An earlier append could not be undone or a sync failed: reopen the store.
     #[error("an earlier write or sync failed: the metadata log must be reopened")]
     Poisoned,
 }
