@@ -704,7 +704,7 @@ pub fn prune_snapshots<S: Storage + ?Sized>(
 }
 
 /// Loads the newest usable snapshot for a log spanning `[log_start, log_end)`: removes
-/// snapshots above `log_end`, then tries the newest remaining one, removing each that fails to
+/// leftover temporary snapshot files and the snapshots above `log_end`, then tries the newest remaining one, removing each that fails to
 /// decode, down to none. The returned table's [`end`](ProducerStateTable::end) is where replay
 /// starts: the snapshot's end, or `log_start` if that is later or there is no snapshot.
 pub fn load<S: Storage + ?Sized>(
@@ -712,6 +712,12 @@ pub fn load<S: Storage + ?Sized>(
     log_start: Offset,
     log_end: Offset,
 ) -> Result<(ProducerStateTable, LoadReport), StorageError> {
+    // A snapshot write that a crash interrupted leaves its temporary file behind.
+    for name in storage.list()? {
+        if name.ends_with(&format!("{SNAPSHOT_SUFFIX}.tmp")) {
+            storage.remove(&name)?;
+        }
+    }
     let mut report = LoadReport {
         removed_above_end: remove_snapshots_above(storage, log_end)?,
         ..LoadReport::default()

@@ -338,12 +338,18 @@ fn load_falls_back_past_corrupt_and_future_snapshots() {
     }
     let newest = snapshot_file_name(Offset(3));
     s.flip_bit(&newest, 30, 1).unwrap();
+    let interrupted = format!("{}.tmp", snapshot_file_name(Offset(5)));
+    s.create(&interrupted).unwrap();
     let (loaded, report) = load(&mut s, Offset(0), Offset(3)).unwrap();
     assert_eq!(loaded, tables[1]);
     assert_eq!(report.snapshot, Some(Offset(2)));
     assert_eq!(report.removed_above_end, vec![Offset(4)]);
     assert_eq!(report.removed_corrupt.len(), 1);
     assert_eq!(list_snapshots(&s).unwrap(), vec![Offset(1), Offset(2)]);
+    assert!(
+        !s.list().unwrap().contains(&interrupted),
+        "temporary file removed"
+    );
     // A log start past every snapshot: replay starts at the log start.
     let (loaded, _) = load(&mut s, Offset(10), Offset(20)).unwrap();
     assert_eq!(loaded.end(), Offset(10));
