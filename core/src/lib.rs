@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod controller;
 pub mod log;
+pub mod partition;
 pub mod producer;
 pub mod storage;
 pub mod types;

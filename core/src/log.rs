@@ -304,6 +304,17 @@ impl EpochCache {
     }
 }
 
+/// A sync prepared by [`Log::prepare_sync`], run by the caller, completed by
+/// [`Log::complete_sync`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSync {
+    /// The file to sync.
+    pub file: String,
+    size: u64,
+    end: Offset,
+    generation: u64,
+}
+
 /// One appended batch's place in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -326,6 +337,8 @@ pub struct Log<S: Storage> {
     durable_end: Offset,
     epochs: EpochCache,
     recovery: RecoveryReport,
+    /// Bumps on every truncation, so that a sync prepared before one is not completed after.
+    generation: u64,
 }
 
 impl<S: Storage> Log<S> {
@@ -351,6 +364,7 @@ impl<S: Storage> Log<S> {
             durable_end: Offset::ZERO,
             epochs: EpochCache::default(),
             recovery: RecoveryReport::default(),
+            generation: 0,
         };
         let stored_epochs = storage::read_all(&log.storage, EPOCH_CHECKPOINT)
             .ok()
@@ -677,20 +691,47 @@ impl<S: Storage> Log<S> {
     /// Makes every append so far durable with one sync (group commit) and returns the new
     /// durable end.
     pub fn sync(&mut self) -> Result<Offset, LogError> {
-        let end = self.end;
-        for segment in self.segments.values_mut().rev() {
-            if segment.synced_size == segment.size {
-                break;
+        match self.prepare_sync() {
+            None => Ok(self.durable_end),
+            Some(pending) => {
+                self.storage.sync(&pending.file)?;
+                Ok(self.complete_sync(pending))
             }
-            self.storage.sync(&segment.file)?;
-            segment.synced_size = segment.size;
+        }
+    }
+
+    /// The first half of a sync run outside the log (on an I/O thread, so appends go on while
+    /// the disk syncs): names the one file to sync. Only the active segment can hold unsynced
+    /// bytes, because a roll syncs the segment it closes. `None` if everything is durable.
+    pub fn prepare_sync(&self) -> Option<PendingSync> {
+        if self.durable_end == self.end {
+            return None;
+        }
+        let active = self.active();
+        Some(PendingSync {
+            file: active.file.clone(),
+            size: active.size,
+            end: self.end,
+            generation: self.generation,
+        })
+    }
+
+    /// The second half: the caller synced `pending.file` after `prepare_sync` returned it.
+    /// Advances the durable end to what was written when the sync was prepared, unless the log
+    /// was truncated meanwhile (a truncation is synced by itself). Returns the durable end.
+    pub fn complete_sync(&mut self, pending: PendingSync) -> Offset {
+        if pending.generation != self.generation {
+            return self.durable_end;
+        }
+        if let Some(segment) = self.segments.values_mut().find(|s| s.file == pending.file) {
+            segment.synced_size = segment.synced_size.max(pending.size);
         }
         assert!(
-            end >= self.durable_end,
-            "durable end never goes backwards except by truncation"
+            pending.end <= self.end,
+            "a prepared sync never covers more than was written"
         );
-        self.durable_end = end;
-        Ok(end)
+        self.durable_end = self.durable_end.max(pending.end);
+        self.durable_end
     }
 
     /// Persists the log start offset and the recovery point (the durable end) so that the next
@@ -893,6 +934,7 @@ impl<S: Storage> Log<S> {
             }
             position += header.size as u64;
         }
+        self.generation += 1;
         self.storage.truncate(&file, position)?;
         self.storage.sync(&file)?;
         // Rebuild the segment's indexes from what is left (all of it was valid before).
@@ -932,6 +974,7 @@ impl<S: Storage> Log<S> {
         let segment = Segment::new(offset, now_ms);
         self.storage.create(&segment.file)?;
         self.segments.insert(offset, segment);
+        self.generation += 1;
         self.log_start = offset;
         self.end = offset;
         self.durable_end = offset;

@@ -1,0 +1,191 @@
+use rand::{rngs::StdRng, SeedableRng};
+
+use super::*;
+use crate::batch::BatchBuilder;
+use crate::storage::MemStorage;
+use crate::types::ProducerId;
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn open(
+    log: MemStorage,
+    snaps: &mut MemStorage,
+    rules: ProduceRules,
+) -> PartitionReplica<MemStorage> {
+    PartitionReplica::open(log, snaps, LogConfig::default(), rules, LeaderEpoch(3), NOW)
+        .expect("open")
+}
+
+fn idempotent(pid: i64, epoch: i16, seq: i32, n: usize) -> Batch {
+    let mut b = BatchBuilder::new(Compression::Lz4).idempotent(ProducerId(pid), epoch, seq);
+    for i in 0..n {
+        b = b.record(NOW, Some(format!("k{i}").as_bytes()), Some(b"v"));
+    }
+    b.build().unwrap()
+}
+
+/// keel's durable acks: the high watermark moves only when the appended data is synced.
+#[test]
+fn high_watermark_waits_for_the_sync() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    let a = p.append(NOW, idempotent(-1, -1, -1, 3)).unwrap();
+    assert_eq!((a.base_offset, a.last_offset), (Offset(0), Offset(2)));
+    assert_eq!(p.high_watermark(), Offset(0), "not durable yet");
+    assert_eq!(p.update_high_watermark(), Offset(0));
+    assert_eq!(p.sync().unwrap(), Offset(3));
+    assert_eq!(
+        p.log().read(Offset(0), 1, p.high_watermark()).unwrap()[0].partition_leader_epoch(),
+        LeaderEpoch(3)
+    );
+}
+
+/// ProducerStateManager: a retried batch is answered with its original offsets and not
+/// appended again; gaps are OUT_OF_ORDER_SEQUENCE_NUMBER; old epochs are fenced.
+#[test]
+fn idempotent_duplicates_are_answered_with_the_original_offsets() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    let first = p.append(NOW, idempotent(7, 0, 0, 2)).unwrap();
+    p.append(NOW, idempotent(7, 0, 2, 2)).unwrap();
+    let retry = p.append(NOW, idempotent(7, 0, 0, 2)).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.base_offset, retry.last_offset),
+        (first.base_offset, first.last_offset)
+    );
+    assert_eq!(p.log().end(), Offset(4), "the duplicate was not appended");
+    let gap = p.append(NOW, idempotent(7, 0, 9, 1)).unwrap_err();
+    assert_eq!(gap.code(), 45);
+    p.append(NOW, idempotent(7, 1, 0, 1)).unwrap();
+    assert_eq!(
+        p.append(NOW, idempotent(7, 0, 4, 1)).unwrap_err().code(),
+        47
+    );
+}
+
+/// Producer state is rebuilt from the log after a crash: a retry of a synced batch is still
+/// recognised as a duplicate.
+#[test]
+fn producer_state_survives_a_crash() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    for seq in (0..20).step_by(2) {
+        p.append(NOW, idempotent(11, 0, seq, 2)).unwrap();
+    }
+    p.checkpoint(&mut snaps).unwrap();
+    p.append(NOW, idempotent(11, 0, 20, 2)).unwrap();
+    p.sync().unwrap();
+    let mut log = p.log.into_storage();
+    let mut rng = StdRng::seed_from_u64(5);
+    log.crash(&mut rng);
+    snaps.crash(&mut rng);
+    let mut p = open(log, &mut snaps, ProduceRules::default());
+    assert_eq!(p.log().end(), Offset(22));
+    assert_eq!(
+        p.high_watermark(),
+        Offset(22),
+        "recovered data is committed"
+    );
+    let retry = p.append(NOW, idempotent(11, 0, 20, 2)).unwrap();
+    assert!(retry.duplicate && retry.base_offset == Offset(20));
+    assert_eq!(
+        p.append(NOW, idempotent(11, 0, 23, 1)).unwrap_err().code(),
+        45
+    );
+}
+
+/// LogValidator: size limit, no control batches, counts match, keys on compacted topics.
+#[test]
+fn validation_follows_kafka_log_validator() {
+    let mut snaps = MemStorage::new();
+    let rules = ProduceRules {
+        max_message_bytes: 200,
+        log_append_time: false,
+        compacted: true,
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, rules);
+    let big = BatchBuilder::new(Compression::None)
+        .record(NOW, Some(b"k"), Some(&[0u8; 300]))
+        .build()
+        .unwrap();
+    assert_eq!(
+        p.append(NOW, big).unwrap_err().code(),
+        code::MESSAGE_TOO_LARGE
+    );
+    let keyless = BatchBuilder::new(Compression::None)
+        .record(NOW, None, Some(b"v"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        p.append(NOW, keyless).unwrap_err().code(),
+        code::INVALID_RECORD
+    );
+    let mut control = BatchBuilder::new(Compression::None)
+        .record(NOW, Some(b"k"), None)
+        .build()
+        .unwrap()
+        .into_bytes()
+        .to_vec();
+    control[22] |= 0x20;
+    let crc = crate::batch::compute_crc(&control);
+    control[17..21].copy_from_slice(&crc.to_be_bytes());
+    let control = Batch::parse(control.into()).unwrap();
+    assert_eq!(
+        p.append(NOW, control).unwrap_err().code(),
+        code::INVALID_RECORD
+    );
+    assert_eq!(p.log().end(), Offset(0), "nothing invalid was appended");
+}
+
+#[test]
+fn log_append_time_topics_stamp_the_broker_time() {
+    let mut snaps = MemStorage::new();
+    let rules = ProduceRules {
+        log_append_time: true,
+        ..ProduceRules::default()
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, rules);
+    let a = p.append(NOW + 5, idempotent(-1, -1, -1, 2)).unwrap();
+    assert_eq!(a.log_append_time_ms, NOW + 5);
+    p.sync().unwrap();
+    let b = &p.log().read(Offset(0), 1, p.high_watermark()).unwrap()[0];
+    assert_eq!(
+        (b.max_timestamp(), b.timestamp_type()),
+        (NOW + 5, TimestampType::LogAppendTime)
+    );
+}
+
+#[test]
+fn delete_records_never_passes_the_high_watermark() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    for _ in 0..5 {
+        p.append(NOW, idempotent(-1, -1, -1, 2)).unwrap();
+    }
+    p.sync().unwrap();
+    p.append(NOW, idempotent(-1, -1, -1, 2)).unwrap();
+    assert!(p.delete_records(11).is_err(), "beyond the high watermark");
+    assert_eq!(p.delete_records(4).unwrap(), Offset(4));
+    assert_eq!(p.delete_records(-1).unwrap(), Offset(10));
+}
+
+/// KIP-320 epoch checks and OffsetForLeaderEpoch on the leader.
+#[test]
+fn client_epochs_are_fenced_or_unknown() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    p.append(NOW, idempotent(-1, -1, -1, 2)).unwrap();
+    assert_eq!(p.check_client_epoch(2), Err(code::FENCED_LEADER_EPOCH));
+    assert_eq!(p.check_client_epoch(4), Err(code::UNKNOWN_LEADER_EPOCH));
+    assert_eq!(p.check_client_epoch(3), Ok(()));
+    assert_eq!(p.check_client_epoch(-1), Ok(()));
+    assert_eq!(
+        p.end_offset_for_epoch(LeaderEpoch(3)),
+        Ok(Some((LeaderEpoch(3), Offset(2))))
+    );
+    assert_eq!(
+        p.end_offset_for_epoch(LeaderEpoch(9)),
+        Err(code::UNKNOWN_LEADER_EPOCH)
+    );
+}
