@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs the real Kafka clients that keel's interop tests (node/tests/interop.rs) drive:
+#   - kcat 1.7.1 from Debian (librdkafka 2.0.2: the oldest, strictest client we test),
+#   - a Python venv at .venv with confluent-kafka (bundles librdkafka 2.x) and kafka-python 3.x,
+#     plus the codecs kafka-python needs: python-snappy (snappy), lz4 (lz4), zstandard (zstd);
+#     gzip is in the standard library. crc32c makes kafka-python's batch CRC fast.
+# Idempotent and quick when everything is already there. Runs as root with no stdin (CI);
+# uses sudo only when not root. Exits non-zero with a message saying what could not be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Pinned: the versions the interop tests were written against (see shared KAFKA_NOTES.md).
+python_packages=(
+    "confluent-kafka==2.16.1"
+    "kafka-python==3.0.12"
+    "python-snappy==0.7.3"
+    "lz4==4.4.5"
+    "zstandard==0.25.0"
+    "crc32c==2.9.post0"
+)
+venv=.venv
+stamp="$venv/.keel-clients"
+
+die() {
+    echo "clients.sh: $*" >&2
+    exit 1
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        die "need root (or passwordless sudo) to run: $*"
+    fi
+}
+
+# --- kcat (Debian) -----------------------------------------------------------------------
+if ! command -v kcat >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    # The package lists may be missing (fresh image) or stale; update once, and again only if
+    # the first install attempt fails.
+    if ! apt-cache show kcat >/dev/null 2>&1; then
+        as_root apt-get update -q </dev/null || die "apt-get update failed"
+    fi
+    if ! as_root apt-get install -y -q --no-install-recommends kcat </dev/null; then
+        as_root apt-get update -q </dev/null || die "apt-get update failed"
+        as_root apt-get install -y -q --no-install-recommends kcat </dev/null ||
+            die "apt-get install kcat failed (Debian's kcat package is needed by the interop tests)"
+    fi
+    command -v kcat >/dev/null 2>&1 || die "kcat was installed but is not on PATH"
+fi
+echo "clients.sh: kcat $(kcat -V 2>&1 | sed -n 's/^Version \([^ ]*\) .*librdkafka \([^ ]*\) .*/\1 (librdkafka \2)/p')"
+
+# --- Python clients ----------------------------------------------------------------------
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null 2>&1 || die "$python not found (CPython 3 is needed for the interop tests)"
+want="$("$python" -c 'import sys; print(sys.version.split()[0])') ${python_packages[*]}"
+
+check_venv() {
+    [ -x "$venv/bin/python" ] &&
+        [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+        "$venv/bin/python" -c 'import confluent_kafka, kafka, snappy, lz4.frame, zstandard, crc32c' >/dev/null 2>&1
+}
+
+if ! check_venv; then
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        rm -rf "$venv"
+        "$python" -m venv "$venv" </dev/null ||
+            die "could not create the venv at $venv with $python -m venv (on Debian: apt-get install python3-venv)"
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        "${python_packages[@]}" </dev/null ||
+        die "pip could not install: ${python_packages[*]}"
+    "$venv/bin/python" -c 'import confluent_kafka, kafka, snappy, lz4.frame, zstandard, crc32c' ||
+        die "the Python clients were installed but do not import"
+    printf '%s\n' "$want" >"$stamp"
+fi
+"$venv/bin/python" - <<'EOF'
+import confluent_kafka, kafka
+print("clients.sh: confluent-kafka %s (librdkafka %s), kafka-python %s" % (
+    confluent_kafka.version(), confluent_kafka.libversion()[0], kafka.__version__))
+EOF
