@@ -5,8 +5,9 @@
 //! - raw: sequential `write` of batch-sized chunks with one `fdatasync` per group, the disk's
 //!   own bandwidth for this pattern;
 //! - keel: `Log::append` of record batches (1 KiB records) with one `Log::sync` per group
-//!   (group commit), on `FileStorage`;
-//! and prints keel's bandwidth as a ratio to raw. Rounds alternate raw and keel so that noise
+//!   (group commit), on `FileStorage`.
+//!
+//! It prints keel's bandwidth as a ratio to raw. Rounds alternate raw and keel so that noise
 //! from other work on the machine hits both alike; the median ratio is reported.
 //! Then recovery: opening the log with no checkpoint re-validates every batch; MB/s scanned.
 //!

@@ -1,0 +1,1070 @@
+//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`].
+//!
+//! Per the wire layer's contract, work whose order matters (appending a Produce's batches)
+//! happens in the synchronous part of `handle`; waiting (acks=all, fetch long polling) happens
+//! in the returned future, which holds no lock and is cancel-safe.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use keel_core::batch::Batch;
+use keel_core::controller::{
+    AlterConfigOp, AlterOp, ControllerError, NewTopic, TopicId as CoreTopicId,
+};
+use keel_core::log::{concat, LogError};
+use keel_core::partition::{code, compression_allowed, Appended, ProduceError};
+use keel_core::{LeaderEpoch, Offset};
+
+use super::{now_ms, Broker, PartitionHandle};
+use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
+
+/// Kafka error codes used here beyond core's.
+mod err {
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}
+
+/// Config resource types (DescribeConfigs, AlterConfigs).
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+/// Bound on a fetch's wait, whatever the client asks.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+fn uuid(id: CoreTopicId) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(id.0)
+}
+
+impl Handler for Broker {
+    fn handle(
+        self: Arc<Self>,
+        ctx: RequestContext,
+        request: RequestKind,
+    ) -> impl Future<Output = HandlerResult> + Send + 'static {
+        // Synchronous part: produces append here, in request order.
+        enum Next {
+            Ready(ResponseKind),
+            NoResponse,
+            Produce(ProduceWait),
+            Fetch(FetchRequest),
+        }
+        let next = match request {
+            RequestKind::Produce(r) => match self.produce(&ctx, r) {
+                None => Next::NoResponse,
+                Some(wait) => Next::Produce(wait),
+            },
+            RequestKind::Fetch(r) => Next::Fetch(r),
+            RequestKind::Metadata(r) => Next::Ready(ResponseKind::Metadata(self.metadata(&ctx, r))),
+            RequestKind::ListOffsets(r) => Next::Ready(ResponseKind::ListOffsets(
+                self.list_offsets(ctx.api_version, r),
+            )),
+            RequestKind::OffsetForLeaderEpoch(r) => Next::Ready(
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r)),
+            ),
+            RequestKind::DeleteRecords(r) => {
+                Next::Ready(ResponseKind::DeleteRecords(self.delete_records(r)))
+            }
+            RequestKind::InitProducerId(r) => {
+                Next::Ready(ResponseKind::InitProducerId(self.init_producer_id(r)))
+            }
+            RequestKind::CreateTopics(r) => {
+                Next::Ready(ResponseKind::CreateTopics(self.create_topics(&ctx, r)))
+            }
+            RequestKind::DeleteTopics(r) => Next::Ready(ResponseKind::DeleteTopics(
+                self.delete_topics(ctx.api_version, r),
+            )),
+            RequestKind::CreatePartitions(r) => {
+                Next::Ready(ResponseKind::CreatePartitions(self.create_partitions(r)))
+            }
+            RequestKind::DescribeConfigs(r) => Next::Ready(ResponseKind::DescribeConfigs(
+                self.describe_configs(ctx.api_version, r),
+            )),
+            RequestKind::IncrementalAlterConfigs(r) => Next::Ready(
+                ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r)),
+            ),
+            RequestKind::AlterConfigs(r) => {
+                Next::Ready(ResponseKind::AlterConfigs(self.alter_configs(r)))
+            }
+            RequestKind::DescribeCluster(_) => {
+                Next::Ready(ResponseKind::DescribeCluster(self.describe_cluster()))
+            }
+            RequestKind::SaslHandshake(_) => {
+                let mut r = SaslHandshakeResponse::default();
+                r.error_code = err::UNSUPPORTED_SASL_MECHANISM;
+                Next::Ready(ResponseKind::SaslHandshake(r))
+            }
+            RequestKind::SaslAuthenticate(_) => {
+                let mut r = SaslAuthenticateResponse::default();
+                r.error_code = err::UNSUPPORTED_SASL_MECHANISM;
+                r.error_message = Some(str_bytes("keel does not support SASL yet"));
+                Next::Ready(ResponseKind::SaslAuthenticate(r))
+            }
+            other => {
+                let name = format!("{:?}", ctx.api_key);
+                drop(other);
+                return futures_ready(Err(HandlerError::new(format!(
+                    "{name} is not served by this broker"
+                ))));
+            }
+        };
+        let broker = self.clone();
+        async_response(async move {
+            match next {
+                Next::Ready(r) => Ok(Some(r)),
+                Next::NoResponse => Ok(None),
+                Next::Produce(wait) => Ok(Some(ResponseKind::Produce(wait.finish().await))),
+                Next::Fetch(r) => Ok(Some(ResponseKind::Fetch(broker.fetch(&ctx, r).await))),
+            }
+        })
+    }
+}
+
+fn futures_ready(
+    result: HandlerResult,
+) -> std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
+    Box::pin(async move { result })
+}
+
+fn async_response(
+    f: impl Future<Output = HandlerResult> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
+    Box::pin(f)
+}
+
+/// A produce whose batches were appended; answers when its acks are satisfied.
+struct ProduceWait {
+    response: ProduceResponse,
+    /// (topic index, partition index, partition, last offset) awaiting the high watermark.
+    waits: Vec<(usize, usize, Arc<PartitionHandle>, Offset)>,
+    timeout: Duration,
+    version: i16,
+}
+
+impl ProduceWait {
+    async fn finish(mut self) -> ProduceResponse {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for (t, p, partition, last) in self.waits.drain(..) {
+            let mut hw = partition.subscribe();
+            let reached = tokio::time::timeout_at(deadline, hw.wait_for(|hw| *hw > last)).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                let r = &mut self.response.responses[t].partition_responses[p];
+                r.error_code = err::REQUEST_TIMED_OUT;
+                if self.version >= 8 {
+                    r.error_message =
+                        Some(str_bytes("timed out waiting for the write to be durable"));
+                }
+            }
+        }
+        self.response
+    }
+}
+
+impl Broker {
+    /// Appends every partition's batch now (in request order) and returns what to wait for;
+    /// `None` for acks=0 (no response).
+    fn produce(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        request: ProduceRequest,
+    ) -> Option<ProduceWait> {
+        let acks = request.acks;
+        let now = now_ms();
+        let mut response = ProduceResponse::default();
+        let mut waits = Vec::new();
+        for (t, topic) in request.topic_data.into_iter().enumerate() {
+            let mut topic_response = TopicProduceResponse::default();
+            topic_response.name = topic.name.clone();
+            for (p, data) in topic.partition_data.into_iter().enumerate() {
+                let mut r = PartitionProduceResponse::default();
+                r.index = data.index;
+                r.base_offset = -1;
+                r.log_append_time_ms = -1;
+                r.log_start_offset = -1;
+                let outcome = if request.transactional_id.is_some() {
+                    Err((
+                        err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        "keel does not support transactions".to_string(),
+                    ))
+                } else if !matches!(acks, -1..=1) {
+                    Err((
+                        err::INVALID_REQUIRED_ACKS,
+                        format!("acks must be -1, 0 or 1, not {acks}"),
+                    ))
+                } else {
+                    self.produce_partition(ctx, &topic.name.0, data.index, data.records, acks, now)
+                };
+                match outcome {
+                    Ok((partition, appended, log_start)) => {
+                        r.base_offset = appended.base_offset.0;
+                        r.log_append_time_ms = appended.log_append_time_ms;
+                        if ctx.api_version >= 5 {
+                            r.log_start_offset = log_start.0;
+                        }
+                        if acks == -1 {
+                            waits.push((t, p, partition, appended.last_offset));
+                        }
+                    }
+                    Err((code, message)) => {
+                        r.error_code = code;
+                        if ctx.api_version >= 8 {
+                            r.error_message = Some(str_bytes(message));
+                        } else {
+                            tracing::debug!(topic = %topic.name.0, partition = data.index, code, "produce refused: {message}");
+                        }
+                    }
+                }
+                topic_response.partition_responses.push(r);
+            }
+            response.responses.push(topic_response);
+        }
+        if acks == 0 {
+            return None;
+        }
+        let timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
+        Some(ProduceWait {
+            response,
+            waits,
+            timeout,
+            version: ctx.api_version,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn produce_partition(
+        &self,
+        ctx: &RequestContext,
+        topic: &str,
+        index: i32,
+        records: Option<Bytes>,
+        acks: i16,
+        now: i64,
+    ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (i16, String)> {
+        let partition = self.partition(topic, index).ok_or_else(|| {
+            (
+                err::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("this broker does not lead {topic}-{index}"),
+            )
+        })?;
+        let records = records.unwrap_or_default();
+        // Produce v3+: exactly one batch per partition.
+        let batch = match Batch::parse_prefix(&records) {
+            Ok(Some(batch)) if batch.size() == records.len() => batch,
+            Ok(Some(_)) => {
+                return Err((
+                    code::INVALID_RECORD,
+                    "a produce must carry exactly one record batch per partition".into(),
+                ))
+            }
+            Ok(None) => {
+                return Err((
+                    code::CORRUPT_MESSAGE,
+                    "records are not a whole record batch v2".into(),
+                ))
+            }
+            Err(e) => return Err((code::CORRUPT_MESSAGE, e.to_string())),
+        };
+        if let Ok(codec) = batch.compression() {
+            if !compression_allowed(codec, ctx.api_version) {
+                return Err((
+                    code::UNSUPPORTED_COMPRESSION_TYPE,
+                    format!("{} needs Produce v7 or later", codec.name()),
+                ));
+            }
+        }
+        let min_insync = self
+            .with_metadata(|m| m.topic_config(topic).map(|c| c.min_insync_replicas()))
+            .unwrap_or(1);
+        let replicas = self
+            .with_metadata(|m| m.partition(topic, index).map(|p| p.isr.len()))
+            .unwrap_or(1) as i32;
+        if acks == -1 && replicas < min_insync.min(replicas.max(1)) {
+            return Err((
+                err::NOT_ENOUGH_REPLICAS,
+                "fewer in-sync replicas than min.insync.replicas".into(),
+            ));
+        }
+        let result = partition.with(|r| r.append(now, batch).map(|a| (a, r.log().log_start())));
+        match result {
+            Ok((appended, log_start)) => {
+                if !appended.duplicate {
+                    self.queue_sync(&partition);
+                }
+                Ok((partition, appended, log_start))
+            }
+            Err(e) => {
+                if let ProduceError::Storage(e) = &e {
+                    tracing::error!(topic, partition = index, "append failed: {e}");
+                }
+                Err((e.code(), e.to_string()))
+            }
+        }
+    }
+
+    /// Fetch: whole batches from the one containing the fetch offset, up to the high
+    /// watermark; waits up to max_wait_ms for min_bytes.
+    async fn fetch(self: &Arc<Self>, ctx: &RequestContext, request: FetchRequest) -> FetchResponse {
+        let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (response, bytes, watched) = self.fetch_once(ctx.api_version, &request);
+            let satisfied =
+                bytes >= request.min_bytes.max(1) as usize || bytes > 0 && request.min_bytes <= 0;
+            if satisfied
+                || wait.is_zero()
+                || watched.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return response;
+            }
+            // Wait for any partition's high watermark to move, or the deadline.
+            let mut waiters: Vec<_> = watched.iter().map(|p| p.subscribe()).collect();
+            let changed = futures_any(waiters.iter_mut().map(|w| Box::pin(w.changed())));
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.fetch_once(ctx.api_version, &request).0;
+            }
+        }
+    }
+
+    fn fetch_once(
+        &self,
+        version: i16,
+        request: &FetchRequest,
+    ) -> (FetchResponse, usize, Vec<Arc<PartitionHandle>>) {
+        let mut response = FetchResponse::default();
+        let mut remaining = request.max_bytes.max(0) as usize;
+        let mut total = 0usize;
+        let mut watched = Vec::new();
+        for topic in &request.topics {
+            let mut topic_response = FetchableTopicResponse::default();
+            topic_response.topic = topic.topic.clone();
+            topic_response.topic_id = topic.topic_id;
+            let name = topic.topic.0.to_string();
+            for fp in &topic.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = fp.partition;
+                pd.high_watermark = -1;
+                pd.last_stable_offset = -1;
+                pd.log_start_offset = -1;
+                pd.preferred_read_replica = BrokerId(-1);
+                pd.records = Some(Bytes::new());
+                if version >= 4 {
+                    pd.aborted_transactions = Some(Vec::new());
+                }
+                match self.partition(&name, fp.partition) {
+                    None => pd.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let max = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+                        let first = total == 0;
+                        let result = p.with(|r| {
+                            r.check_client_epoch(fp.current_leader_epoch)?;
+                            let hw = r.high_watermark();
+                            let log = r.log();
+                            let read = log
+                                .read(
+                                    Offset(fp.fetch_offset),
+                                    if first { max.max(1) } else { max },
+                                    hw,
+                                )
+                                .map(|batches| {
+                                    if !first
+                                        && batches.iter().map(Batch::size).sum::<usize>() > max
+                                    {
+                                        Vec::new()
+                                    } else {
+                                        batches
+                                    }
+                                });
+                            Ok::<_, i16>((read, hw, log.log_start()))
+                        });
+                        match result {
+                            Err(code) => pd.error_code = code,
+                            Ok((read, hw, log_start)) => {
+                                pd.high_watermark = hw.0;
+                                pd.last_stable_offset = hw.0;
+                                if version >= 5 {
+                                    pd.log_start_offset = log_start.0;
+                                }
+                                match read {
+                                    Ok(batches) => {
+                                        let bytes = concat(&batches);
+                                        total += bytes.len();
+                                        remaining = remaining.saturating_sub(bytes.len());
+                                        pd.records = Some(bytes);
+                                    }
+                                    Err(LogError::OffsetOutOfRange { .. }) => {
+                                        pd.error_code = code::OFFSET_OUT_OF_RANGE
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(topic = %name, partition = fp.partition, "read failed: {e}");
+                                        pd.error_code = code::KAFKA_STORAGE_ERROR;
+                                    }
+                                }
+                            }
+                        }
+                        watched.push(p);
+                    }
+                }
+                topic_response.partitions.push(pd);
+            }
+            response.responses.push(topic_response);
+        }
+        (response, total, watched)
+    }
+
+    fn broker_list(&self) -> Vec<(i32, String, i32)> {
+        self.with_metadata(|m| {
+            m.brokers()
+                .filter(|b| !b.fenced)
+                .filter_map(|b| {
+                    b.endpoints
+                        .first()
+                        .map(|e| (b.id.0, e.host.clone(), e.port))
+                })
+                .collect()
+        })
+    }
+
+    fn metadata(&self, ctx: &RequestContext, request: MetadataRequest) -> MetadataResponse {
+        let v = ctx.api_version;
+        let mut response = MetadataResponse::default();
+        for (id, host, port) in self.broker_list() {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(id);
+            b.host = str_bytes(host);
+            b.port = port;
+            response.brokers.push(b);
+        }
+        if v >= 2 {
+            response.cluster_id = Some(str_bytes(self.cluster_id()));
+        }
+        if v >= 1 {
+            response.controller_id = BrokerId(self.node_id());
+        }
+        let names: Option<Vec<(Option<String>, uuid::Uuid)>> = request.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect()
+        });
+        let wanted: Vec<(String, bool)> = match names {
+            None => self.with_metadata(|m| m.topics().map(|t| (t.name.clone(), true)).collect()),
+            Some(list) => list
+                .into_iter()
+                .map(|(name, id)| match name {
+                    Some(n) => (n, false),
+                    None => (
+                        self.with_metadata(|m| {
+                            m.topic_by_id(CoreTopicId(*id.as_bytes()))
+                                .map(|t| t.name.clone())
+                        })
+                        .unwrap_or_default(),
+                        false,
+                    ),
+                })
+                .collect(),
+        };
+        let allow_create = request.allow_auto_topic_creation && self.settings().auto_create_topics;
+        for (name, _) in wanted {
+            let exists = self.with_metadata(|m| m.topic(&name).is_some());
+            let mut error = 0;
+            if !exists && !name.is_empty() {
+                if allow_create {
+                    if let Err(e) = self.create_topic_now(&name, -1, -1, BTreeMap::new(), false) {
+                        if !matches!(e, ControllerError::TopicAlreadyExists(_)) {
+                            error = e.code();
+                        }
+                    }
+                } else {
+                    error = err::UNKNOWN_TOPIC_OR_PARTITION;
+                }
+            }
+            let mut t = MetadataResponseTopic::default();
+            t.name = Some(topic_name(&name));
+            let found = self.with_metadata(|m| m.topic(&name).cloned());
+            match found {
+                Some(topic) if error == 0 => {
+                    if v >= 10 {
+                        t.topic_id = uuid(topic.id);
+                    }
+                    for (i, p) in topic.partitions.iter().enumerate() {
+                        let mut mp = MetadataResponsePartition::default();
+                        mp.partition_index = i as i32;
+                        mp.leader_id = BrokerId(p.leader.0);
+                        if v >= 7 {
+                            mp.leader_epoch = p.leader_epoch.0;
+                        }
+                        mp.replica_nodes = p.replicas.iter().map(|b| BrokerId(b.0)).collect();
+                        mp.isr_nodes = p.isr.iter().map(|b| BrokerId(b.0)).collect();
+                        t.partitions.push(mp);
+                    }
+                }
+                _ => {
+                    t.error_code = if error != 0 {
+                        error
+                    } else if name.is_empty() {
+                        err::UNKNOWN_TOPIC_ID
+                    } else if keel_core::controller::validate_topic_name(&name).is_err() {
+                        err::INVALID_TOPIC_EXCEPTION
+                    } else {
+                        err::UNKNOWN_TOPIC_OR_PARTITION
+                    };
+                }
+            }
+            response.topics.push(t);
+        }
+        response
+    }
+
+    /// Creates a topic through the controller; -1 means the broker default.
+    fn create_topic_now(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<keel_core::controller::Topic, ControllerError> {
+        let new = NewTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+            topic_id: self.new_topic_id(),
+        };
+        let defaults = self.settings().topic_defaults;
+        self.command(validate_only, |m| {
+            let live = m.live_brokers();
+            let records = m.create_topic(&new, &live, &defaults)?;
+            let mut preview = m.clone();
+            for r in &records {
+                let _ = preview.apply(r);
+            }
+            let topic = preview
+                .topic(name)
+                .cloned()
+                .ok_or_else(|| ControllerError::UnknownServerError("topic vanished".into()))?;
+            Ok((topic, records))
+        })
+    }
+
+    fn list_offsets(&self, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+        let mut response = ListOffsetsResponse::default();
+        for topic in request.topics {
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = topic.name.clone();
+            let name = topic.name.0.to_string();
+            for lp in topic.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = lp.partition_index;
+                pr.timestamp = -1;
+                pr.offset = -1;
+                pr.leader_epoch = -1;
+                match self.partition(&name, lp.partition_index) {
+                    None => pr.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let result = p.with(|r| {
+                            r.check_client_epoch(lp.current_leader_epoch)?;
+                            let epoch = r.leader_epoch().0;
+                            let found = match lp.timestamp {
+                                -1 => Ok(Some((r.high_watermark(), -1))),
+                                -2 => Ok(Some((r.log().log_start(), -1))),
+                                -3 => r.log().max_timestamp(),
+                                ts => r
+                                    .log()
+                                    .offset_for_timestamp(ts)
+                                    .map(|o| o.filter(|(off, _)| *off < r.high_watermark())),
+                            };
+                            Ok::<_, i16>((found, epoch))
+                        });
+                        match result {
+                            Err(code) => pr.error_code = code,
+                            Ok((Ok(Some((offset, ts))), epoch)) => {
+                                pr.offset = offset.0;
+                                pr.timestamp = ts;
+                                if version >= 4 {
+                                    pr.leader_epoch = epoch;
+                                }
+                            }
+                            Ok((Ok(None), _)) => {}
+                            Ok((Err(e), _)) => {
+                                tracing::error!(topic = %name, "list offsets failed: {e}");
+                                pr.error_code = code::KAFKA_STORAGE_ERROR;
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+
+    fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let mut response = OffsetForLeaderEpochResponse::default();
+        for topic in request.topics {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = topic.topic.clone();
+            let name = topic.topic.0.to_string();
+            for op in topic.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = op.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                match self.partition(&name, op.partition) {
+                    None => e.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => match p.with(|r| {
+                        r.check_client_epoch(op.current_leader_epoch)?;
+                        r.end_offset_for_epoch(LeaderEpoch(op.leader_epoch))
+                    }) {
+                        Err(code) => e.error_code = code,
+                        Ok(Some((epoch, end))) => {
+                            e.leader_epoch = epoch.0;
+                            e.end_offset = end.0;
+                        }
+                        Ok(None) => {}
+                    },
+                }
+                tr.partitions.push(e);
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+
+    fn delete_records(&self, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+        let mut response = DeleteRecordsResponse::default();
+        for topic in request.topics {
+            let mut tr = DeleteRecordsTopicResult::default();
+            tr.name = topic.name.clone();
+            let name = topic.name.0.to_string();
+            for dp in topic.partitions {
+                let mut pr = DeleteRecordsPartitionResult::default();
+                pr.partition_index = dp.partition_index;
+                pr.low_watermark = -1;
+                match self.partition(&name, dp.partition_index) {
+                    None => pr.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => match p.with(|r| r.delete_records(dp.offset)) {
+                        Ok(start) => pr.low_watermark = start.0,
+                        Err(ProduceError::InvalidRecord(_)) => {
+                            pr.error_code = code::OFFSET_OUT_OF_RANGE
+                        }
+                        Err(e) => pr.error_code = e.code(),
+                    },
+                }
+                tr.partitions.push(pr);
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+
+    fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+        let mut response = InitProducerIdResponse::default();
+        response.producer_id = ProducerId(-1);
+        response.producer_epoch = -1;
+        if request.transactional_id.is_some() {
+            response.error_code = err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            return response;
+        }
+        match self.allocate_producer_id() {
+            Ok(id) => {
+                response.producer_id = ProducerId(id.0);
+                response.producer_epoch = 0;
+            }
+            Err(e) => response.error_code = e.code(),
+        }
+        response
+    }
+
+    fn create_topics(
+        &self,
+        ctx: &RequestContext,
+        request: CreateTopicsRequest,
+    ) -> CreateTopicsResponse {
+        let v = ctx.api_version;
+        let mut response = CreateTopicsResponse::default();
+        for topic in request.topics {
+            let mut tr = CreatableTopicResult::default();
+            tr.name = topic.name.clone();
+            tr.num_partitions = -1;
+            tr.replication_factor = -1;
+            let name = topic.name.0.to_string();
+            let mut configs = BTreeMap::new();
+            for c in &topic.configs {
+                if let Some(v) = &c.value {
+                    configs.insert(c.name.to_string(), v.to_string());
+                }
+            }
+            let result = if !topic.assignments.is_empty() {
+                Err(ControllerError::InvalidRequest(
+                    "manual replica assignment is not supported".into(),
+                ))
+            } else {
+                self.create_topic_now(
+                    &name,
+                    topic.num_partitions,
+                    topic.replication_factor,
+                    configs,
+                    request.validate_only,
+                )
+            };
+            match result {
+                Ok(t) if v < 5 => drop(t),
+                Ok(t) => {
+                    if v >= 7 {
+                        tr.topic_id = uuid(t.id);
+                    }
+                    tr.num_partitions = t.partitions.len() as i32;
+                    tr.replication_factor =
+                        t.partitions.first().map_or(0, |p| p.replicas.len() as i16);
+                    tr.configs = Some(
+                        t.config
+                            .describe()
+                            .into_iter()
+                            .map(|e| {
+                                let mut c = CreatableTopicConfigs::default();
+                                c.name = str_bytes(e.name);
+                                c.value = Some(str_bytes(e.value));
+                                c.config_source = e.source.code();
+                                c
+                            })
+                            .collect(),
+                    );
+                }
+                Err(e) => {
+                    tr.error_code = e.code();
+                    tr.error_message = Some(str_bytes(e.to_string()));
+                }
+            }
+            response.topics.push(tr);
+        }
+        response
+    }
+
+    fn delete_topics(&self, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let mut response = DeleteTopicsResponse::default();
+        let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+            .collect();
+        targets.extend(
+            request
+                .topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)),
+        );
+        for (name, id) in targets {
+            let mut r = DeletableTopicResult::default();
+            let result = self.command(false, |m| {
+                let records = match &name {
+                    Some(n) => m.delete_topic(n)?,
+                    None => m.delete_topic_by_id(CoreTopicId(*id.as_bytes()))?,
+                };
+                let resolved = match &name {
+                    Some(n) => m.topic(n).map(|t| (t.name.clone(), t.id)),
+                    None => m
+                        .topic_by_id(CoreTopicId(*id.as_bytes()))
+                        .map(|t| (t.name.clone(), t.id)),
+                };
+                Ok((resolved, records))
+            });
+            r.name = Some(topic_name(name.as_deref().unwrap_or_default()));
+            if version >= 6 {
+                r.topic_id = id;
+            }
+            match result {
+                Ok(Some((n, tid))) => {
+                    r.name = Some(topic_name(&n));
+                    if version >= 6 {
+                        r.topic_id = uuid(tid);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    r.error_code = e.code();
+                    if version >= 5 {
+                        r.error_message = Some(str_bytes(e.to_string()));
+                    }
+                }
+            }
+            response.responses.push(r);
+        }
+        response
+    }
+
+    fn create_partitions(&self, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+        let mut response = CreatePartitionsResponse::default();
+        for topic in request.topics {
+            let mut r = CreatePartitionsTopicResult::default();
+            r.name = topic.name.clone();
+            let name = topic.name.0.to_string();
+            let result = if topic.assignments.is_some() {
+                Err(ControllerError::InvalidRequest(
+                    "manual replica assignment is not supported".into(),
+                ))
+            } else {
+                self.command(request.validate_only, |m| {
+                    let live = m.live_brokers();
+                    Ok(((), m.create_partitions(&name, topic.count, &live)?))
+                })
+            };
+            if let Err(e) = result {
+                r.error_code = e.code();
+                r.error_message = Some(str_bytes(e.to_string()));
+            }
+            response.results.push(r);
+        }
+        response
+    }
+
+    fn describe_configs(
+        &self,
+        version: i16,
+        request: DescribeConfigsRequest,
+    ) -> DescribeConfigsResponse {
+        let mut response = DescribeConfigsResponse::default();
+        for resource in request.resources {
+            let mut result = DescribeConfigsResult::default();
+            result.resource_type = resource.resource_type;
+            result.resource_name = resource.resource_name.clone();
+            let keys: Option<Vec<String>> = resource
+                .configuration_keys
+                .map(|ks| ks.iter().map(|k| k.to_string()).collect());
+            let wanted = |name: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|k| k == name));
+            match resource.resource_type {
+                RESOURCE_TOPIC => {
+                    let name = resource.resource_name.to_string();
+                    match self.with_metadata(|m| m.topic_config(&name).cloned()) {
+                        None => {
+                            result.error_code = err::UNKNOWN_TOPIC_OR_PARTITION;
+                            result.error_message = Some(str_bytes(format!("unknown topic {name}")));
+                        }
+                        Some(config) => {
+                            for e in config.describe().into_iter().filter(|e| wanted(e.name)) {
+                                let mut c = DescribeConfigsResourceResult::default();
+                                c.name = str_bytes(e.name);
+                                c.value = Some(str_bytes(e.value));
+                                c.config_source = e.source.code();
+                                if version >= 3 {
+                                    c.config_type = e.config_type.code();
+                                }
+                                result.configs.push(c);
+                            }
+                        }
+                    }
+                }
+                RESOURCE_BROKER => {
+                    let s = self.settings();
+                    let entries = [
+                        ("node.id", s.node_id.to_string()),
+                        (
+                            "auto.create.topics.enable",
+                            s.auto_create_topics.to_string(),
+                        ),
+                        ("num.partitions", s.topic_defaults.partitions.to_string()),
+                        (
+                            "default.replication.factor",
+                            s.topic_defaults.replication_factor.to_string(),
+                        ),
+                        ("log.dirs", s.data_dir.display().to_string()),
+                    ];
+                    for (name, value) in entries.into_iter().filter(|(n, _)| wanted(n)) {
+                        let mut c = DescribeConfigsResourceResult::default();
+                        c.name = str_bytes(name);
+                        c.value = Some(str_bytes(value));
+                        c.read_only = true;
+                        c.config_source = 4; // STATIC_BROKER_CONFIG
+                        result.configs.push(c);
+                    }
+                }
+                other => {
+                    result.error_code = err::INVALID_REQUEST;
+                    result.error_message =
+                        Some(str_bytes(format!("resource type {other} is not supported")));
+                }
+            }
+            response.results.push(result);
+        }
+        response
+    }
+
+    fn alter_topic_configs(
+        &self,
+        resource_type: i8,
+        name: &str,
+        ops: Vec<AlterConfigOp>,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        if resource_type != RESOURCE_TOPIC {
+            return Err((
+                err::INVALID_REQUEST,
+                format!("altering resource type {resource_type} is not supported"),
+            ));
+        }
+        self.command(validate_only, |m| {
+            Ok(((), m.incremental_alter_configs(name, &ops)?))
+        })
+        .map_err(|e| (e.code(), e.to_string()))
+    }
+
+    fn incremental_alter_configs(
+        &self,
+        request: IncrementalAlterConfigsRequest,
+    ) -> IncrementalAlterConfigsResponse {
+        let mut response = IncrementalAlterConfigsResponse::default();
+        for resource in request.resources {
+            let mut r = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            r.resource_type = resource.resource_type;
+            r.resource_name = resource.resource_name.clone();
+            let ops: Option<Vec<AlterConfigOp>> = resource
+                .configs
+                .iter()
+                .map(|c| {
+                    AlterOp::from_code(c.config_operation).map(|op| AlterConfigOp {
+                        key: c.name.to_string(),
+                        op,
+                        value: c.value.as_ref().map(|v| v.to_string()),
+                    })
+                })
+                .collect();
+            let result = match ops {
+                None => Err((err::INVALID_CONFIG, "unknown config operation".to_string())),
+                Some(ops) => self.alter_topic_configs(
+                    resource.resource_type,
+                    &resource.resource_name,
+                    ops,
+                    request.validate_only,
+                ),
+            };
+            if let Err((code, message)) = result {
+                r.error_code = code;
+                r.error_message = Some(str_bytes(message));
+            }
+            response.responses.push(r);
+        }
+        response
+    }
+
+    /// The legacy AlterConfigs: the given set replaces every override of the topic.
+    fn alter_configs(&self, request: AlterConfigsRequest) -> AlterConfigsResponse {
+        let mut response = AlterConfigsResponse::default();
+        for resource in request.resources {
+            let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
+            r.resource_type = resource.resource_type;
+            r.resource_name = resource.resource_name.clone();
+            let name = resource.resource_name.to_string();
+            let existing: Vec<String> = self
+                .with_metadata(|m| {
+                    m.topic_config(&name)
+                        .map(|c| c.overrides().keys().cloned().collect())
+                })
+                .unwrap_or_default();
+            let mut ops: Vec<AlterConfigOp> = resource
+                .configs
+                .iter()
+                .map(|c| AlterConfigOp {
+                    key: c.name.to_string(),
+                    op: AlterOp::Set,
+                    value: c.value.as_ref().map(|v| v.to_string()),
+                })
+                .collect();
+            for key in existing {
+                if !ops.iter().any(|o| o.key == key) {
+                    ops.push(AlterConfigOp {
+                        key,
+                        op: AlterOp::Delete,
+                        value: None,
+                    });
+                }
+            }
+            if let Err((code, message)) =
+                self.alter_topic_configs(resource.resource_type, &name, ops, request.validate_only)
+            {
+                r.error_code = code;
+                r.error_message = Some(str_bytes(message));
+            }
+            response.responses.push(r);
+        }
+        response
+    }
+
+    fn describe_cluster(&self) -> DescribeClusterResponse {
+        let mut response = DescribeClusterResponse::default();
+        response.cluster_id = str_bytes(self.cluster_id());
+        response.controller_id = BrokerId(self.node_id());
+        response.endpoint_type = 1;
+        for (id, host, port) in self.broker_list() {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(id);
+            b.host = str_bytes(host);
+            b.port = port;
+            response.brokers.push(b);
+        }
+        response
+    }
+}
+
+/// Resolves when any of the futures resolves.
+async fn futures_any<F: Future + Unpin>(futures: impl Iterator<Item = F>) {
+    let mut futures: Vec<F> = futures.collect();
+    if futures.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
