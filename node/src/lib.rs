@@ -5,5 +5,6 @@
 
 pub mod broker;
 pub mod dump_log;
+pub mod peer;
 pub mod storage;
 pub mod wire;
