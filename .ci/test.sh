@@ -16,6 +16,9 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "Kafka clients for the interop tests (kcat, .venv)"
+bash .ci/clients.sh
+
 step "unit, property and integration tests"
 cargo test --workspace 2>&1 | tee "$log"
 
