@@ -1,0 +1,1225 @@
+//! The broker's configuration: `keel start --config FILE [--override KEY=VALUE]...`.
+//!
+//! Settings carry Kafka's own names (`node.id`, `listeners`, `log.retention.hours`, ...) so a
+//! Kafka operator's `server.properties` translates line by line. The file is TOML; a setting may
+//! be written flat and quoted (`"log.retention.hours" = 24`) or as TOML dotted keys
+//! (`log.retention.hours = 24`, which TOML parses as nested tables, as does a `[log]` section
+//! holding `retention.hours = 24`). The parsed document is flattened by joining nested table
+//! keys with `.`, so every spelling means the same setting. Overrides (`KEY=VALUE` strings from
+//! the command line) are applied on top of the file and typed by their key's type.
+//!
+//! This module owns the table of settings ([`SETTINGS`]: name, type, default, range), their
+//! parsing and validation, and the typed [`BrokerConfig`]. It does no I/O other than reading the
+//! file named to [`BrokerConfig::load`], once, at startup.
+//!
+//! What holds:
+//! - A [`BrokerConfig`] is built only by [`BrokerConfig::parse`] (and the functions that call
+//!   it), from input whose every key is in [`SETTINGS`] and whose every value passed that key's
+//!   type and range check; cross-setting rules (listener names unique, advertised listeners
+//!   named among the listeners) hold too.
+//! - Strictness, unlike Kafka: Kafka logs a warning for an unknown key and starts anyway; keel
+//!   refuses to start, naming the key and the closest known one, because a misspelt
+//!   `log.retention.hours` silently keeping data for a week is worse than a failed start.
+//! - Bad input is an error value ([`ConfigError`]), never a panic; each error names the key,
+//!   the value as given, and what was expected.
+//! - Retention and roll times resolve as Kafka's do: `log.retention.ms` over
+//!   `log.retention.minutes` over `log.retention.hours`, and `log.roll.ms` over
+//!   `log.roll.hours`, whichever source (file or override) set them.
+//! - keel keeps one data directory: `log.dirs` must name exactly one path.
+//! - keel serves PLAINTEXT only: a listener named `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` is
+//!   refused; any other name (`PLAINTEXT`, `CONTROLLER`, `INTERNAL`, ...) is served as
+//!   PLAINTEXT, as if `listener.security.protocol.map` mapped it so.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use keel_core::batch::TimestampType;
+use keel_core::controller::config as topic;
+use keel_core::controller::TopicDefaults;
+
+/// `node.id`: this broker's id (INT, >= 0, required).
+pub const NODE_ID: &str = "node.id";
+/// `listeners`: where the broker listens, `NAME://HOST:PORT,...` (LIST).
+pub const LISTENERS: &str = "listeners";
+/// `advertised.listeners`: what clients are told to connect to (LIST; default: `listeners`).
+pub const ADVERTISED_LISTENERS: &str = "advertised.listeners";
+/// `log.dirs`: the data directory (LIST of exactly one path in keel).
+pub const LOG_DIRS: &str = "log.dirs";
+/// `num.partitions`: partitions of an auto-created topic (INT, >= 1).
+pub const NUM_PARTITIONS: &str = "num.partitions";
+/// `default.replication.factor`: replicas of an auto-created topic (INT, 1..=32767).
+pub const DEFAULT_REPLICATION_FACTOR: &str = "default.replication.factor";
+/// `auto.create.topics.enable`: create a topic on its first Metadata or Produce (BOOLEAN).
+pub const AUTO_CREATE_TOPICS_ENABLE: &str = "auto.create.topics.enable";
+/// `min.insync.replicas`: the default of the topic setting (INT, >= 1).
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// `log.retention.ms`: time retention (LONG, >= -1; -1 keeps data forever).
+pub const LOG_RETENTION_MS: &str = "log.retention.ms";
+/// `log.retention.minutes`: used when `log.retention.ms` is not set (INT, >= -1).
+pub const LOG_RETENTION_MINUTES: &str = "log.retention.minutes";
+/// `log.retention.hours`: used when neither of the above is set (INT, >= -1).
+pub const LOG_RETENTION_HOURS: &str = "log.retention.hours";
+/// `log.retention.bytes`: size retention per partition (LONG, >= -1; -1 = no limit).
+pub const LOG_RETENTION_BYTES: &str = "log.retention.bytes";
+/// `log.segment.bytes`: roll a segment at this size (INT, >= 14).
+pub const LOG_SEGMENT_BYTES: &str = "log.segment.bytes";
+/// `log.roll.ms`: roll a segment at this age (LONG, >= 1).
+pub const LOG_ROLL_MS: &str = "log.roll.ms";
+/// `log.roll.hours`: used when `log.roll.ms` is not set (INT, >= 1).
+pub const LOG_ROLL_HOURS: &str = "log.roll.hours";
+/// `log.cleanup.policy`: the default `cleanup.policy` of topics (LIST of delete, compact).
+pub const LOG_CLEANUP_POLICY: &str = "log.cleanup.policy";
+/// `message.max.bytes`: the largest record batch accepted (INT, >= 0).
+pub const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
+/// `log.message.timestamp.type`: `CreateTime` or `LogAppendTime` (STRING).
+pub const LOG_MESSAGE_TIMESTAMP_TYPE: &str = "log.message.timestamp.type";
+/// `socket.request.max.bytes`: the largest request frame accepted (INT, >= 1).
+pub const SOCKET_REQUEST_MAX_BYTES: &str = "socket.request.max.bytes";
+/// `replica.lag.time.max.ms`: a follower this far behind leaves the ISR (LONG, >= 1).
+pub const REPLICA_LAG_TIME_MAX_MS: &str = "replica.lag.time.max.ms";
+/// `offsets.retention.minutes`: committed offsets of an empty group expire after (INT, >= 1).
+pub const OFFSETS_RETENTION_MINUTES: &str = "offsets.retention.minutes";
+/// `log.retention.check.interval.ms`: how often retention runs (LONG, >= 1).
+pub const LOG_RETENTION_CHECK_INTERVAL_MS: &str = "log.retention.check.interval.ms";
+/// `controller.quorum.voters`: the metadata quorum, `ID@HOST:PORT,...` (LIST, optional).
+pub const CONTROLLER_QUORUM_VOTERS: &str = "controller.quorum.voters";
+/// `keel.metrics.listener`: `HOST:PORT` of the Prometheus endpoint; empty disables it.
+pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
+/// `keel.log.flush.checkpoint.interval.ms`: how often recovery points are checkpointed
+/// (LONG, >= 1).
+pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoint.interval.ms";
+
+const MS_PER_MINUTE: i64 = 60 * 1000;
+const MS_PER_HOUR: i64 = 60 * MS_PER_MINUTE;
+
+/// A setting's type and the range its values must lie in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingType {
+    /// A 32-bit integer in `min..=max` (Kafka's INT).
+    Int {
+        /// The smallest value accepted.
+        min: i32,
+        /// The largest value accepted.
+        max: i32,
+    },
+    /// A 64-bit integer in `min..=max` (Kafka's LONG).
+    Long {
+        /// The smallest value accepted.
+        min: i64,
+        /// The largest value accepted.
+        max: i64,
+    },
+    /// `true` or `false` (Kafka's BOOLEAN).
+    Bool,
+    /// A string (Kafka's STRING); the key's own check runs after.
+    String,
+    /// Comma-separated items (Kafka's LIST); a TOML array of strings is accepted too.
+    List,
+}
+
+impl fmt::Display for SettingType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingType::Int { min, max } => write!(f, "an integer from {min} to {max}"),
+            SettingType::Long { min, max } => write!(f, "an integer from {min} to {max}"),
+            SettingType::Bool => f.write_str("true or false"),
+            SettingType::String => f.write_str("a string"),
+            SettingType::List => f.write_str("a comma-separated string or an array of strings"),
+        }
+    }
+}
+
+/// One setting keel knows: its Kafka name, type, default and meaning.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The Kafka name.
+    pub name: &'static str,
+    /// Its type and range.
+    pub setting_type: SettingType,
+    /// The default as a string, or `None` when there is none (required, optional or derived
+    /// from other settings: `doc` says which).
+    pub default: Option<&'static str>,
+    /// One line on what it does.
+    pub doc: &'static str,
+}
+
+const INT_NON_NEGATIVE: SettingType = SettingType::Int {
+    min: 0,
+    max: i32::MAX,
+};
+const INT_POSITIVE: SettingType = SettingType::Int {
+    min: 1,
+    max: i32::MAX,
+};
+const INT_OR_FOREVER: SettingType = SettingType::Int {
+    min: -1,
+    max: i32::MAX,
+};
+const LONG_POSITIVE: SettingType = SettingType::Long {
+    min: 1,
+    max: i64::MAX,
+};
+const LONG_OR_FOREVER: SettingType = SettingType::Long {
+    min: -1,
+    max: i64::MAX,
+};
+
+/// Every setting keel accepts, in name order.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: ADVERTISED_LISTENERS,
+        setting_type: SettingType::List,
+        default: None,
+        doc: "listeners clients are told to use; default: `listeners`, with an empty, 0.0.0.0 \
+              or :: host replaced by 127.0.0.1",
+    },
+    Setting {
+        name: AUTO_CREATE_TOPICS_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("true"),
+        doc: "create a topic when a client first asks for it",
+    },
+    Setting {
+        name: CONTROLLER_QUORUM_VOTERS,
+        setting_type: SettingType::List,
+        default: Some(""),
+        doc: "the metadata quorum's voters, ID@HOST:PORT,...; empty: none",
+    },
+    Setting {
+        name: DEFAULT_REPLICATION_FACTOR,
+        setting_type: SettingType::Int {
+            min: 1,
+            max: i16::MAX as i32,
+        },
+        default: Some("1"),
+        doc: "replicas of an auto-created topic",
+    },
+    Setting {
+        name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
+        setting_type: LONG_POSITIVE,
+        default: Some("60000"),
+        doc: "how often each partition's recovery point is checkpointed",
+    },
+    Setting {
+        name: KEEL_METRICS_LISTENER,
+        setting_type: SettingType::String,
+        default: Some("127.0.0.1:9644"),
+        doc: "HOST:PORT of the Prometheus endpoint (GET /metrics); empty disables it",
+    },
+    Setting {
+        name: LISTENERS,
+        setting_type: SettingType::List,
+        default: Some("PLAINTEXT://127.0.0.1:9092"),
+        doc: "where the broker listens, NAME://HOST:PORT,...; an empty host means every \
+              interface",
+    },
+    Setting {
+        name: LOG_CLEANUP_POLICY,
+        setting_type: SettingType::List,
+        default: Some("delete"),
+        doc: "the default cleanup.policy of topics: delete, compact or both",
+    },
+    Setting {
+        name: LOG_DIRS,
+        setting_type: SettingType::List,
+        default: Some("./keel-data"),
+        doc: "the data directory (keel keeps exactly one)",
+    },
+    Setting {
+        name: LOG_MESSAGE_TIMESTAMP_TYPE,
+        setting_type: SettingType::String,
+        default: Some("CreateTime"),
+        doc: "the default message.timestamp.type of topics: CreateTime or LogAppendTime",
+    },
+    Setting {
+        name: LOG_RETENTION_BYTES,
+        setting_type: LONG_OR_FOREVER,
+        default: Some("-1"),
+        doc: "delete old segments while a partition is larger; -1: no limit",
+    },
+    Setting {
+        name: LOG_RETENTION_CHECK_INTERVAL_MS,
+        setting_type: LONG_POSITIVE,
+        default: Some("300000"),
+        doc: "how often retention runs",
+    },
+    Setting {
+        name: LOG_RETENTION_HOURS,
+        setting_type: INT_OR_FOREVER,
+        default: Some("168"),
+        doc: "time retention when neither log.retention.ms nor log.retention.minutes is set",
+    },
+    Setting {
+        name: LOG_RETENTION_MINUTES,
+        setting_type: INT_OR_FOREVER,
+        default: None,
+        doc: "time retention when log.retention.ms is not set",
+    },
+    Setting {
+        name: LOG_RETENTION_MS,
+        setting_type: LONG_OR_FOREVER,
+        default: None,
+        doc: "time retention; -1 keeps data forever; wins over minutes and hours",
+    },
+    Setting {
+        name: LOG_ROLL_HOURS,
+        setting_type: INT_POSITIVE,
+        default: Some("168"),
+        doc: "roll a segment at this age when log.roll.ms is not set",
+    },
+    Setting {
+        name: LOG_ROLL_MS,
+        setting_type: LONG_POSITIVE,
+        default: None,
+        doc: "roll a segment at this age; wins over log.roll.hours",
+    },
+    Setting {
+        name: LOG_SEGMENT_BYTES,
+        setting_type: SettingType::Int {
+            min: topic::SEGMENT_BYTES_MIN,
+            max: i32::MAX,
+        },
+        default: Some("1073741824"),
+        doc: "roll a segment at this size",
+    },
+    Setting {
+        name: MESSAGE_MAX_BYTES,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("1048588"),
+        doc: "the largest record batch the broker accepts",
+    },
+    Setting {
+        name: MIN_INSYNC_REPLICAS,
+        setting_type: INT_POSITIVE,
+        default: Some("1"),
+        doc: "acks=all needs this many in-sync replicas (topic default)",
+    },
+    Setting {
+        name: NODE_ID,
+        setting_type: INT_NON_NEGATIVE,
+        default: None,
+        doc: "this broker's id; required",
+    },
+    Setting {
+        name: NUM_PARTITIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("1"),
+        doc: "partitions of an auto-created topic",
+    },
+    Setting {
+        name: OFFSETS_RETENTION_MINUTES,
+        setting_type: INT_POSITIVE,
+        default: Some("10080"),
+        doc: "committed offsets of an empty group expire after this long",
+    },
+    Setting {
+        name: REPLICA_LAG_TIME_MAX_MS,
+        setting_type: LONG_POSITIVE,
+        default: Some("30000"),
+        doc: "a follower that has not caught up for this long leaves the ISR",
+    },
+    Setting {
+        name: SOCKET_REQUEST_MAX_BYTES,
+        setting_type: INT_POSITIVE,
+        default: Some("104857600"),
+        doc: "the largest request frame the broker reads",
+    },
+];
+
+/// The setting called `name`, if keel knows it.
+pub fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// Why a configuration was refused. Each message names the key, the value as given and what
+/// was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{}: not valid TOML: {message}", path.as_ref().map_or("config".into(), |p| p.display().to_string()))]
+    Syntax {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// The TOML parser's message (it names the line and column).
+        message: String,
+    },
+    /// A key keel does not know. Kafka would warn and go on; keel refuses.
+    #[error("unknown setting {key:?}{}; keel refuses settings it does not know", suggestion.map_or(String::new(), |s| format!(" (did you mean {s:?}?)")))]
+    UnknownKey {
+        /// The key as given (flattened).
+        key: String,
+        /// The closest known key, if one is close.
+        suggestion: Option<&'static str>,
+    },
+    /// A value of the wrong TOML type (a quoted number, a number for a string, ...).
+    #[error("setting {key:?}: found {found}, expected {expected}")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// What was found, with its type (`the string "3"`).
+        found: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// A value of the right type that the key refuses (out of range, bad format, conflict).
+    #[error("setting {key:?}: invalid value {value:?}: expected {expected}")]
+    InvalidValue {
+        /// The key.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// A required setting is missing.
+    #[error(
+        "setting {key:?} is required: set it in the config file or with --override {key}=VALUE"
+    )]
+    Missing {
+        /// The key.
+        key: &'static str,
+    },
+    /// The same setting is written twice in one file (say quoted and as dotted keys).
+    #[error("setting {key:?} is given twice in the config file")]
+    Duplicate {
+        /// The key.
+        key: String,
+    },
+    /// An override that is not `KEY=VALUE`.
+    #[error("override {arg:?}: expected KEY=VALUE, e.g. log.retention.hours=24")]
+    BadOverride {
+        /// The argument as given.
+        arg: String,
+    },
+}
+
+/// One listener: `NAME://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// The listener name, upper-cased (`PLAINTEXT`, `CONTROLLER`, ...).
+    pub name: String,
+    /// The host; empty means every interface. IPv6 addresses are kept without brackets.
+    pub host: String,
+    /// The port; 0 asks the OS for one (the broker then advertises the port it got).
+    pub port: u16,
+}
+
+impl Listener {
+    /// Parses `NAME://HOST:PORT` (`HOST` may be empty, or an IPv6 address in brackets).
+    pub fn parse(text: &str) -> Result<Listener, String> {
+        let text = text.trim();
+        let (name, address) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?} is not NAME://HOST:PORT"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "listener name {name:?} must be letters, digits, '_' or '-'"
+            ));
+        }
+        let name = name.to_ascii_uppercase();
+        if matches!(name.as_str(), "SSL" | "SASL_PLAINTEXT" | "SASL_SSL") {
+            return Err(format!(
+                "listener {name}: keel serves PLAINTEXT only (no TLS or SASL yet)"
+            ));
+        }
+        let HostPort { host, port } = HostPort::parse_allow_empty_host(address)?;
+        Ok(Listener { name, host, port })
+    }
+
+    /// The address to bind, for `tokio::net::TcpListener::bind` (`0.0.0.0:PORT` for an empty
+    /// host).
+    pub fn bind_address(&self) -> String {
+        if self.host.is_empty() {
+            format!("0.0.0.0:{}", self.port)
+        } else {
+            host_port(&self.host, self.port)
+        }
+    }
+
+    /// Whether the host is empty or the unspecified address (0.0.0.0 or ::), which clients
+    /// cannot connect to.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.host.as_str(), "" | "0.0.0.0" | "::")
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.name, host_port(&self.host, self.port))
+    }
+}
+
+/// A `HOST:PORT` pair (the metrics listener, a quorum voter's address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host name or address; IPv6 addresses are kept without brackets.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `HOST:PORT` with a non-empty host (IPv6 addresses in brackets).
+    pub fn parse(text: &str) -> Result<HostPort, String> {
+        let parsed = HostPort::parse_allow_empty_host(text)?;
+        if parsed.host.is_empty() {
+            return Err(format!("{:?} has no host: expected HOST:PORT", text.trim()));
+        }
+        Ok(parsed)
+    }
+
+    fn parse_allow_empty_host(text: &str) -> Result<HostPort, String> {
+        let text = text.trim();
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} has no port: expected HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("port {port:?} in {text:?} is not a number from 0 to 65535"))?;
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| format!("{text:?}: unclosed '[' around the host"))?;
+            if inner.is_empty()
+                || !inner
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            {
+                return Err(format!("{text:?}: {inner:?} is not an IPv6 address"));
+            }
+            inner
+        } else {
+            if host.contains(':') {
+                return Err(format!(
+                    "{text:?}: write an IPv6 host in brackets, e.g. [::1]:9092"
+                ));
+            }
+            if !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+            {
+                return Err(format!("{text:?}: {host:?} is not a host name or address"));
+            }
+            host
+        };
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The address to bind or connect to, for tokio's `bind` and `connect` (which resolve
+    /// names).
+    pub fn address(&self) -> String {
+        host_port(&self.host, self.port)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&host_port(&self.host, self.port))
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// One voter of the metadata quorum: `ID@HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumVoter {
+    /// The voter's `node.id`.
+    pub id: i32,
+    /// Where its controller listener is.
+    pub address: HostPort,
+}
+
+impl QuorumVoter {
+    /// Parses `ID@HOST:PORT` (Kafka's `controller.quorum.voters` item).
+    pub fn parse(text: &str) -> Result<QuorumVoter, String> {
+        let text = text.trim();
+        let (id, address) = text
+            .split_once('@')
+            .ok_or_else(|| format!("{text:?} is not ID@HOST:PORT"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("voter id {id:?} in {text:?} is not a node id (>= 0)"))?;
+        let address = HostPort::parse(address)?;
+        if address.port == 0 {
+            return Err(format!("{text:?}: a voter's port cannot be 0"));
+        }
+        Ok(QuorumVoter { id, address })
+    }
+}
+
+impl fmt::Display for QuorumVoter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.address)
+    }
+}
+
+/// The broker's typed configuration. Built only by [`BrokerConfig::parse`] and the functions
+/// that call it, so every field holds a checked value; fields are public for reading (tests may
+/// adjust them). Units are last in the names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// `listeners`, in the order given (names unique).
+    pub listeners: Vec<Listener>,
+    /// `advertised.listeners`: each named among `listeners`, none with a wildcard host.
+    pub advertised_listeners: Vec<Listener>,
+    /// `log.dirs`: the one data directory.
+    pub data_dir: PathBuf,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+    /// `log.retention.ms` (or minutes, or hours), resolved; -1: keep forever.
+    pub retention_ms: i64,
+    /// `log.retention.bytes`; -1: no limit.
+    pub retention_bytes_max: i64,
+    /// `log.segment.bytes`.
+    pub segment_bytes_max: i32,
+    /// `log.roll.ms` (or hours), resolved.
+    pub segment_ms_max: i64,
+    /// `log.cleanup.policy`, normalised (`delete`, `compact` or `compact,delete`).
+    pub cleanup_policy: String,
+    /// `message.max.bytes`.
+    pub message_bytes_max: i32,
+    /// `log.message.timestamp.type`.
+    pub message_timestamp_type: TimestampType,
+    /// `socket.request.max.bytes`.
+    pub socket_request_bytes_max: i32,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_ms_max: i64,
+    /// `offsets.retention.minutes`, in milliseconds.
+    pub offsets_retention_ms: i64,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: i64,
+    /// `controller.quorum.voters` (ids unique); empty when not set.
+    pub controller_quorum_voters: Vec<QuorumVoter>,
+    /// `keel.metrics.listener`; `None` when set empty (the endpoint is off).
+    pub metrics_listener: Option<HostPort>,
+    /// `keel.log.flush.checkpoint.interval.ms`.
+    pub checkpoint_interval_ms: i64,
+}
+
+/// A setting's value as given: from the TOML file (typed) or from an override (a string, typed
+/// by the key's type).
+#[derive(Clone, Debug)]
+enum Raw {
+    Toml(toml::Value),
+    Text(String),
+}
+
+/// Splits `KEY=VALUE` at the first `=` (for `--override`). The key is trimmed and must not be
+/// empty; the value is kept as given and may be empty (`keel.metrics.listener=` turns the
+/// endpoint off). Whether the key is known is checked when the overrides are applied.
+pub fn parse_override(arg: &str) -> Result<(String, String), ConfigError> {
+    let bad = || ConfigError::BadOverride {
+        arg: arg.to_string(),
+    };
+    let (key, value) = arg.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+impl BrokerConfig {
+    /// Parses a TOML document with no overrides.
+    pub fn from_toml_str(text: &str) -> Result<BrokerConfig, ConfigError> {
+        BrokerConfig::parse(text, &[])
+    }
+
+    /// Reads the config file at `path` (if any; `None` means defaults only), applies
+    /// `overrides` on top, and checks the result. The flags of `keel start` become overrides:
+    /// `--node-id N` is `("node.id", "N")`, `--listeners L` is `("listeners", L)`,
+    /// `--data-dir D` is `("log.dirs", D)`.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<BrokerConfig, ConfigError> {
+        let Some(path) = path else {
+            return BrokerConfig::parse("", overrides);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        BrokerConfig::parse(&text, overrides).map_err(|e| match e {
+            ConfigError::Syntax {
+                path: None,
+                message,
+            } => ConfigError::Syntax {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a TOML document, applies `overrides` (key, value) in order (a later one wins),
+    /// and checks every setting.
+    pub fn parse(text: &str, overrides: &[(String, String)]) -> Result<BrokerConfig, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: None,
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+        let mut raw = BTreeMap::new();
+        flatten("", table, &mut raw)?;
+        for key in raw.keys() {
+            known(key)?;
+        }
+        for (key, value) in overrides {
+            known(key)?;
+            raw.insert(key.clone(), Raw::Text(value.clone()));
+        }
+        BrokerConfig::build(&raw)
+    }
+
+    fn build(raw: &BTreeMap<String, Raw>) -> Result<BrokerConfig, ConfigError> {
+        let values = Values { raw };
+        let node_id = values
+            .int(NODE_ID)?
+            .ok_or(ConfigError::Missing { key: NODE_ID })?;
+
+        let listeners = values.listeners(LISTENERS)?;
+        if listeners.is_empty() {
+            return Err(values.invalid(LISTENERS, "at least one NAME://HOST:PORT"));
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            for other in &listeners[..i] {
+                if other.name == l.name {
+                    return Err(values.invalid(LISTENERS, "each listener name at most once"));
+                }
+                if l.port != 0 && other.port == l.port {
+                    return Err(values.invalid(LISTENERS, "each listener on a different port"));
+                }
+            }
+        }
+        let advertised_listeners = match raw.get(ADVERTISED_LISTENERS) {
+            None => listeners
+                .iter()
+                .map(|l| Listener {
+                    host: if l.is_wildcard() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        l.host.clone()
+                    },
+                    ..l.clone()
+                })
+                .collect(),
+            Some(_) => {
+                let advertised = values.listeners(ADVERTISED_LISTENERS)?;
+                for (i, a) in advertised.iter().enumerate() {
+                    if a.is_wildcard() {
+                        return Err(values.invalid(
+                            ADVERTISED_LISTENERS,
+                            "hosts clients can connect to (not empty, 0.0.0.0 or ::)",
+                        ));
+                    }
+                    if !listeners.iter().any(|l| l.name == a.name) {
+                        return Err(values.invalid(
+                            ADVERTISED_LISTENERS,
+                            "listener names that `listeners` also has",
+                        ));
+                    }
+                    if advertised[..i].iter().any(|b| b.name == a.name) {
+                        return Err(
+                            values.invalid(ADVERTISED_LISTENERS, "each listener name at most once")
+                        );
+                    }
+                }
+                advertised
+            }
+        };
+
+        let dirs = values.list(LOG_DIRS)?.unwrap_or_default();
+        let data_dir = match dirs.as_slice() {
+            [one] => PathBuf::from(one),
+            [] => return Err(values.invalid(LOG_DIRS, "one directory")),
+            _ => {
+                return Err(values.invalid(
+                    LOG_DIRS,
+                    "one directory (keel keeps a single data directory)",
+                ))
+            }
+        };
+
+        let retention_ms = match values.long(LOG_RETENTION_MS)? {
+            Some(ms) => ms,
+            None => match values.int(LOG_RETENTION_MINUTES)? {
+                Some(minutes) if minutes < 0 => -1,
+                Some(minutes) => i64::from(minutes) * MS_PER_MINUTE,
+                None => match values.int_or_default(LOG_RETENTION_HOURS)? {
+                    hours if hours < 0 => -1,
+                    hours => i64::from(hours) * MS_PER_HOUR,
+                },
+            },
+        };
+        let segment_ms_max = match values.long(LOG_ROLL_MS)? {
+            Some(ms) => ms,
+            None => i64::from(values.int_or_default(LOG_ROLL_HOURS)?) * MS_PER_HOUR,
+        };
+
+        let cleanup_policy = {
+            let items = values.list(LOG_CLEANUP_POLICY)?.unwrap_or_default();
+            let joined = items.join(",");
+            topic::TopicConfig::validate(topic::CLEANUP_POLICY, &joined)
+                .map_err(|_| values.invalid(LOG_CLEANUP_POLICY, "delete, compact or both"))?;
+            let compact = items.iter().any(|i| i == "compact");
+            let delete = items.iter().any(|i| i == "delete");
+            match (compact, delete) {
+                (true, true) => "compact,delete",
+                (true, false) => "compact",
+                _ => "delete",
+            }
+            .to_string()
+        };
+
+        let message_timestamp_type = match values
+            .string_or_default(LOG_MESSAGE_TIMESTAMP_TYPE)?
+            .as_str()
+        {
+            "CreateTime" => TimestampType::CreateTime,
+            "LogAppendTime" => TimestampType::LogAppendTime,
+            _ => {
+                return Err(
+                    values.invalid(LOG_MESSAGE_TIMESTAMP_TYPE, "CreateTime or LogAppendTime")
+                )
+            }
+        };
+
+        let mut controller_quorum_voters: Vec<QuorumVoter> = Vec::new();
+        for item in values.list(CONTROLLER_QUORUM_VOTERS)?.unwrap_or_default() {
+            let voter = QuorumVoter::parse(&item).map_err(|why| {
+                values.invalid(
+                    CONTROLLER_QUORUM_VOTERS,
+                    &format!("ID@HOST:PORT,... ({why})"),
+                )
+            })?;
+            if controller_quorum_voters.iter().any(|v| v.id == voter.id) {
+                return Err(values.invalid(
+                    CONTROLLER_QUORUM_VOTERS,
+                    &format!("each voter id at most once ({} repeats)", voter.id),
+                ));
+            }
+            controller_quorum_voters.push(voter);
+        }
+
+        let metrics_listener = {
+            let text = values.string_or_default(KEEL_METRICS_LISTENER)?;
+            if text.trim().is_empty() {
+                None
+            } else {
+                Some(HostPort::parse(&text).map_err(|why| {
+                    values.invalid(
+                        KEEL_METRICS_LISTENER,
+                        &format!("HOST:PORT, or empty to turn the endpoint off ({why})"),
+                    )
+                })?)
+            }
+        };
+
+        Ok(BrokerConfig {
+            node_id,
+            listeners,
+            advertised_listeners,
+            data_dir,
+            num_partitions: values.int_or_default(NUM_PARTITIONS)?,
+            // The range check (1..=i16::MAX) makes the conversion exact.
+            default_replication_factor: values.int_or_default(DEFAULT_REPLICATION_FACTOR)? as i16,
+            auto_create_topics: values.bool_or_default(AUTO_CREATE_TOPICS_ENABLE)?,
+            min_insync_replicas: values.int_or_default(MIN_INSYNC_REPLICAS)?,
+            retention_ms,
+            retention_bytes_max: values.long_or_default(LOG_RETENTION_BYTES)?,
+            segment_bytes_max: values.int_or_default(LOG_SEGMENT_BYTES)?,
+            segment_ms_max,
+            cleanup_policy,
+            message_bytes_max: values.int_or_default(MESSAGE_MAX_BYTES)?,
+            message_timestamp_type,
+            socket_request_bytes_max: values.int_or_default(SOCKET_REQUEST_MAX_BYTES)?,
+            replica_lag_time_ms_max: values.long_or_default(REPLICA_LAG_TIME_MAX_MS)?,
+            offsets_retention_ms: i64::from(values.int_or_default(OFFSETS_RETENTION_MINUTES)?)
+                * MS_PER_MINUTE,
+            retention_check_interval_ms: values.long_or_default(LOG_RETENTION_CHECK_INTERVAL_MS)?,
+            controller_quorum_voters,
+            metrics_listener,
+            checkpoint_interval_ms: values
+                .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
+        })
+    }
+
+    /// The topic-level settings every topic inherits from this broker, keyed by their topic
+    /// names (`retention.ms`, `segment.bytes`, ...; see `keel_core::controller::config`). A
+    /// topic's own settings override these; `TopicConfig::from_map` accepts this map as is.
+    pub fn topic_defaults(&self) -> BTreeMap<String, String> {
+        let timestamp_type = match self.message_timestamp_type {
+            TimestampType::CreateTime => "CreateTime",
+            TimestampType::LogAppendTime => "LogAppendTime",
+        };
+        [
+            (topic::RETENTION_MS, self.retention_ms.to_string()),
+            (topic::RETENTION_BYTES, self.retention_bytes_max.to_string()),
+            (topic::SEGMENT_BYTES, self.segment_bytes_max.to_string()),
+            (topic::SEGMENT_MS, self.segment_ms_max.to_string()),
+            (topic::MAX_MESSAGE_BYTES, self.message_bytes_max.to_string()),
+            (
+                topic::MIN_INSYNC_REPLICAS,
+                self.min_insync_replicas.to_string(),
+            ),
+            (topic::MESSAGE_TIMESTAMP_TYPE, timestamp_type.to_string()),
+            (topic::CLEANUP_POLICY, self.cleanup_policy.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `num.partitions` and `default.replication.factor`, as the controller takes them.
+    pub fn topic_creation_defaults(&self) -> TopicDefaults {
+        TopicDefaults {
+            partitions: self.num_partitions,
+            replication_factor: self.default_replication_factor,
+        }
+    }
+
+    /// The advertised listener called `name` (upper case), if there is one.
+    pub fn advertised_listener(&self, name: &str) -> Option<&Listener> {
+        self.advertised_listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// Flattens a TOML table into `out`, joining nested table keys with `.`.
+fn flatten(
+    prefix: &str,
+    table: toml::Table,
+    out: &mut BTreeMap<String, Raw>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&name, inner, out)?,
+            value => {
+                if out.contains_key(&name) {
+                    return Err(ConfigError::Duplicate { key: name });
+                }
+                out.insert(name, Raw::Toml(value));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails with [`ConfigError::UnknownKey`] unless `key` is a setting.
+fn known(key: &str) -> Result<&'static Setting, ConfigError> {
+    setting(key).ok_or_else(|| ConfigError::UnknownKey {
+        key: key.to_string(),
+        suggestion: closest(key),
+    })
+}
+
+/// Old or mistaken names and the setting meant.
+const RENAMES: [(&str, &str); 4] = [
+    ("broker.id", NODE_ID),
+    ("log.dir", LOG_DIRS),
+    ("data.dir", LOG_DIRS),
+    ("metrics.listener", KEEL_METRICS_LISTENER),
+];
+
+/// The known setting closest to `key` by edit distance, if it is close enough to be a typo.
+fn closest(key: &str) -> Option<&'static str> {
+    if let Some((_, to)) = RENAMES.iter().find(|(from, _)| *from == key) {
+        return Some(to);
+    }
+    let normalised = key.replace(['_', '-'], ".").to_ascii_lowercase();
+    let (best, distance) = SETTINGS
+        .iter()
+        .map(|s| (s.name, edit_distance(&normalised, s.name)))
+        .min_by_key(|(_, d)| *d)?;
+    let limit = (key.chars().count() / 3).max(2);
+    (distance <= limit).then_some(best)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// The raw values of one parse, read by key with the key's type.
+struct Values<'a> {
+    raw: &'a BTreeMap<String, Raw>,
+}
+
+impl Values<'_> {
+    /// The value of `key` as given, for messages.
+    fn shown(&self, key: &str) -> String {
+        match self.raw.get(key) {
+            Some(Raw::Text(s)) => s.clone(),
+            Some(Raw::Toml(v)) => toml_text(v),
+            None => setting(key)
+                .and_then(|s| s.default)
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
+
+    fn invalid(&self, key: &str, expected: &str) -> ConfigError {
+        ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: self.shown(key),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn wrong_type(key: &str, value: &toml::Value) -> ConfigError {
+        let expected = setting(key).map_or_else(String::new, |s| {
+            let unquote = match (s.setting_type, value) {
+                (
+                    SettingType::Int { .. } | SettingType::Long { .. } | SettingType::Bool,
+                    toml::Value::String(_),
+                ) => " (write it without quotes)",
+                _ => "",
+            };
+            format!("{}{unquote}", s.setting_type)
+        });
+        ConfigError::WrongType {
+            key: key.to_string(),
+            found: format!("{} {}", toml_type(value), toml_text(value)),
+            expected,
+        }
+    }
+
+    /// The value of `key` if given, else its default (`None` if it has none).
+    fn get(&self, key: &str) -> Option<Raw> {
+        self.raw.get(key).cloned().or_else(|| {
+            setting(key)
+                .and_then(|s| s.default)
+                .map(|d| Raw::Text(d.to_string()))
+        })
+    }
+
+    fn integer(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ConfigError> {
+        let n = match self.get(key) {
+            None => return Ok(None),
+            Some(Raw::Toml(toml::Value::Integer(n))) => n,
+            Some(Raw::Toml(other)) => return Err(Values::wrong_type(key, &other)),
+            Some(Raw::Text(s)) => s
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| self.invalid(key, &format!("an integer from {min} to {max}")))?,
+        };
+        if n < min || n > max {
+            return Err(self.invalid(key, &format!("an integer from {min} to {max}")));
+        }
+        Ok(Some(n))
+    }
+
+    fn int(&self, key: &str) -> Result<Option<i32>, ConfigError> {
+        let Some(Setting {
+            setting_type: SettingType::Int { min, max },
+            ..
+        }) = setting(key)
+        else {
+            unreachable!("{key} is an INT setting");
+        };
+        // The range check keeps the value within i32.
+        Ok(self
+            .integer(key, i64::from(*min), i64::from(*max))?
+            .map(|n| n as i32))
+    }
+
+    fn long(&self, key: &str) -> Result<Option<i64>, ConfigError> {
+        let Some(Setting {
+            setting_type: SettingType::Long { min, max },
+            ..
+        }) = setting(key)
+        else {
+            unreachable!("{key} is a LONG setting");
+        };
+        self.integer(key, *min, *max)
+    }
+
+    fn int_or_default(&self, key: &str) -> Result<i32, ConfigError> {
+        Ok(self
+            .int(key)?
+            .unwrap_or_else(|| unreachable!("{key} has a default")))
+    }
+
+    fn long_or_default(&self, key: &str) -> Result<i64, ConfigError> {
+        Ok(self
+            .long(key)?
+            .unwrap_or_else(|| unreachable!("{key} has a default")))
+    }
+
+    fn bool_or_default(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            Some(Raw::Toml(toml::Value::Boolean(b))) => Ok(b),
+            Some(Raw::Toml(other)) => Err(Values::wrong_type(key, &other)),
+            Some(Raw::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(self.invalid(key, "true or false")),
+            },
+            None => unreachable!("{key} has a default"),
+        }
+    }
+
+    fn string_or_default(&self, key: &str) -> Result<String, ConfigError> {
+        match self.get(key) {
+            Some(Raw::Toml(toml::Value::String(s))) | Some(Raw::Text(s)) => {
+                Ok(s.trim().to_string())
+            }
+            Some(Raw::Toml(other)) => Err(Values::wrong_type(key, &other)),
+            None => unreachable!("{key} has a default"),
+        }
+    }
+
+    /// The items of a LIST setting: a comma-separated string or an array of strings, items
+    /// trimmed, empty items dropped.
+    fn list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        let split = |s: &str| -> Vec<String> { topic::split_list(s).map(str::to_string).collect() };
+        match self.get(key) {
+            None => Ok(None),
+            Some(Raw::Text(s)) | Some(Raw::Toml(toml::Value::String(s))) => Ok(Some(split(&s))),
+            Some(Raw::Toml(toml::Value::Array(items))) => {
+                let mut out = Vec::new();
+                for item in &items {
+                    match item {
+                        toml::Value::String(s) => out.extend(split(s)),
+                        other => {
+                            return Err(ConfigError::WrongType {
+                                key: key.to_string(),
+                                found: format!(
+                                    "an array holding {} {}",
+                                    toml_type(other),
+                                    toml_text(other)
+                                ),
+                                expected: SettingType::List.to_string(),
+                            })
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some(Raw::Toml(other)) => Err(Values::wrong_type(key, &other)),
+        }
+    }
+
+    fn listeners(&self, key: &str) -> Result<Vec<Listener>, ConfigError> {
+        self.list(key)?
+            .unwrap_or_default()
+            .iter()
+            .map(|item| {
+                Listener::parse(item)
+                    .map_err(|why| self.invalid(key, &format!("NAME://HOST:PORT,... ({why})")))
+            })
+            .collect()
+    }
+}
+
+/// "a string", "an integer", ... for messages.
+fn toml_type(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "the string",
+        toml::Value::Integer(_) => "the integer",
+        toml::Value::Float(_) => "the float",
+        toml::Value::Boolean(_) => "the boolean",
+        toml::Value::Datetime(_) => "the datetime",
+        toml::Value::Array(_) => "the array",
+        toml::Value::Table(_) => "the table",
+    }
+}
+
+/// A TOML value as it would be written, for messages (arrays and tables abridged).
+fn toml_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(items) => {
+            let shown: Vec<String> = items.iter().take(4).map(toml_text).collect();
+            let more = if items.len() > 4 { ", ..." } else { "" };
+            format!("[{}{more}]", shown.join(", "))
+        }
+        toml::Value::Table(_) => "{...}".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_in_name_order_and_unique() {
+        for pair in SETTINGS.windows(2) {
+            assert!(
+                pair[0].name < pair[1].name,
+                "{} before {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("node.id", "node.id"), 0);
+        assert_eq!(edit_distance("node_id", "node.id"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn every_default_parses_as_its_type() {
+        // A config with only node.id set reads every default through its type's parser.
+        let config = BrokerConfig::parse("", &[("node.id".into(), "0".into())]);
+        assert!(config.is_ok(), "{config:?}");
+    }
+}
