@@ -32,6 +32,12 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Writes a line straight to stderr, past the test harness's capture (which hides the output
+/// of passing tests), so skips and timings show in every run.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -53,8 +59,9 @@ struct Clients {
 /// `.ci/clients.sh`, when a client is missing.
 fn clients(test: &str) -> Option<Clients> {
     if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
-        eprintln!("interop test {test} SKIPPED (KEEL_SKIP_INTEROP=1)");
-        println!("interop test {test} SKIPPED (KEEL_SKIP_INTEROP=1)");
+        say(&format!(
+            "interop test {test} SKIPPED (KEEL_SKIP_INTEROP=1)"
+        ));
         return None;
     }
     let root = repo_root();
@@ -452,7 +459,10 @@ impl Setup {
     /// Stops the broker (SIGTERM must exit 0) and reports how long the scenario took.
     fn finish(mut self, test: &str) -> (tempfile::TempDir, PathBuf) {
         self.broker.stop();
-        eprintln!("interop test {test} took {:.1?}", self.started.elapsed());
+        say(&format!(
+            "interop test {test} took {:.1?}",
+            self.started.elapsed()
+        ));
         let data = self.broker.data_dir.clone();
         (self.dir, data)
     }
