@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kafka_protocol::messages::ApiKey;
 use keel_core::controller::TopicDefaults;
 use keel_node::broker::{Broker, Settings};
 use keel_node::wire::{SupportedApis, WireConfig, WireServer, GROUP_APIS};
@@ -158,7 +159,11 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let apis = SupportedApis::all().without(&GROUP_APIS);
+        // Group APIs wait for the group coordinator, but FindCoordinator stays advertised:
+        // librdkafka enables lz4 only when it sees FindCoordinator v0 (and answers get
+        // COORDINATOR_NOT_AVAILABLE).
+        let without: Vec<_> = GROUP_APIS.into_iter().filter(|&k| k != ApiKey::FindCoordinator).collect();
+        let apis = SupportedApis::all().without(&without);
         let server = WireServer::new(broker.clone(), apis, WireConfig::default());
         let serving = tokio::spawn(server.serve(listener));
         tokio::spawn(timers(broker.clone()));

@@ -270,6 +270,15 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
         ApiKey::DescribeCluster => vec![RequestKind::DescribeCluster(
             DescribeClusterRequest::default(),
         )],
+        ApiKey::FindCoordinator => {
+            let mut r = FindCoordinatorRequest::default();
+            if v >= 4 {
+                r.coordinator_keys = vec![s("group-a"), s("group-b")];
+            } else {
+                r.key = s("group-a");
+            }
+            vec![RequestKind::FindCoordinator(r)]
+        }
         ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
             SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
         )],
@@ -342,6 +351,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         "IncrementalAlterConfigs",
         "AlterConfigs",
         "DescribeCluster",
+        "FindCoordinator",
     ] {
         assert!(
             checked.get(api).copied().unwrap_or(0) > 0,

@@ -49,6 +49,7 @@ use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
 /// Kafka error codes used here beyond core's.
 mod err {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
@@ -129,6 +130,9 @@ impl Handler for Broker {
             RequestKind::AlterConfigs(r) => {
                 Next::Ready(ResponseKind::AlterConfigs(self.alter_configs(r)))
             }
+            RequestKind::FindCoordinator(r) => Next::Ready(ResponseKind::FindCoordinator(
+                find_coordinator(ctx.api_version, r),
+            )),
             RequestKind::DescribeCluster(_) => {
                 Next::Ready(ResponseKind::DescribeCluster(self.describe_cluster()))
             }
@@ -1050,6 +1054,33 @@ impl Broker {
         }
         response
     }
+}
+
+/// FindCoordinator is advertised (librdkafka enables lz4 only when it sees FindCoordinator v0
+/// in ApiVersions) but there is no group coordinator yet: every key is
+/// COORDINATOR_NOT_AVAILABLE, which clients treat as "retry later".
+fn find_coordinator(version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let mut response = FindCoordinatorResponse::default();
+    let message = "keel has no group coordinator yet";
+    if version >= 4 {
+        for key in request.coordinator_keys {
+            let mut c = find_coordinator_response::Coordinator::default();
+            c.key = key;
+            c.node_id = BrokerId(-1);
+            c.port = -1;
+            c.error_code = err::COORDINATOR_NOT_AVAILABLE;
+            c.error_message = Some(str_bytes(message));
+            response.coordinators.push(c);
+        }
+    } else {
+        response.error_code = err::COORDINATOR_NOT_AVAILABLE;
+        response.node_id = BrokerId(-1);
+        response.port = -1;
+        if version >= 1 {
+            response.error_message = Some(str_bytes(message));
+        }
+    }
+    response
 }
 
 /// Resolves when any of the futures resolves.
