@@ -371,11 +371,11 @@ pub enum ConfigError {
         expected: String,
     },
     /// A value of the right type that the key refuses (out of range, bad format, conflict).
-    #[error("setting {key:?}: invalid value {value:?}: expected {expected}")]
+    #[error("setting {key:?}: invalid value {value}: expected {expected}")]
     InvalidValue {
         /// The key.
         key: String,
-        /// The value as given.
+        /// The value as given, written as in TOML (strings quoted).
         value: String,
         /// What was expected.
         expected: String,
@@ -999,12 +999,9 @@ impl Values<'_> {
     /// The value of `key` as given, for messages.
     fn shown(&self, key: &str) -> String {
         match self.raw.get(key) {
-            Some(Raw::Text(s)) => s.clone(),
+            Some(Raw::Text(s)) => format!("{s:?}"),
             Some(Raw::Toml(v)) => toml_text(v),
-            None => setting(key)
-                .and_then(|s| s.default)
-                .unwrap_or("")
-                .to_string(),
+            None => format!("{:?}", setting(key).and_then(|s| s.default).unwrap_or("")),
         }
     }
 

@@ -66,6 +66,15 @@ pub const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections the endpoint serves at once; further ones wait in the listen backlog.
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 
+/// After an error response, the most bytes read and dropped while waiting for the client to
+/// close, so that closing with unread input (which makes TCP send a reset) does not destroy
+/// the response before the client reads it.
+pub const HTTP_LINGER_BYTES_MAX: usize = 64 * 1024;
+
+/// After an error response, the longest wait for the client to close (capped by the I/O
+/// timeout).
+pub const HTTP_LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long to pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
@@ -494,13 +503,41 @@ fn escape_help(help: &str) -> String {
     help.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped, one task per connection.
-/// `GET` or `HEAD /metrics` answers 200 with [`CONTENT_TYPE`]; another method on it 405;
-/// another path 404; a request that is not HTTP/1.x 400, a head over [`HTTP_HEAD_BYTES_MAX`]
-/// 431 and a head unfinished after [`HTTP_IO_TIMEOUT`] 408, each followed by closing the
-/// connection. Connections are kept alive between requests as HTTP/1.1 says.
+/// The bounds the endpoint holds each client to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The largest request head read ([`HTTP_HEAD_BYTES_MAX`] by default).
+    pub head_bytes_max: usize,
+    /// How long a head may take to arrive and a response to be written
+    /// ([`HTTP_IO_TIMEOUT`] by default).
+    pub io_timeout: Duration,
+    /// Connections served at once ([`HTTP_CONNECTIONS_MAX`] by default; at least 1).
+    pub connections_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            head_bytes_max: HTTP_HEAD_BYTES_MAX,
+            io_timeout: HTTP_IO_TIMEOUT,
+            connections_max: HTTP_CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, one task per connection,
+/// with the default [`HttpLimits`]. `GET` or `HEAD /metrics` answers 200 with
+/// [`CONTENT_TYPE`]; another method on it 405; another path 404; a request that is not
+/// HTTP/1.x 400, a head over [`HTTP_HEAD_BYTES_MAX`] 431 and a head unfinished after
+/// [`HTTP_IO_TIMEOUT`] 408, each followed by closing the connection. Connections are kept
+/// alive between requests as HTTP/1.1 says.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
+    serve_with(listener, metrics, HttpLimits::default()).await;
+}
+
+/// [`serve`] with the given limits.
+pub async fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, limits: HttpLimits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max.max(1)));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return; // The semaphore is never closed.
@@ -509,7 +546,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             Ok((stream, _peer)) => {
                 let metrics = Arc::clone(&metrics);
                 tokio::spawn(async move {
-                    serve_connection(stream, &metrics).await;
+                    serve_connection(stream, &metrics, limits).await;
                     drop(permit);
                 });
             }
@@ -615,20 +652,24 @@ enum HeadRead {
 }
 
 /// Reads until `buf` holds a whole head, the peer closes, or the head passes the bound.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<HeadRead> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_bytes_max: usize,
+) -> std::io::Result<HeadRead> {
     let mut chunk = [0u8; 2048];
     loop {
         if let Some(end) = head_end(buf) {
-            return Ok(if end > HTTP_HEAD_BYTES_MAX {
+            return Ok(if end > head_bytes_max {
                 HeadRead::TooLarge
             } else {
                 HeadRead::Complete(end)
             });
         }
-        if buf.len() >= HTTP_HEAD_BYTES_MAX {
+        if buf.len() >= head_bytes_max {
             return Ok(HeadRead::TooLarge);
         }
-        let room = (HTTP_HEAD_BYTES_MAX + 4 - buf.len()).min(chunk.len());
+        let room = (head_bytes_max - buf.len()).min(chunk.len());
         let n = stream.read(&mut chunk[..room]).await?;
         if n == 0 {
             return Ok(HeadRead::Closed);
@@ -638,87 +679,54 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 }
 
 /// Serves one connection until it closes, errs, idles past the timeout or needs closing.
-async fn serve_connection(mut stream: TcpStream, metrics: &Metrics) {
+async fn serve_connection(mut stream: TcpStream, metrics: &Metrics, limits: HttpLimits) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        let read = tokio::time::timeout(HTTP_IO_TIMEOUT, read_head(&mut stream, &mut buf)).await;
+        let read = tokio::time::timeout(
+            limits.io_timeout,
+            read_head(&mut stream, &mut buf, limits.head_bytes_max),
+        )
+        .await;
         let end = match read {
+            // An idle keep-alive connection just closes; a half-sent head gets 408.
+            Err(_elapsed) if buf.is_empty() => return,
             Err(_elapsed) => {
-                if !buf.is_empty() {
-                    let _ = respond(&mut stream, 408, "Request Timeout", &[], b"", false).await;
-                }
-                return;
+                return refuse(stream, limits, 408, "Request Timeout").await;
             }
             Ok(Err(_)) | Ok(Ok(HeadRead::Closed)) => return,
             Ok(Ok(HeadRead::TooLarge)) => {
-                let _ = respond(
-                    &mut stream,
-                    431,
-                    "Request Header Fields Too Large",
-                    &[],
-                    b"request head too large\n",
-                    false,
-                )
-                .await;
-                return;
+                return refuse(stream, limits, 431, "Request Header Fields Too Large").await;
             }
             Ok(Ok(HeadRead::Complete(end))) => end,
         };
-        let head = match parse_head(&buf[..end]) {
-            Ok(head) => head,
-            Err(HeadError::Malformed) => {
-                let _ = respond(
-                    &mut stream,
-                    400,
-                    "Bad Request",
-                    &[],
-                    b"bad request\n",
-                    false,
-                )
-                .await;
-                return;
-            }
+        let Ok(head) = parse_head(&buf[..end]) else {
+            return refuse(stream, limits, 400, "Bad Request").await;
         };
         buf.drain(..end);
         let keep_alive = head.keep_alive;
         let written = match (head.path.as_str(), head.method.as_str()) {
-            ("/metrics", "GET" | "HEAD") => {
+            ("/metrics", "GET") => {
                 let body = metrics.render();
-                if head.method == "HEAD" {
-                    respond_head_only(&mut stream, body.len(), keep_alive).await
-                } else {
-                    respond(
-                        &mut stream,
-                        200,
-                        "OK",
-                        &[("Content-Type", CONTENT_TYPE)],
-                        body.as_bytes(),
-                        keep_alive,
-                    )
-                    .await
-                }
+                let headers = [("Content-Type", CONTENT_TYPE)];
+                let response = Response::new(200, "OK", &headers, body.as_bytes(), keep_alive);
+                response.write(&mut stream, limits.io_timeout, true).await
+            }
+            ("/metrics", "HEAD") => {
+                let body = metrics.render();
+                let headers = [("Content-Type", CONTENT_TYPE)];
+                let response = Response::new(200, "OK", &headers, body.as_bytes(), keep_alive);
+                response.write(&mut stream, limits.io_timeout, false).await
             }
             ("/metrics", _) => {
-                respond(
-                    &mut stream,
-                    405,
-                    "Method Not Allowed",
-                    &[("Allow", "GET, HEAD")],
-                    b"method not allowed\n",
-                    keep_alive,
-                )
-                .await
+                let headers = [("Allow", "GET, HEAD")];
+                let body = b"method not allowed\n";
+                let response = Response::new(405, "Method Not Allowed", &headers, body, keep_alive);
+                response.write(&mut stream, limits.io_timeout, true).await
             }
             _ => {
-                respond(
-                    &mut stream,
-                    404,
-                    "Not Found",
-                    &[],
-                    b"not found; metrics are at /metrics\n",
-                    keep_alive,
-                )
-                .await
+                let body = b"not found; metrics are at /metrics\n";
+                let response = Response::new(404, "Not Found", &[], body, keep_alive);
+                response.write(&mut stream, limits.io_timeout, true).await
             }
         };
         if written.is_err() || !keep_alive {
@@ -727,60 +735,94 @@ async fn serve_connection(mut stream: TcpStream, metrics: &Metrics) {
     }
 }
 
-/// Answers a HEAD request: the headers a GET would get, `content_length` as given, no body.
-async fn respond_head_only(
-    stream: &mut TcpStream,
-    content_length: usize,
-    keep_alive: bool,
-) -> std::io::Result<()> {
-    let connection = if keep_alive {
-        ""
-    } else {
-        "Connection: close\r\n"
+/// Answers `status` and closes: sends the response, shuts down the write side, then reads
+/// and drops what the client still sends (at most [`HTTP_LINGER_BYTES_MAX`] bytes, for at
+/// most [`HTTP_LINGER_TIMEOUT`]) so that the close does not reset the connection before the
+/// client has read the response.
+async fn refuse(mut stream: TcpStream, limits: HttpLimits, status: u16, reason: &str) {
+    let body = format!("{status} {reason}\n");
+    let response = Response::new(status, reason, &[], body.as_bytes(), false);
+    if response
+        .write(&mut stream, limits.io_timeout, true)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let linger = async {
+        let _ = stream.shutdown().await;
+        let mut chunk = [0u8; 2048];
+        let mut dropped = 0usize;
+        while dropped < HTTP_LINGER_BYTES_MAX {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dropped += n,
+            }
+        }
     };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {content_length}\r\n{connection}\r\n"
-    );
-    write_all(stream, head.as_bytes(), b"").await
+    let _ = tokio::time::timeout(HTTP_LINGER_TIMEOUT.min(limits.io_timeout), linger).await;
 }
 
-/// Writes a whole response.
-async fn respond(
-    stream: &mut TcpStream,
+/// An HTTP/1.1 response about to be written.
+struct Response<'a> {
     status: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
+    reason: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    body: &'a [u8],
     keep_alive: bool,
-) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(name, _)| *name == "Content-Type") {
-        head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-    }
-    for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    if !keep_alive {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    write_all(stream, head.as_bytes(), body).await
 }
 
-/// Writes `head` and `body` and flushes (madsim's TCP sends only on flush), within
-/// [`HTTP_IO_TIMEOUT`].
-async fn write_all(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let write = async {
-        stream.write_all(head).await?;
-        stream.write_all(body).await?;
-        stream.flush().await
-    };
-    match tokio::time::timeout(HTTP_IO_TIMEOUT, write).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(std::io::ErrorKind::TimedOut.into()),
+impl<'a> Response<'a> {
+    fn new(
+        status: u16,
+        reason: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        body: &'a [u8],
+        keep_alive: bool,
+    ) -> Self {
+        Response {
+            status,
+            reason,
+            headers,
+            body,
+            keep_alive,
+        }
+    }
+
+    /// Writes the head (with `Content-Length` of the body) and, if `with_body` (not for HEAD),
+    /// the body, then flushes (madsim's TCP sends only on flush), all within `io_timeout`.
+    async fn write(
+        &self,
+        stream: &mut TcpStream,
+        io_timeout: Duration,
+        with_body: bool,
+    ) -> std::io::Result<()> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\n",
+            self.status,
+            self.reason,
+            self.body.len()
+        );
+        if !self.headers.iter().any(|(name, _)| *name == "Content-Type") {
+            head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+        }
+        for (name, value) in self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        if !self.keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        let body = if with_body { self.body } else { b"" };
+        let write = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(io_timeout, write).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
 }
 
