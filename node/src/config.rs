@@ -42,7 +42,8 @@ use keel_core::controller::TopicDefaults;
 pub const NODE_ID: &str = "node.id";
 /// `listeners`: where the broker listens, `NAME://HOST:PORT,...` (LIST).
 pub const LISTENERS: &str = "listeners";
-/// `advertised.listeners`: what clients are told to connect to (LIST; default: `listeners`).
+/// `advertised.listeners`: what clients are told to connect to (LIST; default derived from
+/// `listeners`).
 pub const ADVERTISED_LISTENERS: &str = "advertised.listeners";
 /// `log.dirs`: the data directory (LIST of exactly one path in keel).
 pub const LOG_DIRS: &str = "log.dirs";
@@ -171,8 +172,9 @@ pub const SETTINGS: &[Setting] = &[
         name: ADVERTISED_LISTENERS,
         setting_type: SettingType::List,
         default: None,
-        doc: "listeners clients are told to use; default: `listeners`, with an empty, 0.0.0.0 \
-              or :: host replaced by 127.0.0.1",
+        doc: "listeners clients are told to use; not set or empty: `listeners`, with an empty, \
+              0.0.0.0 or :: host replaced by 127.0.0.1 (a port 0 is kept: the broker \
+              advertises the port it bound)",
     },
     Setting {
         name: AUTO_CREATE_TOPICS_ENABLE,
@@ -726,8 +728,10 @@ impl BrokerConfig {
                 }
             }
         }
-        let advertised_listeners = match raw.get(ADVERTISED_LISTENERS) {
-            None => listeners
+        // Not set, or set empty (an override can so restore the default): derived.
+        let advertised = values.listeners(ADVERTISED_LISTENERS)?;
+        let advertised_listeners = if advertised.is_empty() {
+            listeners
                 .iter()
                 .map(|l| Listener {
                     host: if l.is_wildcard() {
@@ -737,30 +741,32 @@ impl BrokerConfig {
                     },
                     ..l.clone()
                 })
-                .collect(),
-            Some(_) => {
-                let advertised = values.listeners(ADVERTISED_LISTENERS)?;
-                for (i, a) in advertised.iter().enumerate() {
-                    if a.is_wildcard() {
-                        return Err(values.invalid(
-                            ADVERTISED_LISTENERS,
-                            "hosts clients can connect to (not empty, 0.0.0.0 or ::)",
-                        ));
-                    }
-                    if !listeners.iter().any(|l| l.name == a.name) {
-                        return Err(values.invalid(
-                            ADVERTISED_LISTENERS,
-                            "listener names that `listeners` also has",
-                        ));
-                    }
-                    if advertised[..i].iter().any(|b| b.name == a.name) {
-                        return Err(
-                            values.invalid(ADVERTISED_LISTENERS, "each listener name at most once")
-                        );
-                    }
+                .collect()
+        } else {
+            for (i, a) in advertised.iter().enumerate() {
+                if a.is_wildcard() {
+                    return Err(values.invalid(
+                        ADVERTISED_LISTENERS,
+                        "hosts clients can connect to (not empty, 0.0.0.0 or ::)",
+                    ));
                 }
-                advertised
+                if a.port == 0 {
+                    return Err(values
+                        .invalid(ADVERTISED_LISTENERS, "ports clients can connect to (not 0)"));
+                }
+                if !listeners.iter().any(|l| l.name == a.name) {
+                    return Err(values.invalid(
+                        ADVERTISED_LISTENERS,
+                        "listener names that `listeners` also has",
+                    ));
+                }
+                if advertised[..i].iter().any(|b| b.name == a.name) {
+                    return Err(
+                        values.invalid(ADVERTISED_LISTENERS, "each listener name at most once")
+                    );
+                }
             }
+            advertised
         };
 
         let dirs = values.list(LOG_DIRS)?.unwrap_or_default();

@@ -5,18 +5,20 @@
 //! 0.0.4, and [`serve`], a minimal HTTP/1.1 server answering `GET /metrics`.
 //!
 //! What holds:
-//! - The hot path neither locks nor allocates: every update is one or two relaxed atomic adds
-//!   on a slot fixed at construction (one per API key, [`API_KEY_SLOTS`] of them).
+//! - The hot path neither locks nor allocates: a request costs two or three relaxed atomic adds
+//!   (its latency bucket, the latency sum, and the error count if it failed) on a slot fixed at
+//!   construction (one per API key, [`API_KEY_SLOTS`] of them); bytes and connections one each.
 //! - Nothing is stored per partition: the broker hands over a callback
 //!   ([`Metrics::set_partition_source`]) that reports its partitions' offsets when a scrape
 //!   asks, so the per-partition gauges cost nothing between scrapes.
 //! - In one rendering, a histogram's buckets are cumulative and non-decreasing, its `+Inf`
-//!   bucket equals its `_count`, and `keel_requests_total` equals that `_count`: all four are
-//!   computed from one read of the bucket counters. `_sum` is read separately and may include
-//!   a request the buckets do not yet show.
-//! - The HTTP server never panics on input and bounds what one client can hold: a request head
-//!   is at most [`HTTP_HEAD_BYTES_MAX`] bytes, each read and write finishes within
-//!   [`HTTP_IO_TIMEOUT`], and at most [`HTTP_CONNECTIONS_MAX`] connections are served at once
+//!   bucket equals its `_count`, and `keel_requests_total` equals that `_count`: all are
+//!   computed from one read of the bucket counters. `_sum` and the error count are read
+//!   separately and may include a request the buckets do not yet show.
+//! - The HTTP server never panics on input and bounds what one client can hold ([`HttpLimits`]):
+//!   a request head is at most [`HTTP_HEAD_BYTES_MAX`] bytes; it must arrive, and each response
+//!   be written, within [`HTTP_IO_TIMEOUT`]; closing after an error waits at most
+//!   [`HTTP_LINGER_TIMEOUT`]; at most [`HTTP_CONNECTIONS_MAX`] connections are served at once
 //!   (more wait in the listen backlog).
 
 use std::borrow::Cow;
@@ -267,7 +269,9 @@ impl Metrics {
 
     /// Sets the callback that reports partitions at scrape time (replacing any earlier one). It
     /// runs on the metrics endpoint's task once per scrape, so it should only copy a few numbers
-    /// per partition out of the broker's state.
+    /// per partition out of the broker's state. If the broker holds this registry, capture a
+    /// `Weak` reference to the broker (returning nothing once it is gone) so the two do not
+    /// keep each other alive.
     pub fn set_partition_source(&self, source: Box<PartitionSource>) {
         let source: Arc<PartitionSource> = Arc::from(source);
         match self.partition_source.write() {
@@ -829,6 +833,18 @@ impl<'a> Response<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_api_key_has_a_slot() {
+        for api in ApiKey::iter() {
+            assert!(((api as i16) as usize) < API_KEY_SLOTS, "{api:?}");
+        }
+    }
+
+    #[test]
+    fn help_text_escapes_backslash_and_newline() {
+        assert_eq!(escape_help("a\\b\nc\"d"), "a\\\\b\\nc\"d");
+    }
 
     #[test]
     fn head_end_finds_crlf_and_bare_lf() {

@@ -305,6 +305,22 @@ fn explicit_advertised_listeners_are_kept() {
 }
 
 #[test]
+fn an_empty_advertised_listeners_means_the_default() {
+    let c = BrokerConfig::parse(
+        "node.id = 1\nadvertised.listeners = \"PLAINTEXT://h:1\"",
+        &ov(&[("advertised.listeners", "")]),
+    )
+    .expect("parses");
+    assert_eq!(c.advertised_listeners, c.listeners);
+    // Port 0 (the OS picks one) is kept; the broker advertises the port it got.
+    let c = parse("node.id = 1\nlisteners = \"PLAINTEXT://:0\"");
+    assert_eq!(
+        c.advertised_listeners[0].to_string(),
+        "PLAINTEXT://127.0.0.1:0"
+    );
+}
+
+#[test]
 fn quorum_voters_parse() {
     let c = parse(
         r#"
@@ -598,6 +614,11 @@ fn advertised_listeners_must_be_reachable_and_among_the_listeners() {
     assert!(
         e.to_string()
             .contains("listener names that `listeners` also has"),
+        "{e}"
+    );
+    let e = error("node.id = 1\nadvertised.listeners = \"PLAINTEXT://h:0\"");
+    assert!(
+        e.to_string().contains("ports clients can connect to"),
         "{e}"
     );
     let e = error("node.id = 1\nlisteners = \"A://:9092,B://:9092\"");
