@@ -3,7 +3,8 @@
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
-//! `allocate_producer_ids`, `register_broker`) take `&self`: they validate a request against the
+//! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
+//! `elect_leaders`, `alter_partition`) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -26,6 +27,10 @@
 //! 4. Partitions of a topic are numbered densely from 0.
 //! 5. Every topic's configs passed [`TopicConfig::from_map`].
 //! 6. The next producer id never decreases; a broker's epoch only grows.
+//! 7. A partition change applies only at the partition epoch it was computed from; it bumps the
+//!    partition epoch by one, and the leader epoch by one exactly when the leader changes. A
+//!    new leader comes from the ISR (unless unclean election was chosen). A fence or unfence
+//!    applies only at the broker's current epoch and only if it changes the fenced flag.
 //!
 //! # Kafka sources
 //! `ReplicationControlManager` (topic creation and deletion, partitions, name collisions),
@@ -50,8 +55,8 @@ pub use records::{Endpoint, MetadataRecord, Record};
 pub use store::{MetadataStore, OpenReport, StoreError};
 
 use records::{
-    PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord,
-    TopicRecord,
+    BrokerList, FenceBrokerRecord, PartitionChangeRecord, PartitionRecord, ProducerIdsRecord,
+    RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord, TopicRecord, UnfenceBrokerRecord,
 };
 
 use crate::types::{LeaderEpoch, ProducerId};
@@ -263,6 +268,37 @@ pub struct BrokerRegistration {
     pub rack: Option<String>,
 }
 
+/// Whether a partition whose in-sync replicas are all fenced may elect a replica outside the ISR
+/// (Kafka's `unclean.leader.election.enable`, off by default): availability at the price of
+/// losing the writes only the ISR had.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UncleanElection {
+    /// Only ISR members become leaders; a partition with no live ISR member stays leaderless.
+    #[default]
+    Disabled,
+    /// When no ISR member is live, the first live assigned replica leads, alone in the ISR.
+    Enabled,
+}
+
+/// An AlterPartition request for one partition (KIP-497), sent by its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterPartitionRequest {
+    /// The leader that sends it.
+    pub broker_id: BrokerId,
+    /// That broker's epoch.
+    pub broker_epoch: i64,
+    /// The topic.
+    pub topic_id: TopicId,
+    /// The partition.
+    pub partition: i32,
+    /// The leader epoch the leader holds.
+    pub leader_epoch: LeaderEpoch,
+    /// The partition epoch the leader last saw.
+    pub partition_epoch: i32,
+    /// The ISR it wants.
+    pub new_isr: Vec<BrokerId>,
+}
+
 /// Why a command was refused, with Kafka's error code ([`ControllerError::code`]) and a message
 /// for the response's error message field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -288,18 +324,33 @@ pub enum ControllerError {
     /// INVALID_CONFIG (40).
     #[error("{0}")]
     InvalidConfig(String),
+    /// NOT_CONTROLLER (41).
+    #[error("{0}")]
+    NotController(String),
     /// INVALID_REQUEST (42).
     #[error("{0}")]
     InvalidRequest(String),
     /// POLICY_VIOLATION (44).
     #[error("{0}")]
     PolicyViolation(String),
+    /// FENCED_LEADER_EPOCH (74).
+    #[error("{0}")]
+    FencedLeaderEpoch(String),
     /// STALE_BROKER_EPOCH (77).
     #[error("{0}")]
     StaleBrokerEpoch(String),
+    /// INVALID_UPDATE_VERSION (95).
+    #[error("{0}")]
+    InvalidUpdateVersion(String),
     /// UNKNOWN_TOPIC_ID (100).
     #[error("{0}")]
     UnknownTopicId(String),
+    /// BROKER_ID_NOT_REGISTERED (102).
+    #[error("{0}")]
+    BrokerIdNotRegistered(String),
+    /// INELIGIBLE_REPLICA (107).
+    #[error("{0}")]
+    IneligibleReplica(String),
 }
 
 impl ControllerError {
@@ -313,10 +364,15 @@ impl ControllerError {
             ControllerError::InvalidPartitions(_) => 37,
             ControllerError::InvalidReplicationFactor(_) => 38,
             ControllerError::InvalidConfig(_) => 40,
+            ControllerError::NotController(_) => 41,
             ControllerError::InvalidRequest(_) => 42,
             ControllerError::PolicyViolation(_) => 44,
+            ControllerError::FencedLeaderEpoch(_) => 74,
             ControllerError::StaleBrokerEpoch(_) => 77,
+            ControllerError::InvalidUpdateVersion(_) => 95,
             ControllerError::UnknownTopicId(_) => 100,
+            ControllerError::BrokerIdNotRegistered(_) => 102,
+            ControllerError::IneligibleReplica(_) => 107,
         }
     }
 }
@@ -715,6 +771,240 @@ impl MetadataState {
         Ok((epoch, vec![record.into()]))
     }
 
+    /// Fences `broker` (its session expired, KRaft's `ClusterControlManager` with
+    /// `ReplicationControlManager.handleBrokerFenced`): a FenceBroker record, then
+    /// [`elect_leaders`](Self::elect_leaders) for it. BROKER_ID_NOT_REGISTERED for an unknown
+    /// broker; no records for one already fenced.
+    pub fn fence_broker(
+        &self,
+        broker: BrokerId,
+        unclean: UncleanElection,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let b = self.registered(broker)?;
+        if b.fenced {
+            return Ok(Vec::new());
+        }
+        let mut records = vec![MetadataRecord::from(FenceBrokerRecord {
+            broker_id: broker.0,
+            broker_epoch: b.epoch,
+        })];
+        records.extend(self.elect_leaders(broker, unclean));
+        Ok(records)
+    }
+
+    /// The partition changes that fencing `fenced` calls for: it leaves every ISR (except where
+    /// it is the last member: KRaft keeps that one so the partition can elect it cleanly when
+    /// it returns, leaderless until then), and every partition it led, or that has no live
+    /// leader, elects the first assigned replica that is in the ISR and live (registered,
+    /// unfenced, not `fenced`). Only with [`UncleanElection::Enabled`] may a partition without
+    /// a live ISR member elect a live replica outside it, which becomes the whole ISR.
+    /// The leader epoch bumps with every leader change, the partition epoch with every change
+    /// (on apply). Partitions in topic name order, then index.
+    pub fn elect_leaders(&self, fenced: BrokerId, unclean: UncleanElection) -> Vec<MetadataRecord> {
+        let live: BTreeSet<BrokerId> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced && b.id != fenced)
+            .map(|b| b.id)
+            .collect();
+        self.partition_changes(Some(fenced), &live, unclean)
+    }
+
+    /// Unfences `broker` at `broker_epoch` (its heartbeat shows it caught up, KRaft's
+    /// `handleBrokerUnfenced`): an UnfenceBroker record, then elections for the leaderless
+    /// partitions it can now lead. BROKER_ID_NOT_REGISTERED, STALE_BROKER_EPOCH; no records for
+    /// a broker that is not fenced.
+    pub fn unfence_broker(
+        &self,
+        broker: BrokerId,
+        broker_epoch: i64,
+        unclean: UncleanElection,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let b = self.registered(broker)?;
+        if b.epoch != broker_epoch {
+            return Err(ControllerError::StaleBrokerEpoch(format!(
+                "Expected broker epoch of broker {broker} to match {broker_epoch}"
+            )));
+        }
+        if !b.fenced {
+            return Ok(Vec::new());
+        }
+        let mut records = vec![MetadataRecord::from(UnfenceBrokerRecord {
+            broker_id: broker.0,
+            broker_epoch,
+        })];
+        let live: BTreeSet<BrokerId> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced || b.id == broker)
+            .map(|b| b.id)
+            .collect();
+        records.extend(self.partition_changes(None, &live, unclean));
+        Ok(records)
+    }
+
+    /// AlterPartition for one partition (KIP-497; KRaft's
+    /// `ReplicationControlManager.alterPartition` and `validateAlterPartitionData`), checks in
+    /// Kafka's order: the sender's broker epoch (STALE_BROKER_EPOCH), the topic
+    /// (UNKNOWN_TOPIC_ID) and partition (UNKNOWN_TOPIC_OR_PARTITION); epochs newer than this
+    /// controller knows (NOT_CONTROLLER: it is likely no longer the active controller); an older
+    /// leader epoch (FENCED_LEADER_EPOCH); a sender that is not the leader (INVALID_REQUEST); an
+    /// older partition epoch (INVALID_UPDATE_VERSION); an ISR with a duplicate or outside the
+    /// assignment, or without the leader (INVALID_REQUEST); an ISR member that is fenced or not
+    /// registered (INELIGIBLE_REPLICA). Returns the partition as it will be and the record that
+    /// makes it so (none when the ISR does not change). The leader epoch never changes here.
+    pub fn alter_partition(
+        &self,
+        request: &AlterPartitionRequest,
+    ) -> Result<(Partition, Vec<MetadataRecord>), ControllerError> {
+        match self.brokers.get(&request.broker_id) {
+            Some(b) if b.epoch == request.broker_epoch => {}
+            _ => {
+                return Err(ControllerError::StaleBrokerEpoch(format!(
+                    "Expected broker epoch of broker {} to match {}",
+                    request.broker_id, request.broker_epoch
+                )))
+            }
+        }
+        let topic = self.topics.get(&request.topic_id).ok_or_else(|| {
+            ControllerError::UnknownTopicId(format!(
+                "Topic id {} does not exist.",
+                request.topic_id
+            ))
+        })?;
+        let p = usize::try_from(request.partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or_else(unknown_topic)?;
+        let name = format!("{}-{}", topic.name, request.partition);
+        if request.leader_epoch > p.leader_epoch || request.partition_epoch > p.partition_epoch {
+            return Err(ControllerError::NotController(format!(
+                "{name}: the request's epochs (leader {}, partition {}) are newer than this controller's (leader {}, partition {})",
+                request.leader_epoch, request.partition_epoch, p.leader_epoch, p.partition_epoch
+            )));
+        }
+        if request.leader_epoch < p.leader_epoch {
+            return Err(ControllerError::FencedLeaderEpoch(format!(
+                "{name}: leader epoch {} is older than the current {}",
+                request.leader_epoch, p.leader_epoch
+            )));
+        }
+        if request.broker_id != p.leader {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{name}: broker {} is not the leader ({})",
+                request.broker_id, p.leader
+            )));
+        }
+        if request.partition_epoch < p.partition_epoch {
+            return Err(ControllerError::InvalidUpdateVersion(format!(
+                "{name}: partition epoch {} is older than the current {}",
+                request.partition_epoch, p.partition_epoch
+            )));
+        }
+        let unique: BTreeSet<BrokerId> = request.new_isr.iter().copied().collect();
+        if unique.len() != request.new_isr.len()
+            || !request.new_isr.iter().all(|b| p.replicas.contains(b))
+        {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{name}: the new ISR {:?} has a duplicate or a broker outside the replicas {:?}",
+                request.new_isr, p.replicas
+            )));
+        }
+        if !unique.contains(&p.leader) {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{name}: the new ISR {:?} does not contain the leader {}",
+                request.new_isr, p.leader
+            )));
+        }
+        if let Some(b) = request
+            .new_isr
+            .iter()
+            .find(|b| self.brokers.get(b).is_none_or(|r| r.fenced))
+        {
+            return Err(ControllerError::IneligibleReplica(format!(
+                "{name}: broker {b} in the new ISR is fenced or not registered"
+            )));
+        }
+        if request.new_isr == p.isr {
+            return Ok((p.clone(), Vec::new()));
+        }
+        let record = PartitionChangeRecord {
+            topic_id: topic.id.0.to_vec(),
+            partition: request.partition,
+            expected_partition_epoch: p.partition_epoch,
+            leader: None,
+            isr: Some(BrokerList {
+                brokers: request.new_isr.iter().map(|b| b.0).collect(),
+            }),
+        };
+        let mut next = p.clone();
+        next.isr = request.new_isr.clone();
+        next.partition_epoch += 1;
+        Ok((next, vec![record.into()]))
+    }
+
+    fn registered(&self, broker: BrokerId) -> Result<&Broker, ControllerError> {
+        self.brokers.get(&broker).ok_or_else(|| {
+            ControllerError::BrokerIdNotRegistered(format!("Broker {broker} is not registered."))
+        })
+    }
+
+    /// The changes for every partition that has `remove` in its ISR or as leader, or no leader
+    /// in `live` (see [`elect_leaders`](Self::elect_leaders)).
+    fn partition_changes(
+        &self,
+        remove: Option<BrokerId>,
+        live: &BTreeSet<BrokerId>,
+        unclean: UncleanElection,
+    ) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for topic in self.topics() {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                let mut isr = p.isr.clone();
+                if let Some(b) = remove {
+                    if isr.contains(&b) && isr.len() > 1 {
+                        isr.retain(|&r| r != b);
+                    }
+                }
+                let leader_stays = p.leader != BrokerId::NONE
+                    && live.contains(&p.leader)
+                    && isr.contains(&p.leader);
+                let mut leader = p.leader;
+                if !leader_stays {
+                    leader = BrokerId::NONE;
+                    if let Some(&r) = p
+                        .replicas
+                        .iter()
+                        .find(|r| isr.contains(r) && live.contains(r))
+                    {
+                        leader = r;
+                    } else if unclean == UncleanElection::Enabled {
+                        if let Some(&r) = p.replicas.iter().find(|r| live.contains(r)) {
+                            leader = r;
+                            isr = vec![r];
+                        }
+                    }
+                }
+                if leader == p.leader && isr == p.isr {
+                    continue;
+                }
+                records.push(
+                    PartitionChangeRecord {
+                        topic_id: topic.id.0.to_vec(),
+                        partition: index as i32,
+                        expected_partition_epoch: p.partition_epoch,
+                        leader: (leader != p.leader).then_some(leader.0),
+                        isr: (isr != p.isr).then(|| BrokerList {
+                            brokers: isr.iter().map(|b| b.0).collect(),
+                        }),
+                    }
+                    .into(),
+                );
+            }
+        }
+        records
+    }
+
     // --- Apply ----------------------------------------------------------------------------
 
     /// Applies one record: the only way the state changes. Deterministic and total: never
@@ -758,7 +1048,78 @@ impl MetadataState {
                 Ok(())
             }
             Some(Record::RegisterBroker(r)) => self.apply_register_broker(r),
+            Some(Record::PartitionChange(r)) => self.apply_partition_change(r),
+            Some(Record::FenceBroker(r)) => self.apply_fencing(r.broker_id, r.broker_epoch, true),
+            Some(Record::UnfenceBroker(r)) => {
+                self.apply_fencing(r.broker_id, r.broker_epoch, false)
+            }
         }
+    }
+
+    fn apply_partition_change(&mut self, r: &PartitionChangeRecord) -> Result<(), ApplyError> {
+        let id = topic_id(&r.topic_id)?;
+        let topic = self
+            .topics
+            .get_mut(&id)
+            .ok_or(ApplyError::UnknownTopic(id))?;
+        let Some(old) = usize::try_from(r.partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+        else {
+            return Err(ApplyError::InvalidPartition(format!(
+                "partition change for unknown partition {} of {id}",
+                r.partition
+            )));
+        };
+        if old.partition_epoch != r.expected_partition_epoch {
+            return Err(ApplyError::InvalidPartition(format!(
+                "partition change computed at partition epoch {}, partition is at {}",
+                r.expected_partition_epoch, old.partition_epoch
+            )));
+        }
+        let mut record = partition_record(id, r.partition, old);
+        if let Some(leader) = r.leader {
+            if leader != old.leader.0 {
+                record.leader = leader;
+                record.leader_epoch =
+                    old.leader_epoch.0.checked_add(1).ok_or_else(|| {
+                        ApplyError::InvalidPartition("leader epoch overflow".into())
+                    })?;
+            }
+        }
+        if let Some(isr) = &r.isr {
+            record.isr = isr.brokers.clone();
+        }
+        record.partition_epoch = old
+            .partition_epoch
+            .checked_add(1)
+            .ok_or_else(|| ApplyError::InvalidPartition("partition epoch overflow".into()))?;
+        let new = partition_from_record(&record)?;
+        topic.partitions[r.partition as usize] = new;
+        Ok(())
+    }
+
+    fn apply_fencing(&mut self, broker: i32, epoch: i64, fence: bool) -> Result<(), ApplyError> {
+        let id = BrokerId(broker);
+        let Some(b) = self.brokers.get_mut(&id) else {
+            return Err(ApplyError::InvalidBroker(format!(
+                "broker {id} is not registered"
+            )));
+        };
+        if b.epoch != epoch {
+            return Err(ApplyError::InvalidBroker(format!(
+                "broker {id} is at epoch {}, not {epoch}",
+                b.epoch
+            )));
+        }
+        if b.fenced == fence {
+            return Err(ApplyError::InvalidBroker(format!(
+                "broker {id} is already {}",
+                if fence { "fenced" } else { "unfenced" }
+            )));
+        }
+        b.fenced = fence;
+        Ok(())
     }
 
     fn apply_topic(&mut self, r: &TopicRecord) -> Result<(), ApplyError> {

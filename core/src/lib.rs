@@ -15,6 +15,9 @@
 //!   epoch checks), its snapshots and its rebuild from the log.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
 //!   producer-id blocks), its prost records and their single-node persistent store.
+//! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
+//!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
+//!   sessions (heartbeats, fencing).
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -23,6 +26,7 @@ pub mod controller;
 pub mod log;
 pub mod partition;
 pub mod producer;
+pub mod quorum;
 pub mod storage;
 pub mod types;
 

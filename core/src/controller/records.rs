@@ -4,10 +4,9 @@
 //!
 //! Wire compatibility rules (protobuf's): a field's tag never changes and is never reused; new
 //! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
-//! Tags reserved for what KRaft has and keel does not yet: `Record` 7 PartitionChange
-//! (leader/ISR/epoch changes, AlterPartition, elections), 8 FenceBroker, 9 UnfenceBroker,
-//! 10 UnregisterBroker; `PartitionRecord` 8 eligible leader replicas (KIP-966), 9 last known
-//! ELR, 10 leader recovery state.
+//! Tags reserved for what KRaft has and keel does not yet: `Record` 10 UnregisterBroker;
+//! `PartitionRecord` 8 eligible leader replicas (KIP-966), 9 last known ELR, 10 leader recovery
+//! state.
 //!
 //! Topic ids are KRaft's 16-byte UUIDs carried as `bytes`; a record whose id is not 16 bytes
 //! is rejected by [`super::MetadataState::apply`].
@@ -18,7 +17,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub record: Option<Record>,
 }
 
@@ -45,6 +44,16 @@ pub enum Record {
     /// Registers (or re-registers) a broker (KRaft's RegisterBrokerRecord).
     #[prost(message, tag = "6")]
     RegisterBroker(RegisterBrokerRecord),
+    /// Changes a partition's leader and/or ISR: elections, fencing, AlterPartition (KRaft's
+    /// PartitionChangeRecord).
+    #[prost(message, tag = "7")]
+    PartitionChange(PartitionChangeRecord),
+    /// Fences a broker: its session expired (KRaft's FenceBrokerRecord).
+    #[prost(message, tag = "8")]
+    FenceBroker(FenceBrokerRecord),
+    /// Unfences a broker: it heartbeats again and caught up (KRaft's UnfenceBrokerRecord).
+    #[prost(message, tag = "9")]
+    UnfenceBroker(UnfenceBrokerRecord),
 }
 
 /// A new topic.
@@ -165,6 +174,62 @@ pub struct RegisterBrokerRecord {
     pub fenced: bool,
 }
 
+/// A list of broker ids (wrapped so that "absent" and "empty" differ).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BrokerList {
+    /// The broker ids, in order.
+    #[prost(int32, repeated, tag = "1")]
+    pub brokers: Vec<i32>,
+}
+
+/// A change of one partition's leader and/or ISR. Applying it bumps the partition epoch by one,
+/// and the leader epoch by one if the leader changes (KRaft's PartitionChangeRecord rules).
+///
+/// Unlike KRaft's record it names the partition epoch it was computed from, and apply refuses it
+/// unless the partition is still at that epoch: a change computed from a state that moved on
+/// meanwhile (a second election, an AlterPartition that raced it) never lands. This makes a
+/// command proposed through raft from a leader's not-yet-current state safe to commit.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionChangeRecord {
+    /// The topic's id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    /// The partition index.
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// The partition epoch the change applies to.
+    #[prost(int32, tag = "3")]
+    pub expected_partition_epoch: i32,
+    /// The new leader (-1: none); absent: unchanged.
+    #[prost(int32, optional, tag = "4")]
+    pub leader: Option<i32>,
+    /// The new ISR; absent: unchanged.
+    #[prost(message, optional, tag = "5")]
+    pub isr: Option<BrokerList>,
+}
+
+/// Fences a broker at its current epoch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FenceBrokerRecord {
+    /// The broker id.
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// Its broker epoch: apply refuses the record for any other.
+    #[prost(int64, tag = "2")]
+    pub broker_epoch: i64,
+}
+
+/// Unfences a broker at its current epoch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnfenceBrokerRecord {
+    /// The broker id.
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// Its broker epoch: apply refuses the record for any other.
+    #[prost(int64, tag = "2")]
+    pub broker_epoch: i64,
+}
+
 /// The records of one command, stored as one frame so that they apply all or none (KRaft
 /// appends a command's records as one atomic batch).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -191,4 +256,7 @@ into_record!(
     TopicConfig(TopicConfigRecord),
     ProducerIds(ProducerIdsRecord),
     RegisterBroker(RegisterBrokerRecord),
+    PartitionChange(PartitionChangeRecord),
+    FenceBroker(FenceBrokerRecord),
+    UnfenceBroker(UnfenceBrokerRecord),
 );

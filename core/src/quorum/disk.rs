@@ -1,0 +1,311 @@
+//! The quorum's durable state in one file of keel's [`Storage`]: raft log entries, the raft
+//! HardState (term, vote, commit) and the latest snapshot, as CRC-framed records.
+//!
+//! Frame layout, big-endian (the same framing as the single-node metadata store):
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  payload length (1 to FRAME_PAYLOAD_BYTES_MAX)
+//!      4     4  CRC-32C of the payload
+//!      8     …  payload: a prost-encoded LogFrame
+//! ```
+//!
+//! A `LogFrame` holds, each optional: a snapshot (raft's `Snapshot`, metadata and data), a run
+//! of raft entries, and the HardState, each in raft-rs's protobuf encoding. Replay applies a
+//! frame's parts in that order: a snapshot replaces everything before it (the log restarts
+//! after its index); an entry at index `i` replaces the entry at `i` and every entry after it
+//! (a follower overwriting a diverged suffix: the file is append-only, the overwrite is
+//! logical); the last HardState wins.
+//!
+//! Invariants:
+//! 1. One Ready of raft-rs is one frame, appended and then synced ([`RaftDisk::append`]): its
+//!    entries and its HardState become durable together or not at all, and nothing that
+//!    depends on them (messages, `on_persist_ready`) happens before the sync returns.
+//! 2. A crash leaves a prefix of the frames plus a torn tail: open cuts the tail at the first
+//!    frame that is short, out of range, fails its CRC or does not decode, durably, and
+//!    reports it. Every frame whose sync returned survives.
+//! 3. Compaction and installing a snapshot rewrite the file whole ([`RaftDisk::rewrite`]:
+//!    snapshot, entries after it, HardState, in one frame) through
+//!    [`storage::write_atomic`]: a crash leaves either the old file or the new one.
+//! 4. Replayed entries are contiguous after the snapshot; a frame that would leave a gap is
+//!    corruption that a CRC did not catch (or a bug), and open refuses it.
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, HardState, Snapshot};
+
+use crate::storage::{self, Storage, StorageError};
+
+/// The name of the quorum's log file.
+pub const RAFT_LOG_FILE: &str = "raft.log";
+/// Bytes before a frame's payload: length and CRC.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// The largest payload of one frame: bounds a snapshot plus the entries after it.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+
+/// Why the quorum's storage failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiskError {
+    /// The storage failed.
+    #[error("quorum storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A frame would exceed [`FRAME_PAYLOAD_BYTES_MAX`].
+    #[error("a quorum log frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    /// A frame passed its CRC but breaks the log's rules (a gap in the entries).
+    #[error("quorum log corrupt: {0}")]
+    Corrupt(String),
+    /// An earlier write or sync failed: the file's durable contents are unknown until reopened.
+    #[error("an earlier write or sync failed: the quorum must be reopened")]
+    Poisoned,
+}
+
+/// The damaged tail that open cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// Where the first bad frame started (the new file length).
+    pub position: u64,
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// What was wrong with the frame at `position`.
+    pub reason: String,
+}
+
+/// What open found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskReport {
+    /// Frames replayed.
+    pub frames: u64,
+    /// The damaged tail cut off, if any.
+    pub truncated: Option<TruncatedTail>,
+}
+
+/// The durable raft state, as replayed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Recovered {
+    /// The latest snapshot (index 0 if none).
+    pub snapshot: Snapshot,
+    /// The entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// The latest HardState.
+    pub hard_state: HardState,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LogFrame {
+    /// A protobuf `eraftpb.Snapshot`.
+    #[prost(bytes = "vec", optional, tag = "1")]
+    snapshot: Option<Vec<u8>>,
+    /// Protobuf `eraftpb.Entry`s, by increasing index.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    entries: Vec<Vec<u8>>,
+    /// A protobuf `eraftpb.HardState`.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    hard_state: Option<Vec<u8>>,
+}
+
+/// The quorum's log file over a [`Storage`].
+pub(crate) struct RaftDisk<S: Storage> {
+    storage: S,
+    /// The file length covered by whole frames.
+    end_bytes: u64,
+    poisoned: bool,
+}
+
+impl<S: Storage> RaftDisk<S> {
+    /// Opens (or creates) the log file and replays it. A damaged tail is cut durably.
+    pub fn open(mut storage: S) -> Result<(Self, Recovered, DiskReport), DiskError> {
+        match storage.create(RAFT_LOG_FILE) {
+            Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let bytes = storage::read_all(&storage, RAFT_LOG_FILE)?;
+        let mut recovered = Recovered::default();
+        let mut report = DiskReport::default();
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            match decode_frame(&bytes[pos..]) {
+                Ok((frame, size)) => {
+                    replay(&mut recovered, frame)?;
+                    pos += size;
+                    report.frames += 1;
+                }
+                Err(reason) => {
+                    report.truncated = Some(TruncatedTail {
+                        position: pos as u64,
+                        bytes: (bytes.len() - pos) as u64,
+                        reason,
+                    });
+                    break;
+                }
+            }
+        }
+        if report.truncated.is_some() {
+            storage.truncate(RAFT_LOG_FILE, pos as u64)?;
+            storage.sync(RAFT_LOG_FILE)?;
+        }
+        let disk = RaftDisk {
+            storage,
+            end_bytes: pos as u64,
+            poisoned: false,
+        };
+        Ok((disk, recovered, report))
+    }
+
+    /// Appends one frame of `entries` and `hard_state`, then syncs if `sync` (always when there
+    /// are entries). When this returns `Ok` with a sync, the frame survives any crash.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: &HardState,
+        sync: bool,
+    ) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(DiskError::Poisoned);
+        }
+        let frame = encode_frame(None, entries, hard_state)?;
+        if let Err(e) = self.storage.append(RAFT_LOG_FILE, &frame) {
+            // Cut off whatever part of the frame got written, so the next frame follows the
+            // last whole one.
+            let rollback = self
+                .storage
+                .truncate(RAFT_LOG_FILE, self.end_bytes)
+                .and_then(|()| self.storage.sync(RAFT_LOG_FILE));
+            self.poisoned = rollback.is_err();
+            return Err(e.into());
+        }
+        self.end_bytes += frame.len() as u64;
+        if sync || !entries.is_empty() {
+            if let Err(e) = self.storage.sync(RAFT_LOG_FILE) {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole file, atomically and durably, with one frame: `snapshot`, the
+    /// `entries` after it and `hard_state`.
+    pub fn rewrite(
+        &mut self,
+        snapshot: &Snapshot,
+        entries: &[Entry],
+        hard_state: &HardState,
+    ) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(DiskError::Poisoned);
+        }
+        let frame = encode_frame(Some(snapshot), entries, hard_state)?;
+        if let Err(e) = storage::write_atomic(&mut self.storage, RAFT_LOG_FILE, &frame) {
+            // The rename may or may not have happened: only a reopen knows which file holds.
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.end_bytes = frame.len() as u64;
+        Ok(())
+    }
+
+    /// The length of the log file.
+    pub fn len_bytes(&self) -> u64 {
+        self.end_bytes
+    }
+
+    /// The storage, for inspection.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Gives the storage back.
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+}
+
+fn encode_frame(
+    snapshot: Option<&Snapshot>,
+    entries: &[Entry],
+    hard_state: &HardState,
+) -> Result<Vec<u8>, DiskError> {
+    // Local invariant: eraftpb is proto3, its encoder refuses nothing.
+    let pb = |m: &dyn protobuf::Message| {
+        m.write_to_bytes()
+            .expect("eraftpb messages are proto3: encoding cannot fail")
+    };
+    let payload = LogFrame {
+        snapshot: snapshot.map(|s| pb(s)),
+        entries: entries.iter().map(|e| pb(e)).collect(),
+        hard_state: Some(pb(hard_state)),
+    }
+    .encode_to_vec();
+    if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(DiskError::FrameTooLarge(payload.len()));
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    // Check before writing what open checks after reading.
+    debug_assert!(decode_frame(&frame).is_ok_and(|(_, n)| n == frame.len()));
+    Ok(frame)
+}
+
+/// The frame at the start of `buf` and its size, or why it is not one.
+fn decode_frame(buf: &[u8]) -> Result<(LogFrame, usize), String> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Err(format!("{} bytes, short of a frame header", buf.len()));
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let stored = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if len == 0 || len > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(format!("frame length {len} is out of range"));
+    }
+    let Some(payload) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
+        return Err(format!(
+            "frame of {len} bytes, only {} present",
+            buf.len() - FRAME_HEADER_BYTES
+        ));
+    };
+    let computed = crc32c::crc32c(payload);
+    if stored != computed {
+        return Err(format!(
+            "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        ));
+    }
+    let frame = LogFrame::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+    Ok((frame, FRAME_HEADER_BYTES + len))
+}
+
+/// Applies one CRC-checked frame to the replayed state (see the module documentation).
+fn replay(recovered: &mut Recovered, frame: LogFrame) -> Result<(), DiskError> {
+    let corrupt = |what: String| DiskError::Corrupt(what);
+    if let Some(bytes) = frame.snapshot {
+        let snapshot = Snapshot::parse_from_bytes(&bytes)
+            .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?;
+        recovered.snapshot = snapshot;
+        recovered.entries.clear();
+    }
+    for bytes in frame.entries {
+        let entry = Entry::parse_from_bytes(&bytes)
+            .map_err(|e| corrupt(format!("entry does not decode: {e}")))?;
+        let first = recovered.snapshot.get_metadata().index + 1;
+        if entry.index < first {
+            // Covered by the snapshot.
+            continue;
+        }
+        let keep = (entry.index - first) as usize;
+        if keep > recovered.entries.len() {
+            return Err(corrupt(format!(
+                "entry {} leaves a gap after {}",
+                entry.index,
+                first + recovered.entries.len() as u64 - 1
+            )));
+        }
+        recovered.entries.truncate(keep);
+        recovered.entries.push(entry);
+    }
+    if let Some(bytes) = frame.hard_state {
+        recovered.hard_state = HardState::parse_from_bytes(&bytes)
+            .map_err(|e| corrupt(format!("hard state does not decode: {e}")))?;
+    }
+    Ok(())
+}
