@@ -1,6 +1,5 @@
 //! The `keel` command.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kafka_protocol::messages::ApiKey;
-use keel_core::controller::TopicDefaults;
 use keel_node::broker::{Broker, Settings};
+use keel_node::config::{parse_override, BrokerConfig};
+use keel_node::metrics::Metrics;
 use keel_node::wire::{SupportedApis, WireConfig, WireServer, GROUP_APIS};
 
 #[derive(Parser)]
@@ -23,23 +23,49 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Default)]
 struct StartArgs {
+    /// A TOML file of broker settings with Kafka's names (see docs/keel.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A setting `key=value` on top of the file (repeatable), e.g. `--override num.partitions=3`.
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
     /// This broker's id (`node.id`).
-    #[arg(long, default_value_t = 1)]
-    node_id: i32,
-    /// Where clients connect: PLAINTEXT://HOST:PORT (`listeners`).
-    #[arg(long, default_value = "PLAINTEXT://127.0.0.1:9092")]
-    listeners: String,
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Where clients connect, e.g. PLAINTEXT://127.0.0.1:9092 (`listeners`).
+    #[arg(long)]
+    listeners: Option<String>,
     /// The data directory (`log.dirs`).
-    #[arg(long, default_value = "keel-data")]
-    data_dir: PathBuf,
-    /// `auto.create.topics.enable`.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    auto_create_topics: bool,
-    /// `num.partitions`: partitions of auto-created topics and CreateTopics with -1.
-    #[arg(long, default_value_t = 1)]
-    num_partitions: i32,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl StartArgs {
+    /// The file, then `--override`s, then the dedicated flags.
+    fn load(&self) -> Result<BrokerConfig, String> {
+        let mut overrides = Vec::new();
+        for o in &self.overrides {
+            overrides.push(parse_override(o).map_err(|e| e.to_string())?);
+        }
+        if let Some(id) = self.node_id {
+            overrides.push(("node.id".into(), id.to_string()));
+        }
+        if let Some(l) = &self.listeners {
+            overrides.push(("listeners".into(), l.clone()));
+        }
+        if let Some(d) = &self.data_dir {
+            overrides.push(("log.dirs".into(), d.display().to_string()));
+        }
+        if self.config.is_none()
+            && self.node_id.is_none()
+            && !self.overrides.iter().any(|o| o.starts_with("node.id="))
+        {
+            overrides.insert(0, ("node.id".into(), "1".into()));
+        }
+        BrokerConfig::load(self.config.as_deref(), &overrides).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Subcommand)]
@@ -83,30 +109,14 @@ fn main() -> ExitCode {
         Command::Start(args) => run(args, false),
         Command::Dev { port, data_dir } => run(
             StartArgs {
-                node_id: 1,
-                listeners: format!("PLAINTEXT://127.0.0.1:{port}"),
-                data_dir,
-                auto_create_topics: true,
-                num_partitions: 1,
+                node_id: Some(1),
+                listeners: Some(format!("PLAINTEXT://127.0.0.1:{port}")),
+                data_dir: Some(data_dir),
+                ..StartArgs::default()
             },
             true,
         ),
     }
-}
-
-/// Parses `PLAINTEXT://HOST:PORT` (the only listener kind keel serves so far).
-fn parse_listener(listeners: &str) -> Result<SocketAddr, String> {
-    let first = listeners.split(',').next().unwrap_or_default().trim();
-    let addr = first.strip_prefix("PLAINTEXT://").ok_or_else(|| {
-        format!("listener {first:?}: keel serves PLAINTEXT://HOST:PORT listeners")
-    })?;
-    let addr = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_string()
-    };
-    let addr = addr.replace("localhost", "127.0.0.1");
-    addr.parse().map_err(|e| format!("listener {first:?}: {e}"))
 }
 
 fn run(args: StartArgs, dev: bool) -> ExitCode {
@@ -117,13 +127,23 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let addr = match parse_listener(&args.listeners) {
-        Ok(a) => a,
+    let config = match args.load() {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("keel: {e}");
             return ExitCode::from(2);
         }
     };
+    let Some(listener) = config
+        .listeners
+        .iter()
+        .find(|l| l.name == "PLAINTEXT")
+        .cloned()
+    else {
+        eprintln!("keel: no PLAINTEXT listener in `listeners` (keel serves PLAINTEXT only)");
+        return ExitCode::from(2);
+    };
+    let addr = listener.bind_address();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,24 +155,42 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("keel: cannot listen on {addr}: {e}");
                 return ExitCode::from(1);
             }
         };
-        let bound = listener.local_addr().unwrap_or(addr);
-        let advertised_host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
-        let settings = Settings {
-            node_id: args.node_id,
-            data_dir: args.data_dir.clone(),
-            advertised_host: advertised_host.clone(),
-            advertised_port: bound.port(),
-            auto_create_topics: args.auto_create_topics,
-            topic_defaults: TopicDefaults { partitions: args.num_partitions, replication_factor: 1 },
+        let Ok(bound) = listener.local_addr() else {
+            eprintln!("keel: the listener on {addr} has no address");
+            return ExitCode::from(1);
         };
-        let broker = match Broker::open(settings) {
+        // The advertised listener; port 0 (pick any) advertises the port actually bound.
+        let advertised = config.advertised_listener("PLAINTEXT").cloned();
+        let advertised_host = advertised.as_ref().map_or_else(|| "127.0.0.1".to_string(), |l| l.host.clone());
+        let advertised_port = advertised.as_ref().map_or(0, |l| l.port);
+        let advertised_port = if advertised_port == 0 { bound.port() } else { advertised_port };
+        let settings = Settings {
+            node_id: config.node_id,
+            data_dir: config.data_dir.clone(),
+            advertised_host: advertised_host.clone(),
+            advertised_port,
+            auto_create_topics: config.auto_create_topics,
+            topic_defaults: config.topic_creation_defaults(),
+            topic_config_defaults: config.topic_defaults(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        if let Some(m) = &config.metrics_listener {
+            match tokio::net::TcpListener::bind(m.address()).await {
+                Ok(l) => {
+                    tracing::info!("metrics on http://{}/metrics", l.local_addr().map_or(m.address(), |a| a.to_string()));
+                    tokio::spawn(keel_node::metrics::serve(l, metrics.clone()));
+                }
+                Err(e) => tracing::warn!("metrics endpoint {}: {e} (serving without it)", m.address()),
+            }
+        }
+        let broker = match Broker::open(settings, metrics) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("keel: {e}");
@@ -164,12 +202,13 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         // COORDINATOR_NOT_AVAILABLE).
         let without: Vec<_> = GROUP_APIS.into_iter().filter(|&k| k != ApiKey::FindCoordinator).collect();
         let apis = SupportedApis::all().without(&without);
-        let server = WireServer::new(broker.clone(), apis, WireConfig::default());
+        let wire_config = WireConfig { socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize, ..WireConfig::default() };
+        let server = WireServer::new(broker.clone(), apis, wire_config);
         let serving = tokio::spawn(server.serve(listener));
-        tokio::spawn(timers(broker.clone()));
-        println!("keel broker {} ready on {advertised_host}:{}", args.node_id, bound.port());
+        tokio::spawn(timers(broker.clone(), config.retention_check_interval_ms, config.checkpoint_interval_ms));
+        println!("keel broker {} ready on {advertised_host}:{}", config.node_id, bound.port());
         if dev {
-            println!("data in {}", args.data_dir.display());
+            println!("data in {}", config.data_dir.display());
             println!("try:  kcat -b {advertised_host}:{} -L", bound.port());
             println!("      echo hello | kcat -b {advertised_host}:{} -t demo -P && kcat -b {advertised_host}:{} -t demo -C -e", bound.port(), bound.port());
             println!("Ctrl-C stops it.");
@@ -187,9 +226,10 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
 }
 
 /// Retention and checkpoints on their timers.
-async fn timers(broker: Arc<Broker>) {
-    let mut retention = tokio::time::interval(Duration::from_secs(300));
-    let mut checkpoint = tokio::time::interval(Duration::from_secs(60));
+async fn timers(broker: Arc<Broker>, retention_ms: i64, checkpoint_ms: i64) {
+    let mut retention = tokio::time::interval(Duration::from_millis(retention_ms.max(100) as u64));
+    let mut checkpoint =
+        tokio::time::interval(Duration::from_millis(checkpoint_ms.max(100) as u64));
     loop {
         tokio::select! {
             _ = retention.tick() => broker.apply_retention(),
@@ -199,7 +239,8 @@ async fn timers(broker: Arc<Broker>) {
 }
 
 async fn shutdown_signal() {
-    #[cfg(unix)]
+    // SIGTERM or Ctrl-C. madsim simulates neither unix signals nor a terminal.
+    #[cfg(all(unix, not(madsim)))]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = match signal(SignalKind::terminate()) {
@@ -211,6 +252,6 @@ async fn shutdown_signal() {
             _ = tokio::signal::ctrl_c() => {}
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(any(not(unix), madsim))]
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -292,17 +292,21 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_encodes_at_every_advertised_version() {
     let dir = tempfile::tempdir().unwrap();
-    let broker: Arc<Broker> = Broker::open(Settings {
-        node_id: 1,
-        data_dir: dir.path().to_path_buf(),
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 9092,
-        auto_create_topics: true,
-        topic_defaults: TopicDefaults {
-            partitions: 1,
-            replication_factor: 1,
+    let broker: Arc<Broker> = Broker::open(
+        Settings {
+            node_id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            auto_create_topics: true,
+            topic_defaults: TopicDefaults {
+                partitions: 1,
+                replication_factor: 1,
+            },
+            topic_config_defaults: Default::default(),
         },
-    })
+        Arc::new(keel_node::metrics::Metrics::new()),
+    )
     .unwrap();
     // The success topic.
     let mut create = CreateTopicsRequest::default();

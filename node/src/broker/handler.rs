@@ -44,6 +44,7 @@ use keel_core::partition::{code, compression_allowed, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
 use super::{now_ms, Broker, PartitionHandle};
+use crate::metrics::Outcome;
 use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
 
 /// Kafka error codes used here beyond core's.
@@ -156,14 +157,60 @@ impl Handler for Broker {
             }
         };
         let broker = self.clone();
+        let started = std::time::Instant::now();
         async_response(async move {
-            match next {
+            let result = match next {
                 Next::Ready(r) => Ok(Some(r)),
                 Next::NoResponse => Ok(None),
                 Next::Produce(wait) => Ok(Some(ResponseKind::Produce(wait.finish().await))),
-                Next::Fetch(r) => Ok(Some(ResponseKind::Fetch(broker.fetch(&ctx, r).await))),
-            }
+                Next::Fetch(r) => {
+                    let response = broker.fetch(&ctx, r).await;
+                    let bytes: usize = response
+                        .responses
+                        .iter()
+                        .flat_map(|t| &t.partitions)
+                        .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+                        .sum();
+                    broker.metrics().add_bytes_out(bytes as u64);
+                    Ok(Some(ResponseKind::Fetch(response)))
+                }
+            };
+            let outcome = match &result {
+                Ok(Some(r)) if !has_error(r) => Outcome::Ok,
+                Ok(None) => Outcome::Ok,
+                _ => Outcome::Error,
+            };
+            broker
+                .metrics()
+                .record_request(ctx.api_key, started.elapsed(), outcome);
+            result
         })
+    }
+}
+
+/// Whether a response carries an error code for the request or any of its parts.
+fn has_error(response: &ResponseKind) -> bool {
+    match response {
+        ResponseKind::Produce(r) => r
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .any(|p| p.error_code != 0),
+        ResponseKind::Fetch(r) => {
+            r.error_code != 0
+                || r.responses
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| p.error_code != 0)
+        }
+        ResponseKind::Metadata(r) => r.topics.iter().any(|t| t.error_code != 0),
+        ResponseKind::CreateTopics(r) => r.topics.iter().any(|t| t.error_code != 0),
+        ResponseKind::DeleteTopics(r) => r.responses.iter().any(|t| t.error_code != 0),
+        ResponseKind::InitProducerId(r) => r.error_code != 0,
+        ResponseKind::FindCoordinator(_)
+        | ResponseKind::SaslHandshake(_)
+        | ResponseKind::SaslAuthenticate(_) => true,
+        _ => false,
     }
 }
 
@@ -193,7 +240,8 @@ impl ProduceWait {
         let deadline = tokio::time::Instant::now() + self.timeout;
         for (t, p, partition, last) in self.waits.drain(..) {
             let mut hw = partition.subscribe();
-            let reached = tokio::time::timeout_at(deadline, hw.wait_for(|hw| *hw > last)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reached = tokio::time::timeout(left, hw.wait_for(|hw| *hw > last)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 let r = &mut self.response.responses[t].partition_responses[p];
                 r.error_code = err::REQUEST_TIMED_OUT;
@@ -294,6 +342,7 @@ impl Broker {
             )
         })?;
         let records = records.unwrap_or_default();
+        self.metrics().add_bytes_in(records.len() as u64);
         // Produce v3+: exactly one batch per partition.
         let batch = match Batch::parse_prefix(&records) {
             Ok(Some(batch)) if batch.size() == records.len() => batch,
@@ -367,7 +416,9 @@ impl Broker {
             // Wait for any partition's high watermark to move, or the deadline.
             let mut waiters: Vec<_> = watched.iter().map(|p| p.subscribe()).collect();
             let changed = futures_any(waiters.iter_mut().map(|w| Box::pin(w.changed())));
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // `timeout`, not `timeout_at`: madsim's time module has only the former.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, changed).await.is_err() {
                 return self.fetch_once(ctx.api_version, &request).0;
             }
         }
@@ -571,6 +622,19 @@ impl Broker {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<keel_core::controller::Topic, ControllerError> {
+        // Broker-level topic settings, only where they differ from Kafka's topic defaults (so
+        // DescribeConfigs still reports the rest as defaults); the request's own settings win.
+        let mut configs_with_defaults: BTreeMap<String, String> = self
+            .settings()
+            .topic_config_defaults
+            .iter()
+            .filter(|(k, v)| {
+                keel_core::controller::TopicConfig::default_value(k).as_ref() != Some(*v)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        configs_with_defaults.extend(configs);
+        let configs = configs_with_defaults;
         let new = NewTopic {
             name: name.to_string(),
             partitions,

@@ -53,6 +53,9 @@ pub struct Settings {
     pub auto_create_topics: bool,
     /// `num.partitions` and `default.replication.factor`.
     pub topic_defaults: TopicDefaults,
+    /// Topic-level settings every new topic inherits from the broker (`log.retention.ms` as
+    /// `retention.ms`, ...); a topic's own settings win.
+    pub topic_config_defaults: BTreeMap<String, String>,
 }
 
 /// The current time in milliseconds since the epoch (madsim intercepts this clock).
@@ -209,6 +212,7 @@ impl SyncWorker {
 /// The broker. Shared by every connection as an `Arc`.
 pub struct Broker {
     settings: Settings,
+    metrics: Arc<crate::metrics::Metrics>,
     cluster_id: String,
     meta: Mutex<Meta>,
     partitions: RwLock<BTreeMap<(String, i32), Arc<PartitionHandle>>>,
@@ -231,7 +235,10 @@ fn log_config(config: &keel_core::controller::TopicConfig) -> LogConfig {
 impl Broker {
     /// Opens the data directory: metadata, then every partition this broker leads (each one
     /// recovered), and registers the broker.
-    pub fn open(settings: Settings) -> Result<Arc<Broker>, StartError> {
+    pub fn open(
+        settings: Settings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Arc<Broker>, StartError> {
         let data_dir = settings.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
         let meta_dir = data_dir.join(METADATA_DIR);
@@ -271,13 +278,37 @@ impl Broker {
         meta.broker_epoch = epoch;
         let broker = Arc::new(Broker {
             settings,
+            metrics: metrics.clone(),
             cluster_id,
             meta: Mutex::new(meta),
             partitions: RwLock::new(BTreeMap::new()),
             sync: SyncWorker::start(),
         });
         broker.reconcile_partitions()?;
+        let weak = Arc::downgrade(&broker);
+        metrics.set_partition_source(Box::new(move || {
+            let Some(broker) = weak.upgrade() else {
+                return Vec::new();
+            };
+            broker
+                .all_partitions()
+                .iter()
+                .map(|p| {
+                    p.with(|r| crate::metrics::PartitionStats {
+                        topic: p.topic.clone(),
+                        partition: p.index,
+                        log_start_offset: r.log().log_start().0,
+                        log_end_offset: r.log().end().0,
+                        high_watermark: r.high_watermark().0,
+                    })
+                })
+                .collect()
+        }));
         Ok(broker)
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn settings(&self) -> &Settings {
