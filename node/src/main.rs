@@ -203,7 +203,7 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         let without: Vec<_> = GROUP_APIS.into_iter().filter(|&k| k != ApiKey::FindCoordinator).collect();
         let apis = SupportedApis::all().without(&without);
         let wire_config = WireConfig { socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize, ..WireConfig::default() };
-        let server = WireServer::new(broker.clone(), apis, wire_config);
+        let server = WireServer::with_metrics(broker.clone(), apis, wire_config, broker.metrics().clone());
         let serving = tokio::spawn(server.serve(listener));
         tokio::spawn(timers(broker.clone(), config.retention_check_interval_ms, config.checkpoint_interval_ms));
         println!("keel broker {} ready on {advertised_host}:{}", config.node_id, bound.port());

@@ -129,6 +129,7 @@ pub struct WireServer<H> {
     apis: SupportedApis,
     config: WireConfig,
     next_connection_id: AtomicU64,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl<H: Handler> WireServer<H> {
@@ -141,7 +142,20 @@ impl<H: Handler> WireServer<H> {
             apis,
             config,
             next_connection_id: AtomicU64::new(0),
+            metrics: None,
         })
+    }
+
+    /// The same server, counting its open connections in `metrics` (`keel_connections`).
+    pub fn with_metrics(
+        handler: Arc<H>,
+        apis: SupportedApis,
+        config: WireConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let mut server = Arc::into_inner(Self::new(handler, apis, config)).expect("just created");
+        server.metrics = Some(metrics);
+        Arc::new(server)
     }
 
     /// The APIs this server advertises.
@@ -174,6 +188,7 @@ impl<H: Handler> WireServer<H> {
     /// Serves one accepted connection until it closes.
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let connection_id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let _open = self.metrics.as_ref().map(|m| m.connection_opened());
         if let Err(e) = stream.set_nodelay(true) {
             debug!(connection_id, %peer, error = %e, "set_nodelay failed");
         }
