@@ -371,10 +371,15 @@ impl Broker {
         let min_insync = self
             .with_metadata(|m| m.topic_config(topic).map(|c| c.min_insync_replicas()))
             .unwrap_or(1);
-        let replicas = self
-            .with_metadata(|m| m.partition(topic, index).map(|p| p.isr.len()))
-            .unwrap_or(1) as i32;
-        if acks == -1 && replicas < min_insync.min(replicas.max(1)) {
+        // Kafka: NOT_ENOUGH_REPLICAS when the ISR is smaller than min(min.insync.replicas,
+        // replication factor), checked before appending.
+        let (isr, replicas) = self
+            .with_metadata(|m| {
+                m.partition(topic, index)
+                    .map(|p| (p.isr.len() as i32, p.replicas.len() as i32))
+            })
+            .unwrap_or((1, 1));
+        if acks == -1 && isr < min_insync.min(replicas) {
             return Err((
                 err::NOT_ENOUGH_REPLICAS,
                 "fewer in-sync replicas than min.insync.replicas".into(),
