@@ -1238,6 +1238,21 @@ impl<S: Storage> PartitionReplica<S> {
         }
         let outcome = match response.payload {
             FetchPayload::Records(batches) => {
+                let end = self.log.end();
+                if let Some(first) = batches.first() {
+                    if first.base_offset() < end && end > self.log.log_start() {
+                        // The leader's batch holding this log's end offset starts before it:
+                        // this log's last batch is not the leader's, a divergence the leader
+                        // could not see because the epochs that show it are below its log
+                        // start (DeleteRecords, retention). Cut the batch that holds the
+                        // leader's batch start and fetch again. Batches below the high
+                        // watermark are the leader's, so this never cuts below it.
+                        let to = first.base_offset();
+                        let outcome = FetchOutcome::Truncated(self.truncate_log(snapshots, to)?);
+                        self.check_invariants();
+                        return Ok(outcome);
+                    }
+                }
                 let mut appended = 0;
                 for batch in batches {
                     self.append_from_leader(now_ms, snapshots, batch)?;

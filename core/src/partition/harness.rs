@@ -105,6 +105,42 @@ pub struct Acked {
     pub bytes: Bytes,
 }
 
+/// How often each replication event happened, to show that random runs exercise them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub elections: u64,
+    pub isr_shrinks: u64,
+    pub isr_expansions: u64,
+    pub alter_rejections: u64,
+    pub truncations: u64,
+    pub log_restarts: u64,
+    pub stale_responses: u64,
+    pub fetch_errors: u64,
+    pub crashes: u64,
+    pub torn_recoveries: u64,
+    pub acked: u64,
+    pub not_enough_replicas: u64,
+    pub failed_after_append: u64,
+}
+
+impl Coverage {
+    pub fn add(&mut self, o: &Coverage) {
+        self.elections += o.elections;
+        self.isr_shrinks += o.isr_shrinks;
+        self.isr_expansions += o.isr_expansions;
+        self.alter_rejections += o.alter_rejections;
+        self.truncations += o.truncations;
+        self.log_restarts += o.log_restarts;
+        self.stale_responses += o.stale_responses;
+        self.fetch_errors += o.fetch_errors;
+        self.crashes += o.crashes;
+        self.torn_recoveries += o.torn_recoveries;
+        self.acked += o.acked;
+        self.not_enough_replicas += o.not_enough_replicas;
+        self.failed_after_append += o.failed_after_append;
+    }
+}
+
 /// The cluster. See the module documentation.
 pub struct Cluster {
     pub now_ms: i64,
@@ -127,6 +163,7 @@ pub struct Cluster {
     next_value: u64,
     /// Steps taken (for messages).
     pub steps: u64,
+    pub coverage: Coverage,
 }
 
 pub const T0: i64 = 1_700_000_000_000;
@@ -155,6 +192,7 @@ impl Cluster {
             elected: BTreeMap::new(),
             next_value: 0,
             steps: 0,
+            coverage: Coverage::default(),
         };
         for &id in &ids {
             let mut node = Node {
@@ -242,6 +280,7 @@ impl Cluster {
                 previous.is_none(),
                 "the model controller elects once per epoch"
             );
+            self.coverage.elections += 1;
         }
         self.partition = partition;
         let all: Vec<usize> = (0..self.nodes.len()).collect();
@@ -299,12 +338,18 @@ impl Cluster {
                     .iter()
                     .all(|r| p.replicas.contains(r) && !self.nodes[self.index(*r)].fenced);
             if valid {
+                if proposal.isr.len() < p.isr.len() {
+                    self.coverage.isr_shrinks += 1;
+                } else {
+                    self.coverage.isr_expansions += 1;
+                }
                 let mut next = p.clone();
                 next.isr = proposal.isr.clone();
                 next.partition_epoch += 1;
                 self.commit(next, &[from]);
             } else if let Some(replica) = self.nodes[from].replica.as_mut() {
                 replica.on_alter_partition_failed(self.now_ms, proposal.id);
+                self.coverage.alter_rejections += 1;
             }
         }
     }
@@ -393,6 +438,9 @@ impl Cluster {
                 check.and_then(|()| r.append(now, batch))
             }
         };
+        if matches!(result, Err(ProduceError::NotEnoughReplicas { .. })) {
+            self.coverage.not_enough_replicas += 1;
+        }
         if let Ok(appended) = result {
             if acks_all {
                 self.waiting.push(Waiting { node: i, appended });
@@ -406,6 +454,20 @@ impl Cluster {
     pub fn produce(&mut self, records: usize, acks_all: bool) -> Result<Appended, ProduceError> {
         let i = self.leader().unwrap_or(0);
         self.produce_to(i, records, acks_all)
+    }
+
+    /// DeleteRecords on node `i` if it leads: the log start moves `per_mille` of the way from
+    /// the log start to the high watermark.
+    pub fn delete_records(&mut self, i: usize, per_mille: u16) {
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            if r.is_leader() {
+                let (start, hw) = (r.log().log_start().0, r.high_watermark().0);
+                let target = start + (hw - start) * i64::from(per_mille.min(1000)) / 1000;
+                r.delete_records(target)
+                    .expect("delete records below the high watermark");
+            }
+        }
+        self.step_done();
     }
 
     /// Node `i` syncs its log (a group commit) and moves its high watermark.
@@ -473,8 +535,17 @@ impl Cluster {
                             .unwrap_or_else(|e| panic!("node {i}: fetch response: {e}")),
                     );
                 }
-                Err(_) => r.handle_fetch_error(now),
+                Err(_) => {
+                    self.coverage.fetch_errors += 1;
+                    r.handle_fetch_error(now);
+                }
             }
+        }
+        match outcome {
+            Some(FetchOutcome::Truncated(_)) => self.coverage.truncations += 1,
+            Some(FetchOutcome::Restarted(_)) => self.coverage.log_restarts += 1,
+            Some(FetchOutcome::Stale) => self.coverage.stale_responses += 1,
+            _ => {}
         }
         self.step_done();
         outcome
@@ -557,6 +628,7 @@ impl Cluster {
             node.request = None;
             node.response = None;
             self.waiting.retain(|w| w.node != i);
+            self.coverage.crashes += 1;
             self.fence(i);
         }
         self.step_done();
@@ -588,6 +660,9 @@ impl Cluster {
                 },
             );
             self.open(&mut node);
+            if node.replica().log().recovery_report().bytes_truncated > 0 {
+                self.coverage.torn_recoveries += 1;
+            }
             assert!(
                 node.replica().log().durable_end() >= node.durable_at_crash,
                 "synced data survives a crash"
@@ -670,15 +745,17 @@ impl Cluster {
             match &n.replica {
                 None => s.push_str(&format!("  node {}: down\n", n.id)),
                 Some(r) => s.push_str(&format!(
-                    "  node {}: {:?} epoch {} hw {} durable {} end {} isr {:?}{}\n",
+                    "  node {}: {:?} epoch {} start {} hw {} durable {} end {} isr {:?}{} {}\n",
                     n.id,
                     r.role(),
                     r.leader_epoch(),
+                    r.log().log_start(),
                     r.high_watermark(),
                     r.log().durable_end(),
                     r.log().end(),
                     r.isr(),
-                    if n.fenced { " fenced" } else { "" }
+                    if n.fenced { " fenced" } else { "" },
+                    batches(r)
                 )),
             }
         }
@@ -690,6 +767,14 @@ impl Cluster {
 
     fn step_done(&mut self) {
         self.steps += 1;
+        if std::env::var_os("KEEL_TRACE").is_some() {
+            eprintln!(
+                "step {} at {}: {}",
+                self.steps,
+                self.now_ms - T0,
+                self.describe()
+            );
+        }
         self.settle_produces();
         self.check();
     }
@@ -703,8 +788,14 @@ impl Cluster {
             };
             match r.produce_status(w.appended.leader_epoch, w.appended.last_offset) {
                 AckStatus::Waiting => still.push(w),
-                AckStatus::Failed(code) => self.failed.push(code),
+                AckStatus::Failed(code) => {
+                    if code == code::NOT_ENOUGH_REPLICAS_AFTER_APPEND {
+                        self.coverage.failed_after_append += 1;
+                    }
+                    self.failed.push(code);
+                }
                 AckStatus::Acked => {
+                    self.coverage.acked += 1;
                     let batch = read_batch(r, w.appended.base_offset)
                         .expect("an acknowledged batch is in the leader's log");
                     self.acked.push(Acked {
@@ -814,7 +905,7 @@ impl Cluster {
             let r = self.nodes[l].replica();
             if r.is_leader() && r.leader_epoch() == self.partition.leader_epoch {
                 for a in &self.acked {
-                    if a.base < r.log().log_start() {
+                    if a.last < r.log().log_start() {
                         continue;
                     }
                     let batch = read_batch(r, a.base);
@@ -834,7 +925,7 @@ impl Cluster {
     pub fn check_all_acked_everywhere(&self) {
         for n in &self.nodes {
             let r = n.replica();
-            for a in &self.acked {
+            for a in self.acked.iter().filter(|a| a.last >= r.log().log_start()) {
                 let b = read_batch(r, a.base);
                 assert!(
                     b.is_some_and(|b| b.bytes() == &a.bytes),
@@ -849,10 +940,11 @@ impl Cluster {
 
 /// The batch that starts at `base` in `r`'s log, if there is one.
 pub fn read_batch(r: &PartitionReplica<MemStorage>, base: Offset) -> Option<Batch> {
-    if base < r.log().log_start() || base >= r.log().end() {
+    let from = base.max(r.log().log_start());
+    if from >= r.log().end() {
         return None;
     }
-    let batches = r.log().read(base, 1, r.log().end()).ok()?;
+    let batches = r.log().read(from, 1, r.log().end()).ok()?;
     batches
         .into_iter()
         .next()
@@ -885,4 +977,28 @@ fn check_committed(
         );
     }
     committed.insert(base, (next, batch.bytes().clone()));
+}
+
+/// `base..next@epoch` for every batch of `r`'s log, for traces.
+fn batches(r: &PartitionReplica<MemStorage>) -> String {
+    let mut out = Vec::new();
+    let mut at = r.log().log_start();
+    while at < r.log().end() {
+        let Ok(batches) = r.log().read(at, 1 << 20, r.log().end()) else {
+            break;
+        };
+        if batches.is_empty() {
+            break;
+        }
+        for b in batches {
+            out.push(format!(
+                "{}..{}@{}",
+                b.base_offset(),
+                b.next_offset(),
+                b.partition_leader_epoch()
+            ));
+            at = b.next_offset();
+        }
+    }
+    out.join(" ")
 }
