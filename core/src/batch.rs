@@ -89,6 +89,10 @@ pub enum BatchError {
     CorruptRecords(String),
     #[error("decompression failed: {0}")]
     Decompression(String),
+    /// A field the CRC does not cover (baseOffset, partitionLeaderEpoch) disagrees with what
+    /// the log knows it must be: damage the CRC cannot see.
+    #[error("damaged field outside the CRC: {0}")]
+    OutsideCrc(String),
 }
 
 /// The codec of a batch's records section (attributes bits 0-2).

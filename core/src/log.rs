@@ -169,13 +169,13 @@ impl Segment {
         self.next_offset = header.next_offset();
     }
 
-    /// The position of the last indexed batch at or before `offset`.
-    fn lookup(&self, offset: Offset) -> u64 {
+    /// The last indexed batch at or before `offset`: its base offset and position.
+    fn lookup(&self, offset: Offset) -> (Offset, u64) {
         let i = self.offset_index.partition_point(|&(o, _)| o <= offset);
         if i == 0 {
-            0
+            (self.base, 0)
         } else {
-            self.offset_index[i - 1].1
+            self.offset_index[i - 1]
         }
     }
 }
@@ -200,6 +200,12 @@ impl EpochCache {
 
     pub fn latest(&self) -> Option<EpochEntry> {
         self.entries.last().copied()
+    }
+
+    /// The epoch that wrote `offset`: the last entry starting at or before it.
+    pub fn epoch_for(&self, offset: Offset) -> Option<LeaderEpoch> {
+        let i = self.entries.partition_point(|e| e.start_offset <= offset);
+        (i > 0).then(|| self.entries[i - 1].epoch)
     }
 
     /// Records that `epoch` starts at `start`. Entries that conflict (an epoch at or above
@@ -394,14 +400,14 @@ impl<S: Storage> Log<S> {
             let mut cut = None;
             let trusted = next_base.is_some_and(|next| next <= recovery_point);
             if trusted {
-                cut = log.scan_segment(&mut segment, &mut epoch, true)?;
+                cut = log.scan_segment(&mut segment, stored_epochs.as_ref(), &mut epoch, true)?;
             }
             if !trusted || cut.is_some() || next_base != Some(segment.next_offset) {
                 // Untrusted, or a trusted segment that does not add up (a damaged header):
                 // validate every batch's CRC.
                 log.recovery.corruption = None;
                 (segment, epoch) = (Segment::new(base, now_ms), epoch_before);
-                cut = log.scan_segment(&mut segment, &mut epoch, false)?;
+                cut = log.scan_segment(&mut segment, stored_epochs.as_ref(), &mut epoch, false)?;
             }
             if let Some(position) = cut {
                 let len = log.storage.len(&name)?;
@@ -443,6 +449,7 @@ impl<S: Storage> Log<S> {
     fn scan_segment(
         &mut self,
         segment: &mut Segment,
+        reference: Option<&EpochCache>,
         epoch: &mut LeaderEpoch,
         trusted: bool,
     ) -> Result<Option<u64>, LogError> {
@@ -476,6 +483,19 @@ impl<S: Storage> Log<S> {
                     "leader epoch {} after epoch {}",
                     h.partition_leader_epoch, *epoch
                 )),
+                // The epoch checkpoint is written before an epoch's first batch, so when it
+                // decoded it knows every durable batch's epoch: a batch that disagrees has a
+                // damaged partitionLeaderEpoch, which the CRC does not cover.
+                Ok(h)
+                    if reference
+                        .and_then(|r| r.epoch_for(h.last_offset()))
+                        .is_some_and(|e| e != h.partition_leader_epoch) =>
+                {
+                    Some(format!(
+                        "leader epoch {} where the epoch checkpoint has another",
+                        h.partition_leader_epoch
+                    ))
+                }
                 Ok(_) => None,
             };
             if let Some(problem) = problem {
@@ -488,8 +508,17 @@ impl<S: Storage> Log<S> {
                 self.recovery.bytes_validated += header.size as u64;
             }
             *epoch = header.partition_leader_epoch;
-            self.epochs
-                .assign(header.partition_leader_epoch, header.base_offset);
+            // Only an epoch the cache does not know yet is added (a lost checkpoint is rebuilt
+            // this way). `assign` of an older epoch would delete the entries after it: a rescan
+            // of one segment after a truncation must not erase earlier segments' epochs.
+            if self
+                .epochs
+                .latest()
+                .is_none_or(|e| header.partition_leader_epoch > e.epoch)
+            {
+                self.epochs
+                    .assign(header.partition_leader_epoch, header.base_offset);
+            }
             segment.index(&header, position, self.config.index_interval_bytes);
             expected = header.next_offset();
         }
@@ -785,11 +814,12 @@ impl<S: Storage> Log<S> {
             if segment.next_offset <= from {
                 continue;
             }
-            let mut position = segment.lookup(from);
+            let (mut expected, mut position) = segment.lookup(from);
             let mut total = 0usize;
             while position < segment.size {
-                let batch = self.read_batch_at(segment, position)?;
+                let batch = self.read_batch_at(segment, position, expected)?;
                 position += batch.size() as u64;
+                expected = batch.next_offset();
                 if batch.last_offset() < from {
                     continue;
                 }
@@ -804,7 +834,15 @@ impl<S: Storage> Log<S> {
         Ok(out)
     }
 
-    fn read_batch_at(&self, segment: &Segment, position: u64) -> Result<Batch, LogError> {
+    /// Reads and checks the batch at `position`, which must start at `expected`: its CRC, and
+    /// the two fields the CRC does not cover, its base offset against `expected` and its
+    /// leader epoch against the epoch cache. A damaged batch is never returned.
+    fn read_batch_at(
+        &self,
+        segment: &Segment,
+        position: u64,
+        expected: Offset,
+    ) -> Result<Batch, LogError> {
         let corrupt = |error| LogError::Corrupt {
             file: segment.file.clone(),
             position,
@@ -823,7 +861,24 @@ impl<S: Storage> Log<S> {
             }
         };
         let bytes = self.storage.read_at(&segment.file, position, size)?;
-        Batch::parse(bytes).map_err(corrupt)
+        let batch = Batch::parse(bytes).map_err(corrupt)?;
+        if batch.base_offset() != expected {
+            let why = format!(
+                "baseOffset {} where the log has offset {expected}",
+                batch.base_offset()
+            );
+            return Err(corrupt(BatchError::OutsideCrc(why)));
+        }
+        if let Some(epoch) = self.epochs.epoch_for(batch.last_offset()) {
+            if batch.partition_leader_epoch() != epoch {
+                let why = format!(
+                    "partitionLeaderEpoch {} where the epoch cache has {epoch}",
+                    batch.partition_leader_epoch()
+                );
+                return Err(corrupt(BatchError::OutsideCrc(why)));
+            }
+        }
+        Ok(batch)
     }
 
     /// Kafka's ListOffsets by timestamp: the first record whose timestamp is at or after `ts`,
@@ -840,10 +895,11 @@ impl<S: Storage> Log<S> {
             } else {
                 segment.time_index[i - 1].1
             };
-            let mut position = segment.lookup(from.max(self.log_start));
+            let (mut expected, mut position) = segment.lookup(from.max(self.log_start));
             while position < segment.size {
-                let batch = self.read_batch_at(segment, position)?;
+                let batch = self.read_batch_at(segment, position, expected)?;
                 position += batch.size() as u64;
+                expected = batch.next_offset();
                 if batch.max_timestamp() < ts || batch.last_offset() < self.log_start {
                     continue;
                 }
@@ -877,9 +933,10 @@ impl<S: Storage> Log<S> {
         let Some((ts, base, segment)) = best else {
             return Ok(None);
         };
-        let mut position = segment.lookup(base);
+        let (mut expected, mut position) = segment.lookup(base);
         loop {
-            let batch = self.read_batch_at(segment, position)?;
+            let batch = self.read_batch_at(segment, position, expected)?;
+            expected = batch.next_offset();
             if batch.base_offset() == base {
                 let records = batch.records().map_err(|error| LogError::Corrupt {
                     file: segment.file.clone(),
@@ -917,7 +974,7 @@ impl<S: Storage> Log<S> {
         // In the segment that holds `offset`, cut at the batch that contains it.
         let (&base, segment) = self.segments.iter().next_back().expect("active segment");
         let (file, created_ms) = (segment.file.clone(), segment.created_ms);
-        let mut position = segment.lookup(offset);
+        let (_, mut position) = segment.lookup(offset);
         while position < segment.size {
             let header = self
                 .storage
@@ -940,7 +997,8 @@ impl<S: Storage> Log<S> {
         // Rebuild the segment's indexes from what is left (all of it was valid before).
         let mut rebuilt = Segment::new(base, created_ms);
         let mut epoch = LeaderEpoch::NONE;
-        let cut = self.scan_segment(&mut rebuilt, &mut epoch, true)?;
+        let reference = self.epochs.clone();
+        let cut = self.scan_segment(&mut rebuilt, Some(&reference), &mut epoch, true)?;
         assert!(
             cut.is_none(),
             "the data before a truncation point was valid"

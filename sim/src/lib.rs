@@ -1,1 +1,6 @@
-//! keel-sim: placeholder until the simulator issue lands.
+//! keel-sim: keel's deterministic simulator. So far: [`disk::SimDisk`], the simulated disk
+//! (lost and torn writes on crash, bit rot, misdirected writes, I/O errors, a full disk) that
+//! the simulator will give each node. The madsim harness, workload and checker come with the
+//! simulator issue.
+
+pub mod disk;

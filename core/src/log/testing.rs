@@ -159,19 +159,9 @@ pub fn run(ops: &[LogOp]) {
                 let mut storage = storage;
                 let len = crate::storage::Storage::len(&storage, &file).unwrap_or(0);
                 if len > 0 {
-                    let mut pos = position as u64 % len;
-                    // partitionLeaderEpoch (bytes 12..16 of a batch) is outside the CRC in
-                    // Kafka's format, so a flip there is undetectable by design: skip it.
-                    let mut batch_start = 0;
-                    for b in model.iter().filter(|b| b.base_offset() >= base) {
-                        if pos < batch_start + b.size() as u64 {
-                            if (12..16).contains(&(pos - batch_start)) {
-                                pos = batch_start + 16;
-                            }
-                            break;
-                        }
-                        batch_start += b.size() as u64;
-                    }
+                    // Any byte, the fields outside the CRC (baseOffset,
+                    // partitionLeaderEpoch) included: the log must catch them all.
+                    let pos = position as u64 % len;
                     storage
                         .flip_bit(&file, pos as usize, (position % 8) as u8)
                         .expect("flip");

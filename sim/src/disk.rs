@@ -1,0 +1,378 @@
+//! [`SimDisk`]: one simulated node's disk, as keel-core's [`Storage`] (one [`SimDir`] per
+//! directory), that survives the node's kill and restart as a real disk does and injects the
+//! faults of keel's fault model.
+//!
+//! What it models (shared/SIM_NOTES.md, TigerBeetle's storage faults, turmoil's simulated fs):
+//! - **Lost unsynced writes and torn writes.** Appends and truncations are pending until
+//!   `sync`; [`SimDisk::crash`] keeps each file's synced bytes plus a prefix of its pending
+//!   bytes cut at a sector boundary, and may leave the sector after the cut torn (a random
+//!   prefix of it written). An unsynced truncation may be undone.
+//! - **Latent sector errors (bit rot).** A read may find one of the sectors it covers rotted: a
+//!   bit flips in the stored bytes, persistently, as a bad sector does.
+//! - **Misdirected writes.** An append may land on an earlier sector of the same file, leaving
+//!   zeros where it was meant to go.
+//! - **I/O errors** on any operation, and a **full disk** (appends beyond the capacity fail).
+//!
+//! Every fault is drawn from the RNG the disk is given (madsim's in the simulator, so a seed
+//! replays exactly) with the probabilities in [`FaultConfig`], and counted in [`DiskStats`] for
+//! the run's coverage table. [`SimDisk::set_faults`] switches faults off for the liveness phase.
+//! Faults corrupt data only through the returned bytes and the stored bytes; the CRCs in the
+//! log format must catch every one of them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use keel_core::storage::{Storage, StorageError};
+use rand::{Rng, RngCore};
+
+/// Fault probabilities and sizes, sampled per seed by the swarm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// The unit of torn writes and latent errors.
+    pub sector_bytes: usize,
+    /// Whether a crash may leave a sector half-written.
+    pub torn_writes: bool,
+    /// Probability, per `read_at`, that a sector it covers has rotted.
+    pub latent_error_per_read: f64,
+    /// Probability, per `append`, that the write lands on an earlier sector.
+    pub misdirect_per_append: f64,
+    /// Probability, per operation, of an I/O error.
+    pub io_error_per_op: f64,
+    /// Bytes the disk holds; appends past it fail with `NoSpace`.
+    pub capacity_bytes: Option<u64>,
+}
+
+impl FaultConfig {
+    /// No faults but crashes (which are the caller's to trigger).
+    pub fn none() -> FaultConfig {
+        FaultConfig {
+            sector_bytes: 512,
+            torn_writes: false,
+            latent_error_per_read: 0.0,
+            misdirect_per_append: 0.0,
+            io_error_per_op: 0.0,
+            capacity_bytes: None,
+        }
+    }
+}
+
+/// How often each fault fired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub crashes: u64,
+    pub torn_sectors: u64,
+    pub lost_pending_bytes: u64,
+    pub latent_errors: u64,
+    pub misdirected_writes: u64,
+    pub io_errors: u64,
+    pub full_disk_errors: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimFile {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Where unsynced changes start in `current`.
+    dirty_from: usize,
+}
+
+struct Inner {
+    files: BTreeMap<String, SimFile>,
+    rng: Box<dyn RngCore + Send>,
+    faults: FaultConfig,
+    faults_on: bool,
+    stats: DiskStats,
+}
+
+impl Inner {
+    fn chance(&mut self, p: f64) -> bool {
+        self.faults_on && p > 0.0 && self.rng.gen_bool(p.min(1.0))
+    }
+
+    fn io_error(&mut self, file: &str) -> Result<(), StorageError> {
+        let p = self.faults.io_error_per_op;
+        if self.chance(p) {
+            self.stats.io_errors += 1;
+            return Err(StorageError::Io {
+                file: file.to_string(),
+                message: "simulated I/O error".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|f| f.current.len().max(f.durable.len()) as u64)
+            .sum()
+    }
+}
+
+/// One node's disk. Clones share it: the simulator keeps one across the node's restarts.
+#[derive(Clone)]
+pub struct SimDisk {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl SimDisk {
+    pub fn new(rng: Box<dyn RngCore + Send>, faults: FaultConfig) -> SimDisk {
+        SimDisk {
+            inner: Arc::new(Mutex::new(Inner {
+                files: BTreeMap::new(),
+                rng,
+                faults,
+                faults_on: true,
+                stats: DiskStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("sim disk lock poisoned")
+    }
+
+    /// The directory `dir` of this disk, as a [`Storage`].
+    pub fn dir(&self, dir: &str) -> SimDir {
+        SimDir {
+            disk: self.clone(),
+            prefix: format!("{}/", dir.trim_end_matches('/')),
+        }
+    }
+
+    /// Turns the read, write and I/O-error faults on or off (crashes stay the caller's).
+    pub fn set_faults(&self, on: bool) {
+        self.lock().faults_on = on;
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.lock().stats.clone()
+    }
+
+    /// Names of every file on the disk, with their directories.
+    pub fn paths(&self) -> Vec<String> {
+        self.lock().files.keys().cloned().collect()
+    }
+
+    /// A power loss: every file keeps its synced bytes and a sector-aligned prefix of its
+    /// pending ones, the next sector possibly torn; an unsynced truncation may be undone.
+    pub fn crash(&self) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.stats.crashes += 1;
+        let sector = inner.faults.sector_bytes.max(1);
+        for file in inner.files.values_mut() {
+            let start = file.dirty_from.min(file.current.len());
+            let truncation_pending = file.durable.len() > start;
+            if truncation_pending && inner.rng.gen_bool(0.5) {
+                file.current = file.durable.clone();
+            } else {
+                let pending = file.current.len() - start;
+                // Cut at a sector boundary (in file offsets) within the pending bytes.
+                let first_boundary = start.div_ceil(sector) * sector;
+                let boundaries: Vec<usize> = (first_boundary..=file.current.len())
+                    .step_by(sector)
+                    .collect();
+                let cut = if pending == 0 || boundaries.is_empty() || inner.rng.gen_bool(0.2) {
+                    start
+                } else {
+                    boundaries[inner.rng.gen_range(0..boundaries.len())]
+                };
+                let mut survived = file.durable[..start.min(file.durable.len())].to_vec();
+                survived.extend_from_slice(&file.current[start..cut]);
+                if inner.faults.torn_writes && cut < file.current.len() && inner.rng.gen_bool(0.5) {
+                    // The sector after the cut was being written: part of it made it.
+                    let end = (cut + sector).min(file.current.len());
+                    let torn = inner.rng.gen_range(1..=end - cut);
+                    survived.extend_from_slice(&file.current[cut..cut + torn]);
+                    inner.stats.torn_sectors += 1;
+                }
+                inner.stats.lost_pending_bytes +=
+                    (file.current.len() - survived.len().min(file.current.len())) as u64;
+                file.current = survived;
+            }
+            file.durable = file.current.clone();
+            file.dirty_from = file.current.len();
+        }
+    }
+}
+
+/// One directory of a [`SimDisk`].
+#[derive(Clone)]
+pub struct SimDir {
+    disk: SimDisk,
+    prefix: String,
+}
+
+impl SimDir {
+    fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+fn not_found(name: &str) -> StorageError {
+    StorageError::NotFound(name.to_string())
+}
+
+impl Storage for SimDir {
+    fn create(&mut self, name: &str) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        if inner.files.contains_key(&path) {
+            return Err(StorageError::AlreadyExists(name.to_string()));
+        }
+        inner.files.insert(path, SimFile::default());
+        Ok(())
+    }
+
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        if let Some(capacity) = inner.faults.capacity_bytes {
+            if inner.used_bytes() + data.len() as u64 > capacity {
+                inner.stats.full_disk_errors += 1;
+                return Err(StorageError::NoSpace);
+            }
+        }
+        let p = inner.faults.misdirect_per_append;
+        let misdirect = inner.chance(p);
+        let sector = inner.faults.sector_bytes.max(1);
+        let target_sector = {
+            let len = inner
+                .files
+                .get(&path)
+                .ok_or_else(|| not_found(name))?
+                .current
+                .len();
+            if misdirect && len >= sector {
+                Some(inner.rng.gen_range(0..len / sector) * sector)
+            } else {
+                None
+            }
+        };
+        let inner = &mut *inner;
+        let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
+        let at = file.current.len();
+        file.dirty_from = file.dirty_from.min(at);
+        match target_sector {
+            None => file.current.extend_from_slice(data),
+            Some(wrong) => {
+                // The bytes land on an earlier sector; where they were meant to go stays zero.
+                file.current.resize(at + data.len(), 0);
+                let end = (wrong + data.len()).min(at);
+                file.current[wrong..end].copy_from_slice(&data[..end - wrong]);
+                file.dirty_from = file.dirty_from.min(wrong);
+                inner.stats.misdirected_writes += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        let p = inner.faults.latent_error_per_read;
+        let rot = inner.chance(p);
+        let sector = inner.faults.sector_bytes.max(1);
+        let size = inner
+            .files
+            .get(&path)
+            .ok_or_else(|| not_found(name))?
+            .current
+            .len();
+        let start = (pos as usize).min(size);
+        let end = start.saturating_add(len).min(size);
+        if rot && end > start {
+            // A sector this read covers has gone bad: flip one bit in it, for good.
+            let first = start / sector;
+            let last = (end - 1) / sector;
+            let bad = inner.rng.gen_range(first..=last);
+            let at = (bad * sector + inner.rng.gen_range(0..sector)).clamp(start, end - 1);
+            let bit = 1u8 << inner.rng.gen_range(0..8);
+            let file = inner.files.get_mut(&path).expect("checked above");
+            file.current[at] ^= bit;
+            if at < file.durable.len() {
+                file.durable[at] ^= bit;
+            }
+            inner.stats.latent_errors += 1;
+        }
+        let file = inner.files.get(&path).expect("checked above");
+        Ok(Bytes::copy_from_slice(&file.current[start..end]))
+    }
+
+    fn len(&self, name: &str) -> Result<u64, StorageError> {
+        let inner = self.disk.lock();
+        Ok(inner
+            .files
+            .get(&self.path(name))
+            .ok_or_else(|| not_found(name))?
+            .current
+            .len() as u64)
+    }
+
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
+        let len = len as usize;
+        if len < file.current.len() {
+            file.current.truncate(len);
+            file.dirty_from = file.dirty_from.min(len);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
+        let from = file
+            .dirty_from
+            .min(file.current.len())
+            .min(file.durable.len());
+        file.durable.truncate(from);
+        file.durable.extend_from_slice(&file.current[from..]);
+        file.dirty_from = file.current.len();
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dst) = (self.path(from), self.path(to));
+        let mut inner = self.disk.lock();
+        inner.io_error(from)?;
+        let file = inner.files.remove(&src).ok_or_else(|| not_found(from))?;
+        inner.files.insert(dst, file);
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        inner
+            .files
+            .remove(&path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
+    }
+
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        let inner = self.disk.lock();
+        Ok(inner
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&self.prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;
