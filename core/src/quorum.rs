@@ -280,8 +280,8 @@ pub enum QuorumError {
 /// variants say who is to blame.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
-    /// The peer broke the protocol (a message for another node, from a non-member, of a
-    /// local-only type, or with a snapshot that does not decode).
+    /// The peer broke the protocol (a message for another node, from a non-member, a forwarded
+    /// proposal, or a snapshot that does not decode).
     #[error("protocol violation by peer: {0}")]
     Protocol(String),
     /// raft refused it (for example a response from a peer it does not track).
@@ -441,9 +441,14 @@ impl<S: Storage> QuorumNode<S> {
             .validate()
             .map_err(|e| QuorumError::Config(e.to_string()))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&raft_config, cache, &logger)
+        let mut raw = RawNode::new(&raft_config, cache, &logger)
             .map_err(|e| QuorumError::Raft(e.to_string()))?;
         let members = members(&conf_state);
+        if conf_state.voters == [raft_config.id] {
+            // The only voter need not wait out an election timeout to lead.
+            raw.campaign()
+                .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        }
         let node = QuorumNode {
             config,
             raw,
@@ -510,6 +515,11 @@ impl<S: Storage> QuorumNode<S> {
                 "a message from {}, not a member",
                 message.from
             )));
+        }
+        if message.get_msg_type() == MessageType::MsgPropose {
+            // keel's peers never forward proposals: commands go to the controller as requests,
+            // and only the leader's own `propose` appends them.
+            return Err(StepError::Protocol("a forwarded proposal".into()));
         }
         if message.get_msg_type() == MessageType::MsgSnapshot {
             if let Err(e) = snapshot::decode_state(&message.get_snapshot().data) {

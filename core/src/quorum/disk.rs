@@ -215,6 +215,12 @@ impl<S: Storage> RaftDisk<S> {
         &self.storage
     }
 
+    /// The storage, to inject faults in tests.
+    #[cfg(test)]
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Gives the storage back.
     pub fn into_storage(self) -> S {
         self.storage
