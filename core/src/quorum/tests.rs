@@ -246,6 +246,14 @@ impl Net {
                 "{id}: state at {applied} changed after restart"
             );
         }
+        for (other, theirs) in &self.slots {
+            if let Some(theirs) = theirs.history.get(&applied) {
+                assert!(
+                    *theirs == digest,
+                    "{id} and {other} disagree on the state at index {applied} (raft §5.4)"
+                );
+            }
+        }
         self.check();
     }
 
@@ -493,6 +501,84 @@ fn three_voters_replicate_commands_to_voters_and_learners() {
         );
     }
     net.check_histories();
+}
+
+/// Two commands computed from the same state race: the first commits, the second no longer
+/// fits when applied and is rejected as a whole on every node, none of its records applied
+/// (one proposal is one atomic command). Reference: KRaft's atomic record batches
+/// (QuorumController, KIP-868); raft §5.3 (every node applies the same entries in order).
+#[test]
+fn a_command_that_no_longer_fits_is_rejected_whole() {
+    let mut net = Net::new(&[0, 1, 2], &[3], 1000, 10);
+    let leader = net.elect(60);
+    let state = net.node(leader).state().clone();
+    let first = create_topic(&state, 1);
+    // Same name, another id: valid against `state`, not after `first`. Its partition records
+    // alone would still fit nowhere, and its topic record is refused.
+    let mut second = state
+        .create_topic(
+            &NewTopic {
+                name: "t1".into(),
+                partitions: 2,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+                topic_id: topic_id(2),
+            },
+            &[b(0)],
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    // A third command whose first record fits and whose second does not.
+    let (_, mut third) = state.register_broker(&registration(0)).unwrap();
+    third.push(second[1].clone());
+    let node = net.slots.get_mut(&leader).unwrap().node.as_mut().unwrap();
+    node.propose(ProposalId(1), first).unwrap();
+    node.propose(ProposalId(2), std::mem::take(&mut second))
+        .unwrap();
+    node.propose(ProposalId(3), third).unwrap();
+    net.poll(leader);
+    net.deliver();
+    net.ticks(2);
+    let outcomes = &net.slots[&leader].outcomes;
+    assert!(matches!(
+        outcomes[0],
+        ProposalOutcome::Committed {
+            id: ProposalId(1),
+            ..
+        }
+    ));
+    assert!(
+        matches!(
+            &outcomes[1],
+            ProposalOutcome::Rejected {
+                id: ProposalId(2),
+                reason: RejectReason::Record { position: 0, .. },
+                ..
+            }
+        ),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(
+            &outcomes[2],
+            ProposalOutcome::Rejected {
+                id: ProposalId(3),
+                reason: RejectReason::Record { position: 1, .. },
+                ..
+            }
+        ),
+        "{outcomes:?}"
+    );
+    for id in net.ids() {
+        let state = net.node(id).state();
+        assert_eq!(state.topic("t1").unwrap().id, topic_id(1), "{id}");
+        assert!(
+            state.broker(b(0)).is_none(),
+            "{id}: the third command applied nothing"
+        );
+        let applied: Vec<u64> = net.slots[&id].applied.iter().map(|a| a.index).collect();
+        assert_eq!(applied.len(), 1, "{id}: only the first command applied");
+    }
 }
 
 /// Only the leader accepts proposals; others answer NOT_CONTROLLER with the leader they know.
