@@ -1144,7 +1144,7 @@ impl<S: Storage> PartitionReplica<S> {
     /// of sync (leader), or the end of a fetch backoff (follower).
     pub fn poll_timeout(&self) -> Option<i64> {
         match &self.role {
-            RoleState::Leader(l) => l.shrink_deadline(self.config.lag_time_max_ms),
+            RoleState::Leader(l) => l.shrink_deadline(self.config.lag_time_max_ms, self.log.end()),
             RoleState::Follower(f) if f.in_flight.is_none() && f.backoff_until_ms > i64::MIN => {
                 Some(f.backoff_until_ms)
             }
@@ -1258,11 +1258,8 @@ impl<S: Storage> PartitionReplica<S> {
                     self.append_from_leader(now_ms, snapshots, batch)?;
                     appended += 1;
                 }
+                self.follow_leader_log_start(response.log_start)?;
                 self.follow_leader_hw(response.high_watermark);
-                if response.log_start > self.log.log_start() {
-                    self.log
-                        .advance_log_start(response.log_start, self.high_watermark)?;
-                }
                 FetchOutcome::Appended(appended)
             }
             FetchPayload::Diverging { epoch, end_offset } => {
@@ -1305,6 +1302,24 @@ impl<S: Storage> PartitionReplica<S> {
         };
         self.check_invariants();
         Ok(outcome)
+    }
+
+    /// Moves the log start up to the leader's (Kafka's `maybeIncrementLogStartOffset` on a
+    /// follower), as far as this log is durable, before the high watermark moves: what lies
+    /// below the leader's log start is committed and deleted there, and may be a diverged
+    /// suffix here that no epoch check can find any more (the leader's epochs for it are gone).
+    /// The high watermark comes up with it: recovery takes the larger of the persisted high
+    /// watermark and the (durable) log start.
+    fn follow_leader_log_start(&mut self, leader_log_start: Offset) -> Result<(), LogError> {
+        if leader_log_start > self.log.log_start() {
+            let start = self
+                .log
+                .advance_log_start(leader_log_start, self.log.durable_end())?;
+            if start > self.high_watermark {
+                self.set_high_watermark(start);
+            }
+        }
+        Ok(())
     }
 
     fn follow_leader_hw(&mut self, leader_hw: Offset) {

@@ -95,7 +95,13 @@ impl Node {
 struct Waiting {
     node: usize,
     appended: Appended,
+    /// The batch as the producer sent it.
+    sent: Bytes,
 }
+
+/// Where a batch's CRC starts: from here on, the broker never changes its bytes (it stamps
+/// only baseOffset and partitionLeaderEpoch before it).
+const CRC_AT: usize = 17;
 
 /// A write acknowledged to its producer with acks=all.
 #[derive(Clone, Debug)]
@@ -427,6 +433,7 @@ impl Cluster {
             builder = builder.record(now, Some(b"key"), Some(value.as_bytes()));
         }
         let batch = builder.build().expect("build");
+        let sent = batch.bytes().clone();
         let result = match self.nodes[i].replica.as_mut() {
             None => Err(ProduceError::NotLeaderOrFollower),
             Some(r) => {
@@ -443,7 +450,11 @@ impl Cluster {
         }
         if let Ok(appended) = result {
             if acks_all {
-                self.waiting.push(Waiting { node: i, appended });
+                self.waiting.push(Waiting {
+                    node: i,
+                    appended,
+                    sent,
+                });
             }
         }
         self.step_done();
@@ -796,8 +807,17 @@ impl Cluster {
                 }
                 AckStatus::Acked => {
                     self.coverage.acked += 1;
-                    let batch = read_batch(r, w.appended.base_offset)
-                        .expect("an acknowledged batch is in the leader's log");
+                    let batch = read_batch(r, w.appended.base_offset);
+                    assert!(
+                        batch
+                            .as_ref()
+                            .is_some_and(|b| b.bytes()[CRC_AT..] == w.sent[CRC_AT..]),
+                        "invariant 4: acknowledged the write at {}, but node {} holds {:?} there",
+                        w.appended.base_offset,
+                        w.node,
+                        batch
+                    );
+                    let batch = batch.expect("checked");
                     self.acked.push(Acked {
                         base: w.appended.base_offset,
                         last: w.appended.last_offset,

@@ -227,9 +227,12 @@ impl LeaderState {
     }
 
     /// When the next ISR member falls out of sync if it does not fetch: the earliest
-    /// `last_caught_up + lag_max + 1` over ISR followers. `None` while a proposal is in flight
-    /// (nothing can be proposed then; the settlement re-arms the timer).
-    pub fn shrink_deadline(&self, lag_max_ms: i64) -> Option<i64> {
+    /// `last_caught_up + lag_max + 1` over ISR followers that are not caught up with
+    /// `leader_end` now (one that is can fall behind only after an append, and the shell asks
+    /// again after every event). `None` while a proposal is in flight (nothing can be proposed
+    /// then; the settlement re-arms the timer). Never a deadline that has passed without a
+    /// proposal being possible at it, so a shell that sleeps until it never spins.
+    pub fn shrink_deadline(&self, lag_max_ms: i64, leader_end: Offset) -> Option<i64> {
         if self.pending.is_some() {
             return None;
         }
@@ -237,6 +240,7 @@ impl LeaderState {
             .isr
             .iter()
             .filter(|&&r| r != self.me)
+            .filter(|r| self.followers[r].durable_end != Some(leader_end))
             .map(|r| {
                 self.followers[r]
                     .last_caught_up_ms
@@ -426,12 +430,23 @@ mod tests {
         assert_eq!(l.followers[&B2].last_caught_up_ms, 1_000, "from the reset");
         assert!(l.out_of_sync(31_000, Offset(30), lag).is_empty());
         assert_eq!(l.out_of_sync(31_001, Offset(30), lag), vec![B2]);
-        assert_eq!(l.shrink_deadline(lag), Some(31_001));
+        assert_eq!(l.shrink_deadline(lag, Offset(30)), Some(31_001));
+        assert_eq!(
+            l.shrink_deadline(lag, Offset(20)),
+            Some(31_001),
+            "B1 is caught up with a leader at 20: no deadline of its own"
+        );
         assert_eq!(l.out_of_sync(39_001, Offset(30), lag), vec![B1, B2]);
         assert!(
             l.out_of_sync(39_001, Offset(20), lag) == vec![B2],
             "B1 at the end"
         );
+        // A follower caught up with the leader's end has no deadline: no timer spins.
+        l.record_fetch(13_000, B2, Offset(30), Offset(30), Offset(30));
+        assert_eq!(l.shrink_deadline(lag, Offset(30)), Some(39_001));
+        assert_eq!(l.shrink_deadline(lag, Offset(20)), Some(43_001));
+        l.record_fetch(13_000, B1, Offset(30), Offset(30), Offset(30));
+        assert_eq!(l.shrink_deadline(lag, Offset(30)), None);
     }
 
     /// Kafka's expansion rule, durable: at the high watermark and the epoch start offset.

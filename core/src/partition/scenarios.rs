@@ -9,6 +9,7 @@ use proptest::test_runner::TestRunner;
 
 use super::harness::{self, Cluster, Coverage, Settings};
 use super::*;
+use crate::storage::MemStorage;
 
 const B0: BrokerId = BrokerId(0);
 const B1: BrokerId = BrokerId(1);
@@ -428,6 +429,50 @@ fn epochs_and_high_watermarks_never_go_backwards_across_restarts() {
         r.become_leader(0, &mut node.snaps, &same_epoch_lead),
         Err(RoleError::EpochReused { .. })
     ));
+}
+
+/// A restarted replica may not lead an epoch it may already have led: a batch the crash lost
+/// may sit on a follower under that epoch, and a new batch at the same offsets and epoch would
+/// pass every divergence check. The controller must elect it at a new epoch (KRaft fences a
+/// restarted broker's old incarnation). It may follow at the old epoch. Invariants 1 and 5.
+#[test]
+fn a_restarted_leader_may_not_lead_its_old_epoch_again() {
+    let p = Partition {
+        replicas: vec![B0, B1],
+        isr: vec![B0, B1],
+        leader: B0,
+        leader_epoch: LeaderEpoch(4),
+        partition_epoch: 9,
+    };
+    let open = |log, snaps: &mut MemStorage| {
+        let config = ReplicaConfig::new(B0);
+        let (rules, log_config) = (ProduceRules::default(), LogConfig::default());
+        PartitionReplica::recover(log, snaps, log_config, rules, config, harness::T0).unwrap()
+    };
+    let mut snaps = MemStorage::new();
+    let mut r = open(MemStorage::new(), &mut snaps);
+    r.become_leader(harness::T0, &mut snaps, &p).unwrap();
+    let batch = crate::batch::BatchBuilder::new(Compression::None)
+        .record(harness::T0, None, Some(b"lost"))
+        .build()
+        .unwrap();
+    r.append(harness::T0, batch).unwrap();
+    let log = r.into_log_storage();
+    let mut r = open(log, &mut snaps);
+    assert_eq!(r.leader_epoch(), LeaderEpoch(4));
+    assert!(matches!(
+        r.become_leader(harness::T0, &mut snaps, &p),
+        Err(RoleError::EpochReused { .. })
+    ));
+    assert_eq!(r.role(), Role::Offline);
+    let mut follow = p.clone();
+    follow.leader = B1;
+    r.become_follower(harness::T0, &mut snaps, &follow).unwrap();
+    let mut next = p.clone();
+    next.leader_epoch = LeaderEpoch(5);
+    next.partition_epoch = 10;
+    r.become_leader(harness::T0, &mut snaps, &next).unwrap();
+    assert!(r.is_leader());
 }
 
 /// KIP-320 and the ISR argument: a leader cut off from the controller keeps its role until
