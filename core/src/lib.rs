@@ -23,6 +23,7 @@
 
 pub mod batch;
 pub mod controller;
+pub mod frame;
 pub mod log;
 pub mod partition;
 pub mod producer;

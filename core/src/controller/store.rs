@@ -24,6 +24,7 @@
 //!    file's durable contents are unknown) the store refuses every further append
 //!    ([`StoreError::Poisoned`]) until it is reopened.
 
+use crate::frame;
 use prost::Message;
 
 use super::records::{MetadataBatch, MetadataRecord};
@@ -33,7 +34,7 @@ use crate::storage::{self, Storage, StorageError};
 /// The name of the metadata log file in the store's storage.
 pub const METADATA_LOG_FILE: &str = "metadata.log";
 /// Bytes before a frame's payload: length and CRC.
-pub const FRAME_HEADER_BYTES: usize = 8;
+pub const FRAME_HEADER_BYTES: usize = frame::HEADER_BYTES;
 /// The largest payload of one frame. A command of [`super::RECORDS_PER_COMMAND_MAX`] partition
 /// records is far below it.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -155,10 +156,7 @@ impl<S: Storage> MetadataStore<S> {
         if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
             return Err(StoreError::FrameTooLarge(payload.len()));
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-        frame.extend_from_slice(&payload);
+        let frame = frame::encode(&payload);
         // Check before writing what open checks after reading.
         debug_assert_eq!(
             decode_frame(&frame).map(|(b, n)| (b.records, n)),
@@ -229,29 +227,10 @@ impl<S: Storage> MetadataStore<S> {
 
 /// Decodes the frame at the start of `buf`: its batch and its size, or why it is not a frame.
 fn decode_frame(buf: &[u8]) -> Result<(MetadataBatch, usize), String> {
-    if buf.len() < FRAME_HEADER_BYTES {
-        return Err(format!("{} bytes, short of a frame header", buf.len()));
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let stored = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if len == 0 || len > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(format!("frame length {len} is out of range"));
-    }
-    let Some(payload) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
-        return Err(format!(
-            "frame of {len} bytes, only {} present",
-            buf.len() - FRAME_HEADER_BYTES
-        ));
-    };
-    let computed = crc32c::crc32c(payload);
-    if stored != computed {
-        return Err(format!(
-            "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        ));
-    }
+    let (payload, size) = frame::decode(buf, FRAME_PAYLOAD_BYTES_MAX)?;
     let batch = MetadataBatch::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
     if batch.records.is_empty() {
         return Err("a frame with no records".into());
     }
-    Ok((batch, FRAME_HEADER_BYTES + len))
+    Ok((batch, size))
 }

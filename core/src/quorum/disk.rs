@@ -30,6 +30,7 @@
 //! 4. Replayed entries are contiguous after the snapshot; a frame that would leave a gap is
 //!    corruption that a CRC did not catch (or a bug), and open refuses it.
 
+use crate::frame;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
@@ -39,7 +40,7 @@ use crate::storage::{self, Storage, StorageError};
 /// The name of the quorum's log file.
 pub const RAFT_LOG_FILE: &str = "raft.log";
 /// Bytes before a frame's payload: length and CRC.
-pub const FRAME_HEADER_BYTES: usize = 8;
+pub const FRAME_HEADER_BYTES: usize = frame::HEADER_BYTES;
 /// The largest payload of one frame: bounds a snapshot plus the entries after it.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 
@@ -246,10 +247,7 @@ fn encode_frame(
     if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
         return Err(DiskError::FrameTooLarge(payload.len()));
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let frame = frame::encode(&payload);
     // Check before writing what open checks after reading.
     debug_assert!(decode_frame(&frame).is_ok_and(|(_, n)| n == frame.len()));
     Ok(frame)
@@ -257,28 +255,9 @@ fn encode_frame(
 
 /// The frame at the start of `buf` and its size, or why it is not one.
 fn decode_frame(buf: &[u8]) -> Result<(LogFrame, usize), String> {
-    if buf.len() < FRAME_HEADER_BYTES {
-        return Err(format!("{} bytes, short of a frame header", buf.len()));
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let stored = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if len == 0 || len > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(format!("frame length {len} is out of range"));
-    }
-    let Some(payload) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
-        return Err(format!(
-            "frame of {len} bytes, only {} present",
-            buf.len() - FRAME_HEADER_BYTES
-        ));
-    };
-    let computed = crc32c::crc32c(payload);
-    if stored != computed {
-        return Err(format!(
-            "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        ));
-    }
+    let (payload, size) = frame::decode(buf, FRAME_PAYLOAD_BYTES_MAX)?;
     let frame = LogFrame::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
-    Ok((frame, FRAME_HEADER_BYTES + len))
+    Ok((frame, size))
 }
 
 /// Applies one CRC-checked frame to the replayed state (see the module documentation).
