@@ -475,6 +475,39 @@ fn a_restarted_leader_may_not_lead_its_old_epoch_again() {
     assert!(r.is_leader());
 }
 
+/// Kafka's `checkEnoughReplicasReachOffset` answers only on the leader that appended: a write
+/// appended in one epoch, overwritten at the same offsets after a leader change, is never
+/// acknowledged when the first leader leads again and its high watermark passes those offsets,
+/// however late the shell asks. Invariant 4.
+#[test]
+fn acks_all_never_acknowledges_a_write_a_later_epoch_overwrote() {
+    let mut c = cluster(Settings::default());
+    let first = c.produce(1, false).unwrap();
+    assert_eq!(
+        (first.base_offset, first.leader_epoch),
+        (Offset(0), LeaderEpoch(0))
+    );
+    c.sync(0);
+    c.isolate(0);
+    assert_eq!(c.partition.leader, B1);
+    c.produce(2, true).unwrap();
+    c.sync(1);
+    c.replicate(2);
+    c.sync(1);
+    c.reconnect(0);
+    assert_eq!(c.fetch(0), Some(FetchOutcome::Truncated(Offset(0))));
+    c.replicate(0);
+    assert_eq!(c.partition.isr, vec![B0, B1, B2]);
+    assert!(c.elect(0));
+    c.rounds(3);
+    let r = c.replica(0);
+    assert!(r.is_leader() && r.high_watermark() > first.last_offset);
+    assert_eq!(
+        r.produce_status(first.leader_epoch, first.last_offset),
+        AckStatus::Failed(code::NOT_LEADER_OR_FOLLOWER)
+    );
+}
+
 /// KIP-320 and the ISR argument: a leader cut off from the controller keeps its role until
 /// metadata reaches it, but cannot commit anything the new leader lacks (the new leader is in
 /// its ISR and no longer fetches from it); its waiting acks=all produce fails with
