@@ -662,7 +662,7 @@ impl<S: Storage> Log<S> {
         }
         let active = self.active();
         let too_big = active.size + batch.size() as u64 > self.config.segment_bytes_max;
-        let too_old = now_ms - active.created_ms >= self.config.segment_ms_max;
+        let too_old = now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms_max;
         if active.size > 0 && (too_big || too_old) {
             self.roll(now_ms, batch.base_offset())?;
         }
@@ -710,7 +710,8 @@ impl<S: Storage> Log<S> {
     /// Starts a new segment if the active one is older than `segment.ms` (the caller's timer).
     pub fn maybe_roll(&mut self, now_ms: i64) -> Result<bool, LogError> {
         let active = self.active();
-        if active.size > 0 && now_ms - active.created_ms >= self.config.segment_ms_max {
+        if active.size > 0 && now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms_max
+        {
             self.roll(now_ms, self.end)?;
             return Ok(true);
         }
@@ -1044,6 +1045,7 @@ impl<S: Storage> Log<S> {
     /// Kafka's DeleteRecords: moves the log start offset forward to `offset` (never past
     /// `upper`, the high watermark) and removes segments wholly below it. Durable on return.
     pub fn advance_log_start(&mut self, offset: Offset, upper: Offset) -> Result<Offset, LogError> {
+        let upper = upper.min(self.durable_end);
         let target = offset.min(upper).min(self.end);
         if target <= self.log_start {
             return Ok(self.log_start);
@@ -1073,6 +1075,8 @@ impl<S: Storage> Log<S> {
     /// front while they are expired or the log is over its size limit, but never a segment with
     /// data at or above `upper` (the high watermark). Returns the number removed.
     pub fn apply_retention(&mut self, now_ms: i64, upper: Offset) -> Result<usize, LogError> {
+        // Never past what is durable, whatever the caller passes: log start <= durable end.
+        let upper = upper.min(self.durable_end);
         let mut removed = 0;
         let mut size = self.size_bytes() as i64;
         while self.segments.len() > 1 {
@@ -1083,7 +1087,7 @@ impl<S: Storage> Log<S> {
             let expired = self.config.retention_ms_max >= 0
                 && first
                     .max_timestamp
-                    .is_none_or(|(ts, _)| now_ms - ts > self.config.retention_ms_max);
+                    .is_none_or(|(ts, _)| now_ms.saturating_sub(ts) > self.config.retention_ms_max);
             let oversized = self.config.retention_bytes_max >= 0
                 && size - first.size as i64 >= self.config.retention_bytes_max;
             if !(expired || oversized) {

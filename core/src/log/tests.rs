@@ -460,6 +460,7 @@ fn retention_by_size_and_time_respects_the_bound() {
     };
     let mut log = open(MemStorage::new(), config);
     fill(&mut log, 40, 4);
+    log.sync().unwrap(); // retention never removes past the durable end
     assert_eq!(
         log.apply_retention(NOW + 1000, log.end()).unwrap(),
         0,
@@ -779,4 +780,30 @@ fn damage_outside_the_crc_found_on_read() {
             "byte {byte}: {err:?}"
         );
     }
+}
+
+/// Found by the log_ops fuzzer: a batch's maxTimestamp is the producer's to choose, and
+/// retention computed `now - maxTimestamp`, which overflowed for i64::MIN. A timestamp that
+/// old is simply expired.
+#[test]
+fn retention_survives_extreme_producer_timestamps() {
+    let config = LogConfig {
+        retention_ms_max: 1000,
+        ..small_segments()
+    };
+    let mut log = open(MemStorage::new(), config);
+    for ts in [i64::MIN, i64::MAX, 0] {
+        for _ in 0..10 {
+            log.append(NOW, small_batch(2, ts), LeaderEpoch(0)).unwrap();
+        }
+    }
+    assert_eq!(
+        log.apply_retention(NOW, log.end()).unwrap(),
+        0,
+        "nothing unsynced is removed, whatever the bound"
+    );
+    log.sync().unwrap();
+    let removed = log.apply_retention(NOW, log.end()).unwrap();
+    assert!(removed > 0, "the i64::MIN segments expire");
+    log.check_invariants();
 }
