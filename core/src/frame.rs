@@ -11,6 +11,8 @@
 //! Reading stops at the first frame that does not check out (a torn or damaged tail); the
 //! caller cuts the file there. Nothing here panics on bytes from the disk.
 
+use crate::storage::{self, Storage, StorageError};
+
 /// Length and CRC before each payload.
 pub const HEADER_BYTES: usize = 8;
 
@@ -49,6 +51,60 @@ pub fn decode(buf: &[u8], payload_bytes_max: usize) -> Result<(&[u8], usize), St
     Ok((payload, HEADER_BYTES + len))
 }
 
+/// The damaged tail that [`replay_file`] cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// Where the first bad frame started (the new file length).
+    pub position: u64,
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// What was wrong with the frame at `position`.
+    pub reason: String,
+}
+
+/// Opens (creating if missing) the framed file `name` and hands each frame's payload, in
+/// order, to `each`. A frame that is short, out of range or fails its CRC, or whose payload
+/// `each` refuses with `Ok(Err(reason))`, ends the replay: the file is cut there and the cut
+/// synced before this returns. `Err` from `each` aborts the replay with nothing cut. Returns
+/// the length covered by whole frames and the cut tail, if any.
+pub fn replay_file<S: Storage, E: From<StorageError>>(
+    storage: &mut S,
+    name: &str,
+    payload_bytes_max: usize,
+    mut each: impl FnMut(&[u8]) -> Result<Result<(), String>, E>,
+) -> Result<(u64, Option<TruncatedTail>), E> {
+    match storage.create(name) {
+        Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let bytes = storage::read_all(storage, name)?;
+    let mut pos = 0usize;
+    let mut tail = None;
+    while pos < bytes.len() {
+        let refused = match decode(&bytes[pos..], payload_bytes_max) {
+            Ok((payload, size)) => match each(payload)? {
+                Ok(()) => {
+                    pos += size;
+                    continue;
+                }
+                Err(reason) => reason,
+            },
+            Err(reason) => reason,
+        };
+        tail = Some(TruncatedTail {
+            position: pos as u64,
+            bytes: (bytes.len() - pos) as u64,
+            reason: refused,
+        });
+        break;
+    }
+    if tail.is_some() {
+        storage.truncate(name, pos as u64)?;
+        storage.sync(name)?;
+    }
+    Ok((pos as u64, tail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +132,37 @@ mod tests {
             decode(&encode(b""), 100).is_err(),
             "empty payloads are not frames"
         );
+    }
+
+    #[test]
+    fn replay_cuts_at_the_first_refused_frame_durably() {
+        use crate::storage::MemStorage;
+        let mut s = MemStorage::new();
+        s.create("f").unwrap();
+        for payload in [&b"one"[..], b"bad", b"three"] {
+            s.append("f", &encode(payload)).unwrap();
+        }
+        s.sync("f").unwrap();
+        let mut seen = Vec::new();
+        let (end, tail) = replay_file::<_, StorageError>(&mut s, "f", 100, |p| {
+            seen.push(p.to_vec());
+            Ok(if p == b"bad" {
+                Err("refused".into())
+            } else {
+                Ok(())
+            })
+        })
+        .unwrap();
+        assert_eq!(seen, vec![b"one".to_vec(), b"bad".to_vec()]);
+        assert_eq!(end, encode(b"one").len() as u64);
+        let tail = tail.expect("cut");
+        assert_eq!((tail.position, tail.reason.as_str()), (end, "refused"));
+        assert_eq!(s.len("f").unwrap(), end, "the cut is applied");
+        let mut crashed = s.clone();
+        crashed.crash(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1));
+        assert_eq!(crashed.len("f").unwrap(), end, "and durable");
+        let (again, none) =
+            replay_file::<_, StorageError>(&mut s, "f", 100, |_| Ok(Ok(()))).unwrap();
+        assert_eq!((again, none), (end, None));
     }
 }

@@ -29,7 +29,7 @@ use prost::Message;
 
 use super::records::{MetadataBatch, MetadataRecord};
 use super::{ApplyError, MetadataState};
-use crate::storage::{self, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 /// The name of the metadata log file in the store's storage.
 pub const METADATA_LOG_FILE: &str = "metadata.log";
@@ -54,15 +54,7 @@ pub enum StoreError {
 }
 
 /// The damaged tail that [`MetadataStore::open`] cut off.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TruncatedTail {
-    /// Where the first bad frame started (the new file length).
-    pub position: u64,
-    /// How many bytes were cut.
-    pub bytes: u64,
-    /// What was wrong with the frame at `position`.
-    pub reason: String,
-}
+pub use crate::frame::TruncatedTail;
 
 /// What [`MetadataStore::open`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,44 +86,31 @@ impl<S: Storage> MetadataStore<S> {
     /// Opens (or creates) the metadata log in `storage` and replays it into a new state.
     /// A damaged tail is truncated durably and reported, never a panic.
     pub fn open(mut storage: S) -> Result<(Self, MetadataState, OpenReport), StoreError> {
-        match storage.create(METADATA_LOG_FILE) {
-            Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let bytes = storage::read_all(&storage, METADATA_LOG_FILE)?;
         let mut state = MetadataState::new();
         let mut report = OpenReport::default();
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            let batch = match decode_frame(&bytes[pos..]) {
-                Ok((batch, size)) => {
-                    pos += size;
-                    batch
+        let (end_bytes, truncated) = frame::replay_file::<_, StoreError>(
+            &mut storage,
+            METADATA_LOG_FILE,
+            FRAME_PAYLOAD_BYTES_MAX,
+            |payload| {
+                let batch = match decode_batch(payload) {
+                    Ok(batch) => batch,
+                    Err(reason) => return Ok(Err(reason)),
+                };
+                for record in &batch.records {
+                    if let Err(e) = state.apply(record) {
+                        report.rejected.push((report.frames, e));
+                    }
+                    report.records += 1;
                 }
-                Err(reason) => {
-                    report.truncated = Some(TruncatedTail {
-                        position: pos as u64,
-                        bytes: (bytes.len() - pos) as u64,
-                        reason,
-                    });
-                    break;
-                }
-            };
-            for record in &batch.records {
-                if let Err(e) = state.apply(record) {
-                    report.rejected.push((report.frames, e));
-                }
-                report.records += 1;
-            }
-            report.frames += 1;
-        }
-        if report.truncated.is_some() {
-            storage.truncate(METADATA_LOG_FILE, pos as u64)?;
-            storage.sync(METADATA_LOG_FILE)?;
-        }
+                report.frames += 1;
+                Ok(Ok(()))
+            },
+        )?;
+        report.truncated = truncated;
         let store = MetadataStore {
             storage,
-            end_bytes: pos as u64,
+            end_bytes,
             frames: report.frames,
             poisoned: false,
         };
@@ -228,9 +207,14 @@ impl<S: Storage> MetadataStore<S> {
 /// Decodes the frame at the start of `buf`: its batch and its size, or why it is not a frame.
 fn decode_frame(buf: &[u8]) -> Result<(MetadataBatch, usize), String> {
     let (payload, size) = frame::decode(buf, FRAME_PAYLOAD_BYTES_MAX)?;
+    Ok((decode_batch(payload)?, size))
+}
+
+/// Decodes a frame's payload: a batch of at least one record.
+fn decode_batch(payload: &[u8]) -> Result<MetadataBatch, String> {
     let batch = MetadataBatch::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
     if batch.records.is_empty() {
         return Err("a frame with no records".into());
     }
-    Ok((batch, size))
+    Ok(batch)
 }

@@ -62,15 +62,7 @@ pub enum DiskError {
 }
 
 /// The damaged tail that open cut off.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TruncatedTail {
-    /// Where the first bad frame started (the new file length).
-    pub position: u64,
-    /// How many bytes were cut.
-    pub bytes: u64,
-    /// What was wrong with the frame at `position`.
-    pub reason: String,
-}
+pub use crate::frame::TruncatedTail;
 
 /// What open found on disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -116,38 +108,26 @@ pub(crate) struct RaftDisk<S: Storage> {
 impl<S: Storage> RaftDisk<S> {
     /// Opens (or creates) the log file and replays it. A damaged tail is cut durably.
     pub fn open(mut storage: S) -> Result<(Self, Recovered, DiskReport), DiskError> {
-        match storage.create(RAFT_LOG_FILE) {
-            Ok(()) | Err(StorageError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let bytes = storage::read_all(&storage, RAFT_LOG_FILE)?;
         let mut recovered = Recovered::default();
         let mut report = DiskReport::default();
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            match decode_frame(&bytes[pos..]) {
-                Ok((frame, size)) => {
-                    replay(&mut recovered, frame)?;
-                    pos += size;
-                    report.frames += 1;
-                }
-                Err(reason) => {
-                    report.truncated = Some(TruncatedTail {
-                        position: pos as u64,
-                        bytes: (bytes.len() - pos) as u64,
-                        reason,
-                    });
-                    break;
-                }
-            }
-        }
-        if report.truncated.is_some() {
-            storage.truncate(RAFT_LOG_FILE, pos as u64)?;
-            storage.sync(RAFT_LOG_FILE)?;
-        }
+        let (end_bytes, truncated) = frame::replay_file::<_, DiskError>(
+            &mut storage,
+            RAFT_LOG_FILE,
+            FRAME_PAYLOAD_BYTES_MAX,
+            |payload| {
+                let frame = match decode_log_frame(payload) {
+                    Ok(frame) => frame,
+                    Err(reason) => return Ok(Err(reason)),
+                };
+                replay(&mut recovered, frame)?;
+                report.frames += 1;
+                Ok(Ok(()))
+            },
+        )?;
+        report.truncated = truncated;
         let disk = RaftDisk {
             storage,
-            end_bytes: pos as u64,
+            end_bytes,
             poisoned: false,
         };
         Ok((disk, recovered, report))
@@ -256,8 +236,12 @@ fn encode_frame(
 /// The frame at the start of `buf` and its size, or why it is not one.
 fn decode_frame(buf: &[u8]) -> Result<(LogFrame, usize), String> {
     let (payload, size) = frame::decode(buf, FRAME_PAYLOAD_BYTES_MAX)?;
-    let frame = LogFrame::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
-    Ok((frame, size))
+    Ok((decode_log_frame(payload)?, size))
+}
+
+/// Decodes a frame's payload.
+fn decode_log_frame(payload: &[u8]) -> Result<LogFrame, String> {
+    LogFrame::decode(payload).map_err(|e| format!("undecodable: {e}"))
 }
 
 /// Applies one CRC-checked frame to the replayed state (see the module documentation).
