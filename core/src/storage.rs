@@ -75,14 +75,65 @@ pub fn read_all<S: Storage + ?Sized>(storage: &S, name: &str) -> Result<Bytes, S
     storage.read_at(name, 0, len as usize)
 }
 
-#[derive(Clone, Debug, Default)]
-struct MemFile {
+/// One file as a crash model sees it: what reads see, what is synced, and where unsynced
+/// changes begin. Shared by [`MemStorage`] and the simulator's disk, which differ only in
+/// what a crash (and a fault) does with the unsynced part.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelFile {
     /// What reads see.
-    current: Vec<u8>,
+    pub current: Vec<u8>,
     /// What survives a crash for certain.
-    durable: Vec<u8>,
+    pub durable: Vec<u8>,
     /// The first byte of `current` that may differ from `durable` (where unsynced changes start).
-    dirty_from: usize,
+    pub dirty_from: usize,
+}
+
+impl ModelFile {
+    /// Appends `data`, unsynced.
+    pub fn append(&mut self, data: &[u8]) {
+        self.dirty_from = self.dirty_from.min(self.current.len());
+        self.current.extend_from_slice(data);
+    }
+
+    /// Up to `len` bytes at `pos` of what reads see.
+    pub fn read(&self, pos: u64, len: usize) -> Bytes {
+        let start = (pos as usize).min(self.current.len());
+        let end = start.saturating_add(len).min(self.current.len());
+        Bytes::copy_from_slice(&self.current[start..end])
+    }
+
+    /// Cuts the file to `len` bytes, unsynced.
+    pub fn truncate(&mut self, len: u64) {
+        let len = len as usize;
+        if len < self.current.len() {
+            self.current.truncate(len);
+            self.dirty_from = self.dirty_from.min(len);
+        }
+    }
+
+    /// Makes every change so far durable.
+    pub fn sync(&mut self) {
+        let from = self
+            .dirty_from
+            .min(self.current.len())
+            .min(self.durable.len());
+        self.durable.truncate(from);
+        self.durable.extend_from_slice(&self.current[from..]);
+        self.dirty_from = self.current.len();
+        debug_assert_eq!(self.durable, self.current);
+    }
+
+    /// Where unsynced changes begin in `current`.
+    pub fn pending_start(&self) -> usize {
+        self.dirty_from.min(self.current.len())
+    }
+
+    /// After a crash: `survived` is what the disk holds, all of it durable.
+    pub fn settle(&mut self, survived: Vec<u8>) {
+        self.current = survived;
+        self.durable = self.current.clone();
+        self.dirty_from = self.current.len();
+    }
 }
 
 /// An in-memory [`Storage`] that models crashes: [`MemStorage::crash`] drops what was not synced
@@ -90,7 +141,7 @@ struct MemFile {
 /// syncs, so tests can check group commit.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
-    files: BTreeMap<String, MemFile>,
+    files: BTreeMap<String, ModelFile>,
     /// The number of `sync` calls so far.
     pub syncs: u64,
     /// If set, appends that would make the total size exceed this many bytes fail with NoSpace.
@@ -102,13 +153,13 @@ impl MemStorage {
         Self::default()
     }
 
-    fn file(&self, name: &str) -> Result<&MemFile, StorageError> {
+    fn file(&self, name: &str) -> Result<&ModelFile, StorageError> {
         self.files
             .get(name)
             .ok_or_else(|| StorageError::NotFound(name.to_string()))
     }
 
-    fn file_mut(&mut self, name: &str) -> Result<&mut MemFile, StorageError> {
+    fn file_mut(&mut self, name: &str) -> Result<&mut ModelFile, StorageError> {
         self.files
             .get_mut(name)
             .ok_or_else(|| StorageError::NotFound(name.to_string()))
@@ -124,13 +175,13 @@ impl MemStorage {
     /// an unsynced truncation may be undone.
     pub fn crash<R: Rng>(&mut self, rng: &mut R) {
         for file in self.files.values_mut() {
-            let pending_start = file.dirty_from.min(file.current.len());
+            let pending_start = file.pending_start();
             let unsynced = file.current.len() > pending_start || file.durable.len() > pending_start;
-            if !unsynced {
-                file.current = file.durable.clone();
-            } else if file.durable.len() > pending_start && rng.gen_bool(0.5) {
-                // The unsynced truncation (and what followed it) never reached the disk.
-                file.current = file.durable.clone();
+            let survived = if !unsynced || (file.durable.len() > pending_start && rng.gen_bool(0.5))
+            {
+                // Nothing pending, or the unsynced truncation (and what followed it) never
+                // reached the disk.
+                file.durable.clone()
             } else {
                 let pending = &file.current[pending_start..];
                 let kept = rng.gen_range(0..=pending.len());
@@ -140,10 +191,9 @@ impl MemStorage {
                     let zeros = rng.gen_range(1..=64);
                     survived.resize(survived.len() + zeros, 0);
                 }
-                file.current = survived;
-            }
-            file.durable = file.current.clone();
-            file.dirty_from = file.current.len();
+                survived
+            };
+            file.settle(survived);
         }
     }
 
@@ -165,7 +215,7 @@ impl Storage for MemStorage {
         if self.files.contains_key(name) {
             return Err(StorageError::AlreadyExists(name.to_string()));
         }
-        self.files.insert(name.to_string(), MemFile::default());
+        self.files.insert(name.to_string(), ModelFile::default());
         Ok(())
     }
 
@@ -175,17 +225,12 @@ impl Storage for MemStorage {
                 return Err(StorageError::NoSpace);
             }
         }
-        let file = self.file_mut(name)?;
-        file.dirty_from = file.dirty_from.min(file.current.len());
-        file.current.extend_from_slice(data);
+        self.file_mut(name)?.append(data);
         Ok(())
     }
 
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
-        let file = self.file(name)?;
-        let start = (pos as usize).min(file.current.len());
-        let end = start.saturating_add(len).min(file.current.len());
-        Ok(Bytes::copy_from_slice(&file.current[start..end]))
+        Ok(self.file(name)?.read(pos, len))
     }
 
     fn len(&self, name: &str) -> Result<u64, StorageError> {
@@ -193,26 +238,13 @@ impl Storage for MemStorage {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
-        let file = self.file_mut(name)?;
-        let len = len as usize;
-        if len < file.current.len() {
-            file.current.truncate(len);
-            file.dirty_from = file.dirty_from.min(len);
-        }
+        self.file_mut(name)?.truncate(len);
         Ok(())
     }
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
         self.syncs += 1;
-        let file = self.file_mut(name)?;
-        let from = file
-            .dirty_from
-            .min(file.current.len())
-            .min(file.durable.len());
-        file.durable.truncate(from);
-        file.durable.extend_from_slice(&file.current[from..]);
-        file.dirty_from = file.current.len();
-        debug_assert_eq!(file.durable, file.current);
+        self.file_mut(name)?.sync();
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use keel_core::storage::{Storage, StorageError};
+use keel_core::storage::{ModelFile, Storage, StorageError};
 use rand::{Rng, RngCore};
 
 /// Fault probabilities and sizes, sampled per seed by the swarm.
@@ -69,16 +69,8 @@ pub struct DiskStats {
     pub full_disk_errors: u64,
 }
 
-#[derive(Clone, Debug, Default)]
-struct SimFile {
-    current: Vec<u8>,
-    durable: Vec<u8>,
-    /// Where unsynced changes start in `current`.
-    dirty_from: usize,
-}
-
 struct Inner {
-    files: BTreeMap<String, SimFile>,
+    files: BTreeMap<String, ModelFile>,
     rng: Box<dyn RngCore + Send>,
     faults: FaultConfig,
     faults_on: bool,
@@ -163,10 +155,10 @@ impl SimDisk {
         inner.stats.crashes += 1;
         let sector = inner.faults.sector_bytes.max(1);
         for file in inner.files.values_mut() {
-            let start = file.dirty_from.min(file.current.len());
+            let start = file.pending_start();
             let truncation_pending = file.durable.len() > start;
-            if truncation_pending && inner.rng.gen_bool(0.5) {
-                file.current = file.durable.clone();
+            let survived = if truncation_pending && inner.rng.gen_bool(0.5) {
+                file.durable.clone()
             } else {
                 let pending = file.current.len() - start;
                 // Cut at a sector boundary (in file offsets) within the pending bytes.
@@ -190,10 +182,9 @@ impl SimDisk {
                 }
                 inner.stats.lost_pending_bytes +=
                     (file.current.len() - survived.len().min(file.current.len())) as u64;
-                file.current = survived;
-            }
-            file.durable = file.current.clone();
-            file.dirty_from = file.current.len();
+                survived
+            };
+            file.settle(survived);
         }
     }
 }
@@ -223,7 +214,7 @@ impl Storage for SimDir {
         if inner.files.contains_key(&path) {
             return Err(StorageError::AlreadyExists(name.to_string()));
         }
-        inner.files.insert(path, SimFile::default());
+        inner.files.insert(path, ModelFile::default());
         Ok(())
     }
 
@@ -256,9 +247,8 @@ impl Storage for SimDir {
         let inner = &mut *inner;
         let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
         let at = file.current.len();
-        file.dirty_from = file.dirty_from.min(at);
         match target_sector {
-            None => file.current.extend_from_slice(data),
+            None => file.append(data),
             Some(wrong) => {
                 // The bytes land on an earlier sector; where they were meant to go stays zero.
                 file.current.resize(at + data.len(), 0);
@@ -301,7 +291,7 @@ impl Storage for SimDir {
             inner.stats.latent_errors += 1;
         }
         let file = inner.files.get(&path).expect("checked above");
-        Ok(Bytes::copy_from_slice(&file.current[start..end]))
+        Ok(file.read(pos, len))
     }
 
     fn len(&self, name: &str) -> Result<u64, StorageError> {
@@ -318,12 +308,11 @@ impl Storage for SimDir {
         let path = self.path(name);
         let mut inner = self.disk.lock();
         inner.io_error(name)?;
-        let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
-        let len = len as usize;
-        if len < file.current.len() {
-            file.current.truncate(len);
-            file.dirty_from = file.dirty_from.min(len);
-        }
+        inner
+            .files
+            .get_mut(&path)
+            .ok_or_else(|| not_found(name))?
+            .truncate(len);
         Ok(())
     }
 
@@ -331,14 +320,11 @@ impl Storage for SimDir {
         let path = self.path(name);
         let mut inner = self.disk.lock();
         inner.io_error(name)?;
-        let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
-        let from = file
-            .dirty_from
-            .min(file.current.len())
-            .min(file.durable.len());
-        file.durable.truncate(from);
-        file.durable.extend_from_slice(&file.current[from..]);
-        file.dirty_from = file.current.len();
+        inner
+            .files
+            .get_mut(&path)
+            .ok_or_else(|| not_found(name))?
+            .sync();
         Ok(())
     }
 
