@@ -52,7 +52,6 @@ mod err {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const REQUEST_TIMED_OUT: i16 = 7;
-    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
     pub const INVALID_REQUEST: i16 = 42;
@@ -368,24 +367,14 @@ impl Broker {
                 ));
             }
         }
-        let min_insync = self
-            .with_metadata(|m| m.topic_config(topic).map(|c| c.min_insync_replicas()))
-            .unwrap_or(1);
-        // Kafka: NOT_ENOUGH_REPLICAS when the ISR is smaller than min(min.insync.replicas,
-        // replication factor), checked before appending.
-        let (isr, replicas) = self
-            .with_metadata(|m| {
-                m.partition(topic, index)
-                    .map(|p| (p.isr.len() as i32, p.replicas.len() as i32))
-            })
-            .unwrap_or((1, 1));
-        if acks == -1 && isr < min_insync.min(replicas) {
-            return Err((
-                err::NOT_ENOUGH_REPLICAS,
-                "fewer in-sync replicas than min.insync.replicas".into(),
-            ));
-        }
-        let result = partition.with(|r| r.append(now, batch).map(|a| (a, r.log().log_start())));
+        // acks=all: NOT_ENOUGH_REPLICAS before appending, by the partition's own rule (ISR
+        // smaller than min(min.insync.replicas, replicas)), under the same lock as the append.
+        let result = partition.with(|r| {
+            if acks == -1 {
+                r.check_enough_replicas()?;
+            }
+            r.append(now, batch).map(|a| (a, r.log().log_start()))
+        });
         match result {
             Ok((appended, log_start)) => {
                 if !appended.duplicate {

@@ -29,7 +29,6 @@ use keel_core::controller::{
     BrokerId, BrokerRegistration, ControllerError, Endpoint, MetadataRecord, MetadataState,
     MetadataStore, ProducerIdBlock, TopicDefaults, TopicId,
 };
-use keel_core::log::LogConfig;
 use keel_core::partition::{PartitionReplica, ProduceRules};
 use keel_core::{LeaderEpoch, Offset, ProducerId};
 use tokio::sync::watch;
@@ -228,8 +227,13 @@ fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
     }
 }
 
-fn log_config(config: &keel_core::controller::TopicConfig) -> LogConfig {
-    config.to_log_config()
+/// A topic's settings, as its partition enforces them.
+fn apply_topic_config(
+    replica: &mut PartitionReplica<FileStorage>,
+    config: &keel_core::controller::TopicConfig,
+) {
+    replica.set_rules(produce_rules(config), config.to_log_config());
+    replica.set_min_insync_replicas(config.min_insync_replicas().max(1) as usize);
 }
 
 impl Broker {
@@ -459,7 +463,7 @@ impl Broker {
             let key = (topic.clone(), index);
             if let Some(existing) = partitions.get(&key) {
                 if existing.topic_id == topic_id {
-                    existing.with(|r| r.set_rules(produce_rules(&config), log_config(&config)));
+                    existing.with(|r| apply_topic_config(r, &config));
                     continue;
                 }
                 // Same name, new topic: the old one was deleted and recreated.
@@ -501,15 +505,16 @@ impl Broker {
         let mut snapshots = FileStorage::open(&dir).map_err(|e| fail(e.to_string()))?;
         check_topic_id(&dir, topic_id).map_err(|e| fail(e.to_string()))?;
         let syncer = storage.clone();
-        let replica = PartitionReplica::open(
+        let mut replica = PartitionReplica::open(
             storage,
             &mut snapshots,
-            log_config(config),
+            config.to_log_config(),
             produce_rules(config),
             epoch,
             now_ms(),
         )
         .map_err(|e| fail(e.to_string()))?;
+        apply_topic_config(&mut replica, config);
         let report = replica.log().recovery_report();
         if let Some((file, position, why)) = &report.corruption {
             tracing::warn!(partition = %name, "recovery cut {} bytes at {file}:{position}: {why}", report.bytes_truncated);
