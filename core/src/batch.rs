@@ -223,6 +223,32 @@ impl BatchHeader {
     pub fn next_offset(&self) -> Offset {
         self.last_offset().plus(1)
     }
+
+    /// The sequence of the batch's last record: base sequence + last offset delta, wrapping
+    /// past `i32::MAX` to 0 (Kafka's `DefaultRecordBatch.incrementSequence`); -1 without one.
+    pub fn last_sequence(&self) -> i32 {
+        if self.base_sequence < 0 {
+            return -1;
+        }
+        let last = self.base_sequence as i64 + self.last_offset_delta.max(0) as i64;
+        (last % (i32::MAX as i64 + 1)) as i32
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        if self.attributes & ATTR_TIMESTAMP_TYPE != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        }
+    }
 }
 
 /// One valid record batch v2, kept as the bytes the producer sent.
@@ -374,13 +400,9 @@ impl Batch {
         read_i32(&self.bytes, field::BASE_SEQUENCE)
     }
 
-    /// The sequence number of the batch's last record (wrapping as Kafka's does).
+    /// The sequence number of the batch's last record ([`BatchHeader::last_sequence`]).
     pub fn last_sequence(&self) -> i32 {
-        if self.base_sequence() < 0 {
-            return -1;
-        }
-        let last = self.base_sequence() as i64 + self.last_offset_delta() as i64;
-        (last % (i32::MAX as i64 + 1)) as i32
+        self.header().last_sequence()
     }
 
     pub fn records_count(&self) -> i32 {

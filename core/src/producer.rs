@@ -351,7 +351,7 @@ impl ProducerStateTable {
             return Ok(ProducerCheck::Append);
         };
         if epoch == entry.epoch {
-            let last_seq = last_sequence(header);
+            let last_seq = header.last_sequence();
             if let Some(original) = entry
                 .batches
                 .iter()
@@ -406,7 +406,7 @@ impl ProducerStateTable {
         }
         let batch = BatchMetadata {
             first_seq: header.base_sequence,
-            last_seq: last_sequence(header),
+            last_seq: header.last_sequence(),
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
         };
@@ -597,16 +597,6 @@ impl Reader<'_> {
         self.pos = end;
         Ok(out)
     }
-}
-
-/// The sequence of a batch's last record: base sequence + last offset delta, wrapping past
-/// `i32::MAX` to 0 (Kafka's `DefaultRecordBatch.incrementSequence`); -1 without a sequence.
-pub fn last_sequence(header: &BatchHeader) -> i32 {
-    if header.base_sequence < 0 {
-        return -1;
-    }
-    let last = header.base_sequence as i64 + header.last_offset_delta.max(0) as i64;
-    (last % (i32::MAX as i64 + 1)) as i32
 }
 
 /// The sequence that follows `seq`, wrapping from `i32::MAX` to 0 (Kafka's `inSequence`).

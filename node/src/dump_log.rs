@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use bytes::Bytes;
-use keel_core::batch::{Batch, BatchHeader, Compression, HEADER_BYTES};
+use keel_core::batch::{Batch, BatchHeader, Compression, TimestampType, HEADER_BYTES};
 use keel_core::Offset;
 
 /// What a dump found.
@@ -81,11 +81,7 @@ pub fn dump(
                 header.last_offset_delta
             ));
         }
-        let last_sequence = if header.base_sequence < 0 {
-            -1
-        } else {
-            header.base_sequence.wrapping_add(header.last_offset_delta)
-        };
+        let last_sequence = header.last_sequence();
         writeln!(
             out,
             "baseOffset: {} lastOffset: {} count: {} baseSequence: {} lastSequence: {} producerId: {} producerEpoch: {} \
@@ -99,10 +95,13 @@ pub fn dump(
             header.producer_id,
             header.producer_epoch,
             header.partition_leader_epoch,
-            header.attributes & 0x10 != 0,
-            header.attributes & 0x20 != 0,
+            header.is_transactional(),
+            header.is_control(),
             position,
-            if header.attributes & 0x08 != 0 { "LogAppendTime" } else { "CreateTime" },
+            match header.timestamp_type() {
+                TimestampType::LogAppendTime => "LogAppendTime",
+                TimestampType::CreateTime => "CreateTime",
+            },
             header.max_timestamp,
             header.size,
             header.magic,
