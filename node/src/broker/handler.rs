@@ -92,6 +92,8 @@ impl Handler for Broker {
             NoResponse,
             Produce(ProduceWait),
             Fetch(FetchRequest),
+            /// An API the wire layer let through but the broker does not answer.
+            NotServed,
         }
         let next = match request {
             RequestKind::Produce(r) => match self.produce(&ctx, r) {
@@ -147,18 +149,16 @@ impl Handler for Broker {
                 r.error_message = Some(str_bytes("keel does not support SASL yet"));
                 Next::Ready(ResponseKind::SaslAuthenticate(r))
             }
-            other => {
-                let name = format!("{:?}", ctx.api_key);
-                drop(other);
-                return futures_ready(Err(HandlerError::new(format!(
-                    "{name} is not served by this broker"
-                ))));
-            }
+            _ => Next::NotServed,
         };
         let broker = self.clone();
         let started = std::time::Instant::now();
-        async_response(async move {
+        async move {
             let result = match next {
+                Next::NotServed => Err(HandlerError::new(format!(
+                    "{:?} is not served by this broker",
+                    ctx.api_key
+                ))),
                 Next::Ready(r) => Ok(Some(r)),
                 Next::NoResponse => Ok(None),
                 Next::Produce(wait) => Ok(Some(ResponseKind::Produce(wait.finish().await))),
@@ -183,7 +183,7 @@ impl Handler for Broker {
                 .metrics()
                 .record_request(ctx.api_key, started.elapsed(), outcome);
             result
-        })
+        }
     }
 }
 
@@ -211,18 +211,6 @@ fn has_error(response: &ResponseKind) -> bool {
         | ResponseKind::SaslAuthenticate(_) => true,
         _ => false,
     }
-}
-
-fn futures_ready(
-    result: HandlerResult,
-) -> std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
-    Box::pin(async move { result })
-}
-
-fn async_response(
-    f: impl Future<Output = HandlerResult> + Send + 'static,
-) -> std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>> {
-    Box::pin(f)
 }
 
 /// A produce whose batches were appended; answers when its acks are satisfied.
