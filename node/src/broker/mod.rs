@@ -20,7 +20,7 @@
 mod handler;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +30,7 @@ use keel_core::controller::{
     MetadataStore, ProducerIdBlock, TopicDefaults, TopicId,
 };
 use keel_core::partition::{PartitionReplica, ProduceRules};
+use keel_core::storage::StorageError;
 use keel_core::{LeaderEpoch, Offset, ProducerId};
 use tokio::sync::watch;
 
@@ -248,7 +249,7 @@ impl Broker {
         let meta_dir = data_dir.join(METADATA_DIR);
         let storage =
             FileStorage::open(&meta_dir).map_err(|e| StartError::DataDir(meta_dir.clone(), e))?;
-        let cluster_id = read_or_create_cluster_id(&meta_dir)?;
+        let cluster_id = read_or_create_cluster_id(&mut storage.clone())?;
         let (store, state, report) =
             MetadataStore::open(storage).map_err(|e| StartError::Metadata(e.to_string()))?;
         if report != Default::default() {
@@ -289,6 +290,7 @@ impl Broker {
             sync: SyncWorker::start(),
         });
         broker.reconcile_partitions()?;
+        broker.remove_orphan_directories();
         let weak = Arc::downgrade(&broker);
         metrics.set_partition_source(Box::new(move || {
             let Some(broker) = weak.upgrade() else {
@@ -473,21 +475,26 @@ impl Broker {
             let handle = self.open_partition(&topic, index, topic_id, &config, epoch)?;
             partitions.insert(key, Arc::new(handle));
         }
-        // Directories of partitions that no longer exist (deleted while the broker was down).
-        if let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name == METADATA_DIR || !entry.path().is_dir() {
-                    continue;
-                }
-                let known = partitions.values().any(|p| p.dir == entry.path());
-                if !known {
-                    tracing::info!("removing the directory of a deleted partition: {name}");
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+        Ok(())
+    }
+
+    /// Removes directories of partitions that no longer exist (topics deleted while the
+    /// broker was down). At startup only: while running, deletion removes its own directories.
+    fn remove_orphan_directories(&self) {
+        let partitions = self.partitions.read().expect("partition map poisoned");
+        let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == METADATA_DIR || !entry.path().is_dir() {
+                continue;
+            }
+            if !partitions.values().any(|p| p.dir == entry.path()) {
+                tracing::info!("removing the directory of a deleted partition: {name}");
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok(())
     }
 
     fn open_partition(
@@ -503,7 +510,7 @@ impl Broker {
         let fail = |e: String| StartError::Partition(name.clone(), e);
         let storage = FileStorage::open(&dir).map_err(|e| fail(e.to_string()))?;
         let mut snapshots = FileStorage::open(&dir).map_err(|e| fail(e.to_string()))?;
-        check_topic_id(&dir, topic_id).map_err(|e| fail(e.to_string()))?;
+        check_topic_id(&mut snapshots, topic_id).map_err(fail)?;
         let syncer = storage.clone();
         let mut replica = PartitionReplica::open(
             storage,
@@ -563,39 +570,33 @@ impl Broker {
 
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
-fn check_topic_id(dir: &Path, topic_id: TopicId) -> std::io::Result<()> {
-    let path = dir.join("partition.metadata");
+fn check_topic_id(storage: &mut FileStorage, topic_id: TopicId) -> Result<(), String> {
+    const FILE: &str = "partition.metadata";
     let expected = format!("version: 0\ntopic_id: {topic_id}\n");
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == expected => Ok(()),
-        Ok(found) => Err(std::io::Error::other(format!(
-            "{} holds another topic: {found:?}",
-            path.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut storage = FileStorage::open(dir)?;
-            keel_core::storage::write_atomic(
-                &mut storage,
-                "partition.metadata",
-                expected.as_bytes(),
-            )
-            .map_err(std::io::Error::other)
+    match keel_core::storage::read_all(storage, FILE) {
+        Ok(found) if found[..] == *expected.as_bytes() => Ok(()),
+        Ok(found) => Err(format!(
+            "{FILE} holds another topic: {:?}",
+            String::from_utf8_lossy(&found)
+        )),
+        Err(StorageError::NotFound(_)) => {
+            keel_core::storage::write_atomic(storage, FILE, expected.as_bytes())
+                .map_err(|e| e.to_string())
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-fn read_or_create_cluster_id(meta_dir: &Path) -> Result<String, StartError> {
-    let path = meta_dir.join(CLUSTER_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        _ => {
-            let id = TopicId(random_id()).to_string();
-            let mut storage = FileStorage::open(meta_dir)
-                .map_err(|e| StartError::DataDir(meta_dir.to_path_buf(), e))?;
-            keel_core::storage::write_atomic(&mut storage, CLUSTER_ID_FILE, id.as_bytes())
-                .map_err(|e| StartError::Metadata(e.to_string()))?;
-            Ok(id)
+/// The cluster id, made (and stored durably) on first start.
+fn read_or_create_cluster_id(storage: &mut FileStorage) -> Result<String, StartError> {
+    if let Ok(id) = keel_core::storage::read_all(storage, CLUSTER_ID_FILE) {
+        let id = String::from_utf8_lossy(&id).trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
         }
     }
+    let id = TopicId(random_id()).to_string();
+    keel_core::storage::write_atomic(storage, CLUSTER_ID_FILE, id.as_bytes())
+        .map_err(|e| StartError::Metadata(e.to_string()))?;
+    Ok(id)
 }
