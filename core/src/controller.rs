@@ -13,6 +13,21 @@
 //! same state always gives the same state and the same errors, which is what replication of the
 //! records through raft (a later issue) needs.
 //!
+//! Commands may run on a stale copy of the state (a broker that is not the controller computes
+//! them and forwards the records to the raft leader), so `apply` checks each record against the
+//! state it lands on, not the one it was computed from: a partition change names the partition
+//! epoch it expects, a fence or unfence the broker epoch, a producer-id block the exact next
+//! block, a registration an epoch above every earlier one, a new partition an index not yet
+//! taken. A command whose records no longer fit is rejected as a whole and recomputed.
+//!
+//! # Broker lifecycle (KIP-631)
+//! A broker registers fenced ([`MetadataState::register_broker`]) and is unfenced by its
+//! heartbeat once its metadata caught up ([`crate::quorum::sessions::BrokerSessions`]), which
+//! also elects it where a partition has no leader. A broker that registers again while its
+//! old registration is still unfenced (a restart inside its session) is fenced first, in the
+//! same command, so that it loses leadership with its old epoch: it never leads again at a
+//! leader epoch it led before the restart. A session that expires fences it too.
+//!
 //! Single-node use, through [`MetadataStore`]: open it (replays the stored records), then for
 //! each request: run the command; on `Ok(records)`, [`MetadataStore::commit`] them (appended and
 //! synced first, applied after, so nothing is visible before it is durable); answer the client.
@@ -23,10 +38,12 @@
 //!    is 16 bytes, not all zero.
 //! 3. Every partition has at least one replica, no replica twice, no negative broker id; its ISR
 //!    is a duplicate-free subset of its replicas; its leader is -1 or a member of the ISR; its
-//!    epochs are >= 0 and never decrease when the partition record is replaced.
+//!    epochs are >= 0. A partition record only adds a partition; it never replaces one.
 //! 4. Partitions of a topic are numbered densely from 0.
 //! 5. Every topic's configs passed [`TopicConfig::from_map`].
-//! 6. The next producer id never decreases; a broker's epoch only grows.
+//! 6. The next producer id moves by exactly one block per allocation (a snapshot restores it
+//!    once, on a state that handed out none). Every registration's broker epoch is above every
+//!    epoch registered before it, by any broker, and replaces only a fenced registration.
 //! 7. A partition change applies only at the partition epoch it was computed from; it bumps the
 //!    partition epoch by one, and the leader epoch by one exactly when the leader changes. A
 //!    new leader comes from the ISR (unless unclean election was chosen). A fence or unfence
@@ -401,13 +418,15 @@ pub enum ApplyError {
     /// A config key or value that does not validate.
     #[error("invalid config: {0}")]
     InvalidConfig(#[from] ConfigError),
-    /// A partition record that is malformed, leaves a gap, or moves epochs back.
+    /// A partition record that is malformed, leaves a gap, or names a partition that exists; a
+    /// partition change for a partition that is not at its expected partition epoch.
     #[error("invalid partition record: {0}")]
     InvalidPartition(String),
-    /// A producer ids record that moves the next producer id back.
+    /// A producer ids record that is not exactly the next block.
     #[error("invalid producer ids record: {0}")]
     InvalidProducerIds(String),
-    /// A broker registration that is malformed or does not grow the broker's epoch.
+    /// A broker registration that is malformed, does not grow the broker epoch, or replaces an
+    /// unfenced registration; or a fence or unfence that does not fit the broker.
     #[error("invalid broker registration: {0}")]
     InvalidBroker(String),
 }
@@ -730,14 +749,24 @@ impl MetadataState {
         Ok((block, vec![record.into()]))
     }
 
-    /// BrokerRegistration: registers the broker (again, after a restart) with a new broker
-    /// epoch, greater than every epoch before it, which it returns. INVALID_REQUEST for a
-    /// negative id or an endpoint port outside 0..=65535. Registered unfenced: fencing, and
-    /// refusing a second live incarnation (DUPLICATE_BROKER_REGISTRATION), need heartbeats,
-    /// which come with the raft quorum.
+    /// BrokerRegistration (KRaft's `ClusterControlManager.registerBroker`): registers the broker
+    /// (again, after a restart) with a new broker epoch, greater than every epoch before it,
+    /// which it returns. The broker registers fenced: its heartbeat unfences it once it caught
+    /// up ([`crate::quorum::sessions::BrokerSessions::heartbeat`]), electing it where a
+    /// partition has no leader. If its current registration is unfenced (it restarted before
+    /// its session expired), the records first fence that registration as
+    /// [`fence_broker`](Self::fence_broker) does with `unclean` (FenceBroker at the old epoch,
+    /// then the partition changes that move leadership off it and shrink the ISRs), then
+    /// register it: a restarted broker never leads at a leader epoch it led before. (Kafka
+    /// refuses such a registration with DUPLICATE_BROKER_REGISTRATION until the old session
+    /// expires; keel takes the restart as the end of the old session.)
+    ///
+    /// INVALID_REQUEST for a negative id or an endpoint port outside 0..=65535;
+    /// UNKNOWN_SERVER_ERROR when broker epochs are exhausted.
     pub fn register_broker(
         &self,
         registration: &BrokerRegistration,
+        unclean: UncleanElection,
     ) -> Result<(i64, Vec<MetadataRecord>), ControllerError> {
         if registration.broker_id.0 < 0 {
             return Err(ControllerError::InvalidRequest(format!(
@@ -760,15 +789,22 @@ impl MetadataState {
                 "broker epochs exhausted".into(),
             ));
         };
-        let record = RegisterBrokerRecord {
-            broker_id: registration.broker_id.0,
-            incarnation_id: registration.incarnation_id.to_vec(),
-            broker_epoch: epoch,
-            endpoints: registration.endpoints.clone(),
-            rack: registration.rack.clone(),
-            fenced: false,
+        let mut records = match self.brokers.get(&registration.broker_id) {
+            Some(old) if !old.fenced => self.fence_broker(old.id, unclean)?,
+            _ => Vec::new(),
         };
-        Ok((epoch, vec![record.into()]))
+        records.push(
+            RegisterBrokerRecord {
+                broker_id: registration.broker_id.0,
+                incarnation_id: registration.incarnation_id.to_vec(),
+                broker_epoch: epoch,
+                endpoints: registration.endpoints.clone(),
+                rack: registration.rack.clone(),
+                fenced: true,
+            }
+            .into(),
+        );
+        Ok((epoch, records))
     }
 
     /// Fences `broker` (its session expired, KRaft's `ClusterControlManager` with
@@ -1037,16 +1073,7 @@ impl MetadataState {
                 topic.config = TopicConfig::from_map(&overrides)?;
                 Ok(())
             }
-            Some(Record::ProducerIds(r)) => {
-                if r.next_producer_id < self.next_producer_id {
-                    return Err(ApplyError::InvalidProducerIds(format!(
-                        "next producer id {} is below the current {}",
-                        r.next_producer_id, self.next_producer_id
-                    )));
-                }
-                self.next_producer_id = r.next_producer_id;
-                Ok(())
-            }
+            Some(Record::ProducerIds(r)) => self.apply_producer_ids(r),
             Some(Record::RegisterBroker(r)) => self.apply_register_broker(r),
             Some(Record::PartitionChange(r)) => self.apply_partition_change(r),
             Some(Record::FenceBroker(r)) => self.apply_fencing(r.broker_id, r.broker_epoch, true),
@@ -1054,6 +1081,36 @@ impl MetadataState {
                 self.apply_fencing(r.broker_id, r.broker_epoch, false)
             }
         }
+    }
+
+    /// An allocation ([`allocate_producer_ids`](Self::allocate_producer_ids)) moves the next
+    /// producer id by exactly one block: two allocations computed from the same state hand out
+    /// the same block, so only the first may apply. A snapshot's record (broker -1, see
+    /// `quorum::snapshot`) restores the counter, only on a state that handed out no id yet.
+    fn apply_producer_ids(&mut self, r: &ProducerIdsRecord) -> Result<(), ApplyError> {
+        let invalid = |why: String| Err(ApplyError::InvalidProducerIds(why));
+        if r.broker_id == BrokerId::NONE.0 {
+            if self.next_producer_id != 0 {
+                return invalid(format!(
+                    "a snapshot's producer id counter on a state that handed out ids up to {}",
+                    self.next_producer_id
+                ));
+            }
+            if r.next_producer_id < 0 {
+                return invalid(format!("negative next producer id {}", r.next_producer_id));
+            }
+            self.next_producer_id = r.next_producer_id;
+            return Ok(());
+        }
+        let expected = self.next_producer_id.checked_add(PRODUCER_ID_BLOCK_SIZE);
+        if expected != Some(r.next_producer_id) {
+            return invalid(format!(
+                "next producer id {} is not one block past the current {}",
+                r.next_producer_id, self.next_producer_id
+            ));
+        }
+        self.next_producer_id = r.next_producer_id;
+        Ok(())
     }
 
     fn apply_partition_change(&mut self, r: &PartitionChangeRecord) -> Result<(), ApplyError> {
@@ -1164,19 +1221,12 @@ impl MetadataState {
                 topic.partitions.push(partition);
                 Ok(())
             }
-            std::cmp::Ordering::Less => {
-                let old = &topic.partitions[index];
-                if partition.leader_epoch < old.leader_epoch
-                    || partition.partition_epoch < old.partition_epoch
-                {
-                    return Err(ApplyError::InvalidPartition(format!(
-                        "partition {index}: epochs would go back from leader {} / partition {}",
-                        old.leader_epoch, old.partition_epoch
-                    )));
-                }
-                topic.partitions[index] = partition;
-                Ok(())
-            }
+            // Only new partitions come as partition records (CreateTopics, CreatePartitions, a
+            // snapshot on a fresh state); changes come as PartitionChange. A record for a taken
+            // index is a CreatePartitions computed before another one added it.
+            std::cmp::Ordering::Less => Err(ApplyError::InvalidPartition(format!(
+                "partition {index} already exists"
+            ))),
         }
     }
 
@@ -1192,18 +1242,22 @@ impl MetadataState {
             return invalid("endpoint port outside 0..=65535".into());
         }
         let id = BrokerId(r.broker_id);
-        if r.broker_epoch < 0
-            || self
-                .brokers
-                .get(&id)
-                .is_some_and(|b| b.epoch >= r.broker_epoch)
-        {
+        // Broker epochs are unique across brokers: two registrations computed from the same
+        // state (of the same broker or two) carry the same epoch, so only the first applies.
+        if r.broker_epoch <= self.last_broker_epoch {
             return invalid(format!(
-                "broker {id} epoch {} does not grow",
-                r.broker_epoch
+                "broker {id} epoch {} is not above the last broker epoch {}",
+                r.broker_epoch, self.last_broker_epoch
             ));
         }
-        self.last_broker_epoch = self.last_broker_epoch.max(r.broker_epoch);
+        // A live registration is fenced first (by the same command, see `register_broker`);
+        // replacing it directly would keep the restarted broker leading at its old epochs.
+        if self.brokers.get(&id).is_some_and(|b| !b.fenced) {
+            return invalid(format!(
+                "broker {id} is registered unfenced; its registration must be fenced first"
+            ));
+        }
+        self.last_broker_epoch = r.broker_epoch;
         self.brokers.insert(
             id,
             Broker {
@@ -1260,10 +1314,16 @@ impl MetadataState {
             self.next_producer_id >= 0,
             "invariant 6: producer ids are not negative"
         );
+        let mut epochs = BTreeSet::new();
         for broker in self.brokers.values() {
             assert!(
                 broker.epoch <= self.last_broker_epoch,
-                "invariant 6: broker epochs are below the last one"
+                "invariant 6: broker epochs are at most the last one"
+            );
+            assert!(
+                epochs.insert(broker.epoch),
+                "invariant 6: broker epochs are unique across brokers ({})",
+                broker.epoch
             );
         }
     }

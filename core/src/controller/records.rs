@@ -28,8 +28,8 @@ pub enum Record {
     /// its configs appear together).
     #[prost(message, tag = "1")]
     Topic(TopicRecord),
-    /// A partition's whole state: a new partition, or a full replacement (KRaft's
-    /// PartitionRecord).
+    /// A new partition's whole state (KRaft's PartitionRecord). Apply refuses one for a
+    /// partition that exists: changes come as [`Record::PartitionChange`].
     #[prost(message, tag = "2")]
     Partition(PartitionRecord),
     /// Removes a topic and its partitions (KRaft's RemoveTopicRecord).
@@ -118,8 +118,9 @@ pub struct TopicConfigRecord {
     pub value: Option<String>,
 }
 
-/// The next producer id block starts at `next_producer_id`; the block before it went to
-/// `broker_id`.
+/// The next producer id block starts at `next_producer_id`, exactly one block past the
+/// previous; the block before it went to `broker_id`. With `broker_id` -1 it is a snapshot's
+/// restatement of the counter instead, which applies only to a state that handed out no id.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ProducerIdsRecord {
     /// The broker that was given the block.
@@ -159,7 +160,7 @@ pub struct RegisterBrokerRecord {
     /// A random id of this run of the broker process (16 bytes).
     #[prost(bytes = "vec", tag = "2")]
     pub incarnation_id: Vec<u8>,
-    /// The broker epoch: greater than any broker epoch before it.
+    /// The broker epoch: greater than any broker epoch before it, of any broker.
     #[prost(int64, tag = "3")]
     pub broker_epoch: i64,
     /// The listeners clients reach the broker on.
@@ -168,8 +169,9 @@ pub struct RegisterBrokerRecord {
     /// The rack, if configured.
     #[prost(string, optional, tag = "5")]
     pub rack: Option<String>,
-    /// Whether the broker starts fenced (KRaft registers brokers fenced until their first
-    /// heartbeat; keel's single-node controller registers them unfenced for now).
+    /// Whether the broker starts fenced. A registration always does (as in KRaft): its
+    /// heartbeat unfences it once its metadata caught up. Only a snapshot, which restates every
+    /// broker as it is, registers an unfenced broker.
     #[prost(bool, tag = "6")]
     pub fenced: bool,
 }

@@ -46,6 +46,23 @@ fn registration(broker: i32, incarnation: u8) -> BrokerRegistration {
     }
 }
 
+/// Registers `broker` (fenced, as every registration) and unfences it, as its first caught-up
+/// heartbeat would; returns its broker epoch.
+fn register_unfenced(state: &mut MetadataState, broker: i32, incarnation: u8) -> i64 {
+    let (epoch, records) = state
+        .register_broker(
+            &registration(broker, incarnation),
+            UncleanElection::Disabled,
+        )
+        .unwrap();
+    apply_all(state, &records);
+    let records = state
+        .unfence_broker(BrokerId(broker), epoch, UncleanElection::Disabled)
+        .unwrap();
+    apply_all(state, &records);
+    epoch
+}
+
 /// Applies a command's records directly (no store), asserting they apply.
 fn apply_all(state: &mut MetadataState, records: &[MetadataRecord]) {
     for r in records {
@@ -447,7 +464,9 @@ fn producer_id_blocks_of_1000() {
             .code(),
         77
     );
-    let (epoch, records) = state.register_broker(&registration(0, 1)).unwrap();
+    let (epoch, records) = state
+        .register_broker(&registration(0, 1), UncleanElection::Disabled)
+        .unwrap();
     apply_all(&mut state, &records);
     assert_eq!(
         state
@@ -465,18 +484,22 @@ fn producer_id_blocks_of_1000() {
         expected_first += PRODUCER_ID_BLOCK_SIZE;
         assert_eq!(state.next_producer_id(), ProducerId(expected_first));
     }
-    // Exhaustion is an error, not an overflow.
-    let mut near_end = state.clone();
+    // Exhaustion is an error, not an overflow. (The counter is restored as a snapshot does.)
+    let mut near_end = MetadataState::new();
     near_end
         .apply(
             &ProducerIdsRecord {
-                broker_id: 0,
-                broker_epoch: epoch,
+                broker_id: -1,
+                broker_epoch: -1,
                 next_producer_id: i64::MAX - 10,
             }
             .into(),
         )
         .unwrap();
+    let (epoch, records) = near_end
+        .register_broker(&registration(0, 1), UncleanElection::Disabled)
+        .unwrap();
+    apply_all(&mut near_end, &records);
     assert_eq!(
         near_end
             .allocate_producer_ids(BrokerId(0), epoch)
@@ -487,30 +510,38 @@ fn producer_id_blocks_of_1000() {
 }
 
 /// Registration gives each registration a larger broker epoch; re-registering replaces the old
-/// registration. Reference: KRaft ClusterControlManager.registerBroker (epochs only grow).
+/// registration. Every registration is fenced until a heartbeat unfences it.
+/// Reference: KRaft ClusterControlManager.registerBroker (epochs only grow; brokers register
+/// fenced); KIP-631.
 #[test]
 fn broker_registration_epochs_grow() {
     let mut state = MetadataState::new();
-    let (e0, r) = state.register_broker(&registration(0, 1)).unwrap();
+    let register = |state: &MetadataState, r: &BrokerRegistration| {
+        state.register_broker(r, UncleanElection::Disabled)
+    };
+    let (e0, r) = register(&state, &registration(0, 1)).unwrap();
     apply_all(&mut state, &r);
-    let (e1, r) = state.register_broker(&registration(1, 2)).unwrap();
+    let (e1, r) = register(&state, &registration(1, 2)).unwrap();
     apply_all(&mut state, &r);
-    let (e0b, r) = state.register_broker(&registration(0, 3)).unwrap();
+    let (e0b, r) = register(&state, &registration(0, 3)).unwrap();
+    assert_eq!(
+        r.len(),
+        1,
+        "a fenced registration is replaced without a fence"
+    );
     apply_all(&mut state, &r);
     assert!(e0 < e1 && e1 < e0b);
     assert_eq!(state.broker(BrokerId(0)).unwrap().epoch, e0b);
     assert_eq!(state.broker(BrokerId(0)).unwrap().incarnation_id, [3; 16]);
-    assert_eq!(state.live_brokers(), vec![BrokerId(0), BrokerId(1)]);
+    assert!(state.brokers().all(|b| b.fenced), "registered fenced");
+    assert_eq!(state.live_brokers(), vec![]);
     assert_eq!(
-        state
-            .register_broker(&registration(-1, 1))
-            .unwrap_err()
-            .code(),
+        register(&state, &registration(-1, 1)).unwrap_err().code(),
         42
     );
     let mut bad_port = registration(2, 1);
     bad_port.endpoints[0].port = 70000;
-    assert_eq!(state.register_broker(&bad_port).unwrap_err().code(), 42);
+    assert_eq!(register(&state, &bad_port).unwrap_err().code(), 42);
     // Replaying an old registration is rejected: epochs never go back.
     let stale = state.clone();
     assert!(state.apply(&r[0]).is_err());
@@ -610,12 +641,275 @@ fn apply_rejects_inapplicable_records_without_change() {
         assert!(s.apply(record).is_err(), "{record:?}");
         assert_eq!(s, state, "{record:?} changed the state");
     }
-    // Replacing a partition with epochs that go back is refused; forward is fine.
-    let mut s = state.clone();
-    s.apply(&partition(0, vec![0, 1, 2], vec![0, 1], 1, 3))
+}
+
+/// A partition record only adds a partition: one for an index that exists is refused, even with
+/// newer epochs, so that a CreatePartitions computed from a stale state cannot overwrite the
+/// partition another one added meanwhile (changes come as PartitionChange records).
+/// Reference: KRaft ReplicationControlManager.replay(PartitionRecord) (new partitions only).
+#[test]
+fn stale_create_partitions_cannot_overwrite_a_new_partition() {
+    let mut state = state_with_topic("t", 2, 1);
+    let first = state.create_partitions("t", 3, &brokers(3)).unwrap();
+    let second = state.create_partitions("t", 4, &brokers(3)[1..]).unwrap();
+    apply_all(&mut state, &first);
+    let before = state.clone();
+    assert_eq!(
+        state.apply(&second[0]),
+        Err(ApplyError::InvalidPartition(
+            "partition 2 already exists".into()
+        ))
+    );
+    assert_eq!(state, before);
+    let tid = id(1).0.to_vec();
+    let newer = PartitionRecord {
+        topic_id: tid,
+        partition: 0,
+        replicas: vec![0, 1, 2],
+        isr: vec![0, 1],
+        leader: 1,
+        leader_epoch: 3,
+        partition_epoch: 3,
+    };
+    assert!(state.apply(&newer.into()).is_err());
+    assert_eq!(state, before);
+}
+
+/// Two AllocateProducerIds computed from the same state compute the same block: only the first
+/// applies, so no two brokers ever hold the same ids. A block that skips ahead is refused too,
+/// and a snapshot's restatement of the counter applies only to a state that handed out none.
+/// Reference: KRaft ProducerIdControlManager (one block of 1000 per allocation).
+#[test]
+fn producer_ids_from_a_stale_state_apply_once() {
+    let mut state = MetadataState::new();
+    let e0 = register_unfenced(&mut state, 0, 1);
+    let e1 = register_unfenced(&mut state, 1, 2);
+    let (block0, first) = state.allocate_producer_ids(BrokerId(0), e0).unwrap();
+    let (block1, second) = state.allocate_producer_ids(BrokerId(1), e1).unwrap();
+    assert_eq!(block0, block1, "computed from the same state");
+    apply_all(&mut state, &first);
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&second[0]),
+        Err(ApplyError::InvalidProducerIds(_))
+    ));
+    assert_eq!(state, before);
+    let record = |broker_id: i32, next_producer_id: i64| {
+        MetadataRecord::from(ProducerIdsRecord {
+            broker_id,
+            broker_epoch: e0,
+            next_producer_id,
+        })
+    };
+    for bad in [
+        record(0, 3 * PRODUCER_ID_BLOCK_SIZE),
+        record(0, PRODUCER_ID_BLOCK_SIZE + 1),
+        record(0, PRODUCER_ID_BLOCK_SIZE),
+        record(-1, 5 * PRODUCER_ID_BLOCK_SIZE),
+    ] {
+        assert!(state.apply(&bad).is_err(), "{bad:?}");
+        assert_eq!(state, before);
+    }
+    state.apply(&record(1, 2 * PRODUCER_ID_BLOCK_SIZE)).unwrap();
+    assert_eq!(
+        state.next_producer_id(),
+        ProducerId(2 * PRODUCER_ID_BLOCK_SIZE)
+    );
+    // A snapshot restores the counter on a fresh state (not below zero).
+    let mut fresh = MetadataState::new();
+    assert!(fresh.apply(&record(-1, -1)).is_err());
+    fresh
+        .apply(&record(-1, 7 * PRODUCER_ID_BLOCK_SIZE))
         .unwrap();
-    assert!(s.apply(&partition(0, vec![0, 1], vec![0], 0, 2)).is_err());
-    s.check_invariants();
+    assert_eq!(
+        fresh.next_producer_id(),
+        ProducerId(7 * PRODUCER_ID_BLOCK_SIZE)
+    );
+}
+
+/// Broker epochs are unique across brokers: two registrations (of two brokers) computed from the
+/// same state carry the same epoch, and only the first applies. A registration computed while
+/// the broker was fenced does not apply once it is unfenced: it would replace the live
+/// registration without the fence that takes leadership away from the old incarnation.
+/// Reference: KRaft ClusterControlManager (broker epochs are the offsets of the registration
+/// records, so unique and growing); KIP-631.
+#[test]
+fn registrations_from_a_stale_state_apply_once() {
+    let mut state = MetadataState::new();
+    let (e0, first) = state
+        .register_broker(&registration(0, 1), UncleanElection::Disabled)
+        .unwrap();
+    let (e1, second) = state
+        .register_broker(&registration(1, 2), UncleanElection::Disabled)
+        .unwrap();
+    assert_eq!(e0, e1, "computed from the same state");
+    apply_all(&mut state, &first);
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&second[0]),
+        Err(ApplyError::InvalidBroker(_))
+    ));
+    assert_eq!(state, before);
+    // Computed while broker 0 is fenced, applied after its heartbeat unfenced it.
+    let (_, restart) = state
+        .register_broker(&registration(0, 3), UncleanElection::Disabled)
+        .unwrap();
+    assert_eq!(restart.len(), 1);
+    let records = state
+        .unfence_broker(BrokerId(0), e0, UncleanElection::Disabled)
+        .unwrap();
+    apply_all(&mut state, &records);
+    let before = state.clone();
+    assert!(matches!(
+        state.apply(&restart[0]),
+        Err(ApplyError::InvalidBroker(_))
+    ));
+    assert_eq!(state, before);
+    // Recomputed on the current state, it fences the old registration first and applies.
+    let (e0b, restart) = state
+        .register_broker(&registration(0, 3), UncleanElection::Disabled)
+        .unwrap();
+    assert!(matches!(
+        &restart[0].record,
+        Some(Record::FenceBroker(f)) if f.broker_id == 0 && f.broker_epoch == e0
+    ));
+    apply_all(&mut state, &restart);
+    let broker = state.broker(BrokerId(0)).unwrap();
+    assert_eq!((broker.epoch, broker.fenced), (e0b, true));
+}
+
+/// A snapshot rebuilds a state whose broker epochs are not in broker id order (broker 0
+/// registered again after broker 1) and whose producer-id counter moved: the registrations are
+/// restated in epoch order and the counter is restored, not allocated.
+/// Reference: `quorum::snapshot` (the records rebuild the state exactly).
+#[test]
+fn snapshot_rebuilds_reregistered_brokers_and_the_producer_id_counter() {
+    use crate::quorum::snapshot::{decode_state, encode_state};
+
+    let mut state = MetadataState::new();
+    register_unfenced(&mut state, 0, 1);
+    let e1 = register_unfenced(&mut state, 1, 2);
+    register_unfenced(&mut state, 0, 3);
+    let (_, records) = state.allocate_producer_ids(BrokerId(1), e1).unwrap();
+    apply_all(&mut state, &records);
+    assert!(state.broker(BrokerId(0)).unwrap().epoch > e1);
+    let bytes = encode_state(&state);
+    assert_eq!(decode_state(&bytes).as_ref(), Ok(&state));
+}
+
+/// A broker that registers again while its old registration is live (a restart inside its
+/// session) loses leadership first, in the same command: each partition it led elects the next
+/// ISR member with a bumped leader epoch, and it leaves every ISR; then it is registered fenced
+/// at a new broker epoch. Reference: KRaft ReplicationControlManager.handleBrokerFenced and
+/// PartitionChangeBuilder (a leader change bumps the leader epoch); KIP-631.
+#[test]
+fn reregistering_a_live_broker_moves_its_leadership_to_the_isr() {
+    let mut state = MetadataState::new();
+    for n in 0..3 {
+        register_unfenced(&mut state, n, n as u8);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 3, 3, id(1)),
+            &state.live_brokers(),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+    let before: Vec<Partition> = state.topic("t").unwrap().partitions.clone();
+    let restarted = before[0].leader;
+    let old_epoch = state.broker(restarted).unwrap().epoch;
+    let (epoch, records) = state
+        .register_broker(&registration(restarted.0, 9), UncleanElection::Disabled)
+        .unwrap();
+    assert!(matches!(
+        records.first().and_then(|r| r.record.as_ref()),
+        Some(Record::FenceBroker(f)) if f.broker_epoch == old_epoch
+    ));
+    assert!(matches!(
+        records.last().and_then(|r| r.record.as_ref()),
+        Some(Record::RegisterBroker(r)) if r.fenced && r.broker_epoch == epoch
+    ));
+    apply_all(&mut state, &records);
+    let broker = state.broker(restarted).unwrap();
+    assert_eq!((broker.epoch, broker.fenced), (epoch, true));
+    assert!(epoch > old_epoch);
+    for (p, old) in before.iter().enumerate() {
+        let new = &state.topic("t").unwrap().partitions[p];
+        assert!(!new.isr.contains(&restarted), "p{p}: {new:?}");
+        assert_ne!(new.leader, restarted, "p{p}");
+        if old.leader == restarted {
+            let next = *old.replicas.iter().find(|r| **r != restarted).unwrap();
+            assert_eq!(new.leader, next, "p{p}: the next ISR member leads");
+            assert_eq!(
+                new.leader_epoch,
+                LeaderEpoch(old.leader_epoch.0 + 1),
+                "p{p}"
+            );
+        } else {
+            assert_eq!(new.leader, old.leader, "p{p}");
+            assert_eq!(new.leader_epoch, old.leader_epoch, "p{p}");
+        }
+    }
+}
+
+/// A partition whose only ISR member restarts and registers again goes leaderless (its leader
+/// epoch bumps); once the broker's heartbeat shows it caught up, the controller unfences it and
+/// it leads again, at a leader epoch above any it led before the restart. Reference: KIP-631
+/// (BrokerHeartbeat unfences a caught-up broker); KRaft ReplicationControlManager
+/// .handleBrokerUnfenced; Kafka's leader epoch (KIP-101) never repeats for a new leadership.
+#[test]
+fn sole_isr_partition_returns_to_the_restarted_broker_at_a_higher_epoch() {
+    use crate::quorum::sessions::{BrokerSessions, Heartbeat};
+
+    let mut state = MetadataState::new();
+    register_unfenced(&mut state, 0, 1);
+    let records = state
+        .create_topic(
+            &new_topic("t", 1, 1, id(1)),
+            &state.live_brokers(),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+    let before = state.partition("t", 0).unwrap().clone();
+    assert_eq!(before.leader, BrokerId(0));
+    let (epoch, records) = state
+        .register_broker(&registration(0, 2), UncleanElection::Disabled)
+        .unwrap();
+    apply_all(&mut state, &records);
+    let leaderless = state.partition("t", 0).unwrap().clone();
+    assert_eq!(leaderless.leader, BrokerId::NONE);
+    assert_eq!(
+        leaderless.isr,
+        vec![BrokerId(0)],
+        "the last ISR member stays"
+    );
+    assert!(leaderless.leader_epoch > before.leader_epoch);
+
+    let mut sessions = BrokerSessions::new(UncleanElection::Disabled);
+    let heartbeat = |offset: u64| Heartbeat {
+        broker_id: BrokerId(0),
+        broker_epoch: epoch,
+        metadata_offset: offset,
+        want_fence: false,
+    };
+    let reply = sessions.heartbeat(0, &heartbeat(7), &state, 10).unwrap();
+    assert!(reply.is_fenced && !reply.is_caught_up && reply.records.is_empty());
+    let reply = sessions
+        .heartbeat(2_000, &heartbeat(10), &state, 11)
+        .unwrap();
+    assert!(reply.is_fenced && reply.is_caught_up);
+    apply_all(&mut state, &reply.records);
+    assert!(!state.broker(BrokerId(0)).unwrap().fenced);
+    let after = state.partition("t", 0).unwrap();
+    assert_eq!(after.leader, BrokerId(0));
+    assert_eq!(after.isr, vec![BrokerId(0)]);
+    assert_eq!(
+        after.leader_epoch,
+        LeaderEpoch(leaderless.leader_epoch.0 + 1)
+    );
+    assert!(after.leader_epoch > before.leader_epoch);
 }
 
 /// The error codes are Kafka's (checked against kafka-protocol's table, from Errors.java).
@@ -688,7 +982,13 @@ fn run_script(
         states.push(state.clone());
     };
     for b in 0..3 {
-        let (_, r) = state.register_broker(&registration(b, b as u8)).unwrap();
+        let (epoch, r) = state
+            .register_broker(&registration(b, b as u8), UncleanElection::Disabled)
+            .unwrap();
+        commit(store, state, r);
+        let r = state
+            .unfence_broker(BrokerId(b), epoch, UncleanElection::Disabled)
+            .unwrap();
         commit(store, state, r);
     }
     let live = state.live_brokers();
@@ -851,6 +1151,15 @@ enum Cmd {
     ProducerIds {
         broker: i32,
     },
+    /// A heartbeat that unfences (at the broker's epoch, or one behind: a stale heartbeat).
+    Unfence {
+        broker: i32,
+        stale: bool,
+    },
+    /// A session that expires.
+    Fence {
+        broker: i32,
+    },
     Crash {
         seed: u64,
     },
@@ -883,6 +1192,8 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             value
         }),
         (0i32..4).prop_map(|broker| Cmd::ProducerIds { broker }),
+        (0i32..4, any::<bool>()).prop_map(|(broker, stale)| Cmd::Unfence { broker, stale }),
+        (0i32..4).prop_map(|broker| Cmd::Fence { broker }),
         any::<u64>().prop_map(|seed| Cmd::Crash { seed }),
     ]
 }
@@ -895,7 +1206,10 @@ fn run_cmd(state: &MetadataState, cmd: &Cmd) -> Option<Vec<MetadataRecord>> {
             broker,
             incarnation,
         } => state
-            .register_broker(&registration(*broker, *incarnation))
+            .register_broker(
+                &registration(*broker, *incarnation),
+                UncleanElection::Disabled,
+            )
             .map(|(_, r)| r),
         Cmd::Create {
             name,
@@ -928,6 +1242,15 @@ fn run_cmd(state: &MetadataState, cmd: &Cmd) -> Option<Vec<MetadataRecord>> {
                 .allocate_producer_ids(BrokerId(*broker), epoch)
                 .map(|(_, r)| r)
         }
+        Cmd::Unfence { broker, stale } => {
+            let epoch = state.broker(BrokerId(*broker)).map_or(0, |b| b.epoch);
+            state.unfence_broker(
+                BrokerId(*broker),
+                epoch - i64::from(*stale),
+                UncleanElection::Disabled,
+            )
+        }
+        Cmd::Fence { broker } => state.fence_broker(BrokerId(*broker), UncleanElection::Disabled),
         Cmd::Crash { .. } => return None,
     };
     result.ok()

@@ -5,7 +5,10 @@
 //! for [`BROKER_SESSION_TIMEOUT_MS`] is fenced: the controller proposes
 //! [`MetadataState::fence_broker`]'s records (FenceBroker, then partition changes that take it
 //! out of every ISR and elect new leaders from the ISR). A fenced broker whose heartbeat shows
-//! it caught up with the metadata log is unfenced ([`MetadataState::unfence_broker`]).
+//! it caught up with the metadata log is unfenced ([`MetadataState::unfence_broker`], which
+//! also elects it where a partition has no leader). That is how every broker becomes live:
+//! [`MetadataState::register_broker`] registers it fenced (after fencing its previous
+//! registration if that was still live), and a new registration starts a new session.
 //!
 //! The session table is the active controller's soft state, never replicated: time comes in
 //! as `now_ms`, and a node that becomes the leader starts every session afresh

@@ -11,11 +11,12 @@
 //!      8     …  payload: a prost-encoded SnapshotBody (version 1, the records)
 //! ```
 //!
-//! The records, in order: every broker's registration (with its fenced flag), then every topic
-//! (name order) with its configs and its partitions (index order), then the producer-id
-//! counter. Applying them to an empty state gives back the state exactly: [`encode_state`]
-//! checks that before it returns (and [`decode_state`] checks the CRC and that every record
-//! applies), so a snapshot that would not rebuild its state is never written.
+//! The records, in order: every broker's registration (with its fenced flag) in broker epoch
+//! order, then every topic (name order) with its configs and its partitions (index order),
+//! then the producer-id counter (broker -1: a restore, not an allocation). Applying them to an
+//! empty state gives back the state exactly: [`encode_state`] checks that before it returns
+//! (and [`decode_state`] checks the CRC and that every record applies), so a snapshot that
+//! would not rebuild its state is never written.
 
 use prost::Message;
 
@@ -73,7 +74,10 @@ struct SnapshotBody {
 /// The records that rebuild `state` from an empty state (see the module documentation).
 pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
-    for b in state.brokers() {
+    // In epoch order: apply takes each registration only above every epoch before it.
+    let mut brokers: Vec<_> = state.brokers().collect();
+    brokers.sort_by_key(|b| b.epoch);
+    for b in brokers {
         records.push(
             RegisterBrokerRecord {
                 broker_id: b.id.0,

@@ -529,7 +529,9 @@ fn a_command_that_no_longer_fits_is_rejected_whole() {
         )
         .unwrap();
     // A third command whose first record fits and whose second does not.
-    let (_, mut third) = state.register_broker(&registration(0)).unwrap();
+    let (_, mut third) = state
+        .register_broker(&registration(0), UncleanElection::Disabled)
+        .unwrap();
     third.push(second[1].clone());
     let node = net.slots.get_mut(&leader).unwrap().node.as_mut().unwrap();
     node.propose(ProposalId(1), first).unwrap();
@@ -690,7 +692,9 @@ fn restart_from_persisted_state_reapplies_the_log() {
     let mut net = Net::new(&[0, 1, 2], &[3], 1000, 5);
     let leader = net.elect(60);
     let mut state = net.node(leader).state().clone();
-    let (_, records) = state.register_broker(&registration(0)).unwrap();
+    let (_, records) = state
+        .register_broker(&registration(0), UncleanElection::Disabled)
+        .unwrap();
     net.propose(leader, 1, records);
     for n in 0..3 {
         state = net.node(leader).state().clone();
@@ -846,7 +850,13 @@ fn snapshot_bytes_are_checked() {
 fn cluster_state(brokers: i32) -> MetadataState {
     let mut state = MetadataState::new();
     for n in 0..brokers {
-        let (_, records) = state.register_broker(&registration(n)).unwrap();
+        let (epoch, records) = state
+            .register_broker(&registration(n), UncleanElection::Disabled)
+            .unwrap();
+        apply(&mut state, &records);
+        let records = state
+            .unfence_broker(b(n), epoch, UncleanElection::Disabled)
+            .unwrap();
         apply(&mut state, &records);
     }
     state
@@ -1297,8 +1307,15 @@ fn fencing_through_the_quorum_reaches_every_node() {
     let leader = net.elect(60);
     for (i, n) in [0, 1, 2, 3].into_iter().enumerate() {
         let state = net.node(leader).state().clone();
-        let (_, records) = state.register_broker(&registration(n)).unwrap();
-        net.propose(leader, i as u64, records);
+        let (epoch, records) = state
+            .register_broker(&registration(n), UncleanElection::Disabled)
+            .unwrap();
+        net.propose(leader, 2 * i as u64, records);
+        let state = net.node(leader).state().clone();
+        let records = state
+            .unfence_broker(b(n), epoch, UncleanElection::Disabled)
+            .unwrap();
+        net.propose(leader, 2 * i as u64 + 1, records);
     }
     let state = net.node(leader).state().clone();
     net.propose(leader, 10, create_topic(&state, 1));
