@@ -16,7 +16,11 @@
 //! - A [`BrokerConfig`] is built only by [`BrokerConfig::parse`] (and the functions that call
 //!   it), from input whose every key is in [`SETTINGS`] and whose every value passed that key's
 //!   type and range check; cross-setting rules (listener names unique, advertised listeners
-//!   named among the listeners) hold too.
+//!   named among the listeners, the heartbeat interval below the session timeout) hold too.
+//! - The metadata quorum: with `controller.quorum.voters` set, every id among the voters and
+//!   `keel.quorum.learners` together is unique, and `node.id` is one of them (so
+//!   [`BrokerConfig::peer_address`] is this node's own entry). Learners without voters are
+//!   refused; with neither, the broker runs alone.
 //! - Strictness, unlike Kafka: Kafka logs a warning for an unknown key and starts anyway; keel
 //!   refuses to start, naming the key and the closest known one, because a misspelt
 //!   `log.retention.hours` silently keeping data for a week is worse than a failed start.
@@ -36,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use keel_core::batch::TimestampType;
 use keel_core::controller::config as topic;
-use keel_core::controller::TopicDefaults;
+use keel_core::controller::{TopicDefaults, UncleanElection};
 
 /// `node.id`: this broker's id (INT, >= 0, required).
 pub const NODE_ID: &str = "node.id";
@@ -85,6 +89,23 @@ pub const OFFSETS_RETENTION_MINUTES: &str = "offsets.retention.minutes";
 pub const LOG_RETENTION_CHECK_INTERVAL_MS: &str = "log.retention.check.interval.ms";
 /// `controller.quorum.voters`: the metadata quorum, `ID@HOST:PORT,...` (LIST, optional).
 pub const CONTROLLER_QUORUM_VOTERS: &str = "controller.quorum.voters";
+/// `keel.quorum.learners`: the brokers that follow the metadata log without voting,
+/// `ID@HOST:PORT,...` (LIST, optional; needs voters).
+pub const KEEL_QUORUM_LEARNERS: &str = "keel.quorum.learners";
+/// `broker.session.timeout.ms`: a broker without a heartbeat for this long is fenced (INT,
+/// >= 1).
+pub const BROKER_SESSION_TIMEOUT_MS: &str = "broker.session.timeout.ms";
+/// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the controller (INT, >= 1,
+/// below `broker.session.timeout.ms`).
+pub const BROKER_HEARTBEAT_INTERVAL_MS: &str = "broker.heartbeat.interval.ms";
+/// `unclean.leader.election.enable`: a partition whose in-sync replicas are all down may elect
+/// an out-of-sync replica, losing writes (BOOLEAN).
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+/// `replica.fetch.max.bytes`: bytes a follower asks for per partition in one fetch (INT, >= 0;
+/// the first batch comes whatever its size).
+pub const REPLICA_FETCH_MAX_BYTES: &str = "replica.fetch.max.bytes";
+/// `replica.fetch.backoff.ms`: how long a follower waits after a failed fetch (INT, >= 0).
+pub const REPLICA_FETCH_BACKOFF_MS: &str = "replica.fetch.backoff.ms";
 /// `keel.metrics.listener`: `HOST:PORT` of the Prometheus endpoint; empty disables it.
 pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
 /// `keel.log.flush.checkpoint.interval.ms`: how often recovery points are checkpointed
@@ -183,6 +204,18 @@ pub const SETTINGS: &[Setting] = &[
         doc: "create a topic when a client first asks for it",
     },
     Setting {
+        name: BROKER_HEARTBEAT_INTERVAL_MS,
+        setting_type: INT_POSITIVE,
+        default: Some("2000"),
+        doc: "how often a broker heartbeats to the controller; below broker.session.timeout.ms",
+    },
+    Setting {
+        name: BROKER_SESSION_TIMEOUT_MS,
+        setting_type: INT_POSITIVE,
+        default: Some("9000"),
+        doc: "the controller fences a broker that has not heartbeated for this long",
+    },
+    Setting {
         name: CONTROLLER_QUORUM_VOTERS,
         setting_type: SettingType::List,
         default: Some(""),
@@ -208,6 +241,13 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: SettingType::String,
         default: Some("127.0.0.1:9644"),
         doc: "HOST:PORT of the Prometheus endpoint (GET /metrics); empty disables it",
+    },
+    Setting {
+        name: KEEL_QUORUM_LEARNERS,
+        setting_type: SettingType::List,
+        default: Some(""),
+        doc: "brokers that follow the metadata log without voting, ID@HOST:PORT,...; ids \
+              unique across voters and learners; needs controller.quorum.voters",
     },
     Setting {
         name: LISTENERS,
@@ -316,6 +356,19 @@ pub const SETTINGS: &[Setting] = &[
         doc: "committed offsets of an empty group expire after this long",
     },
     Setting {
+        name: REPLICA_FETCH_BACKOFF_MS,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("1000"),
+        doc: "how long a follower waits after a failed fetch before the next",
+    },
+    Setting {
+        name: REPLICA_FETCH_MAX_BYTES,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("1048576"),
+        doc: "bytes a follower fetches per partition per request (the first batch comes \
+              whatever its size)",
+    },
+    Setting {
         name: REPLICA_LAG_TIME_MAX_MS,
         setting_type: LONG_POSITIVE,
         default: Some("30000"),
@@ -326,6 +379,13 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_POSITIVE,
         default: Some("104857600"),
         doc: "the largest request frame the broker reads",
+    },
+    Setting {
+        name: UNCLEAN_LEADER_ELECTION_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("false"),
+        doc: "a partition whose in-sync replicas are all down may elect an out-of-sync \
+              replica, losing the writes only the ISR had",
     },
 ];
 
@@ -545,17 +605,18 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// One voter of the metadata quorum: `ID@HOST:PORT`.
+/// One member of the metadata quorum, a voter or a learner: `ID@HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuorumVoter {
-    /// The voter's `node.id`.
+    /// The member's `node.id`.
     pub id: i32,
-    /// Where its controller listener is.
+    /// Where it listens for other brokers (quorum and replication traffic).
     pub address: HostPort,
 }
 
 impl QuorumVoter {
-    /// Parses `ID@HOST:PORT` (Kafka's `controller.quorum.voters` item).
+    /// Parses `ID@HOST:PORT` (Kafka's `controller.quorum.voters` item; `keel.quorum.learners`
+    /// items too).
     pub fn parse(text: &str) -> Result<QuorumVoter, String> {
         let text = text.trim();
         let (id, address) = text
@@ -625,6 +686,19 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: i64,
     /// `controller.quorum.voters` (ids unique); empty when not set.
     pub controller_quorum_voters: Vec<QuorumVoter>,
+    /// `keel.quorum.learners` (ids unique across voters and learners); empty when not set,
+    /// always empty without voters.
+    pub quorum_learners: Vec<QuorumVoter>,
+    /// `broker.session.timeout.ms`.
+    pub broker_session_timeout_ms: i64,
+    /// `broker.heartbeat.interval.ms`: below `broker_session_timeout_ms`.
+    pub broker_heartbeat_interval_ms: i64,
+    /// `unclean.leader.election.enable`.
+    pub unclean_leader_election: bool,
+    /// `replica.fetch.max.bytes`.
+    pub replica_fetch_bytes_max: i32,
+    /// `replica.fetch.backoff.ms`.
+    pub replica_fetch_backoff_ms: i64,
     /// `keel.metrics.listener`; `None` when set empty (the endpoint is off).
     pub metrics_listener: Option<HostPort>,
     /// `keel.log.flush.checkpoint.interval.ms`.
@@ -841,6 +915,64 @@ impl BrokerConfig {
             }
             controller_quorum_voters.push(voter);
         }
+        let mut quorum_learners: Vec<QuorumVoter> = Vec::new();
+        for item in values.list(KEEL_QUORUM_LEARNERS)?.unwrap_or_default() {
+            let learner = QuorumVoter::parse(&item).map_err(|why| {
+                values.invalid(KEEL_QUORUM_LEARNERS, &format!("ID@HOST:PORT,... ({why})"))
+            })?;
+            if controller_quorum_voters
+                .iter()
+                .chain(&quorum_learners)
+                .any(|m| m.id == learner.id)
+            {
+                return Err(values.invalid(
+                    KEEL_QUORUM_LEARNERS,
+                    &format!(
+                        "ids unique across {CONTROLLER_QUORUM_VOTERS} and {KEEL_QUORUM_LEARNERS} \
+                         ({} repeats)",
+                        learner.id
+                    ),
+                ));
+            }
+            quorum_learners.push(learner);
+        }
+        if controller_quorum_voters.is_empty() && !quorum_learners.is_empty() {
+            return Err(values.invalid(
+                KEEL_QUORUM_LEARNERS,
+                &format!(
+                    "no learners while {CONTROLLER_QUORUM_VOTERS} is empty (learners follow \
+                     the voters' log)"
+                ),
+            ));
+        }
+        if !controller_quorum_voters.is_empty()
+            && !controller_quorum_voters
+                .iter()
+                .chain(&quorum_learners)
+                .any(|m| m.id == node_id)
+        {
+            return Err(values.invalid(
+                NODE_ID,
+                &format!(
+                    "an id listed in {CONTROLLER_QUORUM_VOTERS} or {KEEL_QUORUM_LEARNERS} \
+                     (node {node_id} is in neither)"
+                ),
+            ));
+        }
+
+        let broker_session_timeout_ms =
+            i64::from(values.int_or_default(BROKER_SESSION_TIMEOUT_MS)?);
+        let broker_heartbeat_interval_ms =
+            i64::from(values.int_or_default(BROKER_HEARTBEAT_INTERVAL_MS)?);
+        if broker_heartbeat_interval_ms >= broker_session_timeout_ms {
+            return Err(values.invalid(
+                BROKER_HEARTBEAT_INTERVAL_MS,
+                &format!(
+                    "less than {BROKER_SESSION_TIMEOUT_MS} ({broker_session_timeout_ms}), or \
+                     every session would expire between two heartbeats"
+                ),
+            ));
+        }
 
         let metrics_listener = {
             let text = values.string_or_default(KEEL_METRICS_LISTENER)?;
@@ -879,6 +1011,12 @@ impl BrokerConfig {
                 * MS_PER_MINUTE,
             retention_check_interval_ms: values.long_or_default(LOG_RETENTION_CHECK_INTERVAL_MS)?,
             controller_quorum_voters,
+            quorum_learners,
+            broker_session_timeout_ms,
+            broker_heartbeat_interval_ms,
+            unclean_leader_election: values.bool_or_default(UNCLEAN_LEADER_ELECTION_ENABLE)?,
+            replica_fetch_bytes_max: values.int_or_default(REPLICA_FETCH_MAX_BYTES)?,
+            replica_fetch_backoff_ms: i64::from(values.int_or_default(REPLICA_FETCH_BACKOFF_MS)?),
             metrics_listener,
             checkpoint_interval_ms: values
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
@@ -922,6 +1060,26 @@ impl BrokerConfig {
     /// The advertised listener called `name` (upper case), if there is one.
     pub fn advertised_listener(&self, name: &str) -> Option<&Listener> {
         self.advertised_listeners.iter().find(|l| l.name == name)
+    }
+
+    /// This node's own entry among `controller.quorum.voters` and `keel.quorum.learners`: the
+    /// address it listens on for other brokers. `None` without voters (a broker alone); never
+    /// `None` with them (parsing checks that `node.id` is listed).
+    pub fn peer_address(&self) -> Option<&HostPort> {
+        self.controller_quorum_voters
+            .iter()
+            .chain(&self.quorum_learners)
+            .find(|m| m.id == self.node_id)
+            .map(|m| &m.address)
+    }
+
+    /// `unclean.leader.election.enable` as the controller takes it.
+    pub fn unclean_election(&self) -> UncleanElection {
+        if self.unclean_leader_election {
+            UncleanElection::Enabled
+        } else {
+            UncleanElection::Disabled
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use keel_core::batch::TimestampType;
 use keel_core::controller::config::{TopicConfig, KEYS};
+use keel_core::controller::UncleanElection;
 use keel_node::config::{
     parse_override, BrokerConfig, ConfigError, HostPort, Listener, QuorumVoter, SETTINGS,
 };
@@ -111,6 +112,14 @@ fn only_node_id_gives_kafka_defaults() {
     assert_eq!(c.offsets_retention_ms, 10_080 * 60_000);
     assert_eq!(c.retention_check_interval_ms, 300_000);
     assert!(c.controller_quorum_voters.is_empty());
+    assert!(c.quorum_learners.is_empty());
+    assert_eq!(c.peer_address(), None, "no quorum: a broker alone");
+    assert_eq!(c.broker_session_timeout_ms, 9_000);
+    assert_eq!(c.broker_heartbeat_interval_ms, 2_000);
+    assert!(!c.unclean_leader_election);
+    assert_eq!(c.unclean_election(), UncleanElection::Disabled);
+    assert_eq!(c.replica_fetch_bytes_max, 1_048_576);
+    assert_eq!(c.replica_fetch_backoff_ms, 1_000);
     assert_eq!(
         c.metrics_listener,
         Some(HostPort {
@@ -344,6 +353,224 @@ fn quorum_voters_parse() {
             }
         }
     );
+}
+
+/// Learners take the voters' format; a node's peer address is its own entry, whether it votes
+/// or learns. Reference: Kafka `controller.quorum.voters` (`QuorumConfig.parseVoterConnections`);
+/// KIP-595 (observers follow the log without voting).
+#[test]
+fn quorum_learners_parse_and_peer_address_is_this_nodes_entry() {
+    let text = |node: i32| {
+        format!(
+            "node.id = {node}
+             controller.quorum.voters = \"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093\"
+             keel.quorum.learners = \"4@kafka-4:9093, 5@[::1]:9094\""
+        )
+    };
+    let learner = parse(&text(5));
+    let shown: Vec<String> = learner
+        .quorum_learners
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["4@kafka-4:9093", "5@[::1]:9094"]);
+    assert_eq!(
+        learner.peer_address(),
+        Some(&HostPort {
+            host: "::1".into(),
+            port: 9094
+        })
+    );
+    let voter = parse(&text(2));
+    assert_eq!(voter.quorum_learners, learner.quorum_learners);
+    assert_eq!(
+        voter.peer_address().map(ToString::to_string).as_deref(),
+        Some("kafka-2:9093")
+    );
+    // Written as an array, through an override, or as a section: the same setting.
+    let array = parse(
+        r#"
+        node.id = 4
+        controller.quorum.voters = ["1@kafka-1:9093", "2@kafka-2:9093", "3@kafka-3:9093"]
+        [keel.quorum]
+        learners = ["4@kafka-4:9093", "5@[::1]:9094"]
+        "#,
+    );
+    assert_eq!(array.quorum_learners, learner.quorum_learners);
+    let overridden = BrokerConfig::parse(
+        "node.id = 4
+controller.quorum.voters = \"1@kafka-1:9093\"",
+        &ov(&[("keel.quorum.learners", "4@kafka-4:9093")]),
+    )
+    .expect("parses");
+    assert_eq!(overridden.peer_address().map(|a| a.port), Some(9093));
+}
+
+/// With voters, every id is listed once across voters and learners and this node is one of
+/// them; learners need voters. Each error names the setting, the value and the id.
+#[test]
+fn quorum_membership_is_checked() {
+    let voters = "controller.quorum.voters = \"1@a:9093,2@b:9093,3@c:9093\"";
+    for (text, key, value, why) in [
+        (
+            format!(
+                "node.id = 1
+{voters}
+keel.quorum.learners = \"2@d:9093\""
+            ),
+            "keel.quorum.learners",
+            "2@d:9093",
+            "ids unique across controller.quorum.voters and keel.quorum.learners (2 repeats)",
+        ),
+        (
+            format!(
+                "node.id = 1
+{voters}
+keel.quorum.learners = \"4@d:9093,4@e:9093\""
+            ),
+            "keel.quorum.learners",
+            "4@e:9093",
+            "(4 repeats)",
+        ),
+        (
+            "node.id = 1
+keel.quorum.learners = \"1@d:9093\""
+                .to_string(),
+            "keel.quorum.learners",
+            "1@d:9093",
+            "no learners while controller.quorum.voters is empty",
+        ),
+        (
+            format!(
+                "node.id = 7
+{voters}
+keel.quorum.learners = \"4@d:9093\""
+            ),
+            "node.id",
+            "7",
+            "an id listed in controller.quorum.voters or keel.quorum.learners (node 7 is in \
+             neither)",
+        ),
+        (
+            format!(
+                "node.id = 1
+{voters}
+keel.quorum.learners = \"4@d\""
+            ),
+            "keel.quorum.learners",
+            "4@d",
+            "has no port",
+        ),
+        (
+            format!(
+                "node.id = 1
+{voters}
+keel.quorum.learners = \"4@d:0\""
+            ),
+            "keel.quorum.learners",
+            "4@d:0",
+            "port cannot be 0",
+        ),
+        (
+            format!(
+                "node.id = 1
+{voters}
+keel.quorum.learners = \"d:9093\""
+            ),
+            "keel.quorum.learners",
+            "d:9093",
+            "is not ID@HOST:PORT",
+        ),
+    ] {
+        let e = error(&text);
+        assert!(
+            matches!(&e, ConfigError::InvalidValue { key: k, .. } if k == key),
+            "{text}: {e:?}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains(value),
+            "{text}: {message} should show {value}"
+        );
+        assert!(message.contains(why), "{text}: {message} should say {why}");
+    }
+    // Without voters, node.id is free: the broker runs alone.
+    assert_eq!(parse("node.id = 7").peer_address(), None);
+}
+
+/// Reference: Kafka `KafkaConfig` (`broker.session.timeout.ms` 9000, `broker.heartbeat.interval.ms`
+/// 2000; KIP-631), `ReplicationConfigs` (`unclean.leader.election.enable` false,
+/// `replica.fetch.max.bytes` 1048576, `replica.fetch.backoff.ms` 1000). keel refuses a heartbeat
+/// interval that is not below the session timeout (Kafka does not check; such a broker is
+/// fenced between heartbeats).
+#[test]
+fn broker_session_and_replication_settings() {
+    let c = parse(
+        r#"
+        node.id = 1
+        broker.session.timeout.ms = 18000
+        broker.heartbeat.interval.ms = 3000
+        unclean.leader.election.enable = true
+        replica.fetch.max.bytes = 0
+        replica.fetch.backoff.ms = 0
+        "#,
+    );
+    assert_eq!(c.broker_session_timeout_ms, 18_000);
+    assert_eq!(c.broker_heartbeat_interval_ms, 3_000);
+    assert!(c.unclean_leader_election);
+    assert_eq!(c.unclean_election(), UncleanElection::Enabled);
+    assert_eq!(c.replica_fetch_bytes_max, 0);
+    assert_eq!(c.replica_fetch_backoff_ms, 0);
+    for (pairs, key, why) in [
+        (
+            [("broker.heartbeat.interval.ms", "9000")].as_slice(),
+            "broker.heartbeat.interval.ms",
+            "less than broker.session.timeout.ms (9000)",
+        ),
+        (
+            &[
+                ("broker.session.timeout.ms", "1000"),
+                ("broker.heartbeat.interval.ms", "1500"),
+            ],
+            "broker.heartbeat.interval.ms",
+            "less than broker.session.timeout.ms (1000)",
+        ),
+        (
+            &[("broker.session.timeout.ms", "0")],
+            "broker.session.timeout.ms",
+            "an integer from 1 to",
+        ),
+        (
+            &[("broker.heartbeat.interval.ms", "0")],
+            "broker.heartbeat.interval.ms",
+            "an integer from 1 to",
+        ),
+        (
+            &[("replica.fetch.max.bytes", "-1")],
+            "replica.fetch.max.bytes",
+            "an integer from 0 to",
+        ),
+        (
+            &[("replica.fetch.backoff.ms", "-1")],
+            "replica.fetch.backoff.ms",
+            "an integer from 0 to",
+        ),
+        (
+            &[("unclean.leader.election.enable", "sometimes")],
+            "unclean.leader.election.enable",
+            "true or false",
+        ),
+    ] {
+        let e = override_error(pairs);
+        assert!(
+            matches!(&e, ConfigError::InvalidValue { key: k, .. } if k == key),
+            "{pairs:?}: {e:?}"
+        );
+        assert!(
+            e.to_string().contains(why),
+            "{pairs:?}: {e} should say {why}"
+        );
+    }
 }
 
 /// Topics inherit the broker's settings: the map holds exactly the topic keys keel honours,
