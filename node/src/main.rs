@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kafka_protocol::messages::ApiKey;
 use keel_node::broker::{Broker, Settings};
+use keel_node::cluster::ClusterSettings;
 use keel_node::config::{parse_override, BrokerConfig};
 use keel_node::metrics::Metrics;
 use keel_node::wire::{SupportedApis, WireConfig, WireServer, GROUP_APIS};
@@ -179,6 +180,14 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
             auto_create_topics: config.auto_create_topics,
             topic_defaults: config.topic_creation_defaults(),
             topic_config_defaults: config.topic_defaults(),
+            cluster: match cluster_settings(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            replica_lag_time_max_ms: config.replica_lag_time_ms_max,
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {
@@ -190,7 +199,10 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
                 Err(e) => tracing::warn!("metrics endpoint {}: {e} (serving without it)", m.address()),
             }
         }
-        let broker = match Broker::open(settings, metrics) {
+        if settings.cluster.is_multi_node() {
+            tracing::info!("joining the cluster: {} voters", settings.cluster.voters.len());
+        }
+        let broker = match Broker::open(settings, metrics).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("keel: {e}");
@@ -222,6 +234,34 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         broker_for_sync.checkpoint_all();
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
+    })
+}
+
+/// The quorum layout from `controller.quorum.voters` and `keel.quorum.learners`, with
+/// addresses resolved.
+fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
+    use std::net::ToSocketAddrs;
+    let resolve = |voters: &[keel_node::config::QuorumVoter]| {
+        voters
+            .iter()
+            .map(|v| {
+                let address = v
+                    .address
+                    .address()
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("cannot resolve the address of quorum member {v}"))?;
+                Ok((v.id, address))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    Ok(ClusterSettings {
+        voters: resolve(&config.controller_quorum_voters)?,
+        learners: resolve(&config.quorum_learners)?,
+        session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
+        heartbeat_interval_ms: config.broker_heartbeat_interval_ms.max(1) as u64,
+        unclean_leader_election: config.unclean_leader_election,
     })
 }
 

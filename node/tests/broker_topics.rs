@@ -24,7 +24,7 @@ fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
     }
 }
 
-fn open(dir: &std::path::Path) -> Arc<Broker> {
+async fn open(dir: &std::path::Path) -> Arc<Broker> {
     let settings = Settings {
         node_id: 1,
         data_dir: dir.to_path_buf(),
@@ -36,8 +36,11 @@ fn open(dir: &std::path::Path) -> Arc<Broker> {
             replication_factor: 1,
         },
         topic_config_defaults: Default::default(),
+        ..Settings::single(1, dir.to_path_buf())
     };
-    Broker::open(settings, Arc::new(Metrics::new())).unwrap()
+    Broker::open(settings, Arc::new(Metrics::new()))
+        .await
+        .unwrap()
 }
 
 async fn create(broker: &Arc<Broker>, name: &str) -> i16 {
@@ -76,7 +79,7 @@ async fn delete(broker: &Arc<Broker>, name: &str) -> i16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreated_topics_start_empty_and_orphans_are_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
+    let broker = open(dir.path()).await;
     assert_eq!(create(&broker, "t").await, 0);
     let partition_dir = dir.path().join("t-0");
     let first_id = std::fs::read_to_string(partition_dir.join("partition.metadata")).unwrap();
@@ -97,7 +100,7 @@ async fn recreated_topics_start_empty_and_orphans_are_removed_at_start() {
     )
     .unwrap();
     drop(broker);
-    let broker = open(dir.path());
+    let broker = open(dir.path()).await;
     assert!(
         !dir.path().join("gone-0").exists(),
         "the orphan directory is removed"
@@ -107,7 +110,7 @@ async fn recreated_topics_start_empty_and_orphans_are_removed_at_start() {
         "live partitions stay"
     );
     assert_eq!(
-        broker.partition("t", 0).map(|p| p.topic_id.to_string()),
+        broker.replica("t", 0).map(|p| p.topic_id.to_string()),
         Some(
             second_id
                 .trim()

@@ -304,9 +304,11 @@ async fn every_response_encodes_at_every_advertised_version() {
                 replication_factor: 1,
             },
             topic_config_defaults: Default::default(),
+            ..Settings::single(1, dir.path().to_path_buf())
         },
         Arc::new(keel_node::metrics::Metrics::new()),
     )
+    .await
     .unwrap();
     // The success topic.
     let mut create = CreateTopicsRequest::default();

@@ -40,7 +40,7 @@ use keel_core::controller::{
     AlterConfigOp, AlterOp, ControllerError, NewTopic, TopicId as CoreTopicId,
 };
 use keel_core::log::{concat, LogError};
-use keel_core::partition::{code, compression_allowed, Appended, ProduceError};
+use keel_core::partition::{code, compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
 use super::{now_ms, Broker, PartitionHandle};
@@ -50,6 +50,7 @@ use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
 /// Kafka error codes used here beyond core's.
 mod err {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
@@ -92,6 +93,8 @@ impl Handler for Broker {
             NoResponse,
             Produce(ProduceWait),
             Fetch(FetchRequest),
+            /// Answered after the controller committed a command.
+            Later(std::pin::Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
             /// An API the wire layer let through but the broker does not answer.
             NotServed,
         }
@@ -101,7 +104,12 @@ impl Handler for Broker {
                 Some(wait) => Next::Produce(wait),
             },
             RequestKind::Fetch(r) => Next::Fetch(r),
-            RequestKind::Metadata(r) => Next::Ready(ResponseKind::Metadata(self.metadata(&ctx, r))),
+            RequestKind::Metadata(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::Metadata(b.metadata(v, r).await)
+                }))
+            }
             RequestKind::ListOffsets(r) => Next::Ready(ResponseKind::ListOffsets(
                 self.list_offsets(ctx.api_version, r),
             )),
@@ -112,25 +120,43 @@ impl Handler for Broker {
                 Next::Ready(ResponseKind::DeleteRecords(self.delete_records(r)))
             }
             RequestKind::InitProducerId(r) => {
-                Next::Ready(ResponseKind::InitProducerId(self.init_producer_id(r)))
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::InitProducerId(b.init_producer_id(r).await)
+                }))
             }
             RequestKind::CreateTopics(r) => {
-                Next::Ready(ResponseKind::CreateTopics(self.create_topics(&ctx, r)))
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::CreateTopics(b.create_topics(v, r).await)
+                }))
             }
-            RequestKind::DeleteTopics(r) => Next::Ready(ResponseKind::DeleteTopics(
-                self.delete_topics(ctx.api_version, r),
-            )),
+            RequestKind::DeleteTopics(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::DeleteTopics(b.delete_topics(v, r).await)
+                }))
+            }
             RequestKind::CreatePartitions(r) => {
-                Next::Ready(ResponseKind::CreatePartitions(self.create_partitions(r)))
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::CreatePartitions(b.create_partitions(r).await)
+                }))
             }
             RequestKind::DescribeConfigs(r) => Next::Ready(ResponseKind::DescribeConfigs(
                 self.describe_configs(ctx.api_version, r),
             )),
-            RequestKind::IncrementalAlterConfigs(r) => Next::Ready(
-                ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r)),
-            ),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::IncrementalAlterConfigs(b.incremental_alter_configs(r).await)
+                }))
+            }
             RequestKind::AlterConfigs(r) => {
-                Next::Ready(ResponseKind::AlterConfigs(self.alter_configs(r)))
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::AlterConfigs(b.alter_configs(r).await)
+                }))
             }
             RequestKind::FindCoordinator(r) => Next::Ready(ResponseKind::FindCoordinator(
                 find_coordinator(ctx.api_version, r),
@@ -160,6 +186,7 @@ impl Handler for Broker {
                     ctx.api_key
                 ))),
                 Next::Ready(r) => Ok(Some(r)),
+                Next::Later(f) => Ok(Some(f.await)),
                 Next::NoResponse => Ok(None),
                 Next::Produce(wait) => Ok(Some(ResponseKind::Produce(wait.finish().await))),
                 Next::Fetch(r) => {
@@ -216,8 +243,8 @@ fn has_error(response: &ResponseKind) -> bool {
 /// A produce whose batches were appended; answers when its acks are satisfied.
 struct ProduceWait {
     response: ProduceResponse,
-    /// (topic index, partition index, partition, last offset) awaiting the high watermark.
-    waits: Vec<(usize, usize, Arc<PartitionHandle>, Offset)>,
+    /// (topic index, partition index, partition, the append) awaiting the high watermark.
+    waits: Vec<(usize, usize, Arc<PartitionHandle>, Appended)>,
     timeout: Duration,
     version: i16,
 }
@@ -225,17 +252,34 @@ struct ProduceWait {
 impl ProduceWait {
     async fn finish(mut self) -> ProduceResponse {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for (t, p, partition, last) in self.waits.drain(..) {
+        for (t, p, partition, appended) in self.waits.drain(..) {
             let mut hw = partition.subscribe();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let reached = tokio::time::timeout(left, hw.wait_for(|hw| *hw > last)).await;
-            if !matches!(reached, Ok(Ok(_))) {
-                let r = &mut self.response.responses[t].partition_responses[p];
-                r.error_code = err::REQUEST_TIMED_OUT;
-                if self.version >= 8 {
-                    r.error_message =
-                        Some(str_bytes("timed out waiting for the write to be durable"));
+            let status = loop {
+                hw.borrow_and_update();
+                let status = partition
+                    .with(|r| r.produce_status(appended.leader_epoch, appended.last_offset));
+                if status != AckStatus::Waiting {
+                    break status;
                 }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if tokio::time::timeout(left, hw.changed()).await.is_err() {
+                    break AckStatus::Failed(err::REQUEST_TIMED_OUT);
+                }
+            };
+            let code = match status {
+                AckStatus::Acked | AckStatus::Waiting => continue,
+                AckStatus::Failed(code) => code,
+            };
+            let r = &mut self.response.responses[t].partition_responses[p];
+            r.error_code = code;
+            if self.version >= 8 {
+                r.error_message = Some(str_bytes(match code {
+                    err::REQUEST_TIMED_OUT => "timed out waiting for the in-sync replicas",
+                    code::NOT_ENOUGH_REPLICAS_AFTER_APPEND => {
+                        "appended, but the in-sync replicas fell below min.insync.replicas"
+                    }
+                    _ => "leadership moved before the write was committed",
+                }));
             }
         }
         self.response
@@ -284,7 +328,7 @@ impl Broker {
                             r.log_start_offset = log_start.0;
                         }
                         if acks == -1 {
-                            waits.push((t, p, partition, appended.last_offset));
+                            waits.push((t, p, partition, appended));
                         }
                     }
                     Err((code, message)) => {
@@ -322,12 +366,9 @@ impl Broker {
         acks: i16,
         now: i64,
     ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (i16, String)> {
-        let partition = self.partition(topic, index).ok_or_else(|| {
-            (
-                err::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("this broker does not lead {topic}-{index}"),
-            )
-        })?;
+        let partition = self
+            .leader(topic, index)
+            .map_err(|code| (code, format!("this broker does not lead {topic}-{index}")))?;
         let records = records.unwrap_or_default();
         self.metrics().add_bytes_in(records.len() as u64);
         // Produce v3+: exactly one batch per partition.
@@ -431,9 +472,9 @@ impl Broker {
                 if version >= 4 {
                     pd.aborted_transactions = Some(Vec::new());
                 }
-                match self.partition(&name, fp.partition) {
-                    None => pd.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => {
+                match self.leader(&name, fp.partition) {
+                    Err(code) => pd.error_code = code,
+                    Ok(p) => {
                         let max = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                         let first = total == 0;
                         let result = p.with(|r| {
@@ -505,8 +546,7 @@ impl Broker {
         })
     }
 
-    fn metadata(&self, ctx: &RequestContext, request: MetadataRequest) -> MetadataResponse {
-        let v = ctx.api_version;
+    async fn metadata(&self, v: i16, request: MetadataRequest) -> MetadataResponse {
         let mut response = MetadataResponse::default();
         for (id, host, port) in self.broker_list() {
             let mut b = MetadataResponseBroker::default();
@@ -519,7 +559,7 @@ impl Broker {
             response.cluster_id = Some(str_bytes(self.cluster_id()));
         }
         if v >= 1 {
-            response.controller_id = BrokerId(self.node_id());
+            response.controller_id = BrokerId(self.controller_id());
         }
         let names: Option<Vec<(Option<String>, uuid::Uuid)>> = request.topics.map(|ts| {
             ts.into_iter()
@@ -549,7 +589,10 @@ impl Broker {
             let mut error = 0;
             if !exists && !name.is_empty() {
                 if allow_create {
-                    if let Err(e) = self.create_topic_now(&name, -1, -1, BTreeMap::new(), false) {
+                    if let Err(e) = self
+                        .create_topic_now(&name, -1, -1, BTreeMap::new(), false)
+                        .await
+                    {
                         if !matches!(e, ControllerError::TopicAlreadyExists(_)) {
                             error = e.code();
                         }
@@ -570,6 +613,9 @@ impl Broker {
                         let mut mp = MetadataResponsePartition::default();
                         mp.partition_index = i as i32;
                         mp.leader_id = BrokerId(p.leader.0);
+                        if p.leader == keel_core::controller::BrokerId::NONE {
+                            mp.error_code = err::LEADER_NOT_AVAILABLE;
+                        }
                         if v >= 7 {
                             mp.leader_epoch = p.leader_epoch.0;
                         }
@@ -596,7 +642,7 @@ impl Broker {
     }
 
     /// Creates a topic through the controller; -1 means the broker default.
-    fn create_topic_now(
+    async fn create_topic_now(
         &self,
         name: &str,
         partitions: i32,
@@ -638,6 +684,7 @@ impl Broker {
                 .ok_or_else(|| ControllerError::UnknownServerError("topic vanished".into()))?;
             Ok((topic, records))
         })
+        .await
     }
 
     fn list_offsets(&self, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -652,9 +699,9 @@ impl Broker {
                 pr.timestamp = -1;
                 pr.offset = -1;
                 pr.leader_epoch = -1;
-                match self.partition(&name, lp.partition_index) {
-                    None => pr.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => {
+                match self.leader(&name, lp.partition_index) {
+                    Err(code) => pr.error_code = code,
+                    Ok(p) => {
                         let result = p.with(|r| {
                             r.check_client_epoch(lp.current_leader_epoch)?;
                             let epoch = r.leader_epoch().0;
@@ -707,9 +754,9 @@ impl Broker {
                 e.partition = op.partition;
                 e.leader_epoch = -1;
                 e.end_offset = -1;
-                match self.partition(&name, op.partition) {
-                    None => e.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => match p.with(|r| {
+                match self.leader(&name, op.partition) {
+                    Err(code) => e.error_code = code,
+                    Ok(p) => match p.with(|r| {
                         r.check_client_epoch(op.current_leader_epoch)?;
                         r.end_offset_for_epoch(LeaderEpoch(op.leader_epoch))
                     }) {
@@ -738,9 +785,9 @@ impl Broker {
                 let mut pr = DeleteRecordsPartitionResult::default();
                 pr.partition_index = dp.partition_index;
                 pr.low_watermark = -1;
-                match self.partition(&name, dp.partition_index) {
-                    None => pr.error_code = err::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => match p.with(|r| r.delete_records(dp.offset)) {
+                match self.leader(&name, dp.partition_index) {
+                    Err(code) => pr.error_code = code,
+                    Ok(p) => match p.with(|r| r.delete_records(dp.offset)) {
                         Ok(start) => pr.low_watermark = start.0,
                         Err(ProduceError::InvalidRecord(_)) => {
                             pr.error_code = code::OFFSET_OUT_OF_RANGE
@@ -755,7 +802,7 @@ impl Broker {
         response
     }
 
-    fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    async fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
         let mut response = InitProducerIdResponse::default();
         response.producer_id = ProducerId(-1);
         response.producer_epoch = -1;
@@ -763,7 +810,7 @@ impl Broker {
             response.error_code = err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
             return response;
         }
-        match self.allocate_producer_id() {
+        match self.allocate_producer_id().await {
             Ok(id) => {
                 response.producer_id = ProducerId(id.0);
                 response.producer_epoch = 0;
@@ -773,12 +820,7 @@ impl Broker {
         response
     }
 
-    fn create_topics(
-        &self,
-        ctx: &RequestContext,
-        request: CreateTopicsRequest,
-    ) -> CreateTopicsResponse {
-        let v = ctx.api_version;
+    async fn create_topics(&self, v: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
         let mut response = CreateTopicsResponse::default();
         for topic in request.topics {
             let mut tr = CreatableTopicResult::default();
@@ -804,6 +846,7 @@ impl Broker {
                     configs,
                     request.validate_only,
                 )
+                .await
             };
             match result {
                 Ok(t) if v < 5 => drop(t),
@@ -838,7 +881,11 @@ impl Broker {
         response
     }
 
-    fn delete_topics(&self, version: i16, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    async fn delete_topics(
+        &self,
+        version: i16,
+        request: DeleteTopicsRequest,
+    ) -> DeleteTopicsResponse {
         let mut response = DeleteTopicsResponse::default();
         let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
             .topic_names
@@ -853,19 +900,21 @@ impl Broker {
         );
         for (name, id) in targets {
             let mut r = DeletableTopicResult::default();
-            let result = self.command(false, |m| {
-                let records = match &name {
-                    Some(n) => m.delete_topic(n)?,
-                    None => m.delete_topic_by_id(CoreTopicId(*id.as_bytes()))?,
-                };
-                let resolved = match &name {
-                    Some(n) => m.topic(n).map(|t| (t.name.clone(), t.id)),
-                    None => m
-                        .topic_by_id(CoreTopicId(*id.as_bytes()))
-                        .map(|t| (t.name.clone(), t.id)),
-                };
-                Ok((resolved, records))
-            });
+            let result = self
+                .command(false, |m| {
+                    let records = match &name {
+                        Some(n) => m.delete_topic(n)?,
+                        None => m.delete_topic_by_id(CoreTopicId(*id.as_bytes()))?,
+                    };
+                    let resolved = match &name {
+                        Some(n) => m.topic(n).map(|t| (t.name.clone(), t.id)),
+                        None => m
+                            .topic_by_id(CoreTopicId(*id.as_bytes()))
+                            .map(|t| (t.name.clone(), t.id)),
+                    };
+                    Ok((resolved, records))
+                })
+                .await;
             r.name = Some(topic_name(name.as_deref().unwrap_or_default()));
             if version >= 6 {
                 r.topic_id = id;
@@ -890,7 +939,10 @@ impl Broker {
         response
     }
 
-    fn create_partitions(&self, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    async fn create_partitions(
+        &self,
+        request: CreatePartitionsRequest,
+    ) -> CreatePartitionsResponse {
         let mut response = CreatePartitionsResponse::default();
         for topic in request.topics {
             let mut r = CreatePartitionsTopicResult::default();
@@ -905,6 +957,7 @@ impl Broker {
                     let live = m.live_brokers();
                     Ok(((), m.create_partitions(&name, topic.count, &live)?))
                 })
+                .await
             };
             if let Err(e) = result {
                 r.error_code = e.code();
@@ -986,7 +1039,7 @@ impl Broker {
         response
     }
 
-    fn alter_topic_configs(
+    async fn alter_topic_configs(
         &self,
         resource_type: i8,
         name: &str,
@@ -1002,10 +1055,11 @@ impl Broker {
         self.command(validate_only, |m| {
             Ok(((), m.incremental_alter_configs(name, &ops)?))
         })
+        .await
         .map_err(|e| (e.code(), e.to_string()))
     }
 
-    fn incremental_alter_configs(
+    async fn incremental_alter_configs(
         &self,
         request: IncrementalAlterConfigsRequest,
     ) -> IncrementalAlterConfigsResponse {
@@ -1027,12 +1081,15 @@ impl Broker {
                 .collect();
             let result = match ops {
                 None => Err((err::INVALID_CONFIG, "unknown config operation".to_string())),
-                Some(ops) => self.alter_topic_configs(
-                    resource.resource_type,
-                    &resource.resource_name,
-                    ops,
-                    request.validate_only,
-                ),
+                Some(ops) => {
+                    self.alter_topic_configs(
+                        resource.resource_type,
+                        &resource.resource_name,
+                        ops,
+                        request.validate_only,
+                    )
+                    .await
+                }
             };
             if let Err((code, message)) = result {
                 r.error_code = code;
@@ -1044,7 +1101,7 @@ impl Broker {
     }
 
     /// The legacy AlterConfigs: the given set replaces every override of the topic.
-    fn alter_configs(&self, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    async fn alter_configs(&self, request: AlterConfigsRequest) -> AlterConfigsResponse {
         let mut response = AlterConfigsResponse::default();
         for resource in request.resources {
             let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
@@ -1075,8 +1132,9 @@ impl Broker {
                     });
                 }
             }
-            if let Err((code, message)) =
-                self.alter_topic_configs(resource.resource_type, &name, ops, request.validate_only)
+            if let Err((code, message)) = self
+                .alter_topic_configs(resource.resource_type, &name, ops, request.validate_only)
+                .await
             {
                 r.error_code = code;
                 r.error_message = Some(str_bytes(message));
@@ -1089,7 +1147,7 @@ impl Broker {
     fn describe_cluster(&self) -> DescribeClusterResponse {
         let mut response = DescribeClusterResponse::default();
         response.cluster_id = str_bytes(self.cluster_id());
-        response.controller_id = BrokerId(self.node_id());
+        response.controller_id = BrokerId(self.controller_id());
         response.endpoint_type = 1;
         for (id, host, port) in self.broker_list() {
             let mut b = DescribeClusterBroker::default();

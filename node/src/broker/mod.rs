@@ -1,45 +1,55 @@
 //! The broker: keel-core's controller and partition state machines wired to files, a sync
-//! thread and the Kafka wire layer.
+//! thread, the metadata quorum ([`crate::cluster`]), the peer transport and the Kafka wire
+//! layer.
 //!
 //! What it owns:
-//! - the metadata: core's [`MetadataState`], persisted in a [`MetadataStore`] under
-//!   `{data dir}/__metadata/` (the next issue replicates the same records through raft);
-//! - one [`PartitionHandle`] per partition this broker leads, each a core
-//!   [`PartitionReplica`] over [`FileStorage`] in `{data dir}/{topic}-{partition}/`;
+//! - its membership: it registers with the controller at start (fenced, KRaft's way), is
+//!   unfenced once its metadata caught up, and heartbeats every `broker.heartbeat.interval.ms`;
+//! - one [`PartitionHandle`] per partition it holds a replica of, each a core
+//!   [`PartitionReplica`] over [`FileStorage`] in `{data dir}/{topic}-{partition}/`, in the role
+//!   the applied metadata gives it ([`replication`] runs followers' fetches and answers them);
 //! - the sync thread ([`SyncWorker`]): group commit. Appends mark a partition dirty; the thread
-//!   fsyncs it outside the partition's lock (so appends go on meanwhile) and then moves the
-//!   high watermark, which wakes acks=all produces and long-polling fetches.
+//!   fsyncs it outside the partition's lock (so appends go on meanwhile), persists the high
+//!   watermark where it must be, and then exposes it, which wakes acks=all produces and
+//!   long-polling fetches.
 //!
 //! What always holds:
 //! - a partition's lock is held only for in-memory work and small writes, never across an
-//!   fsync or an `.await`;
-//! - an acks=all produce is answered only once the high watermark covers it, so only after its
-//!   data is on disk (keel's durable acks);
-//! - metadata changes are durable (synced) before they take effect or are answered.
+//!   fsync or an `.await`; the snapshot lock, when both are taken, is taken first;
+//! - an acks=all produce is answered only once the high watermark covers it, so only after
+//!   every in-sync replica has its data on disk (keel's durable acks);
+//! - metadata changes are committed by the quorum before they take effect or are answered;
+//! - partitions take roles, and directories of deleted topics are removed, only after this
+//!   broker's registration applied locally (so its metadata is caught up with the log).
 
 mod handler;
+pub mod replication;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_core::controller::{
     BrokerId, BrokerRegistration, ControllerError, Endpoint, MetadataRecord, MetadataState,
-    MetadataStore, ProducerIdBlock, TopicDefaults, TopicId,
+    Partition, ProducerIdBlock, TopicDefaults, TopicId,
 };
-use keel_core::partition::{PartitionReplica, ProduceRules};
+use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig};
+use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
-use keel_core::{LeaderEpoch, Offset, ProducerId};
+use keel_core::{Offset, ProducerId};
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, ClusterSettings, Proposed};
 use crate::storage::FileStorage;
 
-/// The directory, under the data directory, of the metadata store.
+/// The directory, under the data directory, of the metadata quorum's log.
 pub const METADATA_DIR: &str = "__metadata";
-/// The file, in the metadata directory, holding the cluster id.
+/// The file, in the data directory, holding the cluster id.
 const CLUSTER_ID_FILE: &str = "cluster.id";
+/// How many times a command is computed again after the metadata moved under it.
+const COMMAND_ATTEMPTS: usize = 8;
 
 /// What the broker needs from its configuration.
 #[derive(Clone, Debug)]
@@ -56,6 +66,27 @@ pub struct Settings {
     /// Topic-level settings every new topic inherits from the broker (`log.retention.ms` as
     /// `retention.ms`, ...); a topic's own settings win.
     pub topic_config_defaults: BTreeMap<String, String>,
+    /// The metadata quorum and broker sessions.
+    pub cluster: ClusterSettings,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: i64,
+}
+
+impl Settings {
+    /// A single broker's settings with Kafka's defaults (tests).
+    pub fn single(node_id: i32, data_dir: PathBuf) -> Settings {
+        Settings {
+            node_id,
+            data_dir,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            auto_create_topics: true,
+            topic_defaults: TopicDefaults::default(),
+            topic_config_defaults: BTreeMap::new(),
+            cluster: ClusterSettings::single(),
+            replica_lag_time_max_ms: keel_core::partition::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+        }
+    }
 }
 
 /// The current time in milliseconds since the epoch (madsim intercepts this clock).
@@ -80,23 +111,13 @@ fn random_id() -> [u8; 16] {
 pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
-    #[error("metadata store: {0}")]
+    #[error("metadata: {0}")]
     Metadata(String),
-    #[error("partition {0}: {1}")]
-    Partition(String, String),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
-/// Metadata and what goes with it, behind one lock: commands are validated against the state
-/// and committed (synced) before they are applied.
-struct Meta {
-    state: MetadataState,
-    store: MetadataStore<FileStorage>,
-    broker_epoch: i64,
-    producer_ids: Option<ProducerIdBlock>,
-    next_producer_id: i64,
-}
-
-/// One partition this broker leads.
+/// One partition this broker holds a replica of.
 pub struct PartitionHandle {
     pub topic: String,
     pub index: i32,
@@ -106,11 +127,20 @@ pub struct PartitionHandle {
     snapshots: Mutex<FileStorage>,
     /// A clone of the log's storage, for the sync thread.
     syncer: FileStorage,
-    /// The high watermark, for waiters (acks=all produces, long-polling fetches).
+    /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
+    /// signalled, unchanged, when the role changes, so that waiters look again.
     high_watermark: watch::Sender<Offset>,
+    /// The log's durable end, for a follower waiting for its sync.
+    durable_end: watch::Sender<Offset>,
+    /// Bumped on every append and high watermark move: wakes followers' waiting fetches.
+    activity: watch::Sender<u64>,
     /// Whether the partition is queued for the sync thread.
     queued: AtomicBool,
     deleted: AtomicBool,
+    /// Whether a follower fetch loop runs for it.
+    fetching: AtomicBool,
+    /// The high watermark last sent to each follower (a fetch with nothing new waits).
+    hw_sent: Mutex<BTreeMap<BrokerId, Offset>>,
 }
 
 impl PartitionHandle {
@@ -118,6 +148,16 @@ impl PartitionHandle {
     pub fn with<R>(&self, f: impl FnOnce(&mut PartitionReplica<FileStorage>) -> R) -> R {
         let mut replica = self.replica.lock().expect("partition lock poisoned");
         f(&mut replica)
+    }
+
+    /// Runs `f` with the snapshot storage and the replica locked (in that order).
+    pub fn with_snapshots<R>(
+        &self,
+        f: impl FnOnce(&mut PartitionReplica<FileStorage>, &mut FileStorage) -> R,
+    ) -> R {
+        let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
+        let mut replica = self.replica.lock().expect("partition lock poisoned");
+        f(&mut replica, &mut snapshots)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Offset> {
@@ -129,27 +169,63 @@ impl PartitionHandle {
     }
 
     fn publish_high_watermark(&self, hw: Offset) {
-        self.high_watermark.send_if_modified(|current| {
+        let moved = self.high_watermark.send_if_modified(|current| {
             let moved = hw > *current;
             if moved {
                 *current = hw;
             }
             moved
         });
+        if moved {
+            self.touch();
+        }
     }
 
-    /// Makes everything appended so far durable and moves the high watermark: prepare under
-    /// the lock, fsync outside it, complete under it.
-    fn sync(&self) -> Result<(), String> {
-        let Some(pending) = self.with(|r| r.log().prepare_sync()) else {
-            return Ok(());
-        };
-        self.syncer
-            .sync_file(&pending.file)
-            .map_err(|e| e.to_string())?;
-        let hw = self.with(|r| {
-            r.log_mut().complete_sync(pending);
-            r.update_high_watermark()
+    /// Wakes everything waiting on this partition (a role change, an append).
+    fn touch(&self) {
+        self.activity.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes produce and fetch waiters so that they look at the partition again.
+    fn wake_waiters(&self) {
+        self.high_watermark.send_modify(|_| {});
+        self.touch();
+    }
+
+    /// Makes everything appended so far durable, persists the high watermark where it must
+    /// be, and exposes it: prepare under the lock, write outside it, complete under it.
+    fn settle(&self) -> Result<(), String> {
+        if let Some(pending) = self.with(|r| r.log().prepare_sync()) {
+            self.syncer
+                .sync_file(&pending.file)
+                .map_err(|e| e.to_string())?;
+            self.with(|r| {
+                r.log_mut().complete_sync(pending);
+                r.update_high_watermark()
+            });
+        }
+        while let Some(write) = self.with(|r| r.prepare_state_write()) {
+            let written = {
+                let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
+                write.write_to(&mut *snapshots)
+            };
+            match written {
+                Ok(()) => {
+                    self.with(|r| r.complete_state_write(write));
+                }
+                Err(e) => {
+                    self.with(|r| r.fail_state_write(write));
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
+        self.durable_end.send_if_modified(|d| {
+            let moved = durable > *d;
+            if moved {
+                *d = durable;
+            }
+            moved
         });
         self.publish_high_watermark(hw);
         Ok(())
@@ -157,9 +233,9 @@ impl PartitionHandle {
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
     pub fn checkpoint(&self) -> Result<(), String> {
-        let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-        let hw = self.with(|r| {
-            r.checkpoint(&mut *snapshots).map_err(|e| e.to_string())?;
+        let hw = self.with_snapshots(|r, snapshots| {
+            r.checkpoint(snapshots).map_err(|e| e.to_string())?;
+            r.persist_state(snapshots).map_err(|e| e.to_string())?;
             Ok::<_, String>(r.high_watermark())
         })?;
         self.publish_high_watermark(hw);
@@ -167,7 +243,7 @@ impl PartitionHandle {
     }
 }
 
-/// The group-commit thread: fsyncs dirty partitions, one fsync per partition per round, however
+/// The group-commit thread: syncs dirty partitions, one fsync per partition per round, however
 /// many appends each received since the last round.
 struct SyncWorker {
     tx: Mutex<mpsc::Sender<Arc<PartitionHandle>>>,
@@ -188,7 +264,7 @@ impl SyncWorker {
                         if p.deleted.load(Ordering::SeqCst) {
                             continue;
                         }
-                        if let Err(e) = p.sync() {
+                        if let Err(e) = p.settle() {
                             tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
                         }
                     }
@@ -211,11 +287,20 @@ impl SyncWorker {
 
 /// The broker. Shared by every connection as an `Arc`.
 pub struct Broker {
+    /// This broker, for the tasks it starts.
+    this: std::sync::Weak<Broker>,
     settings: Settings,
     metrics: Arc<crate::metrics::Metrics>,
     cluster_id: String,
-    meta: Mutex<Meta>,
+    cluster: Arc<Cluster>,
+    /// This broker's epoch from its registration (-1 before).
+    broker_epoch: AtomicI64,
+    /// Registered, and its registration applied here: partitions may take roles.
+    registered: AtomicBool,
+    producer_ids: Mutex<(Option<ProducerIdBlock>, i64)>,
     partitions: RwLock<BTreeMap<(String, i32), Arc<PartitionHandle>>>,
+    /// Serialises reconciliations (the metadata watcher and commands both run them).
+    reconciling: Mutex<()>,
     sync: SyncWorker,
 }
 
@@ -237,59 +322,59 @@ fn apply_topic_config(
     replica.set_min_insync_replicas(config.min_insync_replicas().max(1) as usize);
 }
 
+/// A partition this broker should hold, as the metadata states it.
+struct Wanted {
+    topic: String,
+    index: i32,
+    topic_id: TopicId,
+    config: keel_core::controller::TopicConfig,
+    partition: Partition,
+}
+
 impl Broker {
-    /// Opens the data directory: metadata, then every partition this broker leads (each one
-    /// recovered), and registers the broker.
-    pub fn open(
+    /// Opens the data directory and the metadata quorum, registers with the controller, waits
+    /// to be unfenced, and opens (recovering) every partition this broker holds a replica of
+    /// in the role the metadata gives it.
+    pub async fn open(
         settings: Settings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Broker>, StartError> {
         let data_dir = settings.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+        let mut root =
+            FileStorage::open(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+        let cluster_id = read_or_create_cluster_id(&mut root, &settings.cluster)?;
         let meta_dir = data_dir.join(METADATA_DIR);
         let storage =
             FileStorage::open(&meta_dir).map_err(|e| StartError::DataDir(meta_dir.clone(), e))?;
-        let cluster_id = read_or_create_cluster_id(&mut storage.clone())?;
-        let (store, state, report) =
-            MetadataStore::open(storage).map_err(|e| StartError::Metadata(e.to_string()))?;
-        if report != Default::default() {
-            tracing::warn!(?report, "metadata store recovered");
-        }
-        let mut meta = Meta {
-            state,
-            store,
-            broker_epoch: -1,
-            producer_ids: None,
-            next_producer_id: 0,
-        };
-        let registration = BrokerRegistration {
-            broker_id: BrokerId(settings.node_id),
-            incarnation_id: random_id(),
-            endpoints: vec![Endpoint {
-                name: "PLAINTEXT".into(),
-                host: settings.advertised_host.clone(),
-                port: settings.advertised_port as i32,
-                security_protocol: 0,
-            }],
-            rack: None,
-        };
-        let (epoch, records) = meta
-            .state
-            .register_broker(&registration)
-            .map_err(|e| StartError::Metadata(e.to_string()))?;
-        meta.store
-            .commit(&mut meta.state, &records)
-            .map_err(|e| StartError::Metadata(e.to_string()))?;
-        meta.broker_epoch = epoch;
-        let broker = Arc::new(Broker {
+        let (cluster, incoming) =
+            Cluster::start(settings.node_id, settings.cluster.clone(), storage).await?;
+        let broker = Arc::new_cyclic(|this| Broker {
+            this: this.clone(),
             settings,
             metrics: metrics.clone(),
             cluster_id,
-            meta: Mutex::new(meta),
+            cluster: cluster.clone(),
+            broker_epoch: AtomicI64::new(-1),
+            registered: AtomicBool::new(false),
+            producer_ids: Mutex::new((None, 0)),
             partitions: RwLock::new(BTreeMap::new()),
+            reconciling: Mutex::new(()),
             sync: SyncWorker::start(),
         });
-        broker.reconcile_partitions()?;
+        if let Some(incoming) = incoming {
+            tokio::spawn(replication::dispatch_peers(
+                Arc::downgrade(&broker),
+                cluster.clone(),
+                incoming,
+            ));
+        }
+        broker.register().await;
+        tokio::spawn(watch_metadata(Arc::downgrade(&broker)));
+        tokio::spawn(heartbeats(Arc::downgrade(&broker)));
+        tokio::spawn(replication::timers(Arc::downgrade(&broker)));
+        broker.wait_unfenced().await;
+        broker.reconcile_partitions();
         broker.remove_orphan_directories();
         let weak = Arc::downgrade(&broker);
         metrics.set_partition_source(Box::new(move || {
@@ -329,38 +414,116 @@ impl Broker {
         &self.cluster_id
     }
 
-    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
-        self.meta.lock().expect("metadata lock poisoned")
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
-    /// Runs `f` on the metadata state.
+    /// The controller's id, -1 if none is known.
+    pub fn controller_id(&self) -> i32 {
+        self.cluster.controller().map_or(-1, |c| c.0)
+    }
+
+    fn me(&self) -> BrokerId {
+        BrokerId(self.settings.node_id)
+    }
+
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` on the applied metadata.
     pub fn with_metadata<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
-        f(&self.meta().state)
+        f(&self.cluster.state())
     }
 
-    /// Validates a command against the metadata, commits its records durably and applies them,
-    /// then brings the partitions in line. `validate_only` stops after validation.
-    pub fn command<R>(
+    /// Computes a command on the applied metadata, has the controller commit its records and
+    /// waits until they applied here (partitions included). When the records no longer fit
+    /// (the metadata moved on), catches up and computes again. `validate_only` stops after
+    /// the computation.
+    pub async fn command<R>(
         &self,
         validate_only: bool,
-        f: impl FnOnce(&MetadataState) -> Result<(R, Vec<MetadataRecord>), ControllerError>,
+        f: impl Fn(&MetadataState) -> Result<(R, Vec<MetadataRecord>), ControllerError>,
     ) -> Result<R, ControllerError> {
-        let result = {
-            let mut meta = self.meta();
-            let (result, records) = f(&meta.state)?;
+        for _ in 0..COMMAND_ATTEMPTS {
+            let (result, records) = f(&self.cluster.state())?;
             if validate_only || records.is_empty() {
                 return Ok(result);
             }
-            let meta = &mut *meta;
-            meta.store
-                .commit(&mut meta.state, &records)
-                .map_err(|e| ControllerError::UnknownServerError(format!("metadata store: {e}")))?;
-            result
-        };
-        if let Err(e) = self.reconcile_partitions() {
-            tracing::error!("opening partitions after a metadata change: {e}");
+            match self.cluster.propose(records).await? {
+                Proposed::Committed(index) => {
+                    self.cluster.wait_applied(index).await;
+                    self.reconcile_partitions();
+                    return Ok(result);
+                }
+                Proposed::Rejected(index, why) => {
+                    tracing::debug!("a command was computed on stale metadata ({why}); again");
+                    self.cluster.wait_applied(index).await;
+                }
+            }
         }
-        Ok(result)
+        Err(ControllerError::UnknownServerError(
+            "the metadata kept changing under the command; retry".into(),
+        ))
+    }
+
+    /// Registers this broker (fenced, with a new incarnation and epoch) and waits until the
+    /// registration applied here. Retries until it succeeds: a broker is no use unregistered.
+    async fn register(&self) {
+        let registration = BrokerRegistration {
+            broker_id: self.me(),
+            incarnation_id: random_id(),
+            endpoints: vec![Endpoint {
+                name: "PLAINTEXT".into(),
+                host: self.settings.advertised_host.clone(),
+                port: self.settings.advertised_port as i32,
+                security_protocol: 0,
+            }],
+            rack: None,
+        };
+        let unclean = self.settings.cluster.unclean();
+        loop {
+            match self
+                .command(false, |m| m.register_broker(&registration, unclean))
+                .await
+            {
+                Ok(epoch) => {
+                    tracing::info!("registered with broker epoch {epoch}");
+                    self.broker_epoch.store(epoch, Ordering::SeqCst);
+                    self.registered.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("registering with the controller: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Heartbeats until the controller unfences this broker and that applied here.
+    async fn wait_unfenced(&self) {
+        let mut applied = self.cluster.subscribe();
+        loop {
+            let fenced = self.with_metadata(|m| m.broker(self.me()).is_none_or(|b| b.fenced));
+            if !fenced {
+                return;
+            }
+            self.heartbeat_once().await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
+        }
+    }
+
+    async fn heartbeat_once(&self) {
+        let heartbeat = Heartbeat {
+            broker_id: self.me(),
+            broker_epoch: self.broker_epoch(),
+            metadata_offset: self.cluster.applied_index(),
+            want_fence: false,
+        };
+        if let Err(e) = self.cluster.heartbeat(heartbeat).await {
+            tracing::warn!("heartbeat: {e}");
+        }
     }
 
     /// A fresh topic id.
@@ -368,36 +531,52 @@ impl Broker {
         TopicId(random_id())
     }
 
-    /// The next producer id, from this broker's block (allocating a new block durably when it
-    /// runs out).
-    pub fn allocate_producer_id(&self) -> Result<ProducerId, ControllerError> {
-        let mut meta = self.meta();
-        let meta = &mut *meta;
-        let exhausted = meta
-            .producer_ids
-            .is_none_or(|b| meta.next_producer_id > b.last().0);
-        if exhausted {
-            let (block, records) = meta
-                .state
-                .allocate_producer_ids(BrokerId(self.settings.node_id), meta.broker_epoch)?;
-            meta.store
-                .commit(&mut meta.state, &records)
-                .map_err(|e| ControllerError::UnknownServerError(format!("metadata store: {e}")))?;
-            meta.producer_ids = Some(block);
-            meta.next_producer_id = block.first.0;
+    /// The next producer id, from this broker's block (allocating a new block through the
+    /// controller when it runs out).
+    pub async fn allocate_producer_id(&self) -> Result<ProducerId, ControllerError> {
+        {
+            let mut ids = self.producer_ids.lock().expect("producer id lock poisoned");
+            if let (Some(block), next) = &mut *ids {
+                if *next <= block.last().0 {
+                    let id = *next;
+                    *next += 1;
+                    return Ok(ProducerId(id));
+                }
+            }
         }
-        let id = meta.next_producer_id;
-        meta.next_producer_id += 1;
-        Ok(ProducerId(id))
+        let me = self.me();
+        let epoch = self.broker_epoch();
+        let block = self
+            .command(false, |m| m.allocate_producer_ids(me, epoch))
+            .await?;
+        let mut ids = self.producer_ids.lock().expect("producer id lock poisoned");
+        *ids = (Some(block), block.first.0 + 1);
+        Ok(block.first)
     }
 
-    /// The partition handle, if this broker leads it.
-    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<PartitionHandle>> {
+    /// The partition handle, if this broker holds a replica of it (in any role).
+    pub fn replica(&self, topic: &str, index: i32) -> Option<Arc<PartitionHandle>> {
         self.partitions
             .read()
             .expect("partition map poisoned")
             .get(&(topic.to_string(), index))
             .cloned()
+    }
+
+    /// The partition handle if this broker leads it; else the error code for a client:
+    /// NOT_LEADER_OR_FOLLOWER if the partition exists, UNKNOWN_TOPIC_OR_PARTITION if not.
+    pub fn leader(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, i16> {
+        if let Some(p) = self.replica(topic, index) {
+            if p.with(|r| r.is_leader()) {
+                return Ok(p);
+            }
+        }
+        let exists = self.with_metadata(|m| m.partition(topic, index).is_some());
+        Err(if exists {
+            keel_core::partition::code::NOT_LEADER_OR_FOLLOWER
+        } else {
+            3 // UNKNOWN_TOPIC_OR_PARTITION
+        })
     }
 
     /// Every partition handle, in (topic, partition) order.
@@ -410,72 +589,103 @@ impl Broker {
             .collect()
     }
 
-    /// Queues a partition for the sync thread (after an append).
+    /// Queues a partition for the sync thread (after an append, or a change to persist).
     pub fn queue_sync(&self, p: &Arc<PartitionHandle>) {
         self.sync.queue(p);
     }
 
-    /// Opens partitions the metadata assigns to this broker that are not open, closes and
-    /// deletes those whose topic is gone, and updates topic configs.
-    fn reconcile_partitions(&self) -> Result<(), StartError> {
-        let wanted: Vec<(
-            String,
-            i32,
-            TopicId,
-            keel_core::controller::TopicConfig,
-            LeaderEpoch,
-        )> = self.with_metadata(|state| {
-            let me = BrokerId(self.settings.node_id);
+    /// Brings the partitions in line with the applied metadata: opens replicas this broker
+    /// is assigned, gives each the role the metadata states (persisting a new leader epoch
+    /// first), starts follower fetches, closes and deletes replicas whose topic is gone, and
+    /// updates topic configs. Does nothing before this broker's registration applied.
+    pub fn reconcile_partitions(&self) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        if !self.registered.load(Ordering::SeqCst) {
+            return;
+        }
+        let _one_at_a_time = self.reconciling.lock().expect("reconcile lock poisoned");
+        let me = self.me();
+        let wanted: Vec<Wanted> = self.with_metadata(|state| {
             state
                 .topics()
                 .flat_map(|t| {
                     t.partitions
                         .iter()
                         .enumerate()
-                        .filter(move |(_, p)| p.leader == me)
-                        .map(move |(i, p)| {
-                            (
-                                t.name.clone(),
-                                i as i32,
-                                t.id,
-                                t.config.clone(),
-                                p.leader_epoch,
-                            )
+                        .filter(move |(_, p)| p.replicas.contains(&me))
+                        .map(move |(i, p)| Wanted {
+                            topic: t.name.clone(),
+                            index: i as i32,
+                            topic_id: t.id,
+                            config: t.config.clone(),
+                            partition: p.clone(),
                         })
                 })
                 .collect()
         });
-        let mut partitions = self.partitions.write().expect("partition map poisoned");
         let wanted_keys: std::collections::BTreeSet<(String, i32)> =
-            wanted.iter().map(|w| (w.0.clone(), w.1)).collect();
-        let gone: Vec<(String, i32)> = partitions
-            .keys()
-            .filter(|k| !wanted_keys.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(p) = partitions.remove(&key) {
-                p.deleted.store(true, Ordering::SeqCst);
-                if let Err(e) = std::fs::remove_dir_all(&p.dir) {
-                    tracing::warn!("removing {}: {e}", p.dir.display());
+            wanted.iter().map(|w| (w.topic.clone(), w.index)).collect();
+        {
+            let mut partitions = self.partitions.write().expect("partition map poisoned");
+            let gone: Vec<(String, i32)> = partitions
+                .keys()
+                .filter(|k| !wanted_keys.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some(p) = partitions.remove(&key) {
+                    close_and_remove(&p);
                 }
             }
         }
-        for (topic, index, topic_id, config, epoch) in wanted {
-            let key = (topic.clone(), index);
-            if let Some(existing) = partitions.get(&key) {
-                if existing.topic_id == topic_id {
-                    existing.with(|r| apply_topic_config(r, &config));
-                    continue;
+        let now = now_ms();
+        for w in wanted {
+            let key = (w.topic.clone(), w.index);
+            let existing = self.replica(&w.topic, w.index);
+            let handle = match existing {
+                Some(p) if p.topic_id == w.topic_id => p,
+                other => {
+                    if let Some(old) = other {
+                        // Same name, new topic: the old one was deleted and recreated.
+                        close_and_remove(&old);
+                    }
+                    match self.open_partition(&w) {
+                        Ok(p) => {
+                            let p = Arc::new(p);
+                            self.partitions
+                                .write()
+                                .expect("partition map poisoned")
+                                .insert(key, p.clone());
+                            p
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %w.topic, partition = w.index, "cannot open the replica: {e}");
+                            continue;
+                        }
+                    }
                 }
-                // Same name, new topic: the old one was deleted and recreated.
-                existing.deleted.store(true, Ordering::SeqCst);
-                let _ = std::fs::remove_dir_all(&existing.dir);
+            };
+            let changed = handle.with_snapshots(|r, snapshots| {
+                apply_topic_config(r, &w.config);
+                r.on_partition_change(now, snapshots, &w.partition)
+            });
+            match changed {
+                Ok(false) => {}
+                Ok(true) => {
+                    let role = handle.with(|r| r.role());
+                    tracing::info!(topic = %w.topic, partition = w.index, epoch = w.partition.leader_epoch.0, "now {role:?}");
+                    handle.wake_waiters();
+                    // A new role may expose a high watermark or want it persisted.
+                    self.queue_sync(&handle);
+                    replication::ensure_fetching(&this, &handle);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
+                }
             }
-            let handle = self.open_partition(&topic, index, topic_id, &config, epoch)?;
-            partitions.insert(key, Arc::new(handle));
         }
-        Ok(())
     }
 
     /// Removes directories of partitions that no longer exist (topics deleted while the
@@ -497,48 +707,48 @@ impl Broker {
         }
     }
 
-    fn open_partition(
-        &self,
-        topic: &str,
-        index: i32,
-        topic_id: TopicId,
-        config: &keel_core::controller::TopicConfig,
-        epoch: LeaderEpoch,
-    ) -> Result<PartitionHandle, StartError> {
-        let name = format!("{topic}-{index}");
+    fn open_partition(&self, w: &Wanted) -> Result<PartitionHandle, String> {
+        let name = format!("{}-{}", w.topic, w.index);
         let dir = self.settings.data_dir.join(&name);
-        let fail = |e: String| StartError::Partition(name.clone(), e);
-        let storage = FileStorage::open(&dir).map_err(|e| fail(e.to_string()))?;
-        let mut snapshots = FileStorage::open(&dir).map_err(|e| fail(e.to_string()))?;
-        check_topic_id(&mut snapshots, topic_id).map_err(fail)?;
+        let storage = FileStorage::open(&dir).map_err(|e| e.to_string())?;
+        let mut snapshots = FileStorage::open(&dir).map_err(|e| e.to_string())?;
+        check_topic_id(&mut snapshots, w.topic_id)?;
         let syncer = storage.clone();
-        let mut replica = PartitionReplica::open(
+        let replica_config = ReplicaConfig {
+            lag_time_max_ms: self.settings.replica_lag_time_max_ms,
+            ..ReplicaConfig::new(self.me())
+        };
+        let mut replica = PartitionReplica::recover(
             storage,
             &mut snapshots,
-            config.to_log_config(),
-            produce_rules(config),
-            epoch,
+            w.config.to_log_config(),
+            produce_rules(&w.config),
+            replica_config,
             now_ms(),
         )
-        .map_err(|e| fail(e.to_string()))?;
-        apply_topic_config(&mut replica, config);
+        .map_err(|e| e.to_string())?;
+        apply_topic_config(&mut replica, &w.config);
         let report = replica.log().recovery_report();
         if let Some((file, position, why)) = &report.corruption {
             tracing::warn!(partition = %name, "recovery cut {} bytes at {file}:{position}: {why}", report.bytes_truncated);
         }
         let hw = replica.high_watermark();
-        let (high_watermark, _) = watch::channel(hw);
+        let durable = replica.log().durable_end();
         Ok(PartitionHandle {
-            topic: topic.to_string(),
-            index,
-            topic_id,
+            topic: w.topic.clone(),
+            index: w.index,
+            topic_id: w.topic_id,
             dir,
             replica: Mutex::new(replica),
             snapshots: Mutex::new(snapshots),
             syncer,
-            high_watermark,
+            high_watermark: watch::Sender::new(hw),
+            durable_end: watch::Sender::new(durable),
+            activity: watch::Sender::new(0),
             queued: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
+            hw_sent: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -568,6 +778,42 @@ impl Broker {
     }
 }
 
+/// Marks a replica deleted (its loops and the sync thread stop touching it) and removes its
+/// directory.
+fn close_and_remove(p: &PartitionHandle) {
+    p.deleted.store(true, Ordering::SeqCst);
+    p.wake_waiters();
+    if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+        tracing::warn!("removing {}: {e}", p.dir.display());
+    }
+}
+
+/// Reconciles the partitions whenever the applied metadata changes.
+async fn watch_metadata(broker: std::sync::Weak<Broker>) {
+    let Some(mut applied) = broker.upgrade().map(|b| b.cluster.subscribe()) else {
+        return;
+    };
+    while applied.changed().await.is_ok() {
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        broker.reconcile_partitions();
+    }
+}
+
+/// Heartbeats to the controller every `broker.heartbeat.interval.ms`.
+async fn heartbeats(broker: std::sync::Weak<Broker>) {
+    loop {
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        let interval = Duration::from_millis(b.settings.cluster.heartbeat_interval_ms.max(10));
+        b.heartbeat_once().await;
+        drop(b);
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
 fn check_topic_id(storage: &mut FileStorage, topic_id: TopicId) -> Result<(), String> {
@@ -587,15 +833,36 @@ fn check_topic_id(storage: &mut FileStorage, topic_id: TopicId) -> Result<(), St
     }
 }
 
-/// The cluster id, made (and stored durably) on first start.
-fn read_or_create_cluster_id(storage: &mut FileStorage) -> Result<String, StartError> {
+/// The cluster id, made (and stored durably) on first start: random for a single broker; for
+/// a cluster, derived from the voters, so that every broker reports the same id.
+fn read_or_create_cluster_id(
+    storage: &mut FileStorage,
+    cluster: &ClusterSettings,
+) -> Result<String, StartError> {
     if let Ok(id) = keel_core::storage::read_all(storage, CLUSTER_ID_FILE) {
         let id = String::from_utf8_lossy(&id).trim().to_string();
         if !id.is_empty() {
             return Ok(id);
         }
     }
-    let id = TopicId(random_id()).to_string();
+    let id = if cluster.is_multi_node() {
+        let voters: Vec<String> = cluster
+            .voters
+            .iter()
+            .map(|(id, address)| format!("{id}@{address}"))
+            .collect();
+        let text = voters.join(",");
+        let mut id = [0u8; 16];
+        for (i, chunk) in id.chunks_mut(4).enumerate() {
+            let crc = crc32c::crc32c_append(i as u32, text.as_bytes());
+            chunk.copy_from_slice(&crc.to_be_bytes());
+        }
+        id[0] |= 1;
+        TopicId(id)
+    } else {
+        TopicId(random_id())
+    }
+    .to_string();
     keel_core::storage::write_atomic(storage, CLUSTER_ID_FILE, id.as_bytes())
         .map_err(|e| StartError::Metadata(e.to_string()))?;
     Ok(id)

@@ -1,0 +1,884 @@
+//! The broker's part in the metadata quorum: the task that drives core's [`QuorumNode`], the
+//! controller's work when this node is the raft leader, and the requests every broker sends the
+//! controller.
+//!
+//! What it owns:
+//! - the quorum driver task: it owns the [`QuorumNode`] and ticks it every
+//!   [`quorum::TICK_MS`], steps raft messages from peers, proposes commands (only the raft
+//!   leader, the controller, accepts them), polls (which persists and syncs), sends raft's
+//!   messages, answers proposals with their outcomes, and publishes the applied state;
+//! - on the controller: the broker sessions ([`BrokerSessions`]): heartbeats in, fencing and
+//!   unfencing proposals out, and AlterPartition checked against the applied state;
+//! - the view every other part of the broker reads: the applied [`MetadataState`], its raft
+//!   index, and the controller's id.
+//!
+//! How commands reach the controller: a broker computes a command's records from its own
+//! applied state (which may lag) and sends them to the controller ([`Cluster::propose`]). The
+//! records carry what they were computed from (epochs, names, the next producer id), so
+//! `MetadataState::apply` refuses a batch that no longer fits, on every node alike; the answer
+//! is then [`Proposed::Rejected`], and the caller waits until its state has caught up with the
+//! rejecting index and computes the command again. Heartbeats and AlterPartition go to the
+//! controller as typed requests, because they are judged on the controller's soft state.
+//!
+//! A single broker without `controller.quorum.voters` runs the same code with itself as the
+//! only voter and no peer transport.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_core::controller::records::MetadataBatch;
+use keel_core::controller::{
+    AlterPartitionRequest, BrokerId, ControllerError, MetadataRecord, MetadataState, TopicId,
+    UncleanElection,
+};
+use keel_core::quorum::sessions::{BrokerSessions, Heartbeat, HeartbeatReply};
+use keel_core::quorum::{
+    self, decode_message, encode_message, Message, ProposalId, ProposalOutcome, QuorumConfig,
+    QuorumNode,
+};
+use keel_core::LeaderEpoch;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::peer::{Incoming, PeerTransport};
+use crate::storage::FileStorage;
+
+/// Peer message kinds ([`crate::peer::Envelope::kind`]).
+pub mod kind {
+    /// A raft message (one-way).
+    pub const RAFT: u32 = 1;
+    /// A command's records, for the controller to propose.
+    pub const PROPOSE: u32 = 2;
+    /// A broker heartbeat, for the controller.
+    pub const HEARTBEAT: u32 = 3;
+    /// An AlterPartition from a partition leader, for the controller.
+    pub const ALTER_PARTITION: u32 = 4;
+    /// A follower's fetch from a partition leader.
+    pub const REPLICA_FETCH: u32 = 5;
+}
+
+/// How long a request to the controller waits for one to be elected and answer.
+pub const CONTROLLER_WAIT: Duration = Duration::from_secs(10);
+/// How long one call to a remote controller waits for its answer.
+const CONTROLLER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests queued for the quorum driver.
+const DRIVER_QUEUE: usize = 4096;
+
+/// How the metadata quorum is laid out, from the broker's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSettings {
+    /// The voters and where they listen for peers; empty: this broker alone, its own voter.
+    pub voters: Vec<(i32, SocketAddr)>,
+    /// The brokers that follow the metadata log without voting.
+    pub learners: Vec<(i32, SocketAddr)>,
+    /// `broker.session.timeout.ms`.
+    pub session_timeout_ms: u64,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `unclean.leader.election.enable`.
+    pub unclean_leader_election: bool,
+}
+
+impl ClusterSettings {
+    /// One broker on its own, with Kafka's session timings.
+    pub fn single() -> Self {
+        ClusterSettings {
+            session_timeout_ms: quorum::sessions::BROKER_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms: quorum::sessions::BROKER_HEARTBEAT_INTERVAL_MS,
+            ..ClusterSettings::default()
+        }
+    }
+
+    /// Whether other brokers take part (and a peer transport is needed).
+    pub fn is_multi_node(&self) -> bool {
+        self.voters.len() + self.learners.len() > 1
+    }
+
+    /// The address this node listens on for peers, if it has one.
+    pub fn peer_address(&self, node: i32) -> Option<SocketAddr> {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .find(|(id, _)| *id == node)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn unclean(&self) -> UncleanElection {
+        if self.unclean_leader_election {
+            UncleanElection::Enabled
+        } else {
+            UncleanElection::Disabled
+        }
+    }
+}
+
+/// What became of a command's records at the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proposed {
+    /// Committed and applied at this raft index.
+    Committed(u64),
+    /// Committed at this index but refused on apply: the state moved on. Catch up with the
+    /// index and compute the command again.
+    Rejected(u64, String),
+}
+
+type ProposeResult = Result<Proposed, ControllerError>;
+
+/// Work for the quorum driver.
+enum Request {
+    Raft(Box<Message>),
+    Propose {
+        records: Vec<MetadataRecord>,
+        reply: oneshot::Sender<ProposeResult>,
+    },
+    Heartbeat {
+        heartbeat: Heartbeat,
+        reply: oneshot::Sender<Result<HeartbeatReply, ControllerError>>,
+    },
+    AlterPartition {
+        request: AlterPartitionRequest,
+        reply: oneshot::Sender<ProposeResult>,
+    },
+}
+
+// ------------------------------------------------------------------------------------------
+// Wire messages between brokers (prost).
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Answer {
+    /// A Kafka error code; 0: none.
+    #[prost(int32, tag = "1")]
+    error_code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    /// The raft index a proposal committed (or was rejected) at.
+    #[prost(uint64, tag = "3")]
+    index: u64,
+    #[prost(bool, tag = "4")]
+    rejected: bool,
+    /// Heartbeats: the broker is fenced.
+    #[prost(bool, tag = "5")]
+    is_fenced: bool,
+    /// Heartbeats: the broker's metadata is caught up.
+    #[prost(bool, tag = "6")]
+    is_caught_up: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeartbeatMessage {
+    #[prost(int32, tag = "1")]
+    broker_id: i32,
+    #[prost(int64, tag = "2")]
+    broker_epoch: i64,
+    #[prost(uint64, tag = "3")]
+    metadata_offset: u64,
+    #[prost(bool, tag = "4")]
+    want_fence: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlterPartitionMessage {
+    #[prost(int32, tag = "1")]
+    broker_id: i32,
+    #[prost(int64, tag = "2")]
+    broker_epoch: i64,
+    #[prost(bytes = "vec", tag = "3")]
+    topic_id: Vec<u8>,
+    #[prost(int32, tag = "4")]
+    partition: i32,
+    #[prost(int32, tag = "5")]
+    leader_epoch: i32,
+    #[prost(int32, tag = "6")]
+    partition_epoch: i32,
+    #[prost(int32, repeated, tag = "7")]
+    new_isr: Vec<i32>,
+}
+
+/// The [`ControllerError`] for a Kafka error code from a peer.
+fn controller_error(code: i32, message: String) -> ControllerError {
+    match code {
+        3 => ControllerError::UnknownTopicOrPartition(message),
+        17 => ControllerError::InvalidTopic(message),
+        36 => ControllerError::TopicAlreadyExists(message),
+        37 => ControllerError::InvalidPartitions(message),
+        38 => ControllerError::InvalidReplicationFactor(message),
+        40 => ControllerError::InvalidConfig(message),
+        41 => ControllerError::NotController(message),
+        42 => ControllerError::InvalidRequest(message),
+        44 => ControllerError::PolicyViolation(message),
+        74 => ControllerError::FencedLeaderEpoch(message),
+        77 => ControllerError::StaleBrokerEpoch(message),
+        95 => ControllerError::InvalidUpdateVersion(message),
+        100 => ControllerError::UnknownTopicId(message),
+        102 => ControllerError::BrokerIdNotRegistered(message),
+        107 => ControllerError::IneligibleReplica(message),
+        _ => ControllerError::UnknownServerError(message),
+    }
+}
+
+fn error_answer(e: &ControllerError) -> Answer {
+    Answer {
+        error_code: e.code() as i32,
+        message: e.to_string(),
+        ..Answer::default()
+    }
+}
+
+fn propose_answer(result: &ProposeResult) -> Answer {
+    match result {
+        Ok(Proposed::Committed(index)) => Answer {
+            index: *index,
+            ..Answer::default()
+        },
+        Ok(Proposed::Rejected(index, why)) => Answer {
+            index: *index,
+            rejected: true,
+            message: why.clone(),
+            ..Answer::default()
+        },
+        Err(e) => error_answer(e),
+    }
+}
+
+fn decode_answer(body: &Bytes) -> Result<Answer, ControllerError> {
+    let answer = Answer::decode(body.clone()).map_err(|e| {
+        ControllerError::UnknownServerError(format!("an answer that does not decode: {e}"))
+    })?;
+    if answer.error_code != 0 {
+        return Err(controller_error(answer.error_code, answer.message));
+    }
+    Ok(answer)
+}
+
+fn decode_proposed(body: Bytes) -> ProposeResult {
+    let answer = decode_answer(&body)?;
+    Ok(if answer.rejected {
+        Proposed::Rejected(answer.index, answer.message)
+    } else {
+        Proposed::Committed(answer.index)
+    })
+}
+
+fn decode_heartbeat_reply(body: Bytes) -> Result<HeartbeatReply, ControllerError> {
+    let answer = decode_answer(&body)?;
+    Ok(HeartbeatReply {
+        is_fenced: answer.is_fenced,
+        is_caught_up: answer.is_caught_up,
+        records: Vec::new(),
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The view of the applied metadata.
+
+struct View {
+    state: RwLock<Arc<MetadataState>>,
+    applied: watch::Sender<u64>,
+    controller: watch::Sender<Option<BrokerId>>,
+}
+
+impl View {
+    fn publish(&self, state: &MetadataState, index: u64) {
+        *self.state.write().expect("metadata view poisoned") = Arc::new(state.clone());
+        self.applied.send_replace(index);
+    }
+}
+
+/// The broker's handle on the metadata quorum.
+pub struct Cluster {
+    node: BrokerId,
+    settings: ClusterSettings,
+    view: Arc<View>,
+    driver: mpsc::Sender<Request>,
+    peers: Option<Arc<PeerTransport>>,
+}
+
+/// Why the quorum could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("metadata quorum: {0}")]
+    Quorum(String),
+    #[error("cannot listen for peers on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+impl Cluster {
+    /// Opens the quorum node over `storage`, starts its driver and, with other brokers, the
+    /// peer transport. Returns the messages from peers for the caller to dispatch
+    /// ([`Cluster::handle_peer`] takes the quorum's kinds).
+    pub async fn start(
+        node: i32,
+        settings: ClusterSettings,
+        storage: FileStorage,
+    ) -> Result<(Arc<Cluster>, Option<mpsc::Receiver<Incoming>>), ClusterError> {
+        let me = BrokerId(node);
+        let (voters, learners) = if settings.voters.is_empty() {
+            (vec![me], Vec::new())
+        } else {
+            (
+                settings
+                    .voters
+                    .iter()
+                    .map(|(id, _)| BrokerId(*id))
+                    .collect(),
+                settings
+                    .learners
+                    .iter()
+                    .map(|(id, _)| BrokerId(*id))
+                    .collect(),
+            )
+        };
+        let config = QuorumConfig::new(me, voters, learners);
+        let (quorum, report) = QuorumNode::open(config.clone(), storage.clone())
+            .map_err(|e| ClusterError::Quorum(e.to_string()))?;
+        if report.disk != Default::default() {
+            tracing::warn!(?report, "metadata log recovered");
+        }
+        let (peers, incoming) = if settings.is_multi_node() {
+            let address = settings.peer_address(node).ok_or_else(|| {
+                ClusterError::Quorum(format!("node {node} is neither voter nor learner"))
+            })?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| ClusterError::Listen(address, e))?;
+            let addresses: BTreeMap<i32, SocketAddr> = settings
+                .voters
+                .iter()
+                .chain(&settings.learners)
+                .copied()
+                .collect();
+            let (peers, incoming) = PeerTransport::start(node, listener, addresses);
+            (Some(peers), Some(incoming))
+        } else {
+            (None, None)
+        };
+        let view = Arc::new(View {
+            state: RwLock::new(Arc::new(quorum.state().clone())),
+            applied: watch::Sender::new(quorum.applied_index()),
+            controller: watch::Sender::new(quorum.leader()),
+        });
+        let (tx, rx) = mpsc::channel(DRIVER_QUEUE);
+        let driver = Driver {
+            quorum,
+            config,
+            storage,
+            sessions: BrokerSessions::with_timeout(settings.session_timeout_ms, settings.unclean()),
+            waiters: BTreeMap::new(),
+            next_id: 1,
+            view: view.clone(),
+            peers: peers.clone(),
+        };
+        tokio::spawn(driver.run(rx));
+        let cluster = Arc::new(Cluster {
+            node: me,
+            settings,
+            view,
+            driver: tx,
+            peers,
+        });
+        Ok((cluster, incoming))
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// The peer transport (none for a single broker).
+    pub fn peers(&self) -> Option<&Arc<PeerTransport>> {
+        self.peers.as_ref()
+    }
+
+    /// The applied metadata.
+    pub fn state(&self) -> Arc<MetadataState> {
+        self.view
+            .state
+            .read()
+            .expect("metadata view poisoned")
+            .clone()
+    }
+
+    /// The raft index of the applied metadata.
+    pub fn applied_index(&self) -> u64 {
+        *self.view.applied.borrow()
+    }
+
+    /// Wakes when the applied metadata changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.view.applied.subscribe()
+    }
+
+    /// Waits until the applied metadata reaches `index` (at most [`CONTROLLER_WAIT`]).
+    pub async fn wait_applied(&self, index: u64) -> bool {
+        let mut applied = self.view.applied.subscribe();
+        let reached =
+            tokio::time::timeout(CONTROLLER_WAIT, applied.wait_for(|i| *i >= index)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// The controller (the raft leader), if one is known.
+    pub fn controller(&self) -> Option<BrokerId> {
+        *self.view.controller.borrow()
+    }
+
+    /// Sends a command's records to the controller; waits for their outcome. NOT_CONTROLLER
+    /// after [`CONTROLLER_WAIT`] without a controller that answers.
+    pub async fn propose(&self, records: Vec<MetadataRecord>) -> ProposeResult {
+        let body = Bytes::from(MetadataBatch { records }.encode_to_vec());
+        self.ask_controller(
+            kind::PROPOSE,
+            body,
+            |body, reply| {
+                // Local invariant: `body` is the batch encoded just above.
+                let records =
+                    MetadataBatch::decode(body).map_or_else(|_| Vec::new(), |b| b.records);
+                Request::Propose { records, reply }
+            },
+            decode_proposed,
+        )
+        .await
+    }
+
+    /// Sends a heartbeat to the controller.
+    pub async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<HeartbeatReply, ControllerError> {
+        let body = Bytes::from(
+            HeartbeatMessage {
+                broker_id: heartbeat.broker_id.0,
+                broker_epoch: heartbeat.broker_epoch,
+                metadata_offset: heartbeat.metadata_offset,
+                want_fence: heartbeat.want_fence,
+            }
+            .encode_to_vec(),
+        );
+        self.ask_controller(
+            kind::HEARTBEAT,
+            body,
+            move |_, reply| Request::Heartbeat {
+                heartbeat: heartbeat.clone(),
+                reply,
+            },
+            decode_heartbeat_reply,
+        )
+        .await
+    }
+
+    /// Sends an ISR change to the controller.
+    pub async fn alter_partition(&self, request: AlterPartitionRequest) -> ProposeResult {
+        let body = Bytes::from(alter_partition_message(&request).encode_to_vec());
+        self.ask_controller(
+            kind::ALTER_PARTITION,
+            body,
+            move |_, reply| Request::AlterPartition {
+                request: request.clone(),
+                reply,
+            },
+            decode_proposed,
+        )
+        .await
+    }
+
+    /// Asks the controller: the local driver when this node is the controller, else a peer
+    /// call. Retries NOT_CONTROLLER (no controller yet, or it moved) until [`CONTROLLER_WAIT`].
+    async fn ask_controller<T>(
+        &self,
+        kind: u32,
+        body: Bytes,
+        local: impl Fn(Bytes, oneshot::Sender<Result<T, ControllerError>>) -> Request,
+        remote: impl Fn(Bytes) -> Result<T, ControllerError>,
+    ) -> Result<T, ControllerError> {
+        let deadline = tokio::time::Instant::now() + CONTROLLER_WAIT;
+        let mut controller = self.view.controller.subscribe();
+        loop {
+            let current = *controller.borrow_and_update();
+            let result = match current {
+                Some(c) if c == self.node => {
+                    let (tx, rx) = oneshot::channel();
+                    if self.driver.send(local(body.clone(), tx)).await.is_err() {
+                        Err(ControllerError::NotController(
+                            "the quorum driver stopped".into(),
+                        ))
+                    } else {
+                        rx.await.unwrap_or_else(|_| {
+                            Err(ControllerError::NotController("no outcome".into()))
+                        })
+                    }
+                }
+                Some(c) => match &self.peers {
+                    None => Err(ControllerError::NotController(format!(
+                        "no transport to {c}"
+                    ))),
+                    Some(peers) => {
+                        match peers
+                            .call(c.0, kind, body.clone(), CONTROLLER_CALL_TIMEOUT)
+                            .await
+                        {
+                            Ok(envelope) => remote(envelope.body),
+                            Err(e) => Err(ControllerError::NotController(e.to_string())),
+                        }
+                    }
+                },
+                None => Err(ControllerError::NotController(
+                    "no controller is elected yet".into(),
+                )),
+            };
+            match result {
+                Err(ControllerError::NotController(why))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!("controller request: {why}; retrying");
+                    // Wait for a new controller, or retry shortly in case this one recovers.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), controller.changed())
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Handles a message from a peer if it is one of the quorum's kinds (raft messages and
+    /// requests for the controller); returns it otherwise.
+    pub fn handle_peer(self: &Arc<Self>, incoming: Incoming) -> Option<Incoming> {
+        match incoming.envelope.kind {
+            kind::RAFT => {
+                match decode_message(&incoming.envelope.body) {
+                    Ok(m) => {
+                        // Dropped when the driver is behind: raft retries.
+                        let _ = self.driver.try_send(Request::Raft(Box::new(m)));
+                    }
+                    Err(e) => tracing::warn!(from = incoming.from, "raft message: {e}"),
+                }
+                None
+            }
+            kind::PROPOSE | kind::HEARTBEAT | kind::ALTER_PARTITION => {
+                let cluster = self.clone();
+                tokio::spawn(async move {
+                    let answer = cluster.serve_controller_request(&incoming).await;
+                    if let Some(peers) = &cluster.peers {
+                        let _ = peers.respond(
+                            &incoming,
+                            incoming.envelope.kind,
+                            Bytes::from(answer.encode_to_vec()),
+                        );
+                    }
+                });
+                None
+            }
+            _ => Some(incoming),
+        }
+    }
+
+    /// A request from another broker for this node as the controller. Never forwarded again:
+    /// a node that is not the controller answers NOT_CONTROLLER.
+    async fn serve_controller_request(&self, incoming: &Incoming) -> Answer {
+        let body = incoming.envelope.body.clone();
+        let bad = |e: prost::DecodeError| {
+            error_answer(&ControllerError::InvalidRequest(format!(
+                "a request that does not decode: {e}"
+            )))
+        };
+        let (tx, rx) = oneshot::channel();
+        match incoming.envelope.kind {
+            kind::PROPOSE => {
+                let records = match MetadataBatch::decode(body) {
+                    Ok(b) => b.records,
+                    Err(e) => return bad(e),
+                };
+                if self
+                    .driver
+                    .send(Request::Propose { records, reply: tx })
+                    .await
+                    .is_err()
+                {
+                    return error_answer(&ControllerError::NotController("stopping".into()));
+                }
+                propose_answer(
+                    &rx.await.unwrap_or_else(|_| {
+                        Err(ControllerError::NotController("no outcome".into()))
+                    }),
+                )
+            }
+            kind::ALTER_PARTITION => {
+                let m = match AlterPartitionMessage::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => return bad(e),
+                };
+                let Some(topic_id) = TopicId::from_slice(&m.topic_id) else {
+                    return error_answer(&ControllerError::UnknownTopicId(
+                        "a topic id of the wrong length".into(),
+                    ));
+                };
+                let request = AlterPartitionRequest {
+                    broker_id: BrokerId(m.broker_id),
+                    broker_epoch: m.broker_epoch,
+                    topic_id,
+                    partition: m.partition,
+                    leader_epoch: LeaderEpoch(m.leader_epoch),
+                    partition_epoch: m.partition_epoch,
+                    new_isr: m.new_isr.into_iter().map(BrokerId).collect(),
+                };
+                if self
+                    .driver
+                    .send(Request::AlterPartition { request, reply: tx })
+                    .await
+                    .is_err()
+                {
+                    return error_answer(&ControllerError::NotController("stopping".into()));
+                }
+                propose_answer(
+                    &rx.await.unwrap_or_else(|_| {
+                        Err(ControllerError::NotController("no outcome".into()))
+                    }),
+                )
+            }
+            _ => {
+                let m = match HeartbeatMessage::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => return bad(e),
+                };
+                let (tx, rx) = oneshot::channel();
+                let heartbeat = Heartbeat {
+                    broker_id: BrokerId(m.broker_id),
+                    broker_epoch: m.broker_epoch,
+                    metadata_offset: m.metadata_offset,
+                    want_fence: m.want_fence,
+                };
+                if self
+                    .driver
+                    .send(Request::Heartbeat {
+                        heartbeat,
+                        reply: tx,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return error_answer(&ControllerError::NotController("stopping".into()));
+                }
+                match rx.await {
+                    Ok(Ok(reply)) => Answer {
+                        is_fenced: reply.is_fenced,
+                        is_caught_up: reply.is_caught_up,
+                        ..Answer::default()
+                    },
+                    Ok(Err(e)) => error_answer(&e),
+                    Err(_) => error_answer(&ControllerError::NotController("no outcome".into())),
+                }
+            }
+        }
+    }
+}
+
+fn alter_partition_message(r: &AlterPartitionRequest) -> AlterPartitionMessage {
+    AlterPartitionMessage {
+        broker_id: r.broker_id.0,
+        broker_epoch: r.broker_epoch,
+        topic_id: r.topic_id.0.to_vec(),
+        partition: r.partition,
+        leader_epoch: r.leader_epoch.0,
+        partition_epoch: r.partition_epoch,
+        new_isr: r.new_isr.iter().map(|b| b.0).collect(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The driver.
+
+struct Driver {
+    quorum: QuorumNode<FileStorage>,
+    config: QuorumConfig,
+    /// A handle on the quorum's storage, to reopen the node after an error.
+    storage: FileStorage,
+    sessions: BrokerSessions,
+    /// Who waits for each proposal's outcome.
+    waiters: BTreeMap<u64, oneshot::Sender<ProposeResult>>,
+    next_id: u64,
+    view: Arc<View>,
+    peers: Option<Arc<PeerTransport>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(quorum::TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.poll();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(),
+                request = requests.recv() => match request {
+                    None => return,
+                    Some(r) => self.handle(r),
+                },
+            }
+            // Take whatever else is queued before polling: one sync for all of it.
+            while let Ok(r) = requests.try_recv() {
+                self.handle(r);
+            }
+            self.poll();
+        }
+    }
+
+    fn now_ms() -> u64 {
+        crate::broker::now_ms().max(0) as u64
+    }
+
+    fn tick(&mut self) {
+        self.quorum.tick();
+        if !self.quorum.is_leader() {
+            return;
+        }
+        let due = self.sessions.expire(Self::now_ms(), self.quorum.state());
+        for (broker, records) in due {
+            tracing::info!("broker {broker} missed its heartbeats: fencing it");
+            self.propose(records, None);
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Raft(m) => {
+                if let Err(e) = self.quorum.step(*m) {
+                    tracing::debug!("raft message refused: {e}");
+                }
+            }
+            Request::Propose { records, reply } => self.propose(records, Some(reply)),
+            Request::Heartbeat { heartbeat, reply } => {
+                if !self.quorum.is_leader() {
+                    let _ = reply.send(Err(self.not_controller()));
+                    return;
+                }
+                let result = self.sessions.heartbeat(
+                    Self::now_ms(),
+                    &heartbeat,
+                    self.quorum.state(),
+                    self.quorum.applied_index(),
+                );
+                if let Ok(r) = &result {
+                    if !r.records.is_empty() {
+                        tracing::info!("broker {} caught up: unfencing it", heartbeat.broker_id);
+                        self.propose(r.records.clone(), None);
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Request::AlterPartition { request, reply } => {
+                if !self.quorum.is_leader() {
+                    let _ = reply.send(Err(self.not_controller()));
+                    return;
+                }
+                match self.quorum.state().alter_partition(&request) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok((_, records)) if records.is_empty() => {
+                        let _ = reply.send(Ok(Proposed::Committed(self.quorum.applied_index())));
+                    }
+                    Ok((_, records)) => self.propose(records, Some(reply)),
+                }
+            }
+        }
+    }
+
+    fn not_controller(&self) -> ControllerError {
+        ControllerError::NotController(match self.quorum.leader() {
+            Some(l) => format!("the controller is broker {l}"),
+            None => "no controller is elected yet".into(),
+        })
+    }
+
+    fn propose(
+        &mut self,
+        records: Vec<MetadataRecord>,
+        reply: Option<oneshot::Sender<ProposeResult>>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.quorum.propose(ProposalId(id), records) {
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    self.waiters.insert(id, reply);
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = reply {
+                    let error = if e.code() == 41 {
+                        self.not_controller()
+                    } else {
+                        ControllerError::UnknownServerError(e.to_string())
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    fn poll(&mut self) {
+        let out = match self.quorum.poll() {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!("metadata quorum failed: {e}; reopening it from disk");
+                self.reopen();
+                return;
+            }
+        };
+        if let Some(peers) = &self.peers {
+            for (to, message) in &out.messages {
+                if let Err(e) = peers.send(to.0, kind::RAFT, Bytes::from(encode_message(message))) {
+                    tracing::debug!("raft message to {to} dropped: {e}");
+                }
+            }
+        }
+        for outcome in out.outcomes {
+            let (id, result) = match outcome {
+                ProposalOutcome::Committed { id, index } => (id, Ok(Proposed::Committed(index))),
+                ProposalOutcome::Rejected { id, index, reason } => {
+                    (id, Ok(Proposed::Rejected(index, reason.to_string())))
+                }
+                ProposalOutcome::Lost { id } | ProposalOutcome::Unknown { id } => (
+                    id,
+                    Err(ControllerError::NotController(
+                        "the controller changed before the command applied".into(),
+                    )),
+                ),
+            };
+            if let Some(reply) = self.waiters.remove(&id.0) {
+                let _ = reply.send(result);
+            }
+        }
+        if let Some(change) = out.leader_change {
+            tracing::info!(
+                term = change.term,
+                "the controller is now {:?}",
+                change.leader
+            );
+            self.sessions.reset();
+            self.view.controller.send_replace(change.leader);
+        }
+        // Rejected entries move the applied index without changing the state: publish the
+        // index anyway, for those waiting to catch up with it.
+        if out.snapshot_installed.is_some()
+            || !out.applied.is_empty()
+            || self.quorum.applied_index() != *self.view.applied.borrow()
+        {
+            self.view
+                .publish(self.quorum.state(), self.quorum.applied_index());
+        }
+    }
+
+    /// Replaces a failed quorum node with one reopened from its storage (what was synced
+    /// survives; proposals in flight get NOT_CONTROLLER and are retried by their senders).
+    fn reopen(&mut self) {
+        for (_, reply) in std::mem::take(&mut self.waiters) {
+            let _ = reply.send(Err(ControllerError::NotController(
+                "the metadata quorum restarted".into(),
+            )));
+        }
+        match QuorumNode::open(self.config.clone(), self.storage.clone()) {
+            Ok((quorum, _)) => {
+                self.quorum = quorum;
+                self.sessions.reset();
+            }
+            Err(e) => tracing::error!("reopening the metadata quorum failed: {e}"),
+        }
+    }
+}
