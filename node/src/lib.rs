@@ -4,7 +4,9 @@
 //! requests, hands them to core with the current time, and carries out the effects.
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
+pub mod dev;
 pub mod dump_log;
 pub mod metrics;
 pub mod peer;

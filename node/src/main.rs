@@ -82,15 +82,10 @@ enum Command {
     },
     /// Run one broker.
     Start(StartArgs),
-    /// Start a local broker for development, with data in ./keel-data, on 127.0.0.1:9092.
-    Dev {
-        /// The port to listen on.
-        #[arg(long, default_value_t = 9092)]
-        port: u16,
-        /// The data directory.
-        #[arg(long, default_value = "keel-data")]
-        data_dir: PathBuf,
-    },
+    /// Start a local cluster for development: three brokers on loopback (separate processes),
+    /// data in ./keel-data. Ctrl-C stops them all.
+    #[cfg(not(madsim))]
+    Dev(keel_node::dev::DevArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,20 +102,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Start(args) => run(args, false),
-        Command::Dev { port, data_dir } => run(
-            StartArgs {
-                node_id: Some(1),
-                listeners: Some(format!("PLAINTEXT://127.0.0.1:{port}")),
-                data_dir: Some(data_dir),
-                ..StartArgs::default()
-            },
-            true,
-        ),
+        Command::Start(args) => run(args),
+        #[cfg(not(madsim))]
+        Command::Dev(args) => keel_node::dev::run(args),
     }
 }
 
-fn run(args: StartArgs, dev: bool) -> ExitCode {
+fn run(args: StartArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -169,9 +157,15 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         };
         // The advertised listener; port 0 (pick any) advertises the port actually bound.
         let advertised = config.advertised_listener("PLAINTEXT").cloned();
-        let advertised_host = advertised.as_ref().map_or_else(|| "127.0.0.1".to_string(), |l| l.host.clone());
+        let advertised_host = advertised
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |l| l.host.clone());
         let advertised_port = advertised.as_ref().map_or(0, |l| l.port);
-        let advertised_port = if advertised_port == 0 { bound.port() } else { advertised_port };
+        let advertised_port = if advertised_port == 0 {
+            bound.port()
+        } else {
+            advertised_port
+        };
         let settings = Settings {
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
@@ -193,14 +187,22 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         if let Some(m) = &config.metrics_listener {
             match tokio::net::TcpListener::bind(m.address()).await {
                 Ok(l) => {
-                    tracing::info!("metrics on http://{}/metrics", l.local_addr().map_or(m.address(), |a| a.to_string()));
+                    tracing::info!(
+                        "metrics on http://{}/metrics",
+                        l.local_addr().map_or(m.address(), |a| a.to_string())
+                    );
                     tokio::spawn(keel_node::metrics::serve(l, metrics.clone()));
                 }
-                Err(e) => tracing::warn!("metrics endpoint {}: {e} (serving without it)", m.address()),
+                Err(e) => {
+                    tracing::warn!("metrics endpoint {}: {e} (serving without it)", m.address())
+                }
             }
         }
         if settings.cluster.is_multi_node() {
-            tracing::info!("joining the cluster: {} voters", settings.cluster.voters.len());
+            tracing::info!(
+                "joining the cluster: {} voters",
+                settings.cluster.voters.len()
+            );
         }
         let broker = match Broker::open(settings, metrics).await {
             Ok(b) => b,
@@ -212,19 +214,28 @@ fn run(args: StartArgs, dev: bool) -> ExitCode {
         // Group APIs wait for the group coordinator, but FindCoordinator stays advertised:
         // librdkafka enables lz4 only when it sees FindCoordinator v0 (and answers get
         // COORDINATOR_NOT_AVAILABLE).
-        let without: Vec<_> = GROUP_APIS.into_iter().filter(|&k| k != ApiKey::FindCoordinator).collect();
+        let without: Vec<_> = GROUP_APIS
+            .into_iter()
+            .filter(|&k| k != ApiKey::FindCoordinator)
+            .collect();
         let apis = SupportedApis::all().without(&without);
-        let wire_config = WireConfig { socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize, ..WireConfig::default() };
-        let server = WireServer::with_metrics(broker.clone(), apis, wire_config, broker.metrics().clone());
+        let wire_config = WireConfig {
+            socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,
+            ..WireConfig::default()
+        };
+        let server =
+            WireServer::with_metrics(broker.clone(), apis, wire_config, broker.metrics().clone());
         let serving = tokio::spawn(server.serve(listener));
-        tokio::spawn(timers(broker.clone(), config.retention_check_interval_ms, config.checkpoint_interval_ms));
-        println!("keel broker {} ready on {advertised_host}:{}", config.node_id, bound.port());
-        if dev {
-            println!("data in {}", config.data_dir.display());
-            println!("try:  kcat -b {advertised_host}:{} -L", bound.port());
-            println!("      echo hello | kcat -b {advertised_host}:{} -t demo -P && kcat -b {advertised_host}:{} -t demo -C -e", bound.port(), bound.port());
-            println!("Ctrl-C stops it.");
-        }
+        tokio::spawn(timers(
+            broker.clone(),
+            config.retention_check_interval_ms,
+            config.checkpoint_interval_ms,
+        ));
+        println!(
+            "keel broker {} ready on {advertised_host}:{}",
+            config.node_id,
+            bound.port()
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
