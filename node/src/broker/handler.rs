@@ -407,6 +407,8 @@ impl Broker {
         match result {
             Ok((appended, log_start)) => {
                 if !appended.duplicate {
+                    // Followers waiting in a fetch take the new batch now.
+                    partition.touch();
                     self.queue_sync(&partition);
                 }
                 Ok((partition, appended, log_start))
