@@ -44,7 +44,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::peer::{Incoming, PeerTransport};
-use crate::storage::FileStorage;
+use crate::storage::Dir;
 
 /// Peer message kinds ([`crate::peer::Envelope::kind`]).
 pub mod kind {
@@ -312,7 +312,7 @@ impl Cluster {
     pub async fn start(
         node: i32,
         settings: ClusterSettings,
-        storage: FileStorage,
+        storage: Dir,
     ) -> Result<(Arc<Cluster>, Option<mpsc::Receiver<Incoming>>), ClusterError> {
         let me = BrokerId(node);
         let (voters, learners) = if settings.voters.is_empty() {
@@ -685,10 +685,10 @@ fn alter_partition_message(r: &AlterPartitionRequest) -> AlterPartitionMessage {
 // The driver.
 
 struct Driver {
-    quorum: QuorumNode<FileStorage>,
+    quorum: QuorumNode<Dir>,
     config: QuorumConfig,
     /// A handle on the quorum's storage, to reopen the node after an error.
-    storage: FileStorage,
+    storage: Dir,
     sessions: BrokerSessions,
     /// Who waits for each proposal's outcome.
     waiters: BTreeMap<u64, oneshot::Sender<ProposeResult>>,

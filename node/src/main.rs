@@ -182,6 +182,7 @@ fn run(args: StartArgs) -> ExitCode {
                 }
             },
             replica_lag_time_max_ms: config.replica_lag_time_ms_max,
+            disk: Default::default(),
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {

@@ -4,8 +4,9 @@
 //! the file size); `create`, `rename` and `remove` `fsync` the directory before returning, so
 //! the name change is durable too. A full disk is reported as [`StorageError::NoSpace`].
 //!
-//! Not for use inside the simulator: madsim does not simulate `std::fs`, so sim gives the log
-//! its own simulated disk instead.
+//! Not for use inside the simulator: madsim does not simulate `std::fs`. The broker therefore
+//! reaches its disk through [`Disk`], which is either the real file system or a
+//! [`VirtualDisk`] (the simulator's), and each directory through [`Dir`].
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -179,6 +180,160 @@ impl Storage for FileStorage {
         }
         names.sort();
         Ok(names)
+    }
+}
+
+/// A directory of a [`VirtualDisk`]: any [`Storage`] whose clones share their files.
+pub trait VirtualDir: Storage + Send + Sync {
+    fn clone_dir(&self) -> Box<dyn VirtualDir>;
+}
+
+impl<T: Storage + Clone + Send + Sync + 'static> VirtualDir for T {
+    fn clone_dir(&self) -> Box<dyn VirtualDir> {
+        Box::new(self.clone())
+    }
+}
+
+/// A disk that is not the file system (the simulator's), addressed by `/`-separated paths.
+pub trait VirtualDisk: Send + Sync {
+    /// The directory at `path` (created empty on first use).
+    fn dir(&self, path: &str) -> Box<dyn VirtualDir>;
+    /// The names of the directories directly under `path` that hold files.
+    fn subdirs(&self, path: &str) -> Vec<String>;
+}
+
+/// One directory of the broker's disk.
+pub enum Dir {
+    File(FileStorage),
+    Virtual(Box<dyn VirtualDir>),
+}
+
+impl Clone for Dir {
+    fn clone(&self) -> Self {
+        match self {
+            Dir::File(f) => Dir::File(f.clone()),
+            Dir::Virtual(v) => Dir::Virtual(v.clone_dir()),
+        }
+    }
+}
+
+impl Dir {
+    /// Syncs one file through a shared handle (a clone on the sync thread syncs while the
+    /// owner appends).
+    pub fn sync_file(&self, name: &str) -> Result<(), StorageError> {
+        match self {
+            Dir::File(f) => f.sync_file(name),
+            Dir::Virtual(v) => v.clone_dir().sync(name),
+        }
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        match self {
+            Dir::File(f) => f,
+            Dir::Virtual(v) => v.as_ref(),
+        }
+    }
+
+    fn storage_mut(&mut self) -> &mut dyn Storage {
+        match self {
+            Dir::File(f) => f,
+            Dir::Virtual(v) => v.as_mut(),
+        }
+    }
+}
+
+impl Storage for Dir {
+    fn create(&mut self, name: &str) -> Result<(), StorageError> {
+        self.storage_mut().create(name)
+    }
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        self.storage_mut().append(name, data)
+    }
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
+        self.storage().read_at(name, pos, len)
+    }
+    fn len(&self, name: &str) -> Result<u64, StorageError> {
+        self.storage().len(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        self.storage_mut().truncate(name, len)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        self.storage_mut().sync(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.storage_mut().rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        self.storage_mut().remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        self.storage().list()
+    }
+}
+
+/// The broker's disk: the file system, or a virtual one.
+#[derive(Clone, Default)]
+pub enum Disk {
+    #[default]
+    Real,
+    Virtual(Arc<dyn VirtualDisk>),
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Disk::Real => "Disk::Real",
+            Disk::Virtual(_) => "Disk::Virtual",
+        })
+    }
+}
+
+fn virtual_path(path: &Path) -> String {
+    path.to_string_lossy().trim_end_matches('/').to_string()
+}
+
+impl Disk {
+    /// Opens (creating if needed) the directory at `path`.
+    pub fn open(&self, path: &Path) -> io::Result<Dir> {
+        match self {
+            Disk::Real => FileStorage::open(path).map(Dir::File),
+            Disk::Virtual(d) => Ok(Dir::Virtual(d.dir(&virtual_path(path)))),
+        }
+    }
+
+    /// Removes the directory at `path` and everything in it.
+    pub fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        match self {
+            Disk::Real => fs::remove_dir_all(path),
+            Disk::Virtual(d) => {
+                let mut dir = d.dir(&virtual_path(path));
+                for name in dir.list().map_err(io::Error::other)? {
+                    dir.remove(&name).map_err(io::Error::other)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The directories directly under `path`.
+    pub fn subdirs(&self, path: &Path) -> Vec<PathBuf> {
+        match self {
+            Disk::Real => fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Disk::Virtual(d) => d
+                .subdirs(&virtual_path(path))
+                .into_iter()
+                .map(|name| path.join(name))
+                .collect(),
+        }
     }
 }
 

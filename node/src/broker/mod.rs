@@ -6,7 +6,7 @@
 //! - its membership: it registers with the controller at start (fenced, KRaft's way), is
 //!   unfenced once its metadata caught up, and heartbeats every `broker.heartbeat.interval.ms`;
 //! - one [`PartitionHandle`] per partition it holds a replica of, each a core
-//!   [`PartitionReplica`] over [`FileStorage`] in `{data dir}/{topic}-{partition}/`, in the role
+//!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
 //!   the applied metadata gives it ([`replication`] runs followers' fetches and answers them);
 //! - the sync thread ([`SyncWorker`]): group commit. Appends mark a partition dirty; the thread
 //!   fsyncs it outside the partition's lock (so appends go on meanwhile), persists the high
@@ -28,7 +28,7 @@ pub mod replication;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_core::controller::{
@@ -42,7 +42,7 @@ use keel_core::{Offset, ProducerId};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, ClusterSettings, Proposed};
-use crate::storage::FileStorage;
+use crate::storage::{Dir, Disk};
 
 /// The directory, under the data directory, of the metadata quorum's log.
 pub const METADATA_DIR: &str = "__metadata";
@@ -70,6 +70,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: i64,
+    /// Where the data directory lives: the file system, or the simulator's disk.
+    pub disk: Disk,
 }
 
 impl Settings {
@@ -85,6 +87,7 @@ impl Settings {
             topic_config_defaults: BTreeMap::new(),
             cluster: ClusterSettings::single(),
             replica_lag_time_max_ms: keel_core::partition::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+            disk: Disk::Real,
         }
     }
 }
@@ -123,10 +126,10 @@ pub struct PartitionHandle {
     pub index: i32,
     pub topic_id: TopicId,
     dir: PathBuf,
-    replica: Mutex<PartitionReplica<FileStorage>>,
-    snapshots: Mutex<FileStorage>,
+    replica: Mutex<PartitionReplica<Dir>>,
+    snapshots: Mutex<Dir>,
     /// A clone of the log's storage, for the sync thread.
-    syncer: FileStorage,
+    syncer: Dir,
     /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
     /// signalled, unchanged, when the role changes, so that waiters look again.
     high_watermark: watch::Sender<Offset>,
@@ -145,7 +148,7 @@ pub struct PartitionHandle {
 
 impl PartitionHandle {
     /// Runs `f` with the replica locked. Never hold it across an await or an fsync.
-    pub fn with<R>(&self, f: impl FnOnce(&mut PartitionReplica<FileStorage>) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut PartitionReplica<Dir>) -> R) -> R {
         let mut replica = self.replica.lock().expect("partition lock poisoned");
         f(&mut replica)
     }
@@ -153,7 +156,7 @@ impl PartitionHandle {
     /// Runs `f` with the snapshot storage and the replica locked (in that order).
     pub fn with_snapshots<R>(
         &self,
-        f: impl FnOnce(&mut PartitionReplica<FileStorage>, &mut FileStorage) -> R,
+        f: impl FnOnce(&mut PartitionReplica<Dir>, &mut Dir) -> R,
     ) -> R {
         let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
         let mut replica = self.replica.lock().expect("partition lock poisoned");
@@ -244,43 +247,57 @@ impl PartitionHandle {
 }
 
 /// The group-commit thread: syncs dirty partitions, one fsync per partition per round, however
-/// many appends each received since the last round.
+/// many appends each received since the last round. Under the simulator (madsim runs no
+/// threads of its own) it is a task, and its syncs take no real time.
 struct SyncWorker {
-    tx: Mutex<mpsc::Sender<Arc<PartitionHandle>>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Arc<PartitionHandle>>,
 }
 
 impl SyncWorker {
     fn start() -> SyncWorker {
-        let (tx, rx) = mpsc::channel::<Arc<PartitionHandle>>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
+        #[cfg(not(madsim))]
         std::thread::Builder::new()
             .name("keel-sync".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut round = vec![first];
-                    round.extend(rx.try_iter());
-                    for p in round {
-                        // Clear first: an append after this point queues the partition again.
-                        p.queued.store(false, Ordering::SeqCst);
-                        if p.deleted.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        if let Err(e) = p.settle() {
-                            tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
-                        }
-                    }
+                while let Some(first) = rx.blocking_recv() {
+                    sync_round(first, &mut rx);
                 }
             })
             .expect("spawn the sync thread");
-        SyncWorker { tx: Mutex::new(tx) }
+        #[cfg(madsim)]
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                sync_round(first, &mut rx);
+            }
+        });
+        SyncWorker { tx }
     }
 
     fn queue(&self, p: &Arc<PartitionHandle>) {
         if !p.queued.swap(true, Ordering::SeqCst) {
-            let _ = self
-                .tx
-                .lock()
-                .expect("sync queue lock poisoned")
-                .send(p.clone());
+            let _ = self.tx.send(p.clone());
+        }
+    }
+}
+
+/// One group-commit round: `first` and every partition queued behind it.
+fn sync_round(
+    first: Arc<PartitionHandle>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Arc<PartitionHandle>>,
+) {
+    let mut round = vec![first];
+    while let Ok(p) = rx.try_recv() {
+        round.push(p);
+    }
+    for p in round {
+        // Clear first: an append after this point queues the partition again.
+        p.queued.store(false, Ordering::SeqCst);
+        if p.deleted.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(e) = p.settle() {
+            tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
         }
     }
 }
@@ -315,7 +332,7 @@ fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
 
 /// A topic's settings, as its partition enforces them.
 fn apply_topic_config(
-    replica: &mut PartitionReplica<FileStorage>,
+    replica: &mut PartitionReplica<Dir>,
     config: &keel_core::controller::TopicConfig,
 ) {
     replica.set_rules(produce_rules(config), config.to_log_config());
@@ -340,13 +357,15 @@ impl Broker {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Broker>, StartError> {
         let data_dir = settings.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
-        let mut root =
-            FileStorage::open(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+        let disk = settings.disk.clone();
+        let mut root = disk
+            .open(&data_dir)
+            .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
         let cluster_id = read_or_create_cluster_id(&mut root, &settings.cluster)?;
         let meta_dir = data_dir.join(METADATA_DIR);
-        let storage =
-            FileStorage::open(&meta_dir).map_err(|e| StartError::DataDir(meta_dir.clone(), e))?;
+        let storage = disk
+            .open(&meta_dir)
+            .map_err(|e| StartError::DataDir(meta_dir.clone(), e))?;
         let (cluster, incoming) =
             Cluster::start(settings.node_id, settings.cluster.clone(), storage).await?;
         let broker = Arc::new_cyclic(|this| Broker {
@@ -636,7 +655,7 @@ impl Broker {
                 .collect();
             for key in gone {
                 if let Some(p) = partitions.remove(&key) {
-                    close_and_remove(&p);
+                    close_and_remove(&self.settings.disk, &p);
                 }
             }
         }
@@ -649,7 +668,7 @@ impl Broker {
                 other => {
                     if let Some(old) = other {
                         // Same name, new topic: the old one was deleted and recreated.
-                        close_and_remove(&old);
+                        close_and_remove(&self.settings.disk, &old);
                     }
                     match self.open_partition(&w) {
                         Ok(p) => {
@@ -692,17 +711,17 @@ impl Broker {
     /// broker was down). At startup only: while running, deletion removes its own directories.
     fn remove_orphan_directories(&self) {
         let partitions = self.partitions.read().expect("partition map poisoned");
-        let Ok(entries) = std::fs::read_dir(&self.settings.data_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name == METADATA_DIR || !entry.path().is_dir() {
+        let disk = &self.settings.disk;
+        for dir in disk.subdirs(&self.settings.data_dir) {
+            if dir.ends_with(METADATA_DIR) || partitions.values().any(|p| p.dir == dir) {
                 continue;
             }
-            if !partitions.values().any(|p| p.dir == entry.path()) {
-                tracing::info!("removing the directory of a deleted partition: {name}");
-                let _ = std::fs::remove_dir_all(entry.path());
+            tracing::info!(
+                "removing the directory of a deleted partition: {}",
+                dir.display()
+            );
+            if let Err(e) = disk.remove_dir_all(&dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
             }
         }
     }
@@ -710,8 +729,8 @@ impl Broker {
     fn open_partition(&self, w: &Wanted) -> Result<PartitionHandle, String> {
         let name = format!("{}-{}", w.topic, w.index);
         let dir = self.settings.data_dir.join(&name);
-        let storage = FileStorage::open(&dir).map_err(|e| e.to_string())?;
-        let mut snapshots = FileStorage::open(&dir).map_err(|e| e.to_string())?;
+        let storage = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
+        let mut snapshots = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
         check_topic_id(&mut snapshots, w.topic_id)?;
         let syncer = storage.clone();
         let replica_config = ReplicaConfig {
@@ -780,10 +799,10 @@ impl Broker {
 
 /// Marks a replica deleted (its loops and the sync thread stop touching it) and removes its
 /// directory.
-fn close_and_remove(p: &PartitionHandle) {
+fn close_and_remove(disk: &Disk, p: &PartitionHandle) {
     p.deleted.store(true, Ordering::SeqCst);
     p.wake_waiters();
-    if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+    if let Err(e) = disk.remove_dir_all(&p.dir) {
         tracing::warn!("removing {}: {e}", p.dir.display());
     }
 }
@@ -816,7 +835,7 @@ async fn heartbeats(broker: std::sync::Weak<Broker>) {
 
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
-fn check_topic_id(storage: &mut FileStorage, topic_id: TopicId) -> Result<(), String> {
+fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<(), String> {
     const FILE: &str = "partition.metadata";
     let expected = format!("version: 0\ntopic_id: {topic_id}\n");
     match keel_core::storage::read_all(storage, FILE) {
@@ -836,7 +855,7 @@ fn check_topic_id(storage: &mut FileStorage, topic_id: TopicId) -> Result<(), St
 /// The cluster id, made (and stored durably) on first start: random for a single broker; for
 /// a cluster, derived from the voters, so that every broker reports the same id.
 fn read_or_create_cluster_id(
-    storage: &mut FileStorage,
+    storage: &mut Dir,
     cluster: &ClusterSettings,
 ) -> Result<String, StartError> {
     if let Ok(id) = keel_core::storage::read_all(storage, CLUSTER_ID_FILE) {
