@@ -1,0 +1,183 @@
+"""`keel dev` failover: a topic replicated on all three brokers stays readable, every record
+exactly once, after any one broker is SIGKILLed.
+
+usage: cluster_dev_failover.py HOST:PORT,HOST:PORT,HOST:PORT KILL_ID
+
+The addresses are brokers 1, 2, 3 in order. Driven by node/tests/cluster.rs over stdin/stdout:
+  1. creates a topic with 3 partitions and replication factor 3, waits until every partition
+     has a leader and all three replicas in its ISR, and prints who leads what and which broker
+     is the controller;
+  2. produces 300 records with acks=all (idempotent) and checks every delivery report;
+  3. prints `KILL-NOW broker=KILL_ID ...`; the harness SIGKILLs that broker and answers
+     `KILLED` on stdin;
+  4. through the two surviving brokers only, waits (up to 30 s) until no partition is led by
+     the killed broker, and reads every partition from the beginning (assign(), no group):
+     each of the 300 records must come back exactly once, and nothing else.
+Kafka's behaviour pinned: a committed record (acks=all, in every ISR member) survives the loss
+of any one replica (Kafka's ReplicationUtils / KIP-966's committed-data guarantee), and the
+controller moves leadership off a fenced broker (KRaft's ReplicationControlManager).
+"""
+
+import select
+import sys
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from interop_common import check, check_eq, fail, log, topic_name, wait_until
+
+if len(sys.argv) != 3:
+    fail(f"usage: {sys.argv[0]} HOST:PORT,HOST:PORT,HOST:PORT KILL_ID")
+addresses = sys.argv[1].split(",")
+check_eq(len(addresses), 3, "number of broker addresses")
+KILL = int(sys.argv[2])
+check(1 <= KILL <= 3, f"KILL_ID {KILL} is not a broker id 1..3")
+survivors = ",".join(a for i, a in enumerate(addresses) if i + 1 != KILL)
+bootstrap = ",".join(addresses)
+PARTITIONS = 3
+RECORDS = 300
+FAILOVER_TIMEOUT = 30.0
+topic = topic_name("dev-failover")
+t0 = time.monotonic()
+
+
+def elapsed():
+    return f"{time.monotonic() - t0:.1f}s"
+
+
+def partitions_of(admin):
+    md = admin.list_topics(topic, timeout=5)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return None
+    return t.partitions
+
+
+# --- 1. a fully replicated topic ------------------------------------------------------------
+admin = AdminClient({"bootstrap.servers": bootstrap})
+try:
+    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)],
+                        request_timeout=30)[topic].result(timeout=30)
+except KafkaException as e:
+    fail(f"create_topics {topic} (3 partitions, replication factor 3): {e}")
+
+
+def fully_replicated():
+    parts = partitions_of(admin)
+    if parts is None or len(parts) != PARTITIONS:
+        return None
+    for p in parts.values():
+        if p.leader < 0 or sorted(p.replicas) != [1, 2, 3] or sorted(p.isrs) != [1, 2, 3]:
+            return None
+    return parts
+
+
+parts = wait_until(f"{topic}: every partition led, with replicas and ISR [1, 2, 3]", fully_replicated, timeout=30)
+leaders = {p: parts[p].leader for p in sorted(parts)}
+cluster = admin.describe_cluster(request_timeout=10).result(timeout=15)
+controller = cluster.controller.id if cluster.controller is not None else None
+log(f"{topic}: leaders {leaders}, controller {controller}, at {elapsed()}")
+
+# --- 2. 300 committed records ---------------------------------------------------------------
+failed = []
+acked = []
+
+
+def on_delivery(err, msg):
+    if err is not None:
+        failed.append((msg.value(), str(err)))
+    else:
+        acked.append(msg.value())
+
+
+producer = Producer({
+    "bootstrap.servers": bootstrap,
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "message.timeout.ms": 30000,
+})
+expected = set()
+for i in range(RECORDS):
+    value = f"rec-{i:03d}".encode()
+    expected.add(value)
+    producer.produce(topic, key=f"k{i}".encode(), value=value, partition=i % PARTITIONS, on_delivery=on_delivery)
+    producer.poll(0)
+left = producer.flush(40)
+check_eq(left, 0, "records still queued after flush(40)")
+if failed:
+    fail(f"{len(failed)} of {RECORDS} records failed delivery before any kill; first: {failed[:3]}")
+check_eq(len(acked), RECORDS, "delivery reports")
+del producer
+log(f"produced and acknowledged {RECORDS} records at {elapsed()}")
+
+# --- 3. the kill ----------------------------------------------------------------------------
+led = sorted(p for p, b in leaders.items() if b == KILL)
+role = f"leader of partitions {led}" if led else "a follower of every partition"
+if controller == KILL:
+    role += ", and the controller"
+print(f"KILL-NOW broker={KILL} role={role} at={elapsed()}", flush=True)
+ready, _, _ = select.select([sys.stdin], [], [], 60)
+check(ready, "no KILLED from the harness within 60 s")
+check_eq(sys.stdin.readline().strip(), "KILLED", "the harness's answer to KILL-NOW")
+killed_at = time.monotonic()
+log(f"broker {KILL} ({role}) killed at {elapsed()}; reading through {survivors}")
+
+# --- 4. every record, exactly once, through the survivors -----------------------------------
+admin = AdminClient({"bootstrap.servers": survivors})
+
+
+def moved():
+    parts = partitions_of(admin)
+    if parts is None:
+        return None
+    if any(p.leader in (-1, KILL) for p in parts.values()):
+        return None
+    return {p: parts[p].leader for p in sorted(parts)}
+
+
+new_leaders = wait_until(f"{topic}: leadership off broker {KILL}", moved, timeout=FAILOVER_TIMEOUT, interval=0.25)
+moved_after = time.monotonic() - killed_at
+log(f"leaders {new_leaders} {moved_after:.1f}s after the kill")
+
+client_errors = []
+consumer = Consumer({
+    "bootstrap.servers": survivors,
+    "group.id": "keel-cluster-unused",  # required by the client; no group API is used
+    "enable.auto.commit": False,
+    "enable.partition.eof": False,
+    "auto.offset.reset": "error",
+    "topic.metadata.refresh.interval.ms": 1000,
+    "error_cb": lambda err: client_errors.append(str(err)),
+})
+got = {}
+try:
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    deadline = killed_at + FAILOVER_TIMEOUT
+    while len(got) < RECORDS:
+        if time.monotonic() > deadline:
+            missing = sorted(expected - set(got))
+            fail(f"{len(got)} of {RECORDS} records read within {FAILOVER_TIMEOUT}s of killing broker {KILL} "
+                 f"({role}); missing (first 10): {missing[:10]}; client errors: {client_errors[-5:]}")
+        for m in consumer.consume(num_messages=1000, timeout=0.5):
+            if m.error():
+                if m.error().fatal():
+                    fail(f"consumer: fatal error {m.error()}")
+                client_errors.append(str(m.error()))
+                continue
+            v = m.value()
+            check(v in expected, f"partition {m.partition()} offset {m.offset()}: value {v!r} was never sent")
+            got[v] = got.get(v, 0) + 1
+            check(got[v] == 1, f"partition {m.partition()} offset {m.offset()}: {v!r} read twice")
+    # Nothing beyond the 300.
+    for m in consumer.consume(num_messages=1000, timeout=1.0):
+        if not m.error():
+            fail(f"a record beyond the {RECORDS} sent: partition {m.partition()} offset {m.offset()} value {m.value()!r}")
+finally:
+    consumer.close()
+read_after = time.monotonic() - killed_at
+check_eq(set(got), expected, "records read back")
+log(f"FIGURES killed={KILL} role=\"{role}\" leaders_moved_s={moved_after:.1f} all_read_s={read_after:.1f} "
+    f"records={len(got)} client_errors={len(client_errors)}")
+log(f"OK cluster_dev_failover {elapsed()}")
