@@ -437,6 +437,7 @@ impl Cluster {
                 Request::Propose { records, reply }
             },
             decode_proposed,
+            CONTROLLER_WAIT,
         )
         .await
     }
@@ -460,6 +461,8 @@ impl Cluster {
                 reply,
             },
             decode_heartbeat_reply,
+            // A heartbeat is stale once the next one is due.
+            Duration::from_millis(self.settings.heartbeat_interval_ms.max(100)),
         )
         .await
     }
@@ -475,20 +478,22 @@ impl Cluster {
                 reply,
             },
             decode_proposed,
+            CONTROLLER_WAIT,
         )
         .await
     }
 
     /// Asks the controller: the local driver when this node is the controller, else a peer
-    /// call. Retries NOT_CONTROLLER (no controller yet, or it moved) until [`CONTROLLER_WAIT`].
+    /// call. Retries NOT_CONTROLLER (no controller yet, or it moved) for up to `wait`.
     async fn ask_controller<T>(
         &self,
         kind: u32,
         body: Bytes,
         local: impl Fn(Bytes, oneshot::Sender<Result<T, ControllerError>>) -> Request,
         remote: impl Fn(Bytes) -> Result<T, ControllerError>,
+        wait: Duration,
     ) -> Result<T, ControllerError> {
-        let deadline = tokio::time::Instant::now() + CONTROLLER_WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut controller = self.view.controller.subscribe();
         loop {
             let current = *controller.borrow_and_update();
@@ -510,12 +515,19 @@ impl Cluster {
                         "no transport to {c}"
                     ))),
                     Some(peers) => {
-                        match peers
-                            .call(c.0, kind, body.clone(), CONTROLLER_CALL_TIMEOUT)
-                            .await
-                        {
-                            Ok(envelope) => remote(envelope.body),
-                            Err(e) => Err(ControllerError::NotController(e.to_string())),
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        let call =
+                            peers.call(c.0, kind, body.clone(), CONTROLLER_CALL_TIMEOUT.min(left));
+                        // A controller that died holds the call until its timeout: give up on
+                        // it as soon as raft names another (or none).
+                        tokio::select! {
+                            answer = call => match answer {
+                                Ok(envelope) => remote(envelope.body),
+                                Err(e) => Err(ControllerError::NotController(e.to_string())),
+                            },
+                            _ = controller.changed() => Err(ControllerError::NotController(
+                                "the controller changed".into(),
+                            )),
                         }
                     }
                 },

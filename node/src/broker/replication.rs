@@ -339,14 +339,20 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
         max_bytes: request.max_bytes as u64,
     }
     .encode_to_vec();
-    let answer = peers
-        .call(
-            leader.0,
-            kind::REPLICA_FETCH,
-            Bytes::from(body),
-            REPLICA_FETCH_TIMEOUT,
-        )
-        .await
+    let mut activity = p.activity.subscribe();
+    let call = peers.call(
+        leader.0,
+        kind::REPLICA_FETCH,
+        Bytes::from(body),
+        REPLICA_FETCH_TIMEOUT,
+    );
+    // A fetch to a leader that is gone would hold the loop until its timeout; drop it as soon
+    // as the metadata names a new leader (the new role has no fetch in flight).
+    let answer = tokio::select! {
+        answer = call => answer,
+        _ = role_change(p, &mut activity, request.leader_epoch, leader) => return,
+    };
+    let answer = answer
         .map_err(|e| e.to_string())
         .and_then(|envelope| ReplicaFetchAnswer::decode(envelope.body).map_err(|e| e.to_string()))
         .and_then(decode_response);
@@ -354,7 +360,12 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
         Ok(r) => r,
         Err(why) => {
             tracing::debug!(topic = %p.topic, partition = p.index, "fetch from {leader}: {why}");
-            p.with(|r| r.handle_fetch_error(now_ms()));
+            p.with(|r| {
+                // Back off only if this fetch is still the current role's.
+                if r.leader_epoch() == request.leader_epoch {
+                    r.handle_fetch_error(now_ms())
+                }
+            });
             return;
         }
     };
@@ -380,6 +391,24 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
         Err(e) => {
             tracing::warn!(topic = %p.topic, partition = p.index, "applying a fetch from {leader}: {e}");
             p.with(|r| r.handle_fetch_error(now_ms()));
+        }
+    }
+}
+
+/// Resolves when the replica no longer follows `leader` at `epoch`.
+async fn role_change(
+    p: &PartitionHandle,
+    activity: &mut tokio::sync::watch::Receiver<u64>,
+    epoch: LeaderEpoch,
+    leader: BrokerId,
+) {
+    loop {
+        if activity.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let same = p.with(|r| r.leader_epoch() == epoch && r.fetch_leader() == Some(leader));
+        if !same || p.deleted.load(Ordering::SeqCst) {
+            return;
         }
     }
 }
