@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kafka_protocol::messages::ApiKey;
 use keel_node::broker::{Broker, Settings};
 use keel_node::cluster::ClusterSettings;
 use keel_node::config::{parse_override, BrokerConfig};
 use keel_node::metrics::Metrics;
-use keel_node::wire::{SupportedApis, WireConfig, WireServer, GROUP_APIS};
+use keel_node::wire::{WireConfig, WireServer};
 
 #[derive(Parser)]
 #[command(
@@ -212,14 +211,7 @@ fn run(args: StartArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        // Group APIs wait for the group coordinator, but FindCoordinator stays advertised:
-        // librdkafka enables lz4 only when it sees FindCoordinator v0 (and answers get
-        // COORDINATOR_NOT_AVAILABLE).
-        let without: Vec<_> = GROUP_APIS
-            .into_iter()
-            .filter(|&k| k != ApiKey::FindCoordinator)
-            .collect();
-        let apis = SupportedApis::all().without(&without);
+        let apis = keel_node::broker::served_apis();
         let wire_config = WireConfig {
             socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,
             ..WireConfig::default()

@@ -92,6 +92,18 @@ impl Settings {
     }
 }
 
+/// The Kafka APIs the broker answers: all but the group APIs, which wait for the group
+/// coordinator. FindCoordinator stays advertised: librdkafka enables lz4 only when it sees
+/// FindCoordinator v0 (and its requests get COORDINATOR_NOT_AVAILABLE).
+pub fn served_apis() -> crate::wire::SupportedApis {
+    use kafka_protocol::messages::ApiKey;
+    let without: Vec<ApiKey> = crate::wire::GROUP_APIS
+        .into_iter()
+        .filter(|&k| k != ApiKey::FindCoordinator)
+        .collect();
+    crate::wire::SupportedApis::all().without(&without)
+}
+
 /// The current time in milliseconds since the epoch (madsim intercepts this clock).
 pub fn now_ms() -> i64 {
     SystemTime::now()
