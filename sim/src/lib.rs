@@ -3,4 +3,6 @@
 //! the simulator will give each node. The madsim harness, workload and checker come with the
 //! simulator issue.
 
+pub mod checker;
+pub mod client;
 pub mod disk;
