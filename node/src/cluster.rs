@@ -498,18 +498,7 @@ impl Cluster {
         loop {
             let current = *controller.borrow_and_update();
             let result = match current {
-                Some(c) if c == self.node => {
-                    let (tx, rx) = oneshot::channel();
-                    if self.driver.send(local(body.clone(), tx)).await.is_err() {
-                        Err(ControllerError::NotController(
-                            "the quorum driver stopped".into(),
-                        ))
-                    } else {
-                        rx.await.unwrap_or_else(|_| {
-                            Err(ControllerError::NotController("no outcome".into()))
-                        })
-                    }
-                }
+                Some(c) if c == self.node => self.ask_driver(|tx| local(body.clone(), tx)).await,
                 Some(c) => match &self.peers {
                     None => Err(ControllerError::NotController(format!(
                         "no transport to {c}"
@@ -590,25 +579,16 @@ impl Cluster {
                 "a request that does not decode: {e}"
             )))
         };
-        let (tx, rx) = oneshot::channel();
         match incoming.envelope.kind {
             kind::PROPOSE => {
                 let records = match MetadataBatch::decode(body) {
                     Ok(b) => b.records,
                     Err(e) => return bad(e),
                 };
-                if self
-                    .driver
-                    .send(Request::Propose { records, reply: tx })
-                    .await
-                    .is_err()
-                {
-                    return error_answer(&ControllerError::NotController("stopping".into()));
-                }
                 propose_answer(
-                    &rx.await.unwrap_or_else(|_| {
-                        Err(ControllerError::NotController("no outcome".into()))
-                    }),
+                    &self
+                        .ask_driver(|reply| Request::Propose { records, reply })
+                        .await,
                 )
             }
             kind::ALTER_PARTITION => {
@@ -630,18 +610,10 @@ impl Cluster {
                     partition_epoch: m.partition_epoch,
                     new_isr: m.new_isr.into_iter().map(BrokerId).collect(),
                 };
-                if self
-                    .driver
-                    .send(Request::AlterPartition { request, reply: tx })
-                    .await
-                    .is_err()
-                {
-                    return error_answer(&ControllerError::NotController("stopping".into()));
-                }
                 propose_answer(
-                    &rx.await.unwrap_or_else(|_| {
-                        Err(ControllerError::NotController("no outcome".into()))
-                    }),
+                    &self
+                        .ask_driver(|reply| Request::AlterPartition { request, reply })
+                        .await,
                 )
             }
             _ => {
@@ -649,35 +621,40 @@ impl Cluster {
                     Ok(m) => m,
                     Err(e) => return bad(e),
                 };
-                let (tx, rx) = oneshot::channel();
                 let heartbeat = Heartbeat {
                     broker_id: BrokerId(m.broker_id),
                     broker_epoch: m.broker_epoch,
                     metadata_offset: m.metadata_offset,
                     want_fence: m.want_fence,
                 };
-                if self
-                    .driver
-                    .send(Request::Heartbeat {
-                        heartbeat,
-                        reply: tx,
-                    })
+                match self
+                    .ask_driver(|reply| Request::Heartbeat { heartbeat, reply })
                     .await
-                    .is_err()
                 {
-                    return error_answer(&ControllerError::NotController("stopping".into()));
-                }
-                match rx.await {
-                    Ok(Ok(reply)) => Answer {
+                    Ok(reply) => Answer {
                         is_fenced: reply.is_fenced,
                         is_caught_up: reply.is_caught_up,
                         ..Answer::default()
                     },
-                    Ok(Err(e)) => error_answer(&e),
-                    Err(_) => error_answer(&ControllerError::NotController("no outcome".into())),
+                    Err(e) => error_answer(&e),
                 }
             }
         }
+    }
+
+    /// Hands a request to this node's quorum driver and waits for its answer.
+    async fn ask_driver<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, ControllerError>>) -> Request,
+    ) -> Result<T, ControllerError> {
+        let (tx, rx) = oneshot::channel();
+        if self.driver.send(request(tx)).await.is_err() {
+            return Err(ControllerError::NotController(
+                "the quorum driver stopped".into(),
+            ));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ControllerError::NotController("no outcome".into())))
     }
 }
 
