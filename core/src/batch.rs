@@ -300,6 +300,12 @@ impl Batch {
         Ok(Batch { bytes })
     }
 
+    /// Wraps bytes whose CRC does not match (the `ServeCorruptBatch` planted bug only).
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn from_bytes_unchecked(bytes: Bytes) -> Batch {
+        Batch { bytes }
+    }
+
     /// Splits the first batch off `buf`. `Ok(None)` when `buf` does not yet hold a whole batch.
     pub fn parse_prefix(buf: &Bytes) -> Result<Option<Batch>, BatchError> {
         match peek_size(buf) {

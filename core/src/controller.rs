@@ -1008,12 +1008,16 @@ impl MetadataState {
                 let mut leader = p.leader;
                 if !leader_stays {
                     leader = BrokerId::NONE;
+                    let outside_isr = crate::planted::active(crate::planted::Bug::ElectOutsideIsr);
                     if let Some(&r) = p
                         .replicas
                         .iter()
-                        .find(|r| isr.contains(r) && live.contains(r))
+                        .find(|r| (outside_isr || isr.contains(r)) && live.contains(r))
                     {
                         leader = r;
+                        if !isr.contains(&r) {
+                            isr.push(r);
+                        }
                     } else if unclean == UncleanElection::Enabled {
                         if let Some(&r) = p.replicas.iter().find(|r| live.contains(r)) {
                             leader = r;

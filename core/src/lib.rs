@@ -26,6 +26,7 @@ pub mod controller;
 pub mod frame;
 pub mod log;
 pub mod partition;
+pub mod planted;
 pub mod producer;
 pub mod quorum;
 pub mod storage;

@@ -90,6 +90,7 @@ pub use state::{StateReport, StateWrite};
 use crate::batch::{Batch, BatchError, BatchHeader, Compression, TimestampType};
 use crate::controller::{BrokerId, Partition};
 use crate::log::{EpochEntry, Log, LogConfig, LogError};
+use crate::planted::{self, Bug};
 use crate::producer::{self, ProducerCheck, ProducerError, ProducerStateTable};
 use crate::storage::{Storage, StorageError};
 use crate::types::{LeaderEpoch, Offset};
@@ -968,6 +969,9 @@ impl<S: Storage> PartitionReplica<S> {
         if leader_epoch != self.leader_epoch {
             return AckStatus::Failed(code::NOT_LEADER_OR_FOLLOWER);
         }
+        if planted::active(Bug::AckBeforeIsr) && self.log.end() > last_offset {
+            return AckStatus::Acked;
+        }
         let enough = l.maximal_isr().len() >= l.effective_min_isr(self.config.min_insync_replicas);
         match (self.high_watermark > last_offset, enough) {
             (true, true) => AckStatus::Acked,
@@ -1027,7 +1031,10 @@ impl<S: Storage> PartitionReplica<S> {
         let epoch_start = l.epoch_start;
         let payload = if request.fetch_offset < log_start {
             FetchPayload::OffsetOutOfRange
-        } else if let Some((epoch, end_offset)) = self.diverging(request, epoch_start) {
+        } else if let Some((epoch, end_offset)) = self
+            .diverging(request, epoch_start)
+            .filter(|_| !planted::active(Bug::SkipTruncation))
+        {
             FetchPayload::Diverging { epoch, end_offset }
         } else if request.fetch_offset > log_end {
             FetchPayload::OffsetOutOfRange
@@ -1180,7 +1187,7 @@ impl<S: Storage> PartitionReplica<S> {
                 .epochs()
                 .latest()
                 .map_or(LeaderEpoch::NONE, |e| e.epoch),
-            durable_end: self.log.durable_end(),
+            durable_end: self.durable_end(),
             max_bytes: self.config.fetch_bytes_max,
         };
         let RoleState::Follower(f) = &mut self.role else {
@@ -1438,10 +1445,18 @@ impl<S: Storage> PartitionReplica<S> {
         self.high_watermark
     }
 
+    /// The offset below which this replica's log is synced ([`Log::durable_end`]).
+    fn durable_end(&self) -> Offset {
+        if planted::active(Bug::HighWatermarkWithoutSync) {
+            return self.log.end();
+        }
+        self.log.durable_end()
+    }
+
     /// Moves the high watermark as far as the ISR (leader) or the leader (follower) allows,
     /// and, where it must be persisted first, as far as the persisted value allows.
     fn advance_high_watermark(&mut self) {
-        let durable = self.log.durable_end();
+        let durable = self.durable_end();
         let bound = match &self.role {
             RoleState::Leader(l) => l.hw_bound(durable, self.config.min_insync_replicas),
             RoleState::Follower(f) => Some(f.leader_hw.min(durable)),
@@ -1471,7 +1486,7 @@ impl<S: Storage> PartitionReplica<S> {
             self.high_watermark
         );
         assert!(
-            hw <= self.log.durable_end(),
+            hw <= self.durable_end(),
             "invariant 3: the high watermark {hw} exceeds this replica's durable end {}",
             self.log.durable_end()
         );
@@ -1640,7 +1655,7 @@ impl<S: Storage> PartitionReplica<S> {
             self.high_watermark
         );
         assert!(
-            self.high_watermark <= self.log.durable_end(),
+            self.high_watermark <= self.durable_end(),
             "invariant 3: the high watermark {} exceeds this replica's durable end {}",
             self.high_watermark,
             self.log.durable_end()

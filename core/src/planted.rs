@@ -1,0 +1,109 @@
+//! Known bugs, planted on purpose, that the simulator's checker must catch (issue 5's proof that
+//! the checker works). Compiled in only with the `planted-bugs` cargo feature, which no release
+//! build enables: without it, [`active`] is a constant `false` and every planted branch is dead
+//! code the compiler removes.
+//!
+//! One bug at most is active at a time, process-wide (all simulated brokers share it): the
+//! simulator plants it before a run ([`plant`]) and clears it after.
+
+/// A planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// The leader answers an acks=all produce once the batch is in its own log, without
+    /// waiting for the high watermark.
+    AckBeforeIsr,
+    /// The high watermark counts the leader's unsynced log end as durable.
+    HighWatermarkWithoutSync,
+    /// Elections pick the first live replica, in the ISR or not.
+    ElectOutsideIsr,
+    /// The leader never answers a follower's fetch with a divergence, so a diverged suffix
+    /// is never truncated.
+    SkipTruncation,
+    /// Reads serve a batch whose CRC does not match.
+    ServeCorruptBatch,
+}
+
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 5] = [
+        Bug::AckBeforeIsr,
+        Bug::HighWatermarkWithoutSync,
+        Bug::ElectOutsideIsr,
+        Bug::SkipTruncation,
+        Bug::ServeCorruptBatch,
+    ];
+
+    /// A short name for the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeIsr => "ack-before-isr",
+            Bug::HighWatermarkWithoutSync => "hw-without-sync",
+            Bug::ElectOutsideIsr => "elect-outside-isr",
+            Bug::SkipTruncation => "skip-truncation",
+            Bug::ServeCorruptBatch => "serve-corrupt-batch",
+        }
+    }
+
+    /// The bug named `name`.
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+mod active_bug {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use super::Bug;
+
+    static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+    pub fn plant(bug: Option<Bug>) {
+        let code = bug.map_or(0, |b| {
+            Bug::ALL.iter().position(|&x| x == b).unwrap_or(0) + 1
+        });
+        ACTIVE.store(code as u8, Ordering::SeqCst);
+    }
+
+    pub fn active(bug: Bug) -> bool {
+        let code = ACTIVE.load(Ordering::Relaxed) as usize;
+        code != 0 && Bug::ALL.get(code - 1) == Some(&bug)
+    }
+}
+
+/// Plants `bug` (or none) for every broker in this process.
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Option<Bug>) {
+    active_bug::plant(bug)
+}
+
+/// Whether `bug` is planted.
+#[cfg(feature = "planted-bugs")]
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    active_bug::active(bug)
+}
+
+/// Whether `bug` is planted: never, in this build.
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub const fn active(_bug: Bug) -> bool {
+    false
+}
+
+#[cfg(all(test, feature = "planted-bugs"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_bug_at_a_time() {
+        plant(Some(Bug::SkipTruncation));
+        assert!(active(Bug::SkipTruncation));
+        assert!(!active(Bug::AckBeforeIsr));
+        plant(None);
+        assert!(Bug::ALL.iter().all(|&b| !active(b)));
+        for b in Bug::ALL {
+            assert_eq!(Bug::from_name(b.name()), Some(b));
+        }
+    }
+}
