@@ -559,14 +559,19 @@ impl Client {
         self.connections.clear();
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Connection, ClientError> {
+    /// Connects and negotiates versions. Takes the config, not `&self`: a `&Client` held
+    /// across an await would make the future `!Send` (madsim's streams are not `Sync`).
+    async fn connect(
+        config: &ClientConfig,
+        endpoint: &Endpoint,
+    ) -> Result<Connection, ClientError> {
         let addr = endpoint.to_string();
         let connect = |reason: String| ClientError::Connect {
             addr: addr.clone(),
             reason,
         };
         let stream = tokio::time::timeout(
-            self.config.request_timeout,
+            config.request_timeout,
             TcpStream::connect((endpoint.host.clone(), endpoint.port)),
         )
         .await
@@ -582,14 +587,14 @@ impl Client {
         // Correlation id 0 is never used by later requests on the connection (they count
         // from 1), and ApiVersions answers with response header v0 whatever the version.
         let response = tokio::time::timeout(
-            self.config.request_timeout,
+            config.request_timeout,
             connection.round_trip(
                 ApiKey::ApiVersions,
                 API_VERSIONS_VERSION,
                 0,
-                &self.config.client_id,
+                &config.client_id,
                 &RequestKind::ApiVersions(request),
-                self.config.response_bytes_max,
+                config.response_bytes_max,
             ),
         )
         .await
@@ -618,7 +623,7 @@ impl Client {
         body: RequestKind,
     ) -> Result<ResponseKind, ClientError> {
         if !self.connections.contains_key(endpoint) {
-            let connection = self.connect(endpoint).await?;
+            let connection = Self::connect(&self.config, endpoint).await?;
             self.connections.insert(endpoint.clone(), connection);
         }
         self.correlation_id = self.correlation_id.wrapping_add(1).max(1);

@@ -69,6 +69,19 @@ pub struct DiskStats {
     pub full_disk_errors: u64,
 }
 
+impl DiskStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DiskStats) {
+        self.crashes += other.crashes;
+        self.torn_sectors += other.torn_sectors;
+        self.lost_pending_bytes += other.lost_pending_bytes;
+        self.latent_errors += other.latent_errors;
+        self.misdirected_writes += other.misdirected_writes;
+        self.io_errors += other.io_errors;
+        self.full_disk_errors += other.full_disk_errors;
+    }
+}
+
 struct Inner {
     files: BTreeMap<String, ModelFile>,
     rng: Box<dyn RngCore + Send>,
@@ -357,6 +370,25 @@ impl Storage for SimDir {
             .filter(|rest| !rest.contains('/'))
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// The broker's view of the disk (`keel_node::storage::Disk::Virtual`).
+impl keel_node::storage::VirtualDisk for SimDisk {
+    fn dir(&self, path: &str) -> Box<dyn keel_node::storage::VirtualDir> {
+        Box::new(SimDisk::dir(self, path))
+    }
+
+    fn subdirs(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let mut names: Vec<String> = self
+            .paths()
+            .iter()
+            .filter_map(|p| p.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split_once('/').map(|(dir, _)| dir.to_string()))
+            .collect();
+        names.dedup();
+        names
     }
 }
 

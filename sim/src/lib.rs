@@ -6,3 +6,9 @@
 pub mod checker;
 pub mod client;
 pub mod disk;
+#[cfg(madsim)]
+pub mod harness;
+#[cfg(madsim)]
+pub mod run;
+#[cfg(madsim)]
+pub mod swarm;

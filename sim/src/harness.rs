@@ -1,0 +1,228 @@
+//! Runs keel brokers, unchanged, as madsim nodes: each broker is `keel_node::broker::Broker`
+//! with its Kafka listener and peer transport on a simulated network and its data directory
+//! on a [`SimDisk`] that outlives the node's kills and restarts.
+//!
+//! What it owns: one madsim node per broker (IP `10.0.0.{id}`, Kafka port
+//! [`KAFKA_PORT`], peer port [`PEER_PORT`]), each broker's disk, and a registry of the live
+//! brokers (weak references) through which the simulator reads their state, never writes it.
+//!
+//! A kill is a power loss: madsim drops every task of the node, then the disk loses what was
+//! not synced ([`SimDisk::crash`]); a restart runs the node's init again, which opens the broker
+//! from that disk as a real restart would.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+
+use keel_node::broker::{Broker, Settings};
+use keel_node::cluster::ClusterSettings;
+use keel_node::metrics::Metrics;
+use keel_node::storage::Disk;
+use keel_node::wire::{WireConfig, WireServer};
+use madsim::runtime::{Handle, NodeHandle};
+
+use crate::disk::SimDisk;
+
+/// The port brokers serve Kafka clients on.
+pub const KAFKA_PORT: u16 = 9092;
+/// The port brokers talk to each other on.
+pub const PEER_PORT: u16 = 9093;
+
+/// The IP of broker `id`.
+pub fn broker_ip(id: i32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+/// Where clients reach broker `id`.
+pub fn broker_address(id: i32) -> SocketAddr {
+    SocketAddr::new(broker_ip(id), KAFKA_PORT)
+}
+
+/// How a simulated cluster is laid out.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Broker ids, 1..=N.
+    pub brokers: i32,
+    /// How many of them (the first ones) vote in the metadata quorum; the rest are learners.
+    pub voters: i32,
+    pub session_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub replica_lag_time_max_ms: i64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            brokers: 3,
+            voters: 3,
+            session_timeout_ms: 3_000,
+            heartbeat_interval_ms: 500,
+            replica_lag_time_max_ms: 5_000,
+        }
+    }
+}
+
+/// The live brokers, by id, for read-only inspection.
+pub type Registry = Arc<Mutex<BTreeMap<i32, Weak<Broker>>>>;
+
+struct BrokerNode {
+    node: NodeHandle,
+    disk: SimDisk,
+    up: bool,
+}
+
+/// A running simulated cluster.
+pub struct SimCluster {
+    handle: Handle,
+    spec: ClusterSpec,
+    brokers: BTreeMap<i32, BrokerNode>,
+    registry: Registry,
+}
+
+fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
+    let member = |i: i32| (i, SocketAddr::new(broker_ip(i), PEER_PORT));
+    let mut settings = Settings::single(id, "/data".into());
+    settings.advertised_host = broker_ip(id).to_string();
+    settings.advertised_port = KAFKA_PORT;
+    settings.cluster = ClusterSettings {
+        voters: (1..=spec.voters).map(member).collect(),
+        learners: (spec.voters + 1..=spec.brokers).map(member).collect(),
+        session_timeout_ms: spec.session_timeout_ms,
+        heartbeat_interval_ms: spec.heartbeat_interval_ms,
+        unclean_leader_election: false,
+    };
+    settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
+    settings.disk = Disk::Virtual(Arc::new(disk.clone()));
+    settings
+}
+
+/// The body of a broker node: open the broker from its disk, register it, serve Kafka.
+async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registry) {
+    let broker = match Broker::open(settings(&spec, id, &disk), Arc::new(Metrics::new())).await {
+        Ok(b) => b,
+        Err(e) => {
+            // A broker that cannot open its disk stays down, as a real one would exit.
+            tracing::error!("broker {id} cannot start: {e}");
+            return;
+        }
+    };
+    registry
+        .lock()
+        .expect("registry poisoned")
+        .insert(id, Arc::downgrade(&broker));
+    let listener = match tokio::net::TcpListener::bind(broker_address(id)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("broker {id} cannot listen: {e}");
+            return;
+        }
+    };
+    let server = WireServer::new(
+        broker,
+        keel_node::broker::served_apis(),
+        WireConfig::default(),
+    );
+    server.serve(listener).await;
+}
+
+impl SimCluster {
+    /// Creates the broker nodes and starts them. `disks` gives each broker its disk (the
+    /// caller chooses their faults).
+    pub fn start(handle: &Handle, spec: ClusterSpec, disks: BTreeMap<i32, SimDisk>) -> SimCluster {
+        let registry: Registry = Arc::default();
+        let mut brokers = BTreeMap::new();
+        for id in 1..=spec.brokers {
+            let disk = disks
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| panic!("no disk for broker {id}"));
+            let (spec2, disk2, registry2) = (spec.clone(), disk.clone(), registry.clone());
+            let node = handle
+                .create_node()
+                .name(format!("broker-{id}"))
+                .ip(broker_ip(id))
+                .init(move || run_broker(spec2.clone(), id, disk2.clone(), registry2.clone()))
+                .build();
+            brokers.insert(
+                id,
+                BrokerNode {
+                    node,
+                    disk,
+                    up: true,
+                },
+            );
+        }
+        SimCluster {
+            handle: handle.clone(),
+            spec,
+            brokers,
+            registry,
+        }
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Every broker's Kafka address.
+    pub fn bootstrap(&self) -> Vec<SocketAddr> {
+        self.brokers.keys().map(|&id| broker_address(id)).collect()
+    }
+
+    pub fn ids(&self) -> Vec<i32> {
+        self.brokers.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: i32) -> bool {
+        self.brokers.get(&id).is_some_and(|b| b.up)
+    }
+
+    /// The madsim node id of broker `id`, for network faults.
+    pub fn node_id(&self, id: i32) -> madsim::task::NodeId {
+        self.brokers[&id].node.id()
+    }
+
+    /// Power loss: kills every task of the broker, then its disk loses what was not synced.
+    pub fn kill(&mut self, id: i32) {
+        let b = self.brokers.get_mut(&id).expect("a broker of the cluster");
+        if !b.up {
+            return;
+        }
+        self.handle.kill(b.node.id());
+        b.disk.crash();
+        b.up = false;
+        self.registry.lock().expect("registry poisoned").remove(&id);
+    }
+
+    /// Starts a killed broker again from its disk.
+    pub fn restart(&mut self, id: i32) {
+        let b = self.brokers.get_mut(&id).expect("a broker of the cluster");
+        if b.up {
+            return;
+        }
+        self.handle.restart(b.node.id());
+        b.up = true;
+    }
+
+    pub fn pause(&self, id: i32) {
+        self.handle.pause(self.brokers[&id].node.id());
+    }
+
+    pub fn resume(&self, id: i32) {
+        self.handle.resume(self.brokers[&id].node.id());
+    }
+
+    pub fn disk(&self, id: i32) -> &SimDisk {
+        &self.brokers[&id].disk
+    }
+
+    /// The live brokers' state, for the invariant checks (read only).
+    pub fn live_brokers(&self) -> Vec<(i32, Arc<Broker>)> {
+        self.registry
+            .lock()
+            .expect("registry poisoned")
+            .iter()
+            .filter_map(|(&id, b)| b.upgrade().map(|b| (id, b)))
+            .collect()
+    }
+}

@@ -1,0 +1,864 @@
+//! One simulation run: a seed's cluster, workload and faults, then healing, a final read, the
+//! checker's verdict and the run's coverage.
+//!
+//! A run has three phases, all in simulated time:
+//! 1. **Faults** ([`Params::fault_ms`]): producers send unique values with acks=all and
+//!    idempotence, consumers poll by assign, and the nemesis kills and restarts brokers (a kill
+//!    is a power loss of that broker's disk), crashes the whole cluster at once, pauses brokers,
+//!    and clogs nodes and single links; one broker's disk may also rot, misdirect writes and
+//!    fail I/O. A monitor checks the replication invariants on the brokers' own state every
+//!    [`MONITOR_MS`].
+//! 2. **Healing**: every broker is restarted and resumed, the network unclogged and disk faults
+//!    stopped; producers finish the send they are in and stop. Each must within
+//!    [`LIVENESS_MS`].
+//! 3. **Final read**: a fresh reader reads every partition to its end; the whole history goes
+//!    to [`crate::checker::check`].
+//!
+//! The verdict is [`Verdict::Crash`] if anything panicked (an invariant assertion in a broker
+//! included), [`Verdict::Safety`] if the checker or the monitor found a violation,
+//! [`Verdict::Liveness`] if healing or the final read did not finish in time, else
+//! [`Verdict::Pass`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_core::partition::Role;
+use keel_core::planted::Bug;
+use keel_core::Offset;
+use madsim::runtime::{Handle, Runtime};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::checker::{check, CheckReport, History, Key, ProcessId, Value};
+use crate::client::{Client, ClientConfig, Consumer, TopicSpec};
+use crate::disk::{DiskStats, FaultConfig, SimDisk};
+use crate::harness::{ClusterSpec, SimCluster};
+
+/// How often the monitor checks the invariants.
+pub const MONITOR_MS: u64 = 100;
+/// The bound on healing and on the final read.
+pub const LIVENESS_MS: u64 = 60_000;
+/// The topic the workload uses.
+pub const TOPIC: &str = "jepsen";
+/// Events kept for the trace printed on failure.
+const TRACE_EVENTS: usize = 60;
+
+/// Everything a seed decides.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub seed: u64,
+    pub cluster: ClusterSpec,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub min_insync_replicas: i16,
+    pub producers: u32,
+    pub consumers: u32,
+    /// How long the fault phase lasts.
+    pub fault_ms: u64,
+    /// The fault kinds this run may inject.
+    pub faults: BTreeSet<Fault>,
+    /// The mean pause between two faults.
+    pub fault_interval_ms: u64,
+    /// The broker whose disk rots, misdirects writes and fails I/O (none: every disk clean).
+    pub faulty_disk: Option<i32>,
+    pub disk_faults: FaultConfig,
+    /// A planted bug (the `planted-bugs` feature only).
+    pub bug: Option<Bug>,
+}
+
+/// The kinds of faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Power loss of one broker, restarted a few seconds later.
+    Kill,
+    /// Power loss of every broker at once.
+    ClusterCrash,
+    /// A broker stops running for a while (a long GC pause, a stopped VM).
+    Pause,
+    /// A broker is cut off the network both ways.
+    ClogNode,
+    /// One direction of one link between brokers is cut (an asymmetric partition).
+    ClogLink,
+    /// Bit rot, misdirected writes and I/O errors on one broker's disk.
+    Disk,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::Kill,
+        Fault::ClusterCrash,
+        Fault::Pause,
+        Fault::ClogNode,
+        Fault::ClogLink,
+        Fault::Disk,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::ClusterCrash => "cluster-crash",
+            Fault::Pause => "pause",
+            Fault::ClogNode => "clog-node",
+            Fault::ClogLink => "clog-link",
+            Fault::Disk => "disk",
+        }
+    }
+}
+
+impl Params {
+    /// Samples a run from `seed` (swarm testing: each seed its own cluster, workload and
+    /// fault mix).
+    pub fn sample(seed: u64) -> Params {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6b65_656c_5eed);
+        let brokers = rng.gen_range(3..=5);
+        let voters = if rng.gen_bool(0.5) { 3 } else { 1 };
+        let replication_factor = if rng.gen_bool(0.8) { 3 } else { 2 };
+        let min_insync_replicas = rng.gen_range(1..=replication_factor.min(2));
+        let mut faults: BTreeSet<Fault> = Fault::ALL
+            .into_iter()
+            .filter(|_| rng.gen_bool(0.6))
+            .collect();
+        if faults.is_empty() {
+            faults.insert(Fault::Kill);
+        }
+        let faulty_disk = faults
+            .contains(&Fault::Disk)
+            .then(|| rng.gen_range(1..=brokers));
+        let disk_faults = FaultConfig {
+            latent_error_per_read: rng.gen_range(0.0..0.002),
+            misdirect_per_append: rng.gen_range(0.0..0.002),
+            io_error_per_op: rng.gen_range(0.0..0.001),
+            torn_writes: true,
+            ..FaultConfig::none()
+        };
+        Params {
+            seed,
+            cluster: ClusterSpec {
+                brokers,
+                voters,
+                ..ClusterSpec::default()
+            },
+            partitions: rng.gen_range(1..=3),
+            replication_factor,
+            min_insync_replicas,
+            producers: rng.gen_range(1..=3),
+            consumers: rng.gen_range(1..=2),
+            fault_ms: 30_000,
+            faults,
+            fault_interval_ms: rng.gen_range(1_000..=4_000),
+            faulty_disk,
+            disk_faults,
+            bug: None,
+        }
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
+        write!(
+            f,
+            "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
+             consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?}",
+            self.seed,
+            self.cluster.brokers,
+            self.cluster.voters,
+            self.partitions,
+            self.replication_factor,
+            self.min_insync_replicas,
+            self.producers,
+            self.consumers,
+            self.fault_ms,
+            faults.join(","),
+            self.fault_interval_ms,
+            self.faulty_disk,
+        )?;
+        if let Some(bug) = self.bug {
+            write!(f, " bug={}", bug.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Pass,
+    Safety,
+    Liveness,
+    Crash,
+}
+
+impl Verdict {
+    /// The `keel-sim` exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Safety => 2,
+            Verdict::Liveness => 3,
+            Verdict::Crash => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Safety => "SAFETY",
+            Verdict::Liveness => "LIVENESS",
+            Verdict::Crash => "CRASH",
+        }
+    }
+}
+
+/// What a run exercised.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Leaders seen taking a new epoch (after the first).
+    pub elections: u64,
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
+    /// A replica's log end seen going back without a restart.
+    pub truncations: u64,
+    /// Broker starts after a kill.
+    pub recoveries: u64,
+    /// Damage found by recovery (a cut log).
+    pub corruptions_detected: u64,
+    pub disk: DiskStats,
+    pub acked: u64,
+    pub indefinite: u64,
+    pub failed: u64,
+    pub read: u64,
+}
+
+/// The outcome of one run.
+pub struct RunResult {
+    pub params: Params,
+    pub verdict: Verdict,
+    pub report: Option<CheckReport>,
+    pub coverage: Coverage,
+    /// Why the verdict is not a pass, in a sentence.
+    pub reason: String,
+    /// The last events before the end.
+    pub trace: Vec<String>,
+    /// Simulated milliseconds the run took.
+    pub simulated_ms: u64,
+}
+
+/// The last events, with their simulated time since the run started.
+#[derive(Clone)]
+struct Trace {
+    start: madsim::time::Instant,
+    events: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            start: madsim::time::Instant::now(),
+            events: Arc::default(),
+        }
+    }
+
+    /// Simulated milliseconds since the run started.
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn event(&self, what: impl Into<String>) {
+        let at = self.now_ms();
+        let mut events = self.events.lock().expect("trace poisoned");
+        if events.len() == TRACE_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(format!("{:>9.3}s  {}", at as f64 / 1000.0, what.into()));
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .expect("trace poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Runs one seed in a fresh madsim runtime on this thread.
+pub fn run(params: &Params) -> RunResult {
+    #[cfg(feature = "planted-bugs")]
+    keel_core::planted::plant(params.bug);
+    let runtime = Runtime::with_seed_and_config(params.seed, madsim::Config::default());
+    let p = params.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(simulate(p))
+    }));
+    #[cfg(feature = "planted-bugs")]
+    keel_core::planted::plant(None);
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            RunResult {
+                params: params.clone(),
+                verdict: Verdict::Crash,
+                report: None,
+                coverage: Coverage::default(),
+                reason: format!("panicked: {message}"),
+                trace: Vec::new(),
+                simulated_ms: 0,
+            }
+        }
+    }
+}
+
+/// Shared state of the workload.
+struct Workload {
+    history: Mutex<History>,
+    next_value: AtomicU64,
+    stop: AtomicBool,
+    trace: Trace,
+}
+
+fn client_ip(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, n as u8 + 1))
+}
+
+fn keys(params: &Params) -> Vec<Key> {
+    (0..params.partitions).map(|p| Key::new(TOPIC, p)).collect()
+}
+
+async fn simulate(params: Params) -> RunResult {
+    let handle = Handle::current();
+    let trace = Trace::new();
+    let mut coverage = Coverage::default();
+    let disks: BTreeMap<i32, SimDisk> = (1..=params.cluster.brokers)
+        .map(|id| {
+            let rng = StdRng::seed_from_u64(params.seed.wrapping_mul(31).wrapping_add(id as u64));
+            let faults = if params.faulty_disk == Some(id) {
+                params.disk_faults.clone()
+            } else {
+                FaultConfig::none()
+            };
+            (id, SimDisk::new(Box::new(rng), faults))
+        })
+        .collect();
+    let cluster = Arc::new(Mutex::new(SimCluster::start(
+        &handle,
+        params.cluster.clone(),
+        disks.clone(),
+    )));
+    let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
+    trace.event(format!(
+        "cluster of {} brokers started",
+        params.cluster.brokers
+    ));
+
+    // Create the topic.
+    let admin = handle.create_node().name("admin").ip(client_ip(0)).build();
+    let spec = TopicSpec {
+        name: TOPIC.into(),
+        partitions: params.partitions,
+        replication_factor: params.replication_factor,
+        configs: vec![(
+            "min.insync.replicas".into(),
+            params.min_insync_replicas.to_string(),
+        )],
+    };
+    let (boot, partitions) = (bootstrap.clone(), params.partitions);
+    let created = admin
+        .spawn(async move {
+            let mut client = Client::new(ClientConfig::new(boot));
+            for _ in 0..120 {
+                if client.create_topic(&spec).await.is_ok()
+                    && client.await_leaders(TOPIC, partitions).await.is_ok()
+                {
+                    return true;
+                }
+                madsim::time::sleep(Duration::from_millis(500)).await;
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+    if !created {
+        return finish(
+            params,
+            Verdict::Liveness,
+            "the topic was never created".into(),
+            None,
+            coverage,
+            &trace,
+        );
+    }
+    trace.event(format!("topic {TOPIC} created"));
+
+    let workload = Arc::new(Workload {
+        history: Mutex::new(History::default()),
+        next_value: AtomicU64::new(1),
+        stop: AtomicBool::new(false),
+        trace: trace.clone(),
+    });
+    let keys = keys(&params);
+    let mut producers = Vec::new();
+    for p in 0..params.producers {
+        let node = handle
+            .create_node()
+            .name(format!("producer-{p}"))
+            .ip(client_ip(1 + p))
+            .build();
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
+        let seed = params.seed ^ (p as u64 + 1) << 32;
+        producers.push(node.spawn(produce(ProcessId(p), w, boot, keys, seed)));
+    }
+    let mut consumers = Vec::new();
+    for c in 0..params.consumers {
+        let node = handle
+            .create_node()
+            .name(format!("consumer-{c}"))
+            .ip(client_ip(10 + c))
+            .build();
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
+        consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys)));
+    }
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let monitor_stop = Arc::new(AtomicBool::new(false));
+    let monitor = madsim::task::spawn(monitor(
+        cluster.clone(),
+        violations.clone(),
+        monitor_stop.clone(),
+        trace.clone(),
+    ));
+
+    // Phase 1: faults.
+    nemesis(&params, &cluster, &disks, &mut coverage, &trace).await;
+
+    // Phase 2: heal.
+    heal(&cluster, &disks, &mut coverage, &trace);
+    workload.stop.store(true, Ordering::SeqCst);
+    let stopped = madsim::time::timeout(Duration::from_millis(LIVENESS_MS), async {
+        for p in producers {
+            let _ = p.await;
+        }
+    })
+    .await
+    .is_ok();
+    for c in consumers {
+        c.abort();
+    }
+    if !stopped {
+        monitor_stop.store(true, Ordering::SeqCst);
+        return finish(
+            params,
+            Verdict::Liveness,
+            "producers did not finish after healing".into(),
+            None,
+            coverage,
+            &trace,
+        );
+    }
+    trace.event("healed; producers stopped");
+
+    // Phase 3: final read.
+    let reader = handle
+        .create_node()
+        .name("final-reader")
+        .ip(client_ip(50))
+        .build();
+    let (w, boot, keys2) = (workload.clone(), bootstrap.clone(), keys.clone());
+    let read = reader
+        .spawn(async move {
+            madsim::time::timeout(
+                Duration::from_millis(LIVENESS_MS),
+                final_read(w, boot, keys2),
+            )
+            .await
+            .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+    monitor_stop.store(true, Ordering::SeqCst);
+    let monitored = monitor.await.unwrap_or_default();
+    coverage.elections = monitored.elections;
+    coverage.isr_shrinks = monitored.isr_shrinks;
+    coverage.isr_expands = monitored.isr_expands;
+    coverage.truncations = monitored.truncations;
+    if !read {
+        return finish(
+            params,
+            Verdict::Liveness,
+            "the final read did not complete after healing".into(),
+            None,
+            coverage,
+            &trace,
+        );
+    }
+    let history = workload.history.lock().expect("history poisoned").clone();
+    let report = check(&history);
+    coverage.acked = report.stats.sends_ok as u64;
+    coverage.indefinite = report.stats.sends_indefinite as u64;
+    coverage.failed = report.stats.sends_failed as u64;
+    coverage.read = report.stats.records_read as u64;
+    for d in disks.values() {
+        coverage.disk.add(&d.stats());
+    }
+    coverage.corruptions_detected = monitored.corruptions_detected;
+    let monitor_violations = violations.lock().expect("violations poisoned").clone();
+    let (verdict, reason) = if !monitor_violations.is_empty() {
+        (
+            Verdict::Safety,
+            format!("invariant violated: {}", monitor_violations.join("; ")),
+        )
+    } else if !report.is_clean() {
+        (
+            Verdict::Safety,
+            format!("the checker found anomalies: {:?}", report.counts()),
+        )
+    } else {
+        (Verdict::Pass, String::new())
+    };
+    finish(params, verdict, reason, Some(report), coverage, &trace)
+}
+
+fn finish(
+    params: Params,
+    verdict: Verdict,
+    reason: String,
+    report: Option<CheckReport>,
+    coverage: Coverage,
+    trace: &Trace,
+) -> RunResult {
+    RunResult {
+        params,
+        verdict,
+        report,
+        coverage,
+        reason,
+        trace: trace.take(),
+        simulated_ms: trace.now_ms(),
+    }
+}
+
+/// A producer: unique values, acks=all, idempotent, to random partitions, until stopped.
+async fn produce(
+    me: ProcessId,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    while !w.stop.load(Ordering::SeqCst) {
+        let key = &keys[rng.gen_range(0..keys.len())];
+        let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
+        let outcome = client.produce(key, value).await;
+        w.history
+            .lock()
+            .expect("history poisoned")
+            .send(me, key, value, outcome);
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+    }
+}
+
+/// A consumer by assign: polls every partition in turn, forever.
+async fn consume(me: ProcessId, w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>) {
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    let mut consumer = Consumer::new();
+    consumer.assign(&keys);
+    w.history
+        .lock()
+        .expect("history poisoned")
+        .assign(me, keys.clone());
+    loop {
+        for key in &keys {
+            match consumer.poll(&mut client, key).await {
+                Ok(fetched) if !fetched.records.is_empty() => {
+                    w.history
+                        .lock()
+                        .expect("history poisoned")
+                        .poll(me, key, fetched.records);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !e.is_retriable() {
+                        w.trace.event(format!("consumer {me}: {e}"));
+                    }
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads every partition from its start to its end offset, as a fresh process.
+async fn final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>) {
+    let me = ProcessId(1000);
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    for key in &keys {
+        let end = loop {
+            match client.end_offset(key).await {
+                Ok(end) => break end,
+                Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let mut consumer = Consumer::new();
+        consumer.assign(std::slice::from_ref(key));
+        let mut position = Offset(0);
+        while position < end {
+            match consumer.poll(&mut client, key).await {
+                Ok(fetched) => {
+                    if let Some(&(last, _)) = fetched.records.last() {
+                        position = last.plus(1);
+                    }
+                    if !fetched.records.is_empty() {
+                        w.history
+                            .lock()
+                            .expect("history poisoned")
+                            .poll(me, key, fetched.records);
+                    }
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        w.history
+            .lock()
+            .expect("history poisoned")
+            .final_read(me, key, end);
+    }
+}
+
+/// Injects faults for the fault phase.
+async fn nemesis(
+    params: &Params,
+    cluster: &Arc<Mutex<SimCluster>>,
+    disks: &BTreeMap<i32, SimDisk>,
+    coverage: &mut Coverage,
+    trace: &Trace,
+) {
+    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x6e65_6d65_7369_73);
+    let kinds: Vec<Fault> = params.faults.iter().copied().collect();
+    let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
+    let net = madsim::net::NetSim::current();
+    if let Some(id) = params.faulty_disk {
+        disks[&id].set_faults(true);
+        *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
+        trace.event(format!("disk faults on broker {id}"));
+    }
+    for d in disks
+        .iter()
+        .filter(|(id, _)| Some(**id) != params.faulty_disk)
+        .map(|(_, d)| d)
+    {
+        d.set_faults(false);
+    }
+    let end = trace.now_ms() + params.fault_ms;
+    while trace.now_ms() < end {
+        let pause = rng.gen_range(params.fault_interval_ms / 2..=params.fault_interval_ms * 3 / 2);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+        let kind = kinds[rng.gen_range(0..kinds.len())];
+        if kind == Fault::Disk {
+            continue;
+        }
+        *coverage.faults.entry(kind.name()).or_default() += 1;
+        let id = ids[rng.gen_range(0..ids.len())];
+        let lasts = Duration::from_millis(rng.gen_range(500..5_000));
+        match kind {
+            Fault::Kill => {
+                trace.event(format!("kill broker {id} for {lasts:?}"));
+                cluster.lock().expect("cluster poisoned").kill(id);
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").restart(id);
+                coverage.recoveries += 1;
+                trace.event(format!("restart broker {id}"));
+            }
+            Fault::ClusterCrash => {
+                trace.event(format!("power loss of every broker for {lasts:?}"));
+                for &b in &ids {
+                    cluster.lock().expect("cluster poisoned").kill(b);
+                }
+                madsim::time::sleep(lasts).await;
+                for &b in &ids {
+                    cluster.lock().expect("cluster poisoned").restart(b);
+                    coverage.recoveries += 1;
+                }
+                trace.event("every broker restarted");
+            }
+            Fault::Pause => {
+                trace.event(format!("pause broker {id} for {lasts:?}"));
+                cluster.lock().expect("cluster poisoned").pause(id);
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").resume(id);
+            }
+            Fault::ClogNode => {
+                let node = cluster.lock().expect("cluster poisoned").node_id(id);
+                trace.event(format!("cut broker {id} off the network for {lasts:?}"));
+                net.clog_node(node);
+                madsim::time::sleep(lasts).await;
+                net.unclog_node(node);
+            }
+            Fault::ClogLink => {
+                let other = ids[rng.gen_range(0..ids.len())];
+                if other == id {
+                    continue;
+                }
+                let (a, b) = {
+                    let c = cluster.lock().expect("cluster poisoned");
+                    (c.node_id(id), c.node_id(other))
+                };
+                trace.event(format!("cut the link {id} -> {other} for {lasts:?}"));
+                net.clog_link(a, b);
+                madsim::time::sleep(lasts).await;
+                net.unclog_link(a, b);
+            }
+            Fault::Disk => unreachable!("skipped above"),
+        }
+    }
+}
+
+/// Restarts and resumes every broker, unclogs the network, stops disk faults.
+fn heal(
+    cluster: &Arc<Mutex<SimCluster>>,
+    disks: &BTreeMap<i32, SimDisk>,
+    coverage: &mut Coverage,
+    trace: &Trace,
+) {
+    let net = madsim::net::NetSim::current();
+    let mut c = cluster.lock().expect("cluster poisoned");
+    for id in c.ids() {
+        if !c.is_up(id) {
+            c.restart(id);
+            coverage.recoveries += 1;
+        }
+        c.resume(id);
+        net.unclog_node(c.node_id(id));
+    }
+    for d in disks.values() {
+        d.set_faults(false);
+    }
+    trace.event("heal: every broker up, network whole, disks quiet");
+}
+
+/// What the monitor last saw of one replica.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    epoch: i32,
+    leader: bool,
+    isr: usize,
+    log_end: Offset,
+}
+
+/// Checks the replication invariants on the brokers' own state until stopped: each replica's
+/// own (`PartitionReplica::check_invariants`, which panics on a violation), and one leader
+/// per partition and epoch across brokers (invariant 1).
+async fn monitor(
+    cluster: Arc<Mutex<SimCluster>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    trace: Trace,
+) -> Coverage {
+    // Keyed by the broker's incarnation (its Arc's address): a restart starts afresh.
+    let mut seen: BTreeMap<(usize, String, i32), Seen> = BTreeMap::new();
+    let mut recovered: BTreeSet<(usize, String, i32)> = BTreeSet::new();
+    let mut leaders: BTreeMap<(String, i32, i32), i32> = BTreeMap::new();
+    let mut coverage = Coverage::default();
+    while !stop.load(Ordering::SeqCst) {
+        let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
+        for (id, broker) in brokers {
+            let incarnation = Arc::as_ptr(&broker) as usize;
+            for p in broker.all_partitions() {
+                let now = p.with(|r| {
+                    r.check_invariants();
+                    Seen {
+                        epoch: r.leader_epoch().0,
+                        leader: r.role() == Role::Leader,
+                        isr: r.isr().len(),
+                        log_end: r.log().end(),
+                    }
+                });
+                if now.leader {
+                    let key = (p.topic.clone(), p.index, now.epoch);
+                    match leaders.get(&key) {
+                        Some(&other) if other != id => {
+                            let v = format!(
+                                "invariant 1: brokers {other} and {id} both led {}-{} at epoch {}",
+                                p.topic, p.index, now.epoch
+                            );
+                            trace.event(v.clone());
+                            violations.lock().expect("violations poisoned").push(v);
+                        }
+                        Some(_) => {}
+                        None => {
+                            leaders.insert(key, id);
+                            coverage.elections += 1;
+                        }
+                    }
+                }
+                let key = (incarnation, p.topic.clone(), p.index);
+                if recovered.insert(key.clone())
+                    && p.with(|r| r.log().recovery_report().corruption.is_some())
+                {
+                    coverage.corruptions_detected += 1;
+                }
+                if let Some(before) = seen.get(&key) {
+                    if now.leader && before.leader && now.epoch == before.epoch {
+                        if now.isr < before.isr {
+                            coverage.isr_shrinks += 1;
+                        } else if now.isr > before.isr {
+                            coverage.isr_expands += 1;
+                        }
+                    }
+                    if now.log_end < before.log_end {
+                        coverage.truncations += 1;
+                    }
+                }
+                seen.insert(key, now);
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(MONITOR_MS)).await;
+    }
+    coverage
+}
+
+/// The params [`check_determinism`]'s runs read (madsim's check takes a plain `fn`).
+static DETERMINISM_PARAMS: Mutex<Option<Params>> = Mutex::new(None);
+
+fn determinism_entry() -> impl std::future::Future<Output = Verdict> {
+    let params = DETERMINISM_PARAMS
+        .lock()
+        .expect("params poisoned")
+        .clone()
+        .expect("params set before the check");
+    async move { simulate(params).await.verdict }
+}
+
+/// Runs `params` twice with madsim's determinism check: every random draw of the second run
+/// must equal the first's. `Err` with madsim's message otherwise.
+pub fn check_determinism(params: &Params) -> Result<(), String> {
+    *DETERMINISM_PARAMS.lock().expect("params poisoned") = Some(params.clone());
+    #[cfg(feature = "planted-bugs")]
+    keel_core::planted::plant(params.bug);
+    let outcome = std::panic::catch_unwind(|| {
+        Runtime::check_determinism(params.seed, madsim::Config::default(), determinism_entry)
+    });
+    #[cfg(feature = "planted-bugs")]
+    keel_core::planted::plant(None);
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into())),
+    }
+}
