@@ -78,6 +78,13 @@ mod cli {
 
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
+        // The brokers' logs, for reading a failure: KEEL_LOG=info (or debug, ...). Installed
+        // whether or not it prints, so that a run with logs replays the run without them.
+        let filter = std::env::var("KEEL_LOG").unwrap_or_else(|_| "off".into());
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
         match cli.command {
             Command::Run {
                 seed,

@@ -257,12 +257,19 @@ struct Trace {
     events: Arc<Mutex<VecDeque<String>>>,
 }
 
+thread_local! {
+    /// The running simulation's trace, for [`run`] to print after a panic.
+    static CURRENT_TRACE: std::cell::RefCell<Option<Trace>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Trace {
     fn new() -> Trace {
-        Trace {
+        let trace = Trace {
             start: madsim::time::Instant::now(),
             events: Arc::default(),
-        }
+        };
+        CURRENT_TRACE.with(|t| *t.borrow_mut() = Some(trace.clone()));
+        trace
     }
 
     /// Simulated milliseconds since the run started.
@@ -308,14 +315,15 @@ pub fn run(params: &Params) -> RunResult {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".into());
+            let trace = CURRENT_TRACE.with(|t| t.borrow_mut().take());
             RunResult {
                 params: params.clone(),
                 verdict: Verdict::Crash,
                 report: None,
                 coverage: Coverage::default(),
                 reason: format!("panicked: {message}"),
-                trace: Vec::new(),
-                simulated_ms: 0,
+                simulated_ms: trace.as_ref().map_or(0, |t| t.now_ms()),
+                trace: trace.map(|t| t.take()).unwrap_or_default(),
             }
         }
     }

@@ -133,7 +133,11 @@ pub fn swarm(start: u64, seeds: u64, jobs: usize, bug: Option<Bug>) -> Summary {
                 }
                 let mut params = Params::sample(seed);
                 params.bug = bug;
-                let r = run(&params);
+                // A fresh thread per seed: thread-local state (rand's thread_rng, which raft
+                // and the broker draw from) must start anew for a seed to replay alone.
+                let r = std::thread::spawn(move || run(&params))
+                    .join()
+                    .expect("a run catches its own panics");
                 let c = &r.coverage;
                 let line = SeedLine {
                     seed,
