@@ -654,7 +654,7 @@ async fn nemesis(
     coverage: &mut Coverage,
     trace: &Trace,
 ) {
-    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x6e65_6d65_7369_73);
+    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x006e_656d_6573_6973);
     let kinds: Vec<Fault> = params.faults.iter().copied().collect();
     let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
     let net = madsim::net::NetSim::current();
