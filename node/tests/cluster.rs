@@ -10,18 +10,24 @@
 //!
 //! Like `interop.rs`: the clients come from `.ci/clients.sh`; if they are missing these tests
 //! FAIL and say so, and `KEEL_SKIP_INTEROP=1` skips them. The tests run one at a time (a
-//! lock), so their timings do not depend on each other.
+//! lock), so their timings do not depend on each other. What they share with `interop.rs` is
+//! in `common/`.
+
+mod common;
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{
+    clients, keel_bin, kill_and_reap, say, signal_and_wait, tail, BrokerLogs, Node, Script,
+};
 
 /// How long three brokers have to print their ready lines (a cluster broker is ready once it
 /// registered with the controller, after the quorum elected one).
@@ -33,86 +39,14 @@ const FAST_FAILOVER: [&str; 2] = [
     "broker.session.timeout.ms=3000",
     "broker.heartbeat.interval.ms=500",
 ];
+/// The Python modules the scripts import.
+const MODULES: &str = "confluent_kafka";
 /// How many log lines of each broker a failure shows.
 const TAIL_LINES: usize = 40;
 /// Lines of `keel dev` output kept for failure reports.
 const DEV_LINES_MAX: usize = 20_000;
 /// `keel dev`'s peer ports are its client ports plus this, its metrics ports plus twice this.
 const DEV_PORT_STRIDE: u16 = 100;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Writes a line straight to stderr, past the test harness's capture, so skips, figures and
-/// timings show in every run.
-fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("node/ has a parent")
-        .to_path_buf()
-}
-
-fn keel_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_keel")
-}
-
-/// Where the clients are.
-struct Clients {
-    python: PathBuf,
-    scripts: PathBuf,
-}
-
-/// The installed clients, or None (after saying so) when KEEL_SKIP_INTEROP=1. Panics, naming
-/// `.ci/clients.sh`, when a client is missing.
-fn clients(test: &str) -> Option<Clients> {
-    if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
-        say(&format!(
-            "cluster test {test} SKIPPED (KEEL_SKIP_INTEROP=1)"
-        ));
-        return None;
-    }
-    let root = repo_root();
-    let python = root.join(".venv/bin/python");
-    let mut missing = Vec::new();
-    match Command::new(&python)
-        .args(["-c", "import confluent_kafka"])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => missing.push(format!(
-            "{} cannot import confluent_kafka: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => missing.push(format!("{}: {e}", python.display())),
-    }
-    match Command::new("kcat").arg("-V").stdin(Stdio::null()).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => missing.push(format!("kcat -V exited with {}", out.status)),
-        Err(e) => missing.push(format!("kcat: {e}")),
-    }
-    if !missing.is_empty() {
-        panic!(
-            "cluster test {test}: the Kafka clients are not installed ({}). Run `bash .ci/clients.sh` \
-             from the repository root (or set KEEL_SKIP_INTEROP=1 to skip these tests).",
-            missing.join("; ")
-        );
-    }
-    Some(Clients {
-        python,
-        scripts: root.join("node/tests/interop"),
-    })
-}
 
 /// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free on 127.0.0.1: `keel
 /// dev`'s client, peer and metrics ports for three brokers. Below the ephemeral range
@@ -133,15 +67,6 @@ fn free_port_range() -> u16 {
         candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
     }
     panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
-}
-
-fn tail_file(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// SIGKILLs `pid` if it still runs `keel start` with `marker` on its command line (so a
@@ -166,11 +91,6 @@ fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
-}
-
-/// What a failing test shows: the last lines of every broker's log.
-trait BrokerLogs {
-    fn logs(&self) -> String;
 }
 
 /// Lines from a child's stdout or stderr.
@@ -329,24 +249,11 @@ impl Dev {
     /// Ctrl-C: keel dev must print `keel dev: stopped`, exit 0 and leave no broker running.
     fn interrupt(&mut self) {
         let mut child = self.child.take().expect("keel dev running");
-        // SAFETY: kill(2) on our own unreaped child; no memory is involved.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let deadline = Instant::now() + DEV_STOP_TIMEOUT;
-        let status = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "keel dev did not exit within {DEV_STOP_TIMEOUT:?} of SIGINT (killed it)\n{}",
-                    self.logs()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
+        let Some(status) = signal_and_wait(&mut child, libc::SIGINT, DEV_STOP_TIMEOUT) else {
+            panic!(
+                "keel dev did not exit within {DEV_STOP_TIMEOUT:?} of SIGINT (killed it)\n{}",
+                self.logs()
+            );
         };
         assert!(
             status.success(),
@@ -394,9 +301,8 @@ impl BrokerLogs for Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.as_mut() {
+            kill_and_reap(child);
         }
         // keel dev's children get SIGTERM when it dies (Linux); make sure, in case it hangs.
         let marker = self.data_dir.display().to_string();
@@ -407,111 +313,6 @@ impl Drop for Dev {
 }
 
 // --- keel start x 3 ------------------------------------------------------------------------
-
-/// One `keel start` of a cluster; its stderr goes to `log` (appended across restarts).
-struct Node {
-    id: u32,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    ready: Option<Receiver<String>>,
-    started: usize,
-}
-
-impl Node {
-    /// Starts the process without waiting for it.
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "broker {} already running", self.id);
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("broker log file");
-        let mut child = Command::new(keel_bin())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} start: {e}", keel_bin()));
-        self.started += 1;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        self.child = Some(child);
-        self.ready = Some(rx);
-    }
-
-    /// Waits until `deadline` for the ready line of the last spawn; Err says what came instead.
-    fn wait_ready(&mut self, deadline: Instant) -> Result<(), String> {
-        let want = format!("keel broker {} ready on ", self.id);
-        let rx = self.ready.take().expect("spawned");
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with(&want) => return Ok(()),
-                Ok(line) => seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "broker {} (start #{}) printed no `{want}` line in time; stdout: {seen:?}",
-                        self.id, self.started
-                    ))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    self.child = None;
-                    return Err(format!(
-                        "broker {} (start #{}) closed stdout before `{want}` (exit: {status:?}); stdout: {seen:?}",
-                        self.id, self.started
-                    ));
-                }
-            }
-        }
-    }
-
-    /// SIGKILL: a crash.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("broker running");
-        child.kill().expect("SIGKILL the broker");
-        child.wait().expect("reap the broker");
-    }
-
-    /// SIGTERM; the exit status, or None if it outlived `timeout` (then SIGKILLed).
-    fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own unreaped child; no memory is involved.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Three `keel start` processes, every one a voter, each restartable with its command line.
 struct Cluster {
@@ -547,14 +348,12 @@ impl Cluster {
                 args.push("--override".into());
                 args.push(o.to_string());
             }
-            nodes.push(Node {
+            nodes.push(Node::new(
                 id,
                 args,
-                log: dir.join(format!("broker-{id}.log")),
-                child: None,
-                ready: None,
-                started: 0,
-            });
+                format!("keel broker {id} ready on "),
+                dir.join(format!("broker-{id}.log")),
+            ));
         }
         let mut cluster = Cluster { nodes, port };
         for node in &mut cluster.nodes {
@@ -618,175 +417,11 @@ impl BrokerLogs for Cluster {
                     "--- broker {} (started {} times) stderr, last {TAIL_LINES} lines:\n{}",
                     n.id,
                     n.started,
-                    tail_file(&n.log, TAIL_LINES)
+                    tail(&n.log, TAIL_LINES)
                 )
             })
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-// --- the Python halves ---------------------------------------------------------------------
-
-/// A running client script whose stdout and stderr are collected (and echoed to the test's
-/// output) line by line.
-struct Script {
-    name: String,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    readers: Vec<JoinHandle<Vec<String>>>,
-    started: Instant,
-}
-
-impl Script {
-    fn spawn(clients: &Clients, script: &str, args: &[String], cwd: &Path) -> Script {
-        let path = clients.scripts.join(script);
-        let mut child = Command::new(&clients.python)
-            .arg(&path)
-            .args(args)
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", path.display()));
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let out_name = script.to_string();
-        let out_reader = thread::spawn(move || {
-            let mut all = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[{out_name}] {line}");
-                let _ = tx.send(line.clone());
-                all.push(line);
-            }
-            all
-        });
-        let err_name = script.to_string();
-        let err_reader = thread::spawn(move || {
-            let mut all = Vec::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[{err_name} stderr] {line}");
-                all.push(line);
-            }
-            all
-        });
-        Script {
-            name: script.to_string(),
-            stdin: child.stdin.take(),
-            child: Some(child),
-            lines: rx,
-            readers: vec![out_reader, err_reader],
-            started: Instant::now(),
-        }
-    }
-
-    /// Waits for a stdout line starting with `prefix`; panics on timeout or if the script ends.
-    fn wait_for_line(&mut self, prefix: &str, timeout: Duration, logs: &dyn BrokerLogs) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    let out = self.finish_after_kill();
-                    panic!(
-                        "{}: no `{prefix}` line within {timeout:?}\n{out}\n{}",
-                        self.name,
-                        logs.logs()
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let (status, out) = self.wait(Duration::from_secs(10));
-                    panic!(
-                        "{}: ended ({status:?}) before printing `{prefix}`\n{out}\n{}",
-                        self.name,
-                        logs.logs()
-                    );
-                }
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("script stdin");
-        writeln!(stdin, "{line}").expect("write to the script's stdin");
-        stdin.flush().expect("flush the script's stdin");
-    }
-
-    /// Waits (bounded) for the script to exit: its status (None: timed out and killed) and
-    /// its whole output.
-    fn wait(&mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
-        self.stdin = None;
-        let mut child = self.child.take().expect("script running");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
-        (status, self.collect())
-    }
-
-    fn finish_after_kill(&mut self) -> String {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.collect()
-    }
-
-    fn collect(&mut self) -> String {
-        let mut parts = Vec::new();
-        for (what, reader) in ["stdout", "stderr"].iter().zip(self.readers.drain(..)) {
-            let lines = reader.join().unwrap_or_default();
-            parts.push(format!("--- {} {what}:\n{}", self.name, lines.join("\n")));
-        }
-        parts.join("\n")
-    }
-
-    /// Waits for a successful exit; panics with the output and the broker logs otherwise.
-    /// Returns the script's stdout and stderr.
-    fn expect_success(mut self, timeout: Duration, logs: &dyn BrokerLogs) -> String {
-        let (status, out) = self.wait(timeout);
-        let elapsed = self.started.elapsed();
-        match status {
-            Some(s) if s.success() => {
-                say(&format!("{} passed in {elapsed:.1?}", self.name));
-                out
-            }
-            Some(s) => panic!(
-                "{} failed ({s}) after {elapsed:.1?}\n{out}\n{}",
-                self.name,
-                logs.logs()
-            ),
-            None => panic!(
-                "{} did not finish within {timeout:?} (killed)\n{out}\n{}",
-                self.name,
-                logs.logs()
-            ),
-        }
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -838,8 +473,7 @@ fn kcat_lists_three_brokers(address: &str, logs: &dyn BrokerLogs) {
 /// `ReplicationControlManager`).
 #[test]
 fn keel_dev_three_brokers() {
-    let _serial = serial();
-    let Some(clients) = clients("keel_dev_three_brokers") else {
+    let Some(clients) = clients("cluster", "keel_dev_three_brokers", MODULES) else {
         return;
     };
     let started = Instant::now();
@@ -889,8 +523,7 @@ fn kill_the_leader() {
     const ITERATIONS: usize = 2;
     /// How long the killed leader stays down.
     const DOWN: Duration = Duration::from_secs(5);
-    let _serial = serial();
-    let Some(clients) = clients("kill_the_leader") else {
+    let Some(clients) = clients("cluster", "kill_the_leader", MODULES) else {
         return;
     };
     let started = Instant::now();

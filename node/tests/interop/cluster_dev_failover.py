@@ -18,14 +18,13 @@ of any one replica (Kafka's ReplicationUtils / KIP-966's committed-data guarante
 controller moves leadership off a fenced broker (KRaft's ReplicationControlManager).
 """
 
-import select
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from interop_common import check, check_eq, fail, log, topic_name, wait_until
+from interop_common import assign_consumer, await_all, check, check_eq, fail, harness_line, log, stopwatch, topic_name, wait_until
 
 if len(sys.argv) != 3:
     fail(f"usage: {sys.argv[0]} HOST:PORT,HOST:PORT,HOST:PORT KILL_ID")
@@ -39,11 +38,7 @@ PARTITIONS = 3
 RECORDS = 300
 FAILOVER_TIMEOUT = 30.0
 topic = topic_name("dev-failover")
-t0 = time.monotonic()
-
-
-def elapsed():
-    return f"{time.monotonic() - t0:.1f}s"
+elapsed = stopwatch()
 
 
 def partitions_of(admin):
@@ -56,11 +51,8 @@ def partitions_of(admin):
 
 # --- 1. a fully replicated topic ------------------------------------------------------------
 admin = AdminClient({"bootstrap.servers": bootstrap})
-try:
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)],
-                        request_timeout=30)[topic].result(timeout=30)
-except KafkaException as e:
-    fail(f"create_topics {topic} (3 partitions, replication factor 3): {e}")
+await_all(admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=3)], request_timeout=30),
+          "create_topics (3 partitions, replication factor 3)")
 
 
 def fully_replicated():
@@ -118,9 +110,9 @@ role = f"leader of partitions {led}" if led else "a follower of every partition"
 if controller == KILL:
     role += ", and the controller"
 print(f"KILL-NOW broker={KILL} role={role} at={elapsed()}", flush=True)
-ready, _, _ = select.select([sys.stdin], [], [], 60)
-check(ready, "no KILLED from the harness within 60 s")
-check_eq(sys.stdin.readline().strip(), "KILLED", "the harness's answer to KILL-NOW")
+line = harness_line(60)
+check(line is not None, "no KILLED from the harness within 60 s")
+check_eq(line, "KILLED", "the harness's answer to KILL-NOW")
 killed_at = time.monotonic()
 log(f"broker {KILL} ({role}) killed at {elapsed()}; reading through {survivors}")
 
@@ -142,12 +134,8 @@ moved_after = time.monotonic() - killed_at
 log(f"leaders {new_leaders} {moved_after:.1f}s after the kill")
 
 client_errors = []
-consumer = Consumer({
-    "bootstrap.servers": survivors,
-    "group.id": "keel-cluster-unused",  # required by the client; no group API is used
-    "enable.auto.commit": False,
+consumer = assign_consumer(survivors, {
     "enable.partition.eof": False,
-    "auto.offset.reset": "error",
     "topic.metadata.refresh.interval.ms": 1000,
     "error_cb": lambda err: client_errors.append(str(err)),
 })

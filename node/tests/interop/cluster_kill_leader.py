@@ -28,14 +28,13 @@ leader neither duplicate nor reorder (KIP-98, KIP-360), and a restarted follower
 up rejoins the ISR (ReplicaManager's maybeExpandIsr, KIP-497 AlterPartition).
 """
 
-import select
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from interop_common import check, check_eq, fail, log, topic_name, wait_until
+from interop_common import await_all, check_eq, check_sequenced, fail, harness_line, log, read_to_high_watermarks, stopwatch, topic_name, wait_until
 
 if len(sys.argv) < 2:
     fail(f"usage: {sys.argv[0]} HOST:PORT,HOST:PORT,HOST:PORT [TOTAL] [RATE]")
@@ -50,13 +49,7 @@ spread = topic_name("orders-spread")
 # Send order cycles over these (topic, partition) pairs.
 TARGETS = [(orders, 0), (spread, 0), (spread, 1), (spread, 2)]
 FILLER = b"." * 64
-t0 = time.monotonic()
-
-
-def elapsed():
-    return f"{time.monotonic() - t0:.1f}s"
-
-
+elapsed = stopwatch()
 admin = AdminClient({"bootstrap.servers": bootstrap})
 
 
@@ -71,6 +64,14 @@ def partition_metadata():
         for p, pm in tm.partitions.items():
             out[(t, p)] = pm
     return out
+
+
+def partition_metadata_or_none():
+    """partition_metadata(), or None if the request failed (a broker is down)."""
+    try:
+        return partition_metadata()
+    except KafkaException:
+        return None
 
 
 def label(target):
@@ -99,11 +100,7 @@ futures = admin.create_topics(
     ],
     request_timeout=30,
 )
-for name, f in futures.items():
-    try:
-        f.result(timeout=30)
-    except KafkaException as e:
-        fail(f"create_topics {name} (replication factor 3, min.insync.replicas=2): {e}")
+await_all(futures, "create_topics (replication factor 3, min.insync.replicas=2)")
 
 
 def all_in_sync():
@@ -188,26 +185,13 @@ def produce(n):
             producer.poll(0)
 
 
-def read_stdin_line():
-    ready, _, _ = select.select([sys.stdin], [], [], 0)
-    if not ready:
-        return None
-    line = sys.stdin.readline()
-    if line == "":
-        fail("the harness closed stdin")
-    return line.strip()
-
-
 def watch_leader(now):
     """Looks (every 0.25 s) whether orders[0] has a leader other than the killed one."""
     global leader_moved_after, next_metadata_check
     if leader_moved_after is not None or now < next_metadata_check:
         return
     next_metadata_check = now + 0.25
-    try:
-        parts = partition_metadata()
-    except KafkaException:
-        parts = None
+    parts = partition_metadata_or_none()
     if parts is not None and parts[(orders, 0)].leader not in (-1, leader):
         leader_moved_after = time.monotonic() - killed_at
         log(f"orders[0] led by {parts[(orders, 0)].leader} {leader_moved_after:.1f}s after the kill "
@@ -225,10 +209,7 @@ def watch_rejoin(now):
     if rejoin_s is not None or now < next_rejoin_check:
         return
     next_rejoin_check = now + 0.25
-    try:
-        parts = partition_metadata()
-    except KafkaException:
-        parts = None
+    parts = partition_metadata_or_none()
     if parts is not None and all(leader in pm.isrs for pm in parts.values()):
         rejoin_s = time.monotonic() - restarted_at
         log(f"broker {leader} back in every ISR {rejoin_s:.1f}s after its restart: (leader, isr) {describe(parts)}")
@@ -255,10 +236,7 @@ while queued() < TOTAL or state != "restarted":
         produce(due)
     producer.poll(0.002)
     if state == "before-kill" and ack_count[0] >= KILL_AFTER_ACKS:
-        try:
-            parts = partition_metadata()
-        except KafkaException:
-            parts = None
+        parts = partition_metadata_or_none()
         if parts is None or parts[(orders, 0)].leader < 0:
             continue
         leader = parts[(orders, 0)].leader
@@ -266,7 +244,7 @@ while queued() < TOTAL or state != "restarted":
               f"at={elapsed()} (leader, isr) {describe(parts)}", flush=True)
         state = "waiting-killed"
     elif state == "waiting-killed":
-        line = read_stdin_line()
+        line = harness_line()
         if line is not None:
             check_eq(line, "KILLED", "the harness's answer to KILL-NOW")
             killed_at = time.monotonic()
@@ -274,7 +252,7 @@ while queued() < TOTAL or state != "restarted":
             log(f"leader {leader} killed at {elapsed()}: {queued()} queued, {ack_count[0]} acknowledged")
     elif state == "waiting-restarted":
         watch_leader(now)
-        line = read_stdin_line()
+        line = harness_line()
         if line is not None:
             check_eq(line, "RESTARTED", "the harness's answer after the restart")
             restarted_at = time.monotonic()
@@ -307,60 +285,10 @@ check_eq(acked_total, TOTAL, "acknowledged records")
 del producer
 
 # --- 6. read everything back -----------------------------------------------------------------
-consumer = Consumer({
-    "bootstrap.servers": bootstrap,
-    "group.id": "keel-cluster-unused",  # required by the client; no group API is used
-    "enable.auto.commit": False,
-    "enable.partition.eof": True,
-    "auto.offset.reset": "error",
-})
-logged = {t: [] for t in TARGETS}
-try:
-    highs = {}
-    for t in TARGETS:
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(t[0], t[1]), timeout=15)
-        check_eq(lo, 0, f"{t[0]}[{t[1]}] log start offset")
-        highs[t] = hi
-    consumer.assign([TopicPartition(t[0], t[1], OFFSET_BEGINNING) for t in TARGETS])
-    deadline = time.monotonic() + 60
-    while any(len(logged[t]) < highs[t] for t in TARGETS):
-        if time.monotonic() > deadline:
-            fail(f"reading back: timed out with { {f'{t[0]}[{t[1]}]': len(logged[t]) for t in TARGETS} } "
-                 f"of high watermarks { {f'{t[0]}[{t[1]}]': highs[t] for t in TARGETS} }")
-        for m in consumer.consume(num_messages=10000, timeout=0.5):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                fail(f"reading back: {m.error()}")
-            logged[(m.topic(), m.partition())].append((m.offset(), m.value()))
-finally:
-    consumer.close()
-read_total = sum(min(len(logged[t]), highs[t]) for t in TARGETS)
-
+rows, highs = read_to_high_watermarks(bootstrap, TARGETS)
+read_total = sum(len(r) for r in rows.values())
 for t in TARGETS:
-    where = f"{t[0]}[{t[1]}]"
-    rows = logged[t][:highs[t]]
-    check_eq([o for o, _ in rows], list(range(highs[t])), f"{where}: offsets 0..{highs[t]} without gaps")
-    seen = {}
-    prev = -1
-    for off, value in rows:
-        try:
-            vp, vseq, filler = value.split(b":", 2)
-            vp, vseq = int(vp), int(vseq)
-        except ValueError:
-            fail(f"{where} offset {off}: value {value[:40]!r} was never sent")
-        check(vp == t[1] and filler == FILLER and 0 <= vseq < sent[t],
-              f"{where} offset {off}: value {value[:40]!r} was never sent to this partition")
-        if vseq in seen:
-            fail(f"{where}: sequence {vseq} appears twice, at offsets {seen[vseq]} and {off} (duplicate)")
-        check(vseq > prev, f"{where} offset {off}: sequence {vseq} after {prev} (out of order)")
-        seen[vseq] = off
-        prev = vseq
-    for seq, off in delivered[t].items():
-        if seq not in seen:
-            fail(f"{where}: acknowledged record seq {seq} (reported at offset {off}) is missing from the log")
-        check_eq(seen[seq], off, f"{where}: offset of seq {seq} (delivery report vs log)")
-    check_eq(len(seen), sent[t], f"{where}: number of records")
+    check_sequenced(t, rows[t], highs[t], sent[t], delivered[t], FILLER)
 
 moved = "never seen" if leader_moved_after is None else f"{leader_moved_after:.1f}"
 first_ack = first_ack_after_kill.get((orders, 0))

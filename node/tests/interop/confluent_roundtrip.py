@@ -31,6 +31,7 @@ from confluent_kafka.admin import (
 )
 
 from interop_common import (
+    await_all,
     bootstrap_from_argv,
     check,
     check_eq,
@@ -62,11 +63,7 @@ futures = admin.create_topics(
     operation_timeout=15,
     request_timeout=20,
 )
-for name, f in futures.items():
-    try:
-        f.result(timeout=30)
-    except KafkaException as e:
-        fail(f"create_topics {name}: {e}")
+await_all(futures, "create_topics")
 log(f"created {topic} (3 partitions, retention.ms={RETENTION}) and {grow_topic}")
 
 dup = admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)], request_timeout=20)
@@ -114,11 +111,7 @@ res = admin.incremental_alter_configs(
     ],
     request_timeout=20,
 )
-for r, f in res.items():
-    try:
-        f.result(timeout=30)
-    except KafkaException as e:
-        fail(f"incremental_alter_configs {r}: {e}")
+await_all(res, "incremental_alter_configs")
 configs = list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)], request_timeout=20).values())[0].result(timeout=30)
 check_eq(configs["retention.ms"].value, NEW_RETENTION, f"describe_configs {topic} after incremental_alter_configs: retention.ms")
 log(f"incremental_alter_configs: retention.ms={NEW_RETENTION} described back")
@@ -228,11 +221,7 @@ finally:
 log(f"assign() at mid-batch offset {mid} of partition {p}: first record is offset {mid}; watermarks ok")
 
 # --- 4. create_partitions --------------------------------------------------------------------
-for name, f in admin.create_partitions([NewPartitions(grow_topic, 2)], request_timeout=20).items():
-    try:
-        f.result(timeout=30)
-    except KafkaException as e:
-        fail(f"create_partitions {name} to 2: {e}")
+await_all(admin.create_partitions([NewPartitions(grow_topic, 2)], request_timeout=20), "create_partitions (to 2)")
 wait_until(
     f"{grow_topic} to show 2 partitions",
     lambda: sorted(admin.list_topics(grow_topic, timeout=10).topics[grow_topic].partitions) == [0, 1],
@@ -241,11 +230,7 @@ log(f"create_partitions: {grow_topic} now has 2 partitions")
 
 # --- 5. delete_topics ------------------------------------------------------------------------
 del producer  # its metadata refreshes must not auto-create the topic again
-for name, f in admin.delete_topics([topic, grow_topic], operation_timeout=15, request_timeout=20).items():
-    try:
-        f.result(timeout=30)
-    except KafkaException as e:
-        fail(f"delete_topics {name}: {e}")
+await_all(admin.delete_topics([topic, grow_topic], operation_timeout=15, request_timeout=20), "delete_topics")
 wait_until(
     f"{topic} and {grow_topic} to leave list_topics",
     lambda: not ({topic, grow_topic} & set(admin.list_topics(timeout=10).topics)),

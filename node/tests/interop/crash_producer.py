@@ -20,14 +20,13 @@ the harness (run by hand), pass KILLS 0 to skip the kill handshake.
 """
 
 import json
-import select
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from interop_common import bootstrap_from_argv, check, check_eq, fail, log, topic_name
+from interop_common import await_all, bootstrap_from_argv, check_eq, check_sequenced, fail, harness_line, log, read_to_high_watermarks, stopwatch, topic_name
 
 bootstrap = bootstrap_from_argv()
 TOTAL = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
@@ -35,18 +34,11 @@ KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 RATE = int(sys.argv[4]) if len(sys.argv) > 4 else 30_000
 PARTITIONS = 3
 topic = topic_name("crash")
-t0 = time.monotonic()
-
-
-def elapsed():
-    return f"{time.monotonic() - t0:.1f}s"
-
+elapsed = stopwatch()
 
 admin = AdminClient({"bootstrap.servers": bootstrap})
-try:
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)], request_timeout=30)[topic].result(timeout=30)
-except KafkaException as e:
-    fail(f"create_topics {topic}: {e}")
+await_all(admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)], request_timeout=30),
+          "create_topics")
 del admin
 
 client_errors = []
@@ -151,9 +143,8 @@ while sum(sent_count) < TOTAL or waiting_for_killed or kills_done < KILLS:
         produce(due)
     producer.poll(0.002)
     if waiting_for_killed:
-        ready, _, _ = select.select([sys.stdin], [], [], 0)
-        if ready:
-            line = sys.stdin.readline().strip()
+        line = harness_line()
+        if line is not None:
             check_eq(line, "KILLED", f"kill {kills_done + 1}: the harness's answer to KILL-NOW")
             kills_done += 1
             waiting_for_killed = False
@@ -179,61 +170,11 @@ check_eq(acked(), TOTAL, "delivery reports")
 del producer
 
 # --- 4. read everything back -----------------------------------------------------------------
-consumer = Consumer(
-    {
-        "bootstrap.servers": bootstrap,
-        "group.id": "keel-interop-unused",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-    }
-)
-logged = [[] for _ in range(PARTITIONS)]  # (offset, value) per partition
-try:
-    highs = []
-    for p in range(PARTITIONS):
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
-        check_eq(lo, 0, f"{topic}[{p}] log start offset")
-        highs.append(hi)
-    log(f"high watermarks {highs}; sent per partition {sent_count}")
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    deadline = time.monotonic() + 60
-    while any(len(logged[p]) < highs[p] for p in range(PARTITIONS)):
-        if time.monotonic() > deadline:
-            fail(f"reading back: timed out with {[len(x) for x in logged]} records of {highs}")
-        for m in consumer.consume(num_messages=10000, timeout=0.5):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                fail(f"reading back: {m.error()}")
-            logged[m.partition()].append((m.offset(), m.value()))
-finally:
-    consumer.close()
-log(f"read back {sum(len(x) for x in logged)} records at {elapsed()}")
-
-for p in range(PARTITIONS):
-    where = f"{topic}[{p}]"
-    offsets = [o for o, _ in logged[p]]
-    check_eq(offsets[:highs[p]], list(range(highs[p])), f"{where}: offsets 0..{highs[p]} without gaps")
-    seen = {}
-    prev = -1
-    for off, value in logged[p][:highs[p]]:
-        try:
-            vp, vseq, filler = value.split(b":", 2)
-            vp, vseq = int(vp), int(vseq)
-        except ValueError:
-            fail(f"{where} offset {off}: value {value[:40]!r} was never sent")
-        check(vp == p and filler == FILLER and 0 <= vseq < sent_count[p],
-              f"{where} offset {off}: value {value[:40]!r} was never sent to this partition")
-        if vseq in seen:
-            fail(f"{where}: sequence {vseq} appears twice, at offsets {seen[vseq]} and {off} (duplicate)")
-        check(vseq > prev, f"{where} offset {off}: sequence {vseq} after {prev} (out of order)")
-        seen[vseq] = off
-        prev = vseq
-    for seq, off in delivered[p].items():
-        if seq not in seen:
-            fail(f"{where}: acknowledged record seq {seq} (reported at offset {off}) is missing from the log")
-        check_eq(seen[seq], off, f"{where}: offset of seq {seq} (delivery report vs log)")
-    check_eq(len(seen), sent_count[p], f"{where}: number of records")
+targets = [(topic, p) for p in range(PARTITIONS)]
+rows, highs = read_to_high_watermarks(bootstrap, targets)
+log(f"high watermarks {[highs[t] for t in targets]}; sent per partition {sent_count}")
+log(f"read back {sum(len(r) for r in rows.values())} records at {elapsed()}")
+for t in targets:
+    check_sequenced(t, rows[t], highs[t], sent_count[t[1]], delivered[t[1]], FILLER)
 log(f"every one of {TOTAL} acknowledged records is in the log once, in order, at its reported offset")
 log(f"OK crash_producer {elapsed()}")
