@@ -45,9 +45,13 @@ mod cli {
             /// Plant a known bug (needs the planted-bugs feature).
             #[arg(long)]
             bug: Option<String>,
-            /// Run the seed twice and require identical random draws (madsim's check).
+            /// Run the seed twice, each in its own process, and require identical digests of
+            /// everything observed.
             #[arg(long)]
             check_determinism: bool,
+            /// Print the run's digest (for --check-determinism).
+            #[arg(long)]
+            digest: bool,
         },
         /// Run many seeds and print a summary.
         Swarm {
@@ -59,6 +63,9 @@ mod cli {
             jobs: usize,
             #[arg(long)]
             bug: Option<String>,
+            /// Leave out disk faults (bit rot, misdirected writes, I/O errors).
+            #[arg(long)]
+            no_disk_faults: bool,
         },
     }
 
@@ -90,6 +97,7 @@ mod cli {
                 seed,
                 bug: name,
                 check_determinism,
+                digest,
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
@@ -103,8 +111,10 @@ mod cli {
                 println!("{params}");
                 if check_determinism {
                     return match keel_sim::run::check_determinism(&params) {
-                        Ok(()) => {
-                            println!("deterministic: seed {seed} replayed identically");
+                        Ok(d) => {
+                            println!(
+                                "deterministic: seed {seed} replayed identically (digest {d:016x})"
+                            );
                             ExitCode::SUCCESS
                         }
                         Err(e) => {
@@ -116,6 +126,9 @@ mod cli {
                 let started = std::time::Instant::now();
                 let result = run(&params);
                 print_result(&result, started.elapsed());
+                if digest {
+                    println!("digest: {:016x}", result.digest);
+                }
                 ExitCode::from(result.verdict.exit_code())
             }
             Command::Swarm {
@@ -123,6 +136,7 @@ mod cli {
                 start,
                 jobs,
                 bug: name,
+                no_disk_faults,
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
@@ -131,7 +145,12 @@ mod cli {
                         return ExitCode::from(1);
                     }
                 };
-                let summary = keel_sim::swarm::swarm(start, seeds, jobs.max(1), bug);
+                let without = if no_disk_faults {
+                    vec![keel_sim::run::Fault::Disk]
+                } else {
+                    Vec::new()
+                };
+                let summary = keel_sim::swarm::swarm(start, seeds, jobs.max(1), bug, without);
                 print!("{summary}");
                 ExitCode::from(summary.worst().exit_code())
             }

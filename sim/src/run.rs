@@ -110,6 +110,19 @@ impl Fault {
 }
 
 impl Params {
+    /// [`Params::sample`] without the fault kinds in `without` (at least a kill remains).
+    pub fn sample_without(seed: u64, without: &[Fault]) -> Params {
+        let mut params = Params::sample(seed);
+        params.faults.retain(|f| !without.contains(f));
+        if params.faults.is_empty() {
+            params.faults.insert(Fault::Kill);
+        }
+        if !params.faults.contains(&Fault::Disk) {
+            params.faulty_disk = None;
+        }
+        params
+    }
+
     /// Samples a run from `seed` (swarm testing: each seed its own cluster, workload and
     /// fault mix).
     pub fn sample(seed: u64) -> Params {
@@ -248,6 +261,9 @@ pub struct RunResult {
     pub trace: Vec<String>,
     /// Simulated milliseconds the run took.
     pub simulated_ms: u64,
+    /// A digest of everything the run observed (the whole history, the trace, the simulated
+    /// time): two runs of one seed must print the same.
+    pub digest: u64,
 }
 
 /// The last events, with their simulated time since the run started.
@@ -258,6 +274,8 @@ struct Trace {
 }
 
 thread_local! {
+    /// The finished history, for the digest.
+    static CURRENT_HISTORY: std::cell::RefCell<Option<History>> = const { std::cell::RefCell::new(None) };
     /// The running simulation's trace, for [`run`] to print after a panic.
     static CURRENT_TRACE: std::cell::RefCell<Option<Trace>> = const { std::cell::RefCell::new(None) };
 }
@@ -296,8 +314,17 @@ impl Trace {
     }
 }
 
-/// Runs one seed in a fresh madsim runtime on this thread.
+/// Runs one seed in a fresh madsim runtime, on a fresh thread: thread-local state (std's
+/// HashMap keys, rand's thread_rng, which raft and the broker draw from) must be first
+/// initialised inside the runtime, from the seed, for a seed to replay in any process.
 pub fn run(params: &Params) -> RunResult {
+    let params = params.clone();
+    std::thread::spawn(move || run_here(&params))
+        .join()
+        .expect("a run catches its own panics")
+}
+
+fn run_here(params: &Params) -> RunResult {
     #[cfg(feature = "planted-bugs")]
     keel_core::planted::plant(params.bug);
     let runtime = Runtime::with_seed_and_config(params.seed, madsim::Config::default());
@@ -316,6 +343,13 @@ pub fn run(params: &Params) -> RunResult {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".into());
             let trace = CURRENT_TRACE.with(|t| t.borrow_mut().take());
+            let digest = {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                message.hash(&mut hasher);
+                trace.as_ref().map(|t| t.take()).hash(&mut hasher);
+                hasher.finish()
+            };
             RunResult {
                 params: params.clone(),
                 verdict: Verdict::Crash,
@@ -324,6 +358,7 @@ pub fn run(params: &Params) -> RunResult {
                 reason: format!("panicked: {message}"),
                 simulated_ms: trace.as_ref().map_or(0, |t| t.now_ms()),
                 trace: trace.map(|t| t.take()).unwrap_or_default(),
+                digest,
             }
         }
     }
@@ -512,6 +547,7 @@ async fn simulate(params: Params) -> RunResult {
     }
     let history = workload.history.lock().expect("history poisoned").clone();
     let report = check(&history);
+    CURRENT_HISTORY.with(|h| *h.borrow_mut() = Some(history));
     coverage.acked = report.stats.sends_ok as u64;
     coverage.indefinite = report.stats.sends_indefinite as u64;
     coverage.failed = report.stats.sends_failed as u64;
@@ -545,7 +581,18 @@ fn finish(
     coverage: Coverage,
     trace: &Trace,
 ) -> RunResult {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same input hashes the same in every process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    let events = trace.take();
+    events.hash(&mut hasher);
+    trace.now_ms().hash(&mut hasher);
+    if let Some(history) = CURRENT_HISTORY.with(|h| h.borrow_mut().take()) {
+        format!("{:?}", history.ops).hash(&mut hasher);
+    }
+    format!("{coverage:?}").hash(&mut hasher);
     RunResult {
+        digest: hasher.finish(),
         params,
         verdict,
         report,
@@ -838,35 +885,36 @@ async fn monitor(
     coverage
 }
 
-/// The params [`check_determinism`]'s runs read (madsim's check takes a plain `fn`).
-static DETERMINISM_PARAMS: Mutex<Option<Params>> = Mutex::new(None);
-
-fn determinism_entry() -> impl std::future::Future<Output = Verdict> {
-    let params = DETERMINISM_PARAMS
-        .lock()
-        .expect("params poisoned")
-        .clone()
-        .expect("params set before the check");
-    async move { simulate(params).await.verdict }
-}
-
-/// Runs `params` twice with madsim's determinism check: every random draw of the second run
-/// must equal the first's. `Err` with madsim's message otherwise.
-pub fn check_determinism(params: &Params) -> Result<(), String> {
-    *DETERMINISM_PARAMS.lock().expect("params poisoned") = Some(params.clone());
-    #[cfg(feature = "planted-bugs")]
-    keel_core::planted::plant(params.bug);
-    let outcome = std::panic::catch_unwind(|| {
-        Runtime::check_determinism(params.seed, madsim::Config::default(), determinism_entry)
-    });
-    #[cfg(feature = "planted-bugs")]
-    keel_core::planted::plant(None);
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(panic) => Err(panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic".into())),
+/// Runs `params` twice, each in a fresh process (`keel-sim run --seed N --digest`), and
+/// requires the same digest of everything observed: the whole history, the event trace and
+/// the simulated time. A fresh process per run, rather than madsim's in-process check:
+/// process-wide state that libraries initialise once (statics) differs between a process's
+/// first run and its second, and would be reported as nondeterminism that no single run has.
+pub fn check_determinism(params: &Params) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let mut command = std::process::Command::new(&exe);
+        command.args(["run", "--seed", &params.seed.to_string(), "--digest"]);
+        if let Some(bug) = params.bug {
+            command.args(["--bug", bug.name()]);
+        }
+        let output = command.output().map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let digest = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("digest: "))
+            .ok_or_else(|| format!("no digest from the run: {stdout}"))?
+            .trim()
+            .to_string();
+        digests.push(digest);
+    }
+    if digests[0] == digests[1] {
+        u64::from_str_radix(&digests[0], 16).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "seed {} gave digests {} and {}",
+            params.seed, digests[0], digests[1]
+        ))
     }
 }

@@ -118,26 +118,28 @@ impl fmt::Display for Summary {
 }
 
 /// Runs seeds `start..start + seeds` on `jobs` threads, printing a line as each ends.
-pub fn swarm(start: u64, seeds: u64, jobs: usize, bug: Option<Bug>) -> Summary {
+pub fn swarm(
+    start: u64,
+    seeds: u64,
+    jobs: usize,
+    bug: Option<Bug>,
+    without: Vec<Fault>,
+) -> Summary {
     let started = std::time::Instant::now();
     let next = Arc::new(AtomicU64::new(start));
     let lines = Arc::new(Mutex::new(Vec::new()));
     let end = start + seeds;
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
-            let (next, lines) = (next.clone(), lines.clone());
+            let (next, lines, without) = (next.clone(), lines.clone(), without.clone());
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= end {
                     return;
                 }
-                let mut params = Params::sample(seed);
+                let mut params = Params::sample_without(seed, &without);
                 params.bug = bug;
-                // A fresh thread per seed: thread-local state (rand's thread_rng, which raft
-                // and the broker draw from) must start anew for a seed to replay alone.
-                let r = std::thread::spawn(move || run(&params))
-                    .join()
-                    .expect("a run catches its own panics");
+                let r = run(&params);
                 let c = &r.coverage;
                 let line = SeedLine {
                     seed,
