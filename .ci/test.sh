@@ -22,6 +22,14 @@ bash .ci/clients.sh
 step "unit, property and integration tests"
 cargo test --workspace 2>&1 | tee "$log"
 
+step "simulator tests (--cfg madsim, in target/sim)"
+# keel-sim's tests under --cfg madsim, the determinism check included (sim/tests/). The getrandom
+# shim that makes raft's election timeouts follow the seed is not a workspace member: its own
+# tests run here, in the normal build.
+RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \
+    cargo test -p keel-sim 2>&1 | tee -a "$log"
+cargo test -p getrandom@0.2 2>&1 | tee -a "$log"
+
 step "fuzz smoke run (${fuzz_seconds}s per target)"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
