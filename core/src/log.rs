@@ -32,6 +32,10 @@ use crate::storage::{self, Storage, StorageError};
 use crate::types::{LeaderEpoch, Offset};
 
 /// Name of the leader-epoch cache file (Kafka's name).
+/// How many times recovery reads a batch again before it takes a failed read or check for
+/// damage and cuts the log there.
+pub const RECOVERY_READ_RETRIES: usize = 2;
+
 pub const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 /// Name of the file holding the log start offset and the recovery point.
 pub const PARTITION_CHECKPOINT: &str = "partition.checkpoint";
@@ -99,6 +103,9 @@ pub struct RecoveryReport {
     pub corruption: Option<(String, u64, String)>,
     /// Bytes cut from the end of the log (the invalid batch and everything after it).
     pub bytes_truncated: u64,
+    /// Batches that failed a check on one read and passed it on a fresh read (a transient
+    /// read error, not damage on the disk: nothing was cut for them).
+    pub read_retries: u64,
     /// Whole segments removed because they followed the truncation point.
     pub segments_removed: u64,
 }
@@ -459,45 +466,67 @@ impl<S: Storage> Log<S> {
         let mut chunk_start = 0u64;
         while segment.size < len {
             let position = segment.size;
-            let result = if trusted {
-                self.storage
-                    .read_at(&segment.file, position, HEADER_BYTES)
-                    .map_err(io_as_corrupt)
-                    .and_then(|h| BatchHeader::read(&h))
-            } else {
-                self.read_batch_scanning(&segment.file, position, len, &mut chunk, &mut chunk_start)
-                    .map(|b| b.header())
-            };
-            let problem = match result {
-                Err(ref error) => Some(error.to_string()),
-                Ok(h) if position + h.size as u64 > len => Some(format!(
-                    "batch of {} bytes runs past the end of the file",
-                    h.size
-                )),
-                Ok(h) if h.base_offset != expected || h.last_offset_delta < 0 => Some(format!(
-                    "batch offsets {}..={} do not follow {expected}",
-                    h.base_offset,
-                    h.last_offset()
-                )),
-                Ok(h) if h.partition_leader_epoch < *epoch => Some(format!(
-                    "leader epoch {} after epoch {}",
-                    h.partition_leader_epoch, *epoch
-                )),
-                // The epoch checkpoint is written before an epoch's first batch, so when it
-                // decoded it knows every durable batch's epoch: a batch that disagrees has a
-                // damaged partitionLeaderEpoch, which the CRC does not cover.
-                Ok(h)
-                    if reference
-                        .and_then(|r| r.epoch_for(h.last_offset()))
-                        .is_some_and(|e| e != h.partition_leader_epoch) =>
-                {
-                    Some(format!(
-                        "leader epoch {} where the epoch checkpoint has another",
-                        h.partition_leader_epoch
-                    ))
+            let mut result = Err(BatchError::Truncated { need: 0, have: 0 });
+            let mut problem = None;
+            // A batch that fails a check (an I/O error, a CRC that does not match, fields
+            // outside the CRC that do not fit) is read again from the disk before the log is
+            // cut there: a transient read error must not destroy synced data. Damage on the
+            // disk fails every read.
+            for attempt in 0..=RECOVERY_READ_RETRIES {
+                if attempt > 0 {
+                    chunk = Bytes::new();
+                    chunk_start = 0;
                 }
-                Ok(_) => None,
-            };
+                result = if trusted {
+                    self.storage
+                        .read_at(&segment.file, position, HEADER_BYTES)
+                        .map_err(io_as_corrupt)
+                        .and_then(|h| BatchHeader::read(&h))
+                } else {
+                    self.read_batch_scanning(
+                        &segment.file,
+                        position,
+                        len,
+                        &mut chunk,
+                        &mut chunk_start,
+                    )
+                    .map(|b| b.header())
+                };
+                problem = match result {
+                    Err(ref error) => Some(error.to_string()),
+                    Ok(h) if position + h.size as u64 > len => Some(format!(
+                        "batch of {} bytes runs past the end of the file",
+                        h.size
+                    )),
+                    Ok(h) if h.base_offset != expected || h.last_offset_delta < 0 => Some(format!(
+                        "batch offsets {}..={} do not follow {expected}",
+                        h.base_offset,
+                        h.last_offset()
+                    )),
+                    Ok(h) if h.partition_leader_epoch < *epoch => Some(format!(
+                        "leader epoch {} after epoch {}",
+                        h.partition_leader_epoch, *epoch
+                    )),
+                    // The epoch checkpoint is written before an epoch's first batch, so when it
+                    // decoded it knows every durable batch's epoch: a batch that disagrees has a
+                    // damaged partitionLeaderEpoch, which the CRC does not cover.
+                    Ok(h)
+                        if reference
+                            .and_then(|r| r.epoch_for(h.last_offset()))
+                            .is_some_and(|e| e != h.partition_leader_epoch) =>
+                    {
+                        Some(format!(
+                            "leader epoch {} where the epoch checkpoint has another",
+                            h.partition_leader_epoch
+                        ))
+                    }
+                    Ok(_) => None,
+                };
+                if problem.is_none() {
+                    self.recovery.read_retries += attempt as u64;
+                    break;
+                }
+            }
             if let Some(problem) = problem {
                 self.recovery.corruption = Some((segment.file.clone(), position, problem));
                 return Ok(Some(position));

@@ -1414,10 +1414,15 @@ impl<S: Storage> PartitionReplica<S> {
                 .first()
                 .map_or(to, Batch::base_offset)
         };
-        assert!(
-            cut >= floor,
-            "invariant 6: truncating at {cut} would cut below the high watermark {floor}"
-        );
+        if cut < floor {
+            // Only a leader that lacks committed data asks this (its disk lost it, or it was
+            // elected outside the fault model): keep the data, refuse, and let the shell back
+            // off. Truncating would destroy the last copies of acknowledged records.
+            return Err(ReplicaError::Protocol(format!(
+                "invariant 6: the leader asks to truncate at {cut}, below the high watermark \
+                 {floor}; it lacks committed data this replica holds, so this replica refuses"
+            )));
+        }
         let new_end = self.log.truncate_to(to)?;
         assert!(
             new_end >= floor && new_end == cut,

@@ -807,3 +807,92 @@ fn retention_survives_extreme_producer_timestamps() {
     assert!(removed > 0, "the i64::MIN segments expire");
     log.check_invariants();
 }
+
+/// A storage whose next `flips` reads return one byte flipped (a transient read error: the
+/// bytes on the disk are sound).
+struct FlakyReads {
+    inner: MemStorage,
+    flips: std::cell::Cell<u32>,
+}
+
+impl crate::storage::Storage for FlakyReads {
+    fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.create(name)
+    }
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), crate::storage::StorageError> {
+        self.inner.append(name, data)
+    }
+    fn read_at(
+        &self,
+        name: &str,
+        pos: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, crate::storage::StorageError> {
+        let bytes = self.inner.read_at(name, pos, len)?;
+        if name.ends_with(".log") && bytes.len() > 40 && self.flips.get() > 0 {
+            self.flips.set(self.flips.get() - 1);
+            let mut flipped = bytes.to_vec();
+            flipped[40] ^= 0x10;
+            return Ok(bytes::Bytes::from(flipped));
+        }
+        Ok(bytes)
+    }
+    fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
+        self.inner.len(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), crate::storage::StorageError> {
+        self.inner.truncate(name, len)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.sync(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>, crate::storage::StorageError> {
+        self.inner.list()
+    }
+}
+
+/// A read that fails its CRC once and passes on a fresh read is a transient read error:
+/// recovery reads again and cuts nothing (the simulator found recovery cutting synced, acked
+/// data after one flipped read). Damage that every read sees is still cut (the test above).
+#[test]
+fn recovery_reads_again_before_cutting_and_keeps_data_a_transient_error_hid() {
+    let mut log = open(MemStorage::new(), LogConfig::default());
+    fill(&mut log, 5, 3);
+    log.sync().unwrap();
+    for flips in 1..=RECOVERY_READ_RETRIES as u32 {
+        let storage = FlakyReads {
+            inner: log.storage().clone(),
+            flips: std::cell::Cell::new(flips),
+        };
+        let reopened = Log::open(storage, LogConfig::default(), NOW).unwrap();
+        let report = reopened.recovery_report();
+        assert!(
+            report.batches_validated > 0,
+            "no recovery point: all re-validated"
+        );
+        assert_eq!(
+            report.corruption, None,
+            "{flips} flipped reads: nothing cut"
+        );
+        assert_eq!(report.read_retries, u64::from(flips));
+        assert_eq!(
+            reopened.end(),
+            Offset(15),
+            "{flips} flipped reads: every batch kept"
+        );
+    }
+    // Every attempt flipped: taken for damage, and the log is cut at the first batch.
+    let storage = FlakyReads {
+        inner: log.storage().clone(),
+        flips: std::cell::Cell::new(RECOVERY_READ_RETRIES as u32 + 1),
+    };
+    let reopened = Log::open(storage, LogConfig::default(), NOW).unwrap();
+    assert!(reopened.recovery_report().corruption.is_some());
+    assert_eq!(reopened.end(), Offset(0));
+}

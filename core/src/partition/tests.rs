@@ -189,3 +189,75 @@ fn client_epochs_are_fenced_or_unknown() {
         Err(code::UNKNOWN_LEADER_EPOCH)
     );
 }
+
+/// A leader that lacks committed data (its disk lost it) answers with a divergence below the
+/// follower's high watermark. The follower refuses, keeps its log and says why: truncating
+/// would destroy the last copies of acknowledged records (the simulator found a follower
+/// asserting here, which crashed its broker).
+#[test]
+fn a_follower_refuses_to_truncate_below_its_high_watermark() {
+    let (leader, me) = (BrokerId(1), BrokerId(2));
+    let mut snaps = MemStorage::new();
+    let mut f = PartitionReplica::recover(
+        MemStorage::new(),
+        &mut snaps,
+        LogConfig::default(),
+        ProduceRules::default(),
+        ReplicaConfig::new(me),
+        NOW,
+    )
+    .unwrap();
+    let partition = Partition {
+        replicas: vec![leader, me],
+        isr: vec![leader, me],
+        leader,
+        leader_epoch: LeaderEpoch(1),
+        partition_epoch: 0,
+    };
+    f.on_partition_change(NOW, &mut snaps, &partition).unwrap();
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.partition_leader_epoch = LeaderEpoch(1);
+    for _ in 0..4 {
+        builder = builder.record(NOW, None, Some(b"v"));
+    }
+    let response = |hw: i64, payload: FetchPayload| FetchResponse {
+        leader_epoch: LeaderEpoch(1),
+        high_watermark: Offset(hw),
+        log_start: Offset(0),
+        log_end: Offset(4),
+        payload,
+    };
+    f.next_fetch(NOW).unwrap();
+    let batch = builder.build().unwrap();
+    f.handle_fetch_response(
+        NOW,
+        &mut snaps,
+        response(0, FetchPayload::Records(vec![batch])),
+    )
+    .unwrap();
+    f.sync().unwrap();
+    f.next_fetch(NOW).unwrap();
+    f.handle_fetch_response(
+        NOW,
+        &mut snaps,
+        response(4, FetchPayload::Records(Vec::new())),
+    )
+    .unwrap();
+    f.persist_state(&mut snaps).unwrap();
+    assert_eq!(f.high_watermark(), Offset(4));
+
+    f.next_fetch(NOW).unwrap();
+    let diverged = FetchPayload::Diverging {
+        epoch: LeaderEpoch(1),
+        end_offset: Offset(0),
+    };
+    let err = f
+        .handle_fetch_response(NOW, &mut snaps, response(0, diverged))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ReplicaError::Protocol(m) if m.contains("invariant 6")),
+        "{err}"
+    );
+    assert_eq!(f.log().end(), Offset(4), "nothing was cut");
+    assert_eq!(f.high_watermark(), Offset(4));
+}
