@@ -156,6 +156,11 @@ pub struct PartitionHandle {
     fetching: AtomicBool,
     /// The high watermark last sent to each follower (a fetch with nothing new waits).
     hw_sent: Mutex<BTreeMap<BrokerId, Offset>>,
+    /// Recovery found this replica damaged (a log cut at invalid data, a damaged epoch file,
+    /// or a log below its persisted high watermark): it may lack committed data. `Some(None)`:
+    /// damaged, how far committed data went not known yet; `Some(Some(o))`: repaired once its
+    /// log reaches `o`; `None`: sound.
+    damage: Mutex<Option<Option<Offset>>>,
 }
 
 impl PartitionHandle {
@@ -193,6 +198,31 @@ impl PartitionHandle {
         });
         if moved {
             self.touch();
+        }
+    }
+
+    /// Whether recovery found this replica damaged and it has not yet fetched back, as a
+    /// follower, everything its leader had committed when it first heard from it.
+    pub fn is_damaged(&self) -> bool {
+        let mut damage = self.damage.lock().expect("damage lock poisoned");
+        let repaired = match *damage {
+            None => return false,
+            Some(None) => false,
+            Some(Some(target)) => self.with(|r| r.log().end() >= target),
+        };
+        if repaired {
+            tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader");
+            *damage = None;
+        }
+        !repaired
+    }
+
+    /// The leader's high watermark, heard by this replica as a follower: a damaged replica is
+    /// repaired once its log reaches the first one it hears.
+    fn note_leader_high_watermark(&self, hw: Offset) {
+        let mut damage = self.damage.lock().expect("damage lock poisoned");
+        if let Some(target @ None) = &mut *damage {
+            *target = Some(hw);
         }
     }
 
@@ -401,12 +431,15 @@ impl Broker {
             ));
         }
         broker.register().await;
+        // Replicas open (and recover) while the broker is still fenced: one that recovery
+        // found damaged keeps the broker fenced, so that it leads nothing, until it has
+        // fetched back from its leader what it may lack. Heartbeats start after that.
+        broker.reconcile_partitions();
+        broker.remove_orphan_directories();
         tokio::spawn(watch_metadata(Arc::downgrade(&broker)));
         tokio::spawn(heartbeats(Arc::downgrade(&broker)));
         tokio::spawn(replication::timers(Arc::downgrade(&broker)));
         broker.wait_unfenced().await;
-        broker.reconcile_partitions();
-        broker.remove_orphan_directories();
         let weak = Arc::downgrade(&broker);
         metrics.set_partition_source(Box::new(move || {
             let Some(broker) = weak.upgrade() else {
@@ -532,8 +565,18 @@ impl Broker {
         }
     }
 
-    /// Heartbeats until the controller unfences this broker and that applied here.
+    /// Heartbeats until the controller unfences this broker and that applied here; returns at
+    /// once while a replica is damaged (the heartbeats go on asking to stay fenced).
     async fn wait_unfenced(&self) {
+        let damaged = self.damaged_replicas();
+        if !damaged.is_empty() {
+            tracing::warn!(
+                "staying fenced until these replicas have fetched back from their leaders what \
+                 recovery found damaged: {}",
+                damaged.join(", ")
+            );
+            return;
+        }
         let mut applied = self.cluster.subscribe();
         loop {
             let fenced = self.with_metadata(|m| m.broker(self.me()).is_none_or(|b| b.fenced));
@@ -550,11 +593,31 @@ impl Broker {
             broker_id: self.me(),
             broker_epoch: self.broker_epoch(),
             metadata_offset: self.cluster.applied_index(),
-            want_fence: false,
+            want_fence: !self.damaged_replicas().is_empty(),
         };
         if let Err(e) = self.cluster.heartbeat(heartbeat).await {
             tracing::warn!("heartbeat: {e}");
         }
+    }
+
+    /// Replicas that recovery found damaged (see `PartitionHandle::is_damaged`), as
+    /// `topic-partition`. While there are any, the broker asks to stay fenced: a damaged
+    /// replica may lack committed data others hold, so it must not lead. Replicas with no other
+    /// replica are left out: nothing can repair them, and they must not keep the broker's other
+    /// partitions from it.
+    pub fn damaged_replicas(&self) -> Vec<String> {
+        let me = self.me();
+        let state = self.cluster.state();
+        self.all_partitions()
+            .iter()
+            .filter(|p| {
+                state
+                    .partition(&p.topic, p.index)
+                    .is_some_and(|m| m.replicas.iter().any(|&b| b != me))
+            })
+            .filter(|p| p.is_damaged())
+            .map(|p| format!("{}-{}", p.topic, p.index))
+            .collect()
     }
 
     /// A fresh topic id.
@@ -765,6 +828,13 @@ impl Broker {
         }
         let hw = replica.high_watermark();
         let durable = replica.log().durable_end();
+        let state = replica.state_report();
+        let damaged =
+            report.corruption.is_some() || state.epoch_corrupt || state.hw_above_log.is_some();
+        if damaged {
+            tracing::warn!(partition = %name, ?state, "damaged on disk: it leads nothing until it has fetched back from its leader");
+        }
+        let damage = damaged.then_some(state.hw_above_log);
         Ok(PartitionHandle {
             topic: w.topic.clone(),
             index: w.index,
@@ -780,6 +850,7 @@ impl Broker {
             deleted: AtomicBool::new(false),
             fetching: AtomicBool::new(false),
             hw_sent: Mutex::new(BTreeMap::new()),
+            damage: Mutex::new(damage),
         })
     }
 

@@ -369,6 +369,7 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
             return;
         }
     };
+    p.note_leader_high_watermark(response.high_watermark);
     let outcome =
         p.with_snapshots(|r, snapshots| r.handle_fetch_response(now_ms(), snapshots, response));
     match outcome {
