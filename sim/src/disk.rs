@@ -160,6 +160,23 @@ impl SimDisk {
         self.lock().files.keys().cloned().collect()
     }
 
+    /// Flips the bits `mask` of the byte at `pos` of `path`, for good (targeted damage in
+    /// tests). Returns whether the file has such a byte.
+    pub fn damage(&self, path: &str, pos: usize, mask: u8) -> bool {
+        let mut inner = self.lock();
+        let Some(file) = inner.files.get_mut(path) else {
+            return false;
+        };
+        if pos >= file.current.len() {
+            return false;
+        }
+        file.current[pos] ^= mask;
+        if pos < file.durable.len() {
+            file.durable[pos] ^= mask;
+        }
+        true
+    }
+
     /// A power loss: every file keeps its synced bytes and a sector-aligned prefix of its
     /// pending ones, the next sector possibly torn; an unsynced truncation may be undone.
     pub fn crash(&self) {

@@ -3,9 +3,10 @@
 //! final read, checker); and the same seed run twice, in two processes, must observe exactly
 //! the same (`keel-sim run --seed N --check-determinism`).
 //!
-//! Disk faults are left out here: with them, seeds still find two open bugs (a replica whose
-//! recovery cut below its high watermark can be elected leader; a batch damaged on the leader
-//! is never repaired, so the final read stalls). See docs/simulation.md.
+//! Disk faults are left out here: with them, seeds still end in liveness failures (a batch
+//! that rots on a leader is never repaired, so reads of it fail until the leader changes; a
+//! partition whose only ISR member is damaged or down stays without a leader). See
+//! docs/simulation.md; sim/tests/damaged_replica.rs covers the safety side of damage.
 //!
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test -p keel-sim --test swarm`
 
