@@ -69,16 +69,25 @@ mod cli {
         },
     }
 
-    fn bug(name: Option<String>) -> Result<Option<Bug>, String> {
+    /// The bug named on the command line; an explanation and exit code 1 if there is none
+    /// such or this build cannot plant it.
+    fn bug(name: Option<String>) -> Result<Option<Bug>, ExitCode> {
         let Some(name) = name else {
             return Ok(None);
         };
-        let bug = Bug::from_name(&name).ok_or_else(|| {
+        let fail = |why: String| {
+            eprintln!("keel-sim: {why}");
+            ExitCode::from(1)
+        };
+        let Some(bug) = Bug::from_name(&name) else {
             let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
-            format!("unknown bug {name:?}; one of {}", names.join(", "))
-        })?;
+            return Err(fail(format!(
+                "unknown bug {name:?}; one of {}",
+                names.join(", ")
+            )));
+        };
         if !cfg!(feature = "planted-bugs") {
-            return Err("planting a bug needs --features planted-bugs".into());
+            return Err(fail("planting a bug needs --features planted-bugs".into()));
         }
         Ok(Some(bug))
     }
@@ -101,10 +110,7 @@ mod cli {
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
-                    Err(e) => {
-                        eprintln!("keel-sim: {e}");
-                        return ExitCode::from(1);
-                    }
+                    Err(code) => return code,
                 };
                 let mut params = Params::sample(seed);
                 params.bug = bug;
@@ -140,10 +146,7 @@ mod cli {
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
-                    Err(e) => {
-                        eprintln!("keel-sim: {e}");
-                        return ExitCode::from(1);
-                    }
+                    Err(code) => return code,
                 };
                 let without = if no_disk_faults {
                     vec![keel_sim::run::Fault::Disk]

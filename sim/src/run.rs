@@ -376,6 +376,12 @@ fn client_ip(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 1, n as u8 + 1))
 }
 
+/// A madsim node for a client process: its own IP, so that network faults between brokers
+/// leave clients alone.
+fn client_node(handle: &Handle, name: String, n: u32) -> madsim::runtime::NodeHandle {
+    handle.create_node().name(name).ip(client_ip(n)).build()
+}
+
 fn keys(params: &Params) -> Vec<Key> {
     (0..params.partitions).map(|p| Key::new(TOPIC, p)).collect()
 }
@@ -454,22 +460,14 @@ async fn simulate(params: Params) -> RunResult {
     let keys = keys(&params);
     let mut producers = Vec::new();
     for p in 0..params.producers {
-        let node = handle
-            .create_node()
-            .name(format!("producer-{p}"))
-            .ip(client_ip(1 + p))
-            .build();
+        let node = client_node(&handle, format!("producer-{p}"), 1 + p);
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
         let seed = params.seed ^ (p as u64 + 1) << 32;
         producers.push(node.spawn(produce(ProcessId(p), w, boot, keys, seed)));
     }
     let mut consumers = Vec::new();
     for c in 0..params.consumers {
-        let node = handle
-            .create_node()
-            .name(format!("consumer-{c}"))
-            .ip(client_ip(10 + c))
-            .build();
+        let node = client_node(&handle, format!("consumer-{c}"), 10 + c);
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
         consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys)));
     }
@@ -512,11 +510,7 @@ async fn simulate(params: Params) -> RunResult {
     trace.event("healed; producers stopped");
 
     // Phase 3: final read.
-    let reader = handle
-        .create_node()
-        .name("final-reader")
-        .ip(client_ip(50))
-        .build();
+    let reader = client_node(&handle, "final-reader".into(), 50);
     let (w, boot, keys2) = (workload.clone(), bootstrap.clone(), keys.clone());
     let read = reader
         .spawn(async move {
