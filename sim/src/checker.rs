@@ -130,6 +130,9 @@ pub enum OpKind {
     /// After healing, this process read `key` from its start up to `end_offset` (exclusive),
     /// the log end it listed after healing.
     FinalRead { key: Key, end_offset: Offset },
+    /// A fetch of `key` returned a batch whose CRC does not match: the broker served damaged
+    /// bytes (it must answer KAFKA_STORAGE_ERROR instead, and read again elsewhere).
+    CorruptRead { key: Key, reason: String },
 }
 
 /// One completed operation.
@@ -190,6 +193,11 @@ impl History {
     pub fn final_read(&mut self, process: ProcessId, key: &Key, end_offset: Offset) -> OpIndex {
         let key = key.clone();
         self.push(process, OpKind::FinalRead { key, end_offset })
+    }
+
+    pub fn corrupt_read(&mut self, process: ProcessId, key: &Key, reason: String) -> OpIndex {
+        let key = key.clone();
+        self.push(process, OpKind::CorruptRead { key, reason })
     }
 }
 
@@ -345,6 +353,13 @@ pub enum Anomaly {
         offset: Offset,
         send: OpIndex,
     },
+    /// A broker served a batch whose CRC does not match (keel's own check: a client that
+    /// checks CRCs gets an error instead of data; one that does not reads garbage).
+    CorruptRead {
+        key: Key,
+        op: OpIndex,
+        reason: String,
+    },
 }
 
 /// The kinds of [`Anomaly`], in report order.
@@ -361,10 +376,11 @@ pub enum AnomalyKind {
     NonmonotonicSend,
     UnknownValue,
     Unseen,
+    CorruptRead,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 12] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -376,6 +392,7 @@ impl AnomalyKind {
         AnomalyKind::NonmonotonicSend,
         AnomalyKind::UnknownValue,
         AnomalyKind::Unseen,
+        AnomalyKind::CorruptRead,
     ];
 
     /// Jepsen's name for the anomaly.
@@ -392,6 +409,7 @@ impl AnomalyKind {
             AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
             AnomalyKind::UnknownValue => "unknown-value",
             AnomalyKind::Unseen => "unseen",
+            AnomalyKind::CorruptRead => "corrupt-read",
         }
     }
 }
@@ -416,6 +434,7 @@ impl Anomaly {
             Anomaly::NonmonotonicSend { .. } => AnomalyKind::NonmonotonicSend,
             Anomaly::UnknownValue { .. } => AnomalyKind::UnknownValue,
             Anomaly::Unseen { .. } => AnomalyKind::Unseen,
+            Anomaly::CorruptRead { .. } => AnomalyKind::CorruptRead,
         }
     }
 
@@ -432,7 +451,8 @@ impl Anomaly {
             | Anomaly::IntNonmonotonicPoll { key, .. }
             | Anomaly::NonmonotonicSend { key, .. }
             | Anomaly::UnknownValue { key, .. }
-            | Anomaly::Unseen { key, .. } => key,
+            | Anomaly::Unseen { key, .. }
+            | Anomaly::CorruptRead { key, .. } => key,
         }
     }
 }
@@ -534,6 +554,9 @@ impl fmt::Display for Anomaly {
                     offsets.join(" "),
                     ops_list(readers)
                 )
+            }
+            Anomaly::CorruptRead { op, reason, .. } => {
+                write!(f, "{op} was served a damaged batch: {reason}")
             }
             Anomaly::Unseen {
                 value,
@@ -733,6 +756,7 @@ pub fn check(history: &History) -> CheckReport {
         ..CheckStats::default()
     };
     let mut processes = BTreeSet::new();
+    let mut anomalies = Vec::new();
 
     // Pass 1: the log of each key, and who sent and read what.
     for (i, op) in history.ops.iter().enumerate() {
@@ -765,6 +789,11 @@ pub fn check(history: &History) -> CheckReport {
                 }
             }
             OpKind::Assign { .. } => {}
+            OpKind::CorruptRead { key, reason } => anomalies.push(Anomaly::CorruptRead {
+                key: (*key).clone(),
+                op: at,
+                reason: reason.clone(),
+            }),
             OpKind::FinalRead { key, end_offset } => {
                 stats.final_reads += 1;
                 keys.entry(key)
@@ -781,7 +810,6 @@ pub fn check(history: &History) -> CheckReport {
     stats.processes = processes.len();
     stats.keys = keys.len();
 
-    let mut anomalies = Vec::new();
     for (key, k) in &keys {
         check_key(history, key, k, &mut stats, &mut anomalies);
     }
@@ -1011,7 +1039,7 @@ fn check_processes(
                 }
                 sent.insert(key, point);
             }
-            OpKind::Send { .. } | OpKind::FinalRead { .. } => {}
+            OpKind::Send { .. } | OpKind::FinalRead { .. } | OpKind::CorruptRead { .. } => {}
         }
     }
 }

@@ -41,7 +41,7 @@ use kafka_protocol::messages::{
     ResponseHeader, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use keel_core::batch::{Batch, BatchBuilder, Compression};
+use keel_core::batch::{Batch, BatchBuilder, BatchError, Compression};
 use keel_core::types::{Offset, ProducerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -130,6 +130,8 @@ pub enum ClientError {
     },
     /// [`Consumer::poll`] of a key that is not assigned.
     NotAssigned(Key),
+    /// A fetched batch's CRC does not match: the broker served damaged bytes.
+    Corrupt { key: Key, reason: String },
 }
 
 impl ClientError {
@@ -150,6 +152,7 @@ impl ClientError {
             ClientError::Protocol(_)
             | ClientError::UnsupportedVersion { .. }
             | ClientError::BadRecord { .. }
+            | ClientError::Corrupt { .. }
             | ClientError::NotAssigned(_) => false,
         }
     }
@@ -186,6 +189,7 @@ impl fmt::Display for ClientError {
                 reason,
             } => write!(f, "{key} offset {offset}: {reason}"),
             ClientError::NotAssigned(key) => write!(f, "{key} is not assigned"),
+            ClientError::Corrupt { key, reason } => write!(f, "{key}: a damaged batch: {reason}"),
         }
     }
 }
@@ -477,9 +481,13 @@ pub fn decode_records(
 ) -> Result<Vec<(Offset, Value)>, ClientError> {
     let mut rest = records.clone();
     let mut out = Vec::new();
-    while let Some(batch) = Batch::parse_prefix(&rest)
-        .map_err(|e| ClientError::Protocol(format!("{key}: fetched batch: {e}")))?
-    {
+    while let Some(batch) = Batch::parse_prefix(&rest).map_err(|e| match e {
+        BatchError::CrcMismatch { .. } => ClientError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        },
+        e => ClientError::Protocol(format!("{key}: fetched batch: {e}")),
+    })? {
         rest = rest.slice(batch.size()..);
         if batch.is_control() {
             continue;

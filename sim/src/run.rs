@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{check, CheckReport, History, Key, ProcessId, Value};
-use crate::client::{Client, ClientConfig, Consumer, TopicSpec};
+use crate::client::{Client, ClientConfig, ClientError, Consumer, TopicSpec};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
 
@@ -638,6 +638,15 @@ async fn consume(me: ProcessId, w: Arc<Workload>, bootstrap: Vec<SocketAddr>, ke
                         .poll(me, key, fetched.records);
                 }
                 Ok(_) => {}
+                Err(ClientError::Corrupt { reason, .. }) => {
+                    w.trace
+                        .event(format!("consumer {me}: {key}: a damaged batch"));
+                    w.history
+                        .lock()
+                        .expect("history poisoned")
+                        .corrupt_read(me, key, reason);
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(e) => {
                     if !e.is_retriable() {
                         w.trace.event(format!("consumer {me}: {e}"));
@@ -676,6 +685,14 @@ async fn final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>
                             .expect("history poisoned")
                             .poll(me, key, fetched.records);
                     }
+                }
+                Err(ClientError::Corrupt { reason, .. }) => {
+                    w.history
+                        .lock()
+                        .expect("history poisoned")
+                        .corrupt_read(me, key, reason);
+                    // The damaged batch is not skipped: the read waits for a sound copy.
+                    madsim::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
             }

@@ -362,6 +362,16 @@ fn reading_a_value_nobody_sent_is_an_unknown_value() {
     exactly_one(&h, AnomalyKind::UnknownValue);
 }
 
+#[test]
+fn a_batch_served_with_a_bad_crc_is_a_corrupt_read() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.poll(P1, &k, records(&[(0, 1)]));
+    h.corrupt_read(P1, &k, "CRC mismatch".into());
+    exactly_one(&h, AnomalyKind::CorruptRead);
+}
+
 /// Kafka keeps positions of partitions that stay assigned and forgets the others: reading a
 /// key again from 0 after it was unassigned and assigned again is not nonmonotonic, but it is
 /// while it stays assigned.

@@ -100,10 +100,13 @@ fn a_record_that_is_not_a_decimal_u64_is_a_bad_record() {
     let mut corrupt = batch.to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
-    assert!(matches!(
-        decode_records(&key(), &Bytes::from(corrupt), Offset(0)),
-        Err(ClientError::Protocol(_))
-    ));
+    assert!(
+        matches!(
+            decode_records(&key(), &Bytes::from(corrupt), Offset(0)),
+            Err(ClientError::Corrupt { .. })
+        ),
+        "a batch whose CRC fails is a damaged batch, not a protocol violation"
+    );
 }
 
 /// Kafka's `assign` keeps the positions of partitions that stay assigned.
