@@ -153,6 +153,8 @@ impl Params {
             cluster: ClusterSpec {
                 brokers,
                 voters,
+                // Short lag bounds make ISR shrinks (and out-of-ISR replicas) common.
+                replica_lag_time_max_ms: rng.gen_range(1_500..=5_000),
                 ..ClusterSpec::default()
             },
             partitions: rng.gen_range(1..=3),
@@ -738,7 +740,9 @@ async fn nemesis(
         }
         *coverage.faults.entry(kind.name()).or_default() += 1;
         let id = ids[rng.gen_range(0..ids.len())];
-        let lasts = Duration::from_millis(rng.gen_range(500..5_000));
+        // Up to 10 s: longer than the lag bound, so cut-off followers leave the ISR while the
+        // broker itself stays registered (its heartbeats may still reach the controller).
+        let lasts = Duration::from_millis(rng.gen_range(500..10_000));
         match kind {
             Fault::Kill => {
                 trace.event(format!("kill broker {id} for {lasts:?}"));
