@@ -52,6 +52,12 @@ mod cli {
             /// Print the run's digest (for --check-determinism).
             #[arg(long)]
             digest: bool,
+            /// Leave out disk faults (as `swarm --no-disk-faults` does).
+            #[arg(long)]
+            no_disk_faults: bool,
+            /// Print the result as one machine-readable line (for `swarm`).
+            #[arg(long, hide = true)]
+            line: bool,
         },
         /// Run many seeds and print a summary.
         Swarm {
@@ -107,12 +113,19 @@ mod cli {
                 bug: name,
                 check_determinism,
                 digest,
+                no_disk_faults,
+                line,
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
                     Err(code) => return code,
                 };
-                let mut params = Params::sample(seed);
+                let without: &[keel_sim::run::Fault] = if no_disk_faults {
+                    &[keel_sim::run::Fault::Disk]
+                } else {
+                    &[]
+                };
+                let mut params = Params::sample_without(seed, without);
                 params.bug = bug;
                 println!("{params}");
                 if check_determinism {
@@ -131,6 +144,13 @@ mod cli {
                 }
                 let started = std::time::Instant::now();
                 let result = run(&params);
+                if line {
+                    println!(
+                        "{}",
+                        keel_sim::swarm::SeedLine::from_result(&result).encode()
+                    );
+                    return ExitCode::from(result.verdict.exit_code());
+                }
                 print_result(&result, started.elapsed());
                 if digest {
                     println!("digest: {:016x}", result.digest);
@@ -153,7 +173,14 @@ mod cli {
                 } else {
                     Vec::new()
                 };
-                let summary = keel_sim::swarm::swarm(start, seeds, jobs.max(1), bug, without);
+                let exe = match std::env::current_exe() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("keel-sim: cannot find its own executable: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let summary = keel_sim::swarm::swarm(&exe, start, seeds, jobs.max(1), bug, without);
                 print!("{summary}");
                 ExitCode::from(summary.worst().exit_code())
             }

@@ -33,7 +33,7 @@ use madsim::runtime::{Handle, Runtime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::checker::{check, CheckReport, History, Key, ProcessId, Value};
+use crate::checker::{check, CheckReport, History, Key, OpKind, ProcessId, SendOutcome, Value};
 use crate::client::{Client, ClientConfig, ClientError, Consumer, TopicSpec};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
@@ -42,6 +42,9 @@ use crate::harness::{ClusterSpec, SimCluster};
 pub const MONITOR_MS: u64 = 100;
 /// The bound on healing and on the final read.
 pub const LIVENESS_MS: u64 = 60_000;
+/// How long the final read waits for a partition's end offset to pass its acknowledged
+/// writes before it reads to whatever end there is.
+pub const FINAL_READ_SETTLE_MS: u64 = 20_000;
 /// The topic the workload uses.
 pub const TOPIC: &str = "jepsen";
 /// Events kept for the trace printed on failure.
@@ -666,10 +669,36 @@ async fn final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>
     let me = ProcessId(1000);
     let mut client = Client::new(ClientConfig::new(bootstrap));
     for key in &keys {
+        // After healing, a new leader's high watermark moves only once its followers have
+        // fetched (and the ISR has grown back to min.insync.replicas): wait, within
+        // FINAL_READ_SETTLE_MS, for the end offset to pass every acknowledged offset of the
+        // key, then read to whatever end there is. A write missing after that is lost.
+        let acked_end = w
+            .history
+            .lock()
+            .expect("history poisoned")
+            .ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Send {
+                    key: k,
+                    outcome: SendOutcome::Ok { offset },
+                    ..
+                } if k == key => Some(offset.plus(1)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Offset(0));
+        let settle = madsim::time::Instant::now();
         let end = loop {
             match client.end_offset(key).await {
-                Ok(end) => break end,
-                Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+                Ok(end)
+                    if end >= acked_end
+                        || settle.elapsed() >= Duration::from_millis(FINAL_READ_SETTLE_MS) =>
+                {
+                    break end
+                }
+                _ => madsim::time::sleep(Duration::from_millis(200)).await,
             }
         };
         let mut consumer = Consumer::new();
@@ -911,6 +940,9 @@ pub fn check_determinism(params: &Params) -> Result<u64, String> {
     for _ in 0..2 {
         let mut command = std::process::Command::new(&exe);
         command.args(["run", "--seed", &params.seed.to_string(), "--digest"]);
+        if params.faulty_disk.is_none() && !params.faults.contains(&Fault::Disk) {
+            command.arg("--no-disk-faults");
+        }
         if let Some(bug) = params.bug {
             command.args(["--bug", bug.name()]);
         }

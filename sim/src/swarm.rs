@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use keel_core::planted::Bug;
 
-use crate::run::{run, Fault, Params, Verdict};
+use crate::run::{Fault, RunResult, Verdict};
 
 /// One seed's line in the summary.
 #[derive(Clone, Debug)]
@@ -117,8 +117,104 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Runs seeds `start..start + seeds` on `jobs` threads, printing a line as each ends.
+impl SeedLine {
+    /// The line of a finished run.
+    pub fn from_result(r: &RunResult) -> SeedLine {
+        let c = &r.coverage;
+        SeedLine {
+            seed: r.params.seed,
+            verdict: r.verdict,
+            reason: r.reason.clone(),
+            anomalies: r
+                .report
+                .as_ref()
+                .map(|rep| {
+                    rep.counts()
+                        .into_iter()
+                        .map(|(k, n)| (k.name().to_string(), n))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            acked: c.acked,
+            elections: c.elections,
+            isr_changes: c.isr_shrinks + c.isr_expands,
+            truncations: c.truncations,
+            corruptions: c.corruptions_detected,
+            faults: c.faults.keys().copied().collect(),
+            simulated_ms: r.simulated_ms,
+        }
+    }
+
+    /// One line for a parent process: `LINE` and tab-separated fields, the reason last.
+    pub fn encode(&self) -> String {
+        let anomalies: Vec<String> = self
+            .anomalies
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        format!(
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            self.seed,
+            self.verdict.exit_code(),
+            self.acked,
+            self.elections,
+            self.isr_changes,
+            self.truncations,
+            self.corruptions,
+            self.simulated_ms,
+            self.faults.join(","),
+            anomalies.join(","),
+            self.reason.replace(['\t', '\n'], " "),
+        )
+    }
+
+    /// The line [`SeedLine::encode`] wrote, from a child's output.
+    pub fn decode(output: &str) -> Option<SeedLine> {
+        let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
+        let f: Vec<&str> = line.splitn(12, '\t').collect();
+        if f.len() != 12 {
+            return None;
+        }
+        let verdict = match f[2] {
+            "0" => Verdict::Pass,
+            "2" => Verdict::Safety,
+            "3" => Verdict::Liveness,
+            _ => Verdict::Crash,
+        };
+        let faults = f[9]
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
+            .map(Fault::name)
+            .collect();
+        let anomalies = f[10]
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
+            .collect();
+        Some(SeedLine {
+            seed: f[1].parse().ok()?,
+            verdict,
+            acked: f[3].parse().ok()?,
+            elections: f[4].parse().ok()?,
+            isr_changes: f[5].parse().ok()?,
+            truncations: f[6].parse().ok()?,
+            corruptions: f[7].parse().ok()?,
+            simulated_ms: f[8].parse().ok()?,
+            faults,
+            anomalies,
+            reason: f[11].to_string(),
+        })
+    }
+}
+
+/// Runs seeds `start..start + seeds` on `jobs` threads, each seed in a child process of
+/// `keel_sim` (the `keel-sim` binary): `keel-sim run --seed N --line`. A process per seed, not
+/// a thread: state that libraries keep in statics carries over from one run to the next in a
+/// process, so a seed run after another can differ from the same seed run alone, and a failure
+/// found here must replay with `keel-sim run --seed N`.
 pub fn swarm(
+    keel_sim: &std::path::Path,
     start: u64,
     seeds: u64,
     jobs: usize,
@@ -132,36 +228,24 @@ pub fn swarm(
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
             let (next, lines, without) = (next.clone(), lines.clone(), without.clone());
+            let exe = keel_sim.to_path_buf();
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= end {
                     return;
                 }
-                let mut params = Params::sample_without(seed, &without);
-                params.bug = bug;
-                let r = run(&params);
-                let c = &r.coverage;
-                let line = SeedLine {
-                    seed,
-                    verdict: r.verdict,
-                    reason: r.reason.clone(),
-                    anomalies: r
-                        .report
-                        .as_ref()
-                        .map(|rep| {
-                            rep.counts()
-                                .into_iter()
-                                .map(|(k, n)| (k.name().to_string(), n))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    acked: c.acked,
-                    elections: c.elections,
-                    isr_changes: c.isr_shrinks + c.isr_expands,
-                    truncations: c.truncations,
-                    corruptions: c.corruptions_detected,
-                    faults: c.faults.keys().copied().collect(),
-                    simulated_ms: r.simulated_ms,
+                let mut command = std::process::Command::new(&exe);
+                command.args(["run", "--seed", &seed.to_string(), "--line"]);
+                if let Some(bug) = bug {
+                    command.args(["--bug", bug.name()]);
+                }
+                if without.contains(&Fault::Disk) {
+                    command.arg("--no-disk-faults");
+                }
+                let line = match command.output() {
+                    Ok(out) => SeedLine::decode(&String::from_utf8_lossy(&out.stdout))
+                        .unwrap_or_else(|| SeedLine::crashed(seed, &out.stderr)),
+                    Err(e) => SeedLine::crashed(seed, e.to_string().as_bytes()),
                 };
                 eprintln!(
                     "seed {seed}: {} ({} acked){}",
@@ -187,5 +271,30 @@ pub fn swarm(
     Summary {
         lines,
         wall_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+impl SeedLine {
+    /// A child that printed no line (it died: a crash outside the run's own catch).
+    fn crashed(seed: u64, stderr: &[u8]) -> SeedLine {
+        let stderr = String::from_utf8_lossy(stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        SeedLine {
+            seed,
+            verdict: Verdict::Crash,
+            reason: format!("the run's process died: {last}"),
+            anomalies: BTreeMap::new(),
+            acked: 0,
+            elections: 0,
+            isr_changes: 0,
+            truncations: 0,
+            corruptions: 0,
+            faults: Vec::new(),
+            simulated_ms: 0,
+        }
     }
 }

@@ -28,7 +28,9 @@ fn commit_seeds() -> Option<u64> {
 
 #[test]
 fn fixed_and_commit_seeds_pass_without_disk_faults() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_keel-sim"));
     let mut summary = swarm(
+        exe,
         FIXED_SEEDS.start,
         FIXED_SEEDS.end - FIXED_SEEDS.start,
         2,
@@ -37,7 +39,7 @@ fn fixed_and_commit_seeds_pass_without_disk_faults() {
     );
     if let Some(base) = commit_seeds() {
         println!("commit seeds from {base}");
-        let extra = swarm(base, 4, 2, None, vec![Fault::Disk]);
+        let extra = swarm(exe, base, 4, 2, None, vec![Fault::Disk]);
         summary.lines.extend(extra.lines);
     }
     println!("{summary}");
