@@ -288,6 +288,10 @@ impl PartitionHandle {
     }
 }
 
+/// How long a sync takes under the simulator, whose disk is otherwise instant.
+#[cfg(madsim)]
+const SIMULATED_SYNC_LATENCY: Duration = Duration::from_millis(2);
+
 /// The group-commit thread: syncs dirty partitions, one fsync per partition per round, however
 /// many appends each received since the last round. Under the simulator (madsim runs no
 /// threads of its own) it is a task, and its syncs take no real time.
@@ -310,6 +314,9 @@ impl SyncWorker {
         #[cfg(madsim)]
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // A simulated fsync takes time, as a real one does: appends made meanwhile
+                // stay unsynced, and a power loss then loses them.
+                tokio::time::sleep(SIMULATED_SYNC_LATENCY).await;
                 sync_round(first, &mut rx);
             }
         });
