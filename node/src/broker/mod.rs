@@ -48,6 +48,9 @@ use crate::storage::{Dir, Disk};
 pub const METADATA_DIR: &str = "__metadata";
 /// The file, in the data directory, holding the cluster id.
 const CLUSTER_ID_FILE: &str = "cluster.id";
+/// The file, in a partition directory, that marks its replica damaged until it has fetched
+/// back from its leader: the mark survives restarts (damage a later open may not see again).
+const DAMAGE_MARKER: &str = "replica.damaged";
 /// How many times a command is computed again after the metadata moved under it.
 const COMMAND_ATTEMPTS: usize = 8;
 
@@ -156,8 +159,9 @@ pub struct PartitionHandle {
     fetching: AtomicBool,
     /// The high watermark last sent to each follower (a fetch with nothing new waits).
     hw_sent: Mutex<BTreeMap<BrokerId, Offset>>,
-    /// Recovery found this replica damaged (a log cut at invalid data, a damaged epoch file,
-    /// or a log below its persisted high watermark): it may lack committed data. `Some(None)`:
+    /// Recovery found this replica damaged (its log below its persisted high watermark, a
+    /// damaged epoch file, an earlier failed open, or a damage mark on disk): it may lack
+    /// committed data. `Some(None)`:
     /// damaged, how far committed data went not known yet; `Some(Some(o))`: repaired once its
     /// log reaches `o`; `None`: sound.
     damage: Mutex<Option<Option<Offset>>>,
@@ -212,9 +216,27 @@ impl PartitionHandle {
         };
         if repaired {
             tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader");
-            *damage = None;
+            let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
+            match keel_core::storage::Storage::remove(&mut *snapshots, DAMAGE_MARKER) {
+                Ok(()) | Err(StorageError::NotFound(_)) => *damage = None,
+                // Still marked on disk: stay damaged, try again at the next look.
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, "removing the damage mark: {e}")
+                }
+            }
         }
-        !repaired
+        damage.is_some()
+    }
+
+    /// Counts the replica as damaged (unless it already is), until it has fetched back from
+    /// its leader.
+    fn mark_damaged(&self) {
+        let mut damage = self.damage.lock().expect("damage lock poisoned");
+        if damage.is_none() {
+            *damage = Some(None);
+        }
+        let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
+        mark_damaged_on_disk(&mut snapshots);
     }
 
     /// The leader's high watermark, heard by this replica as a follower: a damaged replica is
@@ -367,6 +389,9 @@ pub struct Broker {
     partitions: RwLock<BTreeMap<(String, i32), Arc<PartitionHandle>>>,
     /// Serialises reconciliations (the metadata watcher and commands both run them).
     reconciling: Mutex<()>,
+    /// Replicas assigned here that failed to open (their storage is damaged beyond what
+    /// recovery cuts): as damaged ones, they keep the broker fenced.
+    unopenable: Mutex<std::collections::BTreeSet<(String, i32)>>,
     sync: SyncWorker,
 }
 
@@ -428,6 +453,7 @@ impl Broker {
             producer_ids: Mutex::new((None, 0)),
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: Mutex::new(()),
+            unopenable: Mutex::new(std::collections::BTreeSet::new()),
             sync: SyncWorker::start(),
         });
         if let Some(incoming) = incoming {
@@ -615,16 +641,26 @@ impl Broker {
     pub fn damaged_replicas(&self) -> Vec<String> {
         let me = self.me();
         let state = self.cluster.state();
-        self.all_partitions()
+        let shared = |topic: &str, index: i32| {
+            state
+                .partition(topic, index)
+                .is_some_and(|m| m.replicas.iter().any(|&b| b != me))
+        };
+        let mut damaged: Vec<String> = self
+            .all_partitions()
             .iter()
-            .filter(|p| {
-                state
-                    .partition(&p.topic, p.index)
-                    .is_some_and(|m| m.replicas.iter().any(|&b| b != me))
-            })
-            .filter(|p| p.is_damaged())
+            .filter(|p| shared(&p.topic, p.index) && p.is_damaged())
             .map(|p| format!("{}-{}", p.topic, p.index))
-            .collect()
+            .collect();
+        damaged.extend(
+            self.unopenable
+                .lock()
+                .expect("unopenable lock poisoned")
+                .iter()
+                .filter(|(topic, index)| shared(topic, *index))
+                .map(|(topic, index)| format!("{topic}-{index} (cannot open)")),
+        );
+        damaged
     }
 
     /// A fresh topic id.
@@ -763,11 +799,39 @@ impl Broker {
                         }
                         Err(e) => {
                             tracing::error!(topic = %w.topic, partition = w.index, "cannot open the replica: {e}");
+                            self.unopenable
+                                .lock()
+                                .expect("unopenable lock poisoned")
+                                .insert((w.topic.clone(), w.index));
+                            let dir = self
+                                .settings
+                                .data_dir
+                                .join(format!("{}-{}", w.topic, w.index));
+                            if let Ok(mut dir) = self.settings.disk.open(&dir) {
+                                mark_damaged_on_disk(&mut dir);
+                            }
                             continue;
                         }
                     }
                 }
             };
+            let failed_before = self
+                .unopenable
+                .lock()
+                .expect("unopenable lock poisoned")
+                .remove(&(w.topic.clone(), w.index));
+            if failed_before {
+                // It failed to open before, on damage this open may not have seen again: it
+                // counts as damaged until it has fetched back from its leader.
+                handle.mark_damaged();
+            }
+            if w.partition.leader == me && handle.is_damaged() {
+                // Elected while damaged (it opened only after the broker was unfenced): it may
+                // lack committed data its followers hold. Leading would serve less than was
+                // acknowledged; the partition waits instead.
+                tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
+                continue;
+            }
             let changed = handle.with_snapshots(|r, snapshots| {
                 apply_topic_config(r, &w.config);
                 r.on_partition_change(now, snapshots, &w.partition)
@@ -836,8 +900,14 @@ impl Broker {
         let hw = replica.high_watermark();
         let durable = replica.log().durable_end();
         let state = replica.state_report();
-        let damaged =
-            report.corruption.is_some() || state.epoch_corrupt || state.hw_above_log.is_some();
+        let marked = keel_core::storage::read_all(&snapshots, DAMAGE_MARKER).is_ok();
+        // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
+        // damage is committed data gone (the log below its persisted high watermark) or a
+        // damaged epoch file.
+        let damaged = marked || state.epoch_corrupt || state.hw_above_log.is_some();
+        if damaged && !marked {
+            mark_damaged_on_disk(&mut snapshots);
+        }
         if damaged {
             tracing::warn!(partition = %name, ?state, "damaged on disk: it leads nothing until it has fetched back from its leader");
         }
@@ -884,6 +954,13 @@ impl Broker {
                 tracing::error!(topic = %p.topic, partition = p.index, "checkpoint failed: {e}");
             }
         }
+    }
+}
+
+/// Writes the damage mark into a partition directory (logged if it cannot).
+fn mark_damaged_on_disk(dir: &mut Dir) {
+    if let Err(e) = keel_core::storage::write_atomic(dir, DAMAGE_MARKER, b"damaged\n") {
+        tracing::warn!("writing the damage mark: {e}");
     }
 }
 
