@@ -33,9 +33,9 @@
 //! # Time
 //! No clock: the shell calls [`QuorumNode::tick`] every [`TICK_MS`]. With the defaults a
 //! follower starts an election after 10 to 20 ticks (1 to 2 s) without a leader, and the leader
-//! heartbeats every 2 ticks. raft-rs draws the election timeout from `rand::thread_rng`, the one
-//! source of nondeterminism left here (issue 5 routes it through a getrandom shim the simulator
-//! controls).
+//! heartbeats every 2 ticks. Election timeouts are fixed per node and staggered
+//! ([`election_timeout_ticks`]) rather than drawn at random: raft-rs's own draw is given a range
+//! of one value, so nothing here depends on randomness.
 
 #![warn(missing_docs)]
 
@@ -90,6 +90,16 @@ pub const SNAPSHOT_RETRY_TICKS: u32 = 2 * ELECTION_TICKS as u32;
 pub fn raft_id(broker: BrokerId) -> u64 {
     debug_assert!(broker.0 >= 0, "broker ids are not negative");
     broker.0 as u64 + 1
+}
+
+/// The election timeout of `node`, in ticks: between `election_ticks` and twice that, fixed
+/// per node and different for any `election_ticks` consecutive broker ids. raft-rs draws it
+/// at random; a fixed, staggered timeout keeps core free of randomness (a node's behaviour is
+/// a function of its inputs) and still keeps two nodes from timing out together.
+pub fn election_timeout_ticks(node: BrokerId, election_ticks: usize) -> usize {
+    let ticks = election_ticks.max(1);
+    // 7 is coprime to the default 10 ticks: consecutive ids land on distinct offsets.
+    ticks + (raft_id(node) as usize).wrapping_mul(7) % ticks
 }
 
 /// The broker with raft id `id`, if it is one.
@@ -426,9 +436,13 @@ impl<S: Storage> QuorumNode<S> {
             snapshot,
             entries: recovered.entries,
         };
+        let election_timeout = election_timeout_ticks(config.node, config.election_ticks);
         let raft_config = raft::Config {
             id: raft_id(config.node),
             election_tick: config.election_ticks,
+            // A range of one: raft-rs's draw from `rand::thread_rng` cannot change the result.
+            min_election_tick: election_timeout,
+            max_election_tick: election_timeout + 1,
             heartbeat_tick: config.heartbeat_ticks,
             applied: snapshot_index,
             max_size_per_msg: MESSAGE_ENTRIES_BYTES_MAX,

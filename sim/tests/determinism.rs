@@ -1,5 +1,5 @@
-//! One seed decides everything, raft's election timeouts included (issue 5, item 1; STYLE.md
-//! 11; DESIGN.md "Metadata quorum").
+//! One seed decides everything in a raft failover (issue 5, item 1; STYLE.md 11; DESIGN.md
+//! "Metadata quorum").
 //!
 //! A three-voter metadata quorum ([`QuorumNode`] over [`MemStorage`]) runs on three madsim nodes
 //! that exchange raft messages over madsim's network and tick every [`quorum::TICK_MS`] of
@@ -10,11 +10,13 @@
 //! the logs of random draws; every seed must pass, and the seeds must not all give the same
 //! trace (randomness reaches the run from the seed, not from a constant).
 //!
-//! Without the getrandom shim (`sim/shims/getrandom`, patched in by the root Cargo.toml), raft's
-//! election timeout comes from `rand::thread_rng`, seeded by the getrandom *system call* that
-//! madsim cannot see. With the `[patch.crates-io]` entry removed, this test fails on every
-//! seed, at the first election timeout (between 1 and 2 s of simulated time; the times differ
-//! from run to run, being drawn from the OS):
+//! raft-rs draws its election timeout from `rand::thread_rng`, seeded by the getrandom *system
+//! call* that madsim cannot see. Core now fixes each node's timeout (a range of one value,
+//! `quorum::election_timeout_ticks`), so the draw no longer matters; the getrandom shim
+//! (`sim/shims/getrandom`) still keeps `thread_rng` itself, which the broker's random ids come
+//! from, on the seed. Before timeouts were fixed, with the `[patch.crates-io]` entry removed,
+//! this test failed on every seed at the first election timeout (between 1 and 2 s of simulated
+//! time; the times differ from run to run, being drawn from the OS):
 //!
 //! ```text
 //! thread '<unnamed>' panicked at .../madsim-0.2.34/src/sim/rand.rs:80:25:

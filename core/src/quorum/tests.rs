@@ -641,6 +641,29 @@ fn leader_crash_fails_over_without_losing_committed_entries() {
     }
 }
 
+/// Core is free of randomness: the same inputs elect the same leaders in the same terms (raft-rs
+/// would draw election timeouts from `thread_rng`; keel fixes them per node, staggered).
+#[test]
+fn elections_follow_the_inputs_alone() {
+    let run = |seed: u64| {
+        let mut net = Net::new(&[0, 1, 2], &[3], 1000, seed);
+        let first = net.elect(60);
+        let first_term = net.node(first).term();
+        net.crash(first);
+        let second = net.elect(100);
+        (first, first_term, second, net.node(second).term())
+    };
+    for seed in 0..8 {
+        assert_eq!(run(300 + seed), run(300 + seed), "seed {seed}");
+    }
+    let ticks = ELECTION_TICKS;
+    let timeouts: BTreeSet<usize> = (0..ticks as i32)
+        .map(|n| election_timeout_ticks(b(n), ticks))
+        .collect();
+    assert_eq!(timeouts.len(), ticks, "consecutive ids time out apart");
+    assert!(timeouts.iter().all(|t| (ticks..2 * ticks).contains(t)));
+}
+
 /// A leader cut off from the others steps down (check quorum) and the majority elects a new
 /// leader in a higher term; proposals the old leader accepted while cut off are reported
 /// lost, never applied anywhere. Reference: raft §5.2, §6.2 of the raft thesis (leaders step
@@ -1530,7 +1553,7 @@ fn random_schedules_cover_failover_snapshots_and_lost_proposals() {
     }
     eprintln!("coverage: {total:?}");
     // Margins well below what runs show (about 30 terms, 68 crashes, 70 disk faults, 30
-    // snapshot installs, 130 commits): raft-rs's election timeouts still come from thread_rng.
+    // snapshot installs, 130 commits).
     assert!(total.leader_terms.len() >= 15, "{total:?}");
     assert!(total.crashes >= 30, "{total:?}");
     assert!(total.disk_faults >= 30, "{total:?}");
