@@ -79,7 +79,7 @@ pub struct ClusterSettings {
     /// `broker.heartbeat.interval.ms`.
     pub heartbeat_interval_ms: u64,
     /// `unclean.leader.election.enable`.
-    pub unclean_leader_election: bool,
+    pub unclean: UncleanElection,
 }
 
 impl ClusterSettings {
@@ -104,14 +104,6 @@ impl ClusterSettings {
             .chain(&self.learners)
             .find(|(id, _)| *id == node)
             .map(|(_, a)| *a)
-    }
-
-    pub fn unclean(&self) -> UncleanElection {
-        if self.unclean_leader_election {
-            UncleanElection::Enabled
-        } else {
-            UncleanElection::Disabled
-        }
     }
 }
 
@@ -365,7 +357,7 @@ impl Cluster {
             quorum,
             config,
             storage,
-            sessions: BrokerSessions::with_timeout(settings.session_timeout_ms, settings.unclean()),
+            sessions: BrokerSessions::with_timeout(settings.session_timeout_ms, settings.unclean),
             waiters: BTreeMap::new(),
             next_id: 1,
             view: view.clone(),
@@ -380,10 +372,6 @@ impl Cluster {
             peers,
         });
         Ok((cluster, incoming))
-    }
-
-    pub fn settings(&self) -> &ClusterSettings {
-        &self.settings
     }
 
     /// The peer transport (none for a single broker).

@@ -181,6 +181,8 @@ fn run(args: StartArgs) -> ExitCode {
                 }
             },
             replica_lag_time_max_ms: config.replica_lag_time_ms_max,
+            replica_fetch_bytes_max: config.replica_fetch_bytes_max.max(0) as usize,
+            replica_fetch_backoff_ms: config.replica_fetch_backoff_ms,
             disk: Default::default(),
         };
         let metrics = Arc::new(Metrics::new());
@@ -265,7 +267,7 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
         learners: resolve(&config.quorum_learners)?,
         session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
         heartbeat_interval_ms: config.broker_heartbeat_interval_ms.max(1) as u64,
-        unclean_leader_election: config.unclean_leader_election,
+        unclean: config.unclean_election(),
     })
 }
 

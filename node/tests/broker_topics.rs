@@ -119,3 +119,32 @@ async fn recreated_topics_start_empty_and_orphans_are_removed_at_start() {
         )
     );
 }
+
+/// The replication settings of the broker reach its replicas (`replica.lag.time.max.ms`,
+/// `replica.fetch.max.bytes`, `replica.fetch.backoff.ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_take_the_brokers_replication_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        replica_lag_time_max_ms: 4_321,
+        replica_fetch_bytes_max: 12_345,
+        replica_fetch_backoff_ms: 678,
+        ..Settings::single(1, dir.path().to_path_buf())
+    };
+    let broker = Broker::open(settings, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    assert_eq!(create(&broker, "t").await, 0);
+    let config = broker
+        .replica("t", 0)
+        .expect("the replica is open")
+        .with(|r| r.config().clone());
+    assert_eq!(
+        (
+            config.lag_time_max_ms,
+            config.fetch_bytes_max,
+            config.fetch_backoff_ms
+        ),
+        (4_321, 12_345, 678)
+    );
+}

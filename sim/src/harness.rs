@@ -89,7 +89,7 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         learners: (spec.voters + 1..=spec.brokers).map(member).collect(),
         session_timeout_ms: spec.session_timeout_ms,
         heartbeat_interval_ms: spec.heartbeat_interval_ms,
-        unclean_leader_election: false,
+        unclean: keel_core::controller::UncleanElection::Disabled,
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
     settings.disk = Disk::Virtual(Arc::new(disk.clone()));

@@ -73,6 +73,10 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: i64,
+    /// `replica.fetch.max.bytes`.
+    pub replica_fetch_bytes_max: usize,
+    /// `replica.fetch.backoff.ms`.
+    pub replica_fetch_backoff_ms: i64,
     /// Where the data directory lives: the file system, or the simulator's disk.
     pub disk: Disk,
 }
@@ -90,6 +94,8 @@ impl Settings {
             topic_config_defaults: BTreeMap::new(),
             cluster: ClusterSettings::single(),
             replica_lag_time_max_ms: keel_core::partition::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+            replica_fetch_bytes_max: keel_core::partition::REPLICA_FETCH_BYTES_MAX_DEFAULT,
+            replica_fetch_backoff_ms: keel_core::partition::REPLICA_FETCH_BACKOFF_MS_DEFAULT,
             disk: Disk::Real,
         }
     }
@@ -161,9 +167,8 @@ pub struct PartitionHandle {
     hw_sent: Mutex<BTreeMap<BrokerId, Offset>>,
     /// Recovery found this replica damaged (its log below its persisted high watermark, a
     /// damaged epoch file, an earlier failed open, or a damage mark on disk): it may lack
-    /// committed data. `Some(None)`:
-    /// damaged, how far committed data went not known yet; `Some(Some(o))`: repaired once its
-    /// log reaches `o`; `None`: sound.
+    /// committed data. `Some(None)`: damaged, how far committed data went not known yet;
+    /// `Some(Some(o))`: repaired once its log reaches `o`; `None`: sound.
     damage: Mutex<Option<Option<Offset>>>,
 }
 
@@ -193,14 +198,7 @@ impl PartitionHandle {
     }
 
     fn publish_high_watermark(&self, hw: Offset) {
-        let moved = self.high_watermark.send_if_modified(|current| {
-            let moved = hw > *current;
-            if moved {
-                *current = hw;
-            }
-            moved
-        });
-        if moved {
+        if raise(&self.high_watermark, hw) {
             self.touch();
         }
     }
@@ -287,13 +285,7 @@ impl PartitionHandle {
             }
         }
         let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
-        self.durable_end.send_if_modified(|d| {
-            let moved = durable > *d;
-            if moved {
-                *d = durable;
-            }
-            moved
-        });
+        raise(&self.durable_end, durable);
         self.publish_high_watermark(hw);
         Ok(())
     }
@@ -308,6 +300,17 @@ impl PartitionHandle {
         self.publish_high_watermark(hw);
         Ok(())
     }
+}
+
+/// Moves `watched` up to `to` (never down), waking its waiters only if it moved.
+fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
+    watched.send_if_modified(|current| {
+        let moved = to > *current;
+        if moved {
+            *current = to;
+        }
+        moved
+    })
 }
 
 /// How long a sync takes under the simulator, whose disk is otherwise instant.
@@ -578,7 +581,7 @@ impl Broker {
             }],
             rack: None,
         };
-        let unclean = self.settings.cluster.unclean();
+        let unclean = self.settings.cluster.unclean;
         loop {
             match self
                 .command(false, |m| m.register_broker(&registration, unclean))
@@ -803,10 +806,7 @@ impl Broker {
                                 .lock()
                                 .expect("unopenable lock poisoned")
                                 .insert((w.topic.clone(), w.index));
-                            let dir = self
-                                .settings
-                                .data_dir
-                                .join(format!("{}-{}", w.topic, w.index));
+                            let dir = self.partition_dir(&w.topic, w.index);
                             if let Ok(mut dir) = self.settings.disk.open(&dir) {
                                 mark_damaged_on_disk(&mut dir);
                             }
@@ -872,15 +872,22 @@ impl Broker {
         }
     }
 
+    /// The directory of a partition's replica: `{data dir}/{topic}-{partition}`.
+    fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
+        self.settings.data_dir.join(format!("{topic}-{index}"))
+    }
+
     fn open_partition(&self, w: &Wanted) -> Result<PartitionHandle, String> {
         let name = format!("{}-{}", w.topic, w.index);
-        let dir = self.settings.data_dir.join(&name);
+        let dir = self.partition_dir(&w.topic, w.index);
         let storage = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
         let mut snapshots = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
         check_topic_id(&mut snapshots, w.topic_id)?;
         let syncer = storage.clone();
         let replica_config = ReplicaConfig {
             lag_time_max_ms: self.settings.replica_lag_time_max_ms,
+            fetch_bytes_max: self.settings.replica_fetch_bytes_max,
+            fetch_backoff_ms: self.settings.replica_fetch_backoff_ms,
             ..ReplicaConfig::new(self.me())
         };
         let mut replica = PartitionReplica::recover(
