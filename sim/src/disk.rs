@@ -230,6 +230,19 @@ impl SimDir {
     fn path(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
+
+    /// Runs `change` on file `name`, after the chance of an I/O error.
+    fn change_file(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ModelFile),
+    ) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let mut inner = self.disk.lock();
+        inner.io_error(name)?;
+        change(inner.files.get_mut(&path).ok_or_else(|| not_found(name))?);
+        Ok(())
+    }
 }
 
 fn not_found(name: &str) -> StorageError {
@@ -335,27 +348,11 @@ impl Storage for SimDir {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
-        let path = self.path(name);
-        let mut inner = self.disk.lock();
-        inner.io_error(name)?;
-        inner
-            .files
-            .get_mut(&path)
-            .ok_or_else(|| not_found(name))?
-            .truncate(len);
-        Ok(())
+        self.change_file(name, |f| f.truncate(len))
     }
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
-        let path = self.path(name);
-        let mut inner = self.disk.lock();
-        inner.io_error(name)?;
-        inner
-            .files
-            .get_mut(&path)
-            .ok_or_else(|| not_found(name))?
-            .sync();
-        Ok(())
+        self.change_file(name, ModelFile::sync)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
