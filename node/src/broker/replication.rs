@@ -315,9 +315,16 @@ async fn follow(broker: Weak<Broker>, p: Arc<PartitionHandle>) {
 
 async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
     let now = now_ms();
-    let (request, leader, wake_at) =
-        p.with(|r| (r.next_fetch(now), r.fetch_leader(), r.poll_timeout()));
-    let (Some(request), Some(leader), Some(peers)) = (request, leader, b.cluster.peers()) else {
+    // `next_fetch` records the fetch as in flight: ask for one only when it can be sent.
+    let peers = b.cluster.peers();
+    let (request, leader, wake_at) = p.with(|r| {
+        let leader = r.fetch_leader();
+        let request = (leader.is_some() && peers.is_some())
+            .then(|| r.next_fetch(now))
+            .flatten();
+        (request, leader, r.poll_timeout())
+    });
+    let (Some(request), Some(leader), Some(peers)) = (request, leader, peers) else {
         // Backing off, or no leader yet: wait for the backoff or a role change.
         let wait = wake_at.map_or(TIMER_INTERVAL, |t| {
             Duration::from_millis(t.saturating_sub(now).clamp(1, 1000) as u64)
