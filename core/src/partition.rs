@@ -1474,7 +1474,9 @@ impl<S: Storage> PartitionReplica<S> {
             return;
         }
         self.hw_wanted = bound;
-        let exposed = if self.sole {
+        // The planted bug exposes it before the sync that persists it (and so before the
+        // log sync that precedes that).
+        let exposed = if self.sole || planted::active(Bug::HighWatermarkWithoutSync) {
             bound
         } else {
             bound.min(self.hw_persisted)

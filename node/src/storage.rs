@@ -200,6 +200,11 @@ pub trait VirtualDisk: Send + Sync {
     fn dir(&self, path: &str) -> Box<dyn VirtualDir>;
     /// The names of the directories directly under `path` that hold files.
     fn subdirs(&self, path: &str) -> Vec<String>;
+    /// How long one sync takes (the simulated disk is otherwise instant): appends made
+    /// meanwhile stay unsynced, and a power loss then loses them.
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(2)
+    }
 }
 
 /// One directory of the broker's disk.

@@ -88,6 +88,7 @@ struct Inner {
     faults: FaultConfig,
     faults_on: bool,
     stats: DiskStats,
+    sync_latency: std::time::Duration,
 }
 
 impl Inner {
@@ -130,8 +131,15 @@ impl SimDisk {
                 faults,
                 faults_on: true,
                 stats: DiskStats::default(),
+                sync_latency: std::time::Duration::from_millis(2),
             })),
         }
+    }
+
+    /// Sets how long a sync takes (2 ms unless set): appends made meanwhile stay unsynced.
+    pub fn with_sync_latency(self, latency: std::time::Duration) -> SimDisk {
+        self.lock().sync_latency = latency;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -391,6 +399,10 @@ impl Storage for SimDir {
 impl keel_node::storage::VirtualDisk for SimDisk {
     fn dir(&self, path: &str) -> Box<dyn keel_node::storage::VirtualDir> {
         Box::new(SimDisk::dir(self, path))
+    }
+
+    fn sync_latency(&self) -> std::time::Duration {
+        self.lock().sync_latency
     }
 
     fn subdirs(&self, path: &str) -> Vec<String> {

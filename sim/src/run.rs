@@ -69,6 +69,9 @@ pub struct Params {
     /// The broker whose disk rots, misdirects writes and fails I/O (none: every disk clean).
     pub faulty_disk: Option<i32>,
     pub disk_faults: FaultConfig,
+    /// How long one sync takes on every broker's disk: acks wait for it, and a power loss
+    /// loses what was appended meanwhile.
+    pub sync_latency_ms: u64,
     /// A planted bug (the `planted-bugs` feature only).
     pub bug: Option<Bug>,
 }
@@ -151,7 +154,7 @@ impl Params {
             torn_writes: true,
             ..FaultConfig::none()
         };
-        Params {
+        let mut params = Params {
             seed,
             cluster: ClusterSpec {
                 brokers,
@@ -170,8 +173,13 @@ impl Params {
             fault_interval_ms: rng.gen_range(1_000..=4_000),
             faulty_disk,
             disk_faults,
+            sync_latency_ms: 0,
             bug: None,
-        }
+        };
+        // Drawn last, so that adding it left every earlier draw (and so each seed's cluster,
+        // workload and faults) as it was.
+        params.sync_latency_ms = rng.gen_range(1..=20);
+        params
     }
 }
 
@@ -181,7 +189,8 @@ impl fmt::Display for Params {
         write!(
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
-             consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?}",
+             consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?} \
+             sync_latency_ms={}",
             self.seed,
             self.cluster.brokers,
             self.cluster.voters,
@@ -194,6 +203,7 @@ impl fmt::Display for Params {
             faults.join(","),
             self.fault_interval_ms,
             self.faulty_disk,
+            self.sync_latency_ms,
         )?;
         if let Some(bug) = self.bug {
             write!(f, " bug={}", bug.name())?;
@@ -403,7 +413,9 @@ async fn simulate(params: Params) -> RunResult {
             } else {
                 FaultConfig::none()
             };
-            (id, SimDisk::new(Box::new(rng), faults))
+            let disk = SimDisk::new(Box::new(rng), faults)
+                .with_sync_latency(Duration::from_millis(params.sync_latency_ms));
+            (id, disk)
         })
         .collect();
     let cluster = Arc::new(Mutex::new(SimCluster::start(

@@ -313,10 +313,6 @@ fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
     })
 }
 
-/// How long a sync takes under the simulator, whose disk is otherwise instant.
-#[cfg(madsim)]
-const SIMULATED_SYNC_LATENCY: Duration = Duration::from_millis(2);
-
 /// The group-commit thread: syncs dirty partitions, one fsync per partition per round, however
 /// many appends each received since the last round. Under the simulator (madsim runs no
 /// threads of its own) it is a task, and its syncs take no real time.
@@ -325,7 +321,8 @@ struct SyncWorker {
 }
 
 impl SyncWorker {
-    fn start() -> SyncWorker {
+    /// `latency`: how long a sync takes under the simulator (see `VirtualDisk::sync_latency`).
+    fn start(#[cfg_attr(not(madsim), allow(unused_variables))] latency: Duration) -> SyncWorker {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
         #[cfg(not(madsim))]
         std::thread::Builder::new()
@@ -341,7 +338,7 @@ impl SyncWorker {
             while let Some(first) = rx.recv().await {
                 // A simulated fsync takes time, as a real one does: appends made meanwhile
                 // stay unsynced, and a power loss then loses them.
-                tokio::time::sleep(SIMULATED_SYNC_LATENCY).await;
+                tokio::time::sleep(latency).await;
                 sync_round(first, &mut rx);
             }
         });
@@ -445,6 +442,10 @@ impl Broker {
             .map_err(|e| StartError::DataDir(meta_dir.clone(), e))?;
         let (cluster, incoming) =
             Cluster::start(settings.node_id, settings.cluster.clone(), storage).await?;
+        let sync_latency = match &settings.disk {
+            Disk::Virtual(d) => d.sync_latency(),
+            Disk::Real => Duration::ZERO,
+        };
         let broker = Arc::new_cyclic(|this| Broker {
             this: this.clone(),
             settings,
@@ -457,7 +458,7 @@ impl Broker {
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: Mutex::new(()),
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
-            sync: SyncWorker::start(),
+            sync: SyncWorker::start(sync_latency),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(

@@ -222,8 +222,11 @@ impl Broker {
             activity.borrow_and_update();
             let result = p.with(|r| r.handle_follower_fetch(now_ms(), &request));
             // The follower's durable end may let the high watermark move: persist and expose
-            // it on the sync thread.
+            // it on the sync thread (the planted bug exposes it at once, before any sync).
             self.queue_sync(&p);
+            if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
+                p.publish_high_watermark(p.with(|r| r.high_watermark()));
+            }
             let response = match result {
                 Err(e) => return error_answer(e.code(), e.to_string()),
                 Ok(r) => r,
@@ -381,11 +384,14 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
         p.with_snapshots(|r, snapshots| r.handle_fetch_response(now_ms(), snapshots, response));
     match outcome {
         Ok(FetchOutcome::Appended(n)) if n > 0 => {
-            // Report the new durable end in the next fetch: wait for the sync first.
+            // Report the new durable end in the next fetch: wait for the sync first (the
+            // planted bug reports the unsynced end at once).
             let end = p.with(|r| r.log().end());
             b.queue_sync(p);
-            let mut durable = p.durable_end.subscribe();
-            let _ = tokio::time::timeout(SYNC_WAIT, durable.wait_for(|d| *d >= end)).await;
+            if !keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
+                let mut durable = p.durable_end.subscribe();
+                let _ = tokio::time::timeout(SYNC_WAIT, durable.wait_for(|d| *d >= end)).await;
+            }
         }
         Ok(FetchOutcome::Truncated(at)) => {
             tracing::info!(topic = %p.topic, partition = p.index, "truncated a diverged suffix at {at}");
