@@ -1433,6 +1433,83 @@ impl<S: Storage> PartitionReplica<S> {
         Ok(new_end)
     }
 
+    /// The first offset whose batch fails to read (its CRC or the fields outside it), scanning
+    /// the log from its start: runtime damage, such as a sector that rotted after recovery
+    /// read it. `None` if every batch reads.
+    pub fn find_damage(&self) -> Result<Option<Offset>, LogError> {
+        let end = self.log.end();
+        let mut at = self.log.log_start();
+        while at < end {
+            match self.log.read(at, 1, end) {
+                Ok(batches) => match batches.last() {
+                    Some(b) => at = b.next_offset(),
+                    None => return Ok(None),
+                },
+                Err(LogError::Corrupt { .. }) => return Ok(Some(at)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Discards the log from `from` (the first damaged offset, [`Self::find_damage`]) so that
+    /// it can be fetched again from the leader, and rebuilds the producer state. Only a
+    /// replica that does not lead: its copy below `from` stays, the rest comes back from a
+    /// sound one. The cut goes back one batch, to the start of the last sound batch, so that
+    /// the cut point is found through sound headers only. Unlike a divergence truncation this
+    /// may go below the high watermark, which is lowered to the new end (as recovery lowers
+    /// it when the disk lost synced data, [`StateReport::hw_above_log`]): the broker keeps
+    /// such a replica out of leadership until it has fetched back.
+    pub fn discard_damaged<T: Storage>(
+        &mut self,
+        now_ms: i64,
+        snapshots: &mut T,
+        from: Offset,
+    ) -> Result<Offset, ReplicaError> {
+        if matches!(self.role, RoleState::Leader(_)) {
+            return Err(ReplicaError::Protocol(
+                "a leader does not discard its log: it steps down first".into(),
+            ));
+        }
+        let start = self.log.log_start();
+        // More damage below the cut (sound-looking headers that lead astray, or a batch
+        // rotted since it was read) starts the log over at its start.
+        let mut whole = from <= start;
+        if !whole {
+            match self.log.truncate_to(Offset(from.0 - 1)) {
+                Ok(_) => {}
+                Err(LogError::Corrupt { .. }) => whole = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let rebuilt = if whole {
+            None
+        } else {
+            match producer::recover(snapshots, &self.log) {
+                Ok((producers, _report)) => Some(producers),
+                Err(producer::RecoverError::Log(LogError::Corrupt { .. })) => None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.producers = match rebuilt {
+            Some(producers) => producers,
+            None => {
+                self.log.truncate_fully_and_start_at(now_ms, start)?;
+                producer::recover(snapshots, &self.log)?.0
+            }
+        };
+        let new_end = self.log.end();
+        let old = self.high_watermark;
+        if old > new_end {
+            self.state_report.hw_above_log = Some(old);
+            self.high_watermark = new_end.max(start);
+            self.hw_persisted = self.hw_persisted.min(self.high_watermark);
+            self.hw_wanted = self.hw_wanted.min(self.high_watermark);
+        }
+        self.check_invariants();
+        Ok(new_end)
+    }
+
     // ---------------------------------------------------------------------------------------
     // High watermark
 

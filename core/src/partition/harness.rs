@@ -685,6 +685,12 @@ impl Cluster {
         self.step_done();
     }
 
+    /// Node `i` discarded runtime damage (`PartitionReplica::discard_damaged`), which lowers
+    /// its high watermark: invariant 2 starts over from there for it.
+    pub fn discarded_damage(&mut self, i: usize) {
+        self.nodes[i].max_hw = self.nodes[i].replica().high_watermark();
+    }
+
     /// The controller cuts node `i` off (fenced) without it crashing: it may go on believing
     /// it leads until metadata reaches it.
     pub fn isolate(&mut self, i: usize) {

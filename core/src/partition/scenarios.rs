@@ -829,3 +829,78 @@ proptest! {
         let _ = run(replicas, min_insync, eager, seed, &steps);
     }
 }
+
+/// Runtime damage (docs/replication.md, damaged replicas): a batch that rots on the leader after
+/// recovery read it is found by `find_damage`; once the replica no longer leads, it discards
+/// the damaged batch and everything after it, below its high watermark included, and fetches
+/// it all back from the new leader. A leader refuses to discard.
+#[test]
+fn a_batch_rotted_at_runtime_is_discarded_and_fetched_back() {
+    let mut c = cluster(Settings::default());
+    for _ in 0..3 {
+        c.produce(2, true).unwrap();
+    }
+    c.rounds(4);
+    assert_eq!(c.replica(0).high_watermark(), Offset(6));
+    assert_eq!(c.replica(0).find_damage().unwrap(), None);
+    let second = harness::read_batch(c.replica(0), Offset(0)).unwrap().size();
+    let file = format!("{:020}.log", 0);
+    let node = &mut c.nodes[0];
+    let r = node.replica.as_mut().unwrap();
+    r.log_mut()
+        .storage_mut()
+        .flip_bit(&file, second + 70, 3)
+        .unwrap();
+    assert_eq!(r.find_damage().unwrap(), Some(Offset(2)));
+    assert!(
+        r.log().read(Offset(2), 1, Offset(6)).is_err(),
+        "reads of it fail"
+    );
+    let refused = r.discard_damaged(harness::T0, &mut node.snaps, Offset(2));
+    assert!(
+        matches!(refused, Err(ReplicaError::Protocol(_))),
+        "{refused:?}"
+    );
+    // The same bit again: sound, for the harness's checks while leadership moves away.
+    let rot = |c: &mut Cluster| {
+        let r = c.nodes[0].replica.as_mut().unwrap();
+        r.log_mut()
+            .storage_mut()
+            .flip_bit(&file, second + 70, 3)
+            .unwrap();
+    };
+    rot(&mut c);
+    c.isolate(0);
+    c.reconnect(0);
+    c.metadata(0);
+    assert!(!c.replica(0).is_leader());
+    rot(&mut c);
+    let node = &mut c.nodes[0];
+    let r = node.replica.as_mut().unwrap();
+    assert_eq!(r.find_damage().unwrap(), Some(Offset(2)));
+    let end = r
+        .discard_damaged(harness::T0, &mut node.snaps, Offset(2))
+        .unwrap();
+    assert_eq!(
+        end,
+        Offset(0),
+        "cut back to the start of the last sound batch"
+    );
+    assert_eq!(r.high_watermark(), Offset(0));
+    assert_eq!(r.state_report().hw_above_log, Some(Offset(6)));
+    c.discarded_damage(0);
+    c.rounds(4);
+    let healed = c.replica(0);
+    assert_eq!(healed.log().end(), Offset(6));
+    assert_eq!(healed.find_damage().unwrap(), None);
+    let leader = c.leader().unwrap();
+    assert_ne!(leader, 0);
+    assert_eq!(
+        harness::read_batch(c.replica(0), Offset(2))
+            .unwrap()
+            .bytes(),
+        harness::read_batch(c.replica(leader), Offset(2))
+            .unwrap()
+            .bytes()
+    );
+}

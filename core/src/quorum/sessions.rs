@@ -145,7 +145,15 @@ impl BrokerSessions {
         let target = *session.caught_up_at.get_or_insert(applied_index);
         let is_caught_up = heartbeat.metadata_offset >= target;
         let mut records = Vec::new();
-        if broker.fenced
+        if !broker.fenced && heartbeat.want_fence && now_ms >= session.quiet_until_ms {
+            // Kafka's BrokerHeartbeat WantFence: the broker asks to lead nothing (a replica of
+            // it found damaged at runtime). Fenced, its leaderships move to sound ISR members.
+            records = state.fence_broker(id, self.unclean)?;
+            if !records.is_empty() {
+                session.quiet_until_ms = now_ms.saturating_add(PROPOSAL_RETRY_MS);
+                session.caught_up_at = None;
+            }
+        } else if broker.fenced
             && is_caught_up
             && !heartbeat.want_fence
             && now_ms >= session.quiet_until_ms

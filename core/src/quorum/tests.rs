@@ -1222,6 +1222,53 @@ fn stale_partition_changes_do_not_apply() {
     assert_ne!(state, before);
 }
 
+/// KIP-631's WantFence: an unfenced broker that asks to be fenced (a replica of it found
+/// damaged) is fenced at once, its leaderships moving to the other ISR members; it stays fenced
+/// while it asks, and is unfenced once it stops asking.
+#[test]
+fn a_broker_that_wants_fencing_is_fenced_and_stays_fenced_while_it_asks() {
+    let mut state = cluster_state(3);
+    let records = create_topic(&state, 1);
+    apply(&mut state, &records);
+    let led: Vec<i32> = (0..3)
+        .filter(|&p| partition_of(&state, "t1", p).leader == b(1))
+        .collect();
+    assert!(!led.is_empty());
+    let mut sessions = BrokerSessions::new(UncleanElection::Disabled);
+    let hb = |state: &MetadataState, want_fence: bool| Heartbeat {
+        broker_id: b(1),
+        broker_epoch: state.broker(b(1)).unwrap().epoch,
+        metadata_offset: 11,
+        want_fence,
+    };
+    let reply = sessions
+        .heartbeat(0, &hb(&state, true), &state, 10)
+        .unwrap();
+    assert!(!reply.is_fenced && !reply.records.is_empty());
+    apply(&mut state, &reply.records);
+    assert!(state.broker(b(1)).unwrap().fenced);
+    for &p in &led {
+        let part = partition_of(&state, "t1", p);
+        assert_ne!(part.leader, b(1), "p{p}");
+        assert!(part.leader.0 >= 0, "p{p} has a sound leader");
+        assert!(!part.isr.contains(&b(1)), "p{p}");
+    }
+    let later = 10 * sessions::BROKER_HEARTBEAT_INTERVAL_MS;
+    let reply = sessions
+        .heartbeat(later, &hb(&state, true), &state, 11)
+        .unwrap();
+    assert!(
+        reply.is_fenced && reply.records.is_empty(),
+        "stays fenced while it asks"
+    );
+    let reply = sessions
+        .heartbeat(later + 100, &hb(&state, false), &state, 11)
+        .unwrap();
+    assert!(reply.is_fenced && !reply.records.is_empty());
+    apply(&mut state, &reply.records);
+    assert!(!state.broker(b(1)).unwrap().fenced);
+}
+
 /// Heartbeats keep a broker's session; past the session timeout the controller fences it
 /// (FenceBroker plus new leaders from the ISR); a heartbeat from the fenced broker once its
 /// metadata caught up unfences it. A new controller gives every broker a full session.

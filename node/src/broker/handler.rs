@@ -520,6 +520,7 @@ impl Broker {
                                     }
                                     Err(e) => {
                                         tracing::error!(topic = %name, partition = fp.partition, "read failed: {e}");
+                                        p.read_failed(&e);
                                         pd.error_code = code::KAFKA_STORAGE_ERROR;
                                     }
                                 }

@@ -35,7 +35,8 @@ use keel_core::controller::{
     BrokerId, BrokerRegistration, ControllerError, Endpoint, MetadataRecord, MetadataState,
     Partition, ProducerIdBlock, TopicDefaults, TopicId,
 };
-use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig};
+use keel_core::log::LogError;
+use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig, Role};
 use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
 use keel_core::{Offset, ProducerId};
@@ -170,6 +171,10 @@ pub struct PartitionHandle {
     /// committed data. `Some(None)`: damaged, how far committed data went not known yet;
     /// `Some(Some(o))`: repaired once its log reaches `o`; `None`: sound.
     damage: Mutex<Option<Option<Offset>>>,
+    /// A read found a damaged batch in this replica's log at runtime: once it no longer leads,
+    /// it discards the log from there (`PartitionReplica::discard_damaged`) and fetches it
+    /// back from its leader.
+    discard_pending: AtomicBool,
 }
 
 impl PartitionHandle {
@@ -235,6 +240,48 @@ impl PartitionHandle {
         }
         let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
         mark_damaged_on_disk(&mut snapshots);
+    }
+
+    /// A read of this replica's log failed with `e`. Damage (a batch whose CRC or unchecked
+    /// fields are wrong: bit rot, a misdirected write) makes the replica damaged: its broker
+    /// asks to be fenced, which moves its leaderships to sound ISR members, and it discards the
+    /// damaged batch onwards once it follows (`discard_if_pending`). Other errors (a failed
+    /// I/O) are answered as they are and tried again by the reader.
+    pub fn read_failed(&self, e: &LogError) {
+        if !matches!(e, LogError::Corrupt { .. }) {
+            return;
+        }
+        if !self.discard_pending.swap(true, Ordering::SeqCst) {
+            tracing::error!(topic = %self.topic, partition = self.index, "damaged batch in the log: {e}; stepping down to repair it from another replica");
+            self.mark_damaged();
+        }
+    }
+
+    /// A follower with runtime damage pending ([`PartitionHandle::read_failed`]): discards its
+    /// log from the first damaged batch, so that the fetches that follow bring it back.
+    fn discard_if_pending(&self) {
+        if !self.discard_pending.load(Ordering::SeqCst) {
+            return;
+        }
+        let outcome = self.with_snapshots(|r, snapshots| {
+            if !matches!(r.role(), Role::Follower { .. }) {
+                return Ok(None);
+            }
+            match r.find_damage()? {
+                Some(at) => r.discard_damaged(now_ms(), snapshots, at).map(Some),
+                None => Ok(Some(r.log().end())),
+            }
+        });
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(end)) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, "discarded the damaged log from {end}: fetching it back from the leader");
+                self.discard_pending.store(false, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.topic, partition = self.index, "discarding the damaged log: {e}")
+            }
+        }
     }
 
     /// The leader's high watermark, heard by this replica as a follower: a damaged replica is
@@ -936,6 +983,7 @@ impl Broker {
             fetching: AtomicBool::new(false),
             hw_sent: Mutex::new(BTreeMap::new()),
             damage: Mutex::new(damage),
+            discard_pending: AtomicBool::new(false),
         })
     }
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use keel_core::batch::Batch;
 use keel_core::controller::{AlterPartitionRequest, BrokerId};
-use keel_core::partition::{code, FetchOutcome, FetchPayload, FetchRequest, FetchResponse, Role};
+use keel_core::partition::{
+    code, FetchError, FetchOutcome, FetchPayload, FetchRequest, FetchResponse, ReplicaError, Role,
+};
 use keel_core::{LeaderEpoch, Offset};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -228,7 +230,12 @@ impl Broker {
                 p.publish_high_watermark(p.with(|r| r.high_watermark()));
             }
             let response = match result {
-                Err(e) => return error_answer(e.code(), e.to_string()),
+                Err(e) => {
+                    if let FetchError::Log(e) = &e {
+                        p.read_failed(e);
+                    }
+                    return error_answer(e.code(), e.to_string());
+                }
                 Ok(r) => r,
             };
             let nothing_new = matches!(&response.payload, FetchPayload::Records(b) if b.is_empty())
@@ -317,6 +324,7 @@ async fn follow(broker: Weak<Broker>, p: Arc<PartitionHandle>) {
 }
 
 async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
+    p.discard_if_pending();
     let now = now_ms();
     // `next_fetch` records the fetch as in flight: ask for one only when it can be sent.
     let peers = b.cluster.peers();
@@ -404,6 +412,9 @@ async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
         Ok(_) => b.queue_sync(p),
         Err(e) => {
             tracing::warn!(topic = %p.topic, partition = p.index, "applying a fetch from {leader}: {e}");
+            if let ReplicaError::Log(e) = &e {
+                p.read_failed(e);
+            }
             p.with(|r| r.handle_fetch_error(now_ms()));
         }
     }
@@ -439,7 +450,10 @@ pub async fn timers(broker: Weak<Broker>) {
         };
         let now = now_ms();
         for p in b.all_partitions() {
-            let due = p.with(|r| r.is_leader() && r.poll_timeout().is_some_and(|t| t <= now));
+            // A damaged leader shrinks no ISR: its followers lag because it cannot serve them,
+            // and it is stepping down to the sound ones.
+            let due = !p.is_damaged()
+                && p.with(|r| r.is_leader() && r.poll_timeout().is_some_and(|t| t <= now));
             if due {
                 p.with(|r| r.handle_timeout(now));
             }
