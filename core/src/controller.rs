@@ -790,7 +790,7 @@ impl MetadataState {
             ));
         };
         let mut records = match self.brokers.get(&registration.broker_id) {
-            Some(old) if !old.fenced => self.fence_broker(old.id, unclean)?,
+            Some(old) if !old.fenced => self.fence_restarted(old, unclean),
             _ => Vec::new(),
         };
         records.push(
@@ -805,6 +805,30 @@ impl MetadataState {
             .into(),
         );
         Ok((epoch, records))
+    }
+
+    /// Fences the live registration `old` of a broker that registers again (it restarted):
+    /// a FenceBroker record, and its leaderships move to live ISR members, but it stays in
+    /// every ISR. keel acknowledges only writes every ISR member has synced, so a restart
+    /// loses nothing committed: the restarted broker is as eligible as before (the guarantee
+    /// KIP-966's eligible leader replicas give Kafka). Were it dropped, a whole-cluster
+    /// restart would leave each ISR with whichever broker registered last, and a partition
+    /// without a leader if that one came back damaged. A broker whose disk did lose data
+    /// finds it on recovery and stays fenced until repaired; its leaders shrink it out of
+    /// their ISRs after replica.lag.time.max.ms.
+    fn fence_restarted(&self, old: &Broker, unclean: UncleanElection) -> Vec<MetadataRecord> {
+        let mut records = vec![MetadataRecord::from(FenceBrokerRecord {
+            broker_id: old.id.0,
+            broker_epoch: old.epoch,
+        })];
+        let live: BTreeSet<BrokerId> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced && b.id != old.id)
+            .map(|b| b.id)
+            .collect();
+        records.extend(self.partition_changes(None, &live, unclean));
+        records
     }
 
     /// Fences `broker` (its session expired, KRaft's `ClusterControlManager` with

@@ -732,7 +732,17 @@ impl Driver {
                 );
                 if let Ok(r) = &result {
                     if !r.records.is_empty() {
-                        tracing::info!("broker {} caught up: unfencing it", heartbeat.broker_id);
+                        if r.is_fenced {
+                            tracing::info!(
+                                "broker {} caught up: unfencing it",
+                                heartbeat.broker_id
+                            );
+                        } else {
+                            tracing::info!(
+                                "broker {} asks to be fenced: fencing it",
+                                heartbeat.broker_id
+                            );
+                        }
                         self.propose(r.records.clone(), None);
                     }
                 }

@@ -903,11 +903,22 @@ impl Broker {
 
     /// Removes directories of partitions that no longer exist (topics deleted while the
     /// broker was down). At startup only: while running, deletion removes its own directories.
+    /// Replicas assigned here that failed to open are not orphans: their data stays.
     fn remove_orphan_directories(&self) {
         let partitions = self.partitions.read().expect("partition map poisoned");
+        let unopenable: Vec<PathBuf> = self
+            .unopenable
+            .lock()
+            .expect("unopenable lock poisoned")
+            .iter()
+            .map(|(topic, index)| self.partition_dir(topic, *index))
+            .collect();
         let disk = &self.settings.disk;
         for dir in disk.subdirs(&self.settings.data_dir) {
-            if dir.ends_with(METADATA_DIR) || partitions.values().any(|p| p.dir == dir) {
+            if dir.ends_with(METADATA_DIR)
+                || partitions.values().any(|p| p.dir == dir)
+                || unopenable.contains(&dir)
+            {
                 continue;
             }
             tracing::info!(
