@@ -154,6 +154,11 @@ pub struct Partition {
     pub leader_epoch: LeaderEpoch,
     /// Bumps on every change of this partition's state.
     pub partition_epoch: i32,
+    /// Eligible leader replicas (KIP-966): replicas that left the ISR while it was smaller
+    /// than `min.insync.replicas`. The high watermark cannot move while the ISR is that small,
+    /// so each of them still holds everything committed, and may lead when no ISR member can.
+    /// Empty whenever the ISR has `min.insync.replicas` members. Disjoint from `isr`.
+    pub elr: Vec<BrokerId>,
 }
 
 /// A topic.
@@ -988,6 +993,7 @@ impl MetadataState {
         if request.new_isr == p.isr {
             return Ok((p.clone(), Vec::new()));
         }
+        let elr = next_elr(p, &request.new_isr, topic.config.min_insync_replicas());
         let record = PartitionChangeRecord {
             topic_id: topic.id.0.to_vec(),
             partition: request.partition,
@@ -996,9 +1002,13 @@ impl MetadataState {
             isr: Some(BrokerList {
                 brokers: request.new_isr.iter().map(|b| b.0).collect(),
             }),
+            elr: (elr != p.elr).then(|| BrokerList {
+                brokers: elr.iter().map(|b| b.0).collect(),
+            }),
         };
         let mut next = p.clone();
         next.isr = request.new_isr.clone();
+        next.elr = elr;
         next.partition_epoch += 1;
         Ok((next, vec![record.into()]))
     }
@@ -1033,10 +1043,16 @@ impl MetadataState {
                 if !leader_stays {
                     leader = BrokerId::NONE;
                     let outside_isr = crate::planted::active(crate::planted::Bug::ElectOutsideIsr);
+                    let eligible =
+                        |r: &&BrokerId| (outside_isr || isr.contains(r)) && live.contains(r);
+                    // No live ISR member: a live eligible leader replica holds everything
+                    // committed too (KIP-966), and joins the ISR.
+                    let from_elr = |r: &&BrokerId| p.elr.contains(r) && live.contains(r);
                     if let Some(&r) = p
                         .replicas
                         .iter()
-                        .find(|r| (outside_isr || isr.contains(r)) && live.contains(r))
+                        .find(eligible)
+                        .or_else(|| p.replicas.iter().find(from_elr))
                     {
                         leader = r;
                         if !isr.contains(&r) {
@@ -1049,7 +1065,12 @@ impl MetadataState {
                         }
                     }
                 }
-                if leader == p.leader && isr == p.isr {
+                let elr = if isr == p.isr {
+                    p.elr.clone()
+                } else {
+                    next_elr(p, &isr, topic.config.min_insync_replicas())
+                };
+                if leader == p.leader && isr == p.isr && elr == p.elr {
                     continue;
                 }
                 records.push(
@@ -1060,6 +1081,9 @@ impl MetadataState {
                         leader: (leader != p.leader).then_some(leader.0),
                         isr: (isr != p.isr).then(|| BrokerList {
                             brokers: isr.iter().map(|b| b.0).collect(),
+                        }),
+                        elr: (elr != p.elr).then(|| BrokerList {
+                            brokers: elr.iter().map(|b| b.0).collect(),
                         }),
                     }
                     .into(),
@@ -1174,6 +1198,9 @@ impl MetadataState {
         }
         if let Some(isr) = &r.isr {
             record.isr = isr.brokers.clone();
+        }
+        if let Some(elr) = &r.elr {
+            record.elr = elr.brokers.clone();
         }
         record.partition_epoch = old
             .partition_epoch
@@ -1421,12 +1448,17 @@ fn partition_from_record(r: &PartitionRecord) -> Result<Partition, ApplyError> {
     if r.leader_epoch < 0 || r.partition_epoch < 0 {
         return invalid("negative epoch");
     }
+    let elr: BTreeSet<i32> = r.elr.iter().copied().collect();
+    if elr.len() != r.elr.len() || !elr.is_subset(&replicas) || !elr.is_disjoint(&isr) {
+        return invalid("ELR listed twice, outside the replicas or inside the ISR");
+    }
     Ok(Partition {
         replicas: r.replicas.iter().map(|&b| BrokerId(b)).collect(),
         isr: r.isr.iter().map(|&b| BrokerId(b)).collect(),
         leader: BrokerId(r.leader),
         leader_epoch: LeaderEpoch(r.leader_epoch),
         partition_epoch: r.partition_epoch,
+        elr: r.elr.iter().map(|&b| BrokerId(b)).collect(),
     })
 }
 
@@ -1440,7 +1472,24 @@ fn partition_record(topic: TopicId, index: i32, p: &Partition) -> PartitionRecor
         leader: p.leader.0,
         leader_epoch: p.leader_epoch.0,
         partition_epoch: p.partition_epoch,
+        elr: p.elr.iter().map(|b| b.0).collect(),
     }
+}
+
+/// The ELR after `old`'s ISR becomes `new_isr` (KIP-966): empty once the ISR has
+/// `min_insync` members (clamped to 1..=replicas); otherwise the ELR so far plus the members
+/// that left the ISR, less those in it now, in replica order.
+fn next_elr(old: &Partition, new_isr: &[BrokerId], min_insync: i32) -> Vec<BrokerId> {
+    let min = (min_insync.max(1) as usize).min(old.replicas.len().max(1));
+    if new_isr.len() >= min {
+        return Vec::new();
+    }
+    old.replicas
+        .iter()
+        .copied()
+        .filter(|r| !new_isr.contains(r))
+        .filter(|r| old.elr.contains(r) || old.isr.contains(r))
+        .collect()
 }
 
 /// New partitions `range` of `topic`, round-robin over `brokers` (sorted, nonempty, at least
@@ -1468,6 +1517,7 @@ fn new_partition_records(
             replicas,
             leader_epoch: LeaderEpoch(0),
             partition_epoch: 0,
+            elr: Vec::new(),
         };
         partition_record(topic, p, &partition).into()
     })

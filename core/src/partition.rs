@@ -455,6 +455,7 @@ impl<S: Storage> PartitionReplica<S> {
             leader: me,
             leader_epoch,
             partition_epoch: 0,
+            elr: Vec::new(),
         };
         replica
             .become_leader(now_ms, snapshots, &sole)

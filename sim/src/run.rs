@@ -147,6 +147,15 @@ impl Params {
         let faulty_disk = faults
             .contains(&Fault::Disk)
             .then(|| rng.gen_range(1..=brokers));
+        // The fault model (docs/replication.md): disk faults never destroy every ISR copy of
+        // acknowledged data. One disk is faulty, so every acknowledged write needs a second
+        // copy: min.insync.replicas=2 (with min.insync.replicas=1 an ISR of the faulty broker
+        // alone acknowledges writes that only its disk holds).
+        let min_insync_replicas = if faulty_disk.is_some() {
+            2
+        } else {
+            min_insync_replicas
+        };
         let disk_faults = FaultConfig {
             latent_error_per_read: rng.gen_range(0.0..0.002),
             misdirect_per_append: rng.gen_range(0.0..0.002),

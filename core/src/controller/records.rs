@@ -94,6 +94,9 @@ pub struct PartitionRecord {
     /// Bumps on every change of the partition's state.
     #[prost(int32, tag = "7")]
     pub partition_epoch: i32,
+    /// Eligible leader replicas (KIP-966): outside `isr`, within `replicas`.
+    #[prost(int32, repeated, tag = "8")]
+    pub elr: Vec<i32>,
 }
 
 /// Removes a topic.
@@ -208,6 +211,9 @@ pub struct PartitionChangeRecord {
     /// The new ISR; absent: unchanged.
     #[prost(message, optional, tag = "5")]
     pub isr: Option<BrokerList>,
+    /// The new eligible leader replicas; absent: unchanged.
+    #[prost(message, optional, tag = "6")]
+    pub elr: Option<BrokerList>,
 }
 
 /// Fences a broker at its current epoch.

@@ -562,6 +562,7 @@ fn apply_rejects_inapplicable_records_without_change() {
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,
+            elr: Vec::new(),
         })
     };
     let bad: Vec<MetadataRecord> = vec![
@@ -670,6 +671,7 @@ fn stale_create_partitions_cannot_overwrite_a_new_partition() {
         leader: 1,
         leader_epoch: 3,
         partition_epoch: 3,
+        elr: Vec::new(),
     };
     assert!(state.apply(&newer.into()).is_err());
     assert_eq!(state, before);
@@ -912,6 +914,73 @@ fn sole_isr_partition_returns_to_the_restarted_broker_at_a_higher_epoch() {
         LeaderEpoch(leaderless.leader_epoch.0 + 1)
     );
     assert!(after.leader_epoch > before.leader_epoch);
+}
+
+/// KIP-966's eligible leader replicas: with min.insync.replicas=2, a replica the leader shrinks
+/// out of an ISR that then has fewer than 2 members joins the ELR (the high watermark cannot
+/// move meanwhile, so it holds everything committed). When the last ISR member is fenced, a
+/// live ELR member is elected and joins the ISR; an ISR back at min.insync.replicas empties the
+/// ELR. With min.insync.replicas=1 nothing is eligible outside the ISR.
+#[test]
+fn eligible_leader_replicas_lead_when_the_isr_cannot() {
+    for min_insync in [2, 1] {
+        let mut state = MetadataState::new();
+        for n in 0..3 {
+            register_unfenced(&mut state, n, n as u8);
+        }
+        let mut topic = new_topic("t", 1, 3, id(1));
+        topic
+            .configs
+            .insert("min.insync.replicas".into(), min_insync.to_string());
+        let records = state
+            .create_topic(&topic, &state.live_brokers(), &TopicDefaults::default())
+            .unwrap();
+        apply_all(&mut state, &records);
+        let alter = |state: &mut MetadataState, isr: Vec<BrokerId>| {
+            let p = state.partition("t", 0).unwrap().clone();
+            let request = AlterPartitionRequest {
+                broker_id: p.leader,
+                broker_epoch: state.broker(p.leader).unwrap().epoch,
+                topic_id: id(1),
+                partition: 0,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: isr,
+            };
+            let (next, records) = state.alter_partition(&request).unwrap();
+            apply_all(state, &records);
+            assert_eq!(state.partition("t", 0).unwrap(), &next);
+        };
+        let p = state.partition("t", 0).unwrap().clone();
+        let (leader, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        // Down to 2 members: still min.insync.replicas for both settings, no ELR.
+        alter(&mut state, vec![leader, second]);
+        assert!(state.partition("t", 0).unwrap().elr.is_empty());
+        // Down to the leader alone.
+        alter(&mut state, vec![leader]);
+        let shrunk = state.partition("t", 0).unwrap().clone();
+        if min_insync == 2 {
+            assert_eq!(shrunk.elr, vec![second], "left below min.insync.replicas");
+        } else {
+            assert!(shrunk.elr.is_empty());
+        }
+        // The leader is fenced: the ELR member leads (min.insync 2), or no one does.
+        let records = state
+            .fence_broker(leader, UncleanElection::Disabled)
+            .unwrap();
+        apply_all(&mut state, &records);
+        let after = state.partition("t", 0).unwrap().clone();
+        if min_insync == 2 {
+            assert_eq!(after.leader, second, "{after:?}");
+            assert_eq!(after.isr, vec![leader, second]);
+            assert!(after.leader_epoch > shrunk.leader_epoch);
+            assert!(after.elr.is_empty(), "the ISR is back at 2: {after:?}");
+        } else {
+            assert_eq!(after.leader, BrokerId::NONE, "{after:?}");
+            assert_eq!(after.isr, vec![leader]);
+        }
+        assert!(!after.isr.contains(&third) && !after.elr.contains(&third));
+    }
 }
 
 /// The error codes are Kafka's (checked against kafka-protocol's table, from Errors.java).

@@ -187,6 +187,7 @@ impl Cluster {
                 leader: ids[0],
                 leader_epoch: LeaderEpoch(0),
                 partition_epoch: 0,
+                elr: Vec::new(),
             },
             settings,
             rng: StdRng::seed_from_u64(seed),

@@ -213,6 +213,7 @@ fn a_follower_refuses_to_truncate_below_its_high_watermark() {
         leader,
         leader_epoch: LeaderEpoch(1),
         partition_epoch: 0,
+        elr: Vec::new(),
     };
     f.on_partition_change(NOW, &mut snaps, &partition).unwrap();
     let mut builder = BatchBuilder::new(Compression::None);

@@ -109,6 +109,7 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
                     leader: p.leader.0,
                     leader_epoch: p.leader_epoch.0,
                     partition_epoch: p.partition_epoch,
+                    elr: p.elr.iter().map(|b| b.0).collect(),
                 }
                 .into(),
             );

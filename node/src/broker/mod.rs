@@ -264,7 +264,9 @@ impl PartitionHandle {
             return;
         }
         let outcome = self.with_snapshots(|r, snapshots| {
-            if !matches!(r.role(), Role::Follower { .. }) {
+            // Only with a leader to fetch it back from: without one, this copy, damaged or
+            // not, may be the only one of what lies around the damage.
+            if !matches!(r.role(), Role::Follower { .. }) || r.fetch_leader().is_none() {
                 return Ok(None);
             }
             match r.find_damage()? {
