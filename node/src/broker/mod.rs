@@ -215,7 +215,12 @@ impl PartitionHandle {
         let repaired = match *damage {
             None => return false,
             Some(None) => false,
-            Some(Some(target)) => self.with(|r| r.log().end() >= target),
+            // Not before the damaged batches are gone: a log end past the target proves
+            // nothing while they are still in it.
+            Some(Some(target)) => {
+                !self.discard_pending.load(Ordering::SeqCst)
+                    && self.with(|r| r.log().end() >= target)
+            }
         };
         if repaired {
             tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader");
@@ -251,7 +256,9 @@ impl PartitionHandle {
         if !matches!(e, LogError::Corrupt { .. }) {
             return;
         }
-        if !self.discard_pending.swap(true, Ordering::SeqCst) {
+        self.discard_pending.store(true, Ordering::SeqCst);
+        let known = self.damage.lock().expect("damage lock poisoned").is_some();
+        if !known {
             tracing::error!(topic = %self.topic, partition = self.index, "damaged batch in the log: {e}; stepping down to repair it from another replica");
             self.mark_damaged();
         }
