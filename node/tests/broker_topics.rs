@@ -120,6 +120,28 @@ async fn recreated_topics_start_empty_and_orphans_are_removed_at_start() {
     );
 }
 
+/// A replica that fails to open is not an orphan: the start-up sweep keeps its directory and
+/// everything in it (its data may be the only copy), and the broker starts without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fails_to_open_keeps_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).await;
+    assert_eq!(create(&broker, "t").await, 0);
+    drop(broker);
+    let partition_dir = dir.path().join("t-0");
+    let metadata = partition_dir.join("partition.metadata");
+    // Unreadable as a file: opening the replica fails.
+    std::fs::remove_file(&metadata).unwrap();
+    std::fs::create_dir(&metadata).unwrap();
+    let broker = open(dir.path()).await;
+    assert!(broker.replica("t", 0).is_none(), "the replica did not open");
+    assert!(
+        partition_dir.join("00000000000000000000.log").exists(),
+        "its log stays on disk"
+    );
+    assert!(metadata.is_dir());
+}
+
 /// The replication settings of the broker reach its replicas (`replica.lag.time.max.ms`,
 /// `replica.fetch.max.bytes`, `replica.fetch.backoff.ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
