@@ -29,12 +29,7 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
     let runtime = Runtime::with_seed_and_config(11, madsim::Config::default());
     runtime.block_on(async {
         let handle = Handle::current();
-        let disks: BTreeMap<i32, SimDisk> = (1..=3)
-            .map(|id| {
-                let rng = StdRng::seed_from_u64(id as u64);
-                (id, SimDisk::new(Box::new(rng), FaultConfig::none()))
-            })
-            .collect();
+        let disks = clean_disks();
         let mut cluster = SimCluster::start(&handle, ClusterSpec::default(), disks.clone());
         let bootstrap = cluster.bootstrap();
         let client = handle
@@ -43,47 +38,10 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
             .build();
         let key = Key::new(TOPIC, 0);
         let (boot, k) = (bootstrap.clone(), key.clone());
-        let history = client
-            .spawn(async move {
-                let mut client = Client::new(ClientConfig::new(boot));
-                let spec = TopicSpec {
-                    name: TOPIC.into(),
-                    partitions: 1,
-                    replication_factor: 3,
-                    configs: vec![("min.insync.replicas".into(), "2".into())],
-                };
-                for _ in 0..60 {
-                    if client.create_topic(&spec).await.is_ok()
-                        && client.await_leaders(TOPIC, 1).await.is_ok()
-                    {
-                        break;
-                    }
-                    madsim::time::sleep(Duration::from_millis(500)).await;
-                }
-                let mut history = History::default();
-                for v in 1..=VALUES {
-                    let outcome = client.produce(&k, Value(v)).await;
-                    history.send(ProcessId(0), &k, Value(v), outcome);
-                }
-                history
-            })
-            .await
-            .unwrap();
-        let acked = history
-            .ops
-            .iter()
-            .filter(|op| {
-                matches!(
-                    &op.kind,
-                    keel_sim::checker::OpKind::Send {
-                        outcome: SendOutcome::Ok { .. },
-                        ..
-                    }
-                )
-            })
-            .count();
+        let history = client.spawn(create_and_produce(boot, k)).await.unwrap();
         assert_eq!(
-            acked as u64, VALUES,
+            acked(&history),
+            VALUES,
             "every send acknowledged before the damage"
         );
 
@@ -159,34 +117,159 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
 
         // Every acknowledged value is read back once, in order.
         let (boot, k) = (bootstrap.clone(), key.clone());
-        let history = client
-            .spawn(async move {
-                let mut history = history;
-                let mut client = Client::new(ClientConfig::new(boot));
-                let end = loop {
-                    if let Ok(end) = client.end_offset(&k).await {
-                        break end;
-                    }
-                    madsim::time::sleep(Duration::from_millis(200)).await;
-                };
-                let mut consumer = Consumer::new();
-                consumer.assign(std::slice::from_ref(&k));
-                let mut read = 0;
-                while read < end.0 {
-                    match consumer.poll(&mut client, &k).await {
-                        Ok(f) => {
-                            read += f.records.len() as i64;
-                            history.poll(ProcessId(1), &k, f.records);
-                        }
-                        Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-                history.final_read(ProcessId(1), &k, end);
-                history
-            })
-            .await
-            .unwrap();
+        let history = client.spawn(read_back(boot, k, history)).await.unwrap();
         let report = check(&history);
         assert!(report.is_clean(), "{report}");
     });
+}
+
+/// A batch that rots on the leader while it runs (no restart): the first read of it fails, the
+/// leader asks to be fenced, leadership moves to a sound ISR member, and the damaged replica
+/// discards its log from the damage, fetches it back and rejoins. Every acknowledged record is
+/// read back once.
+#[test]
+fn a_batch_that_rots_on_a_running_leader_is_repaired_from_the_isr() {
+    let runtime = Runtime::with_seed_and_config(12, madsim::Config::default());
+    runtime.block_on(async {
+        let handle = Handle::current();
+        let disks = clean_disks();
+        let cluster = SimCluster::start(&handle, ClusterSpec::default(), disks.clone());
+        let bootstrap = cluster.bootstrap();
+        let client = handle
+            .create_node()
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+            .build();
+        let key = Key::new(TOPIC, 0);
+        let (boot, k) = (bootstrap.clone(), key.clone());
+        let history = client.spawn(create_and_produce(boot, k)).await.unwrap();
+        assert_eq!(acked(&history), VALUES);
+        let brokers = cluster.live_brokers();
+        let (leader_id, leader) = brokers
+            .iter()
+            .find(|(_, b)| {
+                b.replica(TOPIC, 0)
+                    .is_some_and(|p| p.with(|r| r.is_leader()))
+            })
+            .cloned()
+            .expect("the partition has a leader");
+        let partition = leader.replica(TOPIC, 0).unwrap();
+        let epoch = partition.with(|r| r.leader_epoch());
+        // Rot inside the first batch's CRC-covered bytes.
+        let segment = format!("/data/{TOPIC}-0/00000000000000000000.log");
+        assert!(disks[&leader_id].damage(&segment, 100, 0x04));
+        assert!(partition.with(|r| r.find_damage().unwrap()).is_some());
+
+        let (boot, k) = (bootstrap.clone(), key.clone());
+        let history = client
+            .spawn(madsim::time::timeout(
+                Duration::from_secs(60),
+                read_back(boot, k, history),
+            ))
+            .await
+            .unwrap()
+            .expect("every record read within 60 s: the damaged batch came from a sound replica");
+        let report = check(&history);
+        assert!(report.is_clean(), "{report}");
+        let moved = brokers.iter().any(|(id, b)| {
+            *id != leader_id
+                && b.replica(TOPIC, 0)
+                    .is_some_and(|p| p.with(|r| r.is_leader() && r.leader_epoch() > epoch))
+        });
+        assert!(moved, "leadership moved to a sound replica");
+        let mut repaired = false;
+        for _ in 0..600 {
+            let fenced =
+                leader.with_metadata(|m| m.broker(BrokerId(leader_id)).is_some_and(|x| x.fenced));
+            if !partition.is_damaged() && !fenced {
+                repaired = true;
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            repaired,
+            "the damaged replica was repaired and its broker unfenced"
+        );
+        assert_eq!(partition.with(|r| r.find_damage().unwrap()), None);
+        assert!(partition.with(|r| r.log().end() >= Offset(VALUES as i64)));
+    });
+}
+
+fn clean_disks() -> BTreeMap<i32, SimDisk> {
+    (1..=3)
+        .map(|id| {
+            let rng = StdRng::seed_from_u64(id as u64);
+            (id, SimDisk::new(Box::new(rng), FaultConfig::none()))
+        })
+        .collect()
+}
+
+/// Creates the topic (RF 3, min.insync.replicas 2) and sends `VALUES` values to `key`.
+async fn create_and_produce(bootstrap: Vec<std::net::SocketAddr>, key: Key) -> History {
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    let spec = TopicSpec {
+        name: TOPIC.into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs: vec![("min.insync.replicas".into(), "2".into())],
+    };
+    for _ in 0..60 {
+        if client.create_topic(&spec).await.is_ok() && client.await_leaders(TOPIC, 1).await.is_ok()
+        {
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut history = History::default();
+    for v in 1..=VALUES {
+        let outcome = client.produce(&key, Value(v)).await;
+        history.send(ProcessId(0), &key, Value(v), outcome);
+    }
+    history
+}
+
+/// The sends acknowledged in `history`.
+fn acked(history: &History) -> u64 {
+    history
+        .ops
+        .iter()
+        .filter(|op| {
+            matches!(
+                &op.kind,
+                keel_sim::checker::OpKind::Send {
+                    outcome: SendOutcome::Ok { .. },
+                    ..
+                }
+            )
+        })
+        .count() as u64
+}
+
+/// Reads `key` from its start to its end offset as a fresh process, into `history`.
+async fn read_back(
+    bootstrap: Vec<std::net::SocketAddr>,
+    key: Key,
+    mut history: History,
+) -> History {
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    let end = loop {
+        if let Ok(end) = client.end_offset(&key).await {
+            break end;
+        }
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut consumer = Consumer::new();
+    consumer.assign(std::slice::from_ref(&key));
+    let mut read = 0;
+    while read < end.0 {
+        match consumer.poll(&mut client, &key).await {
+            Ok(f) => {
+                read += f.records.len() as i64;
+                history.poll(ProcessId(1), &key, f.records);
+            }
+            Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    history.final_read(ProcessId(1), &key, end);
+    history
 }
