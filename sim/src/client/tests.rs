@@ -187,6 +187,8 @@ mod fake_broker {
         /// (producer id, epoch, base sequence) of every produced batch seen.
         seen: Vec<(i64, i16, i32)>,
         init_producer_ids: i64,
+        /// Connections accepted.
+        connections: usize,
     }
 
     fn answer(script: &Mutex<Script>, request: RequestKind, port: u16) -> Option<ResponseKind> {
@@ -302,6 +304,7 @@ mod fake_broker {
         let shared = script.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                shared.lock().unwrap().connections += 1;
                 tokio::spawn(serve_connection(stream, shared.clone(), addr.port()));
             }
         });
@@ -409,5 +412,69 @@ mod fake_broker {
         let mut client = quick_client(addr);
         let outcome = client.produce(&key(), Value(1)).await;
         assert!(matches!(outcome, SendOutcome::Fail { .. }), "{outcome:?}");
+    }
+
+    /// A connection broken after the request was written ([`ConnectionFaults`]) leaves the
+    /// request unanswered: the client drops that connection, opens a new one and resends the
+    /// same batch (same producer id, epoch and sequence), so that a broker which had appended
+    /// it answers with the original offset instead of appending it twice (Kafka's idempotent
+    /// producer). A send whose attempts all broke is indefinite, never failed.
+    #[tokio::test]
+    async fn a_connection_broken_mid_request_is_retried_on_a_new_connection_with_the_same_batch() {
+        let (addr, script) = fake_broker(&[Answer::Code(0)]).await;
+        let mut client = quick_client(addr);
+        client.init_producer().await.unwrap();
+        let faults = client.config().faults.clone();
+        faults.set_break_probability(0.5);
+        let connections_before = script.lock().unwrap().connections;
+        let (mut retried_ok, mut breaks) = (0, 0);
+        for v in 0..30 {
+            let seen_before = script.lock().unwrap().seen.len();
+            let outcome = client.produce(&key(), Value(v)).await;
+            let seen = script.lock().unwrap().seen[seen_before..].to_vec();
+            assert!(
+                seen.windows(2).all(|w| w[0] == w[1]),
+                "value {v}: every attempt resends one batch: {seen:?}"
+            );
+            match &outcome {
+                SendOutcome::Ok { offset } => {
+                    assert_eq!(*offset, Offset(42));
+                    if seen.len() > 1 {
+                        retried_ok += 1;
+                    }
+                }
+                SendOutcome::Indefinite { reason } => {
+                    assert!(!seen.is_empty(), "value {v}: indefinite, never sent");
+                    assert!(reason.contains("injected"), "{reason}");
+                }
+                SendOutcome::Fail { reason } => {
+                    assert!(seen.is_empty(), "value {v}: failed, yet sent: {reason}");
+                }
+            }
+            breaks += seen
+                .len()
+                .saturating_sub(usize::from(matches!(outcome, SendOutcome::Ok { .. })));
+        }
+        assert!(
+            retried_ok > 0,
+            "some send succeeded on a retry after a break"
+        );
+        let connections = script.lock().unwrap().connections - connections_before;
+        assert!(
+            connections + 1 >= breaks,
+            "a new connection after each of {breaks} broken produces, got {connections}"
+        );
+        faults.set_break_probability(0.0);
+        let opened = script.lock().unwrap().connections;
+        for v in 100..105 {
+            assert!(matches!(
+                client.produce(&key(), Value(v)).await,
+                SendOutcome::Ok { .. }
+            ));
+        }
+        assert!(
+            script.lock().unwrap().connections <= opened + 1,
+            "switched off, no more breaks"
+        );
     }
 }
