@@ -189,6 +189,8 @@ mod fake_broker {
         init_producer_ids: i64,
         /// Connections accepted.
         connections: usize,
+        /// The value of every produced batch seen, with its (producer id, epoch, sequence).
+        values: Vec<(u64, (i64, i16, i32))>,
     }
 
     fn answer(script: &Mutex<Script>, request: RequestKind, port: u16) -> Option<ResponseKind> {
@@ -233,11 +235,15 @@ mod fake_broker {
             RequestKind::Produce(p) => {
                 let records = p.topic_data[0].partition_data[0].records.clone().unwrap();
                 let batch = Batch::parse(records).unwrap();
-                s.seen.push((
+                let id = (
                     batch.producer_id().0,
                     batch.producer_epoch(),
                     batch.base_sequence(),
-                ));
+                );
+                s.seen.push(id);
+                let record = batch.records().unwrap().remove(0);
+                let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
+                s.values.push((value.parse().unwrap(), id));
                 let next = if s.produce.len() > 1 {
                     s.produce.pop_front()
                 } else {
@@ -427,39 +433,53 @@ mod fake_broker {
         let faults = client.config().faults.clone();
         faults.set_break_probability(0.5);
         let connections_before = script.lock().unwrap().connections;
-        let (mut retried_ok, mut breaks) = (0, 0);
+        let mut outcomes = Vec::new();
         for v in 0..30 {
-            let seen_before = script.lock().unwrap().seen.len();
-            let outcome = client.produce(&key(), Value(v)).await;
-            let seen = script.lock().unwrap().seen[seen_before..].to_vec();
+            outcomes.push((v, client.produce(&key(), Value(v)).await));
+        }
+        // Requests written before a break may arrive after the client moved on: wait for them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (values, connections_now) = {
+            let s = script.lock().unwrap();
+            (s.values.clone(), s.connections)
+        };
+        let sent = |v: u64| -> Vec<(i64, i16, i32)> {
+            values
+                .iter()
+                .filter(|(value, _)| *value == v)
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        let (mut retried_ok, mut breaks) = (0, 0);
+        for (v, outcome) in &outcomes {
+            let seen = sent(*v);
             assert!(
                 seen.windows(2).all(|w| w[0] == w[1]),
                 "value {v}: every attempt resends one batch: {seen:?}"
             );
-            match &outcome {
+            match outcome {
                 SendOutcome::Ok { offset } => {
                     assert_eq!(*offset, Offset(42));
                     if seen.len() > 1 {
                         retried_ok += 1;
                     }
+                    breaks += seen.len() - 1;
                 }
                 SendOutcome::Indefinite { reason } => {
                     assert!(!seen.is_empty(), "value {v}: indefinite, never sent");
                     assert!(reason.contains("injected"), "{reason}");
+                    breaks += seen.len();
                 }
                 SendOutcome::Fail { reason } => {
                     assert!(seen.is_empty(), "value {v}: failed, yet sent: {reason}");
                 }
             }
-            breaks += seen
-                .len()
-                .saturating_sub(usize::from(matches!(outcome, SendOutcome::Ok { .. })));
         }
         assert!(
             retried_ok > 0,
             "some send succeeded on a retry after a break"
         );
-        let connections = script.lock().unwrap().connections - connections_before;
+        let connections = connections_now - connections_before;
         assert!(
             connections + 1 >= breaks,
             "a new connection after each of {breaks} broken produces, got {connections}"
