@@ -689,11 +689,19 @@ impl<S: Storage> Log<S> {
             .epochs
             .latest()
             .is_none_or(|e| batch.partition_leader_epoch() > e.epoch)
-            && self
+        {
+            // The cache takes the epoch only once it is persisted: a failed write (a full
+            // disk) fails the append and leaves the cache naming no epoch past the log end.
+            let before = self.epochs.clone();
+            if self
                 .epochs
                 .assign(batch.partition_leader_epoch(), batch.base_offset())
-        {
-            self.write_epochs()?;
+            {
+                if let Err(e) = self.write_epochs() {
+                    self.epochs = before;
+                    return Err(e);
+                }
+            }
         }
         let active = self.active();
         let too_big = active.size + batch.size() as u64 > self.config.segment_bytes_max;

@@ -10,6 +10,8 @@
 //!   `time::timeout`), and no hash maps or OS randomness: under the simulator a seed replays.
 //! - A request that timed out, or whose connection broke after it was written, drops that
 //!   connection: a late response can never be taken for the answer to a later request.
+//!   [`ConnectionFaults`] lets the simulator break connections that way on purpose; the
+//!   operation then retries on a new connection, as after a real break.
 //! - [`Client::produce`] sends one record batch per value with acks=all and idempotence, and
 //!   retries the *same* batch (same producer id, epoch and sequence) after refreshing metadata,
 //!   so a retry of a batch that was in fact appended is answered with the original offset
@@ -26,6 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -43,6 +47,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use keel_core::batch::{Batch, BatchBuilder, BatchError, Compression};
 use keel_core::types::{Offset, ProducerId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,6 +90,10 @@ pub struct ClientConfig {
     pub fetch_bytes_max: i32,
     /// Responses larger than this are a protocol violation (and close the connection).
     pub response_bytes_max: usize,
+    /// Connection breaks the simulator injects (none unless switched on).
+    pub faults: ConnectionFaults,
+    /// Seeds the client's own random draws (which requests a [`ConnectionFaults`] breaks).
+    pub seed: u64,
 }
 
 impl ClientConfig {
@@ -98,7 +108,49 @@ impl ClientConfig {
             fetch_max_wait_ms: 100,
             fetch_bytes_max: 1 << 20,
             response_bytes_max: 64 << 20,
+            faults: ConnectionFaults::default(),
+            seed: 0,
         }
+    }
+}
+
+/// The longest an injected break waits after writing the request: long enough for a broker to
+/// have appended a produce (and often answered it), so the break falls before, during or after
+/// the broker's work.
+pub const BREAK_DELAY_MS_MAX: u64 = 20;
+
+/// A switch the simulator flips while clients run: with probability
+/// [`ConnectionFaults::break_probability`] per request, the client writes the request, waits up
+/// to [`BREAK_DELAY_MS_MAX`], then drops the connection without reading the answer, as when a
+/// connection breaks mid-request. The request may or may not have taken effect; the client
+/// sees [`ClientError::NoResponse`] and retries on a new connection. Clones share the switch.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionFaults {
+    /// The probability, as `f64` bits (0.0 is all zero bits: off).
+    break_probability_bits: Arc<AtomicU64>,
+    /// Connections broken so far.
+    breaks: Arc<AtomicU64>,
+}
+
+impl ConnectionFaults {
+    /// Sets the probability (0 to 1) that a request's connection breaks; 0 switches it off.
+    pub fn set_break_probability(&self, p: f64) {
+        let p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.break_probability_bits
+            .store(p.to_bits(), Ordering::SeqCst);
+    }
+
+    pub fn break_probability(&self) -> f64 {
+        f64::from_bits(self.break_probability_bits.load(Ordering::SeqCst))
+    }
+
+    /// How many connections were broken so far, by every client sharing the switch.
+    pub fn breaks(&self) -> u64 {
+        self.breaks.load(Ordering::SeqCst)
     }
 }
 
@@ -356,16 +408,38 @@ impl Connection {
         body: &RequestKind,
         response_bytes_max: usize,
     ) -> Result<ResponseKind, String> {
+        self.send(api, version, correlation_id, client_id, body)
+            .await?;
+        self.receive(api, version, correlation_id, response_bytes_max)
+            .await
+    }
+
+    /// Writes one request; on an error it may have been sent in part or whole.
+    async fn send(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        client_id: &str,
+        body: &RequestKind,
+    ) -> Result<(), String> {
         let frame = encode_request(api, version, correlation_id, client_id, body)?;
         self.stream
             .write_all(&frame)
             .await
             .map_err(|e| format!("write: {e}"))?;
         // madsim sends on flush.
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| format!("flush: {e}"))?;
+        self.stream.flush().await.map_err(|e| format!("flush: {e}"))
+    }
+
+    /// Reads the response to the request [`Connection::send`] wrote.
+    async fn receive(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        response_bytes_max: usize,
+    ) -> Result<ResponseKind, String> {
         let size = self
             .stream
             .read_i32()
@@ -532,12 +606,15 @@ pub struct Client {
     correlation_id: i32,
     /// Rotates the broker asked first for metadata, so a dead broker is not always first.
     rotation: usize,
+    /// Draws which requests [`ConnectionFaults`] breaks, from [`ClientConfig::seed`].
+    rng: StdRng,
 }
 
 impl Client {
     /// A client that connects lazily, on its first operation.
     pub fn new(config: ClientConfig) -> Client {
         Client {
+            rng: StdRng::seed_from_u64(config.seed),
             config,
             connections: BTreeMap::new(),
             metadata: ClusterMetadata::default(),
@@ -641,17 +718,41 @@ impl Client {
             .get_mut(endpoint)
             .expect("connected just above");
         let version = connection.version(api)?;
-        let result = tokio::time::timeout(
-            self.config.request_timeout,
-            connection.round_trip(
-                api,
-                version,
-                correlation_id,
-                &self.config.client_id,
-                &body,
-                self.config.response_bytes_max,
-            ),
-        )
+        // Drawn only while breaks are on, so that they change nothing else.
+        let p = self.config.faults.break_probability();
+        let break_after_ms =
+            (p > 0.0 && self.rng.gen_bool(p)).then(|| self.rng.gen_range(0..=BREAK_DELAY_MS_MAX));
+        let (client_id, response_bytes_max, faults) = (
+            &self.config.client_id,
+            self.config.response_bytes_max,
+            &self.config.faults,
+        );
+        let result = tokio::time::timeout(self.config.request_timeout, async {
+            match break_after_ms {
+                None => {
+                    connection
+                        .round_trip(
+                            api,
+                            version,
+                            correlation_id,
+                            client_id,
+                            &body,
+                            response_bytes_max,
+                        )
+                        .await
+                }
+                Some(ms) => {
+                    connection
+                        .send(api, version, correlation_id, client_id, &body)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    faults.breaks.fetch_add(1, Ordering::SeqCst);
+                    Err(format!(
+                        "connection broken {ms} ms after the request was written (injected)"
+                    ))
+                }
+            }
+        })
         .await;
         let reason = match result {
             Ok(Ok(response)) => return Ok(response),

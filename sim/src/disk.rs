@@ -163,6 +163,18 @@ impl SimDisk {
         self.lock().stats.clone()
     }
 
+    /// Bytes the files take (each file's longer of its written and its synced contents).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    /// Sets how many bytes the disk holds (`None`: unbounded). Appends that would go past it
+    /// fail with `NoSpace`, whether or not the other faults are on: a full disk is the
+    /// nemesis's to fill and empty.
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.lock().faults.capacity_bytes = capacity_bytes;
+    }
+
     /// Names of every file on the disk, with their directories.
     pub fn paths(&self) -> Vec<String> {
         self.lock().files.keys().cloned().collect()

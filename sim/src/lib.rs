@@ -1,13 +1,15 @@
-//! keel-sim: keel's deterministic simulator. So far: [`disk::SimDisk`], the simulated disk
-//! (lost and torn writes on crash, bit rot, misdirected writes, I/O errors, a full disk) that
-//! the simulator will give each node. The madsim harness, workload and checker come with the
-//! simulator issue.
+//! keel-sim: keel's deterministic simulator. It runs keel's brokers under madsim
+//! (`harness`), each on a simulated disk ([`disk::SimDisk`]), drives a Jepsen-style
+//! workload through a small Kafka client ([`client`]) while the nemesis (`nemesis`) injects
+//! faults, and checks the history ([`checker`]); `run` is one seed, `swarm` many.
 
 pub mod checker;
 pub mod client;
 pub mod disk;
 #[cfg(madsim)]
 pub mod harness;
+#[cfg(madsim)]
+pub mod nemesis;
 #[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]

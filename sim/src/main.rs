@@ -191,7 +191,8 @@ mod cli {
         let c = &r.coverage;
         println!(
             "{}: {} simulated s in {:.1} wall s ({:.0}x); acked {} indefinite {} failed {} read {}; \
-             elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {}; faults {:?}",
+             elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
+             full-disk-refusals {} connection-breaks {}; faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -206,6 +207,8 @@ mod cli {
             c.truncations,
             c.recoveries,
             c.corruptions_detected,
+            c.disk.full_disk_errors,
+            c.connection_breaks,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

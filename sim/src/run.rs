@@ -3,14 +3,16 @@
 //!
 //! A run has three phases, all in simulated time:
 //! 1. **Faults** ([`Params::fault_ms`]): producers send unique values with acks=all and
-//!    idempotence, consumers poll by assign, and the nemesis kills and restarts brokers (a kill
-//!    is a power loss of that broker's disk), crashes the whole cluster at once, pauses brokers,
-//!    and clogs nodes and single links; one broker's disk may also rot, misdirect writes and
-//!    fail I/O. A monitor checks the replication invariants on the brokers' own state every
-//!    [`MONITOR_MS`].
-//! 2. **Healing**: every broker is restarted and resumed, the network unclogged and disk faults
-//!    stopped; producers finish the send they are in and stop. Each must within
-//!    [`LIVENESS_MS`].
+//!    idempotence, consumers poll by assign, and the nemesis ([`crate::nemesis`]) kills and
+//!    restarts brokers (a kill is a power loss of that broker's disk), crashes the whole
+//!    cluster at once, pauses brokers, clogs nodes, single links and swizzled subsets, slows
+//!    the network, breaks clients' connections mid-request and fills disks; one broker's disk
+//!    may also rot, misdirect writes and fail I/O. A monitor checks the replication invariants
+//!    on the brokers' own state every [`MONITOR_MS`].
+//! 2. **Healing** ([`crate::nemesis::heal`]): every broker is restarted and resumed, the
+//!    network unclogged and back to its default speed, disk faults stopped, disks given space
+//!    and connections left whole; producers finish the send they are in and stop. Each must
+//!    within [`LIVENESS_MS`].
 //! 3. **Final read**: a fresh reader reads every partition to its end; the whole history goes
 //!    to [`crate::checker::check`].
 //!
@@ -34,9 +36,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{check, CheckReport, History, Key, OpKind, ProcessId, SendOutcome, Value};
-use crate::client::{Client, ClientConfig, ClientError, Consumer, TopicSpec};
+use crate::client::{Client, ClientConfig, ClientError, ConnectionFaults, Consumer, TopicSpec};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
+pub use crate::nemesis::Fault;
+use crate::nemesis::{heal, nemesis, Targets};
 
 /// How often the monitor checks the invariants.
 pub const MONITOR_MS: u64 = 100;
@@ -72,47 +76,15 @@ pub struct Params {
     /// How long one sync takes on every broker's disk: acks wait for it, and a power loss
     /// loses what was appended meanwhile.
     pub sync_latency_ms: u64,
+    /// [`Fault::Latency`]: the network's latency range (ms, from and below) while it is slow,
+    /// and the share of packets it loses then (madsim's TCP resends them, later).
+    pub slow_latency_ms: (u64, u64),
+    pub slow_packet_loss: f64,
+    /// [`Fault::ClientBreak`]: the probability that a request's connection breaks after the
+    /// request was written.
+    pub client_break_probability: f64,
     /// A planted bug (the `planted-bugs` feature only).
     pub bug: Option<Bug>,
-}
-
-/// The kinds of faults.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
-    /// Power loss of one broker, restarted a few seconds later.
-    Kill,
-    /// Power loss of every broker at once.
-    ClusterCrash,
-    /// A broker stops running for a while (a long GC pause, a stopped VM).
-    Pause,
-    /// A broker is cut off the network both ways.
-    ClogNode,
-    /// One direction of one link between brokers is cut (an asymmetric partition).
-    ClogLink,
-    /// Bit rot, misdirected writes and I/O errors on one broker's disk.
-    Disk,
-}
-
-impl Fault {
-    pub const ALL: [Fault; 6] = [
-        Fault::Kill,
-        Fault::ClusterCrash,
-        Fault::Pause,
-        Fault::ClogNode,
-        Fault::ClogLink,
-        Fault::Disk,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::Kill => "kill",
-            Fault::ClusterCrash => "cluster-crash",
-            Fault::Pause => "pause",
-            Fault::ClogNode => "clog-node",
-            Fault::ClogLink => "clog-link",
-            Fault::Disk => "disk",
-        }
-    }
 }
 
 impl Params {
@@ -183,11 +155,28 @@ impl Params {
             faulty_disk,
             disk_faults,
             sync_latency_ms: 0,
+            slow_latency_ms: (1, 10),
+            slow_packet_loss: 0.0,
+            client_break_probability: 0.0,
             bug: None,
         };
         // Drawn last, so that adding it left every earlier draw (and so each seed's cluster,
         // workload and faults) as it was.
         params.sync_latency_ms = rng.gen_range(1..=20);
+        // The same for the fault kinds added later and their parameters.
+        for kind in Fault::ADDED {
+            if rng.gen_bool(0.6) {
+                params.faults.insert(kind);
+            }
+        }
+        let latency_from = rng.gen_range(5..=50);
+        params.slow_latency_ms = (latency_from, latency_from + rng.gen_range(20..=400));
+        params.slow_packet_loss = if rng.gen_bool(0.5) {
+            rng.gen_range(0.001..0.1)
+        } else {
+            0.0
+        };
+        params.client_break_probability = rng.gen_range(0.05..0.5);
         params
     }
 }
@@ -214,6 +203,20 @@ impl fmt::Display for Params {
             self.faulty_disk,
             self.sync_latency_ms,
         )?;
+        if self.faults.contains(&Fault::Latency) {
+            write!(
+                f,
+                " slow_latency_ms={}..{} slow_packet_loss={:.3}",
+                self.slow_latency_ms.0, self.slow_latency_ms.1, self.slow_packet_loss
+            )?;
+        }
+        if self.faults.contains(&Fault::ClientBreak) {
+            write!(
+                f,
+                " client_break_probability={:.2}",
+                self.client_break_probability
+            )?;
+        }
         if let Some(bug) = self.bug {
             write!(f, " bug={}", bug.name())?;
         }
@@ -267,6 +270,8 @@ pub struct Coverage {
     /// Damage found by recovery (a cut log).
     pub corruptions_detected: u64,
     pub disk: DiskStats,
+    /// Client connections broken mid-request ([`Fault::ClientBreak`]).
+    pub connection_breaks: u64,
     pub acked: u64,
     pub indefinite: u64,
     pub failed: u64,
@@ -292,7 +297,7 @@ pub struct RunResult {
 
 /// The last events, with their simulated time since the run started.
 #[derive(Clone)]
-struct Trace {
+pub(crate) struct Trace {
     start: madsim::time::Instant,
     events: Arc<Mutex<VecDeque<String>>>,
 }
@@ -315,11 +320,11 @@ impl Trace {
     }
 
     /// Simulated milliseconds since the run started.
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn event(&self, what: impl Into<String>) {
+    pub(crate) fn event(&self, what: impl Into<String>) {
         let at = self.now_ms();
         let mut events = self.events.lock().expect("trace poisoned");
         if events.len() == TRACE_EVENTS {
@@ -394,6 +399,8 @@ struct Workload {
     next_value: AtomicU64,
     stop: AtomicBool,
     trace: Trace,
+    /// The switch that breaks workload clients' connections mid-request.
+    connections: ConnectionFaults,
 }
 
 fn client_ip(n: u32) -> IpAddr {
@@ -482,6 +489,7 @@ async fn simulate(params: Params) -> RunResult {
         next_value: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         trace: trace.clone(),
+        connections: ConnectionFaults::default(),
     });
     let keys = keys(&params);
     let mut producers = Vec::new();
@@ -495,7 +503,8 @@ async fn simulate(params: Params) -> RunResult {
     for c in 0..params.consumers {
         let node = client_node(&handle, format!("consumer-{c}"), 10 + c);
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
-        consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys)));
+        let seed = params.seed ^ (c as u64 + 101) << 32;
+        consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys, seed)));
     }
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -507,10 +516,16 @@ async fn simulate(params: Params) -> RunResult {
     ));
 
     // Phase 1: faults.
-    nemesis(&params, &cluster, &disks, &mut coverage, &trace).await;
+    let targets = Targets {
+        cluster: &cluster,
+        disks: &disks,
+        connections: &workload.connections,
+        trace: &trace,
+    };
+    nemesis(&params, &targets, &mut coverage).await;
 
     // Phase 2: heal.
-    heal(&cluster, &disks, &mut coverage, &trace);
+    heal(&targets, &mut coverage);
     workload.stop.store(true, Ordering::SeqCst);
     let stopped = madsim::time::timeout(Duration::from_millis(LIVENESS_MS), async {
         for p in producers {
@@ -575,6 +590,7 @@ async fn simulate(params: Params) -> RunResult {
     for d in disks.values() {
         coverage.disk.add(&d.stats());
     }
+    coverage.connection_breaks = workload.connections.breaks();
     coverage.corruptions_detected = monitored.corruptions_detected;
     let monitor_violations = violations.lock().expect("violations poisoned").clone();
     let (verdict, reason) = if !monitor_violations.is_empty() {
@@ -632,7 +648,7 @@ async fn produce(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut client = Client::new(ClientConfig::new(bootstrap));
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
     while !w.stop.load(Ordering::SeqCst) {
         let key = &keys[rng.gen_range(0..keys.len())];
         let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
@@ -645,9 +661,23 @@ async fn produce(
     }
 }
 
+/// The config of a workload client: its connections break while [`Fault::ClientBreak`] is on.
+fn workload_client(w: &Workload, bootstrap: Vec<SocketAddr>, seed: u64) -> ClientConfig {
+    let mut config = ClientConfig::new(bootstrap);
+    config.faults = w.connections.clone();
+    config.seed = seed;
+    config
+}
+
 /// A consumer by assign: polls every partition in turn, forever.
-async fn consume(me: ProcessId, w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>) {
-    let mut client = Client::new(ClientConfig::new(bootstrap));
+async fn consume(
+    me: ProcessId,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
     let mut consumer = Consumer::new();
     consumer.assign(&keys);
     w.history
@@ -754,119 +784,6 @@ async fn final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>
             .expect("history poisoned")
             .final_read(me, key, end);
     }
-}
-
-/// Injects faults for the fault phase.
-async fn nemesis(
-    params: &Params,
-    cluster: &Arc<Mutex<SimCluster>>,
-    disks: &BTreeMap<i32, SimDisk>,
-    coverage: &mut Coverage,
-    trace: &Trace,
-) {
-    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x006e_656d_6573_6973);
-    let kinds: Vec<Fault> = params.faults.iter().copied().collect();
-    let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
-    let net = madsim::net::NetSim::current();
-    if let Some(id) = params.faulty_disk {
-        disks[&id].set_faults(true);
-        *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
-        trace.event(format!("disk faults on broker {id}"));
-    }
-    for d in disks
-        .iter()
-        .filter(|(id, _)| Some(**id) != params.faulty_disk)
-        .map(|(_, d)| d)
-    {
-        d.set_faults(false);
-    }
-    let end = trace.now_ms() + params.fault_ms;
-    while trace.now_ms() < end {
-        let pause = rng.gen_range(params.fault_interval_ms / 2..=params.fault_interval_ms * 3 / 2);
-        madsim::time::sleep(Duration::from_millis(pause)).await;
-        let kind = kinds[rng.gen_range(0..kinds.len())];
-        if kind == Fault::Disk {
-            continue;
-        }
-        *coverage.faults.entry(kind.name()).or_default() += 1;
-        let id = ids[rng.gen_range(0..ids.len())];
-        // Up to 10 s: longer than the lag bound, so cut-off followers leave the ISR while the
-        // broker itself stays registered (its heartbeats may still reach the controller).
-        let lasts = Duration::from_millis(rng.gen_range(500..10_000));
-        match kind {
-            Fault::Kill => {
-                trace.event(format!("kill broker {id} for {lasts:?}"));
-                cluster.lock().expect("cluster poisoned").kill(id);
-                madsim::time::sleep(lasts).await;
-                cluster.lock().expect("cluster poisoned").restart(id);
-                coverage.recoveries += 1;
-                trace.event(format!("restart broker {id}"));
-            }
-            Fault::ClusterCrash => {
-                trace.event(format!("power loss of every broker for {lasts:?}"));
-                for &b in &ids {
-                    cluster.lock().expect("cluster poisoned").kill(b);
-                }
-                madsim::time::sleep(lasts).await;
-                for &b in &ids {
-                    cluster.lock().expect("cluster poisoned").restart(b);
-                    coverage.recoveries += 1;
-                }
-                trace.event("every broker restarted");
-            }
-            Fault::Pause => {
-                trace.event(format!("pause broker {id} for {lasts:?}"));
-                cluster.lock().expect("cluster poisoned").pause(id);
-                madsim::time::sleep(lasts).await;
-                cluster.lock().expect("cluster poisoned").resume(id);
-            }
-            Fault::ClogNode => {
-                let node = cluster.lock().expect("cluster poisoned").node_id(id);
-                trace.event(format!("cut broker {id} off the network for {lasts:?}"));
-                net.clog_node(node);
-                madsim::time::sleep(lasts).await;
-                net.unclog_node(node);
-            }
-            Fault::ClogLink => {
-                let other = ids[rng.gen_range(0..ids.len())];
-                if other == id {
-                    continue;
-                }
-                let (a, b) = {
-                    let c = cluster.lock().expect("cluster poisoned");
-                    (c.node_id(id), c.node_id(other))
-                };
-                trace.event(format!("cut the link {id} -> {other} for {lasts:?}"));
-                net.clog_link(a, b);
-                madsim::time::sleep(lasts).await;
-                net.unclog_link(a, b);
-            }
-            Fault::Disk => unreachable!("skipped above"),
-        }
-    }
-}
-
-/// Restarts and resumes every broker, unclogs the network, stops disk faults.
-fn heal(
-    cluster: &Arc<Mutex<SimCluster>>,
-    disks: &BTreeMap<i32, SimDisk>,
-    coverage: &mut Coverage,
-    trace: &Trace,
-) {
-    let net = madsim::net::NetSim::current();
-    let mut c = cluster.lock().expect("cluster poisoned");
-    for id in c.ids() {
-        if !c.is_up(id) {
-            c.restart(id);
-            coverage.recoveries += 1;
-        }
-        c.resume(id);
-        net.unclog_node(c.node_id(id));
-    }
-    for d in disks.values() {
-        d.set_faults(false);
-    }
-    trace.event("heal: every broker up, network whole, disks quiet");
 }
 
 /// What the monitor last saw of one replica.

@@ -572,6 +572,30 @@ fn full_disk_fails_the_append_and_loses_nothing() {
     assert_eq!(log.read(Offset(0), usize::MAX, log.end()).unwrap().len(), 5);
 }
 
+/// A full disk can refuse the first append of a new leader epoch while the epoch cache is
+/// being persisted (the checkpoint is written before the batch). The append fails as a whole:
+/// the cache must not keep the epoch it could not persist, or it would name an epoch that no
+/// batch in the log carries, starting at the log end (the module's invariant 6, "the cache
+/// never refers past the log end"; Kafka's `LeaderEpochFileCache.assign` writes the file
+/// before it changes the cache).
+#[test]
+fn full_disk_on_a_new_epoch_leaves_the_epoch_cache_as_it_was() {
+    let mut log = open(MemStorage::new(), LogConfig::default());
+    fill(&mut log, 5, 2);
+    log.sync().unwrap();
+    let mut storage = log.into_storage();
+    storage.capacity_bytes = Some(storage.used_bytes());
+    let mut log = open(storage, LogConfig::default());
+    let before = log.epochs().clone();
+    let err = log
+        .append(NOW, small_batch(2, NOW), LeaderEpoch(1))
+        .unwrap_err();
+    assert_eq!(err, LogError::Storage(StorageError::NoSpace));
+    assert_eq!(log.epochs(), &before, "the unpersisted epoch is not kept");
+    log.check_invariants();
+    assert_eq!(log.end(), Offset(10));
+}
+
 #[test]
 fn model_smoke_sequence() {
     use LogOp::*;

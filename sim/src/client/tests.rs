@@ -187,6 +187,10 @@ mod fake_broker {
         /// (producer id, epoch, base sequence) of every produced batch seen.
         seen: Vec<(i64, i16, i32)>,
         init_producer_ids: i64,
+        /// Connections accepted.
+        connections: usize,
+        /// The value of every produced batch seen, with its (producer id, epoch, sequence).
+        values: Vec<(u64, (i64, i16, i32))>,
     }
 
     fn answer(script: &Mutex<Script>, request: RequestKind, port: u16) -> Option<ResponseKind> {
@@ -231,11 +235,15 @@ mod fake_broker {
             RequestKind::Produce(p) => {
                 let records = p.topic_data[0].partition_data[0].records.clone().unwrap();
                 let batch = Batch::parse(records).unwrap();
-                s.seen.push((
+                let id = (
                     batch.producer_id().0,
                     batch.producer_epoch(),
                     batch.base_sequence(),
-                ));
+                );
+                s.seen.push(id);
+                let record = batch.records().unwrap().remove(0);
+                let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
+                s.values.push((value.parse().unwrap(), id));
                 let next = if s.produce.len() > 1 {
                     s.produce.pop_front()
                 } else {
@@ -302,6 +310,7 @@ mod fake_broker {
         let shared = script.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                shared.lock().unwrap().connections += 1;
                 tokio::spawn(serve_connection(stream, shared.clone(), addr.port()));
             }
         });
@@ -409,5 +418,83 @@ mod fake_broker {
         let mut client = quick_client(addr);
         let outcome = client.produce(&key(), Value(1)).await;
         assert!(matches!(outcome, SendOutcome::Fail { .. }), "{outcome:?}");
+    }
+
+    /// A connection broken after the request was written ([`ConnectionFaults`]) leaves the
+    /// request unanswered: the client drops that connection, opens a new one and resends the
+    /// same batch (same producer id, epoch and sequence), so that a broker which had appended
+    /// it answers with the original offset instead of appending it twice (Kafka's idempotent
+    /// producer). A send whose attempts all broke is indefinite, never failed.
+    #[tokio::test]
+    async fn a_connection_broken_mid_request_is_retried_on_a_new_connection_with_the_same_batch() {
+        let (addr, script) = fake_broker(&[Answer::Code(0)]).await;
+        let mut client = quick_client(addr);
+        client.init_producer().await.unwrap();
+        let faults = client.config().faults.clone();
+        faults.set_break_probability(0.5);
+        let connections_before = script.lock().unwrap().connections;
+        let mut outcomes = Vec::new();
+        for v in 0..30 {
+            outcomes.push((v, client.produce(&key(), Value(v)).await));
+        }
+        // Requests written before a break may arrive after the client moved on: wait for them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (values, connections_now) = {
+            let s = script.lock().unwrap();
+            (s.values.clone(), s.connections)
+        };
+        let sent = |v: u64| -> Vec<(i64, i16, i32)> {
+            values
+                .iter()
+                .filter(|(value, _)| *value == v)
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        let (mut retried_ok, mut breaks) = (0, 0);
+        for (v, outcome) in &outcomes {
+            let seen = sent(*v);
+            assert!(
+                seen.windows(2).all(|w| w[0] == w[1]),
+                "value {v}: every attempt resends one batch: {seen:?}"
+            );
+            match outcome {
+                SendOutcome::Ok { offset } => {
+                    assert_eq!(*offset, Offset(42));
+                    if seen.len() > 1 {
+                        retried_ok += 1;
+                    }
+                    breaks += seen.len() - 1;
+                }
+                SendOutcome::Indefinite { reason } => {
+                    assert!(!seen.is_empty(), "value {v}: indefinite, never sent");
+                    assert!(reason.contains("injected"), "{reason}");
+                    breaks += seen.len();
+                }
+                SendOutcome::Fail { reason } => {
+                    assert!(seen.is_empty(), "value {v}: failed, yet sent: {reason}");
+                }
+            }
+        }
+        assert!(
+            retried_ok > 0,
+            "some send succeeded on a retry after a break"
+        );
+        let connections = connections_now - connections_before;
+        assert!(
+            connections + 1 >= breaks,
+            "a new connection after each of {breaks} broken produces, got {connections}"
+        );
+        faults.set_break_probability(0.0);
+        let opened = script.lock().unwrap().connections;
+        for v in 100..105 {
+            assert!(matches!(
+                client.produce(&key(), Value(v)).await,
+                SendOutcome::Ok { .. }
+            ));
+        }
+        assert!(
+            script.lock().unwrap().connections <= opened + 1,
+            "switched off, no more breaks"
+        );
     }
 }

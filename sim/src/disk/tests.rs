@@ -110,6 +110,32 @@ fn a_full_disk_refuses_appends_and_io_errors_are_reported() {
     assert_eq!(d.stats().io_errors, 1);
 }
 
+/// The nemesis's full disk: a capacity set just above what is used refuses the append that
+/// would cross it (the file unchanged), and appends succeed again once it is lifted.
+#[test]
+fn a_disk_filled_for_a_while_refuses_appends_then_takes_them_again() {
+    let d = disk(1, FaultConfig::none());
+    let mut dir = d.dir("p");
+    dir.create("f").unwrap();
+    dir.append("f", &[1; 100]).unwrap();
+    assert_eq!(d.used_bytes(), 100);
+    d.set_capacity(Some(d.used_bytes() + 8));
+    dir.append("f", &[2; 8]).unwrap();
+    assert_eq!(dir.append("f", &[3; 1]), Err(StorageError::NoSpace));
+    assert_eq!(
+        dir.len("f").unwrap(),
+        108,
+        "a refused append writes nothing"
+    );
+    assert_eq!(d.stats().full_disk_errors, 1);
+    d.set_capacity(None);
+    dir.append("f", &[3; 1]).unwrap();
+    assert_eq!(
+        dir.read_at("f", 100, 9).unwrap().as_ref(),
+        &[2, 2, 2, 2, 2, 2, 2, 2, 3]
+    );
+}
+
 /// The fault model's promise, checked against the real log: with bit rot and misdirected
 /// writes on, every read either returns exactly the bytes that were written or reports
 /// corruption. Nothing damaged is ever served.

@@ -1,0 +1,298 @@
+//! The nemesis: the faults a run injects during its fault phase, and healing.
+//!
+//! What it owns: the choice of the next fault (one at a time, from the kinds the seed
+//! allows, after a random pause), its injection and its undoing, and [`heal`], which undoes
+//! every fault for good before the liveness phase.
+//!
+//! What always holds:
+//! - Each fault is undone before the next one starts, except a faulty disk
+//!   ([`Fault::Disk`]), which stays on for the whole fault phase.
+//! - Faults stay inside keel's fault model (docs/replication.md): a power loss loses only
+//!   unsynced writes; network faults delay or cut traffic but never alter bytes; disk damage
+//!   and a full disk hit one broker at a time, so acknowledged data always keeps an intact
+//!   copy on another in-sync replica.
+//! - After [`heal`], every broker runs, the network is whole with madsim's default latency
+//!   and no loss, every disk is quiet with room to spare, and clients' connections no longer
+//!   break.
+//! - Every draw comes from one RNG seeded by the run's seed: a seed injects the same faults at
+//!   the same simulated times.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::client::ConnectionFaults;
+use crate::disk::SimDisk;
+use crate::harness::SimCluster;
+use crate::run::{Coverage, Params, Trace};
+
+/// The kinds of faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Power loss of one broker, restarted a few seconds later.
+    Kill,
+    /// Power loss of every broker at once.
+    ClusterCrash,
+    /// A broker stops running for a while (a long GC pause, a stopped VM).
+    Pause,
+    /// A broker is cut off the network both ways.
+    ClogNode,
+    /// One direction of one link between brokers is cut (an asymmetric partition).
+    ClogLink,
+    /// Bit rot, misdirected writes and I/O errors on one broker's disk.
+    Disk,
+    /// FoundationDB's swizzle-clogging: a random subset of brokers is cut off one at a time,
+    /// then let back one at a time in another order.
+    SwizzleClog,
+    /// The whole network slows down (a higher latency range) and may lose packets, which TCP
+    /// resends: delivery is late, never wrong.
+    Latency,
+    /// Clients' connections break after a request was written and before its answer is read;
+    /// clients retry on a new connection.
+    ClientBreak,
+    /// One broker's disk fills up: appends fail with `NoSpace` until space returns.
+    FullDisk,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 10] = [
+        Fault::Kill,
+        Fault::ClusterCrash,
+        Fault::Pause,
+        Fault::ClogNode,
+        Fault::ClogLink,
+        Fault::Disk,
+        Fault::SwizzleClog,
+        Fault::Latency,
+        Fault::ClientBreak,
+        Fault::FullDisk,
+    ];
+
+    /// The kinds added after the first six, which [`Params::sample`] draws after everything
+    /// else so that the earlier draws of each seed stayed as they were.
+    pub const ADDED: [Fault; 4] = [
+        Fault::SwizzleClog,
+        Fault::Latency,
+        Fault::ClientBreak,
+        Fault::FullDisk,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::ClusterCrash => "cluster-crash",
+            Fault::Pause => "pause",
+            Fault::ClogNode => "clog-node",
+            Fault::ClogLink => "clog-link",
+            Fault::Disk => "disk",
+            Fault::SwizzleClog => "swizzle-clog",
+            Fault::Latency => "latency",
+            Fault::ClientBreak => "client-break",
+            Fault::FullDisk => "full-disk",
+        }
+    }
+}
+
+/// What the nemesis acts on.
+pub(crate) struct Targets<'a> {
+    pub cluster: &'a Arc<Mutex<SimCluster>>,
+    pub disks: &'a BTreeMap<i32, SimDisk>,
+    /// The switch every workload client's connections share.
+    pub connections: &'a ConnectionFaults,
+    pub trace: &'a Trace,
+}
+
+/// The pause between two brokers of a swizzle, clogged or unclogged.
+const SWIZZLE_GAP_MS: std::ops::RangeInclusive<u64> = 50..=1_000;
+/// The most free space a full disk has left when it fills (a few batches' worth).
+const FULL_DISK_HEADROOM_BYTES_MAX: u64 = 16 * 1024;
+
+/// Injects faults for the fault phase ([`Params::fault_ms`]), one at a time.
+pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Coverage) {
+    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x006e_656d_6573_6973);
+    let kinds: Vec<Fault> = params.faults.iter().copied().collect();
+    let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
+    let net = madsim::net::NetSim::current();
+    let (cluster, trace) = (t.cluster, t.trace);
+    if let Some(id) = params.faulty_disk {
+        t.disks[&id].set_faults(true);
+        *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
+        trace.event(format!("disk faults on broker {id}"));
+    }
+    for d in t
+        .disks
+        .iter()
+        .filter(|(id, _)| Some(**id) != params.faulty_disk)
+        .map(|(_, d)| d)
+    {
+        d.set_faults(false);
+    }
+    let end = trace.now_ms() + params.fault_ms;
+    while trace.now_ms() < end {
+        let pause = rng.gen_range(params.fault_interval_ms / 2..=params.fault_interval_ms * 3 / 2);
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+        let kind = kinds[rng.gen_range(0..kinds.len())];
+        if kind == Fault::Disk {
+            continue;
+        }
+        *coverage.faults.entry(kind.name()).or_default() += 1;
+        let id = ids[rng.gen_range(0..ids.len())];
+        // Up to 10 s: longer than the lag bound, so cut-off followers leave the ISR while the
+        // broker itself stays registered (its heartbeats may still reach the controller).
+        let lasts = Duration::from_millis(rng.gen_range(500..10_000));
+        match kind {
+            Fault::Kill => {
+                trace.event(format!("kill broker {id} for {lasts:?}"));
+                cluster.lock().expect("cluster poisoned").kill(id);
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").restart(id);
+                coverage.recoveries += 1;
+                trace.event(format!("restart broker {id}"));
+            }
+            Fault::ClusterCrash => {
+                trace.event(format!("power loss of every broker for {lasts:?}"));
+                for &b in &ids {
+                    cluster.lock().expect("cluster poisoned").kill(b);
+                }
+                madsim::time::sleep(lasts).await;
+                for &b in &ids {
+                    cluster.lock().expect("cluster poisoned").restart(b);
+                    coverage.recoveries += 1;
+                }
+                trace.event("every broker restarted");
+            }
+            Fault::Pause => {
+                trace.event(format!("pause broker {id} for {lasts:?}"));
+                cluster.lock().expect("cluster poisoned").pause(id);
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").resume(id);
+            }
+            Fault::ClogNode => {
+                let node = cluster.lock().expect("cluster poisoned").node_id(id);
+                trace.event(format!("cut broker {id} off the network for {lasts:?}"));
+                net.clog_node(node);
+                madsim::time::sleep(lasts).await;
+                net.unclog_node(node);
+            }
+            Fault::ClogLink => {
+                let other = ids[rng.gen_range(0..ids.len())];
+                if other == id {
+                    continue;
+                }
+                let (a, b) = {
+                    let c = cluster.lock().expect("cluster poisoned");
+                    (c.node_id(id), c.node_id(other))
+                };
+                trace.event(format!("cut the link {id} -> {other} for {lasts:?}"));
+                net.clog_link(a, b);
+                madsim::time::sleep(lasts).await;
+                net.unclog_link(a, b);
+            }
+            Fault::SwizzleClog => swizzle_clog(&mut rng, &ids, lasts, t).await,
+            Fault::Latency => {
+                let (low, high) = params.slow_latency_ms;
+                let loss = params.slow_packet_loss;
+                trace.event(format!(
+                    "slow network for {lasts:?}: latency {low}..{high} ms, packet loss {loss:.3}"
+                ));
+                net.update_config(|c| {
+                    c.send_latency = Duration::from_millis(low)..Duration::from_millis(high);
+                    c.packet_loss_rate = loss;
+                });
+                madsim::time::sleep(lasts).await;
+                net.update_config(|c| *c = madsim::net::Config::default());
+                trace.event("network speed back to normal");
+            }
+            Fault::ClientBreak => {
+                let p = params.client_break_probability;
+                trace.event(format!(
+                    "client connections break mid-request (p={p:.2}) for {lasts:?}"
+                ));
+                t.connections.set_break_probability(p);
+                madsim::time::sleep(lasts).await;
+                t.connections.set_break_probability(0.0);
+                trace.event("client connections hold again");
+            }
+            Fault::FullDisk => {
+                let disk = &t.disks[&id];
+                // Often none at all: even the smallest write (a checkpoint) then fails.
+                let headroom = if rng.gen_bool(0.25) {
+                    0
+                } else {
+                    rng.gen_range(0..=FULL_DISK_HEADROOM_BYTES_MAX)
+                };
+                trace.event(format!(
+                    "broker {id}'s disk full ({headroom} bytes left) for {lasts:?}"
+                ));
+                disk.set_capacity(Some(disk.used_bytes() + headroom));
+                // The disk stays full while the next faults come (a restart on a full disk, an
+                // election while a follower cannot write): the nemesis goes on at once.
+                let (disk, trace) = (disk.clone(), trace.clone());
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(lasts).await;
+                    disk.set_capacity(None);
+                    trace.event(format!("broker {id}'s disk has space again"));
+                });
+            }
+            Fault::Disk => unreachable!("skipped above"),
+        }
+    }
+}
+
+/// Clogs a random subset of at least two brokers one at a time, holds for `lasts`, then
+/// unclogs them one at a time in a different order (FoundationDB's swizzle-clogging: the
+/// partitions it makes on the way in and out are ones a single clog never makes).
+async fn swizzle_clog(rng: &mut StdRng, ids: &[i32], lasts: Duration, t: &Targets<'_>) {
+    let net = madsim::net::NetSim::current();
+    let mut chosen = ids.to_vec();
+    chosen.shuffle(rng);
+    chosen.truncate(rng.gen_range(2..=ids.len().max(2)));
+    let mut out = chosen.clone();
+    out.shuffle(rng);
+    if out == chosen && out.len() > 1 {
+        out.rotate_left(1);
+    }
+    let node = |id: i32| t.cluster.lock().expect("cluster poisoned").node_id(id);
+    t.trace.event(format!(
+        "swizzle: clog brokers {chosen:?} one by one, hold {lasts:?}, unclog {out:?}"
+    ));
+    for &id in &chosen {
+        net.clog_node(node(id));
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(SWIZZLE_GAP_MS))).await;
+    }
+    madsim::time::sleep(lasts).await;
+    for &id in &out {
+        net.unclog_node(node(id));
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(SWIZZLE_GAP_MS))).await;
+    }
+    t.trace.event("swizzle: every broker unclogged");
+}
+
+/// Restarts and resumes every broker, unclogs the network and restores its default latency
+/// and loss, stops disk faults, gives every disk its space back and stops breaking client
+/// connections.
+pub(crate) fn heal(t: &Targets<'_>, coverage: &mut Coverage) {
+    let net = madsim::net::NetSim::current();
+    net.update_config(|c| *c = madsim::net::Config::default());
+    t.connections.set_break_probability(0.0);
+    let mut c = t.cluster.lock().expect("cluster poisoned");
+    for id in c.ids() {
+        if !c.is_up(id) {
+            c.restart(id);
+            coverage.recoveries += 1;
+        }
+        c.resume(id);
+        net.unclog_node(c.node_id(id));
+    }
+    for d in t.disks.values() {
+        d.set_faults(false);
+        d.set_capacity(None);
+    }
+    t.trace.event(
+        "heal: every broker up, network whole and fast, disks quiet with space, connections hold",
+    );
+}
