@@ -33,6 +33,14 @@ KEEL_SIM_SEED_BASE="$sim_seed_base" RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARG
     cargo test -p keel-sim 2>&1 | tee -a "$log"
 cargo test -p getrandom@0.2 2>&1 | tee -a "$log"
 
+step "planted bugs: the simulator catches each (--features planted-bugs, in target/sim)"
+# sim/tests/planted.rs: for each of core::planted's bugs, swarm seeds 1, 2, ... in batches of
+# 20 until one is caught; each must be within 200 seeds. Prints the seed that caught each bug.
+# A debug build, in target/sim next to the step above's: only keel-core, keel-node and keel-sim
+# build again with the feature (see docs/simulation.md for the timings that chose it).
+RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \
+    cargo test -p keel-sim --features planted-bugs --test planted -- --nocapture 2>&1 | tee -a "$log"
+
 step "fuzz smoke run (${fuzz_seconds}s per target)"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

@@ -300,7 +300,8 @@ impl Batch {
         Ok(Batch { bytes })
     }
 
-    /// Wraps bytes whose CRC does not match (the `ServeCorruptBatch` planted bug only).
+    /// Wraps bytes that frame as a batch (their header reads) but failed a check, the CRC's
+    /// included (the `ServeCorruptBatch` planted bug only).
     #[cfg(feature = "planted-bugs")]
     pub(crate) fn from_bytes_unchecked(bytes: Bytes) -> Batch {
         Batch { bytes }

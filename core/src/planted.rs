@@ -19,7 +19,9 @@ pub enum Bug {
     /// The leader never answers a follower's fetch with a divergence, so a diverged suffix
     /// is never truncated.
     SkipTruncation,
-    /// Reads serve a batch whose CRC does not match.
+    /// Reads return batches without verifying them: neither the CRC nor the fields outside it
+    /// (base offset, leader epoch) are checked on the way out, so a batch that rotted on the
+    /// disk is served as it is.
     ServeCorruptBatch,
 }
 

@@ -35,8 +35,10 @@
 //! keel has no transactions yet.
 //!
 //! # Invariants
-//! - [`ProducerStateTable::end`] only moves forward, and every recorded batch ends past it
-//!   (always-on assertion): the table describes exactly the batches below `end`.
+//! - [`ProducerStateTable::end`] moves forward with every recorded batch, which ends past its
+//!   base (always-on assertion), and back only to a truncation point (a batch recorded below
+//!   `end`, or [`ProducerStateTable::truncate_from`]): the table describes exactly the batches
+//!   below `end`, less producers whose every cached batch a truncation removed.
 //! - Every entry holds between 1 and [`BATCHES_RETAINED_MAX`] batches, all of the entry's
 //!   epoch, in increasing offset order, all below `end`.
 //! - Iteration order is the producer id order (a `BTreeMap`): snapshots are deterministic.
@@ -389,10 +391,20 @@ impl ProducerStateTable {
     /// the stamped base offset). Call it for every batch the log receives, in offset order,
     /// including batches without a producer id: it advances [`end`](Self::end).
     ///
+    /// A batch that starts below [`end`](Self::end) says the log was truncated at its base
+    /// offset without the table being rebuilt ([`recover`] failed after a truncation: the log
+    /// it replays was damaged). The log holds this batch there, so nothing the table recorded
+    /// at or above that offset is in the log any more: the table forgets it
+    /// ([`ProducerStateTable::truncate_from`]) before recording the batch, and goes on
+    /// describing what the log holds.
+    ///
     /// # Panics
-    /// If the batch does not end past [`end`](Self::end): batches are recorded in offset order,
-    /// and a truncated log needs [`recover`], not `record`.
+    /// If the batch does not end past its own base offset (a negative `lastOffsetDelta`, which
+    /// the log never holds).
     pub fn record(&mut self, header: &BatchHeader) {
+        if header.base_offset < self.end {
+            self.truncate_from(header.base_offset);
+        }
         let next = header.next_offset();
         assert!(
             next > self.end,
@@ -428,6 +440,28 @@ impl ProducerStateTable {
         entry.batches.push_back(batch);
         entry.last_timestamp = header.max_timestamp;
         debug_assert!(entry.batches.len() <= BATCHES_RETAINED_MAX);
+    }
+
+    /// Forgets every batch recorded at or above `offset` (the log was truncated there) and
+    /// moves [`end`](Self::end) back to it. A producer none of whose cached batches is left is
+    /// forgotten (as one that expired: its next batch is accepted at any sequence). Kafka's
+    /// `ProducerStateManager.truncateAndReload` reloads from snapshots instead; [`recover`]
+    /// does that, and this is what is left when it cannot read the log.
+    pub fn truncate_from(&mut self, offset: Offset) {
+        if offset >= self.end {
+            return;
+        }
+        self.end = offset;
+        self.producers.retain(|_, entry| {
+            while entry
+                .batches
+                .back()
+                .is_some_and(|b| b.last_offset >= offset)
+            {
+                entry.batches.pop_back();
+            }
+            !entry.batches.is_empty()
+        });
     }
 
     /// Forgets producers idle for at least `expiration_ms` (Kafka's `producer.id.expiration.ms`,

@@ -920,3 +920,156 @@ fn recovery_reads_again_before_cutting_and_keeps_data_a_transient_error_hid() {
     assert!(reopened.recovery_report().corruption.is_some());
     assert_eq!(reopened.end(), Offset(0));
 }
+
+/// A storage that fails chosen operations with an I/O error (the simulator's disks fail any
+/// operation at a sampled rate): syncs of segments, and writes of the epoch checkpoint.
+#[derive(Clone)]
+struct FailingOps {
+    inner: MemStorage,
+    fail_segment_syncs: bool,
+    fail_epoch_writes: bool,
+}
+
+impl FailingOps {
+    fn new(inner: MemStorage) -> FailingOps {
+        FailingOps {
+            inner,
+            fail_segment_syncs: false,
+            fail_epoch_writes: false,
+        }
+    }
+
+    fn check(&self, name: &str, failing: bool) -> Result<(), crate::storage::StorageError> {
+        if failing {
+            return Err(crate::storage::StorageError::Io {
+                file: name.to_string(),
+                message: "injected".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl crate::storage::Storage for FailingOps {
+    fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.check(
+            name,
+            self.fail_epoch_writes && name.starts_with(EPOCH_CHECKPOINT),
+        )?;
+        self.inner.create(name)
+    }
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), crate::storage::StorageError> {
+        self.inner.append(name, data)
+    }
+    fn read_at(
+        &self,
+        name: &str,
+        pos: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, crate::storage::StorageError> {
+        self.inner.read_at(name, pos, len)
+    }
+    fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
+        self.inner.len(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), crate::storage::StorageError> {
+        self.inner.truncate(name, len)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.check(name, self.fail_segment_syncs && name.ends_with(".log"))?;
+        self.inner.sync(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>, crate::storage::StorageError> {
+        self.inner.list()
+    }
+}
+
+/// A truncation rebuilds the indexes of what stays by reading its headers again; rot found
+/// there (here a flipped baseOffset bit behind an index entry, which the walk to the cut
+/// skips) is an error, and the log is left exactly as it was. It used to panic ("the data
+/// before a truncation point was valid"), a broker crash the simulator found under disk faults.
+#[test]
+fn truncation_that_meets_damage_before_the_cut_fails_and_keeps_the_log() {
+    let config = LogConfig {
+        index_interval_bytes: 1, // every batch indexed: the walk starts at the cut
+        ..LogConfig::default()
+    };
+    let mut log = open(MemStorage::new(), config);
+    fill_epoch(&mut log, 6, 1); // offsets 0..12, two per batch
+    log.sync().unwrap();
+    let size = log.read(Offset(0), 1, log.end()).unwrap()[0].size();
+    log.storage
+        .flip_bit("00000000000000000000.log", size + 7, 0)
+        .unwrap();
+    let err = log
+        .truncate_to(Offset(8))
+        .expect_err("the rescan meets the damaged batch");
+    assert!(
+        matches!(err, LogError::Corrupt { position, .. } if position == size as u64),
+        "{err:?}"
+    );
+    assert_eq!(log.end(), Offset(12), "nothing was cut");
+    assert_eq!(log.durable_end(), Offset(12));
+    log.check_invariants();
+    let after = log.read(Offset(4), usize::MAX, log.end()).unwrap();
+    assert_eq!(after.last().unwrap().next_offset(), Offset(12));
+}
+
+/// A truncation whose sync fails leaves the log cut in memory as on the disk (not yet
+/// durable), so that later appends land where the indexes say. It used to return with the
+/// later segments gone from memory but the log end and the cut segment's indexes stale.
+#[test]
+fn truncation_whose_sync_fails_leaves_a_whole_log() {
+    let storage = FailingOps::new(MemStorage::new());
+    let mut log = Log::open(storage, small_segments(), NOW).unwrap();
+    for _ in 0..30 {
+        log.append(NOW, small_batch(2, NOW), LeaderEpoch(1))
+            .unwrap();
+    }
+    log.sync().unwrap();
+    assert!(log.segment_count() > 2);
+    log.storage.fail_segment_syncs = true;
+    let cut = Offset(21);
+    log.truncate_to(cut).expect_err("the sync fails");
+    assert_eq!(log.end(), Offset(20), "cut at the batch holding 21");
+    assert!(log.durable_end() <= log.end());
+    log.check_invariants();
+    log.storage.fail_segment_syncs = false;
+    log.append(NOW, small_batch(2, NOW), LeaderEpoch(2))
+        .unwrap();
+    log.sync().unwrap();
+    let batches = log.read(Offset(20), usize::MAX, log.end()).unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].partition_leader_epoch(), LeaderEpoch(2));
+    let reopened = Log::open(log.into_storage(), small_segments(), NOW).unwrap();
+    assert_eq!(reopened.end(), Offset(22));
+}
+
+/// An append that starts a new epoch writes the epoch checkpoint first; if that write fails,
+/// the append fails and the cache in memory is as before. It used to keep the new epoch at the
+/// log end, and the next invariant check panicked ("epoch cache refers past the log end").
+#[test]
+fn append_whose_epoch_write_fails_leaves_the_epoch_cache_as_it_was() {
+    let storage = FailingOps::new(MemStorage::new());
+    let mut log = Log::open(storage, LogConfig::default(), NOW).unwrap();
+    log.append(NOW, small_batch(2, NOW), LeaderEpoch(1))
+        .unwrap();
+    let before = log.epochs().clone();
+    log.storage.fail_epoch_writes = true;
+    log.append(NOW, small_batch(2, NOW), LeaderEpoch(2))
+        .expect_err("the epoch checkpoint cannot be written");
+    assert_eq!(log.epochs(), &before);
+    assert_eq!(log.end(), Offset(2));
+    log.check_invariants();
+    log.storage.fail_epoch_writes = false;
+    log.append(NOW, small_batch(2, NOW), LeaderEpoch(2))
+        .unwrap();
+    assert_eq!(log.epochs().latest().unwrap().start_offset, Offset(2));
+    log.check_invariants();
+}

@@ -221,11 +221,42 @@ fn idle_producers_expire() {
     assert_eq!(produce(&mut t, 1, 0, 1, 1), Ok(ProducerCheck::Append));
 }
 
+/// A batch recorded below the table's end means the log was truncated at its base without the
+/// table being rebuilt (the rebuild read a damaged log and failed): the table forgets what it
+/// recorded from there on and records the batch, instead of panicking. The simulator's seed 94
+/// crashed a broker on the assertion this replaced ("producer state records batches in offset
+/// order"), with disk faults. Reference: Kafka ProducerStateManager.truncateAndReload.
+#[test]
+fn a_batch_recorded_below_the_end_truncates_the_table_first() {
+    let mut t = ProducerStateTable::new(Offset(0));
+    for seq in [0, 2, 4] {
+        assert_eq!(produce(&mut t, 1, 0, seq, 2), Ok(ProducerCheck::Append)); // 0..6
+    }
+    assert_eq!(produce(&mut t, 2, 0, 0, 2), Ok(ProducerCheck::Append)); // 6..8
+    assert_eq!(t.end(), Offset(8));
+    // The log was cut at 4 and goes on there with another producer's batch.
+    t.record(&header(3, 0, 0, 1, 4));
+    assert_eq!(t.end(), Offset(5));
+    let one: Vec<_> = t.entry(ProducerId(1)).unwrap().batches().copied().collect();
+    assert_eq!(one.len(), 2, "producer 1 keeps its batches below 4");
+    assert_eq!(one[1].last_offset, Offset(3));
+    assert_eq!(t.entry(ProducerId(1)).unwrap().last_seq(), 3);
+    assert!(
+        t.entry(ProducerId(2)).is_none(),
+        "all of producer 2's batches were cut"
+    );
+    assert_eq!(t.entry(ProducerId(3)).unwrap().last_offset(), Offset(4));
+    // Producer 1 continues from what the log holds: its batch at sequence 4 is new again.
+    assert_eq!(produce(&mut t, 1, 0, 4, 2), Ok(ProducerCheck::Append));
+    // And the table is what replaying the log would build: a snapshot round-trips.
+    assert_eq!(decode_snapshot(&t.snapshot()).as_ref(), Ok(&t));
+}
+
 #[test]
 #[should_panic(expected = "offset order")]
-fn recording_a_batch_behind_the_end_panics() {
+fn recording_a_batch_that_ends_before_it_starts_panics() {
     let mut t = ProducerStateTable::new(Offset(10));
-    t.record(&header(1, 0, 0, 2, 5));
+    t.record(&header(1, 0, 0, 0, 10));
 }
 
 fn sample_table() -> ProducerStateTable {
