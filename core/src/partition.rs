@@ -496,12 +496,17 @@ impl<S: Storage> PartitionReplica<S> {
         // A follower that restarted its log at its leader's log start persisted that start
         // (the log's checkpoint), not a high watermark: everything below it is committed.
         high_watermark = high_watermark.max(log.log_start());
+        // Every epoch in the log was accepted before its batches were appended: a damaged or
+        // missing epoch file reads as an older epoch than the log proves.
+        let leader_epoch = log.epochs().latest().map_or(persisted.leader_epoch, |e| {
+            e.epoch.max(persisted.leader_epoch)
+        });
         let replica = PartitionReplica {
             config: replica,
             log,
             producers,
             rules,
-            leader_epoch: persisted.leader_epoch,
+            leader_epoch,
             partition_epoch: -1,
             role: RoleState::Offline,
             high_watermark,
@@ -1424,13 +1429,26 @@ impl<S: Storage> PartitionReplica<S> {
                  {floor}; it lacks committed data this replica holds, so this replica refuses"
             )));
         }
-        let new_end = self.log.truncate_to(to)?;
+        // A failed truncation or replay (damage on disk) leaves no producer state past the log:
+        // a stale entry would answer a retried send as a duplicate at offsets that are gone.
+        let new_end = match self.log.truncate_to(to) {
+            Ok(end) => end,
+            Err(e) => {
+                self.producers.truncate_from(self.log.end());
+                return Err(e.into());
+            }
+        };
         assert!(
             new_end >= floor && new_end == cut,
             "invariant 6: truncation ended the log at {new_end}, expected {cut} >= {floor}"
         );
-        let (producers, _report) = producer::recover(snapshots, &self.log)?;
-        self.producers = producers;
+        match producer::recover(snapshots, &self.log) {
+            Ok((producers, _report)) => self.producers = producers,
+            Err(e) => {
+                self.producers.truncate_from(self.log.end());
+                return Err(e.into());
+            }
+        }
         Ok(new_end)
     }
 

@@ -535,6 +535,17 @@ impl<S: Storage> QuorumNode<S> {
             // and only the leader's own `propose` appends them.
             return Err(StepError::Protocol("a forwarded proposal".into()));
         }
+        let mut message = message;
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            // raft-rs asserts that a heartbeat's commit lies within this log. A log whose disk
+            // damaged acknowledged entries (recovery cut them) would abort the broker: commit
+            // what this log holds instead; the leader's next append finds the gap and sends
+            // the entries again.
+            let last = self.raw.raft.raft_log.last_index();
+            if message.commit > last {
+                message.commit = last;
+            }
+        }
         if message.get_msg_type() == MessageType::MsgSnapshot {
             if let Err(e) = snapshot::decode_state(&message.get_snapshot().data) {
                 return Err(StepError::Protocol(format!(

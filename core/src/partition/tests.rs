@@ -262,3 +262,27 @@ fn a_follower_refuses_to_truncate_below_its_high_watermark() {
     assert_eq!(f.log().end(), Offset(4), "nothing was cut");
     assert_eq!(f.high_watermark(), Offset(4));
 }
+
+/// A damaged or missing epoch file reads as no accepted epoch, yet the log proves the epochs
+/// its batches were appended in: recovery takes the larger (the simulator's disk faults
+/// reached "invariant 2: the log holds epoch 3 above the accepted epoch -1").
+#[test]
+fn recovery_without_the_epoch_file_accepts_the_logs_epochs() {
+    let mut snaps = MemStorage::new();
+    let mut p = open(MemStorage::new(), &mut snaps, ProduceRules::default());
+    p.append(NOW, idempotent(-1, -1, -1, 2)).unwrap();
+    p.sync().unwrap();
+    let log = p.into_log_storage();
+    crate::storage::Storage::remove(&mut snaps, state::EPOCH_FILE).unwrap();
+    let r = PartitionReplica::recover(
+        log,
+        &mut snaps,
+        LogConfig::default(),
+        ProduceRules::default(),
+        ReplicaConfig::new(BrokerId::NONE),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(r.leader_epoch(), LeaderEpoch(3));
+    assert!(r.state_report().epoch_missing);
+}

@@ -820,6 +820,26 @@ fn step_refuses_misaddressed_and_foreign_messages() {
     assert!(decode_message(&[0xff; 20]).is_err());
 }
 
+/// A heartbeat whose commit lies past this node's log (its disk lost acknowledged entries:
+/// keel-sim's swarm found raft-rs aborting the broker on "to_commit N is out of range") commits
+/// what the log holds instead.
+#[test]
+fn a_heartbeat_committing_past_the_log_commits_what_it_holds() {
+    let (mut node, _) = QuorumNode::open(
+        QuorumConfig::new(b(0), vec![b(0), b(1), b(2)], vec![]),
+        MemStorage::new(),
+    )
+    .unwrap();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = raft_id(b(1));
+    m.to = raft_id(b(0));
+    m.term = 5;
+    m.commit = 23;
+    node.step(m).unwrap();
+    let _ = node.poll();
+}
+
 // --- Durability ----------------------------------------------------------------------------
 
 /// A torn tail of the log file is cut on open and reported; what was synced stays.
