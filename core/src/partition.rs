@@ -1490,9 +1490,34 @@ impl<S: Storage> PartitionReplica<S> {
                 "a leader does not discard its log: it steps down first".into(),
             ));
         }
+        let cut = self.cut_damaged(now_ms, snapshots, from);
+        // However far the cut got (a failed write may leave it part done), the high watermark
+        // follows the log down, and the producer state goes no further than the log.
+        let floor = self.log.durable_end().max(self.log.log_start());
+        let old = self.high_watermark;
+        if old > floor {
+            self.state_report.hw_above_log = Some(old);
+            self.high_watermark = floor;
+            self.hw_persisted = self.hw_persisted.min(floor);
+            self.hw_wanted = self.hw_wanted.min(floor);
+        }
+        if cut.is_err() {
+            self.producers.truncate_from(self.log.end());
+        }
+        self.check_invariants();
+        cut
+    }
+
+    /// The log and producer state work of [`Self::discard_damaged`]. More damage below the cut
+    /// (sound-looking headers that lead astray, or a batch rotted since it was read) starts
+    /// the log over at its start.
+    fn cut_damaged<T: Storage>(
+        &mut self,
+        now_ms: i64,
+        snapshots: &mut T,
+        from: Offset,
+    ) -> Result<Offset, ReplicaError> {
         let start = self.log.log_start();
-        // More damage below the cut (sound-looking headers that lead astray, or a batch
-        // rotted since it was read) starts the log over at its start.
         let mut whole = from <= start;
         if !whole {
             match self.log.truncate_to(Offset(from.0 - 1)) {
@@ -1517,16 +1542,7 @@ impl<S: Storage> PartitionReplica<S> {
                 producer::recover(snapshots, &self.log)?.0
             }
         };
-        let new_end = self.log.end();
-        let old = self.high_watermark;
-        if old > new_end {
-            self.state_report.hw_above_log = Some(old);
-            self.high_watermark = new_end.max(start);
-            self.hw_persisted = self.hw_persisted.min(self.high_watermark);
-            self.hw_wanted = self.hw_wanted.min(self.high_watermark);
-        }
-        self.check_invariants();
-        Ok(new_end)
+        Ok(self.log.end())
     }
 
     // ---------------------------------------------------------------------------------------
