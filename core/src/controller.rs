@@ -1021,7 +1021,7 @@ impl MetadataState {
 
     /// The changes for every partition that has `remove` in its ISR or as leader, or no leader
     /// in `live` (see [`elect_leaders`](Self::elect_leaders)).
-    fn partition_changes(
+    pub(crate) fn partition_changes(
         &self,
         remove: Option<BrokerId>,
         live: &BTreeSet<BrokerId>,

@@ -78,6 +78,8 @@ pub struct BrokerSessions {
     session_timeout_ms: u64,
     unclean: UncleanElection,
     sessions: BTreeMap<BrokerId, Session>,
+    /// No election sweep before this time (one was just proposed).
+    elections_quiet_until_ms: u64,
 }
 
 impl BrokerSessions {
@@ -92,7 +94,26 @@ impl BrokerSessions {
             session_timeout_ms,
             unclean,
             sessions: BTreeMap::new(),
+            elections_quiet_until_ms: 0,
         }
+    }
+
+    /// The elections `state` is missing: partitions whose leader is fenced or absent though a
+    /// live ISR (or eligible leader) replica could lead. Every fencing and unfencing elects
+    /// as it applies, but a command computed on an older state (a registration computed
+    /// while a broker was still fenced, applied after it was unfenced) can leave such a
+    /// partition, and nothing else would elect it. At most one sweep per
+    /// [`PROPOSAL_RETRY_MS`] while its records are on their way.
+    pub fn elections(&mut self, now_ms: u64, state: &MetadataState) -> Vec<MetadataRecord> {
+        if now_ms < self.elections_quiet_until_ms {
+            return Vec::new();
+        }
+        let live = state.live_brokers().into_iter().collect();
+        let records = state.partition_changes(None, &live, self.unclean);
+        if !records.is_empty() {
+            self.elections_quiet_until_ms = now_ms.saturating_add(PROPOSAL_RETRY_MS);
+        }
+        records
     }
 
     /// Forgets every session: call when this node becomes the controller (or stops being it).

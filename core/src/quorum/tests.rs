@@ -1242,6 +1242,46 @@ fn stale_partition_changes_do_not_apply() {
     assert_ne!(state, before);
 }
 
+/// A partition left without a leader though an ISR member is live (a registration computed
+/// while that member was still fenced, applied after it was unfenced: keel-sim seed 23) is
+/// elected by the controller's sweep, once per retry interval while the records are on their
+/// way.
+#[test]
+fn the_election_sweep_elects_a_leaderless_partition_with_a_live_isr_member() {
+    let mut state = cluster_state(3);
+    let records = create_topic(&state, 1);
+    apply(&mut state, &records);
+    let p0 = partition_of(&state, "t1", 0);
+    let leader = p0.leader;
+    // The stale outcome: leaderless, with live ISR members.
+    let stale = crate::controller::records::PartitionChangeRecord {
+        topic_id: state.topic("t1").unwrap().id.0.to_vec(),
+        partition: 0,
+        expected_partition_epoch: p0.partition_epoch,
+        leader: Some(BrokerId::NONE.0),
+        isr: None,
+        elr: None,
+    };
+    apply(&mut state, &[stale.into()]);
+    assert_eq!(partition_of(&state, "t1", 0).leader, BrokerId::NONE);
+    let mut sessions = BrokerSessions::new(UncleanElection::Disabled);
+    let records = sessions.elections(1_000, &state);
+    assert!(!records.is_empty());
+    assert!(
+        sessions.elections(1_001, &state).is_empty(),
+        "quiet while on their way"
+    );
+    apply(&mut state, &records);
+    let after = partition_of(&state, "t1", 0);
+    assert_eq!(after.leader, leader, "the first live ISR member leads");
+    assert!(after.leader_epoch > p0.leader_epoch);
+    let later = 1_000 + sessions::PROPOSAL_RETRY_MS;
+    assert!(
+        sessions.elections(later, &state).is_empty(),
+        "nothing left to elect"
+    );
+}
+
 /// KIP-631's WantFence: an unfenced broker that asks to be fenced (a replica of it found
 /// damaged) is fenced at once, its leaderships moving to the other ISR members; it stays fenced
 /// while it asks, and is unfenced once it stops asking.
