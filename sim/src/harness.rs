@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use keel_node::broker::{Broker, Settings};
 use keel_node::cluster::ClusterSettings;
@@ -96,14 +97,20 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
     settings
 }
 
+/// How long a broker's supervisor waits before it starts a broker that failed to start.
+const SUPERVISOR_RESTART: Duration = Duration::from_secs(1);
+
 /// The body of a broker node: open the broker from its disk, register it, serve Kafka.
 async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registry) {
-    let broker = match Broker::open(settings(&spec, id, &disk), Arc::new(Metrics::new())).await {
-        Ok(b) => b,
-        Err(e) => {
-            // A broker that cannot open its disk stays down, as a real one would exit.
-            tracing::error!("broker {id} cannot start: {e}");
-            return;
+    // A broker that cannot open its disk exits, as a real one would, and its supervisor
+    // (systemd's Restart=on-failure) starts it again a second later.
+    let broker = loop {
+        match Broker::open(settings(&spec, id, &disk), Arc::new(Metrics::new())).await {
+            Ok(b) => break b,
+            Err(e) => {
+                tracing::error!("broker {id} cannot start: {e}; starting it again in 1 s");
+                madsim::time::sleep(SUPERVISOR_RESTART).await;
+            }
         }
     };
     registry
