@@ -1168,19 +1168,32 @@ impl<S: Storage> Log<S> {
         now_ms: i64,
         offset: Offset,
     ) -> Result<(), LogError> {
-        let bases: Vec<Offset> = self.segments.keys().copied().collect();
-        for base in bases {
-            let segment = self.segments.remove(&base).expect("listed");
-            self.storage.remove(&segment.file)?;
-        }
-        let segment = Segment::new(offset, now_ms);
-        self.storage.create(&segment.file)?;
-        self.segments.insert(offset, segment);
+        // Newest first: a removal that fails leaves the older segments, a log that ends where
+        // the last of them does (and always has a segment).
         self.generation += 1;
+        while let Some((&base, last)) = self.segments.iter().next_back() {
+            match self.storage.remove(&last.file) {
+                Ok(()) | Err(StorageError::NotFound(_)) => {}
+                Err(e) => {
+                    let end = last.next_offset;
+                    self.end = self.end.min(end);
+                    self.durable_end = self.durable_end.min(end);
+                    self.epochs.truncate_from_end(self.end);
+                    return Err(e.into());
+                }
+            }
+            self.segments.remove(&base);
+        }
+        // The fresh segment is the log from here on, even if creating its file fails: appends
+        // to it fail until a later call creates it.
+        let segment = Segment::new(offset, now_ms);
+        let file = segment.file.clone();
+        self.segments.insert(offset, segment);
         self.log_start = offset;
         self.end = offset;
         self.durable_end = offset;
         self.epochs = EpochCache::default();
+        self.storage.create(&file)?;
         self.write_epochs()?;
         self.checkpoint()
     }

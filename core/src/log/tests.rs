@@ -316,7 +316,7 @@ fn truncate_removes_the_containing_batch_and_later_epochs_durably() {
     assert_eq!(log.end(), Offset(1));
 }
 
-fn fill_epoch(log: &mut Log<MemStorage>, n: usize, epoch: i32) {
+fn fill_epoch<S: Storage>(log: &mut Log<S>, n: usize, epoch: i32) {
     for _ in 0..n {
         log.append(NOW, small_batch(2, NOW), LeaderEpoch(epoch))
             .unwrap();
@@ -928,6 +928,7 @@ struct FailingOps {
     inner: MemStorage,
     fail_segment_syncs: bool,
     fail_epoch_writes: bool,
+    fail_segment_creates: bool,
 }
 
 impl FailingOps {
@@ -936,6 +937,7 @@ impl FailingOps {
             inner,
             fail_segment_syncs: false,
             fail_epoch_writes: false,
+            fail_segment_creates: false,
         }
     }
 
@@ -954,7 +956,8 @@ impl crate::storage::Storage for FailingOps {
     fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
         self.check(
             name,
-            self.fail_epoch_writes && name.starts_with(EPOCH_CHECKPOINT),
+            self.fail_epoch_writes && name.starts_with(EPOCH_CHECKPOINT)
+                || self.fail_segment_creates && name.ends_with(".log"),
         )?;
         self.inner.create(name)
     }
@@ -1072,4 +1075,34 @@ fn append_whose_epoch_write_fails_leaves_the_epoch_cache_as_it_was() {
         .unwrap();
     assert_eq!(log.epochs().latest().unwrap().start_offset, Offset(2));
     log.check_invariants();
+}
+
+/// Starting the log over (a follower past its leader's start, a replica discarding damage)
+/// whose new segment file cannot be created fails without leaving the log without a segment:
+/// appends fail as errors until a later attempt creates it. It used to leave no segment at
+/// all, and the next truncation panicked ("a log always has an active segment"), a broker
+/// crash the simulator found under disk faults.
+#[test]
+fn starting_over_when_the_segment_cannot_be_created_keeps_a_segment() {
+    let mut log = Log::open(
+        FailingOps::new(MemStorage::new()),
+        LogConfig::default(),
+        NOW,
+    )
+    .unwrap();
+    fill_epoch(&mut log, 3, 1);
+    log.sync().unwrap();
+    log.storage.fail_segment_creates = true;
+    assert!(log.truncate_fully_and_start_at(NOW, Offset(0)).is_err());
+    assert_eq!((log.log_start(), log.end()), (Offset(0), Offset(0)));
+    log.check_invariants();
+    assert!(log
+        .append(NOW, small_batch(1, NOW), LeaderEpoch(1))
+        .is_err());
+    assert_eq!(log.truncate_to(Offset(0)).unwrap(), Offset(0));
+    log.storage.fail_segment_creates = false;
+    log.truncate_fully_and_start_at(NOW, Offset(0)).unwrap();
+    log.append(NOW, small_batch(1, NOW), LeaderEpoch(1))
+        .unwrap();
+    assert_eq!(log.end(), Offset(1));
 }
