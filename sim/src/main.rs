@@ -27,6 +27,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use keel_core::planted::Bug;
+    use keel_sim::nemesis::Fault;
     use keel_sim::run::{run, Params, RunResult, Verdict};
 
     #[derive(Parser)]
@@ -55,6 +56,9 @@ mod cli {
             /// Leave out disk faults (as `swarm --no-disk-faults` does).
             #[arg(long)]
             no_disk_faults: bool,
+            /// Leave out these fault kinds (comma-separated names, as the summary shows them).
+            #[arg(long, value_delimiter = ',')]
+            without: Vec<String>,
             /// Print the result as one machine-readable line (for `swarm`).
             #[arg(long, hide = true)]
             line: bool,
@@ -72,6 +76,9 @@ mod cli {
             /// Leave out disk faults (bit rot, misdirected writes, I/O errors).
             #[arg(long)]
             no_disk_faults: bool,
+            /// Leave out these fault kinds (comma-separated names, as the summary shows them).
+            #[arg(long, value_delimiter = ',')]
+            without: Vec<String>,
         },
     }
 
@@ -98,6 +105,29 @@ mod cli {
         Ok(Some(bug))
     }
 
+    /// The fault kinds to leave out: those named, plus disk faults with `no_disk_faults`; an
+    /// explanation and exit code 1 for an unknown name.
+    fn left_out(names: &[String], no_disk_faults: bool) -> Result<Vec<Fault>, ExitCode> {
+        let mut out = Vec::new();
+        for name in names {
+            match Fault::from_name(name) {
+                Some(f) => out.push(f),
+                None => {
+                    let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    eprintln!(
+                        "keel-sim: unknown fault kind {name:?}; one of {}",
+                        names.join(", ")
+                    );
+                    return Err(ExitCode::from(1));
+                }
+            }
+        }
+        if no_disk_faults && !out.contains(&Fault::Disk) {
+            out.push(Fault::Disk);
+        }
+        Ok(out)
+    }
+
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
         // The brokers' logs, for reading a failure: KEEL_LOG=info (or debug, ...). Installed
@@ -114,18 +144,18 @@ mod cli {
                 check_determinism,
                 digest,
                 no_disk_faults,
+                without,
                 line,
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
                     Err(code) => return code,
                 };
-                let without: &[keel_sim::run::Fault] = if no_disk_faults {
-                    &[keel_sim::run::Fault::Disk]
-                } else {
-                    &[]
+                let without = match left_out(&without, no_disk_faults) {
+                    Ok(w) => w,
+                    Err(code) => return code,
                 };
-                let mut params = Params::sample_without(seed, without);
+                let mut params = Params::sample_without(seed, &without);
                 params.bug = bug;
                 println!("{params}");
                 if check_determinism {
@@ -163,15 +193,15 @@ mod cli {
                 jobs,
                 bug: name,
                 no_disk_faults,
+                without,
             } => {
                 let bug = match bug(name) {
                     Ok(b) => b,
                     Err(code) => return code,
                 };
-                let without = if no_disk_faults {
-                    vec![keel_sim::run::Fault::Disk]
-                } else {
-                    Vec::new()
+                let without = match left_out(&without, no_disk_faults) {
+                    Ok(w) => w,
+                    Err(code) => return code,
                 };
                 let exe = match std::env::current_exe() {
                     Ok(e) => e,

@@ -81,6 +81,11 @@ impl Fault {
         Fault::FullDisk,
     ];
 
+    /// The kind named `name` (as [`Fault::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill",

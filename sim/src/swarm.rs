@@ -239,8 +239,9 @@ pub fn swarm(
                 if let Some(bug) = bug {
                     command.args(["--bug", bug.name()]);
                 }
-                if without.contains(&Fault::Disk) {
-                    command.arg("--no-disk-faults");
+                if !without.is_empty() {
+                    let names: Vec<&str> = without.iter().map(|f| f.name()).collect();
+                    command.arg(format!("--without={}", names.join(",")));
                 }
                 let line = match command.output() {
                     Ok(out) => SeedLine::decode(&String::from_utf8_lossy(&out.stdout))
