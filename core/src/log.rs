@@ -892,6 +892,16 @@ impl<S: Storage> Log<S> {
                 if total > 0 && total >= max_bytes || expected >= upper {
                     break;
                 }
+                if expected < from {
+                    // Between the index entry and `from`: skip whole batches by their headers
+                    // (none of them is returned, so none needs its CRC checked).
+                    let header = self.read_header_at(segment, position, expected)?;
+                    if header.last_offset() < from {
+                        position += header.size as u64;
+                        expected = header.next_offset();
+                        continue;
+                    }
+                }
                 let batch = self.read_batch_at(segment, position, expected)?;
                 position += batch.size() as u64;
                 expected = batch.next_offset();
@@ -907,6 +917,40 @@ impl<S: Storage> Log<S> {
             break;
         }
         Ok(out)
+    }
+
+    /// Reads the header of the batch at `position`, which must start at `expected` and end
+    /// within the segment: enough to step over a batch that is not returned.
+    fn read_header_at(
+        &self,
+        segment: &Segment,
+        position: u64,
+        expected: Offset,
+    ) -> Result<BatchHeader, LogError> {
+        let corrupt = |error| LogError::Corrupt {
+            file: segment.file.clone(),
+            position,
+            error,
+        };
+        let bytes = self
+            .storage
+            .read_at(&segment.file, position, HEADER_BYTES)?;
+        let header = BatchHeader::read(&bytes).map_err(corrupt)?;
+        if header.base_offset != expected
+            || header.last_offset_delta < 0
+            || position + header.size as u64 > segment.size
+        {
+            let why = format!(
+                "batch header at offset {} (delta {}, {} bytes) where the log has offset \
+                 {expected} and {} bytes left",
+                header.base_offset,
+                header.last_offset_delta,
+                header.size,
+                segment.size - position
+            );
+            return Err(corrupt(BatchError::OutsideCrc(why)));
+        }
+        Ok(header)
     }
 
     /// Reads and checks the batch at `position`, which must start at `expected`: its CRC, and
