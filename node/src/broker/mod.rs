@@ -674,6 +674,11 @@ impl Broker {
         loop {
             let fenced = self.with_metadata(|m| m.broker(self.me()).is_none_or(|b| b.fenced));
             if !fenced {
+                // The unfencing elected this broker where it can lead: take those roles now,
+                // not when the metadata watcher gets to them, so that a broker reported ready
+                // answers for its partitions (a restarted single broker answered
+                // NOT_LEADER_OR_FOLLOWER to its first fetch, now and then).
+                self.reconcile_partitions();
                 return;
             }
             self.heartbeat_once().await;
