@@ -28,17 +28,14 @@ const VALUES: u64 = 40;
 fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
     let runtime = Runtime::with_seed_and_config(11, madsim::Config::default());
     runtime.block_on(async {
-        let handle = Handle::current();
-        let disks = clean_disks();
-        let mut cluster = SimCluster::start(&handle, ClusterSpec::default(), disks.clone());
-        let bootstrap = cluster.bootstrap();
-        let client = handle
-            .create_node()
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
-            .build();
-        let key = Key::new(TOPIC, 0);
-        let (boot, k) = (bootstrap.clone(), key.clone());
-        let history = client.spawn(create_and_produce(boot, k)).await.unwrap();
+        let Started {
+            mut cluster,
+            disks,
+            bootstrap,
+            client,
+            key,
+            history,
+        } = start().await;
         assert_eq!(
             acked(&history),
             VALUES,
@@ -131,17 +128,14 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
 fn a_batch_that_rots_on_a_running_leader_is_repaired_from_the_isr() {
     let runtime = Runtime::with_seed_and_config(12, madsim::Config::default());
     runtime.block_on(async {
-        let handle = Handle::current();
-        let disks = clean_disks();
-        let cluster = SimCluster::start(&handle, ClusterSpec::default(), disks.clone());
-        let bootstrap = cluster.bootstrap();
-        let client = handle
-            .create_node()
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
-            .build();
-        let key = Key::new(TOPIC, 0);
-        let (boot, k) = (bootstrap.clone(), key.clone());
-        let history = client.spawn(create_and_produce(boot, k)).await.unwrap();
+        let Started {
+            cluster,
+            disks,
+            bootstrap,
+            client,
+            key,
+            history,
+        } = start().await;
         assert_eq!(acked(&history), VALUES);
         let brokers = cluster.live_brokers();
         let (leader_id, leader) = brokers
@@ -193,6 +187,39 @@ fn a_batch_that_rots_on_a_running_leader_is_repaired_from_the_isr() {
         assert_eq!(partition.with(|r| r.find_damage().unwrap()), None);
         assert!(partition.with(|r| r.log().end() >= Offset(VALUES as i64)));
     });
+}
+
+/// A three-broker cluster on clean disks, a client node, and `VALUES` values sent to the
+/// topic's partition 0 (RF 3, min.insync.replicas 2).
+struct Started {
+    cluster: SimCluster,
+    disks: BTreeMap<i32, SimDisk>,
+    bootstrap: Vec<std::net::SocketAddr>,
+    client: madsim::runtime::NodeHandle,
+    key: Key,
+    history: History,
+}
+
+async fn start() -> Started {
+    let handle = Handle::current();
+    let disks = clean_disks();
+    let cluster = SimCluster::start(&handle, ClusterSpec::default(), disks.clone());
+    let bootstrap = cluster.bootstrap();
+    let client = handle
+        .create_node()
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+        .build();
+    let key = Key::new(TOPIC, 0);
+    let (boot, k) = (bootstrap.clone(), key.clone());
+    let history = client.spawn(create_and_produce(boot, k)).await.unwrap();
+    Started {
+        cluster,
+        disks,
+        bootstrap,
+        client,
+        key,
+        history,
+    }
 }
 
 fn clean_disks() -> BTreeMap<i32, SimDisk> {

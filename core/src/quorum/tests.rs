@@ -792,18 +792,31 @@ fn lost_snapshot_is_sent_again() {
     assert_eq!(topic_names(net.node(b(3)).state()).len(), 8);
 }
 
+/// Broker 0, a fresh voter of three (0, 1, 2).
+fn voter_of_three() -> QuorumNode<MemStorage> {
+    QuorumNode::open(
+        QuorumConfig::new(b(0), vec![b(0), b(1), b(2)], vec![]),
+        MemStorage::new(),
+    )
+    .unwrap()
+    .0
+}
+
+/// A heartbeat from broker 1 to broker 0.
+fn heartbeat_from_1() -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = raft_id(b(1));
+    m.to = raft_id(b(0));
+    m
+}
+
 /// Bytes from the network never panic the decoder, and a message for another node or from a
 /// stranger is refused as a protocol violation.
 #[test]
 fn step_refuses_misaddressed_and_foreign_messages() {
-    let (mut node, _) = QuorumNode::open(
-        QuorumConfig::new(b(0), vec![b(0), b(1), b(2)], vec![]),
-        MemStorage::new(),
-    )
-    .unwrap();
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgHeartbeat);
-    m.from = raft_id(b(1));
+    let mut node = voter_of_three();
+    let mut m = heartbeat_from_1();
     m.to = raft_id(b(5));
     assert!(matches!(node.step(m.clone()), Err(StepError::Protocol(_))));
     m.to = raft_id(b(0));
@@ -825,15 +838,8 @@ fn step_refuses_misaddressed_and_foreign_messages() {
 /// what the log holds instead.
 #[test]
 fn a_heartbeat_committing_past_the_log_commits_what_it_holds() {
-    let (mut node, _) = QuorumNode::open(
-        QuorumConfig::new(b(0), vec![b(0), b(1), b(2)], vec![]),
-        MemStorage::new(),
-    )
-    .unwrap();
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgHeartbeat);
-    m.from = raft_id(b(1));
-    m.to = raft_id(b(0));
+    let mut node = voter_of_three();
+    let mut m = heartbeat_from_1();
     m.term = 5;
     m.commit = 23;
     node.step(m).unwrap();
