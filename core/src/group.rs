@@ -1553,7 +1553,10 @@ impl Group {
         self.remove_member_only(ctx, member_id);
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.maybe_prepare_rebalance(ctx)
+                // Kafka's prepareRebalance tries to complete the join at once: with the last
+                // member gone the group empties right away.
+                self.maybe_prepare_rebalance(ctx);
+                self.try_complete_join(ctx);
             }
             GroupState::PreparingRebalance => self.try_complete_join(ctx),
             GroupState::Empty | GroupState::Dead => {}
