@@ -676,6 +676,9 @@ pub enum RecordError {
         /// The decoder's message.
         detail: String,
     },
+    /// The value's kind is not the key's (only a record built by hand; decode never makes one).
+    #[error("the value's kind does not match the key's")]
+    KindMismatch,
     /// The key's kind is not one this code knows.
     #[error("unknown key kind {0}")]
     UnknownKeyKind(i32),
@@ -1969,9 +1972,7 @@ impl GroupCoordinator {
                     None => {
                         group.offsets.remove(&partition);
                     }
-                    Some(RecordValue::Group(_)) => {
-                        unreachable!("decode matches value kinds to keys")
-                    }
+                    Some(RecordValue::Group(_)) => return Err(RecordError::KindMismatch),
                 }
             }
             (RecordKey::Group { group_id }, None) => {
@@ -1998,7 +1999,7 @@ impl GroupCoordinator {
                 self.groups.insert(group_id, group);
             }
             (RecordKey::Group { .. }, Some(RecordValue::Offset(_))) => {
-                unreachable!("decode matches value kinds to keys")
+                return Err(RecordError::KindMismatch)
             }
         }
         Ok(())

@@ -1018,6 +1018,12 @@ fn records_round_trip_through_bytes() {
     ));
     assert!(GroupRecord::decode(&[0xff, 0xff], None).is_err());
     assert!(GroupRecord::decode(&k1, Some(&[0xff])).is_err());
+    let mismatched = GroupRecord {
+        key: records[3].key.clone(),
+        value: records[0].value.clone(),
+    };
+    let loaded = GroupCoordinator::load(GroupConfig::default(), "x", 0, [mismatched]);
+    assert_eq!(loaded.err(), Some(RecordError::KindMismatch));
 }
 
 /// `GroupMetadataManager.loadGroupsAndOffsets`: a coordinator rebuilt from the records (after a
