@@ -15,6 +15,8 @@
 //!   epoch checks), its snapshots and its rebuild from the log.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
 //!   producer-id blocks), its prost records and their single-node persistent store.
+//! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
+//!   offsets), its `__consumer_offsets` records and its rebuild from them.
 //! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
 //!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
 //!   sessions (heartbeats, fencing).
@@ -24,6 +26,7 @@
 pub mod batch;
 pub mod controller;
 pub mod frame;
+pub mod group;
 pub mod log;
 pub mod partition;
 pub mod planted;
