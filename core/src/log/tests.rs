@@ -832,55 +832,6 @@ fn retention_survives_extreme_producer_timestamps() {
     log.check_invariants();
 }
 
-/// A storage whose next `flips` reads return one byte flipped (a transient read error: the
-/// bytes on the disk are sound).
-struct FlakyReads {
-    inner: MemStorage,
-    flips: std::cell::Cell<u32>,
-}
-
-impl crate::storage::Storage for FlakyReads {
-    fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.create(name)
-    }
-    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), crate::storage::StorageError> {
-        self.inner.append(name, data)
-    }
-    fn read_at(
-        &self,
-        name: &str,
-        pos: u64,
-        len: usize,
-    ) -> Result<bytes::Bytes, crate::storage::StorageError> {
-        let bytes = self.inner.read_at(name, pos, len)?;
-        if name.ends_with(".log") && bytes.len() > 40 && self.flips.get() > 0 {
-            self.flips.set(self.flips.get() - 1);
-            let mut flipped = bytes.to_vec();
-            flipped[40] ^= 0x10;
-            return Ok(bytes::Bytes::from(flipped));
-        }
-        Ok(bytes)
-    }
-    fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
-        self.inner.len(name)
-    }
-    fn truncate(&mut self, name: &str, len: u64) -> Result<(), crate::storage::StorageError> {
-        self.inner.truncate(name, len)
-    }
-    fn sync(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.sync(name)
-    }
-    fn rename(&mut self, from: &str, to: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.remove(name)
-    }
-    fn list(&self) -> Result<Vec<String>, crate::storage::StorageError> {
-        self.inner.list()
-    }
-}
-
 /// A read that fails its CRC once and passes on a fresh read is a transient read error:
 /// recovery reads again and cuts nothing (the simulator found recovery cutting synced, acked
 /// data after one flipped read). Damage that every read sees is still cut (the test above).
@@ -890,10 +841,7 @@ fn recovery_reads_again_before_cutting_and_keeps_data_a_transient_error_hid() {
     fill(&mut log, 5, 3);
     log.sync().unwrap();
     for flips in 1..=RECOVERY_READ_RETRIES as u32 {
-        let storage = FlakyReads {
-            inner: log.storage().clone(),
-            flips: std::cell::Cell::new(flips),
-        };
+        let storage = FailingOps::flaky_reads(log.storage().clone(), flips);
         let reopened = Log::open(storage, LogConfig::default(), NOW).unwrap();
         let report = reopened.recovery_report();
         assert!(
@@ -912,23 +860,23 @@ fn recovery_reads_again_before_cutting_and_keeps_data_a_transient_error_hid() {
         );
     }
     // Every attempt flipped: taken for damage, and the log is cut at the first batch.
-    let storage = FlakyReads {
-        inner: log.storage().clone(),
-        flips: std::cell::Cell::new(RECOVERY_READ_RETRIES as u32 + 1),
-    };
+    let storage = FailingOps::flaky_reads(log.storage().clone(), RECOVERY_READ_RETRIES as u32 + 1);
     let reopened = Log::open(storage, LogConfig::default(), NOW).unwrap();
     assert!(reopened.recovery_report().corruption.is_some());
     assert_eq!(reopened.end(), Offset(0));
 }
 
 /// A storage that fails chosen operations with an I/O error (the simulator's disks fail any
-/// operation at a sampled rate): syncs of segments, and writes of the epoch checkpoint.
+/// operation at a sampled rate): syncs of segments, creations of segments, and writes of the
+/// epoch checkpoint; and whose next `flips` reads of a segment return one byte flipped (a
+/// transient read error: the bytes on the disk are sound).
 #[derive(Clone)]
 struct FailingOps {
     inner: MemStorage,
     fail_segment_syncs: bool,
     fail_epoch_writes: bool,
     fail_segment_creates: bool,
+    flips: std::cell::Cell<u32>,
 }
 
 impl FailingOps {
@@ -938,6 +886,14 @@ impl FailingOps {
             fail_segment_syncs: false,
             fail_epoch_writes: false,
             fail_segment_creates: false,
+            flips: std::cell::Cell::new(0),
+        }
+    }
+
+    fn flaky_reads(inner: MemStorage, flips: u32) -> FailingOps {
+        FailingOps {
+            flips: std::cell::Cell::new(flips),
+            ..FailingOps::new(inner)
         }
     }
 
@@ -970,7 +926,14 @@ impl crate::storage::Storage for FailingOps {
         pos: u64,
         len: usize,
     ) -> Result<bytes::Bytes, crate::storage::StorageError> {
-        self.inner.read_at(name, pos, len)
+        let bytes = self.inner.read_at(name, pos, len)?;
+        if name.ends_with(".log") && bytes.len() > 40 && self.flips.get() > 0 {
+            self.flips.set(self.flips.get() - 1);
+            let mut flipped = bytes.to_vec();
+            flipped[40] ^= 0x10;
+            return Ok(bytes::Bytes::from(flipped));
+        }
+        Ok(bytes)
     }
     fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
         self.inner.len(name)
