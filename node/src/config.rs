@@ -238,6 +238,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "replicas of an auto-created topic",
     },
     Setting {
+        name: GROUP_INITIAL_REBALANCE_DELAY_MS,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("3000"),
+        doc: "how long the first rebalance of an empty consumer group waits for more members",
+    },
+    Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
         setting_type: LONG_POSITIVE,
         default: Some("60000"),
@@ -343,12 +349,6 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_POSITIVE,
         default: Some("1"),
         doc: "acks=all needs this many in-sync replicas (topic default)",
-    },
-    Setting {
-        name: GROUP_INITIAL_REBALANCE_DELAY_MS,
-        setting_type: INT_NON_NEGATIVE,
-        default: Some("3000"),
-        doc: "how long the first rebalance of an empty consumer group waits for more members",
     },
     Setting {
         name: NODE_ID,
