@@ -85,6 +85,13 @@ pub const SOCKET_REQUEST_MAX_BYTES: &str = "socket.request.max.bytes";
 pub const REPLICA_LAG_TIME_MAX_MS: &str = "replica.lag.time.max.ms";
 /// `offsets.retention.minutes`: committed offsets of an empty group expire after (INT, >= 1).
 pub const OFFSETS_RETENTION_MINUTES: &str = "offsets.retention.minutes";
+/// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created (INT).
+pub const OFFSETS_TOPIC_NUM_PARTITIONS: &str = "offsets.topic.num.partitions";
+/// `offsets.topic.replication.factor`: its replication factor, capped by the live brokers
+/// (SHORT).
+pub const OFFSETS_TOPIC_REPLICATION_FACTOR: &str = "offsets.topic.replication.factor";
+/// `group.initial.rebalance.delay.ms`: how long a new group's first rebalance waits (INT).
+pub const GROUP_INITIAL_REBALANCE_DELAY_MS: &str = "group.initial.rebalance.delay.ms";
 /// `log.retention.check.interval.ms`: how often retention runs (LONG, >= 1).
 pub const LOG_RETENTION_CHECK_INTERVAL_MS: &str = "log.retention.check.interval.ms";
 /// `controller.quorum.voters`: the metadata quorum, `ID@HOST:PORT,...` (LIST, optional).
@@ -231,6 +238,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "replicas of an auto-created topic",
     },
     Setting {
+        name: GROUP_INITIAL_REBALANCE_DELAY_MS,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("3000"),
+        doc: "how long the first rebalance of an empty consumer group waits for more members",
+    },
+    Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
         setting_type: LONG_POSITIVE,
         default: Some("60000"),
@@ -354,6 +367,21 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_POSITIVE,
         default: Some("10080"),
         doc: "committed offsets of an empty group expire after this long",
+    },
+    Setting {
+        name: OFFSETS_TOPIC_NUM_PARTITIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("50"),
+        doc: "partitions of __consumer_offsets, when the first consumer group creates it",
+    },
+    Setting {
+        name: OFFSETS_TOPIC_REPLICATION_FACTOR,
+        setting_type: SettingType::Int {
+            min: 1,
+            max: i16::MAX as i32,
+        },
+        default: Some("3"),
+        doc: "replication factor of __consumer_offsets (at most the live brokers at creation)",
     },
     Setting {
         name: REPLICA_FETCH_BACKOFF_MS,
@@ -682,6 +710,12 @@ pub struct BrokerConfig {
     pub replica_lag_time_ms_max: i64,
     /// `offsets.retention.minutes`, in milliseconds.
     pub offsets_retention_ms: i64,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_partitions: i32,
+    /// `offsets.topic.replication.factor`.
+    pub offsets_topic_replication_factor: i16,
+    /// `group.initial.rebalance.delay.ms`.
+    pub group_initial_rebalance_delay_ms: i64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: i64,
     /// `controller.quorum.voters` (ids unique); empty when not set.
@@ -1009,6 +1043,14 @@ impl BrokerConfig {
             replica_lag_time_ms_max: values.long_or_default(REPLICA_LAG_TIME_MAX_MS)?,
             offsets_retention_ms: i64::from(values.int_or_default(OFFSETS_RETENTION_MINUTES)?)
                 * MS_PER_MINUTE,
+            offsets_topic_partitions: values.int_or_default(OFFSETS_TOPIC_NUM_PARTITIONS)?,
+            // The range check (1..=i16::MAX) makes the conversion exact.
+            offsets_topic_replication_factor: values
+                .int_or_default(OFFSETS_TOPIC_REPLICATION_FACTOR)?
+                as i16,
+            group_initial_rebalance_delay_ms: i64::from(
+                values.int_or_default(GROUP_INITIAL_REBALANCE_DELAY_MS)?,
+            ),
             retention_check_interval_ms: values.long_or_default(LOG_RETENTION_CHECK_INTERVAL_MS)?,
             controller_quorum_voters,
             quorum_learners,

@@ -184,6 +184,13 @@ fn run(args: StartArgs) -> ExitCode {
             replica_fetch_bytes_max: config.replica_fetch_bytes_max.max(0) as usize,
             replica_fetch_backoff_ms: config.replica_fetch_backoff_ms,
             disk: Default::default(),
+            offsets_topic_partitions: config.offsets_topic_partitions,
+            offsets_topic_replication_factor: config.offsets_topic_replication_factor,
+            group: keel_core::group::GroupConfig {
+                initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+                offsets_retention_ms: config.offsets_retention_ms,
+                ..Default::default()
+            },
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {

@@ -279,6 +279,92 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             }
             vec![RequestKind::FindCoordinator(r)]
         }
+        ApiKey::JoinGroup => {
+            let mut r = JoinGroupRequest::default();
+            r.group_id = GroupId(s("group-a"));
+            r.protocol_type = s("consumer");
+            r.protocols = vec![join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(Bytes::from_static(b"m"))];
+            // Session timeout 0: INVALID_SESSION_TIMEOUT (or NOT_COORDINATOR, or
+            // COORDINATOR_LOAD_IN_PROGRESS), answered at once.
+            vec![RequestKind::JoinGroup(r)]
+        }
+        ApiKey::SyncGroup => {
+            let mut r = SyncGroupRequest::default();
+            r.group_id = GroupId(s("group-a"));
+            r.member_id = s("nobody");
+            vec![RequestKind::SyncGroup(r)]
+        }
+        ApiKey::Heartbeat => {
+            let mut r = HeartbeatRequest::default();
+            r.group_id = GroupId(s("group-a"));
+            r.member_id = s("nobody");
+            vec![RequestKind::Heartbeat(r)]
+        }
+        ApiKey::LeaveGroup => {
+            let mut r = LeaveGroupRequest::default();
+            r.group_id = GroupId(s("group-a"));
+            if v >= 3 {
+                r.members = vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("nobody"))
+                ];
+            } else {
+                r.member_id = s("nobody");
+            }
+            vec![RequestKind::LeaveGroup(r)]
+        }
+        ApiKey::OffsetCommit => {
+            let mut r = OffsetCommitRequest::default();
+            r.group_id = GroupId(s("group-c"));
+            r.generation_id_or_member_epoch = -1;
+            r.topics = vec![offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(round as i64),
+                ])];
+            vec![RequestKind::OffsetCommit(r)]
+        }
+        ApiKey::OffsetFetch => {
+            let mut all = OffsetFetchRequest::default();
+            let mut some = OffsetFetchRequest::default();
+            let topics = vec![offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(name("t"))
+                .with_partition_indexes(vec![0])];
+            if v >= 8 {
+                all.groups = vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("group-c")))
+                    .with_topics(None)];
+                some.groups = vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("group-c")))
+                    .with_topics(Some(vec![
+                        offset_fetch_request::OffsetFetchRequestTopics::default()
+                            .with_name(name("t"))
+                            .with_partition_indexes(vec![0]),
+                    ]))];
+            } else {
+                all.group_id = GroupId(s("group-c"));
+                all.topics = if v >= 2 { None } else { Some(topics.clone()) };
+                some.group_id = GroupId(s("group-c"));
+                some.topics = Some(topics);
+            }
+            vec![
+                RequestKind::OffsetFetch(all),
+                RequestKind::OffsetFetch(some),
+            ]
+        }
+        ApiKey::DescribeGroups => {
+            let mut r = DescribeGroupsRequest::default();
+            r.groups = vec![GroupId(s("group-c")), GroupId(s("unknown"))];
+            vec![RequestKind::DescribeGroups(r)]
+        }
+        ApiKey::ListGroups => vec![RequestKind::ListGroups(ListGroupsRequest::default())],
+        ApiKey::DeleteGroups => {
+            let mut r = DeleteGroupsRequest::default();
+            r.groups_names = vec![GroupId(s("unknown"))];
+            vec![RequestKind::DeleteGroups(r)]
+        }
         ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
             SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
         )],
@@ -358,6 +444,15 @@ async fn every_response_encodes_at_every_advertised_version() {
         "AlterConfigs",
         "DescribeCluster",
         "FindCoordinator",
+        "JoinGroup",
+        "SyncGroup",
+        "Heartbeat",
+        "LeaveGroup",
+        "OffsetCommit",
+        "OffsetFetch",
+        "DescribeGroups",
+        "ListGroups",
+        "DeleteGroups",
     ] {
         assert!(
             checked.get(api).copied().unwrap_or(0) > 0,

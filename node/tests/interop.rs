@@ -189,6 +189,51 @@ fn kafka_python_admin_produce_and_assign_consume() {
     setup.finish("kafka_python");
 }
 
+/// Consumer groups (issue 6): a kafka-python group consumer commits, a new one resumes exactly
+/// after the commit.
+#[test]
+fn kafka_python_group_consumer_resumes_after_its_commit() {
+    let Some(clients) = clients("interop", "groups_kafka_python", MODULES) else {
+        return;
+    };
+    let setup = Setup::new();
+    setup.run(
+        &clients,
+        "groups.py",
+        &["kafka_python"],
+        Duration::from_secs(180),
+    );
+    setup.finish("groups_kafka_python");
+}
+
+/// Two confluent-kafka consumers split a 4-partition topic; when one leaves, the other takes
+/// over every partition.
+#[test]
+fn confluent_kafka_group_splits_partitions_and_hands_over_on_leave() {
+    let Some(clients) = clients("interop", "groups_confluent", MODULES) else {
+        return;
+    };
+    let setup = Setup::new();
+    setup.run(
+        &clients,
+        "groups.py",
+        &["confluent_split"],
+        Duration::from_secs(240),
+    );
+    setup.finish("groups_confluent");
+}
+
+/// `kcat -G` (librdkafka 2.0.2) consumes as a group, commits and resumes.
+#[test]
+fn kcat_consumes_as_a_group() {
+    let Some(clients) = clients("interop", "groups_kcat", MODULES) else {
+        return;
+    };
+    let setup = Setup::new();
+    setup.run(&clients, "groups.py", &["kcat"], Duration::from_secs(240));
+    setup.finish("groups_kcat");
+}
+
 #[test]
 fn kcat_metadata_produce_consume_and_offsets_for_times() {
     let Some(clients) = clients("interop", "kcat", MODULES) else {

@@ -51,7 +51,6 @@ use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
 mod err {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
@@ -158,9 +157,31 @@ impl Handler for Broker {
                     ResponseKind::AlterConfigs(b.alter_configs(r).await)
                 }))
             }
-            RequestKind::FindCoordinator(r) => Next::Ready(ResponseKind::FindCoordinator(
-                find_coordinator(ctx.api_version, r),
+            RequestKind::FindCoordinator(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::FindCoordinator(b.find_coordinator(v, r).await)
+                }))
+            }
+            RequestKind::JoinGroup(r) => Next::Later(self.start_join_group(&ctx, r)),
+            RequestKind::SyncGroup(r) => Next::Later(self.start_sync_group(&ctx, r)),
+            RequestKind::Heartbeat(r) => Next::Ready(ResponseKind::Heartbeat(self.heartbeat(r))),
+            RequestKind::LeaveGroup(r) => Next::Ready(ResponseKind::LeaveGroup(
+                self.leave_group(ctx.api_version, r),
             )),
+            RequestKind::OffsetCommit(r) => Next::Later(self.start_offset_commit(r)),
+            RequestKind::OffsetFetch(r) => Next::Ready(ResponseKind::OffsetFetch(
+                self.offset_fetch(ctx.api_version, r),
+            )),
+            RequestKind::DescribeGroups(r) => Next::Ready(ResponseKind::DescribeGroups(
+                self.describe_groups(ctx.api_version, r),
+            )),
+            RequestKind::ListGroups(r) => Next::Ready(ResponseKind::ListGroups(
+                self.list_groups(ctx.api_version, r),
+            )),
+            RequestKind::DeleteGroups(r) => {
+                Next::Ready(ResponseKind::DeleteGroups(self.delete_groups(r)))
+            }
             RequestKind::DescribeCluster(_) => {
                 Next::Ready(ResponseKind::DescribeCluster(self.describe_cluster()))
             }
@@ -233,9 +254,22 @@ fn has_error(response: &ResponseKind) -> bool {
         ResponseKind::CreateTopics(r) => r.topics.iter().any(|t| t.error_code != 0),
         ResponseKind::DeleteTopics(r) => r.responses.iter().any(|t| t.error_code != 0),
         ResponseKind::InitProducerId(r) => r.error_code != 0,
-        ResponseKind::FindCoordinator(_)
-        | ResponseKind::SaslHandshake(_)
-        | ResponseKind::SaslAuthenticate(_) => true,
+        ResponseKind::FindCoordinator(r) => {
+            r.error_code != 0 || r.coordinators.iter().any(|c| c.error_code != 0)
+        }
+        ResponseKind::JoinGroup(r) => r.error_code != 0,
+        ResponseKind::SyncGroup(r) => r.error_code != 0,
+        ResponseKind::Heartbeat(r) => r.error_code != 0,
+        ResponseKind::LeaveGroup(r) => r.error_code != 0,
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.error_code != 0),
+        ResponseKind::OffsetFetch(r) => {
+            r.error_code != 0 || r.groups.iter().any(|g| g.error_code != 0)
+        }
+        ResponseKind::SaslHandshake(_) | ResponseKind::SaslAuthenticate(_) => true,
         _ => false,
     }
 }
@@ -366,6 +400,12 @@ impl Broker {
         acks: i16,
         now: i64,
     ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (i16, String)> {
+        if topic == super::OFFSETS_TOPIC {
+            return Err((
+                err::INVALID_TOPIC_EXCEPTION,
+                format!("{topic} is internal: only the group coordinator appends to it"),
+            ));
+        }
         let partition = self
             .leader(topic, index)
             .map_err(|code| (code, format!("this broker does not lead {topic}-{index}")))?;
@@ -536,7 +576,7 @@ impl Broker {
         (response, total, watched)
     }
 
-    fn broker_list(&self) -> Vec<(i32, String, i32)> {
+    pub(super) fn broker_list(&self) -> Vec<(i32, String, i32)> {
         self.with_metadata(|m| {
             m.brokers()
                 .filter(|b| !b.fenced)
@@ -645,7 +685,7 @@ impl Broker {
     }
 
     /// Creates a topic through the controller; -1 means the broker default.
-    async fn create_topic_now(
+    pub(super) async fn create_topic_now(
         &self,
         name: &str,
         partitions: i32,
@@ -1161,33 +1201,6 @@ impl Broker {
         }
         response
     }
-}
-
-/// FindCoordinator is advertised (librdkafka enables lz4 only when it sees FindCoordinator v0
-/// in ApiVersions) but there is no group coordinator yet: every key is
-/// COORDINATOR_NOT_AVAILABLE, which clients treat as "retry later".
-fn find_coordinator(version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let mut response = FindCoordinatorResponse::default();
-    let message = "keel has no group coordinator yet";
-    if version >= 4 {
-        for key in request.coordinator_keys {
-            let mut c = find_coordinator_response::Coordinator::default();
-            c.key = key;
-            c.node_id = BrokerId(-1);
-            c.port = -1;
-            c.error_code = err::COORDINATOR_NOT_AVAILABLE;
-            c.error_message = Some(str_bytes(message));
-            response.coordinators.push(c);
-        }
-    } else {
-        response.error_code = err::COORDINATOR_NOT_AVAILABLE;
-        response.node_id = BrokerId(-1);
-        response.port = -1;
-        if version >= 1 {
-            response.error_message = Some(str_bytes(message));
-        }
-    }
-    response
 }
 
 /// Resolves when any of the futures resolves.

@@ -22,6 +22,8 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+mod group_handler;
+mod groups;
 mod handler;
 pub mod replication;
 
@@ -80,6 +82,12 @@ pub struct Settings {
     pub replica_fetch_backoff_ms: i64,
     /// Where the data directory lives: the file system, or the simulator's disk.
     pub disk: Disk,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_partitions: i32,
+    /// `offsets.topic.replication.factor` (capped by the live brokers at creation).
+    pub offsets_topic_replication_factor: i16,
+    /// The group coordinator's settings (`group.*`, `offsets.retention.minutes`).
+    pub group: keel_core::group::GroupConfig,
 }
 
 impl Settings {
@@ -98,20 +106,22 @@ impl Settings {
             replica_fetch_bytes_max: keel_core::partition::REPLICA_FETCH_BYTES_MAX_DEFAULT,
             replica_fetch_backoff_ms: keel_core::partition::REPLICA_FETCH_BACKOFF_MS_DEFAULT,
             disk: Disk::Real,
+            offsets_topic_partitions: groups::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+            offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
+            group: keel_core::group::GroupConfig::default(),
         }
     }
 }
 
-/// The Kafka APIs the broker answers: all but the group APIs, which wait for the group
-/// coordinator. FindCoordinator stays advertised: librdkafka enables lz4 only when it sees
-/// FindCoordinator v0 (and its requests get COORDINATOR_NOT_AVAILABLE).
+pub use groups::{
+    partition_for as group_partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+    OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
+};
+
+/// The Kafka APIs the broker answers: every API of the version table, the group APIs
+/// included ([`groups`]).
 pub fn served_apis() -> crate::wire::SupportedApis {
-    use kafka_protocol::messages::ApiKey;
-    let without: Vec<ApiKey> = crate::wire::GROUP_APIS
-        .into_iter()
-        .filter(|&k| k != ApiKey::FindCoordinator)
-        .collect();
-    crate::wire::SupportedApis::all().without(&without)
+    crate::wire::SupportedApis::all()
 }
 
 /// The current time in milliseconds since the epoch (madsim intercepts this clock).
@@ -449,6 +459,8 @@ pub struct Broker {
     /// recovery cuts): as damaged ones, they keep the broker fenced.
     unopenable: Mutex<std::collections::BTreeSet<(String, i32)>>,
     sync: SyncWorker,
+    /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
+    groups: groups::Coordinators,
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
@@ -502,6 +514,7 @@ impl Broker {
             Disk::Virtual(d) => d.sync_latency(),
             Disk::Real => Duration::ZERO,
         };
+        let settings_group = settings.group.clone();
         let broker = Arc::new_cyclic(|this| Broker {
             this: this.clone(),
             settings,
@@ -515,6 +528,7 @@ impl Broker {
             reconciling: Mutex::new(()),
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
             sync: SyncWorker::start(sync_latency),
+            groups: groups::Coordinators::new(settings_group),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(
@@ -839,6 +853,9 @@ impl Broker {
             for key in gone {
                 if let Some(p) = partitions.remove(&key) {
                     close_and_remove(&self.settings.disk, &p);
+                    if p.topic == OFFSETS_TOPIC {
+                        self.offsets_partition_changed(&p, true);
+                    }
                 }
             }
         }
@@ -852,6 +869,9 @@ impl Broker {
                     if let Some(old) = other {
                         // Same name, new topic: the old one was deleted and recreated.
                         close_and_remove(&self.settings.disk, &old);
+                        if old.topic == OFFSETS_TOPIC {
+                            self.offsets_partition_changed(&old, true);
+                        }
                     }
                     match self.open_partition(&w) {
                         Ok(p) => {
@@ -907,6 +927,9 @@ impl Broker {
                     // A new role may expose a high watermark or want it persisted.
                     self.queue_sync(&handle);
                     replication::ensure_fetching(&this, &handle);
+                    if w.topic == OFFSETS_TOPIC {
+                        self.offsets_partition_changed(&handle, false);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
