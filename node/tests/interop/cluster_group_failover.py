@@ -222,7 +222,9 @@ member_id = described.members[0].member_id
 print(f"KILL-NOW coordinator={coordinator} offsets_partition={offsets_part} "
       f"replicas={sorted(md[OFFSETS_TOPIC][offsets_part].replicas)} "
       f"isr={sorted(md[OFFSETS_TOPIC][offsets_part].isrs)} "
-      f"topic_leaders={ {p: pm.leader for p, pm in md[topic].items()} } at={elapsed()}", flush=True)
+      f"topic_leaders={ {p: pm.leader for p, pm in md[topic].items()} } "
+      f"offsets_partitions_led={ {b: sum(pm.leader == b for pm in md[OFFSETS_TOPIC].values()) for b in BROKERS} } "
+      f"at={elapsed()}", flush=True)
 while True:
     c1.poll(0.1)  # keeps C1's queues served while the harness kills the broker
     line = harness_line()
