@@ -39,6 +39,24 @@ async fn open(dir: &std::path::Path) -> Arc<Broker> {
         .unwrap()
 }
 
+/// Sends `$request` to `$broker` as API `$kind` at `$version` and unwraps the response of the
+/// same kind (a panic names a response of another kind).
+macro_rules! request {
+    ($broker:expr, $kind:ident, $version:expr, $request:expr) => {{
+        let ResponseKind::$kind(response) = call(
+            $broker,
+            ApiKey::$kind,
+            $version,
+            RequestKind::$kind($request),
+        )
+        .await
+        else {
+            panic!(concat!("no ", stringify!($kind), " response"))
+        };
+        response
+    }};
+}
+
 async fn call(broker: &Arc<Broker>, key: ApiKey, version: i16, r: RequestKind) -> ResponseKind {
     let ctx = RequestContext {
         connection_id: 0,
@@ -57,32 +75,14 @@ async fn create_topic(broker: &Arc<Broker>, name: &str, partitions: i32) {
         .with_name(TopicName(s(name)))
         .with_num_partitions(partitions)
         .with_replication_factor(1)];
-    let ResponseKind::CreateTopics(resp) = call(
-        broker,
-        ApiKey::CreateTopics,
-        7,
-        RequestKind::CreateTopics(r),
-    )
-    .await
-    else {
-        panic!("no CreateTopics response")
-    };
+    let resp = request!(broker, CreateTopics, 7, r);
     assert_eq!(resp.topics[0].error_code, 0);
 }
 
 async fn find_coordinator(broker: &Arc<Broker>) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorRequest::default();
     r.key = s(GROUP);
-    let ResponseKind::FindCoordinator(resp) = call(
-        broker,
-        ApiKey::FindCoordinator,
-        3,
-        RequestKind::FindCoordinator(r),
-    )
-    .await
-    else {
-        panic!("no FindCoordinator response")
-    };
+    let resp = request!(broker, FindCoordinator, 3, r);
     resp
 }
 
@@ -97,11 +97,7 @@ async fn join(broker: &Arc<Broker>, member_id: &str, metadata: &[u8]) -> JoinGro
     p.name = s("range");
     p.metadata = Bytes::copy_from_slice(metadata);
     r.protocols = vec![p];
-    let ResponseKind::JoinGroup(resp) =
-        call(broker, ApiKey::JoinGroup, 5, RequestKind::JoinGroup(r)).await
-    else {
-        panic!("no JoinGroup response")
-    };
+    let resp = request!(broker, JoinGroup, 5, r);
     resp
 }
 
@@ -140,11 +136,7 @@ async fn sync(
             x
         })
         .collect();
-    let ResponseKind::SyncGroup(resp) =
-        call(broker, ApiKey::SyncGroup, 3, RequestKind::SyncGroup(r)).await
-    else {
-        panic!("no SyncGroup response")
-    };
+    let resp = request!(broker, SyncGroup, 3, r);
     resp
 }
 
@@ -153,11 +145,7 @@ async fn heartbeat(broker: &Arc<Broker>, generation: i32, member_id: &str) -> i1
     r.group_id = GroupId(s(GROUP));
     r.generation_id = generation;
     r.member_id = s(member_id);
-    let ResponseKind::Heartbeat(resp) =
-        call(broker, ApiKey::Heartbeat, 3, RequestKind::Heartbeat(r)).await
-    else {
-        panic!("no Heartbeat response")
-    };
+    let resp = request!(broker, Heartbeat, 3, r);
     resp.error_code
 }
 
@@ -174,16 +162,7 @@ async fn commit(broker: &Arc<Broker>, generation: i32, member_id: &str, offset: 
     r.generation_id_or_member_epoch = generation;
     r.member_id = s(member_id);
     r.topics = vec![t];
-    let ResponseKind::OffsetCommit(resp) = call(
-        broker,
-        ApiKey::OffsetCommit,
-        7,
-        RequestKind::OffsetCommit(r),
-    )
-    .await
-    else {
-        panic!("no OffsetCommit response")
-    };
+    let resp = request!(broker, OffsetCommit, 7, r);
     assert_eq!(resp.topics.len(), 1);
     assert_eq!(resp.topics[0].partitions.len(), 1);
     resp.topics[0].partitions[0].error_code
@@ -198,11 +177,7 @@ async fn fetch_offset(broker: &Arc<Broker>) -> (i64, String) {
         let mut r = OffsetFetchRequest::default();
         r.group_id = GroupId(s(GROUP));
         r.topics = Some(vec![t]);
-        let ResponseKind::OffsetFetch(resp) =
-            call(broker, ApiKey::OffsetFetch, 5, RequestKind::OffsetFetch(r)).await
-        else {
-            panic!("no OffsetFetch response")
-        };
+        let resp = request!(broker, OffsetFetch, 5, r);
         if resp.error_code == LOAD_IN_PROGRESS {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -224,16 +199,7 @@ async fn fetch_offset(broker: &Arc<Broker>) -> (i64, String) {
 async fn describe(broker: &Arc<Broker>) -> describe_groups_response::DescribedGroup {
     let mut r = DescribeGroupsRequest::default();
     r.groups = vec![GroupId(s(GROUP))];
-    let ResponseKind::DescribeGroups(mut resp) = call(
-        broker,
-        ApiKey::DescribeGroups,
-        4,
-        RequestKind::DescribeGroups(r),
-    )
-    .await
-    else {
-        panic!("no DescribeGroups response")
-    };
+    let mut resp = request!(broker, DescribeGroups, 4, r);
     resp.groups.pop().unwrap()
 }
 
@@ -343,11 +309,7 @@ async fn two_members_rebalance_commit_and_offsets_survive_a_restart() {
     r.acks = -1;
     r.timeout_ms = 1000;
     r.topic_data = vec![td];
-    let ResponseKind::Produce(resp) =
-        call(&broker, ApiKey::Produce, 8, RequestKind::Produce(r)).await
-    else {
-        panic!("no Produce response")
-    };
+    let resp = request!(&broker, Produce, 8, r);
     assert_eq!(
         resp.responses[0].partition_responses[0].error_code, 17,
         "INVALID_TOPIC_EXCEPTION"
@@ -383,35 +345,18 @@ async fn two_members_rebalance_commit_and_offsets_survive_a_restart() {
             x
         })
         .collect();
-    let ResponseKind::LeaveGroup(resp) =
-        call(&broker, ApiKey::LeaveGroup, 3, RequestKind::LeaveGroup(r)).await
-    else {
-        panic!("no LeaveGroup response")
-    };
+    let resp = request!(&broker, LeaveGroup, 3, r);
     assert_eq!(resp.error_code, 0);
     assert!(resp.members.iter().all(|m| m.error_code == 0));
     assert_eq!(describe(&broker).await.group_state.as_str(), "Empty");
     let mut r = ListGroupsRequest::default();
     r.states_filter = vec![s("Empty")];
-    let ResponseKind::ListGroups(resp) =
-        call(&broker, ApiKey::ListGroups, 4, RequestKind::ListGroups(r)).await
-    else {
-        panic!("no ListGroups response")
-    };
+    let resp = request!(&broker, ListGroups, 4, r);
     assert_eq!(resp.groups.len(), 1);
     assert_eq!(resp.groups[0].group_id.0.as_str(), GROUP);
     let mut r = DeleteGroupsRequest::default();
     r.groups_names = vec![GroupId(s(GROUP)), GroupId(s("never-existed"))];
-    let ResponseKind::DeleteGroups(resp) = call(
-        &broker,
-        ApiKey::DeleteGroups,
-        2,
-        RequestKind::DeleteGroups(r),
-    )
-    .await
-    else {
-        panic!("no DeleteGroups response")
-    };
+    let resp = request!(&broker, DeleteGroups, 2, r);
     let codes: Vec<i16> = resp.results.iter().map(|r| r.error_code).collect();
     assert_eq!(codes, [0, 69], "deleted; GROUP_ID_NOT_FOUND");
     assert_eq!(
@@ -428,16 +373,7 @@ async fn find_coordinator_v4_batches_keys() {
     let broker = open(dir.path()).await;
     let mut r = FindCoordinatorRequest::default();
     r.coordinator_keys = vec![s("a"), s("b")];
-    let ResponseKind::FindCoordinator(resp) = call(
-        &broker,
-        ApiKey::FindCoordinator,
-        4,
-        RequestKind::FindCoordinator(r),
-    )
-    .await
-    else {
-        panic!("no FindCoordinator response")
-    };
+    let resp = request!(&broker, FindCoordinator, 4, r);
     assert_eq!(resp.coordinators.len(), 2);
     for c in &resp.coordinators {
         assert_eq!((c.error_code, c.node_id.0), (0, 1), "{:?}", c.error_message);
@@ -445,16 +381,7 @@ async fn find_coordinator_v4_batches_keys() {
     let mut r = FindCoordinatorRequest::default();
     r.key_type = 1;
     r.coordinator_keys = vec![s("txn")];
-    let ResponseKind::FindCoordinator(resp) = call(
-        &broker,
-        ApiKey::FindCoordinator,
-        4,
-        RequestKind::FindCoordinator(r),
-    )
-    .await
-    else {
-        panic!("no FindCoordinator response")
-    };
+    let resp = request!(&broker, FindCoordinator, 4, r);
     assert_eq!(
         resp.coordinators[0].error_code, 15,
         "COORDINATOR_NOT_AVAILABLE"
