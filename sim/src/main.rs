@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
 mod cli {
     use std::process::ExitCode;
 
-    use clap::{Parser, Subcommand};
+    use clap::{Args, Parser, Subcommand};
     use keel_core::planted::Bug;
     use keel_sim::nemesis::Fault;
     use keel_sim::run::{run, Params, RunResult, Verdict};
@@ -43,9 +43,8 @@ mod cli {
         Run {
             #[arg(long)]
             seed: u64,
-            /// Plant a known bug (needs the planted-bugs feature).
-            #[arg(long)]
-            bug: Option<String>,
+            #[command(flatten)]
+            choice: Choice,
             /// Run the seed twice, each in its own process, and require identical digests of
             /// everything observed.
             #[arg(long)]
@@ -53,12 +52,6 @@ mod cli {
             /// Print the run's digest (for --check-determinism).
             #[arg(long)]
             digest: bool,
-            /// Leave out disk faults (as `swarm --no-disk-faults` does).
-            #[arg(long)]
-            no_disk_faults: bool,
-            /// Leave out these fault kinds (comma-separated names, as the summary shows them).
-            #[arg(long, value_delimiter = ',')]
-            without: Vec<String>,
             /// Print the result as one machine-readable line (for `swarm`).
             #[arg(long, hide = true)]
             line: bool,
@@ -71,15 +64,34 @@ mod cli {
             start: u64,
             #[arg(long, default_value_t = 1)]
             jobs: usize,
-            #[arg(long)]
-            bug: Option<String>,
-            /// Leave out disk faults (bit rot, misdirected writes, I/O errors).
-            #[arg(long)]
-            no_disk_faults: bool,
-            /// Leave out these fault kinds (comma-separated names, as the summary shows them).
-            #[arg(long, value_delimiter = ',')]
-            without: Vec<String>,
+            #[command(flatten)]
+            choice: Choice,
         },
+    }
+
+    /// What `run` and `swarm` plant and leave out.
+    #[derive(Args)]
+    struct Choice {
+        /// Plant a known bug (needs the planted-bugs feature).
+        #[arg(long)]
+        bug: Option<String>,
+        /// Leave out disk faults (bit rot, misdirected writes, I/O errors).
+        #[arg(long)]
+        no_disk_faults: bool,
+        /// Leave out these fault kinds (comma-separated names, as the summary shows them).
+        #[arg(long, value_delimiter = ',')]
+        without: Vec<String>,
+    }
+
+    impl Choice {
+        /// The bug to plant and the fault kinds to leave out; an explanation and exit code 1
+        /// for a name that is not one.
+        fn resolve(self) -> Result<(Option<Bug>, Vec<Fault>), ExitCode> {
+            Ok((
+                bug(self.bug)?,
+                left_out(&self.without, self.no_disk_faults)?,
+            ))
+        }
     }
 
     /// The bug named on the command line; an explanation and exit code 1 if there is none
@@ -140,19 +152,13 @@ mod cli {
         match cli.command {
             Command::Run {
                 seed,
-                bug: name,
+                choice,
                 check_determinism,
                 digest,
-                no_disk_faults,
-                without,
                 line,
             } => {
-                let bug = match bug(name) {
-                    Ok(b) => b,
-                    Err(code) => return code,
-                };
-                let without = match left_out(&without, no_disk_faults) {
-                    Ok(w) => w,
+                let (bug, without) = match choice.resolve() {
+                    Ok(chosen) => chosen,
                     Err(code) => return code,
                 };
                 let mut params = Params::sample_without(seed, &without);
@@ -191,16 +197,10 @@ mod cli {
                 seeds,
                 start,
                 jobs,
-                bug: name,
-                no_disk_faults,
-                without,
+                choice,
             } => {
-                let bug = match bug(name) {
-                    Ok(b) => b,
-                    Err(code) => return code,
-                };
-                let without = match left_out(&without, no_disk_faults) {
-                    Ok(w) => w,
+                let (bug, without) = match choice.resolve() {
+                    Ok(chosen) => chosen,
                     Err(code) => return code,
                 };
                 let exe = match std::env::current_exe() {

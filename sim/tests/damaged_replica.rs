@@ -75,9 +75,6 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
             madsim::time::sleep(Duration::from_millis(100)).await;
         }
         let damaged = damaged.expect("the damaged broker is back within 20 s");
-        let fenced = |b: &keel_node::broker::Broker| {
-            b.with_metadata(|m| m.broker(BrokerId(first)).is_some_and(|x| x.fenced))
-        };
         let partition = damaged.replica(TOPIC, 0).expect("its replica is open");
         assert!(
             partition.with(|r| r.log().recovery_report().corruption.is_some()),
@@ -96,11 +93,11 @@ fn a_replica_with_rotted_data_leads_nothing_until_it_has_fetched_it_back() {
             assert!(!(leads && is_damaged), "a damaged replica leads");
             if is_damaged {
                 assert!(
-                    fenced(&damaged),
+                    is_fenced(&damaged, first),
                     "a broker with a damaged replica stays fenced"
                 );
             }
-            if !is_damaged && !fenced(&damaged) {
+            if !is_damaged && !is_fenced(&damaged, first) {
                 repaired = true;
                 break;
             }
@@ -172,9 +169,7 @@ fn a_batch_that_rots_on_a_running_leader_is_repaired_from_the_isr() {
         assert!(moved, "leadership moved to a sound replica");
         let mut repaired = false;
         for _ in 0..600 {
-            let fenced =
-                leader.with_metadata(|m| m.broker(BrokerId(leader_id)).is_some_and(|x| x.fenced));
-            if !partition.is_damaged() && !fenced {
+            if !partition.is_damaged() && !is_fenced(&leader, leader_id) {
                 repaired = true;
                 break;
             }
@@ -220,6 +215,11 @@ async fn start() -> Started {
         key,
         history,
     }
+}
+
+/// Whether `broker`'s applied metadata has broker `id` fenced.
+fn is_fenced(broker: &keel_node::broker::Broker, id: i32) -> bool {
+    broker.with_metadata(|m| m.broker(BrokerId(id)).is_some_and(|b| b.fenced))
 }
 
 fn clean_disks() -> BTreeMap<i32, SimDisk> {
