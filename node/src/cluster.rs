@@ -709,7 +709,11 @@ impl Driver {
             tracing::info!("broker {broker} missed its heartbeats: fencing it");
             self.propose(records, None);
         }
-        let elections = self.sessions.elections(Self::now_ms(), self.quorum.state());
+        let elections = self.sessions.elections(
+            Self::now_ms(),
+            self.quorum.state(),
+            self.quorum.applied_index(),
+        );
         if !elections.is_empty() {
             tracing::info!("electing leaders missing from the applied state");
             self.propose(elections, None);

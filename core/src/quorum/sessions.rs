@@ -80,6 +80,9 @@ pub struct BrokerSessions {
     sessions: BTreeMap<BrokerId, Session>,
     /// No election sweep before this time (one was just proposed).
     elections_quiet_until_ms: u64,
+    /// The applied index of the last sweep that found nothing: the sweep is a function of the
+    /// state, so it need not run again until the state moves.
+    swept_index: Option<u64>,
 }
 
 impl BrokerSessions {
@@ -95,6 +98,7 @@ impl BrokerSessions {
             unclean,
             sessions: BTreeMap::new(),
             elections_quiet_until_ms: 0,
+            swept_index: None,
         }
     }
 
@@ -103,14 +107,23 @@ impl BrokerSessions {
     /// as it applies, but a command computed on an older state (a registration computed
     /// while a broker was still fenced, applied after it was unfenced) can leave such a
     /// partition, and nothing else would elect it. At most one sweep per
-    /// [`PROPOSAL_RETRY_MS`] while its records are on their way.
-    pub fn elections(&mut self, now_ms: u64, state: &MetadataState) -> Vec<MetadataRecord> {
-        if now_ms < self.elections_quiet_until_ms {
+    /// [`PROPOSAL_RETRY_MS`] while its records are on their way, and none while `state` (at
+    /// raft index `applied_index`) is the one the last empty sweep saw.
+    pub fn elections(
+        &mut self,
+        now_ms: u64,
+        state: &MetadataState,
+        applied_index: u64,
+    ) -> Vec<MetadataRecord> {
+        if now_ms < self.elections_quiet_until_ms || self.swept_index == Some(applied_index) {
             return Vec::new();
         }
         let live = state.live_brokers().into_iter().collect();
         let records = state.partition_changes(None, &live, self.unclean);
-        if !records.is_empty() {
+        if records.is_empty() {
+            self.swept_index = Some(applied_index);
+        } else {
+            self.swept_index = None;
             self.elections_quiet_until_ms = now_ms.saturating_add(PROPOSAL_RETRY_MS);
         }
         records

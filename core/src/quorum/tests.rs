@@ -1271,21 +1271,29 @@ fn the_election_sweep_elects_a_leaderless_partition_with_a_live_isr_member() {
     apply(&mut state, &[stale.into()]);
     assert_eq!(partition_of(&state, "t1", 0).leader, BrokerId::NONE);
     let mut sessions = BrokerSessions::new(UncleanElection::Disabled);
-    let records = sessions.elections(1_000, &state);
+    let records = sessions.elections(1_000, &state, 7);
     assert!(!records.is_empty());
     assert!(
-        sessions.elections(1_001, &state).is_empty(),
+        sessions.elections(1_001, &state, 7).is_empty(),
         "quiet while on their way"
+    );
+    let later = 1_000 + sessions::PROPOSAL_RETRY_MS;
+    assert_eq!(
+        sessions.elections(later, &state, 7),
+        records,
+        "proposed again after the retry interval while the state has not moved"
     );
     apply(&mut state, &records);
     let after = partition_of(&state, "t1", 0);
     assert_eq!(after.leader, leader, "the first live ISR member leads");
     assert!(after.leader_epoch > p0.leader_epoch);
-    let later = 1_000 + sessions::PROPOSAL_RETRY_MS;
+    let later = later + sessions::PROPOSAL_RETRY_MS;
     assert!(
-        sessions.elections(later, &state).is_empty(),
+        sessions.elections(later, &state, 8).is_empty(),
         "nothing left to elect"
     );
+    // The state has not moved since: the sweep is skipped (and would find nothing).
+    assert!(sessions.elections(later + 1, &state, 8).is_empty());
 }
 
 /// KIP-631's WantFence: an unfenced broker that asks to be fenced (a replica of it found
