@@ -133,6 +133,22 @@ pub enum OpKind {
     /// A fetch of `key` returned a batch whose CRC does not match: the broker served damaged
     /// bytes (it must answer KAFKA_STORAGE_ERROR instead, and read again elsewhere).
     CorruptRead { key: Key, reason: String },
+    /// A group member committed `offset` for `key`; `acked` when the broker answered with no
+    /// error (durable), otherwise it may or may not have been written. `invoked` is the
+    /// history length when the request was sent (operations before it completed first).
+    Commit {
+        key: Key,
+        offset: Offset,
+        acked: bool,
+        invoked: usize,
+    },
+    /// A group member's OffsetFetch of `key` returned `offset` (`None`: no commit).
+    /// `invoked` as for [`OpKind::Commit`].
+    OffsetFetch {
+        key: Key,
+        offset: Option<Offset>,
+        invoked: usize,
+    },
 }
 
 /// One completed operation.
@@ -360,6 +376,35 @@ pub enum Anomaly {
         op: OpIndex,
         reason: String,
     },
+    /// An acknowledged commit of one process went below its previous acknowledged commit of
+    /// the key with no assign between. Commits of different processes, or across a
+    /// rebalance, are not compared: concurrent commits around a rebalance may land in either
+    /// order in Kafka (SIM_NOTES.md has no rule for them).
+    NonmonotonicCommit {
+        key: Key,
+        process: ProcessId,
+        from: (OpIndex, Offset),
+        to: (OpIndex, Offset),
+    },
+    /// A commit points past what the committing process had read: offset > last read + 1
+    /// (and above any committed offset it had fetched).
+    CommitPastRead {
+        key: Key,
+        process: ProcessId,
+        op: OpIndex,
+        offset: Offset,
+        read_max: Option<Offset>,
+    },
+    /// An OffsetFetch returned an offset no commit could have left: below the last
+    /// acknowledged commit completed before it began, and not the offset of any commit
+    /// concurrent with (or after) that one.
+    LostCommit {
+        key: Key,
+        fetch: OpIndex,
+        fetched: Option<Offset>,
+        commit: OpIndex,
+        committed: Offset,
+    },
 }
 
 /// The kinds of [`Anomaly`], in report order.
@@ -377,10 +422,13 @@ pub enum AnomalyKind {
     UnknownValue,
     Unseen,
     CorruptRead,
+    NonmonotonicCommit,
+    CommitPastRead,
+    LostCommit,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 12] = [
+    pub const ALL: [AnomalyKind; 15] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -393,6 +441,9 @@ impl AnomalyKind {
         AnomalyKind::UnknownValue,
         AnomalyKind::Unseen,
         AnomalyKind::CorruptRead,
+        AnomalyKind::NonmonotonicCommit,
+        AnomalyKind::CommitPastRead,
+        AnomalyKind::LostCommit,
     ];
 
     /// Jepsen's name for the anomaly.
@@ -410,6 +461,9 @@ impl AnomalyKind {
             AnomalyKind::UnknownValue => "unknown-value",
             AnomalyKind::Unseen => "unseen",
             AnomalyKind::CorruptRead => "corrupt-read",
+            AnomalyKind::NonmonotonicCommit => "nonmonotonic-commit",
+            AnomalyKind::CommitPastRead => "commit-past-read",
+            AnomalyKind::LostCommit => "lost-commit",
         }
     }
 }
@@ -435,6 +489,9 @@ impl Anomaly {
             Anomaly::UnknownValue { .. } => AnomalyKind::UnknownValue,
             Anomaly::Unseen { .. } => AnomalyKind::Unseen,
             Anomaly::CorruptRead { .. } => AnomalyKind::CorruptRead,
+            Anomaly::NonmonotonicCommit { .. } => AnomalyKind::NonmonotonicCommit,
+            Anomaly::CommitPastRead { .. } => AnomalyKind::CommitPastRead,
+            Anomaly::LostCommit { .. } => AnomalyKind::LostCommit,
         }
     }
 
@@ -452,7 +509,10 @@ impl Anomaly {
             | Anomaly::NonmonotonicSend { key, .. }
             | Anomaly::UnknownValue { key, .. }
             | Anomaly::Unseen { key, .. }
-            | Anomaly::CorruptRead { key, .. } => key,
+            | Anomaly::CorruptRead { key, .. }
+            | Anomaly::NonmonotonicCommit { key, .. }
+            | Anomaly::CommitPastRead { key, .. }
+            | Anomaly::LostCommit { key, .. } => key,
         }
     }
 }
@@ -558,6 +618,33 @@ impl fmt::Display for Anomaly {
             Anomaly::CorruptRead { op, reason, .. } => {
                 write!(f, "{op} was served a damaged batch: {reason}")
             }
+            Anomaly::NonmonotonicCommit {
+                process, from, to, ..
+            } => write!(
+                f,
+                "{process} committed {} ({}) after {} ({})",
+                to.1, to.0, from.1, from.0
+            ),
+            Anomaly::CommitPastRead {
+                process,
+                op,
+                offset,
+                read_max,
+                ..
+            } => write!(
+                f,
+                "{process} committed {offset} ({op}) having read up to {read_max:?}"
+            ),
+            Anomaly::LostCommit {
+                fetch,
+                fetched,
+                commit,
+                committed,
+                ..
+            } => write!(
+                f,
+                "{fetch} fetched {fetched:?} after commit {committed} ({commit}) was acknowledged"
+            ),
             Anomaly::Unseen {
                 value,
                 offset,
@@ -788,7 +875,7 @@ pub fn check(history: &History) -> CheckReport {
                     k.readers.entry(*value).or_default().push(at);
                 }
             }
-            OpKind::Assign { .. } => {}
+            OpKind::Assign { .. } | OpKind::Commit { .. } | OpKind::OffsetFetch { .. } => {}
             OpKind::CorruptRead { key, reason } => anomalies.push(Anomaly::CorruptRead {
                 key: (*key).clone(),
                 op: at,
@@ -814,6 +901,7 @@ pub fn check(history: &History) -> CheckReport {
         check_key(history, key, k, &mut stats, &mut anomalies);
     }
     check_processes(history, &keys, &mut anomalies);
+    check_commits(history, &mut anomalies);
     anomalies.sort();
     CheckReport { anomalies, stats }
 }
@@ -1039,7 +1127,128 @@ fn check_processes(
                 }
                 sent.insert(key, point);
             }
-            OpKind::Send { .. } | OpKind::FinalRead { .. } | OpKind::CorruptRead { .. } => {}
+            OpKind::Send { .. }
+            | OpKind::FinalRead { .. }
+            | OpKind::CorruptRead { .. }
+            | OpKind::Commit { .. }
+            | OpKind::OffsetFetch { .. } => {}
+        }
+    }
+}
+
+/// The commit checks: nonmonotonic-commit, commit-past-read, lost-commit. One group per
+/// history (the workload runs one).
+fn check_commits(history: &History, anomalies: &mut Vec<Anomaly>) {
+    // process -> key -> its last acknowledged commit since its last assign.
+    let mut last_commit: BTreeMap<ProcessId, BTreeMap<&Key, (OpIndex, Offset)>> = BTreeMap::new();
+    // process -> key -> the highest offset it read or fetched as committed (+1 for reads:
+    // the offset it may commit).
+    let mut may_commit: BTreeMap<ProcessId, BTreeMap<&Key, Offset>> = BTreeMap::new();
+    for (i, op) in history.ops.iter().enumerate() {
+        let at = OpIndex(i);
+        match &op.kind {
+            OpKind::Assign { .. } => {
+                last_commit.remove(&op.process);
+            }
+            OpKind::Poll { key, records } => {
+                if let Some(max) = records.iter().map(|(o, _)| o.plus(1)).max() {
+                    let m = may_commit.entry(op.process).or_default();
+                    let e = m.entry(key).or_insert(max);
+                    *e = (*e).max(max);
+                }
+            }
+            OpKind::OffsetFetch {
+                key,
+                offset: Some(o),
+                ..
+            } => {
+                let m = may_commit.entry(op.process).or_default();
+                let e = m.entry(key).or_insert(*o);
+                *e = (*e).max(*o);
+            }
+            OpKind::Commit {
+                key, offset, acked, ..
+            } => {
+                let allowed = may_commit
+                    .get(&op.process)
+                    .and_then(|m| m.get(key))
+                    .copied();
+                if offset.0 > 0 && allowed.is_none_or(|a| *offset > a) {
+                    anomalies.push(Anomaly::CommitPastRead {
+                        key: key.clone(),
+                        process: op.process,
+                        op: at,
+                        offset: *offset,
+                        read_max: allowed,
+                    });
+                }
+                if *acked {
+                    let c = last_commit.entry(op.process).or_default();
+                    if let Some(prev) = c.get(key) {
+                        if *offset < prev.1 {
+                            anomalies.push(Anomaly::NonmonotonicCommit {
+                                key: key.clone(),
+                                process: op.process,
+                                from: *prev,
+                                to: (at, *offset),
+                            });
+                        }
+                    }
+                    c.insert(key, (at, *offset));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Lost commits.
+    for (i, op) in history.ops.iter().enumerate() {
+        let OpKind::OffsetFetch {
+            key,
+            offset: fetched,
+            invoked,
+        } = &op.kind
+        else {
+            continue;
+        };
+        // The last acknowledged commit of the key completed before the fetch began.
+        let last = history.ops[..(*invoked).min(i)]
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(j, o)| match &o.kind {
+                OpKind::Commit {
+                    key: k,
+                    offset,
+                    acked: true,
+                    invoked,
+                } if k == key => Some((j, *offset, *invoked)),
+                _ => None,
+            });
+        let Some((c, committed, c_invoked)) = last else {
+            continue;
+        };
+        if *fetched == Some(committed) {
+            continue;
+        }
+        // Commits that may have been written after it: not completed before it began, and
+        // begun before the fetch completed.
+        let explained = history.ops.iter().enumerate().any(|(j, o)| match &o.kind {
+            OpKind::Commit {
+                key: k,
+                offset,
+                invoked: x_invoked,
+                ..
+            } => k == key && j >= c_invoked && *x_invoked <= i && *fetched == Some(*offset),
+            _ => false,
+        });
+        if !explained {
+            anomalies.push(Anomaly::LostCommit {
+                key: key.clone(),
+                fetch: OpIndex(i),
+                fetched: *fetched,
+                commit: OpIndex(c),
+                committed,
+            });
         }
     }
 }

@@ -40,9 +40,10 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, FetchRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, RequestKind,
-    ResponseHeader, ResponseKind, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, FetchRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use keel_core::batch::{Batch, BatchBuilder, BatchError, Compression};
@@ -57,7 +58,13 @@ use crate::checker::{Key, SendOutcome, Value};
 /// The version range the client can speak, per API: the lowest is the first version that has
 /// every field the client sets (Fetch v9: current_leader_epoch; ListOffsets v4: the same;
 /// Metadata v4: allow_auto_topic_creation); the highest is keel's (node/src/wire/versions.rs).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 6] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 12] = [
+    (ApiKey::FindCoordinator, 1, 3),
+    (ApiKey::JoinGroup, 5, 5),
+    (ApiKey::SyncGroup, 3, 3),
+    (ApiKey::Heartbeat, 3, 3),
+    (ApiKey::OffsetCommit, 7, 7),
+    (ApiKey::OffsetFetch, 7, 7),
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 9, 12),
     (ApiKey::ListOffsets, 4, 7),
@@ -1318,6 +1325,354 @@ impl Consumer {
             self.positions.insert(key.clone(), last.plus(1));
         }
         Ok(fetched)
+    }
+}
+
+/// The group protocol name this workload's members agree on. The broker does not interpret
+/// assignments: the leader's is a list of partition numbers (i32, big-endian).
+pub const GROUP_PROTOCOL: &str = "keelsim-roundrobin";
+
+fn group_error(code: i16) -> Result<(), ClientError> {
+    match ClientError::kafka(code, None) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Whether `e` means the coordinator must be found again.
+pub fn coordinator_lost(e: &ClientError) -> bool {
+    use kafka_protocol::error::ResponseError as R;
+    match e {
+        ClientError::Connect { .. } | ClientError::NoResponse { .. } => true,
+        ClientError::Kafka { error, .. } => matches!(
+            error,
+            R::NotCoordinator | R::CoordinatorNotAvailable | R::CoordinatorLoadInProgress
+        ),
+        _ => false,
+    }
+}
+
+/// Whether `e` means the member must join again.
+pub fn must_rejoin(e: &ClientError) -> bool {
+    use kafka_protocol::error::ResponseError as R;
+    matches!(
+        e,
+        ClientError::Kafka {
+            error: R::RebalanceInProgress | R::IllegalGeneration | R::UnknownMemberId,
+            ..
+        }
+    )
+}
+
+/// A subscribe-mode consumer in a classic consumer group: all partitions of one topic,
+/// spread round-robin over the members by the leader.
+#[derive(Clone, Debug)]
+pub struct GroupConsumer {
+    pub group: String,
+    pub topic: String,
+    pub partitions: i32,
+    coordinator: Option<(i32, Endpoint)>,
+    last_coordinator: Option<i32>,
+    member_id: String,
+    generation: Option<i32>,
+    assignment: Vec<Key>,
+    /// Coordinator changes seen (a different broker than the one found before).
+    pub coordinator_moves: u64,
+    /// Generations joined.
+    pub rebalances: u64,
+}
+
+impl GroupConsumer {
+    pub fn new(group: &str, topic: &str, partitions: i32) -> GroupConsumer {
+        GroupConsumer {
+            group: group.into(),
+            topic: topic.into(),
+            partitions,
+            coordinator: None,
+            last_coordinator: None,
+            member_id: String::new(),
+            generation: None,
+            assignment: Vec::new(),
+            coordinator_moves: 0,
+            rebalances: 0,
+        }
+    }
+
+    /// In a generation (joined and synced).
+    pub fn is_member(&self) -> bool {
+        self.generation.is_some()
+    }
+
+    pub fn assignment(&self) -> &[Key] {
+        &self.assignment
+    }
+
+    /// Forgets the generation (after an error that needs a rejoin).
+    pub fn reset(&mut self, e: &ClientError) {
+        if coordinator_lost(e) {
+            self.coordinator = None;
+        }
+        if must_rejoin(e) {
+            self.generation = None;
+            if matches!(
+                e,
+                ClientError::Kafka {
+                    error: ResponseError::UnknownMemberId,
+                    ..
+                }
+            ) {
+                self.member_id.clear();
+            }
+        }
+    }
+
+    async fn coordinator(&mut self, client: &mut Client) -> Result<Endpoint, ClientError> {
+        if let Some((_, e)) = &self.coordinator {
+            return Ok(e.clone());
+        }
+        let mut last = None;
+        for attempt in 0..10 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let mut request = FindCoordinatorRequest::default();
+            request.key = str_bytes(&self.group);
+            request.key_type = 0;
+            let response = match client
+                .call_any(
+                    ApiKey::FindCoordinator,
+                    RequestKind::FindCoordinator(request),
+                )
+                .await
+            {
+                Ok(ResponseKind::FindCoordinator(r)) => r,
+                Ok(_) => {
+                    return Err(ClientError::Protocol(
+                        "not a FindCoordinator response".into(),
+                    ))
+                }
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if let Err(e) = group_error(response.error_code) {
+                last = Some(e);
+                continue;
+            }
+            let Ok(port) = u16::try_from(response.port) else {
+                return Err(ClientError::Protocol("FindCoordinator: bad port".into()));
+            };
+            let endpoint = Endpoint {
+                host: response.host.to_string(),
+                port,
+            };
+            let id = response.node_id.0;
+            if self.last_coordinator.is_some_and(|l| l != id) {
+                self.coordinator_moves += 1;
+            }
+            self.last_coordinator = Some(id);
+            self.coordinator = Some((id, endpoint.clone()));
+            return Ok(endpoint);
+        }
+        Err(last.expect("attempted"))
+    }
+
+    /// One call to the coordinator; forgets it when it is lost.
+    async fn call(
+        &mut self,
+        client: &mut Client,
+        api: ApiKey,
+        body: RequestKind,
+    ) -> Result<ResponseKind, ClientError> {
+        let coordinator = self.coordinator(client).await?;
+        let result = client.call(&coordinator, api, body).await;
+        if let Err(e) = &result {
+            self.reset(e);
+        }
+        result
+    }
+
+    fn checked<T>(&mut self, code: i16, t: T) -> Result<T, ClientError> {
+        match group_error(code) {
+            Ok(()) => Ok(t),
+            Err(e) => {
+                self.reset(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Joins and syncs a new generation; on success, [`GroupConsumer::assignment`] is its
+    /// partitions.
+    pub async fn join(&mut self, client: &mut Client) -> Result<(), ClientError> {
+        self.generation = None;
+        let response = loop {
+            let mut request = JoinGroupRequest::default();
+            request.group_id = GroupId(str_bytes(&self.group));
+            request.session_timeout_ms = 6_000;
+            request.rebalance_timeout_ms = 4_000;
+            request.member_id = str_bytes(&self.member_id);
+            request.protocol_type = str_bytes("consumer");
+            let mut protocol =
+                kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default();
+            protocol.name = str_bytes(GROUP_PROTOCOL);
+            protocol.metadata = Bytes::from(self.topic.clone().into_bytes());
+            request.protocols = vec![protocol];
+            let ResponseKind::JoinGroup(response) = self
+                .call(client, ApiKey::JoinGroup, RequestKind::JoinGroup(request))
+                .await?
+            else {
+                return Err(ClientError::Protocol("not a JoinGroup response".into()));
+            };
+            if response.error_code == ResponseError::MemberIdRequired.code() {
+                // KIP-394: join again with the member id the coordinator gave.
+                self.member_id = response.member_id.to_string();
+                continue;
+            }
+            break self.checked(response.error_code, response)?;
+        };
+        self.member_id = response.member_id.to_string();
+        let generation = response.generation_id;
+        let mut assignments = Vec::new();
+        if response.leader == response.member_id {
+            let mut members: Vec<String> = response
+                .members
+                .iter()
+                .map(|m| m.member_id.to_string())
+                .collect();
+            members.sort();
+            let mut per: Vec<BytesMut> = members.iter().map(|_| BytesMut::new()).collect();
+            for p in 0..self.partitions {
+                per[p as usize % members.len().max(1)].put_i32(p);
+            }
+            for (m, bytes) in members.iter().zip(per) {
+                let mut a =
+                    kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment::default();
+                a.member_id = str_bytes(m);
+                a.assignment = bytes.freeze();
+                assignments.push(a);
+            }
+        }
+        let mut request = SyncGroupRequest::default();
+        request.group_id = GroupId(str_bytes(&self.group));
+        request.generation_id = generation;
+        request.member_id = str_bytes(&self.member_id);
+        request.assignments = assignments;
+        let ResponseKind::SyncGroup(response) = self
+            .call(client, ApiKey::SyncGroup, RequestKind::SyncGroup(request))
+            .await?
+        else {
+            return Err(ClientError::Protocol("not a SyncGroup response".into()));
+        };
+        let response = self.checked(response.error_code, response)?;
+        let mut bytes = response.assignment.clone();
+        let mut assignment = Vec::new();
+        while bytes.remaining() >= 4 {
+            assignment.push(Key::new(self.topic.clone(), bytes.get_i32()));
+        }
+        self.assignment = assignment;
+        self.generation = Some(generation);
+        self.rebalances += 1;
+        Ok(())
+    }
+
+    /// Heartbeat; an error that needs a rejoin leaves the generation.
+    pub async fn heartbeat(&mut self, client: &mut Client) -> Result<(), ClientError> {
+        let mut request = HeartbeatRequest::default();
+        request.group_id = GroupId(str_bytes(&self.group));
+        request.generation_id = self.generation.unwrap_or(-1);
+        request.member_id = str_bytes(&self.member_id);
+        let ResponseKind::Heartbeat(response) = self
+            .call(client, ApiKey::Heartbeat, RequestKind::Heartbeat(request))
+            .await?
+        else {
+            return Err(ClientError::Protocol("not a Heartbeat response".into()));
+        };
+        self.checked(response.error_code, ())
+    }
+
+    /// The committed offsets of the assigned keys (`None`: no commit).
+    pub async fn fetch_offsets(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<BTreeMap<Key, Option<Offset>>, ClientError> {
+        let mut topic =
+            kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default();
+        topic.name = TopicName(str_bytes(&self.topic));
+        topic.partition_indexes = self.assignment.iter().map(|k| k.partition).collect();
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = GroupId(str_bytes(&self.group));
+        request.topics = Some(vec![topic]);
+        let ResponseKind::OffsetFetch(response) = self
+            .call(
+                client,
+                ApiKey::OffsetFetch,
+                RequestKind::OffsetFetch(request),
+            )
+            .await?
+        else {
+            return Err(ClientError::Protocol("not an OffsetFetch response".into()));
+        };
+        let response = self.checked(response.error_code, response)?;
+        let mut out = BTreeMap::new();
+        for t in &response.topics {
+            for p in &t.partitions {
+                self.checked(p.error_code, ())?;
+                out.insert(
+                    Key::new(t.name.0.to_string(), p.partition_index),
+                    (p.committed_offset >= 0).then_some(Offset(p.committed_offset)),
+                );
+            }
+        }
+        for k in &self.assignment {
+            if !out.contains_key(k) {
+                return Err(ClientError::Protocol(format!(
+                    "OffsetFetch: no result for {k}"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `offsets` in the current generation; Ok only when every partition is.
+    pub async fn commit(
+        &mut self,
+        client: &mut Client,
+        offsets: &BTreeMap<Key, Offset>,
+    ) -> Result<(), ClientError> {
+        let mut topic =
+            kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default();
+        topic.name = TopicName(str_bytes(&self.topic));
+        for (k, o) in offsets {
+            let mut p = kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition::default();
+            p.partition_index = k.partition;
+            p.committed_offset = o.0;
+            p.committed_leader_epoch = -1;
+            topic.partitions.push(p);
+        }
+        let mut request = OffsetCommitRequest::default();
+        request.group_id = GroupId(str_bytes(&self.group));
+        request.generation_id_or_member_epoch = self.generation.unwrap_or(-1);
+        request.member_id = str_bytes(&self.member_id);
+        request.retention_time_ms = -1;
+        request.topics = vec![topic];
+        let ResponseKind::OffsetCommit(response) = self
+            .call(
+                client,
+                ApiKey::OffsetCommit,
+                RequestKind::OffsetCommit(request),
+            )
+            .await?
+        else {
+            return Err(ClientError::Protocol("not an OffsetCommit response".into()));
+        };
+        for t in &response.topics {
+            for p in &t.partitions {
+                self.checked(p.error_code, ())?;
+            }
+        }
+        Ok(())
     }
 }
 

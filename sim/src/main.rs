@@ -222,7 +222,8 @@ mod cli {
         println!(
             "{}: {} simulated s in {:.1} wall s ({:.0}x); acked {} indefinite {} failed {} read {}; \
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
-             full-disk-refusals {} connection-breaks {}; faults {:?}",
+             full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
+             coordinator-moves {}; faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -239,6 +240,9 @@ mod cli {
             c.corruptions_detected,
             c.disk.full_disk_errors,
             c.connection_breaks,
+            c.commits,
+            c.rebalances,
+            c.coordinator_moves,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

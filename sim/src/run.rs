@@ -38,7 +38,9 @@ use rand::{Rng, SeedableRng};
 use crate::checker::{
     check, AnomalyKind, CheckReport, History, Key, OpKind, ProcessId, SendOutcome, Value,
 };
-use crate::client::{Client, ClientConfig, ClientError, ConnectionFaults, Consumer, TopicSpec};
+use crate::client::{
+    Client, ClientConfig, ClientError, ConnectionFaults, Consumer, GroupConsumer, TopicSpec,
+};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
 pub use crate::nemesis::Fault;
@@ -66,6 +68,8 @@ pub struct Params {
     pub min_insync_replicas: i16,
     pub producers: u32,
     pub consumers: u32,
+    /// Subscribe-mode consumers in one consumer group.
+    pub group_consumers: u32,
     /// How long the fault phase lasts.
     pub fault_ms: u64,
     /// The fault kinds this run may inject.
@@ -154,6 +158,7 @@ impl Params {
             min_insync_replicas,
             producers: rng.gen_range(1..=3),
             consumers: rng.gen_range(1..=2),
+            group_consumers: 0,
             fault_ms: 30_000,
             faults,
             fault_interval_ms: rng.gen_range(1_000..=4_000),
@@ -182,6 +187,7 @@ impl Params {
             0.0
         };
         params.client_break_probability = rng.gen_range(0.05..0.5);
+        params.group_consumers = rng.gen_range(0..=2);
         params
     }
 }
@@ -192,7 +198,7 @@ impl fmt::Display for Params {
         write!(
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
-             consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?} \
+             consumers={} group_consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?} \
              sync_latency_ms={}",
             self.seed,
             self.cluster.brokers,
@@ -202,6 +208,7 @@ impl fmt::Display for Params {
             self.min_insync_replicas,
             self.producers,
             self.consumers,
+            self.group_consumers,
             self.fault_ms,
             faults.join(","),
             self.fault_interval_ms,
@@ -281,6 +288,10 @@ pub struct Coverage {
     pub indefinite: u64,
     pub failed: u64,
     pub read: u64,
+    /// Group consumers' coordinator changes, generations joined and acknowledged commits.
+    pub coordinator_moves: u64,
+    pub rebalances: u64,
+    pub commits: u64,
 }
 
 /// The outcome of one run.
@@ -406,6 +417,9 @@ struct Workload {
     trace: Trace,
     /// The switch that breaks workload clients' connections mid-request.
     connections: ConnectionFaults,
+    coordinator_moves: AtomicU64,
+    rebalances: AtomicU64,
+    commits: AtomicU64,
 }
 
 fn client_ip(n: u32) -> IpAddr {
@@ -495,6 +509,9 @@ async fn simulate(params: Params) -> RunResult {
         stop: AtomicBool::new(false),
         trace: trace.clone(),
         connections: ConnectionFaults::default(),
+        coordinator_moves: AtomicU64::new(0),
+        rebalances: AtomicU64::new(0),
+        commits: AtomicU64::new(0),
     });
     let keys = keys(&params);
     let mut producers = Vec::new();
@@ -510,6 +527,13 @@ async fn simulate(params: Params) -> RunResult {
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), keys.clone());
         let seed = params.seed ^ (c as u64 + 101) << 32;
         consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys, seed)));
+    }
+    for g in 0..params.group_consumers {
+        let node = client_node(&handle, format!("group-consumer-{g}"), 20 + g);
+        let (w, boot) = (workload.clone(), bootstrap.clone());
+        let seed = params.seed ^ (g as u64 + 201) << 32;
+        let partitions = params.partitions;
+        consumers.push(node.spawn(group_consume(ProcessId(200 + g), w, boot, partitions, seed)));
     }
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -589,6 +613,9 @@ async fn simulate(params: Params) -> RunResult {
         coverage.disk.add(&d.stats());
     }
     coverage.connection_breaks = workload.connections.breaks();
+    coverage.coordinator_moves = workload.coordinator_moves.load(Ordering::SeqCst);
+    coverage.rebalances = workload.rebalances.load(Ordering::SeqCst);
+    coverage.commits = workload.commits.load(Ordering::SeqCst);
     coverage.corruptions_detected = monitored.corruptions_detected;
     let monitor_violations = violations.lock().expect("violations poisoned").clone();
     let mut observed = report.counts();
@@ -720,6 +747,130 @@ async fn consume(
             }
         }
         madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A subscribe-mode consumer in the group `jepsen-group`: joins, reads its partitions from
+/// the committed offsets, heartbeats, commits what it read every few rounds, and rejoins
+/// when the group rebalances. Each generation is recorded as an assign of no keys and then
+/// of its keys (an eager rebalance: positions restart at the committed offsets).
+async fn group_consume(
+    me: ProcessId,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    partitions: i32,
+    seed: u64,
+) {
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    let mut group = GroupConsumer::new("jepsen-group", TOPIC, partitions);
+    let mut positions: BTreeMap<Key, Offset> = BTreeMap::new();
+    let mut read: BTreeSet<Key> = BTreeSet::new();
+    let (mut moves, mut rebalances) = (0, 0);
+    let mut round = 0u64;
+    loop {
+        let (m, r) = (group.coordinator_moves, group.rebalances);
+        w.coordinator_moves.fetch_add(m - moves, Ordering::SeqCst);
+        w.rebalances.fetch_add(r - rebalances, Ordering::SeqCst);
+        (moves, rebalances) = (m, r);
+        if !group.is_member() {
+            if let Err(e) = group.join(&mut client).await {
+                w.trace.event(format!("group consumer {me}: join: {e}"));
+                madsim::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let keys = group.assignment().to_vec();
+            {
+                let mut h = w.history.lock().expect("history poisoned");
+                h.assign(me, Vec::new());
+                h.assign(me, keys.clone());
+            }
+            let invoked = w.history.lock().expect("history poisoned").ops.len();
+            match group.fetch_offsets(&mut client).await {
+                Ok(offsets) => {
+                    let mut h = w.history.lock().expect("history poisoned");
+                    positions.clear();
+                    read.clear();
+                    for (key, offset) in offsets {
+                        h.push(
+                            me,
+                            OpKind::OffsetFetch {
+                                key: key.clone(),
+                                offset,
+                                invoked,
+                            },
+                        );
+                        positions.insert(key, offset.unwrap_or(Offset::ZERO));
+                    }
+                }
+                Err(e) => {
+                    w.trace
+                        .event(format!("group consumer {me}: offset fetch: {e}"));
+                    group.reset(&ClientError::Kafka {
+                        error: kafka_protocol::error::ResponseError::RebalanceInProgress,
+                        message: None,
+                    });
+                    madsim::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let keys: Vec<Key> = positions.keys().cloned().collect();
+        for key in &keys {
+            let position = positions[key];
+            match client.fetch(key, position).await {
+                Ok(fetched) if !fetched.records.is_empty() => {
+                    let last = fetched.records.last().expect("non-empty").0;
+                    positions.insert(key.clone(), last.plus(1));
+                    read.insert(key.clone());
+                    w.history
+                        .lock()
+                        .expect("history poisoned")
+                        .poll(me, key, fetched.records);
+                }
+                Ok(_) => {}
+                Err(ClientError::Corrupt { reason, .. }) => {
+                    w.history
+                        .lock()
+                        .expect("history poisoned")
+                        .corrupt_read(me, key, reason);
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        round += 1;
+        if let Err(e) = group.heartbeat(&mut client).await {
+            w.trace
+                .event(format!("group consumer {me}: heartbeat: {e}"));
+            continue;
+        }
+        if round % 3 == 0 {
+            let offsets: BTreeMap<Key, Offset> = positions
+                .iter()
+                .filter(|(k, _)| read.contains(*k))
+                .map(|(k, o)| (k.clone(), *o))
+                .collect();
+            if !offsets.is_empty() {
+                let invoked = w.history.lock().expect("history poisoned").ops.len();
+                let result = group.commit(&mut client, &offsets).await;
+                let acked = result.is_ok();
+                if acked {
+                    w.commits.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut h = w.history.lock().expect("history poisoned");
+                for (key, offset) in offsets {
+                    h.push(
+                        me,
+                        OpKind::Commit {
+                            key,
+                            offset,
+                            acked,
+                            invoked,
+                        },
+                    );
+                }
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
