@@ -1794,6 +1794,10 @@ impl Group {
         if last_seq == 0 {
             return Reply::Now(response);
         }
+        if crate::planted::active(crate::planted::Bug::CommitBeforeDurable) {
+            self.commits_durable(last_seq);
+            return Reply::Now(response);
+        }
         ctx.out
             .send_after(last_seq, id, Response::OffsetCommit(response));
         Reply::Pending

@@ -23,16 +23,21 @@ pub enum Bug {
     /// (base offset, leader epoch) are checked on the way out, so a batch that rotted on the
     /// disk is served as it is.
     ServeCorruptBatch,
+    /// The group coordinator applies and acknowledges an OffsetCommit as soon as it has
+    /// written the record, without waiting for the record to be durable (committed in
+    /// `__consumer_offsets`).
+    CommitBeforeDurable,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
         Bug::SkipTruncation,
         Bug::ServeCorruptBatch,
+        Bug::CommitBeforeDurable,
     ];
 
     /// A short name for the command line.
@@ -43,6 +48,7 @@ impl Bug {
             Bug::ElectOutsideIsr => "elect-outside-isr",
             Bug::SkipTruncation => "skip-truncation",
             Bug::ServeCorruptBatch => "serve-corrupt-batch",
+            Bug::CommitBeforeDurable => "commit-before-durable",
         }
     }
 

@@ -33,6 +33,14 @@
 //! forms int-nonmonotonic-poll, int-poll-skip. Per-producer order: nonmonotonic-send. And one
 //! Jepsen throws on rather than reports: unknown-value (a value read that nobody sent).
 //!
+//! # Consumer groups
+//! Group members poll like any consumer (each new generation is an assign of no keys, then of
+//! its keys, so poll-skip and nonmonotonic-poll are allowed across rebalances, as Jepsen's
+//! subscribe mode allows them) and add three operations: [`OpKind::Commit`],
+//! [`OpKind::OffsetFetch`] and, after healing, [`OpKind::GroupCaughtUp`]. Their anomalies:
+//! nonmonotonic-commit, commit-past-read, lost-commit and group-unread (each variant states
+//! its rule).
+//!
 //! Indefinite sends are never counted as lost or unseen; when their value appears, it takes
 //! part in every other check like any other value (one offset, read in order, at most once).
 
@@ -149,6 +157,14 @@ pub enum OpKind {
         offset: Option<Offset>,
         invoked: usize,
     },
+    /// After healing, the group's `members` together polled `key` up to `end_offset` (the
+    /// end its final read listed): every value read below it by anyone must have been read
+    /// by a member.
+    GroupCaughtUp {
+        key: Key,
+        end_offset: Offset,
+        members: Vec<ProcessId>,
+    },
 }
 
 /// One completed operation.
@@ -204,6 +220,66 @@ impl History {
 
     pub fn assign(&mut self, process: ProcessId, keys: Vec<Key>) -> OpIndex {
         self.push(process, OpKind::Assign { keys })
+    }
+
+    /// A commit of `offset` for `key`, sent when the history had `invoked` operations.
+    pub fn commit(
+        &mut self,
+        process: ProcessId,
+        key: &Key,
+        offset: Offset,
+        acked: bool,
+        invoked: usize,
+    ) -> OpIndex {
+        let key = key.clone();
+        self.push(
+            process,
+            OpKind::Commit {
+                key,
+                offset,
+                acked,
+                invoked,
+            },
+        )
+    }
+
+    /// An OffsetFetch of `key` that returned `offset`, sent when the history had `invoked`
+    /// operations.
+    pub fn offset_fetch(
+        &mut self,
+        process: ProcessId,
+        key: &Key,
+        offset: Option<Offset>,
+        invoked: usize,
+    ) -> OpIndex {
+        let key = key.clone();
+        self.push(
+            process,
+            OpKind::OffsetFetch {
+                key,
+                offset,
+                invoked,
+            },
+        )
+    }
+
+    /// The group's `members` together polled `key` up to `end_offset`.
+    pub fn group_caught_up(
+        &mut self,
+        members: &[ProcessId],
+        key: &Key,
+        end_offset: Offset,
+    ) -> OpIndex {
+        let key = key.clone();
+        let members = members.to_vec();
+        self.push(
+            members[0],
+            OpKind::GroupCaughtUp {
+                key,
+                end_offset,
+                members,
+            },
+        )
     }
 
     pub fn final_read(&mut self, process: ProcessId, key: &Key, end_offset: Offset) -> OpIndex {
@@ -395,6 +471,15 @@ pub enum Anomaly {
         offset: Offset,
         read_max: Option<Offset>,
     },
+    /// A value read at an offset below where the group caught up after healing that no
+    /// member of the group polled: the group skipped it (a commit past what was read, or a
+    /// consumer starting at the wrong offset). Jepsen's subscribe-mode `lost`, for a group.
+    GroupUnread {
+        key: Key,
+        offset: Offset,
+        value: Value,
+        caught_up: OpIndex,
+    },
     /// An OffsetFetch returned an offset no commit could have left: below the last
     /// acknowledged commit completed before it began, and not the offset of any commit
     /// concurrent with (or after) that one.
@@ -425,10 +510,11 @@ pub enum AnomalyKind {
     NonmonotonicCommit,
     CommitPastRead,
     LostCommit,
+    GroupUnread,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 15] = [
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -444,6 +530,7 @@ impl AnomalyKind {
         AnomalyKind::NonmonotonicCommit,
         AnomalyKind::CommitPastRead,
         AnomalyKind::LostCommit,
+        AnomalyKind::GroupUnread,
     ];
 
     /// Jepsen's name for the anomaly.
@@ -464,6 +551,7 @@ impl AnomalyKind {
             AnomalyKind::NonmonotonicCommit => "nonmonotonic-commit",
             AnomalyKind::CommitPastRead => "commit-past-read",
             AnomalyKind::LostCommit => "lost-commit",
+            AnomalyKind::GroupUnread => "group-unread",
         }
     }
 }
@@ -492,6 +580,7 @@ impl Anomaly {
             Anomaly::NonmonotonicCommit { .. } => AnomalyKind::NonmonotonicCommit,
             Anomaly::CommitPastRead { .. } => AnomalyKind::CommitPastRead,
             Anomaly::LostCommit { .. } => AnomalyKind::LostCommit,
+            Anomaly::GroupUnread { .. } => AnomalyKind::GroupUnread,
         }
     }
 
@@ -512,7 +601,8 @@ impl Anomaly {
             | Anomaly::CorruptRead { key, .. }
             | Anomaly::NonmonotonicCommit { key, .. }
             | Anomaly::CommitPastRead { key, .. }
-            | Anomaly::LostCommit { key, .. } => key,
+            | Anomaly::LostCommit { key, .. }
+            | Anomaly::GroupUnread { key, .. } => key,
         }
     }
 }
@@ -644,6 +734,16 @@ impl fmt::Display for Anomaly {
             } => write!(
                 f,
                 "{fetch} fetched {fetched:?} after commit {committed} ({commit}) was acknowledged"
+            ),
+            Anomaly::GroupUnread {
+                offset,
+                value,
+                caught_up,
+                ..
+            } => write!(
+                f,
+                "{value} at {offset} was read, but by no member of the group, which caught up \
+                 past it ({caught_up})"
             ),
             Anomaly::Unseen {
                 value,
@@ -875,7 +975,10 @@ pub fn check(history: &History) -> CheckReport {
                     k.readers.entry(*value).or_default().push(at);
                 }
             }
-            OpKind::Assign { .. } | OpKind::Commit { .. } | OpKind::OffsetFetch { .. } => {}
+            OpKind::Assign { .. }
+            | OpKind::Commit { .. }
+            | OpKind::OffsetFetch { .. }
+            | OpKind::GroupCaughtUp { .. } => {}
             OpKind::CorruptRead { key, reason } => anomalies.push(Anomaly::CorruptRead {
                 key: (*key).clone(),
                 op: at,
@@ -902,6 +1005,7 @@ pub fn check(history: &History) -> CheckReport {
     }
     check_processes(history, &keys, &mut anomalies);
     check_commits(history, &mut anomalies);
+    check_group_reads(history, &keys, &mut anomalies);
     anomalies.sort();
     CheckReport { anomalies, stats }
 }
@@ -1131,7 +1235,43 @@ fn check_processes(
             | OpKind::FinalRead { .. }
             | OpKind::CorruptRead { .. }
             | OpKind::Commit { .. }
-            | OpKind::OffsetFetch { .. } => {}
+            | OpKind::OffsetFetch { .. }
+            | OpKind::GroupCaughtUp { .. } => {}
+        }
+    }
+}
+
+/// group-unread: below where the group caught up, every value anyone read, some member read.
+fn check_group_reads(
+    history: &History,
+    keys: &BTreeMap<&Key, KeyState>,
+    anomalies: &mut Vec<Anomaly>,
+) {
+    for (i, op) in history.ops.iter().enumerate() {
+        let OpKind::GroupCaughtUp {
+            key,
+            end_offset,
+            members,
+        } = &op.kind
+        else {
+            continue;
+        };
+        let Some(k) = keys.get(key) else { continue };
+        for (offset, values) in k.log.range(..*end_offset) {
+            for value in values.keys() {
+                let readers = k.readers.get(value).map(Vec::as_slice).unwrap_or(&[]);
+                let by_member = readers
+                    .iter()
+                    .any(|r| members.contains(&history.ops[r.0].process));
+                if !readers.is_empty() && !by_member {
+                    anomalies.push(Anomaly::GroupUnread {
+                        key: key.clone(),
+                        offset: *offset,
+                        value: *value,
+                        caught_up: OpIndex(i),
+                    });
+                }
+            }
         }
     }
 }

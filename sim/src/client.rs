@@ -1407,6 +1407,11 @@ impl GroupConsumer {
         &self.assignment
     }
 
+    /// Forgets the generation: the next round joins again.
+    pub fn leave_generation(&mut self) {
+        self.generation = None;
+    }
+
     /// Forgets the generation (after an error that needs a rejoin).
     pub fn reset(&mut self, e: &ClientError) {
         if coordinator_lost(e) {
@@ -1456,7 +1461,9 @@ impl GroupConsumer {
                     continue;
                 }
             };
-            if let Err(e) = group_error(response.error_code) {
+            if let Some(e) =
+                ClientError::kafka(response.error_code, response.error_message.as_ref())
+            {
                 last = Some(e);
                 continue;
             }

@@ -49,6 +49,9 @@ pub struct ClusterSpec {
     pub session_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub replica_lag_time_max_ms: i64,
+    /// The brokers' `min.insync.replicas`: the default of every topic that sets none, the
+    /// internal `__consumer_offsets` among them.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for ClusterSpec {
@@ -59,6 +62,7 @@ impl Default for ClusterSpec {
             session_timeout_ms: 3_000,
             heartbeat_interval_ms: 500,
             replica_lag_time_max_ms: 5_000,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -93,6 +97,10 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         unclean: keel_core::controller::UncleanElection::Disabled,
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
+    settings.topic_config_defaults.insert(
+        "min.insync.replicas".into(),
+        spec.min_insync_replicas.to_string(),
+    );
     settings.disk = Disk::Virtual(Arc::new(disk.clone()));
     settings
 }

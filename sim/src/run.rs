@@ -151,6 +151,9 @@ impl Params {
                 voters,
                 // Short lag bounds make ISR shrinks (and out-of-ISR replicas) common.
                 replica_lag_time_max_ms: rng.gen_range(1_500..=5_000),
+                // The topic's own setting, for __consumer_offsets too: the group's commits
+                // need the same second copy under disk faults.
+                min_insync_replicas: i32::from(min_insync_replicas),
                 ..ClusterSpec::default()
             },
             partitions: rng.gen_range(1..=3),
@@ -420,6 +423,8 @@ struct Workload {
     coordinator_moves: AtomicU64,
     rebalances: AtomicU64,
     commits: AtomicU64,
+    /// Per key, the offset after the last record any group member polled.
+    group_read: Mutex<BTreeMap<Key, Offset>>,
 }
 
 fn client_ip(n: u32) -> IpAddr {
@@ -512,6 +517,7 @@ async fn simulate(params: Params) -> RunResult {
         coordinator_moves: AtomicU64::new(0),
         rebalances: AtomicU64::new(0),
         commits: AtomicU64::new(0),
+        group_read: Mutex::new(BTreeMap::new()),
     });
     let keys = keys(&params);
     let mut producers = Vec::new();
@@ -528,12 +534,13 @@ async fn simulate(params: Params) -> RunResult {
         let seed = params.seed ^ (c as u64 + 101) << 32;
         consumers.push(node.spawn(consume(ProcessId(100 + c), w, boot, keys, seed)));
     }
+    let mut group = Vec::new();
     for g in 0..params.group_consumers {
         let node = client_node(&handle, format!("group-consumer-{g}"), 20 + g);
         let (w, boot) = (workload.clone(), bootstrap.clone());
         let seed = params.seed ^ (g as u64 + 201) << 32;
         let partitions = params.partitions;
-        consumers.push(node.spawn(group_consume(ProcessId(200 + g), w, boot, partitions, seed)));
+        group.push(node.spawn(group_consume(group_member(g), w, boot, partitions, seed)));
     }
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -593,6 +600,11 @@ async fn simulate(params: Params) -> RunResult {
         })
         .await
         .unwrap_or(false);
+    // Phase 4: the group, which kept consuming, reads on to where the final read ended.
+    let group_caught_up = read && group_catch_up(&workload, &params).await;
+    for g in group {
+        g.abort();
+    }
     monitor_stop.store(true, Ordering::SeqCst);
     let monitored = monitor.await.unwrap_or_default();
     coverage.elections = monitored.elections;
@@ -619,6 +631,9 @@ async fn simulate(params: Params) -> RunResult {
     coverage.corruptions_detected = monitored.corruptions_detected;
     let monitor_violations = violations.lock().expect("violations poisoned").clone();
     let mut observed = report.counts();
+    if !group_caught_up {
+        observed.remove(&AnomalyKind::GroupUnread);
+    }
     if !read {
         observed.remove(&AnomalyKind::LostWrite);
         observed.remove(&AnomalyKind::Unseen);
@@ -637,6 +652,11 @@ async fn simulate(params: Params) -> RunResult {
         (
             Verdict::Liveness,
             "the final read did not complete after healing".into(),
+        )
+    } else if !group_caught_up {
+        (
+            Verdict::Liveness,
+            "the consumer group did not read to the end after healing".into(),
         )
     } else {
         (Verdict::Pass, String::new())
@@ -750,6 +770,54 @@ async fn consume(
     }
 }
 
+/// The process id of group consumer `g`.
+fn group_member(g: u32) -> ProcessId {
+    ProcessId(200 + g)
+}
+
+/// Waits, within [`LIVENESS_MS`], for the group's members together to have polled every key
+/// up to the end its final read listed, then records that ([`OpKind::GroupCaughtUp`]). True
+/// when there is no group.
+async fn group_catch_up(w: &Workload, params: &Params) -> bool {
+    if params.group_consumers == 0 {
+        return true;
+    }
+    let ends: BTreeMap<Key, Offset> = w
+        .history
+        .lock()
+        .expect("history poisoned")
+        .ops
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::FinalRead { key, end_offset } => Some((key.clone(), *end_offset)),
+            _ => None,
+        })
+        .collect();
+    let caught_up = || {
+        let read = w.group_read.lock().expect("group_read poisoned");
+        ends.iter()
+            .all(|(k, end)| *end == Offset::ZERO || read.get(k).is_some_and(|r| r >= end))
+    };
+    let deadline = Duration::from_millis(LIVENESS_MS);
+    let waited = madsim::time::timeout(deadline, async {
+        while !caught_up() {
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        w.trace.event("the group did not catch up");
+        return false;
+    }
+    let members: Vec<ProcessId> = (0..params.group_consumers).map(group_member).collect();
+    let mut h = w.history.lock().expect("history poisoned");
+    for (key, end_offset) in ends {
+        h.group_caught_up(&members, &key, end_offset);
+    }
+    w.trace.event("the group caught up");
+    true
+}
+
 /// A subscribe-mode consumer in the group `jepsen-group`: joins, reads its partitions from
 /// the committed offsets, heartbeats, commits what it read every few rounds, and rejoins
 /// when the group rebalances. Each generation is recorded as an assign of no keys and then
@@ -767,6 +835,8 @@ async fn group_consume(
     let mut read: BTreeSet<Key> = BTreeSet::new();
     let (mut moves, mut rebalances) = (0, 0);
     let mut round = 0u64;
+    // Coordinator moves up to the last probe of the committed offsets.
+    let mut probed_moves = 0;
     loop {
         let (m, r) = (group.coordinator_moves, group.rebalances);
         w.coordinator_moves.fetch_add(m - moves, Ordering::SeqCst);
@@ -784,35 +854,21 @@ async fn group_consume(
                 h.assign(me, Vec::new());
                 h.assign(me, keys.clone());
             }
-            let invoked = w.history.lock().expect("history poisoned").ops.len();
-            match group.fetch_offsets(&mut client).await {
+            match fetch_committed(me, &w, &mut group, &mut client).await {
                 Ok(offsets) => {
-                    let mut h = w.history.lock().expect("history poisoned");
-                    positions.clear();
                     read.clear();
-                    for (key, offset) in offsets {
-                        h.push(
-                            me,
-                            OpKind::OffsetFetch {
-                                key: key.clone(),
-                                offset,
-                                invoked,
-                            },
-                        );
-                        positions.insert(key, offset.unwrap_or(Offset::ZERO));
-                    }
+                    positions = offsets
+                        .into_iter()
+                        .map(|(key, offset)| (key, offset.unwrap_or(Offset::ZERO)))
+                        .collect();
                 }
-                Err(e) => {
-                    w.trace
-                        .event(format!("group consumer {me}: offset fetch: {e}"));
-                    group.reset(&ClientError::Kafka {
-                        error: kafka_protocol::error::ResponseError::RebalanceInProgress,
-                        message: None,
-                    });
+                Err(_) => {
+                    group.leave_generation();
                     madsim::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             }
+            probed_moves = group.coordinator_moves;
         }
         let keys: Vec<Key> = positions.keys().cloned().collect();
         for key in &keys {
@@ -822,6 +878,9 @@ async fn group_consume(
                     let last = fetched.records.last().expect("non-empty").0;
                     positions.insert(key.clone(), last.plus(1));
                     read.insert(key.clone());
+                    let mut group_read = w.group_read.lock().expect("group_read poisoned");
+                    let at = group_read.entry(key.clone()).or_insert(Offset::ZERO);
+                    *at = (*at).max(last.plus(1));
                     w.history
                         .lock()
                         .expect("history poisoned")
@@ -843,6 +902,12 @@ async fn group_consume(
                 .event(format!("group consumer {me}: heartbeat: {e}"));
             continue;
         }
+        // A new coordinator loaded the group from the log: what it answers must include every
+        // acknowledged commit. Probe before the next commit overwrites a lost one.
+        if group.coordinator_moves > probed_moves {
+            probed_moves = group.coordinator_moves;
+            let _ = fetch_committed(me, &w, &mut group, &mut client).await;
+        }
         if round % 3 == 0 {
             let offsets: BTreeMap<Key, Offset> = positions
                 .iter()
@@ -858,20 +923,31 @@ async fn group_consume(
                 }
                 let mut h = w.history.lock().expect("history poisoned");
                 for (key, offset) in offsets {
-                    h.push(
-                        me,
-                        OpKind::Commit {
-                            key,
-                            offset,
-                            acked,
-                            invoked,
-                        },
-                    );
+                    h.commit(me, &key, offset, acked, invoked);
                 }
             }
         }
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The group's committed offsets of `group`'s keys, recorded as [`OpKind::OffsetFetch`]es.
+async fn fetch_committed(
+    me: ProcessId,
+    w: &Workload,
+    group: &mut GroupConsumer,
+    client: &mut Client,
+) -> Result<BTreeMap<Key, Option<Offset>>, ClientError> {
+    let invoked = w.history.lock().expect("history poisoned").ops.len();
+    let offsets = group.fetch_offsets(client).await.inspect_err(|e| {
+        w.trace
+            .event(format!("group consumer {me}: offset fetch: {e}"))
+    })?;
+    let mut h = w.history.lock().expect("history poisoned");
+    for (key, offset) in &offsets {
+        h.offset_fetch(me, key, *offset, invoked);
+    }
+    Ok(offsets)
 }
 
 /// Reads every partition from its start to its end offset, as a fresh process.

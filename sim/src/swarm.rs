@@ -22,6 +22,9 @@ pub struct SeedLine {
     pub isr_changes: u64,
     pub truncations: u64,
     pub corruptions: u64,
+    /// The consumer group's acknowledged commits and coordinator moves.
+    pub commits: u64,
+    pub coordinator_moves: u64,
     pub faults: Vec<&'static str>,
     pub simulated_ms: u64,
 }
@@ -66,8 +69,16 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11}  faults / anomalies",
-            "seed", "verdict", "acked", "elections", "isr-changes", "truncations", "corruptions"
+            "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  faults / anomalies",
+            "seed",
+            "verdict",
+            "acked",
+            "elections",
+            "isr-changes",
+            "truncations",
+            "corruptions",
+            "commits",
+            "coord-moves"
         )?;
         for l in &self.lines {
             let extra = if l.verdict == Verdict::Pass {
@@ -77,7 +88,7 @@ impl fmt::Display for Summary {
             };
             writeln!(
                 f,
-                "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11}  {extra}",
+                "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  {extra}",
                 l.seed,
                 l.verdict.name(),
                 l.acked,
@@ -85,6 +96,8 @@ impl fmt::Display for Summary {
                 l.isr_changes,
                 l.truncations,
                 l.corruptions,
+                l.commits,
+                l.coordinator_moves,
             )?;
         }
         let n = self.lines.len();
@@ -108,11 +121,14 @@ impl fmt::Display for Summary {
         let with = |pred: &dyn Fn(&SeedLine) -> bool| self.lines.iter().filter(|l| pred(l)).count();
         writeln!(
             f,
-            "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}",
+            "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
+             group commits {}, coordinator moves {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
             with(&|l| l.corruptions > 0),
+            with(&|l| l.commits > 0),
+            with(&|l| l.coordinator_moves > 0),
         )
     }
 }
@@ -140,6 +156,8 @@ impl SeedLine {
             isr_changes: c.isr_shrinks + c.isr_expands,
             truncations: c.truncations,
             corruptions: c.corruptions_detected,
+            commits: c.commits,
+            coordinator_moves: c.coordinator_moves,
             faults: c.faults.keys().copied().collect(),
             simulated_ms: r.simulated_ms,
         }
@@ -153,7 +171,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -161,6 +179,8 @@ impl SeedLine {
             self.isr_changes,
             self.truncations,
             self.corruptions,
+            self.commits,
+            self.coordinator_moves,
             self.simulated_ms,
             self.faults.join(","),
             anomalies.join(","),
@@ -171,8 +191,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(12, '\t').collect();
-        if f.len() != 12 {
+        let f: Vec<&str> = line.splitn(14, '\t').collect();
+        if f.len() != 14 {
             return None;
         }
         let verdict = match f[2] {
@@ -181,13 +201,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[9]
+        let faults = f[11]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[10]
+        let anomalies = f[12]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -200,10 +220,12 @@ impl SeedLine {
             isr_changes: f[5].parse().ok()?,
             truncations: f[6].parse().ok()?,
             corruptions: f[7].parse().ok()?,
-            simulated_ms: f[8].parse().ok()?,
+            commits: f[8].parse().ok()?,
+            coordinator_moves: f[9].parse().ok()?,
+            simulated_ms: f[10].parse().ok()?,
             faults,
             anomalies,
-            reason: f[11].to_string(),
+            reason: f[13].to_string(),
         })
     }
 }
@@ -294,6 +316,8 @@ impl SeedLine {
             isr_changes: 0,
             truncations: 0,
             corruptions: 0,
+            commits: 0,
+            coordinator_moves: 0,
             faults: Vec::new(),
             simulated_ms: 0,
         }

@@ -17,7 +17,8 @@
 //! runs without disk faults. `hw-without-sync` and `skip-truncation` need crashes and
 //! partitions while writes flow: they leave out the slow-network, broken-connection,
 //! full-disk, swizzle and disk kinds, which otherwise take their share of the fault phase.
-//! `elect-outside-isr` and `serve-corrupt-batch` keep disk faults (damaged replicas are fenced
+//! `commit-before-durable` needs the same: a coordinator cut off or killed right after it
+//! answered a commit. `elect-outside-isr` and `serve-corrupt-batch` keep disk faults (damaged replicas are fenced
 //! and leave ISRs; rot gives the bug something to serve) and leave out the other four.
 //! Seeds 1 to 200 that catch each (`keel-sim swarm --seeds 200 --jobs 2 --bug NAME --without
 //! KINDS`, measured 2026-11-24): `ack-before-isr` 98, `hw-without-sync` 13 (first: seed 4),
@@ -59,7 +60,7 @@ fn without(bug: Bug) -> Vec<Fault> {
     ];
     match bug {
         Bug::AckBeforeIsr => vec![Fault::Disk],
-        Bug::HighWatermarkWithoutSync | Bug::SkipTruncation => {
+        Bug::HighWatermarkWithoutSync | Bug::SkipTruncation | Bug::CommitBeforeDurable => {
             let mut kinds = others.to_vec();
             kinds.push(Fault::Disk);
             kinds
@@ -153,4 +154,9 @@ fn serve_corrupt_batch_is_caught() {
 #[test]
 fn every_planted_bug_is_tested() {
     assert_eq!(Bug::ALL.len(), 5, "a new planted bug needs its test here");
+}
+
+#[test]
+fn commit_before_durable_is_caught() {
+    a_seed_catches(Bug::CommitBeforeDurable);
 }

@@ -19,8 +19,9 @@ const FIXED_SEEDS: std::ops::Range<u64> = 1..41;
 /// metadata log (96, 288), the epoch cache past a full disk (1673), a damaged leader left in
 /// place (6), a leaderless partition after a stale registration (23), a part-done discard
 /// (88), a repair counted before its discard (148), a broker that failed to start (279), a log
-/// left without a segment (321), the only voter's disk damaged (493).
-const REGRESSION_SEEDS: [u64; 12] = [6, 23, 25, 88, 94, 96, 148, 279, 288, 321, 493, 1673];
+/// left without a segment (321), the only voter's disk damaged (493), a `__consumer_offsets`
+/// partition whose only ISR member was the damaged replica, under min.insync.replicas=1 (152).
+const REGRESSION_SEEDS: [u64; 13] = [6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1673];
 
 /// Four seeds from the commit being tested (`KEEL_SIM_SEED_BASE`, set by .ci/test.sh from the
 /// commit hash), so that each commit explores new ones; none when it is not set.
@@ -68,6 +69,9 @@ fn fixed_regression_and_commit_seeds_pass() {
     assert!(summary.lines.iter().any(|l| l.truncations > 0));
     assert!(summary.lines.iter().any(|l| l.corruptions > 0));
     assert!(summary.lines.iter().all(|l| l.acked > 0));
+    // Consumer groups committed, and their coordinator moved.
+    assert!(summary.lines.iter().any(|l| l.commits > 0));
+    assert!(summary.lines.iter().any(|l| l.coordinator_moves > 0));
 }
 
 #[test]

@@ -372,6 +372,177 @@ fn a_batch_served_with_a_bad_crc_is_a_corrupt_read() {
     exactly_one(&h, AnomalyKind::CorruptRead);
 }
 
+/// A group of two: P1 reads and commits, the group rebalances, P2 resumes at the commit
+/// and commits further, P1's stale commit is refused, and the group reads to the end.
+#[test]
+fn a_clean_group_history_reports_nothing() {
+    let k = key();
+    let mut h = History::new();
+    for (v, o) in [(1, 0), (2, 1), (3, 2)] {
+        h.send(P0, &k, Value(v), ok(o));
+    }
+    h.assign(P1, vec![k.clone()]);
+    let invoked = h.ops.len();
+    h.offset_fetch(P1, &k, None, invoked);
+    h.poll(P1, &k, records(&[(0, 1), (1, 2)]));
+    let invoked = h.ops.len();
+    h.commit(P1, &k, Offset(2), true, invoked);
+    // Rebalance: P1 loses the key, P2 gets it and resumes at the commit.
+    h.assign(P1, vec![]);
+    h.assign(P2, vec![]);
+    h.assign(P2, vec![k.clone()]);
+    let invoked = h.ops.len();
+    h.offset_fetch(P2, &k, Some(Offset(2)), invoked);
+    h.poll(P2, &k, records(&[(2, 3)]));
+    // A commit of P1's old generation, refused.
+    let invoked = h.ops.len();
+    h.commit(P1, &k, Offset(1), false, invoked);
+    let invoked = h.ops.len();
+    h.commit(P2, &k, Offset(3), true, invoked);
+    h.commit(P2, &k, Offset(3), true, invoked + 1);
+    // Rebalance back: P1 reads from the commit again (no nonmonotonic poll across it).
+    h.assign(P1, vec![k.clone()]);
+    let invoked = h.ops.len();
+    h.offset_fetch(P1, &k, Some(Offset(3)), invoked);
+    h.poll(P3, &k, records(&[(0, 1), (1, 2), (2, 3)]));
+    h.final_read(P3, &k, Offset(3));
+    h.group_caught_up(&[P1, P2], &k, Offset(3));
+    let report = check(&h);
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn an_acked_commit_below_the_same_members_previous_one_is_a_nonmonotonic_commit() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.send(P0, &k, Value(2), ok(1));
+    h.assign(P1, vec![k.clone()]);
+    h.poll(P1, &k, records(&[(0, 1), (1, 2)]));
+    h.commit(P1, &k, Offset(2), true, 4);
+    // A refused commit is no evidence, and a new generation starts over.
+    h.commit(P1, &k, Offset(1), false, 5);
+    h.assign(P1, vec![k.clone()]);
+    h.commit(P1, &k, Offset(1), true, 7);
+    h.commit(P1, &k, Offset(2), true, 8);
+    assert!(check(&h).is_clean(), "{}", check(&h));
+    h.commit(P1, &k, Offset(1), true, 9);
+    let a = exactly_one(&h, AnomalyKind::NonmonotonicCommit);
+    assert_eq!(
+        a.to_string(),
+        "nonmonotonic-commit jepsen-0: p1 committed 1 (#9) after 2 (#8)",
+        "the anomaly names both commits"
+    );
+}
+
+#[test]
+fn a_commit_past_what_the_member_read_is_commit_past_read() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.send(P0, &k, Value(2), indefinite());
+    h.assign(P1, vec![k.clone()]);
+    h.poll(P1, &k, records(&[(0, 1)]));
+    // Up to one past the last record read is what a consumer commits.
+    h.commit(P1, &k, Offset(1), true, 4);
+    // A fetched commit may be committed again without reading.
+    h.assign(P2, vec![k.clone()]);
+    h.offset_fetch(P2, &k, Some(Offset(1)), 6);
+    h.commit(P2, &k, Offset(1), true, 7);
+    assert!(check(&h).is_clean(), "{}", check(&h));
+    h.commit(P1, &k, Offset(2), false, 8);
+    exactly_one(&h, AnomalyKind::CommitPastRead);
+}
+
+#[test]
+fn a_fetch_missing_an_acked_commit_is_a_lost_commit() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.send(P0, &k, Value(2), ok(1));
+    h.assign(P1, vec![k.clone()]);
+    h.poll(P1, &k, records(&[(0, 1), (1, 2)]));
+    h.commit(P1, &k, Offset(1), true, 4);
+    // P2's commit of 2 is sent (op 5) before P1's commit of 2 completes (op 6) and completes
+    // after it: either may be last, so a fetch of 1... is not explained by it, but 2 is.
+    let p2_invoked = h.ops.len();
+    h.commit(P1, &k, Offset(2), true, p2_invoked);
+    h.assign(P2, vec![k.clone()]);
+    h.offset_fetch(P2, &k, Some(Offset(1)), p2_invoked);
+    assert!(
+        check(&h).is_clean(),
+        "a fetch concurrent with the commit may miss it: {}",
+        check(&h)
+    );
+    let invoked = h.ops.len();
+    h.offset_fetch(P2, &k, Some(Offset(2)), invoked);
+    assert!(check(&h).is_clean(), "{}", check(&h));
+    let invoked = h.ops.len();
+    let fetch = h.offset_fetch(P2, &k, Some(Offset(1)), invoked);
+    let a = exactly_one(&h, AnomalyKind::LostCommit);
+    assert!(
+        matches!(a, Anomaly::LostCommit { fetch: f, committed: Offset(2), .. } if f == fetch),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn an_indefinite_commit_concurrent_with_the_last_acked_one_explains_a_fetch() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.send(P0, &k, Value(2), ok(1));
+    h.assign(P1, vec![k.clone()]);
+    h.poll(P1, &k, records(&[(0, 1), (1, 2)]));
+    h.assign(P2, vec![k.clone()]);
+    h.poll(P2, &k, records(&[(0, 1)]));
+    // P2's commit of 1 was sent before P1's commit of 2 completed and timed out after it: it
+    // may have landed last.
+    let invoked = h.ops.len();
+    h.commit(P1, &k, Offset(2), true, invoked);
+    h.commit(P2, &k, Offset(1), false, invoked);
+    let invoked = h.ops.len();
+    h.offset_fetch(P3, &k, Some(Offset(1)), invoked);
+    assert!(check(&h).is_clean(), "{}", check(&h));
+    // A fetch of nothing at all is not explained by any commit.
+    let invoked = h.ops.len();
+    h.offset_fetch(P3, &k, None, invoked);
+    exactly_one(&h, AnomalyKind::LostCommit);
+}
+
+#[test]
+fn a_value_no_member_read_below_where_the_group_caught_up_is_group_unread() {
+    let k = key();
+    let mut h = History::new();
+    for (v, o) in [(1, 0), (2, 1), (3, 2)] {
+        h.send(P0, &k, Value(v), ok(o));
+    }
+    h.assign(P1, vec![k.clone()]);
+    h.poll(P1, &k, records(&[(0, 1)]));
+    // Across a rebalance P2 starts at 2: no poll rule forbids it, but the group skipped 1.
+    h.assign(P1, vec![]);
+    h.assign(P2, vec![k.clone()]);
+    h.poll(P2, &k, records(&[(2, 3)]));
+    h.poll(P3, &k, records(&[(0, 1), (1, 2), (2, 3)]));
+    h.final_read(P3, &k, Offset(3));
+    // Caught up only to 1: nothing missed yet.
+    h.group_caught_up(&[P1, P2], &k, Offset(1));
+    assert!(check(&h).is_clean(), "{}", check(&h));
+    h.group_caught_up(&[P1, P2], &k, Offset(3));
+    let a = exactly_one(&h, AnomalyKind::GroupUnread);
+    assert!(
+        matches!(
+            a,
+            Anomaly::GroupUnread {
+                offset: Offset(1),
+                value: Value(2),
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+}
+
 /// Kafka keeps positions of partitions that stay assigned and forgets the others: reading a
 /// key again from 0 after it was unassigned and assigned again is not nonmonotonic, but it is
 /// while it stays assigned.
