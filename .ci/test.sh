@@ -26,9 +26,9 @@ step "simulator tests (--cfg madsim, in target/sim)"
 # keel-sim's tests under --cfg madsim, the determinism check included (sim/tests/). The getrandom
 # shim that makes raft's election timeouts follow the seed is not a workspace member: its own
 # tests run here, in the normal build.
-# sim/tests/swarm.rs runs a fixed list of seeds plus four seeds derived from the commit.
+# sim/tests/swarm.rs runs a fixed list of seeds plus eight seeds derived from the commit.
 sim_seed_base=$(( 0x$(git rev-parse --short=7 HEAD 2>/dev/null || echo 0) % 1000000 + 1000 ))
-echo "simulator seeds from the commit: $sim_seed_base..$((sim_seed_base + 3))"
+echo "simulator seeds from the commit: $sim_seed_base..$((sim_seed_base + 7))"
 KEEL_SIM_SEED_BASE="$sim_seed_base" RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \
     cargo test -p keel-sim 2>&1 | tee -a "$log"
 cargo test -p getrandom@0.2 2>&1 | tee -a "$log"

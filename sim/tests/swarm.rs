@@ -23,7 +23,7 @@ const FIXED_SEEDS: std::ops::Range<u64> = 1..41;
 /// partition whose only ISR member was the damaged replica, under min.insync.replicas=1 (152).
 const REGRESSION_SEEDS: [u64; 13] = [6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1673];
 
-/// Four seeds from the commit being tested (`KEEL_SIM_SEED_BASE`, set by .ci/test.sh from the
+/// Eight seeds from the commit being tested (`KEEL_SIM_SEED_BASE`, set by .ci/test.sh from the
 /// commit hash), so that each commit explores new ones; none when it is not set.
 fn commit_seeds() -> Option<u64> {
     std::env::var("KEEL_SIM_SEED_BASE")
