@@ -282,6 +282,17 @@ impl History {
         )
     }
 
+    /// The end offset each key's final read listed.
+    pub fn final_read_ends(&self) -> BTreeMap<Key, Offset> {
+        self.ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::FinalRead { key, end_offset } => Some((key.clone(), *end_offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn final_read(&mut self, process: ProcessId, key: &Key, end_offset: Offset) -> OpIndex {
         let key = key.clone();
         self.push(process, OpKind::FinalRead { key, end_offset })

@@ -782,17 +782,11 @@ async fn group_catch_up(w: &Workload, params: &Params) -> bool {
     if params.group_consumers == 0 {
         return true;
     }
-    let ends: BTreeMap<Key, Offset> = w
+    let ends = w
         .history
         .lock()
         .expect("history poisoned")
-        .ops
-        .iter()
-        .filter_map(|op| match &op.kind {
-            OpKind::FinalRead { key, end_offset } => Some((key.clone(), *end_offset)),
-            _ => None,
-        })
-        .collect();
+        .final_read_ends();
     let caught_up = || {
         let read = w.group_read.lock().expect("group_read poisoned");
         ends.iter()

@@ -855,14 +855,7 @@ fn poll_back(h: &History, pick: usize) -> Option<History> {
 /// The final read misses an acknowledged offset that is neither the key's first nor last:
 /// poll-skip (across polls) or int-poll-skip (inside one).
 fn skip_offset(h: &History, pick: usize) -> Option<History> {
-    let ends: BTreeMap<Key, Offset> = h
-        .ops
-        .iter()
-        .filter_map(|op| match &op.kind {
-            OpKind::FinalRead { key, end_offset } => Some((key.clone(), *end_offset)),
-            _ => None,
-        })
-        .collect();
+    let ends = h.final_read_ends();
     let candidates: Vec<(Key, Offset)> = acked(h)
         .into_iter()
         .filter(|(key, _, offset)| offset.0 >= 1 && offset.0 < ends[key].0 - 1)
