@@ -3,6 +3,7 @@
 //! node wires keel-core's pure state machines to real sockets and files: it decodes Kafka
 //! requests, hands them to core with the current time, and carries out the effects.
 
+pub mod bench;
 pub mod broker;
 pub mod cluster;
 pub mod config;

@@ -1,0 +1,647 @@
+//! `keel-bench`: how fast keel is, in figures anyone can re-measure (issue 7;
+//! docs/benchmarks.md has the method and the latest figures).
+//!
+//! One run, in order:
+//! 1. the machine's limits: sequential append + fdatasync bandwidth in the data directory,
+//!    loopback TCP bandwidth;
+//! 2. a keel cluster (`keel dev`, three brokers by default) in the data directory, or the
+//!    cluster at `--bootstrap`; a new topic (RF 3, 6 partitions by default);
+//! 3. a warm-up, then produce at acks=1, produce at acks=all (idempotent), consume everything,
+//!    and produce (acks=all) + consume at a fixed fraction of the acks=all peak; a line per
+//!    second while each runs;
+//! 4. if a `tansu` binary is on PATH (or given with `--tansu`): the same produce (acks=1) and
+//!    consume against one keel broker (RF 1) and against one tansu broker (memory storage);
+//! 5. the figures, their ratios to the limits and to tansu, and issue 7's targets; `--json`
+//!    writes them all.
+//!
+//! The clients are librdkafka's (the rdkafka crate), in this process.
+
+mod cluster;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use keel_node::bench::json::Json;
+use keel_node::bench::limits::{disk_append, loopback_tcp};
+use keel_node::bench::machine::{cpu_model, utc_date_time};
+use keel_node::bench::report::{
+    checks, disk_share_mb_per_s, limit_ratios, thousands, Limits, PeerComparison, Phase,
+};
+
+use crate::cluster::{find_on_path, Managed};
+use crate::workload::{consume_all, create_topic, produce, produce_consume, Workload, STAMP_BYTES};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel-bench",
+    version,
+    about = "Measure keel: produce (acks=1, acks=all), consume and produce+consume with \
+             librdkafka, as ratios to the machine's disk and loopback limits and to tansu"
+)]
+struct Args {
+    /// Drive the running cluster at HOST:PORT[,...] instead of starting one with `keel dev`.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Brokers of the cluster the bench starts (1 to 9).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    brokers: u8,
+    /// Replication factor of the bench topic [default: 3, or --brokers if fewer].
+    #[arg(long)]
+    replication_factor: Option<i32>,
+    /// Partitions of the bench topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Bytes of each record's value (no key).
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Seconds of each full-speed produce phase (acks=1, acks=all).
+    #[arg(long, default_value_t = 15.0)]
+    secs: f64,
+    /// Seconds of the produce+consume phase.
+    #[arg(long, default_value_t = 20.0)]
+    mixed_secs: f64,
+    /// Seconds of the unreported acks=1 warm-up.
+    #[arg(long, default_value_t = 3.0)]
+    warmup_secs: f64,
+    /// The produce+consume phase's rate, as a fraction of the acks=all phase's records/s.
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    fraction: f64,
+    /// The producer's linger.ms.
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u32,
+    /// The producer's batch.size (bytes).
+    #[arg(long, default_value_t = 1_000_000)]
+    batch_bytes: u32,
+    /// Seconds the consume phase may take before what is unread counts as errors.
+    #[arg(long, default_value_t = 180)]
+    consume_timeout_secs: u64,
+    /// Where the brokers keep their data and the disk is measured; must be new or empty.
+    #[arg(long, default_value = "keel-bench-data")]
+    data_dir: PathBuf,
+    /// Keep the data directory (broker data and logs) instead of removing it at the end.
+    #[arg(long)]
+    keep_data: bool,
+    /// Broker i of the started cluster serves clients on PORT+i-1 (see `keel dev --port`).
+    #[arg(long, default_value_t = 19092)]
+    port: u16,
+    /// A setting KEY=VALUE for every broker started (repeatable; see `keel dev --override`).
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// The keel executable [default: `keel` next to this one, e.g. target/release/keel].
+    #[arg(long)]
+    keel: Option<PathBuf>,
+    /// Write every figure to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// MiB written by the disk measurement.
+    #[arg(long, default_value_t = 512)]
+    disk_mb: u64,
+    /// KiB per write, each followed by fdatasync, in the disk measurement.
+    #[arg(long, default_value_t = 1024)]
+    disk_chunk_kb: usize,
+    /// MiB sent over loopback TCP by the loopback measurement.
+    #[arg(long, default_value_t = 4096)]
+    loopback_mb: u64,
+    /// The tansu executable for the peer comparison [default: `tansu` on PATH].
+    #[arg(long)]
+    tansu: Option<PathBuf>,
+    /// Skip the peer comparison even if tansu is there.
+    #[arg(long)]
+    no_peer: bool,
+    /// Port of the tansu broker (its metrics, where it has them, on PORT+1).
+    #[arg(long, default_value_t = 19392)]
+    peer_port: u16,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Removes the data directory at the end unless `--keep-data`, also on error.
+struct DataDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("data and broker logs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn check_args(args: &Args) -> Result<(), String> {
+    if args.record_bytes < STAMP_BYTES {
+        return Err(format!(
+            "--record-bytes {}: at least {STAMP_BYTES} (each value starts with its send time)",
+            args.record_bytes
+        ));
+    }
+    if !(args.fraction > 0.0 && args.fraction <= 1.0) {
+        return Err(format!("--fraction {}: expected (0, 1]", args.fraction));
+    }
+    if args.partitions < 1 {
+        return Err("--partitions: at least 1".into());
+    }
+    for (name, secs) in [
+        ("--secs", args.secs),
+        ("--mixed-secs", args.mixed_secs),
+        ("--warmup-secs", args.warmup_secs),
+    ] {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(format!("{name} {secs}: expected a number of seconds"));
+        }
+    }
+    if args.disk_chunk_kb == 0 || args.disk_mb == 0 || args.loopback_mb == 0 {
+        return Err("--disk-mb, --disk-chunk-kb and --loopback-mb: at least 1".into());
+    }
+    Ok(())
+}
+
+/// The keel executable: `--keel`, else `keel` beside this executable.
+fn keel_executable(args: &Args) -> Result<PathBuf, String> {
+    let path = match &args.keel {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable: {e}"))?
+            .with_file_name("keel"),
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "no keel executable at {}: build both with `cargo build --release -p keel-node \
+             --features bench --bins`, or give --keel PATH",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+fn measure_limits(args: &Args, dir: &Path) -> Result<Limits, String> {
+    section(&format!(
+        "machine limits (disk: the data directory {})",
+        dir.display()
+    ));
+    let chunk = args.disk_chunk_kb << 10;
+    let total = args.disk_mb << 20;
+    let disk = disk_append(dir, total, chunk, 1).map_err(|e| format!("disk measurement: {e}"))?;
+    println!(
+        "  disk: sequential append + fdatasync per {} KiB, {} MiB, 1 writer: {:.0} MB/s",
+        args.disk_chunk_kb,
+        args.disk_mb,
+        disk.mb_per_s()
+    );
+    let writers = if args.bootstrap.is_none() {
+        usize::from(args.brokers)
+    } else {
+        1
+    };
+    let disk_parallel = if writers > 1 {
+        let b = disk_append(dir, total, chunk, writers)
+            .map_err(|e| format!("disk measurement: {e}"))?;
+        println!(
+            "  disk: the same with {writers} writers at once (one per broker): {:.0} MB/s in all",
+            b.mb_per_s()
+        );
+        Some((writers, b))
+    } else {
+        None
+    };
+    let loopback = loopback_tcp(args.loopback_mb << 20, 1 << 20)
+        .map_err(|e| format!("loopback measurement: {e}"))?;
+    println!(
+        "  loopback TCP: one connection, 1 MiB writes, {} MiB: {:.0} MB/s",
+        args.loopback_mb,
+        loopback.mb_per_s()
+    );
+    Ok(Limits {
+        disk,
+        disk_chunk_bytes: chunk,
+        disk_parallel,
+        loopback,
+    })
+}
+
+/// Warm-up, produce acks=1, produce acks=all, consume, produce+consume.
+fn main_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
+    if args.warmup_secs > 0.0 {
+        println!("  warm-up: produce acks=1 for {} s", args.warmup_secs);
+        produce(w, "warm-up", 1, args.warmup_secs, true)?;
+    }
+    let mut phases = Vec::new();
+    let p = produce(w, "produce acks=1", 1, args.secs, false)?;
+    println!("  => {}", p.summary());
+    phases.push(p);
+    let p = produce(w, "produce acks=all", -1, args.secs, false)?;
+    println!("  => {}", p.summary());
+    let peak = p.records_per_s();
+    phases.push(p);
+    let p = consume_all(w, "consume")?;
+    println!("  => {}", p.summary());
+    phases.push(p);
+    let rate = (peak * args.fraction).max(1.0);
+    println!(
+        "  produce+consume: acks=all held to {} rec/s ({:.3} of the acks=all peak)",
+        thousands(rate.round() as u64),
+        args.fraction
+    );
+    let p = produce_consume(w, "produce+consume", args.mixed_secs, rate)?;
+    println!("  => {}", p.summary());
+    phases.push(p);
+    Ok(phases)
+}
+
+/// The peer phases: warm-up, produce acks=1, consume.
+fn peer_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
+    if args.warmup_secs > 0.0 {
+        produce(w, "warm-up", 1, args.warmup_secs, true)?;
+    }
+    let produced = produce(w, "produce acks=1", 1, args.secs, false)?;
+    println!("  => {}", produced.summary());
+    let consumed = consume_all(w, "consume")?;
+    println!("  => {}", consumed.summary());
+    Ok(vec![produced, consumed])
+}
+
+fn workload(args: &Args, bootstrap: &str, topic: &str, pids: Vec<u32>) -> Workload {
+    Workload {
+        bootstrap: bootstrap.to_string(),
+        topic: topic.to_string(),
+        partitions: args.partitions,
+        record_bytes: args.record_bytes,
+        linger_ms: args.linger_ms,
+        batch_bytes: args.batch_bytes,
+        broker_pids: pids,
+        consume_timeout: Duration::from_secs(args.consume_timeout_secs),
+    }
+}
+
+/// keel with one broker and RF 1, then tansu, on the same workload.
+fn peer_comparison(
+    args: &Args,
+    keel: &Path,
+    tansu: &Path,
+    dir: &Path,
+) -> Result<PeerComparison, String> {
+    let topic = format!("keel-bench-peer-{}", unix_secs());
+    section("peer: keel, 1 broker, replication factor 1");
+    let keel_phases = {
+        let cluster =
+            Managed::start_keel(keel, 1, args.port, &dir.join("peer-keel"), &args.overrides)?;
+        println!("  {} on {}", cluster.name, cluster.bootstrap);
+        create_topic(&cluster.bootstrap, &topic, args.partitions, 1)?;
+        let w = workload(args, &cluster.bootstrap, &topic, cluster.pids.clone());
+        peer_phases(args, &w)?
+    };
+    section(&format!(
+        "peer: tansu ({}), memory storage",
+        tansu.display()
+    ));
+    let peer = {
+        let mut server = Managed::start_tansu(tansu, args.peer_port, &dir.join("peer-tansu"))?;
+        println!("  {} on {}", server.name, server.bootstrap);
+        create_topic(&server.bootstrap, &topic, args.partitions, 1)?;
+        let w = workload(args, &server.bootstrap, &topic, server.pids.clone());
+        let phases = peer_phases(args, &w);
+        if !server.running() {
+            return Err(format!(
+                "tansu exited during the run; its log ({}) ends:\n{}",
+                server.log.display(),
+                cluster::log_tail(&server.log, 20)
+            ));
+        }
+        phases?
+    };
+    Ok(PeerComparison {
+        peer_name: "tansu (memory storage, 1 broker)".into(),
+        keel: keel_phases,
+        peer,
+    })
+}
+
+fn phase_table(phases: &[Phase]) {
+    println!(
+        "  {:<18} {:>10} {:>8} {:>24} {:>24} {:>12}",
+        "phase", "rec/s", "MB/s", "ack p50/p99/p99.9 ms", "e2e p50/p99/p99.9 ms", "broker CPU"
+    );
+    for p in phases {
+        let lat = |l: Option<keel_node::bench::report::Latency>| {
+            l.map_or("-".to_string(), |l| {
+                format!("{:.2} / {:.2} / {:.2}", l.p50_ms, l.p99_ms, l.p99_9_ms)
+            })
+        };
+        let cpu = match (p.broker_cpu_secs, p.broker_cpu_secs_per_gb()) {
+            (Some(c), Some(per_gb)) if p.secs > 0.0 => {
+                format!("{:.2} cores, {per_gb:.1} s/GB", c / p.secs)
+            }
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<18} {:>10} {:>8.1} {:>24} {:>24} {:>12}{}",
+            p.name,
+            thousands(p.records_per_s().round() as u64),
+            p.mb_per_s(),
+            lat(p.ack_latency),
+            lat(p.e2e_latency),
+            cpu,
+            if p.errors > 0 {
+                format!("   {} ERRORS", thousands(p.errors))
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    check_args(args)?;
+    let started = unix_secs();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| cpu_model(&t))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "keel-bench {}: {}, {cpus} CPUs ({model}), Linux {kernel}",
+        env!("CARGO_PKG_VERSION"),
+        utc_date_time(started)
+    );
+
+    let keel = if args.bootstrap.is_none() {
+        Some(keel_executable(args)?)
+    } else {
+        None
+    };
+    let tansu = if args.no_peer {
+        Err("--no-peer".to_string())
+    } else {
+        args.tansu
+            .clone()
+            .or_else(|| find_on_path("tansu"))
+            .ok_or_else(|| {
+                "tansu not on PATH (`cargo install tansu --locked --features dynostore`)"
+                    .to_string()
+            })
+    };
+
+    if let Ok(mut entries) = std::fs::read_dir(&args.data_dir) {
+        if entries.next().is_some() {
+            return Err(format!(
+                "--data-dir {} exists and is not empty; remove it or choose another",
+                args.data_dir.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let data_dir = DataDir {
+        path: args.data_dir.clone(),
+        keep: args.keep_data,
+    };
+    let dir = data_dir.path.as_path();
+
+    let limits = measure_limits(args, dir)?;
+
+    let rf = args
+        .replication_factor
+        .unwrap_or_else(|| i32::from(args.brokers.min(3)));
+    let topic = format!("keel-bench-{started}");
+    let phases = {
+        let cluster = match (&args.bootstrap, &keel) {
+            (Some(_), _) => None,
+            (None, Some(keel)) => {
+                section(&format!(
+                    "keel: {} broker{} ({} dev), data in {}",
+                    args.brokers,
+                    if args.brokers == 1 { "" } else { "s" },
+                    keel.display(),
+                    dir.join("cluster").display()
+                ));
+                Some(Managed::start_keel(
+                    keel,
+                    args.brokers,
+                    args.port,
+                    &dir.join("cluster"),
+                    &args.overrides,
+                )?)
+            }
+            (None, None) => unreachable!("keel is found whenever --bootstrap is absent"),
+        };
+        let (bootstrap, pids) = match (&cluster, &args.bootstrap) {
+            (Some(c), _) => (c.bootstrap.clone(), c.pids.clone()),
+            (None, Some(b)) => {
+                section(&format!("keel at {b}"));
+                (b.clone(), Vec::new())
+            }
+            (None, None) => unreachable!("a cluster is started whenever --bootstrap is absent"),
+        };
+        println!(
+            "  bootstrap {bootstrap}; topic {topic}: {} partitions, replication factor {rf}; \
+             {}-byte records, linger.ms {}, batch.size {}",
+            args.partitions, args.record_bytes, args.linger_ms, args.batch_bytes
+        );
+        create_topic(&bootstrap, &topic, args.partitions, rf)?;
+        let w = workload(args, &bootstrap, &topic, pids);
+        let phases = main_phases(args, &w)?;
+        if let Some(mut c) = cluster {
+            if !c.running() {
+                return Err(format!(
+                    "keel dev exited during the run; its log ({}) ends:\n{}",
+                    c.log.display(),
+                    cluster::log_tail(&c.log, 20)
+                ));
+            }
+            println!("  stopping {}", c.name);
+            c.stop();
+        }
+        phases
+    };
+
+    let (peer, peer_skipped) = match (&tansu, &keel) {
+        (Ok(tansu), Some(keel)) => match peer_comparison(args, keel, tansu, dir) {
+            Ok(p) => (Some(p), None),
+            Err(e) => {
+                eprintln!("keel-bench: peer comparison failed: {e}");
+                (
+                    None,
+                    Some(format!("failed: {}", e.lines().next().unwrap_or(""))),
+                )
+            }
+        },
+        (Ok(_), None) => (
+            None,
+            Some("--bootstrap: the peer comparison starts its own brokers; run without it".into()),
+        ),
+        (Err(why), _) => {
+            section("peer");
+            println!("  skipped: {why}");
+            (None, Some(why.clone()))
+        }
+    };
+
+    // Every byte is written once per replica, and every broker of a started cluster writes to
+    // the one disk measured.
+    let copies = rf.max(1) as u32;
+    section(&format!(
+        "results: keel, {}, topic RF {rf}, {} partitions, {}-byte records",
+        args.bootstrap
+            .as_ref()
+            .map_or(format!("{} brokers", args.brokers), |b| format!(
+                "cluster at {b}"
+            )),
+        args.partitions,
+        args.record_bytes
+    ));
+    phase_table(&phases);
+
+    section(&format!(
+        "ratios to the machine's limits (disk {:.0} MB/s / {copies} copies = {:.0} MB/s; loopback {:.0} MB/s)",
+        limits.disk.mb_per_s(),
+        disk_share_mb_per_s(&limits, copies),
+        limits.loopback.mb_per_s()
+    ));
+    let ratios = limit_ratios(&limits, copies, &phases);
+    println!(
+        "  {:<18} {:>14} {:>14}",
+        "phase",
+        format!("/ (disk/{copies})"),
+        "/ loopback"
+    );
+    for (name, disk, loopback) in &ratios {
+        println!("  {name:<18} {disk:>14.2} {loopback:>14.3}");
+    }
+
+    if let Some(p) = &peer {
+        section(&format!("keel (1 broker, RF 1) vs {}", p.peer_name));
+        println!("  keel:");
+        phase_table(&p.keel);
+        println!("  tansu:");
+        phase_table(&p.peer);
+        for (name, r) in p.ratios() {
+            println!("  {name:<18} keel / tansu records/s: {r:.2}");
+        }
+    }
+
+    let checks = checks(
+        &limits,
+        copies,
+        &phases,
+        peer.as_ref(),
+        peer_skipped.as_deref(),
+    );
+    section("issue 7 targets");
+    println!("  {:<52} {:>8} {:>8}", "", "measured", "target");
+    for c in &checks {
+        println!("  {}", c.line());
+    }
+
+    if let Some(path) = &args.json {
+        let json = Json::obj([
+            ("bench", Json::str("keel-bench")),
+            ("version", Json::str(env!("CARGO_PKG_VERSION"))),
+            ("date", Json::str(utc_date_time(started))),
+            ("unix_time", Json::Int(started as i64)),
+            (
+                "machine",
+                Json::obj([
+                    ("cpus", Json::Int(cpus as i64)),
+                    ("cpu_model", Json::str(model)),
+                    ("kernel", Json::str(kernel)),
+                    ("data_dir", Json::str(dir.display().to_string())),
+                ]),
+            ),
+            (
+                "settings",
+                Json::obj([
+                    (
+                        "cluster",
+                        Json::str(
+                            args.bootstrap
+                                .clone()
+                                .unwrap_or_else(|| format!("keel dev --brokers {}", args.brokers)),
+                        ),
+                    ),
+                    ("brokers", Json::Int(i64::from(args.brokers))),
+                    ("replication_factor", Json::Int(i64::from(rf))),
+                    ("partitions", Json::Int(i64::from(args.partitions))),
+                    ("record_bytes", Json::Int(args.record_bytes as i64)),
+                    ("produce_secs", Json::num(args.secs, 3)),
+                    ("mixed_secs", Json::num(args.mixed_secs, 3)),
+                    ("warmup_secs", Json::num(args.warmup_secs, 3)),
+                    ("fraction", Json::num(args.fraction, 4)),
+                    ("linger_ms", Json::Int(i64::from(args.linger_ms))),
+                    ("batch_bytes", Json::Int(i64::from(args.batch_bytes))),
+                    (
+                        "overrides",
+                        Json::Arr(args.overrides.iter().map(Json::str).collect()),
+                    ),
+                    (
+                        "librdkafka",
+                        Json::str(rdkafka::util::get_rdkafka_version().1),
+                    ),
+                ]),
+            ),
+            ("limits", limits.to_json()),
+            (
+                "phases",
+                Json::Arr(phases.iter().map(Phase::to_json).collect()),
+            ),
+            (
+                "ratios_to_limits",
+                Json::Arr(
+                    ratios
+                        .iter()
+                        .map(|(name, disk, loopback)| {
+                            Json::obj([
+                                ("phase", Json::str(name)),
+                                ("over_disk_share", Json::num(*disk, 4)),
+                                ("over_loopback", Json::num(*loopback, 4)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "peer",
+                Json::opt(peer.as_ref().map(PeerComparison::to_json)),
+            ),
+            (
+                "peer_skipped",
+                Json::opt(peer_skipped.as_ref().map(Json::str)),
+            ),
+            (
+                "checks",
+                Json::Arr(checks.iter().map(|c| c.to_json()).collect()),
+            ),
+        ]);
+        std::fs::write(path, json.render())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("\nJSON written to {}", path.display());
+    }
+    Ok(())
+}
