@@ -7,6 +7,9 @@
 //!   shape is keel's group commit under load: a broker appends the batches of many requests
 //!   and one fdatasync covers them (node/benches/log_append.rs found keel's own log at 1.00x of
 //!   this pattern with one sync per MiB).
+//! - [`sync_latency_us`]: the time of one small `write` + `fdatasync`, `count` times: the
+//!   floor under any latency that waits for data on disk (an acks=all reply waits for the
+//!   leader's and the followers' syncs).
 //! - [`loopback_tcp`]: one thread writes `chunk_bytes` buffers to a TCP connection on
 //!   127.0.0.1 and another reads them, `total_bytes` in all.
 //!
@@ -18,6 +21,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
+
+use super::histogram::Histogram;
 
 /// A bandwidth: bytes moved in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,6 +39,13 @@ impl Bandwidth {
         }
         self.bytes as f64 / self.secs / 1e6
     }
+}
+
+/// The median round by bandwidth (the upper middle of an even count); None for no rounds.
+pub fn median(rounds: &[Bandwidth]) -> Option<Bandwidth> {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()));
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Removes the file when dropped.
@@ -115,6 +127,26 @@ pub fn disk_append(
     Ok(Bandwidth { bytes, secs })
 }
 
+/// `count` appends of `write_bytes` to a new file in `dir`, each followed by fdatasync: the
+/// microseconds each took.
+pub fn sync_latency_us(dir: &Path, write_bytes: usize, count: usize) -> io::Result<Histogram> {
+    let scratch = Scratch(dir.join(format!("keel-bench-sync-{}.tmp", std::process::id())));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&scratch.0)?;
+    let chunk = incompressible(write_bytes, 0x7379_6e63);
+    let mut h = Histogram::new();
+    for _ in 0..count {
+        let start = Instant::now();
+        file.write_all(&chunk)?;
+        file.sync_data()?;
+        h.record(start.elapsed().as_micros() as u64);
+    }
+    Ok(h)
+}
+
 /// One TCP connection over 127.0.0.1: a writer thread sends `total_bytes` in `chunk_bytes`
 /// writes, the caller's thread reads them all.
 pub fn loopback_tcp(total_bytes: u64, chunk_bytes: usize) -> io::Result<Bandwidth> {
@@ -174,10 +206,29 @@ mod tests {
     }
 
     #[test]
+    fn median_of_rounds() {
+        let b = |mb: u64| Bandwidth {
+            bytes: mb * 1_000_000,
+            secs: 1.0,
+        };
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[b(300), b(100), b(200)]), Some(b(200)));
+        assert_eq!(median(&[b(300), b(100), b(200), b(400)]), Some(b(300)));
+    }
+
+    #[test]
     fn disk_append_writes_the_total_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let b = disk_append(dir.path(), 4 << 16, 1 << 16, 2).unwrap();
         assert_eq!(b.bytes, 4 << 16);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn sync_latency_counts_every_sync_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = sync_latency_us(dir.path(), 512, 3).unwrap();
+        assert_eq!(h.count(), 3);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -206,14 +206,22 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// The machine's limits, measured in the same run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
-    /// One writer: sequential append + fdatasync per chunk, in the data directory.
+    /// One writer: sequential append + fdatasync per chunk, in the data directory (the
+    /// median of `disk_rounds`).
     pub disk: Bandwidth,
+    /// Every round's MB/s, before the brokers ran and after.
+    pub disk_rounds_mb_per_s: Vec<f64>,
     /// The chunk (bytes per fdatasync) of `disk`.
     pub disk_chunk_bytes: usize,
-    /// The same with one writer per broker at once, when there are several brokers.
+    /// The same with one writer per broker at once, when there are several brokers (the
+    /// median of its rounds).
     pub disk_parallel: Option<(usize, Bandwidth)>,
+    pub disk_parallel_rounds_mb_per_s: Vec<f64>,
+    /// One small append + fdatasync (`sync_write_bytes`), repeated.
+    pub sync_latency: Option<Latency>,
+    pub sync_write_bytes: usize,
     /// One TCP connection on 127.0.0.1.
     pub loopback: Bandwidth,
 }
@@ -225,6 +233,15 @@ impl Limits {
                 "disk_append_fdatasync_mb_per_s",
                 Json::num(self.disk.mb_per_s(), 1),
             ),
+            (
+                "disk_rounds_mb_per_s",
+                Json::Arr(
+                    self.disk_rounds_mb_per_s
+                        .iter()
+                        .map(|m| Json::num(*m, 1))
+                        .collect(),
+                ),
+            ),
             ("disk_chunk_bytes", Json::Int(self.disk_chunk_bytes as i64)),
             ("disk_bytes", Json::Int(self.disk.bytes as i64)),
             (
@@ -235,6 +252,20 @@ impl Limits {
                 "disk_parallel_mb_per_s",
                 Json::opt(self.disk_parallel.map(|(_, b)| Json::num(b.mb_per_s(), 1))),
             ),
+            (
+                "disk_parallel_rounds_mb_per_s",
+                Json::Arr(
+                    self.disk_parallel_rounds_mb_per_s
+                        .iter()
+                        .map(|m| Json::num(*m, 1))
+                        .collect(),
+                ),
+            ),
+            (
+                "sync_latency",
+                Json::opt(self.sync_latency.map(Latency::to_json)),
+            ),
+            ("sync_write_bytes", Json::Int(self.sync_write_bytes as i64)),
             (
                 "loopback_tcp_mb_per_s",
                 Json::num(self.loopback.mb_per_s(), 1),
@@ -477,8 +508,12 @@ mod tests {
                 bytes: disk_mb * 1_000_000,
                 secs: 1.0,
             },
+            disk_rounds_mb_per_s: vec![disk_mb as f64],
             disk_chunk_bytes: 1 << 20,
             disk_parallel: None,
+            disk_parallel_rounds_mb_per_s: vec![],
+            sync_latency: None,
+            sync_write_bytes: 4096,
             loopback: Bandwidth {
                 bytes: loopback_mb * 1_000_000,
                 secs: 1.0,
@@ -589,6 +624,20 @@ mod tests {
         assert!((l.p99_ms - 0.99).abs() < 0.01, "{}", l.p99_ms);
         assert_eq!(l.max_ms, 1.0);
         assert_eq!(Latency::from_micros(&Histogram::new()), None);
+    }
+
+    #[test]
+    fn limits_json_names_every_figure() {
+        let json = limits(900, 5000).to_json().render();
+        for key in [
+            "\"disk_append_fdatasync_mb_per_s\": 900,",
+            "\"disk_rounds_mb_per_s\": [",
+            "\"disk_parallel_mb_per_s\": null,",
+            "\"sync_latency\": null,",
+            "\"loopback_tcp_mb_per_s\": 5000,",
+        ] {
+            assert!(json.contains(key), "{key} in {json}");
+        }
     }
 
     #[test]

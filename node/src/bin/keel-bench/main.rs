@@ -25,14 +25,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use keel_node::bench::json::Json;
-use keel_node::bench::limits::{disk_append, loopback_tcp};
+use keel_node::bench::limits::{disk_append, loopback_tcp, median, sync_latency_us, Bandwidth};
 use keel_node::bench::machine::{cpu_model, utc_date_time};
 use keel_node::bench::report::{
-    checks, disk_share_mb_per_s, limit_ratios, thousands, Limits, PeerComparison, Phase,
+    checks, disk_share_mb_per_s, limit_ratios, thousands, Latency, Limits, PeerComparison, Phase,
 };
 
 use crate::cluster::{find_on_path, Managed};
-use crate::workload::{consume_all, create_topic, produce, produce_consume, Workload, STAMP_BYTES};
+use crate::workload::{
+    consume_all, create_topic, produce, produce_consume, settle, Workload, STAMP_BYTES,
+};
+
+/// Rounds of the disk measurement before the brokers run, and again after; the median of all
+/// is the figure (a shared machine's disk is noisy).
+const DISK_ROUNDS: usize = 3;
+/// The fdatasync latency measurement: this many appends of this many bytes.
+const SYNC_COUNT: usize = 200;
+const SYNC_WRITE_BYTES: usize = 4096;
+/// How long the cluster may take to catch up between phases.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +86,20 @@ struct Args {
     /// The producer's batch.size (bytes).
     #[arg(long, default_value_t = 1_000_000)]
     batch_bytes: u32,
+    /// The phases to run (comma-separated), in the order acks1, acks-all, consume, mixed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "acks1,acks-all,consume,mixed"
+    )]
+    phases: Vec<PhaseName>,
+    /// Hold the mixed phase to this many records/s instead of --fraction of the acks=all peak.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Produce at acks=all without idempotence (librdkafka's default; Kafka's clients enable
+    /// it with acks=all, and so does the bench unless told not to).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Seconds the consume phase may take before what is unread counts as errors.
     #[arg(long, default_value_t = 180)]
     consume_timeout_secs: u64,
@@ -96,8 +121,8 @@ struct Args {
     /// Write every figure to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// MiB written by the disk measurement.
-    #[arg(long, default_value_t = 512)]
+    /// MiB written by each round of the disk measurement.
+    #[arg(long, default_value_t = 256)]
     disk_mb: u64,
     /// KiB per write, each followed by fdatasync, in the disk measurement.
     #[arg(long, default_value_t = 1024)]
@@ -199,19 +224,41 @@ fn section(title: &str) {
     println!("\n== {title}");
 }
 
-fn measure_limits(args: &Args, dir: &Path) -> Result<Limits, String> {
-    section(&format!(
-        "machine limits (disk: the data directory {})",
-        dir.display()
-    ));
+/// The disk's rounds (one writer, then one per broker) and the loopback bandwidth.
+struct Measured {
+    disk: Vec<Bandwidth>,
+    sync_latency: Option<Latency>,
+    disk_parallel: Option<(usize, Vec<Bandwidth>)>,
+    loopback: Option<Bandwidth>,
+}
+
+fn mb_list(rounds: &[Bandwidth]) -> String {
+    rounds
+        .iter()
+        .map(|b| format!("{:.0}", b.mb_per_s()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`DISK_ROUNDS`] rounds of the disk measurement (one writer, and one per broker when the
+/// bench starts several), and the loopback measurement if `loopback`.
+fn measure_limits(args: &Args, dir: &Path, loopback: bool) -> Result<Measured, String> {
     let chunk = args.disk_chunk_kb << 10;
     let total = args.disk_mb << 20;
-    let disk = disk_append(dir, total, chunk, 1).map_err(|e| format!("disk measurement: {e}"))?;
+    let rounds = |writers: usize| -> Result<Vec<Bandwidth>, String> {
+        (0..DISK_ROUNDS)
+            .map(|_| {
+                disk_append(dir, total, chunk, writers)
+                    .map_err(|e| format!("disk measurement: {e}"))
+            })
+            .collect()
+    };
+    let disk = rounds(1)?;
     println!(
-        "  disk: sequential append + fdatasync per {} KiB, {} MiB, 1 writer: {:.0} MB/s",
+        "  disk: sequential append + fdatasync per {} KiB, {} MiB, 1 writer: {} MB/s",
         args.disk_chunk_kb,
         args.disk_mb,
-        disk.mb_per_s()
+        mb_list(&disk)
     );
     let writers = if args.bootstrap.is_none() {
         usize::from(args.brokers)
@@ -219,66 +266,162 @@ fn measure_limits(args: &Args, dir: &Path) -> Result<Limits, String> {
         1
     };
     let disk_parallel = if writers > 1 {
-        let b = disk_append(dir, total, chunk, writers)
-            .map_err(|e| format!("disk measurement: {e}"))?;
+        let r = rounds(writers)?;
         println!(
-            "  disk: the same with {writers} writers at once (one per broker): {:.0} MB/s in all",
-            b.mb_per_s()
+            "  disk: the same with {writers} writers at once (one per broker): {} MB/s in all",
+            mb_list(&r)
         );
-        Some((writers, b))
+        Some((writers, r))
     } else {
         None
     };
-    let loopback = loopback_tcp(args.loopback_mb << 20, 1 << 20)
-        .map_err(|e| format!("loopback measurement: {e}"))?;
-    println!(
-        "  loopback TCP: one connection, 1 MiB writes, {} MiB: {:.0} MB/s",
-        args.loopback_mb,
-        loopback.mb_per_s()
-    );
-    Ok(Limits {
+    let sync_latency = sync_latency_us(dir, SYNC_WRITE_BYTES, SYNC_COUNT)
+        .map_err(|e| format!("fdatasync latency: {e}"))?;
+    let sync_latency = Latency::from_micros(&sync_latency);
+    if let Some(l) = &sync_latency {
+        println!(
+            "  disk: {SYNC_COUNT} appends of {} KiB, each + fdatasync: {}",
+            SYNC_WRITE_BYTES >> 10,
+            l.summary()
+        );
+    }
+    let loopback = if loopback {
+        let b = loopback_tcp(args.loopback_mb << 20, 1 << 20)
+            .map_err(|e| format!("loopback measurement: {e}"))?;
+        println!(
+            "  loopback TCP: one connection, 1 MiB writes, {} MiB: {:.0} MB/s",
+            args.loopback_mb,
+            b.mb_per_s()
+        );
+        Some(b)
+    } else {
+        None
+    };
+    Ok(Measured {
         disk,
-        disk_chunk_bytes: chunk,
+        sync_latency,
         disk_parallel,
         loopback,
     })
 }
 
-/// Warm-up, produce acks=1, produce acks=all, consume, produce+consume.
+/// The limits from the measurements before and after the brokers ran: the disk's figures
+/// are the medians of all their rounds.
+fn limits(args: &Args, before: Measured, after: Option<Measured>) -> Limits {
+    let mut disk = before.disk;
+    let sync_latency = before.sync_latency;
+    let mut parallel = before.disk_parallel;
+    if let Some(after) = after {
+        disk.extend(after.disk);
+        if let (Some((_, p)), Some((_, a))) = (&mut parallel, after.disk_parallel) {
+            p.extend(a);
+        }
+    }
+    let mbs = |r: &[Bandwidth]| r.iter().map(Bandwidth::mb_per_s).collect();
+    Limits {
+        disk: median(&disk).expect("DISK_ROUNDS > 0"),
+        disk_rounds_mb_per_s: mbs(&disk),
+        disk_chunk_bytes: args.disk_chunk_kb << 10,
+        disk_parallel: parallel
+            .as_ref()
+            .map(|(n, r)| (*n, median(r).expect("DISK_ROUNDS > 0"))),
+        disk_parallel_rounds_mb_per_s: parallel.as_ref().map_or(Vec::new(), |(_, r)| mbs(r)),
+        sync_latency,
+        sync_write_bytes: SYNC_WRITE_BYTES,
+        loopback: before
+            .loopback
+            .expect("the first measurement includes loopback"),
+    }
+}
+
+/// A phase of the main run, as `--phases` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PhaseName {
+    /// Produce at acks=1, as fast as the producer goes.
+    Acks1,
+    /// Produce at acks=all (idempotent), as fast as the producer goes.
+    AcksAll,
+    /// Read back everything in the topic.
+    Consume,
+    /// acks=all held to a rate (--rate, else --fraction of the acks-all phase) + a consumer.
+    Mixed,
+}
+
+/// Warm-up, then the phases asked for, in this order: acks=1, acks=all, consume, mixed.
 fn main_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
+    let wants = |p: PhaseName| args.phases.contains(&p);
     if args.warmup_secs > 0.0 {
         println!("  warm-up: produce acks=1 for {} s", args.warmup_secs);
-        produce(w, "warm-up", 1, args.warmup_secs, true)?;
+        produce(w, "warm-up", 1, args.warmup_secs, true, true)?;
     }
     let mut phases = Vec::new();
-    let p = produce(w, "produce acks=1", 1, args.secs, false)?;
-    println!("  => {}", p.summary());
-    phases.push(p);
-    let p = produce(w, "produce acks=all", -1, args.secs, false)?;
-    println!("  => {}", p.summary());
-    let peak = p.records_per_s();
-    phases.push(p);
-    let p = consume_all(w, "consume")?;
-    println!("  => {}", p.summary());
-    phases.push(p);
-    let rate = (peak * args.fraction).max(1.0);
-    println!(
-        "  produce+consume: acks=all held to {} rec/s ({:.3} of the acks=all peak)",
-        thousands(rate.round() as u64),
-        args.fraction
-    );
-    let p = produce_consume(w, "produce+consume", args.mixed_secs, rate)?;
-    println!("  => {}", p.summary());
-    phases.push(p);
+    let wait_settled = || -> Result<(), String> {
+        let secs = settle(w, SETTLE_TIMEOUT)?;
+        println!("  settled in {secs:.2} s (acks=all probe on every partition, ISR complete)");
+        Ok(())
+    };
+    wait_settled()?;
+    if wants(PhaseName::Acks1) {
+        let p = produce(w, "produce acks=1", 1, args.secs, false, false)?;
+        println!("  => {}", p.summary());
+        phases.push(p);
+    }
+    let mut peak = None;
+    if wants(PhaseName::AcksAll) {
+        wait_settled()?;
+        let p = produce(
+            w,
+            "produce acks=all",
+            -1,
+            args.secs,
+            !args.no_idempotence,
+            false,
+        )?;
+        println!("  => {}", p.summary());
+        peak = Some(p.records_per_s());
+        phases.push(p);
+    }
+    wait_settled()?;
+    if wants(PhaseName::Consume) {
+        let p = consume_all(w, "consume")?;
+        println!("  => {}", p.summary());
+        phases.push(p);
+    }
+    wait_settled()?;
+    if wants(PhaseName::Mixed) {
+        let (rate, why) = match (args.rate, peak) {
+            (Some(r), _) => (r, "--rate".to_string()),
+            (None, Some(peak)) => (
+                (peak * args.fraction).max(1.0),
+                format!("{:.3} of the acks=all peak", args.fraction),
+            ),
+            (None, None) => {
+                return Err("--phases mixed without acks-all needs --rate".into());
+            }
+        };
+        println!(
+            "  produce+consume: acks=all held to {} rec/s ({why})",
+            thousands(rate.round() as u64)
+        );
+        let p = produce_consume(
+            w,
+            "produce+consume",
+            args.mixed_secs,
+            rate,
+            !args.no_idempotence,
+        )?;
+        println!("  => {}", p.summary());
+        phases.push(p);
+    }
     Ok(phases)
 }
 
 /// The peer phases: warm-up, produce acks=1, consume.
 fn peer_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
     if args.warmup_secs > 0.0 {
-        produce(w, "warm-up", 1, args.warmup_secs, true)?;
+        produce(w, "warm-up", 1, args.warmup_secs, false, true)?;
     }
-    let produced = produce(w, "produce acks=1", 1, args.secs, false)?;
+    let produced = produce(w, "produce acks=1", 1, args.secs, false, false)?;
     println!("  => {}", produced.summary());
     let consumed = consume_all(w, "consume")?;
     println!("  => {}", consumed.summary());
@@ -347,7 +490,7 @@ fn phase_table(phases: &[Phase]) {
         "phase", "rec/s", "MB/s", "ack p50/p99/p99.9 ms", "e2e p50/p99/p99.9 ms", "broker CPU"
     );
     for p in phases {
-        let lat = |l: Option<keel_node::bench::report::Latency>| {
+        let lat = |l: Option<Latency>| {
             l.map_or("-".to_string(), |l| {
                 format!("{:.2} / {:.2} / {:.2}", l.p50_ms, l.p99_ms, l.p99_9_ms)
             })
@@ -378,6 +521,7 @@ fn phase_table(phases: &[Phase]) {
 fn run(args: &Args) -> Result<(), String> {
     check_args(args)?;
     let started = unix_secs();
+    let run_start = std::time::Instant::now();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -425,7 +569,11 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let dir = data_dir.path.as_path();
 
-    let limits = measure_limits(args, dir)?;
+    section(&format!(
+        "machine limits (disk: the data directory {})",
+        dir.display()
+    ));
+    let before = measure_limits(args, dir, true)?;
 
     let rf = args
         .replication_factor
@@ -504,6 +652,19 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
 
+    section("machine limits again, after the brokers ran");
+    let after = measure_limits(args, dir, false)?;
+    let limits = limits(args, before, Some(after));
+    println!(
+        "  disk: {:.0} MB/s, the median of {} rounds{}",
+        limits.disk.mb_per_s(),
+        limits.disk_rounds_mb_per_s.len(),
+        limits.disk_parallel.map_or(String::new(), |(n, b)| format!(
+            "; {n} writers: {:.0} MB/s",
+            b.mb_per_s()
+        ))
+    );
+
     // Every byte is written once per replica, and every broker of a started cluster writes to
     // the one disk measured.
     let copies = rf.max(1) as u32;
@@ -560,12 +721,17 @@ fn run(args: &Args) -> Result<(), String> {
         println!("  {}", c.line());
     }
 
+    println!(
+        "\nkeel-bench took {:.0} s",
+        run_start.elapsed().as_secs_f64()
+    );
     if let Some(path) = &args.json {
         let json = Json::obj([
             ("bench", Json::str("keel-bench")),
             ("version", Json::str(env!("CARGO_PKG_VERSION"))),
             ("date", Json::str(utc_date_time(started))),
             ("unix_time", Json::Int(started as i64)),
+            ("run_secs", Json::num(run_start.elapsed().as_secs_f64(), 1)),
             (
                 "machine",
                 Json::obj([
@@ -596,6 +762,16 @@ fn run(args: &Args) -> Result<(), String> {
                     ("fraction", Json::num(args.fraction, 4)),
                     ("linger_ms", Json::Int(i64::from(args.linger_ms))),
                     ("batch_bytes", Json::Int(i64::from(args.batch_bytes))),
+                    ("acks_all_idempotent", Json::Bool(!args.no_idempotence)),
+                    (
+                        "phases",
+                        Json::Arr(
+                            args.phases
+                                .iter()
+                                .map(|p| Json::str(format!("{p:?}")))
+                                .collect(),
+                        ),
+                    ),
                     (
                         "overrides",
                         Json::Arr(args.overrides.iter().map(Json::str).collect()),

@@ -195,7 +195,7 @@ impl Progress {
     }
 }
 
-fn producer_config(w: &Workload, acks: i16) -> ClientConfig {
+fn producer_config(w: &Workload, acks: i16, idempotent: bool) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &w.bootstrap)
         .set("client.id", "keel-bench-producer")
@@ -203,7 +203,7 @@ fn producer_config(w: &Workload, acks: i16) -> ClientConfig {
         // Kafka's clients default to idempotence with acks=all; librdkafka does not.
         .set(
             "enable.idempotence",
-            if acks == -1 { "true" } else { "false" },
+            if idempotent { "true" } else { "false" },
         )
         .set("linger.ms", w.linger_ms.to_string())
         .set("batch.size", w.batch_bytes.to_string())
@@ -296,6 +296,56 @@ pub fn create_topic(
         if Instant::now() >= deadline {
             return Err(format!(
                 "topic {topic}: not every partition has a leader after 60 s"
+            ));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the cluster has caught up with what earlier phases wrote, so that one phase's
+/// backlog (followers still fetching and syncing acks=1 data) does not slow the next: one
+/// acks=all record to every partition (its acknowledgement means every in-sync replica has
+/// everything before it on disk), then every partition's ISR back to all its replicas.
+/// Returns the seconds it took.
+pub fn settle(w: &Workload, timeout: Duration) -> Result<f64, String> {
+    let start = Instant::now();
+    let (producer, deliveries) = new_producer(w, -1, false)?;
+    let mut value = incompressible(w.record_bytes, 0x7365_7474);
+    for p in 0..w.partitions {
+        stamp(&mut value);
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to(&w.topic)
+                    .partition(p)
+                    .payload(&value[..]),
+            )
+            .map_err(|(e, _)| format!("settle: send to partition {p}: {e}"))?;
+    }
+    producer
+        .flush(Timeout::After(timeout))
+        .map_err(|e| format!("settle: acks=all probes not acknowledged within {timeout:?}: {e}"))?;
+    failure_note(&deliveries);
+    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
+        .set("bootstrap.servers", &w.bootstrap)
+        .create_with_context(Quiet::default())
+        .map_err(|e| format!("metadata client: {e}"))?;
+    loop {
+        let in_sync = consumer
+            .fetch_metadata(Some(&w.topic), Duration::from_secs(5))
+            .map(|m| {
+                m.topics().iter().all(|t| {
+                    t.partitions()
+                        .iter()
+                        .all(|p| p.isr().len() == p.replicas().len())
+                })
+            })
+            .unwrap_or(false);
+        if in_sync {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "settle: some partition's ISR is still short of its replicas after {timeout:?}"
             ));
         }
         thread::sleep(Duration::from_millis(200));
@@ -408,9 +458,10 @@ fn flush(producer: &ThreadedProducer<ProduceContext>) {
 fn new_producer(
     w: &Workload,
     acks: i16,
+    idempotent: bool,
 ) -> Result<(ThreadedProducer<ProduceContext>, Arc<Deliveries>), String> {
     let deliveries = Arc::new(Deliveries::default());
-    let producer = producer_config(w, acks)
+    let producer = producer_config(w, acks, idempotent && acks == -1)
         .create_with_context(ProduceContext(deliveries.clone()))
         .map_err(|e| format!("producer: {e}"))?;
     Ok((producer, deliveries))
@@ -429,16 +480,17 @@ fn failure_note(deliveries: &Deliveries) {
     }
 }
 
-/// Produces as fast as the producer takes records, for `secs`, with `acks` (1 or -1 = all).
-/// `quiet`: no progress lines (the warm-up).
+/// Produces as fast as the producer takes records, for `secs`, with `acks` (1 or -1 = all;
+/// `idempotent` applies to acks=all only). `quiet`: no progress lines (the warm-up).
 pub fn produce(
     w: &Workload,
     name: &str,
     acks: i16,
     secs: f64,
+    idempotent: bool,
     quiet: bool,
 ) -> Result<Phase, String> {
-    let (producer, deliveries) = new_producer(w, acks)?;
+    let (producer, deliveries) = new_producer(w, acks, idempotent)?;
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
     let mut progress = Progress::new(name, quiet);
@@ -575,7 +627,13 @@ pub fn consume_all(w: &Workload, name: &str) -> Result<Phase, String> {
 
 /// An acks=all producer held to `rate` records/s for `secs`, and a consumer reading from the
 /// tail at the same time: ack and end-to-end latency.
-pub fn produce_consume(w: &Workload, name: &str, secs: f64, rate: f64) -> Result<Phase, String> {
+pub fn produce_consume(
+    w: &Workload,
+    name: &str,
+    secs: f64,
+    rate: f64,
+    idempotent: bool,
+) -> Result<Phase, String> {
     let (consumer, _) = assigned_consumer(w, false)?;
     let consumed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -597,7 +655,7 @@ pub fn produce_consume(w: &Workload, name: &str, secs: f64, rate: f64) -> Result
     };
     // Let the consumer connect and issue its first fetches before the first record is sent.
     thread::sleep(Duration::from_secs(1));
-    let (producer, deliveries) = new_producer(w, -1)?;
+    let (producer, deliveries) = new_producer(w, -1, idempotent)?;
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
     let mut progress = Progress::new(name, false);
