@@ -467,6 +467,42 @@ fn new_producer(
     Ok((producer, deliveries))
 }
 
+/// Sends one record to every partition and waits for their acknowledgements, so that the
+/// timed part of a phase starts with the producer connected to every leader and, when
+/// idempotent, holding its producer id. Then clears the counters. Returns the seconds it took.
+fn make_ready(
+    producer: &ThreadedProducer<ProduceContext>,
+    w: &Workload,
+    deliveries: &Deliveries,
+) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut value = incompressible(w.record_bytes, 0x7265_6164);
+    for p in 0..w.partitions {
+        stamp(&mut value);
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to(&w.topic)
+                    .partition(p)
+                    .payload(&value[..]),
+            )
+            .map_err(|(e, _)| format!("first record to partition {p}: {e}"))?;
+    }
+    producer
+        .flush(Timeout::After(FLUSH_TIMEOUT))
+        .map_err(|e| format!("first records not acknowledged: {e}"))?;
+    if deliveries.failed.load(Ordering::Relaxed) > 0 {
+        failure_note(deliveries);
+        return Err("the first records failed".into());
+    }
+    deliveries.acked.store(0, Ordering::Relaxed);
+    deliveries.acked_bytes.store(0, Ordering::Relaxed);
+    *deliveries
+        .latency_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Histogram::new();
+    Ok(start.elapsed().as_secs_f64())
+}
+
 fn failure_note(deliveries: &Deliveries) {
     let failed = deliveries.failed.load(Ordering::Relaxed);
     if failed > 0 {
@@ -491,6 +527,10 @@ pub fn produce(
     quiet: bool,
 ) -> Result<Phase, String> {
     let (producer, deliveries) = new_producer(w, acks, idempotent)?;
+    let ready = make_ready(&producer, w, &deliveries)?;
+    if !quiet {
+        println!("  {name}: producer ready in {ready:.2} s (a first record to every partition)");
+    }
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
     let mut progress = Progress::new(name, quiet);
@@ -637,17 +677,23 @@ pub fn produce_consume(
     let (consumer, _) = assigned_consumer(w, false)?;
     let consumed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Records sent before this (the producer's first records) are read but not counted.
+    let timed_from_us = Arc::new(AtomicU64::new(u64::MAX));
     let reader = {
-        let (consumed, stop) = (consumed.clone(), stop.clone());
+        let (consumed, stop, timed_from_us) =
+            (consumed.clone(), stop.clone(), timed_from_us.clone());
         thread::spawn(move || {
             let mut e2e = Histogram::new();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
                     let now = now_us();
-                    if let Some(sent) = stamp_of(m.payload()) {
-                        e2e.record(now.saturating_sub(sent));
+                    match stamp_of(m.payload()) {
+                        Some(sent) if sent >= timed_from_us.load(Ordering::Relaxed) => {
+                            e2e.record(now.saturating_sub(sent));
+                            consumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
-                    consumed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             e2e
@@ -656,6 +702,9 @@ pub fn produce_consume(
     // Let the consumer connect and issue its first fetches before the first record is sent.
     thread::sleep(Duration::from_secs(1));
     let (producer, deliveries) = new_producer(w, -1, idempotent)?;
+    let ready = make_ready(&producer, w, &deliveries)?;
+    println!("  {name}: producer ready in {ready:.2} s (a first record to every partition)");
+    timed_from_us.store(now_us(), Ordering::Relaxed);
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
     let mut progress = Progress::new(name, false);
