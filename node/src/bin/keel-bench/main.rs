@@ -152,6 +152,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The 1, 5 and 15 minute load averages (/proc/loadavg), e.g. `0.52 0.58 0.59`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -530,8 +537,9 @@ fn run(args: &Args) -> Result<(), String> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    let load_before = load_average();
     println!(
-        "keel-bench {}: {}, {cpus} CPUs ({model}), Linux {kernel}",
+        "keel-bench {}: {}, {cpus} CPUs ({model}), Linux {kernel}, load average {load_before}",
         env!("CARGO_PKG_VERSION"),
         utc_date_time(started)
     );
@@ -721,8 +729,10 @@ fn run(args: &Args) -> Result<(), String> {
         println!("  {}", c.line());
     }
 
+    let load_after = load_average();
     println!(
-        "\nkeel-bench took {:.0} s",
+        "\nkeel-bench took {:.0} s; load average {load_after} (other work on the machine \
+         skews every figure)",
         run_start.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
@@ -738,6 +748,8 @@ fn run(args: &Args) -> Result<(), String> {
                     ("cpus", Json::Int(cpus as i64)),
                     ("cpu_model", Json::str(model)),
                     ("kernel", Json::str(kernel)),
+                    ("load_average_before", Json::str(load_before)),
+                    ("load_average_after", Json::str(load_after)),
                     ("data_dir", Json::str(dir.display().to_string())),
                 ]),
             ),
