@@ -150,6 +150,8 @@ impl ProducerContext for ProduceContext {
 /// A line per second while a phase runs.
 struct Progress {
     label: String,
+    /// The broker processes, checked once a second: a phase stops if all have exited.
+    pids: Vec<u32>,
     start: Instant,
     last: Instant,
     last_count: u64,
@@ -158,10 +160,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: &str, quiet: bool) -> Progress {
+    fn new(label: &str, quiet: bool, pids: &[u32]) -> Progress {
         let now = Instant::now();
         Progress {
             label: label.to_string(),
+            pids: pids.to_vec(),
             start: now,
             last: now,
             last_count: 0,
@@ -170,12 +173,24 @@ impl Progress {
         }
     }
 
-    /// Prints the rate since the last line if a second has passed.
-    fn tick(&mut self, count: u64, bytes: u64, extra: impl FnOnce() -> String) {
+    /// Prints the rate since the last line if a second has passed; fails if every broker
+    /// process the bench started has exited.
+    fn tick(
+        &mut self,
+        count: u64,
+        bytes: u64,
+        extra: impl FnOnce() -> String,
+    ) -> Result<(), String> {
         let now = Instant::now();
         let secs = (now - self.last).as_secs_f64();
         if secs < 1.0 {
-            return;
+            return Ok(());
+        }
+        if !self.pids.is_empty() && self.pids.iter().all(|&p| cpu_secs(p).is_none()) {
+            return Err(format!(
+                "{}: every broker process has exited (see the log in the data directory)",
+                self.label
+            ));
         }
         if !self.quiet {
             let rate = (count - self.last_count) as f64 / secs;
@@ -192,6 +207,7 @@ impl Progress {
         self.last = now;
         self.last_count = count;
         self.last_bytes = bytes;
+        Ok(())
     }
 }
 
@@ -416,7 +432,7 @@ fn send_for(
                 );
                 format!("in flight {:>8}  {}", thousands(pending), extra())
             },
-        );
+        )?;
         if let Some(rate) = rate {
             let elapsed = (now - start).as_secs_f64();
             let due = elapsed * rate;
@@ -533,7 +549,7 @@ pub fn produce(
     }
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
-    let mut progress = Progress::new(name, quiet);
+    let mut progress = Progress::new(name, quiet, &w.broker_pids);
     let sent = send_for(
         &producer,
         w,
@@ -605,7 +621,7 @@ pub fn consume_all(w: &Workload, name: &str) -> Result<Phase, String> {
     let mut next: Vec<i64> = ranges.iter().map(|(s, _)| *s).collect();
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
-    let mut progress = Progress::new(name, false);
+    let mut progress = Progress::new(name, false, &w.broker_pids);
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut timed_out = false;
     while next.iter().zip(&ranges).any(|(n, (_, end))| n < end) {
@@ -618,7 +634,7 @@ pub fn consume_all(w: &Workload, name: &str) -> Result<Phase, String> {
                 "{:.0}% read",
                 records as f64 * 100.0 / expected.max(1) as f64
             )
-        });
+        })?;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let p = m.partition() as usize;
@@ -707,7 +723,7 @@ pub fn produce_consume(
     timed_from_us.store(now_us(), Ordering::Relaxed);
     let cpu = Cpu::now(&w.broker_pids);
     let start = Instant::now();
-    let mut progress = Progress::new(name, false);
+    let mut progress = Progress::new(name, false, &w.broker_pids);
     let extra = || format!("read {:>10}", thousands(consumed.load(Ordering::Relaxed)));
     let sent = send_for(
         &producer,
