@@ -442,7 +442,10 @@ pub fn checks(
     let setting_note = if copies == 3 {
         String::new()
     } else {
-        format!("the target is for RF=3; this run wrote {copies} copies")
+        format!(
+            "the target is for RF=3; this run wrote {copies} {}",
+            if copies == 1 { "copy" } else { "copies" }
+        )
     };
     let mut checks = vec![
         Check {

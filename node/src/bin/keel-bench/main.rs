@@ -159,6 +159,15 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// `1 broker`, `3 brokers`; `1 copy`, `3 copies`.
+fn plural(n: usize, one: &str) -> String {
+    match (n, one.strip_suffix('y')) {
+        (1, _) => format!("1 {one}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {one}s"),
+    }
+}
+
 fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -493,7 +502,7 @@ fn peer_comparison(
 
 fn phase_table(phases: &[Phase]) {
     println!(
-        "  {:<18} {:>10} {:>8} {:>24} {:>24} {:>12}",
+        "  {:<18} {:>10} {:>8} {:>26} {:>26}  {}",
         "phase", "rec/s", "MB/s", "ack p50/p99/p99.9 ms", "e2e p50/p99/p99.9 ms", "broker CPU"
     );
     for p in phases {
@@ -509,7 +518,7 @@ fn phase_table(phases: &[Phase]) {
             _ => "-".into(),
         };
         println!(
-            "  {:<18} {:>10} {:>8.1} {:>24} {:>24} {:>12}{}",
+            "  {:<18} {:>10} {:>8.1} {:>26} {:>26}  {}{}",
             p.name,
             thousands(p.records_per_s().round() as u64),
             p.mb_per_s(),
@@ -680,7 +689,7 @@ fn run(args: &Args) -> Result<(), String> {
         "results: keel, {}, topic RF {rf}, {} partitions, {}-byte records",
         args.bootstrap
             .as_ref()
-            .map_or(format!("{} brokers", args.brokers), |b| format!(
+            .map_or(plural(usize::from(args.brokers), "broker"), |b| format!(
                 "cluster at {b}"
             )),
         args.partitions,
@@ -689,8 +698,9 @@ fn run(args: &Args) -> Result<(), String> {
     phase_table(&phases);
 
     section(&format!(
-        "ratios to the machine's limits (disk {:.0} MB/s / {copies} copies = {:.0} MB/s; loopback {:.0} MB/s)",
+        "ratios to the machine's limits (disk {:.0} MB/s / {} = {:.0} MB/s; loopback {:.0} MB/s)",
         limits.disk.mb_per_s(),
+        plural(copies as usize, "copy"),
         disk_share_mb_per_s(&limits, copies),
         limits.loopback.mb_per_s()
     ));
@@ -832,4 +842,29 @@ fn run(args: &Args) -> Result<(), String> {
         println!("\nJSON written to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "broker"), "1 broker");
+        assert_eq!(plural(3, "broker"), "3 brokers");
+        assert_eq!(plural(1, "copy"), "1 copy");
+        assert_eq!(plural(3, "copy"), "3 copies");
+    }
+
+    #[test]
+    fn default_arguments_parse_and_pass_the_checks() {
+        let args = Args::parse_from(["keel-bench"]);
+        assert_eq!(args.brokers, 3);
+        assert_eq!(args.phases.len(), 4);
+        check_args(&args).unwrap();
+        let args = Args::parse_from(["keel-bench", "--record-bytes", "4"]);
+        assert!(check_args(&args).is_err());
+        let args = Args::parse_from(["keel-bench", "--phases", "acks1,mixed", "--rate", "100"]);
+        assert_eq!(args.phases, vec![PhaseName::Acks1, PhaseName::Mixed]);
+    }
 }
