@@ -741,8 +741,8 @@ fn run(args: &Args) -> Result<(), String> {
 
     let load_after = load_average();
     println!(
-        "\nkeel-bench took {:.0} s; load average {load_after} (other work on the machine \
-         skews every figure)",
+        "\nkeel-bench took {:.0} s; load average {load_before} before, {load_after} after \
+         (the bench's own brokers count in it; other work on the machine skews every figure)",
         run_start.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
