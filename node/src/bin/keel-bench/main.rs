@@ -502,8 +502,8 @@ fn peer_comparison(
 
 fn phase_table(phases: &[Phase]) {
     println!(
-        "  {:<18} {:>10} {:>8} {:>26} {:>26}  {}",
-        "phase", "rec/s", "MB/s", "ack p50/p99/p99.9 ms", "e2e p50/p99/p99.9 ms", "broker CPU"
+        "  {:<18} {:>10} {:>8} {:>26} {:>26}  broker CPU",
+        "phase", "rec/s", "MB/s", "ack p50/p99/p99.9 ms", "e2e p50/p99/p99.9 ms"
     );
     for p in phases {
         let lat = |l: Option<Latency>| {
