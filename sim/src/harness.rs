@@ -52,6 +52,9 @@ pub struct ClusterSpec {
     /// The brokers' `min.insync.replicas`: the default of every topic that sets none, the
     /// internal `__consumer_offsets` among them.
     pub min_insync_replicas: i32,
+    /// `offsets.topic.num.partitions`: Kafka's 50 cost every seed with a group 150 more
+    /// replicas to replicate and elect; a few partitions still move the coordinator.
+    pub offsets_topic_partitions: i32,
 }
 
 impl Default for ClusterSpec {
@@ -63,6 +66,7 @@ impl Default for ClusterSpec {
             heartbeat_interval_ms: 500,
             replica_lag_time_max_ms: 5_000,
             min_insync_replicas: 1,
+            offsets_topic_partitions: 5,
         }
     }
 }
@@ -97,6 +101,7 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         unclean: keel_core::controller::UncleanElection::Disabled,
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
+    settings.offsets_topic_partitions = spec.offsets_topic_partitions;
     settings.topic_config_defaults.insert(
         "min.insync.replicas".into(),
         spec.min_insync_replicas.to_string(),
