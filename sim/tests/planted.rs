@@ -22,9 +22,9 @@
 //! and leave ISRs; rot gives the bug something to serve) and leave out the other four.
 //! Seeds 1 to 200 that catch each (`keel-sim swarm --seeds 200 --jobs 2 --bug NAME --without
 //! KINDS`, release build, measured 2026-11-24 with group consumers in the workload):
-//! `ack-before-isr` 93 (first: seed 2), `hw-without-sync` 10 (first: 23), `elect-outside-isr`
-//! 6 (first: 17), `skip-truncation` 3 (first: 80), `serve-corrupt-batch` 10 (first: 23),
-//! `commit-before-durable` 11 (first: 2).
+//! `ack-before-isr` 91 (first: seed 1), `hw-without-sync` 8 (first: 119), `elect-outside-isr`
+//! 4 (first: 17), `skip-truncation` 5 (first: 80), `serve-corrupt-batch` 13 (first: 23),
+//! `commit-before-durable` 9 (first: 61).
 //!
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test -p keel-sim
 //! --features planted-bugs --test planted -- --nocapture`
