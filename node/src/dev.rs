@@ -563,24 +563,7 @@ impl Launcher {
             // Plain logs: they are prefixed and re-timestamped (readable_log_line).
             .env("NO_COLOR", "1")
             .process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id();
-            // SAFETY: the closure runs in the forked child before exec; prctl(2) and getppid(2)
-            // are async-signal-safe, and it allocates nothing and touches no shared state.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The launcher died before prctl took effect: do not run orphaned.
-                    if libc::getppid() as u32 != parent {
-                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                    }
-                    Ok(())
-                });
-            }
-        }
+        die_with_parent(&mut command);
         let mut child = command.spawn()?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let id = broker.id;
@@ -814,6 +797,29 @@ fn say_out(text: &str) {
 /// One whole line to stderr.
 fn say_err(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Makes the child `command` starts get SIGTERM when this process dies (Linux), so that a
+/// launcher killed with SIGKILL leaves no brokers behind.
+pub fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec; prctl(2) and getppid(2)
+        // are async-signal-safe, and it allocates nothing and touches no shared state.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before prctl took effect: do not run orphaned.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 #[cfg(test)]

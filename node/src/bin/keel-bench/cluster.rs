@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -32,26 +31,6 @@ pub struct Managed {
     /// The broker processes, whose CPU time each phase reports.
     pub pids: Vec<u32>,
     pub log: PathBuf,
-}
-
-fn die_with_parent(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the forked child before exec; prctl(2) and getppid(2) are
-        // async-signal-safe, and it allocates nothing and touches no shared state.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-    }
 }
 
 /// The last `lines` lines of a log file, for an error message.
@@ -105,7 +84,7 @@ impl Managed {
             .stdout(Stdio::piped())
             .stderr(log_file.try_clone().map_err(|e| format!("log file: {e}"))?)
             .env("NO_COLOR", "1");
-        die_with_parent(&mut command);
+        keel_node::dev::die_with_parent(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot run {} dev: {e}", keel.display()))?;
@@ -203,7 +182,7 @@ impl Managed {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| format!("log file: {e}"))?)
             .stderr(log_file);
-        die_with_parent(&mut command);
+        keel_node::dev::die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", tansu.display()))?;
