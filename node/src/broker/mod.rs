@@ -384,6 +384,7 @@ fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
 /// How many threads run syncs (real disks only). A sync blocks its thread for the disk's flush,
 /// not the CPU: partitions queued together sync in parallel, and the block layer merges their
 /// flushes, instead of waiting behind each other.
+#[cfg(not(madsim))]
 const SYNC_THREADS: usize = 4;
 
 /// A partition's place in the group-commit work ([`PartitionHandle::sync_state`]).
