@@ -354,6 +354,9 @@ pub struct OpenReport {
     pub term: u64,
     /// The commit index restored (entries up to it are re-applied by the first polls).
     pub commit: u64,
+    /// The commit index stored, when it was past the last entry that survived (the disk lost
+    /// synced entries) and `commit` was lowered to that entry.
+    pub commit_lowered_from: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -416,18 +419,23 @@ impl<S: Storage> QuorumNode<S> {
         let last = recovered.entries.last().map_or(snapshot_index, |e| e.index);
         // A snapshot is committed by definition.
         hard_state.commit = hard_state.commit.max(snapshot_index);
-        if hard_state.commit > last {
-            return Err(QuorumError::Corrupt(format!(
-                "commit index {} past the last entry {last}",
-                hard_state.commit
-            )));
-        }
+        // keel writes entries in the same frame as, or before, the hard state that commits
+        // them, so a commit index past the log means the disk lost entries it had synced (a
+        // damaged frame cut the replay short, or a misdirected write put a later frame first).
+        // Committed entries live on a quorum: the node starts with what it has and the leader
+        // sends it the rest (raft-rs refuses a commit index past the log, so lower it).
+        let commit_lowered_from = (hard_state.commit > last).then(|| {
+            let from = hard_state.commit;
+            hard_state.commit = last;
+            from
+        });
         let report = OpenReport {
             disk: disk_report,
             snapshot_index,
             entries: recovered.entries.len() as u64,
             term: hard_state.term,
             commit: hard_state.commit,
+            commit_lowered_from,
         };
         let written_hs = hard_state.clone();
         let cache = LogCache {

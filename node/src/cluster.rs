@@ -326,7 +326,7 @@ impl Cluster {
         let config = QuorumConfig::new(me, voters, learners);
         let (quorum, report) = QuorumNode::open(config.clone(), storage.clone())
             .map_err(|e| ClusterError::Quorum(e.to_string()))?;
-        if report.disk != Default::default() {
+        if report.disk != Default::default() || report.commit_lowered_from.is_some() {
             tracing::warn!(?report, "metadata log recovered");
         }
         let (peers, incoming) = if settings.is_multi_node() {

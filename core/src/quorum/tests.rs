@@ -876,6 +876,63 @@ fn torn_tail_is_cut_on_open() {
     );
 }
 
+/// A learner whose log file lost committed entries it had synced: a misdirected write put a
+/// later frame (a hard state whose commit index is past everything else) at the start of the
+/// file, over the first frame. Open keeps the term, lowers the commit index to the log that
+/// survived and says so; the leader then sends the learner the rest. Found by the simulator:
+/// such a broker refused to start ever again, and with it the acknowledged writes it led
+/// stayed out of reach.
+#[test]
+fn a_log_that_lost_committed_entries_opens_and_catches_up() {
+    let mut net = Net::new(&[0, 1, 2], &[3], 1000, 9);
+    let leader = net.elect(60);
+    for n in 0..4 {
+        let state = net.node(leader).state().clone();
+        net.propose(leader, n, create_topic(&state, n));
+    }
+    net.ticks(5);
+    assert_eq!(topic_names(net.node(b(3)).state()).len(), 4);
+    let commit = net.node(leader).raw.raft.raft_log.committed;
+    let term = net.node(leader).raw.raft.term;
+    net.crash(b(3));
+    let slot = net.slots.get_mut(&b(3)).unwrap();
+    let mut storage = slot.parked.take().unwrap();
+    storage.inner = MemStorage::new();
+    let (mut disk, _, _) = disk::RaftDisk::open(storage.inner.clone()).unwrap();
+    let mut hard_state = HardState::default();
+    hard_state.term = term;
+    hard_state.commit = commit;
+    disk.append(&[], &hard_state, true).unwrap();
+    let mut damaged = disk.into_storage();
+    // What is left of the first frame after the misdirected write.
+    damaged
+        .append(disk::RAFT_LOG_FILE, &[0x1a, 0x02, 0x00, 0x01, 9, 9, 9])
+        .unwrap();
+    damaged.sync(disk::RAFT_LOG_FILE).unwrap();
+    let (_, report) = QuorumNode::open(net.config[&b(3)].clone(), damaged.clone())
+        .expect("a log that lost entries opens");
+    assert!(report.disk.truncated.is_some(), "the damage is cut");
+    assert_eq!(report.entries, 0);
+    assert_eq!(report.term, term);
+    assert_eq!(report.commit, 0);
+    assert_eq!(report.commit_lowered_from, Some(commit));
+    storage.inner = damaged;
+    slot.parked = Some(storage);
+    // It lost entries it had acknowledged: the harness's check of that does not apply.
+    slot.ack_sent = 0;
+    net.start(b(3));
+    net.ticks(5);
+    assert!(topic_names(net.node(b(3)).state()).is_empty());
+    // The leader believes the learner holds everything up to its old match index, so only
+    // the next entry shows otherwise: the learner refuses it, the leader probes back and
+    // sends the whole log. (In a cluster the next entry is soon there: a restarted broker's
+    // own unfencing is one.)
+    let state = net.node(leader).state().clone();
+    net.propose(leader, 9, create_topic(&state, 9));
+    net.heal_and_converge(200);
+    assert_eq!(topic_names(net.node(b(3)).state()).len(), 5);
+}
+
 /// A bit flipped in a stored snapshot is found by its CRC: open refuses the state rather than
 /// serve wrong metadata.
 #[test]
