@@ -859,12 +859,50 @@ impl<S: Storage> Log<S> {
     /// total but always at least one batch (KIP-74), and only batches that end at or below
     /// `upper` (the high watermark for consumers, the log end offset for followers). Reads stay
     /// within one segment. Every batch is CRC-checked before it is returned.
+    ///
+    /// The batches are slices of the buffers they were read into: one read of the file for
+    /// many batches, not two for each ([`Log::read_records`] returns them as one buffer).
     pub fn read(
         &self,
         from: Offset,
         max_bytes: usize,
         upper: Offset,
     ) -> Result<Vec<Batch>, LogError> {
+        Ok(self.read_runs(from, max_bytes, upper)?.0)
+    }
+
+    /// [`Log::read`]'s batches as one buffer, their bytes one after another (a fetch response's
+    /// records), and how many batches it holds. Not a copy when one read held them all.
+    pub fn read_records(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<(Bytes, usize), LogError> {
+        let (batches, runs) = self.read_runs(from, max_bytes, upper)?;
+        let bytes = match runs.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut buf = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                for run in many {
+                    buf.extend_from_slice(run);
+                }
+                buf.freeze()
+            }
+        };
+        debug_assert_eq!(bytes.len(), batches.iter().map(Batch::size).sum::<usize>());
+        Ok((bytes, batches.len()))
+    }
+
+    /// [`Log::read`], and the returned batches' bytes as runs: each run the bytes of
+    /// consecutive batches in one read buffer, the runs in order.
+    fn read_runs(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<(Vec<Batch>, Vec<Bytes>), LogError> {
         if from < self.log_start || from > self.end {
             return Err(LogError::OffsetOutOfRange {
                 offset: from,
@@ -873,50 +911,115 @@ impl<S: Storage> Log<S> {
             });
         }
         let mut out = Vec::new();
-        for segment in self
+        let mut runs = Vec::new();
+        let segment = self
             .segments
             .range(..=from)
             .next_back()
             .into_iter()
             .chain(self.segments.range(from.plus(1)..))
             .map(|(_, s)| s)
-        {
-            if segment.next_offset <= from {
+            .find(|s| s.next_offset > from);
+        let Some(segment) = segment else {
+            return Ok((out, runs));
+        };
+        let (mut expected, mut position) = segment.lookup(from);
+        // Between the index entry and `from`: skip whole batches by their headers (none of
+        // them is returned, so none needs its CRC checked).
+        while position < segment.size && expected < from && expected < upper {
+            let header = self.read_header_at(segment, position, expected)?;
+            if header.last_offset() >= from {
+                break;
+            }
+            position += header.size as u64;
+            expected = header.next_offset();
+        }
+        // Whole batches from `position`, parsed out of windows read from the file: as many
+        // bytes as may be returned when the read goes to the log end, else windows that start
+        // small and double, so that little is read past `upper` for nothing.
+        let mut reader = WindowReader {
+            window: Bytes::new(),
+            at: position,
+            next: if upper >= self.end {
+                max_bytes
+            } else {
+                READ_WINDOW_BYTES_MIN
+            },
+            run: None,
+        };
+        let mut total = 0usize;
+        while position < segment.size {
+            // Read no batch that cannot be returned: a damaged one past what the caller
+            // asked for must not fail its read.
+            if total > 0 && total >= max_bytes || expected >= upper {
+                break;
+            }
+            let left = segment.size - position;
+            let corrupt = |error| LogError::Corrupt {
+                file: segment.file.clone(),
+                position,
+                error,
+            };
+            if !reader.holds(position, batch::LOG_OVERHEAD_BYTES) {
+                let want = reader.next.min(max_bytes.saturating_sub(total));
+                let want = (want.max(batch::LOG_OVERHEAD_BYTES) as u64).min(left);
+                let window = self.read_window(segment, position, want)?;
+                reader.refill(&mut runs, window, position);
+            }
+            let at = (position - reader.at) as usize;
+            let size = match batch::peek_size(&reader.window[at..]) {
+                Some(size) => size.map_err(corrupt)?,
+                None => {
+                    return Err(corrupt(BatchError::Truncated {
+                        need: batch::LOG_OVERHEAD_BYTES,
+                        have: reader.window.len() - at,
+                    }))
+                }
+            };
+            if total > 0 && total + size > max_bytes {
+                break;
+            }
+            if !reader.holds(position, size) {
+                // The batch goes past the window: read again from it, at least all of it.
+                let want = size.max(reader.next.min(max_bytes.saturating_sub(total)));
+                let window = self.read_window(segment, position, (want as u64).min(left))?;
+                reader.refill(&mut runs, window, position);
+                if reader.window.len() < size {
+                    return Err(corrupt(BatchError::Truncated {
+                        need: size,
+                        have: reader.window.len(),
+                    }));
+                }
+            }
+            let at = (position - reader.at) as usize;
+            let batch = self.check_batch(
+                segment,
+                position,
+                expected,
+                reader.window.slice(at..at + size),
+            )?;
+            position += size as u64;
+            expected = batch.next_offset();
+            if batch.last_offset() < from {
+                reader.close_run(&mut runs);
                 continue;
             }
-            let (mut expected, mut position) = segment.lookup(from);
-            let mut total = 0usize;
-            while position < segment.size {
-                // Read no batch that cannot be returned: a damaged one past what the caller
-                // asked for must not fail its read.
-                if total > 0 && total >= max_bytes || expected >= upper {
-                    break;
-                }
-                if expected < from {
-                    // Between the index entry and `from`: skip whole batches by their headers
-                    // (none of them is returned, so none needs its CRC checked).
-                    let header = self.read_header_at(segment, position, expected)?;
-                    if header.last_offset() < from {
-                        position += header.size as u64;
-                        expected = header.next_offset();
-                        continue;
-                    }
-                }
-                let batch = self.read_batch_at(segment, position, expected)?;
-                position += batch.size() as u64;
-                expected = batch.next_offset();
-                if batch.last_offset() < from {
-                    continue;
-                }
-                if batch.next_offset() > upper || (total > 0 && total + batch.size() > max_bytes) {
-                    break;
-                }
-                total += batch.size();
-                out.push(batch);
+            if batch.next_offset() > upper {
+                break;
             }
-            break;
+            total += size;
+            reader.extend_run(&mut runs, at, at + size);
+            out.push(batch);
         }
-        Ok(out)
+        reader.close_run(&mut runs);
+        Ok((out, runs))
+    }
+
+    /// Up to `len` bytes of a segment from `position`: fewer only where the file ends first.
+    fn read_window(&self, segment: &Segment, position: u64, len: u64) -> Result<Bytes, LogError> {
+        Ok(self
+            .storage
+            .read_at(&segment.file, position, len as usize)?)
     }
 
     /// Reads the header of the batch at `position`, which must start at `expected` and end
@@ -980,6 +1083,24 @@ impl<S: Storage> Log<S> {
             }
         };
         let bytes = self.storage.read_at(&segment.file, position, size)?;
+        self.check_batch(segment, position, expected, bytes)
+    }
+
+    /// Checks the bytes read for the batch at `position`, which must start at `expected`: its
+    /// CRC, and the two fields the CRC does not cover, its base offset against `expected` and
+    /// its leader epoch against the epoch cache. A damaged batch is never returned.
+    fn check_batch(
+        &self,
+        segment: &Segment,
+        position: u64,
+        expected: Offset,
+        bytes: Bytes,
+    ) -> Result<Batch, LogError> {
+        let corrupt = |error| LogError::Corrupt {
+            file: segment.file.clone(),
+            position,
+            error,
+        };
         // The planted bug: reads return what they read without verifying it (neither the CRC
         // nor the fields outside it), as long as it frames as a batch.
         let unverified = crate::planted::active(crate::planted::Bug::ServeCorruptBatch);
@@ -1352,6 +1473,58 @@ impl<S: Storage> Log<S> {
     }
 }
 
+/// The first window of a read that stops below the log end (see [`Log::read`]). Small in tests
+/// and fuzzing, whose segments are small, so that reads there take many windows.
+#[cfg(not(any(test, fuzzing)))]
+const READ_WINDOW_BYTES_MIN: usize = 64 * 1024;
+#[cfg(any(test, fuzzing))]
+const READ_WINDOW_BYTES_MIN: usize = 100;
+
+/// The window of the file a [`Log::read`] parses batches out of, and the run of returned
+/// batches in it.
+struct WindowReader {
+    window: Bytes,
+    /// The segment position of the window's first byte.
+    at: u64,
+    /// How many bytes the next window reads, within the read's bounds.
+    next: usize,
+    /// Where the returned batches' bytes lie in the window, so far.
+    run: Option<(usize, usize)>,
+}
+
+impl WindowReader {
+    /// Whether the window holds `len` bytes from segment position `position`.
+    fn holds(&self, position: u64, len: usize) -> bool {
+        position >= self.at && (position - self.at) as usize + len <= self.window.len()
+    }
+
+    /// Replaces the window with `window`, read at `at`, closing the run in the old one.
+    fn refill(&mut self, runs: &mut Vec<Bytes>, window: Bytes, at: u64) {
+        self.close_run(runs);
+        self.window = window;
+        self.at = at;
+        self.next = self.next.saturating_mul(2);
+    }
+
+    /// The returned batch at `start..end` of the window extends the run, or starts one.
+    fn extend_run(&mut self, runs: &mut Vec<Bytes>, start: usize, end: usize) {
+        debug_assert!(end <= self.window.len());
+        match self.run {
+            Some((s, e)) if e == start => self.run = Some((s, end)),
+            _ => {
+                self.close_run(runs);
+                self.run = Some((start, end));
+            }
+        }
+    }
+
+    fn close_run(&mut self, runs: &mut Vec<Bytes>) {
+        if let Some((start, end)) = self.run.take() {
+            runs.push(self.window.slice(start..end));
+        }
+    }
+}
+
 fn io_as_corrupt(e: StorageError) -> BatchError {
     BatchError::CorruptRecords(format!("read failed: {e}"))
 }
@@ -1377,18 +1550,6 @@ fn read_partition_checkpoint<S: Storage>(storage: &S) -> (Option<Offset>, Offset
         Some((Some(start), recovery))
     });
     parsed.unwrap_or((None, Offset::ZERO))
-}
-
-/// Concatenates batches into one buffer (a fetch response's records field).
-pub fn concat(batches: &[Batch]) -> Bytes {
-    if let [one] = batches {
-        return one.bytes().clone();
-    }
-    let mut buf = BytesMut::with_capacity(batches.iter().map(Batch::size).sum());
-    for b in batches {
-        buf.extend_from_slice(b.bytes());
-    }
-    buf.freeze()
 }
 
 pub mod testing;

@@ -11,6 +11,11 @@
 //! mismatch or a body that does not decode closes that connection (the peer redials), never
 //! the broker.
 //!
+//! A frame is sent as the byte strings it is made of ([`Body`]): its header, then the message's
+//! parts (a replica fetch answer's batches are the log's read buffers), written with one
+//! vectored write for the frames queued together, never copied into one buffer; the receiver
+//! reads a frame into one buffer and decodes the message as slices of it.
+//!
 //! What always holds:
 //! - the queue of frames waiting for each peer is bounded ([`PEER_QUEUE_MAX`]); when it is full,
 //!   `send` drops the message and says so (raft and replica fetches retry on their own);
@@ -34,6 +39,12 @@ use tokio::sync::{mpsc, oneshot};
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Frames queued for one peer before `send` starts dropping.
 pub const PEER_QUEUE_MAX: usize = 1024;
+/// Parts of a [`Body`] shorter than this are copied together rather than sent on their own.
+const BODY_PART_COPY_BELOW: usize = 4096;
+/// Byte strings per vectored write (Linux's IOV_MAX is 1024).
+const WRITE_PARTS_MAX: usize = 256;
+/// Frames the writer takes from the queue for one vectored write, at most.
+const WRITE_FRAMES_MAX: usize = 64;
 /// First and last delay between redials of an unreachable peer.
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -71,6 +82,76 @@ pub enum PeerError {
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Envelope>>>>;
 
+/// A message body to send, as byte strings sent one after another (see the module
+/// documentation): what the receiver gets as [`Envelope::body`] is their concatenation.
+#[derive(Clone, Debug, Default)]
+pub struct Body {
+    parts: Vec<Bytes>,
+    /// Small parts, copied together, not yet in `parts`.
+    small: BytesMut,
+    len: usize,
+}
+
+impl Body {
+    pub fn new() -> Body {
+        Body::default()
+    }
+
+    /// Appends `bytes`: as a part of its own, or copied with its neighbours if it is short.
+    pub fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        if bytes.len() < BODY_PART_COPY_BELOW {
+            self.small.extend_from_slice(&bytes);
+        } else {
+            self.flush_small();
+            self.parts.push(bytes);
+        }
+    }
+
+    /// Appends a copy of `bytes`.
+    pub fn push_slice(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        self.small.extend_from_slice(bytes);
+    }
+
+    /// The body's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+    }
+
+    fn into_parts(mut self) -> Vec<Bytes> {
+        self.flush_small();
+        self.parts
+    }
+
+    /// The body as one buffer (a copy; tests).
+    #[cfg(test)]
+    pub fn concat(self) -> Bytes {
+        self.into_parts().concat().into()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Body {
+        let mut body = Body::new();
+        body.push(bytes);
+        body
+    }
+}
+
+/// A frame ready to send: byte strings to write one after another.
+type Frame = Vec<Bytes>;
+
 /// A message from a peer: who sent it, and the envelope. Requests are answered with
 /// [`PeerTransport::respond`].
 #[derive(Debug)]
@@ -82,18 +163,43 @@ pub struct Incoming {
 /// The transport of one broker.
 pub struct PeerTransport {
     node_id: i32,
-    queues: BTreeMap<i32, mpsc::Sender<Bytes>>,
+    queues: BTreeMap<i32, mpsc::Sender<Frame>>,
     pending: Pending,
     next_id: AtomicU64,
 }
 
-fn encode_frame(envelope: &Envelope) -> Bytes {
-    let body = envelope.encode_to_vec();
-    let mut frame = BytesMut::with_capacity(8 + body.len());
-    frame.put_u32((4 + body.len()) as u32);
-    frame.put_u32(crc32c::crc32c(&body));
-    frame.put_slice(&body);
-    frame.freeze()
+/// The frame of an [`Envelope`] whose body is `body`: the same bytes as prost's encoding of
+/// the envelope behind the length and CRC (the body is its last field), with the body's parts
+/// left as they are.
+fn encode_frame(correlation_id: u64, is_response: bool, kind: u32, body: Body) -> Frame {
+    let head = Envelope {
+        correlation_id,
+        is_response,
+        kind,
+        body: Bytes::new(),
+    };
+    let mut prefix = BytesMut::with_capacity(8 + head.encoded_len() + 11);
+    prefix.put_u64(0); // length and CRC, patched below
+    head.encode(&mut prefix)
+        .expect("a BytesMut grows to fit an envelope");
+    let body_len = body.len();
+    if body_len > 0 {
+        // prost leaves an empty body out, as the empty `head.body` above was.
+        prost::encoding::encode_key(4, prost::encoding::WireType::LengthDelimited, &mut prefix);
+        prost::encoding::encode_varint(body_len as u64, &mut prefix);
+    }
+    let parts = body.into_parts();
+    let mut crc = crc32c::crc32c(&prefix[8..]);
+    for part in &parts {
+        crc = crc32c::crc32c_append(crc, part);
+    }
+    let length = 4 + prefix.len() - 8 + body_len;
+    prefix[..4].copy_from_slice(&(length as u32).to_be_bytes());
+    prefix[4..8].copy_from_slice(&crc.to_be_bytes());
+    let mut frame = Vec::with_capacity(1 + parts.len());
+    frame.push(prefix.freeze());
+    frame.extend(parts);
+    frame
 }
 
 /// Reads one frame; `Err` for a bad length, a CRC mismatch or a body that does not decode.
@@ -104,9 +210,14 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Envelope> {
             "frame length {len} out of range"
         )));
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    let mut buf = Bytes::from(buf);
+    // Read into spare capacity: nothing is zeroed first.
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let mut buf = buf.freeze();
     let crc = buf.get_u32();
     if crc32c::crc32c(&buf) != crc {
         return Err(std::io::Error::other("frame CRC mismatch"));
@@ -144,24 +255,14 @@ impl PeerTransport {
         self.node_id
     }
 
-    fn enqueue(&self, to: i32, envelope: &Envelope) -> Result<(), PeerError> {
+    fn enqueue(&self, to: i32, frame: Frame) -> Result<(), PeerError> {
         let queue = self.queues.get(&to).ok_or(PeerError::UnknownPeer(to))?;
-        queue
-            .try_send(encode_frame(envelope))
-            .map_err(|_| PeerError::QueueFull(to))
+        queue.try_send(frame).map_err(|_| PeerError::QueueFull(to))
     }
 
     /// Sends a one-way message. Dropped (with an error) if the peer's queue is full.
     pub fn send(&self, to: i32, kind: u32, body: Bytes) -> Result<(), PeerError> {
-        self.enqueue(
-            to,
-            &Envelope {
-                correlation_id: 0,
-                is_response: false,
-                kind,
-                body,
-            },
-        )
+        self.enqueue(to, encode_frame(0, false, kind, body.into()))
     }
 
     /// Sends a request and waits for its response, at most `timeout`.
@@ -178,15 +279,7 @@ impl PeerTransport {
             .lock()
             .expect("pending map poisoned")
             .insert(id, tx);
-        let result = match self.enqueue(
-            to,
-            &Envelope {
-                correlation_id: id,
-                is_response: false,
-                kind,
-                body,
-            },
-        ) {
+        let result = match self.enqueue(to, encode_frame(id, false, kind, body.into())) {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(envelope)) => Ok(envelope),
@@ -203,20 +296,26 @@ impl PeerTransport {
 
     /// Answers a request received as `incoming`.
     pub fn respond(&self, incoming: &Incoming, kind: u32, body: Bytes) -> Result<(), PeerError> {
-        let envelope = Envelope {
-            correlation_id: incoming.envelope.correlation_id,
-            is_response: true,
-            kind,
-            body,
-        };
-        self.enqueue(incoming.from, &envelope)
+        self.respond_body(incoming, kind, body.into())
+    }
+
+    /// Answers a request received as `incoming` with a body in parts.
+    pub fn respond_body(
+        &self,
+        incoming: &Incoming,
+        kind: u32,
+        body: Body,
+    ) -> Result<(), PeerError> {
+        let frame = encode_frame(incoming.envelope.correlation_id, true, kind, body);
+        self.enqueue(incoming.from, frame)
     }
 }
 
 /// Keeps one outgoing connection to a peer, redialling with backoff, and writes its queue.
-async fn dial_loop(node_id: i32, peer: i32, addr: SocketAddr, mut queue: mpsc::Receiver<Bytes>) {
+async fn dial_loop(node_id: i32, peer: i32, addr: SocketAddr, mut queue: mpsc::Receiver<Frame>) {
     let mut backoff = REDIAL_BACKOFF_MIN;
-    let mut carried: Option<Bytes> = None;
+    // Frames taken from the queue and not yet written whole.
+    let mut carried: Vec<Frame> = Vec::new();
     loop {
         let mut stream = match TcpStream::connect(addr).await {
             Ok(s) => s,
@@ -236,21 +335,62 @@ async fn dial_loop(node_id: i32, peer: i32, addr: SocketAddr, mut queue: mpsc::R
         }
         backoff = REDIAL_BACKOFF_MIN;
         loop {
-            let frame = match carried.take() {
-                Some(f) => f,
-                None => match queue.recv().await {
-                    Some(f) => f,
+            if carried.is_empty() {
+                match queue.recv().await {
+                    Some(f) => carried.push(f),
                     None => return, // the transport is gone
-                },
-            };
+                }
+            }
+            // What else is queued goes out in the same write.
+            while carried.len() < WRITE_FRAMES_MAX {
+                match queue.try_recv() {
+                    Ok(f) => carried.push(f),
+                    Err(_) => break,
+                }
+            }
             // madsim's TCP sends on flush; real tokio's flush is free.
-            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
-                carried = Some(frame);
+            if write_parts(&mut stream, carried.iter().flatten())
+                .await
+                .is_err()
+                || stream.flush().await.is_err()
+            {
                 tracing::debug!(peer, "connection to peer dropped; redialling");
                 break;
             }
+            carried.clear();
         }
     }
+}
+
+/// Writes `parts` one after another, with vectored writes.
+async fn write_parts<'a>(
+    stream: &mut TcpStream,
+    parts: impl Iterator<Item = &'a Bytes>,
+) -> std::io::Result<()> {
+    let mut parts: std::collections::VecDeque<&[u8]> =
+        parts.filter(|p| !p.is_empty()).map(|p| &p[..]).collect();
+    while !parts.is_empty() {
+        let slices: Vec<std::io::IoSlice> = parts
+            .iter()
+            .take(WRITE_PARTS_MAX)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let first = parts.front_mut().expect("written no more than the parts");
+            if written >= first.len() {
+                written -= first.len();
+                parts.pop_front();
+            } else {
+                *first = &first[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn accept_loop(listener: TcpListener, incoming: mpsc::Sender<Incoming>, pending: Pending) {
@@ -315,6 +455,44 @@ mod tests {
             PeerTransport::start(2, l2, peers),
             a2,
         )
+    }
+
+    /// A frame is the length, the CRC and prost's encoding of the envelope, whatever parts
+    /// its body was given in (small ones copied together, large ones left as they are).
+    #[test]
+    fn frames_of_bodies_in_parts_are_prosts_encoding() {
+        for sizes in [
+            vec![],
+            vec![3],
+            vec![5000],
+            vec![10, 5000, 7, 7, 9000, 1],
+            vec![0, 0],
+        ] {
+            let mut body = Body::new();
+            let mut whole = Vec::new();
+            for (i, n) in sizes.iter().enumerate() {
+                let part: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
+                whole.extend_from_slice(&part);
+                body.push(Bytes::from(part));
+            }
+            let frame: Vec<u8> = encode_frame(7, true, 3, body).concat();
+            let envelope = Envelope {
+                correlation_id: 7,
+                is_response: true,
+                kind: 3,
+                body: Bytes::from(whole),
+            }
+            .encode_to_vec();
+            assert_eq!(&frame[8..], &envelope[..], "sizes {sizes:?}");
+            assert_eq!(
+                u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+                4 + envelope.len()
+            );
+            assert_eq!(
+                u32::from_be_bytes(frame[4..8].try_into().unwrap()),
+                crc32c::crc32c(&envelope)
+            );
+        }
     }
 
     #[tokio::test]

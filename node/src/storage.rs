@@ -11,12 +11,16 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use keel_core::storage::{Storage, StorageError};
+
+/// Reads up to this long are allocated at the length asked for; longer ones first look up the
+/// file's length (one more system call) to bound the buffer.
+const READ_UNCHECKED_BYTES_MAX: usize = 16 << 20;
 
 /// One directory of files, with open handles cached. Clones share the handles, so an I/O
 /// thread can [`FileStorage::sync_file`] while the owner goes on appending.
@@ -121,20 +125,42 @@ impl Storage for FileStorage {
 
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
         let file = self.handle(name)?;
-        let size = file.metadata().map_err(|e| error(name, e))?.len();
-        let len = len.min(size.saturating_sub(pos) as usize);
-        let mut buf = BytesMut::zeroed(len);
-        let mut filled = 0;
-        while filled < len {
-            match file.read_at(&mut buf[filled..], pos + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(error(name, e)),
+        // Small reads (the log's) trust `len`; a large one is bounded by the file first, so
+        // that a file's length, not the caller's bound, decides what is allocated.
+        let len = if len > READ_UNCHECKED_BYTES_MAX {
+            let size = file.metadata().map_err(|e| error(name, e))?.len();
+            len.min(size.saturating_sub(pos) as usize)
+        } else {
+            len
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let filled = buf.len();
+            let offset = libc::off_t::try_from(pos + filled as u64)
+                .map_err(|_| error(name, io::Error::from(io::ErrorKind::InvalidInput)))?;
+            // SAFETY: the pointer and length are the vector's spare capacity, which pread only
+            // writes; the length is raised by exactly the bytes pread reports written.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    buf.as_mut_ptr().add(filled).cast(),
+                    len - filled,
+                    offset,
+                )
+            };
+            match n {
+                0 => break,
+                n if n > 0 => unsafe { buf.set_len(filled + n as usize) },
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(error(name, e));
+                }
             }
         }
-        buf.truncate(filled);
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 
     fn len(&self, name: &str) -> Result<u64, StorageError> {

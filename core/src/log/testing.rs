@@ -130,10 +130,38 @@ pub fn run(ops: &[LogOp]) {
             }
             LogOp::Read { at, max_bytes } => {
                 let from = pick(l, at);
-                match l.read(from, max_bytes as usize, l.end()) {
-                    Ok(batches) => check_read(&model, from, &batches, max_bytes as usize, l.end()),
-                    Err(LogError::Corrupt { .. }) if rotted => {}
-                    Err(e) => panic!("read({from}) failed: {e}"),
+                let max_bytes = max_bytes as usize;
+                // To the log end (a follower's read), and to a batch boundary below it (a
+                // consumer's, at the high watermark), picked from the same inputs.
+                let boundaries: Vec<Offset> = model
+                    .iter()
+                    .map(Batch::next_offset)
+                    .filter(|&o| o > from)
+                    .collect();
+                let below = boundaries
+                    .get(max_bytes % 5)
+                    .copied()
+                    .unwrap_or(l.end())
+                    .min(l.end());
+                for upper in [l.end(), below] {
+                    match l.read(from, max_bytes, upper) {
+                        Ok(batches) => {
+                            check_read(&model, l, from, &batches, max_bytes, upper);
+                            let (records, n) = l
+                                .read_records(from, max_bytes, upper)
+                                .expect("read_records reads what read read");
+                            let concat: Vec<u8> =
+                                batches.iter().flat_map(|b| b.bytes().to_vec()).collect();
+                            assert_eq!(n, batches.len(), "read_records counts the batches");
+                            assert_eq!(
+                                &records[..],
+                                &concat[..],
+                                "read_records returns the batches' bytes one after another"
+                            );
+                        }
+                        Err(LogError::Corrupt { .. }) if rotted => {}
+                        Err(e) => panic!("read({from}, {max_bytes}, {upper}) failed: {e}"),
+                    }
                 }
             }
             LogOp::Retention { ms } => {
@@ -246,17 +274,33 @@ fn reconcile(log: &Log<MemStorage>, model: &mut Vec<Batch>, durable: &mut usize,
 
 /// A read returns whole batches, the first containing `from`, within `max_bytes` (at least
 /// one), each identical to the model's.
-fn check_read(model: &[Batch], from: Offset, batches: &[Batch], max_bytes: usize, end: Offset) {
-    if from >= end {
-        assert!(batches.is_empty(), "nothing to read at the end");
+fn check_read(
+    model: &[Batch],
+    log: &Log<MemStorage>,
+    from: Offset,
+    batches: &[Batch],
+    max_bytes: usize,
+    upper: Offset,
+) {
+    let within = model
+        .iter()
+        .find(|m| m.last_offset() >= from)
+        .filter(|m| m.next_offset() <= upper);
+    let Some(first) = within else {
+        assert!(
+            batches.is_empty(),
+            "nothing to read at {from} below {upper}: read {} batches",
+            batches.len()
+        );
         return;
-    }
+    };
     assert!(
         !batches.is_empty(),
-        "a read below the log end returns at least one batch"
+        "a read of {from} below {upper} returns at least one batch"
     );
-    assert!(
-        batches[0].base_offset() <= from && from <= batches[0].last_offset(),
+    assert_eq!(
+        batches[0].base_offset(),
+        first.base_offset(),
         "first batch contains {from}"
     );
     let total: usize = batches.iter().map(Batch::size).sum();
@@ -265,6 +309,7 @@ fn check_read(model: &[Batch], from: Offset, batches: &[Batch], max_bytes: usize
         "reads stay within max_bytes after the first batch"
     );
     for b in batches {
+        assert!(b.next_offset() <= upper, "read a batch ending past {upper}");
         let expected = model
             .iter()
             .find(|m| m.base_offset() == b.base_offset())
@@ -274,6 +319,27 @@ fn check_read(model: &[Batch], from: Offset, batches: &[Batch], max_bytes: usize
             expected.bytes(),
             "read bytes differ from what was written at {}",
             b.base_offset()
+        );
+    }
+    // And no fewer than allowed: the batch after the last one read is in the next segment,
+    // ends past `upper`, or would pass `max_bytes`.
+    let last = batches.last().expect("not empty");
+    for w in batches.windows(2) {
+        assert_eq!(
+            w[0].next_offset(),
+            w[1].base_offset(),
+            "batches follow each other"
+        );
+    }
+    if let Some(next) = model.iter().find(|m| m.base_offset() == last.next_offset()) {
+        let stopped = log.segment_bases().contains(&next.base_offset())
+            || next.next_offset() > upper
+            || total >= max_bytes
+            || total + next.size() > max_bytes;
+        assert!(
+            stopped,
+            "read({from}, {max_bytes}, {upper}) stopped at {} for no reason",
+            next.base_offset()
         );
     }
 }

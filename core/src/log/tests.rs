@@ -87,6 +87,104 @@ fn read_returns_whole_batches_from_the_one_containing_the_offset() {
     ));
 }
 
+/// A storage that counts reads, over [`MemStorage`].
+struct CountingReads {
+    inner: MemStorage,
+    /// (calls, bytes) of `read_at` on segment files.
+    reads: std::cell::Cell<(usize, usize)>,
+}
+
+impl crate::storage::Storage for CountingReads {
+    fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.create(name)
+    }
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), crate::storage::StorageError> {
+        self.inner.append(name, data)
+    }
+    fn read_at(
+        &self,
+        name: &str,
+        pos: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, crate::storage::StorageError> {
+        let bytes = self.inner.read_at(name, pos, len)?;
+        if name.ends_with(".log") {
+            let (calls, total) = self.reads.get();
+            self.reads.set((calls + 1, total + bytes.len()));
+        }
+        Ok(bytes)
+    }
+    fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
+        self.inner.len(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), crate::storage::StorageError> {
+        self.inner.truncate(name, len)
+    }
+    fn sync(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.sync(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
+        self.inner.remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>, crate::storage::StorageError> {
+        self.inner.list()
+    }
+}
+
+/// A read takes the batches it returns out of few reads of the file (one, when it goes to the
+/// log end, as a follower's does), not two reads for each batch, and returns them as slices of
+/// what it read: `read_records` hands back one buffer without copying. A read that stops below
+/// the log end (a consumer's, at the high watermark) reads little past where it stops.
+#[test]
+fn reads_take_many_batches_out_of_one_read_of_the_file() {
+    let storage = CountingReads {
+        inner: MemStorage::new(),
+        reads: std::cell::Cell::new((0, 0)),
+    };
+    let mut log = Log::open(storage, LogConfig::default(), NOW).expect("open");
+    for _ in 0..50 {
+        log.append(NOW, small_batch(4, NOW), LeaderEpoch(0))
+            .unwrap();
+    }
+    let batch_bytes = small_batch(4, NOW).size();
+
+    log.storage().reads.set((0, 0));
+    let all = log.read(Offset(0), usize::MAX, log.end()).unwrap();
+    assert_eq!(all.len(), 50);
+    assert_eq!(
+        log.storage().reads.get(),
+        (1, 50 * batch_bytes),
+        "one read of the file"
+    );
+
+    log.storage().reads.set((0, 0));
+    let (records, n) = log
+        .read_records(Offset(0), 10 * batch_bytes, log.end())
+        .unwrap();
+    assert_eq!((n, records.len()), (10, 10 * batch_bytes));
+    assert_eq!(
+        log.storage().reads.get(),
+        (1, 10 * batch_bytes),
+        "only what fits max_bytes"
+    );
+
+    // Below the log end: windows of READ_WINDOW_BYTES_MIN, doubling.
+    log.storage().reads.set((0, 0));
+    let upper = Offset(4 * 20);
+    let some = log.read(Offset(0), usize::MAX, upper).unwrap();
+    assert_eq!(some.len(), 20);
+    let (calls, read) = log.storage().reads.get();
+    let returned = 20 * batch_bytes;
+    assert!(
+        read <= 2 * returned + READ_WINDOW_BYTES_MIN,
+        "read {read} bytes in {calls} reads to return {returned}"
+    );
+    assert!(calls < 20, "{calls} reads for 20 batches");
+}
+
 #[test]
 fn segments_roll_by_size_and_by_time() {
     let mut log = open(MemStorage::new(), small_segments());

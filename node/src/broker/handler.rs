@@ -39,7 +39,7 @@ use keel_core::batch::Batch;
 use keel_core::controller::{
     AlterConfigOp, AlterOp, ControllerError, NewTopic, TopicId as CoreTopicId,
 };
-use keel_core::log::{concat, LogError};
+use keel_core::log::LogError;
 use keel_core::partition::{code, compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
@@ -524,18 +524,16 @@ impl Broker {
                             let hw = r.high_watermark();
                             let log = r.log();
                             let read = log
-                                .read(
+                                .read_records(
                                     Offset(fp.fetch_offset),
                                     if first { max.max(1) } else { max },
                                     hw,
                                 )
-                                .map(|batches| {
-                                    if !first
-                                        && batches.iter().map(Batch::size).sum::<usize>() > max
-                                    {
-                                        Vec::new()
+                                .map(|(records, _)| {
+                                    if !first && records.len() > max {
+                                        Bytes::new()
                                     } else {
-                                        batches
+                                        records
                                     }
                                 });
                             Ok::<_, i16>((read, hw, log.log_start()))
@@ -549,8 +547,7 @@ impl Broker {
                                     pd.log_start_offset = log_start.0;
                                 }
                                 match read {
-                                    Ok(batches) => {
-                                        let bytes = concat(&batches);
+                                    Ok(bytes) => {
                                         total += bytes.len();
                                         remaining = remaining.saturating_sub(bytes.len());
                                         pd.records = Some(bytes);

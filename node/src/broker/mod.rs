@@ -8,10 +8,11 @@
 //! - one [`PartitionHandle`] per partition it holds a replica of, each a core
 //!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
 //!   the applied metadata gives it ([`replication`] runs followers' fetches and answers them);
-//! - the sync thread ([`SyncWorker`]): group commit. Appends mark a partition dirty; the thread
+//! - the sync threads ([`SyncWorker`]): group commit. Appends queue a partition; a sync thread
 //!   fsyncs it outside the partition's lock (so appends go on meanwhile), persists the high
 //!   watermark where it must be, and then exposes it, which wakes acks=all produces and
-//!   long-polling fetches.
+//!   long-polling fetches. Different partitions sync in parallel, one partition on one thread
+//!   at a time.
 //!
 //! What always holds:
 //! - a partition's lock is held only for in-memory work and small writes, never across an
@@ -29,7 +30,7 @@ pub mod replication;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,7 +161,8 @@ pub struct PartitionHandle {
     dir: PathBuf,
     replica: Mutex<PartitionReplica<Dir>>,
     snapshots: Mutex<Dir>,
-    /// A clone of the log's storage, for the sync thread.
+    /// A clone of the log's storage, for the sync threads (log syncs and high watermark
+    /// writes).
     syncer: Dir,
     /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
     /// signalled, unchanged, when the role changes, so that waiters look again.
@@ -169,8 +171,8 @@ pub struct PartitionHandle {
     durable_end: watch::Sender<Offset>,
     /// Bumped on every append and high watermark move: wakes followers' waiting fetches.
     activity: watch::Sender<u64>,
-    /// Whether the partition is queued for the sync thread.
-    queued: AtomicBool,
+    /// Where the partition is in the group-commit work (`sync_state`).
+    sync_state: AtomicU8,
     deleted: AtomicBool,
     /// Whether a follower fetch loop runs for it.
     fetching: AtomicBool,
@@ -336,10 +338,10 @@ impl PartitionHandle {
             });
         }
         while let Some(write) = self.with(|r| r.prepare_state_write()) {
-            let written = {
-                let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-                write.write_to(&mut *snapshots)
-            };
+            // Through a clone of the log's storage, not under the snapshot lock: a follower's
+            // append (which takes that lock) does not wait for this sync. Core hands out one
+            // state write at a time, so nothing else writes the slot meanwhile.
+            let written = write.write_to(&mut self.syncer.clone());
             match written {
                 Ok(()) => {
                     self.with(|r| r.complete_state_write(write));
@@ -379,9 +381,31 @@ fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
     })
 }
 
-/// The group-commit thread: syncs dirty partitions, one fsync per partition per round, however
-/// many appends each received since the last round. Under the simulator (madsim runs no
-/// threads of its own) it is a task, and its syncs take no real time.
+/// How many threads run syncs (real disks only). A sync blocks its thread for the disk's flush,
+/// not the CPU: partitions queued together sync in parallel, and the block layer merges their
+/// flushes, instead of waiting behind each other.
+#[cfg(not(madsim))]
+const SYNC_THREADS: usize = 4;
+
+/// A partition's place in the group-commit work ([`PartitionHandle::sync_state`]).
+mod sync_state {
+    /// Nothing to do.
+    pub const IDLE: u8 = 0;
+    /// In the queue, once.
+    pub const QUEUED: u8 = 1;
+    /// Being settled by one sync thread (never two at once).
+    pub const RUNNING: u8 = 2;
+    /// Being settled, and queued again meanwhile: it goes back to the queue once done.
+    pub const RUNNING_AGAIN: u8 = 3;
+}
+
+/// Group commit: syncs dirty partitions, one fsync per partition per turn, however many
+/// appends it received since its last turn. A partition is in the queue at most once and
+/// settled by one thread at a time; queued again while it settles, it goes to the back of the
+/// queue when that settle ends, so a busy partition never starves the others. Real disks get
+/// [`SYNC_THREADS`] threads, which sync different partitions in parallel. Under the simulator
+/// (madsim runs no threads of its own) it is one task that takes every queued partition as a
+/// round after a simulated sync's latency, as if they synced in parallel.
 struct SyncWorker {
     tx: tokio::sync::mpsc::UnboundedSender<Arc<PartitionHandle>>,
 }
@@ -389,52 +413,95 @@ struct SyncWorker {
 impl SyncWorker {
     /// `latency`: how long a sync takes under the simulator (see `VirtualDisk::sync_latency`).
     fn start(#[cfg_attr(not(madsim), allow(unused_variables))] latency: Duration) -> SyncWorker {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
+        // The workers hold the queue weakly: dropping the broker's sender ends them.
+        let requeue = tx.downgrade();
         #[cfg(not(madsim))]
-        std::thread::Builder::new()
-            .name("keel-sync".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    sync_round(first, &mut rx);
-                }
-            })
-            .expect("spawn the sync thread");
-        #[cfg(madsim)]
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                // A simulated fsync takes time, as a real one does: appends made meanwhile
-                // stay unsynced, and a power loss then loses them.
-                tokio::time::sleep(latency).await;
-                sync_round(first, &mut rx);
+        {
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..SYNC_THREADS {
+                let (rx, requeue) = (rx.clone(), requeue.clone());
+                std::thread::Builder::new()
+                    .name(format!("keel-sync-{i}"))
+                    .spawn(move || loop {
+                        // One thread waits on the queue; the others wait for the lock.
+                        let next = rx.lock().expect("sync queue poisoned").blocking_recv();
+                        let Some(p) = next else {
+                            return;
+                        };
+                        settle_queued(&p, &requeue);
+                    })
+                    .expect("spawn a sync thread");
             }
-        });
+        }
+        #[cfg(madsim)]
+        {
+            let mut rx = rx;
+            tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    // A simulated fsync takes time, as a real one does: appends made meanwhile
+                    // stay unsynced, and a power loss then loses them.
+                    tokio::time::sleep(latency).await;
+                    let mut round = vec![first];
+                    while let Ok(p) = rx.try_recv() {
+                        round.push(p);
+                    }
+                    for p in round {
+                        settle_queued(&p, &requeue);
+                    }
+                }
+            });
+        }
         SyncWorker { tx }
     }
 
     fn queue(&self, p: &Arc<PartitionHandle>) {
-        if !p.queued.swap(true, Ordering::SeqCst) {
-            let _ = self.tx.send(p.clone());
+        use sync_state::*;
+        let mut state = p.sync_state.load(Ordering::SeqCst);
+        loop {
+            let next = match state {
+                IDLE => QUEUED,
+                RUNNING => RUNNING_AGAIN,
+                _ => return,
+            };
+            match p
+                .sync_state
+                .compare_exchange(state, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    if next == QUEUED {
+                        let _ = self.tx.send(p.clone());
+                    }
+                    return;
+                }
+                Err(now) => state = now,
+            }
         }
     }
 }
 
-/// One group-commit round: `first` and every partition queued behind it.
-fn sync_round(
-    first: Arc<PartitionHandle>,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Arc<PartitionHandle>>,
+/// Settles a partition taken from the queue, then puts it back at the end of the queue if it
+/// was queued again meanwhile.
+fn settle_queued(
+    p: &Arc<PartitionHandle>,
+    requeue: &tokio::sync::mpsc::WeakUnboundedSender<Arc<PartitionHandle>>,
 ) {
-    let mut round = vec![first];
-    while let Ok(p) = rx.try_recv() {
-        round.push(p);
-    }
-    for p in round {
-        // Clear first: an append after this point queues the partition again.
-        p.queued.store(false, Ordering::SeqCst);
-        if p.deleted.load(Ordering::SeqCst) {
-            continue;
-        }
+    use sync_state::*;
+    let was = p.sync_state.swap(RUNNING, Ordering::SeqCst);
+    debug_assert_eq!(was, QUEUED, "a partition leaves the queue only once");
+    if !p.deleted.load(Ordering::SeqCst) {
         if let Err(e) = p.settle() {
             tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
+        }
+    }
+    if p.sync_state
+        .compare_exchange(RUNNING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Queued again while it settled (the state is RUNNING_AGAIN).
+        p.sync_state.store(QUEUED, Ordering::SeqCst);
+        if let Some(tx) = requeue.upgrade() {
+            let _ = tx.send(p.clone());
         }
     }
 }
@@ -805,7 +872,7 @@ impl Broker {
             .collect()
     }
 
-    /// Queues a partition for the sync thread (after an append, or a change to persist).
+    /// Queues a partition for the sync threads (after an append, or a change to persist).
     pub fn queue_sync(&self, p: &Arc<PartitionHandle>) {
         self.sync.queue(p);
     }
@@ -1026,7 +1093,7 @@ impl Broker {
             high_watermark: watch::Sender::new(hw),
             durable_end: watch::Sender::new(durable),
             activity: watch::Sender::new(0),
-            queued: AtomicBool::new(false),
+            sync_state: AtomicU8::new(sync_state::IDLE),
             deleted: AtomicBool::new(false),
             fetching: AtomicBool::new(false),
             hw_sent: Mutex::new(BTreeMap::new()),
@@ -1068,7 +1135,7 @@ fn mark_damaged_on_disk(dir: &mut Dir) {
     }
 }
 
-/// Marks a replica deleted (its loops and the sync thread stop touching it) and removes its
+/// Marks a replica deleted (its loops and the sync threads stop touching it) and removes its
 /// directory.
 fn close_and_remove(disk: &Disk, p: &PartitionHandle) {
     p.deleted.store(true, Ordering::SeqCst);

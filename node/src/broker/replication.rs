@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use keel_core::batch::Batch;
 use keel_core::controller::{AlterPartitionRequest, BrokerId};
 use keel_core::partition::{
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{now_ms, Broker, PartitionHandle};
 use crate::cluster::{kind, Cluster, Proposed};
-use crate::peer::Incoming;
+use crate::peer::{Body, Incoming};
 
 /// The longest a leader holds a follower's fetch that has nothing new.
 pub const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -94,7 +94,9 @@ fn error_answer(error_code: i16, message: String) -> ReplicaFetchAnswer {
     }
 }
 
-fn encode_response(response: FetchResponse) -> ReplicaFetchAnswer {
+/// The answer to send: everything but the batches, and the batches (as stored) to send after
+/// it, as the answer's `records` field (see [`answer_body`]).
+fn encode_response(response: FetchResponse) -> (ReplicaFetchAnswer, Vec<Bytes>) {
     let mut answer = ReplicaFetchAnswer {
         leader_epoch: response.leader_epoch.0,
         high_watermark: response.high_watermark.0,
@@ -102,13 +104,10 @@ fn encode_response(response: FetchResponse) -> ReplicaFetchAnswer {
         log_end: response.log_end.0,
         ..ReplicaFetchAnswer::default()
     };
+    let mut records = Vec::new();
     match response.payload {
         FetchPayload::Records(batches) => {
-            let mut bytes = BytesMut::with_capacity(batches.iter().map(Batch::size).sum());
-            for b in &batches {
-                bytes.extend_from_slice(b.bytes());
-            }
-            answer.records = bytes.freeze();
+            records = batches.into_iter().map(|b| b.bytes().clone()).collect();
         }
         FetchPayload::Diverging { epoch, end_offset } => {
             answer.diverging = true;
@@ -117,7 +116,28 @@ fn encode_response(response: FetchResponse) -> ReplicaFetchAnswer {
         }
         FetchPayload::OffsetOutOfRange => answer.offset_out_of_range = true,
     }
-    answer
+    (answer, records)
+}
+
+/// The peer message body of `answer` with `records` as its `records` field: prost's encoding
+/// of the answer with them, the batches sent from the buffers they were read into. `answer`'s
+/// own `records` must be empty; the field (tag 7) goes last, after fields 8 to 11, which are
+/// at their defaults (left out) whenever there are records.
+fn answer_body(answer: &ReplicaFetchAnswer, records: Vec<Bytes>) -> Body {
+    debug_assert!(answer.records.is_empty());
+    let mut body = Body::new();
+    body.push_slice(&answer.encode_to_vec());
+    let len: usize = records.iter().map(Bytes::len).sum();
+    if len > 0 {
+        let mut key = Vec::with_capacity(11);
+        prost::encoding::encode_key(7, prost::encoding::WireType::LengthDelimited, &mut key);
+        prost::encoding::encode_varint(len as u64, &mut key);
+        body.push_slice(&key);
+        for r in records {
+            body.push(r);
+        }
+    }
+    body
 }
 
 /// The leader's answer as core's [`FetchResponse`]; `Err` for an error code or batches that do
@@ -174,15 +194,12 @@ pub async fn dispatch_peers(
                     return;
                 };
                 tokio::spawn(async move {
-                    let answer = broker
+                    let (answer, records) = broker
                         .serve_replica_fetch(message.envelope.body.clone())
                         .await;
                     if let Some(peers) = broker.cluster.peers() {
-                        let _ = peers.respond(
-                            &message,
-                            kind::REPLICA_FETCH,
-                            Bytes::from(answer.encode_to_vec()),
-                        );
+                        let body = answer_body(&answer, records);
+                        let _ = peers.respond_body(&message, kind::REPLICA_FETCH, body);
                     }
                 });
             }
@@ -196,16 +213,17 @@ pub async fn dispatch_peers(
 
 impl Broker {
     /// The leader's side of a follower's fetch.
-    async fn serve_replica_fetch(&self, body: Bytes) -> ReplicaFetchAnswer {
+    async fn serve_replica_fetch(&self, body: Bytes) -> (ReplicaFetchAnswer, Vec<Bytes>) {
+        let error = |code: i16, message: String| (error_answer(code, message), Vec::new());
         let m = match ReplicaFetchMessage::decode(body) {
             Ok(m) => m,
-            Err(e) => return error_answer(code::CORRUPT_MESSAGE, format!("undecodable: {e}")),
+            Err(e) => return error(code::CORRUPT_MESSAGE, format!("undecodable: {e}")),
         };
         let Some(p) = self
             .replica(&m.topic, m.partition)
             .filter(|p| p.topic_id.0[..] == m.topic_id[..])
         else {
-            return error_answer(
+            return error(
                 code::NOT_LEADER_OR_FOLLOWER,
                 format!("no replica of {}-{} here", m.topic, m.partition),
             );
@@ -234,7 +252,7 @@ impl Broker {
                     if let FetchError::Log(e) = &e {
                         p.read_failed(e);
                     }
-                    return error_answer(e.code(), e.to_string());
+                    return error(e.code(), e.to_string());
                 }
                 Ok(r) => r,
             };
@@ -486,8 +504,15 @@ mod tests {
             log_end: Offset(6),
             payload: FetchPayload::Records(batches.clone()),
         };
-        let bytes = encode_response(response).encode_to_vec();
-        let back = decode_response(ReplicaFetchAnswer::decode(&bytes[..]).unwrap()).unwrap();
+        let (answer, records) = encode_response(response);
+        let bytes = answer_body(&answer, records.clone()).concat();
+        // The same bytes as prost's encoding of the whole answer.
+        let whole = ReplicaFetchAnswer {
+            records: records.concat().into(),
+            ..answer
+        };
+        assert_eq!(&bytes[..], &whole.encode_to_vec()[..]);
+        let back = decode_response(ReplicaFetchAnswer::decode(bytes).unwrap()).unwrap();
         assert_eq!(back.leader_epoch, LeaderEpoch(4));
         assert_eq!((back.high_watermark, back.log_end), (Offset(2), Offset(6)));
         match back.payload {
@@ -504,20 +529,23 @@ mod tests {
     #[test]
     fn a_truncated_batch_from_the_leader_is_refused() {
         let batch = batch(0, 3);
-        let mut answer = encode_response(FetchResponse {
+        let (answer, records) = encode_response(FetchResponse {
             leader_epoch: LeaderEpoch(0),
             high_watermark: Offset(0),
             log_start: Offset(0),
             log_end: Offset(3),
             payload: FetchPayload::Records(vec![batch]),
         });
-        answer.records = answer.records.slice(..answer.records.len() - 1);
+        let records = records.concat();
+        let cut = Bytes::copy_from_slice(&records[..records.len() - 1]);
+        let bytes = answer_body(&answer, vec![cut]).concat();
+        let answer = ReplicaFetchAnswer::decode(bytes).unwrap();
         assert!(decode_response(answer).is_err());
     }
 
     #[test]
     fn diverging_and_errors_survive_the_wire() {
-        let answer = encode_response(FetchResponse {
+        let (answer, _) = encode_response(FetchResponse {
             leader_epoch: LeaderEpoch(3),
             high_watermark: Offset(5),
             log_start: Offset(0),
