@@ -58,6 +58,9 @@ pub const HEADER_BYTES: usize = field::RECORDS;
 const _: () = assert!(HEADER_BYTES == 61);
 /// baseOffset and batchLength: the bytes before what batchLength counts.
 pub const LOG_OVERHEAD_BYTES: usize = field::BATCH_LENGTH + 4;
+/// Bytes from the start of a batch to the end of the last field [`Batch::stamp`] writes (and
+/// the CRC does not cover): baseOffset, batchLength, partitionLeaderEpoch.
+pub const STAMPED_HEAD_BYTES: usize = field::MAGIC;
 /// The smallest legal batchLength: a header with no records.
 pub const BATCH_LENGTH_MIN: i32 = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
 /// The only batch format keel stores.
@@ -414,6 +417,23 @@ impl Batch {
 
     pub fn records_count(&self) -> i32 {
         read_i32(&self.bytes, field::RECORDS_COUNT)
+    }
+
+    /// The batch's first [`STAMPED_HEAD_BYTES`] as [`Batch::stamp`] would leave them
+    /// (baseOffset, batchLength, partitionLeaderEpoch): written in place of the batch's own, they
+    /// make the stamped batch without copying the rest.
+    pub fn stamped_head(
+        &self,
+        base_offset: Offset,
+        epoch: LeaderEpoch,
+    ) -> [u8; STAMPED_HEAD_BYTES] {
+        let mut head = [0u8; STAMPED_HEAD_BYTES];
+        head.copy_from_slice(&self.bytes[..STAMPED_HEAD_BYTES]);
+        head[field::BASE_OFFSET..field::BASE_OFFSET + 8]
+            .copy_from_slice(&base_offset.0.to_be_bytes());
+        head[field::PARTITION_LEADER_EPOCH..field::PARTITION_LEADER_EPOCH + 4]
+            .copy_from_slice(&epoch.0.to_be_bytes());
+        head
     }
 
     /// Writes baseOffset and partitionLeaderEpoch. Neither is covered by the CRC, so the batch

@@ -672,11 +672,22 @@ impl<S: Storage> Log<S> {
     pub fn append(
         &mut self,
         now_ms: i64,
-        mut batch: Batch,
+        batch: Batch,
         epoch: LeaderEpoch,
     ) -> Result<AppendInfo, LogError> {
-        batch.stamp(self.end, epoch);
-        self.append_stamped(now_ms, batch)
+        // Stamped as it is written: the stamped head goes to the file in place of the batch's
+        // own, so the batch (shared with the request it came in) is not copied to stamp it.
+        let head = batch.stamped_head(self.end, epoch);
+        let mut header = batch.header();
+        header.base_offset = self.end;
+        header.partition_leader_epoch = epoch;
+        let rest = &batch.bytes()[batch::STAMPED_HEAD_BYTES..];
+        debug_assert_eq!(
+            BatchHeader::read(&[&head[..], &rest[..HEADER_BYTES - head.len()]].concat()),
+            Ok(header),
+            "the stamped head is the stamped header's"
+        );
+        self.append_stamped(now_ms, &header, &[&head, rest])
     }
 
     /// Appends a batch fetched from the leader, keeping its offsets and epoch. Its base offset
@@ -688,13 +699,21 @@ impl<S: Storage> Log<S> {
                 end: self.end,
             });
         }
-        self.append_stamped(now_ms, batch)
+        self.append_stamped(now_ms, &batch.header(), &[batch.bytes()])
     }
 
-    fn append_stamped(&mut self, now_ms: i64, batch: Batch) -> Result<AppendInfo, LogError> {
-        if batch.size() as u64 > self.config.segment_bytes_max {
+    /// Appends the batch whose (stamped) header is `header` and whose bytes are `parts` one
+    /// after another.
+    fn append_stamped(
+        &mut self,
+        now_ms: i64,
+        header: &BatchHeader,
+        parts: &[&[u8]],
+    ) -> Result<AppendInfo, LogError> {
+        debug_assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), header.size);
+        if header.size as u64 > self.config.segment_bytes_max {
             return Err(LogError::BatchTooLarge {
-                size: batch.size(),
+                size: header.size,
                 limit: self.config.segment_bytes_max,
             });
         }
@@ -703,9 +722,9 @@ impl<S: Storage> Log<S> {
         let starts_epoch = self
             .epochs
             .latest()
-            .is_none_or(|e| batch.partition_leader_epoch() > e.epoch);
+            .is_none_or(|e| header.partition_leader_epoch > e.epoch);
         let epochs_before = starts_epoch.then(|| self.epochs.clone());
-        let written = self.append_write(now_ms, &batch, starts_epoch);
+        let written = self.append_write(now_ms, header, parts, starts_epoch);
         if let (Err(_), Some(before)) = (&written, epochs_before) {
             self.epochs = before;
         }
@@ -716,12 +735,12 @@ impl<S: Storage> Log<S> {
             .next_back()
             .expect("active segment");
         let position = active.size;
-        active.index(&batch.header(), position, self.config.index_interval_bytes);
-        self.end = batch.next_offset();
+        active.index(header, position, self.config.index_interval_bytes);
+        self.end = header.next_offset();
         debug_assert!(self.end > self.durable_end);
         Ok(AppendInfo {
-            base_offset: batch.base_offset(),
-            last_offset: batch.last_offset(),
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
         })
     }
 
@@ -730,24 +749,28 @@ impl<S: Storage> Log<S> {
     fn append_write(
         &mut self,
         now_ms: i64,
-        batch: &Batch,
+        header: &BatchHeader,
+        parts: &[&[u8]],
         starts_epoch: bool,
     ) -> Result<(), LogError> {
         if starts_epoch
             && self
                 .epochs
-                .assign(batch.partition_leader_epoch(), batch.base_offset())
+                .assign(header.partition_leader_epoch, header.base_offset)
         {
             self.write_epochs()?;
         }
         let active = self.active();
-        let too_big = active.size + batch.size() as u64 > self.config.segment_bytes_max;
+        let too_big = active.size + header.size as u64 > self.config.segment_bytes_max;
         let too_old = now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms_max;
         if active.size > 0 && (too_big || too_old) {
-            self.roll(now_ms, batch.base_offset())?;
+            self.roll(now_ms, header.base_offset)?;
         }
         let file = self.active().file.clone();
-        self.storage.append(&file, batch.bytes())?;
+        match parts {
+            [one] => self.storage.append(&file, one)?,
+            parts => self.storage.append_parts(&file, parts)?,
+        }
         Ok(())
     }
 

@@ -36,6 +36,12 @@ pub trait Storage {
     fn create(&mut self, name: &str) -> Result<(), StorageError>;
     /// Appends `data` at the end of the file. Not durable until [`Storage::sync`].
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError>;
+    /// Appends `parts` one after another, as one append: what a crash or a failed append
+    /// leaves of it is what it would leave of `append` with their concatenation. This default
+    /// concatenates them; a file system writes them with one vectored write.
+    fn append_parts(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        self.append(name, &parts.concat())
+    }
     /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError>;
     /// The file's current length (including unsynced appends).

@@ -107,7 +107,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// glibc's malloc serves allocations from this size up with fresh `mmap`s, each faulted in and
+/// zeroed page by page and unmapped when freed. A broker allocates buffers of up to a
+/// megabyte or so all the time (read windows, request and peer frames): below this size they
+/// come from the heap and reuse its warm pages.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 16 << 20;
+/// Free memory glibc's malloc keeps at the top of a heap instead of returning it to the
+/// kernel (which would fault it in again on the next large allocation).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 128 << 20;
+
+/// Sets glibc's malloc up for a broker's allocations (see [`MALLOC_MMAP_THRESHOLD_BYTES`]).
+/// In profiles before this, page faults on freshly mapped buffers took about 10% of the
+/// brokers' CPU at acks=all.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
+    }
+}
+
 fn run(args: StartArgs) -> ExitCode {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -123,6 +123,21 @@ impl Storage for FileStorage {
         (&*file).write_all(data).map_err(|e| error(name, e))
     }
 
+    fn append_parts(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        let file = self.handle(name)?;
+        let mut parts: Vec<io::IoSlice> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            match (&*file).write_vectored(parts) {
+                Ok(0) => return Err(error(name, io::ErrorKind::WriteZero.into())),
+                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(error(name, e)),
+            }
+        }
+        Ok(())
+    }
+
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
         let file = self.handle(name)?;
         // Small reads (the log's) trust `len`; a large one is bounded by the file first, so
@@ -280,6 +295,9 @@ impl Storage for Dir {
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
         self.storage_mut().append(name, data)
     }
+    fn append_parts(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        self.storage_mut().append_parts(name, parts)
+    }
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
         self.storage().read_at(name, pos, len)
     }
@@ -385,6 +403,9 @@ mod tests {
         assert_eq!(s.create("a"), Err(StorageError::AlreadyExists("a".into())));
         s.append("a", b"hello ").unwrap();
         s.append("a", b"world").unwrap();
+        s.append_parts("a", &[b"", b" and", b"", b" more"]).unwrap();
+        assert_eq!(s.read_at("a", 11, 100).unwrap(), &b" and more"[..]);
+        s.truncate("a", 11).unwrap();
         s.sync("a").unwrap();
         assert_eq!(s.read_at("a", 6, 100).unwrap(), &b"world"[..]);
         assert_eq!(s.read_at("a", 100, 10).unwrap(), &b""[..]);

@@ -93,6 +93,23 @@ fn stamping_keeps_the_crc_valid() {
     assert_eq!(reparsed.records().unwrap()[2].offset, Offset(1236));
 }
 
+/// The log writes a leader's batch as its stamped head and the rest of its bytes: together
+/// they are the stamped batch, byte for byte.
+#[test]
+fn the_stamped_head_and_the_rest_are_the_stamped_batch() {
+    let b = sample(Compression::None);
+    let head = b.stamped_head(Offset(1234), LeaderEpoch(7));
+    let mut stamped = b.clone();
+    stamped.stamp(Offset(1234), LeaderEpoch(7));
+    let written = [&head[..], &b.bytes()[STAMPED_HEAD_BYTES..]].concat();
+    assert_eq!(&written[..], &stamped.bytes()[..]);
+    assert_eq!(
+        &b.bytes()[..8],
+        &[0u8; 8],
+        "the batch itself is not stamped"
+    );
+}
+
 /// LogValidator: with LogAppendTime the broker sets maxTimestamp and recomputes the CRC.
 #[test]
 fn log_append_time_sets_max_timestamp_and_recomputes_crc() {
