@@ -1251,6 +1251,8 @@ impl<S: Storage> Log<S> {
             .expect("a log always has an active segment");
         let (file, created_ms, size) = (segment.file.clone(), segment.created_ms, segment.size);
         let (_, mut position) = segment.lookup(offset);
+        // The first offset of the batch the cut falls in, as its header on the disk says.
+        let mut cut_base = None;
         while position < size {
             let header = self
                 .storage
@@ -1263,6 +1265,7 @@ impl<S: Storage> Log<S> {
                 error,
             })?;
             if header.last_offset() >= offset {
+                cut_base = Some(header.base_offset);
                 break;
             }
             position += header.size as u64;
@@ -1295,6 +1298,21 @@ impl<S: Storage> Log<S> {
                         "the batches before the truncation point at {offset} end at byte {}, \
                          not {position}",
                         rebuilt.size
+                    )),
+                });
+            }
+            // The header the cut was found by does not follow the batches before it: it was
+            // written somewhere else (a misdirected write), and cutting there would end the
+            // log below the cut.
+            None if cut_base.is_some_and(|b| b != rebuilt.next_offset) => {
+                return Err(LogError::Corrupt {
+                    file,
+                    position,
+                    error: BatchError::CorruptRecords(format!(
+                        "the batch at the truncation point at {offset} starts at offset {}, \
+                         but the batches before it end at {}",
+                        cut_base.map_or(-1, |b| b.0),
+                        rebuilt.next_offset
                     )),
                 });
             }

@@ -560,6 +560,18 @@ impl<S: Storage> PartitionReplica<S> {
         self.high_watermark
     }
 
+    /// On a leader, the end of what every member of the ISR (at least min.insync.replicas of
+    /// them) holds on disk: acks=all is answered up to here. It runs ahead of the exposed
+    /// [`high_watermark`](Self::high_watermark) while the high watermark file is written, since
+    /// an acknowledged write's safety rests on the ISR's durable ends (invariants 3 and 4) and
+    /// the file only keeps what readers were shown from going backwards (invariant 2).
+    pub fn committed_end(&self) -> Offset {
+        match &self.role {
+            RoleState::Leader(_) => self.hw_wanted.max(self.high_watermark),
+            RoleState::Follower(_) | RoleState::Offline => self.high_watermark,
+        }
+    }
+
     /// What reading the replica state on open found.
     pub fn state_report(&self) -> &StateReport {
         &self.state_report
@@ -979,7 +991,7 @@ impl<S: Storage> PartitionReplica<S> {
             return AckStatus::Acked;
         }
         let enough = l.maximal_isr().len() >= l.effective_min_isr(self.config.min_insync_replicas);
-        match (self.high_watermark > last_offset, enough) {
+        match (self.committed_end() > last_offset, enough) {
             (true, true) => AckStatus::Acked,
             (_, false) => AckStatus::Failed(code::NOT_ENOUGH_REPLICAS_AFTER_APPEND),
             (false, true) => AckStatus::Waiting,

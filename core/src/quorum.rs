@@ -355,7 +355,8 @@ pub struct OpenReport {
     /// The commit index restored (entries up to it are re-applied by the first polls).
     pub commit: u64,
     /// The commit index stored, when it was past the last entry that survived (the disk lost
-    /// synced entries) and `commit` was lowered to that entry.
+    /// synced entries) and `commit` was lowered to that entry (learners only: a voter refuses
+    /// to open).
     pub commit_lowered_from: Option<u64>,
 }
 
@@ -422,8 +423,17 @@ impl<S: Storage> QuorumNode<S> {
         // keel writes entries in the same frame as, or before, the hard state that commits
         // them, so a commit index past the log means the disk lost entries it had synced (a
         // damaged frame cut the replay short, or a misdirected write put a later frame first).
-        // Committed entries live on a quorum: the node starts with what it has and the leader
-        // sends it the rest (raft-rs refuses a commit index past the log, so lower it).
+        // A learner starts with what it has and the leader sends it the rest (raft-rs refuses
+        // a commit index past the log, so lower it). A voter must not: with committed entries
+        // missing it could vote for a candidate that lacks them, and they would be lost.
+        let voter = conf_state.voters.contains(&raft_id(config.node));
+        if hard_state.commit > last && voter {
+            return Err(QuorumError::Corrupt(format!(
+                "commit index {} past the last entry {last}: this voter's disk lost committed \
+                 entries, and it must not vote without them",
+                hard_state.commit
+            )));
+        }
         let commit_lowered_from = (hard_state.commit > last).then(|| {
             let from = hard_state.commit;
             hard_state.commit = last;

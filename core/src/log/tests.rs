@@ -1085,6 +1085,37 @@ fn truncation_that_meets_damage_before_the_cut_fails_and_keeps_the_log() {
     assert_eq!(after.last().unwrap().next_offset(), Offset(12));
 }
 
+/// A misdirected write put a later batch (offsets 8..=9) where an earlier one (4..=5) was: the
+/// walk from the sparse index to the cut at 8 meets that header first and would cut there,
+/// where the batches before end at 4, ending the log below the cut. The truncation refuses
+/// and leaves the log whole (the replica then marks itself damaged and fetches back). Found by
+/// the simulator: a follower's truncation ended its log below its high watermark and the
+/// broker crashed on the invariant 6 assertion.
+#[test]
+fn truncation_that_meets_a_misplaced_batch_fails_and_keeps_the_log() {
+    let mut log = open(MemStorage::new(), LogConfig::default());
+    fill_epoch(&mut log, 6, 1); // offsets 0..12, two per batch, one index entry
+    log.sync().unwrap();
+    let name = "00000000000000000000.log";
+    let size = log.read(Offset(0), 1, log.end()).unwrap()[0].size();
+    let mut bytes = storage::read_all(&log.storage, name).unwrap().to_vec();
+    let later = bytes[4 * size..5 * size].to_vec();
+    bytes[2 * size..3 * size].copy_from_slice(&later);
+    log.storage.truncate(name, 0).unwrap();
+    log.storage.append(name, &bytes).unwrap();
+    log.storage.sync(name).unwrap();
+    let err = log
+        .truncate_to(Offset(8))
+        .expect_err("the batches before the misplaced header end at 4");
+    assert!(
+        matches!(err, LogError::Corrupt { position, .. } if position == 2 * size as u64),
+        "{err:?}"
+    );
+    assert_eq!(log.end(), Offset(12), "nothing was cut");
+    assert_eq!(log.durable_end(), Offset(12));
+    log.check_invariants();
+}
+
 /// A truncation whose sync fails leaves the log cut in memory as on the disk (not yet
 /// durable), so that later appends land where the indexes say. It used to return with the
 /// later segments gone from memory but the log end and the cut segment's indexes stale.

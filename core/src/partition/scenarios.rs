@@ -50,6 +50,7 @@ fn high_watermark_advances_only_after_every_isr_member_synced() {
         Offset(0),
         "node 2 has not synced"
     );
+    assert!(c.acked.is_empty(), "node 2 has not synced");
     c.sync(2);
     c.fetch(2);
     assert_eq!(
@@ -57,10 +58,13 @@ fn high_watermark_advances_only_after_every_isr_member_synced() {
         Offset(0),
         "not exposed before it is persisted"
     );
-    assert!(c.acked.is_empty());
+    assert_eq!(
+        c.acked.len(),
+        1,
+        "acknowledged once every ISR member has it on disk"
+    );
     c.persist(0);
     assert_eq!(c.replica(0).high_watermark(), Offset(3));
-    assert_eq!(c.acked.len(), 1, "acknowledged once committed");
     // Followers learn it from the next fetch, bounded by their own durable end.
     c.fetch(1);
     c.persist(1);
@@ -474,6 +478,45 @@ fn a_restarted_leader_may_not_lead_its_old_epoch_again() {
     next.partition_epoch = 10;
     r.become_leader(harness::T0, &mut snaps, &next).unwrap();
     assert!(r.is_leader());
+}
+
+/// acks=all is answered once every ISR member has the write on disk, before the leader's high
+/// watermark file is written: the write's safety rests on the ISR's durable ends (invariants 3
+/// and 4); the file guards only what readers are shown (invariant 2), so the exposed high
+/// watermark still waits for it.
+#[test]
+fn acks_all_is_answered_before_the_high_watermark_is_persisted() {
+    let mut c = cluster(Settings::default());
+    c.rounds(2);
+    let w = c.produce(2, true).unwrap();
+    c.sync_log(0);
+    let epoch = w.leader_epoch;
+    assert_eq!(
+        c.replica(0).produce_status(epoch, w.last_offset),
+        AckStatus::Waiting,
+        "the followers do not have it yet"
+    );
+    for i in [1, 2] {
+        c.fetch(i);
+        c.sync_log(i);
+    }
+    c.fetch(1);
+    assert_eq!(
+        c.replica(0).produce_status(epoch, w.last_offset),
+        AckStatus::Waiting,
+        "node 2 has it on disk, but has not said so yet"
+    );
+    c.fetch(2);
+    let r = c.replica(0);
+    assert_eq!(r.produce_status(epoch, w.last_offset), AckStatus::Acked);
+    assert!(r.committed_end() > w.last_offset);
+    assert!(
+        r.high_watermark() <= w.last_offset,
+        "exposed only once persisted"
+    );
+    c.persist(0);
+    assert!(c.replica(0).high_watermark() > w.last_offset);
+    c.check_all_acked_everywhere();
 }
 
 /// Kafka's `checkEnoughReplicasReachOffset` answers only on the leader that appended: a write

@@ -879,7 +879,7 @@ fn torn_tail_is_cut_on_open() {
 /// A learner whose log file lost committed entries it had synced: a misdirected write put a
 /// later frame (a hard state whose commit index is past everything else) at the start of the
 /// file, over the first frame. Open keeps the term, lowers the commit index to the log that
-/// survived and says so; the leader then sends the learner the rest. Found by the simulator:
+/// survived and says so; the leader then sends the learner the rest. A voter refuses. Found by the simulator:
 /// such a broker refused to start ever again, and with it the acknowledged writes it led
 /// stayed out of reach.
 #[test]
@@ -916,6 +916,13 @@ fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     assert_eq!(report.term, term);
     assert_eq!(report.commit, 0);
     assert_eq!(report.commit_lowered_from, Some(commit));
+    // A voter with the same damage refuses to open: it could vote for a candidate that lacks
+    // the entries it lost.
+    let as_voter = QuorumConfig::new(b(3), vec![b(0), b(1), b(2), b(3)], vec![]);
+    assert!(matches!(
+        QuorumNode::open(as_voter, damaged.clone()),
+        Err(QuorumError::Corrupt(_))
+    ));
     storage.inner = damaged;
     slot.parked = Some(storage);
     // It lost entries it had acknowledged: the harness's check of that does not apply.

@@ -287,16 +287,19 @@ impl ProduceWait {
     async fn finish(mut self) -> ProduceResponse {
         let deadline = tokio::time::Instant::now() + self.timeout;
         for (t, p, partition, appended) in self.waits.drain(..) {
-            let mut hw = partition.subscribe();
+            let mut committed = partition.subscribe_committed();
             let status = loop {
-                hw.borrow_and_update();
+                committed.borrow_and_update();
                 let status = partition
                     .with(|r| r.produce_status(appended.leader_epoch, appended.last_offset));
                 if status != AckStatus::Waiting {
                     break status;
                 }
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if tokio::time::timeout(left, hw.changed()).await.is_err() {
+                if tokio::time::timeout(left, committed.changed())
+                    .await
+                    .is_err()
+                {
                     break AckStatus::Failed(err::REQUEST_TIMED_OUT);
                 }
             };

@@ -169,6 +169,10 @@ pub struct PartitionHandle {
     high_watermark: watch::Sender<Offset>,
     /// The log's durable end, for a follower waiting for its sync.
     durable_end: watch::Sender<Offset>,
+    /// The leader's committed end ([`PartitionReplica::committed_end`]), for acks=all
+    /// produces: it moves as soon as the ISR has a write on disk, ahead of the high watermark
+    /// file's write. Also signalled, unchanged, when the role changes.
+    committed: watch::Sender<Offset>,
     /// Bumped on every append and high watermark move: wakes followers' waiting fetches.
     activity: watch::Sender<u64>,
     /// Where the partition is in the group-commit work (`sync_state`).
@@ -212,6 +216,21 @@ impl PartitionHandle {
 
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
+    }
+
+    /// Waits for acks=all produces: see [`PartitionHandle::committed`].
+    pub fn subscribe_committed(&self) -> watch::Receiver<Offset> {
+        self.committed.subscribe()
+    }
+
+    /// Tells acks=all waiters the committed end, if it changed.
+    pub fn note_committed(&self) {
+        let committed = self.with(|r| r.committed_end());
+        self.committed.send_if_modified(|c| {
+            let moved = *c != committed;
+            *c = committed;
+            moved
+        });
     }
 
     fn publish_high_watermark(&self, hw: Offset) {
@@ -322,6 +341,7 @@ impl PartitionHandle {
     /// Wakes produce and fetch waiters so that they look at the partition again.
     fn wake_waiters(&self) {
         self.high_watermark.send_modify(|_| {});
+        self.committed.send_modify(|_| {});
         self.touch();
     }
 
@@ -332,10 +352,15 @@ impl PartitionHandle {
             self.syncer
                 .sync_file(&pending.file)
                 .map_err(|e| e.to_string())?;
-            self.with(|r| {
+            let durable = self.with(|r| {
                 r.log_mut().complete_sync(pending);
-                r.update_high_watermark()
+                r.update_high_watermark();
+                r.log().durable_end()
             });
+            // Before the high watermark file's write: a follower reports its new durable end
+            // in its next fetch, and a leader answers acks=all produces, without waiting for it.
+            raise(&self.durable_end, durable);
+            self.note_committed();
         }
         while let Some(write) = self.with(|r| r.prepare_state_write()) {
             // Through a clone of the log's storage, not under the snapshot lock: a follower's
@@ -1092,6 +1117,7 @@ impl Broker {
             syncer,
             high_watermark: watch::Sender::new(hw),
             durable_end: watch::Sender::new(durable),
+            committed: watch::Sender::new(hw),
             activity: watch::Sender::new(0),
             sync_state: AtomicU8::new(sync_state::IDLE),
             deleted: AtomicBool::new(false),
