@@ -60,7 +60,15 @@ pub struct TruncatedTail {
     pub bytes: u64,
     /// What was wrong with the frame at `position`.
     pub reason: String,
+    /// Where a whole frame was found in the cut bytes, if one was (within
+    /// [`SCAN_AFTER_CUT_BYTES`] of the cut). A power loss only tears what was written last,
+    /// so a whole frame after a bad one means the disk damaged bytes it had synced: what the
+    /// cut removed may have been durable, and acknowledged.
+    pub whole_frame_after: Option<u64>,
 }
+
+/// How far past a cut [`replay_file`] looks for a whole frame ([`TruncatedTail::whole_frame_after`]).
+pub const SCAN_AFTER_CUT_BYTES: usize = 4 << 20;
 
 /// Opens (creating if missing) the framed file `name` and hands each frame's payload, in
 /// order, to `each`. A frame that is short, out of range or fails its CRC, or whose payload
@@ -91,10 +99,15 @@ pub fn replay_file<S: Storage, E: From<StorageError>>(
             },
             Err(reason) => reason,
         };
+        let scan_end = bytes.len().min(pos.saturating_add(SCAN_AFTER_CUT_BYTES));
+        let whole_frame_after = (pos + 1..scan_end)
+            .find(|&at| decode(&bytes[at..], payload_bytes_max).is_ok())
+            .map(|at| at as u64);
         tail = Some(TruncatedTail {
             position: pos as u64,
             bytes: (bytes.len() - pos) as u64,
             reason: refused,
+            whole_frame_after,
         });
         break;
     }
@@ -164,5 +177,39 @@ mod tests {
         let (again, none) =
             replay_file::<_, StorageError>(&mut s, "f", 100, |_| Ok(Ok(()))).unwrap();
         assert_eq!((again, none), (end, None));
+    }
+
+    /// A torn tail (a prefix of the last write, then zeros) has no whole frame after the cut;
+    /// rot in a frame before others does, which tells damage to synced bytes from a crash.
+    #[test]
+    fn a_whole_frame_after_the_cut_is_reported() {
+        use crate::storage::MemStorage;
+        let frames: Vec<Vec<u8>> = [&b"one"[..], b"two", b"three"]
+            .iter()
+            .map(|p| encode(p))
+            .collect();
+        let replay = |bytes: &[u8]| {
+            let mut s = MemStorage::new();
+            s.create("f").unwrap();
+            s.append("f", bytes).unwrap();
+            replay_file::<_, StorageError>(&mut s, "f", 100, |_| Ok(Ok(())))
+                .unwrap()
+                .1
+                .expect("cut")
+        };
+        let whole = frames.concat();
+        let torn_at = frames[0].len() + frames[1].len() + 5;
+        let mut torn = whole[..torn_at].to_vec();
+        torn.extend_from_slice(&[0; 40]);
+        assert_eq!(replay(&torn).whole_frame_after, None, "a torn tail");
+        let mut rotten = whole.clone();
+        rotten[frames[0].len() + HEADER_BYTES + 1] ^= 0x04;
+        let tail = replay(&rotten);
+        assert_eq!(tail.position, frames[0].len() as u64);
+        assert_eq!(
+            tail.whole_frame_after,
+            Some((frames[0].len() + frames[1].len()) as u64),
+            "the third frame is whole"
+        );
     }
 }

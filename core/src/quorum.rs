@@ -355,9 +355,12 @@ pub struct OpenReport {
     /// The commit index restored (entries up to it are re-applied by the first polls).
     pub commit: u64,
     /// The commit index stored, when it was past the last entry that survived (the disk lost
-    /// synced entries) and `commit` was lowered to that entry (learners only: a voter refuses
-    /// to open).
+    /// synced entries) and `commit` was lowered to that entry.
     pub commit_lowered_from: Option<u64>,
+    /// A voter whose log lost entries it had synced (a lowered commit index, or a whole frame
+    /// after the damaged one): it neither votes nor campaigns until it has caught up with a
+    /// leader ([`QuorumNode::is_abstaining`]).
+    pub abstaining: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -399,6 +402,13 @@ pub struct QuorumNode<S: Storage> {
     snapshot_ticks: BTreeMap<u64, u32>,
     /// The HardState in the last frame written.
     written_hs: HardState,
+    /// This voter's log lost entries it had acknowledged: its vote could elect a leader that
+    /// lacks them, so it sends no vote (or pre-vote) grants and no campaign until it holds
+    /// everything a leader had committed (Protocol-Aware Recovery, Alagappan et al., FAST
+    /// 2018, in its simplest form).
+    abstaining: bool,
+    /// The largest commit index a leader of the current term sent (before any clamping).
+    leader_commit_seen: u64,
     poisoned: bool,
 }
 
@@ -423,22 +433,24 @@ impl<S: Storage> QuorumNode<S> {
         // keel writes entries in the same frame as, or before, the hard state that commits
         // them, so a commit index past the log means the disk lost entries it had synced (a
         // damaged frame cut the replay short, or a misdirected write put a later frame first).
-        // A learner starts with what it has and the leader sends it the rest (raft-rs refuses
-        // a commit index past the log, so lower it). A voter must not: with committed entries
-        // missing it could vote for a candidate that lacks them, and they would be lost.
-        let voter = conf_state.voters.contains(&raft_id(config.node));
-        if hard_state.commit > last && voter {
-            return Err(QuorumError::Corrupt(format!(
-                "commit index {} past the last entry {last}: this voter's disk lost committed \
-                 entries, and it must not vote without them",
-                hard_state.commit
-            )));
-        }
+        // The node starts with what it has and the leader sends it the rest (raft-rs refuses a
+        // commit index past the log, so lower it).
         let commit_lowered_from = (hard_state.commit > last).then(|| {
             let from = hard_state.commit;
             hard_state.commit = last;
             from
         });
+        // A voter that may have lost entries it had acknowledged must not help elect a leader
+        // that lacks them (raft's safety assumes it cannot lose them): it abstains until it
+        // has caught up with a leader (see `abstaining`).
+        let lost_synced = commit_lowered_from.is_some()
+            || disk_report
+                .truncated
+                .as_ref()
+                .is_some_and(|t| t.whole_frame_after.is_some());
+        let abstaining = lost_synced
+            && conf_state.voters.len() > 1
+            && conf_state.voters.contains(&raft_id(config.node));
         let report = OpenReport {
             disk: disk_report,
             snapshot_index,
@@ -446,6 +458,7 @@ impl<S: Storage> QuorumNode<S> {
             term: hard_state.term,
             commit: hard_state.commit,
             commit_lowered_from,
+            abstaining,
         };
         let written_hs = hard_state.clone();
         let cache = LogCache {
@@ -494,6 +507,8 @@ impl<S: Storage> QuorumNode<S> {
             reported: (0, 0),
             snapshot_ticks: BTreeMap::new(),
             written_hs,
+            abstaining,
+            leader_commit_seen: 0,
             poisoned: false,
         };
         Ok((node, report))
@@ -554,6 +569,13 @@ impl<S: Storage> QuorumNode<S> {
             return Err(StepError::Protocol("a forwarded proposal".into()));
         }
         let mut message = message;
+        if matches!(
+            message.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgAppend
+        ) && message.term >= self.raw.raft.term
+        {
+            self.leader_commit_seen = self.leader_commit_seen.max(message.commit);
+        }
         if message.get_msg_type() == MessageType::MsgHeartbeat {
             // raft-rs asserts that a heartbeat's commit lies within this log. A log whose disk
             // damaged acknowledged entries (recovery cut them) would abort the broker: commit
@@ -677,8 +699,39 @@ impl<S: Storage> QuorumNode<S> {
         self.maybe_compact()
     }
 
+    /// Whether this voter still abstains ([`OpenReport::abstaining`]).
+    pub fn is_abstaining(&self) -> bool {
+        self.abstaining
+    }
+
+    /// Ends the abstention once a leader is known and this log has committed everything the
+    /// leader said it had: every entry committed before is then in it.
+    fn maybe_end_abstention(&mut self) {
+        let raft = &self.raw.raft;
+        if self.abstaining
+            && raft.leader_id != raft::INVALID_ID
+            && self.leader_commit_seen > 0
+            && raft.raft_log.committed >= self.leader_commit_seen
+            && raft.raft_log.persisted >= self.leader_commit_seen
+        {
+            self.abstaining = false;
+        }
+    }
+
     fn queue_messages(&mut self, messages: Vec<Message>) {
+        self.maybe_end_abstention();
         for m in messages {
+            if self.abstaining {
+                let campaign_or_grant = match m.get_msg_type() {
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => true,
+                    MessageType::MsgRequestVoteResponse
+                    | MessageType::MsgRequestPreVoteResponse => !m.reject,
+                    _ => false,
+                };
+                if campaign_or_grant {
+                    continue;
+                }
+            }
             match broker_of(m.to) {
                 Some(to) => self.out.messages.push((to, m)),
                 None => debug_assert!(false, "raft addressed a message to raft id {}", m.to),

@@ -20,12 +20,17 @@ const FIXED_SEEDS: std::ops::Range<u64> = 1..41;
 /// place (6), a leaderless partition after a stale registration (23), a part-done discard
 /// (88), a repair counted before its discard (148), a broker that failed to start (279), a log
 /// left without a segment (321), the only voter's disk damaged (493), a `__consumer_offsets`
-/// partition whose only ISR member was the damaged replica, under min.insync.replicas=1 (152).
-const REGRESSION_SEEDS: [u64; 13] = [6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1673];
+/// partition whose only ISR member was the damaged replica, under min.insync.replicas=1 (152),
+/// a raft voter whose metadata log rotted electing a leader that lacked committed entries
+/// (1381), a truncation cut at a misplaced batch header (2838).
+const REGRESSION_SEEDS: [u64; 15] = [
+    6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1381, 1673, 2838,
+];
 
 /// Regression seeds found with some fault kinds left out, run with the same mix: a learner
 /// whose metadata log lost committed entries (a misdirected write) that never started again,
-/// which kept the acknowledged writes it led out of reach (16).
+/// which kept the acknowledged writes it led out of reach (16); a follower's truncation that
+/// ended below its high watermark at a misplaced batch header (548).
 fn regression_seeds_with_a_mix() -> Vec<(u64, Vec<Fault>)> {
     let crashes_only = vec![
         Fault::Latency,
@@ -33,7 +38,7 @@ fn regression_seeds_with_a_mix() -> Vec<(u64, Vec<Fault>)> {
         Fault::FullDisk,
         Fault::SwizzleClog,
     ];
-    vec![(16, crashes_only)]
+    vec![(16, crashes_only.clone()), (548, crashes_only)]
 }
 
 /// Eight seeds from the commit being tested (`KEEL_SIM_SEED_BASE`, set by .ci/test.sh from the

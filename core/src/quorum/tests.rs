@@ -879,7 +879,7 @@ fn torn_tail_is_cut_on_open() {
 /// A learner whose log file lost committed entries it had synced: a misdirected write put a
 /// later frame (a hard state whose commit index is past everything else) at the start of the
 /// file, over the first frame. Open keeps the term, lowers the commit index to the log that
-/// survived and says so; the leader then sends the learner the rest. A voter refuses. Found by the simulator:
+/// survived and says so; the leader then sends the learner the rest. Found by the simulator:
 /// such a broker refused to start ever again, and with it the acknowledged writes it led
 /// stayed out of reach.
 #[test]
@@ -916,13 +916,12 @@ fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     assert_eq!(report.term, term);
     assert_eq!(report.commit, 0);
     assert_eq!(report.commit_lowered_from, Some(commit));
-    // A voter with the same damage refuses to open: it could vote for a candidate that lacks
-    // the entries it lost.
+    assert!(!report.abstaining, "a learner has no vote to withhold");
+    // A voter with the same damage opens too, but abstains: it could vote for a candidate
+    // that lacks the entries it lost.
     let as_voter = QuorumConfig::new(b(3), vec![b(0), b(1), b(2), b(3)], vec![]);
-    assert!(matches!(
-        QuorumNode::open(as_voter, damaged.clone()),
-        Err(QuorumError::Corrupt(_))
-    ));
+    let (voter, report) = QuorumNode::open(as_voter, damaged.clone()).unwrap();
+    assert!(report.abstaining && voter.is_abstaining());
     storage.inner = damaged;
     slot.parked = Some(storage);
     // It lost entries it had acknowledged: the harness's check of that does not apply.
@@ -938,6 +937,61 @@ fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     net.propose(leader, 9, create_topic(&state, 9));
     net.heal_and_converge(200);
     assert_eq!(topic_names(net.node(b(3)).state()).len(), 5);
+}
+
+/// Raft's safety assumes a voter never loses what it acknowledged. Voters 0 and 2 hold the
+/// committed entries, voter 1 lags; then rot destroys synced frames in the middle of voter 2's
+/// log. After a restart, voters 1 and 2 alone must not elect a leader (voter 2's vote would
+/// elect voter 1, which lacks committed entries); voter 2 abstains until it has caught up
+/// with a leader, so the committed entries survive once voter 0 is back. Found by the
+/// simulator (seed 1381): two leaders at one leader epoch, from a metadata log that lost
+/// committed records.
+#[test]
+fn a_voter_whose_log_rotted_abstains_until_it_caught_up() {
+    let mut net = Net::new(&[0, 1, 2], &[], 1000, 10);
+    let leader = net.elect(60);
+    let others: Vec<BrokerId> = net.ids().into_iter().filter(|&id| id != leader).collect();
+    let (lagging, rotten) = (others[0], others[1]);
+    net.cut_off(lagging);
+    for n in 0..6 {
+        let state = net.node(leader).state().clone();
+        net.propose(leader, n, create_topic(&state, n));
+    }
+    net.ticks(5);
+    assert_eq!(topic_names(net.node(rotten).state()).len(), 6);
+    assert!(topic_names(net.node(lagging).state()).is_empty());
+    for id in net.ids() {
+        net.crash(id);
+    }
+    // Rot in the second frame: the replay stops there, though later frames are whole.
+    let slot = net.slots.get_mut(&rotten).unwrap();
+    let storage = slot.parked.as_mut().unwrap();
+    let first = {
+        let bytes = crate::storage::read_all(&storage.inner, disk::RAFT_LOG_FILE).unwrap();
+        crate::frame::decode(&bytes, usize::MAX).unwrap().1
+    };
+    storage
+        .inner
+        .flip_bit(
+            disk::RAFT_LOG_FILE,
+            first + crate::frame::HEADER_BYTES + 2,
+            3,
+        )
+        .unwrap();
+    slot.ack_sent = 0;
+    net.cut.clear();
+    net.start(lagging);
+    net.start(rotten);
+    assert!(net.node(rotten).is_abstaining());
+    assert!(!net.node(lagging).is_abstaining());
+    net.ticks(300);
+    assert_eq!(net.leader(), None, "no leader without the sound voter");
+    net.start(leader);
+    net.heal_and_converge(300);
+    assert!(!net.node(rotten).is_abstaining(), "caught up");
+    for id in net.ids() {
+        assert_eq!(topic_names(net.node(id).state()).len(), 6, "{id}");
+    }
 }
 
 /// A bit flipped in a stored snapshot is found by its CRC: open refuses the state rather than
