@@ -899,9 +899,11 @@ fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     let mut storage = slot.parked.take().unwrap();
     storage.inner = MemStorage::new();
     let (mut disk, _, _) = disk::RaftDisk::open(storage.inner.clone()).unwrap();
-    let mut hard_state = HardState::default();
-    hard_state.term = term;
-    hard_state.commit = commit;
+    let hard_state = HardState {
+        term,
+        commit,
+        ..Default::default()
+    };
     disk.append(&[], &hard_state, true).unwrap();
     let mut damaged = disk.into_storage();
     // What is left of the first frame after the misdirected write.
