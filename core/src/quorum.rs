@@ -586,6 +586,24 @@ impl<S: Storage> QuorumNode<S> {
                 message.commit = last;
             }
         }
+        if message.get_msg_type() == MessageType::MsgAppendResponse
+            && message.reject
+            && message.term == self.raw.raft.term
+            && self.raw.raft.state == StateRole::Leader
+        {
+            // raft-rs drops a rejection whose log end (the hint) lies below what the follower
+            // acknowledged as stale, and would then never send it the entries again. It may
+            // be a follower whose disk lost entries it had acknowledged (damage the replay cut
+            // off): probe it again from the end it states. If the rejection really is stale,
+            // this only sends it entries it already holds.
+            let hint = message.reject_hint;
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(message.from) {
+                if hint < pr.matched {
+                    pr.matched = hint;
+                    pr.become_probe();
+                }
+            }
+        }
         if message.get_msg_type() == MessageType::MsgSnapshot {
             if let Err(e) = snapshot::decode_state(&message.get_snapshot().data) {
                 return Err(StepError::Protocol(format!(

@@ -870,7 +870,8 @@ impl Driver {
             )));
         }
         match QuorumNode::open(self.config.clone(), self.storage.clone()) {
-            Ok((quorum, _)) => {
+            Ok((quorum, report)) => {
+                tracing::warn!(?report, "metadata quorum reopened");
                 self.quorum = quorum;
                 self.sessions.reset();
             }

@@ -22,9 +22,10 @@ const FIXED_SEEDS: std::ops::Range<u64> = 1..41;
 /// left without a segment (321), the only voter's disk damaged (493), a `__consumer_offsets`
 /// partition whose only ISR member was the damaged replica, under min.insync.replicas=1 (152),
 /// a raft voter whose metadata log rotted electing a leader that lacked committed entries
-/// (1381), a truncation cut at a misplaced batch header (2838).
-const REGRESSION_SEEDS: [u64; 15] = [
-    6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1381, 1673, 2838,
+/// (1381), a truncation cut at a misplaced batch header (2838), a raft follower that lost
+/// acknowledged entries and was never sent them again, so a topic was never created (4671).
+const REGRESSION_SEEDS: [u64; 16] = [
+    6, 23, 25, 88, 94, 96, 148, 152, 279, 288, 321, 493, 1381, 1673, 2838, 4671,
 ];
 
 /// Regression seeds found with some fault kinds left out, run with the same mix: a learner

@@ -996,6 +996,109 @@ fn a_voter_whose_log_rotted_abstains_until_it_caught_up() {
     }
 }
 
+/// A follower whose log lost entries it had acknowledged, while the leader stays up: the
+/// leader's match index for it is past its log, and raft-rs drops its rejections as stale, so
+/// it would never be sent those entries again (its broker's commands then wait forever for
+/// the metadata to apply). The leader probes it again from the end its rejection states.
+/// (Here raft-rs also gets there through its optimistic sends; the next test pins the rule.)
+/// Found by the simulator (seed 4671: a topic never created).
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_sent_them_again() {
+    let mut net = Net::new(&[0, 1, 2], &[], 1000, 11);
+    let leader = net.elect(60);
+    let rotten = net.ids().into_iter().find(|&id| id != leader).unwrap();
+    for n in 0..6 {
+        let state = net.node(leader).state().clone();
+        net.propose(leader, n, create_topic(&state, n));
+    }
+    net.ticks(5);
+    assert_eq!(topic_names(net.node(rotten).state()).len(), 6);
+    net.crash(rotten);
+    let slot = net.slots.get_mut(&rotten).unwrap();
+    let storage = slot.parked.as_mut().unwrap();
+    let first = {
+        let bytes = crate::storage::read_all(&storage.inner, disk::RAFT_LOG_FILE).unwrap();
+        crate::frame::decode(&bytes, usize::MAX).unwrap().1
+    };
+    storage
+        .inner
+        .flip_bit(
+            disk::RAFT_LOG_FILE,
+            first + crate::frame::HEADER_BYTES + 2,
+            3,
+        )
+        .unwrap();
+    slot.ack_sent = 0;
+    net.start(rotten);
+    assert!(net.node(rotten).is_abstaining());
+    let state = net.node(leader).state().clone();
+    net.propose(leader, 9, create_topic(&state, 9));
+    net.heal_and_converge(300);
+    for id in net.ids() {
+        assert_eq!(topic_names(net.node(id).state()).len(), 7, "{id}");
+    }
+    assert!(!net.node(rotten).is_abstaining(), "caught up");
+}
+
+/// The rule behind the test above, on its own: a rejection from a follower whose stated log
+/// end lies below the leader's match index for it makes the leader probe it from there
+/// (raft-rs alone drops it as stale, and in the simulator's seed 4671, an idle cluster, the
+/// follower was never sent the entries it lost). A rejection that really is stale costs only
+/// entries sent again: the cluster converges.
+#[test]
+fn a_rejection_below_the_match_index_probes_the_follower_again() {
+    let mut net = Net::new(&[0, 1, 2], &[], 1000, 12);
+    let leader = net.elect(60);
+    let follower = net.ids().into_iter().find(|&id| id != leader).unwrap();
+    for n in 0..3 {
+        let state = net.node(leader).state().clone();
+        net.propose(leader, n, create_topic(&state, n));
+    }
+    net.ticks(5);
+    let (matched, term) = {
+        let raft = &net.node(leader).raw.raft;
+        (
+            raft.prs().get(raft_id(follower)).unwrap().matched,
+            raft.term,
+        )
+    };
+    assert!(matched > 1);
+    let mut rejection = Message::default();
+    rejection.set_msg_type(MessageType::MsgAppendResponse);
+    rejection.from = raft_id(follower);
+    rejection.to = raft_id(leader);
+    rejection.term = term;
+    rejection.index = matched;
+    rejection.reject = true;
+    rejection.reject_hint = 1;
+    net.slots
+        .get_mut(&leader)
+        .unwrap()
+        .node
+        .as_mut()
+        .unwrap()
+        .step(rejection)
+        .unwrap();
+    let pr = net
+        .node(leader)
+        .raw
+        .raft
+        .prs()
+        .get(raft_id(follower))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (pr.matched, pr.next_idx),
+        (1, 2),
+        "probed from the stated end"
+    );
+    assert_eq!(pr.state, ProgressState::Probe);
+    net.heal_and_converge(200);
+    for id in net.ids() {
+        assert_eq!(topic_names(net.node(id).state()).len(), 3, "{id}");
+    }
+}
+
 /// A bit flipped in a stored snapshot is found by its CRC: open refuses the state rather than
 /// serve wrong metadata.
 #[test]
