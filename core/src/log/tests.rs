@@ -87,63 +87,13 @@ fn read_returns_whole_batches_from_the_one_containing_the_offset() {
     ));
 }
 
-/// A storage that counts reads, over [`MemStorage`].
-struct CountingReads {
-    inner: MemStorage,
-    /// (calls, bytes) of `read_at` on segment files.
-    reads: std::cell::Cell<(usize, usize)>,
-}
-
-impl crate::storage::Storage for CountingReads {
-    fn create(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.create(name)
-    }
-    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), crate::storage::StorageError> {
-        self.inner.append(name, data)
-    }
-    fn read_at(
-        &self,
-        name: &str,
-        pos: u64,
-        len: usize,
-    ) -> Result<bytes::Bytes, crate::storage::StorageError> {
-        let bytes = self.inner.read_at(name, pos, len)?;
-        if name.ends_with(".log") {
-            let (calls, total) = self.reads.get();
-            self.reads.set((calls + 1, total + bytes.len()));
-        }
-        Ok(bytes)
-    }
-    fn len(&self, name: &str) -> Result<u64, crate::storage::StorageError> {
-        self.inner.len(name)
-    }
-    fn truncate(&mut self, name: &str, len: u64) -> Result<(), crate::storage::StorageError> {
-        self.inner.truncate(name, len)
-    }
-    fn sync(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.sync(name)
-    }
-    fn rename(&mut self, from: &str, to: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&mut self, name: &str) -> Result<(), crate::storage::StorageError> {
-        self.inner.remove(name)
-    }
-    fn list(&self) -> Result<Vec<String>, crate::storage::StorageError> {
-        self.inner.list()
-    }
-}
-
 /// A read takes the batches it returns out of few reads of the file (one, when it goes to the
 /// log end, as a follower's does), not two reads for each batch, and returns them as slices of
 /// what it read: `read_records` hands back one buffer without copying. A read that stops below
 /// the log end (a consumer's, at the high watermark) reads little past where it stops.
 #[test]
 fn reads_take_many_batches_out_of_one_read_of_the_file() {
-    let storage = CountingReads {
-        inner: MemStorage::new(),
-        reads: std::cell::Cell::new((0, 0)),
-    };
+    let storage = FailingOps::new(MemStorage::new());
     let mut log = Log::open(storage, LogConfig::default(), NOW).expect("open");
     for _ in 0..50 {
         log.append(NOW, small_batch(4, NOW), LeaderEpoch(0))
@@ -967,7 +917,7 @@ fn recovery_reads_again_before_cutting_and_keeps_data_a_transient_error_hid() {
 /// A storage that fails chosen operations with an I/O error (the simulator's disks fail any
 /// operation at a sampled rate): syncs of segments, creations of segments, and writes of the
 /// epoch checkpoint; and whose next `flips` reads of a segment return one byte flipped (a
-/// transient read error: the bytes on the disk are sound).
+/// transient read error: the bytes on the disk are sound). It counts reads of segments too.
 #[derive(Clone)]
 struct FailingOps {
     inner: MemStorage,
@@ -975,6 +925,8 @@ struct FailingOps {
     fail_epoch_writes: bool,
     fail_segment_creates: bool,
     flips: std::cell::Cell<u32>,
+    /// (calls, bytes) of `read_at` on segment files.
+    reads: std::cell::Cell<(usize, usize)>,
 }
 
 impl FailingOps {
@@ -985,6 +937,7 @@ impl FailingOps {
             fail_epoch_writes: false,
             fail_segment_creates: false,
             flips: std::cell::Cell::new(0),
+            reads: std::cell::Cell::new((0, 0)),
         }
     }
 
@@ -1025,6 +978,10 @@ impl crate::storage::Storage for FailingOps {
         len: usize,
     ) -> Result<bytes::Bytes, crate::storage::StorageError> {
         let bytes = self.inner.read_at(name, pos, len)?;
+        if name.ends_with(".log") {
+            let (calls, total) = self.reads.get();
+            self.reads.set((calls + 1, total + bytes.len()));
+        }
         if name.ends_with(".log") && bytes.len() > 40 && self.flips.get() > 0 {
             self.flips.set(self.flips.get() - 1);
             let mut flipped = bytes.to_vec();

@@ -371,6 +371,14 @@ impl Net {
     }
 
     /// Heals every link, starts every node, and ticks until all applied the same index.
+    /// Proposes at `at` one topic creation per id in `ids`, each against the state then.
+    fn propose_topics(&mut self, at: BrokerId, ids: std::ops::Range<u64>) {
+        for n in ids {
+            let state = self.node(at).state().clone();
+            self.propose(at, n, create_topic(&state, n));
+        }
+    }
+
     fn heal_and_converge(&mut self, max_ticks: usize) {
         self.cut.clear();
         self.drop_rate = 0.0;
@@ -769,10 +777,7 @@ fn learner_down_past_compaction_installs_a_snapshot() {
     let mut net = Net::new(&[0, 1, 2], &[3], 4, 6);
     let leader = net.elect(60);
     net.crash(b(3));
-    for n in 0..12 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..12);
     assert!(
         net.node(leader).snapshot_index() >= 8,
         "the leader compacted"
@@ -797,10 +802,7 @@ fn lost_snapshot_is_sent_again() {
     let mut net = Net::new(&[0, 1, 2], &[3], 3, 7);
     let leader = net.elect(60);
     net.crash(b(3));
-    for n in 0..8 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..8);
     net.start(b(3));
     // Drop every snapshot message for a while.
     for _ in 0..5 {
@@ -907,10 +909,7 @@ fn torn_tail_is_cut_on_open() {
 fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     let mut net = Net::new(&[0, 1, 2], &[3], 1000, 9);
     let leader = net.elect(60);
-    for n in 0..4 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..4);
     net.ticks(5);
     assert_eq!(topic_names(net.node(b(3)).state()).len(), 4);
     let commit = net.node(leader).raw.raft.raft_log.committed;
@@ -976,10 +975,7 @@ fn a_voter_whose_log_rotted_abstains_until_it_caught_up() {
     let others: Vec<BrokerId> = net.ids().into_iter().filter(|&id| id != leader).collect();
     let (lagging, rotten) = (others[0], others[1]);
     net.cut_off(lagging);
-    for n in 0..6 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..6);
     net.ticks(5);
     assert_eq!(topic_names(net.node(rotten).state()).len(), 6);
     assert!(topic_names(net.node(lagging).state()).is_empty());
@@ -1013,10 +1009,7 @@ fn a_follower_that_lost_acknowledged_entries_is_sent_them_again() {
     let mut net = Net::new(&[0, 1, 2], &[], 1000, 11);
     let leader = net.elect(60);
     let rotten = net.ids().into_iter().find(|&id| id != leader).unwrap();
-    for n in 0..6 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..6);
     net.ticks(5);
     assert_eq!(topic_names(net.node(rotten).state()).len(), 6);
     net.crash(rotten);
@@ -1042,10 +1035,7 @@ fn a_rejection_below_the_match_index_probes_the_follower_again() {
     let mut net = Net::new(&[0, 1, 2], &[], 1000, 12);
     let leader = net.elect(60);
     let follower = net.ids().into_iter().find(|&id| id != leader).unwrap();
-    for n in 0..3 {
-        let state = net.node(leader).state().clone();
-        net.propose(leader, n, create_topic(&state, n));
-    }
+    net.propose_topics(leader, 0..3);
     net.ticks(5);
     let (matched, term) = {
         let raft = &net.node(leader).raw.raft;
