@@ -9,10 +9,11 @@
 //!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
 //!   the applied metadata gives it ([`replication`] runs followers' fetches and answers them);
 //! - the sync threads ([`SyncWorker`]): group commit. Appends queue a partition; a sync thread
-//!   fsyncs it outside the partition's lock (so appends go on meanwhile), persists the high
-//!   watermark where it must be, and then exposes it, which wakes acks=all produces and
-//!   long-polling fetches. Different partitions sync in parallel, one partition on one thread
-//!   at a time.
+//!   fsyncs it outside the partition's lock (so appends go on meanwhile), which answers
+//!   acks=all produces the ISR now holds on disk (a follower's fetch reporting its durable end
+//!   answers them too), then persists the high watermark where it must be and exposes it,
+//!   which wakes long-polling fetches. Different partitions sync in parallel, one partition on
+//!   one thread at a time.
 //!
 //! What always holds:
 //! - a partition's lock is held only for in-memory work and small writes, never across an
@@ -223,9 +224,9 @@ impl PartitionHandle {
         self.committed.subscribe()
     }
 
-    /// Tells acks=all waiters the committed end, if it changed.
-    pub fn note_committed(&self) {
-        let committed = self.with(|r| r.committed_end());
+    /// Tells acks=all waiters the committed end (read under the lock that moved it), if it
+    /// changed.
+    pub fn note_committed(&self, committed: Offset) {
         self.committed.send_if_modified(|c| {
             let moved = *c != committed;
             *c = committed;
@@ -352,15 +353,15 @@ impl PartitionHandle {
             self.syncer
                 .sync_file(&pending.file)
                 .map_err(|e| e.to_string())?;
-            let durable = self.with(|r| {
+            let (durable, committed) = self.with(|r| {
                 r.log_mut().complete_sync(pending);
                 r.update_high_watermark();
-                r.log().durable_end()
+                (r.log().durable_end(), r.committed_end())
             });
             // Before the high watermark file's write: a follower reports its new durable end
             // in its next fetch, and a leader answers acks=all produces, without waiting for it.
             raise(&self.durable_end, durable);
-            self.note_committed();
+            self.note_committed(committed);
         }
         while let Some(write) = self.with(|r| r.prepare_state_write()) {
             // Through a clone of the log's storage, not under the snapshot lock: a follower's

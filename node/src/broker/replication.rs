@@ -240,11 +240,16 @@ impl Broker {
         let mut activity = p.activity.subscribe();
         loop {
             activity.borrow_and_update();
-            let result = p.with(|r| r.handle_follower_fetch(now_ms(), &request));
+            let (result, committed) = p.with(|r| {
+                (
+                    r.handle_follower_fetch(now_ms(), &request),
+                    r.committed_end(),
+                )
+            });
             // The follower's durable end may commit writes: answer acks=all produces now, and
             // persist and expose the high watermark on the sync thread (the planted bug
             // exposes it at once, before any sync).
-            p.note_committed();
+            p.note_committed(committed);
             self.queue_sync(&p);
             if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
                 p.publish_high_watermark(p.with(|r| r.high_watermark()));
