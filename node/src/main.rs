@@ -131,8 +131,38 @@ fn tune_malloc() {
     }
 }
 
+/// A failed invariant stops the whole broker, on whatever thread it fails (a runtime task, a
+/// sync thread): a broker that went on serving after one task died could hold a partition
+/// half-updated under a poisoned lock. The default hook prints the message and where it
+/// failed, then the process aborts; the cluster sees a broker that stopped, which it
+/// tolerates, and its recovery on restart starts from what is on disk.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("keel: a failed invariant or a bug stopped the broker (abort)");
+        std::process::abort();
+    }));
+}
+
+/// Debug builds only: `KEEL_TEST_PANIC_AFTER_MS=N` panics in a runtime task N ms after start,
+/// so that a test can see the panic stop the broker.
+#[cfg(debug_assertions)]
+fn test_panic_after_start() {
+    if let Some(ms) = std::env::var("KEEL_TEST_PANIC_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            panic!("KEEL_TEST_PANIC_AFTER_MS: a panic in a task, on purpose");
+        });
+    }
+}
+
 fn run(args: StartArgs) -> ExitCode {
     tune_malloc();
+    abort_on_panic();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -168,6 +198,8 @@ fn run(args: StartArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        #[cfg(debug_assertions)]
+        test_panic_after_start();
         let listener = match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => l,
             Err(e) => {

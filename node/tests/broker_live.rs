@@ -222,3 +222,49 @@ async fn bad_input_leaves_the_broker_serving_and_acked_writes_survive_sigkill() 
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A panic in any task (a failed invariant) stops the whole broker process (SIGABRT), instead
+/// of one task dying while the rest serves on. Debug builds panic on purpose when
+/// `KEEL_TEST_PANIC_AFTER_MS` is set.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_in_a_task_stops_the_broker() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "start",
+            "--node-id",
+            "1",
+            "--listeners",
+            "PLAINTEXT://127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KEEL_LOG", "warn")
+        .env("KEEL_TEST_PANIC_AFTER_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start keel");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the broker kept running after a task panicked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{status:?}; stderr: {stderr}"
+    );
+    assert!(stderr.contains("on purpose"), "{stderr}");
+    assert!(stderr.contains("stopped the broker"), "{stderr}");
+}

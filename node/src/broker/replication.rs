@@ -12,9 +12,9 @@
 //! idle partition costs nothing on the wire, and a request carries only what changed.
 //!
 //! The leader evaluates the partitions whose state changed since it last looked (an append, a
-//! high watermark move, a role change: [`LeaderSessions::mark`]) and, at least every
-//! [`FULL_EVALUATION_INTERVAL`], every partition of the session, so that idle caught-up
-//! followers stay caught up (`lastCaughtUpTime`). It answers at once when anything has news
+//! high watermark move, a role change: [`LeaderSessions::mark`]) and, every quarter of
+//! `replica.lag.time.max.ms` (at most [`FULL_EVALUATION_INTERVAL_MAX`]), every partition of
+//! the session, so that idle caught-up followers stay caught up (`lastCaughtUpTime`). It answers at once when anything has news
 //! and otherwise holds the request up to [`REPLICA_FETCH_WAIT`]; one request per session is
 //! held, not one per partition. A follower whose own state changed while its request is held
 //! (a sync completed) sends a one-way wake, which makes the leader answer the held request now,
@@ -46,8 +46,12 @@ use crate::peer::{Body, Incoming};
 /// The longest a leader holds a session's request that has nothing new (Kafka's
 /// `replica.fetch.wait.max.ms`).
 pub const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(500);
-/// How often, at least, a leader evaluates every partition of a session, changed or not.
-pub const FULL_EVALUATION_INTERVAL: Duration = Duration::from_millis(500);
+/// How often, at most, a leader evaluates every partition of a session, changed or not: a
+/// quarter of `replica.lag.time.max.ms` within these bounds. An idle follower counts as caught
+/// up as of its partition's last evaluation, so a follower may leave the ISR after three
+/// quarters of `replica.lag.time.max.ms` without fetching instead of the whole of it.
+pub const FULL_EVALUATION_INTERVAL_MAX: Duration = Duration::from_secs(5);
+const FULL_EVALUATION_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// The most record bytes one answer carries (Kafka's `replica.fetch.response.max.bytes`).
 pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND: the leader has no such session (it restarted, or the
@@ -535,13 +539,16 @@ impl Broker {
             }
         }
         let deadline = tokio::time::Instant::now() + REPLICA_FETCH_WAIT;
+        let full_interval = (self.settings.replica_lag_time_max_ms / 4).clamp(
+            FULL_EVALUATION_INTERVAL_MIN.as_millis() as i64,
+            FULL_EVALUATION_INTERVAL_MAX.as_millis() as i64,
+        );
         let mut budget = RESPONSE_BYTES_MAX;
         loop {
             let now = now_ms();
             let (work, closed) = {
                 let mut inner = session.inner.lock().expect("session poisoned");
-                let full = now.saturating_sub(inner.last_full_ms)
-                    >= FULL_EVALUATION_INTERVAL.as_millis() as i64;
+                let full = now.saturating_sub(inner.last_full_ms) >= full_interval;
                 let keys: Vec<PartitionKey> = if full {
                     inner.last_full_ms = now;
                     inner.dirty.clear();

@@ -17,6 +17,7 @@
 //! The clients are librdkafka's (the rdkafka crate), in this process.
 
 mod cluster;
+mod scale;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +131,29 @@ struct Args {
     /// MiB sent over loopback TCP by the loopback measurement.
     #[arg(long, default_value_t = 4096)]
     loopback_mb: u64,
+    /// Instead of the throughput run: the scale run (docs/benchmarks.md): a three-broker
+    /// `keel dev`, a small topic, then a large one up to --scale-partitions partitions of RF 3;
+    /// idle CPU, acks=all latency, fan-out and memory before and after.
+    #[arg(long)]
+    scale: bool,
+    /// Partitions in the cluster at the end of the scale run.
+    #[arg(long, default_value_t = 10_000)]
+    scale_partitions: i32,
+    /// Partitions of the scale run's small topic (the baseline).
+    #[arg(long, default_value_t = 100)]
+    scale_small: i32,
+    /// Partitions of the large topic that get one record each in the fan-out measurement.
+    #[arg(long, default_value_t = 1_000)]
+    scale_fan_out: i32,
+    /// Single-record acks=all probes in each state of the scale run.
+    #[arg(long, default_value_t = 300)]
+    scale_probes: usize,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    scale_idle_secs: f64,
+    /// Seconds to wait before measuring idle CPU (the cluster settles after a creation).
+    #[arg(long, default_value_t = 5.0)]
+    scale_settle_secs: f64,
     /// The tansu executable for the peer comparison [default: `tansu` on PATH].
     #[arg(long)]
     tansu: Option<PathBuf>,
@@ -534,6 +558,49 @@ fn phase_table(phases: &[Phase]) {
     }
 }
 
+/// `--scale`: a three-broker cluster of its own, the scale measurement, then the cleanup.
+fn run_scale(args: &Args) -> Result<(), String> {
+    let keel = keel_executable(args)?;
+    if let Ok(mut entries) = std::fs::read_dir(&args.data_dir) {
+        if entries.next().is_some() {
+            return Err(format!(
+                "--data-dir {} exists and is not empty; remove it or choose another",
+                args.data_dir.display()
+            ));
+        }
+    }
+    let data_dir = DataDir {
+        path: args.data_dir.clone(),
+        keep: args.keep_data,
+    };
+    section(&format!(
+        "keel: 3 brokers ({} dev), data in {}",
+        keel.display(),
+        data_dir.path.display()
+    ));
+    let mut cluster = Managed::start_keel(&keel, 3, args.port, &data_dir.path, &args.overrides)?;
+    let result = scale::run(
+        &cluster,
+        &scale::ScaleArgs {
+            partitions: args.scale_partitions,
+            small: args.scale_small,
+            fan_out: args.scale_fan_out,
+            probes: args.scale_probes.max(1),
+            idle_secs: args.scale_idle_secs.max(0.1),
+            settle_secs: args.scale_settle_secs.max(0.0),
+        },
+    );
+    if result.is_err() && !cluster.running() {
+        return Err(format!(
+            "keel dev exited during the run; its log ({}) ends:\n{}",
+            cluster.log.display(),
+            cluster::log_tail(&cluster.log, 30)
+        ));
+    }
+    cluster.stop();
+    result
+}
+
 fn run(args: &Args) -> Result<(), String> {
     check_args(args)?;
     let started = unix_secs();
@@ -553,6 +620,9 @@ fn run(args: &Args) -> Result<(), String> {
         utc_date_time(started)
     );
 
+    if args.scale {
+        return run_scale(args);
+    }
     let keel = if args.bootstrap.is_none() {
         Some(keel_executable(args)?)
     } else {
