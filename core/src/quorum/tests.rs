@@ -1146,7 +1146,7 @@ fn partition_of(state: &MetadataState, topic: &str, p: i32) -> crate::controller
 /// assignment order; the leader epoch bumps only where the leader changed, the partition epoch
 /// wherever anything changed; the last ISR member stays in the ISR (leaderless) so that it can
 /// be elected cleanly when it returns. Reference: KRaft ReplicationControlManager
-/// .handleBrokerFenced and PartitionChangeBuilder; KIP-631; KAFKA_NOTES (election order).
+/// .handleBrokerFenced and PartitionChangeBuilder (election order); KIP-631.
 #[test]
 fn fencing_elects_new_leaders_from_the_isr_and_bumps_epochs() {
     let mut state = cluster_state(3);
@@ -1874,7 +1874,7 @@ fn random_ops(rng: &mut StdRng, n: usize) -> Vec<Op> {
 /// The random schedules really exercise the faults: over a fixed set of seeds there are many
 /// leaders, crashes, disk faults, snapshot installs and commits (lost proposals are rarer;
 /// `partitioned_leader_steps_down_and_its_proposals_are_lost` pins them).
-/// Reference: STYLE.md item 11 (coverage counters); raft §5, §7.
+/// Reference: raft §5, §7.
 #[test]
 fn random_schedules_cover_failover_snapshots_and_lost_proposals() {
     let mut total = Coverage::default();

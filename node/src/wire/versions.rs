@@ -13,7 +13,7 @@
 //! - ApiVersions itself is always served, whatever the broker enables;
 //! - the advertised ranges contain the exact versions that librdkafka before 2.11.1 probes for
 //!   (Produce 0, 3 and 7, Fetch 4 and 10, FindCoordinator 0, InitProducerId 0, SaslHandshake
-//!   0-1, SaslAuthenticate 0, ListOffsets 1): see shared/KAFKA_NOTES.md, KAFKA-18659.
+//!   0-1, SaslAuthenticate 0, ListOffsets 1): docs/protocol.md, "Why these versions"; KAFKA-18659.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -57,7 +57,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 }
 
 /// Every API keel may advertise, sorted by api key. The matrix other Kafka-compatible brokers
-/// converged on (shared/KAFKA_NOTES.md, "Wire protocol rules learned the hard way").
+/// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
 pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
@@ -230,7 +230,7 @@ mod tests {
     }
 
     /// The exact versions old librdkafka probes for must be inside the advertised ranges
-    /// (shared/KAFKA_NOTES.md; KAFKA-18659).
+    /// (docs/protocol.md, "Why these versions"; KAFKA-18659).
     #[test]
     fn advertises_versions_old_librdkafka_checks_exactly() {
         let apis = SupportedApis::all();
