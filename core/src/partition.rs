@@ -561,10 +561,10 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// On a leader, the end of what every member of the ISR (at least min.insync.replicas of
-    /// them) holds on disk: acks=all is answered up to here. It runs ahead of the exposed
-    /// [`high_watermark`](Self::high_watermark) while the high watermark file is written, since
-    /// an acknowledged write's safety rests on the ISR's durable ends (invariants 3 and 4) and
-    /// the file only keeps what readers were shown from going backwards (invariant 2).
+    /// them) holds on disk. It runs ahead of the exposed [`high_watermark`](Self::high_watermark)
+    /// while the high watermark file is written. acks=all is answered only once the exposed
+    /// high watermark covers the write (read-after-ack: a read sent to this leader after the
+    /// answer sees it), so this is what the high watermark is about to become.
     pub fn committed_end(&self) -> Offset {
         match &self.role {
             RoleState::Leader(_) => self.hw_wanted.max(self.high_watermark),
@@ -979,7 +979,9 @@ impl<S: Storage> PartitionReplica<S> {
     /// Where an acks=all produce appended at `leader_epoch` up to `last_offset` stands (Kafka's
     /// `checkEnoughReplicasReachOffset`, plus an early NOT_ENOUGH_REPLICAS_AFTER_APPEND: under
     /// KIP-966's strict rule the high watermark cannot move while the ISR is below
-    /// `min.insync.replicas`, so waiting would only end in a timeout).
+    /// `min.insync.replicas`, so waiting would only end in a timeout). Acked once the exposed
+    /// high watermark passes `last_offset`: every ISR member has the write on disk, and a
+    /// ListOffsets or Fetch this leader serves after the answer sees it (read-after-ack).
     pub fn produce_status(&self, leader_epoch: LeaderEpoch, last_offset: Offset) -> AckStatus {
         let RoleState::Leader(l) = &self.role else {
             return AckStatus::Failed(code::NOT_LEADER_OR_FOLLOWER);
@@ -991,7 +993,7 @@ impl<S: Storage> PartitionReplica<S> {
             return AckStatus::Acked;
         }
         let enough = l.maximal_isr().len() >= l.effective_min_isr(self.config.min_insync_replicas);
-        match (self.committed_end() > last_offset, enough) {
+        match (self.high_watermark > last_offset, enough) {
             (true, true) => AckStatus::Acked,
             (_, false) => AckStatus::Failed(code::NOT_ENOUGH_REPLICAS_AFTER_APPEND),
             (false, true) => AckStatus::Waiting,
@@ -1191,6 +1193,16 @@ impl<S: Storage> PartitionReplica<S> {
 
     // ---------------------------------------------------------------------------------------
     // Follower
+
+    /// Forgets the fetch in flight without backing off: the shell sends a fresh one from
+    /// [`PartitionReplica::next_fetch`] (its durable end moved while the leader held the old
+    /// one, or the fetch session that carried it was lost). An answer to the old one still
+    /// applies to the new one if it is for the same epoch and log end.
+    pub fn cancel_fetch(&mut self) {
+        if let RoleState::Follower(f) = &mut self.role {
+            f.in_flight = None;
+        }
+    }
 
     /// The next fetch to send to the leader, recorded as in flight: from the log end offset,
     /// with the epoch of the last batch (KIP-279) and the durable end (keel). `None` while one
@@ -1633,6 +1645,12 @@ impl<S: Storage> PartitionReplica<S> {
             }
         }
         self.high_watermark = hw;
+    }
+
+    /// Whether [`PartitionReplica::prepare_state_write`] has a write to hand out: the shell
+    /// queues the partition for its sync thread only then.
+    pub fn state_write_wanted(&self) -> bool {
+        !self.sole && self.hw_write_in_flight.is_none() && self.hw_wanted > self.hw_persisted
     }
 
     /// The next high watermark write for the shell to run, if one is wanted and none is in

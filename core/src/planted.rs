@@ -27,17 +27,22 @@ pub enum Bug {
     /// written the record, without waiting for the record to be durable (committed in
     /// `__consumer_offsets`).
     CommitBeforeDurable,
+    /// A leader's fetch session drops the new position a follower names for a partition it
+    /// had answered (now and then: when the position is 3 modulo 7), so the follower waits
+    /// for an answer that never comes and stops replicating that partition.
+    SessionDropsPosition,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
         Bug::SkipTruncation,
         Bug::ServeCorruptBatch,
         Bug::CommitBeforeDurable,
+        Bug::SessionDropsPosition,
     ];
 
     /// A short name for the command line.
@@ -49,6 +54,7 @@ impl Bug {
             Bug::SkipTruncation => "skip-truncation",
             Bug::ServeCorruptBatch => "serve-corrupt-batch",
             Bug::CommitBeforeDurable => "commit-before-durable",
+            Bug::SessionDropsPosition => "session-drops-position",
         }
     }
 

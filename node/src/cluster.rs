@@ -56,8 +56,11 @@ pub mod kind {
     pub const HEARTBEAT: u32 = 3;
     /// An AlterPartition from a partition leader, for the controller.
     pub const ALTER_PARTITION: u32 = 4;
-    /// A follower's fetch from a partition leader.
+    /// A follower broker's fetch-session request to a leader broker (all the partitions it
+    /// follows there).
     pub const REPLICA_FETCH: u32 = 5;
+    /// A follower asks the leader to answer its held fetch-session request now (one-way).
+    pub const REPLICA_FETCH_WAKE: u32 = 6;
 }
 
 /// How long a request to the controller waits for one to be elected and answer.

@@ -58,13 +58,17 @@ fn high_watermark_advances_only_after_every_isr_member_synced() {
         Offset(0),
         "not exposed before it is persisted"
     );
-    assert_eq!(
-        c.acked.len(),
-        1,
-        "acknowledged once every ISR member has it on disk"
+    assert!(
+        c.acked.is_empty(),
+        "every ISR member has it on disk, but a read on the leader would not see it yet"
     );
     c.persist(0);
     assert_eq!(c.replica(0).high_watermark(), Offset(3));
+    assert_eq!(
+        c.acked.len(),
+        1,
+        "acknowledged once the exposed high watermark covers it"
+    );
     // Followers learn it from the next fetch, bounded by their own durable end.
     c.fetch(1);
     c.persist(1);
@@ -480,12 +484,11 @@ fn a_restarted_leader_may_not_lead_its_old_epoch_again() {
     assert!(r.is_leader());
 }
 
-/// acks=all is answered once every ISR member has the write on disk, before the leader's high
-/// watermark file is written: the write's safety rests on the ISR's durable ends (invariants 3
-/// and 4); the file guards only what readers are shown (invariant 2), so the exposed high
-/// watermark still waits for it.
+/// acks=all is answered once every ISR member has the write on disk and the leader's high
+/// watermark file covers it, so that the exposed high watermark does: a ListOffsets or Fetch
+/// sent to the leader after the answer sees the write (read-after-ack). Invariants 2 and 4.
 #[test]
-fn acks_all_is_answered_before_the_high_watermark_is_persisted() {
+fn acks_all_is_answered_once_readers_on_the_leader_see_the_write() {
     let mut c = cluster(Settings::default());
     c.rounds(2);
     let w = c.produce(2, true).unwrap();
@@ -508,14 +511,22 @@ fn acks_all_is_answered_before_the_high_watermark_is_persisted() {
     );
     c.fetch(2);
     let r = c.replica(0);
-    assert_eq!(r.produce_status(epoch, w.last_offset), AckStatus::Acked);
-    assert!(r.committed_end() > w.last_offset);
+    assert!(r.committed_end() > w.last_offset, "the ISR has it on disk");
+    assert!(r.state_write_wanted());
     assert!(
         r.high_watermark() <= w.last_offset,
         "exposed only once persisted"
     );
+    assert_eq!(
+        r.produce_status(epoch, w.last_offset),
+        AckStatus::Waiting,
+        "a read on the leader would not see it yet"
+    );
     c.persist(0);
-    assert!(c.replica(0).high_watermark() > w.last_offset);
+    let r = c.replica(0);
+    assert!(!r.state_write_wanted());
+    assert!(r.high_watermark() > w.last_offset);
+    assert_eq!(r.produce_status(epoch, w.last_offset), AckStatus::Acked);
     c.check_all_acked_everywhere();
 }
 

@@ -287,7 +287,9 @@ impl ProduceWait {
     async fn finish(mut self) -> ProduceResponse {
         let deadline = tokio::time::Instant::now() + self.timeout;
         for (t, p, partition, appended) in self.waits.drain(..) {
-            let mut committed = partition.subscribe_committed();
+            // Answered once the exposed high watermark covers the write (read-after-ack):
+            // woken by its moves and by role changes.
+            let mut committed = partition.subscribe();
             let status = loop {
                 committed.borrow_and_update();
                 let status = partition

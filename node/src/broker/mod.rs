@@ -24,6 +24,7 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
@@ -32,7 +33,7 @@ pub mod replication;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_core::controller::{
@@ -156,6 +157,8 @@ pub enum StartError {
 
 /// One partition this broker holds a replica of.
 pub struct PartitionHandle {
+    /// This handle, for the queues it puts itself in.
+    this: Weak<PartitionHandle>,
     pub topic: String,
     pub index: i32,
     pub topic_id: TopicId,
@@ -168,21 +171,24 @@ pub struct PartitionHandle {
     /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
     /// signalled, unchanged, when the role changes, so that waiters look again.
     high_watermark: watch::Sender<Offset>,
-    /// The log's durable end, for a follower waiting for its sync.
+    /// The log's durable end.
     durable_end: watch::Sender<Offset>,
-    /// The leader's committed end ([`PartitionReplica::committed_end`]), for acks=all
-    /// produces: it moves as soon as the ISR has a write on disk, ahead of the high watermark
-    /// file's write. Also signalled, unchanged, when the role changes.
-    committed: watch::Sender<Offset>,
-    /// Bumped on every append and high watermark move: wakes followers' waiting fetches.
+    /// Bumped on every append, high watermark move and role change (the group coordinator
+    /// watches it).
     activity: watch::Sender<u64>,
     /// Where the partition is in the group-commit work (`sync_state`).
     sync_state: AtomicU8,
     deleted: AtomicBool,
-    /// Whether a follower fetch loop runs for it.
-    fetching: AtomicBool,
-    /// The high watermark last sent to each follower (a fetch with nothing new waits).
-    hw_sent: Mutex<BTreeMap<BrokerId, Offset>>,
+    /// The leader's fetch sessions: told when this partition changes.
+    sessions: Arc<replication::LeaderSessions>,
+    /// The replica deadlines, and this partition's place in them (`i64::MAX`: none).
+    deadlines: Arc<replication::Deadlines>,
+    timer_at: AtomicI64,
+    /// The fetcher of the leader this replica follows, if it follows one.
+    fetcher: Mutex<Option<Arc<fetcher::Fetcher>>>,
+    /// As a follower: the log end whose sync it waits for before naming its next fetch
+    /// (`i64::MIN`: none).
+    sync_wait: AtomicI64,
     /// Recovery found this replica damaged (its log below its persisted high watermark, a
     /// damaged epoch file, an earlier failed open, or a damage mark on disk): it may lack
     /// committed data. `Some(None)`: damaged, how far committed data went not known yet;
@@ -219,19 +225,14 @@ impl PartitionHandle {
         *self.high_watermark.borrow()
     }
 
-    /// Waits for acks=all produces: see [`PartitionHandle::committed`].
-    pub fn subscribe_committed(&self) -> watch::Receiver<Offset> {
-        self.committed.subscribe()
+    /// The partition as fetch sessions name it.
+    pub fn key(&self) -> replication::PartitionKey {
+        (self.topic_id, self.index)
     }
 
-    /// Tells acks=all waiters the committed end (read under the lock that moved it), if it
-    /// changed.
-    pub fn note_committed(&self, committed: Offset) {
-        self.committed.send_if_modified(|c| {
-            let moved = *c != committed;
-            *c = committed;
-            moved
-        });
+    /// Whether its topic was deleted (or recreated): loops and queues drop it.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
     }
 
     fn publish_high_watermark(&self, hw: Offset) {
@@ -334,15 +335,20 @@ impl PartitionHandle {
         }
     }
 
-    /// Wakes everything waiting on this partition (a role change, an append).
+    /// Wakes everything waiting on this partition (a role change, an append, a high watermark
+    /// move): the fetch sessions that carry it evaluate it again, and a leader's new deadline
+    /// (followers that now lag) is scheduled. Never called under the partition's lock.
     fn touch(&self) {
         self.activity.send_modify(|n| *n = n.wrapping_add(1));
+        self.sessions.mark(&self.key());
+        if let (Some(at), Some(me)) = (self.with(|r| r.poll_timeout()), self.this.upgrade()) {
+            self.deadlines.schedule(&me, at);
+        }
     }
 
     /// Wakes produce and fetch waiters so that they look at the partition again.
     fn wake_waiters(&self) {
         self.high_watermark.send_modify(|_| {});
-        self.committed.send_modify(|_| {});
         self.touch();
     }
 
@@ -353,15 +359,15 @@ impl PartitionHandle {
             self.syncer
                 .sync_file(&pending.file)
                 .map_err(|e| e.to_string())?;
-            let (durable, committed) = self.with(|r| {
+            let durable = self.with(|r| {
                 r.log_mut().complete_sync(pending);
                 r.update_high_watermark();
-                (r.log().durable_end(), r.committed_end())
+                r.log().durable_end()
             });
-            // Before the high watermark file's write: a follower reports its new durable end
-            // in its next fetch, and a leader answers acks=all produces, without waiting for it.
+            // Before the high watermark file's write: a follower names its next fetch, with
+            // its new durable end, without waiting for it.
             raise(&self.durable_end, durable);
-            self.note_committed(committed);
+            self.sync_done(durable, false);
         }
         while let Some(write) = self.with(|r| r.prepare_state_write()) {
             // Through a clone of the log's storage, not under the snapshot lock: a follower's
@@ -518,6 +524,8 @@ fn settle_queued(
     if !p.deleted.load(Ordering::SeqCst) {
         if let Err(e) = p.settle() {
             tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
+            // A follower waiting for this sync fetches anyway, with the durable end it has.
+            p.sync_done(Offset(i64::MAX), true);
         }
     }
     if p.sync_state
@@ -554,6 +562,12 @@ pub struct Broker {
     sync: SyncWorker,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
+    /// Followers' fetch sessions with this broker as leader.
+    sessions: Arc<replication::LeaderSessions>,
+    /// This broker's fetchers, one per leader broker it follows partitions of.
+    fetchers: Mutex<BTreeMap<BrokerId, Arc<fetcher::Fetcher>>>,
+    /// Every partition's next deadline.
+    deadlines: Arc<replication::Deadlines>,
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
@@ -622,6 +636,11 @@ impl Broker {
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
             sync: SyncWorker::start(sync_latency),
             groups: groups::Coordinators::new(settings_group),
+            sessions: Arc::new(replication::LeaderSessions::new(u64::from_le_bytes(
+                random_id()[..8].try_into().expect("8 bytes"),
+            ))),
+            fetchers: Mutex::new(BTreeMap::new()),
+            deadlines: Arc::new(replication::Deadlines::default()),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(
@@ -638,7 +657,10 @@ impl Broker {
         broker.remove_orphan_directories();
         tokio::spawn(watch_metadata(Arc::downgrade(&broker)));
         tokio::spawn(heartbeats(Arc::downgrade(&broker)));
-        tokio::spawn(replication::timers(Arc::downgrade(&broker)));
+        tokio::spawn(replication::run_deadlines(
+            Arc::downgrade(&broker),
+            broker.deadlines.clone(),
+        ));
         broker.wait_unfenced().await;
         let weak = Arc::downgrade(&broker);
         metrics.set_partition_source(Box::new(move || {
@@ -968,7 +990,6 @@ impl Broker {
                     }
                     match self.open_partition(&w) {
                         Ok(p) => {
-                            let p = Arc::new(p);
                             self.partitions
                                 .write()
                                 .expect("partition map poisoned")
@@ -1019,7 +1040,8 @@ impl Broker {
                     handle.wake_waiters();
                     // A new role may expose a high watermark or want it persisted.
                     self.queue_sync(&handle);
-                    replication::ensure_fetching(&this, &handle);
+                    fetcher::ensure_fetching(&this, &handle);
+                    self.after_replica_change(&handle);
                     if w.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&handle, false);
                     }
@@ -1066,7 +1088,7 @@ impl Broker {
         self.settings.data_dir.join(format!("{topic}-{index}"))
     }
 
-    fn open_partition(&self, w: &Wanted) -> Result<PartitionHandle, String> {
+    fn open_partition(&self, w: &Wanted) -> Result<Arc<PartitionHandle>, String> {
         let name = format!("{}-{}", w.topic, w.index);
         let dir = self.partition_dir(&w.topic, w.index);
         let storage = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
@@ -1108,7 +1130,8 @@ impl Broker {
             tracing::warn!(partition = %name, ?state, "damaged on disk: it leads nothing until it has fetched back from its leader");
         }
         let damage = damaged.then_some(state.hw_above_log);
-        Ok(PartitionHandle {
+        Ok(Arc::new_cyclic(|this| PartitionHandle {
+            this: this.clone(),
             topic: w.topic.clone(),
             index: w.index,
             topic_id: w.topic_id,
@@ -1118,15 +1141,17 @@ impl Broker {
             syncer,
             high_watermark: watch::Sender::new(hw),
             durable_end: watch::Sender::new(durable),
-            committed: watch::Sender::new(hw),
             activity: watch::Sender::new(0),
             sync_state: AtomicU8::new(sync_state::IDLE),
             deleted: AtomicBool::new(false),
-            fetching: AtomicBool::new(false),
-            hw_sent: Mutex::new(BTreeMap::new()),
+            sessions: self.sessions.clone(),
+            deadlines: self.deadlines.clone(),
+            timer_at: AtomicI64::new(i64::MAX),
+            fetcher: Mutex::new(None),
+            sync_wait: AtomicI64::new(i64::MIN),
             damage: Mutex::new(damage),
             discard_pending: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Applies retention to every partition (the caller's timer).
@@ -1166,6 +1191,9 @@ fn mark_damaged_on_disk(dir: &mut Dir) {
 /// directory.
 fn close_and_remove(disk: &Disk, p: &PartitionHandle) {
     p.deleted.store(true, Ordering::SeqCst);
+    if let Some(f) = p.fetcher.lock().expect("fetcher slot poisoned").take() {
+        f.remove(p);
+    }
     p.wake_waiters();
     if let Err(e) = disk.remove_dir_all(&p.dir) {
         tracing::warn!("removing {}: {e}", p.dir.display());

@@ -1,108 +1,234 @@
-//! Replication between brokers: followers' fetch loops, the leader's answers to them, the
-//! replica timers (ISR shrink, fetch backoff), and AlterPartition requests to the controller.
-//! The rules are core's ([`keel_core::partition`], whose call order this follows); this module
-//! carries them over the peer transport.
+//! Replication between brokers, batched per pair of brokers: the leader's side of fetch
+//! sessions, the peer messages they travel in, AlterPartition requests to the controller, and
+//! the replica deadlines (ISR shrink, fetch backoff). The rules are core's
+//! ([`keel_core::partition`], whose call order this follows); the follower's side is
+//! [`super::fetcher`].
 //!
-//! A follower fetch asks for the batches from its log end offset and reports its durable end;
-//! the leader answers at once when it has batches or a newer high watermark for that follower,
-//! and otherwise waits up to [`REPLICA_FETCH_WAIT`] for either. After appending, a follower
-//! fetches again only once its sync completed, so that the durable end it reports (and with it
-//! the leader's high watermark) moves as soon as possible.
+//! A follower broker keeps one fetch session with each broker it follows partitions of (Kafka's
+//! replica fetcher per source broker, with KIP-227's incremental fetch sessions). A request
+//! names a partition only when the follower has a new fetch for it (a new position, a new
+//! durable end, a new epoch); the leader keeps each named fetch in the session until it has
+//! something to answer it with: batches, a newer high watermark, a divergence, an error. So an
+//! idle partition costs nothing on the wire, and a request carries only what changed.
+//!
+//! The leader evaluates the partitions whose state changed since it last looked (an append, a
+//! high watermark move, a role change: [`LeaderSessions::mark`]) and, at least every
+//! [`FULL_EVALUATION_INTERVAL`], every partition of the session, so that idle caught-up
+//! followers stay caught up (`lastCaughtUpTime`). It answers at once when anything has news
+//! and otherwise holds the request up to [`REPLICA_FETCH_WAIT`]; one request per session is
+//! held, not one per partition. A follower whose own state changed while its request is held
+//! (a sync completed) sends a one-way wake, which makes the leader answer the held request now,
+//! so that the follower's next request, naming its new durable end, goes out at once.
+//!
+//! Deadlines are data: each partition reports its next one (`PartitionReplica::poll_timeout`),
+//! [`Deadlines`] keeps them ordered, and one task sleeps until the earliest. Nothing scans
+//! every partition on an interval.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use keel_core::batch::Batch;
-use keel_core::controller::{AlterPartitionRequest, BrokerId};
+use keel_core::controller::{AlterPartitionRequest, BrokerId, TopicId};
 use keel_core::partition::{
-    code, FetchError, FetchOutcome, FetchPayload, FetchRequest, FetchResponse, ReplicaError, Role,
+    code, AlterPartition, FetchError, FetchPayload, FetchRequest, FetchResponse,
 };
 use keel_core::{LeaderEpoch, Offset};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{now_ms, Broker, PartitionHandle};
 use crate::cluster::{kind, Cluster, Proposed};
 use crate::peer::{Body, Incoming};
 
-/// The longest a leader holds a follower's fetch that has nothing new.
+/// The longest a leader holds a session's request that has nothing new (Kafka's
+/// `replica.fetch.wait.max.ms`).
 pub const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(500);
-/// How long a follower waits for the leader's answer before backing off.
-const REPLICA_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the replica timers run.
-const TIMER_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a follower waits for its own sync before fetching anyway.
-const SYNC_WAIT: Duration = Duration::from_secs(5);
+/// How often, at least, a leader evaluates every partition of a session, changed or not.
+pub const FULL_EVALUATION_INTERVAL: Duration = Duration::from_millis(500);
+/// The most record bytes one answer carries (Kafka's `replica.fetch.response.max.bytes`).
+pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
+/// Kafka's FETCH_SESSION_ID_NOT_FOUND: the leader has no such session (it restarted, or the
+/// follower's was replaced); the follower starts a new one.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// Kafka's INVALID_FETCH_SESSION_EPOCH: a request was lost or repeated; the follower starts a
+/// new session.
+pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
+/// A partition, as fetch sessions name it.
+pub type PartitionKey = (TopicId, i32);
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// One partition's fetch in a session request: core's [`FetchRequest`] and the partition.
 #[derive(Clone, PartialEq, prost::Message)]
-struct ReplicaFetchMessage {
+pub struct PartitionFetch {
     #[prost(string, tag = "1")]
-    topic: String,
+    pub topic: String,
     #[prost(bytes = "vec", tag = "2")]
-    topic_id: Vec<u8>,
+    pub topic_id: Vec<u8>,
     #[prost(int32, tag = "3")]
-    partition: i32,
-    #[prost(int32, tag = "4")]
-    replica: i32,
+    pub partition: i32,
     #[prost(int32, tag = "5")]
-    leader_epoch: i32,
+    pub leader_epoch: i32,
     #[prost(int64, tag = "6")]
-    fetch_offset: i64,
+    pub fetch_offset: i64,
     #[prost(int32, tag = "7")]
-    last_fetched_epoch: i32,
+    pub last_fetched_epoch: i32,
     #[prost(int64, tag = "8")]
-    durable_end: i64,
+    pub durable_end: i64,
     #[prost(uint64, tag = "9")]
-    max_bytes: u64,
+    pub max_bytes: u64,
 }
 
+/// A partition the follower no longer fetches in this session.
 #[derive(Clone, PartialEq, prost::Message)]
-struct ReplicaFetchAnswer {
+pub struct PartitionRef {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+}
+
+/// A follower's request in a fetch session (peer message kind `REPLICA_FETCH`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionFetch {
+    /// 0: a new session, which replaces any the follower had with this leader; `named` then
+    /// lists every partition it fetches.
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    /// 0 for a new session, then one more with each request.
+    #[prost(uint32, tag = "2")]
+    pub epoch: u32,
+    /// The fetching broker.
+    #[prost(int32, tag = "3")]
+    pub replica: i32,
+    /// Partitions with a new fetch; the others keep the one the session holds.
+    #[prost(message, repeated, tag = "4")]
+    pub named: Vec<PartitionFetch>,
+    #[prost(message, repeated, tag = "5")]
+    pub forgotten: Vec<PartitionRef>,
+}
+
+/// The leader's answer to one partition's fetch: core's [`FetchResponse`] or an error.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionAnswer {
     /// A Kafka error code; 0: none.
     #[prost(int32, tag = "1")]
-    error_code: i32,
+    pub error_code: i32,
     #[prost(string, tag = "2")]
-    message: String,
+    pub message: String,
     #[prost(int32, tag = "3")]
-    leader_epoch: i32,
+    pub leader_epoch: i32,
     #[prost(int64, tag = "4")]
-    high_watermark: i64,
+    pub high_watermark: i64,
     #[prost(int64, tag = "5")]
-    log_start: i64,
+    pub log_start: i64,
     #[prost(int64, tag = "6")]
-    log_end: i64,
-    /// Whole batches, as stored, one after another.
+    pub log_end: i64,
+    /// Whole batches, as stored, one after another. Encoded last (see [`answer_body`]).
     #[prost(bytes = "bytes", tag = "7")]
-    records: Bytes,
+    pub records: Bytes,
     #[prost(bool, tag = "8")]
-    diverging: bool,
+    pub diverging: bool,
     #[prost(int32, tag = "9")]
-    diverging_epoch: i32,
+    pub diverging_epoch: i32,
     #[prost(int64, tag = "10")]
-    diverging_end_offset: i64,
+    pub diverging_end_offset: i64,
     #[prost(bool, tag = "11")]
-    offset_out_of_range: bool,
+    pub offset_out_of_range: bool,
+    #[prost(bytes = "vec", tag = "12")]
+    pub topic_id: Vec<u8>,
+    #[prost(int32, tag = "13")]
+    pub partition: i32,
+    /// The leader epoch of the fetch this answers (the follower backs off only if it still
+    /// fetches at that epoch).
+    #[prost(int32, tag = "14")]
+    pub fetch_epoch: i32,
 }
 
-fn error_answer(error_code: i16, message: String) -> ReplicaFetchAnswer {
-    ReplicaFetchAnswer {
-        error_code: error_code as i32,
-        message,
-        ..ReplicaFetchAnswer::default()
+/// The leader's answer to a session request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionAnswer {
+    /// A session-level error ([`FETCH_SESSION_ID_NOT_FOUND`], [`INVALID_FETCH_SESSION_EPOCH`],
+    /// or a malformed request); 0: none.
+    #[prost(int32, tag = "1")]
+    pub error_code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(uint64, tag = "3")]
+    pub session_id: u64,
+    /// Only the partitions with something new. Encoded last (see [`answer_body`]).
+    #[prost(message, repeated, tag = "4")]
+    pub entries: Vec<PartitionAnswer>,
+}
+
+pub fn partition_key(topic_id: &[u8], partition: i32) -> Option<PartitionKey> {
+    let id: [u8; 16] = topic_id.try_into().ok()?;
+    Some((TopicId(id), partition))
+}
+
+impl PartitionFetch {
+    pub fn new(topic: &str, key: PartitionKey, request: &FetchRequest) -> PartitionFetch {
+        PartitionFetch {
+            topic: topic.to_string(),
+            topic_id: key.0 .0.to_vec(),
+            partition: key.1,
+            leader_epoch: request.leader_epoch.0,
+            fetch_offset: request.fetch_offset.0,
+            last_fetched_epoch: request.last_fetched_epoch.0,
+            durable_end: request.durable_end.0,
+            max_bytes: request.max_bytes as u64,
+        }
+    }
+
+    fn request(&self, replica: BrokerId) -> FetchRequest {
+        FetchRequest {
+            replica,
+            leader_epoch: LeaderEpoch(self.leader_epoch),
+            fetch_offset: Offset(self.fetch_offset),
+            last_fetched_epoch: LeaderEpoch(self.last_fetched_epoch),
+            durable_end: Offset(self.durable_end),
+            max_bytes: self.max_bytes.min(crate::peer::FRAME_BYTES_MAX as u64 / 4) as usize,
+        }
     }
 }
 
-/// The answer to send: everything but the batches, and the batches (as stored) to send after
-/// it, as the answer's `records` field (see [`answer_body`]).
-fn encode_response(response: FetchResponse) -> (ReplicaFetchAnswer, Vec<Bytes>) {
-    let mut answer = ReplicaFetchAnswer {
+fn error_answer(
+    key: PartitionKey,
+    fetch_epoch: LeaderEpoch,
+    code: i16,
+    message: String,
+) -> PartitionAnswer {
+    PartitionAnswer {
+        error_code: code as i32,
+        message,
+        topic_id: key.0 .0.to_vec(),
+        partition: key.1,
+        fetch_epoch: fetch_epoch.0,
+        ..PartitionAnswer::default()
+    }
+}
+
+/// The answer to send for `key`: everything but the batches, and the batches (as stored) to
+/// send as its `records` field (see [`answer_body`]).
+fn encode_response(
+    key: PartitionKey,
+    fetch_epoch: LeaderEpoch,
+    response: FetchResponse,
+) -> (PartitionAnswer, Vec<Bytes>) {
+    let mut answer = PartitionAnswer {
         leader_epoch: response.leader_epoch.0,
         high_watermark: response.high_watermark.0,
         log_start: response.log_start.0,
         log_end: response.log_end.0,
-        ..ReplicaFetchAnswer::default()
+        topic_id: key.0 .0.to_vec(),
+        partition: key.1,
+        fetch_epoch: fetch_epoch.0,
+        ..PartitionAnswer::default()
     };
     let mut records = Vec::new();
     match response.payload {
@@ -119,30 +245,42 @@ fn encode_response(response: FetchResponse) -> (ReplicaFetchAnswer, Vec<Bytes>) 
     (answer, records)
 }
 
-/// The peer message body of `answer` with `records` as its `records` field: prost's encoding
-/// of the answer with them, the batches sent from the buffers they were read into. `answer`'s
-/// own `records` must be empty; the field (tag 7) goes last, after fields 8 to 11, which are
-/// at their defaults (left out) whenever there are records.
-fn answer_body(answer: &ReplicaFetchAnswer, records: Vec<Bytes>) -> Body {
-    debug_assert!(answer.records.is_empty());
+fn length_delimited_key(tag: u32, len: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut key);
+    prost::encoding::encode_varint(len as u64, &mut key);
+    key
+}
+
+/// The peer message body of `answer` with `entries` as its entries, each with its batches as
+/// its `records` field: prost's encoding of the whole answer, the batches sent from the buffers
+/// they were read into. `answer`'s own entries, and each entry's own `records`, must be empty.
+/// Protobuf lets fields come in any order, so each entry's records go last.
+pub fn answer_body(answer: &SessionAnswer, entries: Vec<(PartitionAnswer, Vec<Bytes>)>) -> Body {
+    debug_assert!(answer.entries.is_empty());
     let mut body = Body::new();
     body.push_slice(&answer.encode_to_vec());
-    let len: usize = records.iter().map(Bytes::len).sum();
-    if len > 0 {
-        let mut key = Vec::with_capacity(11);
-        prost::encoding::encode_key(7, prost::encoding::WireType::LengthDelimited, &mut key);
-        prost::encoding::encode_varint(len as u64, &mut key);
-        body.push_slice(&key);
-        for r in records {
-            body.push(r);
+    for (entry, records) in entries {
+        debug_assert!(entry.records.is_empty());
+        let head = entry.encode_to_vec();
+        let records_len: usize = records.iter().map(Bytes::len).sum();
+        let records_key = (records_len > 0).then(|| length_delimited_key(7, records_len));
+        let entry_len = head.len() + records_key.as_ref().map_or(0, Vec::len) + records_len;
+        body.push_slice(&length_delimited_key(4, entry_len));
+        body.push_slice(&head);
+        if let Some(key) = records_key {
+            body.push_slice(&key);
+            for r in records {
+                body.push(r);
+            }
         }
     }
     body
 }
 
-/// The leader's answer as core's [`FetchResponse`]; `Err` for an error code or batches that do
-/// not parse (a protocol violation: the follower backs off and fetches again).
-fn decode_response(answer: ReplicaFetchAnswer) -> Result<FetchResponse, String> {
+/// One partition's answer as core's [`FetchResponse`]; `Err` for an error code or batches that
+/// do not parse (a protocol violation: the follower backs off and fetches again).
+pub fn decode_entry(answer: PartitionAnswer) -> Result<FetchResponse, String> {
     if answer.error_code != 0 {
         return Err(format!("error {}: {}", answer.error_code, answer.message));
     }
@@ -177,113 +315,362 @@ fn decode_response(answer: ReplicaFetchAnswer) -> Result<FetchResponse, String> 
     })
 }
 
-/// Dispatches messages from peers: the quorum's to the cluster, replica fetches to the
-/// partitions.
-pub async fn dispatch_peers(
-    broker: Weak<Broker>,
-    cluster: Arc<Cluster>,
-    mut incoming: mpsc::Receiver<Incoming>,
-) {
-    while let Some(message) = incoming.recv().await {
-        let Some(message) = cluster.handle_peer(message) else {
-            continue;
-        };
-        match message.envelope.kind {
-            kind::REPLICA_FETCH => {
-                let Some(broker) = broker.upgrade() else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let (answer, records) = broker
-                        .serve_replica_fetch(message.envelope.body.clone())
-                        .await;
-                    if let Some(peers) = broker.cluster.peers() {
-                        let body = answer_body(&answer, records);
-                        let _ = peers.respond_body(&message, kind::REPLICA_FETCH, body);
-                    }
-                });
-            }
-            other => tracing::warn!(
-                from = message.from,
-                "a peer message of unknown kind {other}"
-            ),
+// ---------------------------------------------------------------------------------------------
+// The leader's sessions
+
+/// The fetch sessions followers hold with this broker as leader, one per follower broker.
+#[derive(Default)]
+pub struct LeaderSessions {
+    sessions: Mutex<BTreeMap<BrokerId, Arc<Session>>>,
+    next_id: AtomicU64,
+}
+
+/// One follower broker's session.
+pub struct Session {
+    id: u64,
+    inner: Mutex<SessionInner>,
+    /// Wakes the held request: a partition of the session changed, the follower asked, or the
+    /// session was replaced.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct SessionInner {
+    /// The epoch of the last request.
+    epoch: u32,
+    /// Replaced by a newer session of the same follower: its held request answers at once.
+    closed: bool,
+    /// The follower asked for an answer now.
+    woken: bool,
+    entries: BTreeMap<PartitionKey, Entry>,
+    /// Partitions whose state changed since the leader last evaluated them.
+    dirty: BTreeSet<PartitionKey>,
+    /// When every partition was last evaluated (ms, the broker's clock).
+    last_full_ms: i64,
+}
+
+struct Entry {
+    p: Arc<PartitionHandle>,
+    /// The follower's fetch, until it is answered (then the follower names the next one).
+    request: Option<FetchRequest>,
+    /// The high watermark last sent to the follower for this partition.
+    hw_sent: Offset,
+}
+
+impl LeaderSessions {
+    pub fn new(first_id: u64) -> LeaderSessions {
+        LeaderSessions {
+            sessions: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(first_id.max(1)),
         }
+    }
+
+    /// The partition `key` changed (an append, a high watermark move, a role change): the
+    /// sessions that fetch it evaluate it again. Never called under a partition lock.
+    pub fn mark(&self, key: &PartitionKey) {
+        let sessions = self.sessions.lock().expect("sessions poisoned");
+        for session in sessions.values() {
+            let mut inner = session.inner.lock().expect("session poisoned");
+            if inner.entries.contains_key(key) {
+                inner.dirty.insert(*key);
+                drop(inner);
+                session.notify.notify_one();
+            }
+        }
+    }
+
+    /// The follower asks for its held request to be answered now.
+    fn wake(&self, follower: BrokerId) {
+        let session = self
+            .sessions
+            .lock()
+            .expect("sessions poisoned")
+            .get(&follower)
+            .cloned();
+        if let Some(session) = session {
+            session.inner.lock().expect("session poisoned").woken = true;
+            session.notify.notify_one();
+        }
+    }
+
+    /// A new session for `follower`, replacing (and closing) the one it had.
+    fn open(&self, follower: BrokerId) -> Arc<Session> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id,
+            inner: Mutex::new(SessionInner::default()),
+            notify: Notify::new(),
+        });
+        let old = self
+            .sessions
+            .lock()
+            .expect("sessions poisoned")
+            .insert(follower, session.clone());
+        if let Some(old) = old {
+            old.inner.lock().expect("session poisoned").closed = true;
+            old.notify.notify_one();
+        }
+        session
+    }
+
+    fn get(&self, follower: BrokerId, id: u64) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("sessions poisoned")
+            .get(&follower)
+            .filter(|s| s.id == id)
+            .cloned()
+    }
+
+    /// How many partitions each follower's session holds (tests and metrics).
+    pub fn sizes(&self) -> BTreeMap<BrokerId, usize> {
+        self.sessions
+            .lock()
+            .expect("sessions poisoned")
+            .iter()
+            .map(|(b, s)| (*b, s.inner.lock().expect("session poisoned").entries.len()))
+            .collect()
     }
 }
 
+fn session_error(code: i16, message: String) -> Body {
+    let answer = SessionAnswer {
+        error_code: code as i32,
+        message,
+        ..SessionAnswer::default()
+    };
+    answer_body(&answer, Vec::new())
+}
+
 impl Broker {
-    /// The leader's side of a follower's fetch.
-    async fn serve_replica_fetch(&self, body: Bytes) -> (ReplicaFetchAnswer, Vec<Bytes>) {
-        let error = |code: i16, message: String| (error_answer(code, message), Vec::new());
-        let m = match ReplicaFetchMessage::decode(body) {
+    /// The leader's side of a session request: applies what it names and forgets, then answers
+    /// the partitions with news, holding the request up to [`REPLICA_FETCH_WAIT`] while there
+    /// is none.
+    async fn serve_session(&self, from: i32, body: Bytes) -> Body {
+        let m = match SessionFetch::decode(body) {
             Ok(m) => m,
-            Err(e) => return error(code::CORRUPT_MESSAGE, format!("undecodable: {e}")),
+            Err(e) => return session_error(code::CORRUPT_MESSAGE, format!("undecodable: {e}")),
         };
-        let Some(p) = self
-            .replica(&m.topic, m.partition)
-            .filter(|p| p.topic_id.0[..] == m.topic_id[..])
-        else {
-            return error(
-                code::NOT_LEADER_OR_FOLLOWER,
-                format!("no replica of {}-{} here", m.topic, m.partition),
+        let follower = BrokerId(m.replica);
+        if m.replica != from {
+            return session_error(
+                code::CORRUPT_MESSAGE,
+                format!("broker {from} fetches as broker {}", m.replica),
             );
-        };
-        let request = FetchRequest {
-            replica: BrokerId(m.replica),
-            leader_epoch: LeaderEpoch(m.leader_epoch),
-            fetch_offset: Offset(m.fetch_offset),
-            last_fetched_epoch: LeaderEpoch(m.last_fetched_epoch),
-            durable_end: Offset(m.durable_end),
-            max_bytes: m.max_bytes.min(crate::peer::FRAME_BYTES_MAX as u64 / 2) as usize,
-        };
-        let deadline = tokio::time::Instant::now() + REPLICA_FETCH_WAIT;
-        let mut activity = p.activity.subscribe();
-        loop {
-            activity.borrow_and_update();
-            let (result, committed) = p.with(|r| {
-                (
-                    r.handle_follower_fetch(now_ms(), &request),
-                    r.committed_end(),
-                )
-            });
-            // The follower's durable end may commit writes: answer acks=all produces now, and
-            // persist and expose the high watermark on the sync thread (the planted bug
-            // exposes it at once, before any sync).
-            p.note_committed(committed);
-            self.queue_sync(&p);
-            if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
-                p.publish_high_watermark(p.with(|r| r.high_watermark()));
-            }
-            let response = match result {
-                Err(e) => {
-                    if let FetchError::Log(e) = &e {
-                        p.read_failed(e);
-                    }
-                    return error(e.code(), e.to_string());
-                }
-                Ok(r) => r,
+        }
+        let mut answers: Vec<(PartitionAnswer, Vec<Bytes>)> = Vec::new();
+        // Look the named partitions up before taking the session's lock (the partition map's
+        // lock is taken before a session's elsewhere).
+        let mut named = Vec::with_capacity(m.named.len());
+        for n in &m.named {
+            let Some(key) = partition_key(&n.topic_id, n.partition) else {
+                return session_error(code::CORRUPT_MESSAGE, "a topic id of the wrong size".into());
             };
-            let nothing_new = matches!(&response.payload, FetchPayload::Records(b) if b.is_empty())
-                && p.hw_sent
-                    .lock()
-                    .expect("hw_sent poisoned")
-                    .get(&request.replica)
-                    == Some(&response.high_watermark);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !nothing_new || left.is_zero() || p.deleted.load(Ordering::SeqCst) {
-                p.hw_sent
-                    .lock()
-                    .expect("hw_sent poisoned")
-                    .insert(request.replica, response.high_watermark);
-                return encode_response(response);
+            let request = n.request(follower);
+            match self
+                .replica(&n.topic, n.partition)
+                .filter(|p| p.topic_id == key.0 && !p.is_deleted())
+            {
+                Some(p) => named.push((key, p, request)),
+                None => answers.push((
+                    error_answer(
+                        key,
+                        request.leader_epoch,
+                        code::NOT_LEADER_OR_FOLLOWER,
+                        format!("no replica of {}-{} here", n.topic, n.partition),
+                    ),
+                    Vec::new(),
+                )),
             }
-            let _ = tokio::time::timeout(left, activity.changed()).await;
+        }
+        let session = if m.session_id == 0 {
+            self.sessions.open(follower)
+        } else {
+            match self.sessions.get(follower, m.session_id) {
+                Some(s) => s,
+                None => {
+                    return session_error(
+                        FETCH_SESSION_ID_NOT_FOUND,
+                        format!("no fetch session {} here", m.session_id),
+                    )
+                }
+            }
+        };
+        {
+            let mut inner = session.inner.lock().expect("session poisoned");
+            if m.session_id != 0 && m.epoch != inner.epoch.wrapping_add(1) {
+                return session_error(
+                    INVALID_FETCH_SESSION_EPOCH,
+                    format!("session epoch {} after {}", m.epoch, inner.epoch),
+                );
+            }
+            inner.epoch = m.epoch;
+            inner.woken = false;
+            for f in &m.forgotten {
+                if let Some(key) = partition_key(&f.topic_id, f.partition) {
+                    inner.entries.remove(&key);
+                    inner.dirty.remove(&key);
+                }
+            }
+            for (key, p, request) in named {
+                if keel_core::planted::active(keel_core::planted::Bug::SessionDropsPosition)
+                    && m.session_id != 0
+                    && inner.entries.get(&key).is_some_and(|e| e.request.is_none())
+                    && request.fetch_offset.0 % 7 == 3
+                {
+                    // The planted bug: a new position for a partition the session answered is
+                    // dropped, so the follower waits for an answer that never comes.
+                    continue;
+                }
+                let hw_sent = inner.entries.get(&key).map_or(Offset(-1), |e| e.hw_sent);
+                inner.entries.insert(
+                    key,
+                    Entry {
+                        p,
+                        request: Some(request),
+                        hw_sent,
+                    },
+                );
+                inner.dirty.insert(key);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + REPLICA_FETCH_WAIT;
+        let mut budget = RESPONSE_BYTES_MAX;
+        loop {
+            let now = now_ms();
+            let (work, closed) = {
+                let mut inner = session.inner.lock().expect("session poisoned");
+                let full = now.saturating_sub(inner.last_full_ms)
+                    >= FULL_EVALUATION_INTERVAL.as_millis() as i64;
+                let keys: Vec<PartitionKey> = if full {
+                    inner.last_full_ms = now;
+                    inner.dirty.clear();
+                    inner.entries.keys().copied().collect()
+                } else {
+                    std::mem::take(&mut inner.dirty).into_iter().collect()
+                };
+                let work: Vec<_> = keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        let e = inner.entries.get(&k)?;
+                        Some((k, e.p.clone(), e.request.clone()?, e.hw_sent))
+                    })
+                    .collect();
+                (work, inner.closed)
+            };
+            if closed {
+                break;
+            }
+            let mut results = Vec::new();
+            let mut left_over = Vec::new();
+            for (key, p, request, hw_sent) in work {
+                if budget == 0 {
+                    left_over.push(key);
+                    continue;
+                }
+                if let Some((answer, records)) = self.evaluate(&p, key, &request, hw_sent) {
+                    let len: usize = records.iter().map(Bytes::len).sum();
+                    budget = budget.saturating_sub(len.max(1));
+                    results.push((key, request, answer, records));
+                }
+            }
+            let woken = {
+                let mut inner = session.inner.lock().expect("session poisoned");
+                inner.dirty.extend(left_over);
+                for (key, request, answer, records) in results {
+                    // Answered only if the session still holds that fetch (a newer request may
+                    // have named a new one meanwhile: that one is evaluated in its turn).
+                    let Some(e) = inner.entries.get_mut(&key) else {
+                        continue;
+                    };
+                    if e.request.as_ref() != Some(&request) {
+                        continue;
+                    }
+                    e.request = None;
+                    if answer.error_code == 0 {
+                        e.hw_sent = Offset(answer.high_watermark);
+                    }
+                    answers.push((answer, records));
+                }
+                std::mem::take(&mut inner.woken) || inner.closed
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !answers.is_empty() || woken || left.is_zero() || budget == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(left, session.notify.notified()).await;
+        }
+        let answer = SessionAnswer {
+            session_id: session.id,
+            ..SessionAnswer::default()
+        };
+        answer_body(&answer, answers)
+    }
+
+    /// Evaluates one partition's held fetch: its answer if it has news for the follower
+    /// (batches, a divergence, an error, a high watermark other than the one last sent).
+    fn evaluate(
+        &self,
+        p: &Arc<PartitionHandle>,
+        key: PartitionKey,
+        request: &FetchRequest,
+        hw_sent: Offset,
+    ) -> Option<(PartitionAnswer, Vec<Bytes>)> {
+        if p.is_deleted() {
+            return Some((
+                error_answer(
+                    key,
+                    request.leader_epoch,
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    "the partition was deleted".into(),
+                ),
+                Vec::new(),
+            ));
+        }
+        let (result, write_wanted, alter, deadline) = p.with(|r| {
+            let result = r.handle_follower_fetch(now_ms(), request);
+            (
+                result,
+                r.state_write_wanted(),
+                r.poll_alter_partition(),
+                r.poll_timeout(),
+            )
+        });
+        // The follower's durable end may move the high watermark: persist and expose it on the
+        // sync thread (the planted bug exposes it at once, before any sync).
+        if write_wanted {
+            self.queue_sync(p);
+        }
+        if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
+            p.publish_high_watermark(p.with(|r| r.high_watermark()));
+        }
+        if let Some(alter) = alter {
+            self.send_alter_partition(p, alter);
+        }
+        if let Some(at) = deadline {
+            self.deadlines.schedule(p, at);
+        }
+        match result {
+            Err(e) => {
+                if let FetchError::Log(e) = &e {
+                    p.read_failed(e);
+                }
+                Some((
+                    error_answer(key, request.leader_epoch, e.code(), e.to_string()),
+                    Vec::new(),
+                ))
+            }
+            Ok(response) => {
+                let nothing_new = matches!(&response.payload, FetchPayload::Records(b) if b.is_empty())
+                    && response.high_watermark == hw_sent;
+                (!nothing_new).then(|| encode_response(key, request.leader_epoch, response))
+            }
         }
     }
 
-    /// Sends the partition's pending AlterPartition, if any, to the controller.
-    fn send_alter_partition(self: &Arc<Self>, p: &Arc<PartitionHandle>) {
-        let Some(alter) = p.with(|r| r.poll_alter_partition()) else {
+    /// Sends the partition's pending AlterPartition to the controller.
+    pub(super) fn send_alter_partition(&self, p: &Arc<PartitionHandle>, alter: AlterPartition) {
+        let Some(broker) = self.this.upgrade() else {
             return;
         };
         let request = AlterPartitionRequest {
@@ -296,7 +683,6 @@ impl Broker {
             new_isr: alter.isr.clone(),
         };
         tracing::info!(topic = %p.topic, partition = p.index, "proposing ISR {:?}", alter.isr);
-        let broker = self.clone();
         let p = p.clone();
         tokio::spawn(async move {
             match broker.cluster.alter_partition(request).await {
@@ -313,176 +699,165 @@ impl Broker {
                     p.with(|r| r.on_alter_partition_failed(now_ms(), alter.id));
                 }
             }
+            // Either way the partition has a new deadline (the retry backoff, or a shrink
+            // deadline the pending change held back).
+            broker.after_replica_change(&p);
         });
     }
-}
 
-/// Starts the follower fetch loop of `p` if it follows a leader and none runs.
-pub fn ensure_fetching(broker: &Arc<Broker>, p: &Arc<PartitionHandle>) {
-    let follows = matches!(p.with(|r| r.role()), Role::Follower { .. });
-    if follows && !p.fetching.swap(true, Ordering::SeqCst) {
-        tokio::spawn(follow(Arc::downgrade(broker), p.clone()));
+    /// After anything that may give a partition an AlterPartition to send or a new deadline:
+    /// sends the one, schedules the other.
+    pub(super) fn after_replica_change(&self, p: &Arc<PartitionHandle>) {
+        let (alter, deadline) = p.with(|r| (r.poll_alter_partition(), r.poll_timeout()));
+        if let Some(alter) = alter {
+            self.send_alter_partition(p, alter);
+        }
+        if let Some(at) = deadline {
+            self.deadlines.schedule(p, at);
+        }
     }
 }
 
-/// A follower's fetch loop: fetch, apply, sync, repeat, while the replica follows.
-async fn follow(broker: Weak<Broker>, p: Arc<PartitionHandle>) {
-    loop {
-        let Some(b) = broker.upgrade() else {
+/// Dispatches messages from peers: the quorum's to the cluster, fetch sessions to the
+/// partitions.
+pub async fn dispatch_peers(
+    broker: Weak<Broker>,
+    cluster: Arc<Cluster>,
+    mut incoming: mpsc::Receiver<Incoming>,
+) {
+    while let Some(message) = incoming.recv().await {
+        let Some(message) = cluster.handle_peer(message) else {
+            continue;
+        };
+        let Some(broker) = broker.upgrade() else {
             return;
         };
-        let role = p.with(|r| r.role());
-        let following = matches!(role, Role::Follower { .. }) && !p.deleted.load(Ordering::SeqCst);
-        if !following {
-            p.fetching.store(false, Ordering::SeqCst);
-            // A role change between the check and the store would find `fetching` still set
-            // and start no loop: look once more.
-            let again = matches!(p.with(|r| r.role()), Role::Follower { .. })
-                && !p.deleted.load(Ordering::SeqCst);
-            if again && !p.fetching.swap(true, Ordering::SeqCst) {
+        match message.envelope.kind {
+            kind::REPLICA_FETCH => {
+                tokio::spawn(async move {
+                    let body = broker
+                        .serve_session(message.from, message.envelope.body.clone())
+                        .await;
+                    if let Some(peers) = broker.cluster.peers() {
+                        let _ = peers.respond_body(&message, kind::REPLICA_FETCH, body);
+                    }
+                });
+            }
+            kind::REPLICA_FETCH_WAKE => broker.sessions.wake(BrokerId(message.from)),
+            other => tracing::warn!(
+                from = message.from,
+                "a peer message of unknown kind {other}"
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines
+
+/// Every partition's next deadline (`PartitionReplica::poll_timeout`: an ISR follower falling
+/// out of sync on a leader, the end of a fetch backoff on a follower), in order. A partition is
+/// in the queue at most once, at its earliest deadline; one task ([`run_deadlines`]) sleeps
+/// until the first.
+#[derive(Default)]
+pub struct Deadlines {
+    queue: Mutex<DeadlineQueue>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct DeadlineQueue {
+    by_time: BTreeMap<(i64, u64), Weak<PartitionHandle>>,
+    next_seq: u64,
+}
+
+impl Deadlines {
+    /// Schedules `p` at `at` (ms, the broker's clock) unless it is already due earlier.
+    pub fn schedule(&self, p: &Arc<PartitionHandle>, at: i64) {
+        let mut queue = self.queue.lock().expect("deadlines poisoned");
+        let current = p.timer_at.load(Ordering::SeqCst);
+        if current <= at {
+            return;
+        }
+        p.timer_at.store(at, Ordering::SeqCst);
+        let seq = queue.next_seq;
+        queue.next_seq += 1;
+        let first = queue.by_time.keys().next().is_none_or(|&(t, _)| at < t);
+        queue.by_time.insert((at, seq), Arc::downgrade(p));
+        drop(queue);
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The partitions due at `now`, taken out of the queue.
+    fn take_due(&self, now: i64) -> Vec<Arc<PartitionHandle>> {
+        let mut queue = self.queue.lock().expect("deadlines poisoned");
+        let mut due = Vec::new();
+        while let Some(entry) = queue.by_time.first_entry() {
+            let (at, _) = *entry.key();
+            if at > now {
+                break;
+            }
+            let weak = entry.remove();
+            let Some(p) = weak.upgrade() else {
                 continue;
+            };
+            // A stale entry: the partition was scheduled earlier since (and fired then).
+            if p.timer_at.load(Ordering::SeqCst) == at {
+                p.timer_at.store(i64::MAX, Ordering::SeqCst);
+                due.push(p);
             }
-            return;
         }
-        fetch_once(&b, &p).await;
+        due
+    }
+
+    fn first(&self) -> Option<i64> {
+        let queue = self.queue.lock().expect("deadlines poisoned");
+        queue.by_time.keys().next().map(|&(t, _)| t)
+    }
+
+    /// How many entries the queue holds (tests).
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("deadlines poisoned").by_time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-async fn fetch_once(b: &Arc<Broker>, p: &Arc<PartitionHandle>) {
-    p.discard_if_pending();
-    let now = now_ms();
-    // `next_fetch` records the fetch as in flight: ask for one only when it can be sent.
-    let peers = b.cluster.peers();
-    let (request, leader, wake_at) = p.with(|r| {
-        let leader = r.fetch_leader();
-        let request = (leader.is_some() && peers.is_some())
-            .then(|| r.next_fetch(now))
-            .flatten();
-        (request, leader, r.poll_timeout())
-    });
-    let (Some(request), Some(leader), Some(peers)) = (request, leader, peers) else {
-        // Backing off, or no leader yet: wait for the backoff or a role change.
-        let wait = wake_at.map_or(TIMER_INTERVAL, |t| {
-            Duration::from_millis(t.saturating_sub(now).clamp(1, 1000) as u64)
-        });
-        let mut activity = p.activity.subscribe();
-        let _ = tokio::time::timeout(wait, activity.changed()).await;
-        p.with(|r| r.handle_timeout(now_ms()));
-        return;
-    };
-    let body = ReplicaFetchMessage {
-        topic: p.topic.clone(),
-        topic_id: p.topic_id.0.to_vec(),
-        partition: p.index,
-        replica: request.replica.0,
-        leader_epoch: request.leader_epoch.0,
-        fetch_offset: request.fetch_offset.0,
-        last_fetched_epoch: request.last_fetched_epoch.0,
-        durable_end: request.durable_end.0,
-        max_bytes: request.max_bytes as u64,
-    }
-    .encode_to_vec();
-    let mut activity = p.activity.subscribe();
-    let call = peers.call(
-        leader.0,
-        kind::REPLICA_FETCH,
-        Bytes::from(body),
-        REPLICA_FETCH_TIMEOUT,
-    );
-    // A fetch to a leader that is gone would hold the loop until its timeout; drop it as soon
-    // as the metadata names a new leader (the new role has no fetch in flight).
-    let answer = tokio::select! {
-        answer = call => answer,
-        _ = role_change(p, &mut activity, request.leader_epoch, leader) => return,
-    };
-    let answer = answer
-        .map_err(|e| e.to_string())
-        .and_then(|envelope| ReplicaFetchAnswer::decode(envelope.body).map_err(|e| e.to_string()))
-        .and_then(decode_response);
-    let response = match answer {
-        Ok(r) => r,
-        Err(why) => {
-            tracing::debug!(topic = %p.topic, partition = p.index, "fetch from {leader}: {why}");
-            p.with(|r| {
-                // Back off only if this fetch is still the current role's.
-                if r.leader_epoch() == request.leader_epoch {
-                    r.handle_fetch_error(now_ms())
-                }
-            });
-            return;
-        }
-    };
-    p.note_leader_high_watermark(response.high_watermark);
-    let outcome =
-        p.with_snapshots(|r, snapshots| r.handle_fetch_response(now_ms(), snapshots, response));
-    match outcome {
-        Ok(FetchOutcome::Appended(n)) if n > 0 => {
-            // Report the new durable end in the next fetch: wait for the sync first (the
-            // planted bug reports the unsynced end at once).
-            let end = p.with(|r| r.log().end());
-            b.queue_sync(p);
-            if !keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
-                let mut durable = p.durable_end.subscribe();
-                let _ = tokio::time::timeout(SYNC_WAIT, durable.wait_for(|d| *d >= end)).await;
-            }
-        }
-        Ok(FetchOutcome::Truncated(at)) => {
-            tracing::info!(topic = %p.topic, partition = p.index, "truncated a diverged suffix at {at}");
-            b.queue_sync(p);
-        }
-        Ok(FetchOutcome::Restarted(at)) => {
-            tracing::info!(topic = %p.topic, partition = p.index, "restarted the log at the leader's start {at}");
-            b.queue_sync(p);
-        }
-        Ok(_) => b.queue_sync(p),
-        Err(e) => {
-            tracing::warn!(topic = %p.topic, partition = p.index, "applying a fetch from {leader}: {e}");
-            if let ReplicaError::Log(e) = &e {
-                p.read_failed(e);
-            }
-            p.with(|r| r.handle_fetch_error(now_ms()));
-        }
-    }
-}
-
-/// Resolves when the replica no longer follows `leader` at `epoch`.
-async fn role_change(
-    p: &PartitionHandle,
-    activity: &mut tokio::sync::watch::Receiver<u64>,
-    epoch: LeaderEpoch,
-    leader: BrokerId,
-) {
+/// Runs the replica deadlines: ISR shrink on leaders (`replica.lag.time.max.ms`), the end of a
+/// follower's fetch backoff.
+pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
     loop {
-        if activity.changed().await.is_err() {
-            return std::future::pending().await;
+        let wait = deadlines
+            .first()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).clamp(0, 60_000) as u64));
+        let notified = deadlines.notify.notified();
+        match wait {
+            Some(w) if w.is_zero() => {}
+            Some(w) => {
+                let _ = tokio::time::timeout(w, notified).await;
+            }
+            None => notified.await,
         }
-        let same = p.with(|r| r.leader_epoch() == epoch && r.fetch_leader() == Some(leader));
-        if !same || p.deleted.load(Ordering::SeqCst) {
-            return;
-        }
-    }
-}
-
-/// The replica timers: ISR shrink on leaders (`replica.lag.time.max.ms`), and AlterPartition
-/// requests to send.
-pub async fn timers(broker: Weak<Broker>) {
-    let mut interval = tokio::time::interval(TIMER_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
         let Some(b) = broker.upgrade() else {
             return;
         };
         let now = now_ms();
-        for p in b.all_partitions() {
+        for p in deadlines.take_due(now) {
+            if p.is_deleted() {
+                continue;
+            }
             // A damaged leader shrinks no ISR: its followers lag because it cannot serve them,
             // and it is stepping down to the sound ones.
-            let due = !p.is_damaged()
-                && p.with(|r| r.is_leader() && r.poll_timeout().is_some_and(|t| t <= now));
-            if due {
+            if !p.is_damaged() {
                 p.with(|r| r.handle_timeout(now));
             }
-            b.send_alter_partition(&p);
+            b.after_replica_change(&p);
+            // A follower whose backoff ended fetches again.
+            p.fetch_ready();
         }
     }
 }
@@ -501,8 +876,18 @@ mod tests {
         builder.build().unwrap()
     }
 
+    const KEY: PartitionKey = (TopicId([7; 16]), 3);
+
+    fn answer_of(entries: Vec<(PartitionAnswer, Vec<Bytes>)>) -> SessionAnswer {
+        let head = SessionAnswer {
+            session_id: 9,
+            ..SessionAnswer::default()
+        };
+        SessionAnswer::decode(answer_body(&head, entries).concat()).unwrap()
+    }
+
     #[test]
-    fn fetch_answers_round_trip() {
+    fn session_answers_round_trip() {
         let batches: Vec<Batch> = (0..3).map(|i| batch(i * 2, 2)).collect();
         let response = FetchResponse {
             leader_epoch: LeaderEpoch(4),
@@ -511,18 +896,48 @@ mod tests {
             log_end: Offset(6),
             payload: FetchPayload::Records(batches.clone()),
         };
-        let (answer, records) = encode_response(response);
-        let bytes = answer_body(&answer, records.clone()).concat();
-        // The same bytes as prost's encoding of the whole answer.
-        let whole = ReplicaFetchAnswer {
-            records: records.concat().into(),
-            ..answer
+        let (entry, records) = encode_response(KEY, LeaderEpoch(4), response);
+        let other = (TopicId([8; 16]), 0);
+        let empty = encode_response(
+            other,
+            LeaderEpoch(1),
+            FetchResponse {
+                leader_epoch: LeaderEpoch(1),
+                high_watermark: Offset(5),
+                log_start: Offset(0),
+                log_end: Offset(5),
+                payload: FetchPayload::Records(Vec::new()),
+            },
+        );
+        let head = SessionAnswer {
+            session_id: 9,
+            ..SessionAnswer::default()
         };
-        assert_eq!(&bytes[..], &whole.encode_to_vec()[..]);
-        let back = decode_response(ReplicaFetchAnswer::decode(bytes).unwrap()).unwrap();
-        assert_eq!(back.leader_epoch, LeaderEpoch(4));
-        assert_eq!((back.high_watermark, back.log_end), (Offset(2), Offset(6)));
-        match back.payload {
+        let bytes =
+            answer_body(&head, vec![(entry.clone(), records.clone()), empty.clone()]).concat();
+        // The same bytes as prost's encoding of the whole answer, up to field order.
+        let whole = SessionAnswer {
+            entries: vec![
+                PartitionAnswer {
+                    records: records.concat().into(),
+                    ..entry
+                },
+                empty.0,
+            ],
+            ..head
+        };
+        let back = SessionAnswer::decode(bytes).unwrap();
+        assert_eq!(back, whole);
+        assert_eq!(back.session_id, 9);
+        let first = back.entries[0].clone();
+        assert_eq!(partition_key(&first.topic_id, first.partition), Some(KEY));
+        let first = decode_entry(first).unwrap();
+        assert_eq!(first.leader_epoch, LeaderEpoch(4));
+        assert_eq!(
+            (first.high_watermark, first.log_end),
+            (Offset(2), Offset(6))
+        );
+        match first.payload {
             FetchPayload::Records(got) => {
                 assert_eq!(got.len(), 3);
                 for (a, b) in got.iter().zip(&batches) {
@@ -531,44 +946,66 @@ mod tests {
             }
             other => panic!("expected records, got {other:?}"),
         }
+        let second = back.entries[1].clone();
+        assert_eq!(
+            partition_key(&second.topic_id, second.partition),
+            Some(other)
+        );
+        assert_eq!(decode_entry(second).unwrap().high_watermark, Offset(5));
     }
 
     #[test]
     fn a_truncated_batch_from_the_leader_is_refused() {
         let batch = batch(0, 3);
-        let (answer, records) = encode_response(FetchResponse {
-            leader_epoch: LeaderEpoch(0),
-            high_watermark: Offset(0),
-            log_start: Offset(0),
-            log_end: Offset(3),
-            payload: FetchPayload::Records(vec![batch]),
-        });
+        let (entry, records) = encode_response(
+            KEY,
+            LeaderEpoch(0),
+            FetchResponse {
+                leader_epoch: LeaderEpoch(0),
+                high_watermark: Offset(0),
+                log_start: Offset(0),
+                log_end: Offset(3),
+                payload: FetchPayload::Records(vec![batch]),
+            },
+        );
         let records = records.concat();
         let cut = Bytes::copy_from_slice(&records[..records.len() - 1]);
-        let bytes = answer_body(&answer, vec![cut]).concat();
-        let answer = ReplicaFetchAnswer::decode(bytes).unwrap();
-        assert!(decode_response(answer).is_err());
+        let back = answer_of(vec![(entry, vec![cut])]);
+        assert!(decode_entry(back.entries[0].clone()).is_err());
     }
 
     #[test]
     fn diverging_and_errors_survive_the_wire() {
-        let (answer, _) = encode_response(FetchResponse {
-            leader_epoch: LeaderEpoch(3),
-            high_watermark: Offset(5),
-            log_start: Offset(0),
-            log_end: Offset(9),
-            payload: FetchPayload::Diverging {
-                epoch: LeaderEpoch(2),
-                end_offset: Offset(7),
+        let (entry, _) = encode_response(
+            KEY,
+            LeaderEpoch(3),
+            FetchResponse {
+                leader_epoch: LeaderEpoch(3),
+                high_watermark: Offset(5),
+                log_start: Offset(0),
+                log_end: Offset(9),
+                payload: FetchPayload::Diverging {
+                    epoch: LeaderEpoch(2),
+                    end_offset: Offset(7),
+                },
             },
-        });
-        match decode_response(answer).unwrap().payload {
+        );
+        let error = error_answer(KEY, LeaderEpoch(3), code::FENCED_LEADER_EPOCH, "old".into());
+        let back = answer_of(vec![(entry, Vec::new()), (error, Vec::new())]);
+        match decode_entry(back.entries[0].clone()).unwrap().payload {
             FetchPayload::Diverging { epoch, end_offset } => {
                 assert_eq!((epoch, end_offset), (LeaderEpoch(2), Offset(7)))
             }
             other => panic!("expected diverging, got {other:?}"),
         }
-        let err = decode_response(error_answer(code::FENCED_LEADER_EPOCH, "old".into()));
+        let err = decode_entry(back.entries[1].clone());
         assert!(err.unwrap_err().contains("74"));
+        assert_eq!(back.entries[1].fetch_epoch, 3);
+    }
+
+    #[test]
+    fn a_topic_id_of_the_wrong_size_names_no_partition() {
+        assert_eq!(partition_key(&[1; 15], 0), None);
+        assert_eq!(partition_key(&[7; 16], 3), Some(KEY));
     }
 }
