@@ -2,8 +2,8 @@
 //! actually serve.
 //!
 //! [`API_SUPPORT_TABLE`] is the upper bound of what keel may ever advertise, one row per API,
-//! sorted by api key. [`SupportedApis`] is the subset one listener serves: the broker picks
-//! the API keys it has implemented (group APIs can be left out until the coordinator exists)
+//! sorted by api key. [`SupportedApis`] is the subset one listener serves (the broker serves
+//! every row: `broker::served_apis`; tests may leave some out, the group APIs for example)
 //! and the wire layer answers ApiVersions from it and rejects everything outside it.
 //!
 //! What always holds:
@@ -99,9 +99,9 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
 /// v0-schema UNSUPPORTED_VERSION fallback.
 pub const API_VERSIONS_VERSION_MAX: i16 = 3;
 
-/// The classic consumer group APIs (and the coordinator lookup they start with). A broker
-/// without a group coordinator leaves these out of [`SupportedApis`], so that clients do not
-/// try to use groups it cannot serve.
+/// The classic consumer group APIs (and the coordinator lookup they start with). A listener
+/// without a group coordinator behind it leaves these out of [`SupportedApis`], so that clients
+/// do not try to use groups it cannot serve; the broker serves them all.
 pub const GROUP_APIS: [ApiKey; 10] = [
     ApiKey::FindCoordinator,
     ApiKey::JoinGroup,
