@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Pinned: the versions the interop tests were written against (see shared KAFKA_NOTES.md).
+# Pinned: the versions the interop tests were written against (docs/protocol.md, "Clients keel
+# is tested with").
 python_packages=(
     "confluent-kafka==2.16.1"
     "kafka-python==3.0.12"

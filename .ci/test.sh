@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 fuzz_seconds=${KEEL_FUZZ_SECONDS:-15}
+# Property tests (proptest) draw their cases from this fixed seed, in every step below, so that a
+# run passes or fails the same way each time; the cases in the checked-in proptest-regressions
+# files (every case that ever failed) run first. A plain `cargo test` draws fresh random cases
+# (README, "Property tests").
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-1}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -19,7 +24,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Kafka clients for the interop tests (kcat, .venv)"
 bash .ci/clients.sh
 
-step "unit, property and integration tests"
+step "unit, property and integration tests (proptest seed $PROPTEST_RNG_SEED)"
 cargo test --workspace 2>&1 | tee "$log"
 
 step "simulator tests (--cfg madsim, in target/sim)"

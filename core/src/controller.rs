@@ -1,5 +1,5 @@
 //! The metadata state machine: KRaft's controller state (topics, partitions, brokers, topic
-//! configs, producer-id blocks), for now on a single node.
+//! configs, producer-id blocks), replicated through the metadata quorum ([`crate::quorum`]).
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
@@ -11,7 +11,7 @@
 //! record, decoded from anywhere), and it leaves the state unchanged and returns an
 //! [`ApplyError`] for a record that does not fit the state. Replaying the same records from the
 //! same state always gives the same state and the same errors, which is what replication of the
-//! records through raft (a later issue) needs.
+//! records through raft needs.
 //!
 //! Commands may run on a stale copy of the state (a broker that is not the controller computes
 //! them and forwards the records to the raft leader), so `apply` checks each record against the
@@ -28,9 +28,11 @@
 //! same command, so that it loses leadership with its old epoch: it never leads again at a
 //! leader epoch it led before the restart. A session that expires fences it too.
 //!
-//! Single-node use, through [`MetadataStore`]: open it (replays the stored records), then for
-//! each request: run the command; on `Ok(records)`, [`MetadataStore::commit`] them (appended and
-//! synced first, applied after, so nothing is visible before it is durable); answer the client.
+//! The broker runs these commands through the quorum ([`crate::quorum::QuorumNode`]), whose raft
+//! log holds the records. [`MetadataStore`], the single-node store that came before it, is no
+//! longer used by the broker (its tests still run): open it (replays the stored records), then
+//! for each request: run the command; on `Ok(records)`, [`MetadataStore::commit`] them (appended
+//! and synced first, applied after, so nothing is visible before it is durable); answer.
 //!
 //! # Invariants (checked by [`MetadataState::check_invariants`], kept by `apply`)
 //! 1. Topic names and topic ids are each unique, and the name index matches the topics.

@@ -13,13 +13,21 @@
 //!   crash recovery.
 //! - [`producer`]: idempotent producer state per partition (duplicate detection, sequence and
 //!   epoch checks), its snapshots and its rebuild from the log.
+//! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
+//!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
-//!   producer-id blocks), its prost records and their single-node persistent store.
+//!   producer-id blocks), its prost records, and a single-node store of them the broker no
+//!   longer uses (the quorum's raft log holds them).
 //! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
 //!   offsets), its `__consumer_offsets` records and its rebuild from them.
 //! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
 //!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
 //!   sessions (heartbeats, fencing).
+//! - [`frame`]: CRC-framed records in an append-only file (the raft log's format).
+//! - [`planted`]: bugs planted for the simulator to catch (the `planted-bugs` feature only).
+//! - [`types`]: the `Offset`, `LeaderEpoch` and `ProducerId` newtypes.
+//!
+//! docs/design.md maps every module of the workspace.
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 

@@ -8,6 +8,8 @@
 //! - `partition.checkpoint`: `keel-partition 1 {log start offset} {recovery point} {crc}`,
 //!   written atomically.
 //!
+//! (The partition directory holds other files too, not the log's: docs/design.md lists them.)
+//!
 //! Invariants (asserted where they are kept, stated in docs/log-format.md):
 //! 1. Offsets are dense and increasing: each appended batch starts at the log end offset
 //!    (leader appends) or after it (follower appends), and the log end offset is the next offset
@@ -31,11 +33,11 @@ use crate::batch::{self, Batch, BatchError, BatchHeader, HEADER_BYTES};
 use crate::storage::{self, Storage, StorageError};
 use crate::types::{LeaderEpoch, Offset};
 
-/// Name of the leader-epoch cache file (Kafka's name).
 /// How many times recovery reads a batch again before it takes a failed read or check for
 /// damage and cuts the log there.
 pub const RECOVERY_READ_RETRIES: usize = 2;
 
+/// Name of the leader-epoch cache file (Kafka's name).
 pub const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 /// Name of the file holding the log start offset and the recovery point.
 pub const PARTITION_CHECKPOINT: &str = "partition.checkpoint";

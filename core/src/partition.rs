@@ -64,7 +64,7 @@
 //! 4. Drain [`PartitionReplica::prepare_state_write`] as for the leader.
 //!
 //! # Invariants
-//! The numbering is shared/DESIGN.md's and docs/replication.md's; each is asserted where it is
+//! The numbering is docs/replication.md's ("Invariants"); each is asserted where it is
 //! kept, with a message naming it:
 //! 2. The leader epoch ([`PartitionReplica::leader_epoch`]) and the high watermark never
 //!    decrease, across restarts too (epoch written before use, high watermark before exposure).

@@ -5,8 +5,11 @@
 //! backoff after a failure), the accept loop for incoming connections, framing, and the
 //! correlation of requests with responses.
 //!
-//! Wire format: a connection starts with a hello frame naming the sender; then each frame is
-//! `length: u32 BE | crc32c: u32 BE | body` where the body is a prost [`Envelope`]. The length
+//! Wire format: a connection starts with a hello naming the sender (8 bytes: the magic
+//! "keel" and the node id, big-endian), and carries frames one way, from the dialler: a
+//! broker's requests, one-way messages and responses to a peer all go on its own connection
+//! to that peer. Each frame is `length: u32 BE | crc32c: u32 BE | body` where the body is a
+//! prost [`Envelope`]; docs/design.md lists the message kinds and their fields. The length
 //! counts the CRC and the body and is bounded by [`FRAME_BYTES_MAX`]; a bad length, a CRC
 //! mismatch or a body that does not decode closes that connection (the peer redials), never
 //! the broker.

@@ -1,6 +1,6 @@
 //! ApiVersions over a real listener: golden bytes for v0 and v3, the error 35 fallback for
 //! versions above v3, and filtering by the broker's enabled APIs.
-//! Reference: KIP-35, KIP-511 (response header v0, fallback), shared/KAFKA_NOTES.md.
+//! Reference: KIP-35, KIP-511 (response header v0, fallback), docs/protocol.md.
 
 mod wire_support;
 

@@ -1,6 +1,6 @@
 //! Response order, acks=0 and back-pressure on one connection, over a real listener.
 //! Reference: Kafka's SocketServer (one response per request, in order; acks=0 produce gets
-//! none), shared/KAFKA_NOTES.md "Responses go out in request order".
+//! none), docs/protocol.md, "Rules the wire layer keeps".
 
 mod wire_support;
 

@@ -466,7 +466,7 @@ pub enum Anomaly {
     /// An acknowledged commit of one process went below its previous acknowledged commit of
     /// the key with no assign between. Commits of different processes, or across a
     /// rebalance, are not compared: concurrent commits around a rebalance may land in either
-    /// order in Kafka (SIM_NOTES.md has no rule for them).
+    /// order in Kafka, so no rule orders them.
     NonmonotonicCommit {
         key: Key,
         process: ProcessId,

@@ -15,7 +15,7 @@
 //! - [`Client::produce`] sends one record batch per value with acks=all and idempotence, and
 //!   retries the *same* batch (same producer id, epoch and sequence) after refreshing metadata,
 //!   so a retry of a batch that was in fact appended is answered with the original offset
-//!   instead of writing the value twice (KAFKA_NOTES: "Idempotent producer").
+//!   instead of writing the value twice (Kafka's `ProducerStateManager`; docs/protocol.md, Produce).
 //! - [`SendOutcome::Fail`] only when no attempt can have been appended: every attempt either
 //!   never left the client or was refused by an error the broker returns before appending.
 //!   Anything else that does not end in an acknowledgement is [`SendOutcome::Indefinite`], and

@@ -2,7 +2,7 @@
 //! directory), that survives the node's kill and restart as a real disk does and injects the
 //! faults of keel's fault model.
 //!
-//! What it models (shared/SIM_NOTES.md, TigerBeetle's storage faults, turmoil's simulated fs):
+//! What it models (after TigerBeetle's storage faults and turmoil's simulated fs; docs/simulation.md):
 //! - **Lost unsynced writes and torn writes.** Appends and truncations are pending until
 //!   `sync`; [`SimDisk::crash`] keeps each file's synced bytes plus a prefix of its pending
 //!   bytes cut at a sector boundary, and may leave the sector after the cut torn (a random

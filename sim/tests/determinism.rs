@@ -1,5 +1,5 @@
-//! One seed decides everything in a raft failover (issue 5, item 1; STYLE.md 11; DESIGN.md
-//! "Metadata quorum").
+//! One seed decides everything in a raft failover (issue 5, item 1; docs/simulation.md,
+//! "Determinism").
 //!
 //! A three-voter metadata quorum ([`QuorumNode`] over [`MemStorage`]) runs on three madsim nodes
 //! that exchange raft messages over madsim's network and tick every [`quorum::TICK_MS`] of

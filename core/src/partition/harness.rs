@@ -1,9 +1,9 @@
-//! A cluster of replicas of one partition, for scenario and property tests (STYLE.md item 10,
-//! after quinn's `Pair` and raft-rs's `harness/network.rs`): N [`PartitionReplica`]s over
+//! A cluster of replicas of one partition, for scenario and property tests (after quinn's
+//! `Pair` and raft-rs's `harness/network.rs`): N [`PartitionReplica`]s over
 //! [`MemStorage`], a model controller (KRaft's election and AlterPartition rules), an in-memory
 //! network whose messages move only when a step says so, and virtual time.
 //!
-//! Every public step ends with [`Cluster::check`], which checks shared/DESIGN.md's six
+//! Every public step ends with [`Cluster::check`], which checks docs/replication.md's six
 //! invariants on the whole cluster:
 //! 1. at most one replica leads each leader epoch, and it is the one the controller elected;
 //! 2. on every replica, the leader epoch and the high watermark never decrease, across crashes;

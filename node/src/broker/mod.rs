@@ -1,5 +1,5 @@
-//! The broker: keel-core's controller and partition state machines wired to files, a sync
-//! thread, the metadata quorum ([`crate::cluster`]), the peer transport and the Kafka wire
+//! The broker: keel-core's controller and partition state machines wired to files, sync
+//! threads, the metadata quorum ([`crate::cluster`]), the peer transport and the Kafka wire
 //! layer.
 //!
 //! What it owns:
@@ -7,19 +7,23 @@
 //!   unfenced once its metadata caught up, and heartbeats every `broker.heartbeat.interval.ms`;
 //! - one [`PartitionHandle`] per partition it holds a replica of, each a core
 //!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
-//!   the applied metadata gives it ([`replication`] runs followers' fetches and answers them);
-//! - the sync threads ([`SyncWorker`]): group commit. Appends queue a partition; a sync thread
-//!   fsyncs it outside the partition's lock (so appends go on meanwhile), which answers
-//!   acks=all produces the ISR now holds on disk (a follower's fetch reporting its durable end
-//!   answers them too), then persists the high watermark where it must be and exposes it,
-//!   which wakes long-polling fetches. Different partitions sync in parallel, one partition on
-//!   one thread at a time.
+//!   the applied metadata gives it (`fetcher` runs followers' fetch sessions,
+//!   [`replication`] answers them);
+//! - the sync threads ([`SyncWorker`]): group commit. Appends, and a follower's fetch that moves
+//!   the high watermark, queue a partition; a sync thread fsyncs its log outside the
+//!   partition's lock (so appends go on meanwhile), lets a follower waiting for that sync name
+//!   its next fetch, then persists the high watermark where it must be and exposes it, which
+//!   answers acks=all produces and wakes long-polling fetches and the fetch sessions. Different
+//!   partitions sync in parallel, one partition on one thread at a time.
 //!
 //! What always holds:
-//! - a partition's lock is held only for in-memory work and small writes, never across an
-//!   fsync or an `.await`; the snapshot lock, when both are taken, is taken first;
-//! - an acks=all produce is answered only once the high watermark covers it, so only after
-//!   every in-sync replica has its data on disk (keel's durable acks);
+//! - a partition's lock is never held across an `.await`, nor across the group-commit syncs
+//!   (the log's and the high watermark's run outside it); it covers in-memory work, appends,
+//!   and the rare writes that sync under it (a new leader epoch's files, a segment roll, a
+//!   truncation, a checkpoint); the snapshot lock, when both are taken, is taken first;
+//! - an acks=all produce is answered only once the exposed high watermark covers it, so only
+//!   after every in-sync replica has its data on disk (keel's durable acks) and the high
+//!   watermark file covers it (a read this broker serves after the answer sees the write);
 //! - metadata changes are committed by the quorum before they take effect or are answered;
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).

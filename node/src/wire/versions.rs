@@ -2,8 +2,8 @@
 //! actually serve.
 //!
 //! [`API_SUPPORT_TABLE`] is the upper bound of what keel may ever advertise, one row per API,
-//! sorted by api key. [`SupportedApis`] is the subset one listener serves: the broker picks
-//! the API keys it has implemented (group APIs can be left out until the coordinator exists)
+//! sorted by api key. [`SupportedApis`] is the subset one listener serves (the broker serves
+//! every row: `broker::served_apis`; tests may leave some out, the group APIs for example)
 //! and the wire layer answers ApiVersions from it and rejects everything outside it.
 //!
 //! What always holds:
@@ -13,7 +13,7 @@
 //! - ApiVersions itself is always served, whatever the broker enables;
 //! - the advertised ranges contain the exact versions that librdkafka before 2.11.1 probes for
 //!   (Produce 0, 3 and 7, Fetch 4 and 10, FindCoordinator 0, InitProducerId 0, SaslHandshake
-//!   0-1, SaslAuthenticate 0, ListOffsets 1): see shared/KAFKA_NOTES.md, KAFKA-18659.
+//!   0-1, SaslAuthenticate 0, ListOffsets 1): docs/protocol.md, "Why these versions"; KAFKA-18659.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -57,7 +57,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 }
 
 /// Every API keel may advertise, sorted by api key. The matrix other Kafka-compatible brokers
-/// converged on (shared/KAFKA_NOTES.md, "Wire protocol rules learned the hard way").
+/// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
 pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
@@ -99,9 +99,9 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
 /// v0-schema UNSUPPORTED_VERSION fallback.
 pub const API_VERSIONS_VERSION_MAX: i16 = 3;
 
-/// The classic consumer group APIs (and the coordinator lookup they start with). A broker
-/// without a group coordinator leaves these out of [`SupportedApis`], so that clients do not
-/// try to use groups it cannot serve.
+/// The classic consumer group APIs (and the coordinator lookup they start with). A listener
+/// without a group coordinator behind it leaves these out of [`SupportedApis`], so that clients
+/// do not try to use groups it cannot serve; the broker serves them all.
 pub const GROUP_APIS: [ApiKey; 10] = [
     ApiKey::FindCoordinator,
     ApiKey::JoinGroup,
@@ -230,7 +230,7 @@ mod tests {
     }
 
     /// The exact versions old librdkafka probes for must be inside the advertised ranges
-    /// (shared/KAFKA_NOTES.md; KAFKA-18659).
+    /// (docs/protocol.md, "Why these versions"; KAFKA-18659).
     #[test]
     fn advertises_versions_old_librdkafka_checks_exactly() {
         let apis = SupportedApis::all();

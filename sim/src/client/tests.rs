@@ -63,7 +63,7 @@ fn batch_at(base: i64, values: &[u64]) -> Bytes {
     builder.build().unwrap().into_bytes()
 }
 
-/// Fetch returns whole batches from the one containing the fetch offset (KAFKA_NOTES, KIP-74)
+/// Fetch returns whole batches from the one containing the fetch offset (KIP-74; docs/protocol.md, Fetch)
 /// and may cut the last one: records before the offset and a partial tail are dropped.
 #[test]
 fn decoded_records_start_at_the_fetch_offset_and_ignore_a_partial_tail() {
