@@ -365,6 +365,7 @@ impl Cluster {
             next_id: 1,
             view: view.clone(),
             peers: peers.clone(),
+            clock: crate::clock::Clock::new(),
         };
         tokio::spawn(driver.run(rx));
         let cluster = Arc::new(Cluster {
@@ -675,6 +676,8 @@ struct Driver {
     next_id: u64,
     view: Arc<View>,
     peers: Option<Arc<PeerTransport>>,
+    /// The monotonic clock of broker sessions ([`crate::clock`]).
+    clock: crate::clock::Clock,
 }
 
 impl Driver {
@@ -698,8 +701,8 @@ impl Driver {
         }
     }
 
-    fn now_ms() -> u64 {
-        crate::broker::now_ms().max(0) as u64
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms().max(0) as u64
     }
 
     fn tick(&mut self) {
@@ -707,13 +710,13 @@ impl Driver {
         if !self.quorum.is_leader() {
             return;
         }
-        let due = self.sessions.expire(Self::now_ms(), self.quorum.state());
+        let due = self.sessions.expire(self.now_ms(), self.quorum.state());
         for (broker, records) in due {
             tracing::info!("broker {broker} missed its heartbeats: fencing it");
             self.propose(records, None);
         }
         let elections = self.sessions.elections(
-            Self::now_ms(),
+            self.now_ms(),
             self.quorum.state(),
             self.quorum.applied_index(),
         );
@@ -737,7 +740,7 @@ impl Driver {
                     return;
                 }
                 let result = self.sessions.heartbeat(
-                    Self::now_ms(),
+                    self.now_ms(),
                     &heartbeat,
                     self.quorum.state(),
                     self.quorum.applied_index(),

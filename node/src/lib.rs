@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;

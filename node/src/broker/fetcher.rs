@@ -30,7 +30,7 @@ use super::replication::{
     decode_entry, partition_key, PartitionFetch, PartitionKey, PartitionRef, SessionAnswer,
     SessionFetch, REPLICA_FETCH_WAIT,
 };
-use super::{now_ms, Broker, PartitionHandle};
+use super::{Broker, PartitionHandle};
 use crate::cluster::kind;
 
 /// How long a follower waits for the leader's answer beyond the time the leader may hold it.
@@ -211,7 +211,7 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
         };
         let new_session = session_id == 0;
         let (members, forgotten) = f.take_round(new_session);
-        let now = now_ms();
+        let now = b.clock.now_ms();
         let mut named = Vec::with_capacity(members.len());
         let mut named_epochs = Vec::with_capacity(members.len());
         for p in members {
@@ -347,7 +347,7 @@ fn apply(
             p.with(|r| {
                 // Back off only if this fetch is still the current role's.
                 if r.leader_epoch() == fetch_epoch {
-                    r.handle_fetch_error(now_ms())
+                    r.handle_fetch_error(p.clock.now_ms())
                 }
             });
             b.after_replica_change(p);
@@ -356,8 +356,9 @@ fn apply(
         }
     };
     p.note_leader_high_watermark(response.high_watermark);
-    let outcome =
-        p.with_snapshots(|r, snapshots| r.handle_fetch_response(now_ms(), snapshots, response));
+    let outcome = p.with_snapshots(|r, snapshots| {
+        r.handle_fetch_response(p.clock.now_ms(), snapshots, response)
+    });
     match outcome {
         Ok(FetchOutcome::Appended(n)) if n > 0 => {
             // Name the next fetch once the sync is done, so that it carries the new durable
@@ -391,7 +392,7 @@ fn apply(
             if let ReplicaError::Log(e) = &e {
                 p.read_failed(e);
             }
-            p.with(|r| r.handle_fetch_error(now_ms()));
+            p.with(|r| r.handle_fetch_error(p.clock.now_ms()));
             b.after_replica_change(p);
         }
     }
@@ -408,7 +409,7 @@ impl PartitionHandle {
 
     /// Marks it ready unless it backs off (its deadline will).
     fn fetch_ready_if_not_backing_off(&self) {
-        let backing_off = self.with(|r| r.poll_timeout().is_some_and(|t| t > now_ms()));
+        let backing_off = self.with(|r| r.poll_timeout().is_some_and(|t| t > self.clock.now_ms()));
         if !backing_off {
             self.fetch_ready();
         }

@@ -41,7 +41,7 @@ use keel_core::partition::{AckStatus, Appended};
 use keel_core::LeaderEpoch;
 use tokio::sync::oneshot;
 
-use super::{now_ms, Broker, PartitionHandle};
+use super::{Broker, PartitionHandle};
 
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -103,7 +103,7 @@ impl Active {
     fn drain(&mut self, broker: &Broker) -> Result<(), String> {
         let records = self.coordinator.poll_records();
         if let Some(&(last_seq, _)) = records.last() {
-            let now = now_ms();
+            let now = broker.clock.now_ms();
             let mut builder = BatchBuilder::new(Compression::None);
             for (_, record) in &records {
                 let (key, value) = record.encode();
@@ -243,7 +243,7 @@ impl Broker {
             Some(Slot::Loading { .. }) => return Err(COORDINATOR_LOAD_IN_PROGRESS),
             Some(Slot::Active(a)) => a,
         };
-        let result = f(&mut active.coordinator, now_ms());
+        let result = f(&mut active.coordinator, self.clock.now_ms());
         if let Err(e) = active.drain(self) {
             tracing::error!(partition = index, "group coordinator: {e}; resigning");
             self.fail_coordinator(&mut slots, index);
@@ -269,7 +269,7 @@ impl Broker {
             Some(Slot::Loading { .. }) => return Call::Done(Err(COORDINATOR_LOAD_IN_PROGRESS)),
             Some(Slot::Active(a)) => a,
         };
-        let reply = f(&mut active.coordinator, now_ms(), id);
+        let reply = f(&mut active.coordinator, self.clock.now_ms(), id);
         let call = match reply {
             Reply::Now(t) => Call::Done(Ok(t)),
             Reply::Pending => {
@@ -349,7 +349,7 @@ impl Broker {
         }
         let mut step = || {
             active.acknowledge()?;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             if now >= active.coordinator.next_deadline_ms() {
                 active.coordinator.poll(now);
             }
@@ -461,7 +461,7 @@ async fn load(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch)
     let count = records.len();
     let prefix = format!("{}-{}-{:x}-", b.node_id(), epoch.0, rand::random::<u32>());
     let coordinator =
-        match GroupCoordinator::load(b.groups.config.clone(), prefix, now_ms(), records) {
+        match GroupCoordinator::load(b.groups.config.clone(), prefix, b.clock.now_ms(), records) {
             Ok(c) => c,
             Err(e) => {
                 // Stays Loading: clients are told COORDINATOR_LOAD_IN_PROGRESS, the log says why.
@@ -505,9 +505,10 @@ async fn drive(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch
         let Some(deadline) = b.drive_once(p.index, epoch) else {
             return;
         };
+        let now = b.clock.now_ms();
         drop(b);
         let wait =
-            Duration::from_millis((deadline - now_ms()).clamp(0, i64::MAX) as u64).min(DRIVER_TICK);
+            Duration::from_millis((deadline - now).clamp(0, i64::MAX) as u64).min(DRIVER_TICK);
         let _ = tokio::time::timeout(wait, hw.changed()).await;
     }
 }

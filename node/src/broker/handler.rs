@@ -43,7 +43,7 @@ use keel_core::log::LogError;
 use keel_core::partition::{code, compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
-use super::{now_ms, Broker, PartitionHandle};
+use super::{wall_ms, Broker, PartitionHandle};
 use crate::metrics::Outcome;
 use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
 
@@ -334,7 +334,7 @@ impl Broker {
         request: ProduceRequest,
     ) -> Option<ProduceWait> {
         let acks = request.acks;
-        let now = now_ms();
+        let now = wall_ms();
         let mut response = ProduceResponse::default();
         let mut waits = Vec::new();
         for (t, topic) in request.topic_data.into_iter().enumerate() {

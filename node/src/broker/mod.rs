@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keel_core::controller::{
     BrokerId, BrokerRegistration, ControllerError, Endpoint, MetadataRecord, MetadataState,
@@ -131,12 +131,8 @@ pub fn served_apis() -> crate::wire::SupportedApis {
     crate::wire::SupportedApis::all()
 }
 
-/// The current time in milliseconds since the epoch (madsim intercepts this clock).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::clock::wall_ms;
+use crate::clock::Clock;
 
 /// A random 16-byte id (topic ids, incarnation ids, the cluster id).
 fn random_id() -> [u8; 16] {
@@ -163,6 +159,8 @@ pub enum StartError {
 pub struct PartitionHandle {
     /// This handle, for the queues it puts itself in.
     this: Weak<PartitionHandle>,
+    /// The broker's monotonic clock (durations: lag, backoffs, deadlines).
+    clock: Clock,
     pub topic: String,
     pub index: i32,
     pub topic_id: TopicId,
@@ -314,7 +312,9 @@ impl PartitionHandle {
                 return Ok(None);
             }
             match r.find_damage()? {
-                Some(at) => r.discard_damaged(now_ms(), snapshots, at).map(Some),
+                Some(at) => r
+                    .discard_damaged(self.clock.now_ms(), snapshots, at)
+                    .map(Some),
                 None => Ok(Some(r.log().end())),
             }
         });
@@ -572,6 +572,8 @@ pub struct Broker {
     fetchers: Mutex<BTreeMap<BrokerId, Arc<fetcher::Fetcher>>>,
     /// Every partition's next deadline.
     deadlines: Arc<replication::Deadlines>,
+    /// The monotonic clock of durations ([`crate::clock`]).
+    clock: Clock,
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
@@ -645,6 +647,7 @@ impl Broker {
             ))),
             fetchers: Mutex::new(BTreeMap::new()),
             deadlines: Arc::new(replication::Deadlines::default()),
+            clock: Clock::new(),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(
@@ -978,7 +981,7 @@ impl Broker {
                 }
             }
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for w in wanted {
             let key = (w.topic.clone(), w.index);
             let existing = self.replica(&w.topic, w.index);
@@ -1111,7 +1114,7 @@ impl Broker {
             w.config.to_log_config(),
             produce_rules(&w.config),
             replica_config,
-            now_ms(),
+            wall_ms(),
         )
         .map_err(|e| e.to_string())?;
         apply_topic_config(&mut replica, &w.config);
@@ -1136,6 +1139,7 @@ impl Broker {
         let damage = damaged.then_some(state.hw_above_log);
         Ok(Arc::new_cyclic(|this| PartitionHandle {
             this: this.clone(),
+            clock: self.clock,
             topic: w.topic.clone(),
             index: w.index,
             topic_id: w.topic_id,
@@ -1160,7 +1164,7 @@ impl Broker {
 
     /// Applies retention to every partition (the caller's timer).
     pub fn apply_retention(&self) {
-        let now = now_ms();
+        let now = wall_ms();
         for p in self.all_partitions() {
             match p.with(|r| r.apply_retention(now)) {
                 Ok(0) => {}

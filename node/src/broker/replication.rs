@@ -39,7 +39,7 @@ use keel_core::{LeaderEpoch, Offset};
 use prost::Message as _;
 use tokio::sync::{mpsc, Notify};
 
-use super::{now_ms, Broker, PartitionHandle};
+use super::{Broker, PartitionHandle};
 use crate::cluster::{kind, Cluster, Proposed};
 use crate::peer::{Body, Incoming};
 
@@ -54,6 +54,8 @@ pub const FULL_EVALUATION_INTERVAL_MAX: Duration = Duration::from_secs(5);
 const FULL_EVALUATION_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// The most record bytes one answer carries (Kafka's `replica.fetch.response.max.bytes`).
 pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
+/// How long a damaged leader's due ISR shrink waits before it is looked at again.
+const DAMAGED_LEADER_RECHECK_MS: i64 = 100;
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND: the leader has no such session (it restarted, or the
 /// follower's was replaced); the follower starts a new one.
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
@@ -545,7 +547,7 @@ impl Broker {
         );
         let mut budget = RESPONSE_BYTES_MAX;
         loop {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let (work, closed) = {
                 let mut inner = session.inner.lock().expect("session poisoned");
                 let full = now.saturating_sub(inner.last_full_ms) >= full_interval;
@@ -635,7 +637,7 @@ impl Broker {
             ));
         }
         let (result, write_wanted, alter, deadline) = p.with(|r| {
-            let result = r.handle_follower_fetch(now_ms(), request);
+            let result = r.handle_follower_fetch(self.clock.now_ms(), request);
             (
                 result,
                 r.state_write_wanted(),
@@ -699,11 +701,11 @@ impl Broker {
                 }
                 Ok(Proposed::Rejected(_, why)) => {
                     tracing::info!(topic = %p.topic, partition = p.index, "ISR change rejected: {why}");
-                    p.with(|r| r.on_alter_partition_failed(now_ms(), alter.id));
+                    p.with(|r| r.on_alter_partition_failed(broker.clock.now_ms(), alter.id));
                 }
                 Err(e) => {
                     tracing::info!(topic = %p.topic, partition = p.index, "ISR change refused: {e}");
-                    p.with(|r| r.on_alter_partition_failed(now_ms(), alter.id));
+                    p.with(|r| r.on_alter_partition_failed(broker.clock.now_ms(), alter.id));
                 }
             }
             // Either way the partition has a new deadline (the retry backoff, or a shrink
@@ -837,13 +839,17 @@ impl Deadlines {
 /// Runs the replica deadlines: ISR shrink on leaders (`replica.lag.time.max.ms`), the end of a
 /// follower's fetch backoff.
 pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
+    let Some(clock) = broker.upgrade().map(|b| b.clock) else {
+        return;
+    };
     loop {
-        let wait = deadlines
-            .first()
-            .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).clamp(0, 60_000) as u64));
+        // At least a millisecond: a deadline that is due again at once (a partition whose
+        // timeout work cannot run yet) must not spin this loop without time passing.
+        let wait = deadlines.first().map(|at| {
+            Duration::from_millis(at.saturating_sub(clock.now_ms()).clamp(1, 60_000) as u64)
+        });
         let notified = deadlines.notify.notified();
         match wait {
-            Some(w) if w.is_zero() => {}
             Some(w) => {
                 let _ = tokio::time::timeout(w, notified).await;
             }
@@ -852,16 +858,18 @@ pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
         let Some(b) = broker.upgrade() else {
             return;
         };
-        let now = now_ms();
+        let now = clock.now_ms();
         for p in deadlines.take_due(now) {
             if p.is_deleted() {
                 continue;
             }
             // A damaged leader shrinks no ISR: its followers lag because it cannot serve them,
-            // and it is stepping down to the sound ones.
-            if !p.is_damaged() {
-                p.with(|r| r.handle_timeout(now));
+            // and it is stepping down to the sound ones. It looks again after a while.
+            if p.with(|r| r.is_leader()) && p.is_damaged() {
+                deadlines.schedule(&p, now.saturating_add(DAMAGED_LEADER_RECHECK_MS));
+                continue;
             }
+            p.with(|r| r.handle_timeout(now));
             b.after_replica_change(&p);
             // A follower whose backoff ended fetches again.
             p.fetch_ready();
