@@ -7,12 +7,14 @@ The addresses are brokers 1, 2, 3 in order. Driven by node/tests/cluster.rs over
   1. creates a topic with 3 partitions and replication factor 3, waits until every partition
      has a leader and all three replicas in its ISR, and prints who leads what and which broker
      is the controller;
-  2. produces 300 records with acks=all (idempotent) and checks every delivery report;
+  2. produces 300 records with acks=all (idempotent) and checks every delivery report; then
+     30 more one at a time, each followed at once by a ListOffsets to its leader, which must
+     already count it (read-after-ack);
   3. prints `KILL-NOW broker=KILL_ID ...`; the harness SIGKILLs that broker and answers
      `KILLED` on stdin;
   4. through the two surviving brokers only, waits (up to 30 s) until no partition is led by
      the killed broker, and reads every partition from the beginning (assign(), no group):
-     each of the 300 records must come back exactly once, and nothing else.
+     each of the 330 records must come back exactly once, and nothing else.
 Kafka's behaviour pinned: a committed record (acks=all, in every ISR member) survives the loss
 of any one replica (Kafka's ReplicationUtils / KIP-966's committed-data guarantee), and the
 controller moves leadership off a fenced broker (KRaft's ReplicationControlManager).
@@ -36,6 +38,7 @@ survivors = ",".join(a for i, a in enumerate(addresses) if i + 1 != KILL)
 bootstrap = ",".join(addresses)
 PARTITIONS = 3
 RECORDS = 300
+READ_AFTER_ACK_PROBES = 30
 FAILOVER_TIMEOUT = 30.0
 topic = topic_name("dev-failover")
 elapsed = stopwatch()
@@ -101,8 +104,41 @@ check_eq(left, 0, "records still queued after flush(40)")
 if failed:
     fail(f"{len(failed)} of {RECORDS} records failed delivery before any kill; first: {failed[:3]}")
 check_eq(len(acked), RECORDS, "delivery reports")
-del producer
 log(f"produced and acknowledged {RECORDS} records at {elapsed()}")
+
+# --- 2b. read-after-ack: a ListOffsets sent to the leader after an acks=all answer sees it ---
+# One record at a time; as soon as its delivery report arrives, ask the partition's leader for
+# its latest offset (ListOffsets, not cached). Kafka's users rely on this (read-your-writes
+# checks, lag monitors, consumers starting at `latest`).
+watermarks = assign_consumer(bootstrap)
+acked_at = []
+
+
+def on_probe(err, msg):
+    if err is not None:
+        failed.append((msg.value(), str(err)))
+    else:
+        acked_at.append((msg.partition(), msg.offset()))
+
+
+for i in range(READ_AFTER_ACK_PROBES):
+    value = f"probe-{i:03d}".encode()
+    expected.add(value)
+    before = len(acked_at)
+    producer.produce(topic, key=f"p{i}".encode(), value=value, partition=i % PARTITIONS, on_delivery=on_probe)
+    deadline = time.monotonic() + 30
+    while len(acked_at) == before and not failed:
+        producer.poll(0.001)
+        check(time.monotonic() < deadline, f"probe {i} not acknowledged within 30 s")
+    if failed:
+        fail(f"probe {i} failed delivery: {failed[-1]}")
+    partition, offset = acked_at[-1]
+    _, high = watermarks.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    check(high > offset, f"read-after-ack: probe {i} acknowledged at {topic}[{partition}]@{offset}, "
+                         f"but the leader's latest offset right after is {high}")
+watermarks.close()
+del producer
+log(f"read-after-ack: {READ_AFTER_ACK_PROBES} acks=all records, each visible to ListOffsets right after its ack, at {elapsed()}")
 
 # --- 3. the kill ----------------------------------------------------------------------------
 led = sorted(p for p, b in leaders.items() if b == KILL)
@@ -143,10 +179,10 @@ got = {}
 try:
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     deadline = killed_at + FAILOVER_TIMEOUT
-    while len(got) < RECORDS:
+    while len(got) < len(expected):
         if time.monotonic() > deadline:
             missing = sorted(expected - set(got))
-            fail(f"{len(got)} of {RECORDS} records read within {FAILOVER_TIMEOUT}s of killing broker {KILL} "
+            fail(f"{len(got)} of {len(expected)} records read within {FAILOVER_TIMEOUT}s of killing broker {KILL} "
                  f"({role}); missing (first 10): {missing[:10]}; client errors: {client_errors[-5:]}")
         for m in consumer.consume(num_messages=1000, timeout=0.5):
             if m.error():
@@ -158,10 +194,10 @@ try:
             check(v in expected, f"partition {m.partition()} offset {m.offset()}: value {v!r} was never sent")
             got[v] = got.get(v, 0) + 1
             check(got[v] == 1, f"partition {m.partition()} offset {m.offset()}: {v!r} read twice")
-    # Nothing beyond the 300.
+    # Nothing beyond what was sent.
     for m in consumer.consume(num_messages=1000, timeout=1.0):
         if not m.error():
-            fail(f"a record beyond the {RECORDS} sent: partition {m.partition()} offset {m.offset()} value {m.value()!r}")
+            fail(f"a record beyond the {len(expected)} sent: partition {m.partition()} offset {m.offset()} value {m.value()!r}")
 finally:
     consumer.close()
 read_after = time.monotonic() - killed_at
