@@ -354,6 +354,9 @@ pub struct Log<S: Storage> {
     recovery: RecoveryReport,
     /// Bumps on every truncation, so that a sync prepared before one is not completed after.
     generation: u64,
+    /// The log start and recovery point this log last wrote to its checkpoint file: a
+    /// checkpoint with nothing new writes nothing (an idle partition costs no I/O).
+    checkpointed: Option<(Offset, Offset)>,
 }
 
 impl<S: Storage> Log<S> {
@@ -380,6 +383,7 @@ impl<S: Storage> Log<S> {
             epochs: EpochCache::default(),
             recovery: RecoveryReport::default(),
             generation: 0,
+            checkpointed: None,
         };
         let stored_epochs = storage::read_all(&log.storage, EPOCH_CHECKPOINT)
             .ok()
@@ -861,6 +865,10 @@ impl<S: Storage> Log<S> {
     /// Persists the log start offset and the recovery point (the durable end) so that the next
     /// open re-validates only what follows it. Call periodically and on clean shutdown.
     pub fn checkpoint(&mut self) -> Result<(), LogError> {
+        let point = (self.log_start, self.durable_end);
+        if self.checkpointed == Some(point) {
+            return Ok(());
+        }
         let body = format!("keel-partition 1 {} {}", self.log_start, self.durable_end);
         let crc = crc32c::crc32c(body.as_bytes());
         storage::write_atomic(
@@ -868,6 +876,7 @@ impl<S: Storage> Log<S> {
             PARTITION_CHECKPOINT,
             format!("{body} {crc}\n").as_bytes(),
         )?;
+        self.checkpointed = Some(point);
         Ok(())
     }
 

@@ -419,6 +419,9 @@ pub struct PartitionReplica<S: Storage> {
     hw_seq: u64,
     hw_write_in_flight: Option<StateWrite>,
     state_report: StateReport,
+    /// The end of the last producer snapshot [`PartitionReplica::checkpoint`] wrote: a
+    /// checkpoint with nothing new writes none.
+    snapshot_written: Option<Offset>,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -516,6 +519,7 @@ impl<S: Storage> PartitionReplica<S> {
             hw_seq: persisted.hw_seq,
             hw_write_in_flight: None,
             state_report,
+            snapshot_written: None,
         };
         replica.check_invariants();
         Ok(replica)
@@ -1787,9 +1791,12 @@ impl<S: Storage> PartitionReplica<S> {
         self.update_high_watermark();
         self.persist_state(snapshots)?;
         self.log.checkpoint()?;
-        if self.producers.end() == self.log.end() {
+        if self.producers.end() == self.log.end()
+            && self.snapshot_written != Some(self.producers.end())
+        {
             producer::write_snapshot(snapshots, &self.producers)?;
             producer::prune_snapshots(snapshots, 2)?;
+            self.snapshot_written = Some(self.producers.end());
         }
         Ok(())
     }

@@ -72,7 +72,7 @@ fn without(bug: Bug) -> Vec<Fault> {
             kinds.push(Fault::ClogLink);
             kinds
         }
-        Bug::ServeCorruptBatch => others.to_vec(),
+        Bug::ServeCorruptBatch | Bug::SessionDropsPosition => others.to_vec(),
     }
 }
 
@@ -162,8 +162,13 @@ fn commit_before_durable_is_caught() {
     a_seed_catches(Bug::CommitBeforeDurable);
 }
 
+#[test]
+fn session_drops_position_is_caught() {
+    a_seed_catches(Bug::SessionDropsPosition);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 6, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 7, "a new planted bug needs its test here");
 }

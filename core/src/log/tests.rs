@@ -181,6 +181,31 @@ fn one_sync_makes_many_appends_durable() {
     );
 }
 
+/// The broker checkpoints every partition on a timer: a partition with nothing new since its
+/// last checkpoint writes and syncs nothing (10,000 idle partitions cost no I/O), and one that
+/// moved writes again.
+#[test]
+fn a_checkpoint_with_nothing_new_writes_nothing() {
+    let mut log = open(MemStorage::new(), LogConfig::default());
+    fill(&mut log, 10, 1);
+    log.sync().unwrap();
+    log.checkpoint().unwrap();
+    let syncs = log.storage().syncs;
+    log.checkpoint().unwrap();
+    log.checkpoint().unwrap();
+    assert_eq!(log.storage().syncs, syncs, "nothing new: no write, no sync");
+    fill(&mut log, 1, 1);
+    log.sync().unwrap();
+    let synced = log.storage().syncs;
+    log.checkpoint().unwrap();
+    assert!(
+        log.storage().syncs > synced,
+        "the recovery point moved: written again"
+    );
+    let reopened = open(log.storage().clone(), LogConfig::default());
+    assert_eq!(reopened.end(), Offset(11));
+}
+
 /// A sync run outside the log covers what was written when it was prepared, not appends that
 /// came while the disk synced; a truncation in between voids it.
 #[test]
