@@ -982,80 +982,110 @@ impl Broker {
             }
         }
         let now = self.clock.now_ms();
+        // Recreated topics: the old replica goes first (runtime work, here).
+        let mut jobs = Vec::with_capacity(wanted.len());
         for w in wanted {
-            let key = (w.topic.clone(), w.index);
-            let existing = self.replica(&w.topic, w.index);
-            let handle = match existing {
-                Some(p) if p.topic_id == w.topic_id => p,
-                other => {
-                    if let Some(old) = other {
-                        // Same name, new topic: the old one was deleted and recreated.
-                        close_and_remove(&self.settings.disk, &old);
-                        if old.topic == OFFSETS_TOPIC {
-                            self.offsets_partition_changed(&old, true);
-                        }
+            let existing = match self.replica(&w.topic, w.index) {
+                Some(p) if p.topic_id == w.topic_id => Some(p),
+                Some(old) => {
+                    // Same name, new topic: the old one was deleted and recreated.
+                    close_and_remove(&self.settings.disk, &old);
+                    if old.topic == OFFSETS_TOPIC {
+                        self.offsets_partition_changed(&old, true);
                     }
-                    match self.open_partition(&w) {
-                        Ok(p) => {
-                            self.partitions
-                                .write()
-                                .expect("partition map poisoned")
-                                .insert(key, p.clone());
-                            p
-                        }
-                        Err(e) => {
-                            tracing::error!(topic = %w.topic, partition = w.index, "cannot open the replica: {e}");
-                            self.unopenable
-                                .lock()
-                                .expect("unopenable lock poisoned")
-                                .insert((w.topic.clone(), w.index));
-                            let dir = self.partition_dir(&w.topic, w.index);
-                            if let Ok(mut dir) = self.settings.disk.open(&dir) {
-                                mark_damaged_on_disk(&mut dir);
-                            }
-                            continue;
-                        }
-                    }
+                    None
                 }
+                None => None,
             };
-            let failed_before = self
-                .unopenable
-                .lock()
-                .expect("unopenable lock poisoned")
-                .remove(&(w.topic.clone(), w.index));
-            if failed_before {
-                // It failed to open before, on damage this open may not have seen again: it
-                // counts as damaged until it has fetched back from its leader.
-                handle.mark_damaged();
-            }
-            if w.partition.leader == me && handle.is_damaged() {
-                // Elected while damaged (it opened only after the broker was unfenced): it may
-                // lack committed data its followers hold. Leading would serve less than was
-                // acknowledged; the partition waits instead.
-                tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
+            jobs.push((w, existing));
+        }
+        // Opening replicas and taking roles is disk work (a new partition's files, a new
+        // leader epoch's file, each synced): on a real disk, many partitions at once.
+        let threads = match self.settings.disk {
+            Disk::Real => OPEN_THREADS,
+            Disk::Virtual(_) => 1,
+        };
+        let outcomes = for_each_parallel(&jobs, threads, |(w, existing)| {
+            self.take_role(w, existing.clone(), now)
+        });
+        for ((w, _), outcome) in jobs.iter().zip(outcomes) {
+            let Some(handle) = outcome else {
                 continue;
+            };
+            let role = handle.with(|r| r.role());
+            tracing::info!(topic = %w.topic, partition = w.index, epoch = w.partition.leader_epoch.0, "now {role:?}");
+            handle.wake_waiters();
+            // A new role may expose a high watermark or want it persisted.
+            self.queue_sync(&handle);
+            fetcher::ensure_fetching(&this, &handle);
+            self.after_replica_change(&handle);
+            if w.topic == OFFSETS_TOPIC {
+                self.offsets_partition_changed(&handle, false);
             }
-            let changed = handle.with_snapshots(|r, snapshots| {
-                apply_topic_config(r, &w.config);
-                r.on_partition_change(now, snapshots, &w.partition)
-            });
-            match changed {
-                Ok(false) => {}
-                Ok(true) => {
-                    let role = handle.with(|r| r.role());
-                    tracing::info!(topic = %w.topic, partition = w.index, epoch = w.partition.leader_epoch.0, "now {role:?}");
-                    handle.wake_waiters();
-                    // A new role may expose a high watermark or want it persisted.
-                    self.queue_sync(&handle);
-                    fetcher::ensure_fetching(&this, &handle);
-                    self.after_replica_change(&handle);
-                    if w.topic == OFFSETS_TOPIC {
-                        self.offsets_partition_changed(&handle, false);
-                    }
+        }
+    }
+
+    /// Opens `w`'s replica unless it is open (`existing`), and gives it the role the metadata
+    /// states: the handle if the role changed. Disk work only (no runtime work), so that
+    /// reconciliation can run it for many partitions at once.
+    fn take_role(
+        &self,
+        w: &Wanted,
+        existing: Option<Arc<PartitionHandle>>,
+        now: i64,
+    ) -> Option<Arc<PartitionHandle>> {
+        let me = self.me();
+        let handle = match existing {
+            Some(p) => p,
+            None => match self.open_partition(w) {
+                Ok(p) => {
+                    self.partitions
+                        .write()
+                        .expect("partition map poisoned")
+                        .insert((w.topic.clone(), w.index), p.clone());
+                    p
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
+                    tracing::error!(topic = %w.topic, partition = w.index, "cannot open the replica: {e}");
+                    self.unopenable
+                        .lock()
+                        .expect("unopenable lock poisoned")
+                        .insert((w.topic.clone(), w.index));
+                    let dir = self.partition_dir(&w.topic, w.index);
+                    if let Ok(mut dir) = self.settings.disk.open(&dir) {
+                        mark_damaged_on_disk(&mut dir);
+                    }
+                    return None;
                 }
+            },
+        };
+        let failed_before = self
+            .unopenable
+            .lock()
+            .expect("unopenable lock poisoned")
+            .remove(&(w.topic.clone(), w.index));
+        if failed_before {
+            // It failed to open before, on damage this open may not have seen again: it
+            // counts as damaged until it has fetched back from its leader.
+            handle.mark_damaged();
+        }
+        if w.partition.leader == me && handle.is_damaged() {
+            // Elected while damaged (it opened only after the broker was unfenced): it may
+            // lack committed data its followers hold. Leading would serve less than was
+            // acknowledged; the partition waits instead.
+            tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
+            return None;
+        }
+        let changed = handle.with_snapshots(|r, snapshots| {
+            apply_topic_config(r, &w.config);
+            r.on_partition_change(now, snapshots, &w.partition)
+        });
+        match changed {
+            Ok(false) => None,
+            Ok(true) => Some(handle),
+            Err(e) => {
+                tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
+                None
             }
         }
     }
@@ -1188,6 +1218,48 @@ impl Broker {
     }
 }
 
+/// How many threads open replicas and write their new roles at once (real disks only):
+/// each new partition syncs a few small files, and the file system commits syncs from
+/// several threads together.
+const OPEN_THREADS: usize = 8;
+
+/// `f` over `items` on up to `threads` threads (in order, on this thread, for one, and always
+/// under the simulator, which runs no threads of its own); the results in `items`' order.
+fn for_each_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = if cfg!(madsim) {
+        1
+    } else {
+        threads.min(items.len() / 4).max(1)
+    };
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    return;
+                };
+                let r = f(item);
+                results.lock().expect("results poisoned")[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results poisoned")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
 /// Writes the damage mark into a partition directory (logged if it cannot).
 fn mark_damaged_on_disk(dir: &mut Dir) {
     if let Err(e) = keel_core::storage::write_atomic(dir, DAMAGE_MARKER, b"damaged\n") {
@@ -1286,4 +1358,22 @@ fn read_or_create_cluster_id(
     keel_core::storage::write_atomic(storage, CLUSTER_ID_FILE, id.as_bytes())
         .map_err(|e| StartError::Metadata(e.to_string()))?;
     Ok(id)
+}
+
+#[cfg(all(test, not(madsim)))]
+mod parallel_tests {
+    use super::for_each_parallel;
+
+    #[test]
+    fn parallel_work_keeps_the_order_and_runs_everything_once() {
+        let items: Vec<u64> = (0..1000).collect();
+        let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let out = for_each_parallel(&items, 8, |&i| {
+            assert!(seen.lock().unwrap().insert(i), "{i} ran twice");
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(seen.into_inner().unwrap().len(), 1000);
+        assert_eq!(for_each_parallel(&items[..3], 8, |&i| i), vec![0, 1, 2]);
+    }
 }

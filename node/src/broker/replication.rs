@@ -874,6 +874,12 @@ pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
             // A follower whose backoff ended fetches again.
             p.fetch_ready();
         }
+        drop(b);
+        // A partition due again at once (its timeout work could not run yet) waits for time to
+        // pass: this loop never spins at one instant.
+        if deadlines.first().is_some_and(|at| at <= now) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
