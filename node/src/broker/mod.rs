@@ -421,7 +421,7 @@ fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
 /// not the CPU: partitions queued together sync in parallel, and the block layer merges their
 /// flushes, instead of waiting behind each other.
 #[cfg(not(madsim))]
-const SYNC_THREADS: usize = 4;
+const SYNC_THREADS: usize = 32;
 
 /// A partition's place in the group-commit work ([`PartitionHandle::sync_state`]).
 mod sync_state {

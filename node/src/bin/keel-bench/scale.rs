@@ -17,7 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::cluster::{cpu_secs, Managed};
@@ -56,7 +56,13 @@ struct Quiet;
 
 impl ClientContext for Quiet {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if level <= RDKafkaLogLevel::Error {
+        if matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        ) {
             eprintln!("  librdkafka {fac}: {message}");
         }
     }
@@ -65,6 +71,8 @@ impl ClientContext for Quiet {
         eprintln!("  librdkafka error {error}: {reason}");
     }
 }
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
 
 /// Delivery reports: how many arrived, and the first failure.
 #[derive(Default)]
