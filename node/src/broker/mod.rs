@@ -153,7 +153,7 @@ pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("metadata: {0}")]
-    Metadata(String),
+    Metadata(StorageError),
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
 }
@@ -1311,6 +1311,6 @@ fn read_or_create_cluster_id(
     }
     .to_string();
     keel_core::storage::write_atomic(storage, CLUSTER_ID_FILE, id.as_bytes())
-        .map_err(|e| StartError::Metadata(e.to_string()))?;
+        .map_err(StartError::Metadata)?;
     Ok(id)
 }
