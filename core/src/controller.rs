@@ -78,6 +78,7 @@ use records::{
     RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord, TopicRecord, UnfenceBrokerRecord,
 };
 
+use crate::error_code::{self as code, ErrorCode};
 use crate::types::{LeaderEpoch, ProducerId};
 
 /// The longest topic name Kafka allows (`Topic.MAX_NAME_LENGTH`).
@@ -379,24 +380,24 @@ pub enum ControllerError {
 
 impl ControllerError {
     /// Kafka's error code (Errors.java).
-    pub fn code(&self) -> i16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ControllerError::UnknownServerError(_) => -1,
-            ControllerError::UnknownTopicOrPartition(_) => 3,
-            ControllerError::InvalidTopic(_) => 17,
-            ControllerError::TopicAlreadyExists(_) => 36,
-            ControllerError::InvalidPartitions(_) => 37,
-            ControllerError::InvalidReplicationFactor(_) => 38,
-            ControllerError::InvalidConfig(_) => 40,
-            ControllerError::NotController(_) => 41,
-            ControllerError::InvalidRequest(_) => 42,
-            ControllerError::PolicyViolation(_) => 44,
-            ControllerError::FencedLeaderEpoch(_) => 74,
-            ControllerError::StaleBrokerEpoch(_) => 77,
-            ControllerError::InvalidUpdateVersion(_) => 95,
-            ControllerError::UnknownTopicId(_) => 100,
-            ControllerError::BrokerIdNotRegistered(_) => 102,
-            ControllerError::IneligibleReplica(_) => 107,
+            ControllerError::UnknownServerError(_) => code::UNKNOWN_SERVER_ERROR,
+            ControllerError::UnknownTopicOrPartition(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+            ControllerError::InvalidTopic(_) => code::INVALID_TOPIC_EXCEPTION,
+            ControllerError::TopicAlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
+            ControllerError::InvalidPartitions(_) => code::INVALID_PARTITIONS,
+            ControllerError::InvalidReplicationFactor(_) => code::INVALID_REPLICATION_FACTOR,
+            ControllerError::InvalidConfig(_) => code::INVALID_CONFIG,
+            ControllerError::NotController(_) => code::NOT_CONTROLLER,
+            ControllerError::InvalidRequest(_) => code::INVALID_REQUEST,
+            ControllerError::PolicyViolation(_) => code::POLICY_VIOLATION,
+            ControllerError::FencedLeaderEpoch(_) => code::FENCED_LEADER_EPOCH,
+            ControllerError::StaleBrokerEpoch(_) => code::STALE_BROKER_EPOCH,
+            ControllerError::InvalidUpdateVersion(_) => code::INVALID_UPDATE_VERSION,
+            ControllerError::UnknownTopicId(_) => code::UNKNOWN_TOPIC_ID,
+            ControllerError::BrokerIdNotRegistered(_) => code::BROKER_ID_NOT_REGISTERED,
+            ControllerError::IneligibleReplica(_) => code::INELIGIBLE_REPLICA,
         }
     }
 }

@@ -82,39 +82,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use prost::Message as _;
 
-/// Kafka error codes this module produces (numbers from Kafka's `Errors.java`).
-pub mod code {
-    /// No error.
-    pub const NONE: i16 = 0;
-    /// The shell's check on OffsetCommit: the topic or partition does not exist.
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    /// An OffsetCommit's metadata string is over the configured maximum.
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    /// The group is being removed (Dead): find the coordinator again.
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    /// This coordinator no longer owns the group's partition.
-    pub const NOT_COORDINATOR: i16 = 16;
-    /// The request's generation is not the group's.
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    /// The member's protocol type or protocols do not fit the group's.
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    /// The group id is empty where a non-empty one is needed.
-    pub const INVALID_GROUP_ID: i16 = 24;
-    /// The member id is not a member of the group.
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    /// The session timeout is outside the broker's allowed range.
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    /// The group is rebalancing: rejoin.
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    /// DeleteGroups on a group that still has members.
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    /// DeleteGroups on a group that does not exist.
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    /// KIP-394: join again with the member id given in this response.
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    /// KIP-345: another member now holds this `group.instance.id`.
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-}
+use crate::error_code::{self as code, ErrorCode};
 
 /// Kafka's default `group.initial.rebalance.delay.ms`.
 pub const INITIAL_REBALANCE_DELAY_MS_DEFAULT: i64 = 3_000;
@@ -252,7 +220,7 @@ pub enum Response {
 
 impl Response {
     /// The same answer carrying `error` instead (partitions keep their names).
-    fn with_error(self, error: i16) -> Response {
+    fn with_error(self, error: ErrorCode) -> Response {
         match self {
             Response::Join(j) => Response::Join(JoinResponse::error(error, j.member_id)),
             Response::Sync(_) => Response::Sync(SyncResponse::error(error)),
@@ -316,7 +284,7 @@ pub struct JoinMember {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinResponse {
     /// An error code from [`code`].
-    pub error_code: i16,
+    pub error_code: ErrorCode,
     /// The new generation, or -1 on error.
     pub generation_id: i32,
     /// The group's protocol type.
@@ -332,7 +300,7 @@ pub struct JoinResponse {
 }
 
 impl JoinResponse {
-    fn error(error_code: i16, member_id: String) -> JoinResponse {
+    fn error(error_code: ErrorCode, member_id: String) -> JoinResponse {
         JoinResponse {
             error_code,
             generation_id: -1,
@@ -368,7 +336,7 @@ pub struct SyncRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncResponse {
     /// An error code from [`code`].
-    pub error_code: i16,
+    pub error_code: ErrorCode,
     /// The group's protocol type.
     pub protocol_type: Option<String>,
     /// The group's protocol.
@@ -378,7 +346,7 @@ pub struct SyncResponse {
 }
 
 impl SyncResponse {
-    fn error(error_code: i16) -> SyncResponse {
+    fn error(error_code: ErrorCode) -> SyncResponse {
         SyncResponse {
             error_code,
             protocol_type: None,
@@ -414,9 +382,9 @@ pub struct LeavingMember {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaveResponse {
     /// The request-level error.
-    pub error_code: i16,
+    pub error_code: ErrorCode,
     /// Per member, in request order: the member and its error code.
-    pub members: Vec<(LeavingMember, i16)>,
+    pub members: Vec<(LeavingMember, ErrorCode)>,
 }
 
 /// A topic partition.
@@ -473,7 +441,7 @@ pub struct OffsetCommitRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetCommitResponse {
     /// Each partition and its error code.
-    pub partitions: Vec<(TopicPartition, i16)>,
+    pub partitions: Vec<(TopicPartition, ErrorCode)>,
 }
 
 /// One partition of an OffsetFetch answer.
@@ -488,7 +456,7 @@ pub struct FetchedOffset {
     /// Its metadata (empty for none).
     pub metadata: String,
     /// An error code from [`code`].
-    pub error_code: i16,
+    pub error_code: ErrorCode,
 }
 
 /// One group in a DescribeGroups answer (Kafka's `GroupSummary`).
@@ -497,7 +465,7 @@ pub struct DescribedGroup {
     /// The group.
     pub group_id: String,
     /// An error code from [`code`].
-    pub error_code: i16,
+    pub error_code: ErrorCode,
     /// Kafka's state name ([`GroupState::name`]); `Dead` for an unknown group.
     pub state: String,
     /// The protocol type, or empty.
@@ -1202,7 +1170,7 @@ impl Group {
     }
 
     /// Kafka's `validateCurrentMember`.
-    fn validate_member(&self, member_id: &str, instance: Option<&str>) -> Result<(), i16> {
+    fn validate_member(&self, member_id: &str, instance: Option<&str>) -> Result<(), ErrorCode> {
         if let Some(instance) = instance {
             if let Some(holder) = self.static_members.get(instance) {
                 if holder != member_id {
@@ -1646,7 +1614,7 @@ impl Group {
         }
     }
 
-    fn heartbeat(&mut self, now_ms: i64, req: &HeartbeatRequest) -> i16 {
+    fn heartbeat(&mut self, now_ms: i64, req: &HeartbeatRequest) -> ErrorCode {
         if self.state == GroupState::Dead {
             return code::COORDINATOR_NOT_AVAILABLE;
         }
@@ -1669,7 +1637,7 @@ impl Group {
         }
     }
 
-    fn leave(&mut self, ctx: &mut Ctx, leaving: &LeavingMember) -> i16 {
+    fn leave(&mut self, ctx: &mut Ctx, leaving: &LeavingMember) -> ErrorCode {
         let member_id = match &leaving.group_instance_id {
             Some(instance) => match self.static_members.get(instance) {
                 None => return code::UNKNOWN_MEMBER_ID,
@@ -1733,7 +1701,7 @@ impl Group {
         id: RequestId,
         req: OffsetCommitRequest,
     ) -> Reply<OffsetCommitResponse> {
-        let all = |error: i16, req: &OffsetCommitRequest| {
+        let all = |error: ErrorCode, req: &OffsetCommitRequest| {
             Reply::Now(OffsetCommitResponse {
                 partitions: req
                     .partitions
@@ -1891,7 +1859,7 @@ impl Group {
     }
 
     /// Every request waiting on this group, answered with `error`.
-    fn drain_waiting(&mut self, error: i16, into: &mut Vec<(RequestId, Response)>) {
+    fn drain_waiting(&mut self, error: ErrorCode, into: &mut Vec<(RequestId, Response)>) {
         for m in self.members.values_mut() {
             if let Some(id) = m.awaiting_join.take() {
                 into.push((
@@ -2177,7 +2145,7 @@ impl GroupCoordinator {
     }
 
     /// Heartbeat (Kafka's `handleHeartbeat`): the error code to answer.
-    pub fn handle_heartbeat(&mut self, now_ms: i64, req: &HeartbeatRequest) -> i16 {
+    pub fn handle_heartbeat(&mut self, now_ms: i64, req: &HeartbeatRequest) -> ErrorCode {
         if req.group_id.is_empty() {
             return code::INVALID_GROUP_ID;
         }
@@ -2320,7 +2288,7 @@ impl GroupCoordinator {
     /// including commits in flight, and its metadata get tombstones); NON_EMPTY_GROUP otherwise,
     /// GROUP_ID_NOT_FOUND for an unknown group. Answered at once, as Kafka does not wait for
     /// the tombstones either.
-    pub fn delete_groups(&mut self, now_ms: i64, group_ids: &[String]) -> Vec<(String, i16)> {
+    pub fn delete_groups(&mut self, now_ms: i64, group_ids: &[String]) -> Vec<(String, ErrorCode)> {
         group_ids
             .iter()
             .map(|id| {

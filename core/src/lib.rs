@@ -23,6 +23,7 @@
 //! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
 //!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
 //!   sessions (heartbeats, fencing).
+//! - [`error_code`]: Kafka's error codes, the one table every module and crate uses.
 //! - [`frame`]: CRC-framed records in an append-only file (the raft log's format).
 //! - [`planted`]: bugs planted for the simulator to catch (the `planted-bugs` feature only).
 //! - [`types`]: the `Offset`, `LeaderEpoch` and `ProducerId` newtypes.
@@ -33,6 +34,7 @@
 
 pub mod batch;
 pub mod controller;
+pub mod error_code;
 pub mod frame;
 pub mod group;
 pub mod log;
@@ -43,4 +45,5 @@ pub mod quorum;
 pub mod storage;
 pub mod types;
 
+pub use error_code::ErrorCode;
 pub use types::{LeaderEpoch, Offset, ProducerId};

@@ -89,28 +89,13 @@ pub use state::{StateReport, StateWrite};
 
 use crate::batch::{Batch, BatchError, BatchHeader, Compression, TimestampType};
 use crate::controller::{BrokerId, Partition};
+use crate::error_code::{self as code, ErrorCode};
 use crate::log::{EpochEntry, Log, LogConfig, LogError};
 use crate::planted::{self, Bug};
 use crate::producer::{self, ProducerCheck, ProducerError, ProducerStateTable};
 use crate::storage::{Storage, StorageError};
 use crate::types::{LeaderEpoch, Offset};
 use leader::LeaderState;
-
-/// Kafka error codes this module produces.
-pub mod code {
-    pub const NONE: i16 = 0;
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const CORRUPT_MESSAGE: i16 = 2;
-    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-    pub const MESSAGE_TOO_LARGE: i16 = 10;
-    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
-    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
-    pub const INVALID_RECORD: i16 = 87;
-    pub const FENCED_LEADER_EPOCH: i16 = 74;
-    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
-}
 
 /// Kafka's default `replica.lag.time.max.ms`.
 pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: i64 = 30_000;
@@ -194,7 +179,7 @@ pub enum ProduceError {
 
 impl ProduceError {
     /// Kafka's error code (Errors.java).
-    pub fn code(&self) -> i16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ProduceError::Corrupt(_) => code::CORRUPT_MESSAGE,
             ProduceError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
@@ -231,7 +216,7 @@ pub enum AckStatus {
     /// Answer with this error code: NOT_LEADER_OR_FOLLOWER if leadership moved since the
     /// append (the write may or may not survive), NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR
     /// is below `min.insync.replicas` (the high watermark cannot move, or moved without it).
-    Failed(i16),
+    Failed(ErrorCode),
 }
 
 /// A follower's fetch from its leader (Kafka's Fetch request from a replica, v12+).
@@ -303,7 +288,7 @@ pub enum FetchError {
 
 impl FetchError {
     /// Kafka's error code (Errors.java).
-    pub fn code(&self) -> i16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
             FetchError::NotLeader | FetchError::NotAFollower(_) => code::NOT_LEADER_OR_FOLLOWER,
             FetchError::FencedLeaderEpoch { .. } => code::FENCED_LEADER_EPOCH,
@@ -1719,7 +1704,7 @@ impl<S: Storage> PartitionReplica<S> {
     pub fn end_offset_for_epoch(
         &self,
         epoch: LeaderEpoch,
-    ) -> Result<Option<(LeaderEpoch, Offset)>, i16> {
+    ) -> Result<Option<(LeaderEpoch, Offset)>, ErrorCode> {
         let RoleState::Leader(l) = &self.role else {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         };
@@ -1741,7 +1726,7 @@ impl<S: Storage> PartitionReplica<S> {
     /// Checks a client's current leader epoch (KIP-320): older is FENCED_LEADER_EPOCH, newer
     /// is UNKNOWN_LEADER_EPOCH, -1 means the client does not know it. The shell also checks
     /// [`PartitionReplica::is_leader`] (NOT_LEADER_OR_FOLLOWER).
-    pub fn check_client_epoch(&self, epoch: i32) -> Result<(), i16> {
+    pub fn check_client_epoch(&self, epoch: i32) -> Result<(), ErrorCode> {
         match epoch {
             -1 => Ok(()),
             e if e < self.leader_epoch.0 => Err(code::FENCED_LEADER_EPOCH),

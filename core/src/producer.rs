@@ -75,6 +75,7 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::batch::BatchHeader;
+use crate::error_code::{self as code, ErrorCode};
 use crate::log::{Log, LogError};
 use crate::storage::{self, Storage, StorageError};
 use crate::types::{Offset, ProducerId};
@@ -219,11 +220,11 @@ pub enum ProducerError {
 
 impl ProducerError {
     /// Kafka's error code for this error (Errors.java).
-    pub fn code(&self) -> i16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ProducerError::OutOfOrderSequence { .. } => 45,
-            ProducerError::InvalidProducerEpoch { .. } => 47,
-            ProducerError::InvalidSequence { .. } => 87,
+            ProducerError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            ProducerError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+            ProducerError::InvalidSequence { .. } => code::INVALID_RECORD,
         }
     }
 }

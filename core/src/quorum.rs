@@ -62,6 +62,7 @@ pub use raft::StateRole;
 
 use crate::controller::records::MetadataBatch;
 use crate::controller::{ApplyError, BrokerId, MetadataRecord, MetadataState};
+use crate::error_code::{self as code, ErrorCode};
 use crate::storage::Storage;
 use cache::LogCache;
 use disk::RaftDisk;
@@ -330,13 +331,14 @@ pub enum ProposeError {
 
 impl ProposeError {
     /// The Kafka error code to answer with.
-    pub fn code(&self) -> i16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ProposeError::NotLeader { .. } | ProposeError::Dropped => 41,
-            ProposeError::TooManyPending => 7, // REQUEST_TIMED_OUT: the client retries
-            ProposeError::TooLarge(_) => 44,   // POLICY_VIOLATION
-            ProposeError::Empty => 42,         // INVALID_REQUEST
-            ProposeError::Poisoned => -1,
+            ProposeError::NotLeader { .. } | ProposeError::Dropped => code::NOT_CONTROLLER,
+            // The client retries.
+            ProposeError::TooManyPending => code::REQUEST_TIMED_OUT,
+            ProposeError::TooLarge(_) => code::POLICY_VIOLATION,
+            ProposeError::Empty => code::INVALID_REQUEST,
+            ProposeError::Poisoned => code::UNKNOWN_SERVER_ERROR,
         }
     }
 }

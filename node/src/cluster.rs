@@ -803,7 +803,7 @@ impl Driver {
             }
             Err(e) => {
                 if let Some(reply) = reply {
-                    let error = if e.code() == 41 {
+                    let error = if e.code() == keel_core::error_code::NOT_CONTROLLER {
                         self.not_controller()
                     } else {
                         ControllerError::UnknownServerError(e.to_string())

@@ -11,13 +11,13 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use keel_core::controller::TopicDefaults;
+use keel_core::error_code::COORDINATOR_LOAD_IN_PROGRESS;
 use keel_node::broker::{group_partition_for, Broker, Settings, OFFSETS_TOPIC};
 use keel_node::metrics::Metrics;
 use keel_node::wire::{Handler, RequestContext};
 
 const GROUP: &str = "g";
 const OFFSETS_PARTITIONS: i32 = 3;
-const LOAD_IN_PROGRESS: i16 = 14;
 
 fn s(x: &str) -> StrBytes {
     StrBytes::from_string(x.into())
@@ -106,7 +106,7 @@ async fn join(broker: &Arc<Broker>, member_id: &str, metadata: &[u8]) -> JoinGro
 async fn new_member_id(broker: &Arc<Broker>) -> String {
     for _ in 0..100 {
         let r = join(broker, "", b"meta").await;
-        if r.error_code == LOAD_IN_PROGRESS {
+        if r.error_code == COORDINATOR_LOAD_IN_PROGRESS {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
@@ -178,7 +178,7 @@ async fn fetch_offset(broker: &Arc<Broker>) -> (i64, String) {
         r.group_id = GroupId(s(GROUP));
         r.topics = Some(vec![t]);
         let resp = request!(broker, OffsetFetch, 5, r);
-        if resp.error_code == LOAD_IN_PROGRESS {
+        if resp.error_code == COORDINATOR_LOAD_IN_PROGRESS {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }

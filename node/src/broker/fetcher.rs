@@ -32,11 +32,24 @@ use super::replication::{
 };
 use super::{Broker, PartitionHandle};
 use crate::cluster::kind;
+use crate::peer::PeerError;
 
 /// How long a follower waits for the leader's answer beyond the time the leader may hold it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a fetcher backs off after failed rounds in a row.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a session round brought no usable answer (the follower starts a new session).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Call(#[from] PeerError),
+    #[error("{0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A session-level Kafka error code from the leader.
+    #[error("error {code}: {message}")]
+    Code { code: i32, message: String },
+}
 
 /// One leader broker's fetcher: the partitions followed there, and what to tell the leader.
 pub struct Fetcher {
@@ -288,11 +301,14 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
             f.notify.notify_one();
         }
         let answer = answer
-            .map_err(|e| e.to_string())
-            .and_then(|envelope| SessionAnswer::decode(envelope.body).map_err(|e| e.to_string()))
+            .map_err(SessionError::from)
+            .and_then(|envelope| SessionAnswer::decode(envelope.body).map_err(SessionError::from))
             .and_then(|a| {
                 if a.error_code != 0 {
-                    Err(format!("error {}: {}", a.error_code, a.message))
+                    Err(SessionError::Code {
+                        code: a.error_code,
+                        message: a.message,
+                    })
                 } else {
                     Ok(a)
                 }

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use keel_core::controller::ControllerError;
-use keel_core::group::{self, code, GroupState, Response, TopicPartition};
+use keel_core::error_code::{self as code, ErrorCode};
+use keel_core::group::{self, GroupState, Response, TopicPartition};
 
 use super::groups::{partition_for, Call, OFFSETS_TOPIC};
 use super::Broker;
@@ -24,9 +25,6 @@ use crate::wire::RequestContext;
 /// A response to come.
 pub type Later = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
 
-const INVALID_REQUEST: i16 = 42;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -105,22 +103,22 @@ impl Broker {
         &self,
         key_type: i8,
         key: &str,
-    ) -> Result<(i32, String, i32), (i16, String)> {
+    ) -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {
             KEY_TYPE_GROUP => {}
             KEY_TYPE_TRANSACTION => {
                 return Err((
-                    COORDINATOR_NOT_AVAILABLE,
+                    code::COORDINATOR_NOT_AVAILABLE,
                     "keel does not support transactions".into(),
                 ))
             }
-            other => return Err((INVALID_REQUEST, format!("unknown key type {other}"))),
+            other => return Err((code::INVALID_REQUEST, format!("unknown key type {other}"))),
         }
         let n = match self.offsets_partitions() {
             Some(n) => n,
             None => self.create_offsets_topic().await.map_err(|e| {
                 (
-                    COORDINATOR_NOT_AVAILABLE,
+                    code::COORDINATOR_NOT_AVAILABLE,
                     format!("creating {OFFSETS_TOPIC}: {e}"),
                 )
             })?,
@@ -129,7 +127,7 @@ impl Broker {
         let leader = self.with_metadata(|m| m.partition(OFFSETS_TOPIC, index).map(|p| p.leader));
         let Some(leader) = leader.filter(|l| *l != keel_core::controller::BrokerId::NONE) else {
             return Err((
-                COORDINATOR_NOT_AVAILABLE,
+                code::COORDINATOR_NOT_AVAILABLE,
                 format!("{OFFSETS_TOPIC}-{index} has no leader"),
             ));
         };
@@ -137,7 +135,7 @@ impl Broker {
             .into_iter()
             .find(|(id, _, _)| *id == leader.0)
             .ok_or((
-                COORDINATOR_NOT_AVAILABLE,
+                code::COORDINATOR_NOT_AVAILABLE,
                 format!("the coordinator, broker {}, is not available", leader.0),
             ))
     }
@@ -366,7 +364,7 @@ impl Broker {
                 )
             })
             .collect();
-        let mut errors: BTreeMap<TopicPartition, i16> = BTreeMap::new();
+        let mut errors: BTreeMap<TopicPartition, ErrorCode> = BTreeMap::new();
         let mut commits = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
@@ -375,7 +373,7 @@ impl Broker {
                     partition: p.partition_index,
                 };
                 if !self.partition_exists(&tp.topic, tp.partition) {
-                    errors.insert(tp, UNKNOWN_TOPIC_OR_PARTITION);
+                    errors.insert(tp, code::UNKNOWN_TOPIC_OR_PARTITION);
                     continue;
                 }
                 commits.push(group::PartitionCommit {
@@ -442,7 +440,7 @@ impl Broker {
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<group::FetchedOffset>)>, i16> {
+    ) -> Result<Vec<(String, Vec<group::FetchedOffset>)>, ErrorCode> {
         let partitions: Option<Vec<TopicPartition>> = topics.as_ref().map(|ts| {
             ts.iter()
                 .flat_map(|(t, ps)| {
@@ -509,15 +507,16 @@ impl Broker {
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
-        let partition = |index: i32, offset: i64, epoch: i32, metadata: String, error: i16| {
-            let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
-            pr.partition_index = index;
-            pr.committed_offset = offset;
-            pr.committed_leader_epoch = epoch;
-            pr.metadata = Some(s(metadata));
-            pr.error_code = error;
-            pr
-        };
+        let partition =
+            |index: i32, offset: i64, epoch: i32, metadata: String, error: ErrorCode| {
+                let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                pr.partition_index = index;
+                pr.committed_offset = offset;
+                pr.committed_leader_epoch = epoch;
+                pr.metadata = Some(s(metadata));
+                pr.error_code = error;
+                pr
+            };
         match self.fetch_group_offsets(&group_id, topics.clone()) {
             Err(error) => {
                 if version >= 2 {
@@ -626,7 +625,7 @@ impl Broker {
         let mut listed = Vec::new();
         let loading = self.each_coordinator(|c| listed.extend(c.list_groups(&states)));
         if loading {
-            out.error_code = super::groups::COORDINATOR_LOAD_IN_PROGRESS;
+            out.error_code = code::COORDINATOR_LOAD_IN_PROGRESS;
         }
         for g in listed {
             let mut lg = list_groups_response::ListedGroup::default();

@@ -33,11 +33,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use keel_core::batch::{BatchBuilder, Compression};
-use keel_core::group::{
-    self, GroupConfig, GroupCoordinator, GroupRecord, Reply, RequestId, Response,
-};
-use keel_core::partition::{AckStatus, Appended};
+use keel_core::batch::{BatchBuilder, BatchError, Compression};
+use keel_core::error_code::{self as code, ErrorCode, Named};
+use keel_core::group::{GroupConfig, GroupCoordinator, GroupRecord, Reply, RequestId, Response};
+use keel_core::log::LogError;
+use keel_core::partition::{AckStatus, Appended, ProduceError};
 use keel_core::LeaderEpoch;
 use tokio::sync::oneshot;
 
@@ -49,8 +49,6 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 50;
 /// Kafka's default `offsets.topic.replication.factor`.
 pub const OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT: i16 = 3;
-/// Kafka's COORDINATOR_LOAD_IN_PROGRESS.
-pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 /// The longest a driver sleeps without looking (a request may have moved the deadline).
 const DRIVER_TICK: Duration = Duration::from_millis(100);
 /// How many bytes a load reads per step.
@@ -70,6 +68,30 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     let h = java_string_hash(group_id);
     let abs = if h == i32::MIN { 0 } else { h.abs() };
     abs % partitions
+}
+
+/// Why a coordinator's records could not be appended or committed: the coordinator resigns
+/// (and loads again if this broker still leads its partition).
+#[derive(Debug, thiserror::Error)]
+enum DriveError {
+    #[error("building the group records' batch: {0}")]
+    Build(#[from] BatchError),
+    #[error("appending group records: the partition's leader epoch moved")]
+    EpochMoved,
+    #[error("appending group records: {0}")]
+    Append(#[from] ProduceError),
+    #[error("group records lost their commit: error {}", Named(*.0))]
+    CommitLost(ErrorCode),
+}
+
+/// Why the group records of a `__consumer_offsets` partition could not be read (the load is
+/// tried again).
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("{0}")]
+    Read(#[from] LogError),
+    #[error("{0}")]
+    Records(#[from] BatchError),
 }
 
 /// One `__consumer_offsets` partition this broker leads.
@@ -100,7 +122,7 @@ struct Active {
 impl Active {
     /// Appends the coordinator's records (one batch) and sends its ready answers. An append
     /// that fails leaves the coordinator ahead of its log: the caller must resign it.
-    fn drain(&mut self, broker: &Broker) -> Result<(), String> {
+    fn drain(&mut self, broker: &Broker) -> Result<(), DriveError> {
         let records = self.coordinator.poll_records();
         if let Some(&(last_seq, _)) = records.last() {
             let now = broker.clock.now_ms();
@@ -109,16 +131,13 @@ impl Active {
                 let (key, value) = record.encode();
                 builder = builder.record(now, Some(&key), value.as_deref());
             }
-            let batch = builder.build().map_err(|e| e.to_string())?;
-            let appended = self
-                .partition
-                .with(|r| {
-                    if r.leader_epoch() != self.epoch {
-                        return Err("the partition's leader epoch moved".to_string());
-                    }
-                    r.append(now, batch).map_err(|e| e.to_string())
-                })
-                .map_err(|e| format!("appending group records: {e}"))?;
+            let batch = builder.build()?;
+            let appended = self.partition.with(|r| {
+                if r.leader_epoch() != self.epoch {
+                    return Err(DriveError::EpochMoved);
+                }
+                Ok(r.append(now, batch)?)
+            })?;
             self.partition.touch();
             broker.queue_sync(&self.partition);
             self.unacked.push_back((last_seq, appended));
@@ -133,7 +152,7 @@ impl Active {
     }
 
     /// Reports the batches the high watermark now covers. Err: one can never be committed.
-    fn acknowledge(&mut self) -> Result<(), String> {
+    fn acknowledge(&mut self) -> Result<(), DriveError> {
         while let Some((seq, appended)) = self.unacked.front() {
             let status = self
                 .partition
@@ -144,9 +163,7 @@ impl Active {
                     self.coordinator.records_committed(*seq);
                     self.unacked.pop_front();
                 }
-                AckStatus::Failed(code) => {
-                    return Err(format!("group records lost their commit (error {code})"))
-                }
+                AckStatus::Failed(code) => return Err(DriveError::CommitLost(code)),
             }
         }
         Ok(())
@@ -175,7 +192,7 @@ pub struct Coordinators {
 }
 
 /// Why a group request cannot reach a coordinator here, as a Kafka error code.
-pub type NotHere = i16;
+pub type NotHere = ErrorCode;
 
 impl Coordinators {
     pub fn new(config: GroupConfig) -> Coordinators {
@@ -204,8 +221,8 @@ impl<T> Call<T> {
         match self {
             Call::Done(r) => r,
             Call::Waiting(rx) => match rx.await {
-                Ok(response) => unwrap(response).ok_or(group::code::NOT_COORDINATOR),
-                Err(_) => Err(group::code::NOT_COORDINATOR),
+                Ok(response) => unwrap(response).ok_or(code::NOT_COORDINATOR),
+                Err(_) => Err(code::NOT_COORDINATOR),
             },
         }
     }
@@ -226,9 +243,7 @@ impl Broker {
         group_id: &str,
         f: impl FnOnce(&mut GroupCoordinator, i64) -> R,
     ) -> Result<R, NotHere> {
-        let n = self
-            .offsets_partitions()
-            .ok_or(group::code::NOT_COORDINATOR)?;
+        let n = self.offsets_partitions().ok_or(code::NOT_COORDINATOR)?;
         self.with_partition_coordinator(partition_for(group_id, n), f)
     }
 
@@ -239,8 +254,8 @@ impl Broker {
     ) -> Result<R, NotHere> {
         let mut slots = self.groups.lock();
         let active = match slots.get_mut(&index) {
-            None => return Err(group::code::NOT_COORDINATOR),
-            Some(Slot::Loading { .. }) => return Err(COORDINATOR_LOAD_IN_PROGRESS),
+            None => return Err(code::NOT_COORDINATOR),
+            Some(Slot::Loading { .. }) => return Err(code::COORDINATOR_LOAD_IN_PROGRESS),
             Some(Slot::Active(a)) => a,
         };
         let result = f(&mut active.coordinator, self.clock.now_ms());
@@ -258,15 +273,17 @@ impl Broker {
         f: impl FnOnce(&mut GroupCoordinator, i64, RequestId) -> Reply<T>,
     ) -> Call<T> {
         let Some(n) = self.offsets_partitions() else {
-            return Call::Done(Err(group::code::NOT_COORDINATOR));
+            return Call::Done(Err(code::NOT_COORDINATOR));
         };
         let index = partition_for(group_id, n);
         let id = RequestId(self.groups.next_request.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         let mut slots = self.groups.lock();
         let active = match slots.get_mut(&index) {
-            None => return Call::Done(Err(group::code::NOT_COORDINATOR)),
-            Some(Slot::Loading { .. }) => return Call::Done(Err(COORDINATOR_LOAD_IN_PROGRESS)),
+            None => return Call::Done(Err(code::NOT_COORDINATOR)),
+            Some(Slot::Loading { .. }) => {
+                return Call::Done(Err(code::COORDINATOR_LOAD_IN_PROGRESS))
+            }
             Some(Slot::Active(a)) => a,
         };
         let reply = f(&mut active.coordinator, self.clock.now_ms(), id);
@@ -354,7 +371,7 @@ impl Broker {
                 active.coordinator.poll(now);
             }
             active.drain(self)?;
-            Ok::<_, String>(active.coordinator.next_deadline_ms())
+            Ok::<_, DriveError>(active.coordinator.next_deadline_ms())
         };
         match step() {
             Ok(deadline) => Some(deadline),
@@ -369,16 +386,13 @@ impl Broker {
 
 /// Reads every record of a partition's log up to its high watermark and decodes the group
 /// records; records that are not group records are skipped with a warning.
-fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, String> {
+fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, LoadError> {
     let (mut at, hw) = p.with(|r| (r.log().log_start(), r.high_watermark()));
     let mut records = Vec::new();
     while at < hw {
         let batches = p
             .with(|r| r.log().read(at, LOAD_READ_BYTES, hw))
-            .map_err(|e| {
-                p.read_failed(&e);
-                e.to_string()
-            })?;
+            .inspect_err(|e| p.read_failed(e))?;
         let Some(last) = batches.last() else {
             break;
         };
@@ -387,7 +401,7 @@ fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, String> {
             if batch.is_control() {
                 continue;
             }
-            for record in batch.records().map_err(|e| e.to_string())? {
+            for record in batch.records()? {
                 if record.offset < at {
                     continue;
                 }

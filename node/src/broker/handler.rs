@@ -39,27 +39,14 @@ use keel_core::batch::Batch;
 use keel_core::controller::{
     AlterConfigOp, AlterOp, ControllerError, NewTopic, TopicId as CoreTopicId,
 };
+use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
-use keel_core::partition::{code, compression_allowed, AckStatus, Appended, ProduceError};
+use keel_core::partition::{compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
 use super::{wall_ms, Broker, PartitionHandle};
 use crate::metrics::Outcome;
 use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
-
-/// Kafka error codes used here beyond core's.
-mod err {
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    pub const REQUEST_TIMED_OUT: i16 = 7;
-    pub const INVALID_REQUIRED_ACKS: i16 = 21;
-    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
-    pub const INVALID_REQUEST: i16 = 42;
-    pub const INVALID_CONFIG: i16 = 40;
-    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
-    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
-    pub const UNKNOWN_TOPIC_ID: i16 = 100;
-}
 
 /// Config resource types (DescribeConfigs, AlterConfigs).
 const RESOURCE_TOPIC: i8 = 2;
@@ -187,12 +174,12 @@ impl Handler for Broker {
             }
             RequestKind::SaslHandshake(_) => {
                 let mut r = SaslHandshakeResponse::default();
-                r.error_code = err::UNSUPPORTED_SASL_MECHANISM;
+                r.error_code = code::UNSUPPORTED_SASL_MECHANISM;
                 Next::Ready(ResponseKind::SaslHandshake(r))
             }
             RequestKind::SaslAuthenticate(_) => {
                 let mut r = SaslAuthenticateResponse::default();
-                r.error_code = err::UNSUPPORTED_SASL_MECHANISM;
+                r.error_code = code::UNSUPPORTED_SASL_MECHANISM;
                 r.error_message = Some(str_bytes("keel does not support SASL yet"));
                 Next::Ready(ResponseKind::SaslAuthenticate(r))
             }
@@ -302,7 +289,7 @@ impl ProduceWait {
                     .await
                     .is_err()
                 {
-                    break AckStatus::Failed(err::REQUEST_TIMED_OUT);
+                    break AckStatus::Failed(code::REQUEST_TIMED_OUT);
                 }
             };
             let code = match status {
@@ -313,7 +300,7 @@ impl ProduceWait {
             r.error_code = code;
             if self.version >= 8 {
                 r.error_message = Some(str_bytes(match code {
-                    err::REQUEST_TIMED_OUT => "timed out waiting for the in-sync replicas",
+                    code::REQUEST_TIMED_OUT => "timed out waiting for the in-sync replicas",
                     code::NOT_ENOUGH_REPLICAS_AFTER_APPEND => {
                         "appended, but the in-sync replicas fell below min.insync.replicas"
                     }
@@ -348,12 +335,12 @@ impl Broker {
                 r.log_start_offset = -1;
                 let outcome = if request.transactional_id.is_some() {
                     Err((
-                        err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                         "keel does not support transactions".to_string(),
                     ))
                 } else if !matches!(acks, -1..=1) {
                     Err((
-                        err::INVALID_REQUIRED_ACKS,
+                        code::INVALID_REQUIRED_ACKS,
                         format!("acks must be -1, 0 or 1, not {acks}"),
                     ))
                 } else {
@@ -404,10 +391,10 @@ impl Broker {
         records: Option<Bytes>,
         acks: i16,
         now: i64,
-    ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (i16, String)> {
+    ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (ErrorCode, String)> {
         if topic == super::OFFSETS_TOPIC {
             return Err((
-                err::INVALID_TOPIC_EXCEPTION,
+                code::INVALID_TOPIC_EXCEPTION,
                 format!("{topic} is internal: only the group coordinator appends to it"),
             ));
         }
@@ -541,7 +528,7 @@ impl Broker {
                                         records
                                     }
                                 });
-                            Ok::<_, i16>((read, hw, log.log_start()))
+                            Ok::<_, ErrorCode>((read, hw, log.log_start()))
                         });
                         match result {
                             Err(code) => pd.error_code = code,
@@ -643,7 +630,7 @@ impl Broker {
                         }
                     }
                 } else {
-                    error = err::UNKNOWN_TOPIC_OR_PARTITION;
+                    error = code::UNKNOWN_TOPIC_OR_PARTITION;
                 }
             }
             let mut t = MetadataResponseTopic::default();
@@ -659,7 +646,7 @@ impl Broker {
                         mp.partition_index = i as i32;
                         mp.leader_id = BrokerId(p.leader.0);
                         if p.leader == keel_core::controller::BrokerId::NONE {
-                            mp.error_code = err::LEADER_NOT_AVAILABLE;
+                            mp.error_code = code::LEADER_NOT_AVAILABLE;
                         }
                         if v >= 7 {
                             mp.leader_epoch = p.leader_epoch.0;
@@ -673,11 +660,11 @@ impl Broker {
                     t.error_code = if error != 0 {
                         error
                     } else if name.is_empty() {
-                        err::UNKNOWN_TOPIC_ID
+                        code::UNKNOWN_TOPIC_ID
                     } else if keel_core::controller::validate_topic_name(&name).is_err() {
-                        err::INVALID_TOPIC_EXCEPTION
+                        code::INVALID_TOPIC_EXCEPTION
                     } else {
-                        err::UNKNOWN_TOPIC_OR_PARTITION
+                        code::UNKNOWN_TOPIC_OR_PARTITION
                     };
                 }
             }
@@ -759,7 +746,7 @@ impl Broker {
                                     .offset_for_timestamp(ts)
                                     .map(|o| o.filter(|(off, _)| *off < r.high_watermark())),
                             };
-                            Ok::<_, i16>((found, epoch))
+                            Ok::<_, ErrorCode>((found, epoch))
                         });
                         match result {
                             Err(code) => pr.error_code = code,
@@ -852,7 +839,7 @@ impl Broker {
         response.producer_id = ProducerId(-1);
         response.producer_epoch = -1;
         if request.transactional_id.is_some() {
-            response.error_code = err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
             return response;
         }
         match self.allocate_producer_id().await {
@@ -1032,7 +1019,7 @@ impl Broker {
                     let name = resource.resource_name.to_string();
                     match self.with_metadata(|m| m.topic_config(&name).cloned()) {
                         None => {
-                            result.error_code = err::UNKNOWN_TOPIC_OR_PARTITION;
+                            result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                             result.error_message = Some(str_bytes(format!("unknown topic {name}")));
                         }
                         Some(config) => {
@@ -1074,7 +1061,7 @@ impl Broker {
                     }
                 }
                 other => {
-                    result.error_code = err::INVALID_REQUEST;
+                    result.error_code = code::INVALID_REQUEST;
                     result.error_message =
                         Some(str_bytes(format!("resource type {other} is not supported")));
                 }
@@ -1090,10 +1077,10 @@ impl Broker {
         name: &str,
         ops: Vec<AlterConfigOp>,
         validate_only: bool,
-    ) -> Result<(), (i16, String)> {
+    ) -> Result<(), (ErrorCode, String)> {
         if resource_type != RESOURCE_TOPIC {
             return Err((
-                err::INVALID_REQUEST,
+                code::INVALID_REQUEST,
                 format!("altering resource type {resource_type} is not supported"),
             ));
         }
@@ -1125,7 +1112,7 @@ impl Broker {
                 })
                 .collect();
             let result = match ops {
-                None => Err((err::INVALID_CONFIG, "unknown config operation".to_string())),
+                None => Err((code::INVALID_CONFIG, "unknown config operation".to_string())),
                 Some(ops) => {
                     self.alter_topic_configs(
                         resource.resource_type,

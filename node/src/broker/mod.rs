@@ -44,8 +44,9 @@ use keel_core::controller::{
     BrokerId, BrokerRegistration, ControllerError, Endpoint, MetadataRecord, MetadataState,
     Partition, ProducerIdBlock, TopicDefaults, TopicId,
 };
+use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
-use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig, Role};
+use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, Role};
 use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
 use keel_core::{Offset, ProducerId};
@@ -61,6 +62,8 @@ const CLUSTER_ID_FILE: &str = "cluster.id";
 /// The file, in a partition directory, that marks its replica damaged until it has fetched
 /// back from its leader: the mark survives restarts (damage a later open may not see again).
 const DAMAGE_MARKER: &str = "replica.damaged";
+/// The file in a partition directory naming its topic's id (Kafka's).
+const PARTITION_METADATA: &str = "partition.metadata";
 /// How many times a command is computed again after the metadata moved under it.
 const COMMAND_ATTEMPTS: usize = 8;
 
@@ -150,9 +153,29 @@ pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("metadata: {0}")]
-    Metadata(String),
+    Metadata(StorageError),
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+}
+
+/// Why a partition's replica could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// The partition directory could not be opened.
+    #[error("{}: {source}", .dir.display())]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The directory was left by another topic of the same name (a deleted one).
+    #[error("{PARTITION_METADATA} holds another topic: {found:?}")]
+    OtherTopic { found: String },
+    /// Reading or writing the directory's topic id failed.
+    #[error("{0}")]
+    TopicId(StorageError),
+    /// Recovery of the log, the producer state or the replica state failed.
+    #[error("{0}")]
+    Recover(#[from] ReplicaError),
 }
 
 /// One partition this broker holds a replica of.
@@ -358,11 +381,9 @@ impl PartitionHandle {
 
     /// Makes everything appended so far durable, persists the high watermark where it must
     /// be, and exposes it: prepare under the lock, write outside it, complete under it.
-    fn settle(&self) -> Result<(), String> {
+    fn settle(&self) -> Result<(), StorageError> {
         if let Some(pending) = self.with(|r| r.log().prepare_sync()) {
-            self.syncer
-                .sync_file(&pending.file)
-                .map_err(|e| e.to_string())?;
+            self.syncer.sync_file(&pending.file)?;
             let durable = self.with(|r| {
                 r.log_mut().complete_sync(pending);
                 r.update_high_watermark();
@@ -384,7 +405,7 @@ impl PartitionHandle {
                 }
                 Err(e) => {
                     self.with(|r| r.fail_state_write(write));
-                    return Err(e.to_string());
+                    return Err(e);
                 }
             }
         }
@@ -395,11 +416,11 @@ impl PartitionHandle {
     }
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
-    pub fn checkpoint(&self) -> Result<(), String> {
+    pub fn checkpoint(&self) -> Result<(), LogError> {
         let hw = self.with_snapshots(|r, snapshots| {
-            r.checkpoint(snapshots).map_err(|e| e.to_string())?;
-            r.persist_state(snapshots).map_err(|e| e.to_string())?;
-            Ok::<_, String>(r.high_watermark())
+            r.checkpoint(snapshots)?;
+            r.persist_state(snapshots)?;
+            Ok::<_, LogError>(r.high_watermark())
         })?;
         self.publish_high_watermark(hw);
         Ok(())
@@ -903,7 +924,7 @@ impl Broker {
 
     /// The partition handle if this broker leads it; else the error code for a client:
     /// NOT_LEADER_OR_FOLLOWER if the partition exists, UNKNOWN_TOPIC_OR_PARTITION if not.
-    pub fn leader(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, i16> {
+    pub fn leader(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, ErrorCode> {
         if let Some(p) = self.replica(topic, index) {
             if p.with(|r| r.is_leader()) {
                 return Ok(p);
@@ -911,9 +932,9 @@ impl Broker {
         }
         let exists = self.with_metadata(|m| m.partition(topic, index).is_some());
         Err(if exists {
-            keel_core::partition::code::NOT_LEADER_OR_FOLLOWER
+            code::NOT_LEADER_OR_FOLLOWER
         } else {
-            3 // UNKNOWN_TOPIC_OR_PARTITION
+            code::UNKNOWN_TOPIC_OR_PARTITION
         })
     }
 
@@ -1125,11 +1146,20 @@ impl Broker {
         self.settings.data_dir.join(format!("{topic}-{index}"))
     }
 
-    fn open_partition(&self, w: &Wanted) -> Result<Arc<PartitionHandle>, String> {
+    fn open_partition(&self, w: &Wanted) -> Result<Arc<PartitionHandle>, OpenError> {
         let name = format!("{}-{}", w.topic, w.index);
         let dir = self.partition_dir(&w.topic, w.index);
-        let storage = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
-        let mut snapshots = self.settings.disk.open(&dir).map_err(|e| e.to_string())?;
+        let open = |dir: &PathBuf| {
+            self.settings
+                .disk
+                .open(dir)
+                .map_err(|source| OpenError::Dir {
+                    dir: dir.clone(),
+                    source,
+                })
+        };
+        let storage = open(&dir)?;
+        let mut snapshots = open(&dir)?;
         check_topic_id(&mut snapshots, w.topic_id)?;
         let syncer = storage.clone();
         let replica_config = ReplicaConfig {
@@ -1145,8 +1175,7 @@ impl Broker {
             produce_rules(&w.config),
             replica_config,
             wall_ms(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         apply_topic_config(&mut replica, &w.config);
         let report = replica.log().recovery_report();
         if let Some((file, position, why)) = &report.corruption {
@@ -1308,20 +1337,18 @@ async fn heartbeats(broker: std::sync::Weak<Broker>) {
 
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
-fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<(), String> {
-    const FILE: &str = "partition.metadata";
+fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<(), OpenError> {
     let expected = format!("version: 0\ntopic_id: {topic_id}\n");
-    match keel_core::storage::read_all(storage, FILE) {
+    match keel_core::storage::read_all(storage, PARTITION_METADATA) {
         Ok(found) if found[..] == *expected.as_bytes() => Ok(()),
-        Ok(found) => Err(format!(
-            "{FILE} holds another topic: {:?}",
-            String::from_utf8_lossy(&found)
-        )),
+        Ok(found) => Err(OpenError::OtherTopic {
+            found: String::from_utf8_lossy(&found).into_owned(),
+        }),
         Err(StorageError::NotFound(_)) => {
-            keel_core::storage::write_atomic(storage, FILE, expected.as_bytes())
-                .map_err(|e| e.to_string())
+            keel_core::storage::write_atomic(storage, PARTITION_METADATA, expected.as_bytes())
+                .map_err(OpenError::TopicId)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(OpenError::TopicId(e)),
     }
 }
 
@@ -1356,7 +1383,7 @@ fn read_or_create_cluster_id(
     }
     .to_string();
     keel_core::storage::write_atomic(storage, CLUSTER_ID_FILE, id.as_bytes())
-        .map_err(|e| StartError::Metadata(e.to_string()))?;
+        .map_err(StartError::Metadata)?;
     Ok(id)
 }
 

@@ -30,11 +30,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel_core::batch::Batch;
+use keel_core::batch::{Batch, BatchError};
 use keel_core::controller::{AlterPartitionRequest, BrokerId, TopicId};
-use keel_core::partition::{
-    code, AlterPartition, FetchError, FetchPayload, FetchRequest, FetchResponse,
-};
+use keel_core::error_code::{self as code, ErrorCode};
+use keel_core::partition::{AlterPartition, FetchError, FetchPayload, FetchRequest, FetchResponse};
 use keel_core::{LeaderEpoch, Offset};
 use prost::Message as _;
 use tokio::sync::{mpsc, Notify};
@@ -56,12 +55,6 @@ const FULL_EVALUATION_INTERVAL_MIN: Duration = Duration::from_millis(100);
 pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
 /// How long a damaged leader's due ISR shrink waits before it is looked at again.
 const DAMAGED_LEADER_RECHECK_MS: i64 = 100;
-/// Kafka's FETCH_SESSION_ID_NOT_FOUND: the leader has no such session (it restarted, or the
-/// follower's was replaced); the follower starts a new one.
-pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
-/// Kafka's INVALID_FETCH_SESSION_EPOCH: a request was lost or repeated; the follower starts a
-/// new session.
-pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
 /// A partition, as fetch sessions name it.
 pub type PartitionKey = (TopicId, i32);
@@ -159,8 +152,10 @@ pub struct PartitionAnswer {
 /// The leader's answer to a session request.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionAnswer {
-    /// A session-level error ([`FETCH_SESSION_ID_NOT_FOUND`], [`INVALID_FETCH_SESSION_EPOCH`],
-    /// or a malformed request); 0: none.
+    /// A session-level error; 0: none. The follower starts a new session.
+    /// [`code::FETCH_SESSION_ID_NOT_FOUND`]: the leader has no such session (it restarted, or
+    /// the follower's was replaced). [`code::INVALID_FETCH_SESSION_EPOCH`]: a request was lost
+    /// or repeated. Or a malformed request.
     #[prost(int32, tag = "1")]
     pub error_code: i32,
     #[prost(string, tag = "2")]
@@ -206,7 +201,7 @@ impl PartitionFetch {
 fn error_answer(
     key: PartitionKey,
     fetch_epoch: LeaderEpoch,
-    code: i16,
+    code: ErrorCode,
     message: String,
 ) -> PartitionAnswer {
     PartitionAnswer {
@@ -284,11 +279,26 @@ pub fn answer_body(answer: &SessionAnswer, entries: Vec<(PartitionAnswer, Vec<By
     body
 }
 
+/// Why a partition's answer from the leader is not a [`FetchResponse`].
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The leader answered with a Kafka error code.
+    #[error("error {code}: {message}")]
+    Code { code: i32, message: String },
+    #[error("a truncated batch from the leader")]
+    Truncated,
+    #[error("a batch from the leader: {0}")]
+    Batch(#[from] BatchError),
+}
+
 /// One partition's answer as core's [`FetchResponse`]; `Err` for an error code or batches that
 /// do not parse (a protocol violation: the follower backs off and fetches again).
-pub fn decode_entry(answer: PartitionAnswer) -> Result<FetchResponse, String> {
+pub fn decode_entry(answer: PartitionAnswer) -> Result<FetchResponse, AnswerError> {
     if answer.error_code != 0 {
-        return Err(format!("error {}: {}", answer.error_code, answer.message));
+        return Err(AnswerError::Code {
+            code: answer.error_code,
+            message: answer.message,
+        });
     }
     let payload = if answer.diverging {
         FetchPayload::Diverging {
@@ -306,8 +316,8 @@ pub fn decode_entry(answer: PartitionAnswer) -> Result<FetchResponse, String> {
                     let _ = rest.split_to(batch.size());
                     batches.push(batch);
                 }
-                Ok(None) => return Err("a truncated batch from the leader".into()),
-                Err(e) => return Err(format!("a batch from the leader: {e}")),
+                Ok(None) => return Err(AnswerError::Truncated),
+                Err(e) => return Err(e.into()),
             }
         }
         FetchPayload::Records(batches)
@@ -439,7 +449,7 @@ impl LeaderSessions {
     }
 }
 
-fn session_error(code: i16, message: String) -> Body {
+fn session_error(code: ErrorCode, message: String) -> Body {
     let answer = SessionAnswer {
         error_code: code as i32,
         message,
@@ -496,7 +506,7 @@ impl Broker {
                 Some(s) => s,
                 None => {
                     return session_error(
-                        FETCH_SESSION_ID_NOT_FOUND,
+                        code::FETCH_SESSION_ID_NOT_FOUND,
                         format!("no fetch session {} here", m.session_id),
                     )
                 }
@@ -506,7 +516,7 @@ impl Broker {
             let mut inner = session.inner.lock().expect("session poisoned");
             if m.session_id != 0 && m.epoch != inner.epoch.wrapping_add(1) {
                 return session_error(
-                    INVALID_FETCH_SESSION_EPOCH,
+                    code::INVALID_FETCH_SESSION_EPOCH,
                     format!("session epoch {} after {}", m.epoch, inner.epoch),
                 );
             }
@@ -1020,7 +1030,10 @@ mod tests {
             other => panic!("expected diverging, got {other:?}"),
         }
         let err = decode_entry(back.entries[1].clone());
-        assert!(err.unwrap_err().contains("74"));
+        assert!(matches!(
+            err,
+            Err(AnswerError::Code { code: c, .. }) if c == i32::from(code::FENCED_LEADER_EPOCH)
+        ));
         assert_eq!(back.entries[1].fetch_epoch, 3);
     }
 
