@@ -1113,11 +1113,10 @@ impl<S: Storage> PartitionReplica<S> {
     fn maybe_expand_isr(&mut self, now_ms: i64, follower: BrokerId) {
         let floor = self.hw_floor();
         let (epoch, partition_epoch) = (self.leader_epoch, self.partition_epoch);
-        let (log_end, lag_max_ms) = (self.log.end(), self.config.lag_time_max_ms);
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if l.pending.is_none() && l.may_join(follower, floor, now_ms, log_end, lag_max_ms) {
+        if l.pending.is_none() && l.may_join(follower, floor) {
             let isr = l.isr_with(Some(follower), &[]);
             l.propose(now_ms, isr, epoch, partition_epoch);
         }

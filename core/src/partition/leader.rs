@@ -132,6 +132,7 @@ impl LeaderState {
     /// is settled by it: either this is its result, or it was based on an older partition
     /// epoch and the controller will reject it.
     pub fn apply_committed(&mut self, now_ms: i64, replicas: &[BrokerId], isr: &[BrokerId]) {
+        let was_in_sync = std::mem::take(&mut self.isr);
         self.replicas = replicas.to_vec();
         self.isr = replicas
             .iter()
@@ -141,9 +142,17 @@ impl LeaderState {
         self.followers.retain(|id, _| replicas.contains(id));
         for &r in replicas.iter().filter(|&&r| r != self.me) {
             let in_sync = self.isr.contains(&r);
-            self.followers
+            let p = self
+                .followers
                 .entry(r)
                 .or_insert_with(|| FollowerProgress::new(if in_sync { now_ms } else { 0 }));
+            // A member that just joined counts as caught up from now: it reached the high
+            // watermark, perhaps not the log end, and the shrink check would otherwise remove
+            // it at once, as fast as the controller commits (keel runs that check at its
+            // deadline, not on Kafka's half-lag schedule).
+            if in_sync && !was_in_sync.contains(&r) {
+                p.last_caught_up_ms = p.last_caught_up_ms.max(now_ms);
+            }
         }
         self.pending = None;
         self.outbox = None;
@@ -256,28 +265,15 @@ impl LeaderState {
     /// high watermark this replica exposed or persisted) and the start of this leader epoch.
     /// The second condition is what keeps every replica's high watermark, not only this
     /// leader's, below the new member's durable end: this leader's log end offset at election
-    /// was at or above every high watermark in the cluster. And it must be caught up by the lag
-    /// clock (as [`LeaderState::out_of_sync`] judges, at `now_ms` against `leader_end`): a
-    /// member the next shrink check would remove at once is not added, or a follower whose
-    /// fetches reach the high watermark but not the log end would be added and removed again
-    /// as fast as the controller commits (Kafka's periodic shrink check hides that; keel's
-    /// deadlines run it at once).
-    pub fn may_join(
-        &self,
-        follower: BrokerId,
-        hw_floor: Offset,
-        now_ms: i64,
-        leader_end: Offset,
-        lag_max_ms: i64,
-    ) -> bool {
+    /// was at or above every high watermark in the cluster.
+    pub fn may_join(&self, follower: BrokerId, hw_floor: Offset) -> bool {
         if self.isr.contains(&follower) || !self.replicas.contains(&follower) {
             return false;
         }
-        self.followers.get(&follower).is_some_and(|p| {
-            p.durable_end
-                .is_some_and(|d| d >= hw_floor && d >= self.epoch_start)
-                && p.is_caught_up(leader_end, now_ms, lag_max_ms)
-        })
+        self.followers
+            .get(&follower)
+            .and_then(|p| p.durable_end)
+            .is_some_and(|d| d >= hw_floor && d >= self.epoch_start)
     }
 
     /// Proposes `isr` (assignment order) unless a proposal is in flight or backing off.
@@ -466,33 +462,39 @@ mod tests {
     #[test]
     fn may_join_at_the_high_watermark_and_the_epoch_start() {
         let mut l = LeaderState::new(0, B0, &[B0, B1, B2], &[B0, B1], Offset(8));
-        let joins = |l: &LeaderState, f, floor| l.may_join(f, floor, 0, Offset(9), 30_000);
-        assert!(!joins(&l, B2, Offset(5)), "has not fetched");
+        assert!(!l.may_join(B2, Offset(5)), "has not fetched");
         l.record_fetch(0, B2, Offset(8), Offset(7), Offset(8));
-        assert!(!joins(&l, B2, Offset(5)), "below the epoch start");
+        assert!(!l.may_join(B2, Offset(5)), "below the epoch start");
         l.record_fetch(0, B2, Offset(9), Offset(8), Offset(9));
-        assert!(joins(&l, B2, Offset(8)));
-        assert!(!joins(&l, B2, Offset(9)), "below the high watermark");
-        assert!(!joins(&l, B1, Offset(0)), "already in the ISR");
-        assert!(!joins(&l, BrokerId(7), Offset(0)), "not a replica");
+        assert!(l.may_join(B2, Offset(8)));
+        assert!(!l.may_join(B2, Offset(9)), "below the high watermark");
+        assert!(!l.may_join(B1, Offset(0)), "already in the ISR");
+        assert!(!l.may_join(BrokerId(7), Offset(0)), "not a replica");
     }
 
-    /// A follower at the high watermark whose fetches have not reached the leader's log end
-    /// for longer than the lag allows is out of sync: it does not join, since the shrink check
-    /// would remove it at once (simulator seed 935: the ISR flipped between the two as fast as
-    /// the controller committed, and simulated time stood still).
+    /// A follower that joins at the high watermark, its fetches not at the leader's log end for
+    /// longer than the lag allows, counts as caught up from the time it joined: the shrink check
+    /// does not remove it at once (simulator seed 935: the ISR flipped between the two as fast
+    /// as the controller committed, and simulated time stood still). A follower that must not
+    /// join is not kept out: a leader whose log a follower cannot read to the end (damage)
+    /// needs the follower in the ISR to step down to it.
     #[test]
-    fn a_follower_the_shrink_check_would_remove_does_not_join() {
+    fn a_member_that_just_joined_is_not_shrunk_at_once() {
         let lag = 30_000;
         let mut l = LeaderState::new(0, B0, &[B0, B1, B2], &[B0, B1], Offset(0));
+        l.record_fetch(1_000, B1, Offset(9), Offset(9), Offset(9));
         // B2 reached offset 5 long ago; the leader is at 9, its high watermark at 5.
         l.record_fetch(1_000, B2, Offset(5), Offset(5), Offset(9));
         l.record_fetch(40_000, B2, Offset(5), Offset(5), Offset(9));
-        assert!(!l.followers[&B2].is_caught_up(Offset(9), 40_000, lag));
-        assert!(!l.may_join(B2, Offset(5), 40_000, Offset(9), lag));
-        // Once it reaches the log end, it is caught up and joins.
-        l.record_fetch(40_100, B2, Offset(9), Offset(9), Offset(9));
-        assert!(l.may_join(B2, Offset(5), 40_100, Offset(9), lag));
+        assert!(l.may_join(B2, Offset(5)));
+        assert!(l.propose(40_000, l.isr_with(Some(B2), &[]), LeaderEpoch(0), 0));
+        l.apply_committed(40_010, &[B0, B1, B2], &[B0, B1, B2]);
+        assert!(
+            l.out_of_sync(40_010, Offset(9), lag).is_empty(),
+            "caught up as of joining"
+        );
+        assert_eq!(l.shrink_deadline(lag, Offset(9)), Some(70_011));
+        assert_eq!(l.out_of_sync(70_011, Offset(9), lag), vec![B2]);
     }
 
     #[test]
