@@ -27,17 +27,27 @@ pub enum Bug {
     /// written the record, without waiting for the record to be durable (committed in
     /// `__consumer_offsets`).
     CommitBeforeDurable,
+    /// A follower told by its leader that its log diverged (`divergingEpoch`) keeps its log as
+    /// it is and fetches again: it never truncates, never catches up and never rejoins the
+    /// ISR. No client reads a follower, so only the convergence phase sees it.
+    FollowerSkipsTruncation,
+    /// A leader elected over a log that already holds data refuses every acks=all produce
+    /// with NOT_ENOUGH_REPLICAS, whatever its ISR: a refusal is a definite failure, which no
+    /// safety check counts, so only the availability check sees it.
+    RefuseAfterFailover,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
         Bug::SkipTruncation,
         Bug::ServeCorruptBatch,
         Bug::CommitBeforeDurable,
+        Bug::FollowerSkipsTruncation,
+        Bug::RefuseAfterFailover,
     ];
 
     /// A short name for the command line.
@@ -49,6 +59,8 @@ impl Bug {
             Bug::SkipTruncation => "skip-truncation",
             Bug::ServeCorruptBatch => "serve-corrupt-batch",
             Bug::CommitBeforeDurable => "commit-before-durable",
+            Bug::FollowerSkipsTruncation => "follower-skips-truncation",
+            Bug::RefuseAfterFailover => "refuse-after-failover",
         }
     }
 

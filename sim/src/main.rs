@@ -223,7 +223,8 @@ mod cli {
             "{}: {} simulated s in {:.1} wall s ({:.0}x); acked {} indefinite {} failed {} read {}; \
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
-             coordinator-moves {}; faults {:?}",
+             coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
+             on {} replicas of {} partitions compared; faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -243,6 +244,11 @@ mod cli {
             c.commits,
             c.rebalances,
             c.coordinator_moves,
+            c.fault_indefinite,
+            c.fault_sends,
+            c.compared.batches,
+            c.compared.replicas,
+            c.compared.partitions,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

@@ -41,6 +41,7 @@ use crate::checker::{
 use crate::client::{
     Client, ClientConfig, ClientError, ConnectionFaults, Consumer, GroupConsumer, TopicSpec,
 };
+use crate::converge::{converge, Compared, Failure, Settle};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
 pub use crate::nemesis::Fault;
@@ -55,6 +56,10 @@ pub const LIVENESS_MS: u64 = 60_000;
 pub const FINAL_READ_SETTLE_MS: u64 = 20_000;
 /// The topic the workload uses.
 pub const TOPIC: &str = "jepsen";
+/// Sends each producer makes after healing, every one of which must be acknowledged.
+pub const AVAILABILITY_SENDS: u32 = 5;
+/// The bound on those sends, once every replica is back in its ISR.
+pub const AVAILABILITY_MS: u64 = 30_000;
 /// Events kept for the trace printed on failure.
 const TRACE_EVENTS: usize = 60;
 
@@ -115,7 +120,7 @@ impl Params {
         let voters = if rng.gen_bool(0.5) { 3 } else { 1 };
         let replication_factor = if rng.gen_bool(0.8) { 3 } else { 2 };
         let min_insync_replicas = rng.gen_range(1..=replication_factor.min(2));
-        let mut faults: BTreeSet<Fault> = Fault::ALL
+        let mut faults: BTreeSet<Fault> = Fault::FIRST_DRAWN
             .into_iter()
             .filter(|_| rng.gen_bool(0.6))
             .collect();
@@ -191,6 +196,12 @@ impl Params {
         };
         params.client_break_probability = rng.gen_range(0.05..0.5);
         params.group_consumers = rng.gen_range(0..=2);
+        // The overlapping and rapid schedules, last for the same reason.
+        for kind in Fault::OVERLAPPING {
+            if rng.gen_bool(0.5) {
+                params.faults.insert(kind);
+            }
+        }
         params
     }
 }
@@ -295,6 +306,19 @@ pub struct Coverage {
     pub coordinator_moves: u64,
     pub rebalances: u64,
     pub commits: u64,
+    /// What the convergence phase compared across replicas.
+    pub compared: Compared,
+    /// Sends of the fault phase (up to the producers' stop after healing), and how many of
+    /// them were indefinite.
+    pub fault_sends: u64,
+    pub fault_indefinite: u64,
+}
+
+impl Coverage {
+    /// The share of the fault phase's sends that were indefinite (0 without sends).
+    pub fn indefinite_share(&self) -> f64 {
+        self.fault_indefinite as f64 / self.fault_sends.max(1) as f64
+    }
 }
 
 /// The outcome of one run.
@@ -585,8 +609,27 @@ async fn simulate(params: Params) -> RunResult {
         );
     }
     trace.event("healed; producers stopped");
+    {
+        let h = workload.history.lock().expect("history poisoned");
+        for op in &h.ops {
+            if let OpKind::Send { outcome, .. } = &op.kind {
+                coverage.fault_sends += 1;
+                if matches!(outcome, SendOutcome::Indefinite { .. }) {
+                    coverage.fault_indefinite += 1;
+                }
+            }
+        }
+    }
 
-    // Phase 3: final read.
+    // Phase 3: availability. Once every replica is back in its ISR, every producer's next
+    // sends must all be acknowledged.
+    let available = availability(&handle, &cluster, &workload, &params, &bootstrap, &keys).await;
+    match &available {
+        Ok(()) => trace.event("available: every send after healing acknowledged"),
+        Err(why) => trace.event(why.clone()),
+    }
+
+    // Phase 4: final read.
     let reader = client_node(&handle, "final-reader".into(), 50);
     let (w, boot, keys2) = (workload.clone(), bootstrap.clone(), keys.clone());
     let read = reader
@@ -600,10 +643,22 @@ async fn simulate(params: Params) -> RunResult {
         })
         .await
         .unwrap_or(false);
-    // Phase 4: the group, which kept consuming, reads on to where the final read ended.
+    // Phase 5: the group, which kept consuming, reads on to where the final read ended.
     let group_caught_up = read && group_catch_up(&workload, &params).await;
     for g in group {
         g.abort();
+    }
+    // Phase 6: convergence. With every client stopped, the replicas must become one.
+    let converged = converge(&cluster, Settle::Logs, params.faulty_disk).await;
+    match &converged {
+        Ok(c) => {
+            coverage.compared = *c;
+            trace.event(format!(
+                "converged: {} partitions, {} replicas, {} batches compared",
+                c.partitions, c.replicas, c.batches
+            ));
+        }
+        Err(f) => trace.event(format!("convergence: {f:?}")),
     }
     monitor_stop.store(true, Ordering::SeqCst);
     let monitored = monitor.await.unwrap_or_default();
@@ -648,6 +703,10 @@ async fn simulate(params: Params) -> RunResult {
             Verdict::Safety,
             format!("the checker found anomalies: {observed:?}"),
         )
+    } else if let Err(Failure::Safety(why)) = &converged {
+        (Verdict::Safety, format!("convergence: {why}"))
+    } else if let Err(why) = &available {
+        (Verdict::Liveness, why.clone())
     } else if !read {
         (
             Verdict::Liveness,
@@ -658,6 +717,8 @@ async fn simulate(params: Params) -> RunResult {
             Verdict::Liveness,
             "the consumer group did not read to the end after healing".into(),
         )
+    } else if let Err(Failure::Liveness(why)) = &converged {
+        (Verdict::Liveness, format!("convergence: {why}"))
     } else {
         (Verdict::Pass, String::new())
     };
@@ -692,6 +753,81 @@ fn finish(
         trace: trace.take(),
         simulated_ms: trace.now_ms(),
     }
+}
+
+/// The availability phase: waits, within [`crate::converge::CONVERGE_MS`], for every replica
+/// of every partition to be back in its ISR, then has each producer (a fresh client on its own
+/// node) send [`AVAILABILITY_SENDS`] values, round robin over the keys, within
+/// [`AVAILABILITY_MS`]. Every one must be acknowledged: an indefinite or refused send after
+/// healing, on a whole cluster, is a liveness failure, which no safety check would see (a
+/// refusal is a definite failure, and an indefinite send may be lost). The sends are in the
+/// history, so the final read must find them.
+async fn availability(
+    handle: &Handle,
+    cluster: &Arc<Mutex<SimCluster>>,
+    w: &Arc<Workload>,
+    params: &Params,
+    bootstrap: &[SocketAddr],
+    keys: &[Key],
+) -> Result<(), String> {
+    match converge(cluster, Settle::Isr, params.faulty_disk).await {
+        Ok(_) => {}
+        Err(Failure::Liveness(why) | Failure::Safety(why)) => {
+            return Err(format!("convergence: {why}"))
+        }
+    }
+    let mut senders = Vec::new();
+    for p in 0..params.producers {
+        let node = client_node(handle, format!("available-{p}"), 60 + p);
+        let (w, boot, keys) = (w.clone(), bootstrap.to_vec(), keys.to_vec());
+        senders.push(node.spawn(async move {
+            let me = ProcessId(300 + p);
+            let mut client = Client::new(ClientConfig::new(boot));
+            for i in 0..AVAILABILITY_SENDS {
+                let key = &keys[(i + p) as usize % keys.len()];
+                let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
+                let outcome = client.produce(key, value).await;
+                w.history
+                    .lock()
+                    .expect("history poisoned")
+                    .send(me, key, value, outcome.clone());
+                match outcome {
+                    SendOutcome::Ok { .. } => {}
+                    SendOutcome::Fail { reason } => {
+                        return Err(format!(
+                            "send {i} of producer {p} to {key} refused: {reason}"
+                        ))
+                    }
+                    SendOutcome::Indefinite { reason } => {
+                        return Err(format!(
+                            "send {i} of producer {p} to {key} indefinite: {reason}"
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    let deadline = madsim::time::Instant::now() + Duration::from_millis(AVAILABILITY_MS);
+    let mut outcome = Ok(());
+    for mut s in senders {
+        let left = deadline.saturating_duration_since(madsim::time::Instant::now());
+        let r = match madsim::time::timeout(left, &mut s).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("a sender panicked".into()),
+            Err(_) => {
+                s.abort();
+                Err(format!(
+                    "{AVAILABILITY_SENDS} sends per producer not all answered within {} s",
+                    AVAILABILITY_MS / 1000
+                ))
+            }
+        };
+        if outcome.is_ok() {
+            outcome = r;
+        }
+    }
+    outcome.map_err(|why: String| format!("availability after healing: {why}"))
 }
 
 /// A producer: unique values, acks=all, idempotent, to random partitions, until stopped.

@@ -27,6 +27,9 @@ pub struct SeedLine {
     pub coordinator_moves: u64,
     pub faults: Vec<&'static str>,
     pub simulated_ms: u64,
+    /// The fault phase's sends and how many were indefinite.
+    pub fault_sends: u64,
+    pub fault_indefinite: u64,
 }
 
 /// The swarm's result.
@@ -118,6 +121,22 @@ impl fmt::Display for Summary {
             .map(|&k| format!("{} {:.0}%", k.name(), 100.0 * self.fault_share(k)))
             .collect();
         writeln!(f, "faults fired in: {}", shares.join(", "))?;
+        let mut shares: Vec<f64> = self.lines.iter().map(SeedLine::indefinite_share).collect();
+        shares.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            shares
+                .get(((shares.len() as f64 - 1.0) * q).round().max(0.0) as usize)
+                .map_or(0.0, |s| 100.0 * s)
+        };
+        writeln!(
+            f,
+            "indefinite sends in the fault phase, per seed: median {:.1}%, p90 {:.1}%, p99 {:.1}%, \
+             max {:.1}%",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        )?;
         let with = |pred: &dyn Fn(&SeedLine) -> bool| self.lines.iter().filter(|l| pred(l)).count();
         writeln!(
             f,
@@ -134,6 +153,11 @@ impl fmt::Display for Summary {
 }
 
 impl SeedLine {
+    /// The share of the fault phase's sends that were indefinite.
+    pub fn indefinite_share(&self) -> f64 {
+        self.fault_indefinite as f64 / self.fault_sends.max(1) as f64
+    }
+
     /// The line of a finished run.
     pub fn from_result(r: &RunResult) -> SeedLine {
         let c = &r.coverage;
@@ -160,6 +184,8 @@ impl SeedLine {
             coordinator_moves: c.coordinator_moves,
             faults: c.faults.keys().copied().collect(),
             simulated_ms: r.simulated_ms,
+            fault_sends: c.fault_sends,
+            fault_indefinite: c.fault_indefinite,
         }
     }
 
@@ -171,7 +197,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -182,6 +208,8 @@ impl SeedLine {
             self.commits,
             self.coordinator_moves,
             self.simulated_ms,
+            self.fault_sends,
+            self.fault_indefinite,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -191,8 +219,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(14, '\t').collect();
-        if f.len() != 14 {
+        let f: Vec<&str> = line.splitn(16, '\t').collect();
+        if f.len() != 16 {
             return None;
         }
         let verdict = match f[2] {
@@ -201,13 +229,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[11]
+        let faults = f[13]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[12]
+        let anomalies = f[14]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -223,9 +251,11 @@ impl SeedLine {
             commits: f[8].parse().ok()?,
             coordinator_moves: f[9].parse().ok()?,
             simulated_ms: f[10].parse().ok()?,
+            fault_sends: f[11].parse().ok()?,
+            fault_indefinite: f[12].parse().ok()?,
             faults,
             anomalies,
-            reason: f[13].to_string(),
+            reason: f[15].to_string(),
         })
     }
 }
@@ -320,6 +350,8 @@ impl SeedLine {
             coordinator_moves: 0,
             faults: Vec::new(),
             simulated_ms: 0,
+            fault_sends: 0,
+            fault_indefinite: 0,
         }
     }
 }
