@@ -93,8 +93,9 @@ pub async fn converge(
             Ok(None) => return compare(&brokers, faulty_disk),
             Ok(Some(why)) if madsim::time::Instant::now() >= deadline => {
                 return Err(Failure::Liveness(format!(
-                    "not converged {} s after healing: {why}",
-                    CONVERGE_MS / 1000
+                    "not converged {} s after healing: {why}{}",
+                    CONVERGE_MS / 1000,
+                    describe(&brokers, &why)
                 )))
             }
             Ok(Some(_)) => {}
@@ -102,6 +103,45 @@ pub async fn converge(
         }
         madsim::time::sleep(Duration::from_millis(LOOK_MS)).await;
     }
+}
+
+/// For a failure that names a partition (`topic-index: ...`), each live replica's log start,
+/// log end, durable end, high watermark, role and leader-epoch cache.
+fn describe(brokers: &[(i32, Arc<Broker>)], why: &str) -> String {
+    let Some((topic, index)) = why
+        .split(':')
+        .next()
+        .and_then(|name| name.rsplit_once('-'))
+        .and_then(|(t, i)| Some((t, i.parse::<i32>().ok()?)))
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (id, b) in brokers {
+        if let Some(p) = b.replica(topic, index) {
+            let line = p.with(|r| {
+                let epochs: Vec<(i32, i64)> = r
+                    .log()
+                    .epochs()
+                    .entries()
+                    .iter()
+                    .map(|e| (e.epoch.0, e.start_offset.0))
+                    .collect();
+                format!(
+                    "; replica {id}: {:?} at epoch {}, log [{}, {}), durable end {}, high \
+                     watermark {}, epochs (epoch, start) {epochs:?}",
+                    r.role(),
+                    r.leader_epoch().0,
+                    r.log().log_start(),
+                    r.log().end(),
+                    r.log().durable_end(),
+                    r.high_watermark()
+                )
+            });
+            out.push_str(&line);
+        }
+    }
+    out
 }
 
 /// One replica, as its broker holds it.
