@@ -35,11 +35,16 @@ pub enum Bug {
     /// with NOT_ENOUGH_REPLICAS, whatever its ISR: a refusal is a definite failure, which no
     /// safety check counts, so only the availability check sees it.
     RefuseAfterFailover,
+    /// The broker reads the produce request's timeout in microseconds, not milliseconds (a
+    /// unit slip): acks=all that take longer than a few milliseconds become
+    /// REQUEST_TIMED_OUT, indefinite to the client, and nothing is lost. No safety check sees
+    /// it; the share of indefinite sends does.
+    ShortProduceTimeout,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -48,6 +53,7 @@ impl Bug {
         Bug::CommitBeforeDurable,
         Bug::FollowerSkipsTruncation,
         Bug::RefuseAfterFailover,
+        Bug::ShortProduceTimeout,
     ];
 
     /// A short name for the command line.
@@ -61,6 +67,7 @@ impl Bug {
             Bug::CommitBeforeDurable => "commit-before-durable",
             Bug::FollowerSkipsTruncation => "follower-skips-truncation",
             Bug::RefuseAfterFailover => "refuse-after-failover",
+            Bug::ShortProduceTimeout => "short-produce-timeout",
         }
     }
 

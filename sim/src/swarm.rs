@@ -72,10 +72,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  faults / anomalies",
+            "{:>8} {:>9} {:>7} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  faults / anomalies",
             "seed",
             "verdict",
             "acked",
+            "indef%",
             "elections",
             "isr-changes",
             "truncations",
@@ -91,10 +92,11 @@ impl fmt::Display for Summary {
             };
             writeln!(
                 f,
-                "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  {extra}",
+                "{:>8} {:>9} {:>7} {:>7.1} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  {extra}",
                 l.seed,
                 l.verdict.name(),
                 l.acked,
+                100.0 * l.indefinite_share(),
                 l.elections,
                 l.isr_changes,
                 l.truncations,

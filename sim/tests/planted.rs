@@ -52,6 +52,10 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
         Bug::FollowerSkipsTruncation => {
             line.verdict != Verdict::Pass && line.reason.starts_with("convergence:")
         }
+        Bug::ShortProduceTimeout => {
+            line.verdict == Verdict::Liveness
+                && line.reason.starts_with("availability in the fault phase:")
+        }
         Bug::RefuseAfterFailover => {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability after healing:")
@@ -68,7 +72,10 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
 /// overlapping schedules for the six bugs measured before those existed.
 fn without(bug: Bug) -> Vec<Fault> {
     let mut kinds = without_measured(bug);
-    if !matches!(bug, Bug::FollowerSkipsTruncation | Bug::RefuseAfterFailover) {
+    if !matches!(
+        bug,
+        Bug::FollowerSkipsTruncation | Bug::RefuseAfterFailover | Bug::ShortProduceTimeout
+    ) {
         kinds.extend(Fault::OVERLAPPING);
     }
     kinds
@@ -82,7 +89,9 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Fault::SwizzleClog,
     ];
     match bug {
-        Bug::AckBeforeIsr | Bug::RefuseAfterFailover => vec![Fault::Disk],
+        Bug::AckBeforeIsr | Bug::RefuseAfterFailover | Bug::ShortProduceTimeout => {
+            vec![Fault::Disk]
+        }
         Bug::HighWatermarkWithoutSync
         | Bug::SkipTruncation
         | Bug::CommitBeforeDurable
@@ -196,8 +205,13 @@ fn refuse_after_failover_is_caught_by_availability() {
     a_seed_catches(Bug::RefuseAfterFailover);
 }
 
+#[test]
+fn short_produce_timeout_is_caught_by_the_indefinite_share() {
+    a_seed_catches(Bug::ShortProduceTimeout);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 8, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 9, "a new planted bug needs its test here");
 }
