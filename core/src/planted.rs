@@ -40,11 +40,16 @@ pub enum Bug {
     /// REQUEST_TIMED_OUT, indefinite to the client, and nothing is lost. No safety check sees
     /// it; the share of indefinite sends does.
     ShortProduceTimeout,
+    /// Recovery finds the torn batch at the end of a segment but does not cut it off: the log
+    /// stops before it in memory while the file keeps it, so the next append lands after the
+    /// torn bytes. Reads repair this later (the damaged batch is found and fetched back); only
+    /// the recovery oracle sees recovery itself go wrong.
+    RecoveryKeepsTornTail,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -54,6 +59,7 @@ impl Bug {
         Bug::FollowerSkipsTruncation,
         Bug::RefuseAfterFailover,
         Bug::ShortProduceTimeout,
+        Bug::RecoveryKeepsTornTail,
     ];
 
     /// A short name for the command line.
@@ -68,6 +74,7 @@ impl Bug {
             Bug::FollowerSkipsTruncation => "follower-skips-truncation",
             Bug::RefuseAfterFailover => "refuse-after-failover",
             Bug::ShortProduceTimeout => "short-produce-timeout",
+            Bug::RecoveryKeepsTornTail => "recovery-keeps-torn-tail",
         }
     }
 

@@ -224,7 +224,8 @@ mod cli {
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
              coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
-             on {} replicas of {} partitions compared; faults {:?}",
+             on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
+             segments checked, {} bytes cut), {} read retries; faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -249,6 +250,10 @@ mod cli {
             c.compared.batches,
             c.compared.replicas,
             c.compared.partitions,
+            c.recovery_cut_bytes,
+            c.disk.recoveries_checked,
+            c.disk.recovery_cut_bytes,
+            c.read_retries,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

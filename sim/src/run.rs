@@ -321,6 +321,11 @@ pub struct Coverage {
     /// them were indefinite.
     pub fault_sends: u64,
     pub fault_indefinite: u64,
+    /// Per layer: bytes the logs' recoveries cut (torn and unsynced tails, damage), as the
+    /// replicas report them (`RecoveryReport::bytes_truncated`), and batches that failed a
+    /// check on one read and passed on a fresh one (`RecoveryReport::read_retries`).
+    pub recovery_cut_bytes: u64,
+    pub read_retries: u64,
 }
 
 impl Coverage {
@@ -685,9 +690,15 @@ async fn simulate(params: Params) -> RunResult {
     coverage.indefinite = report.stats.sends_indefinite as u64;
     coverage.failed = report.stats.sends_failed as u64;
     coverage.read = report.stats.records_read as u64;
-    for d in disks.values() {
+    let mut recovery_violations = Vec::new();
+    for (id, d) in &disks {
+        for v in d.finish_recovery_checks() {
+            recovery_violations.push(format!("broker {id}: {v}"));
+        }
         coverage.disk.add(&d.stats());
     }
+    coverage.recovery_cut_bytes = monitored.recovery_cut_bytes;
+    coverage.read_retries = monitored.read_retries;
     coverage.connection_breaks = workload.connections.breaks();
     coverage.coordinator_moves = workload.coordinator_moves.load(Ordering::SeqCst);
     coverage.rebalances = workload.rebalances.load(Ordering::SeqCst);
@@ -706,6 +717,11 @@ async fn simulate(params: Params) -> RunResult {
         (
             Verdict::Safety,
             format!("invariant violated: {}", monitor_violations.join("; ")),
+        )
+    } else if !recovery_violations.is_empty() {
+        (
+            Verdict::Safety,
+            format!("recovery oracle: {}", recovery_violations.join("; ")),
         )
     } else if !observed.is_empty() {
         (
@@ -1230,10 +1246,13 @@ async fn monitor(
                     }
                 }
                 let key = (incarnation, p.topic.clone(), p.index);
-                if recovered.insert(key.clone())
-                    && p.with(|r| r.log().recovery_report().corruption.is_some())
-                {
-                    coverage.corruptions_detected += 1;
+                if recovered.insert(key.clone()) {
+                    let report = p.with(|r| r.log().recovery_report().clone());
+                    if report.corruption.is_some() {
+                        coverage.corruptions_detected += 1;
+                    }
+                    coverage.recovery_cut_bytes += report.bytes_truncated;
+                    coverage.read_retries += report.read_retries;
                 }
                 if let Some(before) = seen.get(&key) {
                     if now.leader && before.leader && now.epoch == before.epoch {

@@ -30,6 +30,10 @@ pub struct SeedLine {
     /// The fault phase's sends and how many were indefinite.
     pub fault_sends: u64,
     pub fault_indefinite: u64,
+    /// Per layer: bytes recovery cut, segments the recovery oracle checked, read retries.
+    pub recovery_cut_bytes: u64,
+    pub recoveries_checked: u64,
+    pub read_retries: u64,
 }
 
 /// The swarm's result.
@@ -139,6 +143,15 @@ impl fmt::Display for Summary {
             at(0.99),
             at(1.0)
         )?;
+        let sum = |f: &dyn Fn(&SeedLine) -> u64| self.lines.iter().map(f).sum::<u64>();
+        writeln!(
+            f,
+            "layers: recovery cut {} bytes in all (the oracle checked {} segment recoveries), \
+             {} read retries",
+            sum(&|l| l.recovery_cut_bytes),
+            sum(&|l| l.recoveries_checked),
+            sum(&|l| l.read_retries),
+        )?;
         let with = |pred: &dyn Fn(&SeedLine) -> bool| self.lines.iter().filter(|l| pred(l)).count();
         writeln!(
             f,
@@ -188,6 +201,9 @@ impl SeedLine {
             simulated_ms: r.simulated_ms,
             fault_sends: c.fault_sends,
             fault_indefinite: c.fault_indefinite,
+            recovery_cut_bytes: c.recovery_cut_bytes,
+            recoveries_checked: c.disk.recoveries_checked,
+            read_retries: c.read_retries,
         }
     }
 
@@ -199,7 +215,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -212,6 +228,9 @@ impl SeedLine {
             self.simulated_ms,
             self.fault_sends,
             self.fault_indefinite,
+            self.recovery_cut_bytes,
+            self.recoveries_checked,
+            self.read_retries,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -221,8 +240,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(16, '\t').collect();
-        if f.len() != 16 {
+        let f: Vec<&str> = line.splitn(19, '\t').collect();
+        if f.len() != 19 {
             return None;
         }
         let verdict = match f[2] {
@@ -231,13 +250,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[13]
+        let faults = f[16]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[14]
+        let anomalies = f[17]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -255,9 +274,12 @@ impl SeedLine {
             simulated_ms: f[10].parse().ok()?,
             fault_sends: f[11].parse().ok()?,
             fault_indefinite: f[12].parse().ok()?,
+            recovery_cut_bytes: f[13].parse().ok()?,
+            recoveries_checked: f[14].parse().ok()?,
+            read_retries: f[15].parse().ok()?,
             faults,
             anomalies,
-            reason: f[15].to_string(),
+            reason: f[18].to_string(),
         })
     }
 }
@@ -354,6 +376,9 @@ impl SeedLine {
             simulated_ms: 0,
             fault_sends: 0,
             fault_indefinite: 0,
+            recovery_cut_bytes: 0,
+            recoveries_checked: 0,
+            read_retries: 0,
         }
     }
 }

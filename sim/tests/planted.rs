@@ -56,6 +56,9 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability in the fault phase:")
         }
+        Bug::RecoveryKeepsTornTail => {
+            line.verdict == Verdict::Safety && line.reason.starts_with("recovery oracle:")
+        }
         Bug::RefuseAfterFailover => {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability after healing:")
@@ -74,7 +77,10 @@ fn without(bug: Bug) -> Vec<Fault> {
     let mut kinds = without_measured(bug);
     if !matches!(
         bug,
-        Bug::FollowerSkipsTruncation | Bug::RefuseAfterFailover | Bug::ShortProduceTimeout
+        Bug::FollowerSkipsTruncation
+            | Bug::RefuseAfterFailover
+            | Bug::ShortProduceTimeout
+            | Bug::RecoveryKeepsTornTail
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -89,7 +95,10 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Fault::SwizzleClog,
     ];
     match bug {
-        Bug::AckBeforeIsr | Bug::RefuseAfterFailover | Bug::ShortProduceTimeout => {
+        Bug::AckBeforeIsr
+        | Bug::RefuseAfterFailover
+        | Bug::ShortProduceTimeout
+        | Bug::RecoveryKeepsTornTail => {
             vec![Fault::Disk]
         }
         Bug::HighWatermarkWithoutSync
@@ -210,8 +219,13 @@ fn short_produce_timeout_is_caught_by_the_indefinite_share() {
     a_seed_catches(Bug::ShortProduceTimeout);
 }
 
+#[test]
+fn recovery_keeps_torn_tail_is_caught_by_the_recovery_oracle() {
+    a_seed_catches(Bug::RecoveryKeepsTornTail);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 9, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 10, "a new planted bug needs its test here");
 }
