@@ -45,11 +45,17 @@ pub enum Bug {
     /// torn bytes. Reads repair this later (the damaged batch is found and fetched back); only
     /// the recovery oracle sees recovery itself go wrong.
     RecoveryKeepsTornTail,
+    /// The leader's maximal ISR (what the high watermark and acks=all count) leaves out the
+    /// last follower of the committed ISR: the high watermark runs ahead of that follower's
+    /// durable end. The leader's own assertions check the high watermark against the same
+    /// maximal ISR, so they hold; the monitor's check against the committed ISR members' own
+    /// durable ends does not.
+    MaximalIsrDropsAMember,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -60,6 +66,7 @@ impl Bug {
         Bug::RefuseAfterFailover,
         Bug::ShortProduceTimeout,
         Bug::RecoveryKeepsTornTail,
+        Bug::MaximalIsrDropsAMember,
     ];
 
     /// A short name for the command line.
@@ -75,6 +82,7 @@ impl Bug {
             Bug::RefuseAfterFailover => "refuse-after-failover",
             Bug::ShortProduceTimeout => "short-produce-timeout",
             Bug::RecoveryKeepsTornTail => "recovery-keeps-torn-tail",
+            Bug::MaximalIsrDropsAMember => "maximal-isr-drops-a-member",
         }
     }
 

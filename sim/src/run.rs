@@ -587,6 +587,7 @@ async fn simulate(params: Params) -> RunResult {
         violations.clone(),
         monitor_stop.clone(),
         trace.clone(),
+        params.faulty_disk,
     ));
 
     // Phase 1: faults.
@@ -1199,14 +1200,59 @@ struct Seen {
     log_end: Offset,
 }
 
+/// Invariant 3 checked from what the replicas hold, not from what the leader computed it
+/// from: a leader's high watermark is at most the durable end of every member of its ISR, as
+/// that member's own log has it (the leader counts the durable ends followers reported, which
+/// a slip in recording them would make wrong, and the leader's own assertions read the same
+/// records). Members down, without the replica open, or on the faulty disk (whose synced data
+/// may rot) are skipped. A violation, for the monitor to report.
+fn high_watermark_above_a_member(
+    brokers: &[(i32, Arc<keel_node::broker::Broker>)],
+    faulty_disk: Option<i32>,
+) -> Option<String> {
+    for (leader_id, b) in brokers {
+        for p in b.all_partitions() {
+            let Some((epoch, hw, isr)) = p.with(|r| {
+                r.is_leader()
+                    .then(|| (r.leader_epoch().0, r.high_watermark(), r.isr()))
+            }) else {
+                continue;
+            };
+            for member in isr {
+                if member.0 == *leader_id || Some(member.0) == faulty_disk {
+                    continue;
+                }
+                let Some(f) = brokers
+                    .iter()
+                    .find(|(id, _)| *id == member.0)
+                    .and_then(|(_, fb)| fb.replica(&p.topic, p.index))
+                else {
+                    continue;
+                };
+                let durable = f.with(|r| r.log().durable_end());
+                if durable < hw {
+                    return Some(format!(
+                        "invariant 3: {}-{} leader {leader_id} at epoch {epoch} has high \
+                         watermark {hw}, above the durable end {durable} of ISR member {}",
+                        p.topic, p.index, member.0
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Checks the replication invariants on the brokers' own state until stopped: each replica's
-/// own (`PartitionReplica::check_invariants`, which panics on a violation), and one leader
-/// per partition and epoch across brokers (invariant 1).
+/// own (`PartitionReplica::check_invariants`, which panics on a violation), one leader per
+/// partition and epoch across brokers (invariant 1), and the high watermark against the ISR
+/// members' own durable ends (invariant 3, [`high_watermark_above_a_member`]).
 async fn monitor(
     cluster: Arc<Mutex<SimCluster>>,
     violations: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     trace: Trace,
+    faulty_disk: Option<i32>,
 ) -> Coverage {
     // Keyed by the broker's incarnation (its Arc's address): a restart starts afresh.
     let mut seen: BTreeMap<(usize, String, i32), Seen> = BTreeMap::new();
@@ -1215,6 +1261,13 @@ async fn monitor(
     let mut coverage = Coverage::default();
     while !stop.load(Ordering::SeqCst) {
         let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
+        if let Some(v) = high_watermark_above_a_member(&brokers, faulty_disk) {
+            let mut all = violations.lock().expect("violations poisoned");
+            if !all.contains(&v) {
+                trace.event(v.clone());
+                all.push(v);
+            }
+        }
         for (id, broker) in brokers {
             let incarnation = Arc::as_ptr(&broker) as usize;
             for p in broker.all_partitions() {

@@ -56,6 +56,9 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability in the fault phase:")
         }
+        Bug::MaximalIsrDropsAMember => {
+            line.verdict == Verdict::Safety && line.reason.contains("invariant 3:")
+        }
         Bug::RecoveryKeepsTornTail => {
             line.verdict == Verdict::Safety && line.reason.starts_with("recovery oracle:")
         }
@@ -81,6 +84,7 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::RefuseAfterFailover
             | Bug::ShortProduceTimeout
             | Bug::RecoveryKeepsTornTail
+            | Bug::MaximalIsrDropsAMember
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -98,7 +102,8 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Bug::AckBeforeIsr
         | Bug::RefuseAfterFailover
         | Bug::ShortProduceTimeout
-        | Bug::RecoveryKeepsTornTail => {
+        | Bug::RecoveryKeepsTornTail
+        | Bug::MaximalIsrDropsAMember => {
             vec![Fault::Disk]
         }
         Bug::HighWatermarkWithoutSync
@@ -224,8 +229,13 @@ fn recovery_keeps_torn_tail_is_caught_by_the_recovery_oracle() {
     a_seed_catches(Bug::RecoveryKeepsTornTail);
 }
 
+#[test]
+fn maximal_isr_drops_a_member_is_caught_by_the_monitor() {
+    a_seed_catches(Bug::MaximalIsrDropsAMember);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 10, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 11, "a new planted bug needs its test here");
 }
