@@ -61,7 +61,8 @@ pub struct TruncatedTail {
     /// What was wrong with the frame at `position`.
     pub reason: String,
     /// Where a whole frame was found in the cut bytes, if one was (within
-    /// [`SCAN_AFTER_CUT_BYTES`] of the cut). A power loss only tears what was written last,
+    /// [`SCAN_AFTER_CUT_BYTES`] of the cut; the refused frame itself when it passed its CRC
+    /// and the caller refused its payload). A power loss only tears what was written last,
     /// so a whole frame after a bad one means the disk damaged bytes it had synced: what the
     /// cut removed may have been durable, and acknowledged.
     pub whole_frame_after: Option<u64>,
@@ -89,20 +90,26 @@ pub fn replay_file<S: Storage, E: From<StorageError>>(
     let mut pos = 0usize;
     let mut tail = None;
     while pos < bytes.len() {
-        let refused = match decode(&bytes[pos..], payload_bytes_max) {
+        // A frame that passed its CRC and that `each` refused is itself whole: no power loss
+        // leaves one (only damage or a write in the wrong place does).
+        let (refused, whole) = match decode(&bytes[pos..], payload_bytes_max) {
             Ok((payload, size)) => match each(payload)? {
                 Ok(()) => {
                     pos += size;
                     continue;
                 }
-                Err(reason) => reason,
+                Err(reason) => (reason, true),
             },
-            Err(reason) => reason,
+            Err(reason) => (reason, false),
         };
         let scan_end = bytes.len().min(pos.saturating_add(SCAN_AFTER_CUT_BYTES));
-        let whole_frame_after = (pos + 1..scan_end)
-            .find(|&at| decode(&bytes[at..], payload_bytes_max).is_ok())
-            .map(|at| at as u64);
+        let whole_frame_after = if whole {
+            Some(pos as u64)
+        } else {
+            (pos + 1..scan_end)
+                .find(|&at| decode(&bytes[at..], payload_bytes_max).is_ok())
+                .map(|at| at as u64)
+        };
         tail = Some(TruncatedTail {
             position: pos as u64,
             bytes: (bytes.len() - pos) as u64,
@@ -170,6 +177,11 @@ mod tests {
         assert_eq!(end, encode(b"one").len() as u64);
         let tail = tail.expect("cut");
         assert_eq!((tail.position, tail.reason.as_str()), (end, "refused"));
+        assert_eq!(
+            tail.whole_frame_after,
+            Some(end),
+            "a refused frame passed its CRC: it is whole, no torn write"
+        );
         assert_eq!(s.len("f").unwrap(), end, "the cut is applied");
         let mut crashed = s.clone();
         crashed.crash(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1));

@@ -436,8 +436,10 @@ impl<S: Storage> Log<S> {
             }
             if let Some(position) = cut {
                 let len = log.storage.len(&name)?;
-                log.storage.truncate(&name, position)?;
-                log.storage.sync(&name)?;
+                if !crate::planted::active(crate::planted::Bug::RecoveryKeepsTornTail) {
+                    log.storage.truncate(&name, position)?;
+                    log.storage.sync(&name)?;
+                }
                 log.recovery.bytes_truncated += len - position;
                 truncated = true;
             }

@@ -913,7 +913,9 @@ impl<S: Storage> PartitionReplica<S> {
             return Err(ProduceError::NotLeaderOrFollower);
         };
         let min = l.effective_min_isr(self.config.min_insync_replicas);
-        if l.isr.len() < min {
+        let refuse = planted::active(Bug::RefuseAfterFailover)
+            && self.epoch_start().is_some_and(|start| start > Offset::ZERO);
+        if l.isr.len() < min || refuse {
             return Err(ProduceError::NotEnoughReplicas {
                 isr: l.isr.len(),
                 min,
@@ -1298,7 +1300,11 @@ impl<S: Storage> PartitionReplica<S> {
                         request.last_fetched_epoch, request.fetch_offset
                     )));
                 }
-                let to = self.divergence_truncation_offset(epoch, end_offset);
+                let to = if planted::active(Bug::FollowerSkipsTruncation) {
+                    self.log.end()
+                } else {
+                    self.divergence_truncation_offset(epoch, end_offset)
+                };
                 FetchOutcome::Truncated(self.truncate_log(snapshots, to)?)
             }
             FetchPayload::OffsetOutOfRange => {

@@ -31,11 +31,35 @@ pub enum Bug {
     /// had answered (now and then: when the position is 3 modulo 7), so the follower waits
     /// for an answer that never comes and stops replicating that partition.
     SessionDropsPosition,
+    /// A follower told by its leader that its log diverged (`divergingEpoch`) keeps its log as
+    /// it is and fetches again: it never truncates, never catches up and never rejoins the
+    /// ISR. No client reads a follower, so only the convergence phase sees it.
+    FollowerSkipsTruncation,
+    /// A leader elected over a log that already holds data refuses every acks=all produce
+    /// with NOT_ENOUGH_REPLICAS, whatever its ISR: a refusal is a definite failure, which no
+    /// safety check counts, so only the availability check sees it.
+    RefuseAfterFailover,
+    /// The broker reads the produce request's timeout in microseconds, not milliseconds (a
+    /// unit slip): acks=all that take longer than a few milliseconds become
+    /// REQUEST_TIMED_OUT, indefinite to the client, and nothing is lost. No safety check sees
+    /// it; the share of indefinite sends does.
+    ShortProduceTimeout,
+    /// Recovery finds the torn batch at the end of a segment but does not cut it off: the log
+    /// stops before it in memory while the file keeps it, so the next append lands after the
+    /// torn bytes. Reads repair this later (the damaged batch is found and fetched back); only
+    /// the recovery oracle sees recovery itself go wrong.
+    RecoveryKeepsTornTail,
+    /// The leader's maximal ISR (what the high watermark and acks=all count) leaves out the
+    /// last follower of the committed ISR: the high watermark runs ahead of that follower's
+    /// durable end. The leader's own assertions check the high watermark against the same
+    /// maximal ISR, so they hold; the monitor's check against the committed ISR members' own
+    /// durable ends does not.
+    MaximalIsrDropsAMember,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -43,6 +67,11 @@ impl Bug {
         Bug::ServeCorruptBatch,
         Bug::CommitBeforeDurable,
         Bug::SessionDropsPosition,
+        Bug::FollowerSkipsTruncation,
+        Bug::RefuseAfterFailover,
+        Bug::ShortProduceTimeout,
+        Bug::RecoveryKeepsTornTail,
+        Bug::MaximalIsrDropsAMember,
     ];
 
     /// A short name for the command line.
@@ -55,6 +84,11 @@ impl Bug {
             Bug::ServeCorruptBatch => "serve-corrupt-batch",
             Bug::CommitBeforeDurable => "commit-before-durable",
             Bug::SessionDropsPosition => "session-drops-position",
+            Bug::FollowerSkipsTruncation => "follower-skips-truncation",
+            Bug::RefuseAfterFailover => "refuse-after-failover",
+            Bug::ShortProduceTimeout => "short-produce-timeout",
+            Bug::RecoveryKeepsTornTail => "recovery-keeps-torn-tail",
+            Bug::MaximalIsrDropsAMember => "maximal-isr-drops-a-member",
         }
     }
 

@@ -13,6 +13,15 @@
 //!   zeros where it was meant to go.
 //! - **I/O errors** on any operation, and a **full disk** (appends beyond the capacity fail).
 //!
+//! - **The recovery oracle.** For every log segment file (`{20 digits}.log`), the disk keeps
+//!   where each write ended; at a power loss it records, per segment, the bytes synced before
+//!   it and the writes that survived. The broker's recovery (`Log::open`) runs in one step of
+//!   simulated time after the restart: the file's length when something touches it at a later
+//!   instant (or at [`SimDisk::finish_recovery_checks`]) is what recovery kept, before any
+//!   read or fetch could repair anything. It must hold every synced byte and end where a
+//!   write ended (a torn batch cut off). Checked on disks without damage faults only: there
+//!   recovery may legitimately cut synced bytes that rotted.
+//!
 //! Every fault is drawn from the RNG the disk is given (madsim's in the simulator, so a seed
 //! replays exactly) with the probabilities in [`FaultConfig`], and counted in [`DiskStats`] for
 //! the run's coverage table. [`SimDisk::set_faults`] switches faults off for the liveness phase.
@@ -67,6 +76,10 @@ pub struct DiskStats {
     pub misdirected_writes: u64,
     pub io_errors: u64,
     pub full_disk_errors: u64,
+    /// Segment files whose recovery the oracle checked, and the bytes recovery cut from them
+    /// (the torn or unsynced tails a power loss left).
+    pub recoveries_checked: u64,
+    pub recovery_cut_bytes: u64,
 }
 
 impl DiskStats {
@@ -79,7 +92,39 @@ impl DiskStats {
         self.misdirected_writes += other.misdirected_writes;
         self.io_errors += other.io_errors;
         self.full_disk_errors += other.full_disk_errors;
+        self.recoveries_checked += other.recoveries_checked;
+        self.recovery_cut_bytes += other.recovery_cut_bytes;
     }
+}
+
+/// Whether `path` is a log segment (`{dir}/{20 digits}.log`), which the recovery oracle checks.
+fn is_segment(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(".log")
+        .is_some_and(|base| base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Where a segment's writes ended, as its reads see it and as a power loss would leave it.
+#[derive(Clone, Debug, Default)]
+struct Writes {
+    current: Vec<u64>,
+    durable: Vec<u64>,
+    /// The length the last sync covered (lowered by truncations and power losses): bytes a
+    /// power loss left behind unsynced (a torn sector) do not count, even once settled.
+    synced: u64,
+}
+
+/// A segment that lost power, waiting for its recovery to be judged.
+#[derive(Clone, Debug)]
+struct Recovering {
+    /// Bytes synced before the power loss: recovery must keep them.
+    synced: u64,
+    /// The file's length after the power loss.
+    survived: u64,
+    /// Where whole writes end in what survived: recovery must stop at one of them.
+    ends: Vec<u64>,
+    /// When recovery first touched the file (simulated nanoseconds).
+    first_touch: Option<u128>,
 }
 
 struct Inner {
@@ -89,9 +134,77 @@ struct Inner {
     faults_on: bool,
     stats: DiskStats,
     sync_latency: std::time::Duration,
+    /// The recovery oracle: off on disks with damage faults.
+    oracle: bool,
+    writes: BTreeMap<String, Writes>,
+    recovering: BTreeMap<String, Recovering>,
+    recovery_violations: Vec<String>,
+    /// The oracle's clock: madsim's, or a test's.
+    clock: Clock,
+}
+
+/// Simulated time for the recovery oracle.
+enum Clock {
+    Sim(madsim::time::Instant),
+    Manual(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Clock {
+    fn now(&self) -> u128 {
+        match self {
+            Clock::Sim(origin) => origin.elapsed().as_nanos(),
+            Clock::Manual(t) => u128::from(t.load(std::sync::atomic::Ordering::SeqCst)),
+        }
+    }
 }
 
 impl Inner {
+    /// Something touches segment `path`: its recovery, if one is pending, ended at an earlier
+    /// instant, so the file as it is now is what recovery kept.
+    fn touch(&mut self, path: &str) {
+        let now = self.clock.now();
+        let Some(r) = self.recovering.get_mut(path) else {
+            return;
+        };
+        match r.first_touch {
+            None => r.first_touch = Some(now),
+            Some(t) if now > t => {
+                let len = self.files.get(path).map_or(0, |f| f.current.len() as u64);
+                self.judge_recovery(path, len);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Judges what recovery kept of segment `path`: `len` bytes.
+    fn judge_recovery(&mut self, path: &str, len: u64) {
+        let Some(r) = self.recovering.remove(path) else {
+            return;
+        };
+        self.stats.recoveries_checked += 1;
+        self.stats.recovery_cut_bytes += r.survived.saturating_sub(len);
+        if len < r.synced {
+            self.recovery_violations.push(format!(
+                "recovery of {path} kept {len} bytes, below the {} synced before the power loss",
+                r.synced
+            ));
+        } else if len > r.synced && !r.ends.contains(&len) {
+            let before = r
+                .ends
+                .iter()
+                .rev()
+                .find(|&&e| e < len)
+                .copied()
+                .unwrap_or(0);
+            self.recovery_violations.push(format!(
+                "recovery of {path} kept {len} bytes, inside a write (the last whole write \
+                 before it ends at {before}; {} bytes survived the power loss): a torn batch \
+                 was kept",
+                r.survived
+            ));
+        }
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         self.faults_on && p > 0.0 && self.rng.gen_bool(p.min(1.0))
     }
@@ -128,12 +241,44 @@ impl SimDisk {
             inner: Arc::new(Mutex::new(Inner {
                 files: BTreeMap::new(),
                 rng,
-                faults,
                 faults_on: true,
                 stats: DiskStats::default(),
                 sync_latency: std::time::Duration::from_millis(2),
+                oracle: faults.latent_error_per_read == 0.0
+                    && faults.misdirect_per_append == 0.0
+                    && faults.io_error_per_op == 0.0,
+                faults,
+                writes: BTreeMap::new(),
+                recovering: BTreeMap::new(),
+                recovery_violations: Vec::new(),
+                clock: Clock::Sim(madsim::time::Instant::now()),
             })),
         }
+    }
+
+    /// Drives the recovery oracle's clock by hand (tests outside the simulator).
+    pub fn with_manual_clock(self, clock: Arc<std::sync::atomic::AtomicU64>) -> SimDisk {
+        self.lock().clock = Clock::Manual(clock);
+        self
+    }
+
+    /// Judges every recovery still pending that has run (touched its segment), with the
+    /// segment as it is now, and returns every violation the recovery oracle found.
+    pub fn finish_recovery_checks(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        let touched: Vec<(String, u64)> = inner
+            .recovering
+            .iter()
+            .filter(|(_, r)| r.first_touch.is_some())
+            .map(|(p, _)| {
+                let len = inner.files.get(p).map_or(0, |f| f.current.len() as u64);
+                (p.clone(), len)
+            })
+            .collect();
+        for (path, len) in touched {
+            inner.judge_recovery(&path, len);
+        }
+        inner.recovery_violations.clone()
     }
 
     /// Sets how long a sync takes (2 ms unless set): appends made meanwhile stay unsynced.
@@ -204,10 +349,11 @@ impl SimDisk {
         let inner = &mut *inner;
         inner.stats.crashes += 1;
         let sector = inner.faults.sector_bytes.max(1);
-        for file in inner.files.values_mut() {
+        for (path, file) in inner.files.iter_mut() {
             let start = file.pending_start();
             let truncation_pending = file.durable.len() > start;
-            let survived = if truncation_pending && inner.rng.gen_bool(0.5) {
+            let reverted = truncation_pending && inner.rng.gen_bool(0.5);
+            let survived = if reverted {
                 file.durable.clone()
             } else {
                 let pending = file.current.len() - start;
@@ -234,6 +380,29 @@ impl SimDisk {
                     (file.current.len() - survived.len().min(file.current.len())) as u64;
                 survived
             };
+            if inner.oracle {
+                if let Some(w) = inner.writes.get_mut(path) {
+                    let len = survived.len() as u64;
+                    let mut ends = if reverted {
+                        w.durable.clone()
+                    } else {
+                        w.current.clone()
+                    };
+                    ends.retain(|&e| e <= len);
+                    w.synced = w.synced.min(start as u64).min(len);
+                    inner.recovering.insert(
+                        path.clone(),
+                        Recovering {
+                            synced: w.synced,
+                            survived: len,
+                            ends: ends.clone(),
+                            first_touch: None,
+                        },
+                    );
+                    w.current = ends.clone();
+                    w.durable = ends;
+                }
+            }
             file.settle(survived);
         }
     }
@@ -277,6 +446,17 @@ impl Storage for SimDir {
         if inner.files.contains_key(&path) {
             return Err(StorageError::AlreadyExists(name.to_string()));
         }
+        if inner.oracle && is_segment(&path) {
+            inner.recovering.remove(&path);
+            inner.writes.insert(
+                path.clone(),
+                Writes {
+                    current: vec![0],
+                    durable: Vec::new(),
+                    synced: 0,
+                },
+            );
+        }
         inner.files.insert(path, ModelFile::default());
         Ok(())
     }
@@ -284,6 +464,7 @@ impl Storage for SimDir {
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
         let path = self.path(name);
         let mut inner = self.disk.lock();
+        inner.touch(&path);
         inner.io_error(name)?;
         if let Some(capacity) = inner.faults.capacity_bytes {
             if inner.used_bytes() + data.len() as u64 > capacity {
@@ -311,7 +492,13 @@ impl Storage for SimDir {
         let file = inner.files.get_mut(&path).ok_or_else(|| not_found(name))?;
         let at = file.current.len();
         match target_sector {
-            None => file.append(data),
+            None => {
+                file.append(data);
+                let end = file.current.len() as u64;
+                if let Some(w) = inner.writes.get_mut(&path) {
+                    w.current.push(end);
+                }
+            }
             Some(wrong) => {
                 // The bytes land on an earlier sector; where they were meant to go stays zero.
                 file.current.resize(at + data.len(), 0);
@@ -327,6 +514,7 @@ impl Storage for SimDir {
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
         let path = self.path(name);
         let mut inner = self.disk.lock();
+        inner.touch(&path);
         inner.io_error(name)?;
         let p = inner.faults.latent_error_per_read;
         let rot = inner.chance(p);
@@ -358,7 +546,8 @@ impl Storage for SimDir {
     }
 
     fn len(&self, name: &str) -> Result<u64, StorageError> {
-        let inner = self.disk.lock();
+        let mut inner = self.disk.lock();
+        inner.touch(&self.path(name));
         Ok(inner
             .files
             .get(&self.path(name))
@@ -368,11 +557,31 @@ impl Storage for SimDir {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
-        self.change_file(name, |f| f.truncate(len))
+        self.disk.lock().touch(&self.path(name));
+        self.change_file(name, |f| f.truncate(len))?;
+        if let Some(w) = self.disk.lock().writes.get_mut(&self.path(name)) {
+            w.current.retain(|&e| e <= len);
+            if w.current.last() != Some(&len) {
+                w.current.push(len);
+            }
+            w.synced = w.synced.min(len);
+        }
+        Ok(())
     }
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
-        self.change_file(name, ModelFile::sync)
+        self.disk.lock().touch(&self.path(name));
+        self.change_file(name, ModelFile::sync)?;
+        let mut inner = self.disk.lock();
+        let len = inner
+            .files
+            .get(&self.path(name))
+            .map_or(0, |f| f.current.len() as u64);
+        if let Some(w) = inner.writes.get_mut(&self.path(name)) {
+            w.durable = w.current.clone();
+            w.synced = len;
+        }
+        Ok(())
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
@@ -387,12 +596,17 @@ impl Storage for SimDir {
     fn remove(&mut self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name);
         let mut inner = self.disk.lock();
+        inner.touch(&path);
         inner.io_error(name)?;
         inner
             .files
             .remove(&path)
             .map(|_| ())
-            .ok_or_else(|| not_found(name))
+            .ok_or_else(|| not_found(name))?;
+        // Removed by the recovery that touched it first: it kept nothing.
+        inner.judge_recovery(&path, 0);
+        inner.writes.remove(&path);
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<String>, StorageError> {

@@ -5,6 +5,8 @@
 
 pub mod checker;
 pub mod client;
+#[cfg(madsim)]
+pub mod converge;
 pub mod disk;
 #[cfg(madsim)]
 pub mod harness;

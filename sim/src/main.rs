@@ -223,7 +223,9 @@ mod cli {
             "{}: {} simulated s in {:.1} wall s ({:.0}x); acked {} indefinite {} failed {} read {}; \
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
-             coordinator-moves {}; faults {:?}",
+             coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
+             on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
+             segments checked, {} bytes cut), {} read retries; faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -243,6 +245,15 @@ mod cli {
             c.commits,
             c.rebalances,
             c.coordinator_moves,
+            c.fault_indefinite,
+            c.fault_sends,
+            c.compared.batches,
+            c.compared.replicas,
+            c.compared.partitions,
+            c.recovery_cut_bytes,
+            c.disk.recoveries_checked,
+            c.disk.recovery_cut_bytes,
+            c.read_retries,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

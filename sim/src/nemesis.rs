@@ -56,10 +56,22 @@ pub enum Fault {
     ClientBreak,
     /// One broker's disk fills up: appends fail with `NoSpace` until space returns.
     FullDisk,
+    /// Overlapping faults: a broker is cut off the network, and while it is, another
+    /// broker loses power; they come back in a random order.
+    CrashWhilePartitioned,
+    /// A broker loses power, restarts, and loses power again a few milliseconds to a
+    /// second into its recovery (opening its logs, registering, catching up).
+    CrashInRecovery,
+    /// A partition's leader loses power; within milliseconds of the next leader taking
+    /// over, that one loses power too.
+    KillAfterElection,
+    /// A burst of leader changes: a partition's leader is restarted (a power loss), and as
+    /// soon as the next leader is seen, that one too, three to six times in a row.
+    LeaderBurst,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 14] = [
         Fault::Kill,
         Fault::ClusterCrash,
         Fault::Pause,
@@ -70,6 +82,34 @@ impl Fault {
         Fault::Latency,
         Fault::ClientBreak,
         Fault::FullDisk,
+        Fault::CrashWhilePartitioned,
+        Fault::CrashInRecovery,
+        Fault::KillAfterElection,
+        Fault::LeaderBurst,
+    ];
+
+    /// The kinds [`Params::sample`] draws first, in one pass (the ten kinds there were when
+    /// that pass was last changed: adding a kind to it would change every seed's draws).
+    pub const FIRST_DRAWN: [Fault; 10] = [
+        Fault::Kill,
+        Fault::ClusterCrash,
+        Fault::Pause,
+        Fault::ClogNode,
+        Fault::ClogLink,
+        Fault::Disk,
+        Fault::SwizzleClog,
+        Fault::Latency,
+        Fault::ClientBreak,
+        Fault::FullDisk,
+    ];
+
+    /// The schedules that stack faults or make them in quick succession, drawn after
+    /// everything else (so each seed's cluster, workload and earlier kinds stay as they were).
+    pub const OVERLAPPING: [Fault; 4] = [
+        Fault::CrashWhilePartitioned,
+        Fault::CrashInRecovery,
+        Fault::KillAfterElection,
+        Fault::LeaderBurst,
     ];
 
     /// The kinds added after the first six, which [`Params::sample`] draws after everything
@@ -98,6 +138,10 @@ impl Fault {
             Fault::Latency => "latency",
             Fault::ClientBreak => "client-break",
             Fault::FullDisk => "full-disk",
+            Fault::CrashWhilePartitioned => "crash-partitioned",
+            Fault::CrashInRecovery => "crash-recovery",
+            Fault::KillAfterElection => "kill-elected",
+            Fault::LeaderBurst => "leader-burst",
         }
     }
 }
@@ -243,9 +287,143 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
                     trace.event(format!("broker {id}'s disk has space again"));
                 });
             }
+            Fault::CrashWhilePartitioned => {
+                let other = ids[rng.gen_range(0..ids.len())];
+                if other == id {
+                    continue;
+                }
+                let node = cluster.lock().expect("cluster poisoned").node_id(id);
+                let gap = Duration::from_millis(rng.gen_range(0..=1_000));
+                trace.event(format!(
+                    "cut broker {id} off the network, and {gap:?} later kill broker {other}, \
+                     both for {lasts:?}"
+                ));
+                net.clog_node(node);
+                madsim::time::sleep(gap).await;
+                cluster.lock().expect("cluster poisoned").kill(other);
+                madsim::time::sleep(lasts).await;
+                // Back in a random order, a random gap apart.
+                let gap = Duration::from_millis(rng.gen_range(0..=1_000));
+                if rng.gen_bool(0.5) {
+                    net.unclog_node(node);
+                    madsim::time::sleep(gap).await;
+                    cluster.lock().expect("cluster poisoned").restart(other);
+                } else {
+                    cluster.lock().expect("cluster poisoned").restart(other);
+                    madsim::time::sleep(gap).await;
+                    net.unclog_node(node);
+                }
+                coverage.recoveries += 1;
+                trace.event(format!(
+                    "broker {id} back on the network, broker {other} restarted"
+                ));
+            }
+            Fault::CrashInRecovery => {
+                let again = Duration::from_millis(rng.gen_range(1..=1_000));
+                let down = Duration::from_millis(rng.gen_range(200..=2_000));
+                trace.event(format!(
+                    "kill broker {id} for {lasts:?}, then again {again:?} into its recovery, \
+                     for {down:?}"
+                ));
+                cluster.lock().expect("cluster poisoned").kill(id);
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").restart(id);
+                madsim::time::sleep(again).await;
+                cluster.lock().expect("cluster poisoned").kill(id);
+                madsim::time::sleep(down).await;
+                cluster.lock().expect("cluster poisoned").restart(id);
+                coverage.recoveries += 2;
+                trace.event(format!("restart broker {id}"));
+            }
+            Fault::KillAfterElection => {
+                let partition = rng.gen_range(0..params.partitions);
+                let Some((first, epoch)) = current_leader(cluster, partition) else {
+                    continue;
+                };
+                let within = Duration::from_millis(rng.gen_range(0..=20));
+                trace.event(format!(
+                    "kill broker {first}, leader of partition {partition} at epoch {epoch}, \
+                     then the next leader {within:?} after it is elected"
+                ));
+                cluster.lock().expect("cluster poisoned").kill(first);
+                let next = next_leader(cluster, partition, epoch, ELECTION_WAIT).await;
+                let mut killed = vec![first];
+                if let Some((second, epoch)) = next {
+                    madsim::time::sleep(within).await;
+                    trace.event(format!(
+                        "kill broker {second}, elected for partition {partition} at epoch {epoch}"
+                    ));
+                    cluster.lock().expect("cluster poisoned").kill(second);
+                    killed.push(second);
+                }
+                madsim::time::sleep(lasts).await;
+                for b in killed {
+                    cluster.lock().expect("cluster poisoned").restart(b);
+                    coverage.recoveries += 1;
+                }
+                trace.event("killed leaders restarted");
+            }
+            Fault::LeaderBurst => {
+                let partition = rng.gen_range(0..params.partitions);
+                let changes = rng.gen_range(3..=6);
+                trace.event(format!(
+                    "leader burst: partition {partition}'s leader restarted {changes} times in a row"
+                ));
+                for _ in 0..changes {
+                    let Some((leader, epoch)) = current_leader(cluster, partition) else {
+                        break;
+                    };
+                    cluster.lock().expect("cluster poisoned").kill(leader);
+                    madsim::time::sleep(Duration::from_millis(rng.gen_range(10..=300))).await;
+                    cluster.lock().expect("cluster poisoned").restart(leader);
+                    coverage.recoveries += 1;
+                    if next_leader(cluster, partition, epoch, ELECTION_WAIT)
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                }
+                trace.event("leader burst over");
+            }
             Fault::Disk => unreachable!("skipped above"),
         }
     }
+}
+
+/// How long the election schedules wait for a partition's next leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How often they look.
+const ELECTION_LOOK: Duration = Duration::from_millis(2);
+
+/// The live broker that leads partition `partition` of the workload's topic at the highest
+/// epoch, with that epoch.
+fn current_leader(cluster: &Arc<Mutex<SimCluster>>, partition: i32) -> Option<(i32, i32)> {
+    let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
+    brokers
+        .iter()
+        .filter_map(|(id, b)| {
+            let p = b.replica(crate::run::TOPIC, partition)?;
+            p.with(|r| r.is_leader().then(|| (*id, r.leader_epoch().0)))
+        })
+        .max_by_key(|&(_, epoch)| epoch)
+}
+
+/// Waits, up to `wait`, for a live broker to lead `partition` at an epoch above `epoch`.
+async fn next_leader(
+    cluster: &Arc<Mutex<SimCluster>>,
+    partition: i32,
+    epoch: i32,
+    wait: Duration,
+) -> Option<(i32, i32)> {
+    let deadline = madsim::time::Instant::now() + wait;
+    while madsim::time::Instant::now() < deadline {
+        if let Some(next) = current_leader(cluster, partition).filter(|&(_, e)| e > epoch) {
+            return Some(next);
+        }
+        madsim::time::sleep(ELECTION_LOOK).await;
+    }
+    None
 }
 
 /// Clogs a random subset of at least two brokers one at a time, holds for `lasts`, then

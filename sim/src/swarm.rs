@@ -27,6 +27,13 @@ pub struct SeedLine {
     pub coordinator_moves: u64,
     pub faults: Vec<&'static str>,
     pub simulated_ms: u64,
+    /// The fault phase's sends and how many were indefinite.
+    pub fault_sends: u64,
+    pub fault_indefinite: u64,
+    /// Per layer: bytes recovery cut, segments the recovery oracle checked, read retries.
+    pub recovery_cut_bytes: u64,
+    pub recoveries_checked: u64,
+    pub read_retries: u64,
 }
 
 /// The swarm's result.
@@ -69,10 +76,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  faults / anomalies",
+            "{:>8} {:>9} {:>7} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  faults / anomalies",
             "seed",
             "verdict",
             "acked",
+            "indef%",
             "elections",
             "isr-changes",
             "truncations",
@@ -88,10 +96,11 @@ impl fmt::Display for Summary {
             };
             writeln!(
                 f,
-                "{:>8} {:>9} {:>7} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  {extra}",
+                "{:>8} {:>9} {:>7} {:>7.1} {:>9} {:>11} {:>11} {:>11} {:>7} {:>11}  {extra}",
                 l.seed,
                 l.verdict.name(),
                 l.acked,
+                100.0 * l.indefinite_share(),
                 l.elections,
                 l.isr_changes,
                 l.truncations,
@@ -118,6 +127,31 @@ impl fmt::Display for Summary {
             .map(|&k| format!("{} {:.0}%", k.name(), 100.0 * self.fault_share(k)))
             .collect();
         writeln!(f, "faults fired in: {}", shares.join(", "))?;
+        let mut shares: Vec<f64> = self.lines.iter().map(SeedLine::indefinite_share).collect();
+        shares.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            shares
+                .get(((shares.len() as f64 - 1.0) * q).round().max(0.0) as usize)
+                .map_or(0.0, |s| 100.0 * s)
+        };
+        writeln!(
+            f,
+            "indefinite sends in the fault phase, per seed: median {:.1}%, p90 {:.1}%, p99 {:.1}%, \
+             max {:.1}%",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        )?;
+        let sum = |f: &dyn Fn(&SeedLine) -> u64| self.lines.iter().map(f).sum::<u64>();
+        writeln!(
+            f,
+            "layers: recovery cut {} bytes in all (the oracle checked {} segment recoveries), \
+             {} read retries",
+            sum(&|l| l.recovery_cut_bytes),
+            sum(&|l| l.recoveries_checked),
+            sum(&|l| l.read_retries),
+        )?;
         let with = |pred: &dyn Fn(&SeedLine) -> bool| self.lines.iter().filter(|l| pred(l)).count();
         writeln!(
             f,
@@ -134,6 +168,11 @@ impl fmt::Display for Summary {
 }
 
 impl SeedLine {
+    /// The share of the fault phase's sends that were indefinite.
+    pub fn indefinite_share(&self) -> f64 {
+        self.fault_indefinite as f64 / self.fault_sends.max(1) as f64
+    }
+
     /// The line of a finished run.
     pub fn from_result(r: &RunResult) -> SeedLine {
         let c = &r.coverage;
@@ -160,6 +199,11 @@ impl SeedLine {
             coordinator_moves: c.coordinator_moves,
             faults: c.faults.keys().copied().collect(),
             simulated_ms: r.simulated_ms,
+            fault_sends: c.fault_sends,
+            fault_indefinite: c.fault_indefinite,
+            recovery_cut_bytes: c.recovery_cut_bytes,
+            recoveries_checked: c.disk.recoveries_checked,
+            read_retries: c.read_retries,
         }
     }
 
@@ -171,7 +215,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -182,6 +226,11 @@ impl SeedLine {
             self.commits,
             self.coordinator_moves,
             self.simulated_ms,
+            self.fault_sends,
+            self.fault_indefinite,
+            self.recovery_cut_bytes,
+            self.recoveries_checked,
+            self.read_retries,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -191,8 +240,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(14, '\t').collect();
-        if f.len() != 14 {
+        let f: Vec<&str> = line.splitn(19, '\t').collect();
+        if f.len() != 19 {
             return None;
         }
         let verdict = match f[2] {
@@ -201,13 +250,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[11]
+        let faults = f[16]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[12]
+        let anomalies = f[17]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -223,9 +272,14 @@ impl SeedLine {
             commits: f[8].parse().ok()?,
             coordinator_moves: f[9].parse().ok()?,
             simulated_ms: f[10].parse().ok()?,
+            fault_sends: f[11].parse().ok()?,
+            fault_indefinite: f[12].parse().ok()?,
+            recovery_cut_bytes: f[13].parse().ok()?,
+            recoveries_checked: f[14].parse().ok()?,
+            read_retries: f[15].parse().ok()?,
             faults,
             anomalies,
-            reason: f[13].to_string(),
+            reason: f[18].to_string(),
         })
     }
 }
@@ -320,6 +374,11 @@ impl SeedLine {
             coordinator_moves: 0,
             faults: Vec::new(),
             simulated_ms: 0,
+            fault_sends: 0,
+            fault_indefinite: 0,
+            recovery_cut_bytes: 0,
+            recoveries_checked: 0,
+            read_retries: 0,
         }
     }
 }

@@ -162,10 +162,14 @@ impl LeaderState {
     /// added (see the module documentation).
     pub fn maximal_isr(&self) -> Vec<BrokerId> {
         let proposed = self.pending.as_ref().map(|p| p.proposed.as_slice());
+        let dropped = crate::planted::active(crate::planted::Bug::MaximalIsrDropsAMember)
+            .then(|| self.isr.iter().rev().find(|&&r| r != self.me).copied())
+            .flatten();
         self.replicas
             .iter()
             .copied()
             .filter(|r| self.isr.contains(r) || proposed.is_some_and(|p| p.contains(r)))
+            .filter(|&r| Some(r) != dropped)
             .collect()
     }
 

@@ -27,8 +27,11 @@
 //! 3. Compaction and installing a snapshot rewrite the file whole ([`RaftDisk::rewrite`]:
 //!    snapshot, entries after it, HardState, in one frame) through
 //!    [`storage::write_atomic`]: a crash leaves either the old file or the new one.
-//! 4. Replayed entries are contiguous after the snapshot; a frame that would leave a gap is
-//!    corruption that a CRC did not catch (or a bug), and open refuses it.
+//! 4. Replayed entries are contiguous after the snapshot. A frame whose first entry would
+//!    leave a gap passed its CRC but lies where it was not written (a misdirected write put
+//!    a later frame over earlier ones): open cuts the log there, as at a damaged frame, and
+//!    reports the refused frame as a whole frame in the cut (damage, not a torn write: a
+//!    voter abstains). Refusing to open instead kept such a broker down for good.
 
 use crate::frame;
 use prost::Message as _;
@@ -119,7 +122,9 @@ impl<S: Storage> RaftDisk<S> {
                     Ok(frame) => frame,
                     Err(reason) => return Ok(Err(reason)),
                 };
-                replay(&mut recovered, frame)?;
+                if let Err(reason) = replay(&mut recovered, frame)? {
+                    return Ok(Err(reason));
+                }
                 report.frames += 1;
                 Ok(Ok(()))
             },
@@ -244,18 +249,49 @@ fn decode_log_frame(payload: &[u8]) -> Result<LogFrame, String> {
     LogFrame::decode(payload).map_err(|e| format!("undecodable: {e}"))
 }
 
-/// Applies one CRC-checked frame to the replayed state (see the module documentation).
-fn replay(recovered: &mut Recovered, frame: LogFrame) -> Result<(), DiskError> {
+/// Applies one CRC-checked frame to the replayed state (see the module documentation), or
+/// refuses it (`Ok(Err(reason))`, nothing applied) when its first entry would leave a gap
+/// after the log replayed so far: such a frame was written somewhere else than where it
+/// lies (a misdirected write put a later frame over earlier ones), so it ends the log as a
+/// damaged frame does, and open cuts it off (invariant 4).
+fn replay(recovered: &mut Recovered, frame: LogFrame) -> Result<Result<(), String>, DiskError> {
     let corrupt = |what: String| DiskError::Corrupt(what);
-    if let Some(bytes) = frame.snapshot {
-        let snapshot = Snapshot::parse_from_bytes(&bytes)
-            .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?;
+    let snapshot = match frame.snapshot {
+        Some(bytes) => Some(
+            Snapshot::parse_from_bytes(&bytes)
+                .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?,
+        ),
+        None => None,
+    };
+    let entries = frame
+        .entries
+        .iter()
+        .map(|bytes| {
+            Entry::parse_from_bytes(bytes)
+                .map_err(|e| corrupt(format!("entry does not decode: {e}")))
+        })
+        .collect::<Result<Vec<Entry>, DiskError>>()?;
+    let (first, held) = match &snapshot {
+        Some(s) => (s.get_metadata().index + 1, 0),
+        None => (
+            recovered.snapshot.get_metadata().index + 1,
+            recovered.entries.len() as u64,
+        ),
+    };
+    if let Some(entry) = entries.iter().find(|e| e.index >= first) {
+        if entry.index - first > held {
+            return Ok(Err(format!(
+                "entry {} leaves a gap after {}",
+                entry.index,
+                first + held - 1
+            )));
+        }
+    }
+    if let Some(snapshot) = snapshot {
         recovered.snapshot = snapshot;
         recovered.entries.clear();
     }
-    for bytes in frame.entries {
-        let entry = Entry::parse_from_bytes(&bytes)
-            .map_err(|e| corrupt(format!("entry does not decode: {e}")))?;
+    for entry in entries {
         let first = recovered.snapshot.get_metadata().index + 1;
         if entry.index < first {
             // Covered by the snapshot.
@@ -276,5 +312,5 @@ fn replay(recovered: &mut Recovered, frame: LogFrame) -> Result<(), DiskError> {
         recovered.hard_state = HardState::parse_from_bytes(&bytes)
             .map_err(|e| corrupt(format!("hard state does not decode: {e}")))?;
     }
-    Ok(())
+    Ok(Ok(()))
 }

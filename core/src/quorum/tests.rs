@@ -976,6 +976,63 @@ fn a_log_that_lost_committed_entries_opens_and_catches_up() {
     assert_eq!(topic_names(net.node(b(3)).state()).len(), 5);
 }
 
+/// A learner whose log file starts with a later frame than its first (a misdirected write put
+/// a frame of entries over the first frames): the entries leave a gap after the empty log.
+/// Open cuts the log at that frame, as at a damaged one, lowers the commit index and says the
+/// cut held a whole frame (a voter abstains); the leader then sends the learner everything.
+/// Found by the simulator's convergence phase (seed 20 of `keel-sim swarm` with the
+/// overlapping schedules): open refused the gap ("entry 12 leaves a gap after 0") and the
+/// broker never started again.
+#[test]
+fn a_log_whose_first_frame_leaves_a_gap_opens_and_catches_up() {
+    let mut net = Net::new(&[0, 1, 2], &[3], 1000, 9);
+    let leader = net.elect(60);
+    net.propose_topics(leader, 0..4);
+    net.ticks(5);
+    assert_eq!(topic_names(net.node(b(3)).state()).len(), 4);
+    let commit = net.node(leader).raw.raft.raft_log.committed;
+    let term = net.node(leader).raw.raft.term;
+    net.crash(b(3));
+    let slot = net.slots.get_mut(&b(3)).unwrap();
+    let mut storage = slot.parked.take().unwrap();
+    storage.inner = MemStorage::new();
+    let (mut disk, _, _) = disk::RaftDisk::open(storage.inner.clone()).unwrap();
+    let later = Entry {
+        index: commit,
+        term,
+        ..Default::default()
+    };
+    let hard_state = HardState {
+        term,
+        commit,
+        ..Default::default()
+    };
+    disk.append(&[later], &hard_state, true).unwrap();
+    let damaged = disk.into_storage();
+    let (_, report) = QuorumNode::open(net.config[&b(3)].clone(), damaged.clone())
+        .expect("a log whose first frame leaves a gap opens");
+    let cut = report.disk.truncated.as_ref().expect("the frame is cut");
+    assert!(cut.reason.contains("leaves a gap"), "{}", cut.reason);
+    assert_eq!(report.entries, 0);
+    assert_eq!(report.commit, 0);
+    assert!(!report.abstaining, "a learner has no vote to withhold");
+    let as_voter = QuorumConfig::new(b(3), vec![b(0), b(1), b(2), b(3)], vec![]);
+    let (voter, report) = QuorumNode::open(as_voter, damaged.clone()).unwrap();
+    assert!(report.abstaining && voter.is_abstaining());
+    storage.inner = damaged;
+    slot.parked = Some(storage);
+    // It lost entries it had acknowledged, and the frame that held its term: the harness's
+    // checks of those do not apply (a learner never votes; a voter abstains).
+    slot.ack_sent = 0;
+    slot.term_sent = 0;
+    net.start(b(3));
+    net.ticks(5);
+    let state = net.node(leader).state().clone();
+    net.propose(leader, 9, create_topic(&state, 9));
+    net.heal_and_converge(200);
+    assert_eq!(topic_names(net.node(b(3)).state()).len(), 5);
+}
+
 /// Raft's safety assumes a voter never loses what it acknowledged. Voters 0 and 2 hold the
 /// committed entries, voter 1 lags; then rot destroys synced frames in the middle of voter 2's
 /// log. After a restart, voters 1 and 2 alone must not elect a leader (voter 2's vote would

@@ -373,7 +373,10 @@ impl Broker {
         if acks == 0 {
             return None;
         }
-        let timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
+        let mut timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
+        if keel_core::planted::active(keel_core::planted::Bug::ShortProduceTimeout) {
+            timeout = Duration::from_micros(request.timeout_ms.clamp(0, 300_000) as u64);
+        }
         Some(ProduceWait {
             response,
             waits,

@@ -237,3 +237,61 @@ fn the_same_seed_gives_the_same_faults() {
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
 }
+
+/// The recovery oracle: after a power loss, what the first instant of a segment's recovery
+/// leaves must hold every synced byte and end where a write ended.
+#[test]
+fn the_recovery_oracle_judges_what_recovery_kept() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Writes of 100 and 60 bytes synced, then 300 bytes pending, cut by the crash at a
+    // sector boundary (or kept whole, or lost): each seed its own cut.
+    let run = |seed: u64, recover: &dyn Fn(&mut SimDir, u64)| -> (Vec<String>, u64) {
+        let clock = Arc::new(AtomicU64::new(0));
+        let faults = FaultConfig {
+            sector_bytes: 64,
+            torn_writes: true,
+            ..FaultConfig::none()
+        };
+        let d = disk(seed, faults).with_manual_clock(clock.clone());
+        let mut dir = d.dir("p-0");
+        let seg = "00000000000000000000.log";
+        dir.create(seg).unwrap();
+        dir.append(seg, &[1; 100]).unwrap();
+        dir.append(seg, &[2; 60]).unwrap();
+        dir.sync(seg).unwrap();
+        dir.append(seg, &[3; 300]).unwrap();
+        d.crash();
+        clock.store(1, Ordering::SeqCst);
+        let survived = dir.len(seg).unwrap();
+        recover(&mut dir, survived);
+        clock.store(2, Ordering::SeqCst);
+        dir.append(seg, &[4; 10]).unwrap();
+        (d.finish_recovery_checks(), survived)
+    };
+    let cut_to_last_write = |dir: &mut SimDir, survived: u64| {
+        let keep = if survived >= 460 { 460 } else { 160 };
+        dir.truncate("00000000000000000000.log", keep).unwrap();
+        dir.sync("00000000000000000000.log").unwrap();
+    };
+    let mut torn_seen = false;
+    for seed in 0..40 {
+        let (violations, survived) = run(seed, &cut_to_last_write);
+        assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+        let torn = survived != 160 && survived != 460;
+        torn_seen |= torn;
+        let (kept_torn, _) = run(seed, &|_, _| {});
+        assert_eq!(
+            kept_torn.len(),
+            usize::from(torn),
+            "seed {seed}: keeping {survived} bytes: {kept_torn:?}"
+        );
+        let (cut_synced, _) = run(seed, &|dir, _| {
+            dir.truncate("00000000000000000000.log", 100).unwrap();
+        });
+        assert!(
+            cut_synced.len() == 1 && cut_synced[0].contains("below the 160 synced"),
+            "seed {seed}: {cut_synced:?}"
+        );
+    }
+    assert!(torn_seen, "some seed tore the pending write");
+}
