@@ -141,6 +141,14 @@ pub enum OpKind {
     /// A fetch of `key` returned a batch whose CRC does not match: the broker served damaged
     /// bytes (it must answer KAFKA_STORAGE_ERROR instead, and read again elsewhere).
     CorruptRead { key: Key, reason: String },
+    /// Right after a send was acknowledged at `acked`, a ListOffsets(latest) sent to the same
+    /// leader, at the same leader epoch, answered `latest` (read-after-ack: it must be above
+    /// `acked`). Recorded only when the leader answered.
+    ReadAfterAck {
+        key: Key,
+        acked: Offset,
+        latest: Offset,
+    },
     /// A group member committed `offset` for `key`; `acked` when the broker answered with no
     /// error (durable), otherwise it may or may not have been written. `invoked` is the
     /// history length when the request was sent (operations before it completed first).
@@ -301,6 +309,17 @@ impl History {
     pub fn corrupt_read(&mut self, process: ProcessId, key: &Key, reason: String) -> OpIndex {
         let key = key.clone();
         self.push(process, OpKind::CorruptRead { key, reason })
+    }
+
+    pub fn read_after_ack(
+        &mut self,
+        process: ProcessId,
+        key: &Key,
+        acked: Offset,
+        latest: Offset,
+    ) -> OpIndex {
+        let key = key.clone();
+        self.push(process, OpKind::ReadAfterAck { key, acked, latest })
     }
 }
 
@@ -463,6 +482,14 @@ pub enum Anomaly {
         op: OpIndex,
         reason: String,
     },
+    /// A ListOffsets(latest) the leader answered right after acknowledging a send, at the same
+    /// leader epoch, did not count the send: an acknowledged write a read could not see.
+    StaleReadAfterAck {
+        key: Key,
+        op: OpIndex,
+        acked: Offset,
+        latest: Offset,
+    },
     /// An acknowledged commit of one process went below its previous acknowledged commit of
     /// the key with no assign between. Commits of different processes, or across a
     /// rebalance, are not compared: concurrent commits around a rebalance may land in either
@@ -518,6 +545,7 @@ pub enum AnomalyKind {
     UnknownValue,
     Unseen,
     CorruptRead,
+    StaleReadAfterAck,
     NonmonotonicCommit,
     CommitPastRead,
     LostCommit,
@@ -525,7 +553,7 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 16] = [
+    pub const ALL: [AnomalyKind; 17] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -538,6 +566,7 @@ impl AnomalyKind {
         AnomalyKind::UnknownValue,
         AnomalyKind::Unseen,
         AnomalyKind::CorruptRead,
+        AnomalyKind::StaleReadAfterAck,
         AnomalyKind::NonmonotonicCommit,
         AnomalyKind::CommitPastRead,
         AnomalyKind::LostCommit,
@@ -559,6 +588,7 @@ impl AnomalyKind {
             AnomalyKind::UnknownValue => "unknown-value",
             AnomalyKind::Unseen => "unseen",
             AnomalyKind::CorruptRead => "corrupt-read",
+            AnomalyKind::StaleReadAfterAck => "stale-read-after-ack",
             AnomalyKind::NonmonotonicCommit => "nonmonotonic-commit",
             AnomalyKind::CommitPastRead => "commit-past-read",
             AnomalyKind::LostCommit => "lost-commit",
@@ -588,6 +618,7 @@ impl Anomaly {
             Anomaly::UnknownValue { .. } => AnomalyKind::UnknownValue,
             Anomaly::Unseen { .. } => AnomalyKind::Unseen,
             Anomaly::CorruptRead { .. } => AnomalyKind::CorruptRead,
+            Anomaly::StaleReadAfterAck { .. } => AnomalyKind::StaleReadAfterAck,
             Anomaly::NonmonotonicCommit { .. } => AnomalyKind::NonmonotonicCommit,
             Anomaly::CommitPastRead { .. } => AnomalyKind::CommitPastRead,
             Anomaly::LostCommit { .. } => AnomalyKind::LostCommit,
@@ -610,6 +641,7 @@ impl Anomaly {
             | Anomaly::UnknownValue { key, .. }
             | Anomaly::Unseen { key, .. }
             | Anomaly::CorruptRead { key, .. }
+            | Anomaly::StaleReadAfterAck { key, .. }
             | Anomaly::NonmonotonicCommit { key, .. }
             | Anomaly::CommitPastRead { key, .. }
             | Anomaly::LostCommit { key, .. }
@@ -719,6 +751,13 @@ impl fmt::Display for Anomaly {
             Anomaly::CorruptRead { op, reason, .. } => {
                 write!(f, "{op} was served a damaged batch: {reason}")
             }
+            Anomaly::StaleReadAfterAck {
+                op, acked, latest, ..
+            } => write!(
+                f,
+                "{op}: acknowledged at offset {acked}, but the leader's latest offset right after \
+                 was {latest}"
+            ),
             Anomaly::NonmonotonicCommit {
                 process, from, to, ..
             } => write!(
@@ -783,6 +822,8 @@ pub struct CheckStats {
     pub polls: usize,
     pub records_read: usize,
     pub final_reads: usize,
+    /// ListOffsets answered by the acknowledging leader right after an acknowledgement.
+    pub reads_after_ack: usize,
     /// Distinct offsets observed, over all keys.
     pub offsets_known: usize,
 }
@@ -827,7 +868,8 @@ impl fmt::Display for CheckReport {
         writeln!(
             f,
             "history: {} ops by {} processes on {} keys; sends: {} ok, {} failed, {} indefinite \
-             ({} seen); {} polls read {} records; {} final reads; {} offsets known",
+             ({} seen); {} polls read {} records; {} final reads; {} reads after an ack; {} offsets \
+             known",
             s.ops,
             s.processes,
             s.keys,
@@ -838,6 +880,7 @@ impl fmt::Display for CheckReport {
             s.polls,
             s.records_read,
             s.final_reads,
+            s.reads_after_ack,
             s.offsets_known
         )?;
         if self.anomalies.is_empty() {
@@ -995,6 +1038,17 @@ pub fn check(history: &History) -> CheckReport {
                 op: at,
                 reason: reason.clone(),
             }),
+            OpKind::ReadAfterAck { key, acked, latest } => {
+                stats.reads_after_ack += 1;
+                if latest <= acked {
+                    anomalies.push(Anomaly::StaleReadAfterAck {
+                        key: (*key).clone(),
+                        op: at,
+                        acked: *acked,
+                        latest: *latest,
+                    });
+                }
+            }
             OpKind::FinalRead { key, end_offset } => {
                 stats.final_reads += 1;
                 keys.entry(key)
@@ -1245,6 +1299,7 @@ fn check_processes(
             OpKind::Send { .. }
             | OpKind::FinalRead { .. }
             | OpKind::CorruptRead { .. }
+            | OpKind::ReadAfterAck { .. }
             | OpKind::Commit { .. }
             | OpKind::OffsetFetch { .. }
             | OpKind::GroupCaughtUp { .. } => {}

@@ -1218,6 +1218,13 @@ impl Client {
         retrying!(self, self.list_offset_once(key, spec))
     }
 
+    /// One ListOffsets(latest) to the leader `key`'s last produce went to, at the leader epoch
+    /// it was sent at (no retry, no metadata refresh): the read-after-ack probe. A leader that
+    /// moved on answers an error instead.
+    pub async fn latest_at_leader(&mut self, key: &Key) -> Result<Offset, ClientError> {
+        self.list_offset_once(key, OffsetSpec::Latest).await
+    }
+
     /// The offset after the last record a consumer can read (the high watermark).
     pub async fn end_offset(&mut self, key: &Key) -> Result<Offset, ClientError> {
         self.list_offset(key, OffsetSpec::Latest).await

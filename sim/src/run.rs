@@ -884,10 +884,23 @@ async fn produce(
         let key = &keys[rng.gen_range(0..keys.len())];
         let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
         let outcome = client.produce(key, value).await;
+        let acked = match &outcome {
+            SendOutcome::Ok { offset } => Some(*offset),
+            _ => None,
+        };
         w.history
             .lock()
             .expect("history poisoned")
             .send(me, key, value, outcome);
+        // Read-after-ack: the leader that answered, asked at once, counts the write.
+        if let Some(acked) = acked {
+            if let Ok(latest) = client.latest_at_leader(key).await {
+                w.history
+                    .lock()
+                    .expect("history poisoned")
+                    .read_after_ack(me, key, acked, latest);
+            }
+        }
         madsim::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
     }
 }

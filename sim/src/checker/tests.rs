@@ -90,6 +90,7 @@ fn a_clean_history_reports_nothing() {
             polls: 7,
             records_read: 9,
             final_reads: 2,
+            reads_after_ack: 0,
             offsets_known: 5,
         }
     );
@@ -370,6 +371,31 @@ fn a_batch_served_with_a_bad_crc_is_a_corrupt_read() {
     h.poll(P1, &k, records(&[(0, 1)]));
     h.corrupt_read(P1, &k, "CRC mismatch".into());
     exactly_one(&h, AnomalyKind::CorruptRead);
+}
+
+/// Read-after-ack: a ListOffsets the acknowledging leader answered right after the
+/// acknowledgement must count the write; one that does is clean.
+#[test]
+fn a_latest_offset_that_misses_an_acknowledged_write_is_a_stale_read_after_ack() {
+    let k = key();
+    let mut h = History::new();
+    h.send(P0, &k, Value(1), ok(0));
+    h.read_after_ack(P0, &k, Offset(0), Offset(1));
+    h.poll(P1, &k, records(&[(0, 1)]));
+    h.final_read(P1, &k, Offset(1));
+    let report = check(&h);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.stats.reads_after_ack, 1);
+
+    h.send(P0, &k, Value(2), ok(1));
+    h.read_after_ack(P0, &k, Offset(1), Offset(1));
+    h.poll(P1, &k, records(&[(1, 2)]));
+    match exactly_one(&h, AnomalyKind::StaleReadAfterAck) {
+        Anomaly::StaleReadAfterAck { acked, latest, .. } => {
+            assert_eq!((acked, latest), (Offset(1), Offset(1)))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A group of two: P1 reads and commits, the group rebalances, P2 resumes at the commit
