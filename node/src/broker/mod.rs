@@ -411,6 +411,8 @@ impl PartitionHandle {
         }
         let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
         raise(&self.durable_end, durable);
+        // Also when another path synced the log (a checkpoint, a truncation).
+        self.sync_done(durable, false);
         self.publish_high_watermark(hw);
         Ok(())
     }
