@@ -1028,8 +1028,10 @@ impl Broker {
             Disk::Real => OPEN_THREADS,
             Disk::Virtual(_) => 1,
         };
-        let outcomes = for_each_parallel(&jobs, threads, |(w, existing)| {
-            self.take_role(w, existing.clone(), now)
+        let outcomes = off_the_runtime(|| {
+            for_each_parallel(&jobs, threads, |(w, existing)| {
+                self.take_role(w, existing.clone(), now)
+            })
         });
         for ((w, _), outcome) in jobs.iter().zip(outcomes) {
             let Some(handle) = outcome else {
@@ -1253,6 +1255,24 @@ impl Broker {
 /// each new partition syncs a few small files, and the file system commits syncs from
 /// several threads together.
 const OPEN_THREADS: usize = 8;
+
+/// Runs `f`, a long stretch of disk work (reconciling thousands of partitions), without
+/// holding a runtime worker thread from the other tasks: on a multi-threaded runtime, tokio
+/// moves them to other workers meanwhile (`block_in_place`), so the metadata quorum's ticks
+/// and the heartbeats go on (at 10,000 partitions a creation held a worker for seconds, the
+/// controller lost its raft leadership and its broker was fenced). Elsewhere (a
+/// current-thread runtime in tests, the simulator) it simply runs `f`.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(not(madsim))]
+    {
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            return tokio::task::block_in_place(f);
+        }
+    }
+    f()
+}
 
 /// `f` over `items` on up to `threads` threads (in order, on this thread, for one, and always
 /// under the simulator, which runs no threads of its own); the results in `items`' order.
