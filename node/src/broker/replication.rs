@@ -692,25 +692,6 @@ impl Broker {
         let Some(broker) = self.this.upgrade() else {
             return;
         };
-        // Kafka's leader does not propose a fenced broker into the ISR (the controller would
-        // refuse it): with thousands of partitions, every one retrying twice a second while a
-        // broker is fenced is a storm of refused requests. The proposal fails here and is
-        // tried again after the backoff.
-        let isr = p.with(|r| r.isr());
-        let fenced = self.with_metadata(|m| {
-            alter
-                .isr
-                .iter()
-                .filter(|b| !isr.contains(b))
-                .find(|&&b| m.broker(b).is_none_or(|b| b.fenced))
-                .copied()
-        });
-        if let Some(b) = fenced {
-            tracing::debug!(topic = %p.topic, partition = p.index, "not proposing fenced broker {b} into the ISR");
-            p.with(|r| r.on_alter_partition_failed(self.clock.now_ms(), alter.id));
-            self.after_replica_change_deadline(p);
-            return;
-        }
         let request = AlterPartitionRequest {
             broker_id: self.me(),
             broker_epoch: self.broker_epoch(),
@@ -741,13 +722,6 @@ impl Broker {
             // deadline the pending change held back).
             broker.after_replica_change(&p);
         });
-    }
-
-    /// Schedules the partition's next deadline, if it has one.
-    fn after_replica_change_deadline(&self, p: &Arc<PartitionHandle>) {
-        if let Some(at) = p.with(|r| r.poll_timeout()) {
-            self.deadlines.schedule(p, at);
-        }
     }
 
     /// After anything that may give a partition an AlterPartition to send or a new deadline:
