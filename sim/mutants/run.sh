@@ -15,9 +15,8 @@
 # STALE, never skipped: refresh it against the new code. Exit status: 0 when every mutant is
 # caught (by the simulator or its unit test) and nothing is stale, 1 otherwise.
 #
-# Builds go to target/mutants/ (the copy's own target directories); dependencies already
-# built in target/sim and target/ are not reused across source paths, so the first run
-# builds them once.
+# The simulator builds go to target/mutants/sim (the first run builds the dependencies once);
+# unit tests build in target/, next to the tree's own (the copy's crates apart).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seeds=200
@@ -37,6 +36,9 @@ mkdir -p "$src"
 log="$work/log"
 : >"$log"
 export CARGO_TERM_COLOR=never
+# The copy lives inside this repository's target/: without a ceiling, `git apply` run there
+# would find the repository above it and silently skip every path outside the copy.
+export GIT_CEILING_DIRECTORIES="$work"
 
 # The working tree's files (tracked, and untracked ones git does not ignore), mtimes kept.
 copy_tree() {
@@ -59,7 +61,7 @@ sim_swarm() {
     local passed
     passed=$(echo "$out" | sed -n 's/^[0-9]* seeds: \([0-9]*\) pass.*/\1/p')
     local first
-    first=$(echo "$out" | awk '$1 ~ /^[0-9]+$/ && $2 != "pass" && NF > 3 { print; exit }')
+    first=$(echo "$out" | awk '$1 ~ /^[0-9]+$/ && $2 ~ /^(SAFETY|LIVENESS|CRASH)$/ { print; exit }')
     local caught=$((seeds - ${passed:-0}))
     if [ -z "$passed" ]; then
         caught=-1
@@ -67,7 +69,9 @@ sim_swarm() {
     local seed reason
     seed=$(echo "$first" | awk '{ print $1 }')
     reason=$(echo "$first" | awk '{ print $2 }')
-    reason="$reason: $(echo "$first" | sed 's/.*| {[^}]*} | //' | cut -c1-90)"
+    if [ -n "$first" ]; then
+        reason="$reason: $(echo "$first" | sed 's/.*| {[^}]*} | //' | cut -c1-90)"
+    fi
     echo "$caught ${seed:--} $reason"
 }
 
@@ -76,7 +80,7 @@ unit_test() {
     local spec=$1 package filter
     package=$(echo "$spec" | awk '{ print $1 }')
     filter=$(echo "$spec" | awk '{ print $2 }')
-    if (cd "$src" && CARGO_TARGET_DIR="$work/unit" cargo test -p "$package" --lib -- "$filter") >>"$log" 2>&1; then
+    if (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo test -p "$package" --lib -- "$filter") >>"$log" 2>&1; then
         echo passes
     else
         echo fails
@@ -117,6 +121,12 @@ for patch in "${patches[@]}"; do
         continue
     fi
     (cd "$src" && git apply "$patch")
+    if ! (cd "$src" && git apply -R --check "$patch") >>"$log" 2>&1; then
+        rows+=("$name | NOT APPLIED (git apply changed nothing) | - | - | -")
+        echo "$name: git apply changed nothing in $src"
+        failures=$((failures + 1))
+        continue
+    fi
     if ! sim_build; then
         rows+=("$name | BUILD FAILED | - | - | -")
         echo "$name: the mutant does not build: see $log"

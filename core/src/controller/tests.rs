@@ -983,6 +983,93 @@ fn eligible_leader_replicas_lead_when_the_isr_cannot() {
     }
 }
 
+/// KIP-966: with no live ISR member, only a *live* eligible leader replica may be elected; a
+/// fenced one would lead from a broker that is down, and the partition would stay offline
+/// while a later live one could have been chosen. Pins sim/mutants' `elect-dead-elr-member`,
+/// which the simulator does not reach in 200 seeds (it needs the last ISR member fenced while
+/// every ELR member is fenced too, and then the ELR member's broker to stay down).
+#[test]
+fn a_fenced_eligible_leader_replica_is_not_elected() {
+    let mut state = MetadataState::new();
+    for n in 0..3 {
+        register_unfenced(&mut state, n, n as u8);
+    }
+    let mut topic = new_topic("t", 1, 3, id(1));
+    topic
+        .configs
+        .insert("min.insync.replicas".into(), "2".into());
+    let records = state
+        .create_topic(&topic, &state.live_brokers(), &TopicDefaults::default())
+        .unwrap();
+    apply_all(&mut state, &records);
+    let p = state.partition("t", 0).unwrap().clone();
+    let (leader, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+    let request = AlterPartitionRequest {
+        broker_id: leader,
+        broker_epoch: state.broker(leader).unwrap().epoch,
+        topic_id: id(1),
+        partition: 0,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        new_isr: vec![leader],
+    };
+    let (_, records) = state.alter_partition(&request).unwrap();
+    apply_all(&mut state, &records);
+    let shrunk = state.partition("t", 0).unwrap().clone();
+    assert!(shrunk.elr.contains(&second) && shrunk.elr.contains(&third));
+    for b in [second, third, leader] {
+        let records = state.fence_broker(b, UncleanElection::Disabled).unwrap();
+        apply_all(&mut state, &records);
+    }
+    let after = state.partition("t", 0).unwrap();
+    assert_eq!(after.leader, BrokerId::NONE, "{after:?}");
+}
+
+/// KIP-497: an AlterPartition is based on the partition epoch it read; one based on any
+/// older epoch (here, the one just before the current) is refused with
+/// INVALID_UPDATE_VERSION and changes nothing. Pins sim/mutants' `alter-partition-stale-
+/// partition-epoch`, which the simulator cannot see: a leader has one proposal in flight and
+/// learns every committed state before proposing again, so it never sends a stale one.
+#[test]
+fn alter_partition_based_on_an_older_partition_epoch_is_refused() {
+    let mut state = MetadataState::new();
+    for n in 0..3 {
+        register_unfenced(&mut state, n, n as u8);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 1, 3, id(1)),
+            &state.live_brokers(),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+    let request = |state: &MetadataState, partition_epoch: i32, isr: Vec<BrokerId>| {
+        let p = state.partition("t", 0).unwrap();
+        AlterPartitionRequest {
+            broker_id: p.leader,
+            broker_epoch: state.broker(p.leader).unwrap().epoch,
+            topic_id: id(1),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch,
+            new_isr: isr,
+        }
+    };
+    let p = state.partition("t", 0).unwrap().clone();
+    let shrunk = vec![p.replicas[0], p.replicas[1]];
+    let (_, records) = state
+        .alter_partition(&request(&state, p.partition_epoch, shrunk))
+        .unwrap();
+    apply_all(&mut state, &records);
+    let current = state.partition("t", 0).unwrap().clone();
+    assert_eq!(current.partition_epoch, p.partition_epoch + 1);
+    let stale = request(&state, p.partition_epoch, p.replicas.clone());
+    let err = state.alter_partition(&stale).unwrap_err();
+    assert_eq!(err.code(), 95, "INVALID_UPDATE_VERSION: {err:?}");
+    assert_eq!(state.partition("t", 0).unwrap(), &current);
+}
+
 /// The error codes are Kafka's (checked against kafka-protocol's table, from Errors.java).
 #[test]
 fn error_codes_match_kafka() {

@@ -352,6 +352,18 @@ mod tests {
         LeaderState::new(1_000, B0, &[B0, B1, B2], isr, Offset(0))
     }
 
+    /// A replica outside the ISR, however far behind, does not hold the high watermark back
+    /// (Kafka's `maybeIncrementLeaderHW` counts the ISR only): otherwise every acks=all waits
+    /// for a replica that is down. Pins sim/mutants' `hw-over-assignment`, which the simulator
+    /// cannot see (safety holds; the client's retries absorb the timeouts).
+    #[test]
+    fn a_replica_outside_the_isr_does_not_hold_the_high_watermark() {
+        let mut l = leader(&[B0, B1]);
+        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset(10));
+        l.record_fetch(1_000, B2, Offset(2), Offset(2), Offset(10));
+        assert_eq!(l.hw_bound(Offset(10), 1), Some(Offset(10)));
+    }
+
     /// Kafka's `maybeIncrementLeaderHW` with keel's durable rule: the smallest durable end over
     /// the ISR, and nothing before every member has reported.
     #[test]
