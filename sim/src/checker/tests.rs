@@ -602,7 +602,7 @@ fn the_report_reads_well_and_is_stable() {
     h.final_read(P1, &k, Offset(2));
     let report = check(&h);
     let expected = "\
-history: 6 ops by 2 processes on 1 keys; sends: 3 ok, 1 failed, 0 indefinite (0 seen); 1 polls read 2 records; 1 final reads; 3 offsets known
+history: 6 ops by 2 processes on 1 keys; sends: 3 ok, 1 failed, 0 indefinite (0 seen); 1 polls read 2 records; 1 final reads; 0 reads after an ack; 3 offsets known
 anomalies: 4 (inconsistent-offsets 1, lost-write 2, G1a 1)
   inconsistent-offsets jepsen-0: offset 1 holds value 2 (#1), value 3 (#4)
   lost-write jepsen-0: value 2 acknowledged at offset 1 (#1) was never read, although offset 1 was (#4)
