@@ -21,6 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContex
 use rdkafka::ClientContext;
 
 use crate::cluster::{cpu_secs, Managed};
+use crate::workload::block_on;
 
 /// The topics the scale run creates.
 const SMALL_TOPIC: &str = "keel-scale-small";
@@ -97,25 +98,6 @@ impl ProducerContext for Reports {
         if let Err((e, _)) = result {
             c.1.get_or_insert_with(|| e.to_string());
         }
-    }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
-            return v;
-        }
-        thread::park();
     }
 }
 

@@ -242,7 +242,7 @@ fn consumer_config(w: &Workload) -> ClientConfig {
 }
 
 /// Runs `future` to completion on this thread (rdkafka's admin futures need no runtime).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct Unpark(thread::Thread);
     impl Wake for Unpark {
