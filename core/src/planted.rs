@@ -28,7 +28,7 @@ pub enum Bug {
     /// `__consumer_offsets`).
     CommitBeforeDurable,
     /// A leader's fetch session drops the new position a follower names for a partition it
-    /// had answered (now and then: when the position is 3 modulo 7), so the follower waits
+    /// had answered (when the position is odd), so the follower waits
     /// for an answer that never comes and stops replicating that partition.
     SessionDropsPosition,
     /// A follower told by its leader that its log diverged (`divergingEpoch`) keeps its log as

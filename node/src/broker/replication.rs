@@ -532,10 +532,11 @@ impl Broker {
                 if keel_core::planted::active(keel_core::planted::Bug::SessionDropsPosition)
                     && m.session_id != 0
                     && inner.entries.get(&key).is_some_and(|e| e.request.is_none())
-                    && request.fetch_offset.0 % 7 == 3
+                    && request.fetch_offset.0 % 2 == 1
                 {
                     // The planted bug: a new position for a partition the session answered is
-                    // dropped, so the follower waits for an answer that never comes.
+                    // dropped (at odd offsets), so the follower waits for an answer that never
+                    // comes.
                     continue;
                 }
                 let hw_sent = inner.entries.get(&key).map_or(Offset(-1), |e| e.hw_sent);
