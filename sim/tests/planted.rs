@@ -66,6 +66,13 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability after healing:")
         }
+        // A partition that stops replicating: a follower never back in the ISR
+        // (convergence), or acks=all refused for want of in-sync replicas (availability).
+        Bug::SessionDropsPosition => {
+            line.verdict == Verdict::Liveness
+                && (line.reason.starts_with("convergence:")
+                    || line.reason.starts_with("availability after healing:"))
+        }
         _ => match line.verdict {
             Verdict::Safety => true,
             Verdict::Crash => line.reason.starts_with("panicked: invariant "),
