@@ -434,11 +434,10 @@ impl PartitionHandle {
     /// Marks it ready once its log is durable up to `end` ([`PartitionHandle::sync_done`]).
     fn ready_after_sync(&self, end: keel_core::Offset) {
         self.sync_wait.store(end.0, Ordering::SeqCst);
-        // The sync may have completed already. The log's own durable end, not the handle's
-        // watch of it: that one never goes back, and a truncation (a divergence, a damaged
-        // log discarded) takes the log's back below it (simulator seeds 74, 101, 102, 148,
-        // 157, 185: the follower named its fetch before its sync, with the durable end it had
-        // after the truncation, and never again).
+        // The sync may have completed already. Asked of the log itself: a truncation (a
+        // divergence, a damaged log discarded) takes its durable end back, and a value that
+        // never went back made the follower name its fetch before its sync (simulator seeds
+        // 74, 101, 102, 148, 157, 185: it never named its new durable end).
         if self.with(|r| r.log().durable_end()) >= end {
             self.sync_done(end, true);
         }

@@ -196,11 +196,6 @@ pub struct PartitionHandle {
     /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
     /// signalled, unchanged, when the role changes, so that waiters look again.
     high_watermark: watch::Sender<Offset>,
-    /// The log's durable end.
-    durable_end: watch::Sender<Offset>,
-    /// Bumped on every append, high watermark move and role change (the group coordinator
-    /// watches it).
-    activity: watch::Sender<u64>,
     /// Where the partition is in the group-commit work (`sync_state`).
     sync_state: AtomicU8,
     deleted: AtomicBool,
@@ -366,7 +361,6 @@ impl PartitionHandle {
     /// move): the fetch sessions that carry it evaluate it again, and a leader's new deadline
     /// (followers that now lag) is scheduled. Never called under the partition's lock.
     fn touch(&self) {
-        self.activity.send_modify(|n| *n = n.wrapping_add(1));
         self.sessions.mark(&self.key());
         if let (Some(at), Some(me)) = (self.with(|r| r.poll_timeout()), self.this.upgrade()) {
             self.deadlines.schedule(&me, at);
@@ -391,7 +385,6 @@ impl PartitionHandle {
             });
             // Before the high watermark file's write: a follower names its next fetch, with
             // its new durable end, without waiting for it.
-            raise(&self.durable_end, durable);
             self.sync_done(durable, false);
         }
         while let Some(write) = self.with(|r| r.prepare_state_write()) {
@@ -410,7 +403,6 @@ impl PartitionHandle {
             }
         }
         let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
-        raise(&self.durable_end, durable);
         // Also when another path synced the log (a checkpoint, a truncation).
         self.sync_done(durable, false);
         self.publish_high_watermark(hw);
@@ -1186,7 +1178,6 @@ impl Broker {
             tracing::warn!(partition = %name, "recovery cut {} bytes at {file}:{position}: {why}", report.bytes_truncated);
         }
         let hw = replica.high_watermark();
-        let durable = replica.log().durable_end();
         let state = replica.state_report();
         let marked = keel_core::storage::read_all(&snapshots, DAMAGE_MARKER).is_ok();
         // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
@@ -1211,8 +1202,6 @@ impl Broker {
             snapshots: Mutex::new(snapshots),
             syncer,
             high_watermark: watch::Sender::new(hw),
-            durable_end: watch::Sender::new(durable),
-            activity: watch::Sender::new(0),
             sync_state: AtomicU8::new(sync_state::IDLE),
             deleted: AtomicBool::new(false),
             sessions: self.sessions.clone(),
