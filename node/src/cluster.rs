@@ -3,7 +3,8 @@
 //! controller.
 //!
 //! What it owns:
-//! - the quorum driver task: it owns the [`QuorumNode`] and ticks it every
+//! - the quorum driver, on a thread of its own (its polls sync the raft log; a task under the
+//!   simulator): it owns the [`QuorumNode`] and ticks it every
 //!   [`quorum::TICK_MS`], steps raft messages from peers, proposes commands (only the raft
 //!   leader, the controller, accepts them), polls (which persists and syncs), sends raft's
 //!   messages, answers proposals with their outcomes, and publishes the applied state;
@@ -298,6 +299,8 @@ pub enum ClusterError {
     Quorum(String),
     #[error("cannot listen for peers on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot start the quorum driver: {0}")]
+    Driver(std::io::Error),
 }
 
 impl Cluster {
@@ -367,7 +370,7 @@ impl Cluster {
             peers: peers.clone(),
             clock: crate::clock::Clock::new(),
         };
-        tokio::spawn(driver.run(rx));
+        driver.spawn(rx)?;
         let cluster = Arc::new(Cluster {
             node: me,
             settings,
@@ -681,6 +684,31 @@ struct Driver {
 }
 
 impl Driver {
+    /// Runs the driver on a thread of its own, with a single-threaded runtime for its timer
+    /// and channels: its polls persist raft's Ready (writes and fsyncs of the raft log) and
+    /// must not hold one of the runtime's workers, which serve clients and replication, for
+    /// the length of a disk sync. The thread ends with the driver, when the last handle on
+    /// its request queue is dropped. Under the simulator, which runs no threads, it is a task.
+    fn spawn(self, requests: mpsc::Receiver<Request>) -> Result<(), ClusterError> {
+        #[cfg(madsim)]
+        {
+            tokio::spawn(self.run(requests));
+            Ok(())
+        }
+        #[cfg(not(madsim))]
+        {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ClusterError::Driver)?;
+            std::thread::Builder::new()
+                .name("keel-quorum".into())
+                .spawn(move || runtime.block_on(self.run(requests)))
+                .map_err(ClusterError::Driver)?;
+            Ok(())
+        }
+    }
+
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         let mut tick = tokio::time::interval(Duration::from_millis(quorum::TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -884,6 +912,32 @@ impl Driver {
                 self.sessions.reset();
             }
             Err(e) => tracing::error!("reopening the metadata quorum failed: {e}"),
+        }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    /// The quorum driver needs none of the runtime's workers: on a single-threaded runtime
+    /// whose only thread is kept busy (as a worker is by a long disk sync), a single voter
+    /// still elects itself controller and applies. Were the driver a task of that runtime,
+    /// it would never run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_quorum_driver_runs_beside_a_blocked_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Dir::File(crate::storage::FileStorage::open(dir.path()).unwrap());
+        let (cluster, _) = Cluster::start(1, ClusterSettings::single(), storage)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cluster.controller() != Some(BrokerId(1)) || cluster.applied_index() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no controller after 20 s while the runtime's thread was blocked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
