@@ -84,7 +84,7 @@ impl Managed {
             .stdout(Stdio::piped())
             .stderr(log_file.try_clone().map_err(|e| format!("log file: {e}"))?)
             .env("NO_COLOR", "1");
-        keel_node::dev::die_with_parent(&mut command);
+        keel_node::commands::dev::die_with_parent(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot run {} dev: {e}", keel.display()))?;
@@ -182,7 +182,7 @@ impl Managed {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| format!("log file: {e}"))?)
             .stderr(log_file);
-        keel_node::dev::die_with_parent(&mut command);
+        keel_node::commands::dev::die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", tansu.display()))?;
@@ -287,7 +287,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat; None if it is gone.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = keel_node::bench::machine::stat_cpu_ticks(&stat)?;
+    let ticks = keel_node::commands::bench::machine::stat_cpu_ticks(&stat)?;
     // SAFETY: sysconf(3) reads a constant; no memory is involved.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (per_sec > 0).then(|| ticks as f64 / per_sec as f64)

@@ -25,10 +25,12 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use keel_node::bench::json::Json;
-use keel_node::bench::limits::{disk_append, loopback_tcp, median, sync_latency_us, Bandwidth};
-use keel_node::bench::machine::{cpu_model, utc_date_time};
-use keel_node::bench::report::{
+use keel_node::commands::bench::json::Json;
+use keel_node::commands::bench::limits::{
+    disk_append, loopback_tcp, median, sync_latency_us, Bandwidth,
+};
+use keel_node::commands::bench::machine::{cpu_model, utc_date_time};
+use keel_node::commands::bench::report::{
     checks, disk_share_mb_per_s, limit_ratios, thousands, Latency, Limits, PeerComparison, Phase,
 };
 

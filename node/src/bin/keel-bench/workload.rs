@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keel_node::bench::histogram::Histogram;
-use keel_node::bench::limits::incompressible;
-use keel_node::bench::report::{thousands, Latency, Phase, PhaseKind};
+use keel_node::commands::bench::histogram::Histogram;
+use keel_node::commands::bench::limits::incompressible;
+use keel_node::commands::bench::report::{thousands, Latency, Phase, PhaseKind};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
