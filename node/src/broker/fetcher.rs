@@ -27,8 +27,8 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use super::replication::{
-    decode_entry, partition_key, PartitionFetch, PartitionKey, PartitionRef, SessionAnswer,
-    SessionFetch, REPLICA_FETCH_WAIT,
+    decode_entry, encode_wake, partition_key, PartitionFetch, PartitionKey, PartitionRef,
+    SessionAnswer, SessionFetch, REPLICA_FETCH_WAIT,
 };
 use super::{Broker, PartitionHandle};
 use crate::cluster::kind;
@@ -275,7 +275,7 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
                 })
                 .collect(),
         };
-        let sent_epoch = request.epoch;
+        let (sent_session, sent_epoch) = (request.session_id, request.epoch);
         drop(b);
         let call = peers.call(
             f.leader.0,
@@ -291,7 +291,8 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
                 _ = f.notify.notified(), if !woke => {
                     if f.has_ready() {
                         woke = true;
-                        let _ = peers.send(f.leader.0, kind::REPLICA_FETCH_WAKE, Bytes::new());
+                        let wake = encode_wake((sent_session, sent_epoch));
+                        let _ = peers.send(f.leader.0, kind::REPLICA_FETCH_WAKE, wake);
                     }
                 }
             }

@@ -394,7 +394,11 @@ impl PartitionHandle {
             let written = write.write_to(&mut self.syncer.clone());
             match written {
                 Ok(()) => {
-                    self.with(|r| r.complete_state_write(write));
+                    // Exposed at once, not when the loop ends: while followers keep moving
+                    // the high watermark, each write wants another, and acks=all waited for
+                    // the whole run (p50 132 ms at 20,000 records/s, keel-bench's mixed phase).
+                    let hw = self.with(|r| r.complete_state_write(write));
+                    self.publish_high_watermark(hw);
                 }
                 Err(e) => {
                     self.with(|r| r.fail_state_write(write));

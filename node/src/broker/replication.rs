@@ -339,6 +339,28 @@ pub fn decode_entry(answer: PartitionAnswer) -> Result<FetchResponse, AnswerErro
 pub struct LeaderSessions {
     sessions: Mutex<BTreeMap<BrokerId, Arc<Session>>>,
     next_id: AtomicU64,
+    /// The request each follower last asked to have answered now, as it sent it (session id,
+    /// 0 for a new session, and epoch). Kept apart from the sessions: a wake can overtake the
+    /// request it names (requests are served on tasks of their own, wakes in order of
+    /// arrival), and must still answer that request when it is served.
+    wakes: Mutex<BTreeMap<BrokerId, WakeTarget>>,
+}
+
+/// The request a wake names: (session id as sent, 0 for a new session; session epoch).
+type WakeTarget = (u64, u32);
+
+/// A wake's body: the session id and epoch of the request to answer (big-endian u64, u32).
+pub(super) fn encode_wake(target: WakeTarget) -> Bytes {
+    let mut body = Vec::with_capacity(12);
+    body.extend_from_slice(&target.0.to_be_bytes());
+    body.extend_from_slice(&target.1.to_be_bytes());
+    Bytes::from(body)
+}
+
+fn decode_wake(body: &[u8]) -> Option<WakeTarget> {
+    let id = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
+    let epoch = u32::from_be_bytes(body.get(8..12)?.try_into().ok()?);
+    (body.len() == 12).then_some((id, epoch))
 }
 
 /// One follower broker's session.
@@ -356,8 +378,6 @@ struct SessionInner {
     epoch: u32,
     /// Replaced by a newer session of the same follower: its held request answers at once.
     closed: bool,
-    /// The follower asked for an answer now.
-    woken: bool,
     entries: BTreeMap<PartitionKey, Entry>,
     /// Partitions whose state changed since the leader last evaluated them.
     dirty: BTreeSet<PartitionKey>,
@@ -378,6 +398,7 @@ impl LeaderSessions {
         LeaderSessions {
             sessions: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(first_id.max(1)),
+            wakes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -395,18 +416,37 @@ impl LeaderSessions {
         }
     }
 
-    /// The follower asks for its held request to be answered now.
-    fn wake(&self, follower: BrokerId) {
+    /// The follower asks for its request `target` to be answered now (held, or not yet
+    /// served). A wake that names no request (an empty body) names the session's latest.
+    fn wake(&self, follower: BrokerId, target: Option<WakeTarget>) {
         let session = self
             .sessions
             .lock()
             .expect("sessions poisoned")
             .get(&follower)
             .cloned();
+        let target = match (target, &session) {
+            (Some(t), _) => t,
+            (None, Some(s)) => (s.id, s.inner.lock().expect("session poisoned").epoch),
+            (None, None) => return,
+        };
+        self.wakes
+            .lock()
+            .expect("wakes poisoned")
+            .insert(follower, target);
         if let Some(session) = session {
-            session.inner.lock().expect("session poisoned").woken = true;
             session.notify.notify_one();
         }
+    }
+
+    /// Whether the follower asked for its request `sent` to be answered now (once).
+    fn take_wake(&self, follower: BrokerId, sent: WakeTarget) -> bool {
+        let mut wakes = self.wakes.lock().expect("wakes poisoned");
+        if wakes.get(&follower) == Some(&sent) {
+            wakes.remove(&follower);
+            return true;
+        }
+        false
     }
 
     /// A new session for `follower`, replacing (and closing) the one it had.
@@ -521,7 +561,6 @@ impl Broker {
                 );
             }
             inner.epoch = m.epoch;
-            inner.woken = false;
             for f in &m.forgotten {
                 if let Some(key) = partition_key(&f.topic_id, f.partition) {
                     inner.entries.remove(&key);
@@ -612,8 +651,8 @@ impl Broker {
                     }
                     answers.push((answer, records));
                 }
-                std::mem::take(&mut inner.woken) || inner.closed
-            };
+                inner.closed
+            } || self.sessions.take_wake(follower, (m.session_id, m.epoch));
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !answers.is_empty() || woken || left.is_zero() || budget == 0 {
                 break;
@@ -763,7 +802,9 @@ pub async fn dispatch_peers(
                     }
                 });
             }
-            kind::REPLICA_FETCH_WAKE => broker.sessions.wake(BrokerId(message.from)),
+            kind::REPLICA_FETCH_WAKE => broker
+                .sessions
+                .wake(BrokerId(message.from), decode_wake(&message.envelope.body)),
             other => tracing::warn!(
                 from = message.from,
                 "a peer message of unknown kind {other}"
@@ -1042,5 +1083,26 @@ mod tests {
     fn a_topic_id_of_the_wrong_size_names_no_partition() {
         assert_eq!(partition_key(&[1; 15], 0), None);
         assert_eq!(partition_key(&[7; 16], 3), Some(KEY));
+    }
+
+    /// A wake that arrives before the request it names (the leader serves requests on tasks
+    /// of their own) still answers that request, once; it answers no other.
+    #[test]
+    fn a_wake_answers_the_request_it_names_even_before_it_is_served() {
+        let sessions = LeaderSessions::new(1);
+        let follower = BrokerId(2);
+        sessions.wake(follower, decode_wake(&encode_wake((0, 0))));
+        let session = sessions.open(follower);
+        assert!(
+            !sessions.take_wake(follower, (session.id, 1)),
+            "another request"
+        );
+        assert!(sessions.take_wake(follower, (0, 0)), "the request it named");
+        assert!(!sessions.take_wake(follower, (0, 0)), "only once");
+        // An empty body names the session's latest request.
+        session.inner.lock().unwrap().epoch = 4;
+        sessions.wake(follower, decode_wake(&[]));
+        assert!(sessions.take_wake(follower, (session.id, 4)));
+        assert_eq!(decode_wake(&[0; 13]), None, "a body of the wrong size");
     }
 }
