@@ -39,6 +39,8 @@ struct Harness {
     markers: Vec<WriteMarkers>,
     /// Every marker ever emitted, with the durable log length when it came out.
     markers_emitted: Vec<(WriteMarkers, usize)>,
+    /// Every partition reported written, per transaction (id, producer id, epoch).
+    reported: BTreeMap<(String, ProducerId, i16), BTreeSet<TopicPartition>>,
     auto_durable: bool,
     auto_markers: bool,
 }
@@ -62,6 +64,7 @@ impl Harness {
             answers: BTreeMap::new(),
             markers: Vec::new(),
             markers_emitted: Vec::new(),
+            reported: BTreeMap::new(),
             auto_durable: true,
             auto_markers: true,
         }
@@ -131,15 +134,25 @@ impl Harness {
     /// Every marker emitted so far is written.
     fn write_markers(&mut self) {
         for m in std::mem::take(&mut self.markers) {
-            self.c.markers_written(
-                self.now,
-                &m.transactional_id,
-                m.producer_id,
-                m.producer_epoch,
-                &m.partitions,
-            );
+            self.report(&m, &m.partitions);
         }
         self.drain();
+    }
+
+    /// Reports `partitions` of `m` written (without draining).
+    fn report(&mut self, m: &WriteMarkers, partitions: &[TopicPartition]) {
+        let key = (m.transactional_id.clone(), m.producer_id, m.producer_epoch);
+        self.reported
+            .entry(key)
+            .or_default()
+            .extend(partitions.iter().cloned());
+        self.c.markers_written(
+            self.now,
+            &m.transactional_id,
+            m.producer_id,
+            m.producer_epoch,
+            partitions,
+        );
     }
 
     fn advance(&mut self, ms: i64) {
@@ -1415,5 +1428,223 @@ proptest! {
         let i = at.index(bytes.len());
         bytes[i] = byte;
         let _ = TxnLogValue::decode(&bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property test: random clients against the coordinator
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Client `c` calls InitProducerId, with its producer id and epoch (KIP-360) or without.
+    Init { c: usize, kip360: bool },
+    /// Client `c` adds the partitions of `mask` (bits: x-0, x-1, y-0).
+    Add { c: usize, mask: u8 },
+    /// Client `c` adds its group's offsets partition.
+    Offsets { c: usize },
+    /// Client `c` ends its transaction.
+    End { c: usize, commit: bool },
+    /// A partition leader verifies client `c`'s first write to x-0.
+    Verify { c: usize },
+    /// Every record written so far becomes durable.
+    Durable,
+    /// The records up to the `n`-th not yet durable become durable.
+    DurableSome(usize),
+    /// The leaders report the markers of one outstanding WriteMarkers: all, or the first
+    /// partition only.
+    Markers { pick: usize, all: bool },
+    /// Time passes (and the coordinator polls).
+    Advance(i64),
+    /// The coordinator moves: its records not yet durable are lost.
+    Reload,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..4usize;
+    prop_oneof![
+        3 => (c.clone(), any::<bool>()).prop_map(|(c, kip360)| Op::Init { c, kip360 }),
+        5 => (c.clone(), 1..8u8).prop_map(|(c, mask)| Op::Add { c, mask }),
+        1 => c.clone().prop_map(|c| Op::Offsets { c }),
+        4 => (c.clone(), any::<bool>()).prop_map(|(c, commit)| Op::End { c, commit }),
+        1 => c.prop_map(|c| Op::Verify { c }),
+        5 => Just(Op::Durable),
+        2 => (1..4usize).prop_map(Op::DurableSome),
+        5 => (0..4usize, any::<bool>()).prop_map(|(pick, all)| Op::Markers { pick, all }),
+        2 => prop_oneof![3 => 0..1_000i64, 1 => Just(i64::from(TIMEOUT_MS) + 1), 1 => Just(TRANSACTIONAL_ID_EXPIRATION_MS_DEFAULT)].prop_map(Op::Advance),
+        1 => Just(Op::Reload),
+    ]
+}
+
+/// What a request was, for checking its late answer.
+#[derive(Clone, Debug)]
+struct Sent {
+    client: usize,
+    /// The producer id and epoch the client sent were not the id's durable ones: a fenced (or
+    /// never granted) producer, which must never succeed.
+    stale: bool,
+}
+
+fn tid_of(client: usize) -> &'static str {
+    ["a", "b"][client % 2]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Four clients on two transactional ids, with random requests, durability, markers, time
+    /// and coordinator moves. After every step: the coordinator's invariants; a request with a
+    /// producer id and epoch that are not the id's durable ones (a fenced producer) never gets
+    /// NONE; replaying the durable records gives the live durable state; a producer id's epoch
+    /// never goes back; every marker came out only after its Prepare* record was durable (and
+    /// matches it); every Complete* was written only after all its markers were reported. At
+    /// the end, with everything acknowledged and time passed, no transaction is left open.
+    #[test]
+    fn coordinator_properties_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut h = Harness::new();
+        h.auto_durable = false;
+        h.auto_markers = false;
+        let mut clients: Vec<Option<(ProducerId, i16)>> = vec![None; 4];
+        let mut sent: BTreeMap<RequestId, Sent> = BTreeMap::new();
+        let mut epochs: BTreeMap<(String, ProducerId), i16> = BTreeMap::new();
+        let mut checked_log = 0;
+        for op in &ops {
+            let durable_pair = |h: &Harness, c: usize| h.durable_of(tid_of(c)).map(|v| (v.producer_id, v.producer_epoch));
+            match op {
+                Op::Init { c, kip360 } => {
+                    let expected = if *kip360 { clients[*c] } else { None };
+                    let req = h.init_req(tid_of(*c), expected);
+                    let before = h.next_request;
+                    let r = h.init_with(req);
+                    let id = RequestId(before + 1);
+                    match r {
+                        Some(r) if r.error_code == code::NONE => clients[*c] = Some((r.producer_id, r.producer_epoch)),
+                        Some(_) => {}
+                        None => { sent.insert(id, Sent { client: *c, stale: false }); }
+                    }
+                }
+                Op::Add { c, .. } | Op::Verify { c } if clients[*c].is_some() => {
+                    let p = clients[*c].expect("checked");
+                    let stale = durable_pair(&h, *c) != Some(p);
+                    let all = [tp("x", 0), tp("x", 1), tp("y", 0)];
+                    if let Op::Add { mask, .. } = op {
+                        let parts: Vec<TopicPartition> = (0..3).filter(|i| mask & (1 << i) != 0).map(|i| all[i].clone()).collect();
+                        let before = h.next_request;
+                        match h.add(tid_of(*c), p, &parts) {
+                            Some(e) => prop_assert!(!(stale && e == code::NONE), "a stale producer added partitions"),
+                            None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
+                        }
+                    } else if let Ok(results) = h.verify(tid_of(*c), p, &all[..1]) {
+                        prop_assert!(!stale || results.iter().all(|(_, e)| *e != code::NONE), "a stale producer verified");
+                    }
+                }
+                Op::Offsets { c } if clients[*c].is_some() => {
+                    let p = clients[*c].expect("checked");
+                    let stale = durable_pair(&h, *c) != Some(p);
+                    let before = h.next_request;
+                    match h.add_offsets(tid_of(*c), p, "g") {
+                        Some(e) => prop_assert!(!(stale && e == code::NONE), "a stale producer added offsets"),
+                        None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
+                    }
+                }
+                Op::End { c, commit } if clients[*c].is_some() => {
+                    let p = clients[*c].expect("checked");
+                    let stale = durable_pair(&h, *c) != Some(p);
+                    let result = if *commit { TxnResult::Commit } else { TxnResult::Abort };
+                    let before = h.next_request;
+                    match h.end(tid_of(*c), p, result) {
+                        Some(e) => prop_assert!(!(stale && e == code::NONE), "a stale producer ended a transaction"),
+                        None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
+                    }
+                }
+                Op::Add { .. } | Op::Verify { .. } | Op::Offsets { .. } | Op::End { .. } => {}
+                Op::Durable => h.durable(),
+                Op::DurableSome(n) => {
+                    let upto = (h.durable_len + n).min(h.log.len());
+                    if upto > h.durable_len {
+                        h.durable_len = upto;
+                        h.c.records_committed((upto - h.seq_base) as u64);
+                        h.drain();
+                    }
+                }
+                Op::Markers { pick, all } => {
+                    if !h.markers.is_empty() {
+                        let m = h.markers.remove(pick % h.markers.len());
+                        let (now, later) = if *all { (m.partitions.clone(), Vec::new()) } else { (m.partitions[..1].to_vec(), m.partitions[1..].to_vec()) };
+                        h.report(&m, &now);
+                        if !later.is_empty() {
+                            h.markers.push(WriteMarkers { partitions: later, ..m });
+                        }
+                        h.drain();
+                    }
+                }
+                Op::Advance(ms) => h.advance(*ms),
+                Op::Reload => {
+                    for (id, r) in h.reload() {
+                        prop_assert!(matches!(r, Response::InitProducerId(InitProducerIdResponse { error_code: code::NOT_COORDINATOR, .. }) | Response::AddPartitions(code::NOT_COORDINATOR) | Response::AddOffsets(code::NOT_COORDINATOR) | Response::EndTxn(code::NOT_COORDINATOR)), "{r:?}");
+                        sent.remove(&id);
+                    }
+                }
+            }
+            // Late answers.
+            for (id, r) in std::mem::take(&mut h.answers) {
+                let s = sent.remove(&id).expect("an answer to a request sent");
+                match r {
+                    Response::InitProducerId(r) if r.error_code == code::NONE => {
+                        clients[s.client] = Some((r.producer_id, r.producer_epoch));
+                        prop_assert_eq!(h.durable_of(tid_of(s.client)).map(|v| (v.producer_id, v.producer_epoch)), Some((r.producer_id, r.producer_epoch)), "a granted epoch is the durable one");
+                    }
+                    Response::AddPartitions(e) | Response::AddOffsets(e) | Response::EndTxn(e) => {
+                        prop_assert!(!(s.stale && e == code::NONE), "a stale producer's request succeeded late");
+                    }
+                    Response::InitProducerId(_) => {}
+                }
+            }
+            // Replaying the durable records gives the live durable state.
+            prop_assert_eq!(durable_view(&h.replayed()), durable_view(&h.c));
+            // Epochs of a producer id never go back.
+            for (id, v) in durable_view(&h.c) {
+                let e = epochs.entry((id, v.producer_id)).or_insert(v.producer_epoch);
+                prop_assert!(v.producer_epoch >= *e, "an epoch went back");
+                *e = v.producer_epoch;
+            }
+            // Every Complete* follows its Prepare* and every partition's marker report.
+            for i in checked_log..h.log.len() {
+                let r = &h.log[i];
+                let Some(v) = &r.value else { continue };
+                if matches!(v.state, TxnState::CompleteCommit | TxnState::CompleteAbort) {
+                    let prev = h.log[..i].iter().rev().find(|p| p.transactional_id == r.transactional_id).and_then(|p| p.value.clone());
+                    let prev = prev.expect("a Complete* follows a record of its id");
+                    prop_assert!(prev.state.may_become(v.state), "{:?} then {:?}", prev.state, v.state);
+                    let reported = h.reported.get(&(r.transactional_id.clone(), v.producer_id, v.producer_epoch)).cloned().unwrap_or_default();
+                    prop_assert!(prev.partitions.is_subset(&reported), "Complete* before every marker was written");
+                }
+            }
+            checked_log = h.log.len().min(h.durable_len);
+        }
+        // Every marker came out after its Prepare* record was durable, and matches it.
+        for (m, durable_len) in &h.markers_emitted {
+            let prepare = h.log[..*durable_len].iter().rev().find(|r| r.transactional_id == m.transactional_id).and_then(|r| r.value.clone());
+            let prepare = prepare.expect("a marker's transaction has a durable record");
+            let result = match prepare.state {
+                TxnState::PrepareCommit => TxnResult::Commit,
+                TxnState::PrepareAbort => TxnResult::Abort,
+                other => { prop_assert!(false, "a marker while the durable state is {:?}", other); unreachable!() }
+            };
+            prop_assert_eq!((m.result, m.producer_id, m.producer_epoch), (result, prepare.producer_id, prepare.producer_epoch));
+            prop_assert!(m.partitions.iter().all(|p| prepare.partitions.contains(p)));
+        }
+        // Liveness: with every record and marker acknowledged and the timeout passed, nothing
+        // is left open or pending.
+        h.auto_durable = true;
+        h.auto_markers = true;
+        h.durable();
+        h.write_markers();
+        h.advance(i64::from(TIMEOUT_MS) + 1);
+        for t in h.c.txns() {
+            prop_assert!(!t.has_pending_transition());
+            let state = t.durable().expect("durable").state;
+            prop_assert!(matches!(state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort), "{:?} left", state);
+        }
     }
 }
