@@ -200,17 +200,18 @@ impl GroupState {
 }
 
 /// The shell's handle on a request whose answer may come later through
-/// [`GroupCoordinator::poll_responses`]. Opaque to the coordinator; the shell keeps them unique
-/// among requests in flight.
+/// [`GroupCoordinator::poll_responses`] (or the transaction coordinator's). Opaque to the
+/// coordinator; the shell keeps them unique among requests in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
-/// An answer now, or later through [`GroupCoordinator::poll_responses`].
+/// An answer now, or later through the coordinator's `poll_responses`
+/// ([`GroupCoordinator::poll_responses`], and the transaction coordinator's too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<T> {
     /// The answer.
     Now(T),
-    /// The answer will come out of [`GroupCoordinator::poll_responses`] under the request's
+    /// The answer will come out of the coordinator's `poll_responses` under the request's
     /// [`RequestId`] (it may already be there).
     Pending,
 }

@@ -13,7 +13,8 @@
 //! - [`log`]: one partition's segmented log with indexes, the leader-epoch cache, retention and
 //!   crash recovery.
 //! - [`producer`]: idempotent producer state per partition (duplicate detection, sequence and
-//!   epoch checks), its snapshots and its rebuild from the log.
+//!   epoch checks), its snapshots and its rebuild from the log; `producer::txn`, a partition's
+//!   transaction bookkeeping (open transactions, last stable offset, aborted transactions).
 //! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
 //!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
