@@ -400,6 +400,21 @@ pub struct DescribedTxn {
     pub partitions: Vec<TopicPartition>,
 }
 
+impl DescribedTxn {
+    fn not_found(id: &str) -> DescribedTxn {
+        DescribedTxn {
+            transactional_id: id.to_string(),
+            error_code: code::TRANSACTIONAL_ID_NOT_FOUND,
+            state: TxnState::Dead,
+            timeout_ms: 0,
+            start_ms: -1,
+            producer_id: ProducerId::NONE,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            partitions: Vec::new(),
+        }
+    }
+}
+
 /// One id in a ListTransactions answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedTxn {
@@ -842,14 +857,12 @@ impl TxnCoordinator {
         }
     }
 
-    /// The epoch a fence bumps `current` to (Kafka's `prepareFenceProducerEpoch`). Never
-    /// overflows: a bump never goes past [`EPOCH_EXHAUSTED`], which leaves one epoch for the
-    /// fence.
+    /// The epoch a fence bumps `current` to (Kafka's `prepareFenceProducerEpoch`): one more,
+    /// except at `i16::MAX`, where the abort keeps the epoch rather than overflow (Kafka logs
+    /// an error). Only a producer that sends the fence's own epoch, which no answer ever gives
+    /// out, can open a transaction at `i16::MAX`.
     fn fenced_epoch(current: &TxnLogValue) -> i16 {
-        current
-            .producer_epoch
-            .checked_add(1)
-            .expect("invariant: an open transaction's epoch is below i16::MAX")
+        current.producer_epoch.saturating_add(1)
     }
 
     /// The checks every request of a producer passes first (Kafka's order): the id, the
@@ -1104,12 +1117,19 @@ impl TxnCoordinator {
         self.write(transactional_id, Some(next), last_epoch, None);
     }
 
-    /// DescribeTransactions: each id's durable state, or TRANSACTIONAL_ID_NOT_FOUND.
+    /// DescribeTransactions: each id's durable state, TRANSACTIONAL_ID_NOT_FOUND, or for an
+    /// empty id INVALID_REQUEST.
     pub fn describe(&self, transactional_ids: &[String]) -> Vec<DescribedTxn> {
         transactional_ids
             .iter()
-            .map(
-                |id| match self.txns.get(id).and_then(|t| t.durable.as_ref()) {
+            .map(|id| {
+                if id.is_empty() {
+                    return DescribedTxn {
+                        error_code: code::INVALID_REQUEST,
+                        ..DescribedTxn::not_found(id)
+                    };
+                }
+                match self.txns.get(id).and_then(|t| t.durable.as_ref()) {
                     Some(v) => DescribedTxn {
                         transactional_id: id.clone(),
                         error_code: code::NONE,
@@ -1120,18 +1140,9 @@ impl TxnCoordinator {
                         producer_epoch: v.producer_epoch,
                         partitions: v.partitions.iter().cloned().collect(),
                     },
-                    None => DescribedTxn {
-                        transactional_id: id.clone(),
-                        error_code: code::TRANSACTIONAL_ID_NOT_FOUND,
-                        state: TxnState::Dead,
-                        timeout_ms: 0,
-                        start_ms: -1,
-                        producer_id: ProducerId::NONE,
-                        producer_epoch: NO_PRODUCER_EPOCH,
-                        partitions: Vec::new(),
-                    },
-                },
-            )
+                    None => DescribedTxn::not_found(id),
+                }
+            })
             .collect()
     }
 

@@ -589,6 +589,30 @@ fn a_fence_at_the_exhausted_epoch_uses_the_last_one() {
     assert_ne!(q.0, p.0);
 }
 
+/// A producer that sends the fence's epoch (`i16::MAX`, never given out) can open a
+/// transaction with it; its timeout aborts it at the same epoch instead of overflowing, and
+/// the next InitProducerId moves to a new producer id.
+#[test]
+fn a_transaction_at_the_maximum_epoch_times_out_without_overflow() {
+    let mut h = loaded_at_epoch(i16::MAX);
+    let p = (ProducerId(500), i16::MAX);
+    assert_eq!(h.add("t", p, &[tp("x", 0)]), Some(code::NONE));
+    h.advance(i64::from(TIMEOUT_MS) + 1);
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteAbort, i16::MAX)
+    );
+    assert_eq!(h.add("t", p, &[tp("x", 0)]), Some(code::NONE));
+    assert_eq!(
+        h.init("t", None).unwrap().error_code,
+        code::CONCURRENT_TRANSACTIONS
+    );
+    let q = h.init_ok("t");
+    assert_eq!(q.1, 0);
+    assert_ne!(q.0, p.0);
+}
+
 /// No producer id at hand: COORDINATOR_LOAD_IN_PROGRESS, which clients retry (Kafka's
 /// `RPCProducerIdManager` while it waits for a block); nothing is written.
 #[test]
@@ -1010,6 +1034,7 @@ fn describe_and_list_show_the_durable_state() {
         h.describe_one("zz").error_code,
         code::TRANSACTIONAL_ID_NOT_FOUND
     );
+    assert_eq!(h.describe_one("").error_code, code::INVALID_REQUEST);
     let names = |l: Vec<ListedTxn>| {
         l.into_iter()
             .map(|t| t.transactional_id)
