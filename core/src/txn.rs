@@ -89,9 +89,9 @@
 //! - AddPartitionsToTxn with no partitions changes nothing and answers NONE.
 //! - A transactional id longer than [`TRANSACTIONAL_ID_BYTES_MAX`] bytes (what the record key
 //!   can hold) is refused with INVALID_REQUEST.
-//! - PRODUCER_FENCED is answered to every version; the shell downgrades it to
-//!   INVALID_PRODUCER_EPOCH for InitProducerId < v4 and the other APIs < v2, as Kafka's
-//!   `KafkaApis` does.
+//! - PRODUCER_FENCED is answered to every version; the shell passes each code through
+//!   [`error_for_version`], which downgrades it to INVALID_PRODUCER_EPOCH for InitProducerId
+//!   < v4 and the other APIs < v2, as Kafka's `KafkaApis` does.
 
 #![warn(missing_docs)]
 
@@ -257,6 +257,34 @@ impl TxnResult {
             TxnResult::Commit => ControlRecordType::Commit,
             TxnResult::Abort => ControlRecordType::Abort,
         }
+    }
+}
+
+/// The coordinator APIs whose error codes depend on the request version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnApi {
+    /// InitProducerId.
+    InitProducerId,
+    /// AddPartitionsToTxn.
+    AddPartitionsToTxn,
+    /// AddOffsetsToTxn.
+    AddOffsetsToTxn,
+    /// EndTxn.
+    EndTxn,
+}
+
+/// The code to send for `code` in an answer to `api` at `version`: clients older than
+/// KIP-588 do not know PRODUCER_FENCED and get INVALID_PRODUCER_EPOCH instead
+/// (InitProducerId below v4, the others below v2; Kafka's `KafkaApis`).
+pub fn error_for_version(api: TxnApi, version: i16, code: ErrorCode) -> ErrorCode {
+    let knows_fenced = match api {
+        TxnApi::InitProducerId => version >= 4,
+        TxnApi::AddPartitionsToTxn | TxnApi::AddOffsetsToTxn | TxnApi::EndTxn => version >= 2,
+    };
+    if code == code::PRODUCER_FENCED && !knows_fenced {
+        code::INVALID_PRODUCER_EPOCH
+    } else {
+        code
     }
 }
 
@@ -1224,7 +1252,11 @@ impl TxnCoordinator {
             .filter(|t| t.pending.is_none())
             .filter_map(|t| t.durable.as_ref())
             .filter_map(|v| match v.state {
-                TxnState::Ongoing => Some(v.start_ms.saturating_add(v.timeout_ms.into()) + 1),
+                TxnState::Ongoing => Some(
+                    v.start_ms
+                        .saturating_add(v.timeout_ms.into())
+                        .saturating_add(1),
+                ),
                 TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => Some(
                     v.last_update_ms
                         .saturating_add(self.config.transactional_id_expiration_ms),

@@ -380,6 +380,36 @@ fn init_again_bumps_the_epoch_and_fences_the_older_producer() {
     assert_eq!(h.add("t", new, &parts), Some(code::NONE));
 }
 
+/// KIP-588: PRODUCER_FENCED is INVALID_PRODUCER_EPOCH for InitProducerId < v4 and
+/// AddPartitionsToTxn, AddOffsetsToTxn, EndTxn < v2 (`KafkaApis`); other codes pass through.
+#[test]
+fn producer_fenced_is_downgraded_for_old_versions() {
+    let fenced = code::PRODUCER_FENCED;
+    for (api, first_knowing) in [
+        (TxnApi::InitProducerId, 4),
+        (TxnApi::AddPartitionsToTxn, 2),
+        (TxnApi::AddOffsetsToTxn, 2),
+        (TxnApi::EndTxn, 2),
+    ] {
+        for version in 0..6 {
+            let expected = if version < first_knowing {
+                code::INVALID_PRODUCER_EPOCH
+            } else {
+                fenced
+            };
+            assert_eq!(
+                error_for_version(api, version, fenced),
+                expected,
+                "{api:?} v{version}"
+            );
+            assert_eq!(
+                error_for_version(api, version, code::CONCURRENT_TRANSACTIONS),
+                code::CONCURRENT_TRANSACTIONS
+            );
+        }
+    }
+}
+
 /// `transaction.timeout.ms` must be positive and at most `transaction.max.timeout.ms`
 /// (`TransactionCoordinator.isValidTransactionTimeoutMs`).
 #[test]
@@ -1483,6 +1513,14 @@ enum Op {
     Advance(i64),
     /// The coordinator moves: its records not yet durable are lost.
     Reload,
+    /// A rogue client sends a producer id and epoch near the id's durable ones (or the
+    /// maximum epoch): AddPartitions (0), EndTxn (1) or a KIP-360 InitProducerId (2).
+    Rogue {
+        c: usize,
+        kind: u8,
+        pid_delta: i64,
+        epoch: Option<i16>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1498,6 +1536,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0..4usize, any::<bool>()).prop_map(|(pick, all)| Op::Markers { pick, all }),
         2 => prop_oneof![3 => 0..1_000i64, 1 => Just(i64::from(TIMEOUT_MS) + 1), 1 => Just(TRANSACTIONAL_ID_EXPIRATION_MS_DEFAULT)].prop_map(Op::Advance),
         1 => Just(Op::Reload),
+        1 => (0..4usize, 0..3u8, -1..=1i64, prop_oneof![4 => (-2..=2i16).prop_map(Some), 1 => Just(None)])
+            .prop_map(|(c, kind, pid_delta, epoch)| Op::Rogue { c, kind, pid_delta, epoch }),
     ]
 }
 
@@ -1583,6 +1623,32 @@ proptest! {
                     }
                 }
                 Op::Add { .. } | Op::Verify { .. } | Op::Offsets { .. } | Op::End { .. } => {}
+                Op::Rogue { c, kind, pid_delta, epoch } => {
+                    if let Some((pid, durable_epoch)) = durable_pair(&h, *c) {
+                        let p = (ProducerId(pid.0 + pid_delta), epoch.map_or(i16::MAX, |d| durable_epoch.saturating_add(d)));
+                        let stale = p != (pid, durable_epoch);
+                        let before = h.next_request;
+                        if *kind == 2 {
+                            // A granted bump makes client `c` the rogue (its pair is replaced).
+                            let req = h.init_req(tid_of(*c), Some(p));
+                            match h.init_with(req) {
+                                Some(r) if r.error_code == code::NONE => clients[*c] = Some((r.producer_id, r.producer_epoch)),
+                                Some(_) => {}
+                                None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale: false }); }
+                            }
+                        } else {
+                            let answer = if *kind == 0 {
+                                h.add(tid_of(*c), p, &[tp("x", 0)])
+                            } else {
+                                h.end(tid_of(*c), p, TxnResult::Commit)
+                            };
+                            match answer {
+                                Some(e) => prop_assert!(!(stale && e == code::NONE), "a rogue producer succeeded"),
+                                None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
+                            }
+                        }
+                    }
+                }
                 Op::Durable => h.durable(),
                 Op::DurableSome(n) => {
                     let upto = (h.durable_len + n).min(h.log.len());
