@@ -52,17 +52,20 @@
 //!
 //! # States (Kafka's `TransactionState`, with its `validPreviousStates`)
 //! ```text
-//!            InitProducerId                 AddPartitions/AddOffsets
-//!   (none) ─────────────────> Empty ─────────────────────────────────> Ongoing ──┐ more
-//!                              ^  ^                                      │  ^    │ partitions
-//!               InitProducerId │  │ InitProducerId          EndTxn      │  └────┘
-//!          ┌───────────────────┘  └──────────────┐     ┌────────────────┴──────────────┐
-//!   CompleteCommit <── markers written ── PrepareCommit    PrepareAbort ── markers ──> CompleteAbort
-//!          │                                                  ^  (EndTxn abort, or the     │
-//!          │ AddPartitions: a new transaction                 │  epoch fence: a timeout or  │
-//!          └──────────────────────> Ongoing <─────────────────┼── InitProducerId while ─────┘
-//!                                                             │   Ongoing, epoch + 1)
-//!   Empty / Complete* ── idle for transactional.id.expiration.ms ──> Dead (tombstone, removed)
+//!          InitProducerId: a new id at epoch 0
+//!   (none) ─────────────────────────────────> Empty
+//!                                               │ AddPartitions / AddOffsets
+//!                                               v
+//!                                            Ongoing <── more partitions
+//!                     EndTxn commit ┌───────────┴──────────────┐ EndTxn abort; or a timeout or
+//!                                   v                          v InitProducerId: epoch + 1 (fence)
+//!                             PrepareCommit              PrepareAbort
+//!                                   │ every marker written     │ every marker written
+//!                                   v                          v
+//!                             CompleteCommit             CompleteAbort
+//!   from Empty and Complete*: AddPartitions -> Ongoing (a new transaction);
+//!                             InitProducerId -> Empty (epoch + 1, or a new producer id);
+//!                             idle for transactional.id.expiration.ms -> Dead (tombstone, removed)
 //! ```
 //! PrepareEpochFence and Dead are never durable: Kafka's PrepareEpochFence is the in-memory
 //! step before a fencing abort, which keel writes directly as PrepareAbort with the bumped
