@@ -1090,6 +1090,16 @@ pub mod testing {
             "the header view agrees with the parsed batch"
         );
         assert_eq!(header.next_offset(), batch.next_offset());
+        if let Ok(Some(marker)) = batch.end_txn_marker() {
+            let rebuilt = marker
+                .batch(batch.producer_id(), batch.producer_epoch(), 0)
+                .expect("a marker builds");
+            assert_eq!(
+                rebuilt.end_txn_marker(),
+                Ok(Some(marker)),
+                "a marker rebuilds"
+            );
+        }
         let (Ok(records), Ok(compression)) = (batch.records(), batch.compression()) else {
             return;
         };

@@ -1476,6 +1476,17 @@ proptest! {
         }
     }
 
+    /// The fuzz target's round trip holds for arbitrary bytes and for valid records.
+    #[test]
+    fn fuzz_round_trip_holds(data in proptest::collection::vec(any::<u8>(), 0..160), v in arb_value()) {
+        super::record::testing::round_trip(&data);
+        let (key, value) = TxnRecord { transactional_id: "id".into(), value: Some(v) }.encode().unwrap();
+        let mut framed = (key.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&key);
+        framed.extend_from_slice(&value.unwrap());
+        super::record::testing::round_trip(&framed);
+    }
+
     /// Flipping one byte of a valid value gives a value or an error, never a panic.
     #[test]
     fn corrupted_values_never_panic(v in arb_value(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
