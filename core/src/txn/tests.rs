@@ -8,6 +8,9 @@ use proptest::prelude::*;
 
 use super::record::{encode_key, KEY_VERSION, VALUE_VERSION};
 use super::*;
+use crate::batch::EndTxnMarker;
+use crate::producer::txn::{TxnStateError, TxnTracker};
+use crate::types::Offset;
 
 const TIMEOUT_MS: i32 = 60_000;
 
@@ -1230,6 +1233,121 @@ fn load_refuses_states_never_written() {
     ];
     let c = TxnCoordinator::load(TxnConfig::default(), 0, records).unwrap();
     assert_eq!(durable_view(&c), BTreeMap::from([("t".to_string(), base)]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coordinator with partitions: markers into the partitions' bookkeeping
+// ---------------------------------------------------------------------------------------------
+
+/// One partition's log as far as transactions go: its next offset, high watermark and
+/// transaction bookkeeping.
+struct PartitionModel {
+    tracker: TxnTracker,
+    end: i64,
+}
+
+impl PartitionModel {
+    fn new() -> PartitionModel {
+        PartitionModel {
+            tracker: TxnTracker::new(Offset(0)),
+            end: 0,
+        }
+    }
+
+    fn write(&mut self, pid: ProducerId, records: i64) {
+        self.tracker
+            .check_data(pid, true)
+            .expect("a transactional write");
+        self.tracker
+            .record_data(pid, true, Offset(self.end), Offset(self.end + records - 1));
+        self.end += records;
+    }
+
+    /// Appends the marker (as WriteTxnMarkers would), or refuses it.
+    fn marker(&mut self, m: &WriteMarkers) -> Result<(), TxnStateError> {
+        self.tracker
+            .check_marker(m.producer_id, m.coordinator_epoch)?;
+        let marker = EndTxnMarker {
+            commit: m.result == TxnResult::Commit,
+            coordinator_epoch: m.coordinator_epoch,
+        };
+        self.tracker
+            .record_marker(m.producer_id, marker, Offset(self.end));
+        self.end += 1;
+        Ok(())
+    }
+
+    fn lso_when_replicated(&mut self) -> Offset {
+        self.tracker.high_watermark_updated(Offset(self.end));
+        self.tracker.last_stable_offset(Offset(self.end))
+    }
+}
+
+/// End to end over the pure parts: a committed transaction's data becomes stable once its
+/// markers are replicated; a transaction aborted by a new producer's fence is in the
+/// partition's aborted list, with the bumped epoch's marker; a marker from the coordinator
+/// before a move is refused once the new one's has landed (TRANSACTION_COORDINATOR_FENCED).
+#[test]
+fn markers_reach_the_partitions_bookkeeping() {
+    let mut h = Harness::new();
+    h.auto_markers = false;
+    let mut x = PartitionModel::new();
+    let mut y = PartitionModel::new();
+    let p = h.init_ok("t");
+    assert_eq!(h.add("t", p, &[tp("x", 0), tp("y", 0)]), Some(code::NONE));
+    x.write(p.0, 3);
+    y.write(p.0, 1);
+    assert_eq!(
+        x.lso_when_replicated(),
+        Offset(0),
+        "an open transaction holds the LSO"
+    );
+    assert_eq!(h.end("t", p, TxnResult::Commit), Some(code::NONE));
+    let m = h.markers.remove(0);
+    x.marker(&m).unwrap();
+    y.marker(&m).unwrap();
+    h.report(&m, &m.partitions);
+    h.drain();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteCommit));
+    assert_eq!(
+        (x.lso_when_replicated(), y.lso_when_replicated()),
+        (Offset(4), Offset(2))
+    );
+    assert!(x.tracker.all_aborted().is_empty());
+
+    // A second transaction, fenced by a new producer: aborted with the bumped epoch.
+    assert_eq!(h.add("t", p, &[tp("x", 0)]), Some(code::NONE));
+    x.write(p.0, 2);
+    assert_eq!(
+        h.init("t", None).unwrap().error_code,
+        code::CONCURRENT_TRANSACTIONS
+    );
+    let fence = h.markers.remove(0);
+    assert_eq!(
+        (fence.result, fence.producer_epoch),
+        (TxnResult::Abort, p.1 + 1)
+    );
+    // The coordinator moves before the marker is reported: the new one sends it again.
+    h.reload();
+    let again = h.markers.remove(0);
+    assert_eq!(again.coordinator_epoch, fence.coordinator_epoch + 1);
+    x.marker(&again).unwrap();
+    let stale = x.marker(&fence).unwrap_err();
+    assert_eq!(stale.code(), code::TRANSACTION_COORDINATOR_FENCED);
+    h.report(&again, &again.partitions);
+    h.drain();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteAbort));
+    assert_eq!(x.lso_when_replicated(), Offset(7));
+    let aborted = x.tracker.aborted_txns(Offset(0), Offset(7));
+    assert_eq!(aborted.len(), 1);
+    assert_eq!(
+        (
+            aborted[0].producer_id,
+            aborted[0].first_offset,
+            aborted[0].last_offset
+        ),
+        (p.0, Offset(4), Offset(6))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
