@@ -31,6 +31,12 @@
 //! 5. sleeps until [`TxnCoordinator::next_deadline_ms`] or the next request, then calls
 //!    [`TxnCoordinator::poll`].
 //!
+//! Checks that need metadata or authorisation are the shell's, before it calls in: which
+//! `__transaction_state` partition an id lives on ([`partition_for`]) and whether this broker
+//! leads it (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS while it loads); unknown topics in
+//! AddPartitionsToTxn (UNKNOWN_TOPIC_OR_PARTITION, and OPERATION_NOT_ATTEMPTED for the other
+//! partitions of the request, as Kafka's `KafkaApis`); ACLs.
+//!
 //! # Durability: a state is acted on only once it is durable
 //! Every change of an id's state is a *transition*: the coordinator writes the new state as a
 //! [`TxnRecord`] and keeps it pending (Kafka's `pendingState`); the id's state, as every
