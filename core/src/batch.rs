@@ -665,6 +665,8 @@ pub struct BatchBuilder {
     pub compression: Compression,
     pub log_append_time: bool,
     pub transactional: bool,
+    /// A control batch (attributes bit 5): transaction markers.
+    pub control: bool,
     pub producer_id: ProducerId,
     pub producer_epoch: i16,
     pub base_sequence: i32,
@@ -679,6 +681,7 @@ impl Default for BatchBuilder {
             compression: Compression::None,
             log_append_time: false,
             transactional: false,
+            control: false,
             producer_id: ProducerId::NONE,
             producer_epoch: -1,
             base_sequence: -1,
@@ -752,6 +755,9 @@ impl BatchBuilder {
         if self.transactional {
             attributes |= ATTR_TRANSACTIONAL;
         }
+        if self.control {
+            attributes |= ATTR_CONTROL;
+        }
         let total = HEADER_BYTES + section.len();
         let mut buf = BytesMut::with_capacity(total);
         buf.put_i64(self.base_offset.0);
@@ -771,6 +777,160 @@ impl BatchBuilder {
         let crc = compute_crc(&buf);
         buf[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
         Batch::parse(buf.freeze())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control batches: transaction markers
+// ---------------------------------------------------------------------------------------------
+
+/// The type of a control record (Kafka's `ControlRecordType`), from its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlRecordType {
+    /// An ABORT transaction marker (type 0).
+    Abort,
+    /// A COMMIT transaction marker (type 1).
+    Commit,
+    /// Any other type (KRaft's 2-6, or one from a later version): readers skip it.
+    Unknown(i16),
+}
+
+impl ControlRecordType {
+    /// The type as the key carries it.
+    pub fn code(self) -> i16 {
+        match self {
+            ControlRecordType::Abort => 0,
+            ControlRecordType::Commit => 1,
+            ControlRecordType::Unknown(code) => code,
+        }
+    }
+
+    fn from_code(code: i16) -> ControlRecordType {
+        match code {
+            0 => ControlRecordType::Abort,
+            1 => ControlRecordType::Commit,
+            other => ControlRecordType::Unknown(other),
+        }
+    }
+}
+
+/// The control record key version keel writes (Kafka's `CURRENT_CONTROL_RECORD_KEY_VERSION`).
+pub const CONTROL_KEY_VERSION: i16 = 0;
+/// The end-transaction marker value version keel writes (`EndTransactionMarker`'s
+/// `CURRENT_END_TXN_MARKER_VERSION`).
+pub const END_TXN_MARKER_VERSION: i16 = 0;
+/// Bytes of a control record key: `i16 version, i16 type`.
+const CONTROL_KEY_BYTES: usize = 4;
+/// Bytes of an end-transaction marker value: `i16 version, i32 coordinatorEpoch`.
+const END_TXN_MARKER_VALUE_BYTES: usize = 6;
+
+/// A COMMIT or ABORT marker, as the one record of a control batch carries it (Kafka's
+/// `EndTransactionMarker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndTxnMarker {
+    /// Commit or abort.
+    pub commit: bool,
+    /// The epoch of the transaction coordinator that decided it (the leader epoch of its
+    /// `__transaction_state` partition).
+    pub coordinator_epoch: i32,
+}
+
+impl EndTxnMarker {
+    /// The control record's key: `i16 version = 0, i16 type` (ABORT 0, COMMIT 1).
+    pub fn key_bytes(&self) -> [u8; CONTROL_KEY_BYTES] {
+        let kind = if self.commit {
+            ControlRecordType::Commit
+        } else {
+            ControlRecordType::Abort
+        };
+        let mut key = [0u8; CONTROL_KEY_BYTES];
+        key[..2].copy_from_slice(&CONTROL_KEY_VERSION.to_be_bytes());
+        key[2..].copy_from_slice(&kind.code().to_be_bytes());
+        key
+    }
+
+    /// The control record's value: `i16 version = 0, i32 coordinatorEpoch`.
+    pub fn value_bytes(&self) -> [u8; END_TXN_MARKER_VALUE_BYTES] {
+        let mut value = [0u8; END_TXN_MARKER_VALUE_BYTES];
+        value[..2].copy_from_slice(&END_TXN_MARKER_VERSION.to_be_bytes());
+        value[2..].copy_from_slice(&self.coordinator_epoch.to_be_bytes());
+        value
+    }
+
+    /// The control batch a partition leader appends for this marker (Kafka's
+    /// `MemoryRecords.withEndTransactionMarker`): magic 2, uncompressed, transactional and
+    /// control, base sequence -1, the transaction's producer id and epoch, one record stamped
+    /// `timestamp_ms`.
+    pub fn batch(
+        &self,
+        producer_id: ProducerId,
+        producer_epoch: i16,
+        timestamp_ms: i64,
+    ) -> Result<Batch, BatchError> {
+        BatchBuilder {
+            transactional: true,
+            control: true,
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            ..BatchBuilder::default()
+        }
+        .record(
+            timestamp_ms,
+            Some(&self.key_bytes()),
+            Some(&self.value_bytes()),
+        )
+        .build()
+    }
+}
+
+/// The type of a control record with key `key` (Kafka's `ControlRecordType.parse`): an error
+/// for a key shorter than 4 bytes or with a negative version; a later version is read as
+/// version 0, as Kafka does.
+pub fn control_record_type(key: &[u8]) -> Result<ControlRecordType, BatchError> {
+    let corrupt = |what: &str| BatchError::CorruptRecords(format!("control record key: {what}"));
+    let Some(head) = key.get(..CONTROL_KEY_BYTES) else {
+        return Err(corrupt("shorter than 4 bytes"));
+    };
+    let version = i16::from_be_bytes([head[0], head[1]]);
+    if version < 0 {
+        return Err(corrupt("negative version"));
+    }
+    Ok(ControlRecordType::from_code(i16::from_be_bytes([
+        head[2], head[3],
+    ])))
+}
+
+impl Batch {
+    /// The transaction marker this batch carries: `None` for a batch that is not a control
+    /// batch, or a control batch of another type (readers skip those); an error when a control
+    /// batch's record does not parse as a marker (Kafka's `EndTransactionMarker.deserialize`).
+    pub fn end_txn_marker(&self) -> Result<Option<EndTxnMarker>, BatchError> {
+        if !self.is_control() {
+            return Ok(None);
+        }
+        let corrupt = |what: &str| BatchError::CorruptRecords(format!("control batch: {what}"));
+        let records = self.records()?;
+        let [record] = records.as_slice() else {
+            return Err(corrupt("a control batch holds exactly one record"));
+        };
+        let key = record.key.as_deref().ok_or_else(|| corrupt("no key"))?;
+        let commit = match control_record_type(key)? {
+            ControlRecordType::Commit => true,
+            ControlRecordType::Abort => false,
+            ControlRecordType::Unknown(_) => return Ok(None),
+        };
+        let value = record.value.as_deref().ok_or_else(|| corrupt("no value"))?;
+        let Some(head) = value.get(..END_TXN_MARKER_VALUE_BYTES) else {
+            return Err(corrupt("marker value shorter than 6 bytes"));
+        };
+        if i16::from_be_bytes([head[0], head[1]]) < 0 {
+            return Err(corrupt("marker value with a negative version"));
+        }
+        Ok(Some(EndTxnMarker {
+            commit,
+            coordinator_epoch: i32::from_be_bytes([head[2], head[3], head[4], head[5]]),
+        }))
     }
 }
 
@@ -930,6 +1090,16 @@ pub mod testing {
             "the header view agrees with the parsed batch"
         );
         assert_eq!(header.next_offset(), batch.next_offset());
+        if let Ok(Some(marker)) = batch.end_txn_marker() {
+            let rebuilt = marker
+                .batch(batch.producer_id(), batch.producer_epoch(), 0)
+                .expect("a marker builds");
+            assert_eq!(
+                rebuilt.end_txn_marker(),
+                Ok(Some(marker)),
+                "a marker rebuilds"
+            );
+        }
         let (Ok(records), Ok(compression)) = (batch.records(), batch.compression()) else {
             return;
         };
@@ -942,6 +1112,7 @@ pub mod testing {
             compression,
             log_append_time: batch.timestamp_type() == TimestampType::LogAppendTime,
             transactional: batch.is_transactional(),
+            control: batch.is_control(),
             producer_id: batch.producer_id(),
             producer_epoch: batch.producer_epoch(),
             base_sequence: batch.base_sequence(),

@@ -93,10 +93,26 @@ error_codes! {
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45;
     /// A producer epoch older than the partition's.
     INVALID_PRODUCER_EPOCH = 47;
+    /// A transactional request that does not fit the transaction's state (EndTxn with no
+    /// transaction, or the opposite result of one already decided).
+    INVALID_TXN_STATE = 48;
+    /// The producer id is not the one the transactional id holds.
+    INVALID_PRODUCER_ID_MAPPING = 49;
+    /// `transaction.timeout.ms` is not positive or is over the broker's
+    /// `transaction.max.timeout.ms`.
+    INVALID_TRANSACTION_TIMEOUT = 50;
+    /// The transaction is completing (or its state is being written): retry.
+    CONCURRENT_TRANSACTIONS = 51;
+    /// A transaction marker from a coordinator older than the partition has seen.
+    TRANSACTION_COORDINATOR_FENCED = 52;
     /// Transactions are not supported: keel refuses transactional ids with this.
     TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53;
+    /// Another part of the same request failed, so this part was not attempted.
+    OPERATION_NOT_ATTEMPTED = 55;
     /// A disk error on the broker.
     KAFKA_STORAGE_ERROR = 56;
+    /// The partition no longer knows the producer id (its state expired or was removed).
+    UNKNOWN_PRODUCER_ID = 59;
     /// DeleteGroups on a group that still has members.
     NON_EMPTY_GROUP = 68;
     /// DeleteGroups on a group that does not exist.
@@ -120,14 +136,20 @@ error_codes! {
     FENCED_INSTANCE_ID = 82;
     /// A record or batch that fails validation.
     INVALID_RECORD = 87;
+    /// A newer producer with the same transactional id exists: this one is fenced.
+    PRODUCER_FENCED = 90;
     /// AlterPartition: the partition epoch is not the current one.
     INVALID_UPDATE_VERSION = 95;
     /// No topic has this id.
     UNKNOWN_TOPIC_ID = 100;
     /// The broker id is not registered.
     BROKER_ID_NOT_REGISTERED = 102;
+    /// DescribeTransactions: the coordinator holds no such transactional id.
+    TRANSACTIONAL_ID_NOT_FOUND = 105;
     /// AlterPartition: the new ISR holds a broker that cannot be in it.
     INELIGIBLE_REPLICA = 107;
+    /// KIP-890: the transaction cannot go on (a partition was never added): abort it.
+    TRANSACTION_ABORTABLE = 120;
 }
 
 /// Kafka's name of `code` (`"NOT_LEADER_OR_FOLLOWER"`), if this table has it.

@@ -97,6 +97,24 @@ pub const OFFSETS_RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Kafka's default `offsets.retention.check.interval.ms`.
 pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT: i64 = 600_000;
 
+/// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + c`, wrapping.
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The partition of an internal coordinator topic that owns `key`: a group id's
+/// `__consumer_offsets` partition or a transactional id's `__transaction_state` partition
+/// (Kafka's `Utils.abs(key.hashCode) % partitionCount` in `GroupMetadataManager.partitionFor`
+/// and `TransactionStateManager.partitionFor`; `Utils.abs(MIN_VALUE)` is 0), so that keel and
+/// Kafka's tools agree on where a key lives.
+pub fn partition_for(key: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0, "a coordinator topic has partitions");
+    let h = java_string_hash(key);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions
+}
+
 /// The coordinator's settings (Kafka's broker configs of the same names).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
@@ -182,17 +200,18 @@ impl GroupState {
 }
 
 /// The shell's handle on a request whose answer may come later through
-/// [`GroupCoordinator::poll_responses`]. Opaque to the coordinator; the shell keeps them unique
-/// among requests in flight.
+/// [`GroupCoordinator::poll_responses`] (or the transaction coordinator's). Opaque to the
+/// coordinator; the shell keeps them unique among requests in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
-/// An answer now, or later through [`GroupCoordinator::poll_responses`].
+/// An answer now, or later through the coordinator's `poll_responses`
+/// ([`GroupCoordinator::poll_responses`], and the transaction coordinator's too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<T> {
     /// The answer.
     Now(T),
-    /// The answer will come out of [`GroupCoordinator::poll_responses`] under the request's
+    /// The answer will come out of the coordinator's `poll_responses` under the request's
     /// [`RequestId`] (it may already be there).
     Pending,
 }

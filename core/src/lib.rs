@@ -6,13 +6,15 @@
 //! crash model of [`storage::MemStorage`]) comes from an RNG the caller seeds. `core/clippy.toml`
 //! enforces the boundary.
 //!
-//! - [`batch`]: the Kafka record batch v2 (parse, stamp, build, records, compression).
+//! - [`batch`]: the Kafka record batch v2 (parse, stamp, build, records, compression), and
+//!   the control batches that carry transaction markers.
 //! - [`storage`]: the small file trait the log writes through, and an in-memory implementation
 //!   that models crashes (lost unsynced writes, torn writes).
 //! - [`log`]: one partition's segmented log with indexes, the leader-epoch cache, retention and
 //!   crash recovery.
 //! - [`producer`]: idempotent producer state per partition (duplicate detection, sequence and
-//!   epoch checks), its snapshots and its rebuild from the log.
+//!   epoch checks), its snapshots and its rebuild from the log; `producer::txn`, a partition's
+//!   transaction bookkeeping (open transactions, last stable offset, aborted transactions).
 //! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
 //!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
@@ -20,6 +22,9 @@
 //!   longer uses (the quorum's raft log holds them).
 //! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
 //!   offsets), its `__consumer_offsets` records and its rebuild from them.
+//! - [`txn`]: the transaction coordinator (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn,
+//!   EndTxn, timeouts, fencing), its `__transaction_state` records in Kafka's format and its
+//!   rebuild from them.
 //! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
 //!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
 //!   sessions (heartbeats, fencing).
@@ -43,6 +48,7 @@ pub mod planted;
 pub mod producer;
 pub mod quorum;
 pub mod storage;
+pub mod txn;
 pub mod types;
 
 pub use error_code::ErrorCode;

@@ -32,7 +32,8 @@
 //! what the log holds. A batch whose epoch differs from the entry's replaces the entry's epoch
 //! and clears its cached batches (`ProducerStateEntry.maybeUpdateProducerEpoch`). Control batches
 //! (transaction markers) and batches without a producer id only advance [`ProducerStateTable::end`];
-//! keel has no transactions yet.
+//! transactions are not wired in yet ([`txn`] holds their bookkeeping, which the partition
+//! does not call).
 //!
 //! # Invariants
 //! - [`ProducerStateTable::end`] moves forward with every recorded batch, which ends past its
@@ -71,6 +72,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod txn;
 
 use std::collections::{BTreeMap, VecDeque};
 

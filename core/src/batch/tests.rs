@@ -262,6 +262,144 @@ fn arb_record() -> impl Strategy<Value = NewRecord> {
         })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Control batches (transaction markers)
+// ---------------------------------------------------------------------------------------------
+
+/// Kafka's `MemoryRecords.withEndTransactionMarker`: a transactional control batch, base
+/// sequence -1, one record whose key is `i16 0, i16 type` and value `i16 0, i32 epoch`
+/// (`ControlRecordType.java`, `EndTransactionMarker.java`).
+#[test]
+fn end_txn_marker_batch_has_kafka_layout() {
+    for (commit, kind) in [(true, 1i16), (false, 0i16)] {
+        let marker = EndTxnMarker {
+            commit,
+            coordinator_epoch: 7,
+        };
+        let b = marker.batch(ProducerId(42), 3, 1_000).expect("build");
+        assert!(b.is_control() && b.is_transactional());
+        assert_eq!(b.attributes() & 0x30, 0x30, "bits 4 and 5");
+        assert_eq!(b.compression().unwrap(), Compression::None);
+        assert_eq!((b.producer_id(), b.producer_epoch()), (ProducerId(42), 3));
+        assert_eq!(b.base_sequence(), -1);
+        assert_eq!(b.records_count(), 1);
+        let records = b.records().unwrap();
+        let mut key = vec![0, 0];
+        key.extend_from_slice(&kind.to_be_bytes());
+        assert_eq!(records[0].key.as_deref(), Some(&key[..]));
+        assert_eq!(records[0].value.as_deref(), Some(&[0, 0, 0, 0, 0, 7][..]));
+        assert_eq!(records[0].timestamp, 1_000);
+        assert_eq!(b.end_txn_marker(), Ok(Some(marker)));
+    }
+}
+
+/// kafka-protocol's decoder sees keel's marker as a control record of the transaction, and
+/// keel reads a marker batch kafka-protocol encodes.
+#[test]
+fn end_txn_marker_agrees_with_kafka_protocol() {
+    let marker = EndTxnMarker {
+        commit: true,
+        coordinator_epoch: 12,
+    };
+    let mut b = marker.batch(ProducerId(9), 1, 5).unwrap();
+    b.stamp(Offset(40), LeaderEpoch(2));
+    let mut bytes = b.into_bytes();
+    let set = kp::RecordBatchDecoder::decode(&mut bytes).expect("decode");
+    let r = &set.records[0];
+    assert!(r.control && r.transactional);
+    assert_eq!((r.producer_id, r.producer_epoch, r.offset), (9, 1, 40));
+
+    let theirs = kp::Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 2,
+        producer_id: 9,
+        producer_epoch: 1,
+        timestamp_type: kp::TimestampType::Creation,
+        offset: 40,
+        sequence: -1,
+        timestamp: 5,
+        key: Some(Bytes::from_static(&[0, 0, 0, 0])),
+        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 12])),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    kp::RecordBatchEncoder::encode(
+        &mut buf,
+        &[theirs],
+        &kp::RecordEncodeOptions {
+            version: 2,
+            compression: kp::Compression::None,
+        },
+    )
+    .expect("encode");
+    let batch = Batch::parse(buf.freeze()).expect("parse");
+    assert_eq!(
+        batch.end_txn_marker(),
+        Ok(Some(EndTxnMarker {
+            commit: false,
+            coordinator_epoch: 12
+        }))
+    );
+}
+
+/// A data batch has no marker; a control record of another type (KRaft's, or a later one) is
+/// skipped, not an error; a short key or value, or a negative version, is corrupt.
+#[test]
+fn end_txn_marker_parse_rejects_bad_control_records() {
+    assert_eq!(sample(Compression::None).end_txn_marker(), Ok(None));
+    let control = |key: &[u8], value: &[u8]| {
+        BatchBuilder {
+            transactional: true,
+            control: true,
+            ..BatchBuilder::default()
+        }
+        .record(0, Some(key), Some(value))
+        .build()
+        .unwrap()
+    };
+    assert_eq!(
+        control(&[0, 0, 0, 3], &[0, 0, 0, 0, 0, 0]).end_txn_marker(),
+        Ok(None)
+    );
+    assert_eq!(
+        control(&[0, 1, 0, 1], &[0, 1, 0, 0, 0, 4, 9]).end_txn_marker(),
+        Ok(Some(EndTxnMarker {
+            commit: true,
+            coordinator_epoch: 4
+        })),
+        "later versions are read as version 0"
+    );
+    for (key, value) in [
+        (&[0, 0, 0][..], &[0, 0, 0, 0, 0, 0][..]),
+        (&[0xff, 0xff, 0, 1][..], &[0, 0, 0, 0, 0, 0][..]),
+        (&[0, 0, 0, 1][..], &[0, 0, 0, 0, 0][..]),
+        (&[0, 0, 0, 0][..], &[0x80, 0, 0, 0, 0, 0][..]),
+    ] {
+        assert!(
+            matches!(
+                control(key, value).end_txn_marker(),
+                Err(BatchError::CorruptRecords(_))
+            ),
+            "{key:?} {value:?}"
+        );
+    }
+    let two = BatchBuilder {
+        control: true,
+        ..BatchBuilder::default()
+    }
+    .record(0, Some(&[0, 0, 0, 1]), Some(&[0, 0, 0, 0, 0, 0]))
+    .record(0, Some(&[0, 0, 0, 1]), Some(&[0, 0, 0, 0, 0, 0]))
+    .build()
+    .unwrap();
+    assert!(
+        two.end_txn_marker().is_err(),
+        "one record per control batch"
+    );
+    assert!(control(&[0, 0, 0, 0], &[]).end_txn_marker().is_err());
+}
+
 proptest! {
     /// Build -> parse -> records gives back exactly what went in, for every codec.
     #[test]

@@ -1280,3 +1280,22 @@ proptest! {
         }
     }
 }
+
+/// Values of Java's `"...".hashCode()` (computed with the JDK), and Kafka's partition
+/// (`Utils.abs(hashCode) % n`).
+#[test]
+fn partition_for_matches_kafka() {
+    assert_eq!(java_string_hash(""), 0);
+    assert_eq!(java_string_hash("a"), 97);
+    assert_eq!(java_string_hash("hello"), 99_162_322);
+    assert_eq!(java_string_hash("my-group"), -1_906_497_762);
+    assert_eq!(partition_for("my-group", 50), 1_906_497_762 % 50);
+    // "polygenelubricants".hashCode() == Integer.MIN_VALUE; Utils.abs maps it to 0.
+    assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
+    assert_eq!(partition_for("polygenelubricants", 50), 0);
+    let h = java_string_hash("zzzzzzzz");
+    assert!(h < 0, "zzzzzzzz hashes negative ({h})");
+    assert_eq!(partition_for("zzzzzzzz", 50), h.abs() % 50);
+    // Outside the basic multilingual plane Java hashes the two UTF-16 surrogates.
+    assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+}
