@@ -54,21 +54,7 @@ const DRIVER_TICK: Duration = Duration::from_millis(100);
 /// How many bytes a load reads per step.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
-/// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + c`, wrapping.
-pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
-}
-
-/// The `__consumer_offsets` partition of `group_id` (Kafka's
-/// `Utils.abs(groupId.hashCode) % groupMetadataTopicPartitionCount`; `Utils.abs(MIN_VALUE)`
-/// is 0).
-pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
-    assert!(partitions > 0, "the offsets topic has partitions");
-    let h = java_string_hash(group_id);
-    let abs = if h == i32::MIN { 0 } else { h.abs() };
-    abs % partitions
-}
+pub use keel_core::group::partition_for;
 
 /// Why a coordinator's records could not be appended or committed: the coordinator resigns
 /// (and loads again if this broker still leads its partition).
@@ -524,28 +510,5 @@ async fn drive(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch
         let wait =
             Duration::from_millis((deadline - now).clamp(0, i64::MAX) as u64).min(DRIVER_TICK);
         let _ = tokio::time::timeout(wait, hw.changed()).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Values of Java's `"...".hashCode()` (computed with the JDK), and Kafka's partition.
-    #[test]
-    fn partition_for_matches_kafka() {
-        assert_eq!(java_string_hash(""), 0);
-        assert_eq!(java_string_hash("a"), 97);
-        assert_eq!(java_string_hash("hello"), 99_162_322);
-        assert_eq!(java_string_hash("my-group"), -1_906_497_762);
-        assert_eq!(partition_for("my-group", 50), 1_906_497_762 % 50);
-        // "polygenelubricants".hashCode() == Integer.MIN_VALUE; Utils.abs maps it to 0.
-        assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
-        assert_eq!(partition_for("polygenelubricants", 50), 0);
-        assert_eq!(partition_for("hello", 50), 99_162_322 % 50);
-        // Negative hashes: "Aa".repeat(7) and friends; any negative h maps to |h| % n.
-        let h = java_string_hash("zzzzzzzz");
-        assert!(h < 0, "zzzzzzzz hashes negative ({h})");
-        assert_eq!(partition_for("zzzzzzzz", 50), h.abs() % 50);
     }
 }
