@@ -323,11 +323,18 @@ impl EpochCache {
 /// [`Log::complete_sync`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingSync {
-    /// The file to sync.
-    pub file: String,
-    size: u64,
+    /// The segments to sync (oldest first), each with its size when the sync was prepared.
+    segments: Vec<(String, u64)>,
     end: Offset,
     generation: u64,
+}
+
+impl PendingSync {
+    /// The files to sync, oldest first: the active segment, and a segment a roll closed
+    /// before its tail was synced.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().map(|(file, _)| file.as_str())
+    }
 }
 
 /// One appended batch's place in the log.
@@ -789,20 +796,13 @@ impl<S: Storage> Log<S> {
             .expect("a log always has an active segment")
     }
 
-    /// Starts a new segment at `base`, syncing the old active one first so that at most the
-    /// active segment ever holds unsynced data.
+    /// Starts a new segment at `base`. Nothing is synced here (a roll happens on the produce
+    /// path, under the partition's lock): the closed segment's unsynced tail goes with the next
+    /// sync ([`Log::prepare_sync`] names every segment with unsynced bytes), and the new
+    /// segment's name becomes durable with its first sync ([`Storage::create_deferred`]).
     fn roll(&mut self, now_ms: i64, base: Offset) -> Result<(), LogError> {
-        let old = self
-            .segments
-            .values_mut()
-            .next_back()
-            .expect("active segment");
-        if old.synced_size < old.size {
-            self.storage.sync(&old.file)?;
-            old.synced_size = old.size;
-        }
         let segment = Segment::new(base, now_ms);
-        self.storage.create(&segment.file)?;
+        self.storage.create_deferred(&segment.file)?;
         self.segments.insert(base, segment);
         Ok(())
     }
@@ -824,37 +824,51 @@ impl<S: Storage> Log<S> {
         match self.prepare_sync() {
             None => Ok(self.durable_end),
             Some(pending) => {
-                self.storage.sync(&pending.file)?;
+                for file in pending.files() {
+                    self.storage.sync(file)?;
+                }
                 Ok(self.complete_sync(pending))
             }
         }
     }
 
     /// The first half of a sync run outside the log (on an I/O thread, so appends go on while
-    /// the disk syncs): names the one file to sync. Only the active segment can hold unsynced
-    /// bytes, because a roll syncs the segment it closes. `None` if everything is durable.
+    /// the disk syncs): names the files to sync, the segments with unsynced bytes (the active
+    /// one, and one a roll closed since the last sync). `None` if everything is durable.
     pub fn prepare_sync(&self) -> Option<PendingSync> {
         if self.durable_end == self.end {
             return None;
         }
-        let active = self.active();
+        let mut segments: Vec<(String, u64)> = self
+            .segments
+            .values()
+            .filter(|s| s.synced_size < s.size)
+            .map(|s| (s.file.clone(), s.size))
+            .collect();
+        if segments.is_empty() {
+            // Unsynced offsets with no unsynced bytes: the active segment (its name, at least)
+            // still makes them durable.
+            let active = self.active();
+            segments.push((active.file.clone(), active.size));
+        }
         Some(PendingSync {
-            file: active.file.clone(),
-            size: active.size,
+            segments,
             end: self.end,
             generation: self.generation,
         })
     }
 
-    /// The second half: the caller synced `pending.file` after `prepare_sync` returned it.
+    /// The second half: the caller synced `pending`'s files after `prepare_sync` returned it.
     /// Advances the durable end to what was written when the sync was prepared, unless the log
     /// was truncated meanwhile (a truncation is synced by itself). Returns the durable end.
     pub fn complete_sync(&mut self, pending: PendingSync) -> Offset {
         if pending.generation != self.generation {
             return self.durable_end;
         }
-        if let Some(segment) = self.segments.values_mut().find(|s| s.file == pending.file) {
-            segment.synced_size = segment.synced_size.max(pending.size);
+        for (file, size) in &pending.segments {
+            if let Some(segment) = self.segments.values_mut().find(|s| &s.file == file) {
+                segment.synced_size = segment.synced_size.max(*size);
+            }
         }
         assert!(
             pending.end <= self.end,
@@ -1361,7 +1375,23 @@ impl<S: Storage> Log<S> {
         rebuilt.synced_size = rebuilt.size;
         self.end = rebuilt.next_offset;
         assert!(self.end <= old_end, "truncation never extends the log");
-        // Earlier segments were synced when rolled, and this one just now.
+        // This segment was synced just now; an earlier one a roll closed unsynced is synced
+        // here too, so that everything below the new end is durable.
+        let unsynced: Vec<Offset> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.synced_size < s.size)
+            .map(|(&b, _)| b)
+            .collect();
+        for b in unsynced {
+            let file = self.segments[&b].file.clone();
+            if let Err(e) = self.storage.sync(&file) {
+                self.settle_truncated();
+                return Err(e.into());
+            }
+            let s = self.segments.get_mut(&b).expect("a segment of the log");
+            s.synced_size = s.size;
+        }
         self.durable_end = self.end;
         if self.epochs.truncate_from_end(self.end) {
             self.write_epochs()?;

@@ -34,6 +34,12 @@ pub enum StorageError {
 pub trait Storage {
     /// Creates an empty file, durably. Fails if it exists.
     fn create(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Creates an empty file whose name becomes durable no later than the first
+    /// [`Storage::sync`] of it returns (a directory sync deferred to that sync, off the
+    /// caller's path). Fails if it exists. This default creates it durably at once.
+    fn create_deferred(&mut self, name: &str) -> Result<(), StorageError> {
+        self.create(name)
+    }
     /// Appends `data` at the end of the file. Not durable until [`Storage::sync`].
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError>;
     /// Appends `parts` one after another, as one append: what a crash or a failed append

@@ -2,14 +2,8 @@
 //!
 //! Durability, as the trait requires: `sync` is `fdatasync` of the file (which also persists
 //! the file size); `create`, `rename` and `remove` `fsync` the directory before returning, so
-//! the name change is durable too. A full disk is reported as [`StorageError::NoSpace`].
-//!
-//! Syncs that overlap are coalesced ([`SyncGroup`]): a sync asked for while another is in
-//! flight on the same file system joins a group that one `syncfs(2)` completes. `syncfs` makes
-//! every file and directory of the file system durable, so each member gets at least what
-//! its own `fdatasync` or directory `fsync` would have given it, and a broker with a thousand
-//! partitions to sync at once (a produce to each, their followers' appends) pays for a few
-//! file system flushes instead of a thousand.
+//! the name change is durable too; `create_deferred` leaves the directory's `fsync` to the
+//! next `sync` of any file of the directory, which does it first. A full disk is reported as [`StorageError::NoSpace`].
 //!
 //! Not for use inside the simulator: madsim does not simulate `std::fs`. The broker therefore
 //! reaches its disk through [`Disk`], which is either the real file system or a
@@ -19,9 +13,9 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use keel_core::storage::{Storage, StorageError};
@@ -36,8 +30,9 @@ const READ_UNCHECKED_BYTES_MAX: usize = 16 << 20;
 pub struct FileStorage {
     dir: PathBuf,
     handles: Arc<Mutex<BTreeMap<String, Arc<File>>>>,
-    /// The syncs of the file system this directory is on.
-    syncs: Arc<SyncGroup>,
+    /// A name was created without syncing the directory ([`Storage::create_deferred`]): the
+    /// next file sync syncs the directory first.
+    dir_dirty: Arc<AtomicBool>,
 }
 
 impl FileStorage {
@@ -45,11 +40,10 @@ impl FileStorage {
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<FileStorage> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        let syncs = SyncGroup::for_dir(&dir)?;
         Ok(FileStorage {
             dir,
             handles: Arc::new(Mutex::new(BTreeMap::new())),
-            syncs,
+            dir_dirty: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -93,121 +87,19 @@ impl FileStorage {
     /// `fdatasync`s one file. Takes `&self`: a clone on an I/O thread syncs while the owner
     /// appends (the log's split sync).
     pub fn sync_file(&self, name: &str) -> Result<(), StorageError> {
-        let file = self.handle(name)?;
-        self.syncs
-            .sync(|| file.sync_data())
-            .map_err(|e| error(name, e))
+        if self.dir_dirty.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.sync_dir() {
+                self.dir_dirty.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        self.handle(name)?.sync_data().map_err(|e| error(name, e))
     }
 
     fn sync_dir(&self) -> Result<(), StorageError> {
-        self.syncs
-            .sync(|| File::open(&self.dir).and_then(|d| d.sync_all()))
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
             .map_err(|e| error(&self.dir.display().to_string(), e))
-    }
-}
-
-/// The syncs of one file system, coalesced: a sync asked for while none is in flight runs as
-/// asked (`fdatasync` of a file, `fsync` of a directory); one asked for while others are in
-/// flight waits for a `syncfs(2)` that starts after it asked, and the syncs that queue while
-/// one `syncfs` runs share the next. One group per file system (device) in the process.
-pub struct SyncGroup {
-    /// A directory on the file system, the handle `syncfs` is called on.
-    handle: File,
-    state: Mutex<SyncGroupState>,
-    finished: Condvar,
-}
-
-#[derive(Default)]
-struct SyncGroupState {
-    /// Plain syncs (a file's or a directory's own) in flight.
-    plain: usize,
-    /// Whether a `syncfs` is in flight (the one numbered `started`).
-    running: bool,
-    /// How many `syncfs` calls have started, and finished.
-    started: u64,
-    finished: u64,
-    /// The recent `syncfs` calls that failed, by number, with their error.
-    failed: BTreeMap<u64, (io::ErrorKind, String)>,
-    /// `syncfs` calls made, and syncs they completed (metrics and tests).
-    flushes: u64,
-    coalesced: u64,
-}
-
-/// How many failed `syncfs` calls a group remembers (a waiter looks up its own right after).
-const SYNC_FAILURES_KEPT: usize = 64;
-
-impl SyncGroup {
-    /// The group of the file system `dir` is on (made on first use).
-    pub fn for_dir(dir: &Path) -> io::Result<Arc<SyncGroup>> {
-        static GROUPS: OnceLock<Mutex<BTreeMap<u64, Arc<SyncGroup>>>> = OnceLock::new();
-        let device = fs::metadata(dir)?.dev();
-        let mut groups = GROUPS
-            .get_or_init(Default::default)
-            .lock()
-            .expect("sync groups poisoned");
-        if let Some(g) = groups.get(&device) {
-            return Ok(g.clone());
-        }
-        let group = Arc::new(SyncGroup {
-            handle: File::open(dir)?,
-            state: Mutex::new(SyncGroupState::default()),
-            finished: Condvar::new(),
-        });
-        groups.insert(device, group.clone());
-        Ok(group)
-    }
-
-    /// Makes what `plain` would make durable durable: by `plain` itself when no other sync is
-    /// in flight, else by a `syncfs` that starts after this call.
-    pub fn sync(&self, plain: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let mut st = self.state.lock().expect("sync group poisoned");
-        if st.plain == 0 && !st.running {
-            st.plain += 1;
-            drop(st);
-            let result = plain();
-            self.state.lock().expect("sync group poisoned").plain -= 1;
-            return result;
-        }
-        // The first syncfs to start from now on covers what was written before this call.
-        let mine = st.started + 1;
-        st.coalesced += 1;
-        loop {
-            if st.finished >= mine {
-                return match st.failed.get(&mine) {
-                    None => Ok(()),
-                    Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
-                };
-            }
-            if !st.running {
-                st.started += 1;
-                st.running = true;
-                st.flushes += 1;
-                let number = st.started;
-                drop(st);
-                // SAFETY: syncfs takes a file descriptor and nothing else; the handle is open
-                // for the group's lifetime.
-                let result = unsafe { libc::syncfs(self.handle.as_raw_fd()) };
-                let error = (result != 0).then(io::Error::last_os_error);
-                st = self.state.lock().expect("sync group poisoned");
-                st.running = false;
-                st.finished = number;
-                if let Some(e) = error {
-                    st.failed.insert(number, (e.kind(), e.to_string()));
-                    while st.failed.len() > SYNC_FAILURES_KEPT {
-                        st.failed.pop_first();
-                    }
-                }
-                self.finished.notify_all();
-                continue;
-            }
-            st = self.finished.wait(st).expect("sync group poisoned");
-        }
-    }
-
-    /// (`syncfs` calls made, syncs that joined one) so far.
-    pub fn counts(&self) -> (u64, u64) {
-        let st = self.state.lock().expect("sync group poisoned");
-        (st.flushes, st.coalesced)
     }
 }
 
@@ -223,8 +115,8 @@ fn error(file: &str, e: io::Error) -> StorageError {
     }
 }
 
-impl Storage for FileStorage {
-    fn create(&mut self, name: &str) -> Result<(), StorageError> {
+impl FileStorage {
+    fn create_file(&mut self, name: &str) -> Result<(), StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -235,7 +127,20 @@ impl Storage for FileStorage {
             .lock()
             .expect("storage handle map poisoned")
             .insert(name.to_string(), Arc::new(file));
+        Ok(())
+    }
+}
+
+impl Storage for FileStorage {
+    fn create(&mut self, name: &str) -> Result<(), StorageError> {
+        self.create_file(name)?;
         self.sync_dir()
+    }
+
+    fn create_deferred(&mut self, name: &str) -> Result<(), StorageError> {
+        self.create_file(name)?;
+        self.dir_dirty.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
@@ -412,6 +317,9 @@ impl Storage for Dir {
     fn create(&mut self, name: &str) -> Result<(), StorageError> {
         self.storage_mut().create(name)
     }
+    fn create_deferred(&mut self, name: &str) -> Result<(), StorageError> {
+        self.storage_mut().create_deferred(name)
+    }
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
         self.storage_mut().append(name, data)
     }
@@ -570,51 +478,30 @@ mod tests {
         );
     }
 
-    /// Syncs asked for while another is in flight share `syncfs` calls, and each returns only
-    /// once its data is durable: a plain sync that is slow (as a busy disk's flush) holds the
-    /// others, which then go in one or two `syncfs`, not one sync each.
+    /// A deferred create leaves the directory's sync to the next sync of a file, which does
+    /// it first (and keeps owing it if it fails); a plain create syncs it at once.
     #[test]
-    fn overlapping_syncs_share_a_file_system_flush() {
+    fn a_deferred_create_is_made_durable_by_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FileStorage::open(dir.path()).unwrap();
-        let group = storage.syncs.clone();
-        let (flushes_before, coalesced_before) = group.counts();
-        let slow = std::thread::spawn({
-            let group = group.clone();
-            move || {
-                group.sync(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    Ok(())
-                })
-            }
-        });
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let mut others = Vec::new();
-        for i in 0..16 {
-            let mut s = storage.clone();
-            others.push(std::thread::spawn(move || {
-                let name = format!("f{i}");
-                s.create(&name).unwrap();
-                s.append(&name, b"data").unwrap();
-                s.sync(&name)
-            }));
-        }
-        for t in others {
-            t.join().unwrap().unwrap();
-        }
-        slow.join().unwrap().unwrap();
-        let (flushes, coalesced) = group.counts();
-        // 16 files, each created (a directory sync) and synced: 32 syncs, all of them asked
-        // for while the slow one was in flight. Tests running beside this one on the same
-        // file system may add theirs, never take any away.
+        let mut storage = FileStorage::open(dir.path()).unwrap();
+        storage.create("a").unwrap();
+        assert!(!storage.dir_dirty.load(Ordering::SeqCst));
+        storage.create_deferred("b").unwrap();
         assert!(
-            coalesced - coalesced_before >= 32,
-            "every sync joined a group"
+            storage.dir_dirty.load(Ordering::SeqCst),
+            "the directory sync is owed"
         );
-        let flushes = flushes - flushes_before;
+        storage.append("b", b"x").unwrap();
+        // A clone (the sync thread's) shares what is owed.
+        storage.clone().sync_file("a").unwrap();
         assert!(
-            (1..=16).contains(&flushes),
-            "{flushes} syncfs calls for 32 overlapping syncs"
+            !storage.dir_dirty.load(Ordering::SeqCst),
+            "paid by the sync of any file"
         );
+        assert_eq!(read_all(&storage, "b").unwrap().as_ref(), b"x");
+        assert!(matches!(
+            storage.create_deferred("b"),
+            Err(StorageError::AlreadyExists(_))
+        ));
     }
 }

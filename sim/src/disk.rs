@@ -80,6 +80,8 @@ pub struct DiskStats {
     /// (the torn or unsynced tails a power loss left).
     pub recoveries_checked: u64,
     pub recovery_cut_bytes: u64,
+    /// Segment files created past a log's first (rolls, and a log restarted at an offset).
+    pub segment_rolls: u64,
 }
 
 impl DiskStats {
@@ -94,6 +96,7 @@ impl DiskStats {
         self.full_disk_errors += other.full_disk_errors;
         self.recoveries_checked += other.recoveries_checked;
         self.recovery_cut_bytes += other.recovery_cut_bytes;
+        self.segment_rolls += other.segment_rolls;
     }
 }
 
@@ -445,6 +448,9 @@ impl Storage for SimDir {
         inner.io_error(name)?;
         if inner.files.contains_key(&path) {
             return Err(StorageError::AlreadyExists(name.to_string()));
+        }
+        if is_segment(&path) && !path.ends_with("/00000000000000000000.log") {
+            inner.stats.segment_rolls += 1;
         }
         if inner.oracle && is_segment(&path) {
             inner.recovering.remove(&path);

@@ -55,6 +55,9 @@ pub struct ClusterSpec {
     /// `offsets.topic.num.partitions`: Kafka's 50 cost every seed with a group 150 more
     /// replicas to replicate and elect; a few partitions still move the coordinator.
     pub offsets_topic_partitions: i32,
+    /// The brokers' `log.segment.bytes` (every topic's `segment.bytes`): small ones make logs
+    /// roll, so that recovery, truncation and syncs span segments.
+    pub segment_bytes: i32,
 }
 
 impl Default for ClusterSpec {
@@ -67,6 +70,7 @@ impl Default for ClusterSpec {
             replica_lag_time_max_ms: 5_000,
             min_insync_replicas: 1,
             offsets_topic_partitions: 5,
+            segment_bytes: 1 << 30,
         }
     }
 }
@@ -106,6 +110,9 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         "min.insync.replicas".into(),
         spec.min_insync_replicas.to_string(),
     );
+    settings
+        .topic_config_defaults
+        .insert("segment.bytes".into(), spec.segment_bytes.to_string());
     settings.disk = Disk::Virtual(Arc::new(disk.clone()));
     settings
 }

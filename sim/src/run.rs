@@ -211,6 +211,11 @@ impl Params {
                 params.faults.insert(kind);
             }
         }
+        // Small segments in half the runs (last, for the same reason): logs roll every few
+        // batches, so syncs, recovery and truncation span segments.
+        if rng.gen_bool(0.5) {
+            params.cluster.segment_bytes = rng.gen_range(2_048..=32_768);
+        }
         params
     }
 }
@@ -222,7 +227,7 @@ impl fmt::Display for Params {
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
              consumers={} group_consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?} \
-             sync_latency_ms={}",
+             sync_latency_ms={} segment_bytes={}",
             self.seed,
             self.cluster.brokers,
             self.cluster.voters,
@@ -237,6 +242,7 @@ impl fmt::Display for Params {
             self.fault_interval_ms,
             self.faulty_disk,
             self.sync_latency_ms,
+            self.cluster.segment_bytes,
         )?;
         if self.faults.contains(&Fault::Latency) {
             write!(

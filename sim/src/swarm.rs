@@ -34,6 +34,8 @@ pub struct SeedLine {
     pub recovery_cut_bytes: u64,
     pub recoveries_checked: u64,
     pub read_retries: u64,
+    /// Segment files created past a log's first ([`crate::disk::DiskStats::segment_rolls`]).
+    pub segment_rolls: u64,
 }
 
 /// The swarm's result.
@@ -156,13 +158,14 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}",
+             group commits {}, coordinator moves {}, segment rolls {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
             with(&|l| l.corruptions > 0),
             with(&|l| l.commits > 0),
             with(&|l| l.coordinator_moves > 0),
+            with(&|l| l.segment_rolls > 0),
         )
     }
 }
@@ -204,6 +207,7 @@ impl SeedLine {
             recovery_cut_bytes: c.recovery_cut_bytes,
             recoveries_checked: c.disk.recoveries_checked,
             read_retries: c.read_retries,
+            segment_rolls: c.disk.segment_rolls,
         }
     }
 
@@ -215,7 +219,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -231,6 +235,7 @@ impl SeedLine {
             self.recovery_cut_bytes,
             self.recoveries_checked,
             self.read_retries,
+            self.segment_rolls,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -240,8 +245,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(19, '\t').collect();
-        if f.len() != 19 {
+        let f: Vec<&str> = line.splitn(20, '\t').collect();
+        if f.len() != 20 {
             return None;
         }
         let verdict = match f[2] {
@@ -250,13 +255,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[16]
+        let faults = f[17]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[17]
+        let anomalies = f[18]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -277,9 +282,10 @@ impl SeedLine {
             recovery_cut_bytes: f[13].parse().ok()?,
             recoveries_checked: f[14].parse().ok()?,
             read_retries: f[15].parse().ok()?,
+            segment_rolls: f[16].parse().ok()?,
             faults,
             anomalies,
-            reason: f[18].to_string(),
+            reason: f[19].to_string(),
         })
     }
 }
@@ -379,6 +385,7 @@ impl SeedLine {
             recovery_cut_bytes: 0,
             recoveries_checked: 0,
             read_retries: 0,
+            segment_rolls: 0,
         }
     }
 }

@@ -377,7 +377,9 @@ impl PartitionHandle {
     /// be, and exposes it: prepare under the lock, write outside it, complete under it.
     fn settle(&self) -> Result<(), StorageError> {
         if let Some(pending) = self.with(|r| r.log().prepare_sync()) {
-            self.syncer.sync_file(&pending.file)?;
+            for file in pending.files() {
+                self.syncer.sync_file(file)?;
+            }
             let durable = self.with(|r| {
                 r.log_mut().complete_sync(pending);
                 r.update_high_watermark();
