@@ -54,7 +54,8 @@
 //!    (ISR shrink after `replica.lag.time.max.ms`).
 //!
 //! # Follower: call order for the shell
-//! 1. [`PartitionReplica::next_fetch`] (`None` while one is in flight, backing off, or without a
+//! 1. [`PartitionReplica::discard_pending_damage`] (runtime damage, below), then
+//!    [`PartitionReplica::next_fetch`] (`None` while one is in flight, backing off, or without a
 //!    leader); send it to [`PartitionReplica::fetch_leader`].
 //! 2. The answer: [`PartitionReplica::handle_fetch_response`]; an error or no answer in time:
 //!    [`PartitionReplica::handle_fetch_error`] (backs off).
@@ -62,6 +63,16 @@
 //!    leader only in the next fetch, so send the next fetch after the sync completes when a
 //!    response appended data (the leader's high watermark waits for it).
 //! 4. Drain [`PartitionReplica::prepare_state_write`] as for the leader.
+//!
+//! # Damaged replicas
+//! A replica that may lack committed data ([`damage`]: recovery found its log below its
+//! persisted high watermark, its epoch file damaged, or the damage mark; the shell found it
+//! unopenable before, [`PartitionReplica::mark_damaged`]; or a read met a damaged batch,
+//! [`PartitionReplica::on_read_failed`], which the shell calls for every failed read) refuses
+//! the leader role, shrinks no ISR while it still leads, discards runtime damage only as a
+//! follower with a leader, and is repaired by [`PartitionReplica::repair_if_due`] (which the
+//! shell calls when it looks at [`PartitionReplica::is_damaged`]). The mark file is written and
+//! removed through `snapshots`, synchronously, like the epoch file.
 //!
 //! # Invariants
 //! The numbering is docs/replication.md's ("Invariants"); each is asserted where it is
@@ -79,11 +90,13 @@
 //! (identical batches below the high watermark) are properties of the whole cluster: the
 //! scenario tests check them after every step.
 
+pub mod damage;
 mod leader;
 pub mod state;
 
 use std::cmp::Ordering;
 
+pub use damage::{Damage, DamageState};
 pub use leader::{AlterPartition, FollowerProgress};
 pub use state::{StateReport, StateWrite};
 
@@ -313,6 +326,8 @@ pub enum RoleError {
     NotAReplica(BrokerId),
     #[error("invalid partition state: {0}")]
     InvalidPartition(String),
+    #[error("this replica is damaged: it leads nothing until it has fetched back from its leader what it may lack")]
+    Damaged,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -407,6 +422,9 @@ pub struct PartitionReplica<S: Storage> {
     /// The end of the last producer snapshot [`PartitionReplica::checkpoint`] wrote: a
     /// checkpoint with nothing new writes none.
     snapshot_written: Option<Offset>,
+    /// Whether this replica may lack committed data, and what it still has to do about it
+    /// ([`damage`]).
+    damage: Damage,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -489,6 +507,18 @@ impl<S: Storage> PartitionReplica<S> {
         let leader_epoch = log.epochs().latest().map_or(persisted.leader_epoch, |e| {
             e.epoch.max(persisted.leader_epoch)
         });
+        // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
+        // damage is committed data gone (the log below its persisted high watermark), a damaged
+        // epoch file, or the mark an earlier run left.
+        state_report.damage_marked = damage::is_marked(snapshots);
+        let damage = Damage::recovered(
+            state_report.damage_marked,
+            state_report.epoch_corrupt,
+            state_report.hw_above_log,
+        );
+        if damage.is_damaged() && !state_report.damage_marked {
+            state_report.damage_mark_error = damage::write_mark(snapshots).err();
+        }
         let replica = PartitionReplica {
             config: replica,
             log,
@@ -505,6 +535,7 @@ impl<S: Storage> PartitionReplica<S> {
             hw_write_in_flight: None,
             state_report,
             snapshot_written: None,
+            damage,
         };
         replica.check_invariants();
         Ok(replica)
@@ -676,6 +707,14 @@ impl<S: Storage> PartitionReplica<S> {
                 "asked to lead a partition whose leader is {}",
                 partition.leader
             )));
+        }
+        // A damaged replica may lack committed data its followers hold: leading would serve
+        // less than was acknowledged, and tell followers to cut committed data. The partition
+        // waits instead (its broker stays fenced meanwhile, so that the controller elects a
+        // sound ISR member).
+        self.repair_if_due(snapshots)?;
+        if self.damage.is_damaged() {
+            return Err(RoleError::Damaged);
         }
         let sole = partition.replicas == [me];
         match partition.leader_epoch.cmp(&self.leader_epoch) {
@@ -1159,10 +1198,16 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// The next time [`PartitionReplica::handle_timeout`] has work: an ISR follower falling out
-    /// of sync (leader), or the end of a fetch backoff (follower).
+    /// of sync (leader; a damaged one looks again every
+    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), or the end of a fetch backoff (follower).
     pub fn poll_timeout(&self) -> Option<i64> {
         match &self.role {
-            RoleState::Leader(l) => l.shrink_deadline(self.config.lag_time_max_ms, self.log.end()),
+            RoleState::Leader(l) => l
+                .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
+                .map(|at| match self.damage.is_damaged() {
+                    true => self.damage.leader_deadline(at),
+                    false => at,
+                }),
             RoleState::Follower(f) if f.in_flight.is_none() && f.backoff_until_ms > i64::MIN => {
                 Some(f.backoff_until_ms)
             }
@@ -1171,9 +1216,13 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// Timer work: proposes removing out-of-sync followers from the ISR (Kafka's
-    /// `maybeShrinkIsr`); ends a follower's fetch backoff.
+    /// `maybeShrinkIsr`; not on a damaged leader); ends a follower's fetch backoff.
     pub fn handle_timeout(&mut self, now_ms: i64) {
-        if self.is_leader() {
+        if self.is_leader() && self.damage.is_damaged() {
+            // Its followers lag because it cannot serve them, and it is stepping down to the
+            // sound ones: no shrink. It looks again after a while.
+            self.damage.defer_leader_timeout(now_ms);
+        } else if self.is_leader() {
             self.maybe_shrink_isr(now_ms);
         } else if let RoleState::Follower(f) = &mut self.role {
             if now_ms >= f.backoff_until_ms {
@@ -1246,6 +1295,7 @@ impl<S: Storage> PartitionReplica<S> {
         snapshots: &mut T,
         response: FetchResponse,
     ) -> Result<FetchOutcome, ReplicaError> {
+        self.damage.heard_leader_hw(response.high_watermark);
         let RoleState::Follower(f) = &mut self.role else {
             return Ok(FetchOutcome::Stale);
         };
@@ -1525,6 +1575,77 @@ impl<S: Storage> PartitionReplica<S> {
         }
         self.check_invariants();
         cut
+    }
+
+    /// A replica with runtime damage pending ([`PartitionReplica::on_read_failed`]), as a
+    /// follower with a leader to fetch from: finds the first damaged batch and discards the
+    /// log from there ([`PartitionReplica::discard_damaged`]), so that the fetches that follow
+    /// bring it back. Returns the new log end if it discarded (or found nothing damaged any
+    /// more); `None` with nothing pending, or without a leader: then this copy, damaged or
+    /// not, may be the only one of what lies around the damage. Call before naming the next
+    /// fetch. A failure leaves the discard pending.
+    pub fn discard_pending_damage<T: Storage>(
+        &mut self,
+        now_ms: i64,
+        snapshots: &mut T,
+    ) -> Result<Option<Offset>, ReplicaError> {
+        if !self.damage.discard_pending() || self.fetch_leader().is_none() {
+            return Ok(None);
+        }
+        let end = match self.find_damage()? {
+            Some(at) => self.discard_damaged(now_ms, snapshots, at)?,
+            None => self.log.end(),
+        };
+        self.damage.discarded();
+        Ok(Some(end))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Damage ([`damage`])
+
+    /// Whether this replica may lack committed data: it leads nothing until repaired.
+    pub fn is_damaged(&self) -> bool {
+        self.damage.is_damaged()
+    }
+
+    pub fn damage(&self) -> &Damage {
+        &self.damage
+    }
+
+    /// Counts this replica damaged (the shell found it failed to open before, on damage this
+    /// open may not have seen) and writes the mark through `snapshots`. On an error it counts
+    /// as damaged all the same.
+    pub fn mark_damaged<T: Storage>(&mut self, snapshots: &mut T) -> Result<(), StorageError> {
+        self.damage.mark();
+        damage::write_mark(snapshots)
+    }
+
+    /// A read of this replica's log failed with `e`. Damage (a batch whose CRC or unchecked
+    /// fields are wrong: bit rot, a misdirected write) makes the replica damaged, writes the
+    /// mark, and leaves a discard pending ([`PartitionReplica::discard_pending_damage`]).
+    /// Other errors (a failed I/O) change nothing: the reader answers them and tries again.
+    /// Returns whether this made a sound replica damaged (also when the mark's write failed,
+    /// the error).
+    pub fn on_read_failed<T: Storage>(
+        &mut self,
+        e: &LogError,
+        snapshots: &mut T,
+    ) -> Result<bool, StorageError> {
+        if !matches!(e, LogError::Corrupt { .. }) {
+            return Ok(false);
+        }
+        if !self.damage.read_failed() {
+            return Ok(false);
+        }
+        damage::write_mark(snapshots)?;
+        Ok(true)
+    }
+
+    /// Removes the damage mark and counts the replica sound once the repair rule holds (no
+    /// discard pending, the log at the first high watermark heard from a leader). Returns
+    /// whether it was repaired now; on an error it stays damaged and a later call tries again.
+    pub fn repair_if_due<T: Storage>(&mut self, snapshots: &mut T) -> Result<bool, StorageError> {
+        self.damage.repair_if_due(self.log.end(), snapshots)
     }
 
     /// The log and producer state work of [`Self::discard_damaged`]. More damage below the cut

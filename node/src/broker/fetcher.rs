@@ -228,9 +228,9 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
         let mut named = Vec::with_capacity(members.len());
         let mut named_epochs = Vec::with_capacity(members.len());
         for p in members {
-            p.discard_if_pending();
             let key = p.key();
-            let request = p.with(|r| {
+            let request = p.with_snapshots(|r, snapshots| {
+                p.discard_if_pending(r, snapshots);
                 if r.fetch_leader() != Some(f.leader) {
                     return None;
                 }
@@ -371,7 +371,6 @@ fn apply(
             return;
         }
     };
-    p.note_leader_high_watermark(response.high_watermark);
     let outcome = p.with_snapshots(|r, snapshots| {
         r.handle_fetch_response(p.clock.now_ms(), snapshots, response)
     });

@@ -46,7 +46,9 @@ use keel_core::controller::{
 };
 use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
-use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, Role};
+use keel_core::partition::{
+    PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, RoleError,
+};
 use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
 use keel_core::{Offset, ProducerId};
@@ -59,9 +61,6 @@ use crate::storage::{Dir, Disk};
 pub const METADATA_DIR: &str = "__metadata";
 /// The file, in the data directory, holding the cluster id.
 const CLUSTER_ID_FILE: &str = "cluster.id";
-/// The file, in a partition directory, that marks its replica damaged until it has fetched
-/// back from its leader: the mark survives restarts (damage a later open may not see again).
-const DAMAGE_MARKER: &str = "replica.damaged";
 /// The file in a partition directory naming its topic's id (Kafka's).
 const PARTITION_METADATA: &str = "partition.metadata";
 /// How many times a command is computed again after the metadata moved under it.
@@ -209,15 +208,6 @@ pub struct PartitionHandle {
     /// As a follower: the log end whose sync it waits for before naming its next fetch
     /// (`i64::MIN`: none).
     sync_wait: AtomicI64,
-    /// Recovery found this replica damaged (its log below its persisted high watermark, a
-    /// damaged epoch file, an earlier failed open, or a damage mark on disk): it may lack
-    /// committed data. `Some(None)`: damaged, how far committed data went not known yet;
-    /// `Some(Some(o))`: repaired once its log reaches `o`; `None`: sound.
-    damage: Mutex<Option<Option<Offset>>>,
-    /// A read found a damaged batch in this replica's log at runtime: once it no longer leads,
-    /// it discards the log from there (`PartitionReplica::discard_damaged`) and fetches it
-    /// back from its leader.
-    discard_pending: AtomicBool,
 }
 
 impl PartitionHandle {
@@ -261,99 +251,63 @@ impl PartitionHandle {
         }
     }
 
-    /// Whether recovery found this replica damaged and it has not yet fetched back, as a
-    /// follower, everything its leader had committed when it first heard from it.
+    /// Whether this replica is damaged (core's rules, [`keel_core::partition::damage`]):
+    /// it may lack committed data, so it leads nothing and keeps its broker fenced. A replica
+    /// whose repair is due is repaired here (its mark removed).
     pub fn is_damaged(&self) -> bool {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        let repaired = match *damage {
-            None => return false,
-            Some(None) => false,
-            // Not before the damaged batches are gone: a log end past the target proves
-            // nothing while they are still in it.
-            Some(Some(target)) => {
-                !self.discard_pending.load(Ordering::SeqCst)
-                    && self.with(|r| r.log().end() >= target)
+        if !self.with(|r| r.is_damaged()) {
+            return false;
+        }
+        let (repaired, damaged) =
+            self.with_snapshots(|r, snapshots| (r.repair_if_due(snapshots), r.is_damaged()));
+        match repaired {
+            Ok(true) => {
+                tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader")
             }
-        };
-        if repaired {
-            tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader");
-            let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-            match keel_core::storage::Storage::remove(&mut *snapshots, DAMAGE_MARKER) {
-                Ok(()) | Err(StorageError::NotFound(_)) => *damage = None,
-                // Still marked on disk: stay damaged, try again at the next look.
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.index, "removing the damage mark: {e}")
-                }
+            Ok(false) => {}
+            // Still marked on disk: stay damaged, try again at the next look.
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, "removing the damage mark: {e}")
             }
         }
-        damage.is_some()
+        damaged
     }
 
-    /// Counts the replica as damaged (unless it already is), until it has fetched back from
-    /// its leader.
+    /// Counts the replica as damaged (it failed to open before), until it has fetched back
+    /// from its leader.
     fn mark_damaged(&self) {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        if damage.is_none() {
-            *damage = Some(None);
+        if let Err(e) = self.with_snapshots(|r, snapshots| r.mark_damaged(snapshots)) {
+            tracing::warn!(topic = %self.topic, partition = self.index, "writing the damage mark: {e}");
         }
-        let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-        mark_damaged_on_disk(&mut snapshots);
     }
 
-    /// A read of this replica's log failed with `e`. Damage (a batch whose CRC or unchecked
-    /// fields are wrong: bit rot, a misdirected write) makes the replica damaged: its broker
-    /// asks to be fenced, which moves its leaderships to sound ISR members, and it discards the
-    /// damaged batch onwards once it follows (`discard_if_pending`). Other errors (a failed
-    /// I/O) are answered as they are and tried again by the reader.
+    /// A read of this replica's log failed with `e`: damage makes the replica damaged
+    /// (`PartitionReplica::on_read_failed`): its broker asks to be fenced, which moves its
+    /// leaderships to sound ISR members, and it discards the damaged batch onwards once it
+    /// follows (`discard_if_pending`). Other errors are answered as they are and tried again
+    /// by the reader.
     pub fn read_failed(&self, e: &LogError) {
-        if !matches!(e, LogError::Corrupt { .. }) {
-            return;
-        }
-        self.discard_pending.store(true, Ordering::SeqCst);
-        let known = self.damage.lock().expect("damage lock poisoned").is_some();
-        if !known {
+        let newly = self.with_snapshots(|r, snapshots| r.on_read_failed(e, snapshots));
+        if !matches!(newly, Ok(false)) {
             tracing::error!(topic = %self.topic, partition = self.index, "damaged batch in the log: {e}; stepping down to repair it from another replica");
-            self.mark_damaged();
+        }
+        if let Err(e) = newly {
+            tracing::warn!(topic = %self.topic, partition = self.index, "writing the damage mark: {e}");
         }
     }
 
-    /// A follower with runtime damage pending ([`PartitionHandle::read_failed`]): discards its
-    /// log from the first damaged batch, so that the fetches that follow bring it back.
-    fn discard_if_pending(&self) {
-        if !self.discard_pending.load(Ordering::SeqCst) {
-            return;
-        }
-        let outcome = self.with_snapshots(|r, snapshots| {
-            // Only with a leader to fetch it back from: without one, this copy, damaged or
-            // not, may be the only one of what lies around the damage.
-            if !matches!(r.role(), Role::Follower { .. }) || r.fetch_leader().is_none() {
-                return Ok(None);
-            }
-            match r.find_damage()? {
-                Some(at) => r
-                    .discard_damaged(self.clock.now_ms(), snapshots, at)
-                    .map(Some),
-                None => Ok(Some(r.log().end())),
-            }
-        });
-        match outcome {
+    /// A follower with runtime damage pending: discards its log from the first damaged batch
+    /// (`PartitionReplica::discard_pending_damage`), so that the fetches that follow bring it
+    /// back. Call under the locks, before naming the next fetch.
+    fn discard_if_pending(&self, r: &mut PartitionReplica<Dir>, snapshots: &mut Dir) {
+        match r.discard_pending_damage(self.clock.now_ms(), snapshots) {
             Ok(None) => {}
             Ok(Some(end)) => {
                 tracing::warn!(topic = %self.topic, partition = self.index, "discarded the damaged log from {end}: fetching it back from the leader");
-                self.discard_pending.store(false, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::error!(topic = %self.topic, partition = self.index, "discarding the damaged log: {e}")
             }
-        }
-    }
-
-    /// The leader's high watermark, heard by this replica as a follower: a damaged replica is
-    /// repaired once its log reaches the first one it hears.
-    fn note_leader_high_watermark(&self, hw: Offset) {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        if let Some(target @ None) = &mut *damage {
-            *target = Some(hw);
         }
     }
 
@@ -1051,7 +1005,6 @@ impl Broker {
         existing: Option<Arc<PartitionHandle>>,
         now: i64,
     ) -> Option<Arc<PartitionHandle>> {
-        let me = self.me();
         let handle = match existing {
             Some(p) => p,
             None => match self.open_partition(w) {
@@ -1070,7 +1023,9 @@ impl Broker {
                         .insert((w.topic.clone(), w.index));
                     let dir = self.partition_dir(&w.topic, w.index);
                     if let Ok(mut dir) = self.settings.disk.open(&dir) {
-                        mark_damaged_on_disk(&mut dir);
+                        if let Err(e) = keel_core::partition::damage::write_mark(&mut dir) {
+                            tracing::warn!(topic = %w.topic, partition = w.index, "writing the damage mark: {e}");
+                        }
                     }
                     return None;
                 }
@@ -1086,13 +1041,6 @@ impl Broker {
             // counts as damaged until it has fetched back from its leader.
             handle.mark_damaged();
         }
-        if w.partition.leader == me && handle.is_damaged() {
-            // Elected while damaged (it opened only after the broker was unfenced): it may
-            // lack committed data its followers hold. Leading would serve less than was
-            // acknowledged; the partition waits instead.
-            tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
-            return None;
-        }
         let changed = handle.with_snapshots(|r, snapshots| {
             apply_topic_config(r, &w.config);
             r.on_partition_change(now, snapshots, &w.partition)
@@ -1100,6 +1048,12 @@ impl Broker {
         match changed {
             Ok(false) => None,
             Ok(true) => Some(handle),
+            // Elected while damaged (it opened only after the broker was unfenced): the
+            // partition waits.
+            Err(RoleError::Damaged) => {
+                tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
+                None
+            }
             Err(e) => {
                 tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
                 None
@@ -1179,18 +1133,12 @@ impl Broker {
         }
         let hw = replica.high_watermark();
         let state = replica.state_report();
-        let marked = keel_core::storage::read_all(&snapshots, DAMAGE_MARKER).is_ok();
-        // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
-        // damage is committed data gone (the log below its persisted high watermark) or a
-        // damaged epoch file.
-        let damaged = marked || state.epoch_corrupt || state.hw_above_log.is_some();
-        if damaged && !marked {
-            mark_damaged_on_disk(&mut snapshots);
-        }
-        if damaged {
+        if replica.is_damaged() {
             tracing::warn!(partition = %name, ?state, "damaged on disk: it leads nothing until it has fetched back from its leader");
         }
-        let damage = damaged.then_some(state.hw_above_log);
+        if let Some(e) = &state.damage_mark_error {
+            tracing::warn!(partition = %name, "writing the damage mark: {e}");
+        }
         Ok(Arc::new_cyclic(|this| PartitionHandle {
             this: this.clone(),
             clock: self.clock,
@@ -1209,8 +1157,6 @@ impl Broker {
             timer_at: AtomicI64::new(i64::MAX),
             fetcher: Mutex::new(None),
             sync_wait: AtomicI64::new(i64::MIN),
-            damage: Mutex::new(damage),
-            discard_pending: AtomicBool::new(false),
         }))
     }
 
@@ -1298,13 +1244,6 @@ fn for_each_parallel<T: Sync, R: Send>(
         .into_iter()
         .map(|r| r.expect("every item ran"))
         .collect()
-}
-
-/// Writes the damage mark into a partition directory (logged if it cannot).
-fn mark_damaged_on_disk(dir: &mut Dir) {
-    if let Err(e) = keel_core::storage::write_atomic(dir, DAMAGE_MARKER, b"damaged\n") {
-        tracing::warn!("writing the damage mark: {e}");
-    }
 }
 
 /// Marks a replica deleted (its loops and the sync threads stop touching it) and removes its

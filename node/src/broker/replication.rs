@@ -53,8 +53,6 @@ pub const FULL_EVALUATION_INTERVAL_MAX: Duration = Duration::from_secs(5);
 const FULL_EVALUATION_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// The most record bytes one answer carries (Kafka's `replica.fetch.response.max.bytes`).
 pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
-/// How long a damaged leader's due ISR shrink waits before it is looked at again.
-const DAMAGED_LEADER_RECHECK_MS: i64 = 100;
 
 /// A partition, as fetch sessions name it.
 pub type PartitionKey = (TopicId, i32);
@@ -874,12 +872,7 @@ pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
             if p.is_deleted() {
                 continue;
             }
-            // A damaged leader shrinks no ISR: its followers lag because it cannot serve them,
-            // and it is stepping down to the sound ones. It looks again after a while.
-            if p.with(|r| r.is_leader()) && p.is_damaged() {
-                deadlines.schedule(&p, now.saturating_add(DAMAGED_LEADER_RECHECK_MS));
-                continue;
-            }
+            // (A damaged leader shrinks no ISR and looks again later: core's rule.)
             p.with(|r| r.handle_timeout(now));
             b.after_replica_change(&p);
             // A follower whose backoff ended fetches again.
