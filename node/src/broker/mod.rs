@@ -166,9 +166,6 @@ enum OpenError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    /// The directory was left by another topic of the same name (a deleted one).
-    #[error("{PARTITION_METADATA} holds another topic: {found:?}")]
-    OtherTopic { found: String },
     /// Reading or writing the directory's topic id failed.
     #[error("{0}")]
     TopicId(StorageError),
@@ -1108,9 +1105,33 @@ impl Broker {
                     source,
                 })
         };
-        let storage = open(&dir)?;
         let mut snapshots = open(&dir)?;
-        check_topic_id(&mut snapshots, w.topic_id)?;
+        let mut stray = false;
+        match check_topic_id(&mut snapshots, w.topic_id)? {
+            TopicIdFile::Ours => {}
+            TopicIdFile::Damaged(found) => {
+                tracing::warn!(partition = %name, "{PARTITION_METADATA} was damaged ({found:?}): written again");
+            }
+            TopicIdFile::Other(found) => {
+                // A stray replica (Kafka's KIP-858): left by a deleted topic of the same name
+                // (deleted and created again while this broker was down), or its id rotted
+                // into another. Either way its data cannot be told to be this topic's: it
+                // goes, and the replica starts empty, fetching everything from its leader.
+                tracing::warn!(partition = %name, "{PARTITION_METADATA} names another topic ({found:?}): removing the stray replica");
+                drop(snapshots);
+                self.settings
+                    .disk
+                    .remove_dir_all(&dir)
+                    .map_err(|source| OpenError::Dir {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                snapshots = open(&dir)?;
+                check_topic_id(&mut snapshots, w.topic_id)?;
+                stray = true;
+            }
+        }
+        let storage = open(&dir)?;
         let syncer = storage.clone();
         let replica_config = ReplicaConfig {
             lag_time_max_ms: self.settings.replica_lag_time_max_ms,
@@ -1127,6 +1148,14 @@ impl Broker {
             wall_ms(),
         )?;
         apply_topic_config(&mut replica, &w.config);
+        let me = self.me();
+        if stray && w.partition.replicas.iter().any(|&b| b != me) {
+            // If the id rotted, this broker may be in the ISR with data it no longer has: it
+            // leads nothing until it has fetched back what its leader had committed.
+            if let Err(e) = replica.mark_damaged(&mut snapshots) {
+                tracing::warn!(partition = %name, "writing the damage mark: {e}");
+            }
+        }
         let report = replica.log().recovery_report();
         if let Some((file, position, why)) = &report.corruption {
             tracing::warn!(partition = %name, "recovery cut {} bytes at {file}:{position}: {why}", report.bytes_truncated);
@@ -1285,21 +1314,54 @@ async fn heartbeats(broker: std::sync::Weak<Broker>) {
     }
 }
 
+/// What a partition directory's `partition.metadata` says about the topic it belongs to.
+enum TopicIdFile {
+    /// This topic (or the file was missing, and is written now).
+    Ours,
+    /// Another topic, in Kafka's format: a stray replica.
+    Other(String),
+    /// Not Kafka's format (the disk damaged it): written again with this topic's id.
+    Damaged(String),
+}
+
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
-fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<(), OpenError> {
+fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<TopicIdFile, OpenError> {
     let expected = format!("version: 0\ntopic_id: {topic_id}\n");
+    let write = |storage: &mut Dir| {
+        keel_core::storage::write_atomic(storage, PARTITION_METADATA, expected.as_bytes())
+            .map_err(OpenError::TopicId)
+    };
     match keel_core::storage::read_all(storage, PARTITION_METADATA) {
-        Ok(found) if found[..] == *expected.as_bytes() => Ok(()),
-        Ok(found) => Err(OpenError::OtherTopic {
-            found: String::from_utf8_lossy(&found).into_owned(),
-        }),
+        Ok(found) if found[..] == *expected.as_bytes() => Ok(TopicIdFile::Ours),
+        Ok(found) => {
+            let text = String::from_utf8_lossy(&found).into_owned();
+            if is_topic_id_file(&found) {
+                Ok(TopicIdFile::Other(text))
+            } else {
+                write(storage)?;
+                Ok(TopicIdFile::Damaged(text))
+            }
+        }
         Err(StorageError::NotFound(_)) => {
-            keel_core::storage::write_atomic(storage, PARTITION_METADATA, expected.as_bytes())
-                .map_err(OpenError::TopicId)
+            write(storage)?;
+            Ok(TopicIdFile::Ours)
         }
         Err(e) => Err(OpenError::TopicId(e)),
     }
+}
+
+/// Whether `bytes` is a `partition.metadata` file in Kafka's format: `version: 0`, then a
+/// topic id (22 characters of URL-safe base64, the last holding only 2 bits of the id).
+fn is_topic_id_file(bytes: &[u8]) -> bool {
+    let Some(id) = bytes
+        .strip_prefix(b"version: 0\ntopic_id: ")
+        .and_then(|rest| rest.strip_suffix(b"\n"))
+    else {
+        return false;
+    };
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_';
+    id.len() == 22 && id[..21].iter().all(base64) && b"AQgw".contains(&id[21])
 }
 
 /// The cluster id, made (and stored durably) on first start: random for a single broker; for
@@ -1352,5 +1414,33 @@ mod parallel_tests {
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(seen.into_inner().unwrap().len(), 1000);
         assert_eq!(for_each_parallel(&items[..3], 8, |&i| i), vec![0, 1, 2]);
+    }
+}
+
+#[cfg(test)]
+mod topic_id_file_tests {
+    use super::{is_topic_id_file, TopicId};
+
+    /// Kafka's `partition.metadata` with any topic id is recognised; damage to its syntax
+    /// (a flipped bit in the keys, the newline or the id's padding bits) is not.
+    #[test]
+    fn only_kafkas_format_names_a_topic() {
+        for id in [TopicId([7; 16]), TopicId([0xff; 16]), TopicId([1; 16])] {
+            let file = format!("version: 0\ntopic_id: {id}\n");
+            assert!(is_topic_id_file(file.as_bytes()), "{file:?}");
+            let mut bytes = file.clone().into_bytes();
+            for (i, bit) in [(12usize, 0x10u8), (file.len() - 1, 0x80), (11, 0x01)] {
+                bytes[i] ^= bit;
+                assert!(
+                    !is_topic_id_file(&bytes),
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                bytes[i] ^= bit;
+            }
+        }
+        assert!(!is_topic_id_file(
+            b"version: 0\ntopic_id: AAAAAAAAAAAAAAAAAAAAAB\n"
+        ));
     }
 }
