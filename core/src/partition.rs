@@ -5,9 +5,9 @@
 //!
 //! It owns the partition's [`Log`] and [`ProducerStateTable`]; the shell owns the clock, the
 //! disk threads, the network and the controller connection. Inputs are `handle_*(now_ms, ..)`
-//! and `on_*` calls; outputs are return values and what the shell drains with
-//! [`PartitionReplica::poll_alter_partition`], [`PartitionReplica::prepare_state_write`] and
-//! [`PartitionReplica::poll_timeout`].
+//! and `on_*` calls; outputs are return values and the [`Effect`]s the shell drains with
+//! [`PartitionReplica::poll_effect`] after every input: an ISR change to send, a sync round to
+//! run, a new high watermark to publish, the next deadline.
 //!
 //! # Roles
 //! A replica starts [`Role::Offline`] after [`PartitionReplica::recover`], and takes the role
@@ -32,26 +32,29 @@
 //! its durable end, which recovery finds again, so nothing is written.
 //!
 //! # Leader: call order for the shell
+//! After every step below, drain [`PartitionReplica::poll_effect`] until `None` and carry out
+//! each [`Effect`] in the order given:
+//! - [`Effect::AlterPartition`]: send it to the controller; the answer comes back as
+//!   [`PartitionReplica::on_partition_change`] (committed) or
+//!   [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
+//! - [`Effect::Sync`]: queue the partition for a sync round (2).
+//! - [`Effect::HighWatermark`]: for each waiting acks=all produce,
+//!   [`PartitionReplica::produce_status`] with the epoch and last offset from its
+//!   [`Appended`]: answer on `Acked` or `Failed`, keep waiting on `Waiting`, time out with
+//!   REQUEST_TIMED_OUT. Wake long-polling fetches (followers learn the high watermark from
+//!   fetch responses, so answer a follower's waiting fetch when it moves).
+//! - [`Effect::Deadline`]: sleep until then, and call [`PartitionReplica::handle_timeout`]
+//!   (ISR shrink after `replica.lag.time.max.ms`).
+//!
 //! 1. A produce: for acks=all, [`PartitionReplica::check_enough_replicas`] first
-//!    (NOT_ENOUGH_REPLICAS); then [`PartitionReplica::append`]; answer acks=1 now; queue a sync.
-//! 2. A sync round (group commit): [`Log::prepare_sync`] through [`PartitionReplica::log`], the
-//!    sync on the I/O thread, [`Log::complete_sync`] through [`PartitionReplica::log_mut`], then
-//!    [`PartitionReplica::update_high_watermark`].
+//!    (NOT_ENOUGH_REPLICAS); then [`PartitionReplica::append`]; answer acks=1 now.
+//! 2. A sync round (group commit), on the I/O thread: [`PartitionReplica::prepare_sync`] under
+//!    the lock, the sync outside it, [`PartitionReplica::complete_sync`] under it; then, while
+//!    [`PartitionReplica::prepare_state_write`] hands one out, [`StateWrite::write_to`] outside
+//!    the lock and [`PartitionReplica::complete_state_write`] (or
+//!    [`PartitionReplica::fail_state_write`]) under it.
 //! 3. A follower's fetch: [`PartitionReplica::handle_follower_fetch`]; send back the response.
-//! 4. After 2 and 3, and after timeouts: drain [`PartitionReplica::poll_alter_partition`] and
-//!    send it to the controller; the controller's answer comes back as
-//!    [`PartitionReplica::on_partition_change`] (committed) or
-//!    [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time). Drain
-//!    [`PartitionReplica::prepare_state_write`]: run [`StateWrite::write_to`] on the I/O thread,
-//!    then [`PartitionReplica::complete_state_write`] (or
-//!    [`PartitionReplica::fail_state_write`]).
-//! 5. Whenever the high watermark may have moved (after 2, 3 and 4): for each waiting acks=all
-//!    produce, [`PartitionReplica::produce_status`] with the epoch and last offset from its
-//!    [`Appended`]: answer on `Acked` or `Failed`, keep waiting on `Waiting`, time out with
-//!    REQUEST_TIMED_OUT. Wake long-polling fetches (followers learn the high watermark from
-//!    fetch responses, so answer a follower's waiting fetch when it moves).
-//! 6. Sleep until [`PartitionReplica::poll_timeout`], then [`PartitionReplica::handle_timeout`]
-//!    (ISR shrink after `replica.lag.time.max.ms`).
+//! 4. A deadline: [`PartitionReplica::handle_timeout`].
 //!
 //! # Follower: call order for the shell
 //! 1. [`PartitionReplica::discard_pending_damage`] (runtime damage, below), then
@@ -59,10 +62,9 @@
 //!    leader); send it to [`PartitionReplica::fetch_leader`].
 //! 2. The answer: [`PartitionReplica::handle_fetch_response`]; an error or no answer in time:
 //!    [`PartitionReplica::handle_fetch_error`] (backs off).
-//! 3. A sync round as for the leader (2 above) after appending. The durable end reaches the
-//!    leader only in the next fetch, so send the next fetch after the sync completes when a
+//! 3. Effects as for the leader: an append reports [`Effect::Sync`]. The durable end reaches
+//!    the leader only in the next fetch, so send the next fetch after the sync completes when a
 //!    response appended data (the leader's high watermark waits for it).
-//! 4. Drain [`PartitionReplica::prepare_state_write`] as for the leader.
 //!
 //! # Damaged replicas
 //! A replica that may lack committed data ([`damage`]: recovery found its log below its
@@ -103,7 +105,7 @@ pub use state::{StateReport, StateWrite};
 use crate::batch::{Batch, BatchError, BatchHeader, Compression, TimestampType};
 use crate::controller::{BrokerId, Partition};
 use crate::error_code::{self as code, ErrorCode};
-use crate::log::{EpochEntry, Log, LogConfig, LogError};
+use crate::log::{EpochEntry, Log, LogConfig, LogError, PendingSync};
 use crate::planted::{self, Bug};
 use crate::producer::{self, ProducerCheck, ProducerError, ProducerStateTable};
 use crate::storage::{Storage, StorageError};
@@ -230,6 +232,37 @@ pub enum AckStatus {
     /// append (the write may or may not survive), NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR
     /// is below `min.insync.replicas` (the high watermark cannot move, or moved without it).
     Failed(ErrorCode),
+}
+
+/// What the replica asks of its shell, drained with [`PartitionReplica::poll_effect`] after
+/// every input, in this order (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this ISR change to the controller. Its answer comes back as
+    /// [`PartitionReplica::on_partition_change`] (committed) or
+    /// [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
+    AlterPartition(AlterPartition),
+    /// The log holds unsynced data, or a high watermark write is wanted: run a sync round on
+    /// the I/O thread ([`PartitionReplica::prepare_sync`], the sync,
+    /// [`PartitionReplica::complete_sync`], then [`PartitionReplica::prepare_state_write`] until
+    /// `None`). Reported once until the round's `prepare_sync`.
+    Sync,
+    /// The exposed high watermark is now this: answer the acks=all produces it covers
+    /// ([`PartitionReplica::produce_status`]), wake long-polling fetches and the followers'
+    /// fetches.
+    HighWatermark(Offset),
+    /// Call [`PartitionReplica::handle_timeout`] at this time (ms) unless an earlier one is
+    /// due; reported when it changes, and again after each `handle_timeout`.
+    Deadline(i64),
+}
+
+/// What the replica last reported through [`PartitionReplica::poll_effect`].
+#[derive(Clone, Debug, Default)]
+struct Reported {
+    /// [`Effect::Sync`] was reported and its round has not begun.
+    sync: bool,
+    high_watermark: Offset,
+    deadline: Option<i64>,
 }
 
 /// A follower's fetch from its leader (Kafka's Fetch request from a replica, v12+).
@@ -425,6 +458,8 @@ pub struct PartitionReplica<S: Storage> {
     /// Whether this replica may lack committed data, and what it still has to do about it
     /// ([`damage`]).
     damage: Damage,
+    /// What [`PartitionReplica::poll_effect`] reported last.
+    reported: Reported,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -536,6 +571,10 @@ impl<S: Storage> PartitionReplica<S> {
             state_report,
             snapshot_written: None,
             damage,
+            reported: Reported {
+                high_watermark,
+                ..Reported::default()
+            },
         };
         replica.check_invariants();
         Ok(replica)
@@ -1218,6 +1257,8 @@ impl<S: Storage> PartitionReplica<S> {
     /// Timer work: proposes removing out-of-sync followers from the ISR (Kafka's
     /// `maybeShrinkIsr`; not on a damaged leader); ends a follower's fetch backoff.
     pub fn handle_timeout(&mut self, now_ms: i64) {
+        // The shell's timer fired: the next deadline is reported again, even if unchanged.
+        self.reported.deadline = None;
         if self.is_leader() && self.damage.is_damaged() {
             // Its followers lag because it cannot serve them, and it is stepping down to the
             // sound ones: no shrink. It looks again after a while.
@@ -1763,8 +1804,57 @@ impl<S: Storage> PartitionReplica<S> {
         self.high_watermark = hw;
     }
 
-    /// Whether [`PartitionReplica::prepare_state_write`] has a write to hand out: the shell
-    /// queues the partition for its sync thread only then.
+    /// The next thing the shell must do for this replica, in the order of [`Effect`]'s
+    /// variants; `None` when there is nothing. Call until `None` after every input (a produce,
+    /// a follower's fetch, a fetch answer, a sync round, a role change, a timeout, an
+    /// AlterPartition answer). Each effect is reported once: an unsynced log or a wanted high
+    /// watermark write until the sync round begins, a high watermark or a deadline when it
+    /// changed.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        if let Some(alter) = self.poll_alter_partition() {
+            return Some(Effect::AlterPartition(alter));
+        }
+        let unsynced = self.log.durable_end() < self.log.end();
+        if !self.reported.sync && (unsynced || self.state_write_wanted()) {
+            self.reported.sync = true;
+            return Some(Effect::Sync);
+        }
+        if self.high_watermark != self.reported.high_watermark {
+            self.reported.high_watermark = self.high_watermark;
+            return Some(Effect::HighWatermark(self.high_watermark));
+        }
+        let deadline = self.poll_timeout();
+        if deadline != self.reported.deadline {
+            self.reported.deadline = deadline;
+            if let Some(at) = deadline {
+                return Some(Effect::Deadline(at));
+            }
+        }
+        None
+    }
+
+    /// Every effect [`PartitionReplica::poll_effect`] has now, in order.
+    pub fn poll_effects(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.poll_effect()).collect()
+    }
+
+    /// The first half of a sync round ([`Effect::Sync`]): the file to sync outside the lock, if
+    /// the log has unsynced data ([`Log::prepare_sync`]). Appends from here on are reported as
+    /// a new [`Effect::Sync`].
+    pub fn prepare_sync(&mut self) -> Option<PendingSync> {
+        self.reported.sync = false;
+        self.log.prepare_sync()
+    }
+
+    /// The second half: `pending`'s file is synced. Moves the log's durable end and the high
+    /// watermark as far as they may go; returns the durable end.
+    pub fn complete_sync(&mut self, pending: PendingSync) -> Offset {
+        let durable = self.log.complete_sync(pending);
+        self.advance_high_watermark();
+        durable
+    }
+
+    /// Whether [`PartitionReplica::prepare_state_write`] has a write to hand out.
     pub fn state_write_wanted(&self) -> bool {
         !self.sole && self.hw_write_in_flight.is_none() && self.hw_wanted > self.hw_persisted
     }

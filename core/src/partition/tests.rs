@@ -588,3 +588,92 @@ fn marking_a_replica_damaged_writes_the_mark() {
     let refused = r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1));
     assert!(matches!(refused, Err(RoleError::Damaged)), "{refused:?}");
 }
+
+// -------------------------------------------------------------------------------------------
+// Effects (the module documentation's call order)
+
+/// A leader's effects come out once each, in order: the shrink deadline when it leads, a sync
+/// after an append (once, until the sync round begins), a high watermark write after a
+/// follower's durable end moves it, the new high watermark once that write is done, and an
+/// ISR change (first) when the follower falls out of sync.
+#[test]
+fn a_leaders_effects_come_out_once_each_in_order() {
+    let follower = LEADER;
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    assert_eq!(r.poll_effects(), Vec::new(), "offline: nothing to do");
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    let due = r.poll_timeout().expect("the follower may fall out of sync");
+    assert_eq!(r.poll_effects(), vec![Effect::Deadline(due)]);
+    assert_eq!(r.poll_effects(), Vec::new(), "reported once");
+
+    r.append(NOW, idempotent(-1, -1, -1, 3)).unwrap();
+    assert_eq!(r.poll_effects(), vec![Effect::Sync]);
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    assert_eq!(r.poll_effects(), Vec::new(), "one sync round covers both");
+    let pending = r.prepare_sync().expect("unsynced appends");
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Sync],
+        "an append after the round began needs another"
+    );
+    assert_eq!(r.complete_sync(pending), Offset(4));
+    let pending = r.prepare_sync().unwrap();
+    r.complete_sync(pending);
+    assert_eq!(
+        r.poll_effects(),
+        Vec::new(),
+        "the follower holds the high watermark"
+    );
+
+    let fetch = FetchRequest {
+        replica: follower,
+        leader_epoch: LeaderEpoch(1),
+        fetch_offset: Offset(5),
+        last_fetched_epoch: LeaderEpoch(1),
+        durable_end: Offset(5),
+        max_bytes: 1 << 20,
+    };
+    r.handle_follower_fetch(NOW, &fetch).unwrap();
+    assert_eq!(r.high_watermark(), Offset(0), "not persisted yet");
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Sync],
+        "a high watermark write; no deadline: the follower is caught up"
+    );
+    assert_eq!(r.prepare_sync(), None, "the log is synced");
+    let write = r.prepare_state_write().expect("a write wanted");
+    write.write_to(&mut snaps).unwrap();
+    r.complete_state_write(write);
+    assert_eq!(r.poll_effects(), vec![Effect::HighWatermark(Offset(5))]);
+
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    let due = r.poll_timeout().expect("the follower lags again");
+    assert_eq!(r.poll_effects(), vec![Effect::Sync, Effect::Deadline(due)]);
+    r.handle_timeout(due);
+    let effects = r.poll_effects();
+    assert!(
+        matches!(&effects[..], [Effect::AlterPartition(a)] if a.isr == vec![ME]),
+        "{effects:?}"
+    );
+}
+
+/// A deadline is reported again after each timeout, even unchanged (the shell's timer fired
+/// and forgot it): a damaged leader's recheck, here.
+#[test]
+fn a_deadline_is_reported_again_after_each_timeout() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    let due = r.poll_timeout().unwrap();
+    assert_eq!(r.poll_effects(), vec![Effect::Deadline(due)]);
+    r.handle_timeout(NOW);
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Deadline(due)],
+        "not due yet: the same deadline, reported again"
+    );
+}

@@ -9,8 +9,11 @@
 //!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
 //!   the applied metadata gives it (`fetcher` runs followers' fetch sessions,
 //!   [`replication`] answers them);
+//! - what each replica asks for after an input (core's [`Effect`]s, drained by
+//!   [`PartitionHandle::drain_effects`], the one place node carries them out): an AlterPartition
+//!   to send to the controller, a sync round, a new high watermark to publish, a deadline;
 //! - the sync threads ([`SyncWorker`]): group commit. Appends, and a follower's fetch that moves
-//!   the high watermark, queue a partition; a sync thread fsyncs its log outside the
+//!   the high watermark, ask for a sync round; a sync thread fsyncs its log outside the
 //!   partition's lock (so appends go on meanwhile), lets a follower waiting for that sync name
 //!   its next fetch, then persists the high watermark where it must be and exposes it, which
 //!   answers acks=all produces and wakes long-polling fetches and the fetch sessions. Different
@@ -47,7 +50,7 @@ use keel_core::controller::{
 use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
 use keel_core::partition::{
-    PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, RoleError,
+    Effect, PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, RoleError,
 };
 use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
@@ -178,6 +181,8 @@ enum OpenError {
 pub struct PartitionHandle {
     /// This handle, for the queues it puts itself in.
     this: Weak<PartitionHandle>,
+    /// The broker, which carries out the replica's effects ([`PartitionHandle::drain_effects`]).
+    broker: Weak<Broker>,
     /// The broker's monotonic clock (durations: lag, backoffs, deadlines).
     clock: Clock,
     pub topic: String,
@@ -248,6 +253,23 @@ impl PartitionHandle {
         }
     }
 
+    /// Carries out what the replica asks for after an input (core's [`Effect`]s, in core's
+    /// order): the one place they are drained. Call after every call into the replica that
+    /// may change it, outside its lock.
+    pub fn drain_effects(&self) {
+        let (Some(me), Some(broker)) = (self.this.upgrade(), self.broker.upgrade()) else {
+            return;
+        };
+        for effect in self.with(|r| r.poll_effects()) {
+            match effect {
+                Effect::AlterPartition(alter) => broker.send_alter_partition(&me, alter),
+                Effect::Sync => broker.sync.queue(&me),
+                Effect::HighWatermark(hw) => self.publish_high_watermark(hw),
+                Effect::Deadline(at) => self.deadlines.schedule(&me, at),
+            }
+        }
+    }
+
     /// Whether this replica is damaged (core's rules, [`keel_core::partition::damage`]):
     /// it may lack committed data, so it leads nothing and keeps its broker fenced. A replica
     /// whose repair is due is repaired here (its mark removed).
@@ -308,14 +330,10 @@ impl PartitionHandle {
         }
     }
 
-    /// Wakes everything waiting on this partition (a role change, an append, a high watermark
-    /// move): the fetch sessions that carry it evaluate it again, and a leader's new deadline
-    /// (followers that now lag) is scheduled. Never called under the partition's lock.
+    /// Wakes the fetch sessions that carry this partition (a role change, an append, a high
+    /// watermark move): they evaluate it again. Never called under the partition's lock.
     fn touch(&self) {
         self.sessions.mark(&self.key());
-        if let (Some(at), Some(me)) = (self.with(|r| r.poll_timeout()), self.this.upgrade()) {
-            self.deadlines.schedule(&me, at);
-        }
     }
 
     /// Wakes produce and fetch waiters so that they look at the partition again.
@@ -327,13 +345,9 @@ impl PartitionHandle {
     /// Makes everything appended so far durable, persists the high watermark where it must
     /// be, and exposes it: prepare under the lock, write outside it, complete under it.
     fn settle(&self) -> Result<(), StorageError> {
-        if let Some(pending) = self.with(|r| r.log().prepare_sync()) {
+        if let Some(pending) = self.with(|r| r.prepare_sync()) {
             self.syncer.sync_file(&pending.file)?;
-            let durable = self.with(|r| {
-                r.log_mut().complete_sync(pending);
-                r.update_high_watermark();
-                r.log().durable_end()
-            });
+            let durable = self.with(|r| r.complete_sync(pending));
             // Before the high watermark file's write: a follower names its next fetch, with
             // its new durable end, without waiting for it.
             self.sync_done(durable, false);
@@ -353,21 +367,21 @@ impl PartitionHandle {
                 }
             }
         }
-        let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
+        let durable = self.with(|r| r.log().durable_end());
         // Also when another path synced the log (a checkpoint, a truncation).
         self.sync_done(durable, false);
-        self.publish_high_watermark(hw);
+        self.drain_effects();
         Ok(())
     }
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
     pub fn checkpoint(&self) -> Result<(), LogError> {
-        let hw = self.with_snapshots(|r, snapshots| {
+        self.with_snapshots(|r, snapshots| {
             r.checkpoint(snapshots)?;
             r.persist_state(snapshots)?;
-            Ok::<_, LogError>(r.high_watermark())
+            Ok::<_, LogError>(())
         })?;
-        self.publish_high_watermark(hw);
+        self.drain_effects();
         Ok(())
     }
 }
@@ -540,6 +554,10 @@ pub struct Broker {
     deadlines: Arc<replication::Deadlines>,
     /// The monotonic clock of durations ([`crate::clock`]).
     clock: Clock,
+    /// The runtime, for tasks started from the sync threads (an AlterPartition request a
+    /// partition's effects ask for). The simulator runs no threads of its own.
+    #[cfg(not(madsim))]
+    runtime: tokio::runtime::Handle,
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
@@ -614,6 +632,8 @@ impl Broker {
             fetchers: Mutex::new(BTreeMap::new()),
             deadlines: Arc::new(replication::Deadlines::default()),
             clock: Clock::new(),
+            #[cfg(not(madsim))]
+            runtime: tokio::runtime::Handle::current(),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(
@@ -684,6 +704,14 @@ impl Broker {
 
     fn me(&self) -> BrokerId {
         BrokerId(self.settings.node_id)
+    }
+
+    /// Starts `task` on the broker's runtime, from any thread.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        #[cfg(not(madsim))]
+        self.runtime.spawn(task);
+        #[cfg(madsim)]
+        tokio::spawn(task);
     }
 
     pub fn broker_epoch(&self) -> i64 {
@@ -893,11 +921,6 @@ impl Broker {
             .collect()
     }
 
-    /// Queues a partition for the sync threads (after an append, or a change to persist).
-    pub fn queue_sync(&self, p: &Arc<PartitionHandle>) {
-        self.sync.queue(p);
-    }
-
     /// Brings the partitions in line with the applied metadata: opens replicas this broker
     /// is assigned, gives each the role the metadata states (persisting a new leader epoch
     /// first), starts follower fetches, closes and deletes replicas whose topic is gone, and
@@ -983,10 +1006,9 @@ impl Broker {
             let role = handle.with(|r| r.role());
             tracing::info!(topic = %w.topic, partition = w.index, epoch = w.partition.leader_epoch.0, "now {role:?}");
             handle.wake_waiters();
-            // A new role may expose a high watermark or want it persisted.
-            self.queue_sync(&handle);
             fetcher::ensure_fetching(&this, &handle);
-            self.after_replica_change(&handle);
+            // A new role may expose a high watermark, want it persisted, or bring deadlines.
+            handle.drain_effects();
             if w.topic == OFFSETS_TOPIC {
                 self.offsets_partition_changed(&handle, false);
             }
@@ -1170,6 +1192,7 @@ impl Broker {
         }
         Ok(Arc::new_cyclic(|this| PartitionHandle {
             this: this.clone(),
+            broker: self.this.clone(),
             clock: self.clock,
             topic: w.topic.clone(),
             index: w.index,
