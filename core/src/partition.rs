@@ -5,9 +5,9 @@
 //!
 //! It owns the partition's [`Log`] and [`ProducerStateTable`]; the shell owns the clock, the
 //! disk threads, the network and the controller connection. Inputs are `handle_*(now_ms, ..)`
-//! and `on_*` calls; outputs are return values and what the shell drains with
-//! [`PartitionReplica::poll_alter_partition`], [`PartitionReplica::prepare_state_write`] and
-//! [`PartitionReplica::poll_timeout`].
+//! and `on_*` calls; outputs are return values and the [`Effect`]s the shell drains with
+//! [`PartitionReplica::poll_effect`] after every input: an ISR change to send, a sync round to
+//! run, a new high watermark to publish, the next deadline.
 //!
 //! # Roles
 //! A replica starts [`Role::Offline`] after [`PartitionReplica::recover`], and takes the role
@@ -32,36 +32,49 @@
 //! its durable end, which recovery finds again, so nothing is written.
 //!
 //! # Leader: call order for the shell
+//! After every step below, drain [`PartitionReplica::poll_effect`] until `None` and carry out
+//! each [`Effect`] in the order given:
+//! - [`Effect::AlterPartition`]: send it to the controller; the answer comes back as
+//!   [`PartitionReplica::on_partition_change`] (committed) or
+//!   [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
+//! - [`Effect::Sync`]: queue the partition for a sync round (2).
+//! - [`Effect::HighWatermark`]: for each waiting acks=all produce,
+//!   [`PartitionReplica::produce_status`] with the epoch and last offset from its
+//!   [`Appended`]: answer on `Acked` or `Failed`, keep waiting on `Waiting`, time out with
+//!   REQUEST_TIMED_OUT. Wake long-polling fetches (followers learn the high watermark from
+//!   fetch responses, so answer a follower's waiting fetch when it moves).
+//! - [`Effect::Deadline`]: sleep until then, and call [`PartitionReplica::handle_timeout`]
+//!   (ISR shrink after `replica.lag.time.max.ms`).
+//!
 //! 1. A produce: for acks=all, [`PartitionReplica::check_enough_replicas`] first
-//!    (NOT_ENOUGH_REPLICAS); then [`PartitionReplica::append`]; answer acks=1 now; queue a sync.
-//! 2. A sync round (group commit): [`Log::prepare_sync`] through [`PartitionReplica::log`], the
-//!    sync on the I/O thread, [`Log::complete_sync`] through [`PartitionReplica::log_mut`], then
-//!    [`PartitionReplica::update_high_watermark`].
+//!    (NOT_ENOUGH_REPLICAS); then [`PartitionReplica::append`]; answer acks=1 now.
+//! 2. A sync round (group commit), on the I/O thread: [`PartitionReplica::prepare_sync`] under
+//!    the lock, the sync outside it, [`PartitionReplica::complete_sync`] under it; then, while
+//!    [`PartitionReplica::prepare_state_write`] hands one out, [`StateWrite::write_to`] outside
+//!    the lock and [`PartitionReplica::complete_state_write`] (or
+//!    [`PartitionReplica::fail_state_write`]) under it.
 //! 3. A follower's fetch: [`PartitionReplica::handle_follower_fetch`]; send back the response.
-//! 4. After 2 and 3, and after timeouts: drain [`PartitionReplica::poll_alter_partition`] and
-//!    send it to the controller; the controller's answer comes back as
-//!    [`PartitionReplica::on_partition_change`] (committed) or
-//!    [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time). Drain
-//!    [`PartitionReplica::prepare_state_write`]: run [`StateWrite::write_to`] on the I/O thread,
-//!    then [`PartitionReplica::complete_state_write`] (or
-//!    [`PartitionReplica::fail_state_write`]).
-//! 5. Whenever the high watermark may have moved (after 2, 3 and 4): for each waiting acks=all
-//!    produce, [`PartitionReplica::produce_status`] with the epoch and last offset from its
-//!    [`Appended`]: answer on `Acked` or `Failed`, keep waiting on `Waiting`, time out with
-//!    REQUEST_TIMED_OUT. Wake long-polling fetches (followers learn the high watermark from
-//!    fetch responses, so answer a follower's waiting fetch when it moves).
-//! 6. Sleep until [`PartitionReplica::poll_timeout`], then [`PartitionReplica::handle_timeout`]
-//!    (ISR shrink after `replica.lag.time.max.ms`).
+//! 4. A deadline: [`PartitionReplica::handle_timeout`].
 //!
 //! # Follower: call order for the shell
-//! 1. [`PartitionReplica::next_fetch`] (`None` while one is in flight, backing off, or without a
+//! 1. [`PartitionReplica::discard_pending_damage`] (runtime damage, below), then
+//!    [`PartitionReplica::next_fetch`] (`None` while one is in flight, backing off, or without a
 //!    leader); send it to [`PartitionReplica::fetch_leader`].
 //! 2. The answer: [`PartitionReplica::handle_fetch_response`]; an error or no answer in time:
 //!    [`PartitionReplica::handle_fetch_error`] (backs off).
-//! 3. A sync round as for the leader (2 above) after appending. The durable end reaches the
-//!    leader only in the next fetch, so send the next fetch after the sync completes when a
+//! 3. Effects as for the leader: an append reports [`Effect::Sync`]. The durable end reaches
+//!    the leader only in the next fetch, so send the next fetch after the sync completes when a
 //!    response appended data (the leader's high watermark waits for it).
-//! 4. Drain [`PartitionReplica::prepare_state_write`] as for the leader.
+//!
+//! # Damaged replicas
+//! A replica that may lack committed data ([`damage`]: recovery found its log below its
+//! persisted high watermark, its epoch file damaged, or the damage mark; the shell found it
+//! unopenable before, [`PartitionReplica::mark_damaged`]; or a read met a damaged batch,
+//! [`PartitionReplica::on_read_failed`], which the shell calls for every failed read) refuses
+//! the leader role, shrinks no ISR while it still leads, discards runtime damage only as a
+//! follower with a leader, and is repaired by [`PartitionReplica::repair_if_due`] (which the
+//! shell calls when it looks at [`PartitionReplica::is_damaged`]). The mark file is written and
+//! removed through `snapshots`, synchronously, like the epoch file.
 //!
 //! # Invariants
 //! The numbering is docs/replication.md's ("Invariants"); each is asserted where it is
@@ -79,18 +92,20 @@
 //! (identical batches below the high watermark) are properties of the whole cluster: the
 //! scenario tests check them after every step.
 
+pub mod damage;
 mod leader;
 pub mod state;
 
 use std::cmp::Ordering;
 
+pub use damage::{Damage, DamageState};
 pub use leader::{AlterPartition, FollowerProgress};
 pub use state::{StateReport, StateWrite};
 
 use crate::batch::{Batch, BatchError, BatchHeader, Compression, TimestampType};
 use crate::controller::{BrokerId, Partition};
 use crate::error_code::{self as code, ErrorCode};
-use crate::log::{EpochEntry, Log, LogConfig, LogError};
+use crate::log::{EpochEntry, Log, LogConfig, LogError, PendingSync};
 use crate::planted::{self, Bug};
 use crate::producer::{self, ProducerCheck, ProducerError, ProducerStateTable};
 use crate::storage::{Storage, StorageError};
@@ -219,6 +234,37 @@ pub enum AckStatus {
     Failed(ErrorCode),
 }
 
+/// What the replica asks of its shell, drained with [`PartitionReplica::poll_effect`] after
+/// every input, in this order (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this ISR change to the controller. Its answer comes back as
+    /// [`PartitionReplica::on_partition_change`] (committed) or
+    /// [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
+    AlterPartition(AlterPartition),
+    /// The log holds unsynced data, or a high watermark write is wanted: run a sync round on
+    /// the I/O thread ([`PartitionReplica::prepare_sync`], the sync,
+    /// [`PartitionReplica::complete_sync`], then [`PartitionReplica::prepare_state_write`] until
+    /// `None`). Reported once until the round's `prepare_sync`.
+    Sync,
+    /// The exposed high watermark is now this: answer the acks=all produces it covers
+    /// ([`PartitionReplica::produce_status`]), wake long-polling fetches and the followers'
+    /// fetches.
+    HighWatermark(Offset),
+    /// Call [`PartitionReplica::handle_timeout`] at this time (ms) unless an earlier one is
+    /// due; reported when it changes, and again after each `handle_timeout`.
+    Deadline(i64),
+}
+
+/// What the replica last reported through [`PartitionReplica::poll_effect`].
+#[derive(Clone, Debug, Default)]
+struct Reported {
+    /// [`Effect::Sync`] was reported and its round has not begun.
+    sync: bool,
+    high_watermark: Offset,
+    deadline: Option<i64>,
+}
+
 /// A follower's fetch from its leader (Kafka's Fetch request from a replica, v12+).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
@@ -313,6 +359,8 @@ pub enum RoleError {
     NotAReplica(BrokerId),
     #[error("invalid partition state: {0}")]
     InvalidPartition(String),
+    #[error("this replica is damaged: it leads nothing until it has fetched back from its leader what it may lack")]
+    Damaged,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -407,6 +455,11 @@ pub struct PartitionReplica<S: Storage> {
     /// The end of the last producer snapshot [`PartitionReplica::checkpoint`] wrote: a
     /// checkpoint with nothing new writes none.
     snapshot_written: Option<Offset>,
+    /// Whether this replica may lack committed data, and what it still has to do about it
+    /// ([`damage`]).
+    damage: Damage,
+    /// What [`PartitionReplica::poll_effect`] reported last.
+    reported: Reported,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -489,6 +542,18 @@ impl<S: Storage> PartitionReplica<S> {
         let leader_epoch = log.epochs().latest().map_or(persisted.leader_epoch, |e| {
             e.epoch.max(persisted.leader_epoch)
         });
+        // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
+        // damage is committed data gone (the log below its persisted high watermark), a damaged
+        // epoch file, or the mark an earlier run left.
+        state_report.damage_marked = damage::is_marked(snapshots);
+        let damage = Damage::recovered(
+            state_report.damage_marked,
+            state_report.epoch_corrupt,
+            state_report.hw_above_log,
+        );
+        if damage.is_damaged() && !state_report.damage_marked {
+            state_report.damage_mark_error = damage::write_mark(snapshots).err();
+        }
         let replica = PartitionReplica {
             config: replica,
             log,
@@ -505,6 +570,11 @@ impl<S: Storage> PartitionReplica<S> {
             hw_write_in_flight: None,
             state_report,
             snapshot_written: None,
+            damage,
+            reported: Reported {
+                high_watermark,
+                ..Reported::default()
+            },
         };
         replica.check_invariants();
         Ok(replica)
@@ -676,6 +746,14 @@ impl<S: Storage> PartitionReplica<S> {
                 "asked to lead a partition whose leader is {}",
                 partition.leader
             )));
+        }
+        // A damaged replica may lack committed data its followers hold: leading would serve
+        // less than was acknowledged, and tell followers to cut committed data. The partition
+        // waits instead (its broker stays fenced meanwhile, so that the controller elects a
+        // sound ISR member).
+        self.repair_if_due(snapshots)?;
+        if self.damage.is_damaged() {
+            return Err(RoleError::Damaged);
         }
         let sole = partition.replicas == [me];
         match partition.leader_epoch.cmp(&self.leader_epoch) {
@@ -1159,10 +1237,16 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// The next time [`PartitionReplica::handle_timeout`] has work: an ISR follower falling out
-    /// of sync (leader), or the end of a fetch backoff (follower).
+    /// of sync (leader; a damaged one looks again every
+    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), or the end of a fetch backoff (follower).
     pub fn poll_timeout(&self) -> Option<i64> {
         match &self.role {
-            RoleState::Leader(l) => l.shrink_deadline(self.config.lag_time_max_ms, self.log.end()),
+            RoleState::Leader(l) => l
+                .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
+                .map(|at| match self.damage.is_damaged() {
+                    true => self.damage.leader_deadline(at),
+                    false => at,
+                }),
             RoleState::Follower(f) if f.in_flight.is_none() && f.backoff_until_ms > i64::MIN => {
                 Some(f.backoff_until_ms)
             }
@@ -1171,9 +1255,15 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// Timer work: proposes removing out-of-sync followers from the ISR (Kafka's
-    /// `maybeShrinkIsr`); ends a follower's fetch backoff.
+    /// `maybeShrinkIsr`; not on a damaged leader); ends a follower's fetch backoff.
     pub fn handle_timeout(&mut self, now_ms: i64) {
-        if self.is_leader() {
+        // The shell's timer fired: the next deadline is reported again, even if unchanged.
+        self.reported.deadline = None;
+        if self.is_leader() && self.damage.is_damaged() {
+            // Its followers lag because it cannot serve them, and it is stepping down to the
+            // sound ones: no shrink. It looks again after a while.
+            self.damage.defer_leader_timeout(now_ms);
+        } else if self.is_leader() {
             self.maybe_shrink_isr(now_ms);
         } else if let RoleState::Follower(f) = &mut self.role {
             if now_ms >= f.backoff_until_ms {
@@ -1246,6 +1336,7 @@ impl<S: Storage> PartitionReplica<S> {
         snapshots: &mut T,
         response: FetchResponse,
     ) -> Result<FetchOutcome, ReplicaError> {
+        self.damage.heard_leader_hw(response.high_watermark);
         let RoleState::Follower(f) = &mut self.role else {
             return Ok(FetchOutcome::Stale);
         };
@@ -1527,6 +1618,77 @@ impl<S: Storage> PartitionReplica<S> {
         cut
     }
 
+    /// A replica with runtime damage pending ([`PartitionReplica::on_read_failed`]), as a
+    /// follower with a leader to fetch from: finds the first damaged batch and discards the
+    /// log from there ([`PartitionReplica::discard_damaged`]), so that the fetches that follow
+    /// bring it back. Returns the new log end if it discarded (or found nothing damaged any
+    /// more); `None` with nothing pending, or without a leader: then this copy, damaged or
+    /// not, may be the only one of what lies around the damage. Call before naming the next
+    /// fetch. A failure leaves the discard pending.
+    pub fn discard_pending_damage<T: Storage>(
+        &mut self,
+        now_ms: i64,
+        snapshots: &mut T,
+    ) -> Result<Option<Offset>, ReplicaError> {
+        if !self.damage.discard_pending() || self.fetch_leader().is_none() {
+            return Ok(None);
+        }
+        let end = match self.find_damage()? {
+            Some(at) => self.discard_damaged(now_ms, snapshots, at)?,
+            None => self.log.end(),
+        };
+        self.damage.discarded();
+        Ok(Some(end))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Damage ([`damage`])
+
+    /// Whether this replica may lack committed data: it leads nothing until repaired.
+    pub fn is_damaged(&self) -> bool {
+        self.damage.is_damaged()
+    }
+
+    pub fn damage(&self) -> &Damage {
+        &self.damage
+    }
+
+    /// Counts this replica damaged (the shell found it failed to open before, on damage this
+    /// open may not have seen) and writes the mark through `snapshots`. On an error it counts
+    /// as damaged all the same.
+    pub fn mark_damaged<T: Storage>(&mut self, snapshots: &mut T) -> Result<(), StorageError> {
+        self.damage.mark();
+        damage::write_mark(snapshots)
+    }
+
+    /// A read of this replica's log failed with `e`. Damage (a batch whose CRC or unchecked
+    /// fields are wrong: bit rot, a misdirected write) makes the replica damaged, writes the
+    /// mark, and leaves a discard pending ([`PartitionReplica::discard_pending_damage`]).
+    /// Other errors (a failed I/O) change nothing: the reader answers them and tries again.
+    /// Returns whether this made a sound replica damaged (also when the mark's write failed,
+    /// the error).
+    pub fn on_read_failed<T: Storage>(
+        &mut self,
+        e: &LogError,
+        snapshots: &mut T,
+    ) -> Result<bool, StorageError> {
+        if !matches!(e, LogError::Corrupt { .. }) {
+            return Ok(false);
+        }
+        if !self.damage.read_failed() {
+            return Ok(false);
+        }
+        damage::write_mark(snapshots)?;
+        Ok(true)
+    }
+
+    /// Removes the damage mark and counts the replica sound once the repair rule holds (no
+    /// discard pending, the log at the first high watermark heard from a leader). Returns
+    /// whether it was repaired now; on an error it stays damaged and a later call tries again.
+    pub fn repair_if_due<T: Storage>(&mut self, snapshots: &mut T) -> Result<bool, StorageError> {
+        self.damage.repair_if_due(self.log.end(), snapshots)
+    }
+
     /// The log and producer state work of [`Self::discard_damaged`]. More damage below the cut
     /// (sound-looking headers that lead astray, or a batch rotted since it was read) starts
     /// the log over at its start.
@@ -1642,8 +1804,57 @@ impl<S: Storage> PartitionReplica<S> {
         self.high_watermark = hw;
     }
 
-    /// Whether [`PartitionReplica::prepare_state_write`] has a write to hand out: the shell
-    /// queues the partition for its sync thread only then.
+    /// The next thing the shell must do for this replica, in the order of [`Effect`]'s
+    /// variants; `None` when there is nothing. Call until `None` after every input (a produce,
+    /// a follower's fetch, a fetch answer, a sync round, a role change, a timeout, an
+    /// AlterPartition answer). Each effect is reported once: an unsynced log or a wanted high
+    /// watermark write until the sync round begins, a high watermark or a deadline when it
+    /// changed.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        if let Some(alter) = self.poll_alter_partition() {
+            return Some(Effect::AlterPartition(alter));
+        }
+        let unsynced = self.log.durable_end() < self.log.end();
+        if !self.reported.sync && (unsynced || self.state_write_wanted()) {
+            self.reported.sync = true;
+            return Some(Effect::Sync);
+        }
+        if self.high_watermark != self.reported.high_watermark {
+            self.reported.high_watermark = self.high_watermark;
+            return Some(Effect::HighWatermark(self.high_watermark));
+        }
+        let deadline = self.poll_timeout();
+        if deadline != self.reported.deadline {
+            self.reported.deadline = deadline;
+            if let Some(at) = deadline {
+                return Some(Effect::Deadline(at));
+            }
+        }
+        None
+    }
+
+    /// Every effect [`PartitionReplica::poll_effect`] has now, in order.
+    pub fn poll_effects(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.poll_effect()).collect()
+    }
+
+    /// The first half of a sync round ([`Effect::Sync`]): the file to sync outside the lock, if
+    /// the log has unsynced data ([`Log::prepare_sync`]). Appends from here on are reported as
+    /// a new [`Effect::Sync`].
+    pub fn prepare_sync(&mut self) -> Option<PendingSync> {
+        self.reported.sync = false;
+        self.log.prepare_sync()
+    }
+
+    /// The second half: `pending`'s file is synced. Moves the log's durable end and the high
+    /// watermark as far as they may go; returns the durable end.
+    pub fn complete_sync(&mut self, pending: PendingSync) -> Offset {
+        let durable = self.log.complete_sync(pending);
+        self.advance_high_watermark();
+        durable
+    }
+
+    /// Whether [`PartitionReplica::prepare_state_write`] has a write to hand out.
     pub fn state_write_wanted(&self) -> bool {
         !self.sole && self.hw_write_in_flight.is_none() && self.hw_wanted > self.hw_persisted
     }

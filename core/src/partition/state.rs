@@ -47,6 +47,12 @@ pub struct StateReport {
     /// synced data (outside the fault model the replica is built for), so the high watermark
     /// was lowered to the log.
     pub hw_above_log: Option<Offset>,
+    /// The damage mark ([`super::damage::MARK_FILE`]) was on disk: an earlier run found this
+    /// replica damaged and it had not been repaired.
+    pub damage_marked: bool,
+    /// Recovery found the replica damaged and could not write the damage mark (it counts as
+    /// damaged all the same, but a restart may not remember it).
+    pub damage_mark_error: Option<StorageError>,
 }
 
 /// The replica state as read from storage.

@@ -286,3 +286,394 @@ fn recovery_without_the_epoch_file_accepts_the_logs_epochs() {
     assert_eq!(r.leader_epoch(), LeaderEpoch(3));
     assert!(r.state_report().epoch_missing);
 }
+
+// -------------------------------------------------------------------------------------------
+// Damaged replicas (docs/replication.md, "damaged replicas"; `partition::damage`)
+
+const LEADER: BrokerId = BrokerId(1);
+const ME: BrokerId = BrokerId(2);
+
+/// The two-replica partition at `epoch`, led by `leader` ([`BrokerId::NONE`]: no leader).
+fn two_replicas(leader: BrokerId, epoch: i32) -> Partition {
+    Partition {
+        replicas: vec![LEADER, ME],
+        isr: vec![LEADER, ME],
+        leader,
+        leader_epoch: LeaderEpoch(epoch),
+        partition_epoch: 0,
+        elr: Vec::new(),
+    }
+}
+
+fn recover_me(log: MemStorage, snaps: &mut MemStorage) -> PartitionReplica<MemStorage> {
+    PartitionReplica::recover(
+        log,
+        snaps,
+        LogConfig::default(),
+        ProduceRules::default(),
+        ReplicaConfig::new(ME),
+        NOW,
+    )
+    .unwrap()
+}
+
+/// A batch of `records` records as the leader stored it at `base`, in leader epoch `epoch`.
+fn leaders_batch(epoch: i32, base: i64, records: usize) -> Batch {
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.partition_leader_epoch = LeaderEpoch(epoch);
+    builder.base_offset = Offset(base);
+    for _ in 0..records {
+        builder = builder.record(NOW, None, Some(b"v"));
+    }
+    builder.build().unwrap()
+}
+
+/// One fetch round of follower `f` at leader epoch `epoch`: the leader answers `batches` and
+/// its high watermark `hw`.
+fn fetch_round(
+    f: &mut PartitionReplica<MemStorage>,
+    snaps: &mut MemStorage,
+    epoch: i32,
+    hw: i64,
+    batches: Vec<Batch>,
+) -> FetchOutcome {
+    let end = batches.last().map_or(f.log().end(), |b| b.next_offset());
+    f.next_fetch(NOW).expect("a fetch to send");
+    let response = FetchResponse {
+        leader_epoch: LeaderEpoch(epoch),
+        high_watermark: Offset(hw),
+        log_start: Offset(0),
+        log_end: end.max(Offset(hw)),
+        payload: FetchPayload::Records(batches),
+    };
+    f.handle_fetch_response(NOW, snaps, response).unwrap()
+}
+
+fn corrupt() -> LogError {
+    LogError::Corrupt {
+        file: "00000000000000000000.log".into(),
+        position: 0,
+        error: BatchError::CrcMismatch {
+            stored: 1,
+            computed: 2,
+        },
+    }
+}
+
+/// Recovery that finds the log below the persisted high watermark (the disk lost synced data)
+/// marks the replica damaged, on disk too: it refuses to lead, a restart remembers it, and it
+/// is repaired (the mark removed) once, as a follower, its log is back at that high watermark.
+#[test]
+fn a_replica_that_lost_synced_data_leads_nothing_until_it_fetched_it_back() {
+    let mut snaps = MemStorage::new();
+    state::write_epoch(&mut snaps, LeaderEpoch(1), false).unwrap();
+    StateWrite {
+        seq: 1,
+        high_watermark: Offset(4),
+    }
+    .write_to(&mut snaps)
+    .unwrap();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    assert_eq!(r.state_report().hw_above_log, Some(Offset(4)));
+    assert_eq!(
+        r.damage().state(),
+        DamageState::Damaged {
+            repaired_at: Some(Offset(4))
+        }
+    );
+    assert!(damage::is_marked(&snaps), "the mark is on disk");
+    let refused = r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 2));
+    assert!(matches!(refused, Err(RoleError::Damaged)), "{refused:?}");
+    assert_eq!(r.role(), Role::Offline);
+    assert_eq!(
+        r.leader_epoch(),
+        LeaderEpoch(1),
+        "the refused epoch is not taken"
+    );
+
+    let mut r = recover_me(r.into_log_storage(), &mut snaps);
+    assert!(r.state_report().damage_marked, "a restart remembers it");
+    assert!(r.is_damaged());
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 2))
+        .unwrap();
+    fetch_round(&mut r, &mut snaps, 2, 4, vec![leaders_batch(1, 0, 2)]);
+    assert!(
+        !r.repair_if_due(&mut snaps).unwrap(),
+        "its log ends at 2, below 4"
+    );
+    assert!(r.is_damaged() && damage::is_marked(&snaps));
+    fetch_round(&mut r, &mut snaps, 2, 4, vec![leaders_batch(1, 2, 2)]);
+    assert!(r.repair_if_due(&mut snaps).unwrap());
+    assert!(!r.is_damaged());
+    assert!(!damage::is_marked(&snaps), "the mark is gone");
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 3))
+        .unwrap();
+    assert!(r.is_leader(), "repaired, it may lead");
+}
+
+/// A damaged epoch file makes the replica damaged with no known target: the first high
+/// watermark it hears from a leader is what its log must reach.
+#[test]
+fn a_damaged_epoch_file_is_repaired_at_the_first_leader_high_watermark_heard() {
+    let mut snaps = MemStorage::new();
+    crate::storage::write_atomic(&mut snaps, state::EPOCH_FILE, b"keel-replica-epoch 1 x\n")
+        .unwrap();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    assert!(r.state_report().epoch_corrupt);
+    assert_eq!(
+        r.damage().state(),
+        DamageState::Damaged { repaired_at: None }
+    );
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 1))
+        .unwrap();
+    fetch_round(&mut r, &mut snaps, 1, 3, vec![leaders_batch(1, 0, 2)]);
+    fetch_round(&mut r, &mut snaps, 1, 6, Vec::new());
+    assert_eq!(
+        r.damage().state(),
+        DamageState::Damaged {
+            repaired_at: Some(Offset(3))
+        },
+        "the first high watermark heard, not the latest"
+    );
+    assert!(!r.repair_if_due(&mut snaps).unwrap());
+    fetch_round(&mut r, &mut snaps, 1, 6, vec![leaders_batch(1, 2, 2)]);
+    assert!(r.repair_if_due(&mut snaps).unwrap());
+    assert!(!r.is_damaged());
+}
+
+/// Damage found by a read at runtime: only a damaged batch (not a failed I/O) makes the
+/// replica damaged and writes the mark; it discards its log from the damaged batch only as a
+/// follower with a leader to fetch it back from, and is repaired only after the discard, once
+/// its log is back at the leader's high watermark.
+#[test]
+fn a_damaged_batch_read_at_runtime_is_discarded_only_with_a_leader_to_fetch_from() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 1))
+        .unwrap();
+    let (first, second) = (leaders_batch(1, 0, 2), leaders_batch(1, 2, 2));
+    let first_size = first.size();
+    fetch_round(&mut r, &mut snaps, 1, 0, vec![first, second.clone()]);
+    r.sync().unwrap();
+    fetch_round(&mut r, &mut snaps, 1, 4, Vec::new());
+    r.persist_state(&mut snaps).unwrap();
+    assert_eq!(r.high_watermark(), Offset(4));
+
+    let io = LogError::Storage(StorageError::NoSpace);
+    assert!(!r.on_read_failed(&io, &mut snaps).unwrap());
+    assert!(!r.is_damaged(), "a failed I/O is not damage");
+
+    r.log_mut()
+        .storage_mut()
+        .flip_bit(&format!("{:020}.log", 0), first_size + 40, 2)
+        .unwrap();
+    let e = r.log().read(Offset(2), 1, Offset(4)).unwrap_err();
+    assert!(matches!(e, LogError::Corrupt { .. }), "{e}");
+    assert!(r.on_read_failed(&e, &mut snaps).unwrap(), "newly damaged");
+    assert!(
+        !r.on_read_failed(&e, &mut snaps).unwrap(),
+        "already damaged"
+    );
+    assert!(r.is_damaged() && r.damage().discard_pending());
+    assert!(damage::is_marked(&snaps));
+
+    // No leader to fetch from: its copy may be the only one; nothing is discarded.
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(BrokerId::NONE, 2))
+        .unwrap();
+    assert_eq!(r.discard_pending_damage(NOW, &mut snaps).unwrap(), None);
+    assert_eq!(r.log().end(), Offset(4));
+
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 3))
+        .unwrap();
+    let end = r.discard_pending_damage(NOW, &mut snaps).unwrap();
+    assert_eq!(
+        end,
+        Some(Offset(0)),
+        "back to the start of the last sound batch"
+    );
+    assert!(!r.damage().discard_pending());
+    assert_eq!(r.find_damage().unwrap(), None);
+    assert_eq!(r.high_watermark(), Offset(0), "lowered with the log");
+    assert!(r.is_damaged(), "not repaired before it fetched back");
+
+    fetch_round(
+        &mut r,
+        &mut snaps,
+        3,
+        4,
+        vec![leaders_batch(1, 0, 2), second.clone()],
+    );
+    assert_eq!(r.log().end(), Offset(4));
+    assert!(r.repair_if_due(&mut snaps).unwrap());
+    assert!(!r.is_damaged() && !damage::is_marked(&snaps));
+}
+
+/// A repair is due only once the discard is done: a log end past the target proves nothing
+/// while the damaged batches are still in it.
+#[test]
+fn no_repair_while_the_damaged_batches_are_still_in_the_log() {
+    let mut snaps = MemStorage::new();
+    crate::storage::write_atomic(&mut snaps, state::EPOCH_FILE, b"garbage\n").unwrap();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 1))
+        .unwrap();
+    fetch_round(&mut r, &mut snaps, 1, 2, vec![leaders_batch(1, 0, 2)]);
+    r.on_read_failed(&corrupt(), &mut snaps).unwrap();
+    assert!(
+        !r.repair_if_due(&mut snaps).unwrap(),
+        "a discard is pending"
+    );
+    assert_eq!(
+        r.discard_pending_damage(NOW, &mut snaps).unwrap(),
+        Some(Offset(2))
+    );
+    assert!(
+        r.repair_if_due(&mut snaps).unwrap(),
+        "nothing was damaged in the log"
+    );
+}
+
+/// A leader that finds damage in its log shrinks no ISR: its followers lag because it cannot
+/// serve them, and its broker steps it down. Its deadline comes back every
+/// `DAMAGED_LEADER_RECHECK_MS`, so the shell's timer never spins.
+#[test]
+fn a_damaged_leader_shrinks_no_isr() {
+    let mut snaps = MemStorage::new();
+    let mut sound_snaps = MemStorage::new();
+    let mut damaged = recover_me(MemStorage::new(), &mut snaps);
+    let mut sound = recover_me(MemStorage::new(), &mut sound_snaps);
+    damaged
+        .on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    sound
+        .on_partition_change(NOW, &mut sound_snaps, &two_replicas(ME, 1))
+        .unwrap();
+    let due = sound
+        .poll_timeout()
+        .expect("the follower may fall out of sync");
+    assert_eq!(damaged.poll_timeout(), Some(due));
+    sound.handle_timeout(due);
+    assert!(
+        sound.poll_alter_partition().is_some(),
+        "the sound leader shrinks"
+    );
+
+    assert!(damaged.on_read_failed(&corrupt(), &mut snaps).unwrap());
+    damaged.handle_timeout(due);
+    assert_eq!(damaged.poll_alter_partition(), None);
+    assert_eq!(damaged.isr(), vec![LEADER, ME]);
+    let again = due + damage::DAMAGED_LEADER_RECHECK_MS;
+    assert_eq!(damaged.poll_timeout(), Some(again));
+    damaged.handle_timeout(again);
+    assert_eq!(damaged.poll_alter_partition(), None);
+    assert_eq!(
+        damaged.poll_timeout(),
+        Some(again + damage::DAMAGED_LEADER_RECHECK_MS)
+    );
+    assert_eq!(
+        damaged.discard_pending_damage(NOW, &mut snaps).unwrap(),
+        None,
+        "a leader discards nothing"
+    );
+}
+
+/// A replica the shell found unopenable before counts as damaged once it opens.
+#[test]
+fn marking_a_replica_damaged_writes_the_mark() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    assert!(!r.is_damaged() && !damage::is_marked(&snaps));
+    r.mark_damaged(&mut snaps).unwrap();
+    assert!(r.is_damaged() && damage::is_marked(&snaps));
+    let refused = r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1));
+    assert!(matches!(refused, Err(RoleError::Damaged)), "{refused:?}");
+}
+
+// -------------------------------------------------------------------------------------------
+// Effects (the module documentation's call order)
+
+/// A leader's effects come out once each, in order: the shrink deadline when it leads, a sync
+/// after an append (once, until the sync round begins), a high watermark write after a
+/// follower's durable end moves it, the new high watermark once that write is done, and an
+/// ISR change (first) when the follower falls out of sync.
+#[test]
+fn a_leaders_effects_come_out_once_each_in_order() {
+    let follower = LEADER;
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    assert_eq!(r.poll_effects(), Vec::new(), "offline: nothing to do");
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    let due = r.poll_timeout().expect("the follower may fall out of sync");
+    assert_eq!(r.poll_effects(), vec![Effect::Deadline(due)]);
+    assert_eq!(r.poll_effects(), Vec::new(), "reported once");
+
+    r.append(NOW, idempotent(-1, -1, -1, 3)).unwrap();
+    assert_eq!(r.poll_effects(), vec![Effect::Sync]);
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    assert_eq!(r.poll_effects(), Vec::new(), "one sync round covers both");
+    let pending = r.prepare_sync().expect("unsynced appends");
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Sync],
+        "an append after the round began needs another"
+    );
+    assert_eq!(r.complete_sync(pending), Offset(4));
+    let pending = r.prepare_sync().unwrap();
+    r.complete_sync(pending);
+    assert_eq!(
+        r.poll_effects(),
+        Vec::new(),
+        "the follower holds the high watermark"
+    );
+
+    let fetch = FetchRequest {
+        replica: follower,
+        leader_epoch: LeaderEpoch(1),
+        fetch_offset: Offset(5),
+        last_fetched_epoch: LeaderEpoch(1),
+        durable_end: Offset(5),
+        max_bytes: 1 << 20,
+    };
+    r.handle_follower_fetch(NOW, &fetch).unwrap();
+    assert_eq!(r.high_watermark(), Offset(0), "not persisted yet");
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Sync],
+        "a high watermark write; no deadline: the follower is caught up"
+    );
+    assert_eq!(r.prepare_sync(), None, "the log is synced");
+    let write = r.prepare_state_write().expect("a write wanted");
+    write.write_to(&mut snaps).unwrap();
+    r.complete_state_write(write);
+    assert_eq!(r.poll_effects(), vec![Effect::HighWatermark(Offset(5))]);
+
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    let due = r.poll_timeout().expect("the follower lags again");
+    assert_eq!(r.poll_effects(), vec![Effect::Sync, Effect::Deadline(due)]);
+    r.handle_timeout(due);
+    let effects = r.poll_effects();
+    assert!(
+        matches!(&effects[..], [Effect::AlterPartition(a)] if a.isr == vec![ME]),
+        "{effects:?}"
+    );
+}
+
+/// A deadline is reported again after each timeout, even unchanged (the shell's timer fired
+/// and forgot it): a damaged leader's recheck, here.
+#[test]
+fn a_deadline_is_reported_again_after_each_timeout() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    let due = r.poll_timeout().unwrap();
+    assert_eq!(r.poll_effects(), vec![Effect::Deadline(due)]);
+    r.handle_timeout(NOW);
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Deadline(due)],
+        "not due yet: the same deadline, reported again"
+    );
+}

@@ -228,9 +228,9 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
         let mut named = Vec::with_capacity(members.len());
         let mut named_epochs = Vec::with_capacity(members.len());
         for p in members {
-            p.discard_if_pending();
             let key = p.key();
-            let request = p.with(|r| {
+            let request = p.with_snapshots(|r, snapshots| {
+                p.discard_if_pending(r, snapshots);
                 if r.fetch_leader() != Some(f.leader) {
                     return None;
                 }
@@ -245,7 +245,7 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
                     named.push(PartitionFetch::new(&p.topic, key, &request));
                 }
                 // Backing off: the deadline marks it ready again.
-                None => b.after_replica_change(&p),
+                None => p.drain_effects(),
             }
         }
         f.note_named(&named_epochs);
@@ -333,7 +333,8 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
         failures = 0;
         session_id = answer.session_id;
         epoch = sent_epoch;
-        let Some(b) = broker.upgrade() else {
+        // Kept alive while the answer is applied (the partitions' effects need it).
+        let Some(_broker) = broker.upgrade() else {
             return;
         };
         for entry in answer.entries {
@@ -343,7 +344,7 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
             let Some((p, fetch_epoch)) = f.answered(&key) else {
                 continue;
             };
-            apply(&b, &f, &p, fetch_epoch, entry);
+            apply(&f, &p, fetch_epoch, entry);
         }
     }
 }
@@ -351,7 +352,6 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
 /// Applies the leader's answer for `p`, then marks it ready again (after an append, once the
 /// append's sync completed).
 fn apply(
-    b: &Arc<Broker>,
     f: &Fetcher,
     p: &Arc<PartitionHandle>,
     fetch_epoch: LeaderEpoch,
@@ -367,12 +367,11 @@ fn apply(
                     r.handle_fetch_error(p.clock.now_ms())
                 }
             });
-            b.after_replica_change(p);
+            p.drain_effects();
             p.fetch_ready_if_not_backing_off();
             return;
         }
     };
-    p.note_leader_high_watermark(response.high_watermark);
     let outcome = p.with_snapshots(|r, snapshots| {
         r.handle_fetch_response(p.clock.now_ms(), snapshots, response)
     });
@@ -382,11 +381,11 @@ fn apply(
             // end (the planted bug names it at once, with the unsynced end).
             let end = p.with(|r| r.log().end());
             if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
-                b.queue_sync(p);
+                p.drain_effects();
                 f.ready(p.key());
             } else {
                 p.ready_after_sync(end);
-                b.queue_sync(p);
+                p.drain_effects();
             }
         }
         Ok(outcome) => {
@@ -399,9 +398,7 @@ fn apply(
                 }
                 _ => {}
             }
-            if p.with(|r| r.state_write_wanted() || r.log().durable_end() < r.log().end()) {
-                b.queue_sync(p);
-            }
+            p.drain_effects();
             f.ready(p.key());
         }
         Err(e) => {
@@ -410,7 +407,7 @@ fn apply(
                 p.read_failed(e);
             }
             p.with(|r| r.handle_fetch_error(p.clock.now_ms()));
-            b.after_replica_change(p);
+            p.drain_effects();
         }
     }
 }

@@ -125,7 +125,7 @@ impl Active {
                 Ok(r.append(now, batch)?)
             })?;
             self.partition.touch();
-            broker.queue_sync(&self.partition);
+            self.partition.drain_effects();
             self.unacked.push_back((last_seq, appended));
         }
         for (id, response) in self.coordinator.poll_responses() {

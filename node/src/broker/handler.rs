@@ -444,7 +444,7 @@ impl Broker {
                 if !appended.duplicate {
                     // Followers waiting in a fetch take the new batch now.
                     partition.touch();
-                    self.queue_sync(&partition);
+                    partition.drain_effects();
                 }
                 Ok((partition, appended, log_start))
             }

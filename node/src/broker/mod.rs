@@ -9,8 +9,11 @@
 //!   [`PartitionReplica`] over [`Dir`] in `{data dir}/{topic}-{partition}/`, in the role
 //!   the applied metadata gives it (`fetcher` runs followers' fetch sessions,
 //!   [`replication`] answers them);
+//! - what each replica asks for after an input (core's [`Effect`]s, drained by
+//!   [`PartitionHandle::drain_effects`], the one place node carries them out): an AlterPartition
+//!   to send to the controller, a sync round, a new high watermark to publish, a deadline;
 //! - the sync threads ([`SyncWorker`]): group commit. Appends, and a follower's fetch that moves
-//!   the high watermark, queue a partition; a sync thread fsyncs its log outside the
+//!   the high watermark, ask for a sync round; a sync thread fsyncs its log outside the
 //!   partition's lock (so appends go on meanwhile), lets a follower waiting for that sync name
 //!   its next fetch, then persists the high watermark where it must be and exposes it, which
 //!   answers acks=all produces and wakes long-polling fetches and the fetch sessions. Different
@@ -46,7 +49,9 @@ use keel_core::controller::{
 };
 use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
-use keel_core::partition::{PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, Role};
+use keel_core::partition::{
+    Effect, PartitionReplica, ProduceRules, ReplicaConfig, ReplicaError, RoleError,
+};
 use keel_core::quorum::sessions::Heartbeat;
 use keel_core::storage::StorageError;
 use keel_core::{Offset, ProducerId};
@@ -59,9 +64,6 @@ use crate::storage::{Dir, Disk};
 pub const METADATA_DIR: &str = "__metadata";
 /// The file, in the data directory, holding the cluster id.
 const CLUSTER_ID_FILE: &str = "cluster.id";
-/// The file, in a partition directory, that marks its replica damaged until it has fetched
-/// back from its leader: the mark survives restarts (damage a later open may not see again).
-const DAMAGE_MARKER: &str = "replica.damaged";
 /// The file in a partition directory naming its topic's id (Kafka's).
 const PARTITION_METADATA: &str = "partition.metadata";
 /// How many times a command is computed again after the metadata moved under it.
@@ -167,9 +169,6 @@ enum OpenError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    /// The directory was left by another topic of the same name (a deleted one).
-    #[error("{PARTITION_METADATA} holds another topic: {found:?}")]
-    OtherTopic { found: String },
     /// Reading or writing the directory's topic id failed.
     #[error("{0}")]
     TopicId(StorageError),
@@ -182,6 +181,8 @@ enum OpenError {
 pub struct PartitionHandle {
     /// This handle, for the queues it puts itself in.
     this: Weak<PartitionHandle>,
+    /// The broker, which carries out the replica's effects ([`PartitionHandle::drain_effects`]).
+    broker: Weak<Broker>,
     /// The broker's monotonic clock (durations: lag, backoffs, deadlines).
     clock: Clock,
     pub topic: String,
@@ -209,15 +210,6 @@ pub struct PartitionHandle {
     /// As a follower: the log end whose sync it waits for before naming its next fetch
     /// (`i64::MIN`: none).
     sync_wait: AtomicI64,
-    /// Recovery found this replica damaged (its log below its persisted high watermark, a
-    /// damaged epoch file, an earlier failed open, or a damage mark on disk): it may lack
-    /// committed data. `Some(None)`: damaged, how far committed data went not known yet;
-    /// `Some(Some(o))`: repaired once its log reaches `o`; `None`: sound.
-    damage: Mutex<Option<Option<Offset>>>,
-    /// A read found a damaged batch in this replica's log at runtime: once it no longer leads,
-    /// it discards the log from there (`PartitionReplica::discard_damaged`) and fetches it
-    /// back from its leader.
-    discard_pending: AtomicBool,
 }
 
 impl PartitionHandle {
@@ -261,86 +253,76 @@ impl PartitionHandle {
         }
     }
 
-    /// Whether recovery found this replica damaged and it has not yet fetched back, as a
-    /// follower, everything its leader had committed when it first heard from it.
-    pub fn is_damaged(&self) -> bool {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        let repaired = match *damage {
-            None => return false,
-            Some(None) => false,
-            // Not before the damaged batches are gone: a log end past the target proves
-            // nothing while they are still in it.
-            Some(Some(target)) => {
-                !self.discard_pending.load(Ordering::SeqCst)
-                    && self.with(|r| r.log().end() >= target)
-            }
+    /// Carries out what the replica asks for after an input (core's [`Effect`]s, in core's
+    /// order): the one place they are drained. Call after every call into the replica that
+    /// may change it, outside its lock.
+    pub fn drain_effects(&self) {
+        let (Some(me), Some(broker)) = (self.this.upgrade(), self.broker.upgrade()) else {
+            return;
         };
-        if repaired {
-            tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader");
-            let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-            match keel_core::storage::Storage::remove(&mut *snapshots, DAMAGE_MARKER) {
-                Ok(()) | Err(StorageError::NotFound(_)) => *damage = None,
-                // Still marked on disk: stay damaged, try again at the next look.
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.index, "removing the damage mark: {e}")
-                }
+        for effect in self.with(|r| r.poll_effects()) {
+            match effect {
+                Effect::AlterPartition(alter) => broker.send_alter_partition(&me, alter),
+                Effect::Sync => broker.sync.queue(&me),
+                Effect::HighWatermark(hw) => self.publish_high_watermark(hw),
+                Effect::Deadline(at) => self.deadlines.schedule(&me, at),
             }
         }
-        damage.is_some()
     }
 
-    /// Counts the replica as damaged (unless it already is), until it has fetched back from
-    /// its leader.
+    /// Whether this replica is damaged (core's rules, [`keel_core::partition::damage`]):
+    /// it may lack committed data, so it leads nothing and keeps its broker fenced. A replica
+    /// whose repair is due is repaired here (its mark removed).
+    pub fn is_damaged(&self) -> bool {
+        if !self.with(|r| r.is_damaged()) {
+            return false;
+        }
+        let (repaired, damaged) =
+            self.with_snapshots(|r, snapshots| (r.repair_if_due(snapshots), r.is_damaged()));
+        match repaired {
+            Ok(true) => {
+                tracing::info!(topic = %self.topic, partition = self.index, "repaired from the leader")
+            }
+            Ok(false) => {}
+            // Still marked on disk: stay damaged, try again at the next look.
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, "removing the damage mark: {e}")
+            }
+        }
+        damaged
+    }
+
+    /// Counts the replica as damaged (it failed to open before), until it has fetched back
+    /// from its leader.
     fn mark_damaged(&self) {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        if damage.is_none() {
-            *damage = Some(None);
+        if let Err(e) = self.with_snapshots(|r, snapshots| r.mark_damaged(snapshots)) {
+            tracing::warn!(topic = %self.topic, partition = self.index, "writing the damage mark: {e}");
         }
-        let mut snapshots = self.snapshots.lock().expect("snapshot lock poisoned");
-        mark_damaged_on_disk(&mut snapshots);
     }
 
-    /// A read of this replica's log failed with `e`. Damage (a batch whose CRC or unchecked
-    /// fields are wrong: bit rot, a misdirected write) makes the replica damaged: its broker
-    /// asks to be fenced, which moves its leaderships to sound ISR members, and it discards the
-    /// damaged batch onwards once it follows (`discard_if_pending`). Other errors (a failed
-    /// I/O) are answered as they are and tried again by the reader.
+    /// A read of this replica's log failed with `e`: damage makes the replica damaged
+    /// (`PartitionReplica::on_read_failed`): its broker asks to be fenced, which moves its
+    /// leaderships to sound ISR members, and it discards the damaged batch onwards once it
+    /// follows (`discard_if_pending`). Other errors are answered as they are and tried again
+    /// by the reader.
     pub fn read_failed(&self, e: &LogError) {
-        if !matches!(e, LogError::Corrupt { .. }) {
-            return;
-        }
-        self.discard_pending.store(true, Ordering::SeqCst);
-        let known = self.damage.lock().expect("damage lock poisoned").is_some();
-        if !known {
+        let newly = self.with_snapshots(|r, snapshots| r.on_read_failed(e, snapshots));
+        if !matches!(newly, Ok(false)) {
             tracing::error!(topic = %self.topic, partition = self.index, "damaged batch in the log: {e}; stepping down to repair it from another replica");
-            self.mark_damaged();
+        }
+        if let Err(e) = newly {
+            tracing::warn!(topic = %self.topic, partition = self.index, "writing the damage mark: {e}");
         }
     }
 
-    /// A follower with runtime damage pending ([`PartitionHandle::read_failed`]): discards its
-    /// log from the first damaged batch, so that the fetches that follow bring it back.
-    fn discard_if_pending(&self) {
-        if !self.discard_pending.load(Ordering::SeqCst) {
-            return;
-        }
-        let outcome = self.with_snapshots(|r, snapshots| {
-            // Only with a leader to fetch it back from: without one, this copy, damaged or
-            // not, may be the only one of what lies around the damage.
-            if !matches!(r.role(), Role::Follower { .. }) || r.fetch_leader().is_none() {
-                return Ok(None);
-            }
-            match r.find_damage()? {
-                Some(at) => r
-                    .discard_damaged(self.clock.now_ms(), snapshots, at)
-                    .map(Some),
-                None => Ok(Some(r.log().end())),
-            }
-        });
-        match outcome {
+    /// A follower with runtime damage pending: discards its log from the first damaged batch
+    /// (`PartitionReplica::discard_pending_damage`), so that the fetches that follow bring it
+    /// back. Call under the locks, before naming the next fetch.
+    fn discard_if_pending(&self, r: &mut PartitionReplica<Dir>, snapshots: &mut Dir) {
+        match r.discard_pending_damage(self.clock.now_ms(), snapshots) {
             Ok(None) => {}
             Ok(Some(end)) => {
                 tracing::warn!(topic = %self.topic, partition = self.index, "discarded the damaged log from {end}: fetching it back from the leader");
-                self.discard_pending.store(false, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::error!(topic = %self.topic, partition = self.index, "discarding the damaged log: {e}")
@@ -348,23 +330,10 @@ impl PartitionHandle {
         }
     }
 
-    /// The leader's high watermark, heard by this replica as a follower: a damaged replica is
-    /// repaired once its log reaches the first one it hears.
-    fn note_leader_high_watermark(&self, hw: Offset) {
-        let mut damage = self.damage.lock().expect("damage lock poisoned");
-        if let Some(target @ None) = &mut *damage {
-            *target = Some(hw);
-        }
-    }
-
-    /// Wakes everything waiting on this partition (a role change, an append, a high watermark
-    /// move): the fetch sessions that carry it evaluate it again, and a leader's new deadline
-    /// (followers that now lag) is scheduled. Never called under the partition's lock.
+    /// Wakes the fetch sessions that carry this partition (a role change, an append, a high
+    /// watermark move): they evaluate it again. Never called under the partition's lock.
     fn touch(&self) {
         self.sessions.mark(&self.key());
-        if let (Some(at), Some(me)) = (self.with(|r| r.poll_timeout()), self.this.upgrade()) {
-            self.deadlines.schedule(&me, at);
-        }
     }
 
     /// Wakes produce and fetch waiters so that they look at the partition again.
@@ -376,15 +345,11 @@ impl PartitionHandle {
     /// Makes everything appended so far durable, persists the high watermark where it must
     /// be, and exposes it: prepare under the lock, write outside it, complete under it.
     fn settle(&self) -> Result<(), StorageError> {
-        if let Some(pending) = self.with(|r| r.log().prepare_sync()) {
+        if let Some(pending) = self.with(|r| r.prepare_sync()) {
             for file in pending.files() {
                 self.syncer.sync_file(file)?;
             }
-            let durable = self.with(|r| {
-                r.log_mut().complete_sync(pending);
-                r.update_high_watermark();
-                r.log().durable_end()
-            });
+            let durable = self.with(|r| r.complete_sync(pending));
             // Before the high watermark file's write: a follower names its next fetch, with
             // its new durable end, without waiting for it.
             self.sync_done(durable, false);
@@ -399,8 +364,8 @@ impl PartitionHandle {
                     // Exposed at once, not when the loop ends: while followers keep moving
                     // the high watermark, each write wants another, and acks=all waited for
                     // the whole run (p50 132 ms at 20,000 records/s, keel-bench's mixed phase).
-                    let hw = self.with(|r| r.complete_state_write(write));
-                    self.publish_high_watermark(hw);
+                    self.with(|r| r.complete_state_write(write));
+                    self.drain_effects();
                 }
                 Err(e) => {
                     self.with(|r| r.fail_state_write(write));
@@ -408,21 +373,21 @@ impl PartitionHandle {
                 }
             }
         }
-        let (hw, durable) = self.with(|r| (r.high_watermark(), r.log().durable_end()));
+        let durable = self.with(|r| r.log().durable_end());
         // Also when another path synced the log (a checkpoint, a truncation).
         self.sync_done(durable, false);
-        self.publish_high_watermark(hw);
+        self.drain_effects();
         Ok(())
     }
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
     pub fn checkpoint(&self) -> Result<(), LogError> {
-        let hw = self.with_snapshots(|r, snapshots| {
+        self.with_snapshots(|r, snapshots| {
             r.checkpoint(snapshots)?;
             r.persist_state(snapshots)?;
-            Ok::<_, LogError>(r.high_watermark())
+            Ok::<_, LogError>(())
         })?;
-        self.publish_high_watermark(hw);
+        self.drain_effects();
         Ok(())
     }
 }
@@ -595,6 +560,10 @@ pub struct Broker {
     deadlines: Arc<replication::Deadlines>,
     /// The monotonic clock of durations ([`crate::clock`]).
     clock: Clock,
+    /// The runtime, for tasks started from the sync threads (an AlterPartition request a
+    /// partition's effects ask for). The simulator runs no threads of its own.
+    #[cfg(not(madsim))]
+    runtime: tokio::runtime::Handle,
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
@@ -669,6 +638,8 @@ impl Broker {
             fetchers: Mutex::new(BTreeMap::new()),
             deadlines: Arc::new(replication::Deadlines::default()),
             clock: Clock::new(),
+            #[cfg(not(madsim))]
+            runtime: tokio::runtime::Handle::current(),
         });
         if let Some(incoming) = incoming {
             tokio::spawn(replication::dispatch_peers(
@@ -739,6 +710,14 @@ impl Broker {
 
     fn me(&self) -> BrokerId {
         BrokerId(self.settings.node_id)
+    }
+
+    /// Starts `task` on the broker's runtime, from any thread.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        #[cfg(not(madsim))]
+        self.runtime.spawn(task);
+        #[cfg(madsim)]
+        tokio::spawn(task);
     }
 
     pub fn broker_epoch(&self) -> i64 {
@@ -948,11 +927,6 @@ impl Broker {
             .collect()
     }
 
-    /// Queues a partition for the sync threads (after an append, or a change to persist).
-    pub fn queue_sync(&self, p: &Arc<PartitionHandle>) {
-        self.sync.queue(p);
-    }
-
     /// Brings the partitions in line with the applied metadata: opens replicas this broker
     /// is assigned, gives each the role the metadata states (persisting a new leader epoch
     /// first), starts follower fetches, closes and deletes replicas whose topic is gone, and
@@ -1038,10 +1012,9 @@ impl Broker {
             let role = handle.with(|r| r.role());
             tracing::info!(topic = %w.topic, partition = w.index, epoch = w.partition.leader_epoch.0, "now {role:?}");
             handle.wake_waiters();
-            // A new role may expose a high watermark or want it persisted.
-            self.queue_sync(&handle);
             fetcher::ensure_fetching(&this, &handle);
-            self.after_replica_change(&handle);
+            // A new role may expose a high watermark, want it persisted, or bring deadlines.
+            handle.drain_effects();
             if w.topic == OFFSETS_TOPIC {
                 self.offsets_partition_changed(&handle, false);
             }
@@ -1057,7 +1030,6 @@ impl Broker {
         existing: Option<Arc<PartitionHandle>>,
         now: i64,
     ) -> Option<Arc<PartitionHandle>> {
-        let me = self.me();
         let handle = match existing {
             Some(p) => p,
             None => match self.open_partition(w) {
@@ -1076,7 +1048,9 @@ impl Broker {
                         .insert((w.topic.clone(), w.index));
                     let dir = self.partition_dir(&w.topic, w.index);
                     if let Ok(mut dir) = self.settings.disk.open(&dir) {
-                        mark_damaged_on_disk(&mut dir);
+                        if let Err(e) = keel_core::partition::damage::write_mark(&mut dir) {
+                            tracing::warn!(topic = %w.topic, partition = w.index, "writing the damage mark: {e}");
+                        }
                     }
                     return None;
                 }
@@ -1092,13 +1066,6 @@ impl Broker {
             // counts as damaged until it has fetched back from its leader.
             handle.mark_damaged();
         }
-        if w.partition.leader == me && handle.is_damaged() {
-            // Elected while damaged (it opened only after the broker was unfenced): it may
-            // lack committed data its followers hold. Leading would serve less than was
-            // acknowledged; the partition waits instead.
-            tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
-            return None;
-        }
         let changed = handle.with_snapshots(|r, snapshots| {
             apply_topic_config(r, &w.config);
             r.on_partition_change(now, snapshots, &w.partition)
@@ -1106,6 +1073,12 @@ impl Broker {
         match changed {
             Ok(false) => None,
             Ok(true) => Some(handle),
+            // Elected while damaged (it opened only after the broker was unfenced): the
+            // partition waits.
+            Err(RoleError::Damaged) => {
+                tracing::error!(topic = %w.topic, partition = w.index, "elected leader while damaged: not taking the role");
+                None
+            }
             Err(e) => {
                 tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
                 None
@@ -1160,9 +1133,33 @@ impl Broker {
                     source,
                 })
         };
-        let storage = open(&dir)?;
         let mut snapshots = open(&dir)?;
-        check_topic_id(&mut snapshots, w.topic_id)?;
+        let mut stray = false;
+        match check_topic_id(&mut snapshots, w.topic_id)? {
+            TopicIdFile::Ours => {}
+            TopicIdFile::Damaged(found) => {
+                tracing::warn!(partition = %name, "{PARTITION_METADATA} was damaged ({found:?}): written again");
+            }
+            TopicIdFile::Other(found) => {
+                // A stray replica (Kafka's KIP-858): left by a deleted topic of the same name
+                // (deleted and created again while this broker was down), or its id rotted
+                // into another. Either way its data cannot be told to be this topic's: it
+                // goes, and the replica starts empty, fetching everything from its leader.
+                tracing::warn!(partition = %name, "{PARTITION_METADATA} names another topic ({found:?}): removing the stray replica");
+                drop(snapshots);
+                self.settings
+                    .disk
+                    .remove_dir_all(&dir)
+                    .map_err(|source| OpenError::Dir {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                snapshots = open(&dir)?;
+                check_topic_id(&mut snapshots, w.topic_id)?;
+                stray = true;
+            }
+        }
+        let storage = open(&dir)?;
         let syncer = storage.clone();
         let replica_config = ReplicaConfig {
             lag_time_max_ms: self.settings.replica_lag_time_max_ms,
@@ -1179,26 +1176,29 @@ impl Broker {
             wall_ms(),
         )?;
         apply_topic_config(&mut replica, &w.config);
+        let me = self.me();
+        if stray && w.partition.replicas.iter().any(|&b| b != me) {
+            // If the id rotted, this broker may be in the ISR with data it no longer has: it
+            // leads nothing until it has fetched back what its leader had committed.
+            if let Err(e) = replica.mark_damaged(&mut snapshots) {
+                tracing::warn!(partition = %name, "writing the damage mark: {e}");
+            }
+        }
         let report = replica.log().recovery_report();
         if let Some((file, position, why)) = &report.corruption {
             tracing::warn!(partition = %name, "recovery cut {} bytes at {file}:{position}: {why}", report.bytes_truncated);
         }
         let hw = replica.high_watermark();
         let state = replica.state_report();
-        let marked = keel_core::storage::read_all(&snapshots, DAMAGE_MARKER).is_ok();
-        // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
-        // damage is committed data gone (the log below its persisted high watermark) or a
-        // damaged epoch file.
-        let damaged = marked || state.epoch_corrupt || state.hw_above_log.is_some();
-        if damaged && !marked {
-            mark_damaged_on_disk(&mut snapshots);
-        }
-        if damaged {
+        if replica.is_damaged() {
             tracing::warn!(partition = %name, ?state, "damaged on disk: it leads nothing until it has fetched back from its leader");
         }
-        let damage = damaged.then_some(state.hw_above_log);
+        if let Some(e) = &state.damage_mark_error {
+            tracing::warn!(partition = %name, "writing the damage mark: {e}");
+        }
         Ok(Arc::new_cyclic(|this| PartitionHandle {
             this: this.clone(),
+            broker: self.this.clone(),
             clock: self.clock,
             topic: w.topic.clone(),
             index: w.index,
@@ -1215,8 +1215,6 @@ impl Broker {
             timer_at: AtomicI64::new(i64::MAX),
             fetcher: Mutex::new(None),
             sync_wait: AtomicI64::new(i64::MIN),
-            damage: Mutex::new(damage),
-            discard_pending: AtomicBool::new(false),
         }))
     }
 
@@ -1306,13 +1304,6 @@ fn for_each_parallel<T: Sync, R: Send>(
         .collect()
 }
 
-/// Writes the damage mark into a partition directory (logged if it cannot).
-fn mark_damaged_on_disk(dir: &mut Dir) {
-    if let Err(e) = keel_core::storage::write_atomic(dir, DAMAGE_MARKER, b"damaged\n") {
-        tracing::warn!("writing the damage mark: {e}");
-    }
-}
-
 /// Marks a replica deleted (its loops and the sync threads stop touching it) and removes its
 /// directory.
 fn close_and_remove(disk: &Disk, p: &PartitionHandle) {
@@ -1352,21 +1343,54 @@ async fn heartbeats(broker: std::sync::Weak<Broker>) {
     }
 }
 
+/// What a partition directory's `partition.metadata` says about the topic it belongs to.
+enum TopicIdFile {
+    /// This topic (or the file was missing, and is written now).
+    Ours,
+    /// Another topic, in Kafka's format: a stray replica.
+    Other(String),
+    /// Not Kafka's format (the disk damaged it): written again with this topic's id.
+    Damaged(String),
+}
+
 /// A partition directory remembers its topic's id, so that a directory left by a deleted topic
 /// is never mistaken for a new topic of the same name.
-fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<(), OpenError> {
+fn check_topic_id(storage: &mut Dir, topic_id: TopicId) -> Result<TopicIdFile, OpenError> {
     let expected = format!("version: 0\ntopic_id: {topic_id}\n");
+    let write = |storage: &mut Dir| {
+        keel_core::storage::write_atomic(storage, PARTITION_METADATA, expected.as_bytes())
+            .map_err(OpenError::TopicId)
+    };
     match keel_core::storage::read_all(storage, PARTITION_METADATA) {
-        Ok(found) if found[..] == *expected.as_bytes() => Ok(()),
-        Ok(found) => Err(OpenError::OtherTopic {
-            found: String::from_utf8_lossy(&found).into_owned(),
-        }),
+        Ok(found) if found[..] == *expected.as_bytes() => Ok(TopicIdFile::Ours),
+        Ok(found) => {
+            let text = String::from_utf8_lossy(&found).into_owned();
+            if is_topic_id_file(&found) {
+                Ok(TopicIdFile::Other(text))
+            } else {
+                write(storage)?;
+                Ok(TopicIdFile::Damaged(text))
+            }
+        }
         Err(StorageError::NotFound(_)) => {
-            keel_core::storage::write_atomic(storage, PARTITION_METADATA, expected.as_bytes())
-                .map_err(OpenError::TopicId)
+            write(storage)?;
+            Ok(TopicIdFile::Ours)
         }
         Err(e) => Err(OpenError::TopicId(e)),
     }
+}
+
+/// Whether `bytes` is a `partition.metadata` file in Kafka's format: `version: 0`, then a
+/// topic id (22 characters of URL-safe base64, the last holding only 2 bits of the id).
+fn is_topic_id_file(bytes: &[u8]) -> bool {
+    let Some(id) = bytes
+        .strip_prefix(b"version: 0\ntopic_id: ")
+        .and_then(|rest| rest.strip_suffix(b"\n"))
+    else {
+        return false;
+    };
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_';
+    id.len() == 22 && id[..21].iter().all(base64) && b"AQgw".contains(&id[21])
 }
 
 /// The cluster id, made (and stored durably) on first start: random for a single broker; for
@@ -1419,5 +1443,33 @@ mod parallel_tests {
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(seen.into_inner().unwrap().len(), 1000);
         assert_eq!(for_each_parallel(&items[..3], 8, |&i| i), vec![0, 1, 2]);
+    }
+}
+
+#[cfg(test)]
+mod topic_id_file_tests {
+    use super::{is_topic_id_file, TopicId};
+
+    /// Kafka's `partition.metadata` with any topic id is recognised; damage to its syntax
+    /// (a flipped bit in the keys, the newline or the id's padding bits) is not.
+    #[test]
+    fn only_kafkas_format_names_a_topic() {
+        for id in [TopicId([7; 16]), TopicId([0xff; 16]), TopicId([1; 16])] {
+            let file = format!("version: 0\ntopic_id: {id}\n");
+            assert!(is_topic_id_file(file.as_bytes()), "{file:?}");
+            let mut bytes = file.clone().into_bytes();
+            for (i, bit) in [(12usize, 0x10u8), (file.len() - 1, 0x80), (11, 0x01)] {
+                bytes[i] ^= bit;
+                assert!(
+                    !is_topic_id_file(&bytes),
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                bytes[i] ^= bit;
+            }
+        }
+        assert!(!is_topic_id_file(
+            b"version: 0\ntopic_id: AAAAAAAAAAAAAAAAAAAAAB\n"
+        ));
     }
 }

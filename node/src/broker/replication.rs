@@ -20,9 +20,9 @@
 //! (a sync completed) sends a one-way wake, which makes the leader answer the held request now,
 //! so that the follower's next request, naming its new durable end, goes out at once.
 //!
-//! Deadlines are data: each partition reports its next one (`PartitionReplica::poll_timeout`),
-//! [`Deadlines`] keeps them ordered, and one task sleeps until the earliest. Nothing scans
-//! every partition on an interval.
+//! Deadlines are data: each partition reports its next one (`Effect::Deadline`, from
+//! `PartitionReplica::poll_effect`), [`Deadlines`] keeps them ordered, and one task sleeps until
+//! the earliest. Nothing scans every partition on an interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,8 +53,6 @@ pub const FULL_EVALUATION_INTERVAL_MAX: Duration = Duration::from_secs(5);
 const FULL_EVALUATION_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// The most record bytes one answer carries (Kafka's `replica.fetch.response.max.bytes`).
 pub const RESPONSE_BYTES_MAX: usize = 10 << 20;
-/// How long a damaged leader's due ISR shrink waits before it is looked at again.
-const DAMAGED_LEADER_RECHECK_MS: i64 = 100;
 
 /// A partition, as fetch sessions name it.
 pub type PartitionKey = (TopicId, i32);
@@ -686,29 +684,10 @@ impl Broker {
                 Vec::new(),
             ));
         }
-        let (result, write_wanted, alter, deadline) = p.with(|r| {
-            let result = r.handle_follower_fetch(self.clock.now_ms(), request);
-            (
-                result,
-                r.state_write_wanted(),
-                r.poll_alter_partition(),
-                r.poll_timeout(),
-            )
-        });
-        // The follower's durable end may move the high watermark: persist and expose it on the
-        // sync thread (the planted bug exposes it at once, before any sync).
-        if write_wanted {
-            self.queue_sync(p);
-        }
-        if keel_core::planted::active(keel_core::planted::Bug::HighWatermarkWithoutSync) {
-            p.publish_high_watermark(p.with(|r| r.high_watermark()));
-        }
-        if let Some(alter) = alter {
-            self.send_alter_partition(p, alter);
-        }
-        if let Some(at) = deadline {
-            self.deadlines.schedule(p, at);
-        }
+        let result = p.with(|r| r.handle_follower_fetch(self.clock.now_ms(), request));
+        // The follower's durable end may move the high watermark (persisted and exposed on the
+        // sync thread; the planted bug exposes it at once), or its ISR membership.
+        p.drain_effects();
         match result {
             Err(e) => {
                 if let FetchError::Log(e) = &e {
@@ -727,7 +706,8 @@ impl Broker {
         }
     }
 
-    /// Sends the partition's pending AlterPartition to the controller.
+    /// Sends an AlterPartition the partition asked for ([`keel_core::partition::Effect`]) to
+    /// the controller.
     pub(super) fn send_alter_partition(&self, p: &Arc<PartitionHandle>, alter: AlterPartition) {
         let Some(broker) = self.this.upgrade() else {
             return;
@@ -743,7 +723,8 @@ impl Broker {
         };
         tracing::info!(topic = %p.topic, partition = p.index, "proposing ISR {:?}", alter.isr);
         let p = p.clone();
-        tokio::spawn(async move {
+        // From any thread: the sync threads drain effects too.
+        self.spawn(async move {
             match broker.cluster.alter_partition(request).await {
                 Ok(Proposed::Committed(index)) => {
                     broker.cluster.wait_applied(index).await;
@@ -760,20 +741,8 @@ impl Broker {
             }
             // Either way the partition has a new deadline (the retry backoff, or a shrink
             // deadline the pending change held back).
-            broker.after_replica_change(&p);
+            p.drain_effects();
         });
-    }
-
-    /// After anything that may give a partition an AlterPartition to send or a new deadline:
-    /// sends the one, schedules the other.
-    pub(super) fn after_replica_change(&self, p: &Arc<PartitionHandle>) {
-        let (alter, deadline) = p.with(|r| (r.poll_alter_partition(), r.poll_timeout()));
-        if let Some(alter) = alter {
-            self.send_alter_partition(p, alter);
-        }
-        if let Some(at) = deadline {
-            self.deadlines.schedule(p, at);
-        }
     }
 }
 
@@ -816,10 +785,10 @@ pub async fn dispatch_peers(
 // ---------------------------------------------------------------------------------------------
 // Deadlines
 
-/// Every partition's next deadline (`PartitionReplica::poll_timeout`: an ISR follower falling
-/// out of sync on a leader, the end of a fetch backoff on a follower), in order. A partition is
-/// in the queue at most once, at its earliest deadline; one task ([`run_deadlines`]) sleeps
-/// until the first.
+/// Every partition's next deadline (`Effect::Deadline`: an ISR follower falling out of sync on
+/// a leader, a damaged leader's recheck, the end of a fetch backoff on a follower), in order. A
+/// partition is in the queue at most once, at its earliest deadline; one task
+/// ([`run_deadlines`]) sleeps until the first.
 #[derive(Default)]
 pub struct Deadlines {
     queue: Mutex<DeadlineQueue>,
@@ -915,14 +884,9 @@ pub async fn run_deadlines(broker: Weak<Broker>, deadlines: Arc<Deadlines>) {
             if p.is_deleted() {
                 continue;
             }
-            // A damaged leader shrinks no ISR: its followers lag because it cannot serve them,
-            // and it is stepping down to the sound ones. It looks again after a while.
-            if p.with(|r| r.is_leader()) && p.is_damaged() {
-                deadlines.schedule(&p, now.saturating_add(DAMAGED_LEADER_RECHECK_MS));
-                continue;
-            }
+            // (A damaged leader shrinks no ISR and looks again later: core's rule.)
             p.with(|r| r.handle_timeout(now));
-            b.after_replica_change(&p);
+            p.drain_effects();
             // A follower whose backoff ended fetches again.
             p.fetch_ready();
         }
