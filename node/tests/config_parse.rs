@@ -259,6 +259,7 @@ fn advertised_listeners_default_to_listeners_with_wildcards_made_loopback() {
         r#"
         node.id = 1
         listeners = "PLAINTEXT://:9092,internal://0.0.0.0:9093,EXTERNAL://[::]:9094,HOSTED://kafka.local:9095"
+        listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,external:PLAINTEXT,HOSTED:PLAINTEXT"
         "#,
     );
     let shown: Vec<String> = c.listeners.iter().map(ToString::to_string).collect();
@@ -299,6 +300,7 @@ fn explicit_advertised_listeners_are_kept() {
         r#"
         node.id = 1
         listeners = ["PLAINTEXT://:9092", "CONTROLLER://:9093"]
+        listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
         advertised.listeners = "PLAINTEXT://broker1.example.com:19092"
         "#,
     );
@@ -734,7 +736,7 @@ fn wrong_toml_type_names_key_value_and_expectation() {
 
 #[test]
 fn out_of_range_and_malformed_values_name_key_value_and_expectation() {
-    let cases: [(&str, &str, &str); 14] = [
+    let cases: [(&str, &str, &str); 15] = [
         ("node.id = -1", "-1", "an integer from 0 to 2147483647"),
         (
             "node.id = 1\nnum.partitions = 0",
@@ -770,8 +772,13 @@ fn out_of_range_and_malformed_values_name_key_value_and_expectation() {
         ),
         (
             "node.id = 1\nlisteners = \"SSL://:9093\"",
-            "\"SSL://:9093\"",
-            "keel serves PLAINTEXT only",
+            "\"\"",
+            "a PEM keystore: listener SSL uses TLS",
+        ),
+        (
+            "node.id = 1\nlisteners = \"PLAINTEXT://:9092,INTERNAL://:9093\"",
+            "\"PLAINTEXT://:9092,INTERNAL://:9093\"",
+            "INTERNAL is not: add INTERNAL:PLAINTEXT",
         ),
         (
             "node.id = 1\nlisteners = \"PLAINTEXT://:9092,PLAINTEXT://:9093\"",
