@@ -331,6 +331,18 @@ mod tests {
     /// computed here from the password (RFC 5802 section 3).
     #[test]
     fn scram_exchange_through_the_session() {
+        scram_sha512_exchange(|nonce| nonce.to_string());
+    }
+
+    /// librdkafka before 2.1 (Debian's 2.0.2) sends the client nonce, then the whole
+    /// server-first nonce; Kafka accepts a final nonce that ends with the server's
+    /// (ScramSaslServer: `nonce().endsWith(...)`), and so must keel.
+    #[test]
+    fn scram_accepts_librdkafka_2_0_final_nonce() {
+        scram_sha512_exchange(|nonce| format!("clientnonce{nonce}"));
+    }
+
+    fn scram_sha512_exchange(final_nonce: impl Fn(&str) -> String) {
         use base64::engine::general_purpose::STANDARD as B64;
         use base64::Engine as _;
         use ring::{digest, hmac, pbkdf2};
@@ -367,7 +379,7 @@ mod tests {
         let key = hmac::Key::new(hmac::HMAC_SHA512, &salted);
         let client_key = hmac::sign(&key, b"Client Key");
         let stored_key = digest::digest(&digest::SHA512, client_key.as_ref());
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c=biws,r={}", final_nonce(nonce));
         let auth_message = format!("{first_bare},{server_first},{without_proof}");
         let signature = hmac::sign(
             &hmac::Key::new(hmac::HMAC_SHA512, stored_key.as_ref()),

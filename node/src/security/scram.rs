@@ -17,8 +17,9 @@
 //!   `ServerKey = HMAC(SaltedPassword, "Server Key")` with the salt and iteration count
 //!   ([`ScramCredential`]); a password never lives past [`ScramCredential::derive`];
 //! - a proof is accepted only if `H(proof XOR HMAC(StoredKey, AuthMessage)) == StoredKey`,
-//!   compared in constant time, the final nonce equals the one sent in server-first, and the
-//!   channel binding repeats the client-first gs2 header;
+//!   compared in constant time, the final nonce ends with the one sent in server-first (Kafka's
+//!   check, which librdkafka 2.0 needs), and the channel binding repeats the client-first gs2
+//!   header;
 //! - malformed input is an error, never a panic: the parser slices only at positions it found.
 //!
 //! Like Kafka: the gs2 flag must be `n` (no channel binding), an authzid must equal the user
@@ -294,7 +295,11 @@ impl ScramServer {
         };
         let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let last = ClientFinal::parse(text)?;
-        if last.nonce != nonce {
+        // Kafka checks that the final nonce *ends with* the server-first nonce
+        // (ScramSaslServer), and librdkafka before 2.1 relies on it: it sends the client nonce
+        // followed by the whole server-first nonce, so the client nonce appears twice. The
+        // server's fresh part is still there, and the proof covers the message as sent.
+        if !last.nonce.ends_with(&nonce) {
             return Err(ScramError::Nonce);
         }
         let binding = B64
@@ -531,7 +536,7 @@ mod tests {
     }
 
     #[test]
-    fn final_nonce_must_be_the_servers() {
+    fn final_nonce_must_end_with_the_servers() {
         let mut server = server_after_first(rfc7677_credential());
         let tampered = RFC7677_CLIENT_FINAL.replace("$k0,", "$k1,");
         assert_eq!(
