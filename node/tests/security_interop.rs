@@ -8,6 +8,7 @@
 //! The clients come from `.ci/clients.sh`; `KEEL_SKIP_INTEROP=1` skips these tests (see
 //! interop.rs).
 
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
 mod common;
 mod security_support;
 
