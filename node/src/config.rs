@@ -130,6 +130,10 @@ pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoi
 pub const LISTENER_SECURITY_PROTOCOL_MAP: &str = "listener.security.protocol.map";
 /// `inter.broker.listener.name`: the listener brokers use for each other (STRING, optional).
 pub const INTER_BROKER_LISTENER_NAME: &str = "inter.broker.listener.name";
+/// `connection.failed.authentication.delay.ms`: how long a failed SASL authentication waits
+/// before its answer and the close (INT, >= 0).
+pub const CONNECTION_FAILED_AUTHENTICATION_DELAY_MS: &str =
+    "connection.failed.authentication.delay.ms";
 /// `sasl.enabled.mechanisms`: the SASL mechanisms SASL listeners offer (LIST).
 pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
 /// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
@@ -257,6 +261,12 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_POSITIVE,
         default: Some("9000"),
         doc: "the controller fences a broker that has not heartbeated for this long",
+    },
+    Setting {
+        name: CONNECTION_FAILED_AUTHENTICATION_DELAY_MS,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("100"),
+        doc: "how long a failed SASL authentication waits before its answer and the close",
     },
     Setting {
         name: CONTROLLER_QUORUM_VOTERS,
@@ -861,6 +871,8 @@ pub struct BrokerConfig {
     pub listener_security_protocols: BTreeMap<String, SecurityProtocol>,
     /// `inter.broker.listener.name`, upper case; one of `listeners` when set.
     pub inter_broker_listener_name: Option<String>,
+    /// `connection.failed.authentication.delay.ms`.
+    pub failed_authentication_delay_ms: i64,
     /// `sasl.enabled.mechanisms`, in the order given, without repeats; not empty when a
     /// listener uses SASL.
     pub sasl_enabled_mechanisms: Vec<Mechanism>,
@@ -1212,6 +1224,9 @@ impl BrokerConfig {
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
             listener_security_protocols: security.protocols,
             inter_broker_listener_name: security.inter_broker_listener_name,
+            failed_authentication_delay_ms: i64::from(
+                values.int_or_default(CONNECTION_FAILED_AUTHENTICATION_DELAY_MS)?,
+            ),
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
             tls: security.tls,

@@ -61,13 +61,20 @@ fn sasl_config(mechanisms: &[Mechanism]) -> Arc<SaslConfig> {
 }
 
 async fn serve(listener: ListenerSecurity) -> (std::net::SocketAddr, Arc<Recorder>) {
+    serve_with(listener, WireConfig::default()).await
+}
+
+async fn serve_with(
+    listener: ListenerSecurity,
+    config: WireConfig,
+) -> (std::net::SocketAddr, Arc<Recorder>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = socket.local_addr().expect("addr");
     let recorder = Arc::new(Recorder::default());
     let server = WireServer::for_listener(
         recorder.clone(),
         SupportedApis::all(),
-        WireConfig::default(),
+        config,
         None,
         listener,
     );
@@ -492,4 +499,68 @@ fn listener_security_refuses_missing_pieces() {
     assert!(e.contains("no SASL users"), "{e}");
     let e = ListenerSecurity::new("X", SecurityProtocol::Ssl, None, None).unwrap_err();
     assert!(e.contains("needs TLS settings"), "{e}");
+}
+
+/// A TLS client that connects and never finishes the handshake (or never starts it) is closed
+/// after the handshake timeout; the listener keeps serving others.
+#[tokio::test]
+async fn a_tls_handshake_that_never_finishes_is_closed_after_the_timeout() {
+    let pki = TestPki::new();
+    let config = tls::server_config(&tls_settings(&pki, ClientAuth::None)).expect("TLS config");
+    let security =
+        ListenerSecurity::new("SSL", SecurityProtocol::Ssl, Some(config), None).expect("listener");
+    let wire = WireConfig {
+        tls_handshake_timeout: std::time::Duration::from_millis(300),
+        ..WireConfig::default()
+    };
+    let (addr, _) = serve_with(security, wire).await;
+    for start in [&[][..], &[0x16, 0x03, 0x01][..]] {
+        let mut c = Client::connect(addr).await;
+        c.send_raw(start).await;
+        let began = std::time::Instant::now();
+        c.expect_closed().await;
+        assert!(began.elapsed() < std::time::Duration::from_secs(5));
+    }
+    tls_connect(addr, &pki, false)
+        .await
+        .expect("TLS still served");
+}
+
+/// Reference: Kafka's `connection.failed.authentication.delay.ms`: the failure's answer
+/// comes only after the delay.
+#[tokio::test]
+async fn a_failed_authentication_is_answered_after_the_delay() {
+    let security = ListenerSecurity::new(
+        "SASL_PLAINTEXT",
+        SecurityProtocol::SaslPlaintext,
+        None,
+        Some(sasl_config(&[Mechanism::Plain])),
+    )
+    .expect("listener");
+    let delay = std::time::Duration::from_millis(400);
+    let wire = WireConfig {
+        failed_authentication_delay: delay,
+        ..WireConfig::default()
+    };
+    let (addr, _) = serve_with(security, wire).await;
+    let mut c = Client::connect(addr).await;
+    c.send(ApiKey::SaslHandshake, 1, 1, "t", &handshake("PLAIN"))
+        .await;
+    c.recv_response(ApiKey::SaslHandshake, 1, 1).await;
+    let began = std::time::Instant::now();
+    c.send(
+        ApiKey::SaslAuthenticate,
+        1,
+        2,
+        "t",
+        &authenticate(b"\0alice\0bad"),
+    )
+    .await;
+    let ResponseKind::SaslAuthenticate(a) = c.recv_response(ApiKey::SaslAuthenticate, 1, 2).await
+    else {
+        panic!("SaslAuthenticate");
+    };
+    assert_eq!(a.error_code, 58);
+    assert!(began.elapsed() >= delay, "{:?}", began.elapsed());
+    c.expect_closed().await;
 }

@@ -259,6 +259,9 @@ pub fn run(args: StartArgs) -> ExitCode {
         let apis = crate::broker::served_apis();
         let wire_config = WireConfig {
             socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,
+            failed_authentication_delay: Duration::from_millis(
+                config.failed_authentication_delay_ms.max(0) as u64,
+            ),
             ..WireConfig::default()
         };
         let mut serving = Vec::new();

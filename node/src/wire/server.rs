@@ -28,15 +28,17 @@
 //! Security, per listener ([`ListenerSecurity`]; docs/security.md):
 //! - on a TLS listener (SSL, SASL_SSL) the connection's first byte must open a TLS record
 //!   (0x16); otherwise the client speaks plaintext to a TLS port and the connection is closed
-//!   with one log line. The handshake must finish within [`TLS_HANDSHAKE_TIMEOUT`]. A client
+//!   with one log line. The handshake must finish within
+//!   [`WireConfig::tls_handshake_timeout`]. A client
 //!   certificate, when one is sent and verified, gives the connection its principal;
 //! - on a plaintext listener (PLAINTEXT, SASL_PLAINTEXT) a first frame whose size prefix starts
 //!   `0x16 0x03` is a TLS ClientHello: closed with one log line, not read as a request;
 //! - on a SASL listener, until the exchange succeeds, only ApiVersions, SaslHandshake and
 //!   SaslAuthenticate are read (anything else closes the connection), frames are bounded by
 //!   [`SASL_FRAME_BYTES_MAX`], and after SaslHandshake v0 the tokens travel as bare
-//!   size-prefixed frames (Kafka's unframed v0 form). A failed exchange writes its
-//!   SASL_AUTHENTICATION_FAILED response (v1 form) and closes. SaslHandshake or
+//!   size-prefixed frames (Kafka's unframed v0 form). A failed exchange waits
+//!   [`WireConfig::failed_authentication_delay`], writes its SASL_AUTHENTICATION_FAILED
+//!   response (none after handshake v0) and closes. SaslHandshake or
 //!   SaslAuthenticate after success (re-authentication, KIP-368) closes the connection;
 //! - every request's [`RequestContext`] carries the listener's name and the connection's
 //!   principal.
@@ -78,8 +80,11 @@ pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Pause after a failed `accept` (for example out of file descriptors) before trying again.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long a TLS client has to send its first byte and finish the handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`WireConfig::tls_handshake_timeout`].
+pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default of [`WireConfig::failed_authentication_delay`] (Kafka's default, 100 ms).
+pub const FAILED_AUTHENTICATION_DELAY_DEFAULT: Duration = Duration::from_millis(100);
 
 /// The largest frame read on a SASL listener before authentication (Kafka's
 /// `sasl.server.max.receive.size` default, 512 KiB): a SASL token is a few hundred bytes.
@@ -97,6 +102,12 @@ pub struct WireConfig {
     pub socket_request_max_bytes: usize,
     /// Requests in flight per connection before the reader stops reading (at least 1).
     pub in_flight_per_connection_max: usize,
+    /// How long a TLS client has to send its first byte and finish the handshake.
+    pub tls_handshake_timeout: Duration,
+    /// How long a failed SASL authentication waits before its answer and the close (Kafka's
+    /// `connection.failed.authentication.delay.ms`): a client that retries at once (librdkafka
+    /// reconnects within 50 ms) is slowed to this pace per connection.
+    pub failed_authentication_delay: Duration,
 }
 
 impl Default for WireConfig {
@@ -104,6 +115,8 @@ impl Default for WireConfig {
         Self {
             socket_request_max_bytes: SOCKET_REQUEST_MAX_BYTES_DEFAULT,
             in_flight_per_connection_max: IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+            failed_authentication_delay: FAILED_AUTHENTICATION_DELAY_DEFAULT,
         }
     }
 }
@@ -159,10 +172,11 @@ enum ConnectionError {
         listener: Arc<str>,
         error: std::io::Error,
     },
-    #[error(
-        "TLS handshake on listener {listener} did not finish within {TLS_HANDSHAKE_TIMEOUT:?}"
-    )]
-    TlsHandshakeTimeout { listener: Arc<str> },
+    #[error("TLS handshake on listener {listener} did not finish within {timeout:?}")]
+    TlsHandshakeTimeout {
+        listener: Arc<str>,
+        timeout: Duration,
+    },
     #[error("{api_key:?} before SASL authentication on listener {listener}")]
     Unauthenticated { listener: Arc<str>, api_key: ApiKey },
     #[error("SASL mechanism {mechanism:?} is not enabled on listener {listener}")]
@@ -314,7 +328,7 @@ impl<H: Handler> WireServer<H> {
         }
     }
 
-    /// The TLS handshake, bounded by [`TLS_HANDSHAKE_TIMEOUT`]: the stream and the principal
+    /// The TLS handshake, bounded by [`WireConfig::tls_handshake_timeout`]: the stream and the principal
     /// of the client certificate (ANONYMOUS without one).
     async fn accept_tls(
         &self,
@@ -353,10 +367,12 @@ impl<H: Handler> WireServer<H> {
                     error,
                 })
         };
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
+        let timeout = self.config.tls_handshake_timeout;
+        let tls = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| ConnectionError::TlsHandshakeTimeout {
                 listener: listener.clone(),
+                timeout,
             })??;
         let principal = tls
             .get_ref()
@@ -629,6 +645,7 @@ impl<H: Handler> Connection<'_, H> {
                         (ResponseKind::SaslAuthenticate(response), None)
                     }
                     Err(error) => {
+                        tokio::time::sleep(self.server.config.failed_authentication_delay).await;
                         let mechanism = exchange.mechanism();
                         response.error_code = ResponseError::SaslAuthenticationFailed.code();
                         response.error_message =
@@ -675,11 +692,12 @@ impl<H: Handler> Connection<'_, H> {
                 token
             }
             Err(error) => {
+                tokio::time::sleep(self.server.config.failed_authentication_delay).await;
                 return Err(ConnectionError::AuthenticationFailed {
                     listener: self.server.listener.name().clone(),
                     mechanism: exchange.mechanism(),
                     error,
-                })
+                });
             }
         };
         let mut frame = BytesMut::with_capacity(SIZE_PREFIX_BYTES + reply.len());
