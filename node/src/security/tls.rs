@@ -427,6 +427,50 @@ mod tests {
         assert_eq!(principal_from_certificate(&[]), None);
     }
 
+    /// Startup refuses a keystore rustls could not serve, saying which setting is wrong.
+    #[test]
+    fn bad_keystores_are_refused_at_startup() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let settings = |chain: String, key: String| TlsSettings {
+            keystore: Keystore::Inline {
+                chain: PemSource::Inline(chain),
+                key: PemSource::Inline(key),
+            },
+            truststore: None,
+            client_auth: ClientAuth::None,
+            versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+        };
+        assert!(server_config(&settings(cert.pem(), key.serialize_pem())).is_ok());
+        let cases = [
+            (cert.pem(), other.serialize_pem(), "TLS configuration"),
+            (String::new(), key.serialize_pem(), "no CERTIFICATE block"),
+            (cert.pem(), cert.pem(), "no unencrypted PRIVATE KEY block"),
+            (
+                cert.pem(),
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
+                    .into(),
+                "is encrypted",
+            ),
+        ];
+        for (chain, key, expected) in cases {
+            let e = server_config(&settings(chain, key))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+        let missing = TlsSettings {
+            keystore: Keystore::File("/nonexistent/keel.pem".into()),
+            ..settings(cert.pem(), key.serialize_pem())
+        };
+        let e = server_config(&missing).unwrap_err().to_string();
+        assert!(e.contains("cannot read /nonexistent/keel.pem"), "{e}");
+    }
+
     #[test]
     fn escapes_special_characters() {
         assert_eq!(escape_rfc2253("#a b "), "\\#a b\\ ");
