@@ -177,8 +177,12 @@ enum ConnectionError {
         listener: Arc<str>,
         timeout: Duration,
     },
-    #[error("{api_key:?} before SASL authentication on listener {listener}")]
-    Unauthenticated { listener: Arc<str>, api_key: ApiKey },
+    #[error("{request} before SASL authentication on listener {listener}")]
+    Unauthenticated {
+        listener: Arc<str>,
+        /// The API's name, or its raw key when keel does not know it.
+        request: String,
+    },
     #[error("SASL mechanism {mechanism:?} is not enabled on listener {listener}")]
     UnsupportedMechanism {
         listener: Arc<str>,
@@ -555,14 +559,16 @@ impl<H: Handler> Connection<'_, H> {
                 continue;
             }
             if !self.auth.authenticated() {
-                let api_key = ApiKey::try_from(header_prefix(&frame)?.api_key).ok();
+                let raw = header_prefix(&frame)?.api_key;
+                let api_key = ApiKey::try_from(raw).ok();
                 if !matches!(
                     api_key,
                     Some(ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
                 ) {
                     return Err(ConnectionError::Unauthenticated {
                         listener: self.server.listener.name().clone(),
-                        api_key: api_key.unwrap_or(ApiKey::ApiVersions),
+                        request: api_key
+                            .map_or_else(|| format!("api key {raw}"), |k| format!("{k:?}")),
                     });
                 }
             }
@@ -662,7 +668,10 @@ impl<H: Handler> Connection<'_, H> {
             (Auth::Authenticated, _) => return Err(ConnectionError::Reauthentication { api_key }),
             // SaslAuthenticate before SaslHandshake, or SaslHandshake twice.
             (_, _) => {
-                return Err(ConnectionError::Unauthenticated { listener, api_key });
+                return Err(ConnectionError::Unauthenticated {
+                    listener,
+                    request: format!("{api_key:?} out of order"),
+                });
             }
         };
         let frame = encode_response(header.correlation_id, api_key, version, &response)?;
