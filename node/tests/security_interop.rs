@@ -1,6 +1,6 @@
 //! Real clients against a `keel start` with four listeners, one per security protocol
-//! (docs/security.md): confluent-kafka (librdkafka 2.16) and Debian's kcat (librdkafka 2.0.2)
-//! over SSL with a client certificate, SASL_PLAINTEXT with PLAIN and SCRAM-SHA-256, and
+//! (docs/security.md): confluent-kafka (librdkafka 2.16), kafka-python 3.x and Debian's kcat
+//! (librdkafka 2.0.2) over SSL with a client certificate, SASL_PLAINTEXT with PLAIN and SCRAM-SHA-256, and
 //! SASL_SSL with SCRAM-SHA-512, driven by `node/tests/interop/security_clients.py`. The
 //! certificates are made at test time (rcgen); the broker reads them from PEM files with
 //! Kafka's setting names.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{clients, say, tail, BrokerLogs, Node, Script};
 use security_support::TestPki;
 
-const MODULES: &str = "confluent_kafka";
+const MODULES: &str = "confluent_kafka, kafka";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
