@@ -134,6 +134,9 @@ pub const INTER_BROKER_LISTENER_NAME: &str = "inter.broker.listener.name";
 /// before its answer and the close (INT, >= 0).
 pub const CONNECTION_FAILED_AUTHENTICATION_DELAY_MS: &str =
     "connection.failed.authentication.delay.ms";
+/// `connections.max.reauth.ms`: the lifetime of a SASL session, within which clients
+/// re-authenticate (KIP-368; LONG, >= 0; 0: sessions never expire).
+pub const CONNECTIONS_MAX_REAUTH_MS: &str = "connections.max.reauth.ms";
 /// `sasl.enabled.mechanisms`: the SASL mechanisms SASL listeners offer (LIST).
 pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
 /// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
@@ -229,6 +232,10 @@ const LONG_POSITIVE: SettingType = SettingType::Long {
     min: 1,
     max: i64::MAX,
 };
+const LONG_NON_NEGATIVE: SettingType = SettingType::Long {
+    min: 0,
+    max: i64::MAX,
+};
 const LONG_OR_FOREVER: SettingType = SettingType::Long {
     min: -1,
     max: i64::MAX,
@@ -267,6 +274,13 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_NON_NEGATIVE,
         default: Some("100"),
         doc: "how long a failed SASL authentication waits before its answer and the close",
+    },
+    Setting {
+        name: CONNECTIONS_MAX_REAUTH_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("0"),
+        doc: "the lifetime of a SASL session; clients re-authenticate within it on the same \
+              connection (KIP-368); 0: sessions never expire",
     },
     Setting {
         name: CONTROLLER_QUORUM_VOTERS,
@@ -873,6 +887,8 @@ pub struct BrokerConfig {
     pub inter_broker_listener_name: Option<String>,
     /// `connection.failed.authentication.delay.ms`.
     pub failed_authentication_delay_ms: i64,
+    /// `connections.max.reauth.ms`; 0: SASL sessions never expire.
+    pub connections_max_reauth_ms: i64,
     /// `sasl.enabled.mechanisms`, in the order given, without repeats; not empty when a
     /// listener uses SASL.
     pub sasl_enabled_mechanisms: Vec<Mechanism>,
@@ -1227,6 +1243,7 @@ impl BrokerConfig {
             failed_authentication_delay_ms: i64::from(
                 values.int_or_default(CONNECTION_FAILED_AUTHENTICATION_DELAY_MS)?,
             ),
+            connections_max_reauth_ms: values.long_or_default(CONNECTIONS_MAX_REAUTH_MS)?,
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
             tls: security.tls,

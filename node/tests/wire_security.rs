@@ -53,10 +53,14 @@ fn sasl_config(mechanisms: &[Mechanism]) -> Arc<SaslConfig> {
     let mut n = 0u8;
     Arc::new(SaslConfig {
         mechanisms: mechanisms.to_vec(),
-        users: SaslUsers::from_passwords([("alice", "alice-secret")], 4096, || {
-            n += 1;
-            vec![n; 32]
-        }),
+        users: SaslUsers::from_passwords(
+            [("alice", "alice-secret"), ("bob", "bob-secret")],
+            4096,
+            || {
+                n += 1;
+                vec![n; 32]
+            },
+        ),
     })
 }
 
@@ -562,5 +566,141 @@ async fn a_failed_authentication_is_answered_after_the_delay() {
     };
     assert_eq!(a.error_code, 58);
     assert!(began.elapsed() >= delay, "{:?}", began.elapsed());
+    c.expect_closed().await;
+}
+
+/// Logs in with PLAIN over handshake v1 and SaslAuthenticate v2; the response's
+/// `session_lifetime_ms`.
+async fn plain_login(
+    c: &mut Client,
+    token: &[u8],
+    correlation_id: i32,
+) -> SaslAuthenticateResponse {
+    c.send(
+        ApiKey::SaslHandshake,
+        1,
+        correlation_id,
+        "t",
+        &handshake("PLAIN"),
+    )
+    .await;
+    let ResponseKind::SaslHandshake(h) = c
+        .recv_response(ApiKey::SaslHandshake, 1, correlation_id)
+        .await
+    else {
+        panic!("SaslHandshake");
+    };
+    assert_eq!(h.error_code, 0);
+    c.send(
+        ApiKey::SaslAuthenticate,
+        2,
+        correlation_id + 1,
+        "t",
+        &authenticate(token),
+    )
+    .await;
+    let ResponseKind::SaslAuthenticate(a) = c
+        .recv_response(ApiKey::SaslAuthenticate, 2, correlation_id + 1)
+        .await
+    else {
+        panic!("SaslAuthenticate");
+    };
+    a
+}
+
+async fn reauth_listener(lifetime_ms: u64) -> (std::net::SocketAddr, Arc<Recorder>) {
+    let security = ListenerSecurity::new(
+        "SASL_PLAINTEXT",
+        SecurityProtocol::SaslPlaintext,
+        None,
+        Some(sasl_config(&[
+            Mechanism::Plain,
+            Mechanism::Scram(ScramMechanism::Sha256),
+        ])),
+    )
+    .expect("listener");
+    let wire = WireConfig {
+        connections_max_reauth: Some(std::time::Duration::from_millis(lifetime_ms)),
+        ..WireConfig::default()
+    };
+    serve_with(security, wire).await
+}
+
+/// Reference: KIP-368: SaslAuthenticate v1+ carries the session's lifetime; the client
+/// re-authenticates on the same connection (SaslHandshake, SaslAuthenticate) before it ends.
+#[tokio::test]
+async fn reauthentication_renews_the_session_on_the_same_connection() {
+    let (addr, recorder) = reauth_listener(800).await;
+    let mut c = Client::connect(addr).await;
+    let a = plain_login(&mut c, b"\0alice\0alice-secret", 1).await;
+    assert_eq!((a.error_code, a.session_lifetime_ms), (0, 800));
+    c.send(ApiKey::Metadata, 12, 3, "t", &metadata()).await;
+    c.recv_response(ApiKey::Metadata, 12, 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let a = plain_login(&mut c, b"\0alice\0alice-secret", 4).await;
+    assert_eq!((a.error_code, a.session_lifetime_ms), (0, 800));
+    // 1 s after the first login, past its lifetime but within the renewed one.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    c.send(ApiKey::Metadata, 12, 6, "t", &metadata()).await;
+    c.recv_response(ApiKey::Metadata, 12, 6).await;
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(_, p)| p == "User:alice"), "{seen:?}");
+}
+
+/// Reference: KIP-368: a request after the session expired closes the connection.
+#[tokio::test]
+async fn a_request_after_the_session_expired_closes_the_connection() {
+    let (addr, recorder) = reauth_listener(300).await;
+    let mut c = Client::connect(addr).await;
+    plain_login(&mut c, b"\0alice\0alice-secret", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    c.send(ApiKey::Metadata, 12, 3, "t", &metadata()).await;
+    c.expect_closed().await;
+    assert!(recorder.seen.lock().unwrap().is_empty());
+}
+
+/// Reference: KIP-368 (and Kafka's SaslServerAuthenticator): re-authentication keeps the
+/// principal and the mechanism.
+#[tokio::test]
+async fn reauthentication_as_another_user_or_mechanism_is_refused() {
+    let (addr, _) = reauth_listener(5000).await;
+    let mut c = Client::connect(addr).await;
+    plain_login(&mut c, b"\0alice\0alice-secret", 1).await;
+    let a = plain_login(&mut c, b"\0bob\0bob-secret", 3).await;
+    assert_eq!(a.error_code, 58);
+    assert_eq!(
+        a.error_message.as_deref(),
+        Some("Cannot change principals during re-authentication")
+    );
+    c.expect_closed().await;
+
+    let mut c = Client::connect(addr).await;
+    plain_login(&mut c, b"\0alice\0alice-secret", 1).await;
+    c.send(
+        ApiKey::SaslHandshake,
+        1,
+        3,
+        "t",
+        &handshake("SCRAM-SHA-256"),
+    )
+    .await;
+    let ResponseKind::SaslHandshake(h) = c.recv_response(ApiKey::SaslHandshake, 1, 3).await else {
+        panic!("SaslHandshake");
+    };
+    assert_eq!(h.error_code, 33);
+    c.expect_closed().await;
+}
+
+/// Without `connections.max.reauth.ms`, sessions never expire and a second SaslHandshake
+/// closes the connection.
+#[tokio::test]
+async fn without_reauthentication_a_second_handshake_closes_the_connection() {
+    let (addr, _) = sasl_listener(&[Mechanism::Plain]).await;
+    let mut c = Client::connect(addr).await;
+    let a = plain_login(&mut c, b"\0alice\0alice-secret", 1).await;
+    assert_eq!((a.error_code, a.session_lifetime_ms), (0, 0));
+    c.send(ApiKey::SaslHandshake, 1, 3, "t", &handshake("PLAIN"))
+        .await;
     c.expect_closed().await;
 }

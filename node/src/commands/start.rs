@@ -262,6 +262,8 @@ pub fn run(args: StartArgs) -> ExitCode {
             failed_authentication_delay: Duration::from_millis(
                 config.failed_authentication_delay_ms.max(0) as u64,
             ),
+            connections_max_reauth: (config.connections_max_reauth_ms > 0)
+                .then(|| Duration::from_millis(config.connections_max_reauth_ms as u64)),
             ..WireConfig::default()
         };
         let mut serving = Vec::new();

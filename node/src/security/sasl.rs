@@ -142,6 +142,9 @@ pub enum SaslError {
     /// A token after the exchange ended.
     #[error("SASL token after the exchange ended")]
     Finished,
+    /// A re-authentication (KIP-368) as another user.
+    #[error("re-authentication as another user")]
+    PrincipalChanged,
 }
 
 impl SaslError {
@@ -154,6 +157,9 @@ impl SaslError {
             }
             SaslError::PlainCredentials => {
                 "Authentication failed: Invalid username or password".to_string()
+            }
+            SaslError::PrincipalChanged => {
+                "Cannot change principals during re-authentication".to_string()
             }
             SaslError::Scram(_) => format!(
                 "Authentication failed during authentication due to invalid credentials with \

@@ -38,8 +38,12 @@
 //!   [`SASL_FRAME_BYTES_MAX`], and after SaslHandshake v0 the tokens travel as bare
 //!   size-prefixed frames (Kafka's unframed v0 form). A failed exchange waits
 //!   [`WireConfig::failed_authentication_delay`], writes its SASL_AUTHENTICATION_FAILED
-//!   response (none after handshake v0) and closes. SaslHandshake or
-//!   SaslAuthenticate after success (re-authentication, KIP-368) closes the connection;
+//!   response (none after handshake v0) and closes. With
+//!   [`WireConfig::connections_max_reauth`] set, SaslAuthenticate v1+ tells the client its
+//!   session's lifetime, a SaslHandshake v1 with the same mechanism re-authenticates on the
+//!   same connection (KIP-368; the user must stay the same), and the first request after the
+//!   session expired closes the connection; without it, SaslHandshake or SaslAuthenticate
+//!   after success closes the connection;
 //! - every request's [`RequestContext`] carries the listener's name and the connection's
 //!   principal.
 
@@ -108,6 +112,11 @@ pub struct WireConfig {
     /// `connection.failed.authentication.delay.ms`): a client that retries at once (librdkafka
     /// reconnects within 50 ms) is slowed to this pace per connection.
     pub failed_authentication_delay: Duration,
+    /// Kafka's `connections.max.reauth.ms` (KIP-368): the lifetime of a SASL session told to
+    /// clients in SaslAuthenticate v1+, within which they re-authenticate on the same
+    /// connection; a request after it closes the connection. `None`: sessions never expire and
+    /// re-authentication is refused.
+    pub connections_max_reauth: Option<Duration>,
 }
 
 impl Default for WireConfig {
@@ -117,6 +126,7 @@ impl Default for WireConfig {
             in_flight_per_connection_max: IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT_DEFAULT,
             failed_authentication_delay: FAILED_AUTHENTICATION_DELAY_DEFAULT,
+            connections_max_reauth: None,
         }
     }
 }
@@ -194,8 +204,16 @@ enum ConnectionError {
         mechanism: Mechanism,
         error: SaslError,
     },
-    #[error("{api_key:?} after SASL authentication (re-authentication is not supported)")]
+    #[error(
+        "{api_key:?} after SASL authentication (re-authentication needs \
+         connections.max.reauth.ms and SaslHandshake v1)"
+    )]
     Reauthentication { api_key: ApiKey },
+    #[error(
+        "the SASL session of User:{user} on listener {listener} expired without \
+         re-authentication"
+    )]
+    SessionExpired { listener: Arc<str>, user: String },
 }
 
 impl ConnectionError {
@@ -479,21 +497,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
 /// Where a connection stands with SASL.
 enum Auth {
-    /// Not a SASL listener, or authenticated: requests go to the handler.
+    /// Not a SASL listener: requests go to the handler.
     Open,
     /// A SASL listener before SaslHandshake.
     Handshake(Arc<SaslConfig>),
-    /// After SaslHandshake v1: tokens come in SaslAuthenticate requests.
-    Framed(Arc<SaslConfig>, SaslExchange),
+    /// After SaslHandshake v1: tokens come in SaslAuthenticate requests. With a session, this
+    /// is a re-authentication (KIP-368) and the session stays in force until it ends.
+    Framed(Arc<SaslConfig>, SaslExchange, Option<Session>),
     /// After SaslHandshake v0: tokens come as bare size-prefixed frames.
     Unframed(Arc<SaslConfig>, SaslExchange),
-    /// Authenticated by SASL: SaslHandshake and SaslAuthenticate are no longer accepted.
-    Authenticated,
+    /// Authenticated by SASL: requests go to the handler until the session expires.
+    Authenticated(Session),
+}
+
+/// An authenticated SASL session.
+struct Session {
+    sasl: Arc<SaslConfig>,
+    user: String,
+    mechanism: Mechanism,
+    /// When the session ends unless the client re-authenticates (`connections.max.reauth.ms`
+    /// told it in SaslAuthenticate v1+); `None`: never.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Auth {
+    /// Whether requests other than ApiVersions and SASL's may be served.
     fn authenticated(&self) -> bool {
-        matches!(self, Auth::Open | Auth::Authenticated)
+        matches!(
+            self,
+            Auth::Open | Auth::Authenticated(_) | Auth::Framed(_, _, Some(_))
+        )
+    }
+
+    /// The session in force, if it has expired at `now`.
+    fn expired(&self, now: tokio::time::Instant) -> Option<&Session> {
+        match self {
+            Auth::Authenticated(s) | Auth::Framed(_, _, Some(s)) => {
+                s.expires.filter(|e| now >= *e).map(|_| s)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -587,7 +630,17 @@ impl<H: Handler> Connection<'_, H> {
                         return Ok(Some(close));
                     }
                 }
-                Inbound::Request(request) => self.dispatch(request, permit).await?,
+                Inbound::Request(request) => {
+                    // Kafka closes a connection whose session expired when its next request
+                    // arrives (KIP-368).
+                    if let Some(session) = self.auth.expired(tokio::time::Instant::now()) {
+                        return Err(ConnectionError::SessionExpired {
+                            listener: self.server.listener.name().clone(),
+                            user: session.user.clone(),
+                        });
+                    }
+                    self.dispatch(request, permit).await?
+                }
             }
         }
     }
@@ -622,7 +675,7 @@ impl<H: Handler> Connection<'_, H> {
                         self.auth = if version == 0 {
                             Auth::Unframed(sasl, exchange)
                         } else {
-                            Auth::Framed(sasl, exchange)
+                            Auth::Framed(sasl, exchange, None)
                         };
                         (ResponseKind::SaslHandshake(response), None)
                     }
@@ -637,17 +690,63 @@ impl<H: Handler> Connection<'_, H> {
                     }
                 }
             }
-            (Auth::Framed(sasl, mut exchange), RequestKind::SaslAuthenticate(r)) => {
+            // KIP-368: a new SaslHandshake v1+ on an authenticated connection re-authenticates,
+            // when connections.max.reauth.ms is set; with the same mechanism only.
+            (Auth::Authenticated(session), RequestKind::SaslHandshake(r))
+                if version >= 1 && self.server.config.connections_max_reauth.is_some() =>
+            {
+                let mut response = SaslHandshakeResponse::default();
+                response.mechanisms = vec![StrBytes::from_static_str(session.mechanism.name())];
+                if r.mechanism.as_str() == session.mechanism.name() {
+                    let sasl = session.sasl.clone();
+                    let exchange = SaslExchange::new(session.mechanism);
+                    self.auth = Auth::Framed(sasl, exchange, Some(session));
+                    (ResponseKind::SaslHandshake(response), None)
+                } else {
+                    response.error_code = ResponseError::UnsupportedSaslMechanism.code();
+                    let close = ConnectionError::UnsupportedMechanism {
+                        listener,
+                        mechanism: format!(
+                            "{} (re-authentication must keep {})",
+                            r.mechanism.chars().take(64).collect::<String>(),
+                            session.mechanism
+                        ),
+                    };
+                    (ResponseKind::SaslHandshake(response), Some(close))
+                }
+            }
+            (Auth::Framed(sasl, mut exchange, previous), RequestKind::SaslAuthenticate(r)) => {
                 let mut response = SaslAuthenticateResponse::default();
-                match exchange.step(&r.auth_bytes, &sasl.users, &server_nonce()) {
+                let step = exchange
+                    .step(&r.auth_bytes, &sasl.users, &server_nonce())
+                    .and_then(|step| match (&step, &previous) {
+                        (Step::Done { user, .. }, Some(p)) if *user != p.user => {
+                            Err(SaslError::PrincipalChanged)
+                        }
+                        _ => Ok(step),
+                    });
+                match step {
                     Ok(Step::Challenge(token)) => {
                         response.auth_bytes = Bytes::from(token);
-                        self.auth = Auth::Framed(sasl, exchange);
+                        self.auth = Auth::Framed(sasl, exchange, previous);
                         (ResponseKind::SaslAuthenticate(response), None)
                     }
                     Ok(Step::Done { token, user }) => {
                         response.auth_bytes = Bytes::from(token);
-                        self.authenticated(&user, exchange.mechanism());
+                        // Only v1+ can tell the client its session's lifetime; a v0 client
+                        // cannot re-authenticate, so its session does not expire.
+                        let lifetime = self
+                            .server
+                            .config
+                            .connections_max_reauth
+                            .filter(|_| version >= 1);
+                        if let Some(lifetime) = lifetime {
+                            response.session_lifetime_ms =
+                                i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+                        }
+                        let mechanism = exchange.mechanism();
+                        let reauthenticated = previous.is_some();
+                        self.authenticated(sasl, user, mechanism, lifetime, reauthenticated);
                         (ResponseKind::SaslAuthenticate(response), None)
                     }
                     Err(error) => {
@@ -665,7 +764,9 @@ impl<H: Handler> Connection<'_, H> {
                     }
                 }
             }
-            (Auth::Authenticated, _) => return Err(ConnectionError::Reauthentication { api_key }),
+            (Auth::Authenticated(_), _) => {
+                return Err(ConnectionError::Reauthentication { api_key })
+            }
             // SaslAuthenticate before SaslHandshake, or SaslHandshake twice.
             (_, _) => {
                 return Err(ConnectionError::Unauthenticated {
@@ -696,7 +797,8 @@ impl<H: Handler> Connection<'_, H> {
                 reply
             }
             Ok(Step::Done { token, user }) => {
-                self.authenticated(&user, exchange.mechanism());
+                let mechanism = exchange.mechanism();
+                self.authenticated(sasl, user, mechanism, None, false);
                 // PLAIN's empty answer is sent too: clients wait for the 4-byte zero frame.
                 token
             }
@@ -718,16 +820,30 @@ impl<H: Handler> Connection<'_, H> {
         Ok(None)
     }
 
-    fn authenticated(&mut self, user: &str, mechanism: Mechanism) {
-        self.principal = Principal::user(user);
-        self.auth = Auth::Authenticated;
+    fn authenticated(
+        &mut self,
+        sasl: Arc<SaslConfig>,
+        user: String,
+        mechanism: Mechanism,
+        lifetime: Option<Duration>,
+        reauthenticated: bool,
+    ) {
+        self.principal = Principal::user(&user);
         debug!(
             connection_id = self.connection_id,
             peer = %self.peer,
             principal = %self.principal,
             %mechanism,
-            "SASL authentication succeeded"
+            session_lifetime = ?lifetime,
+            "SASL {} succeeded",
+            if reauthenticated { "re-authentication" } else { "authentication" }
         );
+        self.auth = Auth::Authenticated(Session {
+            sasl,
+            user,
+            mechanism,
+            expires: lifetime.map(|l| tokio::time::Instant::now() + l),
+        });
     }
 
     /// Calls the handler (in request order) and queues or detaches its future.
