@@ -23,6 +23,8 @@ use security_support::TestPki;
 const MODULES: &str = "confluent_kafka, kafka";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The broker's `connections.max.reauth.ms`: clients re-authenticate every few seconds.
+const REAUTH_MS: u64 = 3000;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -65,6 +67,7 @@ ssl.truststore.location = "{ca}"
 ssl.client.auth = "requested"
 sasl.enabled.mechanisms = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
 "keel.sasl.users" = "alice=alice-secret"
+connections.max.reauth.ms = {REAUTH_MS}
 "#,
             data = dir.join("data").display(),
             server = files.server.display(),
@@ -129,6 +132,9 @@ fn real_clients_over_ssl_sasl_plaintext_and_sasl_ssl() {
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
+    // The broker inherits this: its debug lines say when a connection re-authenticated.
+    std::env::set_var("KEEL_LOG", "info,keel_node::wire=debug");
+    std::env::set_var("KEEL_TEST_REAUTH_MS", REAUTH_MS.to_string());
     let broker = Secured::start(dir.path());
     let args: Vec<String> = [broker.plain, broker.ssl, broker.sasl, broker.sasl_ssl]
         .iter()
@@ -137,7 +143,14 @@ fn real_clients_over_ssl_sasl_plaintext_and_sasl_ssl() {
         .collect();
     Script::spawn(&clients, "security_clients.py", &args, dir.path())
         .expect_success(Duration::from_secs(240), &broker);
+    let log = std::fs::read_to_string(&broker.node.log).unwrap_or_default();
+    assert!(
+        !log.contains("expired without re-authentication"),
+        "a client's session expired\n{}",
+        broker.logs()
+    );
     for needle in [
+        "SASL re-authentication succeeded",
         "SASL/PLAIN authentication failed on listener SASL_PLAINTEXT",
         "a TLS handshake arrived on the plaintext listener PLAINTEXT",
         "sent plaintext (first byte 0x00) to the TLS listener SSL",

@@ -17,6 +17,8 @@ knows the SASL user alice with the password alice-secret.
    those records.
 4. kcat with TLS to the plaintext port, and without TLS to the SSL port: both fail in bounded
    time (the broker closes the connections; the Rust test checks its log line).
+5. With KEEL_TEST_REAUTH_MS set (the broker's connections.max.reauth.ms): confluent-kafka and
+   kafka-python produce over SASL_SSL for three session lifetimes, re-authenticating.
 """
 
 import os
@@ -192,5 +194,39 @@ for what, port, conf in [
     )
     check(p.returncode != 0, f"{what}: kcat -L succeeded: {p.stdout.decode(errors='replace')}")
     log(f"{what}: kcat failed after {time.monotonic() - started:.1f}s as expected")
+
+# --- 5. re-authentication (KIP-368) -----------------------------------------------------------
+# The broker's SASL sessions last REAUTH_MS (connections.max.reauth.ms): producers that keep
+# one connection for several lifetimes must re-authenticate on it (the Rust test then checks
+# the broker logged re-authentications and no expired session).
+REAUTH_MS = int(os.environ.get("KEEL_TEST_REAUTH_MS", "0"))
+if REAUTH_MS:
+    seconds = 3 * REAUTH_MS / 1000
+    bootstrap = f"{host}:{sasl_ssl_port}"
+    topic = topic_name("sec-reauth")
+    port, conf = configs["sasl-ssl-scram-512"]
+    producer = Producer({"bootstrap.servers": bootstrap, **conf})
+    errors = []
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        producer.produce(topic, value=b"r%d" % sent, partition=0,
+                         on_delivery=lambda err, msg: err and errors.append(err))
+        sent += 1
+        producer.poll(0.25)
+    left = producer.flush(30)
+    check(left == 0 and not errors, f"re-authentication (confluent-kafka): {left} undelivered, errors {errors}")
+    kp = KafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=20000, max_block_ms=20000,
+                       **kp_configs["kafka-python-sasl-ssl-scram-512"][1])
+    started = time.monotonic()
+    kp_sent = 0
+    while time.monotonic() - started < seconds:
+        kp.send(topic, value=b"k%d" % kp_sent, partition=0).get(timeout=20)
+        kp_sent += 1
+        time.sleep(0.25)
+    kp.close()
+    got = confluent_consume_all(bootstrap, topic, [0], {0: sent + kp_sent}, extra=conf)
+    check_eq(len(got[0]), sent + kp_sent, "re-authentication: records read back")
+    log(f"re-authentication: {sent} + {kp_sent} records over {seconds:.1f}s of {REAUTH_MS} ms sessions")
 
 log("security clients: all checks passed")
