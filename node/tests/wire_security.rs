@@ -704,3 +704,81 @@ async fn without_reauthentication_a_second_handshake_closes_the_connection() {
         .await;
     c.expect_closed().await;
 }
+
+/// A thousand failed logins in a row (PLAIN with an unknown user, a wrong password, garbage
+/// SCRAM): each is answered SASL_AUTHENTICATION_FAILED and closed, and a good login works
+/// after them, and during them.
+#[tokio::test]
+async fn a_thousand_failed_logins_leave_the_listener_serving() {
+    let security = ListenerSecurity::new(
+        "SASL_PLAINTEXT",
+        SecurityProtocol::SaslPlaintext,
+        None,
+        Some(sasl_config(&[
+            Mechanism::Plain,
+            Mechanism::Scram(ScramMechanism::Sha512),
+        ])),
+    )
+    .expect("listener");
+    let wire = WireConfig {
+        failed_authentication_delay: std::time::Duration::ZERO,
+        ..WireConfig::default()
+    };
+    let (addr, recorder) = serve_with(security, wire).await;
+    let mut good = Client::connect(addr).await;
+    assert_eq!(
+        plain_login(&mut good, b"\0alice\0alice-secret", 1)
+            .await
+            .error_code,
+        0
+    );
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 50;
+    for round in 0..ROUNDS {
+        let attempts = (0..PER_ROUND).map(|i| async move {
+            let mut c = Client::connect(addr).await;
+            let (mechanism, token): (&str, &[u8]) = match i % 3 {
+                0 => ("PLAIN", b"\0mallory\0guess"),
+                1 => ("PLAIN", b"\0alice\0guess"),
+                _ => ("SCRAM-SHA-512", b"n,,n=alice,r=\xff"),
+            };
+            c.send(ApiKey::SaslHandshake, 1, 1, "t", &handshake(mechanism))
+                .await;
+            c.recv_response(ApiKey::SaslHandshake, 1, 1).await;
+            c.send(ApiKey::SaslAuthenticate, 1, 2, "t", &authenticate(token))
+                .await;
+            let ResponseKind::SaslAuthenticate(a) =
+                c.recv_response(ApiKey::SaslAuthenticate, 1, 2).await
+            else {
+                panic!("SaslAuthenticate");
+            };
+            assert_eq!(a.error_code, 58);
+            c.expect_closed().await;
+        });
+        futures_join_all(attempts).await;
+        // The authenticated connection is served between rounds.
+        let correlation_id = 10 + round as i32;
+        good.send(ApiKey::Metadata, 12, correlation_id, "t", &metadata())
+            .await;
+        good.recv_response(ApiKey::Metadata, 12, correlation_id)
+            .await;
+    }
+    let mut late = Client::connect(addr).await;
+    assert_eq!(
+        plain_login(&mut late, b"\0alice\0alice-secret", 1)
+            .await
+            .error_code,
+        0
+    );
+    assert_eq!(recorder.seen.lock().unwrap().len(), ROUNDS);
+}
+
+/// Runs the futures as tasks and waits for all; a panic in one fails the test.
+async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    for task in tasks {
+        task.await.expect("a login attempt failed");
+    }
+}
