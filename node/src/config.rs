@@ -30,15 +30,22 @@
 //!   `log.retention.minutes` over `log.retention.hours`, and `log.roll.ms` over
 //!   `log.roll.hours`, whichever source (file or override) set them.
 //! - keel keeps one data directory: `log.dirs` must name exactly one path.
-//! - keel serves PLAINTEXT only: a listener named `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` is
-//!   refused; any other name (`PLAINTEXT`, `CONTROLLER`, `INTERNAL`, ...) is served as
-//!   PLAINTEXT, as if `listener.security.protocol.map` mapped it so.
+//! - Every listener's name is mapped to a security protocol by `listener.security.protocol.map`
+//!   (Kafka's default maps PLAINTEXT, SSL, SASL_PLAINTEXT and SASL_SSL to themselves; another
+//!   name such as INTERNAL must be mapped explicitly). An SSL or SASL_SSL listener needs a PEM
+//!   keystore ([`BrokerConfig::tls`]); `ssl.client.auth` other than `none` needs a truststore; a
+//!   SASL listener needs at least one mechanism and one user. `inter.broker.listener.name`, when
+//!   set, names a listener. Files named by the TLS settings are read at startup, not here.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use keel_core::batch::TimestampType;
+
+use crate::security::sasl::Mechanism;
+use crate::security::tls::{Keystore, PemSource, TlsSettings};
+use crate::security::{ClientAuth, SecurityProtocol, TlsVersion};
 use keel_core::controller::config as topic;
 use keel_core::controller::{TopicDefaults, UncleanElection};
 
@@ -119,6 +126,42 @@ pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
 /// (LONG, >= 1).
 pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoint.interval.ms";
 
+/// `listener.security.protocol.map`: `NAME:PROTOCOL,...`, each listener's security protocol.
+pub const LISTENER_SECURITY_PROTOCOL_MAP: &str = "listener.security.protocol.map";
+/// `inter.broker.listener.name`: the listener brokers use for each other (STRING, optional).
+pub const INTER_BROKER_LISTENER_NAME: &str = "inter.broker.listener.name";
+/// `connection.failed.authentication.delay.ms`: how long a failed SASL authentication waits
+/// before its answer and the close (INT, >= 0).
+pub const CONNECTION_FAILED_AUTHENTICATION_DELAY_MS: &str =
+    "connection.failed.authentication.delay.ms";
+/// `connections.max.reauth.ms`: the lifetime of a SASL session, within which clients
+/// re-authenticate (KIP-368; LONG, >= 0; 0: sessions never expire).
+pub const CONNECTIONS_MAX_REAUTH_MS: &str = "connections.max.reauth.ms";
+/// `sasl.enabled.mechanisms`: the SASL mechanisms SASL listeners offer (LIST).
+pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
+/// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
+pub const KEEL_SASL_USERS: &str = "keel.sasl.users";
+/// `ssl.keystore.type`: `PEM`, the only keystore type keel reads (STRING).
+pub const SSL_KEYSTORE_TYPE: &str = "ssl.keystore.type";
+/// `ssl.keystore.location`: a PEM file with the private key and the certificate chain.
+pub const SSL_KEYSTORE_LOCATION: &str = "ssl.keystore.location";
+/// `ssl.keystore.certificate.chain`: the certificate chain as PEM text.
+pub const SSL_KEYSTORE_CERTIFICATE_CHAIN: &str = "ssl.keystore.certificate.chain";
+/// `ssl.keystore.key`: the private key as PEM text.
+pub const SSL_KEYSTORE_KEY: &str = "ssl.keystore.key";
+/// `ssl.key.password`: the password of an encrypted key; keel reads unencrypted keys only.
+pub const SSL_KEY_PASSWORD: &str = "ssl.key.password";
+/// `ssl.truststore.type`: `PEM` (STRING).
+pub const SSL_TRUSTSTORE_TYPE: &str = "ssl.truststore.type";
+/// `ssl.truststore.location`: a PEM file of CA certificates for client certificates.
+pub const SSL_TRUSTSTORE_LOCATION: &str = "ssl.truststore.location";
+/// `ssl.truststore.certificates`: the same CA certificates as PEM text.
+pub const SSL_TRUSTSTORE_CERTIFICATES: &str = "ssl.truststore.certificates";
+/// `ssl.client.auth`: `none`, `requested` or `required` (STRING).
+pub const SSL_CLIENT_AUTH: &str = "ssl.client.auth";
+/// `ssl.enabled.protocols`: TLS versions offered, among `TLSv1.2` and `TLSv1.3` (LIST).
+pub const SSL_ENABLED_PROTOCOLS: &str = "ssl.enabled.protocols";
+
 const MS_PER_MINUTE: i64 = 60 * 1000;
 const MS_PER_HOUR: i64 = 60 * MS_PER_MINUTE;
 
@@ -189,6 +232,10 @@ const LONG_POSITIVE: SettingType = SettingType::Long {
     min: 1,
     max: i64::MAX,
 };
+const LONG_NON_NEGATIVE: SettingType = SettingType::Long {
+    min: 0,
+    max: i64::MAX,
+};
 const LONG_OR_FOREVER: SettingType = SettingType::Long {
     min: -1,
     max: i64::MAX,
@@ -223,6 +270,19 @@ pub const SETTINGS: &[Setting] = &[
         doc: "the controller fences a broker that has not heartbeated for this long",
     },
     Setting {
+        name: CONNECTION_FAILED_AUTHENTICATION_DELAY_MS,
+        setting_type: INT_NON_NEGATIVE,
+        default: Some("100"),
+        doc: "how long a failed SASL authentication waits before its answer and the close",
+    },
+    Setting {
+        name: CONNECTIONS_MAX_REAUTH_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("0"),
+        doc: "the lifetime of a SASL session; clients re-authenticate within it on the same \
+              connection (KIP-368); 0: sessions never expire",
+    },
+    Setting {
         name: CONTROLLER_QUORUM_VOTERS,
         setting_type: SettingType::List,
         default: Some(""),
@@ -244,6 +304,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "how long the first rebalance of an empty consumer group waits for more members",
     },
     Setting {
+        name: INTER_BROKER_LISTENER_NAME,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "the listener brokers use for each other; when set, one of `listeners` (keel's \
+              broker-to-broker traffic uses the quorum addresses today: docs/security.md)",
+    },
+    Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
         setting_type: LONG_POSITIVE,
         default: Some("60000"),
@@ -261,6 +328,22 @@ pub const SETTINGS: &[Setting] = &[
         default: Some(""),
         doc: "brokers that follow the metadata log without voting, ID@HOST:PORT,...; ids \
               unique across voters and learners; needs controller.quorum.voters",
+    },
+    Setting {
+        name: KEEL_SASL_USERS,
+        setting_type: SettingType::List,
+        default: Some(""),
+        doc: "the users SASL listeners authenticate, NAME=PASSWORD,... (a password cannot \
+              hold a comma); kept in memory as salted SCRAM credentials",
+    },
+    Setting {
+        name: LISTENER_SECURITY_PROTOCOL_MAP,
+        setting_type: SettingType::List,
+        default: Some(
+            "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+        ),
+        doc: "each listener name's security protocol, NAME:PROTOCOL,... (PLAINTEXT, SSL, \
+              SASL_PLAINTEXT or SASL_SSL)",
     },
     Setting {
         name: LISTENERS,
@@ -403,10 +486,76 @@ pub const SETTINGS: &[Setting] = &[
         doc: "a follower that has not caught up for this long leaves the ISR",
     },
     Setting {
+        name: SASL_ENABLED_MECHANISMS,
+        setting_type: SettingType::List,
+        default: Some("SCRAM-SHA-256,SCRAM-SHA-512"),
+        doc: "the SASL mechanisms offered: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+    },
+    Setting {
         name: SOCKET_REQUEST_MAX_BYTES,
         setting_type: INT_POSITIVE,
         default: Some("104857600"),
         doc: "the largest request frame the broker reads",
+    },
+    Setting {
+        name: SSL_CLIENT_AUTH,
+        setting_type: SettingType::String,
+        default: Some("none"),
+        doc: "client certificates on SSL listeners: none, requested or required",
+    },
+    Setting {
+        name: SSL_ENABLED_PROTOCOLS,
+        setting_type: SettingType::List,
+        default: Some("TLSv1.2,TLSv1.3"),
+        doc: "TLS versions offered: TLSv1.2, TLSv1.3 or both",
+    },
+    Setting {
+        name: SSL_KEY_PASSWORD,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "refused when not empty: keel reads unencrypted private keys only",
+    },
+    Setting {
+        name: SSL_KEYSTORE_CERTIFICATE_CHAIN,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "the server's certificate chain as PEM text (with ssl.keystore.key)",
+    },
+    Setting {
+        name: SSL_KEYSTORE_KEY,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "the server's private key as PEM text (with ssl.keystore.certificate.chain)",
+    },
+    Setting {
+        name: SSL_KEYSTORE_LOCATION,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "a PEM file holding the server's private key and certificate chain",
+    },
+    Setting {
+        name: SSL_KEYSTORE_TYPE,
+        setting_type: SettingType::String,
+        default: Some("PEM"),
+        doc: "PEM: the only keystore type keel reads",
+    },
+    Setting {
+        name: SSL_TRUSTSTORE_CERTIFICATES,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "CA certificates client certificates must chain to, as PEM text",
+    },
+    Setting {
+        name: SSL_TRUSTSTORE_LOCATION,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "a PEM file of CA certificates client certificates must chain to",
+    },
+    Setting {
+        name: SSL_TRUSTSTORE_TYPE,
+        setting_type: SettingType::String,
+        default: Some("PEM"),
+        doc: "PEM: the only truststore type keel reads",
     },
     Setting {
         name: UNCLEAN_LEADER_ELECTION_ENABLE,
@@ -520,11 +669,6 @@ impl Listener {
             ));
         }
         let name = name.to_ascii_uppercase();
-        if matches!(name.as_str(), "SSL" | "SASL_PLAINTEXT" | "SASL_SSL") {
-            return Err(format!(
-                "listener {name}: keel serves PLAINTEXT only (no TLS or SASL yet)"
-            ));
-        }
         let HostPort { host, port } = HostPort::parse_allow_empty_host(address)?;
         Ok(Listener { name, host, port })
     }
@@ -737,6 +881,36 @@ pub struct BrokerConfig {
     pub metrics_listener: Option<HostPort>,
     /// `keel.log.flush.checkpoint.interval.ms`.
     pub checkpoint_interval_ms: i64,
+    /// `listener.security.protocol.map`: every name in `listeners` is a key.
+    pub listener_security_protocols: BTreeMap<String, SecurityProtocol>,
+    /// `inter.broker.listener.name`, upper case; one of `listeners` when set.
+    pub inter_broker_listener_name: Option<String>,
+    /// `connection.failed.authentication.delay.ms`.
+    pub failed_authentication_delay_ms: i64,
+    /// `connections.max.reauth.ms`; 0: SASL sessions never expire.
+    pub connections_max_reauth_ms: i64,
+    /// `sasl.enabled.mechanisms`, in the order given, without repeats; not empty when a
+    /// listener uses SASL.
+    pub sasl_enabled_mechanisms: Vec<Mechanism>,
+    /// `keel.sasl.users`: names unique; not empty when a listener uses SASL.
+    pub sasl_users: Vec<SaslUser>,
+    /// The `ssl.*` settings, when a keystore is given; always there when a listener uses TLS.
+    pub tls: Option<TlsSettings>,
+}
+
+/// One `keel.sasl.users` entry. Its password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslUser {
+    /// The user name (not empty, no `=` or `,`).
+    pub name: String,
+    /// The password (not empty, no `,`).
+    pub password: String,
+}
+
+impl fmt::Debug for SaslUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SaslUser({:?}, password hidden)", self.name)
+    }
 }
 
 /// A setting's value as given: from the TOML file (typed) or from an override (a string, typed
@@ -1022,6 +1196,8 @@ impl BrokerConfig {
             }
         };
 
+        let security = Security::build(&values, &listeners)?;
+
         Ok(BrokerConfig {
             node_id,
             listeners,
@@ -1062,7 +1238,26 @@ impl BrokerConfig {
             metrics_listener,
             checkpoint_interval_ms: values
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
+            listener_security_protocols: security.protocols,
+            inter_broker_listener_name: security.inter_broker_listener_name,
+            failed_authentication_delay_ms: i64::from(
+                values.int_or_default(CONNECTION_FAILED_AUTHENTICATION_DELAY_MS)?,
+            ),
+            connections_max_reauth_ms: values.long_or_default(CONNECTIONS_MAX_REAUTH_MS)?,
+            sasl_enabled_mechanisms: security.mechanisms,
+            sasl_users: security.users,
+            tls: security.tls,
         })
+    }
+
+    /// The security protocol of the listener called `name` (upper case); `None` only for a
+    /// name that is not a listener.
+    pub fn listener_protocol(&self, name: &str) -> Option<SecurityProtocol> {
+        self.listeners
+            .iter()
+            .any(|l| l.name == name)
+            .then(|| self.listener_security_protocols.get(name).copied())
+            .flatten()
     }
 
     /// The topic-level settings every topic inherits from this broker, keyed by their topic
@@ -1122,6 +1317,251 @@ impl BrokerConfig {
         } else {
             UncleanElection::Disabled
         }
+    }
+}
+
+/// The security settings, checked together.
+struct Security {
+    protocols: BTreeMap<String, SecurityProtocol>,
+    inter_broker_listener_name: Option<String>,
+    mechanisms: Vec<Mechanism>,
+    users: Vec<SaslUser>,
+    tls: Option<TlsSettings>,
+}
+
+impl Security {
+    fn build(values: &Values<'_>, listeners: &[Listener]) -> Result<Security, ConfigError> {
+        let mut protocols = BTreeMap::new();
+        for item in values
+            .list(LISTENER_SECURITY_PROTOCOL_MAP)?
+            .unwrap_or_default()
+        {
+            let bad = |why: &str| {
+                values.invalid(
+                    LISTENER_SECURITY_PROTOCOL_MAP,
+                    &format!("NAME:PROTOCOL,... with PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL ({why})"),
+                )
+            };
+            let (name, protocol) = item
+                .split_once(':')
+                .ok_or_else(|| bad(&format!("{item:?} has no ':'")))?;
+            let name = name.trim().to_ascii_uppercase();
+            if name.is_empty() {
+                return Err(bad(&format!("{item:?} has no name")));
+            }
+            let protocol = SecurityProtocol::from_name(protocol.trim())
+                .ok_or_else(|| bad(&format!("{:?} is not a protocol", protocol.trim())))?;
+            if protocols.insert(name.clone(), protocol).is_some() {
+                return Err(bad(&format!("{name} is mapped twice")));
+            }
+        }
+        for l in listeners {
+            if !protocols.contains_key(&l.name) {
+                return Err(values.invalid(
+                    LISTENERS,
+                    &format!(
+                        "listener names mapped in {LISTENER_SECURITY_PROTOCOL_MAP} ({} is not: \
+                         add {}:PLAINTEXT, or SSL, SASL_PLAINTEXT, SASL_SSL)",
+                        l.name, l.name
+                    ),
+                ));
+            }
+        }
+        let protocol_of = |l: &Listener| protocols[&l.name];
+
+        let inter_broker_listener_name = match values.string(INTER_BROKER_LISTENER_NAME)? {
+            None => None,
+            Some(name) if name.is_empty() => None,
+            Some(name) => {
+                let name = name.to_ascii_uppercase();
+                if !listeners.iter().any(|l| l.name == name) {
+                    return Err(values
+                        .invalid(INTER_BROKER_LISTENER_NAME, "the name of one of `listeners`"));
+                }
+                Some(name)
+            }
+        };
+
+        let mut mechanisms = Vec::new();
+        for item in values.list(SASL_ENABLED_MECHANISMS)?.unwrap_or_default() {
+            let m = Mechanism::from_name(&item.to_ascii_uppercase()).ok_or_else(|| {
+                values.invalid(
+                    SASL_ENABLED_MECHANISMS,
+                    &format!(
+                        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 ({item:?} is not one keel serves)"
+                    ),
+                )
+            })?;
+            if !mechanisms.contains(&m) {
+                mechanisms.push(m);
+            }
+        }
+        let mut users: Vec<SaslUser> = Vec::new();
+        for item in values.list(KEEL_SASL_USERS)?.unwrap_or_default() {
+            // Never echo the value: it holds passwords.
+            let bad = |why: String| ConfigError::InvalidValue {
+                key: KEEL_SASL_USERS.to_string(),
+                value: "(hidden: it holds passwords)".to_string(),
+                expected: format!("NAME=PASSWORD,... ({why})"),
+            };
+            let (name, password) = item
+                .split_once('=')
+                .ok_or_else(|| bad("an entry has no '='".to_string()))?;
+            let name = name.trim();
+            if name.is_empty() || password.is_empty() {
+                return Err(bad("an entry has an empty name or password".to_string()));
+            }
+            if users.iter().any(|u| u.name == name) {
+                return Err(bad(format!("user {name:?} is given twice")));
+            }
+            users.push(SaslUser {
+                name: name.to_string(),
+                password: password.to_string(),
+            });
+        }
+        if let Some(l) = listeners.iter().find(|l| protocol_of(l).uses_sasl()) {
+            if mechanisms.is_empty() {
+                return Err(values.invalid(
+                    SASL_ENABLED_MECHANISMS,
+                    &format!("at least one mechanism: listener {} uses SASL", l.name),
+                ));
+            }
+            if users.is_empty() {
+                return Err(ConfigError::InvalidValue {
+                    key: KEEL_SASL_USERS.to_string(),
+                    value: "\"\"".to_string(),
+                    expected: format!(
+                        "at least one NAME=PASSWORD: listener {} uses SASL and nobody could \
+                         log in (keel has no default password)",
+                        l.name
+                    ),
+                });
+            }
+        }
+
+        let tls = Security::tls(values)?;
+        if let Some(l) = listeners.iter().find(|l| protocol_of(l).uses_tls()) {
+            if tls.is_none() {
+                return Err(values.invalid(
+                    SSL_KEYSTORE_LOCATION,
+                    &format!(
+                        "a PEM keystore: listener {} uses TLS (set {SSL_KEYSTORE_LOCATION}, or \
+                         {SSL_KEYSTORE_CERTIFICATE_CHAIN} and {SSL_KEYSTORE_KEY})",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        Ok(Security {
+            protocols,
+            inter_broker_listener_name,
+            mechanisms,
+            users,
+            tls,
+        })
+    }
+
+    /// The `ssl.*` settings; `None` when no keystore is given.
+    fn tls(values: &Values<'_>) -> Result<Option<TlsSettings>, ConfigError> {
+        for key in [SSL_KEYSTORE_TYPE, SSL_TRUSTSTORE_TYPE] {
+            if !values.string_or_default(key)?.eq_ignore_ascii_case("PEM") {
+                return Err(values.invalid(
+                    key,
+                    "PEM (keel reads PEM only; convert a JKS or PKCS12 store with keytool or \
+                     openssl)",
+                ));
+            }
+        }
+        if values
+            .string(SSL_KEY_PASSWORD)?
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err(ConfigError::InvalidValue {
+                key: SSL_KEY_PASSWORD.to_string(),
+                value: "(hidden)".to_string(),
+                expected: "not set: keel reads unencrypted private keys only".to_string(),
+            });
+        }
+        let client_auth = ClientAuth::from_name(&values.string_or_default(SSL_CLIENT_AUTH)?)
+            .ok_or_else(|| values.invalid(SSL_CLIENT_AUTH, "none, requested or required"))?;
+        let mut versions = Vec::new();
+        for item in values.list(SSL_ENABLED_PROTOCOLS)?.unwrap_or_default() {
+            let v = TlsVersion::from_name(&item).ok_or_else(|| {
+                values.invalid(
+                    SSL_ENABLED_PROTOCOLS,
+                    &format!("TLSv1.2 and/or TLSv1.3 ({item:?} is not offered by keel)"),
+                )
+            })?;
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+        if versions.is_empty() {
+            return Err(values.invalid(SSL_ENABLED_PROTOCOLS, "TLSv1.2 and/or TLSv1.3"));
+        }
+        let nonempty = |key| -> Result<Option<String>, ConfigError> {
+            Ok(values.string(key)?.filter(|v| !v.is_empty()))
+        };
+        let location = nonempty(SSL_KEYSTORE_LOCATION)?;
+        let chain = nonempty(SSL_KEYSTORE_CERTIFICATE_CHAIN)?;
+        let key = nonempty(SSL_KEYSTORE_KEY)?;
+        let keystore = match (location, chain, key) {
+            (None, None, None) => None,
+            (Some(path), None, None) => Some(Keystore::File(PathBuf::from(path))),
+            (None, Some(chain), Some(key)) => Some(Keystore::Inline {
+                chain: PemSource::Inline(chain),
+                key: PemSource::Inline(key),
+            }),
+            (Some(_), _, _) => {
+                return Err(values.invalid(
+                    SSL_KEYSTORE_LOCATION,
+                    &format!(
+                        "either {SSL_KEYSTORE_LOCATION} or {SSL_KEYSTORE_CERTIFICATE_CHAIN} with \
+                         {SSL_KEYSTORE_KEY}, not both"
+                    ),
+                ))
+            }
+            (None, _, _) => {
+                return Err(ConfigError::InvalidValue {
+                    key: SSL_KEYSTORE_KEY.to_string(),
+                    value: "(hidden)".to_string(),
+                    expected: format!(
+                        "{SSL_KEYSTORE_CERTIFICATE_CHAIN} and {SSL_KEYSTORE_KEY} together"
+                    ),
+                })
+            }
+        };
+        let truststore = match (
+            nonempty(SSL_TRUSTSTORE_LOCATION)?,
+            nonempty(SSL_TRUSTSTORE_CERTIFICATES)?,
+        ) {
+            (None, None) => None,
+            (Some(path), None) => Some(PemSource::File(PathBuf::from(path))),
+            (None, Some(text)) => Some(PemSource::Inline(text)),
+            (Some(_), Some(_)) => {
+                return Err(values.invalid(
+                    SSL_TRUSTSTORE_LOCATION,
+                    &format!(
+                    "either {SSL_TRUSTSTORE_LOCATION} or {SSL_TRUSTSTORE_CERTIFICATES}, not both"
+                ),
+                ))
+            }
+        };
+        if client_auth != ClientAuth::None && truststore.is_none() {
+            return Err(values.invalid(
+                SSL_CLIENT_AUTH,
+                &format!(
+                    "none, unless a truststore ({SSL_TRUSTSTORE_LOCATION} or \
+                     {SSL_TRUSTSTORE_CERTIFICATES}) says which client certificates to trust"
+                ),
+            ));
+        }
+        Ok(keystore.map(|keystore| TlsSettings {
+            keystore,
+            truststore,
+            client_auth,
+            versions,
+        }))
     }
 }
 
@@ -1314,6 +1754,17 @@ impl Values<'_> {
                 _ => Err(self.invalid(key, "true or false")),
             },
             None => unreachable!("{key} has a default"),
+        }
+    }
+
+    /// A STRING setting's value, trimmed; `None` when neither given nor defaulted.
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            Some(Raw::Toml(toml::Value::String(s))) | Some(Raw::Text(s)) => {
+                Ok(Some(s.trim().to_string()))
+            }
+            Some(Raw::Toml(other)) => Err(Values::wrong_type(key, &other)),
+            None => Ok(None),
         }
     }
 

@@ -7,7 +7,7 @@
 //! - the broker library: [`broker`] (partitions, replication, groups, the request handler),
 //!   [`cluster`] (the metadata quorum and the controller), [`peer`] (broker-to-broker
 //!   transport), [`wire`] (the Kafka protocol server), [`storage`] (files), [`config`],
-//!   [`metrics`] and [`clock`];
+//!   [`metrics`], [`security`] (TLS, SASL) and [`clock`];
 //! - [`commands`]: `keel start`, `keel dev`, `keel dump-log` and keel-bench's measurements,
 //!   which use the library only through its public items.
 
@@ -18,5 +18,6 @@ pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod peer;
+pub mod security;
 pub mod storage;
 pub mod wire;

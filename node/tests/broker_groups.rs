@@ -61,6 +61,8 @@ async fn call(broker: &Arc<Broker>, key: ApiKey, version: i16, r: RequestKind) -
     let ctx = RequestContext {
         connection_id: 0,
         peer: "127.0.0.1:1".parse().unwrap(),
+        listener: "PLAINTEXT".into(),
+        principal: keel_node::security::Principal::anonymous(),
         api_key: key,
         api_version: version,
         correlation_id: 1,

@@ -17,6 +17,8 @@ fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
     RequestContext {
         connection_id: 0,
         peer: "127.0.0.1:1".parse().unwrap(),
+        listener: "PLAINTEXT".into(),
+        principal: keel_node::security::Principal::anonymous(),
         api_key,
         api_version,
         correlation_id: 1,

@@ -44,6 +44,8 @@ fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
     RequestContext {
         connection_id: 0,
         peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+        listener: "PLAINTEXT".into(),
+        principal: keel_node::security::Principal::anonymous(),
         api_key,
         api_version,
         correlation_id: 7,

@@ -10,7 +10,10 @@ use keel_core::batch::TimestampType;
 use keel_core::controller::config::{TopicConfig, KEYS};
 use keel_core::controller::UncleanElection;
 use keel_node::config::{
-    parse_override, BrokerConfig, ConfigError, HostPort, Listener, QuorumVoter, SETTINGS,
+    parse_override, BrokerConfig, ConfigError, HostPort, Listener, QuorumVoter,
+    INTER_BROKER_LISTENER_NAME, KEEL_SASL_USERS, LISTENER_SECURITY_PROTOCOL_MAP,
+    SASL_ENABLED_MECHANISMS, SETTINGS, SSL_CLIENT_AUTH, SSL_ENABLED_PROTOCOLS,
+    SSL_KEYSTORE_LOCATION, SSL_KEYSTORE_TYPE, SSL_KEY_PASSWORD,
 };
 
 fn ov(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -259,6 +262,7 @@ fn advertised_listeners_default_to_listeners_with_wildcards_made_loopback() {
         r#"
         node.id = 1
         listeners = "PLAINTEXT://:9092,internal://0.0.0.0:9093,EXTERNAL://[::]:9094,HOSTED://kafka.local:9095"
+        listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,external:PLAINTEXT,HOSTED:PLAINTEXT"
         "#,
     );
     let shown: Vec<String> = c.listeners.iter().map(ToString::to_string).collect();
@@ -299,6 +303,7 @@ fn explicit_advertised_listeners_are_kept() {
         r#"
         node.id = 1
         listeners = ["PLAINTEXT://:9092", "CONTROLLER://:9093"]
+        listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
         advertised.listeners = "PLAINTEXT://broker1.example.com:19092"
         "#,
     );
@@ -734,7 +739,7 @@ fn wrong_toml_type_names_key_value_and_expectation() {
 
 #[test]
 fn out_of_range_and_malformed_values_name_key_value_and_expectation() {
-    let cases: [(&str, &str, &str); 14] = [
+    let cases: [(&str, &str, &str); 15] = [
         ("node.id = -1", "-1", "an integer from 0 to 2147483647"),
         (
             "node.id = 1\nnum.partitions = 0",
@@ -770,8 +775,13 @@ fn out_of_range_and_malformed_values_name_key_value_and_expectation() {
         ),
         (
             "node.id = 1\nlisteners = \"SSL://:9093\"",
-            "\"SSL://:9093\"",
-            "keel serves PLAINTEXT only",
+            "\"\"",
+            "a PEM keystore: listener SSL uses TLS",
+        ),
+        (
+            "node.id = 1\nlisteners = \"PLAINTEXT://:9092,INTERNAL://:9093\"",
+            "\"PLAINTEXT://:9092,INTERNAL://:9093\"",
+            "INTERNAL is not: add INTERNAL:PLAINTEXT",
         ),
         (
             "node.id = 1\nlisteners = \"PLAINTEXT://:9092,PLAINTEXT://:9093\"",
@@ -955,5 +965,175 @@ mod never_panics {
                 let _ = BrokerConfig::from_toml_str(&format!("node.id = 1\n\"{key}\" = {value}"));
             }
         }
+    }
+}
+
+// Security settings (docs/security.md).
+
+const SECURED: &str = r#"
+node.id = 1
+listeners = "PLAINTEXT://:9092,SSL://:9093,SASL_PLAINTEXT://:9094,SASL_SSL://:9095,internal://:9096"
+listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,INTERNAL:sasl_ssl"
+inter.broker.listener.name = "internal"
+ssl.keystore.location = "/etc/keel/broker.pem"
+ssl.truststore.location = "/etc/keel/ca.pem"
+ssl.client.auth = "required"
+ssl.enabled.protocols = "TLSv1.3"
+sasl.enabled.mechanisms = "PLAIN,SCRAM-SHA-512"
+"keel.sasl.users" = "admin=s3cret=x,alice=pw"
+"#;
+
+/// Reference: Kafka's `listener.security.protocol.map` (names upper-cased, protocols
+/// case-insensitive) and its PEM keystore settings.
+#[test]
+fn security_settings_parse_with_kafkas_names() {
+    use keel_node::security::sasl::Mechanism;
+    use keel_node::security::scram::ScramMechanism;
+    use keel_node::security::tls::{Keystore, PemSource};
+    use keel_node::security::{ClientAuth, SecurityProtocol, TlsVersion};
+    let c = parse(SECURED);
+    let protocols: Vec<_> = c
+        .listeners
+        .iter()
+        .map(|l| c.listener_protocol(&l.name).unwrap())
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            SecurityProtocol::Plaintext,
+            SecurityProtocol::Ssl,
+            SecurityProtocol::SaslPlaintext,
+            SecurityProtocol::SaslSsl,
+            SecurityProtocol::SaslSsl
+        ]
+    );
+    assert_eq!(c.inter_broker_listener_name.as_deref(), Some("INTERNAL"));
+    let tls = c.tls.expect("TLS settings");
+    assert_eq!(tls.keystore, Keystore::File("/etc/keel/broker.pem".into()));
+    assert_eq!(
+        tls.truststore,
+        Some(PemSource::File("/etc/keel/ca.pem".into()))
+    );
+    assert_eq!(tls.client_auth, ClientAuth::Required);
+    assert_eq!(tls.versions, [TlsVersion::Tls13]);
+    assert_eq!(
+        c.sasl_enabled_mechanisms,
+        [Mechanism::Plain, Mechanism::Scram(ScramMechanism::Sha512)]
+    );
+    let users: Vec<(&str, &str)> = c
+        .sasl_users
+        .iter()
+        .map(|u| (u.name.as_str(), u.password.as_str()))
+        .collect();
+    assert_eq!(users, [("admin", "s3cret=x"), ("alice", "pw")]);
+    assert!(
+        !format!("{:?}", c.sasl_users).contains("s3cret"),
+        "passwords never in Debug output"
+    );
+}
+
+#[test]
+fn inline_pem_keystore_is_accepted() {
+    use keel_node::security::tls::{Keystore, PemSource};
+    let c = parse(
+        "node.id = 1\nlisteners = \"SSL://:9093\"\n\
+         ssl.keystore.certificate.chain = \"-----BEGIN CERTIFICATE-----\"\n\
+         ssl.keystore.key = \"-----BEGIN PRIVATE KEY-----\"",
+    );
+    assert_eq!(
+        c.tls.unwrap().keystore,
+        Keystore::Inline {
+            chain: PemSource::Inline("-----BEGIN CERTIFICATE-----".into()),
+            key: PemSource::Inline("-----BEGIN PRIVATE KEY-----".into()),
+        }
+    );
+}
+
+/// Bad security settings are refused at startup with a message that names the key and says
+/// what was expected, and never echoes a password.
+#[test]
+fn bad_security_settings_are_refused_clearly() {
+    let sasl = "node.id = 1\nlisteners = \"SASL_PLAINTEXT://:9094\"\n";
+    let ssl = "node.id = 1\nlisteners = \"SSL://:9093\"\nssl.keystore.location = \"/k.pem\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "node.id = 1\nlistener.security.protocol.map = \"PLAINTEXT:TLS\"".into(),
+            LISTENER_SECURITY_PROTOCOL_MAP,
+            "\"TLS\" is not a protocol",
+        ),
+        (
+            "node.id = 1\nlistener.security.protocol.map = \"PLAINTEXT\"".into(),
+            LISTENER_SECURITY_PROTOCOL_MAP,
+            "has no ':'",
+        ),
+        (
+            "node.id = 1\ninter.broker.listener.name = \"INTERNAL\"".into(),
+            INTER_BROKER_LISTENER_NAME,
+            "the name of one of `listeners`",
+        ),
+        (sasl.to_string(), KEEL_SASL_USERS, "no default password"),
+        (
+            format!("{sasl}\"keel.sasl.users\" = \"alice\""),
+            KEEL_SASL_USERS,
+            "an entry has no '='",
+        ),
+        (
+            format!("{sasl}\"keel.sasl.users\" = \"alice=pw,alice=pw2\""),
+            KEEL_SASL_USERS,
+            "user \"alice\" is given twice",
+        ),
+        (
+            format!("{sasl}\"keel.sasl.users\" = \"a=b\"\nsasl.enabled.mechanisms = \"GSSAPI\""),
+            SASL_ENABLED_MECHANISMS,
+            "\"GSSAPI\" is not one keel serves",
+        ),
+        (
+            format!("{sasl}\"keel.sasl.users\" = \"a=b\"\nsasl.enabled.mechanisms = \"\""),
+            SASL_ENABLED_MECHANISMS,
+            "at least one mechanism",
+        ),
+        (
+            format!("{ssl}ssl.keystore.type = \"JKS\""),
+            SSL_KEYSTORE_TYPE,
+            "PEM (keel reads PEM only",
+        ),
+        (
+            format!("{ssl}ssl.client.auth = \"required\""),
+            SSL_CLIENT_AUTH,
+            "unless a truststore",
+        ),
+        (
+            format!("{ssl}ssl.client.auth = \"always\""),
+            SSL_CLIENT_AUTH,
+            "none, requested or required",
+        ),
+        (
+            format!("{ssl}ssl.enabled.protocols = \"TLSv1.1\""),
+            SSL_ENABLED_PROTOCOLS,
+            "\"TLSv1.1\" is not offered by keel",
+        ),
+        (
+            format!("{ssl}ssl.keystore.key = \"-----BEGIN PRIVATE KEY-----\""),
+            SSL_KEYSTORE_LOCATION,
+            "not both",
+        ),
+        (
+            format!("{ssl}ssl.key.password = \"hunter2\""),
+            SSL_KEY_PASSWORD,
+            "unencrypted private keys only",
+        ),
+    ];
+    for (text, key, expected) in cases {
+        let e = error(&text);
+        let ConfigError::InvalidValue { key: k, .. } = &e else {
+            panic!("{text}: {e:?}");
+        };
+        assert_eq!(k, key, "{text}: {e}");
+        let shown = e.to_string();
+        assert!(shown.contains(expected), "{text}: {shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pw2"),
+            "a password in {shown}"
+        );
     }
 }

@@ -91,9 +91,9 @@ impl Handler for Broker {
             },
             RequestKind::Fetch(r) => Next::Fetch(r),
             RequestKind::Metadata(r) => {
-                let (b, v) = (self.clone(), ctx.api_version);
+                let (b, v, l) = (self.clone(), ctx.api_version, ctx.listener.clone());
                 Next::Later(Box::pin(async move {
-                    ResponseKind::Metadata(b.metadata(v, r).await)
+                    ResponseKind::Metadata(b.metadata(v, r, &l).await)
                 }))
             }
             RequestKind::ListOffsets(r) => Next::Ready(ResponseKind::ListOffsets(
@@ -145,9 +145,11 @@ impl Handler for Broker {
                 }))
             }
             RequestKind::FindCoordinator(r) => {
-                let (b, v) = (self.clone(), ctx.api_version);
+                let (b, v, l) = (self.clone(), ctx.api_version, ctx.listener.clone());
                 Next::Later(Box::pin(async move {
-                    ResponseKind::FindCoordinator(b.find_coordinator(v, r).await)
+                    let mut response = b.clone().find_coordinator(v, r).await;
+                    b.coordinators_on_listener(&l, v, &mut response);
+                    ResponseKind::FindCoordinator(response)
                 }))
             }
             RequestKind::JoinGroup(r) => Next::Later(self.start_join_group(&ctx, r)),
@@ -169,9 +171,9 @@ impl Handler for Broker {
             RequestKind::DeleteGroups(r) => {
                 Next::Ready(ResponseKind::DeleteGroups(self.delete_groups(r)))
             }
-            RequestKind::DescribeCluster(_) => {
-                Next::Ready(ResponseKind::DescribeCluster(self.describe_cluster()))
-            }
+            RequestKind::DescribeCluster(_) => Next::Ready(ResponseKind::DescribeCluster(
+                self.describe_cluster(&ctx.listener),
+            )),
             RequestKind::SaslHandshake(_) => {
                 let mut r = SaslHandshakeResponse::default();
                 r.error_code = code::UNSUPPORTED_SASL_MECHANISM;
@@ -581,9 +583,74 @@ impl Broker {
         })
     }
 
-    async fn metadata(&self, v: i16, request: MetadataRequest) -> MetadataResponse {
+    /// The unfenced brokers' endpoints on the listener called `listener` (Kafka answers with
+    /// the endpoints of the listener a request came in on); a broker without that listener is
+    /// left out.
+    pub(super) fn broker_list_on(&self, listener: &str) -> Vec<(i32, String, i32)> {
+        self.with_metadata(|m| {
+            m.brokers()
+                .filter(|b| !b.fenced)
+                .filter_map(|b| {
+                    b.endpoints
+                        .iter()
+                        .find(|e| e.name == listener)
+                        .map(|e| (b.id.0, e.host.clone(), e.port))
+                })
+                .collect()
+        })
+    }
+
+    /// Rewrites the coordinators' addresses of a FindCoordinator answer to their endpoints on
+    /// `listener`; a coordinator without that listener becomes COORDINATOR_NOT_AVAILABLE.
+    fn coordinators_on_listener(
+        &self,
+        listener: &str,
+        version: i16,
+        response: &mut FindCoordinatorResponse,
+    ) {
+        let brokers = self.broker_list_on(listener);
+        let on_listener = |node: i32| brokers.iter().find(|(id, _, _)| *id == node);
+        let unavailable = || {
+            (
+                code::COORDINATOR_NOT_AVAILABLE,
+                Some(str_bytes(format!(
+                    "the coordinator has no listener named {listener}"
+                ))),
+            )
+        };
+        for c in &mut response.coordinators {
+            if c.error_code == 0 {
+                match on_listener(c.node_id.0) {
+                    Some((_, host, port)) => (c.host, c.port) = (str_bytes(host.clone()), *port),
+                    None => {
+                        (c.error_code, c.error_message) = unavailable();
+                        (c.node_id, c.port) = (BrokerId(-1), -1);
+                    }
+                }
+            }
+        }
+        // v4 answers in `coordinators` only; v0-3 in the top-level fields only.
+        if version < 4 && response.error_code == 0 && response.node_id.0 >= 0 {
+            match on_listener(response.node_id.0) {
+                Some((_, host, port)) => {
+                    (response.host, response.port) = (str_bytes(host.clone()), *port)
+                }
+                None => {
+                    let (error, message) = unavailable();
+                    response.error_code = error;
+                    response.node_id = BrokerId(-1);
+                    response.port = -1;
+                    if version >= 1 {
+                        response.error_message = message;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn metadata(&self, v: i16, request: MetadataRequest, listener: &str) -> MetadataResponse {
         let mut response = MetadataResponse::default();
-        for (id, host, port) in self.broker_list() {
+        for (id, host, port) in self.broker_list_on(listener) {
             let mut b = MetadataResponseBroker::default();
             b.node_id = BrokerId(id);
             b.host = str_bytes(host);
@@ -1179,12 +1246,12 @@ impl Broker {
         response
     }
 
-    fn describe_cluster(&self) -> DescribeClusterResponse {
+    fn describe_cluster(&self, listener: &str) -> DescribeClusterResponse {
         let mut response = DescribeClusterResponse::default();
         response.cluster_id = str_bytes(self.cluster_id());
         response.controller_id = BrokerId(self.controller_id());
         response.endpoint_type = 1;
-        for (id, host, port) in self.broker_list() {
+        for (id, host, port) in self.broker_list_on(listener) {
             let mut b = DescribeClusterBroker::default();
             b.broker_id = BrokerId(id);
             b.host = str_bytes(host);

@@ -77,6 +77,10 @@ pub struct Settings {
     /// Host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// Every advertised listener (`advertised.listeners`, ports resolved), registered with the
+    /// controller; Metadata answers with the endpoints of the listener a request came in on.
+    /// Empty: one PLAINTEXT endpoint at `advertised_host:advertised_port`.
+    pub advertised_listeners: Vec<Endpoint>,
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
     /// `num.partitions` and `default.replication.factor`.
@@ -110,6 +114,7 @@ impl Settings {
             data_dir,
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            advertised_listeners: Vec::new(),
             auto_create_topics: true,
             topic_defaults: TopicDefaults::default(),
             topic_config_defaults: BTreeMap::new(),
@@ -766,12 +771,16 @@ impl Broker {
         let registration = BrokerRegistration {
             broker_id: self.me(),
             incarnation_id: random_id(),
-            endpoints: vec![Endpoint {
-                name: "PLAINTEXT".into(),
-                host: self.settings.advertised_host.clone(),
-                port: self.settings.advertised_port as i32,
-                security_protocol: 0,
-            }],
+            endpoints: if self.settings.advertised_listeners.is_empty() {
+                vec![Endpoint {
+                    name: "PLAINTEXT".into(),
+                    host: self.settings.advertised_host.clone(),
+                    port: self.settings.advertised_port as i32,
+                    security_protocol: 0,
+                }]
+            } else {
+                self.settings.advertised_listeners.clone()
+            },
             rack: None,
         };
         let unclean = self.settings.cluster.unclean;

@@ -12,7 +12,10 @@ use crate::broker::{Broker, Settings};
 use crate::cluster::ClusterSettings;
 use crate::config::{parse_override, BrokerConfig};
 use crate::metrics::Metrics;
+use crate::security::sasl::{SaslConfig, SaslUsers};
+use crate::security::{scram, tls, ListenerSecurity, SecurityProtocol};
 use crate::wire::{WireConfig, WireServer};
+use keel_core::controller::Endpoint;
 
 #[derive(clap::Args, Clone, Default)]
 pub struct StartArgs {
@@ -129,16 +132,13 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(listener) = config
-        .listeners
-        .iter()
-        .find(|l| l.name == "PLAINTEXT")
-        .cloned()
-    else {
-        eprintln!("keel: no PLAINTEXT listener in `listeners` (keel serves PLAINTEXT only)");
-        return ExitCode::from(2);
+    let securities = match listener_securities(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let addr = listener.bind_address();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,33 +152,60 @@ pub fn run(args: StartArgs) -> ExitCode {
     runtime.block_on(async move {
         #[cfg(debug_assertions)]
         test_panic_after_start();
-        let listener = match tokio::net::TcpListener::bind(&addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("keel: cannot listen on {addr}: {e}");
+        // Every listener is bound before the broker registers, so that a port 0 (pick any)
+        // is advertised as the port actually bound.
+        let mut bound = Vec::new();
+        for (listener, security) in config.listeners.iter().zip(securities) {
+            let addr = listener.bind_address();
+            let socket = match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("keel: cannot listen on {addr} ({}): {e}", listener.name);
+                    return ExitCode::from(1);
+                }
+            };
+            let Ok(port) = socket.local_addr().map(|a| a.port()) else {
+                eprintln!("keel: the listener on {addr} has no address");
                 return ExitCode::from(1);
-            }
+            };
+            bound.push((listener.name.clone(), port, socket, security));
+        }
+        let bound_port = |name: &str| {
+            bound
+                .iter()
+                .find(|(n, ..)| n == name)
+                .map_or(0, |(_, port, ..)| *port)
         };
-        let Ok(bound) = listener.local_addr() else {
-            eprintln!("keel: the listener on {addr} has no address");
-            return ExitCode::from(1);
+        let advertised_listeners: Vec<Endpoint> = config
+            .advertised_listeners
+            .iter()
+            .map(|l| Endpoint {
+                name: l.name.clone(),
+                host: l.host.clone(),
+                port: i32::from(if l.port == 0 {
+                    bound_port(&l.name)
+                } else {
+                    l.port
+                }),
+                security_protocol: i32::from(
+                    config
+                        .listener_protocol(&l.name)
+                        .map_or(0, SecurityProtocol::id),
+                ),
+            })
+            .collect();
+        // The first listener's address is the one the ready line names.
+        let Some(first) = advertised_listeners.first().cloned() else {
+            eprintln!("keel: no listener");
+            return ExitCode::from(2);
         };
-        // The advertised listener; port 0 (pick any) advertises the port actually bound.
-        let advertised = config.advertised_listener("PLAINTEXT").cloned();
-        let advertised_host = advertised
-            .as_ref()
-            .map_or_else(|| "127.0.0.1".to_string(), |l| l.host.clone());
-        let advertised_port = advertised.as_ref().map_or(0, |l| l.port);
-        let advertised_port = if advertised_port == 0 {
-            bound.port()
-        } else {
-            advertised_port
-        };
+        let (advertised_host, advertised_port) = (first.host.clone(), first.port as u16);
         let settings = Settings {
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
             advertised_host: advertised_host.clone(),
             advertised_port,
+            advertised_listeners: advertised_listeners.clone(),
             auto_create_topics: config.auto_create_topics,
             topic_defaults: config.topic_creation_defaults(),
             topic_config_defaults: config.topic_defaults(),
@@ -232,31 +259,100 @@ pub fn run(args: StartArgs) -> ExitCode {
         let apis = crate::broker::served_apis();
         let wire_config = WireConfig {
             socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,
+            failed_authentication_delay: Duration::from_millis(
+                config.failed_authentication_delay_ms.max(0) as u64,
+            ),
+            connections_max_reauth: (config.connections_max_reauth_ms > 0)
+                .then(|| Duration::from_millis(config.connections_max_reauth_ms as u64)),
             ..WireConfig::default()
         };
-        let server =
-            WireServer::with_metrics(broker.clone(), apis, wire_config, broker.metrics().clone());
-        let serving = tokio::spawn(server.serve(listener));
+        let mut serving = Vec::new();
+        for (name, port, socket, security) in bound {
+            tracing::info!(
+                "listener {name} ({}) on port {port}, advertised as {}",
+                security.protocol(),
+                advertised_listeners
+                    .iter()
+                    .find(|e| e.name == name)
+                    .map_or("nothing".into(), |e| format!("{}:{}", e.host, e.port))
+            );
+            let server = WireServer::for_listener(
+                broker.clone(),
+                apis.clone(),
+                wire_config.clone(),
+                Some(broker.metrics().clone()),
+                security,
+            );
+            serving.push(tokio::spawn(server.serve(socket)));
+        }
         tokio::spawn(timers(
             broker.clone(),
             config.retention_check_interval_ms,
             config.checkpoint_interval_ms,
         ));
         println!(
-            "keel broker {} ready on {advertised_host}:{}",
+            "keel broker {} ready on {advertised_host}:{advertised_port}",
             config.node_id,
-            bound.port()
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
         tracing::info!("shutting down: syncing every partition");
-        serving.abort();
+        for task in &serving {
+            task.abort();
+        }
         let broker_for_sync = broker.clone();
         broker_for_sync.checkpoint_all();
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
     })
+}
+
+/// What each listener serves, in `listeners` order: the TLS configuration (PEM files read
+/// here, once) and the SASL users (salted here, once) shared by the listeners that need them.
+fn listener_securities(config: &BrokerConfig) -> Result<Vec<ListenerSecurity>, String> {
+    let protocols: Vec<(String, SecurityProtocol)> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let protocol = config
+                .listener_protocol(&l.name)
+                .ok_or_else(|| format!("listener {} has no security protocol", l.name))?;
+            Ok((l.name.clone(), protocol))
+        })
+        .collect::<Result<_, String>>()?;
+    let tls = match &config.tls {
+        Some(settings) if protocols.iter().any(|(_, p)| p.uses_tls()) => {
+            Some(tls::server_config(settings).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let sasl = if protocols.iter().any(|(_, p)| p.uses_sasl()) {
+        let mut rng = rand::thread_rng();
+        let users = SaslUsers::from_passwords(
+            config
+                .sasl_users
+                .iter()
+                .map(|u| (u.name.as_str(), u.password.as_str())),
+            scram::ITERATIONS_MIN,
+            || {
+                use rand::RngCore;
+                let mut salt = vec![0; scram::SALT_BYTES];
+                rng.fill_bytes(&mut salt);
+                salt
+            },
+        );
+        Some(Arc::new(SaslConfig {
+            mechanisms: config.sasl_enabled_mechanisms.clone(),
+            users,
+        }))
+    } else {
+        None
+    };
+    protocols
+        .into_iter()
+        .map(|(name, protocol)| ListenerSecurity::new(&name, protocol, tls.clone(), sasl.clone()))
+        .collect()
 }
 
 /// The quorum layout from `controller.quorum.voters` and `keel.quorum.learners`, with

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::security::Principal;
+
 /// Where a request came from and how its response must be encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
@@ -15,6 +17,12 @@ pub struct RequestContext {
     pub connection_id: u64,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The name of the listener the request came in on (`PLAINTEXT`, `SASL_SSL`, ...):
+    /// Metadata and FindCoordinator answer with the brokers' endpoints on this listener.
+    pub listener: Arc<str>,
+    /// Who the connection acts as: `User:ANONYMOUS`, the SASL user, or the client
+    /// certificate's subject (for authorisation; nothing checks it yet).
+    pub principal: Principal,
     /// The request's API.
     pub api_key: ApiKey,
     /// The request's version; the response body is encoded at it.

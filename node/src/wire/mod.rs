@@ -10,6 +10,9 @@
 //!   and the ApiVersions answers, which never reach the handler;
 //! - UNSUPPORTED_VERSION fallbacks: ApiVersions above v3 gets a v0 body with error 35; Produce
 //!   v0-2 (advertised, not implemented) gets error 35 per partition;
+//! - the security of each listener: TLS, SASL and the connection's principal
+//!   ([`WireServer::for_listener`] with a
+//!   [`ListenerSecurity`](crate::security::ListenerSecurity); docs/security.md);
 //! - pure decode and encode functions ([`decode_request`], [`classify`], [`encode_response`])
 //!   shared by the connection task and the fuzz target (`fuzz/fuzz_targets/request_decode.rs`).
 //!
@@ -46,8 +49,9 @@ pub use codec::{
 pub use count_guard::{OVERSIZED_I32_STANDIN, VARINT_SLACK};
 pub use handler::{Handler, HandlerError, HandlerResult, RequestContext};
 pub use server::{
-    WireConfig, WireServer, ACCEPT_ERROR_BACKOFF, IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
-    READ_CHUNK_BYTES,
+    WireConfig, WireServer, ACCEPT_ERROR_BACKOFF, FAILED_AUTHENTICATION_DELAY_DEFAULT,
+    IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, READ_CHUNK_BYTES, SASL_FRAME_BYTES_MAX,
+    TLS_HANDSHAKE_TIMEOUT_DEFAULT,
 };
 pub use versions::{
     api_versions_unsupported_response, ApiSupport, SupportedApis, API_SUPPORT_TABLE,

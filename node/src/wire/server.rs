@@ -24,25 +24,53 @@
 //!   mismatched response closes this connection only, discarding responses not yet written;
 //!   other connections and the listener carry on. A clean EOF from the client lets the
 //!   responses already owed be written before the connection closes.
+//!
+//! Security, per listener ([`ListenerSecurity`]; docs/security.md):
+//! - on a TLS listener (SSL, SASL_SSL) the connection's first byte must open a TLS record
+//!   (0x16); otherwise the client speaks plaintext to a TLS port and the connection is closed
+//!   with one log line. The handshake must finish within
+//!   [`WireConfig::tls_handshake_timeout`]. A client
+//!   certificate, when one is sent and verified, gives the connection its principal;
+//! - on a plaintext listener (PLAINTEXT, SASL_PLAINTEXT) a first frame whose size prefix starts
+//!   `0x16 0x03` is a TLS ClientHello: closed with one log line, not read as a request;
+//! - on a SASL listener, until the exchange succeeds, only ApiVersions, SaslHandshake and
+//!   SaslAuthenticate are read (anything else closes the connection), frames are bounded by
+//!   [`SASL_FRAME_BYTES_MAX`], and after SaslHandshake v0 the tokens travel as bare
+//!   size-prefixed frames (Kafka's unframed v0 form). A failed exchange waits
+//!   [`WireConfig::failed_authentication_delay`], writes its SASL_AUTHENTICATION_FAILED
+//!   response (none after handshake v0) and closes. With
+//!   [`WireConfig::connections_max_reauth`] set, SaslAuthenticate v1+ tells the client its
+//!   session's lifetime, a SaslHandshake v1 with the same mechanism re-authenticates on the
+//!   same connection (KIP-368; the user must stay the same), and the first request after the
+//!   session expired closes the connection; without it, SaslHandshake or SaslAuthenticate
+//!   after success closes the connection;
+//! - every request's [`RequestContext`] carries the listener's name and the connection's
+//!   principal.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestKind};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::codec::{
-    classify, encode_response, frame_size, DecodeError, DecodedRequest, EncodeError,
+    classify, encode_response, frame_size, header_prefix, DecodeError, DecodedRequest, EncodeError,
     FrameSizeError, Inbound, SIZE_PREFIX_BYTES, SOCKET_REQUEST_MAX_BYTES_DEFAULT,
 };
 use super::handler::{Handler, HandlerError, HandlerResult, RequestContext};
 use super::versions::SupportedApis;
+use crate::security::sasl::{Mechanism, SaslConfig, SaslError, SaslExchange, Step};
+use crate::security::{tls, ListenerSecurity, Principal};
 
 /// Default bound on requests in flight per connection (read but not yet answered).
 pub const IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 32;
@@ -56,6 +84,21 @@ pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Pause after a failed `accept` (for example out of file descriptors) before trying again.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Default of [`WireConfig::tls_handshake_timeout`].
+pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default of [`WireConfig::failed_authentication_delay`] (Kafka's default, 100 ms).
+pub const FAILED_AUTHENTICATION_DELAY_DEFAULT: Duration = Duration::from_millis(100);
+
+/// The largest frame read on a SASL listener before authentication (Kafka's
+/// `sasl.server.max.receive.size` default, 512 KiB): a SASL token is a few hundred bytes.
+pub const SASL_FRAME_BYTES_MAX: usize = 512 * 1024;
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The first byte of a TLS record's version (3 for SSL 3.0 and every TLS version).
+const TLS_VERSION_MAJOR: u8 = 0x03;
+
 /// Settings of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireConfig {
@@ -63,6 +106,17 @@ pub struct WireConfig {
     pub socket_request_max_bytes: usize,
     /// Requests in flight per connection before the reader stops reading (at least 1).
     pub in_flight_per_connection_max: usize,
+    /// How long a TLS client has to send its first byte and finish the handshake.
+    pub tls_handshake_timeout: Duration,
+    /// How long a failed SASL authentication waits before its answer and the close (Kafka's
+    /// `connection.failed.authentication.delay.ms`): a client that retries at once (librdkafka
+    /// reconnects within 50 ms) is slowed to this pace per connection.
+    pub failed_authentication_delay: Duration,
+    /// Kafka's `connections.max.reauth.ms` (KIP-368): the lifetime of a SASL session told to
+    /// clients in SaslAuthenticate v1+, within which they re-authenticate on the same
+    /// connection; a request after it closes the connection. `None`: sessions never expire and
+    /// re-authentication is refused.
+    pub connections_max_reauth: Option<Duration>,
 }
 
 impl Default for WireConfig {
@@ -70,6 +124,9 @@ impl Default for WireConfig {
         Self {
             socket_request_max_bytes: SOCKET_REQUEST_MAX_BYTES_DEFAULT,
             in_flight_per_connection_max: IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+            failed_authentication_delay: FAILED_AUTHENTICATION_DELAY_DEFAULT,
+            connections_max_reauth: None,
         }
     }
 }
@@ -83,6 +140,9 @@ enum ConnectionError {
     FrameSize(#[from] FrameSizeError),
     #[error("client closed the connection inside a frame")]
     EofInsideFrame,
+    /// A TLS ClientHello where a frame should start; reported as [`Self::TlsOnPlaintext`].
+    #[error("a TLS handshake on a listener without TLS")]
+    TlsHello,
     #[error("{0}")]
     Decode(#[from] DecodeError),
     #[error("{0}")]
@@ -107,6 +167,53 @@ enum ConnectionError {
     AcksZeroHandlerFailed,
     #[error("response writer stopped")]
     WriterStopped,
+    #[error(
+        "a TLS handshake arrived on the plaintext listener {listener}: the client speaks TLS \
+         (security.protocol SSL or SASL_SSL) to a port without it"
+    )]
+    TlsOnPlaintext { listener: Arc<str> },
+    #[error(
+        "the client sent plaintext (first byte {first:#04x}) to the TLS listener {listener}: \
+         it should use security.protocol SSL or SASL_SSL"
+    )]
+    PlaintextOnTls { listener: Arc<str>, first: u8 },
+    #[error("TLS handshake on listener {listener} failed: {error}")]
+    TlsHandshake {
+        listener: Arc<str>,
+        error: std::io::Error,
+    },
+    #[error("TLS handshake on listener {listener} did not finish within {timeout:?}")]
+    TlsHandshakeTimeout {
+        listener: Arc<str>,
+        timeout: Duration,
+    },
+    #[error("{request} before SASL authentication on listener {listener}")]
+    Unauthenticated {
+        listener: Arc<str>,
+        /// The API's name, or its raw key when keel does not know it.
+        request: String,
+    },
+    #[error("SASL mechanism {mechanism:?} is not enabled on listener {listener}")]
+    UnsupportedMechanism {
+        listener: Arc<str>,
+        mechanism: String,
+    },
+    #[error("SASL/{mechanism} authentication failed on listener {listener}: {error}")]
+    AuthenticationFailed {
+        listener: Arc<str>,
+        mechanism: Mechanism,
+        error: SaslError,
+    },
+    #[error(
+        "{api_key:?} after SASL authentication (re-authentication needs \
+         connections.max.reauth.ms and SaslHandshake v1)"
+    )]
+    Reauthentication { api_key: ApiKey },
+    #[error(
+        "the SASL session of User:{user} on listener {listener} expired without \
+         re-authentication"
+    )]
+    SessionExpired { listener: Arc<str>, user: String },
 }
 
 impl ConnectionError {
@@ -130,22 +237,16 @@ pub struct WireServer<H> {
     handler: Arc<H>,
     apis: SupportedApis,
     config: WireConfig,
+    listener: ListenerSecurity,
     next_connection_id: AtomicU64,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl<H: Handler> WireServer<H> {
-    /// A server for `handler`, advertising and accepting `apis`. An
-    /// `in_flight_per_connection_max` of 0 is taken as 1.
-    pub fn new(handler: Arc<H>, apis: SupportedApis, mut config: WireConfig) -> Arc<Self> {
-        config.in_flight_per_connection_max = config.in_flight_per_connection_max.max(1);
-        Arc::new(Self {
-            handler,
-            apis,
-            config,
-            next_connection_id: AtomicU64::new(0),
-            metrics: None,
-        })
+    /// A PLAINTEXT listener called `PLAINTEXT` for `handler`, advertising and accepting `apis`.
+    /// An `in_flight_per_connection_max` of 0 is taken as 1.
+    pub fn new(handler: Arc<H>, apis: SupportedApis, config: WireConfig) -> Arc<Self> {
+        Self::for_listener(handler, apis, config, None, ListenerSecurity::default())
     }
 
     /// The same server, counting its open connections in `metrics` (`keel_connections`).
@@ -155,9 +256,38 @@ impl<H: Handler> WireServer<H> {
         config: WireConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
-        let mut server = Arc::into_inner(Self::new(handler, apis, config)).expect("just created");
-        server.metrics = Some(metrics);
-        Arc::new(server)
+        Self::for_listener(
+            handler,
+            apis,
+            config,
+            Some(metrics),
+            ListenerSecurity::default(),
+        )
+    }
+
+    /// A server for one listener of `keel start`: its name and security protocol come from
+    /// `listener`, which also holds the TLS and SASL configurations the protocol needs.
+    pub fn for_listener(
+        handler: Arc<H>,
+        apis: SupportedApis,
+        mut config: WireConfig,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+        listener: ListenerSecurity,
+    ) -> Arc<Self> {
+        config.in_flight_per_connection_max = config.in_flight_per_connection_max.max(1);
+        Arc::new(Self {
+            handler,
+            apis,
+            config,
+            listener,
+            next_connection_id: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// The listener this server serves.
+    pub fn listener(&self) -> &ListenerSecurity {
+        &self.listener
     }
 
     /// The APIs this server advertises.
@@ -194,8 +324,21 @@ impl<H: Handler> WireServer<H> {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(connection_id, %peer, error = %e, "set_nodelay failed");
         }
-        debug!(connection_id, %peer, "connection accepted");
-        match self.run_connection(stream, peer, connection_id).await {
+        debug!(connection_id, %peer, listener = %self.listener.name(), "connection accepted");
+        let served = match self.listener.tls().cloned() {
+            None => {
+                self.run_connection(stream, peer, connection_id, Principal::anonymous())
+                    .await
+            }
+            Some(config) => match self.accept_tls(stream, config).await {
+                Ok((stream, principal)) => {
+                    self.run_connection(stream, peer, connection_id, principal)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match served {
             Ok(()) => debug!(connection_id, %peer, "connection closed by client"),
             Err(e) if e.is_keel_side() => {
                 error!(connection_id, %peer, error = %e, "closing connection")
@@ -207,19 +350,82 @@ impl<H: Handler> WireServer<H> {
         }
     }
 
-    async fn run_connection(
+    /// The TLS handshake, bounded by [`WireConfig::tls_handshake_timeout`]: the stream and the principal
+    /// of the client certificate (ANONYMOUS without one).
+    async fn accept_tls(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Result<
+        (
+            tokio_rustls::server::TlsStream<Rewind<TcpStream>>,
+            Principal,
+        ),
+        ConnectionError,
+    > {
+        let listener = self.listener.name().clone();
+        let handshake = async {
+            let mut first = [0u8; 1];
+            if stream.read(&mut first).await? == 0 {
+                return Err(ConnectionError::Io(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            if first[0] != TLS_HANDSHAKE_RECORD {
+                return Err(ConnectionError::PlaintextOnTls {
+                    listener: listener.clone(),
+                    first: first[0],
+                });
+            }
+            let rewound = Rewind {
+                first: Some(first[0]),
+                inner: stream,
+            };
+            tokio_rustls::TlsAcceptor::from(config)
+                .accept(rewound)
+                .await
+                .map_err(|error| ConnectionError::TlsHandshake {
+                    listener: listener.clone(),
+                    error,
+                })
+        };
+        let timeout = self.config.tls_handshake_timeout;
+        let tls = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| ConnectionError::TlsHandshakeTimeout {
+                listener: listener.clone(),
+                timeout,
+            })??;
+        let principal = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| tls::principal_from_certificate(leaf))
+            .map_or_else(Principal::anonymous, Principal::from_text);
+        Ok((tls, principal))
+    }
+
+    async fn run_connection<S: AsyncRead + AsyncWrite>(
+        &self,
+        stream: S,
         peer: SocketAddr,
         connection_id: u64,
+        principal: Principal,
     ) -> Result<(), ConnectionError> {
         let (rd, wr) = tokio::io::split(stream);
         let in_flight_max = self.config.in_flight_per_connection_max;
         let (slots_tx, slots_rx) = mpsc::channel(in_flight_max);
+        let auth = match self.listener.sasl() {
+            Some(sasl) => Auth::Handshake(sasl.clone()),
+            None => Auth::Open,
+        };
         let conn = Connection {
             server: self,
             peer,
             connection_id,
+            principal,
+            auth,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             slots: slots_tx,
             acks_zero_failed: Arc::new(Notify::new()),
@@ -230,10 +436,12 @@ impl<H: Handler> WireServer<H> {
         tokio::pin!(reader, writer);
         tokio::select! {
             read = &mut reader => {
-                read?;
-                // Clean EOF: the reader has dropped its end of the slot queue; write what is
-                // owed, then close.
-                writer.await
+                let close = read?;
+                // Clean EOF, or a close the protocol asks for after the last response (a
+                // failed authentication): the reader has dropped its end of the slot queue;
+                // write what is owed, then close.
+                writer.await?;
+                close.map_or(Ok(()), Err)
             }
             written = &mut writer => written,
             () = acks_zero_failed.notified() => Err(ConnectionError::AcksZeroHandlerFailed),
@@ -241,11 +449,112 @@ impl<H: Handler> WireServer<H> {
     }
 }
 
+/// A stream whose first byte, already read to tell TLS from plaintext, is read again.
+struct Rewind<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if buf.remaining() > 0 {
+            if let Some(b) = self.first.take() {
+                buf.put_slice(&[b]);
+                return std::task::Poll::Ready(Ok(()));
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Where a connection stands with SASL.
+enum Auth {
+    /// Not a SASL listener: requests go to the handler.
+    Open,
+    /// A SASL listener before SaslHandshake.
+    Handshake(Arc<SaslConfig>),
+    /// After SaslHandshake v1: tokens come in SaslAuthenticate requests. With a session, this
+    /// is a re-authentication (KIP-368) and the session stays in force until it ends.
+    Framed(Arc<SaslConfig>, SaslExchange, Option<Session>),
+    /// After SaslHandshake v0: tokens come as bare size-prefixed frames.
+    Unframed(Arc<SaslConfig>, SaslExchange),
+    /// Authenticated by SASL: requests go to the handler until the session expires.
+    Authenticated(Session),
+}
+
+/// An authenticated SASL session.
+struct Session {
+    sasl: Arc<SaslConfig>,
+    user: String,
+    mechanism: Mechanism,
+    /// When the session ends unless the client re-authenticates (`connections.max.reauth.ms`
+    /// told it in SaslAuthenticate v1+); `None`: never.
+    expires: Option<tokio::time::Instant>,
+}
+
+impl Auth {
+    /// Whether requests other than ApiVersions and SASL's may be served.
+    fn authenticated(&self) -> bool {
+        matches!(
+            self,
+            Auth::Open | Auth::Authenticated(_) | Auth::Framed(_, _, Some(_))
+        )
+    }
+
+    /// The session in force, if it has expired at `now`.
+    fn expired(&self, now: tokio::time::Instant) -> Option<&Session> {
+        match self {
+            Auth::Authenticated(s) | Auth::Framed(_, _, Some(s)) => {
+                s.expires.filter(|e| now >= *e).map(|_| s)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A fresh SCRAM server nonce: 32 alphanumeric characters (190 bits; Kafka draws 130).
+fn server_nonce() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+}
+
 /// The reader's side of one connection.
 struct Connection<'a, H> {
     server: &'a WireServer<H>,
     peer: SocketAddr,
     connection_id: u64,
+    /// Who the connection acts as (from its certificate, then from SASL).
+    principal: Principal,
+    /// Where the connection stands with SASL.
+    auth: Auth,
     /// One permit per request in flight.
     in_flight: Arc<Semaphore>,
     /// Responses in request order, to the writer.
@@ -255,9 +564,21 @@ struct Connection<'a, H> {
 }
 
 impl<H: Handler> Connection<'_, H> {
-    async fn read_loop<R: AsyncRead + Unpin>(self, rd: R) -> Result<(), ConnectionError> {
-        let mut frames = FrameReader::new(rd, self.server.config.socket_request_max_bytes);
+    /// Reads and dispatches frames until EOF (`Ok(None)`), a protocol error (`Err`), or a
+    /// close that must wait for the responses owed (`Ok(Some(reason))`).
+    async fn read_loop<R: AsyncRead + Unpin>(
+        mut self,
+        rd: R,
+    ) -> Result<Option<ConnectionError>, ConnectionError> {
+        let request_max = self.server.config.socket_request_max_bytes;
+        let mut frames = FrameReader::new(rd, request_max);
+        frames.detect_tls_hello = self.server.listener.tls().is_none();
         loop {
+            frames.bytes_max = if self.auth.authenticated() {
+                request_max
+            } else {
+                request_max.min(SASL_FRAME_BYTES_MAX)
+            };
             // Taken before reading, so that a full window stops reading (back-pressure).
             let permit = self
                 .in_flight
@@ -265,17 +586,264 @@ impl<H: Handler> Connection<'_, H> {
                 .acquire_owned()
                 .await
                 .expect("the in-flight semaphore is never closed");
-            let Some(frame) = frames.next_frame().await? else {
-                return Ok(());
+            let next = frames.next_frame().await.map_err(|e| match e {
+                ConnectionError::TlsHello => ConnectionError::TlsOnPlaintext {
+                    listener: self.server.listener.name().clone(),
+                },
+                e => e,
+            });
+            let Some(frame) = next? else {
+                return Ok(None);
             };
+            if let Auth::Unframed(..) = self.auth {
+                if let Some(close) = self.unframed_token(&frame, permit).await? {
+                    return Ok(Some(close));
+                }
+                continue;
+            }
+            if !self.auth.authenticated() {
+                let raw = header_prefix(&frame)?.api_key;
+                let api_key = ApiKey::try_from(raw).ok();
+                if !matches!(
+                    api_key,
+                    Some(ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+                ) {
+                    return Err(ConnectionError::Unauthenticated {
+                        listener: self.server.listener.name().clone(),
+                        request: api_key
+                            .map_or_else(|| format!("api key {raw}"), |k| format!("{k:?}")),
+                    });
+                }
+            }
             match classify(frame, &self.server.apis)? {
                 Inbound::Reply(reply) => {
                     self.push(SlotResponse::Ready(reply.encode()?), permit)
                         .await?
                 }
-                Inbound::Request(request) => self.dispatch(request, permit).await?,
+                Inbound::Request(request)
+                    if matches!(
+                        request.api_key,
+                        ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+                    ) && !matches!(self.auth, Auth::Open) =>
+                {
+                    if let Some(close) = self.sasl_request(request, permit).await? {
+                        return Ok(Some(close));
+                    }
+                }
+                Inbound::Request(request) => {
+                    // Kafka closes a connection whose session expired when its next request
+                    // arrives (KIP-368).
+                    if let Some(session) = self.auth.expired(tokio::time::Instant::now()) {
+                        return Err(ConnectionError::SessionExpired {
+                            listener: self.server.listener.name().clone(),
+                            user: session.user.clone(),
+                        });
+                    }
+                    self.dispatch(request, permit).await?
+                }
             }
         }
+    }
+
+    /// SaslHandshake and SaslAuthenticate on a SASL listener. `Ok(Some(reason))`: close once
+    /// the response is written.
+    async fn sasl_request(
+        &mut self,
+        request: DecodedRequest,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Option<ConnectionError>, ConnectionError> {
+        let DecodedRequest {
+            api_key,
+            header,
+            body,
+        } = request;
+        let version = header.request_api_version;
+        let listener = self.server.listener.name().clone();
+        let auth = std::mem::replace(&mut self.auth, Auth::Open);
+        let (response, close) = match (auth, body) {
+            (Auth::Handshake(sasl), RequestKind::SaslHandshake(r)) => {
+                let mut response = SaslHandshakeResponse::default();
+                response.mechanisms = sasl
+                    .mechanisms
+                    .iter()
+                    .map(|m| StrBytes::from_static_str(m.name()))
+                    .collect();
+                let requested = r.mechanism.to_string();
+                match Mechanism::from_name(&requested).filter(|m| sasl.mechanisms.contains(m)) {
+                    Some(m) => {
+                        let exchange = SaslExchange::new(m);
+                        self.auth = if version == 0 {
+                            Auth::Unframed(sasl, exchange)
+                        } else {
+                            Auth::Framed(sasl, exchange, None)
+                        };
+                        (ResponseKind::SaslHandshake(response), None)
+                    }
+                    None => {
+                        // Kafka answers, then closes.
+                        response.error_code = ResponseError::UnsupportedSaslMechanism.code();
+                        let close = ConnectionError::UnsupportedMechanism {
+                            listener,
+                            mechanism: requested.chars().take(64).collect(),
+                        };
+                        (ResponseKind::SaslHandshake(response), Some(close))
+                    }
+                }
+            }
+            // KIP-368: a new SaslHandshake v1+ on an authenticated connection re-authenticates,
+            // when connections.max.reauth.ms is set; with the same mechanism only.
+            (Auth::Authenticated(session), RequestKind::SaslHandshake(r))
+                if version >= 1 && self.server.config.connections_max_reauth.is_some() =>
+            {
+                let mut response = SaslHandshakeResponse::default();
+                response.mechanisms = vec![StrBytes::from_static_str(session.mechanism.name())];
+                if r.mechanism.as_str() == session.mechanism.name() {
+                    let sasl = session.sasl.clone();
+                    let exchange = SaslExchange::new(session.mechanism);
+                    self.auth = Auth::Framed(sasl, exchange, Some(session));
+                    (ResponseKind::SaslHandshake(response), None)
+                } else {
+                    response.error_code = ResponseError::UnsupportedSaslMechanism.code();
+                    let close = ConnectionError::UnsupportedMechanism {
+                        listener,
+                        mechanism: format!(
+                            "{} (re-authentication must keep {})",
+                            r.mechanism.chars().take(64).collect::<String>(),
+                            session.mechanism
+                        ),
+                    };
+                    (ResponseKind::SaslHandshake(response), Some(close))
+                }
+            }
+            (Auth::Framed(sasl, mut exchange, previous), RequestKind::SaslAuthenticate(r)) => {
+                let mut response = SaslAuthenticateResponse::default();
+                let step = exchange
+                    .step(&r.auth_bytes, &sasl.users, &server_nonce())
+                    .and_then(|step| match (&step, &previous) {
+                        (Step::Done { user, .. }, Some(p)) if *user != p.user => {
+                            Err(SaslError::PrincipalChanged)
+                        }
+                        _ => Ok(step),
+                    });
+                match step {
+                    Ok(Step::Challenge(token)) => {
+                        response.auth_bytes = Bytes::from(token);
+                        self.auth = Auth::Framed(sasl, exchange, previous);
+                        (ResponseKind::SaslAuthenticate(response), None)
+                    }
+                    Ok(Step::Done { token, user }) => {
+                        response.auth_bytes = Bytes::from(token);
+                        // Only v1+ can tell the client its session's lifetime; a v0 client
+                        // cannot re-authenticate, so its session does not expire.
+                        let lifetime = self
+                            .server
+                            .config
+                            .connections_max_reauth
+                            .filter(|_| version >= 1);
+                        if let Some(lifetime) = lifetime {
+                            response.session_lifetime_ms =
+                                i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+                        }
+                        let mechanism = exchange.mechanism();
+                        let reauthenticated = previous.is_some();
+                        self.authenticated(sasl, user, mechanism, lifetime, reauthenticated);
+                        (ResponseKind::SaslAuthenticate(response), None)
+                    }
+                    Err(error) => {
+                        tokio::time::sleep(self.server.config.failed_authentication_delay).await;
+                        let mechanism = exchange.mechanism();
+                        response.error_code = ResponseError::SaslAuthenticationFailed.code();
+                        response.error_message =
+                            Some(StrBytes::from_string(error.client_message(mechanism)));
+                        let close = ConnectionError::AuthenticationFailed {
+                            listener,
+                            mechanism,
+                            error,
+                        };
+                        (ResponseKind::SaslAuthenticate(response), Some(close))
+                    }
+                }
+            }
+            (Auth::Authenticated(_), _) => {
+                return Err(ConnectionError::Reauthentication { api_key })
+            }
+            // SaslAuthenticate before SaslHandshake, or SaslHandshake twice.
+            (_, _) => {
+                return Err(ConnectionError::Unauthenticated {
+                    listener,
+                    request: format!("{api_key:?} out of order"),
+                });
+            }
+        };
+        let frame = encode_response(header.correlation_id, api_key, version, &response)?;
+        self.push(SlotResponse::Ready(frame), permit).await?;
+        Ok(close)
+    }
+
+    /// One bare token after SaslHandshake v0. A failure closes the connection at once, with
+    /// no response (Kafka's v0 behaviour).
+    async fn unframed_token(
+        &mut self,
+        token: &[u8],
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Option<ConnectionError>, ConnectionError> {
+        let Auth::Unframed(sasl, mut exchange) = std::mem::replace(&mut self.auth, Auth::Open)
+        else {
+            unreachable!("called only in the unframed state");
+        };
+        let reply = match exchange.step(token, &sasl.users, &server_nonce()) {
+            Ok(Step::Challenge(reply)) => {
+                self.auth = Auth::Unframed(sasl, exchange);
+                reply
+            }
+            Ok(Step::Done { token, user }) => {
+                let mechanism = exchange.mechanism();
+                self.authenticated(sasl, user, mechanism, None, false);
+                // PLAIN's empty answer is sent too: clients wait for the 4-byte zero frame.
+                token
+            }
+            Err(error) => {
+                tokio::time::sleep(self.server.config.failed_authentication_delay).await;
+                return Err(ConnectionError::AuthenticationFailed {
+                    listener: self.server.listener.name().clone(),
+                    mechanism: exchange.mechanism(),
+                    error,
+                });
+            }
+        };
+        let mut frame = BytesMut::with_capacity(SIZE_PREFIX_BYTES + reply.len());
+        // A token is a few hundred bytes, far below i32::MAX.
+        frame.put_i32(reply.len() as i32);
+        frame.put_slice(&reply);
+        self.push(SlotResponse::Ready(frame.freeze()), permit)
+            .await?;
+        Ok(None)
+    }
+
+    fn authenticated(
+        &mut self,
+        sasl: Arc<SaslConfig>,
+        user: String,
+        mechanism: Mechanism,
+        lifetime: Option<Duration>,
+        reauthenticated: bool,
+    ) {
+        self.principal = Principal::user(&user);
+        debug!(
+            connection_id = self.connection_id,
+            peer = %self.peer,
+            principal = %self.principal,
+            %mechanism,
+            session_lifetime = ?lifetime,
+            "SASL {} succeeded",
+            if reauthenticated { "re-authentication" } else { "authentication" }
+        );
+        self.auth = Auth::Authenticated(Session {
+            sasl,
+            user,
+            mechanism,
+            expires: lifetime.map(|l| tokio::time::Instant::now() + l),
+        });
     }
 
     /// Calls the handler (in request order) and queues or detaches its future.
@@ -292,6 +860,8 @@ impl<H: Handler> Connection<'_, H> {
         let ctx = RequestContext {
             connection_id: self.connection_id,
             peer: self.peer,
+            listener: self.server.listener.name().clone(),
+            principal: self.principal.clone(),
             api_key,
             api_version: header.request_api_version,
             correlation_id: header.correlation_id,
@@ -417,15 +987,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 struct FrameReader<R> {
     rd: R,
     buf: BytesMut,
-    socket_request_max_bytes: usize,
+    /// The largest frame accepted now (`socket.request.max.bytes`, less before SASL
+    /// authentication).
+    bytes_max: usize,
+    /// Whether a first frame that starts like a TLS ClientHello is refused as one (on
+    /// listeners without TLS); cleared after the first frame.
+    detect_tls_hello: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn new(rd: R, socket_request_max_bytes: usize) -> Self {
+    fn new(rd: R, bytes_max: usize) -> Self {
         Self {
             rd,
             buf: BytesMut::new(),
-            socket_request_max_bytes,
+            bytes_max,
+            detect_tls_hello: false,
         }
     }
 
@@ -439,7 +1015,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             };
         }
         let prefix = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
-        let size = frame_size(prefix, self.socket_request_max_bytes)?;
+        if std::mem::take(&mut self.detect_tls_hello)
+            && prefix[0] == TLS_HANDSHAKE_RECORD
+            && prefix[1] == TLS_VERSION_MAJOR
+        {
+            return Err(ConnectionError::TlsHello);
+        }
+        let size = frame_size(prefix, self.bytes_max)?;
         if !self.fill(SIZE_PREFIX_BYTES + size).await? {
             return Err(ConnectionError::EofInsideFrame);
         }
