@@ -804,7 +804,8 @@ fn finish(
 /// The availability phase: waits, within [`crate::converge::CONVERGE_MS`], for every replica
 /// of every partition to be back in its ISR, then has each producer (a fresh client on its own
 /// node) send [`AVAILABILITY_SENDS`] values, round robin over the keys, within
-/// [`AVAILABILITY_MS`]. Every one must be acknowledged: an indefinite or refused send after
+/// [`AVAILABILITY_MS`], retrying retriable errors through that window. Every one must be
+/// acknowledged: an indefinite or refused send after
 /// healing, on a whole cluster, is a liveness failure, which no safety check would see (a
 /// refusal is a definite failure, and an indefinite send may be lost). The sends are in the
 /// history, so the final read must find them.
@@ -828,7 +829,14 @@ async fn availability(
         let (w, boot, keys) = (w.clone(), bootstrap.to_vec(), keys.to_vec());
         senders.push(node.spawn(async move {
             let me = ProcessId(300 + p);
-            let mut client = Client::new(ClientConfig::new(boot));
+            // Retries span the whole window, as a Kafka producer's do (delivery.timeout.ms):
+            // right after healing an ISR may still shrink once (a follower whose fetch was
+            // lost as the network healed waits out its answer timeout, longer than the lag
+            // bound) and expand again; a partition unavailable for the whole window fails.
+            let mut config = ClientConfig::new(boot);
+            config.retry_backoff = Duration::from_millis(500);
+            config.attempts_max = (AVAILABILITY_MS / 500) as u32;
+            let mut client = Client::new(config);
             for i in 0..AVAILABILITY_SENDS {
                 let key = &keys[(i + p) as usize % keys.len()];
                 let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
