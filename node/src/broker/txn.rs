@@ -71,6 +71,9 @@ const MARKER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a partition leader waits for the coordinator's answer to a verification.
 const VERIFY_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a coordinator waits for a leader to take a "partitions added" notice before it
+/// answers AddPartitionsToTxn anyway (the leader then verifies on the first write).
+const ADDED_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Peer message kinds of transactions (after `cluster::kind`'s).
 pub mod kind {
@@ -81,6 +84,11 @@ pub mod kind {
     /// producer's transaction (KIP-890's verification; [`super::VerifyRequest`], answered by
     /// [`super::VerifyAnswer`]).
     pub const TXN_VERIFY: u32 = 8;
+    /// A transaction coordinator tells a partition leader that partitions were added to a
+    /// producer's transaction (a [`super::VerifyRequest`] without a transactional id, answered
+    /// by an empty [`super::VerifyAnswer`]): the leader takes the producer's first
+    /// transactional batch without asking back.
+    pub const TXN_PARTITIONS_ADDED: u32 = 9;
 }
 
 /// A partition named in a transaction peer message, with an error code in answers.
@@ -672,6 +680,55 @@ impl Broker {
         }
     }
 
+    /// After partitions were added to a producer's transaction (durably): tells their leaders,
+    /// so that the producer's first transactional batch there needs no verification round
+    /// trip. Best effort, bounded by [`ADDED_CALL_TIMEOUT`]: a leader that missed it verifies.
+    pub(super) async fn announce_added(
+        &self,
+        producer_id: ProducerId,
+        producer_epoch: i16,
+        partitions: &[TopicPartition],
+    ) {
+        let mut remote: BTreeMap<i32, Vec<TxnPartition>> = BTreeMap::new();
+        for tp in partitions {
+            if let Ok(p) = self.leader(&tp.topic, tp.partition) {
+                p.with(|r| r.allow_txn(producer_id, producer_epoch));
+                continue;
+            }
+            let leader =
+                self.with_metadata(|m| m.partition(&tp.topic, tp.partition).map(|p| p.leader.0));
+            if let Some(l) = leader.filter(|&l| l >= 0 && l != self.node_id()) {
+                remote.entry(l).or_default().push(TxnPartition {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    error_code: 0,
+                });
+            }
+        }
+        let Some(peers) = self.cluster.peers() else {
+            return;
+        };
+        let calls: Vec<_> = remote
+            .into_iter()
+            .map(|(leader, partitions)| {
+                let body = VerifyRequest {
+                    transactional_id: String::new(),
+                    producer_id: producer_id.0,
+                    producer_epoch: producer_epoch.into(),
+                    partitions,
+                }
+                .encode_to_vec();
+                peers.call(
+                    leader,
+                    kind::TXN_PARTITIONS_ADDED,
+                    Bytes::from(body),
+                    ADDED_CALL_TIMEOUT,
+                )
+            })
+            .collect();
+        join_all(calls).await;
+    }
+
     async fn verify_txn_remote(
         &self,
         transactional_id: &str,
@@ -744,6 +801,25 @@ pub fn dispatch_txn_peer(broker: &Arc<Broker>, message: Incoming) -> Option<Inco
                     );
                 }
             });
+            None
+        }
+        kind::TXN_PARTITIONS_ADDED => {
+            if let Ok(request) = VerifyRequest::decode(message.envelope.body.clone()) {
+                let epoch = i16::try_from(request.producer_epoch).unwrap_or(-1);
+                for tp in &request.partitions {
+                    if let Ok(p) = broker.leader(&tp.topic, tp.partition) {
+                        p.with(|r| r.allow_txn(ProducerId(request.producer_id), epoch));
+                    }
+                }
+            }
+            if let Some(peers) = broker.cluster.peers() {
+                let answer = VerifyAnswer::default();
+                let _ = peers.respond(
+                    &message,
+                    kind::TXN_PARTITIONS_ADDED,
+                    Bytes::from(answer.encode_to_vec()),
+                );
+            }
             None
         }
         kind::TXN_VERIFY => {

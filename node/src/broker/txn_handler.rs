@@ -375,13 +375,10 @@ impl Broker {
                 Ok(e) | Err(e) => error_for_version(TxnApi::AddPartitionsToTxn, v, e),
             };
             if e == code::NONE {
-                // The partitions this broker leads may take the producer's transactional
-                // batches now; other leaders ask the coordinator on the first batch.
-                for tp in &req.partitions {
-                    if let Ok(p) = broker.leader(&tp.topic, tp.partition) {
-                        p.with(|r| r.allow_txn(req.producer_id, req.producer_epoch));
-                    }
-                }
+                // The partitions' leaders may take the producer's transactional batches now.
+                broker
+                    .announce_added(req.producer_id, req.producer_epoch, &req.partitions)
+                    .await;
             }
             result(&partitions, &|_| e)
         })
