@@ -1,7 +1,7 @@
 //! The transaction bookkeeping of one partition: Kafka's `ProducerStateManager.ongoingTxns`,
 //! `unreplicatedTxns`, `ProducerAppendInfo.appendEndTxnMarker` and the aborted-transaction
-//! index (`TransactionIndex`, `AbortedTxn`), as a pure value. Not yet called by the partition
-//! (docs/transactions.md says what is built).
+//! index (`TransactionIndex`, `AbortedTxn`), as a pure value, kept by the partition
+//! (`partition::txn`).
 //!
 //! A [`TxnTracker`] sees every batch the partition's log takes, in offset order, and keeps:
 //! - per producer, the first offset of its open transaction (its first transactional batch
