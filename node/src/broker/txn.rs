@@ -148,7 +148,7 @@ pub struct VerifyAnswer {
 }
 
 /// The transaction coordinator's settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnSettings {
     /// `transaction.state.log.num.partitions`.
     pub partitions: i32,
