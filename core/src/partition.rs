@@ -484,7 +484,8 @@ impl<S: Storage> PartitionReplica<S> {
     ) -> Result<Self, ReplicaError> {
         let log = Log::open(log_storage, config, now_ms)?;
         let (producers, _report) = producer::recover(snapshots, &log)?;
-        let txns = txn::tracker_from_log(&log)?;
+        let txns = txn::tracker_from_log(&log)
+            .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
         let mut high_watermark = persisted.high_watermark.unwrap_or(Offset::ZERO);
@@ -1478,7 +1479,7 @@ impl<S: Storage> PartitionReplica<S> {
             new_end >= floor && new_end == cut,
             "invariant 6: truncation ended the log at {new_end}, expected {cut} >= {floor}"
         );
-        self.rebuild_txns();
+        self.txns.truncate_from(new_end);
         match producer::recover(snapshots, &self.log) {
             Ok((producers, _report)) => self.producers = producers,
             Err(e) => {

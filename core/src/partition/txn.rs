@@ -5,8 +5,9 @@
 //!
 //! The replica keeps a [`TxnTracker`] that has seen every batch of its log in offset order:
 //! leader appends ([`PartitionReplica::append`], [`PartitionReplica::append_marker`]), follower
-//! appends (replication) and, on recovery and after every truncation, the whole log read again
-//! from its start (keel has no `.txnindex` file yet: recovery reads the log).
+//! appends (replication) and, on recovery, the whole log read again from its start (keel has no
+//! `.txnindex` file yet: recovery reads the log). A truncation updates it in place
+//! (`TxnTracker::truncate_from`); a damaged replica's discard rebuilds it from the log.
 //!
 //! # Rules on the leader, for a batch with a producer id (Kafka's `ProducerAppendInfo`)
 //! 1. An epoch older than the producer's last marker's is fenced: INVALID_PRODUCER_EPOCH.
@@ -101,6 +102,7 @@ impl<S: Storage> PartitionReplica<S> {
             // view of transactions is rebuilt from what the log holds (skipping nothing).
             self.rebuild_txns();
         }
+        self.txns.high_watermark_updated(self.high_watermark);
     }
 
     /// Records a client batch the leader just appended (`header.base_offset` stamped).
@@ -372,6 +374,26 @@ mod tests {
         };
         let err = p.append_marker(NOW, PID, 1, old).unwrap_err();
         assert_eq!(err.code(), code::TRANSACTION_COORDINATOR_FENCED, "{err}");
+    }
+
+    /// `truncateAndReload`: a truncation above the high watermark that removes a marker opens
+    /// its transaction again and drops its aborted entry, as a rebuild from the log does (but
+    /// for the coordinator epoch the marker left, which only ever grows).
+    #[test]
+    fn truncation_reopens_a_transaction_whose_marker_is_gone() {
+        let mut t = TxnTracker::new(Offset(0));
+        t.record_data(PID, true, Offset(0), Offset(1));
+        t.record_marker(PID, marker(false), Offset(2));
+        t.record_data(ProducerId(8), true, Offset(3), Offset(3));
+        t.record_data(PID, true, Offset(4), Offset(4));
+        t.truncate_from(Offset(2));
+        t.check_invariants();
+        assert_eq!(t.open_txns().collect::<Vec<_>>(), vec![(PID, Offset(0))]);
+        assert_eq!(t.end(), Offset(2));
+        assert_eq!(t.last_stable_offset(Offset(2)), Offset(0));
+        assert!(t.all_aborted().is_empty());
+        t.record_marker(PID, marker(true), Offset(2));
+        assert_eq!(t.last_stable_offset(Offset(3)), Offset(3));
     }
 
     /// Recovery rebuilds the open transactions and the aborted list from the log.

@@ -34,8 +34,9 @@
 //! - Every open transaction's first offset is indexed once, and every index entry is an open or
 //!   unreplicated transaction.
 //!
-//! Truncation and recovery rebuild the tracker by recording the log's batches again from the
-//! start (or, once producer snapshots carry the open transactions, from a snapshot).
+//! Recovery rebuilds the tracker by recording the log's batches again from the start (or, once
+//! producer snapshots carry the open transactions, from a snapshot); a truncation at or above
+//! the high watermark is [`TxnTracker::truncate_from`].
 
 use std::collections::BTreeMap;
 
@@ -296,6 +297,33 @@ impl TxnTracker {
     pub fn high_watermark_updated(&mut self, high_watermark: Offset) {
         self.unstable
             .retain(|_, (_, marker)| marker.is_none_or(|m| m >= high_watermark));
+    }
+
+    /// The log was truncated at `offset` (every batch at or above it is gone; Kafka's
+    /// `ProducerStateManager.truncateAndReload`, done in place): transactions that started
+    /// there are forgotten, aborted entries whose marker is gone are dropped, and a
+    /// transaction whose marker is gone is open again. Exact as long as `offset` is at or
+    /// above the high watermark last passed to [`TxnTracker::high_watermark_updated`] (a
+    /// replica never truncates below its high watermark), since a completed transaction stays
+    /// in the unstable index until its marker is below it.
+    pub fn truncate_from(&mut self, offset: Offset) {
+        if offset >= self.end {
+            return;
+        }
+        self.end = offset;
+        self.aborted.retain(|a| a.last_offset < offset);
+        self.open.retain(|_, first| *first < offset);
+        self.unstable.retain(|first, _| *first < offset);
+        for (first, (producer_id, marker)) in self.unstable.iter_mut() {
+            if marker.is_some_and(|m| m >= offset) {
+                *marker = None;
+                let previous = self.open.insert(*producer_id, *first);
+                assert!(
+                    previous.is_none(),
+                    "a producer with a completed transaction had no open one before its marker"
+                );
+            }
+        }
     }
 
     /// The smallest first offset of the open and unreplicated transactions.
