@@ -524,8 +524,13 @@ impl Broker {
     ) -> Result<(), ErrorCode> {
         let p = self.leader(topic, index)?;
         let now = self.clock.now_ms();
+        // acks=all, as Kafka appends markers: NOT_ENOUGH_REPLICAS before appending, so that a
+        // retry during an ISR outage does not pile up markers.
         let appended = p
-            .with(|r| r.append_marker(now, producer_id, producer_epoch, marker))
+            .with(|r| {
+                r.check_enough_replicas()?;
+                r.append_marker(now, producer_id, producer_epoch, marker)
+            })
             .map_err(|e| {
                 if let ProduceError::Storage(e) = &e {
                     tracing::error!(topic, partition = index, "marker append failed: {e}");
