@@ -547,11 +547,12 @@ impl Broker {
                 AckStatus::Failed(code) => return Err(code),
                 AckStatus::Waiting => {}
             }
-            if tokio::time::timeout_at(deadline, hw.changed())
-                .await
-                .is_err()
-            {
-                return Err(code::REQUEST_TIMED_OUT);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, hw.changed()).await {
+                Ok(Ok(())) => {}
+                // The partition is gone from this broker.
+                Ok(Err(_)) => return Err(code::NOT_LEADER_OR_FOLLOWER),
+                Err(_) => return Err(code::REQUEST_TIMED_OUT),
             }
         }
     }
