@@ -1624,7 +1624,8 @@ impl<S: Storage> PartitionReplica<S> {
     /// bring it back. Returns the new log end if it discarded (or found nothing damaged any
     /// more); `None` with nothing pending, or without a leader: then this copy, damaged or
     /// not, may be the only one of what lies around the damage. Call before naming the next
-    /// fetch. A failure leaves the discard pending.
+    /// fetch. A failure leaves the discard pending and backs the follower off: its next fetch,
+    /// and the next try, wait for the backoff's deadline ([`PartitionReplica::poll_timeout`]).
     pub fn discard_pending_damage<T: Storage>(
         &mut self,
         now_ms: i64,
@@ -1633,12 +1634,24 @@ impl<S: Storage> PartitionReplica<S> {
         if !self.damage.discard_pending() || self.fetch_leader().is_none() {
             return Ok(None);
         }
-        let end = match self.find_damage()? {
-            Some(at) => self.discard_damaged(now_ms, snapshots, at)?,
-            None => self.log.end(),
+        let discarded = match self.find_damage() {
+            Ok(Some(at)) => self.discard_damaged(now_ms, snapshots, at),
+            Ok(None) => Ok(self.log.end()),
+            Err(e) => Err(e.into()),
         };
-        self.damage.discarded();
-        Ok(Some(end))
+        match discarded {
+            Ok(end) => {
+                self.damage.discarded();
+                Ok(Some(end))
+            }
+            Err(e) => {
+                // Tried again after the fetch backoff (its deadline): the discard stays
+                // pending, and nothing else would bring this follower back to it (its leader
+                // answers only when it has news, which an idle partition never has).
+                self.handle_fetch_error(now_ms);
+                Err(e)
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------

@@ -441,6 +441,54 @@ fn a_damaged_epoch_file_is_repaired_at_the_first_leader_high_watermark_heard() {
     assert!(!r.is_damaged());
 }
 
+/// A discard of runtime damage that fails (here its segment cannot be read) stays pending and
+/// backs the follower off: no fetch before the backoff's deadline, which brings the broker
+/// back to the discard; an idle partition's leader never answers on its own, so without the
+/// deadline the follower would wait for good (simulator seed 588, a discard failed on I/O
+/// errors and its broker stayed fenced).
+#[test]
+fn a_failed_discard_backs_off_and_is_tried_again() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 1))
+        .unwrap();
+    let first = leaders_batch(1, 0, 2);
+    let first_size = first.size();
+    fetch_round(
+        &mut r,
+        &mut snaps,
+        1,
+        0,
+        vec![first, leaders_batch(1, 2, 2)],
+    );
+    r.sync().unwrap();
+    fetch_round(&mut r, &mut snaps, 1, 4, Vec::new());
+    r.persist_state(&mut snaps).unwrap();
+    let segment = format!("{:020}.log", 0);
+    r.log_mut()
+        .storage_mut()
+        .flip_bit(&segment, first_size + 40, 2)
+        .unwrap();
+    let e = r.log().read(Offset(2), 1, Offset(4)).unwrap_err();
+    assert!(r.on_read_failed(&e, &mut snaps).unwrap());
+
+    let saved = r.log().storage().clone();
+    r.log_mut().storage_mut().remove(&segment).unwrap();
+    assert!(r.discard_pending_damage(NOW, &mut snaps).is_err());
+    assert!(r.damage().discard_pending(), "still pending");
+    assert_eq!(r.next_fetch(NOW), None, "backing off");
+    let retry = r.poll_timeout().expect("a deadline to try again");
+    assert!(retry > NOW);
+
+    *r.log_mut().storage_mut() = saved;
+    assert_eq!(
+        r.discard_pending_damage(retry, &mut snaps).unwrap(),
+        Some(Offset(0))
+    );
+    assert!(!r.damage().discard_pending());
+    assert!(r.next_fetch(retry).is_some(), "fetching it back");
+}
+
 /// Damage found by a read at runtime: only a damaged batch (not a failed I/O) makes the
 /// replica damaged and writes the mark; it discards its log from the damaged batch only as a
 /// follower with a leader to fetch it back from, and is repaired only after the discard, once
