@@ -95,6 +95,7 @@
 pub mod damage;
 mod leader;
 pub mod state;
+mod txn;
 
 use std::cmp::Ordering;
 
@@ -190,6 +191,13 @@ pub enum ProduceError {
     NotLeaderOrFollower,
     #[error("{isr} in-sync replicas, fewer than the {min} required")]
     NotEnoughReplicas { isr: usize, min: usize },
+    #[error("{0}")]
+    Txn(crate::producer::txn::TxnStateError),
+    #[error("producer {producer_id} at epoch {producer_epoch}: the transaction coordinator has not confirmed that this partition is in its transaction")]
+    TxnNotVerified {
+        producer_id: crate::types::ProducerId,
+        producer_epoch: i16,
+    },
 }
 
 impl ProduceError {
@@ -203,6 +211,8 @@ impl ProduceError {
             ProduceError::Storage(_) => code::KAFKA_STORAGE_ERROR,
             ProduceError::NotLeaderOrFollower => code::NOT_LEADER_OR_FOLLOWER,
             ProduceError::NotEnoughReplicas { .. } => code::NOT_ENOUGH_REPLICAS,
+            ProduceError::Txn(e) => e.code(),
+            ProduceError::TxnNotVerified { .. } => code::INVALID_TXN_STATE,
         }
     }
 }
@@ -460,6 +470,10 @@ pub struct PartitionReplica<S: Storage> {
     damage: Damage,
     /// What [`PartitionReplica::poll_effect`] reported last.
     reported: Reported,
+    /// Every batch of the log, as transactions see them ([`txn`]).
+    txns: crate::producer::txn::TxnTracker,
+    /// Producers the transaction coordinator verified for their next transaction here.
+    verified: txn::Verified,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -523,6 +537,8 @@ impl<S: Storage> PartitionReplica<S> {
     ) -> Result<Self, ReplicaError> {
         let log = Log::open(log_storage, config, now_ms)?;
         let (producers, _report) = producer::recover(snapshots, &log)?;
+        let txns = txn::tracker_from_log(&log)
+            .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
         let mut high_watermark = persisted.high_watermark.unwrap_or(Offset::ZERO);
@@ -575,6 +591,8 @@ impl<S: Storage> PartitionReplica<S> {
                 high_watermark,
                 ..Reported::default()
             },
+            txns,
+            verified: txn::Verified::new(),
         };
         replica.check_invariants();
         Ok(replica)
@@ -952,11 +970,6 @@ impl<S: Storage> PartitionReplica<S> {
                 "clients may not write control batches".into(),
             ));
         }
-        if batch.is_transactional() {
-            return Err(ProduceError::InvalidRecord(
-                "keel does not support transactions".into(),
-            ));
-        }
         if batch.records_count() != batch.last_offset_delta().wrapping_add(1) {
             return Err(ProduceError::InvalidRecord(format!(
                 "record count {} does not match lastOffsetDelta {}",
@@ -1011,6 +1024,7 @@ impl<S: Storage> PartitionReplica<S> {
             return Err(ProduceError::NotLeaderOrFollower);
         }
         self.validate(&batch)?;
+        self.check_txn_produce(&batch)?;
         if let ProducerCheck::Duplicate {
             base_offset,
             last_offset,
@@ -1036,6 +1050,7 @@ impl<S: Storage> PartitionReplica<S> {
         header.base_offset = info.base_offset;
         header.partition_leader_epoch = self.leader_epoch;
         self.producers.record(&header);
+        self.track_data(&header);
         Ok(Appended {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -1409,6 +1424,7 @@ impl<S: Storage> PartitionReplica<S> {
                         .truncate_fully_and_start_at(now_ms, response.log_start)?;
                     producer::remove_all_snapshots(snapshots)?;
                     self.producers = ProducerStateTable::new(response.log_start);
+                    self.rebuild_txns();
                     self.set_high_watermark(self.high_watermark.max(response.log_start));
                     self.follow_leader_hw(response.high_watermark);
                     FetchOutcome::Restarted(response.log_start)
@@ -1481,8 +1497,9 @@ impl<S: Storage> PartitionReplica<S> {
             producer::remove_all_snapshots(snapshots)?;
             self.producers = ProducerStateTable::new(base);
             let header = batch.header();
-            self.log.append_replicated(now_ms, batch)?;
+            self.log.append_replicated(now_ms, batch.clone())?;
             self.producers.record(&header);
+            self.rebuild_txns();
             self.log.sync()?;
             return Ok(());
         }
@@ -1493,8 +1510,9 @@ impl<S: Storage> PartitionReplica<S> {
             )));
         }
         let header = batch.header();
-        self.log.append_replicated(now_ms, batch)?;
+        self.log.append_replicated(now_ms, batch.clone())?;
         self.producers.record(&header);
+        self.track_batch(&batch);
         Ok(())
     }
 
@@ -1552,6 +1570,7 @@ impl<S: Storage> PartitionReplica<S> {
             new_end >= floor && new_end == cut,
             "invariant 6: truncation ended the log at {new_end}, expected {cut} >= {floor}"
         );
+        self.txns.truncate_from(new_end);
         match producer::recover(snapshots, &self.log) {
             Ok((producers, _report)) => self.producers = producers,
             Err(e) => {
@@ -1614,6 +1633,7 @@ impl<S: Storage> PartitionReplica<S> {
         if cut.is_err() {
             self.producers.truncate_from(self.log.end());
         }
+        self.rebuild_txns();
         self.check_invariants();
         cut
     }

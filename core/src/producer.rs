@@ -32,8 +32,8 @@
 //! what the log holds. A batch whose epoch differs from the entry's replaces the entry's epoch
 //! and clears its cached batches (`ProducerStateEntry.maybeUpdateProducerEpoch`). Control batches
 //! (transaction markers) and batches without a producer id only advance [`ProducerStateTable::end`];
-//! transactions are not wired in yet ([`txn`] holds their bookkeeping, which the partition
-//! does not call).
+//! transactions are the partition's ([`txn`] holds their bookkeeping, which
+//! `partition::txn` keeps beside this table).
 //!
 //! # Invariants
 //! - [`ProducerStateTable::end`] moves forward with every recorded batch, which ends past its

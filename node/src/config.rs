@@ -88,6 +88,17 @@ pub const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
 pub const LOG_MESSAGE_TIMESTAMP_TYPE: &str = "log.message.timestamp.type";
 /// `socket.request.max.bytes`: the largest request frame accepted (INT, >= 1).
 pub const SOCKET_REQUEST_MAX_BYTES: &str = "socket.request.max.bytes";
+/// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask (INT).
+pub const TRANSACTION_MAX_TIMEOUT_MS: &str = "transaction.max.timeout.ms";
+/// `transaction.state.log.num.partitions`: partitions of `__transaction_state` when it is
+/// created (INT).
+pub const TRANSACTION_STATE_LOG_NUM_PARTITIONS: &str = "transaction.state.log.num.partitions";
+/// `transaction.state.log.replication.factor`: its replication factor, capped by the live
+/// brokers (SHORT).
+pub const TRANSACTION_STATE_LOG_REPLICATION_FACTOR: &str =
+    "transaction.state.log.replication.factor";
+/// `transactional.id.expiration.ms`: a transactional id idle this long is removed (INT).
+pub const TRANSACTIONAL_ID_EXPIRATION_MS: &str = "transactional.id.expiration.ms";
 /// `replica.lag.time.max.ms`: a follower this far behind leaves the ISR (LONG, >= 1).
 pub const REPLICA_LAG_TIME_MAX_MS: &str = "replica.lag.time.max.ms";
 /// `offsets.retention.minutes`: committed offsets of an empty group expire after (INT, >= 1).
@@ -558,6 +569,33 @@ pub const SETTINGS: &[Setting] = &[
         doc: "PEM: the only truststore type keel reads",
     },
     Setting {
+        name: TRANSACTION_MAX_TIMEOUT_MS,
+        setting_type: INT_POSITIVE,
+        default: Some("900000"),
+        doc: "the longest transaction.timeout.ms a transactional producer may ask",
+    },
+    Setting {
+        name: TRANSACTION_STATE_LOG_NUM_PARTITIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("50"),
+        doc: "partitions of __transaction_state, when the first transactional producer creates it",
+    },
+    Setting {
+        name: TRANSACTION_STATE_LOG_REPLICATION_FACTOR,
+        setting_type: SettingType::Int {
+            min: 1,
+            max: i16::MAX as i32,
+        },
+        default: Some("3"),
+        doc: "replication factor of __transaction_state (at most the live brokers at creation)",
+    },
+    Setting {
+        name: TRANSACTIONAL_ID_EXPIRATION_MS,
+        setting_type: INT_POSITIVE,
+        default: Some("604800000"),
+        doc: "a transactional id with no transaction for this long is removed",
+    },
+    Setting {
         name: UNCLEAN_LEADER_ELECTION_ENABLE,
         setting_type: SettingType::Bool,
         default: Some("false"),
@@ -858,6 +896,9 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.replication.factor`.
     pub offsets_topic_replication_factor: i16,
+    /// `transaction.state.log.num.partitions`, `transaction.state.log.replication.factor`,
+    /// `transaction.max.timeout.ms`, `transactional.id.expiration.ms`.
+    pub transactions: crate::broker::TxnSettings,
     /// `group.initial.rebalance.delay.ms`.
     pub group_initial_rebalance_delay_ms: i64,
     /// `log.retention.check.interval.ms`.
@@ -1224,6 +1265,20 @@ impl BrokerConfig {
             offsets_topic_replication_factor: values
                 .int_or_default(OFFSETS_TOPIC_REPLICATION_FACTOR)?
                 as i16,
+            transactions: crate::broker::TxnSettings {
+                partitions: values.int_or_default(TRANSACTION_STATE_LOG_NUM_PARTITIONS)?,
+                // The range check (1..=i16::MAX) makes the conversion exact.
+                replication_factor: values
+                    .int_or_default(TRANSACTION_STATE_LOG_REPLICATION_FACTOR)?
+                    as i16,
+                config: keel_core::txn::TxnConfig {
+                    transaction_max_timeout_ms: values
+                        .int_or_default(TRANSACTION_MAX_TIMEOUT_MS)?,
+                    transactional_id_expiration_ms: i64::from(
+                        values.int_or_default(TRANSACTIONAL_ID_EXPIRATION_MS)?,
+                    ),
+                },
+            },
             group_initial_rebalance_delay_ms: i64::from(
                 values.int_or_default(GROUP_INITIAL_REBALANCE_DELAY_MS)?,
             ),

@@ -173,7 +173,59 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             let mut r = InitProducerIdRequest::default();
             r.producer_id = ProducerId(-1);
             r.producer_epoch = -1;
-            vec![RequestKind::InitProducerId(r)]
+            let mut txn = r.clone();
+            txn.transactional_id = Some(TransactionalId(s("txn-a")));
+            txn.transaction_timeout_ms = 60_000;
+            vec![
+                RequestKind::InitProducerId(r),
+                RequestKind::InitProducerId(txn),
+            ]
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let mut r = AddPartitionsToTxnRequest::default();
+            let topics = vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(name("t"))
+                    .with_partitions(vec![0]),
+            ];
+            if v >= 4 {
+                r.transactions = vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                        .with_transactional_id(TransactionalId(s("txn-a")))
+                        .with_producer_id(ProducerId(5))
+                        .with_verify_only(true)
+                        .with_topics(topics),
+                ];
+            } else {
+                r.v3_and_below_transactional_id = TransactionalId(s("txn-a"));
+                r.v3_and_below_producer_id = ProducerId(5);
+                r.v3_and_below_topics = topics;
+            }
+            vec![RequestKind::AddPartitionsToTxn(r)]
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let mut r = AddOffsetsToTxnRequest::default();
+            r.transactional_id = TransactionalId(s("txn-a"));
+            r.group_id = GroupId(s("group-a"));
+            vec![RequestKind::AddOffsetsToTxn(r)]
+        }
+        ApiKey::EndTxn => {
+            let mut r = EndTxnRequest::default();
+            r.transactional_id = TransactionalId(s("txn-a"));
+            vec![RequestKind::EndTxn(r)]
+        }
+        ApiKey::DescribeTransactions => {
+            let mut r = DescribeTransactionsRequest::default();
+            r.transactional_ids = vec![TransactionalId(s("txn-a")), TransactionalId(s("none"))];
+            vec![RequestKind::DescribeTransactions(r)]
+        }
+        ApiKey::ListTransactions => {
+            let mut r = ListTransactionsRequest::default();
+            r.state_filters = vec![s("Ongoing"), s("Nonsense")];
+            vec![
+                RequestKind::ListTransactions(ListTransactionsRequest::default()),
+                RequestKind::ListTransactions(r),
+            ]
         }
         ApiKey::CreateTopics => {
             let mut r = CreateTopicsRequest::default();
@@ -279,7 +331,24 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             } else {
                 r.key = s("group-a");
             }
-            vec![RequestKind::FindCoordinator(r)]
+            let mut txn = r.clone();
+            if v >= 1 {
+                txn.key_type = 1;
+                if v >= 4 {
+                    txn.coordinator_keys = vec![s("txn-a"), s("txn-b")];
+                } else {
+                    txn.key = s("txn-a");
+                }
+            }
+            let mut unknown = txn.clone();
+            if v >= 1 {
+                unknown.key_type = 9;
+            }
+            vec![
+                RequestKind::FindCoordinator(r),
+                RequestKind::FindCoordinator(txn),
+                RequestKind::FindCoordinator(unknown),
+            ]
         }
         ApiKey::JoinGroup => {
             let mut r = JoinGroupRequest::default();
@@ -455,6 +524,11 @@ async fn every_response_encodes_at_every_advertised_version() {
         "DescribeGroups",
         "ListGroups",
         "DeleteGroups",
+        "AddPartitionsToTxn",
+        "AddOffsetsToTxn",
+        "EndTxn",
+        "DescribeTransactions",
+        "ListTransactions",
     ] {
         assert!(
             checked.get(api).copied().unwrap_or(0) > 0,

@@ -626,3 +626,28 @@ fn group_survives_coordinator_kill() {
         started.elapsed()
     ));
 }
+
+/// Transactions on `keel dev` (issue 15): the same scenario as the interop test, on three
+/// brokers with replication factor 3, so that the transaction coordinator writes its markers
+/// to partitions led by other brokers (peer kind WRITE_TXN_MARKERS) and those leaders verify a
+/// transaction's first write with it (TXN_VERIFY).
+#[test]
+fn transactions_on_three_brokers() {
+    let Some(clients) = clients("cluster", "transactions_on_three_brokers", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port_range();
+    let mut dev = Dev::start(port, &dir.path().join("data"), &FAST_FAILOVER);
+    dev.wait_ready();
+    let args = vec![dev.bootstrap()];
+    let script = Script::spawn(&clients, "transactions.py", &args, dir.path());
+    let out = script.expect_success(Duration::from_secs(180), &dev);
+    dev.interrupt();
+    say(&format!(
+        "cluster test transactions_on_three_brokers: {} (took {:.1?})",
+        out.lines().last().unwrap_or(""),
+        started.elapsed()
+    ));
+}

@@ -335,3 +335,18 @@ fn idempotent_producer_survives_broker_sigkill_and_restart() {
         data.display()
     );
 }
+
+/// Transactions (issue 15): confluent-kafka's transactional producer commits and aborts; a
+/// read_committed consumer sees exactly the committed records in order (Fetch up to the last
+/// stable offset, KIP-98's aborted transactions list), not an open transaction's; a second
+/// producer with the same transactional.id fences the first (PRODUCER_FENCED on its commit,
+/// INVALID_PRODUCER_EPOCH on its produce).
+#[test]
+fn confluent_kafka_transactions_commit_abort_read_committed_and_fencing() {
+    let Some(clients) = clients("interop", "transactions", MODULES) else {
+        return;
+    };
+    let setup = Setup::new();
+    setup.run(&clients, "transactions.py", &[], Duration::from_secs(180));
+    setup.finish("transactions");
+}

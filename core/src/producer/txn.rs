@@ -1,7 +1,7 @@
 //! The transaction bookkeeping of one partition: Kafka's `ProducerStateManager.ongoingTxns`,
 //! `unreplicatedTxns`, `ProducerAppendInfo.appendEndTxnMarker` and the aborted-transaction
-//! index (`TransactionIndex`, `AbortedTxn`), as a pure value. Not yet called by the partition
-//! (docs/transactions.md says what is built).
+//! index (`TransactionIndex`, `AbortedTxn`), as a pure value, kept by the partition
+//! (`partition::txn`).
 //!
 //! A [`TxnTracker`] sees every batch the partition's log takes, in offset order, and keeps:
 //! - per producer, the first offset of its open transaction (its first transactional batch
@@ -34,8 +34,9 @@
 //! - Every open transaction's first offset is indexed once, and every index entry is an open or
 //!   unreplicated transaction.
 //!
-//! Truncation and recovery rebuild the tracker by recording the log's batches again from the
-//! start (or, once producer snapshots carry the open transactions, from a snapshot).
+//! Recovery rebuilds the tracker by recording the log's batches again from the start (or, once
+//! producer snapshots carry the open transactions, from a snapshot); a truncation at or above
+//! the high watermark is [`TxnTracker::truncate_from`].
 
 use std::collections::BTreeMap;
 
@@ -109,6 +110,9 @@ pub struct TxnTracker {
     coordinator_epochs: BTreeMap<ProducerId, i32>,
     /// Aborted transactions, in marker order.
     aborted: Vec<AbortedTxn>,
+    /// Per producer, the producer epoch of its last marker: a data batch from an older epoch
+    /// is fenced (a fencing abort carries the bumped epoch).
+    marker_epochs: BTreeMap<ProducerId, i16>,
     /// The offset after the last batch recorded.
     end: Offset,
 }
@@ -119,6 +123,54 @@ impl TxnTracker {
         TxnTracker {
             end,
             ..TxnTracker::default()
+        }
+    }
+
+    /// The offset after the last batch recorded: the next batch recorded must start here or
+    /// later.
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
+    /// The producer epoch of `producer_id`'s last marker, if it has one.
+    pub fn marker_epoch(&self, producer_id: ProducerId) -> Option<i16> {
+        self.marker_epochs.get(&producer_id).copied()
+    }
+
+    /// Whether a data batch from `producer_id` at `producer_epoch` comes from an epoch its
+    /// last marker already fenced (Kafka's `ProducerAppendInfo.checkProducerEpoch` against the
+    /// epoch a marker left in the producer state). Err: the marker's epoch.
+    pub fn check_epoch(&self, producer_id: ProducerId, producer_epoch: i16) -> Result<(), i16> {
+        match self.marker_epochs.get(&producer_id) {
+            Some(&e) if producer_epoch < e => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a whole batch the log took (`base_offset` stamped): data batches as
+    /// [`TxnTracker::record_data`], markers as [`TxnTracker::record_marker`] (with the
+    /// producer epoch they carry); control batches of other types only advance the end.
+    /// Errors only when a control batch's record does not parse.
+    pub fn record_batch(
+        &mut self,
+        batch: &crate::batch::Batch,
+    ) -> Result<Option<CompletedTxn>, crate::batch::BatchError> {
+        let (base, last) = (batch.base_offset(), batch.last_offset());
+        if !batch.is_control() {
+            self.record_data(batch.producer_id(), batch.is_transactional(), base, last);
+            return Ok(None);
+        }
+        match batch.end_txn_marker()? {
+            Some(marker) => {
+                let producer_id = batch.producer_id();
+                let epoch = self.marker_epochs.entry(producer_id).or_insert(i16::MIN);
+                *epoch = (*epoch).max(batch.producer_epoch());
+                Ok(self.record_marker(producer_id, marker, last))
+            }
+            None => {
+                self.advance(base, last);
+                Ok(None)
+            }
         }
     }
 
@@ -247,15 +299,46 @@ impl TxnTracker {
             .retain(|_, (_, marker)| marker.is_none_or(|m| m >= high_watermark));
     }
 
+    /// The log was truncated at `offset` (every batch at or above it is gone; Kafka's
+    /// `ProducerStateManager.truncateAndReload`, done in place): transactions that started
+    /// there are forgotten, aborted entries whose marker is gone are dropped, and a
+    /// transaction whose marker is gone is open again. Exact as long as `offset` is at or
+    /// above the high watermark last passed to [`TxnTracker::high_watermark_updated`] (a
+    /// replica never truncates below its high watermark), since a completed transaction stays
+    /// in the unstable index until its marker is below it.
+    pub fn truncate_from(&mut self, offset: Offset) {
+        if offset >= self.end {
+            return;
+        }
+        self.end = offset;
+        self.aborted.retain(|a| a.last_offset < offset);
+        self.open.retain(|_, first| *first < offset);
+        self.unstable.retain(|first, _| *first < offset);
+        for (first, (producer_id, marker)) in self.unstable.iter_mut() {
+            if marker.is_some_and(|m| m >= offset) {
+                *marker = None;
+                let previous = self.open.insert(*producer_id, *first);
+                assert!(
+                    previous.is_none(),
+                    "a producer with a completed transaction had no open one before its marker"
+                );
+            }
+        }
+    }
+
     /// The smallest first offset of the open and unreplicated transactions.
     pub fn first_unstable_offset(&self) -> Option<Offset> {
         self.unstable.keys().next().copied()
     }
 
-    /// The last stable offset: `min(first unstable offset, high_watermark)`.
+    /// The last stable offset: `min(first unstable offset, high_watermark)`, where a completed
+    /// transaction whose marker is already below `high_watermark` counts as stable even if
+    /// [`TxnTracker::high_watermark_updated`] has not been told yet.
     pub fn last_stable_offset(&self, high_watermark: Offset) -> Offset {
-        self.first_unstable_offset()
-            .map_or(high_watermark, |f| f.min(high_watermark))
+        self.unstable
+            .iter()
+            .find(|(_, (_, marker))| marker.is_none_or(|m| m >= high_watermark))
+            .map_or(high_watermark, |(f, _)| (*f).min(high_watermark))
     }
 
     /// The aborted transactions a `read_committed` fetch from `fetch_offset` below

@@ -106,12 +106,7 @@ impl Broker {
     ) -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {
             KEY_TYPE_GROUP => {}
-            KEY_TYPE_TRANSACTION => {
-                return Err((
-                    code::COORDINATOR_NOT_AVAILABLE,
-                    "keel does not support transactions".into(),
-                ))
-            }
+            KEY_TYPE_TRANSACTION => return self.txn_coordinator_for(key).await,
             other => return Err((code::INVALID_REQUEST, format!("unknown key type {other}"))),
         }
         let n = match self.offsets_partitions() {

@@ -105,12 +105,27 @@ impl Handler for Broker {
             RequestKind::DeleteRecords(r) => {
                 Next::Ready(ResponseKind::DeleteRecords(self.delete_records(r)))
             }
+            RequestKind::InitProducerId(r) if r.transactional_id.is_some() => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::InitProducerId(b.init_transactional_producer(v, r).await)
+                }))
+            }
             RequestKind::InitProducerId(r) => {
                 let b = self.clone();
                 Next::Later(Box::pin(async move {
                     ResponseKind::InitProducerId(b.init_producer_id(r).await)
                 }))
             }
+            RequestKind::AddPartitionsToTxn(r) => Next::Later(self.start_add_partitions(&ctx, r)),
+            RequestKind::AddOffsetsToTxn(r) => Next::Later(self.start_add_offsets(&ctx, r)),
+            RequestKind::EndTxn(r) => Next::Later(self.start_end_txn(&ctx, r)),
+            RequestKind::DescribeTransactions(r) => Next::Ready(
+                ResponseKind::DescribeTransactions(self.describe_transactions(r)),
+            ),
+            RequestKind::ListTransactions(r) => Next::Ready(ResponseKind::ListTransactions(
+                self.list_transactions(ctx.api_version, r),
+            )),
             RequestKind::CreateTopics(r) => {
                 let (b, v) = (self.clone(), ctx.api_version);
                 Next::Later(Box::pin(async move {
@@ -226,6 +241,9 @@ impl Handler for Broker {
 
 /// Whether a response carries an error code for the request or any of its parts.
 fn has_error(response: &ResponseKind) -> bool {
+    if let Some(error) = super::txn_handler::has_txn_error(response) {
+        return error;
+    }
     match response {
         ResponseKind::Produce(r) => r
             .responses
@@ -335,18 +353,22 @@ impl Broker {
                 r.base_offset = -1;
                 r.log_append_time_ms = -1;
                 r.log_start_offset = -1;
-                let outcome = if request.transactional_id.is_some() {
-                    Err((
-                        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                        "keel does not support transactions".to_string(),
-                    ))
-                } else if !matches!(acks, -1..=1) {
+                let outcome = if !matches!(acks, -1..=1) {
                     Err((
                         code::INVALID_REQUIRED_ACKS,
                         format!("acks must be -1, 0 or 1, not {acks}"),
                     ))
                 } else {
-                    self.produce_partition(ctx, &topic.name.0, data.index, data.records, acks, now)
+                    let txn_id = request.transactional_id.as_ref().map(|t| t.as_str());
+                    self.produce_partition(
+                        ctx,
+                        &topic.name.0,
+                        data.index,
+                        data.records,
+                        acks,
+                        now,
+                        txn_id,
+                    )
                 };
                 match outcome {
                     Ok((partition, appended, log_start)) => {
@@ -387,7 +409,7 @@ impl Broker {
         })
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn produce_partition(
         &self,
         ctx: &RequestContext,
@@ -396,8 +418,9 @@ impl Broker {
         records: Option<Bytes>,
         acks: i16,
         now: i64,
+        transactional_id: Option<&str>,
     ) -> Result<(Arc<PartitionHandle>, Appended, Offset), (ErrorCode, String)> {
-        if topic == super::OFFSETS_TOPIC {
+        if topic == super::OFFSETS_TOPIC || topic == super::TRANSACTION_STATE_TOPIC {
             return Err((
                 code::INVALID_TOPIC_EXCEPTION,
                 format!("{topic} is internal: only the group coordinator appends to it"),
@@ -425,6 +448,9 @@ impl Broker {
             }
             Err(e) => return Err((code::CORRUPT_MESSAGE, e.to_string())),
         };
+        if batch.is_transactional() {
+            self.prepare_txn_append(transactional_id, topic, &partition, &batch)?;
+        }
         if let Ok(codec) = batch.compression() {
             if !compression_allowed(codec, ctx.api_version) {
                 return Err((
@@ -516,15 +542,18 @@ impl Broker {
                     Ok(p) => {
                         let max = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                         let first = total == 0;
+                        let read_committed = request.isolation_level == 1;
                         let result = p.with(|r| {
                             r.check_client_epoch(fp.current_leader_epoch)?;
                             let hw = r.high_watermark();
+                            let lso = r.last_stable_offset();
+                            let upper = if read_committed { lso } else { hw };
                             let log = r.log();
                             let read = log
                                 .read_records(
                                     Offset(fp.fetch_offset),
                                     if first { max.max(1) } else { max },
-                                    hw,
+                                    upper,
                                 )
                                 .map(|(records, _)| {
                                     if !first && records.len() > max {
@@ -533,13 +562,30 @@ impl Broker {
                                         records
                                     }
                                 });
-                            Ok::<_, ErrorCode>((read, hw, log.log_start()))
+                            let aborted = if read_committed {
+                                r.aborted_txns(Offset(fp.fetch_offset), upper)
+                            } else {
+                                Vec::new()
+                            };
+                            Ok::<_, ErrorCode>((read, hw, log.log_start(), lso, aborted))
                         });
                         match result {
                             Err(code) => pd.error_code = code,
-                            Ok((read, hw, log_start)) => {
+                            Ok((read, hw, log_start, lso, aborted)) => {
                                 pd.high_watermark = hw.0;
-                                pd.last_stable_offset = hw.0;
+                                pd.last_stable_offset = lso.0;
+                                if version >= 4 {
+                                    pd.aborted_transactions = Some(
+                                        aborted
+                                            .into_iter()
+                                            .map(|a| {
+                                                fetch_response::AbortedTransaction::default()
+                                                    .with_producer_id(ProducerId(a.producer_id.0))
+                                                    .with_first_offset(a.first_offset.0)
+                                            })
+                                            .collect(),
+                                    );
+                                }
                                 if version >= 5 {
                                     pd.log_start_offset = log_start.0;
                                 }
@@ -808,6 +854,9 @@ impl Broker {
                             r.check_client_epoch(lp.current_leader_epoch)?;
                             let epoch = r.leader_epoch().0;
                             let found = match lp.timestamp {
+                                -1 if request.isolation_level == 1 => {
+                                    Ok(Some((r.last_stable_offset(), -1)))
+                                }
                                 -1 => Ok(Some((r.high_watermark(), -1))),
                                 -2 => Ok(Some((r.log().log_start(), -1))),
                                 -3 => r.log().max_timestamp(),
@@ -904,14 +953,10 @@ impl Broker {
         response
     }
 
-    async fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    async fn init_producer_id(&self, _request: InitProducerIdRequest) -> InitProducerIdResponse {
         let mut response = InitProducerIdResponse::default();
         response.producer_id = ProducerId(-1);
         response.producer_epoch = -1;
-        if request.transactional_id.is_some() {
-            response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-            return response;
-        }
         match self.allocate_producer_id().await {
             Ok(id) => {
                 response.producer_id = ProducerId(id.0);

@@ -36,6 +36,8 @@ mod group_handler;
 mod groups;
 mod handler;
 pub mod replication;
+mod txn;
+mod txn_handler;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,6 +106,8 @@ pub struct Settings {
     pub offsets_topic_replication_factor: i16,
     /// The group coordinator's settings (`group.*`, `offsets.retention.minutes`).
     pub group: keel_core::group::GroupConfig,
+    /// The transaction coordinator's settings (`transaction.*`).
+    pub transactions: TxnSettings,
 }
 
 impl Settings {
@@ -126,9 +130,15 @@ impl Settings {
             offsets_topic_partitions: groups::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
             offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
             group: keel_core::group::GroupConfig::default(),
+            transactions: TxnSettings::default(),
         }
     }
 }
+
+pub use txn::{
+    TxnSettings, TRANSACTION_STATE_PARTITIONS_DEFAULT,
+    TRANSACTION_STATE_REPLICATION_FACTOR_DEFAULT, TRANSACTION_STATE_TOPIC,
+};
 
 pub use groups::{
     partition_for as group_partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT,
@@ -557,6 +567,8 @@ pub struct Broker {
     sync: SyncWorker,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
+    /// The transaction coordinators of the `__transaction_state` partitions this broker leads.
+    txns: txn::TxnCoordinators,
     /// Followers' fetch sessions with this broker as leader.
     sessions: Arc<replication::LeaderSessions>,
     /// This broker's fetchers, one per leader broker it follows partitions of.
@@ -623,6 +635,7 @@ impl Broker {
             Disk::Real => Duration::ZERO,
         };
         let settings_group = settings.group.clone();
+        let settings_txn = settings.transactions.clone();
         let broker = Arc::new_cyclic(|this| Broker {
             this: this.clone(),
             settings,
@@ -637,6 +650,7 @@ impl Broker {
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
             sync: SyncWorker::start(sync_latency),
             groups: groups::Coordinators::new(settings_group),
+            txns: txn::TxnCoordinators::new(settings_txn),
             sessions: Arc::new(replication::LeaderSessions::new(u64::from_le_bytes(
                 random_id()[..8].try_into().expect("8 bytes"),
             ))),
@@ -982,6 +996,9 @@ impl Broker {
                     if p.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&p, true);
                     }
+                    if p.topic == TRANSACTION_STATE_TOPIC {
+                        self.txn_state_partition_changed(&p, true);
+                    }
                 }
             }
         }
@@ -996,6 +1013,9 @@ impl Broker {
                     close_and_remove(&self.settings.disk, &old);
                     if old.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&old, true);
+                    }
+                    if old.topic == TRANSACTION_STATE_TOPIC {
+                        self.txn_state_partition_changed(&old, true);
                     }
                     None
                 }
@@ -1026,6 +1046,9 @@ impl Broker {
             handle.drain_effects();
             if w.topic == OFFSETS_TOPIC {
                 self.offsets_partition_changed(&handle, false);
+            }
+            if w.topic == TRANSACTION_STATE_TOPIC {
+                self.txn_state_partition_changed(&handle, false);
             }
         }
     }

@@ -760,6 +760,9 @@ pub async fn dispatch_peers(
         let Some(broker) = broker.upgrade() else {
             return;
         };
+        let Some(message) = super::txn::dispatch_txn_peer(&broker, message) else {
+            continue;
+        };
         match message.envelope.kind {
             kind::REPLICA_FETCH => {
                 tokio::spawn(async move {

@@ -227,6 +227,7 @@ pub fn run(args: StartArgs) -> ExitCode {
                 offsets_retention_ms: config.offsets_retention_ms,
                 ..Default::default()
             },
+            transactions: config.transactions.clone(),
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {

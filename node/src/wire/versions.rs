@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 32] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -72,7 +72,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
     row(ApiKey::Metadata, 0, 12),
     row(ApiKey::OffsetCommit, 2, 8),
     row(ApiKey::OffsetFetch, 1, 8),
-    row(ApiKey::FindCoordinator, 0, 4),
+    row(ApiKey::FindCoordinator, 0, 5),
     row(ApiKey::JoinGroup, 0, 7),
     row(ApiKey::Heartbeat, 0, 4),
     row(ApiKey::LeaveGroup, 0, 4),
@@ -86,6 +86,9 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
     row(ApiKey::DeleteRecords, 0, 2),
     row(ApiKey::InitProducerId, 0, 4),
     row(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    row(ApiKey::AddPartitionsToTxn, 0, 4),
+    row(ApiKey::AddOffsetsToTxn, 0, 4),
+    row(ApiKey::EndTxn, 0, 4),
     row(ApiKey::DescribeConfigs, 1, 4),
     row(ApiKey::AlterConfigs, 0, 2),
     row(ApiKey::SaslAuthenticate, 0, 2),
@@ -93,6 +96,8 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 27] = [
     row(ApiKey::DeleteGroups, 0, 2),
     row(ApiKey::IncrementalAlterConfigs, 0, 1),
     row(ApiKey::DescribeCluster, 0, 1),
+    row(ApiKey::DescribeTransactions, 0, 0),
+    row(ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
@@ -263,7 +268,7 @@ mod tests {
         );
 
         let no_groups = SupportedApis::all().without(&GROUP_APIS);
-        assert_eq!(no_groups.rows().len(), 27 - GROUP_APIS.len());
+        assert_eq!(no_groups.rows().len(), 32 - GROUP_APIS.len());
         assert!(no_groups.get(ApiKey::JoinGroup).is_none());
         assert!(no_groups.get(ApiKey::ApiVersions).is_some());
         assert!(SupportedApis::all()

@@ -1,0 +1,417 @@
+//! The transaction side of a partition replica: transactional batches from producers, COMMIT
+//! and ABORT markers from the transaction coordinator, the last stable offset and the aborted
+//! transactions a `read_committed` fetch is told (Kafka's `ProducerStateManager` transaction
+//! half, `UnifiedLog.lastStableOffset`, `TransactionIndex`).
+//!
+//! The replica keeps a [`TxnTracker`] that has seen every batch of its log in offset order:
+//! leader appends ([`PartitionReplica::append`], [`PartitionReplica::append_marker`]), follower
+//! appends (replication) and, on recovery, the whole log read again from its start (keel has no
+//! `.txnindex` file yet: recovery reads the log). A truncation updates it in place
+//! (`TxnTracker::truncate_from`); a damaged replica's discard rebuilds it from the log.
+//!
+//! # Rules on the leader, for a batch with a producer id (Kafka's `ProducerAppendInfo`)
+//! 1. An epoch older than the producer's last marker's is fenced: INVALID_PRODUCER_EPOCH.
+//! 2. A non-transactional batch while the producer has an open transaction here:
+//!    INVALID_TXN_STATE.
+//! 3. A transactional batch that would open a transaction (the producer has none open here)
+//!    needs the coordinator's word that the partition is in the producer's transaction at this
+//!    epoch (KIP-890 part 1's verification): [`PartitionReplica::allow_txn`], which the shell
+//!    calls after asking the coordinator. Without it: [`ProduceError::TxnNotVerified`]. A
+//!    marker clears the producer's verification, so a write delayed past its transaction's end
+//!    cannot open a transaction no coordinator knows of (the hanging transaction of KIP-890).
+//! 4. A marker from a coordinator epoch older than the producer's last marker's:
+//!    TRANSACTION_COORDINATOR_FENCED; a marker whose producer epoch is older than the
+//!    producer's current epoch: INVALID_PRODUCER_EPOCH.
+//!
+//! # What always holds
+//! - The tracker's end is the log's end after every append the replica makes: it has seen
+//!   exactly the log's batches (a batch below its end, after a truncation it was not told of,
+//!   rebuilds it from the log).
+//! - The last stable offset is at most the high watermark.
+
+use std::collections::BTreeMap;
+
+use super::{Appended, PartitionReplica, ProduceError};
+use crate::batch::{Batch, BatchHeader, EndTxnMarker};
+use crate::log::{Log, LogError};
+use crate::producer::txn::{AbortedTxn, TxnTracker};
+use crate::producer::ProducerError;
+use crate::storage::Storage;
+use crate::types::{Offset, ProducerId};
+
+/// How many bytes a rebuild reads per step.
+const REBUILD_READ_BYTES: usize = 1 << 20;
+
+/// The attribute bit of a transactional batch.
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+/// The attribute bit of a control batch.
+const ATTR_CONTROL: i16 = 0x20;
+
+/// The producers whose next transactional batch the coordinator has verified, by producer id:
+/// the epoch verified.
+pub(super) type Verified = BTreeMap<ProducerId, i16>;
+
+/// A tracker that has seen every batch of `log`, read from its start.
+pub(super) fn tracker_from_log<S: Storage>(log: &Log<S>) -> Result<TxnTracker, LogError> {
+    let mut tracker = TxnTracker::new(log.log_start());
+    let mut at = log.log_start();
+    while at < log.end() {
+        let batches = log.read(at, REBUILD_READ_BYTES, log.end())?;
+        let Some(last) = batches.last() else {
+            break;
+        };
+        let next = last.next_offset();
+        for batch in &batches {
+            if batch.base_offset() < tracker.end() {
+                // The batch holding the log start (DeleteRecords cut inside it).
+                continue;
+            }
+            if let Err(error) = tracker.record_batch(batch) {
+                return Err(LogError::Corrupt {
+                    file: format!("the control batch at offset {}", batch.base_offset()),
+                    position: 0,
+                    error,
+                });
+            }
+        }
+        if next <= at {
+            break;
+        }
+        at = next;
+    }
+    Ok(tracker)
+}
+
+impl<S: Storage> PartitionReplica<S> {
+    /// Rebuilds the transaction tracker from the whole log (after a truncation or a new log
+    /// start). If the log cannot be read, the tracker starts empty at the log end: the
+    /// replica is damaged then, and leads nothing until it fetched back.
+    pub(super) fn rebuild_txns(&mut self) {
+        self.txns = tracker_from_log(&self.log).unwrap_or_else(|_| TxnTracker::new(self.log.end()));
+        self.txns.high_watermark_updated(self.high_watermark);
+    }
+
+    /// Records a batch the log just took, with its offsets stamped (a follower's append).
+    pub(super) fn track_batch(&mut self, batch: &Batch) {
+        if batch.base_offset() < self.txns.end() {
+            self.rebuild_txns();
+            return;
+        }
+        if self.txns.record_batch(batch).is_err() {
+            // A control batch the leader wrote that is no marker we can read: the replica's
+            // view of transactions is rebuilt from what the log holds (skipping nothing).
+            self.rebuild_txns();
+        }
+        self.txns.high_watermark_updated(self.high_watermark);
+    }
+
+    /// Records a client batch the leader just appended (`header.base_offset` stamped).
+    pub(super) fn track_data(&mut self, header: &BatchHeader) {
+        if header.base_offset < self.txns.end() {
+            self.rebuild_txns();
+            return;
+        }
+        let transactional = header.attributes & ATTR_TRANSACTIONAL != 0;
+        debug_assert!(
+            header.attributes & ATTR_CONTROL == 0,
+            "clients write no control batch"
+        );
+        self.txns.record_data(
+            header.producer_id,
+            transactional,
+            header.base_offset,
+            header.last_offset(),
+        );
+        self.txns.high_watermark_updated(self.high_watermark);
+    }
+
+    /// The leader's transaction checks for a client batch (rules 1 to 3 of the module doc).
+    pub(super) fn check_txn_produce(&self, batch: &Batch) -> Result<(), ProduceError> {
+        let producer_id = batch.producer_id();
+        if producer_id.0 < 0 {
+            if batch.is_transactional() {
+                return Err(ProduceError::InvalidRecord(
+                    "a transactional batch needs a producer id".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let epoch = batch.producer_epoch();
+        if let Err(current) = self.txns.check_epoch(producer_id, epoch) {
+            return Err(ProduceError::Producer(
+                ProducerError::InvalidProducerEpoch {
+                    producer_id,
+                    current,
+                    got: epoch,
+                },
+            ));
+        }
+        self.txns
+            .check_data(producer_id, batch.is_transactional())
+            .map_err(ProduceError::Txn)?;
+        if batch.is_transactional()
+            && self.txns.open_txn(producer_id).is_none()
+            && self.verified.get(&producer_id) != Some(&epoch)
+        {
+            return Err(ProduceError::TxnNotVerified {
+                producer_id,
+                producer_epoch: epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a transactional batch from `producer_id` at `producer_epoch` would need the
+    /// coordinator's verification before it is appended (the shell asks before the append).
+    pub fn txn_needs_verification(&self, producer_id: ProducerId, producer_epoch: i16) -> bool {
+        producer_id.0 >= 0
+            && self.txns.open_txn(producer_id).is_none()
+            && self.verified.get(&producer_id) != Some(&producer_epoch)
+    }
+
+    /// The coordinator confirmed that this partition is in `producer_id`'s transaction at
+    /// `producer_epoch`: its next transactional batch may open a transaction here. Kept until
+    /// the producer's next marker (or a newer verification).
+    pub fn allow_txn(&mut self, producer_id: ProducerId, producer_epoch: i16) {
+        let entry = self.verified.entry(producer_id).or_insert(producer_epoch);
+        *entry = (*entry).max(producer_epoch);
+    }
+
+    /// Appends a transaction marker, as the leader (WriteTxnMarkers): the COMMIT or ABORT
+    /// control batch of `producer_id` at `producer_epoch`, ending its open transaction here
+    /// (a marker with no open transaction completes nothing, and is still written, as Kafka
+    /// does). Not durable until synced; committed once the high watermark passes it.
+    pub fn append_marker(
+        &mut self,
+        now_ms: i64,
+        producer_id: ProducerId,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+    ) -> Result<Appended, ProduceError> {
+        if !self.is_leader() {
+            return Err(ProduceError::NotLeaderOrFollower);
+        }
+        if producer_id.0 < 0 || producer_epoch < 0 {
+            return Err(ProduceError::InvalidRecord(
+                "a marker needs a producer id and epoch".into(),
+            ));
+        }
+        self.txns
+            .check_marker(producer_id, marker.coordinator_epoch)
+            .map_err(ProduceError::Txn)?;
+        let current = self
+            .producers
+            .entry(producer_id)
+            .map(|e| e.epoch())
+            .into_iter()
+            .chain(self.txns.marker_epoch(producer_id))
+            .max();
+        if let Some(current) = current.filter(|&c| producer_epoch < c) {
+            return Err(ProduceError::Producer(
+                ProducerError::InvalidProducerEpoch {
+                    producer_id,
+                    current,
+                    got: producer_epoch,
+                },
+            ));
+        }
+        let batch = marker
+            .batch(producer_id, producer_epoch, now_ms)
+            .map_err(ProduceError::Corrupt)?;
+        let mut header = batch.header();
+        let info = self.log.append(now_ms, batch.clone(), self.leader_epoch)?;
+        header.base_offset = info.base_offset;
+        header.partition_leader_epoch = self.leader_epoch;
+        self.producers.record(&header);
+        let mut stamped = batch;
+        stamped.stamp(info.base_offset, self.leader_epoch);
+        self.track_batch(&stamped);
+        self.verified.remove(&producer_id);
+        Ok(Appended {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_append_time_ms: -1,
+            duplicate: false,
+            leader_epoch: self.leader_epoch,
+        })
+    }
+
+    /// The last stable offset: below it, every transaction is decided and its marker
+    /// committed (Kafka's `UnifiedLog.lastStableOffset`). `read_committed` reads below it.
+    pub fn last_stable_offset(&self) -> Offset {
+        let lso = self.txns.last_stable_offset(self.high_watermark);
+        debug_assert!(
+            lso <= self.high_watermark,
+            "the LSO is at most the high watermark"
+        );
+        lso
+    }
+
+    /// The aborted transactions a `read_committed` fetch from `fetch_offset` up to
+    /// `upper_bound` is told, in marker order.
+    pub fn aborted_txns(&self, fetch_offset: Offset, upper_bound: Offset) -> Vec<AbortedTxn> {
+        self.txns.aborted_txns(fetch_offset, upper_bound)
+    }
+
+    /// The transaction tracker (tests, DescribeProducers).
+    pub fn txns(&self) -> &TxnTracker {
+        &self.txns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchBuilder, Compression};
+    use crate::error_code as code;
+    use crate::log::LogConfig;
+    use crate::partition::ProduceRules;
+    use crate::storage::MemStorage;
+    use crate::types::LeaderEpoch;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const PID: ProducerId = ProducerId(7);
+
+    fn open(log: MemStorage, snaps: &mut MemStorage) -> PartitionReplica<MemStorage> {
+        let rules = ProduceRules::default();
+        PartitionReplica::open(log, snaps, LogConfig::default(), rules, LeaderEpoch(3), NOW)
+            .expect("open")
+    }
+
+    fn txn_batch(pid: ProducerId, epoch: i16, seq: i32, n: usize, transactional: bool) -> Batch {
+        let mut b = BatchBuilder {
+            transactional,
+            ..BatchBuilder::new(Compression::None).idempotent(pid, epoch, seq)
+        };
+        for i in 0..n {
+            b = b.record(NOW, Some(format!("k{i}").as_bytes()), Some(b"v"));
+        }
+        b.build().unwrap()
+    }
+
+    fn marker(commit: bool) -> EndTxnMarker {
+        EndTxnMarker {
+            commit,
+            coordinator_epoch: 1,
+        }
+    }
+
+    /// KIP-890 part 1 (`UnifiedLog.maybeStartTransactionVerification`): a transactional batch
+    /// that would open a transaction needs the coordinator's verification; the marker clears it.
+    #[test]
+    fn a_transactional_write_needs_the_coordinators_verification() {
+        let mut snaps = MemStorage::new();
+        let mut p = open(MemStorage::new(), &mut snaps);
+        let err = p.append(NOW, txn_batch(PID, 0, 0, 2, true)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_TXN_STATE, "{err}");
+        assert!(p.txn_needs_verification(PID, 0));
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 0, 2, true)).unwrap();
+        p.append(NOW, txn_batch(PID, 0, 2, 1, true)).unwrap();
+        p.append_marker(NOW, PID, 0, marker(true)).unwrap();
+        let err = p.append(NOW, txn_batch(PID, 0, 3, 1, true)).unwrap_err();
+        assert_eq!(
+            err.code(),
+            code::INVALID_TXN_STATE,
+            "a write after the marker needs a new verification: {err}"
+        );
+    }
+
+    /// `UnifiedLog.lastStableOffset`: the LSO stops at the first open transaction and passes
+    /// it once its marker is below the high watermark; an abort is listed for read_committed.
+    #[test]
+    fn the_last_stable_offset_waits_for_the_marker_and_aborts_are_listed() {
+        let mut snaps = MemStorage::new();
+        let mut p = open(MemStorage::new(), &mut snaps);
+        p.append(NOW, txn_batch(ProducerId(-1), -1, -1, 2, false))
+            .unwrap();
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 0, 3, true)).unwrap();
+        p.sync().unwrap();
+        assert_eq!(p.high_watermark(), Offset(5));
+        assert_eq!(
+            p.last_stable_offset(),
+            Offset(2),
+            "stops at the open transaction"
+        );
+        let m = p.append_marker(NOW, PID, 0, marker(false)).unwrap();
+        assert_eq!(m.base_offset, Offset(5));
+        assert_eq!(
+            p.last_stable_offset(),
+            Offset(2),
+            "the marker is not committed yet"
+        );
+        p.sync().unwrap();
+        assert_eq!(p.last_stable_offset(), Offset(6));
+        let aborted = p.aborted_txns(Offset(0), Offset(6));
+        assert_eq!(aborted.len(), 1);
+        assert_eq!(
+            (aborted[0].producer_id, aborted[0].first_offset),
+            (PID, Offset(2))
+        );
+        assert!(p.aborted_txns(Offset(6), Offset(6)).is_empty());
+    }
+
+    /// `ProducerAppendInfo`: a non-transactional batch inside an open transaction is
+    /// INVALID_TXN_STATE; after a fencing abort (bumped epoch) the old epoch is fenced.
+    #[test]
+    fn a_fenced_epoch_and_a_plain_write_inside_a_transaction_are_refused() {
+        let mut snaps = MemStorage::new();
+        let mut p = open(MemStorage::new(), &mut snaps);
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 0, 1, true)).unwrap();
+        let err = p.append(NOW, txn_batch(PID, 0, 1, 1, false)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_TXN_STATE);
+        p.append_marker(NOW, PID, 1, marker(false)).unwrap();
+        p.allow_txn(PID, 0);
+        let err = p.append(NOW, txn_batch(PID, 0, 1, 1, true)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_PRODUCER_EPOCH, "{err}");
+        let err = p.append_marker(NOW, PID, 0, marker(true)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_PRODUCER_EPOCH, "{err}");
+        let old = EndTxnMarker {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let err = p.append_marker(NOW, PID, 1, old).unwrap_err();
+        assert_eq!(err.code(), code::TRANSACTION_COORDINATOR_FENCED, "{err}");
+    }
+
+    /// `truncateAndReload`: a truncation above the high watermark that removes a marker opens
+    /// its transaction again and drops its aborted entry, as a rebuild from the log does (but
+    /// for the coordinator epoch the marker left, which only ever grows).
+    #[test]
+    fn truncation_reopens_a_transaction_whose_marker_is_gone() {
+        let mut t = TxnTracker::new(Offset(0));
+        t.record_data(PID, true, Offset(0), Offset(1));
+        t.record_marker(PID, marker(false), Offset(2));
+        t.record_data(ProducerId(8), true, Offset(3), Offset(3));
+        t.record_data(PID, true, Offset(4), Offset(4));
+        t.truncate_from(Offset(2));
+        t.check_invariants();
+        assert_eq!(t.open_txns().collect::<Vec<_>>(), vec![(PID, Offset(0))]);
+        assert_eq!(t.end(), Offset(2));
+        assert_eq!(t.last_stable_offset(Offset(2)), Offset(0));
+        assert!(t.all_aborted().is_empty());
+        t.record_marker(PID, marker(true), Offset(2));
+        assert_eq!(t.last_stable_offset(Offset(3)), Offset(3));
+    }
+
+    /// Recovery rebuilds the open transactions and the aborted list from the log.
+    #[test]
+    fn recovery_rebuilds_open_and_aborted_transactions_from_the_log() {
+        let mut snaps = MemStorage::new();
+        let mut p = open(MemStorage::new(), &mut snaps);
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 0, 2, true)).unwrap();
+        p.append_marker(NOW, PID, 0, marker(false)).unwrap();
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 2, 2, true)).unwrap();
+        p.sync().unwrap();
+        let before = p.txns().clone();
+        let log = p.into_log_storage();
+        let p = open(log, &mut snaps);
+        assert_eq!(p.txns(), &before);
+        assert_eq!(p.last_stable_offset(), Offset(3));
+        assert_eq!(p.aborted_txns(Offset(0), Offset(5)).len(), 1);
+    }
+}

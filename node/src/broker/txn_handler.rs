@@ -1,0 +1,570 @@
+//! The transaction APIs on the wire: FindCoordinator with key type 1, InitProducerId with a
+//! transactional id, AddPartitionsToTxn (v0-3, and v4's batched and verify-only forms),
+//! AddOffsetsToTxn, EndTxn, DescribeTransactions and ListTransactions, translated between
+//! kafka-protocol messages and `keel_core::txn` types.
+//!
+//! As for groups, each call into the coordinator happens at once (in the connection's request
+//! order) and the returned future waits, with no lock held, for an answer that comes late (once
+//! the coordinator's record is durable). Every error code a coordinator gives passes through
+//! `txn::error_for_version` (PRODUCER_FENCED becomes INVALID_PRODUCER_EPOCH for clients older
+//! than KIP-588).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTransaction;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use keel_core::controller::ControllerError;
+use keel_core::error_code::{self as code, ErrorCode};
+use keel_core::txn::{
+    self, error_for_version, AddOffsetsRequest, AddPartitionsRequest,
+    InitProducerIdRequest as CoreInitRequest, Response, TopicPartition, TxnApi, TxnResult,
+    TxnState,
+};
+use keel_core::ProducerId as CoreProducerId;
+
+use keel_core::batch::Batch;
+
+use super::txn::{TxnCall, TRANSACTION_STATE_TOPIC};
+use super::{Broker, PartitionHandle};
+use crate::wire::RequestContext;
+
+/// A response to come.
+pub type Later = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
+
+fn s(x: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(x.into())
+}
+
+impl Broker {
+    // -----------------------------------------------------------------------------------------
+    // FindCoordinator, key type 1
+
+    /// The broker coordinating `transactional_id`: creates `__transaction_state` on first use,
+    /// then names the leader of the id's partition.
+    pub(super) async fn txn_coordinator_for(
+        &self,
+        transactional_id: &str,
+    ) -> Result<(i32, String, i32), (ErrorCode, String)> {
+        if transactional_id.is_empty() {
+            return Err((code::INVALID_REQUEST, "an empty transactional id".into()));
+        }
+        let n = match self.txn_state_partitions() {
+            Some(n) => n,
+            None => self.create_txn_state_topic().await.map_err(|e| {
+                (
+                    code::COORDINATOR_NOT_AVAILABLE,
+                    format!("creating {TRANSACTION_STATE_TOPIC}: {e}"),
+                )
+            })?,
+        };
+        let index = txn::partition_for(transactional_id, n);
+        let leader = self.with_metadata(|m| {
+            m.partition(TRANSACTION_STATE_TOPIC, index)
+                .map(|p| p.leader)
+        });
+        let Some(leader) = leader.filter(|l| *l != keel_core::controller::BrokerId::NONE) else {
+            return Err((
+                code::COORDINATOR_NOT_AVAILABLE,
+                format!("{TRANSACTION_STATE_TOPIC}-{index} has no leader"),
+            ));
+        };
+        self.broker_list()
+            .into_iter()
+            .find(|(id, _, _)| *id == leader.0)
+            .ok_or((
+                code::COORDINATOR_NOT_AVAILABLE,
+                format!("the coordinator, broker {}, is not available", leader.0),
+            ))
+    }
+
+    /// Creates `__transaction_state` (an existing one is fine); its partition count.
+    async fn create_txn_state_topic(&self) -> Result<i32, ControllerError> {
+        let live = self.with_metadata(|m| m.live_brokers().len()).max(1);
+        let settings = self.txns.settings();
+        let rf = settings
+            .replication_factor
+            .min(i16::try_from(live).unwrap_or(i16::MAX));
+        let partitions = settings.partitions;
+        let configs = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            ("min.insync.replicas".to_string(), rf.min(2).to_string()),
+        ]);
+        match self
+            .create_topic_now(TRANSACTION_STATE_TOPIC, partitions, rf, configs, false)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                "created {TRANSACTION_STATE_TOPIC} ({partitions} partitions, replication {rf})"
+            ),
+            Err(ControllerError::TopicAlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.txn_state_partitions().ok_or_else(|| {
+            ControllerError::UnknownServerError(format!("{TRANSACTION_STATE_TOPIC} vanished"))
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // InitProducerId
+
+    /// InitProducerId with a transactional id (v0-4).
+    pub(super) async fn init_transactional_producer(
+        self: Arc<Self>,
+        version: i16,
+        request: InitProducerIdRequest,
+    ) -> InitProducerIdResponse {
+        let mut response = InitProducerIdResponse::default();
+        response.producer_id = ProducerId(-1);
+        response.producer_epoch = -1;
+        let req = CoreInitRequest {
+            transactional_id: request
+                .transactional_id
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            transaction_timeout_ms: request.transaction_timeout_ms,
+            producer_id: CoreProducerId(request.producer_id.0),
+            producer_epoch: request.producer_epoch,
+        };
+        // The coordinator may need a new producer id (a new transactional id, or an exhausted
+        // epoch): one is taken beforehand, as its allocator cannot wait.
+        let spare = match self.allocate_producer_id().await {
+            Ok(id) => Some(CoreProducerId(id.0)),
+            Err(e) => {
+                tracing::warn!("no producer id for a transactional producer: {e}");
+                None
+            }
+        };
+        let call = self.call_txn(&req.transactional_id, |c, now, id| {
+            let mut spare = spare;
+            c.handle_init_producer_id(now, id, &req, || spare.take())
+        });
+        let answer = call
+            .finish(|r| match r {
+                Response::InitProducerId(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                response.error_code =
+                    error_for_version(TxnApi::InitProducerId, version, r.error_code);
+                if r.error_code == code::NONE {
+                    response.producer_id = ProducerId(r.producer_id.0);
+                    response.producer_epoch = r.producer_epoch;
+                }
+            }
+            Err(e) => response.error_code = e,
+        }
+        response
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Produce: KIP-890's verification before a transaction's first write to a partition
+
+    /// Before a transactional batch is appended: if it would open a transaction on the
+    /// partition, the coordinator must confirm that the partition is in the producer's
+    /// transaction. A coordinator on this broker answers at once; one elsewhere is asked in
+    /// the background while the produce gets NOT_ENOUGH_REPLICAS, which clients retry (Kafka
+    /// answers CONCURRENT_TRANSACTIONS from its verification the same way).
+    pub(super) fn prepare_txn_append(
+        &self,
+        transactional_id: Option<&str>,
+        topic: &str,
+        p: &Arc<PartitionHandle>,
+        batch: &Batch,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(txn_id) = transactional_id else {
+            return Err((
+                code::INVALID_RECORD,
+                "transactional records need the request's transactional id".into(),
+            ));
+        };
+        let (pid, epoch) = (batch.producer_id(), batch.producer_epoch());
+        if !p.with(|r| r.txn_needs_verification(pid, epoch)) {
+            return Ok(());
+        }
+        let tp = TopicPartition {
+            topic: topic.to_string(),
+            partition: p.index,
+        };
+        let here = self.verify_txn_here(txn_id, pid, epoch, vec![tp]);
+        let error = match here {
+            Ok(list) => match list.first().map(|(_, e)| *e) {
+                Some(code::NONE) => {
+                    p.with(|r| r.allow_txn(pid, epoch));
+                    return Ok(());
+                }
+                _ => code::TRANSACTION_ABORTABLE,
+            },
+            Err(code::NOT_COORDINATOR) => {
+                if let Some(b) = self.this.upgrade() {
+                    let (txn_id, topic, index) = (txn_id.to_string(), topic.to_string(), p.index);
+                    tokio::spawn(async move {
+                        if let Err(e) = b.verify_txn(&txn_id, &topic, index, pid, epoch).await {
+                            tracing::debug!(txn = %txn_id, %topic, partition = index, "verification: {}", keel_core::error_code::Named(e));
+                        }
+                    });
+                }
+                code::CONCURRENT_TRANSACTIONS
+            }
+            Err(e) => e,
+        };
+        // Produce's codes for the coordinator's (Kafka's `AddPartitionsToTxnManager`).
+        let (code, why) = match error {
+            code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH => (
+                code::INVALID_PRODUCER_EPOCH,
+                "the producer's epoch is fenced",
+            ),
+            code::TRANSACTION_ABORTABLE => (
+                code::INVALID_TXN_STATE,
+                "the partition was never added to the producer's transaction",
+            ),
+            code::INVALID_PRODUCER_ID_MAPPING => (
+                code::INVALID_PRODUCER_ID_MAPPING,
+                "the producer id does not match the transactional id's",
+            ),
+            _ => (
+                code::NOT_ENOUGH_REPLICAS,
+                "verifying the transaction with its coordinator: retry",
+            ),
+        };
+        Err((code, why.to_string()))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // AddPartitionsToTxn
+
+    pub(super) fn start_add_partitions(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        r: AddPartitionsToTxnRequest,
+    ) -> Later {
+        let v = ctx.api_version;
+        if v <= 3 {
+            let txn = AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(r.v3_and_below_transactional_id.clone())
+                .with_producer_id(r.v3_and_below_producer_id)
+                .with_producer_epoch(r.v3_and_below_producer_epoch)
+                .with_topics(r.v3_and_below_topics.clone());
+            let one = self.add_partitions_one(v, txn);
+            return Box::pin(async move {
+                let result = one.await;
+                let mut response = AddPartitionsToTxnResponse::default();
+                response.results_by_topic_v3_and_below = result.topic_results;
+                ResponseKind::AddPartitionsToTxn(response)
+            });
+        }
+        // v4+: batches of transactions, from brokers (KIP-890). keel's brokers verify over
+        // their own transport; the form is served for any client that uses it.
+        let calls: Vec<_> = r
+            .transactions
+            .into_iter()
+            .map(|t| self.add_partitions_one(v, t))
+            .collect();
+        Box::pin(async move {
+            let mut response = AddPartitionsToTxnResponse::default();
+            for call in calls {
+                response.results_by_transaction.push(call.await);
+            }
+            ResponseKind::AddPartitionsToTxn(response)
+        })
+    }
+
+    /// One transaction of an AddPartitionsToTxn request: started now, answered by the future.
+    fn add_partitions_one(
+        self: &Arc<Self>,
+        v: i16,
+        t: AddPartitionsToTxnTransaction,
+    ) -> Pin<Box<dyn Future<Output = AddPartitionsToTxnResult> + Send>> {
+        let transactional_id = t.transactional_id.to_string();
+        let partitions: Vec<TopicPartition> = t
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                topic.partitions.iter().map(|&p| TopicPartition {
+                    topic: topic.name.0.to_string(),
+                    partition: p,
+                })
+            })
+            .collect();
+        let wire_id = t.transactional_id.clone();
+        let result = move |partitions: &[TopicPartition],
+                           error: &dyn Fn(&TopicPartition) -> ErrorCode| {
+            let mut by_topic: BTreeMap<String, Vec<AddPartitionsToTxnPartitionResult>> =
+                BTreeMap::new();
+            for tp in partitions {
+                by_topic.entry(tp.topic.clone()).or_default().push(
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(tp.partition)
+                        .with_partition_error_code(error(tp)),
+                );
+            }
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(wire_id.clone())
+                .with_topic_results(
+                    by_topic
+                        .into_iter()
+                        .map(|(name, results)| {
+                            AddPartitionsToTxnTopicResult::default()
+                                .with_name(TopicName(s(name)))
+                                .with_results_by_partition(results)
+                        })
+                        .collect(),
+                )
+        };
+        // Unknown partitions fail the request; the others are not attempted (KafkaApis).
+        let unknown: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| {
+                tp.topic == TRANSACTION_STATE_TOPIC
+                    || !self.with_metadata(|m| m.partition(&tp.topic, tp.partition).is_some())
+            })
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            let r = result(&partitions, &|tp| {
+                if unknown.contains(tp) {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    code::OPERATION_NOT_ATTEMPTED
+                }
+            });
+            return Box::pin(async move { r });
+        }
+        let req = AddPartitionsRequest {
+            transactional_id: transactional_id.clone(),
+            producer_id: CoreProducerId(t.producer_id.0),
+            producer_epoch: t.producer_epoch,
+            partitions: partitions.clone(),
+        };
+        if t.verify_only {
+            let answer = self.with_txn(&transactional_id, |c, _| c.verify_partitions(&req));
+            let r = match answer.and_then(|a| a) {
+                Ok(list) => result(&partitions, &|tp| {
+                    list.iter()
+                        .find(|(p, _)| p == tp)
+                        .map_or(code::TRANSACTION_ABORTABLE, |(_, e)| *e)
+                }),
+                Err(e) => {
+                    let e = error_for_version(TxnApi::AddPartitionsToTxn, v, e);
+                    result(&partitions, &|_| e)
+                }
+            };
+            return Box::pin(async move { r });
+        }
+        let call = self.call_txn(&transactional_id, |c, now, id| {
+            c.handle_add_partitions(now, id, &req)
+        });
+        let broker = self.clone();
+        Box::pin(async move {
+            let answer = call
+                .finish(|r| match r {
+                    Response::AddPartitions(e) => Some(e),
+                    _ => None,
+                })
+                .await;
+            let e = match answer {
+                Ok(e) | Err(e) => error_for_version(TxnApi::AddPartitionsToTxn, v, e),
+            };
+            if e == code::NONE {
+                // The partitions' leaders may take the producer's transactional batches now.
+                broker
+                    .announce_added(req.producer_id, req.producer_epoch, &req.partitions)
+                    .await;
+            }
+            result(&partitions, &|_| e)
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // AddOffsetsToTxn, EndTxn
+
+    pub(super) fn start_add_offsets(
+        &self,
+        ctx: &RequestContext,
+        r: AddOffsetsToTxnRequest,
+    ) -> Later {
+        let v = ctx.api_version;
+        let req = AddOffsetsRequest {
+            transactional_id: r.transactional_id.to_string(),
+            producer_id: CoreProducerId(r.producer_id.0),
+            producer_epoch: r.producer_epoch,
+            group_id: r.group_id.to_string(),
+        };
+        let offsets_partitions = self
+            .offsets_partitions()
+            .unwrap_or(self.settings().offsets_topic_partitions);
+        let call = self.call_txn(&req.transactional_id, |c, now, id| {
+            c.handle_add_offsets(now, id, &req, offsets_partitions)
+        });
+        Box::pin(async move {
+            let e = match call
+                .finish(|r| match r {
+                    Response::AddOffsets(e) => Some(e),
+                    _ => None,
+                })
+                .await
+            {
+                Ok(e) | Err(e) => e,
+            };
+            let mut response = AddOffsetsToTxnResponse::default();
+            response.error_code = error_for_version(TxnApi::AddOffsetsToTxn, v, e);
+            ResponseKind::AddOffsetsToTxn(response)
+        })
+    }
+
+    pub(super) fn start_end_txn(&self, ctx: &RequestContext, r: EndTxnRequest) -> Later {
+        let v = ctx.api_version;
+        let req = keel_core::txn::EndTxnRequest {
+            transactional_id: r.transactional_id.to_string(),
+            producer_id: CoreProducerId(r.producer_id.0),
+            producer_epoch: r.producer_epoch,
+            result: if r.committed {
+                TxnResult::Commit
+            } else {
+                TxnResult::Abort
+            },
+        };
+        let call: TxnCall<ErrorCode> = self.call_txn(&req.transactional_id, |c, now, id| {
+            c.handle_end_txn(now, id, &req)
+        });
+        Box::pin(async move {
+            let e = match call
+                .finish(|r| match r {
+                    Response::EndTxn(e) => Some(e),
+                    _ => None,
+                })
+                .await
+            {
+                Ok(e) | Err(e) => e,
+            };
+            let mut response = EndTxnResponse::default();
+            response.error_code = error_for_version(TxnApi::EndTxn, v, e);
+            response.producer_id = ProducerId(-1);
+            response.producer_epoch = -1;
+            ResponseKind::EndTxn(response)
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // DescribeTransactions, ListTransactions (KIP-664)
+
+    pub(super) fn describe_transactions(
+        &self,
+        r: DescribeTransactionsRequest,
+    ) -> DescribeTransactionsResponse {
+        let mut out = DescribeTransactionsResponse::default();
+        for id in r.transactional_ids {
+            let name = id.to_string();
+            let mut ts = describe_transactions_response::TransactionState::default();
+            ts.transactional_id = id;
+            ts.transaction_state = s("");
+            ts.producer_id = ProducerId(-1);
+            ts.producer_epoch = -1;
+            ts.transaction_start_time_ms = -1;
+            match self.with_txn(&name, |c, _| c.describe(std::slice::from_ref(&name))) {
+                Err(e) => ts.error_code = e,
+                Ok(mut described) => match described.pop() {
+                    None => ts.error_code = code::TRANSACTIONAL_ID_NOT_FOUND,
+                    Some(d) => {
+                        ts.error_code = d.error_code;
+                        ts.transaction_state = s(d.state.name());
+                        if d.error_code == code::NONE {
+                            ts.transaction_timeout_ms = d.timeout_ms;
+                            ts.transaction_start_time_ms = d.start_ms;
+                            ts.producer_id = ProducerId(d.producer_id.0);
+                            ts.producer_epoch = d.producer_epoch;
+                            let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+                            for tp in d.partitions {
+                                by_topic.entry(tp.topic).or_default().push(tp.partition);
+                            }
+                            ts.topics = by_topic
+                                .into_iter()
+                                .map(|(t, ps)| {
+                                    describe_transactions_response::TopicData::default()
+                                        .with_topic(TopicName(s(t)))
+                                        .with_partitions(ps)
+                                })
+                                .collect();
+                        }
+                    }
+                },
+            }
+            out.transaction_states.push(ts);
+        }
+        out
+    }
+
+    pub(super) fn list_transactions(
+        &self,
+        v: i16,
+        r: ListTransactionsRequest,
+    ) -> ListTransactionsResponse {
+        let mut out = ListTransactionsResponse::default();
+        let mut states = Vec::new();
+        for name in &r.state_filters {
+            match TxnState::parse(name) {
+                Some(st) => states.push(st),
+                None => out.unknown_state_filters.push(name.clone()),
+            }
+        }
+        if !out.unknown_state_filters.is_empty() && states.is_empty() {
+            // Only unknown states: nothing can match (Kafka answers an empty list).
+            return out;
+        }
+        let pids: Vec<CoreProducerId> = r
+            .producer_id_filters
+            .iter()
+            .map(|p| CoreProducerId(p.0))
+            .collect();
+        let duration = if v >= 1 { r.duration_filter } else { -1 };
+        let now = self.clock.now_ms();
+        let mut listed = Vec::new();
+        let loading =
+            self.each_txn_coordinator(|c| listed.extend(c.list(now, &states, &pids, duration)));
+        if loading {
+            out.error_code = code::COORDINATOR_LOAD_IN_PROGRESS;
+        }
+        for l in listed {
+            let mut ts = list_transactions_response::TransactionState::default();
+            ts.transactional_id = TransactionalId(s(l.transactional_id));
+            ts.producer_id = ProducerId(l.producer_id.0);
+            ts.transaction_state = s(l.state.name());
+            out.transaction_states.push(ts);
+        }
+        out
+    }
+}
+
+/// Requests the transaction APIs leave in error, for the request metrics.
+pub(super) fn has_txn_error(response: &ResponseKind) -> Option<bool> {
+    Some(match response {
+        ResponseKind::AddPartitionsToTxn(r) => {
+            r.error_code != 0
+                || r.results_by_topic_v3_and_below
+                    .iter()
+                    .chain(
+                        r.results_by_transaction
+                            .iter()
+                            .flat_map(|t| &t.topic_results),
+                    )
+                    .flat_map(|t| &t.results_by_partition)
+                    .any(|p| p.partition_error_code != 0)
+        }
+        ResponseKind::AddOffsetsToTxn(r) => r.error_code != 0,
+        ResponseKind::EndTxn(r) => r.error_code != 0,
+        ResponseKind::DescribeTransactions(r) => {
+            r.transaction_states.iter().any(|t| t.error_code != 0)
+        }
+        ResponseKind::ListTransactions(r) => r.error_code != 0,
+        _ => return None,
+    })
+}

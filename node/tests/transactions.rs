@@ -1,0 +1,380 @@
+//! Transactions on one broker through its Kafka handler (issue 15): the coordinator's and the
+//! partition's answers to bad input, each a clear error with nothing appended or lost, and the
+//! read_committed view of an aborted transaction (the last stable offset and the aborted
+//! transactions list, KIP-98).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use keel_core::batch::{BatchBuilder, Compression};
+use keel_core::error_code as code;
+use keel_node::broker::{Broker, Settings};
+use keel_node::wire::{Handler, RequestContext};
+
+const TXN: &str = "txn-bad-input";
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
+    RequestContext {
+        connection_id: 0,
+        peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+        listener: "PLAINTEXT".into(),
+        principal: keel_node::security::Principal::anonymous(),
+        api_key,
+        api_version,
+        correlation_id: 7,
+        client_id: None,
+    }
+}
+
+async fn call(b: &Arc<Broker>, api: ApiKey, v: i16, r: RequestKind) -> ResponseKind {
+    b.clone()
+        .handle(ctx(api, v), r)
+        .await
+        .unwrap_or_else(|e| panic!("{api:?}: {e}"))
+        .unwrap_or_else(|| panic!("{api:?}: no response"))
+}
+
+fn txn_batch(pid: i64, epoch: i16, seq: i32) -> Bytes {
+    BatchBuilder {
+        transactional: true,
+        ..BatchBuilder::new(Compression::None).idempotent(keel_core::ProducerId(pid), epoch, seq)
+    }
+    .record(1000, Some(b"k"), Some(b"v"))
+    .build()
+    .unwrap()
+    .into_bytes()
+}
+
+async fn produce(b: &Arc<Broker>, txn: Option<&str>, records: Bytes) -> i16 {
+    let mut r = ProduceRequest::default();
+    r.acks = -1;
+    r.timeout_ms = 5000;
+    r.transactional_id = txn.map(|t| TransactionalId(s(t)));
+    r.topic_data = vec![TopicProduceData::default()
+        .with_name(TopicName(s("t")))
+        .with_partition_data(vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(records))])];
+    match call(b, ApiKey::Produce, 9, RequestKind::Produce(r)).await {
+        ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn init(b: &Arc<Broker>, id: &str, v: i16) -> InitProducerIdResponse {
+    let mut r = InitProducerIdRequest::default();
+    r.transactional_id = Some(TransactionalId(s(id)));
+    r.transaction_timeout_ms = 60_000;
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
+    match call(b, ApiKey::InitProducerId, v, RequestKind::InitProducerId(r)).await {
+        ResponseKind::InitProducerId(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// InitProducerId, retried while the coordinator loads or a fence is being written (the
+/// errors clients retry).
+async fn init_retrying(b: &Arc<Broker>, id: &str) -> InitProducerIdResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = init(b, id, 4).await;
+        let retriable = [
+            code::COORDINATOR_LOAD_IN_PROGRESS,
+            code::NOT_COORDINATOR,
+            code::CONCURRENT_TRANSACTIONS,
+        ];
+        if !retriable.contains(&r.error_code) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn end_txn(b: &Arc<Broker>, v: i16, pid: i64, epoch: i16, commit: bool) -> i16 {
+    let mut r = EndTxnRequest::default();
+    r.transactional_id = TransactionalId(s(TXN));
+    r.producer_id = ProducerId(pid);
+    r.producer_epoch = epoch;
+    r.committed = commit;
+    match call(b, ApiKey::EndTxn, v, RequestKind::EndTxn(r)).await {
+        ResponseKind::EndTxn(r) => r.error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn add_partitions(b: &Arc<Broker>, pid: i64, epoch: i16, topics: &[&str]) -> Vec<i16> {
+    let mut r = AddPartitionsToTxnRequest::default();
+    r.v3_and_below_transactional_id = TransactionalId(s(TXN));
+    r.v3_and_below_producer_id = ProducerId(pid);
+    r.v3_and_below_producer_epoch = epoch;
+    r.v3_and_below_topics = topics
+        .iter()
+        .map(|t| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(s(t)))
+                .with_partitions(vec![0])
+        })
+        .collect();
+    match call(
+        b,
+        ApiKey::AddPartitionsToTxn,
+        3,
+        RequestKind::AddPartitionsToTxn(r),
+    )
+    .await
+    {
+        ResponseKind::AddPartitionsToTxn(r) => r
+            .results_by_topic_v3_and_below
+            .iter()
+            .map(|t| t.results_by_partition[0].partition_error_code)
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn latest(b: &Arc<Broker>, isolation: i8) -> i64 {
+    let mut r = ListOffsetsRequest::default();
+    r.isolation_level = isolation;
+    r.topics = vec![ListOffsetsTopic::default()
+        .with_name(TopicName(s("t")))
+        .with_partitions(vec![ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1)])];
+    match call(b, ApiKey::ListOffsets, 7, RequestKind::ListOffsets(r)).await {
+        ResponseKind::ListOffsets(r) => r.topics[0].partitions[0].offset,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn fetch_committed(b: &Arc<Broker>) -> fetch_response::PartitionData {
+    let mut r = FetchRequest::default();
+    r.max_wait_ms = 0;
+    r.max_bytes = 1 << 20;
+    r.isolation_level = 1;
+    r.topics = vec![FetchTopic::default()
+        .with_topic(TopicName(s("t")))
+        .with_partitions(vec![FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)])];
+    match call(b, ApiKey::Fetch, 11, RequestKind::Fetch(r)).await {
+        ResponseKind::Fetch(r) => r.responses[0].partitions[0].clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn find_coordinator(b: &Arc<Broker>, v: i16, key_type: i8, key: &str) -> (i16, i32) {
+    let mut r = FindCoordinatorRequest::default();
+    r.key_type = key_type;
+    if v >= 4 {
+        r.coordinator_keys = vec![s(key)];
+    } else {
+        r.key = s(key);
+    }
+    match call(
+        b,
+        ApiKey::FindCoordinator,
+        v,
+        RequestKind::FindCoordinator(r),
+    )
+    .await
+    {
+        ResponseKind::FindCoordinator(r) if v >= 4 => {
+            (r.coordinators[0].error_code, r.coordinators[0].node_id.0)
+        }
+        ResponseKind::FindCoordinator(r) => (r.error_code, r.node_id.0),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every bad input of the issue gets a clear error, nothing is appended by it, and the
+/// transaction a new producer fences is aborted: read_committed sees nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transactional_input_gets_clear_errors_and_fencing_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<Broker> = Broker::open(
+        Settings::single(1, dir.path().to_path_buf()),
+        Arc::new(keel_node::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![CreatableTopic::default()
+        .with_name(TopicName(s("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1)];
+    call(
+        &b,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(create),
+    )
+    .await;
+
+    // FindCoordinator: key type 1 creates __transaction_state and names this broker (v1 and
+    // the batched v4 form); an unknown key type is INVALID_REQUEST.
+    assert_eq!(find_coordinator(&b, 1, 1, TXN).await, (code::NONE, 1));
+    assert_eq!(find_coordinator(&b, 4, 1, TXN).await, (code::NONE, 1));
+    let (error, _) = find_coordinator(&b, 4, 7, TXN).await;
+    assert_eq!(error, code::INVALID_REQUEST, "unknown coordinator key type");
+    let (error, _) = find_coordinator(&b, 2, 7, TXN).await;
+    assert_eq!(error, code::INVALID_REQUEST, "unknown coordinator key type");
+
+    let first = init_retrying(&b, TXN).await;
+    assert_eq!(first.error_code, code::NONE);
+    let (pid, epoch) = (first.producer_id.0, first.producer_epoch);
+
+    // A transactional id of 100 KiB: INVALID_REQUEST, no crash.
+    let huge = "x".repeat(100 * 1024);
+    let (error, _) = find_coordinator(&b, 1, 1, &huge).await;
+    assert_eq!(error, code::NONE, "any key has a coordinator");
+    assert_eq!(
+        init_retrying(&b, &huge).await.error_code,
+        code::INVALID_REQUEST
+    );
+
+    // EndTxn without a transaction: INVALID_TXN_STATE.
+    assert_eq!(
+        end_txn(&b, 3, pid, epoch, true).await,
+        code::INVALID_TXN_STATE
+    );
+
+    // A transactional write to a partition never added: INVALID_TXN_STATE, nothing appended.
+    assert_eq!(
+        produce(&b, Some(TXN), txn_batch(pid, epoch, 0)).await,
+        code::INVALID_TXN_STATE
+    );
+    assert_eq!(
+        latest(&b, 0).await,
+        0,
+        "the refused write is not in the log"
+    );
+    // A transactional batch without the request's transactional id: INVALID_RECORD.
+    assert_eq!(
+        produce(&b, None, txn_batch(pid, epoch, 0)).await,
+        code::INVALID_RECORD
+    );
+
+    // An unknown topic fails AddPartitionsToTxn; the others are not attempted (the answer
+    // lists topics by name).
+    assert_eq!(
+        add_partitions(&b, pid, epoch, &["t", "missing"]).await,
+        vec![
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            code::OPERATION_NOT_ATTEMPTED
+        ]
+    );
+    assert_eq!(
+        add_partitions(&b, pid, epoch, &["t"]).await,
+        vec![code::NONE]
+    );
+    assert_eq!(
+        produce(&b, Some(TXN), txn_batch(pid, epoch, 0)).await,
+        code::NONE
+    );
+    assert_eq!(
+        latest(&b, 0).await,
+        1,
+        "read_uncommitted: the high watermark"
+    );
+    assert_eq!(
+        latest(&b, 1).await,
+        0,
+        "read_committed: the last stable offset"
+    );
+
+    // A second producer fences the first: its transaction is aborted with the bumped epoch.
+    let second = init_retrying(&b, TXN).await;
+    assert_eq!(second.error_code, code::NONE);
+    assert_eq!(second.producer_id.0, pid);
+    assert!(second.producer_epoch > epoch, "{second:?}");
+
+    // A produce with the fenced epoch: INVALID_PRODUCER_EPOCH, nothing appended.
+    wait_for("the fencing abort's marker", async || {
+        latest(&b, 1).await == 2
+    })
+    .await;
+    assert_eq!(
+        produce(&b, Some(TXN), txn_batch(pid, epoch, 1)).await,
+        code::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(latest(&b, 0).await, 2, "data, then the ABORT marker");
+    // EndTxn with the fenced epoch: PRODUCER_FENCED (v2+), INVALID_PRODUCER_EPOCH before.
+    assert_eq!(
+        end_txn(&b, 3, pid, epoch, true).await,
+        code::PRODUCER_FENCED
+    );
+    assert_eq!(
+        end_txn(&b, 1, pid, epoch, true).await,
+        code::INVALID_PRODUCER_EPOCH
+    );
+
+    // read_committed: the aborted transaction is listed, from its first offset.
+    let data = fetch_committed(&b).await;
+    assert_eq!(data.error_code, code::NONE);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (2, 2));
+    let aborted = data
+        .aborted_transactions
+        .expect("v4+ lists aborted transactions");
+    assert_eq!(aborted.len(), 1);
+    assert_eq!(
+        (aborted[0].producer_id.0, aborted[0].first_offset),
+        (pid, 0)
+    );
+
+    // DescribeTransactions and ListTransactions show the id.
+    let mut d = DescribeTransactionsRequest::default();
+    d.transactional_ids = vec![TransactionalId(s(TXN)), TransactionalId(s("unknown"))];
+    let ResponseKind::DescribeTransactions(d) = call(
+        &b,
+        ApiKey::DescribeTransactions,
+        0,
+        RequestKind::DescribeTransactions(d),
+    )
+    .await
+    else {
+        panic!("DescribeTransactions");
+    };
+    assert_eq!(d.transaction_states[0].error_code, code::NONE);
+    assert_eq!(d.transaction_states[0].producer_id.0, pid);
+    assert_eq!(
+        d.transaction_states[1].error_code,
+        code::TRANSACTIONAL_ID_NOT_FOUND
+    );
+    let ResponseKind::ListTransactions(l) = call(
+        &b,
+        ApiKey::ListTransactions,
+        1,
+        RequestKind::ListTransactions(ListTransactionsRequest::default()),
+    )
+    .await
+    else {
+        panic!("ListTransactions");
+    };
+    assert!(l
+        .transaction_states
+        .iter()
+        .any(|t| t.transactional_id.0.as_str() == TXN));
+}
