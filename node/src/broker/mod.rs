@@ -418,6 +418,9 @@ fn raise(watched: &watch::Sender<Offset>, to: Offset) -> bool {
     })
 }
 
+/// How long after a replica failed to open or to take its role reconciliation runs again.
+const RECONCILE_RETRY: Duration = Duration::from_secs(1);
+
 /// How many threads run syncs (real disks only). A sync blocks its thread for the disk's flush,
 /// not the CPU: partitions queued together sync in parallel, and the block layer merges their
 /// flushes, instead of waiting behind each other.
@@ -564,6 +567,12 @@ pub struct Broker {
     /// Replicas assigned here that failed to open (their storage is damaged beyond what
     /// recovery cuts): as damaged ones, they keep the broker fenced.
     unopenable: Mutex<std::collections::BTreeSet<(String, i32)>>,
+    /// A replica failed to open or to take its role in the last reconciliation (a failed
+    /// I/O): reconciliation runs again after [`RECONCILE_RETRY`], since no metadata change
+    /// may come to run it (simulator seed 1612: an unopenable replica kept its broker fenced).
+    reconcile_failed: AtomicBool,
+    /// A retry of reconciliation is scheduled.
+    reconcile_retry_pending: AtomicBool,
     sync: SyncWorker,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
@@ -648,6 +657,8 @@ impl Broker {
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: Mutex::new(()),
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
+            reconcile_failed: AtomicBool::new(false),
+            reconcile_retry_pending: AtomicBool::new(false),
             sync: SyncWorker::start(sync_latency),
             groups: groups::Coordinators::new(settings_group),
             txns: txn::TxnCoordinators::new(settings_txn),
@@ -1051,6 +1062,18 @@ impl Broker {
                 self.txn_state_partition_changed(&handle, false);
             }
         }
+        if self.reconcile_failed.swap(false, Ordering::SeqCst)
+            && !self.reconcile_retry_pending.swap(true, Ordering::SeqCst)
+        {
+            let broker = self.this.clone();
+            self.spawn(async move {
+                tokio::time::sleep(RECONCILE_RETRY).await;
+                if let Some(b) = broker.upgrade() {
+                    b.reconcile_retry_pending.store(false, Ordering::SeqCst);
+                    b.reconcile_partitions();
+                }
+            });
+        }
     }
 
     /// Opens `w`'s replica unless it is open (`existing`), and gives it the role the metadata
@@ -1074,6 +1097,7 @@ impl Broker {
                 }
                 Err(e) => {
                     tracing::error!(topic = %w.topic, partition = w.index, "cannot open the replica: {e}");
+                    self.reconcile_failed.store(true, Ordering::SeqCst);
                     self.unopenable
                         .lock()
                         .expect("unopenable lock poisoned")
@@ -1113,6 +1137,7 @@ impl Broker {
             }
             Err(e) => {
                 tracing::warn!(topic = %w.topic, partition = w.index, "cannot take the role {:?}: {e}", w.partition);
+                self.reconcile_failed.store(true, Ordering::SeqCst);
                 None
             }
         }
