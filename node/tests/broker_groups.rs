@@ -384,7 +384,10 @@ async fn find_coordinator_v4_batches_keys() {
     let resp = request!(&broker, FindCoordinator, 4, r);
     // Transactions (issue 15): key type 1 finds the transaction coordinator.
     assert_eq!(
-        (resp.coordinators[0].error_code, resp.coordinators[0].node_id.0),
+        (
+            resp.coordinators[0].error_code,
+            resp.coordinators[0].node_id.0
+        ),
         (0, 1),
         "{:?}",
         resp.coordinators[0].error_message
