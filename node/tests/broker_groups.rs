@@ -384,8 +384,14 @@ async fn find_coordinator_v4_batches_keys() {
     r.key_type = 1;
     r.coordinator_keys = vec![s("txn")];
     let resp = request!(&broker, FindCoordinator, 4, r);
+    // Transactions (issue 15): key type 1 finds the transaction coordinator.
     assert_eq!(
-        resp.coordinators[0].error_code, 15,
-        "COORDINATOR_NOT_AVAILABLE"
+        (
+            resp.coordinators[0].error_code,
+            resp.coordinators[0].node_id.0
+        ),
+        (0, 1),
+        "{:?}",
+        resp.coordinators[0].error_message
     );
 }

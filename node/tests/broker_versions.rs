@@ -214,6 +214,13 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             r.transactional_id = TransactionalId(s("txn-a"));
             vec![RequestKind::EndTxn(r)]
         }
+        ApiKey::DescribeProducers => {
+            let mut r = DescribeProducersRequest::default();
+            r.topics = vec![describe_producers_request::TopicRequest::default()
+                .with_name(name("t"))
+                .with_partition_indexes(vec![0, 7])];
+            vec![RequestKind::DescribeProducers(r)]
+        }
         ApiKey::DescribeTransactions => {
             let mut r = DescribeTransactionsRequest::default();
             r.transactional_ids = vec![TransactionalId(s("txn-a")), TransactionalId(s("none"))];
@@ -529,6 +536,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         "EndTxn",
         "DescribeTransactions",
         "ListTransactions",
+        "DescribeProducers",
     ] {
         assert!(
             checked.get(api).copied().unwrap_or(0) > 0,

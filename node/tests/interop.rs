@@ -350,3 +350,21 @@ fn confluent_kafka_transactions_commit_abort_read_committed_and_fencing() {
     setup.run(&clients, "transactions.py", &[], Duration::from_secs(180));
     setup.finish("transactions");
 }
+
+/// Transactions with kafka-python 3.x (issue 15): another client's transactional API (its own
+/// versions: FindCoordinator with batched keys, AddPartitionsToTxn v3, EndTxn v3) commits,
+/// aborts, reads committed and is fenced by a second producer with the same transactional_id.
+#[test]
+fn kafka_python_transactions_commit_abort_and_fencing() {
+    let Some(clients) = clients("interop", "kafka_python_transactions", MODULES) else {
+        return;
+    };
+    let setup = Setup::new();
+    setup.run(
+        &clients,
+        "kafka_python_transactions.py",
+        &[],
+        Duration::from_secs(180),
+    );
+    setup.finish("kafka_python_transactions");
+}

@@ -201,6 +201,35 @@ async fn find_coordinator(b: &Arc<Broker>, v: i16, key_type: i8, key: &str) -> (
     }
 }
 
+/// DescribeProducers of `t`-0: (producer id, epoch, current transaction's first offset).
+async fn producers(b: &Arc<Broker>) -> Vec<(i64, i32, i64)> {
+    let mut r = DescribeProducersRequest::default();
+    r.topics = vec![describe_producers_request::TopicRequest::default()
+        .with_name(TopicName(s("t")))
+        .with_partition_indexes(vec![0])];
+    match call(
+        b,
+        ApiKey::DescribeProducers,
+        0,
+        RequestKind::DescribeProducers(r),
+    )
+    .await
+    {
+        ResponseKind::DescribeProducers(r) => r.topics[0].partitions[0]
+            .active_producers
+            .iter()
+            .map(|p| {
+                (
+                    p.producer_id.0,
+                    p.producer_epoch,
+                    p.current_txn_start_offset,
+                )
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f().await {
@@ -321,6 +350,12 @@ async fn bad_transactional_input_gets_clear_errors_and_fencing_aborts() {
         code::INVALID_PRODUCER_EPOCH
     );
     assert_eq!(latest(&b, 0).await, 2, "data, then the ABORT marker");
+    assert_eq!(
+        producers(&b).await,
+        vec![(pid, i32::from(epoch) + 1, -1)],
+        "the fencing abort (epoch + 1) closed the transaction; the new producer's epoch is \
+         one more (InitProducerId's retry bumps it again)"
+    );
     // EndTxn with the fenced epoch: PRODUCER_FENCED (v2+), INVALID_PRODUCER_EPOCH before.
     assert_eq!(
         end_txn(&b, 3, pid, epoch, true).await,

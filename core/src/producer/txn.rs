@@ -132,6 +132,11 @@ impl TxnTracker {
         self.end
     }
 
+    /// The coordinator epoch of `producer_id`'s last marker, if it has one.
+    pub fn coordinator_epoch(&self, producer_id: ProducerId) -> Option<i32> {
+        self.coordinator_epochs.get(&producer_id).copied()
+    }
+
     /// The producer epoch of `producer_id`'s last marker, if it has one.
     pub fn marker_epoch(&self, producer_id: ProducerId) -> Option<i16> {
         self.marker_epochs.get(&producer_id).copied()

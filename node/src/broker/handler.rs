@@ -126,6 +126,9 @@ impl Handler for Broker {
             RequestKind::ListTransactions(r) => Next::Ready(ResponseKind::ListTransactions(
                 self.list_transactions(ctx.api_version, r),
             )),
+            RequestKind::DescribeProducers(r) => {
+                Next::Ready(ResponseKind::DescribeProducers(self.describe_producers(r)))
+            }
             RequestKind::CreateTopics(r) => {
                 let (b, v) = (self.clone(), ctx.api_version);
                 Next::Later(Box::pin(async move {

@@ -544,6 +544,47 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// DescribeProducers (KIP-664): the producers of each partition this broker leads, with
+    /// their epoch, last sequence and timestamp, and the first offset of their open
+    /// transaction (-1: none).
+    pub(super) fn describe_producers(
+        &self,
+        r: DescribeProducersRequest,
+    ) -> DescribeProducersResponse {
+        let mut out = DescribeProducersResponse::default();
+        for topic in r.topics {
+            let mut tr = describe_producers_response::TopicResponse::default();
+            tr.name = topic.name.clone();
+            for index in topic.partition_indexes {
+                let mut pr = describe_producers_response::PartitionResponse::default();
+                pr.partition_index = index;
+                match self.leader(&topic.name.0, index) {
+                    Err(e) => pr.error_code = e,
+                    Ok(p) => p.with(|r| {
+                        let txns = r.txns();
+                        for (pid, entry) in r.producers().producers() {
+                            let mut ps = describe_producers_response::ProducerState::default();
+                            ps.producer_id = ProducerId(pid.0);
+                            // A marker (a fencing abort) may carry a newer epoch.
+                            let epoch = entry.epoch().max(txns.marker_epoch(pid).unwrap_or(-1));
+                            ps.producer_epoch = epoch.into();
+                            ps.last_sequence = entry.last_seq();
+                            ps.last_timestamp = entry.last_timestamp();
+                            ps.coordinator_epoch = txns.coordinator_epoch(pid).unwrap_or(-1);
+                            ps.current_txn_start_offset = txns.open_txn(pid).map_or(-1, |o| o.0);
+                            pr.active_producers.push(ps);
+                        }
+                    }),
+                }
+                tr.partitions.push(pr);
+            }
+            out.topics.push(tr);
+        }
+        out
+    }
+}
+
 /// Requests the transaction APIs leave in error, for the request metrics.
 pub(super) fn has_txn_error(response: &ResponseKind) -> Option<bool> {
     Some(match response {
@@ -565,6 +606,11 @@ pub(super) fn has_txn_error(response: &ResponseKind) -> Option<bool> {
             r.transaction_states.iter().any(|t| t.error_code != 0)
         }
         ResponseKind::ListTransactions(r) => r.error_code != 0,
+        ResponseKind::DescribeProducers(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.error_code != 0),
         _ => return None,
     })
 }

@@ -437,6 +437,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::EndTxn(_) => ApiKey::EndTxn,
         ResponseKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         ResponseKind::ListTransactions(_) => ApiKey::ListTransactions,
+        ResponseKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         ResponseKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         ResponseKind::AlterConfigs(_) => ApiKey::AlterConfigs,
         ResponseKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,

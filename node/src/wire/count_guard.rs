@@ -191,6 +191,7 @@ fn guarded_pass(
         EndTxn => EndTxnRequest,
         DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
+        DescribeProducers => DescribeProducersRequest,
         DescribeConfigs => DescribeConfigsRequest,
         AlterConfigs => AlterConfigsRequest,
         SaslAuthenticate => SaslAuthenticateRequest,

@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 32] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 33] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -96,6 +96,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 32] = [
     row(ApiKey::DeleteGroups, 0, 2),
     row(ApiKey::IncrementalAlterConfigs, 0, 1),
     row(ApiKey::DescribeCluster, 0, 1),
+    row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
 ];
@@ -268,7 +269,7 @@ mod tests {
         );
 
         let no_groups = SupportedApis::all().without(&GROUP_APIS);
-        assert_eq!(no_groups.rows().len(), 32 - GROUP_APIS.len());
+        assert_eq!(no_groups.rows().len(), 33 - GROUP_APIS.len());
         assert!(no_groups.get(ApiKey::JoinGroup).is_none());
         assert!(no_groups.get(ApiKey::ApiVersions).is_some());
         assert!(SupportedApis::all()
