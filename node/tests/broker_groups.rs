@@ -59,14 +59,8 @@ macro_rules! request {
 
 async fn call(broker: &Arc<Broker>, key: ApiKey, version: i16, r: RequestKind) -> ResponseKind {
     let ctx = RequestContext {
-        connection_id: 0,
-        peer: "127.0.0.1:1".parse().unwrap(),
-        listener: "PLAINTEXT".into(),
-        principal: keel_node::security::Principal::anonymous(),
-        api_key: key,
-        api_version: version,
-        correlation_id: 1,
         client_id: Some(s("test-client")),
+        ..RequestContext::local(key, version)
     };
     broker.clone().handle(ctx, r).await.unwrap().unwrap()
 }

@@ -10,19 +10,12 @@ use kafka_protocol::protocol::StrBytes;
 use keel_core::controller::Endpoint;
 use keel_node::broker::{Broker, Settings};
 use keel_node::metrics::Metrics;
-use keel_node::security::Principal;
 use keel_node::wire::{Handler, RequestContext};
 
 fn ctx(listener: &str, api_key: ApiKey, api_version: i16) -> RequestContext {
     RequestContext {
-        connection_id: 0,
-        peer: "127.0.0.1:1".parse().unwrap(),
         listener: listener.into(),
-        principal: Principal::anonymous(),
-        api_key,
-        api_version,
-        correlation_id: 1,
-        client_id: None,
+        ..RequestContext::local(api_key, api_version)
     }
 }
 

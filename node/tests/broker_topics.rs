@@ -14,16 +14,7 @@ use keel_node::metrics::Metrics;
 use keel_node::wire::{Handler, RequestContext};
 
 fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
-    RequestContext {
-        connection_id: 0,
-        peer: "127.0.0.1:1".parse().unwrap(),
-        listener: "PLAINTEXT".into(),
-        principal: keel_node::security::Principal::anonymous(),
-        api_key,
-        api_version,
-        correlation_id: 1,
-        client_id: None,
-    }
+    RequestContext::local(api_key, api_version)
 }
 
 async fn open(dir: &std::path::Path) -> Arc<Broker> {

@@ -4,7 +4,6 @@
 //! connection (seen with kcat: ListOffsets v2 with a leader epoch set).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,16 +40,7 @@ fn name(v: &str) -> TopicName {
 }
 
 fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
-    RequestContext {
-        connection_id: 0,
-        peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
-        listener: "PLAINTEXT".into(),
-        principal: keel_node::security::Principal::anonymous(),
-        api_key,
-        api_version,
-        correlation_id: 7,
-        client_id: None,
-    }
+    RequestContext::local(api_key, api_version)
 }
 
 fn batch() -> Bytes {

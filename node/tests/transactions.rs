@@ -3,7 +3,6 @@
 //! read_committed view of an aborted transaction (the last stable offset and the aborted
 //! transactions list, KIP-98).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,16 +26,7 @@ fn s(v: &str) -> StrBytes {
 }
 
 fn ctx(api_key: ApiKey, api_version: i16) -> RequestContext {
-    RequestContext {
-        connection_id: 0,
-        peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
-        listener: "PLAINTEXT".into(),
-        principal: keel_node::security::Principal::anonymous(),
-        api_key,
-        api_version,
-        correlation_id: 7,
-        client_id: None,
-    }
+    RequestContext::local(api_key, api_version)
 }
 
 async fn call(b: &Arc<Broker>, api: ApiKey, v: i16, r: RequestKind) -> ResponseKind {

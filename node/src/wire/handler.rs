@@ -33,6 +33,23 @@ pub struct RequestContext {
     pub client_id: Option<StrBytes>,
 }
 
+impl RequestContext {
+    /// A request from 127.0.0.1 on the `PLAINTEXT` listener, as `User:ANONYMOUS`, connection
+    /// 0, correlation id 1, no client id: for calling a [`Handler`] directly (tests, tools).
+    pub fn local(api_key: ApiKey, api_version: i16) -> RequestContext {
+        RequestContext {
+            connection_id: 0,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            listener: "PLAINTEXT".into(),
+            principal: Principal::anonymous(),
+            api_key,
+            api_version,
+            correlation_id: 1,
+            client_id: None,
+        }
+    }
+}
+
 /// The result of handling one request: `Ok(None)` exactly for a Produce with acks=0.
 pub type HandlerResult = Result<Option<ResponseKind>, HandlerError>;
 
