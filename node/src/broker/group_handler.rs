@@ -118,12 +118,21 @@ impl Broker {
                 )
             })?,
         };
-        let index = partition_for(key, n);
-        let leader = self.with_metadata(|m| m.partition(OFFSETS_TOPIC, index).map(|p| p.leader));
+        self.coordinator_at(OFFSETS_TOPIC, partition_for(key, n))
+    }
+
+    /// The leader of `topic`-`index`, a coordinator topic's partition, with its address (the
+    /// handler rewrites it to the request's listener): COORDINATOR_NOT_AVAILABLE without one.
+    pub(super) fn coordinator_at(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> Result<(i32, String, i32), (ErrorCode, String)> {
+        let leader = self.with_metadata(|m| m.partition(topic, index).map(|p| p.leader));
         let Some(leader) = leader.filter(|l| *l != keel_core::controller::BrokerId::NONE) else {
             return Err((
                 code::COORDINATOR_NOT_AVAILABLE,
-                format!("{OFFSETS_TOPIC}-{index} has no leader"),
+                format!("{topic}-{index} has no leader"),
             ));
         };
         self.broker_list()

@@ -64,24 +64,10 @@ impl Broker {
                 )
             })?,
         };
-        let index = txn::partition_for(transactional_id, n);
-        let leader = self.with_metadata(|m| {
-            m.partition(TRANSACTION_STATE_TOPIC, index)
-                .map(|p| p.leader)
-        });
-        let Some(leader) = leader.filter(|l| *l != keel_core::controller::BrokerId::NONE) else {
-            return Err((
-                code::COORDINATOR_NOT_AVAILABLE,
-                format!("{TRANSACTION_STATE_TOPIC}-{index} has no leader"),
-            ));
-        };
-        self.broker_list()
-            .into_iter()
-            .find(|(id, _, _)| *id == leader.0)
-            .ok_or((
-                code::COORDINATOR_NOT_AVAILABLE,
-                format!("the coordinator, broker {}, is not available", leader.0),
-            ))
+        self.coordinator_at(
+            TRANSACTION_STATE_TOPIC,
+            txn::partition_for(transactional_id, n),
+        )
     }
 
     /// Creates `__transaction_state` (an existing one is fine); its partition count.
