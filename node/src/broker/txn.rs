@@ -799,13 +799,7 @@ pub fn dispatch_txn_peer(broker: &Arc<Broker>, message: Incoming) -> Option<Inco
             let broker = broker.clone();
             tokio::spawn(async move {
                 let answer = broker.serve_markers(message.envelope.body.clone()).await;
-                if let Some(peers) = broker.cluster.peers() {
-                    let _ = peers.respond(
-                        &message,
-                        kind::WRITE_TXN_MARKERS,
-                        Bytes::from(answer.encode_to_vec()),
-                    );
-                }
+                respond(&broker, &message, &answer);
             });
             None
         }
@@ -818,28 +812,23 @@ pub fn dispatch_txn_peer(broker: &Arc<Broker>, message: Incoming) -> Option<Inco
                     }
                 }
             }
-            if let Some(peers) = broker.cluster.peers() {
-                let answer = VerifyAnswer::default();
-                let _ = peers.respond(
-                    &message,
-                    kind::TXN_PARTITIONS_ADDED,
-                    Bytes::from(answer.encode_to_vec()),
-                );
-            }
+            respond(broker, &message, &VerifyAnswer::default());
             None
         }
         kind::TXN_VERIFY => {
             let answer = broker.serve_verify(message.envelope.body.clone());
-            if let Some(peers) = broker.cluster.peers() {
-                let _ = peers.respond(
-                    &message,
-                    kind::TXN_VERIFY,
-                    Bytes::from(answer.encode_to_vec()),
-                );
-            }
+            respond(broker, &message, &answer);
             None
         }
         _ => Some(message),
+    }
+}
+
+/// Answers a transaction peer request with `answer`, under the request's kind.
+fn respond(broker: &Broker, message: &Incoming, answer: &impl prost::Message) {
+    if let Some(peers) = broker.cluster.peers() {
+        let body = Bytes::from(answer.encode_to_vec());
+        let _ = peers.respond(message, message.envelope.kind, body);
     }
 }
 
