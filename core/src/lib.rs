@@ -6,6 +6,8 @@
 //! crash model of [`storage::MemStorage`]) comes from an RNG the caller seeds. `core/clippy.toml`
 //! enforces the boundary.
 //!
+//! - [`acl`]: Kafka's ACL authoriser (`StandardAuthorizer`): bindings, filters, the decision
+//!   for a principal, host, operation and resource, super users and the no-ACL default.
 //! - [`batch`]: the Kafka record batch v2 (parse, stamp, build, records, compression), and
 //!   the control batches that carry transaction markers.
 //! - [`storage`]: the small file trait the log writes through, and an in-memory implementation
@@ -37,6 +39,7 @@
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod acl;
 pub mod batch;
 pub mod controller;
 pub mod error_code;
