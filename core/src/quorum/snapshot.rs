@@ -13,7 +13,7 @@
 //!
 //! The records, in order: every broker's registration (with its fenced flag) in broker epoch
 //! order, then every topic (name order) with its configs and its partitions (index order),
-//! then the producer-id counter (broker -1: a restore, not an allocation). Applying them to an
+//! then every ACL binding (in their order), then the producer-id counter (broker -1: a restore, not an allocation). Applying them to an
 //! empty state gives back the state exactly: [`encode_state`] checks that before it returns
 //! (and [`decode_state`] checks the CRC and that every record applies), so a snapshot that
 //! would not rebuild its state is never written.
@@ -115,6 +115,12 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
             );
         }
     }
+    records.extend(
+        state
+            .acls()
+            .iter()
+            .map(|b| crate::controller::acls::acl_record(&b)),
+    );
     records.push(
         ProducerIdsRecord {
             broker_id: -1,
