@@ -31,6 +31,8 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+mod acl_handler;
+mod authz;
 mod fetcher;
 mod group_handler;
 mod groups;
@@ -108,6 +110,9 @@ pub struct Settings {
     pub group: keel_core::group::GroupConfig,
     /// The transaction coordinator's settings (`transaction.*`).
     pub transactions: TxnSettings,
+    /// The authoriser (`authorizer.class.name` and its settings; docs/security.md); `None`:
+    /// every request is allowed.
+    pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
 }
 
 impl Settings {
@@ -131,6 +136,7 @@ impl Settings {
             offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
             group: keel_core::group::GroupConfig::default(),
             transactions: TxnSettings::default(),
+            authorizer: None,
         }
     }
 }

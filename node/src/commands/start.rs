@@ -228,6 +228,7 @@ pub fn run(args: StartArgs) -> ExitCode {
                 ..Default::default()
             },
             transactions: config.transactions.clone(),
+            authorizer: config.authorizer.clone(),
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {
