@@ -1,0 +1,119 @@
+//! ACLs with real clients against a `keel start` with the authoriser on (docs/security.md,
+//! "Authorisation"): confluent-kafka's admin client creates, describes and deletes ACLs;
+//! confluent-kafka and kafka-python 3.x producers and group consumers are refused, granted and
+//! refused again; a super user needs no ACL; prefixed ACLs; DENY over ALLOW. Driven by
+//! `node/tests/interop/acl_clients.py`; the broker's audit lines are checked here.
+//!
+//! The clients come from `.ci/clients.sh`; `KEEL_SKIP_INTEROP=1` skips these tests (see
+//! interop.rs).
+
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{clients, say, tail, BrokerLogs, Node, Script};
+
+const MODULES: &str = "confluent_kafka, kafka";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+struct Logs<'a>(&'a Node);
+
+impl BrokerLogs for Logs<'_> {
+    fn logs(&self) -> String {
+        format!("broker stderr (tail):\n{}", tail(&self.0.log, 80))
+    }
+}
+
+#[test]
+fn acls_with_real_clients() {
+    let Some(clients) = clients("acl", "acls_with_real_clients", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = format!(
+        r#"
+node.id = 1
+log.dirs = "{data}"
+listeners = "SASL_PLAINTEXT://127.0.0.1:{port}"
+"keel.metrics.listener" = ""
+sasl.enabled.mechanisms = "SCRAM-SHA-256"
+"keel.sasl.users" = "admin=admin-secret,alice=alice-secret,bob=bob-secret"
+authorizer.class.name = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+super.users = "User:admin"
+offsets.topic.num.partitions = 1
+"#,
+        data = dir.path().join("data").display(),
+    );
+    let config_path = dir.path().join("keel.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let mut node = Node::new(
+        1,
+        vec![
+            "start".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ],
+        format!("keel broker 1 ready on 127.0.0.1:{port}"),
+        dir.path().join("broker.log"),
+    );
+    node.spawn();
+    if let Err(e) = node.wait_ready(Instant::now() + Duration::from_secs(30)) {
+        panic!("{e}\n{}", Logs(&node).logs());
+    }
+    Script::spawn(&clients, "acl_clients.py", &[port.to_string()], dir.path())
+        .expect_success(Duration::from_secs(240), &Logs(&node));
+    // The audit trail: who, from where, on which listener, what, on which resource, and the
+    // rule that decided (the log's fields may carry colour codes between name and value).
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    let audit = |principal: &str, operation: &str, resource: &str| {
+        log.lines()
+            .find(|l| {
+                l.contains("keel::audit")
+                    && l.contains(principal)
+                    && l.contains(operation)
+                    && l.contains(resource)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no audit line for {principal} {operation} {resource}\n{}",
+                    Logs(&node).logs()
+                )
+            })
+            .to_string()
+    };
+    let alice = audit("User:alice", "DESCRIBE", "TOPIC:orders-");
+    for part in [
+        "denied",
+        "SASL_PLAINTEXT",
+        "127.0.0.1",
+        "no ACLs on the resource",
+    ] {
+        assert!(
+            alice.contains(part),
+            "`{part}` not in the audit line: {alice}"
+        );
+    }
+    let bob = audit("User:bob", "WRITE", "TOPIC:bob-denied-");
+    assert!(
+        bob.contains("permissionType=DENY"),
+        "the DENY rule is named: {bob}"
+    );
+    match node.stop(Duration::from_secs(20)) {
+        Some(s) if s.success() => {}
+        other => panic!(
+            "keel did not exit 0 on SIGTERM: {other:?}\n{}",
+            Logs(&node).logs()
+        ),
+    }
+    say(&format!("acl test took {:.1?}", started.elapsed()));
+}
