@@ -1,10 +1,10 @@
 //! The metadata state machine: KRaft's controller state (topics, partitions, brokers, topic
-//! configs, producer-id blocks, ACLs), replicated through the metadata quorum ([`crate::quorum`]).
+//! configs, producer-id blocks, ACLs, SCRAM credentials), replicated through the metadata quorum ([`crate::quorum`]).
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
 //! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
-//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`]) take `&self`: they validate a request against the
+//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -64,6 +64,7 @@
 pub mod acls;
 pub mod config;
 pub mod records;
+pub mod scram;
 pub mod store;
 
 #[cfg(test)]
@@ -444,6 +445,10 @@ pub enum ApplyError {
     /// that exists or removed that does not ([`acls`]).
     #[error("invalid ACL record: {0}")]
     InvalidAcl(String),
+    /// A SCRAM credential record that does not validate, or a removal of a credential that
+    /// does not exist ([`scram`]).
+    #[error("invalid SCRAM credential record: {0}")]
+    InvalidScram(String),
 }
 
 /// The controller's metadata state. See the module documentation for its invariants.
@@ -458,6 +463,8 @@ pub struct MetadataState {
     last_broker_epoch: i64,
     /// The ACL bindings ([`acls`]).
     acls: crate::acl::Acls,
+    /// The SCRAM credentials by user and mechanism code ([`scram`]).
+    scram: BTreeMap<(String, i8), scram::StoredScram>,
 }
 
 impl MetadataState {
@@ -1146,6 +1153,8 @@ impl MetadataState {
             }
             Some(Record::Acl(r)) => self.apply_acl(r, true),
             Some(Record::RemoveAcl(r)) => self.apply_acl(r, false),
+            Some(Record::ScramCredential(r)) => self.apply_scram(r),
+            Some(Record::RemoveScramCredential(r)) => self.apply_remove_scram(r),
         }
     }
 

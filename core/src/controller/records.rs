@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21")]
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23")]
     pub record: Option<Record>,
 }
 
@@ -62,6 +62,13 @@ pub enum Record {
     /// an id; keel names it by its content); apply refuses one that does not exist.
     #[prost(message, tag = "21")]
     RemoveAcl(AclRecord),
+    /// Stores (or replaces) one user's SCRAM credential for one mechanism (KRaft's
+    /// UserScramCredentialRecord, KIP-554).
+    #[prost(message, tag = "22")]
+    ScramCredential(ScramCredentialRecord),
+    /// Removes one (KRaft's RemoveUserScramCredentialRecord); apply refuses a missing one.
+    #[prost(message, tag = "23")]
+    RemoveScramCredential(RemoveScramCredentialRecord),
 }
 
 /// A new topic.
@@ -271,6 +278,40 @@ pub struct AclRecord {
     /// The permission's code (2 DENY, 3 ALLOW).
     #[prost(int32, tag = "7")]
     pub permission: i32,
+}
+
+/// A user's SCRAM credential for one mechanism: what the server keeps of a password.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ScramCredentialRecord {
+    /// The user name (not empty).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka's mechanism code: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512.
+    #[prost(int32, tag = "2")]
+    pub mechanism: i32,
+    /// The salt.
+    #[prost(bytes = "vec", tag = "3")]
+    pub salt: Vec<u8>,
+    /// `H(ClientKey)`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_key: Vec<u8>,
+    /// PBKDF2 iterations, 4096 to 16384.
+    #[prost(int32, tag = "6")]
+    pub iterations: i32,
+}
+
+/// Removes a user's SCRAM credential for one mechanism.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RemoveScramCredentialRecord {
+    /// The user name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka's mechanism code.
+    #[prost(int32, tag = "2")]
+    pub mechanism: i32,
 }
 
 /// The records of one command, stored as one frame so that they apply all or none (KRaft
