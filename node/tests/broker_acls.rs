@@ -923,6 +923,21 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
         ),
         (ApiKey::DeleteAcls, 3, RequestKind::DeleteAcls(any_filter())),
         (
+            ApiKey::AlterUserScramCredentials,
+            0,
+            RequestKind::AlterUserScramCredentials(
+                AlterUserScramCredentialsRequest::default()
+                    .with_upsertions(vec![upsertion("alice", 1, "mine", 4096)]),
+            ),
+        ),
+        (
+            ApiKey::DescribeUserScramCredentials,
+            0,
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default(),
+            ),
+        ),
+        (
             ApiKey::DescribeAcls,
             3,
             RequestKind::DescribeAcls(
@@ -981,5 +996,207 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
         before.topics().collect::<Vec<_>>()
     );
     assert!(after.acls().is_empty());
+    assert_eq!(after.scram_credentials().count(), 0);
     assert_eq!(log_end(&broker, "orders").await, 1);
+}
+
+/// `Hi(password, salt, iterations)` for SCRAM-SHA-256, as a client computes it for
+/// AlterUserScramCredentials.
+fn salted_sha256(password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations).unwrap(),
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+fn upsertion(
+    user: &str,
+    mechanism: i8,
+    password: &str,
+    iterations: i32,
+) -> alter_user_scram_credentials_request::ScramCredentialUpsertion {
+    let salt = b"0123456789abcdef".to_vec();
+    let salted = if mechanism == 1 {
+        salted_sha256(password, &salt, iterations.max(1) as u32)
+    } else {
+        let mut out = vec![0u8; 64];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA512,
+            std::num::NonZeroU32::new(iterations.max(1) as u32).unwrap(),
+            &salt,
+            password.as_bytes(),
+            &mut out,
+        );
+        out
+    };
+    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+        .with_name(s(user))
+        .with_mechanism(mechanism)
+        .with_iterations(iterations)
+        .with_salt(Bytes::from(salt))
+        .with_salted_password(Bytes::from(salted))
+}
+
+fn plain_login(users: &keel_node::security::sasl::SaslUsers, user: &str, password: &str) -> bool {
+    use keel_node::security::sasl::{Mechanism, SaslExchange};
+    let token = format!("\0{user}\0{password}");
+    SaslExchange::new(Mechanism::Plain)
+        .step(token.as_bytes(), users, "nonce")
+        .is_ok()
+}
+
+/// Reference: KIP-554, ScramControlManager (AlterUserScramCredentials), KafkaApis
+/// (DescribeUserScramCredentials; ALTER and DESCRIBE on the cluster). The credentials are
+/// metadata records: SASL authenticates with them, and they survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_credentials_are_managed_in_the_metadata_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let configured = || {
+        keel_node::security::sasl::SaslUsers::from_passwords(
+            [("admin", "admin-secret")],
+            4096,
+            || vec![7; 16],
+        )
+    };
+    {
+        let broker = open(dir.path(), authorizer()).await;
+        let users = configured();
+        users.attach_metadata(keel_node::broker::scram_lookup(&broker));
+        assert!(!plain_login(&users, "carol", "carol-1"));
+
+        // alice may not; admin (a super user) may.
+        let alter = AlterUserScramCredentialsRequest::default()
+            .with_upsertions(vec![upsertion("carol", 1, "carol-1", 4096)]);
+        let resp = request!(&broker, ALICE, AlterUserScramCredentials, 0, alter.clone());
+        assert_eq!(
+            resp.results[0].error_code,
+            code::CLUSTER_AUTHORIZATION_FAILED
+        );
+        let resp = request!(
+            &broker,
+            ALICE,
+            DescribeUserScramCredentials,
+            0,
+            DescribeUserScramCredentialsRequest::default()
+        );
+        assert_eq!(resp.error_code, code::CLUSTER_AUTHORIZATION_FAILED);
+        let resp = request!(&broker, ADMIN, AlterUserScramCredentials, 0, alter);
+        assert_eq!(
+            (resp.results[0].user.as_str(), resp.results[0].error_code),
+            ("carol", 0)
+        );
+        assert!(
+            plain_login(&users, "carol", "carol-1"),
+            "PLAIN checks the stored credential"
+        );
+        assert!(!plain_login(&users, "carol", "wrong"));
+        assert!(
+            plain_login(&users, "admin", "admin-secret"),
+            "configured users still log in"
+        );
+
+        // Kafka's refusals, one result per user.
+        let resp = request!(
+            &broker,
+            ADMIN,
+            AlterUserScramCredentials,
+            0,
+            AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(s("ghost"))
+                        .with_mechanism(1)
+                ])
+                .with_upsertions(vec![
+                    upsertion("dave", 1, "x", 100),
+                    upsertion("erin", 1, "x", 4096),
+                    upsertion("erin", 2, "x", 4096),
+                    upsertion("frank", 9, "x", 4096),
+                ])
+        );
+        let got: Vec<(String, i16)> = resp
+            .results
+            .iter()
+            .map(|r| (r.user.to_string(), r.error_code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ghost".to_string(), code::RESOURCE_NOT_FOUND),
+                ("dave".to_string(), code::UNACCEPTABLE_CREDENTIAL),
+                ("erin".to_string(), code::DUPLICATE_RESOURCE),
+                ("frank".to_string(), code::UNSUPPORTED_SASL_MECHANISM),
+            ]
+        );
+
+        // A second mechanism, then describe: mechanisms and iterations only.
+        let resp = request!(
+            &broker,
+            ADMIN,
+            AlterUserScramCredentials,
+            0,
+            AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![upsertion("carol", 2, "carol-1", 8192)])
+        );
+        assert_eq!(resp.results[0].error_code, 0);
+        let describe = DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+            describe_user_scram_credentials_request::UserName::default().with_name(s("carol")),
+            describe_user_scram_credentials_request::UserName::default().with_name(s("nobody")),
+        ]));
+        let resp = request!(&broker, ADMIN, DescribeUserScramCredentials, 0, describe);
+        assert_eq!(resp.results[0].error_code, 0);
+        let infos: Vec<(i8, i32)> = resp.results[0]
+            .credential_infos
+            .iter()
+            .map(|c| (c.mechanism, c.iterations))
+            .collect();
+        assert_eq!(infos, vec![(1, 4096), (2, 8192)]);
+        assert_eq!(resp.results[1].error_code, code::RESOURCE_NOT_FOUND);
+        broker.checkpoint_all();
+    }
+    // Reopened: the credentials are replayed from the metadata log.
+    let broker = open(dir.path(), authorizer()).await;
+    let users = configured();
+    users.attach_metadata(keel_node::broker::scram_lookup(&broker));
+    assert!(plain_login(&users, "carol", "carol-1"));
+    // A new password replaces the old; a deletion of both mechanisms ends the logins.
+    let resp = request!(
+        &broker,
+        ADMIN,
+        AlterUserScramCredentials,
+        0,
+        AlterUserScramCredentialsRequest::default()
+            .with_upsertions(vec![upsertion("carol", 1, "carol-2", 4096)])
+    );
+    assert_eq!(resp.results[0].error_code, 0);
+    assert!(!plain_login(&users, "carol", "carol-1"));
+    assert!(plain_login(&users, "carol", "carol-2"));
+    for mechanism in [1, 2] {
+        let resp = request!(
+            &broker,
+            ADMIN,
+            AlterUserScramCredentials,
+            0,
+            AlterUserScramCredentialsRequest::default().with_deletions(vec![
+                alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                    .with_name(s("carol"))
+                    .with_mechanism(mechanism)
+            ])
+        );
+        assert_eq!(resp.results[0].error_code, 0);
+    }
+    assert!(!plain_login(&users, "carol", "carol-2"));
+    let resp = request!(
+        &broker,
+        ADMIN,
+        DescribeUserScramCredentials,
+        0,
+        DescribeUserScramCredentialsRequest::default()
+    );
+    assert!(resp.results.is_empty());
 }

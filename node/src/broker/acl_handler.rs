@@ -40,6 +40,10 @@ pub(super) fn admin_gate(broker: &Arc<Broker>, ctx: &RequestContext, request: Re
         RequestKind::CreateAcls(r) => create_acls(broker, ctx, r),
         RequestKind::DescribeAcls(r) => describe_acls(broker, ctx, r),
         RequestKind::DeleteAcls(r) => delete_acls(broker, ctx, r),
+        RequestKind::AlterUserScramCredentials(r) => super::scram_handler::alter(broker, ctx, r),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            super::scram_handler::describe(broker, ctx, r)
+        }
         other => Gate::Pass(other, None),
     }
 }

@@ -38,6 +38,7 @@ mod group_handler;
 mod groups;
 mod handler;
 pub mod replication;
+mod scram_handler;
 mod txn;
 mod txn_handler;
 
@@ -153,6 +154,8 @@ pub use groups::{
 
 /// The Kafka APIs the broker answers: every API of the version table, the group APIs
 /// included ([`groups`]).
+pub use scram_handler::scram_lookup;
+
 pub fn served_apis() -> crate::wire::SupportedApis {
     crate::wire::SupportedApis::all()
 }

@@ -448,6 +448,8 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
         ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,
         ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,
+        ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         _ => return None,
     })
 }
