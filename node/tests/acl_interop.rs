@@ -117,3 +117,78 @@ offsets.topic.num.partitions = 1
     }
     say(&format!("acl test took {:.1?}", started.elapsed()));
 }
+
+/// Three brokers, each with a SASL_PLAINTEXT listener and the authoriser on: SCRAM
+/// credentials created and changed through one broker's admin API (confluent-kafka and
+/// kafka-python) log in on the others, because they are metadata records every broker
+/// applies (KIP-554). Driven by `node/tests/interop/scram_clients.py`.
+#[test]
+fn scram_credentials_altered_on_one_broker_log_in_on_the_others() {
+    let Some(clients) = clients("acl", "scram_credentials", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let voters: Vec<String> = (0..3)
+        .map(|i| format!("{}@127.0.0.1:{}", i + 1, peers[i]))
+        .collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let id = i as u32 + 1;
+            let overrides = [
+                format!("controller.quorum.voters={}", voters.join(",")),
+                "keel.metrics.listener=".into(),
+                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512".into(),
+                "keel.sasl.users=admin=admin-secret".into(),
+                "authorizer.class.name=acl".into(),
+                "super.users=User:admin".into(),
+            ];
+            let mut args: Vec<String> = vec![
+                "start".into(),
+                "--node-id".into(),
+                id.to_string(),
+                "--listeners".into(),
+                format!("SASL_PLAINTEXT://127.0.0.1:{}", ports[i]),
+                "--data-dir".into(),
+                dir.path()
+                    .join(format!("broker-{id}"))
+                    .display()
+                    .to_string(),
+            ];
+            for o in overrides {
+                args.push("--override".into());
+                args.push(o);
+            }
+            Node::new(
+                id,
+                args,
+                format!("keel broker {id} ready on "),
+                dir.path().join(format!("broker-{id}.log")),
+            )
+        })
+        .collect();
+    for node in &mut nodes {
+        node.spawn();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for node in &mut nodes {
+        if let Err(e) = node.wait_ready(deadline) {
+            panic!("{e}\n{}", Logs(node).logs());
+        }
+    }
+    let args: Vec<String> = ports.iter().map(u16::to_string).collect();
+    Script::spawn(&clients, "scram_clients.py", &args, dir.path())
+        .expect_success(Duration::from_secs(240), &Logs(&nodes[1]));
+    for node in &mut nodes {
+        match node.stop(Duration::from_secs(30)) {
+            Some(s) if s.success() => {}
+            other => panic!(
+                "keel did not exit 0 on SIGTERM: {other:?}\n{}",
+                Logs(node).logs()
+            ),
+        }
+    }
+    say(&format!("scram test took {:.1?}", started.elapsed()));
+}
