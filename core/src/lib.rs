@@ -20,8 +20,8 @@
 //! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
 //!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
-//!   producer-id blocks), its prost records, and a single-node store of them the broker no
-//!   longer uses (the quorum's raft log holds them).
+//!   producer-id blocks, ACLs, SCRAM credentials), its prost records, and a single-node store
+//!   of them the broker no longer uses (the quorum's raft log holds them).
 //! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
 //!   offsets), its `__consumer_offsets` records and its rebuild from them.
 //! - [`txn`]: the transaction coordinator (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn,

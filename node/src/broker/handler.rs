@@ -1,4 +1,5 @@
-//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`].
+//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`]. Every request is
+//! authorised first (`broker::authz`); only what it lets through reaches `dispatch`.
 //!
 //! Per the wire layer's contract, work whose order matters (appending a Produce's batches)
 //! happens in the synchronous part of `handle`; waiting (acks=all, fetch long polling) happens
