@@ -121,7 +121,8 @@ offsets.topic.num.partitions = 1
 /// Three brokers, each with a SASL_PLAINTEXT listener and the authoriser on: SCRAM
 /// credentials created and changed through one broker's admin API (confluent-kafka and
 /// kafka-python) log in on the others, because they are metadata records every broker
-/// applies (KIP-554). Driven by `node/tests/interop/scram_clients.py`.
+/// applies (KIP-554); after the controller stops they are still there and the new controller
+/// commits more. Driven by `node/tests/interop/scram_clients.py`.
 #[test]
 fn scram_credentials_altered_on_one_broker_log_in_on_the_others() {
     let Some(clients) = clients("acl", "scram_credentials", MODULES) else {
@@ -179,9 +180,33 @@ fn scram_credentials_altered_on_one_broker_log_in_on_the_others() {
         }
     }
     let args: Vec<String> = ports.iter().map(u16::to_string).collect();
-    Script::spawn(&clients, "scram_clients.py", &args, dir.path())
+    let out = Script::spawn(&clients, "scram_clients.py", &args, dir.path())
         .expect_success(Duration::from_secs(240), &Logs(&nodes[1]));
-    for node in &mut nodes {
+    // Stop the controller: the credentials must outlive it, and the new controller commit more.
+    let controller: usize = out
+        .lines()
+        .find_map(|l| l.split("CONTROLLER ").nth(1))
+        .and_then(|id| id.trim().parse().ok())
+        .filter(|id| (1..=3).contains(id))
+        .unwrap_or_else(|| panic!("no CONTROLLER line in\n{out}"));
+    match nodes[controller - 1].stop(Duration::from_secs(30)) {
+        Some(s) if s.success() => {}
+        other => panic!("controller did not exit 0: {other:?}"),
+    }
+    let left: Vec<String> = std::iter::once("failover".to_string())
+        .chain(
+            (0..3)
+                .filter(|i| *i != controller - 1)
+                .map(|i| ports[i].to_string()),
+        )
+        .collect();
+    let survivor = if controller == 1 { 1 } else { 0 };
+    Script::spawn(&clients, "scram_clients.py", &left, dir.path())
+        .expect_success(Duration::from_secs(240), &Logs(&nodes[survivor]));
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i == controller - 1 {
+            continue;
+        }
         match node.stop(Duration::from_secs(30)) {
             Some(s) if s.success() => {}
             other => panic!(

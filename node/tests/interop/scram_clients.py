@@ -1,6 +1,7 @@
 """SCRAM credentials managed through the metadata log (KIP-554; docs/security.md).
 
 usage: scram_clients.py PORT1 PORT2 PORT3
+       scram_clients.py failover PORT_A PORT_B
 
 Three brokers, each with a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) on
 its port; the configured user admin (password admin-secret) is a super user.
@@ -12,7 +13,12 @@ its port; the configured user admin (password admin-secret) is a super user.
 3. kafka-python's admin client, on broker 3, changes carol's SCRAM-SHA-512 password: the old
    one is refused and the new one accepted on broker 2.
 4. carol's SCRAM-SHA-512 credential is deleted: SCRAM-SHA-512 logins fail, describe shows
-   only SCRAM-SHA-256; admin's configured password still works.
+   only SCRAM-SHA-256; admin's configured password still works. The last line names the
+   controller (`CONTROLLER id`), which the harness then stops.
+
+With `failover`, on the two brokers left after the controller stopped: carol's credentials are
+still there (SCRAM-SHA-256 logs in, SCRAM-SHA-512 does not), and a new SCRAM-SHA-512
+credential committed by the new controller logs in on both.
 """
 
 import sys
@@ -29,7 +35,8 @@ from confluent_kafka.admin import (
 
 from interop_common import check, check_eq, fail, log
 
-ports = [int(p) for p in sys.argv[1:4]]
+failover = sys.argv[1] == "failover"
+ports = [int(p) for p in sys.argv[2:4]] if failover else [int(p) for p in sys.argv[1:4]]
 
 
 def conf(port, user, password, mechanism):
@@ -66,6 +73,27 @@ def wait_login(port, user, password, mechanism, want, what):
 
 
 admin1 = AdminClient(conf(ports[0], "admin", "admin-secret", "SCRAM-SHA-256"))
+
+if failover:
+    for port in ports:
+        wait_login(port, "carol", "carol-1", "SCRAM-SHA-256", True, "carol's SHA-256 after failover")
+        check(not logs_in(port, "carol", "carol-2", "SCRAM-SHA-512"), "the deleted SHA-512 credential")
+    deadline = time.monotonic() + 30
+    while True:
+        result = admin1.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"carol-3")])
+        try:
+            result["carol"].result(timeout=30)
+            break
+        except KafkaException as e:
+            if time.monotonic() > deadline:
+                fail(f"alter after failover: {e}")
+            time.sleep(1)
+    for port in ports:
+        wait_login(port, "carol", "carol-3", "SCRAM-SHA-512", True, "carol's new SHA-512 after failover")
+    log("after the controller stopped: credentials kept, a new one committed and used")
+    log("OK")
+    sys.exit(0)
 
 # --- 1. create carol's credentials through broker 1 -----------------------------------------
 futures = admin1.alter_user_scram_credentials([
@@ -122,4 +150,6 @@ wait_login(ports[2], "carol", "carol-2", "SCRAM-SHA-512", False, "carol SCRAM-SH
 infos = admin1.describe_user_scram_credentials(["carol"])["carol"].result(timeout=30).scram_credential_infos
 check_eq([i.mechanism for i in infos], [ScramMechanism.SCRAM_SHA_256], "carol's mechanisms left")
 check(logs_in(ports[1], "admin", "admin-secret", "SCRAM-SHA-512"), "admin's configured password")
+controller = admin1.list_topics(timeout=10).controller_id
 log("OK")
+log(f"CONTROLLER {controller}")
