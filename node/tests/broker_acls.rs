@@ -687,7 +687,9 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
         (
             ApiKey::InitProducerId,
             4,
-            RequestKind::InitProducerId(InitProducerIdRequest::default()),
+            RequestKind::InitProducerId(
+                InitProducerIdRequest::default().with_transactional_id(None),
+            ),
         ),
         (
             ApiKey::InitProducerId,
@@ -1199,4 +1201,54 @@ async fn scram_credentials_are_managed_in_the_metadata_log() {
         DescribeUserScramCredentialsRequest::default()
     );
     assert!(resp.results.is_empty());
+}
+
+/// Reference: KafkaApis.handleProduceRequest (transactional batches need WRITE on the
+/// transactional id, else the whole request gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+/// InitProducerId (WRITE on the transactional id; without one IDEMPOTENT_WRITE on the cluster
+/// or WRITE on some topic, KIP-679).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_and_idempotent_producers_need_their_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path(), authorizer()).await;
+    create_topic(&broker, "orders").await;
+    create_acls(
+        &broker,
+        vec![acl(
+            ResourceType::Topic,
+            "orders",
+            LITERAL,
+            "User:alice",
+            Operation::Write,
+            ALLOW,
+        )],
+    )
+    .await;
+    // A transactional batch (attribute bit 4) from a producer without WRITE on its id.
+    let mut r = produce_request("orders");
+    let records = r.topic_data[0].partition_data[0].records.take().unwrap();
+    let mut bytes = records.to_vec();
+    bytes[22] |= 0x10;
+    r.topic_data[0].partition_data[0].records = Some(Bytes::from(bytes));
+    r.transactional_id = Some(TransactionalId(s("tx")));
+    let resp = request!(&broker, ALICE, Produce, 9, r);
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    );
+    assert_eq!(log_end(&broker, "orders").await, 0);
+
+    // Idempotent: WRITE on a topic is enough (KIP-679); bob has nothing.
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(-1);
+    let resp = request!(&broker, ALICE, InitProducerId, 4, init.clone());
+    assert_eq!(resp.error_code, 0);
+    let resp = request!(&broker, "bob", InitProducerId, 4, init);
+    assert_eq!(resp.error_code, code::CLUSTER_AUTHORIZATION_FAILED);
+    let txn = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s("tx"))))
+        .with_transaction_timeout_ms(10_000);
+    let resp = request!(&broker, ALICE, InitProducerId, 4, txn);
+    assert_eq!(resp.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
 }

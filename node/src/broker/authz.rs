@@ -31,7 +31,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use keel_core::acl::{AuthorizerConfig, Operation, ResourceType, CLUSTER_NAME};
-use keel_core::batch::Batch;
+use keel_core::batch::BatchHeader;
 use keel_core::controller::MetadataState;
 use keel_core::error_code::{self as code, ErrorCode};
 
@@ -531,7 +531,8 @@ fn cluster_operations(c: &Check<'_>) -> i32 {
 // ------------------------------------------------------------------------------------------
 // Per API (KafkaApis).
 
-/// Produce: WRITE on each topic; transactional batches also WRITE on the transactional id,
+/// Produce: WRITE on each topic; transactional batches (the header's attribute, read without
+/// the CRC check the append does) also WRITE on the transactional id,
 /// whose denial refuses the whole request (`handleProduceRequest`). With acks=0 a denial
 /// closes the connection after the allowed partitions were appended, as Kafka does for any
 /// acks=0 error.
@@ -543,8 +544,8 @@ fn produce(c: &Check<'_>, r: ProduceRequest) -> Gate {
         .any(|p| {
             p.records
                 .as_ref()
-                .and_then(|b| Batch::parse_prefix(b).ok().flatten())
-                .is_some_and(|b| b.is_transactional())
+                .and_then(|b| BatchHeader::read(b).ok())
+                .is_some_and(|h| h.is_transactional())
         });
     let all_error = |r: &ProduceRequest, e: ErrorCode| {
         let mut resp = ProduceResponse::default();
@@ -633,7 +634,6 @@ fn fetch(c: &Check<'_>, r: FetchRequest) -> Gate {
     if denied.is_empty() {
         return Gate::Pass(RequestKind::Fetch(r), None);
     }
-    let v4 = true;
     Gate::Pass(
         RequestKind::Fetch(r.with_topics(kept)),
         finish(move |resp| {
@@ -653,7 +653,7 @@ fn fetch(c: &Check<'_>, r: FetchRequest) -> Gate {
                                             .with_high_watermark(-1)
                                             .with_last_stable_offset(-1)
                                             .with_log_start_offset(-1)
-                                            .with_aborted_transactions(v4.then(Vec::new))
+                                            .with_aborted_transactions(Some(Vec::new()))
                                             .with_records(Some(Default::default()))
                                     })
                                     .collect(),
