@@ -1,10 +1,10 @@
 //! The metadata state machine: KRaft's controller state (topics, partitions, brokers, topic
-//! configs, producer-id blocks), replicated through the metadata quorum ([`crate::quorum`]).
+//! configs, producer-id blocks, ACLs, SCRAM credentials), replicated through the metadata quorum ([`crate::quorum`]).
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
 //! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
-//! `elect_leaders`, `alter_partition`) take `&self`: they validate a request against the
+//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -50,6 +50,8 @@
 //!    partition epoch by one, and the leader epoch by one exactly when the leader changes. A
 //!    new leader comes from the ISR (unless unclean election was chosen). A fence or unfence
 //!    applies only at the broker's current epoch and only if it changes the fenced flag.
+//! 8. Every ACL binding passes `AclBinding::validate` (known codes, a name, a `Type:name`
+//!    principal, a host; `kafka-cluster` for the CLUSTER), and none is held twice.
 //!
 //! # Kafka sources
 //! `ReplicationControlManager` (topic creation and deletion, partitions, name collisions),
@@ -59,8 +61,10 @@
 
 #![warn(missing_docs)]
 
+pub mod acls;
 pub mod config;
 pub mod records;
+pub mod scram;
 pub mod store;
 
 #[cfg(test)]
@@ -437,6 +441,14 @@ pub enum ApplyError {
     /// unfenced registration; or a fence or unfence that does not fit the broker.
     #[error("invalid broker registration: {0}")]
     InvalidBroker(String),
+    /// An ACL record with an unknown code or a binding that does not validate; an ACL added
+    /// that exists or removed that does not ([`acls`]).
+    #[error("invalid ACL record: {0}")]
+    InvalidAcl(String),
+    /// A SCRAM credential record that does not validate, or a removal of a credential that
+    /// does not exist ([`scram`]).
+    #[error("invalid SCRAM credential record: {0}")]
+    InvalidScram(String),
 }
 
 /// The controller's metadata state. See the module documentation for its invariants.
@@ -449,6 +461,10 @@ pub struct MetadataState {
     next_producer_id: i64,
     /// The largest broker epoch ever registered.
     last_broker_epoch: i64,
+    /// The ACL bindings ([`acls`]).
+    acls: crate::acl::Acls,
+    /// The SCRAM credentials by user and mechanism code ([`scram`]).
+    scram: BTreeMap<(String, i8), scram::StoredScram>,
 }
 
 impl MetadataState {
@@ -1135,6 +1151,10 @@ impl MetadataState {
             Some(Record::UnfenceBroker(r)) => {
                 self.apply_fencing(r.broker_id, r.broker_epoch, false)
             }
+            Some(Record::Acl(r)) => self.apply_acl(r, true),
+            Some(Record::RemoveAcl(r)) => self.apply_acl(r, false),
+            Some(Record::ScramCredential(r)) => self.apply_scram(r),
+            Some(Record::RemoveScramCredential(r)) => self.apply_remove_scram(r),
         }
     }
 
@@ -1382,6 +1402,12 @@ impl MetadataState {
                 epochs.insert(broker.epoch),
                 "invariant 6: broker epochs are unique across brokers ({})",
                 broker.epoch
+            );
+        }
+        for binding in self.acls.iter() {
+            assert!(
+                binding.validate().is_ok(),
+                "invariant 8: every ACL binding validates: {binding}"
             );
         }
     }

@@ -73,6 +73,12 @@ error_codes! {
     INVALID_SESSION_TIMEOUT = 26;
     /// The group is rebalancing: rejoin.
     REBALANCE_IN_PROGRESS = 27;
+    /// The principal may not do this to the topic (ACLs, docs/security.md).
+    TOPIC_AUTHORIZATION_FAILED = 29;
+    /// The principal may not do this to the group.
+    GROUP_AUTHORIZATION_FAILED = 30;
+    /// The principal may not do this to the cluster.
+    CLUSTER_AUTHORIZATION_FAILED = 31;
     /// A SASL mechanism this broker does not offer.
     UNSUPPORTED_SASL_MECHANISM = 33;
     /// CreateTopics: a topic of that name exists.
@@ -105,12 +111,16 @@ error_codes! {
     CONCURRENT_TRANSACTIONS = 51;
     /// A transaction marker from a coordinator older than the partition has seen.
     TRANSACTION_COORDINATOR_FENCED = 52;
-    /// Transactions are not supported: keel refuses transactional ids with this.
+    /// The principal may not use the transactional id.
     TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53;
+    /// The ACL APIs without an authoriser (`authorizer.class.name` not set).
+    SECURITY_DISABLED = 54;
     /// Another part of the same request failed, so this part was not attempted.
     OPERATION_NOT_ATTEMPTED = 55;
     /// A disk error on the broker.
     KAFKA_STORAGE_ERROR = 56;
+    /// SASL authentication failed (a wrong password, an unknown user, a malformed exchange).
+    SASL_AUTHENTICATION_FAILED = 58;
     /// The partition no longer knows the producer id (its state expired or was removed).
     UNKNOWN_PRODUCER_ID = 59;
     /// DeleteGroups on a group that still has members.
@@ -138,6 +148,13 @@ error_codes! {
     INVALID_RECORD = 87;
     /// A newer producer with the same transactional id exists: this one is fenced.
     PRODUCER_FENCED = 90;
+    /// DescribeUserScramCredentials: the user has no SCRAM credential; AlterUserScram-
+    /// Credentials: a deletion of a credential that does not exist.
+    RESOURCE_NOT_FOUND = 91;
+    /// A user named twice in one DescribeUserScramCredentials or AlterUserScramCredentials.
+    DUPLICATE_RESOURCE = 92;
+    /// A SCRAM credential the broker will not store (iterations out of range, an empty user).
+    UNACCEPTABLE_CREDENTIAL = 93;
     /// AlterPartition: the partition epoch is not the current one.
     INVALID_UPDATE_VERSION = 95;
     /// No topic has this id.

@@ -173,6 +173,20 @@ pub const SSL_CLIENT_AUTH: &str = "ssl.client.auth";
 /// `ssl.enabled.protocols`: TLS versions offered, among `TLSv1.2` and `TLSv1.3` (LIST).
 pub const SSL_ENABLED_PROTOCOLS: &str = "ssl.enabled.protocols";
 
+/// `authorizer.class.name`: the authoriser; empty (the default): none, everything is allowed
+/// (STRING: Kafka's StandardAuthorizer class name, or keel's short name `acl`).
+pub const AUTHORIZER_CLASS_NAME: &str = "authorizer.class.name";
+/// `super.users`: principals allowed everything, `User:alice;User:bob` (STRING).
+pub const SUPER_USERS: &str = "super.users";
+/// `allow.everyone.if.no.acl.found`: a resource without ACLs is open to all (BOOLEAN).
+pub const ALLOW_EVERYONE_IF_NO_ACL_FOUND: &str = "allow.everyone.if.no.acl.found";
+/// The values of `authorizer.class.name` that turn the authoriser on: Kafka's KRaft authoriser
+/// class, and keel's short name for it.
+pub const AUTHORIZER_NAMES: [&str; 2] = [
+    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "acl",
+];
+
 const MS_PER_MINUTE: i64 = 60 * 1000;
 const MS_PER_HOUR: i64 = 60 * MS_PER_MINUTE;
 
@@ -261,6 +275,19 @@ pub const SETTINGS: &[Setting] = &[
         doc: "listeners clients are told to use; not set or empty: `listeners`, with an empty, \
               0.0.0.0 or :: host replaced by 127.0.0.1 (a port 0 is kept: the broker \
               advertises the port it bound)",
+    },
+    Setting {
+        name: ALLOW_EVERYONE_IF_NO_ACL_FOUND,
+        setting_type: SettingType::Bool,
+        default: Some("false"),
+        doc: "with the authoriser on, a resource that has no ACL at all is open to everyone",
+    },
+    Setting {
+        name: AUTHORIZER_CLASS_NAME,
+        setting_type: SettingType::String,
+        default: Some(""),
+        doc: "the authoriser: org.apache.kafka.metadata.authorizer.StandardAuthorizer or acl \
+              (ACLs in the metadata log); empty: none, every request is allowed",
     },
     Setting {
         name: AUTO_CREATE_TOPICS_ENABLE,
@@ -567,6 +594,12 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: SettingType::String,
         default: Some("PEM"),
         doc: "PEM: the only truststore type keel reads",
+    },
+    Setting {
+        name: SUPER_USERS,
+        setting_type: SettingType::String,
+        default: Some(""),
+        doc: "principals the authoriser allows everything, separated by `;` (User:admin;User:ops)",
     },
     Setting {
         name: TRANSACTION_MAX_TIMEOUT_MS,
@@ -937,6 +970,9 @@ pub struct BrokerConfig {
     pub sasl_users: Vec<SaslUser>,
     /// The `ssl.*` settings, when a keystore is given; always there when a listener uses TLS.
     pub tls: Option<TlsSettings>,
+    /// The authoriser (`authorizer.class.name`, `super.users`,
+    /// `allow.everyone.if.no.acl.found`); `None` when `authorizer.class.name` is empty.
+    pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
 }
 
 /// One `keel.sasl.users` entry. Its password never appears in `Debug` output.
@@ -1302,6 +1338,7 @@ impl BrokerConfig {
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
             tls: security.tls,
+            authorizer: authorizer(&values)?,
         })
     }
 
@@ -1373,6 +1410,43 @@ impl BrokerConfig {
             UncleanElection::Disabled
         }
     }
+}
+
+/// The authoriser's settings: `None` without `authorizer.class.name`; each `super.users`
+/// entry must be `Type:name`.
+fn authorizer(
+    values: &Values<'_>,
+) -> Result<Option<keel_core::acl::AuthorizerConfig>, ConfigError> {
+    let name = values.string_or_default(AUTHORIZER_CLASS_NAME)?;
+    let super_users: std::collections::BTreeSet<String> = values
+        .string_or_default(SUPER_USERS)?
+        .split(';')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = super_users
+        .iter()
+        .find(|u| u.split_once(':').is_none_or(|(kind, _)| kind.is_empty()))
+    {
+        return Err(values.invalid(
+            SUPER_USERS,
+            &format!("principals as Type:name separated by `;` (`{bad}` has no type)"),
+        ));
+    }
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !AUTHORIZER_NAMES.contains(&name.as_str()) {
+        return Err(values.invalid(
+            AUTHORIZER_CLASS_NAME,
+            &format!("empty, or one of {}", AUTHORIZER_NAMES.join(", ")),
+        ));
+    }
+    Ok(Some(keel_core::acl::AuthorizerConfig {
+        super_users,
+        allow_if_no_acl: values.bool_or_default(ALLOW_EVERYONE_IF_NO_ACL_FOUND)?,
+    }))
 }
 
 /// The security settings, checked together.

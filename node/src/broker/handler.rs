@@ -1,4 +1,5 @@
-//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`].
+//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`]. Every request is
+//! authorised first (`broker::authz`); only what it lets through reaches `dispatch`.
 //!
 //! Per the wire layer's contract, work whose order matters (appending a Produce's batches)
 //! happens in the synchronous part of `handle`; waiting (acks=all, fetch long polling) happens
@@ -44,6 +45,7 @@ use keel_core::log::LogError;
 use keel_core::partition::{compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
+use super::authz::Gate;
 use super::{wall_ms, Broker, PartitionHandle};
 use crate::metrics::Outcome;
 use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
@@ -69,6 +71,44 @@ fn uuid(id: CoreTopicId) -> uuid::Uuid {
 
 impl Handler for Broker {
     fn handle(
+        self: Arc<Self>,
+        ctx: RequestContext,
+        request: RequestKind,
+    ) -> impl Future<Output = HandlerResult> + Send + 'static {
+        // Authorisation first (broker::authz): what it denies never reaches `dispatch`.
+        let started = std::time::Instant::now();
+        let (api, broker) = (ctx.api_key, self.clone());
+        let (inner, finish, answered): (
+            std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>>,
+            _,
+            _,
+        ) = match self.gate(&ctx, request) {
+            Gate::Pass(request, finish) => (Box::pin(self.dispatch(ctx, request)), finish, false),
+            Gate::Answer(result) => (Box::pin(std::future::ready(result)), None, true),
+            Gate::Later(future) => (future, None, true),
+        };
+        async move {
+            let result = inner.await;
+            if answered {
+                let outcome = match &result {
+                    Ok(Some(r)) if !has_error(r) => Outcome::Ok,
+                    _ => Outcome::Error,
+                };
+                broker
+                    .metrics()
+                    .record_request(api, started.elapsed(), outcome);
+            }
+            match finish {
+                Some(finish) => finish(result),
+                None => result,
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Handles an authorised request.
+    fn dispatch(
         self: Arc<Self>,
         ctx: RequestContext,
         request: RequestKind,

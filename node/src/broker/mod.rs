@@ -31,11 +31,14 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+mod acl_handler;
+mod authz;
 mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
 pub mod replication;
+mod scram_handler;
 mod txn;
 mod txn_handler;
 
@@ -108,6 +111,9 @@ pub struct Settings {
     pub group: keel_core::group::GroupConfig,
     /// The transaction coordinator's settings (`transaction.*`).
     pub transactions: TxnSettings,
+    /// The authoriser (`authorizer.class.name` and its settings; docs/security.md); `None`:
+    /// every request is allowed.
+    pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
 }
 
 impl Settings {
@@ -131,6 +137,7 @@ impl Settings {
             offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
             group: keel_core::group::GroupConfig::default(),
             transactions: TxnSettings::default(),
+            authorizer: None,
         }
     }
 }
@@ -147,6 +154,8 @@ pub use groups::{
 
 /// The Kafka APIs the broker answers: every API of the version table, the group APIs
 /// included ([`groups`]).
+pub use scram_handler::scram_lookup;
+
 pub fn served_apis() -> crate::wire::SupportedApis {
     crate::wire::SupportedApis::all()
 }

@@ -228,6 +228,7 @@ pub fn run(args: StartArgs) -> ExitCode {
                 ..Default::default()
             },
             transactions: config.transactions.clone(),
+            authorizer: config.authorizer.clone(),
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {
@@ -257,6 +258,11 @@ pub fn run(args: StartArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // SASL checks the SCRAM credentials of the metadata log too (KIP-554).
+        if let Some(sasl) = bound.iter().find_map(|(.., security)| security.sasl()) {
+            sasl.users
+                .attach_metadata(crate::broker::scram_lookup(&broker));
+        }
         let apis = crate::broker::served_apis();
         let wire_config = WireConfig {
             socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,

@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 33] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 38] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -89,12 +89,17 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 33] = [
     row(ApiKey::AddPartitionsToTxn, 0, 4),
     row(ApiKey::AddOffsetsToTxn, 0, 4),
     row(ApiKey::EndTxn, 0, 4),
+    row(ApiKey::DescribeAcls, 1, 3),
+    row(ApiKey::CreateAcls, 1, 3),
+    row(ApiKey::DeleteAcls, 1, 3),
     row(ApiKey::DescribeConfigs, 1, 4),
     row(ApiKey::AlterConfigs, 0, 2),
     row(ApiKey::SaslAuthenticate, 0, 2),
     row(ApiKey::CreatePartitions, 0, 3),
     row(ApiKey::DeleteGroups, 0, 2),
     row(ApiKey::IncrementalAlterConfigs, 0, 1),
+    row(ApiKey::DescribeUserScramCredentials, 0, 0),
+    row(ApiKey::AlterUserScramCredentials, 0, 0),
     row(ApiKey::DescribeCluster, 0, 1),
     row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
@@ -269,7 +274,10 @@ mod tests {
         );
 
         let no_groups = SupportedApis::all().without(&GROUP_APIS);
-        assert_eq!(no_groups.rows().len(), 33 - GROUP_APIS.len());
+        assert_eq!(
+            no_groups.rows().len(),
+            API_SUPPORT_TABLE.len() - GROUP_APIS.len()
+        );
         assert!(no_groups.get(ApiKey::JoinGroup).is_none());
         assert!(no_groups.get(ApiKey::ApiVersions).is_some());
         assert!(SupportedApis::all()
