@@ -65,6 +65,9 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 
+/// The first Fetch version that names topics by id instead of by name (KIP-516).
+const FETCH_TOPIC_IDS_VERSION: i16 = 13;
+
 fn uuid(id: CoreTopicId) -> uuid::Uuid {
     uuid::Uuid::from_bytes(id.0)
 }
@@ -75,7 +78,10 @@ impl Handler for Broker {
         ctx: RequestContext,
         request: RequestKind,
     ) -> impl Future<Output = HandlerResult> + Send + 'static {
-        // Authorisation first (broker::authz): what it denies never reaches `dispatch`.
+        // Topic ids named in place of names (Fetch v13+) are resolved first, so that
+        // authorisation and the handlers see names; then authorisation (broker::authz): what it
+        // denies never reaches `dispatch`.
+        let request = self.resolve_topic_ids(&ctx, request);
         let started = std::time::Instant::now();
         let (api, broker) = (ctx.api_key, self.clone());
         let (inner, finish, answered): (
@@ -555,6 +561,26 @@ impl Broker {
         }
     }
 
+    /// Fetch v13+ names topics by id only (KIP-516): fills in the name of every id this
+    /// broker's metadata knows. An unknown id keeps an empty name, which [`Broker::fetch`]
+    /// answers with UNKNOWN_TOPIC_ID, as Kafka does.
+    fn resolve_topic_ids(&self, ctx: &RequestContext, request: RequestKind) -> RequestKind {
+        match request {
+            RequestKind::Fetch(mut r) if ctx.api_version >= FETCH_TOPIC_IDS_VERSION => {
+                self.with_metadata(|m| {
+                    for t in &mut r.topics {
+                        let id = CoreTopicId(*t.topic_id.as_bytes());
+                        t.topic = m
+                            .topic_by_id(id)
+                            .map_or_else(|| topic_name(""), |topic| topic_name(&topic.name));
+                    }
+                });
+                RequestKind::Fetch(r)
+            }
+            other => other,
+        }
+    }
+
     fn fetch_once(
         &self,
         version: i16,
@@ -580,7 +606,12 @@ impl Broker {
                 if version >= 4 {
                     pd.aborted_transactions = Some(Vec::new());
                 }
-                match self.leader(&name, fp.partition) {
+                let leader = if version >= FETCH_TOPIC_IDS_VERSION && name.is_empty() {
+                    Err(code::UNKNOWN_TOPIC_ID)
+                } else {
+                    self.leader(&name, fp.partition)
+                };
+                match leader {
                     Err(code) => pd.error_code = code,
                     Ok(p) => {
                         let max = (fp.partition_max_bytes.max(0) as usize).min(remaining);

@@ -67,7 +67,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 38] = [
         max_advertised: 9,
         min_implemented: 3,
     },
-    row(ApiKey::Fetch, 4, 12),
+    row(ApiKey::Fetch, 4, 17),
     row(ApiKey::ListOffsets, 1, 7),
     row(ApiKey::Metadata, 0, 12),
     row(ApiKey::OffsetCommit, 2, 8),
