@@ -148,6 +148,13 @@ pub const CONNECTION_FAILED_AUTHENTICATION_DELAY_MS: &str =
 /// `connections.max.reauth.ms`: the lifetime of a SASL session, within which clients
 /// re-authenticate (KIP-368; LONG, >= 0; 0: sessions never expire).
 pub const CONNECTIONS_MAX_REAUTH_MS: &str = "connections.max.reauth.ms";
+/// `connections.max.idle.ms`: a connection that completes no request for this long, with none
+/// in flight, is closed (LONG, >= 0; 0: never).
+pub const CONNECTIONS_MAX_IDLE_MS: &str = "connections.max.idle.ms";
+/// `max.connections`: connections the broker holds at once, all listeners together (INT, >= 1).
+pub const MAX_CONNECTIONS: &str = "max.connections";
+/// `max.connections.per.ip`: connections one client address may hold at once (INT, >= 1).
+pub const MAX_CONNECTIONS_PER_IP: &str = "max.connections.per.ip";
 /// `sasl.enabled.mechanisms`: the SASL mechanisms SASL listeners offer (LIST).
 pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
 /// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
@@ -312,6 +319,26 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_NON_NEGATIVE,
         default: Some("100"),
         doc: "how long a failed SASL authentication waits before its answer and the close",
+    },
+    Setting {
+        name: CONNECTIONS_MAX_IDLE_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("600000"),
+        doc: "a connection that completes no request for this long, with none in flight, is \
+              closed (a quiet client, or one that sends a frame a byte at a time); 0: never",
+    },
+    Setting {
+        name: MAX_CONNECTIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections the broker holds at once, all listeners together; at the limit it \
+              accepts no more until one closes",
+    },
+    Setting {
+        name: MAX_CONNECTIONS_PER_IP,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections one client address may hold at once; a further one is closed at once",
     },
     Setting {
         name: CONNECTIONS_MAX_REAUTH_MS,
@@ -963,6 +990,12 @@ pub struct BrokerConfig {
     pub failed_authentication_delay_ms: i64,
     /// `connections.max.reauth.ms`; 0: SASL sessions never expire.
     pub connections_max_reauth_ms: i64,
+    /// `connections.max.idle.ms`; 0: connections are never closed for idling.
+    pub connections_max_idle_ms: i64,
+    /// `max.connections`.
+    pub max_connections: i32,
+    /// `max.connections.per.ip`.
+    pub max_connections_per_ip: i32,
     /// `sasl.enabled.mechanisms`, in the order given, without repeats; not empty when a
     /// listener uses SASL.
     pub sasl_enabled_mechanisms: Vec<Mechanism>,
@@ -1335,6 +1368,9 @@ impl BrokerConfig {
                 values.int_or_default(CONNECTION_FAILED_AUTHENTICATION_DELAY_MS)?,
             ),
             connections_max_reauth_ms: values.long_or_default(CONNECTIONS_MAX_REAUTH_MS)?,
+            connections_max_idle_ms: values.long_or_default(CONNECTIONS_MAX_IDLE_MS)?,
+            max_connections: values.int_or_default(MAX_CONNECTIONS)?,
+            max_connections_per_ip: values.int_or_default(MAX_CONNECTIONS_PER_IP)?,
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
             tls: security.tls,

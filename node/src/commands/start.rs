@@ -14,7 +14,7 @@ use crate::config::{parse_override, BrokerConfig};
 use crate::metrics::Metrics;
 use crate::security::sasl::{SaslConfig, SaslUsers};
 use crate::security::{scram, tls, ListenerSecurity, SecurityProtocol};
-use crate::wire::{WireConfig, WireServer};
+use crate::wire::{ConnectionLimits, WireConfig, WireServer};
 use keel_core::controller::Endpoint;
 
 #[derive(clap::Args, Clone, Default)]
@@ -271,6 +271,13 @@ pub fn run(args: StartArgs) -> ExitCode {
             ),
             connections_max_reauth: (config.connections_max_reauth_ms > 0)
                 .then(|| Duration::from_millis(config.connections_max_reauth_ms as u64)),
+            connections_max_idle: (config.connections_max_idle_ms > 0)
+                .then(|| Duration::from_millis(config.connections_max_idle_ms as u64)),
+            // One set of limits for every listener (cloned with the configuration).
+            limits: Arc::new(ConnectionLimits::new(
+                config.max_connections.max(1) as usize,
+                config.max_connections_per_ip.max(1) as usize,
+            )),
             ..WireConfig::default()
         };
         let mut serving = Vec::new();
