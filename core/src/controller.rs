@@ -509,6 +509,15 @@ impl MetadataState {
             .collect()
     }
 
+    /// How many partitions `broker` leads.
+    pub fn led_partitions(&self, broker: BrokerId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == broker)
+            .count()
+    }
+
     /// The first producer id the next block will hand out.
     pub fn next_producer_id(&self) -> ProducerId {
         ProducerId(self.next_producer_id)

@@ -161,6 +161,9 @@ struct Answer {
     /// Heartbeats: the broker's metadata is caught up.
     #[prost(bool, tag = "6")]
     is_caught_up: bool,
+    /// Heartbeats: the broker asked for a controlled shutdown and may stop now.
+    #[prost(bool, tag = "7")]
+    should_shut_down: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -173,6 +176,8 @@ struct HeartbeatMessage {
     metadata_offset: u64,
     #[prost(bool, tag = "4")]
     want_fence: bool,
+    #[prost(bool, tag = "5")]
+    want_shut_down: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -263,6 +268,7 @@ fn decode_heartbeat_reply(body: Bytes) -> Result<HeartbeatReply, ControllerError
     Ok(HeartbeatReply {
         is_fenced: answer.is_fenced,
         is_caught_up: answer.is_caught_up,
+        should_shut_down: answer.should_shut_down,
         records: Vec::new(),
     })
 }
@@ -445,6 +451,7 @@ impl Cluster {
                 broker_epoch: heartbeat.broker_epoch,
                 metadata_offset: heartbeat.metadata_offset,
                 want_fence: heartbeat.want_fence,
+                want_shut_down: heartbeat.want_shut_down,
             }
             .encode_to_vec(),
         );
@@ -621,6 +628,7 @@ impl Cluster {
                     broker_epoch: m.broker_epoch,
                     metadata_offset: m.metadata_offset,
                     want_fence: m.want_fence,
+                    want_shut_down: m.want_shut_down,
                 };
                 match self
                     .ask_driver(|reply| Request::Heartbeat { heartbeat, reply })
@@ -629,6 +637,7 @@ impl Cluster {
                     Ok(reply) => Answer {
                         is_fenced: reply.is_fenced,
                         is_caught_up: reply.is_caught_up,
+                        should_shut_down: reply.should_shut_down,
                         ..Answer::default()
                     },
                     Err(e) => error_answer(&e),
@@ -778,6 +787,12 @@ impl Driver {
                         if r.is_fenced {
                             tracing::info!(
                                 "broker {} caught up: unfencing it",
+                                heartbeat.broker_id
+                            );
+                        } else if heartbeat.want_shut_down {
+                            tracing::info!(
+                                "broker {} is shutting down: fencing it and moving its \
+                                 leaderships (controlled shutdown)",
                                 heartbeat.broker_id
                             );
                         } else {

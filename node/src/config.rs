@@ -133,6 +133,9 @@ pub const REPLICA_FETCH_MAX_BYTES: &str = "replica.fetch.max.bytes";
 pub const REPLICA_FETCH_BACKOFF_MS: &str = "replica.fetch.backoff.ms";
 /// `keel.metrics.listener`: `HOST:PORT` of the Prometheus endpoint; empty disables it.
 pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
+/// `keel.controlled.shutdown.max.wait.ms`: how long a stopping broker waits for the controller
+/// to move its leaderships away before it stops anyway (LONG, >= 0; 0: no controlled shutdown).
+pub const KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS: &str = "keel.controlled.shutdown.max.wait.ms";
 /// `keel.log.flush.checkpoint.interval.ms`: how often recovery points are checkpointed
 /// (LONG, >= 1).
 pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoint.interval.ms";
@@ -320,6 +323,14 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         doc: "the listener brokers use for each other; when set, one of `listeners` (keel's \
               broker-to-broker traffic uses the quorum addresses today: docs/security.md)",
+    },
+    Setting {
+        name: KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("30000"),
+        doc: "on SIGTERM, how long the broker waits for the controller to move every leadership \
+              off it and take it out of every ISR (controlled shutdown) before it stops anyway; \
+              0: stop at once, leaving its partitions to the session timeout",
     },
     Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
@@ -922,6 +933,8 @@ pub struct BrokerConfig {
     pub metrics_listener: Option<HostPort>,
     /// `keel.log.flush.checkpoint.interval.ms`.
     pub checkpoint_interval_ms: i64,
+    /// `keel.controlled.shutdown.max.wait.ms`.
+    pub controlled_shutdown_wait_ms_max: i64,
     /// `listener.security.protocol.map`: every name in `listeners` is a key.
     pub listener_security_protocols: BTreeMap<String, SecurityProtocol>,
     /// `inter.broker.listener.name`, upper case; one of `listeners` when set.
@@ -1293,6 +1306,8 @@ impl BrokerConfig {
             metrics_listener,
             checkpoint_interval_ms: values
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
+            controlled_shutdown_wait_ms_max: values
+                .long_or_default(KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS)?,
             listener_security_protocols: security.protocols,
             inter_broker_listener_name: security.inter_broker_listener_name,
             failed_authentication_delay_ms: i64::from(

@@ -897,6 +897,7 @@ fn sole_isr_partition_returns_to_the_restarted_broker_at_a_higher_epoch() {
         broker_epoch: epoch,
         metadata_offset: offset,
         want_fence: false,
+        want_shut_down: false,
     };
     let reply = sessions.heartbeat(0, &heartbeat(7), &state, 10).unwrap();
     assert!(reply.is_fenced && !reply.is_caught_up && reply.records.is_empty());
