@@ -216,6 +216,12 @@ impl Params {
         if rng.gen_bool(0.5) {
             params.cluster.segment_bytes = rng.gen_range(2_048..=32_768);
         }
+        // Cluster operations, last for the same reason.
+        for kind in Fault::OPERATIONS {
+            if rng.gen_bool(0.5) {
+                params.faults.insert(kind);
+            }
+        }
         params
     }
 }
@@ -308,6 +314,8 @@ pub struct Coverage {
     pub truncations: u64,
     /// Broker starts after a kill.
     pub recoveries: u64,
+    /// Controlled shutdowns that moved every leadership off their broker before it stopped.
+    pub controlled_shutdowns: u64,
     /// Damage found by recovery (a cut log).
     pub corruptions_detected: u64,
     pub disk: DiskStats,
