@@ -717,3 +717,42 @@ fn rolling_restart_with_controlled_shutdown() {
         started.elapsed()
     ));
 }
+
+/// ElectLeaders (KIP-460) through confluent-kafka's AdminClient.elect_leaders on three
+/// brokers (issue 17): ELECTION_NOT_NEEDED where the preferred replica leads or a partition
+/// has a leader, UNKNOWN_TOPIC_OR_PARTITION for a partition that does not exist; after the
+/// preferred leader of a partition was stopped with SIGTERM and restarted (its leadership
+/// moved away), a preferred election gives it back, ISR unchanged. The leader balance is off
+/// (`auto.leader.rebalance.enable=false`) so that only the requests move leadership.
+#[test]
+fn elect_leaders_through_the_admin_api() {
+    let Some(clients) = clients("cluster", "elect_leaders", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.push("auto.leader.rebalance.enable=false");
+    let mut cluster = Cluster::start(dir.path(), &overrides);
+    let args = vec![cluster.bootstrap()];
+    let mut script = Script::spawn(&clients, "cluster_elect_leaders.py", &args, dir.path());
+    let line = script.wait_for_line("STOP-NOW", Duration::from_secs(90), &cluster);
+    let broker: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("broker="))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no broker=ID in {line:?}"));
+    match cluster.node(broker).stop(Duration::from_secs(15)) {
+        Some(s) if s.success() => {}
+        other => panic!("broker {broker} on SIGTERM: {other:?}\n{}", cluster.logs()),
+    }
+    cluster.restart(broker);
+    script.send_line(&format!("RESTARTED {broker}"));
+    let out = script.expect_success(Duration::from_secs(180), &cluster);
+    cluster.stop();
+    say(&format!(
+        "cluster test elect_leaders_through_the_admin_api: {} (took {:.1?})",
+        figures(&out),
+        started.elapsed()
+    ));
+}

@@ -62,6 +62,9 @@ pub struct ClusterSpec {
     /// The brokers' `log.segment.bytes` (every topic's `segment.bytes`): small ones make logs
     /// roll, so that recovery, truncation and syncs span segments.
     pub segment_bytes: i32,
+    /// `leader.imbalance.check.interval.seconds` in ms when `auto.leader.rebalance.enable`
+    /// (with Kafka's 10%); `None`: off. Kafka's 300 s would never fire within a run.
+    pub leader_balance_interval_ms: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -75,6 +78,7 @@ impl Default for ClusterSpec {
             min_insync_replicas: 1,
             offsets_topic_partitions: 5,
             segment_bytes: 1 << 30,
+            leader_balance_interval_ms: None,
         }
     }
 }
@@ -130,6 +134,12 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         session_timeout_ms: spec.session_timeout_ms,
         heartbeat_interval_ms: spec.heartbeat_interval_ms,
         unclean: keel_core::controller::UncleanElection::Disabled,
+        leader_balance: spec.leader_balance_interval_ms.map(|ms| {
+            (
+                ms,
+                keel_core::controller::elections::LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
+            )
+        }),
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
     settings.offsets_topic_partitions = spec.offsets_topic_partitions;

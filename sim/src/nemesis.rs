@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::client::ConnectionFaults;
+use crate::client::{Client, ClientConfig, ConnectionFaults};
 use crate::disk::SimDisk;
 use crate::harness::{SimCluster, CONTROLLED_SHUTDOWN_WAIT};
 use crate::run::{Coverage, Params, Trace};
@@ -71,10 +71,13 @@ pub enum Fault {
     /// An operator's graceful restart (SIGTERM): one broker's controlled shutdown moves its
     /// leaderships away, it stops with its disk intact, and starts again a few seconds later.
     ControlledShutdown,
+    /// An operator's preferred leader election (ElectLeaders, KIP-460) for every partition of
+    /// the workload's topic, through the Kafka API.
+    PreferredElection,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::Kill,
         Fault::ClusterCrash,
         Fault::Pause,
@@ -90,11 +93,12 @@ impl Fault {
         Fault::KillAfterElection,
         Fault::LeaderBurst,
         Fault::ControlledShutdown,
+        Fault::PreferredElection,
     ];
 
     /// The cluster operations an operator performs, drawn after everything else (so each
     /// seed's earlier draws stay as they were); a kind added here goes at the end.
-    pub const OPERATIONS: [Fault; 1] = [Fault::ControlledShutdown];
+    pub const OPERATIONS: [Fault; 2] = [Fault::ControlledShutdown, Fault::PreferredElection];
 
     /// The kinds [`Params::sample`] draws first, in one pass (the ten kinds there were when
     /// that pass was last changed: adding a kind to it would change every seed's draws).
@@ -151,6 +155,7 @@ impl Fault {
             Fault::KillAfterElection => "kill-elected",
             Fault::LeaderBurst => "leader-burst",
             Fault::ControlledShutdown => "controlled-shutdown",
+            Fault::PreferredElection => "preferred-election",
         }
     }
 }
@@ -419,6 +424,22 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
                 cluster.lock().expect("cluster poisoned").restart(id);
                 coverage.recoveries += 1;
                 trace.event(format!("restart broker {id}"));
+            }
+            Fault::PreferredElection => {
+                let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
+                let mut admin = Client::new(ClientConfig::new(bootstrap));
+                let partitions: Vec<i32> = (0..params.partitions).collect();
+                match admin.elect_leaders(0, crate::run::TOPIC, &partitions).await {
+                    Ok(results) => {
+                        let elected = results.iter().filter(|(_, code)| *code == 0).count();
+                        coverage.preferred_elections += elected as u64;
+                        trace.event(format!(
+                            "preferred leader election of {}: {results:?} (partition, error code)",
+                            crate::run::TOPIC
+                        ));
+                    }
+                    Err(e) => trace.event(format!("preferred leader election: {e}")),
+                }
             }
             Fault::Disk => unreachable!("skipped above"),
         }

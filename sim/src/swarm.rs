@@ -38,6 +38,8 @@ pub struct SeedLine {
     pub segment_rolls: u64,
     /// Controlled shutdowns that handed every leadership over.
     pub controlled_shutdowns: u64,
+    /// Partitions an ElectLeaders request moved to their preferred leader.
+    pub preferred_elections: u64,
 }
 
 /// The swarm's result.
@@ -160,7 +162,7 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}",
+             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, preferred elections {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -169,6 +171,7 @@ impl fmt::Display for Summary {
             with(&|l| l.coordinator_moves > 0),
             with(&|l| l.segment_rolls > 0),
             with(&|l| l.controlled_shutdowns > 0),
+            with(&|l| l.preferred_elections > 0),
         )
     }
 }
@@ -212,6 +215,7 @@ impl SeedLine {
             read_retries: c.read_retries,
             segment_rolls: c.disk.segment_rolls,
             controlled_shutdowns: c.controlled_shutdowns,
+            preferred_elections: c.preferred_elections,
         }
     }
 
@@ -223,7 +227,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -241,6 +245,7 @@ impl SeedLine {
             self.read_retries,
             self.segment_rolls,
             self.controlled_shutdowns,
+            self.preferred_elections,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -250,8 +255,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(21, '\t').collect();
-        if f.len() != 21 {
+        let f: Vec<&str> = line.splitn(22, '\t').collect();
+        if f.len() != 22 {
             return None;
         }
         let verdict = match f[2] {
@@ -260,13 +265,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[18]
+        let faults = f[19]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[19]
+        let anomalies = f[20]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -289,9 +294,10 @@ impl SeedLine {
             read_retries: f[15].parse().ok()?,
             segment_rolls: f[16].parse().ok()?,
             controlled_shutdowns: f[17].parse().ok()?,
+            preferred_elections: f[18].parse().ok()?,
             faults,
             anomalies,
-            reason: f[20].to_string(),
+            reason: f[21].to_string(),
         })
     }
 }
@@ -393,6 +399,7 @@ impl SeedLine {
             read_retries: 0,
             segment_rolls: 0,
             controlled_shutdowns: 0,
+            preferred_elections: 0,
         }
     }
 }

@@ -35,6 +35,7 @@ mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
+mod ops_handler;
 pub mod replication;
 mod txn;
 mod txn_handler;

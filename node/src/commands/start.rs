@@ -390,6 +390,12 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
         session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
         heartbeat_interval_ms: config.broker_heartbeat_interval_ms.max(1) as u64,
         unclean: config.unclean_election(),
+        leader_balance: config.auto_leader_rebalance.then(|| {
+            (
+                config.leader_imbalance_check_interval_s.max(1) as u64 * 1000,
+                config.leader_imbalance_per_broker_percentage.clamp(0, 100) as u32,
+            )
+        }),
     })
 }
 

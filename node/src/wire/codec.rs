@@ -445,6 +445,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         ResponseKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
+        ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         _ => return None,
     })
 }

@@ -199,6 +199,7 @@ fn guarded_pass(
         DeleteGroups => DeleteGroupsRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,
+        ElectLeaders => ElectLeadersRequest,
     }
 }
 

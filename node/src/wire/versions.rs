@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 33] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 34] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -99,6 +99,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 33] = [
     row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
+    row(ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
