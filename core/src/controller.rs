@@ -888,8 +888,9 @@ impl MetadataState {
     /// it returns, leaderless until then), and every partition it led, or that has no live
     /// leader, elects the first assigned replica that is in the ISR and live (registered,
     /// unfenced, not `fenced`). Only with [`UncleanElection::Enabled`] may a partition without
-    /// a live ISR member elect a live replica outside it, which becomes the whole ISR.
-    /// The leader epoch bumps with every leader change, the partition epoch with every change
+    /// a live ISR member elect a live replica outside it, which becomes the whole ISR; a
+    /// topic's own `unclean.leader.election.enable`, when it sets one, decides for its
+    /// partitions instead. The leader epoch bumps with every leader change, the partition epoch with every change
     /// (on apply). Partitions in topic name order, then index.
     pub fn elect_leaders(&self, fenced: BrokerId, unclean: UncleanElection) -> Vec<MetadataRecord> {
         let live: BTreeSet<BrokerId> = self
@@ -1118,7 +1119,11 @@ impl MetadataState {
                         if !isr.contains(&r) {
                             isr.push(r);
                         }
-                    } else if unclean == UncleanElection::Enabled {
+                    } else if topic
+                        .config
+                        .unclean_leader_election()
+                        .map_or(unclean == UncleanElection::Enabled, |on| on)
+                    {
                         if let Some(&r) = p.replicas.iter().find(|r| live.contains(r)) {
                             leader = r;
                             isr = vec![r];

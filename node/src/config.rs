@@ -1393,6 +1393,10 @@ impl BrokerConfig {
             ),
             (topic::MESSAGE_TIMESTAMP_TYPE, timestamp_type.to_string()),
             (topic::CLEANUP_POLICY, self.cleanup_policy.clone()),
+            (
+                topic::UNCLEAN_LEADER_ELECTION_ENABLE,
+                self.unclean_leader_election.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

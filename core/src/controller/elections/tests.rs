@@ -275,3 +275,71 @@ fn leader_balance_elects_preferred_leaders_of_imbalanced_brokers() {
         "balanced: nothing to elect"
     );
 }
+
+/// `unclean.leader.election.enable` per topic (Kafka's topic config, off by default): a topic
+/// that sets it decides for its partitions whatever the broker's setting; one that does not
+/// follows the broker's. When the only ISR member is fenced, an enabled topic elects the
+/// first live replica (the whole ISR now), a disabled one stays leaderless.
+#[test]
+fn a_topics_unclean_election_setting_overrides_the_brokers() {
+    for (topic_setting, setting, elects) in [
+        (Some("true"), UncleanElection::Disabled, true),
+        (Some("false"), UncleanElection::Enabled, false),
+        (None, UncleanElection::Enabled, true),
+        (None, UncleanElection::Disabled, false),
+    ] {
+        let mut state = cluster(1);
+        let mut configs = BTreeMap::new();
+        if let Some(v) = topic_setting {
+            configs.insert("unclean.leader.election.enable".to_string(), v.to_string());
+        }
+        let records = state
+            .create_topic(
+                &NewTopic {
+                    name: "u".into(),
+                    partitions: 1,
+                    replication_factor: 3,
+                    configs,
+                    topic_id: TopicId([8; 16]),
+                },
+                &[b(0), b(1), b(2)],
+                &TopicDefaults::default(),
+            )
+            .unwrap();
+        apply_all(&mut state, &records);
+        let p = state.partition("u", 0).unwrap().clone();
+        let (leader, follower) = (p.replicas[0], p.replicas[1]);
+        let (_, records) = state
+            .alter_partition(&crate::controller::AlterPartitionRequest {
+                broker_id: leader,
+                broker_epoch: state.broker(leader).unwrap().epoch,
+                topic_id: TopicId([8; 16]),
+                partition: 0,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: vec![leader],
+            })
+            .unwrap();
+        apply_all(&mut state, &records);
+        let records = state.fence_broker(leader, setting).unwrap();
+        apply_all(&mut state, &records);
+        let after = state.partition("u", 0).unwrap();
+        if elects {
+            assert_eq!(after.leader, follower, "{topic_setting:?} {setting:?}");
+            assert_eq!(after.isr, vec![follower]);
+        } else {
+            assert_eq!(
+                after.leader,
+                BrokerId::NONE,
+                "{topic_setting:?} {setting:?}"
+            );
+            assert_eq!(after.isr, vec![leader], "the last ISR member is kept");
+        }
+    }
+    assert!(
+        crate::controller::TopicConfig::validate("unclean.leader.election.enable", "TRUE").is_ok()
+    );
+    assert!(
+        crate::controller::TopicConfig::validate("unclean.leader.election.enable", "yes").is_err()
+    );
+}
