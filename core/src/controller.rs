@@ -63,6 +63,7 @@
 
 pub mod acls;
 pub mod config;
+pub mod elections;
 pub mod records;
 pub mod scram;
 pub mod store;
@@ -74,6 +75,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use config::{ConfigEntry, ConfigError, ConfigSource, ConfigType, TopicConfig};
+pub use elections::{ElectionResult, ElectionType, LeaderBalance};
 pub use records::{Endpoint, MetadataRecord, Record};
 pub use store::{MetadataStore, OpenReport, StoreError};
 
@@ -380,6 +382,15 @@ pub enum ControllerError {
     /// INELIGIBLE_REPLICA (107).
     #[error("{0}")]
     IneligibleReplica(String),
+    /// PREFERRED_LEADER_NOT_AVAILABLE (80).
+    #[error("{0}")]
+    PreferredLeaderNotAvailable(String),
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE (83).
+    #[error("{0}")]
+    EligibleLeadersNotAvailable(String),
+    /// ELECTION_NOT_NEEDED (84).
+    #[error("{0}")]
+    ElectionNotNeeded(String),
 }
 
 impl ControllerError {
@@ -402,6 +413,9 @@ impl ControllerError {
             ControllerError::UnknownTopicId(_) => code::UNKNOWN_TOPIC_ID,
             ControllerError::BrokerIdNotRegistered(_) => code::BROKER_ID_NOT_REGISTERED,
             ControllerError::IneligibleReplica(_) => code::INELIGIBLE_REPLICA,
+            ControllerError::PreferredLeaderNotAvailable(_) => code::PREFERRED_LEADER_NOT_AVAILABLE,
+            ControllerError::EligibleLeadersNotAvailable(_) => code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+            ControllerError::ElectionNotNeeded(_) => code::ELECTION_NOT_NEEDED,
         }
     }
 }
@@ -523,6 +537,15 @@ impl MetadataState {
             .filter(|b| !b.fenced)
             .map(|b| b.id)
             .collect()
+    }
+
+    /// How many partitions `broker` leads.
+    pub fn led_partitions(&self, broker: BrokerId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == broker)
+            .count()
     }
 
     /// The first producer id the next block will hand out.
@@ -881,8 +904,9 @@ impl MetadataState {
     /// it returns, leaderless until then), and every partition it led, or that has no live
     /// leader, elects the first assigned replica that is in the ISR and live (registered,
     /// unfenced, not `fenced`). Only with [`UncleanElection::Enabled`] may a partition without
-    /// a live ISR member elect a live replica outside it, which becomes the whole ISR.
-    /// The leader epoch bumps with every leader change, the partition epoch with every change
+    /// a live ISR member elect a live replica outside it, which becomes the whole ISR; a
+    /// topic's own `unclean.leader.election.enable`, when it sets one, decides for its
+    /// partitions instead. The leader epoch bumps with every leader change, the partition epoch with every change
     /// (on apply). Partitions in topic name order, then index.
     pub fn elect_leaders(&self, fenced: BrokerId, unclean: UncleanElection) -> Vec<MetadataRecord> {
         let live: BTreeSet<BrokerId> = self
@@ -1032,6 +1056,40 @@ impl MetadataState {
         Ok((next, vec![record.into()]))
     }
 
+    /// [`alter_partition`](Self::alter_partition) with KIP-903's check: `member_epochs`, in
+    /// the order of `new_isr` (or empty when the sender knows none), are the broker epochs of
+    /// the incarnations whose fetches the leader judged; a member being added whose epoch is
+    /// known (above 0) and is not the one registered now is INELIGIBLE_REPLICA. Without it, a
+    /// proposal computed from a broker's fetches before it restarted (its log then reached
+    /// the high watermark) could be committed after the restart, when its log may lack what
+    /// was acknowledged meanwhile (simulator seed 342: the proposal waited for a controller
+    /// that was itself restarting). Members already in the ISR are not checked: keel keeps a
+    /// restarted broker in its ISRs, and a shrink must not wait for its first fetch.
+    pub fn alter_partition_with_epochs(
+        &self,
+        request: &AlterPartitionRequest,
+        member_epochs: &[i64],
+    ) -> Result<(Partition, Vec<MetadataRecord>), ControllerError> {
+        let outcome = self.alter_partition(request)?;
+        let current = self
+            .topics
+            .get(&request.topic_id)
+            .and_then(|t| t.partitions.get(usize::try_from(request.partition).ok()?));
+        for (member, &epoch) in request.new_isr.iter().zip(member_epochs) {
+            if epoch <= 0 || current.is_some_and(|p| p.isr.contains(member)) {
+                continue;
+            }
+            let registered = self.brokers.get(member).map(|b| b.epoch);
+            if registered != Some(epoch) {
+                return Err(ControllerError::IneligibleReplica(format!(
+                    "broker {member} in the new ISR was judged at broker epoch {epoch}, but is \
+                     registered at {registered:?}: it restarted since (KIP-903)"
+                )));
+            }
+        }
+        Ok(outcome)
+    }
+
     fn registered(&self, broker: BrokerId) -> Result<&Broker, ControllerError> {
         self.brokers.get(&broker).ok_or_else(|| {
             ControllerError::BrokerIdNotRegistered(format!("Broker {broker} is not registered."))
@@ -1077,7 +1135,11 @@ impl MetadataState {
                         if !isr.contains(&r) {
                             isr.push(r);
                         }
-                    } else if unclean == UncleanElection::Enabled {
+                    } else if topic
+                        .config
+                        .unclean_leader_election()
+                        .map_or(unclean == UncleanElection::Enabled, |on| on)
+                    {
                         if let Some(&r) = p.replicas.iter().find(|r| live.contains(r)) {
                             leader = r;
                             isr = vec![r];

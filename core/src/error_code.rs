@@ -142,8 +142,14 @@ error_codes! {
     STALE_BROKER_EPOCH = 77;
     /// KIP-394: join again with the member id given in this response.
     MEMBER_ID_REQUIRED = 79;
+    /// ElectLeaders (KIP-460): the preferred replica is fenced or out of the ISR.
+    PREFERRED_LEADER_NOT_AVAILABLE = 80;
     /// KIP-345: another member now holds this `group.instance.id`.
     FENCED_INSTANCE_ID = 82;
+    /// ElectLeaders (KIP-460): no replica of the partition can lead.
+    ELIGIBLE_LEADERS_NOT_AVAILABLE = 83;
+    /// ElectLeaders (KIP-460): the partition already has the leader asked for.
+    ELECTION_NOT_NEEDED = 84;
     /// A record or batch that fails validation.
     INVALID_RECORD = 87;
     /// A newer producer with the same transactional id exists: this one is fenced.

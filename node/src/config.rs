@@ -133,6 +133,18 @@ pub const REPLICA_FETCH_MAX_BYTES: &str = "replica.fetch.max.bytes";
 pub const REPLICA_FETCH_BACKOFF_MS: &str = "replica.fetch.backoff.ms";
 /// `keel.metrics.listener`: `HOST:PORT` of the Prometheus endpoint; empty disables it.
 pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
+/// `auto.leader.rebalance.enable`: the controller moves leadership back to preferred replicas
+/// (BOOLEAN).
+pub const AUTO_LEADER_REBALANCE_ENABLE: &str = "auto.leader.rebalance.enable";
+/// `leader.imbalance.check.interval.seconds`: how often the controller checks leader balance
+/// (LONG, >= 1).
+pub const LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS: &str = "leader.imbalance.check.interval.seconds";
+/// `leader.imbalance.per.broker.percentage`: the share of its preferred partitions a broker may
+/// not lead before the controller rebalances (INT, 0 to 100).
+pub const LEADER_IMBALANCE_PER_BROKER_PERCENTAGE: &str = "leader.imbalance.per.broker.percentage";
+/// `keel.controlled.shutdown.max.wait.ms`: how long a stopping broker waits for the controller
+/// to move its leaderships away before it stops anyway (LONG, >= 0; 0: no controlled shutdown).
+pub const KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS: &str = "keel.controlled.shutdown.max.wait.ms";
 /// `keel.log.flush.checkpoint.interval.ms`: how often recovery points are checkpointed
 /// (LONG, >= 1).
 pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoint.interval.ms";
@@ -303,6 +315,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "create a topic when a client first asks for it",
     },
     Setting {
+        name: AUTO_LEADER_REBALANCE_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("true"),
+        doc: "the controller moves leadership back to each partition's preferred (first) \
+              replica when a broker leads too few of the partitions it is preferred for",
+    },
+    Setting {
         name: BROKER_HEARTBEAT_INTERVAL_MS,
         setting_type: INT_POSITIVE,
         default: Some("2000"),
@@ -376,6 +395,14 @@ pub const SETTINGS: &[Setting] = &[
               broker-to-broker traffic uses the quorum addresses today: docs/security.md)",
     },
     Setting {
+        name: KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("30000"),
+        doc: "on SIGTERM, how long the broker waits for the controller to move every leadership \
+              off it and take it out of every ISR (controlled shutdown) before it stops anyway; \
+              0: stop at once, leaving its partitions to the session timeout",
+    },
+    Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
         setting_type: LONG_POSITIVE,
         default: Some("60000"),
@@ -400,6 +427,22 @@ pub const SETTINGS: &[Setting] = &[
         default: Some(""),
         doc: "the users SASL listeners authenticate, NAME=PASSWORD,... (a password cannot \
               hold a comma); kept in memory as salted SCRAM credentials",
+    },
+    Setting {
+        name: LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS,
+        setting_type: SettingType::Long {
+            min: 1,
+            max: i64::MAX / 1000,
+        },
+        default: Some("300"),
+        doc: "how often the controller checks leader balance",
+    },
+    Setting {
+        name: LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
+        setting_type: SettingType::Int { min: 0, max: 100 },
+        default: Some("10"),
+        doc: "the share (percent) of the partitions a broker is preferred for that it may not \
+              lead before the controller elects their preferred leaders",
     },
     Setting {
         name: LISTENER_SECURITY_PROTOCOL_MAP,
@@ -982,6 +1025,14 @@ pub struct BrokerConfig {
     pub metrics_listener: Option<HostPort>,
     /// `keel.log.flush.checkpoint.interval.ms`.
     pub checkpoint_interval_ms: i64,
+    /// `keel.controlled.shutdown.max.wait.ms`.
+    pub controlled_shutdown_wait_ms_max: i64,
+    /// `auto.leader.rebalance.enable`.
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`.
+    pub leader_imbalance_check_interval_s: i64,
+    /// `leader.imbalance.per.broker.percentage`.
+    pub leader_imbalance_per_broker_percentage: i32,
     /// `listener.security.protocol.map`: every name in `listeners` is a key.
     pub listener_security_protocols: BTreeMap<String, SecurityProtocol>,
     /// `inter.broker.listener.name`, upper case; one of `listeners` when set.
@@ -1362,6 +1413,13 @@ impl BrokerConfig {
             metrics_listener,
             checkpoint_interval_ms: values
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
+            controlled_shutdown_wait_ms_max: values
+                .long_or_default(KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS)?,
+            auto_leader_rebalance: values.bool_or_default(AUTO_LEADER_REBALANCE_ENABLE)?,
+            leader_imbalance_check_interval_s: values
+                .long_or_default(LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS)?,
+            leader_imbalance_per_broker_percentage: values
+                .int_or_default(LEADER_IMBALANCE_PER_BROKER_PERCENTAGE)?,
             listener_security_protocols: security.protocols,
             inter_broker_listener_name: security.inter_broker_listener_name,
             failed_authentication_delay_ms: i64::from(
@@ -1408,6 +1466,10 @@ impl BrokerConfig {
             ),
             (topic::MESSAGE_TIMESTAMP_TYPE, timestamp_type.to_string()),
             (topic::CLEANUP_POLICY, self.cleanup_policy.clone()),
+            (
+                topic::UNCLEAN_LEADER_ELECTION_ENABLE,
+                self.unclean_leader_election.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

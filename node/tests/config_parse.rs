@@ -593,6 +593,7 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
         min.insync.replicas = 2
         log.message.timestamp.type = "LogAppendTime"
         log.cleanup.policy = "delete, compact"
+        unclean.leader.election.enable = true
         "#,
     );
     let defaults = c.topic_defaults();
@@ -607,6 +608,7 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
         ("retention.ms", "1800000"),
         ("segment.bytes", "65536"),
         ("segment.ms", "60000"),
+        ("unclean.leader.election.enable", "true"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -615,6 +617,7 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
     let topic = TopicConfig::from_map(&defaults).expect("core accepts the broker's defaults");
     assert_eq!(topic.retention_ms(), 1_800_000);
     assert_eq!(topic.segment_bytes(), 65536);
+    assert_eq!(topic.unclean_leader_election(), Some(true));
     let creation = c.topic_creation_defaults();
     assert_eq!((creation.partitions, creation.replication_factor), (1, 1));
     // The defaults of a default config are Kafka's topic defaults.

@@ -36,6 +36,10 @@ pub struct SeedLine {
     pub read_retries: u64,
     /// Segment files created past a log's first ([`crate::disk::DiskStats::segment_rolls`]).
     pub segment_rolls: u64,
+    /// Controlled shutdowns that handed every leadership over.
+    pub controlled_shutdowns: u64,
+    /// Partitions an ElectLeaders request moved to their preferred leader.
+    pub preferred_elections: u64,
 }
 
 /// The swarm's result.
@@ -158,7 +162,7 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}, segment rolls {}",
+             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, preferred elections {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -166,6 +170,8 @@ impl fmt::Display for Summary {
             with(&|l| l.commits > 0),
             with(&|l| l.coordinator_moves > 0),
             with(&|l| l.segment_rolls > 0),
+            with(&|l| l.controlled_shutdowns > 0),
+            with(&|l| l.preferred_elections > 0),
         )
     }
 }
@@ -208,6 +214,8 @@ impl SeedLine {
             recoveries_checked: c.disk.recoveries_checked,
             read_retries: c.read_retries,
             segment_rolls: c.disk.segment_rolls,
+            controlled_shutdowns: c.controlled_shutdowns,
+            preferred_elections: c.preferred_elections,
         }
     }
 
@@ -219,7 +227,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -236,6 +244,8 @@ impl SeedLine {
             self.recoveries_checked,
             self.read_retries,
             self.segment_rolls,
+            self.controlled_shutdowns,
+            self.preferred_elections,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -245,8 +255,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(20, '\t').collect();
-        if f.len() != 20 {
+        let f: Vec<&str> = line.splitn(22, '\t').collect();
+        if f.len() != 22 {
             return None;
         }
         let verdict = match f[2] {
@@ -255,13 +265,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[17]
+        let faults = f[19]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[18]
+        let anomalies = f[20]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -283,9 +293,11 @@ impl SeedLine {
             recoveries_checked: f[14].parse().ok()?,
             read_retries: f[15].parse().ok()?,
             segment_rolls: f[16].parse().ok()?,
+            controlled_shutdowns: f[17].parse().ok()?,
+            preferred_elections: f[18].parse().ok()?,
             faults,
             anomalies,
-            reason: f[19].to_string(),
+            reason: f[21].to_string(),
         })
     }
 }
@@ -386,6 +398,8 @@ impl SeedLine {
             recoveries_checked: 0,
             read_retries: 0,
             segment_rolls: 0,
+            controlled_shutdowns: 0,
+            preferred_elections: 0,
         }
     }
 }

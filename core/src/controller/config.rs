@@ -27,9 +27,13 @@ pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 /// `message.timestamp.type`: `CreateTime` or `LogAppendTime` (STRING).
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+/// `unclean.leader.election.enable`: a partition whose ISR members are all down may elect
+/// another replica, losing the writes only the ISR had (BOOLEAN). Unset on a topic, the
+/// broker's setting of the same name applies.
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
 
 /// Every topic config key keel accepts, in name order (DescribeConfigs lists them so).
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     CLEANUP_POLICY,
     MAX_MESSAGE_BYTES,
     MESSAGE_TIMESTAMP_TYPE,
@@ -38,6 +42,7 @@ pub const KEYS: [&str; 8] = [
     RETENTION_MS,
     SEGMENT_BYTES,
     SEGMENT_MS,
+    UNCLEAN_LEADER_ELECTION_ENABLE,
 ];
 
 /// The smallest `segment.bytes` (Kafka 3.x: `LegacyRecord.RECORD_OVERHEAD_V0`).
@@ -55,6 +60,8 @@ pub struct CleanupPolicy {
 /// A config's type, as DescribeConfigs v3+ reports it (`DescribeConfigsResponse.ConfigType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigType {
+    /// BOOLEAN (1).
+    Boolean = 1,
     /// STRING (2).
     String = 2,
     /// INT (3).
@@ -130,6 +137,7 @@ pub struct TopicConfig {
     min_insync_replicas: i32,
     cleanup_policy: CleanupPolicy,
     message_timestamp_type: TimestampType,
+    unclean_leader_election_enable: bool,
     /// The topic-level settings, as given.
     overrides: BTreeMap<String, String>,
 }
@@ -149,6 +157,7 @@ impl Default for TopicConfig {
                 compact: false,
             },
             message_timestamp_type: TimestampType::CreateTime,
+            unclean_leader_election_enable: false,
             overrides: BTreeMap::new(),
         }
     }
@@ -225,6 +234,14 @@ impl TopicConfig {
         self.message_timestamp_type
     }
 
+    /// `unclean.leader.election.enable` if the topic sets it (else the broker's setting
+    /// applies).
+    pub fn unclean_leader_election(&self) -> Option<bool> {
+        self.overrides
+            .contains_key(UNCLEAN_LEADER_ELECTION_ENABLE)
+            .then_some(self.unclean_leader_election_enable)
+    }
+
     /// Every key with its value in force and where it comes from, in name order: the body of a
     /// DescribeConfigs answer.
     pub fn describe(&self) -> Vec<ConfigEntry> {
@@ -282,6 +299,7 @@ impl TopicConfig {
                 TimestampType::LogAppendTime => "LogAppendTime",
             }
             .to_string(),
+            UNCLEAN_LEADER_ELECTION_ENABLE => self.unclean_leader_election_enable.to_string(),
             _ => return None,
         })
     }
@@ -338,6 +356,14 @@ impl TopicConfig {
                     }
                 }
             }
+            UNCLEAN_LEADER_ELECTION_ENABLE => {
+                // Kafka's BOOLEAN: true or false, any case.
+                self.unclean_leader_election_enable = match value.trim().to_ascii_lowercase() {
+                    v if v == "true" => true,
+                    v if v == "false" => false,
+                    _ => return Err(invalid("expected true or false".into())),
+                }
+            }
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -350,6 +376,7 @@ fn config_type(key: &str) -> ConfigType {
         RETENTION_MS | RETENTION_BYTES | SEGMENT_MS => ConfigType::Long,
         SEGMENT_BYTES | MAX_MESSAGE_BYTES | MIN_INSYNC_REPLICAS => ConfigType::Int,
         CLEANUP_POLICY => ConfigType::List,
+        UNCLEAN_LEADER_ELECTION_ENABLE => ConfigType::Boolean,
         _ => ConfigType::String,
     }
 }

@@ -897,6 +897,7 @@ fn sole_isr_partition_returns_to_the_restarted_broker_at_a_higher_epoch() {
         broker_epoch: epoch,
         metadata_offset: offset,
         want_fence: false,
+        want_shut_down: false,
     };
     let reply = sessions.heartbeat(0, &heartbeat(7), &state, 10).unwrap();
     assert!(reply.is_fenced && !reply.is_caught_up && reply.records.is_empty());
@@ -1476,4 +1477,91 @@ proptest! {
         let (_, state, _) = open(storage);
         state.check_invariants();
     }
+}
+
+/// KIP-903: a leader's ISR expansion names the broker epoch of the incarnation whose fetches
+/// it judged; once that broker has registered again (it restarted, and its log may lack what
+/// was acknowledged since), the expansion is INELIGIBLE_REPLICA and changes nothing. The
+/// current epoch, or none known, passes; members already in the ISR are not checked.
+/// Reference: KIP-903, ReplicationControlManager.validateAlterPartitionData (brokerEpoch).
+#[test]
+fn an_isr_expansion_judged_on_a_previous_incarnation_is_refused() {
+    let mut state = MetadataState::new();
+    for n in 0..3 {
+        register_unfenced(&mut state, n, n as u8);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 1, 3, id(1)),
+            &state.live_brokers(),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+    let p = state.partition("t", 0).unwrap().clone();
+    let out = p.replicas[2];
+    let request = |state: &MetadataState, isr: Vec<BrokerId>| {
+        let p = state.partition("t", 0).unwrap();
+        AlterPartitionRequest {
+            broker_id: p.leader,
+            broker_epoch: state.broker(p.leader).unwrap().epoch,
+            topic_id: id(1),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr,
+        }
+    };
+    // Shrink `out` away, remembering the epoch its fetches had.
+    let judged_epoch = state.broker(out).unwrap().epoch;
+    let shrunk: Vec<BrokerId> = p.isr.iter().copied().filter(|&b| b != out).collect();
+    let (_, records) = state
+        .alter_partition(&request(&state, shrunk.clone()))
+        .unwrap();
+    apply_all(&mut state, &records);
+    // It restarts: a new registration, unfenced once caught up.
+    register_unfenced(&mut state, out.0, 9);
+    assert_ne!(state.broker(out).unwrap().epoch, judged_epoch);
+    let before = state.partition("t", 0).unwrap().clone();
+    let grown = p.replicas.clone();
+    let epochs_of = |state: &MetadataState, stale: bool| -> Vec<i64> {
+        grown
+            .iter()
+            .map(|&b| {
+                if b == out && stale {
+                    judged_epoch
+                } else {
+                    state.broker(b).unwrap().epoch
+                }
+            })
+            .collect()
+    };
+    let err = state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &epochs_of(&state, true))
+        .unwrap_err();
+    assert_eq!(err.code(), 107, "INELIGIBLE_REPLICA: {err:?}");
+    assert_eq!(state.partition("t", 0).unwrap(), &before);
+    // Unknown epochs (an older leader) and the current ones pass.
+    let unknown = vec![-1; grown.len()];
+    assert!(state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &unknown)
+        .is_ok());
+    let (_, records) = state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &epochs_of(&state, false))
+        .unwrap();
+    apply_all(&mut state, &records);
+    assert_eq!(state.partition("t", 0).unwrap().isr.len(), 3);
+    // A shrink naming a stale epoch for a member that stays is not refused.
+    let smaller: Vec<BrokerId> = grown
+        .iter()
+        .copied()
+        .filter(|&b| b != p.replicas[1])
+        .collect();
+    let stale: Vec<i64> = smaller
+        .iter()
+        .map(|&b| if b == out { judged_epoch } else { 0 })
+        .collect();
+    assert!(state
+        .alter_partition_with_epochs(&request(&state, smaller), &stale)
+        .is_ok());
 }

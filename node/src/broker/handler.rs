@@ -193,6 +193,12 @@ impl Broker {
                     ResponseKind::CreatePartitions(b.create_partitions(r).await)
                 }))
             }
+            RequestKind::ElectLeaders(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::ElectLeaders(b.elect_leaders(v, r).await)
+                }))
+            }
             RequestKind::DescribeConfigs(r) => Next::Ready(ResponseKind::DescribeConfigs(
                 self.describe_configs(ctx.api_version, r),
             )),

@@ -37,6 +37,7 @@ mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
+mod ops_handler;
 pub mod replication;
 mod scram_handler;
 mod txn;
@@ -608,6 +609,8 @@ pub struct Broker {
     reconcile_failed: AtomicBool,
     /// A retry of reconciliation is scheduled.
     reconcile_retry_pending: AtomicBool,
+    /// The broker is stopping: its heartbeats ask for a controlled shutdown.
+    shutting_down: AtomicBool,
     sync: SyncWorker,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
@@ -694,6 +697,7 @@ impl Broker {
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
             reconcile_failed: AtomicBool::new(false),
             reconcile_retry_pending: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             sync: SyncWorker::start(sync_latency),
             groups: groups::Coordinators::new(settings_group),
             txns: txn::TxnCoordinators::new(settings_txn),
@@ -897,10 +901,84 @@ impl Broker {
             broker_epoch: self.broker_epoch(),
             metadata_offset: self.cluster.applied_index(),
             want_fence: !self.damaged_replicas().is_empty(),
+            want_shut_down: self.shutting_down.load(Ordering::SeqCst),
         };
         if let Err(e) = self.cluster.heartbeat(heartbeat).await {
             tracing::warn!("heartbeat: {e}");
         }
+    }
+
+    /// Controlled shutdown (KIP-631's `wantShutDown`; Kafka's `BrokerLifecycleManager
+    /// .beginControlledShutdown`): from now on this broker's heartbeats ask the controller to
+    /// move every leadership off it and take it out of every ISR it shares (the controller
+    /// fences it to do so, `quorum::sessions`). Returns once the controller says it may stop
+    /// and this broker's own replicas have stepped down (so their waiting produce requests
+    /// were answered NOT_LEADER_OR_FOLLOWER, which clients retry on the new leaders), or
+    /// after `wait_max`, whichever comes first; `true` in the first case. A broker without
+    /// a cluster, or whose applied metadata shows no other live broker (the whole cluster is
+    /// stopping), has nobody to hand its partitions to and returns `true` at once.
+    pub async fn controlled_shutdown(&self, wait_max: Duration) -> bool {
+        if !self.settings.cluster.is_multi_node() {
+            return true;
+        }
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait_max;
+        let mut applied = self.cluster.subscribe();
+        loop {
+            let me = self.me();
+            if self.with_metadata(|m| m.live_brokers().iter().all(|&b| b == me)) {
+                // The whole cluster is stopping (or the rest is down): nobody could take over,
+                // and the last brokers' fencing may never commit once the quorum is gone.
+                tracing::info!("controlled shutdown: no other live broker to take over; stopping");
+                return true;
+            }
+            let heartbeat = Heartbeat {
+                broker_id: me,
+                broker_epoch: self.broker_epoch(),
+                metadata_offset: self.cluster.applied_index(),
+                want_fence: !self.damaged_replicas().is_empty(),
+                want_shut_down: true,
+            };
+            let allowed = match self.cluster.heartbeat(heartbeat).await {
+                Ok(reply) => reply.should_shut_down,
+                Err(e) => {
+                    tracing::warn!("controlled shutdown: heartbeat: {e}");
+                    false
+                }
+            };
+            if allowed && self.leads_nothing() {
+                tracing::info!(
+                    "controlled shutdown: this broker leads nothing now (after {:?})",
+                    started.elapsed()
+                );
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    "controlled shutdown: the controller did not move every leadership off this \
+                     broker within {wait_max:?}; stopping anyway"
+                );
+                return false;
+            }
+            let pause = Duration::from_millis(100).min(deadline - now);
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// This broker is fenced and leads nothing in its applied metadata, and its replicas took
+    /// those roles.
+    fn leads_nothing(&self) -> bool {
+        let me = self.me();
+        let state = self.cluster.state();
+        if !state.broker(me).is_some_and(|b| b.fenced) || state.led_partitions(me) != 0 {
+            return false;
+        }
+        self.reconcile_partitions();
+        self.all_partitions()
+            .iter()
+            .all(|p| p.with(|r| !r.is_leader()))
     }
 
     /// Replicas that recovery found damaged (see `PartitionHandle::is_damaged`), as

@@ -1,7 +1,8 @@
 //! `keel start`: one broker process. It reads the broker's settings (a TOML file of Kafka's
 //! names, `--override`s, flags), opens the [`Broker`](crate::broker::Broker) and serves it:
 //! the client listener, the peer transport, the metrics endpoint, the retention and
-//! checkpoint timers, until SIGTERM or Ctrl-C, then a clean shutdown.
+//! checkpoint timers, until SIGTERM or Ctrl-C, then a clean shutdown: a controlled shutdown
+//! (`Broker::controlled_shutdown`), then every partition synced and checkpointed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -311,12 +312,20 @@ pub fn run(args: StartArgs) -> ExitCode {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
-        tracing::info!("shutting down: syncing every partition");
+        // Clients are served during the controlled shutdown: they learn the new leaders from
+        // this broker's NOT_LEADER_OR_FOLLOWER answers and metadata.
+        tracing::info!("shutting down: moving leaderships away, then syncing every partition");
+        if config.controlled_shutdown_wait_ms_max > 0 {
+            broker
+                .controlled_shutdown(Duration::from_millis(
+                    config.controlled_shutdown_wait_ms_max as u64,
+                ))
+                .await;
+        }
         for task in &serving {
             task.abort();
         }
-        let broker_for_sync = broker.clone();
-        broker_for_sync.checkpoint_all();
+        broker.checkpoint_all();
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
     })
@@ -394,6 +403,12 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
         session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
         heartbeat_interval_ms: config.broker_heartbeat_interval_ms.max(1) as u64,
         unclean: config.unclean_election(),
+        leader_balance: config.auto_leader_rebalance.then(|| {
+            (
+                config.leader_imbalance_check_interval_s.max(1) as u64 * 1000,
+                config.leader_imbalance_per_broker_percentage.clamp(0, 100) as u32,
+            )
+        }),
     })
 }
 

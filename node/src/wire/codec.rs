@@ -450,6 +450,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,
         ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
         ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+        ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         _ => return None,
     })
 }

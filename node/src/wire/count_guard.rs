@@ -204,6 +204,7 @@ fn guarded_pass(
         DeleteAcls => DeleteAclsRequest,
         DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
         AlterUserScramCredentials => AlterUserScramCredentialsRequest,
+        ElectLeaders => ElectLeadersRequest,
     }
 }
 
