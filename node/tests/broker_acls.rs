@@ -912,6 +912,11 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             RequestKind::DescribeCluster(DescribeClusterRequest::default()),
         ),
         (
+            ApiKey::ElectLeaders,
+            2,
+            RequestKind::ElectLeaders(ElectLeadersRequest::default()),
+        ),
+        (
             ApiKey::CreateAcls,
             3,
             RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![acl(
