@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::batch::TimestampType;
+use crate::log::cleaner::CleanerConfig;
 use crate::log::LogConfig;
 
 /// `retention.ms`: delete segments whose newest record is older (LONG, >= -1, -1 = forever).
@@ -27,12 +28,26 @@ pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 /// `message.timestamp.type`: `CreateTime` or `LogAppendTime` (STRING).
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+/// `min.cleanable.dirty.ratio`: the log cleaner cleans a compacted log once its dirty share
+/// of bytes exceeds this (DOUBLE, 0 to 1).
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
+/// `delete.retention.ms`: how long a tombstone outlives its first cleaning (LONG, >= 0).
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// `min.compaction.lag.ms`: records younger than this are not compacted (LONG, >= 0).
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+/// `max.compaction.lag.ms`: a record older than this makes its log due for cleaning
+/// (LONG, >= 1).
+pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
 
 /// Every topic config key keel accepts, in name order (DescribeConfigs lists them so).
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 12] = [
     CLEANUP_POLICY,
+    DELETE_RETENTION_MS,
+    MAX_COMPACTION_LAG_MS,
     MAX_MESSAGE_BYTES,
     MESSAGE_TIMESTAMP_TYPE,
+    MIN_CLEANABLE_DIRTY_RATIO,
+    MIN_COMPACTION_LAG_MS,
     MIN_INSYNC_REPLICAS,
     RETENTION_BYTES,
     RETENTION_MS,
@@ -61,6 +76,8 @@ pub enum ConfigType {
     Int = 3,
     /// LONG (5).
     Long = 5,
+    /// DOUBLE (6).
+    Double = 6,
     /// LIST (7).
     List = 7,
 }
@@ -130,6 +147,7 @@ pub struct TopicConfig {
     min_insync_replicas: i32,
     cleanup_policy: CleanupPolicy,
     message_timestamp_type: TimestampType,
+    cleaner: CleanerSettings,
     /// The topic-level settings, as given.
     overrides: BTreeMap<String, String>,
 }
@@ -149,6 +167,7 @@ impl Default for TopicConfig {
                 compact: false,
             },
             message_timestamp_type: TimestampType::CreateTime,
+            cleaner: CleanerSettings::default(),
             overrides: BTreeMap::new(),
         }
     }
@@ -259,9 +278,29 @@ impl TopicConfig {
         }
     }
 
+    /// The log cleaner's settings for the topic (docs/compaction.md); the dedupe buffer bound
+    /// is the broker's and keeps its default here.
+    pub fn to_cleaner_config(&self) -> CleanerConfig {
+        let c = &self.cleaner;
+        CleanerConfig {
+            dirty_ratio_min: f64::from_bits(c.dirty_ratio_min_bits),
+            delete_retention_ms: c.delete_retention_ms,
+            compaction_lag_ms_min: c.compaction_lag_ms_min,
+            compaction_lag_ms_max: c.compaction_lag_ms_max,
+            ..CleanerConfig::default()
+        }
+    }
+
     /// The value in force of `key`, formatted as Kafka would.
     fn value_of(&self, key: &str) -> Option<String> {
         Some(match key {
+            // Kafka prints a double with its fraction ("0.5", "1.0"), as Debug does.
+            MIN_CLEANABLE_DIRTY_RATIO => {
+                format!("{:?}", f64::from_bits(self.cleaner.dirty_ratio_min_bits))
+            }
+            DELETE_RETENTION_MS => self.cleaner.delete_retention_ms.to_string(),
+            MIN_COMPACTION_LAG_MS => self.cleaner.compaction_lag_ms_min.to_string(),
+            MAX_COMPACTION_LAG_MS => self.cleaner.compaction_lag_ms_max.to_string(),
             RETENTION_MS => self.retention_ms.to_string(),
             RETENTION_BYTES => self.retention_bytes.to_string(),
             SEGMENT_BYTES => self.segment_bytes.to_string(),
@@ -338,9 +377,50 @@ impl TopicConfig {
                     }
                 }
             }
+            MIN_CLEANABLE_DIRTY_RATIO => {
+                let ratio: f64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("expected a number".into()))?;
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(invalid("value must be between 0 and 1".into()));
+                }
+                self.cleaner.dirty_ratio_min_bits = ratio.to_bits();
+            }
+            DELETE_RETENTION_MS => {
+                self.cleaner.delete_retention_ms = parse_long(value, 0).map_err(invalid)?
+            }
+            MIN_COMPACTION_LAG_MS => {
+                self.cleaner.compaction_lag_ms_min = parse_long(value, 0).map_err(invalid)?
+            }
+            MAX_COMPACTION_LAG_MS => {
+                self.cleaner.compaction_lag_ms_max = parse_long(value, 1).map_err(invalid)?
+            }
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
+    }
+}
+
+/// The log cleaner's topic settings (Kafka's defaults). The ratio is kept as its bits so the
+/// config stays `Eq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CleanerSettings {
+    dirty_ratio_min_bits: u64,
+    delete_retention_ms: i64,
+    compaction_lag_ms_min: i64,
+    compaction_lag_ms_max: i64,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        let c = CleanerConfig::default();
+        CleanerSettings {
+            dirty_ratio_min_bits: c.dirty_ratio_min.to_bits(),
+            delete_retention_ms: c.delete_retention_ms,
+            compaction_lag_ms_min: c.compaction_lag_ms_min,
+            compaction_lag_ms_max: c.compaction_lag_ms_max,
+        }
     }
 }
 
@@ -348,6 +428,8 @@ impl TopicConfig {
 fn config_type(key: &str) -> ConfigType {
     match key {
         RETENTION_MS | RETENTION_BYTES | SEGMENT_MS => ConfigType::Long,
+        DELETE_RETENTION_MS | MIN_COMPACTION_LAG_MS | MAX_COMPACTION_LAG_MS => ConfigType::Long,
+        MIN_CLEANABLE_DIRTY_RATIO => ConfigType::Double,
         SEGMENT_BYTES | MAX_MESSAGE_BYTES | MIN_INSYNC_REPLICAS => ConfigType::Int,
         CLEANUP_POLICY => ConfigType::List,
         _ => ConfigType::String,
