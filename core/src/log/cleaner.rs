@@ -115,6 +115,9 @@ pub struct CleanPlan {
     pub dirty_bytes: u64,
     epochs: EpochCache,
     segment_bytes_max: u64,
+    /// The log's truncation count when planned: a truncation since (which may have put other
+    /// data at the same offsets) makes the cleaning stale.
+    generation: u64,
 }
 
 impl CleanPlan {
@@ -332,6 +335,7 @@ impl<S: Storage> Log<S> {
             dirty_bytes,
             epochs: self.epochs.clone(),
             segment_bytes_max: self.config.segment_bytes_max,
+            generation: self.generation,
         };
         let ratio_due = dirty_bytes > 0 && plan.dirty_ratio() > config.dirty_ratio_min;
         let lag_due = first_dirty_ts
@@ -357,22 +361,24 @@ impl<S: Storage> Log<S> {
 
     /// Swaps the cleaned groups in (see the module docs for the protocol), then records how
     /// far the log is clean. Returns `None`, having removed the cleaned files, if a planned
-    /// segment is gone or changed since the plan (the cleaning is stale).
+    /// segment is gone or changed, or the log was truncated, since the plan (the cleaning is
+    /// stale).
     pub fn install_cleaned(&mut self, cleaned: Cleaned) -> Result<Option<CleanStats>, LogError> {
         let active = *self
             .segments
             .keys()
             .next_back()
             .expect("a log has a segment");
-        let unchanged = cleaned.plan.segments.iter().all(|p| {
-            self.segments.get(&p.base).is_some_and(|s| {
-                s.base != active
-                    && s.file == p.file
-                    && s.size == p.size
-                    && s.synced_size == s.size
-                    && s.next_offset == p.next_offset
-            })
-        });
+        let unchanged = cleaned.plan.generation == self.generation
+            && cleaned.plan.segments.iter().all(|p| {
+                self.segments.get(&p.base).is_some_and(|s| {
+                    s.base != active
+                        && s.file == p.file
+                        && s.size == p.size
+                        && s.synced_size == s.size
+                        && s.next_offset == p.next_offset
+                })
+            });
         if !unchanged {
             for group in &cleaned.groups {
                 match self.storage.remove(&cleaned_name(group.base, group.end)) {

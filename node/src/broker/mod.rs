@@ -31,6 +31,7 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+pub mod cleaner;
 mod fetcher;
 mod group_handler;
 mod groups;

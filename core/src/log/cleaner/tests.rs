@@ -455,6 +455,51 @@ fn a_stale_cleaning_is_dropped_at_install() {
         .all(|n| !n.ends_with(".cleaned")));
 }
 
+/// What node does: plan under the lock, build without it while appends and rolls go on, install
+/// under the lock. The appends and the segments rolled meanwhile are all there afterwards.
+#[test]
+fn appends_and_rolls_during_a_cleaning_are_kept() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    write_owned(&mut log, &versions(3, 8), NOW);
+    close_active(&mut log, NOW);
+    let plan = log.plan_clean(&eager(), log.end(), NOW).unwrap();
+    let cleaned = build(log.storage_mut(), plan, &eager(), &inputs(NOW), &mut |_| {}).unwrap();
+    let from = log.end();
+    write_owned(&mut log, &versions(3, 4), NOW);
+    close_active(&mut log, NOW);
+    write(&mut log, &[("after", Some("roll"))], NOW);
+    let appended: Vec<_> = contents(&log).into_iter().filter(|r| r.0 >= from).collect();
+    assert_eq!(appended.len(), 13);
+    log.install_cleaned(cleaned).unwrap().expect("not stale");
+    let got = contents(&log);
+    assert_eq!(
+        got.iter().filter(|r| r.0 < from).count(),
+        3,
+        "the cleaned part"
+    );
+    let kept: Vec<_> = got.into_iter().filter(|r| r.0 >= from).collect();
+    assert_eq!(kept, appended);
+}
+
+/// A truncation between plan and install makes the cleaning stale even where the segments
+/// it planned look the same again (the log's generation changed).
+#[test]
+fn a_truncation_during_a_cleaning_makes_it_stale() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    write_owned(&mut log, &versions(3, 8), NOW);
+    close_active(&mut log, NOW);
+    let plan = log.plan_clean(&eager(), log.end(), NOW).unwrap();
+    let cleaned = build(log.storage_mut(), plan, &eager(), &inputs(NOW), &mut |_| {}).unwrap();
+    // A follower's truncation of a diverged suffix, in the active segment only: the planned
+    // segments look the same, the generation does not.
+    write(&mut log, &[("diverged", Some("x"))], NOW);
+    let end = log.end();
+    log.truncate_to(Offset(end.0 - 1)).unwrap();
+    let before = contents(&log);
+    assert_eq!(log.install_cleaned(cleaned).unwrap(), None);
+    assert_eq!(contents(&log), before);
+}
+
 /// A [`Storage`] that fails every mutation after `budget` of them: the crash points.
 struct FailAfter {
     inner: MemStorage,
