@@ -15,13 +15,16 @@
 //! `log.cleaner.io.max.bytes.per.second` ([`Throttle`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
+#[cfg(not(madsim))]
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use keel_core::log::cleaner::{self, CleanInputs, CleanStats};
 
 use super::{Broker, PartitionHandle};
 use crate::clock::wall_ms;
+#[cfg(not(madsim))]
 use crate::config::CleanerSettings;
 
 /// What the cleaner has done since the broker started (Prometheus counters).
