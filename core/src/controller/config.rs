@@ -267,13 +267,16 @@ impl TopicConfig {
     }
 
     /// The log settings these configs imply (the ones [`LogConfig`] has; the rest keep its
-    /// defaults).
+    /// defaults). Retention applies only with `cleanup.policy` `delete`: a `compact`-only topic
+    /// keeps every key's latest record however old (Kafka's `LogManager.cleanupLogs` deletes
+    /// only for the delete policy).
     pub fn to_log_config(&self) -> LogConfig {
+        let delete = self.cleanup_policy.delete;
         LogConfig {
             segment_bytes_max: self.segment_bytes as u64,
             segment_ms_max: self.segment_ms,
-            retention_bytes_max: self.retention_bytes,
-            retention_ms_max: self.retention_ms,
+            retention_bytes_max: if delete { self.retention_bytes } else { -1 },
+            retention_ms_max: if delete { self.retention_ms } else { -1 },
             ..LogConfig::default()
         }
     }

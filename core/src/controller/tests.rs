@@ -1536,3 +1536,28 @@ fn cleaner_topic_configs_are_validated_described_and_applied() {
     assert_eq!(cleaner.compaction_lag_ms_min, 5);
     assert_eq!(cleaner.compaction_lag_ms_max, 6000);
 }
+
+/// A `compact`-only topic is never cut by retention (Kafka's `LogManager.cleanupLogs` deletes
+/// only logs whose policy includes delete); `compact,delete` keeps both.
+#[test]
+fn retention_applies_only_with_the_delete_policy() {
+    let with = |policy: &str| {
+        TopicConfig::from_map(&BTreeMap::from([
+            ("cleanup.policy".to_string(), policy.to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("retention.bytes".to_string(), "5000".to_string()),
+        ]))
+        .unwrap()
+        .to_log_config()
+    };
+    let compact = with("compact");
+    assert_eq!(
+        (compact.retention_ms_max, compact.retention_bytes_max),
+        (-1, -1)
+    );
+    let both = with("compact,delete");
+    assert_eq!(
+        (both.retention_ms_max, both.retention_bytes_max),
+        (1000, 5000)
+    );
+}

@@ -68,7 +68,8 @@ impl Throttle {
                 *window = (Instant::now(), 0);
             }
             window.1 += bytes;
-            let due = Duration::from_secs_f64(window.1 as f64 / self.bytes_per_second as f64);
+            let due = Duration::try_from_secs_f64(window.1 as f64 / self.bytes_per_second as f64)
+                .unwrap_or(Duration::MAX);
             due.saturating_sub(window.0.elapsed())
         };
         if !wait.is_zero() {
@@ -199,5 +200,28 @@ impl Broker {
                 None
             }
         }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    /// Kafka's `Throttler`: spending twice the rate's bytes takes about a second; an unbounded
+    /// throttle never sleeps.
+    #[test]
+    fn the_throttle_holds_the_rate() {
+        let throttle = Throttle::new(10_000);
+        let start = Instant::now();
+        for _ in 0..4 {
+            throttle.spend(5_000);
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1_500), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let free = Throttle::new(u64::MAX);
+        let start = Instant::now();
+        free.spend(u64::MAX / 2);
+        assert!(start.elapsed() < Duration::from_millis(100));
     }
 }
