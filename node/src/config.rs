@@ -110,6 +110,16 @@ pub const OFFSETS_TOPIC_NUM_PARTITIONS: &str = "offsets.topic.num.partitions";
 pub const OFFSETS_TOPIC_REPLICATION_FACTOR: &str = "offsets.topic.replication.factor";
 /// `group.initial.rebalance.delay.ms`: how long a new group's first rebalance waits (INT).
 pub const GROUP_INITIAL_REBALANCE_DELAY_MS: &str = "group.initial.rebalance.delay.ms";
+/// `log.cleaner.enable`: whether the log cleaner compacts `cleanup.policy=compact` topics
+/// (BOOLEAN).
+pub const LOG_CLEANER_ENABLE: &str = "log.cleaner.enable";
+/// `log.cleaner.threads`: threads the log cleaner runs on (INT, >= 1).
+pub const LOG_CLEANER_THREADS: &str = "log.cleaner.threads";
+/// `log.cleaner.io.max.bytes.per.second`: the bound on the cleaner's reads and writes, all
+/// threads together (DOUBLE, > 0; kept as whole bytes).
+pub const LOG_CLEANER_IO_MAX_BYTES_PER_SECOND: &str = "log.cleaner.io.max.bytes.per.second";
+/// `log.cleaner.backoff.ms`: how long a cleaner thread sleeps when no log is due (LONG, >= 0).
+pub const LOG_CLEANER_BACKOFF_MS: &str = "log.cleaner.backoff.ms";
 /// `log.retention.check.interval.ms`: how often retention runs (LONG, >= 1).
 pub const LOG_RETENTION_CHECK_INTERVAL_MS: &str = "log.retention.check.interval.ms";
 /// `controller.quorum.voters`: the metadata quorum, `ID@HOST:PORT,...` (LIST, optional).
@@ -459,6 +469,31 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("PLAINTEXT://127.0.0.1:9092"),
         doc: "where the broker listens, NAME://HOST:PORT,...; an empty host means every \
               interface",
+    },
+    Setting {
+        name: LOG_CLEANER_BACKOFF_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("15000"),
+        doc: "how long a log cleaner thread sleeps when no compacted log is due",
+    },
+    Setting {
+        name: LOG_CLEANER_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("true"),
+        doc: "whether the log cleaner compacts topics with cleanup.policy compact",
+    },
+    Setting {
+        name: LOG_CLEANER_IO_MAX_BYTES_PER_SECOND,
+        setting_type: SettingType::String,
+        default: Some("1.7976931348623157E308"),
+        doc: "the bound on the log cleaner's disk reads and writes, in bytes per second (a \
+              number above 0; Kafka's default, Double.MAX_VALUE, means no bound)",
+    },
+    Setting {
+        name: LOG_CLEANER_THREADS,
+        setting_type: INT_POSITIVE,
+        default: Some("1"),
+        doc: "threads the log cleaner runs on",
     },
     Setting {
         name: LOG_CLEANUP_POLICY,
@@ -957,6 +992,35 @@ impl fmt::Display for QuorumVoter {
 /// The broker's typed configuration. Built only by [`BrokerConfig::parse`] and the functions
 /// that call it, so every field holds a checked value; fields are public for reading (tests may
 /// adjust them). Units are last in the names.
+/// The log cleaner's broker settings (Kafka's `log.cleaner.*`, with its defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanerSettings {
+    /// `log.cleaner.enable`.
+    pub enable: bool,
+    /// `log.cleaner.threads`.
+    pub threads: i32,
+    /// `log.cleaner.io.max.bytes.per.second`, in whole bytes (`u64::MAX`: no bound).
+    pub io_bytes_per_second_max: u64,
+    /// `log.cleaner.backoff.ms`.
+    pub backoff_ms: i64,
+}
+
+impl CleanerSettings {
+    fn from_values(values: &Values) -> Result<CleanerSettings, ConfigError> {
+        let io = values.string_or_default(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND)?;
+        let io: f64 = io.parse().ok().filter(|v: &f64| *v > 0.0).ok_or_else(|| {
+            values.invalid(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND, "a number above 0")
+        })?;
+        Ok(CleanerSettings {
+            enable: values.bool_or_default(LOG_CLEANER_ENABLE)?,
+            threads: values.int_or_default(LOG_CLEANER_THREADS)?,
+            // `as` saturates: Double.MAX_VALUE becomes u64::MAX, "no bound".
+            io_bytes_per_second_max: (io as u64).max(1),
+            backoff_ms: values.long_or_default(LOG_CLEANER_BACKOFF_MS)?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerConfig {
     /// `node.id`.
@@ -1017,6 +1081,9 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: i64,
     /// `unclean.leader.election.enable`.
     pub unclean_leader_election: bool,
+    /// `log.cleaner.enable`, `log.cleaner.threads`, `log.cleaner.io.max.bytes.per.second`,
+    /// `log.cleaner.backoff.ms`.
+    pub cleaner: CleanerSettings,
     /// `replica.fetch.max.bytes`.
     pub replica_fetch_bytes_max: i32,
     /// `replica.fetch.backoff.ms`.
@@ -1408,6 +1475,7 @@ impl BrokerConfig {
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,
             unclean_leader_election: values.bool_or_default(UNCLEAN_LEADER_ELECTION_ENABLE)?,
+            cleaner: CleanerSettings::from_values(&values)?,
             replica_fetch_bytes_max: values.int_or_default(REPLICA_FETCH_MAX_BYTES)?,
             replica_fetch_backoff_ms: i64::from(values.int_or_default(REPLICA_FETCH_BACKOFF_MS)?),
             metrics_listener,
@@ -1473,6 +1541,22 @@ impl BrokerConfig {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        // The cleaner's topic settings have no broker setting in keel yet (Kafka's
+        // `log.cleaner.min.cleanable.ratio`, ...): Kafka's defaults.
+        .chain(
+            [
+                topic::MIN_CLEANABLE_DIRTY_RATIO,
+                topic::DELETE_RETENTION_MS,
+                topic::MIN_COMPACTION_LAG_MS,
+                topic::MAX_COMPACTION_LAG_MS,
+            ]
+            .into_iter()
+            .map(|k| {
+                let v = keel_core::controller::config::TopicConfig::default_value(k)
+                    .expect("a topic key keel knows");
+                (k.to_string(), v)
+            }),
+        )
         .collect()
     }
 

@@ -189,6 +189,8 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     connections: AtomicI64,
     connections_accepted: AtomicU64,
+    /// The log cleaner's counters (`crate::broker::cleaner`).
+    pub cleaner: crate::broker::cleaner::CleanerCounters,
     partition_source: RwLock<Option<Arc<PartitionSource>>>,
     /// Requests (or parts of requests) the authoriser denied, by resource type and operation
     /// ([`DENIAL_SLOTS`]).
@@ -236,6 +238,7 @@ impl Metrics {
             bytes_out: AtomicU64::new(0),
             connections: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
+            cleaner: Default::default(),
             partition_source: RwLock::new(None),
             denials: (0..DENIAL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -411,6 +414,21 @@ impl Metrics {
                 "keel_connections_accepted_total",
                 "Kafka client connections accepted.",
                 &self.connections_accepted,
+            ),
+            (
+                "keel_log_cleaner_bytes_total",
+                "Bytes the log cleaner read and wrote.",
+                &self.cleaner.bytes,
+            ),
+            (
+                "keel_log_cleaner_segments_total",
+                "Segments the log cleaner replaced with cleaned ones.",
+                &self.cleaner.segments,
+            ),
+            (
+                "keel_log_cleaner_errors_total",
+                "Log cleanings that failed (the segments were left in place).",
+                &self.cleaner.errors,
             ),
         ] {
             family(&mut out, name, "counter", help);

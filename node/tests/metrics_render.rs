@@ -99,6 +99,15 @@ keel_bytes_out_total 250
 # HELP keel_connections_accepted_total Kafka client connections accepted.
 # TYPE keel_connections_accepted_total counter
 keel_connections_accepted_total 2
+# HELP keel_log_cleaner_bytes_total Bytes the log cleaner read and wrote.
+# TYPE keel_log_cleaner_bytes_total counter
+keel_log_cleaner_bytes_total 0
+# HELP keel_log_cleaner_segments_total Segments the log cleaner replaced with cleaned ones.
+# TYPE keel_log_cleaner_segments_total counter
+keel_log_cleaner_segments_total 0
+# HELP keel_log_cleaner_errors_total Log cleanings that failed (the segments were left in place).
+# TYPE keel_log_cleaner_errors_total counter
+keel_log_cleaner_errors_total 0
 # HELP keel_connections Kafka client connections open.
 # TYPE keel_connections gauge
 keel_connections 1

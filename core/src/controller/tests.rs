@@ -1565,3 +1565,87 @@ fn an_isr_expansion_judged_on_a_previous_incarnation_is_refused() {
         .alter_partition_with_epochs(&request(&state, smaller), &stale)
         .is_ok());
 }
+
+/// The log cleaner's topic configs (Kafka's `TopicConfig`: `min.cleanable.dirty.ratio` a
+/// DOUBLE in [0, 1] defaulting to 0.5, `delete.retention.ms` 1 day, `min.compaction.lag.ms` 0,
+/// `max.compaction.lag.ms` Long.MAX_VALUE) are validated, described and reach the cleaner.
+#[test]
+fn cleaner_topic_configs_are_validated_described_and_applied() {
+    for (key, value, ok) in [
+        ("min.cleanable.dirty.ratio", "0.01", true),
+        ("min.cleanable.dirty.ratio", "1", true),
+        ("min.cleanable.dirty.ratio", "1.5", false),
+        ("min.cleanable.dirty.ratio", "-0.1", false),
+        ("min.cleanable.dirty.ratio", "half", false),
+        ("delete.retention.ms", "0", true),
+        ("delete.retention.ms", "-1", false),
+        ("min.compaction.lag.ms", "0", true),
+        ("min.compaction.lag.ms", "-1", false),
+        ("max.compaction.lag.ms", "0", false),
+        ("max.compaction.lag.ms", "1", true),
+    ] {
+        assert_eq!(
+            TopicConfig::validate(key, value).is_ok(),
+            ok,
+            "{key}={value:?}"
+        );
+    }
+    let defaults = TopicConfig::default().describe();
+    let value = |d: &[config::ConfigEntry], name: &str| {
+        let e = d.iter().find(|e| e.name == name).unwrap();
+        (e.value.clone(), e.source, e.config_type.code())
+    };
+    assert_eq!(
+        value(&defaults, "min.cleanable.dirty.ratio"),
+        ("0.5".into(), ConfigSource::Default, 6)
+    );
+    assert_eq!(
+        value(&defaults, "delete.retention.ms"),
+        ("86400000".into(), ConfigSource::Default, 5)
+    );
+    assert_eq!(
+        value(&defaults, "max.compaction.lag.ms"),
+        (i64::MAX.to_string(), ConfigSource::Default, 5)
+    );
+    let overrides = BTreeMap::from([
+        ("min.cleanable.dirty.ratio".to_string(), "0.01".to_string()),
+        ("delete.retention.ms".to_string(), "100".to_string()),
+        ("min.compaction.lag.ms".to_string(), "5".to_string()),
+        ("max.compaction.lag.ms".to_string(), "6000".to_string()),
+    ]);
+    let config = TopicConfig::from_map(&overrides).unwrap();
+    assert_eq!(
+        value(&config.describe(), "min.cleanable.dirty.ratio"),
+        ("0.01".into(), ConfigSource::Topic, 6)
+    );
+    let cleaner = config.to_cleaner_config();
+    assert_eq!(cleaner.dirty_ratio_min, 0.01);
+    assert_eq!(cleaner.delete_retention_ms, 100);
+    assert_eq!(cleaner.compaction_lag_ms_min, 5);
+    assert_eq!(cleaner.compaction_lag_ms_max, 6000);
+}
+
+/// A `compact`-only topic is never cut by retention (Kafka's `LogManager.cleanupLogs` deletes
+/// only logs whose policy includes delete); `compact,delete` keeps both.
+#[test]
+fn retention_applies_only_with_the_delete_policy() {
+    let with = |policy: &str| {
+        TopicConfig::from_map(&BTreeMap::from([
+            ("cleanup.policy".to_string(), policy.to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("retention.bytes".to_string(), "5000".to_string()),
+        ]))
+        .unwrap()
+        .to_log_config()
+    };
+    let compact = with("compact");
+    assert_eq!(
+        (compact.retention_ms_max, compact.retention_bytes_max),
+        (-1, -1)
+    );
+    let both = with("compact,delete");
+    assert_eq!(
+        (both.retention_ms_max, both.retention_bytes_max),
+        (1000, 5000)
+    );
+}

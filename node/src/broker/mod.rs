@@ -33,6 +33,7 @@
 
 mod acl_handler;
 mod authz;
+pub mod cleaner;
 mod fetcher;
 mod group_handler;
 mod groups;

@@ -305,6 +305,8 @@ pub fn run(args: StartArgs) -> ExitCode {
             config.retention_check_interval_ms,
             config.checkpoint_interval_ms,
         ));
+        #[cfg(not(madsim))]
+        crate::broker::cleaner::spawn(&broker, &config.cleaner);
         println!(
             "keel broker {} ready on {advertised_host}:{advertised_port}",
             config.node_id,
