@@ -719,6 +719,17 @@ impl BatchBuilder {
         self
     }
 
+    /// A transactional batch of `producer_id` at `epoch` with no sequence (base sequence -1),
+    /// as a coordinator writes its records inside a transaction (Kafka's
+    /// `MemoryRecords.withTransactionalRecords` with `NO_SEQUENCE`).
+    pub fn transactional(mut self, producer_id: ProducerId, epoch: i16) -> Self {
+        self.transactional = true;
+        self.producer_id = producer_id;
+        self.producer_epoch = epoch;
+        self.base_sequence = -1;
+        self
+    }
+
     /// Encodes the batch. Fails only if a compressor fails, or with no records.
     pub fn build(&self) -> Result<Batch, BatchError> {
         if self.records.is_empty() {

@@ -73,6 +73,8 @@ error_codes! {
     INVALID_SESSION_TIMEOUT = 26;
     /// The group is rebalancing: rejoin.
     REBALANCE_IN_PROGRESS = 27;
+    /// An offset commit's records are too large for `__consumer_offsets`.
+    INVALID_COMMIT_OFFSET_SIZE = 28;
     /// The principal may not do this to the topic (ACLs, docs/security.md).
     TOPIC_AUTHORIZATION_FAILED = 29;
     /// The principal may not do this to the group.
@@ -152,6 +154,9 @@ error_codes! {
     ELECTION_NOT_NEEDED = 84;
     /// A record or batch that fails validation.
     INVALID_RECORD = 87;
+    /// OffsetFetch with `require_stable`: a transaction holds an offset of the partition that
+    /// is not decided yet (KIP-447); the client retries.
+    UNSTABLE_OFFSET_COMMIT = 88;
     /// A newer producer with the same transactional id exists: this one is fenced.
     PRODUCER_FENCED = 90;
     /// DescribeUserScramCredentials: the user has no SCRAM credential; AlterUserScram-

@@ -18,7 +18,8 @@
 //! [`GroupCoordinator::records_committed`]) the shell:
 //! 1. drains [`GroupCoordinator::poll_records`] and appends them, in sequence order, to the
 //!    replicated `__consumer_offsets` partition (a [`GroupRecord`] is a Kafka-style key and
-//!    value, or a tombstone);
+//!    value, or a tombstone); a record of a transaction ([`OutRecord::txn`]) goes in a
+//!    transactional batch of its producer;
 //! 2. drains [`GroupCoordinator::poll_responses`] and sends them;
 //! 3. once the records up to sequence `n` are durable (committed by the partition's high
 //!    watermark), calls [`GroupCoordinator::records_committed`]`(n)` and drains again;
@@ -34,6 +35,11 @@
 //! - an OffsetCommit's answer, and the committed offset itself: OffsetFetch does not see it
 //!   before [`GroupCoordinator::records_committed`] covers its record (Kafka's
 //!   `pendingOffsetCommits`); an offset with a commit in flight never expires;
+//! - a TxnOffsetCommit's answer likewise; its offsets are then held pending for the producer
+//!   (Kafka's `pendingTransactionalOffsetCommits`) until the shell reports the transaction's
+//!   marker durable on this partition ([`GroupCoordinator::complete_txn`]): a COMMIT makes them
+//!   visible, an ABORT drops them. [`GroupCoordinator::load`] applies the same rule to the
+//!   transactional records and markers it reads, so a coordinator that moves keeps them;
 //! - the SyncGroup answers of the generation the leader assigned (Kafka propagates the
 //!   assignment only from the `storeGroup` callback), and a static member's JoinGroup answer
 //!   when its replacement needs no rebalance.
@@ -83,6 +89,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use prost::Message as _;
 
 use crate::error_code::{self as code, ErrorCode};
+use crate::types::ProducerId;
 
 /// Kafka's default `group.initial.rebalance.delay.ms`.
 pub const INITIAL_REBALANCE_DELAY_MS_DEFAULT: i64 = 3_000;
@@ -461,6 +468,76 @@ pub struct OffsetCommitRequest {
 pub struct OffsetCommitResponse {
     /// Each partition and its error code.
     pub partitions: Vec<(TopicPartition, ErrorCode)>,
+}
+
+/// A TxnOffsetCommit request (Kafka's `TxnOffsetCommitRequest`): offsets committed inside
+/// the transaction of `producer_id` at `producer_epoch`. v0-2 carry no member: `generation_id`
+/// -1, `member_id` empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOffsetCommitRequest {
+    /// The group.
+    pub group_id: String,
+    /// The transaction's producer.
+    pub producer: TxnProducer,
+    /// The member's generation, or -1.
+    pub generation_id: i32,
+    /// The member, or empty.
+    pub member_id: String,
+    /// Its `group.instance.id`.
+    pub group_instance_id: Option<String>,
+    /// The offsets.
+    pub partitions: Vec<PartitionCommit>,
+}
+
+/// The producer whose transaction a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxnProducer {
+    /// The producer id.
+    pub producer_id: ProducerId,
+    /// Its epoch.
+    pub producer_epoch: i16,
+}
+
+/// A record for the shell to append, with its sequence number. A record with `txn` is part of
+/// that producer's transaction: the shell appends it in a transactional batch of the producer
+/// (and never in one batch with records of another producer or none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutRecord {
+    /// The record's sequence number, from 1.
+    pub seq: u64,
+    /// The record.
+    pub record: GroupRecord,
+    /// The transaction it belongs to, if any.
+    pub txn: Option<TxnProducer>,
+}
+
+/// One entry of a `__consumer_offsets` partition's log, as [`GroupCoordinator::load`] reads
+/// it: a record outside transactions, a record inside a producer's transaction, or the
+/// COMMIT/ABORT marker that ends one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogEntry {
+    /// A record of a non-transactional batch.
+    Record(GroupRecord),
+    /// A record of a transactional batch of `producer_id`.
+    Txn {
+        /// The producer.
+        producer_id: ProducerId,
+        /// The record.
+        record: GroupRecord,
+    },
+    /// A transaction marker of `producer_id`.
+    Marker {
+        /// The producer.
+        producer_id: ProducerId,
+        /// COMMIT (true) or ABORT.
+        commit: bool,
+    },
+}
+
+impl From<GroupRecord> for LogEntry {
+    fn from(record: GroupRecord) -> LogEntry {
+        LogEntry::Record(record)
+    }
 }
 
 /// One partition of an OffsetFetch answer.
@@ -893,7 +970,14 @@ pub struct Group {
     /// created by a simple commit).
     state_since_ms: Option<i64>,
     offsets: BTreeMap<TopicPartition, CommittedOffset>,
+    /// Where each committed offset was written: its record's position (the sequence number,
+    /// or the entry's index in the loaded log). A commit older than the offset it would
+    /// replace does not replace it (Kafka's `CommitRecordMetadataAndOffset.olderThan`).
+    positions: BTreeMap<TopicPartition, u64>,
     pending_commits: Vec<PendingCommit>,
+    /// Offsets committed inside transactions not yet decided, by producer (Kafka's
+    /// `pendingTransactionalOffsetCommits`): each with its record's position.
+    pending_txn: BTreeMap<ProducerId, BTreeMap<TopicPartition, (u64, CommittedOffset)>>,
     /// The sequence of the last group metadata record written.
     metadata_seq: u64,
     next_joined_seq: u64,
@@ -911,7 +995,7 @@ struct Ctx<'a> {
 struct Outbox {
     next_seq: u64,
     committed_seq: u64,
-    records: Vec<(u64, GroupRecord)>,
+    records: Vec<OutRecord>,
     /// Answers waiting for the record of their sequence to be durable.
     held: VecDeque<(u64, RequestId, Response)>,
     ready: Vec<(RequestId, Response)>,
@@ -919,8 +1003,16 @@ struct Outbox {
 
 impl Outbox {
     fn write(&mut self, record: GroupRecord) -> u64 {
+        self.write_in(record, None)
+    }
+
+    fn write_in(&mut self, record: GroupRecord, txn: Option<TxnProducer>) -> u64 {
         self.next_seq += 1;
-        self.records.push((self.next_seq, record));
+        self.records.push(OutRecord {
+            seq: self.next_seq,
+            record,
+            txn,
+        });
         self.next_seq
     }
 
@@ -954,7 +1046,9 @@ impl Group {
             initial_delay: None,
             state_since_ms: None,
             offsets: BTreeMap::new(),
+            positions: BTreeMap::new(),
             pending_commits: Vec::new(),
+            pending_txn: BTreeMap::new(),
             metadata_seq: 0,
             next_joined_seq: 0,
         }
@@ -1793,8 +1887,113 @@ impl Group {
     /// Applies the commits whose records are durable up to `seq`.
     fn commits_durable(&mut self, seq: u64) {
         let split = self.pending_commits.partition_point(|c| c.seq <= seq);
-        for c in self.pending_commits.drain(..split) {
-            self.offsets.insert(c.partition, c.offset);
+        let durable: Vec<PendingCommit> = self.pending_commits.drain(..split).collect();
+        for c in durable {
+            self.set_offset(c.partition, c.offset, c.seq);
+        }
+    }
+
+    /// Sets the committed offset of `tp` written at `position`, unless the one it holds was
+    /// written later.
+    fn set_offset(&mut self, tp: TopicPartition, offset: CommittedOffset, position: u64) {
+        if self.positions.get(&tp).is_some_and(|&p| p > position) {
+            return;
+        }
+        self.positions.insert(tp.clone(), position);
+        self.offsets.insert(tp, offset);
+    }
+
+    fn remove_offset(&mut self, tp: &TopicPartition) {
+        self.offsets.remove(tp);
+        self.positions.remove(tp);
+    }
+
+    /// Whether a commit of `tp` is not decided yet: one in flight, or one inside an open
+    /// transaction (Kafka's `hasPendingOffsetCommitsForTopicPartition`).
+    fn has_pending(&self, tp: &TopicPartition) -> bool {
+        self.pending_commits.iter().any(|c| &c.partition == tp)
+            || self.pending_txn.values().any(|m| m.contains_key(tp))
+    }
+
+    /// TxnOffsetCommit (Kafka's `doTxnCommitOffsets`): validated as Kafka's
+    /// `validateOffsetCommit` with `isTransactional`, which unlike OffsetCommit accepts a
+    /// commit without member from a non-empty group (v0-2 carry no member) and does not look
+    /// at the group's state. The offsets are held pending for the producer until its marker.
+    fn txn_commit(
+        &mut self,
+        ctx: &mut Ctx,
+        id: RequestId,
+        req: TxnOffsetCommitRequest,
+    ) -> Reply<OffsetCommitResponse> {
+        let all = |error: ErrorCode, req: &TxnOffsetCommitRequest| {
+            Reply::Now(OffsetCommitResponse {
+                partitions: req
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition.clone(), error))
+                    .collect(),
+            })
+        };
+        if self.state == GroupState::Dead {
+            return all(code::COORDINATOR_NOT_AVAILABLE, &req);
+        }
+        let outside = req.generation_id < 0 && self.state == GroupState::Empty;
+        let as_member =
+            req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
+        if !outside && as_member {
+            if let Err(error) =
+                self.validate_member(&req.member_id, req.group_instance_id.as_deref())
+            {
+                return all(error, &req);
+            }
+            if req.generation_id != self.generation {
+                return all(code::ILLEGAL_GENERATION, &req);
+            }
+        }
+        let mut answers = Vec::with_capacity(req.partitions.len());
+        let mut last_seq = 0;
+        for p in req.partitions {
+            let metadata = p.metadata.unwrap_or_default();
+            if metadata.len() > ctx.config.offset_metadata_bytes_max {
+                answers.push((p.partition, code::OFFSET_METADATA_TOO_LARGE));
+                continue;
+            }
+            let offset = CommittedOffset {
+                offset: p.offset,
+                leader_epoch: p.leader_epoch,
+                metadata,
+                commit_timestamp_ms: ctx.now_ms,
+            };
+            let record = GroupRecord::offset(&self.group_id, &p.partition, Some((&offset).into()));
+            last_seq = ctx.out.write_in(record, Some(req.producer));
+            self.pending_txn
+                .entry(req.producer.producer_id)
+                .or_default()
+                .insert(p.partition.clone(), (last_seq, offset));
+            answers.push((p.partition, code::NONE));
+        }
+        let response = OffsetCommitResponse {
+            partitions: answers,
+        };
+        if last_seq == 0 {
+            return Reply::Now(response);
+        }
+        ctx.out
+            .send_after(last_seq, id, Response::OffsetCommit(response));
+        Reply::Pending
+    }
+
+    /// The marker of `producer_id`'s transaction is durable: on COMMIT its pending offsets
+    /// become the committed ones (each unless a later commit replaced it), on ABORT they are
+    /// dropped (Kafka's `completePendingTxnOffsetCommit`).
+    fn complete_txn(&mut self, producer_id: ProducerId, commit: bool) {
+        let Some(pending) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        if commit {
+            for (tp, (position, offset)) in pending {
+                self.set_offset(tp, offset, position);
+            }
         }
     }
 
@@ -1825,13 +2024,14 @@ impl Group {
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in expired {
-            self.offsets.remove(&tp);
+            self.remove_offset(&tp);
             ctx.out
                 .write(GroupRecord::offset(&self.group_id, &tp, None));
         }
         if self.state == GroupState::Empty
             && self.offsets.is_empty()
             && self.pending_commits.is_empty()
+            && self.pending_txn.is_empty()
         {
             self.transition(GroupState::Dead, ctx.now_ms);
             ctx.out.write(GroupRecord::group(&self.group_id, None));
@@ -1923,27 +2123,53 @@ impl GroupCoordinator {
         }
     }
 
-    /// A coordinator rebuilt from the durable records of its partition, in log order (Kafka's
+    /// A coordinator rebuilt from the durable entries of its partition, in log order (Kafka's
     /// `GroupMetadataManager.loadGroupsAndOffsets`): the last value per key wins, tombstones
     /// delete. A group with members is Stable, without is Empty; every member's session starts
     /// at `now_ms`. The records count as durable: nothing loaded is written again.
+    ///
+    /// Transactions: an offset record inside a producer's transaction is held pending for the
+    /// producer; its COMMIT marker makes it the committed offset (unless an offset written
+    /// after it is there), its ABORT marker drops it, and one with no marker yet stays pending
+    /// for [`GroupCoordinator::complete_txn`]. A group's tombstone drops its pending offsets.
+    /// Live commits are numbered after the loaded entries, so that positions stay ordered.
     pub fn load(
         config: GroupConfig,
         member_id_prefix: impl Into<String>,
         now_ms: i64,
-        records: impl IntoIterator<Item = GroupRecord>,
+        entries: impl IntoIterator<Item = impl Into<LogEntry>>,
     ) -> Result<Self, RecordError> {
         let mut coordinator = GroupCoordinator::new(config, member_id_prefix, now_ms);
-        for record in records {
-            coordinator.replay(record, now_ms)?;
+        let mut position = 0;
+        for entry in entries {
+            position += 1;
+            match entry.into() {
+                LogEntry::Record(record) => coordinator.replay(record, None, position, now_ms)?,
+                LogEntry::Txn {
+                    producer_id,
+                    record,
+                } => coordinator.replay(record, Some(producer_id), position, now_ms)?,
+                LogEntry::Marker {
+                    producer_id,
+                    commit,
+                } => coordinator.complete_txn(producer_id, commit),
+            }
         }
+        coordinator.out.next_seq = position;
+        coordinator.out.committed_seq = position;
         for group in coordinator.groups.values() {
             group.check_invariants();
         }
         Ok(coordinator)
     }
 
-    fn replay(&mut self, record: GroupRecord, now_ms: i64) -> Result<(), RecordError> {
+    fn replay(
+        &mut self,
+        record: GroupRecord,
+        txn: Option<ProducerId>,
+        position: u64,
+        now_ms: i64,
+    ) -> Result<(), RecordError> {
         match (record.key, record.value) {
             (
                 RecordKey::Offset {
@@ -1956,14 +2182,25 @@ impl GroupCoordinator {
                     .groups
                     .entry(group_id.clone())
                     .or_insert_with(|| Group::new(group_id));
-                match value {
-                    Some(RecordValue::Offset(v)) => {
+                match (value, txn) {
+                    (Some(RecordValue::Offset(v)), None) => {
+                        group.positions.insert(partition.clone(), position);
                         group.offsets.insert(partition, (&v).into());
                     }
-                    None => {
-                        group.offsets.remove(&partition);
+                    (Some(RecordValue::Offset(v)), Some(producer_id)) => {
+                        group
+                            .pending_txn
+                            .entry(producer_id)
+                            .or_default()
+                            .insert(partition, (position, (&v).into()));
                     }
-                    Some(RecordValue::Group(_)) => return Err(RecordError::KindMismatch),
+                    (None, None) => group.remove_offset(&partition),
+                    (None, Some(producer_id)) => {
+                        if let Some(pending) = group.pending_txn.get_mut(&producer_id) {
+                            pending.remove(&partition);
+                        }
+                    }
+                    (Some(RecordValue::Group(_)), _) => return Err(RecordError::KindMismatch),
                 }
             }
             (RecordKey::Group { group_id }, None) => {
@@ -1973,20 +2210,21 @@ impl GroupCoordinator {
                     } else {
                         // Kafka writes offset tombstones before the group's; keep the offsets
                         // as a simple group rather than lose them.
-                        let offsets = group.offsets.clone();
                         let mut fresh = Group::new(group_id.clone());
-                        fresh.offsets = offsets;
+                        fresh.offsets = group.offsets.clone();
+                        fresh.positions = group.positions.clone();
                         self.groups.insert(group_id, fresh);
                     }
                 }
             }
             (RecordKey::Group { group_id }, Some(RecordValue::Group(v))) => {
-                let offsets = self
-                    .groups
-                    .remove(&group_id)
-                    .map(|g| g.offsets)
-                    .unwrap_or_default();
-                let group = Self::group_from_value(group_id.clone(), v, offsets, now_ms)?;
+                let old = self.groups.remove(&group_id);
+                let mut group = Self::group_from_value(group_id.clone(), v, now_ms)?;
+                if let Some(old) = old {
+                    group.offsets = old.offsets;
+                    group.positions = old.positions;
+                    group.pending_txn = old.pending_txn;
+                }
                 self.groups.insert(group_id, group);
             }
             (RecordKey::Group { .. }, Some(RecordValue::Offset(_))) => {
@@ -1999,7 +2237,6 @@ impl GroupCoordinator {
     fn group_from_value(
         group_id: String,
         v: GroupMetadataValue,
-        offsets: BTreeMap<TopicPartition, CommittedOffset>,
         now_ms: i64,
     ) -> Result<Group, RecordError> {
         let invalid = |detail: &str| RecordError::InvalidGroup {
@@ -2007,7 +2244,6 @@ impl GroupCoordinator {
             detail: detail.to_string(),
         };
         let mut g = Group::new(group_id.clone());
-        g.offsets = offsets;
         g.generation = v.generation;
         g.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
         g.protocol_name = v.protocol_name;
@@ -2244,20 +2480,65 @@ impl GroupCoordinator {
         group.commit(&mut ctx, id, req)
     }
 
+    /// TxnOffsetCommit (Kafka's `handleTxnCommitOffsets`): offsets committed inside the
+    /// transaction of `req.producer`. A group that does not exist is created (Empty), as Kafka
+    /// does. The answer is held until the records are durable; the offsets stay pending
+    /// (invisible to OffsetFetch, UNSTABLE_OFFSET_COMMIT to one that requires stable offsets)
+    /// until [`GroupCoordinator::complete_txn`]. The shell checks the producer's epoch and
+    /// that the transaction holds this partition (KIP-890) before it calls this.
+    pub fn handle_txn_offset_commit(
+        &mut self,
+        now_ms: i64,
+        id: RequestId,
+        req: TxnOffsetCommitRequest,
+    ) -> Reply<OffsetCommitResponse> {
+        self.groups
+            .entry(req.group_id.clone())
+            .or_insert_with(|| Group::new(req.group_id.clone()));
+        let (groups, mut ctx) = self.ctx(now_ms);
+        let group = groups.get_mut(&req.group_id).expect("created above");
+        group.txn_commit(&mut ctx, id, req)
+    }
+
+    /// The COMMIT (`commit`) or ABORT marker of `producer_id` is durable on this partition
+    /// (Kafka's `handleTxnCompletion`): the offsets its transaction committed here become
+    /// visible, or are dropped. Nothing for a producer with no pending offsets (a marker sent
+    /// again).
+    pub fn complete_txn(&mut self, producer_id: ProducerId, commit: bool) {
+        for group in self.groups.values_mut() {
+            group.complete_txn(producer_id, commit);
+        }
+    }
+
     /// OffsetFetch (Kafka's `handleFetchOffsets`): the durable offsets of `partitions`, or of
-    /// every partition with one (`None`); -1 for a partition without.
+    /// every partition with one (`None`); -1 for a partition without. With `require_stable`
+    /// (KIP-447, OffsetFetch v7+), a partition with a commit not yet decided (in flight, or in
+    /// an open transaction) is UNSTABLE_OFFSET_COMMIT instead.
     pub fn handle_offset_fetch(
         &self,
         group_id: &str,
         partitions: Option<&[TopicPartition]>,
+        require_stable: bool,
     ) -> Vec<FetchedOffset> {
-        let offsets = self.groups.get(group_id).map(|g| &g.offsets);
-        let fetched = |tp: &TopicPartition, c: Option<&CommittedOffset>| FetchedOffset {
-            partition: tp.clone(),
-            offset: c.map_or(-1, |c| c.offset),
-            leader_epoch: c.map_or(-1, |c| c.leader_epoch),
-            metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
-            error_code: code::NONE,
+        let group = self.groups.get(group_id);
+        let offsets = group.map(|g| &g.offsets);
+        let fetched = |tp: &TopicPartition, c: Option<&CommittedOffset>| {
+            if require_stable && group.is_some_and(|g| g.has_pending(tp)) {
+                return FetchedOffset {
+                    partition: tp.clone(),
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    error_code: code::UNSTABLE_OFFSET_COMMIT,
+                };
+            }
+            FetchedOffset {
+                partition: tp.clone(),
+                offset: c.map_or(-1, |c| c.offset),
+                leader_epoch: c.map_or(-1, |c| c.leader_epoch),
+                metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
+                error_code: code::NONE,
+            }
         };
         match partitions {
             Some(tps) => tps
@@ -2304,7 +2585,7 @@ impl GroupCoordinator {
     }
 
     /// DeleteGroups (Kafka's `handleDeleteGroups`): only an Empty group is deleted (its offsets,
-    /// including commits in flight, and its metadata get tombstones); NON_EMPTY_GROUP otherwise,
+    /// including commits in flight and in open transactions, and its metadata get tombstones); NON_EMPTY_GROUP otherwise,
     /// GROUP_ID_NOT_FOUND for an unknown group. Answered at once, as Kafka does not wait for
     /// the tombstones either.
     pub fn delete_groups(&mut self, now_ms: i64, group_ids: &[String]) -> Vec<(String, ErrorCode)> {
@@ -2319,6 +2600,7 @@ impl GroupCoordinator {
                         let mut partitions: BTreeSet<TopicPartition> =
                             g.offsets.keys().cloned().collect();
                         partitions.extend(g.pending_commits.iter().map(|c| c.partition.clone()));
+                        partitions.extend(g.pending_txn.values().flat_map(|m| m.keys().cloned()));
                         for tp in &partitions {
                             self.out.write(GroupRecord::offset(id, tp, None));
                         }
@@ -2359,7 +2641,7 @@ impl GroupCoordinator {
     }
 
     /// Records to append, with their sequence numbers, in order.
-    pub fn poll_records(&mut self) -> Vec<(u64, GroupRecord)> {
+    pub fn poll_records(&mut self) -> Vec<OutRecord> {
         std::mem::take(&mut self.out.records)
     }
 

@@ -199,6 +199,29 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             r.group_id = GroupId(s("group-a"));
             vec![RequestKind::AddOffsetsToTxn(r)]
         }
+        ApiKey::TxnOffsetCommit => {
+            let mut r = TxnOffsetCommitRequest::default();
+            r.transactional_id = TransactionalId(s("txn-a"));
+            r.group_id = GroupId(s("group-a"));
+            r.producer_id = ProducerId(5);
+            r.generation_id = -1;
+            r.topics = vec![
+                txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                    .with_name(name("t"))
+                    .with_partitions(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1),
+                        txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(7)
+                            .with_committed_offset(1),
+                    ]),
+            ];
+            vec![
+                RequestKind::TxnOffsetCommit(r),
+                RequestKind::TxnOffsetCommit(TxnOffsetCommitRequest::default()),
+            ]
+        }
         ApiKey::EndTxn => {
             let mut r = EndTxnRequest::default();
             r.transactional_id = TransactionalId(s("txn-a"));
@@ -581,6 +604,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         "DeleteGroups",
         "AddPartitionsToTxn",
         "AddOffsetsToTxn",
+        "TxnOffsetCommit",
         "EndTxn",
         "DescribeTransactions",
         "ListTransactions",

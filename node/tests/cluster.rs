@@ -4,7 +4,8 @@
 //! of its partition is SIGKILLed and restarted (the issue's "kill the leader" test), and a
 //! consumer group keeps its committed offsets and its member when its coordinator's broker is
 //! SIGKILLed and restarted, and a rolling restart with SIGTERM (controlled shutdown) under an
-//! idempotent acks=all producer fails no delivery.
+//! idempotent acks=all producer fails no delivery; transactions, and an exactly-once
+//! consume-transform-produce loop that commits its offsets with the transaction.
 //!
 //! The Python halves are `node/tests/interop/cluster_*.py`; this file owns every process: each
 //! test starts its brokers on free 127.0.0.1 ports with fresh data directories, and a Drop
@@ -753,6 +754,40 @@ fn elect_leaders_through_the_admin_api() {
     say(&format!(
         "cluster test elect_leaders_through_the_admin_api: {} (took {:.1?})",
         figures(&out),
+        started.elapsed()
+    ));
+}
+
+/// Exactly-once consume-transform-produce on `keel dev` (issue 15): a confluent-kafka group
+/// member and a transactional producer commit the member's positions with
+/// `send_offsets_to_transaction` (TxnOffsetCommit, whose records the group's coordinator
+/// holds until the COMMIT marker reaches its `__consumer_offsets` partition, possibly led by
+/// another broker than the transaction coordinator), aborting every third transaction: the
+/// committed offsets move only with commits, and the output holds every input record exactly
+/// once. Kafka's `GroupCoordinator.handleTxnCommitOffsets`, KIP-447.
+#[test]
+fn exactly_once_consume_transform_produce_on_three_brokers() {
+    let Some(clients) = clients(
+        "cluster",
+        "exactly_once_consume_transform_produce_on_three_brokers",
+        MODULES,
+    ) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port_range();
+    let mut dev = Dev::start(port, &dir.path().join("data"), &FAST_FAILOVER);
+    dev.wait_ready();
+    let args = vec![dev.bootstrap()];
+    let script = Script::spawn(&clients, "eos_transform.py", &args, dir.path());
+    let out = script.expect_success(Duration::from_secs(240), &dev);
+    dev.interrupt();
+    say(&format!(
+        "cluster test exactly_once_consume_transform_produce_on_three_brokers: {} (took {:.1?})",
+        out.lines()
+            .find(|l| l.starts_with("processed"))
+            .unwrap_or(""),
         started.elapsed()
     ));
 }

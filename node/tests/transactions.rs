@@ -403,3 +403,192 @@ async fn bad_transactional_input_gets_clear_errors_and_fencing_aborts() {
         .iter()
         .any(|t| t.transactional_id.0.as_str() == TXN));
 }
+
+async fn add_offsets(b: &Arc<Broker>, pid: i64, epoch: i16, group: &str) -> i16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut r = AddOffsetsToTxnRequest::default();
+        r.transactional_id = TransactionalId(s(TXN));
+        r.producer_id = ProducerId(pid);
+        r.producer_epoch = epoch;
+        r.group_id = GroupId(s(group));
+        let e = match call(
+            b,
+            ApiKey::AddOffsetsToTxn,
+            3,
+            RequestKind::AddOffsetsToTxn(r),
+        )
+        .await
+        {
+            ResponseKind::AddOffsetsToTxn(r) => r.error_code,
+            other => panic!("{other:?}"),
+        };
+        if e != code::CONCURRENT_TRANSACTIONS || Instant::now() > deadline {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// TxnOffsetCommit of `t`-0 at `offset` for group `g`; retried while the group coordinator
+/// loads (what clients retry).
+async fn txn_offset_commit(
+    b: &Arc<Broker>,
+    v: i16,
+    (pid, epoch): (i64, i16),
+    (member, generation): (&str, i32),
+    offset: i64,
+) -> i16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut r = TxnOffsetCommitRequest::default();
+        r.transactional_id = TransactionalId(s(TXN));
+        r.group_id = GroupId(s("g"));
+        r.producer_id = ProducerId(pid);
+        r.producer_epoch = epoch;
+        r.member_id = s(member);
+        r.generation_id = generation;
+        r.topics = vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset),
+                ]),
+        ];
+        let e = match call(
+            b,
+            ApiKey::TxnOffsetCommit,
+            v,
+            RequestKind::TxnOffsetCommit(r),
+        )
+        .await
+        {
+            ResponseKind::TxnOffsetCommit(r) => r.topics[0].partitions[0].error_code,
+            other => panic!("{other:?}"),
+        };
+        if e != code::COORDINATOR_LOAD_IN_PROGRESS || Instant::now() > deadline {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// OffsetFetch v7 of `t`-0 for group `g`: the offset, or the partition's error.
+async fn committed(b: &Arc<Broker>, require_stable: bool) -> Result<i64, i16> {
+    let mut r = OffsetFetchRequest::default();
+    r.group_id = GroupId(s("g"));
+    r.require_stable = require_stable;
+    r.topics = Some(vec![
+        offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(TopicName(s("t")))
+            .with_partition_indexes(vec![0]),
+    ]);
+    match call(b, ApiKey::OffsetFetch, 7, RequestKind::OffsetFetch(r)).await {
+        ResponseKind::OffsetFetch(r) if r.error_code != code::NONE => Err(r.error_code),
+        ResponseKind::OffsetFetch(r) => match r.topics[0].partitions[0].error_code {
+            code::NONE => Ok(r.topics[0].partitions[0].committed_offset),
+            e => Err(e),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+/// TxnOffsetCommit (KIP-98, KIP-447, KIP-890): offsets committed inside a transaction are
+/// invisible to OffsetFetch (and UNSTABLE_OFFSET_COMMIT to one requiring stable offsets) until
+/// the commit marker lands on the group's partition; an abort discards them. A group not
+/// added with AddOffsetsToTxn, an unknown member and a fenced epoch get Kafka's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_offset_commit_is_visible_only_after_the_commit_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<Broker> = Broker::open(
+        Settings::single(1, dir.path().to_path_buf()),
+        Arc::new(keel_node::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![CreatableTopic::default()
+        .with_name(TopicName(s("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1)];
+    call(
+        &b,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(create),
+    )
+    .await;
+    assert_eq!(find_coordinator(&b, 3, 0, "g").await, (code::NONE, 1));
+    assert_eq!(find_coordinator(&b, 3, 1, TXN).await, (code::NONE, 1));
+    let first = init_retrying(&b, TXN).await;
+    assert_eq!(first.error_code, code::NONE);
+    let producer = (first.producer_id.0, first.producer_epoch);
+
+    // Before AddOffsetsToTxn the group's partition is not in the transaction (Kafka 3.6+
+    // verifies it): INVALID_TXN_STATE before v4, TRANSACTION_ABORTABLE from v4.
+    assert_eq!(
+        txn_offset_commit(&b, 3, producer, ("", -1), 5).await,
+        code::INVALID_TXN_STATE
+    );
+    assert_eq!(
+        txn_offset_commit(&b, 4, producer, ("", -1), 5).await,
+        code::TRANSACTION_ABORTABLE
+    );
+    assert_eq!(
+        add_offsets(&b, producer.0, producer.1, "g").await,
+        code::NONE
+    );
+    // A member the group does not know: UNKNOWN_MEMBER_ID.
+    assert_eq!(
+        txn_offset_commit(&b, 3, producer, ("stranger", 1), 5).await,
+        code::UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        txn_offset_commit(&b, 3, producer, ("", -1), 5).await,
+        code::NONE
+    );
+    assert_eq!(committed(&b, false).await, Ok(-1), "not committed yet");
+    assert_eq!(
+        committed(&b, true).await,
+        Err(code::UNSTABLE_OFFSET_COMMIT),
+        "KIP-447: pending in a transaction"
+    );
+    assert_eq!(
+        end_txn(&b, 3, producer.0, producer.1, true).await,
+        code::NONE
+    );
+    wait_for("the commit marker on the group's partition", async || {
+        committed(&b, true).await == Ok(5)
+    })
+    .await;
+
+    // A second transaction commits offset 9 and aborts: the offset stays 5.
+    assert_eq!(
+        add_offsets(&b, producer.0, producer.1, "g").await,
+        code::NONE
+    );
+    assert_eq!(
+        txn_offset_commit(&b, 4, producer, ("", -1), 9).await,
+        code::NONE
+    );
+    assert_eq!(committed(&b, false).await, Ok(5));
+    assert_eq!(
+        end_txn(&b, 3, producer.0, producer.1, false).await,
+        code::NONE
+    );
+    wait_for("the abort marker on the group's partition", async || {
+        committed(&b, true).await == Ok(5)
+    })
+    .await;
+
+    // A new producer fences the first: its epoch is refused.
+    let second = init_retrying(&b, TXN).await;
+    assert_eq!(second.error_code, code::NONE);
+    assert_eq!(
+        txn_offset_commit(&b, 3, producer, ("", -1), 11).await,
+        code::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(committed(&b, true).await, Ok(5));
+}

@@ -41,6 +41,9 @@ struct Harness {
     now: i64,
     next_request: u64,
     records: Vec<(u64, GroupRecord)>,
+    /// The partition's log as the shell would write it: records, transactional records and
+    /// markers, in order.
+    log: Vec<LogEntry>,
     answers: BTreeMap<RequestId, Response>,
     auto_durable: bool,
 }
@@ -52,6 +55,7 @@ impl Harness {
             now: 0,
             next_request: 0,
             records: Vec::new(),
+            log: Vec::new(),
             answers: BTreeMap::new(),
             auto_durable: true,
         }
@@ -66,12 +70,19 @@ impl Harness {
     fn drain(&mut self) {
         let records = self.c.poll_records();
         let mut last = None;
-        for (seq, r) in records {
+        for OutRecord { seq, record, txn } in records {
             if let Some((prev, _)) = self.records.last() {
                 assert_eq!(seq, prev + 1, "records are numbered densely");
             }
             last = Some(seq);
-            self.records.push((seq, r));
+            self.log.push(match txn {
+                None => LogEntry::Record(record.clone()),
+                Some(p) => LogEntry::Txn {
+                    producer_id: p.producer_id,
+                    record: record.clone(),
+                },
+            });
+            self.records.push((seq, record));
         }
         if let (true, Some(seq)) = (self.auto_durable, last) {
             self.c.records_committed(seq);
@@ -212,9 +223,63 @@ impl Harness {
         (id, reply.now())
     }
 
+    /// A TxnOffsetCommit of producer `pid` (epoch 0) for group `g`.
+    fn txn_commit(
+        &mut self,
+        pid: i64,
+        member_id: &str,
+        generation: i32,
+        offsets: &[(TopicPartition, i64)],
+    ) -> (RequestId, Option<OffsetCommitResponse>) {
+        let id = self.request_id();
+        let req = TxnOffsetCommitRequest {
+            group_id: "g".into(),
+            producer: TxnProducer {
+                producer_id: ProducerId(pid),
+                producer_epoch: 0,
+            },
+            generation_id: generation,
+            member_id: member_id.into(),
+            group_instance_id: None,
+            partitions: offsets
+                .iter()
+                .map(|(tp, o)| PartitionCommit {
+                    partition: tp.clone(),
+                    offset: *o,
+                    leader_epoch: 3,
+                    metadata: None,
+                })
+                .collect(),
+        };
+        let reply = self.c.handle_txn_offset_commit(self.now, id, req);
+        self.drain();
+        (id, reply.now())
+    }
+
+    /// The marker of producer `pid` lands on the partition and is durable.
+    fn marker(&mut self, pid: i64, commit: bool) {
+        self.log.push(LogEntry::Marker {
+            producer_id: ProducerId(pid),
+            commit,
+        });
+        self.c.complete_txn(ProducerId(pid), commit);
+        self.drain();
+    }
+
+    /// The offset OffsetFetch with `require_stable` gives, or its error.
+    fn fetched_stable(&self, tp: &TopicPartition) -> Result<i64, ErrorCode> {
+        let f = &self
+            .c
+            .handle_offset_fetch("g", Some(std::slice::from_ref(tp)), true)[0];
+        match f.error_code {
+            code::NONE => Ok(f.offset),
+            e => Err(e),
+        }
+    }
+
     fn fetched(&self, tp: &TopicPartition) -> i64 {
         self.c
-            .handle_offset_fetch("g", Some(std::slice::from_ref(tp)))[0]
+            .handle_offset_fetch("g", Some(std::slice::from_ref(tp)), false)[0]
             .offset
     }
 
@@ -256,8 +321,7 @@ impl Harness {
     }
 
     fn replayed(&self) -> GroupCoordinator {
-        let records = self.records.iter().map(|(_, r)| r.clone());
-        GroupCoordinator::load(self.c.config.clone(), "c2-", self.now, records)
+        GroupCoordinator::load(self.c.config.clone(), "c2-", self.now, self.log.clone())
             .expect("the coordinator's own records load")
     }
 }
@@ -701,7 +765,7 @@ fn simple_commit_is_acknowledged_and_visible_only_when_durable() {
         panic!("commit answered")
     };
     assert!(r.partitions.iter().all(|(_, c)| *c == code::NONE));
-    let f = &h.c.handle_offset_fetch("g", Some(&[tp("t", 1)]))[0];
+    let f = &h.c.handle_offset_fetch("g", Some(&[tp("t", 1)]), false)[0];
     assert_eq!((f.offset, f.leader_epoch, f.metadata.as_str()), (7, 3, "m"));
 
     let req = OffsetCommitRequest {
@@ -785,19 +849,19 @@ fn member_commit_checks() {
 fn offset_fetch_all_or_some() {
     let mut h = Harness::new(config_no_delay());
     h.commit("", -1, &[(tp("a", 0), 1), (tp("b", 2), 3)]);
-    let all = h.c.handle_offset_fetch("g", None);
+    let all = h.c.handle_offset_fetch("g", None, false);
     let got: Vec<(String, i64)> = all
         .iter()
         .map(|f| (f.partition.topic.clone(), f.offset))
         .collect();
     assert_eq!(got, vec![("a".to_string(), 1), ("b".to_string(), 3)]);
     let some =
-        h.c.handle_offset_fetch("g", Some(&[tp("b", 2), tp("c", 0)]));
+        h.c.handle_offset_fetch("g", Some(&[tp("b", 2), tp("c", 0)]), false);
     assert_eq!((some[0].offset, some[1].offset), (3, -1));
     assert_eq!((some[1].leader_epoch, some[1].metadata.as_str()), (-1, ""));
-    assert!(h.c.handle_offset_fetch("none", None).is_empty());
+    assert!(h.c.handle_offset_fetch("none", None, false).is_empty());
     assert_eq!(
-        h.c.handle_offset_fetch("none", Some(&[tp("a", 0)]))[0].offset,
+        h.c.handle_offset_fetch("none", Some(&[tp("a", 0)]), false)[0].offset,
         -1
     );
 }
@@ -1298,4 +1362,178 @@ fn partition_for_matches_kafka() {
     assert_eq!(partition_for("zzzzzzzz", 50), h.abs() % 50);
     // Outside the basic multilingual plane Java hashes the two UTF-16 surrogates.
     assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offsets committed inside transactions (TxnOffsetCommit)
+// ---------------------------------------------------------------------------------------------
+
+/// Kafka's `GroupMetadata.prepareTxnOffsetCommit` and `completePendingTxnOffsetCommit`: a
+/// transaction's offsets are answered once durable but stay invisible (and unstable to a
+/// `require_stable` fetch, KIP-447) until the COMMIT marker; a replay of the log agrees at
+/// every step.
+#[test]
+fn txn_offsets_become_visible_only_at_the_commit_marker() {
+    let mut h = Harness::new(config_no_delay());
+    h.commit("", -1, &[(tp("t", 0), 5)]);
+    let (_, answer) = h.txn_commit(7, "", -1, &[(tp("t", 0), 9), (tp("t", 1), 4)]);
+    assert!(answer.is_none(), "held until durable");
+    assert_eq!(h.fetched(&tp("t", 0)), 5, "the transaction is not decided");
+    assert_eq!(h.fetched(&tp("t", 1)), -1);
+    assert_eq!(
+        h.fetched_stable(&tp("t", 0)),
+        Err(code::UNSTABLE_OFFSET_COMMIT)
+    );
+    assert_eq!(
+        h.fetched_stable(&tp("t", 1)),
+        Err(code::UNSTABLE_OFFSET_COMMIT)
+    );
+    assert_eq!(
+        h.fetched_stable(&tp("t", 2)),
+        Ok(-1),
+        "no commit pending there"
+    );
+    let replayed = h.replayed();
+    assert_eq!(
+        replayed.handle_offset_fetch("g", Some(&[tp("t", 0)]), true)[0].error_code,
+        code::UNSTABLE_OFFSET_COMMIT,
+        "a loaded transaction without its marker stays pending"
+    );
+    h.marker(7, true);
+    assert_eq!(h.fetched(&tp("t", 0)), 9);
+    assert_eq!(h.fetched_stable(&tp("t", 1)), Ok(4));
+    assert_eq!(
+        h.replayed().group("g").unwrap().offsets(),
+        h.group().offsets()
+    );
+    // A resent marker changes nothing.
+    h.marker(7, true);
+    assert_eq!(h.fetched(&tp("t", 0)), 9);
+}
+
+/// An ABORT marker drops the transaction's offsets (Kafka's `completePendingTxnOffsetCommit`
+/// with `isCommit` false), live and on load.
+#[test]
+fn an_abort_marker_discards_the_transactions_offsets() {
+    let mut h = Harness::new(config_no_delay());
+    h.commit("", -1, &[(tp("t", 0), 5)]);
+    h.txn_commit(7, "", -1, &[(tp("t", 0), 9)]);
+    h.marker(7, false);
+    assert_eq!(h.fetched(&tp("t", 0)), 5);
+    assert_eq!(h.fetched_stable(&tp("t", 0)), Ok(5));
+    let replayed = h.replayed();
+    assert_eq!(replayed.group("g").unwrap().offsets(), h.group().offsets());
+    assert_eq!(
+        replayed.handle_offset_fetch("g", Some(&[tp("t", 0)]), true)[0].offset,
+        5
+    );
+}
+
+/// A coordinator that loads a log whose transaction has no marker yet holds its offsets
+/// pending, and the marker that lands afterwards decides them (`loadGroupsAndOffsets` keeps
+/// `pendingOffsets` per producer; `handleTxnCompletion` later).
+#[test]
+fn a_loaded_open_transaction_is_decided_by_its_later_marker() {
+    let mut h = Harness::new(config_no_delay());
+    h.txn_commit(7, "", -1, &[(tp("t", 0), 9)]);
+    h.txn_commit(8, "", -1, &[(tp("t", 1), 3)]);
+    let mut loaded = h.replayed();
+    assert_eq!(
+        loaded.handle_offset_fetch("g", None, false),
+        vec![],
+        "nothing committed yet"
+    );
+    loaded.complete_txn(ProducerId(7), true);
+    loaded.complete_txn(ProducerId(8), false);
+    let all = loaded.handle_offset_fetch("g", None, true);
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].partition.clone(), all[0].offset), (tp("t", 0), 9));
+    // Live commits after a load are numbered after the loaded entries.
+    assert!(loaded.last_record_seq() >= 2);
+}
+
+/// `CommitRecordMetadataAndOffset.olderThan`: an offset written after the transaction's
+/// record (a plain commit) is not replaced when the transaction commits later; one written
+/// before it is. Live and on load alike.
+#[test]
+fn a_transaction_does_not_replace_an_offset_written_after_it() {
+    let mut h = Harness::new(config_no_delay());
+    h.txn_commit(7, "", -1, &[(tp("t", 0), 9), (tp("t", 1), 9)]);
+    h.commit("", -1, &[(tp("t", 0), 12)]);
+    h.marker(7, true);
+    assert_eq!(
+        h.fetched(&tp("t", 0)),
+        12,
+        "written after the transaction's record"
+    );
+    assert_eq!(h.fetched(&tp("t", 1)), 9);
+    assert_eq!(
+        h.replayed().group("g").unwrap().offsets(),
+        h.group().offsets()
+    );
+    // Two transactions on one partition: the later record wins whichever commits first.
+    h.txn_commit(8, "", -1, &[(tp("t", 2), 1)]);
+    h.txn_commit(9, "", -1, &[(tp("t", 2), 2)]);
+    h.marker(9, true);
+    h.marker(8, true);
+    assert_eq!(h.fetched(&tp("t", 2)), 2);
+    assert_eq!(
+        h.replayed().group("g").unwrap().offsets(),
+        h.group().offsets()
+    );
+}
+
+/// `GroupCoordinator.validateOffsetCommit` with `isTransactional`: a member's commit is
+/// checked against the group (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION), one without member
+/// (TxnOffsetCommit v0-2) is taken even by a non-empty group, and a group that does not exist
+/// is created.
+#[test]
+fn txn_commits_are_validated_against_the_members_generation() {
+    let mut h = Harness::new(config_no_delay());
+    let m1 = h.stable_one();
+    let (_, a) = h.txn_commit(7, "stranger", 1, &[(tp("t", 0), 1)]);
+    assert_eq!(a.unwrap().partitions[0].1, code::UNKNOWN_MEMBER_ID);
+    let (_, a) = h.txn_commit(7, &m1, 2, &[(tp("t", 0), 1)]);
+    assert_eq!(a.unwrap().partitions[0].1, code::ILLEGAL_GENERATION);
+    let (id, a) = h.txn_commit(7, &m1, 1, &[(tp("t", 0), 1)]);
+    assert!(a.is_none());
+    let Some(Response::OffsetCommit(ok)) = h.answers.get(&id) else {
+        panic!("answered once durable");
+    };
+    assert_eq!(ok.partitions, vec![(tp("t", 0), code::NONE)]);
+    let (id, _) = h.txn_commit(8, "", -1, &[(tp("t", 1), 1)]);
+    assert!(
+        matches!(h.answers.get(&id), Some(Response::OffsetCommit(r)) if r.partitions[0].1 == code::NONE),
+        "no member: not validated"
+    );
+    let id = h.request_id();
+    let req = TxnOffsetCommitRequest {
+        group_id: "new".into(),
+        producer: TxnProducer {
+            producer_id: ProducerId(9),
+            producer_epoch: 0,
+        },
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        partitions: vec![],
+    };
+    assert!(h.c.handle_txn_offset_commit(h.now, id, req).now().is_some());
+    assert_eq!(h.c.group("new").map(Group::state), Some(GroupState::Empty));
+}
+
+/// A group whose only offsets are in an open transaction is not removed by expiry (Kafka's
+/// `hasOffsets` counts `pendingTransactionalOffsetCommits`); its records are transactional.
+#[test]
+fn a_group_with_an_open_transaction_does_not_expire() {
+    let interval = GroupConfig::default().offsets_retention_check_interval_ms;
+    let mut h = Harness::new(config_no_delay());
+    h.txn_commit(7, "", -1, &[(tp("t", 0), 9)]);
+    assert!(
+        matches!(h.log.last(), Some(LogEntry::Txn { producer_id, .. }) if *producer_id == ProducerId(7))
+    );
+    h.advance(interval + 1);
+    assert!(h.c.group("g").is_some());
+    h.marker(7, true);
+    assert_eq!(h.fetched(&tp("t", 0)), 9);
 }

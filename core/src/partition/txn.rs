@@ -177,6 +177,68 @@ impl<S: Storage> PartitionReplica<S> {
         *entry = (*entry).max(producer_epoch);
     }
 
+    /// Appends a coordinator's transactional batch (the group coordinator's offsets committed
+    /// inside a transaction, Kafka's append with origin `COORDINATOR`): the transaction checks
+    /// of a client batch (a fenced epoch, the KIP-890 verification when the batch would open a
+    /// transaction here) but no sequence check, since a coordinator writes no sequence.
+    pub fn append_coordinator_txn(
+        &mut self,
+        now_ms: i64,
+        batch: Batch,
+    ) -> Result<Appended, ProduceError> {
+        if !self.is_leader() {
+            return Err(ProduceError::NotLeaderOrFollower);
+        }
+        if !batch.is_transactional() || batch.producer_id().0 < 0 {
+            return Err(ProduceError::InvalidRecord(
+                "a coordinator's transactional batch needs a producer id".into(),
+            ));
+        }
+        self.validate(&batch)?;
+        self.check_txn_produce(&batch)?;
+        let (producer_id, epoch) = (batch.producer_id(), batch.producer_epoch());
+        if let Some(current) = self
+            .producers
+            .entry(producer_id)
+            .map(|e| e.epoch())
+            .filter(|&c| epoch < c)
+        {
+            return Err(ProduceError::Producer(
+                ProducerError::InvalidProducerEpoch {
+                    producer_id,
+                    current,
+                    got: epoch,
+                },
+            ));
+        }
+        let mut header = batch.header();
+        let info = self.log.append(now_ms, batch, self.leader_epoch)?;
+        header.base_offset = info.base_offset;
+        header.partition_leader_epoch = self.leader_epoch;
+        self.producers.record(&header);
+        self.track_data(&header);
+        Ok(Appended {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_append_time_ms: -1,
+            duplicate: false,
+            leader_epoch: self.leader_epoch,
+        })
+    }
+
+    /// Whether a coordinator's transactional batch of `producer_id` at `producer_epoch` would
+    /// be refused for a fenced epoch: the epoch the partition holds for it, if newer.
+    pub fn txn_epoch_fenced(&self, producer_id: ProducerId, producer_epoch: i16) -> Option<i16> {
+        let current = self
+            .producers
+            .entry(producer_id)
+            .map(|e| e.epoch())
+            .into_iter()
+            .chain(self.txns.marker_epoch(producer_id))
+            .max();
+        current.filter(|&c| producer_epoch < c)
+    }
+
     /// Appends a transaction marker, as the leader (WriteTxnMarkers): the COMMIT or ABORT
     /// control batch of `producer_id` at `producer_epoch`, ending its open transaction here
     /// (a marker with no open transaction completes nothing, and is still written, as Kafka

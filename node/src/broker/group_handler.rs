@@ -352,7 +352,7 @@ impl Broker {
     // Offsets
     // -----------------------------------------------------------------------------------------
 
-    fn partition_exists(&self, topic: &str, index: i32) -> bool {
+    pub(super) fn partition_exists(&self, topic: &str, index: i32) -> bool {
         self.with_metadata(|m| m.partition(topic, index).is_some())
     }
 
@@ -444,6 +444,7 @@ impl Broker {
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
     ) -> Result<Vec<(String, Vec<group::FetchedOffset>)>, ErrorCode> {
         let partitions: Option<Vec<TopicPartition>> = topics.as_ref().map(|ts| {
             ts.iter()
@@ -456,7 +457,7 @@ impl Broker {
                 .collect()
         });
         let fetched = self.with_group(group_id, |c, _| {
-            c.handle_offset_fetch(group_id, partitions.as_deref())
+            c.handle_offset_fetch(group_id, partitions.as_deref(), require_stable)
         })?;
         let mut by_topic: Vec<(String, Vec<group::FetchedOffset>)> = Vec::new();
         for f in fetched {
@@ -470,6 +471,8 @@ impl Broker {
 
     pub(super) fn offset_fetch(&self, version: i16, r: OffsetFetchRequest) -> OffsetFetchResponse {
         let mut out = OffsetFetchResponse::default();
+        // KIP-447 (v7+): offsets of undecided transactions are UNSTABLE_OFFSET_COMMIT.
+        let require_stable = version >= 7 && r.require_stable;
         if version >= 8 {
             for g in r.groups {
                 let group_id = g.group_id.0.to_string();
@@ -480,7 +483,7 @@ impl Broker {
                 });
                 let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
                 gr.group_id = g.group_id;
-                match self.fetch_group_offsets(&group_id, topics) {
+                match self.fetch_group_offsets(&group_id, topics, require_stable) {
                     Err(error) => gr.error_code = error,
                     Ok(by_topic) => {
                         for (topic, list) in by_topic {
@@ -521,7 +524,7 @@ impl Broker {
                 pr.error_code = error;
                 pr
             };
-        match self.fetch_group_offsets(&group_id, topics.clone()) {
+        match self.fetch_group_offsets(&group_id, topics.clone(), require_stable) {
             Err(error) => {
                 if version >= 2 {
                     out.error_code = error;

@@ -35,10 +35,12 @@ use std::time::Duration;
 
 use keel_core::batch::{BatchBuilder, BatchError, Compression};
 use keel_core::error_code::{self as code, ErrorCode, Named};
-use keel_core::group::{GroupConfig, GroupCoordinator, GroupRecord, Reply, RequestId, Response};
+use keel_core::group::{
+    GroupConfig, GroupCoordinator, GroupRecord, LogEntry, Reply, RequestId, Response,
+};
 use keel_core::log::LogError;
 use keel_core::partition::{AckStatus, Appended, ProduceError};
-use keel_core::LeaderEpoch;
+use keel_core::{LeaderEpoch, ProducerId};
 use tokio::sync::oneshot;
 
 use super::{Broker, PartitionHandle};
@@ -82,16 +84,32 @@ enum LoadError {
 
 /// One `__consumer_offsets` partition this broker leads.
 enum Slot {
-    Loading { epoch: LeaderEpoch },
+    /// Being loaded. `decided`: the transactions whose marker became durable meanwhile (the
+    /// load may have read the log before the marker), decided on the loaded coordinator.
+    Loading {
+        epoch: LeaderEpoch,
+        decided: Vec<(ProducerId, bool)>,
+    },
     Active(Box<Active>),
 }
 
 impl Slot {
     fn epoch(&self) -> LeaderEpoch {
         match self {
-            Slot::Loading { epoch } => *epoch,
+            Slot::Loading { epoch, .. } => *epoch,
             Slot::Active(a) => a.epoch,
         }
+    }
+
+    fn loading(epoch: LeaderEpoch) -> Slot {
+        Slot::Loading {
+            epoch,
+            decided: Vec::new(),
+        }
+    }
+
+    fn is_loading_at(&self, at: LeaderEpoch) -> bool {
+        matches!(self, Slot::Loading { epoch, .. } if *epoch == at)
     }
 }
 
@@ -106,23 +124,33 @@ struct Active {
 }
 
 impl Active {
-    /// Appends the coordinator's records (one batch) and sends its ready answers. An append
-    /// that fails leaves the coordinator ahead of its log: the caller must resign it.
+    /// Appends the coordinator's records (one batch per run of records of the same
+    /// transaction, or of none) and sends its ready answers. An append that fails leaves the
+    /// coordinator ahead of its log: the caller must resign it.
     fn drain(&mut self, broker: &Broker) -> Result<(), DriveError> {
         let records = self.coordinator.poll_records();
-        if let Some(&(last_seq, _)) = records.last() {
-            let now = broker.clock.now_ms();
+        let now = broker.clock.now_ms();
+        for run in records.chunk_by(|a, b| a.txn == b.txn) {
+            let last_seq = run.last().expect("chunks are not empty").seq;
             let mut builder = BatchBuilder::new(Compression::None);
-            for (_, record) in &records {
-                let (key, value) = record.encode();
+            if let Some(p) = run[0].txn {
+                builder = builder.transactional(p.producer_id, p.producer_epoch);
+            }
+            for out in run {
+                let (key, value) = out.record.encode();
                 builder = builder.record(now, Some(&key), value.as_deref());
             }
             let batch = builder.build()?;
+            let transactional = run[0].txn.is_some();
             let appended = self.partition.with(|r| {
                 if r.leader_epoch() != self.epoch {
                     return Err(DriveError::EpochMoved);
                 }
-                Ok(r.append(now, batch)?)
+                if transactional {
+                    Ok(r.append_coordinator_txn(now, batch)?)
+                } else {
+                    Ok(r.append(now, batch)?)
+                }
             })?;
             self.partition.touch();
             self.partition.drain_effects();
@@ -287,6 +315,34 @@ impl Broker {
         call
     }
 
+    /// The COMMIT (`commit`) or ABORT marker of `producer_id` is committed on
+    /// `__consumer_offsets` partition `index`, appended in `epoch` (Kafka's
+    /// `GroupCoordinator.onTransactionCompleted`): the coordinator decides the offsets the
+    /// transaction committed there. A coordinator still loading decides them once loaded.
+    pub(super) fn offsets_txn_decided(
+        &self,
+        index: i32,
+        epoch: LeaderEpoch,
+        producer_id: ProducerId,
+        commit: bool,
+    ) {
+        let mut slots = self.groups.lock();
+        match slots.get_mut(&index) {
+            Some(Slot::Loading { epoch: e, decided }) if *e == epoch => {
+                decided.push((producer_id, commit));
+            }
+            Some(Slot::Active(a)) if a.epoch == epoch => {
+                a.coordinator.complete_txn(producer_id, commit);
+                if let Err(e) = a.drain(self) {
+                    tracing::error!(partition = index, "group coordinator: {e}; resigning");
+                    self.fail_coordinator(&mut slots, index);
+                }
+            }
+            // Another epoch: the coordinator of that epoch loads the marker from the log.
+            _ => {}
+        }
+    }
+
     /// Every active coordinator, for ListGroups: `f` on each, and whether any still loads.
     pub(super) fn each_coordinator(&self, mut f: impl FnMut(&GroupCoordinator)) -> bool {
         let slots = self.groups.lock();
@@ -336,7 +392,7 @@ impl Broker {
         if !leader || p.deleted.load(Ordering::SeqCst) {
             return;
         }
-        slots.insert(p.index, Slot::Loading { epoch });
+        slots.insert(p.index, Slot::loading(epoch));
         tokio::spawn(load(self.this.clone(), p.clone(), epoch));
     }
 
@@ -371,8 +427,9 @@ impl Broker {
 }
 
 /// Reads every record of a partition's log up to its high watermark and decodes the group
-/// records; records that are not group records are skipped with a warning.
-fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, LoadError> {
+/// records, the transactional ones with their producer, and the transaction markers; records
+/// that are not group records are skipped with a warning.
+fn read_group_records(p: &PartitionHandle) -> Result<Vec<LogEntry>, LoadError> {
     let (mut at, hw) = p.with(|r| (r.log().log_start(), r.high_watermark()));
     let mut records = Vec::new();
     while at < hw {
@@ -385,8 +442,15 @@ fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, LoadError
         let next = last.next_offset();
         for batch in &batches {
             if batch.is_control() {
+                if let Some(marker) = batch.end_txn_marker()? {
+                    records.push(LogEntry::Marker {
+                        producer_id: batch.producer_id(),
+                        commit: marker.commit,
+                    });
+                }
                 continue;
             }
+            let txn = batch.is_transactional().then(|| batch.producer_id());
             for record in batch.records()? {
                 if record.offset < at {
                     continue;
@@ -399,7 +463,13 @@ fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, LoadError
                     continue;
                 };
                 match GroupRecord::decode(key, record.value.as_deref()) {
-                    Ok(r) => records.push(r),
+                    Ok(record) => records.push(match txn {
+                        None => LogEntry::Record(record),
+                        Some(producer_id) => LogEntry::Txn {
+                            producer_id,
+                            record,
+                        },
+                    }),
                     Err(e) => {
                         tracing::warn!(
                             partition = p.index,
@@ -421,7 +491,12 @@ fn read_group_records(p: &PartitionHandle) -> Result<Vec<GroupRecord>, LoadError
 /// Loads the coordinator of `p` at `epoch` once everything in its log is committed, then
 /// installs it and starts its driver.
 async fn load(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch) {
-    let still_loading = |b: &Broker| matches!(b.groups.lock().get(&p.index), Some(Slot::Loading { epoch: e }) if *e == epoch);
+    let still_loading = |b: &Broker| {
+        b.groups
+            .lock()
+            .get(&p.index)
+            .is_some_and(|s| s.is_loading_at(epoch))
+    };
     loop {
         let Some(b) = broker.upgrade() else {
             return;
@@ -450,7 +525,7 @@ async fn load(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch)
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Some(b) = broker.upgrade() {
                 let mut slots = b.groups.lock();
-                if matches!(slots.get(&p.index), Some(Slot::Loading { epoch: e }) if *e == epoch) {
+                if slots.get(&p.index).is_some_and(|s| s.is_loading_at(epoch)) {
                     slots.remove(&p.index);
                     b.start_loading(&mut slots, &p);
                 }
@@ -460,7 +535,7 @@ async fn load(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch)
     };
     let count = records.len();
     let prefix = format!("{}-{}-{:x}-", b.node_id(), epoch.0, rand::random::<u32>());
-    let coordinator =
+    let mut coordinator =
         match GroupCoordinator::load(b.groups.config.clone(), prefix, b.clock.now_ms(), records) {
             Ok(c) => c,
             Err(e) => {
@@ -471,8 +546,14 @@ async fn load(broker: Weak<Broker>, p: Arc<PartitionHandle>, epoch: LeaderEpoch)
         };
     {
         let mut slots = b.groups.lock();
-        if !matches!(slots.get(&p.index), Some(Slot::Loading { epoch: e }) if *e == epoch) {
+        let Some(Slot::Loading { epoch: e, decided }) = slots.get_mut(&p.index) else {
             return;
+        };
+        if *e != epoch {
+            return;
+        }
+        for (producer_id, commit) in decided.drain(..) {
+            coordinator.complete_txn(producer_id, commit);
         }
         tracing::info!(
             partition = p.index,

@@ -165,6 +165,7 @@ impl Broker {
             }
             RequestKind::AddPartitionsToTxn(r) => Next::Later(self.start_add_partitions(&ctx, r)),
             RequestKind::AddOffsetsToTxn(r) => Next::Later(self.start_add_offsets(&ctx, r)),
+            RequestKind::TxnOffsetCommit(r) => Next::Later(self.start_txn_offset_commit(&ctx, r)),
             RequestKind::EndTxn(r) => Next::Later(self.start_end_txn(&ctx, r)),
             RequestKind::DescribeTransactions(r) => Next::Ready(
                 ResponseKind::DescribeTransactions(self.describe_transactions(r)),

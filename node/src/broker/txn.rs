@@ -51,6 +51,7 @@ use keel_core::{LeaderEpoch, ProducerId};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
+use super::groups::OFFSETS_TOPIC;
 use super::{Broker, PartitionHandle};
 use crate::peer::Incoming;
 
@@ -543,7 +544,20 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + MARKER_COMMIT_WAIT;
         loop {
             match p.with(|r| r.produce_status(appended.leader_epoch, appended.last_offset)) {
-                AckStatus::Acked => return Ok(()),
+                AckStatus::Acked => {
+                    if topic == OFFSETS_TOPIC {
+                        // Before the answer: the transaction completes at its coordinator
+                        // only after every partition's marker, so no later transaction of
+                        // this producer can have offsets pending here yet.
+                        self.offsets_txn_decided(
+                            index,
+                            appended.leader_epoch,
+                            producer_id,
+                            marker.commit,
+                        );
+                    }
+                    return Ok(());
+                }
                 AckStatus::Failed(code) => return Err(code),
                 AckStatus::Waiting => {}
             }

@@ -31,9 +31,25 @@ use keel_core::ProducerId as CoreProducerId;
 
 use keel_core::batch::Batch;
 
+use keel_core::group;
+
+use super::groups::{Call, OFFSETS_TOPIC};
 use super::txn::{TxnCall, TRANSACTION_STATE_TOPIC};
 use super::{Broker, PartitionHandle};
 use crate::wire::RequestContext;
+
+/// Kafka's `GroupMetadataManager.maybeConvertOffsetCommitError`: the append's codes as an
+/// offset commit's.
+fn offset_commit_error(error: ErrorCode) -> ErrorCode {
+    match error {
+        code::UNKNOWN_TOPIC_OR_PARTITION
+        | code::NOT_ENOUGH_REPLICAS
+        | code::NOT_ENOUGH_REPLICAS_AFTER_APPEND => code::COORDINATOR_NOT_AVAILABLE,
+        code::NOT_LEADER_OR_FOLLOWER | code::KAFKA_STORAGE_ERROR => code::NOT_COORDINATOR,
+        code::MESSAGE_TOO_LARGE => code::INVALID_COMMIT_OFFSET_SIZE,
+        other => other,
+    }
+}
 
 /// A response to come.
 pub type Later = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
@@ -174,34 +190,8 @@ impl Broker {
             ));
         };
         let (pid, epoch) = (batch.producer_id(), batch.producer_epoch());
-        if !p.with(|r| r.txn_needs_verification(pid, epoch)) {
+        let Err(error) = self.verify_before_txn_append(txn_id, topic, p, pid, epoch) else {
             return Ok(());
-        }
-        let tp = TopicPartition {
-            topic: topic.to_string(),
-            partition: p.index,
-        };
-        let here = self.verify_txn_here(txn_id, pid, epoch, vec![tp]);
-        let error = match here {
-            Ok(list) => match list.first().map(|(_, e)| *e) {
-                Some(code::NONE) => {
-                    p.with(|r| r.allow_txn(pid, epoch));
-                    return Ok(());
-                }
-                _ => code::TRANSACTION_ABORTABLE,
-            },
-            Err(code::NOT_COORDINATOR) => {
-                if let Some(b) = self.this.upgrade() {
-                    let (txn_id, topic, index) = (txn_id.to_string(), topic.to_string(), p.index);
-                    tokio::spawn(async move {
-                        if let Err(e) = b.verify_txn(&txn_id, &topic, index, pid, epoch).await {
-                            tracing::debug!(txn = %txn_id, %topic, partition = index, "verification: {}", keel_core::error_code::Named(e));
-                        }
-                    });
-                }
-                code::CONCURRENT_TRANSACTIONS
-            }
-            Err(e) => e,
         };
         // Produce's codes for the coordinator's (Kafka's `AddPartitionsToTxnManager`).
         let (code, why) = match error {
@@ -223,6 +213,51 @@ impl Broker {
             ),
         };
         Err((code, why.to_string()))
+    }
+
+    /// KIP-890's check before a transactional append of `pid` at `epoch` to `p` (a client's
+    /// produce, or the group coordinator's TxnOffsetCommit records): Ok if the partition
+    /// needs no verification or the coordinator here confirms it; else the coordinator's
+    /// code (TRANSACTION_ABORTABLE: not in the transaction), or CONCURRENT_TRANSACTIONS while
+    /// a coordinator on another broker is asked in the background.
+    pub(super) fn verify_before_txn_append(
+        &self,
+        txn_id: &str,
+        topic: &str,
+        p: &Arc<PartitionHandle>,
+        pid: CoreProducerId,
+        epoch: i16,
+    ) -> Result<(), ErrorCode> {
+        if !p.with(|r| r.txn_needs_verification(pid, epoch)) {
+            return Ok(());
+        }
+        let tp = TopicPartition {
+            topic: topic.to_string(),
+            partition: p.index,
+        };
+        let here = self.verify_txn_here(txn_id, pid, epoch, vec![tp]);
+        match here {
+            Ok(list) => match list.first().map(|(_, e)| *e) {
+                Some(code::NONE) => {
+                    p.with(|r| r.allow_txn(pid, epoch));
+                    Ok(())
+                }
+                Some(e) if e != code::NONE => Err(e),
+                _ => Err(code::TRANSACTION_ABORTABLE),
+            },
+            Err(code::NOT_COORDINATOR) => {
+                if let Some(b) = self.this.upgrade() {
+                    let (txn_id, topic, index) = (txn_id.to_string(), topic.to_string(), p.index);
+                    tokio::spawn(async move {
+                        if let Err(e) = b.verify_txn(&txn_id, &topic, index, pid, epoch).await {
+                            tracing::debug!(txn = %txn_id, %topic, partition = index, "verification: {}", keel_core::error_code::Named(e));
+                        }
+                    });
+                }
+                Err(code::CONCURRENT_TRANSACTIONS)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -391,6 +426,7 @@ impl Broker {
         let call = self.call_txn(&req.transactional_id, |c, now, id| {
             c.handle_add_offsets(now, id, &req, offsets_partitions)
         });
+        let broker = self.this.clone();
         Box::pin(async move {
             let e = match call
                 .finish(|r| match r {
@@ -401,10 +437,174 @@ impl Broker {
             {
                 Ok(e) | Err(e) => e,
             };
+            if let (code::NONE, Some(b)) = (e, broker.upgrade()) {
+                // The group's partition may take the producer's TxnOffsetCommit records now.
+                let tp = TopicPartition {
+                    topic: OFFSETS_TOPIC.to_string(),
+                    partition: group::partition_for(&req.group_id, offsets_partitions),
+                };
+                b.announce_added(req.producer_id, req.producer_epoch, &[tp])
+                    .await;
+            }
             let mut response = AddOffsetsToTxnResponse::default();
             response.error_code = error_for_version(TxnApi::AddOffsetsToTxn, v, e);
             ResponseKind::AddOffsetsToTxn(response)
         })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // TxnOffsetCommit
+
+    /// TxnOffsetCommit (v0-4; Kafka's `handleTxnCommitOffsets`): the group's coordinator
+    /// checks the producer at the group's `__consumer_offsets` partition (a fenced epoch;
+    /// KIP-890's verification that AddOffsetsToTxn put the partition in the transaction),
+    /// then writes the offsets in a transactional batch of the producer. They stay pending
+    /// until the transaction's marker lands on that partition.
+    pub(super) fn start_txn_offset_commit(
+        &self,
+        ctx: &RequestContext,
+        r: TxnOffsetCommitRequest,
+    ) -> Later {
+        let v = ctx.api_version;
+        let group_id = r.group_id.0.to_string();
+        let txn_id = r.transactional_id.0.to_string();
+        let producer = group::TxnProducer {
+            producer_id: CoreProducerId(r.producer_id.0),
+            producer_epoch: r.producer_epoch,
+        };
+        let order: Vec<(TopicName, Vec<i32>)> = r
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.partitions.iter().map(|p| p.partition_index).collect(),
+                )
+            })
+            .collect();
+        let mut errors: BTreeMap<TopicPartition, ErrorCode> = BTreeMap::new();
+        let mut commits = Vec::new();
+        for t in &r.topics {
+            for p in &t.partitions {
+                let tp = TopicPartition {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                };
+                if !self.partition_exists(&tp.topic, tp.partition) {
+                    errors.insert(tp, code::UNKNOWN_TOPIC_OR_PARTITION);
+                    continue;
+                }
+                commits.push(group::PartitionCommit {
+                    partition: tp,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                });
+            }
+        }
+        let checked = self.check_txn_offset_commit(v, &group_id, &txn_id, producer);
+        let call = match checked {
+            Err(e) => Call::Done(Err(e)),
+            Ok(()) if commits.is_empty() => Call::Done(Ok(group::OffsetCommitResponse {
+                partitions: Vec::new(),
+            })),
+            Ok(()) => {
+                let req = group::TxnOffsetCommitRequest {
+                    group_id: group_id.clone(),
+                    producer,
+                    generation_id: r.generation_id,
+                    member_id: r.member_id.to_string(),
+                    group_instance_id: r.group_instance_id.as_ref().map(|i| i.to_string()),
+                    partitions: commits.clone(),
+                };
+                self.call_group(&group_id, move |c, now, id| {
+                    c.handle_txn_offset_commit(now, id, req)
+                })
+            }
+        };
+        Box::pin(async move {
+            let answer = call
+                .finish(|r| match r {
+                    group::Response::OffsetCommit(x) => Some(x),
+                    _ => None,
+                })
+                .await;
+            let answers = match answer {
+                Ok(a) => a.partitions,
+                Err(error) => commits.into_iter().map(|c| (c.partition, error)).collect(),
+            };
+            errors.extend(
+                answers
+                    .into_iter()
+                    .map(|(tp, e)| (tp, offset_commit_error(e))),
+            );
+            let mut out = TxnOffsetCommitResponse::default();
+            for (topic, partitions) in order {
+                let mut tr = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+                for index in partitions {
+                    let mut pr =
+                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                    pr.partition_index = index;
+                    let error = errors
+                        .get(&TopicPartition {
+                            topic: topic.0.to_string(),
+                            partition: index,
+                        })
+                        .copied()
+                        .unwrap_or(code::NOT_COORDINATOR);
+                    pr.error_code = error;
+                    tr.partitions.push(pr);
+                }
+                tr.name = topic;
+                out.topics.push(tr);
+            }
+            ResponseKind::TxnOffsetCommit(out)
+        })
+    }
+
+    /// The checks before a TxnOffsetCommit reaches the group coordinator, at the group's
+    /// `__consumer_offsets` partition: its leader is here, the producer's epoch is not fenced
+    /// there, and the partition is in the producer's transaction (KIP-890's verification, as
+    /// Kafka 3.6+ does for TxnOffsetCommit; v4+ learn TRANSACTION_ABORTABLE, older versions
+    /// INVALID_TXN_STATE, as `AddPartitionsToTxnManager` answers them).
+    fn check_txn_offset_commit(
+        &self,
+        version: i16,
+        group_id: &str,
+        txn_id: &str,
+        producer: group::TxnProducer,
+    ) -> Result<(), ErrorCode> {
+        if group_id.is_empty() {
+            return Err(code::INVALID_GROUP_ID);
+        }
+        if txn_id.is_empty() {
+            return Err(code::INVALID_REQUEST);
+        }
+        let n = self.offsets_partitions().ok_or(code::NOT_COORDINATOR)?;
+        let index = group::partition_for(group_id, n);
+        let p = self
+            .leader(OFFSETS_TOPIC, index)
+            .map_err(|_| code::NOT_COORDINATOR)?;
+        let (pid, epoch) = (producer.producer_id, producer.producer_epoch);
+        if pid.0 < 0 || epoch < 0 {
+            return Err(code::INVALID_PRODUCER_ID_MAPPING);
+        }
+        if p.with(|r| r.txn_epoch_fenced(pid, epoch)).is_some() {
+            return Err(code::INVALID_PRODUCER_EPOCH);
+        }
+        match self.verify_before_txn_append(txn_id, OFFSETS_TOPIC, &p, pid, epoch) {
+            Ok(()) => Ok(()),
+            Err(code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH) => {
+                Err(code::INVALID_PRODUCER_EPOCH)
+            }
+            Err(code::TRANSACTION_ABORTABLE) if version >= 4 => Err(code::TRANSACTION_ABORTABLE),
+            Err(code::TRANSACTION_ABORTABLE) => Err(code::INVALID_TXN_STATE),
+            // Being verified with a coordinator elsewhere: Kafka answers a verification that
+            // could not complete with COORDINATOR_LOAD_IN_PROGRESS, which clients retry
+            // without looking the coordinator up again.
+            Err(code::CONCURRENT_TRANSACTIONS) => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) fn start_end_txn(&self, ctx: &RequestContext, r: EndTxnRequest) -> Later {

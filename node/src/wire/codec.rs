@@ -435,6 +435,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::AddPartitionsToTxn(_) => ApiKey::AddPartitionsToTxn,
         ResponseKind::AddOffsetsToTxn(_) => ApiKey::AddOffsetsToTxn,
         ResponseKind::EndTxn(_) => ApiKey::EndTxn,
+        ResponseKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
         ResponseKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         ResponseKind::ListTransactions(_) => ApiKey::ListTransactions,
         ResponseKind::DescribeProducers(_) => ApiKey::DescribeProducers,

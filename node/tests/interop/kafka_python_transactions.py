@@ -9,12 +9,15 @@ usage: kafka_python_transactions.py HOST:PORT
 3. A second producer with the same transactional_id fences the first: the first one's commit
    fails (ProducerFenced or InvalidProducerEpoch); the second commits 3 records, which
    read_committed then sees, and nothing of the fenced transaction.
+4. send_offsets_to_transaction (TxnOffsetCommit v3 with the member's generation): a group
+   member reads the 21 records; a transaction that sends its positions and aborts leaves the
+   group without offsets, one that commits leaves exactly those positions committed.
 """
 
 import time
 import uuid
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
@@ -105,4 +108,36 @@ check_eq(
     expected([("c1", 9), ("c2", 9), ("p2", 3)]),
     "read_committed after the fence",
 )
+log(f"fencing checked {elapsed()}")
+
+group = f"kp-eos-{uuid.uuid4().hex[:6]}"
+member = KafkaConsumer(
+    topic,
+    bootstrap_servers=bootstrap,
+    group_id=group,
+    isolation_level="read_committed",
+    enable_auto_commit=False,
+    auto_offset_reset="earliest",
+)
+read = 0
+deadline = time.monotonic() + 60
+while read < 21 and time.monotonic() < deadline:
+    read += sum(len(r) for r in member.poll(timeout_ms=200).values())
+check_eq(read, 21, "records the group member read")
+tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+positions = {tp: OffsetAndMetadata(member.position(tp), "", -1) for tp in tps}
+check_eq(sum(o.offset for o in positions.values()) >= 21, True, "positions past the records")
+for commit in (False, True):
+    p2.begin_transaction()
+    send(p2, "eos", 3)
+    p2.send_offsets_to_transaction(positions, member.group_metadata())
+    if commit:
+        p2.commit_transaction()
+    else:
+        p2.abort_transaction()
+    got = {tp: member.committed(tp) for tp in tps}
+    want = {tp: (o.offset if commit else None) for tp, o in positions.items()}
+    check_eq(got, want, f"committed offsets after {'commit' if commit else 'abort'}")
+member.close()
+log(f"send_offsets_to_transaction: aborted offsets discarded, committed ones visible {elapsed()}")
 log(f"OK kafka_python_transactions {elapsed()}")
