@@ -357,19 +357,6 @@ pub const SETTINGS: &[Setting] = &[
               closed (a quiet client, or one that sends a frame a byte at a time); 0: never",
     },
     Setting {
-        name: MAX_CONNECTIONS,
-        setting_type: INT_POSITIVE,
-        default: Some("2147483647"),
-        doc: "connections the broker holds at once, all listeners together; at the limit it \
-              accepts no more until one closes",
-    },
-    Setting {
-        name: MAX_CONNECTIONS_PER_IP,
-        setting_type: INT_POSITIVE,
-        default: Some("2147483647"),
-        doc: "connections one client address may hold at once; a further one is closed at once",
-    },
-    Setting {
         name: CONNECTIONS_MAX_REAUTH_MS,
         setting_type: LONG_NON_NEGATIVE,
         default: Some("0"),
@@ -563,6 +550,19 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Some("1073741824"),
         doc: "roll a segment at this size",
+    },
+    Setting {
+        name: MAX_CONNECTIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections the broker holds at once, all listeners together; at the limit it \
+              accepts no more until one closes",
+    },
+    Setting {
+        name: MAX_CONNECTIONS_PER_IP,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections one client address may hold at once; a further one is closed at once",
     },
     Setting {
         name: MESSAGE_MAX_BYTES,
