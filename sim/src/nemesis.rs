@@ -169,6 +169,17 @@ pub(crate) struct Targets<'a> {
     pub trace: &'a Trace,
 }
 
+/// The address of the `n`th preferred election's client node: a subnet no other node uses,
+/// one address per election (a node is never removed, and two must not share an address).
+fn election_ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        0,
+        2 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
+}
+
 /// The pause between two brokers of a swizzle, clogged or unclogged.
 const SWIZZLE_GAP_MS: std::ops::RangeInclusive<u64> = 50..=1_000;
 /// The most free space a full disk has left when it fills (a few batches' worth).
@@ -181,6 +192,7 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
     let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
     let net = madsim::net::NetSim::current();
     let (cluster, trace) = (t.cluster, t.trace);
+    let mut elections = 0u32;
     if let Some(id) = params.faulty_disk {
         t.disks[&id].set_faults(true);
         *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
@@ -427,9 +439,27 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
             }
             Fault::PreferredElection => {
                 let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
-                let mut admin = Client::new(ClientConfig::new(bootstrap));
                 let partitions: Vec<i32> = (0..params.partitions).collect();
-                match admin.elect_leaders(0, crate::run::TOPIC, &partitions).await {
+                // From a client node of its own, as an operator's tool would run: the
+                // simulation's main node has no address brokers answer.
+                elections += 1;
+                let node = madsim::runtime::Handle::current()
+                    .create_node()
+                    .name(format!("elect-{elections}"))
+                    .ip(election_ip(elections))
+                    .build();
+                let answered = node
+                    .spawn(async move {
+                        let mut admin = Client::new(ClientConfig::new(bootstrap));
+                        admin.elect_leaders(0, crate::run::TOPIC, &partitions).await
+                    })
+                    .await;
+                let answered = answered.unwrap_or_else(|_| {
+                    Err(crate::client::ClientError::Protocol(
+                        "the election's client task was lost".into(),
+                    ))
+                });
+                match answered {
                     Ok(results) => {
                         let elected = results.iter().filter(|(_, code)| *code == 0).count();
                         coverage.preferred_elections += elected as u64;
