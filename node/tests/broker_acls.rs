@@ -917,6 +917,24 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             RequestKind::ElectLeaders(ElectLeadersRequest::default()),
         ),
         (
+            ApiKey::TxnOffsetCommit,
+            3,
+            RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(s("t")))
+                    .with_group_id(GroupId(s("g")))
+                    .with_topics(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                            .with_name(TopicName(s("orders")))
+                            .with_partitions(vec![
+                                txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                    .with_partition_index(0)
+                                    .with_committed_offset(1),
+                            ]),
+                    ]),
+            ),
+        ),
+        (
             ApiKey::CreateAcls,
             3,
             RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![acl(
