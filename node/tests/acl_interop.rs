@@ -121,8 +121,8 @@ offsets.topic.num.partitions = 1
 /// Three brokers, each with a SASL_PLAINTEXT listener and the authoriser on: SCRAM
 /// credentials created and changed through one broker's admin API (confluent-kafka and
 /// kafka-python) log in on the others, because they are metadata records every broker
-/// applies (KIP-554). Driven by `node/tests/interop/scram_clients.py` (its `failover` part,
-/// the credentials outliving their controller, is not run: see below).
+/// applies (KIP-554); after the controller stops they are still there and the new controller
+/// commits more. Driven by `node/tests/interop/scram_clients.py`.
 #[test]
 fn scram_credentials_altered_on_one_broker_log_in_on_the_others() {
     let Some(clients) = clients("acl", "scram_credentials", MODULES) else {
@@ -180,15 +180,33 @@ fn scram_credentials_altered_on_one_broker_log_in_on_the_others() {
         }
     }
     let args: Vec<String> = ports.iter().map(u16::to_string).collect();
-    Script::spawn(&clients, "scram_clients.py", &args, dir.path())
+    let out = Script::spawn(&clients, "scram_clients.py", &args, dir.path())
         .expect_success(Duration::from_secs(240), &Logs(&nodes[1]));
-    // Not run: stopping (or killing) the controller's broker, then altering credentials on
-    // the two left. Since the branches of 2026-12-06 merged, the admin client times out
-    // "waiting for controller" for over a minute there, though the quorum elects a new
-    // controller at once (broker logs: "the controller is now Some(..)"); on the `acl` branch
-    // alone it passed. An open bug, in the session note of 2026-12-06; `scram_clients.py
-    // failover` is the script that shows it.
-    for node in &mut nodes {
+    // Stop the controller: the credentials must outlive it, and the new controller commit more.
+    let controller: usize = out
+        .lines()
+        .find_map(|l| l.split("CONTROLLER ").nth(1))
+        .and_then(|id| id.trim().parse().ok())
+        .filter(|id| (1..=3).contains(id))
+        .unwrap_or_else(|| panic!("no CONTROLLER line in\n{out}"));
+    match nodes[controller - 1].stop(Duration::from_secs(30)) {
+        Some(s) if s.success() => {}
+        other => panic!("controller did not exit 0: {other:?}"),
+    }
+    let left: Vec<String> = std::iter::once("failover".to_string())
+        .chain(
+            (0..3)
+                .filter(|i| *i != controller - 1)
+                .map(|i| ports[i].to_string()),
+        )
+        .collect();
+    let survivor = if controller == 1 { 1 } else { 0 };
+    Script::spawn(&clients, "scram_clients.py", &left, dir.path())
+        .expect_success(Duration::from_secs(240), &Logs(&nodes[survivor]));
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i == controller - 1 {
+            continue;
+        }
         match node.stop(Duration::from_secs(30)) {
             Some(s) if s.success() => {}
             other => panic!(

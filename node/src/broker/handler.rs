@@ -775,6 +775,25 @@ impl Broker {
         }
     }
 
+    /// The controller id a client is told, among the brokers `listed` to it. Every broker
+    /// forwards the controller's requests (admin writes) to the metadata quorum's leader, so,
+    /// as in KRaft, a client may send them to any listed broker: the quorum's leader if it is
+    /// listed, else this broker, else the first listed, -1 if none is. A client is never
+    /// told a controller it cannot reach: librdkafka waits for such a broker to appear
+    /// without asking for metadata again (the quorum's leader stopped, or is fenced, while
+    /// its successor is being elected), and its admin requests time out for minutes.
+    fn controller_for_clients(&self, listed: &[i32]) -> i32 {
+        let leader = self.controller_id();
+        let me = self.node_id();
+        if listed.contains(&leader) {
+            leader
+        } else if listed.contains(&me) {
+            me
+        } else {
+            listed.first().copied().unwrap_or(-1)
+        }
+    }
+
     async fn metadata(&self, v: i16, request: MetadataRequest, listener: &str) -> MetadataResponse {
         let mut response = MetadataResponse::default();
         for (id, host, port) in self.broker_list_on(listener) {
@@ -788,7 +807,8 @@ impl Broker {
             response.cluster_id = Some(str_bytes(self.cluster_id()));
         }
         if v >= 1 {
-            response.controller_id = BrokerId(self.controller_id());
+            let listed: Vec<i32> = response.brokers.iter().map(|b| b.node_id.0).collect();
+            response.controller_id = BrokerId(self.controller_for_clients(&listed));
         }
         let names: Option<Vec<(Option<String>, uuid::Uuid)>> = request.topics.map(|ts| {
             ts.into_iter()
@@ -1375,7 +1395,6 @@ impl Broker {
     fn describe_cluster(&self, listener: &str) -> DescribeClusterResponse {
         let mut response = DescribeClusterResponse::default();
         response.cluster_id = str_bytes(self.cluster_id());
-        response.controller_id = BrokerId(self.controller_id());
         response.endpoint_type = 1;
         for (id, host, port) in self.broker_list_on(listener) {
             let mut b = DescribeClusterBroker::default();
@@ -1384,6 +1403,8 @@ impl Broker {
             b.port = port;
             response.brokers.push(b);
         }
+        let listed: Vec<i32> = response.brokers.iter().map(|b| b.broker_id.0).collect();
+        response.controller_id = BrokerId(self.controller_for_clients(&listed));
         response
     }
 }
