@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients that keel's interop tests (node/tests/interop.rs) drive:
 #   - kcat 1.7.1 from Debian (librdkafka 2.0.2: the oldest, strictest client we test),
+#   - promtool from Debian's prometheus package (node/tests/broker_groups.rs checks /metrics with it),
 #   - a Python venv at .venv with confluent-kafka (bundles librdkafka 2.x) and kafka-python 3.x,
 #     plus the codecs kafka-python needs: python-snappy (snappy), lz4 (lz4), zstandard (zstd);
 #     gzip is in the standard library. crc32c makes kafka-python's batch CRC fast.
@@ -53,6 +54,18 @@ if ! command -v kcat >/dev/null 2>&1; then
     command -v kcat >/dev/null 2>&1 || die "kcat was installed but is not on PATH"
 fi
 echo "clients.sh: kcat $(kcat -V 2>&1 | sed -n 's/^Version \([^ ]*\) .*librdkafka \([^ ]*\) .*/\1 (librdkafka \2)/p')"
+
+# --- promtool (Debian's prometheus package): checks the metrics endpoint's output --------
+if ! command -v promtool >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y -q --no-install-recommends prometheus </dev/null; then
+        as_root apt-get update -q </dev/null || die "apt-get update failed"
+        as_root apt-get install -y -q --no-install-recommends prometheus </dev/null ||
+            die "apt-get install prometheus failed (its promtool checks keel's metrics)"
+    fi
+    command -v promtool >/dev/null 2>&1 || die "prometheus was installed but promtool is not on PATH"
+fi
+echo "clients.sh: $(promtool --version 2>&1 | head -n 1)"
 
 # --- Python clients ----------------------------------------------------------------------
 python=${PYTHON:-python3}

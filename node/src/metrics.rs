@@ -110,6 +110,40 @@ pub struct PartitionStats {
 /// The callback through which the broker reports its partitions at scrape time.
 pub type PartitionSource = dyn Fn() -> Vec<PartitionStats> + Send + Sync;
 
+/// A consumer group's committed offset on one partition, as the group's coordinator holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupOffsetStats {
+    /// The group id.
+    pub group: String,
+    /// The topic name.
+    pub topic: String,
+    /// The partition index.
+    pub partition: i32,
+    /// The committed offset (the next offset the group will consume).
+    pub committed_offset: i64,
+    /// The partition's high watermark minus the committed offset (never below 0), if this
+    /// broker holds a replica of the partition; `None` otherwise.
+    pub lag: Option<i64>,
+}
+
+/// What the broker reports of the cluster at scrape time, beyond its partitions' offsets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Partitions this broker leads.
+    pub leader_partitions: u64,
+    /// Partitions this broker leads whose ISR is smaller than their replica set.
+    pub under_replicated_partitions: u64,
+    /// Partitions of the whole cluster, in this broker's applied metadata, without a leader
+    /// that is registered and unfenced.
+    pub offline_partitions: u64,
+    /// Committed offsets of the groups this broker coordinates, sorted by group, topic and
+    /// partition.
+    pub group_offsets: Vec<GroupOffsetStats>,
+}
+
+/// The callback through which the broker reports [`ClusterStats`] at scrape time.
+pub type ClusterSource = dyn Fn() -> ClusterStats + Send + Sync;
+
 /// A latency histogram with the fixed [`REQUEST_LATENCY_BUCKETS`]: one atomic add per bucket
 /// hit and one for the sum. Buckets are stored non-cumulative and summed when read.
 #[derive(Debug)]
@@ -192,6 +226,11 @@ pub struct Metrics {
     /// The log cleaner's counters (`crate::broker::cleaner`).
     pub cleaner: crate::broker::cleaner::CleanerCounters,
     partition_source: RwLock<Option<Arc<PartitionSource>>>,
+    cluster_source: RwLock<Option<Arc<ClusterSource>>>,
+    /// ISR changes this broker's leaders had committed that removed a member.
+    isr_shrinks: AtomicU64,
+    /// ISR changes this broker's leaders had committed that added a member.
+    isr_expands: AtomicU64,
     /// Requests (or parts of requests) the authoriser denied, by resource type and operation
     /// ([`DENIAL_SLOTS`]).
     denials: Box<[AtomicU64]>,
@@ -240,6 +279,9 @@ impl Metrics {
             connections_accepted: AtomicU64::new(0),
             cleaner: Default::default(),
             partition_source: RwLock::new(None),
+            cluster_source: RwLock::new(None),
+            isr_shrinks: AtomicU64::new(0),
+            isr_expands: AtomicU64::new(0),
             denials: (0..DENIAL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -307,10 +349,23 @@ impl Metrics {
     /// `Weak` reference to the broker (returning nothing once it is gone) so the two do not
     /// keep each other alive.
     pub fn set_partition_source(&self, source: Box<PartitionSource>) {
-        let source: Arc<PartitionSource> = Arc::from(source);
-        match self.partition_source.write() {
-            Ok(mut slot) => *slot = Some(source),
-            Err(poisoned) => *poisoned.into_inner() = Some(source),
+        replace(&self.partition_source, Arc::from(source));
+    }
+
+    /// Sets the callback that reports [`ClusterStats`] at scrape time (replacing any earlier
+    /// one), with the same rules as [`Metrics::set_partition_source`].
+    pub fn set_cluster_source(&self, source: Box<ClusterSource>) {
+        replace(&self.cluster_source, Arc::from(source));
+    }
+
+    /// Counts an ISR change a leader on this broker had committed, from `before` to `after`:
+    /// a shrink if a member left, an expansion if one joined (both if both happened).
+    pub fn record_isr_change<T: PartialEq>(&self, before: &[T], after: &[T]) {
+        if before.iter().any(|b| !after.contains(b)) {
+            self.isr_shrinks.fetch_add(1, Ordering::Relaxed);
+        }
+        if after.iter().any(|a| !before.contains(a)) {
+            self.isr_expands.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -430,6 +485,16 @@ impl Metrics {
                 "Log cleanings that failed (the segments were left in place).",
                 &self.cleaner.errors,
             ),
+            (
+                "keel_isr_shrinks_total",
+                "ISR changes committed for this broker's leaders that removed a member.",
+                &self.isr_shrinks,
+            ),
+            (
+                "keel_isr_expands_total",
+                "ISR changes committed for this broker's leaders that added a member.",
+                &self.isr_expands,
+            ),
         ] {
             family(&mut out, name, "counter", help);
             sample(&mut out, name, &[], value.load(Ordering::Relaxed));
@@ -470,11 +535,9 @@ impl Metrics {
             }
         }
 
-        let source = match self.partition_source.read() {
-            Ok(slot) => slot.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let mut partitions = source.map(|f| f()).unwrap_or_default();
+        let mut partitions = read(&self.partition_source)
+            .map(|f| f())
+            .unwrap_or_default();
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         type Field = fn(&PartitionStats) -> i64;
         let gauges: [(&str, &str, Field); 3] = [
@@ -506,7 +569,80 @@ impl Metrics {
                 );
             }
         }
+
+        let cluster = read(&self.cluster_source).map(|f| f()).unwrap_or_default();
+        for (name, help, value) in [
+            (
+                "keel_leader_partitions",
+                "Partitions this broker leads.",
+                cluster.leader_partitions,
+            ),
+            (
+                "keel_under_replicated_partitions",
+                "Partitions this broker leads whose ISR is smaller than their replica set.",
+                cluster.under_replicated_partitions,
+            ),
+            (
+                "keel_offline_partitions",
+                "Partitions of the cluster without a live leader, as this broker's metadata has it.",
+                cluster.offline_partitions,
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            sample(&mut out, name, &[], value);
+        }
+        let mut offsets = cluster.group_offsets;
+        offsets.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        type OffsetField = fn(&GroupOffsetStats) -> Option<i64>;
+        let group_gauges: [(&str, &str, OffsetField); 2] = [
+            (
+                "keel_consumer_group_committed_offset",
+                "A group's committed offset on a partition, from the group's coordinator.",
+                |g| Some(g.committed_offset),
+            ),
+            (
+                "keel_consumer_group_lag",
+                "A partition's high watermark minus a group's committed offset, from the group's coordinator when it holds a replica of the partition.",
+                |g| g.lag,
+            ),
+        ];
+        for (name, help, field) in group_gauges {
+            family(&mut out, name, "gauge", help);
+            for g in &offsets {
+                if let Some(value) = field(g) {
+                    let partition = g.partition.to_string();
+                    sample(
+                        &mut out,
+                        name,
+                        &[
+                            ("group", &g.group),
+                            ("topic", &g.topic),
+                            ("partition", &partition),
+                        ],
+                        value,
+                    );
+                }
+            }
+        }
         out
+    }
+}
+
+/// The callback in `slot`, if one is set (a poisoned lock still holds a valid `Arc`).
+fn read<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>) -> Option<Arc<T>> {
+    match slot.read() {
+        Ok(slot) => slot.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Puts `source` in `slot`, replacing any earlier callback.
+fn replace<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>, source: Arc<T>) {
+    match slot.write() {
+        Ok(mut slot) => *slot = Some(source),
+        Err(poisoned) => *poisoned.into_inner() = Some(source),
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kafka_protocol::messages::ApiKey;
 use keel_core::acl::{Operation, ResourceType};
 use keel_node::metrics::{
-    escape_label_value, LatencyHistogram, Metrics, Outcome, PartitionStats, REQUEST_LATENCY_BUCKETS,
+    escape_label_value, ClusterStats, GroupOffsetStats, LatencyHistogram, Metrics, Outcome,
+    PartitionStats, REQUEST_LATENCY_BUCKETS,
 };
 
 fn stats(topic: &str, partition: i32, start: i64, end: i64, hw: i64) -> PartitionStats {
@@ -40,6 +41,30 @@ fn renders_a_small_registry_exactly() {
             stats("a", 1, 3, 10, 9),
             stats("a", 0, 0, 5, 4),
         ]
+    }));
+    metrics.record_isr_change(&[1, 2, 3], &[1, 2]); // a shrink
+    metrics.record_isr_change(&[1, 2], &[1, 2, 3]); // an expansion
+    metrics.record_isr_change(&[1, 2], &[1, 3]); // both
+    metrics.record_isr_change(&[1, 2], &[2, 1]); // neither
+    metrics.set_cluster_source(Box::new(|| {
+        let offset =
+            |group: &str, topic: &str, partition, committed_offset, lag| GroupOffsetStats {
+                group: group.into(),
+                topic: topic.into(),
+                partition,
+                committed_offset,
+                lag,
+            };
+        ClusterStats {
+            leader_partitions: 3,
+            under_replicated_partitions: 1,
+            offline_partitions: 2,
+            group_offsets: vec![
+                offset("g2", "a", 0, 4, Some(0)),
+                offset("g1", "b", 0, 2, None),
+                offset("g1", "a", 1, 6, Some(3)),
+            ],
+        }
     }));
 
     let expected = format!(
@@ -108,6 +133,12 @@ keel_log_cleaner_segments_total 0
 # HELP keel_log_cleaner_errors_total Log cleanings that failed (the segments were left in place).
 # TYPE keel_log_cleaner_errors_total counter
 keel_log_cleaner_errors_total 0
+# HELP keel_isr_shrinks_total ISR changes committed for this broker's leaders that removed a member.
+# TYPE keel_isr_shrinks_total counter
+keel_isr_shrinks_total 2
+# HELP keel_isr_expands_total ISR changes committed for this broker's leaders that added a member.
+# TYPE keel_isr_expands_total counter
+keel_isr_expands_total 2
 # HELP keel_connections Kafka client connections open.
 # TYPE keel_connections gauge
 keel_connections 1
@@ -130,6 +161,24 @@ keel_partition_log_end_offset{{topic="b",partition="0"}} 7
 keel_partition_high_watermark{{topic="a",partition="0"}} 4
 keel_partition_high_watermark{{topic="a",partition="1"}} 9
 keel_partition_high_watermark{{topic="b",partition="0"}} 7
+# HELP keel_leader_partitions Partitions this broker leads.
+# TYPE keel_leader_partitions gauge
+keel_leader_partitions 3
+# HELP keel_under_replicated_partitions Partitions this broker leads whose ISR is smaller than their replica set.
+# TYPE keel_under_replicated_partitions gauge
+keel_under_replicated_partitions 1
+# HELP keel_offline_partitions Partitions of the cluster without a live leader, as this broker's metadata has it.
+# TYPE keel_offline_partitions gauge
+keel_offline_partitions 2
+# HELP keel_consumer_group_committed_offset A group's committed offset on a partition, from the group's coordinator.
+# TYPE keel_consumer_group_committed_offset gauge
+keel_consumer_group_committed_offset{{group="g1",topic="a",partition="1"}} 6
+keel_consumer_group_committed_offset{{group="g1",topic="b",partition="0"}} 2
+keel_consumer_group_committed_offset{{group="g2",topic="a",partition="0"}} 4
+# HELP keel_consumer_group_lag A partition's high watermark minus a group's committed offset, from the group's coordinator when it holds a replica of the partition.
+# TYPE keel_consumer_group_lag gauge
+keel_consumer_group_lag{{group="g1",topic="a",partition="1"}} 3
+keel_consumer_group_lag{{group="g2",topic="a",partition="0"}} 0
 "#,
         version = env!("CARGO_PKG_VERSION")
     );
@@ -152,6 +201,8 @@ fn an_empty_registry_renders_every_family_without_samples() {
         "keel_request_duration_seconds",
         "keel_authorization_denials_total",
         "keel_partition_high_watermark",
+        "keel_consumer_group_committed_offset",
+        "keel_consumer_group_lag",
     ] {
         assert!(rendered.contains(&format!("# TYPE {family} ")), "{family}");
         assert!(

@@ -750,7 +750,61 @@ impl Broker {
                 })
                 .collect()
         }));
+        let weak = Arc::downgrade(&broker);
+        metrics.set_cluster_source(Box::new(move || {
+            weak.upgrade()
+                .map_or_else(Default::default, |broker| broker.cluster_stats())
+        }));
         Ok(broker)
+    }
+
+    /// What the metrics endpoint reports of the cluster: partitions led here and how many of
+    /// them are under-replicated, partitions without a live leader (this broker's view of the
+    /// metadata), and the committed offsets of the groups coordinated here, with their lag
+    /// against this broker's replica of the partition where it holds one.
+    fn cluster_stats(&self) -> crate::metrics::ClusterStats {
+        let me = self.me();
+        let (leader_partitions, under_replicated_partitions, offline_partitions) = self
+            .with_metadata(|m| {
+                let (mut led, mut under, mut offline) = (0, 0, 0);
+                for p in m.topics().flat_map(|t| &t.partitions) {
+                    if m.broker(p.leader).is_none_or(|b| b.fenced) {
+                        offline += 1;
+                    } else if p.leader == me {
+                        led += 1;
+                        if p.isr.len() < p.replicas.len() {
+                            under += 1;
+                        }
+                    }
+                }
+                (led, under, offline)
+            });
+        let mut group_offsets = Vec::new();
+        self.each_coordinator(|c| {
+            for g in c.groups() {
+                for (tp, committed) in g.offsets() {
+                    group_offsets.push(crate::metrics::GroupOffsetStats {
+                        group: g.group_id().to_string(),
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        committed_offset: committed.offset,
+                        lag: None,
+                    });
+                }
+            }
+        });
+        // Outside the coordinators' lock: partitions are locked after it, never inside.
+        for g in &mut group_offsets {
+            g.lag = self
+                .replica(&g.topic, g.partition)
+                .map(|p| (p.high_watermark().0 - g.committed_offset).max(0));
+        }
+        crate::metrics::ClusterStats {
+            leader_partitions,
+            under_replicated_partitions,
+            offline_partitions,
+            group_offsets,
+        }
     }
 
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {

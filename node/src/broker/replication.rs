@@ -773,11 +773,13 @@ impl Broker {
             })
             .collect();
         tracing::info!(topic = %p.topic, partition = p.index, "proposing ISR {:?}", alter.isr);
+        let before = p.with(|r| r.isr());
         let p = p.clone();
         // From any thread: the sync threads drain effects too.
         self.spawn(async move {
             match broker.cluster.alter_partition(request, member_epochs).await {
                 Ok(Proposed::Committed(index)) => {
+                    broker.metrics.record_isr_change(&before, &alter.isr);
                     broker.cluster.wait_applied(index).await;
                     broker.reconcile_partitions();
                 }
