@@ -963,6 +963,23 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ),
         ),
         (
+            ApiKey::DescribeLogDirs,
+            4,
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),
+        ),
+        (
+            ApiKey::DescribeTopicPartitions,
+            0,
+            RequestKind::DescribeTopicPartitions(DescribeTopicPartitionsRequest::default().with_topics(
+                vec![describe_topic_partitions_request::TopicRequest::default().with_name(t())],
+            )),
+        ),
+        (
+            ApiKey::DescribeTopicPartitions,
+            0,
+            RequestKind::DescribeTopicPartitions(DescribeTopicPartitionsRequest::default()),
+        ),
+        (
             ApiKey::DescribeAcls,
             3,
             RequestKind::DescribeAcls(
@@ -996,6 +1013,7 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ResponseKind::ListGroups(r) => r.groups.is_empty(),
             ResponseKind::ListTransactions(r) => r.transaction_states.is_empty(),
             ResponseKind::DescribeCluster(r) => r.error_code == 0,
+            ResponseKind::DescribeTopicPartitions(r) => r.topics.is_empty(),
             _ => false,
         };
         let refused = denied.iter().any(|e| {

@@ -350,6 +350,21 @@ impl Broker {
                     }),
                 )
             }
+            RequestKind::DescribeLogDirs(r) => {
+                if c.cluster(Operation::Describe) {
+                    return Gate::Pass(RequestKind::DescribeLogDirs(r), None);
+                }
+                // Kafka answers an empty list, with the error from v3 on.
+                let code = if v >= 3 {
+                    code::CLUSTER_AUTHORIZATION_FAILED
+                } else {
+                    0
+                };
+                answer(ResponseKind::DescribeLogDirs(
+                    DescribeLogDirsResponse::default().with_error_code(code),
+                ))
+            }
+            RequestKind::DescribeTopicPartitions(r) => describe_topic_partitions(c, r),
             RequestKind::FindCoordinator(r) => find_coordinator(c, v, r),
             RequestKind::JoinGroup(r) => {
                 if c.group(Operation::Read, &r.group_id) {
@@ -699,6 +714,36 @@ fn list_offsets(c: &Check<'_>, r: ListOffsetsRequest) -> Gate {
                                     .collect(),
                             ),
                     );
+                }
+            }
+        }),
+    )
+}
+
+/// DescribeTopicPartitions (`DescribeTopicPartitionsRequestHandler`): a listing of every
+/// topic leaves out those the principal may not DESCRIBE; a named one it may not DESCRIBE gets
+/// TOPIC_AUTHORIZATION_FAILED and nothing else, whether it exists or not.
+fn describe_topic_partitions(c: &Check<'_>, r: DescribeTopicPartitionsRequest) -> Gate {
+    let listing = r.topics.is_empty();
+    let c = c.snapshot();
+    Gate::Pass(
+        RequestKind::DescribeTopicPartitions(r),
+        finish(move |resp| {
+            if let ResponseKind::DescribeTopicPartitions(resp) = resp {
+                let allowed = |name: &Option<TopicName>| {
+                    name.as_ref()
+                        .is_some_and(|n| c.visible(Operation::Describe, ResourceType::Topic, n))
+                };
+                if listing {
+                    resp.topics.retain(|t| allowed(&t.name));
+                } else {
+                    for t in &mut resp.topics {
+                        if !allowed(&t.name) {
+                            *t = describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_error_code(code::TOPIC_AUTHORIZATION_FAILED);
+                        }
+                    }
                 }
             }
         }),

@@ -245,6 +245,12 @@ impl Broker {
             RequestKind::DescribeCluster(_) => Next::Ready(ResponseKind::DescribeCluster(
                 self.describe_cluster(&ctx.listener),
             )),
+            RequestKind::DescribeTopicPartitions(r) => Next::Ready(
+                ResponseKind::DescribeTopicPartitions(self.describe_topic_partitions(r)),
+            ),
+            RequestKind::DescribeLogDirs(r) => Next::Ready(ResponseKind::DescribeLogDirs(
+                self.describe_log_dirs(ctx.api_version, r),
+            )),
             RequestKind::SaslHandshake(_) => {
                 let mut r = SaslHandshakeResponse::default();
                 r.error_code = code::UNSUPPORTED_SASL_MECHANISM;

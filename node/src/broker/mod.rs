@@ -34,6 +34,7 @@
 mod acl_handler;
 mod authz;
 pub mod cleaner;
+mod describe_handler;
 mod fetcher;
 mod group_handler;
 mod groups;

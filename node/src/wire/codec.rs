@@ -446,6 +446,8 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         ResponseKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
+        ResponseKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
+        ResponseKind::DescribeTopicPartitions(_) => ApiKey::DescribeTopicPartitions,
         ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
         ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,
         ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,

@@ -200,6 +200,8 @@ fn guarded_pass(
         DeleteGroups => DeleteGroupsRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,
+        DescribeLogDirs => DescribeLogDirsRequest,
+        DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,
         DeleteAcls => DeleteAclsRequest,

@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 40] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 42] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -95,6 +95,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 40] = [
     row(ApiKey::DeleteAcls, 1, 3),
     row(ApiKey::DescribeConfigs, 1, 4),
     row(ApiKey::AlterConfigs, 0, 2),
+    row(ApiKey::DescribeLogDirs, 1, 4),
     row(ApiKey::SaslAuthenticate, 0, 2),
     row(ApiKey::CreatePartitions, 0, 3),
     row(ApiKey::DeleteGroups, 0, 2),
@@ -106,6 +107,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 40] = [
     row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
+    row(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
