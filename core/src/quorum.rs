@@ -239,6 +239,31 @@ pub struct Applied {
     pub records: Vec<MetadataRecord>,
 }
 
+/// One replica of the metadata quorum as its leader sees it (Kafka's DescribeQuorum).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// The replica's broker.
+    pub node: BrokerId,
+    /// The raft index of the last entry the leader knows the replica holds (on the leader
+    /// itself, its last index).
+    pub log_end: u64,
+}
+
+/// The metadata quorum as its leader sees it (Kafka's DescribeQuorum).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumDescription {
+    /// The leader, the controller.
+    pub leader: BrokerId,
+    /// The raft term.
+    pub term: u64,
+    /// The commit index: what a majority of voters holds.
+    pub high_watermark: u64,
+    /// The voters, in broker id order.
+    pub voters: Vec<ReplicaProgress>,
+    /// The learners (Kafka's observers), in broker id order.
+    pub observers: Vec<ReplicaProgress>,
+}
+
 /// The leader this node knows of changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaderChange {
@@ -984,6 +1009,39 @@ impl<S: Storage> QuorumNode<S> {
     /// The current raft term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term
+    }
+
+    /// The quorum as this node sees it if it leads (only the leader tracks the others'
+    /// progress); `None` otherwise.
+    pub fn describe(&self) -> Option<QuorumDescription> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.raw.raft.id;
+        let last = self.raw.raft.raft_log.last_index();
+        let progress = |nodes: &[BrokerId]| -> Vec<ReplicaProgress> {
+            let mut out: Vec<ReplicaProgress> = nodes
+                .iter()
+                .map(|&node| {
+                    let id = raft_id(node);
+                    let log_end = if id == me {
+                        last
+                    } else {
+                        self.raw.raft.prs().get(id).map_or(0, |p| p.matched)
+                    };
+                    ReplicaProgress { node, log_end }
+                })
+                .collect();
+            out.sort_by_key(|r| r.node);
+            out
+        };
+        Some(QuorumDescription {
+            leader: self.config.node,
+            term: self.term(),
+            high_watermark: self.commit_index(),
+            voters: progress(&self.config.voters),
+            observers: progress(&self.config.learners),
+        })
     }
 
     /// Proposals waiting for an outcome.

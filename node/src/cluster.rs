@@ -38,7 +38,7 @@ use keel_core::controller::{
 use keel_core::quorum::sessions::{BrokerSessions, Heartbeat, HeartbeatReply};
 use keel_core::quorum::{
     self, decode_message, encode_message, Message, ProposalId, ProposalOutcome, QuorumConfig,
-    QuorumNode,
+    QuorumDescription, QuorumNode, ReplicaProgress,
 };
 use keel_core::LeaderEpoch;
 use prost::Message as _;
@@ -62,6 +62,8 @@ pub mod kind {
     pub const REPLICA_FETCH: u32 = 5;
     /// A follower asks the leader to answer its held fetch-session request now (one-way).
     pub const REPLICA_FETCH_WAKE: u32 = 6;
+    /// DescribeQuorum, for the controller (kinds 7 to 9 are the transaction coordinator's).
+    pub const DESCRIBE_QUORUM: u32 = 10;
 }
 
 /// How long a request to the controller waits for one to be elected and answer.
@@ -142,6 +144,9 @@ enum Request {
         member_epochs: Vec<i64>,
         reply: oneshot::Sender<ProposeResult>,
     },
+    DescribeQuorum {
+        reply: oneshot::Sender<Result<QuorumDescription, ControllerError>>,
+    },
 }
 
 // ------------------------------------------------------------------------------------------
@@ -168,6 +173,71 @@ struct Answer {
     /// Heartbeats: the broker asked for a controlled shutdown and may stop now.
     #[prost(bool, tag = "7")]
     should_shut_down: bool,
+    /// DescribeQuorum: the quorum as the controller sees it.
+    #[prost(message, optional, tag = "8")]
+    quorum: Option<QuorumMessage>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct QuorumMessage {
+    #[prost(int32, tag = "1")]
+    leader: i32,
+    #[prost(uint64, tag = "2")]
+    term: u64,
+    #[prost(uint64, tag = "3")]
+    high_watermark: u64,
+    #[prost(message, repeated, tag = "4")]
+    voters: Vec<ReplicaMessage>,
+    #[prost(message, repeated, tag = "5")]
+    observers: Vec<ReplicaMessage>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReplicaMessage {
+    #[prost(int32, tag = "1")]
+    node: i32,
+    #[prost(uint64, tag = "2")]
+    log_end: u64,
+}
+
+impl From<&QuorumDescription> for QuorumMessage {
+    fn from(d: &QuorumDescription) -> Self {
+        let replicas = |r: &[ReplicaProgress]| {
+            r.iter()
+                .map(|p| ReplicaMessage {
+                    node: p.node.0,
+                    log_end: p.log_end,
+                })
+                .collect()
+        };
+        QuorumMessage {
+            leader: d.leader.0,
+            term: d.term,
+            high_watermark: d.high_watermark,
+            voters: replicas(&d.voters),
+            observers: replicas(&d.observers),
+        }
+    }
+}
+
+impl From<QuorumMessage> for QuorumDescription {
+    fn from(m: QuorumMessage) -> Self {
+        let replicas = |r: Vec<ReplicaMessage>| {
+            r.into_iter()
+                .map(|p| ReplicaProgress {
+                    node: BrokerId(p.node),
+                    log_end: p.log_end,
+                })
+                .collect()
+        };
+        QuorumDescription {
+            leader: BrokerId(m.leader),
+            term: m.term,
+            high_watermark: m.high_watermark,
+            voters: replicas(m.voters),
+            observers: replicas(m.observers),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -269,6 +339,13 @@ fn decode_proposed(body: Bytes) -> ProposeResult {
     } else {
         Proposed::Committed(answer.index)
     })
+}
+
+fn decode_quorum(body: Bytes) -> Result<QuorumDescription, ControllerError> {
+    decode_answer(&body)?
+        .quorum
+        .map(QuorumDescription::from)
+        .ok_or_else(|| ControllerError::UnknownServerError("an answer without the quorum".into()))
 }
 
 fn decode_heartbeat_reply(body: Bytes) -> Result<HeartbeatReply, ControllerError> {
@@ -502,6 +579,18 @@ impl Cluster {
         .await
     }
 
+    /// Describes the metadata quorum, as its leader (the controller) sees it.
+    pub async fn describe_quorum(&self) -> Result<QuorumDescription, ControllerError> {
+        self.ask_controller(
+            kind::DESCRIBE_QUORUM,
+            Bytes::new(),
+            |_, reply| Request::DescribeQuorum { reply },
+            decode_quorum,
+            CONTROLLER_WAIT,
+        )
+        .await
+    }
+
     /// Asks the controller: the local driver when this node is the controller, else a peer
     /// call. Retries NOT_CONTROLLER (no controller yet, or it moved) for up to `wait`.
     async fn ask_controller<T>(
@@ -571,7 +660,7 @@ impl Cluster {
                 }
                 None
             }
-            kind::PROPOSE | kind::HEARTBEAT | kind::ALTER_PARTITION => {
+            kind::PROPOSE | kind::HEARTBEAT | kind::ALTER_PARTITION | kind::DESCRIBE_QUORUM => {
                 let cluster = self.clone();
                 tokio::spawn(async move {
                     let answer = cluster.serve_controller_request(&incoming).await;
@@ -639,6 +728,18 @@ impl Cluster {
                         })
                         .await,
                 )
+            }
+            kind::DESCRIBE_QUORUM => {
+                match self
+                    .ask_driver(|reply| Request::DescribeQuorum { reply })
+                    .await
+                {
+                    Ok(d) => Answer {
+                        quorum: Some(QuorumMessage::from(&d)),
+                        ..Answer::default()
+                    },
+                    Err(e) => error_answer(&e),
+                }
             }
             _ => {
                 let m = match HeartbeatMessage::decode(body) {
@@ -841,6 +942,9 @@ impl Driver {
                     }
                 }
                 let _ = reply.send(result);
+            }
+            Request::DescribeQuorum { reply } => {
+                let _ = reply.send(self.quorum.describe().ok_or_else(|| self.not_controller()));
             }
             Request::AlterPartition {
                 request,

@@ -963,6 +963,15 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ),
         ),
         (
+            ApiKey::DescribeQuorum,
+            2,
+            RequestKind::DescribeQuorum(DescribeQuorumRequest::default().with_topics(vec![
+                describe_quorum_request::TopicData::default()
+                    .with_topic_name(TopicName(s("__cluster_metadata")))
+                    .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+            ])),
+        ),
+        (
             ApiKey::DescribeLogDirs,
             4,
             RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),

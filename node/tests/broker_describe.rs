@@ -248,3 +248,67 @@ async fn describe_log_dirs_lists_the_replicas_with_their_sizes() {
         .collect();
     assert_eq!(topics, [("a".to_string(), vec![1])]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_quorum_names_the_controller_and_its_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).await;
+    create(&broker, "a", 1).await;
+    let quorum = |topic: &str, partition: i32| {
+        RequestKind::DescribeQuorum(DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(name(topic))
+                .with_partitions(vec![
+                    describe_quorum_request::PartitionData::default()
+                        .with_partition_index(partition),
+                ]),
+        ]))
+    };
+    let ResponseKind::DescribeQuorum(resp) = call(
+        &broker,
+        ApiKey::DescribeQuorum,
+        2,
+        quorum("__cluster_metadata", 0),
+    )
+    .await
+    else {
+        panic!("no DescribeQuorum response")
+    };
+    assert_eq!(resp.error_code, 0);
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_id.0), (0, 1), "{resp:?}");
+    assert!(p.leader_epoch >= 1, "a raft term: {resp:?}");
+    assert!(
+        p.high_watermark >= 2,
+        "registration and the topic committed: {resp:?}"
+    );
+    let voters: Vec<(i32, i64)> = p
+        .current_voters
+        .iter()
+        .map(|v| (v.replica_id.0, v.log_end_offset))
+        .collect();
+    assert_eq!(
+        voters,
+        [(1, p.high_watermark)],
+        "the only voter holds everything"
+    );
+    assert!(p.observers.is_empty());
+    assert_eq!(resp.nodes.len(), 1, "v2 names the voters' endpoints");
+    assert_eq!(resp.nodes[0].node_id.0, 1);
+    assert!(!resp.nodes[0].listeners.is_empty());
+
+    // Anything but the metadata quorum's one partition is refused as a whole.
+    for (topic, partition) in [("a", 0), ("__cluster_metadata", 1)] {
+        let ResponseKind::DescribeQuorum(resp) =
+            call(&broker, ApiKey::DescribeQuorum, 2, quorum(topic, partition)).await
+        else {
+            panic!("no DescribeQuorum response")
+        };
+        assert_eq!(
+            resp.error_code,
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            "{topic}-{partition}"
+        );
+        assert!(resp.topics.is_empty());
+    }
+}

@@ -364,6 +364,14 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                 ]),
             ),
         ],
+        ApiKey::DescribeQuorum => vec![
+            RequestKind::DescribeQuorum(DescribeQuorumRequest::default().with_topics(vec![
+                describe_quorum_request::TopicData::default()
+                    .with_topic_name(name("__cluster_metadata"))
+                    .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+            ])),
+            RequestKind::DescribeQuorum(DescribeQuorumRequest::default()),
+        ],
         ApiKey::ElectLeaders => vec![RequestKind::ElectLeaders(
             ElectLeadersRequest::default()
                 .with_election_type(0)

@@ -750,12 +750,84 @@ fn elect_leaders_through_the_admin_api() {
     cluster.restart(broker);
     script.send_line(&format!("RESTARTED {broker}"));
     let out = script.expect_success(Duration::from_secs(180), &cluster);
+    // DescribeQuorum asked of each broker: each asks the controller (only it tracks the
+    // voters' progress) and all three give the same leader and voters.
+    let mut leaders = Vec::new();
+    for i in 0..3 {
+        let d = describe_quorum(cluster.port + i);
+        let p = &d.topics[0].partitions[0];
+        assert_eq!(
+            (d.error_code, p.error_code),
+            (0, 0),
+            "broker {}: {d:?}",
+            i + 1
+        );
+        let voters: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+        assert_eq!(voters, [1, 2, 3], "broker {}: {d:?}", i + 1);
+        assert!(
+            p.current_voters
+                .iter()
+                .all(|v| (0..=p.high_watermark + 1000).contains(&v.log_end_offset)),
+            "{d:?}"
+        );
+        assert_eq!(d.nodes.len(), 3, "v2 names every voter's endpoints: {d:?}");
+        leaders.push(p.leader_id.0);
+    }
+    assert!(
+        leaders.windows(2).all(|w| w[0] == w[1]) && (1..=3).contains(&leaders[0]),
+        "one controller: {leaders:?}"
+    );
     cluster.stop();
     say(&format!(
         "cluster test elect_leaders_through_the_admin_api: {} (took {:.1?})",
         figures(&out),
         started.elapsed()
     ));
+}
+
+/// DescribeQuorum v2 for `__cluster_metadata` partition 0, sent to the broker on `port` over
+/// a plain Kafka connection.
+fn describe_quorum(port: u16) -> kafka_protocol::messages::DescribeQuorumResponse {
+    use bytes::{Buf, BufMut, BytesMut};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use std::io::Write as _;
+    const VERSION: i16 = 2;
+    let request = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+    ]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::DescribeQuorum as i16)
+        .with_request_api_version(VERSION)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("cluster-test")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, DescribeQuorumRequest::header_version(VERSION))
+        .expect("encode header");
+    request.encode(&mut body, VERSION).expect("encode request");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).expect("write");
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("read size");
+    let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut answer).expect("read answer");
+    let mut answer = bytes::Bytes::from(answer);
+    let header =
+        ResponseHeader::decode(&mut answer, DescribeQuorumResponse::header_version(VERSION))
+            .expect("decode header");
+    assert_eq!(header.correlation_id, 7);
+    let response = DescribeQuorumResponse::decode(&mut answer, VERSION).expect("decode");
+    assert!(!answer.has_remaining(), "trailing bytes");
+    response
 }
 
 /// Exactly-once consume-transform-produce on `keel dev` (issue 15): a confluent-kafka group

@@ -547,6 +547,57 @@ fn three_voters_replicate_commands_to_voters_and_learners() {
     net.check_histories();
 }
 
+/// DescribeQuorum: only the leader describes the quorum; once every replica caught up, each
+/// holds the leader's last index, and the high watermark is the commit index. A voter that is
+/// cut off falls behind in the description while the others move on.
+#[test]
+fn the_leader_describes_each_replicas_progress() {
+    let mut net = Net::new(&[0, 1, 2], &[3], 1000, 4);
+    let leader = net.elect(60);
+    for n in 0..3 {
+        let records = create_topic(net.node(leader).state(), n);
+        net.propose(leader, n, records);
+    }
+    net.ticks(3);
+    for id in net.ids() {
+        assert_eq!(net.node(id).describe().is_some(), id == leader, "{id}");
+    }
+    let d = net.node(leader).describe().expect("the leader describes");
+    assert_eq!((d.leader, d.term), (leader, net.node(leader).term()));
+    assert_eq!(d.high_watermark, net.node(leader).commit_index());
+    let nodes = |r: &[ReplicaProgress]| r.iter().map(|p| p.node).collect::<Vec<_>>();
+    assert_eq!(nodes(&d.voters), [b(0), b(1), b(2)]);
+    assert_eq!(nodes(&d.observers), [b(3)]);
+    let ends: BTreeSet<u64> = d
+        .voters
+        .iter()
+        .chain(&d.observers)
+        .map(|p| p.log_end)
+        .collect();
+    assert_eq!(ends.len(), 1, "everyone caught up: {d:?}");
+    assert!(ends.contains(&d.high_watermark), "{d:?}");
+
+    let behind = net
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id.0 <= 2)
+        .unwrap();
+    net.cut_off(behind);
+    for n in 3..6 {
+        let records = create_topic(net.node(leader).state(), n);
+        net.propose(leader, n, records);
+    }
+    net.ticks(3);
+    let d = net.node(leader).describe().expect("still the leader");
+    let end = |id: BrokerId| d.voters.iter().find(|p| p.node == id).unwrap().log_end;
+    assert!(end(behind) < end(leader), "{d:?}");
+    assert_eq!(
+        d.high_watermark,
+        end(leader),
+        "two voters of three commit: {d:?}"
+    );
+}
+
 /// Two commands computed from the same state race: the first commits, the second no longer
 /// fits when applied and is rejected as a whole on every node, none of its records applied
 /// (one proposal is one atomic command). Reference: KRaft's atomic record batches

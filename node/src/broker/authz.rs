@@ -365,6 +365,15 @@ impl Broker {
                 ))
             }
             RequestKind::DescribeTopicPartitions(r) => describe_topic_partitions(c, r),
+            RequestKind::DescribeQuorum(r) => {
+                if c.cluster(Operation::Describe) {
+                    return Gate::Pass(RequestKind::DescribeQuorum(r), None);
+                }
+                answer(ResponseKind::DescribeQuorum(
+                    DescribeQuorumResponse::default()
+                        .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED),
+                ))
+            }
             RequestKind::FindCoordinator(r) => find_coordinator(c, v, r),
             RequestKind::JoinGroup(r) => {
                 if c.group(Operation::Read, &r.group_id) {

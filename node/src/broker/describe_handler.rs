@@ -1,5 +1,6 @@
-//! Read-only descriptions of partitions for admin tools: DescribeTopicPartitions (KIP-966),
-//! served from the applied metadata, and DescribeLogDirs, served from this broker's replicas.
+//! Read-only descriptions for admin tools: DescribeTopicPartitions (KIP-966), served from the
+//! applied metadata; DescribeLogDirs, served from this broker's replicas; DescribeQuorum
+//! (KIP-595), asked of the controller.
 //!
 //! What holds:
 //! - DescribeTopicPartitions lists topics in name order and partitions in index order, at
@@ -11,6 +12,9 @@
 //!   single directory): every replica held here, or those the request names, with its size on
 //!   disk and how far its log end is behind its high watermark (Kafka's `offsetLag`,
 //!   `max(high watermark - log end, 0)`), and from v4 the volume's total and usable bytes.
+//! - DescribeQuorum describes the metadata quorum (`__cluster_metadata`, partition 0) as its
+//!   leader, the controller, sees it: any broker asks the controller and answers; offsets are
+//!   raft indexes; without a controller it answers NOT_LEADER_OR_FOLLOWER.
 //! - Authorisation is applied by `broker::authz` before and after: these functions see every
 //!   topic.
 
@@ -22,10 +26,14 @@ use kafka_protocol::messages::describe_topic_partitions_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use keel_core::controller::{MetadataState, Partition};
+use keel_core::controller::{ControllerError, MetadataState, Partition};
 use keel_core::error_code as code;
+use keel_core::quorum::ReplicaProgress;
 
 use super::Broker;
+
+/// The metadata quorum's topic name in DescribeQuorum, as in KRaft.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
 
 /// The most partitions one DescribeTopicPartitions answer holds, whatever the request asks
 /// (Kafka's `max.request.partition.size.limit` default).
@@ -194,6 +202,92 @@ impl Broker {
             }
         }
         DescribeLogDirsResponse::default().with_results(vec![result])
+    }
+}
+
+impl Broker {
+    /// DescribeQuorum v0-2 (KIP-595; v2: the voters' endpoints, KIP-853).
+    pub(super) async fn describe_quorum(
+        &self,
+        version: i16,
+        request: DescribeQuorumRequest,
+    ) -> DescribeQuorumResponse {
+        use describe_quorum_response::{Listener, Node, PartitionData, ReplicaState, TopicData};
+        let asks_for_the_quorum = request.topics.len() == 1
+            && request.topics[0].topic_name.0.as_str() == METADATA_TOPIC
+            && request.topics[0].partitions.len() == 1
+            && request.topics[0].partitions[0].partition_index == 0;
+        if !asks_for_the_quorum {
+            let mut response =
+                DescribeQuorumResponse::default().with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION);
+            if version >= 2 {
+                response.error_message = Some(s(format!(
+                    "only the metadata quorum, {METADATA_TOPIC} partition 0, can be described"
+                )));
+            }
+            return response;
+        }
+        let mut partition = PartitionData::default().with_partition_index(0);
+        let mut nodes = Vec::new();
+        match self.cluster().describe_quorum().await {
+            Ok(d) => {
+                let states = |replicas: &[ReplicaProgress]| -> Vec<ReplicaState> {
+                    replicas
+                        .iter()
+                        .map(|r| {
+                            ReplicaState::default()
+                                .with_replica_id(BrokerId(r.node.0))
+                                .with_log_end_offset(i64::try_from(r.log_end).unwrap_or(i64::MAX))
+                                .with_last_fetch_timestamp(-1)
+                                .with_last_caught_up_timestamp(-1)
+                        })
+                        .collect()
+                };
+                partition = partition
+                    .with_leader_id(BrokerId(d.leader.0))
+                    .with_leader_epoch(i32::try_from(d.term).unwrap_or(i32::MAX))
+                    .with_high_watermark(i64::try_from(d.high_watermark).unwrap_or(i64::MAX))
+                    .with_current_voters(states(&d.voters))
+                    .with_observers(states(&d.observers));
+                if version >= 2 {
+                    nodes = self.with_metadata(|m| {
+                        d.voters
+                            .iter()
+                            .filter_map(|v| m.broker(v.node))
+                            .map(|b| {
+                                Node::default()
+                                    .with_node_id(BrokerId(b.id.0))
+                                    .with_listeners(
+                                        b.endpoints
+                                            .iter()
+                                            .map(|e| {
+                                                Listener::default()
+                                                    .with_name(s(e.name.clone()))
+                                                    .with_host(s(e.host.clone()))
+                                                    .with_port(u16::try_from(e.port).unwrap_or(0))
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect()
+                    });
+                }
+            }
+            Err(e) => {
+                partition.error_code = match e {
+                    ControllerError::NotController(_) => code::NOT_LEADER_OR_FOLLOWER,
+                    ref other => other.code(),
+                };
+                if version >= 2 {
+                    partition.error_message = Some(s(e.to_string()));
+                }
+            }
+        }
+        DescribeQuorumResponse::default()
+            .with_topics(vec![TopicData::default()
+                .with_topic_name(TopicName(s(METADATA_TOPIC)))
+                .with_partitions(vec![partition])])
+            .with_nodes(nodes)
     }
 }
 

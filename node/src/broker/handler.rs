@@ -248,6 +248,12 @@ impl Broker {
             RequestKind::DescribeTopicPartitions(r) => Next::Ready(
                 ResponseKind::DescribeTopicPartitions(self.describe_topic_partitions(r)),
             ),
+            RequestKind::DescribeQuorum(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::DescribeQuorum(b.describe_quorum(v, r).await)
+                }))
+            }
             RequestKind::DescribeLogDirs(r) => Next::Ready(ResponseKind::DescribeLogDirs(
                 self.describe_log_dirs(ctx.api_version, r),
             )),

@@ -447,6 +447,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         ResponseKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
+        ResponseKind::DescribeQuorum(_) => ApiKey::DescribeQuorum,
         ResponseKind::DescribeTopicPartitions(_) => ApiKey::DescribeTopicPartitions,
         ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
         ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,

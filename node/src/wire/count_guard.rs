@@ -201,6 +201,7 @@ fn guarded_pass(
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
+        DescribeQuorum => DescribeQuorumRequest,
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,
