@@ -176,6 +176,10 @@ error_codes! {
     TRANSACTIONAL_ID_NOT_FOUND = 105;
     /// AlterPartition: the new ISR holds a broker that cannot be in it.
     INELIGIBLE_REPLICA = 107;
+    /// DescribeCluster v1+: a broker asked for controller endpoints (KIP-919).
+    MISMATCHED_ENDPOINT_TYPE = 114;
+    /// DescribeCluster: an endpoint type that is neither brokers (1) nor controllers (2).
+    UNSUPPORTED_ENDPOINT_TYPE = 115;
     /// KIP-890: the transaction cannot go on (a partition was never added): abort it.
     TRANSACTION_ABORTABLE = 120;
 }

@@ -312,3 +312,142 @@ async fn describe_quorum_names_the_controller_and_its_voters() {
         assert!(resp.topics.is_empty());
     }
 }
+
+/// The newest versions' additions: ListOffsets -4 and -5 (KIP-405, KIP-1005; nothing is
+/// tiered), DescribeCluster v2's endpoint types, ListGroups v5's type filter and DescribeGroups
+/// v6's GROUP_ID_NOT_FOUND for a group that does not exist (KIP-1043).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_versions_answer_as_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).await;
+    create(&broker, "a", 1).await;
+    produce(&broker, "a", 0, 5).await;
+    let mut r = DeleteRecordsRequest::default();
+    r.topics = vec![delete_records_request::DeleteRecordsTopic::default()
+        .with_name(name("a"))
+        .with_partitions(vec![
+            delete_records_request::DeleteRecordsPartition::default()
+                .with_partition_index(0)
+                .with_offset(2),
+        ])];
+    r.timeout_ms = 5000;
+    let ResponseKind::DeleteRecords(resp) = call(
+        &broker,
+        ApiKey::DeleteRecords,
+        2,
+        RequestKind::DeleteRecords(r),
+    )
+    .await
+    else {
+        panic!("no DeleteRecords response")
+    };
+    assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+
+    let list = |timestamp: i64| {
+        RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name("a"))
+                .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
+                    .with_timestamp(timestamp)]),
+        ]))
+    };
+    let mut offsets = Vec::new();
+    for timestamp in [-1, -2, -4, -5] {
+        let ResponseKind::ListOffsets(resp) =
+            call(&broker, ApiKey::ListOffsets, 10, list(timestamp)).await
+        else {
+            panic!("no ListOffsets response")
+        };
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0, "{timestamp}");
+        offsets.push((timestamp, p.offset));
+    }
+    assert_eq!(offsets, [(-1, 5), (-2, 2), (-4, 2), (-5, -1)]);
+
+    let cluster = |endpoint_type: i8, include_fenced_brokers: bool| {
+        RequestKind::DescribeCluster(
+            DescribeClusterRequest::default()
+                .with_endpoint_type(endpoint_type)
+                .with_include_fenced_brokers(include_fenced_brokers),
+        )
+    };
+    let ResponseKind::DescribeCluster(resp) =
+        call(&broker, ApiKey::DescribeCluster, 2, cluster(1, true)).await
+    else {
+        panic!("no DescribeCluster response")
+    };
+    assert_eq!((resp.error_code, resp.controller_id.0), (0, 1));
+    let brokers: Vec<(i32, bool)> = resp
+        .brokers
+        .iter()
+        .map(|b| (b.broker_id.0, b.is_fenced))
+        .collect();
+    assert_eq!(brokers, [(1, false)]);
+    for (endpoint_type, error) in [
+        (2, code::MISMATCHED_ENDPOINT_TYPE),
+        (3, code::UNSUPPORTED_ENDPOINT_TYPE),
+    ] {
+        let ResponseKind::DescribeCluster(resp) = call(
+            &broker,
+            ApiKey::DescribeCluster,
+            2,
+            cluster(endpoint_type, false),
+        )
+        .await
+        else {
+            panic!("no DescribeCluster response")
+        };
+        assert_eq!(resp.error_code, error, "endpoint type {endpoint_type}");
+        assert!(resp.brokers.is_empty() && resp.error_message.is_some());
+    }
+
+    // No group exists: v6 says so per group; v5 answers the Dead state as before.
+    let describe = |v| {
+        let broker = broker.clone();
+        async move {
+            let ResponseKind::DescribeGroups(resp) = call(
+                &broker,
+                ApiKey::DescribeGroups,
+                v,
+                RequestKind::DescribeGroups(
+                    DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(StrBytes::from_static_str("nobody"))]),
+                ),
+            )
+            .await
+            else {
+                panic!("no DescribeGroups response")
+            };
+            resp.groups[0].clone()
+        }
+    };
+    let ResponseKind::FindCoordinator(found) = call(
+        &broker,
+        ApiKey::FindCoordinator,
+        3,
+        RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("nobody")),
+        ),
+    )
+    .await
+    else {
+        panic!("no FindCoordinator response")
+    };
+    assert_eq!(found.error_code, 0, "{found:?}");
+    let mut v6 = describe(6).await;
+    for _ in 0..100 {
+        if v6.error_code != code::COORDINATOR_LOAD_IN_PROGRESS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        v6 = describe(6).await;
+    }
+    assert_eq!(v6.error_code, code::GROUP_ID_NOT_FOUND, "{v6:?}");
+    assert!(v6.error_message.is_some());
+    let v5 = describe(5).await;
+    assert_eq!(
+        (v5.error_code, v5.group_state.as_str()),
+        (0, "Dead"),
+        "{v5:?}"
+    );
+}

@@ -611,6 +611,18 @@ impl Broker {
                         .collect();
                 }
             }
+            if version >= 6 {
+                // KIP-1043: a group that does not exist is an error, with a message.
+                if dg.error_code == 0 && dg.group_state.as_str() == "Dead" {
+                    dg.error_code = code::GROUP_ID_NOT_FOUND;
+                }
+                if dg.error_code != 0 {
+                    dg.error_message = Some(s(format!(
+                        "group {group_id}: {}",
+                        code::Named(dg.error_code)
+                    )));
+                }
+            }
             out.groups.push(dg);
         }
         out
@@ -618,6 +630,15 @@ impl Broker {
 
     pub(super) fn list_groups(&self, version: i16, r: ListGroupsRequest) -> ListGroupsResponse {
         let mut out = ListGroupsResponse::default();
+        // Every keel group is a classic group (KIP-848's types: classic, consumer, share).
+        if !r.types_filter.is_empty()
+            && !r
+                .types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("classic"))
+        {
+            return out;
+        }
         let states: Vec<GroupState> = r
             .states_filter
             .iter()
@@ -640,6 +661,9 @@ impl Broker {
             lg.protocol_type = s(g.protocol_type);
             if version >= 4 {
                 lg.group_state = s(g.state.name());
+            }
+            if version >= 5 {
+                lg.group_type = s("classic");
             }
             out.groups.push(lg);
         }

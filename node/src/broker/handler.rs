@@ -242,8 +242,8 @@ impl Broker {
             RequestKind::DeleteGroups(r) => {
                 Next::Ready(ResponseKind::DeleteGroups(self.delete_groups(r)))
             }
-            RequestKind::DescribeCluster(_) => Next::Ready(ResponseKind::DescribeCluster(
-                self.describe_cluster(&ctx.listener),
+            RequestKind::DescribeCluster(r) => Next::Ready(ResponseKind::DescribeCluster(
+                self.describe_cluster(&ctx.listener, r),
             )),
             RequestKind::DescribeTopicPartitions(r) => Next::Ready(
                 ResponseKind::DescribeTopicPartitions(self.describe_topic_partitions(r)),
@@ -971,8 +971,12 @@ impl Broker {
                                     Ok(Some((r.last_stable_offset(), -1)))
                                 }
                                 -1 => Ok(Some((r.high_watermark(), -1))),
-                                -2 => Ok(Some((r.log().log_start(), -1))),
+                                // -4: the earliest local offset (KIP-405); with no tiered
+                                // storage, the log start.
+                                -2 | -4 => Ok(Some((r.log().log_start(), -1))),
                                 -3 => r.log().max_timestamp(),
+                                // -5: the latest tiered offset (KIP-1005): nothing is tiered.
+                                -5 => Ok(Some((keel_core::Offset(-1), -1))),
                                 ts => r
                                     .log()
                                     .offset_for_timestamp(ts)
@@ -1404,16 +1408,65 @@ impl Broker {
         response
     }
 
-    fn describe_cluster(&self, listener: &str) -> DescribeClusterResponse {
+    /// DescribeCluster v0-2: the brokers (v2: with the fenced ones if asked, KIP-1073). A
+    /// request for controller endpoints (KIP-919) gets MISMATCHED_ENDPOINT_TYPE: keel's
+    /// controllers are its brokers, reached through them.
+    fn describe_cluster(
+        &self,
+        listener: &str,
+        request: DescribeClusterRequest,
+    ) -> DescribeClusterResponse {
         let mut response = DescribeClusterResponse::default();
         response.cluster_id = str_bytes(self.cluster_id());
-        response.endpoint_type = 1;
+        response.endpoint_type = request.endpoint_type;
+        if request.endpoint_type != 1 {
+            (response.error_code, response.error_message) = if request.endpoint_type == 2 {
+                (
+                    code::MISMATCHED_ENDPOINT_TYPE,
+                    Some(str_bytes(
+                        "keel's controllers are its brokers: ask for brokers (endpoint type 1)"
+                            .to_string(),
+                    )),
+                )
+            } else {
+                (
+                    code::UNSUPPORTED_ENDPOINT_TYPE,
+                    Some(str_bytes(format!(
+                        "unknown endpoint type {}",
+                        request.endpoint_type
+                    ))),
+                )
+            };
+            response.controller_id = BrokerId(-1);
+            return response;
+        }
         for (id, host, port) in self.broker_list_on(listener) {
             let mut b = DescribeClusterBroker::default();
             b.broker_id = BrokerId(id);
             b.host = str_bytes(host);
             b.port = port;
             response.brokers.push(b);
+        }
+        if request.include_fenced_brokers {
+            let fenced: Vec<(i32, String, i32)> = self.with_metadata(|m| {
+                m.brokers()
+                    .filter(|b| b.fenced)
+                    .filter_map(|b| {
+                        b.endpoints
+                            .iter()
+                            .find(|e| e.name == listener)
+                            .map(|e| (b.id.0, e.host.clone(), e.port))
+                    })
+                    .collect()
+            });
+            for (id, host, port) in fenced {
+                let mut b = DescribeClusterBroker::default();
+                b.broker_id = BrokerId(id);
+                b.host = str_bytes(host);
+                b.port = port;
+                b.is_fenced = true;
+                response.brokers.push(b);
+            }
         }
         let listed: Vec<i32> = response.brokers.iter().map(|b| b.broker_id.0).collect();
         response.controller_id = BrokerId(self.controller_for_clients(&listed));
