@@ -1903,6 +1903,21 @@ impl Group {
         self.offsets.insert(tp, offset);
     }
 
+    /// The topics the members subscribe to, from their `consumer` protocol metadata (Kafka's
+    /// ConsumerProtocolSubscription: a version, then an array of topic names); `None` if the
+    /// group does not use the `consumer` protocol type or a member's metadata does not parse.
+    fn subscribed_topics(&self) -> Option<BTreeSet<String>> {
+        if self.protocol_type.as_deref() != Some("consumer") {
+            return None;
+        }
+        let protocol = self.protocol_name.as_deref()?;
+        let mut topics = BTreeSet::new();
+        for member in self.members.values() {
+            topics.extend(subscription_topics(member.metadata(protocol)?)?);
+        }
+        Some(topics)
+    }
+
     fn remove_offset(&mut self, tp: &TopicPartition) {
         self.offsets.remove(tp);
         self.positions.remove(tp);
@@ -2614,6 +2629,43 @@ impl GroupCoordinator {
             .collect()
     }
 
+    /// OffsetDelete (KIP-496, Kafka's `GroupMetadataManager.handleDeleteOffsets`): deletes the
+    /// group's committed offsets of `partitions` (a tombstone each). An Empty group loses any;
+    /// a group with members using the `consumer` protocol keeps those of the topics a member
+    /// subscribes to (GROUP_SUBSCRIBED_TO_TOPIC for each); any other group with members is
+    /// NON_EMPTY_GROUP, a group that does not exist GROUP_ID_NOT_FOUND. A partition without an
+    /// offset is answered without error.
+    pub fn delete_offsets(
+        &mut self,
+        group_id: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, ErrorCode)>, ErrorCode> {
+        let group = match self.groups.get_mut(group_id) {
+            None => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) if g.state == GroupState::Dead => return Err(code::GROUP_ID_NOT_FOUND),
+            Some(g) => g,
+        };
+        let subscribed = if group.state == GroupState::Empty {
+            BTreeSet::new()
+        } else {
+            group.subscribed_topics().ok_or(code::NON_EMPTY_GROUP)?
+        };
+        let mut results = Vec::with_capacity(partitions.len());
+        for tp in partitions {
+            if subscribed.contains(&tp.topic) {
+                results.push((tp.clone(), code::GROUP_SUBSCRIBED_TO_TOPIC));
+                continue;
+            }
+            if group.offsets.contains_key(tp) {
+                group.remove_offset(tp);
+                self.out.write(GroupRecord::offset(group_id, tp, None));
+            }
+            results.push((tp.clone(), code::NONE));
+        }
+        self.check_invariants();
+        Ok(results)
+    }
+
     /// Runs what is due at `now_ms`: expired KIP-394 member ids and sessions (the member is
     /// removed and the group rebalances), join deadlines (the rebalance ends with whoever
     /// rejoined), and every `offsets_retention_check_interval_ms` offset expiry and the removal
@@ -2692,4 +2744,21 @@ impl GroupCoordinator {
         }
         out
     }
+}
+
+/// The topic names of a ConsumerProtocolSubscription (any version: each starts with an int16
+/// version and an array of int16-length strings; later fields are not read); `None` if it does
+/// not parse.
+fn subscription_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut rest = metadata.get(2..)?; // the version
+    let count = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    rest = &rest[4..];
+    let mut topics = Vec::with_capacity(usize::try_from(count).ok()?.min(rest.len() / 2));
+    for _ in 0..count {
+        let len = usize::try_from(i16::from_be_bytes(rest.get(..2)?.try_into().ok()?)).ok()?;
+        let name = rest.get(2..2 + len)?;
+        topics.push(String::from_utf8(name.to_vec()).ok()?);
+        rest = &rest[2 + len..];
+    }
+    Some(topics)
 }

@@ -963,6 +963,19 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ),
         ),
         (
+            ApiKey::OffsetDelete,
+            0,
+            RequestKind::OffsetDelete(
+                OffsetDeleteRequest::default()
+                    .with_group_id(GroupId(s("g")))
+                    .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default(),
+                        ])]),
+            ),
+        ),
+        (
             ApiKey::DescribeQuorum,
             2,
             RequestKind::DescribeQuorum(DescribeQuorumRequest::default().with_topics(vec![

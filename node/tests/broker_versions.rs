@@ -372,6 +372,17 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             ])),
             RequestKind::DescribeQuorum(DescribeQuorumRequest::default()),
         ],
+        ApiKey::OffsetDelete => vec![RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(name("t"))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default(),
+                        ]),
+                ]),
+        )],
         ApiKey::ElectLeaders => vec![RequestKind::ElectLeaders(
             ElectLeadersRequest::default()
                 .with_election_type(0)

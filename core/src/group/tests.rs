@@ -1537,3 +1537,93 @@ fn a_group_with_an_open_transaction_does_not_expire() {
     h.marker(7, true);
     assert_eq!(h.fetched(&tp("t", 0)), 9);
 }
+
+/// ConsumerProtocolSubscription v1 for `topics`, with v1's trailing user data and owned
+/// partitions (empty), as a Java or librdkafka consumer sends it.
+fn subscription(topics: &[&str]) -> Vec<u8> {
+    let mut out = 1i16.to_be_bytes().to_vec();
+    out.extend((topics.len() as i32).to_be_bytes());
+    for t in topics {
+        out.extend((t.len() as i16).to_be_bytes());
+        out.extend(t.as_bytes());
+    }
+    out.extend((-1i32).to_be_bytes()); // user data: null
+    out.extend(0i32.to_be_bytes()); // owned partitions: none
+    out
+}
+
+/// OffsetDelete (KIP-496, Kafka's `handleDeleteOffsets`): a group with a member keeps the
+/// offsets of topics it subscribes to (GROUP_SUBSCRIBED_TO_TOPIC) and loses the others, with a
+/// tombstone each, which a reload replays; a group whose subscriptions cannot be read is
+/// NON_EMPTY_GROUP as a whole; a group that does not exist GROUP_ID_NOT_FOUND.
+#[test]
+fn delete_offsets_keeps_subscribed_topics_of_a_group_with_members() {
+    let mut h = Harness::new(config_no_delay());
+    let mut req = h.join_req("", "c", &["range"]);
+    req.protocols[0].metadata = subscription(&["t"]);
+    let (_, first) = h.join(req.clone());
+    req.member_id = first.expect("answered at once").member_id;
+    let m = req.member_id.clone();
+    let (j, _) = h.join(req);
+    assert_eq!(h.join_answer(j).unwrap().generation_id, 1);
+    let (s, _) = h.sync(&m, 1, vec![(m.clone(), b"a".to_vec())]);
+    assert!(h.sync_answer(s).is_some());
+    h.commit(&m, 1, &[(tp("t", 0), 5), (tp("u", 0), 7)]);
+    h.drain();
+    assert_eq!(offsets_of(&h.c).len(), 2);
+
+    let before = h.records.len();
+    let result =
+        h.c.delete_offsets("g", &[tp("t", 0), tp("u", 0), tp("u", 1)])
+            .expect("the group exists");
+    h.drain();
+    assert_eq!(
+        result,
+        vec![
+            (tp("t", 0), code::GROUP_SUBSCRIBED_TO_TOPIC),
+            (tp("u", 0), code::NONE),
+            (tp("u", 1), code::NONE),
+        ]
+    );
+    let left: Vec<TopicPartition> = offsets_of(&h.c).into_keys().collect();
+    assert_eq!(left, vec![tp("t", 0)]);
+    assert_eq!(h.records.len(), before + 1, "one tombstone");
+    assert!(h.records[before].1.value.is_none());
+    let replayed = h.replayed();
+    assert_eq!(
+        offsets_of(&replayed).into_keys().collect::<Vec<_>>(),
+        vec![tp("t", 0)],
+        "the reload replays the tombstone"
+    );
+    assert_eq!(
+        h.c.delete_offsets("nope", &[tp("t", 0)]),
+        Err(code::GROUP_ID_NOT_FOUND)
+    );
+
+    // Unreadable subscriptions: nothing is deleted while the group has members.
+    let mut h = Harness::new(config_no_delay());
+    let m = h.stable_one();
+    h.commit(&m, 1, &[(tp("u", 0), 7)]);
+    h.drain();
+    assert_eq!(
+        h.c.delete_offsets("g", &[tp("u", 0)]),
+        Err(code::NON_EMPTY_GROUP)
+    );
+    assert_eq!(offsets_of(&h.c).len(), 1);
+}
+
+#[test]
+fn subscriptions_parse_at_every_version_and_garbage_does_not() {
+    assert_eq!(
+        subscription_topics(&subscription(&["a", "bb"])),
+        Some(vec!["a".to_string(), "bb".to_string()])
+    );
+    let mut v0 = 0i16.to_be_bytes().to_vec();
+    v0.extend(1i32.to_be_bytes());
+    v0.extend(1i16.to_be_bytes());
+    v0.push(b'x');
+    assert_eq!(subscription_topics(&v0), Some(vec!["x".to_string()]));
+    for bad in [&b""[..], b"sub-range", &[0, 1, 0, 0, 0, 2, 0, 9, b'a']] {
+        assert_eq!(subscription_topics(bad), None, "{bad:?}");
+    }
+}

@@ -408,6 +408,7 @@ impl Broker {
                 ))
             }
             RequestKind::OffsetCommit(r) => offset_commit(c, r),
+            RequestKind::OffsetDelete(r) => offset_delete(c, r),
             RequestKind::OffsetFetch(r) => offset_fetch(c, v, r),
             RequestKind::DescribeGroups(r) => {
                 let (kept, denied): (Vec<_>, Vec<_>) = r
@@ -1389,6 +1390,51 @@ fn find_coordinator(c: &Check<'_>, v: i16, r: FindCoordinatorRequest) -> Gate {
 
 /// OffsetCommit: READ on the group (else every partition GROUP_AUTHORIZATION_FAILED), READ on
 /// each topic.
+/// OffsetDelete (`handleOffsetDeleteRequest`): DELETE on the group, else
+/// GROUP_AUTHORIZATION_FAILED for the whole request; READ on each topic, else
+/// TOPIC_AUTHORIZATION_FAILED for its partitions, which are not deleted.
+fn offset_delete(c: &Check<'_>, r: OffsetDeleteRequest) -> Gate {
+    if !c.group(Operation::Delete, &r.group_id) {
+        return answer(ResponseKind::OffsetDelete(
+            OffsetDeleteResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+        ));
+    }
+    let (kept, denied): (Vec<_>, Vec<_>) = r
+        .topics
+        .iter()
+        .cloned()
+        .partition(|t| c.topic(Operation::Read, &t.name));
+    if denied.is_empty() {
+        return Gate::Pass(RequestKind::OffsetDelete(r), None);
+    }
+    Gate::Pass(
+        RequestKind::OffsetDelete(r.with_topics(kept)),
+        finish(move |resp| {
+            if let ResponseKind::OffsetDelete(resp) = resp {
+                if resp.error_code != 0 {
+                    return;
+                }
+                for t in denied {
+                    resp.topics.push(
+                        offset_delete_response::OffsetDeleteResponseTopic::default()
+                            .with_name(t.name)
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        offset_delete_response::OffsetDeleteResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                                    })
+                                    .collect(),
+                            ),
+                    );
+                }
+            }
+        }),
+    )
+}
+
 fn offset_commit(c: &Check<'_>, r: OffsetCommitRequest) -> Gate {
     let result = |t: &offset_commit_request::OffsetCommitRequestTopic, e| {
         offset_commit_response::OffsetCommitResponseTopic::default()

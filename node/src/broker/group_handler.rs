@@ -670,6 +670,66 @@ impl Broker {
         out
     }
 
+    /// OffsetDelete v0 (KIP-496): the coordinator deletes the group's offsets of partitions
+    /// that exist (UNKNOWN_TOPIC_OR_PARTITION for the others), keeping those of topics a member
+    /// subscribes to ([`GroupCoordinator::delete_offsets`]).
+    pub(super) fn offset_delete(&self, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
+        let group_id = r.group_id.0.to_string();
+        let mut out = OffsetDeleteResponse::default();
+        let mut known = Vec::new();
+        let mut answers: Vec<(String, i32, ErrorCode)> = Vec::new();
+        for t in &r.topics {
+            let name = t.name.0.to_string();
+            for p in &t.partitions {
+                let exists = self.with_metadata(|m| {
+                    m.topic(&name).is_some_and(|topic| {
+                        usize::try_from(p.partition_index).is_ok_and(|i| i < topic.partitions.len())
+                    })
+                });
+                if exists {
+                    known.push(keel_core::group::TopicPartition {
+                        topic: name.clone(),
+                        partition: p.partition_index,
+                    });
+                } else {
+                    answers.push((
+                        name.clone(),
+                        p.partition_index,
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
+                }
+            }
+        }
+        match self.with_group(&group_id, |c, _| c.delete_offsets(&group_id, &known)) {
+            Err(error) | Ok(Err(error)) => {
+                out.error_code = error;
+                return out;
+            }
+            Ok(Ok(results)) => {
+                answers.extend(
+                    results
+                        .into_iter()
+                        .map(|(tp, e)| (tp.topic, tp.partition, e)),
+                );
+            }
+        }
+        answers.sort();
+        for (topic, partition, error) in answers {
+            let p = offset_delete_response::OffsetDeleteResponsePartition::default()
+                .with_partition_index(partition)
+                .with_error_code(error);
+            match out.topics.last_mut() {
+                Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
+                _ => out.topics.push(
+                    offset_delete_response::OffsetDeleteResponseTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(vec![p]),
+                ),
+            }
+        }
+        out
+    }
+
     pub(super) fn delete_groups(&self, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
         let mut out = DeleteGroupsResponse::default();
         for id in r.groups_names {

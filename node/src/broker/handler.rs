@@ -242,6 +242,9 @@ impl Broker {
             RequestKind::DeleteGroups(r) => {
                 Next::Ready(ResponseKind::DeleteGroups(self.delete_groups(r)))
             }
+            RequestKind::OffsetDelete(r) => {
+                Next::Ready(ResponseKind::OffsetDelete(self.offset_delete(r)))
+            }
             RequestKind::DescribeCluster(r) => Next::Ready(ResponseKind::DescribeCluster(
                 self.describe_cluster(&ctx.listener, r),
             )),

@@ -448,6 +448,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         ResponseKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
         ResponseKind::DescribeQuorum(_) => ApiKey::DescribeQuorum,
+        ResponseKind::OffsetDelete(_) => ApiKey::OffsetDelete,
         ResponseKind::DescribeTopicPartitions(_) => ApiKey::DescribeTopicPartitions,
         ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
         ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,

@@ -202,6 +202,7 @@ fn guarded_pass(
         DescribeCluster => DescribeClusterRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
         DescribeQuorum => DescribeQuorumRequest,
+        OffsetDelete => OffsetDeleteRequest,
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,

@@ -4,7 +4,8 @@ usage: groups.py HOST:PORT kafka_python|confluent_split|kcat
 
 kafka_python: a KafkaConsumer in a group reads 6 of 10 records one at a time and commits; a
   new consumer in the same group sees the commit (committed() == 6) and resumes exactly there:
-  offsets 6..9, nothing before.
+  offsets 6..9, nothing before. The admin client's OffsetDelete of the partition is refused
+  (GROUP_SUBSCRIBED_TO_TOPIC) while that consumer is in the group and succeeds once it left.
 confluent_split: two confluent-kafka consumers in one group split a 4-partition topic (disjoint,
   non-empty assignments covering every partition); the second closes (LeaveGroup), the first
   takes over all 4 partitions; together they read every record.
@@ -91,8 +92,21 @@ def kafka_python(bootstrap):
     extra = c.poll(timeout_ms=1000)
     check(not any(extra.values()), f"nothing after the end: {extra}")
     c.commit()
+
+    # OffsetDelete (KIP-496): refused while a member subscribes to the topic, done once the
+    # group is empty; the group then has no offset for the partition.
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import GroupSubscribedToTopicError, NoError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    got = admin.delete_group_offsets(group, [tp])
+    check_eq(got, {tp: GroupSubscribedToTopicError}, "OffsetDelete while subscribed")
     c.close()
-    log("kafka-python: resumed at 6, read 6..9")
+    check_eq(admin.delete_group_offsets(group, [tp]), {tp: NoError}, "OffsetDelete once empty")
+    left = admin.list_group_offsets({group: [tp]})[group]
+    check(tp not in left or left[tp].offset == -1, f"no offset left after OffsetDelete: {left}")
+    admin.close()
+    log("kafka-python: resumed at 6, read 6..9; OffsetDelete refused while subscribed, done once empty")
 
 
 def confluent_split(bootstrap):
