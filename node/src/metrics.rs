@@ -227,6 +227,9 @@ pub struct Metrics {
     pub cleaner: crate::broker::cleaner::CleanerCounters,
     partition_source: RwLock<Option<Arc<PartitionSource>>>,
     cluster_source: RwLock<Option<Arc<ClusterSource>>>,
+    /// SASL authentications that succeeded and that failed, by mechanism
+    /// ([`SASL_MECHANISMS`]).
+    authentications: [[AtomicU64; 2]; SASL_MECHANISMS.len()],
     /// ISR changes this broker's leaders had committed that removed a member.
     isr_shrinks: AtomicU64,
     /// ISR changes this broker's leaders had committed that added a member.
@@ -235,6 +238,9 @@ pub struct Metrics {
     /// ([`DENIAL_SLOTS`]).
     denials: Box<[AtomicU64]>,
 }
+
+/// The SASL mechanisms `keel_authentications_total` counts, by name.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// Denial counters: one per resource type code (0 to 7) and operation code (0 to 15).
 pub const DENIAL_SLOTS: usize = 8 * 16;
@@ -280,6 +286,7 @@ impl Metrics {
             cleaner: Default::default(),
             partition_source: RwLock::new(None),
             cluster_source: RwLock::new(None),
+            authentications: Default::default(),
             isr_shrinks: AtomicU64::new(0),
             isr_expands: AtomicU64::new(0),
             denials: (0..DENIAL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -356,6 +363,14 @@ impl Metrics {
     /// one), with the same rules as [`Metrics::set_partition_source`].
     pub fn set_cluster_source(&self, source: Box<ClusterSource>) {
         replace(&self.cluster_source, Arc::from(source));
+    }
+
+    /// Counts a SASL authentication with `mechanism` (one of [`SASL_MECHANISMS`]; others are
+    /// not counted) that succeeded or failed.
+    pub fn record_authentication(&self, mechanism: &str, succeeded: bool) {
+        if let Some(slot) = SASL_MECHANISMS.iter().position(|m| *m == mechanism) {
+            self.authentications[slot][usize::from(!succeeded)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an ISR change a leader on this broker had committed, from `before` to `after`:
@@ -532,6 +547,23 @@ impl Metrics {
                         n,
                     );
                 }
+            }
+        }
+
+        family(
+            &mut out,
+            "keel_authentications_total",
+            "counter",
+            "SASL authentications, by mechanism and result (failures are logged too).",
+        );
+        for (mechanism, counts) in SASL_MECHANISMS.iter().zip(&self.authentications) {
+            for (result, count) in ["success", "failure"].iter().zip(counts) {
+                sample(
+                    &mut out,
+                    "keel_authentications_total",
+                    &[("mechanism", mechanism), ("result", result)],
+                    count.load(Ordering::Relaxed),
+                );
             }
         }
 

@@ -1315,3 +1315,65 @@ async fn transactional_and_idempotent_producers_need_their_rights() {
     let resp = request!(&broker, ALICE, InitProducerId, 4, txn);
     assert_eq!(resp.error_code, code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
 }
+
+/// DescribeGroups v3+ with `include_authorized_operations`: the operations the principal may
+/// do on each group (READ implies DESCRIBE, as in Kafka), not DELETE without its ACL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_groups_reports_the_authorized_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path(), authorizer()).await;
+    create_acls(
+        &broker,
+        vec![acl(
+            ResourceType::Group,
+            "g",
+            LITERAL,
+            "User:alice",
+            Operation::Read,
+            ALLOW,
+        )],
+    )
+    .await;
+    let found = request!(
+        &broker,
+        ADMIN,
+        FindCoordinator,
+        3,
+        FindCoordinatorRequest::default().with_key(s("g"))
+    );
+    assert_eq!(found.error_code, 0);
+    let describe = |user: &'static str| {
+        let broker = broker.clone();
+        async move {
+            for _ in 0..100 {
+                let resp = request!(
+                    &broker,
+                    user,
+                    DescribeGroups,
+                    5,
+                    DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(s("g"))])
+                        .with_include_authorized_operations(true)
+                );
+                let g = resp.groups[0].clone();
+                if g.error_code != code::COORDINATOR_LOAD_IN_PROGRESS {
+                    return g;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("the coordinator never loaded")
+        }
+    };
+    let g = describe(ALICE).await;
+    assert_eq!(g.error_code, 0);
+    assert_eq!(
+        g.authorized_operations,
+        Operation::Read.bit() | Operation::Describe.bit()
+    );
+    let g = describe(ADMIN).await;
+    assert_eq!(
+        g.authorized_operations,
+        Operation::Read.bit() | Operation::Describe.bit() | Operation::Delete.bit(),
+        "a super user may do everything"
+    );
+}

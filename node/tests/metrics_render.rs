@@ -42,6 +42,10 @@ fn renders_a_small_registry_exactly() {
             stats("a", 0, 0, 5, 4),
         ]
     }));
+    metrics.record_authentication("SCRAM-SHA-256", true);
+    metrics.record_authentication("SCRAM-SHA-256", true);
+    metrics.record_authentication("SCRAM-SHA-512", false);
+    metrics.record_authentication("GSSAPI", false); // not a mechanism keel serves: not counted
     metrics.record_isr_change(&[1, 2, 3], &[1, 2]); // a shrink
     metrics.record_isr_change(&[1, 2], &[1, 2, 3]); // an expansion
     metrics.record_isr_change(&[1, 2], &[1, 3]); // both
@@ -146,6 +150,14 @@ keel_connections 1
 # TYPE keel_authorization_denials_total counter
 keel_authorization_denials_total{{resource_type="TOPIC",operation="WRITE"}} 2
 keel_authorization_denials_total{{resource_type="GROUP",operation="READ"}} 1
+# HELP keel_authentications_total SASL authentications, by mechanism and result (failures are logged too).
+# TYPE keel_authentications_total counter
+keel_authentications_total{{mechanism="PLAIN",result="success"}} 0
+keel_authentications_total{{mechanism="PLAIN",result="failure"}} 0
+keel_authentications_total{{mechanism="SCRAM-SHA-256",result="success"}} 2
+keel_authentications_total{{mechanism="SCRAM-SHA-256",result="failure"}} 0
+keel_authentications_total{{mechanism="SCRAM-SHA-512",result="success"}} 0
+keel_authentications_total{{mechanism="SCRAM-SHA-512",result="failure"}} 1
 # HELP keel_partition_log_start_offset The partition's log start offset.
 # TYPE keel_partition_log_start_offset gauge
 keel_partition_log_start_offset{{topic="a",partition="0"}} 0

@@ -782,3 +782,55 @@ async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(
         task.await.expect("a login attempt failed");
     }
 }
+
+/// `keel_authentications_total` counts each SASL login by mechanism and result.
+#[tokio::test]
+async fn logins_are_counted_by_mechanism_and_result() {
+    let security = ListenerSecurity::new(
+        "SASL_PLAINTEXT",
+        SecurityProtocol::SaslPlaintext,
+        None,
+        Some(sasl_config(&[Mechanism::Plain])),
+    )
+    .expect("listener");
+    let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let metrics = Arc::new(keel_node::metrics::Metrics::new());
+    let server = WireServer::for_listener(
+        Arc::new(Recorder::default()),
+        SupportedApis::all(),
+        WireConfig::default(),
+        Some(metrics.clone()),
+        security,
+    );
+    tokio::spawn(server.serve(socket));
+    for (password, error) in [("alice-secret", 0), ("wrong", 58), ("wrong", 58)] {
+        let mut c = Client::connect(addr).await;
+        c.send(ApiKey::SaslHandshake, 1, 1, "t", &handshake("PLAIN"))
+            .await;
+        c.recv_response(ApiKey::SaslHandshake, 1, 1).await;
+        let token = format!("\0alice\0{password}");
+        c.send(
+            ApiKey::SaslAuthenticate,
+            2,
+            2,
+            "t",
+            &authenticate(token.as_bytes()),
+        )
+        .await;
+        let ResponseKind::SaslAuthenticate(a) =
+            c.recv_response(ApiKey::SaslAuthenticate, 2, 2).await
+        else {
+            panic!("SaslAuthenticate");
+        };
+        assert_eq!(a.error_code, error);
+    }
+    let rendered = metrics.render();
+    for line in [
+        "keel_authentications_total{mechanism=\"PLAIN\",result=\"success\"} 1\n",
+        "keel_authentications_total{mechanism=\"PLAIN\",result=\"failure\"} 2\n",
+        "keel_authentications_total{mechanism=\"SCRAM-SHA-256\",result=\"failure\"} 0\n",
+    ] {
+        assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
+    }
+}

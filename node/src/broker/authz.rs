@@ -181,6 +181,9 @@ const TOPIC_OPERATIONS: [Operation; 8] = [
     Operation::AlterConfigs,
 ];
 
+/// The operations a group's `authorized_operations` reports in DescribeGroups.
+const GROUP_OPERATIONS: [Operation; 3] = [Operation::Read, Operation::Describe, Operation::Delete];
+
 /// The operations the cluster's `cluster_authorized_operations` reports.
 const CLUSTER_OPERATIONS: [Operation; 7] = [
     Operation::Create,
@@ -416,11 +419,31 @@ impl Broker {
                     .iter()
                     .cloned()
                     .partition(|g| c.group(Operation::Describe, g));
+                // v3+: the operations the principal may do on each group, when asked.
+                let group_ops: Vec<(GroupId, i32)> = if r.include_authorized_operations {
+                    kept.iter()
+                        .map(|g| {
+                            (
+                                g.clone(),
+                                c.operations(ResourceType::Group, g, &GROUP_OPERATIONS),
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let r = r.with_groups(kept);
                 Gate::Pass(
                     RequestKind::DescribeGroups(r),
                     finish(move |resp| {
                         if let ResponseKind::DescribeGroups(resp) = resp {
+                            for g in resp.groups.iter_mut().filter(|g| g.error_code == 0) {
+                                if let Some((_, ops)) =
+                                    group_ops.iter().find(|(id, _)| *id == g.group_id)
+                                {
+                                    g.authorized_operations = *ops;
+                                }
+                            }
                             for g in denied {
                                 resp.groups.push(
                                     describe_groups_response::DescribedGroup::default()

@@ -879,8 +879,11 @@ impl<H: Handler> Connection<'_, H> {
                         (ResponseKind::SaslAuthenticate(response), None)
                     }
                     Err(error) => {
-                        tokio::time::sleep(self.server.config.failed_authentication_delay).await;
                         let mechanism = exchange.mechanism();
+                        if let Some(metrics) = &self.server.metrics {
+                            metrics.record_authentication(mechanism.name(), false);
+                        }
+                        tokio::time::sleep(self.server.config.failed_authentication_delay).await;
                         response.error_code = ResponseError::SaslAuthenticationFailed.code();
                         response.error_message =
                             Some(StrBytes::from_string(error.client_message(mechanism)));
@@ -932,6 +935,9 @@ impl<H: Handler> Connection<'_, H> {
                 token
             }
             Err(error) => {
+                if let Some(metrics) = &self.server.metrics {
+                    metrics.record_authentication(exchange.mechanism().name(), false);
+                }
                 tokio::time::sleep(self.server.config.failed_authentication_delay).await;
                 return Err(ConnectionError::AuthenticationFailed {
                     listener: self.server.listener.name().clone(),
@@ -957,6 +963,9 @@ impl<H: Handler> Connection<'_, H> {
         lifetime: Option<Duration>,
         reauthenticated: bool,
     ) {
+        if let Some(metrics) = &self.server.metrics {
+            metrics.record_authentication(mechanism.name(), true);
+        }
         self.principal = Principal::user(&user);
         debug!(
             connection_id = self.connection_id,
