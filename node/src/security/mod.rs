@@ -20,6 +20,8 @@
 
 pub mod sasl;
 pub mod scram;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 
 use std::fmt;
