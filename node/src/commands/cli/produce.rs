@@ -204,9 +204,8 @@ fn build_batches(
                     .ok_or_else(|| {
                         CliError::usage(format!(
                             "line {}: no key delimiter {delimiter:?} (each line must be \
-                             KEY{delimiter}VALUE; nothing from line {} on was sent)",
+                             KEY{delimiter}VALUE)",
                             first_line + i as u64,
-                            first_line
                         ))
                     })?;
                 (Some(line[..at].to_vec()), line[at + d.len()..].to_vec())
@@ -481,7 +480,9 @@ pub async fn run(args: ProduceArgs, client: &mut Client) -> Result<(), CliError>
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
-                e.message.push_str(&format!(" ({sent} records before it were produced)"));
+                e.message.push_str(&format!(
+                    "; {sent} records before line {first_line} were produced, none after"
+                ));
                 return Err(e);
             }
         };
