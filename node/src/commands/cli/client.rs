@@ -468,23 +468,27 @@ impl Client {
         result
     }
 
-    /// The address of a broker that answers: a connected one, a known one, then the bootstrap
-    /// addresses in order. The error names every address tried.
-    pub async fn any_broker(&mut self) -> Result<String, CliError> {
-        if let Some(addr) = self.connections.keys().next() {
-            return Ok(addr.clone());
-        }
-        let mut candidates: Vec<String> =
-            self.metadata.brokers.iter().map(BrokerInfo::address).collect();
-        candidates.extend(self.bootstrap.iter().cloned());
-        let mut reasons = Vec::new();
-        for addr in candidates {
-            match self.connection(&addr).await {
-                Ok(_) => return Ok(addr),
-                Err(e) => reasons.push(e.message),
+    /// Where to send a request any broker can answer, in order: the connected brokers, the
+    /// brokers the last metadata named, then the bootstrap addresses.
+    fn candidates(&self) -> Vec<String> {
+        let mut candidates: Vec<String> = self.connections.keys().cloned().collect();
+        for addr in self
+            .metadata
+            .brokers
+            .iter()
+            .map(BrokerInfo::address)
+            .chain(self.bootstrap.iter().cloned())
+        {
+            if !candidates.contains(&addr) {
+                candidates.push(addr);
             }
         }
-        Err(CliError::failed(if reasons.len() == 1 {
+        candidates
+    }
+
+    /// The error after every candidate failed: the one reason, or all of them.
+    fn unreachable(&self, mut reasons: Vec<String>) -> CliError {
+        CliError::failed(if reasons.len() == 1 {
             reasons.remove(0)
         } else {
             format!(
@@ -493,17 +497,45 @@ impl Client {
                 self.bootstrap.join(","),
                 reasons.join("; ")
             )
-        }))
+        })
     }
 
-    /// One request to any broker that answers.
+    /// The address of a broker that answers (see `candidates`).
+    pub async fn any_broker(&mut self) -> Result<String, CliError> {
+        let mut reasons = Vec::new();
+        for addr in self.candidates() {
+            match self.connection(&addr).await {
+                Ok(_) => return Ok(addr),
+                Err(e) => reasons.push(e.message),
+            }
+        }
+        Err(self.unreachable(reasons))
+    }
+
+    /// One request to the first broker that answers it (see `candidates`); a broker whose
+    /// connection fails is skipped.
     pub async fn call_any(
         &mut self,
         api: ApiKey,
         request: RequestKind,
     ) -> Result<ResponseKind, CliError> {
-        let addr = self.any_broker().await?;
-        self.call(&addr, api, request).await
+        let mut reasons = Vec::new();
+        for addr in self.candidates() {
+            let connection = match self.connection(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    reasons.push(e.message);
+                    continue;
+                }
+            };
+            // A broker that does not serve the API is an answer, not a transport failure.
+            connection.version(api)?;
+            match self.call(&addr, api, request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(e) => reasons.push(e.message),
+            }
+        }
+        Err(self.unreachable(reasons))
     }
 
     /// Whether the broker `call_any` would use serves `api`.

@@ -343,9 +343,23 @@ struct Chunk {
 /// What a leader's task reports.
 enum Fetched {
     Chunk(Chunk),
-    /// The partition reached its stop offset.
+    /// Partitions this leader no longer serves, to be read on at their leaders found anew;
+    /// the task goes on with the rest.
+    HandBack(Vec<Cursor>, String),
+    /// The task's last message: why it ended.
+    Ended(Exit),
+}
+
+/// Why a leader's task ended.
+enum Exit {
+    /// Every partition reached its stop offset.
     Done,
+    /// The leader stopped serving these partitions (leadership moved, or its connection broke):
+    /// they are to be read on from their next offsets at their leaders found anew.
+    Moved(Vec<Cursor>, String),
     Failed(CliError),
+    /// The printing loop is gone.
+    Closed,
 }
 
 /// A partition a leader's task reads: the next offset to fetch and where to stop.
@@ -361,6 +375,18 @@ impl Cursor {
         self.stop.is_some_and(|s| self.next >= s)
     }
 }
+
+/// Partition errors after which the partition is read on at its leader found anew:
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH, FENCED_LEADER_EPOCH,
+/// KAFKA_STORAGE_ERROR (the replica is offline here; another may lead).
+fn leader_moved(code: i16) -> bool {
+    matches!(code, 5 | 6 | 56 | 74 | 76)
+}
+
+/// How many times in a row partitions may move without a record arriving in between.
+const MOVES_MAX: u32 = 30;
+/// The pause before partitions that moved are read again.
+const MOVE_BACKOFF: Duration = Duration::from_millis(300);
 
 /// The next offset after the whole batches at the start of `records` (headers only; the
 /// printing loop checks every CRC).
@@ -379,25 +405,33 @@ fn next_offset(records: &Bytes, from: i64) -> Result<i64, String> {
     Ok(next)
 }
 
-/// The task that fetches `cursors` from one leader over `connection` until they are done.
-async fn fetch_loop(
-    mut connection: Connection,
+/// The task that fetches `cursors` from one leader over `connection`; its last message says
+/// why it ended.
+async fn fetch_task(
+    connection: Connection,
     topic: String,
-    mut cursors: Vec<Cursor>,
+    cursors: Vec<Cursor>,
     tx: mpsc::Sender<Fetched>,
 ) {
-    let name = TopicName(StrBytes::from_string(topic.clone()));
+    let exit = fetch_loop(connection, &topic, cursors, &tx).await;
+    let _ = tx.send(Fetched::Ended(exit)).await;
+}
+
+async fn fetch_loop(
+    mut connection: Connection,
+    topic: &str,
+    mut cursors: Vec<Cursor>,
+    tx: &mpsc::Sender<Fetched>,
+) -> Exit {
+    let name = TopicName(StrBytes::from_string(topic.to_string()));
     let version = match connection.version(ApiKey::Fetch) {
         Ok(v) => v,
-        Err(e) => {
-            let _ = tx.send(Fetched::Failed(e)).await;
-            return;
-        }
+        Err(e) => return Exit::Failed(e),
     };
     loop {
         cursors.retain(|c| !c.done());
         if cursors.is_empty() {
-            return;
+            return Exit::Done;
         }
         let mut request = FetchRequest::default();
         request.replica_id = BrokerId(-1);
@@ -429,27 +463,27 @@ async fn fetch_loop(
         };
         let response = match result {
             Ok(ResponseKind::Fetch(r)) => r,
-            Ok(_) => {
-                let _ = tx
-                    .send(Fetched::Failed(CliError::failed("not a Fetch response")))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
-                return;
-            }
+            Ok(_) => return Exit::Failed(CliError::failed("not a Fetch response")),
+            // The broker went away: its partitions may have new leaders.
+            Err(e) => return Exit::Moved(cursors, e.message),
         };
-        if let Err(e) = check(response.error_code, "fetching", &topic) {
-            let _ = tx.send(Fetched::Failed(e)).await;
-            return;
+        if let Err(e) = check(response.error_code, "fetching", topic) {
+            return Exit::Failed(e);
         }
+        let mut moved = Vec::new();
+        let mut why = String::new();
         for t in response.responses {
             for p in t.partitions {
-                let Some(cursor) = cursors.iter_mut().find(|c| c.partition == p.partition_index)
+                let Some(at) = cursors.iter().position(|c| c.partition == p.partition_index)
                 else {
                     continue;
                 };
+                if leader_moved(p.error_code) {
+                    why = format!("{topic}/{}: {}", p.partition_index, error_name(p.error_code));
+                    moved.push(cursors.remove(at));
+                    continue;
+                }
+                let cursor = &mut cursors[at];
                 if let Err(mut e) = check(
                     p.error_code,
                     "fetching",
@@ -461,21 +495,17 @@ async fn fetch_loop(
                             cursor.next
                         ));
                     }
-                    let _ = tx.send(Fetched::Failed(e)).await;
-                    return;
+                    return Exit::Failed(e);
                 }
                 let records = p.records.unwrap_or_default();
                 let from = cursor.next;
                 match next_offset(&records, from) {
                     Ok(next) => cursor.next = next,
                     Err(e) => {
-                        let _ = tx
-                            .send(Fetched::Failed(CliError::failed(format!(
-                                "partition {topic}/{}: a fetched batch is damaged: {e}",
-                                p.partition_index
-                            ))))
-                            .await;
-                        return;
+                        return Exit::Failed(CliError::failed(format!(
+                            "partition {topic}/{}: a fetched batch is damaged: {e}",
+                            p.partition_index
+                        )))
                     }
                 }
                 if !records.is_empty()
@@ -488,20 +518,82 @@ async fn fetch_loop(
                         .await
                         .is_err()
                 {
-                    return;
+                    return Exit::Closed;
                 }
-                if cursor.done() && tx.send(Fetched::Done).await.is_err() {
-                    return;
-                }
+            }
+        }
+        if !moved.is_empty() {
+            if cursors.iter().all(Cursor::done) {
+                return Exit::Moved(moved, why);
+            }
+            // The rest stay here; the moved ones go back to be placed anew.
+            if tx.send(Fetched::HandBack(moved, why)).await.is_err() {
+                return Exit::Closed;
             }
         }
     }
 }
 
+/// Spawns one fetch task per leader of `cursors`, refreshing the metadata and trying again
+/// (after [`MOVE_BACKOFF`], up to [`MOVES_MAX`] times) for partitions without a leader or
+/// whose leader cannot be reached; how many tasks it spawned.
+async fn place(
+    client: &mut Client,
+    topic: &mut TopicInfo,
+    mut cursors: Vec<Cursor>,
+    tx: &mpsc::Sender<Fetched>,
+) -> Result<usize, CliError> {
+    let mut spawned = 0;
+    for attempt in 0.. {
+        let mut by_leader: BTreeMap<i32, Vec<Cursor>> = BTreeMap::new();
+        for c in cursors.drain(..).filter(|c| !c.done()) {
+            let leader = topic
+                .partitions
+                .iter()
+                .find(|p| p.partition == c.partition)
+                .map_or(-1, |p| p.leader);
+            by_leader.entry(leader).or_default().push(c);
+        }
+        let mut why = String::new();
+        for (leader, group) in by_leader {
+            let addr = match client.broker_address(leader) {
+                Ok(addr) if leader >= 0 => addr,
+                _ => {
+                    why = format!("{}/{} has no leader", topic.name, group[0].partition);
+                    cursors.extend(group);
+                    continue;
+                }
+            };
+            match client.take_connection(&addr).await {
+                Ok(connection) => {
+                    tokio::spawn(fetch_task(connection, topic.name.clone(), group, tx.clone()));
+                    spawned += 1;
+                }
+                Err(e) => {
+                    why = e.message;
+                    cursors.extend(group);
+                }
+            }
+        }
+        if cursors.is_empty() {
+            break;
+        }
+        if attempt >= MOVES_MAX {
+            return Err(CliError::failed(format!(
+                "cannot find the leaders of {} partitions ({why}); see `keel cluster describe`",
+                cursors.len()
+            )));
+        }
+        tokio::time::sleep(MOVE_BACKOFF).await;
+        *topic = client.topic(&topic.name).await?;
+    }
+    Ok(spawned)
+}
+
 pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError> {
     let spec = OffsetSpec::parse(&args.offset)?;
     let format = Format::parse(&args.format)?;
-    let topic = client.topic(&args.topic).await?;
+    let mut topic = client.topic(&args.topic).await?;
     let all: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
     let partitions = if args.partition.is_empty() {
         all.clone()
@@ -552,29 +644,10 @@ pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError>
     let mut positions: BTreeMap<i32, i64> = cursors.iter().map(|c| (c.partition, c.next)).collect();
     let stops: BTreeMap<i32, Option<i64>> = cursors.iter().map(|c| (c.partition, c.stop)).collect();
 
-    let mut by_leader: BTreeMap<i32, Vec<Cursor>> = BTreeMap::new();
-    for c in cursors.into_iter().filter(|c| !c.done()) {
-        let leader = topic
-            .partitions
-            .iter()
-            .find(|p| p.partition == c.partition)
-            .map(|p| p.leader)
-            .unwrap_or(-1);
-        by_leader.entry(leader).or_default().push(c);
-    }
-    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT_MAX * by_leader.len().max(1));
-    let mut tasks = Vec::new();
-    for (leader, cursors) in by_leader {
-        let addr = client.broker_address(leader)?;
-        let connection = client.take_connection(&addr).await?;
-        tasks.push(tokio::spawn(fetch_loop(
-            connection,
-            topic.name.clone(),
-            cursors,
-            tx.clone(),
-        )));
-    }
-    drop(tx);
+    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT_MAX * topic.partitions.len().max(1));
+    // Tasks whose `Ended` has not arrived yet.
+    let mut live = place(client, &mut topic, cursors, &tx).await?;
+    let mut moves = 0u32;
 
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -585,20 +658,48 @@ pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError>
     let mut failure = None;
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
-    while printed < limit {
+    while printed < limit && live > 0 {
         let fetched = tokio::select! {
             f = rx.recv() => f,
             _ = &mut interrupt => None,
         };
         let Some(fetched) = fetched else { break };
+        let ended = matches!(fetched, Fetched::Ended(_));
         let chunk = match fetched {
             Fetched::Chunk(chunk) => chunk,
-            Fetched::Done => continue,
-            Fetched::Failed(e) => {
+            Fetched::Ended(Exit::Done) => {
+                live -= 1;
+                continue;
+            }
+            Fetched::Ended(Exit::Closed) => {
+                live -= 1;
+                continue;
+            }
+            Fetched::Ended(Exit::Failed(e)) => {
                 failure = Some(e);
                 break;
             }
+            Fetched::HandBack(moved, why) | Fetched::Ended(Exit::Moved(moved, why)) => {
+                if ended {
+                    live -= 1;
+                }
+                moves += 1;
+                if moves > MOVES_MAX {
+                    failure = Some(CliError::failed(format!(
+                        "partitions kept moving ({why}); see `keel cluster describe`"
+                    )));
+                    break;
+                }
+                if let Err(e) = out.flush() {
+                    return quiet_broken_pipe(e);
+                }
+                tokio::time::sleep(MOVE_BACKOFF).await;
+                topic = client.topic(&topic.name).await?;
+                live += place(client, &mut topic, moved, &tx).await?;
+                continue;
+            }
         };
+        moves = 0;
         let stop = stops[&chunk.partition];
         let mut rest = chunk.records;
         'batches: while let Some(batch) = Batch::parse_prefix(&rest).map_err(|e| {
@@ -645,9 +746,6 @@ pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError>
                 last_commit = Instant::now();
             }
         }
-    }
-    for task in tasks {
-        task.abort();
     }
     if let Err(e) = out.flush() {
         return quiet_broken_pipe(e);

@@ -9,9 +9,10 @@
 //! clients put them; keyless records round-robin), built into record batches of at most
 //! [`BATCH_BYTES_MAX`] and sent: one batch per partition per request, as Kafka requires.
 //!
-//! Records are sent at least once: a batch refused with a retriable error (leadership moved)
-//! is sent again after a metadata refresh, and may then be stored twice if the first attempt
-//! was in fact appended. The producer is not idempotent.
+//! Records are sent at least once: a batch refused with a retriable error (leadership moved),
+//! or whose leader could not be reached or did not answer, is sent again after a metadata
+//! refresh, and may then be stored twice if the first attempt was in fact appended. The
+//! producer is not idempotent.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -39,8 +40,8 @@ const CHUNKS_AHEAD_MAX: usize = 4;
 /// The largest record batch built (Kafka's default max.message.bytes is 1 MiB).
 const BATCH_BYTES_MAX: usize = 512 << 10;
 /// Attempts per batch (the first included) while it meets retriable errors.
-const ATTEMPTS_MAX: u32 = 5;
-const RETRY_BACKOFF: Duration = Duration::from_millis(300);
+const ATTEMPTS_MAX: u32 = 20;
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long the leader may wait for the in-sync replicas (acks=all).
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 
@@ -296,6 +297,11 @@ async fn send_batches(
                 continue;
             }
             let addr = client.broker_address(leader)?;
+            if let Err(e) = client.connection(&addr).await {
+                // The leader is down: its partitions will have a new leader.
+                retry = Some(e.message);
+                continue;
+            }
             let mut request = ProduceRequest::default();
             request.acks = acks;
             request.timeout_ms = PRODUCE_TIMEOUT_MS;
@@ -322,11 +328,18 @@ async fn send_batches(
                 }
                 continue;
             }
-            let ResponseKind::Produce(response) = client
+            let response = match client
                 .call(&addr, ApiKey::Produce, RequestKind::Produce(request))
-                .await?
-            else {
-                return Err(CliError::failed("not a Produce response"));
+                .await
+            {
+                Ok(ResponseKind::Produce(response)) => response,
+                Ok(_) => return Err(CliError::failed("not a Produce response")),
+                // The connection broke, or no answer came in time: the batches may or may not
+                // have been appended; they are sent again (at least once).
+                Err(e) => {
+                    retry = Some(e.message);
+                    continue;
+                }
             };
             for t in &response.responses {
                 for p in &t.partition_responses {
