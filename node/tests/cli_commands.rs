@@ -140,7 +140,12 @@ impl Run {
             self.stderr
         );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{what}: want one stderr line, got {:?}", lines);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: want one stderr line, got {:?}",
+            lines
+        );
         assert!(
             lines[0].contains(needle),
             "{what}: stderr {:?} does not name {needle:?}",
@@ -216,8 +221,16 @@ fn keel(args: &[&str]) -> Run {
 
 /// Creates a topic with `partitions` partitions, replicated on all three brokers.
 fn create_topic(name: &str, partitions: u32) {
-    keel(&["topic", "create", name, "-p", &partitions.to_string(), "-r", "3"])
-        .ok("topic create");
+    keel(&[
+        "topic",
+        "create",
+        name,
+        "-p",
+        &partitions.to_string(),
+        "-r",
+        "3",
+    ])
+    .ok("topic create");
 }
 
 /// The `value` column of `keel topic describe -o json`'s config `name`.
@@ -233,7 +246,15 @@ fn config_value(description: &serde_json::Value, name: &str) -> Option<String> {
 #[test]
 fn topic_commands_create_list_describe_alter_and_delete() {
     let created = keel(&[
-        "topic", "create", "cli-topics", "-p", "3", "-r", "3", "-c", "retention.ms=3600000",
+        "topic",
+        "create",
+        "cli-topics",
+        "-p",
+        "3",
+        "-r",
+        "3",
+        "-c",
+        "retention.ms=3600000",
     ]);
     assert!(
         created.ok("create").contains("cli-topics") && created.stdout.contains("created"),
@@ -246,7 +267,10 @@ fn topic_commands_create_list_describe_alter_and_delete() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some("cli-topics"))
         .unwrap_or_else(|| panic!("no cli-topics row in\n{}", listed.stdout));
-    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["cli-topics", "3", "3"]);
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["cli-topics", "3", "3"]
+    );
     let json = keel(&["topic", "list", "-o", "json"]).json("list json");
     assert!(json
         .as_array()
@@ -260,7 +284,10 @@ fn topic_commands_create_list_describe_alter_and_delete() {
         assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{p}");
         assert_eq!(p["high_watermark"], 0, "{p}");
     }
-    assert_eq!(config_value(&described, "retention.ms").as_deref(), Some("3600000"));
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("3600000")
+    );
     let table = keel(&["topic", "describe", "cli-topics"]);
     assert!(
         table.ok("describe table").contains("HIGH-WATERMARK")
@@ -269,14 +296,32 @@ fn topic_commands_create_list_describe_alter_and_delete() {
         table.stdout
     );
 
-    keel(&["topic", "alter-config", "cli-topics", "-c", "retention.ms=7200000"])
-        .ok("alter-config set");
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-topics",
+        "-c",
+        "retention.ms=7200000",
+    ])
+    .ok("alter-config set");
     let described = keel(&["topic", "describe", "cli-topics", "-o", "json"]).json("describe");
-    assert_eq!(config_value(&described, "retention.ms").as_deref(), Some("7200000"));
-    keel(&["topic", "alter-config", "cli-topics", "--delete", "retention.ms"])
-        .ok("alter-config delete");
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("7200000")
+    );
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-topics",
+        "--delete",
+        "retention.ms",
+    ])
+    .ok("alter-config delete");
     let described = keel(&["topic", "describe", "cli-topics", "-o", "json"]).json("describe");
-    assert_eq!(config_value(&described, "retention.ms").as_deref(), Some("604800000"));
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("604800000")
+    );
 
     keel(&["topic", "delete", "cli-topics"]).ok("delete");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -289,7 +334,11 @@ fn topic_commands_create_list_describe_alter_and_delete() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "cli-topics still listed:\n{}", listed.stdout);
+        assert!(
+            Instant::now() < deadline,
+            "cli-topics still listed:\n{}",
+            listed.stdout
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -307,11 +356,14 @@ fn topic_commands_refuse_bad_input_in_one_line() {
         "UNKNOWN_TOPIC_OR_PARTITION",
         "delete of a missing topic",
     );
-    keel(&["topic", "create", "cli-bad-config", "-c", "no.such.config=1"]).fails(
-        1,
-        "INVALID_CONFIG",
-        "create with an unknown config",
-    );
+    keel(&[
+        "topic",
+        "create",
+        "cli-bad-config",
+        "-c",
+        "no.such.config=1",
+    ])
+    .fails(1, "INVALID_CONFIG", "create with an unknown config");
     keel(&["topic", "create", "cli-bad-config", "-c", "retention.ms"]).fails(
         2,
         "key=value",
@@ -319,11 +371,14 @@ fn topic_commands_refuse_bad_input_in_one_line() {
     );
     create_topic("cli-twice", 1);
     keel(&["topic", "create", "cli-twice"]).fails(1, "TOPIC_ALREADY_EXISTS", "create twice");
-    keel(&["topic", "alter-config", "cli-twice", "-c", "retention.ms=soon"]).fails(
-        1,
-        "INVALID_CONFIG",
-        "alter-config with a bad value",
-    );
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-twice",
+        "-c",
+        "retention.ms=soon",
+    ])
+    .fails(1, "INVALID_CONFIG", "alter-config with a bad value");
 }
 
 /// An unreachable cluster is named, within the timeout, in one line.
@@ -334,7 +389,12 @@ fn an_unreachable_cluster_fails_within_the_timeout_in_one_line() {
     let started = Instant::now();
     let run = finish(
         Command::new(keel_bin())
-            .args(["topic", "list", "--brokers", &format!("127.0.0.1:{refused}")])
+            .args([
+                "topic",
+                "list",
+                "--brokers",
+                &format!("127.0.0.1:{refused}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -358,7 +418,11 @@ fn an_unreachable_cluster_fails_within_the_timeout_in_one_line() {
         "cluster describe against a silent listener",
     );
     run.fails(1, "within 1s", "cluster describe against a silent listener");
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     keel(&["topic", "list", "--brokers", "no-port"]).fails(2, "host:port", "a bad --brokers");
 }
 
@@ -369,24 +433,41 @@ fn produce_and_consume_round_trip_keys_headers_and_offsets() {
     create_topic("cli-roundtrip", 3);
     let input: String = (0..30).map(|i| format!("key{i}:value{i}\n")).collect();
     let produced = keel_with_input(
-        &["produce", "cli-roundtrip", "-K", ":", "-H", "source=test", "--acks", "all"],
+        &[
+            "produce",
+            "cli-roundtrip",
+            "-K",
+            ":",
+            "-H",
+            "source=test",
+            "--acks",
+            "all",
+        ],
         &input,
     );
     produced.ok("produce");
-    assert!(produced.stderr.contains("30 records"), "{}", produced.stderr);
+    assert!(
+        produced.stderr.contains("30 records"),
+        "{}",
+        produced.stderr
+    );
 
     let consumed = keel(&["consume", "cli-roundtrip", "-f", "%k=%v %h %p\\n"]);
     let mut lines: Vec<String> = consumed.ok("consume").lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 30, "{}", consumed.stdout);
     // A key's partition is Kafka's murmur2 choice: every record of a key in one partition,
     // and the partitions used by a spread of keys are more than one.
-    let partitions: std::collections::BTreeSet<&str> =
-        lines.iter().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    let partitions: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
     assert!(partitions.len() > 1, "{lines:?}");
     lines.sort();
     let mut want: Vec<String> = Vec::new();
     for l in &lines {
-        let (kv, _) = l.split_once(" source=test ").unwrap_or_else(|| panic!("{l}"));
+        let (kv, _) = l
+            .split_once(" source=test ")
+            .unwrap_or_else(|| panic!("{l}"));
         want.push(kv.to_string());
     }
     let mut expected: Vec<String> = (0..30).map(|i| format!("key{i}=value{i}")).collect();
@@ -414,14 +495,35 @@ fn produce_and_consume_round_trip_keys_headers_and_offsets() {
         assert_eq!(r["partition"].to_string(), p_key1);
         assert_eq!(r["headers"]["source"], "test");
     }
-    let offsets: Vec<i64> = records.iter().map(|r| r["offset"].as_i64().unwrap()).collect();
+    let offsets: Vec<i64> = records
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
     assert_eq!(offsets, (0..records.len() as i64).collect::<Vec<_>>());
     let n = records.len() as i64;
 
     // Offset specs on that partition: -1 is the last record, N from N, end is nothing.
-    let last = keel(&["consume", "cli-roundtrip", "-p", &p_key1, "--offset", "-1", "-f", "%o\\n"]);
+    let last = keel(&[
+        "consume",
+        "cli-roundtrip",
+        "-p",
+        &p_key1,
+        "--offset",
+        "-1",
+        "-f",
+        "%o\\n",
+    ]);
     assert_eq!(last.ok("-1").trim(), (n - 1).to_string());
-    let from = keel(&["consume", "cli-roundtrip", "-p", &p_key1, "--offset", "1", "-f", "%o\\n"]);
+    let from = keel(&[
+        "consume",
+        "cli-roundtrip",
+        "-p",
+        &p_key1,
+        "--offset",
+        "1",
+        "-f",
+        "%o\\n",
+    ]);
     assert_eq!(from.ok("1").lines().count() as i64, n - 1);
     let end = keel(&["consume", "cli-roundtrip", "--offset", "end"]);
     assert_eq!(end.ok("end"), "");
@@ -433,8 +535,15 @@ fn produce_and_consume_round_trip_keys_headers_and_offsets() {
 #[test]
 fn produce_and_consume_refuse_bad_input_in_one_line() {
     create_topic("cli-bad-input", 1);
-    keel_with_input(&["produce", "cli-bad-input", "-K", ":"], "a:1\nb:2\nno delimiter\n")
-        .fails(2, "line 3: no key delimiter", "a line without the key delimiter");
+    keel_with_input(
+        &["produce", "cli-bad-input", "-K", ":"],
+        "a:1\nb:2\nno delimiter\n",
+    )
+    .fails(
+        2,
+        "line 3: no key delimiter",
+        "a line without the key delimiter",
+    );
     keel_with_input(&["produce", "cli-no-such-topic"], "x\n").fails(
         1,
         "UNKNOWN_TOPIC_OR_PARTITION",
@@ -472,8 +581,15 @@ fn produce_from_a_file_and_consume_follow_sees_new_records() {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-follow-input.txt");
     let lines: String = (0..50_000).map(|i| format!("record-{i:06}\n")).collect();
     std::fs::write(&path, &lines).expect("write input");
-    keel(&["produce", "cli-follow", "--file", path.to_str().unwrap(), "--acks", "1"])
-        .ok("produce --file");
+    keel(&[
+        "produce",
+        "cli-follow",
+        "--file",
+        path.to_str().unwrap(),
+        "--acks",
+        "1",
+    ])
+    .ok("produce --file");
     let _ = std::fs::remove_file(&path);
     let all = keel(&["consume", "cli-follow"]);
     let mut got: Vec<&str> = all.ok("consume").lines().collect();
@@ -482,7 +598,15 @@ fn produce_from_a_file_and_consume_follow_sees_new_records() {
     assert_eq!(got, want);
 
     let mut follower = Command::new(keel_bin())
-        .args(["consume", "cli-follow", "--offset", "end", "--follow", "-f", "%v\\n"])
+        .args([
+            "consume",
+            "cli-follow",
+            "--offset",
+            "end",
+            "--follow",
+            "-f",
+            "%v\\n",
+        ])
         .env("KEEL_BROKERS", &cluster().bootstrap)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -528,7 +652,10 @@ fn group_commands_show_lag_reset_offsets_and_delete() {
 
     let listed = keel(&["group", "list"]);
     assert!(
-        listed.ok("group list").lines().any(|l| l.split_whitespace().next() == Some("cli-g")),
+        listed
+            .ok("group list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("cli-g")),
         "{}",
         listed.stdout
     );
@@ -552,25 +679,57 @@ fn group_commands_show_lag_reset_offsets_and_delete() {
         assert_eq!(cells[4], "0", "{}", lag.stdout);
     }
 
-    let reset = keel(&["group", "reset-offsets", "cli-g", "--topic", "cli-groups", "--to", "earliest"]);
+    let reset = keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "--topic",
+        "cli-groups",
+        "--to",
+        "earliest",
+    ]);
     assert!(reset.ok("reset").contains("NEW-OFFSET"), "{}", reset.stdout);
     let lag = keel(&["group", "lag", "cli-g", "-o", "json"]).json("lag after reset");
-    let total: i64 = lag.as_array().unwrap().iter().map(|r| r["lag"].as_i64().unwrap()).sum();
+    let total: i64 = lag
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["lag"].as_i64().unwrap())
+        .sum();
     assert_eq!(total, 20, "{lag}");
-    keel(&["group", "reset-offsets", "cli-g", "-t", "cli-groups", "--to", "latest", "-p", "0"])
-        .ok("reset partition 0 to latest");
-    keel(&["group", "reset-offsets", "cli-g", "-t", "cli-groups", "--to", "soon"]).fails(
-        2,
-        "bad --to",
-        "a bad --to",
-    );
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "-t",
+        "cli-groups",
+        "--to",
+        "latest",
+        "-p",
+        "0",
+    ])
+    .ok("reset partition 0 to latest");
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "-t",
+        "cli-groups",
+        "--to",
+        "soon",
+    ])
+    .fails(2, "bad --to", "a bad --to");
 
     let described = keel(&["group", "describe", "cli-g", "-o", "json"]).json("describe");
     assert_eq!(described["group"], "cli-g");
     assert_eq!(described["state"], "Empty");
     assert_eq!(described["offsets"].as_array().map(Vec::len), Some(2));
     let table = keel(&["group", "describe", "cli-g"]);
-    assert!(table.ok("describe table").contains("LOG-END-OFFSET"), "{}", table.stdout);
+    assert!(
+        table.ok("describe table").contains("LOG-END-OFFSET"),
+        "{}",
+        table.stdout
+    );
 
     keel(&["group", "delete", "cli-g"]).ok("delete");
     keel(&["group", "describe", "cli-g"]).fails(1, "GROUP_ID_NOT_FOUND", "describe deleted");
@@ -586,12 +745,21 @@ fn cluster_describe_names_brokers_controller_and_partition_health() {
     let brokers = described["brokers"].as_array().expect("brokers");
     assert_eq!(brokers.len(), 3, "{described}");
     let controller = described["controller"].as_i64().expect("controller");
-    assert!(brokers.iter().any(|b| b["id"] == controller && b["controller"] == true));
+    assert!(brokers
+        .iter()
+        .any(|b| b["id"] == controller && b["controller"] == true));
     assert!(described["partitions"].as_i64().unwrap() >= 2);
-    assert_eq!(described["offline"].as_array().map(Vec::len), Some(0), "{described}");
+    assert_eq!(
+        described["offline"].as_array().map(Vec::len),
+        Some(0),
+        "{described}"
+    );
     let table = keel(&["cluster", "describe"]);
     let text = table.ok("cluster describe table");
-    assert!(text.contains("CONTROLLER") && text.contains("metadata quorum"), "{text}");
+    assert!(
+        text.contains("CONTROLLER") && text.contains("metadata quorum"),
+        "{text}"
+    );
 }
 
 /// `keel completions bash|zsh|fish` print scripts that know the subcommands.
@@ -638,11 +806,17 @@ fn kcat_reads_what_keel_produces_and_keel_reads_what_kcat_produces() {
         .stdin(Stdio::null())
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(kcat_ok, "kcat is not installed: run `bash .ci/clients.sh` (or KEEL_SKIP_INTEROP=1)");
+    assert!(
+        kcat_ok,
+        "kcat is not installed: run `bash .ci/clients.sh` (or KEEL_SKIP_INTEROP=1)"
+    );
     create_topic("cli-kcat", 2);
     let bootstrap = &cluster().bootstrap;
-    keel_with_input(&["produce", "cli-kcat", "-K", "=", "-H", "h=1"], "a=one\nb=two\nc=three\n")
-        .ok("keel produce");
+    keel_with_input(
+        &["produce", "cli-kcat", "-K", "=", "-H", "h=1"],
+        "a=one\nb=two\nc=three\n",
+    )
+    .ok("keel produce");
     let kcat = |args: &[&str], input: Option<&str>| -> Run {
         let mut child = Command::new("kcat")
             .args(["-b", bootstrap])
@@ -659,21 +833,41 @@ fn kcat_reads_what_keel_produces_and_keel_reads_what_kcat_produces() {
         drop(stdin);
         finish(child, "kcat")
     };
-    let read = kcat(&["-C", "-t", "cli-kcat", "-e", "-q", "-f", "%k=%s %h\\n"], None);
+    let read = kcat(
+        &["-C", "-t", "cli-kcat", "-e", "-q", "-f", "%k=%s %h\\n"],
+        None,
+    );
     let mut lines: Vec<String> = read.ok("kcat -C").lines().map(str::to_string).collect();
     lines.sort();
     assert_eq!(lines, ["a=one h=1", "b=two h=1", "c=three h=1"]);
 
     // librdkafka's murmur2_random is the Java clients' partitioner, which keel produce uses.
     kcat(
-        &["-P", "-t", "cli-kcat", "-K", ":", "-X", "partitioner=murmur2_random"],
+        &[
+            "-P",
+            "-t",
+            "cli-kcat",
+            "-K",
+            ":",
+            "-X",
+            "partitioner=murmur2_random",
+        ],
         Some("x:from-kcat-1\ny:from-kcat-2\n"),
     )
     .ok("kcat -P");
     let consumed = keel(&["consume", "cli-kcat", "-f", "%k=%v\\n"]);
     let mut lines: Vec<&str> = consumed.ok("keel consume").lines().collect();
     lines.sort_unstable();
-    assert_eq!(lines, ["a=one", "b=two", "c=three", "x=from-kcat-1", "y=from-kcat-2"]);
+    assert_eq!(
+        lines,
+        [
+            "a=one",
+            "b=two",
+            "c=three",
+            "x=from-kcat-1",
+            "y=from-kcat-2"
+        ]
+    );
     // The same key lands in the same partition whichever client wrote it (murmur2).
     let placed = keel(&["consume", "cli-kcat", "-f", "%k %p\\n"]);
     let ours = keel_with_input(&["produce", "cli-kcat", "-K", ":"], "x:again\n");

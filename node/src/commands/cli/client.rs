@@ -28,6 +28,8 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use keel_core::error_code as code;
+
 use super::CliError;
 
 /// Per API, the versions the commands can fill (lowest, highest). The lowest is the first
@@ -62,6 +64,10 @@ const API_VERSIONS_VERSION: i16 = 3;
 pub const RESPONSE_BYTES_MAX: usize = 128 << 20;
 
 const CLIENT_ID: &str = "keel-cli";
+
+/// UNSUPPORTED_VERSION, which an ApiVersions answer carries for a version the broker does not
+/// speak (not in core's table: keel answers it only from the wire layer).
+const UNSUPPORTED_VERSION: i16 = 35;
 
 /// One broker connection.
 pub struct Connection {
@@ -114,7 +120,7 @@ impl Connection {
                 return Err(unreachable("not an ApiVersions response".into()));
             };
             // UNSUPPORTED_VERSION: the broker answered with v0 and its range; ask again at v0.
-            if response.error_code == 35 && version != 0 {
+            if response.error_code == UNSUPPORTED_VERSION && version != 0 {
                 continue;
             }
             check(response.error_code, "ApiVersions", addr)?;
@@ -161,7 +167,11 @@ impl Connection {
     }
 
     /// Sends `request` at the negotiated version and reads its response.
-    pub async fn call(&mut self, api: ApiKey, request: RequestKind) -> Result<ResponseKind, CliError> {
+    pub async fn call(
+        &mut self,
+        api: ApiKey,
+        request: RequestKind,
+    ) -> Result<ResponseKind, CliError> {
         let version = self.version(api)?;
         self.call_at(api, version, request).await
     }
@@ -209,7 +219,12 @@ impl Connection {
         let addr = self.addr.clone();
         tokio::time::timeout(self.timeout, self.stream.write_all(&buf))
             .await
-            .map_err(|_| broken(&addr, &format!("{api:?} not written within {:?}", self.timeout)))?
+            .map_err(|_| {
+                broken(
+                    &addr,
+                    &format!("{api:?} not written within {:?}", self.timeout),
+                )
+            })?
             .map_err(|e| broken(&addr, &e.to_string()))?;
         Ok(correlation_id)
     }
@@ -271,36 +286,42 @@ async fn read_frame(stream: &mut TcpStream) -> Result<Bytes, String> {
     Ok(Bytes::from(buf))
 }
 
-/// Err naming the error code when `code` is not NONE.
-pub fn check(code: i16, what: &str, subject: &str) -> Result<(), CliError> {
-    if code == 0 {
+/// Err naming the error when `error` is not NONE.
+pub fn check(error: i16, what: &str, subject: &str) -> Result<(), CliError> {
+    if error == code::NONE {
         return Ok(());
     }
     Err(CliError::failed(format!(
         "{what} {subject}: {}{}",
-        error_name(code),
-        hint(code)
+        error_name(error),
+        hint(error)
     )))
 }
 
 /// Kafka's name of an error code, or its number.
-pub fn error_name(code: i16) -> String {
-    match keel_core::error_code::name(code) {
+pub fn error_name(error: i16) -> String {
+    match code::name(error) {
         Some(name) => name.to_string(),
-        None => format!("error {code}"),
+        None => format!("error {error}"),
     }
 }
 
 /// What to do about the errors a user can fix.
-fn hint(code: i16) -> &'static str {
-    match code {
-        3 => " (no such topic or partition: `keel topic list` shows the topics)",
-        36 => " (the topic exists: `keel topic describe` shows it)",
-        37 | 38 => " (the cluster refused the count: see `keel cluster describe` for its brokers)",
-        40 => " (unknown key or bad value: docs/cli.md lists the topic configs)",
-        69 => " (no such group: `keel group list` shows the groups)",
-        68 => " (the group has members: stop its consumers first)",
-        25 | 22 => " (the group has active members: stop its consumers first)",
+fn hint(error: i16) -> &'static str {
+    match error {
+        code::UNKNOWN_TOPIC_OR_PARTITION => {
+            " (no such topic or partition: `keel topic list` shows the topics)"
+        }
+        code::TOPIC_ALREADY_EXISTS => " (the topic exists: `keel topic describe` shows it)",
+        code::INVALID_PARTITIONS | code::INVALID_REPLICATION_FACTOR => {
+            " (the cluster refused the count: see `keel cluster describe` for its brokers)"
+        }
+        code::INVALID_CONFIG => " (unknown key or bad value: docs/cli.md lists the topic configs)",
+        code::GROUP_ID_NOT_FOUND => " (no such group: `keel group list` shows the groups)",
+        code::NON_EMPTY_GROUP => " (the group has members: stop its consumers first)",
+        code::UNKNOWN_MEMBER_ID | code::ILLEGAL_GENERATION => {
+            " (the group has active members: stop its consumers first)"
+        }
         _ => "",
     }
 }
@@ -575,8 +596,8 @@ impl Client {
             .collect();
         self.metadata = Metadata::from_response(response);
         if topics.is_some() {
-            for (name, code) in errors {
-                check(code, "topic", &name)?;
+            for (name, error) in errors {
+                check(error, "topic", &name)?;
             }
         }
         Ok(&self.metadata)
@@ -608,7 +629,9 @@ impl Client {
         self.metadata
             .broker(id)
             .map(BrokerInfo::address)
-            .ok_or_else(|| CliError::failed(format!("broker {id} is not in the cluster's metadata")))
+            .ok_or_else(|| {
+                CliError::failed(format!("broker {id} is not in the cluster's metadata"))
+            })
     }
 
     /// The address of the controller if the metadata names one, else any broker (keel and
@@ -631,25 +654,29 @@ impl Client {
             request.key = StrBytes::from_string(group.to_string());
             request.key_type = 0;
             let ResponseKind::FindCoordinator(response) = self
-                .call_any(ApiKey::FindCoordinator, RequestKind::FindCoordinator(request))
+                .call_any(
+                    ApiKey::FindCoordinator,
+                    RequestKind::FindCoordinator(request),
+                )
                 .await?
             else {
                 return Err(CliError::failed("not a FindCoordinator response"));
             };
             match response.error_code {
                 0 => return Ok(format!("{}:{}", response.host, response.port)),
-                // COORDINATOR_NOT_AVAILABLE, COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR
-                14 | 15 | 16 => {
+                code::COORDINATOR_LOAD_IN_PROGRESS
+                | code::COORDINATOR_NOT_AVAILABLE
+                | code::NOT_COORDINATOR => {
                     last = Some(response.error_code);
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                code => check(code, "finding the coordinator of group", group)?,
+                other => check(other, "finding the coordinator of group", group)?,
             }
         }
         Err(CliError::failed(format!(
             "finding the coordinator of group {group}: {} after 20 tries (is the cluster \
              healthy? `keel cluster describe`)",
-            error_name(last.unwrap_or(15))
+            error_name(last.unwrap_or(code::COORDINATOR_NOT_AVAILABLE))
         )))
     }
 }

@@ -79,7 +79,11 @@ struct ClusterDescription {
     offline: Vec<PartitionProblem>,
 }
 
-pub async fn run(command: ClusterCommand, client: &mut Client, output: Output) -> Result<(), CliError> {
+pub async fn run(
+    command: ClusterCommand,
+    client: &mut Client,
+    output: Output,
+) -> Result<(), CliError> {
     match command {
         ClusterCommand::Describe => describe(client, output).await,
     }
@@ -174,7 +178,13 @@ async fn describe(client: &mut Client, output: Output) -> Result<(), CliError> {
     match output {
         Output::Json => print_json(&description),
         Output::Table => {
-            let mut c = table(&["CLUSTER-ID", "CONTROLLER", "BROKERS", "TOPICS", "PARTITIONS"]);
+            let mut c = table(&[
+                "CLUSTER-ID",
+                "CONTROLLER",
+                "BROKERS",
+                "TOPICS",
+                "PARTITIONS",
+            ]);
             c.add_row(vec![
                 description.cluster_id.clone().unwrap_or_else(|| "-".into()),
                 description.controller.to_string(),

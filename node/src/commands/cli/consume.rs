@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use keel_core::batch::{peek_size, Batch, BatchHeader, Record};
+use keel_core::error_code as code;
 use tokio::sync::mpsc;
 
 use super::client::{check, error_name, Client, Connection, TopicInfo};
@@ -159,7 +160,11 @@ pub async fn list_offsets(
                     .collect(),
             )];
         let ResponseKind::ListOffsets(response) = client
-            .call(&addr, ApiKey::ListOffsets, RequestKind::ListOffsets(request))
+            .call(
+                &addr,
+                ApiKey::ListOffsets,
+                RequestKind::ListOffsets(request),
+            )
             .await?
         else {
             return Err(CliError::failed("not a ListOffsets response"));
@@ -240,9 +245,9 @@ impl Format {
                         Some('\\') => '\\',
                         other => {
                             return Err(CliError::usage(format!(
-                                "bad --format {s:?}: unknown escape \\{} (escapes: \\n \\t \\r \\\\)",
-                                other.map(String::from).unwrap_or_default()
-                            )))
+                            "bad --format {s:?}: unknown escape \\{} (escapes: \\n \\t \\r \\\\)",
+                            other.map(String::from).unwrap_or_default()
+                        )))
                         }
                     };
                     let mut buf = [0; 4];
@@ -286,10 +291,16 @@ impl Format {
                 Part::Partition => write!(out, "{partition}")?,
                 Part::Offset => write!(out, "{}", record.offset)?,
                 Part::Timestamp => write!(out, "{}", record.timestamp)?,
-                Part::KeyLength => write!(out, "{}", record.key.as_ref().map_or(-1, |k| k.len() as i64))?,
-                Part::ValueLength => {
-                    write!(out, "{}", record.value.as_ref().map_or(-1, |v| v.len() as i64))?
-                }
+                Part::KeyLength => write!(
+                    out,
+                    "{}",
+                    record.key.as_ref().map_or(-1, |k| k.len() as i64)
+                )?,
+                Part::ValueLength => write!(
+                    out,
+                    "{}",
+                    record.value.as_ref().map_or(-1, |v| v.len() as i64)
+                )?,
                 Part::Headers => {
                     for (i, h) in record.headers.iter().enumerate() {
                         if i > 0 {
@@ -313,11 +324,21 @@ fn lossy(bytes: &Option<Bytes>) -> serde_json::Value {
     }
 }
 
-fn write_json(out: &mut impl Write, topic: &str, partition: i32, record: &Record) -> io::Result<()> {
+fn write_json(
+    out: &mut impl Write,
+    topic: &str,
+    partition: i32,
+    record: &Record,
+) -> io::Result<()> {
     let headers: serde_json::Map<String, serde_json::Value> = record
         .headers
         .iter()
-        .map(|h| (String::from_utf8_lossy(&h.key).into_owned(), lossy(&h.value)))
+        .map(|h| {
+            (
+                String::from_utf8_lossy(&h.key).into_owned(),
+                lossy(&h.value),
+            )
+        })
         .collect();
     let value = serde_json::json!({
         "topic": topic,
@@ -376,11 +397,17 @@ impl Cursor {
     }
 }
 
-/// Partition errors after which the partition is read on at its leader found anew:
-/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH, FENCED_LEADER_EPOCH,
-/// KAFKA_STORAGE_ERROR (the replica is offline here; another may lead).
-fn leader_moved(code: i16) -> bool {
-    matches!(code, 5 | 6 | 56 | 74 | 76)
+/// Partition errors after which the partition is read on at its leader found anew
+/// (KAFKA_STORAGE_ERROR: the replica is offline here; another may lead).
+fn leader_moved(error: i16) -> bool {
+    matches!(
+        error,
+        code::LEADER_NOT_AVAILABLE
+            | code::NOT_LEADER_OR_FOLLOWER
+            | code::KAFKA_STORAGE_ERROR
+            | code::FENCED_LEADER_EPOCH
+            | code::UNKNOWN_LEADER_EPOCH
+    )
 }
 
 /// How many times in a row partitions may move without a record arriving in between.
@@ -441,19 +468,21 @@ async fn fetch_loop(
         request.isolation_level = 0;
         request.session_id = 0;
         request.session_epoch = -1;
-        request.topics = vec![FetchTopic::default().with_topic(name.clone()).with_partitions(
-            cursors
-                .iter()
-                .map(|c| {
-                    FetchPartition::default()
-                        .with_partition(c.partition)
-                        .with_current_leader_epoch(-1)
-                        .with_fetch_offset(c.next)
-                        .with_log_start_offset(-1)
-                        .with_partition_max_bytes(PARTITION_FETCH_BYTES_MAX)
-                })
-                .collect(),
-        )];
+        request.topics = vec![FetchTopic::default()
+            .with_topic(name.clone())
+            .with_partitions(
+                cursors
+                    .iter()
+                    .map(|c| {
+                        FetchPartition::default()
+                            .with_partition(c.partition)
+                            .with_current_leader_epoch(-1)
+                            .with_fetch_offset(c.next)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(PARTITION_FETCH_BYTES_MAX)
+                    })
+                    .collect(),
+            )];
         let result = match connection
             .write(ApiKey::Fetch, version, &RequestKind::Fetch(request))
             .await
@@ -474,12 +503,18 @@ async fn fetch_loop(
         let mut why = String::new();
         for t in response.responses {
             for p in t.partitions {
-                let Some(at) = cursors.iter().position(|c| c.partition == p.partition_index)
+                let Some(at) = cursors
+                    .iter()
+                    .position(|c| c.partition == p.partition_index)
                 else {
                     continue;
                 };
                 if leader_moved(p.error_code) {
-                    why = format!("{topic}/{}: {}", p.partition_index, error_name(p.error_code));
+                    why = format!(
+                        "{topic}/{}: {}",
+                        p.partition_index,
+                        error_name(p.error_code)
+                    );
                     moved.push(cursors.remove(at));
                     continue;
                 }
@@ -489,7 +524,7 @@ async fn fetch_loop(
                     "fetching",
                     &format!("{topic}/{}", p.partition_index),
                 ) {
-                    if p.error_code == 1 {
+                    if p.error_code == code::OFFSET_OUT_OF_RANGE {
                         e.message.push_str(&format!(
                             " (offset {} is outside the log; try --offset start or end)",
                             cursor.next
@@ -566,7 +601,12 @@ async fn place(
             };
             match client.take_connection(&addr).await {
                 Ok(connection) => {
-                    tokio::spawn(fetch_task(connection, topic.name.clone(), group, tx.clone()));
+                    tokio::spawn(fetch_task(
+                        connection,
+                        topic.name.clone(),
+                        group,
+                        tx.clone(),
+                    ));
                     spawned += 1;
                 }
                 Err(e) => {

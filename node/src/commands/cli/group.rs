@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
+use keel_core::error_code as code;
 use serde::Serialize;
 
 use super::client::{check, error_name, Client};
@@ -57,7 +58,11 @@ pub enum GroupCommand {
     Delete { group: String },
 }
 
-pub async fn run(command: GroupCommand, client: &mut Client, output: Output) -> Result<(), CliError> {
+pub async fn run(
+    command: GroupCommand,
+    client: &mut Client,
+    output: Output,
+) -> Result<(), CliError> {
     match command {
         GroupCommand::List => list(client, output).await,
         GroupCommand::Describe { group } => describe(client, output, &group).await,
@@ -96,7 +101,11 @@ pub async fn committed_offsets(
     request.group_id = GroupId(str_bytes(group));
     request.topics = None;
     let ResponseKind::OffsetFetch(response) = client
-        .call(&addr, ApiKey::OffsetFetch, RequestKind::OffsetFetch(request))
+        .call(
+            &addr,
+            ApiKey::OffsetFetch,
+            RequestKind::OffsetFetch(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not an OffsetFetch response"));
@@ -147,7 +156,11 @@ pub async fn commit_offsets(
                 .collect(),
         )];
     let ResponseKind::OffsetCommit(response) = client
-        .call(&addr, ApiKey::OffsetCommit, RequestKind::OffsetCommit(request))
+        .call(
+            &addr,
+            ApiKey::OffsetCommit,
+            RequestKind::OffsetCommit(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not an OffsetCommit response"));
@@ -210,7 +223,11 @@ async fn list(client: &mut Client, output: Output) -> Result<(), CliError> {
         Output::Table => {
             let mut t = table(&["GROUP", "STATE", "PROTOCOL-TYPE"]);
             for r in &rows {
-                t.add_row(vec![r.group.clone(), r.state.clone(), r.protocol_type.clone()]);
+                t.add_row(vec![
+                    r.group.clone(),
+                    r.state.clone(),
+                    r.protocol_type.clone(),
+                ]);
             }
             print_table(&t);
             Ok(())
@@ -255,7 +272,13 @@ async fn lag(client: &mut Client, group: &str) -> Result<Vec<LagRow>, CliError> 
 }
 
 fn print_lag(rows: &[LagRow]) {
-    let mut t = table(&["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"]);
+    let mut t = table(&[
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+    ]);
     let show = |o: Option<i64>| o.map_or("-".to_string(), |o| o.to_string());
     for r in rows {
         t.add_row(vec![
@@ -315,7 +338,11 @@ async fn describe(client: &mut Client, output: Output, group: &str) -> Result<()
     let mut request = DescribeGroupsRequest::default();
     request.groups = vec![GroupId(str_bytes(group))];
     let ResponseKind::DescribeGroups(response) = client
-        .call(&addr, ApiKey::DescribeGroups, RequestKind::DescribeGroups(request))
+        .call(
+            &addr,
+            ApiKey::DescribeGroups,
+            RequestKind::DescribeGroups(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not a DescribeGroups response"));
@@ -357,7 +384,14 @@ async fn describe(client: &mut Client, output: Output, group: &str) -> Result<()
     match output {
         Output::Json => print_json(&description),
         Output::Table => {
-            let mut t = table(&["GROUP", "COORDINATOR", "STATE", "PROTOCOL-TYPE", "PROTOCOL", "MEMBERS"]);
+            let mut t = table(&[
+                "GROUP",
+                "COORDINATOR",
+                "STATE",
+                "PROTOCOL-TYPE",
+                "PROTOCOL",
+                "MEMBERS",
+            ]);
             t.add_row(vec![
                 description.group.clone(),
                 description.coordinator.clone(),
@@ -459,7 +493,11 @@ async fn reset_offsets(
         Output::Table => {
             let mut t = table(&["TOPIC", "PARTITION", "NEW-OFFSET"]);
             for r in &rows {
-                t.add_row(vec![r.topic.clone(), r.partition.to_string(), r.new_offset.to_string()]);
+                t.add_row(vec![
+                    r.topic.clone(),
+                    r.partition.to_string(),
+                    r.new_offset.to_string(),
+                ]);
             }
             print_table(&t);
             Ok(())
@@ -478,7 +516,11 @@ async fn delete(client: &mut Client, output: Output, group: &str) -> Result<(), 
     let mut request = DeleteGroupsRequest::default();
     request.groups_names = vec![GroupId(str_bytes(group))];
     let ResponseKind::DeleteGroups(response) = client
-        .call(&addr, ApiKey::DeleteGroups, RequestKind::DeleteGroups(request))
+        .call(
+            &addr,
+            ApiKey::DeleteGroups,
+            RequestKind::DeleteGroups(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not a DeleteGroups response"));
@@ -492,8 +534,8 @@ async fn delete(client: &mut Client, output: Output, group: &str) -> Result<(), 
             "deleting group {group}: {}{}",
             error_name(result.error_code),
             match result.error_code {
-                69 => " (no such group: `keel group list` shows the groups)",
-                68 => " (the group has members: stop its consumers first)",
+                code::GROUP_ID_NOT_FOUND => " (no such group: `keel group list` shows the groups)",
+                code::NON_EMPTY_GROUP => " (the group has members: stop its consumers first)",
                 _ => "",
             }
         )));

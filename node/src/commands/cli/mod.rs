@@ -176,7 +176,10 @@ pub(crate) fn table(header: &[&str]) -> Table {
 /// Prints `table`, trimming the padding comfy-table leaves on each line.
 pub(crate) fn print_table(table: &Table) {
     for line in table.to_string().lines() {
-        println!("{}", line.trim_end().strip_prefix(' ').unwrap_or(line.trim_end()));
+        println!(
+            "{}",
+            line.trim_end().strip_prefix(' ').unwrap_or(line.trim_end())
+        );
     }
 }
 
@@ -190,8 +193,5 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
 
 /// Joins ids for a table cell: `1,2,3`.
 pub(crate) fn ids(ids: &[i32]) -> String {
-    ids.iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
 }

@@ -28,6 +28,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use keel_core::batch::{BatchBuilder, Compression, NewRecord, RecordHeader};
+use keel_core::error_code as code;
 
 use super::client::{error_name, Client, TopicInfo};
 use super::topic::key_value;
@@ -199,16 +200,13 @@ fn build_batches(
             None => (None, line),
             Some(delimiter) => {
                 let d = delimiter.as_bytes();
-                let at = line
-                    .windows(d.len())
-                    .position(|w| w == d)
-                    .ok_or_else(|| {
-                        CliError::usage(format!(
-                            "line {}: no key delimiter {delimiter:?} (each line must be \
+                let at = line.windows(d.len()).position(|w| w == d).ok_or_else(|| {
+                    CliError::usage(format!(
+                        "line {}: no key delimiter {delimiter:?} (each line must be \
                              KEY{delimiter}VALUE)",
-                            first_line + i as u64,
-                        ))
-                    })?;
+                        first_line + i as u64,
+                    ))
+                })?;
                 (Some(line[..at].to_vec()), line[at + d.len()..].to_vec())
             }
         };
@@ -258,10 +256,17 @@ fn build(builder: &BatchBuilder) -> Result<Bytes, CliError> {
 }
 
 /// Errors after which the same batch is sent again (to a leader found anew).
-fn retriable(code: i16) -> bool {
-    // LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS,
-    // NOT_ENOUGH_REPLICAS_AFTER_APPEND, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
-    matches!(code, 5 | 6 | 7 | 19 | 20 | 74 | 76)
+fn retriable(error: i16) -> bool {
+    matches!(
+        error,
+        code::LEADER_NOT_AVAILABLE
+            | code::NOT_LEADER_OR_FOLLOWER
+            | code::REQUEST_TIMED_OUT
+            | code::NOT_ENOUGH_REPLICAS
+            | code::NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            | code::FENCED_LEADER_EPOCH
+            | code::UNKNOWN_LEADER_EPOCH
+    )
 }
 
 /// Sends every pending batch; the number of records sent is the caller's to count.
@@ -345,15 +350,15 @@ async fn send_batches(
                 for p in &t.partition_responses {
                     match p.error_code {
                         0 => pop_first(&mut pending, p.index),
-                        code if retriable(code) => {
+                        error if retriable(error) => {
                             retry = Some(format!(
                                 "partition {}/{}: {}",
                                 topic.name,
                                 p.index,
-                                error_name(code)
+                                error_name(error)
                             ))
                         }
-                        code => {
+                        error => {
                             let message = p
                                 .error_message
                                 .as_ref()
@@ -364,7 +369,7 @@ async fn send_batches(
                                 "producing to {}/{}: {}{message}",
                                 topic.name,
                                 p.index,
-                                error_name(code)
+                                error_name(error)
                             )));
                         }
                     }
@@ -428,7 +433,9 @@ fn progress(file_bytes: Option<u64>) -> Option<ProgressBar> {
 pub async fn run(args: ProduceArgs, client: &mut Client) -> Result<(), CliError> {
     let acks = parse_acks(&args.acks)?;
     if args.key_delimiter.as_deref() == Some("") {
-        return Err(CliError::usage("--key-delimiter is empty: give one or more characters"));
+        return Err(CliError::usage(
+            "--key-delimiter is empty: give one or more characters",
+        ));
     }
     let headers = args
         .headers
@@ -453,7 +460,10 @@ pub async fn run(args: ProduceArgs, client: &mut Client) -> Result<(), CliError>
     let mut topic = client.topic(&args.topic).await?;
     let partitions = topic.partitions.len();
     if partitions == 0 {
-        return Err(CliError::failed(format!("topic {} has no partitions", topic.name)));
+        return Err(CliError::failed(format!(
+            "topic {} has no partitions",
+            topic.name
+        )));
     }
     if let Some(p) = args.partition {
         if p < 0 || p as usize >= partitions {
@@ -487,7 +497,14 @@ pub async fn run(args: ProduceArgs, client: &mut Client) -> Result<(), CliError>
             Input::Failed(e) => return Err(CliError::failed(e)),
         };
         let count = lines.len() as u64;
-        let pending = match build_batches(lines, first_line, &args, &headers, partitions, &mut round_robin) {
+        let pending = match build_batches(
+            lines,
+            first_line,
+            &args,
+            &headers,
+            partitions,
+            &mut round_robin,
+        ) {
             Ok(p) => p,
             Err(mut e) => {
                 if let Some(bar) = &bar {
@@ -512,7 +529,11 @@ pub async fn run(args: ProduceArgs, client: &mut Client) -> Result<(), CliError>
     eprintln!(
         "keel produce: {sent} records to {} (acks={})",
         topic.name,
-        if acks < 0 { "all".to_string() } else { acks.to_string() }
+        if acks < 0 {
+            "all".to_string()
+        } else {
+            acks.to_string()
+        }
     );
     Ok(())
 }
@@ -529,7 +550,10 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
         ];
         for (data, want) in cases {

@@ -71,14 +71,28 @@ pub enum TopicCommand {
     Delete { name: String },
 }
 
-pub async fn run(command: TopicCommand, client: &mut Client, output: Output) -> Result<(), CliError> {
+pub async fn run(
+    command: TopicCommand,
+    client: &mut Client,
+    output: Output,
+) -> Result<(), CliError> {
     match command {
         TopicCommand::Create {
             name,
             partitions,
             replication_factor,
             configs,
-        } => create(client, output, name, partitions, replication_factor, configs).await,
+        } => {
+            create(
+                client,
+                output,
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            )
+            .await
+        }
         TopicCommand::List { internal } => list(client, output, internal).await,
         TopicCommand::Describe { name } => describe(client, output, &name).await,
         TopicCommand::AlterConfig {
@@ -158,7 +172,11 @@ async fn create(
         )];
     let addr = client.admin_broker().await?;
     let ResponseKind::CreateTopics(response) = client
-        .call(&addr, ApiKey::CreateTopics, RequestKind::CreateTopics(request))
+        .call(
+            &addr,
+            ApiKey::CreateTopics,
+            RequestKind::CreateTopics(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not a CreateTopics response"));
@@ -273,7 +291,10 @@ async fn topic_configs(client: &mut Client, name: &str) -> Result<Vec<ConfigRow>
         .with_resource_name(str_bytes(name))
         .with_configuration_keys(None)];
     let ResponseKind::DescribeConfigs(response) = client
-        .call_any(ApiKey::DescribeConfigs, RequestKind::DescribeConfigs(request))
+        .call_any(
+            ApiKey::DescribeConfigs,
+            RequestKind::DescribeConfigs(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not a DescribeConfigs response"));
@@ -444,7 +465,11 @@ async fn delete(client: &mut Client, output: Output, name: &str) -> Result<(), C
     request.topic_names = vec![TopicName(str_bytes(name))];
     let addr = client.admin_broker().await?;
     let ResponseKind::DeleteTopics(response) = client
-        .call(&addr, ApiKey::DeleteTopics, RequestKind::DeleteTopics(request))
+        .call(
+            &addr,
+            ApiKey::DeleteTopics,
+            RequestKind::DeleteTopics(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not a DeleteTopics response"));
