@@ -326,6 +326,9 @@ fn hint(error: i16) -> &'static str {
     }
 }
 
+/// Kafka's internal topics: group offsets and transaction state.
+const INTERNAL_TOPICS: [&str; 2] = ["__consumer_offsets", "__transaction_state"];
+
 /// One partition as Metadata described it.
 #[derive(Clone, Debug)]
 pub struct PartitionInfo {
@@ -392,7 +395,10 @@ impl Metadata {
                 .map(|t| TopicInfo {
                     name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
                     topic_id: t.topic_id.to_string(),
-                    internal: t.is_internal,
+                    // keel's Metadata answers do not set is_internal (an open gap), so
+                    // Kafka's two internal topics are known by name too.
+                    internal: t.is_internal
+                        || t.name.as_ref().is_some_and(|n| INTERNAL_TOPICS.contains(&n.as_str())),
                     partitions: {
                         let mut ps: Vec<PartitionInfo> = t
                             .partitions

@@ -132,6 +132,16 @@ impl ClientCommand {
 /// Runs a client command to the end; prints its error, if any, as one line.
 pub fn run(command: ClientCommand) -> ExitCode {
     let name = command.name();
+    // A reader that goes away (`keel topic list | head -1`) ends the command as it ends other
+    // Unix tools, by SIGPIPE, instead of a failed write to stdout.
+    // SAFETY: restores the default disposition of one signal; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // A bug shows as one line, not a backtrace.
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("keel {name}: internal error ({info}); please report it");
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
