@@ -398,7 +398,9 @@ impl Metadata {
                     // keel's Metadata answers do not set is_internal (an open gap), so
                     // Kafka's two internal topics are known by name too.
                     internal: t.is_internal
-                        || t.name.as_ref().is_some_and(|n| INTERNAL_TOPICS.contains(&n.as_str())),
+                        || t.name
+                            .as_ref()
+                            .is_some_and(|n| INTERNAL_TOPICS.contains(&n.as_str())),
                     partitions: {
                         let mut ps: Vec<PartitionInfo> = t
                             .partitions
