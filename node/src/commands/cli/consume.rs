@@ -4,7 +4,8 @@
 //! in flight: as soon as an answer arrives it works out the next offsets from the batch
 //! headers alone and sends the next Fetch, then hands the answer to the printing loop, which
 //! decodes and prints while the broker serves the next request. The channel between them holds
-//! at most [`CHUNKS_IN_FLIGHT_MAX`] answers per leader, so a slow stdout slows the fetching.
+//! at most [`CHUNKS_IN_FLIGHT_MAX`] answers per partition read, so a slow stdout slows the
+//! fetching.
 //!
 //! Where it stops: without `--follow`, at each partition's high watermark as it was when the
 //! command started; with `--num N`, after N records; with `--follow`, at Ctrl-C.
@@ -29,7 +30,8 @@ use super::client::{check, error_name, Client, Connection, TopicInfo};
 use super::group::{commit_offsets, committed_offsets};
 use super::{CliError, ClusterArgs};
 
-/// Answers each leader's task may hand over before it waits for the printing loop.
+/// Answers per partition read that the leaders' tasks may hand over before they wait for the
+/// printing loop.
 const CHUNKS_IN_FLIGHT_MAX: usize = 4;
 /// The most bytes one Fetch asks for, in all and per partition (Kafka's fetch.max.bytes is
 /// 50 MiB, max.partition.fetch.bytes 1 MiB; larger answers mean fewer round trips).
@@ -181,6 +183,22 @@ pub async fn list_offsets(
         }
     }
     Ok(offsets)
+}
+
+/// Partition `p`'s log start offset and high watermark from two ListOffsets answers; a
+/// partition an answer left out is an error, not a panic.
+pub fn offset_range(
+    starts: &BTreeMap<i32, i64>,
+    ends: &BTreeMap<i32, i64>,
+    topic: &str,
+    p: i32,
+) -> Result<(i64, i64), CliError> {
+    match (starts.get(&p), ends.get(&p)) {
+        (Some(&start), Some(&end)) => Ok((start, end)),
+        _ => Err(CliError::failed(format!(
+            "ListOffsets did not answer for partition {topic}/{p}"
+        ))),
+    }
 }
 
 /// One piece of a `--format` template.
@@ -657,7 +675,7 @@ pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError>
     };
     let mut cursors = Vec::new();
     for &p in &partitions {
-        let (start, end) = (starts[&p], ends[&p]);
+        let (start, end) = offset_range(&starts, &ends, &topic.name, p)?;
         let next = match committed.get(&(topic.name.clone(), p)) {
             Some(&c) if c >= 0 => c,
             _ => match spec {
@@ -740,6 +758,7 @@ pub async fn run(args: ConsumeArgs, client: &mut Client) -> Result<(), CliError>
             }
         };
         moves = 0;
+        // A chunk's partition is one of the cursors', which all have a stop entry.
         let stop = stops[&chunk.partition];
         let mut rest = chunk.records;
         'batches: while let Some(batch) = Batch::parse_prefix(&rest).map_err(|e| {

@@ -22,7 +22,7 @@ use keel_core::error_code as code;
 use serde::Serialize;
 
 use super::client::{check, error_name, Client};
-use super::consume::{list_offsets, OffsetQuery};
+use super::consume::{list_offsets, offset_range, OffsetQuery};
 use super::{print_json, print_table, table, CliError, ClusterArgs, Output};
 
 #[derive(Args, Debug)]
@@ -465,7 +465,7 @@ async fn reset_offsets(
     let ends = list_offsets(client, &topic, &chosen, OffsetQuery::Latest).await?;
     let mut positions = BTreeMap::new();
     for p in &chosen {
-        let (start, end) = (starts[p], ends[p]);
+        let (start, end) = offset_range(&starts, &ends, topic_name, *p)?;
         let offset = match target {
             None => start,
             Some(None) => end,
