@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keel_node::commands::{dump_log, start};
 
 #[derive(Parser)]
@@ -35,6 +35,14 @@ enum Command {
     /// data in ./keel-data. Ctrl-C stops them all.
     #[cfg(not(madsim))]
     Dev(keel_node::commands::dev::DevArgs),
+    /// Print a shell completion script: `source <(keel completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    #[cfg(not(madsim))]
+    #[command(flatten)]
+    Client(keel_node::commands::cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,5 +62,11 @@ fn main() -> ExitCode {
         Command::Start(args) => start::run(args),
         #[cfg(not(madsim))]
         Command::Dev(args) => keel_node::commands::dev::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        #[cfg(not(madsim))]
+        Command::Client(command) => keel_node::commands::cli::run(command),
     }
 }

@@ -1,9 +1,10 @@
-//! A small JSON value and its writer, for `keel-bench --json` (keel-node has no serde_json).
+//! The JSON value `keel-bench --json` builds its report from, written by serde_json.
 //!
-//! What always holds: [`Json::render`] writes valid JSON (RFC 8259): strings are escaped,
-//! non-finite numbers become `null`, object keys keep their insertion order.
+//! What always holds: [`Json::render`] writes valid JSON (RFC 8259; serde_json escapes the
+//! strings), non-finite numbers become `null`, object keys keep their insertion order
+//! (serde_json's `preserve_order`).
 
-use std::fmt::Write;
+use serde_json::{Map, Number, Value};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Json {
@@ -39,80 +40,29 @@ impl Json {
 
     /// Indented by two spaces per level, with a final newline.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out, 0);
+        let mut out = serde_json::to_string_pretty(&self.to_value())
+            .expect("a serde_json Value always serializes");
         out.push('\n');
         out
     }
 
-    fn write(&self, out: &mut String, depth: usize) {
+    fn to_value(&self) -> Value {
         match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Json::Num(n) if n.is_finite() => {
-                // Rust's Display for f64 never uses an exponent: always a JSON number.
-                let _ = write!(out, "{n}");
-            }
-            Json::Num(_) => out.push_str("null"),
-            Json::Str(s) => write_string(out, s),
-            Json::Arr(items) if items.is_empty() => out.push_str("[]"),
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    newline(out, depth + 1);
-                    item.write(out, depth + 1);
-                }
-                newline(out, depth);
-                out.push(']');
-            }
-            Json::Obj(pairs) if pairs.is_empty() => out.push_str("{}"),
-            Json::Obj(pairs) => {
-                out.push('{');
-                for (i, (key, value)) in pairs.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    newline(out, depth + 1);
-                    write_string(out, key);
-                    out.push_str(": ");
-                    value.write(out, depth + 1);
-                }
-                newline(out, depth);
-                out.push('}');
-            }
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Int(i) => Value::Number((*i).into()),
+            // None for NaN and the infinities, which JSON cannot hold.
+            Json::Num(n) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
+            Json::Str(s) => Value::String(s.clone()),
+            Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Obj(pairs) => Value::Object(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
         }
     }
-}
-
-fn newline(out: &mut String, depth: usize) {
-    out.push('\n');
-    for _ in 0..depth {
-        out.push_str("  ");
-    }
-}
-
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -144,10 +94,10 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_numbers_are_null_and_large_ones_have_no_exponent() {
+    fn non_finite_numbers_are_null_and_others_are_json_numbers() {
         assert_eq!(Json::Num(f64::NAN).render(), "null\n");
         assert_eq!(Json::Num(f64::INFINITY).render(), "null\n");
-        assert_eq!(Json::Num(1e21).render(), "1000000000000000000000\n");
-        assert_eq!(Json::num(0.000_4, 3).render(), "0\n");
+        assert_eq!(Json::Num(1e21).render(), "1e+21\n");
+        assert_eq!(Json::num(0.000_4, 3).render(), "0.0\n");
     }
 }

@@ -611,7 +611,7 @@ mod tests {
         assert_eq!(p.mb_per_s(), 250.0);
         assert_eq!(p.broker_cpu_secs_per_gb(), Some(4.0));
         let json = p.to_json().render();
-        assert!(json.contains("\"mb_per_s\": 250,"), "{json}");
+        assert!(json.contains("\"mb_per_s\": 250.0,"), "{json}");
         assert!(json.contains("\"acks\": null,"), "{json}");
     }
 
@@ -633,11 +633,11 @@ mod tests {
     fn limits_json_names_every_figure() {
         let json = limits(900, 5000).to_json().render();
         for key in [
-            "\"disk_append_fdatasync_mb_per_s\": 900,",
+            "\"disk_append_fdatasync_mb_per_s\": 900.0,",
             "\"disk_rounds_mb_per_s\": [",
             "\"disk_parallel_mb_per_s\": null,",
             "\"sync_latency\": null,",
-            "\"loopback_tcp_mb_per_s\": 5000,",
+            "\"loopback_tcp_mb_per_s\": 5000.0,",
         ] {
             assert!(json.contains(key), "{key} in {json}");
         }

@@ -1,0 +1,889 @@
+//! The `keel` client commands (docs/cli.md) run as a user runs them: the real `keel` binary
+//! against a real three-broker `keel dev` cluster, checking what they print and how they exit,
+//! the bad-input cases included (an unknown topic, a bad offset spec, an unreachable cluster,
+//! malformed input lines: one line on stderr naming the problem, a non-zero exit, no panic).
+//!
+//! One cluster serves every test of this file: started by the first test that needs it, on
+//! free ports below the ephemeral range, with its data under cargo's target tmp directory
+//! (cleared at the next start). It is spawned from a thread that lives as long as the test
+//! process, with PR_SET_PDEATHSIG, so it dies with the test process however that ends, and
+//! `keel dev` takes its brokers with it (their own PR_SET_PDEATHSIG). Each test uses topics
+//! and groups of its own, so the tests may run in parallel.
+//!
+//! The kcat test needs Debian's kcat (`.ci/clients.sh`); it FAILS if kcat is missing and is
+//! skipped with KEEL_SKIP_INTEROP=1, as `interop.rs`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long `keel dev` has to report three brokers ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The longest one CLI command may run in these tests.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn keel_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keel")
+}
+
+/// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free: `keel dev`'s client,
+/// peer and metrics ports for three brokers.
+fn free_port_range() -> u16 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
+    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
+    for _ in 0..200 {
+        let ports = (0..3).flat_map(|i| (0..3).map(move |k| candidate + k * 100 + i));
+        let held: Result<Vec<TcpListener>, _> =
+            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
+        if held.is_ok() {
+            return candidate;
+        }
+        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
+    }
+    panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
+}
+
+/// The shared cluster: its bootstrap servers.
+struct Cluster {
+    bootstrap: String,
+}
+
+/// Starts `keel dev --brokers 3` once; every caller gets the same cluster.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let port = free_port_range();
+        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-commands-dev");
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let (tx, rx) = mpsc::channel();
+        // The spawning thread never ends, so PR_SET_PDEATHSIG fires only when the process does.
+        thread::spawn(move || {
+            let mut command = Command::new(keel_bin());
+            command
+                .args(["dev", "--brokers", "3", "--port", &port.to_string()])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn().expect("spawn keel dev");
+            let stdout = child.stdout.take().expect("piped stdout");
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+            let _ = child.wait();
+            loop {
+                thread::park();
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("bootstrap servers: ") => {
+                    let bootstrap = line["bootstrap servers: ".len()..].trim().to_string();
+                    return Cluster { bootstrap };
+                }
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("keel dev was not ready ({e}); it printed {seen:?}"),
+            }
+        }
+    })
+}
+
+/// What one command did.
+struct Run {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts success; the stdout.
+    fn ok(&self, what: &str) -> &str {
+        assert_eq!(
+            self.status,
+            Some(0),
+            "{what} failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts the failure the CLI promises: exit `code`, nothing on stdout but what came
+    /// before, one line on stderr containing `needle`, no panic.
+    fn fails(&self, code: i32, needle: &str, what: &str) {
+        assert_eq!(
+            self.status,
+            Some(code),
+            "{what}: want exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: want one stderr line, got {:?}",
+            lines
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{what}: stderr {:?} does not name {needle:?}",
+            lines[0]
+        );
+        assert!(!self.stderr.contains("panicked"), "{what}: {}", self.stderr);
+    }
+
+    fn json(&self, what: &str) -> serde_json::Value {
+        serde_json::from_str(self.ok(what))
+            .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Waits (bounded) for `child`; SIGKILLs it if it outlives COMMAND_TIMEOUT.
+fn finish(mut child: Child, what: &str) -> Run {
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status: status.code(),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `keel ARGS` against the shared cluster (KEEL_BROKERS) with `stdin`.
+fn keel_with_input(args: &[&str], stdin: &str) -> Run {
+    let what = format!("keel {}", args.join(" "));
+    let mut child = Command::new(keel_bin())
+        .args(args)
+        .env("KEEL_BROKERS", &cluster().bootstrap)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut pipe = child.stdin.take().expect("piped");
+    let input = stdin.to_string();
+    let writer = thread::spawn(move || {
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let run = finish(child, &what);
+    let _ = writer.join();
+    run
+}
+
+fn keel(args: &[&str]) -> Run {
+    keel_with_input(args, "")
+}
+
+/// Creates a topic with `partitions` partitions, replicated on all three brokers.
+fn create_topic(name: &str, partitions: u32) {
+    keel(&[
+        "topic",
+        "create",
+        name,
+        "-p",
+        &partitions.to_string(),
+        "-r",
+        "3",
+    ])
+    .ok("topic create");
+}
+
+/// The `value` column of `keel topic describe -o json`'s config `name`.
+fn config_value(description: &serde_json::Value, name: &str) -> Option<String> {
+    description["configs"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["value"].as_str().map(str::to_string))
+}
+
+/// `keel topic create|list|describe|alter-config|delete`, in table and JSON form.
+#[test]
+fn topic_commands_create_list_describe_alter_and_delete() {
+    let created = keel(&[
+        "topic",
+        "create",
+        "cli-topics",
+        "-p",
+        "3",
+        "-r",
+        "3",
+        "-c",
+        "retention.ms=3600000",
+    ]);
+    assert!(
+        created.ok("create").contains("cli-topics") && created.stdout.contains("created"),
+        "{}",
+        created.stdout
+    );
+    let listed = keel(&["topic", "list"]);
+    let row = listed
+        .ok("list")
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cli-topics"))
+        .unwrap_or_else(|| panic!("no cli-topics row in\n{}", listed.stdout));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["cli-topics", "3", "3"]
+    );
+    let json = keel(&["topic", "list", "-o", "json"]).json("list json");
+    assert!(json
+        .as_array()
+        .expect("an array")
+        .iter()
+        .any(|t| t["name"] == "cli-topics" && t["partitions"] == 3));
+
+    let described = keel(&["topic", "describe", "cli-topics", "-o", "json"]).json("describe");
+    assert_eq!(described["partitions"].as_array().map(Vec::len), Some(3));
+    for p in described["partitions"].as_array().expect("partitions") {
+        assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{p}");
+        assert_eq!(p["high_watermark"], 0, "{p}");
+    }
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("3600000")
+    );
+    let table = keel(&["topic", "describe", "cli-topics"]);
+    assert!(
+        table.ok("describe table").contains("HIGH-WATERMARK")
+            && table.stdout.contains("retention.ms"),
+        "{}",
+        table.stdout
+    );
+
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-topics",
+        "-c",
+        "retention.ms=7200000",
+    ])
+    .ok("alter-config set");
+    let described = keel(&["topic", "describe", "cli-topics", "-o", "json"]).json("describe");
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("7200000")
+    );
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-topics",
+        "--delete",
+        "retention.ms",
+    ])
+    .ok("alter-config delete");
+    let described = keel(&["topic", "describe", "cli-topics", "-o", "json"]).json("describe");
+    assert_eq!(
+        config_value(&described, "retention.ms").as_deref(),
+        Some("604800000")
+    );
+
+    keel(&["topic", "delete", "cli-topics"]).ok("delete");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = keel(&["topic", "list"]);
+        if !listed
+            .ok("list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("cli-topics"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cli-topics still listed:\n{}",
+            listed.stdout
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Bad input to `keel topic`: one line naming the problem, a non-zero exit.
+#[test]
+fn topic_commands_refuse_bad_input_in_one_line() {
+    keel(&["topic", "describe", "cli-no-such-topic"]).fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "describe of a missing topic",
+    );
+    keel(&["topic", "delete", "cli-no-such-topic"]).fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "delete of a missing topic",
+    );
+    keel(&[
+        "topic",
+        "create",
+        "cli-bad-config",
+        "-c",
+        "no.such.config=1",
+    ])
+    .fails(1, "INVALID_CONFIG", "create with an unknown config");
+    keel(&["topic", "create", "cli-bad-config", "-c", "retention.ms"]).fails(
+        2,
+        "key=value",
+        "create with a config that is not key=value",
+    );
+    create_topic("cli-twice", 1);
+    keel(&["topic", "create", "cli-twice"]).fails(1, "TOPIC_ALREADY_EXISTS", "create twice");
+    keel(&[
+        "topic",
+        "alter-config",
+        "cli-twice",
+        "-c",
+        "retention.ms=soon",
+    ])
+    .fails(1, "INVALID_CONFIG", "alter-config with a bad value");
+}
+
+/// An unreachable cluster is named, within the timeout, in one line.
+#[test]
+fn an_unreachable_cluster_fails_within_the_timeout_in_one_line() {
+    // A port nobody listens on: connection refused at once.
+    let refused = free_port_range();
+    let started = Instant::now();
+    let run = finish(
+        Command::new(keel_bin())
+            .args([
+                "topic",
+                "list",
+                "--brokers",
+                &format!("127.0.0.1:{refused}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+        "topic list against nothing",
+    );
+    run.fails(1, "cannot reach broker", "topic list against a closed port");
+    assert!(run.stderr.contains("--brokers"), "{}", run.stderr);
+    // A listener that never answers: the request times out after --timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let run = finish(
+        Command::new(keel_bin())
+            .args(["cluster", "describe", "--brokers", &addr, "--timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+        "cluster describe against a silent listener",
+    );
+    run.fails(1, "within 1s", "cluster describe against a silent listener");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    keel(&["topic", "list", "--brokers", "no-port"]).fails(2, "host:port", "a bad --brokers");
+}
+
+/// `keel produce` with keys, headers and acks, read back by `keel consume` with a template,
+/// JSON lines, a partition, `--num` and every offset spec.
+#[test]
+fn produce_and_consume_round_trip_keys_headers_and_offsets() {
+    create_topic("cli-roundtrip", 3);
+    let input: String = (0..30).map(|i| format!("key{i}:value{i}\n")).collect();
+    let produced = keel_with_input(
+        &[
+            "produce",
+            "cli-roundtrip",
+            "-K",
+            ":",
+            "-H",
+            "source=test",
+            "--acks",
+            "all",
+        ],
+        &input,
+    );
+    produced.ok("produce");
+    assert!(
+        produced.stderr.contains("30 records"),
+        "{}",
+        produced.stderr
+    );
+
+    let consumed = keel(&["consume", "cli-roundtrip", "-f", "%k=%v %h %p\\n"]);
+    let mut lines: Vec<String> = consumed.ok("consume").lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 30, "{}", consumed.stdout);
+    // A key's partition is Kafka's murmur2 choice: every record of a key in one partition,
+    // and the partitions used by a spread of keys are more than one.
+    let partitions: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert!(partitions.len() > 1, "{lines:?}");
+    lines.sort();
+    let mut want: Vec<String> = Vec::new();
+    for l in &lines {
+        let (kv, _) = l
+            .split_once(" source=test ")
+            .unwrap_or_else(|| panic!("{l}"));
+        want.push(kv.to_string());
+    }
+    let mut expected: Vec<String> = (0..30).map(|i| format!("key{i}=value{i}")).collect();
+    expected.sort();
+    want.sort();
+    assert_eq!(want, expected);
+
+    // Kafka's partitioner: kcat, the Java client and keel put "key1" in the same partition.
+    let key1 = keel(&["consume", "cli-roundtrip", "-f", "%k %p\\n"]);
+    let p_key1 = key1
+        .ok("consume")
+        .lines()
+        .find_map(|l| l.strip_prefix("key1 "))
+        .expect("key1")
+        .to_string();
+    let json_lines = keel(&["consume", "cli-roundtrip", "-p", &p_key1, "-f", "json"]);
+    let records: Vec<serde_json::Value> = json_lines
+        .ok("consume json")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(!records.is_empty());
+    for r in &records {
+        assert_eq!(r["topic"], "cli-roundtrip");
+        assert_eq!(r["partition"].to_string(), p_key1);
+        assert_eq!(r["headers"]["source"], "test");
+    }
+    let offsets: Vec<i64> = records
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, (0..records.len() as i64).collect::<Vec<_>>());
+    let n = records.len() as i64;
+
+    // Offset specs on that partition: -1 is the last record, N from N, end is nothing.
+    let last = keel(&[
+        "consume",
+        "cli-roundtrip",
+        "-p",
+        &p_key1,
+        "--offset",
+        "-1",
+        "-f",
+        "%o\\n",
+    ]);
+    assert_eq!(last.ok("-1").trim(), (n - 1).to_string());
+    let from = keel(&[
+        "consume",
+        "cli-roundtrip",
+        "-p",
+        &p_key1,
+        "--offset",
+        "1",
+        "-f",
+        "%o\\n",
+    ]);
+    assert_eq!(from.ok("1").lines().count() as i64, n - 1);
+    let end = keel(&["consume", "cli-roundtrip", "--offset", "end"]);
+    assert_eq!(end.ok("end"), "");
+    let two = keel(&["consume", "cli-roundtrip", "--num", "2"]);
+    assert_eq!(two.ok("--num 2").lines().count(), 2);
+}
+
+/// Bad input to `keel produce` and `keel consume`: one line naming the problem.
+#[test]
+fn produce_and_consume_refuse_bad_input_in_one_line() {
+    create_topic("cli-bad-input", 1);
+    keel_with_input(
+        &["produce", "cli-bad-input", "-K", ":"],
+        "a:1\nb:2\nno delimiter\n",
+    )
+    .fails(
+        2,
+        "line 3: no key delimiter",
+        "a line without the key delimiter",
+    );
+    keel_with_input(&["produce", "cli-no-such-topic"], "x\n").fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "produce to a missing topic",
+    );
+    keel_with_input(&["produce", "cli-bad-input", "--acks", "2"], "x\n").fails(
+        2,
+        "bad --acks",
+        "a bad --acks",
+    );
+    keel(&["consume", "cli-no-such-topic"]).fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "consume of a missing topic",
+    );
+    keel(&["consume", "cli-bad-input", "--offset", "soon"]).fails(
+        2,
+        "bad --offset \"soon\"",
+        "a bad offset spec",
+    );
+    keel(&["consume", "cli-bad-input", "--offset", "99"]).fails(
+        2,
+        "outside partition cli-bad-input/0",
+        "an offset past the end",
+    );
+    keel(&["consume", "cli-bad-input", "-p", "7"]).fails(2, "no partition 7", "a bad partition");
+    keel(&["consume", "cli-bad-input", "-f", "%q"]).fails(2, "unknown field %q", "a bad format");
+}
+
+/// `keel produce --file` of a large input, and `keel consume --follow` printing records as
+/// they arrive.
+#[test]
+fn produce_from_a_file_and_consume_follow_sees_new_records() {
+    create_topic("cli-follow", 2);
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-follow-input.txt");
+    let lines: String = (0..50_000).map(|i| format!("record-{i:06}\n")).collect();
+    std::fs::write(&path, &lines).expect("write input");
+    keel(&[
+        "produce",
+        "cli-follow",
+        "--file",
+        path.to_str().unwrap(),
+        "--acks",
+        "1",
+    ])
+    .ok("produce --file");
+    let _ = std::fs::remove_file(&path);
+    let all = keel(&["consume", "cli-follow"]);
+    let mut got: Vec<&str> = all.ok("consume").lines().collect();
+    got.sort_unstable();
+    let want: Vec<String> = (0..50_000).map(|i| format!("record-{i:06}")).collect();
+    assert_eq!(got, want);
+
+    let mut follower = Command::new(keel_bin())
+        .args([
+            "consume",
+            "cli-follow",
+            "--offset",
+            "end",
+            "--follow",
+            "-f",
+            "%v\\n",
+        ])
+        .env("KEEL_BROKERS", &cluster().bootstrap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn consume --follow");
+    let stdout = follower.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // The follower starts at the end it saw; give it time to ask for it before producing.
+    thread::sleep(Duration::from_secs(2));
+    keel_with_input(&["produce", "cli-follow"], "late-1\nlate-2\n").ok("produce late");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(e) => {
+                let _ = follower.kill();
+                let _ = follower.wait();
+                panic!("consume --follow printed {seen:?}, then nothing ({e})");
+            }
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    seen.sort();
+    assert_eq!(seen, ["late-1", "late-2"]);
+}
+
+/// `keel consume --group` commits; `keel group list|describe|lag|reset-offsets|delete`.
+#[test]
+fn group_commands_show_lag_reset_offsets_and_delete() {
+    create_topic("cli-groups", 2);
+    let input: String = (0..20).map(|i| format!("v{i}\n")).collect();
+    keel_with_input(&["produce", "cli-groups"], &input).ok("produce");
+    // Reads 5 records and commits the positions it reached.
+    keel(&["consume", "cli-groups", "--group", "cli-g", "--num", "5"]).ok("consume --group");
+
+    let listed = keel(&["group", "list"]);
+    assert!(
+        listed
+            .ok("group list")
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("cli-g")),
+        "{}",
+        listed.stdout
+    );
+    let lag = keel(&["group", "lag", "cli-g", "-o", "json"]).json("lag");
+    let rows = lag.as_array().expect("rows");
+    let total: i64 = rows.iter().map(|r| r["lag"].as_i64().unwrap_or(0)).sum();
+    let committed: i64 = rows
+        .iter()
+        .map(|r| r["committed_offset"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, 5, "{lag}");
+    assert_eq!(total, 15, "{lag}");
+
+    // The next consume with the group starts where the last one stopped.
+    let rest = keel(&["consume", "cli-groups", "--group", "cli-g"]);
+    assert_eq!(rest.ok("consume --group again").lines().count(), 15);
+    let lag = keel(&["group", "lag", "cli-g"]);
+    for row in lag.ok("lag table").lines().skip(1) {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.len(), 5, "{row}");
+        assert_eq!(cells[4], "0", "{}", lag.stdout);
+    }
+
+    let reset = keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "--topic",
+        "cli-groups",
+        "--to",
+        "earliest",
+    ]);
+    assert!(reset.ok("reset").contains("NEW-OFFSET"), "{}", reset.stdout);
+    let lag = keel(&["group", "lag", "cli-g", "-o", "json"]).json("lag after reset");
+    let total: i64 = lag
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["lag"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 20, "{lag}");
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "-t",
+        "cli-groups",
+        "--to",
+        "latest",
+        "-p",
+        "0",
+    ])
+    .ok("reset partition 0 to latest");
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-g",
+        "-t",
+        "cli-groups",
+        "--to",
+        "soon",
+    ])
+    .fails(2, "bad --to", "a bad --to");
+
+    let described = keel(&["group", "describe", "cli-g", "-o", "json"]).json("describe");
+    assert_eq!(described["group"], "cli-g");
+    assert_eq!(described["state"], "Empty");
+    assert_eq!(described["offsets"].as_array().map(Vec::len), Some(2));
+    let table = keel(&["group", "describe", "cli-g"]);
+    assert!(
+        table.ok("describe table").contains("LOG-END-OFFSET"),
+        "{}",
+        table.stdout
+    );
+
+    keel(&["group", "delete", "cli-g"]).ok("delete");
+    keel(&["group", "describe", "cli-g"]).fails(1, "GROUP_ID_NOT_FOUND", "describe deleted");
+    keel(&["group", "delete", "cli-g"]).fails(1, "GROUP_ID_NOT_FOUND", "delete twice");
+}
+
+/// `keel cluster describe`: three brokers, one of them the controller, nothing
+/// under-replicated in a healthy cluster.
+#[test]
+fn cluster_describe_names_brokers_controller_and_partition_health() {
+    create_topic("cli-cluster", 2);
+    let described = keel(&["cluster", "describe", "-o", "json"]).json("cluster describe");
+    let brokers = described["brokers"].as_array().expect("brokers");
+    assert_eq!(brokers.len(), 3, "{described}");
+    let controller = described["controller"].as_i64().expect("controller");
+    assert!(brokers
+        .iter()
+        .any(|b| b["id"] == controller && b["controller"] == true));
+    assert!(described["partitions"].as_i64().unwrap() >= 2);
+    assert_eq!(
+        described["offline"].as_array().map(Vec::len),
+        Some(0),
+        "{described}"
+    );
+    let table = keel(&["cluster", "describe"]);
+    let text = table.ok("cluster describe table");
+    assert!(
+        text.contains("CONTROLLER") && text.contains("metadata quorum"),
+        "{text}"
+    );
+}
+
+/// `keel completions bash|zsh|fish` print scripts that know the subcommands.
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = finish(
+            Command::new(keel_bin())
+                .args(["completions", shell])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+            shell,
+        );
+        let script = run.ok(shell);
+        for word in ["consume", "reset-offsets", "alter-config"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let run = finish(
+        Command::new(keel_bin())
+            .args(["completions", "tcsh"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+        "tcsh",
+    );
+    assert_eq!(run.status, Some(2), "{}", run.stderr);
+}
+
+/// Records `keel produce` writes are read by kcat, and records kcat writes by `keel consume`.
+#[test]
+fn kcat_reads_what_keel_produces_and_keel_reads_what_kcat_produces() {
+    if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("cli_commands test kcat_... SKIPPED (KEEL_SKIP_INTEROP=1)");
+        return;
+    }
+    let kcat_ok = Command::new("kcat")
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        kcat_ok,
+        "kcat is not installed: run `bash .ci/clients.sh` (or KEEL_SKIP_INTEROP=1)"
+    );
+    create_topic("cli-kcat", 2);
+    let bootstrap = &cluster().bootstrap;
+    keel_with_input(
+        &["produce", "cli-kcat", "-K", "=", "-H", "h=1"],
+        "a=one\nb=two\nc=three\n",
+    )
+    .ok("keel produce");
+    let kcat = |args: &[&str], input: Option<&str>| -> Run {
+        let mut child = Command::new("kcat")
+            .args(["-b", bootstrap])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kcat");
+        let mut stdin = child.stdin.take().expect("piped");
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).expect("kcat stdin");
+        }
+        drop(stdin);
+        finish(child, "kcat")
+    };
+    let read = kcat(
+        &["-C", "-t", "cli-kcat", "-e", "-q", "-f", "%k=%s %h\\n"],
+        None,
+    );
+    let mut lines: Vec<String> = read.ok("kcat -C").lines().map(str::to_string).collect();
+    lines.sort();
+    assert_eq!(lines, ["a=one h=1", "b=two h=1", "c=three h=1"]);
+
+    // librdkafka's murmur2_random is the Java clients' partitioner, which keel produce uses.
+    kcat(
+        &[
+            "-P",
+            "-t",
+            "cli-kcat",
+            "-K",
+            ":",
+            "-X",
+            "partitioner=murmur2_random",
+        ],
+        Some("x:from-kcat-1\ny:from-kcat-2\n"),
+    )
+    .ok("kcat -P");
+    let consumed = keel(&["consume", "cli-kcat", "-f", "%k=%v\\n"]);
+    let mut lines: Vec<&str> = consumed.ok("keel consume").lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "a=one",
+            "b=two",
+            "c=three",
+            "x=from-kcat-1",
+            "y=from-kcat-2"
+        ]
+    );
+    // The same key lands in the same partition whichever client wrote it (murmur2).
+    let placed = keel(&["consume", "cli-kcat", "-f", "%k %p\\n"]);
+    let ours = keel_with_input(&["produce", "cli-kcat", "-K", ":"], "x:again\n");
+    ours.ok("keel produce x");
+    let again = keel(&["consume", "cli-kcat", "-f", "%k %p %v\\n"]);
+    let kcat_partition = placed
+        .ok("consume")
+        .lines()
+        .find_map(|l| l.strip_prefix("x "))
+        .expect("x from kcat")
+        .to_string();
+    let keel_partition = again
+        .ok("consume")
+        .lines()
+        .find_map(|l| l.strip_prefix("x ").and_then(|r| r.strip_suffix(" again")))
+        .expect("x from keel")
+        .to_string();
+    assert_eq!(kcat_partition, keel_partition);
+}
