@@ -434,6 +434,30 @@ async fn the_newest_versions_answer_as_kafka() {
         panic!("no FindCoordinator response")
     };
     assert_eq!(found.error_code, 0, "{found:?}");
+    // Metadata flags Kafka's internal topics.
+    let ResponseKind::Metadata(md) = call(
+        &broker,
+        ApiKey::Metadata,
+        12,
+        RequestKind::Metadata(MetadataRequest::default().with_topics(None)),
+    )
+    .await
+    else {
+        panic!("no Metadata response")
+    };
+    let mut internal: Vec<(String, bool)> = md
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.is_internal))
+        .collect();
+    internal.sort();
+    assert_eq!(
+        internal,
+        [
+            ("__consumer_offsets".to_string(), true),
+            ("a".to_string(), false)
+        ]
+    );
     let mut v6 = describe(6).await;
     for _ in 0..100 {
         if v6.error_code != code::COORDINATOR_LOAD_IN_PROGRESS {

@@ -586,8 +586,12 @@ fn produce_from_a_file_and_consume_follow_sees_new_records() {
         "cli-follow",
         "--file",
         path.to_str().unwrap(),
+        // acks=all: with acks=1 one run of 2026-12-06 read back only partition 1's first
+        // ~875 records (partition 0's were missing), not seen again in later runs; records
+        // acknowledged by a leader alone may be lost when leadership moves, which acks=1
+        // allows. Open question in the session note.
         "--acks",
-        "1",
+        "all",
     ])
     .ok("produce --file");
     let _ = std::fs::remove_file(&path);
@@ -749,6 +753,17 @@ fn cluster_describe_names_brokers_controller_and_partition_health() {
         .iter()
         .any(|b| b["id"] == controller && b["controller"] == true));
     assert!(described["partitions"].as_i64().unwrap() >= 2);
+    // keel serves DescribeQuorum: the quorum's leader is the controller, voters 1 to 3.
+    let quorum = &described["quorum"];
+    assert_eq!(quorum["leader"].as_i64(), Some(controller), "{described}");
+    let voters: Vec<i64> = quorum["replicas"]
+        .as_array()
+        .expect("quorum replicas")
+        .iter()
+        .filter(|r| r["role"] == "voter")
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(voters, [1, 2, 3], "{described}");
     assert_eq!(
         described["offline"].as_array().map(Vec::len),
         Some(0),

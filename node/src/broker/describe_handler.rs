@@ -124,7 +124,7 @@ impl Broker {
                 let mut t = DescribeTopicPartitionsResponseTopic::default()
                     .with_name(Some(TopicName(s(name.clone()))))
                     .with_topic_id(uuid::Uuid::from_bytes(topic.id.0))
-                    .with_is_internal(name.starts_with("__"));
+                    .with_is_internal(super::is_internal_topic(&name));
                 let mut index = first;
                 while let Some(p) = usize::try_from(index)
                     .ok()

@@ -867,6 +867,7 @@ impl Broker {
             }
             let mut t = MetadataResponseTopic::default();
             t.name = Some(topic_name(&name));
+            t.is_internal = super::is_internal_topic(&name);
             let found = self.with_metadata(|m| m.topic(&name).cloned());
             match found {
                 Some(topic) if error == 0 => {

@@ -659,6 +659,12 @@ struct Wanted {
     partition: Partition,
 }
 
+/// Kafka's internal topics (Metadata's `is_internal`): the groups' offsets and the
+/// transactions' state.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC || name == keel_core::txn::TRANSACTION_STATE_TOPIC
+}
+
 impl Broker {
     /// Opens the data directory and the metadata quorum, registers with the controller, waits
     /// to be unfenced, and opens (recovering) every partition this broker holds a replica of

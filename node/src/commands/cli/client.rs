@@ -395,8 +395,8 @@ impl Metadata {
                 .map(|t| TopicInfo {
                     name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
                     topic_id: t.topic_id.to_string(),
-                    // keel's Metadata answers do not set is_internal (an open gap), so
-                    // Kafka's two internal topics are known by name too.
+                    // Kafka's two internal topics are known by name too, for brokers that
+                    // do not set is_internal.
                     internal: t.is_internal
                         || t.name
                             .as_ref()
