@@ -18,7 +18,8 @@
 //! Which of those uncovered changes survive: every combination when there are at most
 //! [`EXHAUSTIVE_UNITS_MAX`]; otherwise, a torn tail in program order at each change, each one
 //! lost alone, each file's torn tail alone, and [`SAMPLES`] combinations drawn from a PRNG
-//! seeded with the crash point (so a run is deterministic). Identical states are checked once.
+//! seeded with the crash point (so a run is deterministic). A state is checked once against
+//! each set of acknowledgements it can meet.
 //!
 //! Each state is written to a directory and opened with the broker's recovery (the same calls
 //! `Broker::open_partition` and `cluster::Cluster::start` make, on `FileStorage` over the OS),
@@ -65,6 +66,9 @@ const SECTOR_BYTES: u64 = 512;
 const EXHAUSTIVE_UNITS_MAX: usize = 6;
 /// Random combinations checked at a crash point with more uncovered changes.
 const SAMPLES: usize = 12;
+/// With more uncovered changes than this, the torn tails and single losses are taken at this
+/// many of them (spread evenly, and the last few, where a torn tail matters most).
+const POSITIONS_MAX: usize = 16;
 /// Violations kept for the report (the count goes on).
 const VIOLATIONS_SHOWN_MAX: usize = 8;
 
@@ -321,13 +325,15 @@ impl<A: Clone + Default> Marks<A> {
         self.marks.push((recorder.position(), acked.clone()));
     }
 
-    /// What was acknowledged when the power went before the call at `position`.
-    fn at(&self, position: usize) -> Option<&A> {
+    /// What was acknowledged when the power went before the call at `position`, and which
+    /// mark that is (`None`: nothing yet).
+    fn at(&self, position: usize) -> Option<(usize, &A)> {
         self.marks
             .iter()
+            .enumerate()
             .rev()
-            .find(|(p, _)| *p <= position)
-            .map(|(_, a)| a)
+            .find(|(_, (p, _))| *p <= position)
+            .map(|(i, (_, a))| (i, a))
     }
 }
 
@@ -545,15 +551,24 @@ fn outcome_sets(ops: &[Op], units: &[Unit], rng: &mut StdRng) -> Vec<Vec<Outcome
             );
         }
     } else {
-        // A torn tail in program order, each change lost alone, and each file's torn tail.
-        for cut in 1..n {
+        // A torn tail in program order, each change lost alone, and each file's torn tail, at
+        // every change or (many changes) at some.
+        let positions: BTreeSet<usize> = if n <= POSITIONS_MAX {
+            (0..n).collect()
+        } else {
+            (0..POSITIONS_MAX)
+                .map(|i| i * n / POSITIONS_MAX)
+                .chain(n - 4..n)
+                .collect()
+        };
+        for &cut in &positions {
             sets.push((0..n).map(|i| if i < cut { Kept } else { Lost }).collect());
         }
-        for lost in 0..n {
+        for &lost in &positions {
             sets.push((0..n).map(|i| if i == lost { Lost } else { Kept }).collect());
         }
         let file_of = |u: &Unit| ops[u.op].data_ino();
-        for cut in 0..n {
+        for &cut in &positions {
             let Some(ino) = file_of(&units[cut]) else {
                 continue;
             };
@@ -615,7 +630,7 @@ fn explore<A: Clone + Default>(
     workload: impl FnOnce(&Recorder, &mut Marks<A>),
     check: impl Fn(&Path, &A) -> Result<(), String>,
 ) -> Exploration {
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let scratch = scratch_dir();
     let root = scratch.path().join("run");
     std::fs::create_dir(&root).expect("run directory");
     let recorder = Recorder::new(&root, mutant);
@@ -641,13 +656,14 @@ fn explore<A: Clone + Default>(
     let mut seen = HashSet::new();
     let nothing = A::default();
     for &k in &points {
-        let acked = marks.at(k).unwrap_or(&nothing);
+        let (mark, acked) = marks.at(k).map_or((None, &nothing), |(i, a)| (Some(i), a));
         let units = uncovered(&ops, k);
         let mut rng = StdRng::seed_from_u64(k as u64);
         for outcomes in outcome_sets(&ops, &units, &mut rng) {
             let state = crash_state(&ops, k, &units, &outcomes);
             found.states_built += 1;
-            if !seen.insert(state.digest()) {
+            // The same disk is checked again against other acknowledgements.
+            if !seen.insert((mark, state.digest())) {
                 continue;
             }
             found.states_checked += 1;
@@ -692,6 +708,18 @@ fn explore<A: Clone + Default>(
         println!("  {v}");
     }
     found
+}
+
+/// A scratch directory in memory where there is one (`/dev/shm`): the test makes thousands
+/// of syncs, which only the recorder needs, and writes thousands of small states.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("scratch directory")
 }
 
 /// An op in a line.
@@ -1501,7 +1529,7 @@ fn the_checker_catches_a_dropped_high_watermark_sync() {
 /// `write_atomic` is create, write, fdatasync, rename, directory sync.
 #[test]
 fn the_recorder_sees_every_call_file_storage_makes() {
-    let scratch = tempfile::tempdir().expect("scratch");
+    let scratch = scratch_dir();
     let recorder = Recorder::new(scratch.path(), Mutant::None);
     let mut s = FileStorage::open_on(recorder.clone(), scratch.path().join("a/b")).expect("open");
     s.create("x").expect("create");
