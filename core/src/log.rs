@@ -902,7 +902,11 @@ impl<S: Storage> Log<S> {
     }
 
     /// Writes the checkpoint file: the log start and the recovery point.
-    fn write_checkpoint(&mut self, log_start: Offset, recovery_point: Offset) -> Result<(), LogError> {
+    fn write_checkpoint(
+        &mut self,
+        log_start: Offset,
+        recovery_point: Offset,
+    ) -> Result<(), LogError> {
         let body = format!("keel-partition 1 {log_start} {recovery_point}");
         let crc = crc32c::crc32c(body.as_bytes());
         storage::write_atomic(

@@ -275,8 +275,7 @@ impl FileSystem for Recorder {
         let mut r = self.lock();
         let rel = self.rel(path);
         if let Mutant::DirSyncAfter(kind, name) = self.mutant {
-            if r
-                .last_entry
+            if r.last_entry
                 .get(&rel)
                 .is_some_and(|(k, n)| *k == kind && n.contains(name))
             {
@@ -565,7 +564,11 @@ fn outcome_sets(ops: &[Op], units: &[Unit], rng: &mut StdRng) -> Vec<Vec<Outcome
             sets.push((0..n).map(|i| if i < cut { Kept } else { Lost }).collect());
         }
         for &lost in &positions {
-            sets.push((0..n).map(|i| if i == lost { Lost } else { Kept }).collect());
+            sets.push(
+                (0..n)
+                    .map(|i| if i == lost { Lost } else { Kept })
+                    .collect(),
+            );
         }
         let file_of = |u: &Unit| ops[u.op].data_ino();
         for &cut in &positions {
@@ -811,7 +814,9 @@ impl Default for ReplicaAcked {
 
 impl ReplicaAcked {
     fn written(&mut self, bytes: Bytes) {
-        let base = BatchHeader::read(&bytes).expect("a stored batch").base_offset;
+        let base = BatchHeader::read(&bytes)
+            .expect("a stored batch")
+            .base_offset;
         Arc::make_mut(&mut self.versions)
             .entry(base)
             .or_default()
@@ -884,7 +889,9 @@ fn check_replica(root: &Path, me: BrokerId, acked: &ReplicaAcked) -> Result<(), 
             .read(at, 1 << 20, log.end())
             .map_err(|e| format!("reading offset {at} of the recovered log: {e}"))?;
         if batches.is_empty() {
-            return Err(format!("offset {at} is below the log end but reads nothing"));
+            return Err(format!(
+                "offset {at} is below the log end but reads nothing"
+            ));
         }
         for batch in batches {
             let base = batch.base_offset();
@@ -982,9 +989,7 @@ fn leader_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
         // appends: the two lanes overlap.
         let write = replica.prepare_state_write();
         for _ in 0..3 {
-            let info = replica
-                .append(now, client_batch(sequence))
-                .expect("append");
+            let info = replica.append(now, client_batch(sequence)).expect("append");
             sequence += 1;
             let stored = replica.log().read(info.base_offset, 1, replica.log().end());
             let stored = stored.expect("read back")[0].bytes().clone();
@@ -1228,7 +1233,11 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
         let mut log = keel_core::log::Log::open(MemStorage::new(), log_config(), now)
             .expect("broker 3's log");
         while log.end() < Offset(25) {
-            for batch in first.log().read(log.end(), 1 << 20, Offset(25)).expect("read") {
+            for batch in first
+                .log()
+                .read(log.end(), 1 << 20, Offset(25))
+                .expect("read")
+            {
                 log.append_replicated(now, batch).expect("replicate");
             }
         }
@@ -1251,13 +1260,15 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
         second.persist_state(&mut second_snaps).expect("leader hw");
         if round == 0 {
             f.fetch_once(&mut second, now);
-            assert_eq!(f.replica.log().end(), Offset(25), "the diverged suffix is cut");
+            assert_eq!(
+                f.replica.log().end(),
+                Offset(25),
+                "the diverged suffix is cut"
+            );
         }
         f.catch_up(&mut second, &mut second_snaps, now);
         if round == 2 {
-            f.replica
-                .checkpoint(&mut f.snapshots)
-                .expect("checkpoint");
+            f.replica.checkpoint(&mut f.snapshots).expect("checkpoint");
             f.acked.high_watermark = f.replica.high_watermark();
             f.mark();
         }
@@ -1276,7 +1287,10 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
     second.persist_state(&mut second_snaps).expect("leader hw");
     let start = second.high_watermark();
     second.delete_records(start.0).expect("delete records");
-    assert!(start > f.replica.log().end(), "the leader's start is past the follower");
+    assert!(
+        start > f.replica.log().end(),
+        "the leader's start is past the follower"
+    );
     for _ in 0..3 {
         now += 1;
         second.append(now, client_batch(sequence)).expect("append");
@@ -1429,12 +1443,9 @@ fn assert_caught(found: &Exploration, expected: &str) {
 /// keel's invariants 2 to 4 (docs/replication.md).
 #[test]
 fn a_leader_replica_survives_every_power_loss() {
-    let found = explore(
-        "leader",
-        Mutant::None,
-        leader_workload,
-        |dir, acked| check_replica(dir, b(1), acked),
-    );
+    let found = explore("leader", Mutant::None, leader_workload, |dir, acked| {
+        check_replica(dir, b(1), acked)
+    });
     assert_survives(&found);
 }
 
@@ -1442,12 +1453,9 @@ fn a_leader_replica_survives_every_power_loss() {
 /// of a diverged suffix (KIP-279) and a restart of its log at the leader's log start.
 #[test]
 fn a_follower_replica_survives_every_power_loss() {
-    let found = explore(
-        "follower",
-        Mutant::None,
-        follower_workload,
-        |dir, acked| check_replica(dir, b(2), acked),
-    );
+    let found = explore("follower", Mutant::None, follower_workload, |dir, acked| {
+        check_replica(dir, b(2), acked)
+    });
     assert_survives(&found);
 }
 
