@@ -118,7 +118,7 @@ fn create_dir_durably<F: FileSystem>(fs: &F, dir: &Path) -> io::Result<()> {
     for &new in missing.iter().rev() {
         match fs.create_dir(new) {
             Ok(()) => {}
-            // Another thread created it meanwhile (replicas open in parallel).
+            // Created meanwhile by another opener of the same path.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new.is_dir() => {}
             Err(e) => return Err(e),
         }
