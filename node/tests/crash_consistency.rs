@@ -910,12 +910,16 @@ fn check_replica(root: &Path, me: BrokerId, acked: &ReplicaAcked) -> Result<(), 
         }
     }
     if let Some(header) = &acked.retry {
-        // Answered with its offsets, or refused (a retry older than the five batches a
-        // producer's entry keeps): either way not appended a second time.
+        // Answered with its offsets, or, when it is older than the five batches a producer's
+        // entry keeps, refused: either way not appended a second time.
+        let oldest_kept = replica
+            .producers()
+            .entry(header.producer_id)
+            .and_then(|e| e.batches().next().map(|b| b.first_seq));
         match replica.producers().check(header) {
             Ok(ProducerCheck::Duplicate { base_offset, .. })
                 if base_offset == header.base_offset => {}
-            Err(_) => {}
+            Err(_) if oldest_kept.is_some_and(|s| s > header.base_sequence) => {}
             other => {
                 return Err(format!(
                     "a retry of the acknowledged batch at {} is not answered as a duplicate: \
