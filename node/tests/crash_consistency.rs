@@ -16,20 +16,22 @@
 //!   undone (a file whose name is lost is gone, whatever was synced in it).
 //!
 //! Which of those uncovered changes survive: every combination when there are at most
-//! [`EXHAUSTIVE_UNITS_MAX`]; otherwise, a torn tail in program order at each change, each one
-//! lost alone, each file's torn tail alone, and [`SAMPLES`] combinations drawn from a PRNG
-//! seeded with the crash point (so a run is deterministic). A state is checked once against
-//! each set of acknowledgements it can meet.
+//! [`EXHAUSTIVE_UNITS_MAX`]; otherwise, a torn tail in program order, each one lost alone and
+//! each file's torn tail alone, at every change (or at [`POSITIONS_MAX`] of them when there are
+//! more), and [`SAMPLES`] combinations drawn from a PRNG seeded with the crash point (so a run
+//! is deterministic); and a few draws where a lost sector's file size survives. A state is
+//! checked once against each set of acknowledgements it can meet.
 //!
-//! Each state is written to a directory and opened with the broker's recovery (the same calls
+//! Each state is written to a directory and opened with the broker's recovery (the calls
 //! `Broker::open_partition` and `cluster::Cluster::start` make, on `FileStorage` over the OS),
 //! and the test asserts what the broker relies on: recovery neither fails nor panics nor finds
 //! the replica damaged; everything acknowledged when the power went is there (acknowledged:
 //! the storage call the broker waits for before it answers returned — a sync round for the
 //! durable end a follower reports, a high watermark write for acks=all, a role change for the
-//! leader epoch, a raft poll for a committed command); and nothing is served that was not
-//! written (every batch read back passed its CRC on the way out and is byte for byte one that
-//! was written at its offset).
+//! leader epoch, a raft poll for a committed command, a sync for a compacted key's latest
+//! record); and nothing is served that was not written (every batch read back passed its CRC on
+//! the way out, is byte for byte one that was written at its offset, and starts where the one
+//! before it ended).
 //!
 //! The mutants at the end drop one sync from the record (the recorder neither makes nor
 //! records it) and assert that the checker then finds acknowledged data lost: the checker can
