@@ -456,6 +456,17 @@ impl<S: Storage> Log<S> {
             log.end = segment.next_offset;
             log.segments.insert(base, segment);
         }
+        if let Some(start) = checkpoint_start.filter(|&s| s > log.end) {
+            // The checkpoint starts the log past every segment: a follower's restart at its
+            // leader's log start ([`Log::truncate_fully_and_start_at`]) persisted the new start
+            // first, and the power went before it had removed the old segments, which all lie
+            // below it: deleted data. The restart is finished here, as it would have ended.
+            for segment in std::mem::take(&mut log.segments).into_values() {
+                log.storage.remove(&segment.file)?;
+            }
+            log.end = start;
+            log.epochs = EpochCache::default();
+        }
         if log.segments.is_empty() {
             let base = checkpoint_start.unwrap_or(Offset::ZERO);
             log.storage.create(&Segment::file_name(base))?;
@@ -887,14 +898,23 @@ impl<S: Storage> Log<S> {
         if self.checkpointed == Some(point) {
             return Ok(());
         }
-        let body = format!("keel-partition 1 {} {}", self.log_start, self.durable_end);
+        self.write_checkpoint(self.log_start, self.durable_end)
+    }
+
+    /// Writes the checkpoint file: the log start and the recovery point.
+    fn write_checkpoint(
+        &mut self,
+        log_start: Offset,
+        recovery_point: Offset,
+    ) -> Result<(), LogError> {
+        let body = format!("keel-partition 1 {log_start} {recovery_point}");
         let crc = crc32c::crc32c(body.as_bytes());
         storage::write_atomic(
             &mut self.storage,
             PARTITION_CHECKPOINT,
             format!("{body} {crc}\n").as_bytes(),
         )?;
-        self.checkpointed = Some(point);
+        self.checkpointed = Some((log_start, recovery_point));
         Ok(())
     }
 
@@ -1419,6 +1439,13 @@ impl<S: Storage> Log<S> {
         now_ms: i64,
         offset: Offset,
     ) -> Result<(), LogError> {
+        // A restart past the log's end persists the new start first: a crash part way leaves
+        // segments that all lie below it, which the next open removes. (Removing them first
+        // left, after a crash, a log that ended below the high watermark its replica had
+        // persisted: damaged, though a power loss was all that happened.)
+        if offset > self.end {
+            self.write_checkpoint(offset, offset)?;
+        }
         // Newest first: a removal that fails leaves the older segments, a log that ends where
         // the last of them does (and always has a segment).
         self.generation += 1;

@@ -3,7 +3,14 @@
 //! Durability, as the trait requires: `sync` is `fdatasync` of the file (which also persists
 //! the file size); `create`, `rename` and `remove` `fsync` the directory before returning, so
 //! the name change is durable too; `create_deferred` leaves the directory's `fsync` to the
-//! next `sync` of any file of the directory, which does it first. A full disk is reported as [`StorageError::NoSpace`].
+//! next `sync` of any file of the directory, which does it first. [`FileStorage::open`]
+//! creates the directory if it is missing, and its missing parents, each made durable in its
+//! parent before it returns (else a power loss could take a new partition's directory, and
+//! every synced file in it, away). A full disk is reported as [`StorageError::NoSpace`].
+//!
+//! Every call that changes the disk goes through a [`FileSystem`]: [`Os`] (the default, and
+//! the only one the broker uses) is `std::fs` itself; a test passes its own to record the calls
+//! and build every state a power loss could leave (node/tests/crash_consistency.rs).
 //!
 //! Not for use inside the simulator: madsim does not simulate `std::fs`. The broker therefore
 //! reaches its disk through [`Disk`], which is either the real file system or a
@@ -11,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +31,113 @@ use keel_core::storage::{Storage, StorageError};
 /// file's length (one more system call) to bound the buffer.
 const READ_UNCHECKED_BYTES_MAX: usize = 16 << 20;
 
+/// The file system calls of [`FileStorage`] that change what is on the disk, one method per
+/// call (reads, `fstat` and `readdir` do not go through it). [`Os`] makes them; a test's
+/// implementation may record them before or instead of making them.
+pub trait FileSystem: Clone + Send + Sync + 'static {
+    /// `mkdir` of `path`, whose parent exists.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Opens the file at `path` for reading and appending; `create`: creates it, and fails if
+    /// it exists (`O_CREAT | O_EXCL`).
+    fn open(&self, path: &Path, create: bool) -> io::Result<File>;
+    /// One `write` (or `writev`) of `parts` at the end of `file`, opened at `path`: the bytes
+    /// written, which may be fewer than asked.
+    fn append(&self, file: &File, path: &Path, parts: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// `ftruncate` of `file`, opened at `path`.
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()>;
+    /// `fdatasync` of `file`, opened at `path`.
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()>;
+    /// `fsync` of the directory at `path`: its entries (names created, renamed, removed) are
+    /// durable when it returns.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// `rename`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `unlink`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The operating system's file system: the calls themselves (a zero-sized type, so a
+/// [`FileStorage`] on it costs nothing more than calling `std::fs`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Os;
+
+impl FileSystem for Os {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(create)
+            .open(path)
+    }
+
+    fn append(&self, file: &File, _path: &Path, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        match parts {
+            [one] => (&*file).write(one),
+            parts => (&*file).write_vectored(parts),
+        }
+    }
+
+    fn set_len(&self, file: &File, _path: &Path, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    fn sync_data(&self, file: &File, _path: &Path) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+}
+
+/// Creates the directory `dir` and its missing parents, and makes each durable: `fsync` of the
+/// parent it was created in.
+fn create_dir_durably<F: FileSystem>(fs: &F, dir: &Path) -> io::Result<()> {
+    // The missing directories, innermost first.
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.is_dir() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    for &new in missing.iter().rev() {
+        match fs.create_dir(new) {
+            Ok(()) => {}
+            // Created meanwhile by another opener of the same path.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for &new in missing.iter().rev() {
+        let parent = match new.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// One directory of files, with open handles cached. Clones share the handles, so an I/O
 /// thread can [`FileStorage::sync_file`] while the owner goes on appending.
 #[derive(Clone)]
-pub struct FileStorage {
+pub struct FileStorage<F: FileSystem = Os> {
+    fs: F,
     dir: PathBuf,
     handles: Arc<Mutex<BTreeMap<String, Arc<File>>>>,
     /// A name was created without syncing the directory ([`Storage::create_deferred`]): the
@@ -36,11 +146,20 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens (creating if needed) the directory `dir`.
+    /// Opens (creating if needed, durably) the directory `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<FileStorage> {
+        FileStorage::open_on(Os, dir)
+    }
+}
+
+impl<F: FileSystem> FileStorage<F> {
+    /// Opens (creating if needed, durably) the directory `dir`, making every change to the
+    /// disk through `fs`.
+    pub fn open_on(fs: F, dir: impl Into<PathBuf>) -> io::Result<FileStorage<F>> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        create_dir_durably(&fs, &dir)?;
         Ok(FileStorage {
+            fs,
             dir,
             handles: Arc::new(Mutex::new(BTreeMap::new())),
             dir_dirty: Arc::new(AtomicBool::new(false)),
@@ -67,10 +186,9 @@ impl FileStorage {
         if let Some(f) = handles.get(name) {
             return Ok(f.clone());
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(self.path(name)?)
+        let file = self
+            .fs
+            .open(&self.path(name)?, false)
             .map_err(|e| error(name, e))?;
         let file = Arc::new(file);
         handles.insert(name.to_string(), file.clone());
@@ -93,13 +211,38 @@ impl FileStorage {
                 return Err(e);
             }
         }
-        self.handle(name)?.sync_data().map_err(|e| error(name, e))
+        let file = self.handle(name)?;
+        self.fs
+            .sync_data(&file, &self.path(name)?)
+            .map_err(|e| error(name, e))
     }
 
     fn sync_dir(&self) -> Result<(), StorageError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
+        self.fs
+            .sync_dir(&self.dir)
             .map_err(|e| error(&self.dir.display().to_string(), e))
+    }
+
+    /// Writes `parts` one after another at the end of the file, however many writes it takes
+    /// (none for nothing to write).
+    fn append_all(&self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        let file = self.handle(name)?;
+        let path = self.path(name)?;
+        let mut parts: Vec<IoSlice> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            match self.fs.append(&file, &path, parts) {
+                Ok(0) => return Err(error(name, io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(error(name, e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -115,13 +258,11 @@ fn error(file: &str, e: io::Error) -> StorageError {
     }
 }
 
-impl FileStorage {
+impl<F: FileSystem> FileStorage<F> {
     fn create_file(&mut self, name: &str) -> Result<(), StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(self.path(name)?)
+        let file = self
+            .fs
+            .open(&self.path(name)?, true)
             .map_err(|e| error(name, e))?;
         self.handles
             .lock()
@@ -131,7 +272,7 @@ impl FileStorage {
     }
 }
 
-impl Storage for FileStorage {
+impl<F: FileSystem> Storage for FileStorage<F> {
     fn create(&mut self, name: &str) -> Result<(), StorageError> {
         self.create_file(name)?;
         self.sync_dir()
@@ -144,23 +285,11 @@ impl Storage for FileStorage {
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        let file = self.handle(name)?;
-        (&*file).write_all(data).map_err(|e| error(name, e))
+        self.append_all(name, &[data])
     }
 
     fn append_parts(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
-        let file = self.handle(name)?;
-        let mut parts: Vec<io::IoSlice> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-        let mut parts = &mut parts[..];
-        while !parts.is_empty() {
-            match (&*file).write_vectored(parts) {
-                Ok(0) => return Err(error(name, io::ErrorKind::WriteZero.into())),
-                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(error(name, e)),
-            }
-        }
-        Ok(())
+        self.append_all(name, parts)
     }
 
     fn read_at(&self, name: &str, pos: u64, len: usize) -> Result<Bytes, StorageError> {
@@ -212,7 +341,10 @@ impl Storage for FileStorage {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
-        self.handle(name)?.set_len(len).map_err(|e| error(name, e))
+        let file = self.handle(name)?;
+        self.fs
+            .set_len(&file, &self.path(name)?, len)
+            .map_err(|e| error(name, e))
     }
 
     fn sync(&mut self, name: &str) -> Result<(), StorageError> {
@@ -220,14 +352,18 @@ impl Storage for FileStorage {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
-        fs::rename(self.path(from)?, self.path(to)?).map_err(|e| error(from, e))?;
+        self.fs
+            .rename(&self.path(from)?, &self.path(to)?)
+            .map_err(|e| error(from, e))?;
         self.forget(from);
         self.forget(to);
         self.sync_dir()
     }
 
     fn remove(&mut self, name: &str) -> Result<(), StorageError> {
-        fs::remove_file(self.path(name)?).map_err(|e| error(name, e))?;
+        self.fs
+            .remove_file(&self.path(name)?)
+            .map_err(|e| error(name, e))?;
         self.forget(name);
         self.sync_dir()
     }
