@@ -152,10 +152,10 @@ error_codes! {
     ELIGIBLE_LEADERS_NOT_AVAILABLE = 83;
     /// ElectLeaders (KIP-460): the partition already has the leader asked for.
     ELECTION_NOT_NEEDED = 84;
-    /// A record or batch that fails validation.
-    INVALID_RECORD = 87;
     /// OffsetDelete: a member of the (non-empty) group is subscribed to the partition's topic.
     GROUP_SUBSCRIBED_TO_TOPIC = 86;
+    /// A record or batch that fails validation.
+    INVALID_RECORD = 87;
     /// OffsetFetch with `require_stable`: a transaction holds an offset of the partition that
     /// is not decided yet (KIP-447); the client retries.
     UNSTABLE_OFFSET_COMMIT = 88;
