@@ -36,6 +36,13 @@ pub struct SeedLine {
     pub read_retries: u64,
     /// Segment files created past a log's first ([`crate::disk::DiskStats::segment_rolls`]).
     pub segment_rolls: u64,
+    /// The transactional workload: commits, aborts, zombies fenced, transactions timed out,
+    /// transaction coordinator moves.
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    pub txn_fencings: u64,
+    pub txn_timeouts: u64,
+    pub txn_coordinator_moves: u64,
 }
 
 /// The swarm's result.
@@ -158,7 +165,8 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}, segment rolls {}",
+             group commits {}, coordinator moves {}, segment rolls {}; transactions: commits {}, \
+             aborts {}, fencings {}, timeouts {}, coordinator moves {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -166,6 +174,11 @@ impl fmt::Display for Summary {
             with(&|l| l.commits > 0),
             with(&|l| l.coordinator_moves > 0),
             with(&|l| l.segment_rolls > 0),
+            with(&|l| l.txn_commits > 0),
+            with(&|l| l.txn_aborts > 0),
+            with(&|l| l.txn_fencings > 0),
+            with(&|l| l.txn_timeouts > 0),
+            with(&|l| l.txn_coordinator_moves > 0),
         )
     }
 }
@@ -208,6 +221,11 @@ impl SeedLine {
             recoveries_checked: c.disk.recoveries_checked,
             read_retries: c.read_retries,
             segment_rolls: c.disk.segment_rolls,
+            txn_commits: c.txn_commits,
+            txn_aborts: c.txn_aborts,
+            txn_fencings: c.txn_fencings,
+            txn_timeouts: c.txn_timeouts,
+            txn_coordinator_moves: c.txn_coordinator_moves,
         }
     }
 
@@ -219,7 +237,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -236,6 +254,11 @@ impl SeedLine {
             self.recoveries_checked,
             self.read_retries,
             self.segment_rolls,
+            self.txn_commits,
+            self.txn_aborts,
+            self.txn_fencings,
+            self.txn_timeouts,
+            self.txn_coordinator_moves,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -245,8 +268,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(20, '\t').collect();
-        if f.len() != 20 {
+        let f: Vec<&str> = line.splitn(25, '\t').collect();
+        if f.len() != 25 {
             return None;
         }
         let verdict = match f[2] {
@@ -255,13 +278,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[17]
+        let faults = f[22]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[18]
+        let anomalies = f[23]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -283,9 +306,14 @@ impl SeedLine {
             recoveries_checked: f[14].parse().ok()?,
             read_retries: f[15].parse().ok()?,
             segment_rolls: f[16].parse().ok()?,
+            txn_commits: f[17].parse().ok()?,
+            txn_aborts: f[18].parse().ok()?,
+            txn_fencings: f[19].parse().ok()?,
+            txn_timeouts: f[20].parse().ok()?,
+            txn_coordinator_moves: f[21].parse().ok()?,
             faults,
             anomalies,
-            reason: f[19].to_string(),
+            reason: f[24].to_string(),
         })
     }
 }
@@ -386,6 +414,11 @@ impl SeedLine {
             recoveries_checked: 0,
             read_retries: 0,
             segment_rolls: 0,
+            txn_commits: 0,
+            txn_aborts: 0,
+            txn_fencings: 0,
+            txn_timeouts: 0,
+            txn_coordinator_moves: 0,
         }
     }
 }

@@ -123,6 +123,13 @@ fn fixed_regression_and_commit_seeds_pass() {
     assert!(summary.lines.iter().any(|l| l.coordinator_moves > 0));
     // Logs rolled (the seeds with small segments): syncs and recovery spanned segments.
     assert!(summary.lines.iter().any(|l| l.segment_rolls > 0));
+    // Transactions (the seeds with the transactional workload) committed and aborted, zombies
+    // were fenced, stalled transactions timed out, and transaction coordinators moved.
+    assert!(summary.lines.iter().any(|l| l.txn_commits > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_aborts > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_fencings > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_timeouts > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_coordinator_moves > 0));
 }
 
 #[test]
