@@ -414,6 +414,9 @@ pub struct WriteMarkers {
     pub coordinator_epoch: i32,
     /// The partitions, in order.
     pub partitions: Vec<TopicPartition>,
+    /// When the transaction started (its durable start time, -1: unknown): a partition
+    /// refuses the marker if the producer's open transaction there started later.
+    pub txn_start_ms: i64,
 }
 
 /// One id in a DescribeTransactions answer.
@@ -1018,6 +1021,14 @@ impl TxnCoordinator {
         Reply::Pending
     }
 
+    /// When the durable Ongoing transaction of `transactional_id` started, if there is one:
+    /// what a partition leader is told with its verification, so that it can refuse the
+    /// markers of earlier transactions ([`WriteMarkers::txn_start_ms`]).
+    pub fn txn_start_ms(&self, transactional_id: &str) -> Option<i64> {
+        let v = self.txns.get(transactional_id)?.durable.as_ref()?;
+        (v.state == TxnState::Ongoing && v.start_ms >= 0).then_some(v.start_ms)
+    }
+
     /// KIP-890's verify-only AddPartitionsToTxn (Kafka's
     /// `handleVerifyPartitionsInTransaction`), which a partition leader sends before it
     /// accepts a transaction's first write: per partition NONE if the durable transaction
@@ -1367,6 +1378,7 @@ impl TxnCoordinator {
             result,
             coordinator_epoch: self.coordinator_epoch,
             partitions: t.markers_outstanding.iter().cloned().collect(),
+            txn_start_ms: v.start_ms,
         });
     }
 

@@ -1573,6 +1573,7 @@ async fn txn_produce(
             TxnRecord {
                 producer: label.clone(),
                 values: Vec::new(),
+                offsets: BTreeMap::new(),
                 commit_sent_ms: None,
                 outcome: TxnOutcome::Aborted,
                 zombie: false,
@@ -1592,10 +1593,17 @@ async fn txn_produce(
             w.txn.lock().expect("txn history poisoned").txns[i]
                 .values
                 .push((key.clone(), value));
-            if let Err(e) = client.txn_produce(&mut p, key, value).await {
-                w.trace.event(format!("{label}: produce to {key}: {e}"));
-                sent_all = false;
-                break;
+            match client.txn_produce(&mut p, key, value).await {
+                Ok(offset) => {
+                    w.txn.lock().expect("txn history poisoned").txns[i]
+                        .offsets
+                        .insert(value, offset);
+                }
+                Err(e) => {
+                    w.trace.event(format!("{label}: produce to {key}: {e}"));
+                    sent_all = false;
+                    break;
+                }
             }
         }
         madsim::time::sleep(Duration::from_millis(rng.gen_range(0..TXN_OPEN_MS_MAX))).await;

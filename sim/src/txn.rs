@@ -54,6 +54,8 @@ pub struct TxnRecord {
     pub producer: String,
     /// Every value it sent (acknowledged or not), with its key.
     pub values: Vec<(Key, Value)>,
+    /// The offsets its acknowledged sends were appended at.
+    pub offsets: BTreeMap<Value, Offset>,
     /// When its commit was first sent (simulated ms).
     pub commit_sent_ms: Option<u64>,
     pub outcome: TxnOutcome,
@@ -249,11 +251,14 @@ pub fn check(h: &TxnHistory) -> Vec<(TxnAnomaly, String)> {
             let visible = t.values.iter().filter(|(_, v)| seen.contains(v)).count();
             match t.outcome {
                 TxnOutcome::Committed if !t.zombie && visible < t.values.len() => {
-                    let missing: Vec<u64> = t
+                    let missing: Vec<String> = t
                         .values
                         .iter()
                         .filter(|(_, v)| !seen.contains(v))
-                        .map(|(_, v)| v.0)
+                        .map(|(k, v)| match t.offsets.get(v) {
+                            Some(o) => format!("{} ({k} {o})", v.0),
+                            None => format!("{} ({k})", v.0),
+                        })
                         .collect();
                     out.push((
                         TxnAnomaly::LostCommittedWrite,
@@ -295,6 +300,7 @@ mod tests {
             commit_sent_ms,
             outcome,
             zombie: false,
+            offsets: BTreeMap::new(),
         }
     }
 

@@ -7,8 +7,12 @@
 //!   sequence), as idempotent sends are; any error that ends its attempts leaves the
 //!   transaction to be aborted, never committed: the caller knows which values it holds.
 //! - [`EndOutcome`] says what an EndTxn can have done: `Done` only on the coordinator's NONE,
-//!   `Refused` only when every attempt was answered with an error (so none of them decided
-//!   anything), `Unknown` when an attempt may have reached the coordinator unanswered.
+//!   `Refused` only when every attempt was answered with an error that means it was not
+//!   taken, `Unknown` when an attempt may have been taken: no answer, or NOT_COORDINATOR
+//!   (COORDINATOR_NOT_AVAILABLE, REQUEST_TIMED_OUT) from a coordinator that lost track of a
+//!   record it was writing, which its successor may load (simulator seed 54: a commit
+//!   answered NOT_COORDINATOR, then CONCURRENT_TRANSACTIONS until the client gave up, was
+//!   committed).
 //! - A `read_committed` fetch returns only records below the last stable offset, minus those
 //!   of the aborted transactions the broker lists, with control batches skipped (Kafka's
 //!   `Fetcher` with `IsolationLevel.READ_COMMITTED`).
@@ -60,9 +64,10 @@ pub struct CommittedFetch {
 pub enum EndOutcome {
     /// The coordinator answered NONE.
     Done,
-    /// Every attempt was answered with an error: this EndTxn decided nothing.
+    /// Every attempt was answered with an error that means it was not taken.
     Refused(ClientError),
-    /// An attempt may have been taken unanswered: the transaction may have ended either way.
+    /// An attempt may have been taken (no answer, or NOT_COORDINATOR): the transaction may
+    /// have ended either way.
     Unknown(String),
 }
 
@@ -178,11 +183,22 @@ impl Client {
                         Some(e) => e,
                     },
                 },
-                Err(e) => {
-                    maybe_taken |= matches!(e, ClientError::NoResponse { .. });
-                    e
-                }
+                Err(e) => e,
             };
+            // An answer that may have cut a taken request short: none at all, or a
+            // coordinator that resigned (or timed out) while the request's record was being
+            // written, which a later coordinator may still find committed (Kafka's
+            // `appendTransactionToLog` answers NOT_COORDINATOR for a write it lost track of).
+            maybe_taken |= matches!(
+                e,
+                ClientError::NoResponse { .. }
+                    | ClientError::Kafka {
+                        error: ResponseError::NotCoordinator
+                            | ResponseError::CoordinatorNotAvailable
+                            | ResponseError::RequestTimedOut,
+                        ..
+                    }
+            );
             if matches!(
                 e,
                 ClientError::Kafka {
