@@ -59,6 +59,8 @@ pub use keel_core::txn::{TRANSACTION_STATE_PARTITIONS_DEFAULT, TRANSACTION_STATE
 
 /// Kafka's default `transaction.state.log.replication.factor`.
 pub const TRANSACTION_STATE_REPLICATION_FACTOR_DEFAULT: i16 = 3;
+/// How long a coordinator whose append failed waits before it loads again.
+const RELOAD_AFTER_FAILURE: Duration = Duration::from_millis(500);
 /// The longest a driver sleeps without looking.
 const DRIVER_TICK: Duration = Duration::from_millis(100);
 /// How many bytes a load reads per step.
@@ -427,7 +429,10 @@ impl Broker {
         if let Some(Slot::Active(a)) = slots.remove(&index) {
             let partition = a.partition.clone();
             a.resign();
-            self.start_txn_loading(slots, &partition);
+            // Not at once: a load resumes the coordinator's work and appends again at the
+            // same instant, so an append that keeps failing (a full disk) would resign and
+            // load in a loop that never lets time pass (simulator seed 79).
+            self.start_txn_loading_after(slots, &partition, RELOAD_AFTER_FAILURE);
         }
     }
 
@@ -450,12 +455,29 @@ impl Broker {
     }
 
     fn start_txn_loading(&self, slots: &mut BTreeMap<i32, Slot>, p: &Arc<PartitionHandle>) {
+        self.start_txn_loading_after(slots, p, Duration::ZERO);
+    }
+
+    /// Loads the coordinator of `p` after `delay` (requests meanwhile get
+    /// COORDINATOR_LOAD_IN_PROGRESS).
+    fn start_txn_loading_after(
+        &self,
+        slots: &mut BTreeMap<i32, Slot>,
+        p: &Arc<PartitionHandle>,
+        delay: Duration,
+    ) {
         let (leader, epoch) = p.with(|r| (r.is_leader(), r.leader_epoch()));
         if !leader || p.deleted.load(Ordering::SeqCst) {
             return;
         }
         slots.insert(p.index, Slot::Loading { epoch });
-        tokio::spawn(load(self.this.clone(), p.clone(), epoch));
+        let (broker, p) = (self.this.clone(), p.clone());
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            load(broker, p, epoch).await
+        });
     }
 
     /// Whether the coordinator of `index` is still the one loaded at `epoch`.
