@@ -72,6 +72,9 @@ const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
+/// Attributes bit 6 (KIP-534): the log cleaner set `baseTimestamp` to the delete horizon, the
+/// time after which the batch's tombstones may be removed.
+pub const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// Why bytes are not a valid batch. Every variant blames the bytes, never keel.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -628,7 +631,7 @@ impl Cursor<'_> {
     }
 }
 
-fn put_varlong(buf: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_varlong(buf: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         buf.push((z as u8) | 0x80);
@@ -637,7 +640,7 @@ fn put_varlong(buf: &mut Vec<u8>, v: i64) {
     buf.push(z as u8);
 }
 
-fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+pub(crate) fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         None => put_varlong(buf, -1),
         Some(b) => {

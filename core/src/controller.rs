@@ -1,10 +1,10 @@
 //! The metadata state machine: KRaft's controller state (topics, partitions, brokers, topic
-//! configs, producer-id blocks), replicated through the metadata quorum ([`crate::quorum`]).
+//! configs, producer-id blocks, ACLs, SCRAM credentials), replicated through the metadata quorum ([`crate::quorum`]).
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
 //! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
-//! `elect_leaders`, `alter_partition`) take `&self`: they validate a request against the
+//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -50,6 +50,8 @@
 //!    partition epoch by one, and the leader epoch by one exactly when the leader changes. A
 //!    new leader comes from the ISR (unless unclean election was chosen). A fence or unfence
 //!    applies only at the broker's current epoch and only if it changes the fenced flag.
+//! 8. Every ACL binding passes `AclBinding::validate` (known codes, a name, a `Type:name`
+//!    principal, a host; `kafka-cluster` for the CLUSTER), and none is held twice.
 //!
 //! # Kafka sources
 //! `ReplicationControlManager` (topic creation and deletion, partitions, name collisions),
@@ -59,8 +61,11 @@
 
 #![warn(missing_docs)]
 
+pub mod acls;
 pub mod config;
+pub mod elections;
 pub mod records;
+pub mod scram;
 pub mod store;
 
 #[cfg(test)]
@@ -70,6 +75,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use config::{ConfigEntry, ConfigError, ConfigSource, ConfigType, TopicConfig};
+pub use elections::{ElectionResult, ElectionType, LeaderBalance};
 pub use records::{Endpoint, MetadataRecord, Record};
 pub use store::{MetadataStore, OpenReport, StoreError};
 
@@ -376,6 +382,15 @@ pub enum ControllerError {
     /// INELIGIBLE_REPLICA (107).
     #[error("{0}")]
     IneligibleReplica(String),
+    /// PREFERRED_LEADER_NOT_AVAILABLE (80).
+    #[error("{0}")]
+    PreferredLeaderNotAvailable(String),
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE (83).
+    #[error("{0}")]
+    EligibleLeadersNotAvailable(String),
+    /// ELECTION_NOT_NEEDED (84).
+    #[error("{0}")]
+    ElectionNotNeeded(String),
 }
 
 impl ControllerError {
@@ -398,6 +413,9 @@ impl ControllerError {
             ControllerError::UnknownTopicId(_) => code::UNKNOWN_TOPIC_ID,
             ControllerError::BrokerIdNotRegistered(_) => code::BROKER_ID_NOT_REGISTERED,
             ControllerError::IneligibleReplica(_) => code::INELIGIBLE_REPLICA,
+            ControllerError::PreferredLeaderNotAvailable(_) => code::PREFERRED_LEADER_NOT_AVAILABLE,
+            ControllerError::EligibleLeadersNotAvailable(_) => code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+            ControllerError::ElectionNotNeeded(_) => code::ELECTION_NOT_NEEDED,
         }
     }
 }
@@ -437,6 +455,14 @@ pub enum ApplyError {
     /// unfenced registration; or a fence or unfence that does not fit the broker.
     #[error("invalid broker registration: {0}")]
     InvalidBroker(String),
+    /// An ACL record with an unknown code or a binding that does not validate; an ACL added
+    /// that exists or removed that does not ([`acls`]).
+    #[error("invalid ACL record: {0}")]
+    InvalidAcl(String),
+    /// A SCRAM credential record that does not validate, or a removal of a credential that
+    /// does not exist ([`scram`]).
+    #[error("invalid SCRAM credential record: {0}")]
+    InvalidScram(String),
 }
 
 /// The controller's metadata state. See the module documentation for its invariants.
@@ -449,6 +475,10 @@ pub struct MetadataState {
     next_producer_id: i64,
     /// The largest broker epoch ever registered.
     last_broker_epoch: i64,
+    /// The ACL bindings ([`acls`]).
+    acls: crate::acl::Acls,
+    /// The SCRAM credentials by user and mechanism code ([`scram`]).
+    scram: BTreeMap<(String, i8), scram::StoredScram>,
 }
 
 impl MetadataState {
@@ -507,6 +537,15 @@ impl MetadataState {
             .filter(|b| !b.fenced)
             .map(|b| b.id)
             .collect()
+    }
+
+    /// How many partitions `broker` leads.
+    pub fn led_partitions(&self, broker: BrokerId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == broker)
+            .count()
     }
 
     /// The first producer id the next block will hand out.
@@ -865,8 +904,9 @@ impl MetadataState {
     /// it returns, leaderless until then), and every partition it led, or that has no live
     /// leader, elects the first assigned replica that is in the ISR and live (registered,
     /// unfenced, not `fenced`). Only with [`UncleanElection::Enabled`] may a partition without
-    /// a live ISR member elect a live replica outside it, which becomes the whole ISR.
-    /// The leader epoch bumps with every leader change, the partition epoch with every change
+    /// a live ISR member elect a live replica outside it, which becomes the whole ISR; a
+    /// topic's own `unclean.leader.election.enable`, when it sets one, decides for its
+    /// partitions instead. The leader epoch bumps with every leader change, the partition epoch with every change
     /// (on apply). Partitions in topic name order, then index.
     pub fn elect_leaders(&self, fenced: BrokerId, unclean: UncleanElection) -> Vec<MetadataRecord> {
         let live: BTreeSet<BrokerId> = self
@@ -1016,6 +1056,40 @@ impl MetadataState {
         Ok((next, vec![record.into()]))
     }
 
+    /// [`alter_partition`](Self::alter_partition) with KIP-903's check: `member_epochs`, in
+    /// the order of `new_isr` (or empty when the sender knows none), are the broker epochs of
+    /// the incarnations whose fetches the leader judged; a member being added whose epoch is
+    /// known (above 0) and is not the one registered now is INELIGIBLE_REPLICA. Without it, a
+    /// proposal computed from a broker's fetches before it restarted (its log then reached
+    /// the high watermark) could be committed after the restart, when its log may lack what
+    /// was acknowledged meanwhile (simulator seed 342: the proposal waited for a controller
+    /// that was itself restarting). Members already in the ISR are not checked: keel keeps a
+    /// restarted broker in its ISRs, and a shrink must not wait for its first fetch.
+    pub fn alter_partition_with_epochs(
+        &self,
+        request: &AlterPartitionRequest,
+        member_epochs: &[i64],
+    ) -> Result<(Partition, Vec<MetadataRecord>), ControllerError> {
+        let outcome = self.alter_partition(request)?;
+        let current = self
+            .topics
+            .get(&request.topic_id)
+            .and_then(|t| t.partitions.get(usize::try_from(request.partition).ok()?));
+        for (member, &epoch) in request.new_isr.iter().zip(member_epochs) {
+            if epoch <= 0 || current.is_some_and(|p| p.isr.contains(member)) {
+                continue;
+            }
+            let registered = self.brokers.get(member).map(|b| b.epoch);
+            if registered != Some(epoch) {
+                return Err(ControllerError::IneligibleReplica(format!(
+                    "broker {member} in the new ISR was judged at broker epoch {epoch}, but is \
+                     registered at {registered:?}: it restarted since (KIP-903)"
+                )));
+            }
+        }
+        Ok(outcome)
+    }
+
     fn registered(&self, broker: BrokerId) -> Result<&Broker, ControllerError> {
         self.brokers.get(&broker).ok_or_else(|| {
             ControllerError::BrokerIdNotRegistered(format!("Broker {broker} is not registered."))
@@ -1061,7 +1135,11 @@ impl MetadataState {
                         if !isr.contains(&r) {
                             isr.push(r);
                         }
-                    } else if unclean == UncleanElection::Enabled {
+                    } else if topic
+                        .config
+                        .unclean_leader_election()
+                        .map_or(unclean == UncleanElection::Enabled, |on| on)
+                    {
                         if let Some(&r) = p.replicas.iter().find(|r| live.contains(r)) {
                             leader = r;
                             isr = vec![r];
@@ -1135,6 +1213,10 @@ impl MetadataState {
             Some(Record::UnfenceBroker(r)) => {
                 self.apply_fencing(r.broker_id, r.broker_epoch, false)
             }
+            Some(Record::Acl(r)) => self.apply_acl(r, true),
+            Some(Record::RemoveAcl(r)) => self.apply_acl(r, false),
+            Some(Record::ScramCredential(r)) => self.apply_scram(r),
+            Some(Record::RemoveScramCredential(r)) => self.apply_remove_scram(r),
         }
     }
 
@@ -1382,6 +1464,12 @@ impl MetadataState {
                 epochs.insert(broker.epoch),
                 "invariant 6: broker epochs are unique across brokers ({})",
                 broker.epoch
+            );
+        }
+        for binding in self.acls.iter() {
+            assert!(
+                binding.validate().is_ok(),
+                "invariant 8: every ACL binding validates: {binding}"
             );
         }
     }

@@ -75,6 +75,12 @@ error_codes! {
     REBALANCE_IN_PROGRESS = 27;
     /// An offset commit's records are too large for `__consumer_offsets`.
     INVALID_COMMIT_OFFSET_SIZE = 28;
+    /// The principal may not do this to the topic (ACLs, docs/security.md).
+    TOPIC_AUTHORIZATION_FAILED = 29;
+    /// The principal may not do this to the group.
+    GROUP_AUTHORIZATION_FAILED = 30;
+    /// The principal may not do this to the cluster.
+    CLUSTER_AUTHORIZATION_FAILED = 31;
     /// A SASL mechanism this broker does not offer.
     UNSUPPORTED_SASL_MECHANISM = 33;
     /// CreateTopics: a topic of that name exists.
@@ -107,12 +113,16 @@ error_codes! {
     CONCURRENT_TRANSACTIONS = 51;
     /// A transaction marker from a coordinator older than the partition has seen.
     TRANSACTION_COORDINATOR_FENCED = 52;
-    /// Transactions are not supported: keel refuses transactional ids with this.
+    /// The principal may not use the transactional id.
     TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53;
+    /// The ACL APIs without an authoriser (`authorizer.class.name` not set).
+    SECURITY_DISABLED = 54;
     /// Another part of the same request failed, so this part was not attempted.
     OPERATION_NOT_ATTEMPTED = 55;
     /// A disk error on the broker.
     KAFKA_STORAGE_ERROR = 56;
+    /// SASL authentication failed (a wrong password, an unknown user, a malformed exchange).
+    SASL_AUTHENTICATION_FAILED = 58;
     /// The partition no longer knows the producer id (its state expired or was removed).
     UNKNOWN_PRODUCER_ID = 59;
     /// DeleteGroups on a group that still has members.
@@ -134,8 +144,14 @@ error_codes! {
     STALE_BROKER_EPOCH = 77;
     /// KIP-394: join again with the member id given in this response.
     MEMBER_ID_REQUIRED = 79;
+    /// ElectLeaders (KIP-460): the preferred replica is fenced or out of the ISR.
+    PREFERRED_LEADER_NOT_AVAILABLE = 80;
     /// KIP-345: another member now holds this `group.instance.id`.
     FENCED_INSTANCE_ID = 82;
+    /// ElectLeaders (KIP-460): no replica of the partition can lead.
+    ELIGIBLE_LEADERS_NOT_AVAILABLE = 83;
+    /// ElectLeaders (KIP-460): the partition already has the leader asked for.
+    ELECTION_NOT_NEEDED = 84;
     /// A record or batch that fails validation.
     INVALID_RECORD = 87;
     /// OffsetFetch with `require_stable`: a transaction holds an offset of the partition that
@@ -143,6 +159,13 @@ error_codes! {
     UNSTABLE_OFFSET_COMMIT = 88;
     /// A newer producer with the same transactional id exists: this one is fenced.
     PRODUCER_FENCED = 90;
+    /// DescribeUserScramCredentials: the user has no SCRAM credential; AlterUserScram-
+    /// Credentials: a deletion of a credential that does not exist.
+    RESOURCE_NOT_FOUND = 91;
+    /// A user named twice in one DescribeUserScramCredentials or AlterUserScramCredentials.
+    DUPLICATE_RESOURCE = 92;
+    /// A SCRAM credential the broker will not store (iterations out of range, an empty user).
+    UNACCEPTABLE_CREDENTIAL = 93;
     /// AlterPartition: the partition epoch is not the current one.
     INVALID_UPDATE_VERSION = 95;
     /// No topic has this id.

@@ -6,6 +6,8 @@
 //! crash model of [`storage::MemStorage`]) comes from an RNG the caller seeds. `core/clippy.toml`
 //! enforces the boundary.
 //!
+//! - [`acl`]: Kafka's ACL authoriser (`StandardAuthorizer`): bindings, filters, the decision
+//!   for a principal, host, operation and resource, super users and the no-ACL default.
 //! - [`batch`]: the Kafka record batch v2 (parse, stamp, build, records, compression), and
 //!   the control batches that carry transaction markers.
 //! - [`storage`]: the small file trait the log writes through, and an in-memory implementation
@@ -18,8 +20,8 @@
 //! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
 //!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
-//!   producer-id blocks), its prost records, and a single-node store of them the broker no
-//!   longer uses (the quorum's raft log holds them).
+//!   producer-id blocks, ACLs, SCRAM credentials), its prost records, and a single-node store
+//!   of them the broker no longer uses (the quorum's raft log holds them).
 //! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
 //!   offsets), its `__consumer_offsets` records and its rebuild from them.
 //! - [`txn`]: the transaction coordinator (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn,
@@ -37,6 +39,7 @@
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod acl;
 pub mod batch;
 pub mod controller;
 pub mod error_code;

@@ -371,6 +371,8 @@ impl<S: Storage> Log<S> {
     /// batch at or past the persisted recovery point is re-validated, the log is truncated at
     /// the first invalid batch, later segments are removed, and indexes are rebuilt.
     pub fn open(mut storage: S, config: LogConfig, now_ms: i64) -> Result<Log<S>, LogError> {
+        // A cleaning a crash interrupted: undone before its commit point, finished after it.
+        cleaner::recover(&mut storage)?;
         let names = storage.list()?;
         for name in names.iter().filter(|n| n.ends_with(".tmp")) {
             storage.remove(name)?;
@@ -1636,6 +1638,7 @@ fn read_partition_checkpoint<S: Storage>(storage: &S) -> (Option<Offset>, Offset
     parsed.unwrap_or((None, Offset::ZERO))
 }
 
+pub mod cleaner;
 pub mod testing;
 
 #[cfg(test)]

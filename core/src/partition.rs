@@ -38,6 +38,7 @@
 //!   [`PartitionReplica::on_partition_change`] (committed) or
 //!   [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
 //! - [`Effect::Sync`]: queue the partition for a sync round (2).
+//! - [`Effect::WriteHighWatermark`]: queue the partition for a high watermark write (2b).
 //! - [`Effect::HighWatermark`]: for each waiting acks=all produce,
 //!   [`PartitionReplica::produce_status`] with the epoch and last offset from its
 //!   [`Appended`]: answer on `Acked` or `Failed`, keep waiting on `Waiting`, time out with
@@ -49,10 +50,14 @@
 //! 1. A produce: for acks=all, [`PartitionReplica::check_enough_replicas`] first
 //!    (NOT_ENOUGH_REPLICAS); then [`PartitionReplica::append`]; answer acks=1 now.
 //! 2. A sync round (group commit), on the I/O thread: [`PartitionReplica::prepare_sync`] under
-//!    the lock, the sync outside it, [`PartitionReplica::complete_sync`] under it; then, while
-//!    [`PartitionReplica::prepare_state_write`] hands one out, [`StateWrite::write_to`] outside
-//!    the lock and [`PartitionReplica::complete_state_write`] (or
-//!    [`PartitionReplica::fail_state_write`]) under it.
+//!    the lock, the sync outside it, [`PartitionReplica::complete_sync`] under it.
+//!
+//!    2b. A high watermark write, on an I/O thread, possibly while a sync round of the same
+//!    partition runs: [`PartitionReplica::prepare_state_write`] under the lock,
+//!    [`StateWrite::write_to`] outside it and [`PartitionReplica::complete_state_write`] (or
+//!    [`PartitionReplica::fail_state_write`]) under it. The write covers only a high watermark
+//!    that earlier syncs made durable on every ISR member, so it needs nothing from a round in
+//!    flight.
 //! 3. A follower's fetch: [`PartitionReplica::handle_follower_fetch`]; send back the response.
 //! 4. A deadline: [`PartitionReplica::handle_timeout`].
 //!
@@ -252,11 +257,17 @@ pub enum Effect {
     /// [`PartitionReplica::on_partition_change`] (committed) or
     /// [`PartitionReplica::on_alter_partition_failed`] (rejected, or no answer in time).
     AlterPartition(AlterPartition),
-    /// The log holds unsynced data, or a high watermark write is wanted: run a sync round on
-    /// the I/O thread ([`PartitionReplica::prepare_sync`], the sync,
-    /// [`PartitionReplica::complete_sync`], then [`PartitionReplica::prepare_state_write`] until
-    /// `None`). Reported once until the round's `prepare_sync`.
+    /// The log holds unsynced data: run a sync round on the I/O thread
+    /// ([`PartitionReplica::prepare_sync`], the sync, [`PartitionReplica::complete_sync`]).
+    /// Reported once until the round's `prepare_sync`.
     Sync,
+    /// A high watermark write is wanted: run it on the I/O thread
+    /// ([`PartitionReplica::prepare_state_write`], [`StateWrite::write_to`],
+    /// [`PartitionReplica::complete_state_write`]). Reported once until that
+    /// `prepare_state_write`. It is independent of [`Effect::Sync`]: the shell may run the two
+    /// at once (the write covers only what an earlier sync made durable), so that neither
+    /// waits behind the other.
+    WriteHighWatermark,
     /// The exposed high watermark is now this: answer the acks=all produces it covers
     /// ([`PartitionReplica::produce_status`]), wake long-polling fetches and the followers'
     /// fetches.
@@ -271,6 +282,8 @@ pub enum Effect {
 struct Reported {
     /// [`Effect::Sync`] was reported and its round has not begun.
     sync: bool,
+    /// [`Effect::WriteHighWatermark`] was reported and its write has not been handed out.
+    state_write: bool,
     high_watermark: Offset,
     deadline: Option<i64>,
 }
@@ -1841,16 +1854,20 @@ impl<S: Storage> PartitionReplica<S> {
     /// variants; `None` when there is nothing. Call until `None` after every input (a produce,
     /// a follower's fetch, a fetch answer, a sync round, a role change, a timeout, an
     /// AlterPartition answer). Each effect is reported once: an unsynced log or a wanted high
-    /// watermark write until the sync round begins, a high watermark or a deadline when it
+    /// watermark write until the write is handed out, a high watermark or a deadline when it
     /// changed.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         if let Some(alter) = self.poll_alter_partition() {
             return Some(Effect::AlterPartition(alter));
         }
         let unsynced = self.log.durable_end() < self.log.end();
-        if !self.reported.sync && (unsynced || self.state_write_wanted()) {
+        if !self.reported.sync && unsynced {
             self.reported.sync = true;
             return Some(Effect::Sync);
+        }
+        if !self.reported.state_write && self.state_write_wanted() {
+            self.reported.state_write = true;
+            return Some(Effect::WriteHighWatermark);
         }
         if self.high_watermark != self.reported.high_watermark {
             self.reported.high_watermark = self.high_watermark;
@@ -1896,6 +1913,7 @@ impl<S: Storage> PartitionReplica<S> {
     /// flight. Run [`StateWrite::write_to`] on the partition's side storage (where
     /// `snapshots` live), then [`PartitionReplica::complete_state_write`].
     pub fn prepare_state_write(&mut self) -> Option<StateWrite> {
+        self.reported.state_write = false;
         if self.sole || self.hw_write_in_flight.is_some() || self.hw_wanted <= self.hw_persisted {
             return None;
         }

@@ -32,8 +32,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_core::controller::records::MetadataBatch;
 use keel_core::controller::{
-    AlterPartitionRequest, BrokerId, ControllerError, MetadataRecord, MetadataState, TopicId,
-    UncleanElection,
+    AlterPartitionRequest, BrokerId, ControllerError, LeaderBalance, MetadataRecord, MetadataState,
+    TopicId, UncleanElection,
 };
 use keel_core::quorum::sessions::{BrokerSessions, Heartbeat, HeartbeatReply};
 use keel_core::quorum::{
@@ -84,6 +84,9 @@ pub struct ClusterSettings {
     pub heartbeat_interval_ms: u64,
     /// `unclean.leader.election.enable`.
     pub unclean: UncleanElection,
+    /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds` (in ms)
+    /// and `leader.imbalance.per.broker.percentage`; `None`: no leader balance.
+    pub leader_balance: Option<(u64, u32)>,
 }
 
 impl ClusterSettings {
@@ -136,6 +139,7 @@ enum Request {
     },
     AlterPartition {
         request: AlterPartitionRequest,
+        member_epochs: Vec<i64>,
         reply: oneshot::Sender<ProposeResult>,
     },
 }
@@ -161,6 +165,9 @@ struct Answer {
     /// Heartbeats: the broker's metadata is caught up.
     #[prost(bool, tag = "6")]
     is_caught_up: bool,
+    /// Heartbeats: the broker asked for a controlled shutdown and may stop now.
+    #[prost(bool, tag = "7")]
+    should_shut_down: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -173,6 +180,8 @@ struct HeartbeatMessage {
     metadata_offset: u64,
     #[prost(bool, tag = "4")]
     want_fence: bool,
+    #[prost(bool, tag = "5")]
+    want_shut_down: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -191,6 +200,10 @@ struct AlterPartitionMessage {
     partition_epoch: i32,
     #[prost(int32, repeated, tag = "7")]
     new_isr: Vec<i32>,
+    /// KIP-903: the broker epoch of each `new_isr` member as the leader saw it in its
+    /// fetches (-1 unknown), or empty.
+    #[prost(int64, repeated, tag = "8")]
+    new_isr_epochs: Vec<i64>,
 }
 
 /// The [`ControllerError`] for a Kafka error code from a peer.
@@ -263,6 +276,7 @@ fn decode_heartbeat_reply(body: Bytes) -> Result<HeartbeatReply, ControllerError
     Ok(HeartbeatReply {
         is_fenced: answer.is_fenced,
         is_caught_up: answer.is_caught_up,
+        should_shut_down: answer.should_shut_down,
         records: Vec::new(),
     })
 }
@@ -364,6 +378,9 @@ impl Cluster {
             config,
             storage,
             sessions: BrokerSessions::with_timeout(settings.session_timeout_ms, settings.unclean),
+            balance: settings
+                .leader_balance
+                .map(|(interval_ms, percentage)| LeaderBalance::new(interval_ms, percentage)),
             waiters: BTreeMap::new(),
             next_id: 1,
             view: view.clone(),
@@ -445,6 +462,7 @@ impl Cluster {
                 broker_epoch: heartbeat.broker_epoch,
                 metadata_offset: heartbeat.metadata_offset,
                 want_fence: heartbeat.want_fence,
+                want_shut_down: heartbeat.want_shut_down,
             }
             .encode_to_vec(),
         );
@@ -462,14 +480,20 @@ impl Cluster {
         .await
     }
 
-    /// Sends an ISR change to the controller.
-    pub async fn alter_partition(&self, request: AlterPartitionRequest) -> ProposeResult {
-        let body = Bytes::from(alter_partition_message(&request).encode_to_vec());
+    /// Sends an ISR change to the controller, with the broker epoch each new ISR member had in
+    /// the fetches the leader judged it by (KIP-903; -1 unknown; in `new_isr` order).
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+        member_epochs: Vec<i64>,
+    ) -> ProposeResult {
+        let body = Bytes::from(alter_partition_message(&request, &member_epochs).encode_to_vec());
         self.ask_controller(
             kind::ALTER_PARTITION,
             body,
             move |_, reply| Request::AlterPartition {
                 request: request.clone(),
+                member_epochs: member_epochs.clone(),
                 reply,
             },
             decode_proposed,
@@ -605,9 +629,14 @@ impl Cluster {
                     partition_epoch: m.partition_epoch,
                     new_isr: m.new_isr.into_iter().map(BrokerId).collect(),
                 };
+                let member_epochs = m.new_isr_epochs;
                 propose_answer(
                     &self
-                        .ask_driver(|reply| Request::AlterPartition { request, reply })
+                        .ask_driver(|reply| Request::AlterPartition {
+                            request,
+                            member_epochs,
+                            reply,
+                        })
                         .await,
                 )
             }
@@ -621,6 +650,7 @@ impl Cluster {
                     broker_epoch: m.broker_epoch,
                     metadata_offset: m.metadata_offset,
                     want_fence: m.want_fence,
+                    want_shut_down: m.want_shut_down,
                 };
                 match self
                     .ask_driver(|reply| Request::Heartbeat { heartbeat, reply })
@@ -629,6 +659,7 @@ impl Cluster {
                     Ok(reply) => Answer {
                         is_fenced: reply.is_fenced,
                         is_caught_up: reply.is_caught_up,
+                        should_shut_down: reply.should_shut_down,
                         ..Answer::default()
                     },
                     Err(e) => error_answer(&e),
@@ -653,7 +684,7 @@ impl Cluster {
     }
 }
 
-fn alter_partition_message(r: &AlterPartitionRequest) -> AlterPartitionMessage {
+fn alter_partition_message(r: &AlterPartitionRequest, epochs: &[i64]) -> AlterPartitionMessage {
     AlterPartitionMessage {
         broker_id: r.broker_id.0,
         broker_epoch: r.broker_epoch,
@@ -662,6 +693,7 @@ fn alter_partition_message(r: &AlterPartitionRequest) -> AlterPartitionMessage {
         leader_epoch: r.leader_epoch.0,
         partition_epoch: r.partition_epoch,
         new_isr: r.new_isr.iter().map(|b| b.0).collect(),
+        new_isr_epochs: epochs.to_vec(),
     }
 }
 
@@ -674,6 +706,8 @@ struct Driver {
     /// A handle on the quorum's storage, to reopen the node after an error.
     storage: Dir,
     sessions: BrokerSessions,
+    /// The leader balance's timer (`auto.leader.rebalance.enable`), if it is on.
+    balance: Option<LeaderBalance>,
     /// Who waits for each proposal's outcome.
     waiters: BTreeMap<u64, oneshot::Sender<ProposeResult>>,
     next_id: u64,
@@ -752,6 +786,17 @@ impl Driver {
             tracing::info!("electing leaders missing from the applied state");
             self.propose(elections, None);
         }
+        let now_ms = self.now_ms();
+        if let Some(balance) = &mut self.balance {
+            let records = balance.poll(now_ms, self.quorum.state());
+            if !records.is_empty() {
+                tracing::info!(
+                    "leader balance: {} preferred leader elections",
+                    records.len()
+                );
+                self.propose(records, None);
+            }
+        }
     }
 
     fn handle(&mut self, request: Request) {
@@ -780,6 +825,12 @@ impl Driver {
                                 "broker {} caught up: unfencing it",
                                 heartbeat.broker_id
                             );
+                        } else if heartbeat.want_shut_down {
+                            tracing::info!(
+                                "broker {} is shutting down: fencing it and moving its \
+                                 leaderships (controlled shutdown)",
+                                heartbeat.broker_id
+                            );
                         } else {
                             tracing::info!(
                                 "broker {} asks to be fenced: fencing it",
@@ -791,12 +842,20 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
-            Request::AlterPartition { request, reply } => {
+            Request::AlterPartition {
+                request,
+                member_epochs,
+                reply,
+            } => {
                 if !self.quorum.is_leader() {
                     let _ = reply.send(Err(self.not_controller()));
                     return;
                 }
-                match self.quorum.state().alter_partition(&request) {
+                match self
+                    .quorum
+                    .state()
+                    .alter_partition_with_epochs(&request, &member_epochs)
+                {
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -882,6 +941,9 @@ impl Driver {
                 change.leader
             );
             self.sessions.reset();
+            if let Some(balance) = &mut self.balance {
+                balance.reset();
+            }
             self.view.controller.send_replace(change.leader);
         }
         // Rejected entries move the applied index without changing the state: publish the

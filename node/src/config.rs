@@ -110,6 +110,16 @@ pub const OFFSETS_TOPIC_NUM_PARTITIONS: &str = "offsets.topic.num.partitions";
 pub const OFFSETS_TOPIC_REPLICATION_FACTOR: &str = "offsets.topic.replication.factor";
 /// `group.initial.rebalance.delay.ms`: how long a new group's first rebalance waits (INT).
 pub const GROUP_INITIAL_REBALANCE_DELAY_MS: &str = "group.initial.rebalance.delay.ms";
+/// `log.cleaner.enable`: whether the log cleaner compacts `cleanup.policy=compact` topics
+/// (BOOLEAN).
+pub const LOG_CLEANER_ENABLE: &str = "log.cleaner.enable";
+/// `log.cleaner.threads`: threads the log cleaner runs on (INT, >= 1).
+pub const LOG_CLEANER_THREADS: &str = "log.cleaner.threads";
+/// `log.cleaner.io.max.bytes.per.second`: the bound on the cleaner's reads and writes, all
+/// threads together (DOUBLE, > 0; kept as whole bytes).
+pub const LOG_CLEANER_IO_MAX_BYTES_PER_SECOND: &str = "log.cleaner.io.max.bytes.per.second";
+/// `log.cleaner.backoff.ms`: how long a cleaner thread sleeps when no log is due (LONG, >= 0).
+pub const LOG_CLEANER_BACKOFF_MS: &str = "log.cleaner.backoff.ms";
 /// `log.retention.check.interval.ms`: how often retention runs (LONG, >= 1).
 pub const LOG_RETENTION_CHECK_INTERVAL_MS: &str = "log.retention.check.interval.ms";
 /// `controller.quorum.voters`: the metadata quorum, `ID@HOST:PORT,...` (LIST, optional).
@@ -133,6 +143,18 @@ pub const REPLICA_FETCH_MAX_BYTES: &str = "replica.fetch.max.bytes";
 pub const REPLICA_FETCH_BACKOFF_MS: &str = "replica.fetch.backoff.ms";
 /// `keel.metrics.listener`: `HOST:PORT` of the Prometheus endpoint; empty disables it.
 pub const KEEL_METRICS_LISTENER: &str = "keel.metrics.listener";
+/// `auto.leader.rebalance.enable`: the controller moves leadership back to preferred replicas
+/// (BOOLEAN).
+pub const AUTO_LEADER_REBALANCE_ENABLE: &str = "auto.leader.rebalance.enable";
+/// `leader.imbalance.check.interval.seconds`: how often the controller checks leader balance
+/// (LONG, >= 1).
+pub const LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS: &str = "leader.imbalance.check.interval.seconds";
+/// `leader.imbalance.per.broker.percentage`: the share of its preferred partitions a broker may
+/// not lead before the controller rebalances (INT, 0 to 100).
+pub const LEADER_IMBALANCE_PER_BROKER_PERCENTAGE: &str = "leader.imbalance.per.broker.percentage";
+/// `keel.controlled.shutdown.max.wait.ms`: how long a stopping broker waits for the controller
+/// to move its leaderships away before it stops anyway (LONG, >= 0; 0: no controlled shutdown).
+pub const KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS: &str = "keel.controlled.shutdown.max.wait.ms";
 /// `keel.log.flush.checkpoint.interval.ms`: how often recovery points are checkpointed
 /// (LONG, >= 1).
 pub const KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS: &str = "keel.log.flush.checkpoint.interval.ms";
@@ -148,6 +170,13 @@ pub const CONNECTION_FAILED_AUTHENTICATION_DELAY_MS: &str =
 /// `connections.max.reauth.ms`: the lifetime of a SASL session, within which clients
 /// re-authenticate (KIP-368; LONG, >= 0; 0: sessions never expire).
 pub const CONNECTIONS_MAX_REAUTH_MS: &str = "connections.max.reauth.ms";
+/// `connections.max.idle.ms`: a connection that completes no request for this long, with none
+/// in flight, is closed (LONG, >= 0; 0: never).
+pub const CONNECTIONS_MAX_IDLE_MS: &str = "connections.max.idle.ms";
+/// `max.connections`: connections the broker holds at once, all listeners together (INT, >= 1).
+pub const MAX_CONNECTIONS: &str = "max.connections";
+/// `max.connections.per.ip`: connections one client address may hold at once (INT, >= 1).
+pub const MAX_CONNECTIONS_PER_IP: &str = "max.connections.per.ip";
 /// `sasl.enabled.mechanisms`: the SASL mechanisms SASL listeners offer (LIST).
 pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
 /// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
@@ -172,6 +201,20 @@ pub const SSL_TRUSTSTORE_CERTIFICATES: &str = "ssl.truststore.certificates";
 pub const SSL_CLIENT_AUTH: &str = "ssl.client.auth";
 /// `ssl.enabled.protocols`: TLS versions offered, among `TLSv1.2` and `TLSv1.3` (LIST).
 pub const SSL_ENABLED_PROTOCOLS: &str = "ssl.enabled.protocols";
+
+/// `authorizer.class.name`: the authoriser; empty (the default): none, everything is allowed
+/// (STRING: Kafka's StandardAuthorizer class name, or keel's short name `acl`).
+pub const AUTHORIZER_CLASS_NAME: &str = "authorizer.class.name";
+/// `super.users`: principals allowed everything, `User:alice;User:bob` (STRING).
+pub const SUPER_USERS: &str = "super.users";
+/// `allow.everyone.if.no.acl.found`: a resource without ACLs is open to all (BOOLEAN).
+pub const ALLOW_EVERYONE_IF_NO_ACL_FOUND: &str = "allow.everyone.if.no.acl.found";
+/// The values of `authorizer.class.name` that turn the authoriser on: Kafka's KRaft authoriser
+/// class, and keel's short name for it.
+pub const AUTHORIZER_NAMES: [&str; 2] = [
+    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "acl",
+];
 
 const MS_PER_MINUTE: i64 = 60 * 1000;
 const MS_PER_HOUR: i64 = 60 * MS_PER_MINUTE;
@@ -263,10 +306,30 @@ pub const SETTINGS: &[Setting] = &[
               advertises the port it bound)",
     },
     Setting {
+        name: ALLOW_EVERYONE_IF_NO_ACL_FOUND,
+        setting_type: SettingType::Bool,
+        default: Some("false"),
+        doc: "with the authoriser on, a resource that has no ACL at all is open to everyone",
+    },
+    Setting {
+        name: AUTHORIZER_CLASS_NAME,
+        setting_type: SettingType::String,
+        default: Some(""),
+        doc: "the authoriser: org.apache.kafka.metadata.authorizer.StandardAuthorizer or acl \
+              (ACLs in the metadata log); empty: none, every request is allowed",
+    },
+    Setting {
         name: AUTO_CREATE_TOPICS_ENABLE,
         setting_type: SettingType::Bool,
         default: Some("true"),
         doc: "create a topic when a client first asks for it",
+    },
+    Setting {
+        name: AUTO_LEADER_REBALANCE_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("true"),
+        doc: "the controller moves leadership back to each partition's preferred (first) \
+              replica when a broker leads too few of the partitions it is preferred for",
     },
     Setting {
         name: BROKER_HEARTBEAT_INTERVAL_MS,
@@ -285,6 +348,13 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: INT_NON_NEGATIVE,
         default: Some("100"),
         doc: "how long a failed SASL authentication waits before its answer and the close",
+    },
+    Setting {
+        name: CONNECTIONS_MAX_IDLE_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("600000"),
+        doc: "a connection that completes no request for this long, with none in flight, is \
+              closed (a quiet client, or one that sends a frame a byte at a time); 0: never",
     },
     Setting {
         name: CONNECTIONS_MAX_REAUTH_MS,
@@ -322,6 +392,14 @@ pub const SETTINGS: &[Setting] = &[
               broker-to-broker traffic uses the quorum addresses today: docs/security.md)",
     },
     Setting {
+        name: KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("30000"),
+        doc: "on SIGTERM, how long the broker waits for the controller to move every leadership \
+              off it and take it out of every ISR (controlled shutdown) before it stops anyway; \
+              0: stop at once, leaving its partitions to the session timeout",
+    },
+    Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
         setting_type: LONG_POSITIVE,
         default: Some("60000"),
@@ -348,6 +426,22 @@ pub const SETTINGS: &[Setting] = &[
               hold a comma); kept in memory as salted SCRAM credentials",
     },
     Setting {
+        name: LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS,
+        setting_type: SettingType::Long {
+            min: 1,
+            max: i64::MAX / 1000,
+        },
+        default: Some("300"),
+        doc: "how often the controller checks leader balance",
+    },
+    Setting {
+        name: LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
+        setting_type: SettingType::Int { min: 0, max: 100 },
+        default: Some("10"),
+        doc: "the share (percent) of the partitions a broker is preferred for that it may not \
+              lead before the controller elects their preferred leaders",
+    },
+    Setting {
         name: LISTENER_SECURITY_PROTOCOL_MAP,
         setting_type: SettingType::List,
         default: Some(
@@ -362,6 +456,31 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("PLAINTEXT://127.0.0.1:9092"),
         doc: "where the broker listens, NAME://HOST:PORT,...; an empty host means every \
               interface",
+    },
+    Setting {
+        name: LOG_CLEANER_BACKOFF_MS,
+        setting_type: LONG_NON_NEGATIVE,
+        default: Some("15000"),
+        doc: "how long a log cleaner thread sleeps when no compacted log is due",
+    },
+    Setting {
+        name: LOG_CLEANER_ENABLE,
+        setting_type: SettingType::Bool,
+        default: Some("true"),
+        doc: "whether the log cleaner compacts topics with cleanup.policy compact",
+    },
+    Setting {
+        name: LOG_CLEANER_IO_MAX_BYTES_PER_SECOND,
+        setting_type: SettingType::String,
+        default: Some("1.7976931348623157E308"),
+        doc: "the bound on the log cleaner's disk reads and writes, in bytes per second (a \
+              number above 0; Kafka's default, Double.MAX_VALUE, means no bound)",
+    },
+    Setting {
+        name: LOG_CLEANER_THREADS,
+        setting_type: INT_POSITIVE,
+        default: Some("1"),
+        doc: "threads the log cleaner runs on",
     },
     Setting {
         name: LOG_CLEANUP_POLICY,
@@ -431,6 +550,19 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Some("1073741824"),
         doc: "roll a segment at this size",
+    },
+    Setting {
+        name: MAX_CONNECTIONS,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections the broker holds at once, all listeners together; at the limit it \
+              accepts no more until one closes",
+    },
+    Setting {
+        name: MAX_CONNECTIONS_PER_IP,
+        setting_type: INT_POSITIVE,
+        default: Some("2147483647"),
+        doc: "connections one client address may hold at once; a further one is closed at once",
     },
     Setting {
         name: MESSAGE_MAX_BYTES,
@@ -567,6 +699,12 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: SettingType::String,
         default: Some("PEM"),
         doc: "PEM: the only truststore type keel reads",
+    },
+    Setting {
+        name: SUPER_USERS,
+        setting_type: SettingType::String,
+        default: Some(""),
+        doc: "principals the authoriser allows everything, separated by `;` (User:admin;User:ops)",
     },
     Setting {
         name: TRANSACTION_MAX_TIMEOUT_MS,
@@ -854,6 +992,35 @@ impl fmt::Display for QuorumVoter {
 /// The broker's typed configuration. Built only by [`BrokerConfig::parse`] and the functions
 /// that call it, so every field holds a checked value; fields are public for reading (tests may
 /// adjust them). Units are last in the names.
+/// The log cleaner's broker settings (Kafka's `log.cleaner.*`, with its defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanerSettings {
+    /// `log.cleaner.enable`.
+    pub enable: bool,
+    /// `log.cleaner.threads`.
+    pub threads: i32,
+    /// `log.cleaner.io.max.bytes.per.second`, in whole bytes (`u64::MAX`: no bound).
+    pub io_bytes_per_second_max: u64,
+    /// `log.cleaner.backoff.ms`.
+    pub backoff_ms: i64,
+}
+
+impl CleanerSettings {
+    fn from_values(values: &Values) -> Result<CleanerSettings, ConfigError> {
+        let io = values.string_or_default(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND)?;
+        let io: f64 = io.parse().ok().filter(|v: &f64| *v > 0.0).ok_or_else(|| {
+            values.invalid(LOG_CLEANER_IO_MAX_BYTES_PER_SECOND, "a number above 0")
+        })?;
+        Ok(CleanerSettings {
+            enable: values.bool_or_default(LOG_CLEANER_ENABLE)?,
+            threads: values.int_or_default(LOG_CLEANER_THREADS)?,
+            // `as` saturates: Double.MAX_VALUE becomes u64::MAX, "no bound".
+            io_bytes_per_second_max: (io as u64).max(1),
+            backoff_ms: values.long_or_default(LOG_CLEANER_BACKOFF_MS)?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerConfig {
     /// `node.id`.
@@ -914,6 +1081,9 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: i64,
     /// `unclean.leader.election.enable`.
     pub unclean_leader_election: bool,
+    /// `log.cleaner.enable`, `log.cleaner.threads`, `log.cleaner.io.max.bytes.per.second`,
+    /// `log.cleaner.backoff.ms`.
+    pub cleaner: CleanerSettings,
     /// `replica.fetch.max.bytes`.
     pub replica_fetch_bytes_max: i32,
     /// `replica.fetch.backoff.ms`.
@@ -922,6 +1092,14 @@ pub struct BrokerConfig {
     pub metrics_listener: Option<HostPort>,
     /// `keel.log.flush.checkpoint.interval.ms`.
     pub checkpoint_interval_ms: i64,
+    /// `keel.controlled.shutdown.max.wait.ms`.
+    pub controlled_shutdown_wait_ms_max: i64,
+    /// `auto.leader.rebalance.enable`.
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`.
+    pub leader_imbalance_check_interval_s: i64,
+    /// `leader.imbalance.per.broker.percentage`.
+    pub leader_imbalance_per_broker_percentage: i32,
     /// `listener.security.protocol.map`: every name in `listeners` is a key.
     pub listener_security_protocols: BTreeMap<String, SecurityProtocol>,
     /// `inter.broker.listener.name`, upper case; one of `listeners` when set.
@@ -930,6 +1108,12 @@ pub struct BrokerConfig {
     pub failed_authentication_delay_ms: i64,
     /// `connections.max.reauth.ms`; 0: SASL sessions never expire.
     pub connections_max_reauth_ms: i64,
+    /// `connections.max.idle.ms`; 0: connections are never closed for idling.
+    pub connections_max_idle_ms: i64,
+    /// `max.connections`.
+    pub max_connections: i32,
+    /// `max.connections.per.ip`.
+    pub max_connections_per_ip: i32,
     /// `sasl.enabled.mechanisms`, in the order given, without repeats; not empty when a
     /// listener uses SASL.
     pub sasl_enabled_mechanisms: Vec<Mechanism>,
@@ -937,6 +1121,9 @@ pub struct BrokerConfig {
     pub sasl_users: Vec<SaslUser>,
     /// The `ssl.*` settings, when a keystore is given; always there when a listener uses TLS.
     pub tls: Option<TlsSettings>,
+    /// The authoriser (`authorizer.class.name`, `super.users`,
+    /// `allow.everyone.if.no.acl.found`); `None` when `authorizer.class.name` is empty.
+    pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
 }
 
 /// One `keel.sasl.users` entry. Its password never appears in `Debug` output.
@@ -1288,20 +1475,32 @@ impl BrokerConfig {
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,
             unclean_leader_election: values.bool_or_default(UNCLEAN_LEADER_ELECTION_ENABLE)?,
+            cleaner: CleanerSettings::from_values(&values)?,
             replica_fetch_bytes_max: values.int_or_default(REPLICA_FETCH_MAX_BYTES)?,
             replica_fetch_backoff_ms: i64::from(values.int_or_default(REPLICA_FETCH_BACKOFF_MS)?),
             metrics_listener,
             checkpoint_interval_ms: values
                 .long_or_default(KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS)?,
+            controlled_shutdown_wait_ms_max: values
+                .long_or_default(KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS)?,
+            auto_leader_rebalance: values.bool_or_default(AUTO_LEADER_REBALANCE_ENABLE)?,
+            leader_imbalance_check_interval_s: values
+                .long_or_default(LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS)?,
+            leader_imbalance_per_broker_percentage: values
+                .int_or_default(LEADER_IMBALANCE_PER_BROKER_PERCENTAGE)?,
             listener_security_protocols: security.protocols,
             inter_broker_listener_name: security.inter_broker_listener_name,
             failed_authentication_delay_ms: i64::from(
                 values.int_or_default(CONNECTION_FAILED_AUTHENTICATION_DELAY_MS)?,
             ),
             connections_max_reauth_ms: values.long_or_default(CONNECTIONS_MAX_REAUTH_MS)?,
+            connections_max_idle_ms: values.long_or_default(CONNECTIONS_MAX_IDLE_MS)?,
+            max_connections: values.int_or_default(MAX_CONNECTIONS)?,
+            max_connections_per_ip: values.int_or_default(MAX_CONNECTIONS_PER_IP)?,
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
             tls: security.tls,
+            authorizer: authorizer(&values)?,
         })
     }
 
@@ -1335,9 +1534,29 @@ impl BrokerConfig {
             ),
             (topic::MESSAGE_TIMESTAMP_TYPE, timestamp_type.to_string()),
             (topic::CLEANUP_POLICY, self.cleanup_policy.clone()),
+            (
+                topic::UNCLEAN_LEADER_ELECTION_ENABLE,
+                self.unclean_leader_election.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        // The cleaner's topic settings have no broker setting in keel yet (Kafka's
+        // `log.cleaner.min.cleanable.ratio`, ...): Kafka's defaults.
+        .chain(
+            [
+                topic::MIN_CLEANABLE_DIRTY_RATIO,
+                topic::DELETE_RETENTION_MS,
+                topic::MIN_COMPACTION_LAG_MS,
+                topic::MAX_COMPACTION_LAG_MS,
+            ]
+            .into_iter()
+            .map(|k| {
+                let v = keel_core::controller::config::TopicConfig::default_value(k)
+                    .expect("a topic key keel knows");
+                (k.to_string(), v)
+            }),
+        )
         .collect()
     }
 
@@ -1373,6 +1592,43 @@ impl BrokerConfig {
             UncleanElection::Disabled
         }
     }
+}
+
+/// The authoriser's settings: `None` without `authorizer.class.name`; each `super.users`
+/// entry must be `Type:name`.
+fn authorizer(
+    values: &Values<'_>,
+) -> Result<Option<keel_core::acl::AuthorizerConfig>, ConfigError> {
+    let name = values.string_or_default(AUTHORIZER_CLASS_NAME)?;
+    let super_users: std::collections::BTreeSet<String> = values
+        .string_or_default(SUPER_USERS)?
+        .split(';')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = super_users
+        .iter()
+        .find(|u| u.split_once(':').is_none_or(|(kind, _)| kind.is_empty()))
+    {
+        return Err(values.invalid(
+            SUPER_USERS,
+            &format!("principals as Type:name separated by `;` (`{bad}` has no type)"),
+        ));
+    }
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if !AUTHORIZER_NAMES.contains(&name.as_str()) {
+        return Err(values.invalid(
+            AUTHORIZER_CLASS_NAME,
+            &format!("empty, or one of {}", AUTHORIZER_NAMES.join(", ")),
+        ));
+    }
+    Ok(Some(keel_core::acl::AuthorizerConfig {
+        super_users,
+        allow_if_no_acl: values.bool_or_default(ALLOW_EVERYONE_IF_NO_ACL_FOUND)?,
+    }))
 }
 
 /// The security settings, checked together.

@@ -189,8 +189,16 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     connections: AtomicI64,
     connections_accepted: AtomicU64,
+    /// The log cleaner's counters (`crate::broker::cleaner`).
+    pub cleaner: crate::broker::cleaner::CleanerCounters,
     partition_source: RwLock<Option<Arc<PartitionSource>>>,
+    /// Requests (or parts of requests) the authoriser denied, by resource type and operation
+    /// ([`DENIAL_SLOTS`]).
+    denials: Box<[AtomicU64]>,
 }
+
+/// Denial counters: one per resource type code (0 to 7) and operation code (0 to 15).
+pub const DENIAL_SLOTS: usize = 8 * 16;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,7 +238,9 @@ impl Metrics {
             bytes_out: AtomicU64::new(0),
             connections: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
+            cleaner: Default::default(),
             partition_source: RwLock::new(None),
+            denials: (0..DENIAL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -246,6 +256,30 @@ impl Metrics {
         if outcome == Outcome::Error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one denial by the authoriser of `operation` on a resource of `resource_type`.
+    pub fn record_denial(
+        &self,
+        resource_type: keel_core::acl::ResourceType,
+        operation: keel_core::acl::Operation,
+    ) {
+        let slot = resource_type.code() as usize * 16 + operation.code() as usize;
+        if let Some(counter) = self.denials.get(slot) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many denials of `operation` on `resource_type` were counted.
+    pub fn denials(
+        &self,
+        resource_type: keel_core::acl::ResourceType,
+        operation: keel_core::acl::Operation,
+    ) -> u64 {
+        let slot = resource_type.code() as usize * 16 + operation.code() as usize;
+        self.denials
+            .get(slot)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts `bytes` read from Kafka clients (request frames, size prefix included).
@@ -381,6 +415,21 @@ impl Metrics {
                 "Kafka client connections accepted.",
                 &self.connections_accepted,
             ),
+            (
+                "keel_log_cleaner_bytes_total",
+                "Bytes the log cleaner read and wrote.",
+                &self.cleaner.bytes,
+            ),
+            (
+                "keel_log_cleaner_segments_total",
+                "Segments the log cleaner replaced with cleaned ones.",
+                &self.cleaner.segments,
+            ),
+            (
+                "keel_log_cleaner_errors_total",
+                "Log cleanings that failed (the segments were left in place).",
+                &self.cleaner.errors,
+            ),
         ] {
             family(&mut out, name, "counter", help);
             sample(&mut out, name, &[], value.load(Ordering::Relaxed));
@@ -397,6 +446,29 @@ impl Metrics {
             &[],
             self.connections.load(Ordering::Relaxed),
         );
+
+        family(
+            &mut out,
+            "keel_authorization_denials_total",
+            "counter",
+            "Operations the authoriser denied, by resource type and operation.",
+        );
+        for resource_type in keel_core::acl::ResourceType::ALL {
+            for operation in keel_core::acl::Operation::ALL_OPERATIONS {
+                let n = self.denials(resource_type, operation);
+                if n > 0 {
+                    sample(
+                        &mut out,
+                        "keel_authorization_denials_total",
+                        &[
+                            ("resource_type", resource_type.name()),
+                            ("operation", operation.name()),
+                        ],
+                        n,
+                    );
+                }
+            }
+        }
 
         let source = match self.partition_source.read() {
             Ok(slot) => slot.clone(),

@@ -223,6 +223,78 @@ async fn bad_input_leaves_the_broker_serving_and_acked_writes_survive_sigkill() 
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// Fetch v13 to v17 name topics by id only (KIP-516), as newer clients send them: the id from
+/// Metadata reads the records; an id the broker does not know is UNKNOWN_TOPIC_ID, and the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_by_topic_id_reads_the_topic_and_an_unknown_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), 0);
+    let mut client = Client::connect(broker.addr).await;
+    assert_eq!(produce(&mut client, 1, b"by-id").await, 0);
+    let mut m = MetadataRequest::default();
+    m.topics = Some(vec![
+        metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s("live"))))
+    ]);
+    client
+        .send(ApiKey::Metadata, 12, 10, "ids", &RequestKind::Metadata(m))
+        .await;
+    let ResponseKind::Metadata(metadata) = client.recv_response(ApiKey::Metadata, 12, 10).await
+    else {
+        panic!("not a metadata response")
+    };
+    let id = metadata.topics[0].topic_id;
+    assert!(!id.is_nil(), "Metadata v12 names the topic's id");
+    let unknown = uuid::Uuid::from_u128(0x5eed);
+    for (i, version) in (13..=17).enumerate() {
+        for (topic_id, expected) in [(id, 0), (unknown, 100)] {
+            let correlation = 100 + 2 * i as i32 + i32::from(expected != 0);
+            let mut r = FetchRequest::default();
+            r.max_wait_ms = 0;
+            r.max_bytes = 1 << 20;
+            r.replica_id = BrokerId(-1);
+            r.topics = vec![FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])];
+            client
+                .send(
+                    ApiKey::Fetch,
+                    version,
+                    correlation,
+                    "ids",
+                    &RequestKind::Fetch(r),
+                )
+                .await;
+            let ResponseKind::Fetch(response) = client
+                .recv_response(ApiKey::Fetch, version, correlation)
+                .await
+            else {
+                panic!("not a fetch response")
+            };
+            let t = &response.responses[0];
+            assert_eq!(t.topic_id, topic_id, "v{version}: the answer names the id");
+            let p = &t.partitions[0];
+            assert_eq!(p.error_code, expected, "v{version}, id {topic_id}");
+            if expected == 0 {
+                let records = p.records.clone().expect("records");
+                let batch = Batch::parse_prefix(&records)
+                    .expect("a valid batch")
+                    .expect("one batch");
+                let values: Vec<_> = batch
+                    .records()
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|r| r.value)
+                    .collect();
+                assert_eq!(values, vec![Bytes::from_static(b"by-id")], "v{version}");
+            }
+        }
+    }
+}
+
 /// A panic in any task (a failed invariant) stops the whole broker process (SIGABRT), instead
 /// of one task dying while the rest serves on. Debug builds panic on purpose when
 /// `KEEL_TEST_PANIC_AFTER_MS` is set.

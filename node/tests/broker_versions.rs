@@ -456,6 +456,64 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
             r.groups_names = vec![GroupId(s("unknown"))];
             vec![RequestKind::DeleteGroups(r)]
         }
+        ApiKey::DescribeAcls => vec![RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_resource_name_filter(None)
+                .with_pattern_type_filter(1)
+                .with_principal_filter(None)
+                .with_host_filter(None)
+                .with_operation(1)
+                .with_permission_type(1),
+        )],
+        ApiKey::CreateAcls => vec![RequestKind::CreateAcls(
+            CreateAclsRequest::default().with_creations(vec![
+                create_acls_request::AclCreation::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("t"))
+                    .with_resource_pattern_type(3)
+                    .with_principal(s("User:alice"))
+                    .with_host(s("*"))
+                    .with_operation(3)
+                    .with_permission_type(3),
+            ]),
+        )],
+        ApiKey::DeleteAcls => vec![RequestKind::DeleteAcls(
+            DeleteAclsRequest::default().with_filters(vec![
+                delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(1)
+                    .with_pattern_type_filter(1)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ]),
+        )],
+        ApiKey::DescribeUserScramCredentials => vec![
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default().with_users(None),
+            ),
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                    describe_user_scram_credentials_request::UserName::default()
+                        .with_name(s("nobody")),
+                ])),
+            ),
+        ],
+        ApiKey::AlterUserScramCredentials => vec![RequestKind::AlterUserScramCredentials(
+            AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(s("carol"))
+                        .with_mechanism(1)
+                        .with_iterations(4096)
+                        .with_salt(Bytes::from_static(b"salt"))
+                        .with_salted_password(Bytes::from_static(&[7; 32])),
+                ])
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(s("ghost"))
+                        .with_mechanism(2),
+                ]),
+        )],
         ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
             SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
         )],
@@ -551,6 +609,11 @@ async fn every_response_encodes_at_every_advertised_version() {
         "DescribeTransactions",
         "ListTransactions",
         "DescribeProducers",
+        "DescribeAcls",
+        "CreateAcls",
+        "DeleteAcls",
+        "DescribeUserScramCredentials",
+        "AlterUserScramCredentials",
     ] {
         assert!(
             checked.get(api).copied().unwrap_or(0) > 0,

@@ -3,8 +3,9 @@
 //! readable, and an idempotent acks=all producer loses and duplicates nothing while the leader
 //! of its partition is SIGKILLed and restarted (the issue's "kill the leader" test), and a
 //! consumer group keeps its committed offsets and its member when its coordinator's broker is
-//! SIGKILLed and restarted; transactions, and an exactly-once consume-transform-produce loop
-//! that commits its offsets with the transaction.
+//! SIGKILLed and restarted, and a rolling restart with SIGTERM (controlled shutdown) under an
+//! idempotent acks=all producer fails no delivery; transactions, and an exactly-once
+//! consume-transform-produce loop that commits its offsets with the transaction.
 //!
 //! The Python halves are `node/tests/interop/cluster_*.py`; this file owns every process: each
 //! test starts its brokers on free 127.0.0.1 ports with fresh data directories, and a Drop
@@ -649,6 +650,110 @@ fn transactions_on_three_brokers() {
     say(&format!(
         "cluster test transactions_on_three_brokers: {} (took {:.1?})",
         out.lines().last().unwrap_or(""),
+        started.elapsed()
+    ));
+}
+
+/// A rolling restart with controlled shutdown (issue 17): an idempotent acks=all
+/// confluent-kafka producer keeps producing while brokers 1, 2 and 3, one at a time, get
+/// SIGTERM and are restarted with the same command line, the next one only once every ISR is
+/// full again. Each broker must exit 0 after its controller moved every leadership off it (its
+/// log says so; a broker that gave up waiting would say otherwise), no record may fail
+/// delivery, and every record is read back once, in order, at its reported offset. Pins
+/// KIP-631's controlled shutdown (BrokerHeartbeat wantShutDown / shouldShutDown) and KIP-98.
+#[test]
+fn rolling_restart_with_controlled_shutdown() {
+    /// How long a broker may take to exit after SIGTERM: its controlled shutdown plus the
+    /// checkpoints, well below `keel.controlled.shutdown.max.wait.ms` (30 s).
+    const STOP_MAX: Duration = Duration::from_secs(15);
+    let Some(clients) = clients("cluster", "rolling_restart", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.push("replica.lag.time.max.ms=5000");
+    let mut cluster = Cluster::start(dir.path(), &overrides);
+    let args = vec![cluster.bootstrap(), "1000".into()];
+    let mut script = Script::spawn(&clients, "cluster_rolling_restart.py", &args, dir.path());
+    for broker in 1..=3u32 {
+        let line = script.wait_for_line("STOP-NOW", Duration::from_secs(120), &cluster);
+        let named: u32 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("broker="))
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no broker=ID in {line:?}"));
+        assert_eq!(named, broker, "the script names the brokers in order");
+        let stopping = Instant::now();
+        let status = cluster.node(broker).stop(STOP_MAX);
+        let took = stopping.elapsed();
+        match status {
+            Some(s) if s.success() => {}
+            other => panic!(
+                "broker {broker} on SIGTERM: {other:?} after {took:.1?}\n{}",
+                cluster.logs()
+            ),
+        }
+        let log = std::fs::read_to_string(&cluster.node(broker).log).unwrap_or_default();
+        let handed_over = log
+            .matches("controlled shutdown: this broker leads nothing now")
+            .count();
+        assert_eq!(
+            handed_over,
+            1,
+            "broker {broker}'s log shows its one controlled shutdown completing\n{}",
+            cluster.logs()
+        );
+        say(&format!(
+            "broker {broker} exited 0 {took:.1?} after SIGTERM, leading nothing"
+        ));
+        cluster.restart(broker);
+        script.send_line(&format!("RESTARTED {broker}"));
+    }
+    let out = script.expect_success(Duration::from_secs(300), &cluster);
+    cluster.stop();
+    say(&format!(
+        "cluster test rolling_restart_with_controlled_shutdown: {} (took {:.1?})",
+        figures(&out),
+        started.elapsed()
+    ));
+}
+
+/// ElectLeaders (KIP-460) through confluent-kafka's AdminClient.elect_leaders on three
+/// brokers (issue 17): ELECTION_NOT_NEEDED where the preferred replica leads or a partition
+/// has a leader, UNKNOWN_TOPIC_OR_PARTITION for a partition that does not exist; after the
+/// preferred leader of a partition was stopped with SIGTERM and restarted (its leadership
+/// moved away), a preferred election gives it back, ISR unchanged. The leader balance is off
+/// (`auto.leader.rebalance.enable=false`) so that only the requests move leadership.
+#[test]
+fn elect_leaders_through_the_admin_api() {
+    let Some(clients) = clients("cluster", "elect_leaders", MODULES) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.push("auto.leader.rebalance.enable=false");
+    let mut cluster = Cluster::start(dir.path(), &overrides);
+    let args = vec![cluster.bootstrap()];
+    let mut script = Script::spawn(&clients, "cluster_elect_leaders.py", &args, dir.path());
+    let line = script.wait_for_line("STOP-NOW", Duration::from_secs(90), &cluster);
+    let broker: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("broker="))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no broker=ID in {line:?}"));
+    match cluster.node(broker).stop(Duration::from_secs(15)) {
+        Some(s) if s.success() => {}
+        other => panic!("broker {broker} on SIGTERM: {other:?}\n{}", cluster.logs()),
+    }
+    cluster.restart(broker);
+    script.send_line(&format!("RESTARTED {broker}"));
+    let out = script.expect_success(Duration::from_secs(180), &cluster);
+    cluster.stop();
+    say(&format!(
+        "cluster test elect_leaders_through_the_admin_api: {} (took {:.1?})",
+        figures(&out),
         started.elapsed()
     ));
 }

@@ -593,6 +593,7 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
         min.insync.replicas = 2
         log.message.timestamp.type = "LogAppendTime"
         log.cleanup.policy = "delete, compact"
+        unclean.leader.election.enable = true
         "#,
     );
     let defaults = c.topic_defaults();
@@ -607,6 +608,11 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
         ("retention.ms", "1800000"),
         ("segment.bytes", "65536"),
         ("segment.ms", "60000"),
+        ("unclean.leader.election.enable", "true"),
+        ("min.cleanable.dirty.ratio", "0.5"),
+        ("delete.retention.ms", "86400000"),
+        ("min.compaction.lag.ms", "0"),
+        ("max.compaction.lag.ms", "9223372036854775807"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -615,6 +621,7 @@ fn topic_defaults_carry_broker_settings_under_topic_names() {
     let topic = TopicConfig::from_map(&defaults).expect("core accepts the broker's defaults");
     assert_eq!(topic.retention_ms(), 1_800_000);
     assert_eq!(topic.segment_bytes(), 65536);
+    assert_eq!(topic.unclean_leader_election(), Some(true));
     let creation = c.topic_creation_defaults();
     assert_eq!((creation.partitions, creation.replication_factor), (1, 1));
     // The defaults of a default config are Kafka's topic defaults.
@@ -1135,5 +1142,38 @@ fn bad_security_settings_are_refused_clearly() {
             !shown.contains("hunter2") && !shown.contains("pw2"),
             "a password in {shown}"
         );
+    }
+}
+
+/// The log cleaner's broker settings, with Kafka's defaults (`CleanerConfig`:
+/// `log.cleaner.enable` true, one thread, `Double.MAX_VALUE` bytes per second, 15 s backoff).
+#[test]
+fn log_cleaner_settings_have_kafkas_defaults_and_are_checked() {
+    let c = parse("node.id = 1");
+    assert!(c.cleaner.enable);
+    assert_eq!(c.cleaner.threads, 1);
+    assert_eq!(c.cleaner.io_bytes_per_second_max, u64::MAX);
+    assert_eq!(c.cleaner.backoff_ms, 15_000);
+    let c = parse(
+        r#"
+        node.id = 1
+        log.cleaner.enable = false
+        log.cleaner.threads = 2
+        log.cleaner.io.max.bytes.per.second = "1048576.5"
+        log.cleaner.backoff.ms = 100
+        "#,
+    );
+    assert!(!c.cleaner.enable);
+    assert_eq!(c.cleaner.threads, 2);
+    assert_eq!(c.cleaner.io_bytes_per_second_max, 1_048_576);
+    assert_eq!(c.cleaner.backoff_ms, 100);
+    for bad in [
+        ("log.cleaner.threads", "0"),
+        ("log.cleaner.io.max.bytes.per.second", "0"),
+        ("log.cleaner.io.max.bytes.per.second", "fast"),
+        ("log.cleaner.backoff.ms", "-1"),
+    ] {
+        let e = override_error(&[bad]);
+        assert!(e.to_string().contains(bad.0), "{e}");
     }
 }

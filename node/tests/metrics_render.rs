@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
+use keel_core::acl::{Operation, ResourceType};
 use keel_node::metrics::{
     escape_label_value, LatencyHistogram, Metrics, Outcome, PartitionStats, REQUEST_LATENCY_BUCKETS,
 };
@@ -30,6 +31,9 @@ fn renders_a_small_registry_exactly() {
     metrics.add_bytes_out(250);
     let open = metrics.connection_opened();
     drop(metrics.connection_opened());
+    metrics.record_denial(ResourceType::Topic, Operation::Write);
+    metrics.record_denial(ResourceType::Topic, Operation::Write);
+    metrics.record_denial(ResourceType::Group, Operation::Read);
     metrics.set_partition_source(Box::new(|| {
         vec![
             stats("b", 0, 0, 7, 7),
@@ -95,9 +99,22 @@ keel_bytes_out_total 250
 # HELP keel_connections_accepted_total Kafka client connections accepted.
 # TYPE keel_connections_accepted_total counter
 keel_connections_accepted_total 2
+# HELP keel_log_cleaner_bytes_total Bytes the log cleaner read and wrote.
+# TYPE keel_log_cleaner_bytes_total counter
+keel_log_cleaner_bytes_total 0
+# HELP keel_log_cleaner_segments_total Segments the log cleaner replaced with cleaned ones.
+# TYPE keel_log_cleaner_segments_total counter
+keel_log_cleaner_segments_total 0
+# HELP keel_log_cleaner_errors_total Log cleanings that failed (the segments were left in place).
+# TYPE keel_log_cleaner_errors_total counter
+keel_log_cleaner_errors_total 0
 # HELP keel_connections Kafka client connections open.
 # TYPE keel_connections gauge
 keel_connections 1
+# HELP keel_authorization_denials_total Operations the authoriser denied, by resource type and operation.
+# TYPE keel_authorization_denials_total counter
+keel_authorization_denials_total{{resource_type="TOPIC",operation="WRITE"}} 2
+keel_authorization_denials_total{{resource_type="GROUP",operation="READ"}} 1
 # HELP keel_partition_log_start_offset The partition's log start offset.
 # TYPE keel_partition_log_start_offset gauge
 keel_partition_log_start_offset{{topic="a",partition="0"}} 0
@@ -133,6 +150,7 @@ fn an_empty_registry_renders_every_family_without_samples() {
         "keel_requests_total",
         "keel_request_errors_total",
         "keel_request_duration_seconds",
+        "keel_authorization_denials_total",
         "keel_partition_high_watermark",
     ] {
         assert!(rendered.contains(&format!("# TYPE {family} ")), "{family}");

@@ -35,12 +35,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, FetchRequest,
+    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, ElectLeadersRequest, FetchRequest,
     FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
     RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest, TopicName,
@@ -58,7 +59,7 @@ use crate::checker::{Key, SendOutcome, Value};
 /// The version range the client can speak, per API: the lowest is the first version that has
 /// every field the client sets (Fetch v9: current_leader_epoch; ListOffsets v4: the same;
 /// Metadata v4: allow_auto_topic_creation); the highest is keel's (node/src/wire/versions.rs).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 14] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 15] = [
     (ApiKey::FindCoordinator, 1, 3),
     (ApiKey::JoinGroup, 5, 5),
     (ApiKey::SyncGroup, 3, 3),
@@ -73,6 +74,7 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 14] = [
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
+    (ApiKey::ElectLeaders, 1, 2),
 ];
 
 /// The ApiVersions version sent first on each connection.
@@ -1277,6 +1279,37 @@ impl Client {
             )));
         }
         Ok(Offset(partition.offset))
+    }
+
+    /// ElectLeaders (KIP-460) of `election_type` (0 preferred, 1 unclean) for `partitions` of
+    /// `topic`, sent once to any broker: each partition's error code, in the answer's order.
+    pub async fn elect_leaders(
+        &mut self,
+        election_type: i8,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, i16)>, ClientError> {
+        let mut request = ElectLeadersRequest::default();
+        request.election_type = election_type;
+        request.timeout_ms = self.config.produce_timeout_ms;
+        request.topic_partitions = Some(vec![TopicPartitions::default()
+            .with_topic(TopicName(str_bytes(topic)))
+            .with_partitions(partitions.to_vec())]);
+        let response = self
+            .call_any(ApiKey::ElectLeaders, RequestKind::ElectLeaders(request))
+            .await?;
+        let ResponseKind::ElectLeaders(response) = response else {
+            return Err(ClientError::Protocol("not an ElectLeaders response".into()));
+        };
+        if let Some(e) = ClientError::kafka(response.error_code, None) {
+            return Err(e);
+        }
+        Ok(response
+            .replica_election_results
+            .iter()
+            .flat_map(|t| t.partition_result.iter())
+            .map(|p| (p.partition_id, p.error_code))
+            .collect())
     }
 }
 

@@ -8,7 +8,10 @@
 //!
 //! A kill is a power loss: madsim drops every task of the node, then the disk loses what was
 //! not synced ([`SimDisk::crash`]); a restart runs the node's init again, which opens the broker
-//! from that disk as a real restart would.
+//! from that disk as a real restart would. A graceful stop ([`SimCluster::stop_gracefully`]) is
+//! what `keel start` does on SIGTERM: the broker's controlled shutdown, every partition
+//! checkpointed, then the process exits (the node's tasks dropped) with its disk intact: a
+//! process exit keeps what the page cache holds.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,6 +24,7 @@ use keel_node::metrics::Metrics;
 use keel_node::storage::Disk;
 use keel_node::wire::{WireConfig, WireServer};
 use madsim::runtime::{Handle, NodeHandle};
+use tokio::sync::watch;
 
 use crate::disk::SimDisk;
 
@@ -60,6 +64,9 @@ pub struct ClusterSpec {
     /// The brokers' `log.segment.bytes` (every topic's `segment.bytes`): small ones make logs
     /// roll, so that recovery, truncation and syncs span segments.
     pub segment_bytes: i32,
+    /// `leader.imbalance.check.interval.seconds` in ms when `auto.leader.rebalance.enable`
+    /// (with Kafka's 10%); `None`: off. Kafka's 300 s would never fire within a run.
+    pub leader_balance_interval_ms: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -74,6 +81,7 @@ impl Default for ClusterSpec {
             offsets_topic_partitions: 5,
             txn_state_partitions: 3,
             segment_bytes: 1 << 30,
+            leader_balance_interval_ms: None,
         }
     }
 }
@@ -85,6 +93,29 @@ struct BrokerNode {
     node: NodeHandle,
     disk: SimDisk,
     up: bool,
+    stop: StopLine,
+}
+
+/// How long a broker's controlled shutdown may wait in the simulator (its
+/// `keel.controlled.shutdown.max.wait.ms`): a few of its sessions.
+pub const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// A graceful stop's request and outcome, between the harness and a broker node. Each request
+/// bumps `requested`; the node answers by setting `done` to that number and whether the
+/// controlled shutdown handed every leadership over.
+#[derive(Clone)]
+struct StopLine {
+    requested: Arc<watch::Sender<u64>>,
+    done: Arc<watch::Sender<(u64, bool)>>,
+}
+
+impl StopLine {
+    fn new() -> StopLine {
+        StopLine {
+            requested: Arc::new(watch::channel(0).0),
+            done: Arc::new(watch::channel((0, false)).0),
+        }
+    }
 }
 
 /// A running simulated cluster.
@@ -106,6 +137,12 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
         session_timeout_ms: spec.session_timeout_ms,
         heartbeat_interval_ms: spec.heartbeat_interval_ms,
         unclean: keel_core::controller::UncleanElection::Disabled,
+        leader_balance: spec.leader_balance_interval_ms.map(|ms| {
+            (
+                ms,
+                keel_core::controller::elections::LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
+            )
+        }),
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
     settings.offsets_topic_partitions = spec.offsets_topic_partitions;
@@ -124,8 +161,12 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
 /// How long a broker's supervisor waits before it starts a broker that failed to start.
 const SUPERVISOR_RESTART: Duration = Duration::from_secs(1);
 
-/// The body of a broker node: open the broker from its disk, register it, serve Kafka.
-async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registry) {
+/// The body of a broker node: open the broker from its disk, register it, serve Kafka until a
+/// graceful stop is requested, then stop as `keel start` does on SIGTERM.
+async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registry, stop: StopLine) {
+    // Requests made before this start are not for it.
+    let mut requested = stop.requested.subscribe();
+    requested.borrow_and_update();
     // A broker that cannot open its disk exits, as a real one would, and its supervisor
     // (systemd's Restart=on-failure) starts it again a second later.
     let broker = loop {
@@ -149,11 +190,20 @@ async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registr
         }
     };
     let server = WireServer::new(
-        broker,
+        broker.clone(),
         keel_node::broker::served_apis(),
         WireConfig::default(),
     );
-    server.serve(listener).await;
+    // Clients are served during the controlled shutdown, as `keel start` serves them.
+    let serving = tokio::spawn(server.serve(listener));
+    if requested.changed().await.is_err() {
+        return;
+    }
+    let request = *requested.borrow_and_update();
+    let handed_over = broker.controlled_shutdown(CONTROLLED_SHUTDOWN_WAIT).await;
+    serving.abort();
+    broker.checkpoint_all();
+    stop.done.send_replace((request, handed_over));
 }
 
 impl SimCluster {
@@ -168,11 +218,21 @@ impl SimCluster {
                 .cloned()
                 .unwrap_or_else(|| panic!("no disk for broker {id}"));
             let (spec2, disk2, registry2) = (spec.clone(), disk.clone(), registry.clone());
+            let stop = StopLine::new();
+            let stop2 = stop.clone();
             let node = handle
                 .create_node()
                 .name(format!("broker-{id}"))
                 .ip(broker_ip(id))
-                .init(move || run_broker(spec2.clone(), id, disk2.clone(), registry2.clone()))
+                .init(move || {
+                    run_broker(
+                        spec2.clone(),
+                        id,
+                        disk2.clone(),
+                        registry2.clone(),
+                        stop2.clone(),
+                    )
+                })
                 .build();
             brokers.insert(
                 id,
@@ -180,6 +240,7 @@ impl SimCluster {
                     node,
                     disk,
                     up: true,
+                    stop,
                 },
             );
         }
@@ -223,6 +284,45 @@ impl SimCluster {
         b.disk.crash();
         b.up = false;
         self.registry.lock().expect("registry poisoned").remove(&id);
+    }
+
+    /// A graceful stop, as on SIGTERM: asks broker `id` to stop, waits (up to `wait`) until its
+    /// controlled shutdown and checkpoints are done, then ends the process with its disk
+    /// intact (no power loss); one that did not finish in time is ended all the same, as a
+    /// supervisor's SIGKILL would. `Some(handed_over)` if the broker finished stopping (with
+    /// whether every leadership was moved off it first), `None` if it was cut short or was
+    /// not running. Takes the cluster's lock only briefly, so the nemesis awaits it unlocked.
+    pub async fn stop_gracefully(
+        cluster: &Mutex<SimCluster>,
+        id: i32,
+        wait: Duration,
+    ) -> Option<bool> {
+        let (request, mut done) = {
+            let c = cluster.lock().expect("cluster poisoned");
+            let b = c.brokers.get(&id).expect("a broker of the cluster");
+            if !b.up {
+                return None;
+            }
+            let mut request = 0;
+            b.stop.requested.send_modify(|r| {
+                *r += 1;
+                request = *r;
+            });
+            (request, b.stop.done.subscribe())
+        };
+        let finished = madsim::time::timeout(wait, done.wait_for(|(r, _)| *r == request))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|d| d.1);
+        let mut c = cluster.lock().expect("cluster poisoned");
+        let node = c.brokers[&id].node.id();
+        c.handle.kill(node);
+        if let Some(b) = c.brokers.get_mut(&id) {
+            b.up = false;
+        }
+        c.registry.lock().expect("registry poisoned").remove(&id);
+        finished
     }
 
     /// Starts a killed broker again from its disk.

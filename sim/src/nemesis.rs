@@ -25,9 +25,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::client::ConnectionFaults;
+use crate::client::{Client, ClientConfig, ConnectionFaults};
 use crate::disk::SimDisk;
-use crate::harness::SimCluster;
+use crate::harness::{SimCluster, CONTROLLED_SHUTDOWN_WAIT};
 use crate::run::{Coverage, Params, Trace};
 
 /// The kinds of faults.
@@ -68,10 +68,16 @@ pub enum Fault {
     /// A burst of leader changes: a partition's leader is restarted (a power loss), and as
     /// soon as the next leader is seen, that one too, three to six times in a row.
     LeaderBurst,
+    /// An operator's graceful restart (SIGTERM): one broker's controlled shutdown moves its
+    /// leaderships away, it stops with its disk intact, and starts again a few seconds later.
+    ControlledShutdown,
+    /// An operator's preferred leader election (ElectLeaders, KIP-460) for every partition of
+    /// the workload's topic, through the Kafka API.
+    PreferredElection,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 16] = [
         Fault::Kill,
         Fault::ClusterCrash,
         Fault::Pause,
@@ -86,7 +92,13 @@ impl Fault {
         Fault::CrashInRecovery,
         Fault::KillAfterElection,
         Fault::LeaderBurst,
+        Fault::ControlledShutdown,
+        Fault::PreferredElection,
     ];
+
+    /// The cluster operations an operator performs, drawn after everything else (so each
+    /// seed's earlier draws stay as they were); a kind added here goes at the end.
+    pub const OPERATIONS: [Fault; 2] = [Fault::ControlledShutdown, Fault::PreferredElection];
 
     /// The kinds [`Params::sample`] draws first, in one pass (the ten kinds there were when
     /// that pass was last changed: adding a kind to it would change every seed's draws).
@@ -142,6 +154,8 @@ impl Fault {
             Fault::CrashInRecovery => "crash-recovery",
             Fault::KillAfterElection => "kill-elected",
             Fault::LeaderBurst => "leader-burst",
+            Fault::ControlledShutdown => "controlled-shutdown",
+            Fault::PreferredElection => "preferred-election",
         }
     }
 }
@@ -153,6 +167,17 @@ pub(crate) struct Targets<'a> {
     /// The switch every workload client's connections share.
     pub connections: &'a ConnectionFaults,
     pub trace: &'a Trace,
+}
+
+/// The address of the `n`th preferred election's client node: a subnet no other node uses,
+/// one address per election (a node is never removed, and two must not share an address).
+fn election_ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        0,
+        2 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 /// The pause between two brokers of a swizzle, clogged or unclogged.
@@ -167,6 +192,7 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
     let ids: Vec<i32> = (1..=params.cluster.brokers).collect();
     let net = madsim::net::NetSim::current();
     let (cluster, trace) = (t.cluster, t.trace);
+    let mut elections = 0u32;
     if let Some(id) = params.faulty_disk {
         t.disks[&id].set_faults(true);
         *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
@@ -386,10 +412,73 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
                 }
                 trace.event("leader burst over");
             }
+            Fault::ControlledShutdown => {
+                trace.event(format!(
+                    "controlled shutdown of broker {id} (SIGTERM), down for {lasts:?}"
+                ));
+                let outcome = SimCluster::stop_gracefully(
+                    cluster,
+                    id,
+                    CONTROLLED_SHUTDOWN_WAIT + GRACEFUL_STOP_MARGIN,
+                )
+                .await;
+                match outcome {
+                    Some(true) => {
+                        coverage.controlled_shutdowns += 1;
+                        trace.event(format!("broker {id} stopped, leading nothing"));
+                    }
+                    Some(false) => trace.event(format!(
+                        "broker {id} stopped without handing every leadership over in time"
+                    )),
+                    None => trace.event(format!("broker {id} cut short while stopping")),
+                }
+                madsim::time::sleep(lasts).await;
+                cluster.lock().expect("cluster poisoned").restart(id);
+                coverage.recoveries += 1;
+                trace.event(format!("restart broker {id}"));
+            }
+            Fault::PreferredElection => {
+                let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
+                let partitions: Vec<i32> = (0..params.partitions).collect();
+                // From a client node of its own, as an operator's tool would run: the
+                // simulation's main node has no address brokers answer.
+                elections += 1;
+                let node = madsim::runtime::Handle::current()
+                    .create_node()
+                    .name(format!("elect-{elections}"))
+                    .ip(election_ip(elections))
+                    .build();
+                let answered = node
+                    .spawn(async move {
+                        let mut admin = Client::new(ClientConfig::new(bootstrap));
+                        admin.elect_leaders(0, crate::run::TOPIC, &partitions).await
+                    })
+                    .await;
+                let answered = answered.unwrap_or_else(|_| {
+                    Err(crate::client::ClientError::Protocol(
+                        "the election's client task was lost".into(),
+                    ))
+                });
+                match answered {
+                    Ok(results) => {
+                        let elected = results.iter().filter(|(_, code)| *code == 0).count();
+                        coverage.preferred_elections += elected as u64;
+                        trace.event(format!(
+                            "preferred leader election of {}: {results:?} (partition, error code)",
+                            crate::run::TOPIC
+                        ));
+                    }
+                    Err(e) => trace.event(format!("preferred leader election: {e}")),
+                }
+            }
             Fault::Disk => unreachable!("skipped above"),
         }
     }
 }
+
+/// How long a graceful stop may take beyond the controlled shutdown's own bound (opening the
+/// broker, if it is still starting, and its checkpoints), before it is cut short.
+const GRACEFUL_STOP_MARGIN: Duration = Duration::from_secs(20);
 
 /// How long the election schedules wait for a partition's next leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);

@@ -223,6 +223,17 @@ impl Params {
         if rng.gen_bool(0.5) {
             params.cluster.segment_bytes = rng.gen_range(2_048..=32_768);
         }
+        // The controller's leader balance in half the runs, checking every 2 to 10 s.
+        if rng.gen_bool(0.5) {
+            params.cluster.leader_balance_interval_ms = Some(rng.gen_range(2_000..=10_000));
+        }
+        // Cluster operations, for the same reason (a kind added to the list adds one draw here
+        // and shifts only the transactional draws after it).
+        for kind in Fault::OPERATIONS {
+            if rng.gen_bool(0.5) {
+                params.faults.insert(kind);
+            }
+        }
         // Transactions in half the runs (last, for the same reason).
         if rng.gen_bool(0.5) {
             params.txn_producers = rng.gen_range(1..=2);
@@ -238,8 +249,9 @@ impl fmt::Display for Params {
         write!(
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
-             consumers={} group_consumers={} txn_producers={} txn_consumers={} fault_ms={} faults=[{}] \
-             fault_interval_ms={} faulty_disk={:?} sync_latency_ms={} segment_bytes={}",
+             consumers={} group_consumers={} txn_producers={} txn_consumers={} fault_ms={} \
+             faults=[{}] fault_interval_ms={} faulty_disk={:?} sync_latency_ms={} segment_bytes={} \
+             leader_balance_ms={:?}",
             self.seed,
             self.cluster.brokers,
             self.cluster.voters,
@@ -257,6 +269,7 @@ impl fmt::Display for Params {
             self.faulty_disk,
             self.sync_latency_ms,
             self.cluster.segment_bytes,
+            self.cluster.leader_balance_interval_ms,
         )?;
         if self.faults.contains(&Fault::Latency) {
             write!(
@@ -322,6 +335,10 @@ pub struct Coverage {
     pub truncations: u64,
     /// Broker starts after a kill.
     pub recoveries: u64,
+    /// Controlled shutdowns that moved every leadership off their broker before it stopped.
+    pub controlled_shutdowns: u64,
+    /// Partitions whose preferred leader an ElectLeaders request elected.
+    pub preferred_elections: u64,
     /// Damage found by recovery (a cut log).
     pub corruptions_detected: u64,
     pub disk: DiskStats,

@@ -123,6 +123,10 @@ fn fixed_regression_and_commit_seeds_pass() {
     assert!(summary.lines.iter().any(|l| l.coordinator_moves > 0));
     // Logs rolled (the seeds with small segments): syncs and recovery spanned segments.
     assert!(summary.lines.iter().any(|l| l.segment_rolls > 0));
+    // Operations: a broker handed its leaderships over before it stopped, and an ElectLeaders
+    // moved a partition back to its preferred leader (7 and 1 of seeds 1 to 40).
+    assert!(summary.lines.iter().any(|l| l.controlled_shutdowns > 0));
+    assert!(summary.lines.iter().any(|l| l.preferred_elections > 0));
     // Transactions (the seeds with the transactional workload) committed and aborted, zombies
     // were fenced, stalled transactions timed out, and transaction coordinators moved.
     assert!(summary.lines.iter().any(|l| l.txn_commits > 0));

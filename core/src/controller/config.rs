@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::batch::TimestampType;
+use crate::log::cleaner::CleanerConfig;
 use crate::log::LogConfig;
 
 /// `retention.ms`: delete segments whose newest record is older (LONG, >= -1, -1 = forever).
@@ -27,17 +28,37 @@ pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 /// `message.timestamp.type`: `CreateTime` or `LogAppendTime` (STRING).
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+/// `unclean.leader.election.enable`: a partition whose ISR members are all down may elect
+/// another replica, losing the writes only the ISR had (BOOLEAN). Unset on a topic, the
+/// broker's setting of the same name applies.
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+
+/// `min.cleanable.dirty.ratio`: the log cleaner cleans a compacted log once its dirty share
+/// of bytes exceeds this (DOUBLE, 0 to 1).
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
+/// `delete.retention.ms`: how long a tombstone outlives its first cleaning (LONG, >= 0).
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// `min.compaction.lag.ms`: records younger than this are not compacted (LONG, >= 0).
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+/// `max.compaction.lag.ms`: a record older than this makes its log due for cleaning
+/// (LONG, >= 1).
+pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
 
 /// Every topic config key keel accepts, in name order (DescribeConfigs lists them so).
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 13] = [
     CLEANUP_POLICY,
+    DELETE_RETENTION_MS,
+    MAX_COMPACTION_LAG_MS,
     MAX_MESSAGE_BYTES,
     MESSAGE_TIMESTAMP_TYPE,
+    MIN_CLEANABLE_DIRTY_RATIO,
+    MIN_COMPACTION_LAG_MS,
     MIN_INSYNC_REPLICAS,
     RETENTION_BYTES,
     RETENTION_MS,
     SEGMENT_BYTES,
     SEGMENT_MS,
+    UNCLEAN_LEADER_ELECTION_ENABLE,
 ];
 
 /// The smallest `segment.bytes` (Kafka 3.x: `LegacyRecord.RECORD_OVERHEAD_V0`).
@@ -55,12 +76,16 @@ pub struct CleanupPolicy {
 /// A config's type, as DescribeConfigs v3+ reports it (`DescribeConfigsResponse.ConfigType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigType {
+    /// BOOLEAN (1).
+    Boolean = 1,
     /// STRING (2).
     String = 2,
     /// INT (3).
     Int = 3,
     /// LONG (5).
     Long = 5,
+    /// DOUBLE (6).
+    Double = 6,
     /// LIST (7).
     List = 7,
 }
@@ -130,6 +155,8 @@ pub struct TopicConfig {
     min_insync_replicas: i32,
     cleanup_policy: CleanupPolicy,
     message_timestamp_type: TimestampType,
+    unclean_leader_election_enable: bool,
+    cleaner: CleanerSettings,
     /// The topic-level settings, as given.
     overrides: BTreeMap<String, String>,
 }
@@ -149,6 +176,8 @@ impl Default for TopicConfig {
                 compact: false,
             },
             message_timestamp_type: TimestampType::CreateTime,
+            unclean_leader_election_enable: false,
+            cleaner: CleanerSettings::default(),
             overrides: BTreeMap::new(),
         }
     }
@@ -225,6 +254,14 @@ impl TopicConfig {
         self.message_timestamp_type
     }
 
+    /// `unclean.leader.election.enable` if the topic sets it (else the broker's setting
+    /// applies).
+    pub fn unclean_leader_election(&self) -> Option<bool> {
+        self.overrides
+            .contains_key(UNCLEAN_LEADER_ELECTION_ENABLE)
+            .then_some(self.unclean_leader_election_enable)
+    }
+
     /// Every key with its value in force and where it comes from, in name order: the body of a
     /// DescribeConfigs answer.
     pub fn describe(&self) -> Vec<ConfigEntry> {
@@ -248,20 +285,43 @@ impl TopicConfig {
     }
 
     /// The log settings these configs imply (the ones [`LogConfig`] has; the rest keep its
-    /// defaults).
+    /// defaults). Retention applies only with `cleanup.policy` `delete`: a `compact`-only topic
+    /// keeps every key's latest record however old (Kafka's `LogManager.cleanupLogs` deletes
+    /// only for the delete policy).
     pub fn to_log_config(&self) -> LogConfig {
+        let delete = self.cleanup_policy.delete;
         LogConfig {
             segment_bytes_max: self.segment_bytes as u64,
             segment_ms_max: self.segment_ms,
-            retention_bytes_max: self.retention_bytes,
-            retention_ms_max: self.retention_ms,
+            retention_bytes_max: if delete { self.retention_bytes } else { -1 },
+            retention_ms_max: if delete { self.retention_ms } else { -1 },
             ..LogConfig::default()
+        }
+    }
+
+    /// The log cleaner's settings for the topic (docs/compaction.md); the dedupe buffer bound
+    /// is the broker's and keeps its default here.
+    pub fn to_cleaner_config(&self) -> CleanerConfig {
+        let c = &self.cleaner;
+        CleanerConfig {
+            dirty_ratio_min: f64::from_bits(c.dirty_ratio_min_bits),
+            delete_retention_ms: c.delete_retention_ms,
+            compaction_lag_ms_min: c.compaction_lag_ms_min,
+            compaction_lag_ms_max: c.compaction_lag_ms_max,
+            ..CleanerConfig::default()
         }
     }
 
     /// The value in force of `key`, formatted as Kafka would.
     fn value_of(&self, key: &str) -> Option<String> {
         Some(match key {
+            // Kafka prints a double with its fraction ("0.5", "1.0"), as Debug does.
+            MIN_CLEANABLE_DIRTY_RATIO => {
+                format!("{:?}", f64::from_bits(self.cleaner.dirty_ratio_min_bits))
+            }
+            DELETE_RETENTION_MS => self.cleaner.delete_retention_ms.to_string(),
+            MIN_COMPACTION_LAG_MS => self.cleaner.compaction_lag_ms_min.to_string(),
+            MAX_COMPACTION_LAG_MS => self.cleaner.compaction_lag_ms_max.to_string(),
             RETENTION_MS => self.retention_ms.to_string(),
             RETENTION_BYTES => self.retention_bytes.to_string(),
             SEGMENT_BYTES => self.segment_bytes.to_string(),
@@ -282,6 +342,7 @@ impl TopicConfig {
                 TimestampType::LogAppendTime => "LogAppendTime",
             }
             .to_string(),
+            UNCLEAN_LEADER_ELECTION_ENABLE => self.unclean_leader_election_enable.to_string(),
             _ => return None,
         })
     }
@@ -338,9 +399,58 @@ impl TopicConfig {
                     }
                 }
             }
+            UNCLEAN_LEADER_ELECTION_ENABLE => {
+                // Kafka's BOOLEAN: true or false, any case.
+                self.unclean_leader_election_enable = match value.trim().to_ascii_lowercase() {
+                    v if v == "true" => true,
+                    v if v == "false" => false,
+                    _ => return Err(invalid("expected true or false".into())),
+                }
+            }
+            MIN_CLEANABLE_DIRTY_RATIO => {
+                let ratio: f64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("expected a number".into()))?;
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(invalid("value must be between 0 and 1".into()));
+                }
+                self.cleaner.dirty_ratio_min_bits = ratio.to_bits();
+            }
+            DELETE_RETENTION_MS => {
+                self.cleaner.delete_retention_ms = parse_long(value, 0).map_err(invalid)?
+            }
+            MIN_COMPACTION_LAG_MS => {
+                self.cleaner.compaction_lag_ms_min = parse_long(value, 0).map_err(invalid)?
+            }
+            MAX_COMPACTION_LAG_MS => {
+                self.cleaner.compaction_lag_ms_max = parse_long(value, 1).map_err(invalid)?
+            }
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
+    }
+}
+
+/// The log cleaner's topic settings (Kafka's defaults). The ratio is kept as its bits so the
+/// config stays `Eq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CleanerSettings {
+    dirty_ratio_min_bits: u64,
+    delete_retention_ms: i64,
+    compaction_lag_ms_min: i64,
+    compaction_lag_ms_max: i64,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        let c = CleanerConfig::default();
+        CleanerSettings {
+            dirty_ratio_min_bits: c.dirty_ratio_min.to_bits(),
+            delete_retention_ms: c.delete_retention_ms,
+            compaction_lag_ms_min: c.compaction_lag_ms_min,
+            compaction_lag_ms_max: c.compaction_lag_ms_max,
+        }
     }
 }
 
@@ -348,8 +458,11 @@ impl TopicConfig {
 fn config_type(key: &str) -> ConfigType {
     match key {
         RETENTION_MS | RETENTION_BYTES | SEGMENT_MS => ConfigType::Long,
+        DELETE_RETENTION_MS | MIN_COMPACTION_LAG_MS | MAX_COMPACTION_LAG_MS => ConfigType::Long,
+        MIN_CLEANABLE_DIRTY_RATIO => ConfigType::Double,
         SEGMENT_BYTES | MAX_MESSAGE_BYTES | MIN_INSYNC_REPLICAS => ConfigType::Int,
         CLEANUP_POLICY => ConfigType::List,
+        UNCLEAN_LEADER_ELECTION_ENABLE => ConfigType::Boolean,
         _ => ConfigType::String,
     }
 }

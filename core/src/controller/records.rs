@@ -6,7 +6,8 @@
 //! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
 //! Tags reserved for what KRaft has and keel does not yet: `Record` 10 UnregisterBroker;
 //! `PartitionRecord` 8 eligible leader replicas (KIP-966), 9 last known ELR, 10 leader recovery
-//! state.
+//! state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials), apart from the
+//! others so that records added meanwhile elsewhere take the next free tag below them.
 //!
 //! Topic ids are KRaft's 16-byte UUIDs carried as `bytes`; a record whose id is not 16 bytes
 //! is rejected by [`super::MetadataState::apply`].
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23")]
     pub record: Option<Record>,
 }
 
@@ -54,6 +55,20 @@ pub enum Record {
     /// Unfences a broker: it heartbeats again and caught up (KRaft's UnfenceBrokerRecord).
     #[prost(message, tag = "9")]
     UnfenceBroker(UnfenceBrokerRecord),
+    /// Adds one ACL binding (KRaft's AccessControlEntryRecord); apply refuses one that exists.
+    #[prost(message, tag = "20")]
+    Acl(AclRecord),
+    /// Removes one ACL binding (KRaft's RemoveAccessControlEntryRecord, which names the ACL by
+    /// an id; keel names it by its content); apply refuses one that does not exist.
+    #[prost(message, tag = "21")]
+    RemoveAcl(AclRecord),
+    /// Stores (or replaces) one user's SCRAM credential for one mechanism (KRaft's
+    /// UserScramCredentialRecord, KIP-554).
+    #[prost(message, tag = "22")]
+    ScramCredential(ScramCredentialRecord),
+    /// Removes one (KRaft's RemoveUserScramCredentialRecord); apply refuses a missing one.
+    #[prost(message, tag = "23")]
+    RemoveScramCredential(RemoveScramCredentialRecord),
 }
 
 /// A new topic.
@@ -236,6 +251,67 @@ pub struct UnfenceBrokerRecord {
     /// Its broker epoch: apply refuses the record for any other.
     #[prost(int64, tag = "2")]
     pub broker_epoch: i64,
+}
+
+/// One ACL binding, with Kafka's codes (`core::acl`). A binding is its own identity: the set
+/// of bindings holds each at most once.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AclRecord {
+    /// The resource type's code (2 TOPIC to 7 USER).
+    #[prost(int32, tag = "1")]
+    pub resource_type: i32,
+    /// The resource name or prefix (not empty; `kafka-cluster` for the CLUSTER).
+    #[prost(string, tag = "2")]
+    pub resource_name: String,
+    /// The pattern type's code (3 LITERAL, 4 PREFIXED).
+    #[prost(int32, tag = "3")]
+    pub pattern_type: i32,
+    /// `Type:name`.
+    #[prost(string, tag = "4")]
+    pub principal: String,
+    /// The host, or `*`.
+    #[prost(string, tag = "5")]
+    pub host: String,
+    /// The operation's code (2 ALL to 14 DESCRIBE_TOKENS).
+    #[prost(int32, tag = "6")]
+    pub operation: i32,
+    /// The permission's code (2 DENY, 3 ALLOW).
+    #[prost(int32, tag = "7")]
+    pub permission: i32,
+}
+
+/// A user's SCRAM credential for one mechanism: what the server keeps of a password.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ScramCredentialRecord {
+    /// The user name (not empty).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka's mechanism code: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512.
+    #[prost(int32, tag = "2")]
+    pub mechanism: i32,
+    /// The salt.
+    #[prost(bytes = "vec", tag = "3")]
+    pub salt: Vec<u8>,
+    /// `H(ClientKey)`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_key: Vec<u8>,
+    /// PBKDF2 iterations, 4096 to 16384.
+    #[prost(int32, tag = "6")]
+    pub iterations: i32,
+}
+
+/// Removes a user's SCRAM credential for one mechanism.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RemoveScramCredentialRecord {
+    /// The user name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka's mechanism code.
+    #[prost(int32, tag = "2")]
+    pub mechanism: i32,
 }
 
 /// The records of one command, stored as one frame so that they apply all or none (KRaft

@@ -897,6 +897,7 @@ fn sole_isr_partition_returns_to_the_restarted_broker_at_a_higher_epoch() {
         broker_epoch: epoch,
         metadata_offset: offset,
         want_fence: false,
+        want_shut_down: false,
     };
     let reply = sessions.heartbeat(0, &heartbeat(7), &state, 10).unwrap();
     assert!(reply.is_fenced && !reply.is_caught_up && reply.records.is_empty());
@@ -1476,4 +1477,175 @@ proptest! {
         let (_, state, _) = open(storage);
         state.check_invariants();
     }
+}
+
+/// KIP-903: a leader's ISR expansion names the broker epoch of the incarnation whose fetches
+/// it judged; once that broker has registered again (it restarted, and its log may lack what
+/// was acknowledged since), the expansion is INELIGIBLE_REPLICA and changes nothing. The
+/// current epoch, or none known, passes; members already in the ISR are not checked.
+/// Reference: KIP-903, ReplicationControlManager.validateAlterPartitionData (brokerEpoch).
+#[test]
+fn an_isr_expansion_judged_on_a_previous_incarnation_is_refused() {
+    let mut state = MetadataState::new();
+    for n in 0..3 {
+        register_unfenced(&mut state, n, n as u8);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 1, 3, id(1)),
+            &state.live_brokers(),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+    let p = state.partition("t", 0).unwrap().clone();
+    let out = p.replicas[2];
+    let request = |state: &MetadataState, isr: Vec<BrokerId>| {
+        let p = state.partition("t", 0).unwrap();
+        AlterPartitionRequest {
+            broker_id: p.leader,
+            broker_epoch: state.broker(p.leader).unwrap().epoch,
+            topic_id: id(1),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr,
+        }
+    };
+    // Shrink `out` away, remembering the epoch its fetches had.
+    let judged_epoch = state.broker(out).unwrap().epoch;
+    let shrunk: Vec<BrokerId> = p.isr.iter().copied().filter(|&b| b != out).collect();
+    let (_, records) = state
+        .alter_partition(&request(&state, shrunk.clone()))
+        .unwrap();
+    apply_all(&mut state, &records);
+    // It restarts: a new registration, unfenced once caught up.
+    register_unfenced(&mut state, out.0, 9);
+    assert_ne!(state.broker(out).unwrap().epoch, judged_epoch);
+    let before = state.partition("t", 0).unwrap().clone();
+    let grown = p.replicas.clone();
+    let epochs_of = |state: &MetadataState, stale: bool| -> Vec<i64> {
+        grown
+            .iter()
+            .map(|&b| {
+                if b == out && stale {
+                    judged_epoch
+                } else {
+                    state.broker(b).unwrap().epoch
+                }
+            })
+            .collect()
+    };
+    let err = state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &epochs_of(&state, true))
+        .unwrap_err();
+    assert_eq!(err.code(), 107, "INELIGIBLE_REPLICA: {err:?}");
+    assert_eq!(state.partition("t", 0).unwrap(), &before);
+    // Unknown epochs (an older leader) and the current ones pass.
+    let unknown = vec![-1; grown.len()];
+    assert!(state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &unknown)
+        .is_ok());
+    let (_, records) = state
+        .alter_partition_with_epochs(&request(&state, grown.clone()), &epochs_of(&state, false))
+        .unwrap();
+    apply_all(&mut state, &records);
+    assert_eq!(state.partition("t", 0).unwrap().isr.len(), 3);
+    // A shrink naming a stale epoch for a member that stays is not refused.
+    let smaller: Vec<BrokerId> = grown
+        .iter()
+        .copied()
+        .filter(|&b| b != p.replicas[1])
+        .collect();
+    let stale: Vec<i64> = smaller
+        .iter()
+        .map(|&b| if b == out { judged_epoch } else { 0 })
+        .collect();
+    assert!(state
+        .alter_partition_with_epochs(&request(&state, smaller), &stale)
+        .is_ok());
+}
+
+/// The log cleaner's topic configs (Kafka's `TopicConfig`: `min.cleanable.dirty.ratio` a
+/// DOUBLE in [0, 1] defaulting to 0.5, `delete.retention.ms` 1 day, `min.compaction.lag.ms` 0,
+/// `max.compaction.lag.ms` Long.MAX_VALUE) are validated, described and reach the cleaner.
+#[test]
+fn cleaner_topic_configs_are_validated_described_and_applied() {
+    for (key, value, ok) in [
+        ("min.cleanable.dirty.ratio", "0.01", true),
+        ("min.cleanable.dirty.ratio", "1", true),
+        ("min.cleanable.dirty.ratio", "1.5", false),
+        ("min.cleanable.dirty.ratio", "-0.1", false),
+        ("min.cleanable.dirty.ratio", "half", false),
+        ("delete.retention.ms", "0", true),
+        ("delete.retention.ms", "-1", false),
+        ("min.compaction.lag.ms", "0", true),
+        ("min.compaction.lag.ms", "-1", false),
+        ("max.compaction.lag.ms", "0", false),
+        ("max.compaction.lag.ms", "1", true),
+    ] {
+        assert_eq!(
+            TopicConfig::validate(key, value).is_ok(),
+            ok,
+            "{key}={value:?}"
+        );
+    }
+    let defaults = TopicConfig::default().describe();
+    let value = |d: &[config::ConfigEntry], name: &str| {
+        let e = d.iter().find(|e| e.name == name).unwrap();
+        (e.value.clone(), e.source, e.config_type.code())
+    };
+    assert_eq!(
+        value(&defaults, "min.cleanable.dirty.ratio"),
+        ("0.5".into(), ConfigSource::Default, 6)
+    );
+    assert_eq!(
+        value(&defaults, "delete.retention.ms"),
+        ("86400000".into(), ConfigSource::Default, 5)
+    );
+    assert_eq!(
+        value(&defaults, "max.compaction.lag.ms"),
+        (i64::MAX.to_string(), ConfigSource::Default, 5)
+    );
+    let overrides = BTreeMap::from([
+        ("min.cleanable.dirty.ratio".to_string(), "0.01".to_string()),
+        ("delete.retention.ms".to_string(), "100".to_string()),
+        ("min.compaction.lag.ms".to_string(), "5".to_string()),
+        ("max.compaction.lag.ms".to_string(), "6000".to_string()),
+    ]);
+    let config = TopicConfig::from_map(&overrides).unwrap();
+    assert_eq!(
+        value(&config.describe(), "min.cleanable.dirty.ratio"),
+        ("0.01".into(), ConfigSource::Topic, 6)
+    );
+    let cleaner = config.to_cleaner_config();
+    assert_eq!(cleaner.dirty_ratio_min, 0.01);
+    assert_eq!(cleaner.delete_retention_ms, 100);
+    assert_eq!(cleaner.compaction_lag_ms_min, 5);
+    assert_eq!(cleaner.compaction_lag_ms_max, 6000);
+}
+
+/// A `compact`-only topic is never cut by retention (Kafka's `LogManager.cleanupLogs` deletes
+/// only logs whose policy includes delete); `compact,delete` keeps both.
+#[test]
+fn retention_applies_only_with_the_delete_policy() {
+    let with = |policy: &str| {
+        TopicConfig::from_map(&BTreeMap::from([
+            ("cleanup.policy".to_string(), policy.to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("retention.bytes".to_string(), "5000".to_string()),
+        ]))
+        .unwrap()
+        .to_log_config()
+    };
+    let compact = with("compact");
+    assert_eq!(
+        (compact.retention_ms_max, compact.retention_bytes_max),
+        (-1, -1)
+    );
+    let both = with("compact,delete");
+    assert_eq!(
+        (both.retention_ms_max, both.retention_bytes_max),
+        (1000, 5000)
+    );
 }

@@ -688,18 +688,24 @@ fn a_leaders_effects_come_out_once_each_in_order() {
     assert_eq!(r.high_watermark(), Offset(0), "not persisted yet");
     assert_eq!(
         r.poll_effects(),
-        vec![Effect::Sync],
+        vec![Effect::WriteHighWatermark],
         "a high watermark write; no deadline: the follower is caught up"
     );
     assert_eq!(r.prepare_sync(), None, "the log is synced");
+    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
+    let due = r.poll_timeout().expect("the follower lags again");
+    assert_eq!(
+        r.poll_effects(),
+        vec![Effect::Sync, Effect::Deadline(due)],
+        "an append while the high watermark write is wanted: a sync round of its own"
+    );
     let write = r.prepare_state_write().expect("a write wanted");
+    assert_eq!(r.poll_effects(), Vec::new(), "one write at a time");
+    let pending = r.prepare_sync().expect("the new append");
+    assert_eq!(r.complete_sync(pending), Offset(6));
     write.write_to(&mut snaps).unwrap();
     r.complete_state_write(write);
     assert_eq!(r.poll_effects(), vec![Effect::HighWatermark(Offset(5))]);
-
-    r.append(NOW, idempotent(-1, -1, -1, 1)).unwrap();
-    let due = r.poll_timeout().expect("the follower lags again");
-    assert_eq!(r.poll_effects(), vec![Effect::Sync, Effect::Deadline(due)]);
     r.handle_timeout(due);
     let effects = r.poll_effects();
     assert!(

@@ -10,6 +10,14 @@
 //! [`MetadataState::register_broker`] registers it fenced (after fencing its previous
 //! registration if that was still live), and a new registration starts a new session.
 //!
+//! A broker that is stopping asks for a controlled shutdown (`want_shut_down`, KIP-631's
+//! `wantShutDown`): the controller fences it in one command that also moves its leaderships
+//! to live ISR members and takes it out of every ISR it shares, and answers
+//! `should_shut_down` once the applied state shows it fenced and leading nothing. It is not
+//! unfenced while it asks. Kafka keeps such a broker unfenced (but ineligible) until it may
+//! stop and fences it then; keel fences it at once, which makes it ineligible everywhere
+//! fencing already does (elections, AlterPartition, the election sweep) with no new state.
+//!
 //! The session table is the active controller's soft state, never replicated: time comes in
 //! as `now_ms`, and a node that becomes the leader starts every session afresh
 //! ([`BrokerSessions::reset`]), so a broker gets a full session timeout from the new
@@ -48,6 +56,9 @@ pub struct Heartbeat {
     pub metadata_offset: u64,
     /// It asks to stay fenced (Kafka's `wantFence`: a broker still starting up).
     pub want_fence: bool,
+    /// It is stopping and asks for a controlled shutdown (Kafka's `wantShutDown`): move
+    /// every leadership off it and take it out of every ISR, then tell it when it may stop.
+    pub want_shut_down: bool,
 }
 
 /// What the controller answers, and what it must propose.
@@ -57,7 +68,10 @@ pub struct HeartbeatReply {
     pub is_fenced: bool,
     /// Whether its metadata is caught up (Kafka's `isCaughtUp`).
     pub is_caught_up: bool,
-    /// Records to propose (an unfence), possibly empty.
+    /// Whether a broker that asked for a controlled shutdown may stop now (Kafka's
+    /// `shouldShutDown`): it is fenced and leads nothing in the applied state.
+    pub should_shut_down: bool,
+    /// Records to propose (an unfence, a fence), possibly empty.
     pub records: Vec<MetadataRecord>,
 }
 
@@ -179,7 +193,17 @@ impl BrokerSessions {
         let target = *session.caught_up_at.get_or_insert(applied_index);
         let is_caught_up = heartbeat.metadata_offset >= target;
         let mut records = Vec::new();
-        if !broker.fenced && heartbeat.want_fence && now_ms >= session.quiet_until_ms {
+        if !broker.fenced && heartbeat.want_shut_down && now_ms >= session.quiet_until_ms {
+            // Controlled shutdown (KRaft's `handleBrokerInControlledShutdown`, then its
+            // SHUTDOWN_NOW fencing, in one command): fenced, the broker leaves every ISR where
+            // another member remains, its leaderships move to live ISR members, and nothing
+            // elects it or takes it back into an ISR until it registers again.
+            records = state.fence_broker(id, self.unclean)?;
+            if !records.is_empty() {
+                session.quiet_until_ms = now_ms.saturating_add(PROPOSAL_RETRY_MS);
+                session.caught_up_at = None;
+            }
+        } else if !broker.fenced && heartbeat.want_fence && now_ms >= session.quiet_until_ms {
             // Kafka's BrokerHeartbeat WantFence: the broker asks to lead nothing (a replica of
             // it found damaged at runtime). Fenced, its leaderships move to sound ISR members.
             records = state.fence_broker(id, self.unclean)?;
@@ -190,6 +214,7 @@ impl BrokerSessions {
         } else if broker.fenced
             && is_caught_up
             && !heartbeat.want_fence
+            && !heartbeat.want_shut_down
             && now_ms >= session.quiet_until_ms
         {
             records = state.unfence_broker(id, broker.epoch, self.unclean)?;
@@ -200,6 +225,9 @@ impl BrokerSessions {
         Ok(HeartbeatReply {
             is_fenced: broker.fenced,
             is_caught_up,
+            should_shut_down: heartbeat.want_shut_down
+                && broker.fenced
+                && state.led_partitions(id) == 0,
             records,
         })
     }

@@ -13,6 +13,7 @@
 //!
 //! The records, in order: every broker's registration (with its fenced flag) in broker epoch
 //! order, then every topic (name order) with its configs and its partitions (index order),
+//! then every ACL binding (in their order), every SCRAM credential (by user and mechanism),
 //! then the producer-id counter (broker -1: a restore, not an allocation). Applying them to an
 //! empty state gives back the state exactly: [`encode_state`] checks that before it returns
 //! (and [`decode_state`] checks the CRC and that every record applies), so a snapshot that
@@ -115,6 +116,17 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
             );
         }
     }
+    records.extend(
+        state
+            .acls()
+            .iter()
+            .map(|b| crate::controller::acls::acl_record(&b)),
+    );
+    records.extend(
+        state
+            .scram_credentials()
+            .map(|(user, mechanism, c)| crate::controller::scram::scram_record(user, mechanism, c)),
+    );
     records.push(
         ProducerIdsRecord {
             broker_id: -1,

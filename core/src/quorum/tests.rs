@@ -1591,6 +1591,7 @@ fn a_broker_that_wants_fencing_is_fenced_and_stays_fenced_while_it_asks() {
         broker_epoch: state.broker(b(1)).unwrap().epoch,
         metadata_offset: 11,
         want_fence,
+        want_shut_down: false,
     };
     let reply = sessions
         .heartbeat(0, &hb(&state, true), &state, 10)
@@ -1620,6 +1621,106 @@ fn a_broker_that_wants_fencing_is_fenced_and_stays_fenced_while_it_asks() {
     assert!(!state.broker(b(1)).unwrap().fenced);
 }
 
+/// Controlled shutdown (KIP-631's wantShutDown; KRaft's
+/// `ReplicationControlManager.handleBrokerInControlledShutdown` and `BrokerHeartbeatManager`'s
+/// SHUTDOWN_NOW): a broker that asks is fenced in one command that moves its leaderships to
+/// live ISR members and takes it out of every ISR it shares; it is told it may stop only once
+/// the applied state shows it fenced and leading nothing, and it is never unfenced while it
+/// asks. A partition whose only ISR member it is goes leaderless, that member kept in its ISR.
+#[test]
+fn a_broker_in_controlled_shutdown_loses_every_leadership_before_it_may_stop() {
+    let mut state = cluster_state(3);
+    let records = create_topic(&state, 1);
+    apply(&mut state, &records);
+    // t2: one replica only, on broker 1.
+    let records = state
+        .create_topic(
+            &NewTopic {
+                name: "t2".into(),
+                partitions: 1,
+                replication_factor: 1,
+                configs: BTreeMap::new(),
+                topic_id: topic_id(2),
+            },
+            &[b(1)],
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply(&mut state, &records);
+    assert!(
+        state.led_partitions(b(1)) >= 2,
+        "broker 1 leads in t1 and t2"
+    );
+    let mut sessions = BrokerSessions::new(UncleanElection::Disabled);
+    let hb = |state: &MetadataState, want_shut_down: bool| Heartbeat {
+        broker_id: b(1),
+        broker_epoch: state.broker(b(1)).unwrap().epoch,
+        metadata_offset: 20,
+        want_fence: false,
+        want_shut_down,
+    };
+    let reply = sessions
+        .heartbeat(0, &hb(&state, false), &state, 20)
+        .unwrap();
+    assert!(!reply.should_shut_down && reply.records.is_empty());
+    let reply = sessions
+        .heartbeat(10, &hb(&state, true), &state, 20)
+        .unwrap();
+    assert!(!reply.is_fenced && !reply.records.is_empty());
+    assert!(
+        !reply.should_shut_down,
+        "it still leads in the applied state"
+    );
+    let again = sessions
+        .heartbeat(20, &hb(&state, true), &state, 20)
+        .unwrap();
+    assert!(
+        again.records.is_empty() && !again.should_shut_down,
+        "one proposal per retry interval"
+    );
+    apply(&mut state, &reply.records);
+    assert!(state.broker(b(1)).unwrap().fenced);
+    assert_eq!(state.led_partitions(b(1)), 0);
+    for p in 0..3 {
+        let part = partition_of(&state, "t1", p);
+        assert!(!part.isr.contains(&b(1)), "t1-{p} ISR {:?}", part.isr);
+        assert!(
+            part.leader.0 >= 0 && part.isr.contains(&part.leader),
+            "t1-{p} has a leader from its ISR"
+        );
+    }
+    let alone = partition_of(&state, "t2", 0);
+    assert_eq!(
+        alone.leader,
+        BrokerId::NONE,
+        "t2-0 has nobody else to lead it"
+    );
+    assert_eq!(alone.isr, vec![b(1)], "the last ISR member stays");
+    let later = 10 * sessions::BROKER_HEARTBEAT_INTERVAL_MS;
+    let reply = sessions
+        .heartbeat(later, &hb(&state, true), &state, 21)
+        .unwrap();
+    assert!(reply.is_fenced && reply.is_caught_up);
+    assert!(reply.should_shut_down);
+    assert!(reply.records.is_empty(), "not unfenced while it asks");
+    // The election sweep does not put it back either.
+    assert!(sessions.elections(later, &state, 21).is_empty());
+    // Another broker that does not ask is never told to stop.
+    let other = Heartbeat {
+        broker_id: b(2),
+        broker_epoch: state.broker(b(2)).unwrap().epoch,
+        metadata_offset: 21,
+        want_fence: false,
+        want_shut_down: false,
+    };
+    assert!(
+        !sessions
+            .heartbeat(later, &other, &state, 21)
+            .unwrap()
+            .should_shut_down
+    );
+}
+
 /// Heartbeats keep a broker's session; past the session timeout the controller fences it
 /// (FenceBroker plus new leaders from the ISR); a heartbeat from the fenced broker once its
 /// metadata caught up unfences it. A new controller gives every broker a full session.
@@ -1636,6 +1737,7 @@ fn sessions_fence_after_timeout_and_unfence_caught_up_brokers() {
         broker_epoch: state.broker(b(broker)).unwrap().epoch,
         metadata_offset: offset,
         want_fence: false,
+        want_shut_down: false,
     };
     assert!(sessions.expire(0, &state).is_empty());
     let mut now = 0;
@@ -1754,6 +1856,7 @@ fn fencing_through_the_quorum_reaches_every_node() {
                 broker_epoch: state.broker(n).unwrap().epoch,
                 metadata_offset: net.node(n).applied_index(),
                 want_fence: false,
+                want_shut_down: false,
             };
             let applied = net.node(leader).applied_index();
             let reply = sessions

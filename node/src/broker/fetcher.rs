@@ -266,6 +266,7 @@ async fn run(broker: Weak<Broker>, f: Arc<Fetcher>) {
                 epoch.wrapping_add(1)
             },
             replica: b.node_id(),
+            replica_epoch: b.broker_epoch(),
             named,
             forgotten: forgotten
                 .iter()

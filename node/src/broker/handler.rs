@@ -1,4 +1,5 @@
-//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`].
+//! The broker's answers to Kafka requests: [`Handler`] for [`Broker`]. Every request is
+//! authorised first (`broker::authz`); only what it lets through reaches `dispatch`.
 //!
 //! Per the wire layer's contract, work whose order matters (appending a Produce's batches)
 //! happens in the synchronous part of `handle`; waiting (acks=all, fetch long polling) happens
@@ -44,6 +45,7 @@ use keel_core::log::LogError;
 use keel_core::partition::{compression_allowed, AckStatus, Appended, ProduceError};
 use keel_core::{LeaderEpoch, Offset};
 
+use super::authz::Gate;
 use super::{wall_ms, Broker, PartitionHandle};
 use crate::metrics::Outcome;
 use crate::wire::{Handler, HandlerError, HandlerResult, RequestContext};
@@ -63,12 +65,56 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 
+/// The first Fetch version that names topics by id instead of by name (KIP-516).
+const FETCH_TOPIC_IDS_VERSION: i16 = 13;
+
 fn uuid(id: CoreTopicId) -> uuid::Uuid {
     uuid::Uuid::from_bytes(id.0)
 }
 
 impl Handler for Broker {
     fn handle(
+        self: Arc<Self>,
+        ctx: RequestContext,
+        request: RequestKind,
+    ) -> impl Future<Output = HandlerResult> + Send + 'static {
+        // Topic ids named in place of names (Fetch v13+) are resolved first, so that
+        // authorisation and the handlers see names; then authorisation (broker::authz): what it
+        // denies never reaches `dispatch`.
+        let request = self.resolve_topic_ids(&ctx, request);
+        let started = std::time::Instant::now();
+        let (api, broker) = (ctx.api_key, self.clone());
+        let (inner, finish, answered): (
+            std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>>,
+            _,
+            _,
+        ) = match self.gate(&ctx, request) {
+            Gate::Pass(request, finish) => (Box::pin(self.dispatch(ctx, request)), finish, false),
+            Gate::Answer(result) => (Box::pin(std::future::ready(result)), None, true),
+            Gate::Later(future) => (future, None, true),
+        };
+        async move {
+            let result = inner.await;
+            if answered {
+                let outcome = match &result {
+                    Ok(Some(r)) if !has_error(r) => Outcome::Ok,
+                    _ => Outcome::Error,
+                };
+                broker
+                    .metrics()
+                    .record_request(api, started.elapsed(), outcome);
+            }
+            match finish {
+                Some(finish) => finish(result),
+                None => result,
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Handles an authorised request.
+    fn dispatch(
         self: Arc<Self>,
         ctx: RequestContext,
         request: RequestKind,
@@ -146,6 +192,12 @@ impl Handler for Broker {
                 let b = self.clone();
                 Next::Later(Box::pin(async move {
                     ResponseKind::CreatePartitions(b.create_partitions(r).await)
+                }))
+            }
+            RequestKind::ElectLeaders(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::ElectLeaders(b.elect_leaders(v, r).await)
                 }))
             }
             RequestKind::DescribeConfigs(r) => Next::Ready(ResponseKind::DescribeConfigs(
@@ -516,6 +568,26 @@ impl Broker {
         }
     }
 
+    /// Fetch v13+ names topics by id only (KIP-516): fills in the name of every id this
+    /// broker's metadata knows. An unknown id keeps an empty name, which [`Broker::fetch`]
+    /// answers with UNKNOWN_TOPIC_ID, as Kafka does.
+    fn resolve_topic_ids(&self, ctx: &RequestContext, request: RequestKind) -> RequestKind {
+        match request {
+            RequestKind::Fetch(mut r) if ctx.api_version >= FETCH_TOPIC_IDS_VERSION => {
+                self.with_metadata(|m| {
+                    for t in &mut r.topics {
+                        let id = CoreTopicId(*t.topic_id.as_bytes());
+                        t.topic = m
+                            .topic_by_id(id)
+                            .map_or_else(|| topic_name(""), |topic| topic_name(&topic.name));
+                    }
+                });
+                RequestKind::Fetch(r)
+            }
+            other => other,
+        }
+    }
+
     fn fetch_once(
         &self,
         version: i16,
@@ -541,7 +613,12 @@ impl Broker {
                 if version >= 4 {
                     pd.aborted_transactions = Some(Vec::new());
                 }
-                match self.leader(&name, fp.partition) {
+                let leader = if version >= FETCH_TOPIC_IDS_VERSION && name.is_empty() {
+                    Err(code::UNKNOWN_TOPIC_ID)
+                } else {
+                    self.leader(&name, fp.partition)
+                };
+                match leader {
                     Err(code) => pd.error_code = code,
                     Ok(p) => {
                         let max = (fp.partition_max_bytes.max(0) as usize).min(remaining);

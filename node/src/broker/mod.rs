@@ -31,11 +31,16 @@
 //! - partitions take roles, and directories of deleted topics are removed, only after this
 //!   broker's registration applied locally (so its metadata is caught up with the log).
 
+mod acl_handler;
+mod authz;
+pub mod cleaner;
 mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
+mod ops_handler;
 pub mod replication;
+mod scram_handler;
 mod txn;
 mod txn_handler;
 
@@ -108,6 +113,9 @@ pub struct Settings {
     pub group: keel_core::group::GroupConfig,
     /// The transaction coordinator's settings (`transaction.*`).
     pub transactions: TxnSettings,
+    /// The authoriser (`authorizer.class.name` and its settings; docs/security.md); `None`:
+    /// every request is allowed.
+    pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
 }
 
 impl Settings {
@@ -131,6 +139,7 @@ impl Settings {
             offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
             group: keel_core::group::GroupConfig::default(),
             transactions: TxnSettings::default(),
+            authorizer: None,
         }
     }
 }
@@ -147,6 +156,8 @@ pub use groups::{
 
 /// The Kafka APIs the broker answers: every API of the version table, the group APIs
 /// included ([`groups`]).
+pub use scram_handler::scram_lookup;
+
 pub fn served_apis() -> crate::wire::SupportedApis {
     crate::wire::SupportedApis::all()
 }
@@ -212,8 +223,8 @@ pub struct PartitionHandle {
     /// The high watermark, for waiters (acks=all produces, long-polling fetches). Also
     /// signalled, unchanged, when the role changes, so that waiters look again.
     high_watermark: watch::Sender<Offset>,
-    /// Where the partition is in the group-commit work (`sync_state`).
-    sync_state: AtomicU8,
+    /// Where the partition is in the group-commit work, per [`Lane`] (`sync_state`).
+    sync_state: [AtomicU8; 2],
     deleted: AtomicBool,
     /// The leader's fetch sessions: told when this partition changes.
     sessions: Arc<replication::LeaderSessions>,
@@ -278,7 +289,8 @@ impl PartitionHandle {
         for effect in self.with(|r| r.poll_effects()) {
             match effect {
                 Effect::AlterPartition(alter) => broker.send_alter_partition(&me, alter),
-                Effect::Sync => broker.sync.queue(&me),
+                Effect::Sync => broker.sync.queue(&me, Lane::Log),
+                Effect::WriteHighWatermark => broker.sync.queue(&me, Lane::HighWatermark),
                 Effect::HighWatermark(hw) => self.publish_high_watermark(hw),
                 Effect::Deadline(at) => self.deadlines.schedule(&me, at),
             }
@@ -357,42 +369,56 @@ impl PartitionHandle {
         self.touch();
     }
 
-    /// Makes everything appended so far durable, persists the high watermark where it must
-    /// be, and exposes it: prepare under the lock, write outside it, complete under it.
-    fn settle(&self) -> Result<(), StorageError> {
+    /// One turn of `lane`'s work for this partition.
+    fn settle(&self, lane: Lane) -> Result<(), StorageError> {
+        match lane {
+            Lane::Log => self.settle_log(),
+            Lane::HighWatermark => self.settle_high_watermark(),
+        }
+    }
+
+    /// Makes everything appended so far durable: prepare under the lock, sync outside it,
+    /// complete under it.
+    fn settle_log(&self) -> Result<(), StorageError> {
         if let Some(pending) = self.with(|r| r.prepare_sync()) {
             for file in pending.files() {
                 self.syncer.sync_file(file)?;
             }
-            let durable = self.with(|r| r.complete_sync(pending));
-            // Before the high watermark file's write: a follower names its next fetch, with
-            // its new durable end, without waiting for it.
-            self.sync_done(durable, false);
-        }
-        while let Some(write) = self.with(|r| r.prepare_state_write()) {
-            // Through a clone of the log's storage, not under the snapshot lock: a follower's
-            // append (which takes that lock) does not wait for this sync. Core hands out one
-            // state write at a time, so nothing else writes the slot meanwhile.
-            let written = write.write_to(&mut self.syncer.clone());
-            match written {
-                Ok(()) => {
-                    // Exposed at once, not when the loop ends: while followers keep moving
-                    // the high watermark, each write wants another, and acks=all waited for
-                    // the whole run (p50 132 ms at 20,000 records/s, keel-bench's mixed phase).
-                    self.with(|r| r.complete_state_write(write));
-                    self.drain_effects();
-                }
-                Err(e) => {
-                    self.with(|r| r.fail_state_write(write));
-                    return Err(e);
-                }
-            }
+            self.with(|r| r.complete_sync(pending));
         }
         let durable = self.with(|r| r.log().durable_end());
-        // Also when another path synced the log (a checkpoint, a truncation).
+        // Also when another path synced the log (a checkpoint, a truncation). A follower names
+        // its next fetch with its new durable end without waiting for a high watermark write.
         self.sync_done(durable, false);
         self.drain_effects();
         Ok(())
+    }
+
+    /// Persists the high watermark that earlier syncs made durable on the ISR, and exposes
+    /// it: one write (one sync of a slot file) per turn. It runs beside the log's sync rounds
+    /// (core hands out one state write at a time, so nothing else writes the slot meanwhile):
+    /// an acks=all answer waits for this write, and a log sync queued behind it would delay
+    /// the next answers too.
+    fn settle_high_watermark(&self) -> Result<(), StorageError> {
+        let Some(write) = self.with(|r| r.prepare_state_write()) else {
+            return Ok(());
+        };
+        // Through a clone of the log's storage, not under the snapshot lock: a follower's
+        // append (which takes that lock) does not wait for this sync.
+        match write.write_to(&mut self.syncer.clone()) {
+            Ok(()) => {
+                // A write wanted meanwhile is reported again and queued behind the others.
+                self.with(|r| r.complete_state_write(write));
+                self.drain_effects();
+                Ok(())
+            }
+            Err(e) => {
+                // Wanted again at once; queued by the next input's effects, not here (a disk
+                // that keeps failing would spin).
+                self.with(|r| r.fail_state_write(write));
+                Err(e)
+            }
+        }
     }
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
@@ -427,7 +453,15 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(1);
 #[cfg(not(madsim))]
 const SYNC_THREADS: usize = 32;
 
-/// A partition's place in the group-commit work ([`PartitionHandle::sync_state`]).
+/// The two kinds of disk work of a partition, each settled by one thread at a time, and
+/// independently of the other: the log's sync rounds and the high watermark's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Log = 0,
+    HighWatermark = 1,
+}
+
+/// A partition's place in the group-commit work of one lane ([`PartitionHandle::sync_state`]).
 mod sync_state {
     /// Nothing to do.
     pub const IDLE: u8 = 0;
@@ -440,20 +474,21 @@ mod sync_state {
 }
 
 /// Group commit: syncs dirty partitions, one fsync per partition per turn, however many
-/// appends it received since its last turn. A partition is in the queue at most once and
-/// settled by one thread at a time; queued again while it settles, it goes to the back of the
-/// queue when that settle ends, so a busy partition never starves the others. Real disks get
+/// appends it received since its last turn, and writes their high watermarks. A partition is
+/// in the queue at most once per [`Lane`] and settled by one thread at a time per lane;
+/// queued again while it settles, it goes to the back of the queue when that settle ends, so
+/// a busy partition never starves the others. Real disks get
 /// [`SYNC_THREADS`] threads, which sync different partitions in parallel. Under the simulator
 /// (madsim runs no threads of its own) it is one task that takes every queued partition as a
 /// round after a simulated sync's latency, as if they synced in parallel.
 struct SyncWorker {
-    tx: tokio::sync::mpsc::UnboundedSender<Arc<PartitionHandle>>,
+    tx: tokio::sync::mpsc::UnboundedSender<(Arc<PartitionHandle>, Lane)>,
 }
 
 impl SyncWorker {
     /// `latency`: how long a sync takes under the simulator (see `VirtualDisk::sync_latency`).
     fn start(#[cfg_attr(not(madsim), allow(unused_variables))] latency: Duration) -> SyncWorker {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<PartitionHandle>, Lane)>();
         // The workers hold the queue weakly: dropping the broker's sender ends them.
         let requeue = tx.downgrade();
         #[cfg(not(madsim))]
@@ -466,10 +501,10 @@ impl SyncWorker {
                     .spawn(move || loop {
                         // One thread waits on the queue; the others wait for the lock.
                         let next = rx.lock().expect("sync queue poisoned").blocking_recv();
-                        let Some(p) = next else {
+                        let Some((p, lane)) = next else {
                             return;
                         };
-                        settle_queued(&p, &requeue);
+                        settle_queued(&p, lane, &requeue);
                     })
                     .expect("spawn a sync thread");
             }
@@ -486,8 +521,8 @@ impl SyncWorker {
                     while let Ok(p) = rx.try_recv() {
                         round.push(p);
                     }
-                    for p in round {
-                        settle_queued(&p, &requeue);
+                    for (p, lane) in round {
+                        settle_queued(&p, lane, &requeue);
                     }
                 }
             });
@@ -495,22 +530,20 @@ impl SyncWorker {
         SyncWorker { tx }
     }
 
-    fn queue(&self, p: &Arc<PartitionHandle>) {
+    fn queue(&self, p: &Arc<PartitionHandle>, lane: Lane) {
         use sync_state::*;
-        let mut state = p.sync_state.load(Ordering::SeqCst);
+        let sync_state = &p.sync_state[lane as usize];
+        let mut state = sync_state.load(Ordering::SeqCst);
         loop {
             let next = match state {
                 IDLE => QUEUED,
                 RUNNING => RUNNING_AGAIN,
                 _ => return,
             };
-            match p
-                .sync_state
-                .compare_exchange(state, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
+            match sync_state.compare_exchange(state, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
                     if next == QUEUED {
-                        let _ = self.tx.send(p.clone());
+                        let _ = self.tx.send((p.clone(), lane));
                     }
                     return;
                 }
@@ -524,26 +557,30 @@ impl SyncWorker {
 /// was queued again meanwhile.
 fn settle_queued(
     p: &Arc<PartitionHandle>,
-    requeue: &tokio::sync::mpsc::WeakUnboundedSender<Arc<PartitionHandle>>,
+    lane: Lane,
+    requeue: &tokio::sync::mpsc::WeakUnboundedSender<(Arc<PartitionHandle>, Lane)>,
 ) {
     use sync_state::*;
-    let was = p.sync_state.swap(RUNNING, Ordering::SeqCst);
+    let sync_state = &p.sync_state[lane as usize];
+    let was = sync_state.swap(RUNNING, Ordering::SeqCst);
     debug_assert_eq!(was, QUEUED, "a partition leaves the queue only once");
     if !p.deleted.load(Ordering::SeqCst) {
-        if let Err(e) = p.settle() {
-            tracing::error!(topic = %p.topic, partition = p.index, "sync failed: {e}");
-            // A follower waiting for this sync fetches anyway, with the durable end it has.
-            p.sync_done(Offset(i64::MAX), true);
+        if let Err(e) = p.settle(lane) {
+            tracing::error!(topic = %p.topic, partition = p.index, "{lane:?} sync failed: {e}");
+            if lane == Lane::Log {
+                // A follower waiting for this sync fetches anyway, with the durable end it has.
+                p.sync_done(Offset(i64::MAX), true);
+            }
         }
     }
-    if p.sync_state
+    if sync_state
         .compare_exchange(RUNNING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
         // Queued again while it settled (the state is RUNNING_AGAIN).
-        p.sync_state.store(QUEUED, Ordering::SeqCst);
+        sync_state.store(QUEUED, Ordering::SeqCst);
         if let Some(tx) = requeue.upgrade() {
-            let _ = tx.send(p.clone());
+            let _ = tx.send((p.clone(), lane));
         }
     }
 }
@@ -573,6 +610,8 @@ pub struct Broker {
     reconcile_failed: AtomicBool,
     /// A retry of reconciliation is scheduled.
     reconcile_retry_pending: AtomicBool,
+    /// The broker is stopping: its heartbeats ask for a controlled shutdown.
+    shutting_down: AtomicBool,
     sync: SyncWorker,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
@@ -659,6 +698,7 @@ impl Broker {
             unopenable: Mutex::new(std::collections::BTreeSet::new()),
             reconcile_failed: AtomicBool::new(false),
             reconcile_retry_pending: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             sync: SyncWorker::start(sync_latency),
             groups: groups::Coordinators::new(settings_group),
             txns: txn::TxnCoordinators::new(settings_txn),
@@ -862,10 +902,84 @@ impl Broker {
             broker_epoch: self.broker_epoch(),
             metadata_offset: self.cluster.applied_index(),
             want_fence: !self.damaged_replicas().is_empty(),
+            want_shut_down: self.shutting_down.load(Ordering::SeqCst),
         };
         if let Err(e) = self.cluster.heartbeat(heartbeat).await {
             tracing::warn!("heartbeat: {e}");
         }
+    }
+
+    /// Controlled shutdown (KIP-631's `wantShutDown`; Kafka's `BrokerLifecycleManager
+    /// .beginControlledShutdown`): from now on this broker's heartbeats ask the controller to
+    /// move every leadership off it and take it out of every ISR it shares (the controller
+    /// fences it to do so, `quorum::sessions`). Returns once the controller says it may stop
+    /// and this broker's own replicas have stepped down (so their waiting produce requests
+    /// were answered NOT_LEADER_OR_FOLLOWER, which clients retry on the new leaders), or
+    /// after `wait_max`, whichever comes first; `true` in the first case. A broker without
+    /// a cluster, or whose applied metadata shows no other live broker (the whole cluster is
+    /// stopping), has nobody to hand its partitions to and returns `true` at once.
+    pub async fn controlled_shutdown(&self, wait_max: Duration) -> bool {
+        if !self.settings.cluster.is_multi_node() {
+            return true;
+        }
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait_max;
+        let mut applied = self.cluster.subscribe();
+        loop {
+            let me = self.me();
+            if self.with_metadata(|m| m.live_brokers().iter().all(|&b| b == me)) {
+                // The whole cluster is stopping (or the rest is down): nobody could take over,
+                // and the last brokers' fencing may never commit once the quorum is gone.
+                tracing::info!("controlled shutdown: no other live broker to take over; stopping");
+                return true;
+            }
+            let heartbeat = Heartbeat {
+                broker_id: me,
+                broker_epoch: self.broker_epoch(),
+                metadata_offset: self.cluster.applied_index(),
+                want_fence: !self.damaged_replicas().is_empty(),
+                want_shut_down: true,
+            };
+            let allowed = match self.cluster.heartbeat(heartbeat).await {
+                Ok(reply) => reply.should_shut_down,
+                Err(e) => {
+                    tracing::warn!("controlled shutdown: heartbeat: {e}");
+                    false
+                }
+            };
+            if allowed && self.leads_nothing() {
+                tracing::info!(
+                    "controlled shutdown: this broker leads nothing now (after {:?})",
+                    started.elapsed()
+                );
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    "controlled shutdown: the controller did not move every leadership off this \
+                     broker within {wait_max:?}; stopping anyway"
+                );
+                return false;
+            }
+            let pause = Duration::from_millis(100).min(deadline - now);
+            let _ = tokio::time::timeout(pause, applied.changed()).await;
+        }
+    }
+
+    /// This broker is fenced and leads nothing in its applied metadata, and its replicas took
+    /// those roles.
+    fn leads_nothing(&self) -> bool {
+        let me = self.me();
+        let state = self.cluster.state();
+        if !state.broker(me).is_some_and(|b| b.fenced) || state.led_partitions(me) != 0 {
+            return false;
+        }
+        self.reconcile_partitions();
+        self.all_partitions()
+            .iter()
+            .all(|p| p.with(|r| !r.is_leader()))
     }
 
     /// Replicas that recovery found damaged (see `PartitionHandle::is_damaged`), as
@@ -1265,7 +1379,10 @@ impl Broker {
             snapshots: Mutex::new(snapshots),
             syncer,
             high_watermark: watch::Sender::new(hw),
-            sync_state: AtomicU8::new(sync_state::IDLE),
+            sync_state: [
+                AtomicU8::new(sync_state::IDLE),
+                AtomicU8::new(sync_state::IDLE),
+            ],
             deleted: AtomicBool::new(false),
             sessions: self.sessions.clone(),
             deadlines: self.deadlines.clone(),

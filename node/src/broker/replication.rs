@@ -108,6 +108,11 @@ pub struct SessionFetch {
     pub named: Vec<PartitionFetch>,
     #[prost(message, repeated, tag = "5")]
     pub forgotten: Vec<PartitionRef>,
+    /// The follower's broker epoch (KIP-903's ReplicaState.ReplicaEpoch; 0 unknown): the
+    /// leader tells the controller which incarnation it judged when it proposes the follower
+    /// into an ISR.
+    #[prost(int64, tag = "6")]
+    pub replica_epoch: i64,
 }
 
 /// The leader's answer to one partition's fetch: core's [`FetchResponse`] or an error.
@@ -342,6 +347,9 @@ pub struct LeaderSessions {
     /// request it names (requests are served on tasks of their own, wakes in order of
     /// arrival), and must still answer that request when it is served.
     wakes: Mutex<BTreeMap<BrokerId, WakeTarget>>,
+    /// Per partition and follower, the broker epoch of the follower's last fetch the
+    /// partition recorded (KIP-903): an ISR proposal names it for each member.
+    fetch_epochs: Mutex<BTreeMap<(PartitionKey, BrokerId), i64>>,
 }
 
 /// The request a wake names: (session id as sent, 0 for a new session; session epoch).
@@ -374,6 +382,8 @@ pub struct Session {
 struct SessionInner {
     /// The epoch of the last request.
     epoch: u32,
+    /// The follower's broker epoch, as its last request gave it.
+    replica_epoch: i64,
     /// Replaced by a newer session of the same follower: its held request answers at once.
     closed: bool,
     entries: BTreeMap<PartitionKey, Entry>,
@@ -397,6 +407,7 @@ impl LeaderSessions {
             sessions: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(first_id.max(1)),
             wakes: Mutex::new(BTreeMap::new()),
+            fetch_epochs: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -448,6 +459,24 @@ impl LeaderSessions {
     }
 
     /// A new session for `follower`, replacing (and closing) the one it had.
+    /// Records that `follower`'s fetch of `key` was taken at broker epoch `epoch`.
+    fn note_fetch_epoch(&self, key: PartitionKey, follower: BrokerId, epoch: i64) {
+        self.fetch_epochs
+            .lock()
+            .expect("fetch epochs poisoned")
+            .insert((key, follower), epoch);
+    }
+
+    /// The broker epoch of `follower`'s last recorded fetch of `key`.
+    fn fetch_epoch(&self, key: PartitionKey, follower: BrokerId) -> Option<i64> {
+        self.fetch_epochs
+            .lock()
+            .expect("fetch epochs poisoned")
+            .get(&(key, follower))
+            .copied()
+            .filter(|&e| e > 0)
+    }
+
     fn open(&self, follower: BrokerId) -> Arc<Session> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
@@ -559,6 +588,7 @@ impl Broker {
                 );
             }
             inner.epoch = m.epoch;
+            inner.replica_epoch = m.replica_epoch;
             for f in &m.forgotten {
                 if let Some(key) = partition_key(&f.topic_id, f.partition) {
                     inner.entries.remove(&key);
@@ -596,7 +626,7 @@ impl Broker {
         let mut budget = RESPONSE_BYTES_MAX;
         loop {
             let now = self.clock.now_ms();
-            let (work, closed) = {
+            let (work, closed, replica_epoch) = {
                 let mut inner = session.inner.lock().expect("session poisoned");
                 let full = now.saturating_sub(inner.last_full_ms) >= full_interval;
                 let keys: Vec<PartitionKey> = if full {
@@ -613,7 +643,7 @@ impl Broker {
                         Some((k, e.p.clone(), e.request.clone()?, e.hw_sent))
                     })
                     .collect();
-                (work, inner.closed)
+                (work, inner.closed, inner.replica_epoch)
             };
             if closed {
                 break;
@@ -625,7 +655,9 @@ impl Broker {
                     left_over.push(key);
                     continue;
                 }
-                if let Some((answer, records)) = self.evaluate(&p, key, &request, hw_sent) {
+                if let Some((answer, records)) =
+                    self.evaluate(&p, key, &request, hw_sent, replica_epoch)
+                {
                     let len: usize = records.iter().map(Bytes::len).sum();
                     budget = budget.saturating_sub(len.max(1));
                     results.push((key, request, answer, records));
@@ -672,6 +704,7 @@ impl Broker {
         key: PartitionKey,
         request: &FetchRequest,
         hw_sent: Offset,
+        replica_epoch: i64,
     ) -> Option<(PartitionAnswer, Vec<Bytes>)> {
         if p.is_deleted() {
             return Some((
@@ -685,6 +718,11 @@ impl Broker {
             ));
         }
         let result = p.with(|r| r.handle_follower_fetch(self.clock.now_ms(), request));
+        if result.is_ok() {
+            // Before the effects: an ISR proposal this fetch led to names this incarnation.
+            self.sessions
+                .note_fetch_epoch(key, request.replica, replica_epoch);
+        }
         // The follower's durable end may move the high watermark (persisted and exposed on the
         // sync thread; the planted bug exposes it at once), or its ISR membership.
         p.drain_effects();
@@ -721,11 +759,24 @@ impl Broker {
             partition_epoch: alter.partition_epoch,
             new_isr: alter.isr.clone(),
         };
+        let member_epochs: Vec<i64> = alter
+            .isr
+            .iter()
+            .map(|&b| {
+                if b == self.me() {
+                    self.broker_epoch()
+                } else {
+                    self.sessions
+                        .fetch_epoch((p.topic_id, p.index), b)
+                        .unwrap_or(-1)
+                }
+            })
+            .collect();
         tracing::info!(topic = %p.topic, partition = p.index, "proposing ISR {:?}", alter.isr);
         let p = p.clone();
         // From any thread: the sync threads drain effects too.
         self.spawn(async move {
-            match broker.cluster.alter_partition(request).await {
+            match broker.cluster.alter_partition(request, member_epochs).await {
                 Ok(Proposed::Committed(index)) => {
                     broker.cluster.wait_applied(index).await;
                     broker.reconcile_partitions();

@@ -5,7 +5,8 @@
 //! broker i (ids 1..=N) serves clients on 127.0.0.1:P+i-1, talks to the other brokers (metadata
 //! quorum, replication) on 127.0.0.1:P+100+i-1, serves /metrics on 127.0.0.1:P+200+i-1, and
 //! keeps its data in D/broker-i. Every broker is a voter of the metadata quorum; a single broker
-//! runs without one.
+//! runs without one. New topics are replicated on up to three brokers, with two in sync for
+//! acks=all once there are three ([`dev_defaults`]), unless an `--override` says otherwise.
 //!
 //! What always holds:
 //! - every client and peer port is checked free before any child is spawned (a metrics port
@@ -41,8 +42,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{
-    parse_override, ADVERTISED_LISTENERS, CONTROLLER_QUORUM_VOTERS, KEEL_METRICS_LISTENER,
-    LISTENERS, LOG_DIRS, NODE_ID,
+    parse_override, ADVERTISED_LISTENERS, CONTROLLER_QUORUM_VOTERS, DEFAULT_REPLICATION_FACTOR,
+    KEEL_METRICS_LISTENER, LISTENERS, LOG_DIRS, MIN_INSYNC_REPLICAS, NODE_ID,
 };
 
 /// The most brokers `keel dev` runs.
@@ -132,8 +133,25 @@ impl PlannedBroker {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub brokers: Vec<PlannedBroker>,
-    /// `KEY=VALUE` for every broker, as given.
+    /// `KEY=VALUE` for every broker: [`dev_defaults`] the user did not override, then the
+    /// `--override`s as given.
     pub overrides: Vec<String>,
+}
+
+/// The topic defaults a development cluster of `brokers` brokers gets unless an `--override`
+/// sets them: new topics (auto-created ones included) are replicated on up to three brokers,
+/// and with three or more, acks=all needs two in-sync replicas, so that killing any one broker
+/// leaves every topic readable and writable, and an acknowledged write on two disks. A
+/// single broker keeps Kafka's defaults (replication factor 1).
+pub fn dev_defaults(brokers: u8) -> Vec<(&'static str, u8)> {
+    let mut defaults = Vec::new();
+    if brokers >= 2 {
+        defaults.push((DEFAULT_REPLICATION_FACTOR, brokers.min(3)));
+    }
+    if brokers >= 3 {
+        defaults.push((MIN_INSYNC_REPLICAS, 2));
+    }
+    defaults
 }
 
 /// Which of a broker's ports.
@@ -167,13 +185,21 @@ impl Plan {
             });
         }
         let mut own_metrics = true;
+        let mut keys = Vec::new();
         for o in &args.overrides {
             let (key, _) = parse_override(o).map_err(|_| PlanError::BadOverride(o.clone()))?;
             if RESERVED_KEYS.contains(&key.as_str()) {
                 return Err(PlanError::ReservedOverride { key });
             }
             own_metrics &= key != KEEL_METRICS_LISTENER;
+            keys.push(key);
         }
+        let overrides = dev_defaults(args.brokers)
+            .into_iter()
+            .filter(|(key, _)| !keys.iter().any(|k| k == key))
+            .map(|(key, value)| format!("{key}={value}"))
+            .chain(args.overrides.iter().cloned())
+            .collect();
         let brokers = (1..=brokers)
             .map(|i| PlannedBroker {
                 id: BrokerId(i32::from(i)),
@@ -184,10 +210,7 @@ impl Plan {
                 data_dir: args.data_dir.join(format!("broker-{i}")),
             })
             .collect();
-        Ok(Plan {
-            brokers,
-            overrides: args.overrides.clone(),
-        })
+        Ok(Plan { brokers, overrides })
     }
 
     /// `controller.quorum.voters` (`1@127.0.0.1:9192,...`): None for a single broker.
@@ -277,6 +300,18 @@ impl Plan {
         text.push_str(&format!(
             "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
         ));
+        let topic_defaults: Vec<String> = self
+            .overrides
+            .iter()
+            .filter_map(|o| parse_override(o).ok())
+            .filter(|(key, _)| {
+                [DEFAULT_REPLICATION_FACTOR, MIN_INSYNC_REPLICAS].contains(&key.as_str())
+            })
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        if !topic_defaults.is_empty() {
+            text.push_str(&format!("new topics: {}\n", topic_defaults.join(", ")));
+        }
         text.push_str(&format!(
             "Ctrl-C stops {}.\n",
             if n == 1 { "the broker" } else { "all brokers" }
@@ -921,9 +956,45 @@ mod tests {
                 "--override",
                 "keel.metrics.listener=127.0.0.1:19201",
                 "--override",
+                "default.replication.factor=3",
+                "--override",
                 "num.partitions=3",
                 "--override",
                 "min.insync.replicas=2",
+            ]
+        );
+    }
+
+    /// A newcomer's `keel dev` survives any one broker's death: new topics get three replicas
+    /// and need two in sync, unless an override says otherwise; one broker keeps Kafka's
+    /// defaults, two replicate on both without requiring both.
+    #[test]
+    fn topics_of_a_dev_cluster_are_replicated_unless_overridden() {
+        let overrides = |brokers: u8, given: &[&str]| {
+            let plan = Plan::new(&args(brokers, 19000, given)).unwrap();
+            assert_eq!(plan.brokers.len(), usize::from(brokers));
+            plan.overrides
+        };
+        assert_eq!(
+            overrides(3, &[]),
+            ["default.replication.factor=3", "min.insync.replicas=2"]
+        );
+        assert_eq!(
+            overrides(5, &[]),
+            ["default.replication.factor=3", "min.insync.replicas=2"]
+        );
+        assert_eq!(overrides(2, &[]), ["default.replication.factor=2"]);
+        assert!(overrides(1, &[]).is_empty());
+        assert_eq!(
+            overrides(3, &["default.replication.factor=1"]),
+            ["min.insync.replicas=2", "default.replication.factor=1"]
+        );
+        assert_eq!(
+            overrides(3, &["min.insync.replicas=1", "num.partitions=6"]),
+            [
+                "default.replication.factor=3",
+                "min.insync.replicas=1",
+                "num.partitions=6"
             ]
         );
     }
@@ -1036,7 +1107,11 @@ mod tests {
             lines[4],
             "bootstrap servers: 127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
         );
-        assert_eq!(lines[7], "Ctrl-C stops all brokers.");
+        assert_eq!(
+            lines[7],
+            "new topics: default.replication.factor=3, min.insync.replicas=2"
+        );
+        assert_eq!(lines[8], "Ctrl-C stops all brokers.");
     }
 
     #[test]

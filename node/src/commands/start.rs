@@ -1,7 +1,8 @@
 //! `keel start`: one broker process. It reads the broker's settings (a TOML file of Kafka's
 //! names, `--override`s, flags), opens the [`Broker`](crate::broker::Broker) and serves it:
 //! the client listener, the peer transport, the metrics endpoint, the retention and
-//! checkpoint timers, until SIGTERM or Ctrl-C, then a clean shutdown.
+//! checkpoint timers, until SIGTERM or Ctrl-C, then a clean shutdown: a controlled shutdown
+//! (`Broker::controlled_shutdown`), then every partition synced and checkpointed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use crate::config::{parse_override, BrokerConfig};
 use crate::metrics::Metrics;
 use crate::security::sasl::{SaslConfig, SaslUsers};
 use crate::security::{scram, tls, ListenerSecurity, SecurityProtocol};
-use crate::wire::{WireConfig, WireServer};
+use crate::wire::{ConnectionLimits, WireConfig, WireServer};
 use keel_core::controller::Endpoint;
 
 #[derive(clap::Args, Clone, Default)]
@@ -228,6 +229,7 @@ pub fn run(args: StartArgs) -> ExitCode {
                 ..Default::default()
             },
             transactions: config.transactions.clone(),
+            authorizer: config.authorizer.clone(),
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(m) = &config.metrics_listener {
@@ -257,6 +259,11 @@ pub fn run(args: StartArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // SASL checks the SCRAM credentials of the metadata log too (KIP-554).
+        if let Some(sasl) = bound.iter().find_map(|(.., security)| security.sasl()) {
+            sasl.users
+                .attach_metadata(crate::broker::scram_lookup(&broker));
+        }
         let apis = crate::broker::served_apis();
         let wire_config = WireConfig {
             socket_request_max_bytes: config.socket_request_bytes_max.max(0) as usize,
@@ -265,6 +272,13 @@ pub fn run(args: StartArgs) -> ExitCode {
             ),
             connections_max_reauth: (config.connections_max_reauth_ms > 0)
                 .then(|| Duration::from_millis(config.connections_max_reauth_ms as u64)),
+            connections_max_idle: (config.connections_max_idle_ms > 0)
+                .then(|| Duration::from_millis(config.connections_max_idle_ms as u64)),
+            // One set of limits for every listener (cloned with the configuration).
+            limits: Arc::new(ConnectionLimits::new(
+                config.max_connections.max(1) as usize,
+                config.max_connections_per_ip.max(1) as usize,
+            )),
             ..WireConfig::default()
         };
         let mut serving = Vec::new();
@@ -291,6 +305,8 @@ pub fn run(args: StartArgs) -> ExitCode {
             config.retention_check_interval_ms,
             config.checkpoint_interval_ms,
         ));
+        #[cfg(not(madsim))]
+        crate::broker::cleaner::spawn(&broker, &config.cleaner);
         println!(
             "keel broker {} ready on {advertised_host}:{advertised_port}",
             config.node_id,
@@ -298,12 +314,20 @@ pub fn run(args: StartArgs) -> ExitCode {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
-        tracing::info!("shutting down: syncing every partition");
+        // Clients are served during the controlled shutdown: they learn the new leaders from
+        // this broker's NOT_LEADER_OR_FOLLOWER answers and metadata.
+        tracing::info!("shutting down: moving leaderships away, then syncing every partition");
+        if config.controlled_shutdown_wait_ms_max > 0 {
+            broker
+                .controlled_shutdown(Duration::from_millis(
+                    config.controlled_shutdown_wait_ms_max as u64,
+                ))
+                .await;
+        }
         for task in &serving {
             task.abort();
         }
-        let broker_for_sync = broker.clone();
-        broker_for_sync.checkpoint_all();
+        broker.checkpoint_all();
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
     })
@@ -381,6 +405,12 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
         session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
         heartbeat_interval_ms: config.broker_heartbeat_interval_ms.max(1) as u64,
         unclean: config.unclean_election(),
+        leader_balance: config.auto_leader_rebalance.then(|| {
+            (
+                config.leader_imbalance_check_interval_s.max(1) as u64 * 1000,
+                config.leader_imbalance_per_broker_percentage.clamp(0, 100) as u32,
+            )
+        }),
     })
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use super::scram::{ScramCredential, ScramError, ScramMechanism, ScramServer};
 
@@ -60,10 +61,35 @@ struct UserCredentials {
     sha512: ScramCredential,
 }
 
-/// The users SASL authenticates, as SCRAM credentials in memory.
+/// Where the credentials kept in the metadata log are looked up (KIP-554): given a user and a
+/// mechanism, the stored credential, if there is one. The broker attaches it once it is open
+/// ([`SaslUsers::attach_metadata`]).
+pub type MetadataCredentials =
+    dyn Fn(&str, ScramMechanism) -> Option<ScramCredential> + Send + Sync;
+
+/// The attached lookup (a newtype only so that `SaslUsers` can print itself).
+#[derive(Clone, Default)]
+struct Attached(Arc<OnceLock<Arc<MetadataCredentials>>>);
+
+impl fmt::Debug for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "metadata credentials attached: {}",
+            self.0.get().is_some()
+        )
+    }
+}
+
+/// The users SASL authenticates: the SCRAM credentials kept in the metadata log (once the
+/// broker attached them), then the users of `keel.sasl.users`, as SCRAM credentials in memory.
+/// A user's credential in the metadata log for a mechanism wins over the configured password
+/// for that mechanism; PLAIN checks a password against the user's metadata credentials if it
+/// has any (SHA-256 first), else against the configured one.
 #[derive(Debug, Clone, Default)]
 pub struct SaslUsers {
     users: BTreeMap<String, UserCredentials>,
+    metadata: Attached,
 }
 
 impl SaslUsers {
@@ -85,7 +111,23 @@ impl SaslUsers {
             };
             users.insert(name.to_string(), credentials);
         }
-        SaslUsers { users }
+        SaslUsers {
+            users,
+            metadata: Attached::default(),
+        }
+    }
+
+    /// Looks credentials up in the metadata too, from now on (every copy of this value shares
+    /// the attachment). The first attachment stays: a second one is ignored.
+    pub fn attach_metadata(&self, lookup: Arc<MetadataCredentials>) {
+        let _ = self.metadata.0.set(lookup);
+    }
+
+    fn in_metadata(&self, user: &str, mechanism: ScramMechanism) -> Option<ScramCredential> {
+        self.metadata
+            .0
+            .get()
+            .and_then(|lookup| lookup(user, mechanism))
     }
 
     /// How many users there are.
@@ -98,8 +140,11 @@ impl SaslUsers {
         self.users.is_empty()
     }
 
-    /// The SCRAM credential of `user` for `mechanism`.
+    /// The SCRAM credential of `user` for `mechanism`: the metadata's, else the configured.
     pub fn scram(&self, user: &str, mechanism: ScramMechanism) -> Option<ScramCredential> {
+        if let Some(c) = self.in_metadata(user, mechanism) {
+            return Some(c);
+        }
         let c = self.users.get(user)?;
         Some(match mechanism {
             ScramMechanism::Sha256 => c.sha256.clone(),
@@ -109,6 +154,12 @@ impl SaslUsers {
 
     /// Whether `password` is `user`'s password (for PLAIN).
     pub fn check_password(&self, user: &str, password: &[u8]) -> bool {
+        let stored = self
+            .in_metadata(user, ScramMechanism::Sha256)
+            .or_else(|| self.in_metadata(user, ScramMechanism::Sha512));
+        if let Some(c) = stored {
+            return c.matches_password(password);
+        }
         self.users
             .get(user)
             .is_some_and(|c| c.sha256.matches_password(password))

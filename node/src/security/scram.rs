@@ -49,6 +49,24 @@ pub enum ScramMechanism {
 }
 
 impl ScramMechanism {
+    /// Kafka's code of the mechanism (`ScramMechanism.type`: 1 SHA-256, 2 SHA-512), as
+    /// AlterUserScramCredentials and the metadata records carry it.
+    pub fn code(self) -> i8 {
+        match self {
+            ScramMechanism::Sha256 => 1,
+            ScramMechanism::Sha512 => 2,
+        }
+    }
+
+    /// The mechanism with Kafka's code `code`.
+    pub fn from_code(code: i8) -> Option<ScramMechanism> {
+        match code {
+            1 => Some(ScramMechanism::Sha256),
+            2 => Some(ScramMechanism::Sha512),
+            _ => None,
+        }
+    }
+
     /// The SASL mechanism name.
     pub fn name(self) -> &'static str {
         match self {
@@ -119,7 +137,19 @@ impl ScramCredential {
         iterations: u32,
     ) -> ScramCredential {
         let salted = salted_password(mechanism, password, salt, iterations);
-        let key = hmac::Key::new(mechanism.hmac(), &salted);
+        ScramCredential::from_salted_password(mechanism, &salted, salt, iterations)
+    }
+
+    /// The credential of a salted password `Hi(password, salt, iterations)`, as a client
+    /// sends it in AlterUserScramCredentials (KIP-554): the keys are derived from it and it is
+    /// not kept.
+    pub fn from_salted_password(
+        mechanism: ScramMechanism,
+        salted: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> ScramCredential {
+        let key = hmac::Key::new(mechanism.hmac(), salted);
         let client_key = hmac::sign(&key, b"Client Key");
         let server_key = hmac::sign(&key, b"Server Key");
         ScramCredential {

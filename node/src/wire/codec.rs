@@ -446,6 +446,12 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         ResponseKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
+        ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
+        ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,
+        ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,
+        ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+        ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         _ => return None,
     })
 }

@@ -200,6 +200,12 @@ fn guarded_pass(
         DeleteGroups => DeleteGroupsRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,
+        DescribeAcls => DescribeAclsRequest,
+        CreateAcls => CreateAclsRequest,
+        DeleteAcls => DeleteAclsRequest,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
+        AlterUserScramCredentials => AlterUserScramCredentialsRequest,
+        ElectLeaders => ElectLeadersRequest,
     }
 }
 

@@ -21,7 +21,7 @@ pub struct RequestContext {
     /// Metadata and FindCoordinator answer with the brokers' endpoints on this listener.
     pub listener: Arc<str>,
     /// Who the connection acts as: `User:ANONYMOUS`, the SASL user, or the client
-    /// certificate's subject (for authorisation; nothing checks it yet).
+    /// certificate's subject; the authoriser checks it (`broker::authz`).
     pub principal: Principal,
     /// The request's API.
     pub api_key: ApiKey,

@@ -49,9 +49,9 @@ pub use codec::{
 pub use count_guard::{OVERSIZED_I32_STANDIN, VARINT_SLACK};
 pub use handler::{Handler, HandlerError, HandlerResult, RequestContext};
 pub use server::{
-    WireConfig, WireServer, ACCEPT_ERROR_BACKOFF, FAILED_AUTHENTICATION_DELAY_DEFAULT,
-    IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, READ_CHUNK_BYTES, SASL_FRAME_BYTES_MAX,
-    TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+    ConnectionLimits, WireConfig, WireServer, ACCEPT_ERROR_BACKOFF,
+    FAILED_AUTHENTICATION_DELAY_DEFAULT, IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, READ_CHUNK_BYTES,
+    SASL_FRAME_BYTES_MAX, TLS_HANDSHAKE_TIMEOUT_DEFAULT,
 };
 pub use versions::{
     api_versions_unsupported_response, ApiSupport, SupportedApis, API_SUPPORT_TABLE,

@@ -117,6 +117,89 @@ pub struct WireConfig {
     /// connection; a request after it closes the connection. `None`: sessions never expire and
     /// re-authentication is refused.
     pub connections_max_reauth: Option<Duration>,
+    /// Kafka's `connections.max.idle.ms`: a connection with no request in flight that
+    /// completes no request for this long is closed (a client gone quiet, or one that trickles
+    /// a frame a byte at a time). `None`: never.
+    pub connections_max_idle: Option<Duration>,
+    /// How many connections the broker and each client address may hold
+    /// (`max.connections`, `max.connections.per.ip`); shared by every listener that clones
+    /// this configuration.
+    pub limits: Arc<ConnectionLimits>,
+}
+
+/// Two configurations are equal when their limits are the same object (shared by the same
+/// listeners).
+impl PartialEq for ConnectionLimits {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for ConnectionLimits {}
+
+/// The broker's connection limits, shared by its listeners. At `max.connections` the accept
+/// loops stop accepting until a connection closes (Kafka's acceptor does the same: new
+/// clients wait in the TCP backlog); a client address at `max.connections.per.ip` has its new
+/// connection closed at once.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    per_ip_max: usize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ConnectionLimits {
+    /// At most `max_connections` open in all, `max_per_ip` from one address (each at least 1).
+    pub fn new(max_connections: usize, max_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            total: Arc::new(Semaphore::new(
+                max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            per_ip_max: max_per_ip.max(1),
+            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// No limit but the machine's.
+    pub fn unlimited() -> ConnectionLimits {
+        ConnectionLimits::new(usize::MAX, usize::MAX)
+    }
+
+    /// Counts a connection from `ip`, or `None` if that address is at its limit.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut per_ip = self.per_ip.lock().expect("connection counts poisoned");
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= self.per_ip_max {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct IpSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .limits
+            .per_ip
+            .lock()
+            .expect("connection counts poisoned");
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Default for WireConfig {
@@ -127,6 +210,8 @@ impl Default for WireConfig {
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT_DEFAULT,
             failed_authentication_delay: FAILED_AUTHENTICATION_DELAY_DEFAULT,
             connections_max_reauth: None,
+            connections_max_idle: None,
+            limits: Arc::new(ConnectionLimits::unlimited()),
         }
     }
 }
@@ -140,6 +225,8 @@ enum ConnectionError {
     FrameSize(#[from] FrameSizeError),
     #[error("client closed the connection inside a frame")]
     EofInsideFrame,
+    #[error("idle for {idle:?} (connections.max.idle.ms)")]
+    Idle { idle: Duration },
     /// A TLS ClientHello where a frame should start; reported as [`Self::TlsOnPlaintext`].
     #[error("a TLS handshake on a listener without TLS")]
     TlsHello,
@@ -305,9 +392,22 @@ impl<H: Handler> WireServer<H> {
     /// the task that runs it; connections already accepted keep running until they close.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
+            // At max.connections, nothing is accepted until a connection closes.
+            let permit = self
+                .config
+                .limits
+                .total
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the connection semaphore is never closed");
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    tokio::spawn(self.clone().serve_connection(stream, peer));
+                    let server = self.clone();
+                    tokio::spawn(async move {
+                        server.serve_connection(stream, peer).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -320,6 +420,10 @@ impl<H: Handler> WireServer<H> {
     /// Serves one accepted connection until it closes.
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let connection_id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let Some(_ip_slot) = self.config.limits.admit(peer.ip()) else {
+            info!(connection_id, %peer, listener = %self.listener.name(), "closing connection: max.connections.per.ip ({}) reached for this address", self.config.limits.per_ip_max);
+            return;
+        };
         let _open = self.metrics.as_ref().map(|m| m.connection_opened());
         if let Err(e) = stream.set_nodelay(true) {
             debug!(connection_id, %peer, error = %e, "set_nodelay failed");
@@ -586,12 +690,15 @@ impl<H: Handler> Connection<'_, H> {
                 .acquire_owned()
                 .await
                 .expect("the in-flight semaphore is never closed");
-            let next = frames.next_frame().await.map_err(|e| match e {
-                ConnectionError::TlsHello => ConnectionError::TlsOnPlaintext {
-                    listener: self.server.listener.name().clone(),
-                },
-                e => e,
-            });
+            let next = self
+                .next_frame_or_idle(&mut frames)
+                .await
+                .map_err(|e| match e {
+                    ConnectionError::TlsHello => ConnectionError::TlsOnPlaintext {
+                        listener: self.server.listener.name().clone(),
+                    },
+                    e => e,
+                });
             let Some(frame) = next? else {
                 return Ok(None);
             };
@@ -641,6 +748,28 @@ impl<H: Handler> Connection<'_, H> {
                     }
                     self.dispatch(request, permit).await?
                 }
+            }
+        }
+    }
+
+    /// The next frame, or [`ConnectionError::Idle`] once `connections.max.idle.ms` passed with
+    /// no request in flight and no frame completed (`next_frame` keeps what it read, so
+    /// waiting again after a timeout loses nothing).
+    async fn next_frame_or_idle<R: AsyncRead + Unpin>(
+        &self,
+        frames: &mut FrameReader<R>,
+    ) -> Result<Option<Bytes>, ConnectionError> {
+        let Some(idle) = self.server.config.connections_max_idle else {
+            return frames.next_frame().await;
+        };
+        loop {
+            if let Ok(next) = tokio::time::timeout(idle, frames.next_frame()).await {
+                return next;
+            }
+            // This reader holds one permit; any other is a request not yet answered.
+            let in_flight_max = self.server.config.in_flight_per_connection_max;
+            if self.in_flight.available_permits() + 1 >= in_flight_max {
+                return Err(ConnectionError::Idle { idle });
             }
         }
     }

@@ -6,7 +6,9 @@ usage: cluster_dev_failover.py HOST:PORT,HOST:PORT,HOST:PORT KILL_ID
 The addresses are brokers 1, 2, 3 in order. Driven by node/tests/cluster.rs over stdin/stdout:
   1. creates a topic with 3 partitions and replication factor 3, waits until every partition
      has a leader and all three replicas in its ISR, and prints who leads what and which broker
-     is the controller;
+     is the controller; also writes one record to a topic nobody created (auto-created, as the
+     kcat line `keel dev` prints does), which must get `keel dev`'s defaults: replication
+     factor 3 and min.insync.replicas 2;
   2. produces 300 records with acks=all (idempotent) and checks every delivery report; then
      30 more one at a time, each followed at once by a ListOffsets to its leader, which must
      already count it (read-after-ack);
@@ -14,7 +16,8 @@ The addresses are brokers 1, 2, 3 in order. Driven by node/tests/cluster.rs over
      `KILLED` on stdin;
   4. through the two surviving brokers only, waits (up to 30 s) until no partition is led by
      the killed broker, and reads every partition from the beginning (assign(), no group):
-     each of the 330 records must come back exactly once, and nothing else.
+     each of the 330 records must come back exactly once, and nothing else; and the
+     auto-created topic takes an acks=all write through the survivors and reads back whole.
 Kafka's behaviour pinned: a committed record (acks=all, in every ISR member) survives the loss
 of any one replica (Kafka's ReplicationUtils / KIP-966's committed-data guarantee), and the
 controller moves leadership off a fenced broker (KRaft's ReplicationControlManager).
@@ -24,7 +27,7 @@ import sys
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from interop_common import assign_consumer, await_all, check, check_eq, fail, harness_line, log, stopwatch, topic_name, wait_until
 
@@ -73,6 +76,40 @@ leaders = {p: parts[p].leader for p in sorted(parts)}
 cluster = admin.describe_cluster(request_timeout=10).result(timeout=15)
 controller = cluster.controller.id if cluster.controller is not None else None
 log(f"{topic}: leaders {leaders}, controller {controller}, at {elapsed()}")
+
+# --- 1b. an auto-created topic gets keel dev's defaults --------------------------------------
+auto_topic = topic_name("dev-auto")
+
+
+def produce_one(servers, topic_, value):
+    """One acks=all record; returns the delivery error (None when acknowledged)."""
+    outcome = []
+    p = Producer({"bootstrap.servers": servers, "acks": "all", "enable.idempotence": True,
+                  "message.timeout.ms": 30000})
+    p.produce(topic_, value=value, on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(40)
+    check_eq(len(outcome), 1, f"delivery reports for {value!r}")
+    return outcome[0]
+
+
+err = produce_one(bootstrap, auto_topic, b"auto-0")
+check(err is None, f"the first record to the auto-created topic {auto_topic} failed: {err}")
+
+
+def auto_replicated():
+    md = admin.list_topics(auto_topic, timeout=5).topics.get(auto_topic)
+    if md is None or md.error is not None or not md.partitions:
+        return None
+    if any(sorted(p.replicas) != [1, 2, 3] or sorted(p.isrs) != [1, 2, 3] for p in md.partitions.values()):
+        return None
+    return md.partitions
+
+
+auto_parts = wait_until(f"{auto_topic}: auto-created with replicas and ISR [1, 2, 3]", auto_replicated, timeout=30)
+resource = ConfigResource(ConfigResource.Type.TOPIC, auto_topic)
+configs = admin.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
+check_eq(configs["min.insync.replicas"].value, "2", f"{auto_topic}'s min.insync.replicas")
+log(f"{auto_topic}: auto-created with {len(auto_parts)} partition(s), replication factor 3, min.insync.replicas 2")
 
 # --- 2. 300 committed records ---------------------------------------------------------------
 failed = []
@@ -202,6 +239,25 @@ finally:
     consumer.close()
 read_after = time.monotonic() - killed_at
 check_eq(set(got), expected, "records read back")
+
+# The auto-created topic stays writable with acks=all (two of its three replicas are left) and
+# readable through the survivors.
+err = produce_one(survivors, auto_topic, b"auto-1")
+check(err is None, f"acks=all to the auto-created {auto_topic} after killing broker {KILL} failed: {err}")
+auto_consumer = assign_consumer(survivors, {"enable.partition.eof": False})
+auto_got = []
+try:
+    auto_consumer.assign([TopicPartition(auto_topic, p, OFFSET_BEGINNING) for p in auto_parts])
+    deadline = time.monotonic() + FAILOVER_TIMEOUT
+    while len(auto_got) < 2:
+        check(time.monotonic() < deadline, f"{auto_topic}: read {auto_got} within {FAILOVER_TIMEOUT}s, expected auto-0 and auto-1")
+        for m in auto_consumer.consume(num_messages=10, timeout=0.5):
+            if not m.error():
+                auto_got.append(m.value())
+finally:
+    auto_consumer.close()
+check_eq(sorted(auto_got), [b"auto-0", b"auto-1"], f"records of {auto_topic}")
+log(f"{auto_topic}: written with acks=all and read back after the kill")
 log(f"FIGURES killed={KILL} role=\"{role}\" leaders_moved_s={moved_after:.1f} all_read_s={read_after:.1f} "
     f"records={len(got)} client_errors={len(client_errors)}")
 log(f"OK cluster_dev_failover {elapsed()}")
