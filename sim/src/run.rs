@@ -428,11 +428,13 @@ impl Trace {
 
     pub(crate) fn event(&self, what: impl Into<String>) {
         let at = self.now_ms();
+        let what = what.into();
+        tracing::debug!(target: "keel_sim::trace", "{what}");
         let mut events = self.events.lock().expect("trace poisoned");
         if events.len() == TRACE_EVENTS {
             events.pop_front();
         }
-        events.push_back(format!("{:>9.3}s  {}", at as f64 / 1000.0, what.into()));
+        events.push_back(format!("{:>9.3}s  {}", at as f64 / 1000.0, what));
     }
 
     fn take(&self) -> Vec<String> {
@@ -1688,6 +1690,17 @@ async fn txn_produce(
                 Some(w.trace.now_ms());
         }
         let end = client.txn_end(&mut p, commit).await;
+        if !sent_all && end == EndOutcome::Done {
+            // A send whose outcome is unknown may have been written with its sequence number,
+            // and the next transaction's batch there would reuse it: a duplicate of the
+            // aborted batch, acknowledged at its offset. So the epoch is bumped first (KIP-360,
+            // as Kafka's producer does after an abortable error with an unresolved sequence),
+            // and sequences start over.
+            if let Err(e) = client.txn_init(&mut p).await {
+                w.trace.event(format!("{label}: InitProducerId (bump): {e}"));
+                reset(&mut p);
+            }
+        }
         let mut h = w.txn.lock().expect("txn history poisoned");
         match (&end, commit) {
             (EndOutcome::Done, true) => {

@@ -235,7 +235,15 @@ impl Active {
         if let Some(&(last_seq, _)) = records.last() {
             let now = broker.clock.now_ms();
             let mut builder = BatchBuilder::new(Compression::None);
-            for (_, record) in &records {
+            for (seq, record) in &records {
+                tracing::debug!(
+                    partition = index,
+                    epoch = self.epoch.0,
+                    seq,
+                    id = %record.transactional_id,
+                    value = ?record.value.as_ref().map(|v| (v.producer_id.0, v.producer_epoch, v.state, v.start_ms, &v.partitions)),
+                    "transaction record"
+                );
                 let (key, value) = record
                     .encode()
                     .map_err(|e| DriveError::Encode(e.to_string()))?;
@@ -571,6 +579,17 @@ impl Broker {
                 }
                 e.code()
             })?;
+        tracing::debug!(
+            topic,
+            partition = index,
+            producer_id = producer_id.0,
+            producer_epoch,
+            commit = marker.commit,
+            coordinator_epoch = marker.coordinator_epoch,
+            txn_start_ms,
+            offset = appended.base_offset.0,
+            "marker appended"
+        );
         p.touch();
         p.drain_effects();
         let mut hw = p.subscribe();

@@ -218,8 +218,10 @@ impl Client {
         Err((last.expect("at least one attempt"), maybe_taken))
     }
 
-    /// InitProducerId for `p` (a new epoch; fences every older instance of the id and aborts
-    /// its open transaction). Sequences start over.
+    /// InitProducerId for `p`: without a producer yet, a new epoch (fences every older
+    /// instance of the id and aborts its open transaction); with one, KIP-360's bump of its
+    /// own epoch (the producer id and epoch it holds are sent; the coordinator refuses it as
+    /// fenced if a newer instance exists). Sequences start over either way.
     pub async fn txn_init(
         &mut self,
         p: &mut TxnProducer,
@@ -227,8 +229,9 @@ impl Client {
         let mut request = InitProducerIdRequest::default();
         request.transactional_id = Some(TransactionalId(str_bytes(&p.transactional_id)));
         request.transaction_timeout_ms = p.timeout_ms;
-        request.producer_id = kafka_protocol::messages::ProducerId(-1);
-        request.producer_epoch = -1;
+        let (pid, epoch) = p.producer.unwrap_or((ProducerId(-1), -1));
+        request.producer_id = kafka_protocol::messages::ProducerId(pid.0);
+        request.producer_epoch = epoch;
         let response = self
             .txn_call(
                 p,
@@ -331,6 +334,14 @@ impl Client {
             }
             let e = match self.produce_once(key, &request).await {
                 Ok(offset) => {
+                    tracing::debug!(
+                        target: "keel_sim::txn",
+                        "{} pid {} epoch {epoch} seq {sequence}: value {} to {key} at {}",
+                        p.transactional_id,
+                        pid.0,
+                        value.0,
+                        offset.0
+                    );
                     p.sequences
                         .insert(key.clone(), sequence.checked_add(1).unwrap_or(0));
                     return Ok(offset);
