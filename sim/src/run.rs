@@ -1697,7 +1697,8 @@ async fn txn_produce(
             // as Kafka's producer does after an abortable error with an unresolved sequence),
             // and sequences start over.
             if let Err(e) = client.txn_init(&mut p).await {
-                w.trace.event(format!("{label}: InitProducerId (bump): {e}"));
+                w.trace
+                    .event(format!("{label}: InitProducerId (bump): {e}"));
                 reset(&mut p);
             }
         }

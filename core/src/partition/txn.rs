@@ -313,9 +313,9 @@ impl<S: Storage> PartitionReplica<S> {
     /// is refused with TRANSACTION_COORDINATOR_FENCED, which the coordinator counts as
     /// written: with transaction version 1 a marker request delayed in the network past its
     /// transaction's end, or sent twice, carries the same producer epoch as the next
-    /// transaction, and would end it (simulator seed 181: a late ABORT of one transaction
-    /// aborted the next one's committed write). KIP-890 part 2's epoch bump per transaction
-    /// is Kafka's answer; this is keel's within version 1.
+    /// transaction, and would end it (a late ABORT would abort the next transaction's
+    /// committed writes). KIP-890 part 2's epoch bump per transaction is Kafka's answer; this
+    /// is keel's within version 1.
     pub fn append_marker_of(
         &mut self,
         now_ms: i64,
@@ -469,9 +469,9 @@ mod tests {
 
     /// A marker request of an earlier transaction that arrives after the producer's next
     /// transaction opened here (delayed in the network, or sent twice) is refused and ends
-    /// nothing: with transaction version 1 both carry the same producer epoch (simulator seed
-    /// 181, where a late ABORT aborted the next transaction's committed write; KIP-890 part 2
-    /// bumps the epoch per transaction instead). A marker of the open transaction itself, or
+    /// nothing: with transaction version 1 both carry the same producer epoch, and a late
+    /// ABORT would abort the next transaction's committed writes (KIP-890 part 2 bumps the
+    /// epoch per transaction instead). A marker of the open transaction itself, or
     /// one whose transaction's start is unknown, is appended as before.
     #[test]
     fn a_late_marker_of_an_earlier_transaction_does_not_end_the_next() {

@@ -241,7 +241,11 @@ impl Active {
                     epoch = self.epoch.0,
                     seq,
                     id = %record.transactional_id,
-                    value = ?record.value.as_ref().map(|v| (v.producer_id.0, v.producer_epoch, v.state, v.start_ms, &v.partitions)),
+                    value = ?record
+                        .value
+                        .as_ref()
+                        .map(|v| (v.producer_id.0, v.producer_epoch, v.state, &v.partitions)),
+                    start_ms = record.value.as_ref().map_or(-1, |v| v.start_ms),
                     "transaction record"
                 );
                 let (key, value) = record
