@@ -55,11 +55,18 @@ pub enum Bug {
     /// maximal ISR, so they hold; the monitor's check against the committed ISR members' own
     /// durable ends does not.
     MaximalIsrDropsAMember,
+    /// The last stable offset ignores open transactions: it is the high watermark, so a
+    /// `read_committed` fetch returns the records of transactions not yet decided (Redpanda's
+    /// aborted reads, found by Jepsen).
+    LsoPassesOpenTxn,
+    /// The transaction coordinator takes a request from an older producer epoch as if it were
+    /// the current one: a fenced producer (a zombie) can add partitions and commit.
+    FencedEpochAccepted,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -72,6 +79,8 @@ impl Bug {
         Bug::ShortProduceTimeout,
         Bug::RecoveryKeepsTornTail,
         Bug::MaximalIsrDropsAMember,
+        Bug::LsoPassesOpenTxn,
+        Bug::FencedEpochAccepted,
     ];
 
     /// A short name for the command line.
@@ -89,6 +98,8 @@ impl Bug {
             Bug::ShortProduceTimeout => "short-produce-timeout",
             Bug::RecoveryKeepsTornTail => "recovery-keeps-torn-tail",
             Bug::MaximalIsrDropsAMember => "maximal-isr-drops-a-member",
+            Bug::LsoPassesOpenTxn => "lso-passes-open-txn",
+            Bug::FencedEpochAccepted => "fenced-epoch-accepted",
         }
     }
 

@@ -414,6 +414,9 @@ pub struct WriteMarkers {
     pub coordinator_epoch: i32,
     /// The partitions, in order.
     pub partitions: Vec<TopicPartition>,
+    /// When the transaction started (its durable start time, -1: unknown): a partition
+    /// refuses the marker if the producer's open transaction there started later.
+    pub txn_start_ms: i64,
 }
 
 /// One id in a DescribeTransactions answer.
@@ -922,7 +925,9 @@ impl TxnCoordinator {
         if current.producer_id != producer_id {
             return Err(code::INVALID_PRODUCER_ID_MAPPING);
         }
-        if current.producer_epoch != producer_epoch {
+        let planted_accepts = crate::planted::active(crate::planted::Bug::FencedEpochAccepted)
+            && producer_epoch < current.producer_epoch;
+        if current.producer_epoch != producer_epoch && !planted_accepts {
             return Err(code::PRODUCER_FENCED);
         }
         Ok((t, current))
@@ -1014,6 +1019,14 @@ impl TxnCoordinator {
         let last_epoch = t.last_producer_epoch;
         self.write(transactional_id, Some(next), last_epoch, Some((id, ok)));
         Reply::Pending
+    }
+
+    /// When the durable Ongoing transaction of `transactional_id` started, if there is one:
+    /// what a partition leader is told with its verification, so that it can refuse the
+    /// markers of earlier transactions ([`WriteMarkers::txn_start_ms`]).
+    pub fn txn_start_ms(&self, transactional_id: &str) -> Option<i64> {
+        let v = self.txns.get(transactional_id)?.durable.as_ref()?;
+        (v.state == TxnState::Ongoing && v.start_ms >= 0).then_some(v.start_ms)
     }
 
     /// KIP-890's verify-only AddPartitionsToTxn (Kafka's
@@ -1365,6 +1378,7 @@ impl TxnCoordinator {
             result,
             coordinator_epoch: self.coordinator_epoch,
             partitions: t.markers_outstanding.iter().cloned().collect(),
+            txn_start_ms: v.start_ms,
         });
     }
 

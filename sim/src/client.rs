@@ -59,7 +59,7 @@ use crate::checker::{Key, SendOutcome, Value};
 /// The version range the client can speak, per API: the lowest is the first version that has
 /// every field the client sets (Fetch v9: current_leader_epoch; ListOffsets v4: the same;
 /// Metadata v4: allow_auto_topic_creation); the highest is keel's (node/src/wire/versions.rs).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 13] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 15] = [
     (ApiKey::FindCoordinator, 1, 3),
     (ApiKey::JoinGroup, 5, 5),
     (ApiKey::SyncGroup, 3, 3),
@@ -72,6 +72,8 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 13] = [
     (ApiKey::Metadata, 4, 12),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
     (ApiKey::ElectLeaders, 1, 2),
 ];
 
@@ -1722,6 +1724,8 @@ impl GroupConsumer {
         Ok(())
     }
 }
+
+pub mod txn;
 
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,8 @@ pub struct ClusterSpec {
     /// `offsets.topic.num.partitions`: Kafka's 50 cost every seed with a group 150 more
     /// replicas to replicate and elect; a few partitions still move the coordinator.
     pub offsets_topic_partitions: i32,
+    /// `transaction.state.log.num.partitions`, small for the same reason.
+    pub txn_state_partitions: i32,
     /// The brokers' `log.segment.bytes` (every topic's `segment.bytes`): small ones make logs
     /// roll, so that recovery, truncation and syncs span segments.
     pub segment_bytes: i32,
@@ -77,6 +79,7 @@ impl Default for ClusterSpec {
             replica_lag_time_max_ms: 5_000,
             min_insync_replicas: 1,
             offsets_topic_partitions: 5,
+            txn_state_partitions: 3,
             segment_bytes: 1 << 30,
             leader_balance_interval_ms: None,
         }
@@ -143,6 +146,7 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
     settings.offsets_topic_partitions = spec.offsets_topic_partitions;
+    settings.transactions.partitions = spec.txn_state_partitions;
     settings.topic_config_defaults.insert(
         "min.insync.replicas".into(),
         spec.min_insync_replicas.to_string(),

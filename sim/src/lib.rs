@@ -1,7 +1,8 @@
 //! keel-sim: keel's deterministic simulator. It runs keel's brokers under madsim
 //! (`harness`), each on a simulated disk ([`disk::SimDisk`]), drives a Jepsen-style
 //! workload through a small Kafka client ([`client`]) while the nemesis (`nemesis`) injects
-//! faults, and checks the history ([`checker`]); `run` is one seed, `swarm` many.
+//! faults, and checks the history ([`checker`], and [`txn`] for the transactional workload);
+//! `run` is one seed, `swarm` many.
 
 pub mod checker;
 pub mod client;
@@ -16,3 +17,4 @@ pub mod nemesis;
 pub mod run;
 #[cfg(madsim)]
 pub mod swarm;
+pub mod txn;

@@ -223,6 +223,7 @@ mod cli {
             "{}: {} simulated s in {:.1} wall s ({:.0}x); acked {} indefinite {} failed {} read {}; \
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
+             coordinator-moves {}; transactions: commits {} aborts {} fencings {} timeouts {} \
              coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
              segments checked, {} bytes cut), {} read retries; faults {:?}",
@@ -245,6 +246,11 @@ mod cli {
             c.commits,
             c.rebalances,
             c.coordinator_moves,
+            c.txn_commits,
+            c.txn_aborts,
+            c.txn_fencings,
+            c.txn_timeouts,
+            c.txn_coordinator_moves,
             c.fault_indefinite,
             c.fault_sends,
             c.compared.batches,

@@ -46,6 +46,7 @@ use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
 pub use crate::nemesis::Fault;
 use crate::nemesis::{heal, nemesis, Targets};
+use crate::txn::{TxnHistory, TxnOutcome, TxnRead, TxnRecord, TXN_TIMEOUT_MS, TXN_TOPIC};
 
 /// How often the monitor checks the invariants.
 pub const MONITOR_MS: u64 = 100;
@@ -84,6 +85,10 @@ pub struct Params {
     pub consumers: u32,
     /// Subscribe-mode consumers in one consumer group.
     pub group_consumers: u32,
+    /// Transactional producers on [`crate::txn::TXN_TOPIC`] (0: no transactions this seed),
+    /// and the `read_committed` consumers that poll it.
+    pub txn_producers: u32,
+    pub txn_consumers: u32,
     /// How long the fault phase lasts.
     pub fault_ms: u64,
     /// The fault kinds this run may inject.
@@ -176,6 +181,8 @@ impl Params {
             producers: rng.gen_range(1..=3),
             consumers: rng.gen_range(1..=2),
             group_consumers: 0,
+            txn_producers: 0,
+            txn_consumers: 0,
             fault_ms: 30_000,
             faults,
             fault_interval_ms: rng.gen_range(1_000..=4_000),
@@ -220,12 +227,17 @@ impl Params {
         if rng.gen_bool(0.5) {
             params.cluster.leader_balance_interval_ms = Some(rng.gen_range(2_000..=10_000));
         }
-        // Cluster operations, last for the same reason (a kind added to the list adds one
-        // draw at the end).
+        // Cluster operations, for the same reason (a kind added to the list adds one draw here
+        // and shifts only the transactional draws after it).
         for kind in Fault::OPERATIONS {
             if rng.gen_bool(0.5) {
                 params.faults.insert(kind);
             }
+        }
+        // Transactions in half the runs (last, for the same reason).
+        if rng.gen_bool(0.5) {
+            params.txn_producers = rng.gen_range(1..=2);
+            params.txn_consumers = rng.gen_range(1..=2);
         }
         params
     }
@@ -237,8 +249,9 @@ impl fmt::Display for Params {
         write!(
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
-             consumers={} group_consumers={} fault_ms={} faults=[{}] fault_interval_ms={} faulty_disk={:?} \
-             sync_latency_ms={} segment_bytes={} leader_balance_ms={:?}",
+             consumers={} group_consumers={} txn_producers={} txn_consumers={} fault_ms={} \
+             faults=[{}] fault_interval_ms={} faulty_disk={:?} sync_latency_ms={} segment_bytes={} \
+             leader_balance_ms={:?}",
             self.seed,
             self.cluster.brokers,
             self.cluster.voters,
@@ -248,6 +261,8 @@ impl fmt::Display for Params {
             self.producers,
             self.consumers,
             self.group_consumers,
+            self.txn_producers,
+            self.txn_consumers,
             self.fault_ms,
             faults.join(","),
             self.fault_interval_ms,
@@ -348,6 +363,14 @@ pub struct Coverage {
     /// check on one read and passed on a fresh one (`RecoveryReport::read_retries`).
     pub recovery_cut_bytes: u64,
     pub read_retries: u64,
+    /// The transactional workload: commits and aborts acknowledged, zombies fenced,
+    /// transactions timed out (a stalled producer's commit refused as fenced), and
+    /// transaction coordinator changes its producers saw.
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    pub txn_fencings: u64,
+    pub txn_timeouts: u64,
+    pub txn_coordinator_moves: u64,
 }
 
 impl Coverage {
@@ -405,11 +428,13 @@ impl Trace {
 
     pub(crate) fn event(&self, what: impl Into<String>) {
         let at = self.now_ms();
+        let what = what.into();
+        tracing::debug!(target: "keel_sim::trace", "{what}");
         let mut events = self.events.lock().expect("trace poisoned");
         if events.len() == TRACE_EVENTS {
             events.pop_front();
         }
-        events.push_back(format!("{:>9.3}s  {}", at as f64 / 1000.0, what.into()));
+        events.push_back(format!("{:>9.3}s  {}", at as f64 / 1000.0, what));
     }
 
     fn take(&self) -> Vec<String> {
@@ -485,6 +510,8 @@ struct Workload {
     commits: AtomicU64,
     /// Per key, the offset after the last record any group member polled.
     group_read: Mutex<BTreeMap<Key, Offset>>,
+    /// The transactional workload's history.
+    txn: Mutex<TxnHistory>,
 }
 
 fn client_ip(n: u32) -> IpAddr {
@@ -567,6 +594,43 @@ async fn simulate(params: Params) -> RunResult {
         );
     }
     trace.event(format!("topic {TOPIC} created"));
+    if params.txn_producers > 0 {
+        let spec = TopicSpec {
+            name: TXN_TOPIC.into(),
+            partitions: params.partitions,
+            replication_factor: params.replication_factor,
+            configs: vec![(
+                "min.insync.replicas".into(),
+                params.min_insync_replicas.to_string(),
+            )],
+        };
+        let (boot, partitions) = (bootstrap.clone(), params.partitions);
+        let created = admin
+            .spawn(async move {
+                let mut client = Client::new(ClientConfig::new(boot));
+                for _ in 0..120 {
+                    if client.create_topic(&spec).await.is_ok()
+                        && client.await_leaders(TXN_TOPIC, partitions).await.is_ok()
+                    {
+                        return true;
+                    }
+                    madsim::time::sleep(Duration::from_millis(500)).await;
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+        if !created {
+            return finish(
+                params,
+                Verdict::Liveness,
+                format!("the topic {TXN_TOPIC} was never created"),
+                None,
+                coverage,
+                &trace,
+            );
+        }
+    }
 
     let workload = Arc::new(Workload {
         history: Mutex::new(History::default()),
@@ -578,6 +642,7 @@ async fn simulate(params: Params) -> RunResult {
         rebalances: AtomicU64::new(0),
         commits: AtomicU64::new(0),
         group_read: Mutex::new(BTreeMap::new()),
+        txn: Mutex::new(TxnHistory::default()),
     });
     let keys = keys(&params);
     let mut producers = Vec::new();
@@ -601,6 +666,21 @@ async fn simulate(params: Params) -> RunResult {
         let seed = params.seed ^ (g as u64 + 201) << 32;
         let partitions = params.partitions;
         group.push(node.spawn(group_consume(group_member(g), w, boot, partitions, seed)));
+    }
+    let txn_keys: Vec<Key> = (0..params.partitions)
+        .map(|p| Key::new(TXN_TOPIC, p))
+        .collect();
+    for t in 0..params.txn_producers {
+        let node = client_node(&handle, format!("txn-producer-{t}"), 30 + t);
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), txn_keys.clone());
+        let seed = params.seed ^ (t as u64 + 301) << 32;
+        producers.push(node.spawn(txn_produce(t, w, boot, keys, seed)));
+    }
+    for c in 0..params.txn_consumers {
+        let node = client_node(&handle, format!("txn-consumer-{c}"), 40 + c);
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), txn_keys.clone());
+        let seed = params.seed ^ (c as u64 + 401) << 32;
+        consumers.push(node.spawn(txn_consume(c, w, boot, keys, seed)));
     }
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -680,6 +760,27 @@ async fn simulate(params: Params) -> RunResult {
         })
         .await
         .unwrap_or(false);
+    // The transactional workload's final read_committed read, once no transaction is open.
+    if params.txn_producers > 0 {
+        let reader = client_node(&handle, "txn-final-reader".into(), 51);
+        let (w, boot, keys2) = (workload.clone(), bootstrap.clone(), txn_keys.clone());
+        let complete = reader
+            .spawn(async move {
+                madsim::time::timeout(
+                    Duration::from_millis(LIVENESS_MS),
+                    txn_final_read(w, boot, keys2),
+                )
+                .await
+                .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+        workload
+            .txn
+            .lock()
+            .expect("txn history poisoned")
+            .final_complete = complete;
+    }
     // Phase 5: the group, which kept consuming, reads on to where the final read ended.
     let group_caught_up = read && group_catch_up(&workload, &params).await;
     for g in group {
@@ -708,6 +809,19 @@ async fn simulate(params: Params) -> RunResult {
     // Only lost writes and unseen values need the complete final read.
     let history = workload.history.lock().expect("history poisoned").clone();
     let report = check(&history);
+    let txn_history = workload.txn.lock().expect("txn history poisoned").clone();
+    let txn_anomalies = crate::txn::check(&txn_history);
+    coverage.txn_commits = txn_history.commits;
+    coverage.txn_aborts = txn_history.aborts;
+    coverage.txn_fencings = txn_history.fencings;
+    coverage.txn_timeouts = txn_history.timeouts;
+    coverage.txn_coordinator_moves = txn_history.coordinator_moves;
+    if !txn_anomalies.is_empty() {
+        for (kind, why) in &txn_anomalies {
+            trace.event(format!("{kind}: {why}"));
+        }
+    }
+    let txn_read_complete = params.txn_producers == 0 || txn_history.final_complete;
     CURRENT_HISTORY.with(|h| *h.borrow_mut() = Some(history));
     coverage.acked = report.stats.sends_ok as u64;
     coverage.indefinite = report.stats.sends_indefinite as u64;
@@ -751,6 +865,15 @@ async fn simulate(params: Params) -> RunResult {
             Verdict::Safety,
             format!("the checker found anomalies: {observed:?}"),
         )
+    } else if !txn_anomalies.is_empty() {
+        let kinds: BTreeSet<&str> = txn_anomalies.iter().map(|(k, _)| k.name()).collect();
+        (
+            Verdict::Safety,
+            format!(
+                "the transaction checker found anomalies: {kinds:?}; first: {}",
+                txn_anomalies[0].1
+            ),
+        )
     } else if let Err(Failure::Safety(why)) = &converged {
         (Verdict::Safety, format!("convergence: {why}"))
     } else if coverage.fault_sends >= INDEFINITE_SENDS_MIN
@@ -778,6 +901,14 @@ async fn simulate(params: Params) -> RunResult {
         (
             Verdict::Liveness,
             "the consumer group did not read to the end after healing".into(),
+        )
+    } else if !txn_read_complete {
+        (
+            Verdict::Liveness,
+            format!(
+                "the read_committed final read of {TXN_TOPIC} did not complete: a transaction \
+                 still open (the last stable offset below the high watermark) 60 s after healing"
+            ),
         )
     } else if let Err(Failure::Liveness(why)) = &converged {
         (Verdict::Liveness, format!("convergence: {why}"))
@@ -1410,5 +1541,254 @@ pub fn check_determinism(params: &Params) -> Result<u64, String> {
             "seed {} gave digests {} and {}",
             params.seed, digests[0], digests[1]
         ))
+    }
+}
+
+/// How long a transactional producer leaves a transaction open before it ends it, at most:
+/// the window in which `read_committed` reads must not see it.
+const TXN_OPEN_MS_MAX: u64 = 150;
+
+/// A transactional producer: transactions of unique values over 1 to 3 partitions of
+/// [`TXN_TOPIC`], committed (70%) or aborted, until stopped. Now and then (1 in 12) a second
+/// instance of the same transactional id initialises while a transaction is open, and the
+/// first instance, now a zombie, goes on: it adds a partition, sends a value and commits, all
+/// of which must fail. Now and then (1 in 25) the producer stalls past its timeout before it
+/// commits, which must fail too.
+async fn txn_produce(
+    n: u32,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    use crate::client::txn::{fenced, EndOutcome, TxnProducer};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    let id = format!("txn-{n}");
+    let mut instance = 0u32;
+    let mut p = TxnProducer::new(&id, TXN_TIMEOUT_MS);
+    let record = |w: &Workload, t: TxnRecord| -> usize {
+        let mut h = w.txn.lock().expect("txn history poisoned");
+        h.txns.push(t);
+        h.txns.len() - 1
+    };
+    while !w.stop.load(Ordering::SeqCst) {
+        if p.producer().is_none() {
+            if let Err(e) = client.txn_init(&mut p).await {
+                w.trace.event(format!("{id}: InitProducerId: {e}"));
+                madsim::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let label = format!("{id}/{instance}");
+        let mut chosen: Vec<Key> = keys.clone();
+        let take = rng.gen_range(1..=chosen.len().min(3));
+        let mut txn_keys = Vec::new();
+        for _ in 0..take {
+            txn_keys.push(chosen.remove(rng.gen_range(0..chosen.len())));
+        }
+        let i = record(
+            &w,
+            TxnRecord {
+                producer: label.clone(),
+                values: Vec::new(),
+                offsets: BTreeMap::new(),
+                commit_sent_ms: None,
+                outcome: TxnOutcome::Aborted,
+                zombie: false,
+            },
+        );
+        let reset = |p: &mut TxnProducer| {
+            *p = TxnProducer::new(&p.transactional_id.clone(), TXN_TIMEOUT_MS)
+        };
+        if let Err(e) = client.txn_add_partitions(&mut p, &txn_keys).await {
+            w.trace.event(format!("{label}: AddPartitionsToTxn: {e}"));
+            reset(&mut p);
+            continue;
+        }
+        let mut sent_all = true;
+        for key in &txn_keys {
+            let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
+            w.txn.lock().expect("txn history poisoned").txns[i]
+                .values
+                .push((key.clone(), value));
+            match client.txn_produce(&mut p, key, value).await {
+                Ok(offset) => {
+                    w.txn.lock().expect("txn history poisoned").txns[i]
+                        .offsets
+                        .insert(value, offset);
+                }
+                Err(e) => {
+                    w.trace.event(format!("{label}: produce to {key}: {e}"));
+                    sent_all = false;
+                    break;
+                }
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(0..TXN_OPEN_MS_MAX))).await;
+        if sent_all && rng.gen_ratio(1, 12) {
+            // A second instance fences this one while its transaction is open.
+            let mut successor = TxnProducer::new(&id, TXN_TIMEOUT_MS);
+            if client.txn_init(&mut successor).await.is_ok() {
+                instance += 1;
+                w.txn.lock().expect("txn history poisoned").txns[i].zombie = true;
+                // Preferably a partition its transaction does not hold (no fencing marker
+                // there).
+                let others: Vec<&Key> = keys.iter().filter(|k| !txn_keys.contains(k)).collect();
+                let extra = if others.is_empty() {
+                    keys[rng.gen_range(0..keys.len())].clone()
+                } else {
+                    others[rng.gen_range(0..others.len())].clone()
+                };
+                let mut refused = None;
+                if let Err(e) = client
+                    .txn_add_partitions(&mut p, std::slice::from_ref(&extra))
+                    .await
+                {
+                    refused = Some(e);
+                }
+                if refused.is_none() {
+                    let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
+                    w.txn.lock().expect("txn history poisoned").txns[i]
+                        .values
+                        .push((extra.clone(), value));
+                    if let Err(e) = client.txn_produce(&mut p, &extra, value).await {
+                        refused = Some(e);
+                    }
+                }
+                w.txn.lock().expect("txn history poisoned").txns[i].commit_sent_ms =
+                    Some(w.trace.now_ms());
+                let end = client.txn_end(&mut p, true).await;
+                let outcome = match &end {
+                    EndOutcome::Done => TxnOutcome::Committed,
+                    EndOutcome::Refused(e) => {
+                        refused.get_or_insert(e.clone());
+                        TxnOutcome::Aborted
+                    }
+                    EndOutcome::Unknown(_) => TxnOutcome::Unknown,
+                };
+                let mut h = w.txn.lock().expect("txn history poisoned");
+                h.txns[i].outcome = outcome;
+                if refused.as_ref().is_some_and(fenced) {
+                    h.fencings += 1;
+                }
+                h.coordinator_moves += p.coordinator_moves;
+                drop(h);
+                w.trace
+                    .event(format!("{label}: fenced by instance {instance}: {end:?}"));
+                p = successor;
+                continue;
+            }
+        }
+        let stalled = sent_all && rng.gen_ratio(1, 25);
+        if stalled {
+            madsim::time::sleep(Duration::from_millis(TXN_TIMEOUT_MS as u64 + 1_000)).await;
+        }
+        let commit = sent_all && rng.gen_bool(0.7);
+        if commit {
+            w.txn.lock().expect("txn history poisoned").txns[i].commit_sent_ms =
+                Some(w.trace.now_ms());
+        }
+        let end = client.txn_end(&mut p, commit).await;
+        if !sent_all && end == EndOutcome::Done {
+            // A send whose outcome is unknown may have been written with its sequence number,
+            // and the next transaction's batch there would reuse it: a duplicate of the
+            // aborted batch, acknowledged at its offset. So the epoch is bumped first (KIP-360,
+            // as Kafka's producer does after an abortable error with an unresolved sequence),
+            // and sequences start over.
+            if let Err(e) = client.txn_init(&mut p).await {
+                w.trace
+                    .event(format!("{label}: InitProducerId (bump): {e}"));
+                reset(&mut p);
+            }
+        }
+        let mut h = w.txn.lock().expect("txn history poisoned");
+        match (&end, commit) {
+            (EndOutcome::Done, true) => {
+                h.txns[i].outcome = TxnOutcome::Committed;
+                h.commits += 1;
+            }
+            (EndOutcome::Done, false) => h.aborts += 1,
+            (EndOutcome::Unknown(_), true) => h.txns[i].outcome = TxnOutcome::Unknown,
+            (EndOutcome::Refused(e), true) if stalled && fenced(e) => h.timeouts += 1,
+            _ => {}
+        }
+        if end != EndOutcome::Done {
+            h.coordinator_moves += p.coordinator_moves;
+            drop(h);
+            w.trace
+                .event(format!("{label}: EndTxn(commit={commit}): {end:?}"));
+            reset(&mut p);
+        }
+    }
+    w.txn
+        .lock()
+        .expect("txn history poisoned")
+        .coordinator_moves += p.coordinator_moves;
+}
+
+/// A `read_committed` consumer of [`TXN_TOPIC`]: polls every partition in turn, forever.
+async fn txn_consume(
+    c: u32,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    let mut positions: BTreeMap<Key, Offset> =
+        keys.iter().map(|k| (k.clone(), Offset(0))).collect();
+    loop {
+        for key in &keys {
+            let at = positions[key];
+            match client.fetch_read_committed(key, at).await {
+                Ok(f) => {
+                    let now = w.trace.now_ms();
+                    let mut h = w.txn.lock().expect("txn history poisoned");
+                    for (offset, value) in f.records {
+                        h.reads.push(TxnRead {
+                            reader: c,
+                            key: key.clone(),
+                            offset,
+                            value,
+                            at_ms: now,
+                        });
+                    }
+                    positions.insert(key.clone(), f.next);
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The final `read_committed` read of [`TXN_TOPIC`]: per partition, waits until no
+/// transaction is open (the last stable offset at the high watermark), then reads to it.
+async fn txn_final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>) {
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    for key in &keys {
+        let mut position = Offset(0);
+        let mut read = Vec::new();
+        loop {
+            match client.fetch_read_committed(key, position).await {
+                Ok(f) => {
+                    read.extend(f.records);
+                    position = f.next;
+                    if f.last_stable_offset == f.high_watermark && position >= f.high_watermark {
+                        break;
+                    }
+                    if f.next == Offset(0) || position >= f.last_stable_offset {
+                        madsim::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        w.txn
+            .lock()
+            .expect("txn history poisoned")
+            .final_read
+            .insert(key.clone(), read);
     }
 }

@@ -40,6 +40,13 @@ pub struct SeedLine {
     pub controlled_shutdowns: u64,
     /// Partitions an ElectLeaders request moved to their preferred leader.
     pub preferred_elections: u64,
+    /// The transactional workload: commits, aborts, zombies fenced, transactions timed out,
+    /// transaction coordinator moves.
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    pub txn_fencings: u64,
+    pub txn_timeouts: u64,
+    pub txn_coordinator_moves: u64,
 }
 
 /// The swarm's result.
@@ -162,7 +169,9 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, preferred elections {}",
+             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, \
+             preferred elections {}; transactions: commits {}, aborts {}, fencings {}, timeouts {}, \
+             coordinator moves {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -172,6 +181,11 @@ impl fmt::Display for Summary {
             with(&|l| l.segment_rolls > 0),
             with(&|l| l.controlled_shutdowns > 0),
             with(&|l| l.preferred_elections > 0),
+            with(&|l| l.txn_commits > 0),
+            with(&|l| l.txn_aborts > 0),
+            with(&|l| l.txn_fencings > 0),
+            with(&|l| l.txn_timeouts > 0),
+            with(&|l| l.txn_coordinator_moves > 0),
         )
     }
 }
@@ -216,6 +230,11 @@ impl SeedLine {
             segment_rolls: c.disk.segment_rolls,
             controlled_shutdowns: c.controlled_shutdowns,
             preferred_elections: c.preferred_elections,
+            txn_commits: c.txn_commits,
+            txn_aborts: c.txn_aborts,
+            txn_fencings: c.txn_fencings,
+            txn_timeouts: c.txn_timeouts,
+            txn_coordinator_moves: c.txn_coordinator_moves,
         }
     }
 
@@ -227,7 +246,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -246,6 +265,11 @@ impl SeedLine {
             self.segment_rolls,
             self.controlled_shutdowns,
             self.preferred_elections,
+            self.txn_commits,
+            self.txn_aborts,
+            self.txn_fencings,
+            self.txn_timeouts,
+            self.txn_coordinator_moves,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -255,8 +279,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(22, '\t').collect();
-        if f.len() != 22 {
+        let f: Vec<&str> = line.splitn(27, '\t').collect();
+        if f.len() != 27 {
             return None;
         }
         let verdict = match f[2] {
@@ -265,13 +289,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[19]
+        let faults = f[24]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[20]
+        let anomalies = f[25]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -295,9 +319,14 @@ impl SeedLine {
             segment_rolls: f[16].parse().ok()?,
             controlled_shutdowns: f[17].parse().ok()?,
             preferred_elections: f[18].parse().ok()?,
+            txn_commits: f[19].parse().ok()?,
+            txn_aborts: f[20].parse().ok()?,
+            txn_fencings: f[21].parse().ok()?,
+            txn_timeouts: f[22].parse().ok()?,
+            txn_coordinator_moves: f[23].parse().ok()?,
             faults,
             anomalies,
-            reason: f[21].to_string(),
+            reason: f[26].to_string(),
         })
     }
 }
@@ -400,6 +429,11 @@ impl SeedLine {
             segment_rolls: 0,
             controlled_shutdowns: 0,
             preferred_elections: 0,
+            txn_commits: 0,
+            txn_aborts: 0,
+            txn_fencings: 0,
+            txn_timeouts: 0,
+            txn_coordinator_moves: 0,
         }
     }
 }

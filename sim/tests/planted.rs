@@ -59,6 +59,15 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
         Bug::MaximalIsrDropsAMember => {
             line.verdict == Verdict::Safety && line.reason.contains("invariant 3:")
         }
+        // The transaction checker's anomalies, the ones each bug makes.
+        Bug::LsoPassesOpenTxn => {
+            line.verdict == Verdict::Safety
+                && (line.reason.contains("uncommitted-read")
+                    || line.reason.contains("aborted-read"))
+        }
+        Bug::FencedEpochAccepted => {
+            line.verdict == Verdict::Safety && line.reason.contains("zombie-")
+        }
         Bug::RecoveryKeepsTornTail => {
             line.verdict == Verdict::Safety && line.reason.starts_with("recovery oracle:")
         }
@@ -92,6 +101,8 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::ShortProduceTimeout
             | Bug::RecoveryKeepsTornTail
             | Bug::MaximalIsrDropsAMember
+            | Bug::LsoPassesOpenTxn
+            | Bug::FencedEpochAccepted
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -127,6 +138,8 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
             kinds
         }
         Bug::ServeCorruptBatch | Bug::SessionDropsPosition => others.to_vec(),
+        // The transaction bugs need transactions, which every seed's faults leave alone.
+        Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted => vec![Fault::Disk],
     }
 }
 
@@ -249,5 +262,15 @@ fn maximal_isr_drops_a_member_is_caught_by_the_monitor() {
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 12, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 14, "a new planted bug needs its test here");
+}
+
+#[test]
+fn lso_passes_open_txn_is_caught() {
+    a_seed_catches(Bug::LsoPassesOpenTxn);
+}
+
+#[test]
+fn fenced_epoch_accepted_is_caught() {
+    a_seed_catches(Bug::FencedEpochAccepted);
 }

@@ -127,6 +127,13 @@ fn fixed_regression_and_commit_seeds_pass() {
     // moved a partition back to its preferred leader (7 and 1 of seeds 1 to 40).
     assert!(summary.lines.iter().any(|l| l.controlled_shutdowns > 0));
     assert!(summary.lines.iter().any(|l| l.preferred_elections > 0));
+    // Transactions (the seeds with the transactional workload) committed and aborted, zombies
+    // were fenced, stalled transactions timed out, and transaction coordinators moved.
+    assert!(summary.lines.iter().any(|l| l.txn_commits > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_aborts > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_fencings > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_timeouts > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_coordinator_moves > 0));
 }
 
 #[test]

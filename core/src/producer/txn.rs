@@ -60,6 +60,21 @@ pub enum TxnStateError {
         /// The marker's.
         got: i32,
     },
+    /// A marker of a transaction that ended before the producer's open transaction here
+    /// began (a marker request delayed past its transaction's end, or sent again): appending
+    /// it would end the wrong transaction.
+    #[error(
+        "producer {producer_id}: a marker of the transaction started at {marker_txn_start_ms} ms, \
+         older than the open one (started at {open_txn_start_ms} ms)"
+    )]
+    StaleMarker {
+        /// The producer.
+        producer_id: ProducerId,
+        /// The start of the transaction the marker ends.
+        marker_txn_start_ms: i64,
+        /// The start of the producer's open transaction here.
+        open_txn_start_ms: i64,
+    },
 }
 
 impl TxnStateError {
@@ -67,7 +82,9 @@ impl TxnStateError {
     pub fn code(&self) -> ErrorCode {
         match self {
             TxnStateError::InvalidTxnState(_) => code::INVALID_TXN_STATE,
-            TxnStateError::CoordinatorFenced { .. } => code::TRANSACTION_COORDINATOR_FENCED,
+            TxnStateError::CoordinatorFenced { .. } | TxnStateError::StaleMarker { .. } => {
+                code::TRANSACTION_COORDINATOR_FENCED
+            }
         }
     }
 }
@@ -340,6 +357,9 @@ impl TxnTracker {
     /// transaction whose marker is already below `high_watermark` counts as stable even if
     /// [`TxnTracker::high_watermark_updated`] has not been told yet.
     pub fn last_stable_offset(&self, high_watermark: Offset) -> Offset {
+        if crate::planted::active(crate::planted::Bug::LsoPassesOpenTxn) {
+            return high_watermark;
+        }
         self.unstable
             .iter()
             .find(|(_, (_, marker))| marker.is_none_or(|m| m >= high_watermark))

@@ -522,6 +522,12 @@ impl Broker {
         if batch.is_transactional() {
             self.prepare_txn_append(transactional_id, topic, &partition, &batch)?;
         }
+        let (txn_pid, txn_epoch, txn_seq) = (
+            batch.producer_id().0,
+            batch.producer_epoch(),
+            batch.base_sequence(),
+        );
+        let transactional = batch.is_transactional();
         if let Ok(codec) = batch.compression() {
             if !compression_allowed(codec, ctx.api_version) {
                 return Err((
@@ -540,6 +546,18 @@ impl Broker {
         });
         match result {
             Ok((appended, log_start)) => {
+                if transactional {
+                    tracing::debug!(
+                        topic,
+                        partition = index,
+                        producer_id = txn_pid,
+                        producer_epoch = txn_epoch,
+                        base_sequence = txn_seq,
+                        offset = appended.base_offset.0,
+                        duplicate = appended.duplicate,
+                        "transactional batch appended"
+                    );
+                }
                 if !appended.duplicate {
                     // Followers waiting in a fetch take the new batch now.
                     partition.touch();

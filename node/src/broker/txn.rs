@@ -119,6 +119,10 @@ pub struct MarkerRequest {
     pub commit: bool,
     #[prost(message, repeated, tag = "5")]
     pub partitions: Vec<TxnPartition>,
+    /// When the transaction started at its coordinator (-1: unknown): a leader refuses the
+    /// marker if the producer's open transaction there started later.
+    #[prost(int64, tag = "6")]
+    pub txn_start_ms: i64,
 }
 
 /// Per partition: 0 once the marker is below the leader's high watermark, else the error.
@@ -139,15 +143,21 @@ pub struct VerifyRequest {
     pub producer_epoch: i32,
     #[prost(message, repeated, tag = "4")]
     pub partitions: Vec<TxnPartition>,
+    /// With `TXN_PARTITIONS_ADDED`: when the transaction started (-1: unknown).
+    #[prost(int64, tag = "5")]
+    pub txn_start_ms: i64,
 }
 
-/// The coordinator's answer: a whole-request error, or one per partition.
+/// The coordinator's answer: a whole-request error, or one per partition, and when the
+/// transaction started (-1: unknown).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VerifyAnswer {
     #[prost(int32, tag = "1")]
     pub error_code: i32,
     #[prost(message, repeated, tag = "2")]
     pub partitions: Vec<TxnPartition>,
+    #[prost(int64, tag = "3")]
+    pub txn_start_ms: i64,
 }
 
 /// The transaction coordinator's settings.
@@ -225,7 +235,19 @@ impl Active {
         if let Some(&(last_seq, _)) = records.last() {
             let now = broker.clock.now_ms();
             let mut builder = BatchBuilder::new(Compression::None);
-            for (_, record) in &records {
+            for (seq, record) in &records {
+                tracing::debug!(
+                    partition = index,
+                    epoch = self.epoch.0,
+                    seq,
+                    id = %record.transactional_id,
+                    value = ?record
+                        .value
+                        .as_ref()
+                        .map(|v| (v.producer_id.0, v.producer_epoch, v.state, &v.partitions)),
+                    start_ms = record.value.as_ref().map_or(-1, |v| v.start_ms),
+                    "transaction record"
+                );
                 let (key, value) = record
                     .encode()
                     .map_err(|e| DriveError::Encode(e.to_string()))?;
@@ -544,6 +566,7 @@ impl Broker {
         producer_id: ProducerId,
         producer_epoch: i16,
         marker: EndTxnMarker,
+        txn_start_ms: i64,
     ) -> Result<(), ErrorCode> {
         let p = self.leader(topic, index)?;
         let now = self.clock.now_ms();
@@ -552,7 +575,7 @@ impl Broker {
         let appended = p
             .with(|r| {
                 r.check_enough_replicas()?;
-                r.append_marker(now, producer_id, producer_epoch, marker)
+                r.append_marker_of(now, producer_id, producer_epoch, marker, txn_start_ms)
             })
             .map_err(|e| {
                 if let ProduceError::Storage(e) = &e {
@@ -560,6 +583,17 @@ impl Broker {
                 }
                 e.code()
             })?;
+        tracing::debug!(
+            topic,
+            partition = index,
+            producer_id = producer_id.0,
+            producer_epoch,
+            commit = marker.commit,
+            coordinator_epoch = marker.coordinator_epoch,
+            txn_start_ms,
+            offset = appended.base_offset.0,
+            "marker appended"
+        );
         p.touch();
         p.drain_effects();
         let mut hw = p.subscribe();
@@ -613,6 +647,7 @@ impl Broker {
                     ProducerId(request.producer_id),
                     epoch,
                     marker,
+                    request.txn_start_ms,
                 )
             })
             .collect();
@@ -636,6 +671,7 @@ impl Broker {
             return VerifyAnswer {
                 error_code: code::INVALID_REQUEST.into(),
                 partitions: Vec::new(),
+                txn_start_ms: -1,
             };
         };
         let partitions: Vec<TopicPartition> = request
@@ -655,9 +691,11 @@ impl Broker {
             Err(e) => VerifyAnswer {
                 error_code: e.into(),
                 partitions: Vec::new(),
+                txn_start_ms: -1,
             },
-            Ok(list) => VerifyAnswer {
+            Ok((list, txn_start_ms)) => VerifyAnswer {
                 error_code: 0,
+                txn_start_ms,
                 partitions: list
                     .into_iter()
                     .map(|(tp, e)| TxnPartition {
@@ -670,21 +708,35 @@ impl Broker {
         }
     }
 
-    /// KIP-890's verification, at this broker's coordinator of `transactional_id`.
+    /// KIP-890's verification, at this broker's coordinator of `transactional_id`, and when
+    /// the transaction started (-1: unknown).
+    #[allow(clippy::type_complexity)]
     pub(super) fn verify_txn_here(
         &self,
         transactional_id: &str,
         producer_id: ProducerId,
         producer_epoch: i16,
         partitions: Vec<TopicPartition>,
-    ) -> Result<Vec<(TopicPartition, ErrorCode)>, ErrorCode> {
+    ) -> Result<(Vec<(TopicPartition, ErrorCode)>, i64), ErrorCode> {
         let request = keel_core::txn::AddPartitionsRequest {
             transactional_id: transactional_id.to_string(),
             producer_id,
             producer_epoch,
             partitions,
         };
-        self.with_txn(transactional_id, |c, _| c.verify_partitions(&request))?
+        self.with_txn(transactional_id, |c, _| {
+            let start = c.txn_start_ms(transactional_id).unwrap_or(-1);
+            c.verify_partitions(&request).map(|list| (list, start))
+        })?
+    }
+
+    /// When the open transaction of `transactional_id` started, if this broker coordinates it
+    /// (-1 otherwise).
+    pub(super) fn txn_start_here(&self, transactional_id: &str) -> i64 {
+        self.with_txn(transactional_id, |c, _| c.txn_start_ms(transactional_id))
+            .ok()
+            .flatten()
+            .unwrap_or(-1)
     }
 
     /// Asks the coordinator of `transactional_id` (here or on its broker) whether `topic`-
@@ -709,16 +761,17 @@ impl Broker {
                 self.verify_txn_remote(transactional_id, topic, index, producer_id, producer_epoch)
                     .await
             }
-            other => other.and_then(|list| list.first().map(|(_, e)| *e).ok_or(code::NONE)),
+            Err(e) => Err(e),
+            Ok((list, start)) => Ok((list.first().map_or(code::NONE, |(_, e)| *e), start)),
         };
         match answer {
-            Ok(code::NONE) | Err(code::NONE) => {
+            Ok((code::NONE, start)) => {
                 if let Ok(p) = self.leader(topic, index) {
-                    p.with(|r| r.allow_txn(producer_id, producer_epoch));
+                    p.with(|r| r.allow_txn_started(producer_id, producer_epoch, start));
                 }
                 Ok(())
             }
-            Ok(e) | Err(e) => Err(e),
+            Ok((e, _)) | Err(e) => Err(e),
         }
     }
 
@@ -730,11 +783,12 @@ impl Broker {
         producer_id: ProducerId,
         producer_epoch: i16,
         partitions: &[TopicPartition],
+        txn_start_ms: i64,
     ) {
         let mut remote: BTreeMap<i32, Vec<TxnPartition>> = BTreeMap::new();
         for tp in partitions {
             if let Ok(p) = self.leader(&tp.topic, tp.partition) {
-                p.with(|r| r.allow_txn(producer_id, producer_epoch));
+                p.with(|r| r.allow_txn_started(producer_id, producer_epoch, txn_start_ms));
                 continue;
             }
             let leader =
@@ -758,6 +812,7 @@ impl Broker {
                     producer_id: producer_id.0,
                     producer_epoch: producer_epoch.into(),
                     partitions,
+                    txn_start_ms,
                 }
                 .encode_to_vec();
                 peers.call(
@@ -778,7 +833,7 @@ impl Broker {
         index: i32,
         producer_id: ProducerId,
         producer_epoch: i16,
-    ) -> Result<ErrorCode, ErrorCode> {
+    ) -> Result<(ErrorCode, i64), ErrorCode> {
         let n = self
             .txn_state_partitions()
             .ok_or(code::COORDINATOR_NOT_AVAILABLE)?;
@@ -806,6 +861,7 @@ impl Broker {
                 partition: index,
                 error_code: 0,
             }],
+            txn_start_ms: -1,
         };
         let envelope = peers
             .call(
@@ -821,10 +877,11 @@ impl Broker {
         if answer.error_code != 0 {
             return Err(answer.error_code as ErrorCode);
         }
-        Ok(answer
+        let error = answer
             .partitions
             .first()
-            .map_or(code::TRANSACTION_ABORTABLE, |p| p.error_code as ErrorCode))
+            .map_or(code::TRANSACTION_ABORTABLE, |p| p.error_code as ErrorCode);
+        Ok((error, answer.txn_start_ms))
     }
 }
 
@@ -844,7 +901,13 @@ pub fn dispatch_txn_peer(broker: &Arc<Broker>, message: Incoming) -> Option<Inco
                 let epoch = i16::try_from(request.producer_epoch).unwrap_or(-1);
                 for tp in &request.partitions {
                     if let Ok(p) = broker.leader(&tp.topic, tp.partition) {
-                        p.with(|r| r.allow_txn(ProducerId(request.producer_id), epoch));
+                        p.with(|r| {
+                            r.allow_txn_started(
+                                ProducerId(request.producer_id),
+                                epoch,
+                                request.txn_start_ms,
+                            )
+                        });
                     }
                 }
             }
@@ -950,6 +1013,7 @@ async fn send_markers(broker: Weak<Broker>, index: i32, epoch: LeaderEpoch, m: W
                                 m.producer_id,
                                 m.producer_epoch,
                                 marker,
+                                m.txn_start_ms,
                             )
                         })
                         .collect();
@@ -1018,6 +1082,7 @@ async fn remote_markers(
         producer_epoch: m.producer_epoch.into(),
         coordinator_epoch: m.coordinator_epoch,
         commit: m.result == TxnResult::Commit,
+        txn_start_ms: m.txn_start_ms,
         partitions: tps
             .iter()
             .map(|tp| TxnPartition {

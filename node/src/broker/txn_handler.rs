@@ -237,9 +237,9 @@ impl Broker {
         };
         let here = self.verify_txn_here(txn_id, pid, epoch, vec![tp]);
         match here {
-            Ok(list) => match list.first().map(|(_, e)| *e) {
+            Ok((list, start)) => match list.first().map(|(_, e)| *e) {
                 Some(code::NONE) => {
-                    p.with(|r| r.allow_txn(pid, epoch));
+                    p.with(|r| r.allow_txn_started(pid, epoch, start));
                     Ok(())
                 }
                 Some(e) if e != code::NONE => Err(e),
@@ -397,8 +397,9 @@ impl Broker {
             };
             if e == code::NONE {
                 // The partitions' leaders may take the producer's transactional batches now.
+                let start = broker.txn_start_here(&req.transactional_id);
                 broker
-                    .announce_added(req.producer_id, req.producer_epoch, &req.partitions)
+                    .announce_added(req.producer_id, req.producer_epoch, &req.partitions, start)
                     .await;
             }
             result(&partitions, &|_| e)
@@ -443,7 +444,8 @@ impl Broker {
                     topic: OFFSETS_TOPIC.to_string(),
                     partition: group::partition_for(&req.group_id, offsets_partitions),
                 };
-                b.announce_added(req.producer_id, req.producer_epoch, &[tp])
+                let start = b.txn_start_here(&req.transactional_id);
+                b.announce_added(req.producer_id, req.producer_epoch, &[tp], start)
                     .await;
             }
             let mut response = AddOffsetsToTxnResponse::default();
