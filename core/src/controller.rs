@@ -4,7 +4,7 @@
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
 //! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
-//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`]) take `&self`: they validate a request against the
+//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`], `alter_partition_reassignments` in [`reassignment`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -40,7 +40,9 @@
 //!    is 16 bytes, not all zero.
 //! 3. Every partition has at least one replica, no replica twice, no negative broker id; its ISR
 //!    is a duplicate-free subset of its replicas; its leader is -1 or a member of the ISR; its
-//!    epochs are >= 0. A partition record only adds a partition; it never replaces one.
+//!    epochs are >= 0; its adding and removing replicas (a reassignment in progress, KIP-455)
+//!    are disjoint duplicate-free subsets of its replicas, and the removing ones are never all
+//!    of them. A partition record only adds a partition; it never replaces one.
 //! 4. Partitions of a topic are numbered densely from 0.
 //! 5. Every topic's configs passed [`TopicConfig::from_map`].
 //! 6. The next producer id moves by exactly one block per allocation (a snapshot restores it

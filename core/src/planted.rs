@@ -55,11 +55,15 @@ pub enum Bug {
     /// maximal ISR, so they hold; the monitor's check against the committed ISR members' own
     /// durable ends does not.
     MaximalIsrDropsAMember,
+    /// A reassignment completes without waiting for its new replicas: the old replicas leave
+    /// the replicas and the ISR before the new ones are in sync, and the new ones are taken
+    /// into the ISR as they are (empty), so one may lead without what was acknowledged.
+    RemoveBeforeInSync,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -72,6 +76,7 @@ impl Bug {
         Bug::ShortProduceTimeout,
         Bug::RecoveryKeepsTornTail,
         Bug::MaximalIsrDropsAMember,
+        Bug::RemoveBeforeInSync,
     ];
 
     /// A short name for the command line.
@@ -89,6 +94,7 @@ impl Bug {
             Bug::ShortProduceTimeout => "short-produce-timeout",
             Bug::RecoveryKeepsTornTail => "recovery-keeps-torn-tail",
             Bug::MaximalIsrDropsAMember => "maximal-isr-drops-a-member",
+            Bug::RemoveBeforeInSync => "remove-before-in-sync",
         }
     }
 

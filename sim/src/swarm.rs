@@ -40,6 +40,10 @@ pub struct SeedLine {
     pub controlled_shutdowns: u64,
     /// Partitions an ElectLeaders request moved to their preferred leader.
     pub preferred_elections: u64,
+    /// Reassignments accepted, seen completed, and cancellations accepted.
+    pub reassignments_started: u64,
+    pub reassignments_completed: u64,
+    pub reassignments_cancelled: u64,
 }
 
 /// The swarm's result.
@@ -162,7 +166,8 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
-             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, preferred elections {}",
+             group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, preferred elections {}, \
+             reassignments started {} completed {} cancelled {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -172,6 +177,9 @@ impl fmt::Display for Summary {
             with(&|l| l.segment_rolls > 0),
             with(&|l| l.controlled_shutdowns > 0),
             with(&|l| l.preferred_elections > 0),
+            with(&|l| l.reassignments_started > 0),
+            with(&|l| l.reassignments_completed > 0),
+            with(&|l| l.reassignments_cancelled > 0),
         )
     }
 }
@@ -216,6 +224,9 @@ impl SeedLine {
             segment_rolls: c.disk.segment_rolls,
             controlled_shutdowns: c.controlled_shutdowns,
             preferred_elections: c.preferred_elections,
+            reassignments_started: c.reassignments_started,
+            reassignments_completed: c.reassignments_completed,
+            reassignments_cancelled: c.reassignments_cancelled,
         }
     }
 
@@ -227,7 +238,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -246,6 +257,9 @@ impl SeedLine {
             self.segment_rolls,
             self.controlled_shutdowns,
             self.preferred_elections,
+            self.reassignments_started,
+            self.reassignments_completed,
+            self.reassignments_cancelled,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -255,8 +269,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(22, '\t').collect();
-        if f.len() != 22 {
+        let f: Vec<&str> = line.splitn(25, '\t').collect();
+        if f.len() != 25 {
             return None;
         }
         let verdict = match f[2] {
@@ -265,13 +279,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[19]
+        let faults = f[22]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[20]
+        let anomalies = f[23]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -295,9 +309,12 @@ impl SeedLine {
             segment_rolls: f[16].parse().ok()?,
             controlled_shutdowns: f[17].parse().ok()?,
             preferred_elections: f[18].parse().ok()?,
+            reassignments_started: f[19].parse().ok()?,
+            reassignments_completed: f[20].parse().ok()?,
+            reassignments_cancelled: f[21].parse().ok()?,
             faults,
             anomalies,
-            reason: f[21].to_string(),
+            reason: f[24].to_string(),
         })
     }
 }
@@ -400,6 +417,9 @@ impl SeedLine {
             segment_rolls: 0,
             controlled_shutdowns: 0,
             preferred_elections: 0,
+            reassignments_started: 0,
+            reassignments_completed: 0,
+            reassignments_cancelled: 0,
         }
     }
 }

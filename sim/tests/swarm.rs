@@ -127,6 +127,11 @@ fn fixed_regression_and_commit_seeds_pass() {
     // moved a partition back to its preferred leader (7 and 1 of seeds 1 to 40).
     assert!(summary.lines.iter().any(|l| l.controlled_shutdowns > 0));
     assert!(summary.lines.iter().any(|l| l.preferred_elections > 0));
+    // Reassignments (KIP-455) were accepted, completed (each accepted one left the exact
+    // target replicas, or the run failed) and cancelled.
+    assert!(summary.lines.iter().any(|l| l.reassignments_started > 0));
+    assert!(summary.lines.iter().any(|l| l.reassignments_completed > 0));
+    assert!(summary.lines.iter().any(|l| l.reassignments_cancelled > 0));
 }
 
 #[test]

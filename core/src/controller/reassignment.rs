@@ -95,7 +95,14 @@ pub(crate) fn completion(
         return None;
     }
     let mut isr = isr.to_vec();
-    if !p.adding.iter().all(|a| isr.contains(a)) {
+    if crate::planted::active(crate::planted::Bug::RemoveBeforeInSync) {
+        // Planted: the new replicas are taken to be in sync as they are.
+        for &a in &p.adding {
+            if !isr.contains(&a) {
+                isr.push(a);
+            }
+        }
+    } else if !p.adding.iter().all(|a| isr.contains(a)) {
         return None;
     }
     let replicas = p.target_replicas();

@@ -1257,8 +1257,8 @@ impl Broker {
         }
     }
 
-    /// Removes directories of partitions that no longer exist (topics deleted while the
-    /// broker was down). At startup only: while running, deletion removes its own directories.
+    /// Removes directories of partitions that no longer exist or are no longer assigned here
+    /// (topics deleted, replicas reassigned away, while the broker was down). At startup only: while running, deletion removes its own directories.
     /// Replicas assigned here that failed to open are not orphans: their data stays.
     fn remove_orphan_directories(&self) {
         let partitions = self.partitions.read().expect("partition map poisoned");
