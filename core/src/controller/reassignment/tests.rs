@@ -109,8 +109,7 @@ fn p0(state: &MetadataState) -> Partition {
     state.partition("t", 0).unwrap().clone()
 }
 
-fn reassign(state: &MetadataState, target: Option<&[i32]>) -> ReassignmentRequest {
-    let _ = state;
+fn reassign(target: Option<&[i32]>) -> ReassignmentRequest {
     ReassignmentRequest {
         topic: "t".into(),
         partition: 0,
@@ -120,7 +119,7 @@ fn reassign(state: &MetadataState, target: Option<&[i32]>) -> ReassignmentReques
 
 /// Runs one request for `t-0` and applies its records: the partition's outcome.
 fn run(state: &mut MetadataState, target: Option<&[i32]>) -> Result<(), ControllerError> {
-    let (results, records) = state.alter_partition_reassignments(&[reassign(state, target)]);
+    let (results, records) = state.alter_partition_reassignments(&[reassign(target)]);
     assert_eq!(results.len(), 1);
     if results[0].1.is_err() {
         assert!(records.is_empty(), "a refusal changes nothing");
@@ -238,7 +237,7 @@ fn a_reordering_changes_the_preferred_leader_only() {
 fn the_current_replicas_change_nothing() {
     let state = cluster();
     let (results, records) =
-        state.alter_partition_reassignments(&[reassign(&state, Some(&[0, 1, 2]))]);
+        state.alter_partition_reassignments(&[reassign(Some(&[0, 1, 2]))]);
     assert_eq!(results[0].1, Ok(()));
     assert!(records.is_empty());
 }
@@ -342,19 +341,19 @@ fn bad_requests_are_refused_with_kafkas_codes_and_change_nothing() {
     let state = cluster();
     let cases: Vec<(ReassignmentRequest, i16)> = vec![
         (
-            reassign(&state, Some(&[])),
+            reassign(Some(&[])),
             code::INVALID_REPLICA_ASSIGNMENT,
         ),
         (
-            reassign(&state, Some(&[1, 1])),
+            reassign(Some(&[1, 1])),
             code::INVALID_REPLICA_ASSIGNMENT,
         ),
         (
-            reassign(&state, Some(&[1, 9])),
+            reassign(Some(&[1, 9])),
             code::INVALID_REPLICA_ASSIGNMENT,
         ),
         (
-            reassign(&state, Some(&[-1])),
+            reassign(Some(&[-1])),
             code::INVALID_REPLICA_ASSIGNMENT,
         ),
         (
@@ -373,10 +372,10 @@ fn bad_requests_are_refused_with_kafkas_codes_and_change_nothing() {
             },
             code::UNKNOWN_TOPIC_OR_PARTITION,
         ),
-        (reassign(&state, None), code::NO_REASSIGNMENT_IN_PROGRESS),
+        (reassign(None), code::NO_REASSIGNMENT_IN_PROGRESS),
     ];
     for (request, expected) in cases {
-        let (results, records) = state.alter_partition_reassignments(&[request.clone()]);
+        let (results, records) = state.alter_partition_reassignments(std::slice::from_ref(&request));
         let err = results[0].1.clone().unwrap_err();
         assert_eq!(err.code(), expected, "{request:?}: {err}");
         assert!(!err.to_string().is_empty(), "a message for {request:?}");
@@ -384,8 +383,8 @@ fn bad_requests_are_refused_with_kafkas_codes_and_change_nothing() {
     }
     // Named twice: the first counts, the second is refused.
     let twice = [
-        reassign(&state, Some(&[0, 1])),
-        reassign(&state, Some(&[0, 2])),
+        reassign(Some(&[0, 1])),
+        reassign(Some(&[0, 2])),
     ];
     let (results, records) = state.alter_partition_reassignments(&twice);
     assert_eq!(results[0].1, Ok(()));
@@ -449,7 +448,7 @@ fn a_shrink_to_replicas_out_of_sync_waits_until_one_is_in_sync() {
 fn a_reassignment_survives_replay_and_snapshots() {
     let mut state = cluster();
     let mut log = crate::quorum::snapshot::state_records(&state);
-    let (_, records) = state.alter_partition_reassignments(&[reassign(&state, Some(&[1, 2, 3]))]);
+    let (_, records) = state.alter_partition_reassignments(&[reassign(Some(&[1, 2, 3]))]);
     apply_all(&mut state, &records);
     log.extend(records);
     // A new controller replays the log: the same reassignment in progress.
@@ -470,7 +469,7 @@ fn a_reassignment_survives_replay_and_snapshots() {
 fn a_record_computed_before_a_reassignment_does_not_apply_after_it() {
     let mut state = cluster();
     let stale = state
-        .alter_partition_reassignments(&[reassign(&state, Some(&[0, 1, 3]))])
+        .alter_partition_reassignments(&[reassign(Some(&[0, 1, 3]))])
         .1;
     run(&mut state, Some(&[1, 2, 3])).unwrap();
     let before = state.clone();
@@ -544,7 +543,7 @@ proptest! {
             match s {
                 Step::Reassign(t) => {
                     let (results, records) =
-                        state.alter_partition_reassignments(&[reassign(&state, Some(&t))]);
+                        state.alter_partition_reassignments(&[reassign(Some(&t))]);
                     match &results[0].1 {
                         Ok(()) => {
                             apply_all(&mut state, &records);
@@ -555,7 +554,7 @@ proptest! {
                 }
                 Step::Cancel => {
                     let (results, records) =
-                        state.alter_partition_reassignments(&[reassign(&state, None)]);
+                        state.alter_partition_reassignments(&[reassign(None)]);
                     if results[0].1.is_ok() {
                         apply_all(&mut state, &records);
                         target = Some(p0(&state).replicas);
