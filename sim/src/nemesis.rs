@@ -77,7 +77,8 @@ pub enum Fault {
     /// An operator's partition reassignment (AlterPartitionReassignments, KIP-455) of one
     /// partition of the workload's topic, through the Kafka API: a grow (one more replica), a
     /// shrink (one fewer, not below `min.insync.replicas`, and not with a faulty disk), a move
-    /// (one replica replaced), or a cancellation.
+    /// (one replica replaced), or a cancellation (of a move started 0 to 200 ms before, when
+    /// none is in progress).
     Reassign,
 }
 
@@ -180,9 +181,8 @@ pub(crate) struct Targets<'a> {
     pub trace: &'a Trace,
 }
 
-/// The address of the `n`th operator client node (preferred elections, reassignments): a
-/// subnet no other node uses, one address per request (a node is never removed, and two must
-/// not share an address).
+/// The address of the `n`th preferred election's client node: a subnet no other node uses,
+/// one address per election (a node is never removed, and two must not share an address).
 fn election_ip(n: u32) -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(
         10,
@@ -205,6 +205,7 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
     let net = madsim::net::NetSim::current();
     let (cluster, trace) = (t.cluster, t.trace);
     let mut elections = 0u32;
+    let mut reassignments = 0u32;
     if let Some(id) = params.faulty_disk {
         t.disks[&id].set_faults(true);
         *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
@@ -485,8 +486,8 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
                 }
             }
             Fault::Reassign => {
-                elections += 1;
-                reassign(&mut rng, params, t, coverage, elections).await;
+                reassignments += 1;
+                reassign(&mut rng, params, t, coverage, reassignments).await;
             }
             Fault::Disk => unreachable!("skipped above"),
         }
@@ -527,8 +528,8 @@ pub(crate) fn note_completed_reassignments(
     });
 }
 
-/// [`Fault::Reassign`]: one reassignment of a random partition of the workload's topic, sent
-/// from client node `n` of its own. The plan starts from where the partition is heading (its
+/// [`Fault::Reassign`]: the `n`th reassignment of a random partition of the workload's topic,
+/// sent from a client node of its own. The plan starts from where the partition is heading (its
 /// target replicas when one is in progress). An accepted target is remembered until the
 /// metadata shows it completed ([`note_completed_reassignments`]); the convergence phase
 /// requires each one left to have completed. A request whose outcome is unknown (no answer)
@@ -588,14 +589,40 @@ async fn reassign(
             return;
         }
     };
+    // An operator who changes their mind: a cancellation without a reassignment in progress
+    // first starts one (a move, when there is a broker to move to), then cancels it 0 to 200
+    // ms later, while the new replica may still be catching up.
+    if target.is_none() && !p.is_reassigning() && !others.is_empty() {
+        let mut first = current.clone();
+        let i = rng.gen_range(0..first.len());
+        first[i] = *others.choose(rng).expect("not empty");
+        send_reassignment(t, coverage, partition, Some(first), "move", &current, n * 2).await;
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
+    }
+    send_reassignment(t, coverage, partition, target, what, &current, n * 2 + 1).await;
+    note_completed_reassignments(cluster, coverage);
+}
+
+/// Sends one AlterPartitionReassignments for `partition` (`None` cancels) from client node
+/// `node` of its own, and records its outcome in `coverage`.
+async fn send_reassignment(
+    t: &Targets<'_>,
+    coverage: &mut Coverage,
+    partition: i32,
+    target: Option<Vec<i32>>,
+    what: &str,
+    current: &[i32],
+    node: u32,
+) {
+    let (cluster, trace) = (t.cluster, t.trace);
     let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
-    let node = madsim::runtime::Handle::current()
+    let client = madsim::runtime::Handle::current()
         .create_node()
-        .name(format!("reassign-{n}"))
-        .ip(election_ip(n))
+        .name(format!("reassign-{node}"))
+        .ip(admin_ip(node))
         .build();
     let sent = target.clone();
-    let answered = node
+    let answered = client
         .spawn(async move {
             let mut admin = Client::new(ClientConfig::new(bootstrap));
             admin
@@ -627,7 +654,17 @@ async fn reassign(
             coverage.pending_reassignments.remove(&partition);
         }
     }
-    note_completed_reassignments(cluster, coverage);
+}
+
+/// The address of the `n`th reassignment client node: a subnet of their own (10.0.128.0
+/// and up), apart from the preferred elections' ([`election_ip`]).
+fn admin_ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        0,
+        128 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 /// How long a graceful stop may take beyond the controlled shutdown's own bound (opening the

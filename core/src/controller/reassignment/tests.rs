@@ -236,8 +236,7 @@ fn a_reordering_changes_the_preferred_leader_only() {
 #[test]
 fn the_current_replicas_change_nothing() {
     let state = cluster();
-    let (results, records) =
-        state.alter_partition_reassignments(&[reassign(Some(&[0, 1, 2]))]);
+    let (results, records) = state.alter_partition_reassignments(&[reassign(Some(&[0, 1, 2]))]);
     assert_eq!(results[0].1, Ok(()));
     assert!(records.is_empty());
 }
@@ -340,22 +339,10 @@ fn a_new_target_replaces_the_reassignment_from_the_original_replicas() {
 fn bad_requests_are_refused_with_kafkas_codes_and_change_nothing() {
     let state = cluster();
     let cases: Vec<(ReassignmentRequest, i16)> = vec![
-        (
-            reassign(Some(&[])),
-            code::INVALID_REPLICA_ASSIGNMENT,
-        ),
-        (
-            reassign(Some(&[1, 1])),
-            code::INVALID_REPLICA_ASSIGNMENT,
-        ),
-        (
-            reassign(Some(&[1, 9])),
-            code::INVALID_REPLICA_ASSIGNMENT,
-        ),
-        (
-            reassign(Some(&[-1])),
-            code::INVALID_REPLICA_ASSIGNMENT,
-        ),
+        (reassign(Some(&[])), code::INVALID_REPLICA_ASSIGNMENT),
+        (reassign(Some(&[1, 1])), code::INVALID_REPLICA_ASSIGNMENT),
+        (reassign(Some(&[1, 9])), code::INVALID_REPLICA_ASSIGNMENT),
+        (reassign(Some(&[-1])), code::INVALID_REPLICA_ASSIGNMENT),
         (
             ReassignmentRequest {
                 topic: "t".into(),
@@ -375,17 +362,15 @@ fn bad_requests_are_refused_with_kafkas_codes_and_change_nothing() {
         (reassign(None), code::NO_REASSIGNMENT_IN_PROGRESS),
     ];
     for (request, expected) in cases {
-        let (results, records) = state.alter_partition_reassignments(std::slice::from_ref(&request));
+        let (results, records) =
+            state.alter_partition_reassignments(std::slice::from_ref(&request));
         let err = results[0].1.clone().unwrap_err();
         assert_eq!(err.code(), expected, "{request:?}: {err}");
         assert!(!err.to_string().is_empty(), "a message for {request:?}");
         assert!(records.is_empty(), "{request:?} changes nothing");
     }
     // Named twice: the first counts, the second is refused.
-    let twice = [
-        reassign(Some(&[0, 1])),
-        reassign(Some(&[0, 2])),
-    ];
+    let twice = [reassign(Some(&[0, 1])), reassign(Some(&[0, 2]))];
     let (results, records) = state.alter_partition_reassignments(&twice);
     assert_eq!(results[0].1, Ok(()));
     assert_eq!(
