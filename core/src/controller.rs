@@ -1084,7 +1084,9 @@ impl MetadataState {
         // The change that brings the last adding replica into the ISR completes the
         // reassignment (KRaft's `PartitionChangeBuilder.tryCompleteReassignment`).
         let live = |b: BrokerId| self.brokers.get(&b).is_some_and(|r| !r.fenced);
-        if let Some(done) = reassignment::completion(p, &request.new_isr, p.leader, live) {
+        if let Some(done) =
+            reassignment::completion(p, &request.new_isr, p.leader, min_insync, live)
+        {
             reassignment::finish(&mut next, done, min_insync);
         }
         if next.isr == p.isr && next.replicas == p.replicas {
@@ -1198,7 +1200,9 @@ impl MetadataState {
                 // A reassignment that waited for a live leader (or whose ISR changed) may
                 // complete now.
                 let is_live = |b: BrokerId| live.contains(&b);
-                if let Some(done) = reassignment::completion(p, &next.isr, next.leader, is_live) {
+                if let Some(done) =
+                    reassignment::completion(p, &next.isr, next.leader, min_insync, is_live)
+                {
                     reassignment::finish(&mut next, done, min_insync);
                 }
                 if next == *p {

@@ -82,13 +82,15 @@ pub(crate) struct Completion {
 
 /// Whether `p`'s reassignment completes once its ISR is `isr` and its leader `leader` (KRaft's
 /// `PartitionReassignmentReplicas.maybeCompleteReassignment`): a reassignment is in progress,
-/// every adding replica is in `isr`, and `isr` less the removing replicas is not empty and
-/// holds a leader (the current one if it stays, else a live target replica, first in target
+/// every adding replica is in `isr`, and `isr` less the removing replicas has
+/// `min_insync` members (at most as many as the target replicas; at least one) and holds a
+/// leader (the current one if it stays, else a live target replica, first in target
 /// order).
 pub(crate) fn completion(
     p: &Partition,
     isr: &[BrokerId],
     leader: BrokerId,
+    min_insync: i32,
     live: impl Fn(BrokerId) -> bool,
 ) -> Option<Completion> {
     if !p.is_reassigning() {
@@ -107,7 +109,11 @@ pub(crate) fn completion(
     }
     let replicas = p.target_replicas();
     isr.retain(|r| !p.removing.contains(r));
-    if isr.is_empty() {
+    // keel's rule beyond Kafka's: the old replicas leave only once the new ISR has
+    // `min.insync.replicas` members (at most the target's size), so that completing never
+    // leaves acknowledged writes on fewer copies than acks=all put them on.
+    let needed = (min_insync.max(1) as usize).min(replicas.len());
+    if isr.is_empty() || isr.len() < needed {
         return None;
     }
     let leader = if leader != BrokerId::NONE && isr.contains(&leader) {
@@ -216,8 +222,13 @@ impl MetadataState {
         if !next.is_reassigning() {
             // A reordering (or the current replicas): the new order at once.
             next.replicas = target.clone();
-        } else if let Some(done) = completion(&next, &next.isr, next.leader, |b| live.contains(&b))
-        {
+        } else if let Some(done) = completion(
+            &next,
+            &next.isr,
+            next.leader,
+            topic.config.min_insync_replicas(),
+            |b| live.contains(&b),
+        ) {
             // Nothing to add: the shrink completes now.
             finish(&mut next, done, topic.config.min_insync_replicas());
         }

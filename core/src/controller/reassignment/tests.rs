@@ -220,6 +220,21 @@ fn a_shrink_completes_at_once() {
 }
 
 #[test]
+fn the_old_replicas_stay_until_the_new_isr_has_min_insync_members() {
+    // Simulator seed 758: a move whose completion left one ISR member, on a disk that then
+    // rotted, with the other copy deleted.
+    let mut state = cluster_with("t", 3, &[("min.insync.replicas", "2")]);
+    run(&mut state, Some(&[3, 2])).unwrap();
+    // 2 falls out of the ISR; 3 joins: the ISR less the removed would be [3] alone.
+    alter_isr(&mut state, &[0, 1]);
+    let p = alter_isr(&mut state, &[0, 1, 3]);
+    assert!(p.is_reassigning(), "waits for a second member: {p:?}");
+    let done = alter_isr(&mut state, &[0, 1, 2, 3]);
+    assert_eq!(done.replicas, bs(&[3, 2]));
+    assert_eq!(sorted(&done.isr), bs(&[2, 3]));
+}
+
+#[test]
 fn a_reordering_changes_the_preferred_leader_only() {
     let mut state = cluster();
     run(&mut state, Some(&[2, 0, 1])).unwrap();
