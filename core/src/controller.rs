@@ -4,7 +4,7 @@
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
 //! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
-//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`]) take `&self`: they validate a request against the
+//! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`], `alter_partition_reassignments` in [`reassignment`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
 //! [`MetadataState::apply`] is the only mutation: deterministic, total (it never panics on any
@@ -40,7 +40,9 @@
 //!    is 16 bytes, not all zero.
 //! 3. Every partition has at least one replica, no replica twice, no negative broker id; its ISR
 //!    is a duplicate-free subset of its replicas; its leader is -1 or a member of the ISR; its
-//!    epochs are >= 0. A partition record only adds a partition; it never replaces one.
+//!    epochs are >= 0; its adding and removing replicas (a reassignment in progress, KIP-455)
+//!    are disjoint duplicate-free subsets of its replicas, and the removing ones are never all
+//!    of them. A partition record only adds a partition; it never replaces one.
 //! 4. Partitions of a topic are numbered densely from 0.
 //! 5. Every topic's configs passed [`TopicConfig::from_map`].
 //! 6. The next producer id moves by exactly one block per allocation (a snapshot restores it
@@ -64,6 +66,7 @@
 pub mod acls;
 pub mod config;
 pub mod elections;
+pub mod reassignment;
 pub mod records;
 pub mod scram;
 pub mod store;
@@ -76,11 +79,12 @@ use std::fmt;
 
 pub use config::{ConfigEntry, ConfigError, ConfigSource, ConfigType, TopicConfig};
 pub use elections::{ElectionResult, ElectionType, LeaderBalance};
+pub use reassignment::{OngoingReassignment, ReassignmentRequest, ReassignmentResult};
 pub use records::{Endpoint, MetadataRecord, Record};
 pub use store::{MetadataStore, OpenReport, StoreError};
 
 use records::{
-    BrokerList, FenceBrokerRecord, PartitionChangeRecord, PartitionRecord, ProducerIdsRecord,
+    FenceBrokerRecord, PartitionChangeRecord, PartitionRecord, ProducerIdsRecord,
     RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord, TopicRecord, UnfenceBrokerRecord,
 };
 
@@ -168,6 +172,38 @@ pub struct Partition {
     /// so each of them still holds everything committed, and may lead when no ISR member can.
     /// Empty whenever the ISR has `min.insync.replicas` members. Disjoint from `isr`.
     pub elr: Vec<BrokerId>,
+    /// The replicas an ongoing reassignment adds (KIP-455): members of `replicas` that are
+    /// not among the original ones. Empty when no reassignment is in progress.
+    pub adding: Vec<BrokerId>,
+    /// The replicas an ongoing reassignment removes (KIP-455): members of `replicas` that
+    /// are not among the target ones. Disjoint from `adding`; never all of `replicas`.
+    pub removing: Vec<BrokerId>,
+}
+
+impl Partition {
+    /// Whether a reassignment is in progress (KIP-455: it adds or removes a replica).
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas the partition will have once its reassignment completes (all of them
+    /// when none is in progress): `replicas` less `removing`.
+    pub fn target_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
+
+    /// The replicas it had before its reassignment started: `replicas` less `adding`.
+    pub fn original_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding.contains(r))
+            .collect()
+    }
 }
 
 /// A topic.
@@ -391,6 +427,12 @@ pub enum ControllerError {
     /// ELECTION_NOT_NEEDED (84).
     #[error("{0}")]
     ElectionNotNeeded(String),
+    /// INVALID_REPLICA_ASSIGNMENT (39).
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
+    /// NO_REASSIGNMENT_IN_PROGRESS (85).
+    #[error("{0}")]
+    NoReassignmentInProgress(String),
 }
 
 impl ControllerError {
@@ -416,6 +458,8 @@ impl ControllerError {
             ControllerError::PreferredLeaderNotAvailable(_) => code::PREFERRED_LEADER_NOT_AVAILABLE,
             ControllerError::EligibleLeadersNotAvailable(_) => code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
             ControllerError::ElectionNotNeeded(_) => code::ELECTION_NOT_NEEDED,
+            ControllerError::InvalidReplicaAssignment(_) => code::INVALID_REPLICA_ASSIGNMENT,
+            ControllerError::NoReassignmentInProgress(_) => code::NO_REASSIGNMENT_IN_PROGRESS,
         }
     }
 }
@@ -1033,27 +1077,27 @@ impl MetadataState {
                 "{name}: broker {b} in the new ISR is fenced or not registered"
             )));
         }
-        if request.new_isr == p.isr {
-            return Ok((p.clone(), Vec::new()));
-        }
-        let elr = next_elr(p, &request.new_isr, topic.config.min_insync_replicas());
-        let record = PartitionChangeRecord {
-            topic_id: topic.id.0.to_vec(),
-            partition: request.partition,
-            expected_partition_epoch: p.partition_epoch,
-            leader: None,
-            isr: Some(BrokerList {
-                brokers: request.new_isr.iter().map(|b| b.0).collect(),
-            }),
-            elr: (elr != p.elr).then(|| BrokerList {
-                brokers: elr.iter().map(|b| b.0).collect(),
-            }),
-        };
+        let min_insync = topic.config.min_insync_replicas();
         let mut next = p.clone();
         next.isr = request.new_isr.clone();
-        next.elr = elr;
+        next.elr = next_elr(p, &request.new_isr, min_insync);
+        // The change that brings the last adding replica into the ISR completes the
+        // reassignment (KRaft's `PartitionChangeBuilder.tryCompleteReassignment`).
+        let live = |b: BrokerId| self.brokers.get(&b).is_some_and(|r| !r.fenced);
+        if let Some(done) =
+            reassignment::completion(p, &request.new_isr, p.leader, min_insync, live)
+        {
+            reassignment::finish(&mut next, done, min_insync);
+        }
+        if next.isr == p.isr && next.replicas == p.replicas {
+            return Ok((p.clone(), Vec::new()));
+        }
+        let record = reassignment::change_record(topic.id, request.partition, p, &next);
         next.partition_epoch += 1;
-        Ok((next, vec![record.into()]))
+        if next.leader != p.leader {
+            next.leader_epoch = LeaderEpoch(p.leader_epoch.0.saturating_add(1));
+        }
+        Ok((next, vec![record]))
     }
 
     /// [`alter_partition`](Self::alter_partition) with KIP-903's check: `member_epochs`, in
@@ -1146,29 +1190,30 @@ impl MetadataState {
                         }
                     }
                 }
-                let elr = if isr == p.isr {
-                    p.elr.clone()
-                } else {
-                    next_elr(p, &isr, topic.config.min_insync_replicas())
-                };
-                if leader == p.leader && isr == p.isr && elr == p.elr {
+                let min_insync = topic.config.min_insync_replicas();
+                let mut next = p.clone();
+                next.leader = leader;
+                if isr != p.isr {
+                    next.elr = next_elr(p, &isr, min_insync);
+                }
+                next.isr = isr;
+                // A reassignment that waited for a live leader (or whose ISR changed) may
+                // complete now.
+                let is_live = |b: BrokerId| live.contains(&b);
+                if let Some(done) =
+                    reassignment::completion(p, &next.isr, next.leader, min_insync, is_live)
+                {
+                    reassignment::finish(&mut next, done, min_insync);
+                }
+                if next == *p {
                     continue;
                 }
-                records.push(
-                    PartitionChangeRecord {
-                        topic_id: topic.id.0.to_vec(),
-                        partition: index as i32,
-                        expected_partition_epoch: p.partition_epoch,
-                        leader: (leader != p.leader).then_some(leader.0),
-                        isr: (isr != p.isr).then(|| BrokerList {
-                            brokers: isr.iter().map(|b| b.0).collect(),
-                        }),
-                        elr: (elr != p.elr).then(|| BrokerList {
-                            brokers: elr.iter().map(|b| b.0).collect(),
-                        }),
-                    }
-                    .into(),
-                );
+                records.push(reassignment::change_record(
+                    topic.id,
+                    index as i32,
+                    p,
+                    &next,
+                ));
             }
         }
         records
@@ -1286,6 +1331,15 @@ impl MetadataState {
         }
         if let Some(elr) = &r.elr {
             record.elr = elr.brokers.clone();
+        }
+        if let Some(replicas) = &r.replicas {
+            record.replicas = replicas.brokers.clone();
+        }
+        if let Some(adding) = &r.adding {
+            record.adding = adding.brokers.clone();
+        }
+        if let Some(removing) = &r.removing {
+            record.removing = removing.brokers.clone();
         }
         record.partition_epoch = old
             .partition_epoch
@@ -1543,6 +1597,20 @@ fn partition_from_record(r: &PartitionRecord) -> Result<Partition, ApplyError> {
     if elr.len() != r.elr.len() || !elr.is_subset(&replicas) || !elr.is_disjoint(&isr) {
         return invalid("ELR listed twice, outside the replicas or inside the ISR");
     }
+    let adding: BTreeSet<i32> = r.adding.iter().copied().collect();
+    let removing: BTreeSet<i32> = r.removing.iter().copied().collect();
+    if adding.len() != r.adding.len()
+        || removing.len() != r.removing.len()
+        || !adding.is_subset(&replicas)
+        || !removing.is_subset(&replicas)
+        || !adding.is_disjoint(&removing)
+        || removing.len() == replicas.len()
+    {
+        return invalid(
+            "adding or removing replicas listed twice, outside the replicas, in both, or \
+             removing every replica",
+        );
+    }
     Ok(Partition {
         replicas: r.replicas.iter().map(|&b| BrokerId(b)).collect(),
         isr: r.isr.iter().map(|&b| BrokerId(b)).collect(),
@@ -1550,11 +1618,13 @@ fn partition_from_record(r: &PartitionRecord) -> Result<Partition, ApplyError> {
         leader_epoch: LeaderEpoch(r.leader_epoch),
         partition_epoch: r.partition_epoch,
         elr: r.elr.iter().map(|&b| BrokerId(b)).collect(),
+        adding: r.adding.iter().map(|&b| BrokerId(b)).collect(),
+        removing: r.removing.iter().map(|&b| BrokerId(b)).collect(),
     })
 }
 
 /// The record that states `partition` of `topic` as it is.
-fn partition_record(topic: TopicId, index: i32, p: &Partition) -> PartitionRecord {
+pub(crate) fn partition_record(topic: TopicId, index: i32, p: &Partition) -> PartitionRecord {
     PartitionRecord {
         topic_id: topic.0.to_vec(),
         partition: index,
@@ -1564,13 +1634,15 @@ fn partition_record(topic: TopicId, index: i32, p: &Partition) -> PartitionRecor
         leader_epoch: p.leader_epoch.0,
         partition_epoch: p.partition_epoch,
         elr: p.elr.iter().map(|b| b.0).collect(),
+        adding: p.adding.iter().map(|b| b.0).collect(),
+        removing: p.removing.iter().map(|b| b.0).collect(),
     }
 }
 
 /// The ELR after `old`'s ISR becomes `new_isr` (KIP-966): empty once the ISR has
 /// `min_insync` members (clamped to 1..=replicas); otherwise the ELR so far plus the members
 /// that left the ISR, less those in it now, in replica order.
-fn next_elr(old: &Partition, new_isr: &[BrokerId], min_insync: i32) -> Vec<BrokerId> {
+pub(crate) fn next_elr(old: &Partition, new_isr: &[BrokerId], min_insync: i32) -> Vec<BrokerId> {
     let min = (min_insync.max(1) as usize).min(old.replicas.len().max(1));
     if new_isr.len() >= min {
         return Vec::new();
@@ -1609,6 +1681,8 @@ fn new_partition_records(
             leader_epoch: LeaderEpoch(0),
             partition_epoch: 0,
             elr: Vec::new(),
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         partition_record(topic, p, &partition).into()
     })

@@ -89,6 +89,9 @@ error_codes! {
     INVALID_PARTITIONS = 37;
     /// An invalid replication factor.
     INVALID_REPLICATION_FACTOR = 38;
+    /// A replica assignment that names no broker, a broker twice, or one that is not
+    /// registered (AlterPartitionReassignments).
+    INVALID_REPLICA_ASSIGNMENT = 39;
     /// An invalid config name or value.
     INVALID_CONFIG = 40;
     /// This broker is not the active controller.
@@ -152,6 +155,8 @@ error_codes! {
     ELIGIBLE_LEADERS_NOT_AVAILABLE = 83;
     /// ElectLeaders (KIP-460): the partition already has the leader asked for.
     ELECTION_NOT_NEEDED = 84;
+    /// A cancellation of a partition reassignment when none is in progress.
+    NO_REASSIGNMENT_IN_PROGRESS = 85;
     /// OffsetDelete: a member of the (non-empty) group is subscribed to the partition's topic.
     GROUP_SUBSCRIBED_TO_TOPIC = 86;
     /// A record or batch that fails validation.

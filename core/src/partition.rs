@@ -524,6 +524,8 @@ impl<S: Storage> PartitionReplica<S> {
             leader_epoch,
             partition_epoch: 0,
             elr: Vec::new(),
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         replica
             .become_leader(now_ms, snapshots, &sole)

@@ -62,11 +62,15 @@ pub enum Bug {
     /// The transaction coordinator takes a request from an older producer epoch as if it were
     /// the current one: a fenced producer (a zombie) can add partitions and commit.
     FencedEpochAccepted,
+    /// A reassignment completes without waiting for its new replicas: the old replicas leave
+    /// the replicas and the ISR before the new ones are in sync, and the new ones are taken
+    /// into the ISR as they are (empty), so one may lead without what was acknowledged.
+    RemoveBeforeInSync,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -81,6 +85,7 @@ impl Bug {
         Bug::MaximalIsrDropsAMember,
         Bug::LsoPassesOpenTxn,
         Bug::FencedEpochAccepted,
+        Bug::RemoveBeforeInSync,
     ];
 
     /// A short name for the command line.
@@ -100,6 +105,7 @@ impl Bug {
             Bug::MaximalIsrDropsAMember => "maximal-isr-drops-a-member",
             Bug::LsoPassesOpenTxn => "lso-passes-open-txn",
             Bug::FencedEpochAccepted => "fenced-epoch-accepted",
+            Bug::RemoveBeforeInSync => "remove-before-in-sync",
         }
     }
 

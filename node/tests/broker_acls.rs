@@ -1002,6 +1002,27 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             RequestKind::DescribeTopicPartitions(DescribeTopicPartitionsRequest::default()),
         ),
         (
+            ApiKey::AlterPartitionReassignments,
+            1,
+            RequestKind::AlterPartitionReassignments(
+                AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                    alter_partition_reassignments_request::ReassignableTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_replicas(Some(vec![BrokerId(1), BrokerId(2)])),
+                        ]),
+                ]),
+            ),
+        ),
+        (
+            ApiKey::ListPartitionReassignments,
+            0,
+            RequestKind::ListPartitionReassignments(
+                ListPartitionReassignmentsRequest::default().with_topics(None),
+            ),
+        ),
+        (
             ApiKey::DescribeAcls,
             3,
             RequestKind::DescribeAcls(

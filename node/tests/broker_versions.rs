@@ -383,15 +383,6 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                         ]),
                 ]),
         )],
-        ApiKey::ElectLeaders => vec![RequestKind::ElectLeaders(
-            ElectLeadersRequest::default()
-                .with_election_type(0)
-                .with_topic_partitions(Some(vec![
-                    elect_leaders_request::TopicPartitions::default()
-                        .with_topic(name("t"))
-                        .with_partitions(vec![0]),
-                ])),
-        )],
         ApiKey::FindCoordinator => {
             let mut r = FindCoordinatorRequest::default();
             if v >= 4 {
@@ -562,6 +553,62 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                         .with_mechanism(2),
                 ]),
         )],
+        ApiKey::ElectLeaders => vec![
+            RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(None)),
+            RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(
+                Some(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            elect_leaders_request::TopicPartitions::default()
+                                .with_topic(name(t))
+                                .with_partitions(vec![0])
+                        })
+                        .collect(),
+                ),
+            )),
+        ],
+        ApiKey::AlterPartitionReassignments => {
+            // The current replica (no change), an empty target, a cancellation with none in
+            // progress, a partition that does not exist.
+            let partition = |index: i32, replicas: Option<Vec<i32>>| {
+                alter_partition_reassignments_request::ReassignablePartition::default()
+                    .with_partition_index(index)
+                    .with_replicas(replicas.map(|r| r.into_iter().map(BrokerId).collect()))
+            };
+            let topic = |t: &str, partitions| {
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(name(t))
+                    .with_partitions(partitions)
+            };
+            vec![RequestKind::AlterPartitionReassignments(
+                AlterPartitionReassignmentsRequest::default()
+                    .with_allow_replication_factor_change(v < 1 || round % 2 == 0)
+                    .with_topics(vec![
+                        topic("t", vec![partition(0, Some(vec![1]))]),
+                        topic("t", vec![partition(0, Some(vec![]))]),
+                        topic("t", vec![partition(0, None)]),
+                        topic("missing", vec![partition(0, Some(vec![1]))]),
+                    ]),
+            )]
+        }
+        ApiKey::ListPartitionReassignments => vec![
+            RequestKind::ListPartitionReassignments(
+                ListPartitionReassignmentsRequest::default().with_topics(None),
+            ),
+            RequestKind::ListPartitionReassignments(
+                ListPartitionReassignmentsRequest::default().with_topics(Some(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+                                .with_name(name(t))
+                                .with_partition_indexes(vec![0])
+                        })
+                        .collect(),
+                )),
+            ),
+        ],
         ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
             SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
         )],

@@ -5,7 +5,8 @@
 //! consumer group keeps its committed offsets and its member when its coordinator's broker is
 //! SIGKILLed and restarted, and a rolling restart with SIGTERM (controlled shutdown) under an
 //! idempotent acks=all producer fails no delivery; transactions, and an exactly-once
-//! consume-transform-produce loop that commits its offsets with the transaction.
+//! consume-transform-produce loop that commits its offsets with the transaction; partition
+//! reassignments under an idempotent acks=all producer.
 //!
 //! The Python halves are `node/tests/interop/cluster_*.py`; this file owns every process: each
 //! test starts its brokers on free 127.0.0.1 ports with fresh data directories, and a Drop
@@ -828,6 +829,85 @@ fn describe_quorum(port: u16) -> kafka_protocol::messages::DescribeQuorumRespons
     let response = DescribeQuorumResponse::decode(&mut answer, VERSION).expect("decode");
     assert!(!answer.has_remaining(), "trailing bytes");
     response
+}
+
+/// Partition reassignment (KIP-455, issue 17) through kafka-python's KafkaAdminClient on
+/// three brokers while an idempotent acks=all confluent-kafka producer writes throughout: bad
+/// input refused with Kafka's codes; a partition moved off its leader, one grown, one whose
+/// follower is replaced, then the grown one shrunk without its leader; afterwards nothing
+/// acknowledged is missing or duplicated, no reassignment is listed, the replica sets are as
+/// asked, and each broker holds a partition directory exactly for the replicas assigned to it
+/// (a removed replica's directory is deleted once the change that removed it is committed).
+/// Kafka's `ReplicationControlManager.alterPartitionReassignments`.
+#[test]
+fn reassignment_under_an_idempotent_producer() {
+    let Some(clients) = clients("cluster", "reassign", "confluent_kafka, kafka") else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.push("auto.leader.rebalance.enable=false");
+    let mut cluster = Cluster::start(dir.path(), &overrides);
+    let args = vec![cluster.bootstrap(), "500".into()];
+    let script = Script::spawn(&clients, "cluster_reassign.py", &args, dir.path());
+    let out = script.expect_success(Duration::from_secs(300), &cluster);
+    let final_line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FINAL "))
+        .unwrap_or_else(|| panic!("no FINAL line in the script's output:\n{out}"));
+    let mut words = final_line.split_whitespace();
+    let topic = words
+        .next()
+        .and_then(|w| w.strip_prefix("topic="))
+        .unwrap_or_else(|| panic!("no topic= in {final_line:?}"));
+    // (broker, partition directory, assigned?) for every broker and partition.
+    let mut expected = Vec::new();
+    for word in words {
+        let (p, replicas) = word
+            .strip_prefix('p')
+            .and_then(|w| w.split_once('='))
+            .unwrap_or_else(|| panic!("bad word {word:?} in {final_line:?}"));
+        let replicas: Vec<u32> = replicas.split(',').map(|r| r.parse().unwrap()).collect();
+        for broker in 1..=3u32 {
+            let path = dir
+                .path()
+                .join(format!("broker-{broker}"))
+                .join(format!("{topic}-{p}"));
+            expected.push((broker, path, replicas.contains(&broker)));
+        }
+    }
+    assert_eq!(expected.len(), 9, "three partitions on three brokers");
+    // The last removal may still be applying on the removed broker.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(_, path, assigned)| path.is_dir() != *assigned)
+            .map(|(broker, path, assigned)| {
+                format!(
+                    "broker {broker}: {} {}",
+                    path.display(),
+                    if *assigned { "missing" } else { "still there" }
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition directories: {wrong:?}\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop();
+    say(&format!(
+        "cluster test reassignment_under_an_idempotent_producer: {} (took {:.1?})",
+        figures(&out),
+        started.elapsed()
+    ));
 }
 
 /// Exactly-once consume-transform-produce on `keel dev` (issue 15): a confluent-kafka group

@@ -41,10 +41,11 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest, ElectLeadersRequest, FetchRequest,
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest, TopicName,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, BrokerId, CreateTopicsRequest,
+    ElectLeadersRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use keel_core::batch::{Batch, BatchBuilder, BatchError, Compression};
@@ -59,7 +60,7 @@ use crate::checker::{Key, SendOutcome, Value};
 /// The version range the client can speak, per API: the lowest is the first version that has
 /// every field the client sets (Fetch v9: current_leader_epoch; ListOffsets v4: the same;
 /// Metadata v4: allow_auto_topic_creation); the highest is keel's (node/src/wire/versions.rs).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 15] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 16] = [
     (ApiKey::FindCoordinator, 1, 3),
     (ApiKey::JoinGroup, 5, 5),
     (ApiKey::SyncGroup, 3, 3),
@@ -75,6 +76,7 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 15] = [
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::ElectLeaders, 1, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
 ];
 
 /// The ApiVersions version sent first on each connection.
@@ -1310,6 +1312,47 @@ impl Client {
             .flat_map(|t| t.partition_result.iter())
             .map(|p| (p.partition_id, p.error_code))
             .collect())
+    }
+
+    /// AlterPartitionReassignments (KIP-455) of one partition of `topic` to `target` (`None`
+    /// cancels), sent once to any broker: the partition's error code.
+    pub async fn alter_partition_reassignment(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        target: Option<&[i32]>,
+    ) -> Result<i16, ClientError> {
+        use kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        let mut request = AlterPartitionReassignmentsRequest::default();
+        request.timeout_ms = self.config.produce_timeout_ms;
+        request.topics = vec![ReassignableTopic::default()
+            .with_name(TopicName(str_bytes(topic)))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(target.map(|t| t.iter().map(|&b| BrokerId(b)).collect()))])];
+        let response = self
+            .call_any(
+                ApiKey::AlterPartitionReassignments,
+                RequestKind::AlterPartitionReassignments(request),
+            )
+            .await?;
+        let ResponseKind::AlterPartitionReassignments(response) = response else {
+            return Err(ClientError::Protocol(
+                "not an AlterPartitionReassignments response".into(),
+            ));
+        };
+        if let Some(e) = ClientError::kafka(response.error_code, None) {
+            return Err(e);
+        }
+        response
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .map(|p| p.error_code)
+            .ok_or_else(|| ClientError::Protocol("no answer for the partition".into()))
     }
 }
 

@@ -5,7 +5,8 @@
 //! live brokers, as the monitor does), within [`CONVERGE_MS`] of simulated time:
 //! - **Settled** ([`unsettled`]): every broker runs and has applied the same metadata (the
 //!   same raft index); every partition of every topic (`__consumer_offsets` included) has a
-//!   leader, its ISR is its whole assignment, the leader leads the epoch the metadata names
+//!   leader, its ISR is its whole assignment, no broker outside the assignment holds a replica
+//!   of it (a replica a reassignment removed is deleted), the leader leads the epoch the metadata names
 //!   with that ISR, every follower follows it at that epoch, and every replica's log end,
 //!   durable end and high watermark equal the leader's log end. Not settled within the bound
 //!   is a liveness failure naming the partition, the replica and what it lacks: a follower
@@ -208,6 +209,16 @@ pub fn unsettled(
                     meta.isr.iter().map(|r| r.0).collect::<Vec<_>>(),
                     meta.leader.0,
                     meta.leader_epoch.0
+                )));
+            }
+            // Exactly the assigned replicas: a replica a reassignment removed is gone once
+            // its broker applied the removal.
+            if let Some((id, _)) = live.iter().find(|(id, b)| {
+                !meta.replicas.contains(&BrokerId(**id)) && b.replica(&topic.name, index).is_some()
+            }) {
+                return Ok(Some(format!(
+                    "{name}: broker {id} still holds a replica, though the replicas are {:?}",
+                    meta.replicas.iter().map(|r| r.0).collect::<Vec<_>>()
                 )));
             }
             let mut views = BTreeMap::new();

@@ -74,10 +74,16 @@ pub enum Fault {
     /// An operator's preferred leader election (ElectLeaders, KIP-460) for every partition of
     /// the workload's topic, through the Kafka API.
     PreferredElection,
+    /// An operator's partition reassignment (AlterPartitionReassignments, KIP-455) of one
+    /// partition of the workload's topic, through the Kafka API: a grow (one more replica), a
+    /// shrink (one fewer, not below `min.insync.replicas`, and not with a faulty disk), a move
+    /// (one replica replaced), or a cancellation (of a move started 0 to 200 ms before, when
+    /// none is in progress).
+    Reassign,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 17] = [
         Fault::Kill,
         Fault::ClusterCrash,
         Fault::Pause,
@@ -94,11 +100,16 @@ impl Fault {
         Fault::LeaderBurst,
         Fault::ControlledShutdown,
         Fault::PreferredElection,
+        Fault::Reassign,
     ];
 
     /// The cluster operations an operator performs, drawn after everything else (so each
     /// seed's earlier draws stay as they were); a kind added here goes at the end.
-    pub const OPERATIONS: [Fault; 2] = [Fault::ControlledShutdown, Fault::PreferredElection];
+    pub const OPERATIONS: [Fault; 3] = [
+        Fault::ControlledShutdown,
+        Fault::PreferredElection,
+        Fault::Reassign,
+    ];
 
     /// The kinds [`Params::sample`] draws first, in one pass (the ten kinds there were when
     /// that pass was last changed: adding a kind to it would change every seed's draws).
@@ -156,6 +167,7 @@ impl Fault {
             Fault::LeaderBurst => "leader-burst",
             Fault::ControlledShutdown => "controlled-shutdown",
             Fault::PreferredElection => "preferred-election",
+            Fault::Reassign => "reassign",
         }
     }
 }
@@ -193,6 +205,7 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
     let net = madsim::net::NetSim::current();
     let (cluster, trace) = (t.cluster, t.trace);
     let mut elections = 0u32;
+    let mut reassignments = 0u32;
     if let Some(id) = params.faulty_disk {
         t.disks[&id].set_faults(true);
         *coverage.faults.entry(Fault::Disk.name()).or_default() += 1;
@@ -210,6 +223,7 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
     while trace.now_ms() < end {
         let pause = rng.gen_range(params.fault_interval_ms / 2..=params.fault_interval_ms * 3 / 2);
         madsim::time::sleep(Duration::from_millis(pause)).await;
+        note_completed_reassignments(cluster, coverage);
         let kind = kinds[rng.gen_range(0..kinds.len())];
         if kind == Fault::Disk {
             continue;
@@ -471,9 +485,186 @@ pub(crate) async fn nemesis(params: &Params, t: &Targets<'_>, coverage: &mut Cov
                     Err(e) => trace.event(format!("preferred leader election: {e}")),
                 }
             }
+            Fault::Reassign => {
+                reassignments += 1;
+                reassign(&mut rng, params, t, coverage, reassignments).await;
+            }
             Fault::Disk => unreachable!("skipped above"),
         }
     }
+    note_completed_reassignments(cluster, coverage);
+}
+
+/// The metadata applied at the highest raft index among the live brokers.
+fn latest_metadata(
+    cluster: &Arc<Mutex<SimCluster>>,
+) -> Option<Arc<keel_core::controller::MetadataState>> {
+    let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
+    brokers
+        .iter()
+        .max_by_key(|(_, b)| b.cluster().applied_index())
+        .map(|(_, b)| b.cluster().state())
+}
+
+/// Counts the accepted reassignments the metadata shows completed (no reassignment in
+/// progress, exactly the target replicas), and forgets them.
+pub(crate) fn note_completed_reassignments(
+    cluster: &Arc<Mutex<SimCluster>>,
+    coverage: &mut Coverage,
+) {
+    let Some(state) = latest_metadata(cluster) else {
+        return;
+    };
+    coverage.pending_reassignments.retain(|&partition, target| {
+        let done = state
+            .partition(crate::run::TOPIC, partition)
+            .is_some_and(|p| {
+                !p.is_reassigning() && p.replicas.iter().map(|b| b.0).eq(target.iter().copied())
+            });
+        if done {
+            coverage.reassignments_completed += 1;
+        }
+        !done
+    });
+}
+
+/// [`Fault::Reassign`]: the `n`th reassignment of a random partition of the workload's topic,
+/// sent from a client node of its own. The plan starts from where the partition is heading (its
+/// target replicas when one is in progress). An accepted target is remembered until the
+/// metadata shows it completed ([`note_completed_reassignments`]); the convergence phase
+/// requires each one left to have completed. A request whose outcome is unknown (no answer)
+/// forgets the partition's target: it may or may not have replaced it.
+async fn reassign(
+    rng: &mut StdRng,
+    params: &Params,
+    t: &Targets<'_>,
+    coverage: &mut Coverage,
+    n: u32,
+) {
+    let (cluster, trace) = (t.cluster, t.trace);
+    let partition = rng.gen_range(0..params.partitions);
+    let op = rng.gen_range(0..4u32);
+    let Some(state) = latest_metadata(cluster) else {
+        trace.event("reassignment: no broker runs");
+        return;
+    };
+    let Some(p) = state.partition(crate::run::TOPIC, partition) else {
+        trace.event(format!("reassignment: no partition {partition} yet"));
+        return;
+    };
+    let current: Vec<i32> = p.target_replicas().iter().map(|b| b.0).collect();
+    let others: Vec<i32> = (1..=params.cluster.brokers)
+        .filter(|b| !current.contains(b))
+        .collect();
+    // Never fewer replicas than acks=all needs; with a faulty disk, never fewer than the
+    // replication factor (the fault model keeps a second intact copy of acknowledged data).
+    let size_min = if params.faulty_disk.is_some() {
+        current.len()
+    } else {
+        (params.min_insync_replicas.max(1) as usize).max(1)
+    };
+    let (what, target) = match op {
+        0 if !others.is_empty() => {
+            let mut t = current.clone();
+            t.push(*others.choose(rng).expect("not empty"));
+            ("grow", Some(t))
+        }
+        1 if current.len() > size_min => {
+            let mut t = current.clone();
+            t.remove(rng.gen_range(0..t.len()));
+            ("shrink", Some(t))
+        }
+        2 if !others.is_empty() => {
+            let mut t = current.clone();
+            let i = rng.gen_range(0..t.len());
+            t[i] = *others.choose(rng).expect("not empty");
+            ("move", Some(t))
+        }
+        3 => ("cancel", None),
+        _ => {
+            trace.event(format!(
+                "reassignment of {}-{partition}: nothing to do for op {op} from {current:?}",
+                crate::run::TOPIC
+            ));
+            return;
+        }
+    };
+    // An operator who changes their mind: a cancellation without a reassignment in progress
+    // first starts one (a move, when there is a broker to move to), then cancels it 0 to 200
+    // ms later, while the new replica may still be catching up.
+    if target.is_none() && !p.is_reassigning() && !others.is_empty() {
+        let mut first = current.clone();
+        let i = rng.gen_range(0..first.len());
+        first[i] = *others.choose(rng).expect("not empty");
+        send_reassignment(t, coverage, partition, Some(first), "move", &current, n * 2).await;
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
+    }
+    send_reassignment(t, coverage, partition, target, what, &current, n * 2 + 1).await;
+    note_completed_reassignments(cluster, coverage);
+}
+
+/// Sends one AlterPartitionReassignments for `partition` (`None` cancels) from client node
+/// `node` of its own, and records its outcome in `coverage`.
+async fn send_reassignment(
+    t: &Targets<'_>,
+    coverage: &mut Coverage,
+    partition: i32,
+    target: Option<Vec<i32>>,
+    what: &str,
+    current: &[i32],
+    node: u32,
+) {
+    let (cluster, trace) = (t.cluster, t.trace);
+    let bootstrap = cluster.lock().expect("cluster poisoned").bootstrap();
+    let client = madsim::runtime::Handle::current()
+        .create_node()
+        .name(format!("reassign-{node}"))
+        .ip(admin_ip(node))
+        .build();
+    let sent = target.clone();
+    let answered = client
+        .spawn(async move {
+            let mut admin = Client::new(ClientConfig::new(bootstrap));
+            admin
+                .alter_partition_reassignment(crate::run::TOPIC, partition, sent.as_deref())
+                .await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::client::ClientError::Protocol(
+                "the reassignment's client task was lost".into(),
+            ))
+        });
+    trace.event(format!(
+        "reassignment ({what}) of {}-{partition} from {current:?} to {target:?}: {answered:?}",
+        crate::run::TOPIC
+    ));
+    match (answered, target) {
+        (Ok(0), Some(target)) => {
+            coverage.reassignments_started += 1;
+            coverage.pending_reassignments.insert(partition, target);
+        }
+        (Ok(0), None) => {
+            coverage.reassignments_cancelled += 1;
+            coverage.pending_reassignments.remove(&partition);
+        }
+        // Refused: nothing changed.
+        (Ok(_), _) => {}
+        (Err(_), _) => {
+            coverage.pending_reassignments.remove(&partition);
+        }
+    }
+}
+
+/// The address of the `n`th reassignment client node: a subnet of their own (10.0.128.0
+/// and up), apart from the preferred elections' ([`election_ip`]).
+fn admin_ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        0,
+        128 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 /// How long a graceful stop may take beyond the controlled shutdown's own bound (opening the

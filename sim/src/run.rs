@@ -339,6 +339,14 @@ pub struct Coverage {
     pub controlled_shutdowns: u64,
     /// Partitions whose preferred leader an ElectLeaders request elected.
     pub preferred_elections: u64,
+    /// Reassignments (KIP-455) accepted with a target, seen completed, and cancellations
+    /// accepted.
+    pub reassignments_started: u64,
+    pub reassignments_completed: u64,
+    pub reassignments_cancelled: u64,
+    /// The target of each partition's last accepted reassignment not yet seen completed
+    /// (broker ids, in order): after healing each must have completed.
+    pub pending_reassignments: BTreeMap<i32, Vec<i32>>,
     /// Damage found by recovery (a cut log).
     pub corruptions_detected: u64,
     pub disk: DiskStats,
@@ -798,6 +806,18 @@ async fn simulate(params: Params) -> RunResult {
         }
         Err(f) => trace.event(format!("convergence: {f:?}")),
     }
+    // Phase 7: reassignments. Once converged, every accepted reassignment has completed with
+    // exactly its target replicas (convergence compared their logs and found no other
+    // broker holding the partition).
+    let reassigned = if converged.is_ok() {
+        crate::nemesis::note_completed_reassignments(&cluster, &mut coverage);
+        unfinished_reassignments(&cluster, &coverage)
+    } else {
+        Ok(())
+    };
+    if let Err(f) = &reassigned {
+        trace.event(format!("reassignments: {f:?}"));
+    }
     monitor_stop.store(true, Ordering::SeqCst);
     let monitored = monitor.await.unwrap_or_default();
     coverage.elections = monitored.elections;
@@ -876,6 +896,8 @@ async fn simulate(params: Params) -> RunResult {
         )
     } else if let Err(Failure::Safety(why)) = &converged {
         (Verdict::Safety, format!("convergence: {why}"))
+    } else if let Err(Failure::Safety(why)) = &reassigned {
+        (Verdict::Safety, format!("reassignment: {why}"))
     } else if coverage.fault_sends >= INDEFINITE_SENDS_MIN
         && coverage.indefinite_share() > INDEFINITE_SHARE_MAX
     {
@@ -912,10 +934,49 @@ async fn simulate(params: Params) -> RunResult {
         )
     } else if let Err(Failure::Liveness(why)) = &converged {
         (Verdict::Liveness, format!("convergence: {why}"))
+    } else if let Err(Failure::Liveness(why)) = &reassigned {
+        (Verdict::Liveness, format!("reassignment: {why}"))
     } else {
         (Verdict::Pass, String::new())
     };
     finish(params, verdict, reason, Some(report), coverage, &trace)
+}
+
+/// After convergence: the accepted reassignments not seen completed. One whose partition
+/// has other replicas than its target with no reassignment in progress completed wrong (a
+/// safety failure); one still in progress never completed (liveness).
+fn unfinished_reassignments(
+    cluster: &Arc<Mutex<SimCluster>>,
+    coverage: &Coverage,
+) -> Result<(), Failure> {
+    let Some((_, broker)) = cluster
+        .lock()
+        .expect("cluster poisoned")
+        .live_brokers()
+        .into_iter()
+        .next()
+    else {
+        return Ok(());
+    };
+    let state = broker.cluster().state();
+    for (&partition, target) in &coverage.pending_reassignments {
+        let Some(p) = state.partition(TOPIC, partition) else {
+            continue;
+        };
+        let replicas: Vec<i32> = p.replicas.iter().map(|b| b.0).collect();
+        if p.is_reassigning() {
+            return Err(Failure::Liveness(format!(
+                "{TOPIC}-{partition}: the reassignment to {target:?} is still in progress after \
+                 healing (replicas {replicas:?}, ISR {:?})",
+                p.isr
+            )));
+        }
+        return Err(Failure::Safety(format!(
+            "{TOPIC}-{partition}: the reassignment to {target:?} was accepted and nothing \
+             replaced it, but the partition has replicas {replicas:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn finish(

@@ -47,6 +47,10 @@ pub struct SeedLine {
     pub txn_fencings: u64,
     pub txn_timeouts: u64,
     pub txn_coordinator_moves: u64,
+    /// Reassignments accepted, seen completed, and cancellations accepted.
+    pub reassignments_started: u64,
+    pub reassignments_completed: u64,
+    pub reassignments_cancelled: u64,
 }
 
 /// The swarm's result.
@@ -171,7 +175,7 @@ impl fmt::Display for Summary {
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
              group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, \
              preferred elections {}; transactions: commits {}, aborts {}, fencings {}, timeouts {}, \
-             coordinator moves {}",
+             coordinator moves {}; reassignments started {} completed {} cancelled {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -186,6 +190,9 @@ impl fmt::Display for Summary {
             with(&|l| l.txn_fencings > 0),
             with(&|l| l.txn_timeouts > 0),
             with(&|l| l.txn_coordinator_moves > 0),
+            with(&|l| l.reassignments_started > 0),
+            with(&|l| l.reassignments_completed > 0),
+            with(&|l| l.reassignments_cancelled > 0),
         )
     }
 }
@@ -235,6 +242,9 @@ impl SeedLine {
             txn_fencings: c.txn_fencings,
             txn_timeouts: c.txn_timeouts,
             txn_coordinator_moves: c.txn_coordinator_moves,
+            reassignments_started: c.reassignments_started,
+            reassignments_completed: c.reassignments_completed,
+            reassignments_cancelled: c.reassignments_cancelled,
         }
     }
 
@@ -246,7 +256,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -270,6 +280,9 @@ impl SeedLine {
             self.txn_fencings,
             self.txn_timeouts,
             self.txn_coordinator_moves,
+            self.reassignments_started,
+            self.reassignments_completed,
+            self.reassignments_cancelled,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -279,8 +292,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(27, '\t').collect();
-        if f.len() != 27 {
+        let f: Vec<&str> = line.splitn(30, '\t').collect();
+        if f.len() != 30 {
             return None;
         }
         let verdict = match f[2] {
@@ -289,13 +302,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[24]
+        let faults = f[27]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[25]
+        let anomalies = f[28]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -324,9 +337,12 @@ impl SeedLine {
             txn_fencings: f[21].parse().ok()?,
             txn_timeouts: f[22].parse().ok()?,
             txn_coordinator_moves: f[23].parse().ok()?,
+            reassignments_started: f[24].parse().ok()?,
+            reassignments_completed: f[25].parse().ok()?,
+            reassignments_cancelled: f[26].parse().ok()?,
             faults,
             anomalies,
-            reason: f[26].to_string(),
+            reason: f[29].to_string(),
         })
     }
 }
@@ -434,6 +450,9 @@ impl SeedLine {
             txn_fencings: 0,
             txn_timeouts: 0,
             txn_coordinator_moves: 0,
+            reassignments_started: 0,
+            reassignments_completed: 0,
+            reassignments_cancelled: 0,
         }
     }
 }

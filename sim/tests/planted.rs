@@ -103,6 +103,7 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::MaximalIsrDropsAMember
             | Bug::LsoPassesOpenTxn
             | Bug::FencedEpochAccepted
+            | Bug::RemoveBeforeInSync
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -140,6 +141,14 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Bug::ServeCorruptBatch | Bug::SessionDropsPosition => others.to_vec(),
         // The transaction bugs need transactions, which every seed's faults leave alone.
         Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted => vec![Fault::Disk],
+        // Reassignments take a larger share of the fault phase without the kinds that do
+        // not move data between replicas.
+        Bug::RemoveBeforeInSync => {
+            let mut kinds = others.to_vec();
+            kinds.extend([Fault::Disk, Fault::Pause, Fault::ClogLink]);
+            kinds.extend(Fault::OVERLAPPING);
+            kinds
+        }
     }
 }
 
@@ -259,10 +268,15 @@ fn maximal_isr_drops_a_member_is_caught_by_the_monitor() {
     a_seed_catches(Bug::MaximalIsrDropsAMember);
 }
 
+#[test]
+fn remove_before_in_sync_is_caught() {
+    a_seed_catches(Bug::RemoveBeforeInSync);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 14, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 15, "a new planted bug needs its test here");
 }
 
 #[test]

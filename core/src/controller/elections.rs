@@ -174,6 +174,9 @@ impl Change {
                 brokers: isr.iter().map(|b| b.0).collect(),
             }),
             elr,
+            replicas: None,
+            adding: None,
+            removing: None,
         }
         .into()
     }

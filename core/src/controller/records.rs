@@ -5,8 +5,7 @@
 //! Wire compatibility rules (protobuf's): a field's tag never changes and is never reused; new
 //! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
 //! Tags reserved for what KRaft has and keel does not yet: `Record` 10 UnregisterBroker;
-//! `PartitionRecord` 8 eligible leader replicas (KIP-966), 9 last known ELR, 10 leader recovery
-//! state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials), apart from the
+//! `PartitionRecord` 9 last known ELR, 10 leader recovery state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials), apart from the
 //! others so that records added meanwhile elsewhere take the next free tag below them.
 //!
 //! Topic ids are KRaft's 16-byte UUIDs carried as `bytes`; a record whose id is not 16 bytes
@@ -45,8 +44,8 @@ pub enum Record {
     /// Registers (or re-registers) a broker (KRaft's RegisterBrokerRecord).
     #[prost(message, tag = "6")]
     RegisterBroker(RegisterBrokerRecord),
-    /// Changes a partition's leader and/or ISR: elections, fencing, AlterPartition (KRaft's
-    /// PartitionChangeRecord).
+    /// Changes a partition's leader, ISR and/or replicas: elections, fencing, AlterPartition,
+    /// reassignments (KRaft's PartitionChangeRecord).
     #[prost(message, tag = "7")]
     PartitionChange(PartitionChangeRecord),
     /// Fences a broker: its session expired (KRaft's FenceBrokerRecord).
@@ -112,6 +111,12 @@ pub struct PartitionRecord {
     /// Eligible leader replicas (KIP-966): outside `isr`, within `replicas`.
     #[prost(int32, repeated, tag = "8")]
     pub elr: Vec<i32>,
+    /// The replicas a reassignment adds (KIP-455): within `replicas`, disjoint from `removing`.
+    #[prost(int32, repeated, tag = "11")]
+    pub adding: Vec<i32>,
+    /// The replicas a reassignment removes (KIP-455): within `replicas`, not all of them.
+    #[prost(int32, repeated, tag = "12")]
+    pub removing: Vec<i32>,
 }
 
 /// Removes a topic.
@@ -202,7 +207,7 @@ pub struct BrokerList {
     pub brokers: Vec<i32>,
 }
 
-/// A change of one partition's leader and/or ISR. Applying it bumps the partition epoch by one,
+/// A change of one partition's leader, ISR and/or replicas. Applying it bumps the partition epoch by one,
 /// and the leader epoch by one if the leader changes (KRaft's PartitionChangeRecord rules).
 ///
 /// Unlike KRaft's record it names the partition epoch it was computed from, and apply refuses it
@@ -229,6 +234,15 @@ pub struct PartitionChangeRecord {
     /// The new eligible leader replicas; absent: unchanged.
     #[prost(message, optional, tag = "6")]
     pub elr: Option<BrokerList>,
+    /// The new replicas (a reassignment starts, completes or is cancelled); absent: unchanged.
+    #[prost(message, optional, tag = "7")]
+    pub replicas: Option<BrokerList>,
+    /// The new adding replicas (KIP-455); absent: unchanged.
+    #[prost(message, optional, tag = "8")]
+    pub adding: Option<BrokerList>,
+    /// The new removing replicas (KIP-455); absent: unchanged.
+    #[prost(message, optional, tag = "9")]
+    pub removing: Option<BrokerList>,
 }
 
 /// Fences a broker at its current epoch.

@@ -563,6 +563,8 @@ fn apply_rejects_inapplicable_records_without_change() {
             leader_epoch: epoch,
             partition_epoch: epoch,
             elr: Vec::new(),
+            adding: Vec::new(),
+            removing: Vec::new(),
         })
     };
     let bad: Vec<MetadataRecord> = vec![
@@ -672,6 +674,8 @@ fn stale_create_partitions_cannot_overwrite_a_new_partition() {
         leader_epoch: 3,
         partition_epoch: 3,
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
     };
     assert!(state.apply(&newer.into()).is_err());
     assert_eq!(state, before);

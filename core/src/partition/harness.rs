@@ -188,6 +188,8 @@ impl Cluster {
                 leader_epoch: LeaderEpoch(0),
                 partition_epoch: 0,
                 elr: Vec::new(),
+                adding: Vec::new(),
+                removing: Vec::new(),
             },
             settings,
             rng: StdRng::seed_from_u64(seed),

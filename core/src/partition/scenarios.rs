@@ -452,6 +452,8 @@ fn a_restarted_leader_may_not_lead_its_old_epoch_again() {
         leader_epoch: LeaderEpoch(4),
         partition_epoch: 9,
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
     };
     let open = |log, snaps: &mut MemStorage| {
         let config = ReplicaConfig::new(B0);

@@ -214,6 +214,8 @@ fn a_follower_refuses_to_truncate_below_its_high_watermark() {
         leader_epoch: LeaderEpoch(1),
         partition_epoch: 0,
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
     };
     f.on_partition_change(NOW, &mut snaps, &partition).unwrap();
     let mut builder = BatchBuilder::new(Compression::None);
@@ -302,6 +304,8 @@ fn two_replicas(leader: BrokerId, epoch: i32) -> Partition {
         leader_epoch: LeaderEpoch(epoch),
         partition_epoch: 0,
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
 }
 

@@ -21,9 +21,7 @@
 
 use prost::Message;
 
-use crate::controller::records::{
-    PartitionRecord, ProducerIdsRecord, RegisterBrokerRecord, TopicRecord,
-};
+use crate::controller::records::{ProducerIdsRecord, RegisterBrokerRecord, TopicRecord};
 use crate::controller::{ApplyError, MetadataRecord, MetadataState};
 
 /// The version this code writes and reads.
@@ -101,19 +99,7 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
             .into(),
         );
         for (index, p) in t.partitions.iter().enumerate() {
-            records.push(
-                PartitionRecord {
-                    topic_id: t.id.0.to_vec(),
-                    partition: index as i32,
-                    replicas: p.replicas.iter().map(|b| b.0).collect(),
-                    isr: p.isr.iter().map(|b| b.0).collect(),
-                    leader: p.leader.0,
-                    leader_epoch: p.leader_epoch.0,
-                    partition_epoch: p.partition_epoch,
-                    elr: p.elr.iter().map(|b| b.0).collect(),
-                }
-                .into(),
-            );
+            records.push(crate::controller::partition_record(t.id, index as i32, p).into());
         }
     }
     records.extend(

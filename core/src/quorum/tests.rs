@@ -1595,6 +1595,9 @@ fn the_election_sweep_elects_a_leaderless_partition_with_a_live_isr_member() {
         leader: Some(BrokerId::NONE.0),
         isr: None,
         elr: None,
+        replicas: None,
+        adding: None,
+        removing: None,
     };
     apply(&mut state, &[stale.into()]);
     assert_eq!(partition_of(&state, "t1", 0).leader, BrokerId::NONE);

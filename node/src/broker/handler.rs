@@ -200,6 +200,17 @@ impl Broker {
                     ResponseKind::ElectLeaders(b.elect_leaders(v, r).await)
                 }))
             }
+            RequestKind::AlterPartitionReassignments(r) => {
+                let (b, v) = (self.clone(), ctx.api_version);
+                Next::Later(Box::pin(async move {
+                    ResponseKind::AlterPartitionReassignments(
+                        b.alter_partition_reassignments(v, r).await,
+                    )
+                }))
+            }
+            RequestKind::ListPartitionReassignments(r) => Next::Ready(
+                ResponseKind::ListPartitionReassignments(self.list_partition_reassignments(r)),
+            ),
             RequestKind::DescribeConfigs(r) => Next::Ready(ResponseKind::DescribeConfigs(
                 self.describe_configs(ctx.api_version, r),
             )),

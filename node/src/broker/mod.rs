@@ -1169,6 +1169,28 @@ impl Broker {
         });
         let wanted_keys: std::collections::BTreeSet<(String, i32)> =
             wanted.iter().map(|w| (w.topic.clone(), w.index)).collect();
+        // A replica that failed to open and is no longer assigned here (reassigned away,
+        // deleted) keeps the broker fenced no more; its directory goes, as an open replica's
+        // would (the change that removed it is committed: this is the applied metadata).
+        let unassigned: Vec<(String, i32)> = {
+            let mut unopenable = self.unopenable.lock().expect("unopenable lock poisoned");
+            let gone: Vec<(String, i32)> = unopenable
+                .iter()
+                .filter(|k| !wanted_keys.contains(*k))
+                .cloned()
+                .collect();
+            for k in &gone {
+                unopenable.remove(k);
+            }
+            gone
+        };
+        for (topic, index) in unassigned {
+            let dir = self.partition_dir(&topic, index);
+            tracing::info!(topic = %topic, partition = index, "removing the unopenable replica no longer assigned here");
+            if let Err(e) = self.settings.disk.remove_dir_all(&dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        }
         {
             let mut partitions = self.partitions.write().expect("partition map poisoned");
             let gone: Vec<(String, i32)> = partitions
@@ -1318,8 +1340,8 @@ impl Broker {
         }
     }
 
-    /// Removes directories of partitions that no longer exist (topics deleted while the
-    /// broker was down). At startup only: while running, deletion removes its own directories.
+    /// Removes directories of partitions that no longer exist or are no longer assigned here
+    /// (topics deleted, replicas reassigned away, while the broker was down). At startup only: while running, deletion removes its own directories.
     /// Replicas assigned here that failed to open are not orphans: their data stays.
     fn remove_orphan_directories(&self) {
         let partitions = self.partitions.read().expect("partition map poisoned");

@@ -456,6 +456,8 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
         ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
+        ResponseKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+        ResponseKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
         _ => return None,
     })
 }
