@@ -771,6 +771,8 @@ fn partition(leader: i32, epoch: i32, partition_epoch: i32, isr: &[i32]) -> Part
         leader_epoch: LeaderEpoch(epoch),
         partition_epoch,
         elr: Vec::new(),
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
 }
 
