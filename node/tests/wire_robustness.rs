@@ -120,16 +120,16 @@ async fn unknown_api_key_closes_only_that_connection() {
     assert_closes_only_its_connection(addr, &frame(&body), false).await;
 }
 
-/// Metadata v13 is known to kafka-protocol but outside the advertised 0-12.
+/// Fetch v18 is known to kafka-protocol but outside the advertised 4-17.
 #[tokio::test]
 async fn version_outside_the_advertised_range_closes_the_connection() {
     let addr = start_default(TestHandler::new()).await;
     let request = wire_support::request_frame(
-        ApiKey::Metadata,
-        13,
+        ApiKey::Fetch,
+        18,
         1,
         "t",
-        &RequestKind::Metadata(MetadataRequest::default()),
+        &RequestKind::Fetch(kafka_protocol::messages::FetchRequest::default()),
     );
     assert_closes_only_its_connection(addr, &request, false).await;
 }
