@@ -758,9 +758,15 @@ impl Broker {
     /// the endpoints of the listener a request came in on); a broker without that listener is
     /// left out.
     pub(super) fn broker_list_on(&self, listener: &str) -> Vec<(i32, String, i32)> {
+        self.brokers_on(listener, false)
+    }
+
+    /// The (id, host, port) of each broker with an endpoint on `listener` that is fenced (or
+    /// not, with `fenced` false).
+    fn brokers_on(&self, listener: &str, fenced: bool) -> Vec<(i32, String, i32)> {
         self.with_metadata(|m| {
             m.brokers()
-                .filter(|b| !b.fenced)
+                .filter(|b| b.fenced == fenced)
                 .filter_map(|b| {
                     b.endpoints
                         .iter()
@@ -1473,31 +1479,16 @@ impl Broker {
             response.controller_id = BrokerId(-1);
             return response;
         }
-        for (id, host, port) in self.broker_list_on(listener) {
-            let mut b = DescribeClusterBroker::default();
-            b.broker_id = BrokerId(id);
-            b.host = str_bytes(host);
-            b.port = port;
-            response.brokers.push(b);
-        }
-        if request.include_fenced_brokers {
-            let fenced: Vec<(i32, String, i32)> = self.with_metadata(|m| {
-                m.brokers()
-                    .filter(|b| b.fenced)
-                    .filter_map(|b| {
-                        b.endpoints
-                            .iter()
-                            .find(|e| e.name == listener)
-                            .map(|e| (b.id.0, e.host.clone(), e.port))
-                    })
-                    .collect()
-            });
-            for (id, host, port) in fenced {
+        let fenced = [false, true]
+            .into_iter()
+            .take(1 + usize::from(request.include_fenced_brokers));
+        for is_fenced in fenced {
+            for (id, host, port) in self.brokers_on(listener, is_fenced) {
                 let mut b = DescribeClusterBroker::default();
                 b.broker_id = BrokerId(id);
                 b.host = str_bytes(host);
                 b.port = port;
-                b.is_fenced = true;
+                b.is_fenced = is_fenced;
                 response.brokers.push(b);
             }
         }
