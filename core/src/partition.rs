@@ -136,14 +136,27 @@ pub struct ProduceRules {
     pub log_append_time: bool,
     /// `cleanup.policy` includes compact: every record needs a key.
     pub compacted: bool,
+    /// `compression.type` and its level: the codec the leader stores every batch in (a batch
+    /// in another codec is recompressed); `None` for `producer`, batches stored as sent.
+    pub compression: Option<(Compression, i32)>,
+    /// `message.timestamp.before.max.ms`: how far before the broker's clock a CreateTime
+    /// record's timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far after it.
+    pub timestamp_after_max_ms: i64,
 }
 
 impl Default for ProduceRules {
+    /// Kafka's topic defaults, except the timestamp bounds, which are open (the broker
+    /// passes the topic's: Kafka 4's default refuses timestamps more than an hour ahead).
     fn default() -> Self {
         ProduceRules {
             max_message_bytes: 1_048_588,
             log_append_time: false,
             compacted: false,
+            compression: None,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: i64::MAX,
         }
     }
 }
@@ -196,6 +209,8 @@ pub enum ProduceError {
     NotLeaderOrFollower,
     #[error("{isr} in-sync replicas, fewer than the {min} required")]
     NotEnoughReplicas { isr: usize, min: usize },
+    #[error("invalid timestamp: {0}")]
+    InvalidTimestamp(String),
     #[error("{0}")]
     Txn(crate::producer::txn::TxnStateError),
     #[error("producer {producer_id} at epoch {producer_epoch}: the transaction coordinator has not confirmed that this partition is in its transaction")]
@@ -216,6 +231,7 @@ impl ProduceError {
             ProduceError::Storage(_) => code::KAFKA_STORAGE_ERROR,
             ProduceError::NotLeaderOrFollower => code::NOT_LEADER_OR_FOLLOWER,
             ProduceError::NotEnoughReplicas { .. } => code::NOT_ENOUGH_REPLICAS,
+            ProduceError::InvalidTimestamp(_) => code::INVALID_TIMESTAMP,
             ProduceError::Txn(e) => e.code(),
             ProduceError::TxnNotVerified { .. } => code::INVALID_TXN_STATE,
         }
@@ -973,7 +989,7 @@ impl<S: Storage> PartitionReplica<S> {
 
     /// Kafka's LogValidator for one client batch (magic, length and CRC were checked when the
     /// `Batch` was parsed).
-    pub fn validate(&self, batch: &Batch) -> Result<(), ProduceError> {
+    pub fn validate(&self, now_ms: i64, batch: &Batch) -> Result<(), ProduceError> {
         if batch.size() > self.rules.max_message_bytes {
             return Err(ProduceError::TooLarge {
                 size: batch.size(),
@@ -1007,8 +1023,57 @@ impl<S: Storage> PartitionReplica<S> {
                     "compacted topics need a key on every record".into(),
                 ));
             }
+            self.check_timestamp(now_ms, batch, r.timestamp)?;
         }
         Ok(())
+    }
+
+    /// Kafka's `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms`: a
+    /// CreateTime record's timestamp within those bounds of the broker's clock `now_ms`. A
+    /// topic with LogAppendTime stamps the batch itself, and a LogAppendTime batch from a
+    /// client carries the time it was appended elsewhere: neither is checked.
+    fn check_timestamp(
+        &self,
+        now_ms: i64,
+        batch: &Batch,
+        timestamp: i64,
+    ) -> Result<(), ProduceError> {
+        if self.rules.log_append_time || batch.timestamp_type() == TimestampType::LogAppendTime {
+            return Ok(());
+        }
+        let (before, after) = (
+            self.rules.timestamp_before_max_ms,
+            self.rules.timestamp_after_max_ms,
+        );
+        if timestamp < now_ms.saturating_sub(before) {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "timestamp {timestamp} is more than message.timestamp.before.max.ms={before} before the broker's time {now_ms}"
+            )));
+        }
+        if timestamp > now_ms.saturating_add(after) {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "timestamp {timestamp} is more than message.timestamp.after.max.ms={after} after the broker's time {now_ms}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The batch as the log stores it: recompressed into the topic's `compression.type`
+    /// unless that is `producer`; refused if that makes it larger than `max.message.bytes`.
+    fn stored_form(&self, batch: Batch) -> Result<Batch, ProduceError> {
+        let Some((codec, level)) = self.rules.compression else {
+            return Ok(batch);
+        };
+        let batch = batch
+            .recompressed(codec, level)
+            .map_err(ProduceError::Corrupt)?;
+        if batch.size() > self.rules.max_message_bytes {
+            return Err(ProduceError::TooLarge {
+                size: batch.size(),
+                max: self.rules.max_message_bytes,
+            });
+        }
+        Ok(batch)
     }
 
     /// For acks=all, before appending (Kafka's `Partition.appendRecordsToLeader`):
@@ -1034,11 +1099,11 @@ impl<S: Storage> PartitionReplica<S> {
     /// duplicate of one of the producer's last five batches is not appended and is answered
     /// with the original offsets. Not durable until synced; not committed until the high
     /// watermark passes it ([`PartitionReplica::produce_status`]).
-    pub fn append(&mut self, now_ms: i64, mut batch: Batch) -> Result<Appended, ProduceError> {
+    pub fn append(&mut self, now_ms: i64, batch: Batch) -> Result<Appended, ProduceError> {
         if !self.is_leader() {
             return Err(ProduceError::NotLeaderOrFollower);
         }
-        self.validate(&batch)?;
+        self.validate(now_ms, &batch)?;
         self.check_txn_produce(&batch)?;
         if let ProducerCheck::Duplicate {
             base_offset,
@@ -1053,6 +1118,7 @@ impl<S: Storage> PartitionReplica<S> {
                 leader_epoch: self.leader_epoch,
             });
         }
+        let mut batch = self.stored_form(batch)?;
         let mut log_append_time_ms = -1;
         if self.rules.log_append_time {
             batch.set_log_append_time(now_ms);

@@ -409,7 +409,37 @@ fn topic_config_defaults_validation_and_describe() {
         ("cleanup.policy", "compact,nothing", false),
         ("message.timestamp.type", "LogAppendTime", true),
         ("message.timestamp.type", "logappendtime", false),
-        ("compression.type", "lz4", false),
+        ("compression.type", "lz4", true),
+        ("compression.type", "uncompressed", true),
+        ("compression.type", "producer", true),
+        ("compression.type", "none", false),
+        ("compression.gzip.level", "-1", true),
+        ("compression.gzip.level", "0", false),
+        ("compression.gzip.level", "10", false),
+        ("compression.lz4.level", "17", true),
+        ("compression.lz4.level", "18", false),
+        ("compression.zstd.level", "-131072", true),
+        ("compression.zstd.level", "23", false),
+        ("message.timestamp.after.max.ms", "0", true),
+        ("message.timestamp.before.max.ms", "-1", false),
+        ("segment.jitter.ms", "100", true),
+        ("index.interval.bytes", "-1", false),
+        // Accepted and stored, with Kafka's bounds.
+        ("flush.messages", "1", true),
+        ("flush.messages", "0", false),
+        ("preallocate", "TRUE", true),
+        ("preallocate", "yes", false),
+        ("segment.index.bytes", "3", false),
+        ("local.retention.ms", "-2", true),
+        ("local.retention.ms", "-3", false),
+        ("leader.replication.throttled.replicas", "*", true),
+        ("leader.replication.throttled.replicas", "0:1, 1:2", true),
+        ("leader.replication.throttled.replicas", "0-1", false),
+        ("follower.replication.throttled.replicas", "", true),
+        // keel has no tiered storage: asking for it is refused.
+        ("remote.storage.enable", "false", true),
+        ("remote.storage.enable", "true", false),
+        ("no.such.config", "1", false),
     ] {
         assert_eq!(
             TopicConfig::validate(key, value).is_ok(),
@@ -427,7 +457,9 @@ fn topic_config_defaults_validation_and_describe() {
     ]);
     let config = TopicConfig::from_map(&overrides).unwrap();
     let described = config.describe();
-    assert_eq!(described.len(), config::KEYS.len());
+    // Kafka 4.1's 34 topic configs.
+    assert_eq!(described.len(), config::keys().len());
+    assert_eq!(described.len(), 34);
     let names: Vec<&str> = described.iter().map(|e| e.name).collect();
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted by name");
     let entry = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
@@ -441,6 +473,44 @@ fn topic_config_defaults_validation_and_describe() {
     assert_eq!(entry("cleanup.policy").value, "delete");
     assert_eq!(entry("cleanup.policy").config_type.code(), 7);
     assert_eq!(entry("max.message.bytes").value, "1048588");
+    // Kafka 4.0's defaults for the timestamp bounds, and the stored-only keys' defaults.
+    assert_eq!(entry("message.timestamp.after.max.ms").value, "3600000");
+    assert_eq!(
+        entry("message.timestamp.before.max.ms").value,
+        "9223372036854775807"
+    );
+    assert_eq!(entry("compression.type").value, "producer");
+    assert_eq!(
+        entry("flush.messages").config_type,
+        config::ConfigType::Long
+    );
+    assert_eq!(entry("preallocate").value, "false");
+    assert_eq!(entry("preallocate").config_type.code(), 1);
+    assert_eq!(entry("local.retention.bytes").value, "-2");
+    assert_eq!(entry("message.downconversion.enable").value, "true");
+    let stored = TopicConfig::from_map(&BTreeMap::from([
+        ("preallocate".to_string(), "true".to_string()),
+        ("compression.type".to_string(), "zstd".to_string()),
+        ("compression.zstd.level".to_string(), "7".to_string()),
+        (
+            "message.timestamp.before.max.ms".to_string(),
+            "1000".to_string(),
+        ),
+    ]))
+    .unwrap();
+    let described = stored.describe();
+    let entry = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
+    assert_eq!(
+        (entry("preallocate").value, entry("preallocate").source),
+        ("true".to_string(), ConfigSource::Topic)
+    );
+    assert_eq!(
+        stored.compression(),
+        Some((crate::batch::Compression::Zstd, 7))
+    );
+    assert_eq!(stored.timestamp_bounds_ms(), (1000, 3_600_000));
+    assert_eq!(TopicConfig::default().compression(), None);
+    assert!(config::is_honoured("compression.type") && !config::is_honoured("preallocate"));
     let log = config.to_log_config();
     assert_eq!(log.retention_ms_max, 1000);
     assert_eq!(log.segment_bytes_max, 4096);

@@ -638,15 +638,34 @@ fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
         log_append_time: config.message_timestamp_type()
             == keel_core::batch::TimestampType::LogAppendTime,
         compacted: config.cleanup_policy().compact,
+        compression: config.compression(),
+        timestamp_before_max_ms: config.timestamp_bounds_ms().0,
+        timestamp_after_max_ms: config.timestamp_bounds_ms().1,
     }
 }
 
-/// A topic's settings, as its partition enforces them.
-fn apply_topic_config(
-    replica: &mut PartitionReplica<Dir>,
+/// A topic's log settings for its partition `index`: the partition's name salts its
+/// `segment.jitter.ms`, so that the partitions of a topic do not all roll at once.
+fn log_config(
     config: &keel_core::controller::TopicConfig,
-) {
-    replica.set_rules(produce_rules(config), config.to_log_config());
+    topic: &str,
+    index: i32,
+) -> keel_core::log::LogConfig {
+    use std::hash::{Hash, Hasher};
+    // A fixed hash (not the process's random SipHash keys): the same partition rolls at the
+    // same age on every broker and after every restart.
+    let mut hasher = std::hash::DefaultHasher::new();
+    (topic, index).hash(&mut hasher);
+    keel_core::log::LogConfig {
+        jitter_salt: hasher.finish(),
+        ..config.to_log_config()
+    }
+}
+
+/// A topic's settings, as its partition `w` enforces them.
+fn apply_topic_config(replica: &mut PartitionReplica<Dir>, w: &Wanted) {
+    let config = &w.config;
+    replica.set_rules(produce_rules(config), log_config(config, &w.topic, w.index));
     replica.set_min_insync_replicas(config.min_insync_replicas().max(1) as usize);
 }
 
@@ -1320,7 +1339,7 @@ impl Broker {
             handle.mark_damaged();
         }
         let changed = handle.with_snapshots(|r, snapshots| {
-            apply_topic_config(r, &w.config);
+            apply_topic_config(r, w);
             r.on_partition_change(now, snapshots, &w.partition)
         });
         match changed {
@@ -1424,12 +1443,12 @@ impl Broker {
         let mut replica = PartitionReplica::recover(
             storage,
             &mut snapshots,
-            w.config.to_log_config(),
+            log_config(&w.config, &w.topic, w.index),
             produce_rules(&w.config),
             replica_config,
             wall_ms(),
         )?;
-        apply_topic_config(&mut replica, &w.config);
+        apply_topic_config(&mut replica, w);
         let me = self.me();
         if stray && w.partition.replicas.iter().any(|&b| b != me) {
             // If the id rotted, this broker may be in the ISR with data it no longer has: it
