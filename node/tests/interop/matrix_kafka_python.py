@@ -22,9 +22,11 @@ admin.create_topics([NewTopic(t, num_partitions=PARTITIONS, replication_factor=R
 described = admin.describe_topics([topic])
 check_eq(len(described), 1, "described topics")
 check_eq(described[0]["error_code"], 0, f"describe {topic} error")
-check_eq(sorted(p["partition"] for p in described[0]["partitions"]), list(range(PARTITIONS)), f"{topic} partitions")
-for p in described[0]["partitions"]:
-    check_eq(len(p["replicas"]), REPLICATION, f"{topic}[{p['partition']}] replicas")
+# kafka-python 3 names the fields as Metadata v13 does (partition_index, replica_nodes).
+partitions = {p["partition_index"]: p["replica_nodes"] for p in described[0]["partitions"]}
+check_eq(sorted(partitions), list(range(PARTITIONS)), f"{topic} partitions")
+for p, replicas in partitions.items():
+    check_eq(len(replicas), REPLICATION, f"{topic}[{p}] replicas")
 checked("admin", f"created {topic} and {txn_topic}, described {topic}")
 
 written = records("kpy")
