@@ -332,7 +332,8 @@ mod rust_rdkafka {
         let mut quiet_until = None;
         loop {
             if n >= want {
-                let until = *quiet_until.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+                let until =
+                    *quiet_until.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
                 if Instant::now() >= until {
                     return got;
                 }
@@ -343,7 +344,9 @@ mod rust_rdkafka {
                 None => {}
                 Some(Err(e)) => panic!("{what}: {e}"),
                 Some(Ok(m)) => {
-                    let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+                    let text = |b: Option<&[u8]>| {
+                        String::from_utf8_lossy(b.unwrap_or_default()).into_owned()
+                    };
                     got.entry(m.partition())
                         .or_default()
                         .push((text(m.key()), text(m.payload())));
@@ -363,7 +366,8 @@ mod rust_rdkafka {
         .expect("rdkafka consumer");
         let mut tpl = TopicPartitionList::new();
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
         }
         consumer.assign(&tpl).expect("assign");
         drain(&consumer, want, &format!("rdkafka reading {topic}"))
@@ -407,9 +411,18 @@ mod rust_rdkafka {
         assert_eq!(described.name(), topic);
         let mut ids: Vec<i32> = described.partitions().iter().map(|p| p.id()).collect();
         ids.sort();
-        assert_eq!(ids, (0..PARTITIONS).collect::<Vec<_>>(), "{topic} partitions");
+        assert_eq!(
+            ids,
+            (0..PARTITIONS).collect::<Vec<_>>(),
+            "{topic} partitions"
+        );
         for p in described.partitions() {
-            assert_eq!(p.replicas().len(), REPLICATION as usize, "{topic}[{}] replicas", p.id());
+            assert_eq!(
+                p.replicas().len(),
+                REPLICATION as usize,
+                "{topic}[{}] replicas",
+                p.id()
+            );
         }
 
         // Produce (idempotent, acks=all) and read back by assign().
@@ -489,8 +502,8 @@ mod rust_rskafka {
     //! The pure-Rust `rskafka` crate: admin (CreateTopics, Metadata), produce, fetch and
     //! ListOffsets. It has no consumer groups and no transactions.
     use super::*;
-    use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
     use rskafka::chrono::{TimeZone, Utc};
+    use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
     use rskafka::client::ClientBuilder;
     use rskafka::record::Record;
 
@@ -503,7 +516,10 @@ mod rust_rskafka {
         runtime.block_on(async {
             let topic = unique("mx-rskafka");
             let bootstrap = cluster().bootstrap.split(',').map(str::to_string).collect();
-            let client = ClientBuilder::new(bootstrap).build().await.expect("rskafka client");
+            let client = ClientBuilder::new(bootstrap)
+                .build()
+                .await
+                .expect("rskafka client");
             client
                 .controller_client()
                 .expect("controller client")
@@ -546,9 +562,16 @@ mod rust_rskafka {
                     .produce(batch, Compression::NoCompression)
                     .await
                     .expect("Produce");
-                assert_eq!(offsets, (0..want.len() as i64).collect::<Vec<_>>(), "offsets of {topic}[{p}]");
                 assert_eq!(
-                    partition.get_offset(OffsetAt::Latest).await.expect("ListOffsets"),
+                    offsets,
+                    (0..want.len() as i64).collect::<Vec<_>>(),
+                    "offsets of {topic}[{p}]"
+                );
+                assert_eq!(
+                    partition
+                        .get_offset(OffsetAt::Latest)
+                        .await
+                        .expect("ListOffsets"),
                     want.len() as i64,
                     "{topic}[{p}] end offset"
                 );
@@ -562,13 +585,19 @@ mod rust_rskafka {
                         .expect("Fetch");
                     for r in records {
                         assert_eq!(r.offset, read.len() as i64, "{topic}[{p}] offsets in order");
-                        let text = |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).expect("utf-8");
+                        let text = |b: Option<Vec<u8>>| {
+                            String::from_utf8(b.unwrap_or_default()).expect("utf-8")
+                        };
                         read.push((text(r.record.key), text(r.record.value)));
                     }
                 }
                 got.insert(p, read);
             }
-            assert_eq!(got, by_partition(&written), "records read back from {topic}");
+            assert_eq!(
+                got,
+                by_partition(&written),
+                "records read back from {topic}"
+            );
         });
     }
 }
@@ -707,7 +736,10 @@ mod dashboard {
             "the stalled group never read a record\n{}",
             cluster.logs()
         );
-        assert!(read > 0, "the keeping-up group read nothing of {written} records");
+        assert!(
+            read > 0,
+            "the keeping-up group read nothing of {written} records"
+        );
 
         let png = if std::env::var("KEEL_WRITE_DASHBOARD_PNG").as_deref() == Ok("1") {
             repo_root().join("docs/keel-dashboard.png")
@@ -719,7 +751,10 @@ mod dashboard {
             "dashboard.py",
             &[
                 format!("http://127.0.0.1:{prometheus_port}"),
-                repo_root().join("docs/keel-dashboard.json").display().to_string(),
+                repo_root()
+                    .join("docs/keel-dashboard.json")
+                    .display()
+                    .to_string(),
                 RATE_INTERVAL.to_string(),
                 format!("{start:.3}"),
                 format!("{end:.3}"),

@@ -68,7 +68,7 @@ plt.style.use("dark_background")
 panels = dashboard["panels"]
 rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
 fig = plt.figure(figsize=(14, rows * 0.42), dpi=72)
-grid = fig.add_gridspec(rows, 24, hspace=1.1, wspace=0.9)
+grid = fig.add_gridspec(rows, 24, hspace=1.1, wspace=0.9, top=0.95, bottom=0.03, left=0.05, right=0.98)
 fig.suptitle(f"{dashboard['title']} dashboard (docs/keel-dashboard.json): its queries against Prometheus "
              "scraping keel dev under load, drawn with matplotlib (not Grafana)", fontsize=11)
 for panel in panels:
