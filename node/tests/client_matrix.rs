@@ -174,8 +174,13 @@ fn python_client(client: &str, script: &str, want: &[&str]) {
     };
     let cluster = cluster();
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Script::spawn(&clients, script, &[cluster.bootstrap.clone()], dir.path())
-        .expect_success(SCRIPT_TIMEOUT, cluster);
+    let out = Script::spawn(
+        &clients,
+        script,
+        std::slice::from_ref(&cluster.bootstrap),
+        dir.path(),
+    )
+    .expect_success(SCRIPT_TIMEOUT, cluster);
     assert_checked(client, &out, want);
 }
 
@@ -224,7 +229,7 @@ fn kafkajs_admin_produce_consume_group_and_transactions() {
         node,
         &clients,
         "matrix_kafkajs.js",
-        &[cluster.bootstrap.clone()],
+        std::slice::from_ref(&cluster.bootstrap),
         dir.path(),
     )
     .expect_success(SCRIPT_TIMEOUT, cluster);
