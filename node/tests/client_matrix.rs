@@ -669,8 +669,17 @@ mod dashboard {
             .expect("a free port")
             .port();
         let prometheus_log = dir.path().join("prometheus.log");
+        let mut prometheus = Command::new("prometheus");
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It takes
+        // Prometheus down with the test process however that ends (the Guard covers panics).
+        unsafe {
+            prometheus.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let _prometheus = Guard(
-            Command::new("prometheus")
+            prometheus
                 .arg(format!("--config.file={}", config_path.display()))
                 .arg(format!(
                     "--storage.tsdb.path={}",
