@@ -33,7 +33,7 @@ pub fn keel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_keel")
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("node/ has a parent")
@@ -298,12 +298,25 @@ fn echo_lines(
 impl Script {
     /// Runs `script` from the clients' script directory with `args`, in `cwd`.
     pub fn spawn(clients: &Clients, script: &str, args: &[String], cwd: &Path) -> Script {
+        let mut command = Command::new(&clients.python);
+        command.env("PYTHONUNBUFFERED", "1");
+        Script::spawn_with(command, clients, script, args, cwd)
+    }
+
+    /// Runs `script` from the clients' script directory with `interpreter` (Python, or Node.js
+    /// for kafkajs: the caller sets its environment), `args`, in `cwd`.
+    pub fn spawn_with(
+        mut interpreter: Command,
+        clients: &Clients,
+        script: &str,
+        args: &[String],
+        cwd: &Path,
+    ) -> Script {
         let path = clients.scripts.join(script);
-        let mut child = Command::new(&clients.python)
+        let mut child = interpreter
             .arg(&path)
             .args(args)
             .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
