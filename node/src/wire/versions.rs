@@ -112,6 +112,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 46] = [
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
     row(ApiKey::DescribeTopicPartitions, 0, 0),
+    row(ApiKey::UnregisterBroker, 0, 0),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
