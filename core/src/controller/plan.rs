@@ -12,9 +12,8 @@
 //! - where brokers have racks, the brokers are ordered alternating between racks (Kafka's
 //!   `getRackAlternatedBrokerList`) and a partition takes a broker of a rack it already uses
 //!   only once every rack is used, so a partition spans min(replication factor, racks) racks;
-//! - a partition whose current replicas already form a valid placement of the right size
-//!   over the brokers given keeps them when `keep_valid` is set (a decommission moves only
-//!   what it must); its replicas still count towards the balance.
+//!   with as many partitions as brokers (or a multiple), every broker holds as many replicas.
+//! - [`drain`] (a decommission) moves only the replicas on the leaving broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,19 +53,24 @@ pub enum PlanError {
         "{topic}-{partition} has {replicas} replicas but only {brokers} brokers can hold them"
     )]
     TooFewBrokers {
+        /// The partition's topic.
         topic: String,
+        /// The partition's index.
         partition: i32,
+        /// How many replicas it has.
         replicas: usize,
+        /// How many brokers could hold them.
         brokers: usize,
     },
 }
 
-/// The target replicas of every partition, in the order given (see the module documentation).
-/// With `keep_valid`, a partition whose replicas all are among `brokers` keeps them.
+/// The target replicas of every partition, in the order given (see the module documentation):
+/// Kafka's `AdminUtils.assignReplicasToBrokersRackAware` (or `RackUnaware` when no broker has
+/// a rack) with a start index of 0, counting partitions across topics, so that preferred
+/// leaders go round-robin over every partition given.
 pub fn balanced(
     brokers: &[PlanBroker],
     partitions: &[PlanPartition],
-    keep_valid: bool,
 ) -> Result<Vec<Vec<BrokerId>>, PlanError> {
     if brokers.is_empty() {
         return Err(PlanError::NoBrokers);
@@ -80,69 +84,46 @@ pub fn balanced(
     let order = rack_alternated(brokers);
     let rack_of: BTreeMap<BrokerId, Option<&str>> =
         brokers.iter().map(|b| (b.id, b.rack.as_deref())).collect();
-    let racks: BTreeSet<Option<&str>> = rack_of.values().copied().collect();
+    let rack_count = rack_of.values().collect::<BTreeSet<_>>().len();
     let n = order.len();
-    for p in partitions {
-        if p.replicas.len() > n {
+    let mut plan = Vec::with_capacity(partitions.len());
+    let mut shift = 0usize;
+    for (k, p) in partitions.iter().enumerate() {
+        let rf = p.replicas.len();
+        if rf > n {
             return Err(PlanError::TooFewBrokers {
                 topic: p.topic.clone(),
                 partition: p.partition,
-                replicas: p.replicas.len(),
+                replicas: rf,
                 brokers: n,
             });
         }
-    }
-    // Load so far, to break ties towards the least loaded broker: (replicas, leaders).
-    let mut load: BTreeMap<BrokerId, (usize, usize)> = order.iter().map(|b| (*b, (0, 0))).collect();
-    let mut plan: Vec<Option<Vec<BrokerId>>> = vec![None; partitions.len()];
-    if keep_valid {
-        for (i, p) in partitions.iter().enumerate() {
-            if p.replicas.iter().all(|r| rack_of.contains_key(r)) {
-                for (k, r) in p.replicas.iter().enumerate() {
-                    let l = load.get_mut(r).expect("a broker of the plan");
-                    l.0 += 1;
-                    l.1 += usize::from(k == 0);
-                }
-                plan[i] = Some(p.replicas.clone());
-            }
+        if k > 0 && k % n == 0 {
+            shift += 1;
         }
-    }
-    let mut next_leader = 0usize;
-    for (i, p) in partitions.iter().enumerate() {
-        if plan[i].is_some() {
-            continue;
-        }
-        let rf = p.replicas.len();
-        // The leader: the next broker round-robin among those leading least.
-        let fewest = load.values().map(|l| l.1).min().unwrap_or(0);
-        let leader_pos = (0..n)
-            .map(|k| (next_leader + k) % n)
-            .find(|pos| load[&order[*pos]].1 == fewest)
-            .unwrap_or(next_leader % n);
-        next_leader = leader_pos + 1;
-        let mut chosen = vec![order[leader_pos]];
-        // Followers: the least loaded brokers after the leader in rack-alternated order,
-        // preferring racks the partition does not use yet.
+        let first = k % n;
+        let mut chosen = vec![order[first]];
+        let mut racks: BTreeSet<Option<&str>> = BTreeSet::from([rack_of[&order[first]]]);
+        let mut step = 0usize;
         while chosen.len() < rf {
-            let used: BTreeSet<Option<&str>> = chosen.iter().map(|b| rack_of[b]).collect();
-            let all_racks_used = used.len() == racks.len();
-            let candidate = (1..n)
-                .map(|k| order[(leader_pos + k) % n])
-                .filter(|b| !chosen.contains(b))
-                .filter(|b| all_racks_used || !used.contains(&rack_of[b]))
-                .min_by_key(|b| load[b].0);
-            // Local invariant: rf <= n (checked above), so an unchosen broker exists, and
-            // one of an unused rack whenever not every rack is used.
-            chosen.push(candidate.expect("an unchosen broker"));
+            // Kafka's `replicaIndex`: never the leader's position; the shift varies the
+            // followers from one round of leaders to the next.
+            let pos = (first + 1 + (shift * rack_count + step) % (n - 1)) % n;
+            step += 1;
+            let b = order[pos];
+            let rack = rack_of[&b];
+            let rack_ok = !racks.contains(&rack) || racks.len() == rack_count;
+            if rack_ok && !chosen.contains(&b) {
+                chosen.push(b);
+                racks.insert(rack);
+            }
+            // Local invariant: rf <= n, so within 2n steps every position was tried once
+            // with every rack used; an unchosen broker is always found.
+            debug_assert!(step <= 2 * n * n, "no broker found for {}-{}", p.topic, p.partition);
         }
-        for (k, r) in chosen.iter().enumerate() {
-            let l = load.get_mut(r).expect("a broker of the plan");
-            l.0 += 1;
-            l.1 += usize::from(k == 0);
-        }
-        plan[i] = Some(chosen);
+        plan.push(chosen);
     }
-    Ok(plan.into_iter().map(|p| p.unwrap_or_default()).collect())
+    Ok(plan)
 }
 
 /// The target replicas of every partition when broker `leaving` is drained (a decommission):
@@ -266,7 +247,7 @@ mod tests {
     #[test]
     fn a_generated_plan_spreads_replicas_and_leaders_evenly() {
         let b = brokers(&[(1, None), (2, None), (3, None), (4, None)]);
-        let plan = balanced(&b, &partitions(12, &[1, 2, 3]), false).unwrap();
+        let plan = balanced(&b, &partitions(12, &[1, 2, 3])).unwrap();
         assert_eq!(plan.len(), 12);
         for p in &plan {
             assert_eq!(p.len(), 3);
@@ -290,7 +271,7 @@ mod tests {
             (5, Some("c")),
             (6, Some("c")),
         ]);
-        let plan = balanced(&b, &partitions(6, &[1, 2, 3]), false).unwrap();
+        let plan = balanced(&b, &partitions(6, &[1, 2, 3])).unwrap();
         let rack = |id: BrokerId| b.iter().find(|x| x.id == id).unwrap().rack.clone();
         for p in &plan {
             let racks: BTreeSet<_> = p.iter().map(|r| rack(*r)).collect();
@@ -299,18 +280,6 @@ mod tests {
         let (replicas, leaders) = counts(&plan);
         assert!(replicas.values().all(|c| *c == 3), "{replicas:?}");
         assert!(leaders.values().all(|c| *c == 1), "{leaders:?}");
-    }
-
-    /// A decommission keeps the partitions already off the broker and moves only the others.
-    #[test]
-    fn keep_valid_moves_only_the_partitions_on_the_leaving_broker() {
-        let b = brokers(&[(1, None), (2, None), (3, None)]);
-        let mut ps = partitions(2, &[1, 2]);
-        ps[1].replicas = vec![BrokerId(4), BrokerId(1)];
-        let plan = balanced(&b, &ps, true).unwrap();
-        assert_eq!(plan[0], vec![BrokerId(1), BrokerId(2)]);
-        assert!(!plan[1].contains(&BrokerId(4)));
-        assert_eq!(plan[1].len(), 2);
     }
 
     /// Draining broker 3 of 1-4: only partitions on 3 change, each only at 3's position,
@@ -337,13 +306,13 @@ mod tests {
     fn too_few_brokers_duplicates_and_no_brokers_are_refused() {
         let b = brokers(&[(1, None), (2, None)]);
         assert!(matches!(
-            balanced(&b, &partitions(1, &[1, 2, 3]), false),
+            balanced(&b, &partitions(1, &[1, 2, 3])),
             Err(PlanError::TooFewBrokers { replicas: 3, brokers: 2, .. })
         ));
         assert_eq!(
-            balanced(&brokers(&[(1, None), (1, None)]), &[], false),
+            balanced(&brokers(&[(1, None), (1, None)]), &[]),
             Err(PlanError::DuplicateBroker(BrokerId(1)))
         );
-        assert_eq!(balanced(&[], &[], false), Err(PlanError::NoBrokers));
+        assert_eq!(balanced(&[], &[]), Err(PlanError::NoBrokers));
     }
 }

@@ -183,7 +183,7 @@ pub async fn partitions(
     output: Output,
 ) -> Result<(), CliError> {
     match command {
-        PartitionsCommand::Reassign(args) => reassign(args, client, output).await,
+        PartitionsCommand::Reassign(args) => reassign(args, client).await,
         PartitionsCommand::Reassignments { topic } => {
             let rows = reassignments(client, &topic).await?;
             print_reassignments(&rows, output)
@@ -284,7 +284,7 @@ fn to_file(partitions: &[PlanPartition], targets: &[Vec<keel_core::controller::B
     }
 }
 
-async fn reassign(args: ReassignArgs, client: &mut Client, output: Output) -> Result<(), CliError> {
+async fn reassign(args: ReassignArgs, client: &mut Client) -> Result<(), CliError> {
     let plan = if let Some(path) = &args.plan {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::usage(format!("cannot read --plan {}: {e}", path.display())))?;
@@ -294,7 +294,7 @@ async fn reassign(args: ReassignArgs, client: &mut Client, output: Output) -> Re
         let metadata = client.metadata(None).await?.clone();
         let brokers = plan_brokers(&metadata, &args.broker_ids)?;
         let partitions = plan_partitions(&metadata, &args.topic)?;
-        let targets = plan::balanced(&brokers, &partitions, false)
+        let targets = plan::balanced(&brokers, &partitions)
             .map_err(|e| CliError::failed(format!("no plan: {e}")))?;
         let current = PlanFile {
             version: 1,
@@ -342,7 +342,6 @@ async fn reassign(args: ReassignArgs, client: &mut Client, output: Output) -> Re
         wait_done(client, &wanted, Duration::from_secs(args.wait), |_| true).await?;
         eprintln!("keel partitions: every reassignment completed");
     }
-    let _ = output;
     if refused > 0 {
         return Err(CliError::failed(format!(
             "{refused} partition(s) refused (see above)"
@@ -359,7 +358,7 @@ async fn alter_reassignments(
 ) -> Result<usize, CliError> {
     let mut by_topic: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
     for (topic, partition, replicas) in moves {
-        by_topic.entry(topic).or_default().push(
+        by_topic.entry(topic.as_str()).or_default().push(
             ReassignablePartition::default()
                 .with_partition_index(*partition)
                 .with_replicas(
