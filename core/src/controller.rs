@@ -1028,7 +1028,10 @@ impl MetadataState {
     /// keel refuses (INVALID_REQUEST, naming a partition) while any partition still has the
     /// broker among its replicas: reassign them away first (`keel broker decommission` does
     /// both). The broker epoch it had is never handed out again.
-    pub fn unregister_broker(&self, broker: BrokerId) -> Result<Vec<MetadataRecord>, ControllerError> {
+    pub fn unregister_broker(
+        &self,
+        broker: BrokerId,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
         let b = self.registered(broker)?;
         let held = self.partitions_on(broker);
         if let Some((topic, partition)) = held.first() {

@@ -196,7 +196,13 @@ fn replicas(bootstrap: &str, topic: &str) -> Vec<(Vec<i64>, Vec<i64>, i64)> {
         .as_array()
         .expect("partitions")
         .iter()
-        .map(|p| (ids(&p["replicas"]), ids(&p["isr"]), p["leader"].as_i64().unwrap()))
+        .map(|p| {
+            (
+                ids(&p["replicas"]),
+                ids(&p["isr"]),
+                p["leader"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -256,17 +262,27 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
     assert_eq!(before.len(), 4);
 
     // --- bad input: refused, nothing changed ---------------------------------------------
-    let bad = write(plan_dir.path(), "bad.json", "{\"version\":1,\"partitions\":[");
-    keel(b, &["partitions", "reassign", "--plan", bad.to_str().unwrap()])
-        .fails(2, "--plan", "a plan that is not JSON");
+    let bad = write(
+        plan_dir.path(),
+        "bad.json",
+        "{\"version\":1,\"partitions\":[",
+    );
+    keel(
+        b,
+        &["partitions", "reassign", "--plan", bad.to_str().unwrap()],
+    )
+    .fails(2, "--plan", "a plan that is not JSON");
     let twice = write(
         plan_dir.path(),
         "twice.json",
         r#"{"version":1,"partitions":[{"topic":"ops","partition":0,"replicas":[1,2,3]},
             {"topic":"ops","partition":0,"replicas":[2,3,4]}]}"#,
     );
-    keel(b, &["partitions", "reassign", "--plan", twice.to_str().unwrap()])
-        .fails(2, "twice", "a partition twice in the plan");
+    keel(
+        b,
+        &["partitions", "reassign", "--plan", twice.to_str().unwrap()],
+    )
+    .fails(2, "twice", "a partition twice in the plan");
     for (name, plan, error) in [
         (
             "unknown",
@@ -295,21 +311,59 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         ),
     ] {
         let path = write(plan_dir.path(), &format!("{name}.json"), plan);
-        keel(b, &["partitions", "reassign", "--plan", path.to_str().unwrap()])
-            .fails(1, error, name);
+        keel(
+            b,
+            &["partitions", "reassign", "--plan", path.to_str().unwrap()],
+        )
+        .fails(1, error, name);
     }
-    keel(b, &["partitions", "reassign", "--generate"])
-        .fails(2, "--broker-ids", "--generate without brokers");
-    keel(b, &["partitions", "reassign", "--generate", "--broker-ids", "1,9"])
-        .fails(1, "broker 9 is not among", "--generate onto an unknown broker");
-    keel(b, &["partitions", "reassign", "--generate", "--broker-ids", "1,2", "-t", "ops"])
-        .fails(1, "only 2 brokers", "--generate onto too few brokers");
+    keel(b, &["partitions", "reassign", "--generate"]).fails(
+        2,
+        "--broker-ids",
+        "--generate without brokers",
+    );
+    keel(
+        b,
+        &[
+            "partitions",
+            "reassign",
+            "--generate",
+            "--broker-ids",
+            "1,9",
+        ],
+    )
+    .fails(
+        1,
+        "broker 9 is not among",
+        "--generate onto an unknown broker",
+    );
+    keel(
+        b,
+        &[
+            "partitions",
+            "reassign",
+            "--generate",
+            "--broker-ids",
+            "1,2",
+            "-t",
+            "ops",
+        ],
+    )
+    .fails(1, "only 2 brokers", "--generate onto too few brokers");
     assert_eq!(replicas(b, "ops"), before, "refusals changed nothing");
 
     // --- a generated plan, printed only ---------------------------------------------------
     let printed = keel(
         b,
-        &["partitions", "reassign", "--generate", "--broker-ids", "2,3,4", "-t", "ops"],
+        &[
+            "partitions",
+            "reassign",
+            "--generate",
+            "--broker-ids",
+            "2,3,4",
+            "-t",
+            "ops",
+        ],
     )
     .json("generate");
     let entries = printed["partitions"].as_array().expect("plan partitions");
@@ -326,8 +380,15 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         assert!(r.iter().all(|x| [2, 3, 4].contains(x)), "{e}");
         *leaders.entry(r[0]).or_insert(0) += 1;
     }
-    assert!(leaders.values().all(|c| *c <= 2), "leaders spread: {leaders:?}");
-    assert_eq!(replicas(b, "ops"), before, "printing a plan changes nothing");
+    assert!(
+        leaders.values().all(|c| *c <= 2),
+        "leaders spread: {leaders:?}"
+    );
+    assert_eq!(
+        replicas(b, "ops"),
+        before,
+        "printing a plan changes nothing"
+    );
 
     // --- a plan file run, and its progress --------------------------------------------------
     let moved = write(
@@ -338,27 +399,48 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
     );
     let run = keel(
         b,
-        &["partitions", "reassign", "--plan", moved.to_str().unwrap(), "--wait", "60"],
+        &[
+            "partitions",
+            "reassign",
+            "--plan",
+            moved.to_str().unwrap(),
+            "--wait",
+            "60",
+        ],
     );
     run.ok("reassign --plan");
-    assert!(run.stderr.contains("every reassignment completed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("every reassignment completed"),
+        "{}",
+        run.stderr
+    );
     let after = replicas(b, "ops");
     assert_eq!(after[0].0, [4, 2, 1]);
     assert_eq!(after[1].0, [4, 3, 2]);
     assert_eq!(after[2], before[2]);
     let listed = keel(b, &["partitions", "reassignments"]);
     listed.ok("reassignments");
-    assert!(listed.stderr.contains("no reassignment in progress"), "{}", listed.stderr);
+    assert!(
+        listed.stderr.contains("no reassignment in progress"),
+        "{}",
+        listed.stderr
+    );
     assert_eq!(
         keel(b, &["partitions", "reassignments", "-o", "json"]).json("reassignments json"),
         serde_json::json!([])
     );
-    keel(b, &["partitions", "reassignments", "-t", "nope"])
-        .fails(1, "UNKNOWN_TOPIC_OR_PARTITION", "reassignments of an unknown topic");
+    keel(b, &["partitions", "reassignments", "-t", "nope"]).fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "reassignments of an unknown topic",
+    );
 
     // --- leaders -----------------------------------------------------------------------------
-    let elected = keel(b, &["leaders", "elect", "--preferred", "-t", "ops", "-o", "json"])
-        .json("leaders elect --preferred");
+    let elected = keel(
+        b,
+        &["leaders", "elect", "--preferred", "-t", "ops", "-o", "json"],
+    )
+    .json("leaders elect --preferred");
     let rows = elected.as_array().expect("rows");
     assert_eq!(rows.len(), 4, "{elected}");
     assert!(
@@ -367,24 +449,45 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         "{elected}"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while replicas(b, "ops").iter().any(|(r, _, leader)| r[0] != *leader) {
-        assert!(Instant::now() < deadline, "preferred leaders: {:?}", replicas(b, "ops"));
+    while replicas(b, "ops")
+        .iter()
+        .any(|(r, _, leader)| r[0] != *leader)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "preferred leaders: {:?}",
+            replicas(b, "ops")
+        );
         thread::sleep(Duration::from_millis(300));
     }
     let again = keel(b, &["leaders", "elect"]);
     again.ok("leaders elect (everything)");
-    let unclean = keel(b, &["leaders", "elect", "--unclean", "-t", "ops", "-p", "0"]);
+    let unclean = keel(
+        b,
+        &["leaders", "elect", "--unclean", "-t", "ops", "-p", "0"],
+    );
     unclean.ok("leaders elect --unclean");
     assert!(unclean.stdout.contains("not needed"), "{}", unclean.stdout);
-    assert!(unclean.stderr.contains("lost"), "the data-loss warning: {}", unclean.stderr);
-    keel(b, &["leaders", "elect", "-t", "nope"])
-        .fails(1, "UNKNOWN_TOPIC_OR_PARTITION", "elect on an unknown topic");
+    assert!(
+        unclean.stderr.contains("lost"),
+        "the data-loss warning: {}",
+        unclean.stderr
+    );
+    keel(b, &["leaders", "elect", "-t", "nope"]).fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "elect on an unknown topic",
+    );
 
     // --- decommission ------------------------------------------------------------------------
     // Broker 4 now holds replicas (partitions 0 and 1 at least): they move to 1, 2 and 3.
     let drained = keel(b, &["broker", "decommission", "4", "--wait", "90"]);
     drained.ok("broker decommission 4");
-    assert!(drained.stderr.contains("unregistered"), "{}", drained.stderr);
+    assert!(
+        drained.stderr.contains("unregistered"),
+        "{}",
+        drained.stderr
+    );
     for (r, isr, leader) in replicas(b, "ops") {
         assert!(!r.contains(&4) && r.len() == 3, "{r:?}");
         assert!(leader >= 0 && !isr.is_empty(), "{r:?} {isr:?} {leader}");
@@ -398,8 +501,11 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
             .any(|x| x["id"] == 4),
         "broker 4 unregistered: {d}"
     );
-    keel(b, &["broker", "decommission", "4"])
-        .fails(1, "BROKER_ID_NOT_REGISTERED", "decommissioning it again");
+    keel(b, &["broker", "decommission", "4"]).fails(
+        1,
+        "BROKER_ID_NOT_REGISTERED",
+        "decommissioning it again",
+    );
     // Three brokers left and three replicas per partition: no broker can go.
     keel(b, &["broker", "decommission", "1"]).fails(
         1,

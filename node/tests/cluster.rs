@@ -939,7 +939,8 @@ fn reassignment_under_an_idempotent_producer() {
 }
 
 /// A broker joins and another leaves under load (issue 17): three `keel start` brokers that
-/// know a fourth as a learner of the metadata quorum; the fourth is started, the script moves
+/// know a fourth as a learner of the metadata quorum; the fourth is started while the clients
+/// run, the script moves
 /// a topic's partitions onto it with `keel partitions reassign --generate --execute` and then
 /// drains broker 3 with `keel broker decommission 3` (reassignments, then UnregisterBroker,
 /// KIP-631), while an idempotent confluent-kafka producer and an idempotent kafka-python
@@ -956,9 +957,11 @@ fn brokers_join_and_leave_under_producers() {
     let mut overrides = FAST_FAILOVER.to_vec();
     overrides.push("auto.leader.rebalance.enable=false");
     let mut cluster = Cluster::start_with_spare(dir.path(), &overrides, true);
-    cluster.add_spare();
     let args = vec![cluster.bootstrap(), keel_bin().to_string(), "400".into()];
-    let script = Script::spawn(&clients, "cluster_grow_and_drain.py", &args, dir.path());
+    let mut script = Script::spawn(&clients, "cluster_grow_and_drain.py", &args, dir.path());
+    script.wait_for_line("ADD-BROKER", Duration::from_secs(120), &cluster);
+    cluster.add_spare();
+    script.send_line("ADDED");
     let out = script.expect_success(Duration::from_secs(600), &cluster);
     let final_line = out
         .lines()
@@ -976,7 +979,10 @@ fn brokers_join_and_leave_under_producers() {
             .and_then(|w| w.split_once('='))
             .unwrap_or_else(|| panic!("bad word {word:?} in {final_line:?}"));
         let replicas: Vec<u32> = replicas.split(',').map(|r| r.parse().unwrap()).collect();
-        assert!(!replicas.contains(&3), "broker 3 still assigned: {final_line}");
+        assert!(
+            !replicas.contains(&3),
+            "broker 3 still assigned: {final_line}"
+        );
         for broker in 1..=4u32 {
             let path = dir
                 .path()

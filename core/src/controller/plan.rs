@@ -119,7 +119,12 @@ pub fn balanced(
             }
             // Local invariant: rf <= n, so within 2n steps every position was tried once
             // with every rack used; an unchosen broker is always found.
-            debug_assert!(step <= 2 * n * n, "no broker found for {}-{}", p.topic, p.partition);
+            debug_assert!(
+                step <= 2 * n * n,
+                "no broker found for {}-{}",
+                p.topic,
+                p.partition
+            );
         }
         plan.push(chosen);
     }
@@ -164,12 +169,7 @@ pub fn drain(
                 .filter(|r| **r != leaving)
                 .filter_map(|r| rack_of.get(r).copied())
                 .collect();
-            let candidates = || {
-                rack_of
-                    .keys()
-                    .copied()
-                    .filter(|b| !replicas.contains(b))
-            };
+            let candidates = || rack_of.keys().copied().filter(|b| !replicas.contains(b));
             let fresh_rack = candidates()
                 .filter(|b| !used.contains(&rack_of[b]))
                 .min_by_key(|b| load[b]);
@@ -307,7 +307,11 @@ mod tests {
         let b = brokers(&[(1, None), (2, None)]);
         assert!(matches!(
             balanced(&b, &partitions(1, &[1, 2, 3])),
-            Err(PlanError::TooFewBrokers { replicas: 3, brokers: 2, .. })
+            Err(PlanError::TooFewBrokers {
+                replicas: 3,
+                brokers: 2,
+                ..
+            })
         ));
         assert_eq!(
             balanced(&brokers(&[(1, None), (1, None)]), &[]),

@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23")]
+    #[prost(
+        oneof = "Record",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23"
+    )]
     pub record: Option<Record>,
 }
 

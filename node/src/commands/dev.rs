@@ -967,7 +967,9 @@ mod tests {
         assert_eq!(plan.spares[0].peer_port, 19103);
         let start = strings(plan.start_args(&plan.brokers[0]));
         assert!(start.contains(&"keel.quorum.learners=4@127.0.0.1:19103".to_string()));
-        assert!(plan.ports().contains(&(19003, BrokerId(4), PortRole::Client)));
+        assert!(plan
+            .ports()
+            .contains(&(19003, BrokerId(4), PortRole::Client)));
         assert!(plan.ports().contains(&(19103, BrokerId(4), PortRole::Peer)));
         let adding = plan.adding().unwrap();
         assert_eq!(adding.brokers, plan.spares);
@@ -975,8 +977,10 @@ mod tests {
             strings(adding.start_args(&adding.brokers[0])),
             strings(plan.start_args(&plan.spares[0]))
         );
-        assert!(strings(adding.start_args(&adding.brokers[0]))
-            .contains(&"controller.quorum.voters=1@127.0.0.1:19100,2@127.0.0.1:19101,3@127.0.0.1:19102".to_string()));
+        assert!(strings(adding.start_args(&adding.brokers[0])).contains(
+            &"controller.quorum.voters=1@127.0.0.1:19100,2@127.0.0.1:19101,3@127.0.0.1:19102"
+                .to_string()
+        ));
         // No spare: nothing to add. Too many: refused.
         assert!(Plan::new(&args(3, 19000, &[])).unwrap().adding().is_err());
         a.spare = 7;

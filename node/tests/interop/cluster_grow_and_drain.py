@@ -1,16 +1,18 @@
 """A broker joins and another leaves while clients produce and consume: three `keel start`
-brokers plus a fourth added (a learner of the metadata quorum, started by the harness before
-this script), partitions moved onto it with `keel partitions reassign --generate --execute`,
+brokers plus a fourth added (a learner of the metadata quorum, which the harness starts when
+this script asks), partitions moved onto it with `keel partitions reassign --generate --execute`,
 then broker 3 drained and unregistered with `keel broker decommission 3`.
 
 usage: cluster_grow_and_drain.py HOST:PORT,... KEEL_BINARY [RATE]
 
 Driven by node/tests/cluster.rs (`brokers_join_and_leave_under_producers`):
-  1. waits until broker 4 is in the metadata, then creates `growing` (4 partitions, replication
-     factor 3, min.insync.replicas=2) on brokers 1-3 only (an explicit assignment);
+  1. creates `growing` (4 partitions, replication factor 3, min.insync.replicas=2) on the
+     three brokers;
   2. produces at RATE records/s in all (default 400) with two idempotent acks=all producers,
      confluent-kafka to partitions 0 and 1, kafka-python to partitions 2 and 3, and reads the
-     topic with a kafka-python consumer, all throughout the steps below;
+     topic with a kafka-python consumer, all throughout the steps below; after 1,000
+     acknowledged records prints `ADD-BROKER` and goes on until the harness answers `ADDED`
+     (broker 4 started and ready) and broker 4 is in the metadata;
   3. `keel partitions reassign --generate --broker-ids 1,2,3,4 --execute --wait 120`: every
      partition ends with three replicas, broker 4 holds some and leads some, full ISRs;
   4. `keel broker decommission 3`: no partition keeps a replica on broker 3, full ISRs, and
@@ -31,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition as KTopicPartition
 
-from interop_common import (await_all, check, check_eq, check_sequenced, fail, log,
+from interop_common import (await_all, check, check_eq, check_sequenced, fail, harness_line, log,
                             read_to_high_watermarks, stopwatch, topic_name, wait_until)
 
 if len(sys.argv) < 3:
@@ -81,11 +83,9 @@ def settled(ok):
     return parts
 
 
-# --- 1. the new broker and the topic -----------------------------------------------------------
-wait_until("broker 4 in the metadata", lambda: (md := metadata()) is not None and 4 in md.brokers, timeout=60)
+# --- 1. the topic ------------------------------------------------------------------------------
 await_all(admin.create_topics(
-    [NewTopic(topic, replica_assignment=[[1, 2, 3], [2, 3, 1], [3, 1, 2], [1, 3, 2]],
-              config={"min.insync.replicas": "2"})],
+    [NewTopic(topic, num_partitions=4, replication_factor=3, config={"min.insync.replicas": "2"})],
     request_timeout=30), "create_topics")
 parts = wait_until("every partition led with a full ISR", lambda: settled(lambda r: 4 not in r), timeout=30)
 log(f"{topic}: (leader, replicas, isr) {shown(parts)} at {elapsed()}")
@@ -241,6 +241,10 @@ def run_keel(args, what):
 
 
 pump_until("1,000 acknowledged records", lambda: ack_count[0] >= 1000, 60)
+print("ADD-BROKER", flush=True)
+pump_until("the harness's ADDED", lambda: harness_line() == "ADDED", 90)
+pump_until("broker 4 in the metadata", lambda: (md := metadata()) is not None and 4 in md.brokers, 60)
+log(f"broker 4 joined at {elapsed()}")
 
 # --- 3. onto the new broker ---------------------------------------------------------------------
 acked = ack_count[0]

@@ -268,7 +268,10 @@ fn plan_brokers(metadata: &Metadata, wanted: &[i32]) -> Result<Vec<PlanBroker>, 
         .collect()
 }
 
-fn to_file(partitions: &[PlanPartition], targets: &[Vec<keel_core::controller::BrokerId>]) -> PlanFile {
+fn to_file(
+    partitions: &[PlanPartition],
+    targets: &[Vec<keel_core::controller::BrokerId>],
+) -> PlanFile {
     PlanFile {
         version: 1,
         partitions: partitions
@@ -389,7 +392,9 @@ async fn alter_reassignments(
         )
         .await?
     else {
-        return Err(CliError::failed("not an AlterPartitionReassignments response"));
+        return Err(CliError::failed(
+            "not an AlterPartitionReassignments response",
+        ));
     };
     if response.error_code != code::NONE {
         return Err(CliError::failed(format!(
@@ -405,7 +410,8 @@ async fn alter_reassignments(
                 refused += 1;
                 eprintln!(
                     "keel partitions: {}-{}: {}{}",
-                    t.name.0, p.partition_index,
+                    t.name.0,
+                    p.partition_index,
                     error_name(p.error_code),
                     message(&p.error_message)
                 );
@@ -434,7 +440,10 @@ pub struct ReassignmentRow {
     pub adding_in_sync: Vec<i32>,
 }
 
-async fn reassignments(client: &mut Client, topics: &[String]) -> Result<Vec<ReassignmentRow>, CliError> {
+async fn reassignments(
+    client: &mut Client,
+    topics: &[String],
+) -> Result<Vec<ReassignmentRow>, CliError> {
     let metadata = client.metadata(None).await?.clone();
     let mut request = ListPartitionReassignmentsRequest::default()
         .with_timeout_ms(client.timeout.as_millis().min(i32::MAX as u128) as i32);
@@ -464,7 +473,9 @@ async fn reassignments(client: &mut Client, topics: &[String]) -> Result<Vec<Rea
         )
         .await?
     else {
-        return Err(CliError::failed("not a ListPartitionReassignments response"));
+        return Err(CliError::failed(
+            "not a ListPartitionReassignments response",
+        ));
     };
     check(response.error_code, "listing", "the reassignments")?;
     let mut rows = Vec::new();
@@ -472,7 +483,11 @@ async fn reassignments(client: &mut Client, topics: &[String]) -> Result<Vec<Rea
         let info = metadata.topics.iter().find(|m| m.name == t.name.0.as_str());
         for p in &t.partitions {
             let isr: Vec<i32> = info
-                .and_then(|i| i.partitions.iter().find(|x| x.partition == p.partition_index))
+                .and_then(|i| {
+                    i.partitions
+                        .iter()
+                        .find(|x| x.partition == p.partition_index)
+                })
                 .map(|x| x.isr.clone())
                 .unwrap_or_default();
             let adding: Vec<i32> = p.adding_replicas.iter().map(|b| b.0).collect();
@@ -498,7 +513,14 @@ fn print_reassignments(rows: &[ReassignmentRow], output: Output) -> Result<(), C
                 eprintln!("keel partitions: no reassignment in progress");
                 return Ok(());
             }
-            let mut t = table(&["TOPIC", "PARTITION", "REPLICAS", "ADDING", "IN-SYNC", "REMOVING"]);
+            let mut t = table(&[
+                "TOPIC",
+                "PARTITION",
+                "REPLICAS",
+                "ADDING",
+                "IN-SYNC",
+                "REMOVING",
+            ]);
             for r in rows {
                 t.add_row(vec![
                     r.topic.clone(),
@@ -605,7 +627,13 @@ async fn decommission(client: &mut Client, id: i32, wait: u64) -> Result<(), Cli
         .iter()
         .zip(&targets)
         .filter(|(p, _)| p.replicas.contains(&leaving))
-        .map(|(p, t)| (p.topic.clone(), p.partition, Some(t.iter().map(|b| b.0).collect())))
+        .map(|(p, t)| {
+            (
+                p.topic.clone(),
+                p.partition,
+                Some(t.iter().map(|b| b.0).collect()),
+            )
+        })
         .collect();
     if !moves.is_empty() {
         eprintln!(
@@ -634,7 +662,9 @@ async fn unregister(client: &mut Client, id: i32) -> Result<(), CliError> {
         .call(
             &addr,
             ApiKey::UnregisterBroker,
-            RequestKind::UnregisterBroker(UnregisterBrokerRequest::default().with_broker_id(BrokerId(id))),
+            RequestKind::UnregisterBroker(
+                UnregisterBrokerRequest::default().with_broker_id(BrokerId(id)),
+            ),
         )
         .await?
     else {
@@ -703,7 +733,11 @@ async fn elect(
         .with_topic_partitions(asked);
     let addr = client.admin_broker().await?;
     let ResponseKind::ElectLeaders(response) = client
-        .call(&addr, ApiKey::ElectLeaders, RequestKind::ElectLeaders(request))
+        .call(
+            &addr,
+            ApiKey::ElectLeaders,
+            RequestKind::ElectLeaders(request),
+        )
         .await?
     else {
         return Err(CliError::failed("not an ElectLeaders response"));
@@ -786,7 +820,10 @@ mod tests {
                    "log_dirs":["/d"]}]}"#,
                 "log_dirs",
             ),
-            (r#"{"version":1,"partitions":[{"topic":"t"}]}"#, "missing field"),
+            (
+                r#"{"version":1,"partitions":[{"topic":"t"}]}"#,
+                "missing field",
+            ),
             ("not json", "expected"),
         ] {
             let e = PlanFile::parse(bad).unwrap_err();
