@@ -1723,3 +1723,65 @@ fn retention_applies_only_with_the_delete_policy() {
         (1000, 5000)
     );
 }
+
+/// UnregisterBroker (KIP-631, API 64): an unknown broker is BROKER_ID_NOT_REGISTERED (102);
+/// a broker that still holds a replica is refused (keel's rule, INVALID_REQUEST) with
+/// nothing changed; one that holds none leaves the metadata, and its broker epoch is never
+/// handed out again, not even after a snapshot. Reference: KRaft
+/// ClusterControlManager.unregisterBroker.
+#[test]
+fn unregistering_a_broker_needs_it_to_hold_no_replica() {
+    use crate::quorum::snapshot::{decode_state, encode_state};
+
+    let mut state = MetadataState::new();
+    for b in 0..4 {
+        register_unfenced(&mut state, b, b as u8 + 1);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 3, 3, id(1)),
+            &brokers(3),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+
+    let unknown = state.unregister_broker(BrokerId(9)).unwrap_err();
+    assert_eq!(unknown.code(), code::BROKER_ID_NOT_REGISTERED);
+    let busy = state.unregister_broker(BrokerId(0)).unwrap_err();
+    assert_eq!(busy.code(), code::INVALID_REQUEST);
+    assert!(busy.to_string().contains("t-0"), "{busy}");
+    assert_eq!(state.partitions_on(BrokerId(0)).len(), 3);
+    assert!(state.broker(BrokerId(0)).is_some());
+
+    // Broker 3, the last to register, holds nothing.
+    let e3 = state.broker(BrokerId(3)).unwrap().epoch;
+    assert_eq!(state.last_broker_epoch(), e3);
+    let records = state.unregister_broker(BrokerId(3)).unwrap();
+    let before = state.clone();
+    apply_all(&mut state, &records);
+    assert!(state.broker(BrokerId(3)).is_none());
+    assert!(!state.live_brokers().contains(&BrokerId(3)));
+    // The same record again (the broker is gone) does not apply.
+    let mut again = state.clone();
+    assert!(again.apply(&records[0]).is_err());
+    assert_eq!(again, state);
+    // A stale unregistration (the broker registered again since) does not apply either.
+    let mut stale = before.clone();
+    let (_, rereg) = stale
+        .register_broker(&registration(3, 9), UncleanElection::Disabled)
+        .unwrap();
+    apply_all(&mut stale, &rereg);
+    let restale = stale.clone();
+    assert!(stale.apply(&records[0]).is_err());
+    assert_eq!(stale, restale);
+
+    // The snapshot keeps the epoch counter past the unregistered broker's epoch.
+    let rebuilt = decode_state(&encode_state(&state)).unwrap();
+    assert_eq!(rebuilt, state);
+    assert_eq!(rebuilt.last_broker_epoch(), e3);
+    let (epoch, _) = rebuilt
+        .register_broker(&registration(3, 10), UncleanElection::Disabled)
+        .unwrap();
+    assert!(epoch > e3, "epoch {epoch} reused");
+}

@@ -208,6 +208,12 @@ impl Broker {
                     )
                 }))
             }
+            RequestKind::UnregisterBroker(r) => {
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::UnregisterBroker(b.unregister_broker(r).await)
+                }))
+            }
             RequestKind::ListPartitionReassignments(r) => Next::Ready(
                 ResponseKind::ListPartitionReassignments(self.list_partition_reassignments(r)),
             ),

@@ -997,7 +997,8 @@ impl Broker {
     /// were answered NOT_LEADER_OR_FOLLOWER, which clients retry on the new leaders), or
     /// after `wait_max`, whichever comes first; `true` in the first case. A broker without
     /// a cluster, or whose applied metadata shows no other live broker (the whole cluster is
-    /// stopping), has nobody to hand its partitions to and returns `true` at once.
+    /// stopping), has nobody to hand its partitions to and returns `true` at once; so does a
+    /// broker that was unregistered (decommissioned), which holds nothing.
     pub async fn controlled_shutdown(&self, wait_max: Duration) -> bool {
         if !self.settings.cluster.is_multi_node() {
             return true;
@@ -1008,6 +1009,13 @@ impl Broker {
         let mut applied = self.cluster.subscribe();
         loop {
             let me = self.me();
+            if self.registered.load(Ordering::SeqCst)
+                && self.with_metadata(|m| m.broker(me).is_none())
+            {
+                // Unregistered (decommissioned): it holds and leads nothing; nothing to hand over.
+                tracing::info!("controlled shutdown: this broker is unregistered; stopping");
+                return true;
+            }
             if self.with_metadata(|m| m.live_brokers().iter().all(|&b| b == me)) {
                 // The whole cluster is stopping (or the rest is down): nobody could take over,
                 // and the last brokers' fencing may never commit once the quorum is gone.
