@@ -41,6 +41,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::commands::dev_secure::SecureDev;
 use crate::config::{
     parse_override, ADVERTISED_LISTENERS, CONTROLLER_QUORUM_VOTERS, DEFAULT_REPLICATION_FACTOR,
     KEEL_METRICS_LISTENER, LISTENERS, LOG_DIRS, MIN_INSYNC_REPLICAS, NODE_ID,
@@ -93,6 +94,10 @@ pub struct DevArgs {
     /// A setting `key=value` for every broker (repeatable), e.g. `--override num.partitions=3`.
     #[arg(long = "override", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Serve SASL_SSL (SCRAM-SHA-512) with a CA and certificates made under DATA_DIR/tls, an
+    /// `admin` user with a fresh password, and TLS and logins between the brokers too.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Why the arguments give no layout.
@@ -136,6 +141,8 @@ pub struct Plan {
     /// `KEY=VALUE` for every broker: [`dev_defaults`] the user did not override, then the
     /// `--override`s as given.
     pub overrides: Vec<String>,
+    /// With `--secure`: the files and password made for this launch (set by [`run`]).
+    pub secure: Option<SecureDev>,
 }
 
 /// The topic defaults a development cluster of `brokers` brokers gets unless an `--override`
@@ -210,7 +217,11 @@ impl Plan {
                 data_dir: args.data_dir.join(format!("broker-{i}")),
             })
             .collect();
-        Ok(Plan { brokers, overrides })
+        Ok(Plan {
+            brokers,
+            overrides,
+            secure: None,
+        })
     }
 
     /// `controller.quorum.voters` (`1@127.0.0.1:9192,...`): None for a single broker.
@@ -233,10 +244,13 @@ impl Plan {
             "--node-id".into(),
             broker.id.to_string().into(),
             "--listeners".into(),
-            format!("PLAINTEXT://{}", broker.client_address()).into(),
+            format!("{}://{}", self.protocol(), broker.client_address()).into(),
             "--data-dir".into(),
             broker.data_dir.clone().into(),
         ];
+        if let Some(secure) = &self.secure {
+            args.extend(secure.start_args(broker.id.0).into_iter().map(OsString::from));
+        }
         if let Some(voters) = self.voters() {
             args.push("--override".into());
             args.push(format!("{CONTROLLER_QUORUM_VOTERS}={voters}").into());
@@ -250,6 +264,15 @@ impl Plan {
             args.push(o.into());
         }
         args
+    }
+
+    /// The client listener's name and protocol.
+    pub fn protocol(&self) -> &'static str {
+        if self.secure.is_some() {
+            crate::commands::dev_secure::PROTOCOL
+        } else {
+            "PLAINTEXT"
+        }
     }
 
     /// Every port the layout listens on; peer ports only with a quorum.
@@ -296,10 +319,15 @@ impl Plan {
             "bootstrap servers: {}\n",
             self.bootstrap_servers()
         ));
-        text.push_str(&format!("try:  kcat -b {first} -L\n"));
-        text.push_str(&format!(
-            "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
-        ));
+        match &self.secure {
+            Some(secure) => text.push_str(&secure.client_settings(&self.bootstrap_servers())),
+            None => {
+                text.push_str(&format!("try:  kcat -b {first} -L\n"));
+                text.push_str(&format!(
+                    "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
+                ));
+            }
+        }
         let topic_defaults: Vec<String> = self
             .overrides
             .iter()
@@ -424,7 +452,7 @@ pub fn check_ports_free(plan: &Plan) -> Result<(), String> {
 /// Runs `keel dev` to the end: 0 after Ctrl-C or SIGTERM, 1 if the launch failed or every
 /// broker exited on its own, 2 for bad arguments.
 pub fn run(args: DevArgs) -> ExitCode {
-    let plan = match Plan::new(&args) {
+    let mut plan = match Plan::new(&args) {
         Ok(plan) => plan,
         Err(e) => {
             eprintln!("keel dev: {e}");
@@ -434,6 +462,16 @@ pub fn run(args: DevArgs) -> ExitCode {
     if let Err(e) = check_ports_free(&plan) {
         eprintln!("keel dev: {e}");
         return ExitCode::from(1);
+    }
+    if args.secure {
+        let ids: Vec<i32> = plan.brokers.iter().map(|b| b.id.0).collect();
+        match SecureDev::prepare(&args.data_dir, &ids) {
+            Ok(secure) => plan.secure = Some(secure),
+            Err(e) => {
+                eprintln!("keel dev --secure: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -867,6 +905,7 @@ mod tests {
             port,
             data_dir: PathBuf::from("keel-data"),
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            secure: false,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Security of the client listeners: security protocols, TLS and SASL (docs/security.md).
+//! Security of the client listeners and of the peer transport: security protocols, TLS and SASL
+//! (docs/security.md).
 //!
 //! What this module owns:
 //! - the security protocols of Kafka's `listener.security.protocol.map` ([`SecurityProtocol`])
@@ -22,6 +23,7 @@ pub mod sasl;
 pub mod scram;
 #[doc(hidden)]
 pub mod testing;
+pub mod peer;
 pub mod tls;
 
 use std::fmt;
