@@ -1192,6 +1192,7 @@ mod tests {
                 data_dir: PathBuf::from("d"),
             }],
             overrides: Vec::new(),
+            secure: None,
         };
         let e = check_ports_free(&plan).unwrap_err();
         assert!(

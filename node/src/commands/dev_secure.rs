@@ -69,6 +69,22 @@ fn password() -> String {
     Alphanumeric.sample_string(&mut rand::rngs::OsRng, PASSWORD_CHARS)
 }
 
+/// `text` as a TOML basic string, quoted and escaped (a path may hold any character).
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Writes `text` to `path`, readable by its owner only when `private`.
 fn write_file(path: &Path, text: &str, private: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -144,7 +160,10 @@ impl SecureDev {
             ),
         ]
         .into();
-        let text = toml::to_string(&settings).map_err(|e| format!("secure.toml: {e}"))?;
+        let text: String = settings
+            .iter()
+            .map(|(key, value)| format!("{} = {}\n", toml_string(key), toml_string(value)))
+            .collect();
         let config = dir.join("secure.toml");
         write_file(&config, &text, true).map_err(io(&config))?;
         Ok(SecureDev {
@@ -216,6 +235,7 @@ mod tests {
         let config = crate::config::BrokerConfig::load(
             Some(&first.config),
             &[
+                ("node.id".into(), "1".into()),
                 ("listeners".into(), "SASL_SSL://127.0.0.1:19092".into()),
                 (
                     SSL_KEYSTORE_LOCATION.into(),
