@@ -142,7 +142,7 @@ fn printed_settings_work_with_kcat_and_confluent_kafka() {
         .lines()
         .skip_while(|l| *l != "client properties:")
         .skip(1)
-        .take_while(|l| l.contains('=') && !l.starts_with(' '))
+        .take_while(|l| !l.is_empty())
         .collect();
     let file = dir.path().join("client.properties");
     std::fs::write(&file, properties.join("\n")).expect("write properties");

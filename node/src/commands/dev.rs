@@ -319,14 +319,11 @@ impl Plan {
             "bootstrap servers: {}\n",
             self.bootstrap_servers()
         ));
-        match &self.secure {
-            Some(secure) => text.push_str(&secure.client_settings(&self.bootstrap_servers())),
-            None => {
-                text.push_str(&format!("try:  kcat -b {first} -L\n"));
-                text.push_str(&format!(
-                    "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
-                ));
-            }
+        if self.secure.is_none() {
+            text.push_str(&format!("try:  kcat -b {first} -L\n"));
+            text.push_str(&format!(
+                "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
+            ));
         }
         let topic_defaults: Vec<String> = self
             .overrides
@@ -339,6 +336,9 @@ impl Plan {
             .collect();
         if !topic_defaults.is_empty() {
             text.push_str(&format!("new topics: {}\n", topic_defaults.join(", ")));
+        }
+        if let Some(secure) = &self.secure {
+            text.push_str(&secure.client_settings(&self.bootstrap_servers()));
         }
         text.push_str(&format!(
             "Ctrl-C stops {}.\n",

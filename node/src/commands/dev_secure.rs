@@ -193,7 +193,8 @@ impl SecureDev {
     }
 
     /// The client settings printed once the cluster is ready: a kcat line and a properties
-    /// block (librdkafka's names, which confluent-kafka and kcat's `-F` read).
+    /// block (librdkafka's names, which confluent-kafka and kcat's `-F` read), which an empty
+    /// line ends.
     pub fn client_settings(&self, bootstrap_servers: &str) -> String {
         let ca = self.ca.display();
         let password = &self.admin_password;
@@ -209,7 +210,7 @@ impl SecureDev {
              sasl.mechanism={MECHANISM}\n\
              sasl.username={ADMIN_USER}\n\
              sasl.password={password}\n\
-             ssl.ca.location={ca}\n"
+             ssl.ca.location={ca}\n\n"
         )
     }
 }

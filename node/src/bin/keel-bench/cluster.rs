@@ -165,6 +165,7 @@ impl Managed {
                     if line == "client properties:" {
                         in_properties = true;
                     } else if in_properties {
+                        // An empty line ends the block.
                         match line.split_once('=') {
                             Some(("bootstrap.servers", _)) => {}
                             Some((key, value)) => {
