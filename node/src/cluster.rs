@@ -441,12 +441,8 @@ impl Cluster {
                 .chain(&settings.learners)
                 .copied()
                 .collect();
-            let (peers, incoming) = PeerTransport::start(
-                node,
-                listener,
-                addresses,
-                settings.peer_security.clone(),
-            );
+            let (peers, incoming) =
+                PeerTransport::start(node, listener, addresses, settings.peer_security.clone());
             (Some(peers), Some(incoming))
         } else {
             (None, None)

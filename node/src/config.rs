@@ -1818,8 +1818,8 @@ impl Security {
         let inter_broker_sasl = match inter_broker {
             Some((name, protocol)) if protocol.uses_sasl() => {
                 let mechanism = values.string_or_default(SASL_MECHANISM_INTER_BROKER_PROTOCOL)?;
-                let mechanism = Mechanism::from_name(&mechanism.to_ascii_uppercase())
-                    .ok_or_else(|| {
+                let mechanism =
+                    Mechanism::from_name(&mechanism.to_ascii_uppercase()).ok_or_else(|| {
                         values.invalid(
                             SASL_MECHANISM_INTER_BROKER_PROTOCOL,
                             "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",

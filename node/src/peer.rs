@@ -54,6 +54,9 @@ const BODY_PART_COPY_BELOW: usize = 4096;
 const WRITE_PARTS_MAX: usize = 256;
 /// Frames the writer takes from the queue for one vectored write, at most.
 const WRITE_FRAMES_MAX: usize = 64;
+/// Incoming connections being opened (TLS, login) at once; more are closed unread, so a flood
+/// of connections that never finish their opening cannot pile up tasks.
+pub const OPENINGS_MAX: usize = 64;
 /// First and last delay between redials of an unreachable peer.
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -250,7 +253,12 @@ impl PeerTransport {
             queues.insert(id, tx);
             tokio::spawn(dial_loop(node_id, id, addr, rx, security.clone()));
         }
-        tokio::spawn(accept_loop(listener, incoming_tx, pending.clone(), security));
+        tokio::spawn(accept_loop(
+            listener,
+            incoming_tx,
+            pending.clone(),
+            security,
+        ));
         let transport = Arc::new(PeerTransport {
             node_id,
             queues,
@@ -416,13 +424,20 @@ async fn accept_loop(
     pending: Pending,
     security: Arc<PeerSecurity>,
 ) {
+    let openings = Arc::new(tokio::sync::Semaphore::new(OPENINGS_MAX));
     loop {
         match listener.accept().await {
             Ok((stream, address)) => {
+                let Ok(opening) = openings.clone().try_acquire_owned() else {
+                    tracing::warn!(%address, "closed a peer connection: {OPENINGS_MAX} openings in progress");
+                    continue;
+                };
                 let (incoming, pending, security) =
                     (incoming.clone(), pending.clone(), security.clone());
                 tokio::spawn(async move {
-                    match security.accept(stream).await {
+                    let opened = security.accept(stream).await;
+                    drop(opening);
+                    match opened {
                         Ok((stream, from, _principal)) => {
                             read_loop(stream, from, incoming, pending).await
                         }

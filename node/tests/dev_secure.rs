@@ -61,7 +61,14 @@ fn printed_settings_work_with_kcat_and_confluent_kafka() {
     let port = free_port_range();
     let mut command = Command::new(common::keel_bin());
     command
-        .args(["dev", "--secure", "--brokers", "3", "--port", &port.to_string()])
+        .args([
+            "dev",
+            "--secure",
+            "--brokers",
+            "3",
+            "--port",
+            &port.to_string(),
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .stdin(Stdio::null())

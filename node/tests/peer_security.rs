@@ -51,7 +51,10 @@ fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     (params.self_signed(&key).expect("CA certificate"), key)
 }
 
@@ -59,8 +62,8 @@ fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
 /// usable to serve and to dial.
 fn keystore(ca: &(rcgen::Certificate, KeyPair), cn: &str) -> String {
     let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .expect("params");
+    let mut params =
+        CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -110,8 +113,11 @@ fn a_secured_peer_transport_replicates_and_refuses_strangers() {
         .map(|i| {
             let id = i as u32 + 1;
             let keystore_path = dir.path().join(format!("broker-{id}.pem"));
-            std::fs::write(&keystore_path, keystore(&cluster_ca, &format!("keel-broker-{id}")))
-                .expect("write keystore");
+            std::fs::write(
+                &keystore_path,
+                keystore(&cluster_ca, &format!("keel-broker-{id}")),
+            )
+            .expect("write keystore");
             let overrides = [
                 format!("controller.quorum.voters={}", voters.join(",")),
                 "keel.metrics.listener=".into(),
@@ -180,16 +186,28 @@ fn a_secured_peer_transport_replicates_and_refuses_strangers() {
         .expect("timeout");
     let mut rest = Vec::new();
     let _ = plain.read_to_end(&mut rest); // closed by the broker (or reset)
-    assert_eq!(await_refusals(&log1, 1), 1, "one line for the plaintext peer");
+    assert_eq!(
+        await_refusals(&log1, 1),
+        1,
+        "one line for the plaintext peer"
+    );
 
     // A TLS peer with a certificate of another CA, speaking real TLS: refused in the handshake.
     let rogue = ca("rogue CA");
     let rogue_dir = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue_dir).expect("rogue dir");
-    std::fs::write(rogue_dir.join("broker.pem"), keystore(&rogue, "keel-broker-1"))
-        .expect("rogue keystore");
+    std::fs::write(
+        rogue_dir.join("broker.pem"),
+        keystore(&rogue, "keel-broker-1"),
+    )
+    .expect("rogue keystore");
     let out = std::process::Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{}", peers[0]), "-cert"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", peers[0]),
+            "-cert",
+        ])
         .arg(rogue_dir.join("broker.pem"))
         .arg("-key")
         .arg(rogue_dir.join("broker.pem"))
@@ -197,7 +215,9 @@ fn a_secured_peer_transport_replicates_and_refuses_strangers() {
         .output();
     match out {
         Ok(_) => assert_eq!(await_refusals(&log1, 2), 2, "one line for the rogue peer"),
-        Err(e) => say(&format!("openssl not found ({e}): the rogue-certificate peer is left to the unit tests")),
+        Err(e) => say(&format!(
+            "openssl not found ({e}): the rogue-certificate peer is left to the unit tests"
+        )),
     }
     let lines: Vec<String> = std::fs::read_to_string(&log1)
         .unwrap_or_default()
@@ -243,5 +263,8 @@ fn a_secured_peer_transport_replicates_and_refuses_strangers() {
     for node in nodes.iter_mut() {
         let _ = node.stop(Duration::from_secs(30));
     }
-    say(&format!("peer security test took {:.1?}", started.elapsed()));
+    say(&format!(
+        "peer security test took {:.1?}",
+        started.elapsed()
+    ));
 }

@@ -249,7 +249,12 @@ impl Plan {
             broker.data_dir.clone().into(),
         ];
         if let Some(secure) = &self.secure {
-            args.extend(secure.start_args(broker.id.0).into_iter().map(OsString::from));
+            args.extend(
+                secure
+                    .start_args(broker.id.0)
+                    .into_iter()
+                    .map(OsString::from),
+            );
         }
         if let Some(voters) = self.voters() {
             args.push("--override".into());

@@ -101,7 +101,8 @@ impl SecureDev {
     /// Makes the CA, the certificates of brokers `ids` and the settings under `data_dir/tls`.
     pub fn prepare(data_dir: &Path, ids: &[i32]) -> Result<SecureDev, String> {
         let dir = data_dir.join("tls");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |e: std::io::Error| format!("cannot write {path}: {e}")
@@ -154,10 +155,7 @@ impl SecureDev {
             ),
             (KEEL_INTER_BROKER_SASL_USERNAME, BROKER_USER.to_string()),
             (AUTHORIZER_CLASS_NAME, "acl".to_string()),
-            (
-                SUPER_USERS,
-                format!("User:{ADMIN_USER};User:{BROKER_USER}"),
-            ),
+            (SUPER_USERS, format!("User:{ADMIN_USER};User:{BROKER_USER}")),
         ]
         .into();
         let text: String = settings

@@ -13,13 +13,13 @@ use crate::broker::{Broker, Settings};
 use crate::cluster::ClusterSettings;
 use crate::config::{parse_override, BrokerConfig};
 use crate::metrics::Metrics;
-use crate::security::sasl::{SaslConfig, SaslUsers};
 use crate::peer::PeerSecurity;
 use crate::security::peer::{PeerSasl, PeerTls};
+use crate::security::sasl::{SaslConfig, SaslUsers};
 use crate::security::{scram, tls, ListenerSecurity, Principal, SecurityProtocol};
-use rustls_pki_types::ServerName;
 use crate::wire::{ConnectionLimits, WireConfig, WireServer};
 use keel_core::controller::Endpoint;
+use rustls_pki_types::ServerName;
 
 #[derive(clap::Args, Clone, Default)]
 pub struct StartArgs {
@@ -425,7 +425,10 @@ fn peer_security(config: &BrokerConfig) -> Result<PeerSecurity, String> {
                 .chain(&config.quorum_learners)
                 .map(|v| {
                     let name = ServerName::try_from(v.address.host.clone()).map_err(|e| {
-                        format!("quorum member {v}: {:?} is not a TLS name: {e}", v.address.host)
+                        format!(
+                            "quorum member {v}: {:?} is not a TLS name: {e}",
+                            v.address.host
+                        )
                     })?;
                     Ok((v.id, name))
                 })

@@ -19,11 +19,11 @@
 //! - on a SASL listener nothing but ApiVersions, SaslHandshake and SaslAuthenticate is served
 //!   before the exchange succeeds.
 
+pub mod peer;
 pub mod sasl;
 pub mod scram;
 #[doc(hidden)]
 pub mod testing;
-pub mod peer;
 pub mod tls;
 
 use std::fmt;

@@ -8,8 +8,10 @@
 //!  D ─► A  hello: magic "keel" u32, node id i32        (always)
 //!  D ─► A  token: len u32 | bytes                      ┐ (SASL_PLAINTEXT, SASL_SSL: one for
 //!  A ─► D  reply: status u8 | len u32 | bytes          ┘  PLAIN, two for SCRAM)
-//!  A ─► D  reply: status u8 (ACCEPTED or REFUSED)      (SSL: the certificate's verdict)
+//!  A ─► D  reply: status u8 | len u32 (0)              (SSL: the certificate's verdict)
 //! ```
+//! A reply's status is 0 (accepted: the last reply, carrying SCRAM's server-final), 1 (a
+//! challenge: SCRAM's server-first) or 2 (refused: the acceptor closes).
 //! then frames from D to A only (`crate::peer`). Without security (PLAINTEXT, or no
 //! inter-broker listener) only the hello is sent and A answers nothing, as before this
 //! module existed.
@@ -208,9 +210,12 @@ impl PeerSecurity {
         node_id: i32,
         peer: i32,
     ) -> Result<PeerStream, PeerAuthError> {
-        tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, self.dial_inner(stream, node_id, peer))
-            .await
-            .map_err(|_| PeerAuthError::Timeout)?
+        tokio::time::timeout(
+            PEER_HANDSHAKE_TIMEOUT,
+            self.dial_inner(stream, node_id, peer),
+        )
+        .await
+        .map_err(|_| PeerAuthError::Timeout)?
     }
 
     async fn dial_inner(
@@ -519,7 +524,10 @@ mod tests {
             let (mut stream, from, principal) =
                 acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
             let mut ping = [0u8; 4];
-            stream.read_exact(&mut ping).await.map_err(|e| e.to_string())?;
+            stream
+                .read_exact(&mut ping)
+                .await
+                .map_err(|e| e.to_string())?;
             assert_eq!(&ping, b"ping", "the first bytes after the opening");
             Ok((from, principal.to_string()))
         });
@@ -542,7 +550,10 @@ mod tests {
     #[tokio::test]
     async fn brokers_open_tls_with_each_login_mechanism() {
         let ca = Ca::new("peer CA");
-        let (a, b) = (ca.settings("keel-broker-1", &ca), ca.settings("keel-broker-2", &ca));
+        let (a, b) = (
+            ca.settings("keel-broker-1", &ca),
+            ca.settings("keel-broker-2", &ca),
+        );
         for mechanism in [
             Mechanism::Plain,
             Mechanism::Scram(crate::security::scram::ScramMechanism::Sha256),
@@ -572,7 +583,10 @@ mod tests {
     #[tokio::test]
     async fn ssl_peers_are_their_certificates_subjects() {
         let ca = Ca::new("peer CA");
-        let (a, b) = (ca.settings("keel-broker", &ca), ca.settings("keel-broker", &ca));
+        let (a, b) = (
+            ca.settings("keel-broker", &ca),
+            ca.settings("keel-broker", &ca),
+        );
         let (d, acc) = open(
             security(SecurityProtocol::Ssl, Some(&a), None, &[]),
             security(SecurityProtocol::Ssl, Some(&b), None, &[]),
@@ -590,7 +604,12 @@ mod tests {
         assert!(acc.unwrap_err().contains("User:CN=someone-else is neither"));
         let (d, acc) = open(
             security(SecurityProtocol::Ssl, Some(&other), None, &[]),
-            security(SecurityProtocol::Ssl, Some(&b), None, &["User:CN=someone-else"]),
+            security(
+                SecurityProtocol::Ssl,
+                Some(&b),
+                None,
+                &["User:CN=someone-else"],
+            ),
         )
         .await;
         assert_eq!(d, Ok(()));

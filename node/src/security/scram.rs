@@ -540,7 +540,10 @@ impl ScramClient {
         password: &[u8],
         client_nonce: &str,
     ) -> (ScramClient, Vec<u8>) {
-        debug_assert!(is_printable_nonce(client_nonce), "client nonce is printable");
+        debug_assert!(
+            is_printable_nonce(client_nonce),
+            "client nonce is printable"
+        );
         let name = user.replace('=', "=3D").replace(',', "=2C");
         let bare = format!("n={name},r={client_nonce}");
         let first = format!("n,,{bare}").into_bytes();
@@ -877,14 +880,23 @@ mod tests {
     fn client_refuses_a_bad_server() {
         let m = ScramMechanism::Sha256;
         let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
-        assert_eq!(c.server_first(b"r=other,s=AAAA,i=4096"), Err(ScramError::Nonce));
+        assert_eq!(
+            c.server_first(b"r=other,s=AAAA,i=4096"),
+            Err(ScramError::Nonce)
+        );
         let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
-        assert_eq!(c.server_first(b"r=cnonceX,s=AAAA,i=1"), Err(ScramError::Iterations));
+        assert_eq!(
+            c.server_first(b"r=cnonceX,s=AAAA,i=1"),
+            Err(ScramError::Iterations)
+        );
         let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
         c.server_first(b"r=cnonceX,s=AAAA,i=4096").unwrap();
         assert_eq!(c.server_final(b"v=AAAA"), Err(ScramError::Proof));
         assert_eq!(c.server_final(b"v=AAAA"), Err(ScramError::Finished));
         let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
-        assert!(matches!(c.server_first(b"\xff"), Err(ScramError::Malformed(_))));
+        assert!(matches!(
+            c.server_first(b"\xff"),
+            Err(ScramError::Malformed(_))
+        ));
     }
 }

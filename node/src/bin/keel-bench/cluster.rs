@@ -156,7 +156,11 @@ impl Managed {
                             managed.stop();
                             return Err(format!(
                                 "keel dev's summary had no bootstrap servers{}; see {}",
-                                if secure { " or no client properties" } else { "" },
+                                if secure {
+                                    " or no client properties"
+                                } else {
+                                    ""
+                                },
                                 log.display()
                             ));
                         }
