@@ -7,6 +7,8 @@
 //! - TLS from PEM files and the mTLS principal ([`tls`]);
 //! - the SASL mechanisms and the users they check ([`sasl`]), over the pure SCRAM exchange
 //!   ([`scram`]).
+//! - how brokers open peer connections to each other as `inter.broker.listener.name` says:
+//!   TLS both ways, a SASL login, the principal's check ([`peer`]).
 //!
 //! The wire layer (`wire::server`) runs the TLS handshake and the SASL exchange on each
 //! connection before any request reaches the broker, and keeps the connection's [`Principal`]

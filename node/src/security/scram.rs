@@ -1,5 +1,6 @@
-//! SCRAM-SHA-256 and SCRAM-SHA-512, the server side (RFC 5802, RFC 7677), as Kafka speaks it
-//! (`ScramSaslServer`, `ScramMessages`, `ScramFormatter`).
+//! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677), the server side as Kafka speaks it
+//! (`ScramSaslServer`, `ScramMessages`, `ScramFormatter`), and a client ([`ScramClient`]) for
+//! the brokers' logins to each other on the peer transport.
 //!
 //! Pure: no clock, no randomness, no I/O. The caller hands in the server's nonce and the salt,
 //! so every exchange can be replayed in a test (RFC 7677's example is one, below).
