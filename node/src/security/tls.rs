@@ -233,13 +233,17 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
+/// The acceptor's and the dialler's TLS configurations between brokers, and the principal of
+/// this broker's certificate.
+pub type PeerConfigs = (Arc<ServerConfig>, Arc<rustls::ClientConfig>, Option<String>);
+
 /// TLS between brokers, from the same PEM settings: the acceptor's configuration (a client
 /// certificate chaining to the truststore required, whatever `ssl.client.auth` says), the
 /// dialler's (the truststore, and the keystore's chain as its client certificate), and the
 /// principal of this broker's own certificate (Kafka's form, `User:CN=...`).
 pub fn peer_configs(
     settings: &TlsSettings,
-) -> Result<(Arc<ServerConfig>, Arc<rustls::ClientConfig>, Option<String>), TlsError> {
+) -> Result<PeerConfigs, TlsError> {
     let required = TlsSettings {
         client_auth: ClientAuth::Required,
         ..settings.clone()
