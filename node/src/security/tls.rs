@@ -241,9 +241,7 @@ pub type PeerConfigs = (Arc<ServerConfig>, Arc<rustls::ClientConfig>, Option<Str
 /// certificate chaining to the truststore required, whatever `ssl.client.auth` says), the
 /// dialler's (the truststore, and the keystore's chain as its client certificate), and the
 /// principal of this broker's own certificate (Kafka's form, `User:CN=...`).
-pub fn peer_configs(
-    settings: &TlsSettings,
-) -> Result<PeerConfigs, TlsError> {
+pub fn peer_configs(settings: &TlsSettings) -> Result<PeerConfigs, TlsError> {
     let required = TlsSettings {
         client_auth: ClientAuth::Required,
         ..settings.clone()
