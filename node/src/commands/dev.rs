@@ -44,6 +44,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::commands::dev_secure::SecureDev;
 use crate::config::{
     parse_override, ADVERTISED_LISTENERS, CONTROLLER_QUORUM_VOTERS, DEFAULT_REPLICATION_FACTOR,
     KEEL_METRICS_LISTENER, KEEL_QUORUM_LEARNERS, LISTENERS, LOG_DIRS, MIN_INSYNC_REPLICAS, NODE_ID,
@@ -105,6 +106,10 @@ pub struct DevArgs {
     /// running cluster started with the same arguments; Ctrl-C stops only it.
     #[arg(long)]
     pub add_broker: bool,
+    /// Serve SASL_SSL (SCRAM-SHA-512) with a CA and certificates made under DATA_DIR/tls, an
+    /// `admin` user with a fresh password, and TLS and logins between the brokers too.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Why the arguments give no layout.
@@ -158,6 +163,8 @@ pub struct Plan {
     /// `KEY=VALUE` for every broker: [`dev_defaults`] the user did not override, then the
     /// `--override`s as given.
     pub overrides: Vec<String>,
+    /// With `--secure`: the files and password made for this launch (set by [`run`]).
+    pub secure: Option<SecureDev>,
 }
 
 /// The topic defaults a development cluster of `brokers` brokers gets unless an `--override`
@@ -254,6 +261,7 @@ impl Plan {
             quorum_voters,
             quorum_learners,
             overrides,
+            secure: None,
         })
     }
 
@@ -303,10 +311,18 @@ impl Plan {
             "--node-id".into(),
             broker.id.to_string().into(),
             "--listeners".into(),
-            format!("PLAINTEXT://{}", broker.client_address()).into(),
+            format!("{}://{}", self.protocol(), broker.client_address()).into(),
             "--data-dir".into(),
             broker.data_dir.clone().into(),
         ];
+        if let Some(secure) = &self.secure {
+            args.extend(
+                secure
+                    .start_args(broker.id.0)
+                    .into_iter()
+                    .map(OsString::from),
+            );
+        }
         if let Some(voters) = self.voters() {
             args.push("--override".into());
             args.push(format!("{CONTROLLER_QUORUM_VOTERS}={voters}").into());
@@ -324,6 +340,15 @@ impl Plan {
             args.push(o.into());
         }
         args
+    }
+
+    /// The client listener's name and protocol.
+    pub fn protocol(&self) -> &'static str {
+        if self.secure.is_some() {
+            crate::commands::dev_secure::PROTOCOL
+        } else {
+            "PLAINTEXT"
+        }
     }
 
     /// Every port the layout listens on (the spares' too, so that they can be added later);
@@ -366,10 +391,12 @@ impl Plan {
             "bootstrap servers: {}\n",
             self.bootstrap_servers()
         ));
-        text.push_str(&format!("try:  kcat -b {first} -L\n"));
-        text.push_str(&format!(
-            "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
-        ));
+        if self.secure.is_none() {
+            text.push_str(&format!("try:  kcat -b {first} -L\n"));
+            text.push_str(&format!(
+                "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
+            ));
+        }
         let topic_defaults: Vec<String> = self
             .overrides
             .iter()
@@ -381,6 +408,9 @@ impl Plan {
             .collect();
         if !topic_defaults.is_empty() {
             text.push_str(&format!("new topics: {}\n", topic_defaults.join(", ")));
+        }
+        if let Some(secure) = &self.secure {
+            text.push_str(&secure.client_settings(&self.bootstrap_servers()));
         }
         text.push_str(&format!(
             "Ctrl-C stops {}.\n",
@@ -494,7 +524,7 @@ pub fn check_ports_free(plan: &Plan) -> Result<(), String> {
 /// Runs `keel dev` to the end: 0 after Ctrl-C or SIGTERM, 1 if the launch failed or every
 /// broker exited on its own, 2 for bad arguments.
 pub fn run(args: DevArgs) -> ExitCode {
-    let plan = match Plan::new(&args) {
+    let mut plan = match Plan::new(&args) {
         Ok(plan) => plan,
         Err(e) => {
             eprintln!("keel dev: {e}");
@@ -515,6 +545,16 @@ pub fn run(args: DevArgs) -> ExitCode {
     if let Err(e) = check_ports_free(&plan) {
         eprintln!("keel dev: {e}");
         return ExitCode::from(1);
+    }
+    if args.secure {
+        let ids: Vec<i32> = plan.brokers.iter().map(|b| b.id.0).collect();
+        match SecureDev::prepare(&args.data_dir, &ids) {
+            Ok(secure) => plan.secure = Some(secure),
+            Err(e) => {
+                eprintln!("keel dev --secure: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -950,6 +990,7 @@ mod tests {
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
             spare: 0,
             add_broker: false,
+            secure: false,
         }
     }
 
@@ -1286,6 +1327,7 @@ mod tests {
             quorum_voters: None,
             quorum_learners: None,
             overrides: Vec::new(),
+            secure: None,
         };
         let e = check_ports_free(&plan).unwrap_err();
         assert!(
