@@ -63,12 +63,17 @@ impl HwCheckpoint {
             .high_watermark(&(topic.to_owned(), index), &topic_id.to_string())
     }
 
-    /// Drops `key`'s entry and, if it had one, writes the checkpoint without it. Call before
-    /// removing the replica's directory, and keep the directory if this fails.
-    pub(super) fn forget_durably(&self, key: &ReplicaKey) -> Result<(), StorageError> {
+    /// Drops the entries of `keys` and, if any had one, writes the checkpoint without them
+    /// (one write). Call before removing the replicas' directories, and keep them if this
+    /// fails.
+    pub(super) fn forget_durably(&self, keys: &[ReplicaKey]) -> Result<(), StorageError> {
         let mut guard = self.lock();
         let (checkpoint, root) = &mut *guard;
-        if checkpoint.forget(key) {
+        let mut forgot = false;
+        for key in keys {
+            forgot |= checkpoint.forget(key);
+        }
+        if forgot {
             checkpoint.write_to(root)?;
         }
         Ok(())

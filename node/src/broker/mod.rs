@@ -1178,10 +1178,10 @@ impl Broker {
             }
             gone
         };
+        let mut removed = Vec::new();
         for (topic, index) in unassigned {
-            let dir = self.partition_dir(&topic, index);
             tracing::info!(topic = %topic, partition = index, "removing the unopenable replica no longer assigned here");
-            self.remove_replica_dir(&dir);
+            removed.push(self.partition_dir(&topic, index));
         }
         {
             let mut partitions = self.partitions.write().expect("partition map poisoned");
@@ -1192,7 +1192,8 @@ impl Broker {
                 .collect();
             for key in gone {
                 if let Some(p) = partitions.remove(&key) {
-                    self.close_and_remove(&p);
+                    close(&p);
+                    removed.push(p.dir.clone());
                     if p.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&p, true);
                     }
@@ -1202,6 +1203,7 @@ impl Broker {
                 }
             }
         }
+        self.remove_replica_dirs(&removed);
         let now = self.clock.now_ms();
         // Recreated topics: the old replica goes first (runtime work, here).
         let mut jobs = Vec::with_capacity(wanted.len());
@@ -1209,8 +1211,13 @@ impl Broker {
             let existing = match self.replica(&w.topic, w.index) {
                 Some(p) if p.topic_id == w.topic_id => Some(p),
                 Some(old) => {
-                    // Same name, new topic: the old one was deleted and recreated.
-                    self.close_and_remove(&old);
+                    // Same name, new topic: the old one was deleted and recreated. Its
+                    // checkpoint entry names the old topic id, so the new replica never reads
+                    // it (and its first write replaces it): the directory goes at once.
+                    close(&old);
+                    if let Err(e) = self.settings.disk.remove_dir_all(&old.dir) {
+                        tracing::warn!("removing {}: {e}", old.dir.display());
+                    }
                     if old.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&old, true);
                     }
@@ -1345,6 +1352,7 @@ impl Broker {
             .map(|(topic, index)| self.partition_dir(topic, *index))
             .collect();
         let disk = &self.settings.disk;
+        let mut orphans = Vec::new();
         for dir in disk.subdirs(&self.settings.data_dir) {
             if dir.ends_with(METADATA_DIR)
                 || partitions.values().any(|p| p.dir == dir)
@@ -1356,42 +1364,39 @@ impl Broker {
                 "removing the directory of a deleted partition: {}",
                 dir.display()
             );
-            self.remove_replica_dir(&dir);
+            orphans.push(dir);
         }
+        self.remove_replica_dirs(&orphans);
     }
 
-    /// Removes a replica's directory, after forgetting its high watermark checkpoint entry
-    /// durably (a replica created again there must not read it). If the checkpoint cannot be
-    /// written the directory stays (the next startup's sweep tries again).
-    fn remove_replica_dir(&self, dir: &std::path::Path) {
-        let key = dir
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.rsplit_once('-'))
-            .and_then(|(topic, index)| Some((topic.to_owned(), index.parse::<i32>().ok()?)));
-        if let Some(key) = key {
-            if let Err(e) = self.hw_checkpoint.forget_durably(&key) {
-                tracing::warn!(
-                    "keeping {}: forgetting its high watermark: {e}",
-                    dir.display()
-                );
-                return;
+    /// Removes replicas' directories, after forgetting their high watermark checkpoint
+    /// entries durably, all in one write (a replica created again in one of them, reassigned
+    /// away and back, must not read its predecessor's high watermark). If the checkpoint cannot
+    /// be written the directories stay (the next startup's sweep tries again).
+    fn remove_replica_dirs(&self, dirs: &[PathBuf]) {
+        if dirs.is_empty() {
+            return;
+        }
+        let keys: Vec<(String, i32)> = dirs
+            .iter()
+            .filter_map(|dir| {
+                let name = dir.file_name()?.to_str()?;
+                let (topic, index) = name.rsplit_once('-')?;
+                Some((topic.to_owned(), index.parse::<i32>().ok()?))
+            })
+            .collect();
+        if let Err(e) = self.hw_checkpoint.forget_durably(&keys) {
+            tracing::warn!(
+                "keeping {} replica directories: forgetting their high watermarks: {e}",
+                dirs.len()
+            );
+            return;
+        }
+        for dir in dirs {
+            if let Err(e) = self.settings.disk.remove_dir_all(dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
             }
         }
-        if let Err(e) = self.settings.disk.remove_dir_all(dir) {
-            tracing::warn!("removing {}: {e}", dir.display());
-        }
-    }
-
-    /// Marks a replica deleted (its loops and the sync threads stop touching it) and removes
-    /// its directory.
-    fn close_and_remove(&self, p: &PartitionHandle) {
-        p.deleted.store(true, Ordering::SeqCst);
-        if let Some(f) = p.fetcher.lock().expect("fetcher slot poisoned").take() {
-            f.remove(p);
-        }
-        p.wake_waiters();
-        self.remove_replica_dir(&p.dir);
     }
 
     /// The directory of a partition's replica: `{data dir}/{topic}-{partition}`.
@@ -1426,7 +1431,7 @@ impl Broker {
                 tracing::warn!(partition = %name, "{PARTITION_METADATA} names another topic ({found:?}): removing the stray replica");
                 drop(snapshots);
                 self.hw_checkpoint
-                    .forget_durably(&(w.topic.clone(), w.index))
+                    .forget_durably(&[(w.topic.clone(), w.index)])
                     .map_err(OpenError::TopicId)?;
                 self.settings
                     .disk
@@ -1590,6 +1595,16 @@ fn for_each_parallel<T: Sync, R: Send>(
         .into_iter()
         .map(|r| r.expect("every item ran"))
         .collect()
+}
+
+/// Marks a replica deleted (its loops and the sync threads stop touching it, and the
+/// checkpoint writer writes its entry no more); its directory goes next.
+fn close(p: &PartitionHandle) {
+    p.deleted.store(true, Ordering::SeqCst);
+    if let Some(f) = p.fetcher.lock().expect("fetcher slot poisoned").take() {
+        f.remove(p);
+    }
+    p.wake_waiters();
 }
 
 /// Reconciles the partitions whenever the applied metadata changes.
