@@ -97,6 +97,7 @@
 //! (identical batches below the high watermark) are properties of the whole cluster: the
 //! scenario tests check them after every step.
 
+pub mod checkpoint;
 pub mod damage;
 mod leader;
 pub mod state;
@@ -566,13 +567,32 @@ impl<S: Storage> PartitionReplica<S> {
         replica: ReplicaConfig,
         now_ms: i64,
     ) -> Result<Self, ReplicaError> {
+        Self::recover_with_checkpoint(log_storage, snapshots, config, rules, replica, now_ms, None)
+    }
+
+    /// [`PartitionReplica::recover`], with the high watermark the broker's checkpoint
+    /// ([`checkpoint`]) holds for this replica: the persisted high watermark is the larger of
+    /// it and the replica's own slots (each was persisted before it was exposed; a replica
+    /// written by an older keel has only the slots).
+    pub fn recover_with_checkpoint<T: Storage>(
+        log_storage: S,
+        snapshots: &mut T,
+        config: LogConfig,
+        rules: ProduceRules,
+        replica: ReplicaConfig,
+        now_ms: i64,
+        checkpointed_hw: Option<Offset>,
+    ) -> Result<Self, ReplicaError> {
         let log = Log::open(log_storage, config, now_ms)?;
         let (producers, _report) = producer::recover(snapshots, &log)?;
         let txns = txn::tracker_from_log(&log)
             .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
-        let mut high_watermark = persisted.high_watermark.unwrap_or(Offset::ZERO);
+        let mut high_watermark = persisted
+            .high_watermark
+            .max(checkpointed_hw)
+            .unwrap_or(Offset::ZERO);
         if high_watermark > log.durable_end() {
             state_report.hw_above_log = Some(high_watermark);
             high_watermark = log.durable_end();
