@@ -1354,15 +1354,24 @@ impl<S: Storage> PartitionReplica<S> {
 
     /// The next time [`PartitionReplica::handle_timeout`] has work: an ISR follower falling out
     /// of sync (leader; a damaged one looks again every
-    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), or the end of a fetch backoff (follower).
+    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), the end of the backoff after a failed proposal
+    /// when a replica may join the ISR (leader), or the end of a fetch backoff (follower).
     pub fn poll_timeout(&self) -> Option<i64> {
         match &self.role {
-            RoleState::Leader(l) => l
-                .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
-                .map(|at| match self.damage.is_damaged() {
-                    true => self.damage.leader_deadline(at),
-                    false => at,
-                }),
+            RoleState::Leader(l) => {
+                let shrink = l
+                    .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
+                    .map(|at| match self.damage.is_damaged() {
+                        true => self.damage.leader_deadline(at),
+                        false => at,
+                    });
+                // A replica that may join, after a failed proposal (not on a damaged leader,
+                // which adds nobody).
+                let expand = (!self.damage.is_damaged())
+                    .then(|| l.expand_deadline(self.hw_floor()))
+                    .flatten();
+                shrink.into_iter().chain(expand).min()
+            }
             RoleState::Follower(f) if f.in_flight.is_none() && f.backoff_until_ms > i64::MIN => {
                 Some(f.backoff_until_ms)
             }
@@ -1371,7 +1380,8 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// Timer work: proposes removing out-of-sync followers from the ISR (Kafka's
-    /// `maybeShrinkIsr`; not on a damaged leader); ends a follower's fetch backoff.
+    /// `maybeShrinkIsr`; not on a damaged leader), or adding one that may join whose earlier
+    /// proposal failed; ends a follower's fetch backoff.
     pub fn handle_timeout(&mut self, now_ms: i64) {
         // The shell's timer fired: the next deadline is reported again, even if unchanged.
         self.reported.deadline = None;
@@ -1381,6 +1391,15 @@ impl<S: Storage> PartitionReplica<S> {
             self.damage.defer_leader_timeout(now_ms);
         } else if self.is_leader() {
             self.maybe_shrink_isr(now_ms);
+            // A replica whose proposal failed earlier, proposed again (see
+            // `LeaderState::expand_deadline`).
+            let joiner = match &self.role {
+                RoleState::Leader(l) => l.joiner(self.hw_floor()),
+                _ => None,
+            };
+            if let Some(follower) = joiner {
+                self.maybe_expand_isr(now_ms, follower);
+            }
         } else if let RoleState::Follower(f) = &mut self.role {
             if now_ms >= f.backoff_until_ms {
                 f.backoff_until_ms = i64::MIN;
