@@ -109,10 +109,10 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     row(ApiKey::DescribeQuorum, 0, 2),
     row(ApiKey::DescribeCluster, 0, 2),
     row(ApiKey::DescribeProducers, 0, 0),
+    row(ApiKey::UnregisterBroker, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
     row(ApiKey::DescribeTopicPartitions, 0, 0),
-    row(ApiKey::UnregisterBroker, 0, 0),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
