@@ -992,6 +992,7 @@ ssl.client.auth = "required"
 ssl.enabled.protocols = "TLSv1.3"
 sasl.enabled.mechanisms = "PLAIN,SCRAM-SHA-512"
 "keel.sasl.users" = "admin=s3cret=x,alice=pw"
+"keel.inter.broker.sasl.username" = "admin"
 "#;
 
 /// Reference: Kafka's `listener.security.protocol.map` (names upper-cased, protocols
