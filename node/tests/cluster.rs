@@ -471,6 +471,7 @@ fn kcat_lists_three_brokers(address: &str, logs: &dyn BrokerLogs) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = Command::new("kcat")
+            .env_remove("LD_LIBRARY_PATH")
             .args(["-b", address, "-L", "-m", "10"])
             .stdin(Stdio::null())
             .output()
