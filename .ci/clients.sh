@@ -106,8 +106,11 @@ print("clients.sh: confluent-kafka %s (librdkafka %s), kafka-python %s, aiokafka
 EOF
 
 # --- kafkajs (npm, into a local folder) ---------------------------------------------------
-command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
-    die "node and npm are needed for kafkajs (on Debian: apt-get install nodejs npm)"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    as_root apt-get update -q </dev/null || die "apt-get update failed"
+    as_root apt-get install -y -q --no-install-recommends nodejs npm </dev/null ||
+        die "node and npm are needed for kafkajs: apt-get install nodejs npm failed"
+fi
 npm_want="$(node --version) ${npm_packages[*]}"
 if [ ! -f "$npm_dir/.keel-clients" ] || [ "$(cat "$npm_dir/.keel-clients")" != "$npm_want" ] ||
     ! node -e "require('./$npm_dir/node_modules/kafkajs')" >/dev/null 2>&1; then
