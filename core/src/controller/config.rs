@@ -79,20 +79,15 @@ const PASSIVE: [Passive; 13] = [
         "file.delete.delay.ms",
         ConfigType::Long,
         "60000",
-        Bounds::Long(0, i64::MAX),
+        Bounds::Long(0),
     ),
     Passive::new(
         "flush.messages",
         ConfigType::Long,
         LONG_MAX,
-        Bounds::Long(1, i64::MAX),
+        Bounds::Long(1),
     ),
-    Passive::new(
-        "flush.ms",
-        ConfigType::Long,
-        LONG_MAX,
-        Bounds::Long(0, i64::MAX),
-    ),
+    Passive::new("flush.ms", ConfigType::Long, LONG_MAX, Bounds::Long(0)),
     Passive::new(
         "follower.replication.throttled.replicas",
         ConfigType::List,
@@ -109,13 +104,13 @@ const PASSIVE: [Passive; 13] = [
         "local.retention.bytes",
         ConfigType::Long,
         "-2",
-        Bounds::Long(-2, i64::MAX),
+        Bounds::Long(-2),
     ),
     Passive::new(
         "local.retention.ms",
         ConfigType::Long,
         "-2",
-        Bounds::Long(-2, i64::MAX),
+        Bounds::Long(-2),
     ),
     Passive::new(
         "message.downconversion.enable",
@@ -140,7 +135,7 @@ const PASSIVE: [Passive; 13] = [
         "segment.index.bytes",
         ConfigType::Int,
         "10485760",
-        Bounds::Int(4, i32::MAX),
+        Bounds::Int(4),
     ),
     // Only false: a topic asking for tiered storage is refused rather than silently local.
     Passive::new(
@@ -226,8 +221,10 @@ impl Passive {
 /// What a passive key's value must be.
 #[derive(Clone, Copy)]
 enum Bounds {
-    Long(i64, i64),
-    Int(i32, i32),
+    /// A LONG of at least this (every passive LONG is unbounded above, as parsing bounds it).
+    Long(i64),
+    /// An INT of at least this.
+    Int(i32),
     Boolean,
     /// `false` only (a feature keel does not have).
     False,
@@ -238,16 +235,8 @@ enum Bounds {
 impl Bounds {
     fn check(self, value: &str) -> Result<(), String> {
         match self {
-            Bounds::Long(min, max) => parse_long(value, min).and_then(|n| {
-                (n <= max)
-                    .then_some(())
-                    .ok_or(format!("value must be at most {max}"))
-            }),
-            Bounds::Int(min, max) => parse_int(value, min).and_then(|n| {
-                (n <= max)
-                    .then_some(())
-                    .ok_or(format!("value must be at most {max}"))
-            }),
+            Bounds::Long(min) => parse_long(value, min).map(|_| ()),
+            Bounds::Int(min) => parse_int(value, min).map(|_| ()),
             Bounds::Boolean => parse_bool(value).map(|_| ()),
             Bounds::False => match parse_bool(value)? {
                 false => Ok(()),

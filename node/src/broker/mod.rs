@@ -617,14 +617,15 @@ pub struct Broker {
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
+    let (timestamp_before_max_ms, timestamp_after_max_ms) = config.timestamp_bounds_ms();
     ProduceRules {
         max_message_bytes: config.max_message_bytes().max(0) as usize,
         log_append_time: config.message_timestamp_type()
             == keel_core::batch::TimestampType::LogAppendTime,
         compacted: config.cleanup_policy().compact,
         compression: config.compression(),
-        timestamp_before_max_ms: config.timestamp_bounds_ms().0,
-        timestamp_after_max_ms: config.timestamp_bounds_ms().1,
+        timestamp_before_max_ms,
+        timestamp_after_max_ms,
     }
 }
 
