@@ -13,7 +13,8 @@ export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-1}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's header says how long the run has taken so far: the command must stay under 30 minutes.
+step() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 step "format"
 cargo fmt --all --check
@@ -74,4 +75,5 @@ done
 
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 printf '\nfuzz: %d passed, 0 failed\n' "$fuzz_passed"
+printf 'whole test command: %d s\n' "$SECONDS"
 printf 'keel: %d passed, %d failed\n' "$((passed + fuzz_passed))" "$failed"
