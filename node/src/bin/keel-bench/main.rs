@@ -171,6 +171,11 @@ struct Args {
     /// workload; the second's records/s over the first's, against the 0.7 target.
     #[arg(long)]
     security: bool,
+    /// Rounds of the security comparison: each round runs both clusters, plaintext first in
+    /// odd rounds and SASL_SSL first in even ones, so that a machine whose load drifts during
+    /// the run favours neither.
+    #[arg(long, default_value_t = 2)]
+    security_rounds: u32,
 }
 
 /// The least SASL_SSL throughput the security comparison accepts, as a fraction of plaintext
@@ -614,9 +619,9 @@ fn run_scale(args: &Args) -> Result<(), String> {
     result
 }
 
-/// `--security`: the same produce (acks=1) and consume on a plaintext `keel dev`, then on a
-/// `keel dev --secure` (one after the other, so that they do not share the CPUs), and the
-/// ratios.
+/// `--security`: the same produce (acks=1) and consume on a plaintext `keel dev` and on a
+/// `keel dev --secure` (one after the other, so that they do not share the CPUs; the order
+/// alternates between rounds), and the ratios of their records/s summed over the rounds.
 fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), String> {
     let keel = keel_executable(args)?;
     if let Ok(mut entries) = std::fs::read_dir(&args.data_dir) {
@@ -634,44 +639,53 @@ fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), Stri
     let rf = args
         .replication_factor
         .unwrap_or_else(|| i32::from(args.brokers.min(3)));
-    let mut runs: Vec<(&str, Vec<Phase>)> = Vec::new();
-    for (label, secure) in [("PLAINTEXT", false), ("SASL_SSL", true)] {
-        section(&format!(
-            "keel: {}, {label}{}",
-            plural(usize::from(args.brokers), "broker"),
-            if secure {
-                " (keel dev --secure: SCRAM-SHA-512, TLS between brokers)"
-            } else {
-                ""
-            }
-        ));
-        let mut cluster = Managed::start_keel_dev(
-            &keel,
-            args.brokers,
-            args.port,
-            &data_dir.path.join(label.to_ascii_lowercase()),
-            &args.overrides,
-            secure,
-        )?;
-        let topic = format!("keel-bench-security-{started}");
-        println!(
-            "  {} on {}; topic {topic}: {} partitions, replication factor {rf}; {}-byte \
-             records",
-            cluster.name, cluster.bootstrap, args.partitions, args.record_bytes
-        );
-        let mut w = workload(args, &cluster.bootstrap, &topic, cluster.pids.clone());
-        w.client = cluster.client.clone();
-        create_topic(&w, rf)?;
-        let phases = peer_phases(args, &w);
-        if !cluster.running() {
-            return Err(format!(
-                "keel dev exited during the run; its log ({}) ends:\n{}",
-                cluster.log.display(),
-                cluster::log_tail(&cluster.log, 20)
-            ));
+    // (label, round, phases) in the order they ran.
+    let mut runs: Vec<(&str, u32, Vec<Phase>)> = Vec::new();
+    for round in 1..=args.security_rounds.max(1) {
+        let mut order = [("PLAINTEXT", false), ("SASL_SSL", true)];
+        if round % 2 == 0 {
+            order.reverse();
         }
-        cluster.stop();
-        runs.push((label, phases?));
+        for (label, secure) in order {
+            section(&format!(
+                "round {round}: keel: {}, {label}{}",
+                plural(usize::from(args.brokers), "broker"),
+                if secure {
+                    " (keel dev --secure: SCRAM-SHA-512, TLS between brokers)"
+                } else {
+                    ""
+                }
+            ));
+            let mut cluster = Managed::start_keel_dev(
+                &keel,
+                args.brokers,
+                args.port,
+                &data_dir
+                    .path
+                    .join(format!("{}-{round}", label.to_ascii_lowercase())),
+                &args.overrides,
+                secure,
+            )?;
+            let topic = format!("keel-bench-security-{started}");
+            println!(
+                "  {} on {}; topic {topic}: {} partitions, replication factor {rf}; {}-byte \
+                 records",
+                cluster.name, cluster.bootstrap, args.partitions, args.record_bytes
+            );
+            let mut w = workload(args, &cluster.bootstrap, &topic, cluster.pids.clone());
+            w.client = cluster.client.clone();
+            create_topic(&w, rf)?;
+            let phases = peer_phases(args, &w);
+            if !cluster.running() {
+                return Err(format!(
+                    "keel dev exited during the run; its log ({}) ends:\n{}",
+                    cluster.log.display(),
+                    cluster::log_tail(&cluster.log, 20)
+                ));
+            }
+            cluster.stop();
+            runs.push((label, round, phases?));
+        }
     }
     section(&format!(
         "results: {}, topic RF {rf}, {} partitions, {}-byte records",
@@ -679,20 +693,55 @@ fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), Stri
         args.partitions,
         args.record_bytes
     ));
-    for (label, phases) in &runs {
-        println!("  {label}:");
+    for (label, round, phases) in &runs {
+        println!("  round {round}, {label}:");
         phase_table(phases);
     }
-    let ratios: Vec<(String, f64)> = runs[1]
-        .1
+    // Each phase's records/s summed over the rounds, per cluster.
+    let total = |label: &str, name: &str| -> f64 {
+        runs.iter()
+            .filter(|(l, _, _)| *l == label)
+            .flat_map(|(_, _, phases)| phases.iter().filter(|p| p.name == name))
+            .map(Phase::records_per_s)
+            .sum()
+    };
+    let ratios: Vec<(String, f64)> = runs
         .iter()
-        .filter_map(|secure| {
-            let plain = runs[0].1.iter().find(|p| p.name == secure.name)?;
-            let rate = plain.records_per_s();
-            (rate > 0.0).then(|| (secure.name.clone(), secure.records_per_s() / rate))
+        .filter(|(label, _, _)| *label == "SASL_SSL")
+        .take(1)
+        .flat_map(|(_, _, phases)| phases.iter().map(|p| p.name.clone()))
+        .filter_map(|name| {
+            let plain = total("PLAINTEXT", &name);
+            (plain > 0.0).then(|| {
+                let secure = total("SASL_SSL", &name);
+                (name, secure / plain)
+            })
         })
         .collect();
-    section("SASL_SSL / PLAINTEXT records/s (issue 16 target: at least 0.7)");
+    for (label, round, phases) in &runs {
+        if *label != "SASL_SSL" {
+            continue;
+        }
+        let per_round: Vec<String> = phases
+            .iter()
+            .filter_map(|secure| {
+                let (_, _, plain) = runs
+                    .iter()
+                    .find(|(l, r, _)| *l == "PLAINTEXT" && r == round)?;
+                let rate = plain
+                    .iter()
+                    .find(|p| p.name == secure.name)?
+                    .records_per_s();
+                (rate > 0.0)
+                    .then(|| format!("{} {:.2}", secure.name, secure.records_per_s() / rate))
+            })
+            .collect();
+        println!("  round {round} ratios: {}", per_round.join(", "));
+    }
+    section(&format!(
+        "SASL_SSL / PLAINTEXT records/s over {} round(s) (issue 16 target: at least 0.7)",
+        args.security_rounds.max(1)
+    ));
     for (name, r) in &ratios {
         println!(
             "  {name:<18} {r:>6.2}  {}",
@@ -720,8 +769,20 @@ fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), Stri
             ("replication_factor", Json::Int(i64::from(rf))),
             ("partitions", Json::Int(i64::from(args.partitions))),
             ("record_bytes", Json::Int(args.record_bytes as i64)),
-            ("plaintext", phases(&runs[0].1)),
-            ("sasl_ssl", phases(&runs[1].1)),
+            (
+                "runs",
+                Json::Arr(
+                    runs.iter()
+                        .map(|(label, round, ps)| {
+                            Json::obj([
+                                ("listener", Json::str(*label)),
+                                ("round", Json::Int(i64::from(*round))),
+                                ("phases", phases(ps)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
             (
                 "ratios",
                 Json::Arr(
@@ -738,7 +799,7 @@ fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), Stri
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("JSON written to {}", path.display());
     }
-    if ratios.len() < runs[0].1.len() || ratios.iter().any(|(_, r)| *r < SECURITY_RATIO_MIN) {
+    if ratios.len() < runs[0].2.len() || ratios.iter().any(|(_, r)| *r < SECURITY_RATIO_MIN) {
         return Err(format!(
             "SASL_SSL throughput below {SECURITY_RATIO_MIN} of plaintext (or a phase missing)"
         ));
