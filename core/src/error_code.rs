@@ -86,6 +86,9 @@ error_codes! {
     INVALID_TIMESTAMP = 32;
     /// A SASL mechanism this broker does not offer.
     UNSUPPORTED_SASL_MECHANISM = 33;
+    /// The version of the API is not supported (keel: a transactional Produce v12+, which
+    /// assumes transaction version 2).
+    UNSUPPORTED_VERSION = 35;
     /// CreateTopics: a topic of that name exists.
     TOPIC_ALREADY_EXISTS = 36;
     /// An invalid partition count.
