@@ -11,6 +11,9 @@
 //! missing, `clients` FAILS the test and says so; `KEEL_SKIP_INTEROP=1` skips it instead (for
 //! quick local runs), printing that it was skipped.
 
+#[allow(dead_code)] // each test file uses its own part
+pub mod dev;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
