@@ -195,6 +195,8 @@ error_codes! {
     UNSUPPORTED_ENDPOINT_TYPE = 115;
     /// KIP-890: the transaction cannot go on (a partition was never added): abort it.
     TRANSACTION_ABORTABLE = 120;
+    /// ListTransactions v2: a transactional id pattern that is not a regular expression.
+    INVALID_REGULAR_EXPRESSION = 128;
 }
 
 /// Kafka's name of `code` (`"NOT_LEADER_OR_FOLLOWER"`), if this table has it.

@@ -265,10 +265,20 @@ fn requests(api: ApiKey, v: i16, round: usize, t_id: uuid::Uuid) -> Vec<RequestK
         ApiKey::ListTransactions => {
             let mut r = ListTransactionsRequest::default();
             r.state_filters = vec![s("Ongoing"), s("Nonsense")];
-            vec![
+            let mut requests = vec![
                 RequestKind::ListTransactions(ListTransactionsRequest::default()),
                 RequestKind::ListTransactions(r),
-            ]
+            ];
+            if v >= 2 {
+                // KIP-1152's pattern, and one that does not compile.
+                for pattern in ["txn-.*", "("] {
+                    requests.push(RequestKind::ListTransactions(
+                        ListTransactionsRequest::default()
+                            .with_transactional_id_pattern(Some(s(pattern))),
+                    ));
+                }
+            }
+            requests
         }
         ApiKey::CreateTopics => {
             let mut r = CreateTopicsRequest::default();
@@ -779,7 +789,8 @@ fn produce_by_id(id: uuid::Uuid, records: Bytes, transactional: bool) -> Request
 /// Produce v12+ (transaction version 2's implicit AddPartitionsToTxn, KIP-890 part 2) is
 /// refused with UNSUPPORTED_VERSION rather than treated as v11. OffsetCommit v9 with a
 /// generation to a group that does not exist is GROUP_ID_NOT_FOUND, below v9
-/// ILLEGAL_GENERATION (Kafka's `OffsetMetadataManager.validateOffsetCommit`).
+/// ILLEGAL_GENERATION (Kafka's `OffsetMetadataManager.validateOffsetCommit`). ListTransactions
+/// v2 lists the ids its pattern matches whole (KIP-1152).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_versions_keep_their_meaning() {
     let dir = tempfile::tempdir().unwrap();
@@ -947,4 +958,78 @@ async fn new_versions_keep_their_meaning() {
         };
         assert_eq!(code, want, "OffsetCommit v{v}");
     }
+
+    // Two transactional ids, then ListTransactions v2 by pattern.
+    call(
+        &broker,
+        ApiKey::FindCoordinator,
+        3,
+        RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default()
+                .with_key(s("tx-a"))
+                .with_key_type(1),
+        ),
+    )
+    .await;
+    for id in ["tx-a", "tx-ab", "tx-b"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(s(id))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let ResponseKind::InitProducerId(answer) = call(
+                &broker,
+                ApiKey::InitProducerId,
+                5,
+                RequestKind::InitProducerId(request),
+            )
+            .await
+            else {
+                panic!("not an InitProducerId answer");
+            };
+            if answer.error_code == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "InitProducerId {id}: {}",
+                answer.error_code
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let listed = |pattern: Option<&str>| {
+        RequestKind::ListTransactions(
+            ListTransactionsRequest::default().with_transactional_id_pattern(pattern.map(s)),
+        )
+    };
+    for (pattern, want) in [
+        (None, vec!["tx-a", "tx-ab", "tx-b"]),
+        (Some(""), vec!["tx-a", "tx-ab", "tx-b"]),
+        (Some("tx-a"), vec!["tx-a"]),
+        (Some("tx-a.*"), vec!["tx-a", "tx-ab"]),
+        (Some("b"), vec![]),
+    ] {
+        let ResponseKind::ListTransactions(r) =
+            call(&broker, ApiKey::ListTransactions, 2, listed(pattern)).await
+        else {
+            panic!("not a ListTransactions answer");
+        };
+        assert_eq!(r.error_code, 0);
+        let mut ids: Vec<String> = r
+            .transaction_states
+            .iter()
+            .map(|t| t.transactional_id.0.to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want, "pattern {pattern:?}");
+    }
+    let ResponseKind::ListTransactions(r) =
+        call(&broker, ApiKey::ListTransactions, 2, listed(Some("tx-("))).await
+    else {
+        panic!("not a ListTransactions answer");
+    };
+    assert_eq!(r.error_code, 128, "INVALID_REGULAR_EXPRESSION");
 }

@@ -114,7 +114,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::UnregisterBroker, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
-    row(ApiKey::ListTransactions, 0, 1),
+    row(ApiKey::ListTransactions, 0, 2),
     row(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
@@ -326,12 +326,11 @@ mod tests {
 
     /// The rows advertised below the highest request version kafka-protocol decodes, each for
     /// a reason docs/protocol.md gives ("Why these versions"): the transaction-version-2 bumps
-    /// (KIP-890 part 2) and ListTransactions v2 (a transactional id pattern, KIP-1152).
-    const HELD_BACK: [ApiKey; 4] = [
+    /// (KIP-890 part 2).
+    const HELD_BACK: [ApiKey; 3] = [
         ApiKey::AddPartitionsToTxn,
         ApiKey::EndTxn,
         ApiKey::TxnOffsetCommit,
-        ApiKey::ListTransactions,
     ];
 
     #[test]
