@@ -57,7 +57,7 @@ fn topic_id(t: &str, t_id: uuid::Uuid) -> uuid::Uuid {
     if t == "t" {
         t_id
     } else {
-        uuid::Uuid::from_u128(0x6d69_7373_696e_67)
+        uuid::Uuid::from_u128(0x006d_6973_7369_6e67)
     }
 }
 

@@ -192,6 +192,7 @@ impl Node {
         }
     }
 
+    #[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
     /// The same broker with `key=value` in its environment (`KEEL_LOG`, for one).
     pub fn with_env(mut self, key: &str, value: &str) -> Node {
         self.env.push((key.to_string(), value.to_string()));
@@ -457,10 +458,12 @@ impl Drop for Script {
     }
 }
 
+#[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
 /// The `KEEL_LOG` filter under which a broker logs one line per request with its API and
 /// version (`wire::server`, at debug level).
 pub const REQUEST_LOG_FILTER: &str = "info,keel_node::wire::server=debug";
 
+#[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
 /// The versions of `api` (its `ApiKey` name, e.g. "Fetch") requested in the broker log at
 /// `log`, which ran with [`REQUEST_LOG_FILTER`] and `NO_COLOR=1` (tracing's colours would
 /// split the fields): sorted, without repeats.
