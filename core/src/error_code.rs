@@ -86,6 +86,9 @@ error_codes! {
     INVALID_TIMESTAMP = 32;
     /// A SASL mechanism this broker does not offer.
     UNSUPPORTED_SASL_MECHANISM = 33;
+    /// The version of the API is not supported (keel: a transactional Produce v12+, which
+    /// assumes transaction version 2).
+    UNSUPPORTED_VERSION = 35;
     /// CreateTopics: a topic of that name exists.
     TOPIC_ALREADY_EXISTS = 36;
     /// An invalid partition count.
@@ -192,6 +195,8 @@ error_codes! {
     UNSUPPORTED_ENDPOINT_TYPE = 115;
     /// KIP-890: the transaction cannot go on (a partition was never added): abort it.
     TRANSACTION_ABORTABLE = 120;
+    /// ListTransactions v2: a transactional id pattern that is not a regular expression.
+    INVALID_REGULAR_EXPRESSION = 128;
 }
 
 /// Kafka's name of `code` (`"NOT_LEADER_OR_FOLLOWER"`), if this table has it.

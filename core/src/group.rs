@@ -2469,8 +2469,10 @@ impl GroupCoordinator {
     }
 
     /// OffsetCommit (Kafka's `handleCommitOffsets`). A commit with generation -1 to a group
-    /// that does not exist creates it (a group outside group management). The answer is held
-    /// until the commit's records are durable; the offsets become visible then too.
+    /// that does not exist creates it (a group outside group management); with a generation of
+    /// 0 or more it is GROUP_ID_NOT_FOUND, which the shell answers as ILLEGAL_GENERATION to
+    /// OffsetCommit below v9 (Kafka's `OffsetMetadataManager.validateOffsetCommit`). The answer
+    /// is held until the commit's records are durable; the offsets become visible then too.
     pub fn handle_offset_commit(
         &mut self,
         now_ms: i64,
@@ -2483,7 +2485,7 @@ impl GroupCoordinator {
                     partitions: req
                         .partitions
                         .iter()
-                        .map(|p| (p.partition.clone(), code::ILLEGAL_GENERATION))
+                        .map(|p| (p.partition.clone(), code::GROUP_ID_NOT_FOUND))
                         .collect(),
                 });
             }

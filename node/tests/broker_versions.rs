@@ -51,8 +51,19 @@ fn batch() -> Bytes {
         .into_bytes()
 }
 
-/// Every request variant the test sends for one API at one version.
-fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
+/// The id a request names topic `t` by from Produce v13 and Fetch v13 (KIP-516): the success
+/// topic's real id, and for "missing" an id no topic has.
+fn topic_id(t: &str, t_id: uuid::Uuid) -> uuid::Uuid {
+    if t == "t" {
+        t_id
+    } else {
+        uuid::Uuid::from_u128(0x006d_6973_7369_6e67)
+    }
+}
+
+/// Every request variant the test sends for one API at one version; `t_id` is the id of the
+/// success topic "t".
+fn requests(api: ApiKey, v: i16, round: usize, t_id: uuid::Uuid) -> Vec<RequestKind> {
     let topics = ["t", "missing"];
     match api {
         ApiKey::Metadata => {
@@ -75,11 +86,16 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                     let mut r = ProduceRequest::default();
                     r.acks = acks;
                     r.timeout_ms = 5000;
-                    r.topic_data = vec![TopicProduceData::default()
-                        .with_name(name(t))
-                        .with_partition_data(vec![PartitionProduceData::default()
+                    let data = if v >= 13 {
+                        TopicProduceData::default().with_topic_id(topic_id(t, t_id))
+                    } else {
+                        TopicProduceData::default().with_name(name(t))
+                    };
+                    r.topic_data = vec![data.with_partition_data(vec![
+                        PartitionProduceData::default()
                             .with_index(0)
-                            .with_records(Some(batch()))])];
+                            .with_records(Some(batch())),
+                    ])];
                     RequestKind::Produce(r)
                 })
             })
@@ -88,11 +104,14 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                 let mut r = ProduceRequest::default();
                 r.acks = 1;
                 r.timeout_ms = 1000;
-                r.topic_data = vec![TopicProduceData::default()
-                    .with_name(name("t"))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(Bytes::from_static(b"garbage")))])];
+                let data = if v >= 13 {
+                    TopicProduceData::default().with_topic_id(t_id)
+                } else {
+                    TopicProduceData::default().with_name(name("t"))
+                };
+                r.topic_data = vec![data.with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from_static(b"garbage")))])];
                 RequestKind::Produce(r)
             }))
             .collect(),
@@ -105,8 +124,12 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                 r.topics = topics
                     .iter()
                     .map(|t| {
-                        FetchTopic::default()
-                            .with_topic(name(t))
+                        let topic = if v >= 13 {
+                            FetchTopic::default().with_topic_id(topic_id(t, t_id))
+                        } else {
+                            FetchTopic::default().with_topic(name(t))
+                        };
+                        topic
                             .with_partitions(vec![FetchPartition::default()
                                 .with_partition(0)
                                 .with_fetch_offset(offset)
@@ -242,10 +265,20 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
         ApiKey::ListTransactions => {
             let mut r = ListTransactionsRequest::default();
             r.state_filters = vec![s("Ongoing"), s("Nonsense")];
-            vec![
+            let mut requests = vec![
                 RequestKind::ListTransactions(ListTransactionsRequest::default()),
                 RequestKind::ListTransactions(r),
-            ]
+            ];
+            if v >= 2 {
+                // KIP-1152's pattern, and one that does not compile.
+                for pattern in ["txn-.*", "("] {
+                    requests.push(RequestKind::ListTransactions(
+                        ListTransactionsRequest::default()
+                            .with_transactional_id_pattern(Some(s(pattern))),
+                    ));
+                }
+            }
+            requests
         }
         ApiKey::CreateTopics => {
             let mut r = CreateTopicsRequest::default();
@@ -629,13 +662,12 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_response_encodes_at_every_advertised_version() {
-    let dir = tempfile::tempdir().unwrap();
+/// A single broker in `dir` with the success topic "t" (one partition).
+async fn broker_with_topic_t(dir: &std::path::Path) -> Arc<Broker> {
     let broker: Arc<Broker> = Broker::open(
         Settings {
             node_id: 1,
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             auto_create_topics: true,
@@ -644,13 +676,12 @@ async fn every_response_encodes_at_every_advertised_version() {
                 replication_factor: 1,
             },
             topic_config_defaults: Default::default(),
-            ..Settings::single(1, dir.path().to_path_buf())
+            ..Settings::single(1, dir.to_path_buf())
         },
         Arc::new(keel_node::metrics::Metrics::new()),
     )
     .await
     .unwrap();
-    // The success topic.
     let mut create = CreateTopicsRequest::default();
     create.topics = vec![CreatableTopic::default()
         .with_name(name("t"))
@@ -664,12 +695,37 @@ async fn every_response_encodes_at_every_advertised_version() {
         )
         .await
         .unwrap();
+    broker
+}
+
+/// The id of `topic`, from Metadata v12.
+async fn topic_id_of(broker: &Arc<Broker>, topic: &str) -> uuid::Uuid {
+    let request = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(name(topic))),
+    ]));
+    let Ok(Some(ResponseKind::Metadata(r))) = broker
+        .clone()
+        .handle(ctx(ApiKey::Metadata, 12), RequestKind::Metadata(request))
+        .await
+    else {
+        panic!("no Metadata answer");
+    };
+    let id = r.topics[0].topic_id;
+    assert!(!id.is_nil(), "{topic} has an id");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_encodes_at_every_advertised_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_topic_t(dir.path()).await;
+    let t_id = topic_id_of(&broker, "t").await;
 
     let mut checked = BTreeMap::new();
     for (round, row) in API_SUPPORT_TABLE.iter().enumerate() {
         let api = row.api_key;
         for v in row.min_implemented..=row.max_advertised {
-            for request in requests(api, v, round * 100 + v as usize) {
+            for request in requests(api, v, round * 100 + v as usize, t_id) {
                 let response = broker
                     .clone()
                     .handle(ctx(api, v), request)
@@ -693,4 +749,287 @@ async fn every_response_encodes_at_every_advertised_version() {
             "{api} was not exercised: {checked:?}"
         );
     }
+}
+
+/// Sends `request` at `version` and returns the answer, checked to encode at that version.
+async fn call(
+    broker: &Arc<Broker>,
+    api: ApiKey,
+    version: i16,
+    request: RequestKind,
+) -> ResponseKind {
+    let response = broker
+        .clone()
+        .handle(ctx(api, version), request)
+        .await
+        .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
+        .unwrap_or_else(|| panic!("{api:?} v{version}: no answer"));
+    encode_response(7, api, version, &response)
+        .unwrap_or_else(|e| panic!("{api:?} v{version} does not encode: {e}"));
+    response
+}
+
+fn produce_by_id(id: uuid::Uuid, records: Bytes, transactional: bool) -> RequestKind {
+    let mut r = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_topic_id(id)
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    if transactional {
+        r.transactional_id = Some(TransactionalId(s("txn")));
+    }
+    RequestKind::Produce(r)
+}
+
+/// Produce v13 and Fetch v13 name topics by id (KIP-516): a known id is written and read back
+/// and answered by id; an id no topic has is UNKNOWN_TOPIC_ID, echoed back. A transactional
+/// Produce v12+ (transaction version 2's implicit AddPartitionsToTxn, KIP-890 part 2) is
+/// refused with UNSUPPORTED_VERSION rather than treated as v11. OffsetCommit v9 with a
+/// generation to a group that does not exist is GROUP_ID_NOT_FOUND, below v9
+/// ILLEGAL_GENERATION (Kafka's `OffsetMetadataManager.validateOffsetCommit`). ListTransactions
+/// v2 lists the ids its pattern matches whole (KIP-1152).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_versions_keep_their_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_topic_t(dir.path()).await;
+    let t_id = topic_id_of(&broker, "t").await;
+    let unknown = topic_id("missing", t_id);
+
+    for v in [13, 12, 11] {
+        let request = if v >= 13 {
+            produce_by_id(t_id, batch(), false)
+        } else {
+            let mut r = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000);
+            r.topic_data = vec![TopicProduceData::default()
+                .with_name(name("t"))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch()))])];
+            RequestKind::Produce(r)
+        };
+        let ResponseKind::Produce(r) = call(&broker, ApiKey::Produce, v, request).await else {
+            panic!("not a Produce answer");
+        };
+        let topic = &r.responses[0];
+        if v >= 13 {
+            assert_eq!((topic.topic_id, topic.name.0.as_str()), (t_id, ""));
+        } else {
+            assert_eq!(
+                (topic.topic_id, topic.name.0.as_str()),
+                (uuid::Uuid::nil(), "t")
+            );
+        }
+        let p = &topic.partition_responses[0];
+        assert_eq!(p.error_code, 0, "Produce v{v}: {:?}", p.error_message);
+        assert_eq!(p.base_offset, i64::from(13 - v), "Produce v{v}");
+    }
+
+    let ResponseKind::Produce(r) = call(
+        &broker,
+        ApiKey::Produce,
+        13,
+        produce_by_id(unknown, batch(), false),
+    )
+    .await
+    else {
+        panic!("not a Produce answer");
+    };
+    assert_eq!(r.responses[0].topic_id, unknown);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 100); // UNKNOWN_TOPIC_ID
+
+    let txn_batch = BatchBuilder::new(Compression::None)
+        .transactional(keel_core::ProducerId(7), 0)
+        .record(1000, Some(b"k"), Some(b"v"))
+        .build()
+        .unwrap()
+        .into_bytes();
+    for v in [12, 13] {
+        let request = if v >= 13 {
+            produce_by_id(t_id, txn_batch.clone(), true)
+        } else {
+            let mut r = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000);
+            r.transactional_id = Some(TransactionalId(s("txn")));
+            r.topic_data = vec![TopicProduceData::default()
+                .with_name(name("t"))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(txn_batch.clone()))])];
+            RequestKind::Produce(r)
+        };
+        let ResponseKind::Produce(r) = call(&broker, ApiKey::Produce, v, request).await else {
+            panic!("not a Produce answer");
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 35, "transactional Produce v{v}"); // UNSUPPORTED_VERSION
+        assert!(
+            p.error_message
+                .as_ref()
+                .is_some_and(|m| m.contains("transaction version 2")),
+            "{:?}",
+            p.error_message
+        );
+    }
+
+    // Fetch v13 by id reads back the three records written above; an unknown id is
+    // UNKNOWN_TOPIC_ID.
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(
+            [t_id, unknown]
+                .iter()
+                .map(|&id| {
+                    FetchTopic::default()
+                        .with_topic_id(id)
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)])
+                })
+                .collect(),
+        );
+    let ResponseKind::Fetch(r) = call(&broker, ApiKey::Fetch, 18, RequestKind::Fetch(fetch)).await
+    else {
+        panic!("not a Fetch answer");
+    };
+    assert_eq!(r.responses[0].topic_id, t_id);
+    let read = &r.responses[0].partitions[0];
+    assert_eq!((read.error_code, read.high_watermark), (0, 3));
+    let records = read.records.clone().unwrap_or_default();
+    let mut offset = 0usize;
+    let mut batches = 0;
+    while let Ok(Some(b)) = keel_core::batch::Batch::parse_prefix(&records.slice(offset..)) {
+        offset += b.size();
+        batches += 1;
+    }
+    assert_eq!(batches, 3, "three batches read back by topic id");
+    assert_eq!(r.responses[1].topic_id, unknown);
+    assert_eq!(r.responses[1].partitions[0].error_code, 100);
+
+    // OffsetCommit with a generation to a group that does not exist, once the group
+    // coordinator is up (FindCoordinator creates __consumer_offsets).
+    call(
+        &broker,
+        ApiKey::FindCoordinator,
+        3,
+        RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default().with_key(s("no-such-group")),
+        ),
+    )
+    .await;
+    for (v, want) in [(9, 69), (8, 22)] {
+        // 69 GROUP_ID_NOT_FOUND, 22 ILLEGAL_GENERATION
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = GroupId(s("no-such-group"));
+        r.generation_id_or_member_epoch = 3;
+        r.member_id = s("m");
+        r.topics = vec![offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(name("t"))
+            .with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_committed_offset(1),
+            ])];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let code = loop {
+            let ResponseKind::OffsetCommit(answer) = call(
+                &broker,
+                ApiKey::OffsetCommit,
+                v,
+                RequestKind::OffsetCommit(r.clone()),
+            )
+            .await
+            else {
+                panic!("not an OffsetCommit answer");
+            };
+            let code = answer.topics[0].partitions[0].error_code;
+            // 14 COORDINATOR_LOAD_IN_PROGRESS, 15 COORDINATOR_NOT_AVAILABLE, 16 NOT_COORDINATOR:
+            // the offsets partition is still being created or loaded.
+            if !matches!(code, 14..=16) || std::time::Instant::now() > deadline {
+                break code;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(code, want, "OffsetCommit v{v}");
+    }
+
+    // Two transactional ids, then ListTransactions v2 by pattern.
+    call(
+        &broker,
+        ApiKey::FindCoordinator,
+        3,
+        RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default()
+                .with_key(s("tx-a"))
+                .with_key_type(1),
+        ),
+    )
+    .await;
+    for id in ["tx-a", "tx-ab", "tx-b"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(s(id))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let ResponseKind::InitProducerId(answer) = call(
+                &broker,
+                ApiKey::InitProducerId,
+                5,
+                RequestKind::InitProducerId(request),
+            )
+            .await
+            else {
+                panic!("not an InitProducerId answer");
+            };
+            if answer.error_code == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "InitProducerId {id}: {}",
+                answer.error_code
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let listed = |pattern: Option<&str>| {
+        RequestKind::ListTransactions(
+            ListTransactionsRequest::default().with_transactional_id_pattern(pattern.map(s)),
+        )
+    };
+    for (pattern, want) in [
+        (None, vec!["tx-a", "tx-ab", "tx-b"]),
+        (Some(""), vec!["tx-a", "tx-ab", "tx-b"]),
+        (Some("tx-a"), vec!["tx-a"]),
+        (Some("tx-a.*"), vec!["tx-a", "tx-ab"]),
+        (Some("b"), vec![]),
+    ] {
+        let ResponseKind::ListTransactions(r) =
+            call(&broker, ApiKey::ListTransactions, 2, listed(pattern)).await
+        else {
+            panic!("not a ListTransactions answer");
+        };
+        assert_eq!(r.error_code, 0);
+        let mut ids: Vec<String> = r
+            .transaction_states
+            .iter()
+            .map(|t| t.transactional_id.0.to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want, "pattern {pattern:?}");
+    }
+    let ResponseKind::ListTransactions(r) =
+        call(&broker, ApiKey::ListTransactions, 2, listed(Some("tx-("))).await
+    else {
+        panic!("not a ListTransactions answer");
+    };
+    assert_eq!(r.error_code, 128, "INVALID_REGULAR_EXPRESSION");
 }

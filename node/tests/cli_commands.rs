@@ -5,52 +5,26 @@
 //!
 //! One cluster serves every test of this file: started by the first test that needs it, on
 //! free ports below the ephemeral range, with its data under cargo's target tmp directory
-//! (cleared at the next start). It is spawned from a thread that lives as long as the test
-//! process, with PR_SET_PDEATHSIG, so it dies with the test process however that ends, and
-//! `keel dev` takes its brokers with it (their own PR_SET_PDEATHSIG). Each test uses topics
-//! and groups of its own, so the tests may run in parallel.
+//! (cleared at the next start); it dies with the test process however that ends
+//! (`common::dev`). Each test uses topics and groups of its own, so the tests may run in
+//! parallel.
 //!
 //! The kcat test needs Debian's kcat (`.ci/clients.sh`); it FAILS if kcat is missing and is
 //! skipped with KEEL_SKIP_INTEROP=1, as `interop.rs`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// How long `keel dev` has to report three brokers ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest one CLI command may run in these tests.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn keel_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_keel")
-}
-
-/// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free: `keel dev`'s client,
-/// peer and metrics ports for three brokers.
-fn free_port_range() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
-    for _ in 0..200 {
-        let ports = (0..3).flat_map(|i| (0..3).map(move |k| candidate + k * 100 + i));
-        let held: Result<Vec<TcpListener>, _> =
-            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.is_ok() {
-            return candidate;
-        }
-        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
-    }
-    panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
-}
+use common::dev::{finish, free_port_range, spawn_dev, Run};
+use common::keel_bin;
 
 /// The shared cluster: its bootstrap servers.
 struct Cluster {
@@ -61,158 +35,30 @@ struct Cluster {
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let port = free_port_range();
+        let port = free_port_range(3);
         let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-commands-dev");
         let _ = std::fs::remove_dir_all(&data_dir);
-        let (tx, rx) = mpsc::channel();
-        // The spawning thread never ends, so PR_SET_PDEATHSIG fires only when the process does.
-        thread::spawn(move || {
-            let mut command = Command::new(keel_bin());
-            command
-                .args(["dev", "--brokers", "3", "--port", &port.to_string()])
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = command.spawn().expect("spawn keel dev");
-            let stdout = child.stdout.take().expect("piped stdout");
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-            let _ = child.wait();
-            loop {
-                thread::park();
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("bootstrap servers: ") => {
-                    let bootstrap = line["bootstrap servers: ".len()..].trim().to_string();
-                    return Cluster { bootstrap };
-                }
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("keel dev was not ready ({e}); it printed {seen:?}"),
-            }
-        }
+        let args = vec![
+            "--brokers".into(),
+            "3".into(),
+            "--port".into(),
+            port.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        let bootstrap = spawn_dev(
+            args,
+            Stdio::null(),
+            "keel dev: 3 brokers ready",
+            String::new,
+        );
+        Cluster { bootstrap }
     })
-}
-
-/// What one command did.
-struct Run {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts success; the stdout.
-    fn ok(&self, what: &str) -> &str {
-        assert_eq!(
-            self.status,
-            Some(0),
-            "{what} failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Asserts the failure the CLI promises: exit `code`, nothing on stdout but what came
-    /// before, one line on stderr containing `needle`, no panic.
-    fn fails(&self, code: i32, needle: &str, what: &str) {
-        assert_eq!(
-            self.status,
-            Some(code),
-            "{what}: want exit {code}\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{what}: want one stderr line, got {:?}",
-            lines
-        );
-        assert!(
-            lines[0].contains(needle),
-            "{what}: stderr {:?} does not name {needle:?}",
-            lines[0]
-        );
-        assert!(!self.stderr.contains("panicked"), "{what}: {}", self.stderr);
-    }
-
-    fn json(&self, what: &str) -> serde_json::Value {
-        serde_json::from_str(self.ok(what))
-            .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
-
-/// Waits (bounded) for `child`; SIGKILLs it if it outlives COMMAND_TIMEOUT.
-fn finish(mut child: Child, what: &str) -> Run {
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
 }
 
 /// Runs `keel ARGS` against the shared cluster (KEEL_BROKERS) with `stdin`.
 fn keel_with_input(args: &[&str], stdin: &str) -> Run {
-    let what = format!("keel {}", args.join(" "));
-    let mut child = Command::new(keel_bin())
-        .args(args)
-        .env("KEEL_BROKERS", &cluster().bootstrap)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let mut pipe = child.stdin.take().expect("piped");
-    let input = stdin.to_string();
-    let writer = thread::spawn(move || {
-        let _ = pipe.write_all(input.as_bytes());
-    });
-    let run = finish(child, &what);
-    let _ = writer.join();
-    run
+    common::dev::keel(&cluster().bootstrap, args, stdin)
 }
 
 fn keel(args: &[&str]) -> Run {
@@ -385,7 +231,7 @@ fn topic_commands_refuse_bad_input_in_one_line() {
 #[test]
 fn an_unreachable_cluster_fails_within_the_timeout_in_one_line() {
     // A port nobody listens on: connection refused at once.
-    let refused = free_port_range();
+    let refused = free_port_range(1);
     let started = Instant::now();
     let run = finish(
         Command::new(keel_bin())
@@ -571,6 +417,106 @@ fn produce_and_consume_refuse_bad_input_in_one_line() {
     );
     keel(&["consume", "cli-bad-input", "-p", "7"]).fails(2, "no partition 7", "a bad partition");
     keel(&["consume", "cli-bad-input", "-f", "%q"]).fails(2, "unknown field %q", "a bad format");
+}
+
+/// Bad input to the cluster options, `keel produce`'s options, `keel consume`'s template and
+/// `keel group reset-offsets`, and an unreachable cluster for every command that reads or
+/// writes: one line naming the problem, exit 2 for bad input and 1 for a failure (docs/cli.md,
+/// "Errors").
+#[test]
+fn every_command_refuses_bad_input_and_an_unreachable_cluster_in_one_line() {
+    create_topic("cli-bad-more", 1);
+    // A closed port: connection refused at once.
+    let nobody = format!("127.0.0.1:{}", free_port_range(1));
+    let unreachable: [&[&str]; 8] = [
+        &["produce", "cli-bad-more"],
+        &["consume", "cli-bad-more"],
+        &["topic", "describe", "cli-bad-more"],
+        &["group", "list"],
+        &["group", "lag", "cli-bad-g"],
+        &["partitions", "reassignments"],
+        &["leaders", "elect"],
+        &["broker", "decommission", "3"],
+    ];
+    for args in unreachable {
+        let mut args = args.to_vec();
+        args.extend(["--brokers", &nobody]);
+        keel_with_input(&args, "x\n").fails(
+            1,
+            "cannot reach broker",
+            &format!("keel {}", args.join(" ")),
+        );
+    }
+
+    keel(&["topic", "list", "--timeout", "0"]).fails(2, "--timeout 0", "a zero --timeout");
+    keel(&["topic", "list", "--brokers", ""]).fails(2, "--brokers is empty", "empty --brokers");
+
+    keel(&["produce", "cli-bad-more", "--file", "/nonexistent/records"]).fails(
+        2,
+        "cannot open --file /nonexistent/records",
+        "a --file that does not exist",
+    );
+    keel_with_input(&["produce", "cli-bad-more", "-K", ""], "a\n").fails(
+        2,
+        "--key-delimiter is empty",
+        "an empty key delimiter",
+    );
+    keel_with_input(&["produce", "cli-bad-more", "-p", "5"], "a\n").fails(
+        2,
+        "has no partition 5",
+        "produce to a partition that does not exist",
+    );
+    keel(&["consume", "cli-bad-more", "-f", "%v\\q"]).fails(
+        2,
+        "unknown escape",
+        "a template with an unknown escape",
+    );
+
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-bad-g",
+        "-t",
+        "cli-no-such-topic",
+        "--to",
+        "earliest",
+    ])
+    .fails(
+        1,
+        "UNKNOWN_TOPIC_OR_PARTITION",
+        "reset-offsets of a missing topic",
+    );
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-bad-g",
+        "-t",
+        "cli-bad-more",
+        "--to",
+        "earliest",
+        "-p",
+        "3",
+    ])
+    .fails(
+        2,
+        "has no partition 3",
+        "reset-offsets of a missing partition",
+    );
+    keel(&[
+        "group",
+        "reset-offsets",
+        "cli-bad-g",
+        "-t",
+        "cli-bad-more",
+        "--to",
+        "99",
+    ])
+    .fails(2, "--to 99 is outside", "reset-offsets past the end");
+    keel(&["group", "describe", "cli-no-such-group"]).fails(
+        1,
+        "GROUP_ID_NOT_FOUND",
+        "describe of a group that does not exist",
+    );
 }
 
 /// `keel produce --file` of a large input, and `keel consume --follow` printing records as

@@ -7,13 +7,18 @@
 //! The test owns every process: `keel dev` is SIGKILLed by a guard if the test panics, and its
 //! brokers die with it (their PR_SET_PDEATHSIG).
 
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use common::dev::free_port_range;
+use common::keel_bin;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Fenced after 3 s of silence, so the partition gets a new leader quickly.
@@ -21,29 +26,6 @@ const FAST_FAILOVER: [&str; 2] = [
     "broker.session.timeout.ms=3000",
     "broker.heartbeat.interval.ms=500",
 ];
-
-fn keel_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_keel")
-}
-
-/// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free.
-fn free_port_range() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
-    for _ in 0..200 {
-        let ports = (0..3).flat_map(|i| (0..3).map(move |k| candidate + k * 100 + i));
-        let held: Result<Vec<TcpListener>, _> =
-            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.is_ok() {
-            return candidate;
-        }
-        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
-    }
-    panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
-}
 
 /// A child SIGKILLed and reaped when dropped.
 struct Guard(Child);
@@ -123,7 +105,7 @@ fn collect(rx: &Receiver<String>, seen: &mut BTreeSet<String>, want: usize, time
 
 #[test]
 fn consume_follow_and_produce_carry_on_when_the_leader_is_killed() {
-    let port = free_port_range();
+    let port = free_port_range(3);
     let data_dir = tempfile::tempdir().expect("tempdir");
     let mut command = Command::new(keel_bin());
     command

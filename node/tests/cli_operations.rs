@@ -6,180 +6,27 @@
 //! generated plan printed, a plan file run, progress listed, leaders elected, broker 4
 //! decommissioned, and the refusals a decommission owes.
 //!
-//! Both `keel dev` processes are spawned from threads that live as long as the test process,
-//! with PR_SET_PDEATHSIG, so they die with it however it ends, and take their brokers along.
+//! Both `keel dev` processes die with the test process however it ends, and take their brokers
+//! along (`common::dev`).
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// How long `keel dev` has to report its brokers ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest one CLI command may run in this test.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+use common::dev::{free_port_range, spawn_dev, Run};
 
-fn keel_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_keel")
-}
-
-/// A port P such that P..P+3, P+100..P+103 and P+200..P+203 are free: four brokers' client,
-/// peer and metrics ports.
-fn free_port_range() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
-    for _ in 0..200 {
-        let ports = (0..4).flat_map(|i| (0..3).map(move |k| candidate + k * 100 + i));
-        let held: Result<Vec<TcpListener>, _> =
-            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.is_ok() {
-            return candidate;
-        }
-        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
-    }
-    panic!("no free range of 4 x 3 ports in 20000..29300 after 200 tries");
-}
-
-/// Spawns `keel dev ARGS` for the life of the test process; returns once its stdout printed
-/// `ready` (the line after it that names the bootstrap servers is returned).
+/// Spawns `keel dev ARGS` for the life of the test process; its bootstrap servers once its
+/// stdout printed `ready`.
 fn dev(args: Vec<String>, ready: &str) -> String {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut command = Command::new(keel_bin());
-        command
-            .arg("dev")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("spawn keel dev");
-        let stdout = child.stdout.take().expect("piped stdout");
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-        let _ = child.wait();
-        loop {
-            thread::park();
-        }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut seen = Vec::new();
-    let mut was_ready = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with(ready) => was_ready = true,
-            Ok(line) if was_ready && line.starts_with("bootstrap servers: ") => {
-                return line["bootstrap servers: ".len()..].trim().to_string();
-            }
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("keel dev was not ready ({e}); it printed {seen:?}"),
-        }
-    }
-}
-
-/// What one command did.
-struct Run {
-    status: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self, what: &str) -> &str {
-        assert_eq!(
-            self.status,
-            Some(0),
-            "{what} failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(!self.stderr.contains("panicked"), "{what}: {}", self.stderr);
-        &self.stdout
-    }
-
-    /// Exit `code`, a last stderr line containing `needle`, no panic.
-    fn fails(&self, code: i32, needle: &str, what: &str) {
-        assert_eq!(
-            self.status,
-            Some(code),
-            "{what}: want exit {code}\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "{what}: stderr {:?} does not name {needle:?}",
-            self.stderr
-        );
-        assert!(!self.stderr.contains("panicked"), "{what}: {}", self.stderr);
-    }
-
-    fn json(&self, what: &str) -> serde_json::Value {
-        serde_json::from_str(self.ok(what))
-            .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
-
-fn finish(mut child: Child, what: &str) -> Run {
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    spawn_dev(args, Stdio::null(), ready, String::new)
 }
 
 fn keel(bootstrap: &str, args: &[&str]) -> Run {
-    let what = format!("keel {}", args.join(" "));
-    let child = Command::new(keel_bin())
-        .args(args)
-        .env("KEEL_BROKERS", bootstrap)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    finish(child, &what)
+    common::dev::keel(bootstrap, args, "")
 }
 
 /// `keel topic describe TOPIC -o json`'s partitions: (replicas, isr, leader).
@@ -216,7 +63,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// (ElectLeaders), KIP-631 (UnregisterBroker); kafka-reassign-partitions.sh's plan format.
 #[test]
 fn operations_add_move_elect_and_decommission_against_keel_dev() {
-    let port = free_port_range();
+    let port = free_port_range(4);
     let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-operations-dev");
     let _ = std::fs::remove_dir_all(&data_dir);
     let layout: Vec<String> = [
@@ -271,7 +118,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         b,
         &["partitions", "reassign", "--plan", bad.to_str().unwrap()],
     )
-    .fails(2, "--plan", "a plan that is not JSON");
+    .fails_naming(2, "--plan", "a plan that is not JSON");
     let twice = write(
         plan_dir.path(),
         "twice.json",
@@ -282,7 +129,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         b,
         &["partitions", "reassign", "--plan", twice.to_str().unwrap()],
     )
-    .fails(2, "twice", "a partition twice in the plan");
+    .fails_naming(2, "twice", "a partition twice in the plan");
     for (name, plan, error) in [
         (
             "unknown",
@@ -315,9 +162,9 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
             b,
             &["partitions", "reassign", "--plan", path.to_str().unwrap()],
         )
-        .fails(1, error, name);
+        .fails_naming(1, error, name);
     }
-    keel(b, &["partitions", "reassign", "--generate"]).fails(
+    keel(b, &["partitions", "reassign", "--generate"]).fails_naming(
         2,
         "--broker-ids",
         "--generate without brokers",
@@ -332,7 +179,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
             "1,9",
         ],
     )
-    .fails(
+    .fails_naming(
         1,
         "broker 9 is not among",
         "--generate onto an unknown broker",
@@ -349,7 +196,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
             "ops",
         ],
     )
-    .fails(1, "only 2 brokers", "--generate onto too few brokers");
+    .fails_naming(1, "only 2 brokers", "--generate onto too few brokers");
     assert_eq!(replicas(b, "ops"), before, "refusals changed nothing");
 
     // --- a generated plan, printed only ---------------------------------------------------
@@ -429,7 +276,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         keel(b, &["partitions", "reassignments", "-o", "json"]).json("reassignments json"),
         serde_json::json!([])
     );
-    keel(b, &["partitions", "reassignments", "-t", "nope"]).fails(
+    keel(b, &["partitions", "reassignments", "-t", "nope"]).fails_naming(
         1,
         "UNKNOWN_TOPIC_OR_PARTITION",
         "reassignments of an unknown topic",
@@ -473,7 +320,7 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
         "the data-loss warning: {}",
         unclean.stderr
     );
-    keel(b, &["leaders", "elect", "-t", "nope"]).fails(
+    keel(b, &["leaders", "elect", "-t", "nope"]).fails_naming(
         1,
         "UNKNOWN_TOPIC_OR_PARTITION",
         "elect on an unknown topic",
@@ -501,13 +348,13 @@ fn operations_add_move_elect_and_decommission_against_keel_dev() {
             .any(|x| x["id"] == 4),
         "broker 4 unregistered: {d}"
     );
-    keel(b, &["broker", "decommission", "4"]).fails(
+    keel(b, &["broker", "decommission", "4"]).fails_naming(
         1,
         "BROKER_ID_NOT_REGISTERED",
         "decommissioning it again",
     );
     // Three brokers left and three replicas per partition: no broker can go.
-    keel(b, &["broker", "decommission", "1"]).fails(
+    keel(b, &["broker", "decommission", "1"]).fails_naming(
         1,
         "cannot move every replica off broker 1",
         "decommissioning below the replication factor",

@@ -15,9 +15,9 @@
 //! client's row promises. The two Rust clients run in this process.
 //!
 //! The cluster is started by the first test that needs it (free ports below the ephemeral range,
-//! data and log under cargo's target tmp directory, cleared at the next start) from a thread
-//! that lives as long as the test process, with PR_SET_PDEATHSIG, so it dies with the test
-//! process however that ends. Each client uses topics and groups of its own.
+//! data and log under cargo's target tmp directory, cleared at the next start); it dies with
+//! the test process however that ends (`common::dev`). Each client uses topics and groups of
+//! its own.
 //!
 //! The clients come from `.ci/clients.sh`; the tests FAIL if they are missing, and
 //! `KEEL_SKIP_INTEROP=1` skips the ones that need installed clients (the Rust clients are
@@ -29,19 +29,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, OnceLock};
-use std::thread;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{clients, keel_bin, repo_root, tail, BrokerLogs, Script};
+use common::dev::{free_port_range, spawn_dev};
+use common::{clients, repo_root, tail, BrokerLogs, Script};
 
-/// How long `keel dev` has to report three brokers ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The longest one client's scenario may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 /// Partitions and replication factor of every topic the matrix creates.
@@ -53,26 +50,6 @@ const RECORDS: usize = 30;
 const MODULES: &str = "confluent_kafka, kafka, aiokafka";
 /// Every capability a full client row checks.
 const ALL: &[&str] = &["admin", "produce", "consume", "group", "transactions"];
-
-/// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free: `keel dev`'s client,
-/// peer and metrics ports for three brokers.
-fn free_port_range() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
-    for _ in 0..200 {
-        let ports = (0..3).flat_map(|i| (0..3).map(move |k| candidate + k * 100 + i));
-        let held: Result<Vec<TcpListener>, _> =
-            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.is_ok() {
-            return candidate;
-        }
-        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
-    }
-    panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
-}
 
 /// The shared cluster.
 struct Cluster {
@@ -94,60 +71,31 @@ impl BrokerLogs for Cluster {
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let port = free_port_range();
+        let port = free_port_range(3);
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let data_dir = tmp.join("client-matrix-dev");
         let log = tmp.join("client-matrix-dev.log");
         let _ = std::fs::remove_dir_all(&data_dir);
         let stderr = std::fs::File::create(&log).expect("keel dev log file");
-        let (tx, rx) = mpsc::channel();
-        // The spawning thread never ends, so PR_SET_PDEATHSIG fires only when the process does.
-        thread::spawn(move || {
-            let mut command = Command::new(keel_bin());
-            command
-                .args(["dev", "--brokers", "3", "--port", &port.to_string()])
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(stderr);
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = command.spawn().expect("spawn keel dev");
-            let stdout = child.stdout.take().expect("piped stdout");
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-            let _ = child.wait();
-            loop {
-                thread::park();
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("bootstrap servers: ") => {
-                    let bootstrap = line["bootstrap servers: ".len()..].trim().to_string();
-                    return Cluster {
-                        bootstrap,
-                        port,
-                        log,
-                    };
-                }
-                Ok(line) => seen.push(line),
-                Err(e) => panic!(
-                    "keel dev was not ready ({e}); it printed {seen:?}\n{}",
-                    tail(&log, 60)
-                ),
-            }
+        let args = vec![
+            "--brokers".into(),
+            "3".into(),
+            "--port".into(),
+            port.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        let shown = log.clone();
+        let bootstrap = spawn_dev(
+            args,
+            Stdio::from(stderr),
+            "keel dev: 3 brokers ready",
+            move || tail(&shown, 60),
+        );
+        Cluster {
+            bootstrap,
+            port,
+            log,
         }
     })
 }

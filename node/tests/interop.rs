@@ -20,7 +20,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{clients, keel_bin, say, tail, BrokerLogs, Clients, Node, Script};
+use common::{
+    clients, keel_bin, requested_versions, say, tail, BrokerLogs, Clients, Node, Script,
+    REQUEST_LOG_FILTER,
+};
 
 const NODE_ID: u32 = 1;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,8 +49,15 @@ struct Broker {
 }
 
 impl Broker {
-    /// Starts `keel start` with `--override KEY=VALUE` settings.
-    fn start_with(data_dir: &Path, log: &Path, port: u16, overrides: &[&str]) -> Broker {
+    /// Starts `keel start` with `--override KEY=VALUE` settings; with `log_requests`, it logs
+    /// each request's API and version (`common::requested_versions` reads them).
+    fn start_with(
+        data_dir: &Path,
+        log: &Path,
+        port: u16,
+        overrides: &[&str],
+        log_requests: bool,
+    ) -> Broker {
         let mut args = vec![
             "start".to_string(),
             "--node-id".into(),
@@ -61,8 +71,14 @@ impl Broker {
             args.extend(["--override".to_string(), o.to_string()]);
         }
         let ready_line = format!("keel broker {NODE_ID} ready on 127.0.0.1:{port}");
+        let mut node = Node::new(NODE_ID, args, ready_line, log.to_path_buf());
+        if log_requests {
+            node = node
+                .with_env("KEEL_LOG", REQUEST_LOG_FILTER)
+                .with_env("NO_COLOR", "1");
+        }
         let mut broker = Broker {
-            node: Node::new(NODE_ID, args, ready_line, log.to_path_buf()),
+            node,
             port,
             data_dir: data_dir.to_path_buf(),
         };
@@ -122,6 +138,15 @@ impl Setup {
     }
 
     fn with_overrides(overrides: &[&str]) -> Setup {
+        Setup::start(overrides, false)
+    }
+
+    /// A broker that logs each request's API and version.
+    fn logging_requests() -> Setup {
+        Setup::start(&[], true)
+    }
+
+    fn start(overrides: &[&str], log_requests: bool) -> Setup {
         let started = Instant::now();
         let dir = tempfile::tempdir().expect("temp dir");
         let broker = Broker::start_with(
@@ -129,6 +154,7 @@ impl Setup {
             &dir.path().join("broker.log"),
             free_port(),
             overrides,
+            log_requests,
         );
         Setup {
             dir,
@@ -168,19 +194,38 @@ fn dump_log(partition_dir: &Path) -> (ExitStatus, String) {
     (out.status, text)
 }
 
+/// Also the client that sends Fetch by topic id (KIP-516, v13+): the script reads every record
+/// it wrote back, and the broker's request log shows the versions it did so with.
 #[test]
 fn confluent_kafka_admin_idempotent_produce_and_assign_consume() {
     let Some(clients) = clients("interop", "confluent_kafka", MODULES) else {
         return;
     };
-    let setup = Setup::new();
+    let setup = Setup::logging_requests();
     setup.run(
         &clients,
         "confluent_roundtrip.py",
         &[],
         Duration::from_secs(120),
     );
+    let log = setup.broker.node.log.clone();
     let (_dir, data) = setup.finish("confluent_kafka");
+    let fetch = requested_versions(&log, "Fetch");
+    say(&format!(
+        "confluent-kafka sent ApiVersions {:?}, Metadata {:?}, Produce {:?}, Fetch {:?}, \
+         OffsetCommit {:?}, OffsetFetch {:?}, InitProducerId {:?}",
+        requested_versions(&log, "ApiVersions"),
+        requested_versions(&log, "Metadata"),
+        requested_versions(&log, "Produce"),
+        fetch,
+        requested_versions(&log, "OffsetCommit"),
+        requested_versions(&log, "OffsetFetch"),
+        requested_versions(&log, "InitProducerId"),
+    ));
+    assert!(
+        !fetch.is_empty() && fetch.iter().all(|&v| v >= 13),
+        "confluent-kafka's consumer fetched by topic id (Fetch v13+): {fetch:?}"
+    );
     // Step 6's topic has compression.type=zstd and was written by a gzip producer: the broker
     // stored every batch in zstd.
     let dirs: Vec<_> = std::fs::read_dir(&data)
@@ -202,14 +247,28 @@ fn kafka_python_admin_produce_and_assign_consume() {
     let Some(clients) = clients("interop", "kafka_python", MODULES) else {
         return;
     };
-    let setup = Setup::new();
+    let setup = Setup::logging_requests();
     setup.run(
         &clients,
         "kafka_python_roundtrip.py",
         &[],
         Duration::from_secs(120),
     );
-    setup.finish("kafka_python");
+    let log = setup.broker.node.log.clone();
+    // The log lives in the test's directory: keep it until read.
+    let (_dir, _data) = setup.finish("kafka_python");
+    let api_versions = requested_versions(&log, "ApiVersions");
+    say(&format!(
+        "kafka-python sent ApiVersions {api_versions:?}, Metadata {:?}, Produce {:?}, Fetch {:?}, \
+         InitProducerId {:?}",
+        requested_versions(&log, "Metadata"),
+        requested_versions(&log, "Produce"),
+        requested_versions(&log, "Fetch"),
+        requested_versions(&log, "InitProducerId"),
+    ));
+    // kafka-python asks with ApiVersions v4 first: answered at v4 now (KAFKA-17011), not
+    // refused.
+    assert!(api_versions.contains(&4), "{api_versions:?}");
 }
 
 /// Consumer groups (issue 6): a kafka-python group consumer commits, a new one resumes exactly

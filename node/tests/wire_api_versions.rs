@@ -1,6 +1,8 @@
-//! ApiVersions over a real listener: golden bytes for v0 and v3, the error 35 fallback for
-//! versions above v3, and filtering by the broker's enabled APIs.
-//! Reference: KIP-35, KIP-511 (response header v0, fallback), docs/protocol.md.
+//! ApiVersions over a real listener: golden bytes for v0 and v3 (with the features of KIP-584),
+//! v4's features, the error 35 fallback for versions above v4, and filtering by the broker's
+//! enabled APIs.
+//! Reference: KIP-35, KIP-511 (response header v0, fallback), KIP-584 (features), KAFKA-17011
+//! (v4), docs/protocol.md.
 
 mod wire_support;
 
@@ -78,7 +80,30 @@ async fn api_versions_v3_golden_bytes_and_round_trip() {
         expected.put_u8(0);
     }
     expected.put_i32(0); // throttle_time_ms
-    expected.put_u8(0); // tagged fields of the body
+                         // The body's tagged fields (ApiVersionsResponse.json): 0 SupportedFeatures, 1
+                         // FinalizedFeaturesEpoch, 2 FinalizedFeatures. Below v4 a supported range starting at 0 is
+                         // left out (KAFKA-17492), so only transaction.version 1-1 is listed; it is finalized at 1.
+    let name = b"transaction.version";
+    expected.put_u8(3); // three tagged fields
+    expected.put_u8(0); // tag 0: SupportedFeatures
+    expected.put_u8(1 + 1 + name.len() as u8 + 2 + 2 + 1);
+    expected.put_u8(2); // compact array of one
+    expected.put_u8(name.len() as u8 + 1);
+    expected.put_slice(name);
+    expected.put_i16(1); // MinVersion
+    expected.put_i16(1); // MaxVersion
+    expected.put_u8(0);
+    expected.put_u8(1); // tag 1: FinalizedFeaturesEpoch
+    expected.put_u8(8);
+    expected.put_i64(0);
+    expected.put_u8(2); // tag 2: FinalizedFeatures
+    expected.put_u8(1 + 1 + name.len() as u8 + 2 + 2 + 1);
+    expected.put_u8(2);
+    expected.put_u8(name.len() as u8 + 1);
+    expected.put_slice(name);
+    expected.put_i16(1); // MaxVersionLevel
+    expected.put_i16(1); // MinVersionLevel
+    expected.put_u8(0);
     assert_eq!(&frame[..], &expected[..]);
 
     let mut buf = frame.clone();
@@ -123,21 +148,77 @@ async fn api_versions_v1_and_v2_round_trip() {
     }
 }
 
-/// A version above v3 gets a v0 body with error 35 listing only ApiVersions 0-3, and the
-/// connection stays open for the client's retry (KIP-511; kafka-python sends v4 first).
+/// v4 (KAFKA-17011) lists every supported feature, those whose range starts at 0 included:
+/// `group.version` 0-0 (no KIP-848), `kraft.version` 0-0 (a static quorum), `transaction.version`
+/// 1-1, never 2 (KIP-890 part 2 is not served, and clients use it only when it is finalized).
 #[tokio::test]
-async fn api_versions_above_v3_gets_error_35_in_a_v0_body() {
+async fn api_versions_v4_lists_features_keel_supports() {
     let addr = start_default(TestHandler::new()).await;
     let mut client = Client::connect(addr).await;
     client
         .send(
             ApiKey::ApiVersions,
             4,
-            11,
+            21,
             "kafka-python",
             &api_versions_request(4),
         )
         .await;
+    let mut frame = client.recv_frame().await;
+    assert_eq!(frame.get_i32(), 21);
+    let body = ApiVersionsResponse::decode(&mut frame, 4).unwrap();
+    assert!(!frame.has_remaining());
+    assert_eq!(body.error_code, 0);
+    assert_eq!(body.api_keys.len(), API_SUPPORT_TABLE.len());
+    let supported: Vec<(String, i16, i16)> = body
+        .supported_features
+        .iter()
+        .map(|f| (f.name.to_string(), f.min_version, f.max_version))
+        .collect();
+    assert_eq!(
+        supported,
+        vec![
+            ("group.version".to_string(), 0, 0),
+            ("kraft.version".to_string(), 0, 0),
+            ("transaction.version".to_string(), 1, 1),
+        ]
+    );
+    let finalized: Vec<(String, i16, i16)> = body
+        .finalized_features
+        .iter()
+        .map(|f| (f.name.to_string(), f.min_version_level, f.max_version_level))
+        .collect();
+    assert_eq!(finalized, vec![("transaction.version".to_string(), 1, 1)]);
+}
+
+/// A version above v4 gets a v0 body with error 35 listing only ApiVersions 0-4, and the
+/// connection stays open for the client's retry (KIP-511).
+#[tokio::test]
+async fn api_versions_above_v4_gets_error_35_in_a_v0_body() {
+    let addr = start_default(TestHandler::new()).await;
+    let mut client = Client::connect(addr).await;
+    // v5 does not exist yet: a v4 body under a v5 header, as a newer client would send.
+    let mut body = BytesMut::new();
+    kafka_protocol::protocol::Encodable::encode(
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("newer"))
+            .with_client_software_version(StrBytes::from_static_str("9")),
+        &mut body,
+        4,
+    )
+    .unwrap();
+    let mut raw = BytesMut::new();
+    raw.put_i32(0); // patched
+    raw.put_i16(ApiKey::ApiVersions as i16);
+    raw.put_i16(5);
+    raw.put_i32(11);
+    raw.put_i16(5);
+    raw.put_slice(b"newer");
+    raw.put_u8(0); // header tagged fields
+    raw.put_slice(&body);
+    let len = raw.len() as i32 - 4;
+    raw[..4].copy_from_slice(&len.to_be_bytes());
+    client.send_raw(&raw).await;
     let frame = client.recv_frame().await;
     let mut expected = BytesMut::new();
     expected.put_i32(11);
@@ -145,7 +226,7 @@ async fn api_versions_above_v3_gets_error_35_in_a_v0_body() {
     expected.put_i32(1);
     expected.put_i16(ApiKey::ApiVersions as i16);
     expected.put_i16(0);
-    expected.put_i16(3);
+    expected.put_i16(4);
     assert_eq!(&frame[..], &expected[..]);
 
     // A version no library knows, with a body nobody can decode: same answer, unparsed.
@@ -160,19 +241,19 @@ async fn api_versions_above_v3_gets_error_35_in_a_v0_body() {
     assert_eq!(frame.get_i32(), 12);
     assert_eq!(frame.get_i16(), 35);
 
-    // The retry with v3 is answered normally on the same connection.
+    // The retry with v4 is answered normally on the same connection.
     client
         .send(
             ApiKey::ApiVersions,
-            3,
+            4,
             13,
-            "kafka-python",
-            &api_versions_request(3),
+            "newer",
+            &api_versions_request(4),
         )
         .await;
     let mut frame = client.recv_frame().await;
     assert_eq!(frame.get_i32(), 13);
-    let body = ApiVersionsResponse::decode(&mut frame, 3).unwrap();
+    let body = ApiVersionsResponse::decode(&mut frame, 4).unwrap();
     assert_eq!(body.error_code, 0);
 }
 

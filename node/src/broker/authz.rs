@@ -610,6 +610,7 @@ fn produce(c: &Check<'_>, r: ProduceRequest) -> Gate {
             resp.responses.push(
                 produce_response::TopicProduceResponse::default()
                     .with_name(t.name.clone())
+                    .with_topic_id(t.topic_id)
                     .with_partition_responses(
                         t.partition_data
                             .iter()
@@ -641,7 +642,9 @@ fn produce(c: &Check<'_>, r: ProduceRequest) -> Gate {
         .topic_data
         .iter()
         .cloned()
-        .partition(|t| c.topic(Operation::Write, &t.name));
+        // An empty name is a topic id this broker does not know (Produce v13+): answered
+        // UNKNOWN_TOPIC_ID, which says nothing a denial would hide.
+        .partition(|t| t.name.0.is_empty() || c.topic(Operation::Write, &t.name));
     if denied.is_empty() {
         return Gate::Pass(RequestKind::Produce(r), None);
     }

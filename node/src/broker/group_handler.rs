@@ -356,7 +356,10 @@ impl Broker {
         self.with_metadata(|m| m.partition(topic, index).is_some())
     }
 
-    pub(super) fn start_offset_commit(&self, r: OffsetCommitRequest) -> Later {
+    /// OffsetCommit. v9 (the first version KIP-848's consumers use) is v8 for classic groups,
+    /// but for one difference Kafka makes: a commit with a generation to a group that does not
+    /// exist is GROUP_ID_NOT_FOUND from v9, ILLEGAL_GENERATION below (`validateOffsetCommit`).
+    pub(super) fn start_offset_commit(&self, version: i16, r: OffsetCommitRequest) -> Later {
         let group_id = r.group_id.0.to_string();
         let order: Vec<(String, Vec<i32>)> = r
             .topics
@@ -412,7 +415,13 @@ impl Broker {
                 })
                 .await;
             match answer {
-                Ok(a) => errors.extend(a.partitions),
+                Ok(a) => errors.extend(a.partitions.into_iter().map(|(tp, e)| {
+                    if e == code::GROUP_ID_NOT_FOUND && version < 9 {
+                        (tp, code::ILLEGAL_GENERATION)
+                    } else {
+                        (tp, e)
+                    }
+                })),
                 Err(error) => errors.extend(commits.into_iter().map(|c| (c.partition, error))),
             }
             let mut out = OffsetCommitResponse::default();
@@ -469,6 +478,9 @@ impl Broker {
         Ok(by_topic)
     }
 
+    /// OffsetFetch. v9's `member_id` and `member_epoch` (KIP-848) are checked by Kafka only
+    /// for groups of the consumer protocol; every keel group is classic, whose check
+    /// (`ClassicGroup.validateOffsetFetch`) looks at neither, so v9 is served as v8.
     pub(super) fn offset_fetch(&self, version: i16, r: OffsetFetchRequest) -> OffsetFetchResponse {
         let mut out = OffsetFetchResponse::default();
         // KIP-447 (v7+): offsets of undecided transactions are UNSTABLE_OFFSET_COMMIT.

@@ -68,6 +68,14 @@ fn topic_name(s: &str) -> TopicName {
 /// The first Fetch version that names topics by id instead of by name (KIP-516).
 const FETCH_TOPIC_IDS_VERSION: i16 = 13;
 
+/// The first Produce version that names topics by id instead of by name (KIP-516).
+const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
+
+/// The first Produce version whose transactional batches add their partition to the
+/// transaction themselves, which a client does only under transaction version 2 (KIP-890
+/// part 2). keel does not finalize that version (`wire::FEATURES`) and refuses such batches.
+const PRODUCE_IMPLICIT_ADD_VERSION: i16 = 12;
+
 fn uuid(id: CoreTopicId) -> uuid::Uuid {
     uuid::Uuid::from_bytes(id.0)
 }
@@ -83,7 +91,7 @@ impl Handler for Broker {
         // denies never reaches `dispatch`.
         let request = self.resolve_topic_ids(&ctx, request);
         let started = std::time::Instant::now();
-        let (api, broker) = (ctx.api_key, self.clone());
+        let (api, version, broker) = (ctx.api_key, ctx.api_version, self.clone());
         let (inner, finish, answered): (
             std::pin::Pin<Box<dyn Future<Output = HandlerResult> + Send>>,
             _,
@@ -104,12 +112,32 @@ impl Handler for Broker {
                     .metrics()
                     .record_request(api, started.elapsed(), outcome);
             }
-            match finish {
+            let result = match finish {
                 Some(finish) => finish(result),
                 None => result,
+            };
+            match result {
+                Ok(Some(ResponseKind::Produce(r))) => Ok(Some(ResponseKind::Produce(
+                    fit_produce_response(version, r),
+                ))),
+                other => other,
             }
         }
     }
+}
+
+/// A Produce response names each topic by name below v13 and by id from v13 (KIP-516); the
+/// answer is built with both where both are known, and kafka-protocol refuses to encode the
+/// field the version lacks.
+fn fit_produce_response(version: i16, mut response: ProduceResponse) -> ProduceResponse {
+    for t in &mut response.responses {
+        if version >= PRODUCE_TOPIC_IDS_VERSION {
+            t.name = TopicName::default();
+        } else {
+            t.topic_id = uuid::Uuid::nil();
+        }
+    }
+    response
 }
 
 impl Broker {
@@ -246,7 +274,9 @@ impl Broker {
             RequestKind::LeaveGroup(r) => Next::Ready(ResponseKind::LeaveGroup(
                 self.leave_group(ctx.api_version, r),
             )),
-            RequestKind::OffsetCommit(r) => Next::Later(self.start_offset_commit(r)),
+            RequestKind::OffsetCommit(r) => {
+                Next::Later(self.start_offset_commit(ctx.api_version, r))
+            }
             RequestKind::OffsetFetch(r) => Next::Ready(ResponseKind::OffsetFetch(
                 self.offset_fetch(ctx.api_version, r),
             )),
@@ -435,6 +465,10 @@ impl Broker {
         for (t, topic) in request.topic_data.into_iter().enumerate() {
             let mut topic_response = TopicProduceResponse::default();
             topic_response.name = topic.name.clone();
+            topic_response.topic_id = topic.topic_id;
+            // v13+: an id the metadata does not know was left without a name.
+            let unknown_id =
+                ctx.api_version >= PRODUCE_TOPIC_IDS_VERSION && topic.name.0.is_empty();
             for (p, data) in topic.partition_data.into_iter().enumerate() {
                 let mut r = PartitionProduceResponse::default();
                 r.index = data.index;
@@ -445,6 +479,11 @@ impl Broker {
                     Err((
                         code::INVALID_REQUIRED_ACKS,
                         format!("acks must be -1, 0 or 1, not {acks}"),
+                    ))
+                } else if unknown_id {
+                    Err((
+                        code::UNKNOWN_TOPIC_ID,
+                        format!("no topic has id {}", topic.topic_id),
                     ))
                 } else {
                     let txn_id = request.transactional_id.as_ref().map(|t| t.as_str());
@@ -537,6 +576,17 @@ impl Broker {
             Err(e) => return Err((code::CORRUPT_MESSAGE, e.to_string())),
         };
         if batch.is_transactional() {
+            if ctx.api_version >= PRODUCE_IMPLICIT_ADD_VERSION {
+                return Err((
+                    code::UNSUPPORTED_VERSION,
+                    format!(
+                        "a transactional Produce v{} would add {topic}-{index} to the transaction \
+                         itself (transaction version 2, KIP-890), which keel does not serve: \
+                         send it at v11 or below",
+                        ctx.api_version
+                    ),
+                ));
+            }
             self.prepare_txn_append(transactional_id, topic, &partition, &batch)?;
         }
         let (txn_pid, txn_epoch, txn_seq) = (
@@ -618,9 +668,9 @@ impl Broker {
         }
     }
 
-    /// Fetch v13+ names topics by id only (KIP-516): fills in the name of every id this
-    /// broker's metadata knows. An unknown id keeps an empty name, which [`Broker::fetch`]
-    /// answers with UNKNOWN_TOPIC_ID, as Kafka does.
+    /// Fetch v13+ and Produce v13+ name topics by id only (KIP-516): fills in the name of
+    /// every id this broker's metadata knows. An unknown id keeps an empty name, which
+    /// [`Broker::fetch`] and [`Broker::produce`] answer with UNKNOWN_TOPIC_ID, as Kafka does.
     fn resolve_topic_ids(&self, ctx: &RequestContext, request: RequestKind) -> RequestKind {
         match request {
             RequestKind::Fetch(mut r) if ctx.api_version >= FETCH_TOPIC_IDS_VERSION => {
@@ -633,6 +683,17 @@ impl Broker {
                     }
                 });
                 RequestKind::Fetch(r)
+            }
+            RequestKind::Produce(mut r) if ctx.api_version >= PRODUCE_TOPIC_IDS_VERSION => {
+                self.with_metadata(|m| {
+                    for t in &mut r.topic_data {
+                        let id = CoreTopicId(*t.topic_id.as_bytes());
+                        t.name = m
+                            .topic_by_id(id)
+                            .map_or_else(|| topic_name(""), |topic| topic_name(&topic.name));
+                    }
+                });
+                RequestKind::Produce(r)
             }
             other => other,
         }

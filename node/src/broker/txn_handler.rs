@@ -714,6 +714,22 @@ impl Broker {
             .map(|p| CoreProducerId(p.0))
             .collect();
         let duration = if v >= 1 { r.duration_filter } else { -1 };
+        // v2 (KIP-1152): only ids the whole pattern matches (Kafka's RE2J `matches()`); none
+        // or empty lists every id, a pattern that does not compile is the request's error.
+        let pattern = match r
+            .transactional_id_pattern
+            .as_deref()
+            .filter(|p| v >= 2 && !p.is_empty())
+        {
+            None => None,
+            Some(p) => match regex::Regex::new(&format!("^(?:{p})$")) {
+                Ok(re) => Some(re),
+                Err(_) => {
+                    out.error_code = code::INVALID_REGULAR_EXPRESSION;
+                    return out;
+                }
+            },
+        };
         let now = self.clock.now_ms();
         let mut listed = Vec::new();
         let loading =
@@ -722,6 +738,12 @@ impl Broker {
             out.error_code = code::COORDINATOR_LOAD_IN_PROGRESS;
         }
         for l in listed {
+            if pattern
+                .as_ref()
+                .is_some_and(|re| !re.is_match(&l.transactional_id))
+            {
+                continue;
+            }
             let mut ts = list_transactions_response::TransactionState::default();
             ts.transactional_id = TransactionalId(s(l.transactional_id));
             ts.producer_id = ProducerId(l.producer_id.0);

@@ -258,7 +258,7 @@ impl Reply {
 /// answers ApiVersions and the UNSUPPORTED_VERSION fallbacks itself, decodes everything else
 /// for the handler, and refuses (the caller closes the connection) what Kafka would close on.
 ///
-/// - ApiVersions v0-3: answered from `apis`. Any other ApiVersions version, including a
+/// - ApiVersions v0-4: answered from `apis`. Any other ApiVersions version, including a
 ///   negative one (as Kafka's `isUnsupportedApiVersionsRequest`), gets a v0 body with error 35
 ///   listing the ApiVersions range; its body is not decoded.
 /// - An API not in `apis`, or a version outside its advertised range: refused.
@@ -275,7 +275,7 @@ pub fn classify(frame: Bytes, apis: &SupportedApis) -> Result<Inbound, DecodeErr
             // Decoded only to refuse malformed requests; v3+ client software name and version
             // are not validated (Kafka answers INVALID_REQUEST for odd names; keel is lenient).
             decode_known(api_key, prefix, frame)?;
-            apis.api_versions_response()
+            apis.api_versions_response(version)
         } else {
             return Ok(Inbound::Reply(Reply::Message {
                 correlation_id: prefix.correlation_id,

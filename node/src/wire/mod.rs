@@ -8,7 +8,7 @@
 //!   [`WireConfig::socket_request_max_bytes`] (Kafka's `socket.request.max.bytes`);
 //! - the ApiVersions table ([`API_SUPPORT_TABLE`]), filtered per listener ([`SupportedApis`]),
 //!   and the ApiVersions answers, which never reach the handler;
-//! - UNSUPPORTED_VERSION fallbacks: ApiVersions above v3 gets a v0 body with error 35; Produce
+//! - UNSUPPORTED_VERSION fallbacks: ApiVersions above v4 gets a v0 body with error 35; Produce
 //!   v0-2 (advertised, not implemented) gets error 35 per partition;
 //! - the security of each listener: TLS, SASL and the connection's principal
 //!   ([`WireServer::for_listener`] with a

@@ -722,6 +722,25 @@ impl<H: Handler> Connection<'_, H> {
                     });
                 }
             }
+            // One line per request at debug level (`KEEL_LOG=keel_node::wire::server=debug`):
+            // which API and version each client sends, those the wire layer answers itself
+            // (ApiVersions) included; the interop tests read it.
+            if let Ok(prefix) = header_prefix(&frame) {
+                match ApiKey::try_from(prefix.api_key) {
+                    Ok(api) => debug!(
+                        connection_id = self.connection_id,
+                        api = ?api,
+                        version = prefix.api_version,
+                        "request"
+                    ),
+                    Err(()) => debug!(
+                        connection_id = self.connection_id,
+                        api = prefix.api_key,
+                        version = prefix.api_version,
+                        "request"
+                    ),
+                }
+            }
             match classify(frame, &self.server.apis)? {
                 Inbound::Reply(reply) => {
                     self.push(SlotResponse::Ready(reply.encode()?), permit)

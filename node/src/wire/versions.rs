@@ -8,15 +8,22 @@
 //!
 //! What always holds:
 //! - every row has `min_advertised <= min_implemented <= max_advertised`;
-//! - every version in `min_implemented..=max_advertised` is one kafka-protocol 0.18 can decode
-//!   (checked by a test against `ApiKey::valid_versions`);
+//! - every version in `min_implemented..=max_advertised` is one kafka-protocol 0.18's request
+//!   decoder knows (checked by a test that asks the decoder);
+//! - every row is at the newest version that decoder knows, but for the rows held back on
+//!   purpose (the test's `HELD_BACK`: transaction version 2, docs/protocol.md, "Why these
+//!   versions");
+//! - [`FEATURES`] never finalizes `transaction.version` 2, which would make clients use the
+//!   versions held back;
 //! - ApiVersions itself is always served, whatever the broker enables;
 //! - the advertised ranges contain the exact versions that librdkafka before 2.11.1 probes for
 //!   (Produce 0, 3 and 7, Fetch 4 and 10, FindCoordinator 0, InitProducerId 0, SaslHandshake
 //!   0-1, SaslAuthenticate 0, ListOffsets 1): docs/protocol.md, "Why these versions"; KAFKA-18659.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::api_versions_response::{
+    ApiVersion, FinalizedFeatureKey, SupportedFeatureKey,
+};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// One row of the version table.
@@ -56,22 +63,23 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
     }
 }
 
-/// Every API keel may advertise, sorted by api key. The matrix other Kafka-compatible brokers
-/// converged on (docs/protocol.md, "Why these versions").
-/// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
+/// Every API keel may advertise, sorted by api key: each at Kafka 4.1's highest version where
+/// keel honours that version's meaning and kafka-protocol 0.18 decodes its requests, else at
+/// the highest below (docs/protocol.md, "Why these versions", says which and why).
+/// Produce advertises 0-13 but implements 3-13: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
 pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
-        max_advertised: 11,
+        max_advertised: 13,
         min_implemented: 3,
     },
-    row(ApiKey::Fetch, 4, 17),
+    row(ApiKey::Fetch, 4, 18),
     row(ApiKey::ListOffsets, 1, 10),
     row(ApiKey::Metadata, 0, 13),
-    row(ApiKey::OffsetCommit, 2, 8),
-    row(ApiKey::OffsetFetch, 1, 8),
+    row(ApiKey::OffsetCommit, 2, 9),
+    row(ApiKey::OffsetFetch, 1, 9),
     row(ApiKey::FindCoordinator, 0, 6),
     row(ApiKey::JoinGroup, 0, 9),
     row(ApiKey::Heartbeat, 0, 4),
@@ -80,11 +88,11 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     row(ApiKey::DescribeGroups, 0, 6),
     row(ApiKey::ListGroups, 0, 5),
     row(ApiKey::SaslHandshake, 0, 1),
-    row(ApiKey::ApiVersions, 0, 3),
+    row(ApiKey::ApiVersions, 0, 4),
     row(ApiKey::CreateTopics, 2, 7),
     row(ApiKey::DeleteTopics, 1, 6),
     row(ApiKey::DeleteRecords, 0, 2),
-    row(ApiKey::InitProducerId, 0, 4),
+    row(ApiKey::InitProducerId, 0, 5),
     row(ApiKey::OffsetForLeaderEpoch, 2, 4),
     row(ApiKey::AddPartitionsToTxn, 0, 4),
     row(ApiKey::AddOffsetsToTxn, 0, 4),
@@ -111,13 +119,59 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     row(ApiKey::DescribeProducers, 0, 0),
     row(ApiKey::UnregisterBroker, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
-    row(ApiKey::ListTransactions, 0, 1),
+    row(ApiKey::ListTransactions, 0, 2),
     row(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// The highest ApiVersions version keel answers with its own schema. Requests above it get the
 /// v0-schema UNSUPPORTED_VERSION fallback.
-pub const API_VERSIONS_VERSION_MAX: i16 = 3;
+pub const API_VERSIONS_VERSION_MAX: i16 = 4;
+
+/// A feature flag (KIP-584) keel reports in ApiVersions: the levels this broker supports and
+/// the level in effect in the cluster (finalized). keel's levels are fixed by its code: nothing
+/// upgrades them, so UpdateFeatures is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feature {
+    /// Kafka's name of the feature.
+    pub name: &'static str,
+    /// Lowest supported level.
+    pub min: i16,
+    /// Highest supported level.
+    pub max: i16,
+    /// The level in effect.
+    pub finalized: i16,
+}
+
+/// The features keel reports (docs/protocol.md, "Features"):
+/// - `group.version` 0: the classic group protocol only; level 1 is KIP-848's consumer protocol.
+/// - `kraft.version` 0: a static metadata quorum (`controller.quorum.voters`); level 1 is
+///   KIP-853's dynamic quorum.
+/// - `transaction.version` 1: `__transaction_state` values are written in their flexible
+///   version 1; level 2 is KIP-890 part 2 (an epoch bump per transaction, partitions added by
+///   Produce v12+ and TxnOffsetCommit v5), which clients use only when it is finalized.
+///
+/// `metadata.version` is left out: keel's metadata log is its own, and no Kafka level
+/// describes it.
+pub const FEATURES: [Feature; 3] = [
+    Feature {
+        name: "group.version",
+        min: 0,
+        max: 0,
+        finalized: 0,
+    },
+    Feature {
+        name: "kraft.version",
+        min: 0,
+        max: 0,
+        finalized: 0,
+    },
+    Feature {
+        name: "transaction.version",
+        min: 1,
+        max: 1,
+        finalized: 1,
+    },
+];
 
 /// The classic consumer group APIs (and the coordinator lookup they start with). A listener
 /// without a group coordinator behind it leaves these out of [`SupportedApis`], so that clients
@@ -178,11 +232,14 @@ impl SupportedApis {
         &self.rows
     }
 
-    /// The ApiVersions response body for a supported request version (0 to
-    /// [`API_VERSIONS_VERSION_MAX`]): error 0, one entry per served API, default throttle and
-    /// features. Encoded with kafka-protocol at the request's version, this is the v3 body
-    /// that librdkafka 2.0.2, librdkafka 2.16 and kafka-python 3.0.12 accept.
-    pub fn api_versions_response(&self) -> ApiVersionsResponse {
+    /// The ApiVersions response body for a supported request `version` (0 to
+    /// [`API_VERSIONS_VERSION_MAX`]): error 0, one entry per served API, default throttle, and
+    /// from v3 the [`FEATURES`] as Kafka's `ApiVersionsResponse` reports them: a supported
+    /// range whose minimum is 0 only from v4 (below, older clients fail to read it:
+    /// KAFKA-17011, KAFKA-17492), a finalized level only when it is not 0. Encoded with
+    /// kafka-protocol at the request's version, this is the v3 body that librdkafka 2.0.2,
+    /// librdkafka 2.16 and kafka-python 3.0.12 accept.
+    pub fn api_versions_response(&self, version: i16) -> ApiVersionsResponse {
         let api_keys = self
             .rows
             .iter()
@@ -193,7 +250,36 @@ impl SupportedApis {
                     .with_max_version(r.max_advertised)
             })
             .collect();
-        ApiVersionsResponse::default().with_api_keys(api_keys)
+        let response = ApiVersionsResponse::default().with_api_keys(api_keys);
+        if version < 3 {
+            return response;
+        }
+        let supported = FEATURES
+            .iter()
+            .filter(|f| f.min > 0 || version >= 4)
+            .map(|f| {
+                SupportedFeatureKey::default()
+                    .with_name(f.name.into())
+                    .with_min_version(f.min)
+                    .with_max_version(f.max)
+            })
+            .collect();
+        let finalized: Vec<FinalizedFeatureKey> = FEATURES
+            .iter()
+            .filter(|f| f.finalized != 0)
+            .map(|f| {
+                FinalizedFeatureKey::default()
+                    .with_name(f.name.into())
+                    .with_min_version_level(f.finalized)
+                    .with_max_version_level(f.finalized)
+            })
+            .collect();
+        // The levels never change: epoch 0 (-1 would say there are none).
+        let epoch = if finalized.is_empty() { -1 } else { 0 };
+        response
+            .with_supported_features(supported)
+            .with_finalized_features_epoch(epoch)
+            .with_finalized_features(finalized)
     }
 }
 
@@ -227,14 +313,56 @@ mod tests {
         }
     }
 
+    /// Whether kafka-protocol 0.18's request decoder knows `version` of `api_key`.
+    /// `ApiKey::valid_versions` cannot say: it is the union of the request's and the response's
+    /// ranges (OffsetCommit's and OffsetFetch's responses know v10, their requests stop at v9).
+    /// An empty body at a known version fails for want of bytes, at an unknown one for its
+    /// version.
+    fn decodes(api_key: ApiKey, version: i16) -> bool {
+        match kafka_protocol::messages::RequestKind::decode(
+            api_key,
+            &mut bytes::Bytes::new(),
+            version,
+        ) {
+            Ok(_) => true,
+            Err(e) => !format!("{e:#}").contains("version not supported"),
+        }
+    }
+
+    /// The rows advertised below the highest request version kafka-protocol decodes, each for
+    /// a reason docs/protocol.md gives ("Why these versions"): the transaction-version-2 bumps
+    /// (KIP-890 part 2).
+    const HELD_BACK: [ApiKey; 3] = [
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::EndTxn,
+        ApiKey::TxnOffsetCommit,
+    ];
+
     #[test]
     fn implemented_versions_are_decodable_by_kafka_protocol() {
         for r in API_SUPPORT_TABLE {
             assert!(r.min_advertised <= r.min_implemented, "{r:?}");
             assert!(r.min_implemented <= r.max_advertised, "{r:?}");
-            let valid = r.api_key.valid_versions();
-            assert!(valid.min <= r.min_implemented, "{r:?} vs {valid}");
-            assert!(r.max_advertised <= valid.max, "{r:?} vs {valid}");
+            for version in r.min_implemented..=r.max_advertised {
+                assert!(decodes(r.api_key, version), "{:?} v{version}", r.api_key);
+            }
+        }
+    }
+
+    /// Protocol currency: every API at the newest version the decoder knows, unless held back
+    /// on purpose.
+    #[test]
+    fn every_row_is_at_the_newest_decodable_version_unless_held_back() {
+        for r in API_SUPPORT_TABLE {
+            let newer = decodes(r.api_key, r.max_advertised + 1);
+            assert_eq!(
+                newer,
+                HELD_BACK.contains(&r.api_key),
+                "{:?}: advertised up to v{}, the decoder knows v{} too: {newer}",
+                r.api_key,
+                r.max_advertised,
+                r.max_advertised + 1
+            );
         }
     }
 
@@ -270,6 +398,59 @@ mod tests {
         for (key, version) in probes {
             let row = apis.get(key).expect("probed API is in the table");
             assert!(row.advertises(version), "{key:?} v{version}");
+        }
+    }
+
+    /// Kafka's `ApiVersionsResponse`: below v4 a supported range starting at 0 is left out
+    /// (KAFKA-17492); finalized levels of 0 are never listed; below v3 there are no features.
+    #[test]
+    fn features_follow_kafkas_rules_per_version() {
+        let apis = SupportedApis::all();
+        let names = |fs: Vec<String>| fs.join(",");
+        let v4 = apis.api_versions_response(4);
+        assert_eq!(
+            names(
+                v4.supported_features
+                    .iter()
+                    .map(|f| f.name.to_string())
+                    .collect()
+            ),
+            "group.version,kraft.version,transaction.version"
+        );
+        let v3 = apis.api_versions_response(3);
+        assert_eq!(
+            names(
+                v3.supported_features
+                    .iter()
+                    .map(|f| f.name.to_string())
+                    .collect()
+            ),
+            "transaction.version"
+        );
+        for r in [&v3, &v4] {
+            assert_eq!(r.finalized_features.len(), 1);
+            let f = &r.finalized_features[0];
+            assert_eq!(
+                (f.name.as_str(), f.min_version_level, f.max_version_level),
+                ("transaction.version", 1, 1)
+            );
+            assert_eq!(r.finalized_features_epoch, 0);
+        }
+        // Transaction version 2 is what makes clients use EndTxn v5 and Produce v12+ inside
+        // transactions (KIP-890 part 2); keel must never finalize it while it does not serve it.
+        assert!(FEATURES
+            .iter()
+            .all(|f| f.name != "transaction.version" || f.max < 2));
+        let v2 = apis.api_versions_response(2);
+        assert!(v2.supported_features.is_empty() && v2.finalized_features.is_empty());
+        for version in 0..=API_VERSIONS_VERSION_MAX {
+            let mut buf = bytes::BytesMut::new();
+            kafka_protocol::protocol::Encodable::encode(
+                &apis.api_versions_response(version),
+                &mut buf,
+                version,
+            )
+            .unwrap_or_else(|e| panic!("ApiVersions v{version} encodes: {e}"));
         }
     }
 

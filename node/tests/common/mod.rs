@@ -11,6 +11,9 @@
 //! missing, `clients` FAILS the test and says so; `KEEL_SKIP_INTEROP=1` skips it instead (for
 //! quick local runs), printing that it was skipped.
 
+#[allow(dead_code)] // each test file uses its own part
+pub mod dev;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -169,6 +172,8 @@ pub struct Node {
     ready: Option<Receiver<String>>,
     /// How many times it was spawned.
     pub started: usize,
+    /// Environment variables set for the process (beyond the test's own).
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -183,7 +188,15 @@ impl Node {
             child: None,
             ready: None,
             started: 0,
+            env: Vec::new(),
         }
+    }
+
+    #[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
+    /// The same broker with `key=value` in its environment (`KEEL_LOG`, for one).
+    pub fn with_env(mut self, key: &str, value: &str) -> Node {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Starts the process without waiting for it.
@@ -196,6 +209,7 @@ impl Node {
             .expect("broker log file");
         let mut child = Command::new(keel_bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -442,4 +456,35 @@ impl Drop for Script {
             kill_and_reap(child);
         }
     }
+}
+
+#[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
+/// The `KEEL_LOG` filter under which a broker logs one line per request with its API and
+/// version (`wire::server`, at debug level).
+pub const REQUEST_LOG_FILTER: &str = "info,keel_node::wire::server=debug";
+
+#[allow(dead_code)] // interop.rs's; cluster.rs includes this module too
+/// The versions of `api` (its `ApiKey` name, e.g. "Fetch") requested in the broker log at
+/// `log`, which ran with [`REQUEST_LOG_FILTER`] and `NO_COLOR=1` (tracing's colours would
+/// split the fields): sorted, without repeats.
+pub fn requested_versions(log: &Path, api: &str) -> Vec<i16> {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(log) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let needle = format!("api={api} version=");
+    let mut versions: Vec<i16> = text
+        .lines()
+        .filter(|l| l.contains("keel_node::wire::server: request "))
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions
 }

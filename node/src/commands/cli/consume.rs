@@ -119,13 +119,57 @@ pub enum OffsetQuery {
     Latest,
 }
 
-/// Each partition's offset for `query` (ListOffsets to each partition's leader).
+/// How many times a ListOffsets refused for a leadership that is moving or not yet taken is
+/// asked again, after [`LIST_OFFSETS_RETRY_WAIT`] and a metadata refresh: long enough for a
+/// topic created a moment ago to get its leaders, or a killed broker's partitions new ones.
+const LIST_OFFSETS_TRIES: usize = 20;
+const LIST_OFFSETS_RETRY_WAIT: Duration = Duration::from_millis(300);
+
+/// Each partition's offset for `query` (ListOffsets to each partition's leader). A partition
+/// whose leader is not (yet) known or has moved (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE,
+/// an epoch error, no leader in the metadata) is asked again at the leader fresh metadata
+/// names, up to [`LIST_OFFSETS_TRIES`] times; any other error ends it.
 pub async fn list_offsets(
     client: &mut Client,
     topic: &TopicInfo,
     partitions: &[i32],
     query: OffsetQuery,
 ) -> Result<BTreeMap<i32, i64>, CliError> {
+    let mut topic = topic.clone();
+    let mut tries = 1;
+    loop {
+        match list_offsets_once(client, &topic, partitions, query).await {
+            Err(ListOffsetsError::Moving(_)) if tries < LIST_OFFSETS_TRIES => {
+                tries += 1;
+                tokio::time::sleep(LIST_OFFSETS_RETRY_WAIT).await;
+                topic = client.topic(&topic.name).await?;
+            }
+            Err(ListOffsetsError::Moving(e) | ListOffsetsError::Failed(e)) => return Err(e),
+            Ok(offsets) => return Ok(offsets),
+        }
+    }
+}
+
+/// Why one round of ListOffsets failed.
+enum ListOffsetsError {
+    /// A leadership not yet taken or moving: worth asking again.
+    Moving(CliError),
+    /// Anything else.
+    Failed(CliError),
+}
+
+impl From<CliError> for ListOffsetsError {
+    fn from(e: CliError) -> Self {
+        ListOffsetsError::Failed(e)
+    }
+}
+
+async fn list_offsets_once(
+    client: &mut Client,
+    topic: &TopicInfo,
+    partitions: &[i32],
+    query: OffsetQuery,
+) -> Result<BTreeMap<i32, i64>, ListOffsetsError> {
     let timestamp = match query {
         OffsetQuery::Earliest => -2,
         OffsetQuery::Latest => -1,
@@ -134,12 +178,12 @@ pub async fn list_offsets(
     for p in &topic.partitions {
         if partitions.contains(&p.partition) {
             if p.leader < 0 {
-                return Err(CliError::failed(format!(
+                return Err(ListOffsetsError::Moving(CliError::failed(format!(
                     "partition {}/{} has no leader ({}); see `keel cluster describe`",
                     topic.name,
                     p.partition,
                     error_name(p.error_code)
-                )));
+                ))));
             }
             by_leader.entry(p.leader).or_default().push(p.partition);
         }
@@ -169,20 +213,37 @@ pub async fn list_offsets(
             )
             .await?
         else {
-            return Err(CliError::failed("not a ListOffsets response"));
+            return Err(CliError::failed("not a ListOffsets response").into());
         };
         for t in &response.topics {
             for p in &t.partitions {
-                check(
+                let checked = check(
                     p.error_code,
                     "listing offsets of",
                     &format!("{}/{}", topic.name, p.partition_index),
-                )?;
+                );
+                match checked {
+                    Err(e) if leadership_moving(p.error_code) => {
+                        return Err(ListOffsetsError::Moving(e))
+                    }
+                    other => other?,
+                }
                 offsets.insert(p.partition_index, p.offset);
             }
         }
     }
     Ok(offsets)
+}
+
+/// Errors that say a partition's leadership is not yet taken or has moved.
+fn leadership_moving(error: i16) -> bool {
+    matches!(
+        error,
+        code::LEADER_NOT_AVAILABLE
+            | code::NOT_LEADER_OR_FOLLOWER
+            | code::FENCED_LEADER_EPOCH
+            | code::UNKNOWN_LEADER_EPOCH
+    )
 }
 
 /// Partition `p`'s log start offset and high watermark from two ListOffsets answers; a

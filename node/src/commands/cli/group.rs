@@ -6,6 +6,7 @@
 //! group has no members.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use bytes::Buf;
 use clap::{Args, Subcommand};
@@ -96,19 +97,28 @@ pub async fn committed_offsets(
     group: &str,
     topic: Option<&str>,
 ) -> Result<BTreeMap<(String, i32), i64>, CliError> {
-    let addr = client.coordinator(group).await?;
-    let mut request = OffsetFetchRequest::default();
-    request.group_id = GroupId(str_bytes(group));
-    request.topics = None;
-    let ResponseKind::OffsetFetch(response) = client
-        .call(
-            &addr,
-            ApiKey::OffsetFetch,
-            RequestKind::OffsetFetch(request),
-        )
-        .await?
-    else {
-        return Err(CliError::failed("not an OffsetFetch response"));
+    let mut tries = 1;
+    let response = loop {
+        let addr = client.coordinator(group).await?;
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = GroupId(str_bytes(group));
+        request.topics = None;
+        let ResponseKind::OffsetFetch(response) = client
+            .call(
+                &addr,
+                ApiKey::OffsetFetch,
+                RequestKind::OffsetFetch(request),
+            )
+            .await?
+        else {
+            return Err(CliError::failed("not an OffsetFetch response"));
+        };
+        if coordinator_moving(response.error_code) && tries < COORDINATOR_TRIES {
+            tries += 1;
+            tokio::time::sleep(COORDINATOR_RETRY_WAIT).await;
+            continue;
+        }
+        break response;
     };
     check(response.error_code, "fetching the offsets of group", group)?;
     let mut offsets = BTreeMap::new();
@@ -136,7 +146,59 @@ pub async fn commit_offsets(
     topic: &str,
     positions: &BTreeMap<i32, i64>,
 ) -> Result<(), CliError> {
-    let addr = client.coordinator(group).await?;
+    let mut tries = 1;
+    let response = loop {
+        let addr = client.coordinator(group).await?;
+        let response = commit_offsets_at(client, &addr, group, topic, positions).await?;
+        let moving = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| coordinator_moving(p.error_code));
+        if moving && tries < COORDINATOR_TRIES {
+            tries += 1;
+            tokio::time::sleep(COORDINATOR_RETRY_WAIT).await;
+            continue;
+        }
+        break response;
+    };
+    for t in &response.topics {
+        for p in &t.partitions {
+            check(
+                p.error_code,
+                &format!("committing offsets of group {group} on"),
+                &format!("{topic}/{}", p.partition_index),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// How many times a group's offsets are asked of its coordinator again when the answer says
+/// the coordinator is loading, moving or not yet there (a group used a moment after its
+/// offsets partition was created), [`COORDINATOR_RETRY_WAIT`] apart, the coordinator found
+/// anew each time.
+const COORDINATOR_TRIES: usize = 20;
+const COORDINATOR_RETRY_WAIT: Duration = Duration::from_millis(250);
+
+/// Errors that say the group's coordinator is not (yet) the broker asked.
+fn coordinator_moving(error: i16) -> bool {
+    matches!(
+        error,
+        code::NOT_COORDINATOR
+            | code::COORDINATOR_LOAD_IN_PROGRESS
+            | code::COORDINATOR_NOT_AVAILABLE
+    )
+}
+
+/// One OffsetCommit of `positions` to the coordinator at `addr`.
+async fn commit_offsets_at(
+    client: &mut Client,
+    addr: &str,
+    group: &str,
+    topic: &str,
+    positions: &BTreeMap<i32, i64>,
+) -> Result<kafka_protocol::messages::OffsetCommitResponse, CliError> {
     let mut request = OffsetCommitRequest::default();
     request.group_id = GroupId(str_bytes(group));
     request.generation_id_or_member_epoch = -1;
@@ -157,7 +219,7 @@ pub async fn commit_offsets(
         )];
     let ResponseKind::OffsetCommit(response) = client
         .call(
-            &addr,
+            addr,
             ApiKey::OffsetCommit,
             RequestKind::OffsetCommit(request),
         )
@@ -165,16 +227,7 @@ pub async fn commit_offsets(
     else {
         return Err(CliError::failed("not an OffsetCommit response"));
     };
-    for t in &response.topics {
-        for p in &t.partitions {
-            check(
-                p.error_code,
-                &format!("committing offsets of group {group} on"),
-                &format!("{topic}/{}", p.partition_index),
-            )?;
-        }
-    }
-    Ok(())
+    Ok(response)
 }
 
 #[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
