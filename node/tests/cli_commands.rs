@@ -77,6 +77,31 @@ fn create_topic(name: &str, partitions: u32) {
         "3",
     ])
     .ok("topic create");
+    // CreateTopics is answered once the controller has committed the topic; the brokers learn
+    // it from the metadata log a moment later. Wait until a describe (a broker's metadata)
+    // shows every partition with a leader and a high watermark, so that the commands that
+    // follow meet the topic as users meet it a second after creating it.
+    for _ in 0..100 {
+        let run = keel(&["topic", "describe", name, "-o", "json"]);
+        if run.status == Some(0) {
+            if let Ok(described) = serde_json::from_str::<serde_json::Value>(&run.stdout) {
+                let parts = described["partitions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if parts.len() == partitions as usize
+                    && parts.iter().all(|p| {
+                        p["leader"].as_i64().is_some_and(|l| l >= 0)
+                            && p["high_watermark"].as_i64().is_some()
+                    })
+                {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("topic {name}: no leader for every partition 10 s after its creation");
 }
 
 /// The `value` column of `keel topic describe -o json`'s config `name`.
