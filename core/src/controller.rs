@@ -70,9 +70,9 @@ pub mod acls;
 pub mod config;
 pub mod elections;
 pub mod plan;
+pub mod quotas;
 pub mod reassignment;
 pub mod records;
-pub mod quotas;
 pub mod scram;
 pub mod store;
 

@@ -180,7 +180,11 @@ pub fn applied_quota(
         let value = quotas.get(&entity)?.get(kind.key())?;
         let key = (
             entity.user.as_ref().map_or("", |_| user).to_string(),
-            entity.client_id.as_ref().map_or("", |_| client_id).to_string(),
+            entity
+                .client_id
+                .as_ref()
+                .map_or("", |_| client_id)
+                .to_string(),
         );
         Some(AppliedQuota {
             bytes_per_s: u64::try_from(*value).unwrap_or(0),
@@ -270,7 +274,10 @@ mod tests {
         };
         let k = |u: &str, c: &str| (u.to_string(), c.to_string());
         assert_eq!(applied(&all, "alice", "app"), Some((1, k("alice", "app"))));
-        assert_eq!(applied(&all, "alice", "other"), Some((2, k("alice", "other"))));
+        assert_eq!(
+            applied(&all, "alice", "other"),
+            Some((2, k("alice", "other")))
+        );
         assert_eq!(applied(&all, "bob", "app"), Some((4, k("bob", "app"))));
         assert_eq!(applied(&all, "bob", "other"), Some((5, k("bob", "other"))));
         // Without the user-level entries, the client-id ones apply.
@@ -278,7 +285,10 @@ mod tests {
             (entity(None, Some(Some("app"))), 7),
             (entity(None, Some(None)), 8),
         ]);
-        assert_eq!(applied(&clients, "ANONYMOUS", "app"), Some((7, k("", "app"))));
+        assert_eq!(
+            applied(&clients, "ANONYMOUS", "app"),
+            Some((7, k("", "app")))
+        );
         assert_eq!(applied(&clients, "ANONYMOUS", "x"), Some((8, k("", "x"))));
         // A user's own quota is shared by all its client ids.
         let user = quotas(&[(entity(Some(Some("alice")), None), 3)]);

@@ -184,10 +184,7 @@ impl MetadataState {
         };
         match check_op(&op).map_err(ApplyError::InvalidQuota)? {
             Some(value) => {
-                self.quotas
-                    .entry(entity)
-                    .or_default()
-                    .insert(op.key, value);
+                self.quotas.entry(entity).or_default().insert(op.key, value);
             }
             None => {
                 let keys = self.quotas.get_mut(&entity);
@@ -258,10 +255,19 @@ mod tests {
         let mut state = MetadataState::new();
         let (results, records) = state.alter_client_quotas(
             &[
-                alteration(&[("client-id", Some("app"))], &[(PRODUCER_BYTE_RATE, Some(1024.0))]),
+                alteration(
+                    &[("client-id", Some("app"))],
+                    &[(PRODUCER_BYTE_RATE, Some(1024.0))],
+                ),
                 alteration(&[("user", None)], &[(CONSUMER_BYTE_RATE, Some(2048.0))]),
-                alteration(&[("ip", Some("1.2.3.4"))], &[(PRODUCER_BYTE_RATE, Some(1.0))]),
-                alteration(&[("user", Some("a"))], &[("request_percentage", Some(50.0))]),
+                alteration(
+                    &[("ip", Some("1.2.3.4"))],
+                    &[(PRODUCER_BYTE_RATE, Some(1.0))],
+                ),
+                alteration(
+                    &[("user", Some("a"))],
+                    &[("request_percentage", Some(50.0))],
+                ),
                 alteration(&[("user", Some("a"))], &[(PRODUCER_BYTE_RATE, Some(1.5))]),
                 alteration(&[("user", Some("a"))], &[(PRODUCER_BYTE_RATE, Some(0.0))]),
                 alteration(&[], &[(PRODUCER_BYTE_RATE, Some(10.0))]),
@@ -317,7 +323,10 @@ mod tests {
         ));
         // validate_only: the answer without records.
         let (results, records) = state.alter_client_quotas(
-            &[alteration(&[("user", Some("a"))], &[(PRODUCER_BYTE_RATE, Some(9.0))])],
+            &[alteration(
+                &[("user", Some("a"))],
+                &[(PRODUCER_BYTE_RATE, Some(9.0))],
+            )],
             true,
         );
         assert_eq!(results[0].error_code, code::NONE);
@@ -332,7 +341,10 @@ mod tests {
             &[
                 alteration(
                     &[("user", Some("alice")), ("client-id", None)],
-                    &[(PRODUCER_BYTE_RATE, Some(1e6)), (CONSUMER_BYTE_RATE, Some(2e6))],
+                    &[
+                        (PRODUCER_BYTE_RATE, Some(1e6)),
+                        (CONSUMER_BYTE_RATE, Some(2e6)),
+                    ],
                 ),
                 alteration(&[("client-id", None)], &[(PRODUCER_BYTE_RATE, Some(5e5))]),
             ],

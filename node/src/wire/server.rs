@@ -653,6 +653,7 @@ impl<H: Handler> WireServer<H> {
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             slots: slots_tx,
             acks_zero_failed: Arc::new(Notify::new()),
+            muted_until: Arc::default(),
         };
         let acks_zero_failed = conn.acks_zero_failed.clone();
         let reader = conn.read_loop(rd);
@@ -785,6 +786,10 @@ struct Connection<'a, H> {
     slots: mpsc::Sender<Slot>,
     /// Signalled by an acks=0 request whose handler failed.
     acks_zero_failed: Arc<Notify>,
+    /// Until when the reader reads nothing: a Produce or Fetch answer told the client to wait
+    /// (`throttle_time_ms`, a client over its quota), and the broker mutes the connection for
+    /// as long (KIP-219).
+    muted_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl<H: Handler> Connection<'_, H> {
@@ -808,6 +813,11 @@ impl<H: Handler> Connection<'_, H> {
             } else {
                 request_max.min(SASL_FRAME_BYTES_MAX)
             };
+            // KIP-219: a throttled client's connection is not read until its throttle ends.
+            let muted = *self.muted_until.lock().expect("mute poisoned");
+            if let Some(until) = muted {
+                tokio::time::sleep_until(until).await;
+            }
             // Taken before reading, so that a full window stops reading (back-pressure).
             let permit = self
                 .in_flight
@@ -1161,7 +1171,7 @@ impl<H: Handler> Connection<'_, H> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(respond(ctx, future, tx));
+        tokio::spawn(respond(ctx, future, tx, self.muted_until.clone()));
         self.push(SlotResponse::Pending(rx), permit).await
     }
 
@@ -1199,6 +1209,7 @@ async fn respond(
     ctx: RequestContext,
     future: impl std::future::Future<Output = HandlerResult>,
     mut tx: oneshot::Sender<Result<Bytes, ConnectionError>>,
+    muted_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 ) {
     let result = {
         let closed = tx.closed();
@@ -1208,6 +1219,16 @@ async fn respond(
             () = &mut closed => return,
         }
     };
+    let throttle_ms = match &result {
+        Ok(Some(ResponseKind::Produce(r))) => r.throttle_time_ms,
+        Ok(Some(ResponseKind::Fetch(r))) => r.throttle_time_ms,
+        _ => 0,
+    };
+    if throttle_ms > 0 {
+        let until = tokio::time::Instant::now() + Duration::from_millis(throttle_ms as u64);
+        let mut muted = muted_until.lock().expect("mute poisoned");
+        *muted = Some(muted.map_or(until, |m| m.max(until)));
+    }
     let frame = match result {
         Ok(Some(body)) => encode_response(ctx.correlation_id, ctx.api_key, ctx.api_version, &body)
             .map_err(ConnectionError::Encode),
