@@ -377,3 +377,39 @@ async fn five_thousand_connections_are_refused_beyond_the_limits_and_others_stil
     assert_eq!(served, PER_IP, "exactly max.connections.per.ip served");
     assert_serves(&mut other, 3).await;
 }
+
+/// KIP-219: a Produce answered with `throttle_time_ms` is answered at once, and the broker
+/// reads nothing more from that connection until the throttle has passed; other connections
+/// are served meanwhile.
+#[tokio::test]
+async fn a_throttled_connection_is_not_read_until_its_throttle_passed() {
+    let handler = TestHandler::new();
+    let addr = start(handler.clone(), SupportedApis::all(), WireConfig::default()).await;
+    let mut throttled = Client::connect(addr).await;
+    let started = tokio::time::Instant::now();
+    let produce = kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000);
+    throttled
+        .send(
+            ApiKey::Produce,
+            9,
+            1,
+            "throttle",
+            &RequestKind::Produce(produce),
+        )
+        .await;
+    assert_eq!(throttled.recv_correlation_id().await, 1);
+    // Pipelined after the throttled answer: read only once the throttle has passed.
+    send_api_versions(&mut throttled, 2).await;
+    let mut other = Client::connect(addr).await;
+    assert_serves(&mut other, 3).await;
+    let mut frame = throttled.recv_frame().await;
+    assert_eq!(frame.get_i32(), 2);
+    let throttle = Duration::from_millis(wire_support::THROTTLE_MS as u64);
+    assert!(
+        started.elapsed() >= throttle,
+        "answered after {:?}, within the throttle of {throttle:?}",
+        started.elapsed()
+    );
+}

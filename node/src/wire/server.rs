@@ -25,6 +25,9 @@
 //!   whole size; until then the connection reads nothing more (back-pressure through TCP),
 //!   and the admitted bytes stay counted until the request is answered (for acks=0, until
 //!   its handler finished). Waiting for admission is not idling;
+//! - a Produce or Fetch answered with `throttle_time_ms` (a client over its quota) is written
+//!   at once, and the connection's next request is neither served nor followed by further
+//!   reads until that time has passed (KIP-219's muted channel);
 //! - a malformed frame, an unknown API, an unsupported version, a handler error or a missing or
 //!   mismatched response closes this connection only, discarding responses not yet written;
 //!   other connections and the listener carry on. A clean EOF from the client lets the
@@ -813,11 +816,6 @@ impl<H: Handler> Connection<'_, H> {
             } else {
                 request_max.min(SASL_FRAME_BYTES_MAX)
             };
-            // KIP-219: a throttled client's connection is not read until its throttle ends.
-            let muted = *self.muted_until.lock().expect("mute poisoned");
-            if let Some(until) = muted {
-                tokio::time::sleep_until(until).await;
-            }
             // Taken before reading, so that a full window stops reading (back-pressure).
             let permit = self
                 .in_flight
@@ -837,6 +835,12 @@ impl<H: Handler> Connection<'_, H> {
             let Some((frame, queued)) = next? else {
                 return Ok(None);
             };
+            // KIP-219: a throttled client's next request waits until its throttle has passed,
+            // and meanwhile its socket is not read (this reader is the only one).
+            let muted = *self.muted_until.lock().expect("mute poisoned");
+            if let Some(until) = muted {
+                tokio::time::sleep_until(until).await;
+            }
             let permit = Held {
                 _in_flight: permit,
                 _queued: queued,
