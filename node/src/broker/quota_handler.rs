@@ -30,11 +30,15 @@ fn s(text: impl Into<String>) -> StrBytes {
 /// beyond the clients active within one window.
 const QUOTA_RATES_PRUNE_AT: usize = 10_000;
 
-/// The byte rates clients used, per quota kind and quota key (`AppliedQuota::key`), for the
-/// clients a quota applies to.
+/// A quota's kind and its key (`AppliedQuota::key`: user and client id, each empty when the
+/// quota's entity has no such part).
+type RateKey = (QuotaKind, (String, String));
+
+/// The byte rates clients used, per quota kind and quota key, for the clients a quota applies
+/// to.
 #[derive(Debug, Default)]
 pub(super) struct QuotaRates {
-    rates: std::sync::Mutex<BTreeMap<(QuotaKind, (String, String)), ByteRate>>,
+    rates: std::sync::Mutex<BTreeMap<RateKey, ByteRate>>,
 }
 
 impl Broker {
