@@ -70,6 +70,7 @@ pub mod acls;
 pub mod config;
 pub mod elections;
 pub mod plan;
+pub mod quotas;
 pub mod reassignment;
 pub mod records;
 pub mod scram;
@@ -512,6 +513,10 @@ pub enum ApplyError {
     /// does not exist ([`scram`]).
     #[error("invalid SCRAM credential record: {0}")]
     InvalidScram(String),
+    /// A client quota record that does not validate, or a removal of a quota that is not set
+    /// ([`quotas`]).
+    #[error("invalid client quota record: {0}")]
+    InvalidQuota(String),
 }
 
 /// The controller's metadata state. See the module documentation for its invariants.
@@ -528,6 +533,8 @@ pub struct MetadataState {
     acls: crate::acl::Acls,
     /// The SCRAM credentials by user and mechanism code ([`scram`]).
     scram: BTreeMap<(String, i8), scram::StoredScram>,
+    /// The client quotas by entity, then key ([`quotas`]).
+    quotas: BTreeMap<crate::quota::QuotaEntity, BTreeMap<String, i64>>,
 }
 
 impl MetadataState {
@@ -1316,6 +1323,7 @@ impl MetadataState {
             Some(Record::RemoveAcl(r)) => self.apply_acl(r, false),
             Some(Record::ScramCredential(r)) => self.apply_scram(r),
             Some(Record::RemoveScramCredential(r)) => self.apply_remove_scram(r),
+            Some(Record::ClientQuota(r)) => self.apply_client_quota(r),
         }
     }
 

@@ -20,7 +20,7 @@
 //! - [`partition`]: one partition replica in Kafka's ISR replication (leader and follower
 //!   roles, the durable high watermark, produce validation), over its log and producer state.
 //! - [`controller`]: the metadata state machine (topics, partitions, brokers, configs,
-//!   producer-id blocks, ACLs, SCRAM credentials), its prost records, and a single-node store
+//!   producer-id blocks, ACLs, SCRAM credentials, client quotas), its prost records, and a single-node store
 //!   of them the broker no longer uses (the quorum's raft log holds them).
 //! - [`group`]: the consumer group coordinator (classic protocol: join, sync, heartbeat, leave,
 //!   offsets), its `__consumer_offsets` records and its rebuild from them.
@@ -30,6 +30,8 @@
 //! - [`quorum`]: the metadata quorum on tikv's `raft` crate (voters and learners, the Ready
 //!   loop persisted through [`storage::Storage`], snapshots), and the controller's broker
 //!   sessions (heartbeats, fencing).
+//! - [`quota`]: client byte-rate quotas (KIP-13): which quota applies to a request, the rate
+//!   over a sliding window, the throttle time.
 //! - [`error_code`]: Kafka's error codes, the one table every module and crate uses.
 //! - [`frame`]: CRC-framed records in an append-only file (the raft log's format).
 //! - [`planted`]: bugs planted for the simulator to catch (the `planted-bugs` feature only).
@@ -50,6 +52,7 @@ pub mod partition;
 pub mod planted;
 pub mod producer;
 pub mod quorum;
+pub mod quota;
 pub mod storage;
 pub mod txn;
 pub mod types;

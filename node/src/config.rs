@@ -88,6 +88,13 @@ pub const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
 pub const LOG_MESSAGE_TIMESTAMP_TYPE: &str = "log.message.timestamp.type";
 /// `socket.request.max.bytes`: the largest request frame accepted (INT, >= 1).
 pub const SOCKET_REQUEST_MAX_BYTES: &str = "socket.request.max.bytes";
+/// `queued.max.request.bytes`: the bytes of requests read but not yet answered, all
+/// connections together, before no connection reads another (LONG; -1 or 0: unbounded, else
+/// at least `socket.request.max.bytes`). Its default is 256 MiB, where Kafka's is unbounded
+/// (-1, leaving the JVM heap as the bound): room for two requests of the default
+/// `socket.request.max.bytes` (100 MiB) at once and far above what ordinary traffic (batches
+/// of about 1 MB) holds, while a flood of large produces cannot take more of the machine.
+pub const QUEUED_MAX_REQUEST_BYTES: &str = "queued.max.request.bytes";
 /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask (INT).
 pub const TRANSACTION_MAX_TIMEOUT_MS: &str = "transaction.max.timeout.ms";
 /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` when it is
@@ -624,6 +631,14 @@ pub const SETTINGS: &[Setting] = &[
         doc: "replication factor of __consumer_offsets (at most the live brokers at creation)",
     },
     Setting {
+        name: QUEUED_MAX_REQUEST_BYTES,
+        setting_type: LONG_OR_FOREVER,
+        default: Some("268435456"),
+        doc: "bytes of requests read but not yet answered, all connections together; at the \
+              bound no connection reads its next request until answers free room (back-pressure); \
+              at least socket.request.max.bytes; -1 or 0: unbounded",
+    },
+    Setting {
         name: REPLICA_FETCH_BACKOFF_MS,
         setting_type: INT_NON_NEGATIVE,
         default: Some("1000"),
@@ -1076,6 +1091,8 @@ pub struct BrokerConfig {
     pub message_timestamp_type: TimestampType,
     /// `socket.request.max.bytes`.
     pub socket_request_bytes_max: i32,
+    /// `queued.max.request.bytes`; `None`: unbounded (-1 or 0).
+    pub queued_request_bytes_max: Option<u64>,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_ms_max: i64,
     /// `offsets.retention.minutes`, in milliseconds.
@@ -1472,6 +1489,7 @@ impl BrokerConfig {
             message_bytes_max: values.int_or_default(MESSAGE_MAX_BYTES)?,
             message_timestamp_type,
             socket_request_bytes_max: values.int_or_default(SOCKET_REQUEST_MAX_BYTES)?,
+            queued_request_bytes_max: queued_request_bytes_max(&values)?,
             replica_lag_time_ms_max: values.long_or_default(REPLICA_LAG_TIME_MAX_MS)?,
             offsets_retention_ms: i64::from(values.int_or_default(OFFSETS_RETENTION_MINUTES)?)
                 * MS_PER_MINUTE,
@@ -1627,6 +1645,25 @@ impl BrokerConfig {
 /// The authoriser's settings: `None` without `authorizer.class.name`; each `super.users`
 /// entry must be `Type:name`.
 /// `super.users`, checked: `Type:name` each.
+/// `queued.max.request.bytes`: `None` for unbounded (-1 or 0, Kafka's way of saying it); a
+/// bound below `socket.request.max.bytes` is refused, as Kafka refuses it, since a frame the
+/// bound could never admit would wait forever.
+fn queued_request_bytes_max(values: &Values<'_>) -> Result<Option<u64>, ConfigError> {
+    let bound = values.long_or_default(QUEUED_MAX_REQUEST_BYTES)?;
+    if bound <= 0 {
+        return Ok(None);
+    }
+    let frame_max = values.int_or_default(SOCKET_REQUEST_MAX_BYTES)?;
+    if bound < i64::from(frame_max) {
+        return Err(values.invalid(
+            QUEUED_MAX_REQUEST_BYTES,
+            &format!("-1, or at least socket.request.max.bytes ({frame_max})"),
+        ));
+    }
+    // Positive, so exact.
+    Ok(Some(bound as u64))
+}
+
 fn super_users(values: &Values<'_>) -> Result<std::collections::BTreeSet<String>, ConfigError> {
     let super_users: std::collections::BTreeSet<String> = values
         .string_or_default(SUPER_USERS)?

@@ -223,6 +223,8 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     connections: AtomicI64,
     connections_accepted: AtomicU64,
+    /// Bytes of requests admitted under `queued.max.request.bytes` and not yet answered.
+    request_queue_bytes: AtomicI64,
     /// The log cleaner's counters (`crate::broker::cleaner`).
     pub cleaner: crate::broker::cleaner::CleanerCounters,
     partition_source: RwLock<Option<Arc<PartitionSource>>>,
@@ -283,6 +285,7 @@ impl Metrics {
             bytes_out: AtomicU64::new(0),
             connections: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
+            request_queue_bytes: AtomicI64::new(0),
             cleaner: Default::default(),
             partition_source: RwLock::new(None),
             cluster_source: RwLock::new(None),
@@ -348,6 +351,17 @@ impl Metrics {
         ConnectionGuard {
             metrics: Arc::clone(self),
         }
+    }
+
+    /// Counts `bytes` of a request as queued (read, not yet answered), or with a negative
+    /// `bytes` as answered: `keel_request_queue_bytes`.
+    pub fn add_request_queue_bytes(&self, bytes: i64) {
+        self.request_queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of requests read and not yet answered, as `keel_request_queue_bytes` reports them.
+    pub fn request_queue_bytes(&self) -> i64 {
+        self.request_queue_bytes.load(Ordering::Relaxed)
     }
 
     /// Sets the callback that reports partitions at scrape time (replacing any earlier one). It
@@ -525,6 +539,18 @@ impl Metrics {
             "keel_connections",
             &[],
             self.connections.load(Ordering::Relaxed),
+        );
+        family(
+            &mut out,
+            "keel_request_queue_bytes",
+            "gauge",
+            "Bytes of requests read and not yet answered (bounded by queued.max.request.bytes).",
+        );
+        sample(
+            &mut out,
+            "keel_request_queue_bytes",
+            &[],
+            self.request_queue_bytes.load(Ordering::Relaxed),
         );
 
         family(

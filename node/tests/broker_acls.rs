@@ -963,6 +963,24 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ),
         ),
         (
+            ApiKey::AlterClientQuotas,
+            1,
+            RequestKind::AlterClientQuotas(AlterClientQuotasRequest::default().with_entries(
+                vec![alter_client_quotas_request::EntryData::default()
+                    .with_entity(vec![alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(s("client-id"))
+                        .with_entity_name(Some(s("app")))])
+                    .with_ops(vec![alter_client_quotas_request::OpData::default()
+                        .with_key(s("producer_byte_rate"))
+                        .with_value(1024.0)])],
+            )),
+        ),
+        (
+            ApiKey::DescribeClientQuotas,
+            1,
+            RequestKind::DescribeClientQuotas(DescribeClientQuotasRequest::default()),
+        ),
+        (
             ApiKey::OffsetDelete,
             0,
             RequestKind::OffsetDelete(
@@ -1090,6 +1108,7 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
     );
     assert!(after.acls().is_empty());
     assert_eq!(after.scram_credentials().count(), 0);
+    assert!(after.client_quotas().is_empty());
     assert_eq!(log_end(&broker, "orders").await, 1);
 }
 

@@ -586,6 +586,27 @@ fn requests(api: ApiKey, v: i16, round: usize, t_id: uuid::Uuid) -> Vec<RequestK
                         .with_mechanism(2),
                 ]),
         )],
+        ApiKey::DescribeClientQuotas => vec![
+            RequestKind::DescribeClientQuotas(DescribeClientQuotasRequest::default()),
+            RequestKind::DescribeClientQuotas(
+                DescribeClientQuotasRequest::default()
+                    .with_components(vec![describe_client_quotas_request::ComponentData::default()
+                        .with_entity_type(s("client-id"))
+                        .with_match_type(2)])
+                    .with_strict(true),
+            ),
+        ],
+        ApiKey::AlterClientQuotas => vec![RequestKind::AlterClientQuotas(
+            AlterClientQuotasRequest::default().with_entries(vec![
+                alter_client_quotas_request::EntryData::default()
+                    .with_entity(vec![alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(s("user"))
+                        .with_entity_name(None)])
+                    .with_ops(vec![alter_client_quotas_request::OpData::default()
+                        .with_key(s("consumer_byte_rate"))
+                        .with_value(4096.0)]),
+            ]),
+        )],
         ApiKey::ElectLeaders => vec![
             RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(None)),
             RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(

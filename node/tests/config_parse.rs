@@ -1182,3 +1182,32 @@ fn log_cleaner_settings_have_kafkas_defaults_and_are_checked() {
         assert!(e.to_string().contains(bad.0), "{e}");
     }
 }
+
+/// `queued.max.request.bytes`: 256 MiB by default; -1 and 0 mean unbounded (Kafka's -1); a
+/// bound below `socket.request.max.bytes` is refused (Kafka's `KafkaConfig` requires the same),
+/// since a frame it could never admit would wait forever.
+#[test]
+fn queued_max_request_bytes_defaults_to_256_mib_and_must_hold_one_frame() {
+    assert_eq!(
+        parse("node.id = 1").queued_request_bytes_max,
+        Some(256 * 1024 * 1024)
+    );
+    for unbounded in ["-1", "0"] {
+        let text = format!("node.id = 1\n\"queued.max.request.bytes\" = {unbounded}");
+        assert_eq!(parse(&text).queued_request_bytes_max, None, "{unbounded}");
+    }
+    let text =
+        "node.id = 1\n\"socket.request.max.bytes\" = 1000\n\"queued.max.request.bytes\" = 1000";
+    assert_eq!(parse(text).queued_request_bytes_max, Some(1000));
+    let e = error(
+        "node.id = 1\n\"socket.request.max.bytes\" = 1000\n\"queued.max.request.bytes\" = 999",
+    );
+    assert!(
+        matches!(&e, ConfigError::InvalidValue { key, .. } if key == "queued.max.request.bytes"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("socket.request.max.bytes (1000)"),
+        "{e}"
+    );
+}

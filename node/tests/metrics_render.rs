@@ -146,6 +146,9 @@ keel_isr_expands_total 2
 # HELP keel_connections Kafka client connections open.
 # TYPE keel_connections gauge
 keel_connections 1
+# HELP keel_request_queue_bytes Bytes of requests read and not yet answered (bounded by queued.max.request.bytes).
+# TYPE keel_request_queue_bytes gauge
+keel_request_queue_bytes 0
 # HELP keel_authorization_denials_total Operations the authoriser denied, by resource type and operation.
 # TYPE keel_authorization_denials_total counter
 keel_authorization_denials_total{{resource_type="TOPIC",operation="WRITE"}} 2

@@ -5,7 +5,7 @@
 //! Wire compatibility rules (protobuf's): a field's tag never changes and is never reused; new
 //! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
 //! Tags reserved for what KRaft has and keel does not yet:
-//! `PartitionRecord` 9 last known ELR, 10 leader recovery state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials), apart from the
+//! `PartitionRecord` 9 last known ELR, 10 leader recovery state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials, client quotas), apart from the
 //! others so that records added meanwhile elsewhere take the next free tag below them.
 //!
 //! Topic ids are KRaft's 16-byte UUIDs carried as `bytes`; a record whose id is not 16 bytes
@@ -19,7 +19,7 @@ pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
     #[prost(
         oneof = "Record",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23, 24"
     )]
     pub record: Option<Record>,
 }
@@ -75,6 +75,10 @@ pub enum Record {
     /// Removes one (KRaft's RemoveUserScramCredentialRecord); apply refuses a missing one.
     #[prost(message, tag = "23")]
     RemoveScramCredential(RemoveScramCredentialRecord),
+    /// Sets or removes one client quota of one entity (KRaft's ClientQuotaRecord, KIP-13 and
+    /// KIP-546).
+    #[prost(message, tag = "24")]
+    ClientQuota(ClientQuotaRecord),
 }
 
 /// A new topic.
@@ -346,6 +350,34 @@ pub struct RemoveScramCredentialRecord {
     pub mechanism: i32,
 }
 
+/// One part of a quota entity.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QuotaEntityPart {
+    /// `user` or `client-id`.
+    #[prost(string, tag = "1")]
+    pub entity_type: String,
+    /// The name; absent for the default entity of the type.
+    #[prost(string, optional, tag = "2")]
+    pub entity_name: Option<String>,
+}
+
+/// Sets (or with `remove`, deletes) one quota key of one entity.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientQuotaRecord {
+    /// The entity's parts, at most one per type.
+    #[prost(message, repeated, tag = "1")]
+    pub entity: Vec<QuotaEntityPart>,
+    /// The quota key (`producer_byte_rate`, `consumer_byte_rate`).
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The value, bytes per second (a whole number).
+    #[prost(double, tag = "3")]
+    pub value: f64,
+    /// Whether the key is removed rather than set.
+    #[prost(bool, tag = "4")]
+    pub remove: bool,
+}
+
 /// The records of one command, stored as one frame so that they apply all or none (KRaft
 /// appends a command's records as one atomic batch).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -376,4 +408,5 @@ into_record!(
     FenceBroker(FenceBrokerRecord),
     UnfenceBroker(UnfenceBrokerRecord),
     UnregisterBroker(UnregisterBrokerRecord),
+    ClientQuota(ClientQuotaRecord),
 );

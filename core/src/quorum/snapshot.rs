@@ -143,6 +143,15 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
             .scram_credentials()
             .map(|(user, mechanism, c)| crate::controller::scram::scram_record(user, mechanism, c)),
     );
+    for (entity, keys) in state.client_quotas() {
+        for (key, value) in keys {
+            records.push(crate::controller::quotas::quota_record(
+                entity,
+                key,
+                Some(*value),
+            ));
+        }
+    }
     records.push(
         ProducerIdsRecord {
             broker_id: -1,

@@ -33,7 +33,7 @@ fn s(text: impl Into<String>) -> StrBytes {
 
 const SECURITY_DISABLED_MESSAGE: &str = "No Authorizer is configured.";
 
-/// The ACL (and SCRAM) APIs, answered here whatever the authoriser; any other request is
+/// The ACL (and SCRAM and client quota) APIs, answered here whatever the authoriser; any other request is
 /// given back to be authorised (`Gate::Pass` without a finish).
 pub(super) fn admin_gate(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Gate {
     match request {
@@ -44,6 +44,8 @@ pub(super) fn admin_gate(broker: &Arc<Broker>, ctx: &RequestContext, request: Re
         RequestKind::DescribeUserScramCredentials(r) => {
             super::scram_handler::describe(broker, ctx, r)
         }
+        RequestKind::AlterClientQuotas(r) => super::quota_handler::alter(broker, ctx, r),
+        RequestKind::DescribeClientQuotas(r) => super::quota_handler::describe(broker, ctx, r),
         other => Gate::Pass(other, None),
     }
 }

@@ -43,6 +43,7 @@ use keel_core::controller::{
 use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::log::LogError;
 use keel_core::partition::{compression_allowed, AckStatus, Appended, ProduceError};
+use keel_core::quota::QuotaKind;
 use keel_core::{LeaderEpoch, Offset};
 
 use super::authz::Gate;
@@ -151,7 +152,8 @@ impl Broker {
         enum Next {
             Ready(ResponseKind),
             NoResponse,
-            Produce(ProduceWait),
+            /// With the request's record bytes, for the client's quota.
+            Produce((ProduceWait, u64)),
             Fetch(FetchRequest),
             /// Answered after the controller committed a command.
             Later(std::pin::Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
@@ -159,10 +161,22 @@ impl Broker {
             NotServed,
         }
         let next = match request {
-            RequestKind::Produce(r) => match self.produce(&ctx, r) {
-                None => Next::NoResponse,
-                Some(wait) => Next::Produce(wait),
-            },
+            RequestKind::Produce(r) => {
+                let bytes: u64 = r
+                    .topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .map(|p| p.records.as_ref().map_or(0, |b| b.len() as u64))
+                    .sum();
+                match self.produce(&ctx, r) {
+                    None => {
+                        // acks=0 gets no answer to carry a throttle; its bytes still count.
+                        self.quota_throttle_ms(&ctx, QuotaKind::Produce, bytes);
+                        Next::NoResponse
+                    }
+                    Some(wait) => Next::Produce((wait, bytes)),
+                }
+            }
             RequestKind::Fetch(r) => Next::Fetch(r),
             RequestKind::Metadata(r) => {
                 let (b, v, l) = (self.clone(), ctx.api_version, ctx.listener.clone());
@@ -331,9 +345,17 @@ impl Broker {
                 Next::Ready(r) => Ok(Some(r)),
                 Next::Later(f) => Ok(Some(f.await)),
                 Next::NoResponse => Ok(None),
-                Next::Produce(wait) => Ok(Some(ResponseKind::Produce(wait.finish().await))),
+                Next::Produce((wait, bytes)) => {
+                    let mut response = wait.finish().await;
+                    // KIP-13: the bytes count whatever the outcome; v0 has no throttle field.
+                    let throttle = broker.quota_throttle_ms(&ctx, QuotaKind::Produce, bytes);
+                    if ctx.api_version >= 1 {
+                        response.throttle_time_ms = throttle;
+                    }
+                    Ok(Some(ResponseKind::Produce(response)))
+                }
                 Next::Fetch(r) => {
-                    let response = broker.fetch(&ctx, r).await;
+                    let mut response = broker.fetch(&ctx, r).await;
                     let bytes: usize = response
                         .responses
                         .iter()
@@ -341,6 +363,10 @@ impl Broker {
                         .map(|p| p.records.as_ref().map_or(0, Bytes::len))
                         .sum();
                     broker.metrics().add_bytes_out(bytes as u64);
+                    let throttle = broker.quota_throttle_ms(&ctx, QuotaKind::Fetch, bytes as u64);
+                    if ctx.api_version >= 1 {
+                        response.throttle_time_ms = throttle;
+                    }
                     Ok(Some(ResponseKind::Fetch(response)))
                 }
             };

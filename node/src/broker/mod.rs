@@ -41,6 +41,7 @@ mod groups;
 mod handler;
 mod hw_checkpoint;
 mod ops_handler;
+mod quota_handler;
 pub mod replication;
 mod scram_handler;
 mod txn;
@@ -595,6 +596,8 @@ pub struct Broker {
     reconcile_retry_pending: AtomicBool,
     /// The broker is stopping: its heartbeats ask for a controlled shutdown.
     shutting_down: AtomicBool,
+    /// Client quota usage by kind and quota key ([`quota_handler::QuotaRates`]).
+    quota_rates: quota_handler::QuotaRates,
     sync: SyncWorker,
     /// The persisted high watermarks of this broker's replicas ([`hw_checkpoint`]).
     hw_checkpoint: Arc<hw_checkpoint::HwCheckpoint>,
@@ -719,6 +722,7 @@ impl Broker {
             reconcile_failed: AtomicBool::new(false),
             reconcile_retry_pending: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            quota_rates: quota_handler::QuotaRates::default(),
             sync: SyncWorker::start(sync_latency, hw_checkpoint.clone()),
             hw_checkpoint,
             groups: groups::Coordinators::new(settings_group),

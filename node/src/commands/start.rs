@@ -278,10 +278,17 @@ pub fn run(args: StartArgs) -> ExitCode {
             connections_max_idle: (config.connections_max_idle_ms > 0)
                 .then(|| Duration::from_millis(config.connections_max_idle_ms as u64)),
             // One set of limits for every listener (cloned with the configuration).
-            limits: Arc::new(ConnectionLimits::new(
-                config.max_connections.max(1) as usize,
-                config.max_connections_per_ip.max(1) as usize,
-            )),
+            limits: Arc::new(
+                ConnectionLimits::new(
+                    config.max_connections.max(1) as usize,
+                    config.max_connections_per_ip.max(1) as usize,
+                )
+                .with_queued_request_bytes(
+                    config
+                        .queued_request_bytes_max
+                        .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+                ),
+            ),
             ..WireConfig::default()
         };
         let mut serving = Vec::new();

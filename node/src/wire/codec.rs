@@ -455,6 +455,8 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,
         ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
         ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+        ResponseKind::DescribeClientQuotas(_) => ApiKey::DescribeClientQuotas,
+        ResponseKind::AlterClientQuotas(_) => ApiKey::AlterClientQuotas,
         ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         ResponseKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         ResponseKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,

@@ -20,6 +20,14 @@
 //! - a size prefix that is negative or above `socket_request_max_bytes` closes the connection
 //!   before anything is allocated for the frame; the read buffer grows by at most
 //!   [`READ_CHUNK_BYTES`] beyond the bytes actually received;
+//! - a frame's body is read only once the broker-wide bound on queued request bytes
+//!   (`queued.max.request.bytes`, [`ConnectionLimits::with_queued_request_bytes`]) admits its
+//!   whole size; until then the connection reads nothing more (back-pressure through TCP),
+//!   and the admitted bytes stay counted until the request is answered (for acks=0, until
+//!   its handler finished). Waiting for admission is not idling;
+//! - a Produce or Fetch answered with `throttle_time_ms` (a client over its quota) is written
+//!   at once, and the connection's next request is neither served nor followed by further
+//!   reads until that time has passed (KIP-219's muted channel);
 //! - a malformed frame, an unknown API, an unsupported version, a handler error or a missing or
 //!   mismatched response closes this connection only, discarding responses not yet written;
 //!   other connections and the listener carry on. A clean EOF from the client lets the
@@ -141,11 +149,28 @@ impl Eq for ConnectionLimits {}
 /// loops stop accepting until a connection closes (Kafka's acceptor does the same: new
 /// clients wait in the TCP backlog); a client address at `max.connections.per.ip` has its new
 /// connection closed at once.
+///
+/// They also hold `queued.max.request.bytes`: the bytes of requests read and not yet answered,
+/// all connections together. A connection whose next frame does not fit waits, reading
+/// nothing, until answers free room (Kafka's memory pool mutes such a channel the same way).
+/// A frame is admitted as soon as it fits: a small request (a well-behaved client's) passes
+/// large ones waiting for room, as in Kafka, where each muted channel tries again on its own.
 #[derive(Debug)]
 pub struct ConnectionLimits {
     total: Arc<Semaphore>,
     per_ip_max: usize,
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// `queued.max.request.bytes`; `None`: unbounded.
+    queued: Option<QueuedBytesBound>,
+}
+
+/// The bytes admitted and not yet answered, at most `bytes_max`.
+#[derive(Debug)]
+struct QueuedBytesBound {
+    bytes: std::sync::Mutex<usize>,
+    bytes_max: usize,
+    /// Signalled whenever admitted bytes are released.
+    freed: Notify,
 }
 
 impl ConnectionLimits {
@@ -157,6 +182,68 @@ impl ConnectionLimits {
             )),
             per_ip_max: max_per_ip.max(1),
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
+            queued: None,
+        }
+    }
+
+    /// The same limits, with at most `bytes_max` bytes of requests read and not yet answered
+    /// (`queued.max.request.bytes`; `None`: unbounded). A frame larger than the bound (which
+    /// `keel start`'s settings refuse: the bound is at least `socket.request.max.bytes`) is
+    /// admitted alone, taking the whole bound.
+    pub fn with_queued_request_bytes(mut self, bytes_max: Option<usize>) -> ConnectionLimits {
+        self.queued = bytes_max.map(|bytes_max| QueuedBytesBound {
+            bytes: std::sync::Mutex::new(0),
+            bytes_max: bytes_max.max(1),
+            freed: Notify::new(),
+        });
+        self
+    }
+
+    /// Bytes of requests admitted under `queued.max.request.bytes` and not yet answered; 0
+    /// when unbounded. Never above the bound.
+    pub fn queued_request_bytes(&self) -> usize {
+        self.queued
+            .as_ref()
+            .map_or(0, |q| *q.bytes.lock().expect("queued bytes poisoned"))
+    }
+
+    /// Waits until `bytes` more fit under `queued.max.request.bytes`, and counts them until the
+    /// returned value drops.
+    async fn admit_request(
+        self: &Arc<Self>,
+        bytes: usize,
+        metrics: Option<&Arc<crate::metrics::Metrics>>,
+    ) -> QueuedRequest {
+        let mut counted = 0;
+        if let Some(bound) = &self.queued {
+            // At most the bound, so that an oversized frame waits for an empty pool rather
+            // than forever.
+            let want = bytes.min(bound.bytes_max);
+            loop {
+                // Registered before the check, so that a release between the two wakes it.
+                let freed = bound.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                {
+                    let mut queued = bound.bytes.lock().expect("queued bytes poisoned");
+                    if *queued + want <= bound.bytes_max {
+                        *queued += want;
+                        break;
+                    }
+                }
+                freed.await;
+            }
+            counted = want;
+        }
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if let Some(metrics) = metrics {
+            metrics.add_request_queue_bytes(bytes);
+        }
+        QueuedRequest {
+            limits: self.clone(),
+            counted,
+            bytes,
+            metrics: metrics.cloned(),
         }
     }
 
@@ -178,6 +265,42 @@ impl ConnectionLimits {
             ip,
         })
     }
+}
+
+/// The bytes of one request, counted against `queued.max.request.bytes` and in
+/// `keel_request_queue_bytes` from its admission until it is answered (dropped).
+struct QueuedRequest {
+    limits: Arc<ConnectionLimits>,
+    /// The bytes counted against the bound (0 when unbounded).
+    counted: usize,
+    /// The frame's bytes, as `keel_request_queue_bytes` counts them.
+    bytes: i64,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Drop for QueuedRequest {
+    fn drop(&mut self) {
+        if let Some(bound) = &self.limits.queued {
+            let mut queued = bound.bytes.lock().expect("queued bytes poisoned");
+            assert!(
+                *queued >= self.counted,
+                "queued request bytes: releases never exceed admissions"
+            );
+            *queued -= self.counted;
+            drop(queued);
+            bound.freed.notify_waiters();
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.add_request_queue_bytes(-self.bytes);
+        }
+    }
+}
+
+/// What a request holds from its frame being read until it is answered: its place among the
+/// connection's requests in flight, and its bytes under `queued.max.request.bytes`.
+struct Held {
+    _in_flight: OwnedSemaphorePermit,
+    _queued: QueuedRequest,
 }
 
 /// One connection counted against its address; uncounted when dropped.
@@ -533,6 +656,7 @@ impl<H: Handler> WireServer<H> {
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             slots: slots_tx,
             acks_zero_failed: Arc::new(Notify::new()),
+            muted_until: Arc::default(),
         };
         let acks_zero_failed = conn.acks_zero_failed.clone();
         let reader = conn.read_loop(rd);
@@ -665,6 +789,10 @@ struct Connection<'a, H> {
     slots: mpsc::Sender<Slot>,
     /// Signalled by an acks=0 request whose handler failed.
     acks_zero_failed: Arc<Notify>,
+    /// Until when the reader reads nothing: a Produce or Fetch answer told the client to wait
+    /// (`throttle_time_ms`, a client over its quota), and the broker mutes the connection for
+    /// as long (KIP-219).
+    muted_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl<H: Handler> Connection<'_, H> {
@@ -675,7 +803,12 @@ impl<H: Handler> Connection<'_, H> {
         rd: R,
     ) -> Result<Option<ConnectionError>, ConnectionError> {
         let request_max = self.server.config.socket_request_max_bytes;
-        let mut frames = FrameReader::new(rd, request_max);
+        let mut frames = FrameReader::new(
+            rd,
+            request_max,
+            self.server.config.limits.clone(),
+            self.server.metrics.clone(),
+        );
         frames.detect_tls_hello = self.server.listener.tls().is_none();
         loop {
             frames.bytes_max = if self.auth.authenticated() {
@@ -699,8 +832,18 @@ impl<H: Handler> Connection<'_, H> {
                     },
                     e => e,
                 });
-            let Some(frame) = next? else {
+            let Some((frame, queued)) = next? else {
                 return Ok(None);
+            };
+            // KIP-219: a throttled client's next request waits until its throttle has passed,
+            // and meanwhile its socket is not read (this reader is the only one).
+            let muted = *self.muted_until.lock().expect("mute poisoned");
+            if let Some(until) = muted {
+                tokio::time::sleep_until(until).await;
+            }
+            let permit = Held {
+                _in_flight: permit,
+                _queued: queued,
             };
             if let Auth::Unframed(..) = self.auth {
                 if let Some(close) = self.unframed_token(&frame, permit).await? {
@@ -777,13 +920,17 @@ impl<H: Handler> Connection<'_, H> {
     async fn next_frame_or_idle<R: AsyncRead + Unpin>(
         &self,
         frames: &mut FrameReader<R>,
-    ) -> Result<Option<Bytes>, ConnectionError> {
+    ) -> Result<Option<(Bytes, QueuedRequest)>, ConnectionError> {
         let Some(idle) = self.server.config.connections_max_idle else {
             return frames.next_frame().await;
         };
         loop {
             if let Ok(next) = tokio::time::timeout(idle, frames.next_frame()).await {
                 return next;
+            }
+            // Waiting for queued.max.request.bytes to admit a frame is the broker's wait.
+            if frames.awaiting_admission {
+                continue;
             }
             // This reader holds one permit; any other is a request not yet answered.
             let in_flight_max = self.server.config.in_flight_per_connection_max;
@@ -798,7 +945,7 @@ impl<H: Handler> Connection<'_, H> {
     async fn sasl_request(
         &mut self,
         request: DecodedRequest,
-        permit: OwnedSemaphorePermit,
+        permit: Held,
     ) -> Result<Option<ConnectionError>, ConnectionError> {
         let DecodedRequest {
             api_key,
@@ -936,7 +1083,7 @@ impl<H: Handler> Connection<'_, H> {
     async fn unframed_token(
         &mut self,
         token: &[u8],
-        permit: OwnedSemaphorePermit,
+        permit: Held,
     ) -> Result<Option<ConnectionError>, ConnectionError> {
         let Auth::Unframed(sasl, mut exchange) = std::mem::replace(&mut self.auth, Auth::Open)
         else {
@@ -1004,11 +1151,7 @@ impl<H: Handler> Connection<'_, H> {
     }
 
     /// Calls the handler (in request order) and queues or detaches its future.
-    async fn dispatch(
-        &self,
-        request: DecodedRequest,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), ConnectionError> {
+    async fn dispatch(&self, request: DecodedRequest, permit: Held) -> Result<(), ConnectionError> {
         let DecodedRequest {
             api_key,
             header,
@@ -1051,15 +1194,11 @@ impl<H: Handler> Connection<'_, H> {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(respond(ctx, future, tx));
+        tokio::spawn(respond(ctx, future, tx, self.muted_until.clone()));
         self.push(SlotResponse::Pending(rx), permit).await
     }
 
-    async fn push(
-        &self,
-        response: SlotResponse,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), ConnectionError> {
+    async fn push(&self, response: SlotResponse, permit: Held) -> Result<(), ConnectionError> {
         let slot = Slot {
             response,
             _permit: permit,
@@ -1077,7 +1216,7 @@ impl<H: Handler> Connection<'_, H> {
 struct Slot {
     response: SlotResponse,
     /// Released once the response is written.
-    _permit: OwnedSemaphorePermit,
+    _permit: Held,
 }
 
 enum SlotResponse {
@@ -1093,6 +1232,7 @@ async fn respond(
     ctx: RequestContext,
     future: impl std::future::Future<Output = HandlerResult>,
     mut tx: oneshot::Sender<Result<Bytes, ConnectionError>>,
+    muted_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 ) {
     let result = {
         let closed = tx.closed();
@@ -1102,6 +1242,16 @@ async fn respond(
             () = &mut closed => return,
         }
     };
+    let throttle_ms = match &result {
+        Ok(Some(ResponseKind::Produce(r))) => r.throttle_time_ms,
+        Ok(Some(ResponseKind::Fetch(r))) => r.throttle_time_ms,
+        _ => 0,
+    };
+    if throttle_ms > 0 {
+        let until = tokio::time::Instant::now() + Duration::from_millis(throttle_ms as u64);
+        let mut muted = muted_until.lock().expect("mute poisoned");
+        *muted = Some(muted.map_or(until, |m| m.max(until)));
+    }
     let frame = match result {
         Ok(Some(body)) => encode_response(ctx.correlation_id, ctx.api_key, ctx.api_version, &body)
             .map_err(ConnectionError::Encode),
@@ -1140,7 +1290,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Splits the byte stream into request frames, bounded by `socket_request_max_bytes`.
+/// Splits the byte stream into request frames, bounded by `socket_request_max_bytes`, each
+/// admitted under `queued.max.request.bytes` before its body is read.
 struct FrameReader<R> {
     rd: R,
     buf: BytesMut,
@@ -1150,20 +1301,38 @@ struct FrameReader<R> {
     /// Whether a first frame that starts like a TLS ClientHello is refused as one (on
     /// listeners without TLS); cleared after the first frame.
     detect_tls_hello: bool,
+    /// The broker's limits, whose queued-bytes bound admits each frame.
+    limits: Arc<ConnectionLimits>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The admission of the frame being read, kept if `next_frame` is cancelled (by the idle
+    /// timeout) while its body arrives.
+    admitted: Option<QueuedRequest>,
+    /// Set while `next_frame` waits for admission: the broker is full, the client is not idle.
+    awaiting_admission: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn new(rd: R, bytes_max: usize) -> Self {
+    fn new(
+        rd: R,
+        bytes_max: usize,
+        limits: Arc<ConnectionLimits>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
         Self {
             rd,
             buf: BytesMut::new(),
             bytes_max,
             detect_tls_hello: false,
+            limits,
+            metrics,
+            admitted: None,
+            awaiting_admission: false,
         }
     }
 
-    /// The next frame without its size prefix, or `None` on EOF between frames.
-    async fn next_frame(&mut self) -> Result<Option<Bytes>, ConnectionError> {
+    /// The next frame without its size prefix and its admission, or `None` on EOF between
+    /// frames. Cancellation-safe: what was read and admitted is kept for the next call.
+    async fn next_frame(&mut self) -> Result<Option<(Bytes, QueuedRequest)>, ConnectionError> {
         if !self.fill(SIZE_PREFIX_BYTES).await? {
             return if self.buf.is_empty() {
                 Ok(None)
@@ -1179,11 +1348,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(ConnectionError::TlsHello);
         }
         let size = frame_size(prefix, self.bytes_max)?;
+        if self.admitted.is_none() {
+            self.awaiting_admission = true;
+            let admitted = self
+                .limits
+                .admit_request(SIZE_PREFIX_BYTES + size, self.metrics.as_ref())
+                .await;
+            self.awaiting_admission = false;
+            self.admitted = Some(admitted);
+        }
         if !self.fill(SIZE_PREFIX_BYTES + size).await? {
             return Err(ConnectionError::EofInsideFrame);
         }
         self.buf.advance(SIZE_PREFIX_BYTES);
-        Ok(Some(self.buf.split_to(size).freeze()))
+        let admitted = self.admitted.take().expect("admitted above");
+        Ok(Some((self.buf.split_to(size).freeze(), admitted)))
     }
 
     /// Reads until the buffer holds `n` bytes, growing it by at most [`READ_CHUNK_BYTES`] per

@@ -68,7 +68,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// the highest below (docs/protocol.md, "Why these versions", says which and why).
 /// Produce advertises 0-13 but implements 3-13: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 49] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -112,6 +112,8 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     row(ApiKey::AlterPartitionReassignments, 0, 1),
     row(ApiKey::ListPartitionReassignments, 0, 0),
     row(ApiKey::OffsetDelete, 0, 0),
+    row(ApiKey::DescribeClientQuotas, 0, 1),
+    row(ApiKey::AlterClientQuotas, 0, 1),
     row(ApiKey::DescribeUserScramCredentials, 0, 0),
     row(ApiKey::AlterUserScramCredentials, 0, 0),
     row(ApiKey::DescribeQuorum, 0, 2),

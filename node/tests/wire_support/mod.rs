@@ -25,6 +25,9 @@ use tokio::sync::Semaphore;
 /// Upper bound on any single wait in these tests, so that a bug shows as a failure, not a hang.
 pub const TEST_WAIT: Duration = Duration::from_secs(10);
 
+/// The throttle the `"throttle"` script answers with, in milliseconds.
+pub const THROTTLE_MS: i32 = 300;
+
 /// What the test handler saw and did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -36,6 +39,7 @@ pub enum Event {
 /// - `"fail"`: returns a HandlerError;
 /// - `"none"`: returns no response (a bug for anything but acks=0);
 /// - `"gate"`: waits for a permit of `gate` before answering;
+/// - `"throttle"`: answers a Produce with `throttle_time_ms` [`THROTTLE_MS`];
 /// - anything else: answers after the delay set for its correlation id in `delays` (none by
 ///   default).
 ///
@@ -107,6 +111,11 @@ impl Handler for TestHandler {
             self.events.lock().unwrap().push(Event::End(corr));
             Ok(match request {
                 RequestKind::Produce(p) if p.acks == 0 => None,
+                RequestKind::Produce(_) if script.as_deref() == Some("throttle") => {
+                    Some(ResponseKind::Produce(
+                        ProduceResponse::default().with_throttle_time_ms(THROTTLE_MS),
+                    ))
+                }
                 RequestKind::Produce(_) => Some(ResponseKind::Produce(ProduceResponse::default())),
                 _ => Some(ResponseKind::Metadata(MetadataResponse::default())),
             })
