@@ -690,8 +690,8 @@ impl<S: Storage> Log<S> {
         &self.storage
     }
 
-    /// The storage, to damage it behind the log's back (tests of runtime damage).
-    #[cfg(test)]
+    /// The storage, for the files the partition keeps beside the segments (its `.txnindex`
+    /// files, which the log ignores), and for tests that damage it behind the log's back.
     pub(crate) fn storage_mut(&mut self) -> &mut S {
         &mut self.storage
     }

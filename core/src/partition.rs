@@ -554,9 +554,9 @@ impl<S: Storage> PartitionReplica<S> {
     ) -> Result<Self, ReplicaError> {
         let log = Log::open(log_storage, config, now_ms)?;
         let (producers, _report) = producer::recover(snapshots, &log)?;
-        let read = txn::tracker_from_log(&log);
-        let txn_index = txn::IndexState::recover(&log, read.is_ok());
-        let txns = read.unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
+        let txns = txn::tracker_from_log(&log)
+            .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
+        let txn_index = txn::IndexState::recover(&log);
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
         let mut high_watermark = persisted.high_watermark.unwrap_or(Offset::ZERO);

@@ -116,18 +116,16 @@ pub(super) struct IndexState {
 }
 
 impl IndexState {
-    /// The files as recovery finds them. `trusted`: the tracker was rebuilt from the whole
-    /// log, so the next sync may make the files match it; otherwise (the log could not be
-    /// read) the files are left as they are.
-    pub(super) fn recover<S: Storage>(log: &Log<S>, trusted: bool) -> IndexState {
-        let (files, report, dirty) = match TxnIndexFiles::load(log.storage()) {
-            Ok((files, report)) => (files, report, trusted),
-            Err(_) => (TxnIndexFiles::default(), IndexReport::default(), trusted),
-        };
+    /// The files as recovery finds them, to be reconciled with the tracker by the replica's
+    /// first [`PartitionReplica::sync_txn_index`]. (If the log could not be read, the tracker
+    /// is empty and the files go with it: the replica is damaged and rebuilds both when it
+    /// has fetched its log back.)
+    pub(super) fn recover<S: Storage>(log: &Log<S>) -> IndexState {
+        let (files, report) = TxnIndexFiles::load(log.storage()).unwrap_or_default();
         IndexState {
             files,
             bases: Vec::new(),
-            dirty,
+            dirty: true,
             report,
             write_errors: 0,
         }
@@ -139,15 +137,11 @@ impl<S: Storage> PartitionReplica<S> {
     /// start). If the log cannot be read, the tracker starts empty at the log end: the
     /// replica is damaged then, and leads nothing until it fetched back.
     pub(super) fn rebuild_txns(&mut self) {
-        let read = tracker_from_log(&self.log);
-        let trusted = read.is_ok();
-        self.txns = read.unwrap_or_else(|_| TxnTracker::new(self.log.end()));
+        self.txns = tracker_from_log(&self.log).unwrap_or_else(|_| TxnTracker::new(self.log.end()));
         self.verified.open.clear();
         self.txns.high_watermark_updated(self.high_watermark);
-        if trusted {
-            self.txn_index.dirty = true;
-            self.sync_txn_index();
-        }
+        self.txn_index.dirty = true;
+        self.sync_txn_index();
     }
 
     /// Brings the `.txnindex` files in line with the tracker: appends what an ABORT marker
