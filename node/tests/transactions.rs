@@ -693,7 +693,11 @@ async fn bad_input_beside_an_open_transaction_loses_nothing() {
     // The good producer's next batch under the huge id: the partition's transaction belongs
     // to the producer id, which the huge id does not own.
     let e = produce(&b, Some(&huge), txn_batch(pid, epoch, 1)).await;
-    assert_eq!(e, code::INVALID_REQUEST, "Produce with a 100 KiB transactional id");
+    assert_eq!(
+        e,
+        code::INVALID_REQUEST,
+        "Produce with a 100 KiB transactional id"
+    );
 
     // Unknown key types, on every version with a key type (v1-v3 one key, v4+ batched).
     for v in 1..=5 {

@@ -713,7 +713,8 @@ mod tests {
             p.allow_txn(PID, 0);
             p.append(NOW, txn_batch(PID, 0, seq, 2, true)).unwrap();
             seq += 2;
-            p.append_marker(NOW, PID, 0, marker(round % 3 == 0)).unwrap();
+            p.append_marker(NOW, PID, 0, marker(round % 3 == 0))
+                .unwrap();
             check(&p);
         }
         assert_eq!(p.txns().all_aborted().len(), 8);

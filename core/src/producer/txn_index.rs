@@ -147,7 +147,10 @@ pub struct TxnIndexFiles {
 
 /// The tracker's aborted transactions grouped by the segment that holds each marker (the
 /// greatest base at or below its last offset); entries below the first segment are dropped.
-fn by_segment(segment_bases: &[Offset], aborted: &[AbortedTxn]) -> BTreeMap<Offset, Vec<AbortedTxn>> {
+fn by_segment(
+    segment_bases: &[Offset],
+    aborted: &[AbortedTxn],
+) -> BTreeMap<Offset, Vec<AbortedTxn>> {
     let mut out: BTreeMap<Offset, Vec<AbortedTxn>> = BTreeMap::new();
     for a in aborted {
         let i = segment_bases.partition_point(|&b| b <= a.last_offset);
@@ -199,14 +202,19 @@ impl TxnIndexFiles {
         segment_bases: &[Offset],
         aborted: &[AbortedTxn],
     ) -> Result<(), StorageError> {
-        let newest = self.files.values().filter_map(|v| v.last()).map(|a| a.last_offset).max();
+        let newest = self
+            .files
+            .values()
+            .filter_map(|v| v.last())
+            .map(|a| a.last_offset)
+            .max();
         let from = newest.map_or(0, |n| aborted.partition_point(|a| a.last_offset <= n));
         let written: usize = self.files.values().map(Vec::len).sum();
         // What is written must be exactly the list's first `from` entries (a truncation that
         // shrank the list, or a torn file, needs the full pass).
-        let below = segment_bases
-            .first()
-            .map_or(aborted.len(), |&b| aborted.partition_point(|a| a.last_offset < b));
+        let below = segment_bases.first().map_or(aborted.len(), |&b| {
+            aborted.partition_point(|a| a.last_offset < b)
+        });
         let extends = written + below.min(from) == from
             && newest.is_none_or(|n| from > 0 && aborted[from - 1].last_offset == n)
             && self.torn.is_empty();
@@ -296,7 +304,10 @@ impl TxnIndexFiles {
                 found.insert(base, d.entries);
             }
         }
-        assert_eq!(found, wanted, "the .txnindex files hold the tracker's aborted transactions");
+        assert_eq!(
+            found, wanted,
+            "the .txnindex files hold the tracker's aborted transactions"
+        );
     }
 }
 

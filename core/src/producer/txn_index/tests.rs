@@ -24,9 +24,16 @@ fn an_entry_is_kafkas_34_bytes() {
     assert_eq!(&bytes[2..10], &7i64.to_be_bytes());
     assert_eq!(&bytes[10..18], &0x0102i64.to_be_bytes());
     assert_eq!(&bytes[18..26], &0x0304i64.to_be_bytes());
-    assert_eq!(&bytes[26..34], &0x0102i64.to_be_bytes(), "last stable offset");
+    assert_eq!(
+        &bytes[26..34],
+        &0x0102i64.to_be_bytes(),
+        "last stable offset"
+    );
     assert_eq!(file_name(Offset(42)), "00000000000000000042.txnindex");
-    assert_eq!(parse_name("00000000000000000042.txnindex"), Some(Offset(42)));
+    assert_eq!(
+        parse_name("00000000000000000042.txnindex"),
+        Some(Offset(42))
+    );
     assert_eq!(parse_name("00000000000000000042.log"), None);
     assert_eq!(parse_name("42.txnindex"), None);
 }
@@ -106,7 +113,12 @@ fn recovery_rebuilds_a_missing_torn_or_stale_file() {
     // Missing.
     s.remove(&file_name(Offset(100))).unwrap();
     // Stale: a segment that is gone.
-    storage::write_atomic(&mut s, &file_name(Offset(200)), &encode(&entry(9, 200, 201))).unwrap();
+    storage::write_atomic(
+        &mut s,
+        &file_name(Offset(200)),
+        &encode(&entry(9, 200, 201)),
+    )
+    .unwrap();
     let (mut loaded, report) = TxnIndexFiles::load(&s).unwrap();
     assert_eq!(report.torn, 1);
     assert_eq!(loaded.entries(Offset(0)), &[entry(1, 0, 4)]);

@@ -977,7 +977,10 @@ mod tests {
         assert_eq!(args.phases, vec![PhaseName::Acks1, PhaseName::Mixed]);
         let args = Args::parse_from(["keel-bench", "--phases", "acks-all,txn"]);
         assert_eq!(args.phases, vec![PhaseName::AcksAll, PhaseName::Txn]);
-        assert_eq!((args.txn_producers, args.txn_records, args.txn_ms), (8, 100, 100));
+        assert_eq!(
+            (args.txn_producers, args.txn_records, args.txn_ms),
+            (8, 100, 100)
+        );
         let args = Args::parse_from(["keel-bench", "--txn-records", "0"]);
         assert!(check_args(&args).is_err());
     }

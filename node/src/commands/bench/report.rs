@@ -624,14 +624,26 @@ mod tests {
             1.0,
         );
         let txn = phase("transactional", txn_kind, 70, 1.0);
-        let c = checks(&limits(900, 5000), 3, &[idempotent, txn.clone()], None, None);
+        let c = checks(
+            &limits(900, 5000),
+            3,
+            &[idempotent, txn.clone()],
+            None,
+            None,
+        );
         // No transactional phase, no check; with one, it is the last.
         assert_eq!(c.len(), 5);
         assert!(c[4].name.contains("issue 15"), "{}", c[4].name);
         assert_eq!(c[4].value, Some(0.7));
         assert_eq!(c[4].met(), Some(false));
         // Without the idempotent phase the ratio cannot be measured, and says so.
-        let c = checks(&limits(900, 5000), 3, std::slice::from_ref(&txn), None, None);
+        let c = checks(
+            &limits(900, 5000),
+            3,
+            std::slice::from_ref(&txn),
+            None,
+            None,
+        );
         assert_eq!(c[4].met(), None);
         assert!(c[4].note.contains("acks-all"), "{}", c[4].note);
         let json = txn.to_json().render();
