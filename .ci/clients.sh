@@ -2,9 +2,11 @@
 # Installs the real Kafka clients that keel's interop tests (node/tests/interop.rs) drive:
 #   - kcat 1.7.1 from Debian (librdkafka 2.0.2: the oldest, strictest client we test),
 #   - promtool from Debian's prometheus package (node/tests/broker_groups.rs checks /metrics with it),
-#   - a Python venv at .venv with confluent-kafka (bundles librdkafka 2.x) and kafka-python 3.x,
-#     plus the codecs kafka-python needs: python-snappy (snappy), lz4 (lz4), zstandard (zstd);
-#     gzip is in the standard library. crc32c makes kafka-python's batch CRC fast.
+#   - a Python venv at .venv with confluent-kafka (bundles librdkafka 2.x), kafka-python 3.x and
+#     aiokafka (asyncio), plus the codecs kafka-python needs: python-snappy (snappy), lz4 (lz4),
+#     zstandard (zstd); gzip is in the standard library. crc32c makes kafka-python's batch CRC
+#     fast. matplotlib draws docs/dashboard.png (node/tests/dashboard.rs),
+#   - kafkajs (Node.js, from npm) in .clients/node/node_modules (node/tests/client_matrix.rs).
 # Idempotent and quick when everything is already there. Runs as root with no stdin (CI);
 # uses sudo only when not root. Exits non-zero with a message saying what could not be installed.
 set -euo pipefail
@@ -19,7 +21,12 @@ python_packages=(
     "lz4==4.4.5"
     "zstandard==0.25.0"
     "crc32c==2.9.post0"
+    "aiokafka==0.14.0"
+    "matplotlib==3.11.2"
 )
+python_modules="confluent_kafka, kafka, aiokafka, snappy, lz4.frame, zstandard, crc32c, matplotlib"
+npm_packages=("kafkajs@2.2.4")
+npm_dir=.clients/node
 venv=.venv
 stamp="$venv/.keel-clients"
 
@@ -75,7 +82,7 @@ want="$("$python" -c 'import sys; print(sys.version.split()[0])') ${python_packa
 check_venv() {
     [ -x "$venv/bin/python" ] &&
         [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-        "$venv/bin/python" -c 'import confluent_kafka, kafka, snappy, lz4.frame, zstandard, crc32c' >/dev/null 2>&1
+        "$venv/bin/python" -c "import $python_modules" >/dev/null 2>&1
 }
 
 if ! check_venv; then
@@ -87,12 +94,31 @@ if ! check_venv; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
         "${python_packages[@]}" </dev/null ||
         die "pip could not install: ${python_packages[*]}"
-    "$venv/bin/python" -c 'import confluent_kafka, kafka, snappy, lz4.frame, zstandard, crc32c' ||
+    "$venv/bin/python" -c "import $python_modules" ||
         die "the Python clients were installed but do not import"
     printf '%s\n' "$want" >"$stamp"
 fi
 "$venv/bin/python" - <<'EOF'
-import confluent_kafka, kafka
-print("clients.sh: confluent-kafka %s (librdkafka %s), kafka-python %s" % (
-    confluent_kafka.version(), confluent_kafka.libversion()[0], kafka.__version__))
+import confluent_kafka, kafka, aiokafka
+print("clients.sh: confluent-kafka %s (librdkafka %s), kafka-python %s, aiokafka %s" % (
+    confluent_kafka.version(), confluent_kafka.libversion()[0], kafka.__version__,
+    aiokafka.__version__))
 EOF
+
+# --- kafkajs (npm, into a local folder) ---------------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    as_root apt-get update -q </dev/null || die "apt-get update failed"
+    as_root apt-get install -y -q --no-install-recommends nodejs npm </dev/null ||
+        die "node and npm are needed for kafkajs: apt-get install nodejs npm failed"
+fi
+npm_want="$(node --version) ${npm_packages[*]}"
+if [ ! -f "$npm_dir/.keel-clients" ] || [ "$(cat "$npm_dir/.keel-clients")" != "$npm_want" ] ||
+    ! node -e "require('./$npm_dir/node_modules/kafkajs')" >/dev/null 2>&1; then
+    mkdir -p "$npm_dir"
+    npm install --prefix "$npm_dir" --no-save --no-audit --no-fund --no-package-lock --silent \
+        "${npm_packages[@]}" </dev/null || die "npm could not install: ${npm_packages[*]}"
+    node -e "require('./$npm_dir/node_modules/kafkajs')" ||
+        die "kafkajs was installed but does not load"
+    printf '%s\n' "$npm_want" >"$npm_dir/.keel-clients"
+fi
+echo "clients.sh: kafkajs $(node -p "require('./$npm_dir/node_modules/kafkajs/package.json').version") (node $(node --version))"

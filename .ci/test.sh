@@ -48,7 +48,7 @@ cargo test -p getrandom@0.2 2>&1 | tee -a "$log"
 
 step "planted bugs: the simulator catches each (--features planted-bugs, in target/sim)"
 # sim/tests/planted.rs: for each of core::planted's bugs, swarm seeds 1, 2, ... in batches of
-# 20 until one is caught; each must be within 200 seeds. Prints the seed that caught each bug.
+# 2, 4, 8, 16, then 20 until one is caught; each must be within 200 seeds. Prints the seed that caught each bug.
 # A debug build, in target/sim next to the step above's: only keel-core, keel-node and keel-sim
 # build again with the feature (see docs/simulation.md for the timings that chose it).
 RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \

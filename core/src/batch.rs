@@ -469,6 +469,31 @@ impl Batch {
         self.bytes = bytes.freeze();
     }
 
+    /// The same batch with its records section in `codec` at `level` (a codec's own scale;
+    /// -1 for gzip's default), as Kafka's LogValidator stores the batches of a topic whose
+    /// `compression.type` is not `producer`. Every other field is kept: offsets, timestamps,
+    /// producer id, epoch and sequence, the transactional flag; the length and the CRC are
+    /// computed again. A batch already in `codec` is returned as it is.
+    pub fn recompressed(&self, codec: Compression, level: i32) -> Result<Batch, BatchError> {
+        let current = self.compression()?;
+        if current == codec {
+            return Ok(self.clone());
+        }
+        let section = self.records_section()?;
+        let packed = compress_at(codec, Some(level), &section)?;
+        let total = HEADER_BYTES + packed.len();
+        let mut buf = BytesMut::with_capacity(total);
+        buf.put_slice(&self.bytes[..HEADER_BYTES]);
+        buf.put_slice(&packed);
+        buf[field::BATCH_LENGTH..field::BATCH_LENGTH + 4]
+            .copy_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+        let attributes = (self.attributes() & !ATTR_COMPRESSION_MASK) | codec as i16;
+        buf[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = compute_crc(&buf);
+        buf[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        Batch::parse(buf.freeze())
+    }
+
     /// The records section, decompressed.
     pub fn records_section(&self) -> Result<Bytes, BatchError> {
         let raw = self.bytes.slice(field::RECORDS..);
@@ -1020,14 +1045,30 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-/// Compresses a records section the way producers do (snappy as a raw block; lz4 as a frame).
+/// Compresses a records section the way producers do (snappy as a raw block; lz4 as a frame),
+/// at each codec's default level.
 pub fn compress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, BatchError> {
+    compress_at(codec, None, section)
+}
+
+/// Compresses a records section at `level` (the codec's default level if `None`, or -1 for
+/// gzip; snappy has no levels). The topic configs bound the levels (gzip 1 to 9, lz4 1 to 17,
+/// zstd -131072 to 22).
+fn compress_at(
+    codec: Compression,
+    level: Option<i32>,
+    section: &[u8],
+) -> Result<Vec<u8>, BatchError> {
     let err =
         |e: std::io::Error| BatchError::Decompression(format!("{} compress: {e}", codec.name()));
     match codec {
         Compression::None => Ok(section.to_vec()),
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let level = match level {
+                Some(level @ 1..=9) => flate2::Compression::new(level as u32),
+                _ => flate2::Compression::default(),
+            };
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
             enc.write_all(section).map_err(err)?;
             enc.finish().map_err(err)
         }
@@ -1035,13 +1076,17 @@ pub fn compress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, BatchErro
             .compress_vec(section)
             .map_err(|e| BatchError::Decompression(format!("snappy compress: {e}"))),
         Compression::Lz4 => {
-            let mut enc = lz4::EncoderBuilder::new().build(Vec::new()).map_err(err)?;
+            let mut builder = lz4::EncoderBuilder::new();
+            if let Some(level) = level {
+                builder.level(level.clamp(0, 17) as u32);
+            }
+            let mut enc = builder.build(Vec::new()).map_err(err)?;
             enc.write_all(section).map_err(err)?;
             let (out, result) = enc.finish();
             result.map_err(err)?;
             Ok(out)
         }
-        Compression::Zstd => zstd::stream::encode_all(section, 3).map_err(err),
+        Compression::Zstd => zstd::stream::encode_all(section, level.unwrap_or(3)).map_err(err),
     }
 }
 

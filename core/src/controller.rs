@@ -3,7 +3,7 @@
 //!
 //! # Shape
 //! Commands (`create_topic`, `delete_topic`, `create_partitions`, `incremental_alter_configs`,
-//! `allocate_producer_ids`, `register_broker`, and for the quorum `fence_broker`, `unfence_broker`,
+//! `allocate_producer_ids`, `register_broker`, `unregister_broker`, and for the quorum `fence_broker`, `unfence_broker`,
 //! `elect_leaders`, `alter_partition`; `create_acls` and `delete_acls` in [`acls`], `alter_user_scram_credentials` in [`scram`], `alter_partition_reassignments` in [`reassignment`]) take `&self`: they validate a request against the
 //! current [`MetadataState`] with Kafka's rules and return the [`MetadataRecord`]s that carry it
 //! out, or a [`ControllerError`] with Kafka's error code. They change nothing.
@@ -23,7 +23,9 @@
 //! # Broker lifecycle (KIP-631)
 //! A broker registers fenced ([`MetadataState::register_broker`]) and is unfenced by its
 //! heartbeat once its metadata caught up ([`crate::quorum::sessions::BrokerSessions`]), which
-//! also elects it where a partition has no leader. A broker that registers again while its
+//! also elects it where a partition has no leader. A broker that holds no replica may be
+//! unregistered ([`MetadataState::unregister_broker`]): it leaves the metadata, its epoch is
+//! never handed out again. A broker that registers again while its
 //! old registration is still unfenced (a restart inside its session) is fenced first, in the
 //! same command, so that it loses leadership with its old epoch: it never leads again at a
 //! leader epoch it led before the restart. A session that expires fences it too.
@@ -48,6 +50,7 @@
 //! 6. The next producer id moves by exactly one block per allocation (a snapshot restores it
 //!    once, on a state that handed out none). Every registration's broker epoch is above every
 //!    epoch registered before it, by any broker, and replaces only a fenced registration.
+//!    An unregistration removes a broker that no partition has among its replicas.
 //! 7. A partition change applies only at the partition epoch it was computed from; it bumps the
 //!    partition epoch by one, and the leader epoch by one exactly when the leader changes. A
 //!    new leader comes from the ISR (unless unclean election was chosen). A fence or unfence
@@ -66,6 +69,7 @@
 pub mod acls;
 pub mod config;
 pub mod elections;
+pub mod plan;
 pub mod reassignment;
 pub mod records;
 pub mod scram;
@@ -86,6 +90,7 @@ pub use store::{MetadataStore, OpenReport, StoreError};
 use records::{
     FenceBrokerRecord, PartitionChangeRecord, PartitionRecord, ProducerIdsRecord,
     RegisterBrokerRecord, RemoveTopicRecord, TopicConfigRecord, TopicRecord, UnfenceBrokerRecord,
+    UnregisterBrokerRecord,
 };
 
 use crate::error_code::{self as code, ErrorCode};
@@ -592,6 +597,27 @@ impl MetadataState {
             .count()
     }
 
+    /// The largest broker epoch ever registered, by any broker (registered now or not).
+    pub fn last_broker_epoch(&self) -> i64 {
+        self.last_broker_epoch
+    }
+
+    /// The partitions that have `broker` among their replicas (adding and removing ones
+    /// included), as (topic, partition), in topic name order, then index.
+    pub fn partitions_on(&self, broker: BrokerId) -> Vec<(String, i32)> {
+        self.names
+            .values()
+            .filter_map(|id| self.topics.get(id))
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, p)| p.replicas.contains(&broker))
+                    .map(move |(i, _)| (t.name.clone(), i as i32))
+            })
+            .collect()
+    }
+
     /// The first producer id the next block will hand out.
     pub fn next_producer_id(&self) -> ProducerId {
         ProducerId(self.next_producer_id)
@@ -995,6 +1021,33 @@ impl MetadataState {
         Ok(records)
     }
 
+    /// UnregisterBroker (KIP-631, API 64; KRaft's `ClusterControlManager.unregisterBroker`):
+    /// removes `broker`'s registration, so that it leaves the cluster's metadata (Metadata,
+    /// DescribeCluster) for good, unless it registers again. BROKER_ID_NOT_REGISTERED for a
+    /// broker that is not registered. Unlike Kafka, which unregisters whatever it is asked to,
+    /// keel refuses (INVALID_REQUEST, naming a partition) while any partition still has the
+    /// broker among its replicas: reassign them away first (`keel broker decommission` does
+    /// both). The broker epoch it had is never handed out again.
+    pub fn unregister_broker(
+        &self,
+        broker: BrokerId,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let b = self.registered(broker)?;
+        let held = self.partitions_on(broker);
+        if let Some((topic, partition)) = held.first() {
+            return Err(ControllerError::InvalidRequest(format!(
+                "Broker {broker} still holds {} replica(s), among them {topic}-{partition}; \
+                 reassign them to other brokers before unregistering it",
+                held.len()
+            )));
+        }
+        Ok(vec![UnregisterBrokerRecord {
+            broker_id: broker.0,
+            broker_epoch: b.epoch,
+        }
+        .into()])
+    }
+
     /// AlterPartition for one partition (KIP-497; KRaft's
     /// `ReplicationControlManager.alterPartition` and `validateAlterPartitionData`), checks in
     /// Kafka's order: the sender's broker epoch (STALE_BROKER_EPOCH), the topic
@@ -1258,6 +1311,7 @@ impl MetadataState {
             Some(Record::UnfenceBroker(r)) => {
                 self.apply_fencing(r.broker_id, r.broker_epoch, false)
             }
+            Some(Record::UnregisterBroker(r)) => self.apply_unregister_broker(r),
             Some(Record::Acl(r)) => self.apply_acl(r, true),
             Some(Record::RemoveAcl(r)) => self.apply_acl(r, false),
             Some(Record::ScramCredential(r)) => self.apply_scram(r),
@@ -1463,6 +1517,31 @@ impl MetadataState {
                 fenced: r.fenced,
             },
         );
+        Ok(())
+    }
+
+    /// An unregistration applies only at the broker's current epoch (a registration that came
+    /// since wins) and only while no partition has the broker among its replicas, so that a
+    /// replica never names a broker the metadata does not know.
+    fn apply_unregister_broker(&mut self, r: &UnregisterBrokerRecord) -> Result<(), ApplyError> {
+        let id = BrokerId(r.broker_id);
+        let invalid = |why: String| Err(ApplyError::InvalidBroker(why));
+        match self.brokers.get(&id) {
+            None => return invalid(format!("broker {id} is not registered")),
+            Some(b) if b.epoch != r.broker_epoch => {
+                return invalid(format!(
+                    "broker {id} is at epoch {}, not {}",
+                    b.epoch, r.broker_epoch
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some((topic, partition)) = self.partitions_on(id).first() {
+            return invalid(format!(
+                "broker {id} still holds a replica of {topic}-{partition}"
+            ));
+        }
+        self.brokers.remove(&id);
         Ok(())
     }
 

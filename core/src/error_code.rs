@@ -81,6 +81,9 @@ error_codes! {
     GROUP_AUTHORIZATION_FAILED = 30;
     /// The principal may not do this to the cluster.
     CLUSTER_AUTHORIZATION_FAILED = 31;
+    /// A record's timestamp is outside the topic's `message.timestamp.before.max.ms` /
+    /// `message.timestamp.after.max.ms` bounds around the broker's clock.
+    INVALID_TIMESTAMP = 32;
     /// A SASL mechanism this broker does not offer.
     UNSUPPORTED_SASL_MECHANISM = 33;
     /// CreateTopics: a topic of that name exists.

@@ -59,6 +59,35 @@ pub struct LogConfig {
     pub retention_ms_max: i64,
     /// `index.interval.bytes`: bytes between sparse index entries.
     pub index_interval_bytes: u64,
+    /// `segment.jitter.ms`: the most a segment's roll by age is brought forward. Each segment
+    /// gets its own share of it, from [`LogConfig::jitter_salt`] and its base offset.
+    pub segment_jitter_ms_max: i64,
+    /// What makes one log's jitter differ from another's (the broker derives it from the
+    /// partition's name), so that partitions created together do not all roll at once.
+    pub jitter_salt: u64,
+}
+
+impl LogConfig {
+    /// How old the segment starting at `base` may get before it rolls: `segment.ms` less the
+    /// segment's jitter, a share of `segment.jitter.ms` fixed by the salt and `base` (Kafka
+    /// draws it at random when the segment is created; here it is a function of them, so a
+    /// replay rolls the same way), and always at least 1 ms.
+    pub fn roll_age_ms(&self, base: Offset) -> i64 {
+        if self.segment_jitter_ms_max <= 0 {
+            return self.segment_ms_max;
+        }
+        let jitter = (mix64(self.jitter_salt ^ base.0 as u64)
+            % self.segment_jitter_ms_max.unsigned_abs()) as i64;
+        self.segment_ms_max.saturating_sub(jitter).max(1)
+    }
+}
+
+/// SplitMix64's finaliser: spreads a 64-bit input over every output bit.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for LogConfig {
@@ -69,6 +98,8 @@ impl Default for LogConfig {
             retention_bytes_max: -1,
             retention_ms_max: 7 * 24 * 3600 * 1000,
             index_interval_bytes: 4096,
+            segment_jitter_ms_max: 0,
+            jitter_salt: 0,
         }
     }
 }
@@ -792,7 +823,8 @@ impl<S: Storage> Log<S> {
         }
         let active = self.active();
         let too_big = active.size + header.size as u64 > self.config.segment_bytes_max;
-        let too_old = now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms_max;
+        let too_old =
+            now_ms.saturating_sub(active.created_ms) >= self.config.roll_age_ms(active.base);
         if active.size > 0 && (too_big || too_old) {
             self.roll(now_ms, header.base_offset)?;
         }
@@ -825,7 +857,8 @@ impl<S: Storage> Log<S> {
     /// Starts a new segment if the active one is older than `segment.ms` (the caller's timer).
     pub fn maybe_roll(&mut self, now_ms: i64) -> Result<bool, LogError> {
         let active = self.active();
-        if active.size > 0 && now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms_max
+        if active.size > 0
+            && now_ms.saturating_sub(active.created_ms) >= self.config.roll_age_ms(active.base)
         {
             self.roll(now_ms, self.end)?;
             return Ok(true);

@@ -97,6 +97,7 @@
 //! (identical batches below the high watermark) are properties of the whole cluster: the
 //! scenario tests check them after every step.
 
+pub mod checkpoint;
 pub mod damage;
 mod leader;
 pub mod state;
@@ -136,14 +137,27 @@ pub struct ProduceRules {
     pub log_append_time: bool,
     /// `cleanup.policy` includes compact: every record needs a key.
     pub compacted: bool,
+    /// `compression.type` and its level: the codec the leader stores every batch in (a batch
+    /// in another codec is recompressed); `None` for `producer`, batches stored as sent.
+    pub compression: Option<(Compression, i32)>,
+    /// `message.timestamp.before.max.ms`: how far before the broker's clock a CreateTime
+    /// record's timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far after it.
+    pub timestamp_after_max_ms: i64,
 }
 
 impl Default for ProduceRules {
+    /// Kafka's topic defaults, except the timestamp bounds, which are open (the broker
+    /// passes the topic's: Kafka 4's default refuses timestamps more than an hour ahead).
     fn default() -> Self {
         ProduceRules {
             max_message_bytes: 1_048_588,
             log_append_time: false,
             compacted: false,
+            compression: None,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: i64::MAX,
         }
     }
 }
@@ -196,6 +210,8 @@ pub enum ProduceError {
     NotLeaderOrFollower,
     #[error("{isr} in-sync replicas, fewer than the {min} required")]
     NotEnoughReplicas { isr: usize, min: usize },
+    #[error("invalid timestamp: {0}")]
+    InvalidTimestamp(String),
     #[error("{0}")]
     Txn(crate::producer::txn::TxnStateError),
     #[error("producer {producer_id} at epoch {producer_epoch}: the transaction coordinator has not confirmed that this partition is in its transaction")]
@@ -216,6 +232,7 @@ impl ProduceError {
             ProduceError::Storage(_) => code::KAFKA_STORAGE_ERROR,
             ProduceError::NotLeaderOrFollower => code::NOT_LEADER_OR_FOLLOWER,
             ProduceError::NotEnoughReplicas { .. } => code::NOT_ENOUGH_REPLICAS,
+            ProduceError::InvalidTimestamp(_) => code::INVALID_TIMESTAMP,
             ProduceError::Txn(e) => e.code(),
             ProduceError::TxnNotVerified { .. } => code::INVALID_TXN_STATE,
         }
@@ -552,6 +569,22 @@ impl<S: Storage> PartitionReplica<S> {
         replica: ReplicaConfig,
         now_ms: i64,
     ) -> Result<Self, ReplicaError> {
+        Self::recover_with_checkpoint(log_storage, snapshots, config, rules, replica, now_ms, None)
+    }
+
+    /// [`PartitionReplica::recover`], with the high watermark the broker's checkpoint
+    /// ([`checkpoint`]) holds for this replica: the persisted high watermark is the larger of
+    /// it and the replica's own slots (each was persisted before it was exposed; a replica
+    /// written by an older keel has only the slots).
+    pub fn recover_with_checkpoint<T: Storage>(
+        log_storage: S,
+        snapshots: &mut T,
+        config: LogConfig,
+        rules: ProduceRules,
+        replica: ReplicaConfig,
+        now_ms: i64,
+        checkpointed_hw: Option<Offset>,
+    ) -> Result<Self, ReplicaError> {
         let log = Log::open(log_storage, config, now_ms)?;
         let (producers, _report) = producer::recover(snapshots, &log)?;
         let txns = txn::tracker_from_log(&log)
@@ -559,7 +592,10 @@ impl<S: Storage> PartitionReplica<S> {
         let txn_index = txn::IndexState::recover(&log);
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
-        let mut high_watermark = persisted.high_watermark.unwrap_or(Offset::ZERO);
+        let mut high_watermark = persisted
+            .high_watermark
+            .max(checkpointed_hw)
+            .unwrap_or(Offset::ZERO);
         if high_watermark > log.durable_end() {
             state_report.hw_above_log = Some(high_watermark);
             high_watermark = log.durable_end();
@@ -991,7 +1027,7 @@ impl<S: Storage> PartitionReplica<S> {
 
     /// Kafka's LogValidator for one client batch (magic, length and CRC were checked when the
     /// `Batch` was parsed).
-    pub fn validate(&self, batch: &Batch) -> Result<(), ProduceError> {
+    pub fn validate(&self, now_ms: i64, batch: &Batch) -> Result<(), ProduceError> {
         if batch.size() > self.rules.max_message_bytes {
             return Err(ProduceError::TooLarge {
                 size: batch.size(),
@@ -1025,8 +1061,57 @@ impl<S: Storage> PartitionReplica<S> {
                     "compacted topics need a key on every record".into(),
                 ));
             }
+            self.check_timestamp(now_ms, batch, r.timestamp)?;
         }
         Ok(())
+    }
+
+    /// Kafka's `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms`: a
+    /// CreateTime record's timestamp within those bounds of the broker's clock `now_ms`. A
+    /// topic with LogAppendTime stamps the batch itself, and a LogAppendTime batch from a
+    /// client carries the time it was appended elsewhere: neither is checked.
+    fn check_timestamp(
+        &self,
+        now_ms: i64,
+        batch: &Batch,
+        timestamp: i64,
+    ) -> Result<(), ProduceError> {
+        if self.rules.log_append_time || batch.timestamp_type() == TimestampType::LogAppendTime {
+            return Ok(());
+        }
+        let (before, after) = (
+            self.rules.timestamp_before_max_ms,
+            self.rules.timestamp_after_max_ms,
+        );
+        if timestamp < now_ms.saturating_sub(before) {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "timestamp {timestamp} is more than message.timestamp.before.max.ms={before} before the broker's time {now_ms}"
+            )));
+        }
+        if timestamp > now_ms.saturating_add(after) {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "timestamp {timestamp} is more than message.timestamp.after.max.ms={after} after the broker's time {now_ms}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The batch as the log stores it: recompressed into the topic's `compression.type`
+    /// unless that is `producer`; refused if that makes it larger than `max.message.bytes`.
+    fn stored_form(&self, batch: Batch) -> Result<Batch, ProduceError> {
+        let Some((codec, level)) = self.rules.compression else {
+            return Ok(batch);
+        };
+        let batch = batch
+            .recompressed(codec, level)
+            .map_err(ProduceError::Corrupt)?;
+        if batch.size() > self.rules.max_message_bytes {
+            return Err(ProduceError::TooLarge {
+                size: batch.size(),
+                max: self.rules.max_message_bytes,
+            });
+        }
+        Ok(batch)
     }
 
     /// For acks=all, before appending (Kafka's `Partition.appendRecordsToLeader`):
@@ -1052,11 +1137,11 @@ impl<S: Storage> PartitionReplica<S> {
     /// duplicate of one of the producer's last five batches is not appended and is answered
     /// with the original offsets. Not durable until synced; not committed until the high
     /// watermark passes it ([`PartitionReplica::produce_status`]).
-    pub fn append(&mut self, now_ms: i64, mut batch: Batch) -> Result<Appended, ProduceError> {
+    pub fn append(&mut self, now_ms: i64, batch: Batch) -> Result<Appended, ProduceError> {
         if !self.is_leader() {
             return Err(ProduceError::NotLeaderOrFollower);
         }
-        self.validate(&batch)?;
+        self.validate(now_ms, &batch)?;
         self.check_txn_produce(&batch)?;
         if let ProducerCheck::Duplicate {
             base_offset,
@@ -1071,6 +1156,7 @@ impl<S: Storage> PartitionReplica<S> {
                 leader_epoch: self.leader_epoch,
             });
         }
+        let mut batch = self.stored_form(batch)?;
         let mut log_append_time_ms = -1;
         if self.rules.log_append_time {
             batch.set_log_append_time(now_ms);
@@ -1286,15 +1372,24 @@ impl<S: Storage> PartitionReplica<S> {
 
     /// The next time [`PartitionReplica::handle_timeout`] has work: an ISR follower falling out
     /// of sync (leader; a damaged one looks again every
-    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), or the end of a fetch backoff (follower).
+    /// [`damage::DAMAGED_LEADER_RECHECK_MS`]), the end of the backoff after a failed proposal
+    /// when a replica may join the ISR (leader), or the end of a fetch backoff (follower).
     pub fn poll_timeout(&self) -> Option<i64> {
         match &self.role {
-            RoleState::Leader(l) => l
-                .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
-                .map(|at| match self.damage.is_damaged() {
-                    true => self.damage.leader_deadline(at),
-                    false => at,
-                }),
+            RoleState::Leader(l) => {
+                let shrink = l
+                    .shrink_deadline(self.config.lag_time_max_ms, self.log.end())
+                    .map(|at| match self.damage.is_damaged() {
+                        true => self.damage.leader_deadline(at),
+                        false => at,
+                    });
+                // A replica that may join, after a failed proposal (not on a damaged leader,
+                // which adds nobody).
+                let expand = (!self.damage.is_damaged())
+                    .then(|| l.expand_deadline(self.hw_floor()))
+                    .flatten();
+                shrink.into_iter().chain(expand).min()
+            }
             RoleState::Follower(f) if f.in_flight.is_none() && f.backoff_until_ms > i64::MIN => {
                 Some(f.backoff_until_ms)
             }
@@ -1303,7 +1398,8 @@ impl<S: Storage> PartitionReplica<S> {
     }
 
     /// Timer work: proposes removing out-of-sync followers from the ISR (Kafka's
-    /// `maybeShrinkIsr`; not on a damaged leader); ends a follower's fetch backoff.
+    /// `maybeShrinkIsr`; not on a damaged leader), or adding one that may join whose earlier
+    /// proposal failed; ends a follower's fetch backoff.
     pub fn handle_timeout(&mut self, now_ms: i64) {
         // The shell's timer fired: the next deadline is reported again, even if unchanged.
         self.reported.deadline = None;
@@ -1313,6 +1409,15 @@ impl<S: Storage> PartitionReplica<S> {
             self.damage.defer_leader_timeout(now_ms);
         } else if self.is_leader() {
             self.maybe_shrink_isr(now_ms);
+            // A replica whose proposal failed earlier, proposed again (see
+            // `LeaderState::expand_deadline`).
+            let joiner = match &self.role {
+                RoleState::Leader(l) => l.joiner(self.hw_floor()),
+                _ => None,
+            };
+            if let Some(follower) = joiner {
+                self.maybe_expand_isr(now_ms, follower);
+            }
         } else if let RoleState::Follower(f) = &mut self.role {
             if now_ms >= f.backoff_until_ms {
                 f.backoff_until_ms = i64::MIN;

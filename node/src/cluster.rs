@@ -89,6 +89,8 @@ pub struct ClusterSettings {
     /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds` (in ms)
     /// and `leader.imbalance.per.broker.percentage`; `None`: no leader balance.
     pub leader_balance: Option<(u64, u32)>,
+    /// How peer connections are opened (`inter.broker.listener.name`); plaintext by default.
+    pub peer_security: Arc<crate::peer::PeerSecurity>,
 }
 
 impl ClusterSettings {
@@ -439,7 +441,8 @@ impl Cluster {
                 .chain(&settings.learners)
                 .copied()
                 .collect();
-            let (peers, incoming) = PeerTransport::start(node, listener, addresses);
+            let (peers, incoming) =
+                PeerTransport::start(node, listener, addresses, settings.peer_security.clone());
             (Some(peers), Some(incoming))
         } else {
             (None, None)

@@ -181,6 +181,12 @@ pub const MAX_CONNECTIONS_PER_IP: &str = "max.connections.per.ip";
 pub const SASL_ENABLED_MECHANISMS: &str = "sasl.enabled.mechanisms";
 /// `keel.sasl.users`: the users SASL authenticates, `NAME=PASSWORD,...` (LIST).
 pub const KEEL_SASL_USERS: &str = "keel.sasl.users";
+/// `sasl.mechanism.inter.broker.protocol`: the SASL mechanism brokers log in to each other
+/// with on the peer transport, when the inter-broker listener uses SASL (STRING).
+pub const SASL_MECHANISM_INTER_BROKER_PROTOCOL: &str = "sasl.mechanism.inter.broker.protocol";
+/// `keel.inter.broker.sasl.username`: the user of `keel.sasl.users` a broker logs in to other
+/// brokers as, when the inter-broker listener uses SASL (STRING).
+pub const KEEL_INTER_BROKER_SASL_USERNAME: &str = "keel.inter.broker.sasl.username";
 /// `ssl.keystore.type`: `PEM`, the only keystore type keel reads (STRING).
 pub const SSL_KEYSTORE_TYPE: &str = "ssl.keystore.type";
 /// `ssl.keystore.location`: a PEM file with the private key and the certificate chain.
@@ -388,8 +394,9 @@ pub const SETTINGS: &[Setting] = &[
         name: INTER_BROKER_LISTENER_NAME,
         setting_type: SettingType::String,
         default: None,
-        doc: "the listener brokers use for each other; when set, one of `listeners` (keel's \
-              broker-to-broker traffic uses the quorum addresses today: docs/security.md)",
+        doc: "the listener whose security protocol the peer transport (quorum and replication, \
+              on the quorum addresses) takes: TLS with certificates both ways for SSL and \
+              SASL_SSL, a SASL login for SASL_PLAINTEXT and SASL_SSL (docs/security.md)",
     },
     Setting {
         name: KEEL_CONTROLLED_SHUTDOWN_MAX_WAIT_MS,
@@ -398,6 +405,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "on SIGTERM, how long the broker waits for the controller to move every leadership \
               off it and take it out of every ISR (controlled shutdown) before it stops anyway; \
               0: stop at once, leaving its partitions to the session timeout",
+    },
+    Setting {
+        name: KEEL_INTER_BROKER_SASL_USERNAME,
+        setting_type: SettingType::String,
+        default: None,
+        doc: "the user of keel.sasl.users this broker logs in to other brokers as, on the peer \
+              transport; needed when inter.broker.listener.name uses SASL",
     },
     Setting {
         name: KEEL_LOG_FLUSH_CHECKPOINT_INTERVAL_MS,
@@ -633,6 +647,13 @@ pub const SETTINGS: &[Setting] = &[
         setting_type: SettingType::List,
         default: Some("SCRAM-SHA-256,SCRAM-SHA-512"),
         doc: "the SASL mechanisms offered: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+    },
+    Setting {
+        name: SASL_MECHANISM_INTER_BROKER_PROTOCOL,
+        setting_type: SettingType::String,
+        default: Some("SCRAM-SHA-512"),
+        doc: "the SASL mechanism brokers log in to each other with on the peer transport: \
+              PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (Kafka's default, GSSAPI, is not served)",
     },
     Setting {
         name: SOCKET_REQUEST_MAX_BYTES,
@@ -1119,11 +1140,18 @@ pub struct BrokerConfig {
     pub sasl_enabled_mechanisms: Vec<Mechanism>,
     /// `keel.sasl.users`: names unique; not empty when a listener uses SASL.
     pub sasl_users: Vec<SaslUser>,
+    /// How brokers log in to each other when the inter-broker listener uses SASL:
+    /// `sasl.mechanism.inter.broker.protocol` and `keel.inter.broker.sasl.username` (one of
+    /// `sasl_users`); `None` otherwise.
+    pub inter_broker_sasl: Option<(Mechanism, String)>,
     /// The `ssl.*` settings, when a keystore is given; always there when a listener uses TLS.
     pub tls: Option<TlsSettings>,
     /// The authoriser (`authorizer.class.name`, `super.users`,
     /// `allow.everyone.if.no.acl.found`); `None` when `authorizer.class.name` is empty.
     pub authorizer: Option<keel_core::acl::AuthorizerConfig>,
+    /// `super.users`, read with or without the authoriser: the peer transport accepts these
+    /// principals as brokers too.
+    pub super_users: std::collections::BTreeSet<String>,
 }
 
 /// One `keel.sasl.users` entry. Its password never appears in `Debug` output.
@@ -1499,8 +1527,10 @@ impl BrokerConfig {
             max_connections_per_ip: values.int_or_default(MAX_CONNECTIONS_PER_IP)?,
             sasl_enabled_mechanisms: security.mechanisms,
             sasl_users: security.users,
+            inter_broker_sasl: security.inter_broker_sasl,
             tls: security.tls,
             authorizer: authorizer(&values)?,
+            super_users: super_users(&values)?,
         })
     }
 
@@ -1596,10 +1626,8 @@ impl BrokerConfig {
 
 /// The authoriser's settings: `None` without `authorizer.class.name`; each `super.users`
 /// entry must be `Type:name`.
-fn authorizer(
-    values: &Values<'_>,
-) -> Result<Option<keel_core::acl::AuthorizerConfig>, ConfigError> {
-    let name = values.string_or_default(AUTHORIZER_CLASS_NAME)?;
+/// `super.users`, checked: `Type:name` each.
+fn super_users(values: &Values<'_>) -> Result<std::collections::BTreeSet<String>, ConfigError> {
     let super_users: std::collections::BTreeSet<String> = values
         .string_or_default(SUPER_USERS)?
         .split(';')
@@ -1616,6 +1644,14 @@ fn authorizer(
             &format!("principals as Type:name separated by `;` (`{bad}` has no type)"),
         ));
     }
+    Ok(super_users)
+}
+
+fn authorizer(
+    values: &Values<'_>,
+) -> Result<Option<keel_core::acl::AuthorizerConfig>, ConfigError> {
+    let name = values.string_or_default(AUTHORIZER_CLASS_NAME)?;
+    let super_users = super_users(values)?;
     if name.is_empty() {
         return Ok(None);
     }
@@ -1637,6 +1673,7 @@ struct Security {
     inter_broker_listener_name: Option<String>,
     mechanisms: Vec<Mechanism>,
     users: Vec<SaslUser>,
+    inter_broker_sasl: Option<(Mechanism, String)>,
     tls: Option<TlsSettings>,
 }
 
@@ -1763,11 +1800,53 @@ impl Security {
                 ));
             }
         }
+        let inter_broker = inter_broker_listener_name
+            .as_ref()
+            .map(|name| (name.as_str(), protocols[name]));
+        if let Some((name, protocol)) = inter_broker {
+            let has_truststore = tls.as_ref().is_some_and(|t| t.truststore.is_some());
+            if protocol.uses_tls() && !has_truststore {
+                return Err(values.invalid(
+                    SSL_TRUSTSTORE_LOCATION,
+                    &format!(
+                        "a PEM truststore: the inter-broker listener {name} uses TLS, and \
+                         brokers verify each other's certificates against it"
+                    ),
+                ));
+            }
+        }
+        let inter_broker_sasl = match inter_broker {
+            Some((name, protocol)) if protocol.uses_sasl() => {
+                let mechanism = values.string_or_default(SASL_MECHANISM_INTER_BROKER_PROTOCOL)?;
+                let mechanism =
+                    Mechanism::from_name(&mechanism.to_ascii_uppercase()).ok_or_else(|| {
+                        values.invalid(
+                            SASL_MECHANISM_INTER_BROKER_PROTOCOL,
+                            "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                        )
+                    })?;
+                let user = values
+                    .string(KEEL_INTER_BROKER_SASL_USERNAME)?
+                    .unwrap_or_default();
+                if !users.iter().any(|u| u.name == user) {
+                    return Err(values.invalid(
+                        KEEL_INTER_BROKER_SASL_USERNAME,
+                        &format!(
+                            "the name of one of {KEEL_SASL_USERS}: the inter-broker listener \
+                             {name} uses SASL, and brokers log in to each other as that user"
+                        ),
+                    ));
+                }
+                Some((mechanism, user))
+            }
+            _ => None,
+        };
         Ok(Security {
             protocols,
             inter_broker_listener_name,
             mechanisms,
             users,
+            inter_broker_sasl,
             tls,
         })
     }

@@ -6,7 +6,8 @@
 //! correlation of requests with responses.
 //!
 //! Wire format: a connection starts with a hello naming the sender (8 bytes: the magic
-//! "keel" and the node id, big-endian), and carries frames one way, from the dialler: a
+//! "keel" and the node id, big-endian), inside TLS and followed by a login when the
+//! inter-broker listener is secured ([`PeerSecurity`]), and carries frames one way, from the dialler: a
 //! broker's requests, one-way messages and responses to a peer all go on its own connection
 //! to that peer. Each frame is `length: u32 BE | crc32c: u32 BE | body` where the body is a
 //! prost [`Envelope`]; docs/design.md lists the message kinds and their fields. The length
@@ -24,7 +25,9 @@
 //!   `send` drops the message and says so (raft and replica fetches retry on their own);
 //! - a `call` always ends: with the response, or with an error when the connection drops or
 //!   [`PeerTransport::call`]'s timeout passes;
-//! - nothing from the network makes this module panic.
+//! - nothing from the network makes this module panic;
+//! - a connection is read only once [`PeerSecurity::accept`] has opened it: with security on,
+//!   a peer that did not authenticate as a broker never has a frame read.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,9 +37,12 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+
+pub use crate::security::peer::PeerSecurity;
+use crate::security::peer::PeerStream;
 
 /// The largest frame accepted (a replica fetch response carries up to this many batch bytes).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -48,11 +54,12 @@ const BODY_PART_COPY_BELOW: usize = 4096;
 const WRITE_PARTS_MAX: usize = 256;
 /// Frames the writer takes from the queue for one vectored write, at most.
 const WRITE_FRAMES_MAX: usize = 64;
+/// Incoming connections being opened (TLS, login) at once; more are closed unread, so a flood
+/// of connections that never finish their opening cannot pile up tasks.
+pub const OPENINGS_MAX: usize = 64;
 /// First and last delay between redials of an unreachable peer.
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// The hello frame's magic, so that a stray client is refused at once.
-const HELLO_MAGIC: u32 = 0x6b65_656c; // "keel"
 
 /// One message between brokers. `correlation_id` 0 is a one-way message; a request carries a
 /// fresh id and its response the same id with `is_response` set.
@@ -206,7 +213,7 @@ fn encode_frame(correlation_id: u64, is_response: bool, kind: u32, body: Body) -
 }
 
 /// Reads one frame; `Err` for a bad length, a CRC mismatch or a body that does not decode.
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Envelope> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Envelope> {
     let len = stream.read_u32().await? as usize;
     if !(4..=FRAME_BYTES_MAX).contains(&len) {
         return Err(std::io::Error::other(format!(
@@ -230,11 +237,13 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Envelope> {
 
 impl PeerTransport {
     /// Starts the transport: accepts peers on `listener` and dials `peers` (id → address) on
-    /// demand. Incoming messages arrive on the returned receiver.
+    /// demand, opening connections as `security` says. Incoming messages arrive on the
+    /// returned receiver.
     pub fn start(
         node_id: i32,
         listener: TcpListener,
         peers: BTreeMap<i32, SocketAddr>,
+        security: Arc<PeerSecurity>,
     ) -> (Arc<PeerTransport>, mpsc::Receiver<Incoming>) {
         let (incoming_tx, incoming_rx) = mpsc::channel(PEER_QUEUE_MAX);
         let pending: Pending = Arc::default();
@@ -242,9 +251,14 @@ impl PeerTransport {
         for (&id, &addr) in peers.iter().filter(|(&id, _)| id != node_id) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             queues.insert(id, tx);
-            tokio::spawn(dial_loop(node_id, id, addr, rx));
+            tokio::spawn(dial_loop(node_id, id, addr, rx, security.clone()));
         }
-        tokio::spawn(accept_loop(listener, incoming_tx, pending.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            incoming_tx,
+            pending.clone(),
+            security,
+        ));
         let transport = Arc::new(PeerTransport {
             node_id,
             queues,
@@ -315,27 +329,35 @@ impl PeerTransport {
 }
 
 /// Keeps one outgoing connection to a peer, redialling with backoff, and writes its queue.
-async fn dial_loop(node_id: i32, peer: i32, addr: SocketAddr, mut queue: mpsc::Receiver<Frame>) {
+async fn dial_loop(
+    node_id: i32,
+    peer: i32,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Frame>,
+    security: Arc<PeerSecurity>,
+) {
     let mut backoff = REDIAL_BACKOFF_MIN;
     // Frames taken from the queue and not yet written whole.
     let mut carried: Vec<Frame> = Vec::new();
     loop {
-        let mut stream = match TcpStream::connect(addr).await {
+        let opened = match TcpStream::connect(addr).await {
+            Ok(s) => security.dial(s, node_id, peer).await,
+            Err(e) => Err(e.into()),
+        };
+        let mut stream = match opened {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                use crate::security::peer::PeerAuthError;
+                // Refusals and TLS failures are configuration faults worth a line; an
+                // unreachable peer is not (it is down, or not started yet).
+                if !matches!(e, PeerAuthError::Io(_)) {
+                    tracing::warn!(peer, %addr, "cannot open a connection to peer: {e}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(REDIAL_BACKOFF_MAX);
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let mut hello = BytesMut::with_capacity(8);
-        hello.put_u32(HELLO_MAGIC);
-        hello.put_i32(node_id);
-        if stream.write_all(&hello).await.is_err() || stream.flush().await.is_err() {
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
         backoff = REDIAL_BACKOFF_MIN;
         loop {
             if carried.is_empty() {
@@ -366,8 +388,8 @@ async fn dial_loop(node_id: i32, peer: i32, addr: SocketAddr, mut queue: mpsc::R
 }
 
 /// Writes `parts` one after another, with vectored writes.
-async fn write_parts<'a>(
-    stream: &mut TcpStream,
+async fn write_parts<'a, S: AsyncWrite + Unpin>(
+    stream: &mut S,
     parts: impl Iterator<Item = &'a Bytes>,
 ) -> std::io::Result<()> {
     let mut parts: std::collections::VecDeque<&[u8]> =
@@ -396,11 +418,37 @@ async fn write_parts<'a>(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, incoming: mpsc::Sender<Incoming>, pending: Pending) {
+async fn accept_loop(
+    listener: TcpListener,
+    incoming: mpsc::Sender<Incoming>,
+    pending: Pending,
+    security: Arc<PeerSecurity>,
+) {
+    let openings = Arc::new(tokio::sync::Semaphore::new(OPENINGS_MAX));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(read_loop(stream, incoming.clone(), pending.clone()));
+            Ok((stream, address)) => {
+                let Ok(opening) = openings.clone().try_acquire_owned() else {
+                    tracing::warn!(%address, "closed a peer connection: {OPENINGS_MAX} openings in progress");
+                    continue;
+                };
+                let (incoming, pending, security) =
+                    (incoming.clone(), pending.clone(), security.clone());
+                tokio::spawn(async move {
+                    let opened = security.accept(stream).await;
+                    drop(opening);
+                    match opened {
+                        Ok((stream, from, _principal)) => {
+                            read_loop(stream, from, incoming, pending).await
+                        }
+                        // One line per refused connection; nothing of it was read.
+                        Err(e) => tracing::warn!(
+                            %address,
+                            protocol = %security.protocol(),
+                            "refused a peer connection: {e}"
+                        ),
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!("peer accept failed: {e}");
@@ -410,12 +458,13 @@ async fn accept_loop(listener: TcpListener, incoming: mpsc::Sender<Incoming>, pe
     }
 }
 
-/// Reads one incoming connection: the hello, then frames until EOF or a bad frame.
-async fn read_loop(mut stream: TcpStream, incoming: mpsc::Sender<Incoming>, pending: Pending) {
-    let from = match (stream.read_u32().await, stream.read_i32().await) {
-        (Ok(HELLO_MAGIC), Ok(id)) => id,
-        _ => return,
-    };
+/// Reads one opened connection from peer `from`: frames until EOF or a bad frame.
+async fn read_loop(
+    mut stream: PeerStream,
+    from: i32,
+    incoming: mpsc::Sender<Incoming>,
+    pending: Pending,
+) {
     loop {
         let envelope = match read_frame(&mut stream).await {
             Ok(e) => e,
@@ -443,6 +492,7 @@ async fn read_loop(mut stream: TcpStream, incoming: mpsc::Sender<Incoming>, pend
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::peer::HELLO_MAGIC;
 
     async fn pair() -> (
         (Arc<PeerTransport>, mpsc::Receiver<Incoming>),
@@ -454,8 +504,8 @@ mod tests {
         let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
         let peers: BTreeMap<i32, SocketAddr> = [(1, a1), (2, a2)].into();
         (
-            PeerTransport::start(1, l1, peers.clone()),
-            PeerTransport::start(2, l2, peers),
+            PeerTransport::start(1, l1, peers.clone(), Arc::default()),
+            PeerTransport::start(2, l2, peers, Arc::default()),
             a2,
         )
     }
@@ -544,10 +594,15 @@ mod tests {
         let a2 = reserved.local_addr().unwrap();
         drop(reserved);
         let peers: BTreeMap<i32, SocketAddr> = [(1, l1.local_addr().unwrap()), (2, a2)].into();
-        let (t1, _r1) = PeerTransport::start(1, l1, peers.clone());
+        let (t1, _r1) = PeerTransport::start(1, l1, peers.clone(), Arc::default());
         t1.send(2, 3, Bytes::from_static(b"early")).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (_t2, mut r2) = PeerTransport::start(2, TcpListener::bind(a2).await.unwrap(), peers);
+        let (_t2, mut r2) = PeerTransport::start(
+            2,
+            TcpListener::bind(a2).await.unwrap(),
+            peers,
+            Arc::default(),
+        );
         let got = tokio::time::timeout(Duration::from_secs(5), r2.recv())
             .await
             .unwrap()

@@ -1016,6 +1016,13 @@ async fn every_api_without_rights_reads_and_changes_nothing() {
             ),
         ),
         (
+            ApiKey::UnregisterBroker,
+            0,
+            RequestKind::UnregisterBroker(
+                UnregisterBrokerRequest::default().with_broker_id(BrokerId(1)),
+            ),
+        ),
+        (
             ApiKey::ListPartitionReassignments,
             0,
             RequestKind::ListPartitionReassignments(

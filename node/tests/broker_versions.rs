@@ -609,6 +609,16 @@ fn requests(api: ApiKey, v: i16, round: usize) -> Vec<RequestKind> {
                 )),
             ),
         ],
+        // A broker that is not registered, and this broker, which holds replicas: both
+        // refused, so the broker stays registered for the rounds after.
+        ApiKey::UnregisterBroker => vec![
+            RequestKind::UnregisterBroker(
+                UnregisterBrokerRequest::default().with_broker_id(BrokerId(77)),
+            ),
+            RequestKind::UnregisterBroker(
+                UnregisterBrokerRequest::default().with_broker_id(BrokerId(1)),
+            ),
+        ],
         ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
             SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
         )],

@@ -6,7 +6,9 @@
 //! SIGKILLed and restarted, and a rolling restart with SIGTERM (controlled shutdown) under an
 //! idempotent acks=all producer fails no delivery; transactions, and an exactly-once
 //! consume-transform-produce loop that commits its offsets with the transaction; partition
-//! reassignments under an idempotent acks=all producer.
+//! reassignments under an idempotent acks=all producer; a fourth broker added and broker 3
+//! decommissioned while two idempotent producers (confluent-kafka, kafka-python) and a
+//! consumer run.
 //!
 //! The Python halves are `node/tests/interop/cluster_*.py`; this file owns every process: each
 //! test starts its brokers on free 127.0.0.1 ports with fresh data directories, and a Drop
@@ -53,8 +55,8 @@ const DEV_LINES_MAX: usize = 20_000;
 /// `keel dev`'s peer ports are its client ports plus this, its metrics ports plus twice this.
 const DEV_PORT_STRIDE: u16 = 100;
 
-/// A port P such that P..P+2, P+100..P+102 and P+200..P+202 are free on 127.0.0.1: `keel
-/// dev`'s client, peer and metrics ports for three brokers. Below the ephemeral range
+/// A port P such that P..P+3, P+100..P+103 and P+200..P+203 are free on 127.0.0.1: `keel
+/// dev`'s client, peer and metrics ports for three brokers, and a fourth. Below the ephemeral range
 /// (32768..), where the ports `free_port()` hands out elsewhere come from.
 fn free_port_range() -> u16 {
     let nanos = SystemTime::now()
@@ -63,7 +65,8 @@ fn free_port_range() -> u16 {
     let seed = u64::from(std::process::id()) ^ u64::from(nanos);
     let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
     for _ in 0..200 {
-        let ports = (0..3).flat_map(|i| (0..3).map(move |k| candidate + k * DEV_PORT_STRIDE + i));
+        // Four brokers' worth: a test may add a fourth broker.
+        let ports = (0..4).flat_map(|i| (0..3).map(move |k| candidate + k * DEV_PORT_STRIDE + i));
         let held: Result<Vec<TcpListener>, _> =
             ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
         if held.is_ok() {
@@ -71,7 +74,7 @@ fn free_port_range() -> u16 {
         }
         candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
     }
-    panic!("no free range of 3 x 3 ports in 20000..29300 after 200 tries");
+    panic!("no free range of 4 x 3 ports in 20000..29300 after 200 tries");
 }
 
 /// SIGKILLs `pid` if it still runs `keel start` with `marker` on its command line (so a
@@ -323,17 +326,26 @@ impl Drop for Dev {
 struct Cluster {
     nodes: Vec<Node>,
     port: u16,
+    /// Whether the spare broker 4 was started ([`Cluster::add_spare`]).
+    spare_started: bool,
 }
 
 impl Cluster {
     /// Starts brokers 1..=3 at once (each waits for a quorum) and waits for every ready line.
     fn start(dir: &Path, overrides: &[&str]) -> Cluster {
+        Cluster::start_with_spare(dir, overrides, false)
+    }
+
+    /// The same; with `spare`, every broker also knows a broker 4 as a learner of the
+    /// metadata quorum, which [`Cluster::add_spare`] starts later.
+    fn start_with_spare(dir: &Path, overrides: &[&str], spare: bool) -> Cluster {
         let port = free_port_range();
         let voters: Vec<String> = (0..3u16)
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, port + DEV_PORT_STRIDE + i))
             .collect();
+        let learner = format!("4@127.0.0.1:{}", port + DEV_PORT_STRIDE + 3);
         let mut nodes = Vec::new();
-        for i in 0..3u16 {
+        for i in 0..(if spare { 4 } else { 3 }) {
             let id = u32::from(i) + 1;
             let mut args: Vec<String> = vec![
                 "start".into(),
@@ -349,6 +361,10 @@ impl Cluster {
                 "--override".into(),
                 "keel.metrics.listener=".into(),
             ];
+            if spare {
+                args.push("--override".into());
+                args.push(format!("keel.quorum.learners={learner}"));
+            }
             for o in overrides {
                 args.push("--override".into());
                 args.push(o.to_string());
@@ -360,8 +376,12 @@ impl Cluster {
                 dir.join(format!("broker-{id}.log")),
             ));
         }
-        let mut cluster = Cluster { nodes, port };
-        for node in &mut cluster.nodes {
+        let mut cluster = Cluster {
+            nodes,
+            port,
+            spare_started: false,
+        };
+        for node in cluster.nodes.iter_mut().take(3) {
             node.spawn();
         }
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -396,10 +416,18 @@ impl Cluster {
         }
     }
 
+    /// Starts the spare broker 4 (see [`Cluster::start_with_spare`]) and waits for its ready
+    /// line: it registers, and holds nothing until a reassignment gives it replicas.
+    fn add_spare(&mut self) {
+        self.spare_started = true;
+        self.restart(4);
+    }
+
     /// SIGTERM to every broker: each must exit 0.
     fn stop(&mut self) {
         let mut bad = Vec::new();
-        for node in &mut self.nodes {
+        let spare_started = self.spare_started;
+        for node in self.nodes.iter_mut().filter(|n| n.id <= 3 || spare_started) {
             match node.stop(Duration::from_secs(30)) {
                 Some(s) if s.success() => {}
                 Some(s) => bad.push(format!("broker {} exited with {s} on SIGTERM", node.id)),
@@ -443,6 +471,7 @@ fn kcat_lists_three_brokers(address: &str, logs: &dyn BrokerLogs) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = Command::new("kcat")
+            .env_remove("LD_LIBRARY_PATH")
             .args(["-b", address, "-L", "-m", "10"])
             .stdin(Stdio::null())
             .output()
@@ -905,6 +934,91 @@ fn reassignment_under_an_idempotent_producer() {
     cluster.stop();
     say(&format!(
         "cluster test reassignment_under_an_idempotent_producer: {} (took {:.1?})",
+        figures(&out),
+        started.elapsed()
+    ));
+}
+
+/// A broker joins and another leaves under load (issue 17): three `keel start` brokers that
+/// know a fourth as a learner of the metadata quorum; the fourth is started while the clients
+/// run, the script moves
+/// a topic's partitions onto it with `keel partitions reassign --generate --execute` and then
+/// drains broker 3 with `keel broker decommission 3` (reassignments, then UnregisterBroker,
+/// KIP-631), while an idempotent confluent-kafka producer and an idempotent kafka-python
+/// producer write and a kafka-python consumer reads: nothing fails, nothing is lost or
+/// duplicated, and each broker ends with exactly the partition directories the metadata
+/// assigns it (broker 3 none).
+#[test]
+fn brokers_join_and_leave_under_producers() {
+    let Some(clients) = clients("cluster", "grow and drain", "confluent_kafka, kafka") else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.push("auto.leader.rebalance.enable=false");
+    let mut cluster = Cluster::start_with_spare(dir.path(), &overrides, true);
+    let args = vec![cluster.bootstrap(), keel_bin().to_string(), "400".into()];
+    let mut script = Script::spawn(&clients, "cluster_grow_and_drain.py", &args, dir.path());
+    script.wait_for_line("ADD-BROKER", Duration::from_secs(120), &cluster);
+    cluster.add_spare();
+    script.send_line("ADDED");
+    let out = script.expect_success(Duration::from_secs(600), &cluster);
+    let final_line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FINAL "))
+        .unwrap_or_else(|| panic!("no FINAL line in the script's output:\n{out}"));
+    let mut words = final_line.split_whitespace();
+    let topic = words
+        .next()
+        .and_then(|w| w.strip_prefix("topic="))
+        .unwrap_or_else(|| panic!("no topic= in {final_line:?}"));
+    let mut expected = Vec::new();
+    for word in words {
+        let (p, replicas) = word
+            .strip_prefix('p')
+            .and_then(|w| w.split_once('='))
+            .unwrap_or_else(|| panic!("bad word {word:?} in {final_line:?}"));
+        let replicas: Vec<u32> = replicas.split(',').map(|r| r.parse().unwrap()).collect();
+        assert!(
+            !replicas.contains(&3),
+            "broker 3 still assigned: {final_line}"
+        );
+        for broker in 1..=4u32 {
+            let path = dir
+                .path()
+                .join(format!("broker-{broker}"))
+                .join(format!("{topic}-{p}"));
+            expected.push((broker, path, replicas.contains(&broker)));
+        }
+    }
+    assert_eq!(expected.len(), 16, "four partitions on four brokers");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(_, path, assigned)| path.is_dir() != *assigned)
+            .map(|(broker, path, assigned)| {
+                format!(
+                    "broker {broker}: {} {}",
+                    path.display(),
+                    if *assigned { "missing" } else { "still there" }
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition directories: {wrong:?}\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    cluster.stop();
+    say(&format!(
+        "cluster test brokers_join_and_leave_under_producers: {} (took {:.1?})",
         figures(&out),
         started.elapsed()
     ));

@@ -52,8 +52,9 @@ use keel_core::batch::{BatchBuilder, BatchHeader, Compression};
 use keel_core::controller::{BrokerId, MetadataState, NewTopic, Partition, TopicDefaults, TopicId};
 use keel_core::log::cleaner::{CleanInputs, CleanerConfig};
 use keel_core::log::LogConfig;
+use keel_core::partition::checkpoint::Checkpoint;
 use keel_core::partition::{
-    FetchPayload, FetchRequest, PartitionReplica, ProduceRules, ReplicaConfig,
+    FetchPayload, FetchRequest, PartitionReplica, ProduceRules, ReplicaConfig, StateWrite,
 };
 use keel_core::producer::ProducerCheck;
 use keel_core::quorum::{ProposalId, ProposalOutcome, QuorumConfig, QuorumNode};
@@ -853,17 +854,27 @@ fn check_replica(root: &Path, me: BrokerId, acked: &ReplicaAcked) -> Result<(), 
             Err(e) => return Err(format!("{path}, written atomically: {e}")),
         }
     }
+    // The broker's high watermark checkpoint, as `Broker::open` reads it (a crash may leave
+    // the data directory without it).
+    let checkpointed = match FileStorage::open(root.join("data")) {
+        Ok(data) => Checkpoint::read(&data)
+            .map_err(|e| format!("reading the high watermark checkpoint: {e}"))?
+            .0
+            .high_watermark(&(TOPIC.to_string(), 0), TOPIC_ID),
+        Err(_) => None,
+    };
     let dir = root.join(PARTITION_DIR);
     let open = || FileStorage::open(&dir).map_err(|e| format!("opening {PARTITION_DIR}: {e}"));
     let storage = open()?;
     let mut snapshots = open()?;
-    let replica = PartitionReplica::recover(
+    let replica = PartitionReplica::recover_with_checkpoint(
         storage,
         &mut snapshots,
         log_config(),
         ProduceRules::default(),
         ReplicaConfig::new(me),
         NOW_MS,
+        checkpointed,
     )
     .map_err(|e| format!("recovery failed: {e}"))?;
     if replica.is_damaged() {
@@ -967,6 +978,26 @@ fn read_whole_log<S: Storage>(
     Ok(all)
 }
 
+/// The partition's topic and id, as the broker's high watermark checkpoint names them.
+const TOPIC: &str = "t";
+const TOPIC_ID: &str = "AAAAAAAAAAAAAAAAAAAAAQ";
+
+/// A high watermark write as the broker's checkpoint writer runs it
+/// (`hw_checkpoint::HwCheckpoint::write_round`): the entry set, the whole checkpoint (with
+/// another replica's entry beside it) written to the next slot and synced, then the write
+/// completed. Returns the exposed high watermark.
+fn checkpoint_write<S: Storage>(
+    replica: &mut PartitionReplica<S>,
+    write: StateWrite,
+    checkpoint: &mut Checkpoint,
+    data: &mut FileStorage<Recorder>,
+) -> Offset {
+    checkpoint.set(("other".into(), 3), "AAAAAAAAAAAAAAAAAAAAAg", Offset(7));
+    checkpoint.set((TOPIC.into(), 0), TOPIC_ID, write.high_watermark);
+    checkpoint.write_to(data).expect("checkpoint write");
+    replica.complete_state_write(write)
+}
+
 /// A sync round as a sync thread runs it (`PartitionHandle::settle_log`).
 fn sync_round<S: Storage>(replica: &mut PartitionReplica<S>, syncer: &FileStorage<Recorder>) {
     if let Some(pending) = replica.prepare_sync() {
@@ -979,14 +1010,16 @@ fn sync_round<S: Storage>(replica: &mut PartitionReplica<S>, syncer: &FileStorag
 
 /// The leader of partition t-0 on broker 1, replicas 1, 2 and 3, as the broker drives it:
 /// produces from an idempotent producer, sync rounds, followers that fetch and sync everything,
-/// high watermark writes (run between the appends of the next round, as the second lane
-/// does), segment rolls, checkpoints (producer snapshots, the partition checkpoint), a new
+/// high watermark writes (run between the appends of the next round, as the checkpoint writer
+/// does: the first three to the replica's own slots, as an older keel wrote them, the rest to
+/// the broker's checkpoint, so that recovery reads both), segment rolls, checkpoints (producer snapshots, the partition checkpoint), a new
 /// leader epoch, and a DeleteRecords; and the cluster id, written atomically in the data
 /// directory.
 fn leader_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
     let root = recorder.root.clone();
     let mut acked = ReplicaAcked::default();
     let mut data = FileStorage::open_on(recorder.clone(), root.join("data")).expect("data dir");
+    let mut checkpoint = Checkpoint::default();
     write_atomic(&mut data, "cluster.id", b"kPxPRVVgRAuZF1r5yjlA1Q").expect("cluster id");
     acked
         .files
@@ -1034,8 +1067,12 @@ fn leader_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
             marks.mark(recorder, &acked);
         }
         if let Some(write) = write {
-            write.write_to(&mut syncer.clone()).expect("hw write");
-            replica.complete_state_write(write);
+            if round < 3 {
+                write.write_to(&mut syncer.clone()).expect("hw write");
+                replica.complete_state_write(write);
+            } else {
+                checkpoint_write(&mut replica, write, &mut checkpoint, &mut data);
+            }
             acked.high_watermark = replica.high_watermark();
             acked.end = acked.end.max(acked.high_watermark);
             acked.retry = appended
@@ -1096,6 +1133,9 @@ struct Follower<'a> {
     replica: PartitionReplica<FileStorage<Recorder>>,
     snapshots: FileStorage<Recorder>,
     syncer: FileStorage<Recorder>,
+    /// The broker's high watermark checkpoint and the data directory it is written to.
+    checkpoint: Checkpoint,
+    data: FileStorage<Recorder>,
 }
 
 impl Follower<'_> {
@@ -1142,8 +1182,12 @@ impl Follower<'_> {
         self.acked.high_watermark = self.replica.high_watermark();
         self.mark();
         if let Some(write) = self.replica.prepare_state_write() {
-            write.write_to(&mut self.syncer.clone()).expect("hw write");
-            self.replica.complete_state_write(write);
+            checkpoint_write(
+                &mut self.replica,
+                write,
+                &mut self.checkpoint,
+                &mut self.data,
+            );
         }
         self.acked.high_watermark = self.replica.high_watermark();
         self.mark();
@@ -1214,6 +1258,8 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
         NOW_MS,
     )
     .expect("recover");
+    let data =
+        FileStorage::open_on(recorder.clone(), recorder.root.join("data")).expect("data dir");
     let mut f = Follower {
         recorder,
         marks,
@@ -1221,6 +1267,8 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
         replica,
         snapshots,
         syncer,
+        checkpoint: Checkpoint::default(),
+        data,
     };
     f.mark();
     let epoch1 = partition(1, 1, 0, &[1, 2, 3]);
@@ -1712,7 +1760,29 @@ fn the_checker_catches_a_dropped_directory_sync_after_a_mkdir() {
     assert_caught(&found, "acknowledged");
 }
 
-/// Without the `fdatasync` of a high watermark slot, the exposed high watermark can go back.
+/// Without the `fdatasync` of the broker's high watermark checkpoint slot, the exposed high
+/// watermark can go back: the leader's, and a follower's.
+#[test]
+fn the_checker_catches_a_dropped_high_watermark_checkpoint_sync() {
+    let found = explore(
+        "leader",
+        Mutant::FileSync("hw-checkpoint."),
+        leader_workload,
+        |dir, acked| check_replica(dir, b(1), acked),
+    );
+    assert_caught(&found, "high watermark went back");
+    let found = explore(
+        "follower",
+        Mutant::FileSync("hw-checkpoint."),
+        follower_workload,
+        |dir, acked| check_replica(dir, b(2), acked),
+    );
+    assert_caught(&found, "high watermark went back");
+}
+
+/// Without the `fdatasync` of a high watermark slot (written by an older keel, and still when
+/// a single-replica partition gains replicas or at a clean shutdown), the exposed high
+/// watermark can go back.
 #[test]
 fn the_checker_catches_a_dropped_high_watermark_sync() {
     let found = explore(

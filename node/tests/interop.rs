@@ -180,7 +180,21 @@ fn confluent_kafka_admin_idempotent_produce_and_assign_consume() {
         &[],
         Duration::from_secs(120),
     );
-    setup.finish("confluent_kafka");
+    let (_dir, data) = setup.finish("confluent_kafka");
+    // Step 6's topic has compression.type=zstd and was written by a gzip producer: the broker
+    // stored every batch in zstd.
+    let dirs: Vec<_> = std::fs::read_dir(&data)
+        .expect("read data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cf-configs-"))
+        .collect();
+    assert_eq!(dirs.len(), 1, "one partition of the cf-configs topic");
+    let (status, dump) = dump_log(&dirs[0].path());
+    assert!(status.success(), "keel dump-log failed ({status}):\n{dump}");
+    assert!(
+        dump.contains("compresscodec: zstd") && !dump.contains("compresscodec: gzip"),
+        "the zstd topic's batches as stored:\n{dump}"
+    );
 }
 
 #[test]

@@ -143,6 +143,8 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
                 keel_core::controller::elections::LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
             )
         }),
+        // The simulator runs the peer transport in plaintext (docs/simulation.md).
+        peer_security: Default::default(),
     };
     settings.replica_lag_time_max_ms = spec.replica_lag_time_max_ms;
     settings.offsets_topic_partitions = spec.offsets_topic_partitions;

@@ -1,14 +1,15 @@
-//! Typed topic configs: the Kafka topic config keys keel honours, with Kafka's names, types,
-//! defaults and validators (Kafka 3.x `LogConfig`), parsed from the string map that the
-//! metadata records carry.
+//! Typed topic configs: every topic config key of Kafka 4.1, with Kafka's names, types,
+//! defaults and validators (`LogConfig`), parsed from the string map that the metadata records
+//! carry. keel acts on most of them; the rest ([`is_honoured`] says which) are stored and
+//! reported only, each for a reason docs/protocol.md gives.
 //!
-//! Invariants: a [`TopicConfig`] exists only for a map whose every key is one of [`KEYS`] and
+//! Invariants: a [`TopicConfig`] exists only for a map whose every key is one of [`keys`] and
 //! whose every value passed that key's validator (parse, don't validate); the typed fields
 //! always agree with the overrides map.
 
 use std::collections::BTreeMap;
 
-use crate::batch::TimestampType;
+use crate::batch::{Compression, TimestampType};
 use crate::log::cleaner::CleanerConfig;
 use crate::log::LogConfig;
 
@@ -44,12 +45,122 @@ pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
 /// (LONG, >= 1).
 pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
 
-/// Every topic config key keel accepts, in name order (DescribeConfigs lists them so).
-pub const KEYS: [&str; 13] = [
+/// `compression.type`: the codec the leader stores batches in: `producer` keeps the producer's,
+/// `uncompressed`, `gzip`, `snappy`, `lz4` or `zstd` recompresses every other batch (STRING).
+pub const COMPRESSION_TYPE: &str = "compression.type";
+/// `compression.gzip.level`: gzip's level when the leader recompresses (INT, 1 to 9, or -1 for
+/// the codec's default).
+pub const COMPRESSION_GZIP_LEVEL: &str = "compression.gzip.level";
+/// `compression.lz4.level`: lz4's level when the leader recompresses (INT, 1 to 17).
+pub const COMPRESSION_LZ4_LEVEL: &str = "compression.lz4.level";
+/// `compression.zstd.level`: zstd's level when the leader recompresses (INT, -131072 to 22).
+pub const COMPRESSION_ZSTD_LEVEL: &str = "compression.zstd.level";
+/// `message.timestamp.before.max.ms`: how far before the broker's clock a CreateTime record's
+/// timestamp may be (LONG, >= 0).
+pub const MESSAGE_TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.ms";
+/// `message.timestamp.after.max.ms`: how far after the broker's clock a CreateTime record's
+/// timestamp may be (LONG, >= 0; Kafka 4.0's default is one hour).
+pub const MESSAGE_TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms";
+/// `segment.jitter.ms`: the most a segment's age-based roll is brought forward, so that the
+/// partitions of a topic created together do not all roll at once (LONG, >= 0).
+pub const SEGMENT_JITTER_MS: &str = "segment.jitter.ms";
+/// `index.interval.bytes`: bytes appended between two entries of a segment's sparse offset
+/// and time indexes (INT, >= 0).
+pub const INDEX_INTERVAL_BYTES: &str = "index.interval.bytes";
+/// `remote.storage.enable`: tiered storage. keel has none: only `false` is accepted (BOOLEAN).
+pub const REMOTE_STORAGE_ENABLE: &str = "remote.storage.enable";
+
+/// The topic config keys keel stores and reports but does not act on, with Kafka's type,
+/// default and bounds: each has no meaning in keel, or one keel always gives it (docs/protocol.md
+/// says which for each). They are accepted so that a configuration written for Kafka carries
+/// over.
+const PASSIVE: [Passive; 13] = [
+    Passive::new(
+        "file.delete.delay.ms",
+        ConfigType::Long,
+        "60000",
+        Bounds::Long(0),
+    ),
+    Passive::new(
+        "flush.messages",
+        ConfigType::Long,
+        LONG_MAX,
+        Bounds::Long(1),
+    ),
+    Passive::new("flush.ms", ConfigType::Long, LONG_MAX, Bounds::Long(0)),
+    Passive::new(
+        "follower.replication.throttled.replicas",
+        ConfigType::List,
+        "",
+        Bounds::Replicas,
+    ),
+    Passive::new(
+        "leader.replication.throttled.replicas",
+        ConfigType::List,
+        "",
+        Bounds::Replicas,
+    ),
+    Passive::new(
+        "local.retention.bytes",
+        ConfigType::Long,
+        "-2",
+        Bounds::Long(-2),
+    ),
+    Passive::new(
+        "local.retention.ms",
+        ConfigType::Long,
+        "-2",
+        Bounds::Long(-2),
+    ),
+    Passive::new(
+        "message.downconversion.enable",
+        ConfigType::Boolean,
+        "true",
+        Bounds::Boolean,
+    ),
+    Passive::new("preallocate", ConfigType::Boolean, "false", Bounds::Boolean),
+    Passive::new(
+        "remote.log.copy.disable",
+        ConfigType::Boolean,
+        "false",
+        Bounds::Boolean,
+    ),
+    Passive::new(
+        "remote.log.delete.on.disable",
+        ConfigType::Boolean,
+        "false",
+        Bounds::Boolean,
+    ),
+    Passive::new(
+        "segment.index.bytes",
+        ConfigType::Int,
+        "10485760",
+        Bounds::Int(4),
+    ),
+    // Only false: a topic asking for tiered storage is refused rather than silently local.
+    Passive::new(
+        REMOTE_STORAGE_ENABLE,
+        ConfigType::Boolean,
+        "false",
+        Bounds::False,
+    ),
+];
+
+const LONG_MAX: &str = "9223372036854775807";
+
+/// The topic config keys keel acts on.
+const HONOURED: [&str; 21] = [
     CLEANUP_POLICY,
+    COMPRESSION_GZIP_LEVEL,
+    COMPRESSION_LZ4_LEVEL,
+    COMPRESSION_TYPE,
+    COMPRESSION_ZSTD_LEVEL,
     DELETE_RETENTION_MS,
+    INDEX_INTERVAL_BYTES,
     MAX_COMPACTION_LAG_MS,
     MAX_MESSAGE_BYTES,
+    MESSAGE_TIMESTAMP_AFTER_MAX_MS,
+    MESSAGE_TIMESTAMP_BEFORE_MAX_MS,
     MESSAGE_TIMESTAMP_TYPE,
     MIN_CLEANABLE_DIRTY_RATIO,
     MIN_COMPACTION_LAG_MS,
@@ -57,9 +168,99 @@ pub const KEYS: [&str; 13] = [
     RETENTION_BYTES,
     RETENTION_MS,
     SEGMENT_BYTES,
+    SEGMENT_JITTER_MS,
     SEGMENT_MS,
     UNCLEAN_LEADER_ELECTION_ENABLE,
 ];
+
+/// Every topic config key keel accepts (Kafka 4.1's topic configs), in name order, as
+/// DescribeConfigs lists them.
+pub fn keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = HONOURED
+        .iter()
+        .copied()
+        .chain(PASSIVE.iter().map(|p| p.name))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Whether keel acts on `key` (as opposed to storing and reporting it only).
+pub fn is_honoured(key: &str) -> bool {
+    HONOURED.contains(&key)
+}
+
+/// A key keel accepts without acting on it: its type, Kafka's default and what is valid.
+struct Passive {
+    name: &'static str,
+    config_type: ConfigType,
+    default: &'static str,
+    bounds: Bounds,
+}
+
+impl Passive {
+    const fn new(
+        name: &'static str,
+        config_type: ConfigType,
+        default: &'static str,
+        bounds: Bounds,
+    ) -> Passive {
+        Passive {
+            name,
+            config_type,
+            default,
+            bounds,
+        }
+    }
+
+    fn find(key: &str) -> Option<&'static Passive> {
+        PASSIVE.iter().find(|p| p.name == key)
+    }
+}
+
+/// What a passive key's value must be.
+#[derive(Clone, Copy)]
+enum Bounds {
+    /// A LONG of at least this (every passive LONG is unbounded above, as parsing bounds it).
+    Long(i64),
+    /// An INT of at least this.
+    Int(i32),
+    Boolean,
+    /// `false` only (a feature keel does not have).
+    False,
+    /// Kafka's throttled-replicas list: empty, `*`, or `partition:broker` pairs.
+    Replicas,
+}
+
+impl Bounds {
+    fn check(self, value: &str) -> Result<(), String> {
+        match self {
+            Bounds::Long(min) => parse_long(value, min).map(|_| ()),
+            Bounds::Int(min) => parse_int(value, min).map(|_| ()),
+            Bounds::Boolean => parse_bool(value).map(|_| ()),
+            Bounds::False => match parse_bool(value)? {
+                false => Ok(()),
+                true => Err("keel has no tiered storage: only false is accepted".into()),
+            },
+            Bounds::Replicas => {
+                if value.trim() == "*" {
+                    return Ok(());
+                }
+                for item in split_list(value) {
+                    let pair = item.split_once(':').and_then(|(p, b)| {
+                        Some((p.trim().parse::<i32>().ok()?, b.trim().parse::<i32>().ok()?))
+                    });
+                    if !pair.is_some_and(|(p, b)| p >= 0 && b >= 0) {
+                        return Err(format!(
+                            "{item:?} is not partitionId:brokerId (the list is empty, *, or such pairs)"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
 
 /// The smallest `segment.bytes` (Kafka 3.x: `LegacyRecord.RECORD_OVERHEAD_V0`).
 pub const SEGMENT_BYTES_MIN: i32 = 14;
@@ -157,6 +358,16 @@ pub struct TopicConfig {
     message_timestamp_type: TimestampType,
     unclean_leader_election_enable: bool,
     cleaner: CleanerSettings,
+    /// `compression.type`: `None` for `producer`.
+    compression: Option<Compression>,
+    /// `compression.gzip.level`, `compression.lz4.level`, `compression.zstd.level`.
+    gzip_level: i32,
+    lz4_level: i32,
+    zstd_level: i32,
+    timestamp_before_max_ms: i64,
+    timestamp_after_max_ms: i64,
+    segment_jitter_ms: i64,
+    index_interval_bytes: i32,
     /// The topic-level settings, as given.
     overrides: BTreeMap<String, String>,
 }
@@ -178,13 +389,21 @@ impl Default for TopicConfig {
             message_timestamp_type: TimestampType::CreateTime,
             unclean_leader_election_enable: false,
             cleaner: CleanerSettings::default(),
+            compression: None,
+            gzip_level: -1,
+            lz4_level: 9,
+            zstd_level: 3,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 60 * 60 * 1000,
+            segment_jitter_ms: 0,
+            index_interval_bytes: 4096,
             overrides: BTreeMap::new(),
         }
     }
 }
 
 impl TopicConfig {
-    /// Parses a topic's overrides: every key must be one of [`KEYS`] and every value valid.
+    /// Parses a topic's overrides: every key must be one of [`keys`] and every value valid.
     pub fn from_map(overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
         let mut config = TopicConfig::default();
         for (key, value) in overrides {
@@ -207,6 +426,26 @@ impl TopicConfig {
     /// Kafka's default value of `key` as a string, if keel knows the key.
     pub fn default_value(key: &str) -> Option<String> {
         TopicConfig::default().value_of(key)
+    }
+
+    /// `compression.type` with its level: the codec and level the leader recompresses every
+    /// batch of another codec into, `None` for `producer` (batches stored as sent).
+    pub fn compression(&self) -> Option<(Compression, i32)> {
+        self.compression.map(|codec| {
+            let level = match codec {
+                Compression::Gzip => self.gzip_level,
+                Compression::Lz4 => self.lz4_level,
+                Compression::Zstd => self.zstd_level,
+                Compression::None | Compression::Snappy => 0,
+            };
+            (codec, level)
+        })
+    }
+
+    /// `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms`: how far before
+    /// and after the broker's clock a CreateTime record's timestamp may be.
+    pub fn timestamp_bounds_ms(&self) -> (i64, i64) {
+        (self.timestamp_before_max_ms, self.timestamp_after_max_ms)
     }
 
     /// The topic-level settings, as given.
@@ -265,12 +504,14 @@ impl TopicConfig {
     /// Every key with its value in force and where it comes from, in name order: the body of a
     /// DescribeConfigs answer.
     pub fn describe(&self) -> Vec<ConfigEntry> {
-        KEYS.iter()
-            .map(|&name| {
+        keys()
+            .into_iter()
+            .map(|name| {
                 let (value, source) = match self.overrides.get(name) {
                     Some(v) => (v.clone(), ConfigSource::Topic),
                     None => (
-                        self.value_of(name).expect("every key in KEYS has a value"),
+                        self.value_of(name)
+                            .expect("every key keel accepts has a value"),
                         ConfigSource::Default,
                     ),
                 };
@@ -295,6 +536,8 @@ impl TopicConfig {
             segment_ms_max: self.segment_ms,
             retention_bytes_max: if delete { self.retention_bytes } else { -1 },
             retention_ms_max: if delete { self.retention_ms } else { -1 },
+            segment_jitter_ms_max: self.segment_jitter_ms,
+            index_interval_bytes: self.index_interval_bytes as u64,
             ..LogConfig::default()
         }
     }
@@ -343,7 +586,26 @@ impl TopicConfig {
             }
             .to_string(),
             UNCLEAN_LEADER_ELECTION_ENABLE => self.unclean_leader_election_enable.to_string(),
-            _ => return None,
+            COMPRESSION_TYPE => match self.compression {
+                None => "producer",
+                Some(Compression::None) => "uncompressed",
+                Some(codec) => codec.name(),
+            }
+            .to_string(),
+            COMPRESSION_GZIP_LEVEL => self.gzip_level.to_string(),
+            COMPRESSION_LZ4_LEVEL => self.lz4_level.to_string(),
+            COMPRESSION_ZSTD_LEVEL => self.zstd_level.to_string(),
+            MESSAGE_TIMESTAMP_BEFORE_MAX_MS => self.timestamp_before_max_ms.to_string(),
+            MESSAGE_TIMESTAMP_AFTER_MAX_MS => self.timestamp_after_max_ms.to_string(),
+            SEGMENT_JITTER_MS => self.segment_jitter_ms.to_string(),
+            INDEX_INTERVAL_BYTES => self.index_interval_bytes.to_string(),
+            other => {
+                let passive = Passive::find(other)?;
+                self.overrides
+                    .get(other)
+                    .cloned()
+                    .unwrap_or_else(|| passive.default.to_string())
+            }
         })
     }
 
@@ -400,12 +662,44 @@ impl TopicConfig {
                 }
             }
             UNCLEAN_LEADER_ELECTION_ENABLE => {
-                // Kafka's BOOLEAN: true or false, any case.
-                self.unclean_leader_election_enable = match value.trim().to_ascii_lowercase() {
-                    v if v == "true" => true,
-                    v if v == "false" => false,
-                    _ => return Err(invalid("expected true or false".into())),
+                self.unclean_leader_election_enable = parse_bool(value).map_err(invalid)?
+            }
+            COMPRESSION_TYPE => {
+                self.compression = match value.trim() {
+                    "producer" => None,
+                    "uncompressed" => Some(Compression::None),
+                    "gzip" => Some(Compression::Gzip),
+                    "snappy" => Some(Compression::Snappy),
+                    "lz4" => Some(Compression::Lz4),
+                    "zstd" => Some(Compression::Zstd),
+                    _ => return Err(invalid(
+                        "string must be one of: uncompressed, zstd, lz4, snappy, gzip, producer"
+                            .into(),
+                    )),
                 }
+            }
+            COMPRESSION_GZIP_LEVEL => {
+                let level = parse_int(value, -1).map_err(invalid)?;
+                if level == 0 || level > 9 {
+                    return Err(invalid("value must be -1 or between 1 and 9".into()));
+                }
+                self.gzip_level = level;
+            }
+            COMPRESSION_LZ4_LEVEL => {
+                self.lz4_level = parse_int_in(value, 1, 17).map_err(invalid)?
+            }
+            COMPRESSION_ZSTD_LEVEL => {
+                self.zstd_level = parse_int_in(value, -131_072, 22).map_err(invalid)?
+            }
+            MESSAGE_TIMESTAMP_BEFORE_MAX_MS => {
+                self.timestamp_before_max_ms = parse_long(value, 0).map_err(invalid)?
+            }
+            MESSAGE_TIMESTAMP_AFTER_MAX_MS => {
+                self.timestamp_after_max_ms = parse_long(value, 0).map_err(invalid)?
+            }
+            SEGMENT_JITTER_MS => self.segment_jitter_ms = parse_long(value, 0).map_err(invalid)?,
+            INDEX_INTERVAL_BYTES => {
+                self.index_interval_bytes = parse_int(value, 0).map_err(invalid)?
             }
             MIN_CLEANABLE_DIRTY_RATIO => {
                 let ratio: f64 = value
@@ -426,7 +720,10 @@ impl TopicConfig {
             MAX_COMPACTION_LAG_MS => {
                 self.cleaner.compaction_lag_ms_max = parse_long(value, 1).map_err(invalid)?
             }
-            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+            other => match Passive::find(other) {
+                Some(passive) => passive.bounds.check(value).map_err(invalid)?,
+                None => return Err(ConfigError::UnknownKey(key.to_string())),
+            },
         }
         Ok(())
     }
@@ -457,13 +754,16 @@ impl Default for CleanerSettings {
 /// The type of a known key.
 fn config_type(key: &str) -> ConfigType {
     match key {
-        RETENTION_MS | RETENTION_BYTES | SEGMENT_MS => ConfigType::Long,
+        RETENTION_MS | RETENTION_BYTES | SEGMENT_MS | SEGMENT_JITTER_MS => ConfigType::Long,
         DELETE_RETENTION_MS | MIN_COMPACTION_LAG_MS | MAX_COMPACTION_LAG_MS => ConfigType::Long,
+        MESSAGE_TIMESTAMP_BEFORE_MAX_MS | MESSAGE_TIMESTAMP_AFTER_MAX_MS => ConfigType::Long,
         MIN_CLEANABLE_DIRTY_RATIO => ConfigType::Double,
         SEGMENT_BYTES | MAX_MESSAGE_BYTES | MIN_INSYNC_REPLICAS => ConfigType::Int,
+        INDEX_INTERVAL_BYTES => ConfigType::Int,
+        COMPRESSION_GZIP_LEVEL | COMPRESSION_LZ4_LEVEL | COMPRESSION_ZSTD_LEVEL => ConfigType::Int,
         CLEANUP_POLICY => ConfigType::List,
         UNCLEAN_LEADER_ELECTION_ENABLE => ConfigType::Boolean,
-        _ => ConfigType::String,
+        other => Passive::find(other).map_or(ConfigType::String, |p| p.config_type),
     }
 }
 
@@ -480,6 +780,23 @@ fn parse_long(value: &str, min: i64) -> Result<i64, String> {
         .map_err(|_| "expected a 64-bit integer".to_string())?;
     if n < min {
         return Err(format!("value must be at least {min}"));
+    }
+    Ok(n)
+}
+
+/// Kafka's BOOLEAN: true or false, any case.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_int_in(value: &str, min: i32, max: i32) -> Result<i32, String> {
+    let n = parse_int(value, min)?;
+    if n > max {
+        return Err(format!("value must be at most {max}"));
     }
     Ok(n)
 }

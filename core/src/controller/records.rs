@@ -4,7 +4,7 @@
 //!
 //! Wire compatibility rules (protobuf's): a field's tag never changes and is never reused; new
 //! fields take new tags and must mean "as before" when absent; [`Record`] variants likewise.
-//! Tags reserved for what KRaft has and keel does not yet: `Record` 10 UnregisterBroker;
+//! Tags reserved for what KRaft has and keel does not yet:
 //! `PartitionRecord` 9 last known ELR, 10 leader recovery state. `Record` tags 20 to 29 belong to security (ACLs, SCRAM credentials), apart from the
 //! others so that records added meanwhile elsewhere take the next free tag below them.
 //!
@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 21, 22, 23")]
+    #[prost(
+        oneof = "Record",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23"
+    )]
     pub record: Option<Record>,
 }
 
@@ -54,6 +57,10 @@ pub enum Record {
     /// Unfences a broker: it heartbeats again and caught up (KRaft's UnfenceBrokerRecord).
     #[prost(message, tag = "9")]
     UnfenceBroker(UnfenceBrokerRecord),
+    /// Removes a broker's registration (KRaft's UnregisterBrokerRecord, KIP-631's
+    /// UnregisterBroker): apply refuses it while the broker holds a replica.
+    #[prost(message, tag = "10")]
+    UnregisterBroker(UnregisterBrokerRecord),
     /// Adds one ACL binding (KRaft's AccessControlEntryRecord); apply refuses one that exists.
     #[prost(message, tag = "20")]
     Acl(AclRecord),
@@ -267,6 +274,17 @@ pub struct UnfenceBrokerRecord {
     pub broker_epoch: i64,
 }
 
+/// Removes a broker's registration at its current epoch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnregisterBrokerRecord {
+    /// The broker id.
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// Its broker epoch: apply refuses the record for any other.
+    #[prost(int64, tag = "2")]
+    pub broker_epoch: i64,
+}
+
 /// One ACL binding, with Kafka's codes (`core::acl`). A binding is its own identity: the set
 /// of bindings holds each at most once.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -357,4 +375,5 @@ into_record!(
     PartitionChange(PartitionChangeRecord),
     FenceBroker(FenceBrokerRecord),
     UnfenceBroker(UnfenceBrokerRecord),
+    UnregisterBroker(UnregisterBrokerRecord),
 );

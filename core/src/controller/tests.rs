@@ -409,7 +409,37 @@ fn topic_config_defaults_validation_and_describe() {
         ("cleanup.policy", "compact,nothing", false),
         ("message.timestamp.type", "LogAppendTime", true),
         ("message.timestamp.type", "logappendtime", false),
-        ("compression.type", "lz4", false),
+        ("compression.type", "lz4", true),
+        ("compression.type", "uncompressed", true),
+        ("compression.type", "producer", true),
+        ("compression.type", "none", false),
+        ("compression.gzip.level", "-1", true),
+        ("compression.gzip.level", "0", false),
+        ("compression.gzip.level", "10", false),
+        ("compression.lz4.level", "17", true),
+        ("compression.lz4.level", "18", false),
+        ("compression.zstd.level", "-131072", true),
+        ("compression.zstd.level", "23", false),
+        ("message.timestamp.after.max.ms", "0", true),
+        ("message.timestamp.before.max.ms", "-1", false),
+        ("segment.jitter.ms", "100", true),
+        ("index.interval.bytes", "-1", false),
+        // Accepted and stored, with Kafka's bounds.
+        ("flush.messages", "1", true),
+        ("flush.messages", "0", false),
+        ("preallocate", "TRUE", true),
+        ("preallocate", "yes", false),
+        ("segment.index.bytes", "3", false),
+        ("local.retention.ms", "-2", true),
+        ("local.retention.ms", "-3", false),
+        ("leader.replication.throttled.replicas", "*", true),
+        ("leader.replication.throttled.replicas", "0:1, 1:2", true),
+        ("leader.replication.throttled.replicas", "0-1", false),
+        ("follower.replication.throttled.replicas", "", true),
+        // keel has no tiered storage: asking for it is refused.
+        ("remote.storage.enable", "false", true),
+        ("remote.storage.enable", "true", false),
+        ("no.such.config", "1", false),
     ] {
         assert_eq!(
             TopicConfig::validate(key, value).is_ok(),
@@ -427,7 +457,9 @@ fn topic_config_defaults_validation_and_describe() {
     ]);
     let config = TopicConfig::from_map(&overrides).unwrap();
     let described = config.describe();
-    assert_eq!(described.len(), config::KEYS.len());
+    // Kafka 4.1's 34 topic configs.
+    assert_eq!(described.len(), config::keys().len());
+    assert_eq!(described.len(), 34);
     let names: Vec<&str> = described.iter().map(|e| e.name).collect();
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted by name");
     let entry = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
@@ -441,6 +473,44 @@ fn topic_config_defaults_validation_and_describe() {
     assert_eq!(entry("cleanup.policy").value, "delete");
     assert_eq!(entry("cleanup.policy").config_type.code(), 7);
     assert_eq!(entry("max.message.bytes").value, "1048588");
+    // Kafka 4.0's defaults for the timestamp bounds, and the stored-only keys' defaults.
+    assert_eq!(entry("message.timestamp.after.max.ms").value, "3600000");
+    assert_eq!(
+        entry("message.timestamp.before.max.ms").value,
+        "9223372036854775807"
+    );
+    assert_eq!(entry("compression.type").value, "producer");
+    assert_eq!(
+        entry("flush.messages").config_type,
+        config::ConfigType::Long
+    );
+    assert_eq!(entry("preallocate").value, "false");
+    assert_eq!(entry("preallocate").config_type.code(), 1);
+    assert_eq!(entry("local.retention.bytes").value, "-2");
+    assert_eq!(entry("message.downconversion.enable").value, "true");
+    let stored = TopicConfig::from_map(&BTreeMap::from([
+        ("preallocate".to_string(), "true".to_string()),
+        ("compression.type".to_string(), "zstd".to_string()),
+        ("compression.zstd.level".to_string(), "7".to_string()),
+        (
+            "message.timestamp.before.max.ms".to_string(),
+            "1000".to_string(),
+        ),
+    ]))
+    .unwrap();
+    let described = stored.describe();
+    let entry = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
+    assert_eq!(
+        (entry("preallocate").value, entry("preallocate").source),
+        ("true".to_string(), ConfigSource::Topic)
+    );
+    assert_eq!(
+        stored.compression(),
+        Some((crate::batch::Compression::Zstd, 7))
+    );
+    assert_eq!(stored.timestamp_bounds_ms(), (1000, 3_600_000));
+    assert_eq!(TopicConfig::default().compression(), None);
+    assert!(config::is_honoured("compression.type") && !config::is_honoured("preallocate"));
     let log = config.to_log_config();
     assert_eq!(log.retention_ms_max, 1000);
     assert_eq!(log.segment_bytes_max, 4096);
@@ -1652,4 +1722,66 @@ fn retention_applies_only_with_the_delete_policy() {
         (both.retention_ms_max, both.retention_bytes_max),
         (1000, 5000)
     );
+}
+
+/// UnregisterBroker (KIP-631, API 64): an unknown broker is BROKER_ID_NOT_REGISTERED (102);
+/// a broker that still holds a replica is refused (keel's rule, INVALID_REQUEST) with
+/// nothing changed; one that holds none leaves the metadata, and its broker epoch is never
+/// handed out again, not even after a snapshot. Reference: KRaft
+/// ClusterControlManager.unregisterBroker.
+#[test]
+fn unregistering_a_broker_needs_it_to_hold_no_replica() {
+    use crate::quorum::snapshot::{decode_state, encode_state};
+
+    let mut state = MetadataState::new();
+    for b in 0..4 {
+        register_unfenced(&mut state, b, b as u8 + 1);
+    }
+    let records = state
+        .create_topic(
+            &new_topic("t", 3, 3, id(1)),
+            &brokers(3),
+            &TopicDefaults::default(),
+        )
+        .unwrap();
+    apply_all(&mut state, &records);
+
+    let unknown = state.unregister_broker(BrokerId(9)).unwrap_err();
+    assert_eq!(unknown.code(), code::BROKER_ID_NOT_REGISTERED);
+    let busy = state.unregister_broker(BrokerId(0)).unwrap_err();
+    assert_eq!(busy.code(), code::INVALID_REQUEST);
+    assert!(busy.to_string().contains("t-0"), "{busy}");
+    assert_eq!(state.partitions_on(BrokerId(0)).len(), 3);
+    assert!(state.broker(BrokerId(0)).is_some());
+
+    // Broker 3, the last to register, holds nothing.
+    let e3 = state.broker(BrokerId(3)).unwrap().epoch;
+    assert_eq!(state.last_broker_epoch(), e3);
+    let records = state.unregister_broker(BrokerId(3)).unwrap();
+    let before = state.clone();
+    apply_all(&mut state, &records);
+    assert!(state.broker(BrokerId(3)).is_none());
+    assert!(!state.live_brokers().contains(&BrokerId(3)));
+    // The same record again (the broker is gone) does not apply.
+    let mut again = state.clone();
+    assert!(again.apply(&records[0]).is_err());
+    assert_eq!(again, state);
+    // A stale unregistration (the broker registered again since) does not apply either.
+    let mut stale = before.clone();
+    let (_, rereg) = stale
+        .register_broker(&registration(3, 9), UncleanElection::Disabled)
+        .unwrap();
+    apply_all(&mut stale, &rereg);
+    let restale = stale.clone();
+    assert!(stale.apply(&records[0]).is_err());
+    assert_eq!(stale, restale);
+
+    // The snapshot keeps the epoch counter past the unregistered broker's epoch.
+    let rebuilt = decode_state(&encode_state(&state)).unwrap();
+    assert_eq!(rebuilt, state);
+    assert_eq!(rebuilt.last_broker_epoch(), e3);
+    let (epoch, _) = rebuilt
+        .register_broker(&registration(3, 10), UncleanElection::Disabled)
+        .unwrap();
+    assert!(epoch > e3, "epoch {epoch} reused");
 }

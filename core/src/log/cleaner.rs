@@ -929,8 +929,12 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Adds a dropped batch to the filler run, first closing a run of another epoch (or one
-    /// whose span would not fit a batch's `lastOffsetDelta`).
+    /// Replaces a dropped batch with an empty batch over the same offsets. Each dropped batch
+    /// gets its own: a follower's log end, where its next fetch starts, is the end of some batch
+    /// of the leader's log as it was written, so cleaned batches must start where written ones
+    /// did (one empty batch over a run of them made a follower at a boundary inside the run
+    /// fetch a batch starting below its log end, and refuse it as a divergence below its high
+    /// watermark: the simulator's compacted workload found it).
     fn fill<S: Storage + ?Sized>(
         &mut self,
         storage: &mut S,
@@ -939,10 +943,7 @@ impl Writer<'_> {
         throttle: &mut dyn FnMut(u64),
     ) -> Result<(), LogError> {
         let epoch = batch.partition_leader_epoch();
-        let fits = |f: &Filler| {
-            f.epoch == epoch && batch.next_offset().0 - f.base.0 - 1 <= i32::MAX as i64
-        };
-        if self.filler.as_ref().is_some_and(|f| !fits(f)) {
+        if self.filler.is_some() {
             let filler = self.take_filler()?;
             self.put(storage, filler.bytes(), stats, throttle)?;
         }

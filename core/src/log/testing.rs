@@ -51,6 +51,7 @@ pub fn run(ops: &[LogOp]) {
         retention_bytes_max: 8192,
         retention_ms_max: 600_000,
         index_interval_bytes: 256,
+        ..LogConfig::default()
     };
     let mut now_ms = 1_000_000i64;
     let mut log = Some(Log::open(MemStorage::new(), config.clone(), now_ms).expect("open empty"));

@@ -1222,3 +1222,43 @@ fn a_roll_leaves_the_closed_segments_tail_to_the_next_sync() {
         assert_eq!(open_keeping(storage).end(), end, "seed {seed}");
     }
 }
+
+/// `segment.jitter.ms`: a segment rolls by age somewhere in (segment.ms - jitter, segment.ms],
+/// each segment at its own point fixed by the log's salt and its base offset, and logs with
+/// different salts at different points.
+#[test]
+fn segment_jitter_brings_rolls_forward_by_up_to_the_jitter() {
+    let config = |salt: u64| LogConfig {
+        segment_ms_max: 10_000,
+        segment_jitter_ms_max: 4_000,
+        jitter_salt: salt,
+        ..LogConfig::default()
+    };
+    let mut ages = std::collections::BTreeSet::new();
+    for salt in 0..64u64 {
+        for base in [0i64, 1, 100] {
+            let age = config(salt).roll_age_ms(Offset(base));
+            assert!((6_001..=10_000).contains(&age), "{age}");
+            assert_eq!(age, config(salt).roll_age_ms(Offset(base)), "deterministic");
+            ages.insert(age);
+        }
+    }
+    assert!(
+        ages.len() > 100,
+        "spread over the jitter: {} distinct ages",
+        ages.len()
+    );
+    let none = LogConfig {
+        segment_ms_max: 10_000,
+        ..LogConfig::default()
+    };
+    assert_eq!(none.roll_age_ms(Offset(5)), 10_000);
+    // A jitter larger than segment.ms still leaves a positive age.
+    let wide = LogConfig {
+        segment_ms_max: 10,
+        segment_jitter_ms_max: 1_000,
+        jitter_salt: 3,
+        ..LogConfig::default()
+    };
+    assert!(wide.roll_age_ms(Offset(0)) >= 1);
+}

@@ -280,6 +280,26 @@ impl LeaderState {
             .is_some_and(|d| d >= hw_floor && d >= self.epoch_start)
     }
 
+    /// The first replica, in assignment order, that [`LeaderState::may_join`] the ISR.
+    pub fn joiner(&self, hw_floor: Offset) -> Option<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .find(|&r| self.may_join(r, hw_floor))
+    }
+
+    /// When a replica that may join the ISR is to be proposed again: a follower's fetch
+    /// proposes it at once, but one whose proposal failed (refused, rejected, unanswered) may
+    /// never fetch again with anything new (a caught-up follower's partition is not even named
+    /// in its fetch session), so the timer proposes it after the backoff. `None` while a
+    /// proposal is in flight or nobody may join.
+    pub fn expand_deadline(&self, hw_floor: Offset) -> Option<i64> {
+        if self.pending.is_some() {
+            return None;
+        }
+        self.joiner(hw_floor).map(|_| self.retry_after_ms)
+    }
+
     /// Proposes `isr` (assignment order) unless a proposal is in flight or backing off.
     /// Returns whether it did.
     pub fn propose(

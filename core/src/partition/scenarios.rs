@@ -961,3 +961,25 @@ fn a_batch_rotted_at_runtime_is_discarded_and_fetched_back() {
             .bytes()
     );
 }
+
+/// A follower that caught up while the controller refused to take it into the ISR (it was
+/// fenced) joins once the refusal's backoff ends, with no fetch of its own after that: the
+/// leader's timer proposes it again. A caught-up follower sends nothing new for its partition
+/// (its fetch session does not name an unchanged partition), so without the timer it stayed
+/// out of the ISR for good (simulator seed 604: `__transaction_state-1`, its follower at the
+/// leader's log end and high watermark, outside the ISR 60 s after healing).
+#[test]
+fn a_refused_expansion_is_proposed_again_by_the_timer() {
+    let mut c = cluster(Settings::default());
+    c.produce(2, false).unwrap();
+    c.isolate(2);
+    assert_eq!(c.replica(0).isr(), [B0, B1]);
+    // Node 2 still fetches and catches up; the leader proposes it and is refused (fenced).
+    c.rounds(3);
+    assert!(c.coverage.alter_rejections > 0, "the expansion was refused");
+    assert_eq!(c.replica(0).isr(), [B0, B1]);
+    // The controller unfences it; from here on node 2 sends nothing, only time passes.
+    c.reconnect(2);
+    c.tick(ALTER_PARTITION_BACKOFF_MS_DEFAULT + 1);
+    assert_eq!(c.replica(0).isr(), [B0, B1, B2]);
+}

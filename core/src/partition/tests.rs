@@ -101,8 +101,8 @@ fn validation_follows_kafka_log_validator() {
     let mut snaps = MemStorage::new();
     let rules = ProduceRules {
         max_message_bytes: 200,
-        log_append_time: false,
         compacted: true,
+        ..ProduceRules::default()
     };
     let mut p = open(MemStorage::new(), &mut snaps, rules);
     let big = BatchBuilder::new(Compression::None)
@@ -154,6 +154,112 @@ fn log_append_time_topics_stamp_the_broker_time() {
         (b.max_timestamp(), b.timestamp_type()),
         (NOW + 5, TimestampType::LogAppendTime)
     );
+}
+
+/// `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms`: a CreateTime record
+/// outside the bounds around the broker's clock is refused with INVALID_TIMESTAMP and nothing
+/// is appended; the bounds themselves are accepted; LogAppendTime topics are not checked.
+#[test]
+fn timestamps_outside_the_topic_bounds_are_refused() {
+    let mut snaps = MemStorage::new();
+    let rules = ProduceRules {
+        timestamp_before_max_ms: 1_000,
+        timestamp_after_max_ms: 500,
+        ..ProduceRules::default()
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, rules.clone());
+    let at = |timestamps: &[i64]| {
+        let mut b = BatchBuilder::new(Compression::None);
+        for &t in timestamps {
+            b = b.record(t, Some(b"k"), Some(b"v"));
+        }
+        b.build().unwrap()
+    };
+    for refused in [vec![NOW - 1_001], vec![NOW, NOW + 501]] {
+        let e = p.append(NOW, at(&refused)).unwrap_err();
+        assert_eq!(e.code(), code::INVALID_TIMESTAMP, "{refused:?}: {e}");
+    }
+    assert_eq!(p.log().end(), Offset(0), "nothing refused was appended");
+    p.append(NOW, at(&[NOW - 1_000, NOW + 500])).unwrap();
+    assert_eq!(p.log().end(), Offset(2));
+    let mut snaps = MemStorage::new();
+    let stamped = ProduceRules {
+        log_append_time: true,
+        ..rules
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, stamped);
+    p.append(NOW, at(&[0])).unwrap();
+}
+
+/// `compression.type` other than `producer`: the leader stores every batch in the topic's
+/// codec, records, timestamps and producer fields unchanged; a retry of the batch as sent is
+/// still recognised as a duplicate; a batch the recompression makes too large is refused.
+#[test]
+fn the_leader_recompresses_into_the_topic_codec() {
+    let mut snaps = MemStorage::new();
+    let rules = ProduceRules {
+        compression: Some((Compression::Zstd, 5)),
+        ..ProduceRules::default()
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, rules);
+    let sent = idempotent(7, 0, 0, 3);
+    assert_eq!(sent.compression(), Ok(Compression::Lz4));
+    let a = p.append(NOW, sent.clone()).unwrap();
+    let retry = p.append(NOW, sent.clone()).unwrap();
+    assert!(retry.duplicate && retry.base_offset == a.base_offset);
+    p.append(
+        NOW,
+        BatchBuilder::new(Compression::Zstd)
+            .record(NOW, Some(b"z"), Some(b"v"))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    p.sync().unwrap();
+    let stored = p
+        .log()
+        .read(Offset(0), usize::MAX, p.high_watermark())
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    let first = &stored[0];
+    assert_eq!(first.compression(), Ok(Compression::Zstd));
+    assert_eq!(
+        (
+            first.producer_id(),
+            first.producer_epoch(),
+            first.base_sequence()
+        ),
+        (ProducerId(7), 0, 0)
+    );
+    assert_eq!(first.max_timestamp(), sent.max_timestamp());
+    let keys = |b: &Batch| -> Vec<(Option<bytes::Bytes>, Option<bytes::Bytes>, i64)> {
+        b.records()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key, r.value, r.timestamp))
+            .collect()
+    };
+    assert_eq!(keys(first), keys(&sent));
+    assert_eq!(stored[1].compression(), Ok(Compression::Zstd));
+
+    // Uncompressed storage of a well-compressed batch can pass max.message.bytes.
+    let mut snaps = MemStorage::new();
+    let rules = ProduceRules {
+        compression: Some((Compression::None, 0)),
+        max_message_bytes: 400,
+        ..ProduceRules::default()
+    };
+    let mut p = open(MemStorage::new(), &mut snaps, rules);
+    let packed = BatchBuilder::new(Compression::Gzip)
+        .record(NOW, Some(b"k"), Some(&[7u8; 2_000]))
+        .build()
+        .unwrap();
+    assert!(packed.size() < 400);
+    assert_eq!(
+        p.append(NOW, packed).unwrap_err().code(),
+        code::MESSAGE_TOO_LARGE
+    );
+    assert_eq!(p.log().end(), Offset(0));
 }
 
 #[test]

@@ -322,8 +322,9 @@ impl<S: Storage> PartitionReplica<S> {
                 "a coordinator's transactional batch needs a producer id".into(),
             ));
         }
-        self.validate(&batch)?;
+        self.validate(now_ms, &batch)?;
         self.check_txn_produce(&batch)?;
+        let batch = self.stored_form(batch)?;
         let (producer_id, epoch) = (batch.producer_id(), batch.producer_epoch());
         if let Some(current) = self
             .producers

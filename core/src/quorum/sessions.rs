@@ -240,6 +240,8 @@ impl BrokerSessions {
         now_ms: u64,
         state: &MetadataState,
     ) -> Vec<(BrokerId, Vec<MetadataRecord>)> {
+        // An unregistered broker's session ends with its registration.
+        self.sessions.retain(|id, _| state.broker(*id).is_some());
         let mut due = Vec::new();
         for broker in state.brokers().filter(|b| !b.fenced) {
             let fresh = Session {

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! The records, in order: every broker's registration (with its fenced flag) in broker epoch
-//! order, then every topic (name order) with its configs and its partitions (index order),
+//! order (then, when the last broker epoch handed out belongs to a broker since unregistered,
+//! a fenced registration at that epoch of an unused id and its unregistration, which restore
+//! the epoch counter), then every topic (name order) with its configs and its partitions (index order),
 //! then every ACL binding (in their order), every SCRAM credential (by user and mechanism),
 //! then the producer-id counter (broker -1: a restore, not an allocation). Applying them to an
 //! empty state gives back the state exactly: [`encode_state`] checks that before it returns
@@ -21,8 +23,10 @@
 
 use prost::Message;
 
-use crate::controller::records::{ProducerIdsRecord, RegisterBrokerRecord, TopicRecord};
-use crate::controller::{ApplyError, MetadataRecord, MetadataState};
+use crate::controller::records::{
+    ProducerIdsRecord, RegisterBrokerRecord, TopicRecord, UnregisterBrokerRecord,
+};
+use crate::controller::{ApplyError, BrokerId, MetadataRecord, MetadataState};
 
 /// The version this code writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -76,6 +80,7 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
     // In epoch order: apply takes each registration only above every epoch before it.
     let mut brokers: Vec<_> = state.brokers().collect();
     brokers.sort_by_key(|b| b.epoch);
+    let last_registered = brokers.last().map_or(0, |b| b.epoch);
     for b in brokers {
         records.push(
             RegisterBrokerRecord {
@@ -85,6 +90,31 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
                 endpoints: b.endpoints.clone(),
                 rack: b.rack.clone(),
                 fenced: b.fenced,
+            }
+            .into(),
+        );
+    }
+    // The last epoch was handed to a broker since unregistered: a registration at that
+    // epoch, at once unregistered, restores it, so that no later registration reuses it.
+    if state.last_broker_epoch() > last_registered {
+        // Local invariant: fewer brokers are registered than there are non-negative ids.
+        let unused = (0..i32::MAX).find(|id| state.broker(BrokerId(*id)).is_none());
+        let broker_id = unused.expect("fewer brokers registered than i32 ids");
+        records.push(
+            RegisterBrokerRecord {
+                broker_id,
+                incarnation_id: vec![0; 16],
+                broker_epoch: state.last_broker_epoch(),
+                endpoints: Vec::new(),
+                rack: None,
+                fenced: true,
+            }
+            .into(),
+        );
+        records.push(
+            UnregisterBrokerRecord {
+                broker_id,
+                broker_epoch: state.last_broker_epoch(),
             }
             .into(),
         );

@@ -511,6 +511,15 @@ impl Broker {
                         .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED),
                 ))
             }
+            RequestKind::UnregisterBroker(r) => {
+                if c.cluster(Operation::Alter) {
+                    return Gate::Pass(RequestKind::UnregisterBroker(r), None);
+                }
+                answer(ResponseKind::UnregisterBroker(
+                    UnregisterBrokerResponse::default()
+                        .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED),
+                ))
+            }
             RequestKind::ListPartitionReassignments(r) => {
                 if c.cluster(Operation::Describe) {
                     return Gate::Pass(RequestKind::ListPartitionReassignments(r), None);

@@ -208,6 +208,12 @@ impl Broker {
                     )
                 }))
             }
+            RequestKind::UnregisterBroker(r) => {
+                let b = self.clone();
+                Next::Later(Box::pin(async move {
+                    ResponseKind::UnregisterBroker(b.unregister_broker(r).await)
+                }))
+            }
             RequestKind::ListPartitionReassignments(r) => Next::Ready(
                 ResponseKind::ListPartitionReassignments(self.list_partition_reassignments(r)),
             ),
@@ -825,23 +831,10 @@ impl Broker {
         }
     }
 
-    /// The controller id a client is told, among the brokers `listed` to it. Every broker
-    /// forwards the controller's requests (admin writes) to the metadata quorum's leader, so,
-    /// as in KRaft, a client may send them to any listed broker: the quorum's leader if it is
-    /// listed, else this broker, else the first listed, -1 if none is. A client is never
-    /// told a controller it cannot reach: librdkafka waits for such a broker to appear
-    /// without asking for metadata again (the quorum's leader stopped, or is fenced, while
-    /// its successor is being elected), and its admin requests time out for minutes.
-    fn controller_for_clients(&self, listed: &[i32]) -> i32 {
-        let leader = self.controller_id();
-        let me = self.node_id();
-        if listed.contains(&leader) {
-            leader
-        } else if listed.contains(&me) {
-            me
-        } else {
-            listed.first().copied().unwrap_or(-1)
-        }
+    /// The controller id a client is told, among the brokers `listed` to it (see
+    /// [`controller_among`]).
+    fn controller_for_clients(&self, listed: &[(i32, bool)]) -> i32 {
+        controller_among(self.controller_id(), self.node_id(), listed)
     }
 
     async fn metadata(&self, v: i16, request: MetadataRequest, listener: &str) -> MetadataResponse {
@@ -857,7 +850,11 @@ impl Broker {
             response.cluster_id = Some(str_bytes(self.cluster_id()));
         }
         if v >= 1 {
-            let listed: Vec<i32> = response.brokers.iter().map(|b| b.node_id.0).collect();
+            let listed: Vec<(i32, bool)> = response
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, false))
+                .collect();
             response.controller_id = BrokerId(self.controller_for_clients(&listed));
         }
         let names: Option<Vec<(Option<String>, uuid::Uuid)>> = request.topics.map(|ts| {
@@ -1492,7 +1489,11 @@ impl Broker {
                 response.brokers.push(b);
             }
         }
-        let listed: Vec<i32> = response.brokers.iter().map(|b| b.broker_id.0).collect();
+        let listed: Vec<(i32, bool)> = response
+            .brokers
+            .iter()
+            .map(|b| (b.broker_id.0, b.is_fenced))
+            .collect();
         response.controller_id = BrokerId(self.controller_for_clients(&listed));
         response
     }
@@ -1513,4 +1514,53 @@ async fn futures_any<F: Future + Unpin>(futures: impl Iterator<Item = F>) {
         std::task::Poll::Pending
     })
     .await
+}
+
+/// The controller id a client is told, given the metadata quorum's `leader`, this broker `me`
+/// and the brokers `listed` to the client as (id, fenced). Every broker forwards the
+/// controller's requests (admin writes) to the quorum's leader, so, as in KRaft, a client may
+/// send them to any unfenced listed broker: the quorum's leader if it is one, else this broker,
+/// else the first, -1 if there is none. A client is never told a controller it cannot reach:
+/// librdkafka waits for such a broker to appear without asking for metadata again (the
+/// quorum's leader stopped, or is fenced, while its successor is being elected), and its admin
+/// requests time out for minutes. A fenced broker is listed (when DescribeCluster asks for
+/// them) so that tools see it, not so that clients send it requests.
+fn controller_among(leader: i32, me: i32, listed: &[(i32, bool)]) -> i32 {
+    let unfenced = || {
+        listed
+            .iter()
+            .filter(|(_, fenced)| !fenced)
+            .map(|(id, _)| *id)
+    };
+    if unfenced().any(|id| id == leader) {
+        leader
+    } else if unfenced().any(|id| id == me) {
+        me
+    } else {
+        unfenced().next().unwrap_or(-1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::controller_among;
+
+    #[test]
+    fn the_controller_named_to_clients_is_a_listed_unfenced_broker() {
+        // The quorum's leader when it is listed and unfenced.
+        assert_eq!(controller_among(2, 1, &[(1, false), (2, false)]), 2);
+        // Not listed (stopped, or not on the client's listener): this broker.
+        assert_eq!(controller_among(3, 1, &[(1, false), (2, false)]), 1);
+        // Listed but fenced (DescribeCluster with fenced brokers): this broker, not it.
+        assert_eq!(controller_among(3, 1, &[(1, false), (3, true)]), 1);
+        // This broker fenced or not listed too: the first unfenced one.
+        assert_eq!(
+            controller_among(3, 1, &[(1, true), (3, true), (2, false)]),
+            2
+        );
+        assert_eq!(controller_among(3, 4, &[(1, false), (2, false)]), 1);
+        // Nobody to name.
+        assert_eq!(controller_among(3, 1, &[(3, true)]), -1);
+        assert_eq!(controller_among(3, 1, &[]), -1);
+    }
 }

@@ -39,6 +39,7 @@ mod fetcher;
 mod group_handler;
 mod groups;
 mod handler;
+mod hw_checkpoint;
 mod ops_handler;
 pub mod replication;
 mod scram_handler;
@@ -370,14 +371,6 @@ impl PartitionHandle {
         self.touch();
     }
 
-    /// One turn of `lane`'s work for this partition.
-    fn settle(&self, lane: Lane) -> Result<(), StorageError> {
-        match lane {
-            Lane::Log => self.settle_log(),
-            Lane::HighWatermark => self.settle_high_watermark(),
-        }
-    }
-
     /// Makes everything appended so far durable: prepare under the lock, sync outside it,
     /// complete under it.
     fn settle_log(&self) -> Result<(), StorageError> {
@@ -393,33 +386,6 @@ impl PartitionHandle {
         self.sync_done(durable, false);
         self.drain_effects();
         Ok(())
-    }
-
-    /// Persists the high watermark that earlier syncs made durable on the ISR, and exposes
-    /// it: one write (one sync of a slot file) per turn. It runs beside the log's sync rounds
-    /// (core hands out one state write at a time, so nothing else writes the slot meanwhile):
-    /// an acks=all answer waits for this write, and a log sync queued behind it would delay
-    /// the next answers too.
-    fn settle_high_watermark(&self) -> Result<(), StorageError> {
-        let Some(write) = self.with(|r| r.prepare_state_write()) else {
-            return Ok(());
-        };
-        // Through a clone of the log's storage, not under the snapshot lock: a follower's
-        // append (which takes that lock) does not wait for this sync.
-        match write.write_to(&mut self.syncer.clone()) {
-            Ok(()) => {
-                // A write wanted meanwhile is reported again and queued behind the others.
-                self.with(|r| r.complete_state_write(write));
-                self.drain_effects();
-                Ok(())
-            }
-            Err(e) => {
-                // Wanted again at once; queued by the next input's effects, not here (a disk
-                // that keeps failing would spin).
-                self.with(|r| r.fail_state_write(write));
-                Err(e)
-            }
-        }
     }
 
     /// Syncs and writes the checkpoint and a producer snapshot (clean shutdown, timers).
@@ -454,8 +420,9 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(1);
 #[cfg(not(madsim))]
 const SYNC_THREADS: usize = 32;
 
-/// The two kinds of disk work of a partition, each settled by one thread at a time, and
-/// independently of the other: the log's sync rounds and the high watermark's writes.
+/// The two kinds of disk work of a partition, each queued at most once, and independently of
+/// the other: the log's sync rounds ([`SyncWorker`]) and the high watermark's writes (the
+/// broker's checkpoint writer, [`hw_checkpoint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lane {
     Log = 0,
@@ -475,21 +442,34 @@ mod sync_state {
 }
 
 /// Group commit: syncs dirty partitions, one fsync per partition per turn, however many
-/// appends it received since its last turn, and writes their high watermarks. A partition is
-/// in the queue at most once per [`Lane`] and settled by one thread at a time per lane;
+/// appends it received since its last turn, and queues their high watermark writes for the
+/// broker's checkpoint writer ([`hw_checkpoint`], one sync per round for every partition).
+/// A partition is in the log's queue at most once and settled by one thread at a time;
 /// queued again while it settles, it goes to the back of the queue when that settle ends, so
 /// a busy partition never starves the others. Real disks get
 /// [`SYNC_THREADS`] threads, which sync different partitions in parallel. Under the simulator
 /// (madsim runs no threads of its own) it is one task that takes every queued partition as a
 /// round after a simulated sync's latency, as if they synced in parallel.
 struct SyncWorker {
-    tx: tokio::sync::mpsc::UnboundedSender<(Arc<PartitionHandle>, Lane)>,
+    tx: tokio::sync::mpsc::UnboundedSender<Arc<PartitionHandle>>,
+    /// The checkpoint writer's queue.
+    hw_tx: tokio::sync::mpsc::UnboundedSender<Arc<PartitionHandle>>,
 }
 
 impl SyncWorker {
     /// `latency`: how long a sync takes under the simulator (see `VirtualDisk::sync_latency`).
-    fn start(#[cfg_attr(not(madsim), allow(unused_variables))] latency: Duration) -> SyncWorker {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Arc<PartitionHandle>, Lane)>();
+    fn start(
+        #[cfg_attr(not(madsim), allow(unused_variables))] latency: Duration,
+        checkpoint: Arc<hw_checkpoint::HwCheckpoint>,
+    ) -> SyncWorker {
+        let (hw_tx, hw_rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
+        hw_checkpoint::start_writer(
+            checkpoint,
+            hw_rx,
+            #[cfg(madsim)]
+            latency,
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Arc<PartitionHandle>>();
         // The workers hold the queue weakly: dropping the broker's sender ends them.
         let requeue = tx.downgrade();
         #[cfg(not(madsim))]
@@ -502,10 +482,10 @@ impl SyncWorker {
                     .spawn(move || loop {
                         // One thread waits on the queue; the others wait for the lock.
                         let next = rx.lock().expect("sync queue poisoned").blocking_recv();
-                        let Some((p, lane)) = next else {
+                        let Some(p) = next else {
                             return;
                         };
-                        settle_queued(&p, lane, &requeue);
+                        settle_queued(&p, &requeue);
                     })
                     .expect("spawn a sync thread");
             }
@@ -522,13 +502,13 @@ impl SyncWorker {
                     while let Ok(p) = rx.try_recv() {
                         round.push(p);
                     }
-                    for (p, lane) in round {
-                        settle_queued(&p, lane, &requeue);
+                    for p in round {
+                        settle_queued(&p, &requeue);
                     }
                 }
             });
         }
-        SyncWorker { tx }
+        SyncWorker { tx, hw_tx }
     }
 
     fn queue(&self, p: &Arc<PartitionHandle>, lane: Lane) {
@@ -544,7 +524,12 @@ impl SyncWorker {
             match sync_state.compare_exchange(state, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
                     if next == QUEUED {
-                        let _ = self.tx.send((p.clone(), lane));
+                        let _ = match lane {
+                            Lane::Log => self.tx.send(p.clone()),
+                            // The writer sets the state back to IDLE as it takes the
+                            // partition (never RUNNING): a write wanted later queues it again.
+                            Lane::HighWatermark => self.hw_tx.send(p.clone()),
+                        };
                     }
                     return;
                 }
@@ -558,20 +543,17 @@ impl SyncWorker {
 /// was queued again meanwhile.
 fn settle_queued(
     p: &Arc<PartitionHandle>,
-    lane: Lane,
-    requeue: &tokio::sync::mpsc::WeakUnboundedSender<(Arc<PartitionHandle>, Lane)>,
+    requeue: &tokio::sync::mpsc::WeakUnboundedSender<Arc<PartitionHandle>>,
 ) {
     use sync_state::*;
-    let sync_state = &p.sync_state[lane as usize];
+    let sync_state = &p.sync_state[Lane::Log as usize];
     let was = sync_state.swap(RUNNING, Ordering::SeqCst);
     debug_assert_eq!(was, QUEUED, "a partition leaves the queue only once");
     if !p.deleted.load(Ordering::SeqCst) {
-        if let Err(e) = p.settle(lane) {
-            tracing::error!(topic = %p.topic, partition = p.index, "{lane:?} sync failed: {e}");
-            if lane == Lane::Log {
-                // A follower waiting for this sync fetches anyway, with the durable end it has.
-                p.sync_done(Offset(i64::MAX), true);
-            }
+        if let Err(e) = p.settle_log() {
+            tracing::error!(topic = %p.topic, partition = p.index, "log sync failed: {e}");
+            // A follower waiting for this sync fetches anyway, with the durable end it has.
+            p.sync_done(Offset(i64::MAX), true);
         }
     }
     if sync_state
@@ -581,7 +563,7 @@ fn settle_queued(
         // Queued again while it settled (the state is RUNNING_AGAIN).
         sync_state.store(QUEUED, Ordering::SeqCst);
         if let Some(tx) = requeue.upgrade() {
-            let _ = tx.send((p.clone(), lane));
+            let _ = tx.send(p.clone());
         }
     }
 }
@@ -614,6 +596,8 @@ pub struct Broker {
     /// The broker is stopping: its heartbeats ask for a controlled shutdown.
     shutting_down: AtomicBool,
     sync: SyncWorker,
+    /// The persisted high watermarks of this broker's replicas ([`hw_checkpoint`]).
+    hw_checkpoint: Arc<hw_checkpoint::HwCheckpoint>,
     /// The group coordinators of the `__consumer_offsets` partitions this broker leads.
     groups: groups::Coordinators,
     /// The transaction coordinators of the `__transaction_state` partitions this broker leads.
@@ -633,20 +617,40 @@ pub struct Broker {
 }
 
 fn produce_rules(config: &keel_core::controller::TopicConfig) -> ProduceRules {
+    let (timestamp_before_max_ms, timestamp_after_max_ms) = config.timestamp_bounds_ms();
     ProduceRules {
         max_message_bytes: config.max_message_bytes().max(0) as usize,
         log_append_time: config.message_timestamp_type()
             == keel_core::batch::TimestampType::LogAppendTime,
         compacted: config.cleanup_policy().compact,
+        compression: config.compression(),
+        timestamp_before_max_ms,
+        timestamp_after_max_ms,
     }
 }
 
-/// A topic's settings, as its partition enforces them.
-fn apply_topic_config(
-    replica: &mut PartitionReplica<Dir>,
+/// A topic's log settings for its partition `index`: the partition's name salts its
+/// `segment.jitter.ms`, so that the partitions of a topic do not all roll at once.
+fn log_config(
     config: &keel_core::controller::TopicConfig,
-) {
-    replica.set_rules(produce_rules(config), config.to_log_config());
+    topic: &str,
+    index: i32,
+) -> keel_core::log::LogConfig {
+    use std::hash::{Hash, Hasher};
+    // A fixed hash (not the process's random SipHash keys): the same partition rolls at the
+    // same age on every broker and after every restart.
+    let mut hasher = std::hash::DefaultHasher::new();
+    (topic, index).hash(&mut hasher);
+    keel_core::log::LogConfig {
+        jitter_salt: hasher.finish(),
+        ..config.to_log_config()
+    }
+}
+
+/// A topic's settings, as its partition `w` enforces them.
+fn apply_topic_config(replica: &mut PartitionReplica<Dir>, w: &Wanted) {
+    let config = &w.config;
+    replica.set_rules(produce_rules(config), log_config(config, &w.topic, w.index));
     replica.set_min_insync_replicas(config.min_insync_replicas().max(1) as usize);
 }
 
@@ -679,6 +683,15 @@ impl Broker {
             .open(&data_dir)
             .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
         let cluster_id = read_or_create_cluster_id(&mut root, &settings.cluster)?;
+        let (hw_checkpoint, report) = hw_checkpoint::HwCheckpoint::open(root)
+            .map_err(|e| StartError::DataDir(data_dir.clone(), std::io::Error::other(e)))?;
+        if report.slots_corrupt > 0 {
+            tracing::warn!(
+                "{} damaged high watermark checkpoint slot(s): the other one was read",
+                report.slots_corrupt
+            );
+        }
+        let hw_checkpoint = Arc::new(hw_checkpoint);
         let meta_dir = data_dir.join(METADATA_DIR);
         let storage = disk
             .open(&meta_dir)
@@ -706,7 +719,8 @@ impl Broker {
             reconcile_failed: AtomicBool::new(false),
             reconcile_retry_pending: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            sync: SyncWorker::start(sync_latency),
+            sync: SyncWorker::start(sync_latency, hw_checkpoint.clone()),
+            hw_checkpoint,
             groups: groups::Coordinators::new(settings_group),
             txns: txn::TxnCoordinators::new(settings_txn),
             sessions: Arc::new(replication::LeaderSessions::new(u64::from_le_bytes(
@@ -978,7 +992,8 @@ impl Broker {
     /// were answered NOT_LEADER_OR_FOLLOWER, which clients retry on the new leaders), or
     /// after `wait_max`, whichever comes first; `true` in the first case. A broker without
     /// a cluster, or whose applied metadata shows no other live broker (the whole cluster is
-    /// stopping), has nobody to hand its partitions to and returns `true` at once.
+    /// stopping), has nobody to hand its partitions to and returns `true` at once; so does a
+    /// broker that was unregistered (decommissioned), which holds nothing.
     pub async fn controlled_shutdown(&self, wait_max: Duration) -> bool {
         if !self.settings.cluster.is_multi_node() {
             return true;
@@ -989,6 +1004,13 @@ impl Broker {
         let mut applied = self.cluster.subscribe();
         loop {
             let me = self.me();
+            if self.registered.load(Ordering::SeqCst)
+                && self.with_metadata(|m| m.broker(me).is_none())
+            {
+                // Unregistered (decommissioned): it holds and leads nothing; nothing to hand over.
+                tracing::info!("controlled shutdown: this broker is unregistered; stopping");
+                return true;
+            }
             if self.with_metadata(|m| m.live_brokers().iter().all(|&b| b == me)) {
                 // The whole cluster is stopping (or the rest is down): nobody could take over,
                 // and the last brokers' fencing may never commit once the quorum is gone.
@@ -1184,12 +1206,10 @@ impl Broker {
             }
             gone
         };
+        let mut removed = Vec::new();
         for (topic, index) in unassigned {
-            let dir = self.partition_dir(&topic, index);
             tracing::info!(topic = %topic, partition = index, "removing the unopenable replica no longer assigned here");
-            if let Err(e) = self.settings.disk.remove_dir_all(&dir) {
-                tracing::warn!("removing {}: {e}", dir.display());
-            }
+            removed.push(self.partition_dir(&topic, index));
         }
         {
             let mut partitions = self.partitions.write().expect("partition map poisoned");
@@ -1200,7 +1220,8 @@ impl Broker {
                 .collect();
             for key in gone {
                 if let Some(p) = partitions.remove(&key) {
-                    close_and_remove(&self.settings.disk, &p);
+                    close(&p);
+                    removed.push(p.dir.clone());
                     if p.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&p, true);
                     }
@@ -1210,6 +1231,7 @@ impl Broker {
                 }
             }
         }
+        self.remove_replica_dirs(&removed);
         let now = self.clock.now_ms();
         // Recreated topics: the old replica goes first (runtime work, here).
         let mut jobs = Vec::with_capacity(wanted.len());
@@ -1217,8 +1239,13 @@ impl Broker {
             let existing = match self.replica(&w.topic, w.index) {
                 Some(p) if p.topic_id == w.topic_id => Some(p),
                 Some(old) => {
-                    // Same name, new topic: the old one was deleted and recreated.
-                    close_and_remove(&self.settings.disk, &old);
+                    // Same name, new topic: the old one was deleted and recreated. Its
+                    // checkpoint entry names the old topic id, so the new replica never reads
+                    // it (and its first write replaces it): the directory goes at once.
+                    close(&old);
+                    if let Err(e) = self.settings.disk.remove_dir_all(&old.dir) {
+                        tracing::warn!("removing {}: {e}", old.dir.display());
+                    }
                     if old.topic == OFFSETS_TOPIC {
                         self.offsets_partition_changed(&old, true);
                     }
@@ -1320,7 +1347,7 @@ impl Broker {
             handle.mark_damaged();
         }
         let changed = handle.with_snapshots(|r, snapshots| {
-            apply_topic_config(r, &w.config);
+            apply_topic_config(r, w);
             r.on_partition_change(now, snapshots, &w.partition)
         });
         match changed {
@@ -1353,6 +1380,7 @@ impl Broker {
             .map(|(topic, index)| self.partition_dir(topic, *index))
             .collect();
         let disk = &self.settings.disk;
+        let mut orphans = Vec::new();
         for dir in disk.subdirs(&self.settings.data_dir) {
             if dir.ends_with(METADATA_DIR)
                 || partitions.values().any(|p| p.dir == dir)
@@ -1364,7 +1392,36 @@ impl Broker {
                 "removing the directory of a deleted partition: {}",
                 dir.display()
             );
-            if let Err(e) = disk.remove_dir_all(&dir) {
+            orphans.push(dir);
+        }
+        self.remove_replica_dirs(&orphans);
+    }
+
+    /// Removes replicas' directories, after forgetting their high watermark checkpoint
+    /// entries durably, all in one write (a replica created again in one of them, reassigned
+    /// away and back, must not read its predecessor's high watermark). If the checkpoint cannot
+    /// be written the directories stay (the next startup's sweep tries again).
+    fn remove_replica_dirs(&self, dirs: &[PathBuf]) {
+        if dirs.is_empty() {
+            return;
+        }
+        let keys: Vec<(String, i32)> = dirs
+            .iter()
+            .filter_map(|dir| {
+                let name = dir.file_name()?.to_str()?;
+                let (topic, index) = name.rsplit_once('-')?;
+                Some((topic.to_owned(), index.parse::<i32>().ok()?))
+            })
+            .collect();
+        if let Err(e) = self.hw_checkpoint.forget_durably(&keys) {
+            tracing::warn!(
+                "keeping {} replica directories: forgetting their high watermarks: {e}",
+                dirs.len()
+            );
+            return;
+        }
+        for dir in dirs {
+            if let Err(e) = self.settings.disk.remove_dir_all(dir) {
                 tracing::warn!("removing {}: {e}", dir.display());
             }
         }
@@ -1401,6 +1458,9 @@ impl Broker {
                 // goes, and the replica starts empty, fetching everything from its leader.
                 tracing::warn!(partition = %name, "{PARTITION_METADATA} names another topic ({found:?}): removing the stray replica");
                 drop(snapshots);
+                self.hw_checkpoint
+                    .forget_durably(&[(w.topic.clone(), w.index)])
+                    .map_err(OpenError::TopicId)?;
                 self.settings
                     .disk
                     .remove_dir_all(&dir)
@@ -1421,15 +1481,19 @@ impl Broker {
             fetch_backoff_ms: self.settings.replica_fetch_backoff_ms,
             ..ReplicaConfig::new(self.me())
         };
-        let mut replica = PartitionReplica::recover(
+        let checkpointed = self
+            .hw_checkpoint
+            .high_watermark(&w.topic, w.index, w.topic_id);
+        let mut replica = PartitionReplica::recover_with_checkpoint(
             storage,
             &mut snapshots,
-            w.config.to_log_config(),
+            log_config(&w.config, &w.topic, w.index),
             produce_rules(&w.config),
             replica_config,
             wall_ms(),
+            checkpointed,
         )?;
-        apply_topic_config(&mut replica, &w.config);
+        apply_topic_config(&mut replica, w);
         let me = self.me();
         if stray && w.partition.replicas.iter().any(|&b| b != me) {
             // If the id rotted, this broker may be in the ISR with data it no longer has: it
@@ -1561,17 +1625,14 @@ fn for_each_parallel<T: Sync, R: Send>(
         .collect()
 }
 
-/// Marks a replica deleted (its loops and the sync threads stop touching it) and removes its
-/// directory.
-fn close_and_remove(disk: &Disk, p: &PartitionHandle) {
+/// Marks a replica deleted (its loops and the sync threads stop touching it, and the
+/// checkpoint writer writes its entry no more); its directory goes next.
+fn close(p: &PartitionHandle) {
     p.deleted.store(true, Ordering::SeqCst);
     if let Some(f) = p.fetcher.lock().expect("fetcher slot poisoned").take() {
         f.remove(p);
     }
     p.wake_waiters();
-    if let Err(e) = disk.remove_dir_all(&p.dir) {
-        tracing::warn!("removing {}: {e}", p.dir.display());
-    }
 }
 
 /// Reconciles the partitions whenever the applied metadata changes.

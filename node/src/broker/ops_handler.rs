@@ -1,7 +1,8 @@
 //! The cluster operation APIs on the wire: ElectLeaders (KIP-460), translated between
 //! kafka-protocol messages and `keel_core::controller::elections`, and
 //! AlterPartitionReassignments / ListPartitionReassignments (KIP-455), translated to and from
-//! `keel_core::controller::reassignment`.
+//! `keel_core::controller::reassignment`; UnregisterBroker (KIP-631), translated to
+//! `MetadataState::unregister_broker`.
 //!
 //! Each request is a controller command ([`Broker::command`]): computed on the applied
 //! metadata, committed through the quorum, and answered once it applied here. A request the
@@ -185,6 +186,27 @@ impl Broker {
             t.partitions = by_topic.remove(&topic).unwrap_or_default();
             t.name = TopicName(StrBytes::from_string(topic));
             response.responses.push(t);
+        }
+        response
+    }
+
+    /// UnregisterBroker v0 (KIP-631, API 64): removes a broker's registration once no
+    /// partition has it among its replicas (else INVALID_REQUEST with a message naming one);
+    /// BROKER_ID_NOT_REGISTERED for an unknown broker.
+    pub(super) async fn unregister_broker(
+        &self,
+        request: UnregisterBrokerRequest,
+    ) -> UnregisterBrokerResponse {
+        let broker = BrokerId(request.broker_id.0);
+        let outcome = self
+            .command(false, |m| Ok(((), m.unregister_broker(broker)?)))
+            .await;
+        let mut response = UnregisterBrokerResponse::default();
+        if let Err(e) = outcome {
+            response.error_code = e.code();
+            response.error_message = Some(StrBytes::from_string(e.to_string()));
+        } else {
+            tracing::info!("unregistered broker {broker}");
         }
         response
     }

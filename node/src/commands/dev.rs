@@ -5,7 +5,10 @@
 //! broker i (ids 1..=N) serves clients on 127.0.0.1:P+i-1, talks to the other brokers (metadata
 //! quorum, replication) on 127.0.0.1:P+100+i-1, serves /metrics on 127.0.0.1:P+200+i-1, and
 //! keeps its data in D/broker-i. Every broker is a voter of the metadata quorum; a single broker
-//! runs without one. New topics are replicated on up to three brokers, with two in sync for
+//! runs without one. With `--spare S`, brokers N+1..=N+S get ports and directories by the same
+//! rule and are learners of the quorum in every broker's settings, so that `keel dev
+//! --add-broker` with the same arguments can start one later and it joins the running cluster
+//! (it receives partitions only by reassignment). New topics are replicated on up to three brokers, with two in sync for
 //! acks=all once there are three ([`dev_defaults`]), unless an `--override` says otherwise.
 //!
 //! What always holds:
@@ -41,9 +44,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::commands::dev_secure::SecureDev;
 use crate::config::{
     parse_override, ADVERTISED_LISTENERS, CONTROLLER_QUORUM_VOTERS, DEFAULT_REPLICATION_FACTOR,
-    KEEL_METRICS_LISTENER, LISTENERS, LOG_DIRS, MIN_INSYNC_REPLICAS, NODE_ID,
+    KEEL_METRICS_LISTENER, KEEL_QUORUM_LEARNERS, LISTENERS, LOG_DIRS, MIN_INSYNC_REPLICAS, NODE_ID,
 };
 
 /// The most brokers `keel dev` runs.
@@ -70,12 +74,13 @@ pub const LINE_BYTES_MAX: u64 = 64 * 1024;
 /// Each child's reader threads send at most this many events: one `Ready`, two `Closed`.
 const EVENTS_PER_CHILD_MAX: usize = 3;
 /// Settings `keel dev` gives each broker itself; an `--override` of one is refused.
-const RESERVED_KEYS: [&str; 5] = [
+const RESERVED_KEYS: [&str; 6] = [
     NODE_ID,
     LISTENERS,
     ADVERTISED_LISTENERS,
     LOG_DIRS,
     CONTROLLER_QUORUM_VOTERS,
+    KEEL_QUORUM_LEARNERS,
 ];
 
 /// `keel dev`'s arguments.
@@ -93,6 +98,18 @@ pub struct DevArgs {
     /// A setting `key=value` for every broker (repeatable), e.g. `--override num.partitions=3`.
     #[arg(long = "override", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Room for this many brokers to be added later (ids after --brokers, ports and data
+    /// directories by the same rule): every broker knows them as metadata-quorum learners.
+    #[arg(long, default_value_t = 0)]
+    pub spare: u8,
+    /// Start one spare broker of this layout (the first whose port is free) and add it to the
+    /// running cluster started with the same arguments; Ctrl-C stops only it.
+    #[arg(long)]
+    pub add_broker: bool,
+    /// Serve SASL_SSL (SCRAM-SHA-512) with a CA and certificates made under DATA_DIR/tls, an
+    /// `admin` user with a fresh password, and TLS and logins between the brokers too.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Why the arguments give no layout.
@@ -100,6 +117,8 @@ pub struct DevArgs {
 pub enum PlanError {
     #[error("--brokers {0}: expected 1 to {BROKERS_MAX}")]
     Brokers(u8),
+    #[error("--brokers {brokers} --spare {spare}: at most {BROKERS_MAX} brokers in all")]
+    Spare { brokers: u8, spare: u8 },
     #[error(
         "--port {port} with {brokers} brokers needs ports {port} to {last}, which do not all exist"
     )]
@@ -132,10 +151,20 @@ impl PlannedBroker {
 /// The whole layout: which brokers, on which ports, with which `keel start` arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The brokers to run.
     pub brokers: Vec<PlannedBroker>,
+    /// The brokers `--add-broker` may run later (`--spare`), learners of the quorum.
+    pub spares: Vec<PlannedBroker>,
+    /// `controller.quorum.voters`, the same for every broker of the layout: None for a single
+    /// broker without spares.
+    quorum_voters: Option<String>,
+    /// `keel.quorum.learners`: the spares, if any.
+    quorum_learners: Option<String>,
     /// `KEY=VALUE` for every broker: [`dev_defaults`] the user did not override, then the
     /// `--override`s as given.
     pub overrides: Vec<String>,
+    /// With `--secure`: the files and password made for this launch (set by [`run`]).
+    pub secure: Option<SecureDev>,
 }
 
 /// The topic defaults a development cluster of `brokers` brokers gets unless an `--override`
@@ -175,7 +204,14 @@ impl Plan {
         if !(1..=BROKERS_MAX).contains(&args.brokers) {
             return Err(PlanError::Brokers(args.brokers));
         }
-        let brokers = u16::from(args.brokers);
+        if u16::from(args.brokers) + u16::from(args.spare) > u16::from(BROKERS_MAX) {
+            return Err(PlanError::Spare {
+                brokers: args.brokers,
+                spare: args.spare,
+            });
+        }
+        let running = u16::from(args.brokers);
+        let brokers = running + u16::from(args.spare);
         let last = u32::from(args.port) + u32::from(METRICS_PORT_OFFSET) + u32::from(brokers) - 1;
         if args.port == 0 || last > u32::from(u16::MAX) {
             return Err(PlanError::Ports {
@@ -200,7 +236,7 @@ impl Plan {
             .map(|(key, value)| format!("{key}={value}"))
             .chain(args.overrides.iter().cloned())
             .collect();
-        let brokers = (1..=brokers)
+        let mut brokers: Vec<PlannedBroker> = (1..=brokers)
             .map(|i| PlannedBroker {
                 id: BrokerId(i32::from(i)),
                 // Cannot overflow: `last` above is the largest sum and fits.
@@ -210,20 +246,63 @@ impl Plan {
                 data_dir: args.data_dir.join(format!("broker-{i}")),
             })
             .collect();
-        Ok(Plan { brokers, overrides })
+        let spares = brokers.split_off(usize::from(running));
+        let members = |bs: &[PlannedBroker]| {
+            bs.iter()
+                .map(|b| format!("{}@{HOST}:{}", b.id, b.peer_port))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let quorum_voters = (brokers.len() >= 2 || !spares.is_empty()).then(|| members(&brokers));
+        let quorum_learners = (!spares.is_empty()).then(|| members(&spares));
+        Ok(Plan {
+            brokers,
+            spares,
+            quorum_voters,
+            quorum_learners,
+            overrides,
+            secure: None,
+        })
     }
 
-    /// `controller.quorum.voters` (`1@127.0.0.1:9192,...`): None for a single broker.
-    pub fn voters(&self) -> Option<String> {
-        if self.brokers.len() < 2 {
-            return None;
+    /// The plan of `--add-broker`: the first spare broker whose client port is free, with
+    /// the layout's quorum; an error when there is none.
+    pub fn adding(&self) -> Result<Plan, String> {
+        if self.spares.is_empty() {
+            return Err(
+                "--add-broker needs a cluster started with room for it: start it with --spare N, \
+                 and give --add-broker the same arguments"
+                    .into(),
+            );
         }
-        let voters: Vec<String> = self
-            .brokers
+        let spare = self
+            .spares
             .iter()
-            .map(|b| format!("{}@{HOST}:{}", b.id, b.peer_port))
-            .collect();
-        Some(voters.join(","))
+            .find(|b| TcpListener::bind((HOST, b.client_port)).is_ok())
+            .ok_or_else(|| {
+                format!(
+                    "every spare broker's port is in use ({}): every spare was added already",
+                    self.spares
+                        .iter()
+                        .map(|b| b.client_address())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        Ok(Plan {
+            brokers: vec![spare.clone()],
+            spares: Vec::new(),
+            quorum_voters: self.quorum_voters.clone(),
+            quorum_learners: self.quorum_learners.clone(),
+            overrides: self.overrides.clone(),
+            secure: None,
+        })
+    }
+
+    /// `controller.quorum.voters` (`1@127.0.0.1:9192,...`): None for a single broker without
+    /// spares.
+    pub fn voters(&self) -> Option<String> {
+        self.quorum_voters.clone()
     }
 
     /// The arguments after the `keel` executable that start `broker`.
@@ -233,13 +312,25 @@ impl Plan {
             "--node-id".into(),
             broker.id.to_string().into(),
             "--listeners".into(),
-            format!("PLAINTEXT://{}", broker.client_address()).into(),
+            format!("{}://{}", self.protocol(), broker.client_address()).into(),
             "--data-dir".into(),
             broker.data_dir.clone().into(),
         ];
+        if let Some(secure) = &self.secure {
+            args.extend(
+                secure
+                    .start_args(broker.id.0)
+                    .into_iter()
+                    .map(OsString::from),
+            );
+        }
         if let Some(voters) = self.voters() {
             args.push("--override".into());
             args.push(format!("{CONTROLLER_QUORUM_VOTERS}={voters}").into());
+        }
+        if let Some(learners) = &self.quorum_learners {
+            args.push("--override".into());
+            args.push(format!("{KEEL_QUORUM_LEARNERS}={learners}").into());
         }
         if let Some(port) = broker.metrics_port {
             args.push("--override".into());
@@ -252,19 +343,24 @@ impl Plan {
         args
     }
 
-    /// Every port the layout listens on; peer ports only with a quorum.
+    /// The client listener's name and protocol.
+    pub fn protocol(&self) -> &'static str {
+        if self.secure.is_some() {
+            crate::commands::dev_secure::PROTOCOL
+        } else {
+            "PLAINTEXT"
+        }
+    }
+
+    /// Every port the layout listens on (the spares' too, so that they can be added later);
+    /// peer ports only with a quorum.
     pub fn ports(&self) -> Vec<(u16, BrokerId, PortRole)> {
-        let mut ports: Vec<_> = self
-            .brokers
-            .iter()
+        let all = || self.brokers.iter().chain(&self.spares);
+        let mut ports: Vec<_> = all()
             .map(|b| (b.client_port, b.id, PortRole::Client))
             .collect();
         if self.voters().is_some() {
-            ports.extend(
-                self.brokers
-                    .iter()
-                    .map(|b| (b.peer_port, b.id, PortRole::Peer)),
-            );
+            ports.extend(all().map(|b| (b.peer_port, b.id, PortRole::Peer)));
         }
         ports
     }
@@ -296,10 +392,12 @@ impl Plan {
             "bootstrap servers: {}\n",
             self.bootstrap_servers()
         ));
-        text.push_str(&format!("try:  kcat -b {first} -L\n"));
-        text.push_str(&format!(
-            "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
-        ));
+        if self.secure.is_none() {
+            text.push_str(&format!("try:  kcat -b {first} -L\n"));
+            text.push_str(&format!(
+                "      echo hello | kcat -b {first} -t demo -P && kcat -b {first} -t demo -C -e\n"
+            ));
+        }
         let topic_defaults: Vec<String> = self
             .overrides
             .iter()
@@ -311,6 +409,9 @@ impl Plan {
             .collect();
         if !topic_defaults.is_empty() {
             text.push_str(&format!("new topics: {}\n", topic_defaults.join(", ")));
+        }
+        if let Some(secure) = &self.secure {
+            text.push_str(&secure.client_settings(&self.bootstrap_servers()));
         }
         text.push_str(&format!(
             "Ctrl-C stops {}.\n",
@@ -431,9 +532,36 @@ pub fn run(args: DevArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.add_broker && args.secure {
+        // A secured cluster's CA and passwords are made at its launch and not kept: an added
+        // broker would get certificates of another CA.
+        eprintln!("keel dev: --add-broker does not work with --secure yet");
+        return ExitCode::from(2);
+    }
+    let mut plan = if args.add_broker {
+        match plan.adding() {
+            Ok(plan) => plan,
+            Err(e) => {
+                eprintln!("keel dev: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        plan
+    };
     if let Err(e) = check_ports_free(&plan) {
         eprintln!("keel dev: {e}");
         return ExitCode::from(1);
+    }
+    if args.secure {
+        let ids: Vec<i32> = plan.brokers.iter().map(|b| b.id.0).collect();
+        match SecureDev::prepare(&args.data_dir, &ids) {
+            Ok(secure) => plan.secure = Some(secure),
+            Err(e) => {
+                eprintln!("keel dev --secure: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -867,7 +995,57 @@ mod tests {
             port,
             data_dir: PathBuf::from("keel-data"),
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            spare: 0,
+            add_broker: false,
+            secure: false,
         }
+    }
+
+    /// `--spare 1`: broker 4 is a learner every broker knows, its ports are checked free at
+    /// the start, and `--add-broker` runs it alone, with the same quorum.
+    #[test]
+    fn spare_brokers_are_learners_that_add_broker_starts() {
+        let mut a = args(3, 19000, &[]);
+        a.spare = 1;
+        let plan = Plan::new(&a).unwrap();
+        assert_eq!(plan.brokers.len(), 3);
+        assert_eq!(plan.spares.len(), 1);
+        assert_eq!(plan.spares[0].id, BrokerId(4));
+        assert_eq!(plan.spares[0].client_port, 19003);
+        assert_eq!(plan.spares[0].peer_port, 19103);
+        let start = strings(plan.start_args(&plan.brokers[0]));
+        assert!(start.contains(&"keel.quorum.learners=4@127.0.0.1:19103".to_string()));
+        assert!(plan
+            .ports()
+            .contains(&(19003, BrokerId(4), PortRole::Client)));
+        assert!(plan.ports().contains(&(19103, BrokerId(4), PortRole::Peer)));
+        let adding = plan.adding().unwrap();
+        assert_eq!(adding.brokers, plan.spares);
+        assert_eq!(
+            strings(adding.start_args(&adding.brokers[0])),
+            strings(plan.start_args(&plan.spares[0]))
+        );
+        assert!(strings(adding.start_args(&adding.brokers[0])).contains(
+            &"controller.quorum.voters=1@127.0.0.1:19100,2@127.0.0.1:19101,3@127.0.0.1:19102"
+                .to_string()
+        ));
+        // No spare: nothing to add. Too many: refused.
+        assert!(Plan::new(&args(3, 19000, &[])).unwrap().adding().is_err());
+        a.spare = 7;
+        assert_eq!(
+            Plan::new(&a),
+            Err(PlanError::Spare {
+                brokers: 3,
+                spare: 7
+            })
+        );
+        // A single broker with a spare runs a quorum of one voter.
+        let mut one = args(1, 19000, &[]);
+        one.spare = 1;
+        assert_eq!(
+            Plan::new(&one).unwrap().voters().as_deref(),
+            Some("1@127.0.0.1:19100")
+        );
     }
 
     fn strings(args: Vec<OsString>) -> Vec<String> {
@@ -1152,7 +1330,11 @@ mod tests {
                 metrics_port: None,
                 data_dir: PathBuf::from("d"),
             }],
+            spares: Vec::new(),
+            quorum_voters: None,
+            quorum_learners: None,
             overrides: Vec::new(),
+            secure: None,
         };
         let e = check_ports_free(&plan).unwrap_err();
         assert!(

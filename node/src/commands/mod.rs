@@ -8,5 +8,7 @@ pub mod bench;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod dev;
+#[cfg(not(madsim))]
+pub mod dev_secure;
 pub mod dump_log;
 pub mod start;

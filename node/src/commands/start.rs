@@ -13,10 +13,13 @@ use crate::broker::{Broker, Settings};
 use crate::cluster::ClusterSettings;
 use crate::config::{parse_override, BrokerConfig};
 use crate::metrics::Metrics;
+use crate::peer::PeerSecurity;
+use crate::security::peer::{PeerSasl, PeerTls};
 use crate::security::sasl::{SaslConfig, SaslUsers};
-use crate::security::{scram, tls, ListenerSecurity, SecurityProtocol};
+use crate::security::{scram, tls, ListenerSecurity, Principal, SecurityProtocol};
 use crate::wire::{ConnectionLimits, WireConfig, WireServer};
 use keel_core::controller::Endpoint;
+use rustls_pki_types::ServerName;
 
 #[derive(clap::Args, Clone, Default)]
 pub struct StartArgs {
@@ -353,20 +356,7 @@ fn listener_securities(config: &BrokerConfig) -> Result<Vec<ListenerSecurity>, S
         _ => None,
     };
     let sasl = if protocols.iter().any(|(_, p)| p.uses_sasl()) {
-        let mut rng = rand::thread_rng();
-        let users = SaslUsers::from_passwords(
-            config
-                .sasl_users
-                .iter()
-                .map(|u| (u.name.as_str(), u.password.as_str())),
-            scram::ITERATIONS_MIN,
-            || {
-                use rand::RngCore;
-                let mut salt = vec![0; scram::SALT_BYTES];
-                rng.fill_bytes(&mut salt);
-                salt
-            },
-        );
+        let users = salted_users(config);
         Some(Arc::new(SaslConfig {
             mechanisms: config.sasl_enabled_mechanisms.clone(),
             users,
@@ -400,6 +390,7 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
             .collect::<Result<Vec<_>, String>>()
     };
     Ok(ClusterSettings {
+        peer_security: Arc::new(peer_security(config)?),
         voters: resolve(&config.controller_quorum_voters)?,
         learners: resolve(&config.quorum_learners)?,
         session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
@@ -412,6 +403,87 @@ fn cluster_settings(config: &BrokerConfig) -> Result<ClusterSettings, String> {
             )
         }),
     })
+}
+
+/// How the peer transport opens connections: as the protocol of `inter.broker.listener.name`
+/// says (docs/security.md, "Between brokers"); plaintext without one.
+fn peer_security(config: &BrokerConfig) -> Result<PeerSecurity, String> {
+    let Some(listener) = &config.inter_broker_listener_name else {
+        return Ok(PeerSecurity::plaintext());
+    };
+    let protocol = config
+        .listener_protocol(listener)
+        .ok_or_else(|| format!("inter.broker.listener.name {listener} is not a listener"))?;
+    let mut own_certificate = None;
+    let tls = match &config.tls {
+        Some(settings) if protocol.uses_tls() => {
+            let (server, client, own) = tls::peer_configs(settings).map_err(|e| e.to_string())?;
+            own_certificate = own.map(Principal::from_text);
+            let server_names = config
+                .controller_quorum_voters
+                .iter()
+                .chain(&config.quorum_learners)
+                .map(|v| {
+                    let name = ServerName::try_from(v.address.host.clone()).map_err(|e| {
+                        format!(
+                            "quorum member {v}: {:?} is not a TLS name: {e}",
+                            v.address.host
+                        )
+                    })?;
+                    Ok((v.id, name))
+                })
+                .collect::<Result<_, String>>()?;
+            Some(PeerTls {
+                server,
+                client,
+                server_names,
+            })
+        }
+        _ => None,
+    };
+    let sasl = match &config.inter_broker_sasl {
+        Some((mechanism, user)) if protocol.uses_sasl() => {
+            let password = config
+                .sasl_users
+                .iter()
+                .find(|u| &u.name == user)
+                .map(|u| u.password.clone())
+                .ok_or_else(|| format!("keel.inter.broker.sasl.username {user} has no password"))?;
+            Some(PeerSasl {
+                mechanism: *mechanism,
+                user: user.clone(),
+                password,
+                users: salted_users(config),
+            })
+        }
+        _ => None,
+    };
+    PeerSecurity::new(
+        listener,
+        protocol,
+        tls,
+        sasl,
+        own_certificate,
+        &config.super_users,
+    )
+}
+
+/// The users of `keel.sasl.users`, salted and derived (here, once).
+fn salted_users(config: &BrokerConfig) -> SaslUsers {
+    let mut rng = rand::thread_rng();
+    SaslUsers::from_passwords(
+        config
+            .sasl_users
+            .iter()
+            .map(|u| (u.name.as_str(), u.password.as_str())),
+        scram::ITERATIONS_MIN,
+        || {
+            use rand::RngCore;
+            let mut salt = vec![0; scram::SALT_BYTES];
+            rng.fill_bytes(&mut salt);
+            salt
+        },
+    )
 }
 
 /// Retention and checkpoints on their timers.

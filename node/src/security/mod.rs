@@ -1,4 +1,5 @@
-//! Security of the client listeners: security protocols, TLS and SASL (docs/security.md).
+//! Security of the client listeners and of the peer transport: security protocols, TLS and SASL
+//! (docs/security.md).
 //!
 //! What this module owns:
 //! - the security protocols of Kafka's `listener.security.protocol.map` ([`SecurityProtocol`])
@@ -6,6 +7,8 @@
 //! - TLS from PEM files and the mTLS principal ([`tls`]);
 //! - the SASL mechanisms and the users they check ([`sasl`]), over the pure SCRAM exchange
 //!   ([`scram`]).
+//! - how brokers open peer connections to each other as `inter.broker.listener.name` says:
+//!   TLS both ways, a SASL login, the principal's check ([`peer`]).
 //!
 //! The wire layer (`wire::server`) runs the TLS handshake and the SASL exchange on each
 //! connection before any request reaches the broker, and keeps the connection's [`Principal`]
@@ -18,6 +21,7 @@
 //! - on a SASL listener nothing but ApiVersions, SaslHandshake and SaslAuthenticate is served
 //!   before the exchange succeeds.
 
+pub mod peer;
 pub mod sasl;
 pub mod scram;
 #[doc(hidden)]

@@ -1,5 +1,6 @@
-//! SCRAM-SHA-256 and SCRAM-SHA-512, the server side (RFC 5802, RFC 7677), as Kafka speaks it
-//! (`ScramSaslServer`, `ScramMessages`, `ScramFormatter`).
+//! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677), the server side as Kafka speaks it
+//! (`ScramSaslServer`, `ScramMessages`, `ScramFormatter`), and a client ([`ScramClient`]) for
+//! the brokers' logins to each other on the peer transport.
 //!
 //! Pure: no clock, no randomness, no I/O. The caller hands in the server's nonce and the salt,
 //! so every exchange can be replayed in a test (RFC 7677's example is one, below).
@@ -508,6 +509,127 @@ fn unescape_name(name: &str) -> Result<String, ScramError> {
     Ok(out)
 }
 
+/// The client's side of one SCRAM exchange, for the peer transport's broker logins (a broker
+/// logs in to another as its `keel.inter.broker.sasl.username`). [`ScramClient::new`] gives
+/// client-first; [`server_first`](Self::server_first) takes the server's challenge and gives
+/// client-final; [`server_final`](Self::server_final) checks the server's signature, so the
+/// client knows the server holds the credential too.
+pub struct ScramClient {
+    mechanism: ScramMechanism,
+    password: Vec<u8>,
+    client_first_bare: String,
+    client_nonce: String,
+    /// After server-first: the AuthMessage and the salted password.
+    sent: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is a secret: never in logs.
+        f.debug_struct("ScramClient")
+            .field("mechanism", &self.mechanism)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScramClient {
+    /// A client for `user` and `password`, with `client_nonce` (printable, without `,`,
+    /// fresh per exchange: the caller draws it). Returns it and client-first.
+    pub fn new(
+        mechanism: ScramMechanism,
+        user: &str,
+        password: &[u8],
+        client_nonce: &str,
+    ) -> (ScramClient, Vec<u8>) {
+        debug_assert!(
+            is_printable_nonce(client_nonce),
+            "client nonce is printable"
+        );
+        let name = user.replace('=', "=3D").replace(',', "=2C");
+        let bare = format!("n={name},r={client_nonce}");
+        let first = format!("n,,{bare}").into_bytes();
+        let client = ScramClient {
+            mechanism,
+            password: password.to_vec(),
+            client_first_bare: bare,
+            client_nonce: client_nonce.to_string(),
+            sent: None,
+        };
+        (client, first)
+    }
+
+    /// Takes server-first (`r=..,s=..,i=..`) and returns client-final with the proof. The
+    /// nonce must extend the client's, and the iterations lie within Kafka's bounds (a server
+    /// cannot make the client spin).
+    pub fn server_first(&mut self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
+        if self.sent.is_some() {
+            return Err(ScramError::Finished);
+        }
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut fields = text.split(',');
+        let nonce = fields
+            .next()
+            .and_then(|f| f.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("server-first has no r="))?;
+        let salt = fields
+            .next()
+            .and_then(|f| f.strip_prefix("s="))
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramError::Malformed("server-first has no base64 s="))?;
+        let iterations: u32 = fields
+            .next()
+            .and_then(|f| f.strip_prefix("i="))
+            .and_then(|i| i.parse().ok())
+            .ok_or(ScramError::Malformed("server-first has no i="))?;
+        if !(ITERATIONS_MIN..=ITERATIONS_MAX).contains(&iterations) {
+            return Err(ScramError::Iterations);
+        }
+        if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
+            return Err(ScramError::Nonce);
+        }
+        let mechanism = self.mechanism;
+        let salted = salted_password(mechanism, &self.password, &salt, iterations);
+        let key = hmac::Key::new(mechanism.hmac(), &salted);
+        let client_key = hmac::sign(&key, b"Client Key");
+        let stored_key = digest::digest(mechanism.digest(), client_key.as_ref());
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let signature = hmac::sign(
+            &hmac::Key::new(mechanism.hmac(), stored_key.as_ref()),
+            auth_message.as_bytes(),
+        );
+        let proof: Vec<u8> = client_key
+            .as_ref()
+            .iter()
+            .zip(signature.as_ref())
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.sent = Some((auth_message, salted));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks server-final (`v=<ServerSignature>`), in constant time.
+    pub fn server_final(&mut self, message: &[u8]) -> Result<(), ScramError> {
+        let (auth_message, salted) = self.sent.take().ok_or(ScramError::Finished)?;
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let signature = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("server-final has no base64 v="))?;
+        let key = hmac::Key::new(self.mechanism.hmac(), &salted);
+        let server_key = hmac::sign(&key, b"Server Key");
+        let expected = hmac::sign(
+            &hmac::Key::new(self.mechanism.hmac(), server_key.as_ref()),
+            auth_message.as_bytes(),
+        );
+        if bool::from(expected.as_ref().ct_eq(&signature)) {
+            Ok(())
+        } else {
+            Err(ScramError::Proof)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,5 +843,61 @@ mod tests {
         assert!(c.matches_password(b"pencil"));
         assert!(!c.matches_password(b"pencil "));
         assert!(!c.matches_password(b""));
+    }
+    /// keel's own client against keel's server: both directions of RFC 5802's proof (the
+    /// client's proof, then the server's signature), and a wrong password refused.
+    #[test]
+    fn client_and_server_agree_and_a_wrong_password_fails() {
+        for mechanism in [ScramMechanism::Sha256, ScramMechanism::Sha512] {
+            let credential = ScramCredential::derive(mechanism, b"pw", b"salty", ITERATIONS_MIN);
+            for (password, ok) in [(&b"pw"[..], true), (&b"nope"[..], false)] {
+                let (mut client, first) =
+                    ScramClient::new(mechanism, "bro,ker", password, "cnonce");
+                let mut server = ScramServer::new(mechanism);
+                let challenge = server
+                    .client_first(&first, "snonce", |u| {
+                        (u == "bro,ker").then(|| credential.clone())
+                    })
+                    .unwrap();
+                let last = client.server_first(&challenge).unwrap();
+                match server.client_final(&last) {
+                    Ok((server_final, user)) => {
+                        assert!(ok, "{mechanism:?}: a wrong password was accepted");
+                        assert_eq!(user, "bro,ker");
+                        client.server_final(&server_final).unwrap();
+                    }
+                    Err(e) => {
+                        assert!(!ok, "{mechanism:?}: the right password was refused");
+                        assert_eq!(e, ScramError::Proof);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A server that does not extend the client's nonce, asks for too few iterations or
+    /// signs with another key is refused by the client.
+    #[test]
+    fn client_refuses_a_bad_server() {
+        let m = ScramMechanism::Sha256;
+        let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
+        assert_eq!(
+            c.server_first(b"r=other,s=AAAA,i=4096"),
+            Err(ScramError::Nonce)
+        );
+        let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
+        assert_eq!(
+            c.server_first(b"r=cnonceX,s=AAAA,i=1"),
+            Err(ScramError::Iterations)
+        );
+        let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
+        c.server_first(b"r=cnonceX,s=AAAA,i=4096").unwrap();
+        assert_eq!(c.server_final(b"v=AAAA"), Err(ScramError::Proof));
+        assert_eq!(c.server_final(b"v=AAAA"), Err(ScramError::Finished));
+        let (mut c, _) = ScramClient::new(m, "u", b"pw", "cnonce");
+        assert!(matches!(
+            c.server_first(b"\xff"),
+            Err(ScramError::Malformed(_))
+        ));
     }
 }

@@ -143,9 +143,11 @@ fn private_key(bytes: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsEr
     })
 }
 
-/// Reads the PEM files and builds the rustls configuration shared by every TLS listener.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    let (chain, key) = match &settings.keystore {
+/// The keystore's certificate chain (leaf first) and private key.
+fn keystore(
+    settings: &TlsSettings,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    Ok(match &settings.keystore {
         Keystore::File(path) => {
             let source = PemSource::File(path.clone());
             let bytes = source.read()?;
@@ -159,41 +161,59 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
             )?,
             private_key(&key.read()?, &key.describe("ssl.keystore.key"))?,
         ),
+    })
+}
+
+/// The truststore's CA certificates; `why_needed` says what needs one when it is missing.
+fn truststore(settings: &TlsSettings, why_needed: &str) -> Result<RootCertStore, TlsError> {
+    let Some(source) = &settings.truststore else {
+        return Err(TlsError::Pem {
+            what: "ssl.truststore".into(),
+            why: why_needed.into(),
+        });
     };
+    let what = source.describe("ssl.truststore");
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&source.read()?, &what)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what: what.clone(),
+            why: format!("not a CA certificate rustls accepts: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     // ring, not aws-lc-rs: ring draws its randomness through getrandom 0.2, which the
     // simulator routes to madsim (docs/simulation.md), and builds with a C compiler alone.
     // rustls 0.23.48 deprecates ring's provider only because it has no post-quantum key
     // exchange; X25519 and the NIST curves remain.
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn protocol_versions(settings: &TlsSettings) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    settings
         .versions
         .iter()
         .map(|v| match v {
             TlsVersion::Tls12 => &rustls::version::TLS12,
             TlsVersion::Tls13 => &rustls::version::TLS13,
         })
-        .collect();
+        .collect()
+}
+
+/// Reads the PEM files and builds the rustls configuration shared by every TLS listener.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = keystore(settings)?;
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
+        .with_protocol_versions(&protocol_versions(settings))
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match settings.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Requested | ClientAuth::Required => {
-            let Some(source) = &settings.truststore else {
-                return Err(TlsError::Pem {
-                    what: "ssl.truststore".into(),
-                    why: "ssl.client.auth needs a truststore".into(),
-                });
-            };
-            let what = source.describe("ssl.truststore");
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(&source.read()?, &what)? {
-                roots.add(cert).map_err(|e| TlsError::Pem {
-                    what: what.clone(),
-                    why: format!("not a CA certificate rustls accepts: {e}"),
-                })?;
-            }
+            let roots = truststore(settings, "ssl.client.auth needs a truststore")?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if settings.client_auth == ClientAuth::Requested {
                 verifier.allow_unauthenticated()
@@ -211,6 +231,38 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(Arc::new(config))
+}
+
+/// The acceptor's and the dialler's TLS configurations between brokers, and the principal of
+/// this broker's certificate.
+pub type PeerConfigs = (Arc<ServerConfig>, Arc<rustls::ClientConfig>, Option<String>);
+
+/// TLS between brokers, from the same PEM settings: the acceptor's configuration (a client
+/// certificate chaining to the truststore required, whatever `ssl.client.auth` says), the
+/// dialler's (the truststore, and the keystore's chain as its client certificate), and the
+/// principal of this broker's own certificate (Kafka's form, `User:CN=...`).
+pub fn peer_configs(settings: &TlsSettings) -> Result<PeerConfigs, TlsError> {
+    let required = TlsSettings {
+        client_auth: ClientAuth::Required,
+        ..settings.clone()
+    };
+    let server = server_config(&required)?;
+    let (chain, key) = keystore(settings)?;
+    let own = chain
+        .first()
+        .and_then(|leaf| principal_from_certificate(leaf));
+    let roots = truststore(
+        settings,
+        "the inter-broker listener uses TLS: brokers check each other's certificates against \
+         a truststore",
+    )?;
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&protocol_versions(settings))
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok((server, Arc::new(client), own))
 }
 
 /// The principal of a client certificate, as Kafka's default principal builder makes it:

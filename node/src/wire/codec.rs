@@ -458,6 +458,7 @@ pub fn response_api_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         ResponseKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         ResponseKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
+        ResponseKind::UnregisterBroker(_) => ApiKey::UnregisterBroker,
         _ => return None,
     })
 }

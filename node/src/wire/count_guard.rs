@@ -212,6 +212,7 @@ fn guarded_pass(
         ElectLeaders => ElectLeadersRequest,
         AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
         ListPartitionReassignments => ListPartitionReassignmentsRequest,
+        UnregisterBroker => UnregisterBrokerRequest,
     }
 }
 

@@ -60,7 +60,7 @@ const fn row(api_key: ApiKey, min_advertised: i16, max_advertised: i16) -> ApiSu
 /// converged on (docs/protocol.md, "Why these versions").
 /// Produce advertises 0-9 but implements 3-9: kafka-protocol 0.18 cannot decode v0-2, and
 /// Kafka 4.0 does the same (KAFKA-18659).
-pub const API_SUPPORT_TABLE: [ApiSupport; 46] = [
+pub const API_SUPPORT_TABLE: [ApiSupport; 47] = [
     ApiSupport {
         api_key: ApiKey::Produce,
         min_advertised: 0,
@@ -109,6 +109,7 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 46] = [
     row(ApiKey::DescribeQuorum, 0, 2),
     row(ApiKey::DescribeCluster, 0, 2),
     row(ApiKey::DescribeProducers, 0, 0),
+    row(ApiKey::UnregisterBroker, 0, 0),
     row(ApiKey::DescribeTransactions, 0, 0),
     row(ApiKey::ListTransactions, 0, 1),
     row(ApiKey::DescribeTopicPartitions, 0, 0),

@@ -33,7 +33,7 @@ pub fn keel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_keel")
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("node/ has a parent")
@@ -81,7 +81,12 @@ pub fn clients(suite: &str, test: &str, modules: &str) -> Option<Clients> {
         )),
         Err(e) => missing.push(format!("{}: {e}", python.display())),
     }
-    match Command::new("kcat").arg("-V").stdin(Stdio::null()).output() {
+    match Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(out) if out.status.success() => {}
         Ok(out) => missing.push(format!("kcat -V exited with {}", out.status)),
         Err(e) => missing.push(format!("kcat: {e}")),
@@ -298,12 +303,29 @@ fn echo_lines(
 impl Script {
     /// Runs `script` from the clients' script directory with `args`, in `cwd`.
     pub fn spawn(clients: &Clients, script: &str, args: &[String], cwd: &Path) -> Script {
+        let mut command = Command::new(&clients.python);
+        command.env("PYTHONUNBUFFERED", "1");
+        Script::spawn_with(command, clients, script, args, cwd)
+    }
+
+    /// Runs `script` from the clients' script directory with `interpreter` (Python, or Node.js
+    /// for kafkajs: the caller sets its environment), `args`, in `cwd`.
+    pub fn spawn_with(
+        mut interpreter: Command,
+        clients: &Clients,
+        script: &str,
+        args: &[String],
+        cwd: &Path,
+    ) -> Script {
         let path = clients.scripts.join(script);
-        let mut child = Command::new(&clients.python)
+        let mut child = interpreter
+            // cargo test points LD_LIBRARY_PATH at build outputs, among them the librdkafka that
+            // the rdkafka crate builds (without zlib): a kcat the script runs would load it in
+            // place of Debian's, and refuse gzip.
+            .env_remove("LD_LIBRARY_PATH")
             .arg(&path)
             .args(args)
             .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

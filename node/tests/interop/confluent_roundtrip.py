@@ -14,6 +14,11 @@ usage: confluent_roundtrip.py HOST:PORT
    of a batch: the first record is that offset.
 4. create_partitions grows another topic from 1 to 2 partitions.
 5. delete_topics removes both topics from list_topics.
+6. Kafka 4's topic configs: a topic created with compression.type=zstd (the broker recompresses a
+   gzip producer's batches), a one-minute message.timestamp.after.max.ms, segment.jitter.ms and
+   settings keel stores without acting on (preallocate, flush.messages); describe_configs reports
+   each, a record an hour in the future is refused with INVALID_TIMESTAMP, the others read back;
+   remote.storage.enable=true is refused with INVALID_CONFIG naming it.
 """
 
 import time
@@ -236,4 +241,60 @@ wait_until(
     lambda: not ({topic, grow_topic} & set(admin.list_topics(timeout=10).topics)),
 )
 log(f"deleted {topic} and {grow_topic}")
+
+# --- 6. Kafka 4's topic configs ---------------------------------------------------------------
+cfg_topic = topic_name("cf-configs")
+CONFIGS = {
+    "compression.type": "zstd",
+    "compression.zstd.level": "5",
+    "message.timestamp.after.max.ms": "60000",
+    "segment.jitter.ms": "1000",
+    "preallocate": "true",
+    "flush.messages": "1",
+}
+await_all(
+    admin.create_topics([NewTopic(cfg_topic, num_partitions=1, replication_factor=1, config=CONFIGS)], request_timeout=20),
+    "create_topics with Kafka 4's topic configs",
+)
+described = list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, cfg_topic)], request_timeout=20).values())[0].result(timeout=30)
+for name, value in CONFIGS.items():
+    check_eq(described[name].value, value, f"describe_configs {cfg_topic}: {name}")
+check_eq(described["message.timestamp.before.max.ms"].value, "9223372036854775807", "default of message.timestamp.before.max.ms")
+check_eq(len(described), 34, f"describe_configs {cfg_topic}: every Kafka 4.1 topic config ({sorted(described)})")
+refused = admin.create_topics(
+    [NewTopic(topic_name("cf-tiered"), num_partitions=1, replication_factor=1, config={"remote.storage.enable": "true"})],
+    request_timeout=20,
+)
+for f in refused.values():
+    try:
+        f.result(timeout=30)
+        fail("remote.storage.enable=true was accepted")
+    except KafkaException as e:
+        err = e.args[0]
+        check_eq(err.code(), KafkaError.INVALID_CONFIG, f"remote.storage.enable=true: {err}")
+        check("remote.storage.enable" in err.str(), f"the error names the key: {err.str()}")
+gz = Producer({"bootstrap.servers": bootstrap, "compression.type": "gzip", "linger.ms": 5, "message.timeout.ms": 20000})
+outcomes = {}
+
+
+def outcome(i):
+    def cb(err, msg):
+        outcomes[i] = err
+
+    return cb
+
+
+now_ms = int(time.time() * 1000)
+for i in range(20):
+    gz.produce(cfg_topic, key=f"k{i}".encode(), value=f"v{i}".encode() * 50, partition=0, on_delivery=outcome(i))
+gz.flush(30)
+gz.produce(cfg_topic, key=b"late", value=b"x", partition=0, timestamp=now_ms + 3_600_000, on_delivery=outcome("future"))
+gz.flush(30)
+check(all(outcomes[i] is None for i in range(20)), f"gzip records to a zstd topic: {[outcomes.get(i) for i in range(20)]}")
+future = outcomes.get("future")
+check(future is not None and future.code() == KafkaError.INVALID_TIMESTAMP, f"a record an hour ahead: {future}")
+got = confluent_consume_all(bootstrap, cfg_topic, [0], {0: 20})
+check_eq([(m.key(), m.value()) for m in got[0]], [(f"k{i}".encode(), f"v{i}".encode() * 50) for i in range(20)], f"{cfg_topic} read back")
+# The topic stays: the test reads its log with keel dump-log (every batch stored in zstd).
+log(f"Kafka 4 topic configs: described back, recompressed records read back, future timestamp refused ({future})")
 log("OK confluent_roundtrip")

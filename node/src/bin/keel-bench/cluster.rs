@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// How long `keel dev` has to report every broker ready.
 const KEEL_READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The start of the last line of `keel dev`'s summary.
+const SUMMARY_LAST_LINE: &str = "Ctrl-C stops";
 /// How long tansu has to accept a connection.
 const TANSU_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a child has after SIGTERM (keel dev gives its brokers 30 s) before SIGKILL.
@@ -31,6 +33,9 @@ pub struct Managed {
     /// The broker processes, whose CPU time each phase reports.
     pub pids: Vec<u32>,
     pub log: PathBuf,
+    /// The client settings besides `bootstrap.servers` that `keel dev --secure` printed (its
+    /// `client properties:` block); empty for a plaintext cluster.
+    pub client: Vec<(String, String)>,
 }
 
 /// The last `lines` lines of a log file, for an error message.
@@ -62,6 +67,19 @@ impl Managed {
         data_dir: &Path,
         overrides: &[String],
     ) -> Result<Managed, String> {
+        Managed::start_keel_dev(keel, brokers, port, data_dir, overrides, false)
+    }
+
+    /// The same, with `--secure` when `secure`: the clients' settings are read from the
+    /// summary's `client properties:` block into [`Managed::client`].
+    pub fn start_keel_dev(
+        keel: &Path,
+        brokers: u8,
+        port: u16,
+        data_dir: &Path,
+        overrides: &[String],
+        secure: bool,
+    ) -> Result<Managed, String> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let log = data_dir.join("keel.log");
@@ -76,6 +94,9 @@ impl Managed {
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data_dir);
+        if secure {
+            command.arg("--secure");
+        }
         for o in overrides {
             command.arg("--override").arg(o);
         }
@@ -91,13 +112,15 @@ impl Managed {
         let stdout = child.stdout.take().expect("stdout was piped");
         let mut managed = Managed {
             name: format!(
-                "keel ({brokers} broker{})",
-                if brokers == 1 { "" } else { "s" }
+                "keel ({brokers} broker{}{})",
+                if brokers == 1 { "" } else { "s" },
+                if secure { ", --secure" } else { "" }
             ),
             child: Some(child),
             bootstrap: String::new(),
             pids: Vec::new(),
             log: log.clone(),
+            client: Vec::new(),
         };
         // Every line goes to the log; lines go to `tx` until the summary's end is seen.
         let (tx, rx) = mpsc::channel::<String>();
@@ -108,7 +131,7 @@ impl Managed {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log_file, "{line}");
                 if let Some(t) = &tx {
-                    let last = line.starts_with("bootstrap servers:");
+                    let last = line.starts_with(SUMMARY_LAST_LINE);
                     let _ = t.send(line);
                     if last {
                         tx = None;
@@ -117,6 +140,7 @@ impl Managed {
             }
         });
         let deadline = Instant::now() + KEEL_READY_TIMEOUT;
+        let mut in_properties = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -126,7 +150,33 @@ impl Managed {
                     }
                     if let Some(servers) = line.strip_prefix("bootstrap servers:") {
                         managed.bootstrap = servers.trim().to_string();
+                    }
+                    if line.starts_with(SUMMARY_LAST_LINE) {
+                        if managed.bootstrap.is_empty() || secure == managed.client.is_empty() {
+                            managed.stop();
+                            return Err(format!(
+                                "keel dev's summary had no bootstrap servers{}; see {}",
+                                if secure {
+                                    " or no client properties"
+                                } else {
+                                    ""
+                                },
+                                log.display()
+                            ));
+                        }
                         return Ok(managed);
+                    }
+                    if line == "client properties:" {
+                        in_properties = true;
+                    } else if in_properties {
+                        // An empty line ends the block.
+                        match line.split_once('=') {
+                            Some(("bootstrap.servers", _)) => {}
+                            Some((key, value)) => {
+                                managed.client.push((key.to_string(), value.to_string()))
+                            }
+                            None => in_properties = false,
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -192,6 +242,7 @@ impl Managed {
             child: Some(child),
             bootstrap: format!("127.0.0.1:{port}"),
             log: log.clone(),
+            client: Vec::new(),
         };
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + TANSU_READY_TIMEOUT;

@@ -177,7 +177,17 @@ struct Args {
     /// Port of the tansu broker (its metrics, where it has them, on PORT+1).
     #[arg(long, default_value_t = 19392)]
     peer_port: u16,
+    /// Instead of the throughput run: the security comparison (docs/benchmarks.md): produce
+    /// (acks=1) and consume on a `keel dev` cluster over PLAINTEXT, then on a `keel dev
+    /// --secure` one over SASL_SSL (SCRAM-SHA-512, TLS between the brokers too), same
+    /// workload; the second's records/s over the first's, against the 0.7 target.
+    #[arg(long)]
+    security: bool,
 }
+
+/// The least SASL_SSL throughput the security comparison accepts, as a fraction of plaintext
+/// (issue 16).
+const SECURITY_RATIO_MIN: f64 = 0.7;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -514,6 +524,7 @@ fn workload(args: &Args, bootstrap: &str, topic: &str, pids: Vec<u32>) -> Worklo
         batch_bytes: args.batch_bytes,
         broker_pids: pids,
         consume_timeout: Duration::from_secs(args.consume_timeout_secs),
+        client: Vec::new(),
     }
 }
 
@@ -530,8 +541,8 @@ fn peer_comparison(
         let cluster =
             Managed::start_keel(keel, 1, args.port, &dir.join("peer-keel"), &args.overrides)?;
         println!("  {} on {}", cluster.name, cluster.bootstrap);
-        create_topic(&cluster.bootstrap, &topic, args.partitions, 1)?;
         let w = workload(args, &cluster.bootstrap, &topic, cluster.pids.clone());
+        create_topic(&w, 1)?;
         peer_phases(args, &w)?
     };
     section(&format!(
@@ -541,8 +552,8 @@ fn peer_comparison(
     let peer = {
         let mut server = Managed::start_tansu(tansu, args.peer_port, &dir.join("peer-tansu"))?;
         println!("  {} on {}", server.name, server.bootstrap);
-        create_topic(&server.bootstrap, &topic, args.partitions, 1)?;
         let w = workload(args, &server.bootstrap, &topic, server.pids.clone());
+        create_topic(&w, 1)?;
         let phases = peer_phases(args, &w);
         if !server.running() {
             return Err(format!(
@@ -637,6 +648,138 @@ fn run_scale(args: &Args) -> Result<(), String> {
     result
 }
 
+/// `--security`: the same produce (acks=1) and consume on a plaintext `keel dev`, then on a
+/// `keel dev --secure` (one after the other, so that they do not share the CPUs), and the
+/// ratios.
+fn run_security(args: &Args, started: u64, load_before: &str) -> Result<(), String> {
+    let keel = keel_executable(args)?;
+    if let Ok(mut entries) = std::fs::read_dir(&args.data_dir) {
+        if entries.next().is_some() {
+            return Err(format!(
+                "--data-dir {} exists and is not empty; remove it or choose another",
+                args.data_dir.display()
+            ));
+        }
+    }
+    let data_dir = DataDir {
+        path: args.data_dir.clone(),
+        keep: args.keep_data,
+    };
+    let rf = args
+        .replication_factor
+        .unwrap_or_else(|| i32::from(args.brokers.min(3)));
+    let mut runs: Vec<(&str, Vec<Phase>)> = Vec::new();
+    for (label, secure) in [("PLAINTEXT", false), ("SASL_SSL", true)] {
+        section(&format!(
+            "keel: {}, {label}{}",
+            plural(usize::from(args.brokers), "broker"),
+            if secure {
+                " (keel dev --secure: SCRAM-SHA-512, TLS between brokers)"
+            } else {
+                ""
+            }
+        ));
+        let mut cluster = Managed::start_keel_dev(
+            &keel,
+            args.brokers,
+            args.port,
+            &data_dir.path.join(label.to_ascii_lowercase()),
+            &args.overrides,
+            secure,
+        )?;
+        let topic = format!("keel-bench-security-{started}");
+        println!(
+            "  {} on {}; topic {topic}: {} partitions, replication factor {rf}; {}-byte \
+             records",
+            cluster.name, cluster.bootstrap, args.partitions, args.record_bytes
+        );
+        let mut w = workload(args, &cluster.bootstrap, &topic, cluster.pids.clone());
+        w.client = cluster.client.clone();
+        create_topic(&w, rf)?;
+        let phases = peer_phases(args, &w);
+        if !cluster.running() {
+            return Err(format!(
+                "keel dev exited during the run; its log ({}) ends:\n{}",
+                cluster.log.display(),
+                cluster::log_tail(&cluster.log, 20)
+            ));
+        }
+        cluster.stop();
+        runs.push((label, phases?));
+    }
+    section(&format!(
+        "results: {}, topic RF {rf}, {} partitions, {}-byte records",
+        plural(usize::from(args.brokers), "broker"),
+        args.partitions,
+        args.record_bytes
+    ));
+    for (label, phases) in &runs {
+        println!("  {label}:");
+        phase_table(phases);
+    }
+    let ratios: Vec<(String, f64)> = runs[1]
+        .1
+        .iter()
+        .filter_map(|secure| {
+            let plain = runs[0].1.iter().find(|p| p.name == secure.name)?;
+            let rate = plain.records_per_s();
+            (rate > 0.0).then(|| (secure.name.clone(), secure.records_per_s() / rate))
+        })
+        .collect();
+    section("SASL_SSL / PLAINTEXT records/s (issue 16 target: at least 0.7)");
+    for (name, r) in &ratios {
+        println!(
+            "  {name:<18} {r:>6.2}  {}",
+            if *r >= SECURITY_RATIO_MIN {
+                "ok"
+            } else {
+                "BELOW TARGET"
+            }
+        );
+    }
+    let load_after = load_average();
+    println!(
+        "\nkeel-bench took {:.0} s; load average {load_before} before, {load_after} after",
+        unix_secs().saturating_sub(started)
+    );
+    if let Some(path) = &args.json {
+        let phases = |phases: &[Phase]| Json::Arr(phases.iter().map(Phase::to_json).collect());
+        let json = Json::obj([
+            ("bench", Json::str("keel-bench --security")),
+            ("version", Json::str(env!("CARGO_PKG_VERSION"))),
+            ("date", Json::str(utc_date_time(started))),
+            ("load_average_before", Json::str(load_before)),
+            ("load_average_after", Json::str(load_after)),
+            ("brokers", Json::Int(i64::from(args.brokers))),
+            ("replication_factor", Json::Int(i64::from(rf))),
+            ("partitions", Json::Int(i64::from(args.partitions))),
+            ("record_bytes", Json::Int(args.record_bytes as i64)),
+            ("plaintext", phases(&runs[0].1)),
+            ("sasl_ssl", phases(&runs[1].1)),
+            (
+                "ratios",
+                Json::Arr(
+                    ratios
+                        .iter()
+                        .map(|(name, r)| {
+                            Json::obj([("phase", Json::str(name)), ("ratio", Json::num(*r, 3))])
+                        })
+                        .collect(),
+                ),
+            ),
+        ]);
+        std::fs::write(path, json.render())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    if ratios.len() < runs[0].1.len() || ratios.iter().any(|(_, r)| *r < SECURITY_RATIO_MIN) {
+        return Err(format!(
+            "SASL_SSL throughput below {SECURITY_RATIO_MIN} of plaintext (or a phase missing)"
+        ));
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     check_args(args)?;
     let started = unix_secs();
@@ -658,6 +801,9 @@ fn run(args: &Args) -> Result<(), String> {
 
     if args.scale {
         return run_scale(args);
+    }
+    if args.security {
+        return run_security(args, started, &load_before);
     }
     let keel = if args.bootstrap.is_none() {
         Some(keel_executable(args)?)
@@ -736,8 +882,8 @@ fn run(args: &Args) -> Result<(), String> {
              {}-byte records, linger.ms {}, batch.size {}",
             args.partitions, args.record_bytes, args.linger_ms, args.batch_bytes
         );
-        create_topic(&bootstrap, &topic, args.partitions, rf)?;
         let w = workload(args, &bootstrap, &topic, pids);
+        create_topic(&w, rf)?;
         let phases = main_phases(args, &w)?;
         if let Some(mut c) = cluster {
             if !c.running() {

@@ -45,6 +45,21 @@ pub struct Workload {
     pub batch_bytes: u32,
     pub broker_pids: Vec<u32>,
     pub consume_timeout: Duration,
+    /// Client settings besides `bootstrap.servers` that every client of the workload gets
+    /// (the security settings of `keel dev --secure`; empty for plaintext).
+    pub client: Vec<(String, String)>,
+}
+
+impl Workload {
+    /// A client configuration with `bootstrap.servers` and [`Workload::client`].
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.client {
+            c.set(key, value);
+        }
+        c
+    }
 }
 
 fn origin() -> Instant {
@@ -212,9 +227,8 @@ impl Progress {
 }
 
 fn producer_config(w: &Workload, acks: i16, idempotent: bool) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &w.bootstrap)
-        .set("client.id", "keel-bench-producer")
+    let mut c = w.config();
+    c.set("client.id", "keel-bench-producer")
         .set("acks", if acks == -1 { "all" } else { "1" })
         // Kafka's clients default to idempotence with acks=all; librdkafka does not.
         .set(
@@ -229,9 +243,8 @@ fn producer_config(w: &Workload, acks: i16, idempotent: bool) -> ClientConfig {
 }
 
 fn consumer_config(w: &Workload) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &w.bootstrap)
-        .set("client.id", "keel-bench-consumer")
+    let mut c = w.config();
+    c.set("client.id", "keel-bench-consumer")
         // librdkafka needs a group id to assign() partitions; no offsets are committed.
         .set("group.id", "keel-bench")
         .set("enable.auto.commit", "false")
@@ -261,15 +274,11 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-/// Creates the topic (CreateTopics) and waits until every partition has a leader.
-pub fn create_topic(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    replication_factor: i32,
-) -> Result<(), String> {
-    let admin: AdminClient<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// Creates the workload's topic (CreateTopics) and waits until every partition has a leader.
+pub fn create_topic(w: &Workload, replication_factor: i32) -> Result<(), String> {
+    let (topic, partitions) = (w.topic.as_str(), w.partitions);
+    let admin: AdminClient<Quiet> = w
+        .config()
         .create_with_context(Quiet::default())
         .map_err(|e| format!("admin client: {e}"))?;
     let new = NewTopic::new(
@@ -287,8 +296,8 @@ pub fn create_topic(
             return Err(format!("CreateTopics {name}: {code}"));
         }
     }
-    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer<Quiet> = w
+        .config()
         .create_with_context(Quiet::default())
         .map_err(|e| format!("metadata client: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -341,8 +350,8 @@ pub fn settle(w: &Workload, timeout: Duration) -> Result<f64, String> {
         .flush(Timeout::After(timeout))
         .map_err(|e| format!("settle: acks=all probes not acknowledged within {timeout:?}: {e}"))?;
     failure_note(&deliveries);
-    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", &w.bootstrap)
+    let consumer: BaseConsumer<Quiet> = w
+        .config()
         .create_with_context(Quiet::default())
         .map_err(|e| format!("metadata client: {e}"))?;
     loop {

@@ -36,7 +36,7 @@ use super::CliError;
 /// version with every field they set (Metadata v4: allow_auto_topic_creation); the highest
 /// the last before a layout change they do not speak (Fetch v13: topic ids; DeleteTopics v6:
 /// topics by id; OffsetFetch v8: batched groups; FindCoordinator v4: batched keys).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 18] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 22] = [
     (ApiKey::Metadata, 4, 12),
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -55,6 +55,10 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 18] = [
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::ElectLeaders, 1, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::UnregisterBroker, 0, 0),
 ];
 
 /// The ApiVersions version sent first on each connection (v0 again if the broker refuses it).

@@ -1,6 +1,7 @@
 //! The `keel` commands for daily work against any Kafka-compatible cluster, keel or Kafka, in
-//! the spirit of Redpanda's rpk: `keel topic`, `keel produce`, `keel consume`, `keel group` and
-//! `keel cluster` (docs/cli.md). They talk the Kafka protocol through [`client`], and use no
+//! the spirit of Redpanda's rpk: `keel topic`, `keel produce`, `keel consume`, `keel group`,
+//! `keel cluster`, and the operations `keel partitions`, `keel broker` and `keel leaders`
+//! (docs/cli.md). They talk the Kafka protocol through [`client`], and use no
 //! part of the broker.
 //!
 //! What always holds: a command that fails prints one line to stderr, `keel <command>: what
@@ -12,6 +13,7 @@ pub mod client;
 mod cluster;
 mod consume;
 mod group;
+mod ops;
 mod produce;
 mod topic;
 
@@ -105,6 +107,13 @@ pub enum ClientCommand {
     Group(group::GroupArgs),
     /// Describe the cluster: brokers, controller, metadata quorum, partitions needing care.
     Cluster(cluster::ClusterCommandArgs),
+    /// Move partitions' replicas between brokers (a plan file or a generated balanced plan)
+    /// and follow the reassignments in progress.
+    Partitions(ops::PartitionsArgs),
+    /// Decommission a broker: move its replicas off, then unregister it.
+    Broker(ops::BrokerArgs),
+    /// Elect leaders: preferred replicas, or unclean elections for leaderless partitions.
+    Leaders(ops::LeadersArgs),
 }
 
 impl ClientCommand {
@@ -115,6 +124,9 @@ impl ClientCommand {
             ClientCommand::Consume(_) => "consume",
             ClientCommand::Group(_) => "group",
             ClientCommand::Cluster(_) => "cluster",
+            ClientCommand::Partitions(_) => "partitions",
+            ClientCommand::Broker(_) => "broker",
+            ClientCommand::Leaders(_) => "leaders",
         }
     }
 
@@ -125,6 +137,9 @@ impl ClientCommand {
             ClientCommand::Consume(a) => &a.cluster,
             ClientCommand::Group(a) => &a.cluster,
             ClientCommand::Cluster(a) => &a.cluster,
+            ClientCommand::Partitions(a) => &a.cluster,
+            ClientCommand::Broker(a) => &a.cluster,
+            ClientCommand::Leaders(a) => &a.cluster,
         }
     }
 }
@@ -162,6 +177,9 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Consume(a) => consume::run(a, &mut client).await,
             ClientCommand::Group(a) => group::run(a.command, &mut client, output).await,
             ClientCommand::Cluster(a) => cluster::run(a.command, &mut client, output).await,
+            ClientCommand::Partitions(a) => ops::partitions(a.command, &mut client, output).await,
+            ClientCommand::Broker(a) => ops::broker(a.command, &mut client).await,
+            ClientCommand::Leaders(a) => ops::leaders(a.command, &mut client, output).await,
         }
     });
     // Tasks still blocked on a socket must not hold the exit up.
