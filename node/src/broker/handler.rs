@@ -446,6 +446,21 @@ impl Broker {
                         code::INVALID_REQUIRED_ACKS,
                         format!("acks must be -1, 0 or 1, not {acks}"),
                     ))
+                } else if let Some(id_bytes) = request
+                    .transactional_id
+                    .as_ref()
+                    .map(|t| t.len())
+                    .filter(|&n| n > keel_core::txn::TRANSACTIONAL_ID_BYTES_MAX)
+                {
+                    // Kafka cannot even parse such a request (its readers refuse any string
+                    // over 32,767 bytes); keel refuses every partition of it.
+                    Err((
+                        code::INVALID_REQUEST,
+                        format!(
+                            "a transactional id of {id_bytes} bytes (at most {})",
+                            keel_core::txn::TRANSACTIONAL_ID_BYTES_MAX
+                        ),
+                    ))
                 } else {
                     let txn_id = request.transactional_id.as_ref().map(|t| t.as_str());
                     self.produce_partition(

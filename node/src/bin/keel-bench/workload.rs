@@ -923,6 +923,7 @@ pub fn produce_transactional(
                 bootstrap: w.bootstrap.clone(),
                 topic: w.topic.clone(),
                 broker_pids: Vec::new(),
+                client: w.client.clone(),
                 ..*w
             };
             thread::spawn(move || ready_txn_producer(&w, &id, &deliveries))
@@ -959,6 +960,7 @@ pub fn produce_transactional(
                 bootstrap: w.bootstrap.clone(),
                 topic: w.topic.clone(),
                 broker_pids: Vec::new(),
+                client: w.client.clone(),
                 ..*w
             };
             let settings = TxnSettings {
