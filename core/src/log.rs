@@ -17,7 +17,9 @@
 //! 2. `log_start <= durable_end <= end`. `durable_end` moves forward only when a sync
 //!    covering every byte below it has returned; truncation is synced before it is reported.
 //! 3. A batch read from the log passed its CRC check on the way out: nothing corrupt is served.
-//! 4. Indexes are kept in memory and rebuilt on open: they are never trusted from disk.
+//! 4. Offset and time indexes are kept in memory and rebuilt on open: they are never trusted
+//!    from disk. (The aborted-transaction index files beside the segments belong to the
+//!    partition's transaction bookkeeping, `producer::txn_index`; the log ignores them.)
 //! 5. Recovery keeps exactly the longest prefix of valid, offset-consistent batches, and never
 //!    drops a batch below the persisted recovery point unless it is corrupt.
 //! 6. Leader epochs in the cache increase with their start offsets; the cache never refers to
@@ -719,8 +721,8 @@ impl<S: Storage> Log<S> {
         &self.storage
     }
 
-    /// The storage, to damage it behind the log's back (tests of runtime damage).
-    #[cfg(test)]
+    /// The storage, for the files the partition keeps beside the segments (its `.txnindex`
+    /// files, which the log ignores), and for tests that damage it behind the log's back.
     pub(crate) fn storage_mut(&mut self) -> &mut S {
         &mut self.storage
     }

@@ -504,6 +504,8 @@ pub struct PartitionReplica<S: Storage> {
     txns: crate::producer::txn::TxnTracker,
     /// Producers the transaction coordinator verified for their next transaction here.
     verified: txn::Verified,
+    /// The `.txnindex` files of the log, kept in line with `txns` ([`txn`]).
+    txn_index: txn::IndexState,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -587,6 +589,7 @@ impl<S: Storage> PartitionReplica<S> {
         let (producers, _report) = producer::recover(snapshots, &log)?;
         let txns = txn::tracker_from_log(&log)
             .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
+        let txn_index = txn::IndexState::recover(&log);
         let persisted = state::read(snapshots)?;
         let mut state_report = persisted.report;
         let mut high_watermark = persisted
@@ -621,7 +624,7 @@ impl<S: Storage> PartitionReplica<S> {
         if damage.is_damaged() && !state_report.damage_marked {
             state_report.damage_mark_error = damage::write_mark(snapshots).err();
         }
-        let replica = PartitionReplica {
+        let mut replica = PartitionReplica {
             config: replica,
             log,
             producers,
@@ -644,7 +647,9 @@ impl<S: Storage> PartitionReplica<S> {
             },
             txns,
             verified: txn::Verified::new(),
+            txn_index,
         };
+        replica.sync_txn_index();
         replica.check_invariants();
         Ok(replica)
     }
@@ -659,6 +664,19 @@ impl<S: Storage> PartitionReplica<S> {
     /// latter.
     pub fn log_mut(&mut self) -> &mut Log<S> {
         &mut self.log
+    }
+
+    /// Installs a cleaning of the log ([`Log::install_cleaned`]) and brings the `.txnindex`
+    /// files in line with the segments it left.
+    pub fn install_cleaned(
+        &mut self,
+        cleaned: crate::log::cleaner::Cleaned,
+    ) -> Result<Option<crate::log::cleaner::CleanStats>, LogError> {
+        let stats = self.log.install_cleaned(cleaned)?;
+        if stats.is_some() {
+            self.sync_txn_index();
+        }
+        Ok(stats)
     }
 
     /// Gives the log's storage back (shutdown, or a crash in tests).
@@ -1574,6 +1592,8 @@ impl<S: Storage> PartitionReplica<S> {
             let start = self
                 .log
                 .advance_log_start(leader_log_start, self.log.durable_end())?;
+            self.txns.log_start_moved(start);
+            self.sync_txn_index();
             if start > self.high_watermark {
                 self.set_high_watermark(start);
             }
@@ -1691,6 +1711,7 @@ impl<S: Storage> PartitionReplica<S> {
             "invariant 6: truncation ended the log at {new_end}, expected {cut} >= {floor}"
         );
         self.txns.truncate_from(new_end);
+        self.sync_txn_index();
         match producer::recover(snapshots, &self.log) {
             Ok((producers, _report)) => self.producers = producers,
             Err(e) => {
@@ -2128,6 +2149,8 @@ impl<S: Storage> PartitionReplica<S> {
             )));
         }
         let start = self.log.advance_log_start(target, self.high_watermark)?;
+        self.txns.log_start_moved(start);
+        self.sync_txn_index();
         assert!(
             start <= self.high_watermark,
             "log start never passes the high watermark"
@@ -2138,6 +2161,10 @@ impl<S: Storage> PartitionReplica<S> {
     /// Applies retention, bounded by the high watermark.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
         let removed = self.log.apply_retention(now_ms, self.high_watermark)?;
+        if removed > 0 {
+            self.txns.log_start_moved(self.log.log_start());
+            self.sync_txn_index();
+        }
         self.producers
             .expire(now_ms, producer::PRODUCER_ID_EXPIRATION_MS_DEFAULT);
         Ok(removed)

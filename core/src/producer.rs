@@ -73,6 +73,7 @@
 #[cfg(test)]
 mod tests;
 pub mod txn;
+pub mod txn_index;
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -49,6 +49,11 @@ fn txn_batch(pid: i64, epoch: i16, seq: i32) -> Bytes {
 }
 
 async fn produce(b: &Arc<Broker>, txn: Option<&str>, records: Bytes) -> i16 {
+    produce_at(b, 9, txn, records).await
+}
+
+/// [`produce`] at Produce `version`.
+async fn produce_at(b: &Arc<Broker>, version: i16, txn: Option<&str>, records: Bytes) -> i16 {
     let mut r = ProduceRequest::default();
     r.acks = -1;
     r.timeout_ms = 5000;
@@ -58,7 +63,7 @@ async fn produce(b: &Arc<Broker>, txn: Option<&str>, records: Bytes) -> i16 {
         .with_partition_data(vec![PartitionProduceData::default()
             .with_index(0)
             .with_records(Some(records))])];
-    match call(b, ApiKey::Produce, 9, RequestKind::Produce(r)).await {
+    match call(b, ApiKey::Produce, version, RequestKind::Produce(r)).await {
         ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
         other => panic!("{other:?}"),
     }
@@ -95,8 +100,12 @@ async fn init_retrying(b: &Arc<Broker>, id: &str) -> InitProducerIdResponse {
 }
 
 async fn end_txn(b: &Arc<Broker>, v: i16, pid: i64, epoch: i16, commit: bool) -> i16 {
+    end_txn_of(b, TXN, v, pid, epoch, commit).await
+}
+
+async fn end_txn_of(b: &Arc<Broker>, id: &str, v: i16, pid: i64, epoch: i16, commit: bool) -> i16 {
     let mut r = EndTxnRequest::default();
-    r.transactional_id = TransactionalId(s(TXN));
+    r.transactional_id = TransactionalId(s(id));
     r.producer_id = ProducerId(pid);
     r.producer_epoch = epoch;
     r.committed = commit;
@@ -107,8 +116,18 @@ async fn end_txn(b: &Arc<Broker>, v: i16, pid: i64, epoch: i16, commit: bool) ->
 }
 
 async fn add_partitions(b: &Arc<Broker>, pid: i64, epoch: i16, topics: &[&str]) -> Vec<i16> {
+    add_partitions_of(b, TXN, pid, epoch, topics).await
+}
+
+async fn add_partitions_of(
+    b: &Arc<Broker>,
+    id: &str,
+    pid: i64,
+    epoch: i16,
+    topics: &[&str],
+) -> Vec<i16> {
     let mut r = AddPartitionsToTxnRequest::default();
-    r.v3_and_below_transactional_id = TransactionalId(s(TXN));
+    r.v3_and_below_transactional_id = TransactionalId(s(id));
     r.v3_and_below_producer_id = ProducerId(pid);
     r.v3_and_below_producer_epoch = epoch;
     r.v3_and_below_topics = topics
@@ -280,10 +299,15 @@ async fn bad_transactional_input_gets_clear_errors_and_fencing_aborts() {
         code::INVALID_TXN_STATE
     );
 
-    // A transactional write to a partition never added: INVALID_TXN_STATE, nothing appended.
+    // A transactional write to a partition never added: INVALID_TXN_STATE below Produce v11,
+    // TRANSACTION_ABORTABLE from v11 (KIP-890), nothing appended.
     assert_eq!(
         produce(&b, Some(TXN), txn_batch(pid, epoch, 0)).await,
         code::INVALID_TXN_STATE
+    );
+    assert_eq!(
+        produce_at(&b, 11, Some(TXN), txn_batch(pid, epoch, 0)).await,
+        code::TRANSACTION_ABORTABLE
     );
     assert_eq!(
         latest(&b, 0).await,
@@ -405,10 +429,14 @@ async fn bad_transactional_input_gets_clear_errors_and_fencing_aborts() {
 }
 
 async fn add_offsets(b: &Arc<Broker>, pid: i64, epoch: i16, group: &str) -> i16 {
+    add_offsets_of(b, TXN, pid, epoch, group).await
+}
+
+async fn add_offsets_of(b: &Arc<Broker>, id: &str, pid: i64, epoch: i16, group: &str) -> i16 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut r = AddOffsetsToTxnRequest::default();
-        r.transactional_id = TransactionalId(s(TXN));
+        r.transactional_id = TransactionalId(s(id));
         r.producer_id = ProducerId(pid);
         r.producer_epoch = epoch;
         r.group_id = GroupId(s(group));
@@ -591,4 +619,148 @@ async fn txn_offset_commit_is_visible_only_after_the_commit_marker() {
         code::INVALID_PRODUCER_EPOCH
     );
     assert_eq!(committed(&b, true).await, Ok(5));
+}
+
+/// DescribeTransactions of one id: its error code.
+async fn describe_txn(b: &Arc<Broker>, id: &str) -> i16 {
+    let mut d = DescribeTransactionsRequest::default();
+    d.transactional_ids = vec![TransactionalId(s(id))];
+    match call(
+        b,
+        ApiKey::DescribeTransactions,
+        0,
+        RequestKind::DescribeTransactions(d),
+    )
+    .await
+    {
+        ResponseKind::DescribeTransactions(d) => d.transaction_states[0].error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The bad input sent while a transaction is open (a transactional id of 100 KiB on
+/// every transactional API, unknown FindCoordinator key types on every version that has a key
+/// type, EndTxn of an id with no transaction) gets a clear error each, and harms nothing: the
+/// open transaction then commits, and read_committed returns its record with no aborted
+/// transaction listed (KIP-98; Kafka's `TransactionCoordinator` validates the id first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_beside_an_open_transaction_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<Broker> = Broker::open(
+        Settings::single(1, dir.path().to_path_buf()),
+        Arc::new(keel_node::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![CreatableTopic::default()
+        .with_name(TopicName(s("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1)];
+    call(
+        &b,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(create),
+    )
+    .await;
+    assert_eq!(find_coordinator(&b, 1, 1, TXN).await, (code::NONE, 1));
+    let good = init_retrying(&b, TXN).await;
+    assert_eq!(good.error_code, code::NONE);
+    let (pid, epoch) = (good.producer_id.0, good.producer_epoch);
+    assert_eq!(
+        add_partitions(&b, pid, epoch, &["t"]).await,
+        vec![code::NONE]
+    );
+    assert_eq!(
+        produce(&b, Some(TXN), txn_batch(pid, epoch, 0)).await,
+        code::NONE
+    );
+
+    // A transactional id of 100 KiB, on every API that takes one.
+    let huge = "y".repeat(100 * 1024);
+    assert_eq!(init(&b, &huge, 4).await.error_code, code::INVALID_REQUEST);
+    assert_eq!(
+        add_partitions_of(&b, &huge, pid, epoch, &["t"]).await,
+        vec![code::INVALID_REQUEST],
+        "AddPartitionsToTxn"
+    );
+    assert_eq!(
+        add_offsets_of(&b, &huge, pid, epoch, "g").await,
+        code::INVALID_REQUEST,
+        "AddOffsetsToTxn"
+    );
+    assert_eq!(
+        end_txn_of(&b, &huge, 3, pid, epoch, true).await,
+        code::INVALID_REQUEST,
+        "EndTxn"
+    );
+    assert_eq!(
+        describe_txn(&b, &huge).await,
+        code::TRANSACTIONAL_ID_NOT_FOUND,
+        "DescribeTransactions"
+    );
+    // The good producer's next batch under the huge id: the partition's transaction belongs
+    // to the producer id, which the huge id does not own.
+    let e = produce(&b, Some(&huge), txn_batch(pid, epoch, 1)).await;
+    assert_eq!(
+        e,
+        code::INVALID_REQUEST,
+        "Produce with a 100 KiB transactional id"
+    );
+
+    // Unknown key types, on every version with a key type (v1-v3 one key, v4+ batched).
+    for v in 1..=5 {
+        for key_type in [-1i8, 2, 127] {
+            let (error, _) = find_coordinator(&b, v, key_type, TXN).await;
+            assert_eq!(error, code::INVALID_REQUEST, "v{v} key type {key_type}");
+        }
+    }
+    // EndTxn of an id that has no transaction, and one the coordinator never saw.
+    let other = init_retrying(&b, "txn-idle").await;
+    assert_eq!(other.error_code, code::NONE);
+    assert_eq!(
+        end_txn_of(
+            &b,
+            "txn-idle",
+            3,
+            other.producer_id.0,
+            other.producer_epoch,
+            false
+        )
+        .await,
+        code::INVALID_TXN_STATE
+    );
+
+    // Nothing harmed: the open transaction commits, and read_committed serves its record.
+    assert_eq!(latest(&b, 1).await, 0, "the transaction is still open");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = end_txn(&b, 3, pid, epoch, true).await;
+        if e == code::NONE {
+            break;
+        }
+        assert_eq!(e, code::CONCURRENT_TRANSACTIONS, "EndTxn commit");
+        assert!(Instant::now() < deadline, "EndTxn still concurrent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("the COMMIT marker", async || latest(&b, 1).await == 2).await;
+    let data = fetch_committed(&b).await;
+    assert_eq!(data.error_code, code::NONE);
+    assert_eq!((data.high_watermark, data.last_stable_offset), (2, 2));
+    assert_eq!(
+        data.aborted_transactions.map(|a| a.len()),
+        Some(0),
+        "nothing aborted"
+    );
+    let mut records = data.records.expect("the committed batch and its marker");
+    let mut data_bases = Vec::new();
+    while let Some(batch) = keel_core::batch::Batch::parse_prefix(&records).unwrap() {
+        let header = batch.header();
+        records = records.slice(batch.size()..);
+        if !header.is_control() {
+            data_bases.push(header.base_offset.0);
+        }
+    }
+    assert_eq!(data_bases, vec![0], "the one committed batch");
 }

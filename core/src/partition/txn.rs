@@ -35,6 +35,7 @@ use super::{Appended, PartitionReplica, ProduceError};
 use crate::batch::{Batch, BatchHeader, EndTxnMarker};
 use crate::log::{Log, LogError};
 use crate::producer::txn::{AbortedTxn, TxnStateError, TxnTracker};
+use crate::producer::txn_index::{IndexReport, TxnIndexFiles};
 use crate::producer::ProducerError;
 use crate::storage::Storage;
 use crate::types::{Offset, ProducerId};
@@ -100,6 +101,37 @@ pub(super) fn tracker_from_log<S: Storage>(log: &Log<S>) -> Result<TxnTracker, L
     Ok(tracker)
 }
 
+/// The log's `.txnindex` files ([`TxnIndexFiles`]) and what they were last brought in line
+/// with.
+#[derive(Debug, Default)]
+pub(super) struct IndexState {
+    files: TxnIndexFiles,
+    /// The log's segment bases when the files were last brought in line.
+    bases: Vec<Offset>,
+    /// The next sync must reconcile every file (recovery, or a failed write).
+    dirty: bool,
+    /// What recovery found and did, and the writes that failed since.
+    pub(super) report: IndexReport,
+    pub(super) write_errors: u64,
+}
+
+impl IndexState {
+    /// The files as recovery finds them, to be reconciled with the tracker by the replica's
+    /// first [`PartitionReplica::sync_txn_index`]. (If the log could not be read, the tracker
+    /// is empty and the files go with it: the replica is damaged and rebuilds both when it
+    /// has fetched its log back.)
+    pub(super) fn recover<S: Storage>(log: &Log<S>) -> IndexState {
+        let (files, report) = TxnIndexFiles::load(log.storage()).unwrap_or_default();
+        IndexState {
+            files,
+            bases: Vec::new(),
+            dirty: true,
+            report,
+            write_errors: 0,
+        }
+    }
+}
+
 impl<S: Storage> PartitionReplica<S> {
     /// Rebuilds the transaction tracker from the whole log (after a truncation or a new log
     /// start). If the log cannot be read, the tracker starts empty at the log end: the
@@ -108,6 +140,45 @@ impl<S: Storage> PartitionReplica<S> {
         self.txns = tracker_from_log(&self.log).unwrap_or_else(|_| TxnTracker::new(self.log.end()));
         self.verified.open.clear();
         self.txns.high_watermark_updated(self.high_watermark);
+        self.txn_index.dirty = true;
+        self.sync_txn_index();
+    }
+
+    /// Brings the `.txnindex` files in line with the tracker: appends what an ABORT marker
+    /// added, or, when the log's segments changed (a roll, retention, a truncation, a
+    /// cleaning) or after recovery, reconciles every file. A failed write is counted and
+    /// leaves the files to the next reconcile, and to recovery's: the files are rebuilt from
+    /// the log, never trusted over it, so an index write never fails an append.
+    pub(super) fn sync_txn_index(&mut self) {
+        let state = &mut self.txn_index;
+        let bases = self.log.segment_bases();
+        let aborted = self.txns.all_aborted();
+        let storage = self.log.storage_mut();
+        let result = if state.dirty || bases != state.bases {
+            state.files.reconcile(storage, &bases, aborted).map(|r| {
+                state.report.rewritten += r.rewritten;
+                state.report.appended += r.appended;
+                state.report.removed += r.removed;
+            })
+        } else {
+            state.files.append_new(storage, &bases, aborted)
+        };
+        match result {
+            Ok(()) => {
+                state.dirty = false;
+                state.bases = bases;
+            }
+            Err(_) => {
+                state.dirty = true;
+                state.write_errors += 1;
+            }
+        }
+    }
+
+    /// What recovery found in the `.txnindex` files and did about them, and the index writes
+    /// that failed since (each repaired by the next reconcile).
+    pub fn txn_index_report(&self) -> (&IndexReport, u64) {
+        (&self.txn_index.report, self.txn_index.write_errors)
     }
 
     /// Records a batch the log just took, with its offsets stamped (a follower's append).
@@ -122,6 +193,9 @@ impl<S: Storage> PartitionReplica<S> {
             self.rebuild_txns();
         }
         self.txns.high_watermark_updated(self.high_watermark);
+        if batch.is_control() {
+            self.sync_txn_index();
+        }
     }
 
     /// Records a client batch the leader just appended (`header.base_offset` stamped).
@@ -599,5 +673,81 @@ mod tests {
         assert_eq!(p.txns(), &before);
         assert_eq!(p.last_stable_offset(), Offset(3));
         assert_eq!(p.aborted_txns(Offset(0), Offset(5)).len(), 1);
+    }
+
+    /// The `.txnindex` files (Kafka's `TransactionIndex`, one per segment): an ABORT marker
+    /// adds its entry to the active segment's file, a COMMIT adds nothing; after a power loss
+    /// that tears or loses the unsynced files, recovery rebuilds them from the log; retention
+    /// removes a file with its segment.
+    #[test]
+    fn the_txnindex_files_follow_aborts_crashes_and_retention() {
+        use rand::{rngs::StdRng, SeedableRng};
+        let config = LogConfig {
+            segment_bytes_max: 400,
+            retention_bytes_max: 1,
+            retention_ms_max: -1,
+            ..LogConfig::default()
+        };
+        let open_with = |log: MemStorage, snaps: &mut MemStorage| {
+            let rules = ProduceRules::default();
+            PartitionReplica::open(log, snaps, config.clone(), rules, LeaderEpoch(3), NOW)
+                .expect("open")
+        };
+        let check = |p: &PartitionReplica<MemStorage>| {
+            TxnIndexFiles::check_against(
+                p.log().storage(),
+                &p.log().segment_bases(),
+                p.txns().all_aborted(),
+            )
+        };
+        let index_files = |p: &PartitionReplica<MemStorage>| {
+            let names = p.log().storage().list().unwrap();
+            names
+                .into_iter()
+                .filter(|n| n.ends_with(".txnindex"))
+                .collect::<Vec<_>>()
+        };
+        let mut snaps = MemStorage::new();
+        let mut p = open_with(MemStorage::new(), &mut snaps);
+        let mut seq = 0;
+        for round in 0..12 {
+            p.allow_txn(PID, 0);
+            p.append(NOW, txn_batch(PID, 0, seq, 2, true)).unwrap();
+            seq += 2;
+            p.append_marker(NOW, PID, 0, marker(round % 3 == 0))
+                .unwrap();
+            check(&p);
+        }
+        assert_eq!(p.txns().all_aborted().len(), 8);
+        assert!(p.log().segment_count() > 2, "the small segments rolled");
+        assert!(!index_files(&p).is_empty());
+        // A power loss before any sync of the index files: recovery rebuilds them.
+        p.sync().unwrap();
+        let mut log = p.into_log_storage();
+        let aborted_before = {
+            let p = open_with(log.clone(), &mut snaps.clone());
+            p.txns().all_aborted().to_vec()
+        };
+        let mut rng = StdRng::seed_from_u64(15);
+        log.crash(&mut rng);
+        snaps.crash(&mut rng);
+        let p = open_with(log, &mut snaps);
+        assert_eq!(p.txns().all_aborted(), aborted_before.as_slice());
+        check(&p);
+        // Torn by hand: the first file loses half an entry; missing: the last is removed.
+        let names = index_files(&p);
+        let mut log = p.into_log_storage();
+        let len = log.len(&names[0]).unwrap();
+        log.truncate(&names[0], len - 7).unwrap();
+        log.remove(names.last().unwrap()).unwrap();
+        let mut p = open_with(log, &mut snaps);
+        assert_eq!(p.txn_index_report().0.torn, 1);
+        check(&p);
+        // Retention (bounded by the high watermark) removes old segments and their files.
+        let before = index_files(&p).len();
+        p.apply_retention(NOW).unwrap();
+        check(&p);
+        assert!(index_files(&p).len() < before, "{:?}", index_files(&p));
+        assert_eq!(p.txn_index_report().1, 0, "no index write failed");
     }
 }

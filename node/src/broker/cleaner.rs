@@ -169,7 +169,7 @@ impl Broker {
                 if p.deleted.load(Ordering::Acquire) {
                     return Ok(None);
                 }
-                r.log_mut().install_cleaned(cleaned)
+                r.install_cleaned(cleaned)
             })
         });
         match outcome {

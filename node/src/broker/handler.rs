@@ -511,6 +511,21 @@ impl Broker {
                         code::UNKNOWN_TOPIC_ID,
                         format!("no topic has id {}", topic.topic_id),
                     ))
+                } else if let Some(id_bytes) = request
+                    .transactional_id
+                    .as_ref()
+                    .map(|t| t.len())
+                    .filter(|&n| n > keel_core::txn::TRANSACTIONAL_ID_BYTES_MAX)
+                {
+                    // Kafka cannot even parse such a request (its readers refuse any string
+                    // over 32,767 bytes); keel refuses every partition of it.
+                    Err((
+                        code::INVALID_REQUEST,
+                        format!(
+                            "a transactional id of {id_bytes} bytes (at most {})",
+                            keel_core::txn::TRANSACTIONAL_ID_BYTES_MAX
+                        ),
+                    ))
                 } else {
                     let txn_id = request.transactional_id.as_ref().map(|t| t.as_str());
                     self.produce_partition(
@@ -613,7 +628,7 @@ impl Broker {
                     ),
                 ));
             }
-            self.prepare_txn_append(transactional_id, topic, &partition, &batch)?;
+            self.prepare_txn_append(ctx.api_version, transactional_id, topic, &partition, &batch)?;
         }
         let (txn_pid, txn_epoch, txn_seq) = (
             batch.producer_id().0,

@@ -29,6 +29,9 @@ use keel_core::txn::{
 };
 use keel_core::ProducerId as CoreProducerId;
 
+/// The first Produce version whose clients know TRANSACTION_ABORTABLE (KIP-890).
+const PRODUCE_TRANSACTION_ABORTABLE_VERSION: i16 = 11;
+
 use keel_core::batch::Batch;
 
 use keel_core::group;
@@ -178,6 +181,7 @@ impl Broker {
     /// answers CONCURRENT_TRANSACTIONS from its verification the same way).
     pub(super) fn prepare_txn_append(
         &self,
+        produce_version: i16,
         transactional_id: Option<&str>,
         topic: &str,
         p: &Arc<PartitionHandle>,
@@ -199,6 +203,16 @@ impl Broker {
                 code::INVALID_PRODUCER_EPOCH,
                 "the producer's epoch is fenced",
             ),
+            // Produce v11 added TRANSACTION_ABORTABLE (KIP-890); older versions get
+            // INVALID_TXN_STATE, as Kafka answers them.
+            code::TRANSACTION_ABORTABLE
+                if produce_version >= PRODUCE_TRANSACTION_ABORTABLE_VERSION =>
+            {
+                (
+                    code::TRANSACTION_ABORTABLE,
+                    "the partition was never added to the producer's transaction",
+                )
+            }
             code::TRANSACTION_ABORTABLE => (
                 code::INVALID_TXN_STATE,
                 "the partition was never added to the producer's transaction",

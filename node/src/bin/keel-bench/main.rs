@@ -7,8 +7,9 @@
 //! 2. a keel cluster (`keel dev`, three brokers by default) in the data directory, or the
 //!    cluster at `--bootstrap`; a new topic (RF 3, 6 partitions by default);
 //! 3. a warm-up, then produce at acks=1, produce at acks=all (idempotent), consume everything,
-//!    and produce (acks=all) + consume at a fixed fraction of the acks=all peak; a line per
-//!    second while each runs;
+//!    transactional produce (acks=all, a commit every 100 records or 100 ms; only when asked
+//!    for with `--phases ...,txn`), and produce (acks=all) + consume at a fixed fraction of the
+//!    acks=all peak; a line per second while each runs;
 //! 4. if a `tansu` binary is on PATH (or given with `--tansu`): the same produce (acks=1) and
 //!    consume against one keel broker (RF 1) and against one tansu broker (memory storage);
 //! 5. the figures, their ratios to the limits and to tansu, and issue 7's targets; `--json`
@@ -36,7 +37,8 @@ use keel_node::commands::bench::report::{
 
 use crate::cluster::{find_on_path, Managed};
 use crate::workload::{
-    consume_all, create_topic, produce, produce_consume, settle, Workload, STAMP_BYTES,
+    consume_all, create_topic, produce, produce_consume, produce_transactional, settle,
+    TxnSettings, Workload, STAMP_BYTES,
 };
 
 /// Rounds of the disk measurement before the brokers run, and again after; the median of all
@@ -89,13 +91,23 @@ struct Args {
     /// The producer's batch.size (bytes).
     #[arg(long, default_value_t = 1_000_000)]
     batch_bytes: u32,
-    /// The phases to run (comma-separated), in the order acks1, acks-all, consume, mixed.
+    /// The phases to run (comma-separated), in the order acks1, acks-all, consume, txn, mixed.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "acks1,acks-all,consume,mixed"
     )]
     phases: Vec<PhaseName>,
+    /// Transactional producers of the txn phase, each with its own transactional.id, running
+    /// at once (a transactional producer has one transaction at a time in flight).
+    #[arg(long, default_value_t = 8)]
+    txn_producers: u32,
+    /// The txn phase commits a transaction after this many records...
+    #[arg(long, default_value_t = 100)]
+    txn_records: u32,
+    /// ...or this many milliseconds after it began, whichever comes first.
+    #[arg(long, default_value_t = 100)]
+    txn_ms: u32,
     /// Hold the mixed phase to this many records/s instead of --fraction of the acks=all peak.
     #[arg(long)]
     rate: Option<f64>,
@@ -243,6 +255,9 @@ fn check_args(args: &Args) -> Result<(), String> {
     }
     if args.partitions < 1 {
         return Err("--partitions: at least 1".into());
+    }
+    if args.txn_producers == 0 || args.txn_records == 0 || args.txn_ms == 0 {
+        return Err("--txn-producers, --txn-records and --txn-ms: at least 1".into());
     }
     for (name, secs) in [
         ("--secs", args.secs),
@@ -400,11 +415,14 @@ enum PhaseName {
     AcksAll,
     /// Read back everything in the topic.
     Consume,
+    /// Transactional producers (acks=all), committing every --txn-records records or --txn-ms
+    /// ms; run after consume, whose count of the topic's records cannot include markers.
+    Txn,
     /// acks=all held to a rate (--rate, else --fraction of the acks-all phase) + a consumer.
     Mixed,
 }
 
-/// Warm-up, then the phases asked for, in this order: acks=1, acks=all, consume, mixed.
+/// Warm-up, then the phases asked for, in this order: acks=1, acks=all, consume, txn, mixed.
 fn main_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
     let wants = |p: PhaseName| args.phases.contains(&p);
     if args.warmup_secs > 0.0 {
@@ -441,6 +459,22 @@ fn main_phases(args: &Args, w: &Workload) -> Result<Vec<Phase>, String> {
     wait_settled()?;
     if wants(PhaseName::Consume) {
         let p = consume_all(w, "consume")?;
+        println!("  => {}", p.summary());
+        phases.push(p);
+    }
+    if wants(PhaseName::Txn) {
+        wait_settled()?;
+        let txn = TxnSettings {
+            producers: args.txn_producers,
+            records_per_txn: args.txn_records,
+            txn_ms: args.txn_ms,
+            id_prefix: format!("keel-bench-txn-{}", unix_secs()),
+        };
+        println!(
+            "  transactional: {} producers, a commit every {} records or {} ms",
+            txn.producers, txn.records_per_txn, txn.txn_ms
+        );
+        let p = produce_transactional(w, "produce txn", args.secs, &txn)?;
         println!("  => {}", p.summary());
         phases.push(p);
     }
@@ -1064,6 +1098,9 @@ fn run(args: &Args) -> Result<(), String> {
                     ("linger_ms", Json::Int(i64::from(args.linger_ms))),
                     ("batch_bytes", Json::Int(i64::from(args.batch_bytes))),
                     ("acks_all_idempotent", Json::Bool(!args.no_idempotence)),
+                    ("txn_producers", Json::Int(i64::from(args.txn_producers))),
+                    ("txn_records", Json::Int(i64::from(args.txn_records))),
+                    ("txn_ms", Json::Int(i64::from(args.txn_ms))),
                     (
                         "phases",
                         Json::Arr(
@@ -1145,5 +1182,13 @@ mod tests {
         assert!(check_args(&args).is_err());
         let args = Args::parse_from(["keel-bench", "--phases", "acks1,mixed", "--rate", "100"]);
         assert_eq!(args.phases, vec![PhaseName::Acks1, PhaseName::Mixed]);
+        let args = Args::parse_from(["keel-bench", "--phases", "acks-all,txn"]);
+        assert_eq!(args.phases, vec![PhaseName::AcksAll, PhaseName::Txn]);
+        assert_eq!(
+            (args.txn_producers, args.txn_records, args.txn_ms),
+            (8, 100, 100)
+        );
+        let args = Args::parse_from(["keel-bench", "--txn-records", "0"]);
+        assert!(check_args(&args).is_err());
     }
 }

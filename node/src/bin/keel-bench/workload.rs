@@ -784,3 +784,252 @@ pub fn produce_consume(
         client_cpu_secs: client_cpu,
     })
 }
+
+/// How the transactional phase runs: `producers` transactional producers at once, each
+/// committing after `records_per_txn` records or `txn_ms` milliseconds, whichever comes first.
+pub struct TxnSettings {
+    pub producers: u32,
+    pub records_per_txn: u32,
+    pub txn_ms: u32,
+    /// Prefix of the transactional ids (`PREFIX-0`, `PREFIX-1`, ...), new for each run.
+    pub id_prefix: String,
+}
+
+/// What one transactional producer did in the timed part.
+struct TxnOutcome {
+    committed_records: u64,
+    commits: u64,
+    failed_records: u64,
+    commit_us: Histogram,
+}
+
+impl TxnOutcome {
+    fn new() -> TxnOutcome {
+        TxnOutcome {
+            committed_records: 0,
+            commits: 0,
+            failed_records: 0,
+            commit_us: Histogram::new(),
+        }
+    }
+}
+
+/// How long a transactional producer may take to initialise, commit or abort.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One transactional producer (`transactional.id` `id`, acks=all, idempotent), initialised,
+/// with a first transaction that writes one record to every partition committed, so that the
+/// timed part starts with its producer id, its connections and its coordinator known.
+fn ready_txn_producer(
+    w: &Workload,
+    id: &str,
+    deliveries: &Arc<Deliveries>,
+) -> Result<ThreadedProducer<ProduceContext>, String> {
+    let producer: ThreadedProducer<ProduceContext> = producer_config(w, -1, true)
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", "60000")
+        .create_with_context(ProduceContext(deliveries.clone()))
+        .map_err(|e| format!("transactional producer {id}: {e}"))?;
+    producer
+        .init_transactions(TXN_CALL_TIMEOUT)
+        .map_err(|e| format!("{id}: init_transactions: {e}"))?;
+    producer
+        .begin_transaction()
+        .map_err(|e| format!("{id}: begin_transaction: {e}"))?;
+    let mut value = incompressible(w.record_bytes, 0x7478_6e30);
+    for p in 0..w.partitions {
+        stamp(&mut value);
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to(&w.topic)
+                    .partition(p)
+                    .payload(&value[..]),
+            )
+            .map_err(|(e, _)| format!("{id}: first record to partition {p}: {e}"))?;
+    }
+    producer
+        .commit_transaction(TXN_CALL_TIMEOUT)
+        .map_err(|e| format!("{id}: first commit: {e}"))?;
+    Ok(producer)
+}
+
+/// Transactions until `end`: begin, send until the transaction has its records or its time,
+/// commit (aborting instead if the commit fails with an abortable error).
+fn run_transactions(
+    producer: &ThreadedProducer<ProduceContext>,
+    w: &Workload,
+    txn: &TxnSettings,
+    end: Instant,
+    committed: &AtomicU64,
+) -> Result<TxnOutcome, String> {
+    let mut out = TxnOutcome::new();
+    let mut value = incompressible(w.record_bytes, 0x7478_6e31);
+    let txn_time = Duration::from_millis(u64::from(txn.txn_ms));
+    while Instant::now() < end {
+        producer
+            .begin_transaction()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+        let began = Instant::now();
+        let mut records = 0u64;
+        while records < u64::from(txn.records_per_txn) && began.elapsed() < txn_time {
+            stamp(&mut value);
+            match producer.send(BaseRecord::<(), [u8]>::to(&w.topic).payload(&value[..])) {
+                Ok(()) => records += 1,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => return Err(format!("send: {e}")),
+            }
+        }
+        let commit_start = Instant::now();
+        match producer.commit_transaction(TXN_CALL_TIMEOUT) {
+            Ok(()) => {
+                out.commit_us
+                    .record(commit_start.elapsed().as_micros() as u64);
+                out.commits += 1;
+                out.committed_records += records;
+                committed.fetch_add(records, Ordering::Relaxed);
+            }
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                out.failed_records += records;
+                producer
+                    .abort_transaction(TXN_CALL_TIMEOUT)
+                    .map_err(|e| format!("abort_transaction after a failed commit: {e}"))?;
+            }
+            Err(e) => return Err(format!("commit_transaction: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// `txn.producers` transactional producers at once for `secs`, each committing every
+/// `txn.records_per_txn` records or `txn.txn_ms` ms. Only records of committed transactions
+/// count; the ack latency is send() to delivery report as elsewhere, and the commit latency
+/// (commit_transaction's duration: the flush of the transaction's records, then EndTxn) is
+/// printed.
+pub fn produce_transactional(
+    w: &Workload,
+    name: &str,
+    secs: f64,
+    txn: &TxnSettings,
+) -> Result<Phase, String> {
+    let deliveries = Arc::new(Deliveries::default());
+    let ready_start = Instant::now();
+    let producers = (0..txn.producers)
+        .map(|i| {
+            let id = format!("{}-{i}", txn.id_prefix);
+            let deliveries = deliveries.clone();
+            let w = Workload {
+                bootstrap: w.bootstrap.clone(),
+                topic: w.topic.clone(),
+                broker_pids: Vec::new(),
+                client: w.client.clone(),
+                ..*w
+            };
+            thread::spawn(move || ready_txn_producer(&w, &id, &deliveries))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| "a producer thread panicked".to_string())?
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    println!(
+        "  {name}: {} transactional producers ready in {:.2} s (one committed transaction \
+         each, a record to every partition)",
+        producers.len(),
+        ready_start.elapsed().as_secs_f64()
+    );
+    deliveries.acked.store(0, Ordering::Relaxed);
+    deliveries.acked_bytes.store(0, Ordering::Relaxed);
+    *deliveries
+        .latency_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Histogram::new();
+
+    let committed = Arc::new(AtomicU64::new(0));
+    let cpu = Cpu::now(&w.broker_pids);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let workers = producers
+        .into_iter()
+        .map(|producer| {
+            let committed = committed.clone();
+            let w = Workload {
+                bootstrap: w.bootstrap.clone(),
+                topic: w.topic.clone(),
+                broker_pids: Vec::new(),
+                client: w.client.clone(),
+                ..*w
+            };
+            let settings = TxnSettings {
+                id_prefix: String::new(),
+                ..*txn
+            };
+            thread::spawn(move || run_transactions(&producer, &w, &settings, end, &committed))
+        })
+        .collect::<Vec<_>>();
+    let mut progress = Progress::new(name, false, &w.broker_pids);
+    while Instant::now() < end && !workers.iter().all(|h| h.is_finished()) {
+        let c = committed.load(Ordering::Relaxed);
+        // An error here (every broker exited) leaves the producers to fail on their own.
+        progress.tick(c, c * w.record_bytes as u64, String::new)?;
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut total = TxnOutcome::new();
+    let mut first_error = None;
+    for h in workers {
+        match h.join() {
+            Ok(Ok(o)) => {
+                total.committed_records += o.committed_records;
+                total.commits += o.commits;
+                total.failed_records += o.failed_records;
+                total.commit_us.merge(&o.commit_us);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert("a producer thread panicked".into());
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (broker_cpu, client_cpu) = Cpu::now(&w.broker_pids).since(cpu);
+    if let Some(e) = first_error {
+        return Err(format!("{name}: {e}"));
+    }
+    failure_note(&deliveries);
+    if let Some(l) = Latency::from_micros(&total.commit_us) {
+        println!(
+            "  {name}: {} commits of {:.1} records on average; commit_transaction {}",
+            thousands(total.commits),
+            total.committed_records as f64 / total.commits.max(1) as f64,
+            l.summary()
+        );
+    }
+    let latency = deliveries
+        .latency_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Phase {
+        name: name.to_string(),
+        kind: PhaseKind::Transactional {
+            producers: txn.producers,
+            records_per_txn: txn.records_per_txn,
+            txn_ms: txn.txn_ms,
+        },
+        records: total.committed_records,
+        bytes: total.committed_records * w.record_bytes as u64,
+        secs: elapsed,
+        target_records_per_s: None,
+        ack_latency: Latency::from_micros(&latency),
+        e2e_latency: None,
+        // A failed delivery fails its transaction's commit, so these include them.
+        errors: total.failed_records,
+        broker_cpu_secs: broker_cpu,
+        client_cpu_secs: client_cpu,
+    })
+}

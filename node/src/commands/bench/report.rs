@@ -74,6 +74,13 @@ pub enum PhaseKind {
     Consume,
     /// A rate-limited acks=all producer and a consumer at the tail, at once.
     ProduceConsume,
+    /// Transactional producers (acks=all), each committing after this many records or this
+    /// many milliseconds, whichever comes first; only committed records count.
+    Transactional {
+        producers: u32,
+        records_per_txn: u32,
+        txn_ms: u32,
+    },
 }
 
 /// One measured phase.
@@ -128,16 +135,30 @@ impl Phase {
             PhaseKind::Produce { .. } => "produce",
             PhaseKind::Consume => "consume",
             PhaseKind::ProduceConsume => "produce+consume",
+            PhaseKind::Transactional { .. } => "transactional",
         };
         let acks = match self.kind {
             PhaseKind::Produce { acks } => Json::Int(i64::from(acks)),
-            PhaseKind::ProduceConsume => Json::Int(-1),
+            PhaseKind::ProduceConsume | PhaseKind::Transactional { .. } => Json::Int(-1),
             PhaseKind::Consume => Json::Null,
+        };
+        let transactions = match self.kind {
+            PhaseKind::Transactional {
+                producers,
+                records_per_txn,
+                txn_ms,
+            } => Json::obj([
+                ("producers", Json::Int(i64::from(producers))),
+                ("records_per_txn", Json::Int(i64::from(records_per_txn))),
+                ("txn_ms", Json::Int(i64::from(txn_ms))),
+            ]),
+            _ => Json::Null,
         };
         Json::obj([
             ("name", Json::str(&self.name)),
             ("kind", Json::str(kind)),
             ("acks", acks),
+            ("transactions", transactions),
             ("records", Json::Int(self.records as i64)),
             ("bytes", Json::Int(self.bytes as i64)),
             ("secs", Json::num(self.secs, 3)),
@@ -396,6 +417,9 @@ pub const TARGET_ACKS_ALL_OVER_DISK_SHARE: f64 = 0.9;
 pub const TARGET_ACKS_ALL_P99_MS: f64 = 5.0;
 pub const TARGET_CONSUME_OVER_PRODUCE: f64 = 1.0;
 pub const TARGET_KEEL_OVER_TANSU_ACKS1: f64 = 1.5;
+/// Issue 15: transactional produce at no less than this fraction of the idempotent
+/// producer's records/s, side by side in one run.
+pub const TARGET_TXN_OVER_IDEMPOTENT: f64 = 0.8;
 
 /// The disk's bandwidth share of one replica when `copies` replicas of every byte go to the
 /// same disk (every broker of a local cluster writes to it).
@@ -438,6 +462,7 @@ pub fn checks(
     let acks_all = find(&|p| p.kind == PhaseKind::Produce { acks: -1 });
     let consume = find(&|p| p.kind == PhaseKind::Consume);
     let mixed = find(&|p| p.kind == PhaseKind::ProduceConsume);
+    let txn = find(&|p| matches!(p.kind, PhaseKind::Transactional { .. }));
     let share = disk_share_mb_per_s(limits, copies);
     let setting_note = if copies == 3 {
         String::new()
@@ -482,6 +507,20 @@ pub fn checks(
         bound: Bound::AtLeast(TARGET_KEEL_OVER_TANSU_ACKS1),
         note: peer_skipped.unwrap_or_default().to_string(),
     });
+    if let Some(t) = txn {
+        checks.push(Check {
+            name: "transactional rec/s / idempotent acks=all rec/s (issue 15)".into(),
+            value: acks_all
+                .filter(|p| p.records_per_s() > 0.0)
+                .map(|p| t.records_per_s() / p.records_per_s()),
+            bound: Bound::AtLeast(TARGET_TXN_OVER_IDEMPOTENT),
+            note: if acks_all.is_none() {
+                "needs the acks-all phase in the same run".into()
+            } else {
+                String::new()
+            },
+        });
+    }
     checks
 }
 
@@ -551,6 +590,7 @@ mod tests {
         assert_eq!(c[2].value, Some(2.0));
         assert_eq!(c[3].met(), None);
         assert_eq!(c[3].note, "tansu not on PATH");
+        assert_eq!(c.len(), 4, "no transactional phase, no issue 15 check");
     }
 
     #[test]
@@ -568,6 +608,47 @@ mod tests {
         assert_eq!(c[1].value, Some(6.0));
         assert_eq!(c[1].met(), Some(false));
         assert!(c[0].note.contains("RF=3"), "{}", c[0].note);
+    }
+
+    #[test]
+    fn transactional_throughput_is_a_ratio_to_the_idempotent_phase() {
+        let txn_kind = PhaseKind::Transactional {
+            producers: 8,
+            records_per_txn: 100,
+            txn_ms: 100,
+        };
+        let idempotent = phase(
+            "produce acks=all",
+            PhaseKind::Produce { acks: -1 },
+            100,
+            1.0,
+        );
+        let txn = phase("transactional", txn_kind, 70, 1.0);
+        let c = checks(
+            &limits(900, 5000),
+            3,
+            &[idempotent, txn.clone()],
+            None,
+            None,
+        );
+        // No transactional phase, no check; with one, it is the last.
+        assert_eq!(c.len(), 5);
+        assert!(c[4].name.contains("issue 15"), "{}", c[4].name);
+        assert_eq!(c[4].value, Some(0.7));
+        assert_eq!(c[4].met(), Some(false));
+        // Without the idempotent phase the ratio cannot be measured, and says so.
+        let c = checks(
+            &limits(900, 5000),
+            3,
+            std::slice::from_ref(&txn),
+            None,
+            None,
+        );
+        assert_eq!(c[4].met(), None);
+        assert!(c[4].note.contains("acks-all"), "{}", c[4].note);
+        let json = txn.to_json().render();
+        assert!(json.contains("\"records_per_txn\": 100"), "{json}");
+        assert!(json.contains("\"kind\": \"transactional\""), "{json}");
     }
 
     #[test]
