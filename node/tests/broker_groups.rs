@@ -16,6 +16,9 @@ use keel_node::broker::{group_partition_for, Broker, Settings, OFFSETS_TOPIC};
 use keel_node::metrics::Metrics;
 use keel_node::wire::{Handler, RequestContext};
 
+#[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
+mod common;
+
 const GROUP: &str = "g";
 const OFFSETS_PARTITIONS: i32 = 3;
 
@@ -431,40 +434,5 @@ async fn metrics_report_a_groups_committed_offset_and_lag() {
     ] {
         assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
     }
-    promtool_check(&rendered);
-}
-
-/// `promtool check metrics` (Prometheus' own linter of the exposition format and its naming
-/// conventions) passes on `rendered`: no errors and no warnings. promtool comes from
-/// `.ci/clients.sh`; skipped only with KEEL_SKIP_INTEROP=1, as the client tests are.
-fn promtool_check(rendered: &str) {
-    use std::io::Write as _;
-    if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
-        eprintln!("promtool check SKIPPED (KEEL_SKIP_INTEROP=1)");
-        return;
-    }
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("promtool: {e} (run `bash .ci/clients.sh`)"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(rendered.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool ran");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}\n{said}",
-        out.status
-    );
+    common::promtool_check(&rendered, "a broker's rendered metrics");
 }

@@ -736,9 +736,43 @@ mod dashboard {
             "{} is {bytes} bytes (want 1..{PNG_BYTES_MAX})",
             png.display()
         );
+        // Every broker's live /metrics, after this load, passes Prometheus' own linter.
+        for i in 0..3 {
+            let port = cluster.port + 200 + i;
+            let body = http_get_metrics(port);
+            common::promtool_check(&body, &format!("broker {}'s /metrics", i + 1));
+            assert!(
+                body.contains("keel_"),
+                "broker {} serves no keel metric",
+                i + 1
+            );
+        }
         common::say(&format!(
             "dashboard: {written} records written, {read} read by the keeping-up group; picture {} ({bytes} bytes)",
             png.display()
         ));
+    }
+
+    /// The body of `GET /metrics` on 127.0.0.1:`port` (the server closes the connection after it, as asked).
+    fn http_get_metrics(port: u16) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to /metrics on port {port}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("send the request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read the answer");
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP header end in {answer:?}"));
+        assert!(
+            head.starts_with("HTTP/1.") && head.contains(" 200 "),
+            "{head}"
+        );
+        body.to_string()
     }
 }

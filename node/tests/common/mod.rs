@@ -488,3 +488,40 @@ pub fn requested_versions(log: &Path, api: &str) -> Vec<i16> {
     versions.dedup();
     versions
 }
+
+/// `promtool check metrics` (Prometheus' own linter of the exposition format and its naming
+/// conventions) passes on `text`, a /metrics body: no errors and no warnings. promtool comes
+/// from `.ci/clients.sh`; skipped only with KEEL_SKIP_INTEROP=1, as the client tests are.
+pub fn promtool_check(text: &str, what: &str) {
+    if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
+        say(&format!(
+            "promtool check of {what} SKIPPED (KEEL_SKIP_INTEROP=1)"
+        ));
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool: {e} (run `bash .ci/clients.sh`)"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on {what}: {}\n{said}",
+        out.status
+    );
+}
