@@ -492,6 +492,7 @@ pub fn requested_versions(log: &Path, api: &str) -> Vec<i16> {
 /// `promtool check metrics` (Prometheus' own linter of the exposition format and its naming
 /// conventions) passes on `text`, a /metrics body: no errors and no warnings. promtool comes
 /// from `.ci/clients.sh`; skipped only with KEEL_SKIP_INTEROP=1, as the client tests are.
+#[allow(dead_code)] // used by broker_groups.rs and client_matrix.rs, not by interop.rs or cluster.rs
 pub fn promtool_check(text: &str, what: &str) {
     if std::env::var("KEEL_SKIP_INTEROP").as_deref() == Ok("1") {
         say(&format!(
