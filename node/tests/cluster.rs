@@ -24,13 +24,12 @@ mod common;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{
     clients, keel_bin, kill_and_reap, say, signal_and_wait, tail, BrokerLogs, Node, Script,
@@ -54,28 +53,8 @@ const TAIL_LINES: usize = 40;
 const DEV_LINES_MAX: usize = 20_000;
 /// `keel dev`'s peer ports are its client ports plus this, its metrics ports plus twice this.
 const DEV_PORT_STRIDE: u16 = 100;
-
-/// A port P such that P..P+3, P+100..P+103 and P+200..P+203 are free on 127.0.0.1: `keel
-/// dev`'s client, peer and metrics ports for three brokers, and a fourth. Below the ephemeral range
-/// (32768..), where the ports `free_port()` hands out elsewhere come from.
-fn free_port_range() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    let mut candidate = 20_000 + (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u16 % 9_000;
-    for _ in 0..200 {
-        // Four brokers' worth: a test may add a fourth broker.
-        let ports = (0..4).flat_map(|i| (0..3).map(move |k| candidate + k * DEV_PORT_STRIDE + i));
-        let held: Result<Vec<TcpListener>, _> =
-            ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.is_ok() {
-            return candidate;
-        }
-        candidate = 20_000 + (candidate - 20_000 + 37) % 9_000;
-    }
-    panic!("no free range of 4 x 3 ports in 20000..29300 after 200 tries");
-}
+/// Brokers whose ports a test's `keel dev` reserves: three, and a fourth a test may add.
+const DEV_BROKERS_MAX: u16 = 4;
 
 /// SIGKILLs `pid` if it still runs `keel start` with `marker` on its command line (so a
 /// reused pid is never hit).
@@ -339,7 +318,7 @@ impl Cluster {
     /// The same; with `spare`, every broker also knows a broker 4 as a learner of the
     /// metadata quorum, which [`Cluster::add_spare`] starts later.
     fn start_with_spare(dir: &Path, overrides: &[&str], spare: bool) -> Cluster {
-        let port = free_port_range();
+        let port = common::dev::free_port_range(DEV_BROKERS_MAX);
         let voters: Vec<String> = (0..3u16)
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, port + DEV_PORT_STRIDE + i))
             .collect();
@@ -514,7 +493,7 @@ fn keel_dev_three_brokers() {
     for kill in 1..=3u32 {
         let round = Instant::now();
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port_range();
+        let port = common::dev::free_port_range(DEV_BROKERS_MAX);
         let mut dev = Dev::start(port, &dir.path().join("data"), &FAST_FAILOVER);
         dev.wait_ready();
         say(&format!(
@@ -670,7 +649,7 @@ fn transactions_on_three_brokers() {
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port_range();
+    let port = common::dev::free_port_range(DEV_BROKERS_MAX);
     let mut dev = Dev::start(port, &dir.path().join("data"), &FAST_FAILOVER);
     dev.wait_ready();
     let args = vec![dev.bootstrap()];
@@ -1042,7 +1021,7 @@ fn exactly_once_consume_transform_produce_on_three_brokers() {
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port_range();
+    let port = common::dev::free_port_range(DEV_BROKERS_MAX);
     let mut dev = Dev::start(port, &dir.path().join("data"), &FAST_FAILOVER);
     dev.wait_ready();
     let args = vec![dev.bootstrap()];
