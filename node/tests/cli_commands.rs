@@ -23,7 +23,7 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::dev::{finish, free_port_range, spawn_dev, Run};
+use common::dev::{dev_args, finish, free_port_range, spawn_dev, Run};
 use common::keel_bin;
 
 /// The shared cluster: its bootstrap servers.
@@ -38,14 +38,7 @@ fn cluster() -> &'static Cluster {
         let port = free_port_range(3);
         let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-commands-dev");
         let _ = std::fs::remove_dir_all(&data_dir);
-        let args = vec![
-            "--brokers".into(),
-            "3".into(),
-            "--port".into(),
-            port.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
+        let args = dev_args(3, port, &data_dir);
         let bootstrap = spawn_dev(
             args,
             Stdio::null(),

@@ -36,7 +36,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::dev::{free_port_range, spawn_dev};
+use common::dev::{dev_args, free_port_range, spawn_dev};
 use common::{clients, repo_root, tail, BrokerLogs, Script};
 
 /// The longest one client's scenario may run.
@@ -77,14 +77,7 @@ fn cluster() -> &'static Cluster {
         let log = tmp.join("client-matrix-dev.log");
         let _ = std::fs::remove_dir_all(&data_dir);
         let stderr = std::fs::File::create(&log).expect("keel dev log file");
-        let args = vec![
-            "--brokers".into(),
-            "3".into(),
-            "--port".into(),
-            port.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
+        let args = dev_args(3, port, &data_dir);
         let shown = log.clone();
         let bootstrap = spawn_dev(
             args,

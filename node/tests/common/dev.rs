@@ -47,6 +47,19 @@ pub fn free_port_range(brokers: u16) -> u16 {
     panic!("no free range of {brokers} x 3 ports in 20000..29300 after 200 tries");
 }
 
+/// `keel dev`'s arguments for `brokers` brokers on `port`.. with their data under
+/// `data_dir`.
+pub fn dev_args(brokers: u16, port: u16, data_dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "--brokers".into(),
+        brokers.to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
+}
+
 /// Spawns `keel dev ARGS` for the life of the test process, its stderr going to `stderr`, and
 /// returns its bootstrap servers once stdout printed a line starting with `ready` and then the
 /// bootstrap line. Panics after [`READY_TIMEOUT`], showing what it printed and `logs()`.
