@@ -839,6 +839,89 @@ fn describe_quorum(port: u16) -> kafka_protocol::messages::DescribeQuorumRespons
     response
 }
 
+/// A script's `FINAL topic=NAME p0=1,2,3 p1=...` line: the topic and each partition's replicas
+/// as the metadata had them at the end.
+struct FinalAssignment {
+    topic: String,
+    partitions: Vec<(u32, Vec<u32>)>,
+}
+
+fn final_assignment(out: &str) -> FinalAssignment {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FINAL "))
+        .unwrap_or_else(|| panic!("no FINAL line in the script's output:\n{out}"));
+    let mut words = line.split_whitespace();
+    let topic = words
+        .next()
+        .and_then(|w| w.strip_prefix("topic="))
+        .unwrap_or_else(|| panic!("no topic= in {line:?}"))
+        .to_string();
+    let partitions = words
+        .map(|word| {
+            let (p, replicas) = word
+                .strip_prefix('p')
+                .and_then(|w| w.split_once('='))
+                .unwrap_or_else(|| panic!("bad word {word:?} in {line:?}"));
+            let p = p
+                .parse()
+                .unwrap_or_else(|_| panic!("bad partition in {word:?}"));
+            let replicas = replicas
+                .split(',')
+                .map(|r| {
+                    r.parse()
+                        .unwrap_or_else(|_| panic!("bad replica in {word:?}"))
+                })
+                .collect();
+            (p, replicas)
+        })
+        .collect();
+    FinalAssignment { topic, partitions }
+}
+
+/// Waits (15 s at most) until each of brokers 1..=`brokers` holds a directory for exactly the
+/// partitions `assignment` gives it: a removed replica's directory is deleted once its broker
+/// has applied the change, which may come a little after the script's end.
+fn wait_for_partition_directories(
+    data: &Path,
+    assignment: &FinalAssignment,
+    brokers: u32,
+    cluster: &Cluster,
+) {
+    let mut expected = Vec::new();
+    for (p, replicas) in &assignment.partitions {
+        for broker in 1..=brokers {
+            let path = data
+                .join(format!("broker-{broker}"))
+                .join(format!("{}-{p}", assignment.topic));
+            expected.push((broker, path, replicas.contains(&broker)));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(_, path, assigned)| path.is_dir() != *assigned)
+            .map(|(broker, path, assigned)| {
+                format!(
+                    "broker {broker}: {} {}",
+                    path.display(),
+                    if *assigned { "missing" } else { "still there" }
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition directories: {wrong:?}\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Partition reassignment (KIP-455, issue 17) through kafka-python's KafkaAdminClient on
 /// three brokers while an idempotent acks=all confluent-kafka producer writes throughout: bad
 /// input refused with Kafka's codes; a partition moved off its leader, one grown, one whose
@@ -860,56 +943,10 @@ fn reassignment_under_an_idempotent_producer() {
     let args = vec![cluster.bootstrap(), "500".into()];
     let script = Script::spawn(&clients, "cluster_reassign.py", &args, dir.path());
     let out = script.expect_success(Duration::from_secs(300), &cluster);
-    let final_line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("FINAL "))
-        .unwrap_or_else(|| panic!("no FINAL line in the script's output:\n{out}"));
-    let mut words = final_line.split_whitespace();
-    let topic = words
-        .next()
-        .and_then(|w| w.strip_prefix("topic="))
-        .unwrap_or_else(|| panic!("no topic= in {final_line:?}"));
-    // (broker, partition directory, assigned?) for every broker and partition.
-    let mut expected = Vec::new();
-    for word in words {
-        let (p, replicas) = word
-            .strip_prefix('p')
-            .and_then(|w| w.split_once('='))
-            .unwrap_or_else(|| panic!("bad word {word:?} in {final_line:?}"));
-        let replicas: Vec<u32> = replicas.split(',').map(|r| r.parse().unwrap()).collect();
-        for broker in 1..=3u32 {
-            let path = dir
-                .path()
-                .join(format!("broker-{broker}"))
-                .join(format!("{topic}-{p}"));
-            expected.push((broker, path, replicas.contains(&broker)));
-        }
-    }
-    assert_eq!(expected.len(), 9, "three partitions on three brokers");
+    let assignment = final_assignment(&out);
+    assert_eq!(assignment.partitions.len(), 3, "three partitions: {out}");
     // The last removal may still be applying on the removed broker.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let wrong: Vec<String> = expected
-            .iter()
-            .filter(|(_, path, assigned)| path.is_dir() != *assigned)
-            .map(|(broker, path, assigned)| {
-                format!(
-                    "broker {broker}: {} {}",
-                    path.display(),
-                    if *assigned { "missing" } else { "still there" }
-                )
-            })
-            .collect();
-        if wrong.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partition directories: {wrong:?}\n{}",
-            cluster.logs()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_partition_directories(dir.path(), &assignment, 3, &cluster);
     cluster.stop();
     say(&format!(
         "cluster test reassignment_under_an_idempotent_producer: {} (took {:.1?})",
@@ -943,58 +980,15 @@ fn brokers_join_and_leave_under_producers() {
     cluster.add_spare();
     script.send_line("ADDED");
     let out = script.expect_success(Duration::from_secs(600), &cluster);
-    let final_line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("FINAL "))
-        .unwrap_or_else(|| panic!("no FINAL line in the script's output:\n{out}"));
-    let mut words = final_line.split_whitespace();
-    let topic = words
-        .next()
-        .and_then(|w| w.strip_prefix("topic="))
-        .unwrap_or_else(|| panic!("no topic= in {final_line:?}"));
-    let mut expected = Vec::new();
-    for word in words {
-        let (p, replicas) = word
-            .strip_prefix('p')
-            .and_then(|w| w.split_once('='))
-            .unwrap_or_else(|| panic!("bad word {word:?} in {final_line:?}"));
-        let replicas: Vec<u32> = replicas.split(',').map(|r| r.parse().unwrap()).collect();
+    let assignment = final_assignment(&out);
+    assert_eq!(assignment.partitions.len(), 4, "four partitions: {out}");
+    for (p, replicas) in &assignment.partitions {
         assert!(
             !replicas.contains(&3),
-            "broker 3 still assigned: {final_line}"
+            "broker 3 still assigned partition {p}: {out}"
         );
-        for broker in 1..=4u32 {
-            let path = dir
-                .path()
-                .join(format!("broker-{broker}"))
-                .join(format!("{topic}-{p}"));
-            expected.push((broker, path, replicas.contains(&broker)));
-        }
     }
-    assert_eq!(expected.len(), 16, "four partitions on four brokers");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let wrong: Vec<String> = expected
-            .iter()
-            .filter(|(_, path, assigned)| path.is_dir() != *assigned)
-            .map(|(broker, path, assigned)| {
-                format!(
-                    "broker {broker}: {} {}",
-                    path.display(),
-                    if *assigned { "missing" } else { "still there" }
-                )
-            })
-            .collect();
-        if wrong.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partition directories: {wrong:?}\n{}",
-            cluster.logs()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_partition_directories(dir.path(), &assignment, 4, &cluster);
     cluster.stop();
     say(&format!(
         "cluster test brokers_join_and_leave_under_producers: {} (took {:.1?})",
