@@ -10,27 +10,12 @@
 #[allow(dead_code)] // shared with interop.rs and cluster.rs, which use the rest
 mod common;
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{clients, say, tail, BrokerLogs, Node, Script};
+use common::single::{free_port, start_broker, Logs};
+use common::{clients, say, BrokerLogs, Node, Script};
 
 const MODULES: &str = "confluent_kafka, kafka";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-struct Logs<'a>(&'a Node);
-
-impl BrokerLogs for Logs<'_> {
-    fn logs(&self) -> String {
-        format!("broker stderr (tail):\n{}", tail(&self.0.log, 80))
-    }
-}
 
 #[test]
 fn acls_with_real_clients() {
@@ -40,36 +25,17 @@ fn acls_with_real_clients() {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let config = format!(
+    let mut node = start_broker(
+        dir.path(),
+        port,
+        &format!("SASL_PLAINTEXT://127.0.0.1:{port}"),
         r#"
-node.id = 1
-log.dirs = "{data}"
-listeners = "SASL_PLAINTEXT://127.0.0.1:{port}"
-"keel.metrics.listener" = ""
 sasl.enabled.mechanisms = "SCRAM-SHA-256"
 "keel.sasl.users" = "admin=admin-secret,alice=alice-secret,bob=bob-secret"
 authorizer.class.name = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 super.users = "User:admin"
-offsets.topic.num.partitions = 1
 "#,
-        data = dir.path().join("data").display(),
     );
-    let config_path = dir.path().join("keel.toml");
-    std::fs::write(&config_path, config).expect("write config");
-    let mut node = Node::new(
-        1,
-        vec![
-            "start".into(),
-            "--config".into(),
-            config_path.display().to_string(),
-        ],
-        format!("keel broker 1 ready on 127.0.0.1:{port}"),
-        dir.path().join("broker.log"),
-    );
-    node.spawn();
-    if let Err(e) = node.wait_ready(Instant::now() + Duration::from_secs(30)) {
-        panic!("{e}\n{}", Logs(&node).logs());
-    }
     Script::spawn(&clients, "acl_clients.py", &[port.to_string()], dir.path())
         .expect_success(Duration::from_secs(240), &Logs(&node));
     // The audit trail: who, from where, on which listener, what, on which resource, and the

@@ -12,31 +12,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use common::{clients, tail, BrokerLogs, Node, Script};
+use common::single::{free_port, start_broker, Logs};
+use common::{clients, Script};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Bytes per second the throttled client may produce.
 const QUOTA: u64 = 100_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-struct Logs<'a>(&'a Node);
-
-impl BrokerLogs for Logs<'_> {
-    fn logs(&self) -> String {
-        format!("broker stderr (tail):\n{}", tail(&self.0.log, 80))
-    }
-}
 
 /// AlterClientQuotas v1 over a plain socket: `producer_byte_rate` of client id `client`.
 fn set_produce_quota(port: u16, client: &str, bytes_per_s: u64) {
@@ -87,32 +73,12 @@ fn a_real_producer_over_its_quota_is_throttled() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let config = format!(
-        r#"
-node.id = 1
-log.dirs = "{data}"
-listeners = "PLAINTEXT://127.0.0.1:{port}"
-"keel.metrics.listener" = ""
-offsets.topic.num.partitions = 1
-"#,
-        data = dir.path().join("data").display(),
+    let node = start_broker(
+        dir.path(),
+        port,
+        &format!("PLAINTEXT://127.0.0.1:{port}"),
+        "",
     );
-    let config_path = dir.path().join("keel.toml");
-    std::fs::write(&config_path, config).expect("write config");
-    let mut node = Node::new(
-        1,
-        vec![
-            "start".into(),
-            "--config".into(),
-            config_path.display().to_string(),
-        ],
-        format!("keel broker 1 ready on 127.0.0.1:{port}"),
-        dir.path().join("broker.log"),
-    );
-    node.spawn();
-    if let Err(e) = node.wait_ready(Instant::now() + Duration::from_secs(30)) {
-        panic!("{e}\n{}", Logs(&node).logs());
-    }
     set_produce_quota(port, "throttled", QUOTA);
     let out = Script::spawn(
         &clients,

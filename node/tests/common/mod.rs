@@ -13,6 +13,8 @@
 
 #[allow(dead_code)] // each test file uses its own part
 pub mod dev;
+#[allow(dead_code)]
+pub mod single;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
