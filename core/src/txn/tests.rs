@@ -232,11 +232,25 @@ impl Harness {
         partitions: &[TopicPartition],
     ) -> Option<ErrorCode> {
         let id = self.request_id();
+        self.add_tv(tid, p, partitions, 0)
+    }
+
+    /// AddPartitionsToTxn as a partition leader sends it for a transaction-version-2 write
+    /// (v5) when `transaction_version` is 2.
+    fn add_tv(
+        &mut self,
+        tid: &str,
+        p: (ProducerId, i16),
+        partitions: &[TopicPartition],
+        transaction_version: i16,
+    ) -> Option<ErrorCode> {
+        let id = self.request_id();
         let req = AddPartitionsRequest {
             transactional_id: tid.to_string(),
             producer_id: p.0,
             producer_epoch: p.1,
             partitions: partitions.to_vec(),
+            transaction_version,
         };
         let reply = self.c.handle_add_partitions(self.now, id, &req);
         self.answer(id, reply, |r| match r {
@@ -275,6 +289,39 @@ impl Harness {
         })
     }
 
+    /// EndTxn v5 (transaction version 2); `None` while its answer waits.
+    fn end_v2(
+        &mut self,
+        tid: &str,
+        p: (ProducerId, i16),
+        result: TxnResult,
+    ) -> Option<EndTxnResponse> {
+        let id = self.request_id();
+        let req = EndTxnRequest {
+            transactional_id: tid.to_string(),
+            producer_id: p.0,
+            producer_epoch: p.1,
+            result,
+        };
+        let now = self.now;
+        let mut alloc_state = (self.next_pid, self.pids_left);
+        let reply = {
+            let mut alloc = || {
+                if let Some(left) = &mut alloc_state.1 {
+                    *left = left.checked_sub(1)?;
+                }
+                alloc_state.0 += 1;
+                Some(ProducerId(alloc_state.0))
+            };
+            self.c.handle_end_txn_v2(now, id, &req, &mut alloc)
+        };
+        (self.next_pid, self.pids_left) = alloc_state;
+        self.answer(id, reply, |r| match r {
+            Response::EndTxnV2(r) => r,
+            other => panic!("an EndTxn v5 answer, not {other:?}"),
+        })
+    }
+
     fn verify(
         &self,
         tid: &str,
@@ -286,6 +333,7 @@ impl Harness {
             producer_id: p.0,
             producer_epoch: p.1,
             partitions: partitions.to_vec(),
+            transaction_version: 0,
         })
     }
 
@@ -1867,4 +1915,213 @@ proptest! {
             prop_assert!(matches!(state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort), "{:?} left", state);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transaction version 2 (KIP-890 part 2): EndTxn v5 bumps the epoch at every end
+// ---------------------------------------------------------------------------------------------
+
+/// Kafka's `endTransaction` under TV2 (`prepareAbortOrCommit`): the Prepare record, and so
+/// the markers, carry the bumped epoch; the answer names it; the ended epoch is fenced at the
+/// coordinator (the partitions refuse it once the marker is there).
+#[test]
+fn tv2_end_bumps_the_epoch_and_the_markers_carry_it() {
+    let mut h = Harness::new();
+    let (pid, e0) = h.init_ok("t");
+    let parts = [tp("a", 0), tp("b", 1)];
+    assert_eq!(h.add_tv("t", (pid, e0), &parts, 2), Some(code::NONE));
+    assert_eq!(h.durable_of("t").unwrap().client_transaction_version, 2);
+    let r = h.end_v2("t", (pid, e0), TxnResult::Commit).unwrap();
+    assert_eq!(
+        (r.error_code, r.producer_id, r.producer_epoch),
+        (code::NONE, pid, e0 + 1)
+    );
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!(
+        (m.producer_id, m.producer_epoch, m.result),
+        (pid, e0 + 1, TxnResult::Commit)
+    );
+    assert_eq!(m.partitions, parts.to_vec());
+    let v = h.durable_of("t").unwrap();
+    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteCommit, e0 + 1));
+    // The ended transaction's epoch: fenced for adds and the leaders' verification.
+    assert_eq!(
+        h.add_tv("t", (pid, e0), &[tp("c", 0)], 2),
+        Some(code::PRODUCER_FENCED)
+    );
+    assert_eq!(
+        h.verify("t", (pid, e0), &[tp("a", 0)]),
+        Err(code::PRODUCER_FENCED)
+    );
+    // The next transaction runs at the new epoch, and bumps it again.
+    assert_eq!(h.add_tv("t", (pid, e0 + 1), &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", (pid, e0 + 1), TxnResult::Abort).unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (code::NONE, e0 + 2));
+    assert_eq!(h.state("t"), Some(TxnState::CompleteAbort));
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!((m.producer_epoch, m.result), (e0 + 2, TxnResult::Abort));
+}
+
+/// TV2's retries are told apart by the epoch (Kafka's `retryOnEpochBump`): the ended epoch
+/// retries the EndTxn (NONE with the current pair once complete, CONCURRENT_TRANSACTIONS while
+/// its markers are out, INVALID_TXN_STATE for the other result); the current epoch is the next
+/// transaction's; any other epoch is fenced.
+#[test]
+fn tv2_retries_are_told_by_the_epoch() {
+    let mut h = Harness::new();
+    h.auto_markers = false;
+    let (pid, e) = h.init_ok("t");
+    assert_eq!(h.add_tv("t", (pid, e), &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(r.producer_epoch, e + 1);
+    assert_eq!(h.state("t"), Some(TxnState::PrepareCommit));
+    let retry = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(retry.error_code, code::CONCURRENT_TRANSACTIONS);
+    let other = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(other.error_code, code::INVALID_TXN_STATE);
+    // The bumped epoch while the markers are out: not a retry, and not yet a transaction.
+    let early = h.end_v2("t", (pid, e + 1), TxnResult::Commit).unwrap();
+    assert_eq!(early.error_code, code::PRODUCER_FENCED);
+    h.write_markers();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteCommit));
+    let retry = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(
+        (retry.error_code, retry.producer_id, retry.producer_epoch),
+        (code::NONE, pid, e + 1)
+    );
+    let other = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(other.error_code, code::INVALID_TXN_STATE);
+    // The current epoch with nothing added: a commit is no transaction...
+    let none = h.end_v2("t", (pid, e + 1), TxnResult::Commit).unwrap();
+    assert_eq!(none.error_code, code::INVALID_TXN_STATE);
+    // ...and an abort ends an empty one: the epoch bumps, no marker, complete at once.
+    let markers_before = h.markers_emitted.len();
+    let abort = h.end_v2("t", (pid, e + 1), TxnResult::Abort).unwrap();
+    assert_eq!(
+        (abort.error_code, abort.producer_epoch),
+        (code::NONE, e + 2)
+    );
+    assert_eq!(h.markers_emitted.len(), markers_before, "no partition, no marker");
+    let v = h.durable_of("t").unwrap();
+    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteAbort, e + 2));
+    assert!(v.partitions.is_empty());
+    // Older and newer epochs are fenced; another producer id is not this one.
+    let old = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(old.error_code, code::PRODUCER_FENCED);
+    let newer = h.end_v2("t", (pid, e + 5), TxnResult::Abort).unwrap();
+    assert_eq!(newer.error_code, code::PRODUCER_FENCED);
+    let stranger = h.end_v2("t", (ProducerId(pid.0 + 77), e + 2), TxnResult::Abort).unwrap();
+    assert_eq!(stranger.error_code, code::INVALID_PRODUCER_ID_MAPPING);
+    let unknown = h.end_v2("nobody", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(unknown.error_code, code::INVALID_PRODUCER_ID_MAPPING);
+    let bad = h.end_v2("", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(bad.error_code, code::INVALID_REQUEST);
+    // An abort from Empty (right after InitProducerId) bumps too.
+    let (pid2, f) = h.init_ok("u");
+    let r = h.end_v2("u", (pid2, f), TxnResult::Abort).unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (code::NONE, f + 1));
+    assert_eq!(h.state("u"), Some(TxnState::CompleteAbort));
+}
+
+/// TV2 at the exhausted epoch (Kafka's `prepareAbortOrCommit` with a next producer id, and
+/// `prepareComplete`): the markers go out at `i16::MAX`, the answer names a new producer id
+/// at epoch 0, CompleteCommit moves to it remembering the old one, and a retry with the old
+/// id at the exhausted epoch gets the new pair back.
+#[test]
+fn tv2_end_at_the_exhausted_epoch_moves_to_a_new_producer_id() {
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    let old = (ProducerId(500), EPOCH_EXHAUSTED);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(r.error_code, code::NONE);
+    assert_ne!(r.producer_id, ProducerId(500));
+    assert_eq!(r.producer_epoch, 0);
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!((m.producer_id, m.producer_epoch), (ProducerId(500), i16::MAX));
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_id, v.producer_epoch, v.previous_producer_id, v.next_producer_id),
+        (TxnState::CompleteCommit, r.producer_id, 0, ProducerId(500), ProducerId::NONE)
+    );
+    let retry = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(
+        (retry.error_code, retry.producer_id, retry.producer_epoch),
+        (code::NONE, r.producer_id, 0)
+    );
+    // The old producer id is gone; the new one runs transactions.
+    assert_eq!(
+        h.add_tv("t", old, &[tp("a", 0)], 2),
+        Some(code::INVALID_PRODUCER_ID_MAPPING)
+    );
+    let new = (r.producer_id, 0);
+    assert_eq!(h.add_tv("t", new, &[tp("a", 0)], 2), Some(code::NONE));
+    let r2 = h.end_v2("t", new, TxnResult::Commit).unwrap();
+    assert_eq!((r2.error_code, r2.producer_id, r2.producer_epoch), (code::NONE, new.0, 1));
+    // With no producer id at hand, the end at the exhausted epoch is retriable.
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    h.pids_left = Some(0);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(r.error_code, code::COORDINATOR_LOAD_IN_PROGRESS);
+    assert_eq!(h.state("t"), Some(TxnState::Ongoing));
+}
+
+/// A coordinator that moves mid-way resumes a TV2 end as any other: a Prepare* with
+/// partitions sends its markers again at the bumped epoch, one with none (an empty abort)
+/// completes at once, and one at the exhausted epoch completes to the next producer id.
+#[test]
+fn tv2_ends_resume_after_a_reload() {
+    let mut h = Harness::manual();
+    let (pid, e) = h.init("t", None).and(None).unwrap_or_else(|| {
+        h.durable();
+        let v = h.durable_of("t").unwrap();
+        (v.producer_id, v.producer_epoch)
+    });
+    assert_eq!(h.add_tv("t", (pid, e), &[tp("a", 0)], 2), None);
+    h.durable();
+    assert_eq!(h.end_v2("t", (pid, e), TxnResult::Commit), None);
+    h.durable();
+    assert_eq!(h.state("t"), Some(TxnState::PrepareCommit));
+    h.reload();
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!((m.producer_epoch, m.result), (e + 1, TxnResult::Commit));
+    h.write_markers();
+    h.durable();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteCommit));
+    // An empty abort whose Prepare is durable but not yet complete.
+    assert_eq!(h.end_v2("t", (pid, e + 1), TxnResult::Abort), None);
+    h.durable();
+    // Its Complete record is written at once; lose it with the move.
+    h.log.truncate(h.durable_len);
+    h.reload();
+    h.durable();
+    let v = h.durable_of("t").unwrap();
+    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteAbort, e + 2));
+    // The loaded Prepare of an exhausted epoch completes to its next producer id.
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    h.auto_markers = false;
+    let old = (ProducerId(500), EPOCH_EXHAUSTED);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Abort).unwrap();
+    h.reload();
+    h.write_markers();
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_id, v.producer_epoch),
+        (TxnState::CompleteAbort, r.producer_id, 0)
+    );
+}
+
+/// TV1 (EndTxn v4 and below) keeps the epoch: the same flow at v4 ends at the same epoch.
+#[test]
+fn tv1_end_keeps_the_epoch() {
+    let mut h = Harness::new();
+    let p = h.init_ok("t");
+    assert_eq!(h.add("t", p, &[tp("a", 0)]), Some(code::NONE));
+    assert_eq!(h.end("t", p, TxnResult::Commit), Some(code::NONE));
+    let v = h.durable_of("t").unwrap();
+    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteCommit, p.1));
+    assert_eq!(v.client_transaction_version, 0);
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!(m.producer_epoch, p.1);
 }
