@@ -231,7 +231,6 @@ impl Harness {
         p: (ProducerId, i16),
         partitions: &[TopicPartition],
     ) -> Option<ErrorCode> {
-        let id = self.request_id();
         self.add_tv(tid, p, partitions, 0)
     }
 
@@ -1675,8 +1674,8 @@ enum Op {
     Add { c: usize, mask: u8 },
     /// Client `c` adds its group's offsets partition.
     Offsets { c: usize },
-    /// Client `c` ends its transaction.
-    End { c: usize, commit: bool },
+    /// Client `c` ends its transaction, with EndTxn v5 (transaction version 2) when `v2`.
+    End { c: usize, commit: bool, v2: bool },
     /// A partition leader verifies client `c`'s first write to x-0.
     Verify { c: usize },
     /// Every record written so far becomes durable.
@@ -1706,7 +1705,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (c.clone(), any::<bool>()).prop_map(|(c, kip360)| Op::Init { c, kip360 }),
         5 => (c.clone(), 1..8u8).prop_map(|(c, mask)| Op::Add { c, mask }),
         1 => c.clone().prop_map(|c| Op::Offsets { c }),
-        4 => (c.clone(), any::<bool>()).prop_map(|(c, commit)| Op::End { c, commit }),
+        4 => (c.clone(), any::<bool>(), any::<bool>()).prop_map(|(c, commit, v2)| Op::End { c, commit, v2 }),
         1 => c.prop_map(|c| Op::Verify { c }),
         5 => Just(Op::Durable),
         2 => (1..4usize).prop_map(Op::DurableSome),
@@ -1789,7 +1788,28 @@ proptest! {
                         None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
                     }
                 }
-                Op::End { c, commit } if clients[*c].is_some() => {
+                Op::End { c, commit, v2: true } if clients[*c].is_some() => {
+                    let p = clients[*c].expect("checked");
+                    let durable = durable_pair(&h, *c);
+                    let stale = durable != Some(p);
+                    let result = if *commit { TxnResult::Commit } else { TxnResult::Abort };
+                    let before = h.next_request;
+                    match h.end_v2(tid_of(*c), p, result) {
+                        Some(r) if r.error_code == code::NONE => {
+                            // Only a retry of an end that completed is answered NONE at once,
+                            // with the durable pair; a stale pair gets nothing else.
+                            prop_assert_eq!(Some((r.producer_id, r.producer_epoch)), durable, "a retry is answered the durable pair");
+                            prop_assert!(stale, "an end at the current epoch is never answered at once");
+                            clients[*c] = Some((r.producer_id, r.producer_epoch));
+                        }
+                        Some(_) => {}
+                        None => {
+                            prop_assert!(!stale, "a stale producer ended a transaction");
+                            sent.insert(RequestId(before + 1), Sent { client: *c, stale });
+                        }
+                    }
+                }
+                Op::End { c, commit, v2: false } if clients[*c].is_some() => {
                     let p = clients[*c].expect("checked");
                     let stale = durable_pair(&h, *c) != Some(p);
                     let result = if *commit { TxnResult::Commit } else { TxnResult::Abort };
@@ -1849,7 +1869,7 @@ proptest! {
                 Op::Advance(ms) => h.advance(*ms),
                 Op::Reload => {
                     for (id, r) in h.reload() {
-                        prop_assert!(matches!(r, Response::InitProducerId(InitProducerIdResponse { error_code: code::NOT_COORDINATOR, .. }) | Response::AddPartitions(code::NOT_COORDINATOR) | Response::AddOffsets(code::NOT_COORDINATOR) | Response::EndTxn(code::NOT_COORDINATOR)), "{r:?}");
+                        prop_assert!(matches!(r, Response::InitProducerId(InitProducerIdResponse { error_code: code::NOT_COORDINATOR, .. }) | Response::AddPartitions(code::NOT_COORDINATOR) | Response::AddOffsets(code::NOT_COORDINATOR) | Response::EndTxn(code::NOT_COORDINATOR) | Response::EndTxnV2(EndTxnResponse { error_code: code::NOT_COORDINATOR, .. })), "{r:?}");
                         sent.remove(&id);
                     }
                 }
@@ -1864,6 +1884,12 @@ proptest! {
                     }
                     Response::AddPartitions(e) | Response::AddOffsets(e) | Response::EndTxn(e) => {
                         prop_assert!(!(s.stale && e == code::NONE), "a stale producer's request succeeded late");
+                    }
+                    Response::EndTxnV2(r) => {
+                        prop_assert!(!(s.stale && r.error_code == code::NONE), "a stale producer's request succeeded late");
+                        if r.error_code == code::NONE {
+                            clients[s.client] = Some((r.producer_id, r.producer_epoch));
+                        }
                     }
                     Response::InitProducerId(_) => {}
                 }
@@ -1884,7 +1910,9 @@ proptest! {
                     let prev = h.log[..i].iter().rev().find(|p| p.transactional_id == r.transactional_id).and_then(|p| p.value.clone());
                     let prev = prev.expect("a Complete* follows a record of its id");
                     prop_assert!(prev.state.may_become(v.state), "{:?} then {:?}", prev.state, v.state);
-                    let reported = h.reported.get(&(r.transactional_id.clone(), v.producer_id, v.producer_epoch)).cloned().unwrap_or_default();
+                    // The markers are the Prepare*'s (a TV2 end at an exhausted epoch then moves
+                    // to a new producer id).
+                    let reported = h.reported.get(&(r.transactional_id.clone(), prev.producer_id, prev.producer_epoch)).cloned().unwrap_or_default();
                     prop_assert!(prev.partitions.is_subset(&reported), "Complete* before every marker was written");
                 }
             }
@@ -2072,11 +2100,10 @@ fn tv2_end_at_the_exhausted_epoch_moves_to_a_new_producer_id() {
 #[test]
 fn tv2_ends_resume_after_a_reload() {
     let mut h = Harness::manual();
-    let (pid, e) = h.init("t", None).and(None).unwrap_or_else(|| {
-        h.durable();
-        let v = h.durable_of("t").unwrap();
-        (v.producer_id, v.producer_epoch)
-    });
+    assert_eq!(h.init("t", None), None, "waits for its record");
+    h.durable();
+    let v = h.durable_of("t").unwrap();
+    let (pid, e) = (v.producer_id, v.producer_epoch);
     assert_eq!(h.add_tv("t", (pid, e), &[tp("a", 0)], 2), None);
     h.durable();
     assert_eq!(h.end_v2("t", (pid, e), TxnResult::Commit), None);
