@@ -1971,7 +1971,10 @@ fn tv2_end_bumps_the_epoch_and_the_markers_carry_it() {
     );
     assert_eq!(m.partitions, parts.to_vec());
     let v = h.durable_of("t").unwrap();
-    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteCommit, e0 + 1));
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteCommit, e0 + 1)
+    );
     // The ended transaction's epoch: fenced for adds and the leaders' verification.
     assert_eq!(
         h.add_tv("t", (pid, e0), &[tp("c", 0)], 2),
@@ -1982,7 +1985,10 @@ fn tv2_end_bumps_the_epoch_and_the_markers_carry_it() {
         Err(code::PRODUCER_FENCED)
     );
     // The next transaction runs at the new epoch, and bumps it again.
-    assert_eq!(h.add_tv("t", (pid, e0 + 1), &[tp("a", 0)], 2), Some(code::NONE));
+    assert_eq!(
+        h.add_tv("t", (pid, e0 + 1), &[tp("a", 0)], 2),
+        Some(code::NONE)
+    );
     let r = h.end_v2("t", (pid, e0 + 1), TxnResult::Abort).unwrap();
     assert_eq!((r.error_code, r.producer_epoch), (code::NONE, e0 + 2));
     assert_eq!(h.state("t"), Some(TxnState::CompleteAbort));
@@ -2029,16 +2035,25 @@ fn tv2_retries_are_told_by_the_epoch() {
         (abort.error_code, abort.producer_epoch),
         (code::NONE, e + 2)
     );
-    assert_eq!(h.markers_emitted.len(), markers_before, "no partition, no marker");
+    assert_eq!(
+        h.markers_emitted.len(),
+        markers_before,
+        "no partition, no marker"
+    );
     let v = h.durable_of("t").unwrap();
-    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteAbort, e + 2));
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteAbort, e + 2)
+    );
     assert!(v.partitions.is_empty());
     // Older and newer epochs are fenced; another producer id is not this one.
     let old = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
     assert_eq!(old.error_code, code::PRODUCER_FENCED);
     let newer = h.end_v2("t", (pid, e + 5), TxnResult::Abort).unwrap();
     assert_eq!(newer.error_code, code::PRODUCER_FENCED);
-    let stranger = h.end_v2("t", (ProducerId(pid.0 + 77), e + 2), TxnResult::Abort).unwrap();
+    let stranger = h
+        .end_v2("t", (ProducerId(pid.0 + 77), e + 2), TxnResult::Abort)
+        .unwrap();
     assert_eq!(stranger.error_code, code::INVALID_PRODUCER_ID_MAPPING);
     let unknown = h.end_v2("nobody", (pid, e), TxnResult::Abort).unwrap();
     assert_eq!(unknown.error_code, code::INVALID_PRODUCER_ID_MAPPING);
@@ -2065,11 +2080,26 @@ fn tv2_end_at_the_exhausted_epoch_moves_to_a_new_producer_id() {
     assert_ne!(r.producer_id, ProducerId(500));
     assert_eq!(r.producer_epoch, 0);
     let (m, _) = h.markers_emitted.last().unwrap().clone();
-    assert_eq!((m.producer_id, m.producer_epoch), (ProducerId(500), i16::MAX));
+    assert_eq!(
+        (m.producer_id, m.producer_epoch),
+        (ProducerId(500), i16::MAX)
+    );
     let v = h.durable_of("t").unwrap();
     assert_eq!(
-        (v.state, v.producer_id, v.producer_epoch, v.previous_producer_id, v.next_producer_id),
-        (TxnState::CompleteCommit, r.producer_id, 0, ProducerId(500), ProducerId::NONE)
+        (
+            v.state,
+            v.producer_id,
+            v.producer_epoch,
+            v.previous_producer_id,
+            v.next_producer_id
+        ),
+        (
+            TxnState::CompleteCommit,
+            r.producer_id,
+            0,
+            ProducerId(500),
+            ProducerId::NONE
+        )
     );
     let retry = h.end_v2("t", old, TxnResult::Commit).unwrap();
     assert_eq!(
@@ -2084,7 +2114,10 @@ fn tv2_end_at_the_exhausted_epoch_moves_to_a_new_producer_id() {
     let new = (r.producer_id, 0);
     assert_eq!(h.add_tv("t", new, &[tp("a", 0)], 2), Some(code::NONE));
     let r2 = h.end_v2("t", new, TxnResult::Commit).unwrap();
-    assert_eq!((r2.error_code, r2.producer_id, r2.producer_epoch), (code::NONE, new.0, 1));
+    assert_eq!(
+        (r2.error_code, r2.producer_id, r2.producer_epoch),
+        (code::NONE, new.0, 1)
+    );
     // With no producer id at hand, the end at the exhausted epoch is retriable.
     let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
     h.pids_left = Some(0);
@@ -2123,7 +2156,10 @@ fn tv2_ends_resume_after_a_reload() {
     h.reload();
     h.durable();
     let v = h.durable_of("t").unwrap();
-    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteAbort, e + 2));
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteAbort, e + 2)
+    );
     // The loaded Prepare of an exhausted epoch completes to its next producer id.
     let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
     h.auto_markers = false;

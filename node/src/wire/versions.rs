@@ -444,7 +444,10 @@ mod tests {
             (ApiKey::TxnOffsetCommit, 5),
             (ApiKey::Produce, 12),
         ] {
-            assert!(apis.get(key).unwrap().implements(version), "{key:?} v{version}");
+            assert!(
+                apis.get(key).unwrap().implements(version),
+                "{key:?} v{version}"
+            );
         }
         let v2 = apis.api_versions_response(2);
         assert!(v2.supported_features.is_empty() && v2.finalized_features.is_empty());
