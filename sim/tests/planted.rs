@@ -70,6 +70,11 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
         Bug::FencedEpochAccepted => {
             line.verdict == Verdict::Safety && line.reason.contains("zombie-")
         }
+        // A late write of an aborted transaction lands in the producer's next one.
+        Bug::Tv2EpochNotBumped => {
+            line.verdict == Verdict::Safety
+                && (line.reason.contains("zombie-write") || line.reason.contains("aborted-read"))
+        }
         Bug::RecoveryKeepsTornTail => {
             line.verdict == Verdict::Safety && line.reason.starts_with("recovery oracle:")
         }
