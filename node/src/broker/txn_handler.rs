@@ -1,7 +1,10 @@
 //! The transaction APIs on the wire: FindCoordinator with key type 1, InitProducerId with a
-//! transactional id, AddPartitionsToTxn (v0-3, and v4's batched and verify-only forms),
-//! AddOffsetsToTxn, EndTxn, DescribeTransactions and ListTransactions, translated between
-//! kafka-protocol messages and `keel_core::txn` types.
+//! transactional id, AddPartitionsToTxn (v0-3, v4's batched and verify-only forms, v5's add
+//! from a partition leader), AddOffsetsToTxn, TxnOffsetCommit, EndTxn (v5: transaction version
+//! 2's epoch bump), DescribeTransactions and ListTransactions, translated between
+//! kafka-protocol messages and `keel_core::txn` types; and the partition leader's side of
+//! KIP-890: the verification before a transaction's first write, or from Produce v12 and
+//! TxnOffsetCommit v5 (transaction version 2) the partition's add to the transaction.
 //!
 //! As for groups, each call into the coordinator happens at once (in the connection's request
 //! order) and the returned future waits, with no lock held, for an answer that comes late (once
