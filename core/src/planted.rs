@@ -66,11 +66,16 @@ pub enum Bug {
     /// the replicas and the ISR before the new ones are in sync, and the new ones are taken
     /// into the ISR as they are (empty), so one may lead without what was acknowledged.
     RemoveBeforeInSync,
+    /// Under transaction version 2 the coordinator ends a transaction (EndTxn v5) without
+    /// bumping the producer epoch: its markers carry the epoch the transaction wrote with and
+    /// the producer keeps it, so a write of an ended transaction that arrives late is taken
+    /// into the producer's next one (the hanging and lost writes KIP-890 part 2 fixes).
+    Tv2EpochNotBumped,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -86,6 +91,7 @@ impl Bug {
         Bug::LsoPassesOpenTxn,
         Bug::FencedEpochAccepted,
         Bug::RemoveBeforeInSync,
+        Bug::Tv2EpochNotBumped,
     ];
 
     /// A short name for the command line.
@@ -106,6 +112,7 @@ impl Bug {
             Bug::LsoPassesOpenTxn => "lso-passes-open-txn",
             Bug::FencedEpochAccepted => "fenced-epoch-accepted",
             Bug::RemoveBeforeInSync => "remove-before-in-sync",
+            Bug::Tv2EpochNotBumped => "tv2-epoch-not-bumped",
         }
     }
 

@@ -8,9 +8,13 @@
 //! DescribeTransactions and ListTransactions with Kafka's rules and error codes, aborts
 //! transactions that outlive their timeout and removes ids idle for
 //! `transactional.id.expiration.ms`. Time comes in only as `now_ms`; producer ids come from an
-//! allocator the caller passes in. Its types do not depend on the wire crate. This is Kafka's
-//! transaction version 1 (the one every client speaks; KIP-890 part 2's per-transaction epoch
-//! bump is not here).
+//! allocator the caller passes in. Its types do not depend on the wire crate. It speaks Kafka's
+//! transaction versions 1 and 2: under version 2 (KIP-890 part 2, EndTxn v5,
+//! [`TxnCoordinator::handle_end_txn_v2`]) every end of a transaction bumps the producer epoch,
+//! the markers carry the bumped epoch, and the client is answered the epoch (or, once the
+//! epoch is exhausted, the new producer id) its next transaction uses; a write of the previous
+//! transaction that arrives late carries an epoch the partitions and the coordinator then
+//! refuse.
 //!
 //! # Shape and the order in which the shell drains outputs
 //! Each `handle_*` call answers at once ([`Reply::Now`]) or, when the answer depends on a
@@ -133,6 +137,10 @@ pub const NO_PRODUCER_EPOCH: i16 = -1;
 /// (Kafka's `TransactionMetadata.isEpochExhausted`: `epoch >= Short.MaxValue - 1`, which
 /// leaves one bump for a fence).
 pub const EPOCH_EXHAUSTED: i16 = i16::MAX - 1;
+/// The transaction version whose EndTxn bumps the producer epoch (KIP-890 part 2; Kafka's
+/// `TransactionVersion.TV_2`): EndTxn v5, AddPartitionsToTxn v5 from a partition leader,
+/// transactional Produce v12+, TxnOffsetCommit v5.
+pub const TRANSACTION_VERSION_2: i16 = 2;
 
 /// The coordinator's settings (Kafka's broker configs of the same names).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +240,11 @@ impl TxnState {
             Empty => matches!(self, Empty | CompleteCommit | CompleteAbort),
             Ongoing => matches!(self, Ongoing | Empty | CompleteCommit | CompleteAbort),
             PrepareCommit => self == Ongoing,
-            PrepareAbort => matches!(self, Ongoing | PrepareEpochFence),
+            // Transaction version 2 may abort with no transaction open (Kafka 4.0).
+            PrepareAbort => matches!(
+                self,
+                Ongoing | PrepareEpochFence | Empty | CompleteCommit | CompleteAbort
+            ),
             CompleteCommit => self == PrepareCommit,
             CompleteAbort => self == PrepareAbort,
             Dead => matches!(self, Empty | CompleteCommit | CompleteAbort),
@@ -342,6 +354,10 @@ pub struct AddPartitionsRequest {
     pub producer_epoch: i16,
     /// The partitions to add (or, verify-only, to check).
     pub partitions: Vec<TopicPartition>,
+    /// The client's transaction version: 2 when a partition leader adds the partition for a
+    /// transaction-version-2 write (AddPartitionsToTxn v5), else 0 (kept in the record as
+    /// `ClientTransactionVersion`, as Kafka does).
+    pub transaction_version: i16,
 }
 
 /// An AddOffsetsToTxn request.
@@ -370,6 +386,27 @@ pub struct EndTxnRequest {
     pub result: TxnResult,
 }
 
+/// An EndTxn v5 answer (transaction version 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndTxnResponse {
+    /// An error code.
+    pub error_code: ErrorCode,
+    /// The producer id of the producer's next transaction, or -1 on error.
+    pub producer_id: ProducerId,
+    /// Its epoch (the bumped one, or 0 with a new producer id), or -1 on error.
+    pub producer_epoch: i16,
+}
+
+impl EndTxnResponse {
+    fn error(error_code: ErrorCode) -> EndTxnResponse {
+        EndTxnResponse {
+            error_code,
+            producer_id: ProducerId::NONE,
+            producer_epoch: NO_PRODUCER_EPOCH,
+        }
+    }
+}
+
 /// An answer that came late (its record became durable, or the coordinator resigned).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
@@ -381,6 +418,9 @@ pub enum Response {
     AddOffsets(ErrorCode),
     /// An EndTxn's answer.
     EndTxn(ErrorCode),
+    /// An EndTxn v5's answer (transaction version 2), with the producer id and epoch of the
+    /// producer's next transaction.
+    EndTxnV2(EndTxnResponse),
 }
 
 impl Response {
@@ -393,6 +433,7 @@ impl Response {
             Response::AddPartitions(_) => Response::AddPartitions(error),
             Response::AddOffsets(_) => Response::AddOffsets(error),
             Response::EndTxn(_) => Response::EndTxn(error),
+            Response::EndTxnV2(_) => Response::EndTxnV2(EndTxnResponse::error(error)),
         }
     }
 }
@@ -545,10 +586,10 @@ impl TxnMetadata {
                     "txn {id}: Dead and PrepareEpochFence are never durable"
                 );
                 assert!(v.producer_epoch >= 0, "txn {id}: a durable epoch is >= 0");
-                assert_eq!(
-                    v.state.holds_partitions(),
-                    !v.partitions.is_empty(),
-                    "txn {id}: only Ongoing and Prepare* hold partitions, and they hold some"
+                assert!(
+                    partitions_fit_state(v),
+                    "txn {id}: only Ongoing and Prepare* hold partitions, and they hold some \
+                     (a transaction-version-2 abort with none added excepted)"
                 );
                 assert!(
                     self.markers_outstanding.is_subset(&v.partitions),
@@ -559,7 +600,7 @@ impl TxnMetadata {
                         self.markers_outstanding.is_empty(),
                         "txn {id}: markers are outstanding only in Prepare*"
                     );
-                } else if self.pending.is_none() {
+                } else if self.pending.is_none() && !v.partitions.is_empty() {
                     assert!(
                         !self.markers_outstanding.is_empty(),
                         "txn {id}: a Prepare* state with nothing pending waits for markers"
@@ -582,6 +623,19 @@ impl TxnMetadata {
                 );
             }
         }
+    }
+}
+
+/// Whether a durable value's partitions fit its state: Ongoing holds some; Prepare* holds some,
+/// or none under transaction version 2, which may abort when no partition was added (Kafka's
+/// `prepareAbortOrCommit` with `noPartitionAdded`); the others hold none.
+fn partitions_fit_state(v: &TxnLogValue) -> bool {
+    match v.state {
+        TxnState::Ongoing => !v.partitions.is_empty(),
+        TxnState::PrepareCommit | TxnState::PrepareAbort => {
+            !v.partitions.is_empty() || v.client_transaction_version >= TRANSACTION_VERSION_2
+        }
+        _ => v.partitions.is_empty(),
     }
 }
 
@@ -635,7 +689,9 @@ impl TxnCoordinator {
     /// A coordinator rebuilt from the durable records of its partition, in log order (Kafka's
     /// `TransactionStateManager.loadTransactionsForTxnTopicPartition`): the last value per id
     /// wins, a tombstone removes the id. Every PrepareCommit/PrepareAbort resumes: its markers
-    /// come out of [`TxnCoordinator::poll_markers`] again. Nothing loaded is written again.
+    /// come out of [`TxnCoordinator::poll_markers`] again. Nothing loaded is written again,
+    /// but for a transaction-version-2 abort with no partitions, which has no marker to wait
+    /// for: its CompleteAbort is written at once.
     pub fn load(
         config: TxnConfig,
         coordinator_epoch: i32,
@@ -658,7 +714,7 @@ impl TxnCoordinator {
             if v.producer_epoch < 0 || v.producer_id.0 < 0 {
                 return Err(invalid("a negative producer id or epoch"));
             }
-            if v.state.holds_partitions() && v.partitions.is_empty() {
+            if v.state.holds_partitions() && !partitions_fit_state(&v) {
                 return Err(invalid("an Ongoing or Prepare* state without partitions"));
             }
             if check_transactional_id(&id).is_err() {
@@ -686,6 +742,7 @@ impl TxnCoordinator {
                 },
             );
             c.emit_markers(&id);
+            c.complete_if_no_markers(&id);
         }
         c.check_invariants();
         Ok(c)
@@ -950,6 +1007,7 @@ impl TxnCoordinator {
             req.producer_id,
             req.producer_epoch,
             partitions,
+            req.transaction_version,
             Response::AddPartitions(code::NONE),
         )
     }
@@ -974,6 +1032,7 @@ impl TxnCoordinator {
             req.producer_id,
             req.producer_epoch,
             BTreeSet::from([partition]),
+            0,
             Response::AddOffsets(code::NONE),
         )
     }
@@ -987,6 +1046,7 @@ impl TxnCoordinator {
         producer_id: ProducerId,
         producer_epoch: i16,
         partitions: BTreeSet<TopicPartition>,
+        transaction_version: i16,
         ok: Response,
     ) -> Reply<ErrorCode> {
         let (t, current) = match self.check_producer(transactional_id, producer_id, producer_epoch)
@@ -1014,6 +1074,15 @@ impl TxnCoordinator {
             partitions: current.partitions.union(&partitions).cloned().collect(),
             start_ms,
             last_update_ms: now_ms,
+            // Kafka's `prepareAddPartitions` keeps the version of the client that adds; an
+            // AddOffsetsToTxn (a version-1 request) leaves a version-2 transaction one.
+            client_transaction_version: transaction_version.max(
+                if current.state == TxnState::Ongoing {
+                    current.client_transaction_version
+                } else {
+                    0
+                },
+            ),
             ..current.clone()
         };
         let last_epoch = t.last_producer_epoch;
@@ -1111,6 +1180,139 @@ impl TxnCoordinator {
         Reply::Now(answer)
     }
 
+    /// EndTxn v5, transaction version 2 (Kafka 4's `endTransaction`, KIP-890 part 2): every
+    /// end of a transaction bumps the producer epoch. The Prepare* record carries the bumped
+    /// epoch, so its markers do, and the partitions then refuse any write of the ended
+    /// transaction that arrives late (its epoch is older); the coordinator refuses the old
+    /// epoch too. The answer, once the record is durable, names the producer id and epoch of
+    /// the producer's next transaction: the bumped epoch, or, when the epoch was exhausted
+    /// (at [`EPOCH_EXHAUSTED`], the markers go out at `i16::MAX`), a new producer id from
+    /// `allocate` at epoch 0, which CompleteCommit/CompleteAbort then moves to.
+    ///
+    /// Since the epoch moves, a retry is told apart by its epoch: one below the current
+    /// (`epoch + 1 == current`, or the old producer id at the exhausted epoch after a move)
+    /// retries the EndTxn that bumped it, and is answered NONE with the current producer id
+    /// and epoch once complete (CONCURRENT_TRANSACTIONS while its markers are written); the
+    /// current epoch is the next transaction's. An abort with nothing added (Empty, or
+    /// Complete* at the current epoch) is a transaction of its own with no partitions: it
+    /// bumps the epoch and completes at once. Any other epoch is PRODUCER_FENCED.
+    pub fn handle_end_txn_v2(
+        &mut self,
+        now_ms: i64,
+        id: RequestId,
+        req: &EndTxnRequest,
+        mut allocate: impl FnMut() -> Option<ProducerId>,
+    ) -> Reply<EndTxnResponse> {
+        let fail = |e| Reply::Now(EndTxnResponse::error(e));
+        if let Err(e) = check_transactional_id(&req.transactional_id) {
+            return fail(e);
+        }
+        let Some(t) = self.txns.get(&req.transactional_id) else {
+            return fail(code::INVALID_PRODUCER_ID_MAPPING);
+        };
+        if t.pending.is_some() {
+            // First, as Kafka: a pending move to a new producer id must land before the
+            // producer's retry with either id can be judged.
+            return fail(code::CONCURRENT_TRANSACTIONS);
+        }
+        let current = t
+            .durable
+            .clone()
+            .expect("invariant: an id with nothing pending is durable");
+        let last_epoch = current.producer_epoch;
+        let retry_on_overflow = current.previous_producer_id == req.producer_id
+            && req.producer_epoch == EPOCH_EXHAUSTED
+            && current.producer_epoch == 0
+            && current.producer_id != req.producer_id;
+        let retry_on_bump = i32::from(current.producer_epoch) == i32::from(req.producer_epoch) + 1;
+        if current.producer_id != req.producer_id && !retry_on_overflow {
+            return fail(code::INVALID_PRODUCER_ID_MAPPING);
+        }
+        let same_epoch = req.producer_epoch == current.producer_epoch;
+        let valid_epoch = match current.state {
+            TxnState::Ongoing | TxnState::Empty => same_epoch,
+            TxnState::PrepareCommit | TxnState::PrepareAbort => retry_on_bump,
+            TxnState::CompleteCommit | TxnState::CompleteAbort => {
+                retry_on_bump || retry_on_overflow || same_epoch
+            }
+            TxnState::Dead | TxnState::PrepareEpochFence => {
+                unreachable!("invariant: Dead and PrepareEpochFence are never durable")
+            }
+        };
+        if !valid_epoch {
+            return fail(code::PRODUCER_FENCED);
+        }
+        let is_retry = retry_on_bump || retry_on_overflow;
+        let commit = req.result == TxnResult::Commit;
+        let done = Reply::Now(EndTxnResponse {
+            error_code: code::NONE,
+            producer_id: current.producer_id,
+            producer_epoch: current.producer_epoch,
+        });
+        // (next state, no partition added), or the answer now.
+        let (state, none_added) = match current.state {
+            TxnState::Ongoing if commit => (TxnState::PrepareCommit, false),
+            TxnState::Ongoing => (TxnState::PrepareAbort, false),
+            TxnState::CompleteCommit if commit && is_retry => return done,
+            TxnState::CompleteCommit if !commit && !is_retry => (TxnState::PrepareAbort, true),
+            TxnState::CompleteAbort if !commit && is_retry => return done,
+            TxnState::CompleteAbort if !commit => (TxnState::PrepareAbort, true),
+            TxnState::Empty if !commit => (TxnState::PrepareAbort, true),
+            TxnState::PrepareCommit if commit => return fail(code::CONCURRENT_TRANSACTIONS),
+            TxnState::PrepareAbort if !commit => return fail(code::CONCURRENT_TRANSACTIONS),
+            _ => return fail(code::INVALID_TXN_STATE),
+        };
+        // Kafka's `prepareAbortOrCommit` under TV2, with a new producer id when the epoch is
+        // exhausted (`isProducerEpochExhausted`).
+        let bump = !crate::planted::active(crate::planted::Bug::Tv2EpochNotBumped);
+        let next_producer_id = if bump && current.producer_epoch >= EPOCH_EXHAUSTED {
+            match allocate() {
+                Some(pid) => pid,
+                None => return fail(code::COORDINATOR_LOAD_IN_PROGRESS),
+            }
+        } else {
+            ProducerId::NONE
+        };
+        let producer_epoch = if bump {
+            current.producer_epoch.saturating_add(1)
+        } else {
+            current.producer_epoch
+        };
+        let next = TxnLogValue {
+            previous_producer_id: current.producer_id,
+            next_producer_id,
+            producer_epoch,
+            state,
+            partitions: if none_added {
+                BTreeSet::new()
+            } else {
+                current.partitions.clone()
+            },
+            // With nothing added the transaction's start is unknown; Kafka takes the update
+            // time.
+            start_ms: if none_added { now_ms } else { current.start_ms },
+            last_update_ms: now_ms,
+            client_transaction_version: TRANSACTION_VERSION_2,
+            ..current.clone()
+        };
+        let answer = if next_producer_id == ProducerId::NONE {
+            EndTxnResponse {
+                error_code: code::NONE,
+                producer_id: current.producer_id,
+                producer_epoch,
+            }
+        } else {
+            EndTxnResponse {
+                error_code: code::NONE,
+                producer_id: next_producer_id,
+                producer_epoch: 0,
+            }
+        };
+        let reply = (id, Response::EndTxnV2(answer));
+        self.write(&req.transactional_id, Some(next), last_epoch, Some(reply));
+        Reply::Pending
+    }
+
     /// The markers of `transactional_id`'s transaction (`producer_id`, `producer_epoch`) are
     /// written to `partitions`. Once every partition's is, CompleteCommit/CompleteAbort is
     /// written. A report that does not match a transaction waiting for markers (a stale one,
@@ -1156,15 +1358,39 @@ impl TxnCoordinator {
             TxnState::PrepareAbort => TxnState::CompleteAbort,
             other => unreachable!("complete() from {other:?}: only Prepare* completes"),
         };
-        let next = TxnLogValue {
+        let mut next = TxnLogValue {
             previous_producer_id: current.producer_id,
             state,
             partitions: BTreeSet::new(),
             last_update_ms: now_ms,
             ..current.clone()
         };
+        if current.client_transaction_version >= TRANSACTION_VERSION_2
+            && current.next_producer_id != ProducerId::NONE
+        {
+            // Transaction version 2 at an exhausted epoch (Kafka's `prepareComplete`): the
+            // markers went out at the last epoch, and the producer goes on with the new
+            // producer id at epoch 0, which its EndTxn answer already named.
+            next.producer_id = current.next_producer_id;
+            next.next_producer_id = ProducerId::NONE;
+            next.producer_epoch = 0;
+        }
         let last_epoch = t.last_producer_epoch;
         self.write(transactional_id, Some(next), last_epoch, None);
+    }
+
+    /// Completes a durable Prepare* that has no partitions (a transaction-version-2 abort with
+    /// none added): there is no marker to wait for.
+    fn complete_if_no_markers(&mut self, transactional_id: &str) {
+        let t = &self.txns[transactional_id];
+        let empty_prepare = t.pending.is_none()
+            && t.durable
+                .as_ref()
+                .is_some_and(|v| v.state.is_prepare() && v.partitions.is_empty());
+        if empty_prepare {
+            let now_ms = t.durable.as_ref().map_or(0, |v| v.last_update_ms);
+            self.complete(now_ms, transactional_id);
+        }
     }
 
     /// DescribeTransactions: each id's durable state, TRANSACTIONAL_ID_NOT_FOUND, or for an
@@ -1343,13 +1569,15 @@ impl TxnCoordinator {
                     t.last_producer_epoch = p.last_producer_epoch;
                     if next.state.is_prepare() {
                         assert!(
-                            !next.partitions.is_empty(),
-                            "txn {id}: a Prepare* state holds partitions (it comes from Ongoing)"
+                            partitions_fit_state(&next),
+                            "txn {id}: a Prepare* state holds partitions (it comes from Ongoing), \
+                             unless a transaction-version-2 abort with none"
                         );
                         t.markers_outstanding = next.partitions.clone();
                     }
                     t.durable = Some(next);
                     self.emit_markers(&id);
+                    self.complete_if_no_markers(&id);
                 }
             }
             if let Some(reply) = p.reply {

@@ -764,3 +764,148 @@ async fn bad_input_beside_an_open_transaction_loses_nothing() {
     }
     assert_eq!(data_bases, vec![0], "the one committed batch");
 }
+
+/// EndTxn v5 (transaction version 2): the error, and the producer id and epoch of the next
+/// transaction.
+async fn end_txn_v5(b: &Arc<Broker>, pid: i64, epoch: i16, commit: bool) -> (i16, i64, i16) {
+    let mut r = EndTxnRequest::default();
+    r.transactional_id = TransactionalId(s(TXN));
+    r.producer_id = ProducerId(pid);
+    r.producer_epoch = epoch;
+    r.committed = commit;
+    match call(b, ApiKey::EndTxn, 5, RequestKind::EndTxn(r)).await {
+        ResponseKind::EndTxn(r) => (r.error_code, r.producer_id.0, r.producer_epoch),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// [`produce_at`], retried while the partition's leader adds it to the transaction (what a
+/// client retries: NOT_ENOUGH_REPLICAS).
+async fn produce_retrying(b: &Arc<Broker>, version: i16, records: Bytes) -> i16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = produce_at(b, version, Some(TXN), records.clone()).await;
+        if e != code::NOT_ENOUGH_REPLICAS || Instant::now() > deadline {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Transaction version 2 end to end (KIP-890 part 2), as a Java producer on a cluster that
+/// finalizes `transaction.version` 2 drives it: no AddPartitionsToTxn or AddOffsetsToTxn, a
+/// transactional Produce v12 adds its partition and a TxnOffsetCommit v5 the group's, EndTxn
+/// v5 bumps the epoch and answers it, and the markers carry it. A zombie write of the ended
+/// transaction (its old epoch, a delayed retry) is then refused at the partition
+/// (INVALID_PRODUCER_EPOCH) and never reaches a read_committed reader: the hanging or
+/// misattributed write KIP-890 fixes. A retried EndTxn v5 gets the same answer; the next
+/// transaction runs at the new epoch, and its abort bumps again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_version_2_bumps_the_epoch_and_fences_the_ended_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<Broker> = Broker::open(
+        Settings::single(1, dir.path().to_path_buf()),
+        Arc::new(keel_node::metrics::Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![CreatableTopic::default()
+        .with_name(TopicName(s("t")))
+        .with_num_partitions(1)
+        .with_replication_factor(1)];
+    call(
+        &b,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(create),
+    )
+    .await;
+    assert_eq!(find_coordinator(&b, 3, 0, "g").await, (code::NONE, 1));
+    assert_eq!(find_coordinator(&b, 3, 1, TXN).await, (code::NONE, 1));
+    let first = init_retrying(&b, TXN).await;
+    assert_eq!(first.error_code, code::NONE);
+    let (pid, e0) = (first.producer_id.0, first.producer_epoch);
+
+    // The first transaction: a Produce v12 and a TxnOffsetCommit v5 add their partitions.
+    assert_eq!(
+        produce_retrying(&b, 12, txn_batch(pid, e0, 0)).await,
+        code::NONE
+    );
+    assert_eq!(
+        txn_offset_commit(&b, 5, (pid, e0), ("", -1), 1).await,
+        code::NONE
+    );
+    assert_eq!(latest(&b, 1).await, 0, "the open transaction holds the LSO");
+    assert_eq!(committed(&b, true).await, Err(code::UNSTABLE_OFFSET_COMMIT));
+    assert_eq!(
+        end_txn_v5(&b, pid, e0, true).await,
+        (code::NONE, pid, e0 + 1),
+        "EndTxn v5 answers the bumped epoch"
+    );
+    wait_for("the commit marker", async || latest(&b, 1).await == 2).await;
+    wait_for("the offsets' commit marker", async || {
+        committed(&b, true).await == Ok(1)
+    })
+    .await;
+    assert_eq!(
+        producers(&b).await,
+        vec![(pid, i32::from(e0) + 1, -1)],
+        "the marker carried the bumped epoch"
+    );
+
+    // The zombie: a write of the ended transaction (its epoch, its next sequence) at v12 and
+    // at v11 is refused, and the log does not grow.
+    for version in [12, 11] {
+        assert_eq!(
+            produce_at(&b, version, Some(TXN), txn_batch(pid, e0, 1)).await,
+            code::INVALID_PRODUCER_EPOCH,
+            "a write of the ended transaction at Produce v{version}"
+        );
+    }
+    assert_eq!(
+        txn_offset_commit(&b, 5, (pid, e0), ("", -1), 7).await,
+        code::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(
+        latest(&b, 0).await,
+        2,
+        "nothing of the zombie is in the log"
+    );
+    // A retry of the EndTxn that bumped the epoch gets its answer again; the old epoch can
+    // neither commit nor abort anything else.
+    assert_eq!(
+        end_txn_v5(&b, pid, e0, true).await,
+        (code::NONE, pid, e0 + 1)
+    );
+    assert_eq!(
+        end_txn_v5(&b, pid, e0, false).await.0,
+        code::INVALID_TXN_STATE
+    );
+
+    // The next transaction runs at the new epoch (sequences start over) and aborts.
+    let e1 = e0 + 1;
+    assert_eq!(
+        produce_retrying(&b, 12, txn_batch(pid, e1, 0)).await,
+        code::NONE
+    );
+    assert_eq!(
+        end_txn_v5(&b, pid, e1, false).await,
+        (code::NONE, pid, e1 + 1)
+    );
+    wait_for("the abort marker", async || latest(&b, 1).await == 4).await;
+    let data = fetch_committed(&b).await;
+    let aborted = data.aborted_transactions.unwrap_or_default();
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(
+        (aborted[0].producer_id.0, aborted[0].first_offset),
+        (pid, 2)
+    );
+    // The aborted transaction's epoch is fenced too, and the offsets stay where the commit put
+    // them.
+    assert_eq!(
+        produce_at(&b, 12, Some(TXN), txn_batch(pid, e1, 1)).await,
+        code::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(committed(&b, true).await, Ok(1));
+}

@@ -82,17 +82,11 @@ async fn api_versions_v3_golden_bytes_and_round_trip() {
     expected.put_i32(0); // throttle_time_ms
                          // The body's tagged fields (ApiVersionsResponse.json): 0 SupportedFeatures, 1
                          // FinalizedFeaturesEpoch, 2 FinalizedFeatures. Below v4 a supported range starting at 0 is
-                         // left out (KAFKA-17492), so only transaction.version 1-1 is listed; it is finalized at 1.
+                         // left out (KAFKA-17492): every feature's does (transaction.version's is 0-2), so the
+                         // empty SupportedFeatures, its default, is not written; transaction.version is finalized
+                         // at 2 (KIP-890 part 2).
     let name = b"transaction.version";
-    expected.put_u8(3); // three tagged fields
-    expected.put_u8(0); // tag 0: SupportedFeatures
-    expected.put_u8(1 + 1 + name.len() as u8 + 2 + 2 + 1);
-    expected.put_u8(2); // compact array of one
-    expected.put_u8(name.len() as u8 + 1);
-    expected.put_slice(name);
-    expected.put_i16(1); // MinVersion
-    expected.put_i16(1); // MaxVersion
-    expected.put_u8(0);
+    expected.put_u8(2); // two tagged fields
     expected.put_u8(1); // tag 1: FinalizedFeaturesEpoch
     expected.put_u8(8);
     expected.put_i64(0);
@@ -101,8 +95,8 @@ async fn api_versions_v3_golden_bytes_and_round_trip() {
     expected.put_u8(2);
     expected.put_u8(name.len() as u8 + 1);
     expected.put_slice(name);
-    expected.put_i16(1); // MaxVersionLevel
-    expected.put_i16(1); // MinVersionLevel
+    expected.put_i16(2); // MaxVersionLevel
+    expected.put_i16(2); // MinVersionLevel
     expected.put_u8(0);
     assert_eq!(&frame[..], &expected[..]);
 
@@ -150,7 +144,7 @@ async fn api_versions_v1_and_v2_round_trip() {
 
 /// v4 (KAFKA-17011) lists every supported feature, those whose range starts at 0 included:
 /// `group.version` 0-0 (no KIP-848), `kraft.version` 0-0 (a static quorum), `transaction.version`
-/// 1-1, never 2 (KIP-890 part 2 is not served, and clients use it only when it is finalized).
+/// 0-2, finalized at 2 (KIP-890 part 2, which clients use only when it is finalized).
 #[tokio::test]
 async fn api_versions_v4_lists_features_keel_supports() {
     let addr = start_default(TestHandler::new()).await;
@@ -180,7 +174,7 @@ async fn api_versions_v4_lists_features_keel_supports() {
         vec![
             ("group.version".to_string(), 0, 0),
             ("kraft.version".to_string(), 0, 0),
-            ("transaction.version".to_string(), 1, 1),
+            ("transaction.version".to_string(), 0, 2),
         ]
     );
     let finalized: Vec<(String, i16, i16)> = body
@@ -188,7 +182,7 @@ async fn api_versions_v4_lists_features_keel_supports() {
         .iter()
         .map(|f| (f.name.to_string(), f.min_version_level, f.max_version_level))
         .collect();
-    assert_eq!(finalized, vec![("transaction.version".to_string(), 1, 1)]);
+    assert_eq!(finalized, vec![("transaction.version".to_string(), 2, 2)]);
 }
 
 /// A version above v4 gets a v0 body with error 35 listing only ApiVersions 0-4, and the

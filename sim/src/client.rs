@@ -79,6 +79,11 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 16] = [
     (ApiKey::AlterPartitionReassignments, 0, 1),
 ];
 
+/// The versions a client raised to transaction version 2 ([`Client::use_transaction_version_2`])
+/// sends, when the broker serves them: EndTxn v5 (the coordinator bumps the epoch and answers
+/// it) and Produce v12 (a transactional batch adds its partition to the transaction).
+pub const TXN_V2_VERSIONS: [(ApiKey, i16); 2] = [(ApiKey::EndTxn, 5), (ApiKey::Produce, 12)];
+
 /// The ApiVersions version sent first on each connection.
 pub const API_VERSIONS_VERSION: i16 = 3;
 
@@ -410,6 +415,13 @@ impl Connection {
         negotiate_version(api, self.versions.get(&(api as i16)).copied())
     }
 
+    /// Whether the broker advertises `version` of `api`.
+    fn serves(&self, api: ApiKey, version: i16) -> bool {
+        self.versions
+            .get(&(api as i16))
+            .is_some_and(|&(lo, hi)| (lo..=hi).contains(&version))
+    }
+
     /// Writes one request and reads its response; an error says why, and the request may
     /// have been sent.
     async fn round_trip(
@@ -621,6 +633,8 @@ pub struct Client {
     rotation: usize,
     /// Draws which requests [`ConnectionFaults`] breaks, from [`ClientConfig::seed`].
     rng: StdRng,
+    /// Speaks transaction version 2 ([`TXN_V2_VERSIONS`]).
+    transaction_version_2: bool,
 }
 
 impl Client {
@@ -635,7 +649,20 @@ impl Client {
             producer: None,
             correlation_id: 0,
             rotation: 0,
+            transaction_version_2: false,
         }
+    }
+
+    /// From now on sends EndTxn and Produce at transaction version 2's versions
+    /// ([`TXN_V2_VERSIONS`]) to brokers that serve them, as a Java producer does once the
+    /// cluster finalizes `transaction.version` 2.
+    pub fn use_transaction_version_2(&mut self) {
+        self.transaction_version_2 = true;
+    }
+
+    /// Whether the client speaks transaction version 2.
+    pub fn transaction_version_2(&self) -> bool {
+        self.transaction_version_2
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -730,7 +757,13 @@ impl Client {
             .connections
             .get_mut(endpoint)
             .expect("connected just above");
-        let version = connection.version(api)?;
+        let mut version = connection.version(api)?;
+        if self.transaction_version_2 {
+            let v2 = TXN_V2_VERSIONS.iter().find(|(k, _)| *k == api);
+            if let Some(&(_, v)) = v2.filter(|(_, v)| connection.serves(api, *v)) {
+                version = v;
+            }
+        }
         // Drawn only while breaks are on, so that they change nothing else.
         let p = self.config.faults.break_probability();
         let break_after_ms =

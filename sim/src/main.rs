@@ -224,7 +224,8 @@ mod cli {
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
              coordinator-moves {}; transactions: commits {} aborts {} fencings {} timeouts {} \
-             coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
+             coordinator-moves {}; transaction version 2: commits {} aborts {} epoch-bumps {} \
+             implicit-adds {} late-writes-fenced {}; fault phase: {} of {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
              segments checked, {} bytes cut), {} read retries; faults {:?}",
             r.verdict.name(),
@@ -251,6 +252,11 @@ mod cli {
             c.txn_fencings,
             c.txn_timeouts,
             c.txn_coordinator_moves,
+            c.txn_v2_commits,
+            c.txn_v2_aborts,
+            c.txn_epoch_bumps,
+            c.txn_implicit_adds,
+            c.txn_late_writes_fenced,
             c.fault_indefinite,
             c.fault_sends,
             c.compared.batches,

@@ -72,6 +72,8 @@ pub const INDEFINITE_SHARE_MAX: f64 = 0.30;
 pub const INDEFINITE_SENDS_MIN: u64 = 20;
 /// Events kept for the trace printed on failure.
 const TRACE_EVENTS: usize = 60;
+/// Salts the generator that picks a transactional seed's transaction version.
+const TXN_VERSION_SALT: u64 = 0x7476_3276;
 
 /// Everything a seed decides.
 #[derive(Clone, Debug)]
@@ -89,6 +91,10 @@ pub struct Params {
     /// and the `read_committed` consumers that poll it.
     pub txn_producers: u32,
     pub txn_consumers: u32,
+    /// The transaction version the transactional producers speak: 1 (AddPartitionsToTxn,
+    /// EndTxn v3, the epoch kept across transactions) or 2 (KIP-890 part 2: Produce v12 adds
+    /// the partition, EndTxn v5 bumps the epoch), in half the transactional seeds.
+    pub txn_version: i16,
     /// How long the fault phase lasts.
     pub fault_ms: u64,
     /// The fault kinds this run may inject.
@@ -183,6 +189,7 @@ impl Params {
             group_consumers: 0,
             txn_producers: 0,
             txn_consumers: 0,
+            txn_version: 1,
             fault_ms: 30_000,
             faults,
             fault_interval_ms: rng.gen_range(1_000..=4_000),
@@ -238,6 +245,11 @@ impl Params {
         if rng.gen_bool(0.5) {
             params.txn_producers = rng.gen_range(1..=2);
             params.txn_consumers = rng.gen_range(1..=2);
+            // Transaction version 2 in half of them, drawn from a generator of its own so
+            // that every other draw of the seed stays as it was.
+            if StdRng::seed_from_u64(seed ^ TXN_VERSION_SALT).gen_bool(0.5) {
+                params.txn_version = 2;
+            }
         }
         params
     }
@@ -249,7 +261,8 @@ impl fmt::Display for Params {
         write!(
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
-             consumers={} group_consumers={} txn_producers={} txn_consumers={} fault_ms={} \
+             consumers={} group_consumers={} txn_producers={} txn_consumers={} txn_version={} \
+             fault_ms={} \
              faults=[{}] fault_interval_ms={} faulty_disk={:?} sync_latency_ms={} segment_bytes={} \
              leader_balance_ms={:?}",
             self.seed,
@@ -263,6 +276,7 @@ impl fmt::Display for Params {
             self.group_consumers,
             self.txn_producers,
             self.txn_consumers,
+            self.txn_version,
             self.fault_ms,
             faults.join(","),
             self.fault_interval_ms,
@@ -379,6 +393,15 @@ pub struct Coverage {
     pub txn_fencings: u64,
     pub txn_timeouts: u64,
     pub txn_coordinator_moves: u64,
+    /// Transaction version 2: commits and aborts acknowledged by EndTxn v5, epoch bumps it
+    /// answered (a new epoch or producer id), partitions added by a Produce v12 (the first
+    /// write of a transaction there acknowledged), and late writes of ended transactions that
+    /// were refused as fenced.
+    pub txn_v2_commits: u64,
+    pub txn_v2_aborts: u64,
+    pub txn_epoch_bumps: u64,
+    pub txn_implicit_adds: u64,
+    pub txn_late_writes_fenced: u64,
 }
 
 impl Coverage {
@@ -682,7 +705,8 @@ async fn simulate(params: Params) -> RunResult {
         let node = client_node(&handle, format!("txn-producer-{t}"), 30 + t);
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), txn_keys.clone());
         let seed = params.seed ^ (t as u64 + 301) << 32;
-        producers.push(node.spawn(txn_produce(t, w, boot, keys, seed)));
+        let version = params.txn_version;
+        producers.push(node.spawn(txn_produce(t, w, boot, keys, seed, version)));
     }
     for c in 0..params.txn_consumers {
         let node = client_node(&handle, format!("txn-consumer-{c}"), 40 + c);
@@ -836,6 +860,11 @@ async fn simulate(params: Params) -> RunResult {
     coverage.txn_fencings = txn_history.fencings;
     coverage.txn_timeouts = txn_history.timeouts;
     coverage.txn_coordinator_moves = txn_history.coordinator_moves;
+    coverage.txn_v2_commits = txn_history.v2_commits;
+    coverage.txn_v2_aborts = txn_history.v2_aborts;
+    coverage.txn_epoch_bumps = txn_history.epoch_bumps;
+    coverage.txn_implicit_adds = txn_history.implicit_adds;
+    coverage.txn_late_writes_fenced = txn_history.late_writes_fenced;
     if !txn_anomalies.is_empty() {
         for (kind, why) in &txn_anomalies {
             trace.event(format!("{kind}: {why}"));
@@ -1615,16 +1644,28 @@ const TXN_OPEN_MS_MAX: u64 = 150;
 /// first instance, now a zombie, goes on: it adds a partition, sends a value and commits, all
 /// of which must fail. Now and then (1 in 25) the producer stalls past its timeout before it
 /// commits, which must fail too.
+///
+/// At transaction version 2 (`txn_version` 2) the producer sends no AddPartitionsToTxn (its
+/// Produce v12 adds each partition) and each EndTxn v5 answers the next epoch. Now and then
+/// (1 in 4) after an abort, a write of the aborted transaction arrives late (a send whose
+/// outcome the producer never learnt, delayed in the network): its old epoch and the next
+/// sequence. It is recorded as a zombie's and must be refused: the epoch bump fences it, where
+/// without it the write would open a transaction that the producer's next one commits.
 async fn txn_produce(
     n: u32,
     w: Arc<Workload>,
     bootstrap: Vec<SocketAddr>,
     keys: Vec<Key>,
     seed: u64,
+    txn_version: i16,
 ) {
     use crate::client::txn::{fenced, EndOutcome, TxnProducer};
     let mut rng = StdRng::seed_from_u64(seed);
     let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    let v2 = txn_version >= 2;
+    if v2 {
+        client.use_transaction_version_2();
+    }
     let id = format!("txn-{n}");
     let mut instance = 0u32;
     let mut p = TxnProducer::new(&id, TXN_TIMEOUT_MS);
@@ -1675,9 +1716,12 @@ async fn txn_produce(
                 .push((key.clone(), value));
             match client.txn_produce(&mut p, key, value).await {
                 Ok(offset) => {
-                    w.txn.lock().expect("txn history poisoned").txns[i]
-                        .offsets
-                        .insert(value, offset);
+                    let mut h = w.txn.lock().expect("txn history poisoned");
+                    h.txns[i].offsets.insert(value, offset);
+                    if v2 {
+                        // The transaction's first write there: its Produce v12 added it.
+                        h.implicit_adds += 1;
+                    }
                 }
                 Err(e) => {
                     w.trace.event(format!("{label}: produce to {key}: {e}"));
@@ -1750,8 +1794,63 @@ async fn txn_produce(
             w.txn.lock().expect("txn history poisoned").txns[i].commit_sent_ms =
                 Some(w.trace.now_ms());
         }
+        let ended = p.producer();
+        let bumps_before = p.epoch_bumps;
         let end = client.txn_end(&mut p, commit).await;
-        if !sent_all && end == EndOutcome::Done {
+        if v2 && end == EndOutcome::Done {
+            let mut h = w.txn.lock().expect("txn history poisoned");
+            if commit {
+                h.v2_commits += 1;
+            } else {
+                h.v2_aborts += 1;
+            }
+            h.epoch_bumps += p.epoch_bumps - bumps_before;
+        }
+        if let (true, false, EndOutcome::Done, Some((pid, epoch))) = (v2, commit, &end, ended) {
+            if rng.gen_ratio(1, 4) {
+                // A late write of the aborted transaction, at its epoch and the next sequence
+                // of a partition it wrote (where its ABORT marker is) or of any other.
+                let key = if rng.gen_bool(0.5) {
+                    txn_keys[rng.gen_range(0..txn_keys.len())].clone()
+                } else {
+                    keys[rng.gen_range(0..keys.len())].clone()
+                };
+                let sequence = p.next_sequence(&key);
+                if p.producer() == ended {
+                    // Not bumped: the late write took the producer's next sequence there.
+                    p.skip_sequence(&key);
+                }
+                let value = Value(w.next_value.fetch_add(1, Ordering::SeqCst));
+                let late = record(
+                    &w,
+                    TxnRecord {
+                        producer: format!("{label}/late"),
+                        values: vec![(key.clone(), value)],
+                        offsets: BTreeMap::new(),
+                        commit_sent_ms: None,
+                        outcome: TxnOutcome::Aborted,
+                        zombie: true,
+                    },
+                );
+                let written = client
+                    .txn_produce_as(&id, (pid, epoch, sequence), &key, value)
+                    .await;
+                let mut h = w.txn.lock().expect("txn history poisoned");
+                match &written {
+                    Ok(offset) => {
+                        h.txns[late].offsets.insert(value, *offset);
+                    }
+                    Err(e) if fenced(e) => h.late_writes_fenced += 1,
+                    Err(_) => {}
+                }
+                drop(h);
+                w.trace.event(format!(
+                    "{label}: late write of the aborted transaction (epoch {epoch}) to {key}: \
+                     {written:?}"
+                ));
+            }
+        }
+        if !v2 && !sent_all && end == EndOutcome::Done {
             // A send whose outcome is unknown may have been written with its sequence number,
             // and the next transaction's batch there would reuse it: a duplicate of the
             // aborted batch, acknowledged at its offset. So the epoch is bumped first (KIP-360,

@@ -51,6 +51,12 @@ pub struct SeedLine {
     pub reassignments_started: u64,
     pub reassignments_completed: u64,
     pub reassignments_cancelled: u64,
+    /// Transaction version 2: commits, aborts, epoch bumps, implicit adds, late writes fenced.
+    pub txn_v2_commits: u64,
+    pub txn_v2_aborts: u64,
+    pub txn_epoch_bumps: u64,
+    pub txn_implicit_adds: u64,
+    pub txn_late_writes_fenced: u64,
 }
 
 /// The swarm's result.
@@ -175,7 +181,9 @@ impl fmt::Display for Summary {
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
              group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, \
              preferred elections {}; transactions: commits {}, aborts {}, fencings {}, timeouts {}, \
-             coordinator moves {}; reassignments started {} completed {} cancelled {}",
+             coordinator moves {}; transaction version 2: commits {}, aborts {}, epoch bumps {}, \
+             implicit adds {}, late writes fenced {}; reassignments started {} completed {} \
+             cancelled {}",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -190,6 +198,11 @@ impl fmt::Display for Summary {
             with(&|l| l.txn_fencings > 0),
             with(&|l| l.txn_timeouts > 0),
             with(&|l| l.txn_coordinator_moves > 0),
+            with(&|l| l.txn_v2_commits > 0),
+            with(&|l| l.txn_v2_aborts > 0),
+            with(&|l| l.txn_epoch_bumps > 0),
+            with(&|l| l.txn_implicit_adds > 0),
+            with(&|l| l.txn_late_writes_fenced > 0),
             with(&|l| l.reassignments_started > 0),
             with(&|l| l.reassignments_completed > 0),
             with(&|l| l.reassignments_cancelled > 0),
@@ -245,6 +258,11 @@ impl SeedLine {
             reassignments_started: c.reassignments_started,
             reassignments_completed: c.reassignments_completed,
             reassignments_cancelled: c.reassignments_cancelled,
+            txn_v2_commits: c.txn_v2_commits,
+            txn_v2_aborts: c.txn_v2_aborts,
+            txn_epoch_bumps: c.txn_epoch_bumps,
+            txn_implicit_adds: c.txn_implicit_adds,
+            txn_late_writes_fenced: c.txn_late_writes_fenced,
         }
     }
 
@@ -256,7 +274,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -283,6 +301,11 @@ impl SeedLine {
             self.reassignments_started,
             self.reassignments_completed,
             self.reassignments_cancelled,
+            self.txn_v2_commits,
+            self.txn_v2_aborts,
+            self.txn_epoch_bumps,
+            self.txn_implicit_adds,
+            self.txn_late_writes_fenced,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -292,8 +315,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(30, '\t').collect();
-        if f.len() != 30 {
+        let f: Vec<&str> = line.splitn(35, '\t').collect();
+        if f.len() != 35 {
             return None;
         }
         let verdict = match f[2] {
@@ -302,13 +325,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[27]
+        let faults = f[32]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[28]
+        let anomalies = f[33]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -340,9 +363,14 @@ impl SeedLine {
             reassignments_started: f[24].parse().ok()?,
             reassignments_completed: f[25].parse().ok()?,
             reassignments_cancelled: f[26].parse().ok()?,
+            txn_v2_commits: f[27].parse().ok()?,
+            txn_v2_aborts: f[28].parse().ok()?,
+            txn_epoch_bumps: f[29].parse().ok()?,
+            txn_implicit_adds: f[30].parse().ok()?,
+            txn_late_writes_fenced: f[31].parse().ok()?,
             faults,
             anomalies,
-            reason: f[29].to_string(),
+            reason: f[34].to_string(),
         })
     }
 }
@@ -453,6 +481,11 @@ impl SeedLine {
             reassignments_started: 0,
             reassignments_completed: 0,
             reassignments_cancelled: 0,
+            txn_v2_commits: 0,
+            txn_v2_aborts: 0,
+            txn_epoch_bumps: 0,
+            txn_implicit_adds: 0,
+            txn_late_writes_fenced: 0,
         }
     }
 }

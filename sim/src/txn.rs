@@ -3,7 +3,10 @@
 //! transactional ids write unique values to several partitions of [`TXN_TOPIC`] in one
 //! transaction and commit or abort at random; now and then a second instance of the same
 //! transactional id fences the first (a zombie, which then tries to go on and commit); now
-//! and then a producer stalls past its `transaction.timeout.ms`; `read_committed` consumers
+//! and then a producer stalls past its `transaction.timeout.ms`; in half of those seeds the
+//! producers speak transaction version 2 (KIP-890 part 2: no AddPartitionsToTxn, an epoch bump
+//! at every EndTxn v5), and now and then a write of an ended transaction arrives late (a
+//! zombie write, which the bumped epoch must fence); `read_committed` consumers
 //! poll throughout, and after healing a final `read_committed` read covers every partition
 //! once no transaction is left open.
 //!
@@ -92,6 +95,14 @@ pub struct TxnHistory {
     /// A producer's commit refused as fenced after it stalled past its timeout.
     pub timeouts: u64,
     pub coordinator_moves: u64,
+    /// Transaction version 2: EndTxn v5 commits and aborts acknowledged, epoch bumps they
+    /// answered, partitions a Produce v12 added, and late writes of ended transactions
+    /// refused as fenced.
+    pub v2_commits: u64,
+    pub v2_aborts: u64,
+    pub epoch_bumps: u64,
+    pub implicit_adds: u64,
+    pub late_writes_fenced: u64,
 }
 
 /// An anomaly of the transactional history.

@@ -70,6 +70,11 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
         Bug::FencedEpochAccepted => {
             line.verdict == Verdict::Safety && line.reason.contains("zombie-")
         }
+        // A late write of an aborted transaction lands in the producer's next one.
+        Bug::Tv2EpochNotBumped => {
+            line.verdict == Verdict::Safety
+                && (line.reason.contains("zombie-write") || line.reason.contains("aborted-read"))
+        }
         Bug::RecoveryKeepsTornTail => {
             line.verdict == Verdict::Safety && line.reason.starts_with("recovery oracle:")
         }
@@ -106,6 +111,7 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::LsoPassesOpenTxn
             | Bug::FencedEpochAccepted
             | Bug::RemoveBeforeInSync
+            | Bug::Tv2EpochNotBumped
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -142,7 +148,9 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         }
         Bug::ServeCorruptBatch | Bug::SessionDropsPosition => others.to_vec(),
         // The transaction bugs need transactions, which every seed's faults leave alone.
-        Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted => vec![Fault::Disk],
+        Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted | Bug::Tv2EpochNotBumped => {
+            vec![Fault::Disk]
+        }
         // Reassignments take a larger share of the fault phase without the kinds that do
         // not move data between replicas.
         Bug::RemoveBeforeInSync => {
@@ -280,7 +288,12 @@ fn remove_before_in_sync_is_caught() {
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 15, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 16, "a new planted bug needs its test here");
+}
+
+#[test]
+fn tv2_epoch_not_bumped_is_caught() {
+    a_seed_catches(Bug::Tv2EpochNotBumped);
 }
 
 #[test]

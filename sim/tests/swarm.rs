@@ -134,6 +134,14 @@ fn fixed_regression_and_commit_seeds_pass() {
     assert!(summary.lines.iter().any(|l| l.txn_fencings > 0));
     assert!(summary.lines.iter().any(|l| l.txn_timeouts > 0));
     assert!(summary.lines.iter().any(|l| l.txn_coordinator_moves > 0));
+    // Transaction version 2 (half the transactional seeds): EndTxn v5 committed and aborted
+    // with an epoch bump, Produce v12 added partitions, and late writes of aborted
+    // transactions were fenced.
+    assert!(summary.lines.iter().any(|l| l.txn_v2_commits > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_v2_aborts > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_epoch_bumps > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_implicit_adds > 0));
+    assert!(summary.lines.iter().any(|l| l.txn_late_writes_fenced > 0));
     // Reassignments (KIP-455) were accepted and completed (each accepted one left the exact
     // target replicas, or the run failed): 2 of seeds 1 to 40. Cancellations are rarer (the
     // new replicas catch up fast) and are not asserted here; docs/simulation.md has their

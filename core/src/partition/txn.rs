@@ -13,12 +13,18 @@
 //! 1. An epoch older than the producer's last marker's is fenced: INVALID_PRODUCER_EPOCH.
 //! 2. A non-transactional batch while the producer has an open transaction here:
 //!    INVALID_TXN_STATE.
-//! 3. A transactional batch that would open a transaction (the producer has none open here)
-//!    needs the coordinator's word that the partition is in the producer's transaction at this
-//!    epoch (KIP-890 part 1's verification): [`PartitionReplica::allow_txn`], which the shell
-//!    calls after asking the coordinator. Without it: [`ProduceError::TxnNotVerified`]. A
-//!    marker clears the producer's verification, so a write delayed past its transaction's end
-//!    cannot open a transaction no coordinator knows of (the hanging transaction of KIP-890).
+//! 3. A transactional batch that would open a transaction (the producer has none open here
+//!    at the batch's epoch) needs the coordinator's word that the partition is in the
+//!    producer's transaction at this epoch (KIP-890 part 1's verification):
+//!    [`PartitionReplica::allow_txn`], which the shell calls after asking the coordinator.
+//!    Without it: [`ProduceError::TxnNotVerified`]. A marker clears the producer's
+//!    verification, so a write delayed past its transaction's end cannot open a transaction no
+//!    coordinator knows of (the hanging transaction of KIP-890). A transaction open here at an
+//!    older epoch does not count (Kafka's `hasOngoingTransaction(producerId, epoch)`): under
+//!    transaction version 2 the next transaction's epoch is handed out before the previous
+//!    one's markers are written, and its first write here must not slip into the previous
+//!    transaction, whose late COMMIT would then commit it; the coordinator holds the
+//!    verification (CONCURRENT_TRANSACTIONS) until those markers are written.
 //! 4. A marker from a coordinator epoch older than the producer's last marker's:
 //!    TRANSACTION_COORDINATOR_FENCED; a marker whose producer epoch is older than the
 //!    producer's current epoch: INVALID_PRODUCER_EPOCH.
@@ -259,7 +265,7 @@ impl<S: Storage> PartitionReplica<S> {
             .check_data(producer_id, batch.is_transactional())
             .map_err(ProduceError::Txn)?;
         if batch.is_transactional()
-            && self.txns.open_txn(producer_id).is_none()
+            && !self.open_txn_at(producer_id, epoch)
             && self.verified.epoch(producer_id) != Some(epoch)
         {
             return Err(ProduceError::TxnNotVerified {
@@ -274,8 +280,15 @@ impl<S: Storage> PartitionReplica<S> {
     /// coordinator's verification before it is appended (the shell asks before the append).
     pub fn txn_needs_verification(&self, producer_id: ProducerId, producer_epoch: i16) -> bool {
         producer_id.0 >= 0
-            && self.txns.open_txn(producer_id).is_none()
+            && !self.open_txn_at(producer_id, producer_epoch)
             && self.verified.epoch(producer_id) != Some(producer_epoch)
+    }
+
+    /// Whether `producer_id` has a transaction open here whose batches carry `epoch` (rule 3:
+    /// one at an older epoch is the previous transaction's, waiting for its marker).
+    fn open_txn_at(&self, producer_id: ProducerId, epoch: i16) -> bool {
+        self.txns.open_txn(producer_id).is_some()
+            && self.producers.entry(producer_id).map(|e| e.epoch()) == Some(epoch)
     }
 
     /// The coordinator confirmed that this partition is in `producer_id`'s transaction at
@@ -540,6 +553,41 @@ mod tests {
             code::INVALID_TXN_STATE,
             "a write after the marker needs a new verification: {err}"
         );
+    }
+
+    /// Transaction version 2 (KIP-890 part 2): the producer's next transaction runs at the
+    /// bumped epoch, which it learns before the previous transaction's marker is written here.
+    /// Its first write here needs the coordinator's verification even though the previous
+    /// transaction is still open here, so that it cannot join that transaction and be
+    /// committed by its marker; once the marker is here, the verified write opens a
+    /// transaction of its own.
+    #[test]
+    fn a_write_at_a_new_epoch_does_not_join_the_open_transaction_of_the_old() {
+        let mut snaps = MemStorage::new();
+        let mut p = open(MemStorage::new(), &mut snaps);
+        p.allow_txn(PID, 0);
+        p.append(NOW, txn_batch(PID, 0, 0, 1, true)).unwrap();
+        assert!(
+            !p.txn_needs_verification(PID, 0),
+            "the open transaction's epoch"
+        );
+        // The next transaction's epoch, before the COMMIT marker (at epoch 1) is here.
+        assert!(p.txn_needs_verification(PID, 1));
+        let err = p.append(NOW, txn_batch(PID, 1, 0, 1, true)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_TXN_STATE, "{err}");
+        let m = p.append_marker(NOW, PID, 1, marker(true)).unwrap();
+        assert!(p.txn_needs_verification(PID, 1));
+        p.allow_txn(PID, 1);
+        let a = p.append(NOW, txn_batch(PID, 1, 0, 1, true)).unwrap();
+        assert_eq!(
+            a.base_offset,
+            m.last_offset.plus(1),
+            "after the marker, in a transaction of its own"
+        );
+        assert_eq!(p.txns().open_txn(PID), Some(a.base_offset));
+        // A write of the ended transaction (epoch 0) is fenced by the marker's epoch.
+        let err = p.append(NOW, txn_batch(PID, 0, 1, 1, true)).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_PRODUCER_EPOCH, "{err}");
     }
 
     /// A marker request of an earlier transaction that arrives after the producer's next

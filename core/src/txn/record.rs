@@ -65,7 +65,8 @@ pub struct TxnLogValue {
     pub producer_id: ProducerId,
     /// The producer id before the last transition (tagged field 0, v1 only; -1 when unknown).
     pub previous_producer_id: ProducerId,
-    /// KIP-890 part 2's next producer id (tagged field 1; keel writes -1).
+    /// KIP-890 part 2's next producer id (tagged field 1): the producer id a transaction of
+    /// version 2 that ends at the exhausted epoch moves to once complete; -1 otherwise.
     pub next_producer_id: ProducerId,
     /// The producer epoch.
     pub producer_epoch: i16,
@@ -79,7 +80,8 @@ pub struct TxnLogValue {
     pub last_update_ms: i64,
     /// When the current transaction started (-1: none).
     pub start_ms: i64,
-    /// The transaction version the client uses (tagged field 2; keel writes 0).
+    /// The transaction version the client uses (tagged field 2): 2 for a transaction of
+    /// version 2 (EndTxn v5, partitions added by their leaders), else 0.
     pub client_transaction_version: i16,
 }
 

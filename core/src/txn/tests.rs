@@ -231,12 +231,25 @@ impl Harness {
         p: (ProducerId, i16),
         partitions: &[TopicPartition],
     ) -> Option<ErrorCode> {
+        self.add_tv(tid, p, partitions, 0)
+    }
+
+    /// AddPartitionsToTxn as a partition leader sends it for a transaction-version-2 write
+    /// (v5) when `transaction_version` is 2.
+    fn add_tv(
+        &mut self,
+        tid: &str,
+        p: (ProducerId, i16),
+        partitions: &[TopicPartition],
+        transaction_version: i16,
+    ) -> Option<ErrorCode> {
         let id = self.request_id();
         let req = AddPartitionsRequest {
             transactional_id: tid.to_string(),
             producer_id: p.0,
             producer_epoch: p.1,
             partitions: partitions.to_vec(),
+            transaction_version,
         };
         let reply = self.c.handle_add_partitions(self.now, id, &req);
         self.answer(id, reply, |r| match r {
@@ -275,6 +288,39 @@ impl Harness {
         })
     }
 
+    /// EndTxn v5 (transaction version 2); `None` while its answer waits.
+    fn end_v2(
+        &mut self,
+        tid: &str,
+        p: (ProducerId, i16),
+        result: TxnResult,
+    ) -> Option<EndTxnResponse> {
+        let id = self.request_id();
+        let req = EndTxnRequest {
+            transactional_id: tid.to_string(),
+            producer_id: p.0,
+            producer_epoch: p.1,
+            result,
+        };
+        let now = self.now;
+        let mut alloc_state = (self.next_pid, self.pids_left);
+        let reply = {
+            let mut alloc = || {
+                if let Some(left) = &mut alloc_state.1 {
+                    *left = left.checked_sub(1)?;
+                }
+                alloc_state.0 += 1;
+                Some(ProducerId(alloc_state.0))
+            };
+            self.c.handle_end_txn_v2(now, id, &req, &mut alloc)
+        };
+        (self.next_pid, self.pids_left) = alloc_state;
+        self.answer(id, reply, |r| match r {
+            Response::EndTxnV2(r) => r,
+            other => panic!("an EndTxn v5 answer, not {other:?}"),
+        })
+    }
+
     fn verify(
         &self,
         tid: &str,
@@ -286,6 +332,7 @@ impl Harness {
             producer_id: p.0,
             producer_epoch: p.1,
             partitions: partitions.to_vec(),
+            transaction_version: 0,
         })
     }
 
@@ -1627,8 +1674,8 @@ enum Op {
     Add { c: usize, mask: u8 },
     /// Client `c` adds its group's offsets partition.
     Offsets { c: usize },
-    /// Client `c` ends its transaction.
-    End { c: usize, commit: bool },
+    /// Client `c` ends its transaction, with EndTxn v5 (transaction version 2) when `v2`.
+    End { c: usize, commit: bool, v2: bool },
     /// A partition leader verifies client `c`'s first write to x-0.
     Verify { c: usize },
     /// Every record written so far becomes durable.
@@ -1658,7 +1705,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (c.clone(), any::<bool>()).prop_map(|(c, kip360)| Op::Init { c, kip360 }),
         5 => (c.clone(), 1..8u8).prop_map(|(c, mask)| Op::Add { c, mask }),
         1 => c.clone().prop_map(|c| Op::Offsets { c }),
-        4 => (c.clone(), any::<bool>()).prop_map(|(c, commit)| Op::End { c, commit }),
+        4 => (c.clone(), any::<bool>(), any::<bool>()).prop_map(|(c, commit, v2)| Op::End { c, commit, v2 }),
         1 => c.prop_map(|c| Op::Verify { c }),
         5 => Just(Op::Durable),
         2 => (1..4usize).prop_map(Op::DurableSome),
@@ -1741,7 +1788,28 @@ proptest! {
                         None => { sent.insert(RequestId(before + 1), Sent { client: *c, stale }); }
                     }
                 }
-                Op::End { c, commit } if clients[*c].is_some() => {
+                Op::End { c, commit, v2: true } if clients[*c].is_some() => {
+                    let p = clients[*c].expect("checked");
+                    let durable = durable_pair(&h, *c);
+                    let stale = durable != Some(p);
+                    let result = if *commit { TxnResult::Commit } else { TxnResult::Abort };
+                    let before = h.next_request;
+                    match h.end_v2(tid_of(*c), p, result) {
+                        Some(r) if r.error_code == code::NONE => {
+                            // Only a retry of an end that completed is answered NONE at once,
+                            // with the durable pair; a stale pair gets nothing else.
+                            prop_assert_eq!(Some((r.producer_id, r.producer_epoch)), durable, "a retry is answered the durable pair");
+                            prop_assert!(stale, "an end at the current epoch is never answered at once");
+                            clients[*c] = Some((r.producer_id, r.producer_epoch));
+                        }
+                        Some(_) => {}
+                        None => {
+                            prop_assert!(!stale, "a stale producer ended a transaction");
+                            sent.insert(RequestId(before + 1), Sent { client: *c, stale });
+                        }
+                    }
+                }
+                Op::End { c, commit, v2: false } if clients[*c].is_some() => {
                     let p = clients[*c].expect("checked");
                     let stale = durable_pair(&h, *c) != Some(p);
                     let result = if *commit { TxnResult::Commit } else { TxnResult::Abort };
@@ -1801,7 +1869,7 @@ proptest! {
                 Op::Advance(ms) => h.advance(*ms),
                 Op::Reload => {
                     for (id, r) in h.reload() {
-                        prop_assert!(matches!(r, Response::InitProducerId(InitProducerIdResponse { error_code: code::NOT_COORDINATOR, .. }) | Response::AddPartitions(code::NOT_COORDINATOR) | Response::AddOffsets(code::NOT_COORDINATOR) | Response::EndTxn(code::NOT_COORDINATOR)), "{r:?}");
+                        prop_assert!(matches!(r, Response::InitProducerId(InitProducerIdResponse { error_code: code::NOT_COORDINATOR, .. }) | Response::AddPartitions(code::NOT_COORDINATOR) | Response::AddOffsets(code::NOT_COORDINATOR) | Response::EndTxn(code::NOT_COORDINATOR) | Response::EndTxnV2(EndTxnResponse { error_code: code::NOT_COORDINATOR, .. })), "{r:?}");
                         sent.remove(&id);
                     }
                 }
@@ -1816,6 +1884,12 @@ proptest! {
                     }
                     Response::AddPartitions(e) | Response::AddOffsets(e) | Response::EndTxn(e) => {
                         prop_assert!(!(s.stale && e == code::NONE), "a stale producer's request succeeded late");
+                    }
+                    Response::EndTxnV2(r) => {
+                        prop_assert!(!(s.stale && r.error_code == code::NONE), "a stale producer's request succeeded late");
+                        if r.error_code == code::NONE {
+                            clients[s.client] = Some((r.producer_id, r.producer_epoch));
+                        }
                     }
                     Response::InitProducerId(_) => {}
                 }
@@ -1836,7 +1910,9 @@ proptest! {
                     let prev = h.log[..i].iter().rev().find(|p| p.transactional_id == r.transactional_id).and_then(|p| p.value.clone());
                     let prev = prev.expect("a Complete* follows a record of its id");
                     prop_assert!(prev.state.may_become(v.state), "{:?} then {:?}", prev.state, v.state);
-                    let reported = h.reported.get(&(r.transactional_id.clone(), v.producer_id, v.producer_epoch)).cloned().unwrap_or_default();
+                    // The markers are the Prepare*'s (a TV2 end at an exhausted epoch then moves
+                    // to a new producer id).
+                    let reported = h.reported.get(&(r.transactional_id.clone(), prev.producer_id, prev.producer_epoch)).cloned().unwrap_or_default();
                     prop_assert!(prev.partitions.is_subset(&reported), "Complete* before every marker was written");
                 }
             }
@@ -1867,4 +1943,248 @@ proptest! {
             prop_assert!(matches!(state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort), "{:?} left", state);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transaction version 2 (KIP-890 part 2): EndTxn v5 bumps the epoch at every end
+// ---------------------------------------------------------------------------------------------
+
+/// Kafka's `endTransaction` under TV2 (`prepareAbortOrCommit`): the Prepare record, and so
+/// the markers, carry the bumped epoch; the answer names it; the ended epoch is fenced at the
+/// coordinator (the partitions refuse it once the marker is there).
+#[test]
+fn tv2_end_bumps_the_epoch_and_the_markers_carry_it() {
+    let mut h = Harness::new();
+    let (pid, e0) = h.init_ok("t");
+    let parts = [tp("a", 0), tp("b", 1)];
+    assert_eq!(h.add_tv("t", (pid, e0), &parts, 2), Some(code::NONE));
+    assert_eq!(h.durable_of("t").unwrap().client_transaction_version, 2);
+    let r = h.end_v2("t", (pid, e0), TxnResult::Commit).unwrap();
+    assert_eq!(
+        (r.error_code, r.producer_id, r.producer_epoch),
+        (code::NONE, pid, e0 + 1)
+    );
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!(
+        (m.producer_id, m.producer_epoch, m.result),
+        (pid, e0 + 1, TxnResult::Commit)
+    );
+    assert_eq!(m.partitions, parts.to_vec());
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteCommit, e0 + 1)
+    );
+    // The ended transaction's epoch: fenced for adds and the leaders' verification.
+    assert_eq!(
+        h.add_tv("t", (pid, e0), &[tp("c", 0)], 2),
+        Some(code::PRODUCER_FENCED)
+    );
+    assert_eq!(
+        h.verify("t", (pid, e0), &[tp("a", 0)]),
+        Err(code::PRODUCER_FENCED)
+    );
+    // The next transaction runs at the new epoch, and bumps it again.
+    assert_eq!(
+        h.add_tv("t", (pid, e0 + 1), &[tp("a", 0)], 2),
+        Some(code::NONE)
+    );
+    let r = h.end_v2("t", (pid, e0 + 1), TxnResult::Abort).unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (code::NONE, e0 + 2));
+    assert_eq!(h.state("t"), Some(TxnState::CompleteAbort));
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!((m.producer_epoch, m.result), (e0 + 2, TxnResult::Abort));
+}
+
+/// TV2's retries are told apart by the epoch (Kafka's `retryOnEpochBump`): the ended epoch
+/// retries the EndTxn (NONE with the current pair once complete, CONCURRENT_TRANSACTIONS while
+/// its markers are out, INVALID_TXN_STATE for the other result); the current epoch is the next
+/// transaction's; any other epoch is fenced.
+#[test]
+fn tv2_retries_are_told_by_the_epoch() {
+    let mut h = Harness::new();
+    h.auto_markers = false;
+    let (pid, e) = h.init_ok("t");
+    assert_eq!(h.add_tv("t", (pid, e), &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(r.producer_epoch, e + 1);
+    assert_eq!(h.state("t"), Some(TxnState::PrepareCommit));
+    let retry = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(retry.error_code, code::CONCURRENT_TRANSACTIONS);
+    let other = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(other.error_code, code::INVALID_TXN_STATE);
+    // The bumped epoch while the markers are out: not a retry, and not yet a transaction.
+    let early = h.end_v2("t", (pid, e + 1), TxnResult::Commit).unwrap();
+    assert_eq!(early.error_code, code::PRODUCER_FENCED);
+    h.write_markers();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteCommit));
+    let retry = h.end_v2("t", (pid, e), TxnResult::Commit).unwrap();
+    assert_eq!(
+        (retry.error_code, retry.producer_id, retry.producer_epoch),
+        (code::NONE, pid, e + 1)
+    );
+    let other = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(other.error_code, code::INVALID_TXN_STATE);
+    // The current epoch with nothing added: a commit is no transaction...
+    let none = h.end_v2("t", (pid, e + 1), TxnResult::Commit).unwrap();
+    assert_eq!(none.error_code, code::INVALID_TXN_STATE);
+    // ...and an abort ends an empty one: the epoch bumps, no marker, complete at once.
+    let markers_before = h.markers_emitted.len();
+    let abort = h.end_v2("t", (pid, e + 1), TxnResult::Abort).unwrap();
+    assert_eq!(
+        (abort.error_code, abort.producer_epoch),
+        (code::NONE, e + 2)
+    );
+    assert_eq!(
+        h.markers_emitted.len(),
+        markers_before,
+        "no partition, no marker"
+    );
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteAbort, e + 2)
+    );
+    assert!(v.partitions.is_empty());
+    // Older and newer epochs are fenced; another producer id is not this one.
+    let old = h.end_v2("t", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(old.error_code, code::PRODUCER_FENCED);
+    let newer = h.end_v2("t", (pid, e + 5), TxnResult::Abort).unwrap();
+    assert_eq!(newer.error_code, code::PRODUCER_FENCED);
+    let stranger = h
+        .end_v2("t", (ProducerId(pid.0 + 77), e + 2), TxnResult::Abort)
+        .unwrap();
+    assert_eq!(stranger.error_code, code::INVALID_PRODUCER_ID_MAPPING);
+    let unknown = h.end_v2("nobody", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(unknown.error_code, code::INVALID_PRODUCER_ID_MAPPING);
+    let bad = h.end_v2("", (pid, e), TxnResult::Abort).unwrap();
+    assert_eq!(bad.error_code, code::INVALID_REQUEST);
+    // An abort from Empty (right after InitProducerId) bumps too.
+    let (pid2, f) = h.init_ok("u");
+    let r = h.end_v2("u", (pid2, f), TxnResult::Abort).unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (code::NONE, f + 1));
+    assert_eq!(h.state("u"), Some(TxnState::CompleteAbort));
+}
+
+/// TV2 at the exhausted epoch (Kafka's `prepareAbortOrCommit` with a next producer id, and
+/// `prepareComplete`): the markers go out at `i16::MAX`, the answer names a new producer id
+/// at epoch 0, CompleteCommit moves to it remembering the old one, and a retry with the old
+/// id at the exhausted epoch gets the new pair back.
+#[test]
+fn tv2_end_at_the_exhausted_epoch_moves_to_a_new_producer_id() {
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    let old = (ProducerId(500), EPOCH_EXHAUSTED);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(r.error_code, code::NONE);
+    assert_ne!(r.producer_id, ProducerId(500));
+    assert_eq!(r.producer_epoch, 0);
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!(
+        (m.producer_id, m.producer_epoch),
+        (ProducerId(500), i16::MAX)
+    );
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (
+            v.state,
+            v.producer_id,
+            v.producer_epoch,
+            v.previous_producer_id,
+            v.next_producer_id
+        ),
+        (
+            TxnState::CompleteCommit,
+            r.producer_id,
+            0,
+            ProducerId(500),
+            ProducerId::NONE
+        )
+    );
+    let retry = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(
+        (retry.error_code, retry.producer_id, retry.producer_epoch),
+        (code::NONE, r.producer_id, 0)
+    );
+    // The old producer id is gone; the new one runs transactions.
+    assert_eq!(
+        h.add_tv("t", old, &[tp("a", 0)], 2),
+        Some(code::INVALID_PRODUCER_ID_MAPPING)
+    );
+    let new = (r.producer_id, 0);
+    assert_eq!(h.add_tv("t", new, &[tp("a", 0)], 2), Some(code::NONE));
+    let r2 = h.end_v2("t", new, TxnResult::Commit).unwrap();
+    assert_eq!(
+        (r2.error_code, r2.producer_id, r2.producer_epoch),
+        (code::NONE, new.0, 1)
+    );
+    // With no producer id at hand, the end at the exhausted epoch is retriable.
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    h.pids_left = Some(0);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Commit).unwrap();
+    assert_eq!(r.error_code, code::COORDINATOR_LOAD_IN_PROGRESS);
+    assert_eq!(h.state("t"), Some(TxnState::Ongoing));
+}
+
+/// A coordinator that moves mid-way resumes a TV2 end as any other: a Prepare* with
+/// partitions sends its markers again at the bumped epoch, one with none (an empty abort)
+/// completes at once, and one at the exhausted epoch completes to the next producer id.
+#[test]
+fn tv2_ends_resume_after_a_reload() {
+    let mut h = Harness::manual();
+    assert_eq!(h.init("t", None), None, "waits for its record");
+    h.durable();
+    let v = h.durable_of("t").unwrap();
+    let (pid, e) = (v.producer_id, v.producer_epoch);
+    assert_eq!(h.add_tv("t", (pid, e), &[tp("a", 0)], 2), None);
+    h.durable();
+    assert_eq!(h.end_v2("t", (pid, e), TxnResult::Commit), None);
+    h.durable();
+    assert_eq!(h.state("t"), Some(TxnState::PrepareCommit));
+    h.reload();
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!((m.producer_epoch, m.result), (e + 1, TxnResult::Commit));
+    h.write_markers();
+    h.durable();
+    assert_eq!(h.state("t"), Some(TxnState::CompleteCommit));
+    // An empty abort whose Prepare is durable but not yet complete.
+    assert_eq!(h.end_v2("t", (pid, e + 1), TxnResult::Abort), None);
+    h.durable();
+    // Its Complete record is written at once; lose it with the move.
+    h.log.truncate(h.durable_len);
+    h.reload();
+    h.durable();
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_epoch),
+        (TxnState::CompleteAbort, e + 2)
+    );
+    // The loaded Prepare of an exhausted epoch completes to its next producer id.
+    let mut h = loaded_at_epoch(EPOCH_EXHAUSTED);
+    h.auto_markers = false;
+    let old = (ProducerId(500), EPOCH_EXHAUSTED);
+    assert_eq!(h.add_tv("t", old, &[tp("a", 0)], 2), Some(code::NONE));
+    let r = h.end_v2("t", old, TxnResult::Abort).unwrap();
+    h.reload();
+    h.write_markers();
+    let v = h.durable_of("t").unwrap();
+    assert_eq!(
+        (v.state, v.producer_id, v.producer_epoch),
+        (TxnState::CompleteAbort, r.producer_id, 0)
+    );
+}
+
+/// TV1 (EndTxn v4 and below) keeps the epoch: the same flow at v4 ends at the same epoch.
+#[test]
+fn tv1_end_keeps_the_epoch() {
+    let mut h = Harness::new();
+    let p = h.init_ok("t");
+    assert_eq!(h.add("t", p, &[tp("a", 0)]), Some(code::NONE));
+    assert_eq!(h.end("t", p, TxnResult::Commit), Some(code::NONE));
+    let v = h.durable_of("t").unwrap();
+    assert_eq!((v.state, v.producer_epoch), (TxnState::CompleteCommit, p.1));
+    assert_eq!(v.client_transaction_version, 0);
+    let (m, _) = h.markers_emitted.last().unwrap().clone();
+    assert_eq!(m.producer_epoch, p.1);
 }

@@ -72,11 +72,6 @@ const FETCH_TOPIC_IDS_VERSION: i16 = 13;
 /// The first Produce version that names topics by id instead of by name (KIP-516).
 const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
 
-/// The first Produce version whose transactional batches add their partition to the
-/// transaction themselves, which a client does only under transaction version 2 (KIP-890
-/// part 2). keel does not finalize that version (`wire::FEATURES`) and refuses such batches.
-const PRODUCE_IMPLICIT_ADD_VERSION: i16 = 12;
-
 fn uuid(id: CoreTopicId) -> uuid::Uuid {
     uuid::Uuid::from_bytes(id.0)
 }
@@ -617,17 +612,7 @@ impl Broker {
             Err(e) => return Err((code::CORRUPT_MESSAGE, e.to_string())),
         };
         if batch.is_transactional() {
-            if ctx.api_version >= PRODUCE_IMPLICIT_ADD_VERSION {
-                return Err((
-                    code::UNSUPPORTED_VERSION,
-                    format!(
-                        "a transactional Produce v{} would add {topic}-{index} to the transaction \
-                         itself (transaction version 2, KIP-890), which keel does not serve: \
-                         send it at v11 or below",
-                        ctx.api_version
-                    ),
-                ));
-            }
+            // From v12 (transaction version 2) this adds the partition to the transaction.
             self.prepare_txn_append(ctx.api_version, transactional_id, topic, &partition, &batch)?;
         }
         let (txn_pid, txn_epoch, txn_seq) = (

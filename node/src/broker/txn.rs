@@ -146,6 +146,11 @@ pub struct VerifyRequest {
     /// With `TXN_PARTITIONS_ADDED`: when the transaction started (-1: unknown).
     #[prost(int64, tag = "5")]
     pub txn_start_ms: i64,
+    /// With `TXN_VERIFY`: add the partitions to the transaction rather than check them
+    /// (transaction version 2, Kafka's AddPartitionsToTxn v5 from a partition leader); the
+    /// answer waits for the add's record.
+    #[prost(bool, tag = "6")]
+    pub add: bool,
 }
 
 /// The coordinator's answer: a whole-request error, or one per partition, and when the
@@ -666,6 +671,57 @@ impl Broker {
     }
 
     /// Serves a partition leader's verification (peer kind [`kind::TXN_VERIFY`]).
+    /// A partition leader's implicit add (transaction version 2), at this coordinator: the
+    /// answer, per partition, once the add's record is durable.
+    async fn serve_add(&self, body: Bytes) -> VerifyAnswer {
+        let failed = |e: ErrorCode| VerifyAnswer {
+            error_code: e.into(),
+            partitions: Vec::new(),
+            txn_start_ms: -1,
+        };
+        let Ok(request) = VerifyRequest::decode(body) else {
+            return failed(code::INVALID_REQUEST);
+        };
+        let add = keel_core::txn::AddPartitionsRequest {
+            transactional_id: request.transactional_id.clone(),
+            producer_id: ProducerId(request.producer_id),
+            producer_epoch: i16::try_from(request.producer_epoch).unwrap_or(-1),
+            partitions: request
+                .partitions
+                .iter()
+                .map(|tp| TopicPartition {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                })
+                .collect(),
+            transaction_version: keel_core::txn::TRANSACTION_VERSION_2,
+        };
+        let call = self.call_txn(&request.transactional_id, |c, now, id| {
+            c.handle_add_partitions(now, id, &add)
+        });
+        let answer = call
+            .finish(|r| match r {
+                Response::AddPartitions(e) => Some(e),
+                _ => None,
+            })
+            .await;
+        match answer {
+            Err(e) => failed(e),
+            Ok(e) => VerifyAnswer {
+                error_code: 0,
+                txn_start_ms: self.txn_start_here(&request.transactional_id),
+                partitions: request
+                    .partitions
+                    .into_iter()
+                    .map(|tp| TxnPartition {
+                        error_code: e.into(),
+                        ..tp
+                    })
+                    .collect(),
+            },
+        }
+    }
+
     fn serve_verify(&self, body: Bytes) -> VerifyAnswer {
         let Ok(request) = VerifyRequest::decode(body) else {
             return VerifyAnswer {
@@ -723,6 +779,7 @@ impl Broker {
             producer_id,
             producer_epoch,
             partitions,
+            transaction_version: 0,
         };
         self.with_txn(transactional_id, |c, _| {
             let start = c.txn_start_ms(transactional_id).unwrap_or(-1);
@@ -758,8 +815,8 @@ impl Broker {
         let local = self.verify_txn_here(transactional_id, producer_id, producer_epoch, vec![tp]);
         let answer = match local {
             Err(code::NOT_COORDINATOR) => {
-                self.verify_txn_remote(transactional_id, topic, index, producer_id, producer_epoch)
-                    .await
+                let remote = (topic, index, producer_id, producer_epoch, false);
+                self.verify_txn_remote(transactional_id, remote).await
             }
             Err(e) => Err(e),
             Ok((list, start)) => Ok((list.first().map_or(code::NONE, |(_, e)| *e), start)),
@@ -813,6 +870,7 @@ impl Broker {
                     producer_epoch: producer_epoch.into(),
                     partitions,
                     txn_start_ms,
+                    add: false,
                 }
                 .encode_to_vec();
                 peers.call(
@@ -826,13 +884,36 @@ impl Broker {
         join_all(calls).await;
     }
 
-    async fn verify_txn_remote(
+    /// Transaction version 2's implicit add, at the coordinator of `transactional_id` on
+    /// another broker: adds `topic`-`index` to the producer's transaction (the answer waits for
+    /// the add's record), and on success lets the partition take the producer's transactional
+    /// batches. The error otherwise.
+    pub(super) async fn add_txn(
         &self,
         transactional_id: &str,
         topic: &str,
         index: i32,
         producer_id: ProducerId,
         producer_epoch: i16,
+    ) -> Result<(), ErrorCode> {
+        let remote = (topic, index, producer_id, producer_epoch, true);
+        match self.verify_txn_remote(transactional_id, remote).await? {
+            (code::NONE, start) => {
+                if let Ok(p) = self.leader(topic, index) {
+                    p.with(|r| r.allow_txn_started(producer_id, producer_epoch, start));
+                }
+                Ok(())
+            }
+            (e, _) => Err(e),
+        }
+    }
+
+    /// Asks the coordinator of `transactional_id` on another broker to verify, or with `add`
+    /// to add, the partition `topic`-`index` for the producer.
+    async fn verify_txn_remote(
+        &self,
+        transactional_id: &str,
+        (topic, index, producer_id, producer_epoch, add): (&str, i32, ProducerId, i16, bool),
     ) -> Result<(ErrorCode, i64), ErrorCode> {
         let n = self
             .txn_state_partitions()
@@ -862,6 +943,7 @@ impl Broker {
                 error_code: 0,
             }],
             txn_start_ms: -1,
+            add,
         };
         let envelope = peers
             .call(
@@ -915,8 +997,17 @@ pub fn dispatch_txn_peer(broker: &Arc<Broker>, message: Incoming) -> Option<Inco
             None
         }
         kind::TXN_VERIFY => {
-            let answer = broker.serve_verify(message.envelope.body.clone());
-            respond(broker, &message, &answer);
+            let adds = VerifyRequest::decode(message.envelope.body.clone()).is_ok_and(|r| r.add);
+            if adds {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let answer = broker.serve_add(message.envelope.body.clone()).await;
+                    respond(&broker, &message, &answer);
+                });
+            } else {
+                let answer = broker.serve_verify(message.envelope.body.clone());
+                respond(broker, &message, &answer);
+            }
             None
         }
         _ => Some(message),

@@ -1,7 +1,10 @@
 //! The transaction APIs on the wire: FindCoordinator with key type 1, InitProducerId with a
-//! transactional id, AddPartitionsToTxn (v0-3, and v4's batched and verify-only forms),
-//! AddOffsetsToTxn, EndTxn, DescribeTransactions and ListTransactions, translated between
-//! kafka-protocol messages and `keel_core::txn` types.
+//! transactional id, AddPartitionsToTxn (v0-3, v4's batched and verify-only forms, v5's add
+//! from a partition leader), AddOffsetsToTxn, TxnOffsetCommit, EndTxn (v5: transaction version
+//! 2's epoch bump), DescribeTransactions and ListTransactions, translated between
+//! kafka-protocol messages and `keel_core::txn` types; and the partition leader's side of
+//! KIP-890: the verification before a transaction's first write, or from Produce v12 and
+//! TxnOffsetCommit v5 (transaction version 2) the partition's add to the transaction.
 //!
 //! As for groups, each call into the coordinator happens at once (in the connection's request
 //! order) and the returned future waits, with no lock held, for an answer that comes late (once
@@ -25,12 +28,29 @@ use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::txn::{
     self, error_for_version, AddOffsetsRequest, AddPartitionsRequest,
     InitProducerIdRequest as CoreInitRequest, Response, TopicPartition, TxnApi, TxnResult,
-    TxnState,
+    TxnState, EPOCH_EXHAUSTED, TRANSACTION_VERSION_2,
 };
 use keel_core::ProducerId as CoreProducerId;
 
 /// The first Produce version whose clients know TRANSACTION_ABORTABLE (KIP-890).
 const PRODUCE_TRANSACTION_ABORTABLE_VERSION: i16 = 11;
+
+/// The first Produce version whose transactional batches add their partition to the
+/// transaction themselves (transaction version 2, KIP-890 part 2): the client sends no
+/// AddPartitionsToTxn, and the partition's leader adds it (Kafka's `AddPartitionsToTxnManager`).
+const PRODUCE_IMPLICIT_ADD_VERSION: i16 = 12;
+
+/// The first EndTxn version of transaction version 2 (KIP-890 part 2): the coordinator bumps
+/// the producer epoch and answers the next transaction's producer id and epoch.
+const END_TXN_V2_VERSION: i16 = 5;
+
+/// The first TxnOffsetCommit version of transaction version 2: the group's partition is added
+/// to the transaction by the commit itself, with no AddOffsetsToTxn before it.
+const TXN_OFFSET_COMMIT_V2_VERSION: i16 = 5;
+
+/// The first AddPartitionsToTxn version of transaction version 2: sent by a partition leader
+/// that adds its partition for a Produce v12+ (or a TxnOffsetCommit v5).
+const ADD_PARTITIONS_V2_VERSION: i16 = 5;
 
 use keel_core::batch::Batch;
 
@@ -179,6 +199,8 @@ impl Broker {
     /// transaction. A coordinator on this broker answers at once; one elsewhere is asked in
     /// the background while the produce gets NOT_ENOUGH_REPLICAS, which clients retry (Kafka
     /// answers CONCURRENT_TRANSACTIONS from its verification the same way).
+    /// From Produce v12 (transaction version 2, KIP-890 part 2) the partition is added to the
+    /// transaction rather than verified: the client sent no AddPartitionsToTxn for it.
     pub(super) fn prepare_txn_append(
         &self,
         produce_version: i16,
@@ -194,7 +216,8 @@ impl Broker {
             ));
         };
         let (pid, epoch) = (batch.producer_id(), batch.producer_epoch());
-        let Err(error) = self.verify_before_txn_append(txn_id, topic, p, pid, epoch) else {
+        let add = produce_version >= PRODUCE_IMPLICIT_ADD_VERSION;
+        let Err(error) = self.verify_before_txn_append(txn_id, topic, p, pid, epoch, add) else {
             return Ok(());
         };
         // Produce's codes for the coordinator's (Kafka's `AddPartitionsToTxnManager`).
@@ -221,6 +244,10 @@ impl Broker {
                 code::INVALID_PRODUCER_ID_MAPPING,
                 "the producer id does not match the transactional id's",
             ),
+            _ if add => (
+                code::NOT_ENOUGH_REPLICAS,
+                "adding the partition to the transaction at its coordinator: retry",
+            ),
             _ => (
                 code::NOT_ENOUGH_REPLICAS,
                 "verifying the transaction with its coordinator: retry",
@@ -234,6 +261,14 @@ impl Broker {
     /// needs no verification or the coordinator here confirms it; else the coordinator's
     /// code (TRANSACTION_ABORTABLE: not in the transaction), or CONCURRENT_TRANSACTIONS while
     /// a coordinator on another broker is asked in the background.
+    ///
+    /// With `add` (transaction version 2: Produce v12+, TxnOffsetCommit v5) the partition is
+    /// added to the transaction instead, as Kafka's `AddPartitionsToTxnManager` does with
+    /// AddPartitionsToTxn v5: Ok once the coordinator holds it; CONCURRENT_TRANSACTIONS while
+    /// the add's record becomes durable (here or at a coordinator elsewhere), after which the
+    /// partition may take the producer's batches and the client's retry goes through. A
+    /// producer whose epoch an EndTxn v5 bumped past (a zombie of an ended transaction) gets
+    /// PRODUCER_FENCED.
     pub(super) fn verify_before_txn_append(
         &self,
         txn_id: &str,
@@ -241,6 +276,7 @@ impl Broker {
         p: &Arc<PartitionHandle>,
         pid: CoreProducerId,
         epoch: i16,
+        add: bool,
     ) -> Result<(), ErrorCode> {
         if !p.with(|r| r.txn_needs_verification(pid, epoch)) {
             return Ok(());
@@ -249,6 +285,9 @@ impl Broker {
             topic: topic.to_string(),
             partition: p.index,
         };
+        if add {
+            return self.add_before_txn_append(txn_id, tp, p, pid, epoch);
+        }
         let here = self.verify_txn_here(txn_id, pid, epoch, vec![tp]);
         match here {
             Ok((list, start)) => match list.first().map(|(_, e)| *e) {
@@ -271,6 +310,69 @@ impl Broker {
                 Err(code::CONCURRENT_TRANSACTIONS)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Transaction version 2's implicit add of `tp` (led here as `p`) to the transaction of
+    /// `txn_id` before the producer's first batch there: see
+    /// [`Broker::verify_before_txn_append`].
+    fn add_before_txn_append(
+        &self,
+        txn_id: &str,
+        tp: TopicPartition,
+        p: &Arc<PartitionHandle>,
+        pid: CoreProducerId,
+        epoch: i16,
+    ) -> Result<(), ErrorCode> {
+        let req = AddPartitionsRequest {
+            transactional_id: txn_id.to_string(),
+            producer_id: pid,
+            producer_epoch: epoch,
+            partitions: vec![tp.clone()],
+            transaction_version: TRANSACTION_VERSION_2,
+        };
+        let call = self.call_txn(txn_id, |c, now, id| c.handle_add_partitions(now, id, &req));
+        let broker = self.this.upgrade();
+        match call {
+            TxnCall::Done(Ok(code::NONE)) => {
+                let start = self.txn_start_here(txn_id);
+                p.with(|r| r.allow_txn_started(pid, epoch, start));
+                Ok(())
+            }
+            TxnCall::Done(Ok(e)) => Err(e),
+            TxnCall::Done(Err(code::NOT_COORDINATOR)) => {
+                if let Some(b) = broker {
+                    let txn_id = txn_id.to_string();
+                    tokio::spawn(async move {
+                        let (topic, index) = (tp.topic, tp.partition);
+                        if let Err(e) = b.add_txn(&txn_id, &topic, index, pid, epoch).await {
+                            tracing::debug!(txn = %txn_id, %topic, partition = index, "implicit add: {}", keel_core::error_code::Named(e));
+                        }
+                    });
+                }
+                Err(code::CONCURRENT_TRANSACTIONS)
+            }
+            TxnCall::Done(Err(e)) => Err(e),
+            waiting @ TxnCall::Waiting(_) => {
+                if let Some(b) = broker {
+                    let txn_id = txn_id.to_string();
+                    tokio::spawn(async move {
+                        let answer = waiting
+                            .finish(|r| match r {
+                                Response::AddPartitions(e) => Some(e),
+                                _ => None,
+                            })
+                            .await;
+                        if answer == Ok(code::NONE) {
+                            let start = b.txn_start_here(&txn_id);
+                            if let Ok(p) = b.leader(&tp.topic, tp.partition) {
+                                p.with(|r| r.allow_txn_started(pid, epoch, start));
+                            }
+                        }
+                    });
+                }
+                Err(code::CONCURRENT_TRANSACTIONS)
+            }
         }
     }
 
@@ -379,6 +481,13 @@ impl Broker {
             producer_id: CoreProducerId(t.producer_id.0),
             producer_epoch: t.producer_epoch,
             partitions: partitions.clone(),
+            // v5 is a partition leader adding for a transaction-version-2 write (Kafka's
+            // `KafkaApis` takes the version from the request's).
+            transaction_version: if v >= ADD_PARTITIONS_V2_VERSION {
+                TRANSACTION_VERSION_2
+            } else {
+                0
+            },
         };
         if t.verify_only {
             let answer = self.with_txn(&transactional_id, |c, _| c.verify_partitions(&req));
@@ -471,9 +580,10 @@ impl Broker {
     // -----------------------------------------------------------------------------------------
     // TxnOffsetCommit
 
-    /// TxnOffsetCommit (v0-4; Kafka's `handleTxnCommitOffsets`): the group's coordinator
+    /// TxnOffsetCommit (v0-5; Kafka's `handleTxnCommitOffsets`): the group's coordinator
     /// checks the producer at the group's `__consumer_offsets` partition (a fenced epoch;
-    /// KIP-890's verification that AddOffsetsToTxn put the partition in the transaction),
+    /// KIP-890's verification that AddOffsetsToTxn put the partition in the transaction, or
+    /// from v5, transaction version 2, the partition's add to the transaction),
     /// then writes the offsets in a transactional batch of the producer. They stay pending
     /// until the transaction's marker lands on that partition.
     pub(super) fn start_txn_offset_commit(
@@ -608,7 +718,8 @@ impl Broker {
         if p.with(|r| r.txn_epoch_fenced(pid, epoch)).is_some() {
             return Err(code::INVALID_PRODUCER_EPOCH);
         }
-        match self.verify_before_txn_append(txn_id, OFFSETS_TOPIC, &p, pid, epoch) {
+        let add = version >= TXN_OFFSET_COMMIT_V2_VERSION;
+        match self.verify_before_txn_append(txn_id, OFFSETS_TOPIC, &p, pid, epoch, add) {
             Ok(()) => Ok(()),
             Err(code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH) => {
                 Err(code::INVALID_PRODUCER_EPOCH)
@@ -635,6 +746,9 @@ impl Broker {
                 TxnResult::Abort
             },
         };
+        if v >= END_TXN_V2_VERSION {
+            return self.start_end_txn_v2(req);
+        }
         let call: TxnCall<ErrorCode> = self.call_txn(&req.transactional_id, |c, now, id| {
             c.handle_end_txn(now, id, &req)
         });
@@ -653,6 +767,65 @@ impl Broker {
             response.producer_id = ProducerId(-1);
             response.producer_epoch = -1;
             ResponseKind::EndTxn(response)
+        })
+    }
+
+    /// EndTxn v5 (transaction version 2): the coordinator bumps the epoch and answers the
+    /// producer id and epoch of the producer's next transaction. At an exhausted epoch the
+    /// coordinator needs a new producer id, taken from the broker's block before the call (as
+    /// for InitProducerId); only then, so that ordinary ends use up no producer ids.
+    fn start_end_txn_v2(&self, req: keel_core::txn::EndTxnRequest) -> Later {
+        let exhausted = self
+            .with_txn(&req.transactional_id, |c, _| {
+                c.txn(&req.transactional_id)
+                    .and_then(|t| t.durable())
+                    .is_some_and(|d| d.producer_epoch >= EPOCH_EXHAUSTED)
+            })
+            .unwrap_or(false);
+        let answer = |r: Result<txn::EndTxnResponse, ErrorCode>| {
+            let mut response = EndTxnResponse::default();
+            response.producer_id = ProducerId(-1);
+            response.producer_epoch = -1;
+            match r {
+                Ok(r) => {
+                    response.error_code = r.error_code;
+                    if r.error_code == code::NONE {
+                        response.producer_id = ProducerId(r.producer_id.0);
+                        response.producer_epoch = r.producer_epoch;
+                    }
+                }
+                Err(e) => response.error_code = e,
+            }
+            ResponseKind::EndTxn(response)
+        };
+        let unwrap: fn(Response) -> Option<txn::EndTxnResponse> = |r| match r {
+            Response::EndTxnV2(r) => Some(r),
+            _ => None,
+        };
+        let call_with = move |b: &Broker, spare: Option<CoreProducerId>| {
+            b.call_txn(&req.transactional_id, |c, now, id| {
+                let mut spare = spare;
+                c.handle_end_txn_v2(now, id, &req, || spare.take())
+            })
+        };
+        if !exhausted {
+            let call = call_with(self, None);
+            return Box::pin(async move { answer(call.finish(unwrap).await) });
+        }
+        let broker = self.this.upgrade();
+        Box::pin(async move {
+            let Some(b) = broker else {
+                return answer(Err(code::NOT_COORDINATOR));
+            };
+            let spare = match b.allocate_producer_id().await {
+                Ok(id) => Some(CoreProducerId(id.0)),
+                Err(e) => {
+                    tracing::warn!("no producer id for an exhausted transactional producer: {e}");
+                    None
+                }
+            };
+            let call = call_with(&b, spare);
+            answer(call.finish(unwrap).await)
         })
     }
 

@@ -10,11 +10,10 @@
 //! - every row has `min_advertised <= min_implemented <= max_advertised`;
 //! - every version in `min_implemented..=max_advertised` is one kafka-protocol 0.18's request
 //!   decoder knows (checked by a test that asks the decoder);
-//! - every row is at the newest version that decoder knows, but for the rows held back on
-//!   purpose (the test's `HELD_BACK`: transaction version 2, docs/protocol.md, "Why these
-//!   versions");
-//! - [`FEATURES`] never finalizes `transaction.version` 2, which would make clients use the
-//!   versions held back;
+//! - every row is at the newest version that decoder knows (docs/protocol.md, "Why these
+//!   versions", names where that stops short of Kafka 4.1);
+//! - [`FEATURES`] finalizes `transaction.version` 2 (KIP-890 part 2), whose versions (EndTxn
+//!   v5, AddPartitionsToTxn v5, TxnOffsetCommit v5, transactional Produce v12+) are served;
 //! - ApiVersions itself is always served, whatever the broker enables;
 //! - the advertised ranges contain the exact versions that librdkafka before 2.11.1 probes for
 //!   (Produce 0, 3 and 7, Fetch 4 and 10, FindCoordinator 0, InitProducerId 0, SaslHandshake
@@ -94,10 +93,10 @@ pub const API_SUPPORT_TABLE: [ApiSupport; 49] = [
     row(ApiKey::DeleteRecords, 0, 2),
     row(ApiKey::InitProducerId, 0, 5),
     row(ApiKey::OffsetForLeaderEpoch, 2, 4),
-    row(ApiKey::AddPartitionsToTxn, 0, 4),
+    row(ApiKey::AddPartitionsToTxn, 0, 5),
     row(ApiKey::AddOffsetsToTxn, 0, 4),
-    row(ApiKey::EndTxn, 0, 4),
-    row(ApiKey::TxnOffsetCommit, 0, 4),
+    row(ApiKey::EndTxn, 0, 5),
+    row(ApiKey::TxnOffsetCommit, 0, 5),
     row(ApiKey::DescribeAcls, 1, 3),
     row(ApiKey::CreateAcls, 1, 3),
     row(ApiKey::DeleteAcls, 1, 3),
@@ -148,9 +147,12 @@ pub struct Feature {
 /// - `group.version` 0: the classic group protocol only; level 1 is KIP-848's consumer protocol.
 /// - `kraft.version` 0: a static metadata quorum (`controller.quorum.voters`); level 1 is
 ///   KIP-853's dynamic quorum.
-/// - `transaction.version` 1: `__transaction_state` values are written in their flexible
-///   version 1; level 2 is KIP-890 part 2 (an epoch bump per transaction, partitions added by
-///   Produce v12+ and TxnOffsetCommit v5), which clients use only when it is finalized.
+/// - `transaction.version` 2: KIP-890 part 2 (an epoch bump at the end of every transaction,
+///   partitions added by Produce v12+ and TxnOffsetCommit v5), which clients use only when it
+///   is finalized (the Java client's `TransactionManager` when the finalized level is at
+///   least 2 and EndTxn v5 is served); levels 0 and 1 (the epoch kept across transactions)
+///   are still served to clients that send the older versions. `__transaction_state` values
+///   are written in their flexible version 1 either way.
 ///
 /// `metadata.version` is left out: keel's metadata log is its own, and no Kafka level
 /// describes it.
@@ -169,9 +171,9 @@ pub const FEATURES: [Feature; 3] = [
     },
     Feature {
         name: "transaction.version",
-        min: 1,
-        max: 1,
-        finalized: 1,
+        min: 0,
+        max: 2,
+        finalized: 2,
     },
 ];
 
@@ -331,15 +333,6 @@ mod tests {
         }
     }
 
-    /// The rows advertised below the highest request version kafka-protocol decodes, each for
-    /// a reason docs/protocol.md gives ("Why these versions"): the transaction-version-2 bumps
-    /// (KIP-890 part 2).
-    const HELD_BACK: [ApiKey; 3] = [
-        ApiKey::AddPartitionsToTxn,
-        ApiKey::EndTxn,
-        ApiKey::TxnOffsetCommit,
-    ];
-
     #[test]
     fn implemented_versions_are_decodable_by_kafka_protocol() {
         for r in API_SUPPORT_TABLE {
@@ -351,16 +344,14 @@ mod tests {
         }
     }
 
-    /// Protocol currency: every API at the newest version the decoder knows, unless held back
-    /// on purpose.
+    /// Protocol currency: every API at the newest version the decoder knows.
     #[test]
-    fn every_row_is_at_the_newest_decodable_version_unless_held_back() {
+    fn every_row_is_at_the_newest_decodable_version() {
         for r in API_SUPPORT_TABLE {
             let newer = decodes(r.api_key, r.max_advertised + 1);
-            assert_eq!(
-                newer,
-                HELD_BACK.contains(&r.api_key),
-                "{:?}: advertised up to v{}, the decoder knows v{} too: {newer}",
+            assert!(
+                !newer,
+                "{:?}: advertised up to v{}, the decoder knows v{} too",
                 r.api_key,
                 r.max_advertised,
                 r.max_advertised + 1
@@ -427,22 +418,37 @@ mod tests {
                     .map(|f| f.name.to_string())
                     .collect()
             ),
-            "transaction.version"
+            ""
         );
+        let tv = v4
+            .supported_features
+            .iter()
+            .find(|f| f.name.as_str() == "transaction.version")
+            .expect("listed at v4");
+        assert_eq!((tv.min_version, tv.max_version), (0, 2));
         for r in [&v3, &v4] {
             assert_eq!(r.finalized_features.len(), 1);
             let f = &r.finalized_features[0];
             assert_eq!(
                 (f.name.as_str(), f.min_version_level, f.max_version_level),
-                ("transaction.version", 1, 1)
+                ("transaction.version", 2, 2)
             );
             assert_eq!(r.finalized_features_epoch, 0);
         }
-        // Transaction version 2 is what makes clients use EndTxn v5 and Produce v12+ inside
-        // transactions (KIP-890 part 2); keel must never finalize it while it does not serve it.
-        assert!(FEATURES
-            .iter()
-            .all(|f| f.name != "transaction.version" || f.max < 2));
+        // Transaction version 2 makes clients use EndTxn v5, AddPartitionsToTxn v5 (from the
+        // leaders), TxnOffsetCommit v5 and Produce v12+ inside transactions (KIP-890 part 2):
+        // finalized only with every one of them served.
+        for (key, version) in [
+            (ApiKey::EndTxn, 5),
+            (ApiKey::AddPartitionsToTxn, 5),
+            (ApiKey::TxnOffsetCommit, 5),
+            (ApiKey::Produce, 12),
+        ] {
+            assert!(
+                apis.get(key).unwrap().implements(version),
+                "{key:?} v{version}"
+            );
+        }
         let v2 = apis.api_versions_response(2);
         assert!(v2.supported_features.is_empty() && v2.finalized_features.is_empty());
         for version in 0..=API_VERSIONS_VERSION_MAX {

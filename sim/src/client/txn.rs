@@ -47,6 +47,8 @@ pub struct TxnProducer {
     last_coordinator: Option<i32>,
     /// Coordinator changes this instance saw (a different broker after a new lookup).
     pub coordinator_moves: u64,
+    /// Transaction version 2: the times an EndTxn v5 answered a new producer id or epoch.
+    pub epoch_bumps: u64,
 }
 
 /// A `read_committed` fetch's result.
@@ -107,12 +109,25 @@ impl TxnProducer {
             coordinator: None,
             last_coordinator: None,
             coordinator_moves: 0,
+            epoch_bumps: 0,
         }
     }
 
     /// The producer id and epoch, once initialised.
     pub fn producer(&self) -> Option<(ProducerId, i16)> {
         self.producer
+    }
+
+    /// The sequence of the producer's next batch to `key` at its current epoch.
+    pub fn next_sequence(&self, key: &Key) -> i32 {
+        self.sequences.get(key).copied().unwrap_or(0)
+    }
+
+    /// A send to `key` outside [`Client::txn_produce`] took the next sequence (a late write
+    /// of a transaction sent at the producer's current epoch).
+    pub fn skip_sequence(&mut self, key: &Key) {
+        let next = self.next_sequence(key).checked_add(1).unwrap_or(0);
+        self.sequences.insert(key.clone(), next);
     }
 }
 
@@ -253,7 +268,8 @@ impl Client {
         Ok(producer)
     }
 
-    /// AddPartitionsToTxn (v3 and below form) for `keys`.
+    /// AddPartitionsToTxn (v3 and below form) for `keys`. Nothing under transaction version
+    /// 2, where the first transactional Produce v12 to a partition adds it.
     pub async fn txn_add_partitions(
         &mut self,
         p: &mut TxnProducer,
@@ -262,6 +278,9 @@ impl Client {
         let (pid, epoch) = p
             .producer
             .ok_or_else(|| ClientError::Protocol("not initialised".into()))?;
+        if self.transaction_version_2() {
+            return Ok(());
+        }
         let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for k in keys {
             by_topic.entry(&k.topic).or_default().push(k.partition);
@@ -310,7 +329,25 @@ impl Client {
         let (pid, epoch) = p
             .producer
             .ok_or_else(|| ClientError::Protocol("not initialised".into()))?;
-        let sequence = p.sequences.get(key).copied().unwrap_or(0);
+        let sequence = p.next_sequence(key);
+        let offset = self
+            .txn_produce_as(&p.transactional_id, (pid, epoch, sequence), key, value)
+            .await?;
+        p.sequences
+            .insert(key.clone(), sequence.checked_add(1).unwrap_or(0));
+        Ok(offset)
+    }
+
+    /// Produces `value` to `key` as a transactional batch of `transactional_id` with producer
+    /// id, epoch and sequence `(pid, epoch, sequence)`, retrying the same batch: a send of
+    /// [`Client::txn_produce`], or a late write of an ended transaction (the pair it had).
+    pub async fn txn_produce_as(
+        &mut self,
+        transactional_id: &str,
+        (pid, epoch, sequence): (ProducerId, i16, i32),
+        key: &Key,
+        value: Value,
+    ) -> Result<Offset, ClientError> {
         let batch = BatchBuilder {
             transactional: true,
             ..BatchBuilder::new(Compression::None).idempotent(pid, epoch, sequence)
@@ -321,7 +358,7 @@ impl Client {
         let mut request = ProduceRequest::default();
         request.acks = -1;
         request.timeout_ms = self.config.produce_timeout_ms;
-        request.transactional_id = Some(TransactionalId(str_bytes(&p.transactional_id)));
+        request.transactional_id = Some(TransactionalId(str_bytes(transactional_id)));
         request.topic_data = vec![TopicProduceData::default()
             .with_name(TopicName(str_bytes(&key.topic)))
             .with_partition_data(vec![PartitionProduceData::default()
@@ -336,20 +373,18 @@ impl Client {
                 Ok(offset) => {
                     tracing::debug!(
                         target: "keel_sim::txn",
-                        "{} pid {} epoch {epoch} seq {sequence}: value {} to {key} at {}",
-                        p.transactional_id,
+                        "{transactional_id} pid {} epoch {epoch} seq {sequence}: value {} to {key} at {}",
                         pid.0,
                         value.0,
                         offset.0
                     );
-                    p.sequences
-                        .insert(key.clone(), sequence.checked_add(1).unwrap_or(0));
                     return Ok(offset);
                 }
                 Err(super::Attempt::NotSent(e) | super::Attempt::Sent(e)) => e,
             };
             // CONCURRENT_TRANSACTIONS and NOT_ENOUGH_REPLICAS come while a leader verifies
-            // the transaction with its coordinator: retried like the others.
+            // the transaction with its coordinator (or, at transaction version 2, adds the
+            // partition to it): retried like the others.
             let retry = e.is_retriable()
                 || matches!(
                     e,
@@ -366,7 +401,9 @@ impl Client {
         Err(last.expect("at least one attempt"))
     }
 
-    /// EndTxn: commit (`commit`) or abort `p`'s open transaction.
+    /// EndTxn: commit (`commit`) or abort `p`'s open transaction. At transaction version 2
+    /// (EndTxn v5) the answer carries the producer id and epoch of the next transaction, which
+    /// `p` takes; its sequences start over when they changed.
     pub async fn txn_end(&mut self, p: &mut TxnProducer, commit: bool) -> EndOutcome {
         let Some((pid, epoch)) = p.producer else {
             return EndOutcome::Refused(ClientError::Protocol("not initialised".into()));
@@ -388,6 +425,19 @@ impl Client {
             )
             .await
         {
+            Ok(ResponseKind::EndTxn(r)) if self.transaction_version_2() => {
+                let next = (ProducerId(r.producer_id.0), r.producer_epoch);
+                if next.0 .0 < 0 || next.1 < 0 {
+                    // An answer below v5 (a broker that does not serve it): the pair stays.
+                    return EndOutcome::Done;
+                }
+                if Some(next) != p.producer {
+                    p.producer = Some(next);
+                    p.sequences.clear();
+                    p.epoch_bumps += 1;
+                }
+                EndOutcome::Done
+            }
             Ok(_) => EndOutcome::Done,
             Err((e, false)) => EndOutcome::Refused(e),
             Err((e, true)) => EndOutcome::Unknown(e.to_string()),
