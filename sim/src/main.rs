@@ -226,7 +226,9 @@ mod cli {
              coordinator-moves {}; transactions: commits {} aborts {} fencings {} timeouts {} \
              coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
-             segments checked, {} bytes cut), {} read retries; faults {:?}",
+             segments checked, {} bytes cut), {} read retries; reassignments: started {} \
+             completed {} cancelled {}, throttles {} held back {} fetches, {} throttled bytes; \
+             faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -260,6 +262,12 @@ mod cli {
             c.disk.recoveries_checked,
             c.disk.recovery_cut_bytes,
             c.read_retries,
+            c.reassignments_started,
+            c.reassignments_completed,
+            c.reassignments_cancelled,
+            c.throttles_set,
+            c.throttle_held,
+            c.throttled_bytes,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

@@ -51,6 +51,9 @@ pub struct SeedLine {
     pub reassignments_started: u64,
     pub reassignments_completed: u64,
     pub reassignments_cancelled: u64,
+    /// Replication throttles set, and fetches of replicas being added they held back.
+    pub throttles_set: u64,
+    pub throttle_held: u64,
 }
 
 /// The swarm's result.
@@ -175,7 +178,8 @@ impl fmt::Display for Summary {
             "seeds with: elections {}, ISR changes {}, truncations {}, detected corruptions {}, \
              group commits {}, coordinator moves {}, segment rolls {}, controlled shutdowns {}, \
              preferred elections {}; transactions: commits {}, aborts {}, fencings {}, timeouts {}, \
-             coordinator moves {}; reassignments started {} completed {} cancelled {}",
+             coordinator moves {}; reassignments started {} completed {} cancelled {}, \
+             throttled {} (held back {} fetches in all)",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -193,6 +197,8 @@ impl fmt::Display for Summary {
             with(&|l| l.reassignments_started > 0),
             with(&|l| l.reassignments_completed > 0),
             with(&|l| l.reassignments_cancelled > 0),
+            with(&|l| l.throttle_held > 0),
+            sum(&|l| l.throttle_held),
         )
     }
 }
@@ -245,6 +251,8 @@ impl SeedLine {
             reassignments_started: c.reassignments_started,
             reassignments_completed: c.reassignments_completed,
             reassignments_cancelled: c.reassignments_cancelled,
+            throttles_set: c.throttles_set,
+            throttle_held: c.throttle_held,
         }
     }
 
@@ -256,7 +264,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -283,6 +291,8 @@ impl SeedLine {
             self.reassignments_started,
             self.reassignments_completed,
             self.reassignments_cancelled,
+            self.throttles_set,
+            self.throttle_held,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -292,8 +302,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(30, '\t').collect();
-        if f.len() != 30 {
+        let f: Vec<&str> = line.splitn(32, '\t').collect();
+        if f.len() != 32 {
             return None;
         }
         let verdict = match f[2] {
@@ -302,13 +312,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[27]
+        let faults = f[29]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[28]
+        let anomalies = f[30]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -340,9 +350,11 @@ impl SeedLine {
             reassignments_started: f[24].parse().ok()?,
             reassignments_completed: f[25].parse().ok()?,
             reassignments_cancelled: f[26].parse().ok()?,
+            throttles_set: f[27].parse().ok()?,
+            throttle_held: f[28].parse().ok()?,
             faults,
             anomalies,
-            reason: f[29].to_string(),
+            reason: f[31].to_string(),
         })
     }
 }
@@ -453,6 +465,8 @@ impl SeedLine {
             reassignments_started: 0,
             reassignments_completed: 0,
             reassignments_cancelled: 0,
+            throttles_set: 0,
+            throttle_held: 0,
         }
     }
 }
