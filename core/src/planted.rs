@@ -66,11 +66,19 @@ pub enum Bug {
     /// the replicas and the ISR before the new ones are in sync, and the new ones are taken
     /// into the ISR as they are (empty), so one may lead without what was acknowledged.
     RemoveBeforeInSync,
+    /// A replica a reassignment adds fetches with the wrong epoch: as its last fetched epoch
+    /// (KIP-279's divergence check) it names the leader epoch the metadata last gave it, not
+    /// the epoch of its last batch, which is stale once the leader changes. Batches it fetched
+    /// from the old leader are then claimed for the new epoch, the new leader finds no
+    /// divergence, and the replica keeps the old leader's unacknowledged suffix where the new
+    /// leader wrote other records: its log differs from the leader's below the high
+    /// watermark, and it may lead.
+    AddedWithStaleEpoch,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -86,6 +94,7 @@ impl Bug {
         Bug::LsoPassesOpenTxn,
         Bug::FencedEpochAccepted,
         Bug::RemoveBeforeInSync,
+        Bug::AddedWithStaleEpoch,
     ];
 
     /// A short name for the command line.
@@ -106,6 +115,7 @@ impl Bug {
             Bug::LsoPassesOpenTxn => "lso-passes-open-txn",
             Bug::FencedEpochAccepted => "fenced-epoch-accepted",
             Bug::RemoveBeforeInSync => "remove-before-in-sync",
+            Bug::AddedWithStaleEpoch => "added-with-stale-epoch",
         }
     }
 

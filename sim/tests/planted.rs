@@ -106,6 +106,7 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::LsoPassesOpenTxn
             | Bug::FencedEpochAccepted
             | Bug::RemoveBeforeInSync
+            | Bug::AddedWithStaleEpoch
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -145,7 +146,10 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted => vec![Fault::Disk],
         // Reassignments take a larger share of the fault phase without the kinds that do
         // not move data between replicas.
-        Bug::RemoveBeforeInSync => {
+        // A replica being added must see its leader change with an unacknowledged suffix in
+        // hand: reassignments among crashes and partitions, without the kinds that do not
+        // change leaders.
+        Bug::RemoveBeforeInSync | Bug::AddedWithStaleEpoch => {
             let mut kinds = others.to_vec();
             kinds.extend([Fault::Disk, Fault::Pause, Fault::ClogLink]);
             kinds.extend(Fault::OVERLAPPING);
@@ -277,10 +281,15 @@ fn remove_before_in_sync_is_caught() {
     a_seed_catches(Bug::RemoveBeforeInSync);
 }
 
+#[test]
+fn added_with_stale_epoch_is_caught() {
+    a_seed_catches(Bug::AddedWithStaleEpoch);
+}
+
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 15, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 16, "a new planted bug needs its test here");
 }
 
 #[test]
