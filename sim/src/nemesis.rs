@@ -81,7 +81,8 @@ pub enum Fault {
     /// partition of the workload's topic, through the Kafka API: a grow (one more replica), a
     /// shrink (one fewer, not below `min.insync.replicas`, and not with a faulty disk), a move
     /// (one replica replaced), or a cancellation (of a move started 0 to 200 ms before, when
-    /// none is in progress).
+    /// none is in progress); one in three first sets the replication throttle, which stays
+    /// until the cluster heals.
     Reassign,
 }
 

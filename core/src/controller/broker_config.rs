@@ -78,6 +78,10 @@ impl MetadataState {
     /// The value of the dynamic broker config `key` for `broker`: its own, else the cluster
     /// default's, else `None` (unthrottled).
     pub fn broker_rate(&self, broker: BrokerId, key: &str) -> Option<u64> {
+        if self.broker_configs.is_empty() {
+            // The common case, on the replication path: nothing set.
+            return None;
+        }
         [broker.0.to_string(), String::new()]
             .iter()
             .find_map(|r| self.broker_configs.get(r)?.get(key))

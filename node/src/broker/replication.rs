@@ -735,12 +735,14 @@ impl Broker {
             let mut left_over = Vec::new();
             // The soonest a fetch the replication throttle held back may be answered.
             let mut throttled_wait: Option<i64> = None;
+            // One look at the metadata per round, not one per partition.
+            let metadata = self.cluster.state();
             for (key, p, request, hw_sent) in work {
                 if budget == 0 {
                     left_over.push(key);
                     continue;
                 }
-                let throttled = self.throttled(&p, follower);
+                let throttled = self.throttled(&metadata, &p, follower);
                 if let Some((leader_rate, follower_rate)) = throttled {
                     let wait =
                         self.sessions
@@ -809,18 +811,17 @@ impl Broker {
     /// outside its ISR: [`keel_core::throttle::is_throttled`]). `None`: not throttled.
     fn throttled(
         &self,
+        m: &keel_core::controller::MetadataState,
         p: &PartitionHandle,
         follower: BrokerId,
     ) -> Option<(Option<u64>, Option<u64>)> {
-        self.with_metadata(|m| {
-            let leader_rate = m.broker_rate(self.me(), LEADER_REPLICATION_THROTTLED_RATE);
-            let follower_rate = m.broker_rate(follower, FOLLOWER_REPLICATION_THROTTLED_RATE);
-            if leader_rate.is_none() && follower_rate.is_none() {
-                return None;
-            }
-            let part = m.partition(&p.topic, p.index)?;
-            is_throttled(&part.adding, &part.isr, follower).then_some((leader_rate, follower_rate))
-        })
+        let leader_rate = m.broker_rate(self.me(), LEADER_REPLICATION_THROTTLED_RATE);
+        let follower_rate = m.broker_rate(follower, FOLLOWER_REPLICATION_THROTTLED_RATE);
+        if leader_rate.is_none() && follower_rate.is_none() {
+            return None;
+        }
+        let part = m.partition(&p.topic, p.index)?;
+        is_throttled(&part.adding, &part.isr, follower).then_some((leader_rate, follower_rate))
     }
 
     /// Evaluates one partition's held fetch: its answer if it has news for the follower
