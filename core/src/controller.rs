@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod acls;
+pub mod broker_config;
 pub mod config;
 pub mod elections;
 pub mod plan;
@@ -517,6 +518,9 @@ pub enum ApplyError {
     /// ([`quotas`]).
     #[error("invalid client quota record: {0}")]
     InvalidQuota(String),
+    /// A broker config record that does not validate ([`broker_config`]).
+    #[error("invalid broker config record: {0}")]
+    InvalidBrokerConfig(String),
 }
 
 /// The controller's metadata state. See the module documentation for its invariants.
@@ -535,6 +539,9 @@ pub struct MetadataState {
     scram: BTreeMap<(String, i8), scram::StoredScram>,
     /// The client quotas by entity, then key ([`quotas`]).
     quotas: BTreeMap<crate::quota::QuotaEntity, BTreeMap<String, i64>>,
+    /// The dynamic broker configs by BROKER resource (a broker id, `""` for the cluster
+    /// default), then key ([`broker_config`]).
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl MetadataState {
@@ -1324,6 +1331,7 @@ impl MetadataState {
             Some(Record::ScramCredential(r)) => self.apply_scram(r),
             Some(Record::RemoveScramCredential(r)) => self.apply_remove_scram(r),
             Some(Record::ClientQuota(r)) => self.apply_client_quota(r),
+            Some(Record::BrokerConfig(r)) => self.apply_broker_config(r),
         }
     }
 

@@ -32,6 +32,8 @@
 //!   sessions (heartbeats, fencing).
 //! - [`quota`]: client byte-rate quotas (KIP-13): which quota applies to a request, the rate
 //!   over a sliding window, the throttle time.
+//! - [`throttle`]: the replication throttle's byte budget, and which replication traffic it
+//!   holds back (reassignment catch-up only).
 //! - [`error_code`]: Kafka's error codes, the one table every module and crate uses.
 //! - [`frame`]: CRC-framed records in an append-only file (the raft log's format).
 //! - [`planted`]: bugs planted for the simulator to catch (the `planted-bugs` feature only).
@@ -54,6 +56,7 @@ pub mod producer;
 pub mod quorum;
 pub mod quota;
 pub mod storage;
+pub mod throttle;
 pub mod txn;
 pub mod types;
 

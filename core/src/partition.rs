@@ -506,6 +506,9 @@ pub struct PartitionReplica<S: Storage> {
     verified: txn::Verified,
     /// The `.txnindex` files of the log, kept in line with `txns` ([`txn`]).
     txn_index: txn::IndexState,
+    /// Only with the planted bug [`Bug::AddedWithStaleEpoch`]: this replica was opened as a
+    /// replica a reassignment adds.
+    planted_added: bool,
 }
 
 impl<S: Storage> PartitionReplica<S> {
@@ -648,6 +651,7 @@ impl<S: Storage> PartitionReplica<S> {
             txns,
             verified: txn::Verified::new(),
             txn_index,
+            planted_added: false,
         };
         replica.sync_txn_index();
         replica.check_invariants();
@@ -925,6 +929,11 @@ impl<S: Storage> PartitionReplica<S> {
                 }
             },
             Ordering::Greater => self.persist_epoch(snapshots, partition.leader_epoch, sole)?,
+        }
+        if planted::active(Bug::AddedWithStaleEpoch)
+            && partition.adding.contains(&self.config.broker_id)
+        {
+            self.planted_added = true;
         }
         self.partition_epoch = partition.partition_epoch;
         self.role = RoleState::Follower(FollowerState {
@@ -1446,11 +1455,15 @@ impl<S: Storage> PartitionReplica<S> {
             replica: self.config.broker_id,
             leader_epoch: self.leader_epoch,
             fetch_offset: self.log.end(),
-            last_fetched_epoch: self
-                .log
-                .epochs()
-                .latest()
-                .map_or(LeaderEpoch::NONE, |e| e.epoch),
+            last_fetched_epoch: if self.planted_added && self.log.end() > self.log.log_start() {
+                // The planted bug: the epoch the replica follows at, not its last batch's.
+                self.leader_epoch
+            } else {
+                self.log
+                    .epochs()
+                    .latest()
+                    .map_or(LeaderEpoch::NONE, |e| e.epoch)
+            },
             durable_end: self.durable_end(),
             max_bytes: self.config.fetch_bytes_max,
         };

@@ -71,11 +71,19 @@ pub enum Bug {
     /// the producer keeps it, so a write of an ended transaction that arrives late is taken
     /// into the producer's next one (the hanging and lost writes KIP-890 part 2 fixes).
     Tv2EpochNotBumped,
+    /// A replica a reassignment adds fetches with the wrong epoch: as its last fetched epoch
+    /// (KIP-279's divergence check) it names the leader epoch the metadata last gave it, not
+    /// the epoch of its last batch, which is stale once the leader changes. Batches it fetched
+    /// from the old leader are then claimed for the new epoch, the new leader finds no
+    /// divergence, and the replica keeps the old leader's unacknowledged suffix where the new
+    /// leader wrote other records: its log differs from the leader's below the high
+    /// watermark, and it may lead.
+    AddedWithStaleEpoch,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -92,6 +100,7 @@ impl Bug {
         Bug::FencedEpochAccepted,
         Bug::RemoveBeforeInSync,
         Bug::Tv2EpochNotBumped,
+        Bug::AddedWithStaleEpoch,
     ];
 
     /// A short name for the command line.
@@ -113,6 +122,7 @@ impl Bug {
             Bug::FencedEpochAccepted => "fenced-epoch-accepted",
             Bug::RemoveBeforeInSync => "remove-before-in-sync",
             Bug::Tv2EpochNotBumped => "tv2-epoch-not-bumped",
+            Bug::AddedWithStaleEpoch => "added-with-stale-epoch",
         }
     }
 

@@ -407,6 +407,15 @@ pub trait VirtualDisk: Send + Sync {
     fn sync_latency(&self) -> std::time::Duration {
         std::time::Duration::from_millis(2)
     }
+    /// Removes the directory at `path` and everything in it: a replica this broker no longer
+    /// holds (deleted, reassigned away), not a recovery's doing.
+    fn remove_dir_all(&self, path: &str) -> io::Result<()> {
+        let mut dir = self.dir(path);
+        for name in dir.list().map_err(io::Error::other)? {
+            dir.remove(&name).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
 }
 
 /// One directory of the broker's disk.
@@ -519,13 +528,7 @@ impl Disk {
     pub fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         match self {
             Disk::Real => fs::remove_dir_all(path),
-            Disk::Virtual(d) => {
-                let mut dir = d.dir(&virtual_path(path));
-                for name in dir.list().map_err(io::Error::other)? {
-                    dir.remove(&name).map_err(io::Error::other)?;
-                }
-                Ok(())
-            }
+            Disk::Virtual(d) => d.remove_dir_all(&virtual_path(path)),
         }
     }
 

@@ -60,7 +60,7 @@ use crate::checker::{Key, SendOutcome, Value};
 /// The version range the client can speak, per API: the lowest is the first version that has
 /// every field the client sets (Fetch v9: current_leader_epoch; ListOffsets v4: the same;
 /// Metadata v4: allow_auto_topic_creation); the highest is keel's (node/src/wire/versions.rs).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 16] = [
+pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 17] = [
     (ApiKey::FindCoordinator, 1, 3),
     (ApiKey::JoinGroup, 5, 5),
     (ApiKey::SyncGroup, 3, 3),
@@ -77,6 +77,7 @@ pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 16] = [
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::ElectLeaders, 1, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The versions a client raised to transaction version 2 ([`Client::use_transaction_version_2`])
@@ -1345,6 +1346,51 @@ impl Client {
             .flat_map(|t| t.partition_result.iter())
             .map(|p| (p.partition_id, p.error_code))
             .collect())
+    }
+
+    /// IncrementalAlterConfigs on the BROKER resource `resource` (a broker id, or `""` for
+    /// the cluster default): sets each key to its value, or deletes it (`None`), sent once to
+    /// any broker: the resource's error code.
+    pub async fn alter_broker_configs(
+        &mut self,
+        resource: &str,
+        configs: &[(&str, Option<u64>)],
+    ) -> Result<i16, ClientError> {
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+        let mut request = IncrementalAlterConfigsRequest::default();
+        request.resources = vec![AlterConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(str_bytes(resource))
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(key, value)| {
+                        AlterableConfig::default()
+                            .with_name(str_bytes(key))
+                            .with_config_operation(if value.is_some() { 0 } else { 1 })
+                            .with_value(value.map(|v| str_bytes(&v.to_string())))
+                    })
+                    .collect(),
+            )];
+        let response = self
+            .call_any(
+                ApiKey::IncrementalAlterConfigs,
+                RequestKind::IncrementalAlterConfigs(request),
+            )
+            .await?;
+        let ResponseKind::IncrementalAlterConfigs(response) = response else {
+            return Err(ClientError::Protocol(
+                "not an IncrementalAlterConfigs response".into(),
+            ));
+        };
+        response
+            .responses
+            .first()
+            .map(|r| r.error_code)
+            .ok_or_else(|| ClientError::Protocol("no answer for the resource".into()))
     }
 
     /// AlterPartitionReassignments (KIP-455) of one partition of `topic` to `target` (`None`

@@ -637,6 +637,27 @@ impl keel_node::storage::VirtualDisk for SimDisk {
         self.lock().sync_latency
     }
 
+    /// A whole replica directory removed (its replica deleted or reassigned away, perhaps
+    /// while its segments wait for their recovery to be judged after a power loss): the
+    /// recovery oracle forgets those segments unjudged. The replica is gone, not recovered;
+    /// judging its removal as a recovery that kept nothing was a false alarm (simulator seed
+    /// 118 of the `added-with-stale-epoch` mix without the bug: a moved-away replica's broker
+    /// lost power before it applied the removal, and deleted the directory after restarting).
+    fn remove_dir_all(&self, path: &str) -> std::io::Result<()> {
+        let mut dir = SimDisk::dir(self, path);
+        let names = dir.list().map_err(std::io::Error::other)?;
+        {
+            let mut inner = self.lock();
+            for name in &names {
+                inner.recovering.remove(&dir.path(name));
+            }
+        }
+        for name in names {
+            dir.remove(&name).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
     fn subdirs(&self, path: &str) -> Vec<String> {
         let prefix = format!("{}/", path.trim_end_matches('/'));
         let mut names: Vec<String> = self

@@ -227,7 +227,9 @@ mod cli {
              coordinator-moves {}; transaction version 2: commits {} aborts {} epoch-bumps {} \
              implicit-adds {} late-writes-fenced {}; fault phase: {} of {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
-             segments checked, {} bytes cut), {} read retries; faults {:?}",
+             segments checked, {} bytes cut), {} read retries; reassignments: started {} \
+             completed {} cancelled {}, throttles {} held back {} fetches, {} throttled bytes; \
+             faults {:?}",
             r.verdict.name(),
             r.simulated_ms / 1000,
             wall.as_secs_f64(),
@@ -266,6 +268,12 @@ mod cli {
             c.disk.recoveries_checked,
             c.disk.recovery_cut_bytes,
             c.read_retries,
+            c.reassignments_started,
+            c.reassignments_completed,
+            c.reassignments_cancelled,
+            c.throttles_set,
+            c.throttle_held,
+            c.throttled_bytes,
             c.faults,
         );
         if r.verdict != Verdict::Pass {

@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_core::controller::broker_config::{
+    FOLLOWER_REPLICATION_THROTTLED_RATE, LEADER_REPLICATION_THROTTLED_RATE,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -78,7 +81,8 @@ pub enum Fault {
     /// partition of the workload's topic, through the Kafka API: a grow (one more replica), a
     /// shrink (one fewer, not below `min.insync.replicas`, and not with a faulty disk), a move
     /// (one replica replaced), or a cancellation (of a move started 0 to 200 ms before, when
-    /// none is in progress).
+    /// none is in progress); one in three first sets the replication throttle, which stays
+    /// until the cluster heals.
     Reassign,
 }
 
@@ -599,8 +603,74 @@ async fn reassign(
         send_reassignment(t, coverage, partition, Some(first), "move", &current, n * 2).await;
         madsim::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
     }
+    // An operator who throttles the copying (`keel partitions reassign --throttle`): one
+    // reassignment in three first sets the cluster default rates, low enough that a new
+    // replica's catch-up is held back, above the workload's produce rate so that it still
+    // joins the ISR. The throttle stays until the cluster heals ([`clear_throttle`]).
+    if target.is_some() && rng.gen_ratio(1, 3) {
+        let rate = rng.gen_range(THROTTLE_RATES);
+        let code = alter_throttle(t, Some(rate), n).await;
+        if code == Some(0) {
+            coverage.throttles_set += 1;
+        }
+    }
     send_reassignment(t, coverage, partition, target, what, &current, n * 2 + 1).await;
     note_completed_reassignments(cluster, coverage);
+}
+
+/// The replication throttle rates the reassignment fault sets, in bytes per second.
+const THROTTLE_RATES: std::ops::RangeInclusive<u64> = 8 * 1024..=128 * 1024;
+
+/// Sets the cluster default replication throttle (both rates) to `rate`, or removes it
+/// (`None`), from client node `n` of its own: the answer's error code, `None` without one.
+async fn alter_throttle(t: &Targets<'_>, rate: Option<u64>, n: u32) -> Option<i16> {
+    let bootstrap = t.cluster.lock().expect("cluster poisoned").bootstrap();
+    let client = madsim::runtime::Handle::current()
+        .create_node()
+        .name(format!("throttle-{n}"))
+        .ip(throttle_ip(n))
+        .build();
+    let answered = client
+        .spawn(async move {
+            let mut admin = Client::new(ClientConfig::new(bootstrap));
+            let configs = [
+                (LEADER_REPLICATION_THROTTLED_RATE, rate),
+                (FOLLOWER_REPLICATION_THROTTLED_RATE, rate),
+            ];
+            admin.alter_broker_configs("", &configs).await
+        })
+        .await
+        .ok();
+    t.trace.event(format!(
+        "replication throttle set to {rate:?} bytes/s: {answered:?}"
+    ));
+    answered?.ok()
+}
+
+/// Removes the replication throttle once the cluster healed, as the operator does once the
+/// reassignments completed: a few attempts, a second apart (the metadata quorum may still be
+/// electing). A throttle that could not be removed is left to the rest of the run, which
+/// must still pass: the rates are above the produce rate.
+pub(crate) async fn clear_throttle(t: &Targets<'_>, coverage: &Coverage) {
+    if coverage.throttles_set == 0 {
+        return;
+    }
+    for attempt in 0..10u32 {
+        if alter_throttle(t, None, 10_000 + attempt).await == Some(0) {
+            return;
+        }
+        madsim::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The address of the `n`th throttle client node: a subnet of their own (10.0.64.0 and up).
+fn throttle_ip(n: u32) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        0,
+        64 + (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 /// Sends one AlterPartitionReassignments for `partition` (`None` cancels) from client node

@@ -358,6 +358,12 @@ pub struct Coverage {
     pub reassignments_started: u64,
     pub reassignments_completed: u64,
     pub reassignments_cancelled: u64,
+    /// Replication throttles the reassignment fault set (accepted).
+    pub throttles_set: u64,
+    /// Fetches by replicas being added that a broker's replication throttle held back, and
+    /// the record bytes sent to such fetches, summed over the brokers' incarnations.
+    pub throttle_held: u64,
+    pub throttled_bytes: u64,
     /// The target of each partition's last accepted reassignment not yet seen completed
     /// (broker ids, in order): after healing each must have completed.
     pub pending_reassignments: BTreeMap<i32, Vec<i32>>,
@@ -733,8 +739,9 @@ async fn simulate(params: Params) -> RunResult {
     };
     nemesis(&params, &targets, &mut coverage).await;
 
-    // Phase 2: heal.
+    // Phase 2: heal, and remove the replication throttle the faults may have set.
     heal(&targets, &mut coverage);
+    crate::nemesis::clear_throttle(&targets, &coverage).await;
     workload.stop.store(true, Ordering::SeqCst);
     let stopped = madsim::time::timeout(Duration::from_millis(LIVENESS_MS), async {
         for p in producers {
@@ -848,6 +855,8 @@ async fn simulate(params: Params) -> RunResult {
     coverage.isr_shrinks = monitored.isr_shrinks;
     coverage.isr_expands = monitored.isr_expands;
     coverage.truncations = monitored.truncations;
+    coverage.throttle_held = monitored.throttle_held;
+    coverage.throttled_bytes = monitored.throttled_bytes;
     // The history is checked whether or not the final read completed: what was observed
     // (a corrupt batch served, a duplicate, a reordering) is a safety violation either way.
     // Only lost writes and unseen values need the complete final read.
@@ -1523,8 +1532,17 @@ async fn monitor(
     let mut recovered: BTreeSet<(usize, String, i32)> = BTreeSet::new();
     let mut leaders: BTreeMap<(String, i32, i32), i32> = BTreeMap::new();
     let mut coverage = Coverage::default();
+    // Each incarnation's replication throttle stats, as last seen.
+    let mut throttles: BTreeMap<usize, keel_node::broker::replication::ThrottleStats> =
+        BTreeMap::new();
     while !stop.load(Ordering::SeqCst) {
         let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
+        for (_, broker) in &brokers {
+            throttles.insert(
+                Arc::as_ptr(broker) as usize,
+                broker.replication_throttle_stats(),
+            );
+        }
         if let Some(v) = high_watermark_above_a_member(&brokers, faulty_disk) {
             let mut all = violations.lock().expect("violations poisoned");
             if !all.contains(&v) {
@@ -1588,6 +1606,8 @@ async fn monitor(
         }
         madsim::time::sleep(Duration::from_millis(MONITOR_MS)).await;
     }
+    coverage.throttle_held = throttles.values().map(|t| t.held_back).sum();
+    coverage.throttled_bytes = throttles.values().map(|t| t.throttled_bytes).sum();
     coverage
 }
 

@@ -57,6 +57,9 @@ pub struct SeedLine {
     pub txn_epoch_bumps: u64,
     pub txn_implicit_adds: u64,
     pub txn_late_writes_fenced: u64,
+    /// Replication throttles set, and fetches of replicas being added they held back.
+    pub throttles_set: u64,
+    pub throttle_held: u64,
 }
 
 /// The swarm's result.
@@ -183,7 +186,7 @@ impl fmt::Display for Summary {
              preferred elections {}; transactions: commits {}, aborts {}, fencings {}, timeouts {}, \
              coordinator moves {}; transaction version 2: commits {}, aborts {}, epoch bumps {}, \
              implicit adds {}, late writes fenced {}; reassignments started {} completed {} \
-             cancelled {}",
+             cancelled {}, throttled {} (held back {} fetches in all)",
             with(&|l| l.elections > 0),
             with(&|l| l.isr_changes > 0),
             with(&|l| l.truncations > 0),
@@ -206,6 +209,8 @@ impl fmt::Display for Summary {
             with(&|l| l.reassignments_started > 0),
             with(&|l| l.reassignments_completed > 0),
             with(&|l| l.reassignments_cancelled > 0),
+            with(&|l| l.throttle_held > 0),
+            sum(&|l| l.throttle_held),
         )
     }
 }
@@ -263,6 +268,8 @@ impl SeedLine {
             txn_epoch_bumps: c.txn_epoch_bumps,
             txn_implicit_adds: c.txn_implicit_adds,
             txn_late_writes_fenced: c.txn_late_writes_fenced,
+            throttles_set: c.throttles_set,
+            throttle_held: c.throttle_held,
         }
     }
 
@@ -274,7 +281,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -306,6 +313,8 @@ impl SeedLine {
             self.txn_epoch_bumps,
             self.txn_implicit_adds,
             self.txn_late_writes_fenced,
+            self.throttles_set,
+            self.throttle_held,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -315,8 +324,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(35, '\t').collect();
-        if f.len() != 35 {
+        let f: Vec<&str> = line.splitn(37, '\t').collect();
+        if f.len() != 37 {
             return None;
         }
         let verdict = match f[2] {
@@ -325,13 +334,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[32]
+        let faults = f[34]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[33]
+        let anomalies = f[35]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -368,9 +377,11 @@ impl SeedLine {
             txn_epoch_bumps: f[29].parse().ok()?,
             txn_implicit_adds: f[30].parse().ok()?,
             txn_late_writes_fenced: f[31].parse().ok()?,
+            throttles_set: f[32].parse().ok()?,
+            throttle_held: f[33].parse().ok()?,
             faults,
             anomalies,
-            reason: f[34].to_string(),
+            reason: f[36].to_string(),
         })
     }
 }
@@ -486,6 +497,8 @@ impl SeedLine {
             txn_epoch_bumps: 0,
             txn_implicit_adds: 0,
             txn_late_writes_fenced: 0,
+            throttles_set: 0,
+            throttle_held: 0,
         }
     }
 }

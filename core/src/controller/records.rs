@@ -19,7 +19,7 @@ pub struct MetadataRecord {
     /// The record; `None` only for bytes from a newer writer or garbage.
     #[prost(
         oneof = "Record",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21, 22, 23, 24"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 20, 21, 22, 23, 24"
     )]
     pub record: Option<Record>,
 }
@@ -61,6 +61,10 @@ pub enum Record {
     /// UnregisterBroker): apply refuses it while the broker holds a replica.
     #[prost(message, tag = "10")]
     UnregisterBroker(UnregisterBrokerRecord),
+    /// Sets or removes one dynamic broker config, of one broker or the cluster default
+    /// (KRaft's ConfigRecord for a BROKER resource; [`super::broker_config`]).
+    #[prost(message, tag = "11")]
+    BrokerConfig(BrokerConfigRecord),
     /// Adds one ACL binding (KRaft's AccessControlEntryRecord); apply refuses one that exists.
     #[prost(message, tag = "20")]
     Acl(AclRecord),
@@ -148,6 +152,21 @@ pub struct TopicConfigRecord {
     #[prost(string, tag = "2")]
     pub key: String,
     /// The new value, or `None` to fall back to the default.
+    #[prost(string, optional, tag = "3")]
+    pub value: Option<String>,
+}
+
+/// Sets or removes one dynamic broker config.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BrokerConfigRecord {
+    /// The broker's id in decimal, or empty for the cluster default (Kafka's BROKER resource
+    /// name).
+    #[prost(string, tag = "1")]
+    pub resource: String,
+    /// The Kafka config key.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The new value, or `None` to remove it.
     #[prost(string, optional, tag = "3")]
     pub value: Option<String>,
 }
@@ -408,5 +427,6 @@ into_record!(
     FenceBroker(FenceBrokerRecord),
     UnfenceBroker(UnfenceBrokerRecord),
     UnregisterBroker(UnregisterBrokerRecord),
+    BrokerConfig(BrokerConfigRecord),
     ClientQuota(ClientQuotaRecord),
 );

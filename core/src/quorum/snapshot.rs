@@ -152,6 +152,15 @@ pub fn state_records(state: &MetadataState) -> Vec<MetadataRecord> {
             ));
         }
     }
+    for (resource, keys) in state.all_broker_configs() {
+        for (key, value) in keys {
+            records.push(crate::controller::broker_config::broker_config_record(
+                resource,
+                key,
+                Some(value.clone()),
+            ));
+        }
+    }
     records.push(
         ProducerIdsRecord {
             broker_id: -1,

@@ -1414,6 +1414,33 @@ impl Broker {
                         c.config_source = 4; // STATIC_BROKER_CONFIG
                         result.configs.push(c);
                     }
+                    // The dynamic ones that are set: the broker's own (DYNAMIC_BROKER_CONFIG),
+                    // else the cluster default's (DYNAMIC_DEFAULT_BROKER_CONFIG).
+                    let resource_name = resource.resource_name.to_string();
+                    let dynamic = self.with_metadata(|m| {
+                        let own = m
+                            .broker_configs(&resource_name)
+                            .cloned()
+                            .unwrap_or_default();
+                        let default = m.broker_configs("").cloned().unwrap_or_default();
+                        keel_core::controller::broker_config::KEYS
+                            .iter()
+                            .filter_map(|&k| match (own.get(k), default.get(k)) {
+                                (Some(v), _) if !resource_name.is_empty() => {
+                                    Some((k, v.clone(), 1))
+                                }
+                                (_, Some(v)) => Some((k, v.clone(), 5)),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                    for (name, value, source) in dynamic.into_iter().filter(|(n, ..)| wanted(n)) {
+                        let mut c = DescribeConfigsResourceResult::default();
+                        c.name = str_bytes(name);
+                        c.value = Some(str_bytes(value));
+                        c.config_source = source;
+                        result.configs.push(c);
+                    }
                 }
                 other => {
                     result.error_code = code::INVALID_REQUEST;
@@ -1433,17 +1460,26 @@ impl Broker {
         ops: Vec<AlterConfigOp>,
         validate_only: bool,
     ) -> Result<(), (ErrorCode, String)> {
-        if resource_type != RESOURCE_TOPIC {
-            return Err((
+        match resource_type {
+            RESOURCE_TOPIC => self
+                .command(validate_only, |m| {
+                    Ok(((), m.incremental_alter_configs(name, &ops)?))
+                })
+                .await
+                .map_err(|e| (e.code(), e.to_string())),
+            // The dynamic broker configs (the replication throttle's rates), of one broker or
+            // of the cluster default (`""`): metadata records every broker applies.
+            RESOURCE_BROKER => self
+                .command(validate_only, |m| {
+                    Ok(((), m.alter_broker_configs(name, &ops)?))
+                })
+                .await
+                .map_err(|e| (e.code(), e.to_string())),
+            _ => Err((
                 code::INVALID_REQUEST,
                 format!("altering resource type {resource_type} is not supported"),
-            ));
+            )),
         }
-        self.command(validate_only, |m| {
-            Ok(((), m.incremental_alter_configs(name, &ops)?))
-        })
-        .await
-        .map_err(|e| (e.code(), e.to_string()))
     }
 
     async fn incremental_alter_configs(
@@ -1496,9 +1532,11 @@ impl Broker {
             r.resource_name = resource.resource_name.clone();
             let name = resource.resource_name.to_string();
             let existing: Vec<String> = self
-                .with_metadata(|m| {
-                    m.topic_config(&name)
-                        .map(|c| c.overrides().keys().cloned().collect())
+                .with_metadata(|m| match resource.resource_type {
+                    RESOURCE_BROKER => m.broker_configs(&name).map(|c| c.keys().cloned().collect()),
+                    _ => m
+                        .topic_config(&name)
+                        .map(|c| c.overrides().keys().cloned().collect()),
                 })
                 .unwrap_or_default();
             let mut ops: Vec<AlterConfigOp> = resource

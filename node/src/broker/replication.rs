@@ -31,9 +31,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_core::batch::{Batch, BatchError};
+use keel_core::controller::broker_config::{
+    FOLLOWER_REPLICATION_THROTTLED_RATE, LEADER_REPLICATION_THROTTLED_RATE,
+};
 use keel_core::controller::{AlterPartitionRequest, BrokerId, TopicId};
 use keel_core::error_code::{self as code, ErrorCode};
 use keel_core::partition::{AlterPartition, FetchError, FetchPayload, FetchRequest, FetchResponse};
+use keel_core::throttle::{is_throttled, TokenBucket};
 use keel_core::{LeaderEpoch, Offset};
 use prost::Message as _;
 use tokio::sync::{mpsc, Notify};
@@ -350,6 +354,39 @@ pub struct LeaderSessions {
     /// Per partition and follower, the broker epoch of the follower's last fetch the
     /// partition recorded (KIP-903): an ISR proposal names it for each member.
     fetch_epochs: Mutex<BTreeMap<(PartitionKey, BrokerId), i64>>,
+    /// The replication throttle's budgets ([`Throttles`]).
+    throttles: Mutex<Throttles>,
+}
+
+/// The replication throttle's budgets on this leader ([`keel_core::throttle`]): one for
+/// everything it sends to replicas being added (its `leader.replication.throttled.rate`), and
+/// one per follower broker for what that follower is sent (the follower's
+/// `follower.replication.throttled.rate`, enforced here, by each leader it fetches from).
+/// Only reassignment catch-up traffic counts ([`keel_core::throttle::is_throttled`]).
+#[derive(Default)]
+struct Throttles {
+    leader: Option<TokenBucket>,
+    followers: BTreeMap<BrokerId, TokenBucket>,
+    stats: ThrottleStats,
+}
+
+/// What the replication throttle did on a leader, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleStats {
+    /// Fetches of throttled partitions held back because a budget was spent.
+    pub held_back: u64,
+    /// Record bytes sent to throttled fetches.
+    pub throttled_bytes: u64,
+}
+
+/// `bucket` brought to `rate` (created, re-rated or dropped).
+fn rated(bucket: &mut Option<TokenBucket>, rate: Option<u64>, now_ms: i64) {
+    match (bucket.as_mut(), rate) {
+        (_, None) => *bucket = None,
+        (None, Some(r)) => *bucket = Some(TokenBucket::new(r, now_ms)),
+        (Some(b), Some(r)) if b.rate() != r => b.set_rate(r, now_ms),
+        (Some(_), Some(_)) => {}
+    }
 }
 
 /// The request a wake names: (session id as sent, 0 for a new session; session epoch).
@@ -408,6 +445,52 @@ impl LeaderSessions {
             next_id: AtomicU64::new(first_id.max(1)),
             wakes: Mutex::new(BTreeMap::new()),
             fetch_epochs: Mutex::new(BTreeMap::new()),
+            throttles: Mutex::new(Throttles::default()),
+        }
+    }
+
+    /// What the replication throttle did here so far.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.throttles.lock().expect("throttles poisoned").stats
+    }
+
+    /// With the rates `leader_rate` (this broker's) and `follower_rate` (`follower`'s), the
+    /// milliseconds before a throttled fetch by `follower` may be answered: 0 now.
+    fn throttle_wait(
+        &self,
+        follower: BrokerId,
+        leader_rate: Option<u64>,
+        follower_rate: Option<u64>,
+        now_ms: i64,
+    ) -> i64 {
+        let mut t = self.throttles.lock().expect("throttles poisoned");
+        rated(&mut t.leader, leader_rate, now_ms);
+        let mut own = t.followers.remove(&follower);
+        rated(&mut own, follower_rate, now_ms);
+        let wait = [t.leader.as_mut(), own.as_mut()]
+            .into_iter()
+            .flatten()
+            .map(|b| b.wait_ms(now_ms))
+            .max()
+            .unwrap_or(0);
+        if let Some(own) = own {
+            t.followers.insert(follower, own);
+        }
+        if wait > 0 {
+            t.stats.held_back += 1;
+        }
+        wait
+    }
+
+    /// Counts `bytes` sent to `follower`'s throttled fetch.
+    fn throttle_record(&self, follower: BrokerId, bytes: u64, now_ms: i64) {
+        let mut t = self.throttles.lock().expect("throttles poisoned");
+        t.stats.throttled_bytes += bytes;
+        if let Some(b) = t.leader.as_mut() {
+            b.record(now_ms, bytes);
+        }
+        if let Some(b) = t.followers.get_mut(&follower) {
+            b.record(now_ms, bytes);
         }
     }
 
@@ -650,15 +733,34 @@ impl Broker {
             }
             let mut results = Vec::new();
             let mut left_over = Vec::new();
+            // The soonest a fetch the replication throttle held back may be answered.
+            let mut throttled_wait: Option<i64> = None;
+            // One look at the metadata per round, not one per partition.
+            let metadata = self.cluster.state();
             for (key, p, request, hw_sent) in work {
                 if budget == 0 {
                     left_over.push(key);
                     continue;
                 }
+                let throttled = self.throttled(&metadata, &p, follower);
+                if let Some((leader_rate, follower_rate)) = throttled {
+                    let wait =
+                        self.sessions
+                            .throttle_wait(follower, leader_rate, follower_rate, now);
+                    if wait > 0 {
+                        // Held back: evaluated again once the budget allows.
+                        left_over.push(key);
+                        throttled_wait = Some(throttled_wait.map_or(wait, |w| w.min(wait)));
+                        continue;
+                    }
+                }
                 if let Some((answer, records)) =
                     self.evaluate(&p, key, &request, hw_sent, replica_epoch)
                 {
                     let len: usize = records.iter().map(Bytes::len).sum();
+                    if throttled.is_some() && len > 0 {
+                        self.sessions.throttle_record(follower, len as u64, now);
+                    }
                     budget = budget.saturating_sub(len.max(1));
                     results.push((key, request, answer, records));
                 }
@@ -687,13 +789,39 @@ impl Broker {
             if !answers.is_empty() || woken || left.is_zero() || budget == 0 {
                 break;
             }
-            let _ = tokio::time::timeout(left, session.notify.notified()).await;
+            let pause = throttled_wait.map_or(left, |w| left.min(Duration::from_millis(w as u64)));
+            let _ = tokio::time::timeout(pause, session.notify.notified()).await;
         }
         let answer = SessionAnswer {
             session_id: session.id,
             ..SessionAnswer::default()
         };
         answer_body(&answer, answers)
+    }
+
+    /// What the replication throttle did on this broker as a leader so far (the simulator's
+    /// coverage, tests).
+    pub fn replication_throttle_stats(&self) -> ThrottleStats {
+        self.sessions.throttle_stats()
+    }
+
+    /// The replication throttle's rates (this broker's leader rate, `follower`'s follower
+    /// rate) if `follower`'s fetch of `p` is throttled: a rate is set and the fetch is
+    /// reassignment catch-up traffic (the applied metadata has the partition adding `follower`,
+    /// outside its ISR: [`keel_core::throttle::is_throttled`]). `None`: not throttled.
+    fn throttled(
+        &self,
+        m: &keel_core::controller::MetadataState,
+        p: &PartitionHandle,
+        follower: BrokerId,
+    ) -> Option<(Option<u64>, Option<u64>)> {
+        let leader_rate = m.broker_rate(self.me(), LEADER_REPLICATION_THROTTLED_RATE);
+        let follower_rate = m.broker_rate(follower, FOLLOWER_REPLICATION_THROTTLED_RATE);
+        if leader_rate.is_none() && follower_rate.is_none() {
+            return None;
+        }
+        let part = m.partition(&p.topic, p.index)?;
+        is_throttled(&part.adding, &part.isr, follower).then_some((leader_rate, follower_rate))
     }
 
     /// Evaluates one partition's held fetch: its answer if it has news for the follower

@@ -295,3 +295,36 @@ fn the_recovery_oracle_judges_what_recovery_kept() {
     }
     assert!(torn_seen, "some seed tore the pending write");
 }
+
+/// A segment removed by itself while its recovery is pending is judged (recovery kept
+/// nothing of it); a whole replica directory removed (the replica deleted or reassigned away)
+/// is not a recovery, and the oracle forgets its segments.
+#[test]
+fn a_removed_replica_directory_is_not_judged_as_a_recovery() {
+    use keel_node::storage::VirtualDisk;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let run = |whole_dir: bool| -> Vec<String> {
+        let clock = Arc::new(AtomicU64::new(0));
+        let d = disk(7, FaultConfig::none()).with_manual_clock(clock.clone());
+        let mut dir = d.dir("p-0");
+        let seg = "00000000000000000000.log";
+        dir.create(seg).unwrap();
+        dir.append(seg, &[1; 100]).unwrap();
+        dir.sync(seg).unwrap();
+        d.crash();
+        clock.store(1, Ordering::SeqCst);
+        if whole_dir {
+            VirtualDisk::remove_dir_all(&d, "p-0").unwrap();
+        } else {
+            dir.remove(seg).unwrap();
+        }
+        assert!(d.dir("p-0").list().unwrap().is_empty());
+        d.finish_recovery_checks()
+    };
+    let one_file = run(false);
+    assert!(
+        one_file.len() == 1 && one_file[0].contains("kept 0 bytes, below the 100 synced"),
+        "{one_file:?}"
+    );
+    assert_eq!(run(true), Vec::<String>::new());
+}

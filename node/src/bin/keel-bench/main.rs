@@ -18,6 +18,7 @@
 //! The clients are librdkafka's (the rdkafka crate), in this process.
 
 mod cluster;
+mod reassign;
 mod scale;
 mod workload;
 
@@ -188,6 +189,25 @@ struct Args {
     /// the run favours neither.
     #[arg(long, default_value_t = 2)]
     security_rounds: u32,
+    /// Instead of the throughput run: the reassignment run (docs/benchmarks.md): a
+    /// three-broker `keel dev`, one partition of --move-mib MiB moved to another broker
+    /// unthrottled, then to the third throttled to --move-throttle, while an acks=all producer
+    /// writes --move-rate records/s to another topic; move times and the producer's latency
+    /// with no move and during each.
+    #[arg(long)]
+    reassign: bool,
+    /// MiB in the partition the reassignment run moves.
+    #[arg(long, default_value_t = 1024)]
+    move_mib: u64,
+    /// The throttled move's rate, bytes per second (`keel partitions reassign --throttle`).
+    #[arg(long, default_value_t = 50_000_000)]
+    move_throttle: u64,
+    /// Records per second of the reassignment run's producer.
+    #[arg(long, default_value_t = 500.0)]
+    move_rate: f64,
+    /// Seconds of the reassignment run's window with no move.
+    #[arg(long, default_value_t = 20.0)]
+    move_baseline_secs: f64,
 }
 
 /// The least SASL_SSL throughput the security comparison accepts, as a fraction of plaintext
@@ -610,6 +630,51 @@ fn phase_table(phases: &[Phase]) {
     }
 }
 
+/// `--reassign`: a three-broker cluster of its own, the reassignment measurement, then the
+/// cleanup (the data directory goes unless --keep-data).
+fn run_reassign(args: &Args) -> Result<(), String> {
+    let keel = keel_executable(args)?;
+    if let Ok(mut entries) = std::fs::read_dir(&args.data_dir) {
+        if entries.next().is_some() {
+            return Err(format!(
+                "--data-dir {} exists and is not empty; remove it or choose another",
+                args.data_dir.display()
+            ));
+        }
+    }
+    let data_dir = DataDir {
+        path: args.data_dir.clone(),
+        keep: args.keep_data,
+    };
+    section(&format!(
+        "keel: 3 brokers ({} dev), data in {}",
+        keel.display(),
+        data_dir.path.display()
+    ));
+    let mut cluster = Managed::start_keel(&keel, 3, args.port, &data_dir.path, &args.overrides)?;
+    let result = reassign::run(
+        &keel,
+        &cluster,
+        &data_dir.path,
+        &reassign::ReassignArgs {
+            mib: args.move_mib.max(1),
+            throttle: args.move_throttle.max(1),
+            rate: args.move_rate,
+            record_bytes: args.record_bytes,
+            baseline_secs: args.move_baseline_secs.max(1.0),
+        },
+    );
+    if result.is_err() && !cluster.running() {
+        return Err(format!(
+            "keel dev exited during the run; its log ({}) ends:\n{}",
+            cluster.log.display(),
+            cluster::log_tail(&cluster.log, 30)
+        ));
+    }
+    cluster.stop();
+    result
+}
+
 /// `--scale`: a three-broker cluster of its own, the scale measurement, then the cleanup.
 fn run_scale(args: &Args) -> Result<(), String> {
     let keel = keel_executable(args)?;
@@ -862,6 +927,11 @@ fn run(args: &Args) -> Result<(), String> {
 
     if args.scale {
         return run_scale(args);
+    }
+    if args.reassign {
+        let result = run_reassign(args);
+        println!("load average after: {}", load_average());
+        return result;
     }
     if args.security {
         return run_security(args, started, &load_before);

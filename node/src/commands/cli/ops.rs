@@ -55,7 +55,7 @@ pub enum PartitionsCommand {
 }
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["plan", "generate"]))]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["plan", "generate", "clear_throttle"]))]
 pub struct ReassignArgs {
     /// Run this plan: Kafka's reassignment JSON, {"version":1,"partitions":[{"topic":T,
     /// "partition":P,"replicas":[..]}]} (kafka-reassign-partitions.sh's format).
@@ -78,6 +78,15 @@ pub struct ReassignArgs {
     /// not wait).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub wait: u64,
+    /// Throttle the copying to the new replicas to this many bytes per second (the cluster
+    /// default leader.replication.throttled.rate and follower.replication.throttled.rate);
+    /// with --wait, removed once every reassignment completed, else remove it with
+    /// --clear-throttle.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub throttle: Option<u64>,
+    /// Remove the replication throttle (the cluster default rates) and do nothing else.
+    #[arg(long)]
+    pub clear_throttle: bool,
 }
 
 #[derive(Args, Debug)]
@@ -287,7 +296,59 @@ fn to_file(
     }
 }
 
+/// Sets (or with `None` removes) the replication throttle: the cluster default (BROKER
+/// resource `""`) `leader.replication.throttled.rate` and `follower.replication.throttled.rate`.
+async fn set_throttle(client: &mut Client, rate: Option<u64>) -> Result<(), CliError> {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use keel_core::controller::broker_config::KEYS;
+    let configs = KEYS
+        .iter()
+        .map(|k| {
+            AlterableConfig::default()
+                .with_name(StrBytes::from_static_str(k))
+                .with_config_operation(if rate.is_some() { 0 } else { 1 })
+                .with_value(rate.map(|r| StrBytes::from_string(r.to_string())))
+        })
+        .collect();
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(StrBytes::from_static_str(""))
+            .with_configs(configs),
+    ]);
+    let addr = client.admin_broker().await?;
+    let ResponseKind::IncrementalAlterConfigs(response) = client
+        .call(
+            &addr,
+            ApiKey::IncrementalAlterConfigs,
+            RequestKind::IncrementalAlterConfigs(request),
+        )
+        .await?
+    else {
+        return Err(CliError::failed("not an IncrementalAlterConfigs response"));
+    };
+    match response.responses.first() {
+        Some(r) if r.error_code == code::NONE => Ok(()),
+        Some(r) => Err(CliError::failed(format!(
+            "setting the replication throttle: {}{}",
+            error_name(r.error_code),
+            message(&r.error_message)
+        ))),
+        None => Err(CliError::failed(
+            "IncrementalAlterConfigs answered no resource",
+        )),
+    }
+}
+
 async fn reassign(args: ReassignArgs, client: &mut Client) -> Result<(), CliError> {
+    if args.clear_throttle {
+        set_throttle(client, None).await?;
+        eprintln!("keel partitions: replication throttle removed");
+        return Ok(());
+    }
     let plan = if let Some(path) = &args.plan {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::usage(format!("cannot read --plan {}: {e}", path.display())))?;
@@ -336,14 +397,40 @@ async fn reassign(args: ReassignArgs, client: &mut Client) -> Result<(), CliErro
         .iter()
         .map(|p| (p.topic.clone(), p.partition, Some(p.replicas.clone())))
         .collect();
+    if let Some(rate) = args.throttle {
+        // Before the reassignments start, so that none of their copying goes unthrottled.
+        set_throttle(client, Some(rate)).await?;
+        eprintln!("keel partitions: replication throttle set to {rate} bytes/s");
+    }
     let refused = alter_reassignments(client, &moves).await?;
     let started = moves.len() - refused;
     eprintln!("keel partitions: reassignment of {started} partition(s) started");
     if args.wait > 0 && started > 0 {
         let wanted: BTreeSet<String> = plan.partitions.iter().map(|p| p.topic.clone()).collect();
         let wanted: Vec<String> = wanted.into_iter().collect();
-        wait_done(client, &wanted, Duration::from_secs(args.wait), |_| true).await?;
+        let waited = wait_done(client, &wanted, Duration::from_secs(args.wait), |_| true).await;
+        if let Err(e) = waited {
+            if args.throttle.is_some() {
+                eprintln!(
+                    "keel partitions: the replication throttle stays while reassignments \
+                     run; remove it with `keel partitions reassign --clear-throttle`"
+                );
+            }
+            return Err(e);
+        }
         eprintln!("keel partitions: every reassignment completed");
+    }
+    if args.throttle.is_some() {
+        if args.wait > 0 || started == 0 {
+            set_throttle(client, None).await?;
+            eprintln!("keel partitions: replication throttle removed");
+        } else {
+            eprintln!(
+                "keel partitions: once the reassignments completed (`keel partitions \
+                 reassignments`), remove the replication throttle with `keel partitions \
+                 reassign --clear-throttle`"
+            );
+        }
     }
     if refused > 0 {
         return Err(CliError::failed(format!(
