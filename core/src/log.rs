@@ -511,6 +511,8 @@ impl<S: Storage> Log<S> {
             .filter(|&s| s >= first && s <= log.end)
             .unwrap_or(first);
         log.durable_end = log.end;
+        // Recovery may have cut the log below what the cleaner had cleaned.
+        cleaner::lower_first_dirty(&mut log.storage, log.end)?;
         log.epochs.truncate_from_end(log.end);
         log.epochs.truncate_from_start(log.log_start);
         if stored_epochs.as_ref() != Some(&log.epochs) {
@@ -1402,6 +1404,9 @@ impl<S: Storage> Log<S> {
             }
             None => {}
         }
+        // The cleaner's first dirty offset goes down first: a crash after it leaves a log that
+        // is merely cleaned again.
+        cleaner::lower_first_dirty(&mut self.storage, rebuilt.next_offset)?;
         // Then the changes, each mirrored in memory as soon as it is made.
         self.generation += 1;
         let old_end = self.end;
@@ -1481,6 +1486,7 @@ impl<S: Storage> Log<S> {
         if offset > self.end {
             self.write_checkpoint(offset, offset)?;
         }
+        cleaner::lower_first_dirty(&mut self.storage, offset.min(self.end))?;
         // Newest first: a removal that fails leaves the older segments, a log that ends where
         // the last of them does (and always has a segment).
         self.generation += 1;

@@ -768,6 +768,29 @@ impl<S: Storage> PartitionReplica<S> {
         }
     }
 
+    /// The offset below which every assigned replica is known to hold the log durably: on a
+    /// leader, the smallest of its own durable end and each follower's last reported one (a
+    /// follower not heard from in this leader epoch counts as holding nothing); elsewhere
+    /// nothing (a follower does not know the others). The log cleaner removes no tombstone at
+    /// or above it: a replica that lacks the tombstone would fetch the cleaned log without it
+    /// and keep the key's older value.
+    pub fn tombstone_bound(&self) -> Offset {
+        match &self.role {
+            RoleState::Leader(l) => l
+                .replicas
+                .iter()
+                .filter(|r| **r != l.me)
+                .map(|r| {
+                    l.followers
+                        .get(r)
+                        .and_then(|f| f.durable_end)
+                        .unwrap_or(Offset::ZERO)
+                })
+                .fold(self.log.durable_end(), Offset::min),
+            RoleState::Follower(_) | RoleState::Offline => Offset::ZERO,
+        }
+    }
+
     /// The offset where this leader's epoch began (Kafka's leaderEpochStartOffset).
     pub fn epoch_start(&self) -> Option<Offset> {
         match &self.role {

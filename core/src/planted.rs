@@ -66,11 +66,18 @@ pub enum Bug {
     /// the replicas and the ISR before the new ones are in sync, and the new ones are taken
     /// into the ISR as they are (empty), so one may lead without what was acknowledged.
     RemoveBeforeInSync,
+    /// The log cleaner keeps each key's first record in the dirty part instead of its last:
+    /// a compacted topic reads an older value than the last one written.
+    CleanerKeepsFirst,
+    /// The log cleaner cleans up to the log end, not the high watermark: records not yet
+    /// committed shadow committed ones, and when a new leader truncates them away the key's
+    /// acknowledged value is gone with them.
+    CleanAboveHighWatermark,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -86,6 +93,8 @@ impl Bug {
         Bug::LsoPassesOpenTxn,
         Bug::FencedEpochAccepted,
         Bug::RemoveBeforeInSync,
+        Bug::CleanerKeepsFirst,
+        Bug::CleanAboveHighWatermark,
     ];
 
     /// A short name for the command line.
@@ -106,6 +115,8 @@ impl Bug {
             Bug::LsoPassesOpenTxn => "lso-passes-open-txn",
             Bug::FencedEpochAccepted => "fenced-epoch-accepted",
             Bug::RemoveBeforeInSync => "remove-before-in-sync",
+            Bug::CleanerKeepsFirst => "cleaner-keeps-first",
+            Bug::CleanAboveHighWatermark => "clean-above-high-watermark",
         }
     }
 
