@@ -1459,6 +1459,7 @@ fn compacted_workload(recorder: &Recorder, marks: &mut Marks<CompactedAcked>) {
             let inputs = CleanInputs {
                 now_ms: now,
                 producers_last: BTreeMap::new(),
+                tombstones_below: None,
             };
             let upper = log.durable_end();
             if log.clean(&config, upper, &inputs).expect("clean").is_some() {

@@ -224,7 +224,9 @@ mod cli {
              elections {} isr-shrinks {} isr-expands {} truncations {} recoveries {} corruptions {} \
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
              coordinator-moves {}; transactions: commits {} aborts {} fencings {} timeouts {} \
-             coordinator-moves {}; fault phase: {} of {} sends indefinite; converged: {} batches \
+             coordinator-moves {}; compaction: acked {} tombstones {} cleanings {} \
+             tombstones-removed {} batches-emptied {} stale {} interrupted {}; fault phase: {} of \
+             {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
              segments checked, {} bytes cut), {} read retries; faults {:?}",
             r.verdict.name(),
@@ -251,6 +253,13 @@ mod cli {
             c.txn_fencings,
             c.txn_timeouts,
             c.txn_coordinator_moves,
+            c.compact_acked,
+            c.compact_tombstones_acked,
+            c.cleanings,
+            c.tombstones_removed,
+            c.batches_emptied,
+            c.stale_cleanings,
+            c.interrupted_cleanings,
             c.fault_indefinite,
             c.fault_sends,
             c.compared.batches,

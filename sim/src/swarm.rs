@@ -51,6 +51,13 @@ pub struct SeedLine {
     pub reassignments_started: u64,
     pub reassignments_completed: u64,
     pub reassignments_cancelled: u64,
+    /// The compacted workload: cleanings installed, tombstones removed, batches emptied,
+    /// cleanings made stale, broker starts that found a cleaning interrupted.
+    pub cleanings: u64,
+    pub tombstones_removed: u64,
+    pub batches_emptied: u64,
+    pub stale_cleanings: u64,
+    pub interrupted_cleanings: u64,
 }
 
 /// The swarm's result.
@@ -193,6 +200,22 @@ impl fmt::Display for Summary {
             with(&|l| l.reassignments_started > 0),
             with(&|l| l.reassignments_completed > 0),
             with(&|l| l.reassignments_cancelled > 0),
+        )?;
+        writeln!(
+            f,
+            "compaction: seeds with cleanings {} ({} in all), tombstones removed {} ({}), \
+             batches emptied {} ({}), cleanings made stale {} ({}), cleanings interrupted by a \
+             kill or stop {} ({})",
+            with(&|l| l.cleanings > 0),
+            sum(&|l| l.cleanings),
+            with(&|l| l.tombstones_removed > 0),
+            sum(&|l| l.tombstones_removed),
+            with(&|l| l.batches_emptied > 0),
+            sum(&|l| l.batches_emptied),
+            with(&|l| l.stale_cleanings > 0),
+            sum(&|l| l.stale_cleanings),
+            with(&|l| l.interrupted_cleanings > 0),
+            sum(&|l| l.interrupted_cleanings),
         )
     }
 }
@@ -245,6 +268,11 @@ impl SeedLine {
             reassignments_started: c.reassignments_started,
             reassignments_completed: c.reassignments_completed,
             reassignments_cancelled: c.reassignments_cancelled,
+            cleanings: c.cleanings,
+            tombstones_removed: c.tombstones_removed,
+            batches_emptied: c.batches_emptied,
+            stale_cleanings: c.stale_cleanings,
+            interrupted_cleanings: c.interrupted_cleanings,
         }
     }
 
@@ -256,7 +284,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -283,6 +311,11 @@ impl SeedLine {
             self.reassignments_started,
             self.reassignments_completed,
             self.reassignments_cancelled,
+            self.cleanings,
+            self.tombstones_removed,
+            self.batches_emptied,
+            self.stale_cleanings,
+            self.interrupted_cleanings,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -292,8 +325,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(30, '\t').collect();
-        if f.len() != 30 {
+        let f: Vec<&str> = line.splitn(35, '\t').collect();
+        if f.len() != 35 {
             return None;
         }
         let verdict = match f[2] {
@@ -302,13 +335,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[27]
+        let faults = f[32]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[28]
+        let anomalies = f[33]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -340,9 +373,14 @@ impl SeedLine {
             reassignments_started: f[24].parse().ok()?,
             reassignments_completed: f[25].parse().ok()?,
             reassignments_cancelled: f[26].parse().ok()?,
+            cleanings: f[27].parse().ok()?,
+            tombstones_removed: f[28].parse().ok()?,
+            batches_emptied: f[29].parse().ok()?,
+            stale_cleanings: f[30].parse().ok()?,
+            interrupted_cleanings: f[31].parse().ok()?,
             faults,
             anomalies,
-            reason: f[29].to_string(),
+            reason: f[34].to_string(),
         })
     }
 }
@@ -453,6 +491,11 @@ impl SeedLine {
             reassignments_started: 0,
             reassignments_completed: 0,
             reassignments_cancelled: 0,
+            cleanings: 0,
+            tombstones_removed: 0,
+            batches_emptied: 0,
+            stale_cleanings: 0,
+            interrupted_cleanings: 0,
         }
     }
 }

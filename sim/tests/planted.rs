@@ -77,6 +77,10 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability after healing:")
         }
+        // The compaction checker's anomalies.
+        Bug::CleanerKeepsFirst | Bug::CleanAboveHighWatermark => {
+            line.verdict == Verdict::Safety && line.reason.contains("compaction checker")
+        }
         // A partition that stops replicating: a follower never back in the ISR
         // (convergence), or acks=all refused for want of in-sync replicas (availability).
         Bug::SessionDropsPosition => {
@@ -106,6 +110,8 @@ fn without(bug: Bug) -> Vec<Fault> {
             | Bug::LsoPassesOpenTxn
             | Bug::FencedEpochAccepted
             | Bug::RemoveBeforeInSync
+            | Bug::CleanerKeepsFirst
+            | Bug::CleanAboveHighWatermark
     ) {
         kinds.extend(Fault::OVERLAPPING);
     }
@@ -145,6 +151,9 @@ fn without_measured(bug: Bug) -> Vec<Fault> {
         Bug::LsoPassesOpenTxn | Bug::FencedEpochAccepted => vec![Fault::Disk],
         // Reassignments take a larger share of the fault phase without the kinds that do
         // not move data between replicas.
+        // Every seed runs the compacted workload; the cleaner's bugs need no particular fault,
+        // and disk faults alone could make a safety failure of their own.
+        Bug::CleanerKeepsFirst | Bug::CleanAboveHighWatermark => vec![Fault::Disk],
         Bug::RemoveBeforeInSync => {
             let mut kinds = others.to_vec();
             kinds.extend([Fault::Disk, Fault::Pause, Fault::ClogLink]);
@@ -280,7 +289,7 @@ fn remove_before_in_sync_is_caught() {
 /// Every planted bug has its test above.
 #[test]
 fn every_planted_bug_is_tested() {
-    assert_eq!(Bug::ALL.len(), 15, "a new planted bug needs its test here");
+    assert_eq!(Bug::ALL.len(), 17, "a new planted bug needs its test here");
 }
 
 #[test]
@@ -291,4 +300,14 @@ fn lso_passes_open_txn_is_caught() {
 #[test]
 fn fenced_epoch_accepted_is_caught() {
     a_seed_catches(Bug::FencedEpochAccepted);
+}
+
+#[test]
+fn cleaner_keeps_first_is_caught_by_the_compaction_checker() {
+    a_seed_catches(Bug::CleanerKeepsFirst);
+}
+
+#[test]
+fn clean_above_high_watermark_is_caught_by_the_compaction_checker() {
+    a_seed_catches(Bug::CleanAboveHighWatermark);
 }

@@ -852,7 +852,11 @@ fn the_tombstone_bound_waits_for_every_replica() {
         .unwrap();
     r.append(NOW, idempotent(-1, -1, -1, 4)).unwrap();
     r.sync().unwrap();
-    assert_eq!(r.tombstone_bound(), Offset(0), "the follower has not fetched");
+    assert_eq!(
+        r.tombstone_bound(),
+        Offset(0),
+        "the follower has not fetched"
+    );
     let fetch = FetchRequest {
         replica: LEADER,
         leader_epoch: LeaderEpoch(1),
@@ -869,7 +873,11 @@ fn the_tombstone_bound_waits_for_every_replica() {
         ..fetch
     };
     r.handle_follower_fetch(NOW, &fetch).unwrap();
-    assert_eq!(r.tombstone_bound(), Offset(4), "every replica holds the log");
+    assert_eq!(
+        r.tombstone_bound(),
+        Offset(4),
+        "every replica holds the log"
+    );
     r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 2))
         .unwrap();
     assert_eq!(r.tombstone_bound(), Offset(0), "a follower removes none");
