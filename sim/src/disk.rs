@@ -595,6 +595,22 @@ impl Storage for SimDir {
         let mut inner = self.disk.lock();
         inner.io_error(from)?;
         let file = inner.files.remove(&src).ok_or_else(|| not_found(from))?;
+        if inner.oracle && is_segment(&dst) {
+            // A segment replaced whole (the log cleaner's swap, renamed over the group's first
+            // segment, at its install or by recovery): the old file's recovery is moot, and
+            // the new one was synced whole before the rename (it is judged from here on as
+            // one write).
+            inner.recovering.remove(&dst);
+            let len = file.current.len() as u64;
+            let writes = inner.writes.remove(&src).unwrap_or(Writes {
+                current: vec![0, len],
+                durable: vec![0, len],
+                synced: len.min(file.durable.len() as u64),
+            });
+            inner.writes.insert(dst.clone(), writes);
+        } else {
+            inner.writes.remove(&src);
+        }
         inner.files.insert(dst, file);
         Ok(())
     }

@@ -140,6 +140,13 @@ fn fixed_regression_and_commit_seeds_pass() {
     // share of 1,000 seeds.
     assert!(summary.lines.iter().any(|l| l.reassignments_started > 0));
     assert!(summary.lines.iter().any(|l| l.reassignments_completed > 0));
+    // The compacted workload: every seed's cleaners cleaned, and somewhere tombstones were
+    // removed, batches emptied, a cleaning made stale, and a cleaning cut short by a kill.
+    assert!(summary.lines.iter().all(|l| l.cleanings > 0));
+    assert!(summary.lines.iter().any(|l| l.tombstones_removed > 0));
+    assert!(summary.lines.iter().any(|l| l.batches_emptied > 0));
+    assert!(summary.lines.iter().any(|l| l.stale_cleanings > 0));
+    assert!(summary.lines.iter().any(|l| l.interrupted_cleanings > 0));
 }
 
 #[test]

@@ -273,6 +273,11 @@ fn write_checkpoint<S: Storage + ?Sized>(
     )
 }
 
+/// The first dirty offset `cleaner.checkpoint` holds (zero without one).
+pub(super) fn first_dirty<S: Storage + ?Sized>(storage: &S) -> Offset {
+    read_checkpoint(storage).map_or(Offset::ZERO, |(first_dirty, _)| first_dirty)
+}
+
 /// Lowers the first dirty offset in the cleaner's checkpoint to `end` if it is above: called
 /// before a truncation cuts the log at `end` (and by open, after recovery cut it there). The
 /// offsets from `end` on will hold other data (fetched again, or appended anew), which no
@@ -458,6 +463,7 @@ impl<S: Storage> Log<S> {
             stats.segments_cleaned += planned.len() as u64;
         }
         write_checkpoint(&mut self.storage, cleaned.clean_end, cleaned.horizon_ms)?;
+        self.cleaned_end = cleaned.clean_end;
         self.check_invariants();
         Ok(Some(stats))
     }
