@@ -591,6 +591,8 @@ pub fn build<S: Storage + ?Sized>(
     let mut map: BTreeMap<Vec<u8>, Offset> = BTreeMap::new();
     let mut map_bytes = 0u64;
     let mut markers: Markers = BTreeMap::new();
+    // Each producer's last data batch in the cleaned range (its last offset).
+    let mut last_in_range: BTreeMap<ProducerId, Offset> = BTreeMap::new();
     let mut pending: BTreeMap<ProducerId, Vec<(Vec<u8>, Offset)>> = BTreeMap::new();
     let mut clean_end = plan.clean_end;
     let mut dirty_segments = 0;
@@ -613,6 +615,9 @@ pub fn build<S: Storage + ?Sized>(
                     position: 0,
                     error: e,
                 };
+                if !batch.is_control() && batch.producer_id().0 >= 0 {
+                    last_in_range.insert(batch.producer_id(), batch.last_offset());
+                }
                 if let Some(marker) = batch.end_txn_marker().map_err(to_corrupt)? {
                     let producer = batch.producer_id();
                     markers
@@ -674,6 +679,7 @@ pub fn build<S: Storage + ?Sized>(
     let rules = Rules {
         map: &map,
         markers: &markers,
+        last_in_range: &last_in_range,
         inputs,
         config,
     };
@@ -754,6 +760,7 @@ pub fn build<S: Storage + ?Sized>(
 struct Rules<'a> {
     map: &'a BTreeMap<Vec<u8>, Offset>,
     markers: &'a Markers,
+    last_in_range: &'a BTreeMap<ProducerId, Offset>,
     inputs: &'a CleanInputs,
     config: &'a CleanerConfig,
 }
@@ -818,8 +825,19 @@ impl Rules<'_> {
         if kept.is_empty() {
             stats.batches_emptied += 1;
             let producer = batch.producer_id();
+            // The last batch of a tracked producer in the cleaned range, not only its last
+            // batch in the log: a later one above the bound (not yet committed) may be
+            // truncated away, and the producer's sequence must then still be in the log for a
+            // replica that rebuilds its producer state from it (one dropped here left the
+            // rebuilt state at an older sequence than its other replicas': the simulator found
+            // it).
             let last_of_producer = producer.0 >= 0
-                && self.inputs.producers_last.get(&producer) == Some(&batch.last_offset());
+                && self
+                    .inputs
+                    .producers_last
+                    .get(&producer)
+                    .is_some_and(|&last| last >= batch.last_offset())
+                && self.last_in_range.get(&producer) == Some(&batch.last_offset());
             return if last_of_producer {
                 rebuild(batch, &[], None).map(Some)
             } else {

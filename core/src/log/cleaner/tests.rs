@@ -798,3 +798,46 @@ fn a_recovery_cut_lowers_the_first_dirty_offset() {
     assert!(log.end() < first_dirty);
     assert_eq!(read_checkpoint(log.storage()).unwrap().0, log.end());
 }
+
+/// A producer's last batch below the bound is kept (empty) even when its last batch in the
+/// log is above the bound: that one is not committed yet and may be truncated away, and the
+/// producer state rebuilt from the log must then still know the producer's sequence.
+#[test]
+fn a_producers_last_batch_below_the_bound_is_kept() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    let pid = ProducerId(9);
+    let of = |seq: i32, key: &str| {
+        BatchBuilder::new(Compression::None)
+            .idempotent(pid, 0, seq)
+            .record(NOW, Some(key.as_bytes()), Some(b"p"))
+            .build()
+            .unwrap()
+    };
+    log.append(NOW, of(0, "a"), LeaderEpoch(0)).unwrap();
+    log.append(NOW, of(1, "b"), LeaderEpoch(0)).unwrap();
+    log.sync().unwrap();
+    write(&mut log, &[("b", Some("2")), ("a", Some("3"))], NOW);
+    close_active(&mut log, NOW);
+    let bound = log.end();
+    log.append(NOW, of(2, "c"), LeaderEpoch(0)).unwrap();
+    log.sync().unwrap();
+    let mut ins = inputs(NOW);
+    ins.producers_last.insert(pid, Offset(4));
+    log.clean(&eager(), bound, &ins).unwrap().expect("due");
+    // The batch above the bound goes (a new leader's log took its place): the producer's
+    // sequence is still in the log, from its kept batch below.
+    log.truncate_to(bound).unwrap();
+    let kept: Vec<_> = all_batches(&log)
+        .into_iter()
+        .filter(|b| b.producer_id() == pid)
+        .map(|b| (b.last_offset(), b.records_count()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![(Offset(1), 0)],
+        "the producer's last batch, kept empty"
+    );
+    let mut rebuilt = crate::producer::ProducerStateTable::new(Offset::ZERO);
+    rebuilt.replay(&log).unwrap();
+    assert_eq!(rebuilt.entry(pid).map(|e| e.last_seq()), Some(1));
+}
