@@ -29,6 +29,13 @@
 //! `elect-outside-isr` 4 (first: 41), `skip-truncation` 5 (first: 44), `serve-corrupt-batch`
 //! 10 (first: 38), `commit-before-durable` 11 (first: 9).
 //!
+//! The log cleaner's bugs run without disk faults (every seed runs the compacted workload);
+//! measured 2026-12-07 on branch s7-18 (`keel-sim swarm --bug NAME --without disk --jobs 1`,
+//! release build): `cleaner-keeps-first` is caught by 20 of seeds 1 to 21 (first: seed 1,
+//! stale-latest), `clean-above-high-watermark` by 2 of seeds 1 to 76 (first: seed 12, the
+//! convergence phase finding the replicas' producer states apart; seed 27, stale-latest: a
+//! cold key's acknowledged value gone).
+//!
 //! `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim cargo test -p keel-sim
 //! --features planted-bugs --test planted -- --nocapture`
 
@@ -77,9 +84,12 @@ fn caught(bug: Bug, line: &SeedLine) -> bool {
             line.verdict == Verdict::Liveness
                 && line.reason.starts_with("availability after healing:")
         }
-        // The compaction checker's anomalies.
+        // The compaction checker's anomalies, or the compacted topic's replicas found apart by
+        // the convergence phase.
         Bug::CleanerKeepsFirst | Bug::CleanAboveHighWatermark => {
-            line.verdict == Verdict::Safety && line.reason.contains("compaction checker")
+            line.verdict == Verdict::Safety
+                && (line.reason.contains("compaction checker")
+                    || line.reason.contains("jepsen-compact"))
         }
         // A partition that stops replicating: a follower never back in the ISR
         // (convergence), or acks=all refused for want of in-sync replicas (availability).
