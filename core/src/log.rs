@@ -397,6 +397,9 @@ pub struct Log<S: Storage> {
     /// The log start and recovery point this log last wrote to its checkpoint file: a
     /// checkpoint with nothing new writes nothing (an idle partition costs no I/O).
     checkpointed: Option<(Offset, Offset)>,
+    /// The log cleaner's first dirty offset, as `cleaner.checkpoint` holds it (zero when the
+    /// log was never cleaned): see [`Log::cleaned_end`].
+    cleaned_end: Offset,
 }
 
 impl<S: Storage> Log<S> {
@@ -426,6 +429,7 @@ impl<S: Storage> Log<S> {
             recovery: RecoveryReport::default(),
             generation: 0,
             checkpointed: None,
+            cleaned_end: Offset::ZERO,
         };
         let stored_epochs = storage::read_all(&log.storage, EPOCH_CHECKPOINT)
             .ok()
@@ -511,6 +515,9 @@ impl<S: Storage> Log<S> {
             .filter(|&s| s >= first && s <= log.end)
             .unwrap_or(first);
         log.durable_end = log.end;
+        // Recovery may have cut the log below what the cleaner had cleaned.
+        cleaner::lower_first_dirty(&mut log.storage, log.end)?;
+        log.cleaned_end = cleaner::first_dirty(&log.storage);
         log.epochs.truncate_from_end(log.end);
         log.epochs.truncate_from_start(log.log_start);
         if stored_epochs.as_ref() != Some(&log.epochs) {
@@ -685,6 +692,15 @@ impl<S: Storage> Log<S> {
     }
 
     /// Everything below this offset is synced to disk.
+    /// How far the log cleaner has cleaned this log: its first dirty offset (zero if never
+    /// cleaned). Every cleaning rewrites the log from its start, so below this offset no record
+    /// is shadowed by a later one of its key below this offset, and no older value of a key
+    /// survives a tombstone below it. A follower reports it to its leader, which removes no
+    /// tombstone at or above it ([`crate::partition::PartitionReplica::tombstone_bound`]).
+    pub fn cleaned_end(&self) -> Offset {
+        self.cleaned_end
+    }
+
     pub fn durable_end(&self) -> Offset {
         self.durable_end
     }
@@ -1402,6 +1418,10 @@ impl<S: Storage> Log<S> {
             }
             None => {}
         }
+        // The cleaner's first dirty offset goes down first: a crash after it leaves a log that
+        // is merely cleaned again.
+        cleaner::lower_first_dirty(&mut self.storage, rebuilt.next_offset)?;
+        self.cleaned_end = self.cleaned_end.min(rebuilt.next_offset);
         // Then the changes, each mirrored in memory as soon as it is made.
         self.generation += 1;
         let old_end = self.end;
@@ -1481,6 +1501,8 @@ impl<S: Storage> Log<S> {
         if offset > self.end {
             self.write_checkpoint(offset, offset)?;
         }
+        cleaner::lower_first_dirty(&mut self.storage, offset.min(self.end))?;
+        self.cleaned_end = self.cleaned_end.min(offset.min(self.end));
         // Newest first: a removal that fails leaves the older segments, a log that ends where
         // the last of them does (and always has a segment).
         self.generation += 1;

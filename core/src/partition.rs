@@ -318,6 +318,9 @@ pub struct FetchRequest {
     pub last_fetched_epoch: LeaderEpoch,
     /// keel: the offset below which the follower's log is synced.
     pub durable_end: Offset,
+    /// keel: how far the follower's log cleaner has cleaned its log ([`Log::cleaned_end`]):
+    /// the leader removes no tombstone at or above it.
+    pub cleaned_end: Offset,
     /// The most bytes to return (at least one batch is returned).
     pub max_bytes: usize,
 }
@@ -769,6 +772,33 @@ impl<S: Storage> PartitionReplica<S> {
         match &self.role {
             RoleState::Leader(l) => l.followers.get(&follower),
             _ => None,
+        }
+    }
+
+    /// The offset below which every assigned replica is known to hold the log durably and to
+    /// have cleaned it: on a leader, the smallest of its own durable end and each follower's
+    /// last reported durable end and cleaned end (a follower not heard from in this leader
+    /// epoch counts as holding nothing); elsewhere nothing (a follower does not know the
+    /// others). The log cleaner removes no tombstone at or above it. A replica that lacks the
+    /// tombstone would fetch the cleaned log without it and keep the key's older value; one
+    /// that holds it but has not cleaned past it still holds the older value, which a later
+    /// truncation (damage found, a restart's recovery) below the tombstone would leave alive
+    /// once the tombstone fetched again is gone. A replica that cleaned past it has removed
+    /// every older value of the key.
+    pub fn tombstone_bound(&self) -> Offset {
+        match &self.role {
+            RoleState::Leader(l) => l
+                .replicas
+                .iter()
+                .filter(|r| **r != l.me)
+                .map(|r| {
+                    l.followers.get(r).map_or(Offset::ZERO, |f| {
+                        let durable = f.durable_end.unwrap_or(Offset::ZERO);
+                        durable.min(f.cleaned_end.unwrap_or(Offset::ZERO))
+                    })
+                })
+                .fold(self.log.durable_end(), Offset::min),
+            RoleState::Follower(_) | RoleState::Offline => Offset::ZERO,
         }
     }
 
@@ -1281,6 +1311,7 @@ impl<S: Storage> PartitionReplica<S> {
                 request.replica,
                 request.fetch_offset,
                 request.durable_end,
+                request.cleaned_end,
                 log_end,
             );
             self.maybe_expand_isr(now_ms, request.replica);
@@ -1465,6 +1496,7 @@ impl<S: Storage> PartitionReplica<S> {
                     .map_or(LeaderEpoch::NONE, |e| e.epoch)
             },
             durable_end: self.durable_end(),
+            cleaned_end: self.log.cleaned_end(),
             max_bytes: self.config.fetch_bytes_max,
         };
         let RoleState::Follower(f) = &mut self.role else {

@@ -79,11 +79,18 @@ pub enum Bug {
     /// leader wrote other records: its log differs from the leader's below the high
     /// watermark, and it may lead.
     AddedWithStaleEpoch,
+    /// The log cleaner keeps each key's first record in the dirty part instead of its last:
+    /// a compacted topic reads an older value than the last one written.
+    CleanerKeepsFirst,
+    /// The log cleaner cleans up to the log end, not the high watermark: records not yet
+    /// committed shadow committed ones, and when a new leader truncates them away the key's
+    /// acknowledged value is gone with them.
+    CleanAboveHighWatermark,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeIsr,
         Bug::HighWatermarkWithoutSync,
         Bug::ElectOutsideIsr,
@@ -101,6 +108,8 @@ impl Bug {
         Bug::RemoveBeforeInSync,
         Bug::Tv2EpochNotBumped,
         Bug::AddedWithStaleEpoch,
+        Bug::CleanerKeepsFirst,
+        Bug::CleanAboveHighWatermark,
     ];
 
     /// A short name for the command line.
@@ -123,6 +132,8 @@ impl Bug {
             Bug::RemoveBeforeInSync => "remove-before-in-sync",
             Bug::Tv2EpochNotBumped => "tv2-epoch-not-bumped",
             Bug::AddedWithStaleEpoch => "added-with-stale-epoch",
+            Bug::CleanerKeepsFirst => "cleaner-keeps-first",
+            Bug::CleanAboveHighWatermark => "clean-above-high-watermark",
         }
     }
 

@@ -115,6 +115,9 @@ pub const OFFSETS_TOPIC_NUM_PARTITIONS: &str = "offsets.topic.num.partitions";
 /// `offsets.topic.replication.factor`: its replication factor, capped by the live brokers
 /// (SHORT).
 pub const OFFSETS_TOPIC_REPLICATION_FACTOR: &str = "offsets.topic.replication.factor";
+/// `offsets.topic.segment.bytes`: `segment.bytes` of `__consumer_offsets` when it is created
+/// (INT, >= 14).
+pub const OFFSETS_TOPIC_SEGMENT_BYTES: &str = "offsets.topic.segment.bytes";
 /// `group.initial.rebalance.delay.ms`: how long a new group's first rebalance waits (INT).
 pub const GROUP_INITIAL_REBALANCE_DELAY_MS: &str = "group.initial.rebalance.delay.ms";
 /// `log.cleaner.enable`: whether the log cleaner compacts `cleanup.policy=compact` topics
@@ -631,6 +634,15 @@ pub const SETTINGS: &[Setting] = &[
         doc: "replication factor of __consumer_offsets (at most the live brokers at creation)",
     },
     Setting {
+        name: OFFSETS_TOPIC_SEGMENT_BYTES,
+        setting_type: SettingType::Int {
+            min: keel_core::controller::config::SEGMENT_BYTES_MIN,
+            max: i32::MAX,
+        },
+        default: Some("104857600"),
+        doc: "segment.bytes of __consumer_offsets, when the first consumer group creates it",
+    },
+    Setting {
         name: QUEUED_MAX_REQUEST_BYTES,
         setting_type: LONG_OR_FOREVER,
         default: Some("268435456"),
@@ -1101,6 +1113,8 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.replication.factor`.
     pub offsets_topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_topic_segment_bytes: i32,
     /// `transaction.state.log.num.partitions`, `transaction.state.log.replication.factor`,
     /// `transaction.max.timeout.ms`, `transactional.id.expiration.ms`.
     pub transactions: crate::broker::TxnSettings,
@@ -1498,6 +1512,7 @@ impl BrokerConfig {
             offsets_topic_replication_factor: values
                 .int_or_default(OFFSETS_TOPIC_REPLICATION_FACTOR)?
                 as i16,
+            offsets_topic_segment_bytes: values.int_or_default(OFFSETS_TOPIC_SEGMENT_BYTES)?,
             transactions: crate::broker::TxnSettings {
                 partitions: values.int_or_default(TRANSACTION_STATE_LOG_NUM_PARTITIONS)?,
                 // The range check (1..=i16::MAX) makes the conversion exact.

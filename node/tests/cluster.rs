@@ -5,7 +5,8 @@
 //! consumer group keeps its committed offsets and its member when its coordinator's broker is
 //! SIGKILLed and restarted, and a rolling restart with SIGTERM (controlled shutdown) under an
 //! idempotent acks=all producer fails no delivery; transactions, and an exactly-once
-//! consume-transform-produce loop that commits its offsets with the transaction; partition
+//! consume-transform-produce loop that commits its offsets with the transaction; a group's
+//! offsets through the compaction of `__consumer_offsets` and a coordinator move; partition
 //! reassignments under an idempotent acks=all producer; a fourth broker added and broker 3
 //! decommissioned while two idempotent producers (confluent-kafka, kafka-python) and a
 //! consumer run.
@@ -633,6 +634,87 @@ fn group_survives_coordinator_kill() {
     cluster.stop();
     say(&format!(
         "cluster test group_survives_coordinator_kill: {} (took {:.1?})",
+        figures(&out),
+        started.elapsed()
+    ));
+}
+
+/// A consumer group's committed offsets survive the compaction of `__consumer_offsets` and a
+/// coordinator move (issue 18): with `offsets.topic.segment.bytes` small, a group commits 200
+/// offsets of one partition one by one (200 versions of one key over many segments); every
+/// replica of the group's offsets partition is cleaned (its `cleaner.checkpoint` written);
+/// then the coordinator's broker is SIGKILLed, and the new coordinator, loading the group from
+/// its compacted replica, answers the last commit, from which a new consumer resumes exactly
+/// (`node/tests/interop/cluster_offsets_compaction.py`). Every wait is bounded.
+#[test]
+fn group_offsets_survive_compaction_and_a_coordinator_move() {
+    let Some(clients) = clients(
+        "cluster",
+        "group_offsets_survive_compaction_and_a_coordinator_move",
+        MODULES,
+    ) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut overrides = FAST_FAILOVER.to_vec();
+    overrides.extend([
+        "replica.lag.time.max.ms=5000",
+        "group.initial.rebalance.delay.ms=0",
+        "offsets.topic.num.partitions=3",
+        "offsets.topic.segment.bytes=1024",
+        "log.cleaner.backoff.ms=200",
+    ]);
+    let mut cluster = Cluster::start(dir.path(), &overrides);
+    let args = vec![cluster.bootstrap()];
+    let mut script = Script::spawn(&clients, "cluster_offsets_compaction.py", &args, dir.path());
+    let line = script.wait_for_line("COMPACT-CHECK", Duration::from_secs(120), &cluster);
+    let field = |name: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}N in {line:?}"))
+    };
+    let (partition, coordinator) = (field("offsets_partition="), field("coordinator="));
+    // Every replica of the partition cleaned: each broker's cleaner wrote its checkpoint.
+    let replica = |id: u32| {
+        dir.path()
+            .join(format!("broker-{id}"))
+            .join(format!("__consumer_offsets-{partition}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(1..=3).all(|id| replica(id).join("cleaner.checkpoint").exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "__consumer_offsets-{partition} not cleaned on every broker within 60 s\n{}",
+            cluster.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let segments: Vec<usize> = (1..=3)
+        .map(|id| {
+            std::fs::read_dir(replica(id)).map_or(0, |d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                    .count()
+            })
+        })
+        .collect();
+    say(&format!(
+        "__consumer_offsets-{partition} cleaned on every broker; segments per broker {segments:?}"
+    ));
+    script.send_line("COMPACTED");
+    script.wait_for_line("KILL-NOW", Duration::from_secs(60), &cluster);
+    cluster.node(coordinator).kill();
+    say(&format!("SIGKILLed broker {coordinator}, the coordinator"));
+    script.send_line("KILLED");
+    script.wait_for_line("RESTART-NOW", Duration::from_secs(120), &cluster);
+    cluster.restart(coordinator);
+    script.send_line("RESTARTED");
+    let out = script.expect_success(Duration::from_secs(60), &cluster);
+    cluster.stop();
+    say(&format!(
+        "cluster test group_offsets_survive_compaction_and_a_coordinator_move: {} (took {:.1?})",
         figures(&out),
         started.elapsed()
     ));

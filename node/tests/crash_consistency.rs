@@ -1102,6 +1102,7 @@ fn leader_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
                         fetch_offset: end,
                         last_fetched_epoch: last_epoch,
                         durable_end: end,
+                        cleaned_end: Offset::ZERO,
                         max_bytes: 1 << 20,
                     },
                 )
@@ -1297,6 +1298,7 @@ fn follower_workload(recorder: &Recorder, marks: &mut Marks<ReplicaAcked>) {
                     fetch_offset: end,
                     last_fetched_epoch: LeaderEpoch(1),
                     durable_end: end,
+                    cleaned_end: Offset::ZERO,
                     max_bytes: 1 << 20,
                 },
             )
@@ -1459,6 +1461,7 @@ fn compacted_workload(recorder: &Recorder, marks: &mut Marks<CompactedAcked>) {
             let inputs = CleanInputs {
                 now_ms: now,
                 producers_last: BTreeMap::new(),
+                tombstones_below: None,
             };
             let upper = log.durable_end();
             if log.clean(&config, upper, &inputs).expect("clean").is_some() {

@@ -615,6 +615,70 @@ pub fn decode_records(
     Ok(out)
 }
 
+/// A record of a compacted topic as a fetch returned it: offset, record key, value (`None`:
+/// a tombstone).
+pub type KeyedRecord = (Offset, Vec<u8>, Option<Value>);
+
+/// What [`Client::fetch_keyed`] returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyedFetched {
+    pub records: Vec<KeyedRecord>,
+    /// The offset after the last whole batch returned (the fetch offset if none): where the
+    /// next fetch starts, past empty batches too.
+    pub next: Offset,
+    pub high_watermark: Offset,
+}
+
+/// [`decode_records`] for a compacted topic: every record at or after `from` with its key, a
+/// null value as `None`; and the offset after the last whole batch.
+pub fn decode_keyed_records(
+    key: &Key,
+    records: &Bytes,
+    from: Offset,
+) -> Result<(Vec<KeyedRecord>, Offset), ClientError> {
+    let mut rest = records.clone();
+    let mut out = Vec::new();
+    let mut next = from;
+    while let Some(batch) = Batch::parse_prefix(&rest).map_err(|e| match e {
+        BatchError::CrcMismatch { .. } => ClientError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        },
+        e => ClientError::Protocol(format!("{key}: fetched batch: {e}")),
+    })? {
+        rest = rest.slice(batch.size()..);
+        next = next.max(batch.next_offset());
+        if batch.is_control() {
+            continue;
+        }
+        let decoded = batch
+            .records()
+            .map_err(|e| ClientError::Protocol(format!("{key}: fetched records: {e}")))?;
+        for record in decoded {
+            if record.offset < from {
+                continue;
+            }
+            let value = match record.value.as_deref() {
+                None => None,
+                Some(v) => Some(
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Value)
+                        .ok_or_else(|| ClientError::BadRecord {
+                            key: key.clone(),
+                            offset: record.offset,
+                            reason: format!("value {:?} is not a decimal u64", record.value),
+                        })?,
+                ),
+            };
+            let record_key = record.key.as_deref().unwrap_or_default().to_vec();
+            out.push((record.offset, record_key, value));
+        }
+    }
+    Ok((out, next))
+}
+
 /// How a record carries a [`Value`]: its decimal digits (readable with any Kafka tool).
 pub fn encode_value(value: Value) -> Vec<u8> {
     value.0.to_string().into_bytes()
@@ -1067,6 +1131,26 @@ impl Client {
     /// batch after refreshing metadata, and says what came of it (see the module doc for when
     /// the outcome is `Fail` and when `Indefinite`).
     pub async fn produce(&mut self, key: &Key, value: Value) -> SendOutcome {
+        self.produce_record(key, None, Some(value)).await
+    }
+
+    /// [`Client::produce`] of one record with a record key (a compacted topic's): `value`
+    /// `None` is a tombstone.
+    pub async fn produce_keyed(
+        &mut self,
+        key: &Key,
+        record_key: &[u8],
+        value: Option<Value>,
+    ) -> SendOutcome {
+        self.produce_record(key, Some(record_key), value).await
+    }
+
+    async fn produce_record(
+        &mut self,
+        key: &Key,
+        record_key: Option<&[u8]>,
+        value: Option<Value>,
+    ) -> SendOutcome {
         if self.producer.is_none() {
             if let Err(e) = self.init_producer().await {
                 return SendOutcome::Fail {
@@ -1077,7 +1161,7 @@ impl Client {
         let producer = self.producer.as_ref().expect("initialized above");
         let sequence = producer.sequences.get(key).copied().unwrap_or(0);
         let batch = match BatchBuilder::new(Compression::None)
-            .record(now_ms(), None, Some(&encode_value(value)))
+            .record(now_ms(), record_key, value.map(encode_value).as_deref())
             .idempotent(producer.id, producer.epoch, sequence)
             .build()
         {
@@ -1245,6 +1329,66 @@ impl Client {
         };
         Ok(Fetched {
             records,
+            high_watermark: Offset(partition.high_watermark),
+        })
+    }
+
+    /// Fetches `key` from its leader from `offset` on, with each record's key, a tombstone's
+    /// value as `None`, and the offset after the last batch returned (empty batches included,
+    /// which a cleaned log has), retrying retriable errors.
+    pub async fn fetch_keyed(
+        &mut self,
+        key: &Key,
+        offset: Offset,
+    ) -> Result<KeyedFetched, ClientError> {
+        retrying!(self, self.fetch_keyed_once(key, offset))
+    }
+
+    async fn fetch_keyed_once(
+        &mut self,
+        key: &Key,
+        offset: Offset,
+    ) -> Result<KeyedFetched, ClientError> {
+        let (leader, epoch) = self.leader(key).await?;
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.max_wait_ms = self.config.fetch_max_wait_ms;
+        request.min_bytes = 1;
+        request.max_bytes = self.config.fetch_bytes_max;
+        request.isolation_level = 0;
+        request.topics = vec![FetchTopic::default()
+            .with_topic(TopicName(str_bytes(&key.topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(key.partition)
+                .with_current_leader_epoch(epoch)
+                .with_fetch_offset(offset.0)
+                .with_partition_max_bytes(self.config.fetch_bytes_max)])];
+        let response = self
+            .call(&leader, ApiKey::Fetch, RequestKind::Fetch(request))
+            .await?;
+        let ResponseKind::Fetch(response) = response else {
+            return Err(ClientError::Protocol("not a Fetch response".into()));
+        };
+        if let Some(e) = ClientError::kafka(response.error_code, None) {
+            return Err(e);
+        }
+        let partition = response
+            .responses
+            .iter()
+            .filter(|t| t.topic.0.as_str() == key.topic)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == key.partition)
+            .ok_or_else(|| ClientError::Protocol(format!("Fetch: no result for {key}")))?;
+        if let Some(e) = ClientError::kafka(partition.error_code, None) {
+            return Err(e);
+        }
+        let (records, next) = match &partition.records {
+            Some(records) => decode_keyed_records(key, records, offset)?,
+            None => (Vec::new(), offset),
+        };
+        Ok(KeyedFetched {
+            records,
+            next,
             high_watermark: Offset(partition.high_watermark),
         })
     }

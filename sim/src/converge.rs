@@ -17,6 +17,11 @@
 //!   the replicas), the same leader-epoch cache and the same producer state (per producer id:
 //!   epoch, last sequence, offset of its last batch). A difference is a safety violation
 //!   naming the partition, the two replicas and the first offset where they differ.
+//!   Compacted topics (`cleanup.policy` with `compact`) are compared by what compaction
+//!   promises rather than by bytes, since each replica's cleaner runs on its own: every
+//!   replica holds the same latest record (offset, value) for every key below the high
+//!   watermark, a key whose latest record is a tombstone counting as absent (a tombstone past
+//!   its horizon may be removed on one replica and not yet on another).
 //!
 //! The metadata logs are compared through what they applied: every broker, voter or
 //! learner, at the same applied raft index must hold the same `MetadataState` (the log's
@@ -334,6 +339,9 @@ fn compare(brokers: &[(i32, Arc<Broker>)], faulty_disk: Option<i32>) -> Result<C
             let hw = live[&meta.leader.0]
                 .replica(&topic.name, index)
                 .map_or(Offset::ZERO, |p| p.with(|r| r.high_watermark()));
+            let compacted = state
+                .topic_config(&topic.name)
+                .is_some_and(|c| c.cleanup_policy().compact);
             let mut held: Vec<(i32, Held)> = Vec::new();
             for (id, p) in &handles {
                 let rots = faulty_disk == Some(*id);
@@ -368,6 +376,10 @@ fn compare(brokers: &[(i32, Arc<Broker>)], faulty_disk: Option<i32>) -> Result<C
                             })
                             .map(|(pid, e)| (pid.0, (e.epoch(), e.last_seq(), e.last_offset())))
                             .collect();
+                        let batches = match batches {
+                            Some(b) if compacted => Some(latest_per_key(&b)?),
+                            other => other,
+                        };
                         Ok(Held {
                             batches,
                             epochs: epochs_in(r.log().epochs().entries(), common_start, hw),
@@ -405,6 +417,13 @@ fn compare(brokers: &[(i32, Arc<Broker>)], faulty_disk: Option<i32>) -> Result<C
             for (id, h) in held.iter() {
                 if let (Some((ref_id, reference)), Some(batches)) = (reference, &h.batches) {
                     if let Some(at) = first_difference(reference, batches) {
+                        if compacted {
+                            return Err(Failure::Safety(format!(
+                                "{name}: replicas {ref_id} and {id} differ in a key's latest \
+                                 value below the high watermark {hw}, first at offset {at} \
+                                 (compared from {common_start}; leader {leader_id})"
+                            )));
+                        }
                         return Err(Failure::Safety(format!(
                             "{name}: replicas {ref_id} and {id} hold different batches below \
                              the high watermark {hw}, first at offset {at} (compared from \
@@ -454,6 +473,40 @@ fn compare(brokers: &[(i32, Arc<Broker>)], faulty_disk: Option<i32>) -> Result<C
         }
     }
     Ok(compared)
+}
+
+/// A compacted replica's batches reduced to what compaction keeps: each key's latest record
+/// that is not a tombstone, as (offset, key length, key and value), in offset order.
+fn latest_per_key(batches: &[(Offset, Bytes)]) -> Result<Vec<(Offset, Bytes)>, String> {
+    let mut latest: BTreeMap<Bytes, (Offset, Option<Bytes>)> = BTreeMap::new();
+    for (base, bytes) in batches {
+        let batch = keel_core::batch::Batch::parse(bytes.clone())
+            .map_err(|e| format!("the batch at {base}: {e}"))?;
+        if batch.is_control() {
+            continue;
+        }
+        let records = batch
+            .records()
+            .map_err(|e| format!("the records at {base}: {e}"))?;
+        for r in records {
+            if let Some(key) = r.key {
+                latest.insert(key, (r.offset, r.value));
+            }
+        }
+    }
+    let mut out: Vec<(Offset, Bytes)> = latest
+        .into_iter()
+        .filter_map(|(key, (offset, value))| {
+            let value = value?;
+            let mut digest = Vec::with_capacity(4 + key.len() + value.len());
+            digest.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            digest.extend_from_slice(&key);
+            digest.extend_from_slice(&value);
+            Some((offset, Bytes::from(digest)))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// The first offset at which two replicas' batches differ (base offset or bytes), or where

@@ -141,6 +141,11 @@ struct Inner {
     oracle: bool,
     writes: BTreeMap<String, Writes>,
     recovering: BTreeMap<String, Recovering>,
+    /// Segments removed before anything touched them since the power loss, by directory:
+    /// recovery removing a segment past a truncation point (judged: it kept nothing), or the
+    /// whole directory removed (a replica deleted while its broker was down: not a recovery),
+    /// which the removal of the directory's `partition.metadata` tells.
+    removed_untouched: BTreeMap<String, Vec<(String, Recovering)>>,
     recovery_violations: Vec<String>,
     /// The oracle's clock: madsim's, or a test's.
     clock: Clock,
@@ -253,6 +258,7 @@ impl SimDisk {
                 faults,
                 writes: BTreeMap::new(),
                 recovering: BTreeMap::new(),
+                removed_untouched: BTreeMap::new(),
                 recovery_violations: Vec::new(),
                 clock: Clock::Sim(madsim::time::Instant::now()),
             })),
@@ -280,6 +286,15 @@ impl SimDisk {
             .collect();
         for (path, len) in touched {
             inner.judge_recovery(&path, len);
+        }
+        // Removed untouched, and their directory kept: recovery removed them.
+        let removed: Vec<(String, Recovering)> = std::mem::take(&mut inner.removed_untouched)
+            .into_values()
+            .flatten()
+            .collect();
+        for (path, r) in removed {
+            inner.recovering.insert(path.clone(), r);
+            inner.judge_recovery(&path, 0);
         }
         inner.recovery_violations.clone()
     }
@@ -595,6 +610,22 @@ impl Storage for SimDir {
         let mut inner = self.disk.lock();
         inner.io_error(from)?;
         let file = inner.files.remove(&src).ok_or_else(|| not_found(from))?;
+        if inner.oracle && is_segment(&dst) {
+            // A segment replaced whole (the log cleaner's swap, renamed over the group's first
+            // segment, at its install or by recovery): the old file's recovery is moot, and
+            // the new one was synced whole before the rename (it is judged from here on as
+            // one write).
+            inner.recovering.remove(&dst);
+            let len = file.current.len() as u64;
+            let writes = inner.writes.remove(&src).unwrap_or(Writes {
+                current: vec![0, len],
+                durable: vec![0, len],
+                synced: len.min(file.durable.len() as u64),
+            });
+            inner.writes.insert(dst.clone(), writes);
+        } else {
+            inner.writes.remove(&src);
+        }
         inner.files.insert(dst, file);
         Ok(())
     }
@@ -602,6 +633,11 @@ impl Storage for SimDir {
     fn remove(&mut self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name);
         let mut inner = self.disk.lock();
+        // Nothing touched it since the power loss (asked before this touch counts).
+        let untouched = inner
+            .recovering
+            .get(&path)
+            .is_some_and(|r| r.first_touch.is_none());
         inner.touch(&path);
         inner.io_error(name)?;
         inner
@@ -609,8 +645,20 @@ impl Storage for SimDir {
             .remove(&path)
             .map(|_| ())
             .ok_or_else(|| not_found(name))?;
-        // Removed by the recovery that touched it first: it kept nothing.
-        inner.judge_recovery(&path, 0);
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+        if let Some(r) = untouched.then(|| inner.recovering.remove(&path)).flatten() {
+            inner
+                .removed_untouched
+                .entry(dir)
+                .or_default()
+                .push((path.clone(), r));
+        } else if name == "partition.metadata" {
+            // The whole directory goes: its untouched segments were deleted, not recovered.
+            inner.removed_untouched.remove(&dir);
+        } else {
+            // Removed by the recovery that touched it first: it kept nothing.
+            inner.judge_recovery(&path, 0);
+        }
         inner.writes.remove(&path);
         Ok(())
     }

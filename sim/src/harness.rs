@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -124,6 +125,8 @@ pub struct SimCluster {
     spec: ClusterSpec,
     brokers: BTreeMap<i32, BrokerNode>,
     registry: Registry,
+    /// Broker starts that found a cleaning's files left by a kill or stop in the middle of it.
+    interrupted_cleanings: Arc<AtomicU64>,
 }
 
 fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
@@ -160,17 +163,47 @@ fn settings(spec: &ClusterSpec, id: i32, disk: &SimDisk) -> Settings {
     settings
 }
 
+/// How often an idle cleaner looks for a partition to clean (`log.cleaner.backoff.ms`; Kafka's
+/// 15 s would clean a few times a run).
+pub const CLEANER_BACKOFF_MS: i64 = 200;
+
+/// The brokers' log cleaner: on, as aggressive as the topics ask.
+fn cleaner_settings() -> keel_node::config::CleanerSettings {
+    keel_node::config::CleanerSettings {
+        enable: true,
+        threads: 1,
+        io_bytes_per_second_max: u64::MAX,
+        backoff_ms: CLEANER_BACKOFF_MS,
+    }
+}
+
 /// How long a broker's supervisor waits before it starts a broker that failed to start.
 const SUPERVISOR_RESTART: Duration = Duration::from_secs(1);
 
 /// The body of a broker node: open the broker from its disk, register it, serve Kafka until a
 /// graceful stop is requested, then stop as `keel start` does on SIGTERM.
-async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registry, stop: StopLine) {
+async fn run_broker(
+    spec: ClusterSpec,
+    id: i32,
+    disk: SimDisk,
+    registry: Registry,
+    stop: StopLine,
+    interrupted_cleanings: Arc<AtomicU64>,
+) {
     // Requests made before this start are not for it.
     let mut requested = stop.requested.subscribe();
     requested.borrow_and_update();
     // A broker that cannot open its disk exits, as a real one would, and its supervisor
     // (systemd's Restart=on-failure) starts it again a second later.
+    // A cleaning the power loss (or stop) interrupted left its files: recovery finishes or
+    // undoes it when the logs open.
+    if disk
+        .paths()
+        .iter()
+        .any(|p| p.ends_with(".cleaned") || p.ends_with(".swap"))
+    {
+        interrupted_cleanings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     let broker = loop {
         match Broker::open(settings(&spec, id, &disk), Arc::new(Metrics::new())).await {
             Ok(b) => break b,
@@ -184,6 +217,7 @@ async fn run_broker(spec: ClusterSpec, id: i32, disk: SimDisk, registry: Registr
         .lock()
         .expect("registry poisoned")
         .insert(id, Arc::downgrade(&broker));
+    keel_node::broker::cleaner::spawn(&broker, &cleaner_settings());
     let listener = match tokio::net::TcpListener::bind(broker_address(id)).await {
         Ok(l) => l,
         Err(e) => {
@@ -213,6 +247,7 @@ impl SimCluster {
     /// caller chooses their faults).
     pub fn start(handle: &Handle, spec: ClusterSpec, disks: BTreeMap<i32, SimDisk>) -> SimCluster {
         let registry: Registry = Arc::default();
+        let interrupted_cleanings = Arc::new(AtomicU64::new(0));
         let mut brokers = BTreeMap::new();
         for id in 1..=spec.brokers {
             let disk = disks
@@ -220,6 +255,7 @@ impl SimCluster {
                 .cloned()
                 .unwrap_or_else(|| panic!("no disk for broker {id}"));
             let (spec2, disk2, registry2) = (spec.clone(), disk.clone(), registry.clone());
+            let interrupted2 = interrupted_cleanings.clone();
             let stop = StopLine::new();
             let stop2 = stop.clone();
             let node = handle
@@ -233,6 +269,7 @@ impl SimCluster {
                         disk2.clone(),
                         registry2.clone(),
                         stop2.clone(),
+                        interrupted2.clone(),
                     )
                 })
                 .build();
@@ -251,7 +288,14 @@ impl SimCluster {
             spec,
             brokers,
             registry,
+            interrupted_cleanings,
         }
+    }
+
+    /// Broker starts that found a cleaning interrupted by a kill or a stop.
+    pub fn interrupted_cleanings(&self) -> u64 {
+        self.interrupted_cleanings
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn spec(&self) -> &ClusterSpec {

@@ -6,6 +6,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod compact;
 #[cfg(madsim)]
 pub mod converge;
 pub mod disk;

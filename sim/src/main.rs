@@ -225,7 +225,9 @@ mod cli {
              full-disk-refusals {} connection-breaks {}; group: commits {} rebalances {} \
              coordinator-moves {}; transactions: commits {} aborts {} fencings {} timeouts {} \
              coordinator-moves {}; transaction version 2: commits {} aborts {} epoch-bumps {} \
-             implicit-adds {} late-writes-fenced {}; fault phase: {} of {} sends indefinite; converged: {} batches \
+             implicit-adds {} late-writes-fenced {}; compaction: acked {} tombstones {} cleanings {} \
+             tombstones-removed {} batches-emptied {} stale {} interrupted {}; fault phase: {} of \
+             {} sends indefinite; converged: {} batches \
              on {} replicas of {} partitions compared; layers: recovery cut {} bytes (oracle: {} \
              segments checked, {} bytes cut), {} read retries; reassignments: started {} \
              completed {} cancelled {}, throttles {} held back {} fetches, {} throttled bytes; \
@@ -259,6 +261,13 @@ mod cli {
             c.txn_epoch_bumps,
             c.txn_implicit_adds,
             c.txn_late_writes_fenced,
+            c.compact_acked,
+            c.compact_tombstones_acked,
+            c.cleanings,
+            c.tombstones_removed,
+            c.batches_emptied,
+            c.stale_cleanings,
+            c.interrupted_cleanings,
             c.fault_indefinite,
             c.fault_sends,
             c.compared.batches,

@@ -41,6 +41,7 @@ use crate::checker::{
 use crate::client::{
     Client, ClientConfig, ClientError, ConnectionFaults, Consumer, GroupConsumer, TopicSpec,
 };
+use crate::compact::{CompactHistory, CompactRead, CompactRecord, CompactSend, COMPACT_TOPIC};
 use crate::converge::{converge, Compared, Failure, Settle};
 use crate::disk::{DiskStats, FaultConfig, SimDisk};
 use crate::harness::{ClusterSpec, SimCluster};
@@ -95,6 +96,9 @@ pub struct Params {
     /// EndTxn v3, the epoch kept across transactions) or 2 (KIP-890 part 2: Produce v12 adds
     /// the partition, EndTxn v5 bumps the epoch), in half the transactional seeds.
     pub txn_version: i16,
+    /// Producers of keyed values and tombstones on the compacted topic
+    /// [`crate::compact::COMPACT_TOPIC`] (one consumer polls it).
+    pub compact_producers: u32,
     /// How long the fault phase lasts.
     pub fault_ms: u64,
     /// The fault kinds this run may inject.
@@ -190,6 +194,7 @@ impl Params {
             txn_producers: 0,
             txn_consumers: 0,
             txn_version: 1,
+            compact_producers: 0,
             fault_ms: 30_000,
             faults,
             fault_interval_ms: rng.gen_range(1_000..=4_000),
@@ -251,6 +256,8 @@ impl Params {
                 params.txn_version = 2;
             }
         }
+        // The compacted workload in every run (last, for the same reason).
+        params.compact_producers = rng.gen_range(1..=6);
         params
     }
 }
@@ -262,7 +269,7 @@ impl fmt::Display for Params {
             f,
             "seed={} brokers={} voters={} partitions={} rf={} min.insync={} producers={} \
              consumers={} group_consumers={} txn_producers={} txn_consumers={} txn_version={} \
-             fault_ms={} \
+             compact_producers={} fault_ms={} \
              faults=[{}] fault_interval_ms={} faulty_disk={:?} sync_latency_ms={} segment_bytes={} \
              leader_balance_ms={:?}",
             self.seed,
@@ -277,6 +284,7 @@ impl fmt::Display for Params {
             self.txn_producers,
             self.txn_consumers,
             self.txn_version,
+            self.compact_producers,
             self.fault_ms,
             faults.join(","),
             self.fault_interval_ms,
@@ -408,6 +416,17 @@ pub struct Coverage {
     pub txn_epoch_bumps: u64,
     pub txn_implicit_adds: u64,
     pub txn_late_writes_fenced: u64,
+    /// The compacted workload: writes and tombstones acknowledged, and what the brokers'
+    /// cleaners did (cleanings installed, tombstones removed, batches left without a record,
+    /// cleanings made stale by a truncation or retention meanwhile), and broker starts that
+    /// found a cleaning a kill or stop had interrupted.
+    pub compact_acked: u64,
+    pub compact_tombstones_acked: u64,
+    pub cleanings: u64,
+    pub tombstones_removed: u64,
+    pub batches_emptied: u64,
+    pub stale_cleanings: u64,
+    pub interrupted_cleanings: u64,
 }
 
 impl Coverage {
@@ -549,6 +568,9 @@ struct Workload {
     group_read: Mutex<BTreeMap<Key, Offset>>,
     /// The transactional workload's history.
     txn: Mutex<TxnHistory>,
+    /// The compacted workload's history, and its next value.
+    compact: Mutex<CompactHistory>,
+    compact_next_value: AtomicU64,
 }
 
 fn client_ip(n: u32) -> IpAddr {
@@ -669,6 +691,48 @@ async fn simulate(params: Params) -> RunResult {
         }
     }
 
+    if params.compact_producers > 0 {
+        let mut configs = crate::compact::topic_configs();
+        configs.push((
+            "min.insync.replicas".into(),
+            params.min_insync_replicas.to_string(),
+        ));
+        let spec = TopicSpec {
+            name: COMPACT_TOPIC.into(),
+            partitions: params.partitions,
+            replication_factor: params.replication_factor,
+            configs,
+        };
+        let (boot, partitions) = (bootstrap.clone(), params.partitions);
+        let created = admin
+            .spawn(async move {
+                let mut client = Client::new(ClientConfig::new(boot));
+                for _ in 0..120 {
+                    if client.create_topic(&spec).await.is_ok()
+                        && client
+                            .await_leaders(COMPACT_TOPIC, partitions)
+                            .await
+                            .is_ok()
+                    {
+                        return true;
+                    }
+                    madsim::time::sleep(Duration::from_millis(500)).await;
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+        if !created {
+            return finish(
+                params,
+                Verdict::Liveness,
+                format!("the topic {COMPACT_TOPIC} was never created"),
+                None,
+                coverage,
+                &trace,
+            );
+        }
+    }
     let workload = Arc::new(Workload {
         history: Mutex::new(History::default()),
         next_value: AtomicU64::new(1),
@@ -680,6 +744,8 @@ async fn simulate(params: Params) -> RunResult {
         commits: AtomicU64::new(0),
         group_read: Mutex::new(BTreeMap::new()),
         txn: Mutex::new(TxnHistory::default()),
+        compact: Mutex::new(CompactHistory::default()),
+        compact_next_value: AtomicU64::new(1),
     });
     let keys = keys(&params);
     let mut producers = Vec::new();
@@ -719,6 +785,21 @@ async fn simulate(params: Params) -> RunResult {
         let (w, boot, keys) = (workload.clone(), bootstrap.clone(), txn_keys.clone());
         let seed = params.seed ^ (c as u64 + 401) << 32;
         consumers.push(node.spawn(txn_consume(c, w, boot, keys, seed)));
+    }
+    let compact_keys: Vec<Key> = (0..params.partitions)
+        .map(|p| Key::new(COMPACT_TOPIC, p))
+        .collect();
+    for p in 0..params.compact_producers {
+        let node = client_node(&handle, format!("compact-producer-{p}"), 70 + p);
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), compact_keys.clone());
+        let seed = params.seed ^ (p as u64 + 501) << 32;
+        producers.push(node.spawn(compact_produce(500 + p, w, boot, keys, seed)));
+    }
+    if params.compact_producers > 0 {
+        let node = client_node(&handle, "compact-consumer".into(), 80);
+        let (w, boot, keys) = (workload.clone(), bootstrap.clone(), compact_keys.clone());
+        let seed = params.seed ^ 601 << 32;
+        consumers.push(node.spawn(compact_consume(600, w, boot, keys, seed)));
     }
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -820,6 +901,27 @@ async fn simulate(params: Params) -> RunResult {
             .expect("txn history poisoned")
             .final_complete = complete;
     }
+    // The compacted topic's final read, from the start of every partition.
+    if params.compact_producers > 0 {
+        let reader = client_node(&handle, "compact-final-reader".into(), 52);
+        let (w, boot, keys2) = (workload.clone(), bootstrap.clone(), compact_keys.clone());
+        let complete = reader
+            .spawn(async move {
+                madsim::time::timeout(
+                    Duration::from_millis(LIVENESS_MS),
+                    compact_final_read(w, boot, keys2),
+                )
+                .await
+                .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+        workload
+            .compact
+            .lock()
+            .expect("compact history poisoned")
+            .final_complete = complete;
+    }
     // Phase 5: the group, which kept consuming, reads on to where the final read ended.
     let group_caught_up = read && group_catch_up(&workload, &params).await;
     for g in group {
@@ -880,6 +982,30 @@ async fn simulate(params: Params) -> RunResult {
         }
     }
     let txn_read_complete = params.txn_producers == 0 || txn_history.final_complete;
+    let compact_history = workload
+        .compact
+        .lock()
+        .expect("compact history poisoned")
+        .clone();
+    let compact_anomalies = crate::compact::check(&compact_history);
+    for (kind, why) in compact_anomalies.iter().take(10) {
+        trace.event(format!("{kind}: {why}"));
+    }
+    for send in &compact_history.sends {
+        if matches!(send.outcome, SendOutcome::Ok { .. }) {
+            coverage.compact_acked += 1;
+            coverage.compact_tombstones_acked += u64::from(send.value.is_none());
+        }
+    }
+    let compact_read_complete = params.compact_producers == 0 || compact_history.final_complete;
+    coverage.cleanings = monitored.cleanings;
+    coverage.tombstones_removed = monitored.tombstones_removed;
+    coverage.batches_emptied = monitored.batches_emptied;
+    coverage.stale_cleanings = monitored.stale_cleanings;
+    coverage.interrupted_cleanings = cluster
+        .lock()
+        .expect("cluster poisoned")
+        .interrupted_cleanings();
     CURRENT_HISTORY.with(|h| *h.borrow_mut() = Some(history));
     coverage.acked = report.stats.sends_ok as u64;
     coverage.indefinite = report.stats.sends_indefinite as u64;
@@ -932,6 +1058,15 @@ async fn simulate(params: Params) -> RunResult {
                 txn_anomalies[0].1
             ),
         )
+    } else if !compact_anomalies.is_empty() {
+        let kinds: BTreeSet<&str> = compact_anomalies.iter().map(|(k, _)| k.name()).collect();
+        (
+            Verdict::Safety,
+            format!(
+                "the compaction checker found anomalies: {kinds:?}; first: {}",
+                compact_anomalies[0].1
+            ),
+        )
     } else if let Err(Failure::Safety(why)) = &converged {
         (Verdict::Safety, format!("convergence: {why}"))
     } else if let Err(Failure::Safety(why)) = &reassigned {
@@ -969,6 +1104,11 @@ async fn simulate(params: Params) -> RunResult {
                 "the read_committed final read of {TXN_TOPIC} did not complete: a transaction \
                  still open (the last stable offset below the high watermark) 60 s after healing"
             ),
+        )
+    } else if !compact_read_complete {
+        (
+            Verdict::Liveness,
+            format!("the final read of {COMPACT_TOPIC} did not complete after healing"),
         )
     } else if let Err(Failure::Liveness(why)) = &converged {
         (Verdict::Liveness, format!("convergence: {why}"))
@@ -1535,6 +1675,10 @@ async fn monitor(
     // Each incarnation's replication throttle stats, as last seen.
     let mut throttles: BTreeMap<usize, keel_node::broker::replication::ThrottleStats> =
         BTreeMap::new();
+    // Each incarnation's cleaner counters as last seen, and the sum of those gone (a counter
+    // below the one seen is a new broker at a freed address).
+    let mut cleaners: BTreeMap<(i32, usize), [u64; 4]> = BTreeMap::new();
+    let mut cleaners_gone = [0u64; 4];
     while !stop.load(Ordering::SeqCst) {
         let brokers = cluster.lock().expect("cluster poisoned").live_brokers();
         for (_, broker) in &brokers {
@@ -1552,6 +1696,20 @@ async fn monitor(
         }
         for (id, broker) in brokers {
             let incarnation = Arc::as_ptr(&broker) as usize;
+            let c = &broker.metrics().cleaner;
+            let now = [
+                c.cleanings.load(Ordering::Relaxed),
+                c.tombstones_removed.load(Ordering::Relaxed),
+                c.batches_emptied.load(Ordering::Relaxed),
+                c.stale.load(Ordering::Relaxed),
+            ];
+            let before = cleaners.entry((id, incarnation)).or_default();
+            if now.iter().zip(before.iter()).any(|(n, b)| n < b) {
+                for (gone, b) in cleaners_gone.iter_mut().zip(before.iter()) {
+                    *gone += b;
+                }
+            }
+            *before = now;
             for p in broker.all_partitions() {
                 let now = p.with(|r| {
                     r.check_invariants();
@@ -1608,6 +1766,18 @@ async fn monitor(
     }
     coverage.throttle_held = throttles.values().map(|t| t.held_back).sum();
     coverage.throttled_bytes = throttles.values().map(|t| t.throttled_bytes).sum();
+    let mut total = cleaners_gone;
+    for counts in cleaners.values() {
+        for (t, c) in total.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    [
+        coverage.cleanings,
+        coverage.tombstones_removed,
+        coverage.batches_emptied,
+        coverage.stale_cleanings,
+    ] = total;
     coverage
 }
 
@@ -1968,6 +2138,146 @@ async fn txn_final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<
         w.txn
             .lock()
             .expect("txn history poisoned")
+            .final_read
+            .insert(key.clone(), read);
+    }
+}
+
+/// A producer of the compacted workload: keyed values and tombstones ([`crate::compact`]'s
+/// shares of hot and cold keys), acks=all and idempotent, to random partitions of
+/// [`COMPACT_TOPIC`], until stopped.
+async fn compact_produce(
+    me: u32,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    use crate::compact::{record_key, COLD_KEYS, HOT_KEYS, HOT_SHARE, TOMBSTONE_SHARE};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    while !w.stop.load(Ordering::SeqCst) {
+        let partition = &keys[rng.gen_range(0..keys.len())];
+        let hot = rng.gen_bool(HOT_SHARE);
+        let n = rng.gen_range(0..if hot { HOT_KEYS } else { COLD_KEYS });
+        let record_key = record_key(hot, n);
+        let value = (!rng.gen_bool(TOMBSTONE_SHARE))
+            .then(|| Value(w.compact_next_value.fetch_add(1, Ordering::SeqCst)));
+        let outcome = client
+            .produce_keyed(partition, record_key.as_bytes(), value)
+            .await;
+        w.compact
+            .lock()
+            .expect("compact history poisoned")
+            .sends
+            .push(CompactSend {
+                process: me,
+                partition: partition.clone(),
+                record_key,
+                value,
+                outcome,
+            });
+        madsim::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+    }
+}
+
+/// The records of a keyed fetch, for the compacted history.
+fn compact_records(records: Vec<crate::client::KeyedRecord>) -> Vec<CompactRecord> {
+    records
+        .into_iter()
+        .map(|(offset, key, value)| CompactRecord {
+            offset,
+            record_key: String::from_utf8_lossy(&key).into_owned(),
+            value,
+        })
+        .collect()
+}
+
+/// A consumer of [`COMPACT_TOPIC`] by assign: polls every partition in turn from its start,
+/// forever, past the empty batches cleaning leaves.
+async fn compact_consume(
+    me: u32,
+    w: Arc<Workload>,
+    bootstrap: Vec<SocketAddr>,
+    keys: Vec<Key>,
+    seed: u64,
+) {
+    let mut client = Client::new(workload_client(&w, bootstrap, seed));
+    let mut positions: BTreeMap<Key, Offset> =
+        keys.iter().map(|k| (k.clone(), Offset(0))).collect();
+    loop {
+        for key in &keys {
+            match client.fetch_keyed(key, positions[key]).await {
+                Ok(f) => {
+                    if !f.records.is_empty() {
+                        w.compact
+                            .lock()
+                            .expect("compact history poisoned")
+                            .reads
+                            .push(CompactRead {
+                                reader: me,
+                                partition: key.clone(),
+                                records: compact_records(f.records),
+                            });
+                    }
+                    positions.insert(key.clone(), f.next);
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The final read of [`COMPACT_TOPIC`]: per partition, waits (within
+/// [`FINAL_READ_SETTLE_MS`]) for the end offset to pass every acknowledged write, then reads
+/// from offset 0 to that end, as a fresh process.
+async fn compact_final_read(w: Arc<Workload>, bootstrap: Vec<SocketAddr>, keys: Vec<Key>) {
+    let mut client = Client::new(ClientConfig::new(bootstrap));
+    for key in &keys {
+        let acked_end = w
+            .compact
+            .lock()
+            .expect("compact history poisoned")
+            .sends
+            .iter()
+            .filter(|s| &s.partition == key)
+            .filter_map(|s| match s.outcome {
+                SendOutcome::Ok { offset } => Some(offset.plus(1)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Offset(0));
+        let settle = madsim::time::Instant::now();
+        let end = loop {
+            match client.end_offset(key).await {
+                Ok(end)
+                    if end >= acked_end
+                        || settle.elapsed() >= Duration::from_millis(FINAL_READ_SETTLE_MS) =>
+                {
+                    break end
+                }
+                _ => madsim::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let mut position = Offset(0);
+        let mut read = Vec::new();
+        while position < end {
+            match client.fetch_keyed(key, position).await {
+                Ok(f) => {
+                    read.extend(
+                        compact_records(f.records)
+                            .into_iter()
+                            .filter(|r| r.offset < end),
+                    );
+                    position = f.next;
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        w.compact
+            .lock()
+            .expect("compact history poisoned")
             .final_read
             .insert(key.clone(), read);
     }

@@ -60,6 +60,13 @@ pub struct SeedLine {
     /// Replication throttles set, and fetches of replicas being added they held back.
     pub throttles_set: u64,
     pub throttle_held: u64,
+    /// The compacted workload: cleanings installed, tombstones removed, batches emptied,
+    /// cleanings made stale, broker starts that found a cleaning interrupted.
+    pub cleanings: u64,
+    pub tombstones_removed: u64,
+    pub batches_emptied: u64,
+    pub stale_cleanings: u64,
+    pub interrupted_cleanings: u64,
 }
 
 /// The swarm's result.
@@ -211,6 +218,22 @@ impl fmt::Display for Summary {
             with(&|l| l.reassignments_cancelled > 0),
             with(&|l| l.throttle_held > 0),
             sum(&|l| l.throttle_held),
+        )?;
+        writeln!(
+            f,
+            "compaction: seeds with cleanings {} ({} in all), tombstones removed {} ({}), \
+             batches emptied {} ({}), cleanings made stale {} ({}), cleanings interrupted by a \
+             kill or stop {} ({})",
+            with(&|l| l.cleanings > 0),
+            sum(&|l| l.cleanings),
+            with(&|l| l.tombstones_removed > 0),
+            sum(&|l| l.tombstones_removed),
+            with(&|l| l.batches_emptied > 0),
+            sum(&|l| l.batches_emptied),
+            with(&|l| l.stale_cleanings > 0),
+            sum(&|l| l.stale_cleanings),
+            with(&|l| l.interrupted_cleanings > 0),
+            sum(&|l| l.interrupted_cleanings),
         )
     }
 }
@@ -270,6 +293,11 @@ impl SeedLine {
             txn_late_writes_fenced: c.txn_late_writes_fenced,
             throttles_set: c.throttles_set,
             throttle_held: c.throttle_held,
+            cleanings: c.cleanings,
+            tombstones_removed: c.tombstones_removed,
+            batches_emptied: c.batches_emptied,
+            stale_cleanings: c.stale_cleanings,
+            interrupted_cleanings: c.interrupted_cleanings,
         }
     }
 
@@ -281,7 +309,7 @@ impl SeedLine {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         format!(
-            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "LINE\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.seed,
             self.verdict.exit_code(),
             self.acked,
@@ -315,6 +343,11 @@ impl SeedLine {
             self.txn_late_writes_fenced,
             self.throttles_set,
             self.throttle_held,
+            self.cleanings,
+            self.tombstones_removed,
+            self.batches_emptied,
+            self.stale_cleanings,
+            self.interrupted_cleanings,
             self.faults.join(","),
             anomalies.join(","),
             self.reason.replace(['\t', '\n'], " "),
@@ -324,8 +357,8 @@ impl SeedLine {
     /// The line [`SeedLine::encode`] wrote, from a child's output.
     pub fn decode(output: &str) -> Option<SeedLine> {
         let line = output.lines().find(|l| l.starts_with("LINE\t"))?;
-        let f: Vec<&str> = line.splitn(37, '\t').collect();
-        if f.len() != 37 {
+        let f: Vec<&str> = line.splitn(42, '\t').collect();
+        if f.len() != 42 {
             return None;
         }
         let verdict = match f[2] {
@@ -334,13 +367,13 @@ impl SeedLine {
             "3" => Verdict::Liveness,
             _ => Verdict::Crash,
         };
-        let faults = f[34]
+        let faults = f[39]
             .split(',')
             .filter(|s| !s.is_empty())
             .filter_map(|name| Fault::ALL.into_iter().find(|k| k.name() == name))
             .map(Fault::name)
             .collect();
-        let anomalies = f[35]
+        let anomalies = f[40]
             .split(',')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, n)| Some((k.to_string(), n.parse().ok()?)))
@@ -379,9 +412,14 @@ impl SeedLine {
             txn_late_writes_fenced: f[31].parse().ok()?,
             throttles_set: f[32].parse().ok()?,
             throttle_held: f[33].parse().ok()?,
+            cleanings: f[34].parse().ok()?,
+            tombstones_removed: f[35].parse().ok()?,
+            batches_emptied: f[36].parse().ok()?,
+            stale_cleanings: f[37].parse().ok()?,
+            interrupted_cleanings: f[38].parse().ok()?,
             faults,
             anomalies,
-            reason: f[36].to_string(),
+            reason: f[41].to_string(),
         })
     }
 }
@@ -499,6 +537,11 @@ impl SeedLine {
             txn_late_writes_fenced: 0,
             throttles_set: 0,
             throttle_held: 0,
+            cleanings: 0,
+            tombstones_removed: 0,
+            batches_emptied: 0,
+            stale_cleanings: 0,
+            interrupted_cleanings: 0,
         }
     }
 }

@@ -140,6 +140,12 @@ pub struct CleanInputs {
     /// For each producer the partition still tracks, the last offset of its last data batch:
     /// that batch is kept (empty if need be) so the producer's sequence survives.
     pub producers_last: BTreeMap<ProducerId, Offset>,
+    /// Tombstones at or above this offset are kept whatever their delete horizon: the offset
+    /// below which every replica of the partition holds the log durably (`None`: no other
+    /// replica to wait for). A replica that has not yet got a tombstone would otherwise fetch
+    /// the cleaned log without it and keep the key's older value for good: its copy would read
+    /// a deleted key as alive (the simulator's compacted workload found it).
+    pub tombstones_below: Option<Offset>,
 }
 
 /// Counters of one cleaning.
@@ -151,6 +157,9 @@ pub struct CleanStats {
     pub records_read: u64,
     pub records_removed: u64,
     pub tombstones_removed: u64,
+    /// Batches left without a record: dropped (an empty batch covers their offsets) or kept
+    /// empty for their producer's sequence.
+    pub batches_emptied: u64,
     /// Old segments replaced, and cleaned segments written in their place.
     pub segments_cleaned: u64,
     pub segments_written: u64,
@@ -262,6 +271,28 @@ fn write_checkpoint<S: Storage + ?Sized>(
         CLEANER_CHECKPOINT,
         format!("{body} {crc}\n").as_bytes(),
     )
+}
+
+/// The first dirty offset `cleaner.checkpoint` holds (zero without one).
+pub(super) fn first_dirty<S: Storage + ?Sized>(storage: &S) -> Offset {
+    read_checkpoint(storage).map_or(Offset::ZERO, |(first_dirty, _)| first_dirty)
+}
+
+/// Lowers the first dirty offset in the cleaner's checkpoint to `end` if it is above: called
+/// before a truncation cuts the log at `end` (and by open, after recovery cut it there). The
+/// offsets from `end` on will hold other data (fetched again, or appended anew), which no
+/// cleaning has seen: taken for clean, its tombstones would never remove the older values of
+/// their keys below, and an older value would outlive the tombstone that deleted it.
+pub(super) fn lower_first_dirty<S: Storage + ?Sized>(
+    storage: &mut S,
+    end: Offset,
+) -> Result<(), StorageError> {
+    match read_checkpoint(storage) {
+        Some((first_dirty, horizon)) if first_dirty > end => {
+            write_checkpoint(storage, end, horizon)
+        }
+        _ => Ok(()),
+    }
 }
 
 impl<S: Storage> Log<S> {
@@ -432,6 +463,7 @@ impl<S: Storage> Log<S> {
             stats.segments_cleaned += planned.len() as u64;
         }
         write_checkpoint(&mut self.storage, cleaned.clean_end, cleaned.horizon_ms)?;
+        self.cleaned_end = cleaned.clean_end;
         self.check_invariants();
         Ok(Some(stats))
     }
@@ -521,6 +553,15 @@ fn read_segment<S: Storage + ?Sized>(
     Ok(())
 }
 
+/// Records `offset` as `key`'s latest in the offset map (pass 1 reads offsets in order).
+fn remember(map: &mut BTreeMap<Vec<u8>, Offset>, key: Vec<u8>, offset: Offset) {
+    if crate::planted::active(crate::planted::Bug::CleanerKeepsFirst) {
+        map.entry(key).or_insert(offset);
+    } else {
+        map.insert(key, offset);
+    }
+}
+
 /// Transaction markers seen in the cleaned range, per producer: marker offset → committed.
 type Markers = BTreeMap<ProducerId, BTreeMap<Offset, bool>>;
 
@@ -550,6 +591,8 @@ pub fn build<S: Storage + ?Sized>(
     let mut map: BTreeMap<Vec<u8>, Offset> = BTreeMap::new();
     let mut map_bytes = 0u64;
     let mut markers: Markers = BTreeMap::new();
+    // Each producer's last data batch in the cleaned range (its last offset).
+    let mut last_in_range: BTreeMap<ProducerId, Offset> = BTreeMap::new();
     let mut pending: BTreeMap<ProducerId, Vec<(Vec<u8>, Offset)>> = BTreeMap::new();
     let mut clean_end = plan.clean_end;
     let mut dirty_segments = 0;
@@ -572,6 +615,9 @@ pub fn build<S: Storage + ?Sized>(
                     position: 0,
                     error: e,
                 };
+                if !batch.is_control() && batch.producer_id().0 >= 0 {
+                    last_in_range.insert(batch.producer_id(), batch.last_offset());
+                }
                 if let Some(marker) = batch.end_txn_marker().map_err(to_corrupt)? {
                     let producer = batch.producer_id();
                     markers
@@ -581,7 +627,7 @@ pub fn build<S: Storage + ?Sized>(
                     for (key, offset) in pending.remove(&producer).unwrap_or_default() {
                         if marker.commit {
                             map_bytes += key.len() as u64 + MAP_ENTRY_OVERHEAD_BYTES;
-                            map.insert(key, offset);
+                            remember(&mut map, key, offset);
                         }
                     }
                     return Ok(());
@@ -598,7 +644,7 @@ pub fn build<S: Storage + ?Sized>(
                             .push((key.to_vec(), record.offset));
                     } else {
                         map_bytes += key.len() as u64 + MAP_ENTRY_OVERHEAD_BYTES;
-                        map.insert(key.to_vec(), record.offset);
+                        remember(&mut map, key.to_vec(), record.offset);
                     }
                 }
                 Ok(())
@@ -633,6 +679,7 @@ pub fn build<S: Storage + ?Sized>(
     let rules = Rules {
         map: &map,
         markers: &markers,
+        last_in_range: &last_in_range,
         inputs,
         config,
     };
@@ -713,6 +760,7 @@ pub fn build<S: Storage + ?Sized>(
 struct Rules<'a> {
     map: &'a BTreeMap<Vec<u8>, Offset>,
     markers: &'a Markers,
+    last_in_range: &'a BTreeMap<ProducerId, Offset>,
     inputs: &'a CleanInputs,
     config: &'a CleanerConfig,
 }
@@ -745,15 +793,20 @@ impl Rules<'_> {
                 stats.records_removed += 1;
                 continue;
             };
-            if self
-                .map
-                .get(key.as_ref())
-                .is_some_and(|&latest| latest > record.offset)
-            {
+            let keeps_first = crate::planted::active(crate::planted::Bug::CleanerKeepsFirst);
+            if self.map.get(key.as_ref()).is_some_and(|&latest| {
+                latest > record.offset || (keeps_first && latest != record.offset)
+            }) {
                 stats.records_removed += 1;
                 continue;
             }
-            if record.value.is_none() && horizon.is_some_and(|h| now_ms >= h) {
+            if record.value.is_none()
+                && horizon.is_some_and(|h| now_ms >= h)
+                && self
+                    .inputs
+                    .tombstones_below
+                    .is_none_or(|below| record.offset < below)
+            {
                 stats.records_removed += 1;
                 stats.tombstones_removed += 1;
                 continue;
@@ -770,9 +823,21 @@ impl Rules<'_> {
             return Ok(Some(batch.clone()));
         }
         if kept.is_empty() {
+            stats.batches_emptied += 1;
             let producer = batch.producer_id();
+            // The last batch of a tracked producer in the cleaned range, not only its last
+            // batch in the log: a later one above the bound (not yet committed) may be
+            // truncated away, and the producer's sequence must then still be in the log for a
+            // replica that rebuilds its producer state from it (one dropped here left the
+            // rebuilt state at an older sequence than its other replicas': the simulator found
+            // it).
             let last_of_producer = producer.0 >= 0
-                && self.inputs.producers_last.get(&producer) == Some(&batch.last_offset());
+                && self
+                    .inputs
+                    .producers_last
+                    .get(&producer)
+                    .is_some_and(|&last| last >= batch.last_offset())
+                && self.last_in_range.get(&producer) == Some(&batch.last_offset());
             return if last_of_producer {
                 rebuild(batch, &[], None).map(Some)
             } else {

@@ -49,6 +49,8 @@ pub struct FollowerProgress {
     pub log_end: Option<Offset>,
     /// The offset below which the follower has synced its log, from its last fetch.
     pub durable_end: Option<Offset>,
+    /// How far the follower's log cleaner has cleaned its log, from its last fetch.
+    pub cleaned_end: Option<Offset>,
     /// The last time the follower was caught up (keel: its durable end reached the leader's
     /// log end offset, see [`LeaderState::record_fetch`]).
     pub last_caught_up_ms: i64,
@@ -63,6 +65,7 @@ impl FollowerProgress {
         FollowerProgress {
             log_end: None,
             durable_end: None,
+            cleaned_end: None,
             last_caught_up_ms,
             last_fetch_leader_end: None,
             last_fetch_ms: 0,
@@ -192,6 +195,7 @@ impl LeaderState {
         follower: BrokerId,
         fetch_offset: Offset,
         durable_end: Offset,
+        cleaned_end: Offset,
         leader_end: Offset,
     ) {
         let p = self
@@ -206,6 +210,7 @@ impl LeaderState {
         }
         p.log_end = Some(fetch_offset);
         p.durable_end = Some(durable_end);
+        p.cleaned_end = Some(cleaned_end);
         p.last_fetch_leader_end = Some(leader_end);
         p.last_fetch_ms = now_ms;
     }
@@ -379,8 +384,8 @@ mod tests {
     #[test]
     fn a_replica_outside_the_isr_does_not_hold_the_high_watermark() {
         let mut l = leader(&[B0, B1]);
-        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset(10));
-        l.record_fetch(1_000, B2, Offset(2), Offset(2), Offset(10));
+        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset::ZERO, Offset(10));
+        l.record_fetch(1_000, B2, Offset(2), Offset(2), Offset::ZERO, Offset(10));
         assert_eq!(l.hw_bound(Offset(10), 1), Some(Offset(10)));
     }
 
@@ -390,9 +395,9 @@ mod tests {
     fn hw_bound_is_the_smallest_durable_end_in_the_isr() {
         let mut l = leader(&[B0, B1, B2]);
         assert_eq!(l.hw_bound(Offset(10), 1), None, "nobody has fetched yet");
-        l.record_fetch(1_000, B1, Offset(10), Offset(7), Offset(10));
+        l.record_fetch(1_000, B1, Offset(10), Offset(7), Offset::ZERO, Offset(10));
         assert_eq!(l.hw_bound(Offset(10), 1), None, "B2 has not fetched yet");
-        l.record_fetch(1_000, B2, Offset(10), Offset(9), Offset(10));
+        l.record_fetch(1_000, B2, Offset(10), Offset(9), Offset::ZERO, Offset(10));
         assert_eq!(l.hw_bound(Offset(10), 1), Some(Offset(7)));
         assert_eq!(
             l.hw_bound(Offset(5), 1),
@@ -415,7 +420,7 @@ mod tests {
         for &(isr, min, advances) in cases {
             let mut l = leader(isr);
             for &f in &[B1, B2] {
-                l.record_fetch(1_000, f, Offset(4), Offset(4), Offset(4));
+                l.record_fetch(1_000, f, Offset(4), Offset(4), Offset::ZERO, Offset(4));
             }
             assert_eq!(
                 l.hw_bound(Offset(4), min).is_some(),
@@ -432,8 +437,8 @@ mod tests {
     #[test]
     fn pending_changes_count_the_maximal_isr() {
         let mut l = leader(&[B0, B1]);
-        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset(10));
-        l.record_fetch(1_000, B2, Offset(10), Offset(6), Offset(10));
+        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset::ZERO, Offset(10));
+        l.record_fetch(1_000, B2, Offset(10), Offset(6), Offset::ZERO, Offset(10));
         assert_eq!(l.hw_bound(Offset(10), 1), Some(Offset(10)));
         assert!(l.propose(1_000, l.isr_with(Some(B2), &[]), LeaderEpoch(1), 0));
         assert_eq!(l.maximal_isr(), vec![B0, B1, B2]);
@@ -444,8 +449,8 @@ mod tests {
         );
 
         let mut l = leader(&[B0, B1, B2]);
-        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset(10));
-        l.record_fetch(1_000, B2, Offset(10), Offset(3), Offset(10));
+        l.record_fetch(1_000, B1, Offset(10), Offset(10), Offset::ZERO, Offset(10));
+        l.record_fetch(1_000, B2, Offset(10), Offset(3), Offset::ZERO, Offset(10));
         assert!(l.propose(1_000, l.isr_with(None, &[B2]), LeaderEpoch(1), 0));
         assert_eq!(l.maximal_isr(), vec![B0, B1, B2]);
         assert_eq!(
@@ -463,15 +468,15 @@ mod tests {
     fn last_caught_up_time_follows_replica_scala() {
         let mut l = leader(&[B0, B1, B2]);
         let lag = 30_000;
-        l.record_fetch(5_000, B1, Offset(10), Offset(10), Offset(10));
+        l.record_fetch(5_000, B1, Offset(10), Offset(10), Offset::ZERO, Offset(10));
         assert_eq!(l.followers[&B1].last_caught_up_ms, 5_000);
         // Behind the leader now, but at the leader's end of the previous fetch.
-        l.record_fetch(9_000, B1, Offset(12), Offset(10), Offset(20));
+        l.record_fetch(9_000, B1, Offset(12), Offset(10), Offset::ZERO, Offset(20));
         assert_eq!(l.followers[&B1].last_caught_up_ms, 5_000);
-        l.record_fetch(12_000, B1, Offset(20), Offset(20), Offset(30));
+        l.record_fetch(12_000, B1, Offset(20), Offset(20), Offset::ZERO, Offset(30));
         assert_eq!(l.followers[&B1].last_caught_up_ms, 9_000);
         // Fetched, but never synced: not caught up.
-        l.record_fetch(13_000, B2, Offset(30), Offset(0), Offset(30));
+        l.record_fetch(13_000, B2, Offset(30), Offset(0), Offset::ZERO, Offset(30));
         assert_eq!(l.followers[&B2].last_caught_up_ms, 1_000, "from the reset");
         assert!(l.out_of_sync(31_000, Offset(30), lag).is_empty());
         assert_eq!(l.out_of_sync(31_001, Offset(30), lag), vec![B2]);
@@ -487,10 +492,10 @@ mod tests {
             "B1 at the end"
         );
         // A follower caught up with the leader's end has no deadline: no timer spins.
-        l.record_fetch(13_000, B2, Offset(30), Offset(30), Offset(30));
+        l.record_fetch(13_000, B2, Offset(30), Offset(30), Offset::ZERO, Offset(30));
         assert_eq!(l.shrink_deadline(lag, Offset(30)), Some(39_001));
         assert_eq!(l.shrink_deadline(lag, Offset(20)), Some(43_001));
-        l.record_fetch(13_000, B1, Offset(30), Offset(30), Offset(30));
+        l.record_fetch(13_000, B1, Offset(30), Offset(30), Offset::ZERO, Offset(30));
         assert_eq!(l.shrink_deadline(lag, Offset(30)), None);
     }
 
@@ -499,9 +504,9 @@ mod tests {
     fn may_join_at_the_high_watermark_and_the_epoch_start() {
         let mut l = LeaderState::new(0, B0, &[B0, B1, B2], &[B0, B1], Offset(8));
         assert!(!l.may_join(B2, Offset(5)), "has not fetched");
-        l.record_fetch(0, B2, Offset(8), Offset(7), Offset(8));
+        l.record_fetch(0, B2, Offset(8), Offset(7), Offset::ZERO, Offset(8));
         assert!(!l.may_join(B2, Offset(5)), "below the epoch start");
-        l.record_fetch(0, B2, Offset(9), Offset(8), Offset(9));
+        l.record_fetch(0, B2, Offset(9), Offset(8), Offset::ZERO, Offset(9));
         assert!(l.may_join(B2, Offset(8)));
         assert!(!l.may_join(B2, Offset(9)), "below the high watermark");
         assert!(!l.may_join(B1, Offset(0)), "already in the ISR");
@@ -518,10 +523,10 @@ mod tests {
     fn a_member_that_just_joined_is_not_shrunk_at_once() {
         let lag = 30_000;
         let mut l = LeaderState::new(0, B0, &[B0, B1, B2], &[B0, B1], Offset(0));
-        l.record_fetch(1_000, B1, Offset(9), Offset(9), Offset(9));
+        l.record_fetch(1_000, B1, Offset(9), Offset(9), Offset::ZERO, Offset(9));
         // B2 reached offset 5 long ago; the leader is at 9, its high watermark at 5.
-        l.record_fetch(1_000, B2, Offset(5), Offset(5), Offset(9));
-        l.record_fetch(40_000, B2, Offset(5), Offset(5), Offset(9));
+        l.record_fetch(1_000, B2, Offset(5), Offset(5), Offset::ZERO, Offset(9));
+        l.record_fetch(40_000, B2, Offset(5), Offset(5), Offset::ZERO, Offset(9));
         assert!(l.may_join(B2, Offset(5)));
         assert!(l.propose(40_000, l.isr_with(Some(B2), &[]), LeaderEpoch(0), 0));
         l.apply_committed(40_010, &[B0, B1, B2], &[B0, B1, B2]);

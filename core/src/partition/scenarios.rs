@@ -628,6 +628,7 @@ fn fetches_across_epochs_are_refused_or_ignored() {
         fetch_offset: Offset(0),
         last_fetched_epoch: LeaderEpoch::NONE,
         durable_end: Offset(0),
+        cleaned_end: Offset::ZERO,
         max_bytes: 1 << 20,
     };
     let now = c.now_ms;

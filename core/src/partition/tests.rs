@@ -792,6 +792,7 @@ fn a_leaders_effects_come_out_once_each_in_order() {
         fetch_offset: Offset(5),
         last_fetched_epoch: LeaderEpoch(1),
         durable_end: Offset(5),
+        cleaned_end: Offset::ZERO,
         max_bytes: 1 << 20,
     };
     r.handle_follower_fetch(NOW, &fetch).unwrap();
@@ -840,4 +841,54 @@ fn a_deadline_is_reported_again_after_each_timeout() {
         vec![Effect::Deadline(due)],
         "not due yet: the same deadline, reported again"
     );
+}
+
+/// The cleaner's tombstone bound: on a leader, the smallest durable end and cleaned end of
+/// every assigned replica (one not heard from in this epoch holds nothing); a follower removes
+/// no tombstone.
+#[test]
+fn the_tombstone_bound_waits_for_every_replica() {
+    let mut snaps = MemStorage::new();
+    let mut r = recover_me(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(ME, 1))
+        .unwrap();
+    r.append(NOW, idempotent(-1, -1, -1, 4)).unwrap();
+    r.sync().unwrap();
+    assert_eq!(
+        r.tombstone_bound(),
+        Offset(0),
+        "the follower has not fetched"
+    );
+    let fetch = FetchRequest {
+        replica: LEADER,
+        leader_epoch: LeaderEpoch(1),
+        fetch_offset: Offset(3),
+        last_fetched_epoch: LeaderEpoch(1),
+        durable_end: Offset(2),
+        cleaned_end: Offset(3),
+        max_bytes: 1 << 20,
+    };
+    r.handle_follower_fetch(NOW, &fetch).unwrap();
+    assert_eq!(r.tombstone_bound(), Offset(2), "the follower's durable end");
+    let fetch = FetchRequest {
+        fetch_offset: Offset(4),
+        durable_end: Offset(4),
+        cleaned_end: Offset(1),
+        ..fetch
+    };
+    r.handle_follower_fetch(NOW, &fetch).unwrap();
+    assert_eq!(r.tombstone_bound(), Offset(1), "the follower's cleaned end");
+    let fetch = FetchRequest {
+        cleaned_end: Offset(4),
+        ..fetch
+    };
+    r.handle_follower_fetch(NOW, &fetch).unwrap();
+    assert_eq!(
+        r.tombstone_bound(),
+        Offset(4),
+        "every replica holds and cleaned the log"
+    );
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 2))
+        .unwrap();
+    assert_eq!(r.tombstone_bound(), Offset(0), "a follower removes none");
 }

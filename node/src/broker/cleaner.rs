@@ -11,20 +11,29 @@
 //! (retention and DeleteRecords remove segments; a truncation bumps the log's generation), in
 //! which case the cleaned files are removed and the log keeps what the other operation did.
 //!
+//! Tombstones past their delete horizon are removed only below the offset every assigned
+//! replica holds durably, as the leader knows it (`PartitionReplica::tombstone_bound`); a
+//! follower removes none.
+//!
 //! Reads and writes of all cleaner threads together are bounded by
-//! `log.cleaner.io.max.bytes.per.second` ([`Throttle`]).
+//! `log.cleaner.io.max.bytes.per.second` ([`Throttle`]). Under the simulator, which runs no
+//! threads, the same three steps run as one task per broker ([`spawn`]), which waits the
+//! simulated time the cleaning's I/O takes between the build and the install, so that a power
+//! loss can fall in the middle of a cleaning.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 #[cfg(not(madsim))]
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use keel_core::log::cleaner::{self, CleanInputs, CleanStats};
+use keel_core::log::cleaner::{self, CleanInputs, CleanPlan, CleanStats, Cleaned, CleanerConfig};
+use keel_core::log::LogError;
+use keel_core::planted::{self, Bug};
 
 use super::{Broker, PartitionHandle};
 use crate::clock::wall_ms;
-#[cfg(not(madsim))]
 use crate::config::CleanerSettings;
 
 /// What the cleaner has done since the broker started (Prometheus counters).
@@ -36,6 +45,14 @@ pub struct CleanerCounters {
     pub segments: AtomicU64,
     /// Cleanings that failed (a corrupt segment, an I/O error).
     pub errors: AtomicU64,
+    /// Cleanings installed, and cleanings dropped at install because the log changed under
+    /// them (a truncation, a retention): not on the metrics endpoint, the simulator counts
+    /// them.
+    pub cleanings: AtomicU64,
+    pub stale: AtomicU64,
+    /// Tombstones removed, and batches left without a record, by installed cleanings.
+    pub tombstones_removed: AtomicU64,
+    pub batches_emptied: AtomicU64,
 }
 
 /// A token bucket shared by the cleaner threads: [`Throttle::spend`] sleeps the calling thread
@@ -125,45 +142,132 @@ fn run(
     }
 }
 
+/// Starts the cleaner, under the simulator: one task that goes over every partition, cleans
+/// those that are due, and waits `log.cleaner.backoff.ms` after each pass (not only when none
+/// was due, as the threads do: the simulator's topics are due at every pass, and back-to-back
+/// passes would take most of a run's CPU). Between a cleaning's build and its install it
+/// waits as long as its reads and writes take at [`SIMULATED_CLEANER_BYTES_PER_SECOND`], so
+/// that a kill can fall between the two.
+#[cfg(madsim)]
+pub fn spawn(broker: &Arc<Broker>, settings: &CleanerSettings) {
+    if !settings.enable {
+        return;
+    }
+    let broker = Arc::downgrade(broker);
+    let backoff = Duration::from_millis(settings.backoff_ms.max(1) as u64);
+    tokio::spawn(async move {
+        let unbounded = Throttle::new(u64::MAX);
+        loop {
+            let Some(b) = broker.upgrade() else { return };
+            let partitions = b.all_partitions();
+            drop(b);
+            for p in partitions {
+                let Some(b) = broker.upgrade() else { return };
+                let Some(job) = b.plan_cleaning(&p) else {
+                    continue;
+                };
+                let (built, spent) = build_cleaning(&p, &job, &unbounded);
+                drop(b);
+                let took =
+                    Duration::from_secs_f64(spent as f64 / SIMULATED_CLEANER_BYTES_PER_SECOND);
+                tokio::time::sleep(took.max(Duration::from_millis(1))).await;
+                let Some(b) = broker.upgrade() else { return };
+                b.install_cleaning(&p, built, spent);
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    });
+}
+
+/// The disk bandwidth a simulated cleaning's reads and writes take.
+#[cfg(madsim)]
+pub const SIMULATED_CLEANER_BYTES_PER_SECOND: f64 = 1_000_000.0;
+
+/// One cleaning, planned under the partition's lock.
+pub struct CleaningJob {
+    plan: CleanPlan,
+    config: CleanerConfig,
+    inputs: CleanInputs,
+}
+
+/// Phase 2, without the lock: the cleaned files, and the bytes read and written.
+fn build_cleaning(
+    p: &PartitionHandle,
+    job: &CleaningJob,
+    throttle: &Throttle,
+) -> (Result<Cleaned, LogError>, u64) {
+    let mut storage = p.syncer.clone();
+    let mut spent = 0u64;
+    let built = cleaner::build(
+        &mut storage,
+        job.plan.clone(),
+        &job.config,
+        &job.inputs,
+        &mut |bytes| {
+            spent += bytes;
+            throttle.spend(bytes);
+        },
+    );
+    (built, spent)
+}
+
 impl Broker {
     /// Cleans `p` once if its topic is compacted and its log is due. Returns what the cleaning
     /// did, or `None` if nothing was cleaned (not compacted, not due, stale or failed: a
     /// failure is logged and counted).
     pub fn clean_partition(&self, p: &PartitionHandle, throttle: &Throttle) -> Option<CleanStats> {
+        let job = self.plan_cleaning(p)?;
+        let (built, spent) = build_cleaning(p, &job, throttle);
+        self.install_cleaning(p, built, spent)
+    }
+
+    /// Phase 1, under the partition's lock: the plan, if `p`'s topic is compacted and its log
+    /// is due. The bound is the high watermark or the last stable offset, whichever is lower;
+    /// tombstones are bound by what every replica holds.
+    fn plan_cleaning(&self, p: &PartitionHandle) -> Option<CleaningJob> {
         let topic = self.with_metadata(|m| m.topic_config(&p.topic).cloned())?;
         if !topic.cleanup_policy().compact {
             return None;
         }
         let config = topic.to_cleaner_config();
         let now = wall_ms();
-        let planned = p.with(|r| {
+        p.with(|r| {
             if p.deleted.load(Ordering::Acquire) {
                 return None;
             }
-            let bound = r.high_watermark().min(r.last_stable_offset());
+            let bound = if planted::active(Bug::CleanAboveHighWatermark) {
+                r.log().end()
+            } else {
+                r.high_watermark().min(r.last_stable_offset())
+            };
             let plan = r.log().plan_clean(&config, bound, now)?;
             let producers_last = r
                 .producers()
                 .producers()
                 .map(|(id, entry)| (id, entry.last_offset()))
                 .collect();
-            Some((plan, producers_last))
-        });
-        let (plan, producers_last) = planned?;
-        let inputs = CleanInputs {
-            now_ms: now,
-            producers_last,
-        };
-        let mut storage = p.syncer.clone();
-        let mut spent = 0u64;
-        let built = cleaner::build(&mut storage, plan, &config, &inputs, &mut |bytes| {
-            spent += bytes;
-            throttle.spend(bytes);
-        });
-        self.metrics()
-            .cleaner
-            .bytes
-            .fetch_add(spent, Ordering::Relaxed);
+            Some(CleaningJob {
+                plan,
+                config,
+                inputs: CleanInputs {
+                    now_ms: now,
+                    producers_last,
+                    tombstones_below: Some(r.tombstone_bound()),
+                },
+            })
+        })
+    }
+
+    /// Phase 3, under the partition's lock: installs what [`build_cleaning`] wrote, unless the
+    /// log changed meanwhile; counts and logs the outcome.
+    fn install_cleaning(
+        &self,
+        p: &PartitionHandle,
+        built: Result<Cleaned, LogError>,
+        spent: u64,
+    ) -> Option<CleanStats> {
+        let counters = &self.metrics().cleaner;
+        counters.bytes.fetch_add(spent, Ordering::Relaxed);
         let outcome = built.and_then(|cleaned| {
             p.with(|r| {
                 if p.deleted.load(Ordering::Acquire) {
@@ -174,28 +278,36 @@ impl Broker {
         });
         match outcome {
             Ok(Some(stats)) => {
-                self.metrics()
-                    .cleaner
+                counters
                     .segments
                     .fetch_add(stats.segments_cleaned, Ordering::Relaxed);
+                counters.cleanings.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .tombstones_removed
+                    .fetch_add(stats.tombstones_removed, Ordering::Relaxed);
+                counters
+                    .batches_emptied
+                    .fetch_add(stats.batches_emptied, Ordering::Relaxed);
                 tracing::info!(
                     topic = %p.topic,
                     partition = p.index,
-                    "cleaned {} segments into {}: {} of {} records removed, {} bytes written",
+                    "cleaned {} segments into {}: {} of {} records removed ({} tombstones), {} \
+                     bytes written",
                     stats.segments_cleaned,
                     stats.segments_written,
                     stats.records_removed,
                     stats.records_read,
+                    stats.tombstones_removed,
                     stats.bytes_written,
                 );
                 Some(stats)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                counters.stale.fetch_add(1, Ordering::Relaxed);
+                None
+            }
             Err(e) => {
-                self.metrics()
-                    .cleaner
-                    .errors
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(topic = %p.topic, partition = p.index, "log cleaning failed, segments left in place: {e}");
                 None
             }

@@ -152,7 +152,13 @@ impl Broker {
             .offsets_topic_replication_factor
             .min(i16::try_from(live).unwrap_or(i16::MAX));
         let partitions = self.settings().offsets_topic_partitions;
-        let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+        let configs = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            (
+                "segment.bytes".to_string(),
+                self.settings().offsets_topic_segment_bytes.to_string(),
+            ),
+        ]);
         match self
             .create_topic_now(OFFSETS_TOPIC, partitions, rf, configs, false)
             .await

@@ -51,6 +51,8 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 50;
 /// Kafka's default `offsets.topic.replication.factor`.
 pub const OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT: i16 = 3;
+/// Kafka's default `offsets.topic.segment.bytes` (100 MiB).
+pub const OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT: i32 = 100 << 20;
 /// The longest a driver sleeps without looking (a request may have moved the deadline).
 const DRIVER_TICK: Duration = Duration::from_millis(100);
 /// How many bytes a load reads per step.

@@ -112,6 +112,8 @@ pub struct Settings {
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.replication.factor` (capped by the live brokers at creation).
     pub offsets_topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`: the topic's `segment.bytes` at creation.
+    pub offsets_topic_segment_bytes: i32,
     /// The group coordinator's settings (`group.*`, `offsets.retention.minutes`).
     pub group: keel_core::group::GroupConfig,
     /// The transaction coordinator's settings (`transaction.*`).
@@ -140,6 +142,7 @@ impl Settings {
             disk: Disk::Real,
             offsets_topic_partitions: groups::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
             offsets_topic_replication_factor: groups::OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT,
+            offsets_topic_segment_bytes: groups::OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT,
             group: keel_core::group::GroupConfig::default(),
             transactions: TxnSettings::default(),
             authorizer: None,

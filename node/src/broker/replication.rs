@@ -83,6 +83,10 @@ pub struct PartitionFetch {
     pub durable_end: i64,
     #[prost(uint64, tag = "9")]
     pub max_bytes: u64,
+    /// How far the follower's log cleaner has cleaned its log (0 from a broker that does
+    /// not send it: the leader then removes no tombstone).
+    #[prost(int64, tag = "10")]
+    pub cleaned_end: i64,
 }
 
 /// A partition the follower no longer fetches in this session.
@@ -190,6 +194,7 @@ impl PartitionFetch {
             last_fetched_epoch: request.last_fetched_epoch.0,
             durable_end: request.durable_end.0,
             max_bytes: request.max_bytes as u64,
+            cleaned_end: request.cleaned_end.0,
         }
     }
 
@@ -200,6 +205,7 @@ impl PartitionFetch {
             fetch_offset: Offset(self.fetch_offset),
             last_fetched_epoch: LeaderEpoch(self.last_fetched_epoch),
             durable_end: Offset(self.durable_end),
+            cleaned_end: Offset(self.cleaned_end.max(0)),
             max_bytes: self.max_bytes.min(crate::peer::FRAME_BYTES_MAX as u64 / 4) as usize,
         }
     }

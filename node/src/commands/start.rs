@@ -226,6 +226,7 @@ pub fn run(args: StartArgs) -> ExitCode {
             disk: Default::default(),
             offsets_topic_partitions: config.offsets_topic_partitions,
             offsets_topic_replication_factor: config.offsets_topic_replication_factor,
+            offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
             group: keel_core::group::GroupConfig {
                 initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
                 offsets_retention_ms: config.offsets_retention_ms,

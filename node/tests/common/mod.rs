@@ -284,6 +284,9 @@ impl Drop for Node {
 
 // --- the Python halves ---------------------------------------------------------------------
 
+/// How long a script's output readers may take to finish after it exited.
+const READER_WAIT: Duration = Duration::from_secs(10);
+
 /// A running client script whose stdout and stderr are collected (and echoed to the test's
 /// output, which cargo shows for a failing test) line by line. SIGKILLed when dropped.
 pub struct Script {
@@ -419,10 +422,20 @@ impl Script {
         self.collect()
     }
 
+    /// The script's output. Bounded: a reader whose pipe a process the script started still
+    /// holds open is left behind after [`READER_WAIT`] (a join would wait for that process).
     fn collect(&mut self) -> String {
         let mut parts = Vec::new();
+        let deadline = Instant::now() + READER_WAIT;
         for (what, reader) in ["stdout", "stderr"].iter().zip(self.readers.drain(..)) {
-            let lines = reader.join().unwrap_or_default();
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(EXIT_POLL);
+            }
+            let lines = if reader.is_finished() {
+                reader.join().unwrap_or_default()
+            } else {
+                vec!["(still open: the output ends here)".to_string()]
+            };
             parts.push(format!("--- {} {what}:\n{}", self.name, lines.join("\n")));
         }
         parts.join("\n")

@@ -328,3 +328,54 @@ fn a_removed_replica_directory_is_not_judged_as_a_recovery() {
     );
     assert_eq!(run(true), Vec::<String>::new());
 }
+
+/// A segment removed before anything touched it since the power loss: kept nothing if its
+/// directory stays (recovery removed it), not judged if the whole directory goes with it (a
+/// replica deleted while its broker was down); and a segment replaced whole by a rename (the
+/// cleaner's swap) is judged as the new file.
+#[test]
+fn the_recovery_oracle_tells_deleted_replicas_and_swapped_segments() {
+    use std::sync::atomic::AtomicU64;
+    let run = |remove_dir: bool| -> Vec<String> {
+        let clock = Arc::new(AtomicU64::new(0));
+        let d = disk(1, FaultConfig::none()).with_manual_clock(clock.clone());
+        let mut dir = d.dir("p-0");
+        let seg = "00000000000000000000.log";
+        dir.create(seg).unwrap();
+        dir.create("partition.metadata").unwrap();
+        dir.append(seg, &[1; 100]).unwrap();
+        dir.sync(seg).unwrap();
+        d.crash();
+        clock.store(1, std::sync::atomic::Ordering::SeqCst);
+        dir.remove(seg).unwrap();
+        if remove_dir {
+            dir.remove("partition.metadata").unwrap();
+        }
+        d.finish_recovery_checks()
+    };
+    assert_eq!(run(true), Vec::<String>::new());
+    let kept_nothing = run(false);
+    assert!(
+        kept_nothing.len() == 1 && kept_nothing[0].contains("kept 0 bytes"),
+        "{kept_nothing:?}"
+    );
+    // A swap renamed over a segment whose last write was torn by the power loss.
+    let clock = Arc::new(AtomicU64::new(0));
+    let d = disk(2, FaultConfig::none()).with_manual_clock(clock.clone());
+    let mut dir = d.dir("p-0");
+    let seg = "00000000000000000000.log";
+    dir.create(seg).unwrap();
+    dir.append(seg, &[1; 100]).unwrap();
+    dir.sync(seg).unwrap();
+    dir.create("x.swap").unwrap();
+    dir.append("x.swap", &[2; 177]).unwrap();
+    dir.sync("x.swap").unwrap();
+    clock.store(1, std::sync::atomic::Ordering::SeqCst);
+    dir.rename("x.swap", seg).unwrap();
+    d.crash();
+    clock.store(2, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(dir.len(seg).unwrap(), 177);
+    clock.store(3, std::sync::atomic::Ordering::SeqCst);
+    dir.append(seg, &[3; 5]).unwrap();
+    assert_eq!(d.finish_recovery_checks(), Vec::<String>::new());
+}

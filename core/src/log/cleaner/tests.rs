@@ -34,6 +34,7 @@ fn inputs(now_ms: i64) -> CleanInputs {
     CleanInputs {
         now_ms,
         producers_last: BTreeMap::new(),
+        tombstones_below: None,
     }
 }
 
@@ -705,4 +706,138 @@ proptest! {
         }
         log.check_invariants();
     }
+}
+
+/// A tombstone past its delete horizon stays while a replica may lack it: at or above the
+/// bound the caller passes (the offset every replica holds durably). A follower that fetched
+/// the cleaned log without the tombstone would keep the key's older value for good.
+#[test]
+fn a_tombstone_stays_until_every_replica_holds_it() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    write(
+        &mut log,
+        &[("a", Some("1")), ("a", None), ("b", Some("1"))],
+        NOW,
+    );
+    close_active(&mut log, NOW);
+    log.clean(&eager(), log.end(), &inputs(NOW))
+        .unwrap()
+        .expect("due");
+    let tombstone = (Offset(1), "a".to_string(), None);
+    assert!(contents(&log).contains(&tombstone));
+    // Past the horizon, but a replica holds the log only up to the tombstone's offset.
+    let mut lagging = inputs(NOW + 1000);
+    lagging.tombstones_below = Some(Offset(1));
+    let stats = log.clean(&eager(), log.end(), &lagging).unwrap();
+    assert_eq!(stats.map_or(0, |s| s.tombstones_removed), 0);
+    assert!(contents(&log).contains(&tombstone), "{:?}", contents(&log));
+    // Once every replica holds it, it goes.
+    let mut held = inputs(NOW + 1000);
+    held.tombstones_below = Some(Offset(2));
+    let stats = log
+        .clean(&eager(), log.end(), &held)
+        .unwrap()
+        .expect("the horizon makes it due");
+    assert_eq!(stats.tombstones_removed, 1);
+    assert_eq!(
+        contents(&log),
+        vec![(Offset(2), "b".into(), Some("1".into()))]
+    );
+}
+
+/// Offsets a truncation cut off and that hold other data afterwards (a follower fetching its
+/// leader's log again) were never seen by a cleaning: the first dirty offset goes back to the
+/// cut. Taken for clean, a tombstone among them would remove nothing below it, and once past
+/// its horizon it would go and leave the older value alive.
+#[test]
+fn a_truncation_lowers_the_first_dirty_offset() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    let filler: Vec<(String, String)> = (0..8).map(|i| (format!("f{i}"), "1".into())).collect();
+    write(&mut log, &[("a", Some("1"))], NOW);
+    write_owned(&mut log, &filler, NOW);
+    close_active(&mut log, NOW);
+    log.clean(&eager(), log.end(), &inputs(NOW))
+        .unwrap()
+        .expect("due");
+    assert_eq!(read_checkpoint(log.storage()).unwrap().0, Offset(9));
+    // A diverged suffix goes, and the leader's log arrives: a tombstone of a, then more.
+    assert_eq!(log.truncate_to(Offset(1)).unwrap(), Offset(1));
+    assert_eq!(read_checkpoint(log.storage()).unwrap().0, Offset(1));
+    write(&mut log, &[("a", None)], NOW);
+    write_owned(&mut log, &filler, NOW);
+    close_active(&mut log, NOW);
+    log.clean(&eager(), log.end(), &inputs(NOW))
+        .unwrap()
+        .expect("due");
+    log.clean(&eager(), log.end(), &inputs(NOW + 1000))
+        .unwrap()
+        .expect("the horizon makes it due");
+    let a: Vec<_> = contents(&log).into_iter().filter(|r| r.1 == "a").collect();
+    assert_eq!(a, vec![], "a was deleted, and stays deleted");
+}
+
+/// Recovery that cuts the log below the first dirty offset lowers it too.
+#[test]
+fn a_recovery_cut_lowers_the_first_dirty_offset() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    write_owned(&mut log, &versions(3, 8), NOW);
+    close_active(&mut log, NOW);
+    log.clean(&eager(), log.end(), &inputs(NOW))
+        .unwrap()
+        .expect("due");
+    let first_dirty = read_checkpoint(log.storage()).unwrap().0;
+    assert_eq!(first_dirty, log.end());
+    // The last segment's file loses its tail, as damage found by recovery would cut it.
+    let last = log.segment_bases()[log.segment_bases().len() - 2];
+    let mut storage = log.into_storage();
+    let file = Segment::file_name(last);
+    let len = storage.len(&file).unwrap();
+    storage.truncate(&file, len - 1).unwrap();
+    storage.sync(&file).unwrap();
+    let log = Log::open(storage, config(), NOW).unwrap();
+    assert!(log.end() < first_dirty);
+    assert_eq!(read_checkpoint(log.storage()).unwrap().0, log.end());
+}
+
+/// A producer's last batch below the bound is kept (empty) even when its last batch in the
+/// log is above the bound: that one is not committed yet and may be truncated away, and the
+/// producer state rebuilt from the log must then still know the producer's sequence.
+#[test]
+fn a_producers_last_batch_below_the_bound_is_kept() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    let pid = ProducerId(9);
+    let of = |seq: i32, key: &str| {
+        BatchBuilder::new(Compression::None)
+            .idempotent(pid, 0, seq)
+            .record(NOW, Some(key.as_bytes()), Some(b"p"))
+            .build()
+            .unwrap()
+    };
+    log.append(NOW, of(0, "a"), LeaderEpoch(0)).unwrap();
+    log.append(NOW, of(1, "b"), LeaderEpoch(0)).unwrap();
+    log.sync().unwrap();
+    write(&mut log, &[("b", Some("2")), ("a", Some("3"))], NOW);
+    close_active(&mut log, NOW);
+    let bound = log.end();
+    log.append(NOW, of(2, "c"), LeaderEpoch(0)).unwrap();
+    log.sync().unwrap();
+    let mut ins = inputs(NOW);
+    ins.producers_last.insert(pid, Offset(4));
+    log.clean(&eager(), bound, &ins).unwrap().expect("due");
+    // The batch above the bound goes (a new leader's log took its place): the producer's
+    // sequence is still in the log, from its kept batch below.
+    log.truncate_to(bound).unwrap();
+    let kept: Vec<_> = all_batches(&log)
+        .into_iter()
+        .filter(|b| b.producer_id() == pid)
+        .map(|b| (b.last_offset(), b.records_count()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![(Offset(1), 0)],
+        "the producer's last batch, kept empty"
+    );
+    let mut rebuilt = crate::producer::ProducerStateTable::new(Offset::ZERO);
+    rebuilt.replay(&log).unwrap();
+    assert_eq!(rebuilt.entry(pid).map(|e| e.last_seq()), Some(1));
 }
