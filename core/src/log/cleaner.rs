@@ -308,6 +308,21 @@ impl<S: Storage> Log<S> {
         upper: Offset,
         now_ms: i64,
     ) -> Option<CleanPlan> {
+        self.plan_clean_bounded(config, upper, now_ms, None)
+    }
+
+    /// [`Log::plan_clean`] with the cleaning's tombstone bound ([`CleanInputs::tombstones_below`]):
+    /// a passed delete horizon makes the log due only if the bound lets a tombstone of the
+    /// cleanable segments go (it is above their first offset). A follower's bound is zero: it
+    /// removes no tombstone, and re-cleaning it for a kept tombstone's horizon would rewrite
+    /// nothing at every pass.
+    pub fn plan_clean_bounded(
+        &self,
+        config: &CleanerConfig,
+        upper: Offset,
+        now_ms: i64,
+        tombstones_below: Option<Offset>,
+    ) -> Option<CleanPlan> {
         let upper = upper.min(self.durable_end);
         let young_after = now_ms.saturating_sub(config.compaction_lag_ms_min.max(0));
         let active = *self
@@ -371,7 +386,8 @@ impl<S: Storage> Log<S> {
         let ratio_due = dirty_bytes > 0 && plan.dirty_ratio() > config.dirty_ratio_min;
         let lag_due = first_dirty_ts
             .is_some_and(|ts| now_ms.saturating_sub(ts) > config.compaction_lag_ms_max);
-        let horizon_due = horizon.is_some_and(|h| now_ms >= h);
+        let horizon_due =
+            horizon.is_some_and(|h| now_ms >= h) && tombstones_below.is_none_or(|b| b > first);
         (ratio_due || lag_due || horizon_due).then_some(plan)
     }
 
@@ -383,7 +399,9 @@ impl<S: Storage> Log<S> {
         upper: Offset,
         inputs: &CleanInputs,
     ) -> Result<Option<CleanStats>, LogError> {
-        let Some(plan) = self.plan_clean(config, upper, inputs.now_ms) else {
+        let Some(plan) =
+            self.plan_clean_bounded(config, upper, inputs.now_ms, inputs.tombstones_below)
+        else {
             return Ok(None);
         };
         let cleaned = build(&mut self.storage, plan, config, inputs, &mut |_| {})?;

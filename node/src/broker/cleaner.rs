@@ -240,7 +240,10 @@ impl Broker {
             } else {
                 r.high_watermark().min(r.last_stable_offset())
             };
-            let plan = r.log().plan_clean(&config, bound, now)?;
+            let tombstones_below = r.tombstone_bound();
+            let plan = r
+                .log()
+                .plan_clean_bounded(&config, bound, now, Some(tombstones_below))?;
             let producers_last = r
                 .producers()
                 .producers()
@@ -252,7 +255,7 @@ impl Broker {
                 inputs: CleanInputs {
                     now_ms: now,
                     producers_last,
-                    tombstones_below: Some(r.tombstone_bound()),
+                    tombstones_below: Some(tombstones_below),
                 },
             })
         })

@@ -841,3 +841,40 @@ fn a_producers_last_batch_below_the_bound_is_kept() {
     rebuilt.replay(&log).unwrap();
     assert_eq!(rebuilt.entry(pid).map(|e| e.last_seq()), Some(1));
 }
+
+/// A follower removes no tombstone (its bound is zero): a kept tombstone whose delete horizon
+/// has passed does not make its log due, or every pass would re-clean it and rewrite nothing
+/// (the simulator's seed 411 showed such a follower cleaning at every pass). The leader's log,
+/// whose bound lets the tombstone go, is due.
+#[test]
+fn a_passed_horizon_makes_no_follower_log_due() {
+    let mut log = Log::open(MemStorage::new(), config(), NOW).unwrap();
+    write(
+        &mut log,
+        &[("a", Some("1")), ("a", None), ("b", Some("1"))],
+        NOW,
+    );
+    close_active(&mut log, NOW);
+    let mut follower = inputs(NOW);
+    follower.tombstones_below = Some(Offset::ZERO);
+    log.clean(&eager(), log.end(), &follower)
+        .unwrap()
+        .expect("dirty: due");
+    let tombstone = (Offset(1), "a".to_string(), None);
+    assert!(contents(&log).contains(&tombstone));
+    // Clean, and the horizon passed: a follower's log is not due, a leader's is.
+    follower.now_ms = NOW + 1000;
+    assert!(log
+        .plan_clean_bounded(&eager(), log.end(), NOW + 1000, Some(Offset::ZERO))
+        .is_none());
+    assert_eq!(log.clean(&eager(), log.end(), &follower).unwrap(), None);
+    assert!(contents(&log).contains(&tombstone));
+    assert!(log
+        .plan_clean_bounded(&eager(), log.end(), NOW + 1000, Some(Offset(2)))
+        .is_some());
+    let stats = log
+        .clean(&eager(), log.end(), &inputs(NOW + 1000))
+        .unwrap()
+        .expect("the horizon makes it due");
+    assert_eq!(stats.tombstones_removed, 1);
+}
