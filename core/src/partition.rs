@@ -591,8 +591,21 @@ impl<S: Storage> PartitionReplica<S> {
         now_ms: i64,
         checkpointed_hw: Option<Offset>,
     ) -> Result<Self, ReplicaError> {
-        let log = Log::open(log_storage, config, now_ms)?;
-        let (producers, _report) = producer::recover(snapshots, &log)?;
+        let mut log = Log::open(log_storage, config, now_ms)?;
+        let mut cut_at_open = false;
+        let producers = match producer::recover(snapshots, &log) {
+            Ok((producers, _report)) => producers,
+            Err(producer::RecoverError::Log(LogError::Corrupt { .. })) => {
+                // Damage below the recovery point, which the open trusts and does not read
+                // again, met by the producer state's replay: cut the log there as recovery
+                // cuts damage above it, and mark the replica damaged, so that it opens, leads
+                // nothing and fetches the rest back (the simulator's seed 507: a replica that
+                // failed to open at every try kept its broker fenced for good).
+                cut_at_open = true;
+                cut_damaged_log(now_ms, &mut log, snapshots)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let txns = txn::tracker_from_log(&log)
             .unwrap_or_else(|_| crate::producer::txn::TxnTracker::new(log.end()));
         let txn_index = txn::IndexState::recover(&log);
@@ -621,6 +634,9 @@ impl<S: Storage> PartitionReplica<S> {
         // A cut at the log's end alone is a crash's torn tail (unsynced, never committed):
         // damage is committed data gone (the log below its persisted high watermark), a damaged
         // epoch file, or the mark an earlier run left.
+        if cut_at_open {
+            state_report.damage_mark_error = damage::write_mark(snapshots).err();
+        }
         state_report.damage_marked = damage::is_marked(snapshots);
         let damage = Damage::recovered(
             state_report.damage_marked,
@@ -1771,19 +1787,7 @@ impl<S: Storage> PartitionReplica<S> {
     /// the log from its start: runtime damage, such as a sector that rotted after recovery
     /// read it. `None` if every batch reads.
     pub fn find_damage(&self) -> Result<Option<Offset>, LogError> {
-        let end = self.log.end();
-        let mut at = self.log.log_start();
-        while at < end {
-            match self.log.read(at, 1, end) {
-                Ok(batches) => match batches.last() {
-                    Some(b) => at = b.next_offset(),
-                    None => return Ok(None),
-                },
-                Err(LogError::Corrupt { .. }) => return Ok(Some(at)),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
+        first_damaged(&self.log)
     }
 
     /// Discards the log from `from` (the first damaged offset, [`Self::find_damage`]) so that
@@ -2310,5 +2314,53 @@ pub fn compression_allowed(codec: Compression, produce_version: i16) -> bool {
 mod harness;
 #[cfg(test)]
 mod scenarios;
+/// The first offset of `log` whose batch fails to read (its CRC or the fields outside it),
+/// scanning from the log start; `None` if every batch reads.
+fn first_damaged<S: Storage>(log: &Log<S>) -> Result<Option<Offset>, LogError> {
+    let end = log.end();
+    let mut at = log.log_start();
+    while at < end {
+        match log.read(at, 1, end) {
+            Ok(batches) => match batches.last() {
+                Some(b) => at = b.next_offset(),
+                None => return Ok(None),
+            },
+            Err(LogError::Corrupt { .. }) => return Ok(Some(at)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// On open: cuts `log` at its first damaged batch (back one batch, as
+/// [`PartitionReplica::discard_damaged`] does, or whole if that fails too) and rebuilds the
+/// producer state from what is left.
+fn cut_damaged_log<S: Storage, T: Storage>(
+    now_ms: i64,
+    log: &mut Log<S>,
+    snapshots: &mut T,
+) -> Result<ProducerStateTable, ReplicaError> {
+    let start = log.log_start();
+    if let Some(from) = first_damaged(log)? {
+        let mut whole = from <= start;
+        if !whole {
+            match log.truncate_to(Offset(from.0 - 1)) {
+                Ok(_) => {}
+                Err(LogError::Corrupt { .. }) => whole = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !whole {
+            match producer::recover(snapshots, log) {
+                Ok((producers, _report)) => return Ok(producers),
+                Err(producer::RecoverError::Log(LogError::Corrupt { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    log.truncate_fully_and_start_at(now_ms, start)?;
+    Ok(producer::recover(snapshots, log)?.0)
+}
+
 #[cfg(test)]
 mod tests;

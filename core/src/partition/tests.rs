@@ -892,3 +892,53 @@ fn the_tombstone_bound_waits_for_every_replica() {
         .unwrap();
     assert_eq!(r.tombstone_bound(), Offset(0), "a follower removes none");
 }
+
+/// Damage below the recovery point, which the open trusts and does not read again, met by the
+/// producer state's replay at the next open: the replica still opens, cut at the damage, marked
+/// damaged and with its high watermark lowered, so that it fetches the rest back (the
+/// simulator's seed 507: the open failed at every try and kept the broker fenced for good).
+#[test]
+fn damage_below_the_recovery_point_met_at_open_cuts_the_log_there() {
+    let mut snaps = MemStorage::new();
+    let open = |log: MemStorage, snaps: &mut MemStorage| {
+        let config = LogConfig {
+            segment_bytes_max: 100,
+            ..LogConfig::default()
+        };
+        PartitionReplica::recover(
+            log,
+            snaps,
+            config,
+            ProduceRules::default(),
+            ReplicaConfig::new(ME),
+            NOW,
+        )
+        .unwrap()
+    };
+    let mut r = open(MemStorage::new(), &mut snaps);
+    r.on_partition_change(NOW, &mut snaps, &two_replicas(LEADER, 1))
+        .unwrap();
+    // One segment per batch: 0, 2 and 4 (the last, which the open reads again).
+    for base in [0, 2, 4] {
+        fetch_round(&mut r, &mut snaps, 1, base, vec![leaders_batch(1, base, 2)]);
+    }
+    r.sync().unwrap();
+    fetch_round(&mut r, &mut snaps, 1, 6, Vec::new());
+    r.persist_state(&mut snaps).unwrap();
+    r.log_mut().checkpoint().unwrap();
+    assert_eq!(r.high_watermark(), Offset(6));
+    assert_eq!(r.log().segment_count(), 3);
+    let mut storage = r.into_log_storage();
+    // The second segment, closed and below the recovery point: the open does not read it.
+    storage.flip_bit(&format!("{:020}.log", 2), 40, 2).unwrap();
+    let r = open(storage, &mut snaps);
+    assert!(
+        r.log().end() <= Offset(2),
+        "cut at the damage: {}",
+        r.log().end()
+    );
+    assert_eq!(r.find_damage().unwrap(), None);
+    assert!(r.is_damaged());
+    assert!(damage::is_marked(&snaps));
+    assert_eq!(r.high_watermark(), r.log().end(), "lowered with the log");
+}
