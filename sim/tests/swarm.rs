@@ -63,8 +63,10 @@ const REGRESSION_SEEDS_OVERLAPPING: [u64; 1] = [20];
 /// its last in the log, so the producer state rebuilt after that one was truncated regressed
 /// and the replicas' producer states differed (78, 86, 100, 177, 186); and the recovery
 /// oracle taking a replica directory deleted while its broker was down for a recovery that
-/// kept nothing (178).
-const REGRESSION_SEEDS_COMPACTION: [u64; 6] = [78, 86, 100, 177, 178, 186];
+/// kept nothing (178); a replica whose open met damage below its recovery point (the
+/// producer state's replay read it) and failed at every try, which kept its broker fenced for
+/// good (507).
+const REGRESSION_SEEDS_COMPACTION: [u64; 7] = [78, 86, 100, 177, 178, 186, 507];
 
 /// Eight seeds from the commit being tested (`KEEL_SIM_SEED_BASE`, set by .ci/test.sh from the
 /// commit hash), so that each commit explores new ones; none when it is not set.
