@@ -36,25 +36,21 @@ bash .ci/clients.sh
 step "unit, property and integration tests (proptest seed $PROPTEST_RNG_SEED)"
 cargo test --workspace 2>&1 | tee "$log"
 
-step "simulator tests (--cfg madsim, in target/sim)"
+step "simulator tests and planted bugs (--cfg madsim, in target/sim)"
 # keel-sim's tests under --cfg madsim, the determinism check included (sim/tests/). The getrandom
 # shim that makes raft's election timeouts follow the seed is not a workspace member: its own
 # tests run here, in the normal build.
 # sim/tests/swarm.rs runs a fixed list of seeds plus eight seeds derived from the commit.
+# sim/tests/planted.rs: for each of core::planted's bugs, swarm seeds 1, 2, ... in batches of
+# 2, 4, 8, 16, then 20 until one is caught; each must be within 200 seeds. It prints the seed
+# that caught each bug. One debug build with the planted-bugs feature serves all of them: no
+# bug is active unless a run asks for one (core::planted), so the other tests run the shipped
+# logic.
 sim_seed_base=$(( 0x$(git rev-parse --short=7 HEAD 2>/dev/null || echo 0) % 1000000 + 1000 ))
 echo "simulator seeds from the commit: $sim_seed_base..$((sim_seed_base + 7))"
-# Built with the planted-bugs feature, as the next step needs: one build serves both. No bug is
-# active unless a run asks for one (core::planted), so these tests run the shipped logic.
 KEEL_SIM_SEED_BASE="$sim_seed_base" RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \
     cargo test -p keel-sim --features planted-bugs 2>&1 | tee -a "$log"
 cargo test -p getrandom@0.2 2>&1 | tee -a "$log"
-
-step "planted bugs: the simulator catches each (--features planted-bugs, in target/sim)"
-# sim/tests/planted.rs: for each of core::planted's bugs, swarm seeds 1, 2, ... in batches of
-# 2, 4, 8, 16, then 20 until one is caught; each must be within 200 seeds. Prints the seed that caught each bug.
-# The step above's debug build, in target/sim: nothing builds again.
-RUSTFLAGS="${RUSTFLAGS:-} --cfg madsim" CARGO_TARGET_DIR="$PWD/target/sim" \
-    cargo test -p keel-sim --features planted-bugs --test planted -- --nocapture 2>&1 | tee -a "$log"
 
 step "fuzz smoke run (${fuzz_seconds}s per target)"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

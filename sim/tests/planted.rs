@@ -237,7 +237,11 @@ fn a_seed_catches(bug: Bug) {
             without_arg(bug)
         );
     };
-    println!(
+    // Straight to stderr, past the test harness's capture: the test command shows which seed
+    // caught each bug without --nocapture.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "planted bug {}: caught by seed {} ({}: {}); {ran} seeds run in {:.1} s; \
          replay: keel-sim run --seed {} --bug {} --without {}",
         bug.name(),
