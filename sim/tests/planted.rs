@@ -209,7 +209,28 @@ fn without_arg(bug: Bug) -> String {
     names.join(",")
 }
 
+/// A seed within [`SEEDS_MAX`] that caught `bug` when last measured, for the bugs whose first
+/// catch lies far in: tried alone first, so that the test command does not run a hundred debug
+/// seeds to find it again (`added-with-stale-epoch` took 842 s to reach seed 134). A schedule
+/// that changed since is no loss: the search from seed 1 follows, as for every other bug.
+fn known_catch(bug: Bug) -> Option<u64> {
+    match bug {
+        Bug::AddedWithStaleEpoch => Some(134),
+        Bug::RecoveryKeepsTornTail => Some(63),
+        Bug::ShortProduceTimeout => Some(71),
+        Bug::CleanAboveHighWatermark => Some(12),
+        Bug::ServeCorruptBatch => Some(8),
+        _ => None,
+    }
+}
+
 fn first_catch(exe: &std::path::Path, bug: Bug) -> (Option<SeedLine>, u64) {
+    if let Some(seed) = known_catch(bug).filter(|&s| s <= SEEDS_MAX) {
+        let summary = swarm(exe, seed, 1, 1, Some(bug), without(bug));
+        if let Some(line) = summary.lines.iter().find(|l| caught(bug, l)) {
+            return (Some(line.clone()), 1);
+        }
+    }
     let mut start = 1;
     let mut batch = JOBS as u64;
     while start <= SEEDS_MAX {
